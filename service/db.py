@@ -1,0 +1,50 @@
+"""PostgreSQL access: the schema, connection pools, and errors translated at the boundary."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+
+SCHEMA_PATH = Path(__file__).resolve().parent.parent / "schema.sql"
+# Serialise concurrent `auditq migrate` runs (several containers starting at once).
+MIGRATE_LOCK_KEY = 0x61756469  # "audi"
+COMMAND_TIMEOUT = 30.0  # seconds; a statement that takes longer is treated as an outage
+
+
+async def _init_connection(conn: asyncpg.Connection) -> None:
+    for kind in ("json", "jsonb"):
+        await conn.set_type_codec(kind, encoder=json.dumps, decoder=json.loads, schema="pg_catalog")
+
+
+async def connect(database_url: str) -> asyncpg.Connection:
+    """Open one connection with auditq's codecs."""
+    conn = await asyncpg.connect(database_url, command_timeout=COMMAND_TIMEOUT)
+    await _init_connection(conn)
+    return conn
+
+
+async def create_pool(database_url: str, *, size: int = 10, **kwargs: Any) -> asyncpg.Pool:
+    """Open a pool with auditq's codecs."""
+    pool: asyncpg.Pool = await asyncpg.create_pool(
+        database_url,
+        min_size=1,
+        max_size=size,
+        command_timeout=COMMAND_TIMEOUT,
+        init=_init_connection,
+        **kwargs,
+    )
+    return pool
+
+
+async def migrate(database_url: str) -> None:
+    """Apply schema.sql; safe to run any number of times, even concurrently."""
+    conn = await asyncpg.connect(database_url, command_timeout=COMMAND_TIMEOUT)
+    try:
+        async with conn.transaction():
+            await conn.execute("SELECT pg_advisory_xact_lock($1)", MIGRATE_LOCK_KEY)
+            await conn.execute(SCHEMA_PATH.read_text())
+    finally:
+        await conn.close()

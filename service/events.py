@@ -1,0 +1,162 @@
+"""The audit event, wire format v1: types, validation, defaults, encoding."""
+
+from __future__ import annotations
+
+import ipaddress
+import uuid
+from datetime import UTC, datetime
+from typing import Annotated, Any, Literal
+
+import msgspec
+import uuid_utils.compat
+
+from service.errors import InvalidEvent
+from service.redaction import redact_sensitive
+
+ACTION_PATTERN = r"^[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*){1,7}$"
+MAX_EVENT_BYTES = 64 * 1024  # default; Settings.max_event_bytes overrides
+
+Action = Annotated[str, msgspec.Meta(pattern=ACTION_PATTERN, max_length=128)]
+Text = Annotated[str, msgspec.Meta(max_length=1024)]
+Severity = Literal["info", "notice", "warning", "critical"]
+Outcome = Literal["success", "failure"]
+ActorType = Literal["user", "service", "system", "api_token"]
+
+
+class _Struct(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True, omit_defaults=True):
+    pass
+
+
+class Actor(_Struct):
+    id: Text
+    type: ActorType
+    name: Text | None = None
+    email: Text | None = None
+
+
+class Entity(_Struct):
+    type: Text
+    id: Text
+    name: Text | None = None
+
+
+class RequestInfo(_Struct):
+    id: Text | None = None
+    ip: Text | None = None
+    user_agent: Annotated[str, msgspec.Meta(max_length=4096)] | None = None
+    method: Annotated[str, msgspec.Meta(max_length=16)] | None = None
+    path: Annotated[str, msgspec.Meta(max_length=4096)] | None = None
+    status: Annotated[int, msgspec.Meta(ge=100, le=599)] | None = None
+    duration_ms: Annotated[float, msgspec.Meta(ge=0)] | None = None
+
+    def __post_init__(self) -> None:
+        if self.ip is not None:
+            try:
+                ipaddress.ip_address(self.ip)
+            except ValueError:
+                raise ValueError(f"`request.ip` must be an IPv4 or IPv6 address, not {self.ip!r}") from None
+
+
+class Change(_Struct):
+    field: Text
+    old: Any = None
+    new: Any = None
+
+
+class Presentation(_Struct):
+    code: Text
+    params: dict[str, Any] = msgspec.field(default_factory=dict)
+
+
+class AuditEvent(_Struct):
+    """One audit event; fields are appended with defaults, never reordered or removed."""
+
+    action: Action
+    id: uuid.UUID | None = None
+    ts: Annotated[datetime, msgspec.Meta(tz=True)] | None = None
+    category: Text | None = None
+    severity: Severity = "info"
+    outcome: Outcome = "success"
+    actor: Actor | None = None
+    entity: Entity | None = None
+    tenant: Text | None = None
+    request: RequestInfo | None = None
+    changes: list[Change] | None = None
+    metadata: dict[str, Any] | None = None
+    presentation: Presentation | None = None
+    source: Text | None = None
+
+
+# Built once: msgspec encoders and decoders are cheapest reused.
+_encoder = msgspec.json.Encoder()
+_decoder = msgspec.json.Decoder(AuditEvent)
+_any_decoder = msgspec.json.Decoder()
+
+
+def new_event_id() -> uuid.UUID:
+    """Make a UUIDv7: time-ordered, so ids index well."""
+    return uuid_utils.compat.uuid7()
+
+
+def finalize(
+    event: AuditEvent,
+    *,
+    extra_keys: frozenset[str] = frozenset(),
+    max_bytes: int = MAX_EVENT_BYTES,
+) -> tuple[AuditEvent, bytes]:
+    """Fill the defaults, redact secrets and check the size; return the event and its JSON."""
+    category = event.category or event.action.split(".", 1)[0]
+    presentation = event.presentation or Presentation(code=f"audit.{event.action}")
+    changes = event.changes
+    if changes is not None:
+        changes = msgspec.convert(
+            redact_sensitive(msgspec.to_builtins(changes), extra_keys), list[Change]
+        )
+    metadata = event.metadata
+    if metadata is not None:
+        metadata = redact_sensitive(metadata, extra_keys)  # type: ignore[assignment]
+    ts = event.ts.astimezone(UTC) if event.ts is not None else datetime.now(UTC)
+    done = msgspec.structs.replace(
+        event,
+        id=event.id or new_event_id(),
+        ts=ts,
+        category=category,
+        presentation=presentation,
+        changes=changes,
+        metadata=metadata,
+    )
+    data = _encoder.encode(done)
+    if len(data) > max_bytes:
+        raise InvalidEvent(f"event is {len(data)} bytes encoded, more than the limit of {max_bytes}")
+    return done, data
+
+
+def encode(value: object) -> bytes:
+    """Encode events (or lists of them) as JSON."""
+    return _encoder.encode(value)
+
+
+def decode_event(data: bytes | str) -> AuditEvent:
+    """Decode and validate one event from JSON; raise InvalidEvent naming the field."""
+    try:
+        return _decoder.decode(data)
+    except msgspec.ValidationError as exc:
+        raise InvalidEvent(str(exc)) from None
+    except msgspec.DecodeError as exc:
+        raise InvalidEvent(f"invalid JSON: {exc}") from None
+
+
+def decode_json(data: bytes | str) -> Any:
+    """Decode any JSON value; raise InvalidEvent for malformed JSON."""
+    try:
+        return _any_decoder.decode(data)
+    except msgspec.DecodeError as exc:
+        raise InvalidEvent(f"invalid JSON: {exc}") from None
+
+
+def convert_event(data: Any) -> AuditEvent:
+    """Validate one event given as plain data; raise InvalidEvent naming the field."""
+    try:
+        return msgspec.convert(data, AuditEvent)
+    except msgspec.ValidationError as exc:
+        raise InvalidEvent(str(exc)) from None

@@ -1,0 +1,31 @@
+"""The queue contract: how events become arq jobs, shared by every producer and the worker."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import msgspec
+
+JOB_FUNCTION = "store_events"  # the worker's job; its one argument is the events' JSON text
+ENQUEUE_SCRIPT = (Path(__file__).parent / "enqueue.lua").read_text()
+
+_encoder = msgspec.json.Encoder(enc_hook=str)  # exceptions in arq results become their text
+_decoder = msgspec.json.Decoder()
+
+
+def serialize_job(data: dict[str, Any]) -> bytes:
+    """Encode an arq job or result as JSON, the format the Lua script writes."""
+    return _encoder.encode(data)
+
+
+def deserialize_job(raw: bytes) -> dict[str, Any]:
+    """Decode an arq job; a job with invalid UTF-8 still decodes, flagged for the dead letter."""
+    try:
+        job: dict[str, Any] = _decoder.decode(raw)
+    except (msgspec.DecodeError, UnicodeDecodeError):
+        # Bytes from a foreign producer that are not UTF-8: keep them (replaced) so the task
+        # fails visibly with its reason instead of vanishing in arq's deserializer.
+        job = _decoder.decode(raw.decode("utf-8", errors="replace").encode())
+        job["k"] = {**job.get("k", {}), "invalid_utf8": True}
+    return job

@@ -1,0 +1,128 @@
+"""Settings: the environment, read once into one frozen object."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Mapping
+from pathlib import Path
+
+from service.errors import ConfigError
+
+ENV_FILE_NAME = "env"  # under the data dir, written by `auditq run`
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Settings:
+    """Everything auditq reads from its environment."""
+
+    redis_url: str | None = None  # None: the embedded Valkey
+    database_url: str | None = None  # None: the embedded PostgreSQL
+    data_dir: Path = Path(".auditq")
+    queue: str = "audit-logs"
+    http_host: str = "127.0.0.1"
+    http_port: int = 8080
+    log_format: str = "text"
+    log_level: str = "INFO"
+
+    # Producer.
+    max_event_bytes: int = 64 * 1024
+    capture_timeout_s: float = 0.25
+    buffer_max_events: int = 100_000
+    flush_interval_s: float = 0.005
+    flush_max_events: int = 500
+    redact_extra_keys: frozenset[str] = frozenset()
+
+    # Worker. The retry policy itself is written out in workers/retry.py.
+    worker_max_jobs: int = 10
+    job_timeout_s: float = 60.0
+    db_pool_size: int = 10
+    dead_letter_ttl_days: int = 90
+    retention_days: int | None = None
+    partitions_ahead_months: int = 3
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+        """Build settings from AUDITQ_* variables, rejecting bad values with one clear message."""
+        env = os.environ if environ is None else environ
+        data_dir = Path(env.get("AUDITQ_DATA_DIR", ".auditq"))
+        # `auditq run` publishes the URLs of its embedded stack; other commands pick them up.
+        published = read_env_file(data_dir / ENV_FILE_NAME)
+
+        def url(name: str) -> str | None:
+            return env.get(name) or published.get(name) or None
+
+        log_format = env.get("AUDITQ_LOG_FORMAT", "text")
+        if log_format not in ("text", "json"):
+            raise ConfigError(f"AUDITQ_LOG_FORMAT must be 'text' or 'json', not {log_format!r}")
+        retention = _int(env, "AUDITQ_RETENTION_DAYS", None, minimum=1)
+        extra = env.get("AUDITQ_REDACT_EXTRA_KEYS", "")
+        return cls(
+            redis_url=url("AUDITQ_REDIS_URL"),
+            database_url=url("AUDITQ_DATABASE_URL"),
+            data_dir=data_dir,
+            queue=env.get("AUDITQ_QUEUE", "audit-logs") or "audit-logs",
+            http_host=env.get("AUDITQ_HTTP_HOST", "127.0.0.1"),
+            http_port=_req_int(env, "AUDITQ_HTTP_PORT", 8080, minimum=0),
+            log_format=log_format,
+            log_level=env.get("AUDITQ_LOG_LEVEL", "INFO").upper(),
+            max_event_bytes=_req_int(env, "AUDITQ_MAX_EVENT_BYTES", 64 * 1024, minimum=1024),
+            capture_timeout_s=_float(env, "AUDITQ_CAPTURE_TIMEOUT_S", 0.25),
+            buffer_max_events=_req_int(env, "AUDITQ_BUFFER_MAX_EVENTS", 100_000, minimum=1),
+            flush_interval_s=_float(env, "AUDITQ_FLUSH_INTERVAL_S", 0.005),
+            flush_max_events=_req_int(env, "AUDITQ_FLUSH_MAX_EVENTS", 500, minimum=1),
+            redact_extra_keys=frozenset(k.strip() for k in extra.split(",") if k.strip()),
+            worker_max_jobs=_req_int(env, "AUDITQ_WORKER_MAX_JOBS", 10, minimum=1),
+            job_timeout_s=_float(env, "AUDITQ_JOB_TIMEOUT_S", 60.0),
+            db_pool_size=_req_int(env, "AUDITQ_DB_POOL_SIZE", 10, minimum=1),
+            dead_letter_ttl_days=_req_int(env, "AUDITQ_DEAD_LETTER_TTL_DAYS", 90, minimum=1),
+            retention_days=retention,
+            partitions_ahead_months=_req_int(env, "AUDITQ_PARTITIONS_AHEAD_MONTHS", 3, minimum=1),
+        )
+
+    @property
+    def env_file(self) -> Path:
+        """Where `auditq run` publishes the URLs of its embedded stack."""
+        return self.data_dir / ENV_FILE_NAME
+
+
+def read_env_file(path: Path) -> dict[str, str]:
+    """Read KEY=VALUE lines; a missing file is empty."""
+    try:
+        lines = path.read_text().splitlines()
+    except OSError:
+        return {}
+    pairs = (line.split("=", 1) for line in lines if "=" in line and not line.startswith("#"))
+    return {key.strip(): value.strip() for key, value in pairs}
+
+
+def _int(env: Mapping[str, str], name: str, default: int | None, *, minimum: int) -> int | None:
+    raw = env.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ConfigError(f"{name} must be an integer, not {raw!r}") from None
+    if value < minimum:
+        raise ConfigError(f"{name} must be at least {minimum}, not {value}")
+    return value
+
+
+def _req_int(env: Mapping[str, str], name: str, default: int, *, minimum: int) -> int:
+    value = _int(env, name, default, minimum=minimum)
+    assert value is not None
+    return value
+
+
+def _float(env: Mapping[str, str], name: str, default: float) -> float:
+    raw = env.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ConfigError(f"{name} must be a number, not {raw!r}") from None
+    if not value > 0:
+        raise ConfigError(f"{name} must be positive, not {raw}")
+    return value

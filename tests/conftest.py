@@ -1,0 +1,108 @@
+"""Real servers for the suite: the ones named by AUDITQ_TEST_*_URL, else embedded ones."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import asyncpg
+import pytest
+import redis.asyncio as aioredis
+
+from service import db
+from service.embedded import EmbeddedStack
+from service.settings import Settings
+
+TEMPLATE_DB = "auditq_test_template"
+
+
+class Servers:
+    """Where the suite's Redis and PostgreSQL are, and the stack when it is ours."""
+
+    def __init__(self, redis_url: str, postgres_url: str, stack: EmbeddedStack | None) -> None:
+        self.redis_url = redis_url
+        self.postgres_url = postgres_url  # a maintenance database: databases are made from it
+        self.stack = stack
+
+    def database_url(self, name: str) -> str:
+        base, _, _ = self.postgres_url.rpartition("/")
+        return f"{base}/{name}"
+
+
+@pytest.fixture(scope="session")
+def servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Servers]:
+    redis_url = os.environ.get("AUDITQ_TEST_REDIS_URL")
+    postgres_url = os.environ.get("AUDITQ_TEST_DATABASE_URL")
+    if redis_url and postgres_url:
+        yield Servers(redis_url, postgres_url, None)
+        return
+    stack = EmbeddedStack(tmp_path_factory.mktemp("servers"))
+    stack.start()
+    try:
+        yield Servers(
+            redis_url or stack.valkey.url,
+            postgres_url or stack.postgres.url_for("postgres"),
+            stack,
+        )
+    finally:
+        stack.stop()
+
+
+@pytest.fixture(scope="session")
+async def template_db(servers: Servers) -> AsyncIterator[str]:
+    """A database with the schema applied, copied for each test that needs one."""
+    admin = await asyncpg.connect(servers.postgres_url)
+    try:
+        await admin.execute(f'DROP DATABASE IF EXISTS "{TEMPLATE_DB}"')
+        await admin.execute(f'CREATE DATABASE "{TEMPLATE_DB}"')
+        await db.migrate(servers.database_url(TEMPLATE_DB))
+        yield TEMPLATE_DB
+    finally:
+        await admin.execute(f'DROP DATABASE IF EXISTS "{TEMPLATE_DB}" WITH (FORCE)')
+        await admin.close()
+
+
+@pytest.fixture
+async def database_url(servers: Servers, template_db: str) -> AsyncIterator[str]:
+    """A fresh database of this test's own, schema applied."""
+    name = f"auditq_test_{uuid.uuid4().hex[:12]}"
+    admin = await asyncpg.connect(servers.postgres_url)
+    try:
+        await admin.execute(f'CREATE DATABASE "{name}" TEMPLATE "{template_db}"')
+        yield servers.database_url(name)
+        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        await admin.close()
+
+
+@pytest.fixture
+def queue_name() -> str:
+    """A queue of this test's own: its keys never meet another test's."""
+    return f"test-{uuid.uuid4().hex[:12]}"
+
+
+@pytest.fixture
+def settings(servers: Servers, database_url: str, queue_name: str, tmp_path: Path) -> Settings:
+    return Settings(
+        redis_url=servers.redis_url,
+        database_url=database_url,
+        data_dir=tmp_path,
+        queue=queue_name,
+        job_timeout_s=20.0,
+    )
+
+
+@pytest.fixture
+async def redis(servers: Servers) -> AsyncIterator[aioredis.Redis]:
+    client = aioredis.Redis.from_url(servers.redis_url)
+    yield client
+    await client.aclose()
+
+
+@pytest.fixture
+async def pg(database_url: str) -> AsyncIterator[asyncpg.Connection]:
+    conn = await db.connect(database_url)
+    yield conn
+    await conn.close()
