@@ -8,6 +8,8 @@ from typing import Any
 
 import asyncpg
 
+from service.partitions import ensure_partitions
+
 SCHEMA_PATH = Path(__file__).resolve().parent.parent / "schema.sql"
 # Serialise concurrent `auditq migrate` runs (several containers starting at once).
 MIGRATE_LOCK_KEY = 0x61756469  # "audi"
@@ -39,12 +41,13 @@ async def create_pool(database_url: str, *, size: int = 10, **kwargs: Any) -> as
     return pool
 
 
-async def migrate(database_url: str) -> None:
-    """Apply schema.sql; safe to run any number of times, even concurrently."""
+async def migrate(database_url: str, *, months_ahead: int = 3) -> None:
+    """Apply schema.sql and make partitions ahead; safe to run any number of times, even concurrently."""
     conn = await asyncpg.connect(database_url, command_timeout=COMMAND_TIMEOUT)
     try:
         async with conn.transaction():
             await conn.execute("SELECT pg_advisory_xact_lock($1)", MIGRATE_LOCK_KEY)
             await conn.execute(SCHEMA_PATH.read_text())
+            await ensure_partitions(conn, months_ahead=months_ahead)
     finally:
         await conn.close()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import ipaddress
 import uuid
 from datetime import UTC, datetime
@@ -27,20 +28,20 @@ class _Struct(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=T
     pass
 
 
-class Actor(_Struct):
+class Actor(_Struct, frozen=True):
     id: Text
     type: ActorType
     name: Text | None = None
     email: Text | None = None
 
 
-class Entity(_Struct):
+class Entity(_Struct, frozen=True):
     type: Text
     id: Text
     name: Text | None = None
 
 
-class RequestInfo(_Struct):
+class RequestInfo(_Struct, frozen=True):
     id: Text | None = None
     ip: Text | None = None
     user_agent: Annotated[str, msgspec.Meta(max_length=4096)] | None = None
@@ -57,18 +58,18 @@ class RequestInfo(_Struct):
                 raise ValueError(f"`request.ip` must be an IPv4 or IPv6 address, not {self.ip!r}") from None
 
 
-class Change(_Struct):
+class Change(_Struct, frozen=True):
     field: Text
     old: Any = None
     new: Any = None
 
 
-class Presentation(_Struct):
+class Presentation(_Struct, frozen=True):
     code: Text
     params: dict[str, Any] = msgspec.field(default_factory=dict)
 
 
-class AuditEvent(_Struct):
+class AuditEvent(_Struct, frozen=True):
     """One audit event; fields are appended with defaults, never reordered or removed."""
 
     action: Action
@@ -98,11 +99,29 @@ def new_event_id() -> uuid.UUID:
     return uuid_utils.compat.uuid7()
 
 
+def derived_event_id(task_id: str, index: int, enqueued_ms: int) -> uuid.UUID:
+    """Make a UUIDv7 for an event sent without id: the same task and index give the same id,
+    so a task run twice stores its events once."""
+    digest = int.from_bytes(hashlib.sha256(f"{task_id}:{index}".encode()).digest()[:10])
+    value = (enqueued_ms & (2**48 - 1)) << 80 | digest
+    value = (value & ~(0xF << 76)) | (0x7 << 76)  # version 7
+    value = (value & ~(0x3 << 62)) | (0x2 << 62)  # RFC 4122 variant
+    return uuid.UUID(int=value)
+
+
+def _uuid7_time(event_id: uuid.UUID) -> datetime | None:
+    if event_id.version != 7:
+        return None
+    return datetime.fromtimestamp((event_id.int >> 80) / 1000, UTC)
+
+
 def finalize(
     event: AuditEvent,
     *,
     extra_keys: frozenset[str] = frozenset(),
     max_bytes: int = MAX_EVENT_BYTES,
+    default_id: uuid.UUID | None = None,
+    default_ts: datetime | None = None,
 ) -> tuple[AuditEvent, bytes]:
     """Fill the defaults, redact secrets and check the size; return the event and its JSON."""
     category = event.category or event.action.split(".", 1)[0]
@@ -115,10 +134,13 @@ def finalize(
     metadata = event.metadata
     if metadata is not None:
         metadata = redact_sensitive(metadata, extra_keys)  # type: ignore[assignment]
-    ts = event.ts.astimezone(UTC) if event.ts is not None else datetime.now(UTC)
+    event_id = event.id or default_id or new_event_id()
+    # A UUIDv7 carries its capture time: using it makes a redelivered event land on the same
+    # (id, ts) key even when its producer sent no ts.
+    ts = (event.ts or _uuid7_time(event_id) or default_ts or datetime.now(UTC)).astimezone(UTC)
     done = msgspec.structs.replace(
         event,
-        id=event.id or new_event_id(),
+        id=event_id,
         ts=ts,
         category=category,
         presentation=presentation,

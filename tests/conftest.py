@@ -2,18 +2,23 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import os
+import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 
 import asyncpg
 import pytest
 import redis.asyncio as aioredis
+from arq import Worker
 
 from service import db
 from service.embedded import EmbeddedStack
 from service.settings import Settings
+from workers.worker import build_worker, run_until
 
 TEMPLATE_DB = "auditq_test_template"
 
@@ -106,3 +111,36 @@ async def pg(database_url: str) -> AsyncIterator[asyncpg.Connection]:
     conn = await db.connect(database_url)
     yield conn
     await conn.close()
+
+
+async def wait_for(
+    condition: Callable[[], Awaitable[bool]], *, timeout: float = 30.0, interval: float = 0.05
+) -> None:
+    """Poll `condition` until it holds; fail the test after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while not await condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met within {timeout} s")
+        await asyncio.sleep(interval)
+
+
+@contextlib.asynccontextmanager
+async def running_worker(settings: Settings) -> AsyncIterator[Worker]:
+    """Run an arq worker in this process for the duration of the block."""
+    worker = build_worker(settings)
+    stop = asyncio.Event()
+    task = asyncio.create_task(run_until(worker, stop))
+    try:
+        yield worker
+    finally:
+        stop.set()
+        await task
+
+
+async def count_rows(database_url: str) -> int:
+    conn = await asyncpg.connect(database_url)
+    try:
+        n: int = await conn.fetchval("SELECT count(*) FROM audit_log")
+        return n
+    finally:
+        await conn.close()

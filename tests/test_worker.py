@@ -1,0 +1,122 @@
+"""The worker on real servers: batches stored once, bad rows isolated, nothing lost."""
+
+from __future__ import annotations
+
+import json
+import logging
+import uuid
+
+import asyncpg
+import pytest
+import redis.asyncio as aioredis
+
+from service import dead_letter
+from service.queue import ENQUEUE_SCRIPT
+from service.settings import Settings
+from tests.conftest import count_rows, running_worker, wait_for
+
+
+def event(i: int, **extra: object) -> dict[str, object]:
+    return {
+        "id": str(uuid.uuid4()),
+        "action": "record.updated",
+        "actor": {"id": f"user-{i % 7}", "type": "user"},
+        "entity": {"type": "record", "id": str(i)},
+        "metadata": {"n": i},
+        **extra,
+    }
+
+
+async def enqueue(redis: aioredis.Redis, queue: str, payload: str | bytes) -> str:
+    """Enqueue with raw Redis commands only, as a producer in any language would."""
+    task_id = await redis.eval(ENQUEUE_SCRIPT, 1, queue, payload)
+    return task_id.decode()  # type: ignore[no-any-return]
+
+
+async def queue_empty(redis: aioredis.Redis, queue: str) -> bool:
+    return await redis.zcard(queue) == 0
+
+
+async def test_batch_is_stored_once_even_when_delivered_twice(
+    settings: Settings, redis: aioredis.Redis, database_url: str
+) -> None:
+    events = [event(i) for i in range(1000)]
+    payload = json.dumps(events)
+    await enqueue(redis, settings.queue, payload)
+    async with running_worker(settings):
+        await wait_for(lambda: queue_empty(redis, settings.queue))
+        assert await count_rows(database_url) == 1000
+        await enqueue(redis, settings.queue, payload)  # the same events again, a new task
+        await wait_for(lambda: queue_empty(redis, settings.queue))
+    assert await count_rows(database_url) == 1000
+    assert await dead_letter.list_ids(redis, settings.queue) == []
+
+
+async def test_one_bad_row_is_isolated_and_dead_lettered(
+    settings: Settings, redis: aioredis.Redis, database_url: str, pg: asyncpg.Connection
+) -> None:
+    events = [event(i) for i in range(1000)]
+    # PostgreSQL refuses NUL in text; planted secret must not reach the dead letter.
+    events[517] = event(517, source="bad\u0000source", metadata={"password": "hunter2-planted"})
+    bad_id = events[517]["id"]
+    task_id = await enqueue(redis, settings.queue, json.dumps(events))
+    async with running_worker(settings):
+        await wait_for(lambda: queue_empty(redis, settings.queue))
+    assert await count_rows(database_url) == 999
+    assert await pg.fetchval("SELECT count(*) FROM audit_log WHERE id = $1", uuid.UUID(bad_id)) == 0
+    assert await dead_letter.list_ids(redis, settings.queue) == [task_id]
+    letter = await dead_letter.get(redis, settings.queue, task_id)
+    assert letter is not None
+    assert letter.event_count == 1
+    assert letter.classification == "data"
+    assert "0x00" in letter.message  # names the problem: a NUL byte
+    assert letter.payload[0]["id"] == bad_id
+    raw = await redis.get(dead_letter.record_key(settings.queue, task_id))
+    assert b"hunter2-planted" not in raw
+    assert await redis.pttl(dead_letter.record_key(settings.queue, task_id)) > 89 * 86_400_000
+
+
+@pytest.mark.parametrize(
+    ("payload", "reason"),
+    [
+        ('{"action": "auth.login", ', "invalid JSON"),
+        ('[{"action": "Not An Action"}]', "action"),
+        ('{"action": "auth.login", "colour": "red"}', "colour"),
+        (b'{"action": "auth.login", "source": "\xff\xfe"}', "UTF-8"),
+    ],
+)
+async def test_invalid_input_through_lua_becomes_a_failed_task(
+    settings: Settings, redis: aioredis.Redis, database_url: str, payload: str | bytes, reason: str
+) -> None:
+    task_id = await enqueue(redis, settings.queue, payload)
+    async with running_worker(settings):
+        await wait_for(lambda: queue_empty(redis, settings.queue))
+    letter = await dead_letter.get(redis, settings.queue, task_id)
+    assert letter is not None, "nothing may be dropped silently"
+    assert reason in letter.message
+    assert await count_rows(database_url) == 0
+
+
+async def test_events_without_id_get_stable_ids(
+    settings: Settings, redis: aioredis.Redis, database_url: str, pg: asyncpg.Connection
+) -> None:
+    task_id = await enqueue(redis, settings.queue, '[{"action": "auth.login"}, {"action": "auth.logout"}]')
+    async with running_worker(settings):
+        await wait_for(lambda: queue_empty(redis, settings.queue))
+    rows = await pg.fetch("SELECT id, category, presentation FROM audit_log ORDER BY action")
+    assert [r["category"] for r in rows] == ["auth", "auth"]
+    assert rows[0]["presentation"] == {"code": "audit.auth.login", "params": {}}
+    assert all(r["id"].version == 7 for r in rows)
+    assert task_id
+
+
+async def test_success_lines(
+    settings: Settings, redis: aioredis.Redis, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG, logger="auditq")
+    await enqueue(redis, settings.queue, json.dumps([event(1), event(2)]))
+    async with running_worker(settings):
+        await wait_for(lambda: queue_empty(redis, settings.queue))
+    lines = [r.getMessage() for r in caplog.records if r.name.startswith("auditq")]
+    assert "[AuditLogWorker] Successfully logged: record.updated record:1" in lines
+    assert sum("2 events stored" in line for line in lines) == 1

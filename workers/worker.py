@@ -1,0 +1,345 @@
+"""The arq worker: takes jobs of events, writes them in batches, retries or sets them aside."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import logging
+import time
+from datetime import UTC, datetime
+from typing import Any
+
+import asyncpg
+import msgspec
+from arq import Retry, Worker, cron, func
+from arq.connections import RedisSettings
+from redis.backoff import ExponentialBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+from redis.retry import Retry as RedisRetry
+
+from service import dead_letter, db
+from service.errors import InvalidEvent
+from service.events import AuditEvent, decode_json, derived_event_id, finalize
+from service.partitions import ensure_partitions
+from service.queue import JOB_FUNCTION, deserialize_job, serialize_job
+from service.redaction import redact_sensitive_in_string
+from service.settings import Settings
+from workers import maintenance
+from workers.retry import (
+    ARQ_MAX_TRIES,
+    DEFER_WHILE_OPEN,
+    MAX_ATTEMPTS,
+    Breaker,
+    Failure,
+    backoff,
+    classify,
+)
+from workers.writer import Rejected, write_events
+
+logger = logging.getLogger("auditq.worker")
+
+STATE = "auditq"  # key of WorkerState in arq's ctx
+POLL_DELAY = 0.02  # seconds between queue polls; bounds the pickup latency of a new job
+SHUTDOWN_GRACE = 20.0  # seconds running jobs get to finish on SIGTERM before they are requeued
+SUCCESS_PREFIX = "[AuditLogWorker] Successfully logged:"
+
+_batch_decoder = msgspec.json.Decoder(list[AuditEvent] | AuditEvent)
+
+
+def attempts_key(queue: str) -> str:
+    """Hash of task id -> unknown-error attempts so far."""
+    return f"auditq:{queue}:attempts"
+
+
+@dataclasses.dataclass
+class Task:
+    """What a job function knows of the job it runs."""
+
+    id: str
+    enqueued_ms: int
+    job_try: int
+
+
+@dataclasses.dataclass(eq=False)
+class WorkerState:
+    """Everything a job needs, made once per worker process."""
+
+    settings: Settings
+    breaker: Breaker = dataclasses.field(default_factory=Breaker)
+    pool: Any = None  # asyncpg.Pool once started
+    redis: Any = None  # arq's ArqRedis once started
+    worker: Worker | None = None
+    events_stored: int = 0
+    events_dead_lettered: int = 0
+    _probe: asyncio.Task[None] | None = None
+
+    def trip(self, exc: BaseException) -> None:
+        """Open the breaker: stop taking jobs and probe the database until it answers."""
+        self.breaker.trip(exc)
+        if self.worker is not None:
+            self.worker.allow_pick_jobs = False
+        if self._probe is None or self._probe.done():
+            self._probe = asyncio.get_running_loop().create_task(self._probe_until_up())
+
+    async def _probe_until_up(self) -> None:
+        while self.breaker.is_open:
+            await asyncio.sleep(self.breaker.next_pause())
+            try:
+                conn = await asyncpg.connect(self.settings.database_url, timeout=2)
+                await conn.close()
+            except Exception as exc:  # every failure means "still down"
+                logger.debug("database probe failed: %s", type(exc).__name__)
+                continue
+            # Connections made before the outage are dead; replace them on next use.
+            await self.pool.expire_connections()
+            self.breaker.close()
+            if self.worker is not None:
+                self.worker.allow_pick_jobs = True
+
+
+def _parse(payload: str, task: Task, state: WorkerState) -> tuple[list[AuditEvent], list[Rejected]]:
+    """Decode a job's payload into valid events (defaults filled) and rejected ones."""
+    settings = state.settings
+
+    def complete(index: int, event: AuditEvent) -> AuditEvent:
+        done, _ = finalize(
+            event,
+            extra_keys=settings.redact_extra_keys,
+            max_bytes=settings.max_event_bytes,
+            default_id=derived_event_id(task.id, index, task.enqueued_ms),
+            default_ts=datetime.fromtimestamp(task.enqueued_ms / 1000, UTC),
+        )
+        return done
+
+    events: list[AuditEvent] = []
+    rejected: list[Rejected] = []
+    try:  # fast path: the whole payload is valid
+        decoded = _batch_decoder.decode(payload)
+        items: list[Any] = decoded if isinstance(decoded, list) else [decoded]
+    except (msgspec.ValidationError, msgspec.DecodeError):
+        raw = decode_json(payload)  # raises InvalidEvent for bad JSON; else find the bad events
+        items = raw if isinstance(raw, list) else [raw]
+    for index, item in enumerate(items):
+        try:
+            event = item if isinstance(item, AuditEvent) else msgspec.convert(item, AuditEvent)
+            events.append(complete(index, event))
+        except (msgspec.ValidationError, InvalidEvent) as exc:
+            rejected.append(Rejected(index, item, f"invalid event at index {index}: {exc}"))
+    return events, rejected
+
+
+async def store_events(ctx: dict[str, Any], payload: str, *, invalid_utf8: bool = False) -> dict[str, int]:
+    """Store one job's events; set aside what cannot be stored, never lose any."""
+    state: WorkerState = ctx[STATE]
+    enqueued: datetime = ctx["enqueue_time"]
+    task = Task(ctx["job_id"], int(enqueued.timestamp() * 1000), ctx["job_try"])
+    started = time.perf_counter()
+    if invalid_utf8:
+        await _dead_letter(state, task, payload, 0, "InvalidEncoding", "payload is not valid UTF-8", "invalid")
+        return {"stored": 0, "rejected": 1}
+    try:
+        events, invalid = _parse(payload, task, state)
+    except InvalidEvent as exc:
+        await _dead_letter(state, task, payload, 0, "InvalidJSON", str(exc), "invalid")
+        return {"stored": 0, "rejected": 1}
+
+    inserted, refused = 0, []
+    if events:
+        result = await _write(state, task, events)
+        if result is None:  # the retry policy gave up: the whole batch is dead-lettered
+            return {"stored": 0, "rejected": len(events) + len(invalid)}
+        inserted, refused = result.inserted, result.rejected
+    rejected = sorted(invalid + refused, key=lambda r: r.index)
+    if rejected:
+        more = f" (and {len(rejected) - 1} more)" if len(rejected) > 1 else ""
+        await _dead_letter(
+            state,
+            task,
+            [msgspec.to_builtins(r.event) for r in rejected],
+            len(rejected),
+            "RejectedEvent",
+            rejected[0].reason + more,
+            "invalid" if invalid else "data",
+        )
+    stored = len(events) - len(refused)
+    state.events_stored += stored
+    if logger.isEnabledFor(logging.DEBUG):
+        bad = {id(r.event) for r in refused}
+        for event in events:
+            if id(event) not in bad:
+                entity = event.entity
+                logger.debug(
+                    "%s %s %s:%s",
+                    SUCCESS_PREFIX,
+                    event.action,
+                    entity.type if entity else None,
+                    entity.id if entity else None,
+                )
+    logger.info(
+        "[AuditLogWorker] task %s: %d events stored (%d new), %d rejected in %.1f ms",
+        task.id,
+        stored,
+        inserted,
+        len(rejected),
+        (time.perf_counter() - started) * 1000,
+    )
+    return {"stored": stored, "rejected": len(rejected)}
+
+
+async def _write(state: WorkerState, task: Task, events: list[AuditEvent]) -> Any:
+    """Write the batch under the retry policy; None when it was dead-lettered."""
+    if state.breaker.is_open:
+        raise Retry(defer=DEFER_WHILE_OPEN)
+    try:
+        async with asyncio.timeout(state.settings.job_timeout_s * 0.8):
+            async with state.pool.acquire() as conn:
+                result = await write_events(conn, events)
+    except Exception as exc:
+        failure = classify(exc)
+        if failure is Failure.INFRASTRUCTURE:
+            state.trip(exc)
+            raise Retry(defer=DEFER_WHILE_OPEN) from exc
+        attempts = int(await state.redis.hincrby(attempts_key(state.settings.queue), task.id, 1))
+        message = redact_sensitive_in_string(str(exc))
+        if attempts < MAX_ATTEMPTS:
+            delay = backoff(attempts)
+            logger.warning(
+                "task %s attempt %d/%d failed (%s: %s); retrying in %.0f s",
+                task.id, attempts, MAX_ATTEMPTS, type(exc).__name__, message, delay,
+            )
+            raise Retry(defer=delay) from exc
+        payload = [msgspec.to_builtins(e) for e in events]
+        await _dead_letter(state, task, payload, len(events), type(exc).__name__, message, "unknown", attempts)
+        return None
+    if task.job_try > 1:
+        await state.redis.hdel(attempts_key(state.settings.queue), task.id)
+    return result
+
+
+async def _dead_letter(
+    state: WorkerState,
+    task: Task,
+    payload: Any,
+    event_count: int,
+    error_name: str,
+    message: str,
+    classification: str,
+    attempts: int = 1,
+) -> None:
+    letter = await dead_letter.add(
+        state.redis,
+        state.settings.queue,
+        task_id=task.id,
+        payload=payload,
+        event_count=event_count,
+        error_name=error_name,
+        message=message,
+        classification=classification,
+        attempts=attempts,
+        enqueued_at_ms=task.enqueued_ms,
+        ttl_days=state.settings.dead_letter_ttl_days,
+    )
+    await state.redis.hdel(attempts_key(state.settings.queue), task.id)
+    state.events_dead_lettered += event_count
+    logger.error(
+        "[AuditLogWorker] task %s set aside in the dead letter: %s: %s",
+        task.id,
+        letter.error_name,
+        letter.message,
+    )
+
+
+async def maintain(ctx: dict[str, Any]) -> None:
+    """Make partitions ahead and drop those past retention."""
+    state: WorkerState = ctx[STATE]
+    async with state.pool.acquire() as conn:
+        await ensure_partitions(conn, months_ahead=state.settings.partitions_ahead_months)
+        if state.settings.retention_days:
+            await maintenance.drop_expired_partitions(conn, retention_days=state.settings.retention_days)
+
+
+async def _startup(ctx: dict[str, Any]) -> None:
+    state: WorkerState = ctx[STATE]
+    state.redis = ctx["redis"]
+    assert state.settings.database_url is not None
+    state.pool = await db.create_pool(state.settings.database_url, size=state.settings.db_pool_size)
+    # Before the first job: a month's rows must never land in the default partition while
+    # that month's own partition is about to be made (the key is unique per partition).
+    async with state.pool.acquire() as conn:
+        await ensure_partitions(conn, months_ahead=state.settings.partitions_ahead_months)
+
+
+async def _shutdown(ctx: dict[str, Any]) -> None:
+    state: WorkerState = ctx[STATE]
+    if state._probe is not None:
+        state._probe.cancel()
+    if state.pool is not None:
+        await state.pool.close()
+
+
+def redis_settings(url: str) -> RedisSettings:
+    """arq's Redis settings with a retry policy, so a Redis restart is ridden out."""
+    settings = RedisSettings.from_dsn(url)
+    settings.retry = RedisRetry(ExponentialBackoff(cap=1.0, base=0.05), 8)
+    settings.retry_on_error = [RedisConnectionError, RedisTimeoutError]
+    settings.conn_retries = 30
+    return settings
+
+
+def build_worker(settings: Settings, *, handle_signals: bool = False) -> Worker:
+    """Make the arq worker for `settings` (URLs resolved)."""
+    assert settings.redis_url and settings.database_url
+    state = WorkerState(settings)
+    worker = Worker(
+        functions=[func(store_events, name=JOB_FUNCTION, max_tries=ARQ_MAX_TRIES)],  # type: ignore[arg-type]
+        cron_jobs=[cron(maintain, name="maintain", minute={7}, run_at_startup=True)],  # type: ignore[arg-type]
+        redis_settings=redis_settings(settings.redis_url),
+        queue_name=settings.queue,
+        max_jobs=settings.worker_max_jobs,
+        job_timeout=settings.job_timeout_s,
+        poll_delay=POLL_DELAY,
+        max_tries=ARQ_MAX_TRIES,
+        keep_result=3600,
+        job_serializer=serialize_job,
+        job_deserializer=deserialize_job,
+        on_startup=_startup,
+        on_shutdown=_shutdown,
+        ctx={STATE: state},
+        handle_signals=handle_signals,
+        job_completion_wait=int(SHUTDOWN_GRACE),
+        log_results=False,
+    )
+    state.worker = worker
+    return worker
+
+
+def worker_state(worker: Worker) -> WorkerState:
+    state: WorkerState = worker.ctx[STATE]
+    return state
+
+
+async def stop_worker(worker: Worker, *, grace: float = SHUTDOWN_GRACE) -> None:
+    """Stop taking jobs, let running ones finish (up to `grace`), then close."""
+    worker.allow_pick_jobs = False
+    running = [t for t in worker.tasks.values() if not t.done()]
+    if running:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(asyncio.gather(*running, return_exceptions=True), grace)
+    await worker.close()
+
+
+async def run_until(worker: Worker, stop: asyncio.Event) -> None:
+    """Run `worker` until `stop` is set, then stop it without losing a job."""
+    main = asyncio.create_task(worker.main())
+    waiter = asyncio.create_task(stop.wait())
+    await asyncio.wait({main, waiter}, return_when=asyncio.FIRST_COMPLETED)
+    if main.done():
+        waiter.cancel()
+        main.result()  # a worker that died on its own: raise why
+        return
+    await stop_worker(worker)
+    main.cancel()  # worker.main() polls forever; close() only cancels a task arq started itself
+    with contextlib.suppress(asyncio.CancelledError):
+        await main

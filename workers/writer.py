@@ -1,0 +1,135 @@
+"""The batch writer: many events in one idempotent INSERT, bad rows isolated by bisection."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from typing import Any
+
+import asyncpg
+import msgspec
+
+from service.events import AuditEvent
+from service.redaction import redact_sensitive_in_string
+from workers.retry import Failure, classify
+
+# One statement for the whole batch: arrays in, unnest; redelivered events are skipped.
+INSERT_EVENTS = """
+INSERT INTO audit_log (
+    id, ts, action, category, severity, outcome,
+    actor_id, actor_type, actor_name, actor_email,
+    entity_type, entity_id, entity_name, tenant,
+    request_id, ip, user_agent, method, path, status, duration_ms,
+    changes, metadata, presentation, source)
+SELECT id, ts, action, category, severity, outcome,
+       actor_id, actor_type, actor_name, actor_email,
+       entity_type, entity_id, entity_name, tenant,
+       request_id, ip::inet, user_agent, method, path, status, duration_ms,
+       changes::jsonb, metadata::jsonb, presentation::jsonb, source
+FROM unnest(
+    $1::uuid[], $2::timestamptz[], $3::text[], $4::text[], $5::text[], $6::text[],
+    $7::text[], $8::text[], $9::text[], $10::text[],
+    $11::text[], $12::text[], $13::text[], $14::text[],
+    $15::text[], $16::text[], $17::text[], $18::text[], $19::text[], $20::int[], $21::float8[],
+    $22::text[], $23::text[], $24::text[], $25::text[])
+    AS u(id, ts, action, category, severity, outcome,
+         actor_id, actor_type, actor_name, actor_email,
+         entity_type, entity_id, entity_name, tenant,
+         request_id, ip, user_agent, method, path, status, duration_ms,
+         changes, metadata, presentation, source)
+-- The key is (id, ts) per partition; the id alone is the idempotency key, whatever the ts.
+WHERE NOT EXISTS (SELECT FROM audit_log a WHERE a.id = u.id)
+ON CONFLICT (id, ts) DO NOTHING
+"""
+N_COLUMNS = 25
+
+
+@dataclasses.dataclass
+class Rejected:
+    """An event that cannot be stored, with the reason (redacted)."""
+
+    index: int
+    event: Any  # the AuditEvent PostgreSQL refused, or the raw item that was not an event
+    reason: str
+
+
+@dataclasses.dataclass
+class WriteResult:
+    inserted: int = 0  # new rows; redelivered events count as already stored, not inserted
+    rejected: list[Rejected] = dataclasses.field(default_factory=list)
+
+
+_encoder = msgspec.json.Encoder()
+
+
+def _json(value: object) -> str | None:
+    return None if value is None else _encoder.encode(value).decode()
+
+
+def _columns(events: Sequence[AuditEvent]) -> list[list[Any]]:
+    """Turn events (with defaults filled) into one list per column."""
+    columns: list[list[Any]] = [[] for _ in range(N_COLUMNS)]
+    for e in events:
+        actor, entity, request = e.actor, e.entity, e.request
+        presentation = e.presentation
+        row = (
+            e.id,
+            e.ts,
+            e.action,
+            e.category,
+            e.severity,
+            e.outcome,
+            actor and actor.id,
+            actor and actor.type,
+            actor and actor.name,
+            actor and actor.email,
+            entity and entity.type,
+            entity and entity.id,
+            entity and entity.name,
+            e.tenant,
+            request and request.id,
+            request and request.ip,
+            request and request.user_agent,
+            request and request.method,
+            request and request.path,
+            request and request.status,
+            request and request.duration_ms,
+            _json(e.changes),
+            _json(e.metadata),
+            _json(presentation and {"code": presentation.code, "params": presentation.params}),
+            e.source,
+        )
+        for column, value in zip(columns, row, strict=True):
+            column.append(value)
+    return columns
+
+
+async def write_events(conn: asyncpg.Connection, events: Sequence[AuditEvent]) -> WriteResult:
+    """Store `events`; rows PostgreSQL rejects are isolated and returned, the rest stored.
+
+    Raises on anything that is not a data error (the caller's retry policy decides).
+    """
+    result = WriteResult()
+    await _write(conn, list(enumerate(events)), result)
+    return result
+
+
+async def _write(
+    conn: asyncpg.Connection, batch: list[tuple[int, AuditEvent]], result: WriteResult
+) -> None:
+    try:
+        status = await conn.execute(INSERT_EVENTS, *_columns([e for _, e in batch]))
+    except asyncpg.PostgresError as exc:
+        if classify(exc) is not Failure.DATA:
+            raise
+        if len(batch) == 1:
+            index, event = batch[0]
+            reason = f"{type(exc).__name__}: {redact_sensitive_in_string(str(exc))}"
+            result.rejected.append(Rejected(index, event, reason))
+            return
+        # Bisect: log2(n) statements find each bad row; the good ones are stored on the way.
+        middle = len(batch) // 2
+        await _write(conn, batch[:middle], result)
+        await _write(conn, batch[middle:], result)
+        return
+    result.inserted += int(status.rsplit(" ", 1)[-1])
