@@ -42,7 +42,7 @@ async def create_pool(database_url: str, *, size: int = 10, **kwargs: Any) -> as
 
 
 async def migrate(database_url: str, *, months_ahead: int = 3) -> None:
-    """Apply schema.sql and make partitions ahead; safe to run any number of times, even concurrently."""
+    """Apply schema.sql and make partitions ahead; safe to repeat, even concurrently."""
     conn = await asyncpg.connect(database_url, command_timeout=COMMAND_TIMEOUT)
     try:
         async with conn.transaction():

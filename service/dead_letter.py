@@ -1,4 +1,4 @@
-"""The dead letter: events that could not be stored, kept in Redis (PostgreSQL may be what is down)."""
+"""The dead letter: events that could not be stored, kept in Redis (PostgreSQL may be down)."""
 
 from __future__ import annotations
 

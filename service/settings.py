@@ -42,15 +42,17 @@ class Settings:
     partitions_ahead_months: int = 3
 
     @classmethod
-    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+    def from_env(
+        cls, environ: Mapping[str, str] | None = None, *, published: bool = True
+    ) -> Settings:
         """Build settings from AUDITQ_* variables, rejecting bad values with one clear message."""
         env = os.environ if environ is None else environ
         data_dir = Path(env.get("AUDITQ_DATA_DIR", ".auditq"))
         # `auditq run` publishes the URLs of its embedded stack; other commands pick them up.
-        published = read_env_file(data_dir / ENV_FILE_NAME)
+        urls = read_env_file(data_dir / ENV_FILE_NAME) if published else {}
 
         def url(name: str) -> str | None:
-            return env.get(name) or published.get(name) or None
+            return env.get(name) or urls.get(name) or None
 
         log_format = env.get("AUDITQ_LOG_FORMAT", "text")
         if log_format not in ("text", "json"):

@@ -114,13 +114,13 @@ async def pg(database_url: str) -> AsyncIterator[asyncpg.Connection]:
 
 
 async def wait_for(
-    condition: Callable[[], Awaitable[bool]], *, timeout: float = 30.0, interval: float = 0.05
+    condition: Callable[[], Awaitable[bool]], *, within_s: float = 30.0, interval: float = 0.05
 ) -> None:
-    """Poll `condition` until it holds; fail the test after `timeout` seconds."""
-    deadline = time.monotonic() + timeout
+    """Poll `condition` until it holds; fail the test after `within_s` seconds."""
+    deadline = time.monotonic() + within_s
     while not await condition():
         if time.monotonic() > deadline:
-            raise AssertionError(f"condition not met within {timeout} s")
+            raise AssertionError(f"condition not met within {within_s} s")
         await asyncio.sleep(interval)
 
 

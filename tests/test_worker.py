@@ -100,7 +100,9 @@ async def test_invalid_input_through_lua_becomes_a_failed_task(
 async def test_events_without_id_get_stable_ids(
     settings: Settings, redis: aioredis.Redis, database_url: str, pg: asyncpg.Connection
 ) -> None:
-    task_id = await enqueue(redis, settings.queue, '[{"action": "auth.login"}, {"action": "auth.logout"}]')
+    task_id = await enqueue(
+        redis, settings.queue, '[{"action": "auth.login"}, {"action": "auth.logout"}]'
+    )
     async with running_worker(settings):
         await wait_for(lambda: queue_empty(redis, settings.queue))
     rows = await pg.fetch("SELECT id, category, presentation FROM audit_log ORDER BY action")

@@ -13,6 +13,7 @@ from workers.writer import write_events
 
 logger = logging.getLogger(__name__)
 
+
 async def drop_expired_partitions(
     conn: asyncpg.Connection, *, retention_days: int, now: datetime | None = None
 ) -> list[str]:
@@ -35,11 +36,17 @@ async def drop_expired_partitions(
                     action="audit.partition_dropped",
                     severity="notice",
                     entity=Entity(type="partition", id=name),
-                    metadata={"rows": rows, "retention_days": retention_days, "month": month.isoformat()},
+                    metadata={
+                        "rows": rows,
+                        "retention_days": retention_days,
+                        "month": month.isoformat(),
+                    },
                     source="auditq-worker",
                 )
             )
             await write_events(conn, [event])
-        logger.warning("dropped partition %s (%d rows) past the %d-day retention", name, rows, retention_days)
+        logger.warning(
+            "dropped partition %s (%d rows) past the %d-day retention", name, rows, retention_days
+        )
         dropped.append(name)
     return dropped

@@ -64,7 +64,7 @@ def classify(exc: BaseException) -> Failure:
 
 def backoff(attempt: int) -> float:
     """Seconds to wait before attempt `attempt + 1` after an unknown error."""
-    return BACKOFF_BASE * 2 ** (attempt - 1)
+    return float(BACKOFF_BASE * 2 ** (attempt - 1))
 
 
 class Breaker:
@@ -89,13 +89,17 @@ class Breaker:
         self.opened_at = time.monotonic()
         self._pause = BREAKER_FIRST_PAUSE
         self._closed.clear()
-        logger.warning("database unreachable (%s); breaker open, taking no work", type(exc).__name__)
+        logger.warning(
+            "database unreachable (%s); breaker open, taking no work", type(exc).__name__
+        )
 
     def close(self) -> None:
         """Close the breaker after the database answered."""
         if self.is_open:
             opened = self.opened_at or time.monotonic()
-            logger.warning("database answers again after %.1f s; breaker closed", time.monotonic() - opened)
+            logger.warning(
+                "database answers again after %.1f s; breaker closed", time.monotonic() - opened
+            )
         self.opened_at = None
         self._closed.set()
 

@@ -14,12 +14,12 @@ import asyncpg
 import msgspec
 from arq import Retry, Worker, cron, func
 from arq.connections import RedisSettings
+from redis.asyncio.retry import Retry as RedisRetry
 from redis.backoff import ExponentialBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
-from redis.retry import Retry as RedisRetry
 
-from service import dead_letter, db
+from service import db, dead_letter
 from service.errors import InvalidEvent
 from service.events import AuditEvent, decode_json, derived_event_id, finalize
 from service.partitions import ensure_partitions
@@ -130,14 +130,18 @@ def _parse(payload: str, task: Task, state: WorkerState) -> tuple[list[AuditEven
     return events, rejected
 
 
-async def store_events(ctx: dict[str, Any], payload: str, *, invalid_utf8: bool = False) -> dict[str, int]:
+async def store_events(
+    ctx: dict[str, Any], payload: str, *, invalid_utf8: bool = False
+) -> dict[str, int]:
     """Store one job's events; set aside what cannot be stored, never lose any."""
     state: WorkerState = ctx[STATE]
     enqueued: datetime = ctx["enqueue_time"]
     task = Task(ctx["job_id"], int(enqueued.timestamp() * 1000), ctx["job_try"])
     started = time.perf_counter()
     if invalid_utf8:
-        await _dead_letter(state, task, payload, 0, "InvalidEncoding", "payload is not valid UTF-8", "invalid")
+        await _dead_letter(
+            state, task, payload, 0, "InvalidEncoding", "payload is not valid UTF-8", "invalid"
+        )
         return {"stored": 0, "rejected": 1}
     try:
         events, invalid = _parse(payload, task, state)
@@ -207,11 +211,18 @@ async def _write(state: WorkerState, task: Task, events: list[AuditEvent]) -> An
             delay = backoff(attempts)
             logger.warning(
                 "task %s attempt %d/%d failed (%s: %s); retrying in %.0f s",
-                task.id, attempts, MAX_ATTEMPTS, type(exc).__name__, message, delay,
+                task.id,
+                attempts,
+                MAX_ATTEMPTS,
+                type(exc).__name__,
+                message,
+                delay,
             )
             raise Retry(defer=delay) from exc
         payload = [msgspec.to_builtins(e) for e in events]
-        await _dead_letter(state, task, payload, len(events), type(exc).__name__, message, "unknown", attempts)
+        await _dead_letter(
+            state, task, payload, len(events), type(exc).__name__, message, "unknown", attempts
+        )
         return None
     if task.job_try > 1:
         await state.redis.hdel(attempts_key(state.settings.queue), task.id)
@@ -257,7 +268,9 @@ async def maintain(ctx: dict[str, Any]) -> None:
     async with state.pool.acquire() as conn:
         await ensure_partitions(conn, months_ahead=state.settings.partitions_ahead_months)
         if state.settings.retention_days:
-            await maintenance.drop_expired_partitions(conn, retention_days=state.settings.retention_days)
+            await maintenance.drop_expired_partitions(
+                conn, retention_days=state.settings.retention_days
+            )
 
 
 async def _startup(ctx: dict[str, Any]) -> None:
@@ -293,8 +306,8 @@ def build_worker(settings: Settings, *, handle_signals: bool = False) -> Worker:
     assert settings.redis_url and settings.database_url
     state = WorkerState(settings)
     worker = Worker(
-        functions=[func(store_events, name=JOB_FUNCTION, max_tries=ARQ_MAX_TRIES)],  # type: ignore[arg-type]
-        cron_jobs=[cron(maintain, name="maintain", minute={7}, run_at_startup=True)],  # type: ignore[arg-type]
+        functions=[func(store_events, name=JOB_FUNCTION, max_tries=ARQ_MAX_TRIES)],
+        cron_jobs=[cron(maintain, name="maintain", minute={7}, run_at_startup=True)],
         redis_settings=redis_settings(settings.redis_url),
         queue_name=settings.queue,
         max_jobs=settings.worker_max_jobs,

@@ -1,0 +1,85 @@
+"""The aiohttp application: one factory, one route table, one cleanup context per resource."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import asyncpg
+import redis.asyncio as aioredis
+from aiohttp import web
+
+from service import db
+from service.settings import Settings
+
+SETTINGS = web.AppKey("settings", Settings)
+POOL = web.AppKey("pool", asyncpg.Pool)
+REDIS = web.AppKey("redis", aioredis.Redis)
+READY_TIMEOUT = 2.0  # seconds each dependency gets to answer /readyz
+
+
+async def healthz(request: web.Request) -> web.Response:
+    """Liveness: the process answers."""
+    return web.json_response({"status": "ok"})
+
+
+async def readyz(request: web.Request) -> web.Response:
+    """Readiness: Redis and PostgreSQL both answer."""
+    app = request.app
+
+    async def redis_ok() -> bool:
+        await app[REDIS].ping()
+        return True
+
+    async def postgres_ok() -> bool:
+        async with app[POOL].acquire(timeout=READY_TIMEOUT) as conn:
+            await conn.fetchval("SELECT 1")
+        return True
+
+    checks = {"redis": redis_ok(), "postgresql": postgres_ok()}
+    results = await asyncio.gather(
+        *(asyncio.wait_for(c, READY_TIMEOUT) for c in checks.values()), return_exceptions=True
+    )
+    down = [name for name, ok in zip(checks, results, strict=True) if ok is not True]
+    if down:
+        return web.json_response(
+            {
+                "error": {
+                    "code": "dependency_unavailable",
+                    "message": f"not answering: {', '.join(down)}",
+                }
+            },
+            status=503,
+        )
+    return web.json_response({"status": "ready"})
+
+
+ROUTES = [
+    web.get("/healthz", healthz),
+    web.get("/readyz", readyz),
+]
+
+
+async def _postgres(app: web.Application) -> AsyncIterator[None]:
+    settings = app[SETTINGS]
+    assert settings.database_url is not None
+    app[POOL] = await db.create_pool(settings.database_url, size=settings.db_pool_size)
+    yield
+    await app[POOL].close()
+
+
+async def _redis(app: web.Application) -> AsyncIterator[None]:
+    settings = app[SETTINGS]
+    assert settings.redis_url is not None
+    app[REDIS] = aioredis.Redis.from_url(settings.redis_url, socket_connect_timeout=READY_TIMEOUT)
+    yield
+    await app[REDIS].aclose()
+
+
+def create_app(settings: Settings) -> web.Application:
+    """Build the admin API for `settings` (URLs resolved)."""
+    app = web.Application(client_max_size=2 * 1024 * 1024)
+    app[SETTINGS] = settings
+    app.cleanup_ctx.extend([_postgres, _redis])
+    app.add_routes(ROUTES)
+    return app
