@@ -72,3 +72,15 @@ DROP TRIGGER IF EXISTS audit_log_no_truncate ON audit_log;
 CREATE TRIGGER audit_log_no_truncate
     BEFORE TRUNCATE ON audit_log
     FOR EACH STATEMENT EXECUTE FUNCTION audit_log_append_only();
+
+-- API tokens: only a SHA-256 of each token is stored; the token itself is shown once.
+CREATE TABLE IF NOT EXISTS api_token (
+    id          bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    name        text        NOT NULL,
+    role        text        NOT NULL CHECK (role IN ('reader', 'admin', 'ingest')),
+    token_hash  bytea       NOT NULL UNIQUE,
+    created_at  timestamptz NOT NULL DEFAULT now(),
+    last_used_at timestamptz,
+    revoked_at  timestamptz
+);
+CREATE UNIQUE INDEX IF NOT EXISTS api_token_name_active_idx ON api_token (name) WHERE revoked_at IS NULL;
