@@ -5,18 +5,16 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 
-import asyncpg
 import redis.asyncio as aioredis
 from aiohttp import web
 
 from service import db
 from service.auth import auth_middleware
+from service.client import AuditClient
 from service.http import error_middleware, error_response
 from service.settings import Settings
+from service.state import CLIENT, POOL, REDIS, SETTINGS
 
-SETTINGS = web.AppKey("settings", Settings)
-POOL = web.AppKey("pool", asyncpg.Pool)
-REDIS = web.AppKey("redis", aioredis.Redis)
 READY_TIMEOUT = 2.0  # seconds each dependency gets to answer /readyz
 MAX_BODY_BYTES = 2 * 1024 * 1024  # a 1,000-event ingest of typical events fits; larger is 413
 
@@ -71,12 +69,18 @@ async def _redis(app: web.Application) -> AsyncIterator[None]:
     await app[REDIS].aclose()
 
 
+async def _client(app: web.Application) -> AsyncIterator[None]:
+    app[CLIENT] = AuditClient.from_settings(app[SETTINGS])
+    yield
+    await app[CLIENT].aclose()
+
+
 def create_app(settings: Settings) -> web.Application:
     """Build the admin API for `settings` (URLs resolved)."""
     app = web.Application(
         client_max_size=MAX_BODY_BYTES, middlewares=[error_middleware, auth_middleware(POOL)]
     )
     app[SETTINGS] = settings
-    app.cleanup_ctx.extend([_postgres, _redis])
+    app.cleanup_ctx.extend([_postgres, _redis, _client])
     app.add_routes(ROUTES)
     return app
