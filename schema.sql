@@ -48,6 +48,8 @@ CREATE INDEX IF NOT EXISTS audit_log_request_idx ON audit_log (request_id);
 CREATE INDEX IF NOT EXISTS audit_log_tenant_idx ON audit_log (tenant, ts DESC);
 CREATE INDEX IF NOT EXISTS audit_log_ts_idx ON audit_log (ts DESC, id DESC);
 CREATE INDEX IF NOT EXISTS audit_log_search_idx ON audit_log USING gin (search);
+-- The live tail (SSE) reads rows in arrival order, which is not `ts` order for late events.
+CREATE INDEX IF NOT EXISTS audit_log_received_idx ON audit_log (received_at, id);
 
 -- Append-only: rows change only through the retention and anonymisation paths, which set
 -- `auditq.maintenance` to 'on' inside their own transaction.
@@ -84,3 +86,15 @@ CREATE TABLE IF NOT EXISTS api_token (
     revoked_at  timestamptz
 );
 CREATE UNIQUE INDEX IF NOT EXISTS api_token_name_active_idx ON api_token (name) WHERE revoked_at IS NULL;
+
+-- Secrets the API derives keys from (the HMAC key of pagination cursors): made once per
+-- database, so every API replica, before and after a restart, signs and checks alike.
+CREATE TABLE IF NOT EXISTS api_secret (
+    name       text        PRIMARY KEY,
+    secret     bytea       NOT NULL,
+    created_at timestamptz NOT NULL DEFAULT now()
+);
+-- gen_random_uuid() draws from the server's strong random source: 2 x 122 random bits.
+INSERT INTO api_secret (name, secret)
+VALUES ('cursor', uuid_send(gen_random_uuid()) || uuid_send(gen_random_uuid()))
+ON CONFLICT (name) DO NOTHING;

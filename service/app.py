@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator
 import redis.asyncio as aioredis
 from aiohttp import web
 
-from service import db
+from service import audit_logs, db, ingest, metrics, openapi, tasks_api
 from service.auth import auth_middleware
 from service.client import AuditClient
 from service.http import error_middleware, error_response
@@ -50,6 +50,22 @@ async def readyz(request: web.Request) -> web.Response:
 ROUTES = [
     web.get("/healthz", healthz),
     web.get("/readyz", readyz),
+    # Audit logs: the fixed paths before `{id}`, as aiohttp matches in order.
+    web.get("/api/v1/admin/audit-logs", audit_logs.list_audit_logs),
+    web.get("/api/v1/admin/audit-logs/export", audit_logs.export_audit_logs),
+    web.get("/api/v1/admin/audit-logs/statistics", audit_logs.audit_log_statistics),
+    web.get("/api/v1/admin/audit-logs/stream", audit_logs.stream_audit_logs),
+    web.post("/api/v1/admin/audit-logs/search", audit_logs.search_audit_logs),
+    web.get(
+        "/api/v1/admin/audit-logs/entity/{entity_type}/{entity_id:.+}", audit_logs.entity_history
+    ),
+    web.get("/api/v1/admin/audit-logs/user/{actor_id:.+}", audit_logs.actor_history),
+    web.get("/api/v1/admin/audit-logs/{id}", audit_logs.get_audit_log),
+    # Tasks and queue stats, HTTP ingest, metrics, and the OpenAPI document of all of these.
+    *tasks_api.ROUTES,
+    *ingest.ROUTES,
+    *metrics.ROUTES,
+    *openapi.ROUTES,
 ]
 
 
@@ -81,6 +97,7 @@ def create_app(settings: Settings) -> web.Application:
         client_max_size=MAX_BODY_BYTES, middlewares=[error_middleware, auth_middleware(POOL)]
     )
     app[SETTINGS] = settings
-    app.cleanup_ctx.extend([_postgres, _redis, _client])
+    app.cleanup_ctx.extend([_postgres, _redis, _client, audit_logs.audit_log_context])
+    app.on_shutdown.append(audit_logs.stop_streams)
     app.add_routes(ROUTES)
     return app

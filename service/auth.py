@@ -92,7 +92,7 @@ def allowed(role: Role, method: str, path: str) -> bool:
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 PROTECTED_PREFIXES = ("/api/v1/admin/", "/api/v1/events")
-PRINCIPAL_KEY = "auditq.principal"
+PRINCIPAL_KEY = web.RequestKey("auditq.principal", Principal)
 
 
 def auth_middleware(pool_key: web.AppKey[asyncpg.Pool]) -> Middleware:

@@ -7,15 +7,18 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
+import os
 import signal
 import sys
 from collections.abc import AsyncIterator, Callable, Coroutine
+from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import msgspec
 from aiohttp import web
 
-from service import db, logs
+from service import auth, db, logs, task_commands
 from service.errors import AuditqError, ConfigError
 from service.settings import Settings
 
@@ -106,6 +109,8 @@ async def cmd_run(settings: Settings, args: argparse.Namespace) -> int:
     try:
         assert settings.database_url
         await db.migrate(settings.database_url, months_ahead=settings.partitions_ahead_months)
+        admin_token = await ensure_dev_admin_token(settings)
+        print(f"admin token: {admin_token}", flush=True)
         async with _running_worker(settings), _serving_api(settings) as address:
             print(f"auditq is running: API on {address}", flush=True)
             if stack is not None:
@@ -166,6 +171,137 @@ async def cmd_emit(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+DEV_ADMIN_TOKEN_NAME = "dev-admin"
+ADMIN_TOKEN_FILE = "admin-token"  # under the data dir
+
+
+def _require_database(settings: Settings) -> str:
+    if not settings.database_url:
+        raise ConfigError(
+            "no PostgreSQL to talk to: set AUDITQ_DATABASE_URL, or start `auditq run` "
+            f"(its URLs are then read from {settings.env_file})"
+        )
+    return settings.database_url
+
+
+async def _audit_token_change(settings: Settings, action: str, name: str, role: str | None) -> None:
+    """Record a token change as an audit event, best effort: the command stands regardless."""
+    from service.client import AuditClient
+    from service.events import Actor, AuditEvent, Entity
+
+    if not settings.redis_url:
+        logger.warning("no Redis URL: %s of token %r is not audited", action, name)
+        return
+    event = AuditEvent(
+        action=action,
+        severity="notice",
+        actor=Actor(id="cli", type="system"),
+        entity=Entity(type="api_token", id=name),
+        metadata={"name": name, "role": role} if role else {"name": name},
+        source="auditq-cli",
+    )
+    try:
+        async with AuditClient.from_settings(settings) as client:
+            await client.capture(event)  # never raises; a failure is logged by the client
+    except Exception as exc:
+        logger.warning("%s of token %r is not audited: %s", action, name, exc)
+
+
+def _write_private(path: Path, text: str) -> None:
+    """Replace `path` with `text`, readable by its owner only."""
+    staging = path.with_name(path.name + ".tmp")
+    fd = os.open(staging, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as file:
+        file.write(text + "\n")
+    os.chmod(staging, 0o600)  # the file may have existed with wider rights
+    os.replace(staging, path)
+
+
+async def ensure_dev_admin_token(settings: Settings) -> str:
+    """Return the admin token of <data_dir>/admin-token, made anew when it no longer works."""
+    from service.http import ApiError
+
+    path = settings.data_dir / ADMIN_TOKEN_FILE
+    try:
+        saved = path.read_text().strip()
+    except OSError:
+        saved = ""
+    conn = await db.connect(_require_database(settings))
+    try:
+        if saved:
+            with contextlib.suppress(ApiError):
+                if (await auth.authenticate(conn, f"Bearer {saved}")).role == "admin":
+                    return saved
+        # The file is gone or its token revoked: a token of that name, if any, is unknown now.
+        async with conn.transaction():
+            await auth.revoke_token(conn, DEV_ADMIN_TOKEN_NAME)
+            token = await auth.create_token(conn, name=DEV_ADMIN_TOKEN_NAME, role="admin")
+    finally:
+        await conn.close()
+    _write_private(path, token)
+    await _audit_token_change(settings, "token.created", DEV_ADMIN_TOKEN_NAME, "admin")
+    return token
+
+
+async def cmd_tokens_create(settings: Settings, args: argparse.Namespace) -> int:
+    conn = await db.connect(_require_database(settings))
+    try:
+        token = await auth.create_token(conn, name=args.name, role=args.role)
+    except ValueError as exc:
+        print(f"auditq: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        await conn.close()
+    await _audit_token_change(settings, "token.created", args.name, args.role)
+    print(f"token {args.name!r} created (role {args.role}); it is shown once, store it now:")
+    print(token, flush=True)
+    return 0
+
+
+def _when(value: datetime | None) -> str:
+    return value.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%SZ") if value else "-"
+
+
+async def cmd_tokens_list(settings: Settings, args: argparse.Namespace) -> int:
+    conn = await db.connect(_require_database(settings))
+    try:
+        rows = await auth.list_tokens(conn)
+    finally:
+        await conn.close()
+    if not rows:
+        print("no tokens; make one with `auditq tokens create --name NAME --role ROLE`")
+        return 0
+    table = [("NAME", "ROLE", "CREATED", "LAST USED", "REVOKED")]
+    for row in rows:
+        when = (_when(row["created_at"]), _when(row["last_used_at"]), _when(row["revoked_at"]))
+        table.append((row["name"], row["role"], *when))
+    widths = [max(len(line[i]) for line in table) for i in range(len(table[0]))]
+    for line in table:
+        print("  ".join(cell.ljust(width) for cell, width in zip(line, widths, strict=True)))
+    return 0
+
+
+async def cmd_tokens_revoke(settings: Settings, args: argparse.Namespace) -> int:
+    conn = await db.connect(_require_database(settings))
+    try:
+        revoked = await auth.revoke_token(conn, args.name)
+    finally:
+        await conn.close()
+    if not revoked:
+        print(f"auditq: no active token named {args.name!r}", file=sys.stderr)
+        return 1
+    await _audit_token_change(settings, "token.revoked", args.name, None)
+    print(f"token {args.name!r} revoked: it stops working at once")
+    return 0
+
+
+def _token_name(value: str) -> str:
+    name = value.strip()
+    if not name or len(name) > 128:
+        raise argparse.ArgumentTypeError("a token name is 1 to 128 characters")
+    return name
+
+
 Command = Callable[[Settings, argparse.Namespace], Coroutine[Any, Any, int]]
 
 
@@ -193,6 +329,23 @@ def _parser() -> argparse.ArgumentParser:
     emit.add_argument("--source")
     emit.add_argument("--metadata", help="a JSON object")
     emit.add_argument("--json", help="the whole event as JSON (flags override its fields)")
+    tokens_help = "Manage admin API tokens: create, list, revoke."
+    tokens = sub.add_parser("tokens", help=tokens_help, description=tokens_help)
+    token_sub = tokens.add_subparsers(dest="tokens_command", required=True, metavar="ACTION")
+    create_help = "Make a token; prints it alone on the last line (shown once, stored hashed)."
+    create = token_sub.add_parser("create", help=create_help, description=create_help)
+    create.set_defaults(command=cmd_tokens_create)
+    create.add_argument("--name", required=True, type=_token_name, help="e.g. ci-export")
+    create.add_argument("--role", required=True, choices=auth.ROLES)
+    list_help = "List tokens: name, role, created, last used, revoked (never secrets)."
+    token_sub.add_parser("list", help=list_help, description=list_help).set_defaults(
+        command=cmd_tokens_list
+    )
+    revoke_help = "Revoke the active token NAME: it stops working at once."
+    revoke = token_sub.add_parser("revoke", help=revoke_help, description=revoke_help)
+    revoke.set_defaults(command=cmd_tokens_revoke)
+    revoke.add_argument("name", type=_token_name)
+    task_commands.add_parsers(sub)  # stats, tasks list|show|retry|cleanup
     return parser
 
 

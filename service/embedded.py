@@ -43,6 +43,8 @@ def free_port(preferred: int | None = None) -> int:
     """Return `preferred` when it can be bound on 127.0.0.1, else any free port."""
     for port in (preferred, 0) if preferred else (0,):
         with socket.socket() as sock:
+            # As the servers do: a port whose old connections linger in TIME_WAIT is free.
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             try:
                 sock.bind(("127.0.0.1", port))
             except OSError:

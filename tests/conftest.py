@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import shutil
+import tempfile
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -36,14 +38,24 @@ class Servers:
         return f"{base}/{name}"
 
 
+def server_dir() -> Path:
+    """A directory for a server's data that its unprivileged user can reach.
+
+    Not under pytest's tmp_path: pytest resets /tmp/pytest-of-<user> to mode 0700, which
+    locks out the system user the embedded PostgreSQL runs as (when the suite runs as root).
+    """
+    return Path(tempfile.mkdtemp(prefix="auditq-test-"))
+
+
 @pytest.fixture(scope="session")
-def servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Servers]:
+def servers() -> Iterator[Servers]:
     redis_url = os.environ.get("AUDITQ_TEST_REDIS_URL")
     postgres_url = os.environ.get("AUDITQ_TEST_DATABASE_URL")
     if redis_url and postgres_url:
         yield Servers(redis_url, postgres_url, None)
         return
-    stack = EmbeddedStack(tmp_path_factory.mktemp("servers"))
+    data_dir = server_dir()
+    stack = EmbeddedStack(data_dir)
     stack.start()
     try:
         yield Servers(
@@ -53,6 +65,7 @@ def servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Servers]:
         )
     finally:
         stack.stop()
+        shutil.rmtree(data_dir, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

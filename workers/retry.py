@@ -9,14 +9,14 @@ import time
 
 import asyncpg
 
+# Unknown errors: MAX_ATTEMPTS with exponential backoff from BACKOFF_BASE; the numbers live in
+# service/policy.py so the admin API can show them without importing the worker.
+from service.policy import BACKOFF_BASE as BACKOFF_BASE
+from service.policy import MAX_ATTEMPTS as MAX_ATTEMPTS
+
 logger = logging.getLogger(__name__)
 
 # --- The policy, written out where it is defined --------------------------------------------
-# Unknown errors: 3 attempts with exponential backoff from 5 s (5 s, then 10 s), as TestPlanIt's
-# audit queue does: a transient hiccup recovers, and the window stays under a minute before
-# the events are set aside in the dead letter for an admin to replay.
-MAX_ATTEMPTS = 3
-BACKOFF_BASE = 5.0  # seconds; attempt n waits BACKOFF_BASE * 2 ** (n - 1)
 # arq counts every start of a job as a try, including breaker deferrals and reruns after a
 # killed worker; those must never fail a job, so arq's own limit is set out of reach and
 # MAX_ATTEMPTS is enforced by the worker, counting unknown errors only.

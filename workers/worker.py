@@ -22,11 +22,21 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from service import db, dead_letter
 from service.errors import InvalidEvent
 from service.events import AuditEvent, decode_json, derived_event_id, finalize
+from service.keys import (
+    COMPLETE_MAXLEN,
+    EVENTS_DEAD_LETTERED,
+    EVENTS_STORED,
+    STORED_COUNTER_TTL,
+    attempts_key,
+    complete_key,
+    counters_key,
+    stored_key,
+)
 from service.partitions import ensure_partitions
 from service.queue import JOB_FUNCTION, deserialize_job, serialize_job
 from service.redaction import redact_sensitive_in_string
 from service.settings import Settings
-from workers import maintenance
+from workers import heartbeat, maintenance
 from workers.retry import (
     ARQ_MAX_TRIES,
     DEFER_WHILE_OPEN,
@@ -48,11 +58,6 @@ SUCCESS_PREFIX = "[AuditLogWorker] Successfully logged:"
 _batch_decoder = msgspec.json.Decoder(list[AuditEvent] | AuditEvent)
 
 
-def attempts_key(queue: str) -> str:
-    """Hash of task id -> unknown-error attempts so far."""
-    return f"auditq:{queue}:attempts"
-
-
 @dataclasses.dataclass
 class Task:
     """What a job function knows of the job it runs."""
@@ -60,6 +65,7 @@ class Task:
     id: str
     enqueued_ms: int
     job_try: int
+    failed_attempts: int = 0  # unknown-error attempts before the one that succeeded
 
 
 @dataclasses.dataclass(eq=False)
@@ -73,7 +79,11 @@ class WorkerState:
     worker: Worker | None = None
     events_stored: int = 0
     events_dead_lettered: int = 0
+    tasks_complete: int = 0  # tasks whose every event was stored
+    tasks_failed: int = 0  # tasks that left events in the dead letter
+    worker_id: str = dataclasses.field(default_factory=heartbeat.new_worker_id)
     _probe: asyncio.Task[None] | None = None
+    _heartbeat: asyncio.Task[None] | None = None
 
     def trip(self, exc: BaseException) -> None:
         """Open the breaker: stop taking jobs and probe the database until it answers."""
@@ -138,6 +148,7 @@ async def store_events(
     enqueued: datetime = ctx["enqueue_time"]
     task = Task(ctx["job_id"], int(enqueued.timestamp() * 1000), ctx["job_try"])
     started = time.perf_counter()
+    started_ms = int(time.time() * 1000)
     if invalid_utf8:
         await _dead_letter(
             state, task, payload, 0, "InvalidEncoding", "payload is not valid UTF-8", "invalid"
@@ -169,6 +180,7 @@ async def store_events(
         )
     stored = len(events) - len(refused)
     state.events_stored += stored
+    await _record_stored(state, task, stored, started_ms, complete=not rejected)
     if logger.isEnabledFor(logging.DEBUG):
         bad = {id(r.event) for r in refused}
         for event in events:
@@ -190,6 +202,37 @@ async def store_events(
         (time.perf_counter() - started) * 1000,
     )
     return {"stored": stored, "rejected": len(rejected)}
+
+
+async def _record_stored(
+    state: WorkerState, task: Task, stored: int, started_ms: int, *, complete: bool
+) -> None:
+    """Count stored events (per second and in total) and log a complete task in its stream."""
+    queue = state.settings.queue
+    now_ms = int(time.time() * 1000)
+    try:
+        async with state.redis.pipeline(transaction=False) as pipe:
+            if stored:
+                second = stored_key(queue, now_ms // 1000)
+                pipe.incrby(second, stored)
+                pipe.expire(second, STORED_COUNTER_TTL)
+                pipe.hincrby(counters_key(queue), EVENTS_STORED, stored)
+            if complete:
+                # The complete history is this capped stream, not 100,000 arq result keys.
+                fields = {
+                    "id": task.id,
+                    "event_count": stored,
+                    "attempts": task.failed_attempts + 1,
+                    "enqueued_at_ms": task.enqueued_ms,
+                    "started_at_ms": started_ms,
+                    "finished_at_ms": now_ms,
+                }
+                pipe.xadd(complete_key(queue), fields, maxlen=COMPLETE_MAXLEN, approximate=True)
+            await pipe.execute()
+    except Exception as exc:  # bookkeeping must never fail a task whose events are stored
+        logger.warning("task %s: stats not recorded: %s: %s", task.id, type(exc).__name__, exc)
+    if complete:
+        state.tasks_complete += 1
 
 
 async def _write(state: WorkerState, task: Task, events: list[AuditEvent]) -> Any:
@@ -225,7 +268,11 @@ async def _write(state: WorkerState, task: Task, events: list[AuditEvent]) -> An
         )
         return None
     if task.job_try > 1:
-        await state.redis.hdel(attempts_key(state.settings.queue), task.id)
+        async with state.redis.pipeline(transaction=True) as pipe:
+            pipe.hget(attempts_key(state.settings.queue), task.id)
+            pipe.hdel(attempts_key(state.settings.queue), task.id)
+            failed, _ = await pipe.execute()
+        task.failed_attempts = int(failed or 0)
     return result
 
 
@@ -252,8 +299,12 @@ async def _dead_letter(
         enqueued_at_ms=task.enqueued_ms,
         ttl_days=state.settings.dead_letter_ttl_days,
     )
-    await state.redis.hdel(attempts_key(state.settings.queue), task.id)
+    async with state.redis.pipeline(transaction=False) as pipe:
+        pipe.hdel(attempts_key(state.settings.queue), task.id)
+        pipe.hincrby(counters_key(state.settings.queue), EVENTS_DEAD_LETTERED, event_count)
+        await pipe.execute()
     state.events_dead_lettered += event_count
+    state.tasks_failed += 1
     logger.error(
         "[AuditLogWorker] task %s set aside in the dead letter: %s: %s",
         task.id,
@@ -282,12 +333,21 @@ async def _startup(ctx: dict[str, Any]) -> None:
     # that month's own partition is about to be made (the key is unique per partition).
     async with state.pool.acquire() as conn:
         await ensure_partitions(conn, months_ahead=state.settings.partitions_ahead_months)
+    state._heartbeat = asyncio.get_running_loop().create_task(
+        heartbeat.run(state, worker_id=state.worker_id), name="auditq-heartbeat"
+    )
 
 
 async def _shutdown(ctx: dict[str, Any]) -> None:
     state: WorkerState = ctx[STATE]
     if state._probe is not None:
         state._probe.cancel()
+    if state._heartbeat is not None:
+        state._heartbeat.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await state._heartbeat
+        with contextlib.suppress(Exception):  # Redis away: the heartbeat expires on its own
+            await heartbeat.forget(state, worker_id=state.worker_id)
     if state.pool is not None:
         await state.pool.close()
 

@@ -1,0 +1,104 @@
+"""HTTP ingest: producers in any language POST events; valid ones are queued, bad ones named."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Annotated, Any
+
+import msgspec
+from aiohttp import web
+
+from service import json_body
+from service.errors import InvalidEvent
+from service.events import AuditEvent, convert_event, finalize
+from service.http import ApiError, bad_parameter
+from service.openapi import operation
+from service.state import CLIENT, SETTINGS
+
+MAX_BATCH_EVENTS = 1000
+
+
+class IngestBatch(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """Several events in one request."""
+
+    events: Annotated[list[AuditEvent], msgspec.Meta(max_length=MAX_BATCH_EVENTS)]
+
+
+class Rejection(msgspec.Struct, frozen=True, kw_only=True):
+    """An event that was not queued, by its index in the request, and why."""
+
+    index: int
+    error: str
+
+
+class IngestResult(msgspec.Struct, frozen=True, kw_only=True):
+    """The ids of the queued events, and the events refused."""
+
+    accepted: list[str]
+    rejected: list[Rejection]
+
+
+def _items(body: Any) -> list[Any]:
+    """The events of a body: one event object, or {"events": [...]}."""
+    if not isinstance(body, dict):
+        raise ApiError(
+            400, "invalid_body", 'send one event object, or {"events": [...]} with up to 1000'
+        )
+    if "events" not in body:  # an event has no `events` field: this is one event
+        return [body]
+    if len(body) != 1:
+        extra = sorted(str(k) for k in body if k != "events")
+        raise bad_parameter(extra[0], 'is not allowed beside `events`; send {"events": [...]}')
+    items = body["events"]
+    if not isinstance(items, list):
+        raise bad_parameter("events", "must be a list of event objects")
+    if len(items) > MAX_BATCH_EVENTS:
+        raise ApiError(
+            413,
+            "payload_too_large",
+            f"{len(items)} events in one request; send at most {MAX_BATCH_EVENTS}",
+        )
+    return items
+
+
+@operation(
+    summary="Ingest one event or {events: [...]} (up to 1000); role ingest or admin",
+    body=(AuditEvent, IngestBatch),
+    body_required=True,
+    responses={202: IngestResult},
+    errors=(413, 415),
+)
+async def ingest_events(request: web.Request) -> web.Response:
+    """Queue the valid events of the request and name the invalid ones."""
+    items = _items(json_body.any_json(await json_body.read_body(request) or b""))
+    settings = request.app[SETTINGS]
+    valid: list[AuditEvent] = []
+    rejected: list[Rejection] = []
+    for index, item in enumerate(items):
+        try:
+            event, _ = finalize(
+                convert_event(item),
+                extra_keys=settings.redact_extra_keys,
+                max_bytes=settings.max_event_bytes,
+            )
+        except InvalidEvent as exc:
+            rejected.append(Rejection(index=index, error=str(exc)))
+            continue
+        valid.append(event)
+    client = request.app[CLIENT]
+    ids = await asyncio.gather(*(client.capture(event) for event in valid))
+    if any(event_id is None for event_id in ids):
+        # Never claim an event is accepted when the queue did not take it. Some of the batch
+        # may be queued: sending it again is safe, the events' ids make storage idempotent.
+        raise ApiError(
+            503,
+            "dependency_unavailable",
+            "the queue (Redis) did not take the events; send them again",
+        )
+    result = IngestResult(accepted=[str(i) for i in ids], rejected=rejected)
+    return web.Response(
+        body=msgspec.json.encode(result), status=202, content_type="application/json"
+    )
+
+
+ROUTES = [web.post("/api/v1/events", ingest_events)]

@@ -1,0 +1,66 @@
+"""JSON request bodies at the edge: content type, size, and typed decoding naming the bad field."""
+
+from __future__ import annotations
+
+import re
+from typing import Any, TypeVar
+
+import msgspec
+from aiohttp import web
+
+from service.http import ApiError
+
+T = TypeVar("T")
+
+JSON_TYPES = ("application/json",)
+_FIELD_PATH = re.compile(r" - at `\$\.?([^`]*)`$")
+
+
+async def read_body(request: web.Request, *, optional: bool = False) -> bytes | None:
+    """The raw JSON body: 415 unless it is JSON, 413 past the app's size limit (aiohttp's)."""
+    body = await request.read()  # raises 413 beyond client_max_size
+    if not body.strip():
+        if optional:
+            return None
+        raise ApiError(400, "invalid_body", "send a JSON body")
+    if request.content_type not in JSON_TYPES and not request.content_type.endswith("+json"):
+        raise ApiError(
+            415,
+            "unsupported_media_type",
+            f"send Content-Type: application/json, not {request.content_type or 'none'}",
+        )
+    return body
+
+
+def decode(body: bytes, kind: type[T]) -> T:
+    """Decode `body` as `kind`, or raise a 400 whose message names the bad field."""
+    try:
+        return msgspec.json.decode(body, type=kind)
+    except msgspec.ValidationError as exc:
+        message = str(exc)
+        match = _FIELD_PATH.search(message)
+        if match and match.group(1):
+            name = match.group(1)
+            raise ApiError(
+                400, "invalid_parameter", f"parameter `{name}`: {message[: match.start()]}"
+            ) from None
+        raise ApiError(400, "invalid_body", f"invalid body: {message}") from None
+    except msgspec.DecodeError as exc:
+        raise ApiError(400, "invalid_json", f"the body is not valid JSON: {exc}") from None
+
+
+async def read_json(request: web.Request, kind: type[T], *, default: T | None = None) -> T:
+    """Read and decode a JSON body as `kind`; an empty body gives `default` when there is one."""
+    body = await read_body(request, optional=default is not None)
+    if body is None:
+        assert default is not None
+        return default
+    return decode(body, kind)
+
+
+def any_json(body: bytes) -> Any:
+    """Decode any JSON value, or raise a 400."""
+    try:
+        return msgspec.json.decode(body)
+    except msgspec.DecodeError as exc:
+        raise ApiError(400, "invalid_json", f"the body is not valid JSON: {exc}") from None

@@ -1,0 +1,110 @@
+"""HTTP ingest on real servers: valid events queued and stored, bad ones named, errors clear."""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import json
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+import asyncpg
+import pytest
+import redis.asyncio as aioredis
+from aiohttp.test_utils import TestClient, TestServer
+
+from service.app import create_app
+from service.settings import Settings
+from tests.admin_api import Tokens, error_of, make_tokens, queued_payloads
+from tests.conftest import count_rows, running_worker, wait_for
+
+EVENTS = "/api/v1/events"
+
+
+@pytest.fixture
+async def api(settings: Settings) -> AsyncIterator[TestClient[Any, Any]]:
+    async with TestClient(TestServer(create_app(settings))) as client:
+        yield client
+
+
+@pytest.fixture
+async def tokens(pg: asyncpg.Connection) -> Tokens:
+    return await make_tokens(pg)
+
+
+async def test_valid_events_are_stored_and_the_invalid_one_is_named(
+    api: TestClient[Any, Any],
+    tokens: Tokens,
+    settings: Settings,
+    database_url: str,
+    pg: asyncpg.Connection,
+) -> None:
+    mine = str(uuid.uuid4())
+    batch = {
+        "events": [
+            {"id": mine, "action": "auth.login", "metadata": {"password": "hunter2"}},
+            {"action": "Not An Action"},
+            {"action": "auth.logout", "actor": {"id": "u-1", "type": "user"}},
+        ]
+    }
+    async with api.post(EVENTS, headers=tokens.ingest, json=batch) as response:
+        assert response.status == 202, await response.text()
+        body = await response.json()
+    assert body["accepted"][0] == mine and len(body["accepted"]) == 2
+    assert [r["index"] for r in body["rejected"]] == [1]
+    assert "action" in body["rejected"][0]["error"]
+    async with running_worker(settings):
+        await wait_for(lambda: _rows(database_url, 2))
+    rows = await pg.fetch("SELECT id, metadata FROM audit_log ORDER BY action")
+    assert sorted(str(r["id"]) for r in rows) == sorted(body["accepted"])
+    assert rows[0]["metadata"] == {"password": "[REDACTED]"}
+
+
+async def _rows(database_url: str, n: int) -> bool:
+    return await count_rows(database_url) == n
+
+
+async def test_one_event_object_and_the_admin_role(
+    api: TestClient[Any, Any], tokens: Tokens, settings: Settings, redis: aioredis.Redis
+) -> None:
+    async with api.post(EVENTS, headers=tokens.admin, json={"action": "config.updated"}) as r:
+        assert r.status == 202, await r.text()
+        body = await r.json()
+    assert len(body["accepted"]) == 1 and body["rejected"] == []
+    assert body["accepted"][0].encode() in b"".join(await queued_payloads(redis, settings.queue))
+
+
+async def test_bad_requests_are_named(api: TestClient[Any, Any], tokens: Tokens) -> None:
+    headers = tokens.ingest | {"Content-Type": "application/json"}
+    cases: list[tuple[bytes, int, str]] = [
+        (b'{"action": ', 400, "JSON"),
+        (b"[1, 2]", 400, "event object"),
+        (b'{"events": 5}', 400, "`events`"),
+        (b'{"events": [], "extra": 1}', 400, "`extra`"),
+        (b"", 400, "JSON body"),
+        (json.dumps({"events": [{"action": "a.b"}] * 1001}).encode(), 413, "1000"),
+        (b'{"events": ["' + b"x" * (3 * 1024 * 1024) + b'"]}', 413, ""),
+    ]
+    for data, status, words in cases:
+        async with api.post(EVENTS, headers=headers, data=io.BytesIO(data)) as response:
+            error = await error_of(response, status)
+        assert words in error["message"], (data[:40], error)
+    async with api.post(
+        EVENTS, headers=tokens.ingest | {"Content-Type": "text/plain"}, data='{"action": "a.b"}'
+    ) as response:
+        await error_of(response, 415)
+    async with api.post(EVENTS, json={"action": "a.b"}) as response:
+        await error_of(response, 401)
+    async with api.post(EVENTS, headers=tokens.reader, json={"action": "a.b"}) as response:
+        await error_of(response, 403)
+
+
+async def test_no_acceptance_is_claimed_when_redis_is_down(
+    settings: Settings, tokens: Tokens
+) -> None:
+    dead = dataclasses.replace(settings, redis_url="redis://127.0.0.1:9/0")  # nothing listens
+    async with TestClient(TestServer(create_app(dead))) as api:
+        async with api.post(EVENTS, headers=tokens.ingest, json={"action": "auth.login"}) as r:
+            error = await error_of(r, 503)
+    assert "Redis" in error["message"]

@@ -1,0 +1,343 @@
+"""The task routes on real servers: list, show, retry, bulk retry, cleanup, and who may do what."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import sys
+import time
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import pytest
+import redis.asyncio as aioredis
+from aiohttp.test_utils import TestClient, TestServer
+
+from service import dead_letter
+from service.app import create_app
+from service.keys import IN_PROGRESS_PREFIX, attempts_key, complete_key
+from service.settings import Settings
+from tests.admin_api import Tokens, enqueue, error_of, make_tokens, queued_payloads
+from tests.conftest import count_rows, running_worker, wait_for
+
+TASKS = "/api/v1/admin/tasks"
+DAY_MS = 86_400_000
+
+
+def event(i: int, **extra: object) -> dict[str, object]:
+    return {
+        "id": str(uuid.uuid4()),
+        "action": "record.updated",
+        "entity": {"type": "record", "id": str(i)},
+        "metadata": {"n": i},
+        **extra,
+    }
+
+
+@pytest.fixture
+async def api(settings: Settings) -> AsyncIterator[TestClient[Any, Any]]:
+    async with TestClient(TestServer(create_app(settings))) as client:
+        yield client
+
+
+@pytest.fixture
+async def tokens(pg: asyncpg.Connection) -> Tokens:
+    return await make_tokens(pg)
+
+
+async def add_failed(
+    redis: aioredis.Redis, queue: str, task_id: str, events: list[dict[str, object]], **kw: Any
+) -> None:
+    await dead_letter.add(
+        redis,
+        queue,
+        task_id=task_id,
+        payload=events,
+        event_count=len(events),
+        error_name=kw.get("error_name", "RejectedEvent"),
+        message=kw.get("message", "invalid byte sequence: password=hunter2"),
+        classification=kw.get("classification", "data"),
+        attempts=kw.get("attempts", 1),
+        enqueued_at_ms=int(time.time() * 1000) - 5000,
+    )
+
+
+async def get_json(
+    api: TestClient[Any, Any], path: str, headers: dict[str, str], **params: Any
+) -> Any:
+    async with api.get(path, headers=headers, params=params) as response:
+        assert response.status == 200, await response.text()
+        return await response.json()
+
+
+async def test_retrying_a_failed_task_stores_its_events(
+    api: TestClient[Any, Any],
+    tokens: Tokens,
+    settings: Settings,
+    redis: aioredis.Redis,
+    database_url: str,
+    pg: asyncpg.Connection,
+) -> None:
+    events = [event(i) for i in range(3)]
+    await add_failed(redis, settings.queue, "failed-1", events)
+
+    page = await get_json(api, TASKS, tokens.reader, status="failed")
+    assert [t["id"] for t in page["items"]] == ["failed-1"] and page["next_cursor"] is None
+    task = page["items"][0]
+    assert task["status"] == "failed" and task["event_count"] == 3
+    assert task["failure"]["classification"] == "data"
+    assert "hunter2" not in json.dumps(task), "failure messages are redacted"
+    assert task["presentation"]["status_message"] == "Failed: RejectedEvent"
+    assert task["presentation"]["title"] == "Store 3 audit events"
+    assert set(task) == {
+        "id", "kind", "status", "attempts", "max_attempts", "event_count", "enqueued_at",
+        "started_at", "finished_at", "next_attempt_at", "failure", "presentation",
+    }  # fmt: skip
+
+    detail = await get_json(api, f"{TASKS}/failed-1", tokens.reader)
+    assert [e["id"] for e in detail["payload"]] == [e["id"] for e in events]
+
+    async with api.post(f"{TASKS}/failed-1/retry", headers=tokens.admin) as response:
+        assert response.status == 202, await response.text()
+        retried = (await response.json())["task"]
+    assert retried["id"] == "failed-1" and retried["status"] in ("queued", "in_progress")
+    assert retried["failure"] is None
+    assert await dead_letter.get(redis, settings.queue, "failed-1") is None
+
+    async with running_worker(settings):
+        # Three events, and the audit event of the retry itself.
+        await wait_for(lambda: _rows_at_least(database_url, 4))
+    stored = await pg.fetchval(
+        "SELECT count(*) FROM audit_log WHERE id = ANY($1::uuid[])", [e["id"] for e in events]
+    )
+    assert stored == 3
+    actor = await pg.fetchval("SELECT actor_id FROM audit_log WHERE action = 'task.retried'")
+    assert actor == "test-admin"
+    done = await get_json(api, f"{TASKS}/failed-1", tokens.reader)
+    assert done["status"] == "complete" and done["event_count"] == 3
+    listed = await get_json(api, TASKS, tokens.reader, status="complete")
+    assert "failed-1" in [t["id"] for t in listed["items"]]
+
+
+async def _rows_at_least(database_url: str, n: int) -> bool:
+    return await count_rows(database_url) >= n
+
+
+async def test_retrying_a_task_that_is_not_failed_is_409(
+    api: TestClient[Any, Any], tokens: Tokens, settings: Settings, redis: aioredis.Redis
+) -> None:
+    task_id = await enqueue(redis, settings.queue, json.dumps([event(1)]))
+    async with api.post(f"{TASKS}/{task_id}/retry", headers=tokens.admin) as response:
+        error = await error_of(response, 409)
+    assert "queued" in error["message"]
+    async with api.post(f"{TASKS}/no-such-task/retry", headers=tokens.admin) as response:
+        await error_of(response, 404)
+    async with api.get(f"{TASKS}/no-such-task", headers=tokens.admin) as response:
+        await error_of(response, 404)
+
+
+async def test_statuses_and_pages(
+    api: TestClient[Any, Any], tokens: Tokens, settings: Settings, redis: aioredis.Redis
+) -> None:
+    queue = settings.queue
+    ids = [await enqueue(redis, queue, json.dumps([event(i), event(i + 100)])) for i in range(5)]
+    now_ms = int(time.time() * 1000)
+    # One deferred by a Retry after a failed attempt, one running.
+    await redis.zadd(queue, {ids[3]: now_ms + 9000})
+    await redis.hset(attempts_key(queue), ids[3], 1)
+    await redis.set(IN_PROGRESS_PREFIX + ids[4], b"1", px=60_000)
+    await add_failed(redis, queue, "failed-x", [event(9)])
+    done = {"id": "done-x", "event_count": 7, "attempts": 1, "enqueued_at_ms": now_ms - 900}
+    await redis.xadd(
+        complete_key(queue), done | {"started_at_ms": now_ms - 500, "finished_at_ms": now_ms}
+    )
+
+    seen: list[dict[str, Any]] = []
+    cursor: str | None = None
+    while True:
+        params = {"limit": 2} | ({"cursor": cursor} if cursor else {})
+        page = await get_json(api, TASKS, tokens.reader, **params)
+        assert len(page["items"]) <= 2
+        seen += page["items"]
+        cursor = page["next_cursor"]
+        if cursor is None:
+            break
+    by_id = {t["id"]: t for t in seen}
+    assert len(seen) == len(by_id) == 7, "every task exactly once"
+    assert [by_id[i]["status"] for i in ids] == [
+        "queued", "queued", "queued", "retrying", "in_progress",
+    ]  # fmt: skip
+    assert by_id[ids[0]]["presentation"]["status_message"] == "Waiting for a worker"
+    assert by_id[ids[0]]["event_count"] == 2
+    retrying = by_id[ids[3]]
+    assert retrying["attempts"] == 1 and retrying["next_attempt_at"] is not None
+    assert retrying["presentation"]["status_message"].startswith("Retrying in ")
+    assert retrying["presentation"]["status_message"].endswith("(attempt 2 of 3)")
+    assert by_id[ids[4]]["started_at"] is not None
+    assert by_id["failed-x"]["status"] == "failed"
+    assert by_id["done-x"]["status"] == "complete"
+    assert by_id["done-x"]["presentation"]["status_message"] == "Stored 7 events"
+
+    for status, expected in [
+        ("queued", ids[:3]),
+        ("retrying", [ids[3]]),
+        ("in_progress", [ids[4]]),
+        ("failed", ["failed-x"]),
+        ("complete", ["done-x"]),
+    ]:
+        page = await get_json(api, TASKS, tokens.reader, status=status)
+        assert [t["id"] for t in page["items"]] == expected, status
+    page = await get_json(api, TASKS, tokens.reader, kind="maintenance")
+    assert page["items"] == []
+
+    for params, name in [
+        ({"status": "done"}, "status"),
+        ({"kind": "cron"}, "kind"),
+        ({"limit": "0"}, "limit"),
+        ({"limit": "many"}, "limit"),
+        ({"cursor": "not-a-cursor"}, "cursor"),
+    ]:
+        async with api.get(TASKS, headers=tokens.reader, params=params) as response:
+            error = await error_of(response, 400)
+        assert f"`{name}`" in error["message"], error
+
+
+async def test_bulk_retry_takes_the_filters(
+    api: TestClient[Any, Any], tokens: Tokens, settings: Settings, redis: aioredis.Redis
+) -> None:
+    queue = settings.queue
+    await add_failed(redis, queue, "a", [event(1)], classification="data")
+    await add_failed(redis, queue, "b", [event(2)], classification="unknown", error_name="Boom")
+    await add_failed(redis, queue, "c", [event(3)], classification="data")
+    body = {"classification": "data"}
+    async with api.post(f"{TASKS}/retry-failed", headers=tokens.admin, json=body) as response:
+        assert response.status == 202, await response.text()
+        assert await response.json() == {"retried": 2}
+    assert await dead_letter.list_ids(redis, queue) == ["b"]
+    async with api.post(
+        f"{TASKS}/retry-failed", headers=tokens.admin, json={"classification": "nope"}
+    ) as response:
+        error = await error_of(response, 400)
+    assert "`classification`" in error["message"]
+    async with api.post(f"{TASKS}/retry-failed", headers=tokens.admin) as response:
+        assert response.status == 202
+        assert await response.json() == {"retried": 1}
+    assert await dead_letter.list_ids(redis, queue) == []
+    jobs = b"".join(await queued_payloads(redis, queue))
+    assert jobs.count(b"audit.task.retried_bulk") == 2  # its presentation code, once per event
+
+
+async def test_cleanup_deletes_what_its_policy_says_and_keeps_the_floor(
+    api: TestClient[Any, Any], tokens: Tokens, settings: Settings, redis: aioredis.Redis
+) -> None:
+    queue = settings.queue
+    now_ms = int(time.time() * 1000)
+    index = dead_letter.index_key(queue)
+    for n in range(4):  # four failures 40 days old, one fresh
+        await add_failed(redis, queue, f"old-{n}", [event(n)])
+        await redis.zadd(index, {f"old-{n}": now_ms - 40 * DAY_MS + n})
+    await add_failed(redis, queue, "fresh", [event(9)])
+    stream = complete_key(queue)
+    for n in range(2):  # two complete tasks 20 days old, one fresh
+        await redis.xadd(
+            stream, {"id": f"done-{n}", "event_count": 1}, id=f"{now_ms - 20 * DAY_MS + n}-0"
+        )
+    await redis.xadd(stream, {"id": "done-fresh", "event_count": 1})
+
+    policy = {"complete_older_than_days": 10, "failed_older_than_days": 30, "keep_recent_failed": 2}
+    async with api.post(f"{TASKS}/cleanup", headers=tokens.admin, json=policy) as response:
+        assert response.status == 200, await response.text()
+        assert await response.json() == {"deleted": {"complete": 2, "failed": 3}}
+    assert sorted(await dead_letter.list_ids(redis, queue)) == ["fresh", "old-3"]
+    assert await redis.get(dead_letter.record_key(queue, "old-0")) is None
+    assert await redis.xlen(stream) == 1
+    jobs = b"".join(await queued_payloads(redis, queue))
+    assert b"task.cleanup" in jobs and b"test-admin" in jobs
+
+    # Defaults (365 d, 90 d, keep 100) delete nothing here.
+    async with api.post(f"{TASKS}/cleanup", headers=tokens.admin) as response:
+        assert await response.json() == {"deleted": {"complete": 0, "failed": 0}}
+    for body, name in [
+        ({"keep_recent_failed": -1}, "keep_recent_failed"),
+        ({"complete_older_than_days": "soon"}, "complete_older_than_days"),
+        ({"bogus": 1}, "bogus"),
+    ]:
+        async with api.post(f"{TASKS}/cleanup", headers=tokens.admin, json=body) as response:
+            error = await error_of(response, 400)
+        assert name in error["message"], error
+    async with api.post(
+        f"{TASKS}/cleanup", headers=tokens.admin | {"Content-Type": "text/plain"}, data="{}"
+    ) as response:
+        await error_of(response, 415)
+
+
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [
+        ("GET", TASKS),
+        ("GET", f"{TASKS}/some-id"),
+        ("POST", f"{TASKS}/some-id/retry"),
+        ("POST", f"{TASKS}/retry-failed"),
+        ("POST", f"{TASKS}/cleanup"),
+        ("GET", "/api/v1/admin/queue/stats"),
+    ],
+)
+async def test_every_task_route_needs_a_token_and_the_right_role(
+    api: TestClient[Any, Any], tokens: Tokens, method: str, path: str
+) -> None:
+    async with api.request(method, path) as response:
+        await error_of(response, 401)
+    async with api.request(method, path, headers={"Authorization": "Bearer aq_wrong"}) as response:
+        await error_of(response, 401)
+    async with api.request(method, path, headers=tokens.ingest) as response:
+        await error_of(response, 403)
+    async with api.request(method, path, headers=tokens.reader) as response:
+        if method == "POST":
+            await error_of(response, 403)
+        else:
+            assert response.status in (200, 404)
+
+
+async def auditq(settings: Settings, *args: str) -> tuple[int, str]:
+    """Run the CLI against this test's servers; return its status and output."""
+    env = os.environ | {
+        "AUDITQ_REDIS_URL": settings.redis_url or "",
+        "AUDITQ_DATABASE_URL": settings.database_url or "",
+        "AUDITQ_QUEUE": settings.queue,
+        "AUDITQ_DATA_DIR": str(settings.data_dir),
+    }
+    process = await asyncio.create_subprocess_exec(
+        str(Path(sys.executable).with_name("auditq")),
+        *args,
+        env=env,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+    )
+    output, _ = await asyncio.wait_for(process.communicate(), 30)
+    assert process.returncode is not None
+    return process.returncode, output.decode()
+
+
+async def test_cli_is_a_thin_client_of_the_same_functions(
+    settings: Settings, redis: aioredis.Redis
+) -> None:
+    await add_failed(redis, settings.queue, "cli-failed", [event(1), event(2)])
+    status, out = await auditq(settings, "tasks", "list", "--status", "failed")
+    assert status == 0 and "cli-failed" in out and "Failed: RejectedEvent" in out, out
+    status, out = await auditq(settings, "tasks", "show", "cli-failed")
+    assert status == 0 and json.loads(out)["event_count"] == 2, out
+    status, out = await auditq(settings, "tasks", "retry", "cli-failed")
+    assert status == 0 and "queued" in out, out
+    status, out = await auditq(settings, "tasks", "retry", "cli-failed")
+    assert status != 0 and out.count("\n") == 1 and "only a failed task" in out, out
+    status, out = await auditq(settings, "stats")
+    assert status == 0 and "queued" in out and "no worker" in out, out
+    status, out = await auditq(settings, "tasks", "cleanup", "--keep-recent-failed", "-1")
+    assert status != 0 and "keep_recent_failed" in out and "Traceback" not in out, out
+    status, out = await auditq(settings, "tasks", "cleanup")
+    assert status == 0 and out.startswith("deleted 0 complete and 0 failed"), out
+    assert b"audit.task.cleanup" in b"".join(await queued_payloads(redis, settings.queue))

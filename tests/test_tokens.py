@@ -1,0 +1,134 @@
+"""API tokens: hashed at rest, managed by `auditq tokens`, and the dev admin token of `run`."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import logging
+import stat
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import pytest
+import redis.asyncio as aioredis
+
+from service import cli
+from service.auth import authenticate, create_token, revoke_token
+from service.http import ApiError
+from service.settings import Settings
+
+
+@pytest.fixture
+def cli_env(monkeypatch: pytest.MonkeyPatch, settings: Settings, tmp_path: Path) -> Iterator[None]:
+    """The CLI's environment points at this test's servers; its logging setup is undone."""
+    assert settings.database_url and settings.redis_url
+    monkeypatch.setenv("AUDITQ_DATABASE_URL", settings.database_url)
+    monkeypatch.setenv("AUDITQ_REDIS_URL", settings.redis_url)
+    monkeypatch.setenv("AUDITQ_QUEUE", settings.queue)
+    monkeypatch.setenv("AUDITQ_DATA_DIR", str(tmp_path))
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    yield
+    root.handlers[:] = handlers
+    root.setLevel(level)
+
+
+async def run_cli(*argv: str) -> int:
+    """Run `auditq ARGV` as the shell would: its own event loop, in a thread of its own."""
+    return await asyncio.to_thread(cli.main, list(argv))
+
+
+async def queued_events(redis: aioredis.Redis, queue: str) -> list[dict[str, Any]]:
+    events = []
+    for task_id in await redis.zrange(queue, 0, -1):
+        job = json.loads(await redis.get(b"arq:job:" + task_id))
+        payload = json.loads(job["a"][0])
+        events += payload if isinstance(payload, list) else [payload]
+    return events
+
+
+async def test_tokens_are_stored_hashed(pg: asyncpg.Connection) -> None:
+    token = await create_token(pg, name="ci", role="reader")
+    rows = await pg.fetch("SELECT * FROM api_token")
+    assert len(rows) == 1
+    stored = " ".join(repr(value) for value in rows[0].values())
+    assert token not in stored and token[3:] not in stored
+    assert bytes(rows[0]["token_hash"]) == hashlib.sha256(token.encode()).digest()
+    principal = await authenticate(pg, f"Bearer {token}")
+    assert (principal.name, principal.role) == ("ci", "reader")
+
+
+async def test_cli_creates_lists_and_revokes_tokens(
+    cli_env: None,
+    capsys: pytest.CaptureFixture[str],
+    pg: asyncpg.Connection,
+    redis: aioredis.Redis,
+    settings: Settings,
+) -> None:
+    assert await run_cli("tokens", "create", "--name", "ci-export", "--role", "reader") == 0
+    out = capsys.readouterr().out
+    token = out.strip().splitlines()[-1]
+    assert token.startswith("aq_") and " " not in token
+    assert (await authenticate(pg, f"Bearer {token}")).role == "reader"
+
+    assert await run_cli("tokens", "create", "--name", "ci-export", "--role", "admin") == 1
+    assert "ci-export" in capsys.readouterr().err  # an active token has that name
+
+    assert await run_cli("tokens", "list") == 0
+    listing = capsys.readouterr().out
+    header, row = listing.splitlines()[:2]
+    assert header.split() == ["NAME", "ROLE", "CREATED", "LAST", "USED", "REVOKED"]
+    assert row.split()[:2] == ["ci-export", "reader"]
+    digest = hashlib.sha256(token.encode()).hexdigest()
+    assert token not in listing and digest not in listing
+
+    assert await run_cli("tokens", "revoke", "ci-export") == 0
+    capsys.readouterr()
+    with pytest.raises(ApiError) as refused:
+        await authenticate(pg, f"Bearer {token}")
+    assert refused.value.status == 401
+
+    assert await run_cli("tokens", "revoke", "ci-export") == 1
+    err = capsys.readouterr().err
+    assert err.strip().splitlines() == ["auditq: no active token named 'ci-export'"]
+
+    audited = await queued_events(redis, settings.queue)
+    assert [(e["action"], e["actor"]["id"]) for e in audited] == [
+        ("token.created", "cli"),
+        ("token.revoked", "cli"),
+    ]
+    assert audited[0]["metadata"] == {"name": "ci-export", "role": "reader"}
+
+
+async def test_cli_rejects_an_unknown_role(cli_env: None) -> None:
+    with pytest.raises(SystemExit) as exited:
+        await run_cli("tokens", "create", "--name", "x", "--role", "root")
+    assert exited.value.code == 2
+
+
+async def test_run_keeps_one_dev_admin_token_in_the_data_dir(
+    settings: Settings, pg: asyncpg.Connection
+) -> None:
+    token = await cli.ensure_dev_admin_token(settings)
+    path = settings.data_dir / "admin-token"
+    assert path.read_text().strip() == token
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    principal = await authenticate(pg, f"Bearer {token}")
+    assert (principal.name, principal.role) == ("dev-admin", "admin")
+
+    assert await cli.ensure_dev_admin_token(settings) == token  # a second start reuses it
+
+    assert await revoke_token(pg, "dev-admin")
+    renewed = await cli.ensure_dev_admin_token(settings)
+    assert renewed != token
+    assert path.read_text().strip() == renewed
+    assert (await authenticate(pg, f"Bearer {renewed}")).role == "admin"
+
+    path.unlink()  # a lost file: the old token of that name is revoked, a new one made
+    again = await cli.ensure_dev_admin_token(settings)
+    assert again != renewed
+    with pytest.raises(ApiError):
+        await authenticate(pg, f"Bearer {renewed}")
