@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 
 import asyncpg
+import msgspec
+import pytest
 import redis.asyncio as aioredis
 
 from service.client import AuditClient
@@ -76,3 +79,44 @@ async def test_ten_thousand_events_from_five_producers_stored_exactly_once(
 
         await wait_for(queue_drained, within_s=60)
     assert await count_rows(database_url) == total
+
+
+SECRETS = ["hunter2-pw-planted", "tok-planted-9f8e7d", "sk_live_planted_42", "Zm9vOmJhcg-planted"]
+
+
+async def test_planted_secrets_never_reach_rows_or_logs(
+    settings: Settings,
+    redis: aioredis.Redis,
+    database_url: str,
+    pg: asyncpg.Connection,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    secret_meta = {
+        "Password": SECRETS[0],
+        "nested": {"deeper": [{"ACCESS_TOKEN": SECRETS[1]}]},
+        "note": f"called https://api.example/cb?api_key={SECRETS[2]}&page=2",
+        "header": f"Authorization: Basic {SECRETS[3]}",
+    }
+    changes = [{"field": "password", "old": SECRETS[0], "new": SECRETS[1]}]
+    client = AuditClient.from_settings(settings)
+    assert await client.capture(
+        msgspec.convert(
+            {"action": "user.updated", "metadata": secret_meta, "changes": changes}, AuditEvent
+        )
+    )
+    await client.aclose()
+    # A producer in another language that forgot to redact: the worker redacts on its way in.
+    raw = json.dumps({"action": "user.updated", "metadata": secret_meta, "changes": changes})
+    await redis.eval(ENQUEUE_SCRIPT, 1, settings.queue, raw)
+    async with running_worker(settings):
+
+        async def stored() -> bool:
+            return await count_rows(database_url) == 2
+
+        await wait_for(stored)
+    rows = await pg.fetch("SELECT row_to_json(a)::text AS row FROM audit_log a")
+    text = "\n".join(r["row"] for r in rows) + "\n".join(r.getMessage() for r in caplog.records)
+    for secret in SECRETS:
+        assert secret not in text
+    assert text.count("[REDACTED]") >= 2 * 5

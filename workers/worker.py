@@ -352,6 +352,16 @@ async def _shutdown(ctx: dict[str, Any]) -> None:
         await state.pool.close()
 
 
+class _HideJobArguments(logging.Filter):
+    """Drop the job arguments from arq's "job started" line: they are the events themselves,
+    secrets and all when a foreign producer did not redact. arq has no option for this."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.args, tuple) and len(record.args) == 4 and "→" in str(record.msg):
+            record.args = (*record.args[:2], "…", record.args[3])
+        return True
+
+
 def redis_settings(url: str) -> RedisSettings:
     """arq's Redis settings with a retry policy, so a Redis restart is ridden out."""
     settings = RedisSettings.from_dsn(url)
@@ -365,6 +375,9 @@ def build_worker(settings: Settings, *, handle_signals: bool = False) -> Worker:
     """Make the arq worker for `settings` (URLs resolved)."""
     assert settings.redis_url and settings.database_url
     state = WorkerState(settings)
+    arq_logger = logging.getLogger("arq.worker")
+    if not any(isinstance(f, _HideJobArguments) for f in arq_logger.filters):
+        arq_logger.addFilter(_HideJobArguments())
     worker = Worker(
         functions=[func(store_events, name=JOB_FUNCTION, max_tries=ARQ_MAX_TRIES)],
         cron_jobs=[cron(maintain, name="maintain", minute={7}, run_at_startup=True)],
