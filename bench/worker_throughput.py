@@ -59,7 +59,7 @@ async def run_case(stack: EmbeddedStack, per_job: int, total: int) -> float:
     stop = asyncio.Event()
     started = time.perf_counter()
     task = asyncio.create_task(run_until(build_worker(settings), stop))
-    while await conn.fetchval("SELECT count(*) FROM audit_log") < total:
+    while await conn.fetchval("SELECT count(*) FROM audit_log") < total:  # noqa: ASYNC110
         await asyncio.sleep(0.01)
     elapsed = time.perf_counter() - started
     stop.set()
