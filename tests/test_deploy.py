@@ -126,6 +126,8 @@ def dockerignore_excludes(path: str) -> bool:
             .replace(r"\*\*", ".*")
             .replace(r"\*", "[^/]*")
             .replace(r"\?", "[^/]")
+            .replace(r"\[", "[")
+            .replace(r"\]", "]")
         )
         parts = path.split("/")
         candidates = ["/".join(parts[: i + 1]) for i in range(len(parts))]
@@ -138,6 +140,7 @@ def test_dockerignore_matcher() -> None:
     assert dockerignore_excludes(".venv/bin/python")
     assert dockerignore_excludes("tests/test_deploy.py")
     assert dockerignore_excludes("service/__pycache__/cli.cpython-312.pyc")
+    assert dockerignore_excludes("service/cli.pyc")
     assert not dockerignore_excludes("service/cli.py")
 
 
@@ -495,7 +498,19 @@ def test_scaled_object_scales_the_worker_on_queue_depth() -> None:
     # arq's queue is a sorted set: KEDA's redis list trigger (LLEN) cannot read it.
     assert [t["type"] for t in spec["triggers"]] == ["prometheus"]
     metadata = spec["triggers"][0]["metadata"]
-    assert re.search(r'auditq_queue_depth\{[^}]*status="queued"', metadata["query"])
+    query = re.search(r"(auditq_\w+)\{([^}]*)\}", metadata["query"])
+    assert query, metadata["query"]
+    # The metric is one that /metrics really exports, with the labels the query selects.
+    metrics_source = (ROOT / "service" / "metrics.py").read_text()
+    family = re.search(
+        rf'MetricFamily\(\s*"{query[1]}",[^)]*labels=\[([^\]]*)\]', metrics_source, re.DOTALL
+    )
+    assert family, f"{query[1]} is not exported by service/metrics.py"
+    selected = dict(re.findall(r'(\w+)="([^"]*)"', query[2]))
+    assert selected.get("status") == "queued"
+    assert set(selected) <= set(re.findall(r'"(\w+)"', family[1]))
+    config = resources("ConfigMap")["auditq-config"]["data"]
+    assert selected.get("queue", config["AUDITQ_QUEUE"]) == config["AUDITQ_QUEUE"]
     assert int(metadata["threshold"]) > 0
     assert metadata["serverAddress"].startswith("http")
     assert "LLEN" in (KUBE / "worker-scaledobject.yaml").read_text(), "the why is written down"
