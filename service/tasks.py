@@ -48,6 +48,7 @@ _KIND_OF_FUNCTION = {JOB_FUNCTION: "events", "maintain": "maintenance"}
 DEFAULT_LIMIT = 50
 MAX_LIMIT = 1000
 SCAN_CHUNK = 200  # entries read from Redis per round trip while listing
+LOOKUP_CHUNK = 1000  # stream entries read per round trip while looking one task up
 SCAN_BUDGET = 5000  # entries one page may examine; past it the page ends short, with a cursor
 # arq starts jobs from the front of the queue, so every job in progress is among the first
 # entries that are due: counting in-progress markers there bounds the cost of the stats.
@@ -262,24 +263,17 @@ class TaskQueue:
         *,
         queue: str,
         job_timeout_s: float = 60.0,
-        dead_letter_ttl_days: int = dead_letter.DEFAULT_TTL_DAYS,
     ) -> None:
         """Wrap `redis` (not owned: the caller closes it)."""
         self.redis = redis
         self.queue = queue
         self._in_progress_ms = int((job_timeout_s + IN_PROGRESS_EXTRA) * 1000)
-        self._dead_letter_ttl_days = dead_letter_ttl_days
         self._enqueue = redis.register_script(ENQUEUE_SCRIPT)
 
     @classmethod
     def from_settings(cls, redis: aioredis.Redis, settings: Settings) -> TaskQueue:
         """The tasks of the settings' queue."""
-        return cls(
-            redis,
-            queue=settings.queue,
-            job_timeout_s=settings.job_timeout_s,
-            dead_letter_ttl_days=settings.dead_letter_ttl_days,
-        )
+        return cls(redis, queue=settings.queue, job_timeout_s=settings.job_timeout_s)
 
     # Reading one task.
 
@@ -301,7 +295,7 @@ class TaskQueue:
             return _detail(task, redacted_payload(args[0]) if isinstance(args[0], str) else None)
         if letter is not None:
             failed = _letter_decoder.decode(letter)
-            return _detail(self._failed(failed, now_ms), failed.payload)
+            return _detail(self._failed(failed), failed.payload)
         if result is not None:
             return self._from_result(task_id, _result_decoder.decode(result))
         entry = await self._find_complete(task_id)
@@ -313,13 +307,13 @@ class TaskQueue:
         """Find a task in the complete stream, newest first (a lookup past arq's results)."""
         key = complete_key(self.queue)
         upper = "+"
-        for _ in range(COMPLETE_MAXLEN // SCAN_CHUNK + 2):  # the stream is capped: so is this
-            entries = await self.redis.xrevrange(key, max=upper, min="-", count=SCAN_CHUNK)
-            for entry_id, fields in entries:
+        for _ in range(COMPLETE_MAXLEN // LOOKUP_CHUNK + 2):  # the stream is capped: so is this
+            entries = await self.redis.xrevrange(key, max=upper, min="-", count=LOOKUP_CHUNK)
+            for _, fields in entries:
                 decoded = _fields(fields)
                 if decoded.get("id") == task_id:
-                    return decoded | {"_entry": entry_id.decode()}
-            if len(entries) < SCAN_CHUNK:
+                    return decoded
+            if len(entries) < LOOKUP_CHUNK:
                 return None
             upper = "(" + entries[-1][0].decode()
         return None
@@ -433,7 +427,7 @@ class TaskQueue:
         )
 
     @staticmethod
-    def _failed(letter: dead_letter.DeadLetter, now_ms: int) -> Task:
+    def _failed(letter: dead_letter.DeadLetter) -> Task:
         message = redact_sensitive_in_string(letter.message)
         return Task(
             id=letter.id,
@@ -501,7 +495,12 @@ class TaskQueue:
                 "started_at_ms": str(result.get("st", 0)),
                 "finished_at_ms": str(result.get("ft", 0)),
             }
-            task = msgspec.structs.replace(self._complete(entry), kind=kind)
+            task = self._complete(entry)
+            if kind != "events":
+                done = msgspec.structs.replace(
+                    task.presentation, title=_title(kind, 0), status_message="Done"
+                )
+                task = msgspec.structs.replace(task, kind=kind, presentation=done)
             return _detail(task, payload)
         # arq failed the job itself (an exception the worker did not handle, a timeout).
         message = redact_sensitive_in_string(str(result.get("r", "")))
@@ -654,7 +653,6 @@ class TaskQueue:
         last = (after.score, after.id) if after is not None else None
         items: list[Task] = []
         skip = 0
-        now_ms = _now_ms()
         while budget > 0:
             entries = await self.redis.zrevrangebyscore(
                 index, high, "-inf", start=skip, num=SCAN_CHUNK, withscores=True
@@ -675,7 +673,7 @@ class TaskQueue:
             for (task_id, score), raw in zip(batch, records, strict=True):
                 if raw is None:  # expired: its index entry is trimmed on the next failure
                     continue
-                items.append(self._failed(_letter_decoder.decode(raw), now_ms))
+                items.append(self._failed(_letter_decoder.decode(raw)))
                 if len(items) >= want:
                     return items, _Position("failed", score, task_id), budget
             last = (batch[-1][1], batch[-1][0])
