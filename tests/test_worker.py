@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import uuid
+from typing import Any
 
 import asyncpg
 import pytest
@@ -122,3 +123,33 @@ async def test_success_lines(
     lines = [r.getMessage() for r in caplog.records if r.name.startswith("auditq")]
     assert "[AuditLogWorker] Successfully logged: record.updated record:1" in lines
     assert sum("2 events stored" in line for line in lines) == 1
+
+
+async def test_an_unforeseen_failure_is_retried_not_failed(
+    settings: Settings,
+    redis: aioredis.Redis,
+    database_url: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from workers import worker as worker_module
+
+    real_parse = worker_module._parse
+    calls = 0
+
+    def flaky_parse(*args: Any) -> Any:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            raise RuntimeError("boom with redis://:s3cr3t-planted@db:6379/0")
+        return real_parse(*args)
+
+    monkeypatch.setattr(worker_module, "_parse", flaky_parse)
+    monkeypatch.setattr(worker_module, "UNEXPECTED_RETRY_DELAY", 0.1)
+    await enqueue(redis, settings.queue, json.dumps([event(1), event(2)]))
+    async with running_worker(settings):
+
+        async def stored() -> bool:
+            return await count_rows(database_url) == 2
+
+        await wait_for(stored)
+    assert calls == 2

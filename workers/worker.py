@@ -54,6 +54,7 @@ STATE = "auditq"  # key of WorkerState in arq's ctx
 POLL_DELAY = 0.02  # seconds between queue polls; bounds the pickup latency of a new job
 SHUTDOWN_GRACE = 20.0  # seconds running jobs get to finish on SIGTERM before they are requeued
 SUCCESS_PREFIX = "[AuditLogWorker] Successfully logged:"
+UNEXPECTED_RETRY_DELAY = 5.0  # seconds before a job that failed in an unforeseen way runs again
 
 _batch_decoder = msgspec.json.Decoder(list[AuditEvent] | AuditEvent)
 
@@ -144,6 +145,24 @@ async def store_events(
     ctx: dict[str, Any], payload: str, *, invalid_utf8: bool = False
 ) -> dict[str, int]:
     """Store one job's events; set aside what cannot be stored, never lose any."""
+    try:
+        return await _store_events(ctx, payload, invalid_utf8=invalid_utf8)
+    except Retry:
+        raise
+    except Exception as exc:
+        # Never let arq fail the job: it would keep the events only in a result that expires.
+        # Whatever this is (Redis gone while dead-lettering, a bug), the job is tried again.
+        logger.error(
+            "[AuditLogWorker] task %s failed unexpectedly (%s: %s); retrying in %.0f s",
+            ctx["job_id"],
+            type(exc).__name__,
+            redact_sensitive_in_string(str(exc)),
+            UNEXPECTED_RETRY_DELAY,
+        )
+        raise Retry(defer=UNEXPECTED_RETRY_DELAY) from exc
+
+
+async def _store_events(ctx: dict[str, Any], payload: str, *, invalid_utf8: bool) -> dict[str, int]:
     state: WorkerState = ctx[STATE]
     enqueued: datetime = ctx["enqueue_time"]
     task = Task(ctx["job_id"], int(enqueued.timestamp() * 1000), ctx["job_try"])

@@ -1,0 +1,55 @@
+"""Partition upkeep on a real PostgreSQL: made ahead, dropped past retention, audited."""
+
+from __future__ import annotations
+
+from datetime import UTC, date, datetime
+
+import asyncpg
+
+from service.partitions import LIST_PARTITIONS, ensure_partitions
+from workers.maintenance import drop_expired_partitions
+
+INSERT_AT = """
+INSERT INTO audit_log (id, ts, action, category, severity, outcome, presentation)
+VALUES (gen_random_uuid(), $1::text::timestamptz, 'a.b', 'a', 'info', 'success', '{}')
+"""
+
+
+async def partitions(pg: asyncpg.Connection) -> set[str]:
+    return {r["relname"] for r in await pg.fetch(LIST_PARTITIONS)}
+
+
+async def test_partitions_are_made_ahead_once(pg: asyncpg.Connection) -> None:
+    made = await ensure_partitions(pg, months_ahead=2, today=date(2031, 11, 15))
+    assert made == ["audit_log_y2031m11", "audit_log_y2031m12", "audit_log_y2032m01"]
+    assert await ensure_partitions(pg, months_ahead=2, today=date(2031, 11, 15)) == []
+    await pg.execute(INSERT_AT, "2031-12-24T12:00:00Z")
+    where = await pg.fetchval("SELECT tableoid::regclass::text FROM audit_log WHERE action = 'a.b'")
+    assert where == "audit_log_y2031m12"
+
+
+async def test_a_month_already_in_the_default_partition_is_left_there(
+    pg: asyncpg.Connection,
+) -> None:
+    await pg.execute(INSERT_AT, "2040-03-03T00:00:00Z")
+    assert await ensure_partitions(pg, months_ahead=0, today=date(2040, 3, 1)) == []
+    assert await pg.fetchval("SELECT count(*) FROM audit_log") == 1
+
+
+async def test_retention_drops_whole_old_partitions_and_audits_each(pg: asyncpg.Connection) -> None:
+    await ensure_partitions(pg, months_ahead=0, today=date(2020, 1, 10))
+    await ensure_partitions(pg, months_ahead=0, today=date(2020, 2, 10))
+    for ts in ("2020-01-05T00:00:00Z", "2020-01-06T00:00:00Z", "2020-02-05T00:00:00Z"):
+        await pg.execute(INSERT_AT, ts)
+    # On 2020-03-15 with 40 days' retention only January lies wholly before the cutoff.
+    dropped = await drop_expired_partitions(
+        pg, retention_days=40, now=datetime(2020, 3, 15, tzinfo=UTC)
+    )
+    assert dropped == ["audit_log_y2020m01"]
+    assert "audit_log_y2020m01" not in await partitions(pg)
+    assert await pg.fetchval("SELECT count(*) FROM audit_log WHERE action = 'a.b'") == 1
+    audit = await pg.fetchrow(
+        "SELECT entity_id, metadata FROM audit_log WHERE action = 'audit.partition_dropped'"
+    )
+    assert audit["entity_id"] == "audit_log_y2020m01"
+    assert audit["metadata"]["rows"] == 2
