@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
+import logging
 import os
 import shutil
 import tempfile
@@ -11,13 +13,14 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import asyncpg
 import pytest
 import redis.asyncio as aioredis
 from arq import Worker
 
-from service import db
+from service import cli, db
 from service.embedded import EmbeddedStack
 from service.settings import Settings
 from workers.worker import build_worker, run_until
@@ -157,3 +160,32 @@ async def count_rows(database_url: str) -> int:
         return n
     finally:
         await conn.close()
+
+
+@pytest.fixture
+def cli_env(monkeypatch: pytest.MonkeyPatch, settings: Settings, tmp_path: Path) -> Iterator[None]:
+    """The CLI's environment points at this test's servers; its logging setup is undone."""
+    assert settings.database_url and settings.redis_url
+    monkeypatch.setenv("AUDITQ_DATABASE_URL", settings.database_url)
+    monkeypatch.setenv("AUDITQ_REDIS_URL", settings.redis_url)
+    monkeypatch.setenv("AUDITQ_QUEUE", settings.queue)
+    monkeypatch.setenv("AUDITQ_DATA_DIR", str(tmp_path))
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    yield
+    root.handlers[:] = handlers
+    root.setLevel(level)
+
+
+async def run_cli(*argv: str) -> int:
+    """Run `auditq ARGV` as the shell would: its own event loop, in a thread of its own."""
+    return await asyncio.to_thread(cli.main, list(argv))
+
+
+async def queued_events(redis: aioredis.Redis, queue: str) -> list[dict[str, Any]]:
+    events = []
+    for task_id in await redis.zrange(queue, 0, -1):
+        job = json.loads(await redis.get(b"arq:job:" + task_id))
+        payload = json.loads(job["a"][0])
+        events += payload if isinstance(payload, list) else [payload]
+    return events

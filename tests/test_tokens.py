@@ -2,14 +2,8 @@
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
-import json
-import logging
 import stat
-from collections.abc import Iterator
-from pathlib import Path
-from typing import Any
 
 import asyncpg
 import pytest
@@ -19,35 +13,7 @@ from service import cli
 from service.auth import authenticate, create_token, revoke_token
 from service.http import ApiError
 from service.settings import Settings
-
-
-@pytest.fixture
-def cli_env(monkeypatch: pytest.MonkeyPatch, settings: Settings, tmp_path: Path) -> Iterator[None]:
-    """The CLI's environment points at this test's servers; its logging setup is undone."""
-    assert settings.database_url and settings.redis_url
-    monkeypatch.setenv("AUDITQ_DATABASE_URL", settings.database_url)
-    monkeypatch.setenv("AUDITQ_REDIS_URL", settings.redis_url)
-    monkeypatch.setenv("AUDITQ_QUEUE", settings.queue)
-    monkeypatch.setenv("AUDITQ_DATA_DIR", str(tmp_path))
-    root = logging.getLogger()
-    handlers, level = root.handlers[:], root.level
-    yield
-    root.handlers[:] = handlers
-    root.setLevel(level)
-
-
-async def run_cli(*argv: str) -> int:
-    """Run `auditq ARGV` as the shell would: its own event loop, in a thread of its own."""
-    return await asyncio.to_thread(cli.main, list(argv))
-
-
-async def queued_events(redis: aioredis.Redis, queue: str) -> list[dict[str, Any]]:
-    events = []
-    for task_id in await redis.zrange(queue, 0, -1):
-        job = json.loads(await redis.get(b"arq:job:" + task_id))
-        payload = json.loads(job["a"][0])
-        events += payload if isinstance(payload, list) else [payload]
-    return events
+from tests.conftest import queued_events, run_cli
 
 
 async def test_tokens_are_stored_hashed(pg: asyncpg.Connection) -> None:
