@@ -18,11 +18,14 @@ from typing import Any
 import asyncpg
 import pytest
 import redis.asyncio as aioredis
+from aiohttp.test_utils import TestClient, TestServer
 from arq import Worker
 
 from service import cli, db
+from service.app import create_app
 from service.embedded import EmbeddedStack
 from service.settings import Settings
+from tests.admin_api import Tokens, make_tokens
 from workers.worker import build_worker, run_until
 
 TEMPLATE_DB = "auditq_test_template"
@@ -189,3 +192,16 @@ async def queued_events(redis: aioredis.Redis, queue: str) -> list[dict[str, Any
         payload = json.loads(job["a"][0])
         events += payload if isinstance(payload, list) else [payload]
     return events
+
+
+@pytest.fixture
+async def api(settings: Settings) -> AsyncIterator[TestClient[Any, Any]]:
+    """The admin API of this test's settings, served on a free port."""
+    async with TestClient(TestServer(create_app(settings))) as client:
+        yield client
+
+
+@pytest.fixture
+async def tokens(pg: asyncpg.Connection) -> Tokens:
+    """One token of each role, as Authorization headers."""
+    return await make_tokens(pg)

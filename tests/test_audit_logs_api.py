@@ -7,7 +7,6 @@ import csv
 import io
 import json
 import uuid
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -37,12 +36,6 @@ def make_event(**fields: Any) -> AuditEvent:
 async def seed(pg: asyncpg.Connection, events: list[AuditEvent]) -> None:
     result = await write_events(pg, events)
     assert result.inserted == len(events) and not result.rejected
-
-
-@pytest.fixture
-async def api(settings: Settings) -> AsyncIterator[TestClient[Any, Any]]:
-    async with TestClient(TestServer(create_app(settings))) as client:
-        yield client
 
 
 @pytest.fixture

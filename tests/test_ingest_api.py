@@ -6,31 +6,18 @@ import dataclasses
 import io
 import json
 import uuid
-from collections.abc import AsyncIterator
 from typing import Any
 
 import asyncpg
-import pytest
 import redis.asyncio as aioredis
 from aiohttp.test_utils import TestClient, TestServer
 
 from service.app import create_app
 from service.settings import Settings
-from tests.admin_api import Tokens, error_of, make_tokens, queued_payloads
+from tests.admin_api import Tokens, error_of, queued_payloads
 from tests.conftest import count_rows, running_worker, wait_for
 
 EVENTS = "/api/v1/events"
-
-
-@pytest.fixture
-async def api(settings: Settings) -> AsyncIterator[TestClient[Any, Any]]:
-    async with TestClient(TestServer(create_app(settings))) as client:
-        yield client
-
-
-@pytest.fixture
-async def tokens(pg: asyncpg.Connection) -> Tokens:
-    return await make_tokens(pg)
 
 
 async def test_valid_events_are_stored_and_the_invalid_one_is_named(

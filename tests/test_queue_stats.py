@@ -4,18 +4,14 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import AsyncIterator
 from typing import Any
 
-import asyncpg
-import pytest
 import redis.asyncio as aioredis
-from aiohttp.test_utils import TestClient, TestServer
+from aiohttp.test_utils import TestClient
 
-from service.app import create_app
 from service.keys import worker_key, workers_key
 from service.settings import Settings
-from tests.admin_api import Tokens, enqueue, make_tokens
+from tests.admin_api import Tokens, enqueue
 from tests.conftest import running_worker, wait_for
 
 STATS = "/api/v1/admin/queue/stats"
@@ -23,17 +19,6 @@ STATS = "/api/v1/admin/queue/stats"
 
 def events(n: int) -> str:
     return json.dumps([{"id": str(uuid.uuid4()), "action": "record.viewed"} for _ in range(n)])
-
-
-@pytest.fixture
-async def api(settings: Settings) -> AsyncIterator[TestClient[Any, Any]]:
-    async with TestClient(TestServer(create_app(settings))) as client:
-        yield client
-
-
-@pytest.fixture
-async def tokens(pg: asyncpg.Connection) -> Tokens:
-    return await make_tokens(pg)
 
 
 async def stats(api: TestClient[Any, Any], tokens: Tokens) -> dict[str, Any]:

@@ -8,20 +8,18 @@ import os
 import sys
 import time
 import uuid
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import asyncpg
 import pytest
 import redis.asyncio as aioredis
-from aiohttp.test_utils import TestClient, TestServer
+from aiohttp.test_utils import TestClient
 
 from service import dead_letter
-from service.app import create_app
 from service.keys import IN_PROGRESS_PREFIX, attempts_key, complete_key
 from service.settings import Settings
-from tests.admin_api import Tokens, enqueue, error_of, make_tokens, queued_payloads
+from tests.admin_api import Tokens, enqueue, error_of, queued_payloads
 from tests.conftest import count_rows, running_worker, wait_for
 
 TASKS = "/api/v1/admin/tasks"
@@ -36,17 +34,6 @@ def event(i: int, **extra: object) -> dict[str, object]:
         "metadata": {"n": i},
         **extra,
     }
-
-
-@pytest.fixture
-async def api(settings: Settings) -> AsyncIterator[TestClient[Any, Any]]:
-    async with TestClient(TestServer(create_app(settings))) as client:
-        yield client
-
-
-@pytest.fixture
-async def tokens(pg: asyncpg.Connection) -> Tokens:
-    return await make_tokens(pg)
 
 
 async def add_failed(
