@@ -52,9 +52,10 @@ ROUTES = [
     web.get("/readyz", readyz),
     # Audit logs: the fixed paths before `{id}`, as aiohttp matches in order.
     web.get("/api/v1/admin/audit-logs", audit_logs.list_audit_logs),
-    web.get("/api/v1/admin/audit-logs/export", audit_logs.export_audit_logs),
+    # Streamed bodies: a HEAD would still run (and audit) the export and send its body.
+    web.get("/api/v1/admin/audit-logs/export", audit_logs.export_audit_logs, allow_head=False),
     web.get("/api/v1/admin/audit-logs/statistics", audit_logs.audit_log_statistics),
-    web.get("/api/v1/admin/audit-logs/stream", audit_logs.stream_audit_logs),
+    web.get("/api/v1/admin/audit-logs/stream", audit_logs.stream_audit_logs, allow_head=False),
     web.post("/api/v1/admin/audit-logs/search", audit_logs.search_audit_logs),
     web.get(
         "/api/v1/admin/audit-logs/entity/{entity_type}/{entity_id:.+}", audit_logs.entity_history

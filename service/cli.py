@@ -85,7 +85,8 @@ async def cmd_worker(settings: Settings, args: argparse.Namespace) -> int:
 
 
 async def cmd_api(settings: Settings, args: argparse.Namespace) -> int:
-    async with _serving_api(_require_urls(settings)) as address:
+    # HTTP ingest spools what Redis cannot take (AUDITQ_SPOOL_DIR, default <data dir>/spool).
+    async with _serving_api(_require_urls(settings).with_server_spool()) as address:
         print(f"auditq API on {address}", flush=True)
         await _wait_for_signal()
     return 0
@@ -106,6 +107,7 @@ async def cmd_run(settings: Settings, args: argparse.Namespace) -> int:
         settings.env_file.write_text(
             f"AUDITQ_REDIS_URL={settings.redis_url}\nAUDITQ_DATABASE_URL={settings.database_url}\n"
         )
+    settings = settings.with_server_spool()  # the API's producer spools what Redis cannot take
     try:
         assert settings.database_url
         await db.migrate(settings.database_url, months_ahead=settings.partitions_ahead_months)

@@ -11,6 +11,7 @@ import logging
 import re
 import threading
 from collections.abc import Iterable, Mapping
+from pathlib import Path
 from types import TracebackType
 from typing import Any, Final, TypeAlias
 
@@ -27,8 +28,17 @@ from service.events import ACTION_PATTERN, AuditEvent, RequestInfo, decode_event
 from service.queue import ENQUEUE_SCRIPT
 from service.redaction import redact_sensitive_in_string
 from service.settings import Settings
+from service.spool import Spool, SpoolError, batches
 
-__all__ = ["FAILURE_PREFIX", "AuditClient", "AuditEvent", "BufferFull", "ClientClosed"]
+__all__ = [
+    "FAILURE_PREFIX",
+    "AuditClient",
+    "AuditEvent",
+    "BufferFull",
+    "ClientClosed",
+    "SpoolError",
+    "SpoolFull",
+]
 
 FAILURE_PREFIX: Final = "[AuditLog] Failed to queue audit event: "
 FAILURE_FIELD_MAX_CHARS = 256  # characters: a hostile value must not flood the log
@@ -36,6 +46,15 @@ FAILURE_MESSAGE_MAX_CHARS = 1024  # characters
 BATCH_MAX_BYTES = 4 * 1024 * 1024  # bytes of event JSON per job; a lone bigger event still goes
 SEND_TIMEOUT_FACTOR = 4  # capture timeouts per send: connect, one reconnect, the reply, slack
 CLOSE_TIMEOUT = 5.0  # seconds
+# With a spool, a batch an awaiting capture is in tries Redis for this share of the capture
+# bound; the rest is left to append it to the spool, so `capture` still answers in time.
+REDIS_SHARE_WITH_SPOOL = 0.5
+REPLAY_FIRST_PAUSE = 0.2  # seconds between probes of a Redis that does not answer, growing to
+REPLAY_MAX_PAUSE = 2.0  # seconds
+SPOOL_SCAN_INTERVAL = 10.0  # seconds between looks for segments that other processes left
+# Below this many bytes still spooled, the last replay pass holds new batches back for its
+# few milliseconds, so that no event overtakes a spooled one when sending goes direct again.
+FINAL_PASS_MAX_BYTES = 1024 * 1024
 
 failure_logger = logging.getLogger("auditq")  # the contract's logger name, not the module's
 logger = logging.getLogger(__name__)
@@ -55,8 +74,17 @@ class BufferFull(AuditqError):
     """The client's buffer is full: the event was dropped."""
 
 
+class SpoolFull(AuditqError):
+    """Redis did not take the event and the spool is full: the event was dropped."""
+
+
 class AuditClient:
-    """Enqueue audit events to the arq queue in batches; never raise to the caller."""
+    """Enqueue audit events to the arq queue in batches; never raise to the caller.
+
+    With `spool_dir`, a batch Redis does not take is appended durably to a local spool
+    (service/spool.py) and replayed, in order, once Redis answers again; `capture` then
+    returns the id of an event that is spooled, as it will be delivered.
+    """
 
     def __init__(
         self,
@@ -69,6 +97,8 @@ class AuditClient:
         flush_max_events: int = _DEFAULTS.flush_max_events,
         max_event_bytes: int = _DEFAULTS.max_event_bytes,
         redact_extra_keys: Iterable[str] = _DEFAULTS.redact_extra_keys,
+        spool_dir: Path | str | None = None,
+        spool_max_bytes: int = _DEFAULTS.spool_max_bytes,
     ) -> None:
         """Wrap `redis` (the client owns and closes it); prefer from_url or from_settings."""
         if not queue:
@@ -82,6 +112,9 @@ class AuditClient:
         self.sent = 0  # events enqueued
         self.failed = 0  # events that could not be enqueued (each logged)
         self.dropped = 0  # events dropped because the buffer was full (each logged)
+        self.spooled = 0  # events Redis did not take, appended to the spool
+        self.replayed = 0  # events replayed from the spool into Redis
+        self.spool_dropped = 0  # events dropped because the spool was full (each logged)
         self._redis = redis
         self._script = redis.register_script(ENQUEUE_SCRIPT)
         self._queue = queue
@@ -100,6 +133,23 @@ class AuditClient:
         self._pending = asyncio.Event()  # the buffer has items (or the client is closing)
         self._urgent = asyncio.Event()  # send now: a capture waits, a batch is full, or closing
         self._closing = False
+        self._spool = (
+            None if spool_dir is None else Spool(Path(spool_dir), max_bytes=spool_max_bytes)
+        )
+        self._spooling = False  # batches go to the spool (Redis failed, or the spool holds some)
+        self._spool_broken = False  # the spool could not be written: said once
+        self._replayer: asyncio.Task[None] | None = None
+        self._wake = asyncio.Event()  # spooling started: the replayer probes Redis
+        self._unheld = asyncio.Event()  # cleared while the last replay pass runs
+        if self._spool is None:
+            self._unheld.set()  # with a spool: once the replayer looked for earlier segments
+        self._appending = 0  # batches being appended to the spool
+        self._append_idle = asyncio.Event()
+        self._append_idle.set()
+        if self._spool is not None and _running_loop() is not None:
+            # Made in async code (the API's client): replay what an earlier process spooled now.
+            self._bind()
+            self._ensure_replayer()
 
     @classmethod
     def from_url(
@@ -113,8 +163,13 @@ class AuditClient:
         flush_max_events: int = _DEFAULTS.flush_max_events,
         max_event_bytes: int = _DEFAULTS.max_event_bytes,
         redact_extra_keys: Iterable[str] = _DEFAULTS.redact_extra_keys,
+        spool_dir: Path | str | None = None,
+        spool_max_bytes: int = _DEFAULTS.spool_max_bytes,
     ) -> AuditClient:
-        """Make a client for the Redis at `url`; connects on first use, not now."""
+        """Make a client for the Redis at `url`; connects on first use, not now.
+
+        `spool_dir` (opt-in) keeps what Redis cannot take on local disk until it can.
+        """
         redis = Redis.from_url(
             url,
             socket_connect_timeout=capture_timeout_s,
@@ -133,11 +188,13 @@ class AuditClient:
             flush_max_events=flush_max_events,
             max_event_bytes=max_event_bytes,
             redact_extra_keys=redact_extra_keys,
+            spool_dir=spool_dir,
+            spool_max_bytes=spool_max_bytes,
         )
 
     @classmethod
     def from_settings(cls, settings: Settings) -> AuditClient:
-        """Make a client from the settings' Redis URL, queue and producer options."""
+        """Make a client from the settings' Redis URL, queue, producer options and spool."""
         if settings.redis_url is None:
             raise ConfigError(
                 "no Redis URL: set AUDITQ_REDIS_URL or start the embedded stack with `auditq run`"
@@ -151,6 +208,8 @@ class AuditClient:
             flush_max_events=settings.flush_max_events,
             max_event_bytes=settings.max_event_bytes,
             redact_extra_keys=settings.redact_extra_keys,
+            spool_dir=settings.spool_dir,
+            spool_max_bytes=settings.spool_max_bytes,
         )
 
     async def __aenter__(self) -> AuditClient:
@@ -167,7 +226,11 @@ class AuditClient:
     # Producing.
 
     async def capture(self, event: AuditEvent) -> str | None:
-        """Enqueue one event and return its id, or None (logged) if it could not be enqueued."""
+        """Enqueue one event and return its id, or None (logged) if it could not be enqueued.
+
+        With a spool, an event Redis did not take but that is durably spooled counts as
+        enqueued (it will be delivered): its id is returned.
+        """
         context = audit_context.get()
         try:
             if self._closing:
@@ -288,6 +351,8 @@ class AuditClient:
         if item[2] is not None:
             self._waiting += 1
         self._ensure_sender()
+        if self._spool is not None:
+            self._ensure_replayer()
         self._pending.set()
         if self._is_urgent():
             self._urgent.set()
@@ -349,16 +414,32 @@ class AuditClient:
         return batch
 
     async def _send(self, batch: list[_Item]) -> None:
+        timeout = self._send_timeout
+        if self._spool is not None:
+            await self._unheld.wait()  # the last replay pass: spooled events go first
+            if self._spooling:
+                await self._spool_batch(batch)
+                return
+            if any(item[2] is not None for item in batch):
+                timeout = self._capture_timeout * REDIS_SHARE_WITH_SPOOL
         payload = b"[" + b",".join(item[0] for item in batch) + b"]"
         try:
-            async with asyncio.timeout(self._send_timeout):
-                await self._script(keys=[self._queue], args=[payload])
+            async with asyncio.timeout(timeout):
+                # "merge": join the queue's open job while no worker has taken it, so that
+                # many small batches (from every producer) become one job, not one each.
+                await self._script(keys=[self._queue], args=[payload, "", "merge"])
         except asyncio.CancelledError:
             self._fail_batch(batch, ClientClosed("closed while the batch was being sent"))
             raise
         except Exception as exc:
             if isinstance(exc, TimeoutError) and not str(exc):
-                exc = TimeoutError(f"Redis did not answer within {self._send_timeout} s")
+                exc = TimeoutError(f"Redis did not answer within {timeout} s")
+            if self._spool is not None:
+                # Redis may have run the script and lost only the reply: spooling the batch
+                # then delivers it twice, which its events' ids make harmless.
+                self._start_spooling(exc)
+                await self._spool_batch(batch)
+                return
             self._fail_batch(batch, exc)
             return
         with self._lock:
@@ -374,6 +455,166 @@ class AuditClient:
             elif not sent.done():
                 sent.set_exception(exc)  # its capture logs it
 
+    # The spool, on the client's loop.
+
+    async def _spool_batch(self, batch: list[_Item]) -> None:
+        """Append a batch Redis did not take to the spool; its events count as sent."""
+        spool = self._spool
+        assert spool is not None
+        self._appending += 1
+        self._append_idle.clear()
+        try:
+            written = await asyncio.to_thread(spool.append, [item[0] for item in batch])
+        except asyncio.CancelledError:
+            self._fail_batch(batch, ClientClosed("closed while the batch was being spooled"))
+            raise
+        except Exception as exc:
+            error = exc if isinstance(exc, SpoolError) else SpoolError(str(exc))
+            if not self._spool_broken:
+                self._spool_broken = True
+                logger.error(
+                    "the spool cannot be written (%s): events Redis does not take are lost, "
+                    "each logged as a failure, until it can",
+                    redact_sensitive_in_string(str(error)),
+                )
+            self._fail_batch(batch, error)
+            return
+        finally:
+            self._appending -= 1
+            if not self._appending:
+                self._append_idle.set()
+        if self._spool_broken and written:
+            self._spool_broken = False
+            logger.warning("the spool at %s is written again", spool.directory)
+        with self._lock:
+            self.spooled += written
+        for _, _, sent in batch[:written]:
+            if sent is not None and not sent.done():
+                sent.set_result(None)
+        if written < len(batch):
+            full = SpoolFull(
+                f"the spool at {spool.directory} holds {spool.max_bytes} bytes, its limit"
+            )
+            self._fail_batch(batch[written:], full)
+
+    def _start_spooling(self, cause: BaseException | None = None) -> None:
+        if not self._spooling:
+            self._spooling = True
+            if cause is not None:
+                logger.warning(
+                    "Redis does not take events (%s: %s): spooling them until it does",
+                    type(cause).__name__,
+                    redact_sensitive_in_string(str(cause)),
+                )
+        self._ensure_replayer()
+        self._wake.set()
+
+    def _ensure_replayer(self) -> None:
+        if self._closing:
+            return
+        if self._replayer is None or self._replayer.done():
+            self._replayer = asyncio.get_running_loop().create_task(
+                self._run_replayer(), name="auditq-replayer", context=contextvars.Context()
+            )
+            self._replayer.add_done_callback(_log_replayer_death)
+
+    async def _run_replayer(self) -> None:
+        """Probe Redis while spooling and replay the spool into it; look for leftovers."""
+        spool = self._spool
+        assert spool is not None
+        try:
+            await asyncio.to_thread(spool.sweep_staging)
+            if await asyncio.to_thread(spool.has_segments):
+                self._start_spooling()  # an earlier process left events: they go first
+        except SpoolError as exc:
+            logger.error("the spool cannot be read: %s", exc)
+        finally:
+            self._unheld.set()
+        pause = REPLAY_FIRST_PAUSE
+        while not self._closing:
+            if not self._spooling:
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(SPOOL_SCAN_INTERVAL):
+                        await self._wake.wait()
+                self._wake.clear()
+                if not self._spooling:
+                    await self._replay_leftovers()
+                    continue
+            try:
+                if not await self._redis_answers():
+                    raise TimeoutError("Redis does not answer")
+                await asyncio.to_thread(spool.rotate)
+                await self._replay_closed()
+                if spool.current_bytes <= FINAL_PASS_MAX_BYTES:
+                    await self._replay_last()
+                pause = REPLAY_FIRST_PAUSE
+            except Exception as exc:
+                logger.debug("spool replay waits: %s: %s", type(exc).__name__, exc)
+                await asyncio.sleep(pause)
+                pause = min(pause * 2, REPLAY_MAX_PAUSE)
+
+    async def _replay_last(self) -> None:
+        """Replay what is left with new batches held back, then send directly again."""
+        spool = self._spool
+        assert spool is not None
+        self._unheld.clear()
+        try:
+            await self._append_idle.wait()
+            await asyncio.to_thread(spool.rotate)
+            await self._replay_closed()
+            if not spool.current_bytes and not self._appending:
+                self._spooling = False
+                logger.warning("the spool is replayed: events go to Redis directly again")
+        finally:
+            self._unheld.set()
+
+    async def _replay_leftovers(self) -> None:
+        """Replay segments other processes left, if any and if Redis answers."""
+        spool = self._spool
+        assert spool is not None
+        try:
+            if await asyncio.to_thread(spool.closed_segments) and await self._redis_answers():
+                await self._replay_closed()
+        except Exception as exc:
+            logger.debug("spool leftovers wait: %s: %s", type(exc).__name__, exc)
+
+    async def _replay_closed(self) -> None:
+        """Enqueue every closed segment this process can lock, deleting each once acknowledged."""
+        spool = self._spool
+        assert spool is not None
+        for path in await asyncio.to_thread(spool.closed_segments):
+            claim = asyncio.ensure_future(asyncio.to_thread(spool.claim, path))
+            try:
+                segment = await asyncio.shield(claim)
+            except asyncio.CancelledError:
+                claim.add_done_callback(_release_claim)  # never keep a segment locked
+                raise
+            if segment is None:
+                continue  # another process writes or replays it
+            try:
+                parts = batches(
+                    segment.lines, max_events=self._flush_max, max_bytes=BATCH_MAX_BYTES
+                )
+                for index, part in enumerate(parts):
+                    payload = b"[" + b",".join(part) + b"]"
+                    # A task id of its own: a batch replayed twice is queued once.
+                    task_id = f"spool-{segment.name}-{index}"
+                    async with asyncio.timeout(self._send_timeout):
+                        await self._script(keys=[self._queue], args=[payload, task_id])
+                    with self._lock:
+                        self.replayed += len(part)
+                await asyncio.to_thread(segment.delete)
+            finally:
+                segment.release()
+
+    async def _redis_answers(self) -> bool:
+        try:
+            async with asyncio.timeout(self._send_timeout):
+                await self._redis.ping()
+        except Exception:
+            return False
+        return True
+
     async def _close(self, timeout_s: float) -> None:
         if self._closing:
             return
@@ -386,6 +627,12 @@ class AuditClient:
             if not finished:
                 sender.cancel()
                 await asyncio.wait({sender})
+        replayer = self._replayer
+        if replayer is not None and not replayer.done() and replayer.get_loop() is _running_loop():
+            replayer.cancel()  # what is still spooled stays for the next client on the spool
+            await asyncio.wait({replayer})
+        if self._spool is not None:
+            self._spool.close()
         leftovers = list(self._buffer)
         self._buffer.clear()
         self._waiting = 0
@@ -401,6 +648,8 @@ class AuditClient:
         with self._lock:
             if isinstance(exc, BufferFull):
                 self.dropped += 1
+            elif isinstance(exc, SpoolFull):
+                self.spool_dropped += 1
             else:
                 self.failed += 1
         payload = failure_payload(event, exc, context)
@@ -486,6 +735,17 @@ def _running_loop() -> asyncio.AbstractEventLoop | None:
         return asyncio.get_running_loop()
     except RuntimeError:
         return None
+
+
+def _release_claim(claim: asyncio.Future[Any]) -> None:
+    if not claim.cancelled() and claim.exception() is None and claim.result() is not None:
+        claim.result().release()
+
+
+def _log_replayer_death(task: asyncio.Task[None]) -> None:
+    if not task.cancelled() and (exc := task.exception()) is not None:
+        # Restarted on the next event; said here so a bug is not silent.
+        logger.error("the audit spool replayer stopped: %s: %s", type(exc).__name__, exc)
 
 
 def _log_sender_death(task: asyncio.Task[None]) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import ipaddress
 import uuid
+from collections.abc import Iterable
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
@@ -16,6 +17,7 @@ from service.redaction import redact_sensitive
 
 ACTION_PATTERN = r"^[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*){1,7}$"
 MAX_EVENT_BYTES = 64 * 1024  # default; Settings.max_event_bytes overrides
+MAX_NESTING = 64  # levels of lists/objects inside metadata, changes or presentation params
 
 Action = Annotated[str, msgspec.Meta(pattern=ACTION_PATTERN, max_length=128)]
 Text = Annotated[str, msgspec.Meta(max_length=1024)]
@@ -116,7 +118,38 @@ def derived_event_id(task_id: str, index: int, enqueued_ms: int) -> uuid.UUID:
 def _uuid7_time(event_id: uuid.UUID) -> datetime | None:
     if event_id.version != 7:
         return None
-    return datetime.fromtimestamp((event_id.int >> 80) / 1000, UTC)
+    try:
+        return datetime.fromtimestamp((event_id.int >> 80) / 1000, UTC)
+    except (OverflowError, ValueError, OSError):  # past year 9999: not a time, just an id
+        return None
+
+
+def _nesting_exceeds(value: object, limit: int) -> bool:
+    """Tell whether lists/objects nest deeper than `limit` (walked without recursion)."""
+    stack: list[tuple[object, int]] = [(value, 0)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict):
+            children: Iterable[object] = item.values()
+        elif isinstance(item, list | tuple):
+            children = item
+        else:
+            continue
+        if depth >= limit:
+            return True
+        stack.extend((child, depth + 1) for child in children)
+    return False
+
+
+def _check_nesting(event: AuditEvent) -> None:
+    values: list[tuple[str, object]] = [("metadata", event.metadata)]
+    if event.presentation is not None:
+        values.append(("presentation.params", event.presentation.params))
+    for index, change in enumerate(event.changes or ()):
+        values += [(f"changes[{index}].old", change.old), (f"changes[{index}].new", change.new)]
+    for name, value in values:
+        if _nesting_exceeds(value, MAX_NESTING + 1):
+            raise InvalidEvent(f"`{name}` nests deeper than {MAX_NESTING} levels")
 
 
 def finalize(
@@ -128,6 +161,7 @@ def finalize(
     default_ts: datetime | None = None,
 ) -> tuple[AuditEvent, bytes]:
     """Fill the defaults, redact secrets and check the size; return the event and its JSON."""
+    _check_nesting(event)
     category = event.category or event.action.split(".", 1)[0]
     presentation = event.presentation or Presentation(code=f"audit.{event.action}")
     changes = event.changes
@@ -141,7 +175,10 @@ def finalize(
     event_id = event.id or default_id or new_event_id()
     # A UUIDv7 carries its capture time: using it makes a redelivered event land on the same
     # (id, ts) key even when its producer sent no ts.
-    ts = (event.ts or _uuid7_time(event_id) or default_ts or datetime.now(UTC)).astimezone(UTC)
+    try:
+        ts = (event.ts or _uuid7_time(event_id) or default_ts or datetime.now(UTC)).astimezone(UTC)
+    except (OverflowError, ValueError):  # year 1 or 9999 pushed out of range by its offset
+        raise InvalidEvent(f"`ts` {event.ts} is out of range once in UTC") from None
     done = msgspec.structs.replace(
         event,
         id=event_id,
@@ -172,6 +209,10 @@ def decode_event(data: bytes | str) -> AuditEvent:
         raise InvalidEvent(str(exc)) from None
     except msgspec.DecodeError as exc:
         raise InvalidEvent(f"invalid JSON: {exc}") from None
+    except UnicodeError:  # bytes not UTF-8 inside a string, or a str with a lone surrogate
+        raise InvalidEvent("invalid JSON: the text is not valid UTF-8") from None
+    except RecursionError:  # msgspec's answer to hostile nesting
+        raise InvalidEvent("invalid JSON: nested too deeply") from None
 
 
 def decode_json(data: bytes | str) -> Any:
@@ -180,6 +221,10 @@ def decode_json(data: bytes | str) -> Any:
         return _any_decoder.decode(data)
     except msgspec.DecodeError as exc:
         raise InvalidEvent(f"invalid JSON: {exc}") from None
+    except UnicodeError:
+        raise InvalidEvent("invalid JSON: the text is not valid UTF-8") from None
+    except RecursionError:
+        raise InvalidEvent("invalid JSON: nested too deeply") from None
 
 
 def convert_event(data: Any) -> AuditEvent:

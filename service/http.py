@@ -9,6 +9,8 @@ import asyncpg
 import redis.exceptions
 from aiohttp import web
 
+from service.redaction import redact_sensitive_in_string
+
 logger = logging.getLogger(__name__)
 
 # aiohttp's own HTTP errors, mapped to our codes.
@@ -36,7 +38,9 @@ class ApiError(Exception):
 
 
 def error_response(status: int, code: str, message: str) -> web.Response:
-    """The envelope: {"error": {"code", "message"}}."""
+    """The envelope: {"error": {"code", "message"}}; the message is redacted, as it may quote
+    a bad parameter's value."""
+    message = redact_sensitive_in_string(message)
     return web.json_response({"error": {"code": code, "message": message}}, status=status)
 
 

@@ -13,6 +13,7 @@ from service.errors import InvalidEvent
 from service.events import AuditEvent, convert_event, finalize
 from service.http import ApiError, bad_parameter
 from service.openapi import operation
+from service.redaction import redact_sensitive_in_string
 from service.state import CLIENT, SETTINGS
 
 MAX_BATCH_EVENTS = 1000
@@ -82,14 +83,17 @@ async def ingest_events(request: web.Request) -> web.Response:
                 max_bytes=settings.max_event_bytes,
             )
         except InvalidEvent as exc:
-            rejected.append(Rejection(index=index, error=str(exc)))
+            # Validation messages quote the bad value, which may be a secret.
+            error = redact_sensitive_in_string(str(exc), settings.redact_extra_keys)
+            rejected.append(Rejection(index=index, error=error))
             continue
         valid.append(event)
     client = request.app[CLIENT]
     ids = await asyncio.gather(*(client.capture(event) for event in valid))
     if any(event_id is None for event_id in ids):
-        # Never claim an event is accepted when the queue did not take it. Some of the batch
-        # may be queued: sending it again is safe, the events' ids make storage idempotent.
+        # Never claim an event is accepted when neither the queue nor the API's spool took it
+        # (a spooled event is accepted: it will be delivered). Some of the batch may be
+        # queued: sending it again is safe, the events' ids make storage idempotent.
         raise ApiError(
             503,
             "dependency_unavailable",

@@ -47,6 +47,10 @@ def decode(body: bytes, kind: type[T]) -> T:
         raise ApiError(400, "invalid_body", f"invalid body: {message}") from None
     except msgspec.DecodeError as exc:
         raise ApiError(400, "invalid_json", f"the body is not valid JSON: {exc}") from None
+    except RecursionError:
+        raise _too_deep() from None
+    except UnicodeDecodeError:  # msgspec's answer to a string that is not UTF-8
+        raise _not_utf8() from None
 
 
 async def read_json(request: web.Request, kind: type[T], *, default: T | None = None) -> T:
@@ -64,3 +68,16 @@ def any_json(body: bytes) -> Any:
         return msgspec.json.decode(body)
     except msgspec.DecodeError as exc:
         raise ApiError(400, "invalid_json", f"the body is not valid JSON: {exc}") from None
+    except RecursionError:
+        raise _too_deep() from None
+    except UnicodeDecodeError:  # msgspec's answer to a string that is not UTF-8
+        raise _not_utf8() from None
+
+
+def _not_utf8() -> ApiError:
+    return ApiError(400, "invalid_json", "the body is not valid JSON: it is not UTF-8")
+
+
+def _too_deep() -> ApiError:
+    """msgspec raises RecursionError for hostile nesting: a bad body, not a server error."""
+    return ApiError(400, "invalid_json", "the body is not valid JSON: it nests too deeply")

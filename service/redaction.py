@@ -4,6 +4,7 @@ import functools
 import re
 
 REDACTED = "[REDACTED]"
+MAX_DEPTH = 200  # levels of nested dicts/lists redacted; anything deeper is replaced whole
 
 SENSITIVE_KEYS: frozenset[str] = frozenset(
     {
@@ -96,6 +97,16 @@ def _normalize_all(keys: frozenset[str]) -> frozenset[str]:
 
 def is_sensitive_key(key: str, extra_keys: frozenset[str] = frozenset()) -> bool:
     """Tell whether a mapping key or header name names a secret."""
+    if len(key) > _CACHED_KEY_MAX_CHARS:
+        return _is_sensitive_key(key, extra_keys)
+    # Keys repeat from event to event: remembered, a key costs a lookup, not a normalisation.
+    return _is_sensitive_key_cached(key, extra_keys)
+
+
+_CACHED_KEY_MAX_CHARS = 64
+
+
+def _is_sensitive_key(key: str, extra_keys: frozenset[str]) -> bool:
     norm = _normalize(key)
     if not norm:
         return False
@@ -106,12 +117,23 @@ def is_sensitive_key(key: str, extra_keys: frozenset[str] = frozenset()) -> bool
     )
 
 
+_is_sensitive_key_cached = functools.lru_cache(maxsize=8192)(_is_sensitive_key)
+
+
 def redact_sensitive(value: object, extra_keys: frozenset[str] = frozenset()) -> object:
     """Return a redacted deep copy of JSON-like data."""
+    return _redact(value, extra_keys, 0)
+
+
+def _redact(value: object, extra_keys: frozenset[str], depth: int) -> object:
+    if isinstance(value, dict | list | tuple) and depth >= MAX_DEPTH:
+        # Deeper than any real event nests: replaced whole, so hostile nesting can neither
+        # exhaust the stack nor carry a secret past the redaction.
+        return REDACTED
     if isinstance(value, dict):
-        return _redact_mapping(value, extra_keys)
+        return _redact_mapping(value, extra_keys, depth)
     if isinstance(value, list | tuple):
-        items = [redact_sensitive(item, extra_keys) for item in value]
+        items = [_redact(item, extra_keys, depth + 1) for item in value]
         return tuple(items) if isinstance(value, tuple) else items
     if isinstance(value, str):
         return redact_sensitive_in_string(value, extra_keys)
@@ -119,7 +141,7 @@ def redact_sensitive(value: object, extra_keys: frozenset[str] = frozenset()) ->
 
 
 def _redact_mapping(
-    mapping: dict[object, object], extra_keys: frozenset[str]
+    mapping: dict[object, object], extra_keys: frozenset[str], depth: int
 ) -> dict[object, object]:
     """Redact values under sensitive keys and recurse into the rest."""
     field = mapping.get(_DIFF_FIELD_KEY)
@@ -132,16 +154,40 @@ def _redact_mapping(
         ):
             out[key] = REDACTED
         else:
-            out[key] = redact_sensitive(item, extra_keys)
+            out[key] = _redact(item, extra_keys, depth + 1)
     return out
+
+
+# Every pattern below needs one of these: a URL password and a key/value pair a ":" or "=",
+# a bare credential its scheme. Text without any (most values) is returned as it is, at once.
+_MAY_HOLD_SECRET_RE = re.compile(r"[:=]|bearer|basic", re.IGNORECASE)
 
 
 def redact_sensitive_in_string(text: str, extra_keys: frozenset[str] = frozenset()) -> str:
     """Return text with credentials in URLs, key/value pairs and auth headers redacted."""
+    if _MAY_HOLD_SECRET_RE.search(text) is None:
+        return text
+    if _names_secret_field(text, extra_keys):
+        # A change diff as text (a payload that is not JSON): {"field": "password", "old": …}.
+        # Which "old"/"new" belong to it is unknowable in broken JSON, so every one goes.
+        extra_keys = extra_keys | _DIFF_VALUE_KEY_SET
     text = _redact_url_passwords(text)
     # Redacting a pair value can splice a URL password onto its "@", so look for URLs again.
     text = _redact_url_passwords(_redact_pairs(text, extra_keys))
     return _BARE_AUTH_RE.sub(_redact_bare_auth, text)
+
+
+_DIFF_VALUE_KEY_SET = frozenset(_DIFF_VALUE_KEYS)
+_DIFF_FIELD_RE = re.compile(
+    r"(?<![\w.-])field\\?[\"']?[ \t]*[:=][ \t]*\\?[\"']?(?P<name>[\w.-]+)", re.IGNORECASE
+)
+
+
+def _names_secret_field(text: str, extra_keys: frozenset[str]) -> bool:
+    """Tell whether text holds a change diff whose "field" names a secret."""
+    if "field" not in text.lower():
+        return False
+    return any(is_sensitive_key(m["name"], extra_keys) for m in _DIFF_FIELD_RE.finditer(text))
 
 
 def _redact_url_passwords(text: str) -> str:

@@ -32,6 +32,12 @@ class Settings:
     flush_interval_s: float = 0.005
     flush_max_events: int = 500
     redact_extra_keys: frozenset[str] = frozenset()
+    # Producer spool (service/spool.py): where events Redis cannot take are kept until it
+    # can. None: no spool, except that `auditq run` and `auditq api` default to
+    # <data_dir>/spool unless spool_disabled (AUDITQ_SPOOL_DIR=off).
+    spool_dir: Path | None = None
+    spool_disabled: bool = False
+    spool_max_bytes: int = 1024 * 1024 * 1024
 
     # Worker. The retry policy itself is written out in workers/retry.py.
     worker_max_jobs: int = 10
@@ -59,6 +65,8 @@ class Settings:
             raise ConfigError(f"AUDITQ_LOG_FORMAT must be 'text' or 'json', not {log_format!r}")
         retention = _int(env, "AUDITQ_RETENTION_DAYS", None, minimum=1)
         extra = env.get("AUDITQ_REDACT_EXTRA_KEYS", "")
+        spool = env.get("AUDITQ_SPOOL_DIR", "").strip()
+        spool_disabled = spool.lower() == "off"
         return cls(
             redis_url=url("AUDITQ_REDIS_URL"),
             database_url=url("AUDITQ_DATABASE_URL"),
@@ -74,6 +82,11 @@ class Settings:
             flush_interval_s=_float(env, "AUDITQ_FLUSH_INTERVAL_S", 0.005),
             flush_max_events=_req_int(env, "AUDITQ_FLUSH_MAX_EVENTS", 500, minimum=1),
             redact_extra_keys=frozenset(k.strip() for k in extra.split(",") if k.strip()),
+            spool_dir=Path(spool) if spool and not spool_disabled else None,
+            spool_disabled=spool_disabled,
+            spool_max_bytes=_req_int(
+                env, "AUDITQ_SPOOL_MAX_BYTES", 1024 * 1024 * 1024, minimum=1024 * 1024
+            ),
             worker_max_jobs=_req_int(env, "AUDITQ_WORKER_MAX_JOBS", 10, minimum=1),
             job_timeout_s=_float(env, "AUDITQ_JOB_TIMEOUT_S", 60.0),
             db_pool_size=_req_int(env, "AUDITQ_DB_POOL_SIZE", 10, minimum=1),
@@ -81,6 +94,12 @@ class Settings:
             retention_days=retention,
             partitions_ahead_months=_req_int(env, "AUDITQ_PARTITIONS_AHEAD_MONTHS", 3, minimum=1),
         )
+
+    def with_server_spool(self) -> Settings:
+        """These settings with the spool `auditq run` and `auditq api` use by default."""
+        if self.spool_disabled:
+            return dataclasses.replace(self, spool_dir=None)
+        return dataclasses.replace(self, spool_dir=self.spool_dir or self.data_dir / "spool")
 
     @property
     def env_file(self) -> Path:

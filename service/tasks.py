@@ -188,11 +188,11 @@ def count_events(text: str | bytes) -> int:
         return len(_raw_list.decode(text))
     except msgspec.ValidationError:  # valid JSON so far, but not a list: one (maybe bad) event
         pass
-    except msgspec.DecodeError:
+    except (msgspec.DecodeError, RecursionError):  # RecursionError: hostile nesting
         return 0
     try:
         _any.decode(text)
-    except msgspec.DecodeError:
+    except (msgspec.DecodeError, RecursionError):
         return 0
     return 1
 
@@ -201,7 +201,7 @@ def redacted_payload(text: str | bytes) -> Any:
     """The events of a payload, redacted; the redacted text itself when it is not JSON."""
     try:
         return redact_sensitive(_any.decode(text))
-    except msgspec.DecodeError:
+    except (msgspec.DecodeError, RecursionError):  # RecursionError: hostile nesting
         raw = text.decode("utf-8", errors="replace") if isinstance(text, bytes) else text
         return redact_sensitive_in_string(raw)
 

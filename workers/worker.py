@@ -52,6 +52,7 @@ logger = logging.getLogger("auditq.worker")
 
 STATE = "auditq"  # key of WorkerState in arq's ctx
 POLL_DELAY = 0.02  # seconds between queue polls; bounds the pickup latency of a new job
+REDIS_DOWN_PAUSE = 0.5  # seconds between polls while Redis does not answer
 SHUTDOWN_GRACE = 20.0  # seconds running jobs get to finish on SIGTERM before they are requeued
 SUCCESS_PREFIX = "[AuditLogWorker] Successfully logged:"
 UNEXPECTED_RETRY_DELAY = 5.0  # seconds before a job that failed in an unforeseen way runs again
@@ -129,7 +130,7 @@ def _parse(payload: str, task: Task, state: WorkerState) -> tuple[list[AuditEven
     try:  # fast path: the whole payload is valid
         decoded = _batch_decoder.decode(payload)
         items: list[Any] = decoded if isinstance(decoded, list) else [decoded]
-    except (msgspec.ValidationError, msgspec.DecodeError):
+    except (msgspec.ValidationError, msgspec.DecodeError, RecursionError):
         raw = decode_json(payload)  # raises InvalidEvent for bad JSON; else find the bad events
         items = raw if isinstance(raw, list) else [raw]
     for index, item in enumerate(items):
@@ -381,11 +382,59 @@ class _HideJobArguments(logging.Filter):
         return True
 
 
+_REDIS_DOWN = (RedisConnectionError, RedisTimeoutError, OSError)
+
+
+class _Worker(Worker):
+    """arq's worker, waiting out a Redis outage of any length instead of exiting.
+
+    arq ends `main()` on the first Redis error of its poll loop, so a Redis restart used to
+    stop the worker for good (its queue intact, but nothing stored until someone restarted
+    it). Jobs caught by the outage are safe: their events are stored idempotently, and a job
+    whose end could not be recorded is run again after its in-progress key expires.
+    """
+
+    _redis_down_since: float | None = None
+
+    async def _poll_iteration(self) -> None:
+        try:
+            await super()._poll_iteration()
+        except _REDIS_DOWN as exc:
+            if self._redis_down_since is None:
+                self._redis_down_since = time.monotonic()
+                logger.warning(
+                    "Redis does not answer (%s: %s); waiting for it",
+                    type(exc).__name__,
+                    redact_sensitive_in_string(str(exc)),
+                )
+            await asyncio.sleep(REDIS_DOWN_PAUSE)
+            return
+        if self._redis_down_since is not None:
+            down_s = time.monotonic() - self._redis_down_since
+            self._redis_down_since = None
+            logger.warning("Redis answers again after %.1f s", down_s)
+
+    async def start_jobs(self, job_ids: list[bytes]) -> None:
+        for job_id in job_ids:
+            counted = self.job_counter
+            try:
+                await super().start_jobs([job_id])
+            except _REDIS_DOWN:
+                if self.job_counter > counted and job_id.decode() not in self.tasks:
+                    # arq took a slot for a job it could not start: give it back, or a few
+                    # outages would leave the worker with no slot to run anything.
+                    self.job_counter -= 1
+                    self.sem.release()
+                raise
+
+
 def redis_settings(url: str) -> RedisSettings:
     """arq's Redis settings with a retry policy, so a Redis restart is ridden out."""
     settings = RedisSettings.from_dsn(url)
     settings.retry = RedisRetry(ExponentialBackoff(cap=1.0, base=0.05), 8)
-    settings.retry_on_error = [RedisConnectionError, RedisTimeoutError]
+    # OSError too: redis-py retries a failed connect only for the errors listed here, and a
+    # refused connection is still a bare OSError at that point.
+    settings.retry_on_error = [RedisConnectionError, RedisTimeoutError, OSError]
     settings.conn_retries = 30
     return settings
 
@@ -397,7 +446,7 @@ def build_worker(settings: Settings, *, handle_signals: bool = False) -> Worker:
     arq_logger = logging.getLogger("arq.worker")
     if not any(isinstance(f, _HideJobArguments) for f in arq_logger.filters):
         arq_logger.addFilter(_HideJobArguments())
-    worker = Worker(
+    worker = _Worker(
         functions=[func(store_events, name=JOB_FUNCTION, max_tries=ARQ_MAX_TRIES)],
         cron_jobs=[cron(maintain, name="maintain", minute={7}, run_at_startup=True)],
         redis_settings=redis_settings(settings.redis_url),

@@ -1,0 +1,223 @@
+"""Turn a run's results into latest.json's headline figures, latest.md and latest.png."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+GOALS = {
+    "vs_testplanit": 8.0,
+    "vs_arq_per_event": 25.0,
+    "vs_copy_ceiling": 0.8,
+    "capture_p99_ms": 1.0,
+    "e2e_p99_ms_at_2000": 200.0,
+    "read_p95_ms": 50.0,
+    "deep_page_ratio": 2.0,
+    "export_rows_per_s": 100_000,
+}
+QUERIES = ("entity_history", "actor_history", "action_time_range", "full_text")
+
+
+def headline(raw: dict[str, Any]) -> dict[str, Any]:
+    """The figures the issue asks latest.json to hold, from the raw results."""
+    write = raw["write"]
+    ceilings = raw["ceilings"]
+    throughput = {name: r["throughput_eps"] for name, r in write.items()}
+    throughput["copy_ceiling"] = ceilings["copy"]["eps"]
+    throughput["redis_enqueue_ceiling_per_event"] = ceilings["redis_enqueue"]["per_event"]["eps"]
+    throughput["redis_enqueue_ceiling_batched"] = ceilings["redis_enqueue"]["batched_500"]["eps"]
+    auditq = max(
+        (write[n]["throughput_eps"] for n in ("auditq_1_worker", "auditq_2_workers") if n in write),
+        default=0.0,
+    )
+    out: dict[str, Any] = {
+        "throughput_eps": throughput,
+        "auditq_best_eps": auditq,
+        "ratios": {
+            "auditq_vs_testplanit": auditq / throughput["testplanit"],
+            "auditq_vs_arq_per_event": auditq / throughput["arq_per_event"],
+            "auditq_vs_copy_ceiling": auditq / throughput["copy_ceiling"],
+            "auditq_vs_redis_enqueue_ceiling_batched": auditq
+            / throughput["redis_enqueue_ceiling_batched"],
+        },
+        "capture_p99_ms": {n: r["capture_ms"]["p99"] for n, r in write.items()},
+        "capture_p999_ms": {n: r["capture_ms"]["p99.9"] for n, r in write.items()},
+        "e2e_p99_ms_at_2000": {n: r["e2e_ms_at_2000"]["p99"] for n, r in write.items()},
+        "capture_nowait_us": {
+            n: r["capture_nowait_us"] for n, r in write.items() if "capture_nowait_us" in r
+        },
+    }
+    read = raw.get("read")
+    if read:
+        deep = f"page_{read['deep_page']}"
+        out["read_p95_ms"] = {
+            name: read[name]["p95"] for name in (*QUERIES, "page_1", deep, "statistics_30d")
+        }
+        out["deep_page_vs_page_1_p50"] = read[deep]["p50"] / read["page_1"]["p50"]
+        out["export_rows_per_s"] = read["export_csv"]["rows_per_s"]
+        out["export_api_rss_growth_mib"] = read["export_csv"]["api_rss_growth_mib"]
+        out["read_rows"] = read["load"]["rows"]
+    return out
+
+
+def _f(value: float | None, digits: int = 0) -> str:
+    if value is None:
+        return "–"
+    return f"{value:,.{digits}f}"
+
+
+def _goal(ok: bool) -> str:
+    return "met" if ok else "**missed**"
+
+
+def markdown(raw: dict[str, Any], head: dict[str, Any]) -> str:
+    write, ceilings = raw["write"], raw["ceilings"]
+    tp = head["throughput_eps"]
+    auditq = head["auditq_best_eps"]
+    lines = [
+        "# auditq benchmarks",
+        "",
+        f"Run {raw['started_at']} on {raw['machine']}"
+        + (" — **QUICK** (smaller counts; figures are indicative)" if raw["quick"] else "")
+        + ". Each system on fresh embedded Valkey 9 + PostgreSQL 18, same rows, same schema; "
+        "the machine was shared with other work, so absolute figures are noisy and the ratios "
+        "of one run side by side are what holds. How: [bench/README.md](../README.md).",
+        "",
+        "## Write side",
+        "",
+        "| system | events/s end to end | auditq ÷ it | capture p50 / p99 / p99.9 ms "
+        "| e2e p50 / p99 ms at 2,000/s | CPU s per 10k: worker / PostgreSQL / Valkey "
+        "| worker peak RSS MiB |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for name, r in write.items():
+        c, e, cpu = r["capture_ms"], r["e2e_ms_at_2000"], r["cpu_s_per_10k"]
+        e2e = f"{_f(e['p50'])} / {_f(e['p99'])}"
+        if e["achieved_rate_eps"] < 1900:
+            e2e += f" (offered only {_f(e['achieved_rate_eps'])}/s)"
+        lines.append(
+            f"| {r['label']} | {_f(r['throughput_eps'])} | {auditq / r['throughput_eps']:.1f}× "
+            f"| {_f(c['p50'], 2)} / {_f(c['p99'], 2)} / {_f(c['p99.9'], 2)} | {e2e} "
+            f"| {cpu['worker']:.2f} / {cpu['postgres']:.2f} / {cpu['valkey']:.2f} "
+            f"| {_f(r['worker_peak_rss_mib'])} |"
+        )
+    copy = ceilings["copy"]
+    redis = ceilings["redis_enqueue"]
+    lines += [
+        f"| ceiling: COPY of pre-built rows (1 connection {_f(copy['1_connection']['eps'])}, "
+        f"2 connections {_f(copy['2_connections']['eps'])}) | {_f(tp['copy_ceiling'])} "
+        f"| {auditq / tp['copy_ceiling']:.2f}× | | | PostgreSQL "
+        f"{copy['1_connection']['postgres_cpu_s_per_10k']:.2f} | |",
+        f"| ceiling: Redis enqueue, pipelined, no consumer — one job per event "
+        f"| {_f(redis['per_event']['eps'])} | {auditq / redis['per_event']['eps']:.2f}× | | | | |",
+        f"| ceiling: Redis enqueue, pipelined, no consumer — jobs of 500 "
+        f"| {_f(redis['batched_500']['eps'])} | {auditq / redis['batched_500']['eps']:.2f}× "
+        "| | | | |",
+        "",
+    ]
+    nowait = head["capture_nowait_us"]
+    if nowait:
+        lines += [
+            "`capture_nowait` costs "
+            + ", ".join(f"{_f(v, 1)} µs per call ({k})" for k, v in nowait.items())
+            + " (validation, redaction and encoding included).",
+            "",
+        ]
+    r = head["ratios"]
+    cap = min(head["capture_p99_ms"][n] for n in write if n.startswith("auditq"))
+    e2e = max(head["e2e_p99_ms_at_2000"][n] for n in write if n.startswith("auditq"))
+    lines += [
+        "## Goals",
+        "",
+        "| goal | measured | |",
+        "|---|---:|---|",
+        f"| end to end ≥ 8× TestPlanIt's design | {r['auditq_vs_testplanit']:.1f}× "
+        f"| {_goal(r['auditq_vs_testplanit'] >= GOALS['vs_testplanit'])} |",
+        f"| ≥ 25× one arq job per event | {r['auditq_vs_arq_per_event']:.1f}× "
+        f"| {_goal(r['auditq_vs_arq_per_event'] >= GOALS['vs_arq_per_event'])} |",
+        f"| ≥ 80 % of the COPY ceiling | {r['auditq_vs_copy_ceiling']:.0%} "
+        f"| {_goal(r['auditq_vs_copy_ceiling'] >= GOALS['vs_copy_ceiling'])} |",
+        f"| awaited capture p99 ≤ 1 ms (under the throughput load) | {cap:.2f} ms "
+        f"| {_goal(cap <= GOALS['capture_p99_ms'])} |",
+        f"| e2e p99 ≤ 200 ms at 2,000 events/s | {e2e:.0f} ms "
+        f"| {_goal(e2e <= GOALS['e2e_p99_ms_at_2000'])} |",
+    ]
+    read = raw.get("read")
+    if read:
+        worst = max(head["read_p95_ms"][q] for q in QUERIES)
+        ratio = head["deep_page_vs_page_1_p50"]
+        export = read["export_csv"]
+        lines += [
+            f"| each query p95 ≤ 50 ms on {_f(head['read_rows'])} rows | worst {worst:.1f} ms "
+            f"| {_goal(worst <= GOALS['read_p95_ms'])} |",
+            f"| page {read['deep_page']:,} ≤ 2× page 1 | {ratio:.2f}× "
+            f"| {_goal(ratio <= GOALS['deep_page_ratio'])} |",
+            f"| CSV export ≥ 100,000 rows/s, API memory flat | {_f(export['rows_per_s'])} rows/s, "
+            f"+{export['api_rss_growth_mib']:.0f} MiB "
+            f"| {_goal(export['rows_per_s'] >= GOALS['export_rows_per_s'])} |",
+            "",
+            f"## Read side ({_f(head['read_rows'])} rows, over HTTP, "
+            f"{raw['read_reps']} runs each)",
+            "",
+            "| query | p50 ms | p95 ms |",
+            "|---|---:|---:|",
+        ]
+        for name in (*QUERIES, "page_1", f"page_{read['deep_page']}", "statistics_30d"):
+            lines.append(f"| {name} | {_f(read[name]['p50'], 1)} | {_f(read[name]['p95'], 1)} |")
+        lines += [
+            "",
+            f"CSV export of every row: {_f(export['rows_per_s'])} rows/s "
+            f"({export['bytes'] / 2**20:,.0f} MiB in {export['seconds']:.1f} s); the API's RSS "
+            f"{export['api_rss_before_mib']:.0f} MiB before, {export['api_rss_peak_mib']:.0f} "
+            "MiB at most during it.",
+            "",
+        ]
+    else:
+        lines.append("")
+    return "\n".join(lines)
+
+
+def chart(raw: dict[str, Any], head: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    labels = {
+        "testplanit": "TestPlanIt design\n(BullMQ, job/event)",
+        "arq_per_event": "arq\njob/event",
+        "auditq_1_worker": "auditq\n1 worker",
+        "auditq_2_workers": "auditq\n2 workers",
+        "copy_ceiling": "COPY\nceiling",
+    }
+    tp = head["throughput_eps"]
+    names = [n for n in labels if n in tp]
+    values = [tp[n] for n in names]
+    colors = [
+        "#999999" if n in ("testplanit", "arq_per_event") else "#bbbbdd" if "ceiling" in n else
+        "#3366cc"
+        for n in names
+    ]
+    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.5))
+    bars = left.bar([labels[n] for n in names], values, color=colors)
+    left.bar_label(bars, labels=[f"{v:,.0f}" for v in values], fontsize=8)
+    left.set_ylabel("events/s, first capture → last row visible")
+    left.set_title("Sustained end-to-end throughput")
+    left.tick_params(axis="x", labelsize=8)
+    read = raw.get("read")
+    if read:
+        deep = f"page_{read['deep_page']}"
+        queries = [*QUERIES, "page_1", deep]
+        p95 = [read[q]["p95"] for q in queries]
+        bars = right.barh(queries, p95, color="#3366cc")
+        right.bar_label(bars, labels=[f"{v:.1f}" for v in p95], fontsize=8)
+        right.axvline(50, color="#cc3333", linestyle="--", linewidth=1)
+        right.set_xlabel("p95 ms (goal ≤ 50, dashed)")
+        right.set_title(f"Read side on {head['read_rows']:,} rows")
+        right.invert_yaxis()
+    else:
+        right.axis("off")
+    fig.suptitle(f"auditq benchmarks{' (QUICK)' if raw['quick'] else ''} — {raw['machine']}")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

@@ -1,0 +1,106 @@
+"""Run every benchmark side by side and write bench/results/latest.{json,md,png}.
+
+    python -m bench.run [--quick] [--only write|ceilings|read] [--systems a,b]
+
+`make bench` runs it (and installs Node's packages into bench/node/ first);
+`make bench QUICK=1` is the short version (smaller counts, under 3 minutes).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from bench import ceilings, read_side, report, write_side
+from bench.common import RESULTS
+
+
+def machine() -> str:
+    cpu = "unknown CPU"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    node = shutil.which(os.environ.get("NODE", "node"))
+    node_version = (
+        subprocess.run([node, "--version"], capture_output=True, text=True).stdout.strip()
+        if node
+        else "no node"
+    )
+    return (
+        f"{os.cpu_count()} × {cpu}, {mem:.0f} GiB RAM, {platform.system()} "
+        f"{platform.release()}, Python {platform.python_version()}, Node {node_version}"
+    )
+
+
+async def main(args: argparse.Namespace) -> dict[str, Any]:
+    quick = args.quick
+    parts = set(args.only.split(",")) if args.only else {"write", "ceilings", "read"}
+    systems = set(args.systems.split(",")) if args.systems else None
+    logs = Path(tempfile.mkdtemp(prefix="auditq-bench-logs-"))
+    raw: dict[str, Any] = {
+        "started_at": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        "machine": machine(),
+        "quick": quick,
+        "logs": str(logs),
+    }
+    started = time.monotonic()
+    print(f"bench ({'quick' if quick else 'full'}), logs in {logs}", file=sys.stderr)
+    sizes = write_side.QUICK if quick else write_side.FULL
+    raw["sizes"] = {"warmup": sizes.warmup, "e2e_seconds": sizes.e2e_seconds}
+    raw["concurrency"] = write_side.CONCURRENCY
+    if "write" in parts:
+        raw["write"] = await write_side.run_all(sizes, logs, systems)
+    if "ceilings" in parts:
+        count = 50_000 if quick else 200_000
+        raw["ceilings"] = await ceilings.run_all(count, count)
+    if "read" in parts:
+        rows, reps = (200_000, 30) if quick else (1_000_000, 200)
+        raw["read_reps"] = reps
+        raw["read"] = await read_side.run_all(rows, reps, 1000, logs)
+    raw["seconds"] = time.monotonic() - started
+    return raw
+
+
+def write_results(raw: dict[str, Any], out: Path) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    head = report.headline(raw)
+    document = {**head, "quick": raw["quick"], "machine": raw["machine"], "raw": raw}
+    (out / "latest.json").write_text(json.dumps(document, indent=2) + "\n")
+    (out / "latest.md").write_text(report.markdown(raw, head))
+    report.chart(raw, head, out / "latest.png")
+
+
+def cli() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="smaller counts (< 3 minutes)")
+    parser.add_argument("--only", help="comma-separated parts: write, ceilings, read")
+    parser.add_argument("--systems", help="comma-separated write-side systems")
+    parser.add_argument("--out", type=Path, default=RESULTS)
+    args = parser.parse_args()
+    raw = asyncio.run(main(args))
+    if {"write", "ceilings"} <= raw.keys():
+        write_results(raw, args.out)
+        print((args.out / "latest.md").read_text())
+    else:
+        print(json.dumps(raw, indent=2))
+    print(f"done in {raw['seconds']:.0f} s", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    cli()

@@ -1,0 +1,294 @@
+"""The producer's spool: events Redis could not take, kept on local disk until it can.
+
+Layout. A spool is one directory of segment files, `seg-<ns>-<pid>-<rand>.jsonl`, named so
+that they sort in the order they were begun. A segment holds newline-delimited event JSON,
+exactly the bytes the client would have sent. A process only ever appends to a segment it
+began itself; it never reopens an older one.
+
+Durability (the fsync policy). `append` writes a batch with one `write(2)` and then
+`fdatasync`s the segment before it returns; the client counts the batch's events as spooled
+(and `capture` returns their ids) only after that. A new segment is made under a temporary
+name, locked, renamed into place and the directory is fsynced, so a segment that has events
+is always found again after a crash of the process or the machine. A write that fails half
+way (a full disk) is cut back to the last whole batch, so a segment never holds a torn line
+that was reported spooled; a torn last line left by a crash mid-write is skipped on replay
+(its events were never reported spooled).
+
+Ownership. The segment a process writes is `flock`ed by it while open. Replay takes only
+segments it can lock: closed ones, and those of a process that died (the kernel released its
+lock). So several processes may share one spool directory, and a restarted process replays
+what an earlier one left. A segment is deleted only after Redis acknowledged every batch of
+it; a replay cut short is repeated in full, which is safe: every spooled event carries its
+id, and each replayed batch goes under a task id derived from its segment and position.
+
+Bound. The spool holds at most `max_bytes` (all segments in the directory, as this process
+last saw them). An event that does not fit is not written: the caller drops and counts it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import secrets
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Final
+
+from service.errors import AuditqError
+
+SEGMENT_MAX_BYTES: Final = 4 * 1024 * 1024  # bytes; a segment is closed past this size
+DEFAULT_MAX_BYTES: Final = 1024 * 1024 * 1024  # bytes; Settings.spool_max_bytes overrides
+SEGMENT_PREFIX: Final = "seg-"
+SEGMENT_SUFFIX: Final = ".jsonl"
+STAGING_PREFIX: Final = ".staging-"
+
+_write = os.write  # replaced in tests to play a full disk
+_sync = os.fdatasync
+
+
+class SpoolError(AuditqError):
+    """The spool cannot be written (read-only, full disk, not a directory)."""
+
+
+class Segment:
+    """A closed segment this process holds locked for replay."""
+
+    def __init__(self, spool: Spool, path: Path, fd: int, lines: list[bytes]) -> None:
+        self.path = path
+        self.lines = lines  # the whole events, in the order they were spooled
+        self._spool = spool
+        self._fd = fd
+
+    @property
+    def name(self) -> str:
+        return self.path.name.removesuffix(SEGMENT_SUFFIX)
+
+    def delete(self) -> None:
+        """Remove the segment: every event of it is in Redis."""
+        size = os.fstat(self._fd).st_size
+        with contextlib.suppress(FileNotFoundError):
+            self.path.unlink()
+        self._spool._forget(size)
+
+    def release(self) -> None:
+        """Unlock the segment (after delete, or to leave it for a later replay)."""
+        os.close(self._fd)
+
+
+class Spool:
+    """Append-only segments of event JSON in one directory; see the module docstring."""
+
+    def __init__(
+        self,
+        directory: Path,
+        *,
+        max_bytes: int = DEFAULT_MAX_BYTES,
+        segment_max_bytes: int = SEGMENT_MAX_BYTES,
+    ) -> None:
+        """Describe a spool in `directory`; nothing is touched on disk until it is used."""
+        if max_bytes < 1 or segment_max_bytes < 1:
+            raise ValueError("max_bytes and segment_max_bytes must be at least 1")
+        self.directory = directory
+        self.max_bytes = max_bytes
+        self._segment_max = segment_max_bytes
+        self._lock = threading.Lock()
+        self._fd: int | None = None  # the segment this process appends to, locked
+        self._path: Path | None = None
+        self._size = 0  # bytes in the current segment
+        self._used: int | None = None  # bytes of every segment in the directory; None: unknown
+
+    # Writing.
+
+    def append(self, lines: Sequence[bytes]) -> int:
+        """Append whole events (no newline inside) durably; return how many fit.
+
+        Events are taken in order until the next would pass `max_bytes`; the rest are not
+        written. Raises SpoolError when the spool cannot be written at all.
+        """
+        with self._lock:
+            used = self._used_bytes()
+            taken = 0
+            size = 0
+            for line in lines:
+                if used + size + len(line) + 1 > self.max_bytes:
+                    break
+                taken += 1
+                size += len(line) + 1
+            if not taken:
+                return 0
+            chunk = b"".join(line + b"\n" for line in lines[:taken])
+            fd = self._segment_for_append()
+            start = self._size
+            try:
+                view = memoryview(chunk)
+                while view:
+                    view = view[_write(fd, view) :]
+                _sync(fd)
+            except OSError as exc:
+                # Never leave a torn batch that a replay would half-deliver: cut it back.
+                with contextlib.suppress(OSError):
+                    os.ftruncate(fd, start)
+                    os.lseek(fd, start, os.SEEK_SET)
+                raise SpoolError(f"cannot write the spool at {self.directory}: {exc}") from exc
+            self._size += len(chunk)
+            self._used = used + len(chunk)
+            if self._size >= self._segment_max:
+                self._close_current()
+            return taken
+
+    def rotate(self) -> None:
+        """Close the current segment so that a replay may take it."""
+        with self._lock:
+            self._close_current()
+
+    def close(self) -> None:
+        """Close (and unlock) the current segment; spooled events stay for a later replay."""
+        self.rotate()
+
+    @property
+    def current_bytes(self) -> int:
+        """Bytes in the segment this process is appending to (0: none open)."""
+        return self._size if self._fd is not None else 0
+
+    # Replaying.
+
+    def closed_segments(self) -> list[Path]:
+        """Segments in the directory, oldest first, except the one this process appends to."""
+        with self._lock:
+            return [p for p in self._segments() if p != self._path]
+
+    def has_segments(self) -> bool:
+        """Whether any segment (this process's or another's) is in the directory."""
+        with self._lock:
+            return bool(self._segments())
+
+    def claim(self, path: Path) -> Segment | None:
+        """Lock a closed segment and read its whole events; None when another process owns it."""
+        try:
+            fd = os.open(path, os.O_RDWR)
+        except FileNotFoundError:
+            return None  # replayed and deleted by another process meanwhile
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            return None
+        try:
+            if os.fstat(fd).st_nlink == 0:  # deleted between our open and our lock
+                os.close(fd)
+                return None
+            with os.fdopen(os.dup(fd), "rb") as file:
+                data = file.read()
+        except BaseException:
+            os.close(fd)
+            raise
+        lines = data.split(b"\n")
+        # The last piece is empty after a whole line; otherwise it is a line torn by a crash,
+        # whose events were never reported spooled.
+        return Segment(self, path, fd, [line for line in lines[:-1] if line])
+
+    def refresh(self) -> int:
+        """Measure the directory again (other processes add and replay); return bytes used."""
+        with self._lock:
+            self._used = None
+            return self._used_bytes()
+
+    def sweep_staging(self) -> None:
+        """Remove staging files left by a process that died while making a segment."""
+        with contextlib.suppress(OSError):
+            for path in self.directory.glob(STAGING_PREFIX + "*"):
+                claimed = self.claim(path)
+                if claimed is not None:
+                    if not claimed.lines:
+                        claimed.delete()
+                    claimed.release()
+
+    # Inside.
+
+    def _segments(self) -> list[Path]:
+        try:
+            names = os.listdir(self.directory)
+        except FileNotFoundError:
+            return []
+        except OSError as exc:
+            raise SpoolError(f"cannot use the spool at {self.directory}: {exc}") from exc
+        return [
+            self.directory / name
+            for name in sorted(names)
+            if name.startswith(SEGMENT_PREFIX) and name.endswith(SEGMENT_SUFFIX)
+        ]
+
+    def _used_bytes(self) -> int:
+        if self._used is None:
+            total = 0
+            for path in self._segments():
+                with contextlib.suppress(FileNotFoundError):
+                    total += path.stat().st_size
+            self._used = total
+        return self._used
+
+    def _forget(self, size: int) -> None:
+        with self._lock:
+            if self._used is not None:
+                self._used = max(0, self._used - size)
+
+    def _segment_for_append(self) -> int:
+        if self._fd is not None:
+            return self._fd
+        try:
+            self.directory.mkdir(parents=True, exist_ok=True)
+            name = f"{time.time_ns():020d}-{os.getpid()}-{secrets.token_hex(3)}"
+            staging = self.directory / f"{STAGING_PREFIX}{name}"
+            final = self.directory / f"{SEGMENT_PREFIX}{name}{SEGMENT_SUFFIX}"
+            fd = os.open(staging, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND, 0o600)
+            try:
+                # Locked before it has its final name: a replayer never sees it unlocked.
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                os.rename(staging, final)
+                _fsync_directory(self.directory)
+            except BaseException:
+                os.close(fd)
+                with contextlib.suppress(OSError):
+                    staging.unlink()
+                raise
+        except OSError as exc:
+            raise SpoolError(f"cannot write the spool at {self.directory}: {exc}") from exc
+        self._fd, self._path, self._size = fd, final, 0
+        return fd
+
+    def _close_current(self) -> None:
+        fd, path = self._fd, self._path
+        self._fd, self._path, self._size = None, None, 0
+        if fd is None:
+            return
+        try:
+            if os.fstat(fd).st_size == 0 and path is not None:
+                with contextlib.suppress(OSError):
+                    path.unlink()  # nothing was ever spooled in it
+        finally:
+            os.close(fd)
+
+
+def batches(lines: Sequence[bytes], *, max_events: int, max_bytes: int) -> Iterator[list[bytes]]:
+    """Group events into batches of at most `max_events` and `max_bytes` (a lone event goes)."""
+    batch: list[bytes] = []
+    size = 2  # the brackets
+    for line in lines:
+        if batch and (len(batch) >= max_events or size + len(line) + 1 > max_bytes):
+            yield batch
+            batch, size = [], 2
+        batch.append(line)
+        size += len(line) + 1
+    if batch:
+        yield batch
+
+
+def _fsync_directory(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

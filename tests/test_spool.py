@@ -1,0 +1,336 @@
+"""The producer spool: durable segments on disk, and the client spooling and replaying them."""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import json
+import logging
+import os
+import socket
+import time
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+import redis.asyncio as aioredis
+
+from service import spool as spool_module
+from service.client import FAILURE_PREFIX, AuditClient, AuditEvent
+from service.events import Entity
+from service.settings import Settings
+from service.spool import Spool, SpoolError, batches
+from tests.conftest import Servers, wait_for
+from tests.faults.proxy import TcpProxy
+from tests.test_client import CAPTURE_BOUND, queued_events, queued_jobs
+
+# --- The spool on its own ----------------------------------------------------------------------
+
+
+def lines(n: int, start: int = 0) -> list[bytes]:
+    return [json.dumps({"action": "a.b", "n": i}).encode() for i in range(start, start + n)]
+
+
+def test_append_then_replay_in_order_and_delete(tmp_path: Path) -> None:
+    spool = Spool(tmp_path / "spool")
+    assert spool.append(lines(3)) == 3
+    assert spool.append(lines(2, start=3)) == 2
+    assert spool.closed_segments() == []  # the segment being written is not replayable
+    spool.rotate()
+    (path,) = spool.closed_segments()
+    segment = spool.claim(path)
+    assert segment is not None
+    assert segment.lines == lines(5)
+    segment.delete()
+    segment.release()
+    assert not spool.has_segments()
+    assert spool.refresh() == 0
+
+
+def test_a_segment_being_written_is_locked_against_other_processes(tmp_path: Path) -> None:
+    writer = Spool(tmp_path)
+    other = Spool(tmp_path)
+    writer.append(lines(1))
+    (path,) = other.closed_segments()
+    assert other.claim(path) is None  # the writer holds it
+    writer.close()  # as a process exit would: the lock goes, the events stay
+    segment = other.claim(path)
+    assert segment is not None and segment.lines == lines(1)
+    segment.release()
+
+
+def test_the_size_bound_takes_what_fits(tmp_path: Path) -> None:
+    one = len(lines(1)[0]) + 1
+    spool = Spool(tmp_path, max_bytes=one * 2 + 1)
+    assert spool.append(lines(3)) == 2
+    assert spool.append(lines(1)) == 0
+    spool.rotate()
+    # Another process sees the same directory: it is full for it too.
+    assert Spool(tmp_path, max_bytes=one * 2 + 1).append(lines(1)) == 0
+
+
+def test_segments_roll_over_and_keep_their_order(tmp_path: Path) -> None:
+    spool = Spool(tmp_path, segment_max_bytes=64)
+    for i in range(10):
+        spool.append(lines(1, start=i))
+    spool.close()
+    got: list[bytes] = []
+    for path in spool.closed_segments():
+        segment = spool.claim(path)
+        assert segment is not None
+        got += segment.lines
+        segment.release()
+    assert got == lines(10)
+    assert len(spool.closed_segments()) > 1
+
+
+def test_a_torn_last_line_is_skipped(tmp_path: Path) -> None:
+    spool = Spool(tmp_path)
+    spool.append(lines(2))
+    spool.close()
+    (path,) = spool.closed_segments()
+    with open(path, "ab") as file:
+        file.write(b'{"action": "a.b", "n"')  # a crash in the middle of a write
+    segment = spool.claim(path)
+    assert segment is not None and segment.lines == lines(2)
+    segment.release()
+
+
+def test_a_failed_write_leaves_no_torn_batch(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    spool = Spool(tmp_path)
+    spool.append(lines(1))
+
+    def disk_full(fd: int, data: memoryview) -> int:
+        os.write(fd, bytes(data[:5]))
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(spool_module, "_write", disk_full)
+    with pytest.raises(SpoolError, match="No space left"):
+        spool.append(lines(2, start=1))
+    monkeypatch.undo()
+    spool.append(lines(1, start=3))
+    spool.close()
+    (path,) = spool.closed_segments()
+    segment = spool.claim(path)
+    assert segment is not None and segment.lines == [lines(1)[0], lines(1, start=3)[0]]
+    segment.release()
+
+
+def test_an_unusable_directory_is_a_spool_error(tmp_path: Path) -> None:
+    (tmp_path / "file").write_text("")
+    with pytest.raises(SpoolError, match=r"the spool at .*Not a directory"):
+        Spool(tmp_path / "file" / "spool").append(lines(1))
+
+
+def test_batches_respect_both_limits() -> None:
+    assert [len(b) for b in batches(lines(7), max_events=3, max_bytes=10**6)] == [3, 3, 1]
+    assert [len(b) for b in batches(lines(3), max_events=10, max_bytes=10)] == [1, 1, 1]
+
+
+def test_settings_spool() -> None:
+    default = Settings.from_env({}, published=False)
+    assert default.spool_dir is None  # a library user opts in
+    assert default.with_server_spool().spool_dir == Path(".auditq/spool")
+    env = {"AUDITQ_SPOOL_DIR": "/var/spool/auditq", "AUDITQ_SPOOL_MAX_BYTES": "2097152"}
+    custom = Settings.from_env(env, published=False)
+    assert custom.spool_dir == Path("/var/spool/auditq") and custom.spool_max_bytes == 2097152
+    assert custom.with_server_spool().spool_dir == Path("/var/spool/auditq")
+    off = Settings.from_env({"AUDITQ_SPOOL_DIR": "off"}, published=False)
+    assert off.with_server_spool().spool_dir is None
+
+
+# --- The client with a spool -------------------------------------------------------------------
+
+
+def event(i: int) -> AuditEvent:
+    return AuditEvent(action="invoice.paid", entity=Entity(type="invoice", id=str(i)))
+
+
+@pytest.fixture
+def closed_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+    return port
+
+
+@pytest.fixture
+def blackhole_port() -> Iterator[int]:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen(8)
+        yield sock.getsockname()[1]
+
+
+@pytest.fixture
+async def cleanup(redis: aioredis.Redis, queue_name: str) -> AsyncIterator[None]:
+    yield
+    task_ids = await redis.zrange(queue_name, 0, -1)
+    if task_ids:
+        await redis.delete(*(b"arq:job:" + task_id for task_id in task_ids))
+    await redis.delete(queue_name)
+
+
+async def queued_ids(redis: aioredis.Redis, queue: str) -> list[str]:
+    return [e["id"] for e in await queued_events(redis, queue)]
+
+
+async def enqueued_ms(redis: aioredis.Redis, queue: str) -> dict[str, int]:
+    """When each queued event's job was enqueued (Redis time, ms)."""
+    times = {}
+    for job in await queued_jobs(redis, queue):
+        for item in json.loads(job["a"][0]):
+            times[item["id"]] = int(job["et"])
+    return times
+
+
+@pytest.mark.parametrize("down", ["refused", "blackholed"])
+async def test_capture_spools_within_the_bound_when_redis_is_down(
+    tmp_path: Path, closed_port: int, blackhole_port: int, down: str
+) -> None:
+    port = closed_port if down == "refused" else blackhole_port
+    client = AuditClient.from_url(f"redis://127.0.0.1:{port}/0", queue="q", spool_dir=tmp_path)
+    try:
+        started = time.monotonic()
+        first = await client.capture(event(1))
+        elapsed = time.monotonic() - started
+        started = time.monotonic()
+        second = await client.capture(event(2))  # spooling now: straight to disk
+        elapsed_second = time.monotonic() - started
+    finally:
+        await client.aclose()
+    assert first is not None and second is not None
+    assert elapsed < CAPTURE_BOUND and elapsed_second < CAPTURE_BOUND
+    assert client.spooled == 2 and client.failed == 0 and client.sent == 0
+    spool = Spool(tmp_path)
+    (path,) = spool.closed_segments()
+    segment = spool.claim(path)
+    assert segment is not None
+    assert [json.loads(line)["id"] for line in segment.lines] == [first, second]
+    segment.release()
+
+
+async def test_a_new_client_replays_what_an_earlier_one_spooled(
+    tmp_path: Path,
+    closed_port: int,
+    servers: Servers,
+    queue_name: str,
+    redis: aioredis.Redis,
+    cleanup: None,
+) -> None:
+    down = AuditClient.from_url(
+        f"redis://127.0.0.1:{closed_port}/0", queue=queue_name, spool_dir=tmp_path
+    )
+    ids = [await down.capture(event(i)) for i in range(3)]
+    for i in range(3, 600):
+        down.capture_nowait(event(i))
+    await down.aclose()
+    assert down.spooled == 600 and None not in ids
+
+    async with AuditClient.from_url(servers.redis_url, queue=queue_name, spool_dir=tmp_path) as up:
+        assert await up.capture(event(600)) is not None
+
+        async def replayed() -> bool:
+            return len(await queued_ids(redis, queue_name)) == 601
+
+        await wait_for(replayed, within_s=10)
+        assert up.replayed == 601  # the new event queued behind the spooled ones
+    queued = await queued_ids(redis, queue_name)
+    assert [q for q in queued if q in ids] == ids  # in the order they were captured
+    assert len(set(queued)) == 601
+    times = await enqueued_ms(redis, queue_name)
+    assert max(times[i] for i in ids) <= min(times.values())  # spooled events went first
+    assert Spool(tmp_path).closed_segments() == []
+
+
+async def test_spooled_events_are_replayed_when_redis_comes_back(
+    tmp_path: Path, servers: Servers, queue_name: str, redis: aioredis.Redis, cleanup: None
+) -> None:
+    host, port = servers.redis_url.removeprefix("redis://").split("/")[0].rsplit(":", 1)
+    proxy = TcpProxy(host, int(port))
+    await proxy.start()
+    client = AuditClient.from_url(proxy.url(), queue=queue_name, spool_dir=tmp_path)
+    try:
+        assert await client.capture(event(0)) is not None
+        await proxy.cut()
+        during = [await client.capture(event(i)) for i in range(1, 20)]
+        for i in range(20, 200):
+            client.capture_nowait(event(i))
+        assert None not in during
+        await proxy.restore()
+        after = await client.capture(event(200))
+        assert after is not None
+
+        async def all_queued() -> bool:
+            return len(await queued_ids(redis, queue_name)) >= 201
+
+        await wait_for(all_queued, within_s=15)
+    finally:
+        await client.aclose()
+        await proxy.close()
+    queued = await queued_ids(redis, queue_name)
+    assert len(set(queued)) == 201
+    assert client.failed == 0 and client.spooled >= 199
+    times = await enqueued_ms(redis, queue_name)
+    assert max(times[i] for i in during if i) <= times[after]  # none overtook a spooled one
+
+
+async def test_a_full_spool_drops_counts_and_logs_each_event(
+    tmp_path: Path, closed_port: int, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.ERROR, logger="auditq")
+    client = AuditClient.from_url(
+        f"redis://127.0.0.1:{closed_port}/0", queue="q", spool_dir=tmp_path, spool_max_bytes=600
+    )
+    try:
+        results = [await client.capture(event(i)) for i in range(4)]
+    finally:
+        await client.aclose()
+    kept = [r for r in results if r is not None]
+    assert 1 <= len(kept) < 4
+    assert client.spool_dropped == 4 - len(kept)
+    lines = [r.getMessage() for r in caplog.records if r.name == "auditq"]
+    assert len(lines) == client.spool_dropped
+    assert all('"errorName": "SpoolFull"' in line for line in lines)
+    assert all(line.startswith(FAILURE_PREFIX) for line in lines)
+
+
+async def test_an_unwritable_spool_is_one_line_and_capture_returns_none(
+    tmp_path: Path, closed_port: int, caplog: pytest.LogCaptureFixture
+) -> None:
+    (tmp_path / "file").write_text("")
+    caplog.set_level(logging.WARNING)
+    client = AuditClient.from_url(
+        f"redis://127.0.0.1:{closed_port}/0", queue="q", spool_dir=tmp_path / "file" / "spool"
+    )
+    try:
+        results = [await client.capture(event(i)) for i in range(3)]
+        client.capture_nowait(event(3))
+    finally:
+        await client.aclose()
+    assert results == [None, None, None]
+    assert client.failed == 4
+    spool_lines = [r for r in caplog.records if "spool cannot be written" in r.getMessage()]
+    assert len(spool_lines) == 1
+    assert "Traceback" not in caplog.text
+
+
+async def test_capture_is_bounded_while_spooling_under_load(
+    tmp_path: Path, closed_port: int
+) -> None:
+    client = AuditClient.from_url(
+        f"redis://127.0.0.1:{closed_port}/0", queue="q", spool_dir=tmp_path
+    )
+    try:
+        for i in range(5000):
+            client.capture_nowait(event(i))
+        started = time.monotonic()
+        results = await asyncio.gather(*(client.capture(event(i)) for i in range(200)))
+        elapsed = time.monotonic() - started
+    finally:
+        await client.aclose()
+    assert None not in results
+    assert elapsed < CAPTURE_BOUND
+    assert client.spooled == 5200
