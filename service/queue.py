@@ -16,6 +16,10 @@ _decoder = msgspec.json.Decoder()
 
 def serialize_job(data: dict[str, Any]) -> bytes:
     """Encode an arq job or result as JSON, the format the Lua script writes."""
+    if data.get("s"):
+        # A successful result: arq would keep the job's raw argument in it, secrets and all
+        # when a foreign producer did not redact; the result itself carries the redacted events.
+        data = {**data, "a": []}
     return _encoder.encode(data)
 
 

@@ -487,6 +487,8 @@ class TaskQueue:
         kind = _kind(result.get("f"))
         if result.get("s"):
             summary = result.get("r") if isinstance(result.get("r"), dict) else {}
+            if summary and isinstance(summary.get("events"), list):
+                payload = redact_sensitive(summary["events"])
             events = int(summary.get("stored", 0)) if summary else 0
             entry = {
                 "id": task_id,

@@ -108,7 +108,7 @@ async def test_planted_secrets_never_reach_rows_or_logs(
     await client.aclose()
     # A producer in another language that forgot to redact: the worker redacts on its way in.
     raw = json.dumps({"action": "user.updated", "metadata": secret_meta, "changes": changes})
-    await redis.eval(ENQUEUE_SCRIPT, 1, settings.queue, raw)
+    task_id = (await redis.eval(ENQUEUE_SCRIPT, 1, settings.queue, raw)).decode()
     async with running_worker(settings):
 
         async def stored() -> bool:
@@ -117,6 +117,10 @@ async def test_planted_secrets_never_reach_rows_or_logs(
         await wait_for(stored)
     rows = await pg.fetch("SELECT row_to_json(a)::text AS row FROM audit_log a")
     text = "\n".join(r["row"] for r in rows) + "\n".join(r.getMessage() for r in caplog.records)
+    # What arq keeps of the finished job in Redis holds the redacted events, not the raw ones.
+    kept = await redis.get(f"arq:result:{task_id}")
+    assert kept is not None and b"[REDACTED]" in kept
+    text += kept.decode()
     for secret in SECRETS:
         assert secret not in text
     assert text.count("[REDACTED]") >= 2 * 5

@@ -144,7 +144,7 @@ def _parse(payload: str, task: Task, state: WorkerState) -> tuple[list[AuditEven
 
 async def store_events(
     ctx: dict[str, Any], payload: str, *, invalid_utf8: bool = False
-) -> dict[str, int]:
+) -> dict[str, Any]:
     """Store one job's events; set aside what cannot be stored, never lose any."""
     try:
         return await _store_events(ctx, payload, invalid_utf8=invalid_utf8)
@@ -163,7 +163,7 @@ async def store_events(
         raise Retry(defer=UNEXPECTED_RETRY_DELAY) from exc
 
 
-async def _store_events(ctx: dict[str, Any], payload: str, *, invalid_utf8: bool) -> dict[str, int]:
+async def _store_events(ctx: dict[str, Any], payload: str, *, invalid_utf8: bool) -> dict[str, Any]:
     state: WorkerState = ctx[STATE]
     enqueued: datetime = ctx["enqueue_time"]
     task = Task(ctx["job_id"], int(enqueued.timestamp() * 1000), ctx["job_try"])
@@ -221,7 +221,9 @@ async def _store_events(ctx: dict[str, Any], payload: str, *, invalid_utf8: bool
         len(rejected),
         (time.perf_counter() - started) * 1000,
     )
-    return {"stored": stored, "rejected": len(rejected)}
+    # The result arq keeps for an hour shows the redacted events; the raw argument is dropped
+    # from it (service/queue.py), so a foreign producer's unredacted secrets are not kept.
+    return {"stored": stored, "rejected": len(rejected), "events": events}
 
 
 async def _record_stored(
