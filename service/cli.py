@@ -368,6 +368,9 @@ def main(argv: list[str] | None = None) -> int:
     except (AuditqError, msgspec.DecodeError) as exc:
         print(f"auditq: {exc}", file=sys.stderr)
         return 2
+    except RecursionError:
+        print("auditq: the JSON given is nested too deeply", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         return 130
     except OSError as exc:

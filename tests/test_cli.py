@@ -51,6 +51,7 @@ async def test_emit_sends_one_event_and_prints_its_id(
         (["emit", "Not An Action"], "action"),
         (["emit", "a.b", "--entity", "no-colon"], "TYPE:ID"),
         (["emit", "a.b", "--metadata", "{not json"], "JSON"),
+        (["emit", "a.b", "--metadata", '{"a":' * 100_000 + "1" + "}" * 100_000], "JSON"),
     ],
 )
 async def test_a_user_mistake_is_one_line_and_exit_2(
