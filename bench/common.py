@@ -175,7 +175,7 @@ async def wait_for_rows(
     conn: asyncpg.Connection,
     expected: int,
     *,
-    timeout: float,
+    timeout_s: float,
     near: float = 0.9,
     slow_poll: float = 0.5,
     fast_poll: float = 0.02,
@@ -184,7 +184,7 @@ async def wait_for_rows(
 
     Polls slowly while far from done (a count is a scan) and fast near the end, so the end is
     seen within `fast_poll` without loading PostgreSQL all along."""
-    deadline = time.monotonic() + timeout
+    deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         seen = await count_rows(conn)
         if seen >= expected:

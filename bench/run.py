@@ -43,7 +43,7 @@ def machine() -> str:
         else "no node"
     )
     return (
-        f"{os.cpu_count()} × {cpu}, {mem:.0f} GiB RAM, {platform.system()} "
+        f"{os.cpu_count()} x {cpu}, {mem:.0f} GiB RAM, {platform.system()} "
         f"{platform.release()}, Python {platform.python_version()}, Node {node_version}"
     )
 

@@ -425,9 +425,10 @@ class AuditClient:
         payload = b"[" + b",".join(item[0] for item in batch) + b"]"
         try:
             async with asyncio.timeout(timeout):
-                # "merge": join the queue's open job while no worker has taken it, so that
-                # many small batches (from every producer) become one job, not one each.
-                await self._script(keys=[self._queue], args=[payload, "", "merge"])
+                # "finalized" (validated, completed, redacted here): the batch joins the
+                # queue's open job while no worker has taken it, so many small batches (from
+                # every producer) make one job, and the worker need not redo that work.
+                await self._script(keys=[self._queue], args=[payload, "", "finalized"])
         except asyncio.CancelledError:
             self._fail_batch(batch, ClientClosed("closed while the batch was being sent"))
             raise

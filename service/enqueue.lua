@@ -4,16 +4,19 @@
 -- single argument, as a string, exactly as given: the worker validates it, and anything
 -- invalid becomes a failed task with its reason rather than disappearing here.
 -- Returns the task id. Enqueueing the same task id twice stores it once.
---   EVAL <script> 1 <queue name> <event JSON array> '' merge
--- (what the Python client sends: arrays of events it validated) appends the events to the
--- queue's open job instead, while no worker has started that job and it stays under
--- MERGE_MAX_BYTES; a worker then takes many producers' small batches as one job. A job that
--- has started (or ever ran) is never appended to; a worker reads a job only after it marked
--- it in progress, and this script runs atomically, so no appended event can be missed.
+--   EVAL <script> 1 <queue name> <event JSON array> '' finalized
+-- is what auditq's Python client sends: arrays of events it validated, completed (id, ts,
+-- category, presentation) and redacted. Such events are appended to the queue's open job
+-- (made the same way) while no worker has started it and it stays under MERGE_MAX_BYTES, so
+-- a worker takes many producers' small batches as one job; and the worker stores them as
+-- they are, without completing and redacting them a second time. A job that has started (or
+-- ever ran) is never appended to; a worker reads a job only after it marked it in progress,
+-- and this script runs atomically, so no appended event can be missed. Other producers leave
+-- the flag out: their events are completed and redacted by the worker.
 local queue = KEYS[1]
 local payload = ARGV[1]
 local task_id = ARGV[2]
-local merge = ARGV[3] == 'merge' and (task_id == nil or task_id == '')
+local merge = ARGV[3] == 'finalized' and (task_id == nil or task_id == '')
   and #payload > 2 and string.sub(payload, 1, 1) == '[' and string.sub(payload, -1) == ']'
 local MERGE_MAX_BYTES = 1048576
 local open_key = 'auditq:open-job:' .. queue
@@ -21,16 +24,16 @@ if merge then
   local open = redis.call('GET', open_key)
   if open and redis.call('EXISTS', 'arq:in-progress:' .. open, 'arq:retry:' .. open,
       'arq:result:' .. open) == 0 and redis.call('ZSCORE', queue, open) then
-    local job = redis.call('GET', 'arq:job:' .. open)
-    if job and #job + #payload <= MERGE_MAX_BYTES then
-      -- The job ends with the array's "]", then '"],"k":{},"et":<ms>}': splice the new events
-      -- (JSON-string-escaped, without their "[") in before that "]".
-      local head, tail = string.match(job, '^(.*)%](%"%],%"k%":{},%"et%":%d+})$')
-      if head then
-        local encoded = cjson.encode(payload)
-        redis.call('SET', 'arq:job:' .. open, head .. ',' .. string.sub(encoded, 3, -2) .. tail)
-        return open
-      end
+    local open_job = 'arq:job:' .. open
+    local size = redis.call('STRLEN', open_job)
+    -- The job ends with its events' closing "]" and then '"]}' (see the layout below): write
+    -- the new events (JSON-string-escaped, without their "[") over those four bytes, in place,
+    -- so an append costs what it adds, not what the job already holds.
+    if size > 4 and size + #payload <= MERGE_MAX_BYTES
+        and redis.call('GETRANGE', open_job, size - 4, size - 1) == ']"]}' then
+      local encoded = cjson.encode(payload)
+      redis.call('SETRANGE', open_job, size - 4, ',' .. string.sub(encoded, 3, -2) .. '"]}')
+      return open
     end
   end
 end
@@ -44,9 +47,11 @@ local job_key = 'arq:job:' .. task_id
 if redis.call('EXISTS', job_key, 'arq:result:' .. task_id) > 0 then
   return task_id
 end
--- arq's job layout (t: try, f: function, a: args, k: kwargs, et: enqueued ms), in JSON.
-local job = '{"t":null,"f":"store_events","a":[' .. cjson.encode(payload or '') ..
-  '],"k":{},"et":' .. string.format('%d', now_ms) .. '}'
+-- arq's job layout (t: try, f: function, a: args, k: kwargs, et: enqueued ms), in JSON; the
+-- argument comes last, so that a merge appends at the end.
+local kwargs = merge and '{"finalized":true}' or '{}'
+local job = '{"t":null,"f":"store_events","k":' .. kwargs .. ',"et":' ..
+  string.format('%d', now_ms) .. ',"a":[' .. cjson.encode(payload or '') .. ']}'
 -- No expiry: a queued job waits for a worker however long that takes.
 redis.call('SET', job_key, job)
 redis.call('ZADD', queue, now_ms, task_id)

@@ -21,7 +21,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from service import db, dead_letter
 from service.errors import InvalidEvent
-from service.events import AuditEvent, decode_json, derived_event_id, finalize
+from service.events import AuditEvent, decode_json, derived_event_id, encode, finalize
 from service.keys import (
     COMPLETE_MAXLEN,
     EVENTS_DEAD_LETTERED,
@@ -68,6 +68,7 @@ class Task:
     enqueued_ms: int
     job_try: int
     failed_attempts: int = 0  # unknown-error attempts before the one that succeeded
+    finalized: bool = False  # from auditq's client: each event's id and ts fixed at capture
 
 
 @dataclasses.dataclass(eq=False)
@@ -111,17 +112,34 @@ class WorkerState:
                 self.worker.allow_pick_jobs = True
 
 
-def _parse(payload: str, task: Task, state: WorkerState) -> tuple[list[AuditEvent], list[Rejected]]:
-    """Decode a job's payload into valid events (defaults filled) and rejected ones."""
+def _parse(
+    payload: str, task: Task, state: WorkerState, finalized: bool = False
+) -> tuple[list[AuditEvent], list[Rejected]]:
+    """Decode a job's payload into valid events (defaults filled) and rejected ones.
+
+    `finalized`: the producer (auditq's client) completed and redacted each event already;
+    an event that is complete is then stored as it is, after its size is checked again."""
     settings = state.settings
 
     def complete(index: int, event: AuditEvent) -> AuditEvent:
+        if finalized and None not in (event.id, event.ts, event.category, event.presentation):
+            size = len(encode(event))
+            if size > settings.max_event_bytes:
+                raise InvalidEvent(
+                    f"event is {size} bytes encoded, more than the limit of "
+                    f"{settings.max_event_bytes}"
+                )
+            return event
         done, _ = finalize(
             event,
             extra_keys=settings.redact_extra_keys,
             max_bytes=settings.max_event_bytes,
-            default_id=derived_event_id(task.id, index, task.enqueued_ms),
-            default_ts=datetime.fromtimestamp(task.enqueued_ms / 1000, UTC),
+            default_id=None
+            if event.id is not None
+            else derived_event_id(task.id, index, task.enqueued_ms),
+            default_ts=None
+            if event.ts is not None
+            else datetime.fromtimestamp(task.enqueued_ms / 1000, UTC),
         )
         return done
 
@@ -143,11 +161,11 @@ def _parse(payload: str, task: Task, state: WorkerState) -> tuple[list[AuditEven
 
 
 async def store_events(
-    ctx: dict[str, Any], payload: str, *, invalid_utf8: bool = False
+    ctx: dict[str, Any], payload: str, *, invalid_utf8: bool = False, finalized: bool = False
 ) -> dict[str, Any]:
     """Store one job's events; set aside what cannot be stored, never lose any."""
     try:
-        return await _store_events(ctx, payload, invalid_utf8=invalid_utf8)
+        return await _store_events(ctx, payload, invalid_utf8=invalid_utf8, finalized=finalized)
     except Retry:
         raise
     except Exception as exc:
@@ -163,10 +181,14 @@ async def store_events(
         raise Retry(defer=UNEXPECTED_RETRY_DELAY) from exc
 
 
-async def _store_events(ctx: dict[str, Any], payload: str, *, invalid_utf8: bool) -> dict[str, Any]:
+async def _store_events(
+    ctx: dict[str, Any], payload: str, *, invalid_utf8: bool, finalized: bool
+) -> dict[str, Any]:
     state: WorkerState = ctx[STATE]
     enqueued: datetime = ctx["enqueue_time"]
-    task = Task(ctx["job_id"], int(enqueued.timestamp() * 1000), ctx["job_try"])
+    task = Task(
+        ctx["job_id"], int(enqueued.timestamp() * 1000), ctx["job_try"], finalized=finalized
+    )
     started = time.perf_counter()
     started_ms = int(time.time() * 1000)
     if invalid_utf8:
@@ -175,7 +197,7 @@ async def _store_events(ctx: dict[str, Any], payload: str, *, invalid_utf8: bool
         )
         return {"stored": 0, "rejected": 1}
     try:
-        events, invalid = _parse(payload, task, state)
+        events, invalid = _parse(payload, task, state, finalized)
     except InvalidEvent as exc:
         await _dead_letter(state, task, payload, 0, "InvalidJSON", str(exc), "invalid")
         return {"stored": 0, "rejected": 1}
@@ -264,7 +286,7 @@ async def _write(state: WorkerState, task: Task, events: list[AuditEvent]) -> An
     try:
         async with asyncio.timeout(state.settings.job_timeout_s * 0.8):
             async with state.pool.acquire() as conn:
-                result = await write_events(conn, events)
+                result = await write_events(conn, events, keyed=task.finalized)
     except Exception as exc:
         failure = classify(exc)
         if failure is Failure.INFRASTRUCTURE:
@@ -448,7 +470,7 @@ def build_worker(settings: Settings, *, handle_signals: bool = False) -> Worker:
     arq_logger = logging.getLogger("arq.worker")
     if not any(isinstance(f, _HideJobArguments) for f in arq_logger.filters):
         arq_logger.addFilter(_HideJobArguments())
-    worker = _Worker(
+    worker = Worker(
         functions=[func(store_events, name=JOB_FUNCTION, max_tries=ARQ_MAX_TRIES)],
         cron_jobs=[cron(maintain, name="maintain", minute={7}, run_at_startup=True)],
         redis_settings=redis_settings(settings.redis_url),

@@ -24,7 +24,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from service import db
 from service.embedded import EmbeddedPostgres, EmbeddedValkey
 from tests.conftest import server_dir
-from tests.faults.harness import Figures
+from tests.faults.harness import Figures, Ledger, failure_lines
 from tests.faults.report import SCENARIOS, render
 
 REPORT_PATH = Path(__file__).resolve().parents[2] / "docs" / "reliability.md"
@@ -40,6 +40,7 @@ class FaultReport:
     def add(self, figures: Figures) -> None:
         assert figures.scenario in SCENARIOS, f"unknown scenario {figures.scenario!r}"
         self.rows[figures.scenario] = figures
+        print(figures)  # shown with -s, and with the report of a failed scenario
 
     def complete(self) -> bool:
         return set(self.rows) == set(SCENARIOS)
@@ -57,6 +58,14 @@ def fault_report() -> Iterator[FaultReport]:
             wall_s=time.monotonic() - report.started,
         )
         REPORT_PATH.write_text(text)
+
+
+@pytest.fixture
+def ledger() -> Iterator[Ledger]:
+    """What this scenario's producers were told; failure lines name refused events."""
+    ledger = Ledger()
+    with failure_lines(ledger):
+        yield ledger
 
 
 @pytest.fixture

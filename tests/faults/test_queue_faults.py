@@ -16,12 +16,14 @@ import asyncpg
 import pytest
 import redis.asyncio as aioredis
 from aiohttp import web
+from redis.exceptions import ConnectionError as RedisConnectionError
 
 from service.client import AuditClient
 from service.embedded import EmbeddedValkey
+from service.events import AuditEvent
 from service.settings import Settings
 from service.state import CLIENT
-from tests.conftest import Servers
+from tests.conftest import Servers, count_rows, running_worker
 from tests.faults.conftest import FaultReport
 from tests.faults.harness import (
     DrainWatch,
@@ -29,7 +31,6 @@ from tests.faults.harness import (
     Load,
     api_in_process,
     auditq_process,
-    failure_lines,
     ingest_token,
     reckon,
     start_producers,
@@ -44,6 +45,20 @@ REDIS_DOWN_S = 2.0  # seconds between the SIGKILL of Redis and its restart
 REDIS_CUT_S = 20.0  # seconds Redis is unreachable (the issue's figure)
 
 
+def app_client(app: web.Application) -> AuditClient:
+    return app[CLIENT]
+
+
+def spool_note(ledger: Ledger, *clients: AuditClient) -> str:
+    spooled = sum(c.spooled for c in clients)
+    replayed = sum(c.replayed for c in clients)
+    return (
+        f"{spooled} events spooled by the producers, {replayed} replayed; "
+        f"{ledger.refused} refused to their producer (Lua while down); "
+        f"slowest capture {ledger.capture_max_s * 1000:.0f} ms"
+    )
+
+
 def with_application_name(database_url: str, name: str) -> str:
     """The URL with an application_name, so pg_stat_activity tells the workers apart."""
     separator = "&" if "?" in database_url else "?"
@@ -54,10 +69,10 @@ async def test_one_of_two_workers_sigkilled_mid_batch_then_restarted(
     settings: Settings,
     redis: aioredis.Redis,
     database_url: str,
+    ledger: Ledger,
     tmp_path: Path,
     fault_report: FaultReport,
 ) -> None:
-    ledger = Ledger()
     log = tmp_path / "workers.log"
     timeout = {"AUDITQ_JOB_TIMEOUT_S": str(KILL_JOB_TIMEOUT_S)}
     victim = dataclasses.replace(
@@ -67,54 +82,55 @@ async def test_one_of_two_workers_sigkilled_mid_batch_then_restarted(
     load = Load(ledger)
     drain = DrainWatch(ledger, database_url)
     conn = await asyncpg.connect(database_url)
-    with (
-        failure_lines(ledger),
-        auditq_process("worker", victim, log, **timeout) as first,
-        auditq_process("worker", settings, log, **timeout),
-    ):
-        start_producers(load, client, redis_url=settings.redis_url or "", queue=settings.queue)
+    try:
+        async with (
+            auditq_process("worker", victim, log, **timeout) as first,
+            auditq_process("worker", settings, log, **timeout),
+        ):
+            start_producers(load, client, redis_url=settings.redis_url or "", queue=settings.queue)
 
-        async def stored_some() -> bool:
-            return await conn.fetchval("SELECT count(*) FROM audit_log") > 500
+            async def stored_some() -> bool:
+                return bool(await conn.fetchval("SELECT count(*) FROM audit_log") > 500)
 
-        await wait_until(stored_some, within_s=30, what="the workers store events")
-        # Hold the victim inside a batch: its INSERT waits on a table lock when it is killed.
-        async with conn.transaction():
-            await conn.execute("LOCK TABLE audit_log IN SHARE MODE")
+            await wait_until(stored_some, within_s=30, what="the workers store events")
+            # Hold the victim inside a batch: its INSERT waits on a table lock when it dies.
+            async with conn.transaction():
+                await conn.execute("LOCK TABLE audit_log IN SHARE MODE")
 
-            async def victim_mid_batch() -> bool:
-                waiting: int = await conn.fetchval(
-                    "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'victim' "
-                    "AND wait_event_type = 'Lock'"
+                async def victim_mid_batch() -> bool:
+                    return bool(
+                        await conn.fetchval(
+                            "SELECT count(*) FROM pg_stat_activity "
+                            "WHERE application_name = 'victim' AND wait_event_type = 'Lock'"
+                        )
+                    )
+
+                await wait_until(victim_mid_batch, within_s=10, what="the victim is mid-batch")
+                first.send_signal(signal.SIGKILL)
+                await asyncio.to_thread(first.wait, 10)
+                # Its connections die with it (as with a lost machine): PostgreSQL would
+                # otherwise finish the dead worker's waiting INSERT once the lock goes.
+                await conn.execute(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                    "WHERE application_name = 'victim'"
                 )
-                return waiting > 0
-
-            await wait_until(victim_mid_batch, within_s=10, what="the victim is mid-batch")
-            first.send_signal(signal.SIGKILL)
-            await asyncio.to_thread(first.wait, 10)
-            # Its connections die with it (as on a lost machine): PostgreSQL would otherwise
-            # finish the waiting INSERT for the dead worker once the lock is released.
-            await conn.execute(
-                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-                "WHERE application_name = 'victim'"
-            )
-        await asyncio.sleep(1.0)  # the worker stays dead a second, then comes back
-        with auditq_process("worker", victim, log, **timeout):
-            drain.start()
-            await asyncio.sleep(3.0)  # steady load on both workers again
-            await load.stop()
-            await client.aclose()
-            figures = await reckon(
-                "worker-kill",
-                ledger,
-                database_url=database_url,
-                redis=redis,
-                queue=settings.queue,
-                drain=drain,
-                notes="the killed worker's job rerun after 3 + 10 s",
-            )
-    await conn.close()
-    print(figures)
+            await asyncio.sleep(1.0)  # the worker stays dead a second, then comes back
+            async with auditq_process("worker", victim, log, **timeout):
+                drain.start()
+                await asyncio.sleep(3.0)  # steady load on both workers again
+                await load.stop()
+                await client.aclose()
+                figures = await reckon(
+                    "worker-kill",
+                    ledger,
+                    database_url=database_url,
+                    redis=redis,
+                    queue=settings.queue,
+                    drain=drain,
+                    notes=f"killed job rerun after {KILL_JOB_TIMEOUT_S} + 10 s (arq)",
+                )
+    finally:
+        await conn.close()
     fault_report.add(figures)
     assert not figures.problems, figures
 
@@ -124,53 +140,45 @@ async def test_redis_sigkilled_then_restarted_on_its_append_only_file(
     own_valkey: EmbeddedValkey,
     own_redis: aioredis.Redis,
     database_url: str,
+    ledger: Ledger,
     tmp_path: Path,
     fault_report: FaultReport,
 ) -> None:
-    # See docs/reliability.md: with `everysec`, Valkey may reply before write(2) while a slow
-    # background fsync runs; `always` makes every acknowledged write survive the SIGKILL.
+    # docs/reliability.md: with `everysec`, Valkey may reply before its write(2) while a slow
+    # background fsync runs; with `always` every acknowledged write survives the SIGKILL.
     await own_redis.config_set("appendfsync", "always")
     settings = dataclasses.replace(settings, redis_url=own_valkey.url)
-    ledger = Ledger()
     client = AuditClient.from_settings(
         dataclasses.replace(settings, spool_dir=tmp_path / "producer-spool")
     )
     load = Load(ledger)
     drain = DrainWatch(ledger, database_url)
     token = await ingest_token(database_url)
-    api_settings = settings.with_server_spool()  # as `auditq api`: <data dir>/spool
-    with (
-        failure_lines(ledger),
+    async with (
         auditq_process("worker", settings, tmp_path / "worker.log"),
+        api_in_process(settings.with_server_spool()) as (api_url, app),
     ):
-        async with api_in_process(api_settings) as (api_url, app):
-            start_producers(
-                load,
-                client,
-                redis_url=own_valkey.url,
-                queue=settings.queue,
-                http=(api_url, token),
-            )
-            await asyncio.sleep(2.0)  # steady load first
-            await asyncio.to_thread(own_valkey.kill)  # SIGKILL
-            await asyncio.sleep(REDIS_DOWN_S)  # the outage, under load
-            await asyncio.to_thread(own_valkey.start)  # same port, same append-only file
-            await own_redis.config_set("appendfsync", "always")
-            drain.start()
-            await asyncio.sleep(3.0)
-            await load.stop()
-            await client.aclose()
-            api_client = app_client(app)
-            figures = await reckon(
-                "redis-kill",
-                ledger,
-                database_url=database_url,
-                redis=own_redis,
-                queue=settings.queue,
-                drain=drain,
-                notes=spool_note(ledger, client, api_client),
-            )
-    print(figures)
+        start_producers(
+            load, client, redis_url=own_valkey.url, queue=settings.queue, http=(api_url, token)
+        )
+        await asyncio.sleep(2.0)  # steady load first
+        await asyncio.to_thread(own_valkey.kill)  # SIGKILL
+        await asyncio.sleep(REDIS_DOWN_S)  # the outage, under load
+        await asyncio.to_thread(own_valkey.start)  # same port, same append-only file
+        await own_redis.config_set("appendfsync", "always")
+        drain.start()
+        await asyncio.sleep(3.0)
+        await load.stop()
+        await client.aclose()
+        figures = await reckon(
+            "redis-kill",
+            ledger,
+            database_url=database_url,
+            redis=own_redis,
+            queue=settings.queue,
+            drain=drain,
+            notes=spool_note(ledger, client, app_client(app)),
+        )
     fault_report.add(figures)
     assert not figures.problems, figures
 
@@ -188,6 +196,7 @@ async def test_redis_unreachable_for_20s_without_restart(
     servers: Servers,
     redis: aioredis.Redis,
     database_url: str,
+    ledger: Ledger,
     tmp_path: Path,
     fault_report: FaultReport,
 ) -> None:
@@ -195,7 +204,6 @@ async def test_redis_unreachable_for_20s_without_restart(
     proxy = TcpProxy(target.hostname or "127.0.0.1", target.port or 6379)
     await proxy.start()
     settings = dataclasses.replace(settings, redis_url=proxied(servers.redis_url, proxy.port))
-    ledger = Ledger()
     client = AuditClient.from_settings(
         dataclasses.replace(settings, spool_dir=tmp_path / "producer-spool")
     )
@@ -203,55 +211,90 @@ async def test_redis_unreachable_for_20s_without_restart(
     drain = DrainWatch(ledger, database_url)
     token = await ingest_token(database_url)
     try:
-        with (
-            failure_lines(ledger),
+        async with (
             auditq_process("worker", settings, tmp_path / "worker.log"),
+            api_in_process(settings.with_server_spool()) as (api_url, app),
         ):
-            async with api_in_process(settings.with_server_spool()) as (api_url, app):
-                start_producers(
-                    load,
-                    client,
-                    redis_url=settings.redis_url or "",
-                    queue=settings.queue,
-                    http=(api_url, token),
-                )
-                await asyncio.sleep(2.0)
-                # The outage, under load: first a partition (everything hangs), then refused
-                # connections, longer than the worker's command retries last.
-                await proxy.cut("hang")
-                await asyncio.sleep(REDIS_CUT_S / 2)
-                await proxy.cut("refuse")
-                await asyncio.sleep(REDIS_CUT_S / 2)
-                await proxy.restore()
-                drain.start()
-                await asyncio.sleep(2.0)
-                await load.stop()
-                await client.aclose()
-                figures = await reckon(
-                    "redis-unreachable",
-                    ledger,
-                    database_url=database_url,
-                    redis=redis,
-                    queue=settings.queue,
-                    drain=drain,
-                    notes=spool_note(ledger, client, app_client(app)),
-                )
+            start_producers(
+                load,
+                client,
+                redis_url=settings.redis_url or "",
+                queue=settings.queue,
+                http=(api_url, token),
+            )
+            await asyncio.sleep(2.0)
+            # The outage, under load: a partition first (everything hangs), then refused
+            # connections.
+            await proxy.cut("hang")
+            await asyncio.sleep(REDIS_CUT_S / 2)
+            await proxy.cut("refuse")
+            await asyncio.sleep(REDIS_CUT_S / 2)
+            await proxy.restore()
+            drain.start()
+            await asyncio.sleep(2.0)
+            await load.stop()
+            await client.aclose()
+            figures = await reckon(
+                "redis-unreachable",
+                ledger,
+                database_url=database_url,
+                redis=redis,
+                queue=settings.queue,
+                drain=drain,
+                notes=spool_note(ledger, client, app_client(app)),
+            )
     finally:
         await proxy.close()
-    print(figures)
     fault_report.add(figures)
     assert not figures.problems, figures
 
 
-def app_client(app: web.Application) -> AuditClient:
-    return app[CLIENT]
+async def test_the_worker_outlives_redis_errors_beyond_its_retries(
+    settings: Settings, database_url: str
+) -> None:
+    """arq ends its poll loop on the first Redis error that outlasts the command retries (so a
+    long Redis outage used to stop the worker for good); ours waits, and gives back the job
+    slot arq took for a job it could not start."""
+    async with (
+        AuditClient.from_settings(settings) as client,
+        running_worker(settings) as worker,
+    ):
 
+        async def started() -> bool:
+            return worker._pool is not None and "redis" in worker.ctx
 
-def spool_note(ledger: Ledger, *clients: AuditClient) -> str:
-    spooled = sum(c.spooled for c in clients)
-    replayed = sum(c.replayed for c in clients)
-    return (
-        f"{spooled} events spooled by the producers, {replayed} replayed; "
-        f"{ledger.refused} refused to their producer (Lua/HTTP while down); "
-        f"slowest capture {ledger.capture_max_s * 1000:.0f} ms"
-    )
+        await wait_until(started, within_s=10, what="the worker starts")
+        pool = worker.pool
+        calls = {"poll": 0, "start": 0}
+
+        async def poll_fails(*args: object, **kwargs: object) -> list[bytes]:
+            calls["poll"] += 1
+            raise RedisConnectionError("Redis is away")
+
+        pool.zrangebyscore = poll_fails  # type: ignore[method-assign]
+
+        async def polled_thrice() -> bool:
+            return calls["poll"] >= 3
+
+        await wait_until(polled_thrice, within_s=10, what="the worker polls on")
+        del pool.zrangebyscore  # Redis is back for the poll; not yet for starting a job
+
+        def start_fails(*args: object, **kwargs: object) -> object:
+            calls["start"] += 1
+            raise RedisConnectionError("Redis is away")
+
+        pool.pipeline = start_fails  # type: ignore[method-assign]
+        assert await client.capture(AuditEvent(action="auth.login")) is not None
+
+        async def start_failed() -> bool:
+            return calls["start"] >= 2
+
+        await wait_until(start_failed, within_s=10, what="a job start fails")
+        del pool.pipeline
+
+        async def stored() -> bool:
+            return await count_rows(database_url) == 1
+
+        await wait_until(stored, within_s=10, what="the event is stored once Redis is back")
+        assert not worker.main_task or not worker.main_task.done(), "the worker loop died"
+        assert worker.job_counter == 0, "a job slot was lost to the outage"

@@ -9,23 +9,24 @@ import asyncio
 import contextlib
 import dataclasses
 import os
-import shutil
 import signal
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import asyncpg
 import pytest
 import redis.asyncio as aioredis
 
-from service import db, dead_letter
+from service import dead_letter
 from service.client import AuditClient
 from service.embedded import EmbeddedPostgres
 from service.events import AuditEvent, Entity
 from service.settings import Settings
-from tests.conftest import count_rows, running_worker, server_dir, wait_for
+from tests.conftest import count_rows, running_worker, wait_for
+from tests.faults.conftest import FaultReport
+from tests.faults.harness import DrainWatch, Ledger, Load, reckon, start_producers
 
 pytestmark = pytest.mark.faults
 
@@ -103,54 +104,42 @@ async def test_worker_sigkilled_mid_load_then_restarted_stores_every_event_once(
     assert await dead_letter.list_ids(redis, settings.queue) == []
 
 
-@pytest.fixture
-async def own_postgres() -> AsyncIterator[EmbeddedPostgres]:
-    """A PostgreSQL server of this test's own, so the test may stop it."""
-    data_dir = server_dir()
-    server = EmbeddedPostgres(data_dir / "pg")
-    await asyncio.to_thread(server.start)
-    await db.migrate(server.url)
-    try:
-        yield server
-    finally:
-        await asyncio.to_thread(server.stop, "immediate")
-        shutil.rmtree(data_dir, ignore_errors=True)
-
-
 @pytest.mark.parametrize("mode", ["fast", "immediate"])
 async def test_postgres_stopped_for_30s_mid_load_loses_nothing(
-    settings: Settings, redis: aioredis.Redis, own_postgres: EmbeddedPostgres, mode: str
+    settings: Settings,
+    redis: aioredis.Redis,
+    own_postgres: EmbeddedPostgres,
+    ledger: Ledger,
+    fault_report: FaultReport,
+    mode: str,
 ) -> None:
     settings = dataclasses.replace(settings, database_url=own_postgres.url)
     client = AuditClient.from_settings(settings)
-    produced = 0
+    load = Load(ledger)
+    drain = DrainWatch(ledger, own_postgres.url)
     outage_s = 30.0
 
-    async def produce(seconds: float, rate: int = 500) -> None:
-        nonlocal produced
-        loop = asyncio.get_running_loop()
-        end = loop.time() + seconds
-        while loop.time() < end:
-            for _ in range(rate // 20):
-                client.capture_nowait(event(produced))
-                produced += 1
-            await asyncio.sleep(0.05)
-
     async with running_worker(settings) as worker:
-        await produce(2)
+        start_producers(load, client, redis_url=settings.redis_url or "", queue=settings.queue)
+        await asyncio.sleep(2.0)
         await asyncio.to_thread(own_postgres.stop, mode)
-        await produce(outage_s)  # steady load all through the outage
+        await asyncio.sleep(outage_s)  # steady load all through the outage
         await asyncio.to_thread(own_postgres.start)
-        await produce(2)
+        drain.start()
+        await asyncio.sleep(2.0)
+        await load.stop()
         await client.aclose()
-        assert client.sent == produced
-
-        async def all_stored() -> bool:
-            return await count_rows(own_postgres.url) >= produced
-
-        await wait_for(all_stored, within_s=90)
-        state = worker.ctx["auditq"]
-        assert state.breaker.trips >= 1, "the outage was never noticed"
-    assert await count_rows(own_postgres.url) == produced
-    assert await distinct_ids(own_postgres.url) == produced
-    assert await dead_letter.list_ids(redis, settings.queue) == []
+        trips = worker.ctx["auditq"].breaker.trips
+        figures = await reckon(
+            f"postgres-stop-{mode}",
+            ledger,
+            database_url=own_postgres.url,
+            redis=redis,
+            queue=settings.queue,
+            drain=drain,
+            notes=f"worker breaker opened {trips} time(s), no attempt burnt",
+        )
+    if not trips:
+        figures.problems.append("the outage was never noticed")
+    fault_report.add(figures)
+    assert not figures.problems, figures

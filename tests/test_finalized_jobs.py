@@ -1,0 +1,90 @@
+"""Jobs from auditq's client ("finalized"): merged while queued, stored once, never trusted
+beyond that flag; jobs from other producers keep the worker's completion and redaction."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import asyncpg
+import redis.asyncio as aioredis
+
+from service.client import AuditClient
+from service.events import AuditEvent, finalize
+from service.queue import ENQUEUE_SCRIPT, deserialize_job
+from service.settings import Settings
+from tests.conftest import count_rows, queued_events, running_worker, wait_for
+
+
+def finalized(n: int) -> str:
+    """A batch as the client sends it: events completed and redacted, as a JSON array."""
+    events = [finalize(AuditEvent(action="doc.viewed", metadata={"n": i}))[1] for i in range(n)]
+    return "[" + ",".join(e.decode() for e in events) + "]"
+
+
+async def queue_empty(redis: aioredis.Redis, queue: str) -> bool:
+    return await redis.zcard(queue) == 0
+
+
+async def test_batches_join_the_open_job_until_a_worker_takes_it(
+    settings: Settings, redis: aioredis.Redis
+) -> None:
+    queue = settings.queue
+    first = await redis.eval(ENQUEUE_SCRIPT, 1, queue, finalized(2), "", "finalized")
+    second = await redis.eval(ENQUEUE_SCRIPT, 1, queue, finalized(3), "", "finalized")
+    assert first == second and await redis.zcard(queue) == 1
+    job = deserialize_job(await redis.get(b"arq:job:" + first))
+    assert job["k"] == {"finalized": True} and len(json.loads(job["a"][0])) == 5
+    # A batch without the flag, or with its own task id, is a job of its own.
+    other = await redis.eval(ENQUEUE_SCRIPT, 1, queue, finalized(1))
+    assert other != first and await redis.zcard(queue) == 2
+    # Once a worker marks the job in progress, nothing more joins it.
+    await redis.set(b"arq:in-progress:" + first, b"1")
+    third = await redis.eval(ENQUEUE_SCRIPT, 1, queue, finalized(1), "", "finalized")
+    assert third != first
+    assert len(await queued_events(redis, queue)) == 5 + 1 + 1
+
+
+async def test_concurrent_clients_share_one_job(settings: Settings, redis: aioredis.Redis) -> None:
+    clients = [AuditClient.from_settings(settings) for _ in range(3)]
+    try:
+        ids = await asyncio.gather(
+            *(c.capture(AuditEvent(action="doc.viewed")) for c in clients for _ in range(50))
+        )
+    finally:
+        for client in clients:
+            await client.aclose()
+    assert all(ids)
+    assert {e["id"] for e in await queued_events(redis, settings.queue)} == set(ids)
+    assert await redis.zcard(settings.queue) < 10
+
+
+async def test_a_finalized_job_delivered_twice_is_stored_once(
+    settings: Settings, redis: aioredis.Redis, database_url: str
+) -> None:
+    payload = finalized(300)
+    await redis.eval(ENQUEUE_SCRIPT, 1, settings.queue, payload, "", "finalized")
+    async with running_worker(settings):
+        await wait_for(lambda: queue_empty(redis, settings.queue))
+        assert await count_rows(database_url) == 300
+        # The same events again: a new task (the producer's spool resending, say).
+        await redis.eval(ENQUEUE_SCRIPT, 1, settings.queue, payload, "", "finalized")
+        await redis.eval(ENQUEUE_SCRIPT, 1, settings.queue, payload)
+        await wait_for(lambda: queue_empty(redis, settings.queue))
+    assert await count_rows(database_url) == 300
+
+
+async def test_other_producers_are_still_completed_and_redacted(
+    settings: Settings, redis: aioredis.Redis, database_url: str
+) -> None:
+    raw = json.dumps([{"action": "auth.login", "metadata": {"password": "hunter2"}}])
+    await redis.eval(ENQUEUE_SCRIPT, 1, settings.queue, raw)
+    async with running_worker(settings):
+        await wait_for(lambda: queue_empty(redis, settings.queue))
+    conn = await asyncpg.connect(database_url)
+    try:
+        row = await conn.fetchrow("SELECT category, metadata::text AS metadata FROM audit_log")
+    finally:
+        await conn.close()
+    assert row["category"] == "auth"
+    assert "hunter2" not in row["metadata"] and "[REDACTED]" in row["metadata"]
