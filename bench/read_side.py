@@ -256,12 +256,14 @@ async def export(api: Api, expected_rows: int) -> dict[str, Any]:
     sampler = asyncio.create_task(sample())
     lines = 0
     size = 0
+    last = b""  # a CRLF may be split between two chunks
     timeout = aiohttp.ClientTimeout(total=1800)
     async with aiohttp.ClientSession(headers=headers, timeout=timeout) as session:
         started = time.perf_counter()
         async with session.get(f"{api.base}/export", params={"format": "csv"}) as response:
             async for chunk in response.content.iter_chunked(1 << 20):
-                lines += chunk.count(b"\r\n")
+                lines += (last + chunk[:1] == b"\r\n") + chunk.count(b"\r\n")
+                last = chunk[-1:]
                 size += len(chunk)
         elapsed = time.perf_counter() - started
     done.set()

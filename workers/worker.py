@@ -17,6 +17,7 @@ from arq.connections import RedisSettings
 from redis.asyncio.retry import Retry as RedisRetry
 from redis.backoff import ExponentialBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from service import db, dead_letter
@@ -406,7 +407,9 @@ class _HideJobArguments(logging.Filter):
         return True
 
 
-_REDIS_DOWN = (RedisConnectionError, RedisTimeoutError, OSError)
+# Any Redis failure in the poll loop, e.g. a WatchError that redis-py raises for a connection
+# lost while WATCHing, or READONLY/LOADING replies around a failover or restart.
+_REDIS_DOWN = (RedisError, OSError)
 
 
 class _Worker(Worker):
@@ -427,7 +430,7 @@ class _Worker(Worker):
             if self._redis_down_since is None:
                 self._redis_down_since = time.monotonic()
                 logger.warning(
-                    "Redis does not answer (%s: %s); waiting for it",
+                    "Redis fails (%s: %s); waiting for it",
                     type(exc).__name__,
                     redact_sensitive_in_string(str(exc)),
                 )
@@ -470,7 +473,7 @@ def build_worker(settings: Settings, *, handle_signals: bool = False) -> Worker:
     arq_logger = logging.getLogger("arq.worker")
     if not any(isinstance(f, _HideJobArguments) for f in arq_logger.filters):
         arq_logger.addFilter(_HideJobArguments())
-    worker = Worker(
+    worker = _Worker(
         functions=[func(store_events, name=JOB_FUNCTION, max_tries=ARQ_MAX_TRIES)],
         cron_jobs=[cron(maintain, name="maintain", minute={7}, run_at_startup=True)],
         redis_settings=redis_settings(settings.redis_url),
