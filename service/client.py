@@ -471,13 +471,7 @@ class AuditClient:
             raise
         except Exception as exc:
             error = exc if isinstance(exc, SpoolError) else SpoolError(str(exc))
-            if not self._spool_broken:
-                self._spool_broken = True
-                logger.error(
-                    "the spool cannot be written (%s): events Redis does not take are lost, "
-                    "each logged as a failure, until it can",
-                    redact_sensitive_in_string(str(error)),
-                )
+            self._report_spool_broken(error)
             self._fail_batch(batch, error)
             return
         finally:
@@ -497,6 +491,16 @@ class AuditClient:
                 f"the spool at {spool.directory} holds {spool.max_bytes} bytes, its limit"
             )
             self._fail_batch(batch[written:], full)
+
+    def _report_spool_broken(self, error: BaseException) -> None:
+        """Say once (until it works again) that the spool cannot be used."""
+        if not self._spool_broken:
+            self._spool_broken = True
+            logger.error(
+                "the spool cannot be written (%s): events Redis does not take are lost, "
+                "each logged as a failure, until it can",
+                redact_sensitive_in_string(str(error)),
+            )
 
     def _start_spooling(self, cause: BaseException | None = None) -> None:
         if not self._spooling:
@@ -528,7 +532,7 @@ class AuditClient:
             if await asyncio.to_thread(spool.has_segments):
                 self._start_spooling()  # an earlier process left events: they go first
         except SpoolError as exc:
-            logger.error("the spool cannot be read: %s", exc)
+            self._report_spool_broken(exc)
         finally:
             self._unheld.set()
         pause = REPLAY_FIRST_PAUSE
@@ -549,6 +553,11 @@ class AuditClient:
                 if spool.current_bytes <= FINAL_PASS_MAX_BYTES:
                     await self._replay_last()
                 pause = REPLAY_FIRST_PAUSE
+            except SpoolError as exc:
+                # Nothing can be read back from a spool that cannot be used, and Redis
+                # answers: send directly again rather than fail every event.
+                self._report_spool_broken(exc)
+                self._spooling = False
             except Exception as exc:
                 logger.debug("spool replay waits: %s: %s", type(exc).__name__, exc)
                 await asyncio.sleep(pause)
@@ -607,6 +616,7 @@ class AuditClient:
                 await asyncio.to_thread(segment.delete)
             finally:
                 segment.release()
+        await asyncio.to_thread(spool.refresh)  # other processes add and replay segments too
 
     async def _redis_answers(self) -> bool:
         try:

@@ -210,6 +210,21 @@ def finalize(
     return done, data
 
 
+def check_complete(event: AuditEvent, *, max_bytes: int = MAX_EVENT_BYTES) -> None:
+    """Check an event its producer already completed and redacted (auditq's client) as
+    finalize would, without completing or redacting it again; raise InvalidEvent."""
+    _check_nesting(event)
+    if event.ts is None or event.ts in _PG_INFINITIES:
+        raise InvalidEvent(f"`ts` {event.ts} is missing or out of range")
+    try:
+        event.ts.astimezone(UTC)
+    except (OverflowError, ValueError):
+        raise InvalidEvent(f"`ts` {event.ts} is out of range once in UTC") from None
+    size = len(_encoder.encode(event))
+    if size > max_bytes:
+        raise InvalidEvent(f"event is {size} bytes encoded, more than the limit of {max_bytes}")
+
+
 def encode(value: object) -> bytes:
     """Encode events (or lists of them) as JSON."""
     return _encoder.encode(value)

@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import asyncio
 import json
+import uuid
 
 import asyncpg
 import redis.asyncio as aioredis
 
+from service import dead_letter
 from service.client import AuditClient
-from service.events import AuditEvent, finalize
+from service.events import MAX_NESTING, AuditEvent, finalize
 from service.queue import ENQUEUE_SCRIPT, deserialize_job
 from service.settings import Settings
 from tests.conftest import count_rows, queued_events, running_worker, wait_for
@@ -88,3 +90,21 @@ async def test_other_producers_are_still_completed_and_redacted(
         await conn.close()
     assert row["category"] == "auth"
     assert "hunter2" not in row["metadata"] and "[REDACTED]" in row["metadata"]
+
+
+async def test_the_flag_does_not_skip_the_checks(
+    settings: Settings, redis: aioredis.Redis, database_url: str
+) -> None:
+    good = json.loads(finalized(2))
+    deep: object = 1
+    for _ in range(MAX_NESTING + 5):
+        deep = {"a": deep}
+    bad = {**good[0], "id": str(uuid.uuid4()), "metadata": {"deep": deep}}
+    payload = json.dumps([*good, bad])
+    await redis.eval(ENQUEUE_SCRIPT, 1, settings.queue, payload, "", "finalized")
+    async with running_worker(settings):
+        await wait_for(lambda: queue_empty(redis, settings.queue))
+    assert await count_rows(database_url) == 2
+    (task_id,) = await dead_letter.list_ids(redis, settings.queue)
+    letter = await dead_letter.get(redis, settings.queue, task_id)
+    assert letter is not None and "nests deeper" in letter.message

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import errno
 import json
 import logging
@@ -20,6 +21,7 @@ from service.client import FAILURE_PREFIX, AuditClient, AuditEvent
 from service.events import Entity
 from service.settings import Settings
 from service.spool import Spool, SpoolError, batches
+from tests.admin_api import Tokens
 from tests.conftest import Servers, wait_for
 from tests.faults.proxy import TcpProxy
 from tests.test_client import CAPTURE_BOUND, queued_events, queued_jobs
@@ -335,3 +337,55 @@ async def test_capture_is_bounded_while_spooling_under_load(
     assert None not in results
     assert elapsed < CAPTURE_BOUND
     assert client.spooled == 5200
+
+
+async def test_an_unusable_spool_does_not_hold_events_back_once_redis_is_back(
+    tmp_path: Path, servers: Servers, queue_name: str, redis: aioredis.Redis, cleanup: None
+) -> None:
+    (tmp_path / "file").write_text("")
+    host, port = servers.redis_url.removeprefix("redis://").split("/")[0].rsplit(":", 1)
+    proxy = TcpProxy(host, int(port))
+    await proxy.start()
+    client = AuditClient.from_url(
+        proxy.url(), queue=queue_name, spool_dir=tmp_path / "file" / "spool"
+    )
+    try:
+        await proxy.cut("refuse")
+        assert await client.capture(event(1)) is None  # neither Redis nor the spool took it
+        await proxy.restore()
+
+        async def direct_again() -> bool:
+            return await client.capture(event(2)) is not None
+
+        await wait_for(direct_again, within_s=10, interval=0.2)
+    finally:
+        await client.aclose()
+        await proxy.close()
+
+
+async def test_http_ingest_spools_while_redis_is_down_and_says_202(
+    settings: Settings, tokens: Tokens, closed_port: int, tmp_path: Path
+) -> None:
+    from aiohttp.test_utils import TestClient, TestServer
+
+    from service.app import create_app
+
+    down = dataclasses.replace(
+        settings, redis_url=f"redis://127.0.0.1:{closed_port}/0", data_dir=tmp_path
+    ).with_server_spool()  # as `auditq api` runs it
+    events = [{"action": "auth.login"}, {"action": "auth.logout"}]
+    async with TestClient(TestServer(create_app(down))) as api:
+        async with api.post(
+            "/api/v1/events", headers=tokens.ingest, json={"events": events}
+        ) as response:
+            assert response.status == 202, await response.text()
+            accepted = (await response.json())["accepted"]
+    assert len(accepted) == 2
+    spool = Spool(tmp_path / "spool")
+    spooled = []
+    for path in spool.closed_segments():
+        segment = spool.claim(path)
+        assert segment is not None
+        spooled += [json.loads(line)["id"] for line in segment.lines]
+        segment.release()
+    assert spooled == accepted  # on disk, for the next process on this spool to deliver

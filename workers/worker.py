@@ -22,7 +22,13 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from service import db, dead_letter
 from service.errors import InvalidEvent
-from service.events import AuditEvent, decode_json, derived_event_id, encode, finalize
+from service.events import (
+    AuditEvent,
+    check_complete,
+    decode_json,
+    derived_event_id,
+    finalize,
+)
 from service.keys import (
     COMPLETE_MAXLEN,
     EVENTS_DEAD_LETTERED,
@@ -124,12 +130,7 @@ def _parse(
 
     def complete(index: int, event: AuditEvent) -> AuditEvent:
         if finalized and None not in (event.id, event.ts, event.category, event.presentation):
-            size = len(encode(event))
-            if size > settings.max_event_bytes:
-                raise InvalidEvent(
-                    f"event is {size} bytes encoded, more than the limit of "
-                    f"{settings.max_event_bytes}"
-                )
+            check_complete(event, max_bytes=settings.max_event_bytes)
             return event
         done, _ = finalize(
             event,

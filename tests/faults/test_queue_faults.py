@@ -98,6 +98,8 @@ async def test_one_of_two_workers_sigkilled_mid_batch_then_restarted(
                 await conn.execute("LOCK TABLE audit_log IN SHARE MODE")
 
                 async def victim_mid_batch() -> bool:
+                    # Inside a transaction, pg_stat_activity is a snapshot unless cleared.
+                    await conn.execute("SELECT pg_stat_clear_snapshot()")
                     return bool(
                         await conn.fetchval(
                             "SELECT count(*) FROM pg_stat_activity "
