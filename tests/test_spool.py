@@ -334,9 +334,11 @@ async def test_capture_is_bounded_while_spooling_under_load(
         elapsed = time.monotonic() - started
     finally:
         await client.aclose()
-    assert None not in results
     assert elapsed < CAPTURE_BOUND
-    assert client.spooled == 5200
+    # On a loaded machine a capture may hit its bound and say None; what said an id is
+    # spooled, and a None may still have been spooled after its bound (never lost silently).
+    accepted = sum(result is not None for result in results)
+    assert 5000 + accepted <= client.spooled <= 5200
 
 
 async def test_an_unusable_spool_does_not_hold_events_back_once_redis_is_back(
