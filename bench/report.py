@@ -80,8 +80,14 @@ def markdown(raw: dict[str, Any], head: dict[str, Any]) -> str:
         "",
         f"Run {raw['started_at']} on {raw['machine']}"
         + (" — **QUICK** (smaller counts; figures are indicative)" if raw["quick"] else "")
-        + ". Each system on fresh embedded Valkey 9 + PostgreSQL 18, same rows, same schema; "
-        "the machine was shared with other work, so absolute figures are noisy and the ratios "
+        + ". Each system on fresh embedded Valkey 9 + PostgreSQL 18, same rows, same schema"
+        + (
+            f"; write side run {raw['rounds']} times round-robin, each system's median-throughput"
+            " round shown (all rounds in latest.json)"
+            if raw.get("rounds", 1) > 1
+            else ""
+        )
+        + "; the machine was shared with other work, so absolute figures are noisy and the ratios "
         "of one run side by side are what holds. How: [bench/README.md](../README.md).",
         "",
         "## Write side",

@@ -65,7 +65,8 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
     raw["sizes"] = {"warmup": sizes.warmup, "e2e_seconds": sizes.e2e_seconds}
     raw["concurrency"] = write_side.CONCURRENCY
     if "write" in parts:
-        raw["write"] = await write_side.run_all(sizes, logs, systems)
+        raw["rounds"] = 1 if quick else 3
+        raw["write"] = await write_side.run_all(sizes, logs, systems, raw["rounds"])
     if "ceilings" in parts:
         count = 50_000 if quick else 200_000
         raw["ceilings"] = await ceilings.run_all(count, count)
