@@ -1,6 +1,5 @@
-"""PostgreSQL out of connections: the test takes every slot of its own server for 10 s.
-
-(PostgreSQL stopped and started again is in test_write_path_faults.py.)
+"""PostgreSQL faults under load, on a server of the test's own: stopped for 30 s (fast and
+immediate), and out of connections for 10 s. Nothing may be lost.
 """
 
 from __future__ import annotations
@@ -17,6 +16,7 @@ import redis.asyncio as aioredis
 from service.client import AuditClient
 from service.embedded import EmbeddedPostgres
 from service.settings import Settings
+from tests.conftest import running_worker
 from tests.faults.conftest import FaultReport
 from tests.faults.harness import (
     DrainWatch,
@@ -99,5 +99,46 @@ async def test_postgres_out_of_connections_for_10s(
         for hog in hogs:
             with contextlib.suppress(Exception):
                 await hog.close()
+    fault_report.add(figures)
+    assert not figures.problems, figures
+
+
+@pytest.mark.parametrize("mode", ["fast", "immediate"])
+async def test_postgres_stopped_for_30s_mid_load_loses_nothing(
+    settings: Settings,
+    redis: aioredis.Redis,
+    own_postgres: EmbeddedPostgres,
+    ledger: Ledger,
+    fault_report: FaultReport,
+    mode: str,
+) -> None:
+    settings = dataclasses.replace(settings, database_url=own_postgres.url)
+    client = AuditClient.from_settings(settings)
+    load = Load(ledger)
+    drain = DrainWatch(ledger, own_postgres.url)
+    outage_s = 30.0
+
+    async with running_worker(settings) as worker:
+        start_producers(load, client, redis_url=settings.redis_url or "", queue=settings.queue)
+        await asyncio.sleep(2.0)
+        await asyncio.to_thread(own_postgres.stop, mode)
+        await asyncio.sleep(outage_s)  # steady load all through the outage
+        await asyncio.to_thread(own_postgres.start)
+        drain.start()
+        await asyncio.sleep(2.0)
+        await load.stop()
+        await client.aclose()
+        trips = worker.ctx["auditq"].breaker.trips
+        figures = await reckon(
+            f"postgres-stop-{mode}",
+            ledger,
+            database_url=own_postgres.url,
+            redis=redis,
+            queue=settings.queue,
+            drain=drain,
+            notes=f"worker breaker opened {trips} time(s), no attempt burnt",
+        )
+    if not trips:
+        figures.problems.append("the outage was never noticed")
     fault_report.add(figures)
     assert not figures.problems, figures
