@@ -355,13 +355,10 @@ def main(argv: list[str] | None = None) -> int:
     """Run one auditq command; a user mistake is one line on stderr and exit status 2."""
     args = _parser().parse_args(argv)
     try:
-        settings = Settings.from_env()
+        # A fresh run owns its stack: URLs published by an earlier run are not reused.
+        settings = Settings.from_env(published=args.command is not cmd_run)
         logs.configure(log_format=settings.log_format, level=settings.log_level)
         if args.command is cmd_run:
-            # A fresh run owns its stack: URLs published by an earlier run are not reused.
-            settings = dataclasses.replace(
-                Settings.from_env(published=False), data_dir=settings.data_dir
-            )
             settings.data_dir.mkdir(parents=True, exist_ok=True)
         status: int = asyncio.run(args.command(settings, args))
         return status
