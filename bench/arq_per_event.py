@@ -19,7 +19,7 @@ import asyncpg
 from arq import Worker
 from arq.connections import RedisSettings
 
-from workers.worker import POLL_DELAY
+from workers.runner import POLL_DELAY
 
 INSERT = """
 INSERT INTO audit_log (

@@ -20,8 +20,8 @@ import asyncpg
 import redis.asyncio as aioredis
 
 from bench.common import Stack, count_rows, event_fields
-from service import db
 from service.queue import ENQUEUE_SCRIPT
+from service.store import db
 
 COPY_BATCH = 1000  # rows per COPY
 PIPELINE = 1000  # enqueues per pipeline round trip

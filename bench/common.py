@@ -15,8 +15,8 @@ from typing import Any
 
 import asyncpg
 
-from service import db
-from service.embedded import EmbeddedStack
+from service.cli.embedded import EmbeddedStack
+from service.store import db
 
 ROOT = Path(__file__).resolve().parent.parent
 VENV_BIN = ROOT / ".venv" / "bin"

@@ -20,8 +20,8 @@ from datetime import UTC, datetime
 from typing import Any
 
 from bench.common import event_fields
-from service.client import AuditClient
 from service.events import Actor, AuditEvent, Change, Entity, RequestInfo
+from service.producer.client import AuditClient
 
 NOWAIT_CHUNK = 1000  # calls between two yields to the loop, so the sender can drain the buffer
 

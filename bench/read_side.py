@@ -24,8 +24,8 @@ import asyncpg
 
 from bench.ceilings import COLUMNS, COPY_BATCH
 from bench.common import ROOT, VENV_BIN, Stack, memory_kib, percentile
-from service.embedded import free_port
-from service.partitions import ensure_partitions
+from service.cli.embedded import free_port
+from service.store.partitions import ensure_partitions
 
 DAYS = 90
 ACTORS = 2_000

@@ -3,7 +3,7 @@
 Usage: .venv/bin/python -m bench.soak --minutes 10 --rate 500 [--out bench/results/soak.md]
 
 Starts its own embedded Valkey and PostgreSQL in a temporary directory, runs `auditq api` and
-`auditq worker` as subprocesses (`python -m service.cli …` with the URLs in the environment),
+`auditq worker` as subprocesses (`python -m service.cli.main …` with the URLs in the environment),
 and produces events at a fixed rate from this process: awaited `capture`, `capture_nowait`
 and HTTP ingest. Every `--restart-every` seconds the worker gets SIGTERM and a new one starts.
 Reported: producer, worker and API RSS at start and end (and the peak sampled), the queue lag
@@ -32,11 +32,11 @@ from typing import Any
 import aiohttp
 import asyncpg
 
-from service import db
-from service.auth import create_token
-from service.client import AuditClient, AuditEvent
-from service.embedded import EmbeddedStack, free_port
+from service.api.auth import create_token
+from service.cli.embedded import EmbeddedStack, free_port
 from service.events import Actor, Entity
+from service.producer.client import AuditClient, AuditEvent
+from service.store import db
 
 QUEUE = "soak"
 SOURCE = "soak"
@@ -133,7 +133,7 @@ class Proc:
         self.starts += 1
         log = open(self.logdir / f"{self.name}-{self.starts}.log", "wb")
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "service.cli", *self.args],
+            [sys.executable, "-m", "service.cli.main", *self.args],
             env=self.env,
             stdout=log,
             stderr=subprocess.STDOUT,

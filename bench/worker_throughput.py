@@ -18,11 +18,11 @@ from pathlib import Path
 import asyncpg
 import redis.asyncio as aioredis
 
-from service import db
-from service.embedded import EmbeddedStack
+from service.cli.embedded import EmbeddedStack
 from service.queue import ENQUEUE_SCRIPT
 from service.settings import Settings
-from workers.worker import build_worker, run_until
+from service.store import db
+from workers.runner import build_worker, run_until
 
 CASES = [(1, 5_000), (100, 50_000), (1_000, 100_000)]  # (events per job, events)
 

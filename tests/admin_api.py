@@ -8,7 +8,7 @@ from typing import Any
 import asyncpg
 import redis.asyncio as aioredis
 
-from service.auth import create_token
+from service.api.auth import create_token
 from service.queue import ENQUEUE_SCRIPT
 
 

@@ -21,12 +21,13 @@ import redis.asyncio as aioredis
 from aiohttp.test_utils import TestClient, TestServer
 from arq import Worker
 
-from service import cli, db
-from service.app import create_app
-from service.embedded import EmbeddedStack
+from service.api.app import create_app
+from service.cli import main as cli
+from service.cli.embedded import EmbeddedStack
 from service.settings import Settings
+from service.store import db
 from tests.admin_api import Tokens, make_tokens
-from workers.worker import build_worker, run_until
+from workers.runner import build_worker, run_until
 
 TEMPLATE_DB = "auditq_test_template"
 

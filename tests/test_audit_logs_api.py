@@ -16,9 +16,12 @@ import pytest
 import redis.asyncio as aioredis
 from aiohttp.test_utils import TestClient, TestServer
 
-from service import audit_logs
-from service.app import create_app
-from service.auth import create_token, revoke_token
+from service.api.app import create_app
+from service.api.audit_logs import cursor as cursors
+from service.api.audit_logs import export
+from service.api.audit_logs.pages import page_query
+from service.api.audit_logs.query import convert_query
+from service.api.auth import create_token, revoke_token
 from service.events import AuditEvent, finalize
 from service.settings import Settings
 from workers.writer import write_events
@@ -124,8 +127,8 @@ async def test_walking_every_page_returns_each_row_once_while_rows_arrive(
     # A page deep in the walk is an index range scan, with no OFFSET.
     middle = next(e for e in walk if str(e.id) == seen[2600])
     assert middle.ts is not None and middle.id is not None
-    query = audit_logs.convert_query({"tenant": ["walk"], "limit": 97}, strict=True)
-    sql, args = audit_logs.page_query(query, audit_logs.Position(middle.ts, middle.id, "desc"))
+    audit_query = convert_query({"tenant": ["walk"], "limit": 97}, strict=True)
+    sql, args = page_query(audit_query, cursors.Position(middle.ts, middle.id, "desc"))
     assert "OFFSET" not in sql.upper()
     plan = "\n".join(row[0] for row in await pg.fetch("EXPLAIN " + sql, *args))
     assert "Index" in plan, plan
@@ -344,9 +347,9 @@ async def test_bad_values_are_400_naming_the_parameter(
     await seed(pg, data_set())
     page = await get_json(api, BASE, admin, limit="2")
     body, _, signature = page["next_cursor"].partition(".")
-    payload = json.loads(audit_logs._unb64(body))
+    payload = json.loads(cursors._unb64(body))
     payload["ts"] = "2099-01-01T00:00:00Z"  # forged: moved, signature kept
-    forged = audit_logs._b64(json.dumps(payload).encode()) + "." + signature
+    forged = cursors._b64(json.dumps(payload).encode()) + "." + signature
     cases = [
         ({"since": "yesterday"}, "since"),
         ({"until": "2025-13-45"}, "until"),
@@ -482,7 +485,7 @@ async def test_export_streams_every_row_as_csv_and_jsonl(
         assert response.headers.get("Transfer-Encoding") == "chunked"
         text = await response.text()
     rows = list(csv.reader(io.StringIO(text)))
-    assert rows[0] == list(audit_logs.CSV_HEADER)
+    assert rows[0] == list(export.CSV_HEADER)
     assert len(rows) == 1 + 20_001
     header = rows[0]
     by_id = {row[0]: dict(zip(header, row, strict=True)) for row in rows[1:]}

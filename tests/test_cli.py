@@ -16,7 +16,7 @@ COMMANDS = ["run", "migrate", "api", "worker", "emit", "stats", "tasks", "tokens
 
 @pytest.mark.parametrize("command", COMMANDS)
 def test_every_command_has_help(command: str, capsys: pytest.CaptureFixture[str]) -> None:
-    from service import cli
+    from service.cli import main as cli
 
     with pytest.raises(SystemExit) as exit_info:
         cli.main([command, "--help"])

@@ -14,8 +14,8 @@ from typing import Any
 import pytest
 import redis.asyncio as aioredis
 
-from service.client import FAILURE_PREFIX, AuditClient, AuditEvent
 from service.events import Actor, Entity, RequestInfo
+from service.producer.client import FAILURE_PREFIX, AuditClient, AuditEvent
 from service.queue import JOB_FUNCTION, deserialize_job
 from service.settings import Settings
 from tests.conftest import Servers

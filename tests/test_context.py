@@ -11,8 +11,9 @@ import redis.asyncio as aioredis
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
-from service.client import AuditClient, AuditEvent
-from service.context import (
+from service.events import Actor
+from service.producer.client import AuditClient, AuditEvent
+from service.producer.context import (
     AuditContext,
     audit_context,
     client_ip,
@@ -21,7 +22,6 @@ from service.context import (
     sane_request_id,
     set_actor,
 )
-from service.events import Actor
 from tests.conftest import Servers
 from tests.test_client import queued_events
 

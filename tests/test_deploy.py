@@ -18,7 +18,7 @@ import pytest
 import yaml
 
 from service.settings import Settings
-from workers.worker import SHUTDOWN_GRACE
+from workers.runner import SHUTDOWN_GRACE
 
 ROOT = Path(__file__).resolve().parent.parent
 DEPLOY = ROOT / "deploy"
@@ -459,7 +459,7 @@ def test_api_probes_and_service() -> None:
     assert liveness["httpGet"]["port"] in ("http", ports["http"])
     assert readiness["httpGet"]["port"] in ("http", ports["http"])
     # The probed paths are real routes of the app.
-    from service.app import ROUTES
+    from service.api.app import ROUTES
 
     paths = {route.path for route in ROUTES}
     assert {"/healthz", "/readyz"} <= paths
@@ -501,11 +501,11 @@ def test_scaled_object_scales_the_worker_on_queue_depth() -> None:
     query = re.search(r"(auditq_\w+)\{([^}]*)\}", metadata["query"])
     assert query, metadata["query"]
     # The metric is one that /metrics really exports, with the labels the query selects.
-    metrics_source = (ROOT / "service" / "metrics.py").read_text()
+    metrics_source = (ROOT / "service" / "api" / "metrics.py").read_text()
     family = re.search(
         rf'MetricFamily\(\s*"{query[1]}",[^)]*labels=\[([^\]]*)\]', metrics_source, re.DOTALL
     )
-    assert family, f"{query[1]} is not exported by service/metrics.py"
+    assert family, f"{query[1]} is not exported by service/api/metrics.py"
     selected = dict(re.findall(r'(\w+)="([^"]*)"', query[2]))
     assert selected.get("status") == "queued"
     assert set(selected) <= set(re.findall(r'"(\w+)"', family[1]))

@@ -10,9 +10,9 @@ import uuid
 import asyncpg
 import redis.asyncio as aioredis
 
-from service import dead_letter
-from service.client import AuditClient
 from service.events import MAX_NESTING, AuditEvent, finalize
+from service.ops import dead_letter
+from service.producer.client import AuditClient
 from service.queue import ENQUEUE_SCRIPT, deserialize_job
 from service.settings import Settings
 from tests.conftest import count_rows, queued_events, running_worker, wait_for

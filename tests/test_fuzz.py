@@ -23,14 +23,17 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from service.audit_logs import CursorCodec, Position
+from service.api.audit_logs.cursor import CursorCodec, Position
+from service.api.errors import ApiError
 from service.errors import InvalidEvent
 from service.events import AuditEvent, decode_event, finalize
-from service.http import ApiError
+from service.ops.task_cursor import decode_cursor
+from service.ops.task_model import InvalidCursor
+from service.ops.task_views import count_events, redacted_payload
 from service.redaction import REDACTED, redact_sensitive, redact_sensitive_in_string
 from service.settings import Settings
-from service.tasks import InvalidCursor, count_events, decode_cursor, redacted_payload
-from workers.worker import Task, WorkerState, _parse
+from workers.job import _parse
+from workers.state import Task, WorkerState
 
 FUZZ = settings(
     max_examples=300,

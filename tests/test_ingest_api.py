@@ -12,7 +12,7 @@ import asyncpg
 import redis.asyncio as aioredis
 from aiohttp.test_utils import TestClient, TestServer
 
-from service.app import create_app
+from service.api.app import create_app
 from service.settings import Settings
 from tests.admin_api import Tokens, error_of, queued_payloads
 from tests.conftest import count_rows, running_worker, wait_for

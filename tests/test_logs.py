@@ -18,7 +18,7 @@ import asyncpg
 import pytest
 
 from service import logs
-from service.client import FAILURE_PREFIX
+from service.producer.client import FAILURE_PREFIX
 from tests.conftest import Servers
 
 AUDITQ = Path(sys.executable).parent / "auditq"
@@ -144,7 +144,7 @@ FAILURE_PAYLOAD = {
 
 def test_json_keeps_the_failure_line_byte_identical_with_extra_fields() -> None:
     with formatted("json") as stream:
-        # Exactly how service.client writes its failure line.
+        # Exactly how service.producer.client writes its failure line.
         logging.getLogger("auditq").error(
             "%s%s",
             FAILURE_PREFIX,

@@ -6,7 +6,7 @@ from datetime import UTC, date, datetime
 
 import asyncpg
 
-from service.partitions import LIST_PARTITIONS, ensure_partitions
+from service.store.partitions import LIST_PARTITIONS, ensure_partitions
 from workers.maintenance import drop_expired_partitions
 
 INSERT_AT = """

@@ -7,7 +7,7 @@ from typing import Any
 
 from aiohttp.test_utils import TestClient, TestServer
 
-from service.app import create_app
+from service.api.app import create_app
 from service.settings import Settings
 
 

@@ -15,7 +15,7 @@ import aiohttp
 import asyncpg
 import pytest
 
-from service.auth import create_token
+from service.api.auth import create_token
 from service.settings import Settings
 
 SCHEMATHESIS = Path(sys.executable).with_name("schemathesis")

@@ -11,8 +11,8 @@ import msgspec
 import pytest
 import redis.asyncio as aioredis
 
-from service.client import AuditClient
 from service.events import Actor, AuditEvent, Entity
+from service.producer.client import AuditClient
 from service.queue import ENQUEUE_SCRIPT
 from service.settings import Settings
 from tests.conftest import count_rows, running_worker, wait_for

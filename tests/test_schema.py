@@ -3,7 +3,7 @@
 import asyncpg
 import pytest
 
-from service import db
+from service.store import db
 
 
 async def test_schema_applies_twice(database_url: str) -> None:

@@ -23,10 +23,11 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient
 from redis.exceptions import ConnectionError as RedisConnectionError
 
-from service import audit_logs, cli
-from service.auth import create_token, revoke_token
-from service.client import AuditClient
+from service.api.audit_logs import export
+from service.api.auth import create_token, revoke_token
+from service.cli import main as cli
 from service.events import Actor, AuditEvent, Change, Entity
+from service.producer.client import AuditClient
 from service.settings import Settings
 from tests.admin_api import Tokens, enqueue, error_of
 from tests.conftest import run_cli, running_worker, wait_for
@@ -406,7 +407,7 @@ async def test_csv_export_neutralises_formulas_planted_through_the_pipeline(
         assert response.status == 200
         text = await response.text()
     rows = list(csv.reader(io.StringIO(text, newline="")))
-    assert rows[0] == list(audit_logs.CSV_HEADER)
+    assert rows[0] == list(export.CSV_HEADER)
     assert len(rows) == 1 + len(FORMULAS)
     planted_columns = {
         "category",
@@ -425,7 +426,7 @@ async def test_csv_export_neutralises_formulas_planted_through_the_pipeline(
     for row in rows[1:]:
         cells = dict(zip(rows[0], row, strict=True))
         for column, cell in cells.items():
-            assert not cell.startswith(audit_logs.FORMULA_START), (column, cell)
+            assert not cell.startswith(export.FORMULA_START), (column, cell)
         formula = cells["source"][1:]
         assert formula in FORMULAS
         for column in planted_columns - {"tenant", "entity_id"}:

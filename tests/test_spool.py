@@ -16,11 +16,11 @@ from pathlib import Path
 import pytest
 import redis.asyncio as aioredis
 
-from service import spool as spool_module
-from service.client import FAILURE_PREFIX, AuditClient, AuditEvent
 from service.events import Entity
+from service.producer import spool as spool_module
+from service.producer.client import FAILURE_PREFIX, AuditClient, AuditEvent
+from service.producer.spool import Spool, SpoolError, batches
 from service.settings import Settings
-from service.spool import Spool, SpoolError, batches
 from tests.admin_api import Tokens
 from tests.conftest import Servers, wait_for
 from tests.faults.proxy import TcpProxy
@@ -370,7 +370,7 @@ async def test_http_ingest_spools_while_redis_is_down_and_says_202(
 ) -> None:
     from aiohttp.test_utils import TestClient, TestServer
 
-    from service.app import create_app
+    from service.api.app import create_app
 
     down = dataclasses.replace(
         settings, redis_url=f"redis://127.0.0.1:{closed_port}/0", data_dir=tmp_path

@@ -9,9 +9,9 @@ import asyncpg
 import pytest
 import redis.asyncio as aioredis
 
-from service import cli
-from service.auth import authenticate, create_token, revoke_token
-from service.http import ApiError
+from service.api.auth import authenticate, create_token, revoke_token
+from service.api.errors import ApiError
+from service.cli import main as cli
 from service.settings import Settings
 from tests.conftest import queued_events, run_cli
 

@@ -11,7 +11,7 @@ import asyncpg
 import pytest
 import redis.asyncio as aioredis
 
-from service import dead_letter
+from service.ops import dead_letter
 from service.queue import ENQUEUE_SCRIPT
 from service.settings import Settings
 from tests.conftest import count_rows, running_worker, wait_for
@@ -131,7 +131,7 @@ async def test_an_unforeseen_failure_is_retried_not_failed(
     database_url: str,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    from workers import worker as worker_module
+    from workers import job as worker_module
 
     real_parse = worker_module._parse
     calls = 0

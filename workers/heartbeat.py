@@ -7,20 +7,11 @@ import logging
 import os
 import socket
 import time
-import uuid
-from typing import TYPE_CHECKING
 
 from service.keys import HEARTBEAT_INTERVAL, HEARTBEAT_TTL, worker_key, workers_key
-
-if TYPE_CHECKING:
-    from workers.worker import WorkerState
+from workers.state import WorkerState
 
 logger = logging.getLogger(__name__)
-
-
-def new_worker_id() -> str:
-    """Make an id that tells an operator which host and process a worker is."""
-    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
 
 
 def snapshot(state: WorkerState, *, worker_id: str, started_at: float) -> dict[str, str]:

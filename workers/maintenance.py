@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import logging
 from datetime import UTC, date, datetime, timedelta
+from typing import Any
 
 import asyncpg
 
 from service.events import AuditEvent, Entity, finalize
-from service.partitions import LIST_PARTITIONS, PARTITION_NAME, month_start
+from service.store.partitions import LIST_PARTITIONS, PARTITION_NAME, ensure_partitions, month_start
+from workers.state import STATE, WorkerState
 from workers.writer import write_events
 
 logger = logging.getLogger(__name__)
@@ -50,3 +52,12 @@ async def drop_expired_partitions(
         )
         dropped.append(name)
     return dropped
+
+
+async def maintain(ctx: dict[str, Any]) -> None:
+    """Make partitions ahead and drop those past retention."""
+    state: WorkerState = ctx[STATE]
+    async with state.pool.acquire() as conn:
+        await ensure_partitions(conn, months_ahead=state.settings.partitions_ahead_months)
+        if state.settings.retention_days:
+            await drop_expired_partitions(conn, retention_days=state.settings.retention_days)

@@ -21,8 +21,8 @@ from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 
-from service import db
-from service.embedded import EmbeddedPostgres, EmbeddedValkey
+from service.cli.embedded import EmbeddedPostgres, EmbeddedValkey
+from service.store import db
 from tests.conftest import server_dir
 from tests.faults.harness import Figures, Ledger, failure_lines
 from tests.faults.report import SCENARIOS, render

@@ -27,11 +27,13 @@ import asyncpg
 import redis.asyncio as aioredis
 from aiohttp import web
 
-from service import auth, db, dead_letter
-from service.client import AuditClient
+from service.api import auth
 from service.events import AuditEvent, Entity, new_event_id
+from service.ops import dead_letter
+from service.producer.client import AuditClient
 from service.queue import ENQUEUE_SCRIPT
 from service.settings import Settings
+from service.store import db
 
 SETTLE_WITHIN_S = 120.0  # seconds an accepted event may take to be stored after the load
 POLL_S = 0.25  # seconds between looks at PostgreSQL while waiting
@@ -254,7 +256,7 @@ def process_env(settings: Settings, **extra: str) -> dict[str, str]:
 async def auditq_process(
     command: str, settings: Settings, log: Path, **extra: str
 ) -> AsyncIterator[subprocess.Popen[bytes]]:
-    """Run `python -m service.cli <command>` as a child of this test; SIGTERM it at the end.
+    """Run `python -m service.cli.main <command>` as a child of this test; SIGTERM it at the end.
 
     Waited for in a thread: the test's loop may serve what the process needs to stop (a proxy).
     """
@@ -266,10 +268,10 @@ async def auditq_process(
 
 
 def spawn(command: str, settings: Settings, log: Path, **extra: str) -> subprocess.Popen[bytes]:
-    """Start `python -m service.cli <command>` with the settings' URLs, output to `log`."""
+    """Start `python -m service.cli.main <command>` with the settings' URLs, output to `log`."""
     with open(log, "ab") as out:
         return subprocess.Popen(
-            [sys.executable, "-m", "service.cli", command],
+            [sys.executable, "-m", "service.cli.main", command],
             env=process_env(settings, **extra),
             stdout=out,
             stderr=out,
@@ -451,7 +453,7 @@ async def reckon(
 @contextlib.asynccontextmanager
 async def api_in_process(settings: Settings) -> AsyncIterator[tuple[str, web.Application]]:
     """Serve the API (its HTTP ingest) from this process; yield its base URL and app."""
-    from service.app import create_app
+    from service.api.app import create_app
 
     app = create_app(settings)
     runner = web.AppRunner(app, access_log=None)

@@ -96,10 +96,10 @@ FOOTER = """
 
 ## What makes these hold
 
-- **Producer spool** (`service/spool.py`). When Redis does not take a batch (an error, or no
-  answer within half the capture bound for a batch an awaited `capture` is in), the client
-  appends the batch to a local spool and counts its events as accepted only once the append
-  is on disk: each appended batch is written with one `write(2)` and `fdatasync`ed before
+- **Producer spool** (`service/producer/spool.py`). When Redis does not take a batch (an
+  error, or no answer within half the capture bound for a batch an awaited `capture` is in), the
+  client appends the batch to a local spool and counts its events as accepted only once the
+  append is on disk: each appended batch is written with one `write(2)` and `fdatasync`ed before
   `capture` returns the ids; a new segment file is locked, renamed into place and its
   directory fsynced. While anything is spooled, new batches go to the spool behind it, so
   order is kept; a background task probes Redis and replays the segments, oldest first,
@@ -138,7 +138,7 @@ FOOTER = """
   the first poll after Redis went away raised, and arq ends its worker on any error of its
   poll loop (once also on a `WatchError` that redis-py raises for a connection lost while
   WATCHing). The queue stayed intact, but nothing was stored until someone restarted the
-  worker. Fixed in `workers/worker.py`: `OSError` is retried, and the worker's poll loop
+  worker. Fixed in `workers/runner.py`: `OSError` is retried, and the worker's poll loop
   waits out any Redis failure, giving back the job slot arq takes for a job it could not
   start.
 - **The first and last instants were stored as `-infinity` / `infinity`.** asyncpg encodes

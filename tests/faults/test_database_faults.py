@@ -13,8 +13,8 @@ import asyncpg
 import pytest
 import redis.asyncio as aioredis
 
-from service.client import AuditClient
-from service.embedded import EmbeddedPostgres
+from service.cli.embedded import EmbeddedPostgres
+from service.producer.client import AuditClient
 from service.settings import Settings
 from tests.conftest import running_worker
 from tests.faults.conftest import FaultReport

@@ -16,11 +16,11 @@ import asyncpg
 import pytest
 import redis.asyncio as aioredis
 
-from service.client import AuditClient
 from service.events import AuditEvent, Entity, new_event_id
-from service.partitions import LIST_PARTITIONS, month_start, partition_name
+from service.producer.client import AuditClient
 from service.queue import ENQUEUE_SCRIPT
 from service.settings import Settings
+from service.store.partitions import LIST_PARTITIONS, month_start, partition_name
 from tests.faults.conftest import FaultReport
 from tests.faults.harness import (
     Ledger,

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 import redis.asyncio as aioredis
 
-from service.client import AuditClient
-from service.embedded import free_port
+from service.cli.embedded import free_port
+from service.producer.client import AuditClient
 from service.settings import Settings
 from tests.conftest import server_dir
 from tests.faults.conftest import FaultReport

@@ -18,11 +18,11 @@ import redis.asyncio as aioredis
 from aiohttp import web
 from redis.exceptions import ConnectionError as RedisConnectionError
 
-from service.client import AuditClient
-from service.embedded import EmbeddedValkey
+from service.api.state import CLIENT
+from service.cli.embedded import EmbeddedValkey
 from service.events import AuditEvent
+from service.producer.client import AuditClient
 from service.settings import Settings
-from service.state import CLIENT
 from tests.conftest import Servers, count_rows, running_worker
 from tests.faults.conftest import FaultReport
 from tests.faults.harness import (

@@ -13,7 +13,7 @@ import asyncpg
 from aiohttp import web
 from aiohttp.typedefs import Middleware
 
-from service.http import ApiError
+from service.api.errors import ApiError
 
 Role = Literal["reader", "admin", "ingest"]
 ROLES: tuple[Role, ...] = ("reader", "admin", "ingest")

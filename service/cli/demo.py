@@ -5,8 +5,8 @@ from __future__ import annotations
 import asyncio
 import random
 
-from service.client import AuditClient
 from service.events import Actor, AuditEvent, Change, Entity, RequestInfo
+from service.producer.client import AuditClient
 from service.settings import Settings
 
 DEMO_RATE = 20.0  # events per second

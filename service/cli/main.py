@@ -18,9 +18,12 @@ from typing import Any
 import msgspec
 from aiohttp import web
 
-from service import auth, db, logs, task_commands
+from service import logs
+from service.api import auth
+from service.cli import tasks as task_commands
 from service.errors import AuditqError, ConfigError
 from service.settings import Settings
+from service.store import db
 
 logger = logging.getLogger("auditq.cli")
 
@@ -45,7 +48,7 @@ async def _wait_for_signal() -> None:
 
 @contextlib.asynccontextmanager
 async def _serving_api(settings: Settings) -> AsyncIterator[str]:
-    from service.app import create_app
+    from service.api.app import create_app
 
     runner = web.AppRunner(create_app(settings), handle_signals=False, access_log=None)
     await runner.setup()
@@ -59,7 +62,7 @@ async def _serving_api(settings: Settings) -> AsyncIterator[str]:
 
 @contextlib.asynccontextmanager
 async def _running_worker(settings: Settings) -> AsyncIterator[None]:
-    from workers.worker import build_worker, run_until
+    from workers.runner import build_worker, run_until
 
     stop = asyncio.Event()
     task = asyncio.create_task(run_until(build_worker(settings), stop))
@@ -93,7 +96,7 @@ async def cmd_api(settings: Settings, args: argparse.Namespace) -> int:
 
 
 async def cmd_run(settings: Settings, args: argparse.Namespace) -> int:
-    from service.embedded import EmbeddedStack
+    from service.cli.embedded import EmbeddedStack
 
     stack = None
     if not settings.redis_url or not settings.database_url:
@@ -119,7 +122,7 @@ async def cmd_run(settings: Settings, args: argparse.Namespace) -> int:
                 print(f"URLs for producers: set -a; . {settings.env_file}", flush=True)
             demo = None
             if args.demo:
-                from service.demo import feed
+                from service.cli.demo import feed
 
                 demo = asyncio.create_task(feed(settings))
             await _wait_for_signal()
@@ -137,8 +140,8 @@ async def cmd_run(settings: Settings, args: argparse.Namespace) -> int:
 
 
 async def cmd_emit(settings: Settings, args: argparse.Namespace) -> int:
-    from service.client import AuditClient
     from service.events import AuditEvent
+    from service.producer.client import AuditClient
 
     data: dict[str, Any] = msgspec.json.decode(args.json) if args.json else {}
     if not isinstance(data, dict):
@@ -188,8 +191,8 @@ def _require_database(settings: Settings) -> str:
 
 async def _audit_token_change(settings: Settings, action: str, name: str, role: str | None) -> None:
     """Record a token change as an audit event, best effort: the command stands regardless."""
-    from service.client import AuditClient
     from service.events import Actor, AuditEvent, Entity
+    from service.producer.client import AuditClient
 
     if not settings.redis_url:
         logger.warning("no Redis URL: %s of token %r is not audited", action, name)
@@ -221,7 +224,7 @@ def _write_private(path: Path, text: str) -> None:
 
 async def ensure_dev_admin_token(settings: Settings) -> str:
     """Return the admin token of <data_dir>/admin-token, made anew when it no longer works."""
-    from service.http import ApiError
+    from service.api.errors import ApiError
 
     path = settings.data_dir / ADMIN_TOKEN_FILE
     try:

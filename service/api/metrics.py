@@ -9,10 +9,11 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from service.openapi import operation
-from service.queue_stats import events_per_second, totals, workers
-from service.state import CLIENT, REDIS, SETTINGS
-from service.tasks import STATUSES, TaskQueue
+from service.api.openapi import operation
+from service.api.state import CLIENT, REDIS, SETTINGS
+from service.ops.queue_stats import events_per_second, totals, workers
+from service.ops.task_model import STATUSES
+from service.ops.tasks import TaskQueue
 
 Family = CounterMetricFamily | GaugeMetricFamily
 

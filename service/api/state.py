@@ -8,9 +8,9 @@ import asyncpg
 import redis.asyncio as aioredis
 from aiohttp import web
 
-from service.auth import request_principal
-from service.client import AuditClient
+from service.api.auth import request_principal
 from service.events import Actor, AuditEvent, Entity, RequestInfo
+from service.producer.client import AuditClient
 from service.settings import Settings
 
 SETTINGS = web.AppKey("settings", Settings)

@@ -8,9 +8,9 @@ from typing import Any
 
 import asyncpg
 
-from service.partitions import ensure_partitions
+from service.store.partitions import ensure_partitions
 
-SCHEMA_PATH = Path(__file__).resolve().parent.parent / "schema.sql"
+SCHEMA_PATH = Path(__file__).resolve().parents[2] / "schema.sql"
 # Serialise concurrent `auditq migrate` runs (several containers starting at once).
 MIGRATE_LOCK_KEY = 0x61756469  # "audi"
 COMMAND_TIMEOUT = 30.0  # seconds; a statement that takes longer is treated as an outage

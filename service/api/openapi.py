@@ -11,7 +11,7 @@ from typing import Any, TypeVar
 import msgspec
 from aiohttp import web
 
-from service.auth import PROTECTED_PREFIXES
+from service.api.auth import PROTECTED_PREFIXES
 
 OPENAPI_VERSION = "3.1.0"
 API_VERSION = "1"

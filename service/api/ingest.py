@@ -8,13 +8,13 @@ from typing import Annotated, Any
 import msgspec
 from aiohttp import web
 
-from service import json_body
+from service.api import body as json_body
+from service.api.errors import ApiError, bad_parameter
+from service.api.openapi import operation
+from service.api.state import CLIENT, SETTINGS
 from service.errors import InvalidEvent
 from service.events import AuditEvent, convert_event, finalize
-from service.http import ApiError, bad_parameter
-from service.openapi import operation
 from service.redaction import redact_sensitive_in_string
-from service.state import CLIENT, SETTINGS
 
 MAX_BATCH_EVENTS = 1000
 

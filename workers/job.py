@@ -1,26 +1,16 @@
-"""The arq worker: takes jobs of events, writes them in batches, retries or sets them aside."""
+"""The job: decode a payload of events, write them in one batch, retry or set aside the rest."""
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import dataclasses
 import logging
 import time
 from datetime import UTC, datetime
 from typing import Any
 
-import asyncpg
 import msgspec
-from arq import Retry, Worker, cron, func
-from arq.connections import RedisSettings
-from redis.asyncio.retry import Retry as RedisRetry
-from redis.backoff import ExponentialBackoff
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisError
-from redis.exceptions import TimeoutError as RedisTimeoutError
+from arq import Retry
 
-from service import db, dead_letter
 from service.errors import InvalidEvent
 from service.events import (
     AuditEvent,
@@ -39,84 +29,18 @@ from service.keys import (
     counters_key,
     stored_key,
 )
-from service.partitions import ensure_partitions
-from service.queue import JOB_FUNCTION, deserialize_job, serialize_job
+from service.ops import dead_letter
 from service.redaction import redact_sensitive_in_string
-from service.settings import Settings
-from workers import heartbeat, maintenance
-from workers.retry import (
-    ARQ_MAX_TRIES,
-    DEFER_WHILE_OPEN,
-    MAX_ATTEMPTS,
-    Breaker,
-    Failure,
-    backoff,
-    classify,
-)
+from workers.retry import DEFER_WHILE_OPEN, MAX_ATTEMPTS, Failure, backoff, classify
+from workers.state import STATE, Task, WorkerState
 from workers.writer import Rejected, write_events
 
 logger = logging.getLogger("auditq.worker")
 
-STATE = "auditq"  # key of WorkerState in arq's ctx
-POLL_DELAY = 0.02  # seconds between queue polls; bounds the pickup latency of a new job
-REDIS_DOWN_PAUSE = 0.5  # seconds between polls while Redis does not answer
-SHUTDOWN_GRACE = 20.0  # seconds running jobs get to finish on SIGTERM before they are requeued
 SUCCESS_PREFIX = "[AuditLogWorker] Successfully logged:"
 UNEXPECTED_RETRY_DELAY = 5.0  # seconds before a job that failed in an unforeseen way runs again
 
 _batch_decoder = msgspec.json.Decoder(list[AuditEvent] | AuditEvent)
-
-
-@dataclasses.dataclass
-class Task:
-    """What a job function knows of the job it runs."""
-
-    id: str
-    enqueued_ms: int
-    job_try: int
-    failed_attempts: int = 0  # unknown-error attempts before the one that succeeded
-    finalized: bool = False  # from auditq's client: each event's id and ts fixed at capture
-
-
-@dataclasses.dataclass(eq=False)
-class WorkerState:
-    """Everything a job needs, made once per worker process."""
-
-    settings: Settings
-    breaker: Breaker = dataclasses.field(default_factory=Breaker)
-    pool: Any = None  # asyncpg.Pool once started
-    redis: Any = None  # arq's ArqRedis once started
-    worker: Worker | None = None
-    events_stored: int = 0
-    events_dead_lettered: int = 0
-    tasks_complete: int = 0  # tasks whose every event was stored
-    tasks_failed: int = 0  # tasks that left events in the dead letter
-    worker_id: str = dataclasses.field(default_factory=heartbeat.new_worker_id)
-    _probe: asyncio.Task[None] | None = None
-    _heartbeat: asyncio.Task[None] | None = None
-
-    def trip(self, exc: BaseException) -> None:
-        """Open the breaker: stop taking jobs and probe the database until it answers."""
-        self.breaker.trip(exc)
-        if self.worker is not None:
-            self.worker.allow_pick_jobs = False
-        if self._probe is None or self._probe.done():
-            self._probe = asyncio.get_running_loop().create_task(self._probe_until_up())
-
-    async def _probe_until_up(self) -> None:
-        while self.breaker.is_open:
-            await asyncio.sleep(self.breaker.next_pause())
-            try:
-                conn = await asyncpg.connect(self.settings.database_url, timeout=2)
-                await conn.close()
-            except Exception as exc:  # every failure means "still down"
-                logger.debug("database probe failed: %s", type(exc).__name__)
-                continue
-            # Connections made before the outage are dead; replace them on next use.
-            await self.pool.expire_connections()
-            self.breaker.close()
-            if self.worker is not None:
-                self.worker.allow_pick_jobs = True
 
 
 def _parse(
@@ -357,171 +281,3 @@ async def _dead_letter(
         letter.error_name,
         letter.message,
     )
-
-
-async def maintain(ctx: dict[str, Any]) -> None:
-    """Make partitions ahead and drop those past retention."""
-    state: WorkerState = ctx[STATE]
-    async with state.pool.acquire() as conn:
-        await ensure_partitions(conn, months_ahead=state.settings.partitions_ahead_months)
-        if state.settings.retention_days:
-            await maintenance.drop_expired_partitions(
-                conn, retention_days=state.settings.retention_days
-            )
-
-
-async def _startup(ctx: dict[str, Any]) -> None:
-    state: WorkerState = ctx[STATE]
-    state.redis = ctx["redis"]
-    assert state.settings.database_url is not None
-    state.pool = await db.create_pool(state.settings.database_url, size=state.settings.db_pool_size)
-    # Before the first job: a month's rows must never land in the default partition while
-    # that month's own partition is about to be made (the key is unique per partition).
-    async with state.pool.acquire() as conn:
-        await ensure_partitions(conn, months_ahead=state.settings.partitions_ahead_months)
-    state._heartbeat = asyncio.get_running_loop().create_task(
-        heartbeat.run(state, worker_id=state.worker_id), name="auditq-heartbeat"
-    )
-
-
-async def _shutdown(ctx: dict[str, Any]) -> None:
-    state: WorkerState = ctx[STATE]
-    if state._probe is not None:
-        state._probe.cancel()
-    if state._heartbeat is not None:
-        state._heartbeat.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await state._heartbeat
-        with contextlib.suppress(Exception):  # Redis away: the heartbeat expires on its own
-            await heartbeat.forget(state, worker_id=state.worker_id)
-    if state.pool is not None:
-        await state.pool.close()
-
-
-class _HideJobArguments(logging.Filter):
-    """Drop the job arguments from arq's "job started" line: they are the events themselves,
-    secrets and all when a foreign producer did not redact. arq has no option for this."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        if isinstance(record.args, tuple) and len(record.args) == 4 and "→" in str(record.msg):
-            record.args = (*record.args[:2], "…", record.args[3])
-        return True
-
-
-# Any Redis failure in the poll loop, e.g. a WatchError that redis-py raises for a connection
-# lost while WATCHing, or READONLY/LOADING replies around a failover or restart.
-_REDIS_DOWN = (RedisError, OSError)
-
-
-class _Worker(Worker):
-    """arq's worker, waiting out a Redis outage of any length instead of exiting.
-
-    arq ends `main()` on the first Redis error of its poll loop, so a Redis restart used to
-    stop the worker for good (its queue intact, but nothing stored until someone restarted
-    it). Jobs caught by the outage are safe: their events are stored idempotently, and a job
-    whose end could not be recorded is run again after its in-progress key expires.
-    """
-
-    _redis_down_since: float | None = None
-
-    async def _poll_iteration(self) -> None:
-        try:
-            await super()._poll_iteration()
-        except _REDIS_DOWN as exc:
-            if self._redis_down_since is None:
-                self._redis_down_since = time.monotonic()
-                logger.warning(
-                    "Redis fails (%s: %s); waiting for it",
-                    type(exc).__name__,
-                    redact_sensitive_in_string(str(exc)),
-                )
-            await asyncio.sleep(REDIS_DOWN_PAUSE)
-            return
-        if self._redis_down_since is not None:
-            down_s = time.monotonic() - self._redis_down_since
-            self._redis_down_since = None
-            logger.warning("Redis answers again after %.1f s", down_s)
-
-    async def start_jobs(self, job_ids: list[bytes]) -> None:
-        for job_id in job_ids:
-            counted = self.job_counter
-            try:
-                await super().start_jobs([job_id])
-            except _REDIS_DOWN:
-                if self.job_counter > counted and job_id.decode() not in self.tasks:
-                    # arq took a slot for a job it could not start: give it back, or a few
-                    # outages would leave the worker with no slot to run anything.
-                    self.job_counter -= 1
-                    self.sem.release()
-                raise
-
-
-def redis_settings(url: str) -> RedisSettings:
-    """arq's Redis settings with a retry policy, so a Redis restart is ridden out."""
-    settings = RedisSettings.from_dsn(url)
-    settings.retry = RedisRetry(ExponentialBackoff(cap=1.0, base=0.05), 8)
-    # OSError too: redis-py retries a failed connect only for the errors listed here, and a
-    # refused connection is still a bare OSError at that point.
-    settings.retry_on_error = [RedisConnectionError, RedisTimeoutError, OSError]
-    settings.conn_retries = 30
-    return settings
-
-
-def build_worker(settings: Settings, *, handle_signals: bool = False) -> Worker:
-    """Make the arq worker for `settings` (URLs resolved)."""
-    assert settings.redis_url and settings.database_url
-    state = WorkerState(settings)
-    arq_logger = logging.getLogger("arq.worker")
-    if not any(isinstance(f, _HideJobArguments) for f in arq_logger.filters):
-        arq_logger.addFilter(_HideJobArguments())
-    worker = _Worker(
-        functions=[func(store_events, name=JOB_FUNCTION, max_tries=ARQ_MAX_TRIES)],
-        cron_jobs=[cron(maintain, name="maintain", minute={7}, run_at_startup=True)],
-        redis_settings=redis_settings(settings.redis_url),
-        queue_name=settings.queue,
-        max_jobs=settings.worker_max_jobs,
-        job_timeout=settings.job_timeout_s,
-        poll_delay=POLL_DELAY,
-        max_tries=ARQ_MAX_TRIES,
-        keep_result=3600,
-        job_serializer=serialize_job,
-        job_deserializer=deserialize_job,
-        on_startup=_startup,
-        on_shutdown=_shutdown,
-        ctx={STATE: state},
-        handle_signals=handle_signals,
-        job_completion_wait=int(SHUTDOWN_GRACE),
-        log_results=False,
-    )
-    state.worker = worker
-    return worker
-
-
-def worker_state(worker: Worker) -> WorkerState:
-    state: WorkerState = worker.ctx[STATE]
-    return state
-
-
-async def stop_worker(worker: Worker, *, grace: float = SHUTDOWN_GRACE) -> None:
-    """Stop taking jobs, let running ones finish (up to `grace`), then close."""
-    worker.allow_pick_jobs = False
-    running = [t for t in worker.tasks.values() if not t.done()]
-    if running:
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(asyncio.gather(*running, return_exceptions=True), grace)
-    await worker.close()
-
-
-async def run_until(worker: Worker, stop: asyncio.Event) -> None:
-    """Run `worker` until `stop` is set, then stop it without losing a job."""
-    main = asyncio.create_task(worker.main())
-    waiter = asyncio.create_task(stop.wait())
-    await asyncio.wait({main, waiter}, return_when=asyncio.FIRST_COMPLETED)
-    if main.done():
-        waiter.cancel()
-        main.result()  # a worker that died on its own: raise why
-        return
-    await stop_worker(worker)
-    main.cancel()  # worker.main() polls forever; close() only cancels a task arq started itself
-    with contextlib.suppress(asyncio.CancelledError):
-        await main

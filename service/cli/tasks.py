@@ -18,9 +18,11 @@ import redis.asyncio as aioredis
 import redis.exceptions
 
 from service.errors import AuditqError, ConfigError
-from service.queue_stats import QueueStats, queue_stats
+from service.ops import task_actions
+from service.ops.queue_stats import QueueStats, queue_stats
+from service.ops.task_model import KINDS, MAX_LIMIT, STATUSES, CleanupPolicy, Task
+from service.ops.tasks import TaskQueue
 from service.settings import Settings
-from service.tasks import KINDS, MAX_LIMIT, STATUSES, CleanupPolicy, Task, TaskQueue
 
 logger = logging.getLogger(__name__)
 
@@ -172,8 +174,8 @@ async def cmd_tasks_show(settings: Settings, args: argparse.Namespace) -> int:
 
 async def _audit(settings: Settings, action: str, metadata: dict[str, Any], task: str = "") -> None:
     """Record a task mutation as an audit event, best effort: the command stands regardless."""
-    from service.client import AuditClient
     from service.events import Actor, AuditEvent, Entity
+    from service.producer.client import AuditClient
 
     event = AuditEvent(
         action=action,
@@ -193,7 +195,7 @@ async def _audit(settings: Settings, action: str, metadata: dict[str, Any], task
 async def cmd_tasks_retry(settings: Settings, args: argparse.Namespace) -> int:
     """Queue a failed task's events again."""
     async with _tasks(settings) as tasks:
-        task = await tasks.retry(args.id)
+        task = await task_actions.retry(tasks, args.id)
     await _audit(settings, "task.retried", {"event_count": task.event_count}, args.id)
     print(f"task {task.id} is {task.status} again ({task.presentation.title.lower()})")
     return 0
@@ -213,7 +215,7 @@ async def cmd_tasks_cleanup(settings: Settings, args: argparse.Namespace) -> int
     except msgspec.ValidationError as exc:
         raise ConfigError(f"invalid cleanup policy: {exc}") from None
     async with _tasks(settings) as tasks:
-        deleted = await tasks.cleanup(policy)
+        deleted = await task_actions.cleanup(tasks, policy)
     await _audit(
         settings,
         "task.cleanup",

@@ -7,13 +7,14 @@ from typing import Any
 import msgspec
 from aiohttp import web
 
-from service import json_body
+from service.api import body as json_body
+from service.api.errors import ApiError, bad_parameter
+from service.api.openapi import Param, operation
+from service.api.state import REDIS, SETTINGS, record_admin_action
 from service.events import Entity
-from service.http import ApiError, bad_parameter
-from service.openapi import Param, operation
-from service.queue_stats import QueueStats, queue_stats
-from service.state import REDIS, SETTINGS, record_admin_action
-from service.tasks import (
+from service.ops import task_actions
+from service.ops.queue_stats import QueueStats, queue_stats
+from service.ops.task_model import (
     DEFAULT_LIMIT,
     KINDS,
     MAX_LIMIT,
@@ -28,8 +29,8 @@ from service.tasks import (
     TaskNotFailed,
     TaskNotFound,
     TaskPage,
-    TaskQueue,
 )
+from service.ops.tasks import TaskQueue
 
 _STATUS: dict[str, Status] = {status: status for status in STATUSES}
 _DEFAULT_FILTER = RetryFilter()
@@ -56,12 +57,6 @@ class CleanupDone(msgspec.Struct, frozen=True, kw_only=True):
 
 def _tasks(request: web.Request) -> TaskQueue:
     return TaskQueue.from_settings(request.app[REDIS], request.app[SETTINGS])
-
-
-def _json(value: object, *, status: int = 200) -> web.Response:
-    return web.Response(
-        body=msgspec.json.encode(value), status=status, content_type="application/json"
-    )
 
 
 def _list_query(request: web.Request) -> tuple[Status | None, str | None, int, str | None]:
@@ -102,7 +97,7 @@ async def list_tasks(request: web.Request) -> web.Response:
         page = await _tasks(request).page(status=status, kind=kind, limit=limit, cursor=cursor)
     except InvalidCursor as exc:
         raise bad_parameter("cursor", f"is invalid: {exc}") from None
-    return _json(page)
+    return json_body.json_response(page)
 
 
 @operation(summary="One task and its payload (redacted events)", responses={200: TaskDetail})
@@ -112,7 +107,7 @@ async def get_task(request: web.Request) -> web.Response:
     task = await _tasks(request).get(task_id)
     if task is None:
         raise ApiError(404, "not_found", f"no task {task_id}")
-    return _json(task)
+    return json_body.json_response(task)
 
 
 @operation(
@@ -124,7 +119,7 @@ async def retry_task(request: web.Request) -> web.Response:
     """Queue a failed task's events again and drop its dead letter."""
     task_id = request.match_info["id"]
     try:
-        task = await _tasks(request).retry(task_id)
+        task = await task_actions.retry(_tasks(request), task_id)
     except TaskNotFound:
         raise ApiError(404, "not_found", f"no task {task_id}") from None
     except TaskNotFailed as exc:
@@ -135,7 +130,7 @@ async def retry_task(request: web.Request) -> web.Response:
         entity=Entity(type="task", id=task_id[:1024]),
         metadata={"event_count": task.event_count},
     )
-    return _json(RetryAccepted(task=task), status=202)
+    return json_body.json_response(RetryAccepted(task=task), status=202)
 
 
 @operation(
@@ -147,12 +142,12 @@ async def retry_task(request: web.Request) -> web.Response:
 async def retry_failed(request: web.Request) -> web.Response:
     """Queue the failed tasks that match the filters again."""
     where = await json_body.read_json(request, RetryFilter, default=_DEFAULT_FILTER)
-    retried = await _tasks(request).retry_failed(where)
+    retried = await task_actions.retry_failed(_tasks(request), where)
     filters: dict[str, Any] = msgspec.to_builtins(where)
     await record_admin_action(
         request, "task.retried_bulk", metadata={"filters": filters, "retried": retried}
     )
-    return _json(BulkRetryAccepted(retried=retried), status=202)
+    return json_body.json_response(BulkRetryAccepted(retried=retried), status=202)
 
 
 @operation(
@@ -164,19 +159,19 @@ async def retry_failed(request: web.Request) -> web.Response:
 async def cleanup_tasks(request: web.Request) -> web.Response:
     """Delete old complete and failed tasks, keeping the most recent failures."""
     policy = await json_body.read_json(request, CleanupPolicy, default=_DEFAULT_POLICY)
-    deleted = await _tasks(request).cleanup(policy)
+    deleted = await task_actions.cleanup(_tasks(request), policy)
     await record_admin_action(
         request,
         "task.cleanup",
         metadata={"policy": msgspec.to_builtins(policy), "deleted": msgspec.to_builtins(deleted)},
     )
-    return _json(CleanupDone(deleted=deleted))
+    return json_body.json_response(CleanupDone(deleted=deleted))
 
 
 @operation(summary="Queue health: counts, lag, throughput, workers", responses={200: QueueStats})
 async def get_queue_stats(request: web.Request) -> web.Response:
     """Show the queue's counts per status, oldest wait, events/s and workers."""
-    return _json(await queue_stats(_tasks(request)))
+    return json_body.json_response(await queue_stats(_tasks(request)))
 
 
 ROUTES = [

@@ -1,4 +1,5 @@
-"""JSON request bodies at the edge: content type, size, and typed decoding naming the bad field."""
+"""JSON at the edge: request bodies (content type, size, typed decoding naming the bad field)
+and JSON responses."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from typing import Any, TypeVar
 import msgspec
 from aiohttp import web
 
-from service.http import ApiError
+from service.api.errors import ApiError
 
 T = TypeVar("T")
 
@@ -81,3 +82,11 @@ def _not_utf8() -> ApiError:
 def _too_deep() -> ApiError:
     """msgspec raises RecursionError for hostile nesting: a bad body, not a server error."""
     return ApiError(400, "invalid_json", "the body is not valid JSON: it nests too deeply")
+
+
+_encoder = msgspec.json.Encoder()
+
+
+def json_response(value: object, *, status: int = 200) -> web.Response:
+    """`value` (Structs, dicts, datetimes, UUIDs) as a JSON response."""
+    return web.Response(body=_encoder.encode(value), status=status, content_type="application/json")

@@ -19,7 +19,8 @@ from service.keys import (
     worker_key,
     workers_key,
 )
-from service.tasks import StatusCounts, TaskQueue
+from service.ops.task_model import StatusCounts
+from service.ops.tasks import TaskQueue
 
 THROUGHPUT_WINDOW = 60  # seconds behind events_per_s_1m (the current, partial second excluded)
 

@@ -1,0 +1,87 @@
+"""Keyset pages of audit logs: the list, the search, an entity's and an actor's history, one row."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+from aiohttp import web
+
+from service.api.audit_logs.cursor import CURSORS, Position
+from service.api.audit_logs.query import AuditLogQuery, query_from_body, query_from_params
+from service.api.audit_logs.rows import (
+    AFTER_ASC,
+    AFTER_DESC,
+    ORDER_BY,
+    SELECT_ITEMS,
+    SELECT_ONE,
+    item,
+    where_of,
+)
+from service.api.body import json_response
+from service.api.errors import ApiError, bad_parameter
+from service.api.state import POOL
+
+
+def page_query(query: AuditLogQuery, after: Position | None) -> tuple[str, list[Any]]:
+    """The SQL and parameters of one page: keyset on (ts, id), one row more than asked."""
+    where = where_of(query)
+    if after is not None:
+        where.add(AFTER_DESC if query.order == "desc" else AFTER_ASC, after.ts, after.id)
+    # The extra row tells whether a next page exists, without a count or an OFFSET.
+    sql = f"{SELECT_ITEMS}{where.sql()} {ORDER_BY[query.order]} LIMIT ${len(where.args) + 1}"
+    return sql, [*where.args, query.limit + 1]
+
+
+async def _page(request: web.Request, query: AuditLogQuery) -> web.Response:
+    codec = request.app[CURSORS]
+    after = codec.decode(query.cursor, order=query.order) if query.cursor else None
+    sql, args = page_query(query, after)
+    async with request.app[POOL].acquire() as conn:
+        rows = await conn.fetch(sql, *args)
+    next_cursor = None
+    if len(rows) > query.limit:
+        rows = rows[: query.limit]
+        last = rows[-1]
+        next_cursor = codec.encode(Position(last["ts"], last["id"], query.order))
+    return json_response({"items": [item(row) for row in rows], "next_cursor": next_cursor})
+
+
+async def list_audit_logs(request: web.Request) -> web.Response:
+    """Filtered audit logs, newest first unless order=asc, one keyset page at a time."""
+    return await _page(request, query_from_params(request.query))
+
+
+async def search_audit_logs(request: web.Request) -> web.Response:
+    """The same as the list, with the filters in a JSON body (lists allowed)."""
+    return await _page(request, await query_from_body(request))
+
+
+async def entity_history(request: web.Request) -> web.Response:
+    """One entity's history, oldest first."""
+    fixed = {
+        "entity_type": [request.match_info["entity_type"]],
+        "entity_id": request.match_info["entity_id"],
+        "order": "asc",
+    }
+    return await _page(request, query_from_params(request.query, fixed))
+
+
+async def actor_history(request: web.Request) -> web.Response:
+    """One actor's actions, newest first."""
+    fixed = {"actor_id": [request.match_info["actor_id"]], "order": "desc"}
+    return await _page(request, query_from_params(request.query, fixed))
+
+
+async def get_audit_log(request: web.Request) -> web.Response:
+    """One audit log by id, or 404."""
+    raw = request.match_info["id"]
+    try:
+        event_id = uuid.UUID(raw)
+    except ValueError:
+        raise bad_parameter("id", "must be a UUID") from None
+    async with request.app[POOL].acquire() as conn:
+        row = await conn.fetchrow(SELECT_ONE, event_id)
+    if row is None:
+        raise ApiError(404, "not_found", f"no audit log has id {event_id}")
+    return json_response(item(row))

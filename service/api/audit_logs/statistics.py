@@ -1,0 +1,90 @@
+"""Statistics of audit logs over a window: per day, top actors and actions, severities, outcomes."""
+
+from __future__ import annotations
+
+from datetime import UTC, date, datetime, timedelta
+
+from aiohttp import web
+from multidict import MultiMapping
+
+from service.api.audit_logs.query import parse_time
+from service.api.body import json_response
+from service.api.errors import bad_parameter
+from service.api.state import POOL
+
+STATS_DEFAULT_WINDOW = timedelta(days=30)
+STATS_MAX_WINDOW = timedelta(days=3660)  # per_day lists every day: keep it a sane length
+STATS_TOP = 10  # entries in top_actors and top_actions
+
+SEVERITIES: tuple[str, ...] = ("info", "notice", "warning", "critical")
+OUTCOMES: tuple[str, ...] = ("success", "failure")
+STATS_WHERE = "WHERE ts >= $1 AND ts <= $2 AND ($3::text IS NULL OR tenant = $3)"
+STATS_PER_DAY = f"""
+SELECT (ts AT TIME ZONE 'UTC')::date AS day, count(*) AS count
+FROM audit_log {STATS_WHERE} GROUP BY day
+"""
+STATS_TOP_ACTORS = f"""
+SELECT actor_id, count(*) AS count
+FROM audit_log {STATS_WHERE} AND actor_id IS NOT NULL
+GROUP BY actor_id ORDER BY count DESC, actor_id LIMIT $4
+"""
+STATS_TOP_ACTIONS = f"""
+SELECT action, count(*) AS count
+FROM audit_log {STATS_WHERE} GROUP BY action ORDER BY count DESC, action LIMIT $4
+"""
+STATS_BY_SEVERITY = (
+    f"SELECT severity AS key, count(*) AS count FROM audit_log {STATS_WHERE} GROUP BY 1"
+)
+STATS_BY_OUTCOME = (
+    f"SELECT outcome AS key, count(*) AS count FROM audit_log {STATS_WHERE} GROUP BY 1"
+)
+
+
+def _stats_window(params: MultiMapping[str]) -> tuple[datetime, datetime]:
+    until_raw, since_raw = params.get("until", ""), params.get("since", "")
+    until = parse_time("until", until_raw) if until_raw else datetime.now(UTC)
+    if since_raw:
+        since = parse_time("since", since_raw)
+    elif until - datetime.min.replace(tzinfo=UTC) < STATS_DEFAULT_WINDOW:
+        raise bad_parameter("until", "is too early for a default window: give since too")
+    else:
+        since = until - STATS_DEFAULT_WINDOW
+    if since > until:
+        raise bad_parameter("since", "must not be after until")
+    if until - since > STATS_MAX_WINDOW:
+        raise bad_parameter("since", f"must be at most {STATS_MAX_WINDOW.days} days before until")
+    return since, until
+
+
+async def audit_log_statistics(request: web.Request) -> web.Response:
+    """Counts per day, top actors and actions, by severity and outcome (default: 30 days)."""
+    since, until = _stats_window(request.query)
+    tenant = request.query.get("tenant") or None
+    if tenant is not None and len(tenant) > 1024:
+        raise bad_parameter("tenant", "must be at most 1024 characters")
+    window = (since, until, tenant)
+    async with (
+        request.app[POOL].acquire() as conn,
+        conn.transaction(isolation="repeatable_read", readonly=True),
+    ):
+        per_day = await conn.fetch(STATS_PER_DAY, *window)
+        actors = await conn.fetch(STATS_TOP_ACTORS, *window, STATS_TOP)
+        actions = await conn.fetch(STATS_TOP_ACTIONS, *window, STATS_TOP)
+        severities = await conn.fetch(STATS_BY_SEVERITY, *window)
+        outcomes = await conn.fetch(STATS_BY_OUTCOME, *window)
+    counts: dict[date, int] = {row["day"]: row["count"] for row in per_day}
+    first, days = since.date(), (until.date() - since.date()).days + 1
+    return json_response(
+        {
+            # Every day of the window, zeros included: a chart needs no gap-filling.
+            "per_day": [
+                {"day": day.isoformat(), "count": counts.get(day, 0)}
+                for day in (first + timedelta(days=n) for n in range(days))
+            ],
+            "top_actors": [{"actor_id": r["actor_id"], "count": r["count"]} for r in actors],
+            "top_actions": [{"action": r["action"], "count": r["count"]} for r in actions],
+            "by_severity": dict.fromkeys(SEVERITIES, 0)
+            | {r["key"]: r["count"] for r in severities},
+            "by_outcome": dict.fromkeys(OUTCOMES, 0) | {r["key"]: r["count"] for r in outcomes},
+        }
+    )

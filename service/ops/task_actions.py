@@ -1,0 +1,111 @@
+"""Changing tasks: retry a failed one (or every failed one matching a filter), clean up old ones."""
+
+from __future__ import annotations
+
+import msgspec
+
+from service.keys import EVENTS_RETRIED, RESULT_PREFIX, attempts_key, complete_key, counters_key
+from service.ops import dead_letter
+from service.ops.task_model import (
+    CleanupPolicy,
+    CleanupResult,
+    RetryFilter,
+    Task,
+    TaskNotFailed,
+    TaskNotFound,
+)
+from service.ops.task_views import without_payload
+from service.ops.tasks import SCAN_CHUNK, TaskQueue, clock_ms
+
+DAY_MS = 86_400_000
+
+_letter_decoder = msgspec.json.Decoder(dead_letter.DeadLetter)
+
+
+async def retry(tasks: TaskQueue, task_id: str) -> Task:
+    """Replay a failed task's events as a job of the same id, then drop the dead letter."""
+    letter = await dead_letter.get(tasks.redis, tasks.queue, task_id)
+    if letter is not None:
+        payload, events = letter.payload, letter.event_count
+    else:
+        task = await tasks.get(task_id)
+        if task is None:
+            raise TaskNotFound(f"no task {task_id}")
+        if task.status != "failed":
+            raise TaskNotFailed(task_id, task.status)
+        payload, events = task.payload, task.event_count  # failed inside arq
+    text = payload if isinstance(payload, str) else msgspec.json.encode(payload).decode()
+    # arq's result of the failed run would make the script see the task as done.
+    await tasks.redis.delete(RESULT_PREFIX + task_id)
+    await tasks.enqueue(keys=[tasks.queue], args=[text, task_id])
+    async with tasks.redis.pipeline(transaction=True) as pipe:
+        pipe.delete(dead_letter.record_key(tasks.queue, task_id))
+        pipe.zrem(dead_letter.index_key(tasks.queue), task_id)
+        pipe.hdel(attempts_key(tasks.queue), task_id)
+        pipe.hincrby(counters_key(tasks.queue), EVENTS_RETRIED, events)
+        await pipe.execute()
+    retried = await tasks.get(task_id)
+    if retried is None:  # a worker stored it already and its result is not yet visible
+        raise TaskNotFound(f"task {task_id} vanished while being retried")
+    return without_payload(retried)
+
+
+async def retry_failed(tasks: TaskQueue, where: RetryFilter | None = None) -> int:
+    """Retry every failed task that matches `where`; return how many were retried."""
+    where = where or RetryFilter()
+    low = f"({where.newer_than.timestamp() * 1000:.0f}" if where.newer_than else "-inf"
+    high = f"({where.older_than.timestamp() * 1000:.0f}" if where.older_than else "+inf"
+    index = dead_letter.index_key(tasks.queue)
+    retried = 0
+    ids = [m.decode() for m in await tasks.redis.zrangebyscore(index, low, high)]
+    for start in range(0, len(ids), SCAN_CHUNK):
+        chunk = ids[start : start + SCAN_CHUNK]
+        records = await tasks.redis.mget(
+            [dead_letter.record_key(tasks.queue, task_id) for task_id in chunk]
+        )
+        for task_id, raw in zip(chunk, records, strict=True):
+            if raw is None:
+                continue
+            letter = _letter_decoder.decode(raw)
+            if where.classification and letter.classification != where.classification:
+                continue
+            if where.error_name and letter.error_name != where.error_name:
+                continue
+            if where.limit is not None and retried >= where.limit:
+                return retried
+            try:
+                await retry(tasks, task_id)
+            except (TaskNotFound, TaskNotFailed):
+                continue  # retried by someone else meanwhile
+            retried += 1
+    return retried
+
+
+async def cleanup(tasks: TaskQueue, policy: CleanupPolicy | None = None) -> CleanupResult:
+    """Delete complete and failed tasks past their age, keeping the most recent failures."""
+    policy = policy or CleanupPolicy()
+    now_ms = clock_ms()
+    complete_cutoff = max(0, now_ms - policy.complete_older_than_days * DAY_MS)
+    # The stream's entry ids are the ms each task finished: MINID trims by age.
+    deleted_complete = int(
+        await tasks.redis.xtrim(
+            complete_key(tasks.queue), minid=str(complete_cutoff), approximate=False
+        )
+    )
+    index = dead_letter.index_key(tasks.queue)
+    total = int(await tasks.redis.zcard(index))
+    deleted_failed = 0
+    if total > policy.keep_recent_failed:
+        failed_cutoff = now_ms - policy.failed_older_than_days * DAY_MS
+        oldest = await tasks.redis.zrange(
+            index, 0, total - policy.keep_recent_failed - 1, withscores=True
+        )
+        doomed = [m.decode() for m, score in oldest if score < failed_cutoff]
+        for start in range(0, len(doomed), SCAN_CHUNK):
+            chunk = doomed[start : start + SCAN_CHUNK]
+            async with tasks.redis.pipeline(transaction=True) as pipe:
+                pipe.delete(*(dead_letter.record_key(tasks.queue, i) for i in chunk))
+                pipe.zrem(index, *chunk)
+                await pipe.execute()
+        deleted_failed = len(doomed)
+    return CleanupResult(complete=deleted_complete, failed=deleted_failed)

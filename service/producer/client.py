@@ -1,0 +1,765 @@
+"""The producer: capture audit events and enqueue them in batches, never raising to the caller."""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import contextvars
+import json
+import logging
+import re
+import threading
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Final, TypeAlias
+
+import msgspec
+from redis.asyncio import Redis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from service.errors import AuditqError, ConfigError, InvalidEvent
+from service.events import ACTION_PATTERN, AuditEvent, RequestInfo, decode_event, finalize
+from service.producer.context import AuditContext, audit_context
+from service.producer.spool import Spool, SpoolError, batches
+from service.queue import ENQUEUE_SCRIPT
+from service.redaction import redact_sensitive_in_string
+from service.settings import Settings
+
+__all__ = [
+    "FAILURE_PREFIX",
+    "AuditClient",
+    "AuditEvent",
+    "BufferFull",
+    "ClientClosed",
+    "SpoolError",
+    "SpoolFull",
+]
+
+FAILURE_PREFIX: Final = "[AuditLog] Failed to queue audit event: "
+FAILURE_FIELD_MAX_CHARS = 256  # characters: a hostile value must not flood the log
+FAILURE_MESSAGE_MAX_CHARS = 1024  # characters
+BATCH_MAX_BYTES = 4 * 1024 * 1024  # bytes of event JSON per job; a lone bigger event still goes
+SEND_TIMEOUT_FACTOR = 4  # capture timeouts per send: connect, one reconnect, the reply, slack
+CLOSE_TIMEOUT = 5.0  # seconds
+# With a spool, a batch an awaiting capture is in tries Redis for this share of the capture
+# bound; the rest is left to append it to the spool, so `capture` still answers in time.
+REDIS_SHARE_WITH_SPOOL = 0.5
+REPLAY_FIRST_PAUSE = 0.2  # seconds between probes of a Redis that does not answer, growing to
+REPLAY_MAX_PAUSE = 2.0  # seconds
+SPOOL_SCAN_INTERVAL = 10.0  # seconds between looks for segments that other processes left
+# Below this many bytes still spooled, the last replay pass holds new batches back for its
+# few milliseconds, so that no event overtakes a spooled one when sending goes direct again.
+FINAL_PASS_MAX_BYTES = 1024 * 1024
+
+failure_logger = logging.getLogger("auditq")  # the contract's logger name, not the module's
+logger = logging.getLogger(__name__)
+
+_DEFAULTS = Settings()
+_ACTION = re.compile(ACTION_PATTERN)
+
+# (event JSON, finalized event, the awaiting capture's future or None for capture_nowait)
+_Item: TypeAlias = tuple[bytes, AuditEvent, asyncio.Future[None] | None]
+
+
+class ClientClosed(AuditqError):
+    """The client is closed: it enqueues nothing more."""
+
+
+class BufferFull(AuditqError):
+    """The client's buffer is full: the event was dropped."""
+
+
+class SpoolFull(AuditqError):
+    """Redis did not take the event and the spool is full: the event was dropped."""
+
+
+class AuditClient:
+    """Enqueue audit events to the arq queue in batches; never raise to the caller.
+
+    With `spool_dir`, a batch Redis does not take is appended durably to a local spool
+    (service/spool.py) and replayed, in order, once Redis answers again; `capture` then
+    returns the id of an event that is spooled, as it will be delivered.
+    """
+
+    def __init__(
+        self,
+        redis: Redis,
+        *,
+        queue: str = _DEFAULTS.queue,
+        capture_timeout_s: float = _DEFAULTS.capture_timeout_s,
+        buffer_max_events: int = _DEFAULTS.buffer_max_events,
+        flush_interval_s: float = _DEFAULTS.flush_interval_s,
+        flush_max_events: int = _DEFAULTS.flush_max_events,
+        max_event_bytes: int = _DEFAULTS.max_event_bytes,
+        redact_extra_keys: Iterable[str] = _DEFAULTS.redact_extra_keys,
+        spool_dir: Path | str | None = None,
+        spool_max_bytes: int = _DEFAULTS.spool_max_bytes,
+    ) -> None:
+        """Wrap `redis` (the client owns and closes it); prefer from_url or from_settings."""
+        if not queue:
+            raise ConfigError("queue must not be empty")
+        if not capture_timeout_s > 0 or not flush_interval_s > 0:
+            raise ConfigError("capture_timeout_s and flush_interval_s must be positive")
+        if buffer_max_events < 1 or flush_max_events < 1 or max_event_bytes < 1:
+            raise ConfigError(
+                "buffer_max_events, flush_max_events and max_event_bytes must be at least 1"
+            )
+        self.sent = 0  # events enqueued
+        self.failed = 0  # events that could not be enqueued (each logged)
+        self.dropped = 0  # events dropped because the buffer was full (each logged)
+        self.spooled = 0  # events Redis did not take, appended to the spool
+        self.replayed = 0  # events replayed from the spool into Redis
+        self.spool_dropped = 0  # events dropped because the spool was full (each logged)
+        self._redis = redis
+        self._script = redis.register_script(ENQUEUE_SCRIPT)
+        self._queue = queue
+        self._capture_timeout = capture_timeout_s
+        self._send_timeout = capture_timeout_s * SEND_TIMEOUT_FACTOR
+        self._buffer_max = buffer_max_events
+        self._flush_interval = flush_interval_s
+        self._flush_max = flush_max_events
+        self._max_event_bytes = max_event_bytes
+        self._extra_keys = frozenset(redact_extra_keys)
+        self._lock = threading.Lock()  # counters and loop binding are touched from any thread
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._sender: asyncio.Task[None] | None = None
+        self._buffer: collections.deque[_Item] = collections.deque()
+        self._waiting = 0  # buffered items with a capture awaiting them
+        self._pending = asyncio.Event()  # the buffer has items (or the client is closing)
+        self._urgent = asyncio.Event()  # send now: a capture waits, a batch is full, or closing
+        self._closing = False
+        self._spool = (
+            None if spool_dir is None else Spool(Path(spool_dir), max_bytes=spool_max_bytes)
+        )
+        self._spooling = False  # batches go to the spool (Redis failed, or the spool holds some)
+        self._spool_broken = False  # the spool could not be written: said once
+        self._replayer: asyncio.Task[None] | None = None
+        self._wake = asyncio.Event()  # spooling started: the replayer probes Redis
+        self._unheld = asyncio.Event()  # cleared while the last replay pass runs
+        if self._spool is None:
+            self._unheld.set()  # with a spool: once the replayer looked for earlier segments
+        self._appending = 0  # batches being appended to the spool
+        self._append_idle = asyncio.Event()
+        self._append_idle.set()
+        if self._spool is not None and _running_loop() is not None:
+            # Made in async code (the API's client): replay what an earlier process spooled now.
+            self._bind()
+            self._ensure_replayer()
+
+    @classmethod
+    def from_url(
+        cls,
+        url: str,
+        *,
+        queue: str = _DEFAULTS.queue,
+        capture_timeout_s: float = _DEFAULTS.capture_timeout_s,
+        buffer_max_events: int = _DEFAULTS.buffer_max_events,
+        flush_interval_s: float = _DEFAULTS.flush_interval_s,
+        flush_max_events: int = _DEFAULTS.flush_max_events,
+        max_event_bytes: int = _DEFAULTS.max_event_bytes,
+        redact_extra_keys: Iterable[str] = _DEFAULTS.redact_extra_keys,
+        spool_dir: Path | str | None = None,
+        spool_max_bytes: int = _DEFAULTS.spool_max_bytes,
+    ) -> AuditClient:
+        """Make a client for the Redis at `url`; connects on first use, not now.
+
+        `spool_dir` (opt-in) keeps what Redis cannot take on local disk until it can.
+        """
+        redis = Redis.from_url(
+            url,
+            socket_connect_timeout=capture_timeout_s,
+            socket_timeout=capture_timeout_s,
+            # One immediate retry: after a Redis restart the pooled connection is dead, and
+            # the first command would fail without it.
+            retry=Retry(NoBackoff(), 1),
+            retry_on_error=[RedisConnectionError, RedisTimeoutError],
+        )
+        return cls(
+            redis,
+            queue=queue,
+            capture_timeout_s=capture_timeout_s,
+            buffer_max_events=buffer_max_events,
+            flush_interval_s=flush_interval_s,
+            flush_max_events=flush_max_events,
+            max_event_bytes=max_event_bytes,
+            redact_extra_keys=redact_extra_keys,
+            spool_dir=spool_dir,
+            spool_max_bytes=spool_max_bytes,
+        )
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> AuditClient:
+        """Make a client from the settings' Redis URL, queue, producer options and spool."""
+        if settings.redis_url is None:
+            raise ConfigError(
+                "no Redis URL: set AUDITQ_REDIS_URL or start the embedded stack with `auditq run`"
+            )
+        return cls.from_url(
+            settings.redis_url,
+            queue=settings.queue,
+            capture_timeout_s=settings.capture_timeout_s,
+            buffer_max_events=settings.buffer_max_events,
+            flush_interval_s=settings.flush_interval_s,
+            flush_max_events=settings.flush_max_events,
+            max_event_bytes=settings.max_event_bytes,
+            redact_extra_keys=settings.redact_extra_keys,
+            spool_dir=settings.spool_dir,
+            spool_max_bytes=settings.spool_max_bytes,
+        )
+
+    async def __aenter__(self) -> AuditClient:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    # Producing.
+
+    async def capture(self, event: AuditEvent) -> str | None:
+        """Enqueue one event and return its id, or None (logged) if it could not be enqueued.
+
+        With a spool, an event Redis did not take but that is durably spooled counts as
+        enqueued (it will be delivered): its id is returned.
+        """
+        context = audit_context.get()
+        try:
+            if self._closing:
+                raise ClientClosed("the audit client is closed")
+            data, done = self._prepare(event, context)
+        except Exception as exc:
+            self._fail(event, exc, context)
+            return None
+        scope = asyncio.timeout(self._capture_timeout)
+        try:
+            async with scope:
+                await self._submit(data, done)
+        except Exception as exc:
+            error = TimeoutError(f"not enqueued within {self._capture_timeout} s")
+            self._fail(done, error if scope.expired() else exc, context)
+            return None
+        return str(done.id)
+
+    def capture_nowait(self, event: AuditEvent) -> None:
+        """Buffer one event for the next batch; return at once, from any thread."""
+        context = audit_context.get()
+        try:
+            if self._closing:
+                raise ClientClosed("the audit client is closed")
+            data, done = self._prepare(event, context)
+            item: _Item = (data, done, None)
+            loop = self._bind()
+            if loop is None:
+                raise RuntimeError("the audit client has no event loop yet: use it from async code")
+            if _running_loop() is loop:
+                self._push(item)
+            elif not loop.is_running():
+                raise RuntimeError("the audit client's event loop is not running")
+            else:
+                loop.call_soon_threadsafe(self._push_nowait, item)
+        except Exception as exc:
+            self._fail(event, exc, context)
+
+    async def aclose(self, timeout_s: float = CLOSE_TIMEOUT) -> None:
+        """Send what is buffered (waiting at most `timeout_s`), then close the connection."""
+        loop = self._loop
+        if loop is not None and loop is not _running_loop() and loop.is_running():
+            # The sender and the connections live on the client's loop: close them there.
+            done = asyncio.run_coroutine_threadsafe(self._close(timeout_s), loop)
+            await asyncio.wrap_future(done)
+        else:
+            await self._close(timeout_s)
+
+    # Preparing an event, in the caller's thread.
+
+    def _prepare(self, event: object, context: AuditContext | None) -> tuple[bytes, AuditEvent]:
+        """Validate, complete from the context, redact and encode an event."""
+        if not isinstance(event, AuditEvent):
+            raise InvalidEvent(f"expected an AuditEvent, not {type(event).__name__}")
+        action = event.action
+        if not isinstance(action, str) or len(action) > 128 or not _ACTION.fullmatch(action):
+            raise InvalidEvent(f"`action` must match {ACTION_PATTERN}, not {action!r:.200}")
+        try:
+            if context is not None:
+                event = _with_context(event, context)
+            done, data = finalize(
+                event, extra_keys=self._extra_keys, max_bytes=self._max_event_bytes
+            )
+        except InvalidEvent:
+            raise
+        except Exception as exc:
+            # A Struct built in code is not validated: odd field values surface here.
+            raise InvalidEvent(f"cannot encode the event: {exc}") from exc
+        decode_event(data)  # validates every field exactly as the worker will
+        return data, done
+
+    # Buffering and sending, on the client's loop.
+
+    def _bind(self) -> asyncio.AbstractEventLoop | None:
+        """Bind the client to the running loop on first use; return the client's loop."""
+        with self._lock:
+            if self._loop is None:
+                self._loop = _running_loop()
+            return self._loop
+
+    async def _submit(self, data: bytes, event: AuditEvent) -> None:
+        """Buffer an event on the client's loop and wait until its batch is sent."""
+        loop = self._bind()
+        if loop is None or _running_loop() is loop:
+            await self._enqueue_and_wait(data, event)
+            return
+        if not loop.is_running():
+            raise RuntimeError("the audit client's event loop is not running")
+        # Another thread's loop: the buffer and connections belong to the client's loop.
+        done = asyncio.run_coroutine_threadsafe(self._enqueue_and_wait(data, event), loop)
+        await asyncio.wrap_future(done)
+
+    async def _enqueue_and_wait(self, data: bytes, event: AuditEvent) -> None:
+        if self._closing:
+            raise ClientClosed("the audit client is closed")
+        sent: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        item: _Item = (data, event, sent)
+        self._push(item)
+        try:
+            await sent
+        except asyncio.CancelledError:
+            # The capture gave up: an event it reported as failed must not be sent after all.
+            self._discard(item)
+            raise
+
+    def _push_nowait(self, item: _Item) -> None:
+        try:
+            if self._closing:
+                raise ClientClosed("the audit client is closed")
+            self._push(item)
+        except Exception as exc:
+            self._fail(item[1], exc, None)
+
+    def _push(self, item: _Item) -> None:
+        if len(self._buffer) >= self._buffer_max:
+            raise BufferFull(f"the buffer holds {self._buffer_max} events, its limit")
+        self._buffer.append(item)
+        if item[2] is not None:
+            self._waiting += 1
+        self._ensure_sender()
+        if self._spool is not None:
+            self._ensure_replayer()
+        self._pending.set()
+        if self._is_urgent():
+            self._urgent.set()
+
+    def _discard(self, item: _Item) -> None:
+        try:
+            self._buffer.remove(item)
+        except ValueError:
+            return  # already taken into a batch
+        if item[2] is not None:
+            self._waiting -= 1
+
+    def _is_urgent(self) -> bool:
+        return self._waiting > 0 or len(self._buffer) >= self._flush_max or self._closing
+
+    def _ensure_sender(self) -> None:
+        if self._sender is None or self._sender.done():
+            # An empty context: the sender must not see the request that happened to start it.
+            self._sender = asyncio.get_running_loop().create_task(
+                self._run_sender(), name="auditq-sender", context=contextvars.Context()
+            )
+            self._sender.add_done_callback(_log_sender_death)
+
+    async def _run_sender(self) -> None:
+        while True:
+            await self._pending.wait()
+            if not self._buffer:
+                if self._closing:
+                    return
+                self._pending.clear()
+                continue
+            if not self._is_urgent():
+                # Only capture_nowait events: linger a little so they share one job.
+                self._urgent.clear()
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(self._flush_interval):
+                        await self._urgent.wait()
+            batch = self._take_batch()
+            if not self._buffer and not self._closing:
+                self._pending.clear()
+            if batch:
+                await self._send(batch)
+
+    def _take_batch(self) -> list[_Item]:
+        batch: list[_Item] = []
+        size = 2  # the brackets
+        while self._buffer and len(batch) < self._flush_max:
+            data = self._buffer[0][0]
+            if batch and size + len(data) + 1 > BATCH_MAX_BYTES:
+                break
+            item = self._buffer.popleft()
+            sent = item[2]
+            if sent is not None:
+                self._waiting -= 1
+                if sent.done():
+                    continue  # its capture already gave up and reported the failure
+            batch.append(item)
+            size += len(data) + 1
+        return batch
+
+    async def _send(self, batch: list[_Item]) -> None:
+        timeout = self._send_timeout
+        if self._spool is not None:
+            await self._unheld.wait()  # the last replay pass: spooled events go first
+            if self._spooling:
+                await self._spool_batch(batch)
+                return
+            if any(item[2] is not None for item in batch):
+                timeout = self._capture_timeout * REDIS_SHARE_WITH_SPOOL
+        payload = b"[" + b",".join(item[0] for item in batch) + b"]"
+        try:
+            async with asyncio.timeout(timeout):
+                # "finalized" (validated, completed, redacted here): the batch joins the
+                # queue's open job while no worker has taken it, so many small batches (from
+                # every producer) make one job, and the worker need not redo that work.
+                await self._script(keys=[self._queue], args=[payload, "", "finalized"])
+        except asyncio.CancelledError:
+            self._fail_batch(batch, ClientClosed("closed while the batch was being sent"))
+            raise
+        except Exception as exc:
+            if isinstance(exc, TimeoutError) and not str(exc):
+                exc = TimeoutError(f"Redis did not answer within {timeout} s")
+            if self._spool is not None:
+                # Redis may have run the script and lost only the reply: spooling the batch
+                # then delivers it twice, which its events' ids make harmless.
+                self._start_spooling(exc)
+                await self._spool_batch(batch)
+                return
+            self._fail_batch(batch, exc)
+            return
+        with self._lock:
+            self.sent += len(batch)
+        for _, _, sent in batch:
+            if sent is not None and not sent.done():
+                sent.set_result(None)
+
+    def _fail_batch(self, batch: Iterable[_Item], exc: Exception) -> None:
+        for _, event, sent in batch:
+            if sent is None:
+                self._fail(event, exc, None)
+            elif not sent.done():
+                sent.set_exception(exc)  # its capture logs it
+
+    # The spool, on the client's loop.
+
+    async def _spool_batch(self, batch: list[_Item]) -> None:
+        """Append a batch Redis did not take to the spool; its events count as sent."""
+        spool = self._spool
+        assert spool is not None
+        self._appending += 1
+        self._append_idle.clear()
+        try:
+            written = await asyncio.to_thread(spool.append, [item[0] for item in batch])
+        except asyncio.CancelledError:
+            self._fail_batch(batch, ClientClosed("closed while the batch was being spooled"))
+            raise
+        except Exception as exc:
+            error = exc if isinstance(exc, SpoolError) else SpoolError(str(exc))
+            self._report_spool_broken(error)
+            self._fail_batch(batch, error)
+            return
+        finally:
+            self._appending -= 1
+            if not self._appending:
+                self._append_idle.set()
+        if self._spool_broken and written:
+            self._spool_broken = False
+            logger.warning("the spool at %s is written again", spool.directory)
+        with self._lock:
+            self.spooled += written
+        for _, _, sent in batch[:written]:
+            if sent is not None and not sent.done():
+                sent.set_result(None)
+        if written < len(batch):
+            full = SpoolFull(
+                f"the spool at {spool.directory} holds {spool.max_bytes} bytes, its limit"
+            )
+            self._fail_batch(batch[written:], full)
+
+    def _report_spool_broken(self, error: BaseException) -> None:
+        """Say once (until it works again) that the spool cannot be used."""
+        if not self._spool_broken:
+            self._spool_broken = True
+            logger.error(
+                "the spool cannot be written (%s): events Redis does not take are lost, "
+                "each logged as a failure, until it can",
+                redact_sensitive_in_string(str(error)),
+            )
+
+    def _start_spooling(self, cause: BaseException | None = None) -> None:
+        if not self._spooling:
+            self._spooling = True
+            if cause is not None:
+                logger.warning(
+                    "Redis does not take events (%s: %s): spooling them until it does",
+                    type(cause).__name__,
+                    redact_sensitive_in_string(str(cause)),
+                )
+        self._ensure_replayer()
+        self._wake.set()
+
+    def _ensure_replayer(self) -> None:
+        if self._closing:
+            return
+        if self._replayer is None or self._replayer.done():
+            self._replayer = asyncio.get_running_loop().create_task(
+                self._run_replayer(), name="auditq-replayer", context=contextvars.Context()
+            )
+            self._replayer.add_done_callback(_log_replayer_death)
+
+    async def _run_replayer(self) -> None:
+        """Probe Redis while spooling and replay the spool into it; look for leftovers."""
+        spool = self._spool
+        assert spool is not None
+        try:
+            await asyncio.to_thread(spool.sweep_staging)
+            if await asyncio.to_thread(spool.has_segments):
+                self._start_spooling()  # an earlier process left events: they go first
+        except SpoolError as exc:
+            self._report_spool_broken(exc)
+        finally:
+            self._unheld.set()
+        pause = REPLAY_FIRST_PAUSE
+        while not self._closing:
+            if not self._spooling:
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(SPOOL_SCAN_INTERVAL):
+                        await self._wake.wait()
+                self._wake.clear()
+                if not self._spooling:
+                    await self._replay_leftovers()
+                    continue
+            try:
+                if not await self._redis_answers():
+                    raise TimeoutError("Redis does not answer")
+                await asyncio.to_thread(spool.rotate)
+                await self._replay_closed()
+                if spool.current_bytes <= FINAL_PASS_MAX_BYTES:
+                    await self._replay_last()
+                pause = REPLAY_FIRST_PAUSE
+            except SpoolError as exc:
+                # Nothing can be read back from a spool that cannot be used, and Redis
+                # answers: send directly again rather than fail every event.
+                self._report_spool_broken(exc)
+                self._spooling = False
+            except Exception as exc:
+                logger.debug("spool replay waits: %s: %s", type(exc).__name__, exc)
+                await asyncio.sleep(pause)
+                pause = min(pause * 2, REPLAY_MAX_PAUSE)
+
+    async def _replay_last(self) -> None:
+        """Replay what is left with new batches held back, then send directly again."""
+        spool = self._spool
+        assert spool is not None
+        self._unheld.clear()
+        try:
+            await self._append_idle.wait()
+            await asyncio.to_thread(spool.rotate)
+            await self._replay_closed()
+            if not spool.current_bytes and not self._appending:
+                self._spooling = False
+                logger.warning("the spool is replayed: events go to Redis directly again")
+        finally:
+            self._unheld.set()
+
+    async def _replay_leftovers(self) -> None:
+        """Replay segments other processes left, if any and if Redis answers."""
+        spool = self._spool
+        assert spool is not None
+        try:
+            if await asyncio.to_thread(spool.closed_segments) and await self._redis_answers():
+                await self._replay_closed()
+        except Exception as exc:
+            logger.debug("spool leftovers wait: %s: %s", type(exc).__name__, exc)
+
+    async def _replay_closed(self) -> None:
+        """Enqueue every closed segment this process can lock, deleting each once acknowledged."""
+        spool = self._spool
+        assert spool is not None
+        for path in await asyncio.to_thread(spool.closed_segments):
+            claim = asyncio.ensure_future(asyncio.to_thread(spool.claim, path))
+            try:
+                segment = await asyncio.shield(claim)
+            except asyncio.CancelledError:
+                claim.add_done_callback(_release_claim)  # never keep a segment locked
+                raise
+            if segment is None:
+                continue  # another process writes or replays it
+            try:
+                parts = batches(
+                    segment.lines, max_events=self._flush_max, max_bytes=BATCH_MAX_BYTES
+                )
+                for index, part in enumerate(parts):
+                    payload = b"[" + b",".join(part) + b"]"
+                    # A task id of its own: a batch replayed twice is queued once.
+                    task_id = f"spool-{segment.name}-{index}"
+                    async with asyncio.timeout(self._send_timeout):
+                        await self._script(keys=[self._queue], args=[payload, task_id])
+                    with self._lock:
+                        self.replayed += len(part)
+                await asyncio.to_thread(segment.delete)
+            finally:
+                segment.release()
+        await asyncio.to_thread(spool.refresh)  # other processes add and replay segments too
+
+    async def _redis_answers(self) -> bool:
+        try:
+            async with asyncio.timeout(self._send_timeout):
+                await self._redis.ping()
+        except Exception:
+            return False
+        return True
+
+    async def _close(self, timeout_s: float) -> None:
+        if self._closing:
+            return
+        self._closing = True
+        self._pending.set()
+        self._urgent.set()
+        sender = self._sender
+        if sender is not None and not sender.done() and sender.get_loop() is _running_loop():
+            finished, _ = await asyncio.wait({sender}, timeout=timeout_s)
+            if not finished:
+                sender.cancel()
+                await asyncio.wait({sender})
+        replayer = self._replayer
+        if replayer is not None and not replayer.done() and replayer.get_loop() is _running_loop():
+            replayer.cancel()  # what is still spooled stays for the next client on the spool
+            await asyncio.wait({replayer})
+        if self._spool is not None:
+            self._spool.close()
+        leftovers = list(self._buffer)
+        self._buffer.clear()
+        self._waiting = 0
+        self._fail_batch(leftovers, ClientClosed(f"closed before sending, after {timeout_s} s"))
+        try:
+            await self._redis.aclose()
+        except Exception as exc:
+            logger.warning("closing the audit client's Redis connection failed: %s", exc)
+
+    # Reporting failures.
+
+    def _fail(self, event: object, exc: BaseException, context: AuditContext | None) -> None:
+        with self._lock:
+            if isinstance(exc, BufferFull):
+                self.dropped += 1
+            elif isinstance(exc, SpoolFull):
+                self.spool_dropped += 1
+            else:
+                self.failed += 1
+        payload = failure_payload(event, exc, context)
+        failure_logger.error(
+            "%s%s", FAILURE_PREFIX, json.dumps(payload), extra={"audit_failure": payload}
+        )
+
+
+def failure_payload(
+    event: object, exc: BaseException, context: AuditContext | None = None
+) -> dict[str, str | None]:
+    """Describe a failed event for the failure line, with the error message redacted."""
+    actor = _get(event, "actor")
+    entity = _get(event, "entity")
+    user_id = _text(_get(actor, "id"))
+    request_id = _text(_get(_get(event, "request"), "id"))
+    if context is not None:
+        if user_id is None and context.actor is not None:
+            user_id = _text(context.actor.id)
+        if request_id is None:
+            request_id = _text(context.request_id)
+    try:
+        message = redact_sensitive_in_string(str(exc))
+    except Exception:
+        message = "[message withheld: it could not be redacted]"
+    return {
+        "action": _text(_get(event, "action")),
+        "entityType": _text(_get(entity, "type")),
+        "entityId": _text(_get(entity, "id")),
+        "userId": user_id,
+        "requestId": request_id,
+        "errorName": type(exc).__name__,
+        "errorMessage": message[:FAILURE_MESSAGE_MAX_CHARS],
+    }
+
+
+def _get(value: object, name: str) -> object:
+    """Read a field of an event-like value: a Struct (maybe unvalidated) or plain data."""
+    if isinstance(value, Mapping):
+        return value.get(name)
+    if isinstance(value, msgspec.Struct):
+        return getattr(value, name, None)
+    return None
+
+
+def _text(value: object) -> str | None:
+    if isinstance(value, bool) or not isinstance(value, str | int):
+        return None
+    return str(value)[:FAILURE_FIELD_MAX_CHARS]
+
+
+def _with_context(event: AuditEvent, context: AuditContext) -> AuditEvent:
+    """Fill the request and actor an event lacks from the current context."""
+    changes: dict[str, Any] = {}
+    if event.actor is None and context.actor is not None:
+        changes["actor"] = context.actor
+    known = {
+        "id": context.request_id,
+        "ip": context.ip,
+        "user_agent": context.user_agent,
+        "method": context.method,
+        "path": context.path,
+    }
+    request = event.request
+    if request is None:
+        if any(value is not None for value in known.values()):
+            changes["request"] = msgspec.structs.replace(
+                RequestInfo(), **{name: value for name, value in known.items() if value is not None}
+            )
+    else:
+        missing = {
+            name: value
+            for name, value in known.items()
+            if value is not None and getattr(request, name, None) is None
+        }
+        if missing:
+            changes["request"] = msgspec.structs.replace(request, **missing)
+    return msgspec.structs.replace(event, **changes) if changes else event
+
+
+def _running_loop() -> asyncio.AbstractEventLoop | None:
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:
+        return None
+
+
+def _release_claim(claim: asyncio.Future[Any]) -> None:
+    if not claim.cancelled() and claim.exception() is None and claim.result() is not None:
+        claim.result().release()
+
+
+def _log_replayer_death(task: asyncio.Task[None]) -> None:
+    if not task.cancelled() and (exc := task.exception()) is not None:
+        # Restarted on the next event; said here so a bug is not silent.
+        logger.error("the audit spool replayer stopped: %s: %s", type(exc).__name__, exc)
+
+
+def _log_sender_death(task: asyncio.Task[None]) -> None:
+    if not task.cancelled() and (exc := task.exception()) is not None:
+        # Restarted on the next event; said here so a bug is not silent.
+        logger.error("the audit sender stopped: %s: %s", type(exc).__name__, exc)

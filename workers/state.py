@@ -1,0 +1,78 @@
+"""What a worker process holds: its settings, breaker, pool and counters, and a job's task."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import os
+import socket
+import uuid
+from typing import Any
+
+import asyncpg
+from arq import Worker
+
+from service.settings import Settings
+from workers.retry import Breaker
+
+logger = logging.getLogger("auditq.worker")
+
+STATE = "auditq"  # key of WorkerState in arq's ctx
+
+
+def new_worker_id() -> str:
+    """Make an id that tells an operator which host and process a worker is."""
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+
+
+@dataclasses.dataclass
+class Task:
+    """What a job function knows of the job it runs."""
+
+    id: str
+    enqueued_ms: int
+    job_try: int
+    failed_attempts: int = 0  # unknown-error attempts before the one that succeeded
+    finalized: bool = False  # from auditq's client: each event's id and ts fixed at capture
+
+
+@dataclasses.dataclass(eq=False)
+class WorkerState:
+    """Everything a job needs, made once per worker process."""
+
+    settings: Settings
+    breaker: Breaker = dataclasses.field(default_factory=Breaker)
+    pool: Any = None  # asyncpg.Pool once started
+    redis: Any = None  # arq's ArqRedis once started
+    worker: Worker | None = None
+    events_stored: int = 0
+    events_dead_lettered: int = 0
+    tasks_complete: int = 0  # tasks whose every event was stored
+    tasks_failed: int = 0  # tasks that left events in the dead letter
+    worker_id: str = dataclasses.field(default_factory=new_worker_id)
+    _probe: asyncio.Task[None] | None = None
+    _heartbeat: asyncio.Task[None] | None = None
+
+    def trip(self, exc: BaseException) -> None:
+        """Open the breaker: stop taking jobs and probe the database until it answers."""
+        self.breaker.trip(exc)
+        if self.worker is not None:
+            self.worker.allow_pick_jobs = False
+        if self._probe is None or self._probe.done():
+            self._probe = asyncio.get_running_loop().create_task(self._probe_until_up())
+
+    async def _probe_until_up(self) -> None:
+        while self.breaker.is_open:
+            await asyncio.sleep(self.breaker.next_pause())
+            try:
+                conn = await asyncpg.connect(self.settings.database_url, timeout=2)
+                await conn.close()
+            except Exception as exc:  # every failure means "still down"
+                logger.debug("database probe failed: %s", type(exc).__name__)
+                continue
+            # Connections made before the outage are dead; replace them on next use.
+            await self.pool.expire_connections()
+            self.breaker.close()
+            if self.worker is not None:
+                self.worker.allow_pick_jobs = True
