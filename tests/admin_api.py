@@ -8,8 +8,8 @@ from typing import Any
 import asyncpg
 import redis.asyncio as aioredis
 
-from service.api.auth import create_token
 from service.queue import ENQUEUE_SCRIPT
+from service.store.tokens import create_token
 
 
 @dataclasses.dataclass(frozen=True)

@@ -21,9 +21,9 @@ from service.api.audit_logs import cursor as cursors
 from service.api.audit_logs import export
 from service.api.audit_logs.pages import page_query
 from service.api.audit_logs.query import convert_query
-from service.api.auth import create_token, revoke_token
 from service.events import AuditEvent, finalize
 from service.settings import Settings
+from service.store.tokens import create_token, revoke_token
 from workers.writer import write_events
 
 BASE = "/api/v1/admin/audit-logs"

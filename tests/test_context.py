@@ -17,11 +17,11 @@ from service.producer.context import (
     AuditContext,
     audit_context,
     client_ip,
-    context_middleware,
     parse_ip,
     sane_request_id,
     set_actor,
 )
+from service.producer.middleware import context_middleware
 from tests.conftest import Servers
 from tests.test_client import queued_events
 

@@ -15,8 +15,8 @@ import aiohttp
 import asyncpg
 import pytest
 
-from service.api.auth import create_token
 from service.settings import Settings
+from service.store.tokens import create_token
 
 SCHEMATHESIS = Path(sys.executable).with_name("schemathesis")
 AUDITQ = Path(sys.executable).with_name("auditq")

@@ -24,11 +24,11 @@ from aiohttp.test_utils import TestClient
 from redis.exceptions import ConnectionError as RedisConnectionError
 
 from service.api.audit_logs import export
-from service.api.auth import create_token, revoke_token
-from service.cli import main as cli
+from service.cli import serve
 from service.events import Actor, AuditEvent, Change, Entity
 from service.producer.client import AuditClient
 from service.settings import Settings
+from service.store.tokens import create_token, revoke_token
 from tests.admin_api import Tokens, enqueue, error_of
 from tests.conftest import run_cli, running_worker, wait_for
 
@@ -66,7 +66,7 @@ async def test_tokens_are_hashed_at_rest_whatever_made_them(
     ]
     assert await run_cli("tokens", "create", "--name", "from-cli", "--role", "ingest") == 0
     made.append(capsys.readouterr().out.strip().splitlines()[-1])
-    made.append(await cli.ensure_dev_admin_token(settings))
+    made.append(await serve.ensure_dev_admin_token(settings))
     assert (settings.data_dir / "admin-token").stat().st_mode & 0o777 == 0o600
     async with running_worker(settings):  # store the token.created events the CLI queued
         await wait_for(lambda: _rows_with(pg, "token.created", 2))

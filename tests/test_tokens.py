@@ -9,10 +9,11 @@ import asyncpg
 import pytest
 import redis.asyncio as aioredis
 
-from service.api.auth import authenticate, create_token, revoke_token
+from service.api.auth import authenticate
 from service.api.errors import ApiError
-from service.cli import main as cli
+from service.cli import serve
 from service.settings import Settings
+from service.store.tokens import create_token, revoke_token
 from tests.conftest import queued_events, run_cli
 
 
@@ -78,23 +79,23 @@ async def test_cli_rejects_an_unknown_role(cli_env: None) -> None:
 async def test_run_keeps_one_dev_admin_token_in_the_data_dir(
     settings: Settings, pg: asyncpg.Connection
 ) -> None:
-    token = await cli.ensure_dev_admin_token(settings)
+    token = await serve.ensure_dev_admin_token(settings)
     path = settings.data_dir / "admin-token"
     assert path.read_text().strip() == token
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
     principal = await authenticate(pg, f"Bearer {token}")
     assert (principal.name, principal.role) == ("dev-admin", "admin")
 
-    assert await cli.ensure_dev_admin_token(settings) == token  # a second start reuses it
+    assert await serve.ensure_dev_admin_token(settings) == token  # a second start reuses it
 
     assert await revoke_token(pg, "dev-admin")
-    renewed = await cli.ensure_dev_admin_token(settings)
+    renewed = await serve.ensure_dev_admin_token(settings)
     assert renewed != token
     assert path.read_text().strip() == renewed
     assert (await authenticate(pg, f"Bearer {renewed}")).role == "admin"
 
     path.unlink()  # a lost file: the old token of that name is revoked, a new one made
-    again = await cli.ensure_dev_admin_token(settings)
+    again = await serve.ensure_dev_admin_token(settings)
     assert again != renewed
     with pytest.raises(ApiError):
         await authenticate(pg, f"Bearer {renewed}")

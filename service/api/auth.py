@@ -1,34 +1,17 @@
-"""API tokens: made once, stored hashed, checked in constant time, with roles."""
+"""Who calls the API: the Bearer token checked in constant time, and what its role may do."""
 
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import hmac
-import secrets
 from collections.abc import Awaitable, Callable
-from typing import Literal
 
 import asyncpg
 from aiohttp import web
 from aiohttp.typedefs import Middleware
 
 from service.api.errors import ApiError
-
-Role = Literal["reader", "admin", "ingest"]
-ROLES: tuple[Role, ...] = ("reader", "admin", "ingest")
-TOKEN_PREFIX = "aq_"
-
-INSERT_TOKEN = "INSERT INTO api_token (name, role, token_hash) VALUES ($1, $2, $3) RETURNING id"
-FIND_TOKEN = """
-SELECT id, name, role, token_hash FROM api_token WHERE token_hash = $1 AND revoked_at IS NULL
-"""
-LIST_TOKENS = """
-SELECT id, name, role, created_at, last_used_at, revoked_at FROM api_token ORDER BY id
-"""
-REVOKE_TOKEN = """
-UPDATE api_token SET revoked_at = now() WHERE name = $1 AND revoked_at IS NULL RETURNING id
-"""
+from service.store.tokens import Role, find_active_token, hash_token
 
 
 @dataclasses.dataclass(frozen=True)
@@ -40,41 +23,13 @@ class Principal:
     role: Role
 
 
-def hash_token(token: str) -> bytes:
-    """SHA-256 of a token: tokens are 256-bit random, so no salt or slow hash is needed."""
-    return hashlib.sha256(token.encode()).digest()
-
-
-async def create_token(conn: asyncpg.Connection, *, name: str, role: Role) -> str:
-    """Make a token, store its hash, and return the token (shown once)."""
-    if role not in ROLES:
-        raise ValueError(f"role must be one of {', '.join(ROLES)}")
-    token = TOKEN_PREFIX + secrets.token_urlsafe(32)
-    try:
-        await conn.fetchval(INSERT_TOKEN, name, role, hash_token(token))
-    except asyncpg.UniqueViolationError:
-        raise ValueError(f"an active token named {name!r} exists; revoke it first") from None
-    return token
-
-
-async def revoke_token(conn: asyncpg.Connection, name: str) -> bool:
-    """Revoke the active token named `name`; False when there is none."""
-    return await conn.fetchval(REVOKE_TOKEN, name) is not None
-
-
-async def list_tokens(conn: asyncpg.Connection) -> list[asyncpg.Record]:
-    """Every token ever made (no secrets: only hashes are stored)."""
-    rows: list[asyncpg.Record] = await conn.fetch(LIST_TOKENS)
-    return rows
-
-
 async def authenticate(conn: asyncpg.Connection, header: str | None) -> Principal:
     """Return the principal for an `Authorization: Bearer …` header, or raise 401."""
     scheme, _, token = (header or "").partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
         raise ApiError(401, "unauthorized", "send Authorization: Bearer <token>")
     digest = hash_token(token.strip())
-    row = await conn.fetchrow(FIND_TOKEN, digest)
+    row = await find_active_token(conn, digest)
     # The lookup is by hash; compare again in constant time so no timing tells a near miss.
     if row is None or not hmac.compare_digest(bytes(row["token_hash"]), digest):
         raise ApiError(401, "unauthorized", "unknown or revoked token")

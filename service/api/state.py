@@ -9,7 +9,8 @@ import redis.asyncio as aioredis
 from aiohttp import web
 
 from service.api.auth import request_principal
-from service.events import Actor, AuditEvent, Entity, RequestInfo
+from service.events import Actor, Entity, RequestInfo
+from service.ops.admin_actions import admin_action
 from service.producer.client import AuditClient
 from service.settings import Settings
 
@@ -28,10 +29,10 @@ async def record_admin_action(
 ) -> None:
     """Write an audit event for an admin mutation, with the token's name as actor."""
     principal = request_principal(request)
-    event = AuditEvent(
-        action=action,
-        severity="notice",
+    event = admin_action(
+        action,
         actor=Actor(id=principal.name, type="api_token", name=principal.name),
+        source="auditq-api",
         entity=entity,
         request=RequestInfo(
             ip=request.remote,
@@ -40,6 +41,5 @@ async def record_admin_action(
             path=request.path,
         ),
         metadata=metadata,
-        source="auditq-api",
     )
     await request.app[CLIENT].capture(event)

@@ -9,7 +9,7 @@ import logging
 import signal
 import sys
 import time
-from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
+from collections.abc import AsyncIterator, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -17,8 +17,11 @@ import msgspec
 import redis.asyncio as aioredis
 import redis.exceptions
 
+from service.cli.common import Command, add_command
 from service.errors import AuditqError, ConfigError
+from service.events import Entity
 from service.ops import task_actions
+from service.ops.admin_actions import audit_cli_action
 from service.ops.queue_stats import QueueStats, queue_stats
 from service.ops.task_model import KINDS, MAX_LIMIT, STATUSES, CleanupPolicy, Task
 from service.ops.tasks import TaskQueue
@@ -29,8 +32,6 @@ logger = logging.getLogger(__name__)
 WATCH_INTERVAL = 2.0  # seconds between refreshes of `auditq stats --watch`
 CONNECT_TIMEOUT = 2.0  # seconds
 CLEAR_SCREEN = "\033[H\033[2J"
-
-Command = Callable[[Settings, argparse.Namespace], Coroutine[Any, Any, int]]
 
 
 class RedisUnavailable(AuditqError):
@@ -173,23 +174,8 @@ async def cmd_tasks_show(settings: Settings, args: argparse.Namespace) -> int:
 
 
 async def _audit(settings: Settings, action: str, metadata: dict[str, Any], task: str = "") -> None:
-    """Record a task mutation as an audit event, best effort: the command stands regardless."""
-    from service.events import Actor, AuditEvent, Entity
-    from service.producer.client import AuditClient
-
-    event = AuditEvent(
-        action=action,
-        severity="notice",
-        actor=Actor(id="cli", type="system"),
-        entity=Entity(type="task", id=task[:1024]) if task else None,
-        metadata=metadata,
-        source="auditq-cli",
-    )
-    try:
-        async with AuditClient.from_settings(settings) as client:
-            await client.capture(event)  # never raises; a failure is logged by the client
-    except Exception as exc:
-        logger.warning("%s is not audited: %s", action, exc)
+    entity = Entity(type="task", id=task[:1024]) if task else None
+    await audit_cli_action(settings, action, entity=entity, metadata=metadata)
 
 
 async def cmd_tasks_retry(settings: Settings, args: argparse.Namespace) -> int:
@@ -239,8 +225,7 @@ def add_parsers(sub: Any) -> None:
     """Add `stats` and `tasks` to the `auditq` subcommands."""
     defaults = CleanupPolicy()
     stats_help = "Show queue health: counts, oldest wait, events/s, workers."
-    stats = sub.add_parser("stats", help=stats_help, description=stats_help)
-    stats.set_defaults(command=cmd_stats)
+    stats = add_command(sub, "stats", cmd_stats, stats_help)
     stats.add_argument("--watch", action="store_true", help="refresh every 2 s until Ctrl-C")
 
     tasks_help = "Inspect, retry and clean up the queue's tasks."
@@ -248,11 +233,7 @@ def add_parsers(sub: Any) -> None:
     actions = tasks.add_subparsers(dest="tasks_command", required=True, metavar="ACTION")
 
     def add(name: str, command: Command, help_text: str) -> argparse.ArgumentParser:
-        parser: argparse.ArgumentParser = actions.add_parser(
-            name, help=help_text, description=help_text
-        )
-        parser.set_defaults(command=command)
-        return parser
+        return add_command(actions, name, command, help_text)
 
     listing = add("list", cmd_tasks_list, "List tasks: queue first, then failed and complete.")
     listing.add_argument("--status", choices=STATUSES)

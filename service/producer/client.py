@@ -6,28 +6,32 @@ import asyncio
 import collections
 import contextlib
 import contextvars
-import json
 import logging
 import re
 import threading
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Final, TypeAlias
 
-import msgspec
 from redis.asyncio import Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from service.errors import AuditqError, ConfigError, InvalidEvent
-from service.events import ACTION_PATTERN, AuditEvent, RequestInfo, decode_event, finalize
-from service.producer.context import AuditContext, audit_context
-from service.producer.spool import Spool, SpoolError, batches
+from service.errors import ConfigError, InvalidEvent
+from service.events import ACTION_PATTERN, AuditEvent, decode_event, finalize
+from service.producer.context import AuditContext, audit_context, with_context
+from service.producer.failures import (
+    FAILURE_PREFIX,
+    BufferFull,
+    ClientClosed,
+    SpoolFull,
+    log_failure,
+)
+from service.producer.replay import BATCH_MAX_BYTES, Item, SpoolReplay
+from service.producer.spool import Spool, SpoolError
 from service.queue import ENQUEUE_SCRIPT
-from service.redaction import redact_sensitive_in_string
 from service.settings import Settings
 
 __all__ = [
@@ -40,45 +44,19 @@ __all__ = [
     "SpoolFull",
 ]
 
-FAILURE_PREFIX: Final = "[AuditLog] Failed to queue audit event: "
-FAILURE_FIELD_MAX_CHARS = 256  # characters: a hostile value must not flood the log
-FAILURE_MESSAGE_MAX_CHARS = 1024  # characters
-BATCH_MAX_BYTES = 4 * 1024 * 1024  # bytes of event JSON per job; a lone bigger event still goes
 SEND_TIMEOUT_FACTOR = 4  # capture timeouts per send: connect, one reconnect, the reply, slack
 CLOSE_TIMEOUT = 5.0  # seconds
 # With a spool, a batch an awaiting capture is in tries Redis for this share of the capture
 # bound; the rest is left to append it to the spool, so `capture` still answers in time.
 REDIS_SHARE_WITH_SPOOL = 0.5
-REPLAY_FIRST_PAUSE = 0.2  # seconds between probes of a Redis that does not answer, growing to
-REPLAY_MAX_PAUSE = 2.0  # seconds
-SPOOL_SCAN_INTERVAL = 10.0  # seconds between looks for segments that other processes left
-# Below this many bytes still spooled, the last replay pass holds new batches back for its
-# few milliseconds, so that no event overtakes a spooled one when sending goes direct again.
-FINAL_PASS_MAX_BYTES = 1024 * 1024
 
-failure_logger = logging.getLogger("auditq")  # the contract's logger name, not the module's
 logger = logging.getLogger(__name__)
 
 _DEFAULTS = Settings()
 _ACTION = re.compile(ACTION_PATTERN)
 
-# (event JSON, finalized event, the awaiting capture's future or None for capture_nowait)
-_Item: TypeAlias = tuple[bytes, AuditEvent, asyncio.Future[None] | None]
 
-
-class ClientClosed(AuditqError):
-    """The client is closed: it enqueues nothing more."""
-
-
-class BufferFull(AuditqError):
-    """The client's buffer is full: the event was dropped."""
-
-
-class SpoolFull(AuditqError):
-    """Redis did not take the event and the spool is full: the event was dropped."""
-
-
-class AuditClient:
+class AuditClient(SpoolReplay):
     """Enqueue audit events to the arq queue in batches; never raise to the caller.
 
     With `spool_dir`, a batch Redis does not take is appended durably to a local spool
@@ -128,7 +106,7 @@ class AuditClient:
         self._lock = threading.Lock()  # counters and loop binding are touched from any thread
         self._loop: asyncio.AbstractEventLoop | None = None
         self._sender: asyncio.Task[None] | None = None
-        self._buffer: collections.deque[_Item] = collections.deque()
+        self._buffer: collections.deque[Item] = collections.deque()
         self._waiting = 0  # buffered items with a capture awaiting them
         self._pending = asyncio.Event()  # the buffer has items (or the client is closing)
         self._urgent = asyncio.Event()  # send now: a capture waits, a batch is full, or closing
@@ -256,7 +234,7 @@ class AuditClient:
             if self._closing:
                 raise ClientClosed("the audit client is closed")
             data, done = self._prepare(event, context)
-            item: _Item = (data, done, None)
+            item: Item = (data, done, None)
             loop = self._bind()
             if loop is None:
                 raise RuntimeError("the audit client has no event loop yet: use it from async code")
@@ -290,7 +268,7 @@ class AuditClient:
             raise InvalidEvent(f"`action` must match {ACTION_PATTERN}, not {action!r:.200}")
         try:
             if context is not None:
-                event = _with_context(event, context)
+                event = with_context(event, context)
             done, data = finalize(
                 event, extra_keys=self._extra_keys, max_bytes=self._max_event_bytes
             )
@@ -327,7 +305,7 @@ class AuditClient:
         if self._closing:
             raise ClientClosed("the audit client is closed")
         sent: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        item: _Item = (data, event, sent)
+        item: Item = (data, event, sent)
         self._push(item)
         try:
             await sent
@@ -336,7 +314,7 @@ class AuditClient:
             self._discard(item)
             raise
 
-    def _push_nowait(self, item: _Item) -> None:
+    def _push_nowait(self, item: Item) -> None:
         try:
             if self._closing:
                 raise ClientClosed("the audit client is closed")
@@ -344,7 +322,7 @@ class AuditClient:
         except Exception as exc:
             self._fail(item[1], exc, None)
 
-    def _push(self, item: _Item) -> None:
+    def _push(self, item: Item) -> None:
         if len(self._buffer) >= self._buffer_max:
             raise BufferFull(f"the buffer holds {self._buffer_max} events, its limit")
         self._buffer.append(item)
@@ -357,7 +335,7 @@ class AuditClient:
         if self._is_urgent():
             self._urgent.set()
 
-    def _discard(self, item: _Item) -> None:
+    def _discard(self, item: Item) -> None:
         try:
             self._buffer.remove(item)
         except ValueError:
@@ -396,8 +374,8 @@ class AuditClient:
             if batch:
                 await self._send(batch)
 
-    def _take_batch(self) -> list[_Item]:
-        batch: list[_Item] = []
+    def _take_batch(self) -> list[Item]:
+        batch: list[Item] = []
         size = 2  # the brackets
         while self._buffer and len(batch) < self._flush_max:
             data = self._buffer[0][0]
@@ -413,7 +391,7 @@ class AuditClient:
             size += len(data) + 1
         return batch
 
-    async def _send(self, batch: list[_Item]) -> None:
+    async def _send(self, batch: list[Item]) -> None:
         timeout = self._send_timeout
         if self._spool is not None:
             await self._unheld.wait()  # the last replay pass: spooled events go first
@@ -449,182 +427,12 @@ class AuditClient:
             if sent is not None and not sent.done():
                 sent.set_result(None)
 
-    def _fail_batch(self, batch: Iterable[_Item], exc: Exception) -> None:
+    def _fail_batch(self, batch: Iterable[Item], exc: Exception) -> None:
         for _, event, sent in batch:
             if sent is None:
                 self._fail(event, exc, None)
             elif not sent.done():
                 sent.set_exception(exc)  # its capture logs it
-
-    # The spool, on the client's loop.
-
-    async def _spool_batch(self, batch: list[_Item]) -> None:
-        """Append a batch Redis did not take to the spool; its events count as sent."""
-        spool = self._spool
-        assert spool is not None
-        self._appending += 1
-        self._append_idle.clear()
-        try:
-            written = await asyncio.to_thread(spool.append, [item[0] for item in batch])
-        except asyncio.CancelledError:
-            self._fail_batch(batch, ClientClosed("closed while the batch was being spooled"))
-            raise
-        except Exception as exc:
-            error = exc if isinstance(exc, SpoolError) else SpoolError(str(exc))
-            self._report_spool_broken(error)
-            self._fail_batch(batch, error)
-            return
-        finally:
-            self._appending -= 1
-            if not self._appending:
-                self._append_idle.set()
-        if self._spool_broken and written:
-            self._spool_broken = False
-            logger.warning("the spool at %s is written again", spool.directory)
-        with self._lock:
-            self.spooled += written
-        for _, _, sent in batch[:written]:
-            if sent is not None and not sent.done():
-                sent.set_result(None)
-        if written < len(batch):
-            full = SpoolFull(
-                f"the spool at {spool.directory} holds {spool.max_bytes} bytes, its limit"
-            )
-            self._fail_batch(batch[written:], full)
-
-    def _report_spool_broken(self, error: BaseException) -> None:
-        """Say once (until it works again) that the spool cannot be used."""
-        if not self._spool_broken:
-            self._spool_broken = True
-            logger.error(
-                "the spool cannot be written (%s): events Redis does not take are lost, "
-                "each logged as a failure, until it can",
-                redact_sensitive_in_string(str(error)),
-            )
-
-    def _start_spooling(self, cause: BaseException | None = None) -> None:
-        if not self._spooling:
-            self._spooling = True
-            if cause is not None:
-                logger.warning(
-                    "Redis does not take events (%s: %s): spooling them until it does",
-                    type(cause).__name__,
-                    redact_sensitive_in_string(str(cause)),
-                )
-        self._ensure_replayer()
-        self._wake.set()
-
-    def _ensure_replayer(self) -> None:
-        if self._closing:
-            return
-        if self._replayer is None or self._replayer.done():
-            self._replayer = asyncio.get_running_loop().create_task(
-                self._run_replayer(), name="auditq-replayer", context=contextvars.Context()
-            )
-            self._replayer.add_done_callback(_log_replayer_death)
-
-    async def _run_replayer(self) -> None:
-        """Probe Redis while spooling and replay the spool into it; look for leftovers."""
-        spool = self._spool
-        assert spool is not None
-        try:
-            await asyncio.to_thread(spool.sweep_staging)
-            if await asyncio.to_thread(spool.has_segments):
-                self._start_spooling()  # an earlier process left events: they go first
-        except SpoolError as exc:
-            self._report_spool_broken(exc)
-        finally:
-            self._unheld.set()
-        pause = REPLAY_FIRST_PAUSE
-        while not self._closing:
-            if not self._spooling:
-                with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(SPOOL_SCAN_INTERVAL):
-                        await self._wake.wait()
-                self._wake.clear()
-                if not self._spooling:
-                    await self._replay_leftovers()
-                    continue
-            try:
-                if not await self._redis_answers():
-                    raise TimeoutError("Redis does not answer")
-                await asyncio.to_thread(spool.rotate)
-                await self._replay_closed()
-                if spool.current_bytes <= FINAL_PASS_MAX_BYTES:
-                    await self._replay_last()
-                pause = REPLAY_FIRST_PAUSE
-            except SpoolError as exc:
-                # Nothing can be read back from a spool that cannot be used, and Redis
-                # answers: send directly again rather than fail every event.
-                self._report_spool_broken(exc)
-                self._spooling = False
-            except Exception as exc:
-                logger.debug("spool replay waits: %s: %s", type(exc).__name__, exc)
-                await asyncio.sleep(pause)
-                pause = min(pause * 2, REPLAY_MAX_PAUSE)
-
-    async def _replay_last(self) -> None:
-        """Replay what is left with new batches held back, then send directly again."""
-        spool = self._spool
-        assert spool is not None
-        self._unheld.clear()
-        try:
-            await self._append_idle.wait()
-            await asyncio.to_thread(spool.rotate)
-            await self._replay_closed()
-            if not spool.current_bytes and not self._appending:
-                self._spooling = False
-                logger.warning("the spool is replayed: events go to Redis directly again")
-        finally:
-            self._unheld.set()
-
-    async def _replay_leftovers(self) -> None:
-        """Replay segments other processes left, if any and if Redis answers."""
-        spool = self._spool
-        assert spool is not None
-        try:
-            if await asyncio.to_thread(spool.closed_segments) and await self._redis_answers():
-                await self._replay_closed()
-        except Exception as exc:
-            logger.debug("spool leftovers wait: %s: %s", type(exc).__name__, exc)
-
-    async def _replay_closed(self) -> None:
-        """Enqueue every closed segment this process can lock, deleting each once acknowledged."""
-        spool = self._spool
-        assert spool is not None
-        for path in await asyncio.to_thread(spool.closed_segments):
-            claim = asyncio.ensure_future(asyncio.to_thread(spool.claim, path))
-            try:
-                segment = await asyncio.shield(claim)
-            except asyncio.CancelledError:
-                claim.add_done_callback(_release_claim)  # never keep a segment locked
-                raise
-            if segment is None:
-                continue  # another process writes or replays it
-            try:
-                parts = batches(
-                    segment.lines, max_events=self._flush_max, max_bytes=BATCH_MAX_BYTES
-                )
-                for index, part in enumerate(parts):
-                    payload = b"[" + b",".join(part) + b"]"
-                    # A task id of its own: a batch replayed twice is queued once.
-                    task_id = f"spool-{segment.name}-{index}"
-                    async with asyncio.timeout(self._send_timeout):
-                        await self._script(keys=[self._queue], args=[payload, task_id])
-                    with self._lock:
-                        self.replayed += len(part)
-                await asyncio.to_thread(segment.delete)
-            finally:
-                segment.release()
-        await asyncio.to_thread(spool.refresh)  # other processes add and replay segments too
-
-    async def _redis_answers(self) -> bool:
-        try:
-            async with asyncio.timeout(self._send_timeout):
-                await self._redis.ping()
-        except Exception:
-            return False
-        return True
 
     async def _close(self, timeout_s: float) -> None:
         if self._closing:
@@ -663,82 +471,7 @@ class AuditClient:
                 self.spool_dropped += 1
             else:
                 self.failed += 1
-        payload = failure_payload(event, exc, context)
-        failure_logger.error(
-            "%s%s", FAILURE_PREFIX, json.dumps(payload), extra={"audit_failure": payload}
-        )
-
-
-def failure_payload(
-    event: object, exc: BaseException, context: AuditContext | None = None
-) -> dict[str, str | None]:
-    """Describe a failed event for the failure line, with the error message redacted."""
-    actor = _get(event, "actor")
-    entity = _get(event, "entity")
-    user_id = _text(_get(actor, "id"))
-    request_id = _text(_get(_get(event, "request"), "id"))
-    if context is not None:
-        if user_id is None and context.actor is not None:
-            user_id = _text(context.actor.id)
-        if request_id is None:
-            request_id = _text(context.request_id)
-    try:
-        message = redact_sensitive_in_string(str(exc))
-    except Exception:
-        message = "[message withheld: it could not be redacted]"
-    return {
-        "action": _text(_get(event, "action")),
-        "entityType": _text(_get(entity, "type")),
-        "entityId": _text(_get(entity, "id")),
-        "userId": user_id,
-        "requestId": request_id,
-        "errorName": type(exc).__name__,
-        "errorMessage": message[:FAILURE_MESSAGE_MAX_CHARS],
-    }
-
-
-def _get(value: object, name: str) -> object:
-    """Read a field of an event-like value: a Struct (maybe unvalidated) or plain data."""
-    if isinstance(value, Mapping):
-        return value.get(name)
-    if isinstance(value, msgspec.Struct):
-        return getattr(value, name, None)
-    return None
-
-
-def _text(value: object) -> str | None:
-    if isinstance(value, bool) or not isinstance(value, str | int):
-        return None
-    return str(value)[:FAILURE_FIELD_MAX_CHARS]
-
-
-def _with_context(event: AuditEvent, context: AuditContext) -> AuditEvent:
-    """Fill the request and actor an event lacks from the current context."""
-    changes: dict[str, Any] = {}
-    if event.actor is None and context.actor is not None:
-        changes["actor"] = context.actor
-    known = {
-        "id": context.request_id,
-        "ip": context.ip,
-        "user_agent": context.user_agent,
-        "method": context.method,
-        "path": context.path,
-    }
-    request = event.request
-    if request is None:
-        if any(value is not None for value in known.values()):
-            changes["request"] = msgspec.structs.replace(
-                RequestInfo(), **{name: value for name, value in known.items() if value is not None}
-            )
-    else:
-        missing = {
-            name: value
-            for name, value in known.items()
-            if value is not None and getattr(request, name, None) is None
-        }
-        if missing:
-            changes["request"] = msgspec.structs.replace(request, **missing)
-    return msgspec.structs.replace(event, **changes) if changes else event
+        log_failure(event, exc, context)
 
 
 def _running_loop() -> asyncio.AbstractEventLoop | None:
@@ -746,17 +479,6 @@ def _running_loop() -> asyncio.AbstractEventLoop | None:
         return asyncio.get_running_loop()
     except RuntimeError:
         return None
-
-
-def _release_claim(claim: asyncio.Future[Any]) -> None:
-    if not claim.cancelled() and claim.exception() is None and claim.result() is not None:
-        claim.result().release()
-
-
-def _log_replayer_death(task: asyncio.Task[None]) -> None:
-    if not task.cancelled() and (exc := task.exception()) is not None:
-        # Restarted on the next event; said here so a bug is not silent.
-        logger.error("the audit spool replayer stopped: %s: %s", type(exc).__name__, exc)
 
 
 def _log_sender_death(task: asyncio.Task[None]) -> None:

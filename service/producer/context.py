@@ -1,27 +1,21 @@
-"""Request context for audit events: request id, client IP, user agent and actor per request."""
+"""The audit context: what capture fills into an event that lacks it (request, client IP, actor)."""
 
 from __future__ import annotations
 
 import ipaddress
-import logging
-import uuid
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Sequence
 from contextvars import ContextVar
+from typing import Any
 
 import msgspec
-from aiohttp import web
-from aiohttp.typedefs import Handler, Middleware
 
-from service.events import Actor
+from service.events import Actor, AuditEvent, RequestInfo
 
-REQUEST_ID_HEADER = "X-Request-ID"
 REQUEST_ID_MAX_CHARS = 128  # characters
 # The limits of service.events.RequestInfo: longer values would make every event invalid.
 USER_AGENT_MAX_CHARS = 4096  # characters
 METHOD_MAX_CHARS = 16  # characters
 PATH_MAX_CHARS = 4096  # characters
-
-logger = logging.getLogger(__name__)
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -48,52 +42,6 @@ def set_actor(actor: Actor) -> None:
         audit_context.set(AuditContext(actor=actor))
     else:
         audit_context.set(msgspec.structs.replace(current, actor=actor))
-
-
-def context_middleware(
-    *,
-    trusted_proxies: Iterable[str] = (),
-    actor_resolver: Callable[[web.Request], Actor | None] | None = None,
-) -> Middleware:
-    """Make an aiohttp middleware that sets `audit_context` for each request."""
-    # A lone string would otherwise be read as one proxy per character.
-    proxies = (trusted_proxies,) if isinstance(trusted_proxies, str) else tuple(trusted_proxies)
-    trusted = tuple(ipaddress.ip_network(proxy.strip(), strict=False) for proxy in proxies)
-
-    @web.middleware
-    async def audit_context_middleware(
-        request: web.Request, handler: Handler
-    ) -> web.StreamResponse:
-        request_id = sane_request_id(request.headers.get(REQUEST_ID_HEADER)) or uuid.uuid4().hex
-        forwarded = request.headers.getall("X-Forwarded-For", [])
-        context = AuditContext(
-            request_id=request_id,
-            ip=client_ip(
-                request.remote,
-                ",".join(forwarded) if forwarded else None,
-                request.headers.get("X-Real-IP"),
-                trusted,
-            ),
-            user_agent=_clip(request.headers.get("User-Agent"), USER_AGENT_MAX_CHARS),
-            method=_clip(request.method, METHOD_MAX_CHARS),
-            # The path without its query string: query strings often carry tokens.
-            path=_clip(request.path, PATH_MAX_CHARS),
-            actor=_resolve_actor(actor_resolver, request),
-        )
-        token = audit_context.set(context)
-        try:
-            response = await handler(request)
-        except web.HTTPException as exc:
-            exc.headers[REQUEST_ID_HEADER] = request_id
-            raise
-        finally:
-            audit_context.reset(token)
-        # A response already prepared (streamed) has sent its headers.
-        if not response.prepared:
-            response.headers[REQUEST_ID_HEADER] = request_id
-        return response
-
-    return audit_context_middleware
 
 
 def sane_request_id(value: str | None) -> str | None:
@@ -157,18 +105,34 @@ def _is_trusted(address: IPAddress, trusted: Sequence[IPNetwork]) -> bool:
     return any(address.version == net.version and address in net for net in trusted)
 
 
-def _clip(value: str | None, limit: int) -> str | None:
+def clip(value: str | None, limit: int) -> str | None:
     return value[:limit] if value else None
 
 
-def _resolve_actor(
-    resolver: Callable[[web.Request], Actor | None] | None, request: web.Request
-) -> Actor | None:
-    if resolver is None:
-        return None
-    try:
-        return resolver(request)
-    except Exception:
-        # Auditing must not break the request it describes; the bug is logged, not hidden.
-        logger.warning("audit actor resolver failed; the request has no actor", exc_info=True)
-        return None
+def with_context(event: AuditEvent, context: AuditContext) -> AuditEvent:
+    """Fill the request and actor an event lacks from the current context."""
+    changes: dict[str, Any] = {}
+    if event.actor is None and context.actor is not None:
+        changes["actor"] = context.actor
+    known = {
+        "id": context.request_id,
+        "ip": context.ip,
+        "user_agent": context.user_agent,
+        "method": context.method,
+        "path": context.path,
+    }
+    request = event.request
+    if request is None:
+        if any(value is not None for value in known.values()):
+            changes["request"] = msgspec.structs.replace(
+                RequestInfo(), **{name: value for name, value in known.items() if value is not None}
+            )
+    else:
+        missing = {
+            name: value
+            for name, value in known.items()
+            if value is not None and getattr(request, name, None) is None
+        }
+        if missing:
+            changes["request"] = msgspec.structs.replace(request, **missing)
+    return msgspec.structs.replace(event, **changes) if changes else event

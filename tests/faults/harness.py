@@ -27,13 +27,13 @@ import asyncpg
 import redis.asyncio as aioredis
 from aiohttp import web
 
-from service.api import auth
 from service.events import AuditEvent, Entity, new_event_id
 from service.ops import dead_letter
 from service.producer.client import AuditClient
 from service.queue import ENQUEUE_SCRIPT
 from service.settings import Settings
 from service.store import db
+from service.store import tokens as auth
 
 SETTLE_WITHIN_S = 120.0  # seconds an accepted event may take to be stored after the load
 POLL_S = 0.25  # seconds between looks at PostgreSQL while waiting

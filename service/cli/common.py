@@ -1,0 +1,63 @@
+"""What the commands share: the URLs they need, waiting for a signal, private files."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import signal
+from collections.abc import Callable, Coroutine
+from pathlib import Path
+from typing import Any
+
+from service.errors import ConfigError
+from service.settings import Settings
+
+Command = Callable[[Settings, argparse.Namespace], Coroutine[Any, Any, int]]
+
+
+def require_urls(settings: Settings) -> Settings:
+    """The settings, if they name a Redis and a PostgreSQL; else one clear error."""
+    if not settings.redis_url or not settings.database_url:
+        raise ConfigError(
+            "no Redis/PostgreSQL to talk to: set AUDITQ_REDIS_URL and AUDITQ_DATABASE_URL, "
+            "or start `auditq run` (its URLs are then read from "
+            f"{settings.env_file})"
+        )
+    return settings
+
+
+def require_database(settings: Settings) -> str:
+    """The PostgreSQL URL of the settings; else one clear error."""
+    if not settings.database_url:
+        raise ConfigError(
+            "no PostgreSQL to talk to: set AUDITQ_DATABASE_URL, or start `auditq run` "
+            f"(its URLs are then read from {settings.env_file})"
+        )
+    return settings.database_url
+
+
+async def wait_for_signal() -> None:
+    """Return on SIGINT or SIGTERM."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+
+
+def write_private(path: Path, text: str) -> None:
+    """Replace `path` with `text`, readable by its owner only."""
+    staging = path.with_name(path.name + ".tmp")
+    fd = os.open(staging, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as file:
+        file.write(text + "\n")
+    os.chmod(staging, 0o600)  # the file may have existed with wider rights
+    os.replace(staging, path)
+
+
+def add_command(sub: Any, name: str, command: Command, help_text: str) -> argparse.ArgumentParser:
+    """Add the subcommand `name` to `sub`, running `command`."""
+    parser: argparse.ArgumentParser = sub.add_parser(name, help=help_text, description=help_text)
+    parser.set_defaults(command=command)
+    return parser

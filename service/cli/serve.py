@@ -1,0 +1,163 @@
+"""Serving commands: run (the whole stack), migrate, api, worker; the dev admin token."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import dataclasses
+from collections.abc import AsyncIterator
+from typing import Any
+
+from aiohttp import web
+
+from service.cli.common import (
+    add_command,
+    require_database,
+    require_urls,
+    wait_for_signal,
+    write_private,
+)
+from service.events import Entity
+from service.ops.admin_actions import audit_cli_action
+from service.settings import Settings
+from service.store import db
+from service.store import tokens as auth
+
+
+@contextlib.asynccontextmanager
+async def _serving_api(settings: Settings) -> AsyncIterator[str]:
+    from service.api.app import create_app
+
+    runner = web.AppRunner(create_app(settings), handle_signals=False, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, settings.http_host, settings.http_port)
+    await site.start()
+    try:
+        yield f"http://{settings.http_host}:{settings.http_port}"
+    finally:
+        await runner.cleanup()
+
+
+@contextlib.asynccontextmanager
+async def _running_worker(settings: Settings) -> AsyncIterator[None]:
+    from workers.runner import build_worker, run_until
+
+    stop = asyncio.Event()
+    task = asyncio.create_task(run_until(build_worker(settings), stop))
+    try:
+        yield
+    finally:
+        stop.set()
+        await task
+
+
+async def cmd_migrate(settings: Settings, args: argparse.Namespace) -> int:
+    database_url = require_urls(settings).database_url
+    assert database_url
+    await db.migrate(database_url, months_ahead=settings.partitions_ahead_months)
+    print("schema applied")
+    return 0
+
+
+async def cmd_worker(settings: Settings, args: argparse.Namespace) -> int:
+    async with _running_worker(require_urls(settings)):
+        await wait_for_signal()
+    return 0
+
+
+async def cmd_api(settings: Settings, args: argparse.Namespace) -> int:
+    # HTTP ingest spools what Redis cannot take (AUDITQ_SPOOL_DIR, default <data dir>/spool).
+    async with _serving_api(require_urls(settings).with_server_spool()) as address:
+        print(f"auditq API on {address}", flush=True)
+        await wait_for_signal()
+    return 0
+
+
+async def cmd_run(settings: Settings, args: argparse.Namespace) -> int:
+    from service.cli.embedded import EmbeddedStack
+
+    stack = None
+    if not settings.redis_url or not settings.database_url:
+        stack = EmbeddedStack(settings.data_dir)
+        await asyncio.to_thread(stack.start)
+        settings = dataclasses.replace(
+            settings,
+            redis_url=settings.redis_url or stack.valkey.url,
+            database_url=settings.database_url or stack.postgres.url,
+        )
+        settings.env_file.write_text(
+            f"AUDITQ_REDIS_URL={settings.redis_url}\nAUDITQ_DATABASE_URL={settings.database_url}\n"
+        )
+    settings = settings.with_server_spool()  # the API's producer spools what Redis cannot take
+    try:
+        assert settings.database_url
+        await db.migrate(settings.database_url, months_ahead=settings.partitions_ahead_months)
+        admin_token = await ensure_dev_admin_token(settings)
+        print(f"admin token: {admin_token}", flush=True)
+        async with _running_worker(settings), _serving_api(settings) as address:
+            print(f"auditq is running: API on {address}", flush=True)
+            if stack is not None:
+                print(f"URLs for producers: set -a; . {settings.env_file}", flush=True)
+            demo = None
+            if args.demo:
+                from service.cli.demo import feed
+
+                demo = asyncio.create_task(feed(settings))
+            await wait_for_signal()
+            print("stopping: finishing the jobs in hand…", flush=True)
+            if demo is not None:
+                demo.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await demo
+    finally:
+        if stack is not None:
+            settings.env_file.unlink(missing_ok=True)
+            await asyncio.to_thread(stack.stop)
+    print("stopped", flush=True)
+    return 0
+
+
+DEV_ADMIN_TOKEN_NAME = "dev-admin"
+ADMIN_TOKEN_FILE = "admin-token"  # under the data dir
+
+
+async def ensure_dev_admin_token(settings: Settings) -> str:
+    """Return the admin token of <data_dir>/admin-token, made anew when it no longer works."""
+    path = settings.data_dir / ADMIN_TOKEN_FILE
+    try:
+        saved = path.read_text().strip()
+    except OSError:
+        saved = ""
+    conn = await db.connect(require_database(settings))
+    try:
+        if saved:
+            row = await auth.find_active_token(conn, auth.hash_token(saved))
+            if row is not None and row["role"] == "admin":
+                return saved
+        # The file is gone or its token revoked: a token of that name, if any, is unknown now.
+        async with conn.transaction():
+            await auth.revoke_token(conn, DEV_ADMIN_TOKEN_NAME)
+            token = await auth.create_token(conn, name=DEV_ADMIN_TOKEN_NAME, role="admin")
+    finally:
+        await conn.close()
+    write_private(path, token)
+    await audit_cli_action(
+        settings,
+        "token.created",
+        entity=Entity(type="api_token", id=DEV_ADMIN_TOKEN_NAME),
+        metadata={"name": DEV_ADMIN_TOKEN_NAME, "role": "admin"},
+    )
+    return token
+
+
+def add_parsers(sub: Any) -> None:
+    """Add `run`, `migrate`, `api` and `worker` to the `auditq` subcommands."""
+    run_help = "Run the whole pipeline (embedded servers unless URLs are set)."
+    run = add_command(sub, "run", cmd_run, run_help)
+    run.add_argument("--demo", action="store_true", help="also feed realistic demo traffic")
+    add_command(
+        sub, "migrate", cmd_migrate, "Apply schema.sql (idempotent) and make partitions ahead."
+    )
+    add_command(sub, "api", cmd_api, "Serve the admin API.")
+    add_command(sub, "worker", cmd_worker, "Run an arq worker that stores queued events.")

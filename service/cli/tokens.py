@@ -1,0 +1,103 @@
+"""`auditq tokens create|list|revoke`: the admin API's tokens."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from datetime import UTC, datetime
+from typing import Any
+
+from service.cli.common import require_database
+from service.events import Entity
+from service.ops.admin_actions import audit_cli_action
+from service.settings import Settings
+from service.store import db
+from service.store import tokens as auth
+
+
+async def _audit_token_change(settings: Settings, action: str, name: str, role: str | None) -> None:
+    await audit_cli_action(
+        settings,
+        action,
+        entity=Entity(type="api_token", id=name),
+        metadata={"name": name, "role": role} if role else {"name": name},
+    )
+
+
+async def cmd_tokens_create(settings: Settings, args: argparse.Namespace) -> int:
+    conn = await db.connect(require_database(settings))
+    try:
+        token = await auth.create_token(conn, name=args.name, role=args.role)
+    except ValueError as exc:
+        print(f"auditq: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        await conn.close()
+    await _audit_token_change(settings, "token.created", args.name, args.role)
+    print(f"token {args.name!r} created (role {args.role}); it is shown once, store it now:")
+    print(token, flush=True)
+    return 0
+
+
+def _when(value: datetime | None) -> str:
+    return value.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%SZ") if value else "-"
+
+
+async def cmd_tokens_list(settings: Settings, args: argparse.Namespace) -> int:
+    conn = await db.connect(require_database(settings))
+    try:
+        rows = await auth.list_tokens(conn)
+    finally:
+        await conn.close()
+    if not rows:
+        print("no tokens; make one with `auditq tokens create --name NAME --role ROLE`")
+        return 0
+    table = [("NAME", "ROLE", "CREATED", "LAST USED", "REVOKED")]
+    for row in rows:
+        when = (_when(row["created_at"]), _when(row["last_used_at"]), _when(row["revoked_at"]))
+        table.append((row["name"], row["role"], *when))
+    widths = [max(len(line[i]) for line in table) for i in range(len(table[0]))]
+    for line in table:
+        print("  ".join(cell.ljust(width) for cell, width in zip(line, widths, strict=True)))
+    return 0
+
+
+async def cmd_tokens_revoke(settings: Settings, args: argparse.Namespace) -> int:
+    conn = await db.connect(require_database(settings))
+    try:
+        revoked = await auth.revoke_token(conn, args.name)
+    finally:
+        await conn.close()
+    if not revoked:
+        print(f"auditq: no active token named {args.name!r}", file=sys.stderr)
+        return 1
+    await _audit_token_change(settings, "token.revoked", args.name, None)
+    print(f"token {args.name!r} revoked: it stops working at once")
+    return 0
+
+
+def _token_name(value: str) -> str:
+    name = value.strip()
+    if not name or len(name) > 128:
+        raise argparse.ArgumentTypeError("a token name is 1 to 128 characters")
+    return name
+
+
+def add_parsers(sub: Any) -> None:
+    """Add `tokens create|list|revoke` to the `auditq` subcommands."""
+    tokens_help = "Manage admin API tokens: create, list, revoke."
+    tokens = sub.add_parser("tokens", help=tokens_help, description=tokens_help)
+    token_sub = tokens.add_subparsers(dest="tokens_command", required=True, metavar="ACTION")
+    create_help = "Make a token; prints it alone on the last line (shown once, stored hashed)."
+    create = token_sub.add_parser("create", help=create_help, description=create_help)
+    create.set_defaults(command=cmd_tokens_create)
+    create.add_argument("--name", required=True, type=_token_name, help="e.g. ci-export")
+    create.add_argument("--role", required=True, choices=auth.ROLES)
+    list_help = "List tokens: name, role, created, last used, revoked (never secrets)."
+    token_sub.add_parser("list", help=list_help, description=list_help).set_defaults(
+        command=cmd_tokens_list
+    )
+    revoke_help = "Revoke the active token NAME: it stops working at once."
+    revoke = token_sub.add_parser("revoke", help=revoke_help, description=revoke_help)
+    revoke.set_defaults(command=cmd_tokens_revoke)
+    revoke.add_argument("name", type=_token_name)
