@@ -15,6 +15,7 @@ run: $(STAMP)
 	$(BIN)/auditq run $(if $(DEMO),--demo,)
 
 test: $(STAMP)
+	$(BIN)/lint-imports --no-cache
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 # Side-by-side benchmarks (not part of `make test`): bench/results/latest.{json,md,png}.
@@ -25,6 +26,7 @@ bench: $(STAMP)
 	$(BIN)/python -m bench.run $(if $(QUICK),--quick,)
 
 lint: $(STAMP)
+	$(BIN)/lint-imports --no-cache
 	$(BIN)/ruff check service workers tests bench
 	$(BIN)/ruff format --check service workers tests bench
 	$(BIN)/mypy

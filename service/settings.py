@@ -101,6 +101,24 @@ class Settings:
             return dataclasses.replace(self, spool_dir=None)
         return dataclasses.replace(self, spool_dir=self.spool_dir or self.data_dir / "spool")
 
+    def require_redis(self) -> str:
+        """The Redis URL; one clear error when there is none."""
+        if not self.redis_url:
+            raise ConfigError(
+                "no Redis to talk to: set AUDITQ_REDIS_URL, or start `auditq run` "
+                f"(its URLs are then read from {self.env_file})"
+            )
+        return self.redis_url
+
+    def require_database(self) -> str:
+        """The PostgreSQL URL; one clear error when there is none."""
+        if not self.database_url:
+            raise ConfigError(
+                "no PostgreSQL to talk to: set AUDITQ_DATABASE_URL, or start `auditq run` "
+                f"(its URLs are then read from {self.env_file})"
+            )
+        return self.database_url
+
     @property
     def env_file(self) -> Path:
         """Where `auditq run` publishes the URLs of its embedded stack."""
@@ -132,8 +150,7 @@ def _int(env: Mapping[str, str], name: str, default: int | None, *, minimum: int
 
 def _req_int(env: Mapping[str, str], name: str, default: int, *, minimum: int) -> int:
     value = _int(env, name, default, minimum=minimum)
-    assert value is not None
-    return value
+    return default if value is None else value
 
 
 def _float(env: Mapping[str, str], name: str, default: float) -> float:

@@ -37,8 +37,9 @@ SHUTDOWN_GRACE = 20.0  # seconds running jobs get to finish on SIGTERM before th
 async def _startup(ctx: dict[str, Any]) -> None:
     state: WorkerState = ctx[STATE]
     state.redis = ctx["redis"]
-    assert state.settings.database_url is not None
-    state.pool = await db.create_pool(state.settings.database_url, size=state.settings.db_pool_size)
+    state.pool = await db.create_pool(
+        state.settings.require_database(), size=state.settings.db_pool_size
+    )
     # Before the first job: a month's rows must never land in the default partition while
     # that month's own partition is about to be made (the key is unique per partition).
     async with state.pool.acquire() as conn:
@@ -133,7 +134,7 @@ def redis_settings(url: str) -> RedisSettings:
 
 def build_worker(settings: Settings, *, handle_signals: bool = False) -> Worker:
     """Make the arq worker for `settings` (URLs resolved)."""
-    assert settings.redis_url and settings.database_url
+    settings.require_database()
     state = WorkerState(settings)
     arq_logger = logging.getLogger("arq.worker")
     if not any(isinstance(f, _HideJobArguments) for f in arq_logger.filters):
@@ -141,7 +142,7 @@ def build_worker(settings: Settings, *, handle_signals: bool = False) -> Worker:
     worker = _Worker(
         functions=[func(store_events, name=JOB_FUNCTION, max_tries=ARQ_MAX_TRIES)],
         cron_jobs=[cron(maintain, name="maintain", minute={7}, run_at_startup=True)],
-        redis_settings=redis_settings(settings.redis_url),
+        redis_settings=redis_settings(settings.require_redis()),
         queue_name=settings.queue,
         max_jobs=settings.worker_max_jobs,
         job_timeout=settings.job_timeout_s,

@@ -43,17 +43,15 @@ ROUTES = [
 
 async def _postgres(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS]
-    assert settings.database_url is not None
-    app[POOL] = await db.create_pool(settings.database_url, size=settings.db_pool_size)
+    app[POOL] = await db.create_pool(settings.require_database(), size=settings.db_pool_size)
     yield
     await app[POOL].close()
 
 
 async def _redis(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS]
-    assert settings.redis_url is not None
     app[REDIS] = aioredis.Redis.from_url(
-        settings.redis_url, socket_connect_timeout=health.READY_TIMEOUT
+        settings.require_redis(), socket_connect_timeout=health.READY_TIMEOUT
     )
     yield
     await app[REDIS].aclose()

@@ -9,6 +9,7 @@ import asyncpg
 import redis.exceptions
 from aiohttp import web
 
+from service.errors import AuditqError
 from service.redaction import redact_sensitive_in_string
 
 logger = logging.getLogger(__name__)
@@ -27,7 +28,7 @@ _CODES = {
 }
 
 
-class ApiError(Exception):
+class ApiError(AuditqError):
     """An error to answer with the JSON envelope."""
 
     def __init__(self, status: int, code: str, message: str) -> None:

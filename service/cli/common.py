@@ -10,7 +10,6 @@ from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
-from service.errors import ConfigError
 from service.settings import Settings
 
 Command = Callable[[Settings, argparse.Namespace], Coroutine[Any, Any, int]]
@@ -18,23 +17,9 @@ Command = Callable[[Settings, argparse.Namespace], Coroutine[Any, Any, int]]
 
 def require_urls(settings: Settings) -> Settings:
     """The settings, if they name a Redis and a PostgreSQL; else one clear error."""
-    if not settings.redis_url or not settings.database_url:
-        raise ConfigError(
-            "no Redis/PostgreSQL to talk to: set AUDITQ_REDIS_URL and AUDITQ_DATABASE_URL, "
-            "or start `auditq run` (its URLs are then read from "
-            f"{settings.env_file})"
-        )
+    settings.require_redis()
+    settings.require_database()
     return settings
-
-
-def require_database(settings: Settings) -> str:
-    """The PostgreSQL URL of the settings; else one clear error."""
-    if not settings.database_url:
-        raise ConfigError(
-            "no PostgreSQL to talk to: set AUDITQ_DATABASE_URL, or start `auditq run` "
-            f"(its URLs are then read from {settings.env_file})"
-        )
-    return settings.database_url
 
 
 async def wait_for_signal() -> None:

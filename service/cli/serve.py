@@ -13,7 +13,6 @@ from aiohttp import web
 
 from service.cli.common import (
     add_command,
-    require_database,
     require_urls,
     wait_for_signal,
     write_private,
@@ -53,9 +52,7 @@ async def _running_worker(settings: Settings) -> AsyncIterator[None]:
 
 
 async def cmd_migrate(settings: Settings, args: argparse.Namespace) -> int:
-    database_url = require_urls(settings).database_url
-    assert database_url
-    await db.migrate(database_url, months_ahead=settings.partitions_ahead_months)
+    await db.migrate(settings.require_database(), months_ahead=settings.partitions_ahead_months)
     print("schema applied")
     return 0
 
@@ -91,8 +88,7 @@ async def cmd_run(settings: Settings, args: argparse.Namespace) -> int:
         )
     settings = settings.with_server_spool()  # the API's producer spools what Redis cannot take
     try:
-        assert settings.database_url
-        await db.migrate(settings.database_url, months_ahead=settings.partitions_ahead_months)
+        await db.migrate(settings.require_database(), months_ahead=settings.partitions_ahead_months)
         admin_token = await ensure_dev_admin_token(settings)
         print(f"admin token: {admin_token}", flush=True)
         async with _running_worker(settings), _serving_api(settings) as address:
@@ -129,7 +125,7 @@ async def ensure_dev_admin_token(settings: Settings) -> str:
         saved = path.read_text().strip()
     except OSError:
         saved = ""
-    conn = await db.connect(require_database(settings))
+    conn = await db.connect(settings.require_database())
     try:
         if saved:
             row = await auth.find_active_token(conn, auth.hash_token(saved))

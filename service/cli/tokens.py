@@ -7,7 +7,6 @@ import sys
 from datetime import UTC, datetime
 from typing import Any
 
-from service.cli.common import require_database
 from service.events import Entity
 from service.ops.admin_actions import audit_cli_action
 from service.settings import Settings
@@ -25,7 +24,7 @@ async def _audit_token_change(settings: Settings, action: str, name: str, role: 
 
 
 async def cmd_tokens_create(settings: Settings, args: argparse.Namespace) -> int:
-    conn = await db.connect(require_database(settings))
+    conn = await db.connect(settings.require_database())
     try:
         token = await auth.create_token(conn, name=args.name, role=args.role)
     except ValueError as exc:
@@ -44,7 +43,7 @@ def _when(value: datetime | None) -> str:
 
 
 async def cmd_tokens_list(settings: Settings, args: argparse.Namespace) -> int:
-    conn = await db.connect(require_database(settings))
+    conn = await db.connect(settings.require_database())
     try:
         rows = await auth.list_tokens(conn)
     finally:
@@ -63,7 +62,7 @@ async def cmd_tokens_list(settings: Settings, args: argparse.Namespace) -> int:
 
 
 async def cmd_tokens_revoke(settings: Settings, args: argparse.Namespace) -> int:
-    conn = await db.connect(require_database(settings))
+    conn = await db.connect(settings.require_database())
     try:
         revoked = await auth.revoke_token(conn, args.name)
     finally:

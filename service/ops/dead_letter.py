@@ -13,7 +13,7 @@ from service.redaction import redact_sensitive, redact_sensitive_in_string
 DEFAULT_TTL_DAYS = 90
 
 
-class DeadLetter(msgspec.Struct, kw_only=True):
+class DeadLetter(msgspec.Struct, frozen=True, kw_only=True):
     """One failed task: what it carried, why it failed, how often it was tried."""
 
     id: str

@@ -90,28 +90,19 @@ def queued_task(
     events = count_events(payload) if isinstance(payload, str | bytes) else 0
     enqueued = job.get("et")
     heading = title(kind, events)
+    status: Status
+    started_ms: int | None = None
+    next_ms: int | None = score
     if pttl > 0:  # arq's in-progress marker: its remaining life tells when the job started
+        status, next_ms = "in_progress", None
         started_ms = now_ms - max(0, in_progress_ms - pttl)
-        attempt = attempts + 1
-        presentation = TaskPresentation(
-            title=heading,
-            status_message=f"Running (attempt {attempt} of {MAX_ATTEMPTS})",
-            detail_message=f"A worker started it {seconds(now_ms - started_ms)} ago.",
+        message = f"Running (attempt {attempts + 1} of {MAX_ATTEMPTS})"
+        detail = f"A worker started it {seconds(now_ms - started_ms)} ago."
+    elif score > now_ms:
+        status = "retrying"
+        message = (
+            f"Retrying in {seconds(score - now_ms)} (attempt {attempts + 1} of {MAX_ATTEMPTS})"
         )
-        status: Status = "in_progress"
-        return _task(
-            task_id,
-            kind,
-            status,
-            attempts,
-            events,
-            enqueued,
-            presentation,
-            started_ms=started_ms,
-            next_ms=None,
-        )
-    if score > now_ms:
-        wait = seconds(score - now_ms)
         if attempts:
             detail = (
                 f"Attempt {attempts} failed; attempt {attempts + 1} starts at "
@@ -119,38 +110,22 @@ def queued_task(
             )
         else:
             detail = "Deferred while the database is unreachable; waiting uses no attempt."
-        presentation = TaskPresentation(
-            title=heading,
-            status_message=f"Retrying in {wait} (attempt {attempts + 1} of {MAX_ATTEMPTS})",
-            detail_message=detail,
-        )
-        return _task(
-            task_id,
-            kind,
-            "retrying",
-            attempts,
-            events,
-            enqueued,
-            presentation,
-            started_ms=None,
-            next_ms=score,
-        )
-    waited = now_ms - int(enqueued) if isinstance(enqueued, int) else 0
-    presentation = TaskPresentation(
-        title=heading,
-        status_message="Waiting for a worker",
-        detail_message=f"Enqueued {seconds(waited)} ago; the next free worker takes it.",
-    )
+    else:
+        status = "queued"
+        waited = now_ms - int(enqueued) if isinstance(enqueued, int) else 0
+        message = "Waiting for a worker"
+        detail = f"Enqueued {seconds(waited)} ago; the next free worker takes it."
+    presentation = TaskPresentation(title=heading, status_message=message, detail_message=detail)
     return _task(
         task_id,
         kind,
-        "queued",
+        status,
         attempts,
         events,
         enqueued,
         presentation,
-        started_ms=None,
-        next_ms=score,
+        started_ms=started_ms,
+        next_ms=next_ms,
     )
 
 

@@ -10,7 +10,9 @@ import asyncpg
 
 from service.store.partitions import ensure_partitions
 
-SCHEMA_PATH = Path(__file__).resolve().parents[2] / "schema.sql"
+# schema.sql lives at the top of the repository (the card fixes it there); this package holds
+# a link to it, which a wheel carries as a copy, so `pip install .` ships the schema too.
+SCHEMA_PATH = Path(__file__).with_name("schema.sql")
 # Serialise concurrent `auditq migrate` runs (several containers starting at once).
 MIGRATE_LOCK_KEY = 0x61756469  # "audi"
 COMMAND_TIMEOUT = 30.0  # seconds; a statement that takes longer is treated as an outage

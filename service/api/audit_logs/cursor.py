@@ -21,6 +21,7 @@ from service.errors import ConfigError
 SELECT_CURSOR_SECRET = "SELECT secret FROM api_secret WHERE name = 'cursor'"
 
 
+# Positional, not kw_only: a position is a key of three parts, made in one place each.
 class Position(msgspec.Struct, frozen=True):
     """Where a page (or the live tail) ends: the last row's time and id, and the walk's order."""
 

@@ -24,7 +24,7 @@ from service.settings import Settings
 from tests.admin_api import Tokens
 from tests.conftest import Servers, wait_for
 from tests.faults.proxy import TcpProxy
-from tests.test_client import CAPTURE_BOUND, queued_events, queued_jobs
+from tests.producer.test_client import CAPTURE_BOUND, queued_events, queued_jobs
 
 # --- The spool on its own ----------------------------------------------------------------------
 

@@ -76,6 +76,6 @@ def _refs(node: Any) -> list[str]:
 
 
 def test_readme_has_the_section() -> None:
-    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
     tasks = readme.index("## Tasks, queue and ingest")
     assert tasks < readme.index("## Configuration")

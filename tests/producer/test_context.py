@@ -23,7 +23,7 @@ from service.producer.context import (
 )
 from service.producer.middleware import context_middleware
 from tests.conftest import Servers
-from tests.test_client import queued_events
+from tests.producer.test_client import queued_events
 
 TRUSTED = [ipaddress.ip_network("10.0.0.0/8"), ipaddress.ip_network("127.0.0.1/32")]
 
