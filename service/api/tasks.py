@@ -25,6 +25,7 @@ from service.ops.task_model import (
     RetryFilter,
     Status,
     Task,
+    TaskChanged,
     TaskDetail,
     TaskNotFailed,
     TaskNotFound,
@@ -124,6 +125,8 @@ async def retry_task(request: web.Request) -> web.Response:
         raise ApiError(404, "not_found", f"no task {task_id}") from None
     except TaskNotFailed as exc:
         raise ApiError(409, "task_not_failed", str(exc)) from None
+    except TaskChanged as exc:
+        raise ApiError(409, "task_changed", str(exc)) from None
     await record_admin_action(
         request,
         "task.retried",

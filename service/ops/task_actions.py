@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import msgspec
+from redis.exceptions import WatchError
 
 from service.keys import EVENTS_RETRIED, RESULT_PREFIX, attempts_key, complete_key, counters_key
 from service.ops import dead_letter
@@ -11,11 +12,13 @@ from service.ops.task_model import (
     CleanupResult,
     RetryFilter,
     Task,
+    TaskChanged,
     TaskNotFailed,
     TaskNotFound,
 )
-from service.ops.task_views import without_payload
+from service.ops.task_views import failed_task, without_payload
 from service.ops.tasks import SCAN_CHUNK, TaskQueue, clock_ms
+from service.queue import ENQUEUE_SCRIPT
 
 DAY_MS = 86_400_000
 
@@ -23,31 +26,46 @@ _letter_decoder = msgspec.json.Decoder(dead_letter.DeadLetter)
 
 
 async def retry(tasks: TaskQueue, task_id: str) -> Task:
-    """Replay a failed task's events as a job of the same id, then drop the dead letter."""
-    letter = await dead_letter.get(tasks.redis, tasks.queue, task_id)
-    if letter is not None:
-        payload, events = letter.payload, letter.event_count
-    else:
-        task = await tasks.get(task_id)
-        if task is None:
-            raise TaskNotFound(f"no task {task_id}")
-        if task.status != "failed":
-            raise TaskNotFailed(task_id, task.status)
-        payload, events = task.payload, task.event_count  # failed inside arq
-    text = payload if isinstance(payload, str) else msgspec.json.encode(payload).decode()
-    # arq's result of the failed run would make the script see the task as done.
-    await tasks.redis.delete(RESULT_PREFIX + task_id)
-    await tasks.enqueue(keys=[tasks.queue], args=[text, task_id])
+    """Replay a failed task's events as a job of the same id, dropping its dead letter.
+
+    One transaction: the job is queued and the dead letter dropped together, so a worker that
+    takes the job and fails it again writes a dead letter that stays (it cannot fall between
+    the two steps). A dead letter that changes meanwhile (retried or failed again by someone
+    else) aborts the retry with TaskChanged, nothing done."""
+    letter_key = dead_letter.record_key(tasks.queue, task_id)
+    result_key = RESULT_PREFIX + task_id
     async with tasks.redis.pipeline(transaction=True) as pipe:
-        pipe.delete(dead_letter.record_key(tasks.queue, task_id))
+        await pipe.watch(letter_key, result_key)
+        raw = await pipe.get(letter_key)
+        if raw is not None:
+            letter = _letter_decoder.decode(raw)
+            before, payload, events = failed_task(letter), letter.payload, letter.event_count
+        else:
+            detail = await tasks.get(task_id)
+            if detail is None:
+                raise TaskNotFound(f"no task {task_id}")
+            if detail.status != "failed":
+                raise TaskNotFailed(task_id, detail.status)
+            before, payload, events = without_payload(detail), detail.payload, detail.event_count
+        text = payload if isinstance(payload, str) else msgspec.json.encode(payload).decode()
+        pipe.multi()  # type: ignore[no-untyped-call]
+        # arq's result of the failed run would make the script see the task as done.
+        pipe.delete(result_key)
+        # EVAL, not EVALSHA: a script missing from the cache would fail alone inside EXEC.
+        pipe.eval(ENQUEUE_SCRIPT, 1, tasks.queue, text, task_id)
+        pipe.delete(letter_key)
         pipe.zrem(dead_letter.index_key(tasks.queue), task_id)
         pipe.hdel(attempts_key(tasks.queue), task_id)
         pipe.hincrby(counters_key(tasks.queue), EVENTS_RETRIED, events)
-        await pipe.execute()
+        try:
+            await pipe.execute()
+        except WatchError:
+            raise TaskChanged(task_id) from None
     retried = await tasks.get(task_id)
-    if retried is None:  # a worker stored it already and its result is not yet visible
-        raise TaskNotFound(f"task {task_id} vanished while being retried")
-    return without_payload(retried)
+    if retried is not None:
+        return without_payload(retried)
+    # Taken and finished by a worker already: the retry happened all the same.
+    return msgspec.structs.replace(before, status="queued", failure=None)
 
 
 async def retry_failed(tasks: TaskQueue, where: RetryFilter | None = None) -> int:

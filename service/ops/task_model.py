@@ -30,6 +30,13 @@ class TaskNotFailed(AuditqError):
         self.status = status
 
 
+class TaskChanged(AuditqError):
+    """The task changed while it was being retried (retried or failed again meanwhile)."""
+
+    def __init__(self, task_id: str) -> None:
+        super().__init__(f"task {task_id} changed while it was being retried; look and try again")
+
+
 class InvalidCursor(AuditqError):
     """A cursor that no page of this listing handed out."""
 
