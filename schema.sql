@@ -28,6 +28,8 @@ CREATE TABLE IF NOT EXISTS audit_log (
     metadata     jsonb,
     presentation jsonb       NOT NULL,
     source       text,
+    -- Who delivered the row (contract §5 Provenance): set by auditq, never by the producer.
+    received_via text,
     -- Full text over names, metadata and changes; STORED so it can be indexed (PostgreSQL 18).
     search       tsvector GENERATED ALWAYS AS (
         to_tsvector('simple',
@@ -50,6 +52,10 @@ CREATE INDEX IF NOT EXISTS audit_log_ts_idx ON audit_log (ts DESC, id DESC);
 CREATE INDEX IF NOT EXISTS audit_log_search_idx ON audit_log USING gin (search);
 -- The live tail (SSE) reads rows in arrival order, which is not `ts` order for late events.
 CREATE INDEX IF NOT EXISTS audit_log_received_idx ON audit_log (received_at, id);
+
+-- Stores made before these columns existed get them.
+ALTER TABLE audit_log
+    ADD COLUMN IF NOT EXISTS received_via text;
 
 -- Append-only: rows change only through the retention and anonymisation paths, which set
 -- `auditq.maintenance` to 'on' inside their own transaction.
@@ -96,5 +102,8 @@ CREATE TABLE IF NOT EXISTS api_secret (
 );
 -- gen_random_uuid() draws from the server's strong random source: 2 x 122 random bits.
 INSERT INTO api_secret (name, secret)
-VALUES ('cursor', uuid_send(gen_random_uuid()) || uuid_send(gen_random_uuid()))
+VALUES ('cursor', uuid_send(gen_random_uuid()) || uuid_send(gen_random_uuid())),
+       -- The key of provenance tags (service/queue.py): the API vouches for http:<token>
+       -- and api jobs with it, the worker checks them.
+       ('provenance', uuid_send(gen_random_uuid()) || uuid_send(gen_random_uuid()))
 ON CONFLICT (name) DO NOTHING;

@@ -13,9 +13,15 @@
 -- ever ran) is never appended to; a worker reads a job only after it marked it in progress,
 -- and this script runs atomically, so no appended event can be missed. Other producers leave
 -- the flag out: their events are completed and redacted by the worker.
+--   EVAL <script> 1 <queue name> <event JSON> <task id> finalized <via> <tag>
+-- is what auditq's API sends for HTTP ingest and its own events: a provenance claim (`via`,
+-- e.g. http:<token name>) and its HMAC tag, which the worker checks with a key only the API
+-- and the worker hold; a claim it cannot check is stored as redis:<queue>, like any other.
 local queue = KEYS[1]
 local payload = ARGV[1]
 local task_id = ARGV[2]
+local via = ARGV[4]
+local tag = ARGV[5]
 local merge = ARGV[3] == 'finalized' and (task_id == nil or task_id == '')
   and #payload > 2 and string.sub(payload, 1, 1) == '[' and string.sub(payload, -1) == ']'
 local MERGE_MAX_BYTES = 1048576
@@ -50,6 +56,10 @@ end
 -- arq's job layout (t: try, f: function, a: args, k: kwargs, et: enqueued ms), in JSON; the
 -- argument comes last, so that a merge appends at the end.
 local kwargs = merge and '{"finalized":true}' or '{}'
+if via and via ~= '' then
+  kwargs = '{"finalized":' .. (ARGV[3] == 'finalized' and 'true' or 'false') ..
+    ',"via":' .. cjson.encode(via) .. ',"tag":' .. cjson.encode(tag or '') .. '}'
+end
 local job = '{"t":null,"f":"store_events","k":' .. kwargs .. ',"et":' ..
   string.format('%d', now_ms) .. ',"a":[' .. cjson.encode(payload or '') .. ']}'
 -- No expiry: a queued job waits for a worker however long that takes.

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
+import hmac
 from pathlib import Path
 from typing import Any
 
@@ -9,6 +12,24 @@ import msgspec
 
 JOB_FUNCTION = "store_events"  # the worker's job; its one argument is the events' JSON text
 ENQUEUE_SCRIPT = (Path(__file__).parent / "enqueue.lua").read_text()
+
+PROVENANCE_SECRET = "provenance"  # the api_secret row the API and the worker share
+
+
+@dataclasses.dataclass(frozen=True)
+class Provenance:
+    """Who the API's jobs come from (`via`, e.g. http:<token name>), and the key that vouches."""
+
+    via: str
+    key: bytes
+    task_prefix: str = "api"
+
+
+def provenance_tag(key: bytes, *, task_id: str, via: str, payload: bytes) -> str:
+    """The HMAC that vouches for `via` on this one job (its id and its exact payload)."""
+    message = b"\0".join((task_id.encode(), via.encode(), hashlib.sha256(payload).digest()))
+    return hmac.new(key, message, hashlib.sha256).hexdigest()
+
 
 _encoder = msgspec.json.Encoder(enc_hook=str)  # exceptions in arq results become their text
 _decoder = msgspec.json.Decoder()

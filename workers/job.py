@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import hmac
 import logging
 import time
 from datetime import UTC, datetime
@@ -30,6 +31,7 @@ from service.keys import (
     stored_key,
 )
 from service.ops import dead_letter
+from service.queue import provenance_tag
 from service.redaction import redact_sensitive_in_string
 from workers.retry import DEFER_WHILE_OPEN, MAX_ATTEMPTS, Failure, backoff, classify
 from workers.state import STATE, Task, WorkerState
@@ -39,6 +41,8 @@ logger = logging.getLogger("auditq.worker")
 
 SUCCESS_PREFIX = "[AuditLogWorker] Successfully logged:"
 UNEXPECTED_RETRY_DELAY = 5.0  # seconds before a job that failed in an unforeseen way runs again
+JOB_BUDGET_SHARE = 0.9  # of arq's job_timeout: the whole job ends (or retries) before arq's
+WRITE_BUDGET_SHARE = 0.8  # of arq's job_timeout: the write, inside the job's budget
 
 _batch_decoder = msgspec.json.Decoder(list[AuditEvent] | AuditEvent)
 
@@ -87,16 +91,34 @@ def _parse(
 
 
 async def store_events(
-    ctx: dict[str, Any], payload: str, *, invalid_utf8: bool = False, finalized: bool = False
+    ctx: dict[str, Any],
+    payload: str,
+    *,
+    invalid_utf8: bool = False,
+    finalized: bool = False,
+    via: str | None = None,
+    tag: str | None = None,
 ) -> dict[str, Any]:
     """Store one job's events; set aside what cannot be stored, never lose any."""
+    state: WorkerState = ctx[STATE]
+    received_via = _received_via(state, ctx["job_id"], payload, via, tag)
     try:
-        return await _store_events(ctx, payload, invalid_utf8=invalid_utf8, finalized=finalized)
+        # The whole job within its budget, not only the write: past arq's job_timeout arq
+        # would fail the job itself, keeping its events only in a result that expires.
+        async with asyncio.timeout(state.settings.job_timeout_s * JOB_BUDGET_SHARE):
+            return await _store_events(
+                ctx,
+                payload,
+                invalid_utf8=invalid_utf8,
+                finalized=finalized,
+                received_via=received_via,
+            )
     except Retry:
         raise
     except Exception as exc:
         # Never let arq fail the job: it would keep the events only in a result that expires.
-        # Whatever this is (Redis gone while dead-lettering, a bug), the job is tried again.
+        # Whatever this is (Redis gone while dead-lettering, a bug, the budget spent), the job
+        # is tried again; every step of it is idempotent.
         logger.error(
             "[AuditLogWorker] task %s failed unexpectedly (%s: %s); retrying in %.0f s",
             ctx["job_id"],
@@ -107,13 +129,38 @@ async def store_events(
         raise Retry(defer=UNEXPECTED_RETRY_DELAY) from exc
 
 
+def _received_via(
+    state: WorkerState, task_id: str, payload: str, via: str | None, tag: str | None
+) -> str:
+    """Who delivered the job: the API's claim when its tag checks out, else the queue."""
+    queue_via = f"redis:{state.settings.queue}"
+    if via is None:
+        return queue_via
+    key = state.provenance_key
+    if key is not None and tag is not None:
+        expected = provenance_tag(key, task_id=task_id, via=via, payload=payload.encode())
+        if hmac.compare_digest(expected, tag):
+            return via
+    logger.warning(
+        "[AuditLogWorker] task %s claims to come from %r without a valid tag: stored as %s",
+        task_id,
+        via[:128],
+        queue_via,
+    )
+    return queue_via
+
+
 async def _store_events(
-    ctx: dict[str, Any], payload: str, *, invalid_utf8: bool, finalized: bool
+    ctx: dict[str, Any], payload: str, *, invalid_utf8: bool, finalized: bool, received_via: str
 ) -> dict[str, Any]:
     state: WorkerState = ctx[STATE]
     enqueued: datetime = ctx["enqueue_time"]
     task = Task(
-        ctx["job_id"], int(enqueued.timestamp() * 1000), ctx["job_try"], finalized=finalized
+        ctx["job_id"],
+        int(enqueued.timestamp() * 1000),
+        ctx["job_try"],
+        finalized=finalized,
+        received_via=received_via,
     )
     started = time.perf_counter()
     started_ms = int(time.time() * 1000)
@@ -169,9 +216,9 @@ async def _store_events(
         len(rejected),
         (time.perf_counter() - started) * 1000,
     )
-    # The result arq keeps for an hour shows the redacted events; the raw argument is dropped
-    # from it (service/queue.py), so a foreign producer's unredacted secrets are not kept.
-    return {"stored": stored, "rejected": len(rejected), "events": events}
+    # What arq keeps for an hour is what the task views need, never the events: Redis holds
+    # nothing per stored event (the raw argument is dropped from it too, service/queue.py).
+    return {"stored": stored, "rejected": len(rejected)}
 
 
 async def _record_stored(
@@ -210,9 +257,11 @@ async def _write(state: WorkerState, task: Task, events: list[AuditEvent]) -> An
     if state.breaker.is_open:
         raise Retry(defer=DEFER_WHILE_OPEN)
     try:
-        async with asyncio.timeout(state.settings.job_timeout_s * 0.8):
+        async with asyncio.timeout(state.settings.job_timeout_s * WRITE_BUDGET_SHARE):
             async with state.pool.acquire() as conn:
-                result = await write_events(conn, events, keyed=task.finalized)
+                result = await write_events(
+                    conn, events, keyed=task.keyed, received_via=task.received_via
+                )
     except Exception as exc:
         failure = classify(exc)
         if failure is Failure.INFRASTRUCTURE:

@@ -15,6 +15,8 @@ from workers.writer import write_events
 
 logger = logging.getLogger(__name__)
 
+MAINTENANCE_VIA = "worker"  # the worker's own events: never a producer's
+
 
 async def drop_expired_partitions(
     conn: asyncpg.Connection, *, retention_days: int, now: datetime | None = None
@@ -46,7 +48,7 @@ async def drop_expired_partitions(
                     source="auditq-worker",
                 )
             )
-            await write_events(conn, [event])
+            await write_events(conn, [event], received_via=MAINTENANCE_VIA)
         logger.warning(
             "dropped partition %s (%d rows) past the %d-day retention", name, rows, retention_days
         )

@@ -16,11 +16,12 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from service.queue import JOB_FUNCTION, deserialize_job, serialize_job
+from service.queue import JOB_FUNCTION, PROVENANCE_SECRET, deserialize_job, serialize_job
 from service.redaction import redact_sensitive_in_string
 from service.settings import Settings
 from service.store import db
 from service.store.partitions import ensure_partitions
+from service.store.secrets import read_secret
 from workers import heartbeat
 from workers.job import store_events
 from workers.maintenance import maintain
@@ -44,6 +45,7 @@ async def _startup(ctx: dict[str, Any]) -> None:
     # that month's own partition is about to be made (the key is unique per partition).
     async with state.pool.acquire() as conn:
         await ensure_partitions(conn, months_ahead=state.settings.partitions_ahead_months)
+        state.provenance_key = await read_secret(conn, PROVENANCE_SECRET)
     state._heartbeat = asyncio.get_running_loop().create_task(
         heartbeat.run(state, worker_id=state.worker_id), name="auditq-heartbeat"
     )

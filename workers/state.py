@@ -34,7 +34,14 @@ class Task:
     enqueued_ms: int
     job_try: int
     failed_attempts: int = 0  # unknown-error attempts before the one that succeeded
-    finalized: bool = False  # from auditq's client: each event's id and ts fixed at capture
+    finalized: bool = False  # from auditq's client or API: completed and checked at capture
+    received_via: str = ""  # who delivered it (contract §5 Provenance)
+
+    @property
+    def keyed(self) -> bool:
+        """Each event's id and ts were fixed together at capture (auditq's client, the API's own
+        events): a redelivery carries the same ts. HTTP ingest takes ids from producers."""
+        return self.finalized and not self.received_via.startswith("http:")
 
 
 @dataclasses.dataclass(eq=False)
@@ -45,6 +52,7 @@ class WorkerState:
     breaker: Breaker = dataclasses.field(default_factory=Breaker)
     pool: Any = None  # asyncpg.Pool once started
     redis: Any = None  # arq's ArqRedis once started
+    provenance_key: bytes | None = None  # checks the API's provenance tags (service/queue.py)
     worker: Worker | None = None
     events_stored: int = 0
     events_dead_lettered: int = 0

@@ -20,12 +20,12 @@ INSERT INTO audit_log (
     actor_id, actor_type, actor_name, actor_email,
     entity_type, entity_id, entity_name, tenant,
     request_id, ip, user_agent, method, path, status, duration_ms,
-    changes, metadata, presentation, source)
+    changes, metadata, presentation, source, received_via)
 SELECT id, ts, action, category, severity, outcome,
        actor_id, actor_type, actor_name, actor_email,
        entity_type, entity_id, entity_name, tenant,
        request_id, ip::inet, user_agent, method, path, status, duration_ms,
-       changes::jsonb, metadata::jsonb, presentation::jsonb, source
+       changes::jsonb, metadata::jsonb, presentation::jsonb, source, $26::text
 FROM unnest(
     $1::uuid[], $2::timestamptz[], $3::text[], $4::text[], $5::text[], $6::text[],
     $7::text[], $8::text[], $9::text[], $10::text[],
@@ -50,6 +50,13 @@ ON CONFLICT (id, ts) DO NOTHING
 # index for the id (a sixth of the statement's cost with 8 partitions, more with each month).
 INSERT_KEYED_EVENTS = _INSERT_FROM_ARRAYS + "ON CONFLICT (id, ts) DO NOTHING\n"
 N_COLUMNS = 25
+# The id probe of INSERT_EVENTS sees only committed rows: two deliveries of one id with two
+# ts, written at once, would both find nothing. So writes that probe take this lock alone, and
+# keyed writes (which cannot race that way among themselves) share it: a probing write runs
+# after every keyed write in flight has committed, and before the next ones.
+DEDUPE_LOCK = 0x61756471  # "audq"
+LOCK_SHARED = "SELECT pg_advisory_xact_lock_shared($1)"
+LOCK_ALONE = "SELECT pg_advisory_xact_lock($1)"
 
 
 @dataclasses.dataclass
@@ -113,16 +120,20 @@ def _columns(events: Sequence[AuditEvent]) -> list[list[Any]]:
 
 
 async def write_events(
-    conn: asyncpg.Connection, events: Sequence[AuditEvent], *, keyed: bool = False
+    conn: asyncpg.Connection,
+    events: Sequence[AuditEvent],
+    *,
+    received_via: str,
+    keyed: bool = False,
 ) -> WriteResult:
     """Store `events`; rows PostgreSQL rejects are isolated and returned, the rest stored.
 
     `keyed`: each event's ts was fixed with its id by the producer (INSERT_KEYED_EVENTS).
+    `received_via`: who delivered them (contract §5 Provenance), written on every row.
     Raises on anything that is not a data error (the caller's retry policy decides).
     """
     result = WriteResult()
-    statement = INSERT_KEYED_EVENTS if keyed else INSERT_EVENTS
-    await _write(conn, list(enumerate(events)), result, statement)
+    await _write(conn, list(enumerate(events)), result, keyed=keyed, via=received_via)
     return result
 
 
@@ -130,10 +141,16 @@ async def _write(
     conn: asyncpg.Connection,
     batch: list[tuple[int, AuditEvent]],
     result: WriteResult,
-    statement: str = INSERT_EVENTS,
+    *,
+    keyed: bool,
+    via: str,
 ) -> None:
+    statement = INSERT_KEYED_EVENTS if keyed else INSERT_EVENTS
     try:
-        status = await conn.execute(statement, *_columns([e for _, e in batch]))
+        # Its own statement, first: the probe's snapshot is then taken once the lock is held.
+        async with conn.transaction():
+            await conn.execute(LOCK_SHARED if keyed else LOCK_ALONE, DEDUPE_LOCK)
+            status = await conn.execute(statement, *_columns([e for _, e in batch]), via)
     except asyncpg.PostgresError as exc:
         if classify(exc) is not Failure.DATA:
             raise
@@ -144,7 +161,7 @@ async def _write(
             return
         # Bisect: log2(n) statements find each bad row; the good ones are stored on the way.
         middle = len(batch) // 2
-        await _write(conn, batch[:middle], result, statement)
-        await _write(conn, batch[middle:], result, statement)
+        await _write(conn, batch[:middle], result, keyed=keyed, via=via)
+        await _write(conn, batch[middle:], result, keyed=keyed, via=via)
         return
     result.inserted += int(status.rsplit(" ", 1)[-1])

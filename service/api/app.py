@@ -13,8 +13,8 @@ from service.api.audit_logs import export, pages, statistics, stream
 from service.api.audit_logs.cursor import cursor_context
 from service.api.auth import auth_middleware
 from service.api.errors import error_middleware
-from service.api.state import CLIENT, POOL, REDIS, SETTINGS
-from service.producer.client import AuditClient
+from service.api.producers import producers_context
+from service.api.state import POOL, REDIS, SETTINGS
 from service.settings import Settings
 from service.store import db
 
@@ -57,19 +57,15 @@ async def _redis(app: web.Application) -> AsyncIterator[None]:
     await app[REDIS].aclose()
 
 
-async def _client(app: web.Application) -> AsyncIterator[None]:
-    app[CLIENT] = AuditClient.from_settings(app[SETTINGS])
-    yield
-    await app[CLIENT].aclose()
-
-
 def create_app(settings: Settings) -> web.Application:
     """Build the admin API for `settings` (URLs resolved)."""
     app = web.Application(
         client_max_size=MAX_BODY_BYTES, middlewares=[error_middleware, auth_middleware(POOL)]
     )
     app[SETTINGS] = settings
-    app.cleanup_ctx.extend([_postgres, _redis, _client, cursor_context, stream.stream_context])
+    app.cleanup_ctx.extend(
+        [_postgres, _redis, producers_context, cursor_context, stream.stream_context]
+    )
     app.on_shutdown.append(stream.stop_streams)
     app.add_routes(ROUTES)
     return app

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any
 
 import asyncpg
 import redis.exceptions
@@ -29,20 +30,26 @@ _CODES = {
 
 
 class ApiError(AuditqError):
-    """An error to answer with the JSON envelope."""
+    """An error to answer with the JSON envelope (and, beside it, `extra` fields)."""
 
-    def __init__(self, status: int, code: str, message: str) -> None:
+    def __init__(
+        self, status: int, code: str, message: str, *, extra: Mapping[str, Any] | None = None
+    ) -> None:
         super().__init__(message)
         self.status = status
         self.code = code
         self.message = message
+        self.extra = extra or {}
 
 
-def error_response(status: int, code: str, message: str) -> web.Response:
+def error_response(
+    status: int, code: str, message: str, extra: Mapping[str, Any] | None = None
+) -> web.Response:
     """The envelope: {"error": {"code", "message"}}; the message is redacted, as it may quote
     a bad parameter's value."""
     message = redact_sensitive_in_string(message)
-    return web.json_response({"error": {"code": code, "message": message}}, status=status)
+    body = {**(extra or {}), "error": {"code": code, "message": message}}
+    return web.json_response(body, status=status)
 
 
 def bad_parameter(name: str, problem: str) -> ApiError:
@@ -70,7 +77,7 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
     try:
         return await handler(request)
     except ApiError as exc:
-        return error_response(exc.status, exc.code, exc.message)
+        return error_response(exc.status, exc.code, exc.message, exc.extra)
     except web.HTTPException as exc:
         if exc.status < 400:
             raise

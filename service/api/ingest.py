@@ -9,9 +9,11 @@ import msgspec
 from aiohttp import web
 
 from service.api import body as json_body
+from service.api.auth import request_principal
 from service.api.errors import ApiError, bad_parameter
 from service.api.openapi import operation
-from service.api.state import CLIENT, SETTINGS
+from service.api.producers import INGEST_CLIENTS
+from service.api.state import SETTINGS
 from service.errors import InvalidEvent
 from service.events import AuditEvent, convert_event, finalize
 from service.redaction import redact_sensitive_in_string
@@ -74,6 +76,7 @@ async def ingest_events(request: web.Request) -> web.Response:
     items = _items(json_body.any_json(await json_body.read_body(request) or b""))
     settings = request.app[SETTINGS]
     valid: list[AuditEvent] = []
+    valid_index: list[int] = []
     rejected: list[Rejection] = []
     for index, item in enumerate(items):
         try:
@@ -88,16 +91,22 @@ async def ingest_events(request: web.Request) -> web.Response:
             rejected.append(Rejection(index=index, error=error))
             continue
         valid.append(event)
-    client = request.app[CLIENT]
+        valid_index.append(index)
+    client = request.app[INGEST_CLIENTS].client(request_principal(request).name)
     ids = await asyncio.gather(*(client.capture(event) for event in valid))
     if any(event_id is None for event_id in ids):
         # Never claim an event is accepted when neither the queue nor the API's spool took it
         # (a spooled event is accepted: it will be delivered). Some of the batch may be
-        # queued: sending it again is safe, the events' ids make storage idempotent.
+        # queued: resent with the ids given here, each event is stored once.
+        given = {index: str(event.id) for index, event in zip(valid_index, valid, strict=True)}
         raise ApiError(
             503,
             "dependency_unavailable",
-            "the queue (Redis) did not take the events; send them again",
+            "the queue (Redis) did not take the events; send them again with the ids in `ids`",
+            extra={
+                "ids": [given.get(index) for index in range(len(items))],
+                "rejected": msgspec.to_builtins(rejected),
+            },
         )
     result = IngestResult(accepted=[str(i) for i in ids], rejected=rejected)
     return web.Response(

@@ -9,9 +9,11 @@ import contextvars
 import logging
 import re
 import threading
+import uuid
 from collections.abc import Iterable
 from pathlib import Path
 from types import TracebackType
+from typing import TypedDict, Unpack
 
 from redis.asyncio import Redis
 from redis.asyncio.retry import Retry
@@ -31,7 +33,7 @@ from service.producer.failures import (
 )
 from service.producer.replay import BATCH_MAX_BYTES, Item, SpoolReplay
 from service.producer.spool import Spool, SpoolError
-from service.queue import ENQUEUE_SCRIPT
+from service.queue import ENQUEUE_SCRIPT, Provenance, provenance_tag
 from service.settings import Settings
 
 __all__ = [
@@ -56,6 +58,21 @@ _DEFAULTS = Settings()
 _ACTION = re.compile(ACTION_PATTERN)
 
 
+class ClientOptions(TypedDict, total=False):
+    """The options of AuditClient, for from_url and from_settings."""
+
+    queue: str
+    capture_timeout_s: float
+    buffer_max_events: int
+    flush_interval_s: float
+    flush_max_events: int
+    max_event_bytes: int
+    redact_extra_keys: Iterable[str]
+    spool_dir: Path | str | None
+    spool_max_bytes: int
+    provenance: Provenance | None
+
+
 class AuditClient(SpoolReplay):
     """Enqueue audit events to the arq queue in batches; never raise to the caller.
 
@@ -77,6 +94,7 @@ class AuditClient(SpoolReplay):
         redact_extra_keys: Iterable[str] = _DEFAULTS.redact_extra_keys,
         spool_dir: Path | str | None = None,
         spool_max_bytes: int = _DEFAULTS.spool_max_bytes,
+        provenance: Provenance | None = None,
     ) -> None:
         """Wrap `redis` (the client owns and closes it); prefer from_url or from_settings."""
         if not queue:
@@ -103,6 +121,7 @@ class AuditClient(SpoolReplay):
         self._flush_max = flush_max_events
         self._max_event_bytes = max_event_bytes
         self._extra_keys = frozenset(redact_extra_keys)
+        self._provenance = provenance
         self._lock = threading.Lock()  # counters and loop binding are touched from any thread
         self._loop: asyncio.AbstractEventLoop | None = None
         self._sender: asyncio.Task[None] | None = None
@@ -130,55 +149,31 @@ class AuditClient(SpoolReplay):
             self._ensure_replayer()
 
     @classmethod
-    def from_url(
-        cls,
-        url: str,
-        *,
-        queue: str = _DEFAULTS.queue,
-        capture_timeout_s: float = _DEFAULTS.capture_timeout_s,
-        buffer_max_events: int = _DEFAULTS.buffer_max_events,
-        flush_interval_s: float = _DEFAULTS.flush_interval_s,
-        flush_max_events: int = _DEFAULTS.flush_max_events,
-        max_event_bytes: int = _DEFAULTS.max_event_bytes,
-        redact_extra_keys: Iterable[str] = _DEFAULTS.redact_extra_keys,
-        spool_dir: Path | str | None = None,
-        spool_max_bytes: int = _DEFAULTS.spool_max_bytes,
-    ) -> AuditClient:
+    def from_url(cls, url: str, **options: Unpack[ClientOptions]) -> AuditClient:
         """Make a client for the Redis at `url`; connects on first use, not now.
 
         `spool_dir` (opt-in) keeps what Redis cannot take on local disk until it can.
         """
+        timeout = options.get("capture_timeout_s", _DEFAULTS.capture_timeout_s)
         redis = Redis.from_url(
             url,
-            socket_connect_timeout=capture_timeout_s,
-            socket_timeout=capture_timeout_s,
+            socket_connect_timeout=timeout,
+            socket_timeout=timeout,
             # One immediate retry: after a Redis restart the pooled connection is dead, and
             # the first command would fail without it.
             retry=Retry(NoBackoff(), 1),
             retry_on_error=[RedisConnectionError, RedisTimeoutError],
         )
-        return cls(
-            redis,
-            queue=queue,
-            capture_timeout_s=capture_timeout_s,
-            buffer_max_events=buffer_max_events,
-            flush_interval_s=flush_interval_s,
-            flush_max_events=flush_max_events,
-            max_event_bytes=max_event_bytes,
-            redact_extra_keys=redact_extra_keys,
-            spool_dir=spool_dir,
-            spool_max_bytes=spool_max_bytes,
-        )
+        return cls(redis, **options)
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> AuditClient:
+    def from_settings(cls, settings: Settings, **options: Unpack[ClientOptions]) -> AuditClient:
         """Make a client from the settings' Redis URL, queue, producer options and spool."""
         if settings.redis_url is None:
             raise ConfigError(
                 "no Redis URL: set AUDITQ_REDIS_URL or start the embedded stack with `auditq run`"
             )
-        return cls.from_url(
-            settings.redis_url,
+        configured = ClientOptions(
             queue=settings.queue,
             capture_timeout_s=settings.capture_timeout_s,
             buffer_max_events=settings.buffer_max_events,
@@ -189,6 +184,7 @@ class AuditClient(SpoolReplay):
             spool_dir=settings.spool_dir,
             spool_max_bytes=settings.spool_max_bytes,
         )
+        return cls.from_url(settings.redis_url, **(configured | options))
 
     async def __aenter__(self) -> AuditClient:
         return self
@@ -406,7 +402,7 @@ class AuditClient(SpoolReplay):
                 # "finalized" (validated, completed, redacted here): the batch joins the
                 # queue's open job while no worker has taken it, so many small batches (from
                 # every producer) make one job, and the worker need not redo that work.
-                await self._script(keys=[self._queue], args=[payload, "", "finalized"])
+                await self._script(keys=[self._queue], args=self._job_args(payload))
         except asyncio.CancelledError:
             self._fail_batch(batch, ClientClosed("closed while the batch was being sent"))
             raise
@@ -426,6 +422,16 @@ class AuditClient(SpoolReplay):
         for _, _, sent in batch:
             if sent is not None and not sent.done():
                 sent.set_result(None)
+
+    def _job_args(self, payload: bytes, task_id: str = "") -> list[bytes | str]:
+        """The enqueue script's arguments for `payload`: one job of its own, with its
+        provenance claim and tag, when the client has a provenance (the API's)."""
+        provenance = self._provenance
+        if provenance is None:
+            return [payload, task_id, "finalized"]
+        task_id = task_id or f"{provenance.task_prefix}-{uuid.uuid4().hex}"
+        tag = provenance_tag(provenance.key, task_id=task_id, via=provenance.via, payload=payload)
+        return [payload, task_id, "finalized", provenance.via, tag]
 
     def _fail_batch(self, batch: Iterable[Item], exc: Exception) -> None:
         for _, event, sent in batch:

@@ -60,6 +60,9 @@ class SpoolReplay:
     def _fail_batch(self, batch: Iterable[Item], exc: Exception) -> None:
         raise NotImplementedError
 
+    def _job_args(self, payload: bytes, task_id: str = "") -> list[bytes | str]:
+        raise NotImplementedError
+
     async def _spool_batch(self, batch: list[Item]) -> None:
         """Append a batch Redis did not take to the spool; its events count as sent."""
         spool = self._spool
@@ -212,7 +215,9 @@ class SpoolReplay:
                     # A task id of its own: a batch replayed twice is queued once.
                     task_id = f"spool-{segment.name}-{index}"
                     async with asyncio.timeout(self._send_timeout):
-                        await self._script(keys=[self._queue], args=[payload, task_id])
+                        await self._script(
+                            keys=[self._queue], args=self._job_args(payload, task_id)
+                        )
                     with self._lock:
                         self.replayed += len(part)
                 await asyncio.to_thread(segment.delete)

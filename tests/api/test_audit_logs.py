@@ -37,7 +37,7 @@ def make_event(**fields: Any) -> AuditEvent:
 
 
 async def seed(pg: asyncpg.Connection, events: list[AuditEvent]) -> None:
-    result = await write_events(pg, events)
+    result = await write_events(pg, events, received_via="redis:test")
     assert result.inserted == len(events) and not result.rejected
 
 

@@ -87,11 +87,51 @@ async def test_bad_requests_are_named(api: TestClient[Any, Any], tokens: Tokens)
         await error_of(response, 403)
 
 
-async def test_no_acceptance_is_claimed_when_redis_is_down(
-    settings: Settings, tokens: Tokens
+async def test_a_refused_batch_resent_with_its_ids_is_stored_once(
+    api: TestClient[Any, Any],
+    settings: Settings,
+    tokens: Tokens,
+    database_url: str,
+    redis: aioredis.Redis,
+    pg: asyncpg.Connection,
 ) -> None:
+    batch = {"events": [{"action": "auth.login"}, {"action": "Bad"}, {"action": "auth.logout"}]}
     dead = dataclasses.replace(settings, redis_url="redis://127.0.0.1:9/0")  # nothing listens
-    async with TestClient(TestServer(create_app(dead))) as api:
-        async with api.post(EVENTS, headers=tokens.ingest, json={"action": "auth.login"}) as r:
-            error = await error_of(r, 503)
-    assert "Redis" in error["message"]
+    async with TestClient(TestServer(create_app(dead))) as down:
+        async with down.post(EVENTS, headers=tokens.ingest, json=batch) as r:
+            assert r.status == 503
+            body = await r.json()
+    assert "Redis" in body["error"]["message"]
+    first, bad, second = body["ids"]
+    assert first and second and bad is None, "each event's id, none for the rejected one"
+    assert [r["index"] for r in body["rejected"]] == [1]
+
+    # The producer sends them again with those ids, twice, once with another ts each time.
+    resent = [{"id": first, "action": "auth.login"}, {"id": second, "action": "auth.logout"}]
+    later = [dict(e, ts="2026-01-02T03:04:05Z") for e in resent]
+    for events in (resent, later):
+        async with api.post(EVENTS, headers=tokens.ingest, json={"events": events}) as r:
+            assert r.status == 202, await r.text()
+    async with running_worker(settings):
+        await wait_for(lambda: _stored(database_url, {first, second}, 2))
+        await wait_for(lambda: _drained(redis, settings.queue))  # both resends written
+    rows = await pg.fetch(
+        "SELECT id::text, received_via FROM audit_log WHERE id = ANY($1::uuid[])", [first, second]
+    )
+    assert sorted(r["id"] for r in rows) == sorted([first, second]), "each stored once"
+    assert {r["received_via"] for r in rows} == {"http:test-ingest"}
+
+
+async def _drained(redis: aioredis.Redis, queue: str) -> bool:
+    return int(await redis.zcard(queue)) == 0
+
+
+async def _stored(database_url: str, ids: set[str], n: int) -> bool:
+    conn = await asyncpg.connect(database_url)
+    try:
+        found: int = await conn.fetchval(
+            "SELECT count(*) FROM audit_log WHERE id = ANY($1::uuid[])", list(ids)
+        )
+        return found >= n
+    finally:
+        await conn.close()

@@ -328,3 +328,25 @@ async def test_cli_is_a_thin_client_of_the_same_functions(
     status, out = await auditq(settings, "tasks", "cleanup")
     assert status == 0 and out.startswith("deleted 0 complete and 0 failed"), out
     assert b"audit.task.cleanup" in b"".join(await queued_payloads(redis, settings.queue))
+
+
+async def test_retrying_while_a_worker_fails_the_task_again_never_loses_it(
+    api: TestClient[Any, Any], tokens: Tokens, settings: Settings, redis: aioredis.Redis
+) -> None:
+    # Invalid events fail without PostgreSQL, within the worker's 20 ms poll: the retry and
+    # the next failure race each time.
+    await add_failed(
+        redis, settings.queue, "racer", [{"action": "Not An Action"}], classification="invalid"
+    )
+
+    async def failed_again() -> bool:
+        return await dead_letter.get(redis, settings.queue, "racer") is not None
+
+    async with running_worker(settings):
+        for _ in range(15):
+            async with api.post(f"{TASKS}/racer/retry", headers=tokens.admin) as response:
+                assert response.status in (202, 409), await response.text()
+            # Wherever the race fell, the task is back in the dead letter, never gone.
+            await wait_for(failed_again, within_s=15)
+    letter = await dead_letter.get(redis, settings.queue, "racer")
+    assert letter is not None and letter.event_count == 1

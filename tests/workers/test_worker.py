@@ -153,3 +153,85 @@ async def test_an_unforeseen_failure_is_retried_not_failed(
 
         await wait_for(stored)
     assert calls == 2
+
+
+async def test_provenance_is_set_by_auditq_and_a_forged_claim_is_not_believed(
+    settings: Settings, redis: aioredis.Redis, database_url: str, pg: asyncpg.Connection
+) -> None:
+    from service.producer.client import AuditClient
+    from service.queue import PROVENANCE_SECRET, provenance_tag
+    from service.store.secrets import read_secret
+
+    plain, forged, vouched = event(1), event(2), event(3)
+    await enqueue(redis, settings.queue, json.dumps([plain]))
+    # A producer with Redis access claims to be the API: without the key, no valid tag.
+    payload = json.dumps([forged])
+    await redis.eval(ENQUEUE_SCRIPT, 1, settings.queue, payload, "t-forged", "", "api", "0" * 64)
+    # The API's claim, tagged with the key only the API and the worker read.
+    key = await read_secret(pg, PROVENANCE_SECRET)
+    payload = json.dumps([vouched])
+    tag = provenance_tag(key, task_id="t-api", via="api", payload=payload.encode())
+    await redis.eval(ENQUEUE_SCRIPT, 1, settings.queue, payload, "t-api", "", "api", tag)
+    async with AuditClient.from_settings(settings) as client:
+        from service.events import AuditEvent
+
+        captured = await client.capture(AuditEvent(action="record.viewed"))
+    async with running_worker(settings):
+        await wait_for(lambda: _count_at_least(database_url, 4))
+    rows = await pg.fetch("SELECT id::text, received_via FROM audit_log")
+    via = {row["id"]: row["received_via"] for row in rows}
+    queue_via = f"redis:{settings.queue}"
+    assert via[str(plain["id"])] == queue_via
+    assert via[str(forged["id"])] == queue_via, "a claim without a valid tag is not believed"
+    assert via[str(vouched["id"])] == "api"
+    assert via[str(captured)] == queue_via
+
+
+async def test_redis_keeps_no_event_of_a_stored_job(
+    settings: Settings, redis: aioredis.Redis, database_url: str
+) -> None:
+    secret_free = [event(i, metadata={"n": i, "note": "x" * 200}) for i in range(200)]
+    task_id = await enqueue(redis, settings.queue, json.dumps(secret_free))
+    async with running_worker(settings):
+        await wait_for(lambda: queue_empty(redis, settings.queue))
+    result = await redis.get(f"arq:result:{task_id}")
+    assert result is not None and len(result) < 400, "counts and times, not the events"
+    assert b"x" * 200 not in result and b"record.updated" not in result
+
+
+async def test_a_job_over_its_budget_is_retried_and_stored_once(
+    settings: Settings,
+    redis: aioredis.Redis,
+    database_url: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import asyncio
+    import dataclasses
+
+    from workers import job as worker_module
+
+    real_record = worker_module._record_stored
+    slow_once = True
+
+    async def slow_bookkeeping(*args: Any, **kwargs: Any) -> None:
+        nonlocal slow_once
+        if slow_once:  # the events are written; then the job outlives its budget
+            slow_once = False
+            await asyncio.sleep(60)
+        await real_record(*args, **kwargs)
+
+    monkeypatch.setattr(worker_module, "_record_stored", slow_bookkeeping)
+    monkeypatch.setattr(worker_module, "UNEXPECTED_RETRY_DELAY", 0.1)
+    quick = dataclasses.replace(settings, job_timeout_s=2.0)
+    events = [event(i) for i in range(10)]
+    task_id = await enqueue(redis, settings.queue, json.dumps(events))
+    async with running_worker(quick):
+        await wait_for(lambda: queue_empty(redis, settings.queue))
+    assert await count_rows(database_url) == 10
+    result = await redis.get(f"arq:result:{task_id}")
+    assert result is not None and b'"s":true' in result, "arq did not fail the job"
+    assert await dead_letter.list_ids(redis, settings.queue) == []
+
+
+async def _count_at_least(database_url: str, n: int) -> bool:
+    return await count_rows(database_url) >= n

@@ -16,9 +16,7 @@ from aiohttp import web
 from service.api.audit_logs.query import UtcTime
 from service.api.errors import bad_parameter
 from service.api.state import POOL
-from service.errors import ConfigError
-
-SELECT_CURSOR_SECRET = "SELECT secret FROM api_secret WHERE name = 'cursor'"
+from service.store.secrets import read_secret
 
 
 # Positional, not kw_only: a position is a key of three parts, made in one place each.
@@ -83,8 +81,5 @@ CURSORS = web.AppKey("audit_log_cursors", CursorCodec)
 async def cursor_context(app: web.Application) -> AsyncIterator[None]:
     """Read the cursor secret every replica shares."""
     async with app[POOL].acquire() as conn:
-        secret = await conn.fetchval(SELECT_CURSOR_SECRET)
-    if secret is None:
-        raise ConfigError("the database has no cursor secret: run `auditq migrate`")
-    app[CURSORS] = CursorCodec(bytes(secret))
+        app[CURSORS] = CursorCodec(await read_secret(conn, "cursor"))
     yield

@@ -1,0 +1,17 @@
+"""Secrets made once per database (schema.sql fills `api_secret`): every replica reads the same."""
+
+from __future__ import annotations
+
+import asyncpg
+
+from service.errors import ConfigError
+
+SELECT_SECRET = "SELECT secret FROM api_secret WHERE name = $1"
+
+
+async def read_secret(conn: asyncpg.Connection, name: str) -> bytes:
+    """The secret `name`; a clear error when the schema has not made it."""
+    secret = await conn.fetchval(SELECT_SECRET, name)
+    if secret is None:
+        raise ConfigError(f"the database has no {name} secret: run `auditq migrate`")
+    return bytes(secret)
