@@ -15,6 +15,7 @@ IN_PROGRESS_PREFIX = in_progress_key_prefix  # arq:in-progress:<id>
 RETRY_PREFIX = retry_key_prefix  # arq:retry:<id>
 RESULT_PREFIX = result_key_prefix  # arq:result:<id>
 
+LIVE_MAXLEN = 10_000  # entries (one a write): what a reconnecting live tail can resume over
 COMPLETE_MAXLEN = 100_000  # entries: TestPlanIt keeps 100,000 completed jobs (and 1 year)
 STORED_COUNTER_TTL = 120  # seconds; events/s over the last minute reads 60 of them
 HEARTBEAT_INTERVAL = 5.0  # seconds between a worker's heartbeats
@@ -29,6 +30,12 @@ def attempts_key(queue: str) -> str:
 def complete_key(queue: str) -> str:
     """Capped stream of finished tasks (id, event_count, enqueued/started/finished ms)."""
     return f"auditq:{queue}:complete"
+
+
+def live_key(queue: str) -> str:
+    """Capped stream of the keys ([id, ts]) of the rows each write stored, in commit order:
+    the live tail reads the rows from PostgreSQL by these keys."""
+    return f"auditq:{queue}:live"
 
 
 def stored_key(queue: str, epoch_s: int) -> str:

@@ -195,3 +195,19 @@ def test_text_is_one_readable_line_with_level_and_logger() -> None:
     assert lines[0].endswith(message)
     with pytest.raises(json.JSONDecodeError):
         json.loads(lines[0])
+
+
+def test_text_logs_never_carry_control_characters_raw() -> None:
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(logs.TextFormatter())
+    logger = logging.getLogger("auditq.test.control")
+    logger.addHandler(handler)
+    try:
+        # A path as a hostile client sends it: a forged second line, a terminal escape.
+        logger.warning("unhandled error on GET %s", "/x\r\n2026-01-01 INFO fake: ok\x1b[2J\u2028")
+    finally:
+        logger.removeHandler(handler)
+    text = stream.getvalue()
+    assert text.count("\n") == 1 and "\r" not in text and "\x1b" not in text, text
+    assert "\u2028" not in text and "\\x0d\\x0a2026-01-01 INFO fake" in text

@@ -24,10 +24,12 @@ from service.keys import (
     COMPLETE_MAXLEN,
     EVENTS_DEAD_LETTERED,
     EVENTS_STORED,
+    LIVE_MAXLEN,
     STORED_COUNTER_TTL,
     attempts_key,
     complete_key,
     counters_key,
+    live_key,
     stored_key,
 )
 from service.ops import dead_letter
@@ -45,6 +47,7 @@ JOB_BUDGET_SHARE = 0.9  # of arq's job_timeout: the whole job ends (or retries) 
 WRITE_BUDGET_SHARE = 0.8  # of arq's job_timeout: the write, inside the job's budget
 
 _batch_decoder = msgspec.json.Decoder(list[AuditEvent] | AuditEvent)
+_keys_encoder = msgspec.json.Encoder()
 
 
 def _parse(
@@ -175,7 +178,8 @@ async def _store_events(
         await _dead_letter(state, task, payload, 0, "InvalidJSON", str(exc), "invalid")
         return {"stored": 0, "rejected": 1}
 
-    inserted, refused = 0, []
+    inserted: list[tuple[Any, Any]] = []
+    refused: list[Rejected] = []
     if events:
         result = await _write(state, task, events)
         if result is None:  # the retry policy gave up: the whole batch is dead-lettered
@@ -195,7 +199,7 @@ async def _store_events(
         )
     stored = len(events) - len(refused)
     state.events_stored += stored
-    await _record_stored(state, task, stored, started_ms, complete=not rejected)
+    await _record_stored(state, task, stored, started_ms, inserted, complete=not rejected)
     if logger.isEnabledFor(logging.DEBUG):
         bad = {id(r.event) for r in refused}
         for event in events:
@@ -212,7 +216,7 @@ async def _store_events(
         "[AuditLogWorker] task %s: %d events stored (%d new), %d rejected in %.1f ms",
         task.id,
         stored,
-        inserted,
+        len(inserted),
         len(rejected),
         (time.perf_counter() - started) * 1000,
     )
@@ -222,9 +226,16 @@ async def _store_events(
 
 
 async def _record_stored(
-    state: WorkerState, task: Task, stored: int, started_ms: int, *, complete: bool
+    state: WorkerState,
+    task: Task,
+    stored: int,
+    started_ms: int,
+    inserted: list[tuple[Any, Any]],
+    *,
+    complete: bool,
 ) -> None:
-    """Count stored events (per second and in total) and log a complete task in its stream."""
+    """Count stored events (per second and in total), log a complete task in its stream, and
+    tell the live tail which rows are new (after the commit: they are readable now)."""
     queue = state.settings.queue
     now_ms = int(time.time() * 1000)
     try:
@@ -245,6 +256,9 @@ async def _record_stored(
                     "finished_at_ms": now_ms,
                 }
                 pipe.xadd(complete_key(queue), fields, maxlen=COMPLETE_MAXLEN, approximate=True)
+            if inserted:
+                keys = _keys_encoder.encode([(str(i), ts.isoformat()) for i, ts in inserted])
+                pipe.xadd(live_key(queue), {"keys": keys}, maxlen=LIVE_MAXLEN, approximate=True)
             await pipe.execute()
     except Exception as exc:  # bookkeeping must never fail a task whose events are stored
         logger.warning("task %s: stats not recorded: %s: %s", task.id, type(exc).__name__, exc)

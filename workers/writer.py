@@ -43,12 +43,13 @@ INSERT_EVENTS = (
     _INSERT_FROM_ARRAYS
     + """WHERE NOT EXISTS (SELECT FROM audit_log a WHERE a.id = u.id)
 ON CONFLICT (id, ts) DO NOTHING
+RETURNING id, ts
 """
 )
 # For events whose producer fixed id and ts together at capture (auditq's client), a second
 # delivery carries the same ts, so the key alone catches it: no probe of every partition's
 # index for the id (a sixth of the statement's cost with 8 partitions, more with each month).
-INSERT_KEYED_EVENTS = _INSERT_FROM_ARRAYS + "ON CONFLICT (id, ts) DO NOTHING\n"
+INSERT_KEYED_EVENTS = _INSERT_FROM_ARRAYS + "ON CONFLICT (id, ts) DO NOTHING\nRETURNING id, ts\n"
 N_COLUMNS = 25
 # The id probe of INSERT_EVENTS sees only committed rows: two deliveries of one id with two
 # ts, written at once, would both find nothing. So writes that probe take this lock alone, and
@@ -70,7 +71,8 @@ class Rejected:
 
 @dataclasses.dataclass
 class WriteResult:
-    inserted: int = 0  # new rows; redelivered events count as already stored, not inserted
+    # The keys of the new rows; redelivered events count as already stored, not inserted.
+    inserted: list[tuple[Any, Any]] = dataclasses.field(default_factory=list)
     rejected: list[Rejected] = dataclasses.field(default_factory=list)
 
 
@@ -150,7 +152,7 @@ async def _write(
         # Its own statement, first: the probe's snapshot is then taken once the lock is held.
         async with conn.transaction():
             await conn.execute(LOCK_SHARED if keyed else LOCK_ALONE, DEDUPE_LOCK)
-            status = await conn.execute(statement, *_columns([e for _, e in batch]), via)
+            rows = await conn.fetch(statement, *_columns([e for _, e in batch]), via)
     except asyncpg.PostgresError as exc:
         if classify(exc) is not Failure.DATA:
             raise
@@ -164,4 +166,4 @@ async def _write(
         await _write(conn, batch[:middle], result, keyed=keyed, via=via)
         await _write(conn, batch[middle:], result, keyed=keyed, via=via)
         return
-    result.inserted += int(status.rsplit(" ", 1)[-1])
+    result.inserted.extend((row["id"], row["ts"]) for row in rows)

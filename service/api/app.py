@@ -13,6 +13,7 @@ from service.api.audit_logs import export, pages, statistics, stream
 from service.api.audit_logs.cursor import cursor_context
 from service.api.auth import auth_middleware
 from service.api.errors import error_middleware
+from service.api.limits import OPEN_REQUESTS, OpenRequests
 from service.api.producers import producers_context
 from service.api.state import POOL, REDIS, SETTINGS
 from service.settings import Settings
@@ -63,6 +64,7 @@ def create_app(settings: Settings) -> web.Application:
         client_max_size=MAX_BODY_BYTES, middlewares=[error_middleware, auth_middleware(POOL)]
     )
     app[SETTINGS] = settings
+    app[OPEN_REQUESTS] = OpenRequests()
     app.cleanup_ctx.extend(
         [_postgres, _redis, producers_context, cursor_context, stream.stream_context]
     )

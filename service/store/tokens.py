@@ -56,3 +56,11 @@ async def find_active_token(conn: asyncpg.Connection, digest: bytes) -> asyncpg.
     """The active token whose hash is `digest` (id, name, role, token_hash), or None."""
     row: asyncpg.Record | None = await conn.fetchrow(FIND_TOKEN, digest)
     return row
+
+
+IS_ACTIVE = "SELECT true FROM api_token WHERE id = $1 AND revoked_at IS NULL"
+
+
+async def is_active(conn: asyncpg.Connection, token_id: int) -> bool:
+    """Whether the token `token_id` still works (it was not revoked)."""
+    return bool(await conn.fetchval(IS_ACTIVE, token_id))

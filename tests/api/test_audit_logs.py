@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import csv
 import io
 import json
@@ -21,9 +22,12 @@ from service.api.audit_logs import cursor as cursors
 from service.api.audit_logs import export
 from service.api.audit_logs.pages import page_query
 from service.api.audit_logs.query import convert_query
+from service.api.state import REDIS, SETTINGS
 from service.events import AuditEvent, finalize
+from service.queue import ENQUEUE_SCRIPT
 from service.settings import Settings
 from service.store.tokens import create_token, revoke_token
+from tests.conftest import running_worker, wait_for
 from workers.writer import write_events
 
 BASE = "/api/v1/admin/audit-logs"
@@ -37,8 +41,8 @@ def make_event(**fields: Any) -> AuditEvent:
 
 
 async def seed(pg: asyncpg.Connection, events: list[AuditEvent]) -> None:
-    result = await write_events(pg, events, received_via="redis:test")
-    assert result.inserted == len(events) and not result.rejected
+    result = await write_events(pg, events, received_via="redis:test", keyed=True)
+    assert len(result.inserted) == len(events) and not result.rejected
 
 
 @pytest.fixture
@@ -267,6 +271,7 @@ async def test_item_has_the_wire_shape_and_one_is_found_by_id(
     assert set(entry) == {
         *("id", "ts", "action", "category", "severity", "outcome", "actor", "entity"),
         *("tenant", "request", "changes", "metadata", "presentation", "source", "received_at"),
+            "received_via",
     }
     async with api.get(f"{BASE}/{uuid.uuid4()}", headers=admin) as response:
         await error(response, 404)
@@ -567,29 +572,111 @@ async def next_event(response: Any, within_s: float = 15.0) -> tuple[str, dict[s
                 return event_id, data
 
 
+async def stored_by_the_worker(redis: aioredis.Redis, queue: str, events: list[AuditEvent]) -> None:
+    """Queue `events` as any producer would; the running worker stores them."""
+    await redis.eval(ENQUEUE_SCRIPT, 1, queue, msgspec.json.encode(events))
+
+
 async def test_stream_sends_rows_stored_after_connecting(
-    api: TestClient[Any, Any], admin: dict[str, str], pg: asyncpg.Connection
+    api: TestClient[Any, Any],
+    admin: dict[str, str],
+    pg: asyncpg.Connection,
+    redis: aioredis.Redis,
+    settings: Settings,
 ) -> None:
-    await seed(pg, [make_event(action="auth.login", tenant="live")])  # before: not sent
-    async with api.get(f"{BASE}/stream", headers=admin, params={"tenant": "live"}) as response:
-        assert response.status == 200
-        assert response.headers["Content-Type"].startswith("text/event-stream")
-        other = make_event(action="auth.login", tenant="elsewhere")
-        first = make_event(action="auth.logout", tenant="live")
-        await seed(pg, [other, first])
-        event_id, data = await next_event(response)
-        assert data["id"] == str(first.id)
-        assert data["received_at"]
-    # A reconnect with Last-Event-ID resumes after that row.
-    second = make_event(action="auth.login", tenant="live")
-    await seed(pg, [second])
-    async with api.get(
-        f"{BASE}/stream", headers=admin | {"Last-Event-ID": event_id}, params={"tenant": "live"}
-    ) as response:
-        _, data = await next_event(response)
-        assert data["id"] == str(second.id)
+    queue = settings.queue
+    async with running_worker(settings):
+        await stored_by_the_worker(redis, queue, [make_event(action="auth.login", tenant="live")])
+        await wait_for(lambda: _queue_drained(redis, queue))  # stored before: not sent
+        async with api.get(f"{BASE}/stream", headers=admin, params={"tenant": "live"}) as response:
+            assert response.status == 200
+            assert response.headers["Content-Type"].startswith("text/event-stream")
+            assert (await response.content.readline()).startswith(b"retry:")
+            other = make_event(action="auth.login", tenant="elsewhere")
+            first = make_event(action="auth.logout", tenant="live")
+            await stored_by_the_worker(redis, queue, [other, first])
+            event_id, data = await next_event(response)
+            assert data["id"] == str(first.id)
+            assert data["received_at"] and data["received_via"] == f"redis:{queue}"
+        # A reconnect with Last-Event-ID resumes after that row, with what came meanwhile.
+        second = make_event(action="auth.login", tenant="live")
+        await stored_by_the_worker(redis, queue, [second])
+        await wait_for(lambda: _queue_drained(redis, queue))
+        async with api.get(
+            f"{BASE}/stream", headers=admin | {"Last-Event-ID": event_id}, params={"tenant": "live"}
+        ) as response:
+            _, data = await next_event(response)
+            assert data["id"] == str(second.id)
     async with api.get(f"{BASE}/stream", headers=admin | {"Last-Event-ID": "forged"}) as response:
         assert "`Last-Event-ID`" in await error(response, 400)
+
+
+async def test_a_row_of_a_long_transaction_is_not_skipped(
+    api: TestClient[Any, Any], admin: dict[str, str], pg: asyncpg.Connection, database_url: str
+) -> None:
+    """A write that commits long after later ones were sent still reaches the tail."""
+    from service.keys import live_key
+
+    slow, quick = (
+        make_event(action="auth.login", tenant="long"),
+        make_event(action="auth.logout", tenant="long"),
+    )
+    redis = api.app[REDIS]
+    key = live_key(api.app[SETTINGS].queue)
+    async with api.get(f"{BASE}/stream", headers=admin, params={"tenant": "long"}) as response:
+        assert (await response.content.readline()).startswith(b"retry:")
+        held = await asyncpg.connect(database_url)
+        try:
+            transaction = held.transaction()
+            await transaction.start()
+            result = await write_events(held, [slow], received_via="redis:test", keyed=True)
+            await seed(pg, [quick])  # begun later, committed first
+            await redis.xadd(key, {"keys": _keys([quick])})
+            _, data = await next_event(response)
+            assert data["id"] == str(quick.id)
+            await asyncio.sleep(3)  # longer than the old tail's hold-back window
+            await transaction.commit()
+            await redis.xadd(key, {"keys": _keys([slow])})
+            assert result.inserted
+        finally:
+            await held.close()
+        _, data = await next_event(response)
+        assert data["id"] == str(slow.id)
+
+
+def _keys(events: list[AuditEvent]) -> bytes:
+    return msgspec.json.encode([(str(e.id), e.ts) for e in events])
+
+
+async def _queue_drained(redis: aioredis.Redis, queue: str) -> bool:
+    return int(await redis.zcard(queue)) == 0
+
+
+async def test_a_token_holds_a_bounded_number_of_open_streams(
+    api: TestClient[Any, Any], reader: dict[str, str]
+) -> None:
+    async with contextlib.AsyncExitStack() as stack:
+        for _ in range(4):
+            response = await stack.enter_async_context(api.get(f"{BASE}/stream", headers=reader))
+            assert response.status == 200
+            assert (await response.content.readline()).startswith(b"retry:")
+        async with api.get(f"{BASE}/stream", headers=reader) as response:
+            assert "4 open streams" in await error(response, 429)
+
+
+async def test_a_revoked_tokens_stream_ends(
+    api: TestClient[Any, Any], pg: asyncpg.Connection, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from service.api.audit_logs import stream
+
+    monkeypatch.setattr(stream, "TOKEN_RECHECK_S", 0.5)  # 10 s in production
+    token = await create_token(pg, name="soon-revoked", role="reader")
+    async with api.get(f"{BASE}/stream", headers={"Authorization": f"Bearer {token}"}) as r:
+        assert (await r.content.readline()).startswith(b"retry:")
+        assert await revoke_token(pg, "soon-revoked")
+        async with asyncio.timeout(15):
+            while await r.content.readline():
+                pass  # the server ends the stream: readline returns b""
 
 
 async def test_shutdown_ends_open_streams(settings: Settings, admin: dict[str, str]) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import csv
 import io
 import logging
@@ -15,12 +16,14 @@ from aiohttp import web
 from service.api.audit_logs.query import AuditLogQuery, describe, query_from_params
 from service.api.audit_logs.rows import ORDER_BY, SELECT_ITEMS, item, where_of
 from service.api.errors import bad_parameter
+from service.api.limits import OPEN_REQUESTS, WRITE_TIMEOUT_S
 from service.api.state import POOL, record_admin_action
 
 logger = logging.getLogger(__name__)
 _encoder = msgspec.json.Encoder()
 
 EXPORT_CHUNK_ROWS = 1000  # rows fetched from the server-side cursor at a time
+EXPORT_TIMEOUT_S = 6 * 3600.0  # seconds a whole CSV export may take (a slow reader is cut sooner)
 
 EXPORT_TYPES = {"csv": "text/csv", "jsonl": "application/x-ndjson"}
 CSV_HEADER = (
@@ -50,6 +53,7 @@ CSV_HEADER = (
     "metadata",
     "presentation",
     "source",
+    "received_via",
 )
 # A spreadsheet runs a cell starting with one of these as a formula (CSV injection).
 FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
@@ -145,6 +149,13 @@ async def export_audit_logs(request: web.Request) -> web.StreamResponse:
         "audit.exported",
         metadata={"format": export_format, "filters": describe(query)},
     )
+    with request.app[OPEN_REQUESTS].hold(request, "export"):
+        return await _export(request, export_format, sql, args)
+
+
+async def _export(
+    request: web.Request, export_format: str, sql: str, args: list[Any]
+) -> web.StreamResponse:
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
     response = web.StreamResponse(
         headers={
@@ -165,7 +176,8 @@ async def export_audit_logs(request: web.Request) -> web.StreamResponse:
         await response.prepare(request)
         try:
             while rows:
-                await response.write(b"".join(_encoder.encode(item(row)) + b"\n" for row in rows))
+                async with asyncio.timeout(WRITE_TIMEOUT_S):  # a client that stops reading
+                    await response.write(b"".join(_encoder.encode(item(r)) + b"\n" for r in rows))
                 rows = await cursor.fetch(EXPORT_CHUNK_ROWS)
         except ConnectionResetError:
             return response  # the client left
@@ -190,11 +202,15 @@ async def _export_csv(
         if not response.prepared:  # only once the query runs: a failure before is a 503
             await response.prepare(request)
             await response.write(_csv_lines([CSV_HEADER]))
-        await response.write(crlf(data))
+        async with asyncio.timeout(WRITE_TIMEOUT_S):  # a client that stops reading is cut
+            await response.write(crlf(data))
 
     async with request.app[POOL].acquire() as conn:
         try:
-            await conn.copy_from_query(sql, *args, output=send, format="csv")
+            # Its own timeout: the pool's command timeout would cut a long export short.
+            await conn.copy_from_query(
+                sql, *args, output=send, format="csv", timeout=EXPORT_TIMEOUT_S
+            )
         except ConnectionResetError:
             return response  # the client left
         except Exception:

@@ -15,7 +15,7 @@ SELECT id, ts, received_at, action, category, severity, outcome,
        actor_id, actor_type, actor_name, actor_email,
        entity_type, entity_id, entity_name, tenant,
        request_id, host(ip) AS ip, user_agent, method, path, status, duration_ms,
-       changes, metadata, presentation, source
+       changes, metadata, presentation, source, received_via
 FROM audit_log
 """
 SELECT_ONE = SELECT_ITEMS + "WHERE id = $1 LIMIT 1"
@@ -132,4 +132,5 @@ def item(row: asyncpg.Record) -> dict[str, Any]:
         "presentation": row["presentation"],
         "source": row["source"],
         "received_at": row["received_at"],
+        "received_via": row["received_via"],
     }

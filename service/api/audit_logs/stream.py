@@ -1,38 +1,56 @@
-"""The live tail: Server-Sent Events of each newly stored row matching the filters."""
+"""The live tail: Server-Sent Events of each newly stored row matching the filters.
+
+The worker appends the keys of the rows each write stored to a capped Redis stream, after the
+commit (service/keys.py live_key); a tail blocks on that stream (XREAD) and reads those rows
+from PostgreSQL with its filters. Stream order is commit order, so a row of a long
+transaction is sent when it commits, never skipped; every API replica reads the same stream;
+`Last-Event-ID` is a stream entry id, so a reconnect resumes after the last write it saw (as
+far back as the stream's cap reaches).
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import logging
+import re
 import time
-import uuid
 from collections.abc import AsyncIterator
+from datetime import datetime
 from typing import Any
 
 import asyncpg
 import msgspec
+import redis.exceptions
 from aiohttp import web
 
-from service.api.audit_logs.cursor import CURSORS, Position
 from service.api.audit_logs.query import PAGING_FIELDS, AuditLogQuery, query_from_params
 from service.api.audit_logs.rows import SELECT_ITEMS, item, where_of
-from service.api.state import POOL
+from service.api.auth import request_principal
+from service.api.errors import bad_parameter
+from service.api.limits import OPEN_REQUESTS, WRITE_TIMEOUT_S
+from service.api.state import POOL, REDIS, SETTINGS
+from service.keys import live_key
+from service.store import tokens
 
 logger = logging.getLogger(__name__)
 
-STREAM_POLL_S = 0.5  # seconds between live-tail polls
+STREAM_BLOCK_MS = 1000  # ms one XREAD waits for a write; bounds how late a stop is seen
+STREAM_BATCH_ENTRIES = 100  # writes read from the stream at a time
 STREAM_HEARTBEAT_S = 15.0  # seconds of silence before a comment keeps proxies from closing
-STREAM_BATCH_ROWS = 500
 STREAM_RETRY_MS = 2000  # the client's reconnect delay, sent to EventSource
-# The live tail shows a row once its received_at is 2 s old: received_at is when the writing
-# transaction began, so a write that commits after a later-begun one has been sent would
-# otherwise fall behind the position and be skipped; any write shorter than 2 s is caught.
-STREAM_AFTER = "(received_at, id) > ({0}, {1}) AND received_at < now() - interval '2 seconds'"
+TOKEN_RECHECK_S = 10.0  # seconds between checks that the token was not revoked
+REDIS_DOWN_PAUSE = 1.0  # seconds between tries while Redis or PostgreSQL does not answer
+
+# The rows of some writes, by key; the page filters narrow them.
+ROWS_BY_KEY = "(id, ts) IN (SELECT * FROM unnest({}::uuid[], {}::timestamptz[]))"
 STREAM_ORDER_BY = "ORDER BY received_at, id"
-SELECT_NOW = "SELECT now()"
+ENTRY_ID = re.compile(r"^\d{1,20}-\d{1,20}$")
+
 STREAMS_STOP = web.AppKey("audit_log_streams_stop", asyncio.Event)
 _encoder = msgspec.json.Encoder()
+_keys_decoder = msgspec.json.Decoder(list[tuple[str, datetime]])
+_DOWN = (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, redis.exceptions.RedisError)
 
 
 async def stream_context(app: web.Application) -> AsyncIterator[None]:
@@ -46,16 +64,11 @@ async def stop_streams(app: web.Application) -> None:
     app[STREAMS_STOP].set()
 
 
-_NOTHING_YET = uuid.UUID(int=0)
-_POSTGRES_DOWN = (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError)
-
-
-def stream_query(query: AuditLogQuery, after: Position) -> tuple[str, list[Any]]:
-    """The SQL and parameters of one live-tail poll: rows stored after `after`."""
+def rows_query(query: AuditLogQuery, keys: list[tuple[str, datetime]]) -> tuple[str, list[Any]]:
+    """The SQL and parameters of the rows among `keys` that match the filters."""
     where = where_of(query)
-    where.add(STREAM_AFTER, after.ts, after.id)
-    sql = f"{SELECT_ITEMS}{where.sql()} {STREAM_ORDER_BY} LIMIT ${len(where.args) + 1}"
-    return sql, [*where.args, STREAM_BATCH_ROWS]
+    where.add(ROWS_BY_KEY, [k[0] for k in keys], [k[1] for k in keys])
+    return f"{SELECT_ITEMS}{where.sql()} {STREAM_ORDER_BY}", where.args
 
 
 def _client_gone(request: web.Request) -> bool:
@@ -65,41 +78,64 @@ def _client_gone(request: web.Request) -> bool:
 async def stream_audit_logs(request: web.Request) -> web.StreamResponse:
     """Server-Sent Events: each newly stored row matching the filters; resumes at Last-Event-ID."""
     query = query_from_params(request.query, skip=PAGING_FIELDS)
-    codec, pool, stop = request.app[CURSORS], request.app[POOL], request.app[STREAMS_STOP]
-    resume = request.headers.get("Last-Event-ID", "").strip()
-    if resume:
-        position = codec.decode(resume, order="live", name="Last-Event-ID")
-    else:
-        async with pool.acquire() as conn:
-            position = Position(await conn.fetchval(SELECT_NOW), _NOTHING_YET, "live")
+    position = request.headers.get("Last-Event-ID", "").strip() or "$"
+    if position != "$" and not ENTRY_ID.match(position):
+        raise bad_parameter("Last-Event-ID", "is not an event id this stream sent")
+    with request.app[OPEN_REQUESTS].hold(request, "stream"):
+        return await _tail(request, query, position)
+
+
+async def _tail(request: web.Request, query: AuditLogQuery, position: str) -> web.StreamResponse:
+    app = request.app
+    redis, pool, stop = app[REDIS], app[POOL], app[STREAMS_STOP]
+    key = live_key(app[SETTINGS].queue)
+    token_id = request_principal(request).token_id
     response = web.StreamResponse(headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
     response.content_type = "text/event-stream"
     await response.prepare(request)
-    quiet_since = time.monotonic()
-    with contextlib.suppress(ConnectionResetError):
-        await response.write(f"retry: {STREAM_RETRY_MS}\n\n".encode())
+
+    async def send(data: bytes) -> None:
+        async with asyncio.timeout(WRITE_TIMEOUT_S):  # a client that stops reading is cut
+            await response.write(data)
+
+    if position == "$":  # from the newest write on: its id, so that none between reads is missed
+        newest = await redis.xrevrange(key, count=1)
+        position = newest[0][0].decode() if newest else "0-0"
+    quiet_since = checked_at = time.monotonic()
+    with contextlib.suppress(ConnectionResetError, TimeoutError):
+        await send(f"retry: {STREAM_RETRY_MS}\n\n".encode())
         while not stop.is_set() and not _client_gone(request):
-            sql, args = stream_query(query, position)
             try:
-                async with pool.acquire() as conn:
-                    rows = await conn.fetch(sql, *args)
-            except _POSTGRES_DOWN as exc:
-                # Keep the stream: it resumes where it was once PostgreSQL answers again.
-                logger.warning("live tail: PostgreSQL not answering (%s)", type(exc).__name__)
-                rows = []
-            if rows:
-                events = []
-                for row in rows:
-                    position = Position(row["received_at"], row["id"], "live")
-                    data = _encoder.encode(item(row)).decode()
-                    events.append(f"id: {codec.encode(position)}\ndata: {data}\n\n")
-                await response.write("".join(events).encode())
+                if time.monotonic() - checked_at >= TOKEN_RECHECK_S:
+                    async with pool.acquire(timeout=WRITE_TIMEOUT_S) as conn:
+                        if not await tokens.is_active(conn, token_id):
+                            break  # revoked: the tail ends; a reconnect gets a 401
+                    checked_at = time.monotonic()
+                read = await redis.xread(
+                    {key: position}, count=STREAM_BATCH_ENTRIES, block=STREAM_BLOCK_MS
+                )
+                entries = read[0][1] if read else []
+                events: list[str] = []
+                for entry_id, fields in entries:
+                    position = entry_id.decode()
+                    keys = _keys_decoder.decode(fields[b"keys"])
+                    sql, args = rows_query(query, keys)
+                    async with pool.acquire(timeout=WRITE_TIMEOUT_S) as conn:
+                        rows = await conn.fetch(sql, *args)
+                    events.extend(
+                        f"id: {position}\ndata: {_encoder.encode(item(row)).decode()}\n\n"
+                        for row in rows
+                    )
+            except _DOWN as exc:
+                # Keep the stream: it resumes where it was once both answer again.
+                logger.warning("live tail: a dependency is not answering (%s)", type(exc).__name__)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), REDIS_DOWN_PAUSE)
+                continue
+            if events:
+                await send("".join(events).encode())
                 quiet_since = time.monotonic()
-                if len(rows) == STREAM_BATCH_ROWS:
-                    continue  # more are waiting: no pause
             elif time.monotonic() - quiet_since >= STREAM_HEARTBEAT_S:
-                await response.write(b": keep-alive\n\n")
+                await send(b": keep-alive\n\n")
                 quiet_since = time.monotonic()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), STREAM_POLL_S)
     return response
