@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
@@ -219,6 +220,7 @@ async def test_sync_session_one_unit_of_work_shares_an_operation_id(
         session.commit()
     engine.dispose()
 
+    await asyncio.sleep(0)  # the loop runs what the commits scheduled: the events' capture
     await client.aclose()
     assert (client.sent, client.failed) == (4, 0)
     async with running_worker(settings):
@@ -265,6 +267,7 @@ async def test_capture_never_raises_into_the_commit(
     finally:
         capture.remove()
         engine.dispose()
+    await asyncio.sleep(0)  # the commit's events are handed to the client on the loop
     messages = [r.getMessage() for r in caplog.records]
     assert any("audit change capture failed" in m and "Not An Entity" in m for m in messages)
     # The Shelf's event was built and handed to the client, which logged why it failed.

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -51,16 +52,20 @@ def changes_between(
     redaction rules of service.redaction) are replaced by "[REDACTED]". `ignore` names fields
     to skip: a plain name at any depth, a dotted path only there.
     """
-    names, paths = _ignore_rules(ignore)
+    names, paths = _ignore_rules(ignore if isinstance(ignore, frozenset) else _as_set(ignore))
     extra = frozenset(redact_extra_keys)
     out: list[Change] = []
     _compare(_fields(before), _fields(after), "", 0, names, paths, extra, out)
     return out
 
 
-def _ignore_rules(ignore: Iterable[str]) -> tuple[frozenset[str], frozenset[str]]:
-    if isinstance(ignore, str):
-        ignore = (ignore,)  # a lone name, not one name per character
+def _as_set(ignore: Iterable[str]) -> frozenset[str]:
+    # A lone name, not one name per character.
+    return frozenset((ignore,) if isinstance(ignore, str) else ignore)
+
+
+@functools.lru_cache(maxsize=256)
+def _ignore_rules(ignore: frozenset[str]) -> tuple[frozenset[str], frozenset[str]]:
     names = frozenset(_normalize(name) for name in ignore if PATH_SEPARATOR not in name)
     paths = frozenset(name for name in ignore if PATH_SEPARATOR in name)
     return names, paths
@@ -79,31 +84,47 @@ def _compare(
     keys = list(after)
     keys += [key for key in before if key not in after]
     for key in keys:
-        name = str(key)
-        path = prefix + name
-        if _normalize(name) in names or path in paths:
+        name = key if type(key) is str else str(key)
+        if _normalize(name) in names or (paths and prefix + name in paths):
             continue
         old = before.get(key, None)
         new = after.get(key, None)
         if is_sensitive_key(name, extra):
             if not _same(old, new):
-                out.append(Change(field=path, old=_masked(old), new=_masked(new)))
-            continue
-        old_fields, new_fields = _structured(old), _structured(new)
-        nested = (old_fields is not None or old is None) and (new_fields is not None or new is None)
-        if nested and depth < MAX_DEPTH and (old_fields is not None or new_fields is not None):
-            _compare(
-                old_fields or {},
-                new_fields or {},
-                path + PATH_SEPARATOR,
-                depth + 1,
-                names,
-                paths,
-                extra,
-                out,
-            )
-        elif not _same(old, new):
-            out.append(Change(field=path, old=_plain(old), new=_plain(new)))
+                out.append(Change(field=prefix + name, old=_masked(old), new=_masked(new)))
+        elif type(old) in _SCALARS and type(new) in _SCALARS:
+            # Most fields: two plain values, compared without the record checks below.
+            if not _same(old, new):
+                out.append(Change(field=prefix + name, old=old, new=new))
+        else:
+            _compare_values(old, new, prefix + name, depth, names, paths, extra, out)
+
+
+def _compare_values(
+    old: object,
+    new: object,
+    path: str,
+    depth: int,
+    names: frozenset[str],
+    paths: frozenset[str],
+    extra: frozenset[str],
+    out: list[Change],
+) -> None:
+    old_fields, new_fields = _structured(old), _structured(new)
+    nested = (old_fields is not None or old is None) and (new_fields is not None or new is None)
+    if nested and depth < MAX_DEPTH and (old_fields is not None or new_fields is not None):
+        _compare(
+            old_fields or {},
+            new_fields or {},
+            path + PATH_SEPARATOR,
+            depth + 1,
+            names,
+            paths,
+            extra,
+            out,
+        )
+    elif not _same(old, new):
+        out.append(Change(field=path, old=_plain(old), new=_plain(new)))
 
 
 def _fields(value: object) -> Mapping[Any, Any]:
@@ -120,6 +141,8 @@ def _fields(value: object) -> Mapping[Any, Any]:
 
 def _structured(value: object) -> Mapping[Any, Any] | None:
     """Return a record's fields (one level), or None when the value is not a record."""
+    if type(value) in _SCALARS:
+        return None  # most values: answered without the slower checks below
     if isinstance(value, Mapping):
         return value
     if isinstance(value, msgspec.Struct):
@@ -157,5 +180,9 @@ def _as_plain(value: object) -> object:
     return dict(fields)
 
 
+_SCALARS = frozenset({str, int, float, bool, type(None), bytes, list, tuple})
+
+
+@functools.lru_cache(maxsize=8192)
 def _normalize(name: str) -> str:
     return "".join(ch for ch in name.lower() if ch.isalnum())

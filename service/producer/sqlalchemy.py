@@ -8,6 +8,7 @@ flushed in) rolls back. Nothing here raises into the application: a failure is l
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import logging
 import re
@@ -128,7 +129,7 @@ def _check_entity(entity: str, model: type) -> None:
         )
 
 
-@dataclasses.dataclass(eq=False)
+@dataclasses.dataclass(eq=False, slots=True)
 class _Row:
     """One row's change in one flush, or (folded) in the whole transaction."""
 
@@ -153,6 +154,9 @@ class ChangeCapture:
         redact_extra_keys: Iterable[str] = (),
     ) -> None:
         self._client = client
+        # Made in async code: a commit in another thread (a sync session in a worker thread)
+        # hands its rows to this loop, which the client may not be bound to yet.
+        self._loop = _running_loop()
         # An AsyncSession is a facade: its events are those of the Session it wraps.
         self._target = getattr(target, "sync_session", target)
         self._source = source
@@ -217,6 +221,20 @@ class ChangeCapture:
         rows: list[_Row] | None = session.info.pop(PENDING, None)
         if not rows:
             return
+        # The events are built and handed to the client after the commit returns, on the
+        # loop (with the committing code's context): the commit pays for reading its rows only.
+        loop = self._loop or _running_loop()
+        try:
+            if loop is None:
+                self._emit(rows)
+            elif _running_loop() is loop:
+                loop.call_soon(self._emit, rows)
+            else:
+                loop.call_soon_threadsafe(self._emit, rows)
+        except RuntimeError as exc:  # the loop is closed
+            _log_failure("handing the events to the event loop", exc)
+
+    def _emit(self, rows: list[_Row]) -> None:
         try:
             events = self._events(rows)
         except Exception as exc:
@@ -313,7 +331,9 @@ def _fold(rows: list[_Row]) -> list[_Row]:
         key = (row.spec.entity, row.identity)
         first = folded.get(key)
         if first is None:
-            folded[key] = dataclasses.replace(row, old=dict(row.old), new=dict(row.new))
+            folded[key] = _Row(
+                row.transaction, row.spec, row.kind, row.identity, dict(row.old), dict(row.new)
+            )
             continue
         if first.kind != "created":
             for name, value in row.old.items():
@@ -347,6 +367,13 @@ def _within(transaction: SessionTransaction | None, ended: SessionTransaction) -
             return True
         transaction = transaction.parent
     return False
+
+
+def _running_loop() -> asyncio.AbstractEventLoop | None:
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:
+        return None
 
 
 def _log_failure(stage: str, exc: Exception) -> None:
