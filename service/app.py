@@ -12,6 +12,7 @@ from service import audit_logs, db, ingest, metrics, openapi, tasks_api
 from service.auth import auth_middleware
 from service.client import AuditClient
 from service.http import error_middleware, error_response
+from service.producer.lifecycle import API_SOURCE, STARTED, STOPPING, record_lifecycle
 from service.settings import Settings
 from service.state import CLIENT, POOL, REDIS, SETTINGS
 
@@ -92,13 +93,28 @@ async def _client(app: web.Application) -> AsyncIterator[None]:
     await app[CLIENT].aclose()
 
 
-def create_app(settings: Settings) -> web.Application:
-    """Build the admin API for `settings` (URLs resolved)."""
+async def _record_started(app: web.Application) -> None:
+    await record_lifecycle(app[CLIENT], STARTED, source=API_SOURCE)
+
+
+async def _record_stopping(app: web.Application) -> None:
+    await record_lifecycle(app[CLIENT], STOPPING, source=API_SOURCE)
+
+
+def create_app(settings: Settings, *, audit_lifecycle: bool = False) -> web.Application:
+    """Build the admin API for `settings` (URLs resolved).
+
+    With `audit_lifecycle` (the `auditq` commands), the API records `service.started` once
+    it is up and `service.stopping` first when it shuts down.
+    """
     app = web.Application(
         client_max_size=MAX_BODY_BYTES, middlewares=[error_middleware, auth_middleware(POOL)]
     )
     app[SETTINGS] = settings
     app.cleanup_ctx.extend([_postgres, _redis, _client, audit_logs.audit_log_context])
     app.on_shutdown.append(audit_logs.stop_streams)
+    if audit_lifecycle:
+        app.on_startup.append(_record_started)  # after the cleanup contexts: the client exists
+        app.on_shutdown.insert(0, _record_stopping)
     app.add_routes(ROUTES)
     return app

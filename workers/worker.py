@@ -21,6 +21,7 @@ from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from service import db, dead_letter
+from service.client import AuditClient
 from service.errors import InvalidEvent
 from service.events import (
     AuditEvent,
@@ -40,6 +41,7 @@ from service.keys import (
     stored_key,
 )
 from service.partitions import ensure_partitions
+from service.producer.lifecycle import STARTED, STOPPING, WORKER_SOURCE, record_lifecycle
 from service.queue import JOB_FUNCTION, deserialize_job, serialize_job
 from service.redaction import redact_sensitive_in_string
 from service.settings import Settings
@@ -92,6 +94,8 @@ class WorkerState:
     tasks_complete: int = 0  # tasks whose every event was stored
     tasks_failed: int = 0  # tasks that left events in the dead letter
     worker_id: str = dataclasses.field(default_factory=heartbeat.new_worker_id)
+    audit_lifecycle: bool = False  # record service.started / service.stopping
+    client: AuditClient | None = None  # the worker's own producer, for those two events
     _probe: asyncio.Task[None] | None = None
     _heartbeat: asyncio.Task[None] | None = None
 
@@ -382,10 +386,21 @@ async def _startup(ctx: dict[str, Any]) -> None:
     state._heartbeat = asyncio.get_running_loop().create_task(
         heartbeat.run(state, worker_id=state.worker_id), name="auditq-heartbeat"
     )
+    if state.audit_lifecycle:
+        state.client = AuditClient.from_settings(state.settings)
+        await record_lifecycle(
+            state.client, STARTED, source=WORKER_SOURCE, worker_id=state.worker_id
+        )
 
 
 async def _shutdown(ctx: dict[str, Any]) -> None:
     state: WorkerState = ctx[STATE]
+    if state.client is not None:
+        # First, while everything still works: it is stored by this queue's next worker.
+        await record_lifecycle(
+            state.client, STOPPING, source=WORKER_SOURCE, worker_id=state.worker_id
+        )
+        await state.client.aclose()
     if state._probe is not None:
         state._probe.cancel()
     if state._heartbeat is not None:
@@ -467,10 +482,16 @@ def redis_settings(url: str) -> RedisSettings:
     return settings
 
 
-def build_worker(settings: Settings, *, handle_signals: bool = False) -> Worker:
-    """Make the arq worker for `settings` (URLs resolved)."""
+def build_worker(
+    settings: Settings, *, handle_signals: bool = False, audit_lifecycle: bool = False
+) -> Worker:
+    """Make the arq worker for `settings` (URLs resolved).
+
+    With `audit_lifecycle` (the `auditq` commands), it records `service.started` when it is
+    up and `service.stopping` first when it shuts down.
+    """
     assert settings.redis_url and settings.database_url
-    state = WorkerState(settings)
+    state = WorkerState(settings, audit_lifecycle=audit_lifecycle)
     arq_logger = logging.getLogger("arq.worker")
     if not any(isinstance(f, _HideJobArguments) for f in arq_logger.filters):
         arq_logger.addFilter(_HideJobArguments())
