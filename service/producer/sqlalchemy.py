@@ -163,6 +163,7 @@ class ChangeCapture:
         self._ignore = frozenset((ignore,) if isinstance(ignore, str) else ignore)
         self._extra_keys = frozenset(redact_extra_keys)
         self._hooks: list[tuple[str, Callable[..., None]]] = [
+            ("before_flush", self._before_flush),
             ("after_flush", self._after_flush),
             ("after_soft_rollback", self._after_soft_rollback),
             ("after_commit", self._after_commit),
@@ -177,6 +178,21 @@ class ChangeCapture:
             event.remove(self._target, name, hook)
 
     # Session events.
+
+    def _before_flush(self, session: Session, flush_context: object, instances: object) -> None:
+        for obj in session.deleted:
+            try:
+                spec = _spec_for(type(obj))
+                if spec is None:
+                    continue
+                state = instance_state(obj)
+                expired = state.unloaded.intersection(spec.columns)
+                if expired and state.key is not None:
+                    # Deleted while expired (after a commit or a rollback): one SELECT reads
+                    # its columns back, so the event says what was deleted.
+                    getattr(obj, next(iter(expired)))
+            except Exception as exc:
+                _log_failure(f"reading a deleted {type(obj).__name__}", exc)
 
     def _after_flush(self, session: Session, flush_context: object) -> None:
         transaction = session.get_nested_transaction() or session.get_transaction()
@@ -301,7 +317,7 @@ def _row(
         old: dict[str, Any] = {}
         new = {key: loaded[key] for key in spec.columns if key in loaded}
     elif kind == "deleted":
-        # The values the session holds: an attribute expired (by a commit) is not reloaded.
+        # The values before_flush made sure the session holds.
         old = {key: loaded[key] for key in spec.columns if key in loaded}
         new = {}
     else:
