@@ -69,9 +69,7 @@ def audit_model(model: ModelT, *, entity: str | None = None, ignore: Iterable[st
     """Opt a mapped class in without the mixin; returns the class, so it also decorates."""
     if entity is not None:
         _check_entity(entity, model)
-    _registered[model] = _Options(
-        entity, frozenset((ignore,) if isinstance(ignore, str) else ignore)
-    )
+    _registered[model] = _Options(entity, _names(ignore))
     _specs.clear()
     return model
 
@@ -103,7 +101,7 @@ def _make_spec(cls: type) -> _Spec | None:
     if options is None:
         if not issubclass(cls, Audited):
             return None
-        options = _Options(cls.__audit_entity__, frozenset(cls.__audit_ignore__))
+        options = _Options(cls.__audit_entity__, _names(cls.__audit_ignore__))
     entity = options.entity or _snake_case(cls.__name__)
     _check_entity(entity, cls)
     mapper: Mapper[Any] = inspect(cls)
@@ -115,6 +113,10 @@ def _make_spec(cls: type) -> _Spec | None:
         primary_key=tuple(mapper.get_property_by_column(c).key for c in mapper.primary_key),
         ignore=options.ignore,
     )
+
+
+def _names(names: Iterable[str]) -> frozenset[str]:
+    return frozenset((names,) if isinstance(names, str) else names)  # a lone name, not letters
 
 
 def _snake_case(name: str) -> str:
@@ -160,10 +162,9 @@ class ChangeCapture:
         # An AsyncSession is a facade: its events are those of the Session it wraps.
         self._target = getattr(target, "sync_session", target)
         self._source = source
-        self._ignore = frozenset((ignore,) if isinstance(ignore, str) else ignore)
-        self._extra_keys = frozenset(redact_extra_keys)
+        self._ignore = _names(ignore)
+        self._extra_keys = _names(redact_extra_keys)
         self._hooks: list[tuple[str, Callable[..., None]]] = [
-            ("before_flush", self._before_flush),
             ("after_flush", self._after_flush),
             ("after_soft_rollback", self._after_soft_rollback),
             ("after_commit", self._after_commit),
@@ -178,21 +179,6 @@ class ChangeCapture:
             event.remove(self._target, name, hook)
 
     # Session events.
-
-    def _before_flush(self, session: Session, flush_context: object, instances: object) -> None:
-        for obj in session.deleted:
-            try:
-                spec = _spec_for(type(obj))
-                if spec is None:
-                    continue
-                state = instance_state(obj)
-                expired = state.unloaded.intersection(spec.columns)
-                if expired and state.key is not None:
-                    # Deleted while expired (after a commit or a rollback): one SELECT reads
-                    # its columns back, so the event says what was deleted.
-                    getattr(obj, next(iter(expired)))
-            except Exception as exc:
-                _log_failure(f"reading a deleted {type(obj).__name__}", exc)
 
     def _after_flush(self, session: Session, flush_context: object) -> None:
         transaction = session.get_nested_transaction() or session.get_transaction()
@@ -239,7 +225,9 @@ class ChangeCapture:
             return
         # The events are built and handed to the client after the commit returns, on the
         # loop (with the committing code's context): the commit pays for reading its rows only.
-        loop = self._loop or _running_loop()
+        loop = self._loop
+        if loop is None or not loop.is_running():
+            loop = _running_loop()
         try:
             if loop is None:
                 self._emit(rows)
@@ -317,7 +305,7 @@ def _row(
         old: dict[str, Any] = {}
         new = {key: loaded[key] for key in spec.columns if key in loaded}
     elif kind == "deleted":
-        # The values before_flush made sure the session holds.
+        # The values the session holds (an expired row is loaded by the delete itself).
         old = {key: loaded[key] for key in spec.columns if key in loaded}
         new = {}
     else:
