@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
@@ -102,9 +103,7 @@ async def stored_rows(database_url: str, expected: int) -> list[dict[str, Any]]:
     await wait_for(stored)
     conn = await asyncpg.connect(database_url)
     try:
-        await conn.set_type_codec(
-            "jsonb", encoder=str, decoder=__import__("json").loads, schema="pg_catalog"
-        )
+        await conn.set_type_codec("jsonb", encoder=str, decoder=json.loads, schema="pg_catalog")
         rows = await conn.fetch(
             "SELECT action, entity_type, entity_id, changes, metadata, actor_id, request_id,"
             " source FROM audit_log ORDER BY ts, id"
