@@ -94,11 +94,12 @@ async def _client(app: web.Application) -> AsyncIterator[None]:
 
 
 async def _record_started(app: web.Application) -> None:
-    await record_lifecycle(app[CLIENT], STARTED, source=API_SOURCE)
+    record_lifecycle(app[CLIENT], STARTED, source=API_SOURCE)
 
 
 async def _record_stopping(app: web.Application) -> None:
-    await record_lifecycle(app[CLIENT], STOPPING, source=API_SOURCE)
+    # Sent at once; the client's cleanup (aclose, last) waits until it is.
+    record_lifecycle(app[CLIENT], STOPPING, source=API_SOURCE)
 
 
 def create_app(settings: Settings, *, audit_lifecycle: bool = False) -> web.Application:

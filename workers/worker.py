@@ -388,18 +388,14 @@ async def _startup(ctx: dict[str, Any]) -> None:
     )
     if state.audit_lifecycle:
         state.client = AuditClient.from_settings(state.settings)
-        await record_lifecycle(
-            state.client, STARTED, source=WORKER_SOURCE, worker_id=state.worker_id
-        )
+        record_lifecycle(state.client, STARTED, source=WORKER_SOURCE, worker_id=state.worker_id)
 
 
 async def _shutdown(ctx: dict[str, Any]) -> None:
     state: WorkerState = ctx[STATE]
     if state.client is not None:
         # First, while everything still works: it is stored by this queue's next worker.
-        await record_lifecycle(
-            state.client, STOPPING, source=WORKER_SOURCE, worker_id=state.worker_id
-        )
+        record_lifecycle(state.client, STOPPING, source=WORKER_SOURCE, worker_id=state.worker_id)
         await state.client.aclose()
     if state._probe is not None:
         state._probe.cancel()

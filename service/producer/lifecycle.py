@@ -39,8 +39,12 @@ def lifecycle_event(action: LifecycleAction, *, source: str, **metadata: Any) ->
     )
 
 
-async def record_lifecycle(
+def record_lifecycle(
     client: AuditClient, action: LifecycleAction, *, source: str, **metadata: Any
 ) -> None:
-    """Capture a lifecycle event and wait (a bounded time) until it is enqueued; never raise."""
-    await client.capture(lifecycle_event(action, source=source, **metadata))
+    """Buffer a lifecycle event in `client`; never block, never raise.
+
+    Not `capture`: its bound (250 ms) is for requests, and a busy start or stop must not
+    lose the event. The client sends it at once, and its `aclose` flushes it.
+    """
+    client.capture_nowait(lifecycle_event(action, source=source, **metadata))
