@@ -32,11 +32,11 @@ from typing import Any
 import aiohttp
 import asyncpg
 
-from service.store.tokens import create_token
 from service.cli.embedded import EmbeddedStack, free_port
 from service.events import Actor, Entity
 from service.producer.client import AuditClient, AuditEvent
 from service.store import db
+from service.store.tokens import create_token
 
 QUEUE = "soak"
 SOURCE = "soak"

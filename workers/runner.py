@@ -16,7 +16,15 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from service.queue import JOB_FUNCTION, PROVENANCE_SECRET, deserialize_job, serialize_job
+from service.producer.client import AuditClient
+from service.producer.lifecycle import STARTED, STOPPING, WORKER_SOURCE, record_lifecycle
+from service.queue import (
+    JOB_FUNCTION,
+    PROVENANCE_SECRET,
+    Provenance,
+    deserialize_job,
+    serialize_job,
+)
 from service.redaction import redact_sensitive_in_string
 from service.settings import Settings
 from service.store import db
@@ -24,7 +32,7 @@ from service.store.partitions import ensure_partitions
 from service.store.secrets import read_secret
 from workers import heartbeat
 from workers.job import store_events
-from workers.maintenance import maintain
+from workers.maintenance import MAINTENANCE_VIA, maintain
 from workers.retry import ARQ_MAX_TRIES
 from workers.state import STATE, WorkerState
 
@@ -45,14 +53,22 @@ async def _startup(ctx: dict[str, Any]) -> None:
     # that month's own partition is about to be made (the key is unique per partition).
     async with state.pool.acquire() as conn:
         await ensure_partitions(conn, months_ahead=state.settings.partitions_ahead_months)
-        state.provenance_key = await read_secret(conn, PROVENANCE_SECRET)
+        key = state.provenance_key = await read_secret(conn, PROVENANCE_SECRET)
     state._heartbeat = asyncio.get_running_loop().create_task(
         heartbeat.run(state, worker_id=state.worker_id), name="auditq-heartbeat"
     )
+    if state.audit_lifecycle:
+        provenance = Provenance(via=MAINTENANCE_VIA, key=key, task_prefix="worker")
+        state.client = AuditClient.from_settings(state.settings, provenance=provenance)
+        record_lifecycle(state.client, STARTED, source=WORKER_SOURCE, worker_id=state.worker_id)
 
 
 async def _shutdown(ctx: dict[str, Any]) -> None:
     state: WorkerState = ctx[STATE]
+    if state.client is not None:
+        # First, while everything still works: it is stored by this queue's next worker.
+        record_lifecycle(state.client, STOPPING, source=WORKER_SOURCE, worker_id=state.worker_id)
+        await state.client.aclose()
     if state._probe is not None:
         state._probe.cancel()
     if state._heartbeat is not None:
@@ -134,10 +150,16 @@ def redis_settings(url: str) -> RedisSettings:
     return settings
 
 
-def build_worker(settings: Settings, *, handle_signals: bool = False) -> Worker:
-    """Make the arq worker for `settings` (URLs resolved)."""
+def build_worker(
+    settings: Settings, *, handle_signals: bool = False, audit_lifecycle: bool = False
+) -> Worker:
+    """Make the arq worker for `settings` (URLs resolved).
+
+    With `audit_lifecycle` (the `auditq` commands), it records `service.started` when it is
+    up and `service.stopping` first when it shuts down.
+    """
     settings.require_database()
-    state = WorkerState(settings)
+    state = WorkerState(settings, audit_lifecycle=audit_lifecycle)
     arq_logger = logging.getLogger("arq.worker")
     if not any(isinstance(f, _HideJobArguments) for f in arq_logger.filters):
         arq_logger.addFilter(_HideJobArguments())

@@ -13,6 +13,7 @@ from typing import Any
 import asyncpg
 from arq import Worker
 
+from service.producer.client import AuditClient
 from service.settings import Settings
 from workers.retry import Breaker
 
@@ -59,6 +60,8 @@ class WorkerState:
     tasks_complete: int = 0  # tasks whose every event was stored
     tasks_failed: int = 0  # tasks that left events in the dead letter
     worker_id: str = dataclasses.field(default_factory=new_worker_id)
+    audit_lifecycle: bool = False  # record service.started / service.stopping
+    client: AuditClient | None = None  # the worker's own producer, for those two events
     _probe: asyncio.Task[None] | None = None
     _heartbeat: asyncio.Task[None] | None = None
 

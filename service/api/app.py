@@ -15,7 +15,8 @@ from service.api.auth import auth_middleware
 from service.api.errors import error_middleware
 from service.api.limits import OPEN_REQUESTS, OpenRequests
 from service.api.producers import producers_context
-from service.api.state import POOL, REDIS, SETTINGS
+from service.api.state import CLIENT, POOL, REDIS, SETTINGS
+from service.producer.lifecycle import API_SOURCE, STARTED, STOPPING, record_lifecycle
 from service.settings import Settings
 from service.store import db
 
@@ -58,8 +59,21 @@ async def _redis(app: web.Application) -> AsyncIterator[None]:
     await app[REDIS].aclose()
 
 
-def create_app(settings: Settings) -> web.Application:
-    """Build the admin API for `settings` (URLs resolved)."""
+async def _record_started(app: web.Application) -> None:
+    record_lifecycle(app[CLIENT], STARTED, source=API_SOURCE)
+
+
+async def _record_stopping(app: web.Application) -> None:
+    # Sent at once; the client's cleanup (aclose, last) waits until it is.
+    record_lifecycle(app[CLIENT], STOPPING, source=API_SOURCE)
+
+
+def create_app(settings: Settings, *, audit_lifecycle: bool = False) -> web.Application:
+    """Build the admin API for `settings` (URLs resolved).
+
+    With `audit_lifecycle` (the `auditq` commands), the API records `service.started` once
+    it is up and `service.stopping` first when it shuts down.
+    """
     app = web.Application(
         client_max_size=MAX_BODY_BYTES, middlewares=[error_middleware, auth_middleware(POOL)]
     )
@@ -69,5 +83,8 @@ def create_app(settings: Settings) -> web.Application:
         [_postgres, _redis, producers_context, cursor_context, stream.stream_context]
     )
     app.on_shutdown.append(stream.stop_streams)
+    if audit_lifecycle:
+        app.on_startup.append(_record_started)  # after the cleanup contexts: the client exists
+        app.on_shutdown.insert(0, _record_stopping)
     app.add_routes(ROUTES)
     return app

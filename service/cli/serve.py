@@ -28,7 +28,9 @@ from service.store import tokens as auth
 async def _serving_api(settings: Settings) -> AsyncIterator[str]:
     from service.api.app import create_app
 
-    runner = web.AppRunner(create_app(settings), handle_signals=False, access_log=None)
+    runner = web.AppRunner(
+        create_app(settings, audit_lifecycle=True), handle_signals=False, access_log=None
+    )
     await runner.setup()
     site = web.TCPSite(runner, settings.http_host, settings.http_port)
     await site.start()
@@ -43,7 +45,7 @@ async def _running_worker(settings: Settings) -> AsyncIterator[None]:
     from workers.runner import build_worker, run_until
 
     stop = asyncio.Event()
-    task = asyncio.create_task(run_until(build_worker(settings), stop))
+    task = asyncio.create_task(run_until(build_worker(settings, audit_lifecycle=True), stop))
     try:
         yield
     finally:

@@ -271,7 +271,7 @@ async def test_item_has_the_wire_shape_and_one_is_found_by_id(
     assert set(entry) == {
         *("id", "ts", "action", "category", "severity", "outcome", "actor", "entity"),
         *("tenant", "request", "changes", "metadata", "presentation", "source", "received_at"),
-            "received_via",
+        "received_via",
     }
     async with api.get(f"{BASE}/{uuid.uuid4()}", headers=admin) as response:
         await error(response, 404)
