@@ -383,7 +383,9 @@ async def test_http_ingest_spools_while_redis_is_down_and_says_202(
             assert response.status == 202, await response.text()
             accepted = (await response.json())["accepted"]
     assert len(accepted) == 2
-    spool = Spool(tmp_path / "spool")
+    # The token's own spool: its segments replay with the provenance of that token.
+    (token_spool,) = (tmp_path / "spool" / "http").iterdir()
+    spool = Spool(token_spool)
     spooled = []
     for path in spool.closed_segments():
         segment = spool.claim(path)
