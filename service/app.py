@@ -5,12 +5,16 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 
-import redis.asyncio as aioredis
 from aiohttp import web
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from service import audit_logs, db, ingest, metrics, openapi, tasks_api
 from service.auth import auth_middleware
 from service.client import AuditClient
+from service.connections import redis_client
 from service.http import error_middleware, error_response
 from service.settings import Settings
 from service.state import CLIENT, POOL, REDIS, SETTINGS
@@ -81,7 +85,14 @@ async def _postgres(app: web.Application) -> AsyncIterator[None]:
 async def _redis(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS]
     assert settings.redis_url is not None
-    app[REDIS] = aioredis.Redis.from_url(settings.redis_url, socket_connect_timeout=READY_TIMEOUT)
+    app[REDIS] = redis_client(
+        settings.redis_url,
+        connect_timeout=READY_TIMEOUT,
+        # After a restart or a failover the pooled connections are dead: the first command
+        # reconnects (for Sentinel: to the new primary) instead of failing.
+        retry=Retry(ExponentialBackoff(cap=0.5, base=0.05), 3),
+        retry_on_error=[RedisConnectionError, RedisTimeoutError],
+    )
     yield
     await app[REDIS].aclose()
 

@@ -20,8 +20,10 @@ from redis.asyncio import Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import NoScriptError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from service.connections import parse_redis_url, redis_client
 from service.context import AuditContext, audit_context
 from service.errors import AuditqError, ConfigError, InvalidEvent
 from service.events import ACTION_PATTERN, AuditEvent, RequestInfo, decode_event, finalize
@@ -36,6 +38,7 @@ __all__ = [
     "AuditEvent",
     "BufferFull",
     "ClientClosed",
+    "NotReplicated",
     "SpoolError",
     "SpoolFull",
 ]
@@ -49,6 +52,10 @@ CLOSE_TIMEOUT = 5.0  # seconds
 # With a spool, a batch an awaiting capture is in tries Redis for this share of the capture
 # bound; the rest is left to append it to the spool, so `capture` still answers in time.
 REDIS_SHARE_WITH_SPOOL = 0.5
+# With WAIT (wait_replicas): the replicas get this share of a batch's Redis time to confirm it,
+# so that Redis answers "not confirmed" before the client gives up on the reply.
+WAIT_SHARE = 0.5
+WAIT_FENCE_KEY = "auditq:wait-fence"  # written before a replayed batch's WAIT (see _enqueue)
 REPLAY_FIRST_PAUSE = 0.2  # seconds between probes of a Redis that does not answer, growing to
 REPLAY_MAX_PAUSE = 2.0  # seconds
 SPOOL_SCAN_INTERVAL = 10.0  # seconds between looks for segments that other processes left
@@ -78,6 +85,10 @@ class SpoolFull(AuditqError):
     """Redis did not take the event and the spool is full: the event was dropped."""
 
 
+class NotReplicated(AuditqError):
+    """The primary took the batch but too few replicas confirmed it in time (WAIT)."""
+
+
 class AuditClient:
     """Enqueue audit events to the arq queue in batches; never raise to the caller.
 
@@ -99,12 +110,15 @@ class AuditClient:
         redact_extra_keys: Iterable[str] = _DEFAULTS.redact_extra_keys,
         spool_dir: Path | str | None = None,
         spool_max_bytes: int = _DEFAULTS.spool_max_bytes,
+        wait_replicas: int = 0,
     ) -> None:
         """Wrap `redis` (the client owns and closes it); prefer from_url or from_settings."""
         if not queue:
             raise ConfigError("queue must not be empty")
         if not capture_timeout_s > 0 or not flush_interval_s > 0:
             raise ConfigError("capture_timeout_s and flush_interval_s must be positive")
+        if wait_replicas < 0:
+            raise ConfigError("wait_replicas must not be negative")
         if buffer_max_events < 1 or flush_max_events < 1 or max_event_bytes < 1:
             raise ConfigError(
                 "buffer_max_events, flush_max_events and max_event_bytes must be at least 1"
@@ -118,6 +132,7 @@ class AuditClient:
         self._redis = redis
         self._script = redis.register_script(ENQUEUE_SCRIPT)
         self._queue = queue
+        self._wait_replicas = wait_replicas
         self._capture_timeout = capture_timeout_s
         self._send_timeout = capture_timeout_s * SEND_TIMEOUT_FACTOR
         self._buffer_max = buffer_max_events
@@ -165,17 +180,23 @@ class AuditClient:
         redact_extra_keys: Iterable[str] = _DEFAULTS.redact_extra_keys,
         spool_dir: Path | str | None = None,
         spool_max_bytes: int = _DEFAULTS.spool_max_bytes,
+        wait_replicas: int | None = None,
     ) -> AuditClient:
         """Make a client for the Redis at `url`; connects on first use, not now.
 
         `spool_dir` (opt-in) keeps what Redis cannot take on local disk until it can.
+        `wait_replicas`: replicas that must confirm a batch before its events count as
+        enqueued (None: 1 for a Sentinel URL, else 0); see docs/reliability.md.
         """
-        redis = Redis.from_url(
-            url,
-            socket_connect_timeout=capture_timeout_s,
-            socket_timeout=capture_timeout_s,
-            # One immediate retry: after a Redis restart the pooled connection is dead, and
-            # the first command would fail without it.
+        target = parse_redis_url(url)
+        if wait_replicas is None:
+            wait_replicas = 1 if target.is_sentinel else 0
+        redis: Redis = redis_client(
+            target,
+            connect_timeout=capture_timeout_s,
+            timeout=capture_timeout_s,
+            # One immediate retry: after a Redis restart or a failover the pooled connection
+            # is dead, and the first command would fail without it.
             retry=Retry(NoBackoff(), 1),
             retry_on_error=[RedisConnectionError, RedisTimeoutError],
         )
@@ -190,6 +211,7 @@ class AuditClient:
             redact_extra_keys=redact_extra_keys,
             spool_dir=spool_dir,
             spool_max_bytes=spool_max_bytes,
+            wait_replicas=wait_replicas,
         )
 
     @classmethod
@@ -210,6 +232,7 @@ class AuditClient:
             redact_extra_keys=settings.redact_extra_keys,
             spool_dir=settings.spool_dir,
             spool_max_bytes=settings.spool_max_bytes,
+            wait_replicas=settings.redis_wait_replicas,
         )
 
     async def __aenter__(self) -> AuditClient:
@@ -428,7 +451,7 @@ class AuditClient:
                 # "finalized" (validated, completed, redacted here): the batch joins the
                 # queue's open job while no worker has taken it, so many small batches (from
                 # every producer) make one job, and the worker need not redo that work.
-                await self._script(keys=[self._queue], args=[payload, "", "finalized"])
+                await self._enqueue(payload, "", "finalized", within_s=timeout)
         except asyncio.CancelledError:
             self._fail_batch(batch, ClientClosed("closed while the batch was being sent"))
             raise
@@ -610,13 +633,45 @@ class AuditClient:
                     # A task id of its own: a batch replayed twice is queued once.
                     task_id = f"spool-{segment.name}-{index}"
                     async with asyncio.timeout(self._send_timeout):
-                        await self._script(keys=[self._queue], args=[payload, task_id])
+                        await self._enqueue(payload, task_id, within_s=self._send_timeout)
                     with self._lock:
                         self.replayed += len(part)
                 await asyncio.to_thread(segment.delete)
             finally:
                 segment.release()
         await asyncio.to_thread(spool.refresh)  # other processes add and replay segments too
+
+    async def _enqueue(
+        self, payload: bytes, task_id: str, flag: str = "", *, within_s: float
+    ) -> None:
+        """Run the enqueue script; with wait_replicas, return only once replicas confirm it."""
+        args: list[bytes | str] = [payload, task_id, flag] if flag else [payload, task_id]
+        if not self._wait_replicas:
+            await self._script(keys=[self._queue], args=args)
+            return
+        wait_ms = max(1, int(within_s * WAIT_SHARE * 1000))
+        for attempt in (1, 2):
+            # One round trip, one connection: WAIT covers the writes of its own connection.
+            async with self._redis.pipeline(transaction=False) as pipe:
+                pipe.evalsha(self._script.sha, 1, self._queue, *args)  # type: ignore[arg-type]
+                if task_id:
+                    # A replayed batch may be queued already (the script then writes nothing):
+                    # a write of its own makes WAIT cover whatever came before it.
+                    pipe.set(WAIT_FENCE_KEY, task_id)
+                pipe.wait(self._wait_replicas, wait_ms)
+                try:
+                    *_, confirmed = await pipe.execute()
+                except NoScriptError:
+                    if attempt == 2:
+                        raise
+                    await self._redis.script_load(ENQUEUE_SCRIPT)  # a new or restarted primary
+                    continue
+            if int(confirmed) < self._wait_replicas:
+                raise NotReplicated(
+                    f"{confirmed} of {self._wait_replicas} replicas confirmed the batch "
+                    f"within {wait_ms} ms"
+                )
+            return
 
     async def _redis_answers(self) -> bool:
         try:

@@ -17,6 +17,7 @@ import msgspec
 import redis.asyncio as aioredis
 import redis.exceptions
 
+from service.connections import redis_client
 from service.errors import AuditqError, ConfigError
 from service.queue_stats import QueueStats, queue_stats
 from service.settings import Settings
@@ -43,8 +44,8 @@ async def _tasks(settings: Settings) -> AsyncIterator[TaskQueue]:
             "no Redis to talk to: set AUDITQ_REDIS_URL, or start `auditq run` "
             f"(its URLs are then read from {settings.env_file})"
         )
-    client = aioredis.Redis.from_url(
-        settings.redis_url, socket_connect_timeout=CONNECT_TIMEOUT, socket_timeout=30
+    client: aioredis.Redis = redis_client(
+        settings.redis_url, connect_timeout=CONNECT_TIMEOUT, timeout=30
     )
     try:
         yield TaskQueue.from_settings(client, settings)
