@@ -20,7 +20,6 @@ from redis.asyncio import Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import NoScriptError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from service.connections import parse_redis_url, redis_client
@@ -451,7 +450,10 @@ class AuditClient:
                 # "finalized" (validated, completed, redacted here): the batch joins the
                 # queue's open job while no worker has taken it, so many small batches (from
                 # every producer) make one job, and the worker need not redo that work.
-                await self._enqueue(payload, "", "finalized", within_s=timeout)
+                awaited = any(item[2] is not None for item in batch)
+                # A capture waits for this batch: the replicas' confirmation fits its bound.
+                within = min(timeout, self._capture_timeout) if awaited else timeout
+                await self._enqueue(payload, "", "finalized", within_s=within)
         except asyncio.CancelledError:
             self._fail_batch(batch, ClientClosed("closed while the batch was being sent"))
             raise
@@ -650,28 +652,21 @@ class AuditClient:
             await self._script(keys=[self._queue], args=args)
             return
         wait_ms = max(1, int(within_s * WAIT_SHARE * 1000))
-        for attempt in (1, 2):
-            # One round trip, one connection: WAIT covers the writes of its own connection.
-            async with self._redis.pipeline(transaction=False) as pipe:
-                pipe.evalsha(self._script.sha, 1, self._queue, *args)  # type: ignore[arg-type]
-                if task_id:
-                    # A replayed batch may be queued already (the script then writes nothing):
-                    # a write of its own makes WAIT cover whatever came before it.
-                    pipe.set(WAIT_FENCE_KEY, task_id)
-                pipe.wait(self._wait_replicas, wait_ms)
-                try:
-                    *_, confirmed = await pipe.execute()
-                except NoScriptError:
-                    if attempt == 2:
-                        raise
-                    await self._redis.script_load(ENQUEUE_SCRIPT)  # a new or restarted primary
-                    continue
-            if int(confirmed) < self._wait_replicas:
-                raise NotReplicated(
-                    f"{confirmed} of {self._wait_replicas} replicas confirmed the batch "
-                    f"within {wait_ms} ms"
-                )
-            return
+        # One round trip, one connection: WAIT covers the writes of its own connection. EVAL,
+        # not EVALSHA: a NOSCRIPT (a new primary) would cost a whole WAIT before the retry.
+        async with self._redis.pipeline(transaction=False) as pipe:
+            pipe.eval(ENQUEUE_SCRIPT, 1, self._queue, *args)  # type: ignore[arg-type]
+            if task_id:
+                # A replayed batch may be queued already (the script then writes nothing): a
+                # write of its own makes WAIT cover whatever came before it.
+                pipe.set(WAIT_FENCE_KEY, task_id)
+            pipe.wait(self._wait_replicas, wait_ms)
+            *_, confirmed = await pipe.execute()
+        if int(confirmed) < self._wait_replicas:
+            raise NotReplicated(
+                f"{confirmed} of {self._wait_replicas} replicas confirmed the batch "
+                f"within {wait_ms} ms"
+            )
 
     async def _redis_answers(self) -> bool:
         try:

@@ -45,7 +45,7 @@ R = TypeVar("R", bound=Redis)
 class RedisTarget:
     """Where Redis is, as read from a URL; `sentinels` is empty for one server."""
 
-    url: str  # as given; it may hold a password: never log it, use `display`
+    url: str = dataclasses.field(repr=False)  # may hold a password: never log it; `display`
     sentinels: tuple[tuple[str, int], ...] = ()
     service_name: str = ""
     db: int = 0
