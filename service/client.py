@@ -651,7 +651,8 @@ class AuditClient:
         if not self._wait_replicas:
             await self._script(keys=[self._queue], args=args)
             return
-        wait_ms = max(1, int(within_s * WAIT_SHARE * 1000))
+        # Within the socket timeout (the capture bound) too, or the read would time out first.
+        wait_ms = max(1, int(min(within_s, self._capture_timeout) * WAIT_SHARE * 1000))
         # One round trip, one connection: WAIT covers the writes of its own connection. EVAL,
         # not EVALSHA: a NOSCRIPT (a new primary) would cost a whole WAIT before the retry.
         async with self._redis.pipeline(transaction=False) as pipe:

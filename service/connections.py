@@ -25,7 +25,7 @@ from urllib.parse import unquote, urlsplit
 from arq.connections import ArqRedis, RedisSettings, create_pool
 from redis.asyncio import Redis
 from redis.asyncio.retry import Retry
-from redis.asyncio.sentinel import Sentinel
+from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
 from redis.exceptions import RedisError
 
 from service.errors import ConfigError
@@ -61,6 +61,16 @@ class RedisTarget:
     def display(self) -> str:
         """The URL without its credentials, for logs and messages."""
         return redact_url(self.url)
+
+
+class _SentinelPool(SentinelConnectionPool):
+    """The primary's pool, which also closes the connections to the Sentinels when closed."""
+
+    async def disconnect(self, inuse_connections: bool = True) -> None:
+        await super().disconnect(inuse_connections)
+        if inuse_connections:  # the client is closed (a primary change passes False)
+            for sentinel in self.sentinel_manager.sentinels:
+                await sentinel.connection_pool.disconnect()
 
 
 def redact_url(url: str) -> str:
@@ -192,6 +202,7 @@ def redis_client(
     client: R = sentinel.master_for(
         target.service_name,
         redis_class=redis_class,
+        connection_pool_class=_SentinelPool,
         db=target.db,
         username=target.username,
         password=target.password,

@@ -132,9 +132,12 @@ class SentinelCluster:
                 ports.add(int(client.sentinel_get_master_addr_by_name(SERVICE)[1]))
         return ports.pop() if len(ports) == 1 else None
 
-    def connected_replicas(self, node: Node) -> int:
+    def online_replicas(self, node: Node) -> int:
+        """Replicas of `node` that finished their sync and stream its writes."""
         with node.client() as client:
-            return int(client.info("replication").get("connected_slaves", 0))
+            info = client.info("replication")
+        replicas = [v for k, v in info.items() if k.startswith("slave") and isinstance(v, dict)]
+        return sum(1 for r in replicas if r.get("state") == "online")
 
     def wait_until(self, condition: object, *, what: str, within_s: float = 30.0) -> None:
         assert callable(condition)

@@ -25,6 +25,16 @@ SCENARIOS: dict[str, tuple[str, str]] = {
         "forwarding: 10 s of partition (connections hang, so clients time out), then 10 s of "
         "refused connections; then it resets the connections of the outage and forwards again",
     ),
+    "sentinel-failover": (
+        "Redis primary SIGKILLed under load, Sentinel promotes its replica",
+        "a Valkey primary, one replica and three Sentinels of the test's own "
+        "(`down-after-milliseconds 1000`, `failover-timeout 3000`); the worker, the API and "
+        "the producers (awaited `capture` and `capture_nowait` with a spool, awaited `capture` "
+        "without one, HTTP ingest) all on the `redis+sentinel://` URL. The primary is "
+        "SIGKILLed; once the Sentinels promote the replica, the old primary is restarted on "
+        "its data and Sentinel makes it the new primary's replica. Each batch counts as "
+        "accepted only once a replica confirmed it (`WAIT 1`) or it is spooled",
+    ),
     "postgres-stop-fast": (
         "PostgreSQL stopped (`fast`) for 30 s, then started",
         "`pg_ctl stop -m fast` of the test's own server under load; the worker's breaker "
