@@ -111,18 +111,23 @@ class SentinelCluster:
         self.replica.start()
         for sentinel in self.sentinels:
             sentinel.start()
-        self.wait_until(self._settled, what="the replica syncs and the Sentinels see each other")
+        try:
+            self.wait_until(self._settled, what="the replica syncs and the Sentinels agree")
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}; last seen: {self._seen}") from None
+
+    _seen = "nothing"
 
     def _settled(self) -> bool:
         with self.replica.client() as replica:
-            if replica.info("replication").get("master_link_status") != "up":
-                return False
+            link = replica.info("replication").get("master_link_status")
+        states = []
         for sentinel in self.sentinels:
             with sentinel.client() as client:
                 state = client.sentinel_master(SERVICE)
-            if int(state["num-slaves"]) < 1 or int(state["num-other-sentinels"]) < 2:
-                return False
-        return True
+            states.append((int(state["num-slaves"]), int(state["num-other-sentinels"])))
+        self._seen = f"replica link {link}; Sentinels' (replicas, other Sentinels): {states}"
+        return link == "up" and all(r >= 1 and o >= 2 for r, o in states)
 
     def primary_port(self) -> int | None:
         """The port the Sentinels name as primary, when they all agree."""
