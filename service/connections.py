@@ -35,7 +35,9 @@ DIRECT_SCHEMES: Final = ("redis", "rediss", "unix")
 SENTINEL_PORT: Final = 26379
 SENTINEL_TIMEOUT = 1.0  # seconds a Sentinel gets to say where the primary is, when none given
 
-_HOST_PORT = re.compile(r"^(?:\[(?P<v6>[0-9A-Fa-f:.]+)\]|(?P<host>[^\[\]:/]+))(?::(?P<port>\d*))?$")
+_HOST_PORT = re.compile(
+    r"^(?:\[(?P<v6>[0-9A-Fa-f:.]+)\]|(?P<host>[A-Za-z0-9._-]+))(?::(?P<port>\d*))?$"
+)
 _SERVICE = re.compile(r"^[A-Za-z0-9._-]{1,128}$")
 
 R = TypeVar("R", bound=Redis)

@@ -92,6 +92,7 @@ def test_direct_urls(url: str, db: int, ssl: bool) -> None:
         ("redis+sentinel://h:1,,h:2/svc", "is not a Sentinel HOST:PORT"),
         ("redis+sentinel:///svc", "is not a Sentinel HOST:PORT"),
         ("redis+sentinel://h:port/svc", "is not a Sentinel HOST:PORT"),
+        ("redis+sentinel://bad host:1/svc", "is not a Sentinel HOST:PORT"),
         ("redis+sentinel://h/svc?db=1", "takes no query options"),
         ("redis://h:notaport/0", "is malformed"),
         ("redis:///0", "names no host"),

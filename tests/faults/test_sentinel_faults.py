@@ -15,6 +15,7 @@ import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import aiohttp
 import asyncpg
 import pytest
 import redis.asyncio as aioredis
@@ -47,6 +48,15 @@ pytestmark = pytest.mark.faults
 
 JOB_TIMEOUT_S = 5  # a job held by the dead primary's worker connection is rerun after + 10 s
 RESTART_AFTER_S = 1.0  # seconds the killed primary stays dead before it is restarted
+
+
+async def http_status(url: str) -> int:
+    try:
+        timeout = aiohttp.ClientTimeout(total=2)
+        async with aiohttp.ClientSession(timeout=timeout) as session, session.get(url) as r:
+            return r.status
+    except (aiohttp.ClientError, TimeoutError):
+        return 0
 
 
 @pytest.fixture
@@ -120,6 +130,13 @@ async def test_primary_sigkilled_under_load_replica_promoted(
             )
             rejoined_s = time.monotonic() - killed_at
             drain.start()
+            sent_before = spooling.sent
+
+            async def api_ready() -> bool:
+                # /readyz answers 200 once the API's own Redis client reaches the new primary.
+                return await http_status(f"{api_url}/readyz") == 200
+
+            await wait_until(api_ready, within_s=15, what="the API is ready on the new primary")
             await asyncio.sleep(3.0)  # steady load on the new primary and its replica
             ended_at = time.monotonic()
             await load.stop()
@@ -166,4 +183,5 @@ async def test_primary_sigkilled_under_load_replica_promoted(
         await redis.aclose()
     fault_report.add(figures)
     assert after > 0, "nothing was accepted after the failover"
+    assert spooling.sent > sent_before, "the producer did not send to the new primary again"
     assert not figures.problems, figures
