@@ -7,6 +7,7 @@ import os
 from collections.abc import Mapping
 from pathlib import Path
 
+from service.connections import parse_redis_url
 from service.errors import ConfigError
 
 ENV_FILE_NAME = "env"  # under the data dir, written by `auditq run`
@@ -38,6 +39,9 @@ class Settings:
     spool_dir: Path | None = None
     spool_disabled: bool = False
     spool_max_bytes: int = 1024 * 1024 * 1024
+    # Replicas that must confirm a batch before `capture` returns its ids (Redis WAIT), else
+    # it is spooled (or refused). None: 1 for a Sentinel URL, 0 (no WAIT) otherwise.
+    redis_wait_replicas: int | None = None
 
     # Worker. The retry policy itself is written out in workers/retry.py.
     worker_max_jobs: int = 10
@@ -67,8 +71,11 @@ class Settings:
         extra = env.get("AUDITQ_REDACT_EXTRA_KEYS", "")
         spool = env.get("AUDITQ_SPOOL_DIR", "").strip()
         spool_disabled = spool.lower() == "off"
+        redis_url = url("AUDITQ_REDIS_URL")
+        if redis_url is not None:
+            parse_redis_url(redis_url)  # a malformed URL is one clear error, here
         return cls(
-            redis_url=url("AUDITQ_REDIS_URL"),
+            redis_url=redis_url,
             database_url=url("AUDITQ_DATABASE_URL"),
             data_dir=data_dir,
             queue=env.get("AUDITQ_QUEUE", "audit-logs") or "audit-logs",
@@ -87,6 +94,7 @@ class Settings:
             spool_max_bytes=_req_int(
                 env, "AUDITQ_SPOOL_MAX_BYTES", 1024 * 1024 * 1024, minimum=1024 * 1024
             ),
+            redis_wait_replicas=_int(env, "AUDITQ_REDIS_WAIT_REPLICAS", None, minimum=0),
             worker_max_jobs=_req_int(env, "AUDITQ_WORKER_MAX_JOBS", 10, minimum=1),
             job_timeout_s=_float(env, "AUDITQ_JOB_TIMEOUT_S", 60.0),
             db_pool_size=_req_int(env, "AUDITQ_DB_POOL_SIZE", 10, minimum=1),

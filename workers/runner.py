@@ -31,6 +31,7 @@ from service.store import db
 from service.store.partitions import ensure_partitions
 from service.store.secrets import read_secret
 from workers import heartbeat
+from workers.arq_redis import arq_settings, create_arq_pool
 from workers.job import store_events
 from workers.maintenance import MAINTENANCE_VIA, maintain
 from workers.retry import ARQ_MAX_TRIES
@@ -107,6 +108,19 @@ class _Worker(Worker):
 
     _redis_down_since: float | None = None
 
+    async def main(self) -> None:
+        if self._pool is None:
+            # arq's own create_pool drops the timeouts and retry policy of a Sentinel pool.
+            assert self.redis_settings is not None
+            self._pool = await create_arq_pool(
+                self.redis_settings,
+                job_serializer=self.job_serializer,
+                job_deserializer=self.job_deserializer,
+                default_queue_name=self.queue_name,
+                expires_extra_ms=self.expires_extra_ms,
+            )
+        await super().main()
+
     async def _poll_iteration(self) -> None:
         try:
             await super()._poll_iteration()
@@ -140,14 +154,15 @@ class _Worker(Worker):
 
 
 def redis_settings(url: str) -> RedisSettings:
-    """arq's Redis settings with a retry policy, so a Redis restart is ridden out."""
-    settings = RedisSettings.from_dsn(url)
-    settings.retry = RedisRetry(ExponentialBackoff(cap=1.0, base=0.05), 8)
-    # OSError too: redis-py retries a failed connect only for the errors listed here, and a
-    # refused connection is still a bare OSError at that point.
-    settings.retry_on_error = [RedisConnectionError, RedisTimeoutError, OSError]
-    settings.conn_retries = 30
-    return settings
+    """arq's Redis settings with a retry policy, so a Redis restart or a failover is ridden out."""
+    return arq_settings(
+        url,
+        retry=RedisRetry(ExponentialBackoff(cap=1.0, base=0.05), 8),
+        # OSError too: redis-py retries a failed connect only for the errors listed here, and
+        # a refused connection is still a bare OSError at that point.
+        retry_on_error=[RedisConnectionError, RedisTimeoutError, OSError],
+        conn_retries=30,
+    )
 
 
 def build_worker(

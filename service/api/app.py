@@ -4,8 +4,11 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 
-import redis.asyncio as aioredis
 from aiohttp import web
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from service.api import health, ingest, metrics, openapi
 from service.api import tasks as tasks_api
@@ -16,6 +19,7 @@ from service.api.errors import error_middleware
 from service.api.limits import OPEN_REQUESTS, OpenRequests
 from service.api.producers import producers_context
 from service.api.state import CLIENT, POOL, REDIS, SETTINGS
+from service.connections import redis_client
 from service.producer.lifecycle import API_SOURCE, STARTED, STOPPING, record_lifecycle
 from service.settings import Settings
 from service.store import db
@@ -52,8 +56,13 @@ async def _postgres(app: web.Application) -> AsyncIterator[None]:
 
 async def _redis(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS]
-    app[REDIS] = aioredis.Redis.from_url(
-        settings.require_redis(), socket_connect_timeout=health.READY_TIMEOUT
+    app[REDIS] = redis_client(
+        settings.require_redis(),
+        connect_timeout=health.READY_TIMEOUT,
+        # After a restart or a failover the pooled connections are dead: the first command
+        # reconnects (for Sentinel: to the new primary) instead of failing.
+        retry=Retry(ExponentialBackoff(cap=0.5, base=0.05), 3),
+        retry_on_error=[RedisConnectionError, RedisTimeoutError],
     )
     yield
     await app[REDIS].aclose()

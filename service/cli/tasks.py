@@ -18,6 +18,7 @@ import redis.asyncio as aioredis
 import redis.exceptions
 
 from service.cli.common import Command, add_command
+from service.connections import redis_client
 from service.errors import AuditqError, ConfigError
 from service.events import Entity
 from service.ops import task_actions
@@ -41,13 +42,8 @@ class RedisUnavailable(AuditqError):
 @contextlib.asynccontextmanager
 async def _tasks(settings: Settings) -> AsyncIterator[TaskQueue]:
     """The settings' task queue over a Redis connection that is closed afterwards."""
-    if not settings.redis_url:
-        raise ConfigError(
-            "no Redis to talk to: set AUDITQ_REDIS_URL, or start `auditq run` "
-            f"(its URLs are then read from {settings.env_file})"
-        )
-    client = aioredis.Redis.from_url(
-        settings.redis_url, socket_connect_timeout=CONNECT_TIMEOUT, socket_timeout=30
+    client: aioredis.Redis = redis_client(
+        settings.require_redis(), connect_timeout=CONNECT_TIMEOUT, timeout=30
     )
     try:
         yield TaskQueue.from_settings(client, settings)

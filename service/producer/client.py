@@ -21,6 +21,7 @@ from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from service.connections import parse_redis_url, redis_client
 from service.errors import ConfigError, InvalidEvent
 from service.events import ACTION_PATTERN, AuditEvent, decode_event, finalize
 from service.producer.context import AuditContext, audit_context, with_context
@@ -28,6 +29,7 @@ from service.producer.failures import (
     FAILURE_PREFIX,
     BufferFull,
     ClientClosed,
+    NotReplicated,
     SpoolFull,
     log_failure,
 )
@@ -42,10 +44,15 @@ __all__ = [
     "AuditEvent",
     "BufferFull",
     "ClientClosed",
+    "NotReplicated",
     "SpoolError",
     "SpoolFull",
 ]
 
+# With WAIT (wait_replicas): the replicas get this share of a batch's Redis time to confirm it,
+# so that Redis answers "not confirmed" before the client gives up on the reply.
+WAIT_SHARE = 0.5
+WAIT_FENCE_KEY = "auditq:wait-fence"  # written before a replayed batch's WAIT (see _enqueue)
 SEND_TIMEOUT_FACTOR = 4  # capture timeouts per send: connect, one reconnect, the reply, slack
 CLOSE_TIMEOUT = 5.0  # seconds
 # With a spool, a batch an awaiting capture is in tries Redis for this share of the capture
@@ -71,6 +78,7 @@ class ClientOptions(TypedDict, total=False):
     spool_dir: Path | str | None
     spool_max_bytes: int
     provenance: Provenance | None
+    wait_replicas: int
 
 
 class AuditClient(SpoolReplay):
@@ -95,12 +103,18 @@ class AuditClient(SpoolReplay):
         spool_dir: Path | str | None = None,
         spool_max_bytes: int = _DEFAULTS.spool_max_bytes,
         provenance: Provenance | None = None,
+        wait_replicas: int = 0,
     ) -> None:
-        """Wrap `redis` (the client owns and closes it); prefer from_url or from_settings."""
+        """Wrap `redis` (the client owns and closes it); prefer from_url or from_settings.
+
+        `wait_replicas`: replicas that must confirm a batch (Redis WAIT) before its events
+        count as enqueued; see docs/reliability.md."""
         if not queue:
             raise ConfigError("queue must not be empty")
         if not capture_timeout_s > 0 or not flush_interval_s > 0:
             raise ConfigError("capture_timeout_s and flush_interval_s must be positive")
+        if wait_replicas < 0:
+            raise ConfigError("wait_replicas must not be negative")
         if buffer_max_events < 1 or flush_max_events < 1 or max_event_bytes < 1:
             raise ConfigError(
                 "buffer_max_events, flush_max_events and max_event_bytes must be at least 1"
@@ -122,6 +136,7 @@ class AuditClient(SpoolReplay):
         self._max_event_bytes = max_event_bytes
         self._extra_keys = frozenset(redact_extra_keys)
         self._provenance = provenance
+        self._wait_replicas = wait_replicas
         self._lock = threading.Lock()  # counters and loop binding are touched from any thread
         self._loop: asyncio.AbstractEventLoop | None = None
         self._sender: asyncio.Task[None] | None = None
@@ -154,16 +169,19 @@ class AuditClient(SpoolReplay):
 
         `spool_dir` (opt-in) keeps what Redis cannot take on local disk until it can.
         """
+        target = parse_redis_url(url)
         timeout = options.get("capture_timeout_s", _DEFAULTS.capture_timeout_s)
-        redis = Redis.from_url(
-            url,
-            socket_connect_timeout=timeout,
-            socket_timeout=timeout,
-            # One immediate retry: after a Redis restart the pooled connection is dead, and
-            # the first command would fail without it.
+        redis: Redis = redis_client(
+            target,
+            connect_timeout=timeout,
+            timeout=timeout,
+            # One immediate retry: after a Redis restart or a failover the pooled connection
+            # is dead, and the first command would fail without it.
             retry=Retry(NoBackoff(), 1),
             retry_on_error=[RedisConnectionError, RedisTimeoutError],
         )
+        # With Sentinel, replication is the point: a batch counts once a replica has it.
+        options.setdefault("wait_replicas", 1 if target.is_sentinel else 0)
         return cls(redis, **options)
 
     @classmethod
@@ -184,6 +202,8 @@ class AuditClient(SpoolReplay):
             spool_dir=settings.spool_dir,
             spool_max_bytes=settings.spool_max_bytes,
         )
+        if settings.redis_wait_replicas is not None:
+            configured["wait_replicas"] = settings.redis_wait_replicas
         return cls.from_url(settings.redis_url, **(configured | options))
 
     async def __aenter__(self) -> AuditClient:
@@ -402,7 +422,10 @@ class AuditClient(SpoolReplay):
                 # "finalized" (validated, completed, redacted here): the batch joins the
                 # queue's open job while no worker has taken it, so many small batches (from
                 # every producer) make one job, and the worker need not redo that work.
-                await self._script(keys=[self._queue], args=self._job_args(payload))
+                awaited = any(item[2] is not None for item in batch)
+                # A capture waits for this batch: the replicas' confirmation fits its bound.
+                within = min(timeout, self._capture_timeout) if awaited else timeout
+                await self._enqueue(self._job_args(payload), within_s=within)
         except asyncio.CancelledError:
             self._fail_batch(batch, ClientClosed("closed while the batch was being sent"))
             raise
@@ -422,6 +445,29 @@ class AuditClient(SpoolReplay):
         for _, _, sent in batch:
             if sent is not None and not sent.done():
                 sent.set_result(None)
+
+    async def _enqueue(self, args: list[bytes | str], *, within_s: float) -> None:
+        """Run the enqueue script; with wait_replicas, return only once replicas confirm it."""
+        if not self._wait_replicas:
+            await self._script(keys=[self._queue], args=args)
+            return
+        # Within the socket timeout (the capture bound) too, or the read would time out first.
+        wait_ms = max(1, int(min(within_s, self._capture_timeout) * WAIT_SHARE * 1000))
+        # One round trip, one connection: WAIT covers the writes of its own connection. EVAL,
+        # not EVALSHA: a NOSCRIPT (a new primary) would cost a whole WAIT before the retry.
+        async with self._redis.pipeline(transaction=False) as pipe:
+            pipe.eval(ENQUEUE_SCRIPT, 1, self._queue, *args)  # type: ignore[arg-type]
+            if args[1]:
+                # A job of its own id may be queued already (the script then writes nothing):
+                # a write of its own makes WAIT cover whatever came before it.
+                pipe.set(WAIT_FENCE_KEY, args[1])
+            pipe.wait(self._wait_replicas, wait_ms)
+            *_, confirmed = await pipe.execute()
+        if int(confirmed) < self._wait_replicas:
+            raise NotReplicated(
+                f"{confirmed} of {self._wait_replicas} replicas confirmed the batch "
+                f"within {wait_ms} ms"
+            )
 
     def _job_args(self, payload: bytes, task_id: str = "") -> list[bytes | str]:
         """The enqueue script's arguments for `payload`: one job of its own, with its

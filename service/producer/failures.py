@@ -28,6 +28,10 @@ class BufferFull(AuditqError):
     """The client's buffer is full: the event was dropped."""
 
 
+class NotReplicated(AuditqError):
+    """The primary took the batch but too few replicas confirmed it in time (WAIT)."""
+
+
 class SpoolFull(AuditqError):
     """Redis did not take the event and the spool is full: the event was dropped."""
 

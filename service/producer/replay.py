@@ -63,6 +63,9 @@ class SpoolReplay:
     def _job_args(self, payload: bytes, task_id: str = "") -> list[bytes | str]:
         raise NotImplementedError
 
+    async def _enqueue(self, args: list[bytes | str], *, within_s: float) -> None:
+        raise NotImplementedError
+
     async def _spool_batch(self, batch: list[Item]) -> None:
         """Append a batch Redis did not take to the spool; its events count as sent."""
         spool = self._spool

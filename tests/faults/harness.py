@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import itertools
 import json
 import logging
 import os
@@ -51,9 +52,17 @@ class Ledger:
     offered: int = 0
     refused: int = 0  # offered, and the producer was told so (None, an error, not 202)
     capture_max_s: float = 0.0  # slowest awaited capture
+    accepted_at: dict[str, list[float]] = dataclasses.field(default_factory=dict)  # producer ->
 
     def accept(self, event_id: str, producer: str) -> None:
         self.accepted[event_id] = producer
+        self.accepted_at.setdefault(producer, []).append(time.monotonic())
+
+    def longest_gap(self, producer: str, *, since: float, until: float) -> float:
+        """The longest stretch in [since, until] in which `producer` had nothing accepted."""
+        times = [t for t in self.accepted_at.get(producer, []) if since <= t <= until]
+        edges = [since, *times, until]
+        return max(b - a for a, b in itertools.pairwise(edges))
 
     def good_ids(self, *, offered_before: float | None = None) -> set[str]:
         """Accepted good events; capture_nowait's count unless a failure line named them."""
@@ -121,13 +130,19 @@ def good_event_json(producer: str) -> dict[str, Any]:
 
 
 async def produce_capture(
-    client: AuditClient, ledger: Ledger, stop: asyncio.Event, *, tasks: int = 3, pause: float = 0.02
+    client: AuditClient,
+    ledger: Ledger,
+    stop: asyncio.Event,
+    *,
+    tasks: int = 3,
+    pause: float = 0.02,
+    name: str = "capture",
 ) -> None:
     """Awaited captures from `tasks` concurrent callers."""
 
     async def caller() -> None:
         while not stop.is_set():
-            event = good_event("capture")
+            event = good_event(name)
             ledger.offered += 1
             started = time.monotonic()
             result = await client.capture(event)
@@ -135,7 +150,7 @@ async def produce_capture(
             if result is None:
                 ledger.refused += 1
             else:
-                ledger.accept(result, "capture")
+                ledger.accept(result, name)
             await asyncio.sleep(pause)
 
     await asyncio.gather(*(caller() for _ in range(tasks)))

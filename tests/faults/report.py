@@ -25,6 +25,17 @@ SCENARIOS: dict[str, tuple[str, str]] = {
         "forwarding: 10 s of partition (connections hang, so clients time out), then 10 s of "
         "refused connections; then it resets the connections of the outage and forwards again",
     ),
+    "sentinel-failover": (
+        "Redis primary SIGKILLed under load, Sentinel promotes its replica",
+        "a Valkey primary, one replica and three Sentinels of the test's own "
+        "(`down-after-milliseconds 1000`, `failover-timeout 3000`); the worker, the API and "
+        "the producers (awaited `capture` and `capture_nowait` with a spool, awaited `capture` "
+        "without one, HTTP ingest) all on the `redis+sentinel://` URL. The primary is "
+        "SIGKILLed; once the Sentinels promote the replica, the old primary is restarted on "
+        "its data and Sentinel makes it the new primary's replica (the end of the fault, for "
+        "the drain). Each batch counts as accepted only once a replica confirmed it "
+        "(`WAIT 1`) or it is spooled",
+    ),
     "postgres-stop-fast": (
         "PostgreSQL stopped (`fast`) for 30 s, then started",
         "`pg_ctl stop -m fast` of the test's own server under load; the worker's breaker "
@@ -124,6 +135,42 @@ FOOTER = """
   (and up to a second of writes on a crash of the machine). For production Redis:
   `appendonly yes`, and `appendfsync always` when an acknowledged event must survive
   anything short of losing the disk.
+- **Replicas and failover (`redis+sentinel://`).** Redis replication is asynchronous: the
+  primary replies to an enqueue before any replica has it, so a failover can promote a
+  replica that lacks the last enqueues. With `AUDITQ_REDIS_WAIT_REPLICAS=N` (default 1 for a
+  Sentinel URL, 0 otherwise) the client sends each batch as `EVAL` of the enqueue script and
+  `WAIT N <ms>` in one round trip on one connection, and counts the batch's events as
+  accepted only when N replicas confirmed it; `<ms>` is half of the batch's share of the
+  capture bound (62 ms for a batch an awaited `capture` waits for, with a spool), so
+  `capture` still answers in time. A batch no replica confirmed in time is spooled (it may
+  also be queued already: its ids make the second delivery harmless), or, without a spool,
+  refused (`capture` returns `None`, a failure line with `NotReplicated`; the event may still
+  be stored). A replayed spool segment is deleted only after a replica confirmed it too (a
+  write of its own before the `WAIT` makes the confirmation cover a batch an earlier replay
+  queued). Sentinel promotes, among replicas of equal `replica-priority`, the one with the
+  most replicated data, so what a replica confirmed survives the loss of the primary (with
+  several replicas and N=1, not the loss of the primary and the confirming replica at once).
+- **What is promised, with and without replicas.** *With replicas and WAIT* (the default for
+  a Sentinel URL): every event whose id `capture` returned, or that HTTP ingest answered `202`
+  for, is on a replica or on the producer's disk, and survives the loss of the primary. While
+  no replica confirms (every replica down, or lagging past the bound), producers with a spool
+  keep accepting into it and deliver once a replica confirms again; producers without one
+  refuse (`None`, `503` from HTTP ingest when its spool is off) — the trade Redis's own
+  `min-replicas-to-write` makes, and the row above shows it: 19.6 s without acceptance for
+  the producer without a spool, under 0.3 s for the others. *Without replicas, or with
+  `AUDITQ_REDIS_WAIT_REPLICAS=0`*: an accepted event is as durable as the primary's
+  append-only file (see above); with replicas but no WAIT, a failover may lose the enqueues
+  of about the last replication lag (usually well under a second), each of them an event a
+  producer was told was accepted. The worker needs nothing of this: a job it took is stored
+  idempotently, and a job whose end the promoted replica missed is run again, storing nothing
+  twice. Producers in other languages get the same promise by sending `WAIT 1 <ms>` on the
+  connection of their `EVAL` and treating a reply below 1 as not accepted.
+- **Following the primary.** Every process (producers, the API and its HTTP ingest, the CLI,
+  the worker) connects through `service/connections.py`: each new connection asks the
+  Sentinels where the primary is, a connection to a dead or demoted primary fails (`READONLY`
+  becomes a connection error) and is made again to the new one under the caller's retry
+  policy. The worker treats the failover as any Redis outage: its poll loop waits, its pool
+  retries with backoff, jobs in flight finish or are rerun. No process is restarted.
 - **Worker.** Every write is idempotent (`ON CONFLICT (id, ts) DO NOTHING`), so a job rerun
   after a killed worker stores nothing twice; PostgreSQL being away (stopped, crashed, out of
   connections) opens a breaker that holds jobs without burning attempts; a row PostgreSQL
