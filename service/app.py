@@ -11,7 +11,7 @@ from aiohttp import web
 from service import audit_logs, db, ingest, metrics, openapi, tasks_api
 from service.auth import auth_middleware
 from service.client import AuditClient
-from service.http import error_middleware, error_response
+from service.http import REDACT_EXTRA_KEYS, error_middleware, error_response
 from service.settings import Settings
 from service.state import CLIENT, POOL, REDIS, SETTINGS
 
@@ -98,6 +98,7 @@ def create_app(settings: Settings) -> web.Application:
         client_max_size=MAX_BODY_BYTES, middlewares=[error_middleware, auth_middleware(POOL)]
     )
     app[SETTINGS] = settings
+    app[REDACT_EXTRA_KEYS] = settings.redact_extra_keys
     app.cleanup_ctx.extend([_postgres, _redis, _client, audit_logs.audit_log_context])
     app.on_shutdown.append(audit_logs.stop_streams)
     app.add_routes(ROUTES)

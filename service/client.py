@@ -499,7 +499,7 @@ class AuditClient:
             logger.error(
                 "the spool cannot be written (%s): events Redis does not take are lost, "
                 "each logged as a failure, until it can",
-                redact_sensitive_in_string(str(error)),
+                redact_sensitive_in_string(str(error), self._extra_keys),
             )
 
     def _start_spooling(self, cause: BaseException | None = None) -> None:
@@ -509,7 +509,7 @@ class AuditClient:
                 logger.warning(
                     "Redis does not take events (%s: %s): spooling them until it does",
                     type(cause).__name__,
-                    redact_sensitive_in_string(str(cause)),
+                    redact_sensitive_in_string(str(cause), self._extra_keys),
                 )
         self._ensure_replayer()
         self._wake.set()
@@ -663,16 +663,19 @@ class AuditClient:
                 self.spool_dropped += 1
             else:
                 self.failed += 1
-        payload = failure_payload(event, exc, context)
+        payload = failure_payload(event, exc, context, self._extra_keys)
         failure_logger.error(
             "%s%s", FAILURE_PREFIX, json.dumps(payload), extra={"audit_failure": payload}
         )
 
 
 def failure_payload(
-    event: object, exc: BaseException, context: AuditContext | None = None
+    event: object,
+    exc: BaseException,
+    context: AuditContext | None = None,
+    extra_keys: frozenset[str] = frozenset(),
 ) -> dict[str, str | None]:
-    """Describe a failed event for the failure line, with the error message redacted."""
+    """Describe a failed event for the failure line, every value redacted."""
     actor = _get(event, "actor")
     entity = _get(event, "entity")
     user_id = _text(_get(actor, "id"))
@@ -683,18 +686,23 @@ def failure_payload(
         if request_id is None:
             request_id = _text(context.request_id)
     try:
-        message = redact_sensitive_in_string(str(exc))
+        message = redact_sensitive_in_string(str(exc), extra_keys)
     except Exception:
         message = "[message withheld: it could not be redacted]"
-    return {
+    fields = {
         "action": _text(_get(event, "action")),
         "entityType": _text(_get(entity, "type")),
         "entityId": _text(_get(entity, "id")),
         "userId": user_id,
         "requestId": request_id,
-        "errorName": type(exc).__name__,
-        "errorMessage": message[:FAILURE_MESSAGE_MAX_CHARS],
     }
+    payload = {
+        name: None if value is None else redact_sensitive_in_string(value, extra_keys)
+        for name, value in fields.items()
+    }
+    payload["errorName"] = type(exc).__name__
+    payload["errorMessage"] = message[:FAILURE_MESSAGE_MAX_CHARS]
+    return payload
 
 
 def _get(value: object, name: str) -> object:

@@ -13,6 +13,9 @@ from service.redaction import redact_sensitive_in_string
 
 logger = logging.getLogger(__name__)
 
+# Settings.redact_extra_keys, for error bodies (set by create_app; http.py sits below state.py).
+REDACT_EXTRA_KEYS = web.AppKey("redact_extra_keys", frozenset)
+
 # aiohttp's own HTTP errors, mapped to our codes.
 _CODES = {
     400: "bad_request",
@@ -37,10 +40,12 @@ class ApiError(Exception):
         self.message = message
 
 
-def error_response(status: int, code: str, message: str) -> web.Response:
+def error_response(
+    status: int, code: str, message: str, extra_keys: frozenset[str] = frozenset()
+) -> web.Response:
     """The envelope: {"error": {"code", "message"}}; the message is redacted, as it may quote
     a bad parameter's value."""
-    message = redact_sensitive_in_string(message)
+    message = redact_sensitive_in_string(message, extra_keys)
     return web.json_response({"error": {"code": code, "message": message}}, status=status)
 
 
@@ -69,12 +74,14 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
     try:
         return await handler(request)
     except ApiError as exc:
-        return error_response(exc.status, exc.code, exc.message)
+        extra = request.app.get(REDACT_EXTRA_KEYS, frozenset())
+        return error_response(exc.status, exc.code, exc.message, extra)
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
         code = _CODES.get(exc.status, "http_error")
-        return error_response(exc.status, code, exc.reason)
+        extra = request.app.get(REDACT_EXTRA_KEYS, frozenset())
+        return error_response(exc.status, code, exc.reason, extra)
     except _DEPENDENCY_ERRORS as exc:
         logger.warning(
             "dependency unavailable on %s %s: %s", request.method, request.path, type(exc).__name__

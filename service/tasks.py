@@ -197,13 +197,13 @@ def count_events(text: str | bytes) -> int:
     return 1
 
 
-def redacted_payload(text: str | bytes) -> Any:
+def redacted_payload(text: str | bytes, extra_keys: frozenset[str] = frozenset()) -> Any:
     """The events of a payload, redacted; the redacted text itself when it is not JSON."""
     try:
-        return redact_sensitive(_any.decode(text))
+        return redact_sensitive(_any.decode(text), extra_keys)
     except (msgspec.DecodeError, RecursionError):  # RecursionError: hostile nesting
         raw = text.decode("utf-8", errors="replace") if isinstance(text, bytes) else text
-        return redact_sensitive_in_string(raw)
+        return redact_sensitive_in_string(raw, extra_keys)
 
 
 def encode_cursor(position: _Position) -> str:
@@ -263,17 +263,24 @@ class TaskQueue:
         *,
         queue: str,
         job_timeout_s: float = 60.0,
+        extra_keys: frozenset[str] = frozenset(),
     ) -> None:
-        """Wrap `redis` (not owned: the caller closes it)."""
+        """Wrap `redis` (not owned: the caller closes it); `extra_keys` are redacted too."""
         self.redis = redis
         self.queue = queue
+        self.extra_keys = extra_keys
         self._in_progress_ms = int((job_timeout_s + IN_PROGRESS_EXTRA) * 1000)
         self._enqueue = redis.register_script(ENQUEUE_SCRIPT)
 
     @classmethod
     def from_settings(cls, redis: aioredis.Redis, settings: Settings) -> TaskQueue:
         """The tasks of the settings' queue."""
-        return cls(redis, queue=settings.queue, job_timeout_s=settings.job_timeout_s)
+        return cls(
+            redis,
+            queue=settings.queue,
+            job_timeout_s=settings.job_timeout_s,
+            extra_keys=settings.redact_extra_keys,
+        )
 
     # Reading one task.
 
@@ -292,10 +299,11 @@ class TaskQueue:
             data = deserialize_job(job)
             args = data.get("a") or [""]
             task = self._queued(task_id, int(score), data, int(pttl), int(attempts or 0), now_ms)
-            return _detail(task, redacted_payload(args[0]) if isinstance(args[0], str) else None)
+            raw = args[0] if isinstance(args[0], str) else None
+            return _detail(task, None if raw is None else redacted_payload(raw, self.extra_keys))
         if letter is not None:
             failed = _letter_decoder.decode(letter)
-            return _detail(self._failed(failed), failed.payload)
+            return _detail(self._failed(failed), redact_sensitive(failed.payload, self.extra_keys))
         if result is not None:
             return self._from_result(task_id, _result_decoder.decode(result))
         entry = await self._find_complete(task_id)
@@ -426,9 +434,8 @@ class TaskQueue:
             presentation=presentation,
         )
 
-    @staticmethod
-    def _failed(letter: dead_letter.DeadLetter) -> Task:
-        message = redact_sensitive_in_string(letter.message)
+    def _failed(self, letter: dead_letter.DeadLetter) -> Task:
+        message = redact_sensitive_in_string(letter.message, self.extra_keys)
         return Task(
             id=letter.id,
             kind=letter.kind,
@@ -483,12 +490,16 @@ class TaskQueue:
     def _from_result(self, task_id: str, result: dict[str, Any]) -> TaskDetail:
         """A task known only by arq's result: complete, or failed inside arq itself."""
         args = result.get("a") or [""]
-        payload = redacted_payload(args[0]) if args and isinstance(args[0], str) else None
+        payload = (
+            redacted_payload(args[0], self.extra_keys)
+            if args and isinstance(args[0], str)
+            else None
+        )
         kind = _kind(result.get("f"))
         if result.get("s"):
             summary = result.get("r") if isinstance(result.get("r"), dict) else {}
             if summary and isinstance(summary.get("events"), list):
-                payload = redact_sensitive(summary["events"])
+                payload = redact_sensitive(summary["events"], self.extra_keys)
             events = int(summary.get("stored", 0)) if summary else 0
             entry = {
                 "id": task_id,
@@ -505,7 +516,7 @@ class TaskQueue:
                 task = msgspec.structs.replace(task, kind=kind, presentation=done)
             return _detail(task, payload)
         # arq failed the job itself (an exception the worker did not handle, a timeout).
-        message = redact_sensitive_in_string(str(result.get("r", "")))
+        message = redact_sensitive_in_string(str(result.get("r", "")), self.extra_keys)
         events = count_events(args[0]) if args and isinstance(args[0], str) else 0
         task = Task(
             id=task_id,

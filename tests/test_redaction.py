@@ -75,7 +75,7 @@ UNCHANGED = [
     "",
     "tokenizer=bpe",
     "author: bob",
-    '{"passing": true, "tokens": 12}',
+    '{"passing": true, "token_count": 12}',
     "password_hint=pet name",
     "redis://host:6379/0",
     "redis://[::1]:6379",
@@ -107,9 +107,10 @@ def test_string_redaction_is_idempotent(text: str) -> None:
 
 
 def test_string_redaction_honours_extra_keys() -> None:
-    extra = frozenset({"Session-ID"})
-    assert redact_sensitive_in_string("session_id=s1 x=1", extra) == "session_id=[REDACTED] x=1"
-    assert redact_sensitive_in_string("session_id=s1 x=1") == "session_id=s1 x=1"
+    extra = frozenset({"Employee-No"})
+    assert redact_sensitive_in_string("employee_no=s1 x=1", extra) == "employee_no=[REDACTED] x=1"
+    assert redact_sensitive_in_string("employeeNo: s1", extra) == "employeeNo: [REDACTED]"
+    assert redact_sensitive_in_string("employee_no=s1 x=1") == "employee_no=s1 x=1"
 
 
 @pytest.mark.parametrize(

@@ -40,7 +40,7 @@ from service.keys import (
     stored_key,
 )
 from service.partitions import ensure_partitions
-from service.queue import JOB_FUNCTION, deserialize_job, serialize_job
+from service.queue import JOB_FUNCTION, deserialize_job, job_serializer
 from service.redaction import redact_sensitive_in_string
 from service.settings import Settings
 from workers import heartbeat, maintenance
@@ -130,8 +130,10 @@ def _parse(
 
     def complete(index: int, event: AuditEvent) -> AuditEvent:
         if finalized and None not in (event.id, event.ts, event.category, event.presentation):
-            check_complete(event, max_bytes=settings.max_event_bytes)
-            return event
+            # Redacted again with this worker's rules and extra keys.
+            return check_complete(
+                event, max_bytes=settings.max_event_bytes, extra_keys=settings.redact_extra_keys
+            )
         done, _ = finalize(
             event,
             extra_keys=settings.redact_extra_keys,
@@ -177,7 +179,7 @@ async def store_events(
             "[AuditLogWorker] task %s failed unexpectedly (%s: %s); retrying in %.0f s",
             ctx["job_id"],
             type(exc).__name__,
-            redact_sensitive_in_string(str(exc)),
+            redact_sensitive_in_string(str(exc), ctx[STATE].settings.redact_extra_keys),
             UNEXPECTED_RETRY_DELAY,
         )
         raise Retry(defer=UNEXPECTED_RETRY_DELAY) from exc
@@ -295,7 +297,7 @@ async def _write(state: WorkerState, task: Task, events: list[AuditEvent]) -> An
             state.trip(exc)
             raise Retry(defer=DEFER_WHILE_OPEN) from exc
         attempts = int(await state.redis.hincrby(attempts_key(state.settings.queue), task.id, 1))
-        message = redact_sensitive_in_string(str(exc))
+        message = redact_sensitive_in_string(str(exc), state.settings.redact_extra_keys)
         if attempts < MAX_ATTEMPTS:
             delay = backoff(attempts)
             logger.warning(
@@ -344,6 +346,7 @@ async def _dead_letter(
         attempts=attempts,
         enqueued_at_ms=task.enqueued_ms,
         ttl_days=state.settings.dead_letter_ttl_days,
+        extra_keys=state.settings.redact_extra_keys,
     )
     async with state.redis.pipeline(transaction=False) as pipe:
         pipe.hdel(attempts_key(state.settings.queue), task.id)
@@ -433,7 +436,9 @@ class _Worker(Worker):
                 logger.warning(
                     "Redis fails (%s: %s); waiting for it",
                     type(exc).__name__,
-                    redact_sensitive_in_string(str(exc)),
+                    redact_sensitive_in_string(
+                        str(exc), worker_state(self).settings.redact_extra_keys
+                    ),
                 )
             await asyncio.sleep(REDIS_DOWN_PAUSE)
             return
@@ -484,7 +489,7 @@ def build_worker(settings: Settings, *, handle_signals: bool = False) -> Worker:
         poll_delay=POLL_DELAY,
         max_tries=ARQ_MAX_TRIES,
         keep_result=3600,
-        job_serializer=serialize_job,
+        job_serializer=job_serializer(settings.redact_extra_keys),
         job_deserializer=deserialize_job,
         on_startup=_startup,
         on_shutdown=_shutdown,
