@@ -135,12 +135,21 @@ DESCRIPTORS: frozenset[str] = frozenset(
 QUANTITIES: frozenset[str] = frozenset({"max", "min", "num", "total", "number"})
 SENSITIVE_KEYS = SECRET_WORDS  # the former name
 
-_WORD_RE = re.compile(r"[A-Z]+(?![a-z])|[A-Z]?[a-z]+|[0-9]+")
+_PART_RE = re.compile(r"[A-Za-z]+|[0-9]+")  # between separators; digits stand alone
+_WORD_RE = re.compile(r"[A-Z]+(?![a-z])|[A-Z]?[a-z]+")  # a part cut on case changes
 _JOIN_MAX = 3  # adjacent words joined when looking for a secret word
 
 
 def _split(key: str) -> tuple[str, ...]:
-    return tuple(word.lower() for word in _WORD_RE.findall(key))
+    words: list[str] = []
+    for part in _PART_RE.findall(key):
+        pieces = _WORD_RE.findall(part)
+        if len(pieces) > 1 and any(len(piece) <= 2 for piece in pieces):
+            # Casing that cuts a part into scraps (`paSSwD`, `userID`): one glued word.
+            words.append(part.lower())
+        else:
+            words += (piece.lower() for piece in pieces)
+    return tuple(words)
 
 
 def key_words(key: str) -> tuple[str, ...]:
