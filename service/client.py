@@ -28,7 +28,7 @@ from service.events import ACTION_PATTERN, AuditEvent, RequestInfo, decode_event
 from service.queue import ENQUEUE_SCRIPT
 from service.redaction import redact_sensitive_in_string
 from service.settings import Settings
-from service.spool import Spool, SpoolError, batches
+from service.spool import Spool, SpoolError, SpoolRefused, replay_batches
 
 __all__ = [
     "FAILURE_PREFIX",
@@ -134,7 +134,7 @@ class AuditClient:
         self._urgent = asyncio.Event()  # send now: a capture waits, a batch is full, or closing
         self._closing = False
         self._spool = (
-            None if spool_dir is None else Spool(Path(spool_dir), max_bytes=spool_max_bytes)
+            None if spool_dir is None else _trusted_spool(Path(spool_dir), spool_max_bytes)
         )
         self._spooling = False  # batches go to the spool (Redis failed, or the spool holds some)
         self._spool_broken = False  # the spool could not be written: said once
@@ -602,17 +602,12 @@ class AuditClient:
             if segment is None:
                 continue  # another process writes or replays it
             try:
-                parts = batches(
-                    segment.lines, max_events=self._flush_max, max_bytes=BATCH_MAX_BYTES
-                )
-                for index, part in enumerate(parts):
-                    payload = b"[" + b",".join(part) + b"]"
-                    # A task id of its own: a batch replayed twice is queued once.
-                    task_id = f"spool-{segment.name}-{index}"
+                # Task ids name the lines of each batch: a batch replayed twice is queued once.
+                for batch in replay_batches(segment.name, segment.lines, max_bytes=BATCH_MAX_BYTES):
                     async with asyncio.timeout(self._send_timeout):
-                        await self._script(keys=[self._queue], args=[payload, task_id])
+                        await self._script(keys=[self._queue], args=[batch.payload, batch.task_id])
                     with self._lock:
-                        self.replayed += len(part)
+                        self.replayed += batch.count
                 await asyncio.to_thread(segment.delete)
             finally:
                 segment.release()
@@ -747,6 +742,20 @@ def _with_context(event: AuditEvent, context: AuditContext) -> AuditEvent:
         if missing:
             changes["request"] = msgspec.structs.replace(request, **missing)
     return msgspec.structs.replace(event, **changes) if changes else event
+
+
+def _trusted_spool(directory: Path, max_bytes: int) -> Spool | None:
+    """The spool in `directory`, or None (said in one line) when others could write there:
+    the client then works as without a spool. A directory not made yet is made 0700 later."""
+    spool = Spool(directory, max_bytes=max_bytes)
+    try:
+        spool.check_directory()
+    except SpoolRefused as exc:
+        logger.error("%s; the audit client works without a spool", exc)
+        return None
+    except SpoolError:
+        pass  # not usable yet: said once when a batch needs it
+    return spool
 
 
 def _running_loop() -> asyncio.AbstractEventLoop | None:
