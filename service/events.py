@@ -17,6 +17,7 @@ from service.errors import InvalidEvent
 from service.redaction import (
     REDACTED,
     is_sensitive_key,
+    may_hold_secret_json,
     redact_sensitive,
     redact_sensitive_in_string,
 )
@@ -197,8 +198,10 @@ def finalize(
         category=category,
         presentation=presentation,
     )
-    done = redact_event(done, extra_keys)
     data = _encoder.encode(done)
+    if may_hold_secret_json(data, extra_keys):  # one scan; most events stop here
+        done = redact_event(done, extra_keys)
+        data = _encoder.encode(done)
     if len(data) > max_bytes:
         raise InvalidEvent(
             f"event is {len(data)} bytes encoded, more than the limit of {max_bytes}"
@@ -222,8 +225,11 @@ def check_complete(
         event.ts.astimezone(UTC)
     except (OverflowError, ValueError):
         raise InvalidEvent(f"`ts` {event.ts} is out of range once in UTC") from None
-    event = redact_event(event, extra_keys)
-    size = len(_encoder.encode(event))
+    data = _encoder.encode(event)
+    if may_hold_secret_json(data, extra_keys):
+        event = redact_event(event, extra_keys)
+        data = _encoder.encode(event)
+    size = len(data)
     if size > max_bytes:
         raise InvalidEvent(f"event is {size} bytes encoded, more than the limit of {max_bytes}")
     return event

@@ -34,6 +34,8 @@ returned as they are. Keys are remembered (an LRU cache), so a key costs a looku
 import functools
 import re
 
+import ahocorasick_rs
+
 REDACTED = "[REDACTED]"
 MAX_DEPTH = 200  # levels of nested dicts/lists redacted; anything deeper is replaced whole
 
@@ -231,27 +233,47 @@ _is_sensitive_key_cached = functools.lru_cache(maxsize=8192)(_is_sensitive_key)
 
 # The pre-check: every rule below needs one of these in the lowercased text (a secret word
 # holds one of the stems; a token format starts with its prefix; a URL password "://").
-# Text without any (most values) is returned as it is, at once.
-_STEMS = (
-    r"pass|pwd|secret|token|cookie|cred|authoriz|jwt|otp|key|session|backup|recovery|2fa|mfa"
-    r"|sig|bearer|basic|eyj|-----|akia|asia|abia|acca|gh[pousr]_|github_pat_|gl[a-z]{2,5}-"
-    r"|xox|xapp-|_live_|_test_|whsec_|aq_|aiza|npm_|sk-|://"
+# Text without any (most values) is returned as it is, at once. One Aho-Corasick automaton
+# finds any of them in a single pass (a regex alternation would try each at every position).
+STEMS: tuple[str, ...] = (
+    *("pass", "pwd", "secret", "token", "cookie", "cred", "authoriz", "jwt", "otp", "key"),
+    *("session", "backup", "recovery", "2fa", "mfa", "sig", "bearer", "basic", "-----", "://"),
+    *("eyj", "akia", "asia", "abia", "acca", "aiza", "npm_", "sk-", "_live_", "_test_"),
+    *("whsec_", "aq_", "xox", "xapp-", "ghp_", "gho_", "ghu_", "ghs_", "ghr_", "github_pat_"),
+    *("glpat-", "gldt-", "glrt-", "glptt-", "glsoat-", "glcbt-", "glimt-", "glffct-"),
+    "glagent-",
 )
-_MAY_HOLD_SECRET_RE = re.compile(_STEMS)
+
+
+class _Precheck:
+    """The stems (and the extra keys' words) as automatons for text and for UTF-8 bytes."""
+
+    def __init__(self, extra_keys: frozenset[str]) -> None:
+        words = {max(key_words(key) or (_normalize(key),), key=len) for key in extra_keys}
+        stems = [*STEMS, *sorted(word for word in words if word)]
+        self.text = ahocorasick_rs.AhoCorasick(stems)
+        self.data = ahocorasick_rs.BytesAhoCorasick([stem.encode() for stem in stems])
+
+
+_PRECHECK = _Precheck(frozenset())
 
 
 @functools.lru_cache(maxsize=64)
-def _precheck_for(extra_keys: frozenset[str]) -> re.Pattern[str]:
-    """The pre-check with the words of the extra keys (each key's longest word) added."""
-    words = {max(key_words(key) or (_normalize(key),), key=len) for key in extra_keys}
-    extra = "|".join(re.escape(word) for word in sorted(words) if word)
-    return re.compile(_STEMS + "|" + extra) if extra else _MAY_HOLD_SECRET_RE
+def _precheck_for(extra_keys: frozenset[str]) -> _Precheck:
+    return _Precheck(extra_keys) if extra_keys else _PRECHECK
 
 
 def may_hold_secret(text: str, extra_keys: frozenset[str] = frozenset()) -> bool:
     """The cheap pre-check: False means no rule can change `text`."""
-    pattern = _precheck_for(extra_keys) if extra_keys else _MAY_HOLD_SECRET_RE
-    return pattern.search(text.lower()) is not None
+    precheck = _precheck_for(extra_keys) if extra_keys else _PRECHECK
+    return bool(precheck.text.find_matches_as_indexes(text.lower()))
+
+
+def may_hold_secret_json(data: bytes, extra_keys: frozenset[str] = frozenset()) -> bool:
+    """The pre-check over a whole encoded event: False means no string of it needs redaction
+    (its keys and strings are all in the JSON, and no stem holds a character JSON escapes)."""
+    precheck = _precheck_for(extra_keys) if extra_keys else _PRECHECK
+    return bool(precheck.data.find_matches_as_indexes(data.lower()))
 
 
 def redact_sensitive(value: object, extra_keys: frozenset[str] = frozenset()) -> object:
