@@ -356,7 +356,7 @@ _TOKEN_RE = re.compile(
     r"(?<![\w-])(?:"
     r"eyJ[\w-]{4,}\.[\w-]{4,}\.[\w-]*"  # JWT: header.payload.signature (maybe empty: alg none)
     r"|(?:AKIA|ASIA|ABIA|ACCA)[A-Z0-9]{16}(?![A-Z0-9])"  # an AWS key id, and its secret:
-    r"(?:(?:[ \t]*[:;,|/=][ \t]*|[ \t]+)[A-Za-z0-9/+]{40}(?![\w/+=]))?"
+    r"(?:(?:[ \t]*[:;,|/=][ \t]*|[ \t]+)[A-Za-z0-9/+]{40,}(?![\w=]))?"
     r"|gh[pousr]_[A-Za-z0-9]{20,}"  # GitHub
     r"|github_pat_\w{20,}"
     r"|gl(?:pat|dt|rt|ptt|soat|cbt|imt|ffct|agent)-[\w-]{20,}"  # GitLab
