@@ -44,12 +44,14 @@ def job_serializer(extra_keys: frozenset[str]) -> Callable[[dict[str, Any]], byt
 
 
 def redact_job_argument(text: str, extra_keys: frozenset[str] = frozenset()) -> str:
-    """A job's argument (events' JSON text) redacted: as JSON when it is, else as text."""
+    """A job's argument (events' JSON text) redacted: as JSON when it is, else as text; the
+    text itself when nothing in it needed redaction."""
     try:
         value = _decoder.decode(text)
     except (msgspec.DecodeError, RecursionError):
         return redact_sensitive_in_string(text, extra_keys)
-    return _encoder.encode(redact_sensitive(value, extra_keys)).decode()
+    redacted = redact_sensitive(value, extra_keys)
+    return text if redacted is value else _encoder.encode(redacted).decode()
 
 
 def deserialize_job(raw: bytes) -> dict[str, Any]:

@@ -313,10 +313,10 @@ def _redact_mapping(
     changed = False
     for key, item in mapping.items():
         new_key = key
-        if isinstance(key, str) and is_sensitive_key(key, extra_keys):
-            new: object = REDACTED
-        elif secret_diff and key in _DIFF_VALUE_KEYS:
-            new = REDACTED
+        if (isinstance(key, str) and is_sensitive_key(key, extra_keys)) or (
+            secret_diff and key in _DIFF_VALUE_KEYS
+        ):
+            new: object = item if item == REDACTED else REDACTED  # redacted already: kept
         else:
             new = _redact(item, extra_keys, depth + 1)
             if isinstance(key, str):

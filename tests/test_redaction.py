@@ -7,6 +7,7 @@ import random
 import time
 import uuid
 
+import msgspec
 import pytest
 
 from service.events import (
@@ -548,3 +549,15 @@ def test_extra_keys_reach_task_views_arq_results_error_bodies_and_logs() -> None
     )
     RedactingFilter(extra).filter(record)
     assert "bdg1" not in record.getMessage() and "bdg1" not in repr(record.__dict__)
+
+
+def test_an_event_redacted_already_is_not_rebuilt() -> None:
+    event = AuditEvent(
+        action="user.login",
+        metadata={"password": "hunter2", "n": 1},
+        changes=[Change(field="password", old="a", new="b")],
+        request=RequestInfo(path="/login?token=tk1"),
+    )
+    _, data = finalize(event)
+    again = msgspec.json.decode(data, type=AuditEvent)  # as the worker reads it
+    assert redact_event(again) is again

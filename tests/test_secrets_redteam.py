@@ -31,6 +31,7 @@ from service.queue import serialize_job
 from service.settings import Settings
 from tests.admin_api import Tokens, enqueue
 from tests.conftest import running_worker, wait_for
+from workers.worker import redact_waiting_job
 
 EXTRA_KEY = "employee_badge"  # AUDITQ_REDACT_EXTRA_KEYS of this test's stack
 ADMIN = "/api/v1/admin"
@@ -404,3 +405,29 @@ def test_a_failed_arq_result_keeps_no_raw_secret() -> None:
     assert not planted.found_in(
         "failed arq result", serialize_job(raw, frozenset({EXTRA_KEY})).decode()
     )
+
+
+async def test_a_job_tried_again_waits_in_redis_redacted(
+    stack: Settings, redis: aioredis.Redis, pg: asyncpg.Connection
+) -> None:
+    """A foreign producer's job that the worker must try again (PostgreSQL away, say) keeps
+    no raw secret in its arq:job key meanwhile; the next try stores the same events."""
+    planted = Planted()
+    payload = json.dumps(shapes(planted, "retried"))
+    task_id = await enqueue(redis, stack.queue, payload)
+    before = json.loads(await redis.get(f"arq:job:{task_id}"))
+    await redact_waiting_job(redis, task_id, payload, stack)
+    after_raw = (await redis.get(f"arq:job:{task_id}")).decode()
+    assert not planted.found_in("arq:job", after_raw)
+    after = json.loads(after_raw)
+    assert {k: v for k, v in after.items() if k != "a"} == {
+        k: v for k, v in before.items() if k != "a"
+    }
+    async with running_worker(stack):
+
+        async def stored() -> bool:
+            rows = await pg.fetchval("SELECT count(*) FROM audit_log WHERE tenant = 'retried'")
+            return int(rows) == 3  # the events whose tenant was not a secret
+
+        await wait_for(stored)
+    assert not planted.found_in("PostgreSQL", await _database_as_text(pg))

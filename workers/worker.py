@@ -33,6 +33,7 @@ from service.keys import (
     COMPLETE_MAXLEN,
     EVENTS_DEAD_LETTERED,
     EVENTS_STORED,
+    JOB_PREFIX,
     STORED_COUNTER_TTL,
     attempts_key,
     complete_key,
@@ -40,7 +41,13 @@ from service.keys import (
     stored_key,
 )
 from service.partitions import ensure_partitions
-from service.queue import JOB_FUNCTION, deserialize_job, job_serializer
+from service.queue import (
+    JOB_FUNCTION,
+    deserialize_job,
+    job_serializer,
+    redact_job_argument,
+    serialize_job,
+)
 from service.redaction import redact_sensitive_in_string
 from service.settings import Settings
 from workers import heartbeat, maintenance
@@ -171,6 +178,8 @@ async def store_events(
     try:
         return await _store_events(ctx, payload, invalid_utf8=invalid_utf8, finalized=finalized)
     except Retry:
+        if not (invalid_utf8 or finalized):
+            await redact_waiting_job(ctx["redis"], ctx["job_id"], payload, ctx[STATE].settings)
         raise
     except Exception as exc:
         # Never let arq fail the job: it would keep the events only in a result that expires.
@@ -182,7 +191,27 @@ async def store_events(
             redact_sensitive_in_string(str(exc), ctx[STATE].settings.redact_extra_keys),
             UNEXPECTED_RETRY_DELAY,
         )
+        if not (invalid_utf8 or finalized):
+            await redact_waiting_job(ctx["redis"], ctx["job_id"], payload, ctx[STATE].settings)
         raise Retry(defer=UNEXPECTED_RETRY_DELAY) from exc
+
+
+async def redact_waiting_job(redis: Any, job_id: str, payload: str, settings: Settings) -> None:
+    """A job tried again waits in Redis: keep its argument there redacted, not as a foreign
+    producer sent it. The next try reads the same events in the same order (the same ids)."""
+    redacted = redact_job_argument(payload, settings.redact_extra_keys)
+    if redacted is payload:
+        return
+    key = JOB_PREFIX + job_id
+    try:
+        raw = await redis.get(key)
+        if raw is None:
+            return
+        job = deserialize_job(raw)
+        job["a"] = [redacted]
+        await redis.set(key, serialize_job(job), keepttl=True)
+    except Exception as exc:  # Redis away: the job is tried again as it is
+        logger.warning("task %s: its argument is not redacted in Redis yet: %s", job_id, exc)
 
 
 async def _store_events(
