@@ -29,7 +29,7 @@ class JsonFormatter(logging.Formatter):
             if key not in _STANDARD and not key.startswith("_"):
                 payload[key] = value
         if record.exc_info:
-            payload["exc_info"] = self.formatException(record.exc_info)
+            payload["exc_info"] = record.exc_text or self.formatException(record.exc_info)
         return _encoder.encode(payload).decode()
 
 
@@ -49,6 +49,10 @@ class RedactingFilter(logging.Filter):
         for key, value in vars(record).items():
             if key not in _STANDARD and not key.startswith("_"):
                 setattr(record, key, redact_sensitive(value, self.extra_keys))
+        if record.exc_info and not record.exc_text:
+            # A traceback ends with the exception's message, which may quote a value.
+            text = logging.Formatter().formatException(record.exc_info)
+            record.exc_text = redact_sensitive_in_string(text, self.extra_keys)
         return True
 
 

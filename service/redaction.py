@@ -15,9 +15,10 @@ its value. Two exceptions keep the commonest of those readable: a key whose last
 describes the secret rather than holding it (DESCRIPTORS: `token_count`, `password_hint`,
 `password_changed_at`, `token_type`, `cookie_consent`) and a key that starts with a
 quantity (`max_tokens`, `num_tokens`). Other mentions stay redacted on purpose, for
-example `prompt_tokens`, `token_id` or `secret_name`: a lost number or label is the price
-of never keeping a secret whose key someone named creatively. AUDITQ_REDACT_EXTRA_KEYS
-adds keys, matched the same way on words (an extra `ssn` also catches `user_ssn`).
+example `prompt_tokens`, `token_id`, a `pass` key or a `pass: 10` in free text: a lost
+number or label is the price of never keeping a secret whose key someone named
+creatively. AUDITQ_REDACT_EXTRA_KEYS adds keys, matched the same way on words (an extra
+`ssn` also catches `user_ssn`).
 
 The value rule. Whatever key holds it, a string loses the credentials it carries: the value
 of a sensitive `key=value` / `key: value` pair (URL query strings and JSON inside text
@@ -26,9 +27,10 @@ included), the password of `scheme://user:password@host`, the credential after `
 GitHub, GitLab, Slack, Stripe, Google, npm and OpenAI style tokens, and auditq's own `aq_`
 tokens. Each is replaced by "[REDACTED]"; redacting twice changes nothing.
 
-Speed. A string is first scanned once by one compiled regex for anything any rule could
-act on (a stem of a secret word, a token prefix, `://`); most strings have none and are
-returned as they are. Keys are remembered (an LRU cache), so a key costs a lookup.
+Speed. Before any rule runs, one Aho-Corasick scan (STEMS: a stem of every secret word,
+every token prefix, `://`) over the text, or over a whole encoded event
+(`may_hold_secret_json`), tells whether any rule could act; most events stop there. Keys
+are remembered (an LRU cache), so a key costs a lookup. `python -m bench.redaction`.
 """
 
 import functools

@@ -4,6 +4,7 @@ import copy
 import json
 import logging
 import random
+import sys
 import time
 import uuid
 
@@ -21,7 +22,7 @@ from service.events import (
     redact_event,
 )
 from service.http import error_response
-from service.logs import RedactingFilter
+from service.logs import JsonFormatter, RedactingFilter
 from service.queue import serialize_job
 from service.redaction import (
     REDACTED,
@@ -561,3 +562,14 @@ def test_an_event_redacted_already_is_not_rebuilt() -> None:
     _, data = finalize(event)
     again = msgspec.json.decode(data, type=AuditEvent)  # as the worker reads it
     assert redact_event(again) is again
+
+
+def test_a_logged_traceback_is_redacted() -> None:
+    try:
+        raise ValueError("bad dsn postgresql://app:tb1pw@db/app")
+    except ValueError:
+        record = logging.makeLogRecord({"msg": "boom", "exc_info": sys.exc_info()})
+    RedactingFilter().filter(record)
+    for formatter in (logging.Formatter(), JsonFormatter()):
+        text = formatter.format(record)
+        assert "ValueError" in text and "tb1pw" not in text
