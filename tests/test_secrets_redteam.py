@@ -13,8 +13,10 @@ import dataclasses
 import json
 import logging
 import secrets
+import socket
 import string
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import asyncpg
@@ -297,6 +299,9 @@ async def test_planted_secrets_are_found_nowhere(
     outputs |= await _api_answers(api, tokens)
     outputs["PostgreSQL (every column of every row)"] = await _database_as_text(pg)
     outputs["Redis (every key)"] = await _redis_as_text(redis)
+    outputs["files of the data directory"] = "\n".join(
+        p.read_bytes().decode(errors="replace") for p in stack.data_dir.rglob("*") if p.is_file()
+    )
     outputs["logs"] = "\n".join(
         f"{record.name} {record.getMessage()} {record.__dict__!r}"
         for record in caplog.records
@@ -431,3 +436,26 @@ async def test_a_job_tried_again_waits_in_redis_redacted(
 
         await wait_for(stored)
     assert not planted.found_in("PostgreSQL", await _database_as_text(pg))
+
+
+async def test_the_spool_keeps_no_secret(stack: Settings, tmp_path: Path) -> None:
+    """Events Redis did not take wait on disk: redacted, as they would have been sent."""
+    planted = Planted()
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        closed = sock.getsockname()[1]
+    client = AuditClient.from_url(
+        f"redis://127.0.0.1:{closed}/0",
+        queue=stack.queue,
+        spool_dir=tmp_path / "spool",
+        redact_extra_keys=stack.redact_extra_keys,
+    )
+    events = [msgspec.convert(e, AuditEvent) for e in shapes(planted, "spool")]
+    ids = [await client.capture(event) for event in events]
+    await client.aclose()
+    assert None not in ids and client.spooled == len(events)
+    files = "\n".join(p.read_text() for p in (tmp_path / "spool").iterdir() if p.is_file())
+    assert "secret.keys" in files
+    leaks = planted.found_in("spool", files)
+    print(f"\nspool: planted {len(planted.cores)}, found {len(leaks)}")
+    assert not leaks, leaks
