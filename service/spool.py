@@ -336,20 +336,6 @@ class Spool:
             os.close(fd)
 
 
-def batches(lines: Sequence[bytes], *, max_events: int, max_bytes: int) -> Iterator[list[bytes]]:
-    """Group events into batches of at most `max_events` and `max_bytes` (a lone event goes)."""
-    batch: list[bytes] = []
-    size = 2  # the brackets
-    for line in lines:
-        if batch and (len(batch) >= max_events or size + len(line) + 1 > max_bytes):
-            yield batch
-            batch, size = [], 2
-        batch.append(line)
-        size += len(line) + 1
-    if batch:
-        yield batch
-
-
 @dataclasses.dataclass(frozen=True)
 class ReplayBatch:
     """Spooled events to enqueue as one task."""

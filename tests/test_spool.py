@@ -21,7 +21,7 @@ from service import spool as spool_module
 from service.client import FAILURE_PREFIX, AuditClient, AuditEvent
 from service.events import Entity, finalize
 from service.settings import Settings
-from service.spool import Spool, SpoolError, batches
+from service.spool import Spool, SpoolError
 from tests.admin_api import Tokens
 from tests.conftest import Servers, count_rows, running_worker, wait_for
 from tests.faults.proxy import TcpProxy
@@ -128,8 +128,14 @@ def test_an_unusable_directory_is_a_spool_error(tmp_path: Path) -> None:
 
 
 def test_batches_respect_both_limits() -> None:
-    assert [len(b) for b in batches(lines(7), max_events=3, max_bytes=10**6)] == [3, 3, 1]
-    assert [len(b) for b in batches(lines(3), max_events=10, max_bytes=10)] == [1, 1, 1]
+    def counts(n: int, max_events: int, max_bytes: int) -> list[int]:
+        parts = spool_module.replay_batches(
+            "s", lines(n), max_events=max_events, max_bytes=max_bytes
+        )
+        return [b.count for b in parts]
+
+    assert counts(7, 3, 10**6) == [3, 3, 1]
+    assert counts(3, 10, 10) == [1, 1, 1]  # a lone event bigger than the bound still goes
 
 
 def test_settings_spool() -> None:
