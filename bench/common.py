@@ -118,7 +118,7 @@ def postmaster_pid(stack: EmbeddedStack) -> int:
 
 
 class Stack:
-    """A fresh Valkey + PostgreSQL (the embedded servers of service/embedded.py) in a temp dir."""
+    """A fresh Valkey + PostgreSQL (service/cli/embedded.py) in a temp dir."""
 
     def __init__(self) -> None:
         self.dir = Path(tempfile.mkdtemp(prefix="auditq-bench-"))

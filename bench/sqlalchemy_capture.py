@@ -25,7 +25,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 
 from bench.common import Stack
-from service.client import AuditClient
+from service.producer.client import AuditClient
 from service.producer.sqlalchemy import Audited, ChangeCapture
 
 APP_DATABASE = "bench_app"

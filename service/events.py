@@ -14,7 +14,13 @@ import msgspec
 import uuid_utils.compat
 
 from service.errors import InvalidEvent
-from service.redaction import redact_sensitive
+from service.redaction import (
+    REDACTED,
+    is_sensitive_key,
+    may_hold_secret_json,
+    redact_sensitive,
+    redact_sensitive_in_string,
+)
 
 ACTION_PATTERN = r"^[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*){1,7}$"
 MAX_EVENT_BYTES = 64 * 1024  # default; Settings.max_event_bytes overrides
@@ -174,14 +180,6 @@ def finalize(
     _check_nesting(event)
     category = event.category or event.action.split(".", 1)[0]
     presentation = event.presentation or Presentation(code=f"audit.{event.action}")
-    changes = event.changes
-    if changes is not None:
-        changes = msgspec.convert(
-            redact_sensitive(msgspec.to_builtins(changes), extra_keys), list[Change]
-        )
-    metadata = event.metadata
-    if metadata is not None:
-        metadata = redact_sensitive(metadata, extra_keys)  # type: ignore[assignment]
     event_id = event.id or default_id or new_event_id()
     # A UUIDv7 carries its capture time: using it makes a redelivered event land on the same
     # (id, ts) key even when its producer sent no ts.
@@ -199,10 +197,11 @@ def finalize(
         ts=ts,
         category=category,
         presentation=presentation,
-        changes=changes,
-        metadata=metadata,
     )
     data = _encoder.encode(done)
+    if may_hold_secret_json(data, extra_keys):  # one scan; most events stop here
+        done = redact_event(done, extra_keys)
+        data = _encoder.encode(done)
     if len(data) > max_bytes:
         raise InvalidEvent(
             f"event is {len(data)} bytes encoded, more than the limit of {max_bytes}"
@@ -210,9 +209,15 @@ def finalize(
     return done, data
 
 
-def check_complete(event: AuditEvent, *, max_bytes: int = MAX_EVENT_BYTES) -> None:
+def check_complete(
+    event: AuditEvent,
+    *,
+    max_bytes: int = MAX_EVENT_BYTES,
+    extra_keys: frozenset[str] = frozenset(),
+) -> AuditEvent:
     """Check an event its producer already completed and redacted (auditq's client) as
-    finalize would, without completing or redacting it again; raise InvalidEvent."""
+    finalize would, without completing it again; raise InvalidEvent. Return it redacted
+    with these rules and `extra_keys` (its producer may have had fewer): mostly itself."""
     _check_nesting(event)
     if event.ts is None or event.ts in _PG_INFINITIES:
         raise InvalidEvent(f"`ts` {event.ts} is missing or out of range")
@@ -220,9 +225,95 @@ def check_complete(event: AuditEvent, *, max_bytes: int = MAX_EVENT_BYTES) -> No
         event.ts.astimezone(UTC)
     except (OverflowError, ValueError):
         raise InvalidEvent(f"`ts` {event.ts} is out of range once in UTC") from None
-    size = len(_encoder.encode(event))
+    data = _encoder.encode(event)
+    if may_hold_secret_json(data, extra_keys):
+        event = redact_event(event, extra_keys)
+        data = _encoder.encode(event)
+    size = len(data)
     if size > max_bytes:
         raise InvalidEvent(f"event is {size} bytes encoded, more than the limit of {max_bytes}")
+    return event
+
+
+def redact_event(event: AuditEvent, extra_keys: frozenset[str] = frozenset()) -> AuditEvent:
+    """Redact every string of an event (service/redaction.py); the event itself when none
+    needed it. Its id, ts, action, enums and request.ip are not free text and stay."""
+    changes: dict[str, Any] = {}
+    for name in ("category", "tenant", "source"):
+        _redact_field(event, name, extra_keys, changes)
+    for name, fields in _NESTED_TEXT:
+        _redact_part(event, name, fields, extra_keys, changes)
+    presentation = event.presentation
+    if presentation is not None:
+        code = redact_sensitive_in_string(presentation.code, extra_keys)
+        params = redact_sensitive(presentation.params, extra_keys)
+        if code is not presentation.code or params is not presentation.params:
+            changes["presentation"] = Presentation(code=code, params=params)  # type: ignore[arg-type]
+    if event.metadata is not None:
+        metadata = redact_sensitive(event.metadata, extra_keys)
+        if metadata is not event.metadata:
+            changes["metadata"] = metadata
+    if event.changes is not None:
+        diffs = [_redact_change(change, extra_keys) for change in event.changes]
+        if any(new is not old for new, old in zip(diffs, event.changes, strict=True)):
+            changes["changes"] = diffs
+    if not changes:
+        return event
+    try:
+        # Validated again: a redacted value may be longer than the limit of its field.
+        return msgspec.convert(
+            msgspec.to_builtins(msgspec.structs.replace(event, **changes)), AuditEvent
+        )
+    except msgspec.ValidationError as exc:
+        raise InvalidEvent(f"once redacted: {exc}") from None
+
+
+def _redact_part(
+    event: AuditEvent,
+    name: str,
+    fields: tuple[str, ...],
+    extra_keys: frozenset[str],
+    changes: dict[str, Any],
+) -> None:
+    part = getattr(event, name)
+    if part is None:
+        return
+    done: dict[str, Any] = {}
+    for field in fields:
+        _redact_field(part, field, extra_keys, done)
+    if done:
+        changes[name] = msgspec.structs.replace(part, **done)
+
+
+_NESTED_TEXT = (
+    ("actor", ("id", "name", "email")),
+    ("entity", ("type", "id", "name")),
+    ("request", ("id", "user_agent", "method", "path")),
+)
+
+
+def _redact_field(
+    part: object, name: str, extra_keys: frozenset[str], changes: dict[str, Any]
+) -> None:
+    value = getattr(part, name)
+    if isinstance(value, str):
+        redacted = redact_sensitive_in_string(value, extra_keys)
+        if redacted is not value:
+            changes[name] = redacted
+
+
+def _redact_change(change: Change, extra_keys: frozenset[str]) -> Change:
+    """A change whose field names a secret loses both values; others lose their credentials."""
+    if is_sensitive_key(change.field, extra_keys):
+        if change.old == REDACTED and change.new == REDACTED:
+            return change
+        return Change(field=change.field, old=REDACTED, new=REDACTED)
+    field = redact_sensitive_in_string(change.field, extra_keys)
+    old = redact_sensitive(change.old, extra_keys)
+    new = redact_sensitive(change.new, extra_keys)
+    if field is change.field and old is change.old and new is change.new:
+        return change
+    return Change(field=field, old=old, new=new)
 
 
 def encode(value: object) -> bytes:

@@ -8,6 +8,8 @@ from datetime import UTC, datetime
 
 import msgspec
 
+from service.redaction import redact_sensitive, redact_sensitive_in_string
+
 _encoder = msgspec.json.Encoder(enc_hook=str)  # an `extra=` value of any type still logs
 # Attributes every LogRecord has; anything else came in through `extra=` and is kept.
 _STANDARD = set(vars(logging.makeLogRecord({}))) | {"message", "asctime", "taskName"}
@@ -45,13 +47,39 @@ class JsonFormatter(logging.Formatter):
             if key not in _STANDARD and not key.startswith("_"):
                 payload[key] = value
         if record.exc_info:
-            payload["exc_info"] = self.formatException(record.exc_info)
+            payload["exc_info"] = record.exc_text or self.formatException(record.exc_info)
         return _encoder.encode(payload).decode()
 
 
-def configure(*, log_format: str = "text", level: str = "INFO") -> None:
-    """Send every auditq, arq and aiohttp log line to stderr in the chosen format."""
+class RedactingFilter(logging.Filter):
+    """Redact every line on its way out (service/redaction.py), whoever logged it: call
+    sites redact what they quote already, this catches what they (or a library) did not."""
+
+    def __init__(self, extra_keys: frozenset[str] = frozenset()) -> None:
+        super().__init__()
+        self.extra_keys = extra_keys
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        redacted = redact_sensitive_in_string(message, self.extra_keys)
+        if redacted is not message or record.args:
+            record.msg, record.args = redacted, None
+        for key, value in vars(record).items():
+            if key not in _STANDARD and not key.startswith("_"):
+                setattr(record, key, redact_sensitive(value, self.extra_keys))
+        if record.exc_info and not record.exc_text:
+            # A traceback ends with the exception's message, which may quote a value.
+            text = logging.Formatter().formatException(record.exc_info)
+            record.exc_text = redact_sensitive_in_string(text, self.extra_keys)
+        return True
+
+
+def configure(
+    *, log_format: str = "text", level: str = "INFO", extra_keys: frozenset[str] = frozenset()
+) -> None:
+    """Send every auditq, arq and aiohttp log line to stderr in the chosen format, redacted."""
     handler = logging.StreamHandler(sys.stderr)
+    handler.addFilter(RedactingFilter(extra_keys))
     if log_format == "json":
         handler.setFormatter(JsonFormatter())
     else:

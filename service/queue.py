@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import hmac
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import msgspec
+
+from service.redaction import redact_sensitive, redact_sensitive_in_string
 
 JOB_FUNCTION = "store_events"  # the worker's job; its one argument is the events' JSON text
 ENQUEUE_SCRIPT = (Path(__file__).parent / "enqueue.lua").read_text()
@@ -35,13 +39,40 @@ _encoder = msgspec.json.Encoder(enc_hook=str)  # exceptions in arq results becom
 _decoder = msgspec.json.Decoder()
 
 
-def serialize_job(data: dict[str, Any]) -> bytes:
-    """Encode an arq job or result as JSON, the format the Lua script writes."""
-    if data.get("s"):
-        # A successful result: arq would keep the job's raw argument in it, secrets and all
-        # when a foreign producer did not redact; the result itself carries the redacted events.
-        data = {**data, "a": []}
+def serialize_job(data: dict[str, Any], extra_keys: frozenset[str] = frozenset()) -> bytes:
+    """Encode an arq job or result as JSON, the format the Lua script writes.
+
+    A result ("s" set) never keeps the job's raw argument, which holds a foreign producer's
+    secrets as sent: a successful one drops it (the result carries the redacted events), a
+    failed one (a timeout, arq's own failure) keeps it redacted, for the task view."""
+    if "s" in data:
+        if data["s"]:
+            data = {**data, "a": []}
+        else:
+            args = [
+                redact_job_argument(a, extra_keys) if isinstance(a, str) else a
+                for a in data.get("a") or ()
+            ]
+            data = {**data, "a": args}
+            if data.get("r") is not None:
+                data["r"] = redact_sensitive_in_string(str(data["r"]), extra_keys)
     return _encoder.encode(data)
+
+
+def job_serializer(extra_keys: frozenset[str]) -> Callable[[dict[str, Any]], bytes]:
+    """serialize_job with the configured extra keys (Settings.redact_extra_keys), for arq."""
+    return functools.partial(serialize_job, extra_keys=extra_keys)
+
+
+def redact_job_argument(text: str, extra_keys: frozenset[str] = frozenset()) -> str:
+    """A job's argument (events' JSON text) redacted: as JSON when it is, else as text; the
+    text itself when nothing in it needed redaction."""
+    try:
+        value = _decoder.decode(text)
+    except (msgspec.DecodeError, RecursionError):
+        return redact_sensitive_in_string(text, extra_keys)
+    redacted = redact_sensitive(value, extra_keys)
+    return text if redacted is value else _encoder.encode(redacted).decode()
 
 
 def deserialize_job(raw: bytes) -> dict[str, Any]:

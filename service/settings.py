@@ -33,7 +33,7 @@ class Settings:
     flush_interval_s: float = 0.005
     flush_max_events: int = 500
     redact_extra_keys: frozenset[str] = frozenset()
-    # Producer spool (service/spool.py): where events Redis cannot take are kept until it
+    # Producer spool (service/producer/spool.py): where events Redis cannot take are kept until it
     # can. None: no spool, except that `auditq run` and `auditq api` default to
     # <data_dir>/spool unless spool_disabled (AUDITQ_SPOOL_DIR=off).
     spool_dir: Path | None = None

@@ -1,15 +1,36 @@
 """Tests for secret redaction in audit payloads and strings."""
 
 import copy
+import json
+import logging
 import random
+import sys
 import time
+import uuid
 
+import msgspec
 import pytest
 
+from service.api.errors import error_response
+from service.events import (
+    Actor,
+    AuditEvent,
+    Change,
+    Entity,
+    Presentation,
+    RequestInfo,
+    finalize,
+    redact_event,
+)
+from service.logs import JsonFormatter, RedactingFilter
+from service.ops.task_views import redacted_payload
+from service.queue import serialize_job
 from service.redaction import (
     REDACTED,
     SENSITIVE_KEYS,
     is_sensitive_key,
+    may_hold_secret,
+    may_hold_secret_json,
     redact_sensitive,
     redact_sensitive_in_string,
 )
@@ -75,7 +96,7 @@ UNCHANGED = [
     "",
     "tokenizer=bpe",
     "author: bob",
-    '{"passing": true, "tokens": 12}',
+    '{"passing": true, "token_count": 12}',
     "password_hint=pet name",
     "redis://host:6379/0",
     "redis://[::1]:6379",
@@ -107,9 +128,10 @@ def test_string_redaction_is_idempotent(text: str) -> None:
 
 
 def test_string_redaction_honours_extra_keys() -> None:
-    extra = frozenset({"Session-ID"})
-    assert redact_sensitive_in_string("session_id=s1 x=1", extra) == "session_id=[REDACTED] x=1"
-    assert redact_sensitive_in_string("session_id=s1 x=1") == "session_id=s1 x=1"
+    extra = frozenset({"Employee-No"})
+    assert redact_sensitive_in_string("employee_no=s1 x=1", extra) == "employee_no=[REDACTED] x=1"
+    assert redact_sensitive_in_string("employeeNo: s1", extra) == "employeeNo: [REDACTED]"
+    assert redact_sensitive_in_string("employee_no=s1 x=1") == "employee_no=s1 x=1"
 
 
 @pytest.mark.parametrize(
@@ -316,3 +338,238 @@ def test_planted_secret_never_survives_at_any_depth() -> None:
         out = redact_sensitive(value)
         assert secret not in repr(out)
         assert redact_sensitive(out) == out
+
+
+# The word rule for keys: (key, sensitive). The brief's compound and plural names, and the
+# false positives the descriptors keep readable (see the module docstring for the costs).
+KEY_WORD_CASES = [
+    *[
+        (key, True)
+        for key in (
+            "tokens",
+            "secrets",
+            "passwords",
+            "cookies",
+            "credential",
+            "secret_key",
+            "aws_secret_access_key",
+            "private_key_pem",
+            "db_password",
+            "userPassword",
+            "x-api-key",
+            "X-API-KEY",
+            "password2",
+            "password_confirmation",
+            "passphrase",
+            "pwd",
+            "session_id",
+            "sessionId",
+            "jwt",
+            "otp",
+            "totp_seed",
+            "two_factor_secret",
+            "twoFactorBackupCodes",
+            "2fa_backup_codes",
+            "mfa_code",
+            "user.passwordHash",
+            "PASSWORD_HASH",
+            "id_token",
+            "csrftoken",
+            "AccountKey",
+            "signing_key",
+            "X-Amz-Signature",
+            "pass",
+            "paSSwD",
+        )
+    ],
+    *[
+        (key, False)
+        for key in (
+            "token_count",
+            "password_hint",
+            "password_changed_at",
+            "token_type",
+            "cookie_consent",
+            "max_tokens",
+            "num_tokens",
+            "secret_name",
+            "tokenizer",
+            "author",
+            "passing",
+            "bypass",
+            "secretary",
+            "keyboard",
+            "session",
+            "monkey",
+        )
+    ],
+]
+
+
+@pytest.mark.parametrize(("key", "sensitive"), KEY_WORD_CASES)
+def test_keys_are_matched_on_their_words(key: str, sensitive: bool) -> None:
+    assert is_sensitive_key(key) is sensitive
+    redacted = redact_sensitive({key: "v4lue"})
+    assert redacted == ({key: REDACTED} if sensitive else {key: "v4lue"})
+    # The same rule for a key in text: key=value, "key": "value", and a change's field.
+    assert ("v4lue" in redact_sensitive_in_string(f"{key}=v4lue")) is not sensitive
+    assert ("v4lue" in redact_sensitive_in_string(json.dumps({key: "v4lue"}))) is not sensitive
+
+
+@pytest.mark.parametrize("field", ["password2", "user.passwordHash", "tokens", "db_password"])
+def test_a_change_whose_field_names_a_secret_loses_both_values(field: str) -> None:
+    event = AuditEvent(
+        action="user.updated", changes=[Change(field=field, old="0ld-v4l", new="n3w-v4l")]
+    )
+    done, data = finalize(event)
+    assert done.changes == [Change(field=field, old=REDACTED, new=REDACTED)]
+    assert b"0ld-v4l" not in data and b"n3w-v4l" not in data
+
+
+# The value rule: (text, the credential that must not survive).
+VALUE_CASES = [
+    ("/login?token=tq1x&next=/", "tq1x"),
+    ("/cb?code=1&access_token=at2x&state=s", "at2x"),
+    ("/x?X-Amz-Signature=sg3x&X-Amz-Credential=AKIA", "sg3x"),
+    ("https://u:pw4x@host/db", "pw4x"),
+    ("Authorization: Bearer br5xLongEnough.Token", "br5xLongEnough"),
+    ("Basic dXNlcjpwYXNzd29yZDY=", "dXNlcjpwYXNzd29yZDY="),
+    ("failed: password=pw7x", "pw7x"),
+    ("cfg secret: sc8x", "sc8x"),
+    ('{"api_key": "ak9x"}', "ak9x"),
+    ("redirect=https%3A%2F%2Fx%2F%3Ftoken%3Dtk10x%26n%3D1", "tk10x"),
+    ("Cookie: sid=ck11x; theme=dark", "ck11x"),
+    ("jwt eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxMiJ9.c2lnbmF0dXJlMTJ4 end", "c2lnbmF0dXJlMTJ4"),
+    ("jwt eyJhbGciOiJub25lIn0.eyJzdWIiOiIxMyJ9. end", "eyJzdWIiOiIxMyJ9"),
+    (
+        "key -----BEGIN OPENSSH PRIVATE KEY-----\nb3BlbnNzaC1rZXk14x\n"
+        "-----END OPENSSH PRIVATE KEY-----",
+        "b3BlbnNzaC1rZXk14x",
+    ),
+    ("-----BEGIN PRIVATE KEY-----\nMIIEvQ15xcut", "MIIEvQ15xcut"),  # no END line: to the end
+    ("uploaded with AKIAIOSFODNN7EXAMPL6 today", "AKIAIOSFODNN7EXAMPL6"),
+    ("AKIAIOSFODNN7EXAMPL7:wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKE17", "wJalrXUtnFEMI"),
+    ("aws_secret_access_key = wJalrXUtnFEMI18xK7MDENGbPxRfiCYEXAMPLE", "wJalrXUtnFEMI18x"),
+    ("gh ghp_" + "A1b2C3d4E5f6G7h8I9j0K1l2M3n4O5p6Q7r8", "A1b2C3d4E5f6G7h8"),
+    ("gho_" + "Z" * 36, "Z" * 36),
+    ("github_pat_11ABCDEFG0123456789_abcdefghijklmnopqrstuvwxyz", "11ABCDEFG0123456789"),
+    ("glpat-AbCdEf0123456789xYz_", "AbCdEf0123456789xYz"),
+    ("xoxb-1234567890-0987654321-AbCdEfGhIj", "0987654321-AbCdEfGhIj"),
+    ("xoxp-1234567890-abc", "1234567890-abc"),
+    ("sk_live_51HabcdefGHIJKL0123", "51HabcdefGHIJKL0123"),
+    ("rk_live_51HabcdefGHIJKL0124", "51HabcdefGHIJKL0124"),
+    ("aq_" + "Xy9-_" * 8 + "abc", "Xy9-_Xy9-_Xy9"),
+    ("AIzaSyA1234567890abcdefghijklmnopqrstuv", "SyA1234567890abcdef"),
+    ("https://hooks.slack.com/services/T000/B000/XXXXhook29", "XXXXhook29"),
+]
+
+
+@pytest.mark.parametrize(("text", "secret"), VALUE_CASES)
+def test_credentials_in_any_string_are_redacted(text: str, secret: str) -> None:
+    out = redact_sensitive_in_string(text)
+    assert secret not in out, out
+    assert REDACTED in out
+    assert redact_sensitive_in_string(out) == out
+    # Whatever key holds it, and where in an event it is.
+    assert secret not in json.dumps(redact_sensitive({"note": text, "list": [text]}))
+
+
+@pytest.mark.parametrize("text", [c[0] for c in VALUE_CASES] + [c[0] for c in STRING_CASES])
+def test_the_precheck_passes_everything_a_rule_acts_on(text: str) -> None:
+    assert may_hold_secret(text)
+    assert may_hold_secret_json(json.dumps({"v": text}).encode())
+
+
+@pytest.mark.parametrize("key", [key for key, sensitive in KEY_WORD_CASES if sensitive])
+def test_the_precheck_passes_every_sensitive_key(key: str) -> None:
+    assert may_hold_secret(key) and may_hold_secret_json(json.dumps({key: 1}).encode())
+
+
+def test_the_precheck_knows_the_extra_keys() -> None:
+    extra = frozenset({"Employee-Badge"})
+    assert not may_hold_secret("employee_badge=1")
+    assert may_hold_secret("employee_badge=1", extra)
+    assert may_hold_secret_json(b'{"employeeBadge":1}', extra)
+    assert redact_sensitive({"employeeBadge": 1}, extra) == {"employeeBadge": REDACTED}
+
+
+def test_every_string_of_an_event_is_redacted_and_ids_stay_usable() -> None:
+    tokenish = "ghp_" + "Q" * 36
+    event = AuditEvent(
+        action="user.login",
+        id=uuid.UUID("0190d6a8-7a36-7b7e-8c1d-3f5a2b9c4d10"),
+        tenant="acme token=tn1",
+        source="svc password: src2",
+        category="auth",
+        actor=Actor(id=tokenish, type="user", name="bob api_key=an3", email="bob@example.com"),
+        entity=Entity(type="doc", id="doc-42", name="https://u:en4@h/x"),
+        request=RequestInfo(
+            id="req-1",
+            ip="10.0.0.1",
+            path="/login?token=pa5&x=1",
+            user_agent="bot (Bearer ua6LongToken.abc)",
+            method="POST",
+        ),
+        presentation=Presentation(code="audit.user.login", params={"secret": "pp7", "n": 1}),
+        metadata={"note": "plain"},
+    )
+    done, data = finalize(event)
+    for secret in ("tn1", "src2", tokenish, "an3", "en4", "pa5", "ua6LongToken", "pp7"):
+        assert secret.encode() not in data, secret
+    assert done.id == event.id and done.entity is not None and done.entity.id == "doc-42"
+    assert done.request is not None and done.request.ip == "10.0.0.1"
+    assert done.request.path == "/login?token=[REDACTED]&x=1"
+    assert done.actor is not None and done.actor.email == "bob@example.com"
+    assert finalize(done)[1] == data  # redacting twice changes nothing
+
+
+def test_a_clean_event_is_not_rebuilt() -> None:
+    event = AuditEvent(
+        action="document.viewed",
+        actor=Actor(id="user-1", type="user", name="Ann"),
+        metadata={"page": 3, "tags": ["a", "b"]},
+        changes=[Change(field="title", old="a", new="b")],
+    )
+    done, _ = finalize(event)
+    assert redact_event(done) is done
+    assert done.metadata is event.metadata  # not even copied
+
+
+def test_extra_keys_reach_task_views_arq_results_error_bodies_and_logs() -> None:
+    extra = frozenset({"badge"})
+    payload = json.dumps([{"action": "a.b", "metadata": {"badge": "bdg1"}}])
+    assert "bdg1" not in json.dumps(redacted_payload(payload, extra))
+    assert "bdg1" not in json.dumps(redacted_payload(payload[:-2], extra))  # not JSON
+    result = {"t": 1, "f": "store_events", "a": [payload], "k": {}, "s": False, "r": "x"}
+    assert b"bdg1" not in serialize_job(result, extra)
+    assert b"bdg1" not in serialize_job({**result, "s": True}, extra)
+    body = error_response(400, "invalid_parameter", "bad badge=bdg1", extra_keys=extra).body
+    assert isinstance(body, bytes) and b"bdg1" not in body
+    record = logging.makeLogRecord(
+        {"msg": "saw %s", "args": ("badge: bdg1",), "audit_failure": {"m": "badge=bdg1"}}
+    )
+    RedactingFilter(extra).filter(record)
+    assert "bdg1" not in record.getMessage() and "bdg1" not in repr(record.__dict__)
+
+
+def test_an_event_redacted_already_is_not_rebuilt() -> None:
+    event = AuditEvent(
+        action="user.login",
+        metadata={"password": "hunter2", "n": 1},
+        changes=[Change(field="password", old="a", new="b")],
+        request=RequestInfo(path="/login?token=tk1"),
+    )
+    _, data = finalize(event)
+    again = msgspec.json.decode(data, type=AuditEvent)  # as the worker reads it
+    assert redact_event(again) is again
+
+
+def test_a_logged_traceback_is_redacted() -> None:
+    try:
+        raise ValueError("bad dsn postgresql://app:tb1pw@db/app")
+    except ValueError:
+        record = logging.makeLogRecord({"msg": "boom", "exc_info": sys.exc_info()})
+    RedactingFilter().filter(record)
+    for formatter in (logging.Formatter(), JsonFormatter()):
+        text = formatter.format(record)
+        assert "ValueError" in text and "tb1pw" not in text

@@ -24,6 +24,7 @@ from service.keys import (
     COMPLETE_MAXLEN,
     EVENTS_DEAD_LETTERED,
     EVENTS_STORED,
+    JOB_PREFIX,
     LIVE_MAXLEN,
     STORED_COUNTER_TTL,
     attempts_key,
@@ -33,8 +34,9 @@ from service.keys import (
     stored_key,
 )
 from service.ops import dead_letter
-from service.queue import provenance_tag
+from service.queue import deserialize_job, provenance_tag, redact_job_argument, serialize_job
 from service.redaction import redact_sensitive_in_string
+from service.settings import Settings
 from workers.retry import DEFER_WHILE_OPEN, MAX_ATTEMPTS, Failure, backoff, classify
 from workers.state import STATE, Task, WorkerState
 from workers.writer import Rejected, write_events
@@ -61,8 +63,10 @@ def _parse(
 
     def complete(index: int, event: AuditEvent) -> AuditEvent:
         if finalized and None not in (event.id, event.ts, event.category, event.presentation):
-            check_complete(event, max_bytes=settings.max_event_bytes)
-            return event
+            # Redacted again with this worker's rules and extra keys.
+            return check_complete(
+                event, max_bytes=settings.max_event_bytes, extra_keys=settings.redact_extra_keys
+            )
         done, _ = finalize(
             event,
             extra_keys=settings.redact_extra_keys,
@@ -117,6 +121,8 @@ async def store_events(
                 received_via=received_via,
             )
     except Retry:
+        if not (invalid_utf8 or finalized):
+            await redact_waiting_job(ctx["redis"], ctx["job_id"], payload, state.settings)
         raise
     except Exception as exc:
         # Never let arq fail the job: it would keep the events only in a result that expires.
@@ -126,10 +132,30 @@ async def store_events(
             "[AuditLogWorker] task %s failed unexpectedly (%s: %s); retrying in %.0f s",
             ctx["job_id"],
             type(exc).__name__,
-            redact_sensitive_in_string(str(exc)),
+            redact_sensitive_in_string(str(exc), state.settings.redact_extra_keys),
             UNEXPECTED_RETRY_DELAY,
         )
+        if not (invalid_utf8 or finalized):
+            await redact_waiting_job(ctx["redis"], ctx["job_id"], payload, state.settings)
         raise Retry(defer=UNEXPECTED_RETRY_DELAY) from exc
+
+
+async def redact_waiting_job(redis: Any, job_id: str, payload: str, settings: Settings) -> None:
+    """A job tried again waits in Redis: keep its argument there redacted, not as a foreign
+    producer sent it. The next try reads the same events in the same order (the same ids)."""
+    redacted = redact_job_argument(payload, settings.redact_extra_keys)
+    if redacted is payload:
+        return
+    key = JOB_PREFIX + job_id
+    try:
+        raw = await redis.get(key)
+        if raw is None:
+            return
+        job = deserialize_job(raw)
+        job["a"] = [redacted]
+        await redis.set(key, serialize_job(job), keepttl=True)
+    except Exception as exc:  # Redis away: the job is tried again as it is
+        logger.warning("task %s: its argument is not redacted in Redis yet: %s", job_id, exc)
 
 
 def _received_via(
@@ -282,7 +308,7 @@ async def _write(state: WorkerState, task: Task, events: list[AuditEvent]) -> An
             state.trip(exc)
             raise Retry(defer=DEFER_WHILE_OPEN) from exc
         attempts = int(await state.redis.hincrby(attempts_key(state.settings.queue), task.id, 1))
-        message = redact_sensitive_in_string(str(exc))
+        message = redact_sensitive_in_string(str(exc), state.settings.redact_extra_keys)
         if attempts < MAX_ATTEMPTS:
             delay = backoff(attempts)
             logger.warning(
@@ -331,6 +357,7 @@ async def _dead_letter(
         attempts=attempts,
         enqueued_at_ms=task.enqueued_ms,
         ttl_days=state.settings.dead_letter_ttl_days,
+        extra_keys=state.settings.redact_extra_keys,
     )
     async with state.redis.pipeline(transaction=False) as pipe:
         pipe.hdel(attempts_key(state.settings.queue), task.id)

@@ -23,7 +23,7 @@ from service.queue import (
     PROVENANCE_SECRET,
     Provenance,
     deserialize_job,
-    serialize_job,
+    job_serializer,
 )
 from service.redaction import redact_sensitive_in_string
 from service.settings import Settings
@@ -130,7 +130,9 @@ class _Worker(Worker):
                 logger.warning(
                     "Redis fails (%s: %s); waiting for it",
                     type(exc).__name__,
-                    redact_sensitive_in_string(str(exc)),
+                    redact_sensitive_in_string(
+                        str(exc), worker_state(self).settings.redact_extra_keys
+                    ),
                 )
             await asyncio.sleep(REDIS_DOWN_PAUSE)
             return
@@ -188,7 +190,7 @@ def build_worker(
         poll_delay=POLL_DELAY,
         max_tries=ARQ_MAX_TRIES,
         keep_result=3600,
-        job_serializer=serialize_job,
+        job_serializer=job_serializer(settings.redact_extra_keys),
         job_deserializer=deserialize_job,
         on_startup=_startup,
         on_shutdown=_shutdown,

@@ -15,7 +15,7 @@ from service.api import tasks as tasks_api
 from service.api.audit_logs import export, pages, statistics, stream
 from service.api.audit_logs.cursor import cursor_context
 from service.api.auth import auth_middleware
-from service.api.errors import error_middleware
+from service.api.errors import REDACT_EXTRA_KEYS, error_middleware
 from service.api.limits import OPEN_REQUESTS, OpenRequests
 from service.api.producers import producers_context
 from service.api.state import CLIENT, POOL, REDIS, SETTINGS
@@ -87,6 +87,7 @@ def create_app(settings: Settings, *, audit_lifecycle: bool = False) -> web.Appl
         client_max_size=MAX_BODY_BYTES, middlewares=[error_middleware, auth_middleware(POOL)]
     )
     app[SETTINGS] = settings
+    app[REDACT_EXTRA_KEYS] = settings.redact_extra_keys
     app[OPEN_REQUESTS] = OpenRequests()
     app.cleanup_ctx.extend(
         [_postgres, _redis, producers_context, cursor_context, stream.stream_context]

@@ -15,6 +15,9 @@ from service.redaction import redact_sensitive_in_string
 
 logger = logging.getLogger(__name__)
 
+# Settings.redact_extra_keys, for error bodies (set by create_app; http.py sits below state.py).
+REDACT_EXTRA_KEYS = web.AppKey("redact_extra_keys", frozenset)
+
 # aiohttp's own HTTP errors, mapped to our codes.
 _CODES = {
     400: "bad_request",
@@ -43,11 +46,16 @@ class ApiError(AuditqError):
 
 
 def error_response(
-    status: int, code: str, message: str, extra: Mapping[str, Any] | None = None
+    status: int,
+    code: str,
+    message: str,
+    extra: Mapping[str, Any] | None = None,
+    *,
+    extra_keys: frozenset[str] = frozenset(),
 ) -> web.Response:
     """The envelope: {"error": {"code", "message"}}; the message is redacted, as it may quote
     a bad parameter's value."""
-    message = redact_sensitive_in_string(message)
+    message = redact_sensitive_in_string(message, extra_keys)
     body = {**(extra or {}), "error": {"code": code, "message": message}}
     return web.json_response(body, status=status)
 
@@ -77,12 +85,14 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
     try:
         return await handler(request)
     except ApiError as exc:
-        return error_response(exc.status, exc.code, exc.message, exc.extra)
+        keys = request.app.get(REDACT_EXTRA_KEYS, frozenset())
+        return error_response(exc.status, exc.code, exc.message, exc.extra, extra_keys=keys)
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
         code = _CODES.get(exc.status, "http_error")
-        return error_response(exc.status, code, exc.reason)
+        keys = request.app.get(REDACT_EXTRA_KEYS, frozenset())
+        return error_response(exc.status, code, exc.reason, extra_keys=keys)
     except _DEPENDENCY_ERRORS as exc:
         logger.warning(
             "dependency unavailable on %s %s: %s", request.method, request.path, type(exc).__name__

@@ -28,7 +28,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         # A fresh run owns its stack: URLs published by an earlier run are not reused.
         settings = Settings.from_env(published=args.command is not serve.cmd_run)
-        logs.configure(log_format=settings.log_format, level=settings.log_level)
+        logs.configure(
+            log_format=settings.log_format,
+            level=settings.log_level,
+            extra_keys=settings.redact_extra_keys,
+        )
         if args.command is serve.cmd_run:
             settings.data_dir.mkdir(parents=True, exist_ok=True)
         status: int = asyncio.run(args.command(settings, args))

@@ -1,4 +1,4 @@
-"""The `auditq stats` and `auditq tasks` commands: thin clients of service/tasks.py over Redis."""
+"""The `auditq stats` and `auditq tasks` commands: thin clients of service/ops/ over Redis."""
 
 from __future__ import annotations
 

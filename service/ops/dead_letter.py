@@ -54,20 +54,22 @@ async def add(
     attempts: int,
     enqueued_at_ms: int,
     ttl_days: int = DEFAULT_TTL_DAYS,
+    extra_keys: frozenset[str] = frozenset(),
 ) -> DeadLetter:
-    """Store a failed task, redacting its payload and message again on the way in."""
+    """Store a failed task, redacting its payload and message again on the way in (with the
+    configured extra keys: Settings.redact_extra_keys)."""
     now_ms = int(time.time() * 1000)
     if isinstance(payload, str):
-        payload = redact_sensitive_in_string(payload)
+        payload = redact_sensitive_in_string(payload, extra_keys)
     else:
-        payload = redact_sensitive(payload)
+        payload = redact_sensitive(payload, extra_keys)
     letter = DeadLetter(
         id=task_id,
         kind="events",
         payload=payload,
         event_count=event_count,
         error_name=error_name,
-        message=redact_sensitive_in_string(message),
+        message=redact_sensitive_in_string(message, extra_keys),
         classification=classification,
         attempts=attempts,
         enqueued_at_ms=enqueued_at_ms,

@@ -39,7 +39,8 @@ async def retry(tasks: TaskQueue, task_id: str) -> Task:
         raw = await pipe.get(letter_key)
         if raw is not None:
             letter = _letter_decoder.decode(raw)
-            before, payload, events = failed_task(letter), letter.payload, letter.event_count
+            before = failed_task(letter, tasks.extra_keys)
+            payload, events = letter.payload, letter.event_count
         else:
             detail = await tasks.get(task_id)
             if detail is None:

@@ -35,13 +35,13 @@ def count_events(text: str | bytes) -> int:
     return 1
 
 
-def redacted_payload(text: str | bytes) -> Any:
+def redacted_payload(text: str | bytes, extra_keys: frozenset[str] = frozenset()) -> Any:
     """The events of a payload, redacted; the redacted text itself when it is not JSON."""
     try:
-        return redact_sensitive(_any.decode(text))
+        return redact_sensitive(_any.decode(text), extra_keys)
     except (msgspec.DecodeError, RecursionError):  # RecursionError: hostile nesting
         raw = text.decode("utf-8", errors="replace") if isinstance(text, bytes) else text
-        return redact_sensitive_in_string(raw)
+        return redact_sensitive_in_string(raw, extra_keys)
 
 
 def at(ms: int | float | None) -> datetime | None:
@@ -157,8 +157,8 @@ def _task(
     )
 
 
-def failed_task(letter: dead_letter.DeadLetter) -> Task:
-    message = redact_sensitive_in_string(letter.message)
+def failed_task(letter: dead_letter.DeadLetter, extra_keys: frozenset[str] = frozenset()) -> Task:
+    message = redact_sensitive_in_string(letter.message, extra_keys)
     return Task(
         id=letter.id,
         kind=letter.kind,
@@ -211,10 +211,13 @@ def complete_task(entry: dict[str, str]) -> Task:
     )
 
 
-def task_from_result(task_id: str, result: dict[str, Any]) -> TaskDetail:
+def task_from_result(
+    task_id: str, result: dict[str, Any], extra_keys: frozenset[str] = frozenset()
+) -> TaskDetail:
     """A task known only by arq's result: complete, or failed inside arq itself."""
     args = result.get("a") or [""]
-    payload = redacted_payload(args[0]) if args and isinstance(args[0], str) else None
+    raw = args[0] if args and isinstance(args[0], str) else None
+    payload = None if raw is None else redacted_payload(raw, extra_keys)
     kind = task_kind(result.get("f"))
     if result.get("s"):
         summary = result.get("r") if isinstance(result.get("r"), dict) else {}
@@ -236,7 +239,7 @@ def task_from_result(task_id: str, result: dict[str, Any]) -> TaskDetail:
             task = msgspec.structs.replace(task, kind=kind, presentation=done)
         return with_payload(task, payload)
     # arq failed the job itself (an exception the worker did not handle, a timeout).
-    message = redact_sensitive_in_string(str(result.get("r", "")))
+    message = redact_sensitive_in_string(str(result.get("r", "")), extra_keys)
     events = count_events(args[0]) if args and isinstance(args[0], str) else 0
     task = Task(
         id=task_id,

@@ -52,6 +52,7 @@ from service.ops.task_views import (
     with_payload,
 )
 from service.queue import ENQUEUE_SCRIPT, deserialize_job
+from service.redaction import redact_sensitive
 from service.settings import Settings
 
 SCAN_CHUNK = 200  # entries read from Redis per round trip while listing
@@ -77,17 +78,24 @@ class TaskQueue:
         *,
         queue: str,
         job_timeout_s: float = 60.0,
+        extra_keys: frozenset[str] = frozenset(),
     ) -> None:
-        """Wrap `redis` (not owned: the caller closes it)."""
+        """Wrap `redis` (not owned: the caller closes it); `extra_keys` are redacted too."""
         self.redis = redis
         self.queue = queue
+        self.extra_keys = extra_keys
         self._in_progress_ms = int((job_timeout_s + IN_PROGRESS_EXTRA) * 1000)
         self.enqueue = redis.register_script(ENQUEUE_SCRIPT)
 
     @classmethod
     def from_settings(cls, redis: aioredis.Redis, settings: Settings) -> TaskQueue:
         """The tasks of the settings' queue."""
-        return cls(redis, queue=settings.queue, job_timeout_s=settings.job_timeout_s)
+        return cls(
+            redis,
+            queue=settings.queue,
+            job_timeout_s=settings.job_timeout_s,
+            extra_keys=settings.redact_extra_keys,
+        )
 
     # Reading one task.
 
@@ -107,13 +115,15 @@ class TaskQueue:
             args = data.get("a") or [""]
             task = self._queued(task_id, int(score), data, int(pttl), int(attempts or 0), now_ms)
             return with_payload(
-                task, redacted_payload(args[0]) if isinstance(args[0], str) else None
+                task,
+                redacted_payload(args[0], self.extra_keys) if isinstance(args[0], str) else None,
             )
         if letter is not None:
             failed = _letter_decoder.decode(letter)
-            return with_payload(failed_task(failed), failed.payload)
+            payload = redact_sensitive(failed.payload, self.extra_keys)
+            return with_payload(failed_task(failed, self.extra_keys), payload)
         if result is not None:
-            return task_from_result(task_id, _result_decoder.decode(result))
+            return task_from_result(task_id, _result_decoder.decode(result), self.extra_keys)
         entry = await self._find_complete(task_id)
         if entry is not None:
             return with_payload(complete_task(entry), None)
@@ -282,7 +292,7 @@ class TaskQueue:
             for (task_id, score), raw in zip(batch, records, strict=True):
                 if raw is None:  # expired: its index entry is trimmed on the next failure
                     continue
-                items.append(failed_task(_letter_decoder.decode(raw)))
+                items.append(failed_task(_letter_decoder.decode(raw), self.extra_keys))
                 if len(items) >= want:
                     return items, Position("failed", score, task_id), budget
             last = (batch[-1][1], batch[-1][0])

@@ -34,7 +34,7 @@ from service.producer.failures import (
     log_failure,
 )
 from service.producer.replay import BATCH_MAX_BYTES, Item, SpoolReplay
-from service.producer.spool import Spool, SpoolError
+from service.producer.spool import Spool, SpoolError, SpoolRefused
 from service.queue import ENQUEUE_SCRIPT, Provenance, provenance_tag
 from service.settings import Settings
 
@@ -85,7 +85,7 @@ class AuditClient(SpoolReplay):
     """Enqueue audit events to the arq queue in batches; never raise to the caller.
 
     With `spool_dir`, a batch Redis does not take is appended durably to a local spool
-    (service/spool.py) and replayed, in order, once Redis answers again; `capture` then
+    (service/producer/spool.py) and replayed, in order, once Redis answers again; `capture` then
     returns the id of an event that is spooled, as it will be delivered.
     """
 
@@ -146,7 +146,7 @@ class AuditClient(SpoolReplay):
         self._urgent = asyncio.Event()  # send now: a capture waits, a batch is full, or closing
         self._closing = False
         self._spool = (
-            None if spool_dir is None else Spool(Path(spool_dir), max_bytes=spool_max_bytes)
+            None if spool_dir is None else _trusted_spool(Path(spool_dir), spool_max_bytes)
         )
         self._spooling = False  # batches go to the spool (Redis failed, or the spool holds some)
         self._spool_broken = False  # the spool could not be written: said once
@@ -523,7 +523,21 @@ class AuditClient(SpoolReplay):
                 self.spool_dropped += 1
             else:
                 self.failed += 1
-        log_failure(event, exc, context)
+        log_failure(event, exc, context, self._extra_keys)
+
+
+def _trusted_spool(directory: Path, max_bytes: int) -> Spool | None:
+    """The spool in `directory`, or None (said in one line) when others could write there:
+    the client then works as without a spool. A directory not made yet is made 0700 later."""
+    spool = Spool(directory, max_bytes=max_bytes)
+    try:
+        spool.check_directory()
+    except SpoolRefused as exc:
+        logger.error("%s; the audit client works without a spool", exc)
+        return None
+    except SpoolError:
+        pass  # not usable yet: said once when a batch needs it
+    return spool
 
 
 def _running_loop() -> asyncio.AbstractEventLoop | None:

@@ -36,18 +36,26 @@ class SpoolFull(AuditqError):
     """Redis did not take the event and the spool is full: the event was dropped."""
 
 
-def log_failure(event: object, exc: BaseException, context: AuditContext | None) -> None:
+def log_failure(
+    event: object,
+    exc: BaseException,
+    context: AuditContext | None,
+    extra_keys: frozenset[str] = frozenset(),
+) -> None:
     """Write the failure line of `event`: the prefix, then one JSON object, no stack trace."""
-    payload = failure_payload(event, exc, context)
+    payload = failure_payload(event, exc, context, extra_keys)
     failure_logger.error(
         "%s%s", FAILURE_PREFIX, json.dumps(payload), extra={"audit_failure": payload}
     )
 
 
 def failure_payload(
-    event: object, exc: BaseException, context: AuditContext | None = None
+    event: object,
+    exc: BaseException,
+    context: AuditContext | None = None,
+    extra_keys: frozenset[str] = frozenset(),
 ) -> dict[str, str | None]:
-    """Describe a failed event for the failure line, with the error message redacted."""
+    """Describe a failed event for the failure line, every value redacted."""
     actor = _get(event, "actor")
     entity = _get(event, "entity")
     user_id = _text(_get(actor, "id"))
@@ -58,18 +66,23 @@ def failure_payload(
         if request_id is None:
             request_id = _text(context.request_id)
     try:
-        message = redact_sensitive_in_string(str(exc))
+        message = redact_sensitive_in_string(str(exc), extra_keys)
     except Exception:
         message = "[message withheld: it could not be redacted]"
-    return {
+    fields = {
         "action": _text(_get(event, "action")),
         "entityType": _text(_get(entity, "type")),
         "entityId": _text(_get(entity, "id")),
         "userId": user_id,
         "requestId": request_id,
-        "errorName": type(exc).__name__,
-        "errorMessage": message[:FAILURE_MESSAGE_MAX_CHARS],
     }
+    payload = {
+        name: None if value is None else redact_sensitive_in_string(value, extra_keys)
+        for name, value in fields.items()
+    }
+    payload["errorName"] = type(exc).__name__
+    payload["errorMessage"] = message[:FAILURE_MESSAGE_MAX_CHARS]
+    return payload
 
 
 def _get(value: object, name: str) -> object:

@@ -15,7 +15,7 @@ from redis.commands.core import AsyncScript
 
 from service.events import AuditEvent
 from service.producer.failures import ClientClosed, SpoolFull
-from service.producer.spool import Spool, SpoolError, batches
+from service.producer.spool import Spool, SpoolError, replay_batches
 from service.redaction import redact_sensitive_in_string
 
 logger = logging.getLogger("service.producer.client")
@@ -46,6 +46,7 @@ class SpoolReplay:
     _queue: str
     _send_timeout: float
     _flush_max: int
+    _extra_keys: frozenset[str]
     _lock: threading.Lock
     _closing: bool
     _spool: Spool | None
@@ -107,7 +108,7 @@ class SpoolReplay:
             logger.error(
                 "the spool cannot be written (%s): events Redis does not take are lost, "
                 "each logged as a failure, until it can",
-                redact_sensitive_in_string(str(error)),
+                redact_sensitive_in_string(str(error), self._extra_keys),
             )
 
     def _start_spooling(self, cause: BaseException | None = None) -> None:
@@ -117,7 +118,7 @@ class SpoolReplay:
                 logger.warning(
                     "Redis does not take events (%s: %s): spooling them until it does",
                     type(cause).__name__,
-                    redact_sensitive_in_string(str(cause)),
+                    redact_sensitive_in_string(str(cause), self._extra_keys),
                 )
         self._ensure_replayer()
         self._wake.set()
@@ -210,19 +211,13 @@ class SpoolReplay:
             if segment is None:
                 continue  # another process writes or replays it
             try:
-                parts = batches(
-                    segment.lines, max_events=self._flush_max, max_bytes=BATCH_MAX_BYTES
-                )
-                for index, part in enumerate(parts):
-                    payload = b"[" + b",".join(part) + b"]"
-                    # A task id of its own: a batch replayed twice is queued once.
-                    task_id = f"spool-{segment.name}-{index}"
+                # Task ids name the lines of each batch: a batch replayed twice is queued once.
+                for batch in replay_batches(segment.name, segment.lines, max_bytes=BATCH_MAX_BYTES):
+                    args = self._job_args(batch.payload, batch.task_id)
                     async with asyncio.timeout(self._send_timeout):
-                        await self._script(
-                            keys=[self._queue], args=self._job_args(payload, task_id)
-                        )
+                        await self._enqueue(args, within_s=self._send_timeout)
                     with self._lock:
-                        self.replayed += len(part)
+                        self.replayed += batch.count
                 await asyncio.to_thread(segment.delete)
             finally:
                 segment.release()

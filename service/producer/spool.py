@@ -21,6 +21,20 @@ what an earlier one left. A segment is deleted only after Redis acknowledged eve
 it; a replay cut short is repeated in full, which is safe: every spooled event carries its
 id, and each replayed batch goes under a task id derived from its segment and position.
 
+Trust. The directory is made 0700, and a spool whose directory is writable by group or
+others, or not owned by the process's user, is refused (SpoolRefused, a SpoolError: the
+client says so once and behaves as without a spool): whoever could write there could plant
+events that a replay would deliver as this producer's. Segments are opened without
+following symlinks, and only regular files are read.
+
+Replay. A segment is replayed in batches of at most REPLAY_MAX_EVENTS events (whatever the
+client's own batch size) under task ids that name the lines they hold,
+`spool-<segment>-<first>-<last>`: a batch replayed twice is queued once, and a replay cut
+short and begun again by a process with other limits never takes a batch for one queued
+before. A line that is not JSON (a damaged disk) goes alone, as it is, under its own task
+id: the worker sets it aside in the dead letter with its reason, and the rest of its
+segment is stored.
+
 Bound. The spool holds at most `max_bytes` (all segments in the directory, as this process
 last saw them). An event that does not fit is not written: the caller drops and counts it.
 """
@@ -28,22 +42,31 @@ last saw them). An event that does not fit is not written: the caller drops and 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import fcntl
+import logging
 import os
 import secrets
+import stat
 import threading
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Final
 
+import msgspec
+
 from service.errors import AuditqError
+
+logger = logging.getLogger(__name__)
 
 SEGMENT_MAX_BYTES: Final = 4 * 1024 * 1024  # bytes; a segment is closed past this size
 DEFAULT_MAX_BYTES: Final = 1024 * 1024 * 1024  # bytes; Settings.spool_max_bytes overrides
 SEGMENT_PREFIX: Final = "seg-"
 SEGMENT_SUFFIX: Final = ".jsonl"
 STAGING_PREFIX: Final = ".staging-"
+DIRECTORY_MODE: Final = 0o700
+REPLAY_MAX_EVENTS: Final = 500  # events per replayed batch, the same for every process
 
 _write = os.write  # replaced in tests to play a full disk
 _sync = os.fdatasync
@@ -51,6 +74,10 @@ _sync = os.fdatasync
 
 class SpoolError(AuditqError):
     """The spool cannot be written (read-only, full disk, not a directory)."""
+
+
+class SpoolRefused(SpoolError):
+    """The spool's directory is not safe: writable by others, or owned by another user."""
 
 
 class Segment:
@@ -168,9 +195,17 @@ class Spool:
     def claim(self, path: Path) -> Segment | None:
         """Lock a closed segment and read its whole events; None when another process owns it."""
         try:
-            fd = os.open(path, os.O_RDWR)
+            # Never through a symlink, never blocking on a FIFO planted under a segment's name.
+            fd = os.open(path, os.O_RDWR | os.O_NOFOLLOW | os.O_NONBLOCK)
         except FileNotFoundError:
             return None  # replayed and deleted by another process meanwhile
+        except OSError as exc:  # ELOOP: a symlink
+            logger.error("the spool segment %s is skipped: %s", path, exc)
+            return None
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            os.close(fd)
+            logger.error("the spool segment %s is skipped: it is not a regular file", path)
+            return None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -208,7 +243,32 @@ class Spool:
 
     # Inside.
 
+    def check_directory(self) -> bool:
+        """Refuse a directory others could write to (SpoolRefused); False when it is absent."""
+        try:
+            info = os.stat(self.directory)
+        except FileNotFoundError:
+            return False
+        except OSError as exc:
+            raise SpoolError(f"cannot use the spool at {self.directory}: {exc}") from exc
+        if not stat.S_ISDIR(info.st_mode):
+            raise SpoolError(f"cannot use the spool at {self.directory}: Not a directory")
+        if info.st_uid != os.geteuid():
+            raise SpoolRefused(
+                f"the spool at {self.directory} is refused: it is owned by uid {info.st_uid},"
+                f" not by this process's user (uid {os.geteuid()})"
+            )
+        if info.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+            raise SpoolRefused(
+                f"the spool at {self.directory} is refused: its mode"
+                f" {stat.S_IMODE(info.st_mode):04o} lets group or others write to it"
+                f" (make it {DIRECTORY_MODE:04o})"
+            )
+        return True
+
     def _segments(self) -> list[Path]:
+        if not self.check_directory():
+            return []
         try:
             names = os.listdir(self.directory)
         except FileNotFoundError:
@@ -226,7 +286,7 @@ class Spool:
             total = 0
             for path in self._segments():
                 with contextlib.suppress(FileNotFoundError):
-                    total += path.stat().st_size
+                    total += os.lstat(path).st_size
             self._used = total
         return self._used
 
@@ -239,7 +299,11 @@ class Spool:
         if self._fd is not None:
             return self._fd
         try:
-            self.directory.mkdir(parents=True, exist_ok=True)
+            self.directory.mkdir(mode=DIRECTORY_MODE, parents=True, exist_ok=True)
+        except OSError as exc:
+            raise SpoolError(f"cannot write the spool at {self.directory}: {exc}") from exc
+        self.check_directory()
+        try:
             name = f"{time.time_ns():020d}-{os.getpid()}-{secrets.token_hex(3)}"
             staging = self.directory / f"{STAGING_PREFIX}{name}"
             final = self.directory / f"{SEGMENT_PREFIX}{name}{SEGMENT_SUFFIX}"
@@ -272,18 +336,55 @@ class Spool:
             os.close(fd)
 
 
-def batches(lines: Sequence[bytes], *, max_events: int, max_bytes: int) -> Iterator[list[bytes]]:
-    """Group events into batches of at most `max_events` and `max_bytes` (a lone event goes)."""
+@dataclasses.dataclass(frozen=True)
+class ReplayBatch:
+    """Spooled events to enqueue as one task."""
+
+    task_id: str
+    payload: bytes  # a JSON array of events, or one line that is not JSON, as it is
+    count: int  # lines
+
+
+def replay_batches(
+    segment: str, lines: Sequence[bytes], *, max_bytes: int, max_events: int = REPLAY_MAX_EVENTS
+) -> Iterator[ReplayBatch]:
+    """Cut a segment's lines into batches whose task ids name their lines (see the module
+    docstring); a line that is not JSON makes a batch of its own, as it is."""
+    first = 0
     batch: list[bytes] = []
     size = 2  # the brackets
-    for line in lines:
-        if batch and (len(batch) >= max_events or size + len(line) + 1 > max_bytes):
-            yield batch
+
+    def flush() -> ReplayBatch:
+        last = first + len(batch) - 1
+        payload = b"[" + b",".join(batch) + b"]"
+        return ReplayBatch(f"spool-{segment}-{first}-{last}", payload, len(batch))
+
+    for index, line in enumerate(lines):
+        corrupt = not _is_json(line)
+        if batch and (corrupt or len(batch) >= max_events or size + len(line) + 1 > max_bytes):
+            yield flush()
             batch, size = [], 2
+        if corrupt:
+            yield ReplayBatch(f"spool-{segment}-{index}-corrupt", line, 1)
+            first = index + 1
+            continue
+        if not batch:
+            first = index
         batch.append(line)
         size += len(line) + 1
     if batch:
-        yield batch
+        yield flush()
+
+
+_json = msgspec.json.Decoder()
+
+
+def _is_json(line: bytes) -> bool:
+    try:
+        _json.decode(line)
+    except (msgspec.DecodeError, RecursionError):
+        return False
+    return True
 
 
 def _fsync_directory(directory: Path) -> None:

@@ -16,13 +16,14 @@ from pathlib import Path
 import pytest
 import redis.asyncio as aioredis
 
-from service.events import Entity
+from service.events import Entity, finalize
+from service.ops import dead_letter
 from service.producer import spool as spool_module
 from service.producer.client import FAILURE_PREFIX, AuditClient, AuditEvent
-from service.producer.spool import Spool, SpoolError, batches
+from service.producer.spool import Spool, SpoolError
 from service.settings import Settings
 from tests.admin_api import Tokens
-from tests.conftest import Servers, wait_for
+from tests.conftest import Servers, count_rows, running_worker, wait_for
 from tests.faults.proxy import TcpProxy
 from tests.producer.test_client import CAPTURE_BOUND, queued_events, queued_jobs
 
@@ -127,8 +128,14 @@ def test_an_unusable_directory_is_a_spool_error(tmp_path: Path) -> None:
 
 
 def test_batches_respect_both_limits() -> None:
-    assert [len(b) for b in batches(lines(7), max_events=3, max_bytes=10**6)] == [3, 3, 1]
-    assert [len(b) for b in batches(lines(3), max_events=10, max_bytes=10)] == [1, 1, 1]
+    def counts(n: int, max_events: int, max_bytes: int) -> list[int]:
+        parts = spool_module.replay_batches(
+            "s", lines(n), max_events=max_events, max_bytes=max_bytes
+        )
+        return [b.count for b in parts]
+
+    assert counts(7, 3, 10**6) == [3, 3, 1]
+    assert counts(3, 10, 10) == [1, 1, 1]  # a lone event bigger than the bound still goes
 
 
 def test_settings_spool() -> None:
@@ -393,3 +400,136 @@ async def test_http_ingest_spools_while_redis_is_down_and_says_202(
         spooled += [json.loads(line)["id"] for line in segment.lines]
         segment.release()
     assert spooled == accepted  # on disk, for the next process on this spool to deliver
+
+
+# --- A spool that cannot be trusted, a damaged line, replay ids -------------------------------
+
+
+def test_a_new_spool_directory_is_made_0700(tmp_path: Path) -> None:
+    spool = Spool(tmp_path / "a" / "spool")
+    spool.append(lines(1))
+    assert (tmp_path / "a" / "spool").stat().st_mode & 0o777 == 0o700
+    spool.close()
+
+
+@pytest.mark.parametrize("mode", [0o770, 0o707, 0o777, 0o720])
+async def test_a_spool_others_can_write_to_is_refused_in_one_line(
+    tmp_path: Path, closed_port: int, caplog: pytest.LogCaptureFixture, mode: int
+) -> None:
+    directory = tmp_path / "spool"
+    directory.mkdir()
+    # A segment planted by whoever could write there: it must never be replayed.
+    (directory / "seg-00000000000000000001-1-aaaaaa.jsonl").write_bytes(lines(1)[0] + b"\n")
+    directory.chmod(mode)
+    with pytest.raises(spool_module.SpoolRefused, match="group or others"):
+        Spool(directory).append(lines(1))
+    with pytest.raises(spool_module.SpoolRefused):
+        Spool(directory).closed_segments()
+
+    caplog.set_level(logging.WARNING)
+    client = AuditClient.from_url(
+        f"redis://127.0.0.1:{closed_port}/0", queue="q", spool_dir=directory
+    )
+    try:
+        results = [await client.capture(event(i)) for i in range(3)]
+    finally:
+        await client.aclose()
+    assert results == [None, None, None]  # as without a spool: Redis is down
+    assert client.spooled == 0 and client.failed == 3
+    refusals = [r for r in caplog.records if "is refused" in r.getMessage()]
+    assert len(refusals) == 1, [r.getMessage() for r in refusals]
+    assert len(list(directory.iterdir())) == 1  # nothing written, the planted one untouched
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="giving a directory away needs root")
+def test_a_spool_owned_by_another_user_is_refused(tmp_path: Path) -> None:
+    directory = tmp_path / "spool"
+    directory.mkdir(mode=0o700)
+    os.chown(directory, 65534, 65534)
+    with pytest.raises(spool_module.SpoolRefused, match="owned by uid 65534"):
+        Spool(directory).append(lines(1))
+
+
+def test_segments_are_not_read_through_symlinks_or_as_fifos(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    directory = tmp_path / "spool"
+    directory.mkdir(mode=0o700)
+    outside = tmp_path / "outside.jsonl"
+    outside.write_bytes(lines(1)[0] + b"\n")
+    (directory / "seg-00000000000000000001-1-aaaaaa.jsonl").symlink_to(outside)
+    os.mkfifo(directory / "seg-00000000000000000002-1-bbbbbb.jsonl")
+    spool = Spool(directory)
+    spool.append(lines(1, start=5))
+    spool.rotate()
+    claimed = [spool.claim(path) for path in spool.closed_segments()]
+    assert claimed[0] is None and claimed[1] is None  # skipped, each said in a line
+    assert claimed[2] is not None and claimed[2].lines == lines(1, start=5)
+    claimed[2].release()
+    assert len([r for r in caplog.records if "is skipped" in r.getMessage()]) == 2
+    assert outside.read_bytes() == lines(1)[0] + b"\n"
+
+
+def test_a_corrupt_line_is_a_batch_of_its_own() -> None:
+    good = lines(5)
+    segment = [*good[:2], b'{"action": "a.b", "n": ', good[2], b"\xff\xfe", *good[3:]]
+    got = list(spool_module.replay_batches("seg-x", segment, max_bytes=10**6))
+    assert [(b.task_id, b.count) for b in got] == [
+        ("spool-seg-x-0-1", 2),
+        ("spool-seg-x-2-corrupt", 1),
+        ("spool-seg-x-3-3", 1),
+        ("spool-seg-x-4-corrupt", 1),
+        ("spool-seg-x-5-6", 2),
+    ]
+    assert got[1].payload == segment[2]  # as it is: the worker dead-letters it with its reason
+    assert json.loads(got[0].payload) == [json.loads(line) for line in good[:2]]
+
+
+def test_replay_ids_name_their_lines_whatever_the_batch_size() -> None:
+    """A task id means one set of lines: a replay by a process with other limits never finds
+    an id "already enqueued" for a batch with other events in it."""
+    segment = lines(40)
+    seen: dict[str, bytes] = {}
+    for max_events in (1, 2, 3, 7, 10, 40, 500):
+        for max_bytes in (60, 200, 10**6):
+            for batch in spool_module.replay_batches(
+                "seg-x", segment, max_events=max_events, max_bytes=max_bytes
+            ):
+                assert seen.setdefault(batch.task_id, batch.payload) == batch.payload
+    # The client replays with the same batch size, whatever its own flush size.
+    default = list(spool_module.replay_batches("seg-x", lines(1200), max_bytes=10**7))
+    assert [b.count for b in default] == [500, 500, 200]
+
+
+async def test_one_corrupt_line_is_dead_lettered_and_the_rest_stored(
+    tmp_path: Path, settings: Settings, redis: aioredis.Redis
+) -> None:
+    assert settings.redis_url and settings.database_url
+    spool = Spool(tmp_path / "spool")
+    good = [
+        finalize(AuditEvent(action="spooled.event", entity=Entity(type="t", id=str(i))))[1]
+        for i in range(4)
+    ]
+    spool.append([good[0], good[1], b'{"action": "spooled.torn", "id": ', good[2], good[3]])
+    spool.close()
+    async with AuditClient.from_url(
+        settings.redis_url, queue=settings.queue, spool_dir=tmp_path / "spool"
+    ) as client:
+        await wait_for(lambda: _replayed(client, 5), within_s=10)
+    async with running_worker(settings):
+
+        async def settled() -> bool:
+            ids = await dead_letter.list_ids(redis, settings.queue)
+            return await count_rows(settings.database_url or "") == 4 and len(ids) == 1
+
+        await wait_for(settled)
+    (letter_id,) = await dead_letter.list_ids(redis, settings.queue)
+    assert letter_id.endswith("-2-corrupt")
+    letter = await dead_letter.get(redis, settings.queue, letter_id)
+    assert letter is not None and letter.error_name == "InvalidJSON"
+    assert letter.payload == '{"action": "spooled.torn", "id": '
+
+
+async def _replayed(client: AuditClient, n: int) -> bool:
+    await asyncio.sleep(0)
+    return client.replayed >= n

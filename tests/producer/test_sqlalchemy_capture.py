@@ -17,8 +17,8 @@ from sqlalchemy import DateTime, String, create_engine, select
 from sqlalchemy.ext.asyncio import async_sessionmaker, create_async_engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 
-from service.client import AuditClient
 from service.events import Actor
+from service.producer.client import AuditClient
 from service.producer.middleware import context_middleware
 from service.producer.sqlalchemy import Audited, audit_model, capture_changes
 from service.settings import Settings
