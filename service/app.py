@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator
 import redis.asyncio as aioredis
 from aiohttp import web
 
-from service import audit_logs, db, ingest, metrics, openapi, tasks_api
+from service import audit_logs, console, db, ingest, metrics, openapi, tasks_api, tokens_api
 from service.auth import auth_middleware
 from service.client import AuditClient
 from service.http import error_middleware, error_response
@@ -64,9 +64,11 @@ ROUTES = [
     web.get("/api/v1/admin/audit-logs/{id}", audit_logs.get_audit_log),
     # Tasks and queue stats, HTTP ingest, metrics, and the OpenAPI document of all of these.
     *tasks_api.ROUTES,
+    *tokens_api.ROUTES,
     *ingest.ROUTES,
     *metrics.ROUTES,
     *openapi.ROUTES,
+    *console.ROUTES,  # the browser console: no token needed to load it
 ]
 
 
