@@ -1,0 +1,43 @@
+// Charts: uPlot, sized to its container and coloured from the stylesheet (light or dark).
+import uPlot from "../vendor/uPlot.esm.js";
+import { html, useEffect, useRef } from "./lib.js";
+
+const cssVar = (name) => getComputedStyle(document.documentElement).getPropertyValue(name).trim();
+
+/** A time-series chart; `data` is [xs (unix seconds), ys]; `bars` draws bars instead of a line. */
+export function TimeChart({ data, label, bars = false, height = 220, windowS = 0 }) {
+  const box = useRef(null);
+  useEffect(() => {
+    const element = box.current;
+    const fg = cssVar("--fg");
+    const grid = cssVar("--line");
+    const accent = cssVar("--accent");
+    const axis = { stroke: fg, grid: { stroke: grid }, ticks: { stroke: grid } };
+    const series = {
+      label,
+      stroke: accent,
+      fill: bars ? accent : undefined,
+      width: bars ? 0 : 2,
+      points: { show: false },
+    };
+    if (bars) series.paths = uPlot.paths.bars({ size: [0.7, 60] });
+    const options = {
+      width: Math.max(element.clientWidth, 200),
+      height,
+      legend: { show: false },
+      cursor: { show: true, drag: { x: false, y: false } },
+      // A sliding window (windowS seconds up to now) keeps a few samples from filling the axis.
+      scales: { x: windowS ? { time: true, range: () => [Date.now() / 1000 - windowS, Date.now() / 1000] } : { time: true }, y: { range: (u, min, max) => [0, Math.max(1, max * 1.1)] } },
+      axes: [axis, { ...axis, size: 50 }],
+      series: [{}, series],
+    };
+    const plot = new uPlot(options, data, element);
+    const resize = new ResizeObserver(() => plot.setSize({ width: Math.max(element.clientWidth, 200), height }));
+    resize.observe(element);
+    return () => {
+      resize.disconnect();
+      plot.destroy();
+    };
+  }, [data, label, bars, height, windowS]);
+  return html`<div class="chart" ref=${box} role="img" aria-label=${label}></div>`;
+}
