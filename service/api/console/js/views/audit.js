@@ -93,7 +93,7 @@ export function LogTable({ items, caption }) {
     <thead><tr><th>Time</th><th>Action</th><th>What happened</th><th>Actor</th><th>Entity</th>
       <th>Severity</th><th class="hide-narrow">Outcome</th><th class="hide-narrow">Tenant</th></tr></thead>
     <tbody>${items.map((item) => html`<tr key=${item.id} data-id=${item.id}>
-      <td><a href=${logPath(item.id)} aria-label=${`Details of ${item.action} at ${item.ts}`}><${Time} value=${item.ts} /></a></td>
+      <td><a href=${logPath(item.id)}><${Time} value=${item.ts} /></a></td>
       <td><code>${item.action}</code></td>
       <td class="wrap"><${Presentation} item=${item} /></td>
       <td><${Actor} actor=${item.actor} /></td>
