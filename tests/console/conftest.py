@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import os
 import random
 import shutil
 import tempfile
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -238,60 +237,47 @@ class Tab:
             await self.page.screenshot(path=str(Path(SCREENSHOTS) / f"{name}.png"))
 
 
-@contextlib.contextmanager
-def _watch(tab: Tab, origin: str) -> Iterator[None]:
+def _watch(tab: Tab, origin: str) -> None:
+    """Record the tab's console errors and every request that leaves `origin`."""
+
     def on_console(message: Any) -> None:
         if message.type == "error":
             tab.console_errors.append(message.text)
 
     def on_request(request: Any) -> None:
         parts = urlsplit(request.url)
-        if parts.scheme in ("blob", "data"):
-            return
-        if f"{parts.scheme}://{parts.netloc}" != origin:
+        if parts.scheme not in ("blob", "data") and f"{parts.scheme}://{parts.netloc}" != origin:
             tab.foreign_requests.append(request.url)
 
     tab.page.on("console", on_console)
     tab.page.on("pageerror", lambda error: tab.console_errors.append(f"page error: {error}"))
     tab.page.on("request", on_request)
-    yield
 
 
-async def new_tab(browser: Any, stack: Stack, **context: Any) -> Tab:
-    ctx = await browser.new_context(
-        viewport=context.pop("viewport", {"width": 1280, "height": 800}),
-        accept_downloads=True,
-        **context,
-    )
+async def _tab(browser: Any, stack: Stack, **context: Any) -> AsyncIterator[Tab]:
+    ctx = await browser.new_context(accept_downloads=True, **context)
     tab = Tab(page=await ctx.new_page(), stack=stack)
-    return tab
+    _watch(tab, stack.url)
+    yield tab
+    await ctx.close()
+    unexpected = [e for e in tab.console_errors if not any(a in e for a in tab.allowed_errors)]
+    assert not unexpected, unexpected
+    assert not tab.foreign_requests, tab.foreign_requests
 
 
 @pytest.fixture
 async def tab(browser: Any, stack: Stack) -> AsyncIterator[Tab]:
     """A fresh tab (own session storage); fails the test on a console error or a foreign request."""
-    opened = await new_tab(browser, stack)
-    with _watch(opened, stack.url):
+    async for opened in _tab(browser, stack, viewport={"width": 1280, "height": 800}):
         yield opened
-    await opened.page.context.close()
-    unexpected = [
-        e for e in opened.console_errors if not any(a in e for a in opened.allowed_errors)
-    ]
-    assert not unexpected, unexpected
-    assert not opened.foreign_requests, opened.foreign_requests
 
 
 @pytest.fixture
 async def phone(browser: Any, stack: Stack) -> AsyncIterator[Tab]:
-    """A tab 390 px wide, as a phone."""
-    opened = await new_tab(
-        browser, stack, viewport={"width": 390, "height": 844}, is_mobile=True, has_touch=True
-    )
-    with _watch(opened, stack.url):
+    """The same, 390 px wide, as a phone."""
+    viewport = {"width": 390, "height": 844}
+    async for opened in _tab(browser, stack, viewport=viewport, is_mobile=True, has_touch=True):
         yield opened
-    await opened.page.context.close()
-    assert not opened.console_errors, opened.console_errors
-    assert not opened.foreign_requests, opened.foreign_requests
 
 
 def axe_source() -> str:

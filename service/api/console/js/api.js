@@ -114,9 +114,13 @@ export function apiDocument() {
   return openapi;
 }
 
+const shape = (path) => path.replace(/\{[^}]*\}/g, "{}");
+
+/** Whether the server has `method path` (path parameters matched whatever their names). */
 export async function hasRoute(path, method = "get") {
   const doc = await apiDocument();
-  return Boolean(doc.paths?.[path]?.[method]);
+  const wanted = shape(path);
+  return Object.entries(doc.paths || {}).some(([p, ops]) => shape(p) === wanted && ops[method]);
 }
 
 /** Download a response body as a file (the Bearer header rules out a plain link). */

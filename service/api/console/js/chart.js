@@ -27,7 +27,9 @@ export function TimeChart({ data, label, bars = false, height = 220, windowS = 0
       legend: { show: false },
       cursor: { show: true, drag: { x: false, y: false } },
       // A sliding window (windowS seconds up to now) keeps a few samples from filling the axis.
-      scales: { x: windowS ? { time: true, range: () => [Date.now() / 1000 - windowS, Date.now() / 1000] } : { time: true }, y: { range: (u, min, max) => [0, Math.max(1, max * 1.1)] } },
+      // Bars are centred on their day: half a day of margin keeps the first and last whole.
+      scales: { x: windowS ? { time: true, range: () => [Date.now() / 1000 - windowS, Date.now() / 1000] }
+        : { time: true, range: (u, min, max) => (bars ? [min - 43200, max + 43200] : [min, max]) }, y: { range: (u, min, max) => [0, Math.max(1, max * 1.1)] } },
       axes: [axis, { ...axis, size: 50 }],
       series: [{}, series],
     };

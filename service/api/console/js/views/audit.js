@@ -61,7 +61,12 @@ export function FilterForm({ base, query }) {
     const qs = next.toString();
     navigate(qs ? `${base}?${qs}` : base);
   };
-  return html`<form class="filters" role="search" aria-label="Filters" onSubmit=${submit} key=${query.toString()}>
+  // Open on a wide screen or when filters are set; on a phone the results come first.
+  const set = [...query.keys()].length;
+  const open = set > 0 || window.matchMedia("(min-width: 601px)").matches;
+  return html`<details class="filter-box" open=${open} key=${query.toString()}>
+    <summary>Filters${set ? ` (${set} set)` : ""}</summary>
+    <form class="filters" role="search" aria-label="Filters" onSubmit=${submit}>
     <${Field} label="Actions" name="action" value=${query.getAll("action").join(", ")} list="action-suggestions" placeholder="auth.login, …" />
     <datalist id="action-suggestions">${actions.map((a) => html`<option value=${a} />`)}</datalist>
     <${Field} label="Action prefix" name="action_prefix" value=${value("action_prefix")} placeholder="auth." />
@@ -83,7 +88,7 @@ export function FilterForm({ base, query }) {
       <button class="primary" type="submit">Search</button>
       <a class="button" href=${base}>Clear</a>
     </div>
-  </form>`;
+  </form></details>`;
 }
 
 export function LogTable({ items, caption }) {

@@ -43,10 +43,11 @@ export function StatisticsView({ location }) {
   const tenantFilter = params.get("tenant") ? `&tenant=${seg(params.get("tenant"))}` : "";
   return html`<h1>Statistics</h1>
     <form class="filters" aria-label="Window" onSubmit=${submit} key=${key}>
-      <${Field} label="Since (default 30 days ago)" name="since" type="datetime-local" value=${toLocalInput(query.get("since"))} />
-      <${Field} label="Until (default: now)" name="until" type="datetime-local" value=${toLocalInput(query.get("until"))} />
+      <${Field} label="Since" name="since" type="datetime-local" value=${toLocalInput(query.get("since"))} />
+      <${Field} label="Until" name="until" type="datetime-local" value=${toLocalInput(query.get("until"))} />
       <${Field} label="Tenant" name="tenant" value=${query.get("tenant") || ""} />
       <div class="actions"><button class="primary" type="submit">Show</button></div>
+      <p class="muted">Empty fields: the last 30 days, every tenant.</p>
     </form>
     <${ErrorBox} error=${error} /><${Loading} when=${loading} />
     ${data ? html`
