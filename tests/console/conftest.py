@@ -123,7 +123,7 @@ def _seed_events() -> tuple[list[AuditEvent], AuditEvent, AuditEvent]:
     ]
     xss = AuditEvent(
         action="xss.attempt",
-        ts=now - timedelta(hours=1),
+        ts=now - timedelta(days=5),  # off the first page: the README's screenshot shows others
         severity="critical",
         actor=Actor(id="u-xss", type="user", name=XSS_IMG, email="x@example.com"),
         entity=Entity(type="note", id="n-xss", name=XSS_SCRIPT),

@@ -34,7 +34,7 @@ async def settle(tab: Tab, path: str) -> None:
 async def test_sign_in_keeps_the_token_out_of_the_url_and_sign_out_forgets_it(tab: Tab) -> None:
     page = tab.page
     await tab.open("/")
-    await page.wait_for_url("**/console/")
+    await page.wait_for_url("**/console/audit-logs")
     field = page.get_by_label("API token")
     assert await field.get_attribute("type") == "password"
     tab.allowed_errors.append("401")  # the wrong token's answer, logged by the browser

@@ -1,8 +1,8 @@
 // The console: sign-in, the shell (navigation, who is signed in), and one view per path.
-import { html, render, useEffect, useState } from "./lib.js";
+import { html, render, useEffect, useRef, useState } from "./lib.js";
 import { request, session } from "./api.js";
 import { loadMessages } from "./messages.js";
-import { navigate, useLocation } from "./router.js";
+import { useLocation } from "./router.js";
 import { ErrorBox } from "./ui.js";
 import { ActorView, AuditLogsView, DetailView, EntityView } from "./views/audit.js";
 import { IntegrityView } from "./views/integrity.js";
@@ -88,13 +88,13 @@ function SignIn({ reason, onSignIn }) {
 
 function Shell({ who, location }) {
   const route = match(location.path);
+  const firstView = useRef(true);
   useEffect(() => {
     document.title = `${route ? route.title : "Not found"} · auditq console`;
+    // After an in-page navigation, a screen reader or keyboard user starts at the new view.
+    if (!firstView.current) document.getElementById("main")?.focus({ preventScroll: true });
+    firstView.current = false;
   }, [location.path]);
-  if (location.path === "/console/" || location.path === "/console") {
-    navigate("/console/audit-logs", { replace: true });
-    return null;
-  }
   const View = route ? route.view : null;
   const current = (href) => location.path === href || location.path.startsWith(`${href}/`);
   return html`<a class="skip" href="#main">Skip to the content</a>
@@ -125,6 +125,11 @@ function App() {
 
 function Failure({ error }) {
   return html`<main class="signin"><h1>auditq console</h1><${ErrorBox} error=${error} /></main>`;
+}
+
+// The console's front page is the audit log: say so in the address bar from the start.
+if (location.pathname === "/console/" || location.pathname === "/console") {
+  history.replaceState(null, "", `/console/audit-logs${location.search}`);
 }
 
 loadMessages()
