@@ -28,7 +28,8 @@ from service.events import Actor, AuditEvent, Change, Entity, Presentation, Requ
 from service.settings import Settings
 from tests.conftest import Servers, count_rows, running_worker, wait_for
 
-CHROMIUM = Path("/usr/bin/chromium")
+# Debian's package; AUDITQ_CHROMIUM names another build (never one of `playwright install`).
+CHROMIUM = Path(os.environ.get("AUDITQ_CHROMIUM", "/usr/bin/chromium"))
 CHROMIUM_ARGS = [
     "--headless",
     "--no-sandbox",
@@ -49,9 +50,11 @@ if SCREENSHOTS:
 DEMO_EVENTS = 240  # spread over two weeks: the statistics and lists have something to show
 
 
-def _require_browser() -> None:
+@pytest.fixture(scope="session")
+def chromium() -> Path:
+    """The browser, or a skip (a failure when CI_REQUIRE_BROWSER=1) before any server starts."""
     if CHROMIUM.exists():
-        return
+        return CHROMIUM
     reason = f"{CHROMIUM} is missing: install Debian's chromium to run the console's browser tests"
     if os.environ.get("CI_REQUIRE_BROWSER") == "1":
         pytest.fail(reason, pytrace=False)
@@ -136,9 +139,8 @@ def _seed_events() -> tuple[list[AuditEvent], AuditEvent, AuditEvent]:
 
 
 @pytest.fixture(scope="module")
-async def stack(servers: Servers, template_db: str) -> AsyncIterator[Stack]:
+async def stack(chromium: Path, servers: Servers, template_db: str) -> AsyncIterator[Stack]:
     """The API and a worker on real servers, a TCP port, tokens and seeded events."""
-    _require_browser()
     name = f"auditq_test_{uuid.uuid4().hex[:12]}"
     admin = await asyncpg.connect(servers.postgres_url)
     await admin.execute(f'CREATE DATABASE "{name}" TEMPLATE "{template_db}"')
@@ -198,13 +200,13 @@ async def stack(servers: Servers, template_db: str) -> AsyncIterator[Stack]:
 
 
 @pytest.fixture(scope="module")
-async def browser(stack: Stack) -> AsyncIterator[Any]:
+async def browser(chromium: Path, stack: Stack) -> AsyncIterator[Any]:
     """One headless Chromium for the module (Debian's; `playwright install` is never run)."""
     from playwright.async_api import async_playwright
 
     async with async_playwright() as playwright:
         chromium = await playwright.chromium.launch(
-            executable_path=str(CHROMIUM), args=CHROMIUM_ARGS
+            executable_path=str(chromium), args=CHROMIUM_ARGS
         )
         yield chromium
         await chromium.close()
