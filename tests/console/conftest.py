@@ -232,10 +232,10 @@ class Tab:
         await self.page.get_by_role("button", name="Sign in").click()
         await self.page.get_by_role("button", name="Sign out").wait_for()
 
-    async def shot(self, name: str) -> None:
+    async def shot(self, name: str, *, settle_ms: int = 300) -> None:
         """Save a screenshot when AUDITQ_CONSOLE_SCREENSHOTS names a directory."""
         if SCREENSHOTS:
-            await self.page.wait_for_timeout(300)  # charts settle after their first frame
+            await self.page.wait_for_timeout(settle_ms)  # charts settle after their first frame
             await self.page.screenshot(path=str(Path(SCREENSHOTS) / f"{name}.png"))
 
 

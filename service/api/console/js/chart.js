@@ -18,7 +18,7 @@ export function TimeChart({ data, label, bars = false, height = 220, windowS = 0
       stroke: accent,
       fill: bars ? accent : undefined,
       width: bars ? 0 : 2,
-      points: { show: false },
+      points: { show: !bars, size: 5, fill: accent }, // a lone sample still shows
     };
     if (bars) series.paths = uPlot.paths.bars({ size: [0.7, 60] });
     const options = {
