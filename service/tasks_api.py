@@ -11,7 +11,7 @@ from service import json_body
 from service.events import Entity
 from service.http import ApiError, bad_parameter
 from service.openapi import Param, operation
-from service.queue_stats import QueueStats, queue_stats
+from service.queue_stats import QueueStats, Throughput, queue_stats, throughput
 from service.state import REDIS, SETTINGS, record_admin_action
 from service.tasks import (
     DEFAULT_LIMIT,
@@ -179,6 +179,15 @@ async def get_queue_stats(request: web.Request) -> web.Response:
     return _json(await queue_stats(_tasks(request)))
 
 
+@operation(
+    summary="Events stored per second, minute by minute, over the last 15 minutes",
+    responses={200: Throughput},
+)
+async def get_queue_throughput(request: web.Request) -> web.Response:
+    """Show the queue's recent throughput as a per-minute series (the console charts it)."""
+    return _json(await throughput(request.app[REDIS], request.app[SETTINGS].queue))
+
+
 ROUTES = [
     web.get("/api/v1/admin/tasks", list_tasks),
     web.post("/api/v1/admin/tasks/retry-failed", retry_failed),
@@ -186,4 +195,5 @@ ROUTES = [
     web.get("/api/v1/admin/tasks/{id}", get_task),
     web.post("/api/v1/admin/tasks/{id}/retry", retry_task),
     web.get("/api/v1/admin/queue/stats", get_queue_stats),
+    web.get("/api/v1/admin/queue/throughput", get_queue_throughput),
 ]

@@ -331,7 +331,7 @@ async def test_other_views_render(tab: Tab) -> None:
     await page.get_by_role("heading", name="Workers").wait_for()
     await page.locator("main tbody tr").first.wait_for()  # the test's worker, with its breaker
     assert "closed" in await page.locator("main tbody").inner_text()
-    await tab.shot("queue", settle_ms=7000)  # a few samples of events/s for the chart
+    await tab.shot("queue")
     for path, name in (("/console/integrity", "integrity"), ("/console/subjects", "subjects")):
         await tab.open(path)
         await settle(tab, path)

@@ -5,8 +5,9 @@ import { html, useEffect, useRef } from "./lib.js";
 const cssVar = (name) => getComputedStyle(document.documentElement).getPropertyValue(name).trim();
 
 /** A time-series chart; `data` is [xs (unix seconds), ys]; `bars` draws bars instead of a line. */
-export function TimeChart({ data, label, bars = false, height = 220, windowS = 0 }) {
+export function TimeChart({ data, label, bars = false, height = 220 }) {
   const box = useRef(null);
+  const plot = useRef(null);
   useEffect(() => {
     const element = box.current;
     const fg = cssVar("--fg");
@@ -18,7 +19,7 @@ export function TimeChart({ data, label, bars = false, height = 220, windowS = 0
       stroke: accent,
       fill: bars ? accent : undefined,
       width: bars ? 0 : 2,
-      points: { show: !bars, size: 5, fill: accent }, // a lone sample still shows
+      points: { show: !bars, size: 5, fill: accent },
     };
     if (bars) series.paths = uPlot.paths.bars({ size: [0.7, 60] });
     const options = {
@@ -26,20 +27,27 @@ export function TimeChart({ data, label, bars = false, height = 220, windowS = 0
       height,
       legend: { show: false },
       cursor: { show: true, drag: { x: false, y: false } },
-      // A sliding window (windowS seconds up to now) keeps a few samples from filling the axis.
-      // Bars are centred on their day: half a day of margin keeps the first and last whole.
-      scales: { x: windowS ? { time: true, range: () => [Date.now() / 1000 - windowS, Date.now() / 1000] }
-        : { time: true, range: (u, min, max) => (bars ? [min - 43200, max + 43200] : [min, max]) }, y: { range: (u, min, max) => [0, Math.max(1, max * 1.1)] } },
+      scales: {
+        // Bars are centred on their day: half a day of margin keeps the first and last whole.
+        x: { time: true, range: (u, min, max) => (bars ? [min - 43200, max + 43200] : [min, max]) },
+        y: { range: (u, min, max) => [0, Math.max(1, max * 1.1)] },
+      },
       axes: [axis, { ...axis, size: 50 }],
       series: [{}, series],
     };
-    const plot = new uPlot(options, data, element);
-    const resize = new ResizeObserver(() => plot.setSize({ width: Math.max(element.clientWidth, 200), height }));
+    plot.current = new uPlot(options, data, element);
+    const resize = new ResizeObserver(() =>
+      plot.current.setSize({ width: Math.max(element.clientWidth, 200), height }));
     resize.observe(element);
     return () => {
       resize.disconnect();
-      plot.destroy();
+      plot.current.destroy();
+      plot.current = null;
     };
-  }, [data, label, bars, height, windowS]);
+  }, [label, bars, height]);
+  useEffect(() => {
+    // New data redraws the same chart (a poll does not rebuild it).
+    if (plot.current && plot.current.data !== data) plot.current.setData(data);
+  }, [data]);
   return html`<div class="chart" ref=${box} role="img" aria-label=${label}></div>`;
 }
