@@ -17,7 +17,8 @@ RESULT_PREFIX = result_key_prefix  # arq:result:<id>
 
 LIVE_MAXLEN = 10_000  # entries (one a write): what a reconnecting live tail can resume over
 COMPLETE_MAXLEN = 100_000  # entries: TestPlanIt keeps 100,000 completed jobs (and 1 year)
-STORED_COUNTER_TTL = 120  # seconds; events/s over the last minute reads 60 of them
+# seconds; events/s over the last minute reads 60 of them, the 15-minute series 900
+STORED_COUNTER_TTL = 960
 HEARTBEAT_INTERVAL = 5.0  # seconds between a worker's heartbeats
 HEARTBEAT_TTL = 30  # seconds; a worker silent this long is gone from the stats
 

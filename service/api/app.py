@@ -10,7 +10,7 @@ from redis.backoff import ExponentialBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from service.api import health, ingest, metrics, openapi
+from service.api import console, health, ingest, metrics, openapi, tokens
 from service.api import tasks as tasks_api
 from service.api.audit_logs import export, pages, statistics, stream
 from service.api.audit_logs.cursor import cursor_context
@@ -41,9 +41,11 @@ ROUTES = [
     web.get("/api/v1/admin/audit-logs/{id}", pages.get_audit_log),
     # Tasks and queue stats, HTTP ingest, metrics, and the OpenAPI document of all of these.
     *tasks_api.ROUTES,
+    *tokens.ROUTES,
     *ingest.ROUTES,
     *metrics.ROUTES,
     *openapi.ROUTES,
+    *console.ROUTES,  # the browser console: no token needed to load it
 ]
 
 

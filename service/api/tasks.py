@@ -13,7 +13,7 @@ from service.api.openapi import Param, operation
 from service.api.state import REDIS, SETTINGS, record_admin_action
 from service.events import Entity
 from service.ops import task_actions
-from service.ops.queue_stats import QueueStats, queue_stats
+from service.ops.queue_stats import QueueStats, Throughput, queue_stats, throughput
 from service.ops.task_model import (
     DEFAULT_LIMIT,
     KINDS,
@@ -177,6 +177,17 @@ async def get_queue_stats(request: web.Request) -> web.Response:
     return json_body.json_response(await queue_stats(_tasks(request)))
 
 
+@operation(
+    summary="Events stored per second, minute by minute, over the last 15 minutes",
+    responses={200: Throughput},
+)
+async def get_queue_throughput(request: web.Request) -> web.Response:
+    """Show the queue's recent throughput as a per-minute series (the console charts it)."""
+    return json_body.json_response(
+        await throughput(request.app[REDIS], request.app[SETTINGS].queue)
+    )
+
+
 ROUTES = [
     web.get("/api/v1/admin/tasks", list_tasks),
     web.post("/api/v1/admin/tasks/retry-failed", retry_failed),
@@ -184,4 +195,5 @@ ROUTES = [
     web.get("/api/v1/admin/tasks/{id}", get_task),
     web.post("/api/v1/admin/tasks/{id}/retry", retry_task),
     web.get("/api/v1/admin/queue/stats", get_queue_stats),
+    web.get("/api/v1/admin/queue/throughput", get_queue_throughput),
 ]

@@ -23,6 +23,7 @@ from service.ops.task_model import StatusCounts
 from service.ops.tasks import TaskQueue
 
 THROUGHPUT_WINDOW = 60  # seconds behind events_per_s_1m (the current, partial second excluded)
+THROUGHPUT_MINUTES = 15  # minutes of the per-minute series (keys.STORED_COUNTER_TTL keeps them)
 
 
 class WorkerInfo(msgspec.Struct, frozen=True, kw_only=True):
@@ -65,6 +66,36 @@ async def events_per_second(redis: aioredis.Redis, queue: str) -> float:
     keys = [stored_key(queue, second) for second in range(now - THROUGHPUT_WINDOW, now)]
     counts = await redis.mget(keys)
     return round(sum(int(c) for c in counts if c is not None) / THROUGHPUT_WINDOW, 3)
+
+
+class ThroughputMinute(msgspec.Struct, frozen=True, kw_only=True):
+    """Events stored per second, averaged over the minute that ends at `until`."""
+
+    until: datetime
+    events_per_s: float
+
+
+class Throughput(msgspec.Struct, frozen=True, kw_only=True):
+    """Events stored per second, minute by minute, oldest first (the last ends now)."""
+
+    queue: str
+    per_minute: list[ThroughputMinute]
+
+
+async def throughput(redis: aioredis.Redis, queue: str) -> Throughput:
+    """The last THROUGHPUT_MINUTES minutes of events/s, from the workers' per-second counters."""
+    now = int(time.time())  # the current, partial second excluded, as in events_per_second
+    start = now - THROUGHPUT_MINUTES * THROUGHPUT_WINDOW
+    counts = await redis.mget([stored_key(queue, second) for second in range(start, now)])
+    per_minute = []
+    for minute in range(THROUGHPUT_MINUTES):
+        window = counts[minute * THROUGHPUT_WINDOW : (minute + 1) * THROUGHPUT_WINDOW]
+        stored = sum(int(c) for c in window if c is not None)
+        until = datetime.fromtimestamp(start + (minute + 1) * THROUGHPUT_WINDOW, UTC)
+        per_minute.append(
+            ThroughputMinute(until=until, events_per_s=round(stored / THROUGHPUT_WINDOW, 3))
+        )
+    return Throughput(queue=queue, per_minute=per_minute)
 
 
 async def workers(redis: aioredis.Redis, queue: str) -> list[WorkerInfo]:

@@ -1,0 +1,53 @@
+// Charts: uPlot, sized to its container and coloured from the stylesheet (light or dark).
+import uPlot from "../vendor/uPlot.esm.js";
+import { html, useEffect, useRef } from "./lib.js";
+
+const cssVar = (name) => getComputedStyle(document.documentElement).getPropertyValue(name).trim();
+
+/** A time-series chart; `data` is [xs (unix seconds), ys]; `bars` draws bars instead of a line. */
+export function TimeChart({ data, label, bars = false, height = 220 }) {
+  const box = useRef(null);
+  const plot = useRef(null);
+  useEffect(() => {
+    const element = box.current;
+    const fg = cssVar("--fg");
+    const grid = cssVar("--line");
+    const accent = cssVar("--accent");
+    const axis = { stroke: fg, grid: { stroke: grid }, ticks: { stroke: grid } };
+    const series = {
+      label,
+      stroke: accent,
+      fill: bars ? accent : undefined,
+      width: bars ? 0 : 2,
+      points: { show: !bars, size: 5, fill: accent },
+    };
+    if (bars) series.paths = uPlot.paths.bars({ size: [0.7, 60] });
+    const options = {
+      width: Math.max(element.clientWidth, 200),
+      height,
+      legend: { show: false },
+      cursor: { show: true, drag: { x: false, y: false } },
+      scales: {
+        // Bars are centred on their day: half a day of margin keeps the first and last whole.
+        x: { time: true, range: (u, min, max) => (bars ? [min - 43200, max + 43200] : [min, max]) },
+        y: { range: (u, min, max) => [0, Math.max(1, max * 1.1)] },
+      },
+      axes: [axis, { ...axis, size: 50 }],
+      series: [{}, series],
+    };
+    plot.current = new uPlot(options, data, element);
+    const resize = new ResizeObserver(() =>
+      plot.current.setSize({ width: Math.max(element.clientWidth, 200), height }));
+    resize.observe(element);
+    return () => {
+      resize.disconnect();
+      plot.current.destroy();
+      plot.current = null;
+    };
+  }, [label, bars, height]);
+  useEffect(() => {
+    // New data redraws the same chart (a poll does not rebuild it).
+    if (plot.current && plot.current.data !== data) plot.current.setData(data);
+  }, [data]);
+  return html`<div class="chart" ref=${box} role="img" aria-label=${label}></div>`;
+}

@@ -1,0 +1,216 @@
+// Shared pieces of the views. Every stored value goes in as text, never as markup.
+import { html, useCallback, useEffect, useRef, useState } from "./lib.js";
+import { present } from "./messages.js";
+import { seg } from "./router.js";
+
+const pad = (n) => String(n).padStart(2, "0");
+
+/** A timestamp in the browser's time zone, YYYY-MM-DD HH:MM:SS. */
+export function localTime(iso) {
+  const d = new Date(iso);
+  if (Number.isNaN(d.getTime())) return String(iso);
+  return `${d.getFullYear()}-${pad(d.getMonth() + 1)}-${pad(d.getDate())} ${pad(d.getHours())}:${pad(d.getMinutes())}:${pad(d.getSeconds())}`;
+}
+
+/** The value of a datetime-local input for an RFC 3339 time, "" when there is none. */
+export function toLocalInput(iso) {
+  if (!iso) return "";
+  const d = new Date(iso);
+  if (Number.isNaN(d.getTime())) return "";
+  return localTime(iso).replace(" ", "T");
+}
+
+/** RFC 3339 (UTC) of a datetime-local input's value. */
+export function fromLocalInput(value) {
+  if (!value) return "";
+  const d = new Date(value);
+  return Number.isNaN(d.getTime()) ? value : d.toISOString();
+}
+
+export function Time({ value }) {
+  if (!value) return html`<span class="muted">—</span>`;
+  return html`<time datetime=${value} title=${value}>${localTime(value)}</time>`;
+}
+
+export function ago(iso) {
+  const seconds = Math.max(0, Math.round((Date.now() - new Date(iso).getTime()) / 1000));
+  return seconds < 90 ? `${seconds} s ago` : `${Math.round(seconds / 60)} min ago`;
+}
+
+export function duration(seconds) {
+  if (seconds === null || seconds === undefined) return "—";
+  if (seconds < 1) return "0 s";
+  if (seconds < 120) return `${Math.round(seconds)} s`;
+  if (seconds < 7200) return `${Math.round(seconds / 60)} min`;
+  return `${(seconds / 3600).toFixed(1)} h`;
+}
+
+/** Any JSON value as text (strings as they are). */
+export function asText(value) {
+  if (value === undefined) return "";
+  return typeof value === "string" ? value : JSON.stringify(value);
+}
+
+export function Json({ value, label }) {
+  return html`<pre aria-label=${label || null}>${JSON.stringify(value, null, 2)}</pre>`;
+}
+
+export function ErrorBox({ error }) {
+  if (!error) return null;
+  return html`<div class="alert" role="alert">${error.message || String(error)}</div>`;
+}
+
+export function Notice({ text }) {
+  return text ? html`<p class="notice" role="status">${text}</p>` : null;
+}
+
+export function Severity({ value }) {
+  return html`<span class=${`sev sev-${value}`}>${value}</span>`;
+}
+
+export function Outcome({ value }) {
+  return html`<span class=${value === "failure" ? "outcome-failure" : ""}>${value}</span>`;
+}
+
+export function Presentation({ item }) {
+  const { text, code, params } = present(item);
+  if (text !== null) return html`<span>${text}</span>`;
+  const shown = Object.keys(params).length ? ` ${JSON.stringify(params)}` : "";
+  return html`<span><code>${code}</code><span class="muted">${shown}</span></span>`;
+}
+
+export const entityPath = (entity) => `/console/entities/${seg(entity.type)}/${seg(entity.id)}`;
+export const actorPath = (actorId) => `/console/actors/${seg(actorId)}`;
+export const logPath = (id) => `/console/audit-logs/${seg(id)}`;
+
+export function Actor({ actor }) {
+  if (!actor) return html`<span class="muted">—</span>`;
+  return html`<a href=${actorPath(actor.id)} title=${`${actor.type} ${actor.id}`}>${actor.name || actor.id}</a>`;
+}
+
+export function EntityLink({ entity }) {
+  if (!entity || entity.type === undefined || entity.id === undefined) {
+    return html`<span class="muted">—</span>`;
+  }
+  return html`<a href=${entityPath(entity)}>${entity.type} ${entity.name || entity.id}</a>`;
+}
+
+/** Load data when `deps` change; {data, error, loading, reload}. */
+export function useAsync(load, deps) {
+  const [state, setState] = useState({ data: null, error: null, loading: true });
+  const generation = useRef(0);
+  const run = useCallback(async () => {
+    const mine = ++generation.current;
+    setState((s) => ({ ...s, loading: true, error: null }));
+    try {
+      const data = await load();
+      if (mine === generation.current) setState({ data, error: null, loading: false });
+    } catch (error) {
+      if (error.name === "AbortError") return;
+      if (mine === generation.current) setState({ data: null, error, loading: false });
+    }
+  }, deps);
+  useEffect(() => {
+    run();
+  }, [run]);
+  return { ...state, reload: run };
+}
+
+/** Run `fn` every `ms` while the tab is visible (and once at once). */
+export function useVisibleInterval(fn, ms) {
+  const saved = useRef(fn);
+  saved.current = fn;
+  useEffect(() => {
+    let timer = null;
+    const tick = () => saved.current();
+    const sync = () => {
+      clearInterval(timer);
+      timer = null;
+      if (!document.hidden) {
+        tick();
+        timer = setInterval(tick, ms);
+      }
+    };
+    sync();
+    document.addEventListener("visibilitychange", sync);
+    return () => {
+      clearInterval(timer);
+      document.removeEventListener("visibilitychange", sync);
+    };
+  }, [ms]);
+}
+
+function button(text, className) {
+  const element = document.createElement("button");
+  element.type = "button";
+  element.textContent = text;
+  if (className) element.className = className;
+  return element;
+}
+
+/** Ask before a change: a modal dialog; resolves true only on the confirm button. */
+export function confirmAction(message, { confirmLabel = "Confirm", danger = false } = {}) {
+  return new Promise((resolve) => {
+    const dialog = document.createElement("dialog");
+    const id = `confirm-${Date.now()}`;
+    dialog.setAttribute("aria-labelledby", id);
+    const text = document.createElement("p");
+    text.id = id;
+    text.textContent = message;
+    const bar = document.createElement("div");
+    bar.className = "toolbar";
+    const cancel = button("Cancel");
+    const ok = button(confirmLabel, danger ? "danger" : "primary");
+    bar.append(cancel, ok);
+    dialog.append(text, bar);
+    cancel.addEventListener("click", () => dialog.close("cancel"));
+    ok.addEventListener("click", () => dialog.close("ok"));
+    dialog.addEventListener("close", () => {
+      dialog.remove();
+      resolve(dialog.returnValue === "ok");
+    });
+    document.body.append(dialog);
+    dialog.showModal();
+    cancel.focus();
+  });
+}
+
+/** A mutation behind a confirmation: {run, busy, error, notice}. */
+export function useAction() {
+  const [state, setState] = useState({ busy: false, error: null, notice: "" });
+  const run = useCallback(async (question, act, options) => {
+    if (!(await confirmAction(question, options))) return null;
+    setState({ busy: true, error: null, notice: "" });
+    try {
+      const result = await act();
+      const notice = typeof result === "string" ? result : "";
+      setState({ busy: false, error: null, notice });
+      return result;
+    } catch (error) {
+      setState({ busy: false, error, notice: "" });
+      return null;
+    }
+  }, []);
+  return { ...state, run };
+}
+
+export function Field({ label, name, value, type = "text", list, placeholder, min, required }) {
+  const id = `f-${name}`;
+  return html`<label for=${id}><span>${label}</span>
+    <input id=${id} name=${name} type=${type} defaultValue=${value ?? ""} list=${list || null}
+      placeholder=${placeholder || null} min=${min ?? null} required=${required || null}
+      autocomplete="off" /></label>`;
+}
+
+/** A labelled select; `options` are [value, text] pairs ("" is "any"). */
+export function Select({ label, name, value, options }) {
+  const id = `f-${name}`;
+  return html`<label for=${id}><span>${label}</span>
+    <select id=${id} name=${name}>
+      ${options.map(([v, text]) => html`<option value=${v} selected=${v === (value || "")}>${text}</option>`)}
+    </select></label>`;
+}
+
+export function Loading({ when }) {
+  return when ? html`<p class="muted" role="status">Loading…</p>` : null;
+}

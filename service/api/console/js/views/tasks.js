@@ -1,0 +1,190 @@
+// Tasks: tabs per status with counts, detail with payload and failure, retry, bulk retry, cleanup.
+import { html, useEffect, useState } from "../lib.js";
+import { apiDocument, request } from "../api.js";
+import { navigate, seg } from "../router.js";
+import {
+  ErrorBox, Field, Json, Loading, Notice, Select, Time, fromLocalInput, useAction, useAsync,
+} from "../ui.js";
+
+const API = "/api/v1/admin/tasks";
+const STATUSES = [
+  ["queued", "Queued"], ["in_progress", "In progress"], ["retrying", "Retrying"],
+  ["failed", "Failed"], ["complete", "Complete"],
+];
+const taskPath = (id) => `/console/tasks/${seg(id)}`;
+
+function useCounts(generation) {
+  return useAsync(() => request("/api/v1/admin/queue/stats").then((s) => s.counts), [generation]);
+}
+
+function Tabs({ status, counts }) {
+  const tab = (value, text) => {
+    const href = value ? `/console/tasks?status=${value}` : "/console/tasks";
+    const count = value && counts ? ` (${counts[value].toLocaleString()})` : "";
+    return html`<a href=${href} aria-current=${status === value ? "page" : null}>${text}${count}</a>`;
+  };
+  return html`<nav class="tabs" aria-label="Task status">${tab("", "All")}${STATUSES.map(([v, t]) => tab(v, t))}</nav>`;
+}
+
+function TaskTable({ items }) {
+  if (!items.length) return html`<p class="muted">No tasks here.</p>`;
+  return html`<div class="table-wrap"><table>
+    <caption class="skip">Tasks</caption>
+    <thead><tr><th>Task</th><th>Status</th><th class="num">Attempts</th><th class="num">Events</th>
+      <th class="hide-narrow">Enqueued</th><th>Failure</th></tr></thead>
+    <tbody>${items.map((t) => html`<tr key=${t.id} data-id=${t.id}>
+      <td><a href=${taskPath(t.id)}><span class="mono">${t.id}</span></a><div class="muted">${t.presentation.title}</div></td>
+      <td>${t.status}</td>
+      <td class="num">${t.attempts} / ${t.max_attempts}</td>
+      <td class="num">${t.event_count}</td>
+      <td class="hide-narrow"><${Time} value=${t.enqueued_at} /></td>
+      <td class="wrap">${t.failure ? `${t.failure.error_name}: ${t.failure.message}` : ""}</td>
+    </tr>`)}</tbody></table></div>`;
+}
+
+function RetryFailed({ onDone }) {
+  const action = useAction();
+  const submit = async (event) => {
+    event.preventDefault();
+    const form = new FormData(event.currentTarget);
+    const filter = {};
+    for (const name of ["classification", "error_name"]) {
+      const v = String(form.get(name) || "").trim();
+      if (v) filter[name] = v;
+    }
+    for (const name of ["older_than", "newer_than"]) {
+      const v = fromLocalInput(String(form.get(name) || ""));
+      if (v) filter[name] = v;
+    }
+    const described = Object.keys(filter).length
+      ? Object.entries(filter).map(([k, v]) => `${k} ${v}`).join(", ") : "no filter: every failed task";
+    const result = await action.run(`Retry every failed task matching (${described})?`, async () => {
+      const done = await request(`${API}/retry-failed`, { method: "POST", body: filter });
+      return `${done.retried} failed task(s) queued again.`;
+    }, { confirmLabel: "Retry them" });
+    if (result) onDone();
+  };
+  return html`<details><summary>Retry every failed task matching a filter</summary>
+    <form class="inline" onSubmit=${submit} aria-label="Retry failed tasks">
+      <${Select} label="Classification" name="classification" value=""
+        options=${[["", "any"], ["data", "data"], ["unknown", "unknown"], ["invalid", "invalid"]]} />
+      <${Field} label="Error name" name="error_name" />
+      <${Field} label="Failed before" name="older_than" type="datetime-local" />
+      <${Field} label="Failed after" name="newer_than" type="datetime-local" />
+      <button type="submit" class="primary" disabled=${action.busy}>Retry matching</button>
+    </form>
+    <${ErrorBox} error=${action.error} /><${Notice} text=${action.notice} />
+  </details>`;
+}
+
+function Cleanup({ onDone }) {
+  const action = useAction();
+  const [defaults, setDefaults] = useState(null);
+  useEffect(() => {
+    apiDocument().then((doc) => {
+      const props = doc.components?.schemas?.CleanupPolicy?.properties || {};
+      setDefaults({
+        complete_older_than_days: props.complete_older_than_days?.default ?? 365,
+        failed_older_than_days: props.failed_older_than_days?.default ?? 90,
+        keep_recent_failed: props.keep_recent_failed?.default ?? 100,
+      });
+    });
+  }, []);
+  if (!defaults) return null;
+  const submit = async (event) => {
+    event.preventDefault();
+    const form = new FormData(event.currentTarget);
+    const policy = {};
+    for (const name of Object.keys(defaults)) policy[name] = Number(form.get(name));
+    const result = await action.run(
+      `Delete complete tasks older than ${policy.complete_older_than_days} days and failed tasks older than ${policy.failed_older_than_days} days, keeping the ${policy.keep_recent_failed} most recent failures?`,
+      async () => {
+        const done = await request(`${API}/cleanup`, { method: "POST", body: policy });
+        return `Deleted ${done.deleted.complete} complete and ${done.deleted.failed} failed task(s).`;
+      }, { confirmLabel: "Delete", danger: true });
+    if (result) onDone();
+  };
+  return html`<details><summary>Clean up old tasks</summary>
+    <p class="muted">Policy defaults: complete tasks kept ${defaults.complete_older_than_days} days, failed ones ${defaults.failed_older_than_days} days, the ${defaults.keep_recent_failed} most recent failures always kept.</p>
+    <form class="inline" onSubmit=${submit} aria-label="Clean up tasks">
+      <${Field} label="Complete older than (days)" name="complete_older_than_days" type="number" min="0" value=${defaults.complete_older_than_days} required=${true} />
+      <${Field} label="Failed older than (days)" name="failed_older_than_days" type="number" min="0" value=${defaults.failed_older_than_days} required=${true} />
+      <${Field} label="Keep recent failed" name="keep_recent_failed" type="number" min="0" value=${defaults.keep_recent_failed} required=${true} />
+      <button type="submit" class="danger" disabled=${action.busy}>Clean up</button>
+    </form>
+    <${ErrorBox} error=${action.error} /><${Notice} text=${action.notice} />
+  </details>`;
+}
+
+export function TasksView({ location, who }) {
+  const status = location.query.get("status") || "";
+  const kind = location.query.get("kind") || "";
+  const [generation, setGeneration] = useState(0);
+  const counts = useCounts(generation);
+  const [pages, setPages] = useState({ items: [], cursor: null, loading: true, error: null });
+  const load = async (cursor) => {
+    const q = new URLSearchParams();
+    if (status) q.set("status", status);
+    if (kind) q.set("kind", kind);
+    if (cursor) q.set("cursor", cursor);
+    setPages((p) => ({ ...p, loading: true, error: null }));
+    try {
+      const page = await request(API, { query: q });
+      setPages((p) => ({ items: cursor ? [...p.items, ...page.items] : page.items, cursor: page.next_cursor, loading: false, error: null }));
+    } catch (error) {
+      setPages((p) => ({ ...p, loading: false, error }));
+    }
+  };
+  useEffect(() => { load(null); }, [status, kind, generation]);
+  const refresh = () => setGeneration((n) => n + 1);
+  const admin = who.role === "admin";
+  return html`<h1>Tasks</h1>
+    <${Tabs} status=${status} counts=${counts.data} />
+    <${ErrorBox} error=${counts.error} />
+    ${admin ? html`<div class="panels">${status === "failed" || status === "" ? html`<${RetryFailed} onDone=${refresh} />` : null}<${Cleanup} onDone=${refresh} /></div>` : null}
+    <${ErrorBox} error=${pages.error} /><${Loading} when=${pages.loading} />
+    <${TaskTable} items=${pages.items} />
+    ${pages.cursor ? html`<div class="toolbar"><button type="button" onClick=${() => load(pages.cursor)}>More</button></div>` : null}`;
+}
+
+export function TaskView({ params, who }) {
+  const [id] = params;
+  const { data: task, error, loading, reload } = useAsync(() => request(`${API}/${seg(id)}`), [id]);
+  const action = useAction();
+  const retry = () => action.run(`Retry task ${id}? Its ${task.event_count} event(s) are queued again under the same id.`, async () => {
+    await request(`${API}/${seg(id)}/retry`, { method: "POST" });
+    reload();
+    return "The task is queued again; a worker will pick it up shortly.";
+  }, { confirmLabel: "Retry" });
+  return html`<h1>Task <span class="mono">${id}</span></h1>
+    <p><a href="/console/tasks">All tasks</a> · <a href=${`/console/tasks?status=failed`}>Failed tasks</a></p>
+    <${ErrorBox} error=${error} /><${Loading} when=${loading} />
+    <${ErrorBox} error=${action.error} /><${Notice} text=${action.notice} />
+    ${task ? html`
+      <p><strong>${task.presentation.title}</strong> — ${task.presentation.status_message}</p>
+      <p class="muted">${task.presentation.detail_message}</p>
+      ${who.role === "admin" && task.status === "failed"
+        ? html`<div class="toolbar"><button type="button" class="primary" onClick=${retry} disabled=${action.busy}>Retry this task</button></div>` : null}
+      <div class="grid2">
+        <section aria-labelledby="h-task"><h2 id="h-task">Task</h2>
+          <dl class="fields">
+            <dt>Status</dt><dd>${task.status}</dd>
+            <dt>Kind</dt><dd>${task.kind}</dd>
+            <dt>Attempts</dt><dd>${task.attempts} of ${task.max_attempts}</dd>
+            <dt>Events</dt><dd>${task.event_count}</dd>
+            <dt>Enqueued</dt><dd><${Time} value=${task.enqueued_at} /></dd>
+            <dt>Started</dt><dd><${Time} value=${task.started_at} /></dd>
+            <dt>Finished</dt><dd><${Time} value=${task.finished_at} /></dd>
+            <dt>Next attempt</dt><dd><${Time} value=${task.next_attempt_at} /></dd>
+          </dl>
+        </section>
+        <section aria-labelledby="h-failure"><h2 id="h-failure">Failure</h2>
+          ${task.failure ? html`<dl class="fields">
+            <dt>Error</dt><dd><code>${task.failure.error_name}</code></dd>
+            <dt>Classification</dt><dd>${task.failure.classification}</dd>
+            <dt>Message</dt><dd>${task.failure.message}</dd>
+          </dl>` : html`<p class="muted">None.</p>`}
+        </section>
+      </div>
+      <section aria-labelledby="h-payload"><h2 id="h-payload">Payload (redacted)</h2><${Json} value=${task.payload} label="Payload" /></section>` : null}`;
+}

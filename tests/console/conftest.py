@@ -1,0 +1,286 @@
+"""One real app (API + worker) on a TCP port and one Chromium for the console's browser tests."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import random
+import shutil
+import tempfile
+import uuid
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import asyncpg
+import msgspec
+import pytest
+from aiohttp import web
+
+from service.api.app import create_app
+from service.cli.demo import demo_event
+from service.events import Actor, AuditEvent, Change, Entity, Presentation, RequestInfo
+from service.producer.client import AuditClient
+from service.settings import Settings
+from service.store import db
+from service.store.tokens import create_token
+from tests.conftest import Servers, count_rows, running_worker, wait_for
+
+# Debian's package; AUDITQ_CHROMIUM names another build (never one of `playwright install`).
+CHROMIUM = Path(os.environ.get("AUDITQ_CHROMIUM", "/usr/bin/chromium"))
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+AXE = Path(__file__).with_name("axe.min.js")
+# AUDITQ_CONSOLE_SCREENSHOTS=docs/console: the tests also save a screenshot of each view.
+SCREENSHOTS = os.environ.get("AUDITQ_CONSOLE_SCREENSHOTS")
+XSS_SCRIPT = "<script>window.__xss = 'script'</script>"
+XSS_IMG = "<img src=x onerror=\"window.__xss = 'img'\">"
+if SCREENSHOTS:
+    Path(SCREENSHOTS).mkdir(parents=True, exist_ok=True)
+DEMO_EVENTS = 240  # spread over two weeks: the statistics and lists have something to show
+
+
+@pytest.fixture(scope="session")
+def chromium() -> Path:
+    """The browser, or a skip (a failure when CI_REQUIRE_BROWSER=1) before any server starts."""
+    if CHROMIUM.exists():
+        return CHROMIUM
+    reason = f"{CHROMIUM} is missing: install Debian's chromium to run the console's browser tests"
+    if os.environ.get("CI_REQUIRE_BROWSER") == "1":
+        pytest.fail(reason, pytrace=False)
+    pytest.skip(reason)
+
+
+@dataclasses.dataclass
+class Stack:
+    """The running app and what the tests seeded into it."""
+
+    url: str
+    settings: Settings
+    admin_token: str
+    reader_token: str
+    diff_event_id: str
+    xss_event_id: str
+    entity: tuple[str, str]
+
+    async def capture(self, event: AuditEvent) -> str:
+        async with AuditClient.from_settings(self.settings) as client:
+            event_id = await client.capture(event)
+        assert event_id is not None
+        return event_id
+
+    async def stored(self, sql: str, *args: Any) -> int:
+        assert self.settings.database_url
+        conn = await asyncpg.connect(self.settings.database_url)
+        try:
+            n: int = await conn.fetchval(sql, *args)
+            return n
+        finally:
+            await conn.close()
+
+
+def _seed_events() -> tuple[list[AuditEvent], AuditEvent, AuditEvent]:
+    rng = random.Random(17)
+    now = datetime.now(UTC)
+    events = [
+        msgspec.structs.replace(
+            demo_event(rng), ts=now - timedelta(days=rng.random() * 13, minutes=1)
+        )
+        for _ in range(DEMO_EVENTS)
+    ]
+    project = Entity(type="project", id="p-console", name="Apollo")
+    ada = Actor(id="u-ada", type="user", name="Ada Lovelace", email="ada@example.com")
+    history = [
+        AuditEvent(
+            action="project.created",
+            ts=now - timedelta(hours=3),
+            severity="notice",
+            actor=ada,
+            entity=project,
+            tenant="acme",
+        ),
+        AuditEvent(
+            action="project.settings.updated",
+            ts=now - timedelta(hours=2),
+            actor=ada,
+            entity=project,
+            tenant="acme",
+            changes=[
+                Change(field="visibility", old="private", new="public"),
+                Change(field="retention_days", old=30, new=90),
+            ],
+            request=RequestInfo(
+                id="req-console-1", ip="203.0.113.9", user_agent="Firefox", method="PATCH"
+            ),
+        ),
+    ]
+    xss = AuditEvent(
+        action="xss.attempt",
+        ts=now - timedelta(days=5),  # off the first page: the README's screenshot shows others
+        severity="critical",
+        actor=Actor(id="u-xss", type="user", name=XSS_IMG, email="x@example.com"),
+        entity=Entity(type="note", id="n-xss", name=XSS_SCRIPT),
+        tenant=XSS_SCRIPT,
+        changes=[Change(field="body", old=XSS_SCRIPT, new=XSS_IMG)],
+        metadata={"html": XSS_IMG},
+        presentation=Presentation(code="audit.xss.attempt", params={"p": XSS_SCRIPT}),
+    )
+    return [*events, *history], history[1], xss
+
+
+@pytest.fixture(scope="module")
+async def stack(chromium: Path, servers: Servers, template_db: str) -> AsyncIterator[Stack]:
+    """The API and a worker on real servers, a TCP port, tokens and seeded events."""
+    name = f"auditq_test_{uuid.uuid4().hex[:12]}"
+    admin = await asyncpg.connect(servers.postgres_url)
+    await admin.execute(f'CREATE DATABASE "{name}" TEMPLATE "{template_db}"')
+    data_dir = Path(tempfile.mkdtemp(prefix="auditq-console-"))
+    settings = Settings(
+        redis_url=servers.redis_url,
+        database_url=servers.database_url(name),
+        data_dir=data_dir,
+        queue=f"test-{uuid.uuid4().hex[:12]}",
+        job_timeout_s=20.0,
+    )
+    conn = await db.connect(servers.database_url(name))
+    admin_token = await create_token(conn, name="console-admin", role="admin")
+    reader_token = await create_token(conn, name="console-reader", role="reader")
+    await conn.close()
+    runner = web.AppRunner(create_app(settings))
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    host, port = runner.addresses[0][:2]
+    try:
+        async with running_worker(settings):
+            events, diff, xss = _seed_events()
+            async with AuditClient.from_settings(settings) as client:
+                for event in [*events, xss]:
+                    assert await client.capture(event) is not None
+            assert settings.database_url
+            database_url = settings.database_url
+
+            async def all_stored() -> bool:
+                return await count_rows(database_url) >= len(events) + 1
+
+            await wait_for(all_stored)
+            conn = await asyncpg.connect(database_url)
+            diff_id = await conn.fetchval(
+                "SELECT id::text FROM audit_log WHERE action = $1 AND entity_id = 'p-console'",
+                diff.action,
+            )
+            xss_id = await conn.fetchval(
+                "SELECT id::text FROM audit_log WHERE action = 'xss.attempt'"
+            )
+            await conn.close()
+            yield Stack(
+                url=f"http://{host}:{port}",
+                settings=settings,
+                admin_token=admin_token,
+                reader_token=reader_token,
+                diff_event_id=diff_id,
+                xss_event_id=xss_id,
+                entity=("project", "p-console"),
+            )
+    finally:
+        await runner.cleanup()
+        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        await admin.close()
+        shutil.rmtree(data_dir, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+async def browser(chromium: Path, stack: Stack) -> AsyncIterator[Any]:
+    """One headless Chromium for the module (Debian's; `playwright install` is never run)."""
+    from playwright.async_api import async_playwright
+
+    async with async_playwright() as playwright:
+        chromium = await playwright.chromium.launch(
+            executable_path=str(chromium), args=CHROMIUM_ARGS
+        )
+        yield chromium
+        await chromium.close()
+
+
+@dataclasses.dataclass
+class Tab:
+    """A browser tab of its own context, and what it did that a test must not see."""
+
+    page: Any
+    stack: Stack
+    console_errors: list[str] = dataclasses.field(default_factory=list)
+    foreign_requests: list[str] = dataclasses.field(default_factory=list)
+    allowed_errors: list[str] = dataclasses.field(default_factory=list)
+
+    async def open(self, path: str) -> None:
+        await self.page.goto(self.stack.url + path)
+
+    async def sign_in(self, token: str | None = None, path: str = "/console/") -> None:
+        if path:
+            await self.open(path)
+        await self.page.get_by_label("API token").fill(token or self.stack.admin_token)
+        await self.page.get_by_role("button", name="Sign in").click()
+        await self.page.get_by_role("button", name="Sign out").wait_for()
+
+    async def shot(self, name: str, *, settle_ms: int = 300) -> None:
+        """Save a screenshot when AUDITQ_CONSOLE_SCREENSHOTS names a directory."""
+        if SCREENSHOTS:
+            await self.page.wait_for_timeout(settle_ms)  # charts settle after their first frame
+            await self.page.screenshot(path=str(Path(SCREENSHOTS) / f"{name}.png"))
+
+
+def _watch(tab: Tab, origin: str) -> None:
+    """Record the tab's console errors and every request that leaves `origin`."""
+
+    def on_console(message: Any) -> None:
+        if message.type == "error":
+            tab.console_errors.append(message.text)
+
+    def on_request(request: Any) -> None:
+        parts = urlsplit(request.url)
+        if parts.scheme not in ("blob", "data") and f"{parts.scheme}://{parts.netloc}" != origin:
+            tab.foreign_requests.append(request.url)
+
+    tab.page.on("console", on_console)
+    tab.page.on("pageerror", lambda error: tab.console_errors.append(f"page error: {error}"))
+    tab.page.on("request", on_request)
+
+
+async def _tab(browser: Any, stack: Stack, **context: Any) -> AsyncIterator[Tab]:
+    ctx = await browser.new_context(accept_downloads=True, **context)
+    tab = Tab(page=await ctx.new_page(), stack=stack)
+    _watch(tab, stack.url)
+    yield tab
+    await ctx.close()
+    unexpected = [e for e in tab.console_errors if not any(a in e for a in tab.allowed_errors)]
+    assert not unexpected, unexpected
+    assert not tab.foreign_requests, tab.foreign_requests
+
+
+@pytest.fixture
+async def tab(browser: Any, stack: Stack) -> AsyncIterator[Tab]:
+    """A fresh tab (own session storage); fails the test on a console error or a foreign request."""
+    async for opened in _tab(browser, stack, viewport={"width": 1280, "height": 800}):
+        yield opened
+
+
+@pytest.fixture
+async def phone(browser: Any, stack: Stack) -> AsyncIterator[Tab]:
+    """The same, 390 px wide, as a phone."""
+    viewport = {"width": 390, "height": 844}
+    async for opened in _tab(browser, stack, viewport=viewport, is_mobile=True, has_touch=True):
+        yield opened
+
+
+def axe_source() -> str:
+    return AXE.read_text(encoding="utf-8")
