@@ -18,7 +18,7 @@ from typing import Any
 import msgspec
 from aiohttp import web
 
-from service import auth, db, logs, task_commands
+from service import auth, cli_verify, db, logs, task_commands
 from service.errors import AuditqError, ConfigError
 from service.settings import Settings
 
@@ -348,6 +348,7 @@ def _parser() -> argparse.ArgumentParser:
     revoke.set_defaults(command=cmd_tokens_revoke)
     revoke.add_argument("name", type=_token_name)
     task_commands.add_parsers(sub)  # stats, tasks list|show|retry|cleanup
+    cli_verify.add_parsers(sub)  # verify, integrity public-key
     return parser
 
 

@@ -47,6 +47,13 @@ class Settings:
     retention_days: int | None = None
     partitions_ahead_months: int = 3
 
+    # Integrity (docs/integrity.md). The worker's role may differ from the API's (.auditq/env).
+    worker_database_url: str | None = None  # None: database_url
+    seal_interval_s: float = 10.0
+    seal_key_file: Path | None = None  # None: <data_dir>/seal-key
+    sealing: bool = True  # AUDITQ_SEAL=off: this worker makes no checkpoints (benchmarks)
+    max_future_s: float = 300.0
+
     @classmethod
     def from_env(
         cls, environ: Mapping[str, str] | None = None, *, published: bool = True
@@ -67,6 +74,7 @@ class Settings:
         extra = env.get("AUDITQ_REDACT_EXTRA_KEYS", "")
         spool = env.get("AUDITQ_SPOOL_DIR", "").strip()
         spool_disabled = spool.lower() == "off"
+        key_file = env.get("AUDITQ_SEAL_KEY_FILE", "").strip()
         return cls(
             redis_url=url("AUDITQ_REDIS_URL"),
             database_url=url("AUDITQ_DATABASE_URL"),
@@ -93,6 +101,11 @@ class Settings:
             dead_letter_ttl_days=_req_int(env, "AUDITQ_DEAD_LETTER_TTL_DAYS", 90, minimum=1),
             retention_days=retention,
             partitions_ahead_months=_req_int(env, "AUDITQ_PARTITIONS_AHEAD_MONTHS", 3, minimum=1),
+            worker_database_url=url("AUDITQ_WORKER_DATABASE_URL"),
+            seal_interval_s=_float(env, "AUDITQ_SEAL_INTERVAL_S", 10.0),
+            seal_key_file=Path(key_file) if key_file else None,
+            sealing=env.get("AUDITQ_SEAL", "on").strip().lower() != "off",
+            max_future_s=_float(env, "AUDITQ_MAX_FUTURE_S", 300.0),
         )
 
     def with_server_spool(self) -> Settings:
@@ -100,6 +113,16 @@ class Settings:
         if self.spool_disabled:
             return dataclasses.replace(self, spool_dir=None)
         return dataclasses.replace(self, spool_dir=self.spool_dir or self.data_dir / "spool")
+
+    @property
+    def seal_key_path(self) -> Path:
+        """The Ed25519 private key the sealer signs checkpoints with."""
+        return self.seal_key_file or self.data_dir / "seal-key"
+
+    @property
+    def worker_url(self) -> str | None:
+        """The URL the worker connects as (its own role when set)."""
+        return self.worker_database_url or self.database_url
 
     @property
     def env_file(self) -> Path:

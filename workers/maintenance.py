@@ -13,6 +13,10 @@ from workers.writer import write_events
 
 logger = logging.getLogger(__name__)
 
+# A SECURITY DEFINER function (schema.sql): it records what it dropped for `auditq verify`.
+DROP_PARTITION = "SELECT auditq_drop_partition($1, $2)"
+ROWS_DROPPED = "SELECT (detail->>'rows')::bigint FROM store_action WHERE id = $1"
+
 
 async def drop_expired_partitions(
     conn: asyncpg.Connection, *, retention_days: int, now: datetime | None = None
@@ -29,8 +33,8 @@ async def drop_expired_partitions(
         if month_start(month, 1) > cutoff:
             continue
         async with conn.transaction():
-            rows = await conn.fetchval(f"SELECT count(*) FROM {name}")
-            await conn.execute(f"DROP TABLE {name}")
+            action_id = await conn.fetchval(DROP_PARTITION, name, retention_days)
+            rows = await conn.fetchval(ROWS_DROPPED, action_id)
             event, _ = finalize(
                 AuditEvent(
                     action="audit.partition_dropped",
@@ -40,6 +44,7 @@ async def drop_expired_partitions(
                         "rows": rows,
                         "retention_days": retention_days,
                         "month": month.isoformat(),
+                        "store_action": action_id,
                     },
                     source="auditq-worker",
                 )

@@ -43,7 +43,8 @@ from service.partitions import ensure_partitions
 from service.queue import JOB_FUNCTION, deserialize_job, serialize_job
 from service.redaction import redact_sensitive_in_string
 from service.settings import Settings
-from workers import heartbeat, maintenance
+from service.integrity.keys import load_or_create_private_key
+from workers import heartbeat, maintenance, sealer
 from workers.retry import (
     ARQ_MAX_TRIES,
     DEFER_WHILE_OPEN,
@@ -94,6 +95,7 @@ class WorkerState:
     worker_id: str = dataclasses.field(default_factory=heartbeat.new_worker_id)
     _probe: asyncio.Task[None] | None = None
     _heartbeat: asyncio.Task[None] | None = None
+    _sealer: asyncio.Task[None] | None = None
 
     def trip(self, exc: BaseException) -> None:
         """Open the breaker: stop taking jobs and probe the database until it answers."""
@@ -107,7 +109,7 @@ class WorkerState:
         while self.breaker.is_open:
             await asyncio.sleep(self.breaker.next_pause())
             try:
-                conn = await asyncpg.connect(self.settings.database_url, timeout=2)
+                conn = await asyncpg.connect(self.settings.worker_url, timeout=2)
                 await conn.close()
             except Exception as exc:  # every failure means "still down"
                 logger.debug("database probe failed: %s", type(exc).__name__)
@@ -373,8 +375,8 @@ async def maintain(ctx: dict[str, Any]) -> None:
 async def _startup(ctx: dict[str, Any]) -> None:
     state: WorkerState = ctx[STATE]
     state.redis = ctx["redis"]
-    assert state.settings.database_url is not None
-    state.pool = await db.create_pool(state.settings.database_url, size=state.settings.db_pool_size)
+    assert state.settings.worker_url is not None
+    state.pool = await db.create_pool(state.settings.worker_url, size=state.settings.db_pool_size)
     # Before the first job: a month's rows must never land in the default partition while
     # that month's own partition is about to be made (the key is unique per partition).
     async with state.pool.acquire() as conn:
@@ -382,12 +384,22 @@ async def _startup(ctx: dict[str, Any]) -> None:
     state._heartbeat = asyncio.get_running_loop().create_task(
         heartbeat.run(state, worker_id=state.worker_id), name="auditq-heartbeat"
     )
+    if state.settings.sealing:  # integrity checkpoints (docs/integrity.md)
+        key = load_or_create_private_key(state.settings.seal_key_path)
+        state._sealer = asyncio.get_running_loop().create_task(
+            sealer.run(state.pool, key, interval_s=state.settings.seal_interval_s),
+            name="auditq-sealer",
+        )
 
 
 async def _shutdown(ctx: dict[str, Any]) -> None:
     state: WorkerState = ctx[STATE]
     if state._probe is not None:
         state._probe.cancel()
+    if state._sealer is not None:
+        state._sealer.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await state._sealer
     if state._heartbeat is not None:
         state._heartbeat.cancel()
         with contextlib.suppress(asyncio.CancelledError):
