@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator
 import redis.asyncio as aioredis
 from aiohttp import web
 
-from service import audit_logs, db, ingest, metrics, openapi, tasks_api
+from service import audit_logs, db, ingest, integrity_api, metrics, openapi, tasks_api
 from service.auth import auth_middleware
 from service.client import AuditClient
 from service.http import error_middleware, error_response
@@ -65,6 +65,7 @@ ROUTES = [
     # Tasks and queue stats, HTTP ingest, metrics, and the OpenAPI document of all of these.
     *tasks_api.ROUTES,
     *ingest.ROUTES,
+    *integrity_api.ROUTES,
     *metrics.ROUTES,
     *openapi.ROUTES,
 ]
@@ -98,7 +99,9 @@ def create_app(settings: Settings) -> web.Application:
         client_max_size=MAX_BODY_BYTES, middlewares=[error_middleware, auth_middleware(POOL)]
     )
     app[SETTINGS] = settings
-    app.cleanup_ctx.extend([_postgres, _redis, _client, audit_logs.audit_log_context])
+    app.cleanup_ctx.extend(
+        [_postgres, _redis, _client, audit_logs.audit_log_context, integrity_api.integrity_context]
+    )
     app.on_shutdown.append(audit_logs.stop_streams)
     app.add_routes(ROUTES)
     return app

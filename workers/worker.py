@@ -29,6 +29,7 @@ from service.events import (
     derived_event_id,
     finalize,
 )
+from service.integrity.keys import load_or_create_private_key
 from service.keys import (
     COMPLETE_MAXLEN,
     EVENTS_DEAD_LETTERED,
@@ -43,7 +44,6 @@ from service.partitions import ensure_partitions
 from service.queue import JOB_FUNCTION, deserialize_job, serialize_job
 from service.redaction import redact_sensitive_in_string
 from service.settings import Settings
-from service.integrity.keys import load_or_create_private_key
 from workers import heartbeat, maintenance, sealer
 from workers.retry import (
     ARQ_MAX_TRIES,

@@ -141,6 +141,13 @@ class _Verifier:
         self.action_at: dict[int, datetime] = {}
         self.retention_starts: list[int] = []
         self.retention_ends: list[int] = []
+        # The row merge: checkpoints by where their seq span starts, the next one to read,
+        # a heap of (next entry, checkpoint, rest of its entries), the last entry matched.
+        self.pending_metas: list[_Meta] = []
+        self.next_meta = 0
+        self.heap: list[tuple[bytes, int, Iterator[bytes]]] = []
+        self.last_match: tuple[bytes, int] | None = None
+        self.replacements: dict[int, list[tuple[int, bytes, bytes]]] = {}
 
     def finding(self, line: str) -> None:
         self.report.findings += 1
@@ -220,7 +227,9 @@ class _Verifier:
             sealed = self.action_entries.pop(action_id, None)
             if sealed is None:
                 if a["at"] < self.old_before and self._in_window(a["at"]):
-                    self.finding(f"action {action_id} ({a['action']}) not covered by any checkpoint")
+                    self.finding(
+                        f"action {action_id} ({a['action']}) not covered by any checkpoint"
+                    )
                 else:
                     self.report.awaiting_seal += 1
                 continue
@@ -256,81 +265,82 @@ class _Verifier:
         return index >= 0 and seq < self.retention_ends[index]
 
     async def _rows(self) -> None:
-        metas = sorted(self.metas, key=lambda m: m.seq_min or 0)
-        windowed = self.since is not None or self.until is not None
-        lo = min((m.seq_min for m in metas if m.seq_min is not None), default=None)
-        hi = max((m.seq_max for m in metas if m.seq_max is not None), default=None)
+        self.pending_metas = sorted(self.metas, key=lambda m: m.seq_min or 0)
+        lo = min((m.seq_min for m in self.metas if m.seq_min is not None), default=None)
+        hi = max((m.seq_max for m in self.metas if m.seq_max is not None), default=None)
         row_lo = lo if self.since is not None else None
         row_hi = hi if self.until is not None else None
-        if windowed and not metas and self.until is not None:
+        if self.until is not None and not self.metas:
             return
-        replacements = await self._replacements(row_lo, row_hi)
-        heap: list[tuple[bytes, int, Iterator[bytes]]] = []  # (entry, checkpoint, rest)
-        next_meta = 0
-        last_match: tuple[bytes, int] | None = None
-
-        async def load_until(seq: int) -> None:
-            nonlocal next_meta
-            while next_meta < len(metas) and (metas[next_meta].seq_min or 0) <= seq:
-                meta = metas[next_meta]
-                next_meta += 1
-                blob = bytes(await self.conn.fetchval(CHECKPOINT_ROWS, meta.n))
-                if hashlib.sha256(blob).digest() != meta.rows_hash:
-                    self.finding(f"checkpoint {meta.n} altered: its entries changed while read")
-                entries = iter_entries(blob)
-                first = next(entries, None)
-                if first is not None:
-                    heapq.heappush(heap, (first, meta.n, entries))
-
-        def missing(entry: bytes, n: int) -> None:
-            seq = int.from_bytes(entry[:8], "big")
-            if last_match is not None and entry == last_match[0]:
-                self.finding(
-                    f"row {_row_id(entry)} sealed twice (checkpoints {last_match[1]} and {n})"
-                )
-            elif self._retention_removed(seq):
-                self.report.removed_by_retention += 1
-            else:
-                self.finding(f"row {_row_id(entry)} missing (checkpoint {n})")
-
-        def advance(top: tuple[bytes, int, Iterator[bytes]]) -> None:
-            following = next(top[2], None)
-            if following is None:
-                heapq.heappop(heap)
-            else:
-                heapq.heapreplace(heap, (following, top[1], top[2]))
-
+        self.replacements = await self._replacements(row_lo, row_hi)
         cursor = self.conn.cursor(ROWS, row_lo, row_hi, prefetch=ROW_PREFETCH)
         async for (record,) in cursor:
             self.report.rows += 1
-            view = memoryview(record)
-            entry = row_entry(view)
-            key = entry[:8]
-            seq = int.from_bytes(key, "big")
-            if next_meta < len(metas) and (metas[next_meta].seq_min or 0) <= seq:
-                await load_until(seq)
-            while heap and heap[0][0][:8] < key:
-                top = heap[0]
-                missing(top[0], top[1])
-                advance(top)
-            if heap and heap[0][0][:8] == key:
-                top = heap[0]
-                expected, n = top[0], top[1]
-                advance(top)
-                last_match = (expected, n)
-                if expected != entry:
-                    self._changed(entry, expected, n, replacements.get(seq))
-                continue
-            stored_at = _stored_at(view)
-            if stored_at < self.old_before and self._in_window(stored_at):
-                self.finding(f"row {_row_id(entry)} not covered by any checkpoint")
-            else:
-                self.report.awaiting_seal += 1
-        await load_until(hi if hi is not None else 0)
-        while heap:
-            top = heap[0]
-            missing(top[0], top[1])
-            advance(top)
+            await self._row(memoryview(record))
+        await self._load_until(hi if hi is not None else 0)
+        while self.heap:
+            self._missing(*self.heap[0][:2])
+            self._advance()
+
+    async def _row(self, view: memoryview) -> None:
+        """Merge one row (in seq order) with the entries of the checkpoints."""
+        entry = row_entry(view)
+        key = entry[:8]
+        seq = int.from_bytes(key, "big")
+        pending = self.pending_metas
+        if self.next_meta < len(pending) and (pending[self.next_meta].seq_min or 0) <= seq:
+            await self._load_until(seq)
+        heap = self.heap
+        while heap and heap[0][0][:8] < key:
+            self._missing(*heap[0][:2])
+            self._advance()
+        if heap and heap[0][0][:8] == key:
+            expected, n = heap[0][:2]
+            self._advance()
+            self.last_match = (expected, n)
+            if expected != entry:
+                self._changed(entry, expected, n, self.replacements.get(seq))
+            return
+        stored_at = _stored_at(view)
+        if stored_at < self.old_before and self._in_window(stored_at):
+            self.finding(f"row {_row_id(entry)} not covered by any checkpoint")
+        else:
+            self.report.awaiting_seal += 1
+
+    async def _load_until(self, seq: int) -> None:
+        """Read the entries of every checkpoint whose span starts at or before `seq`."""
+        pending = self.pending_metas
+        while self.next_meta < len(pending) and (pending[self.next_meta].seq_min or 0) <= seq:
+            meta = pending[self.next_meta]
+            self.next_meta += 1
+            blob = bytes(await self.conn.fetchval(CHECKPOINT_ROWS, meta.n))
+            if hashlib.sha256(blob).digest() != meta.rows_hash:
+                self.finding(f"checkpoint {meta.n} altered: its entries changed while read")
+            entries = iter_entries(blob)
+            first = next(entries, None)
+            if first is not None:
+                heapq.heappush(self.heap, (first, meta.n, entries))
+
+    def _advance(self) -> None:
+        """Move the checkpoint at the top of the heap to its next entry."""
+        top = self.heap[0]
+        following = next(top[2], None)
+        if following is None:
+            heapq.heappop(self.heap)
+        else:
+            heapq.heapreplace(self.heap, (following, top[1], top[2]))
+
+    def _missing(self, entry: bytes, n: int) -> None:
+        """An entry no row matched: sealed twice, removed by retention, or missing."""
+        seq = int.from_bytes(entry[:8], "big")
+        if self.last_match is not None and entry == self.last_match[0]:
+            self.finding(
+                f"row {_row_id(entry)} sealed twice (checkpoints {self.last_match[1]} and {n})"
+            )
+        elif self._retention_removed(seq):
+            self.report.removed_by_retention += 1
+        else:
+            self.finding(f"row {_row_id(entry)} missing (checkpoint {n})")
 
     async def _replacements(
         self, lo: int | None, hi: int | None

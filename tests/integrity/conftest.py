@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import secrets
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
@@ -52,8 +52,6 @@ async def seal_all(pg: asyncpg.Connection, key: Ed25519PrivateKey) -> int:
     return made
 
 
-
-
 async def run_verify(
     pg: asyncpg.Connection, key: Ed25519PrivateKey, **kwargs: object
 ) -> tuple[Report, list[str]]:
@@ -75,7 +73,9 @@ def role_password() -> str:
 
 
 @pytest.fixture
-async def role_urls(pg: asyncpg.Connection, database_url: str, role_password: str) -> dict[str, str]:
+async def role_urls(
+    pg: asyncpg.Connection, database_url: str, role_password: str
+) -> dict[str, str]:
     """Login URLs of the runtime roles for this test's database (a password set for the run)."""
     for role in RUNTIME_ROLES:
         await pg.execute(f"ALTER ROLE {role} LOGIN PASSWORD '{role_password}'")

@@ -13,8 +13,10 @@ BYPASSES = [
     ("update a row", ["UPDATE audit_log SET action = 'x.y'"]),
     ("delete a row", ["DELETE FROM audit_log"]),
     ("truncate", ["TRUNCATE audit_log"]),
-    ("the old maintenance escape", ["SET LOCAL auditq.maintenance = 'on'", "DELETE FROM audit_log"]),
-    ("the erasure flag", ["SET LOCAL auditq.erasing = '1'", "UPDATE audit_log SET action = 'x.y'"]),
+    ("the old maintenance escape", [
+        "SET LOCAL auditq.maintenance = 'on'", "DELETE FROM audit_log"]),
+    ("the erasure flag", [
+        "SET LOCAL auditq.erasing = '1'", "UPDATE audit_log SET action = 'x.y'"]),
     ("replica mode", ["SET session_replication_role = replica"]),
     ("disable the triggers", ["ALTER TABLE audit_log DISABLE TRIGGER ALL"]),
     ("drop the trigger", ["DROP TRIGGER audit_log_append_only ON audit_log"]),

@@ -101,8 +101,9 @@ async def test_retention_keeps_the_chain(
     assert report.findings == 0, lines
     assert report.removed_by_retention == 2
     assert any(
-        line.startswith("partition audit_log_y2020m01 removed by retention at") and "2 rows, sealed"
-        in line for line in lines
+        line.startswith("partition audit_log_y2020m01 removed by retention at")
+        and "2 rows, sealed" in line
+        for line in lines
     ), lines
     # A partition removed any other way is a finding per row.
     await pg.execute("DROP TABLE audit_log_y2020m02")
