@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
 import signal
 import stat
 import subprocess
@@ -25,6 +26,19 @@ from tests.conftest import wait_for
 AUDITQ = [sys.executable, "-m", "service.cli"]
 
 
+async def auditq(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    """Run one auditq command to its end, off the event loop."""
+    return await asyncio.to_thread(
+        subprocess.run,
+        [*AUDITQ, *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
 def mode(path: Path) -> int:
     return stat.S_IMODE(path.stat().st_mode)
 
@@ -42,7 +56,7 @@ class Run:
         self.out = data_dir.parent / f"run-{port}.out"
         with open(self.out, "w") as out:
             self.process = subprocess.Popen(
-                AUDITQ + ["run"], stdout=out, stderr=subprocess.STDOUT, env=env,
+                [*AUDITQ, "run"], stdout=out, stderr=subprocess.STDOUT, env=env,
                 start_new_session=True,
             )  # fmt: skip
 
@@ -66,7 +80,7 @@ async def data_dir() -> AsyncIterator[Path]:
     parent = Path(tempfile.mkdtemp(prefix="auditq-run-"))
     yield parent / ".auditq"
     EmbeddedStack(parent / ".auditq").destroy()
-    subprocess.run(["rm", "-rf", str(parent)], check=False)
+    await asyncio.to_thread(shutil.rmtree, parent, True)
 
 
 async def test_the_embedded_default_is_locked_down_and_sealed(data_dir: Path) -> None:
@@ -109,10 +123,7 @@ async def test_the_embedded_default_is_locked_down_and_sealed(data_dir: Path) ->
         await anonymous.aclose()
 
         # The runtime role cannot rewrite what it stored.
-        emit = subprocess.run(
-            AUDITQ + ["emit", "auth.login", "--actor", "u-1"],
-            env=run.env, capture_output=True, text=True, timeout=60, check=False,
-        )  # fmt: skip
+        emit = await auditq(run.env, "emit", "auth.login", "--actor", "u-1")
         assert emit.returncode == 0, emit.stderr
         api = await asyncpg.connect(urls["AUDITQ_DATABASE_URL"])
         try:
@@ -127,10 +138,7 @@ async def test_the_embedded_default_is_locked_down_and_sealed(data_dir: Path) ->
                 await api.execute("DELETE FROM audit_log")
         finally:
             await api.close()
-        verify = subprocess.run(
-            AUDITQ + ["verify"], env=run.env, capture_output=True, text=True, timeout=60,
-            check=False,
-        )  # fmt: skip
+        verify = await auditq(run.env, "verify")
         assert verify.returncode == 0, verify.stdout + verify.stderr
         assert "0 findings" in verify.stdout.splitlines()[-1]
     finally:
