@@ -64,6 +64,6 @@ async def test_a_forged_replacement_record_is_caught(
         await pg.execute(
             "UPDATE store_action SET at = now() - interval '1 hour' WHERE id = $1", action_id
         )
-    report, lines = await run_verify(pg, seal_key)
+    _, lines = await run_verify(pg, seal_key)
     assert f"row {ids[0]} changed by an unsealed action {action_id}" in lines, lines
     assert any(line.startswith(f"action {action_id} ") for line in lines), lines
