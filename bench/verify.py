@@ -8,6 +8,7 @@ checkpoints of 20,000 rows, then verified; the sealing rate is printed too.
 from __future__ import annotations
 
 import asyncio
+import os
 import shutil
 import sys
 import tempfile
@@ -16,6 +17,7 @@ from pathlib import Path
 
 import asyncpg
 
+from bench.common import cpu_seconds
 from service import db
 from service.embedded import EmbeddedStack
 from service.integrity.keys import load_or_create_private_key
@@ -58,9 +60,16 @@ async def main(rows: int) -> None:
         await conn.execute("VACUUM ANALYZE audit_log")
         lines: list[str] = []
         rows_conn = await asyncpg.connect(url)
-        began = time.perf_counter()
+        backend = await rows_conn.fetchval("SELECT pg_backend_pid()")
+        began, client_cpu, server_cpu = (
+            time.perf_counter(),
+            time.process_time(),
+            cpu_seconds(backend, with_children=False),
+        )
         report = await verify(conn, key.public_key(), emit=lines.append, rows_conn=rows_conn)
         elapsed = time.perf_counter() - began
+        client_cpu = time.process_time() - client_cpu
+        server_cpu = cpu_seconds(backend, with_children=False) - server_cpu
         await rows_conn.close()
         await conn.close()
         assert report.findings == 0, lines[:5]
@@ -71,6 +80,14 @@ async def main(rows: int) -> None:
             ("verify (client-side digests)", report.rows, elapsed),
         ):
             print(f"| {what} | {count} | {seconds:.2f} | {count / seconds:,.0f} |")
+        per_row = {"verifier": client_cpu, "server (row stream)": server_cpu}
+        for who, cpu in per_row.items():
+            print(f"CPU of the {who}: {cpu / report.rows * 1e6:.2f} µs/row")
+        bound = max(per_row.values()) / report.rows
+        print(
+            f"rate when each has a core (they run side by side): {1 / bound:,.0f} rows/s; "
+            f"load average now {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs"
+        )
     finally:
         await asyncio.to_thread(stack.stop)
         stack.destroy()
