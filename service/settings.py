@@ -51,6 +51,13 @@ class Settings:
     retention_days: int | None = None
     partitions_ahead_months: int = 3
 
+    # Integrity (docs/integrity.md). The worker's role may differ from the API's (.auditq/env).
+    worker_database_url: str | None = None  # None: database_url
+    seal_interval_s: float = 10.0
+    seal_key_file: Path | None = None  # None: <data_dir>/seal-key
+    sealing: bool = True  # AUDITQ_SEAL=off: this worker makes no checkpoints (benchmarks)
+    max_future_s: float = 300.0
+
     @classmethod
     def from_env(
         cls, environ: Mapping[str, str] | None = None, *, published: bool = True
@@ -74,6 +81,7 @@ class Settings:
         redis_url = url("AUDITQ_REDIS_URL")
         if redis_url is not None:
             parse_redis_url(redis_url)  # a malformed URL is one clear error, here
+        key_file = env.get("AUDITQ_SEAL_KEY_FILE", "").strip()
         return cls(
             redis_url=redis_url,
             database_url=url("AUDITQ_DATABASE_URL"),
@@ -101,6 +109,11 @@ class Settings:
             dead_letter_ttl_days=_req_int(env, "AUDITQ_DEAD_LETTER_TTL_DAYS", 90, minimum=1),
             retention_days=retention,
             partitions_ahead_months=_req_int(env, "AUDITQ_PARTITIONS_AHEAD_MONTHS", 3, minimum=1),
+            worker_database_url=url("AUDITQ_WORKER_DATABASE_URL"),
+            seal_interval_s=_float(env, "AUDITQ_SEAL_INTERVAL_S", 10.0),
+            seal_key_file=Path(key_file) if key_file else None,
+            sealing=env.get("AUDITQ_SEAL", "on").strip().lower() != "off",
+            max_future_s=_float(env, "AUDITQ_MAX_FUTURE_S", 300.0),
         )
 
     def with_server_spool(self) -> Settings:
@@ -126,6 +139,16 @@ class Settings:
                 f"(its URLs are then read from {self.env_file})"
             )
         return self.database_url
+
+    @property
+    def seal_key_path(self) -> Path:
+        """The Ed25519 private key the sealer signs checkpoints with."""
+        return self.seal_key_file or self.data_dir / "seal-key"
+
+    @property
+    def worker_url(self) -> str | None:
+        """The URL the worker connects as (its own role when set)."""
+        return self.worker_database_url or self.database_url
 
     @property
     def env_file(self) -> Path:

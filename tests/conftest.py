@@ -72,6 +72,7 @@ def servers() -> Iterator[Servers]:
         )
     finally:
         stack.stop()
+        stack.destroy()
         shutil.rmtree(data_dir, ignore_errors=True)
 
 

@@ -16,6 +16,10 @@ from workers.writer import write_events
 logger = logging.getLogger(__name__)
 
 MAINTENANCE_VIA = "worker"  # the worker's own events: never a producer's
+# A SECURITY DEFINER function (schema.sql): it records what it dropped for `auditq verify`.
+DROP_PARTITION = "SELECT auditq_drop_partition($1, $2)"
+ROWS_DROPPED = "SELECT (detail->>'rows')::bigint FROM store_action WHERE id = $1"
+LOCK_TIMEOUT = "SET LOCAL lock_timeout = '200ms'"
 
 
 async def drop_expired_partitions(
@@ -32,28 +36,49 @@ async def drop_expired_partitions(
         month = date(int(match[1]), int(match[2]), 1)
         if month_start(month, 1) > cutoff:
             continue
-        async with conn.transaction():
-            rows = await conn.fetchval(f"SELECT count(*) FROM {name}")
-            await conn.execute(f"DROP TABLE {name}")
-            event, _ = finalize(
-                AuditEvent(
-                    action="audit.partition_dropped",
-                    severity="notice",
-                    entity=Entity(type="partition", id=name),
-                    metadata={
-                        "rows": rows,
-                        "retention_days": retention_days,
-                        "month": month.isoformat(),
-                    },
-                    source="auditq-worker",
+        try:
+            async with conn.transaction():
+                # Never make writes wait on retention: the drop needs the table to itself
+                # (behind a long export, say); it waits this long at most, then tries next run.
+                await conn.execute(LOCK_TIMEOUT)
+                action_id = await conn.fetchval(DROP_PARTITION, name, retention_days)
+                rows = await conn.fetchval(ROWS_DROPPED, action_id)
+                await write_events(
+                    conn,
+                    [_dropped_event(name, month, rows, retention_days, action_id)],
+                    received_via=MAINTENANCE_VIA,
+                    keyed=True,
                 )
+        except asyncpg.LockNotAvailableError:
+            logger.warning(
+                "partition %s is busy (a long read holds it): dropped on a later run", name
             )
-            await write_events(conn, [event], received_via=MAINTENANCE_VIA)
+            continue
         logger.warning(
             "dropped partition %s (%d rows) past the %d-day retention", name, rows, retention_days
         )
         dropped.append(name)
     return dropped
+
+
+def _dropped_event(
+    name: str, month: date, rows: int, retention_days: int, action_id: int
+) -> AuditEvent:
+    event, _ = finalize(
+        AuditEvent(
+            action="audit.partition_dropped",
+            severity="notice",
+            entity=Entity(type="partition", id=name),
+            metadata={
+                "rows": rows,
+                "retention_days": retention_days,
+                "month": month.isoformat(),
+                "store_action": action_id,
+            },
+            source="auditq-worker",
+        )
+    )
+    return event
 
 
 async def maintain(ctx: dict[str, Any]) -> None:

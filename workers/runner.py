@@ -16,6 +16,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from service.integrity.keys import load_or_create_private_key
 from service.producer.client import AuditClient
 from service.producer.lifecycle import STARTED, STOPPING, WORKER_SOURCE, record_lifecycle
 from service.queue import (
@@ -30,7 +31,7 @@ from service.settings import Settings
 from service.store import db
 from service.store.partitions import ensure_partitions
 from service.store.secrets import read_secret
-from workers import heartbeat
+from workers import heartbeat, sealer
 from workers.arq_redis import arq_settings, create_arq_pool
 from workers.job import store_events
 from workers.maintenance import MAINTENANCE_VIA, maintain
@@ -47,9 +48,10 @@ SHUTDOWN_GRACE = 20.0  # seconds running jobs get to finish on SIGTERM before th
 async def _startup(ctx: dict[str, Any]) -> None:
     state: WorkerState = ctx[STATE]
     state.redis = ctx["redis"]
-    state.pool = await db.create_pool(
-        state.settings.require_database(), size=state.settings.db_pool_size
-    )
+    settings = state.settings
+    settings.require_database()
+    assert settings.worker_url is not None  # the database URL when no role of its own is set
+    state.pool = await db.create_pool(settings.worker_url, size=settings.db_pool_size)
     # Before the first job: a month's rows must never land in the default partition while
     # that month's own partition is about to be made (the key is unique per partition).
     async with state.pool.acquire() as conn:
@@ -58,6 +60,12 @@ async def _startup(ctx: dict[str, Any]) -> None:
     state._heartbeat = asyncio.get_running_loop().create_task(
         heartbeat.run(state, worker_id=state.worker_id), name="auditq-heartbeat"
     )
+    if settings.sealing:  # integrity checkpoints (docs/integrity.md)
+        seal_key = load_or_create_private_key(settings.seal_key_path)
+        state._sealer = asyncio.get_running_loop().create_task(
+            sealer.run(state.pool, seal_key, interval_s=settings.seal_interval_s),
+            name="auditq-sealer",
+        )
     if state.audit_lifecycle:
         provenance = Provenance(via=MAINTENANCE_VIA, key=key, task_prefix="worker")
         state.client = AuditClient.from_settings(state.settings, provenance=provenance)
@@ -72,6 +80,10 @@ async def _shutdown(ctx: dict[str, Any]) -> None:
         await state.client.aclose()
     if state._probe is not None:
         state._probe.cancel()
+    if state._sealer is not None:
+        state._sealer.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await state._sealer
     if state._heartbeat is not None:
         state._heartbeat.cancel()
         with contextlib.suppress(asyncio.CancelledError):

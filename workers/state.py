@@ -64,6 +64,7 @@ class WorkerState:
     client: AuditClient | None = None  # the worker's own producer, for those two events
     _probe: asyncio.Task[None] | None = None
     _heartbeat: asyncio.Task[None] | None = None
+    _sealer: asyncio.Task[None] | None = None
 
     def trip(self, exc: BaseException) -> None:
         """Open the breaker: stop taking jobs and probe the database until it answers."""
@@ -77,7 +78,7 @@ class WorkerState:
         while self.breaker.is_open:
             await asyncio.sleep(self.breaker.next_pause())
             try:
-                conn = await asyncpg.connect(self.settings.database_url, timeout=2)
+                conn = await asyncpg.connect(self.settings.worker_url, timeout=2)
                 await conn.close()
             except Exception as exc:  # every failure means "still down"
                 logger.debug("database probe failed: %s", type(exc).__name__)

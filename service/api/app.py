@@ -10,7 +10,7 @@ from redis.backoff import ExponentialBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from service.api import console, health, ingest, metrics, openapi, tokens
+from service.api import console, health, ingest, integrity, metrics, openapi, tokens
 from service.api import tasks as tasks_api
 from service.api.audit_logs import export, pages, statistics, stream
 from service.api.audit_logs.cursor import cursor_context
@@ -43,6 +43,7 @@ ROUTES = [
     *tasks_api.ROUTES,
     *tokens.ROUTES,
     *ingest.ROUTES,
+    *integrity.ROUTES,
     *metrics.ROUTES,
     *openapi.ROUTES,
     *console.ROUTES,  # the browser console: no token needed to load it
@@ -92,7 +93,14 @@ def create_app(settings: Settings, *, audit_lifecycle: bool = False) -> web.Appl
     app[REDACT_EXTRA_KEYS] = settings.redact_extra_keys
     app[OPEN_REQUESTS] = OpenRequests()
     app.cleanup_ctx.extend(
-        [_postgres, _redis, producers_context, cursor_context, stream.stream_context]
+        [
+            _postgres,
+            _redis,
+            producers_context,
+            cursor_context,
+            stream.stream_context,
+            integrity.integrity_context,
+        ]
     )
     app.on_shutdown.append(stream.stop_streams)
     if audit_lifecycle:

@@ -17,6 +17,8 @@ JOIN pg_class c ON c.oid = i.inhrelid
 WHERE i.inhparent = 'audit_log'::regclass
 """
 PARTITION_NAME = re.compile(r"^audit_log_y(\d{4})m(\d{2})$")
+# A SECURITY DEFINER function (schema.sql): the runtime roles may not run DDL themselves.
+ENSURE_PARTITION = "SELECT auditq_ensure_partition($1)"
 
 
 def month_start(day: date, offset: int = 0) -> date:
@@ -36,17 +38,13 @@ async def ensure_partitions(
     existing = {row["relname"] for row in await conn.fetch(LIST_PARTITIONS)}
     made = []
     for offset in range(months_ahead + 1):
-        start, end = month_start(today, offset), month_start(today, offset + 1)
+        start = month_start(today, offset)
         name = partition_name(start)
         if name in existing:
             continue
-        # DDL takes no parameters; every piece here is generated from dates, never from input.
-        ddl = (
-            f"CREATE TABLE IF NOT EXISTS {name} PARTITION OF audit_log "
-            f"FOR VALUES FROM ('{start.isoformat()}') TO ('{end.isoformat()}')"
-        )
         try:
-            await conn.execute(ddl)
+            if not await conn.fetchval(ENSURE_PARTITION, start):
+                continue  # made meanwhile by another worker
         except asyncpg.CheckViolationError:
             # The default partition already holds rows of that month (far-future events);
             # they stay there, still found by every query, and the month keeps using it.

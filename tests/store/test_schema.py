@@ -22,9 +22,11 @@ async def test_rows_are_append_only(pg: asyncpg.Connection) -> None:
         await pg.execute("DELETE FROM audit_log")
     with pytest.raises(asyncpg.InsufficientPrivilegeError, match="append-only"):
         await pg.execute("TRUNCATE audit_log")
+    # The old escape is gone: no setting lets a DELETE through.
     async with pg.transaction():
         await pg.execute("SET LOCAL auditq.maintenance = 'on'")
-        assert await pg.execute("DELETE FROM audit_log") == "DELETE 1"
+        with pytest.raises(asyncpg.InsufficientPrivilegeError, match="append-only"):
+            await pg.execute("DELETE FROM audit_log")
 
 
 async def test_full_text_column_covers_metadata_and_changes(pg: asyncpg.Connection) -> None:

@@ -1,0 +1,95 @@
+"""`auditq verify` and `auditq integrity public-key`: check the store, export the key."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+
+from service.errors import ConfigError
+from service.integrity.keys import load_public_key, public_pem
+from service.ops.verification import (
+    VerifyConnectionError,
+    run_verification,
+)
+from service.settings import Settings
+from service.store import db
+from service.store.seals import last_checkpoint
+
+logger = logging.getLogger(__name__)
+
+EXIT_INTACT, EXIT_FINDINGS, EXIT_USAGE = 0, 1, 2
+
+
+def _timestamp(value: str) -> datetime:
+    try:
+        parsed = datetime.fromisoformat(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"not an RFC 3339 time: {value!r} (e.g. 2026-01-31T12:00:00Z)"
+        ) from None
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+
+
+async def cmd_verify(settings: Settings, args: argparse.Namespace) -> int:
+    result = await run_verification(
+        settings, public_key=args.public_key, since=args.since, until=args.until
+    )
+    sys.stdout.flush()
+    return EXIT_INTACT if result["intact"] else EXIT_FINDINGS
+
+
+async def cmd_public_key(settings: Settings, args: argparse.Namespace) -> int:
+    path = settings.seal_key_path
+    if not path.exists():
+        raise ConfigError(f"no seal key at {path} yet: the worker makes it when it first starts")
+    print(public_pem(load_public_key(path)), end="")
+    return 0
+
+
+async def cmd_head(settings: Settings, args: argparse.Namespace) -> int:
+    if not settings.database_url:
+        raise ConfigError("no PostgreSQL: set AUDITQ_DATABASE_URL, or start `auditq run`")
+    try:
+        conn = await db.connect(settings.database_url)
+    except (OSError, TimeoutError, asyncpg.PostgresError) as exc:
+        raise VerifyConnectionError(f"cannot connect to PostgreSQL: {exc}") from None
+    try:
+        head = await last_checkpoint(conn)
+    finally:
+        await conn.close()
+    if head is None:
+        print("no checkpoint yet")
+        return 0
+    print(f"{head['n']} {bytes(head['hash']).hex()} {head['sealed_at'].isoformat()}")
+    return 0
+
+
+def add_parsers(sub: Any) -> None:
+    """Add `verify` and `integrity` to the `auditq` subcommands."""
+    verify_help = (
+        "Check every checkpoint and row: exit 0 intact, 1 findings, 2 usage/connection error."
+    )
+    parser = sub.add_parser("verify", help=verify_help, description=verify_help)
+    parser.set_defaults(command=cmd_verify)
+    parser.add_argument("--since", type=_timestamp, help="checkpoints sealed at or after T")
+    parser.add_argument("--until", type=_timestamp, help="checkpoints sealed before T")
+    parser.add_argument(
+        "--public-key",
+        type=Path,
+        help="PEM public key (default: derived from AUDITQ_SEAL_KEY_FILE)",
+    )
+    integrity_help = "Integrity keys: print the public key that verifies checkpoints."
+    integrity = sub.add_parser("integrity", help=integrity_help, description=integrity_help)
+    actions = integrity.add_subparsers(dest="integrity_command", required=True, metavar="ACTION")
+    key_help = "Print the PEM public key of AUDITQ_SEAL_KEY_FILE (all `auditq verify` needs)."
+    actions.add_parser("public-key", help=key_help, description=key_help).set_defaults(
+        command=cmd_public_key
+    )
+    head_help = "Print the last checkpoint: number, hash, time (keep it outside the database)."
+    actions.add_parser("head", help=head_help, description=head_help).set_defaults(command=cmd_head)

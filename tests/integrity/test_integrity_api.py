@@ -1,0 +1,51 @@
+"""GET /api/v1/admin/integrity and POST /api/v1/admin/integrity/verify on real servers."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import asyncpg
+from aiohttp.test_utils import TestClient
+
+from service.integrity.keys import load_or_create_private_key
+from service.settings import Settings
+from tests.admin_api import Tokens
+from tests.conftest import queued_events, wait_for
+from tests.integrity.conftest import seal_all, store
+
+
+async def test_status_then_a_verification_in_the_background(
+    api: TestClient[Any, Any],
+    tokens: Tokens,
+    pg: asyncpg.Connection,
+    settings: Settings,
+    redis: Any,
+) -> None:
+    key = load_or_create_private_key(settings.seal_key_path)
+    await store(pg, 7)
+    async with api.get("/api/v1/admin/integrity", headers=tokens.reader) as response:
+        assert response.status == 200
+        body = await response.json()
+    assert body["unsealed_rows"] == 7 and body["last_sealed_at"] is None
+    assert body["last_verification"] is None
+    await seal_all(pg, key)
+    async with api.post("/api/v1/admin/integrity/verify", headers=tokens.reader) as response:
+        assert response.status == 403
+    async with api.post("/api/v1/admin/integrity/verify", headers=tokens.admin) as response:
+        assert response.status == 202
+
+    async def verified() -> bool:
+        async with api.get("/api/v1/admin/integrity", headers=tokens.reader) as response:
+            body.update(await response.json())
+        return body["last_verification"] is not None
+
+    await wait_for(verified)
+    assert body["unsealed_rows"] == 0 and body["last_sealed_at"]
+    last = body["last_verification"]
+    assert last["intact"] is True and last["rows"] == 7 and last["findings"] == 0
+
+    async def audited() -> bool:
+        events = await queued_events(redis, settings.queue)
+        return any(e["action"] == "integrity.verified" for e in events)
+
+    await wait_for(audited)

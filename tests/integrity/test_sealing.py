@@ -1,0 +1,111 @@
+"""Sealing with the real worker: two workers, concurrent writers, a transaction held open."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+from collections import Counter
+from datetime import UTC, date, datetime
+
+import asyncpg
+
+from service.events import AuditEvent, Entity
+from service.integrity.canonical import entry_seq, iter_entries
+from service.integrity.keys import load_or_create_private_key
+from service.producer.client import AuditClient
+from service.settings import Settings
+from service.store.partitions import ensure_partitions
+from tests.conftest import running_worker, wait_for
+from tests.integrity.conftest import run_verify, seal_all, store
+from workers.maintenance import drop_expired_partitions
+
+PRODUCERS = 4
+EVENTS_EACH = 300
+
+
+async def sealed_seqs(pg: asyncpg.Connection) -> Counter[int]:
+    counts: Counter[int] = Counter()
+    for (blob,) in await pg.fetch("SELECT rows FROM seal_checkpoint ORDER BY n"):
+        counts.update(entry_seq(entry) for entry in iter_entries(bytes(blob)))
+    return counts
+
+
+async def test_two_workers_and_a_held_transaction_seal_every_row_exactly_once(
+    settings: Settings, pg: asyncpg.Connection, role_urls: dict[str, str]
+) -> None:
+    settings = dataclasses.replace(
+        settings, worker_database_url=role_urls["auditq_worker"], seal_interval_s=0.2
+    )
+    held = await asyncpg.connect(role_urls["auditq_worker"])
+    async with running_worker(settings), running_worker(settings):
+        # A transaction that stores rows first, then stays open while others are sealed.
+        transaction = held.transaction()
+        await transaction.start()
+        held_ids = await store(held, 5, prefix="held")
+        held_seqs = {r["seq"] for r in await held.fetch("SELECT seq FROM audit_log")}
+
+        async def produce(p: int) -> None:
+            async with AuditClient.from_settings(settings) as client:
+                for i in range(EVENTS_EACH):
+                    event = AuditEvent(
+                        action="doc.viewed", entity=Entity(type="doc", id=f"{p}-{i}")
+                    )
+                    await client.capture(event)
+
+        await asyncio.gather(*(produce(p) for p in range(PRODUCERS)))
+        total = PRODUCERS * EVENTS_EACH
+
+        async def later_rows_sealed() -> bool:
+            sealed = await sealed_seqs(pg)
+            return sum(sealed.values()) >= total
+
+        await wait_for(later_rows_sealed, within_s=60)
+        assert not held_seqs & set(await sealed_seqs(pg))  # open: invisible, not skipped
+        await transaction.commit()
+        await held.close()
+
+        async def all_sealed() -> bool:
+            return sum((await sealed_seqs(pg)).values()) >= total + len(held_ids)
+
+        await wait_for(all_sealed, within_s=60)
+    sealed = await sealed_seqs(pg)
+    stored = {r["seq"] for r in await pg.fetch("SELECT seq FROM audit_log")}
+    assert len(stored) == total + len(held_ids)
+    assert set(sealed) == stored and set(sealed.values()) == {1}  # each row exactly once
+    assert min(held_seqs) < max(stored)  # the held rows committed after later rows
+    key = load_or_create_private_key(settings.seal_key_path)
+    report, lines = await run_verify(pg, key)
+    assert report.findings == 0, lines
+    assert report.rows == total + len(held_ids)
+
+
+async def test_retention_keeps_the_chain(
+    pg: asyncpg.Connection, seal_key: object, worker_conn: asyncpg.Connection
+) -> None:
+    await ensure_partitions(worker_conn, months_ahead=0, today=date(2020, 1, 10))
+    await ensure_partitions(worker_conn, months_ahead=0, today=date(2020, 2, 10))
+    insert = (
+        "INSERT INTO audit_log (id, ts, action, category, severity, outcome, presentation) "
+        "VALUES (gen_random_uuid(), $1::text::timestamptz, 'a.b', 'a', 'info', 'success', '{}')"
+    )
+    for ts in ("2020-01-05T00:00:00Z", "2020-01-06T00:00:00Z", "2020-02-05T00:00:00Z"):
+        await worker_conn.execute(insert, ts)
+    await store(worker_conn, 3)
+    await seal_all(worker_conn, seal_key)  # type: ignore[arg-type]
+    dropped = await drop_expired_partitions(
+        worker_conn, retention_days=40, now=datetime(2020, 3, 15, tzinfo=UTC)
+    )
+    assert dropped == ["audit_log_y2020m01"]
+    await seal_all(worker_conn, seal_key)  # type: ignore[arg-type]
+    report, lines = await run_verify(pg, seal_key)  # type: ignore[arg-type]
+    assert report.findings == 0, lines
+    assert report.removed_by_retention == 2
+    assert any(
+        line.startswith("partition audit_log_y2020m01 removed by retention at")
+        and "2 rows, sealed" in line
+        for line in lines
+    ), lines
+    # A partition removed any other way is a finding per row.
+    await pg.execute("DROP TABLE audit_log_y2020m02")
+    report, lines = await run_verify(pg, seal_key)  # type: ignore[arg-type]
+    assert report.findings == 1 and any("missing (checkpoint" in line for line in lines), lines
