@@ -9,6 +9,7 @@ import redis.asyncio as aioredis
 from aiohttp import web
 
 from service import audit_logs, db, ingest, integrity_api, metrics, openapi, tasks_api
+from service.api import subjects as subjects_api
 from service.auth import auth_middleware
 from service.client import AuditClient
 from service.http import error_middleware, error_response
@@ -66,6 +67,7 @@ ROUTES = [
     *tasks_api.ROUTES,
     *ingest.ROUTES,
     *integrity_api.ROUTES,
+    *subjects_api.ROUTES,  # erasure (contract §9)
     *metrics.ROUTES,
     *openapi.ROUTES,
 ]
@@ -100,7 +102,14 @@ def create_app(settings: Settings) -> web.Application:
     )
     app[SETTINGS] = settings
     app.cleanup_ctx.extend(
-        [_postgres, _redis, _client, audit_logs.audit_log_context, integrity_api.integrity_context]
+        [
+            _postgres,
+            _redis,
+            _client,
+            audit_logs.audit_log_context,
+            integrity_api.integrity_context,
+            subjects_api.subjects_context,
+        ]
     )
     app.on_shutdown.append(audit_logs.stop_streams)
     app.add_routes(ROUTES)

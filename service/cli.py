@@ -18,7 +18,7 @@ from typing import Any
 import msgspec
 from aiohttp import web
 
-from service import auth, cli_verify, db, logs, task_commands
+from service import auth, cli_subjects, cli_verify, db, logs, task_commands
 from service.errors import AuditqError, ConfigError
 from service.settings import Settings
 
@@ -349,6 +349,7 @@ def _parser() -> argparse.ArgumentParser:
     revoke.add_argument("name", type=_token_name)
     task_commands.add_parsers(sub)  # stats, tasks list|show|retry|cleanup
     cli_verify.add_parsers(sub)  # verify, integrity public-key
+    cli_subjects.add_parsers(sub)  # anonymise (erasure, §9)
     return parser
 
 

@@ -45,6 +45,7 @@ from service.queue import JOB_FUNCTION, deserialize_job, serialize_job
 from service.redaction import redact_sensitive_in_string
 from service.settings import Settings
 from workers import heartbeat, maintenance, sealer
+from workers.erased import ErasedSubjects
 from workers.retry import (
     ARQ_MAX_TRIES,
     DEFER_WHILE_OPEN,
@@ -93,6 +94,7 @@ class WorkerState:
     tasks_complete: int = 0  # tasks whose every event was stored
     tasks_failed: int = 0  # tasks that left events in the dead letter
     worker_id: str = dataclasses.field(default_factory=heartbeat.new_worker_id)
+    erased: ErasedSubjects | None = None  # erased subjects (workers/erased.py), made at startup
     _probe: asyncio.Task[None] | None = None
     _heartbeat: asyncio.Task[None] | None = None
     _sealer: asyncio.Task[None] | None = None
@@ -207,6 +209,9 @@ async def _store_events(
         return {"stored": 0, "rejected": 1}
 
     inserted, refused = 0, []
+    if events and state.erased is not None:  # an erased subject's events: pseudonymised
+        await state.erased.refresh(state.redis, state.pool, state.settings.queue)
+        events = state.erased.apply(events)
     if events:
         result = await _write(state, task, events)
         if result is None:  # the retry policy gave up: the whole batch is dead-lettered
@@ -377,6 +382,7 @@ async def _startup(ctx: dict[str, Any]) -> None:
     state.redis = ctx["redis"]
     assert state.settings.worker_url is not None
     state.pool = await db.create_pool(state.settings.worker_url, size=state.settings.db_pool_size)
+    state.erased = ErasedSubjects(state.settings.subject_entity_types)
     # Before the first job: a month's rows must never land in the default partition while
     # that month's own partition is about to be made (the key is unique per partition).
     async with state.pool.acquire() as conn:
