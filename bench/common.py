@@ -132,6 +132,7 @@ class Stack:
     def __exit__(self, *exc: object) -> None:
         with contextlib.suppress(Exception):
             self.stack.stop()
+        self.stack.destroy()
         shutil.rmtree(self.dir, ignore_errors=True)
 
     @property

@@ -442,6 +442,7 @@ async def run(minutes: float, rate: float, restart_every_s: float) -> str:
         for proc in procs.values():
             await proc.stop(timeout_s=30)
         await asyncio.to_thread(stack.stop)
+        stack.destroy()
         shutil.rmtree(workdir, ignore_errors=True)
 
 

@@ -81,6 +81,7 @@ async def main() -> None:
             print(f"| {per_job} | {total} | {eps:,.0f} |", flush=True)
     finally:
         stack.stop()
+        stack.destroy()
         shutil.rmtree(data_dir, ignore_errors=True)
 
 

@@ -93,26 +93,43 @@ async def cmd_api(settings: Settings, args: argparse.Namespace) -> int:
 
 
 async def cmd_run(settings: Settings, args: argparse.Namespace) -> int:
-    from service.embedded import EmbeddedStack
+    from service.embedded import API_ROLE, OWNER_ROLE, WORKER_ROLE, EmbeddedStack
 
     stack = None
+    migrate_url = settings.database_url
     if not settings.redis_url or not settings.database_url:
+        settings.data_dir.chmod(0o700)  # it holds the servers' passwords and the seal key
         stack = EmbeddedStack(settings.data_dir)
         await asyncio.to_thread(stack.start)
+        own_postgres = not settings.database_url
         settings = dataclasses.replace(
             settings,
             redis_url=settings.redis_url or stack.valkey.url,
-            database_url=settings.database_url or stack.postgres.url,
+            # The runtime connects as roles that cannot rewrite stored rows (docs/integrity.md);
+            # only this process, to migrate, uses the schema's owner.
+            database_url=settings.database_url or stack.postgres.role_url(API_ROLE),
+            worker_database_url=settings.worker_database_url
+            or (stack.postgres.role_url(WORKER_ROLE) if own_postgres else None),
         )
-        settings.env_file.write_text(
-            f"AUDITQ_REDIS_URL={settings.redis_url}\nAUDITQ_DATABASE_URL={settings.database_url}\n"
-        )
+        migrate_url = stack.postgres.role_url(OWNER_ROLE) if own_postgres else migrate_url
+        lines = [
+            f"AUDITQ_REDIS_URL={settings.redis_url}",
+            f"AUDITQ_DATABASE_URL={settings.database_url}",
+        ]
+        if settings.worker_database_url:
+            lines.append(f"AUDITQ_WORKER_DATABASE_URL={settings.worker_database_url}")
+        _write_private(settings.env_file, "\n".join(lines))
     settings = settings.with_server_spool()  # the API's producer spools what Redis cannot take
     try:
-        assert settings.database_url
-        await db.migrate(settings.database_url, months_ahead=settings.partitions_ahead_months)
+        assert migrate_url
+        await db.migrate(migrate_url, months_ahead=settings.partitions_ahead_months)
+        token_path = settings.data_dir / ADMIN_TOKEN_FILE
+        kept = token_path.read_text().strip() if token_path.exists() else None
         admin_token = await ensure_dev_admin_token(settings)
-        print(f"admin token: {admin_token}", flush=True)
+        if admin_token != kept:  # shown when made, never again
+            print(f"admin token (also kept in {token_path}): {admin_token}", flush=True)
+        else:
+            print(f"admin token: kept in {token_path}", flush=True)
         async with _running_worker(settings), _serving_api(settings) as address:
             print(f"auditq is running: API on {address}", flush=True)
             if stack is not None:

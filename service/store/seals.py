@@ -35,7 +35,7 @@ SELECT count(*) AS n,
                            ''::bytea ORDER BY s.id), ''::bytea) AS entries
 FROM store_action s WHERE s.id <@ $1::text::int8multirange
 """
-LAST_CHECKPOINT = "SELECT n, hash FROM seal_checkpoint ORDER BY n DESC LIMIT 1"
+LAST_CHECKPOINT = "SELECT n, hash, sealed_at FROM seal_checkpoint ORDER BY n DESC LIMIT 1"
 INSERT_CHECKPOINT = """
 INSERT INTO seal_checkpoint (n, sealed_at, prev_hash, hash, row_count, seq_min, seq_max, rows,
                              action_count, actions, key_id, signature)
@@ -117,4 +117,10 @@ async def record_verification(
 
 async def last_verification(conn: asyncpg.Connection) -> asyncpg.Record | None:
     record: asyncpg.Record | None = await conn.fetchrow(LAST_VERIFICATION)
+    return record
+
+
+async def last_checkpoint(conn: asyncpg.Connection) -> asyncpg.Record | None:
+    """The head of the chain (number, hash, when), or None before the first seal."""
+    record: asyncpg.Record | None = await conn.fetchrow(LAST_CHECKPOINT)
     return record

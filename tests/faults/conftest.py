@@ -87,6 +87,7 @@ async def own_postgres() -> AsyncIterator[EmbeddedPostgres]:
         yield server
     finally:
         await asyncio.to_thread(server.stop, "immediate")
+        server.destroy()
         shutil.rmtree(data_dir, ignore_errors=True)
 
 

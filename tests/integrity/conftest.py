@@ -67,6 +67,14 @@ def url_as(database_url: str, role: str, password: str) -> str:
     return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
 
 
+@pytest.fixture
+async def rows_conn(database_url: str) -> AsyncIterator[asyncpg.Connection]:
+    """A second connection, for verify to stream the rows on (its fast path)."""
+    conn = await asyncpg.connect(database_url)
+    yield conn
+    await conn.close()
+
+
 @pytest.fixture(scope="session")
 def role_password() -> str:
     return secrets.token_hex(16)

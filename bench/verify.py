@@ -1,0 +1,81 @@
+"""Verify rate: `auditq verify` over 200,000 sealed rows on the embedded servers (rows/s).
+
+Usage: .venv/bin/python -m bench.verify [ROWS]
+Rows are made in PostgreSQL (generate_series, the shape of a typical event), sealed in
+checkpoints of 20,000 rows, then verified; the sealing rate is printed too.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import asyncpg
+
+from service import db
+from service.embedded import EmbeddedStack
+from service.integrity.keys import load_or_create_private_key
+from service.integrity.verify import verify
+from service.store.seals import seal_once
+
+ROWS = 200_000
+PER_CHECKPOINT = 20_000
+INSERT = """
+INSERT INTO audit_log (id, ts, action, category, severity, outcome, actor_id, actor_type,
+    actor_name, entity_type, entity_id, entity_name, request_id, ip, user_agent, method, path,
+    status, duration_ms, changes, metadata, presentation, source, received_via)
+SELECT gen_random_uuid(), now() - make_interval(secs => g / 1000.0), 'project.updated',
+    'project', 'info', 'success', 'u-' || (g % 1000), 'user', 'User ' || g, 'project',
+    'p-' || g, 'Project ' || g, 'req-' || g, '203.0.113.7',
+    'Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36', 'POST', '/api/projects/' || g, 200,
+    12.5, '[{"field": "name", "old": "a", "new": "b"}]',
+    '{"plan": "pro", "seats": 12, "region": "eu-west-1"}',
+    '{"code": "audit.project.updated", "params": {"name": "x"}}', 'web', 'redis:audit-logs'
+FROM generate_series($1::int, $2::int) g
+"""
+
+
+async def main(rows: int) -> None:
+    work = Path(tempfile.mkdtemp(prefix="auditq-bench-verify-"))
+    stack = EmbeddedStack(work / "servers")
+    await asyncio.to_thread(stack.start)
+    try:
+        stack.postgres.create_database("bench_verify")
+        url = stack.postgres.url_for("bench_verify")
+        await db.migrate(url)
+        key = load_or_create_private_key(work / "seal-key")
+        conn = await db.connect(url)
+        sealing = 0.0
+        for start in range(0, rows, PER_CHECKPOINT):
+            await conn.execute(INSERT, start + 1, min(start + PER_CHECKPOINT, rows))
+            began = time.perf_counter()
+            await seal_once(conn, key)
+            sealing += time.perf_counter() - began
+        await conn.execute("VACUUM ANALYZE audit_log")
+        lines: list[str] = []
+        rows_conn = await asyncpg.connect(url)
+        began = time.perf_counter()
+        report = await verify(conn, key.public_key(), emit=lines.append, rows_conn=rows_conn)
+        elapsed = time.perf_counter() - began
+        await rows_conn.close()
+        await conn.close()
+        assert report.findings == 0, lines[:5]
+        print("| what | rows | seconds | rows/s |")
+        print("|---|---:|---:|---:|")
+        for what, count, seconds in (
+            ("seal (server-side digests, sign)", rows, sealing),
+            ("verify (client-side digests)", report.rows, elapsed),
+        ):
+            print(f"| {what} | {count} | {seconds:.2f} | {count / seconds:,.0f} |")
+    finally:
+        await asyncio.to_thread(stack.stop)
+        stack.destroy()
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    asyncio.run(main(int(sys.argv[1]) if len(sys.argv) > 1 else ROWS))
