@@ -445,15 +445,15 @@ BEGIN
 END;
 $$;
 
--- One batch of an erasure, in the caller's transaction; returns the rows changed and the last
--- seq looked at. p_mentions false: the subject's own rows (actor, or entity of a type in
+-- One batch of an erasure, in the caller's transaction; returns the rows changed, the last
+-- seq looked at and the store_action recording the batch (null when nothing matched). p_mentions false: the subject's own rows (actor, or entity of a type in
 -- p_entity_types): ids -> pseudonym; names, emails, client IP, user agent removed; texts
 -- cleared. p_mentions true: other rows whose texts (full-text search) hold one of p_values,
 -- in seq order after p_after: entity name, path, metadata, changes, presentation cleared.
 CREATE OR REPLACE FUNCTION auditq_anonymise_rows(
     p_subject text, p_pseudonym text, p_entity_types text[], p_values text[],
     p_mentions boolean, p_after bigint, p_limit integer
-) RETURNS TABLE (changed bigint, last_seq bigint)
+) RETURNS TABLE (changed bigint, last_seq bigint, action_id bigint)
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = public, pg_temp AS $$
 DECLARE
     v_names  text := auditq_erase_pattern(array_remove(p_values, p_subject));
@@ -481,7 +481,7 @@ BEGIN
             END IF;
         END LOOP;
         IF v_query IS NULL THEN
-            RETURN QUERY SELECT 0::bigint, p_after;
+            RETURN QUERY SELECT 0::bigint, p_after, NULL::bigint;
             RETURN;
         END IF;
         SELECT array_agg(s.seq ORDER BY s.seq), array_agg(s.d ORDER BY s.seq) INTO v_seqs, v_old
@@ -503,7 +503,7 @@ BEGIN
               LIMIT p_limit) s;
     END IF;
     IF v_seqs IS NULL THEN
-        RETURN QUERY SELECT 0::bigint, p_after;
+        RETURN QUERY SELECT 0::bigint, p_after, NULL::bigint;
         RETURN;
     END IF;
     v_action := auditq_record_action('subject.anonymised', jsonb_build_object(
@@ -537,7 +537,7 @@ BEGIN
     WHERE o.d <> c.d;
     GET DIAGNOSTICS v_count = ROW_COUNT;
     PERFORM set_config('auditq.erasing', '', true);
-    RETURN QUERY SELECT v_count, v_seqs[array_length(v_seqs, 1)];
+    RETURN QUERY SELECT v_count, v_seqs[array_length(v_seqs, 1)], v_action;
 END;
 $$;
 

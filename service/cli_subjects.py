@@ -59,6 +59,8 @@ async def cmd_anonymise(settings: Settings, args: argparse.Namespace) -> int:
     print(f"rows: {outcome.rows}")
     print(f"dead letters: {outcome.dead_letters}")
     print(f"redis documents: {outcome.redis_documents}")
+    if outcome.actions:  # what `auditq verify` names for each changed row
+        print(f"store actions: {outcome.actions[0]}-{outcome.actions[-1]}")
     return 0
 
 

@@ -16,7 +16,7 @@ import redis.asyncio as aioredis
 
 from service.events import AuditEvent
 from service.keys import erased_version_key
-from service.pseudonyms import pseudonym, pseudonymise_event
+from service.pseudonyms import DocumentScrubber, pseudonym, pseudonymise_event
 from service.store import subjects as sql
 
 _UNREAD = object()
@@ -56,3 +56,22 @@ class ErasedSubjects:
             pseudonymise_event(e, subject_of=subject_of, entity_types=self.entity_types)
             for e in events
         ]
+
+    def clear_document(self, document: Any) -> Any:
+        """An item that is not a valid event (for the dead letter), cleared of erased subjects."""
+        if not self.pseudonyms or not isinstance(document, dict):
+            return document
+        candidates = [
+            part.get("id")
+            for name, part in (("actor", document.get("actor")), ("entity", document.get("entity")))
+            if isinstance(part, dict) and (name == "actor" or part.get("type") in self.entity_types)
+        ]
+        for subject_id in candidates:
+            if not isinstance(subject_id, str):
+                continue
+            name = pseudonym(self.key, subject_id)
+            if name in self.pseudonyms:
+                scrubber = DocumentScrubber(subject_id, name, self.entity_types, [subject_id])
+                scrubber.learn(document)
+                document = scrubber.scrub(document)
+        return document

@@ -209,9 +209,10 @@ async def _store_events(
         return {"stored": 0, "rejected": 1}
 
     inserted, refused = 0, []
-    if events and state.erased is not None:  # an erased subject's events: pseudonymised
-        await state.erased.refresh(state.redis, state.pool, state.settings.queue)
-        events = state.erased.apply(events)
+    erased = state.erased
+    if erased is not None and (events or invalid):  # an erased subject's: pseudonymised
+        await erased.refresh(state.redis, state.pool, state.settings.queue)
+        events = erased.apply(events)
     if events:
         result = await _write(state, task, events)
         if result is None:  # the retry policy gave up: the whole batch is dead-lettered
@@ -223,7 +224,10 @@ async def _store_events(
         await _dead_letter(
             state,
             task,
-            [msgspec.to_builtins(r.event) for r in rejected],
+            [
+                erased.clear_document(item) if erased is not None else item
+                for item in (msgspec.to_builtins(r.event) for r in rejected)
+            ],
             len(rejected),
             "RejectedEvent",
             rejected[0].reason + more,

@@ -82,6 +82,7 @@ class Outcome(msgspec.Struct, frozen=True, kw_only=True):
     rows: int
     dead_letters: int
     redis_documents: int
+    actions: list[int]  # the store actions (`auditq verify` names them) of this run's batches
     reason: str | None
 
 
@@ -166,9 +167,9 @@ class _Run:
         )
         rewritten, letters = await self._scrub_redis(documents)
         await self.conn.execute(sql.ADD_COUNTS, self.name, 0, letters)
-        rows = 0
+        rows, actions = 0, list[int]()
         for mentions in (True, False):
-            rows += await self._rows(sorted(values), mentions=mentions)
+            rows += await self._rows(sorted(values), mentions=mentions, actions=actions)
         await self.conn.execute(sql.FINISH, self.name)
         logger.info(
             "subject %s anonymised: %d rows, %d Redis documents (%d dead letters) in %.1f s",
@@ -185,13 +186,14 @@ class _Run:
             rows=rows,
             dead_letters=letters,
             redis_documents=rewritten,
+            actions=actions,
             reason=reason,
         )
 
-    async def _rows(self, values: list[str], *, mentions: bool) -> int:
+    async def _rows(self, values: list[str], *, mentions: bool, actions: list[int]) -> int:
         total, after = 0, 0
         while True:
-            changed, last = await sql.anonymise_rows(
+            changed, last, action = await sql.anonymise_rows(
                 self.conn,
                 subject_id=self.subject_id,
                 pseudonym=self.name,
@@ -201,6 +203,8 @@ class _Run:
                 after=after,
                 limit=BATCH_ROWS,
             )
+            if action is not None:
+                actions.append(action)
             if changed:
                 total += changed
                 await self.conn.execute(sql.ADD_COUNTS, self.name, changed, 0)
@@ -278,6 +282,8 @@ def anonymised_event(
         "dead_letters": outcome.dead_letters,
         "redis_documents": outcome.redis_documents,
     }
+    if outcome.actions:  # `auditq verify` reports each changed row with one of these
+        metadata["store_actions"] = {"first": outcome.actions[0], "last": outcome.actions[-1]}
     if outcome.reason:
         metadata["reason"] = outcome.reason
     return AuditEvent(

@@ -27,7 +27,9 @@ SELECT v FROM (
     UNION SELECT entity_name FROM audit_log WHERE entity_id = $1 AND entity_type = ANY($2::text[])
 ) s WHERE v IS NOT NULL AND v <> ''
 """
-ANONYMISE_ROWS = "SELECT changed, last_seq FROM auditq_anonymise_rows($1, $2, $3, $4, $5, $6, $7)"
+ANONYMISE_ROWS = (
+    "SELECT changed, last_seq, action_id FROM auditq_anonymise_rows($1, $2, $3, $4, $5, $6, $7)"
+)
 # One erasure per subject at a time, across every API replica and CLI (a session lock).
 TRY_LOCK = "SELECT pg_try_advisory_lock(hashtextextended('auditq.erasure:' || $1, 0))"
 LOCK = "SELECT pg_advisory_lock(hashtextextended('auditq.erasure:' || $1, 0))"
@@ -57,10 +59,10 @@ async def anonymise_rows(
     mentions: bool,
     after: int,
     limit: int,
-) -> tuple[int, int]:
-    """One batch (its own transaction): rows changed, last seq looked at."""
+) -> tuple[int, int, int | None]:
+    """One batch (its own transaction): rows changed, last seq looked at, its store action."""
     row = await conn.fetchrow(
         ANONYMISE_ROWS, subject_id, pseudonym, entity_types, values, mentions, after, limit
     )
     assert row is not None
-    return int(row["changed"]), int(row["last_seq"] or after)
+    return int(row["changed"]), int(row["last_seq"] or after), row["action_id"]

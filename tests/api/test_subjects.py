@@ -201,9 +201,11 @@ async def test_a_subject_is_erased_everywhere_and_the_record_still_verifies(
                 metadata={"contact": EMAIL},
             )
             assert await client.capture(later) is not None
+        await enqueue(redis, queue, json.dumps(bad))  # invalid again: its dead letter is clear
 
         async def rest_in() -> bool:
-            return await _count(pg, "SELECT count(*) FROM audit_log") == stored + 3
+            rows = await _count(pg, "SELECT count(*) FROM audit_log")
+            return rows == stored + 3 and len(await dead_letter.list_ids(redis, queue)) == 2
 
         await wait_for(rest_in)
     await _seal_all(pg, settings.seal_key_path)
@@ -230,6 +232,16 @@ async def test_a_subject_is_erased_everywhere_and_the_record_still_verifies(
     assert event["actor_id"] == "test-admin" and event["entity_id"] == pseudonym
     assert event["metadata"]["pseudonym"] == pseudonym and event["metadata"]["rows"] == 7
     assert event["metadata"]["reason"] == "GDPR request of [erased]"
+    actions = event["metadata"]["store_actions"]
+    assert (
+        await _count(
+            pg,
+            "SELECT count(DISTINCT seq) FROM row_replacement WHERE action_id BETWEEN $1 AND $2",
+            actions["first"],
+            actions["last"],
+        )
+        == 7
+    )
     _absent(await _redis_dump(redis), "Redis")
 
     # Exports and the API.
@@ -297,10 +309,13 @@ async def test_verify_reports_the_erased_rows_with_the_admin_action(
     assert await run_cli("anonymise", SUBJECT, "--reason", "ticket 12") == 0
     printed = capsys.readouterr().out
     assert "rows: 5" in printed and SUBJECT not in printed
+    first, last = (int(n) for n in printed.split("store actions: ")[1].split()[0].split("-"))
     await _seal_all(pg, settings.seal_key_path)
     assert await run_cli("verify") == 0
     lines = capsys.readouterr().out.splitlines()
     changed = [line for line in lines if "changed by anonymisation (action" in line]
     assert len(changed) == 5
+    for line in changed:
+        assert first <= int(line.rsplit("(action ", 1)[1].rstrip(")")) <= last
     assert "0 findings" in lines[-1] and "5 changed by anonymisation" in lines[-1]
     assert await run_cli("anonymise", "") == 2
