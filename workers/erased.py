@@ -34,7 +34,7 @@ class ErasedSubjects:
     async def refresh(self, redis: aioredis.Redis, pool: asyncpg.Pool, queue: str) -> None:
         """Reload the list if an erasure was registered since the last look."""
         version = await redis.get(erased_version_key(queue))
-        if version is not None and version == self._version:
+        if version == self._version:  # None too: no erasure since Redis began
             return
         async with pool.acquire() as conn:
             self.key = await sql.subject_key(conn)

@@ -21,10 +21,10 @@ FINISH = "UPDATE erased_subject SET state = 'done', finished_at = now() WHERE ps
 # The values of the subject as they appear in its rows (names, emails, client addresses).
 SUBJECT_VALUES = """
 SELECT v FROM (
-    SELECT actor_name AS v FROM audit_log WHERE actor_id = $1
-    UNION SELECT actor_email FROM audit_log WHERE actor_id = $1
-    UNION SELECT host(ip) FROM audit_log WHERE actor_id = $1
-    UNION SELECT entity_name FROM audit_log WHERE entity_id = $1 AND entity_type = ANY($2::text[])
+    SELECT v FROM audit_log a, unnest(ARRAY[a.actor_name, a.actor_email, host(a.ip)]) AS v
+    WHERE a.actor_id = $1
+    UNION
+    SELECT entity_name FROM audit_log WHERE entity_id = $1 AND entity_type = ANY($2::text[])
 ) s WHERE v IS NOT NULL AND v <> ''
 """
 ANONYMISE_ROWS = (

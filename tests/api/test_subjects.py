@@ -20,11 +20,14 @@ import pytest
 import redis.asyncio as aioredis
 from aiohttp.test_utils import TestClient
 
-from service import dead_letter
+from service import db, dead_letter
 from service.client import AuditClient
 from service.events import Actor, AuditEvent, Change, Entity, Presentation, RequestInfo
 from service.integrity.keys import load_or_create_private_key
+from service.integrity.verify import verify
+from service.ops import subjects
 from service.settings import Settings
+from service.store import subjects as sql
 from service.store.seals import seal_once
 from tests.admin_api import Tokens, enqueue
 from tests.conftest import run_cli, running_worker, wait_for
@@ -319,3 +322,63 @@ async def test_verify_reports_the_erased_rows_with_the_admin_action(
         assert first <= int(line.rsplit("(action ", 1)[1].rstrip(")")) <= last
     assert "0 findings" in lines[-1] and "5 changed by anonymisation" in lines[-1]
     assert await run_cli("anonymise", "") == 2
+
+
+async def test_a_run_cut_short_resumes_when_asked_again(
+    quiet_settings: Settings, pg: asyncpg.Connection, redis: aioredis.Redis
+) -> None:
+    async with running_worker(quiet_settings):
+        async with AuditClient.from_settings(quiet_settings) as client:
+            for event in _subject_events() * 3 + _mentions():
+                assert await client.capture(event) is not None
+
+        async def stored() -> bool:
+            return await _count(pg, "SELECT count(*) FROM audit_log") == 17
+
+        await wait_for(stored)
+    await _seal_all(pg, quiet_settings.seal_key_path)
+    name = await subjects.pseudonym_of(pg, SUBJECT)
+    await subjects.register(pg, redis, quiet_settings.queue, name)
+    # A run that stopped after one batch of 4 of the subject's 15 rows.
+    values = [SUBJECT, NAME, EMAIL, IP]
+    changed, _, _ = await sql.anonymise_rows(
+        pg,
+        subject_id=SUBJECT,
+        pseudonym=name,
+        entity_types=["user"],
+        values=values,
+        mentions=False,
+        after=0,
+        limit=4,
+    )
+    assert changed == 4
+    assert (await subjects.state(pg, SUBJECT)).state == "running"  # type: ignore[union-attr]
+    pool = await db.create_pool(quiet_settings.database_url or "", size=2)
+    try:
+        outcome = await subjects.anonymise(pool, redis, quiet_settings, SUBJECT)
+    finally:
+        await pool.close()
+    assert outcome is not None and outcome.rows == 11 + 2
+    everything = "\n".join(r["t"] for r in await pg.fetch("SELECT t::text FROM audit_log t"))
+    _absent(everything, "audit_log")
+    assert await _count(pg, "SELECT count(*) FROM audit_log WHERE actor_id = $1", name) == 9
+    await _seal_all(pg, quiet_settings.seal_key_path)
+    lines: list[str] = []
+    key = load_or_create_private_key(quiet_settings.seal_key_path)
+    report = await verify(pg, key.public_key(), emit=lines.append)
+    assert report.findings == 0, lines
+    assert report.anonymised == 17
+
+
+async def test_the_routes_check_roles_and_input(api: TestClient[Any, Any], tokens: Tokens) -> None:
+    path = f"/api/v1/admin/subjects/{SUBJECT}"
+    assert (await api.post(f"{path}/anonymise")).status == 401
+    assert (await api.post(f"{path}/anonymise", headers=tokens.reader)).status == 403
+    assert (await api.get(f"{path}/anonymisation", headers=tokens.reader)).status == 404
+    bad = await api.post(f"{path}/anonymise", json={"why": "x"}, headers=tokens.admin)
+    assert bad.status == 400
+    long = await api.post(f"{path}/anonymise", json={"reason": "x" * 2000}, headers=tokens.admin)
+    assert long.status == 400 and "reason" in (await long.json())["error"]["message"]
+    pseudonymous = "anon_" + "0" * 32
+    again = await api.post(f"/api/v1/admin/subjects/{pseudonymous}/anonymise", headers=tokens.admin)
+    assert again.status == 400 and "subject_id" in (await again.json())["error"]["message"]
