@@ -13,6 +13,8 @@ from service.integrity.keys import key_id
 
 SEAL_LOCK_KEY = 0x7365616C  # "seal": one sealer at a time across every worker
 TRY_LOCK = "SELECT pg_try_advisory_xact_lock($1)"
+# The entries are sorted in memory: 40 bytes a row, a few MB for a busy interval.
+SORT_MEMORY = "SET LOCAL work_mem = '64MB'"
 # Entries of committed transactions only: an open one's entries are invisible, so they wait
 # for a later checkpoint; a deleted entry is never seen again, so nothing is sealed twice.
 TAKE_PENDING = """
@@ -59,6 +61,7 @@ async def seal_once(conn: asyncpg.Connection, key: Ed25519PrivateKey) -> Checkpo
         pending = {r["kind"]: r["seqs"] for r in await conn.fetch(TAKE_PENDING)}
         if not pending:
             return None
+        await conn.execute(SORT_MEMORY)
         rows = await conn.fetchrow(ROW_ENTRIES, pending.get("row", EMPTY))
         actions = await conn.fetchrow(ACTION_ENTRIES, pending.get("action", EMPTY))
         last = await conn.fetchrow(LAST_CHECKPOINT)
