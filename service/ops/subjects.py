@@ -161,7 +161,8 @@ class _Run:
         )
         async for _key, document, _raw in self._documents():
             documents.learn(document)
-        values = set(sorted(documents.values, key=len, reverse=True)[:MAX_VALUES])
+        others = sorted(documents.values - {self.subject_id}, key=lambda v: (-len(v), v))
+        values = {self.subject_id, *others[:MAX_VALUES]}
         documents = DocumentScrubber(
             self.subject_id, self.name, self.settings.subject_entity_types, values
         )
