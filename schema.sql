@@ -475,6 +475,11 @@ LANGUAGE plpgsql SECURITY DEFINER SET search_path = public, pg_temp AS $$
 DECLARE
     v_names  text := auditq_erase_pattern(array_remove(p_values, p_subject));
     v_id     text := auditq_erase_pattern(ARRAY[p_subject]);
+    -- Any value, as it is or as JSON text escapes it, anywhere: may this text hold one?
+    v_any    text := (SELECT string_agg(regexp_replace(x, '([^[:alnum:][:space:]])', '\\\1', 'g'), '|')
+                      FROM (SELECT v AS x FROM unnest(p_values) v WHERE length(v) > 0
+                            UNION SELECT substr(to_json(v)::text, 2, length(to_json(v)::text) - 2)
+                            FROM unnest(p_values) v WHERE length(v) > 0) s);
     v_query  tsquery;
     v_part   tsquery;
     v_value  text;
@@ -526,26 +531,34 @@ BEGIN
     v_action := auditq_record_action('subject.anonymised', jsonb_build_object(
         'pseudonym', p_pseudonym, 'part', CASE WHEN p_mentions THEN 'mentions' ELSE 'subject' END));
     PERFORM set_config('auditq.erasing', v_action::text, true);
+    -- SET sees the row before the change; a text is walked only if it may hold a value.
     WITH changed_rows AS (
         UPDATE audit_log a SET
-            actor_id     = CASE WHEN x.is_actor THEN p_pseudonym ELSE a.actor_id END,
-            actor_name   = CASE WHEN x.is_actor THEN NULL ELSE a.actor_name END,
-            actor_email  = CASE WHEN x.is_actor THEN NULL ELSE a.actor_email END,
-            entity_id    = CASE WHEN x.is_entity THEN p_pseudonym ELSE a.entity_id END,
-            entity_name  = CASE WHEN x.is_entity THEN NULL
+            actor_id     = CASE WHEN a.actor_id = p_subject THEN p_pseudonym ELSE a.actor_id END,
+            actor_name   = CASE WHEN a.actor_id = p_subject THEN NULL ELSE a.actor_name END,
+            actor_email  = CASE WHEN a.actor_id = p_subject THEN NULL ELSE a.actor_email END,
+            entity_id    = CASE WHEN a.entity_id = p_subject AND a.entity_type = ANY(p_entity_types)
+                                THEN p_pseudonym ELSE a.entity_id END,
+            entity_name  = CASE WHEN a.entity_id = p_subject AND a.entity_type = ANY(p_entity_types)
+                                THEN NULL
                                 ELSE auditq_erase_text(a.entity_name, v_names, v_id, p_pseudonym) END,
-            ip           = CASE WHEN x.is_actor OR x.is_entity THEN NULL ELSE a.ip END,
-            user_agent   = CASE WHEN x.is_actor OR x.is_entity THEN NULL ELSE a.user_agent END,
+            ip           = CASE WHEN a.actor_id = p_subject
+                                  OR (a.entity_id = p_subject AND a.entity_type = ANY(p_entity_types))
+                                THEN NULL ELSE a.ip END,
+            user_agent   = CASE WHEN a.actor_id = p_subject
+                                  OR (a.entity_id = p_subject AND a.entity_type = ANY(p_entity_types))
+                                THEN NULL ELSE a.user_agent END,
             path         = auditq_erase_text(a.path, v_names, v_id, p_pseudonym),
-            changes      = auditq_erase_jsonb(a.changes, v_names, v_id, p_pseudonym),
-            metadata     = auditq_erase_jsonb(a.metadata, v_names, v_id, p_pseudonym),
-            presentation = auditq_erase_jsonb(a.presentation, v_names, v_id, p_pseudonym)
-        FROM (SELECT b.seq,
-                     coalesce(b.actor_id = p_subject, false) AS is_actor,
-                     coalesce(b.entity_id = p_subject AND b.entity_type = ANY(p_entity_types), false)
-                         AS is_entity
-              FROM audit_log b WHERE b.seq = ANY(v_seqs)) x
-        WHERE a.seq = x.seq
+            changes      = CASE WHEN a.changes::text ~* v_any
+                                THEN auditq_erase_jsonb(a.changes, v_names, v_id, p_pseudonym)
+                                ELSE a.changes END,
+            metadata     = CASE WHEN a.metadata::text ~* v_any
+                                THEN auditq_erase_jsonb(a.metadata, v_names, v_id, p_pseudonym)
+                                ELSE a.metadata END,
+            presentation = CASE WHEN a.presentation::text ~* v_any
+                                THEN auditq_erase_jsonb(a.presentation, v_names, v_id, p_pseudonym)
+                                ELSE a.presentation END
+        WHERE a.seq = ANY(v_seqs)
         RETURNING a.seq, audit_row_digest(a) AS d
     )
     INSERT INTO row_replacement (action_id, seq, old_digest, new_digest)
