@@ -517,11 +517,14 @@ BEGIN
               ORDER BY a.seq LIMIT p_limit) s;
     ELSE
         SELECT array_agg(s.seq ORDER BY s.seq), array_agg(s.d ORDER BY s.seq) INTO v_seqs, v_old
+        -- In index order (actor, or entity, then ts): the walk never scans the table, and the
+        -- rows already changed no longer match, so each batch starts where the last ended.
         FROM ((SELECT a.seq, audit_row_digest(a) AS d FROM audit_log a
-               WHERE a.actor_id = p_subject LIMIT p_limit)
+               WHERE a.actor_id = p_subject ORDER BY a.ts DESC LIMIT p_limit)
               UNION
               (SELECT a.seq, audit_row_digest(a) AS d FROM audit_log a
-               WHERE a.entity_id = p_subject AND a.entity_type = ANY(p_entity_types) LIMIT p_limit)
+               WHERE a.entity_id = p_subject AND a.entity_type = ANY(p_entity_types)
+               ORDER BY a.ts DESC LIMIT p_limit)
               LIMIT p_limit) s;
     END IF;
     IF v_seqs IS NULL THEN
