@@ -69,7 +69,9 @@ CREATE INDEX IF NOT EXISTS audit_log_seq_idx ON audit_log (seq);
 
 -- ---------------------------------------------------------------------------------------
 -- Integrity (docs/integrity.md): the seal queue, checkpoints, and what the definer
--- functions did.
+-- functions did. Every SECURITY DEFINER function sets `search_path = public, pg_temp`:
+-- pg_catalog is searched first implicitly, and a caller's temporary objects last, so no
+-- caller can put its own table or function in the way.
 
 -- One entry per inserting statement: the seqs it stored, committed with them. The sealer
 -- deletes the entries it can see (committed ones), so no row is skipped or sealed twice.

@@ -8,6 +8,7 @@ checkpoints of 20,000 rows, then verified; the sealing rate is printed too.
 from __future__ import annotations
 
 import asyncio
+import os
 import shutil
 import sys
 import tempfile
@@ -16,6 +17,7 @@ from pathlib import Path
 
 import asyncpg
 
+from bench.common import cpu_seconds
 from service import db
 from service.embedded import EmbeddedStack
 from service.integrity.keys import load_or_create_private_key
@@ -48,19 +50,30 @@ async def main(rows: int) -> None:
         url = stack.postgres.url_for("bench_verify")
         await db.migrate(url)
         key = load_or_create_private_key(work / "seal-key")
-        conn = await db.connect(url)
-        sealing = 0.0
+        conn = await asyncpg.connect(url)  # no command timeout: a loaded machine is slow
+        own = await conn.fetchval("SELECT pg_backend_pid()")
+        sealing = insert_cpu = seal_cpu = 0.0
         for start in range(0, rows, PER_CHECKPOINT):
+            cpu = cpu_seconds(own, with_children=False)
             await conn.execute(INSERT, start + 1, min(start + PER_CHECKPOINT, rows))
-            began = time.perf_counter()
+            insert_cpu += cpu_seconds(own, with_children=False) - cpu
+            began, cpu = time.perf_counter(), cpu_seconds(own, with_children=False)
             await seal_once(conn, key)
             sealing += time.perf_counter() - began
+            seal_cpu += cpu_seconds(own, with_children=False) - cpu
         await conn.execute("VACUUM ANALYZE audit_log")
         lines: list[str] = []
         rows_conn = await asyncpg.connect(url)
-        began = time.perf_counter()
+        backend = await rows_conn.fetchval("SELECT pg_backend_pid()")
+        began, client_cpu, server_cpu = (
+            time.perf_counter(),
+            time.process_time(),
+            cpu_seconds(backend, with_children=False),
+        )
         report = await verify(conn, key.public_key(), emit=lines.append, rows_conn=rows_conn)
         elapsed = time.perf_counter() - began
+        client_cpu = time.process_time() - client_cpu
+        server_cpu = cpu_seconds(backend, with_children=False) - server_cpu
         await rows_conn.close()
         await conn.close()
         assert report.findings == 0, lines[:5]
@@ -71,6 +84,18 @@ async def main(rows: int) -> None:
             ("verify (client-side digests)", report.rows, elapsed),
         ):
             print(f"| {what} | {count} | {seconds:.2f} | {count / seconds:,.0f} |")
+        print(
+            f"PostgreSQL CPU: storing {insert_cpu / rows * 1e6:.2f} µs/row (one INSERT of "
+            f"{PER_CHECKPOINT:,} rows), sealing {seal_cpu / rows * 1e6:.2f} µs/row"
+        )
+        per_row = {"verifier": client_cpu, "server (row stream)": server_cpu}
+        for who, cpu in per_row.items():
+            print(f"CPU of the {who}: {cpu / report.rows * 1e6:.2f} µs/row")
+        bound = max(per_row.values()) / report.rows
+        print(
+            f"rate when each has a core (they run side by side): {1 / bound:,.0f} rows/s; "
+            f"load average now {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs"
+        )
     finally:
         await asyncio.to_thread(stack.stop)
         stack.destroy()

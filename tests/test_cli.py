@@ -11,7 +11,7 @@ import redis.asyncio as aioredis
 from service.settings import Settings
 from tests.conftest import queued_events, run_cli
 
-COMMANDS = ["run", "migrate", "api", "worker", "emit", "stats", "tasks", "tokens"]
+COMMANDS = ["run", "migrate", "api", "worker", "emit", "stats", "tasks", "tokens", "verify", "integrity"]
 
 
 @pytest.mark.parametrize("command", COMMANDS)

@@ -28,6 +28,7 @@ ACTION_RECORD = """ROW(s.id, s.at, s.action, s.actor, s.detail, s.seqs::text,
      FROM row_replacement r WHERE r.action_id = s.id))"""  # over `store_action s`
 
 DIGEST_BYTES = 16
+_sha256 = hashlib.sha256
 ENTRY_BYTES = 40  # seq (8) || id (16) || digest (16)
 # Offsets in a record: count (4), then seq's oid+len (8) and value (8), id's oid+len (8).
 _SEQ = slice(12, 20)
@@ -43,7 +44,7 @@ def digest(record: bytes | memoryview) -> bytes:
 
 def row_entry(record: bytes | memoryview) -> bytes:
     """The checkpoint entry of a row record: seq || id || digest."""
-    return bytes(record[_SEQ]) + bytes(record[_ID]) + digest(record)
+    return bytes(record[_SEQ]) + bytes(record[_ID]) + _sha256(record).digest()[:DIGEST_BYTES]
 
 
 def action_entry(record: bytes | memoryview) -> bytes:

@@ -157,7 +157,7 @@ class _Verifier:
         self.pending_metas: list[_Meta] = []
         self.next_meta = 0
         self.heap: list[tuple[bytes, int, Iterator[bytes]]] = []
-        self.last_match: tuple[bytes, int] | None = None
+        self.last_match: tuple[bytes, int, Iterator[bytes]] | None = None
         self.replacements: dict[int, list[tuple[int, bytes, bytes]]] = {}
 
     def finding(self, line: str) -> None:
@@ -290,7 +290,10 @@ class _Verifier:
             cursor = self.conn.cursor(ROWS, row_lo, row_hi, prefetch=ROW_PREFETCH)
             async for (record,) in cursor:
                 self.report.rows += 1
-                await self._row(memoryview(record))
+                view = memoryview(record)
+                entry = row_entry(view)
+                if not self._matched(entry):
+                    await self._row(view, entry)
         await self._load_until(hi if hi is not None else 0)
         while self.heap:
             self._missing(*self.heap[0][:2])
@@ -306,9 +309,13 @@ class _Verifier:
         records = CopyRecords()
 
         async def take(chunk: bytes) -> None:
-            for record in records.feed(chunk):
-                self.report.rows += 1
-                await self._row(record)
+            batch = records.feed(chunk)
+            self.report.rows += len(batch)
+            matched = self._matched
+            for record in batch:
+                entry = row_entry(record)
+                if not matched(entry):
+                    await self._row(record, entry)
 
         async with rows_conn.transaction(isolation="repeatable_read", readonly=True):
             # SET TRANSACTION takes no parameters; the id was checked above.
@@ -317,22 +324,38 @@ class _Verifier:
                 ROWS_COPY, lo, hi, output=take, format="binary", timeout=None
             )
 
-    async def _row(self, view: memoryview) -> None:
-        """Merge one row (in seq order) with the entries of the checkpoints."""
-        entry = row_entry(view)
+    def _matched(self, entry: bytes) -> bool:
+        """The usual case, kept cheap: the row is the next entry, intact."""
+        heap = self.heap
+        if heap and heap[0][0] == entry:
+            top = heap[0]
+            self.last_match = top
+            following = next(top[2], None)
+            if following is None:
+                heapq.heappop(heap)
+            else:
+                heapq.heapreplace(heap, (following, top[1], top[2]))
+            return True
+        return False
+
+    async def _row(self, view: memoryview, entry: bytes) -> None:
+        """Merge one row (in seq order) that is not simply the next entry."""
+        heap = self.heap
         key = entry[:8]
         seq = int.from_bytes(key, "big")
         pending = self.pending_metas
         if self.next_meta < len(pending) and (pending[self.next_meta].seq_min or 0) <= seq:
             await self._load_until(seq)
-        heap = self.heap
+            if self._matched(entry):
+                return
         while heap and heap[0][0][:8] < key:
             self._missing(*heap[0][:2])
             self._advance()
         if heap and heap[0][0][:8] == key:
-            expected, n = heap[0][:2]
+            top = heap[0]
+            expected, n = top[0], top[1]
             self._advance()
-            self.last_match = (expected, n)
+            self.last_match = top
             if expected != entry:
                 self._changed(entry, expected, n, self.replacements.get(seq))
             return
