@@ -92,6 +92,8 @@ def check_subject_id(subject_id: str) -> str:
         raise InvalidSubject("a subject id is not empty")
     if len(subject_id) > MAX_SUBJECT_ID:
         raise InvalidSubject(f"a subject id is at most {MAX_SUBJECT_ID} characters")
+    if "\x00" in subject_id:
+        raise InvalidSubject("a subject id holds no NUL character (no stored id can)")
     if PSEUDONYM_PATTERN.match(subject_id):
         raise InvalidSubject("this is a pseudonym already: its subject is erased")
     return subject_id
@@ -299,6 +301,9 @@ def anonymised_event(
 
 
 def check_reason(reason: str | None) -> str | None:
+    """The admin's reason, or InvalidSubject when it cannot be kept in an event."""
     if reason is not None and len(reason) > MAX_REASON:
         raise InvalidSubject(f"a reason is at most {MAX_REASON} characters")
+    if reason is not None and "\x00" in reason:
+        raise InvalidSubject("a reason holds no NUL character")
     return reason or None

@@ -382,3 +382,5 @@ async def test_the_routes_check_roles_and_input(api: TestClient[Any, Any], token
     pseudonymous = "anon_" + "0" * 32
     again = await api.post(f"/api/v1/admin/subjects/{pseudonymous}/anonymise", headers=tokens.admin)
     assert again.status == 400 and "subject_id" in (await again.json())["error"]["message"]
+    nul = await api.get("/api/v1/admin/subjects/u%00x/anonymisation", headers=tokens.reader)
+    assert nul.status == 400
