@@ -54,7 +54,7 @@ async def cmd_anonymise(settings: Settings, args: argparse.Namespace) -> int:
     assert outcome is not None  # waited for any other run
     actor = Actor(id="cli", type="system", name=f"cli:{getpass.getuser()}")
     async with AuditClient.from_settings(settings) as producer:
-        await producer.capture(subjects.anonymised_event(outcome, actor=actor))
+        await producer.capture(subjects.anonymised_event(outcome, actor=actor, source="auditq-cli"))
     print(f"pseudonym: {outcome.pseudonym}")
     print(f"rows: {outcome.rows}")
     print(f"dead letters: {outcome.dead_letters}")

@@ -11,7 +11,10 @@ import redis.asyncio as aioredis
 from service.settings import Settings
 from tests.conftest import queued_events, run_cli
 
-COMMANDS = ["run", "migrate", "api", "worker", "emit", "stats", "tasks", "tokens", "verify", "integrity"]
+COMMANDS = [
+    "run", "migrate", "api", "worker", "emit", "stats", "tasks", "tokens", "verify", "integrity",
+    "anonymise",
+]  # fmt: skip
 
 
 @pytest.mark.parametrize("command", COMMANDS)

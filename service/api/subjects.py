@@ -89,7 +89,9 @@ async def _run(
         logger.error("erasure failed: %s (ask again to resume)", type(exc).__name__)
         return
     if outcome is not None:
-        await app[CLIENT].capture(subjects.anonymised_event(outcome, actor=actor, request=origin))
+        await app[CLIENT].capture(
+            subjects.anonymised_event(outcome, actor=actor, source="auditq-api", request=origin)
+        )
 
 
 @operation(

@@ -276,7 +276,7 @@ class _Run:
 
 
 def anonymised_event(
-    outcome: Outcome, *, actor: Actor, request: RequestInfo | None = None
+    outcome: Outcome, *, actor: Actor, source: str, request: RequestInfo | None = None
 ) -> AuditEvent:
     """The audit event of an erasure: the pseudonym and the counts, never the subject's values."""
     metadata: dict[str, Any] = {
@@ -296,7 +296,7 @@ def anonymised_event(
         entity=Entity(type="subject", id=outcome.pseudonym),
         request=request,
         metadata=metadata,
-        source="auditq",
+        source=source,
     )
 
 
