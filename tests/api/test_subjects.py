@@ -384,3 +384,38 @@ async def test_the_routes_check_roles_and_input(api: TestClient[Any, Any], token
     assert again.status == 400 and "subject_id" in (await again.json())["error"]["message"]
     nul = await api.get("/api/v1/admin/subjects/u%00x/anonymisation", headers=tokens.reader)
     assert nul.status == 400
+
+
+async def test_events_arriving_during_the_erasure_are_stored_pseudonymised(
+    quiet_settings: Settings,
+    pg: asyncpg.Connection,
+    api: TestClient[Any, Any],
+    tokens: Tokens,
+) -> None:
+    me = Actor(id=SUBJECT, type="user", name=NAME, email=EMAIL)
+    sent = 0
+    async with running_worker(quiet_settings):
+        async with AuditClient.from_settings(quiet_settings) as client:
+            for _ in range(20):
+                assert await client.capture(AuditEvent(action="auth.login", actor=me))
+            sent += 20
+            response = await api.post(
+                f"/api/v1/admin/subjects/{SUBJECT}/anonymise", headers=tokens.admin
+            )
+            assert response.status == 202
+            while True:  # keep sending while the erasure runs, and a few after
+                assert await client.capture(AuditEvent(action="auth.login", actor=me))
+                sent += 1
+                answer = await api.get(
+                    f"/api/v1/admin/subjects/{SUBJECT}/anonymisation", headers=tokens.admin
+                )
+                if (await answer.json())["state"] == "done" and sent >= 40:
+                    break
+
+        async def stored() -> bool:
+            n = await _count(pg, "SELECT count(*) FROM audit_log WHERE action = 'auth.login'")
+            return n == sent
+
+        await wait_for(stored)
+    everything = "\n".join(r["t"] for r in await pg.fetch("SELECT t::text FROM audit_log t"))
+    _absent(everything, "audit_log")
