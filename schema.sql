@@ -73,13 +73,16 @@ CREATE INDEX IF NOT EXISTS audit_log_seq_idx ON audit_log (seq);
 -- pg_catalog is searched first implicitly, and a caller's temporary objects last, so no
 -- caller can put its own table or function in the way.
 
--- One entry per inserting statement: the seqs it stored, committed with them. The sealer
--- deletes the entries it can see (committed ones), so no row is skipped or sealed twice.
+-- One entry per inserting statement: the seqs it stored and their checkpoint entries
+-- (seq || id || digest, sorted), committed with them. The sealer deletes the entries it can
+-- see (committed ones), so no row is skipped or sealed twice, and never reads the rows.
 CREATE TABLE IF NOT EXISTS seal_pending (
     kind      text           NOT NULL CHECK (kind IN ('row', 'action')),
     seqs      int8multirange NOT NULL,
     queued_at timestamptz    NOT NULL DEFAULT now()
 );
+ALTER TABLE seal_pending ADD COLUMN IF NOT EXISTS entries bytea;
+ALTER TABLE seal_pending ALTER COLUMN entries SET STORAGE EXTERNAL;
 
 -- Signed, chained checkpoints; `rows`/`actions` hold 40-byte entries sorted by seq.
 CREATE TABLE IF NOT EXISTS seal_checkpoint (
@@ -145,23 +148,34 @@ SELECT substr(sha256(record_send(ROW(
     r.changes, r.metadata, r.presentation, r.source, r.received_via))), 1, 16)
 $$;
 
--- Queue the seqs a statement stored for the sealer, in the inserting transaction.
+-- Queue a statement's rows for the sealer, in the inserting transaction: their seqs and
+-- their entries, digested here from the rows in hand (the same record as audit_row_digest).
 CREATE OR REPLACE FUNCTION audit_log_queue_seal() RETURNS trigger
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = public, pg_temp AS $$
 DECLARE
-    v_lo bigint;
-    v_hi bigint;
-    v_n  bigint;
+    v_lo      bigint;
+    v_hi      bigint;
+    v_n       bigint;
+    v_entries bytea;
 BEGIN
-    SELECT min(seq), max(seq), count(*) INTO v_lo, v_hi, v_n FROM new_rows;
+    SELECT min(a.seq), max(a.seq), count(*),
+           string_agg(int8send(a.seq) || uuid_send(a.id) || substr(sha256(record_send(ROW(
+               a.seq, a.id, a.ts, a.received_at, a.action, a.category, a.severity, a.outcome,
+               a.actor_id, a.actor_type, a.actor_name, a.actor_email,
+               a.entity_type, a.entity_id, a.entity_name, a.tenant,
+               a.request_id, a.ip, a.user_agent, a.method, a.path, a.status, a.duration_ms,
+               a.changes, a.metadata, a.presentation, a.source, a.received_via))), 1, 16),
+               ''::bytea ORDER BY a.seq)
+      INTO v_lo, v_hi, v_n, v_entries
+      FROM new_rows a;
     IF v_n = 0 THEN
         RETURN NULL;
     ELSIF v_hi - v_lo + 1 = v_n THEN  -- one range: the usual case
-        INSERT INTO seal_pending (kind, seqs)
-        VALUES ('row', int8multirange(int8range(v_lo, v_hi, '[]')));
+        INSERT INTO seal_pending (kind, seqs, entries)
+        VALUES ('row', int8multirange(int8range(v_lo, v_hi, '[]')), v_entries);
     ELSE
-        INSERT INTO seal_pending (kind, seqs)
-        SELECT 'row', range_agg(int8range(seq, seq, '[]')) FROM new_rows;
+        INSERT INTO seal_pending (kind, seqs, entries)
+        SELECT 'row', range_agg(int8range(seq, seq, '[]')), v_entries FROM new_rows;
     END IF;
     RETURN NULL;
 END;

@@ -12,9 +12,18 @@ from service.settings import Settings
 from tests.conftest import queued_events, run_cli
 
 COMMANDS = [
-    "run", "migrate", "api", "worker", "emit", "stats", "tasks", "tokens", "verify", "integrity",
+    "run",
+    "migrate",
+    "api",
+    "worker",
+    "emit",
+    "stats",
+    "tasks",
+    "tokens",
+    "verify",
+    "integrity",
     "anonymise",
-]  # fmt: skip
+]
 
 
 @pytest.mark.parametrize("command", COMMANDS)

@@ -7,28 +7,18 @@ from datetime import UTC, datetime
 import asyncpg
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from service.integrity.canonical import ACTION_RECORD, ROW_RECORD
+from service.integrity.canonical import ACTION_RECORD, entry_seq, iter_entries
 from service.integrity.checkpoint import GENESIS_HASH, Checkpoint, body, checkpoint_hash
 from service.integrity.keys import key_id
 
 SEAL_LOCK_KEY = 0x7365616C  # "seal": one sealer at a time across every worker
 TRY_LOCK = "SELECT pg_try_advisory_xact_lock($1)"
-# The entries are sorted in memory: 40 bytes a row, a few MB for a busy interval.
-SORT_MEMORY = "SET LOCAL work_mem = '64MB'"
 # Entries of committed transactions only: an open one's entries are invisible, so they wait
 # for a later checkpoint; a deleted entry is never seen again, so nothing is sealed twice.
+# Rows come with their entries, digested by the seal trigger in the inserting transaction.
 TAKE_PENDING = """
-WITH taken AS (DELETE FROM seal_pending RETURNING kind, seqs)
-SELECT kind, range_agg(r)::text AS seqs FROM taken, unnest(taken.seqs) r GROUP BY kind
-"""
-ROW_ENTRIES = f"""
-SELECT count(*) AS n, min(a.seq) AS lo, max(a.seq) AS hi,
-       coalesce(string_agg(int8send(a.seq) || uuid_send(a.id)
-                           || substr(sha256(record_send({ROW_RECORD})), 1, 16),
-                           ''::bytea ORDER BY a.seq), ''::bytea) AS entries
-FROM unnest($1::text::int8multirange) r
-CROSS JOIN LATERAL (SELECT * FROM audit_log a
-                    WHERE a.seq >= lower(r) AND a.seq < upper(r)) a
+WITH taken AS (DELETE FROM seal_pending RETURNING kind, seqs, entries)
+SELECT kind, seqs::text AS seqs, entries FROM taken
 """
 ACTION_ENTRIES = f"""
 SELECT count(*) AS n,
@@ -48,7 +38,6 @@ SELECT (SELECT max(sealed_at) FROM seal_checkpoint) AS last_sealed_at,
        (SELECT coalesce(sum(upper(r) - lower(r)), 0)
         FROM seal_pending p, unnest(p.seqs) r WHERE p.kind = 'row') AS unsealed_rows
 """
-EMPTY = "{}"
 
 
 async def seal_once(conn: asyncpg.Connection, key: Ed25519PrivateKey) -> Checkpoint | None:
@@ -58,20 +47,26 @@ async def seal_once(conn: asyncpg.Connection, key: Ed25519PrivateKey) -> Checkpo
     async with conn.transaction():
         if not await conn.fetchval(TRY_LOCK, SEAL_LOCK_KEY):
             return None
-        pending = {r["kind"]: r["seqs"] for r in await conn.fetch(TAKE_PENDING)}
-        if not pending:
+        taken = await conn.fetch(TAKE_PENDING)
+        if not taken:
             return None
-        await conn.execute(SORT_MEMORY)
-        rows = await conn.fetchrow(ROW_ENTRIES, pending.get("row", EMPTY))
-        actions = await conn.fetchrow(ACTION_ENTRIES, pending.get("action", EMPTY))
+        # Each statement's entries are sorted; together, sorted by seq (their first 8 bytes).
+        row_entries = sorted(
+            entry
+            for r in taken
+            if r["kind"] == "row"
+            for entry in iter_entries(bytes(r["entries"] or b""))
+        )
+        action_seqs = [r["seqs"] for r in taken if r["kind"] == "action"]
+        actions = await conn.fetchrow(ACTION_ENTRIES, _union(action_seqs))
         last = await conn.fetchrow(LAST_CHECKPOINT)
         public = key.public_key()
         checkpoint = Checkpoint(
             n=last["n"] + 1 if last else 1,
             sealed_at=datetime.now(UTC),
             prev_hash=last["hash"] if last else GENESIS_HASH,
-            row_count=rows["n"],
-            rows=rows["entries"],
+            row_count=len(row_entries),
+            rows=b"".join(row_entries),
             action_count=actions["n"],
             actions=actions["entries"],
             key_id=key_id(public),
@@ -84,8 +79,8 @@ async def seal_once(conn: asyncpg.Connection, key: Ed25519PrivateKey) -> Checkpo
             checkpoint.prev_hash,
             checkpoint_hash(signed),
             checkpoint.row_count,
-            rows["lo"],
-            rows["hi"],
+            entry_seq(row_entries[0]) if row_entries else None,
+            entry_seq(row_entries[-1]) if row_entries else None,
             checkpoint.rows,
             checkpoint.action_count,
             checkpoint.actions,
@@ -93,6 +88,12 @@ async def seal_once(conn: asyncpg.Connection, key: Ed25519PrivateKey) -> Checkpo
             key.sign(signed),
         )
         return checkpoint
+
+
+def _union(multiranges: list[str]) -> str:
+    """One multirange (as text) of several, for a parameter."""
+    ranges = [r.strip("{}") for r in multiranges if r.strip("{}")]
+    return "{" + ",".join(ranges) + "}"
 
 
 async def status(conn: asyncpg.Connection) -> asyncpg.Record:
