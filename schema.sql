@@ -415,3 +415,195 @@ BEGIN
                    pg_get_serial_sequence('integrity_verification', 'id'));
 END;
 $$;
+
+-- =======================================================================================
+-- Erasure (issue 13, docs/erasure.md). BEGIN of the section owned by the erasure work.
+-- One subject is pseudonymised by auditq_anonymise_rows(), batch by batch; each batch is a
+-- sealed `store_action` with a `row_replacement` per changed row (docs/integrity.md,
+-- "Erasure"), so `auditq verify` still passes and names the action.
+-- =======================================================================================
+
+-- The key of the pseudonyms: HMAC-SHA256(key, subject id). Made once per database, like the
+-- cursor secret; the worker reads it (and nothing else of api_secret) through the view.
+INSERT INTO api_secret (name, secret)
+VALUES ('subject', uuid_send(gen_random_uuid()) || uuid_send(gen_random_uuid()))
+ON CONFLICT (name) DO NOTHING;
+CREATE OR REPLACE VIEW subject_key AS SELECT secret FROM api_secret WHERE name = 'subject';
+
+-- Erased subjects, by pseudonym only (never the id): the worker pseudonymises their later
+-- events; the API reports the state of each erasure.
+CREATE TABLE IF NOT EXISTS erased_subject (
+    pseudonym    text        PRIMARY KEY,
+    state        text        NOT NULL CHECK (state IN ('running', 'done')),
+    requested_at timestamptz NOT NULL DEFAULT now(),
+    finished_at  timestamptz,
+    rows         bigint      NOT NULL DEFAULT 0,
+    dead_letters bigint      NOT NULL DEFAULT 0
+);
+
+-- Presentation params are outside the `search` column: this index finds a subject's name
+-- there too. Partial: the common event without params costs nothing.
+CREATE INDEX IF NOT EXISTS audit_log_params_search_idx ON audit_log
+    USING gin (to_tsvector('simple', (presentation -> 'params')::text))
+    WHERE presentation -> 'params' <> '{}'::jsonb;
+
+-- A regular expression matching any of p_values literally, not inside a longer word.
+CREATE OR REPLACE FUNCTION auditq_erase_pattern(p_values text[]) RETURNS text
+LANGUAGE sql IMMUTABLE SET search_path = public, pg_temp AS $$
+SELECT '(?<![[:alnum:]])(' || string_agg(regexp_replace(v, '([^[:alnum:][:space:]])', '\\\1', 'g'),
+                                       '|' ORDER BY length(v) DESC, v)
+       || ')(?![[:alnum:]])'
+FROM unnest(p_values) AS v WHERE length(v) > 0
+$$;
+
+-- Text cleared of the subject: names/emails (p_names, any case) -> [erased], id -> pseudonym.
+CREATE OR REPLACE FUNCTION auditq_erase_text(t text, p_names text, p_id text, p_pseudonym text)
+RETURNS text
+LANGUAGE sql IMMUTABLE SET search_path = public, pg_temp AS $$
+SELECT CASE WHEN p_id IS NULL THEN x ELSE regexp_replace(x, p_id, p_pseudonym, 'g') END
+FROM (SELECT CASE WHEN p_names IS NULL OR t IS NULL THEN t
+                  ELSE regexp_replace(t, p_names, '[erased]', 'gi') END AS x) s
+$$;
+
+-- The same over every key and string of a JSON value, at any depth.
+CREATE OR REPLACE FUNCTION auditq_erase_jsonb(j jsonb, p_names text, p_id text, p_pseudonym text)
+RETURNS jsonb
+LANGUAGE plpgsql IMMUTABLE SET search_path = public, pg_temp AS $$
+BEGIN
+    CASE jsonb_typeof(j)
+        WHEN 'object' THEN
+            RETURN coalesce((SELECT jsonb_object_agg(auditq_erase_text(k, p_names, p_id, p_pseudonym),
+                                                     auditq_erase_jsonb(v, p_names, p_id, p_pseudonym))
+                             FROM jsonb_each(j) AS e(k, v)), '{}'::jsonb);
+        WHEN 'array' THEN
+            RETURN coalesce((SELECT jsonb_agg(auditq_erase_jsonb(v, p_names, p_id, p_pseudonym) ORDER BY o)
+                             FROM jsonb_array_elements(j) WITH ORDINALITY AS e(v, o)), '[]'::jsonb);
+        WHEN 'string' THEN
+            RETURN to_jsonb(auditq_erase_text(j #>> '{}', p_names, p_id, p_pseudonym));
+        ELSE
+            RETURN j;
+    END CASE;
+END;
+$$;
+
+-- One batch of an erasure, in the caller's transaction; returns the rows changed, the last
+-- seq looked at and the store_action recording the batch (null when nothing matched). p_mentions false: the subject's own rows (actor, or entity of a type in
+-- p_entity_types): ids -> pseudonym; names, emails, client IP, user agent removed; texts
+-- cleared. p_mentions true: other rows whose texts (full-text search) hold one of p_values,
+-- in seq order after p_after: entity name, path, metadata, changes, presentation cleared.
+CREATE OR REPLACE FUNCTION auditq_anonymise_rows(
+    p_subject text, p_pseudonym text, p_entity_types text[], p_values text[],
+    p_mentions boolean, p_after bigint, p_limit integer
+) RETURNS TABLE (changed bigint, last_seq bigint, action_id bigint)
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = public, pg_temp AS $$
+DECLARE
+    v_names  text := auditq_erase_pattern(array_remove(p_values, p_subject));
+    v_id     text := auditq_erase_pattern(ARRAY[p_subject]);
+    -- Any value, as it is or as JSON text escapes it, anywhere: may this text hold one?
+    v_any    text := (SELECT string_agg(regexp_replace(x, '([^[:alnum:][:space:]])', '\\\1', 'g'), '|')
+                      FROM (SELECT v AS x FROM unnest(p_values) v WHERE length(v) > 0
+                            UNION SELECT substr(to_json(v)::text, 2, length(to_json(v)::text) - 2)
+                            FROM unnest(p_values) v WHERE length(v) > 0) s);
+    v_query  tsquery;
+    v_part   tsquery;
+    v_value  text;
+    v_seqs   bigint[];
+    v_old    bytea[];
+    v_action bigint;
+    v_count  bigint;
+BEGIN
+    IF coalesce(p_subject, '') = '' OR coalesce(p_pseudonym, '') !~ '^anon_[0-9a-f]{32}$'
+       OR p_limit IS NULL OR p_limit NOT BETWEEN 1 AND 100000 THEN
+        RAISE EXCEPTION 'auditq_anonymise_rows: a subject, a pseudonym and a batch of 1 to 100000'
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    -- One erasure batch at a time: two subjects' batches never replace the same row at once.
+    PERFORM pg_advisory_xact_lock(1635083621);  -- "anon"
+    IF p_mentions THEN
+        FOREACH v_value IN ARRAY coalesce(p_values, '{}') LOOP
+            v_part := phraseto_tsquery('simple', v_value);
+            IF numnode(v_part) > 0 THEN
+                v_query := CASE WHEN v_query IS NULL THEN v_part ELSE v_query || v_part END;
+            END IF;
+        END LOOP;
+        IF v_query IS NULL THEN
+            RETURN QUERY SELECT 0::bigint, p_after, NULL::bigint;
+            RETURN;
+        END IF;
+        SELECT array_agg(s.seq ORDER BY s.seq), array_agg(s.d ORDER BY s.seq) INTO v_seqs, v_old
+        FROM (SELECT a.seq, audit_row_digest(a) AS d FROM audit_log a
+              WHERE (a.search @@ v_query
+                     OR (a.presentation -> 'params' <> '{}'::jsonb
+                         AND to_tsvector('simple', (a.presentation -> 'params')::text) @@ v_query))
+                AND a.seq > coalesce(p_after, 0)
+                AND NOT coalesce(a.actor_id = p_subject, false)
+                AND NOT coalesce(a.entity_id = p_subject AND a.entity_type = ANY(p_entity_types), false)
+              ORDER BY a.seq LIMIT p_limit) s;
+    ELSE
+        SELECT array_agg(s.seq ORDER BY s.seq), array_agg(s.d ORDER BY s.seq) INTO v_seqs, v_old
+        -- In index order (actor, or entity, then ts): the walk never scans the table, and the
+        -- rows already changed no longer match, so each batch starts where the last ended.
+        FROM ((SELECT a.seq, audit_row_digest(a) AS d FROM audit_log a
+               WHERE a.actor_id = p_subject ORDER BY a.ts DESC LIMIT p_limit)
+              UNION
+              (SELECT a.seq, audit_row_digest(a) AS d FROM audit_log a
+               WHERE a.entity_id = p_subject AND a.entity_type = ANY(p_entity_types)
+               ORDER BY a.ts DESC LIMIT p_limit)
+              LIMIT p_limit) s;
+    END IF;
+    IF v_seqs IS NULL THEN
+        RETURN QUERY SELECT 0::bigint, p_after, NULL::bigint;
+        RETURN;
+    END IF;
+    v_action := auditq_record_action('subject.anonymised', jsonb_build_object(
+        'pseudonym', p_pseudonym, 'part', CASE WHEN p_mentions THEN 'mentions' ELSE 'subject' END));
+    PERFORM set_config('auditq.erasing', v_action::text, true);
+    -- SET sees the row before the change; a text is walked only if it may hold a value.
+    WITH changed_rows AS (
+        UPDATE audit_log a SET
+            actor_id     = CASE WHEN a.actor_id = p_subject THEN p_pseudonym ELSE a.actor_id END,
+            actor_name   = CASE WHEN a.actor_id = p_subject THEN NULL ELSE a.actor_name END,
+            actor_email  = CASE WHEN a.actor_id = p_subject THEN NULL ELSE a.actor_email END,
+            entity_id    = CASE WHEN a.entity_id = p_subject AND a.entity_type = ANY(p_entity_types)
+                                THEN p_pseudonym ELSE a.entity_id END,
+            entity_name  = CASE WHEN a.entity_id = p_subject AND a.entity_type = ANY(p_entity_types)
+                                THEN NULL
+                                ELSE auditq_erase_text(a.entity_name, v_names, v_id, p_pseudonym) END,
+            ip           = CASE WHEN a.actor_id = p_subject
+                                  OR (a.entity_id = p_subject AND a.entity_type = ANY(p_entity_types))
+                                THEN NULL ELSE a.ip END,
+            user_agent   = CASE WHEN a.actor_id = p_subject
+                                  OR (a.entity_id = p_subject AND a.entity_type = ANY(p_entity_types))
+                                THEN NULL ELSE a.user_agent END,
+            path         = auditq_erase_text(a.path, v_names, v_id, p_pseudonym),
+            changes      = CASE WHEN a.changes::text ~* v_any
+                                THEN auditq_erase_jsonb(a.changes, v_names, v_id, p_pseudonym)
+                                ELSE a.changes END,
+            metadata     = CASE WHEN a.metadata::text ~* v_any
+                                THEN auditq_erase_jsonb(a.metadata, v_names, v_id, p_pseudonym)
+                                ELSE a.metadata END,
+            presentation = CASE WHEN a.presentation::text ~* v_any
+                                THEN auditq_erase_jsonb(a.presentation, v_names, v_id, p_pseudonym)
+                                ELSE a.presentation END
+        WHERE a.seq = ANY(v_seqs)
+        RETURNING a.seq, audit_row_digest(a) AS d
+    )
+    INSERT INTO row_replacement (action_id, seq, old_digest, new_digest)
+    SELECT v_action, c.seq, o.d, c.d
+    FROM changed_rows c JOIN unnest(v_seqs, v_old) AS o(seq, d) ON o.seq = c.seq
+    WHERE o.d <> c.d;
+    GET DIAGNOSTICS v_count = ROW_COUNT;
+    PERFORM set_config('auditq.erasing', '', true);
+    RETURN QUERY SELECT v_count, v_seqs[array_length(v_seqs, 1)], v_action;
+END;
+$$;
+
+REVOKE ALL ON erased_subject, subject_key FROM PUBLIC, auditq_worker, auditq_api;
+REVOKE ALL ON FUNCTION auditq_anonymise_rows(text, text, text[], text[], boolean, bigint, integer)
+    FROM PUBLIC;
+GRANT SELECT ON erased_subject, subject_key TO auditq_worker;
+GRANT SELECT, INSERT, UPDATE ON erased_subject TO auditq_api;
+GRANT SELECT ON subject_key TO auditq_api;
+GRANT EXECUTE ON FUNCTION auditq_anonymise_rows(text, text, text[], text[], boolean, bigint, integer)
+    TO auditq_api;
+-- END of the erasure section.

@@ -63,3 +63,8 @@ def worker_key(queue: str, worker_id: str) -> str:
 EVENTS_STORED = "events_stored"
 EVENTS_DEAD_LETTERED = "events_dead_lettered"
 EVENTS_RETRIED = "events_retried"  # events replayed from the dead letter by an admin
+
+
+def erased_version_key(queue: str) -> str:
+    """A random token replaced whenever a subject is erased: workers reload the list then."""
+    return f"auditq:{queue}:erased:version"

@@ -58,6 +58,9 @@ class Settings:
     sealing: bool = True  # AUDITQ_SEAL=off: this worker makes no checkpoints (benchmarks)
     max_future_s: float = 300.0
 
+    # Erasure (docs/erasure.md): an entity of these types whose id is the subject is the subject.
+    subject_entity_types: frozenset[str] = frozenset({"user"})
+
     @classmethod
     def from_env(
         cls, environ: Mapping[str, str] | None = None, *, published: bool = True
@@ -114,6 +117,7 @@ class Settings:
             seal_key_file=Path(key_file) if key_file else None,
             sealing=env.get("AUDITQ_SEAL", "on").strip().lower() != "off",
             max_future_s=_float(env, "AUDITQ_MAX_FUTURE_S", 300.0),
+            subject_entity_types=_names(env, "AUDITQ_SUBJECT_ENTITY_TYPES", frozenset({"user"})),
         )
 
     def with_server_spool(self) -> Settings:
@@ -182,6 +186,12 @@ def _int(env: Mapping[str, str], name: str, default: int | None, *, minimum: int
 def _req_int(env: Mapping[str, str], name: str, default: int, *, minimum: int) -> int:
     value = _int(env, name, default, minimum=minimum)
     return default if value is None else value
+
+
+def _names(env: Mapping[str, str], name: str, default: frozenset[str]) -> frozenset[str]:
+    """A comma-separated list; unset or blank gives the default."""
+    names = frozenset(n.strip() for n in env.get(name, "").split(",") if n.strip())
+    return names or default
 
 
 def _float(env: Mapping[str, str], name: str, default: float) -> float:

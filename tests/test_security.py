@@ -123,6 +123,7 @@ PARAM_VALUES = {
     "entity_type": "document",
     "entity_id": "doc-42",
     "actor_id": "user-1",
+    "subject_id": "user-1",
 }
 
 

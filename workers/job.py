@@ -206,6 +206,10 @@ async def _store_events(
 
     inserted: list[tuple[Any, Any]] = []
     refused: list[Rejected] = []
+    erased = state.erased
+    if erased is not None and (events or invalid):  # an erased subject's: pseudonymised
+        await erased.refresh(state.redis, state.pool, state.settings.queue)
+        events = erased.apply(events)
     if events:
         result = await _write(state, task, events)
         if result is None:  # the retry policy gave up: the whole batch is dead-lettered
@@ -217,7 +221,10 @@ async def _store_events(
         await _dead_letter(
             state,
             task,
-            [msgspec.to_builtins(r.event) for r in rejected],
+            [
+                erased.clear_document(item) if erased is not None else item
+                for item in (msgspec.to_builtins(r.event) for r in rejected)
+            ],
             len(rejected),
             "RejectedEvent",
             rejected[0].reason + more,

@@ -15,6 +15,7 @@ from arq import Worker
 
 from service.producer.client import AuditClient
 from service.settings import Settings
+from workers.erased import ErasedSubjects
 from workers.retry import Breaker
 
 logger = logging.getLogger("auditq.worker")
@@ -62,6 +63,7 @@ class WorkerState:
     worker_id: str = dataclasses.field(default_factory=new_worker_id)
     audit_lifecycle: bool = False  # record service.started / service.stopping
     client: AuditClient | None = None  # the worker's own producer, for those two events
+    erased: ErasedSubjects | None = None  # erased subjects (workers/erased.py), made at startup
     _probe: asyncio.Task[None] | None = None
     _heartbeat: asyncio.Task[None] | None = None
     _sealer: asyncio.Task[None] | None = None

@@ -10,7 +10,7 @@ from redis.backoff import ExponentialBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from service.api import console, health, ingest, integrity, metrics, openapi, tokens
+from service.api import console, health, ingest, integrity, metrics, openapi, subjects, tokens
 from service.api import tasks as tasks_api
 from service.api.audit_logs import export, pages, statistics, stream
 from service.api.audit_logs.cursor import cursor_context
@@ -44,6 +44,7 @@ ROUTES = [
     *tokens.ROUTES,
     *ingest.ROUTES,
     *integrity.ROUTES,
+    *subjects.ROUTES,  # erasure (contract §9)
     *metrics.ROUTES,
     *openapi.ROUTES,
     *console.ROUTES,  # the browser console: no token needed to load it
@@ -100,6 +101,7 @@ def create_app(settings: Settings, *, audit_lifecycle: bool = False) -> web.Appl
             cursor_context,
             stream.stream_context,
             integrity.integrity_context,
+            subjects.subjects_context,
         ]
     )
     app.on_shutdown.append(stream.stop_streams)

@@ -22,6 +22,7 @@ COMMANDS = [
     "tokens",
     "verify",
     "integrity",
+    "anonymise",
 ]
 
 

@@ -1,0 +1,125 @@
+"""Admin routes over data subjects: erase one (contract §9), and see where that stands."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+
+import msgspec
+from aiohttp import web
+
+from service.api.auth import request_principal
+from service.api.body import read_json
+from service.api.errors import ApiError
+from service.api.openapi import operation
+from service.api.state import CLIENT, POOL, REDIS, SETTINGS
+from service.events import Actor, RequestInfo
+from service.ops import subjects
+
+logger = logging.getLogger(__name__)
+
+RUNS = web.AppKey("subject_runs", dict[str, "asyncio.Task[None]"])  # pseudonym -> its run
+
+
+class AnonymiseRequest(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """Why the subject is erased (kept in the audit event, cleared of the subject's values)."""
+
+    reason: str | None = None
+
+
+class AnonymiseStarted(msgspec.Struct, frozen=True, kw_only=True):
+    """The erasure runs; GET …/anonymisation shows where it stands."""
+
+    pseudonym: str
+
+
+def _subject_id(request: web.Request) -> str:
+    try:
+        return subjects.check_subject_id(request.match_info["subject_id"])
+    except subjects.InvalidSubject as exc:
+        raise ApiError(400, "invalid_parameter", f"parameter `subject_id`: {exc}") from None
+
+
+@operation(
+    summary="Pseudonymise one data subject everywhere (audited as subject.anonymised)",
+    body=AnonymiseRequest,
+    responses={202: AnonymiseStarted},
+    errors=(400, 413, 415),
+)
+async def anonymise_subject(request: web.Request) -> web.Response:
+    """Start erasing the subject unless that runs already; answer with its pseudonym."""
+    subject_id = _subject_id(request)
+    body = await read_json(request, AnonymiseRequest, default=AnonymiseRequest())
+    try:
+        reason = subjects.check_reason(body.reason)
+    except subjects.InvalidSubject as exc:
+        raise ApiError(400, "invalid_parameter", f"parameter `reason`: {exc}") from None
+    app = request.app
+    async with app[POOL].acquire() as conn:
+        name = await subjects.pseudonym_of(conn, subject_id)
+        # Registered before the answer: GET says "running" and workers pseudonymise at once.
+        await subjects.register(conn, app[REDIS], app[SETTINGS].queue, name)
+    runs = app[RUNS]
+    if name not in runs:
+        principal = request_principal(request)
+        actor = Actor(id=principal.name, type="api_token", name=principal.name)
+        # The path holds the subject id: the event names the pseudonym instead.
+        path = f"/api/v1/admin/subjects/{name}/anonymise"
+        origin = RequestInfo(ip=request.remote, method=request.method, path=path)
+        task = asyncio.create_task(_run(app, subject_id, reason, actor, origin))
+        runs[name] = task
+        task.add_done_callback(lambda _: runs.pop(name, None))
+    return web.Response(
+        body=msgspec.json.encode(AnonymiseStarted(pseudonym=name)),
+        status=202,
+        content_type="application/json",
+    )
+
+
+async def _run(
+    app: web.Application, subject_id: str, reason: str | None, actor: Actor, origin: RequestInfo
+) -> None:
+    try:
+        outcome = await subjects.anonymise(
+            app[POOL], app[REDIS], app[SETTINGS], subject_id, reason=reason, wait=True
+        )
+    except Exception as exc:  # the state stays "running"; asking again resumes
+        logger.error("erasure failed: %s (ask again to resume)", type(exc).__name__)
+        return
+    if outcome is not None:
+        await app[CLIENT].capture(
+            subjects.anonymised_event(outcome, actor=actor, source="auditq-api", request=origin)
+        )
+
+
+@operation(
+    summary="Where the erasure of one subject stands",
+    responses={200: subjects.Anonymisation},
+    errors=(400, 404),
+)
+async def get_anonymisation(request: web.Request) -> web.Response:
+    """Show the state and counts of the subject's erasure; 404 if it was never asked."""
+    subject_id = _subject_id(request)
+    async with request.app[POOL].acquire() as conn:
+        found = await subjects.state(conn, subject_id)
+    if found is None:
+        raise ApiError(404, "not_found", "this subject was never anonymised")
+    return web.Response(body=msgspec.json.encode(found), content_type="application/json")
+
+
+async def subjects_context(app: web.Application) -> AsyncIterator[None]:
+    """Hold running erasures; cancel them when the API stops (asking again resumes)."""
+    app[RUNS] = {}
+    yield
+    for task in list(app[RUNS].values()):
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
+ROUTES = [
+    web.post("/api/v1/admin/subjects/{subject_id:.+}/anonymise", anonymise_subject),
+    web.get("/api/v1/admin/subjects/{subject_id:.+}/anonymisation", get_anonymisation),
+]

@@ -1,0 +1,76 @@
+"""`auditq anonymise SUBJECT_ID`: erase one data subject and wait for the counts (§9).
+
+On main's layout this is service/cli/subjects.py; the procedure is service/ops/subjects.py.
+"""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+from typing import Any
+
+import asyncpg
+import redis.asyncio as aioredis
+import redis.exceptions
+
+from service.errors import AuditqError, ConfigError
+from service.events import Actor
+from service.ops import subjects
+from service.producer.client import AuditClient
+from service.settings import Settings
+from service.store import db
+
+CONNECT_TIMEOUT = 2.0  # seconds
+
+
+class Unavailable(AuditqError):
+    """PostgreSQL or Redis did not answer."""
+
+
+async def cmd_anonymise(settings: Settings, args: argparse.Namespace) -> int:
+    if not settings.database_url or not settings.redis_url:
+        raise ConfigError(
+            "no servers to talk to: set AUDITQ_DATABASE_URL and AUDITQ_REDIS_URL, or start "
+            f"`auditq run` (its URLs are then read from {settings.env_file})"
+        )
+    try:
+        subject_id = subjects.check_subject_id(args.subject_id)
+        reason = subjects.check_reason(args.reason)
+    except subjects.InvalidSubject as exc:
+        raise ConfigError(str(exc)) from None
+    client = aioredis.Redis.from_url(settings.redis_url, socket_connect_timeout=CONNECT_TIMEOUT)
+    try:
+        pool = await db.create_pool(settings.database_url, size=2)
+    except (OSError, asyncpg.PostgresError) as exc:
+        await client.aclose()
+        raise Unavailable(f"PostgreSQL is not answering ({type(exc).__name__})") from None
+    try:
+        outcome = await subjects.anonymise(pool, client, settings, subject_id, reason=reason)
+    except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as exc:
+        raise Unavailable(f"Redis is not answering ({type(exc).__name__})") from None
+    finally:
+        await pool.close()
+        await client.aclose()
+    assert outcome is not None  # waited for any other run
+    actor = Actor(id="cli", type="system", name=f"cli:{getpass.getuser()}")
+    async with AuditClient.from_settings(settings) as producer:
+        await producer.capture(subjects.anonymised_event(outcome, actor=actor, source="auditq-cli"))
+    print(f"pseudonym: {outcome.pseudonym}")
+    print(f"rows: {outcome.rows}")
+    print(f"dead letters: {outcome.dead_letters}")
+    print(f"redis documents: {outcome.redis_documents}")
+    if outcome.actions:  # what `auditq verify` names for each changed row
+        print(f"store actions: {outcome.actions[0]}-{outcome.actions[-1]}")
+    return 0
+
+
+def add_parsers(sub: Any) -> None:
+    """Add `anonymise` to the `auditq` subcommands."""
+    text = (
+        "Pseudonymise one data subject everywhere auditq keeps data (rows, Redis, dead "
+        "letters); waits and prints the pseudonym and the counts."
+    )
+    parser = sub.add_parser("anonymise", help=text, description=text)
+    parser.set_defaults(command=cmd_anonymise)
+    parser.add_argument("subject_id", help="the actor id (or user entity id) to erase")
+    parser.add_argument("--reason", help="kept in the subject.anonymised audit event")

@@ -1,0 +1,77 @@
+"""Erased subjects as the worker sees them: their later events are stored pseudonymised.
+
+The list lives in PostgreSQL (pseudonyms only); Redis holds a version token that changes
+with each erasure. Each job reads the token first (one GET) and reloads the list when it
+changed, so a job started after an erasure was registered never stores the subject's values.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Sequence
+from typing import Any
+
+import asyncpg
+import redis.asyncio as aioredis
+
+from service.events import AuditEvent
+from service.keys import erased_version_key
+from service.pseudonyms import DocumentScrubber, pseudonym, pseudonymise_event
+from service.store import subjects as sql
+
+_UNREAD = object()
+
+
+class ErasedSubjects:
+    """The subject key and the pseudonyms of erased subjects, reloaded when they change."""
+
+    def __init__(self, entity_types: frozenset[str]) -> None:
+        self.entity_types = entity_types
+        self.key = b""
+        self.pseudonyms: frozenset[str] = frozenset()
+        self._version: Any = _UNREAD
+
+    async def refresh(self, redis: aioredis.Redis, pool: asyncpg.Pool, queue: str) -> None:
+        """Reload the list if an erasure was registered since the last look."""
+        version = await redis.get(erased_version_key(queue))
+        if version == self._version:  # None too: no erasure since Redis began
+            return
+        async with pool.acquire() as conn:
+            self.key = await sql.subject_key(conn)
+            self.pseudonyms = await sql.erased(conn)
+        self._version = version
+
+    def apply(self, events: Sequence[AuditEvent]) -> list[AuditEvent]:
+        """The events with every erased subject pseudonymised."""
+        if not self.pseudonyms:
+            return list(events)
+        key, erased = self.key, self.pseudonyms
+
+        @functools.lru_cache(maxsize=1024)
+        def subject_of(subject_id: str) -> str | None:
+            name = pseudonym(key, subject_id)
+            return name if name in erased else None
+
+        return [
+            pseudonymise_event(e, subject_of=subject_of, entity_types=self.entity_types)
+            for e in events
+        ]
+
+    def clear_document(self, document: Any) -> Any:
+        """An item that is not a valid event (for the dead letter), cleared of erased subjects."""
+        if not self.pseudonyms or not isinstance(document, dict):
+            return document
+        candidates = [
+            part.get("id")
+            for name, part in (("actor", document.get("actor")), ("entity", document.get("entity")))
+            if isinstance(part, dict) and (name == "actor" or part.get("type") in self.entity_types)
+        ]
+        for subject_id in candidates:
+            if not isinstance(subject_id, str):
+                continue
+            name = pseudonym(self.key, subject_id)
+            if name in self.pseudonyms:
+                scrubber = DocumentScrubber(subject_id, name, self.entity_types, [subject_id])
+                scrubber.learn(document)
+                document = scrubber.scrub(document)
+        return document
