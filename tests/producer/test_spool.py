@@ -12,6 +12,7 @@ import socket
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
 import pytest
 import redis.asyncio as aioredis
@@ -254,13 +255,29 @@ async def test_a_new_client_replays_what_an_earlier_one_spooled(
     assert Spool(tmp_path).closed_segments() == []
 
 
+async def proxy_to(redis_url: str) -> TcpProxy:
+    """A started TCP proxy in front of the Redis of `redis_url`."""
+    target = urlsplit(redis_url)
+    proxy = TcpProxy(target.hostname or "127.0.0.1", target.port or 6379)
+    await proxy.start()
+    return proxy
+
+
+def through(redis_url: str, proxy: TcpProxy) -> str:
+    """`redis_url` (its password too: the embedded Valkey has one) by way of `proxy`."""
+    parts = urlsplit(redis_url)
+    auth = parts.netloc.rpartition("@")[0]
+    netloc = f"{auth}@127.0.0.1:{proxy.port}" if auth else f"127.0.0.1:{proxy.port}"
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
 async def test_spooled_events_are_replayed_when_redis_comes_back(
     tmp_path: Path, servers: Servers, queue_name: str, redis: aioredis.Redis, cleanup: None
 ) -> None:
-    host, port = servers.redis_url.removeprefix("redis://").split("/")[0].rsplit(":", 1)
-    proxy = TcpProxy(host, int(port))
-    await proxy.start()
-    client = AuditClient.from_url(proxy.url(), queue=queue_name, spool_dir=tmp_path)
+    proxy = await proxy_to(servers.redis_url)
+    client = AuditClient.from_url(
+        through(servers.redis_url, proxy), queue=queue_name, spool_dir=tmp_path
+    )
     try:
         assert await client.capture(event(0)) is not None
         await proxy.cut()
@@ -352,11 +369,9 @@ async def test_an_unusable_spool_does_not_hold_events_back_once_redis_is_back(
     tmp_path: Path, servers: Servers, queue_name: str, redis: aioredis.Redis, cleanup: None
 ) -> None:
     (tmp_path / "file").write_text("")
-    host, port = servers.redis_url.removeprefix("redis://").split("/")[0].rsplit(":", 1)
-    proxy = TcpProxy(host, int(port))
-    await proxy.start()
+    proxy = await proxy_to(servers.redis_url)
     client = AuditClient.from_url(
-        proxy.url(), queue=queue_name, spool_dir=tmp_path / "file" / "spool"
+        through(servers.redis_url, proxy), queue=queue_name, spool_dir=tmp_path / "file" / "spool"
     )
     try:
         await proxy.cut("refuse")
