@@ -24,6 +24,7 @@ from service.redaction import (
 
 ACTION_PATTERN = r"^[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*){1,7}$"
 MAX_EVENT_BYTES = 64 * 1024  # default; Settings.max_event_bytes overrides
+MAX_FUTURE_S = 300.0  # seconds a ts may be ahead of the clock; Settings.max_future_s overrides
 MAX_NESTING = 64  # levels of lists/objects inside metadata, changes or presentation params
 
 Action = Annotated[str, msgspec.Meta(pattern=ACTION_PATTERN, max_length=128)]
@@ -175,6 +176,7 @@ def finalize(
     max_bytes: int = MAX_EVENT_BYTES,
     default_id: uuid.UUID | None = None,
     default_ts: datetime | None = None,
+    max_future_s: float = MAX_FUTURE_S,
 ) -> tuple[AuditEvent, bytes]:
     """Fill the defaults, redact secrets and check the size; return the event and its JSON."""
     _check_nesting(event)
@@ -191,6 +193,7 @@ def finalize(
         # asyncpg writes these two instants as PostgreSQL's -infinity / infinity: the stored
         # event would not be the one sent (and would read back without a time zone).
         raise InvalidEvent(f"`ts` {ts.isoformat()} is out of range (the first and last instants)")
+    _check_not_ahead(ts, max_future_s)
     done = msgspec.structs.replace(
         event,
         id=event_id,
@@ -209,11 +212,23 @@ def finalize(
     return done, data
 
 
+def _check_not_ahead(ts: datetime, max_future_s: float) -> None:
+    # A far-future row would sit in the default partition, block its month's partition from
+    # being made, and outlive every retention: refused with its reason.
+    ahead = (ts - datetime.now(UTC)).total_seconds()
+    if ahead > max_future_s:
+        raise InvalidEvent(
+            f"`ts` {ts.isoformat()} is {ahead:.0f} s ahead of the server clock; at most "
+            f"{max_future_s:.0f} s is accepted (AUDITQ_MAX_FUTURE_S)"
+        )
+
+
 def check_complete(
     event: AuditEvent,
     *,
     max_bytes: int = MAX_EVENT_BYTES,
     extra_keys: frozenset[str] = frozenset(),
+    max_future_s: float = MAX_FUTURE_S,
 ) -> AuditEvent:
     """Check an event its producer already completed and redacted (auditq's client) as
     finalize would, without completing it again; raise InvalidEvent. Return it redacted
@@ -222,9 +237,10 @@ def check_complete(
     if event.ts is None or event.ts in _PG_INFINITIES:
         raise InvalidEvent(f"`ts` {event.ts} is missing or out of range")
     try:
-        event.ts.astimezone(UTC)
+        ts = event.ts.astimezone(UTC)
     except (OverflowError, ValueError):
         raise InvalidEvent(f"`ts` {event.ts} is out of range once in UTC") from None
+    _check_not_ahead(ts, max_future_s)
     data = _encoder.encode(event)
     if may_hold_secret_json(data, extra_keys):
         event = redact_event(event, extra_keys)

@@ -65,12 +65,16 @@ def _parse(
         if finalized and None not in (event.id, event.ts, event.category, event.presentation):
             # Redacted again with this worker's rules and extra keys.
             return check_complete(
-                event, max_bytes=settings.max_event_bytes, extra_keys=settings.redact_extra_keys
+                event,
+                max_bytes=settings.max_event_bytes,
+                extra_keys=settings.redact_extra_keys,
+                max_future_s=settings.max_future_s,
             )
         done, _ = finalize(
             event,
             extra_keys=settings.redact_extra_keys,
             max_bytes=settings.max_event_bytes,
+            max_future_s=settings.max_future_s,
             default_id=None
             if event.id is not None
             else derived_event_id(task.id, index, task.enqueued_ms),

@@ -84,6 +84,7 @@ async def ingest_events(request: web.Request) -> web.Response:
                 convert_event(item),
                 extra_keys=settings.redact_extra_keys,
                 max_bytes=settings.max_event_bytes,
+                max_future_s=settings.max_future_s,
             )
         except InvalidEvent as exc:
             # Validation messages quote the bad value, which may be a secret.

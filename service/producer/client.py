@@ -74,6 +74,7 @@ class ClientOptions(TypedDict, total=False):
     flush_interval_s: float
     flush_max_events: int
     max_event_bytes: int
+    max_future_s: float
     redact_extra_keys: Iterable[str]
     spool_dir: Path | str | None
     spool_max_bytes: int
@@ -99,6 +100,7 @@ class AuditClient(SpoolReplay):
         flush_interval_s: float = _DEFAULTS.flush_interval_s,
         flush_max_events: int = _DEFAULTS.flush_max_events,
         max_event_bytes: int = _DEFAULTS.max_event_bytes,
+        max_future_s: float = _DEFAULTS.max_future_s,
         redact_extra_keys: Iterable[str] = _DEFAULTS.redact_extra_keys,
         spool_dir: Path | str | None = None,
         spool_max_bytes: int = _DEFAULTS.spool_max_bytes,
@@ -134,6 +136,7 @@ class AuditClient(SpoolReplay):
         self._flush_interval = flush_interval_s
         self._flush_max = flush_max_events
         self._max_event_bytes = max_event_bytes
+        self._max_future_s = max_future_s
         self._extra_keys = frozenset(redact_extra_keys)
         self._provenance = provenance
         self._wait_replicas = wait_replicas
@@ -198,6 +201,7 @@ class AuditClient(SpoolReplay):
             flush_interval_s=settings.flush_interval_s,
             flush_max_events=settings.flush_max_events,
             max_event_bytes=settings.max_event_bytes,
+            max_future_s=settings.max_future_s,
             redact_extra_keys=settings.redact_extra_keys,
             spool_dir=settings.spool_dir,
             spool_max_bytes=settings.spool_max_bytes,
@@ -286,7 +290,10 @@ class AuditClient(SpoolReplay):
             if context is not None:
                 event = with_context(event, context)
             done, data = finalize(
-                event, extra_keys=self._extra_keys, max_bytes=self._max_event_bytes
+                event,
+                extra_keys=self._extra_keys,
+                max_bytes=self._max_event_bytes,
+                max_future_s=self._max_future_s,
             )
         except InvalidEvent:
             raise

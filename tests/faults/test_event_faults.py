@@ -16,7 +16,7 @@ import asyncpg
 import pytest
 import redis.asyncio as aioredis
 
-from service.events import AuditEvent, Entity, new_event_id
+from service.events import MAX_FUTURE_S, AuditEvent, Entity, new_event_id
 from service.producer.client import AuditClient
 from service.queue import ENQUEUE_SCRIPT
 from service.settings import Settings
@@ -40,7 +40,8 @@ TICK_S = 0.1  # seconds between hostile events of one kind of producer
 
 
 def edge_timestamps(now: datetime) -> list[datetime]:
-    """Times far in the past and future, odd offsets, and this and next month."""
+    """Times far in the past and future, odd offsets, and this and next month (the far-future
+    ones beyond AUDITQ_MAX_FUTURE_S are refused with their reason, never stored)."""
     next_month = month_start(now.date(), 1)
     return [
         datetime(1, 1, 2, tzinfo=UTC),
@@ -70,8 +71,12 @@ async def send_timestamps(
         while not stop.is_set():
             ts = next(stamps)
             ids = [str(new_event_id()) for _ in range(4)]
+            ahead = ts - datetime.now(UTC) > timedelta(seconds=MAX_FUTURE_S)
             for event_id in ids:
-                expected[event_id] = ts
+                if ahead:  # refused wherever it enters; through Lua it is a dead letter
+                    ledger.poison[event_id] = "ts ahead of the clock"
+                else:
+                    expected[event_id] = ts
             ledger.offered += 4
             events = [
                 AuditEvent(
@@ -84,6 +89,8 @@ async def send_timestamps(
             ]
             if await client.capture(events[0]) is not None:
                 ledger.accept(ids[0], "capture")
+            elif not ahead:
+                ledger.refused += 1
             ledger.nowait[ids[1]] = asyncio.get_running_loop().time()
             client.capture_nowait(events[1])
             raw = {"action": "clock.edge", "ts": ts.isoformat()}
