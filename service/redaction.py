@@ -176,6 +176,15 @@ def _is_secret_word(word: str, *, single: bool) -> bool:
     )
 
 
+def _is_glued_secret(part: str) -> bool:
+    """Tell whether a part of a key that casing cuts into pieces is, read as one lowercase
+    word, exactly a secret word (`authORIZatIon`, `PassWord`)."""
+    word = part.lower()
+    if word == part or len(_WORD_RE.findall(part)) < 2:
+        return False  # no casing to undo: the word rule reads it
+    return word in SECRET_WORDS or (word.endswith("s") and word[:-1] in SECRET_WORDS)
+
+
 def _normalize(key: str) -> str:
     """Lowercase a key and drop every non-alphanumeric character."""
     return "".join(ch for ch in key.lower() if ch.isalnum())
@@ -202,6 +211,8 @@ def _is_sensitive_key(key: str, extra_keys: frozenset[str]) -> bool:
     words = key_words(key)
     if not words:
         return False
+    if any(_is_glued_secret(part) for part in _PART_RE.findall(key)):
+        return True  # a secret word in any casing (`authORIZatIon`), split or not
     if extra_keys and _names_extra_key(words, _normalize_all(extra_keys)):
         return True
     if words[0] in QUANTITIES and len(words) > 1:

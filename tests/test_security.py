@@ -124,6 +124,8 @@ PARAM_VALUES = {
     "entity_id": "doc-42",
     "actor_id": "user-1",
     "subject_id": "user-1",
+    "name": "some-token",
+    "view": "audit-logs",
 }
 
 

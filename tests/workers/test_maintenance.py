@@ -53,3 +53,56 @@ async def test_retention_drops_whole_old_partitions_and_audits_each(pg: asyncpg.
     )
     assert audit["entity_id"] == "audit_log_y2020m01"
     assert audit["metadata"]["rows"] == 2
+
+
+async def test_two_workers_making_the_same_new_month_at_once_both_succeed(
+    pg: asyncpg.Connection, database_url: str
+) -> None:
+    import asyncio
+
+    others = [await asyncpg.connect(database_url) for _ in range(2)]
+    try:
+        for year in range(2101, 2111):  # ten new months, each made by two at the same instant
+            day = date(year, 6, 15)
+            made = await asyncio.gather(
+                *(ensure_partitions(conn, months_ahead=0, today=day) for conn in others)
+            )
+            assert sorted(len(m) for m in made) == [0, 1], made  # one made it, none failed
+            assert f"audit_log_y{year}m06" in await partitions(pg)
+    finally:
+        for conn in others:
+            await conn.close()
+
+
+async def test_retention_never_makes_writes_wait_behind_a_long_read(
+    pg: asyncpg.Connection, database_url: str
+) -> None:
+    import asyncio
+    import time
+
+    await ensure_partitions(pg, months_ahead=0, today=date(2020, 1, 10))
+    await pg.execute(INSERT_AT, "2020-01-05T00:00:00Z")
+    reader, writer = await asyncpg.connect(database_url), await asyncpg.connect(database_url)
+    try:
+        # A long export: a snapshot reading the old month, held open.
+        export = reader.transaction(isolation="repeatable_read", readonly=True)
+        await export.start()
+        await reader.fetch("SELECT id FROM audit_log WHERE ts < '2020-02-01'")
+        retention = asyncio.create_task(
+            drop_expired_partitions(pg, retention_days=40, now=datetime(2020, 3, 15, tzinfo=UTC))
+        )
+        await asyncio.sleep(0.1)  # retention is now trying to drop the partition
+        started = time.monotonic()
+        await writer.execute(INSERT_AT, datetime.now(UTC).isoformat())
+        waited = time.monotonic() - started
+        assert await retention == [], "the busy partition is left for a later run"
+        # Without a lock timeout the write would wait for the whole export (here: forever).
+        assert waited < 5, f"a write waited {waited:.1f} s behind retention"
+        await export.rollback()
+        dropped = await drop_expired_partitions(
+            pg, retention_days=40, now=datetime(2020, 3, 15, tzinfo=UTC)
+        )
+        assert dropped == ["audit_log_y2020m01"]
+    finally:
+        await reader.close()
+        await writer.close()
