@@ -11,7 +11,7 @@ from service.api import health, ingest, metrics, openapi
 from service.api import tasks as tasks_api
 from service.api.audit_logs import export, pages, statistics, stream
 from service.api.audit_logs.cursor import cursor_context
-from service.api.auth import auth_middleware
+from service.api.auth import TOKEN_CHECK, TokenCheck, auth_middleware
 from service.api.errors import error_middleware
 from service.api.state import CLIENT, POOL, REDIS, SETTINGS
 from service.producer.client import AuditClient
@@ -57,6 +57,11 @@ async def _redis(app: web.Application) -> AsyncIterator[None]:
     await app[REDIS].aclose()
 
 
+async def _token_check(app: web.Application) -> AsyncIterator[None]:
+    app[TOKEN_CHECK] = TokenCheck(app[POOL], app[REDIS])
+    yield
+
+
 async def _client(app: web.Application) -> AsyncIterator[None]:
     app[CLIENT] = AuditClient.from_settings(app[SETTINGS])
     yield
@@ -66,10 +71,12 @@ async def _client(app: web.Application) -> AsyncIterator[None]:
 def create_app(settings: Settings) -> web.Application:
     """Build the admin API for `settings` (URLs resolved)."""
     app = web.Application(
-        client_max_size=MAX_BODY_BYTES, middlewares=[error_middleware, auth_middleware(POOL)]
+        client_max_size=MAX_BODY_BYTES, middlewares=[error_middleware, auth_middleware]
     )
     app[SETTINGS] = settings
-    app.cleanup_ctx.extend([_postgres, _redis, _client, cursor_context, stream.stream_context])
+    app.cleanup_ctx.extend(
+        [_postgres, _redis, _token_check, _client, cursor_context, stream.stream_context]
+    )
     app.on_shutdown.append(stream.stop_streams)
     app.add_routes(ROUTES)
     return app
