@@ -50,6 +50,7 @@ class Ledger:
     failed: set[str] = dataclasses.field(default_factory=set)  # ids with a failure line
     offered: int = 0
     refused: int = 0  # offered, and the producer was told so (None, an error, not 202)
+    http_refused: int = 0  # of which HTTP ingest refused (not 202, or in `rejected`)
     capture_max_s: float = 0.0  # slowest awaited capture
 
     def accept(self, event_id: str, producer: str) -> None:
@@ -212,12 +213,11 @@ async def produce_http(
                     body = await r.json() if r.status == 202 else None
             except (aiohttp.ClientError, TimeoutError, ValueError):
                 body = None
-            if body is None:
-                ledger.refused += len(events)
-            else:
-                for event_id in body["accepted"]:
-                    ledger.accept(event_id, "http")
-                ledger.refused += len(body["rejected"])
+            refused = len(events) if body is None else len(body["rejected"])
+            for event_id in body["accepted"] if body is not None else []:
+                ledger.accept(event_id, "http")
+            ledger.refused += refused
+            ledger.http_refused += refused
             await asyncio.sleep(tick)
 
 

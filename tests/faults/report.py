@@ -34,6 +34,13 @@ SCENARIOS: dict[str, tuple[str, str]] = {
         "PostgreSQL stopped (`immediate`) for 30 s, then started",
         "`pg_ctl stop -m immediate` (a crash: recovery on start) of the test's own server",
     ),
+    "postgres-stop-ingest": (
+        "PostgreSQL stopped for 20 s under HTTP ingest",
+        "`pg_ctl stop -m fast` of the test's own server while four HTTP producers post batches "
+        "(beside the other producers); the API keeps the tokens it verified (rechecked every "
+        "5 s, trusted up to 5 min while PostgreSQL is away, unless announced revoked in Redis), "
+        "so ingest refuses nothing",
+    ),
     "postgres-connections": (
         "PostgreSQL out of connections for 10 s",
         "the test takes every connection slot of its own server, terminates the worker's, "
