@@ -31,7 +31,8 @@ logger = logging.getLogger("auditq.worker")
 
 POLL_DELAY = 0.02  # seconds between queue polls; bounds the pickup latency of a new job
 REDIS_DOWN_PAUSE = 0.5  # seconds between polls while Redis does not answer
-SHUTDOWN_GRACE = 20.0  # seconds running jobs get to finish on SIGTERM before they are requeued
+SHUTDOWN_GRACE = 20.0  # seconds a stop takes at most: running jobs finish, then the close
+CLOSE_BUDGET = 5.0  # seconds of the grace kept for arq's close, which talks to Redis
 
 
 async def _startup(ctx: dict[str, Any]) -> None:
@@ -168,13 +169,37 @@ def worker_state(worker: Worker) -> WorkerState:
 
 
 async def stop_worker(worker: Worker, *, grace: float = SHUTDOWN_GRACE) -> None:
-    """Stop taking jobs, let running ones finish (up to `grace`), then close."""
+    """Stop taking jobs, let running ones finish, then close: within `grace` seconds, also
+    when Redis is gone (arq's close would retry it for as long as its retry policy says)."""
     worker.allow_pick_jobs = False
+    close_budget = min(CLOSE_BUDGET, grace / 2)
     running = [t for t in worker.tasks.values() if not t.done()]
     if running:
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(asyncio.gather(*running, return_exceptions=True), grace)
-    await worker.close()
+            await asyncio.wait_for(
+                asyncio.gather(*running, return_exceptions=True), grace - close_budget
+            )
+    try:
+        async with asyncio.timeout(close_budget):
+            await worker.close()
+    except (TimeoutError, *_REDIS_DOWN) as exc:
+        # A job cut short is safe: its events are stored idempotently when it runs again.
+        logger.warning("the worker closed without Redis (%s)", type(exc).__name__)
+        await _close_without_redis(worker)
+
+
+async def _close_without_redis(worker: Worker) -> None:
+    """Let go of what arq's close did not reach: the database pool, the Redis connections."""
+    state = worker_state(worker)
+    for task in (state._probe, state._heartbeat):
+        if task is not None:
+            task.cancel()
+    if state.pool is not None:
+        state.pool.terminate()
+        state.pool = None
+    with contextlib.suppress(Exception):
+        async with asyncio.timeout(1.0):
+            await worker.pool.close(close_connection_pool=True)
 
 
 async def run_until(worker: Worker, stop: asyncio.Event) -> None:

