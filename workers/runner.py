@@ -89,10 +89,33 @@ class _Worker(Worker):
     """
 
     _redis_down_since: float | None = None
+    _stopping = False
+    _poll_lock: asyncio.Lock | None = None
+
+    async def stop_picking(self) -> None:
+        """Take no job from now on, and return once no poll is halfway through taking one.
+
+        `allow_pick_jobs` is not enough: the breaker sets it again when the database answers,
+        and a poll that read job ids before it was cleared goes on to start them, after the
+        running jobs were counted, so they ran on into arq's close (and failed there).
+        """
+        self._stopping = True
+        self.allow_pick_jobs = False
+        async with self._lock():
+            pass
+
+    def _lock(self) -> asyncio.Lock:
+        if self._poll_lock is None:
+            self._poll_lock = asyncio.Lock()
+        return self._poll_lock
 
     async def _poll_iteration(self) -> None:
+        if self._stopping:
+            await asyncio.sleep(POLL_DELAY)  # the poll loop runs until stop_worker cancels it
+            return
         try:
-            await super()._poll_iteration()
+            async with self._lock():
+                await super()._poll_iteration()
         except _REDIS_DOWN as exc:
             if self._redis_down_since is None:
                 self._redis_down_since = time.monotonic()
@@ -171,8 +194,13 @@ def worker_state(worker: Worker) -> WorkerState:
 async def stop_worker(worker: Worker, *, grace: float = SHUTDOWN_GRACE) -> None:
     """Stop taking jobs, let running ones finish, then close: within `grace` seconds, also
     when Redis is gone (arq's close would retry it for as long as its retry policy says)."""
-    worker.allow_pick_jobs = False
     close_budget = min(CLOSE_BUDGET, grace / 2)
+    worker.allow_pick_jobs = False
+    if isinstance(worker, _Worker):
+        # A poll stuck on a Redis that is gone takes no job either: do not wait it out.
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(close_budget):
+                await worker.stop_picking()
     running = [t for t in worker.tasks.values() if not t.done()]
     if running:
         with contextlib.suppress(TimeoutError):

@@ -35,6 +35,7 @@ pytestmark = pytest.mark.faults
 STOPS = 10
 STOP_WITHIN_S = 10.0  # seconds from Ctrl-C until the whole stack is down: the promise
 START_WITHIN_S = 60.0  # seconds
+DEMO_ROWS_PER_RUN = 20  # demo events stored before each Ctrl-C (about a second of demo)
 RUNNING = "auditq is running"
 DEMO_LINE = re.compile(r"demo: (\d+) events accepted, (\d+) not")
 DEMO_ROWS = "SELECT count(*) AS n, count(DISTINCT id) AS ids FROM audit_log WHERE source = $1"
@@ -135,8 +136,10 @@ async def test_ctrl_c_ten_times_stops_the_stack_within_10s_and_loses_nothing(
         database_url = stack.database_url()
         before = (await demo_rows(database_url))[0]
 
-        async def demo_flows(url: str = database_url, floor: int = before) -> bool:
-            return (await demo_rows(url))[0] > floor
+        async def demo_flows(
+            url: str = database_url, floor: int = before + DEMO_ROWS_PER_RUN
+        ) -> bool:
+            return (await demo_rows(url))[0] >= floor
 
         await wait_until(demo_flows, within_s=30, what="demo events are stored")
         stop_s = await asyncio.to_thread(ctrl_c, proc)
