@@ -225,8 +225,9 @@ async def produce_http(
             else:
                 for event_id in body["accepted"]:
                     ledger.accept(event_id, "http")
-                ledger.refused += len(body["rejected"])
-                ledger.http_refused["rejected"] += len(body["rejected"])
+                if body["rejected"]:
+                    ledger.refused += len(body["rejected"])
+                    ledger.http_refused["rejected"] += len(body["rejected"])
             await asyncio.sleep(tick)
 
 

@@ -92,7 +92,7 @@ async def test_http_ingest_accepts_everything_while_postgres_is_stopped_for_20s(
         # The API's own capture bound (250 ms) can run out on a loaded machine, outage or not:
         # that 503 names the queue, lists nothing as accepted, and is the client's to resend.
         queue_bound = sum(n for why, n in ledger.http_refused.items() if "queue" in why)
-        other = {why: n for why, n in ledger.http_refused.items() if "queue" not in why}
+        other = {why: n for why, n in ledger.http_refused.items() if n and "queue" not in why}
         figures = await reckon(
             "postgres-stop-ingest",
             ledger,
