@@ -194,24 +194,20 @@ def worker_state(worker: Worker) -> WorkerState:
 async def stop_worker(worker: Worker, *, grace: float = SHUTDOWN_GRACE) -> None:
     """Stop taking jobs, let running ones finish, then close: within `grace` seconds, also
     when Redis is gone (arq's close would retry it for as long as its retry policy says)."""
-    close_budget = min(CLOSE_BUDGET, grace / 2)
     worker.allow_pick_jobs = False
-    if isinstance(worker, _Worker):
-        # A poll stuck on a Redis that is gone takes no job either: do not wait it out.
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(close_budget):
+    close_budget = min(CLOSE_BUDGET, grace / 2)
+    # Jobs cut short by the deadline are safe: their events are stored idempotently when
+    # they run again.
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(grace - close_budget):
+            if isinstance(worker, _Worker):
                 await worker.stop_picking()
-    running = [t for t in worker.tasks.values() if not t.done()]
-    if running:
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(
-                asyncio.gather(*running, return_exceptions=True), grace - close_budget
-            )
+            running = [t for t in worker.tasks.values() if not t.done()]
+            await asyncio.gather(*running, return_exceptions=True)
     try:
         async with asyncio.timeout(close_budget):
             await worker.close()
     except (TimeoutError, *_REDIS_DOWN) as exc:
-        # A job cut short is safe: its events are stored idempotently when it runs again.
         logger.warning("the worker closed without Redis (%s)", type(exc).__name__)
         await _close_without_redis(worker)
 

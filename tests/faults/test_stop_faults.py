@@ -61,12 +61,26 @@ class Stack:
             )
         return proc, log
 
-    def database_url(self) -> str:
+    def url(self, name: str) -> str:
+        """A URL of the running stack, from its env file."""
         for line in (self.data_dir / "env").read_text().splitlines():
-            name, _, value = line.partition("=")
-            if name == "AUDITQ_DATABASE_URL":
+            key, _, value = line.partition("=")
+            if key == name:
                 return value
-        raise AssertionError("no AUDITQ_DATABASE_URL in the env file")
+        raise AssertionError(f"no {name} in the env file")
+
+    def database_url(self) -> str:
+        return self.url("AUDITQ_DATABASE_URL")
+
+    async def server_pids(self) -> dict[str, int]:
+        """The process ids of the embedded Valkey and PostgreSQL."""
+        redis = aioredis.Redis.from_url(self.url("AUDITQ_REDIS_URL"))
+        try:
+            valkey = int((await redis.info("server"))["process_id"])
+        finally:
+            await redis.aclose()
+        pid_file = self.data_dir / "postgres" / "pgdata" / "postmaster.pid"
+        return {"valkey": valkey, "postgresql": int(read(pid_file).split()[0])}
 
 
 @pytest.fixture
@@ -124,38 +138,50 @@ def servers_down(data_dir: Path) -> list[str]:
     return alive
 
 
+async def ctrl_c_once(stack: Stack, problems: list[str]) -> tuple[float, int, int]:
+    """Run `auditq run --demo` until it stored some events, Ctrl-C it, check how it stopped.
+
+    Return the stop's seconds and the demo events accepted and not accepted.
+    """
+    proc, log = stack.start(demo=True)
+    await wait_running(proc, log)
+    database_url = stack.database_url()
+    floor = (await demo_rows(database_url))[0] + DEMO_ROWS_PER_RUN
+    # Out of the terminal's reach: a Ctrl-C goes to `auditq run`'s group only.
+    for server, pid in (await stack.server_pids()).items():
+        if os.getsid(pid) == os.getsid(proc.pid):
+            problems.append(f"{server} is in the terminal's session: Ctrl-C reaches it")
+
+    async def demo_flows() -> bool:
+        return (await demo_rows(database_url))[0] >= floor
+
+    await wait_until(demo_flows, within_s=30, what="demo events are stored")
+    stop_s = await asyncio.to_thread(ctrl_c, proc)
+    text = read(log)
+    run = f"stop {stack.runs}"
+    if stop_s > STOP_WITHIN_S or proc.returncode != 0:
+        problems.append(f"{run}: {stop_s:.1f} s, exit {proc.returncode}")
+    if "Traceback" in text:
+        problems.append(f"{run}: a traceback:\n{text[-3000:]}")
+    if still := servers_down(stack.data_dir):
+        problems.append(f"{run}: still running: {still}")
+    if (match := DEMO_LINE.search(text)) is None:
+        problems.append(f"{run}: no demo summary:\n{text[-2000:]}")
+        return stop_s, 0, 0
+    return stop_s, int(match[1]), int(match[2])
+
+
 async def test_ctrl_c_ten_times_stops_the_stack_within_10s_and_loses_nothing(
     stack: Stack, fault_report: FaultReport
 ) -> None:
     stop_times: list[float] = []
     accepted = refused = 0
     problems: list[str] = []
-    for run in range(STOPS):
-        proc, log = stack.start(demo=True)
-        await wait_running(proc, log)
-        database_url = stack.database_url()
-        before = (await demo_rows(database_url))[0]
-
-        async def demo_flows(
-            url: str = database_url, floor: int = before + DEMO_ROWS_PER_RUN
-        ) -> bool:
-            return (await demo_rows(url))[0] >= floor
-
-        await wait_until(demo_flows, within_s=30, what="demo events are stored")
-        stop_s = await asyncio.to_thread(ctrl_c, proc)
+    for _ in range(STOPS):
+        stop_s, took, refused_now = await ctrl_c_once(stack, problems)
         stop_times.append(stop_s)
-        text = log.read_text()
-        if stop_s > STOP_WITHIN_S or proc.returncode != 0:
-            problems.append(f"stop {run + 1}: {stop_s:.1f} s, exit {proc.returncode}")
-        if "Traceback" in text:
-            problems.append(f"stop {run + 1}: a traceback:\n{text[-3000:]}")
-        if still := servers_down(stack.data_dir):
-            problems.append(f"stop {run + 1}: still running: {still}")
-        if (match := DEMO_LINE.search(text)) is None:
-            problems.append(f"stop {run + 1}: no demo summary:\n{text[-2000:]}")
-        else:
-            accepted += int(match[1])
-            refused += int(match[2])
+        accepted += took
+        refused += refused_now
 
     # Once more, without the demo: what the stops left in the queue (or a spool) is stored.
     proc, log = stack.start(demo=False)
