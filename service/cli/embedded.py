@@ -158,6 +158,7 @@ class EmbeddedPostgres:
             capture_output=True,
             text=True,
             check=False,
+            start_new_session=True,  # a Ctrl-C while starting must not cut it (issue 10)
         )
         if result.returncode:
             raise EmbeddedServerError(f"psql failed: {result.stderr.strip()}")
@@ -208,6 +209,7 @@ class EmbeddedPostgres:
                 stderr=subprocess.STDOUT,
                 user=self._user,
                 check=False,
+                start_new_session=True,  # a Ctrl-C while starting must not cut it (issue 10)
                 cwd=self.data_dir if self._user is None else "/",
             )
         if result.returncode:

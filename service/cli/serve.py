@@ -14,6 +14,7 @@ from aiohttp import web
 from service.cli.common import (
     add_command,
     require_urls,
+    stop_signal,
     wait_for_signal,
     write_private,
 )
@@ -74,6 +75,7 @@ async def cmd_api(settings: Settings, args: argparse.Namespace) -> int:
 async def cmd_run(settings: Settings, args: argparse.Namespace) -> int:
     from service.cli.embedded import EmbeddedStack
 
+    stop = stop_signal()  # a Ctrl-C while starting stops the stack once it is up (issue 10)
     stack = None
     if not settings.redis_url or not settings.database_url:
         stack = EmbeddedStack(settings.data_dir)
@@ -100,7 +102,7 @@ async def cmd_run(settings: Settings, args: argparse.Namespace) -> int:
                 from service.cli.demo import feed
 
                 demo = asyncio.create_task(feed(settings))
-            await wait_for_signal()
+            await stop.wait()
             print("stopping: finishing the jobs in hand…", flush=True)
             if demo is not None:
                 demo.cancel()

@@ -250,3 +250,20 @@ async def test_a_worker_whose_redis_is_gone_exits_on_sigterm_within_its_grace(
     assert proc.returncode == 0, log.read_text()[-3000:]
     assert stop_s < SHUTDOWN_GRACE
     assert "Traceback" not in log.read_text()
+
+
+async def test_ctrl_c_while_the_stack_starts_stops_it_cleanly(stack: Stack) -> None:
+    proc, log = stack.start(demo=True)
+    port_file = stack.data_dir / "valkey" / "port"  # written just before Valkey starts
+
+    async def starting() -> bool:
+        assert proc.poll() is None, read(log)
+        return port_file.exists()
+
+    await wait_until(starting, within_s=START_WITHIN_S, what="the embedded servers start")
+    stop_s = await asyncio.to_thread(ctrl_c, proc)
+    text = read(log)
+    print(f"Ctrl-C while starting: stopped after {stop_s:.1f} s")
+    assert proc.returncode == 0 and "Traceback" not in text, text[-3000:]
+    assert stop_s < STOP_WITHIN_S
+    assert not servers_down(stack.data_dir)
