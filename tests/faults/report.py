@@ -161,7 +161,9 @@ FOOTER = """
   Valkey is started in a session of its own (`service/cli/valkey_process.py`; `pg_ctl` puts
   PostgreSQL in one too), so it no longer dies at once while the worker and the API still need
   it: `auditq run` stops the demo producer (flushing it), the API, the worker, and only then
-  the servers. A stopping worker takes no job once its stop began (a poll halfway through
+  the servers. A Ctrl-C while the stack starts is caught from the first moment (and `initdb`,
+  `pg_ctl` and `psql` run in sessions of their own, so it cannot cut them): the stack comes up,
+  then stops cleanly. A stopping worker takes no job once its stop began (a poll halfway through
   taking one is waited for, and the breaker cannot re-enable picking), so no job runs into
   arq's close; without Redis, arq's close is bounded and the worker still exits within its
   grace (20 s; 5.3 s in `tests/faults/test_stop_faults.py`, where it took 11.7 s and ended in
