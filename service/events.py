@@ -322,11 +322,11 @@ def _redact_change(change: Change, extra_keys: frozenset[str]) -> Change:
     """A change whose field names a secret loses both values; others lose their credentials."""
     if is_sensitive_key(change.field, extra_keys):
         # No value stays no value: that a secret was set (or removed) is not a secret.
-        old = None if change.old is None else REDACTED
-        new = None if change.new is None else REDACTED
-        if change.old == old and change.new == new:
+        masked_old = None if change.old is None else REDACTED
+        masked_new = None if change.new is None else REDACTED
+        if change.old == masked_old and change.new == masked_new:
             return change
-        return Change(field=change.field, old=old, new=new)
+        return Change(field=change.field, old=masked_old, new=masked_new)
     field = redact_sensitive_in_string(change.field, extra_keys)
     old = redact_sensitive(change.old, extra_keys)
     new = redact_sensitive(change.new, extra_keys)

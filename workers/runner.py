@@ -43,7 +43,8 @@ logger = logging.getLogger("auditq.worker")
 
 POLL_DELAY = 0.02  # seconds between queue polls; bounds the pickup latency of a new job
 REDIS_DOWN_PAUSE = 0.5  # seconds between polls while Redis does not answer
-SHUTDOWN_GRACE = 20.0  # seconds running jobs get to finish on SIGTERM before they are requeued
+SHUTDOWN_GRACE = 20.0  # seconds a stop takes at most: running jobs finish, then the close
+CLOSE_BUDGET = 5.0  # seconds of the grace kept for arq's close, which talks to Redis
 
 
 async def _startup(ctx: dict[str, Any]) -> None:
@@ -121,6 +122,25 @@ class _Worker(Worker):
     """
 
     _redis_down_since: float | None = None
+    _stopping = False
+    _poll_lock: asyncio.Lock | None = None
+
+    async def stop_picking(self) -> None:
+        """Take no job from now on, and return once no poll is halfway through taking one.
+
+        `allow_pick_jobs` is not enough: the breaker sets it again when the database answers,
+        and a poll that read job ids before it was cleared goes on to start them, after the
+        running jobs were counted, so they ran on into arq's close (and failed there).
+        """
+        self._stopping = True
+        self.allow_pick_jobs = False
+        async with self._lock():
+            pass
+
+    def _lock(self) -> asyncio.Lock:
+        if self._poll_lock is None:
+            self._poll_lock = asyncio.Lock()
+        return self._poll_lock
 
     async def main(self) -> None:
         if self._pool is None:
@@ -136,8 +156,12 @@ class _Worker(Worker):
         await super().main()
 
     async def _poll_iteration(self) -> None:
+        if self._stopping:
+            await asyncio.sleep(POLL_DELAY)  # the poll loop runs until stop_worker cancels it
+            return
         try:
-            await super()._poll_iteration()
+            async with self._lock():
+                await super()._poll_iteration()
         except _REDIS_DOWN as exc:
             if self._redis_down_since is None:
                 self._redis_down_since = time.monotonic()
@@ -223,13 +247,38 @@ def worker_state(worker: Worker) -> WorkerState:
 
 
 async def stop_worker(worker: Worker, *, grace: float = SHUTDOWN_GRACE) -> None:
-    """Stop taking jobs, let running ones finish (up to `grace`), then close."""
+    """Stop taking jobs, let running ones finish, then close: within `grace` seconds, also
+    when Redis is gone (arq's close would retry it for as long as its retry policy says)."""
     worker.allow_pick_jobs = False
-    running = [t for t in worker.tasks.values() if not t.done()]
-    if running:
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(asyncio.gather(*running, return_exceptions=True), grace)
-    await worker.close()
+    close_budget = min(CLOSE_BUDGET, grace / 2)
+    # Jobs cut short by the deadline are safe: their events are stored idempotently when
+    # they run again.
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(grace - close_budget):
+            if isinstance(worker, _Worker):
+                await worker.stop_picking()
+            running = [t for t in worker.tasks.values() if not t.done()]
+            await asyncio.gather(*running, return_exceptions=True)
+    try:
+        async with asyncio.timeout(close_budget):
+            await worker.close()
+    except (TimeoutError, *_REDIS_DOWN) as exc:
+        logger.warning("the worker closed without Redis (%s)", type(exc).__name__)
+        await _close_without_redis(worker)
+
+
+async def _close_without_redis(worker: Worker) -> None:
+    """Let go of what arq's close did not reach: the database pool, the Redis connections."""
+    state = worker_state(worker)
+    for task in (state._probe, state._heartbeat):
+        if task is not None:
+            task.cancel()
+    if state.pool is not None:
+        state.pool.terminate()
+        state.pool = None
+    with contextlib.suppress(Exception):
+        async with asyncio.timeout(1.0):
+            await worker.pool.close(close_connection_pool=True)
 
 
 async def run_until(worker: Worker, stop: asyncio.Event) -> None:

@@ -14,7 +14,7 @@ from service.api import console, health, ingest, integrity, metrics, openapi, su
 from service.api import tasks as tasks_api
 from service.api.audit_logs import export, pages, statistics, stream
 from service.api.audit_logs.cursor import cursor_context
-from service.api.auth import auth_middleware
+from service.api.auth import TOKEN_CHECK, TokenCheck, auth_middleware
 from service.api.errors import REDACT_EXTRA_KEYS, error_middleware
 from service.api.limits import OPEN_REQUESTS, OpenRequests
 from service.api.producers import producers_context
@@ -72,6 +72,11 @@ async def _redis(app: web.Application) -> AsyncIterator[None]:
     await app[REDIS].aclose()
 
 
+async def _token_check(app: web.Application) -> AsyncIterator[None]:
+    app[TOKEN_CHECK] = TokenCheck(app[POOL], app[REDIS])
+    yield
+
+
 async def _record_started(app: web.Application) -> None:
     record_lifecycle(app[CLIENT], STARTED, source=API_SOURCE)
 
@@ -88,7 +93,7 @@ def create_app(settings: Settings, *, audit_lifecycle: bool = False) -> web.Appl
     it is up and `service.stopping` first when it shuts down.
     """
     app = web.Application(
-        client_max_size=MAX_BODY_BYTES, middlewares=[error_middleware, auth_middleware(POOL)]
+        client_max_size=MAX_BODY_BYTES, middlewares=[error_middleware, auth_middleware]
     )
     app[SETTINGS] = settings
     app[REDACT_EXTRA_KEYS] = settings.redact_extra_keys
@@ -97,6 +102,7 @@ def create_app(settings: Settings, *, audit_lifecycle: bool = False) -> web.Appl
         [
             _postgres,
             _redis,
+            _token_check,
             producers_context,
             cursor_context,
             stream.stream_context,

@@ -66,7 +66,12 @@ async def gather(app: web.Application) -> list[Family]:
     )
     failures.add_metric(["failed"], client.failed)
     failures.add_metric(["dropped"], client.dropped)
-    families.append(failures)
+    uncertain = CounterMetricFamily(
+        "auditq_api_capture_uncertain",
+        "Events the API's own client sent without a confirmation in time: they may be stored",
+    )
+    uncertain.add_metric([], client.uncertain)
+    families += [failures, uncertain]
 
     up = GaugeMetricFamily("auditq_workers", "Workers with a fresh heartbeat", labels=["queue"])
     up.add_metric([queue], len(alive))

@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
+import contextlib
 from datetime import datetime
 from typing import Annotated
 
 import msgspec
 from aiohttp import web
+from redis.exceptions import RedisError
 
+from service import revocations
 from service.api import body as json_body
-from service.api.auth import request_principal
+from service.api.auth import TOKEN_CHECK, request_principal
 from service.api.errors import ApiError
 from service.api.openapi import operation
-from service.api.state import POOL, record_admin_action
+from service.api.state import POOL, REDIS, record_admin_action
 from service.events import Entity
 from service.store import tokens as auth
 
@@ -128,6 +131,10 @@ async def revoke_token(request: web.Request) -> web.Response:
         revoked = await auth.revoke_token(conn, name)
     if not revoked:
         raise ApiError(404, "not_found", f"no active token is named {name[:128]!r}")
+    # Every replica (this one at once) refuses it now, even while PostgreSQL is away.
+    request.app[TOKEN_CHECK].forget(revoked)
+    with contextlib.suppress(RedisError, OSError):  # each replica rechecks within 5 s anyway
+        await revocations.announce(request.app[REDIS], revoked)
     await record_admin_action(
         request, "token.revoked", entity=_entity(name[:1024]), metadata={"name": name[:1024]}
     )

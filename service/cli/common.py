@@ -22,13 +22,18 @@ def require_urls(settings: Settings) -> Settings:
     return settings
 
 
-async def wait_for_signal() -> None:
-    """Return on SIGINT or SIGTERM."""
+def stop_signal() -> asyncio.Event:
+    """An event set on SIGINT or SIGTERM, from now on (a Ctrl-C while starting included)."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    await stop.wait()
+    return stop
+
+
+async def wait_for_signal() -> None:
+    """Return on SIGINT or SIGTERM."""
+    await stop_signal().wait()
 
 
 def write_private(path: Path, text: str) -> None:

@@ -61,3 +61,7 @@ async def feed(settings: Settings) -> None:
             await asyncio.sleep(1 / DEMO_RATE)
     finally:
         await client.aclose()
+        # What the demo was told: accepted (queued or spooled, so it will be stored) or not.
+        accepted = client.sent + client.spooled
+        refused = client.failed + client.uncertain + client.dropped + client.spool_dropped
+        print(f"demo: {accepted} events accepted, {refused} not", flush=True)

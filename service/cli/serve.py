@@ -14,6 +14,7 @@ from aiohttp import web
 from service.cli.common import (
     add_command,
     require_urls,
+    stop_signal,
     wait_for_signal,
     write_private,
 )
@@ -77,6 +78,7 @@ async def cmd_api(settings: Settings, args: argparse.Namespace) -> int:
 async def cmd_run(settings: Settings, args: argparse.Namespace) -> int:
     from service.cli.embedded import API_ROLE, OWNER_ROLE, WORKER_ROLE, EmbeddedStack
 
+    stop = stop_signal()  # a Ctrl-C while starting stops the stack once it is up (issue 10)
     stack = None
     migrate_url = settings.database_url
     if not settings.redis_url or not settings.database_url:
@@ -122,7 +124,7 @@ async def cmd_run(settings: Settings, args: argparse.Namespace) -> int:
                 from service.cli.demo import feed
 
                 demo = asyncio.create_task(feed(settings))
-            await wait_for_signal()
+            await stop.wait()
             print("stopping: finishing the jobs in hand…", flush=True)
             if demo is not None:
                 demo.cancel()

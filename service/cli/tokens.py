@@ -7,6 +7,11 @@ import sys
 from datetime import UTC, datetime
 from typing import Any
 
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+
+from service import revocations
+from service.errors import ConfigError
 from service.events import Entity
 from service.ops.admin_actions import audit_cli_action
 from service.settings import Settings
@@ -61,17 +66,43 @@ async def cmd_tokens_list(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+async def _announce_revocation(settings: Settings, digest: bytes) -> None:
+    """Tell Redis too: an API cut off from PostgreSQL consults it. A failure is a warning."""
+    try:
+        redis = Redis.from_url(
+            settings.require_redis(), socket_connect_timeout=2.0, socket_timeout=2.0
+        )
+    except ConfigError as exc:
+        problem = str(exc)
+    else:
+        try:
+            await revocations.announce(redis, digest)
+            return
+        except (RedisError, OSError) as exc:
+            problem = f"Redis does not answer ({type(exc).__name__})"
+        finally:
+            await redis.aclose()
+    print(
+        f"auditq: warning: revoked in the database, but not announced in Redis: {problem}. "
+        f"An API that cannot reach PostgreSQL may accept it for up to "
+        f"{revocations.TRUST_OFFLINE_S:.0f} s",
+        file=sys.stderr,
+    )
+
+
 async def cmd_tokens_revoke(settings: Settings, args: argparse.Namespace) -> int:
     conn = await db.connect(settings.require_database())
     try:
         revoked = await auth.revoke_token(conn, args.name)
     finally:
         await conn.close()
-    if not revoked:
+    if revoked is None:
         print(f"auditq: no active token named {args.name!r}", file=sys.stderr)
         return 1
+    await _announce_revocation(settings, revoked)
     await _audit_token_change(settings, "token.revoked", args.name, None)
-    print(f"token {args.name!r} revoked: it stops working at once")
+    within = revocations.RECHECK_AFTER_S
+    print(f"token {args.name!r} revoked: every API refuses it within {within:.0f} s")
     return 0
 
 
@@ -96,7 +127,7 @@ def add_parsers(sub: Any) -> None:
     token_sub.add_parser("list", help=list_help, description=list_help).set_defaults(
         command=cmd_tokens_list
     )
-    revoke_help = "Revoke the active token NAME: it stops working at once."
+    revoke_help = "Revoke the active token NAME: every API refuses it within 5 s."
     revoke = token_sub.add_parser("revoke", help=revoke_help, description=revoke_help)
     revoke.set_defaults(command=cmd_tokens_revoke)
     revoke.add_argument("name", type=_token_name)

@@ -29,6 +29,7 @@ from service.producer.failures import (
     FAILURE_PREFIX,
     BufferFull,
     ClientClosed,
+    DeliveryUncertain,
     NotReplicated,
     SpoolFull,
     log_failure,
@@ -44,6 +45,7 @@ __all__ = [
     "AuditEvent",
     "BufferFull",
     "ClientClosed",
+    "DeliveryUncertain",
     "NotReplicated",
     "SpoolError",
     "SpoolFull",
@@ -54,6 +56,9 @@ __all__ = [
 WAIT_SHARE = 0.5
 WAIT_FENCE_KEY = "auditq:wait-fence"  # written before a replayed batch's WAIT (see _enqueue)
 SEND_TIMEOUT_FACTOR = 4  # capture timeouts per send: connect, one reconnect, the reply, slack
+# A capture from a thread other than the client's loop's: that loop tells, this share of the
+# bound before the caller gives up, whether the event was still waiting or already sent.
+CROSS_THREAD_MARGIN = 0.2
 CLOSE_TIMEOUT = 5.0  # seconds
 # With a spool, a batch an awaiting capture is in tries Redis for this share of the capture
 # bound; the rest is left to append it to the spool, so `capture` still answers in time.
@@ -123,6 +128,7 @@ class AuditClient(SpoolReplay):
             )
         self.sent = 0  # events enqueued
         self.failed = 0  # events that could not be enqueued (each logged)
+        self.uncertain = 0  # events sent without an answer in time: they may be stored (logged)
         self.dropped = 0  # events dropped because the buffer was full (each logged)
         self.spooled = 0  # events Redis did not take, appended to the spool
         self.replayed = 0  # events replayed from the spool into Redis
@@ -224,10 +230,12 @@ class AuditClient(SpoolReplay):
     # Producing.
 
     async def capture(self, event: AuditEvent) -> str | None:
-        """Enqueue one event and return its id, or None (logged) if it could not be enqueued.
+        """Enqueue one event and return its id, or None (logged) if it is not known enqueued.
 
         With a spool, an event Redis did not take but that is durably spooled counts as
-        enqueued (it will be delivered): its id is returned.
+        enqueued (it will be delivered): its id is returned. `None` with the error name
+        `DeliveryUncertain` means the event was sent and no answer came in time: it may
+        still be stored, so resend it with the same `id` (stored once), never as a new event.
         """
         context = audit_context.get()
         try:
@@ -237,13 +245,10 @@ class AuditClient(SpoolReplay):
         except Exception as exc:
             self._fail(event, exc, context)
             return None
-        scope = asyncio.timeout(self._capture_timeout)
         try:
-            async with scope:
-                await self._submit(data, done)
+            await self._submit(data, done)
         except Exception as exc:
-            error = TimeoutError(f"not enqueued within {self._capture_timeout} s")
-            self._fail(done, error if scope.expired() else exc, context)
+            self._fail(done, exc, context)
             return None
         return str(done.id)
 
@@ -313,27 +318,54 @@ class AuditClient(SpoolReplay):
             return self._loop
 
     async def _submit(self, data: bytes, event: AuditEvent) -> None:
-        """Buffer an event on the client's loop and wait until its batch is sent."""
+        """Buffer an event on the client's loop and wait (bounded) until its batch is sent."""
         loop = self._bind()
         if loop is None or _running_loop() is loop:
-            await self._enqueue_and_wait(data, event)
+            await self._enqueue_and_wait(data, event, self._capture_timeout)
             return
         if not loop.is_running():
             raise RuntimeError("the audit client's event loop is not running")
-        # Another thread's loop: the buffer and connections belong to the client's loop.
-        done = asyncio.run_coroutine_threadsafe(self._enqueue_and_wait(data, event), loop)
-        await asyncio.wrap_future(done)
+        # Another thread's loop: the buffer and connections belong to the client's loop, which
+        # decides the outcome a little before this thread's bound.
+        bound = self._capture_timeout * (1 - CROSS_THREAD_MARGIN)
+        done = asyncio.run_coroutine_threadsafe(self._enqueue_and_wait(data, event, bound), loop)
+        scope = asyncio.timeout(self._capture_timeout)
+        try:
+            async with scope:
+                await asyncio.wrap_future(done)
+        except TimeoutError:
+            if not scope.expired():
+                raise
+            raise DeliveryUncertain(
+                f"event {event.id}: the audit client's loop did not answer within "
+                f"{self._capture_timeout} s; it may still be stored"
+            ) from None
 
-    async def _enqueue_and_wait(self, data: bytes, event: AuditEvent) -> None:
+    async def _enqueue_and_wait(self, data: bytes, event: AuditEvent, bound: float) -> None:
+        """Wait up to `bound` for the event's batch, then tell: sent, not sent, or unknown."""
         if self._closing:
             raise ClientClosed("the audit client is closed")
         sent: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         item: Item = (data, event, sent)
         self._push(item)
         try:
-            await sent
+            async with asyncio.timeout(bound):
+                await sent
+        except TimeoutError:
+            if sent.done() and not sent.cancelled():
+                return sent.result()  # answered just as the bound passed
+            if self._discard(item):
+                raise TimeoutError(f"not enqueued within {self._capture_timeout} s") from None
+            # A batch took it: on the wire (Redis may have run the script and not answered
+            # yet) or being spooled. "Failed" would make a caller that retries with a new
+            # event store it twice.
+            raise DeliveryUncertain(
+                f"event {event.id} was handed to Redis and not confirmed within "
+                f"{self._capture_timeout} s; it may still be stored: resend it with the same "
+                "id, never as a new event"
+            ) from None
         except asyncio.CancelledError:
-            # The capture gave up: an event it reported as failed must not be sent after all.
+            # The caller was cancelled: an event it did not see accepted must not be sent.
             self._discard(item)
             raise
 
@@ -358,13 +390,15 @@ class AuditClient(SpoolReplay):
         if self._is_urgent():
             self._urgent.set()
 
-    def _discard(self, item: Item) -> None:
+    def _discard(self, item: Item) -> bool:
+        """Take a waiting item back out of the buffer; False when a batch already took it."""
         try:
             self._buffer.remove(item)
         except ValueError:
-            return  # already taken into a batch
+            return False
         if item[2] is not None:
             self._waiting -= 1
+        return True
 
     def _is_urgent(self) -> bool:
         return self._waiting > 0 or len(self._buffer) >= self._flush_max or self._closing
@@ -437,8 +471,11 @@ class AuditClient(SpoolReplay):
             self._fail_batch(batch, ClientClosed("closed while the batch was being sent"))
             raise
         except Exception as exc:
-            if isinstance(exc, TimeoutError) and not str(exc):
-                exc = TimeoutError(f"Redis did not answer within {timeout} s")
+            if isinstance(exc, TimeoutError | RedisTimeoutError):
+                # The script went out and no answer came: Redis may have run it.
+                exc = DeliveryUncertain(
+                    f"Redis did not answer within {timeout} s; the batch may still be stored"
+                )
             if self._spool is not None:
                 # Redis may have run the script and lost only the reply: spooling the batch
                 # then delivers it twice, which its events' ids make harmless.
@@ -526,6 +563,8 @@ class AuditClient(SpoolReplay):
         with self._lock:
             if isinstance(exc, BufferFull):
                 self.dropped += 1
+            elif isinstance(exc, DeliveryUncertain):
+                self.uncertain += 1
             elif isinstance(exc, SpoolFull):
                 self.spool_dropped += 1
             else:

@@ -36,6 +36,13 @@ class SpoolFull(AuditqError):
     """Redis did not take the event and the spool is full: the event was dropped."""
 
 
+class DeliveryUncertain(AuditqError):
+    """The event's batch was sent and no answer came in time: it may still be stored.
+
+    Not a failure to queue: resend the same event (same `id`, stored once), never a new one.
+    """
+
+
 def log_failure(
     event: object,
     exc: BaseException,

@@ -20,7 +20,8 @@ LIST_TOKENS = """
 SELECT id, name, role, created_at, last_used_at, revoked_at FROM api_token ORDER BY id
 """
 REVOKE_TOKEN = """
-UPDATE api_token SET revoked_at = now() WHERE name = $1 AND revoked_at IS NULL RETURNING id
+UPDATE api_token SET revoked_at = now() WHERE name = $1 AND revoked_at IS NULL
+RETURNING token_hash
 """
 
 
@@ -41,9 +42,10 @@ async def create_token(conn: asyncpg.Connection, *, name: str, role: Role) -> st
     return token
 
 
-async def revoke_token(conn: asyncpg.Connection, name: str) -> bool:
-    """Revoke the active token named `name`; False when there is none."""
-    return await conn.fetchval(REVOKE_TOKEN, name) is not None
+async def revoke_token(conn: asyncpg.Connection, name: str) -> bytes | None:
+    """Revoke the active token named `name`; return its hash, or None when there is none."""
+    digest: bytes | None = await conn.fetchval(REVOKE_TOKEN, name)
+    return None if digest is None else bytes(digest)
 
 
 async def list_tokens(conn: asyncpg.Connection) -> list[asyncpg.Record]:

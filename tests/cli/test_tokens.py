@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import hashlib
+import socket
 import stat
 
 import asyncpg
 import pytest
 import redis.asyncio as aioredis
 
+from service import revocations
 from service.api.auth import authenticate
 from service.api.errors import ApiError
 from service.cli import serve
@@ -53,10 +55,15 @@ async def test_cli_creates_lists_and_revokes_tokens(
     assert token not in listing and digest not in listing
 
     assert await run_cli("tokens", "revoke", "ci-export") == 0
-    capsys.readouterr()
+    assert capsys.readouterr().err == ""
     with pytest.raises(ApiError) as refused:
         await authenticate(pg, f"Bearer {token}")
     assert refused.value.status == 401
+    # Announced in Redis, by hash, for APIs cut off from PostgreSQL; it expires on its own.
+    mark = revocations.revoked_key(hashlib.sha256(token.encode()).digest())
+    assert await revocations.is_revoked(redis, hashlib.sha256(token.encode()).digest())
+    assert 0 < await redis.ttl(mark) <= revocations.MARK_TTL_S
+    assert revocations.MARK_TTL_S > revocations.TRUST_OFFLINE_S
 
     assert await run_cli("tokens", "revoke", "ci-export") == 1
     err = capsys.readouterr().err
@@ -99,3 +106,20 @@ async def test_run_keeps_one_dev_admin_token_in_the_data_dir(
     assert again != renewed
     with pytest.raises(ApiError):
         await authenticate(pg, f"Bearer {renewed}")
+
+
+async def test_revoke_warns_when_redis_cannot_be_told(
+    cli_env: None,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    pg: asyncpg.Connection,
+) -> None:
+    await create_token(pg, name="leaked", role="ingest")
+    with socket.socket() as sock:  # a port nothing listens on
+        sock.bind(("127.0.0.1", 0))
+        closed = sock.getsockname()[1]
+    monkeypatch.setenv("AUDITQ_REDIS_URL", f"redis://127.0.0.1:{closed}/0")
+    assert await run_cli("tokens", "revoke", "leaked") == 0  # the database is what counts
+    err = capsys.readouterr().err
+    assert "revoked in the database, but not announced in Redis" in err
+    assert await pg.fetchval("SELECT revoked_at IS NOT NULL FROM api_token WHERE name = 'leaked'")

@@ -9,6 +9,7 @@ deliberately bad ones only, in the dead letter.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import dataclasses
 import itertools
@@ -51,6 +52,8 @@ class Ledger:
     failed: set[str] = dataclasses.field(default_factory=set)  # ids with a failure line
     offered: int = 0
     refused: int = 0  # offered, and the producer was told so (None, an error, not 202)
+    # Events HTTP ingest did not accept, by why: "<status> <error message>", or "no answer".
+    http_refused: collections.Counter[str] = dataclasses.field(default_factory=collections.Counter)
     capture_max_s: float = 0.0  # slowest awaited capture
     accepted_at: dict[str, list[float]] = dataclasses.field(default_factory=dict)  # producer ->
 
@@ -222,17 +225,24 @@ async def produce_http(
             events = [good_event_json("http") for _ in range(per_post)]
             events += extra() if extra is not None else []
             ledger.offered += len(events)
+            why = "no answer"
             try:
                 async with session.post(f"{base_url}/api/v1/events", json={"events": events}) as r:
-                    body = await r.json() if r.status == 202 else None
-            except (aiohttp.ClientError, TimeoutError, ValueError):
+                    body = await r.json()
+                    if r.status != 202:
+                        why = f"{r.status} {body['error']['message']}"
+                        body = None
+            except (aiohttp.ClientError, TimeoutError, ValueError, KeyError, TypeError):
                 body = None
             if body is None:
                 ledger.refused += len(events)
+                ledger.http_refused[why] += len(events)
             else:
                 for event_id in body["accepted"]:
                     ledger.accept(event_id, "http")
-                ledger.refused += len(body["rejected"])
+                if body["rejected"]:
+                    ledger.refused += len(body["rejected"])
+                    ledger.http_refused["rejected"] += len(body["rejected"])
             await asyncio.sleep(tick)
 
 

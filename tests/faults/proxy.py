@@ -18,9 +18,11 @@ class TcpProxy:
     `restore()` resets every connection of the outage and forwards again; clients reconnect.
     """
 
-    def __init__(self, target_host: str, target_port: int) -> None:
+    def __init__(self, target_host: str, target_port: int, password: str | None = None) -> None:
         self.target = (target_host, target_port)
+        self.password = password  # the target's: a URL through the proxy carries it
         self.port = 0
+        self.reply_delay = 0.0  # seconds each chunk from the target is held: a slow server
         self._server: asyncio.Server | None = None
         self._cut = False
         self._restored = asyncio.Event()
@@ -28,7 +30,8 @@ class TcpProxy:
         self._transports: set[asyncio.BaseTransport] = set()
 
     def url(self, database: int = 0) -> str:
-        return f"redis://127.0.0.1:{self.port}/{database}"
+        auth = f":{self.password}@" if self.password else ""
+        return f"redis://{auth}127.0.0.1:{self.port}/{database}"
 
     async def start(self) -> None:
         self._server = await asyncio.start_server(self._accept, "127.0.0.1", self.port)
@@ -83,7 +86,9 @@ class TcpProxy:
                 return
             self._transports.add(up_writer.transport)
             await asyncio.gather(
-                self._pump(reader, up_writer), self._pump(up_reader, writer), return_exceptions=True
+                self._pump(reader, up_writer),
+                self._pump(up_reader, writer, replies=True),
+                return_exceptions=True,
             )
             self._transports.discard(up_writer.transport)
         finally:
@@ -91,9 +96,13 @@ class TcpProxy:
             self._transports.discard(writer.transport)
             self._links.discard(task)
 
-    async def _pump(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    async def _pump(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, *, replies: bool = False
+    ) -> None:
         try:
             while data := await reader.read(65536):
+                if replies and self.reply_delay:
+                    await asyncio.sleep(self.reply_delay)  # the server did its work; answers late
                 if self._cut:
                     await self._restored.wait()  # held: restore() resets this connection
                     return

@@ -45,6 +45,13 @@ SCENARIOS: dict[str, tuple[str, str]] = {
         "PostgreSQL stopped (`immediate`) for 30 s, then started",
         "`pg_ctl stop -m immediate` (a crash: recovery on start) of the test's own server",
     ),
+    "postgres-stop-ingest": (
+        "PostgreSQL stopped for 20 s under HTTP ingest",
+        "`pg_ctl stop -m fast` of the test's own server while four HTTP producers post batches "
+        "(beside the other producers); the API keeps the tokens it verified (rechecked every "
+        "5 s, trusted up to 5 min while PostgreSQL is away, unless announced revoked in Redis), "
+        "so ingest refuses nothing",
+    ),
     "postgres-connections": (
         "PostgreSQL out of connections for 10 s",
         "the test takes every connection slot of its own server, terminates the worker's, "
@@ -54,6 +61,14 @@ SCENARIOS: dict[str, tuple[str, str]] = {
         "API process SIGKILLed while ingesting over HTTP, restarted",
         "`auditq api` as a child process, four HTTP producers posting batches; SIGKILL, "
         "restart on the same port and spool; only what got `202` counts as accepted",
+    ),
+    "ctrl-c": (
+        "Ctrl-C to `auditq run --demo`, ten times in a row",
+        "`auditq run --demo` on the embedded default in a process group of its own, as in a "
+        "terminal; SIGINT to the whole group (Valkey and PostgreSQL run in sessions of their "
+        "own, so the stack stops them last); each stop must end within 10 s with no "
+        "traceback and both servers down; accepted = what the demo producer was told; after "
+        "the tenth, a last start stores what the stops left queued",
     ),
     "timestamps": (
         "Events with `ts` far in the past or future",
@@ -171,6 +186,35 @@ FOOTER = """
   becomes a connection error) and is made again to the new one under the caller's retry
   policy. The worker treats the failover as any Redis outage: its poll loop waits, its pool
   retries with backoff, jobs in flight finish or are rerun. No process is restarted.
+- **Awaited `capture` says when it cannot know.** `capture` waits at most its bound (250 ms).
+  An event still in the client's buffer when the bound passes is taken back out, never sent,
+  and reported failed (`TimeoutError`). An event whose batch is already on the wire (Redis may
+  have run the script and not yet answered) is reported with its own error name,
+  `DeliveryUncertain`, and counted apart (`client.uncertain`): it may still be stored, so a
+  caller that retries resends the same event (same id, stored once), never a new one. A batch
+  send that times out is `DeliveryUncertain` for its `capture_nowait` events too. Shown by
+  `tests/producer/test_client.py` (a proxy holds Redis's replies back past the bound: the event
+  on the wire arrives and is stored once, the one behind it is never sent); such events are
+  never counted as accepted here.
+- **Tokens across a PostgreSQL outage.** The API keeps each token it verified for 5 s before
+  asking PostgreSQL again (so a revocation takes effect within 5 s on every replica); when
+  PostgreSQL does not answer (each lookup bounded to 1 s, pool wait included), a token
+  verified in the last 5 minutes still works unless `auditq tokens revoke` announced it revoked
+  in Redis, which every replica then consults. HTTP ingest therefore refuses nothing while
+  PostgreSQL is down; a token no replica verified lately gets `503`. In the revocation test
+  (`tests/faults/test_auth_faults.py`) a revoked token was refused after 5.1 s, and after 4.9 s
+  when PostgreSQL was stopped right after the revocation.
+- **Ctrl-C.** A terminal sends SIGINT to its whole foreground process group. The embedded
+  Valkey is started in a session of its own (`service/cli/valkey_process.py`; `pg_ctl` puts
+  PostgreSQL in one too), so it no longer dies at once while the worker and the API still need
+  it: `auditq run` stops the demo producer (flushing it), the API, the worker, and only then
+  the servers. A Ctrl-C while the stack starts is caught from the first moment (and `initdb`,
+  `pg_ctl` and `psql` run in sessions of their own, so it cannot cut them): the stack comes up,
+  then stops cleanly. A stopping worker takes no job once its stop began (a poll halfway through
+  taking one is waited for, and the breaker cannot re-enable picking), so no job runs into
+  arq's close; without Redis, arq's close is bounded and the worker still exits within its
+  grace (20 s; 5.3 s in `tests/faults/test_stop_faults.py`, where it took 11.7 s and ended in
+  a traceback before).
 - **Worker.** Every write is idempotent (`ON CONFLICT (id, ts) DO NOTHING`), so a job rerun
   after a killed worker stores nothing twice; PostgreSQL being away (stopped, crashed, out of
   connections) opens a breaker that holds jobs without burning attempts; a row PostgreSQL
@@ -188,6 +232,11 @@ FOOTER = """
   worker. Fixed in `workers/runner.py`: `OSError` is retried, and the worker's poll loop
   waits out any Redis failure, giving back the job slot arq takes for a job it could not
   start.
+- **A stopping worker started jobs into arq's close.** A poll that had read job ids just
+  before the stop went on to start them after the running jobs were counted; arq's close then
+  closed the pools under them, a job failed with an `AttributeError` traceback, and its
+  in-progress key left it unrun until the key expired (a 39 s drain on the next start). Found
+  by the Ctrl-C scenario; fixed in `workers/runner.py` (`stop_picking`).
 - **The first and last instants were stored as `-infinity` / `infinity`.** asyncpg encodes
   `0001-01-01T00:00:00Z` and `9999-12-31T23:59:59.999999Z` as PostgreSQL's infinities, so
   such an event was stored with another `ts` and read back without a time zone. They are
