@@ -17,6 +17,7 @@ from aiohttp import web
 from service.api.audit_logs.cursor import CURSORS, Position
 from service.api.audit_logs.query import PAGING_FIELDS, AuditLogQuery, query_from_params
 from service.api.audit_logs.rows import SELECT_ITEMS, item, where_of
+from service.api.openapi import Fields, operation
 from service.api.state import POOL
 
 logger = logging.getLogger(__name__)
@@ -62,6 +63,11 @@ def _client_gone(request: web.Request) -> bool:
     return request.transport is None or request.transport.is_closing()
 
 
+@operation(
+    query=Fields(AuditLogQuery, PAGING_FIELDS),
+    responses={200: {"type": "string"}},
+    media_types=("text/event-stream",),
+)
 async def stream_audit_logs(request: web.Request) -> web.StreamResponse:
     """Server-Sent Events: each newly stored row matching the filters; resumes at Last-Event-ID."""
     query = query_from_params(request.query, skip=PAGING_FIELDS)
