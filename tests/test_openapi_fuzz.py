@@ -21,7 +21,7 @@ from service.store.tokens import create_token
 SCHEMATHESIS = Path(sys.executable).with_name("schemathesis")
 AUDITQ = Path(sys.executable).with_name("auditq")
 RUN_LIMIT = 150.0  # seconds one schemathesis run may take
-MAX_EXAMPLES = 20  # generated cases per route and phase: the run stays near a minute
+MAX_EXAMPLES = 10  # generated cases per route (fuzzing) and scenarios (stateful): ~2 minutes
 ROOT = Path(__file__).resolve().parent.parent
 CONFIG = ROOT / "tests" / "schemathesis.toml"
 HOOKS = "tests.schemathesis_hooks"  # the rules between parameters JSON Schema cannot state
@@ -71,42 +71,43 @@ async def serving(settings: Settings, tmp_path: Path) -> AsyncIterator[str]:
         log.close()
 
 
-async def schemathesis(base: str, token: str, cwd: Path, *options: str) -> tuple[int, str]:
+async def schemathesis(base: str, token: str, report: Path, *options: str) -> tuple[int, str]:
     """Run the schemathesis CLI on the API's own document; its exit code and report."""
-    process = await asyncio.create_subprocess_exec(
-        str(SCHEMATHESIS),
-        "--config-file",
-        str(CONFIG),
-        "run",
-        f"{base}/api/v1/openapi.json",
-        "--header",
-        f"Authorization: Bearer {token}",
-        "--checks",
-        "all",
-        "--seed",
-        "1",
-        "--request-timeout",
-        "10",
-        "--workers",
-        "2",
-        "--no-color",
-        *options,
-        env=os.environ | {"SCHEMATHESIS_HOOKS": HOOKS, "PYTHONPATH": str(ROOT)},
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.STDOUT,
-        cwd=cwd,  # its report and cache stay out of the repository
-    )
-    try:
-        output, _ = await asyncio.wait_for(process.communicate(), RUN_LIMIT)
-    except TimeoutError:
-        process.kill()
-        await process.wait()
-        raise AssertionError(f"schemathesis ran longer than {RUN_LIMIT} s") from None
-    assert process.returncode is not None
-    report = output.decode(errors="replace")
-    (cwd / "schemathesis.txt").write_text(report)
+    with report.open("wb") as out:
+        process = await asyncio.create_subprocess_exec(
+            str(SCHEMATHESIS),
+            "--config-file",
+            str(CONFIG),
+            "run",
+            f"{base}/api/v1/openapi.json",
+            "--header",
+            f"Authorization: Bearer {token}",
+            "--checks",
+            "all",
+            "--seed",
+            "1",
+            "--request-timeout",
+            "10",
+            "--workers",
+            "2",
+            "--no-color",
+            *options,
+            env=os.environ | {"SCHEMATHESIS_HOOKS": HOOKS, "PYTHONPATH": str(ROOT)},
+            stdout=out,
+            stderr=asyncio.subprocess.STDOUT,
+            cwd=report.parent,  # its cache stays out of the repository
+        )
+        try:
+            code = await asyncio.wait_for(process.wait(), RUN_LIMIT)
+        except TimeoutError:
+            process.kill()
+            await process.wait()
+            code = -1
+    text = await asyncio.to_thread(report.read_text, errors="replace")
+    if code == -1:
+        text += f"\nschemathesis ran longer than {RUN_LIMIT} s"
     # Generated URLs can be long: the failure message keeps each line short.
-    return process.returncode, "\n".join(line[:400] for line in report.splitlines())
+    return code, "\n".join(line[:400] for line in text.splitlines())
 
 
 @pytest.mark.skipif(not SCHEMATHESIS.exists(), reason="schemathesis (dev extra) not installed")
@@ -119,30 +120,50 @@ async def test_no_route_fails_on_generated_input(
         code, report = await schemathesis(
             base,
             token,
-            tmp_path,
+            tmp_path / "schemathesis.txt",
             "--phases",
             "examples,coverage,fuzzing,stateful",
             "--max-examples",
             str(MAX_EXAMPLES),
-            # A valid request to the live tail is answered by an endless stream: there is no
-            # single response to check, so it gets the run below.
+            # A valid request to the live tail is answered by an endless stream: no single
+            # response to check, so check_live_tail checks it below, bounded.
             "--exclude-path-regex",
             "/stream$",
         )
         assert code == 0, report[-20_000:]
-        # The live tail, bounded: every schema-invalid request is refused at once (one that
-        # is accepted streams on, and shows as a timeout); wrong methods and no token too.
-        code, report = await schemathesis(
-            base,
-            token,
-            tmp_path,
-            "--phases",
-            "examples,coverage,fuzzing",
-            "--mode",
-            "negative",
-            "--max-examples",
-            str(MAX_EXAMPLES),
-            "--include-path-regex",
-            "/stream$",
-        )
-        assert code == 0, report[-20_000:]
+        await check_live_tail(base, token)
+
+
+async def check_live_tail(base: str, token: str) -> None:
+    """The live tail, bounded: what schemathesis would check of it, on single requests.
+
+    A valid request to it is answered by an endless stream, so schemathesis cannot check it
+    (every valid case would hang until its timeout): each declared parameter once valid (the
+    stream starts: 200, the documented type) and once not (400 at once); a wrong method is
+    405 with Allow; no token is 401."""
+    headers = {"Authorization": f"Bearer {token}"}
+    url = f"{base}/api/v1/admin/audit-logs/stream"
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as session:
+        async with session.get(f"{base}/api/v1/openapi.json") as response:
+            operation = (await response.json())["paths"]["/api/v1/admin/audit-logs/stream"]
+        declared = {p["name"] for p in operation["get"]["parameters"]}
+        valid = {"severity": "critical", "outcome": "failure", "ip": "10.0.0.0/8"}
+        valid |= {"since": "2024-05-01T12:00:00Z", "until": "2024-05-01"}
+        invalid = {"severity": "loud", "outcome": "maybe", "ip": "10.0.0.0/255.0.0.0"}
+        invalid |= {"since": "yesterday", "until": "2024-02-30", "action": "\x00"}
+        assert set(valid) | set(invalid) <= declared, declared
+        for name in sorted(declared):
+            params = {name: valid.get(name, "x")}
+            async with session.get(url, params=params, headers=headers) as response:
+                assert response.status == 200, (params, await response.text())
+                assert response.content_type in operation["get"]["responses"]["200"]["content"]
+            if name in invalid:
+                params = {name: invalid[name]}
+                async with session.get(url, params=params, headers=headers) as response:
+                    assert response.status == 400, (params, await response.text())
+                    assert f"`{name}" in (await response.json())["error"]["message"]
+        async with session.get(url) as response:
+            assert response.status == 401
+        async with session.post(url, headers=headers) as response:
+            assert response.status == 405
+            assert response.headers["Allow"] == "GET"

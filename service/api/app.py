@@ -35,8 +35,11 @@ ROUTES = [
     web.post("/api/v1/admin/audit-logs/search", pages.search_audit_logs),
     web.get("/api/v1/admin/audit-logs/entity/{entity_type}/{entity_id:.+}", pages.entity_history),
     web.get("/api/v1/admin/audit-logs/user/{actor_id:.+}", pages.actor_history),
-    # Not the fixed paths beside it: GET there is 405 (Allow: POST), not a lookup of "search".
-    web.get("/api/v1/admin/audit-logs/{id:(?!search$)[^/]+}", pages.get_audit_log),
+    # Not the fixed paths beside it: their other methods are 405 with their own Allow.
+    web.get(
+        "/api/v1/admin/audit-logs/{id:(?!(search|export|statistics|stream)$)[^/]+}",
+        pages.get_audit_log,
+    ),
     # Tasks and queue stats, HTTP ingest, metrics, and the OpenAPI document of all of these.
     *tasks_api.ROUTES,
     *ingest.ROUTES,

@@ -77,6 +77,7 @@ _ERROR_TEXT = {
     401: "Missing or unknown token",
     403: "The token's role may not do this",
     404: "Not found",
+    405: "The path takes other methods (the Allow header lists them)",
     409: "Conflict with the resource's state",
     413: "Body too large",
     415: "Body is not JSON",

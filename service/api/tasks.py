@@ -105,7 +105,10 @@ async def list_tasks(request: web.Request) -> web.Response:
 
 
 @operation(
-    summary="One task and its payload (redacted events)", path=TaskId, responses={200: TaskDetail}
+    summary="One task and its payload (redacted events)",
+    path=TaskId,
+    responses={200: TaskDetail},
+    errors=(405,),  # GET on cleanup or retry-failed: those paths take POST only
 )
 async def get_task(request: web.Request) -> web.Response:
     """Show one task with its payload."""
