@@ -161,7 +161,7 @@ async def check_live_tail(base: str, token: str) -> None:
                 params = {name: invalid[name]}
                 async with session.get(url, params=params, headers=headers) as response:
                     assert response.status == 400, (params, await response.text())
-                    assert f"`{name}" in (await response.json())["error"]["message"]
+                    assert f"`{name}`" in (await response.json())["error"]["message"]
         async with session.get(url) as response:
             assert response.status == 401
         async with session.post(url, headers=headers) as response:

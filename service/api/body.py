@@ -53,20 +53,24 @@ def any_json(body: bytes) -> Any:
     try:
         return _any_json.decode(body)
     except msgspec.DecodeError as exc:
-        raise ApiError(400, "invalid_json", f"the body is not valid JSON: {exc}") from None
+        raise _invalid_json(str(exc)) from None
     except RecursionError:
         raise _too_deep() from None
     except UnicodeDecodeError:  # msgspec's answer to a string that is not UTF-8
         raise _not_utf8() from None
 
 
+def _invalid_json(problem: str) -> ApiError:
+    return ApiError(400, "invalid_json", f"parameter `body` is not valid JSON: {problem}")
+
+
 def _not_utf8() -> ApiError:
-    return ApiError(400, "invalid_json", "the body is not valid JSON: it is not UTF-8")
+    return _invalid_json("it is not UTF-8")
 
 
 def _too_deep() -> ApiError:
     """msgspec raises RecursionError for hostile nesting: a bad body, not a server error."""
-    return ApiError(400, "invalid_json", "the body is not valid JSON: it nests too deeply")
+    return _invalid_json("it nests too deeply")
 
 
 _encoder = msgspec.json.Encoder()

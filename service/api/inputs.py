@@ -33,14 +33,19 @@ _UNKNOWN_FIELD = re.compile(r"unknown field `([^`]*)`")
 
 
 def invalid_input(exc: msgspec.ValidationError) -> ApiError:
-    """The 400 for msgspec's complaint: it names the field (`body` when it is the whole)."""
+    """The 400 for msgspec's complaint: it names the top-level field (`body` for the whole),
+    and where inside it when deeper (`severity[0]`)."""
     message = str(exc)
     unknown = _UNKNOWN_FIELD.search(message)
     if unknown:
         return bad_parameter(unknown.group(1), "is not a known field")
     at = _AT_FIELD.search(message)
-    name = at.group(1) if at and at.group(1) else "body"
-    return bad_parameter(name, f"is invalid: {message[: at.start()] if at else message}")
+    if at is None or not at.group(1):
+        return bad_parameter("body", f"is invalid: {message[: at.start()] if at else message}")
+    path = at.group(1)
+    name = re.split(r"[.\[]", path, maxsplit=1)[0]
+    where = f" (at `{path}`)" if path != name else ""
+    return bad_parameter(name, f"is invalid: {message[: at.start()]}{where}")
 
 
 @dataclasses.dataclass(frozen=True, eq=False)  # hashed by identity: an Annotated extra
@@ -89,7 +94,8 @@ TIME = TextForm(
             {"type": "string", "format": "date-time"},
             {"type": "string", "format": "date"},
             {"type": "string", "pattern": _LOCAL_TIME, "description": "no offset: UTC"},
-        ]
+        ],
+        "examples": ["2024-05-01", "2024-05-01T12:00:00Z"],
     },
 )
 
@@ -130,7 +136,8 @@ NETWORK = TextForm(
             {"type": "string", "format": "ipv6"},
             {"type": "string", "pattern": _V4_NETWORK},
             {"type": "string", "pattern": _V6_NETWORK},
-        ]
+        ],
+        "examples": ["10.0.0.0/8", "2001:db8::1"],
     },
 )
 
@@ -178,15 +185,17 @@ def convert(data: Any, kind: type[T], *, strict: bool = True) -> T:
     """`data` as `kind`, or a 400 naming the bad field; `strict=False` reads numbers from text.
 
     A whole number written as a float (54.0) is an integer, as JSON Schema says."""
-    data = _whole(data)
-    if isinstance(data, dict) and isinstance(kind, type) and issubclass(kind, msgspec.Struct):
-        for name, form in text_forms(kind).items():
-            if isinstance(data.get(name), str):
-                data[name] = form.parse(name, data[name])
     try:
+        data = _whole(data)
+        if isinstance(data, dict) and isinstance(kind, type) and issubclass(kind, msgspec.Struct):
+            for name, form in text_forms(kind).items():
+                if isinstance(data.get(name), str):
+                    data[name] = form.parse(name, data[name])
         return msgspec.convert(data, kind, strict=strict)
     except msgspec.ValidationError as exc:
         raise invalid_input(exc) from None
+    except RecursionError:  # hostile nesting: bad input, not a server error
+        raise bad_parameter("body", "nests too deeply") from None
 
 
 def _whole(value: Any) -> Any:
