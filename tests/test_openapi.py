@@ -15,7 +15,8 @@ from service.api.app import create_app
 from service.api.audit_logs.query import AuditLogQuery
 from service.api.audit_logs.statistics import StatisticsQuery
 from service.api.errors import ApiError
-from service.api.inputs import parse_network, parse_time, read_query
+from service.api.formats import parse_network, parse_time
+from service.api.inputs import read_query
 from service.api.tasks import TaskListQuery
 from service.settings import Settings
 

@@ -14,7 +14,8 @@ from aiohttp import web
 from multidict import MultiMapping
 
 from service.api.body import read_json
-from service.api.inputs import NETWORK, TIME, convert, read_query
+from service.api.formats import NETWORK, TIME
+from service.api.inputs import convert, read_query
 from service.events import Outcome, Severity
 
 MAX_LIMIT = 1000  # items per page
