@@ -9,6 +9,7 @@ import msgspec
 from aiohttp import web
 
 from service.api.audit_logs.query import Text, Time
+from service.api.audit_logs.rows import holds_nul
 from service.api.body import json_response
 from service.api.errors import bad_parameter
 from service.api.inputs import read_query
@@ -78,15 +79,17 @@ async def audit_log_statistics(request: web.Request) -> web.Response:
     query = read_query(StatisticsQuery, request.query)
     since, until = stats_window(query)
     window = (since, until, query.tenant)
-    async with (
-        request.app[POOL].acquire() as conn,
-        conn.transaction(isolation="repeatable_read", readonly=True),
-    ):
-        per_day = await conn.fetch(STATS_PER_DAY, *window)
-        actors = await conn.fetch(STATS_TOP_ACTORS, *window, STATS_TOP)
-        actions = await conn.fetch(STATS_TOP_ACTIONS, *window, STATS_TOP)
-        severities = await conn.fetch(STATS_BY_SEVERITY, *window)
-        outcomes = await conn.fetch(STATS_BY_OUTCOME, *window)
+    per_day, actors, actions, severities, outcomes = [], [], [], [], []
+    if not holds_nul(query.tenant):  # else no row matches: PostgreSQL text holds no NUL
+        async with (
+            request.app[POOL].acquire() as conn,
+            conn.transaction(isolation="repeatable_read", readonly=True),
+        ):
+            per_day = await conn.fetch(STATS_PER_DAY, *window)
+            actors = await conn.fetch(STATS_TOP_ACTORS, *window, STATS_TOP)
+            actions = await conn.fetch(STATS_TOP_ACTIONS, *window, STATS_TOP)
+            severities = await conn.fetch(STATS_BY_SEVERITY, *window)
+            outcomes = await conn.fetch(STATS_BY_OUTCOME, *window)
     counts: dict[date, int] = {row["day"]: row["count"] for row in per_day}
     first, days = since.date(), (until.date() - since.date()).days + 1
     return json_response(
