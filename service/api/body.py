@@ -3,18 +3,17 @@ and JSON responses."""
 
 from __future__ import annotations
 
-import re
 from typing import Any, TypeVar
 
 import msgspec
 from aiohttp import web
 
 from service.api.errors import ApiError
+from service.api.inputs import convert
 
 T = TypeVar("T")
 
 JSON_TYPES = ("application/json",)
-_FIELD_PATH = re.compile(r" - at `\$\.?([^`]*)`$")
 
 
 async def read_body(request: web.Request, *, optional: bool = False) -> bytes | None:
@@ -35,53 +34,43 @@ async def read_body(request: web.Request, *, optional: bool = False) -> bytes | 
 
 def decode(body: bytes, kind: type[T]) -> T:
     """Decode `body` as `kind`, or raise a 400 whose message names the bad field."""
-    try:
-        return msgspec.json.decode(body, type=kind)
-    except msgspec.ValidationError as exc:
-        message = str(exc)
-        match = _FIELD_PATH.search(message)
-        if match and match.group(1):
-            name = match.group(1)
-            raise ApiError(
-                400, "invalid_parameter", f"parameter `{name}`: {message[: match.start()]}"
-            ) from None
-        raise ApiError(400, "invalid_body", f"invalid body: {message}") from None
-    except msgspec.DecodeError as exc:
-        raise ApiError(400, "invalid_json", f"the body is not valid JSON: {exc}") from None
-    except RecursionError:
-        raise _too_deep() from None
-    except UnicodeDecodeError:  # msgspec's answer to a string that is not UTF-8
-        raise _not_utf8() from None
+    return convert(any_json(body), kind)
 
 
 async def read_json(request: web.Request, kind: type[T], *, default: T | None = None) -> T:
     """Read and decode a JSON body as `kind`; an empty body gives `default` when there is one."""
-    body = await read_body(request, optional=default is not None)
-    if body is None:
-        assert default is not None
-        return default
-    return decode(body, kind)
+    if default is None:
+        return decode(await read_body(request) or b"", kind)  # never empty: a 400 before
+    body = await read_body(request, optional=True)
+    return default if body is None else decode(body, kind)
+
+
+_any_json = msgspec.json.Decoder()
 
 
 def any_json(body: bytes) -> Any:
     """Decode any JSON value, or raise a 400."""
     try:
-        return msgspec.json.decode(body)
+        return _any_json.decode(body)
     except msgspec.DecodeError as exc:
-        raise ApiError(400, "invalid_json", f"the body is not valid JSON: {exc}") from None
+        raise _invalid_json(str(exc)) from None
     except RecursionError:
         raise _too_deep() from None
     except UnicodeDecodeError:  # msgspec's answer to a string that is not UTF-8
         raise _not_utf8() from None
 
 
+def _invalid_json(problem: str) -> ApiError:
+    return ApiError(400, "invalid_json", f"parameter `body` is not valid JSON: {problem}")
+
+
 def _not_utf8() -> ApiError:
-    return ApiError(400, "invalid_json", "the body is not valid JSON: it is not UTF-8")
+    return _invalid_json("it is not UTF-8")
 
 
 def _too_deep() -> ApiError:
     """msgspec raises RecursionError for hostile nesting: a bad body, not a server error."""
-    return ApiError(400, "invalid_json", "the body is not valid JSON: it nests too deeply")
+    return _invalid_json("it nests too deeply")
 
 
 _encoder = msgspec.json.Encoder()

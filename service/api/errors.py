@@ -90,9 +90,12 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
-        code = _CODES.get(exc.status, "http_error")
         keys = request.app.get(REDACT_EXTRA_KEYS, frozenset())
-        return error_response(exc.status, code, exc.reason, extra_keys=keys)
+        code = _CODES.get(exc.status, "http_error")
+        response = error_response(exc.status, code, exc.reason, extra_keys=keys)
+        if "Allow" in exc.headers:  # a 405 names the methods the path offers (RFC 9110)
+            response.headers["Allow"] = exc.headers["Allow"]
+        return response
     except _DEPENDENCY_ERRORS as exc:
         logger.warning(
             "dependency unavailable on %s %s: %s", request.method, request.path, type(exc).__name__

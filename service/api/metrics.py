@@ -96,7 +96,7 @@ async def gather(app: web.Application) -> list[Family]:
 @operation(
     summary="Prometheus metrics (text format, no auth)",
     responses={200: {"type": "string"}},
-    media_type="text/plain",
+    media_types=("text/plain",),
 )
 async def metrics(request: web.Request) -> web.Response:
     """Expose the queue's metrics in Prometheus text format."""

@@ -2,26 +2,26 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
 import msgspec
 from aiohttp import web
 
 from service.api import body as json_body
 from service.api.errors import ApiError, bad_parameter
-from service.api.openapi import Param, operation
+from service.api.inputs import read_query
+from service.api.openapi import operation
 from service.api.state import REDIS, SETTINGS, record_admin_action
 from service.events import Entity
 from service.ops import task_actions
 from service.ops.queue_stats import QueueStats, Throughput, queue_stats, throughput
 from service.ops.task_model import (
     DEFAULT_LIMIT,
-    KINDS,
     MAX_LIMIT,
-    STATUSES,
     CleanupPolicy,
     CleanupResult,
     InvalidCursor,
+    Kind,
     RetryFilter,
     Status,
     Task,
@@ -33,7 +33,6 @@ from service.ops.task_model import (
 )
 from service.ops.tasks import TaskQueue
 
-_STATUS: dict[str, Status] = {status: status for status in STATUSES}
 _DEFAULT_FILTER = RetryFilter()
 _DEFAULT_POLICY = CleanupPolicy()
 
@@ -60,48 +59,58 @@ def _tasks(request: web.Request) -> TaskQueue:
     return TaskQueue.from_settings(request.app[REDIS], request.app[SETTINGS])
 
 
-def _list_query(request: web.Request) -> tuple[Status | None, str | None, int, str | None]:
-    query = request.query
-    raw_status = query.get("status") or None
-    status = _STATUS.get(raw_status or "")
-    if raw_status is not None and status is None:
-        raise bad_parameter("status", f"must be one of {', '.join(STATUSES)}")
-    kind = query.get("kind") or None
-    if kind is not None and kind not in KINDS:
-        raise bad_parameter("kind", f"must be one of {', '.join(KINDS)}")
-    raw_limit = query.get("limit", "")
-    limit = DEFAULT_LIMIT
-    if raw_limit:
-        try:
-            limit = int(raw_limit)
-        except ValueError:
-            raise bad_parameter("limit", f"must be an integer, not {raw_limit[:40]!r}") from None
-        if not 1 <= limit <= MAX_LIMIT:
-            raise bad_parameter("limit", f"must be between 1 and {MAX_LIMIT}")
-    return status, kind, limit, query.get("cursor") or None
+# Paths of their own beside /tasks/{id}: no task is looked up by these names.
+_NOT_TASK_IDS = ("cleanup", "retry-failed")
+
+
+class TaskId(msgspec.Struct, frozen=True, kw_only=True):
+    """The path of one task."""
+
+    id: Annotated[str, msgspec.Meta(extra_json_schema={"not": {"enum": list(_NOT_TASK_IDS)}})]
+
+
+class TaskListQuery(msgspec.Struct, frozen=True, kw_only=True):
+    """The filters and page of a task listing."""
+
+    status: Status | None = None
+    kind: Kind | None = None
+    limit: Annotated[int, msgspec.Meta(ge=1, le=MAX_LIMIT)] = DEFAULT_LIMIT
+    cursor: (
+        Annotated[
+            str,
+            msgspec.Meta(
+                max_length=1024,
+                pattern="^[A-Za-z0-9_-]+$",
+                description="next_cursor of the previous page, as is",
+            ),
+        ]
+        | None
+    ) = None
 
 
 @operation(
     summary="List tasks: the queue by due time, then failed and complete ones, newest first",
-    query=(
-        Param("status", {"enum": list(STATUSES)}),
-        Param("kind", {"enum": list(KINDS)}),
-        Param("limit", {"type": "integer", "minimum": 1, "maximum": MAX_LIMIT, "default": 50}),
-        Param("cursor", {"type": "string"}, "next_cursor of the previous page"),
-    ),
+    query=TaskListQuery,
     responses={200: TaskPage},
 )
 async def list_tasks(request: web.Request) -> web.Response:
     """List tasks, filtered by status and kind, one page at a time."""
-    status, kind, limit, cursor = _list_query(request)
+    query = read_query(TaskListQuery, request.query)
     try:
-        page = await _tasks(request).page(status=status, kind=kind, limit=limit, cursor=cursor)
+        page = await _tasks(request).page(
+            status=query.status, kind=query.kind, limit=query.limit, cursor=query.cursor
+        )
     except InvalidCursor as exc:
         raise bad_parameter("cursor", f"is invalid: {exc}") from None
     return json_body.json_response(page)
 
 
-@operation(summary="One task and its payload (redacted events)", responses={200: TaskDetail})
+@operation(
+    summary="One task and its payload (redacted events)",
+    path=TaskId,
+    responses={200: TaskDetail},
+    errors=(405,),  # GET on cleanup or retry-failed: those paths take POST only
+)
 async def get_task(request: web.Request) -> web.Response:
     """Show one task with its payload."""
     task_id = request.match_info["id"]
@@ -113,6 +122,7 @@ async def get_task(request: web.Request) -> web.Response:
 
 @operation(
     summary="Retry a failed task: its events are queued again under the same id",
+    path=TaskId,
     responses={202: RetryAccepted},
     errors=(409,),
 )
@@ -140,7 +150,6 @@ async def retry_task(request: web.Request) -> web.Response:
     summary="Retry every failed task matching the filters (all when the body is empty)",
     body=RetryFilter,
     responses={202: BulkRetryAccepted},
-    errors=(415,),
 )
 async def retry_failed(request: web.Request) -> web.Response:
     """Queue the failed tasks that match the filters again."""
@@ -157,7 +166,6 @@ async def retry_failed(request: web.Request) -> web.Response:
     summary="Delete complete and failed tasks past their age (defaults: 365 d, 90 d, keep 100)",
     body=CleanupPolicy,
     responses={200: CleanupDone},
-    errors=(415,),
 )
 async def cleanup_tasks(request: web.Request) -> web.Response:
     """Delete old complete and failed tasks, keeping the most recent failures."""
@@ -192,7 +200,8 @@ ROUTES = [
     web.get("/api/v1/admin/tasks", list_tasks),
     web.post("/api/v1/admin/tasks/retry-failed", retry_failed),
     web.post("/api/v1/admin/tasks/cleanup", cleanup_tasks),
-    web.get("/api/v1/admin/tasks/{id}", get_task),
+    # Not the fixed paths beside it: GET there is 405 (Allow: POST), not a lookup of a task.
+    web.get(f"/api/v1/admin/tasks/{{id:(?!{'$|'.join(_NOT_TASK_IDS)}$)[^/]+}}", get_task),
     web.post("/api/v1/admin/tasks/{id}/retry", retry_task),
     web.get("/api/v1/admin/queue/stats", get_queue_stats),
     web.get("/api/v1/admin/queue/throughput", get_queue_throughput),

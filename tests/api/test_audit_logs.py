@@ -248,6 +248,10 @@ async def test_every_filter_alone_and_combined(
         ({"tenant": "globex", "severity": "critical", "action_prefix": "config."}, [i[3]]),
         ({"outcome": "failure", "since": "2025-03-02T00:00:00Z"}, [i[4]]),
         ({"unknown_parameter": "ignored", "action": ""}, i[::-1]),
+        # No stored text holds a NUL (PostgreSQL's text cannot): such a value matches nothing.
+        ({"entity_id": "42\x00"}, []),
+        ({"actor_id": ["alice", "x\x00"]}, [i[1], i[0]]),
+        ({"q": "flamingo\x00"}, []),
     ]
     for params, expected in cases:
         assert await ids(api, admin, params) == expected, params

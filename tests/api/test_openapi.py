@@ -2,12 +2,22 @@
 
 from __future__ import annotations
 
+import json
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import pytest
 from aiohttp.test_utils import TestClient, TestServer
+from multidict import MultiDict
 
 from service.api.app import create_app
+from service.api.audit_logs.query import AuditLogQuery
+from service.api.audit_logs.statistics import StatisticsQuery
+from service.api.errors import ApiError
+from service.api.formats import parse_network, parse_time
+from service.api.inputs import read_query
+from service.api.tasks import TaskListQuery
 from service.settings import Settings
 
 
@@ -79,3 +89,116 @@ def test_readme_has_the_section() -> None:
     readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
     tasks = readme.index("## Tasks, queue and ingest")
     assert tasks < readme.index("## Configuration")
+
+
+async def test_parameters_are_the_query_structs(settings: Settings) -> None:
+    """One declaration: each route's query parameters are its Struct's fields."""
+    doc, _ = await document(settings)
+
+    def parameters(path: str) -> dict[str, dict[str, Any]]:
+        return {p["name"]: p for p in doc["paths"][path]["get"]["parameters"] if p["in"] == "query"}
+
+    base = "/api/v1/admin/audit-logs"
+    filters = set(AuditLogQuery.__struct_fields__)
+    listed = parameters(base)
+    assert set(listed) == filters
+    assert {name for name, p in listed.items() if p["schema"].get("type") == "array"} == {
+        "action",
+        "severity",
+        "actor_id",
+        "entity_type",
+        "tenant",
+    }
+    assert set(parameters(f"{base}/entity/{{entity_type}}/{{entity_id}}")) == filters - {
+        "entity_type",
+        "entity_id",
+        "order",
+    }
+    assert set(parameters(f"{base}/export")) == filters - {"limit", "cursor"} | {"format"}
+    assert set(parameters(f"{base}/stream")) == filters - {"order", "limit", "cursor"}
+    assert set(parameters(f"{base}/statistics")) == set(StatisticsQuery.__struct_fields__)
+    assert set(parameters("/api/v1/admin/tasks")) == set(TaskListQuery.__struct_fields__)
+    formats = json.dumps(listed["ip"]["schema"])
+    assert '"ipv4"' in formats and '"ipv6"' in formats
+    assert '"date-time"' in json.dumps(listed["until"]["schema"])
+    assert listed["limit"]["schema"]["anyOf"][0] == {
+        "type": "integer",
+        "minimum": 1,
+        "maximum": 1000,
+    }
+    search = doc["paths"][f"{base}/search"]["post"]
+    assert search["requestBody"]["content"]["application/json"]["schema"] == {
+        "$ref": "#/components/schemas/AuditLogQuery"
+    }
+    assert {"400", "413", "415"} <= set(search["responses"])
+    by_id = doc["paths"][f"{base}/{{id}}"]["get"]["parameters"]
+    assert by_id == [
+        {
+            "name": "id",
+            "in": "path",
+            "required": True,
+            "schema": {"type": "string", "format": "uuid"},
+        }
+    ]
+
+
+async def test_a_wrong_method_is_405_with_allow(settings: Settings) -> None:
+    async with TestClient(TestServer(create_app(settings))) as api:
+        async with api.post("/healthz") as response:
+            assert response.status == 405
+            assert response.headers["Allow"] == "GET,HEAD"
+            assert (await response.json())["error"]["code"] == "method_not_allowed"
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("2024-05-01", datetime(2024, 5, 1, tzinfo=UTC)),
+        ("2024-05-01T12:00:00", datetime(2024, 5, 1, 12, tzinfo=UTC)),
+        ("2024-05-01t12:00:00.5+02:00", datetime(2024, 5, 1, 10, 0, 0, 500000, tzinfo=UTC)),
+        ("0001-01-01T00:00:00+05:00", datetime.min.replace(tzinfo=UTC)),  # past year 1
+        ("2024-02-29", datetime(2024, 2, 29, tzinfo=UTC)),
+        ("2023-02-29", None),
+        ("2024-05-01 12:00:00Z", None),  # not the declared form
+        ("20240501", None),
+        ("", None),
+    ],
+)
+def test_times_are_read_as_declared(text: str, expected: datetime | None) -> None:
+    if expected is None:
+        with pytest.raises(ApiError):
+            parse_time("since", text)
+    else:
+        assert parse_time("since", text) == expected
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("10.1.2.3", "10.1.2.3/32"),
+        ("10.1.2.3/8", "10.0.0.0/8"),
+        ("2001:db8::1", "2001:db8::1/128"),
+        ("2001:db8::/32", "2001:db8::/32"),
+        ("10.0.0.0/255.0.0.0", None),  # a netmask is not the declared CIDR form
+        ("fe80::1%eth0", None),
+        ("010.1.2.3", None),
+        ("0..0", None),
+    ],
+)
+def test_networks_are_read_as_declared(text: str, expected: str | None) -> None:
+    if expected is None:
+        with pytest.raises(ApiError):
+            parse_network("ip", text)
+    else:
+        assert parse_network("ip", text) == expected
+
+
+def test_query_strings_read_numbers_and_refuse_null() -> None:
+    assert read_query(TaskListQuery, MultiDict(limit="54.0")).limit == 54
+    assert read_query(TaskListQuery, MultiDict(limit="")).limit == 50  # blank: the default
+    for params in (MultiDict(status="null"), MultiDict(limit="54.5"), MultiDict(kind="x")):
+        with pytest.raises(ApiError) as raised:
+            read_query(TaskListQuery, params)
+        assert f"`{next(iter(params))}`" in raised.value.message
+    with pytest.raises(ApiError, match="more than once"):
+        read_query(TaskListQuery, MultiDict([("kind", "events"), ("kind", "events")]))

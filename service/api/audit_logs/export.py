@@ -8,15 +8,16 @@ import io
 import logging
 from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Literal
 
 import msgspec
 from aiohttp import web
 
 from service.api.audit_logs.query import AuditLogQuery, describe, query_from_params
 from service.api.audit_logs.rows import ORDER_BY, SELECT_ITEMS, item, where_of
-from service.api.errors import bad_parameter
+from service.api.inputs import read_query
 from service.api.limits import OPEN_REQUESTS, WRITE_TIMEOUT_S
+from service.api.openapi import Fields, operation
 from service.api.state import POOL, record_admin_action
 
 logger = logging.getLogger(__name__)
@@ -26,6 +27,15 @@ EXPORT_CHUNK_ROWS = 1000  # rows fetched from the server-side cursor at a time
 EXPORT_TIMEOUT_S = 6 * 3600.0  # seconds a whole CSV export may take (a slow reader is cut sooner)
 
 EXPORT_TYPES = {"csv": "text/csv", "jsonl": "application/x-ndjson"}
+NOT_EXPORTED = frozenset({"limit", "cursor"})  # every matching row: a page's do not apply
+
+
+class ExportFormat(msgspec.Struct, frozen=True, kw_only=True):
+    """The format of an export."""
+
+    format: Literal["csv", "jsonl"] = "csv"
+
+
 CSV_HEADER = (
     "id",
     "ts",
@@ -136,13 +146,16 @@ def export_query(query: AuditLogQuery, export_format: str = "jsonl") -> tuple[st
     return f"{select}{where.sql()} {ORDER_BY[query.order]}", where.args
 
 
+@operation(
+    query=(ExportFormat, Fields(AuditLogQuery, NOT_EXPORTED)),
+    responses={200: {"type": "string"}},
+    media_types=tuple(EXPORT_TYPES.values()),
+    errors=(429,),
+)
 async def export_audit_logs(request: web.Request) -> web.StreamResponse:
     """Stream every matching row as CSV or JSON lines, in constant memory."""
-    export_format = request.query.get("format", "csv")
-    if export_format not in EXPORT_TYPES:
-        raise bad_parameter("format", "must be csv or jsonl")
-    # Every matching row: a page's limit and cursor do not apply.
-    query = query_from_params(request.query, skip=("limit", "cursor"))
+    export_format = read_query(ExportFormat, request.query).format
+    query = query_from_params(request.query, skip=NOT_EXPORTED)
     sql, args = export_query(query, export_format)
     await record_admin_action(
         request,

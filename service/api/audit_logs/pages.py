@@ -5,6 +5,7 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
+import msgspec
 from aiohttp import web
 
 from service.api.audit_logs.cursor import CURSORS, Position
@@ -20,7 +21,18 @@ from service.api.audit_logs.rows import (
 )
 from service.api.body import json_response
 from service.api.errors import ApiError, bad_parameter
+from service.api.openapi import Fields, operation
 from service.api.state import POOL
+
+
+class AuditLogId(msgspec.Struct, frozen=True, kw_only=True):
+    """The path of one audit log."""
+
+    id: uuid.UUID
+
+
+_ENTITY_FIXED = frozenset({"entity_type", "entity_id", "order"})
+_ACTOR_FIXED = frozenset({"actor_id", "order"})
 
 
 def page_query(query: AuditLogQuery, after: Position | None) -> tuple[str, list[Any]]:
@@ -47,16 +59,19 @@ async def _page(request: web.Request, query: AuditLogQuery) -> web.Response:
     return json_response({"items": [item(row) for row in rows], "next_cursor": next_cursor})
 
 
+@operation(query=AuditLogQuery)
 async def list_audit_logs(request: web.Request) -> web.Response:
     """Filtered audit logs, newest first unless order=asc, one keyset page at a time."""
     return await _page(request, query_from_params(request.query))
 
 
+@operation(body=AuditLogQuery)
 async def search_audit_logs(request: web.Request) -> web.Response:
     """The same as the list, with the filters in a JSON body (lists allowed)."""
     return await _page(request, await query_from_body(request))
 
 
+@operation(query=Fields(AuditLogQuery, _ENTITY_FIXED), path=AuditLogQuery)
 async def entity_history(request: web.Request) -> web.Response:
     """One entity's history, oldest first."""
     fixed = {
@@ -64,15 +79,17 @@ async def entity_history(request: web.Request) -> web.Response:
         "entity_id": request.match_info["entity_id"],
         "order": "asc",
     }
-    return await _page(request, query_from_params(request.query, fixed))
+    return await _page(request, query_from_params(request.query, fixed, skip=_ENTITY_FIXED))
 
 
+@operation(query=Fields(AuditLogQuery, _ACTOR_FIXED), path=AuditLogQuery)
 async def actor_history(request: web.Request) -> web.Response:
     """One actor's actions, newest first."""
     fixed = {"actor_id": [request.match_info["actor_id"]], "order": "desc"}
-    return await _page(request, query_from_params(request.query, fixed))
+    return await _page(request, query_from_params(request.query, fixed, skip=_ACTOR_FIXED))
 
 
+@operation(path=AuditLogId)
 async def get_audit_log(request: web.Request) -> web.Response:
     """One audit log by id, or 404."""
     raw = request.match_info["id"]

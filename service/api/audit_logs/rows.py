@@ -36,6 +36,13 @@ AFTER_ASC = "ts >= {0} AND (ts, id) > ({0}, {1})"
 ORDER_BY = {"desc": "ORDER BY ts DESC, id DESC", "asc": "ORDER BY ts ASC, id ASC"}
 
 COLUMN_FILTERS = ("category", "outcome", "entity_id", "request_id")
+# PostgreSQL text holds no NUL (it refuses one as a parameter): a value with one matches no row.
+NO_ROW = "false"
+
+
+def holds_nul(value: object) -> bool:
+    """Whether `value` is text with a NUL in it."""
+    return isinstance(value, str) and "\x00" in value
 
 
 class _Where:
@@ -46,13 +53,19 @@ class _Where:
         self.args: list[Any] = []
 
     def add(self, fragment: str, *values: Any) -> None:
+        if any(holds_nul(value) for value in values):
+            self.fragments.append(NO_ROW)
+            return
         numbers = [f"${len(self.args) + i}" for i in range(1, len(values) + 1)]
         self.fragments.append(fragment.format(*numbers))
         self.args.extend(values)
 
     def add_in(self, column: str, values: Sequence[str]) -> None:
+        values = [value for value in values if not holds_nul(value)]
+        if not values:
+            self.fragments.append(NO_ROW)
         # One value as `=`: the plain form lets the planner walk a (column, ts) index in order.
-        if len(values) == 1:
+        elif len(values) == 1:
             self.add(IS.format(column=column), values[0])
         else:
             self.add(IS_ANY.format(column=column), list(values))

@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 from datetime import UTC, date, datetime, timedelta
+from typing import Annotated
 
+import msgspec
 from aiohttp import web
-from multidict import MultiMapping
 
-from service.api.audit_logs.query import parse_time
+from service.api.audit_logs.query import Text, Time
+from service.api.audit_logs.rows import holds_nul
 from service.api.body import json_response
 from service.api.errors import bad_parameter
+from service.api.inputs import read_query
+from service.api.openapi import operation
 from service.api.state import POOL
 
 STATS_DEFAULT_WINDOW = timedelta(days=30)
@@ -40,11 +44,19 @@ STATS_BY_OUTCOME = (
 )
 
 
-def _stats_window(params: MultiMapping[str]) -> tuple[datetime, datetime]:
-    until_raw, since_raw = params.get("until", ""), params.get("since", "")
-    until = parse_time("until", until_raw) if until_raw else datetime.now(UTC)
-    if since_raw:
-        since = parse_time("since", since_raw)
+class StatisticsQuery(msgspec.Struct, frozen=True, kw_only=True):
+    """The window of the statistics (at most STATS_MAX_WINDOW) and its tenant."""
+
+    since: Annotated[Time, msgspec.Meta(description="default: 30 days before until")] | None = None
+    until: Annotated[Time, msgspec.Meta(description="default: now")] | None = None
+    tenant: Text | None = None
+
+
+def stats_window(query: StatisticsQuery) -> tuple[datetime, datetime]:
+    """The window asked, checked: a 400 naming the bound it passes."""
+    until = query.until or datetime.now(UTC)
+    if query.since is not None:
+        since = query.since
     elif until - datetime.min.replace(tzinfo=UTC) < STATS_DEFAULT_WINDOW:
         raise bad_parameter("until", "is too early for a default window: give since too")
     else:
@@ -56,22 +68,28 @@ def _stats_window(params: MultiMapping[str]) -> tuple[datetime, datetime]:
     return since, until
 
 
+@operation(
+    query=StatisticsQuery,
+    description=f"The window is at most {STATS_MAX_WINDOW.days} days long and since is not "
+    "after until (a 400 names the bound otherwise).",
+    extensions={"x-max-window-days": STATS_MAX_WINDOW.days},
+)
 async def audit_log_statistics(request: web.Request) -> web.Response:
     """Counts per day, top actors and actions, by severity and outcome (default: 30 days)."""
-    since, until = _stats_window(request.query)
-    tenant = request.query.get("tenant") or None
-    if tenant is not None and len(tenant) > 1024:
-        raise bad_parameter("tenant", "must be at most 1024 characters")
-    window = (since, until, tenant)
-    async with (
-        request.app[POOL].acquire() as conn,
-        conn.transaction(isolation="repeatable_read", readonly=True),
-    ):
-        per_day = await conn.fetch(STATS_PER_DAY, *window)
-        actors = await conn.fetch(STATS_TOP_ACTORS, *window, STATS_TOP)
-        actions = await conn.fetch(STATS_TOP_ACTIONS, *window, STATS_TOP)
-        severities = await conn.fetch(STATS_BY_SEVERITY, *window)
-        outcomes = await conn.fetch(STATS_BY_OUTCOME, *window)
+    query = read_query(StatisticsQuery, request.query)
+    since, until = stats_window(query)
+    window = (since, until, query.tenant)
+    per_day, actors, actions, severities, outcomes = [], [], [], [], []
+    if not holds_nul(query.tenant):  # else no row matches: PostgreSQL text holds no NUL
+        async with (
+            request.app[POOL].acquire() as conn,
+            conn.transaction(isolation="repeatable_read", readonly=True),
+        ):
+            per_day = await conn.fetch(STATS_PER_DAY, *window)
+            actors = await conn.fetch(STATS_TOP_ACTORS, *window, STATS_TOP)
+            actions = await conn.fetch(STATS_TOP_ACTIONS, *window, STATS_TOP)
+            severities = await conn.fetch(STATS_BY_SEVERITY, *window)
+            outcomes = await conn.fetch(STATS_BY_OUTCOME, *window)
     counts: dict[date, int] = {row["day"]: row["count"] for row in per_day}
     first, days = since.date(), (until.date() - since.date()).days + 1
     return json_response(

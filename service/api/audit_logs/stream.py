@@ -29,6 +29,7 @@ from service.api.audit_logs.rows import SELECT_ITEMS, item, where_of
 from service.api.auth import request_principal
 from service.api.errors import bad_parameter
 from service.api.limits import OPEN_REQUESTS, WRITE_TIMEOUT_S
+from service.api.openapi import Fields, operation
 from service.api.state import POOL, REDIS, SETTINGS
 from service.keys import live_key
 from service.store import tokens
@@ -75,6 +76,12 @@ def _client_gone(request: web.Request) -> bool:
     return request.transport is None or request.transport.is_closing()
 
 
+@operation(
+    query=Fields(AuditLogQuery, PAGING_FIELDS),
+    responses={200: {"type": "string"}},
+    media_types=("text/event-stream",),
+    errors=(429,),
+)
 async def stream_audit_logs(request: web.Request) -> web.StreamResponse:
     """Server-Sent Events: each newly stored row matching the filters; resumes at Last-Event-ID."""
     query = query_from_params(request.query, skip=PAGING_FIELDS)

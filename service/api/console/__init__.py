@@ -68,7 +68,7 @@ async def root(request: web.Request) -> web.StreamResponse:
     raise web.HTTPFound("/console/")
 
 
-@operation(summary="The console's page (every view path serves it)", media_type="text/html")
+@operation(summary="The console's page (every view path serves it)", media_types=("text/html",))
 async def index(request: web.Request) -> web.StreamResponse:
     """The single page of the console; the view is chosen in the browser from the path."""
     if request.path == "/console":
@@ -76,7 +76,7 @@ async def index(request: web.Request) -> web.StreamResponse:
     return web.FileResponse(INDEX, headers={**SECURITY_HEADERS, "Content-Type": "text/html"})
 
 
-@operation(summary="A static file of the console", media_type="application/octet-stream")
+@operation(summary="A static file of the console", media_types=("application/octet-stream",))
 async def asset(request: web.Request) -> web.StreamResponse:
     """One of the console's files, or 404."""
     name = request.match_info["name"]
