@@ -128,21 +128,19 @@ class Settings:
 
     def require_redis(self) -> str:
         """The Redis URL; one clear error when there is none."""
-        if not self.redis_url:
-            raise ConfigError(
-                "no Redis to talk to: set AUDITQ_REDIS_URL, or start `auditq run` "
-                f"(its URLs are then read from {self.env_file})"
-            )
-        return self.redis_url
+        return self._require(self.redis_url, "Redis", "AUDITQ_REDIS_URL")
 
     def require_database(self) -> str:
         """The PostgreSQL URL; one clear error when there is none."""
-        if not self.database_url:
+        return self._require(self.database_url, "PostgreSQL", "AUDITQ_DATABASE_URL")
+
+    def _require(self, url: str | None, server: str, variable: str) -> str:
+        if not url:
             raise ConfigError(
-                "no PostgreSQL to talk to: set AUDITQ_DATABASE_URL, or start `auditq run` "
+                f"no {server} to talk to: set {variable}, or start `auditq run` "
                 f"(its URLs are then read from {self.env_file})"
             )
-        return self.database_url
+        return url
 
     @property
     def seal_key_path(self) -> Path:

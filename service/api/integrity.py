@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import AsyncIterator
 from datetime import datetime
@@ -13,6 +12,7 @@ import msgspec
 from aiohttp import web
 
 from service.api.auth import request_principal
+from service.api.background import cancel_all
 from service.api.body import json_response
 from service.api.openapi import operation
 from service.api.state import CLIENT, POOL, SETTINGS
@@ -124,10 +124,7 @@ async def integrity_context(app: web.Application) -> AsyncIterator[None]:
     runs: set[asyncio.Task[None]] = set()
     app[RUNNING] = runs
     yield
-    for task in list(runs):
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+    await cancel_all(runs)
 
 
 ROUTES = [

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import AsyncIterator
 
@@ -11,6 +10,7 @@ import msgspec
 from aiohttp import web
 
 from service.api.auth import request_principal
+from service.api.background import cancel_all
 from service.api.body import read_json
 from service.api.errors import ApiError
 from service.api.openapi import operation
@@ -113,10 +113,7 @@ async def subjects_context(app: web.Application) -> AsyncIterator[None]:
     """Hold running erasures; cancel them when the API stops (asking again resumes)."""
     app[RUNS] = {}
     yield
-    for task in list(app[RUNS].values()):
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+    await cancel_all(app[RUNS].values())
 
 
 ROUTES = [
