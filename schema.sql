@@ -198,6 +198,14 @@ BEGIN
                            WHERE oid = 'audit_log'::regclass) THEN
         RETURN NEW;
     END IF;
+    -- Retention of the default partition's old rows (auditq_delete_expired_default_rows):
+    -- only inside that function, which runs as the owner and sets the flag.
+    IF TG_OP = 'DELETE'
+       AND coalesce(current_setting('auditq.retention', true), '') = 'on'
+       AND current_user = (SELECT pg_get_userbyid(relowner) FROM pg_class
+                           WHERE oid = 'audit_log'::regclass) THEN
+        RETURN OLD;
+    END IF;
     RAISE EXCEPTION 'audit_log is append-only: % is not allowed', TG_OP
         USING ERRCODE = 'insufficient_privilege',
               HINT = 'rows leave only through retention and change only through anonymisation';
@@ -321,6 +329,44 @@ BEGIN
 END;
 $$;
 
+-- Retention of rows in the default partition (months that had no partition of their own,
+-- e.g. far-past events): deleted when wholly past p_retention_days, recorded like a dropped
+-- partition (rows, their seqs, whether all were sealed, final digest) for `auditq verify`.
+CREATE OR REPLACE FUNCTION auditq_delete_expired_default_rows(p_retention_days integer)
+RETURNS bigint
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = public, pg_temp AS $$
+DECLARE
+    v_before timestamptz;
+    v_rows   bigint;
+    v_seqs   int8multirange;
+    v_digest bytea;
+    v_sealed boolean;
+BEGIN
+    IF p_retention_days IS NULL OR p_retention_days < 1 THEN
+        RAISE EXCEPTION 'no retention: %', p_retention_days
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    v_before := now() - make_interval(days => p_retention_days);
+    SELECT count(*), coalesce(range_agg(int8range(a.seq, a.seq, '[]')), '{}'),
+           sha256(coalesce(string_agg(int8send(a.seq) || uuid_send(a.id) || audit_row_digest(a),
+                                      ''::bytea ORDER BY a.seq), ''::bytea))
+      INTO v_rows, v_seqs, v_digest
+      FROM audit_log_default a WHERE a.ts < v_before;
+    IF v_rows = 0 THEN
+        RETURN NULL;
+    END IF;
+    SELECT NOT EXISTS (SELECT FROM seal_pending p WHERE p.kind = 'row' AND p.seqs && v_seqs)
+      INTO v_sealed;
+    PERFORM set_config('auditq.retention', 'on', true);
+    DELETE FROM audit_log_default WHERE ts < v_before;
+    PERFORM set_config('auditq.retention', '', true);
+    RETURN auditq_record_action('retention.rows_deleted', jsonb_build_object(
+        'partition', 'audit_log_default', 'before', v_before, 'rows', v_rows,
+        'sealed', v_sealed, 'digest', encode(v_digest, 'hex'),
+        'retention_days', p_retention_days), v_seqs);
+END;
+$$;
+
 -- API tokens: only a SHA-256 of each token is stored; the token itself is shown once.
 CREATE TABLE IF NOT EXISTS api_token (
     id          bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
@@ -383,6 +429,7 @@ REVOKE ALL ON audit_log, seal_pending, seal_checkpoint, store_action, row_replac
     FROM PUBLIC, auditq_worker, auditq_api;
 REVOKE ALL ON SEQUENCE audit_log_seq, store_action_seq FROM PUBLIC, auditq_worker, auditq_api;
 REVOKE ALL ON FUNCTION auditq_ensure_partition(date), auditq_drop_partition(text, integer),
+    auditq_delete_expired_default_rows(integer),
     auditq_record_action(text, jsonb, int8multirange), audit_log_queue_seal()
     FROM PUBLIC;
 
@@ -400,8 +447,8 @@ GRANT SELECT, INSERT ON seal_checkpoint TO auditq_worker;
 GRANT SELECT ON store_action, row_replacement TO auditq_worker;
 -- The provenance key: the worker checks the API's tags with it (service/queue.py).
 GRANT SELECT ON api_secret TO auditq_worker;
-GRANT EXECUTE ON FUNCTION auditq_ensure_partition(date), auditq_drop_partition(text, integer)
-    TO auditq_worker;
+GRANT EXECUTE ON FUNCTION auditq_ensure_partition(date), auditq_drop_partition(text, integer),
+    auditq_delete_expired_default_rows(integer) TO auditq_worker;
 
 -- The API and the admin commands: read everything, manage tokens, record verifications.
 GRANT SELECT ON audit_log, seal_pending, seal_checkpoint, store_action, row_replacement,

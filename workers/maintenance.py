@@ -20,6 +20,7 @@ MAINTENANCE_VIA = "worker"  # the worker's own events: never a producer's
 DROP_PARTITION = "SELECT auditq_drop_partition($1, $2)"
 ROWS_DROPPED = "SELECT (detail->>'rows')::bigint FROM store_action WHERE id = $1"
 LOCK_TIMEOUT = "SET LOCAL lock_timeout = '200ms'"
+DELETE_DEFAULT_ROWS = "SELECT auditq_delete_expired_default_rows($1)"
 
 
 async def drop_expired_partitions(
@@ -58,7 +59,39 @@ async def drop_expired_partitions(
             "dropped partition %s (%d rows) past the %d-day retention", name, rows, retention_days
         )
         dropped.append(name)
+    await _delete_expired_default_rows(conn, retention_days)
     return dropped
+
+
+async def _delete_expired_default_rows(conn: asyncpg.Connection, retention_days: int) -> None:
+    """Rows of months that had no partition (the default one) leave past retention too."""
+    try:
+        async with conn.transaction():
+            await conn.execute(LOCK_TIMEOUT)
+            action_id = await conn.fetchval(DELETE_DEFAULT_ROWS, retention_days)
+            if action_id is None:
+                return
+            rows = await conn.fetchval(ROWS_DROPPED, action_id)
+            event, _ = finalize(
+                AuditEvent(
+                    action="audit.rows_expired",
+                    severity="notice",
+                    entity=Entity(type="partition", id="audit_log_default"),
+                    metadata={
+                        "rows": rows,
+                        "retention_days": retention_days,
+                        "store_action": action_id,
+                    },
+                    source="auditq-worker",
+                )
+            )
+            await write_events(conn, [event], received_via=MAINTENANCE_VIA, keyed=True)
+    except asyncpg.LockNotAvailableError:
+        logger.warning("the default partition is busy (a long read holds it): cleaned later")
+        return
+    logger.warning(
+        "deleted %d rows of the default partition past the %d-day retention", rows, retention_days
+    )
 
 
 def _dropped_event(

@@ -39,6 +39,8 @@ logger = logging.getLogger(__name__)
 
 GRACE_S = 30.0  # on top of the seal interval before an unsealed row is a finding
 ROW_PREFETCH = 10_000  # rows per FETCH of the cursor
+# What retention records (schema.sql): a whole partition dropped, old default-partition rows.
+RETENTION_ACTIONS = frozenset({"partition.dropped", "retention.rows_deleted"})
 _PG_EPOCH = datetime(2000, 1, 1, tzinfo=UTC)
 
 # Checkpoints sealed in the window, and any whose seq span overlaps theirs (late commits).
@@ -248,7 +250,7 @@ class _Verifier:
                 self.finding(f"action {action_id} ({a['action']}) altered (checkpoint {sealed[1]})")
                 continue
             self.sealed_actions.add(action_id)
-            if a["action"] == "partition.dropped" and a["seqs"]:
+            if a["action"] in RETENTION_ACTIONS and a["seqs"]:
                 self._retained(action_id, a["at"], a["detail"], a["seqs"])
         for action_id, (_entry, n) in sorted(self.action_entries.items()):
             self.finding(f"action {action_id} missing (checkpoint {n})")
@@ -256,8 +258,13 @@ class _Verifier:
     def _retained(self, action_id: int, at: datetime, detail: object, seqs: str) -> None:
         info = detail if isinstance(detail, dict) else msgspec.json.decode(str(detail))
         sealed = "sealed" if info.get("sealed") else "not all sealed"
+        what = (
+            f"partition {info.get('partition')}"
+            if "before" not in info
+            else f"rows of {info.get('partition')} before {info.get('before')}"
+        )
         self.emit_line(
-            f"partition {info.get('partition')} removed by retention at "
+            f"{what} removed by retention at "
             f"{at.astimezone(UTC).isoformat()}: {info.get('rows')} rows, {sealed}, "
             f"final digest {info.get('digest')} (action {action_id})"
         )

@@ -698,3 +698,37 @@ async def test_shutdown_ends_open_streams(settings: Settings, admin: dict[str, s
                 await server.close()
     finally:
         await client.close()
+
+
+async def test_an_export_whose_client_stops_reading_lets_go_of_its_database_connection(
+    api: TestClient[Any, Any],
+    admin: dict[str, str],
+    pg: asyncpg.Connection,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(export, "WRITE_TIMEOUT_S", 1.0)  # 30 s in production
+    big = {"note": "x" * 2000}
+    for _ in range(6):  # 6,000 rows of 2 KB: more than the sockets between them can hold
+        await seed(pg, [make_event(action="bulk.row", metadata=big) for _ in range(1000)])
+
+    async def exports_open() -> int:
+        n: int = await pg.fetchval(
+            "SELECT count(*) FROM pg_stat_activity WHERE query LIKE '%FROM audit_log%'"
+            " AND state LIKE 'idle in transaction%' AND pid <> pg_backend_pid()"
+        )
+        return n
+
+    params = {"format": "jsonl", "action": "bulk.row"}
+    response = await api.get(f"{BASE}/export", headers=admin, params=params)
+    try:
+        assert response.status == 200
+        await response.content.read(1024)  # then stops reading: the socket fills up
+        await wait_for(lambda: _is(exports_open, 1), within_s=15)
+        # The server gives up on the writes and ends the export's transaction.
+        await wait_for(lambda: _is(exports_open, 0), within_s=15)
+    finally:
+        response.close()
+
+
+async def _is(count: Any, n: int) -> bool:
+    return bool(await count() == n)

@@ -8,6 +8,7 @@ from collections import Counter
 from datetime import UTC, date, datetime
 
 import asyncpg
+import pytest
 
 from service.events import AuditEvent, Entity
 from service.integrity.canonical import entry_seq, iter_entries
@@ -109,3 +110,35 @@ async def test_retention_keeps_the_chain(
     await pg.execute("DROP TABLE audit_log_y2020m02")
     report, lines = await run_verify(pg, seal_key)  # type: ignore[arg-type]
     assert report.findings == 1 and any("missing (checkpoint" in line for line in lines), lines
+
+
+async def test_retention_reaches_rows_of_the_default_partition_and_keeps_the_chain(
+    pg: asyncpg.Connection, seal_key: object, worker_conn: asyncpg.Connection
+) -> None:
+    insert = (
+        "INSERT INTO audit_log (id, ts, action, category, severity, outcome, presentation) "
+        "VALUES (gen_random_uuid(), $1::text::timestamptz, 'a.b', 'a', 'info', 'success', '{}')"
+    )
+    for ts in ("1970-01-01T00:00:00Z", "1999-12-31T23:59:59Z"):  # months without a partition
+        await worker_conn.execute(insert, ts)
+    kept = await store(worker_conn, 2)
+    await seal_all(worker_conn, seal_key)  # type: ignore[arg-type]
+    # The runtime role cannot delete them itself, flag or not.
+    with pytest.raises(asyncpg.InsufficientPrivilegeError):
+        async with worker_conn.transaction():
+            await worker_conn.execute("SET LOCAL auditq.retention = 'on'")
+            await worker_conn.execute("DELETE FROM audit_log_default")
+    await drop_expired_partitions(worker_conn, retention_days=365)
+    left = await pg.fetchval("SELECT count(*) FROM audit_log_default WHERE action = 'a.b'")
+    assert left == 0
+    assert await pg.fetchval(
+        "SELECT count(*) FROM audit_log WHERE id = ANY($1::uuid[])", kept
+    ) == len(kept)
+    await seal_all(worker_conn, seal_key)  # type: ignore[arg-type]
+    report, lines = await run_verify(pg, seal_key)  # type: ignore[arg-type]
+    assert report.findings == 0, lines
+    assert report.removed_by_retention == 2
+    assert any(
+        line.startswith("rows of audit_log_default before") and "2 rows, sealed" in line
+        for line in lines
+    ), lines
