@@ -464,7 +464,7 @@ END;
 $$;
 
 -- =======================================================================================
--- Erasure (issue 13, docs/erasure.md). BEGIN of the section owned by the erasure work.
+-- Erasure (docs/erasure.md): forgetting one data subject without breaking the proof.
 -- One subject is pseudonymised by auditq_anonymise_rows(), batch by batch; each batch is a
 -- sealed `store_action` with a `row_replacement` per changed row (docs/integrity.md,
 -- "Erasure"), so `auditq verify` still passes and names the action.
@@ -653,4 +653,4 @@ GRANT SELECT, INSERT, UPDATE ON erased_subject TO auditq_api;
 GRANT SELECT ON subject_key TO auditq_api;
 GRANT EXECUTE ON FUNCTION auditq_anonymise_rows(text, text, text[], text[], boolean, bigint, integer)
     TO auditq_api;
--- END of the erasure section.
+-- (end of erasure)

@@ -1,6 +1,6 @@
 """The erasure design of docs/integrity.md: a row changed in place with a sealed replacement
 record still verifies; the same change without one is a finding. (The anonymisation function
-itself is issue 13's; this plays its part as the schema owner.)"""
+itself has tests of its own, tests/api/test_subjects.py; this plays its part as the owner.)"""
 
 from __future__ import annotations
 
