@@ -33,6 +33,7 @@ from service.queue import serialize_job
 from service.settings import Settings
 from tests.admin_api import Tokens, enqueue
 from tests.conftest import running_worker, wait_for
+from tests.stores import database_as_text, redis_as_text
 from workers.job import redact_waiting_job
 
 EXTRA_KEY = "employee_badge"  # AUDITQ_REDACT_EXTRA_KEYS of this test's stack
@@ -297,8 +298,8 @@ async def test_planted_secrets_are_found_nowhere(
 
     outputs |= await _task_views(api, tokens, "done")
     outputs |= await _api_answers(api, tokens)
-    outputs["PostgreSQL (every column of every row)"] = await _database_as_text(pg)
-    outputs["Redis (every key)"] = await _redis_as_text(redis)
+    outputs["PostgreSQL (every column of every row)"] = await database_as_text(pg)
+    outputs["Redis (every key)"] = await redis_as_text(redis)
     outputs["files of the data directory"] = "\n".join(
         p.read_bytes().decode(errors="replace") for p in stack.data_dir.rglob("*") if p.is_file()
     )
@@ -352,45 +353,6 @@ async def _api_answers(api: TestClient[Any, Any], tokens: Tokens) -> dict[str, s
     return answers
 
 
-async def _database_as_text(pg: asyncpg.Connection) -> str:
-    """Every column (the full-text `search` column too) of every row of every table."""
-    tables = await pg.fetch(
-        "SELECT format('%I.%I', schemaname, tablename) AS name FROM pg_tables"
-        " WHERE schemaname NOT IN ('pg_catalog', 'information_schema')"
-    )
-    parts = []
-    for table in tables:
-        rows = await pg.fetch(f"SELECT t::text AS row FROM {table['name']} t")  # names from PG
-        parts += [row["row"] for row in rows]
-    search = await pg.fetch("SELECT search::text AS s FROM audit_log")
-    parts += [row["s"] for row in search]
-    return "\n".join(parts)
-
-
-async def _redis_as_text(client: aioredis.Redis) -> str:
-    """Every key of the server, read by its type."""
-    redis: Any = client  # redis-py's async methods are typed as sync-or-async unions
-    parts: list[str] = []
-    async for key in redis.scan_iter(count=1000):
-        kind = (await redis.type(key)).decode()
-        if kind == "string":
-            value: Any = await redis.get(key)
-        elif kind == "hash":
-            value = await redis.hgetall(key)
-        elif kind == "zset":
-            value = await redis.zrange(key, 0, -1, withscores=True)
-        elif kind == "stream":
-            value = await redis.xrange(key)
-        elif kind == "list":
-            value = await redis.lrange(key, 0, -1)
-        elif kind == "set":
-            value = await redis.smembers(key)
-        else:
-            value = kind
-        parts.append(f"{key!r} {value!r}")
-    return "\n".join(parts)
-
-
 def test_a_failed_arq_result_keeps_no_raw_secret() -> None:
     """arq keeps a failed job's argument in its result (a timeout, its own failure)."""
     planted = Planted()
@@ -435,7 +397,7 @@ async def test_a_job_tried_again_waits_in_redis_redacted(
             return int(rows) == 3  # the events whose tenant was not a secret
 
         await wait_for(stored)
-    assert not planted.found_in("PostgreSQL", await _database_as_text(pg))
+    assert not planted.found_in("PostgreSQL", await database_as_text(pg))
 
 
 async def test_the_spool_keeps_no_secret(stack: Settings, tmp_path: Path) -> None:

@@ -31,6 +31,7 @@ from service.settings import Settings
 from service.store.tokens import create_token, revoke_token
 from tests.admin_api import Tokens, enqueue, error_of
 from tests.conftest import run_cli, running_worker, wait_for
+from tests.stores import database_as_text, redis_as_text
 
 ADMIN = "/api/v1/admin/"
 EVENTS = "/api/v1/events"
@@ -39,19 +40,6 @@ MB = 1024 * 1024
 
 
 # Tokens at rest.
-
-
-async def _database_as_text(pg: asyncpg.Connection) -> str:
-    """Every row of every table of the database, rendered as text."""
-    tables = await pg.fetch(
-        "SELECT format('%I.%I', schemaname, tablename) AS name FROM pg_tables"
-        " WHERE schemaname NOT IN ('pg_catalog', 'information_schema')"
-    )
-    parts = []
-    for table in tables:
-        rows = await pg.fetch(f"SELECT t::text AS row FROM {table['name']} t")  # names from PG
-        parts += [row["row"] for row in rows]
-    return "\n".join(parts)
 
 
 async def test_tokens_are_hashed_at_rest_whatever_made_them(
@@ -73,8 +61,10 @@ async def test_tokens_are_hashed_at_rest_whatever_made_them(
 
     rows = [row["row"] for row in await pg.fetch("SELECT t::text AS row FROM api_token t")]
     assert len(rows) == 4
-    everything = await _database_as_text(pg)
-    redis_values = await _redis_as_text(redis, settings.queue)
+    everything = await database_as_text(pg)
+    redis_values = await redis_as_text(
+        redis, (f"auditq:{settings.queue}*", f"{settings.queue}*", "arq:*")
+    )
     for token in made:
         assert token.startswith("aq_")
         secret_part = token[3:]
@@ -91,30 +81,6 @@ async def test_tokens_are_hashed_at_rest_whatever_made_them(
 
 async def _rows_with(pg: asyncpg.Connection, action: str, n: int) -> bool:
     return int(await pg.fetchval("SELECT count(*) FROM audit_log WHERE action = $1", action)) >= n
-
-
-async def _redis_as_text(client: aioredis.Redis, queue: str) -> str:
-    """Every string, hash, sorted set and stream value of Redis under this test's keys."""
-    redis: Any = client  # redis-py's async methods are typed as sync-or-async unions
-    parts: list[str] = []
-    patterns = (f"auditq:{queue}*", f"{queue}*", "arq:*")
-    for pattern in patterns:
-        async for key in redis.scan_iter(match=pattern, count=1000):
-            kind = (await redis.type(key)).decode()
-            if kind == "string":
-                value: Any = await redis.get(key)
-            elif kind == "hash":
-                value = await redis.hgetall(key)
-            elif kind == "zset":
-                value = await redis.zrange(key, 0, -1)
-            elif kind == "stream":
-                value = await redis.xrange(key)
-            elif kind == "list":
-                value = await redis.lrange(key, 0, -1)
-            else:
-                value = kind
-            parts.append(f"{key!r} {value!r}")
-    return "\n".join(parts)
 
 
 # Every route of the router: 401 without a valid token, 403 for the wrong role.
@@ -600,7 +566,7 @@ async def test_secrets_from_every_entry_point_never_come_out(
     letters = [key async for key in redis.scan_iter(match=f"auditq:{settings.queue}:dead:*")]
     assert len(letters) == 2
     outputs["dead letters in Redis"] = repr(await redis.mget(letters))
-    outputs["PostgreSQL"] = await _database_as_text(pg)
+    outputs["PostgreSQL"] = await database_as_text(pg)
     # aiohttp's access log (on in the test server, off in `auditq api`) shows query strings.
     outputs["logs"] = "\n".join(
         f"{record.name} {record.getMessage()} {record.__dict__!r}"

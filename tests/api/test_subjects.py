@@ -31,6 +31,7 @@ from service.store import subjects as sql
 from service.store.seals import seal_once
 from tests.admin_api import Tokens, enqueue
 from tests.conftest import run_cli, running_worker, wait_for
+from tests.stores import redis_as_text
 
 SUBJECT = "u-zq-4417"
 NAME = "Zelda Quixote"
@@ -102,29 +103,6 @@ async def _seal_all(pg: asyncpg.Connection, key_path: Path) -> None:
         pass
 
 
-async def _redis_dump(redis: aioredis.Redis) -> str:
-    """Every key and value Redis holds, as one text."""
-    parts: list[str] = []
-    async for key in redis.scan_iter(count=1000):
-        kind = (await redis.type(key)).decode()
-        if kind == "string":
-            value: Any = await redis.get(key)
-        elif kind == "hash":
-            value = await redis.hgetall(key)
-        elif kind == "zset":
-            value = await redis.zrange(key, 0, -1)
-        elif kind == "set":
-            value = await redis.smembers(key)
-        elif kind == "list":
-            value = await redis.lrange(key, 0, -1)
-        elif kind == "stream":
-            value = await redis.xrange(key)
-        else:
-            value = kind
-        parts.append(f"{key!r} {value!r}")
-    return "\n".join(parts)
-
-
 def _absent(text: str, where: str) -> None:
     lowered = text.lower()
     for value in VALUES:
@@ -172,7 +150,7 @@ async def test_a_subject_is_erased_everywhere_and_the_record_still_verifies(
         action="auth.logout", actor=Actor(id=SUBJECT, type="user", name=NAME, email=EMAIL)
     )
     await enqueue(redis, queue, msgspec.json.encode(queued))
-    assert NAME in await _redis_dump(redis)
+    assert NAME in await redis_as_text(redis)
 
     response = await api.post(
         f"/api/v1/admin/subjects/{SUBJECT}/anonymise",
@@ -245,7 +223,7 @@ async def test_a_subject_is_erased_everywhere_and_the_record_still_verifies(
         )
         == 7
     )
-    _absent(await _redis_dump(redis), "Redis")
+    _absent(await redis_as_text(redis), "Redis")
 
     # Exports and the API.
     for fmt in ("jsonl", "csv"):
