@@ -166,12 +166,13 @@ async def test_provenance_is_set_by_auditq_and_a_forged_claim_is_not_believed(
     await enqueue(redis, settings.queue, json.dumps([plain]))
     # A producer with Redis access claims to be the API: without the key, no valid tag.
     payload = json.dumps([forged])
-    await redis.eval(ENQUEUE_SCRIPT, 1, settings.queue, payload, "t-forged", "", "api", "0" * 64)
+    forged_task, api_task = f"forged-{uuid.uuid4()}", f"api-{uuid.uuid4()}"  # ids of this test's
+    await redis.eval(ENQUEUE_SCRIPT, 1, settings.queue, payload, forged_task, "", "api", "0" * 64)
     # The API's claim, tagged with the key only the API and the worker read.
     key = await read_secret(pg, PROVENANCE_SECRET)
     payload = json.dumps([vouched])
-    tag = provenance_tag(key, task_id="t-api", via="api", payload=payload.encode())
-    await redis.eval(ENQUEUE_SCRIPT, 1, settings.queue, payload, "t-api", "", "api", tag)
+    tag = provenance_tag(key, task_id=api_task, via="api", payload=payload.encode())
+    await redis.eval(ENQUEUE_SCRIPT, 1, settings.queue, payload, api_task, "", "api", tag)
     async with AuditClient.from_settings(settings) as client:
         from service.events import AuditEvent
 
