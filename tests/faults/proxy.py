@@ -23,6 +23,7 @@ class TcpProxy:
         self.password = password  # the target's: a URL through the proxy carries it
         self.port = 0
         self.reply_delay = 0.0  # seconds each chunk from the target is held: a slow server
+        self.held = 0  # chunks of replies being held back right now
         self._server: asyncio.Server | None = None
         self._cut = False
         self._restored = asyncio.Event()
@@ -102,7 +103,13 @@ class TcpProxy:
         try:
             while data := await reader.read(65536):
                 if replies and self.reply_delay:
-                    await asyncio.sleep(self.reply_delay)  # the server did its work; answers late
+                    self.held += 1
+                    try:
+                        await asyncio.sleep(
+                            self.reply_delay
+                        )  # the server did its work; answers late
+                    finally:
+                        self.held -= 1
                 if self._cut:
                     await self._restored.wait()  # held: restore() resets this connection
                     return

@@ -407,6 +407,8 @@ async def test_capture_timing_out_while_its_batch_is_on_the_wire_is_uncertain_an
         assert await sent is None and await held is None
         assert time.monotonic() - started < CAPTURE_BOUND
         slow_redis.reply_delay = 0.0
+        # The late reply behind which a new one would queue on the same connection.
+        await wait_until(lambda: slow_redis.held == 0, "the late replies were delivered")
         # Sent after both, in order: once it is queued, the sender is done with the others.
         assert await client.capture(AuditEvent(action="auth.logout")) is not None
     finally:
