@@ -265,6 +265,14 @@ async def stop_worker(worker: Worker, *, grace: float = SHUTDOWN_GRACE) -> None:
     except (TimeoutError, *_REDIS_DOWN) as exc:
         logger.warning("the worker closed without Redis (%s)", type(exc).__name__)
         await _close_without_redis(worker)
+    except asyncio.CancelledError:
+        # arq's close cancels a job still running and re-raises that job's cancellation: the
+        # job runs again (idempotently); only a cancellation of this stop itself goes on.
+        current = asyncio.current_task()
+        if current is not None and current.cancelling():
+            raise
+        logger.warning("the worker closed with a job cut short (it runs again)")
+        await _close_without_redis(worker)
 
 
 async def _close_without_redis(worker: Worker) -> None:
