@@ -33,6 +33,7 @@ from service.keys import (
     live_key,
     stored_key,
 )
+from service.live import live_entry
 from service.ops import dead_letter
 from service.queue import deserialize_job, provenance_tag, redact_job_argument, serialize_job
 from service.redaction import redact_sensitive_in_string
@@ -49,7 +50,6 @@ JOB_BUDGET_SHARE = 0.9  # of arq's job_timeout: the whole job ends (or retries) 
 WRITE_BUDGET_SHARE = 0.8  # of arq's job_timeout: the write, inside the job's budget
 
 _batch_decoder = msgspec.json.Decoder(list[AuditEvent] | AuditEvent)
-_keys_encoder = msgspec.json.Encoder()
 
 
 def _parse(
@@ -208,7 +208,7 @@ async def _store_events(
         await _dead_letter(state, task, payload, 0, "InvalidJSON", str(exc), "invalid")
         return {"stored": 0, "rejected": 1}
 
-    inserted: list[tuple[Any, Any]] = []
+    inserted: list[tuple[int, datetime]] = []
     refused: list[Rejected] = []
     erased = state.erased
     if erased is not None and (events or invalid):  # an erased subject's: pseudonymised
@@ -267,7 +267,7 @@ async def _record_stored(
     task: Task,
     stored: int,
     started_ms: int,
-    inserted: list[tuple[Any, Any]],
+    inserted: list[tuple[int, datetime]],
     *,
     complete: bool,
 ) -> None:
@@ -294,8 +294,8 @@ async def _record_stored(
                 }
                 pipe.xadd(complete_key(queue), fields, maxlen=COMPLETE_MAXLEN, approximate=True)
             if inserted:
-                keys = _keys_encoder.encode([(str(i), ts.isoformat()) for i, ts in inserted])
-                pipe.xadd(live_key(queue), {"keys": keys}, maxlen=LIVE_MAXLEN, approximate=True)
+                entry = live_entry(inserted)
+                pipe.xadd(live_key(queue), entry, maxlen=LIVE_MAXLEN, approximate=True)
             await pipe.execute()
     except Exception as exc:  # bookkeeping must never fail a task whose events are stored
         logger.warning("task %s: stats not recorded: %s: %s", task.id, type(exc).__name__, exc)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Sequence
+from datetime import datetime
 from typing import Any
 
 import asyncpg
@@ -43,13 +44,13 @@ INSERT_EVENTS = (
     _INSERT_FROM_ARRAYS
     + """WHERE NOT EXISTS (SELECT FROM audit_log a WHERE a.id = u.id)
 ON CONFLICT (id, ts) DO NOTHING
-RETURNING id, ts
+RETURNING seq, ts
 """
 )
 # For events whose producer fixed id and ts together at capture (auditq's client), a second
 # delivery carries the same ts, so the key alone catches it: no probe of every partition's
 # index for the id (a sixth of the statement's cost with 8 partitions, more with each month).
-INSERT_KEYED_EVENTS = _INSERT_FROM_ARRAYS + "ON CONFLICT (id, ts) DO NOTHING\nRETURNING id, ts\n"
+INSERT_KEYED_EVENTS = _INSERT_FROM_ARRAYS + "ON CONFLICT (id, ts) DO NOTHING\nRETURNING seq, ts\n"
 N_COLUMNS = 25
 # The id probe of INSERT_EVENTS sees only committed rows: two deliveries of one id with two
 # ts, written at once, would both find nothing. So writes that probe take this lock alone, and
@@ -71,8 +72,8 @@ class Rejected:
 
 @dataclasses.dataclass
 class WriteResult:
-    # The keys of the new rows; redelivered events count as already stored, not inserted.
-    inserted: list[tuple[Any, Any]] = dataclasses.field(default_factory=list)
+    # (seq, ts) of the new rows; redelivered events count as already stored, not inserted.
+    inserted: list[tuple[int, datetime]] = dataclasses.field(default_factory=list)
     rejected: list[Rejected] = dataclasses.field(default_factory=list)
 
 
@@ -166,4 +167,4 @@ async def _write(
         await _write(conn, batch[:middle], result, keyed=keyed, via=via)
         await _write(conn, batch[middle:], result, keyed=keyed, via=via)
         return
-    result.inserted.extend((row["id"], row["ts"]) for row in rows)
+    result.inserted.extend((row["seq"], row["ts"]) for row in rows)
