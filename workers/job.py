@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import hmac
 import logging
+import re
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Iterable, Sequence
@@ -17,6 +18,7 @@ from arq import Retry
 
 from service.errors import InvalidEvent
 from service.events import (
+    MAX_NESTING,
     PG_INFINITIES,
     AuditEvent,
     check_complete,
@@ -84,6 +86,23 @@ class _CompletedOfSubjects(_Completed):
 
 
 _completed_decoder = msgspec.json.Decoder(list[_Completed])
+_raw_decoder = msgspec.json.Decoder(list[msgspec.Raw])
+# In JSON text without a backslash every quote delimits a string: the strings go, then each
+# pass takes the innermost objects and arrays away, one level of nesting per pass.
+_STRINGS = re.compile(rb'"[^"]*"')
+_INNERMOST = re.compile(rb"\{[^{}\[\]]*\}|\[[^{}\[\]]*\]")
+
+
+def _nests_at_most(data: bytes, levels: int) -> bool:
+    """Tell whether JSON text without a backslash nests at most `levels` deep."""
+    text = _STRINGS.sub(b"", data)
+    for _ in range(levels):
+        text, found = _INNERMOST.subn(b"", text)
+        if not found:
+            break
+    return b"{" not in text and b"[" not in text
+
+
 _subjects_decoder = msgspec.json.Decoder(list[_CompletedOfSubjects])
 _FALL_BACK = object()  # the job's events go the way of a foreign producer's
 
@@ -318,12 +337,24 @@ async def _completed_items(state: WorkerState, payload: str) -> Sequence[_Comple
 
     What is checked here, once for the whole text: no string could need redaction by this
     worker's rules (the one pre-check of service/redaction.py; the text has no escapes, so
-    its strings are as they are read), each event is complete, no ts is ahead of this
-    worker's clock, and no erased subject's event is in it. PostgreSQL checks the types."""
+    its strings are as they are read), nothing nests too deep, no event is over the size
+    limit, each is complete, no ts is ahead of this worker's clock, and no erased subject's
+    event is in it. PostgreSQL checks the types. What it does not check (the wire format's
+    patterns and lengths) the producer did: auditq's client and API validate every event."""
     settings = state.settings
     data = payload.encode()
     if b"\\" in data or may_hold_secret_json_text(data, settings.redact_extra_keys):
         return None
+    # The array and an event are two levels: metadata, changes and params nest less than
+    # MAX_NESTING inside (a deeper one is judged event by event).
+    if not _nests_at_most(data, MAX_NESTING):
+        return None
+    if len(data) > settings.max_event_bytes:  # else each event is within the limit too
+        try:
+            if any(len(e) > settings.max_event_bytes for e in _raw_decoder.decode(data)):
+                return None
+        except (msgspec.ValidationError, msgspec.DecodeError, RecursionError):
+            return None
     erased = state.erased
     if erased is not None:
         await erased.refresh(state.redis, state.pool, settings.queue)
