@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import hmac
 import logging
-import re
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Iterable, Sequence
@@ -87,20 +86,21 @@ class _CompletedOfSubjects(_Completed):
 
 _completed_decoder = msgspec.json.Decoder(list[_Completed])
 _raw_decoder = msgspec.json.Decoder(list[msgspec.Raw])
-# In JSON text without a backslash every quote delimits a string: the strings go, then each
-# pass takes the innermost objects and arrays away, one level of nesting per pass.
-_STRINGS = re.compile(rb'"[^"]*"')
-_INNERMOST = re.compile(rb"\{[^{}\[\]]*\}|\[[^{}\[\]]*\]")
+# In JSON text without a backslash every quote delimits a string: what is outside the strings
+# is every other piece between quotes. Of that only the brackets count, arrays as objects
+# (that they pair up is the decoder's to check).
+_NOT_BRACKETS = bytes(c for c in range(256) if c not in b"{}[]")
+_AS_BRACES = bytes.maketrans(b"[]", b"{}")
 
 
 def _nests_at_most(data: bytes, levels: int) -> bool:
     """Tell whether JSON text without a backslash nests at most `levels` deep."""
-    text = _STRINGS.sub(b"", data)
-    for _ in range(levels):
-        text, found = _INNERMOST.subn(b"", text)
-        if not found:
-            break
-    return b"{" not in text and b"[" not in text
+    text = b"".join(data.split(b'"')[::2]).translate(_AS_BRACES, _NOT_BRACKETS)
+    for _ in range(levels):  # each pass takes the innermost level away
+        if not text:
+            return True
+        text = text.replace(b"{}", b"")
+    return not text
 
 
 _subjects_decoder = msgspec.json.Decoder(list[_CompletedOfSubjects])
