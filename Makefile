@@ -14,7 +14,16 @@ $(STAMP): pyproject.toml
 run: $(STAMP)
 	$(BIN)/auditq run $(if $(DEMO),--demo,)
 
-test: $(STAMP)
+# The console's browser tests drive Debian's Chromium (never a browser of `playwright install`):
+# installed here when missing, as root with apt-get; elsewhere those tests skip and say why.
+CHROMIUM := /usr/bin/chromium
+$(CHROMIUM):
+	@if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		(apt-get update -qq && apt-get install -y -qq chromium) \
+		|| echo "could not install chromium: the console's browser tests will skip"; \
+	else echo "no $(CHROMIUM): the console's browser tests will skip"; fi
+
+test: $(STAMP) | $(CHROMIUM)
 	$(BIN)/lint-imports --no-cache
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 

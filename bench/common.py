@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import asyncpg
+import redis.asyncio as aioredis
 
 from service.cli.embedded import EmbeddedStack
 from service.store import db
@@ -145,6 +146,14 @@ class Stack:
 
     async def migrate(self) -> None:
         await db.migrate(self.database_url)
+
+    async def redis_used_memory(self) -> int:
+        """Valkey's `used_memory`: the bytes it holds, keys and buffers."""
+        client = aioredis.Redis.from_url(self.redis_url)
+        try:
+            return int((await client.info("memory"))["used_memory"])
+        finally:
+            await client.aclose()
 
     def server_cpu(self) -> dict[str, float]:
         """CPU seconds so far of PostgreSQL (every process) and Valkey."""

@@ -14,7 +14,15 @@ GOALS = {
     "read_p95_ms": 50.0,
     "deep_page_ratio": 2.0,
     "export_rows_per_s": 100_000,
+    "capture_nowait_us": 10.0,
+    "cpu_us_producer": 20.0,
+    "cpu_us_worker": 8.0,
+    "postgres_vs_copy_cpu": 1.2,
+    "redis_bytes_per_stored_event": 50.0,
+    "seal_overhead": 0.05,
+    "verify_rows_per_s": 200_000,
 }
+MAIN = "auditq_1_worker"  # the system the single figures are of
 QUERIES = ("entity_history", "actor_history", "action_time_range", "full_text")
 
 
@@ -48,6 +56,21 @@ def headline(raw: dict[str, Any]) -> dict[str, Any]:
             n: r["capture_nowait_us"] for n, r in write.items() if "capture_nowait_us" in r
         },
     }
+    if MAIN in write:
+        main = write[MAIN]
+        # CPU s per 10,000 events -> µs per event
+        out["cpu_us_per_event"] = {k: v * 100 for k, v in main["cpu_s_per_10k"].items()}
+        out["postgres_cpu_vs_copy"] = (
+            main["cpu_s_per_10k"]["postgres"]
+            / ceilings["copy"]["1_connection"]["postgres_cpu_s_per_10k"]
+        )
+        out["redis_bytes_per_stored_event"] = main.get("redis_bytes_per_stored_event")
+    if "seal_cost" in raw:
+        out["seal_overhead"] = raw["seal_cost"]["seal_overhead"]
+    if "verify" in raw:
+        out["verify_rows_per_s"] = raw["verify"]["verify_rows_per_s"]
+    if "live_tail" in raw:
+        out["live_tail_p99_ms"] = raw["live_tail"]["row_to_client_p99_ms"]
     read = raw.get("read")
     if read:
         deep = f"page_{read['deep_page']}"
@@ -156,6 +179,7 @@ def markdown(raw: dict[str, Any], head: dict[str, Any]) -> str:
         f"| e2e p99 ≤ 200 ms at 2,000 events/s | {e2e:.0f} ms "
         f"| {_goal(e2e <= GOALS['e2e_p99_ms_at_2000'])} |",
     ]
+    lines += _cost_goals(head)
     read = raw.get("read")
     if read:
         worst = max(head["read_p95_ms"][q] for q in QUERIES)
@@ -166,6 +190,8 @@ def markdown(raw: dict[str, Any], head: dict[str, Any]) -> str:
             f"| {_goal(worst <= GOALS['read_p95_ms'])} |",
             f"| page {read['deep_page']:,} ≤ 2x page 1 | {ratio:.2f}x "
             f"| {_goal(ratio <= GOALS['deep_page_ratio'])} |",
+            f"| statistics over 30 days p95 ≤ 50 ms | {head['read_p95_ms']['statistics_30d']:.1f} "
+            f"ms | {_goal(head['read_p95_ms']['statistics_30d'] <= GOALS['read_p95_ms'])} |",
             f"| CSV export ≥ 100,000 rows/s, API memory flat | {_f(export['rows_per_s'])} rows/s, "
             f"+{export['api_rss_growth_mib']:.0f} MiB "
             f"| {_goal(export['rows_per_s'] >= GOALS['export_rows_per_s'])} |",
@@ -188,6 +214,47 @@ def markdown(raw: dict[str, Any], head: dict[str, Any]) -> str:
     else:
         lines.append("")
     return "\n".join(lines)
+
+
+def _cost_goals(head: dict[str, Any]) -> list[str]:
+    """The goal rows of CPU, Redis, seals and verification, for those measured."""
+    rows = []
+    nowait = head["capture_nowait_us"].get(MAIN)
+    if nowait is not None:
+        rows.append(
+            f"| `capture_nowait` ≤ 10 µs a call | {nowait:.1f} µs "
+            f"| {_goal(nowait <= GOALS['capture_nowait_us'])} |"
+        )
+    cpu = head.get("cpu_us_per_event")
+    if cpu:
+        rows += [
+            f"| producer CPU ≤ 20 µs per awaited capture (64 callers) | {cpu['producer']:.1f} µs "
+            f"| {_goal(cpu['producer'] <= GOALS['cpu_us_producer'])} |",
+            f"| worker CPU ≤ 8 µs per event | {cpu['worker']:.1f} µs "
+            f"| {_goal(cpu['worker'] <= GOALS['cpu_us_worker'])} |",
+            f"| PostgreSQL CPU per row ≤ 1.2x a bare COPY's | {head['postgres_cpu_vs_copy']:.2f}x "
+            f"| {_goal(head['postgres_cpu_vs_copy'] <= GOALS['postgres_vs_copy_cpu'])} |",
+        ]
+    kept = head.get("redis_bytes_per_stored_event")
+    if kept is not None:
+        rows.append(
+            f"| Redis grows ≤ 50 B per stored event | {kept:.1f} B "
+            f"| {_goal(kept <= GOALS['redis_bytes_per_stored_event'])} |"
+        )
+    if "seal_overhead" in head:
+        rows.append(
+            f"| sealing costs ≤ 5 % of write throughput | {head['seal_overhead']:.1%} "
+            f"| {_goal(head['seal_overhead'] <= GOALS['seal_overhead'])} |"
+        )
+    if "verify_rows_per_s" in head:
+        rate = head["verify_rows_per_s"]
+        rows.append(
+            f"| verification ≥ 200,000 rows/s | {_f(rate)} rows/s "
+            f"| {_goal(rate >= GOALS['verify_rows_per_s'])} |"
+        )
+    if "live_tail_p99_ms" in head:
+        rows.append(f"| live tail, row to client p99 | {head['live_tail_p99_ms']} ms | |")
+    return rows
 
 
 def chart(raw: dict[str, Any], head: dict[str, Any], path: Path) -> None:

@@ -1,6 +1,6 @@
 """Run every benchmark side by side and write bench/results/latest.{json,md,png}.
 
-    python -m bench.run [--quick] [--only write|ceilings|read] [--systems a,b]
+    python -m bench.run [--quick] [--only write,ceilings,read,integrity,live] [--systems a,b]
 
 `make bench` runs it (and installs Node's packages into bench/node/ first);
 `make bench QUICK=1` is the short version (smaller counts, under 3 minutes).
@@ -22,8 +22,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from bench import ceilings, read_side, report, write_side
+from bench import ceilings, live_tail, read_side, report, seal_cost, verify, write_side
 from bench.common import RESULTS
+
+PARTS = ("write", "ceilings", "read", "integrity", "live")
 
 
 def machine() -> str:
@@ -50,7 +52,7 @@ def machine() -> str:
 
 async def main(args: argparse.Namespace) -> dict[str, Any]:
     quick = args.quick
-    parts = set(args.only.split(",")) if args.only else {"write", "ceilings", "read"}
+    parts = set(args.only.split(",")) if args.only else set(PARTS)
     systems = set(args.systems.split(",")) if args.systems else None
     logs = Path(tempfile.mkdtemp(prefix="auditq-bench-logs-"))
     raw: dict[str, Any] = {
@@ -74,6 +76,12 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
         rows, reps = (200_000, 30) if quick else (1_000_000, 200)
         raw["read_reps"] = reps
         raw["read"] = await read_side.run_all(rows, reps, 1000, logs)
+    if "integrity" in parts:
+        events, rounds = (20_000, 3) if quick else (50_000, 5)
+        raw["seal_cost"] = await seal_cost.run(events, rounds)
+        raw["verify"] = await verify.run(100_000 if quick else 200_000)
+    if "live" in parts:
+        raw["live_tail"] = await live_tail.measure(5.0 if quick else 20.0, 200.0)
     raw["seconds"] = time.monotonic() - started
     return raw
 
@@ -90,7 +98,7 @@ def write_results(raw: dict[str, Any], out: Path) -> None:
 def cli() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="smaller counts (< 3 minutes)")
-    parser.add_argument("--only", help="comma-separated parts: write, ceilings, read")
+    parser.add_argument("--only", help="comma-separated parts: " + ", ".join(PARTS))
     parser.add_argument("--systems", help="comma-separated write-side systems")
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()

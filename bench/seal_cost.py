@@ -19,6 +19,7 @@ import tempfile
 import time
 import uuid
 from pathlib import Path
+from typing import Any
 
 import asyncpg
 import redis.asyncio as aioredis
@@ -79,7 +80,8 @@ async def one_round(stack: Stack, *, sealing: bool, events: int, work: Path) -> 
     return events / elapsed, cpu / events * 1e6
 
 
-async def main(events: int, rounds: int) -> None:
+async def run(events: int, rounds: int) -> dict[str, Any]:
+    """Rounds alternating seals on and off; the medians and what sealing costs."""
     work = Path(tempfile.mkdtemp(prefix="auditq-bench-seal-"))
     results: dict[bool, list[tuple[float, float]]] = {True: [], False: []}
     with Stack() as stack:
@@ -88,22 +90,39 @@ async def main(events: int, rounds: int) -> None:
                 results[sealing].append(
                     await one_round(stack, sealing=sealing, events=events, work=work)
                 )
+    medians = {
+        "on" if sealing else "off": {
+            "events_per_s": statistics.median(r for r, _ in results[sealing]),
+            "cpu_us_per_event": statistics.median(c for _, c in results[sealing]),
+        }
+        for sealing in (False, True)
+    }
+    on, off = medians["on"], medians["off"]
+    return {
+        "events": events,
+        "rounds": rounds,
+        **medians,
+        "seal_overhead": 1 - on["events_per_s"] / off["events_per_s"],
+        "seal_cpu_overhead": on["cpu_us_per_event"] / off["cpu_us_per_event"] - 1,
+    }
+
+
+def main(events: int, rounds: int) -> None:
+    result = asyncio.run(run(events, rounds))
     print(f"load average at the end: {os.getloadavg()[0]:.1f} ({os.cpu_count()} CPUs)")
     print("| seals | events/s (median) | CPU µs/event, worker + PostgreSQL (median) |")
     print("|---|---:|---:|")
-    medians = {}
-    for sealing in (False, True):
-        rate = statistics.median(r for r, _ in results[sealing])
-        cpu = statistics.median(c for _, c in results[sealing])
-        medians[sealing] = (rate, cpu)
-        print(f"| {'on' if sealing else 'off'} | {rate:,.0f} | {cpu:.1f} |")
-    (off_rate, off_cpu), (on_rate, on_cpu) = medians[False], medians[True]
+    for name in ("off", "on"):
+        print(
+            f"| {name} | {result[name]['events_per_s']:,.0f} "
+            f"| {result[name]['cpu_us_per_event']:.1f} |"
+        )
     print(
-        f"cost of sealing: {100 * (1 - on_rate / off_rate):.1f} % of throughput, "
-        f"{100 * (on_cpu / off_cpu - 1):.1f} % more CPU per event"
+        f"cost of sealing: {100 * result['seal_overhead']:.1f} % of throughput, "
+        f"{100 * result['seal_cpu_overhead']:.1f} % more CPU per event"
     )
 
 
 if __name__ == "__main__":
     args = sys.argv[1:]
-    asyncio.run(main(int(args[0]) if args else EVENTS, int(args[1]) if len(args) > 1 else ROUNDS))
+    main(int(args[0]) if args else EVENTS, int(args[1]) if len(args) > 1 else ROUNDS)

@@ -15,6 +15,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import asyncpg
 
@@ -42,7 +43,8 @@ FROM generate_series($1::int, $2::int) g
 """
 
 
-async def main(rows: int) -> None:
+async def run(rows: int) -> dict[str, Any]:
+    """Store, seal and verify `rows` rows; the rates and the CPU per row of each step."""
     work = Path(tempfile.mkdtemp(prefix="auditq-bench-verify-"))
     stack = EmbeddedStack(work / "servers")
     await asyncio.to_thread(stack.start)
@@ -78,31 +80,38 @@ async def main(rows: int) -> None:
         await rows_conn.close()
         await conn.close()
         assert report.findings == 0, lines[:5]
-        print("| what | rows | seconds | rows/s |")
-        print("|---|---:|---:|---:|")
-        for what, count, seconds in (
-            ("seal (merge the queued entries, sign)", rows, sealing),
-            ("verify (client-side digests)", report.rows, elapsed),
-        ):
-            print(f"| {what} | {count} | {seconds:.2f} | {count / seconds:,.0f} |")
-        print(
-            f"PostgreSQL CPU: storing {insert_cpu / rows * 1e6:.2f} µs/row (one INSERT of "
-            f"{PER_CHECKPOINT:,} rows, the seal trigger's digests included), "
-            f"sealing {seal_cpu / rows * 1e6:.2f} µs/row"
-        )
-        per_row = {"verifier": client_cpu, "server (row stream)": server_cpu}
-        for who, cpu in per_row.items():
-            print(f"CPU of the {who}: {cpu / report.rows * 1e6:.2f} µs/row")
-        bound = max(per_row.values()) / report.rows
-        print(
-            f"rate when each has a core (they run side by side): {1 / bound:,.0f} rows/s; "
-            f"load average now {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs"
-        )
+        return {
+            "rows": report.rows,
+            "seal_rows_per_s": rows / sealing,
+            "verify_rows_per_s": report.rows / elapsed,
+            "store_pg_cpu_us_per_row": insert_cpu / rows * 1e6,
+            "seal_pg_cpu_us_per_row": seal_cpu / rows * 1e6,
+            "verifier_cpu_us_per_row": client_cpu / report.rows * 1e6,
+            "row_stream_cpu_us_per_row": server_cpu / report.rows * 1e6,
+        }
     finally:
         await asyncio.to_thread(stack.stop)
         stack.destroy()
         shutil.rmtree(work, ignore_errors=True)
 
 
+def main(rows: int) -> None:
+    r = asyncio.run(run(rows))
+    print("| what | rows | rows/s |")
+    print("|---|---:|---:|")
+    print(f"| seal (merge the queued entries, sign) | {rows} | {r['seal_rows_per_s']:,.0f} |")
+    print(f"| verify (client-side digests) | {r['rows']} | {r['verify_rows_per_s']:,.0f} |")
+    print(
+        f"PostgreSQL CPU: storing {r['store_pg_cpu_us_per_row']:.2f} µs/row (one INSERT of "
+        f"{PER_CHECKPOINT:,} rows, the seal trigger's digests included), "
+        f"sealing {r['seal_pg_cpu_us_per_row']:.2f} µs/row"
+    )
+    print(
+        f"CPU of the verifier: {r['verifier_cpu_us_per_row']:.2f} µs/row, of the server's row "
+        f"stream: {r['row_stream_cpu_us_per_row']:.2f} µs/row; load average now "
+        f"{os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs"
+    )
+
+
 if __name__ == "__main__":
-    asyncio.run(main(int(sys.argv[1]) if len(sys.argv) > 1 else ROWS))
+    main(int(sys.argv[1]) if len(sys.argv) > 1 else ROWS)

@@ -186,12 +186,17 @@ def _worker_cpu(procs: list[subprocess.Popen[bytes]]) -> float:
     return sum(cpu_seconds(p.pid) for p in procs)
 
 
+# Seconds for the workers' last bookkeeping (a result, a stream entry) after the last row.
+SETTLE_S = 2.0
+
+
 async def measure(system: System, sizes: Sizes, logs: Path) -> dict[str, Any]:
     count = sizes.counts[system.kind]
     result: dict[str, Any] = {"label": system.label, "events": count}
     with Stack() as stack:
         await stack.migrate()
         procs = start_workers(system, stack, logs)
+        redis_before = await stack.redis_used_memory()
         conn = await asyncpg.connect(stack.database_url)
         try:
             work = stack.dir / "out"
@@ -273,6 +278,10 @@ async def measure(system: System, sizes: Sizes, logs: Path) -> dict[str, Any]:
                 result["capture_nowait_us"] = report["nowait_us_per_call"]
             stored = await count_rows(conn)
             duplicates = await conn.fetchval("SELECT count(*) - count(DISTINCT id) FROM audit_log")
+            # What the queue keeps once every event is stored (results, completed jobs, logs).
+            await asyncio.sleep(SETTLE_S)
+            grown = await stack.redis_used_memory() - redis_before
+            result["redis_bytes_per_stored_event"] = max(grown, 0) / stored
             result["rows_stored"] = stored
             result["duplicate_ids"] = duplicates
         finally:

@@ -34,8 +34,8 @@ def complete_key(queue: str) -> str:
 
 
 def live_key(queue: str) -> str:
-    """Capped stream of the keys ([id, ts]) of the rows each write stored, in commit order:
-    the live tail reads the rows from PostgreSQL by these keys."""
+    """Capped stream of which rows each write stored (service/live.py), in commit order: the
+    live tail reads those rows from PostgreSQL."""
     return f"auditq:{queue}:live"
 
 

@@ -38,6 +38,7 @@ from service.keys import (
     live_key,
     stored_key,
 )
+from service.live import live_entry
 from service.ops import dead_letter
 from service.queue import deserialize_job, provenance_tag, redact_job_argument, serialize_job
 from service.redaction import may_hold_secret_json_text, redact_sensitive_in_string
@@ -54,7 +55,6 @@ JOB_BUDGET_SHARE = 0.9  # of arq's job_timeout: the whole job ends (or retries) 
 WRITE_BUDGET_SHARE = 0.8  # of arq's job_timeout: the write, inside the job's budget
 
 _batch_decoder = msgspec.json.Decoder(list[AuditEvent] | AuditEvent)
-_keys_encoder = msgspec.json.Encoder()
 T = TypeVar("T")
 
 
@@ -267,7 +267,7 @@ async def _store_events(
         await _dead_letter(state, task, payload, 0, "InvalidJSON", str(exc), "invalid")
         return {"stored": 0, "rejected": 1}
 
-    inserted: list[tuple[Any, Any]] = []
+    inserted: list[tuple[int, datetime]] = []
     refused: list[Rejected] = []
     erased = state.erased
     if erased is not None and (events or invalid):  # an erased subject's: pseudonymised
@@ -302,10 +302,8 @@ async def _store_events(
         )
     stored = len(events) - len(refused)
     state.events_stored += stored
-    keys = (
-        _keys_encoder.encode([(str(i), ts.isoformat()) for i, ts in inserted]) if inserted else None
-    )
-    await _record_stored(state, task, stored, started_ms, keys, complete=not rejected)
+    live = live_entry(inserted) if inserted else None
+    await _record_stored(state, task, stored, started_ms, live, complete=not rejected)
     if logger.isEnabledFor(logging.DEBUG):
         bad = {id(r.event) for r in refused}
         _log_stored(msgspec.to_builtins(e) for e in events if id(e) not in bad)
@@ -403,12 +401,12 @@ async def _store_completed(
         return {"stored": 0, "rejected": len(items)}
     if result is _FALL_BACK:
         return None
-    new, keys = result
+    new, live = result
     stored = len(items)
     if logger.isEnabledFor(logging.DEBUG):
         _log_stored(decode_json(payload))
     state.events_stored += stored
-    await _record_stored(state, task, stored, started_ms, keys if new else None, complete=True)
+    await _record_stored(state, task, stored, started_ms, live, complete=True)
     logger.info(
         "[AuditLogWorker] task %s: %d events stored (%d new), 0 rejected in %.1f ms",
         task.id,
@@ -424,7 +422,7 @@ async def _record_stored(
     task: Task,
     stored: int,
     started_ms: int,
-    keys: bytes | str | None,
+    live: dict[str, bytes] | None,
     *,
     complete: bool,
 ) -> None:
@@ -450,8 +448,8 @@ async def _record_stored(
                     "finished_at_ms": now_ms,
                 }
                 pipe.xadd(complete_key(queue), fields, maxlen=COMPLETE_MAXLEN, approximate=True)
-            if keys is not None:  # the keys of the new rows, [[id, ts], ...]
-                pipe.xadd(live_key(queue), {"keys": keys}, maxlen=LIVE_MAXLEN, approximate=True)
+            if live is not None:  # which rows are new (service/live.py)
+                pipe.xadd(live_key(queue), live, maxlen=LIVE_MAXLEN, approximate=True)
             await pipe.execute()
     except Exception as exc:  # bookkeeping must never fail a task whose events are stored
         logger.warning("task %s: stats not recorded: %s: %s", task.id, type(exc).__name__, exc)

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Sequence
+from datetime import datetime
 from typing import Any
 
 import asyncpg
 import msgspec
 
 from service.events import AuditEvent
+from service.live import live_entry_of_ranges
 from service.redaction import redact_sensitive_in_string
 from workers.retry import Failure, classify
 
@@ -43,13 +45,13 @@ INSERT_EVENTS = (
     _INSERT_FROM_ARRAYS
     + """WHERE NOT EXISTS (SELECT FROM audit_log a WHERE a.id = u.id)
 ON CONFLICT (id, ts) DO NOTHING
-RETURNING id, ts
+RETURNING seq, ts
 """
 )
 # For events whose producer fixed id and ts together at capture (auditq's client), a second
 # delivery carries the same ts, so the key alone catches it: no probe of every partition's
 # index for the id (a sixth of the statement's cost with 8 partitions, more with each month).
-INSERT_KEYED_EVENTS = _INSERT_FROM_ARRAYS + "ON CONFLICT (id, ts) DO NOTHING\nRETURNING id, ts\n"
+INSERT_KEYED_EVENTS = _INSERT_FROM_ARRAYS + "ON CONFLICT (id, ts) DO NOTHING\nRETURNING seq, ts\n"
 N_COLUMNS = 25
 
 # The same rows built by PostgreSQL from the job's JSON text itself (events its producer
@@ -79,22 +81,23 @@ FROM jsonb_to_recordset($1::text::jsonb) AS u(
     actor jsonb, entity jsonb, tenant text, request jsonb,
     changes jsonb, metadata jsonb, presentation jsonb, source text)
 """
-# The keys of the new rows come back as the live stream's JSON (workers/job.py), made here.
+# Which rows are new, as the live stream's entry holds them (service/live.py): seq ranges in
+# PostgreSQL's own multirange text, and the span of their ts.
 _KEYS_OF_NEW_ROWS = """
-SELECT count(*), coalesce(json_agg(json_build_array(id, ts)), '[]')::text FROM new_rows
+SELECT count(*), range_agg(int8range(seq, seq, '[]'))::text, min(ts), max(ts) FROM new_rows
 """
 INSERT_JSON_EVENTS = (
     "WITH new_rows AS ("
     + _INSERT_FROM_JSON
     + """WHERE NOT EXISTS (SELECT FROM audit_log a WHERE a.id = u.id)
 ON CONFLICT (id, ts) DO NOTHING
-RETURNING id, ts)"""
+RETURNING seq, ts)"""
     + _KEYS_OF_NEW_ROWS
 )
 INSERT_KEYED_JSON_EVENTS = (
     "WITH new_rows AS ("
     + _INSERT_FROM_JSON
-    + "ON CONFLICT (id, ts) DO NOTHING\nRETURNING id, ts)"
+    + "ON CONFLICT (id, ts) DO NOTHING\nRETURNING seq, ts)"
     + _KEYS_OF_NEW_ROWS
 )
 # The id probe of INSERT_EVENTS sees only committed rows: two deliveries of one id with two
@@ -117,8 +120,8 @@ class Rejected:
 
 @dataclasses.dataclass
 class WriteResult:
-    # The keys of the new rows; redelivered events count as already stored, not inserted.
-    inserted: list[tuple[Any, Any]] = dataclasses.field(default_factory=list)
+    # (seq, ts) of the new rows; redelivered events count as already stored, not inserted.
+    inserted: list[tuple[int, datetime]] = dataclasses.field(default_factory=list)
     rejected: list[Rejected] = dataclasses.field(default_factory=list)
 
 
@@ -212,14 +215,14 @@ async def _write(
         await _write(conn, batch[:middle], result, keyed=keyed, via=via)
         await _write(conn, batch[middle:], result, keyed=keyed, via=via)
         return
-    result.inserted.extend((row["id"], row["ts"]) for row in rows)
+    result.inserted.extend((row["seq"], row["ts"]) for row in rows)
 
 
 async def write_json_events(
     conn: asyncpg.Connection, payload: str, *, received_via: str, keyed: bool = False
-) -> tuple[int, str]:
+) -> tuple[int, dict[str, bytes] | None]:
     """Store the events of a JSON array its producer completed and checked, in one statement;
-    return how many rows are new and their keys as JSON (`[[id, ts], ...]`).
+    return how many rows are new and their live stream entry (service/live.py; None for none).
 
     Raises what PostgreSQL raises, a data error included: nothing is stored then, and the
     caller stores the events one by one instead (write_events), which isolates the bad ones.
@@ -230,4 +233,5 @@ async def write_json_events(
             INSERT_KEYED_JSON_EVENTS if keyed else INSERT_JSON_EVENTS, payload, received_via
         )
     assert row is not None
-    return int(row[0]), str(row[1])
+    new = int(row[0])
+    return new, live_entry_of_ranges(row[1], row[2], row[3]) if new else None

@@ -624,6 +624,7 @@ async def test_a_row_of_a_long_transaction_is_not_skipped(
 ) -> None:
     """A write that commits long after later ones were sent still reaches the tail."""
     from service.keys import live_key
+    from service.live import live_entry
 
     slow, quick = (
         make_event(action="auth.login", tenant="long"),
@@ -639,21 +640,18 @@ async def test_a_row_of_a_long_transaction_is_not_skipped(
             await transaction.start()
             result = await write_events(held, [slow], received_via="redis:test", keyed=True)
             await seed(pg, [quick])  # begun later, committed first
-            await redis.xadd(key, {"keys": _keys([quick])})
+            written = await pg.fetch("SELECT seq, ts FROM audit_log WHERE id = $1", quick.id)
+            await redis.xadd(key, live_entry([(r["seq"], r["ts"]) for r in written]))
             _, data = await next_event(response)
             assert data["id"] == str(quick.id)
             await asyncio.sleep(3)  # longer than the old tail's hold-back window
             await transaction.commit()
-            await redis.xadd(key, {"keys": _keys([slow])})
             assert result.inserted
+            await redis.xadd(key, live_entry(result.inserted))
         finally:
             await held.close()
         _, data = await next_event(response)
         assert data["id"] == str(slow.id)
-
-
-def _keys(events: list[AuditEvent]) -> bytes:
-    return msgspec.json.encode([(str(e.id), e.ts) for e in events])
 
 
 async def _queue_drained(redis: aioredis.Redis, queue: str) -> bool:

@@ -10,6 +10,7 @@ import msgspec
 import redis.asyncio as aioredis
 
 from service.events import AuditEvent, encode, finalize
+from service.live import live_entry, read_live_entry
 from service.ops import dead_letter
 from service.queue import ENQUEUE_SCRIPT
 from service.settings import Settings
@@ -53,9 +54,11 @@ async def test_rows_from_the_text_are_the_rows_of_the_events(database_url: str) 
     conn = await db.connect(database_url)
     try:
         await write_events(conn, batch, received_via="per-event", keyed=True)
-        new, keys = await write_json_events(conn, text, received_via="text", keyed=True)
-        assert new == 2 and {k for k, _ in json.loads(keys)} == {str(e.id) for e in again}
-        assert await write_json_events(conn, text, received_via="text", keyed=True) == (0, "[]")
+        new, live = await write_json_events(conn, text, received_via="text", keyed=True)
+        entry = read_live_entry({k.encode(): v for k, v in (live or {}).items()})
+        rows = await conn.fetch("SELECT seq, ts FROM audit_log WHERE received_via = 'text'")
+        assert new == 2 and entry is not None and live == live_entry([tuple(r) for r in rows])
+        assert await write_json_events(conn, text, received_via="text", keyed=True) == (0, None)
         # The probing statement (HTTP ingest's ids) finds them whatever their ts.
         later = [msgspec.structs.replace(e, ts=e.ts.replace(year=2001)) for e in again]
         text = "[" + ",".join(encode(e).decode() for e in later) + "]"

@@ -1,7 +1,7 @@
 """The live tail: Server-Sent Events of each newly stored row matching the filters.
 
-The worker appends the keys of the rows each write stored to a capped Redis stream, after the
-commit (service/keys.py live_key); a tail blocks on that stream (XREAD) and reads those rows
+The worker appends which rows each write stored to a capped Redis stream, after the commit
+(service/live.py); a tail blocks on that stream (XREAD) and reads those rows
 from PostgreSQL with its filters. Stream order is commit order, so a row of a long
 transaction is sent when it commits, never skipped; every API replica reads the same stream;
 `Last-Event-ID` is a stream entry id, so a reconnect resumes after the last write it saw (as
@@ -16,7 +16,6 @@ import logging
 import re
 import time
 from collections.abc import AsyncIterator
-from datetime import datetime
 from typing import Any
 
 import asyncpg
@@ -32,6 +31,7 @@ from service.api.limits import OPEN_REQUESTS, WRITE_TIMEOUT_S
 from service.api.openapi import Fields, operation
 from service.api.state import POOL, REDIS, SETTINGS
 from service.keys import live_key
+from service.live import LiveEntry, read_live_entry
 from service.store import tokens
 
 logger = logging.getLogger(__name__)
@@ -43,14 +43,13 @@ STREAM_RETRY_MS = 2000  # the client's reconnect delay, sent to EventSource
 TOKEN_RECHECK_S = 10.0  # seconds between checks that the token was not revoked
 REDIS_DOWN_PAUSE = 1.0  # seconds between tries while Redis or PostgreSQL does not answer
 
-# The rows of some writes, by key; the page filters narrow them.
-ROWS_BY_KEY = "(id, ts) IN (SELECT * FROM unnest({}::uuid[], {}::timestamptz[]))"
+# The rows of one write (service/live.py); the page filters narrow them.
+ROWS_OF_WRITE = "seq <@ {}::text::int8multirange AND ts BETWEEN {} AND {}"
 STREAM_ORDER_BY = "ORDER BY received_at, id"
 ENTRY_ID = re.compile(r"^\d{1,20}-\d{1,20}$")
 
 STREAMS_STOP = web.AppKey("audit_log_streams_stop", asyncio.Event)
 _encoder = msgspec.json.Encoder()
-_keys_decoder = msgspec.json.Decoder(list[tuple[str, datetime]])
 _DOWN = (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, redis.exceptions.RedisError)
 
 
@@ -65,10 +64,10 @@ async def stop_streams(app: web.Application) -> None:
     app[STREAMS_STOP].set()
 
 
-def rows_query(query: AuditLogQuery, keys: list[tuple[str, datetime]]) -> tuple[str, list[Any]]:
-    """The SQL and parameters of the rows among `keys` that match the filters."""
+def rows_query(query: AuditLogQuery, write: LiveEntry) -> tuple[str, list[Any]]:
+    """The SQL and parameters of the rows of one write that match the filters."""
     where = where_of(query)
-    where.add(ROWS_BY_KEY, [k[0] for k in keys], [k[1] for k in keys])
+    where.add(ROWS_OF_WRITE, write.seqs, write.ts_from, write.ts_to)
     return f"{SELECT_ITEMS}{where.sql()} {STREAM_ORDER_BY}", where.args
 
 
@@ -125,8 +124,10 @@ async def _tail(request: web.Request, query: AuditLogQuery, position: str) -> we
                 events: list[str] = []
                 for entry_id, fields in entries:
                     position = entry_id.decode()
-                    keys = _keys_decoder.decode(fields[b"keys"])
-                    sql, args = rows_query(query, keys)
+                    write = read_live_entry(fields)
+                    if write is None:  # not an entry of this version's worker
+                        continue
+                    sql, args = rows_query(query, write)
                     async with pool.acquire(timeout=WRITE_TIMEOUT_S) as conn:
                         rows = await conn.fetch(sql, *args)
                     events.extend(

@@ -1,0 +1,58 @@
+"""Redis keeps nothing per stored event: once the worker has stored them, what is left of
+20,000 events in Redis is counts and capped bookkeeping, not the events or their keys."""
+
+from __future__ import annotations
+
+import asyncio
+
+import asyncpg
+import redis.asyncio as aioredis
+
+from service.events import AuditEvent
+from service.keys import EVENTS_STORED, counters_key
+from service.producer.client import AuditClient
+from service.settings import Settings
+from tests.conftest import running_worker, wait_for
+from tests.stores import redis_as_text
+
+EVENTS = 20_000
+BYTES_PER_EVENT = 50  # the issue's bound: 100,000 stored events grow Redis by ≤ 5 MB
+
+
+async def key_sizes(redis: aioredis.Redis) -> dict[bytes, int]:
+    """Every key's memory (MEMORY USAGE, all of its elements sampled)."""
+    sizes = {}
+    async for key in redis.scan_iter(count=1000):
+        size = await redis.memory_usage(key, samples=0)
+        if size is not None:
+            sizes[key] = size
+    return sizes
+
+
+async def test_stored_events_leave_no_trace_in_redis(
+    settings: Settings, redis: aioredis.Redis, pg: asyncpg.Connection
+) -> None:
+    before = await key_sizes(redis)
+    ids: list[str | None] = []
+    async with running_worker(settings):
+        async with AuditClient.from_settings(settings) as client:
+            for _ in range(EVENTS // 500):  # 500 callers at a time
+                events = [AuditEvent(action="doc.viewed", metadata={"n": i}) for i in range(500)]
+                ids += await asyncio.gather(*map(client.capture, events))
+        assert None not in ids
+
+        async def all_stored() -> bool:
+            return bool(await pg.fetchval("SELECT count(*) FROM audit_log") == EVENTS)
+
+        await wait_for(all_stored, within_s=120)
+
+        async def counted() -> bool:  # the worker's bookkeeping of the last write is done
+            stored = await redis.hget(counters_key(settings.queue), EVENTS_STORED)
+            return int(stored or 0) == EVENTS
+
+        await wait_for(counted)
+    after = await key_sizes(redis)
+    grown = sum(size - before.get(key, 0) for key, size in after.items())
+    assert grown <= BYTES_PER_EVENT * EVENTS, f"{grown / EVENTS:.0f} B per stored event"
+    kept = await redis_as_text(redis)
+    assert not [i for i in ids[::997] if i in kept]  # no event, not even its id
