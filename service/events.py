@@ -127,7 +127,7 @@ def derived_event_id(task_id: str, index: int, enqueued_ms: int) -> uuid.UUID:
     return uuid.UUID(int=value)
 
 
-_PG_INFINITIES = frozenset(
+PG_INFINITIES = frozenset(
     {datetime.min.replace(tzinfo=UTC), datetime.max.replace(tzinfo=UTC)}
 )  # what asyncpg encodes as -infinity and infinity
 
@@ -189,7 +189,7 @@ def finalize(
         ts = (event.ts or _uuid7_time(event_id) or default_ts or datetime.now(UTC)).astimezone(UTC)
     except (OverflowError, ValueError):  # year 1 or 9999 pushed out of range by its offset
         raise InvalidEvent(f"`ts` {event.ts} is out of range once in UTC") from None
-    if ts in _PG_INFINITIES:
+    if ts in PG_INFINITIES:
         # asyncpg writes these two instants as PostgreSQL's -infinity / infinity: the stored
         # event would not be the one sent (and would read back without a time zone).
         raise InvalidEvent(f"`ts` {ts.isoformat()} is out of range (the first and last instants)")
@@ -234,7 +234,7 @@ def check_complete(
     finalize would, without completing it again; raise InvalidEvent. Return it redacted
     with these rules and `extra_keys` (its producer may have had fewer): mostly itself."""
     _check_nesting(event)
-    if event.ts is None or event.ts in _PG_INFINITIES:
+    if event.ts is None or event.ts in PG_INFINITIES:
         raise InvalidEvent(f"`ts` {event.ts} is missing or out of range")
     try:
         ts = event.ts.astimezone(UTC)

@@ -37,7 +37,13 @@ def live_entry(rows: Iterable[tuple[int, datetime]]) -> dict[str, bytes]:
             start = seq
         previous = seq
     ranges.append(f"[{start},{previous + 1})")
-    entry = LiveEntry(seqs="{" + ",".join(ranges) + "}", ts_from=min(stamps), ts_to=max(stamps))
+    return live_entry_of_ranges("{" + ",".join(ranges) + "}", min(stamps), max(stamps))
+
+
+def live_entry_of_ranges(seqs: str, ts_from: datetime, ts_to: datetime) -> dict[str, bytes]:
+    """The stream fields for one write's rows given as seq ranges (int8multirange text, as
+    PostgreSQL writes one) and the span of their ts."""
+    entry = LiveEntry(seqs=seqs, ts_from=ts_from, ts_to=ts_to)
     return {"rows": _encoder.encode(entry)}
 
 

@@ -289,6 +289,31 @@ def may_hold_secret_json(data: bytes, extra_keys: frozenset[str] = frozenset()) 
     return bool(precheck.data.find_matches_as_indexes(data.lower()))
 
 
+# A JSON string value that is exactly a UUID in its canonical form: no rule changes one (no
+# key, no token format fits between its dashes), but its hex digits spell stems ("2fa",
+# "acca") often enough that a thousand ids nearly always hold one.
+_UUID_VALUE = re.compile(
+    rb'"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}"(?=[,}\]])'
+)
+_UUID_VALUE_CHARS = 38  # with its quotes
+
+
+def may_hold_secret_json_text(data: bytes, extra_keys: frozenset[str] = frozenset()) -> bool:
+    """may_hold_secret_json over JSON text without a backslash (so every quote delimits a
+    string) of any length, e.g. many events: False means no string of it needs redaction.
+    Stems found only inside string values that are UUIDs (ids) do not count."""
+    precheck = _precheck_for(extra_keys) if extra_keys else _PRECHECK
+    for _, start, end in precheck.data.find_matches_as_indexes(data.lower()):
+        around = max(0, start - _UUID_VALUE_CHARS)
+        inside = any(
+            m.start() < start and end < m.end()
+            for m in _UUID_VALUE.finditer(data, around, end + _UUID_VALUE_CHARS)
+        )
+        if not inside:
+            return True
+    return False
+
+
 def redact_sensitive(value: object, extra_keys: frozenset[str] = frozenset()) -> object:
     """Return JSON-like data with secrets redacted (the value itself when it has none)."""
     return _redact(value, extra_keys, 0)

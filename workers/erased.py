@@ -57,6 +57,25 @@ class ErasedSubjects:
             for e in events
         ]
 
+    def touches(self, events: Sequence[Any]) -> bool:
+        """Tell whether any event (with `actor` and `entity` as read: `id`, `type`) is an
+        erased subject's, as `apply` would find it."""
+        if not self.pseudonyms:
+            return False
+        key, erased, types = self.key, self.pseudonyms, self.entity_types
+        seen: set[str] = set()
+        for e in events:
+            actor, entity = e.actor, e.entity
+            ids = [actor.id] if actor is not None else []
+            if entity is not None and entity.type in types:
+                ids.append(entity.id)
+            for subject_id in ids:
+                if subject_id not in seen:
+                    if pseudonym(key, subject_id) in erased:
+                        return True
+                    seen.add(subject_id)
+        return False
+
     def clear_document(self, document: Any) -> Any:
         """An item that is not a valid event (for the dead letter), cleared of erased subjects."""
         if not self.pseudonyms or not isinstance(document, dict):

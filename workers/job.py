@@ -6,14 +6,19 @@ import asyncio
 import hmac
 import logging
 import time
+import uuid
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from datetime import UTC, datetime
-from typing import Any
+from typing import Annotated, Any, TypeVar
 
+import asyncpg
 import msgspec
 from arq import Retry
 
 from service.errors import InvalidEvent
 from service.events import (
+    MAX_NESTING,
+    PG_INFINITIES,
     AuditEvent,
     check_complete,
     decode_json,
@@ -36,11 +41,11 @@ from service.keys import (
 from service.live import live_entry
 from service.ops import dead_letter
 from service.queue import deserialize_job, provenance_tag, redact_job_argument, serialize_job
-from service.redaction import redact_sensitive_in_string
+from service.redaction import may_hold_secret_json_text, redact_sensitive_in_string
 from service.settings import Settings
 from workers.retry import DEFER_WHILE_OPEN, MAX_ATTEMPTS, Failure, backoff, classify
 from workers.state import STATE, Task, WorkerState
-from workers.writer import Rejected, write_events
+from workers.writer import Rejected, write_events, write_json_events
 
 logger = logging.getLogger("auditq.worker")
 
@@ -50,6 +55,56 @@ JOB_BUDGET_SHARE = 0.9  # of arq's job_timeout: the whole job ends (or retries) 
 WRITE_BUDGET_SHARE = 0.8  # of arq's job_timeout: the write, inside the job's budget
 
 _batch_decoder = msgspec.json.Decoder(list[AuditEvent] | AuditEvent)
+T = TypeVar("T")
+
+
+class _Code(msgspec.Struct):
+    code: str
+
+
+class _Completed(msgspec.Struct):
+    """What the worker still reads of an event its producer completed and checked: that it
+    is complete, and its ts (the future bound is this worker's clock's)."""
+
+    id: uuid.UUID
+    ts: Annotated[datetime, msgspec.Meta(tz=True)]
+    category: str
+    presentation: _Code
+
+
+class _Subject(msgspec.Struct):
+    id: str
+    type: str | None = None
+
+
+class _CompletedOfSubjects(_Completed):
+    """The same and whose event it is, once a subject was erased (workers/erased.py)."""
+
+    actor: _Subject | None = None
+    entity: _Subject | None = None
+
+
+_completed_decoder = msgspec.json.Decoder(list[_Completed])
+_raw_decoder = msgspec.json.Decoder(list[msgspec.Raw])
+# In JSON text without a backslash every quote delimits a string: what is outside the strings
+# is every other piece between quotes. Of that only the brackets count, arrays as objects
+# (that they pair up is the decoder's to check).
+_NOT_BRACKETS = bytes(c for c in range(256) if c not in b"{}[]")
+_AS_BRACES = bytes.maketrans(b"[]", b"{}")
+
+
+def _nests_at_most(data: bytes, levels: int) -> bool:
+    """Tell whether JSON text without a backslash nests at most `levels` deep."""
+    text = b"".join(data.split(b'"')[::2]).translate(_AS_BRACES, _NOT_BRACKETS)
+    for _ in range(levels):  # each pass takes the innermost level away
+        if not text:
+            return True
+        text = text.replace(b"{}", b"")
+    return not text
+
+
+_subjects_decoder = msgspec.json.Decoder(list[_CompletedOfSubjects])
+_FALL_BACK = object()  # the job's events go the way of a foreign producer's
 
 
 def _parse(
@@ -202,6 +257,10 @@ async def _store_events(
             state, task, payload, 0, "InvalidEncoding", "payload is not valid UTF-8", "invalid"
         )
         return {"stored": 0, "rejected": 1}
+    if finalized:
+        done = await _store_completed(state, task, payload, started, started_ms)
+        if done is not None:
+            return done
     try:
         events, invalid = _parse(payload, task, state, finalized)
     except InvalidEvent as exc:
@@ -215,7 +274,14 @@ async def _store_events(
         await erased.refresh(state.redis, state.pool, state.settings.queue)
         events = erased.apply(events)
     if events:
-        result = await _write(state, task, events)
+        batch = events
+
+        async def write(conn: asyncpg.Connection) -> Any:
+            return await write_events(conn, batch, keyed=task.keyed, received_via=task.received_via)
+
+        result = await _write(
+            state, task, write, lambda: [msgspec.to_builtins(e) for e in batch], len(batch)
+        )
         if result is None:  # the retry policy gave up: the whole batch is dead-lettered
             return {"stored": 0, "rejected": len(events) + len(invalid)}
         inserted, refused = result.inserted, result.rejected
@@ -236,19 +302,11 @@ async def _store_events(
         )
     stored = len(events) - len(refused)
     state.events_stored += stored
-    await _record_stored(state, task, stored, started_ms, inserted, complete=not rejected)
+    live = live_entry(inserted) if inserted else None
+    await _record_stored(state, task, stored, started_ms, live, complete=not rejected)
     if logger.isEnabledFor(logging.DEBUG):
         bad = {id(r.event) for r in refused}
-        for event in events:
-            if id(event) not in bad:
-                entity = event.entity
-                logger.debug(
-                    "%s %s %s:%s",
-                    SUCCESS_PREFIX,
-                    event.action,
-                    entity.type if entity else None,
-                    entity.id if entity else None,
-                )
+        _log_stored(msgspec.to_builtins(e) for e in events if id(e) not in bad)
     logger.info(
         "[AuditLogWorker] task %s: %d events stored (%d new), %d rejected in %.1f ms",
         task.id,
@@ -262,12 +320,109 @@ async def _store_events(
     return {"stored": stored, "rejected": len(rejected)}
 
 
+def _log_stored(events: Iterable[dict[str, Any]]) -> None:
+    for event in events:
+        entity = event.get("entity") or {}
+        logger.debug(
+            "%s %s %s:%s", SUCCESS_PREFIX, event["action"], entity.get("type"), entity.get("id")
+        )
+
+
+async def _completed_items(state: WorkerState, payload: str) -> Sequence[_Completed] | None:
+    """The events of a job their producer completed and checked (auditq's client and API), as
+    far as the worker still reads them; None when the job must go the way of a foreign
+    producer's (_parse), which checks and isolates each event.
+
+    What is checked here, once for the whole text: no string could need redaction by this
+    worker's rules (the one pre-check of service/redaction.py; the text has no escapes, so
+    its strings are as they are read), nothing nests too deep, no event is over the size
+    limit, each is complete, no ts is ahead of this worker's clock, and no erased subject's
+    event is in it. PostgreSQL checks the types. What it does not check (the wire format's
+    patterns and lengths) the producer did: auditq's client and API validate every event."""
+    settings = state.settings
+    data = payload.encode()
+    if b"\\" in data or may_hold_secret_json_text(data, settings.redact_extra_keys):
+        return None
+    # The array and an event are two levels: metadata, changes and params nest less than
+    # MAX_NESTING inside (a deeper one is judged event by event).
+    if not _nests_at_most(data, MAX_NESTING):
+        return None
+    if len(data) > settings.max_event_bytes:  # else each event is within the limit too
+        try:
+            if any(len(e) > settings.max_event_bytes for e in _raw_decoder.decode(data)):
+                return None
+        except (msgspec.ValidationError, msgspec.DecodeError, RecursionError):
+            return None
+    erased = state.erased
+    if erased is not None:
+        await erased.refresh(state.redis, state.pool, settings.queue)
+    subjects = erased is not None and bool(erased.pseudonyms)
+    try:
+        items = (_subjects_decoder if subjects else _completed_decoder).decode(payload)
+    except (msgspec.ValidationError, msgspec.DecodeError, RecursionError):
+        return None
+    latest = datetime.now(UTC).timestamp() + settings.max_future_s
+    if not items or any(i.ts in PG_INFINITIES or i.ts.timestamp() > latest for i in items):
+        return None
+    if subjects and erased is not None and erased.touches(items):
+        return None
+    return items
+
+
+async def _store_completed(
+    state: WorkerState, task: Task, payload: str, started: float, started_ms: int
+) -> dict[str, Any] | None:
+    """Store a job of completed events as PostgreSQL reads them from the job's text, in one
+    statement; None when it must go the per-event way (_completed_items, or a refused row)."""
+    items = await _completed_items(state, payload)
+    if items is None:
+        return None
+
+    async def write(conn: asyncpg.Connection) -> Any:
+        try:
+            return await write_json_events(
+                conn, payload, keyed=task.keyed, received_via=task.received_via
+            )
+        except asyncpg.PostgresError as exc:
+            if classify(exc) is not Failure.DATA:
+                raise
+            # One of them is refused: the per-event path finds it and stores the others.
+            logger.info(
+                "[AuditLogWorker] task %s: a row was refused (%s: %s); its events are "
+                "checked one by one",
+                task.id,
+                type(exc).__name__,
+                redact_sensitive_in_string(str(exc), state.settings.redact_extra_keys),
+            )
+            return _FALL_BACK
+
+    result = await _write(state, task, write, lambda: decode_json(payload), len(items))
+    if result is None:  # the retry policy gave up: the whole batch is dead-lettered
+        return {"stored": 0, "rejected": len(items)}
+    if result is _FALL_BACK:
+        return None
+    new, live = result
+    stored = len(items)
+    if logger.isEnabledFor(logging.DEBUG):
+        _log_stored(decode_json(payload))
+    state.events_stored += stored
+    await _record_stored(state, task, stored, started_ms, live, complete=True)
+    logger.info(
+        "[AuditLogWorker] task %s: %d events stored (%d new), 0 rejected in %.1f ms",
+        task.id,
+        stored,
+        new,
+        (time.perf_counter() - started) * 1000,
+    )
+    return {"stored": stored, "rejected": 0}
+
+
 async def _record_stored(
     state: WorkerState,
     task: Task,
     stored: int,
     started_ms: int,
-    inserted: list[tuple[int, datetime]],
+    live: dict[str, bytes] | None,
     *,
     complete: bool,
 ) -> None:
@@ -293,9 +448,8 @@ async def _record_stored(
                     "finished_at_ms": now_ms,
                 }
                 pipe.xadd(complete_key(queue), fields, maxlen=COMPLETE_MAXLEN, approximate=True)
-            if inserted:
-                entry = live_entry(inserted)
-                pipe.xadd(live_key(queue), entry, maxlen=LIVE_MAXLEN, approximate=True)
+            if live is not None:  # which rows are new (service/live.py)
+                pipe.xadd(live_key(queue), live, maxlen=LIVE_MAXLEN, approximate=True)
             await pipe.execute()
     except Exception as exc:  # bookkeeping must never fail a task whose events are stored
         logger.warning("task %s: stats not recorded: %s: %s", task.id, type(exc).__name__, exc)
@@ -303,16 +457,20 @@ async def _record_stored(
         state.tasks_complete += 1
 
 
-async def _write(state: WorkerState, task: Task, events: list[AuditEvent]) -> Any:
-    """Write the batch under the retry policy; None when it was dead-lettered."""
+async def _write(
+    state: WorkerState,
+    task: Task,
+    write: Callable[[asyncpg.Connection], Awaitable[T]],
+    letter: Callable[[], Any],
+    event_count: int,
+) -> T | None:
+    """Write under the retry policy; None when the events (`letter()`) were dead-lettered."""
     if state.breaker.is_open:
         raise Retry(defer=DEFER_WHILE_OPEN)
     try:
         async with asyncio.timeout(state.settings.job_timeout_s * WRITE_BUDGET_SHARE):
             async with state.pool.acquire() as conn:
-                result = await write_events(
-                    conn, events, keyed=task.keyed, received_via=task.received_via
-                )
+                result = await write(conn)
     except Exception as exc:
         failure = classify(exc)
         if failure is Failure.INFRASTRUCTURE:
@@ -332,9 +490,8 @@ async def _write(state: WorkerState, task: Task, events: list[AuditEvent]) -> An
                 delay,
             )
             raise Retry(defer=delay) from exc
-        payload = [msgspec.to_builtins(e) for e in events]
         await _dead_letter(
-            state, task, payload, len(events), type(exc).__name__, message, "unknown", attempts
+            state, task, letter(), event_count, type(exc).__name__, message, "unknown", attempts
         )
         return None
     if task.job_try > 1:

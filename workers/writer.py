@@ -11,6 +11,7 @@ import asyncpg
 import msgspec
 
 from service.events import AuditEvent
+from service.live import live_entry_of_ranges
 from service.redaction import redact_sensitive_in_string
 from workers.retry import Failure, classify
 
@@ -52,6 +53,53 @@ RETURNING seq, ts
 # index for the id (a sixth of the statement's cost with 8 partitions, more with each month).
 INSERT_KEYED_EVENTS = _INSERT_FROM_ARRAYS + "ON CONFLICT (id, ts) DO NOTHING\nRETURNING seq, ts\n"
 N_COLUMNS = 25
+
+# The same rows built by PostgreSQL from the job's JSON text itself (events its producer
+# completed and checked: service/producer), in one parameter: the worker neither decodes the
+# events into objects nor encodes 25 arrays. The defaults the encoding omits are filled as
+# the events' own ones (service/events.py); `presentation` as _columns stores it.
+_INSERT_FROM_JSON = """
+INSERT INTO audit_log (
+    id, ts, action, category, severity, outcome,
+    actor_id, actor_type, actor_name, actor_email,
+    entity_type, entity_id, entity_name, tenant,
+    request_id, ip, user_agent, method, path, status, duration_ms,
+    changes, metadata, presentation, source, received_via)
+SELECT u.id, u.ts, u.action, u.category, coalesce(u.severity, 'info'),
+       coalesce(u.outcome, 'success'),
+       u.actor ->> 'id', u.actor ->> 'type', u.actor ->> 'name', u.actor ->> 'email',
+       u.entity ->> 'type', u.entity ->> 'id', u.entity ->> 'name', u.tenant,
+       u.request ->> 'id', (u.request ->> 'ip')::inet, u.request ->> 'user_agent',
+       u.request ->> 'method', u.request ->> 'path', (u.request ->> 'status')::int,
+       (u.request ->> 'duration_ms')::float8,
+       u.changes, u.metadata,
+       jsonb_build_object('code', u.presentation ->> 'code',
+                          'params', coalesce(u.presentation -> 'params', '{}'::jsonb)),
+       u.source, $2::text
+FROM jsonb_to_recordset($1::text::jsonb) AS u(
+    id uuid, ts timestamptz, action text, category text, severity text, outcome text,
+    actor jsonb, entity jsonb, tenant text, request jsonb,
+    changes jsonb, metadata jsonb, presentation jsonb, source text)
+"""
+# Which rows are new, as the live stream's entry holds them (service/live.py): seq ranges in
+# PostgreSQL's own multirange text, and the span of their ts.
+_KEYS_OF_NEW_ROWS = """
+SELECT count(*), range_agg(int8range(seq, seq, '[]'))::text, min(ts), max(ts) FROM new_rows
+"""
+INSERT_JSON_EVENTS = (
+    "WITH new_rows AS ("
+    + _INSERT_FROM_JSON
+    + """WHERE NOT EXISTS (SELECT FROM audit_log a WHERE a.id = u.id)
+ON CONFLICT (id, ts) DO NOTHING
+RETURNING seq, ts)"""
+    + _KEYS_OF_NEW_ROWS
+)
+INSERT_KEYED_JSON_EVENTS = (
+    "WITH new_rows AS ("
+    + _INSERT_FROM_JSON
+    + "ON CONFLICT (id, ts) DO NOTHING\nRETURNING seq, ts)"
+    + _KEYS_OF_NEW_ROWS
+)
 # The id probe of INSERT_EVENTS sees only committed rows: two deliveries of one id with two
 # ts, written at once, would both find nothing. So writes that probe take this lock alone, and
 # keyed writes (which cannot race that way among themselves) share it: a probing write runs
@@ -168,3 +216,22 @@ async def _write(
         await _write(conn, batch[middle:], result, keyed=keyed, via=via)
         return
     result.inserted.extend((row["seq"], row["ts"]) for row in rows)
+
+
+async def write_json_events(
+    conn: asyncpg.Connection, payload: str, *, received_via: str, keyed: bool = False
+) -> tuple[int, dict[str, bytes] | None]:
+    """Store the events of a JSON array its producer completed and checked, in one statement;
+    return how many rows are new and their live stream entry (service/live.py; None for none).
+
+    Raises what PostgreSQL raises, a data error included: nothing is stored then, and the
+    caller stores the events one by one instead (write_events), which isolates the bad ones.
+    """
+    async with conn.transaction():
+        await conn.execute(LOCK_SHARED if keyed else LOCK_ALONE, DEDUPE_LOCK)
+        row = await conn.fetchrow(
+            INSERT_KEYED_JSON_EVENTS if keyed else INSERT_JSON_EVENTS, payload, received_via
+        )
+    assert row is not None
+    new = int(row[0])
+    return new, live_entry_of_ranges(row[1], row[2], row[3]) if new else None

@@ -56,4 +56,3 @@ async def test_stored_events_leave_no_trace_in_redis(
     assert grown <= BYTES_PER_EVENT * EVENTS, f"{grown / EVENTS:.0f} B per stored event"
     kept = await redis_as_text(redis)
     assert not [i for i in ids[::997] if i in kept]  # no event, not even its id
-
