@@ -41,12 +41,15 @@ def headline(raw: dict[str, Any]) -> dict[str, Any]:
     out: dict[str, Any] = {
         "throughput_eps": throughput,
         "auditq_best_eps": auditq,
-        "ratios": {
-            "auditq_vs_testplanit": auditq / throughput["testplanit"],
-            "auditq_vs_arq_per_event": auditq / throughput["arq_per_event"],
-            "auditq_vs_copy_ceiling": auditq / throughput["copy_ceiling"],
-            "auditq_vs_redis_enqueue_ceiling_batched": auditq
-            / throughput["redis_enqueue_ceiling_batched"],
+        "ratios": {  # of the baselines this run measured (--systems may leave some out)
+            f"auditq_vs_{name}": auditq / throughput[name]
+            for name in (
+                "testplanit",
+                "arq_per_event",
+                "copy_ceiling",
+                "redis_enqueue_ceiling_batched",
+            )
+            if name in throughput
         },
         "capture_p99_ms": {n: r["capture_ms"]["p99"] for n, r in write.items()},
         "capture_p99_ms_at_2000": {n: r["capture_ms_at_2000"]["p99"] for n, r in write.items()},

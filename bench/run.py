@@ -103,7 +103,7 @@ def cli() -> None:
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
     raw = asyncio.run(main(args))
-    if {"write", "ceilings"} <= raw.keys():
+    if {"write", "ceilings"} <= raw.keys() and not args.systems:  # a whole run: the report
         write_results(raw, args.out)
         print((args.out / "latest.md").read_text())
     else:
