@@ -22,6 +22,7 @@ import argparse
 import asyncio
 import contextlib
 import dataclasses
+import gc
 import importlib
 import json
 import logging
@@ -187,31 +188,26 @@ async def nowait_us(sides: list[Side], batches: dict[str, list[AuditEvent]]) -> 
     pre-check: the calls alone, buffered and never sent, every variant timed in turn, a
     slice of calls at a time, so that all four meet the same moments of the machine's load."""
     variants = [(side, bare) for side in sides for bare in (False, True)]
-    clients = {
-        id(variant): variant[0].client.AuditClient.from_url(
-            DEAD_REDIS, queue="bench-cpu", buffer_max_events=len(batches[variant[0].name]) + 1
-        )
-        for variant in variants
-    }
-    spent = dict.fromkeys(clients, 0.0)
+    clients = [
+        side.client.AuditClient.from_url(DEAD_REDIS, queue="bench-cpu") for side, _ in variants
+    ]
+    spent = [0.0] * len(variants)
     count = len(next(iter(batches.values())))
     for turn, start in enumerate(range(0, count, NOWAIT_SLICE)):
-        shift = turn % len(variants)
-        for variant in variants[shift:] + variants[:shift]:
-            side, bare = variant
-            client = clients[id(variant)]
+        for shifted in range(len(variants)):
+            index = (turn + shifted) % len(variants)
+            side, bare = variants[index]
+            client = clients[index]
             batch = batches[side.name][start : start + NOWAIT_SLICE]
             with without_redaction(side.events) if bare else contextlib.nullcontext():
                 began = time.process_time()
                 for event in batch:
                     client.capture_nowait(event)
-                spent[id(variant)] += time.process_time() - began
-    for variant in variants:
-        side, bare = variant
-        client = clients[id(variant)]
-        client._buffer.clear()
+                spent[index] += time.process_time() - began
+            client._buffer.clear()  # as the sender would: a growing heap is the GC's work
+    for (side, bare), client, seconds in zip(variants, clients, spent, strict=True):
         await client.aclose(timeout_s=0.01)
-        side.record("nowait_bare" if bare else "nowait", spent[id(variant)] / count * 1e6)
+        side.record("nowait_bare" if bare else "nowait", seconds / count * 1e6)
 
 
 async def capture_us(side: Side, batch: list[AuditEvent], redis_url: str, callers: int) -> float:
@@ -268,6 +264,8 @@ def compare(args: argparse.Namespace) -> None:
             side.name: [audit_event("cpu", i, side.events) for i in range(args.events)]
             for side in sides
         }
+        gc.collect()
+        gc.freeze()  # the batches stay to the end: no collection need walk them
         for index in range(args.rounds):
             asyncio.run(nowait_us(sides, batches))
             # Alternate who goes first, so neither always meets the same moment of the load.

@@ -6,7 +6,6 @@ import functools
 import hashlib
 import ipaddress
 import uuid
-from collections.abc import Iterable
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 

@@ -260,7 +260,7 @@ class AuditClient(SpoolReplay):
                 raise ClientClosed("the audit client is closed")
             data, done = self._prepare(event, context)
             item: Item = (data, done, None)
-            loop = self._bind()
+            loop = self._loop or self._bind()
             if loop is None:
                 raise RuntimeError("the audit client has no event loop yet: use it from async code")
             if _running_loop() is loop:
@@ -319,7 +319,7 @@ class AuditClient(SpoolReplay):
 
     async def _submit(self, data: bytes, event: AuditEvent) -> None:
         """Buffer an event on the client's loop and wait (bounded) until its batch is sent."""
-        loop = self._bind()
+        loop = self._loop or self._bind()
         if loop is None or _running_loop() is loop:
             await self._enqueue_and_wait(data, event, self._capture_timeout)
             return
@@ -345,29 +345,40 @@ class AuditClient(SpoolReplay):
         """Wait up to `bound` for the event's batch, then tell: sent, not sent, or unknown."""
         if self._closing:
             raise ClientClosed("the audit client is closed")
-        sent: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        sent: asyncio.Future[None] = loop.create_future()
         item: Item = (data, event, sent)
         self._push(item)
+        # The bound is a timer that answers through the future (_expire), not asyncio.timeout:
+        # a third of its cost, on every capture.
+        timer = loop.call_at(loop.time() + bound, self._expire, item)
         try:
-            async with asyncio.timeout(bound):
-                await sent
-        except TimeoutError:
-            if sent.done() and not sent.cancelled():
-                return sent.result()  # answered just as the bound passed
-            if self._discard(item):
-                raise TimeoutError(f"not enqueued within {self._capture_timeout} s") from None
-            # A batch took it: on the wire (Redis may have run the script and not answered
-            # yet) or being spooled. "Failed" would make a caller that retries with a new
-            # event store it twice.
-            raise DeliveryUncertain(
-                f"event {event.id} was handed to Redis and not confirmed within "
-                f"{self._capture_timeout} s; it may still be stored: resend it with the same "
-                "id, never as a new event"
-            ) from None
+            await sent
         except asyncio.CancelledError:
             # The caller was cancelled: an event it did not see accepted must not be sent.
             self._discard(item)
             raise
+        finally:
+            timer.cancel()
+
+    def _expire(self, item: Item) -> None:
+        """A capture's bound passed: tell it whether its event was not sent, or maybe sent."""
+        sent = item[2]
+        if sent is None or sent.done():
+            return  # answered just as the bound passed
+        if self._discard(item):
+            sent.set_exception(TimeoutError(f"not enqueued within {self._capture_timeout} s"))
+            return
+        # A batch took it: on the wire (Redis may have run the script and not answered yet)
+        # or being spooled. "Failed" would make a caller that retries with a new event store
+        # it twice.
+        sent.set_exception(
+            DeliveryUncertain(
+                f"event {item[1].id} was handed to Redis and not confirmed within "
+                f"{self._capture_timeout} s; it may still be stored: resend it with the same "
+                "id, never as a new event"
+            )
+        )
 
     def _push_nowait(self, item: Item) -> None:
         try:
@@ -378,16 +389,20 @@ class AuditClient(SpoolReplay):
             self._fail(item[1], exc, None)
 
     def _push(self, item: Item) -> None:
-        if len(self._buffer) >= self._buffer_max:
+        buffer = self._buffer
+        if len(buffer) >= self._buffer_max:
             raise BufferFull(f"the buffer holds {self._buffer_max} events, its limit")
-        self._buffer.append(item)
+        buffer.append(item)
         if item[2] is not None:
             self._waiting += 1
-        self._ensure_sender()
+        sender = self._sender
+        if sender is None or sender.done():
+            self._ensure_sender()
         if self._spool is not None:
             self._ensure_replayer()
-        self._pending.set()
-        if self._is_urgent():
+        if not self._pending.is_set():
+            self._pending.set()
+        if self._is_urgent() and not self._urgent.is_set():
             self._urgent.set()
 
     def _discard(self, item: Item) -> bool:
