@@ -178,6 +178,11 @@ def _nesting_exceeds(value: object, limit: int) -> bool:
     """Tell whether lists/objects nest deeper than `limit` (walked without recursion)."""
     if not isinstance(value, _CONTAINERS):
         return False
+    for child in value.values() if isinstance(value, dict) else value:
+        if isinstance(child, _CONTAINERS):
+            break
+    else:
+        return limit <= 0  # flat, as most are: nothing to walk
     stack: list[tuple[Any, int]] = [(value, 0)]
     while stack:
         item, depth = stack.pop()
@@ -191,17 +196,21 @@ def _nesting_exceeds(value: object, limit: int) -> bool:
 
 
 def _check_nesting(event: AuditEvent) -> None:
+    # Each value is looked at here first: most are scalars or None, and need no walk.
     limit = MAX_NESTING + 1
     name: str | None = None
-    if _nesting_exceeds(event.metadata, limit):
+    metadata = event.metadata
+    presentation = event.presentation
+    if isinstance(metadata, _CONTAINERS) and _nesting_exceeds(metadata, limit):
         name = "metadata"
-    elif event.presentation is not None and _nesting_exceeds(event.presentation.params, limit):
+    elif presentation is not None and _nesting_exceeds(presentation.params, limit):
         name = "presentation.params"
-    else:
-        for index, change in enumerate(event.changes or ()):
-            if _nesting_exceeds(change.old, limit):
+    elif event.changes:
+        for index, change in enumerate(event.changes):
+            old, new = change.old, change.new
+            if isinstance(old, _CONTAINERS) and _nesting_exceeds(old, limit):
                 name = f"changes[{index}].old"
-            elif _nesting_exceeds(change.new, limit):
+            elif isinstance(new, _CONTAINERS) and _nesting_exceeds(new, limit):
                 name = f"changes[{index}].new"
             else:
                 continue
