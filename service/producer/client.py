@@ -151,6 +151,9 @@ class AuditClient(SpoolReplay):
         self._sender: asyncio.Task[None] | None = None
         self._buffer: collections.deque[Item] = collections.deque()
         self._waiting = 0  # buffered items with a capture awaiting them
+        # (deadline, item) of the captures awaiting on the client's loop, in deadline order.
+        self._deadlines: collections.deque[tuple[float, Item]] = collections.deque()
+        self._watchdog: asyncio.TimerHandle | None = None  # at the first deadline
         self._pending = asyncio.Event()  # the buffer has items (or the client is closing)
         self._urgent = asyncio.Event()  # send now: a capture waits, a batch is full, or closing
         self._closing = False
@@ -246,7 +249,11 @@ class AuditClient(SpoolReplay):
             self._fail(event, exc, context)
             return None
         try:
-            await self._submit(data, done)
+            loop = self._loop or self._bind()
+            if loop is None or _running_loop() is loop:
+                await self._enqueue_and_wait(data, done)
+            else:
+                await self._submit_to(loop, data, done)
         except Exception as exc:
             self._fail(done, exc, context)
             return None
@@ -317,12 +324,11 @@ class AuditClient(SpoolReplay):
                 self._loop = _running_loop()
             return self._loop
 
-    async def _submit(self, data: bytes, event: AuditEvent) -> None:
-        """Buffer an event on the client's loop and wait (bounded) until its batch is sent."""
-        loop = self._loop or self._bind()
-        if loop is None or _running_loop() is loop:
-            await self._enqueue_and_wait(data, event, self._capture_timeout)
-            return
+    async def _submit_to(
+        self, loop: asyncio.AbstractEventLoop, data: bytes, event: AuditEvent
+    ) -> None:
+        """Buffer an event on the client's loop, another thread's, and wait (bounded) until
+        its batch is sent."""
         if not loop.is_running():
             raise RuntimeError("the audit client's event loop is not running")
         # Another thread's loop: the buffer and connections belong to the client's loop, which
@@ -341,17 +347,28 @@ class AuditClient(SpoolReplay):
                 f"{self._capture_timeout} s; it may still be stored"
             ) from None
 
-    async def _enqueue_and_wait(self, data: bytes, event: AuditEvent, bound: float) -> None:
-        """Wait up to `bound` for the event's batch, then tell: sent, not sent, or unknown."""
+    async def _enqueue_and_wait(
+        self, data: bytes, event: AuditEvent, bound: float | None = None
+    ) -> None:
+        """Wait up to `bound` (the capture bound by default) for the event's batch, then
+        tell: sent, not sent, or unknown."""
         if self._closing:
             raise ClientClosed("the audit client is closed")
         loop = asyncio.get_running_loop()
         sent: asyncio.Future[None] = loop.create_future()
         item: Item = (data, event, sent)
         self._push(item)
-        # The bound is a timer that answers through the future (_expire), not asyncio.timeout:
-        # a third of its cost, on every capture.
-        timer = loop.call_at(loop.time() + bound, self._expire, item)
+        # The bound answers through the future (_expire), not with asyncio.timeout (a fifth
+        # of a capture's CPU). Captures on the client's loop share one bound, so their
+        # deadlines come in order: one timer watches them all (_expire_due).
+        timer = None
+        if bound is None:
+            deadline = loop.time() + self._capture_timeout
+            self._deadlines.append((deadline, item))
+            if self._watchdog is None:
+                self._watchdog = loop.call_at(deadline, self._expire_due, loop)
+        else:
+            timer = loop.call_at(loop.time() + bound, self._expire, item)
         try:
             await sent
         except asyncio.CancelledError:
@@ -359,7 +376,27 @@ class AuditClient(SpoolReplay):
             self._discard(item)
             raise
         finally:
-            timer.cancel()
+            if timer is not None:
+                timer.cancel()
+
+    def _expire_due(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Expire the captures whose bound passed; watch for the next deadline."""
+        self._watchdog = None
+        deadlines = self._deadlines
+        now = loop.time()
+        while deadlines:
+            deadline, item = deadlines[0]
+            if deadline > now and not _answered(item):
+                self._watchdog = loop.call_at(deadline, self._expire_due, loop)
+                return
+            deadlines.popleft()
+            self._expire(item)
+
+    def _forget_answered(self) -> None:
+        """Drop the deadlines of answered captures (batches are answered in order)."""
+        deadlines = self._deadlines
+        while deadlines and _answered(deadlines[0][1]):
+            deadlines.popleft()
 
     def _expire(self, item: Item) -> None:
         """A capture's bound passed: tell it whether its event was not sent, or maybe sent."""
@@ -504,6 +541,7 @@ class AuditClient(SpoolReplay):
         for _, _, sent in batch:
             if sent is not None and not sent.done():
                 sent.set_result(None)
+        self._forget_answered()
 
     async def _enqueue(self, args: list[bytes | str], *, within_s: float) -> None:
         """Run the enqueue script; with wait_replicas, return only once replicas confirm it."""
@@ -567,6 +605,10 @@ class AuditClient(SpoolReplay):
         self._buffer.clear()
         self._waiting = 0
         self._fail_batch(leftovers, ClientClosed(f"closed before sending, after {timeout_s} s"))
+        self._deadlines.clear()  # every capture has its answer now
+        if self._watchdog is not None:
+            self._watchdog.cancel()
+            self._watchdog = None
         try:
             await self._redis.aclose()
         except Exception as exc:
@@ -606,6 +648,11 @@ def _running_loop() -> asyncio.AbstractEventLoop | None:
         return asyncio.get_running_loop()
     except RuntimeError:
         return None
+
+
+def _answered(item: Item) -> bool:
+    sent = item[2]
+    return sent is None or sent.done()
 
 
 def _log_sender_death(task: asyncio.Task[None]) -> None:
