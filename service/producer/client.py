@@ -68,6 +68,8 @@ logger = logging.getLogger(__name__)
 
 _DEFAULTS = Settings()
 _ACTION = re.compile(ACTION_PATTERN)
+VALID_ACTIONS_KEPT = 4096  # distinct actions remembered as valid
+_valid_actions: set[str] = set()
 
 
 class ClientOptions(TypedDict, total=False):
@@ -296,8 +298,11 @@ class AuditClient(SpoolReplay):
         if not isinstance(event, AuditEvent):
             raise InvalidEvent(f"expected an AuditEvent, not {type(event).__name__}")
         action = event.action
-        if not isinstance(action, str) or len(action) > 128 or not _ACTION.fullmatch(action):
-            raise InvalidEvent(f"`action` must match {ACTION_PATTERN}, not {action!r:.200}")
+        if type(action) is not str or action not in _valid_actions:
+            if not isinstance(action, str) or len(action) > 128 or not _ACTION.fullmatch(action):
+                raise InvalidEvent(f"`action` must match {ACTION_PATTERN}, not {action!r:.200}")
+            if type(action) is str and len(_valid_actions) < VALID_ACTIONS_KEPT:
+                _valid_actions.add(action)  # a service has few actions: each checked once
         try:
             if context is not None:
                 event = with_context(event, context)
