@@ -5,7 +5,6 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Sequence
 from contextvars import ContextVar
-from typing import Any
 
 import msgspec
 
