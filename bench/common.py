@@ -4,9 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib
+import io
 import math
 import os
+import re
 import shutil
+import subprocess
+import sys
+import tarfile
 import tempfile
 import time
 from collections.abc import Iterator, Sequence
@@ -211,3 +217,31 @@ def timer() -> Iterator[list[float]]:
         yield box
     finally:
         box.append(time.perf_counter() - started)
+
+
+BASELINE_PACKAGE = "_baseline_service"  # where load_baseline puts an older `service`
+_IMPORT_RE = re.compile(r"\b(from|import)( +)service\b")
+
+
+def load_baseline(revision: str) -> str:
+    """Import `service` as it was at a git revision, as a package of its own beside today's
+    (so one process can time both, alternately, on the same loaded moment); return its name.
+
+    Its files come from `git archive`, their `service` imports renamed to the package's."""
+    if BASELINE_PACKAGE in sys.modules:
+        return BASELINE_PACKAGE
+    target = Path(tempfile.mkdtemp(prefix="auditq-baseline-"))
+    archive = subprocess.run(
+        ["git", "-C", str(ROOT), "archive", "--format=tar", revision, "service"],
+        check=True,
+        capture_output=True,
+    ).stdout
+    with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
+        tar.extractall(target, filter="data")
+    (target / "service").rename(target / BASELINE_PACKAGE)
+    for path in (target / BASELINE_PACKAGE).rglob("*.py"):
+        text = path.read_text()
+        path.write_text(_IMPORT_RE.sub(rf"\1\2{BASELINE_PACKAGE}", text))
+    sys.path.insert(0, str(target))
+    importlib.import_module(BASELINE_PACKAGE)
+    return BASELINE_PACKAGE

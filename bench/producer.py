@@ -1,44 +1,67 @@
 """A producer process: awaited captures from concurrent tasks, timed one by one.
 
     python -m bench.producer auditq|arq REDIS_URL RUN COUNT CONCURRENCY RATE OUT_JSON [--nowait N]
+    python -m bench.producer compare [--baseline REV] [--events N] [--rounds R] [--redis-url URL]
 
 auditq: `AuditClient.capture` with the client's defaults. arq: one `enqueue_job` per event
 (the one-job-per-event design on arq). RATE 0 runs flat out; otherwise events/s, paced.
 `--nowait N` (auditq) then times N `capture_nowait` calls (the calls alone) and flushes them.
+
+compare: the producer's CPU per event now and at git revision REV (default `main`), loaded
+side by side in this one process (bench/common.py `load_baseline`) and timed alternately,
+round after round, so both see the same load; best round of each, and now / baseline:
+`capture_nowait` µs per call (the calls alone, no context, nothing sent), the same without
+the redaction pre-check (the difference: what redaction adds to a clean event), and awaited
+`capture` CPU µs per event with 64 concurrent callers inside a request's audit context,
+against a Valkey of its own (or URL). CPU is this process's (`time.process_time`).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import dataclasses
+import gc
+import importlib
 import json
+import logging
 import resource
+import shutil
+import statistics
+import sys
+import tempfile
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from datetime import UTC, datetime
+from pathlib import Path
+from types import ModuleType
 from typing import Any
 
-from bench.common import event_fields
-from service.events import Actor, AuditEvent, Change, Entity, RequestInfo
+from bench.common import event_fields, load_baseline
+from service import events as events_module
+from service.events import AuditEvent
 from service.producer.client import AuditClient
 
 NOWAIT_CHUNK = 1000  # calls between two yields to the loop, so the sender can drain the buffer
 
 
-def audit_event(run: str, i: int) -> AuditEvent:
-    """The benchmark event as a service builds one: with the Struct constructors."""
+def audit_event(run: str, i: int, events: ModuleType = events_module) -> AuditEvent:
+    """The benchmark event as a service builds one: with the Struct constructors (of
+    `events`, service.events or a baseline's)."""
     e = event_fields(run, i)
-    return AuditEvent(
+    event: AuditEvent = events.AuditEvent(
         action=e["action"],
-        actor=Actor(**e["actor"]),
-        entity=Entity(**e["entity"]),
+        actor=events.Actor(**e["actor"]),
+        entity=events.Entity(**e["entity"]),
         tenant=e["tenant"],
-        request=RequestInfo(**e["request"]),
-        changes=[Change(**c) for c in e["changes"]],
+        request=events.RequestInfo(**e["request"]),
+        changes=[events.Change(**c) for c in e["changes"]],
         metadata=e["metadata"],
         source=e["source"],
     )
+    return event
 
 
 async def drive(
@@ -117,7 +140,179 @@ def usage() -> dict[str, float]:
     return {"cpu_s": self.ru_utime + self.ru_stime, "peak_rss_kib": self.ru_maxrss}
 
 
+# Comparing the producer's CPU now and at a baseline revision, in one process.
+
+DEAD_REDIS = "redis://127.0.0.1:9/0"  # capture_nowait alone: the sender never gets to run
+
+
+@dataclasses.dataclass
+class Side:
+    """One version of the producer: its events, context and client modules."""
+
+    name: str
+    events: ModuleType
+    context: ModuleType
+    client: ModuleType
+    rounds: dict[str, list[float]] = dataclasses.field(default_factory=dict)
+
+    @classmethod
+    def load(cls, name: str, package: str) -> Side:
+        def module(path: str) -> ModuleType:
+            return importlib.import_module(f"{package}.{path}")
+
+        return cls(name, module("events"), module("producer.context"), module("producer.client"))
+
+    def record(self, figure: str, value: float) -> None:
+        self.rounds.setdefault(figure, []).append(value)
+
+    def best(self, figure: str) -> float:
+        return min(self.rounds[figure])
+
+
+@contextlib.contextmanager
+def without_redaction(events: ModuleType) -> Iterator[None]:
+    """The redaction pre-check of `events` answers "nothing to redact", at no cost."""
+    saved = events.may_hold_secret_json
+    events.may_hold_secret_json = lambda data, extra_keys=frozenset(): False
+    try:
+        yield
+    finally:
+        events.may_hold_secret_json = saved
+
+
+NOWAIT_SLICE = 500  # calls timed at a stretch before the next variant's turn
+
+
+async def nowait_us(sides: list[Side], batches: dict[str, list[AuditEvent]]) -> None:
+    """Record each side's CPU µs of one capture_nowait call, with and without the redaction
+    pre-check: the calls alone, buffered and never sent, every variant timed in turn, a
+    slice of calls at a time, so that all four meet the same moments of the machine's load."""
+    variants = [(side, bare) for side in sides for bare in (False, True)]
+    clients = [
+        side.client.AuditClient.from_url(DEAD_REDIS, queue="bench-cpu") for side, _ in variants
+    ]
+    spent = [0.0] * len(variants)
+    count = len(next(iter(batches.values())))
+    for turn, start in enumerate(range(0, count, NOWAIT_SLICE)):
+        for shifted in range(len(variants)):
+            index = (turn + shifted) % len(variants)
+            side, bare = variants[index]
+            client = clients[index]
+            batch = batches[side.name][start : start + NOWAIT_SLICE]
+            with without_redaction(side.events) if bare else contextlib.nullcontext():
+                began = time.process_time()
+                for event in batch:
+                    client.capture_nowait(event)
+                spent[index] += time.process_time() - began
+            client._buffer.clear()  # as the sender would: a growing heap is the GC's work
+    for (side, bare), client, seconds in zip(variants, clients, spent, strict=True):
+        await client.aclose(timeout_s=0.01)
+        side.record("nowait_bare" if bare else "nowait", seconds / count * 1e6)
+
+
+async def capture_us(side: Side, batch: list[AuditEvent], redis_url: str, callers: int) -> float:
+    """CPU µs per event of awaited captures from `callers` concurrent tasks, each inside a
+    request's audit context (the merge runs), sent to Redis and confirmed."""
+    client = side.client.AuditClient.from_url(redis_url, queue=f"bench-cpu-{side.name}")
+    context = side.context.AuditContext(
+        request_id="req-ctx",
+        ip="198.51.100.4",
+        user_agent="bench/ctx",
+        method="GET",
+        path="/ctx",
+        actor=side.events.Actor(id="ctx-user", type="user"),
+    )
+    position = 0
+    failed = 0
+
+    async def caller() -> None:
+        nonlocal position, failed
+        side.context.audit_context.set(context)
+        while position < len(batch):
+            event = batch[position]
+            position += 1
+            if await client.capture(event) is None:
+                failed += 1
+
+    for _ in range(2):  # the first pass connects and loads the script: not timed
+        position = 0
+        started = time.process_time()
+        await asyncio.gather(*(caller() for _ in range(callers)))
+        spent = time.process_time() - started
+    await client.aclose()
+    if failed:
+        raise RuntimeError(f"{side.name}: {failed} captures failed")
+    return spent / len(batch) * 1e6
+
+
+def compare(args: argparse.Namespace) -> None:
+    logging.getLogger("auditq").setLevel(logging.CRITICAL)  # the never-sent events' lines
+    baseline = Side.load(f"baseline {args.baseline}", load_baseline(args.baseline))
+    now = Side.load("now", "service")
+    stack_dir: Path | None = None
+    redis_url = args.redis_url
+    if redis_url is None:
+        from service.cli.embedded import EmbeddedValkey
+
+        stack_dir = Path(tempfile.mkdtemp(prefix="auditq-bench-cpu-"))
+        valkey = EmbeddedValkey(stack_dir / "valkey")
+        valkey.start()
+        redis_url = valkey.url
+    try:
+        sides = [baseline, now]
+        batches = {
+            side.name: [audit_event("cpu", i, side.events) for i in range(args.events)]
+            for side in sides
+        }
+        gc.collect()
+        gc.freeze()  # the batches stay to the end: no collection need walk them
+        for index in range(args.rounds):
+            asyncio.run(nowait_us(sides, batches))
+            # Alternate who goes first, so neither always meets the same moment of the load.
+            for side in sides if index % 2 == 0 else sides[::-1]:
+                batch = batches[side.name]
+                side.record("capture", asyncio.run(capture_us(side, batch, redis_url, 64)))
+    finally:
+        if stack_dir is not None:
+            with contextlib.suppress(Exception):
+                valkey.stop()
+            shutil.rmtree(stack_dir, ignore_errors=True)
+    print(f"best of {args.rounds} rounds of {args.events} events, CPU µs; now / baseline")
+    rows = (
+        ("capture_nowait (µs/call)", "nowait"),
+        ("  without the redaction pre-check", "nowait_bare"),
+        ("capture, 64 callers (µs/event)", "capture"),
+    )
+    print(f"{'':36}{baseline.name:>18}{'now':>10}{'ratio':>8}")
+    for label, figure in rows:
+        old, new = baseline.best(figure), now.best(figure)
+        print(f"{label:36}{old:18.2f}{new:10.2f}{new / old:8.2f}")
+    old = statistics.median(a - b for a, b in _pairs(baseline))
+    new = statistics.median(a - b for a, b in _pairs(now))
+    print(f"{'redaction of a clean event (µs)':36}{old:18.2f}{new:10.2f}   (median of rounds)")
+    if args.json:
+        result = {side.name: side.rounds for side in (baseline, now)}
+        Path(args.json).write_text(json.dumps(result, indent=1))
+
+
+def _pairs(side: Side) -> list[tuple[float, float]]:
+    return list(zip(side.rounds["nowait"], side.rounds["nowait_bare"], strict=True))
+
+
+def compare_main(argv: list[str]) -> None:
+    parser = argparse.ArgumentParser(prog="python -m bench.producer compare")
+    parser.add_argument("--baseline", default="main", help="git revision (default: main)")
+    parser.add_argument("--events", type=int, default=20_000)
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--redis-url", help="default: a Valkey of its own")
+    parser.add_argument("--json", help="write every round's figures here")
+    compare(parser.parse_args(argv))
+
+
 def main() -> None:
+    if sys.argv[1:2] == ["compare"]:
+        compare_main(sys.argv[2:])
+        return
     parser = argparse.ArgumentParser()
     parser.add_argument("system", choices=("auditq", "arq"))
     parser.add_argument("redis_url")

@@ -6,12 +6,11 @@ import functools
 import hashlib
 import ipaddress
 import uuid
-from collections.abc import Iterable
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
 import msgspec
-import uuid_utils.compat
+import uuid_utils
 
 from service.errors import InvalidEvent
 from service.redaction import (
@@ -114,7 +113,38 @@ _any_decoder = msgspec.json.Decoder()
 
 def new_event_id() -> uuid.UUID:
     """Make a UUIDv7: time-ordered, so ids index well."""
-    return uuid_utils.compat.uuid7()
+    return _uuid_from_int(uuid_utils.uuid7().int)
+
+
+def _new_id_and_time() -> tuple[uuid.UUID, datetime]:
+    """A new UUIDv7 and the time it carries (what _uuid7_time reads back from it)."""
+    made = uuid_utils.uuid7()  # the Rust object; uuid_utils.compat's wrapper costs 3 times more
+    ms = made.timestamp
+    last_ms, last_ts = _last_time
+    if ms != last_ms:
+        last_ts = datetime.fromtimestamp(ms / 1000, UTC)
+        _set_last_time((ms, last_ts))  # a busy producer makes many ids a millisecond
+    return _uuid_from_int(made.int), last_ts
+
+
+def _uuid_from_int(value: int) -> uuid.UUID:
+    # As uuid_utils.compat does: the value is a valid UUIDv7 already, so uuid.UUID's own
+    # checks are skipped (they cost more than making the id).
+    made = _new_object(uuid.UUID)
+    _set_attribute(made, "int", value)
+    _set_attribute(made, "is_safe", _SAFE_UNKNOWN)
+    return made
+
+
+_new_object = object.__new__
+_set_attribute = object.__setattr__
+_SAFE_UNKNOWN = uuid.SafeUUID.unknown
+_last_time: tuple[int, datetime] = (-1, datetime.min.replace(tzinfo=UTC))
+
+
+def _set_last_time(value: tuple[int, datetime]) -> None:
+    global _last_time  # one tuple, replaced whole: safe from any thread
+    _last_time = value
 
 
 def derived_event_id(task_id: str, index: int, enqueued_ms: int) -> uuid.UUID:
@@ -141,32 +171,52 @@ def _uuid7_time(event_id: uuid.UUID) -> datetime | None:
         return None
 
 
+_CONTAINERS = (dict, list, tuple)
+
+
 def _nesting_exceeds(value: object, limit: int) -> bool:
     """Tell whether lists/objects nest deeper than `limit` (walked without recursion)."""
-    stack: list[tuple[object, int]] = [(value, 0)]
+    if not isinstance(value, _CONTAINERS):
+        return False
+    for child in value.values() if isinstance(value, dict) else value:
+        if isinstance(child, _CONTAINERS):
+            break
+    else:
+        return limit <= 0  # flat, as most are: nothing to walk
+    stack: list[tuple[Any, int]] = [(value, 0)]
     while stack:
         item, depth = stack.pop()
-        if isinstance(item, dict):
-            children: Iterable[object] = item.values()
-        elif isinstance(item, list | tuple):
-            children = item
-        else:
-            continue
         if depth >= limit:
             return True
-        stack.extend((child, depth + 1) for child in children)
+        # Only containers are kept: most values are scalars, and a scalar nests nothing.
+        for child in item.values() if isinstance(item, dict) else item:
+            if isinstance(child, _CONTAINERS):
+                stack.append((child, depth + 1))
     return False
 
 
 def _check_nesting(event: AuditEvent) -> None:
-    values: list[tuple[str, object]] = [("metadata", event.metadata)]
-    if event.presentation is not None:
-        values.append(("presentation.params", event.presentation.params))
-    for index, change in enumerate(event.changes or ()):
-        values += [(f"changes[{index}].old", change.old), (f"changes[{index}].new", change.new)]
-    for name, value in values:
-        if _nesting_exceeds(value, MAX_NESTING + 1):
-            raise InvalidEvent(f"`{name}` nests deeper than {MAX_NESTING} levels")
+    # Each value is looked at here first: most are scalars or None, and need no walk.
+    limit = MAX_NESTING + 1
+    name: str | None = None
+    metadata = event.metadata
+    presentation = event.presentation
+    if isinstance(metadata, _CONTAINERS) and _nesting_exceeds(metadata, limit):
+        name = "metadata"
+    elif presentation is not None and _nesting_exceeds(presentation.params, limit):
+        name = "presentation.params"
+    elif event.changes:
+        for index, change in enumerate(event.changes):
+            old, new = change.old, change.new
+            if isinstance(old, _CONTAINERS) and _nesting_exceeds(old, limit):
+                name = f"changes[{index}].old"
+            elif isinstance(new, _CONTAINERS) and _nesting_exceeds(new, limit):
+                name = f"changes[{index}].new"
+            else:
+                continue
+            break
+    if name is not None:
+        raise InvalidEvent(f"`{name}` nests deeper than {MAX_NESTING} levels")
 
 
 def finalize(
@@ -182,18 +232,13 @@ def finalize(
     _check_nesting(event)
     category = event.category or event.action.split(".", 1)[0]
     presentation = event.presentation or Presentation(code=f"audit.{event.action}")
-    event_id = event.id or default_id or new_event_id()
-    # A UUIDv7 carries its capture time: using it makes a redelivered event land on the same
-    # (id, ts) key even when its producer sent no ts.
-    try:
-        ts = (event.ts or _uuid7_time(event_id) or default_ts or datetime.now(UTC)).astimezone(UTC)
-    except (OverflowError, ValueError):  # year 1 or 9999 pushed out of range by its offset
-        raise InvalidEvent(f"`ts` {event.ts} is out of range once in UTC") from None
-    if ts in PG_INFINITIES:
-        # asyncpg writes these two instants as PostgreSQL's -infinity / infinity: the stored
-        # event would not be the one sent (and would read back without a time zone).
-        raise InvalidEvent(f"`ts` {ts.isoformat()} is out of range (the first and last instants)")
-    _check_not_ahead(ts, max_future_s)
+    event_id = event.id or default_id
+    if event_id is None and event.ts is None:
+        # The commonest event: id and ts made here, now; a time of this clock is in range.
+        event_id, ts = _new_id_and_time()
+    else:
+        event_id = event_id or new_event_id()
+        ts = _checked_ts(event, event_id, default_ts, max_future_s)
     done = msgspec.structs.replace(
         event,
         id=event_id,
@@ -210,6 +255,23 @@ def finalize(
             f"event is {len(data)} bytes encoded, more than the limit of {max_bytes}"
         )
     return done, data
+
+
+def _checked_ts(
+    event: AuditEvent, event_id: uuid.UUID, default_ts: datetime | None, max_future_s: float
+) -> datetime:
+    # A UUIDv7 carries its capture time: using it makes a redelivered event land on the same
+    # (id, ts) key even when its producer sent no ts.
+    try:
+        ts = (event.ts or _uuid7_time(event_id) or default_ts or datetime.now(UTC)).astimezone(UTC)
+    except (OverflowError, ValueError):  # year 1 or 9999 pushed out of range by its offset
+        raise InvalidEvent(f"`ts` {event.ts} is out of range once in UTC") from None
+    if ts in PG_INFINITIES:
+        # asyncpg writes these two instants as PostgreSQL's -infinity / infinity: the stored
+        # event would not be the one sent (and would read back without a time zone).
+        raise InvalidEvent(f"`ts` {ts.isoformat()} is out of range (the first and last instants)")
+    _check_not_ahead(ts, max_future_s)
+    return ts
 
 
 def _check_not_ahead(ts: datetime, max_future_s: float) -> None:

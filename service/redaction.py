@@ -264,8 +264,12 @@ class _Precheck:
     def __init__(self, extra_keys: frozenset[str]) -> None:
         words = {max(key_words(key) or (_normalize(key),), key=len) for key in extra_keys}
         stems = [*STEMS, *sorted(word for word in words if word)]
-        self.text = ahocorasick_rs.AhoCorasick(stems)
-        self.data = ahocorasick_rs.BytesAhoCorasick([stem.encode() for stem in stems])
+        # Only whether a stem occurs counts, and every match kind finds one when any does;
+        # leftmost-first lets the automaton skip ahead with its prefilter (3 times faster on
+        # an event than the standard kind, which must follow every state).
+        kind = ahocorasick_rs.MatchKind.LeftmostFirst
+        self.text = ahocorasick_rs.AhoCorasick(stems, matchkind=kind)
+        self.data = ahocorasick_rs.BytesAhoCorasick([s.encode() for s in stems], matchkind=kind)
 
 
 _PRECHECK = _Precheck(frozenset())

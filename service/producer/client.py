@@ -68,6 +68,8 @@ logger = logging.getLogger(__name__)
 
 _DEFAULTS = Settings()
 _ACTION = re.compile(ACTION_PATTERN)
+VALID_ACTIONS_KEPT = 4096  # distinct actions remembered as valid
+_valid_actions: set[str] = set()
 
 
 class ClientOptions(TypedDict, total=False):
@@ -151,6 +153,9 @@ class AuditClient(SpoolReplay):
         self._sender: asyncio.Task[None] | None = None
         self._buffer: collections.deque[Item] = collections.deque()
         self._waiting = 0  # buffered items with a capture awaiting them
+        # (deadline, item) of the captures awaiting on the client's loop, in deadline order.
+        self._deadlines: collections.deque[tuple[float, Item]] = collections.deque()
+        self._watchdog: asyncio.TimerHandle | None = None  # at the first deadline
         self._pending = asyncio.Event()  # the buffer has items (or the client is closing)
         self._urgent = asyncio.Event()  # send now: a capture waits, a batch is full, or closing
         self._closing = False
@@ -246,7 +251,11 @@ class AuditClient(SpoolReplay):
             self._fail(event, exc, context)
             return None
         try:
-            await self._submit(data, done)
+            loop = self._loop or self._bind()
+            if loop is None or _running_loop() is loop:
+                await self._enqueue_and_wait(data, done)
+            else:
+                await self._submit_to(loop, data, done)
         except Exception as exc:
             self._fail(done, exc, context)
             return None
@@ -260,7 +269,7 @@ class AuditClient(SpoolReplay):
                 raise ClientClosed("the audit client is closed")
             data, done = self._prepare(event, context)
             item: Item = (data, done, None)
-            loop = self._bind()
+            loop = self._loop or self._bind()
             if loop is None:
                 raise RuntimeError("the audit client has no event loop yet: use it from async code")
             if _running_loop() is loop:
@@ -289,8 +298,11 @@ class AuditClient(SpoolReplay):
         if not isinstance(event, AuditEvent):
             raise InvalidEvent(f"expected an AuditEvent, not {type(event).__name__}")
         action = event.action
-        if not isinstance(action, str) or len(action) > 128 or not _ACTION.fullmatch(action):
-            raise InvalidEvent(f"`action` must match {ACTION_PATTERN}, not {action!r:.200}")
+        if type(action) is not str or action not in _valid_actions:
+            if not isinstance(action, str) or len(action) > 128 or not _ACTION.fullmatch(action):
+                raise InvalidEvent(f"`action` must match {ACTION_PATTERN}, not {action!r:.200}")
+            if type(action) is str and len(_valid_actions) < VALID_ACTIONS_KEPT:
+                _valid_actions.add(action)  # a service has few actions: each checked once
         try:
             if context is not None:
                 event = with_context(event, context)
@@ -317,12 +329,11 @@ class AuditClient(SpoolReplay):
                 self._loop = _running_loop()
             return self._loop
 
-    async def _submit(self, data: bytes, event: AuditEvent) -> None:
-        """Buffer an event on the client's loop and wait (bounded) until its batch is sent."""
-        loop = self._bind()
-        if loop is None or _running_loop() is loop:
-            await self._enqueue_and_wait(data, event, self._capture_timeout)
-            return
+    async def _submit_to(
+        self, loop: asyncio.AbstractEventLoop, data: bytes, event: AuditEvent
+    ) -> None:
+        """Buffer an event on the client's loop, another thread's, and wait (bounded) until
+        its batch is sent."""
         if not loop.is_running():
             raise RuntimeError("the audit client's event loop is not running")
         # Another thread's loop: the buffer and connections belong to the client's loop, which
@@ -341,33 +352,75 @@ class AuditClient(SpoolReplay):
                 f"{self._capture_timeout} s; it may still be stored"
             ) from None
 
-    async def _enqueue_and_wait(self, data: bytes, event: AuditEvent, bound: float) -> None:
-        """Wait up to `bound` for the event's batch, then tell: sent, not sent, or unknown."""
+    async def _enqueue_and_wait(
+        self, data: bytes, event: AuditEvent, bound: float | None = None
+    ) -> None:
+        """Wait up to `bound` (the capture bound by default) for the event's batch, then
+        tell: sent, not sent, or unknown."""
         if self._closing:
             raise ClientClosed("the audit client is closed")
-        sent: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        sent: asyncio.Future[None] = loop.create_future()
         item: Item = (data, event, sent)
         self._push(item)
+        # The bound answers through the future (_expire), not with asyncio.timeout (a fifth
+        # of a capture's CPU). Captures on the client's loop share one bound, so their
+        # deadlines come in order: one timer watches them all (_expire_due).
+        timer = None
+        if bound is None:
+            deadline = loop.time() + self._capture_timeout
+            self._deadlines.append((deadline, item))
+            if self._watchdog is None:
+                self._watchdog = loop.call_at(deadline, self._expire_due, loop)
+        else:
+            timer = loop.call_at(loop.time() + bound, self._expire, item)
         try:
-            async with asyncio.timeout(bound):
-                await sent
-        except TimeoutError:
-            if sent.done() and not sent.cancelled():
-                return sent.result()  # answered just as the bound passed
-            if self._discard(item):
-                raise TimeoutError(f"not enqueued within {self._capture_timeout} s") from None
-            # A batch took it: on the wire (Redis may have run the script and not answered
-            # yet) or being spooled. "Failed" would make a caller that retries with a new
-            # event store it twice.
-            raise DeliveryUncertain(
-                f"event {event.id} was handed to Redis and not confirmed within "
-                f"{self._capture_timeout} s; it may still be stored: resend it with the same "
-                "id, never as a new event"
-            ) from None
+            await sent
         except asyncio.CancelledError:
             # The caller was cancelled: an event it did not see accepted must not be sent.
             self._discard(item)
             raise
+        finally:
+            if timer is not None:
+                timer.cancel()
+
+    def _expire_due(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Expire the captures whose bound passed; watch for the next deadline."""
+        self._watchdog = None
+        deadlines = self._deadlines
+        now = loop.time()
+        while deadlines:
+            deadline, item = deadlines[0]
+            if deadline > now and not _answered(item):
+                self._watchdog = loop.call_at(deadline, self._expire_due, loop)
+                return
+            deadlines.popleft()
+            self._expire(item)
+
+    def _forget_answered(self) -> None:
+        """Drop the deadlines of answered captures (batches are answered in order)."""
+        deadlines = self._deadlines
+        while deadlines and _answered(deadlines[0][1]):
+            deadlines.popleft()
+
+    def _expire(self, item: Item) -> None:
+        """A capture's bound passed: tell it whether its event was not sent, or maybe sent."""
+        sent = item[2]
+        if sent is None or sent.done():
+            return  # answered just as the bound passed
+        if self._discard(item):
+            sent.set_exception(TimeoutError(f"not enqueued within {self._capture_timeout} s"))
+            return
+        # A batch took it: on the wire (Redis may have run the script and not answered yet)
+        # or being spooled. "Failed" would make a caller that retries with a new event store
+        # it twice.
+        sent.set_exception(
+            DeliveryUncertain(
+                f"event {item[1].id} was handed to Redis and not confirmed within "
+                f"{self._capture_timeout} s; it may still be stored: resend it with the same "
+                "id, never as a new event"
+            )
+        )
 
     def _push_nowait(self, item: Item) -> None:
         try:
@@ -378,16 +431,20 @@ class AuditClient(SpoolReplay):
             self._fail(item[1], exc, None)
 
     def _push(self, item: Item) -> None:
-        if len(self._buffer) >= self._buffer_max:
+        buffer = self._buffer
+        if len(buffer) >= self._buffer_max:
             raise BufferFull(f"the buffer holds {self._buffer_max} events, its limit")
-        self._buffer.append(item)
+        buffer.append(item)
         if item[2] is not None:
             self._waiting += 1
-        self._ensure_sender()
+        sender = self._sender
+        if sender is None or sender.done():
+            self._ensure_sender()
         if self._spool is not None:
             self._ensure_replayer()
-        self._pending.set()
-        if self._is_urgent():
+        if not self._pending.is_set():
+            self._pending.set()
+        if self._is_urgent() and not self._urgent.is_set():
             self._urgent.set()
 
     def _discard(self, item: Item) -> bool:
@@ -489,6 +546,7 @@ class AuditClient(SpoolReplay):
         for _, _, sent in batch:
             if sent is not None and not sent.done():
                 sent.set_result(None)
+        self._forget_answered()
 
     async def _enqueue(self, args: list[bytes | str], *, within_s: float) -> None:
         """Run the enqueue script; with wait_replicas, return only once replicas confirm it."""
@@ -552,6 +610,10 @@ class AuditClient(SpoolReplay):
         self._buffer.clear()
         self._waiting = 0
         self._fail_batch(leftovers, ClientClosed(f"closed before sending, after {timeout_s} s"))
+        self._deadlines.clear()  # every capture has its answer now
+        if self._watchdog is not None:
+            self._watchdog.cancel()
+            self._watchdog = None
         try:
             await self._redis.aclose()
         except Exception as exc:
@@ -591,6 +653,11 @@ def _running_loop() -> asyncio.AbstractEventLoop | None:
         return asyncio.get_running_loop()
     except RuntimeError:
         return None
+
+
+def _answered(item: Item) -> bool:
+    sent = item[2]
+    return sent is None or sent.done()
 
 
 def _log_sender_death(task: asyncio.Task[None]) -> None:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Sequence
 from contextvars import ContextVar
-from typing import Any
 
 import msgspec
 
@@ -111,9 +110,10 @@ def clip(value: str | None, limit: int) -> str | None:
 
 def with_context(event: AuditEvent, context: AuditContext) -> AuditEvent:
     """Fill the request and actor an event lacks from the current context."""
-    changes: dict[str, Any] = {}
-    if event.actor is None and context.actor is not None:
-        changes["actor"] = context.actor
+    actor = event.actor
+    if actor is None:
+        actor = context.actor
+    request = event.request
     known = {
         "id": context.request_id,
         "ip": context.ip,
@@ -121,18 +121,18 @@ def with_context(event: AuditEvent, context: AuditContext) -> AuditEvent:
         "method": context.method,
         "path": context.path,
     }
-    request = event.request
     if request is None:
-        if any(value is not None for value in known.values()):
-            changes["request"] = msgspec.structs.replace(
-                RequestInfo(), **{name: value for name, value in known.items() if value is not None}
-            )
+        fill = {name: value for name, value in known.items() if value is not None}
+        if fill:
+            request = msgspec.structs.replace(RequestInfo(), **fill)
     else:
-        missing = {
+        fill = {
             name: value
             for name, value in known.items()
             if value is not None and getattr(request, name, None) is None
         }
-        if missing:
-            changes["request"] = msgspec.structs.replace(request, **missing)
-    return msgspec.structs.replace(event, **changes) if changes else event
+        if fill:
+            request = msgspec.structs.replace(request, **fill)
+    if actor is event.actor and request is event.request:
+        return event
+    return msgspec.structs.replace(event, actor=actor, request=request)
