@@ -450,64 +450,53 @@ CREATE TRIGGER audit_log_queue_rollup
     AFTER INSERT ON audit_log REFERENCING NEW TABLE AS new_rows
     FOR EACH STATEMENT EXECUTE FUNCTION audit_log_queue_rollup();
 
--- Add counts (negative ones take rows out) to the three tables; keys left at 0 are deleted,
--- so an erased actor id leaves the rollup with its last row. Callers hold the rollup lock.
-CREATE OR REPLACE FUNCTION auditq_rollup_add(
-    p_day date[], p_tenant text[], p_actor text[], p_action text[], p_severity text[],
-    p_outcome text[], p_n bigint[]
-) RETURNS void
-LANGUAGE plpgsql SET search_path = public, pg_temp AS $$
-BEGIN
-    INSERT INTO rollup_day AS r (day, action, severity, outcome, n)
-    SELECT day, action, severity, outcome, sum(n)
-    FROM unnest(p_day, p_action, p_severity, p_outcome, p_n) AS u(day, action, severity, outcome, n)
-    GROUP BY 1, 2, 3, 4
-    ON CONFLICT (day, action, severity, outcome) DO UPDATE SET n = r.n + EXCLUDED.n;
-    INSERT INTO rollup_day_tenant AS r (tenant, day, action, severity, outcome, n)
-    SELECT tenant, day, action, severity, outcome, sum(n)
-    FROM unnest(p_tenant, p_day, p_action, p_severity, p_outcome, p_n)
-        AS u(tenant, day, action, severity, outcome, n)
-    WHERE tenant IS NOT NULL
-    GROUP BY 1, 2, 3, 4, 5
-    ON CONFLICT (tenant, day, action, severity, outcome) DO UPDATE SET n = r.n + EXCLUDED.n;
-    INSERT INTO rollup_day_actor AS r (day, actor_id, n)
-    SELECT day, actor_id, sum(n) FROM unnest(p_day, p_actor, p_n) AS u(day, actor_id, n)
-    WHERE actor_id IS NOT NULL
-    GROUP BY 1, 2
-    ON CONFLICT (day, actor_id) DO UPDATE SET n = r.n + EXCLUDED.n;
-    IF EXISTS (SELECT FROM unnest(p_n) AS c WHERE c < 0) THEN
-        DELETE FROM rollup_day WHERE day = ANY(p_day) AND n = 0;
-        DELETE FROM rollup_day_tenant WHERE tenant = ANY(p_tenant) AND day = ANY(p_day) AND n = 0;
-        DELETE FROM rollup_day_actor WHERE day = ANY(p_day) AND n = 0;
-    END IF;
-END;
-$$;
-
--- Take rows out of the rollup (p_sign -1) or put them back (+1), as they are now: the rows
--- of p_seqs that are folded (not pending). Callers hold the rollup lock.
-CREATE OR REPLACE FUNCTION auditq_rollup_rows(p_seqs int8multirange, p_sign integer) RETURNS void
+-- Count the rows of p_seqs that are folded (not pending), as they are now, into the rollup
+-- (p_sign 1) or out of it (-1); keys left at 0 are deleted, so an erased actor id leaves the
+-- rollup with its last row. One pass over the rows, a grouping set per table (GROUPING()
+-- tells them apart). Callers hold the rollup lock.
+CREATE OR REPLACE FUNCTION auditq_rollup_rows(p_seqs int8multirange, p_sign integer)
+RETURNS void
 LANGUAGE plpgsql SET search_path = public, pg_temp AS $$
 DECLARE
-    v_pending  int8multirange := (SELECT coalesce(range_agg(seqs), '{}') FROM rollup_pending);
-    v_day      date[];
-    v_tenant   text[];
-    v_actor    text[];
-    v_action   text[];
-    v_severity text[];
-    v_outcome  text[];
-    v_n        bigint[];
+    v_seqs   int8multirange := p_seqs - (SELECT coalesce(range_agg(seqs), '{}') FROM rollup_pending);
+    v_day    tid[];
+    v_tenant tid[];
+    v_actor  tid[];
 BEGIN
-    SELECT array_agg(day), array_agg(tenant), array_agg(actor_id), array_agg(action),
-           array_agg(severity), array_agg(outcome), array_agg(n * p_sign)
-      INTO v_day, v_tenant, v_actor, v_action, v_severity, v_outcome, v_n
-      FROM (SELECT (a.ts AT TIME ZONE 'UTC')::date AS day, a.tenant, a.actor_id, a.action,
-                   a.severity, a.outcome, count(*) AS n
-            FROM unnest(p_seqs) AS r, audit_log a
-            WHERE a.seq >= lower(r) AND a.seq < upper(r) AND NOT a.seq <@ v_pending
-            GROUP BY 1, 2, 3, 4, 5, 6) s;
-    IF v_n IS NOT NULL THEN
-        PERFORM auditq_rollup_add(v_day, v_tenant, v_actor, v_action, v_severity, v_outcome, v_n);
-    END IF;
+    WITH counted AS MATERIALIZED (
+        SELECT GROUPING(a.tenant, a.actor_id, a.action) AS kind, a.day, a.tenant, a.actor_id,
+               a.action, a.severity, a.outcome, count(*) * p_sign AS n
+        FROM unnest(v_seqs) AS r, LATERAL (  -- OFFSET 0: by the seq index, always
+            SELECT (ts AT TIME ZONE 'UTC')::date AS day, tenant, actor_id, action, severity, outcome
+            FROM audit_log WHERE seq >= lower(r) AND seq < upper(r) OFFSET 0) AS a
+        GROUP BY GROUPING SETS ((a.day, a.action, a.severity, a.outcome),
+                                (a.tenant, a.day, a.action, a.severity, a.outcome),
+                                (a.day, a.actor_id))
+    ), by_day AS (
+        INSERT INTO rollup_day AS r (day, action, severity, outcome, n)
+        SELECT day, action, severity, outcome, n FROM counted WHERE kind = 6
+        ON CONFLICT (day, action, severity, outcome) DO UPDATE SET n = r.n + EXCLUDED.n
+        RETURNING r.ctid, r.n
+    ), by_tenant AS (
+        INSERT INTO rollup_day_tenant AS r (tenant, day, action, severity, outcome, n)
+        SELECT tenant, day, action, severity, outcome, n FROM counted
+        WHERE kind = 2 AND tenant IS NOT NULL
+        ON CONFLICT (tenant, day, action, severity, outcome) DO UPDATE SET n = r.n + EXCLUDED.n
+        RETURNING r.ctid, r.n
+    ), by_actor AS (
+        INSERT INTO rollup_day_actor AS r (day, actor_id, n)
+        SELECT day, actor_id, n FROM counted WHERE kind = 5 AND actor_id IS NOT NULL
+        ON CONFLICT (day, actor_id) DO UPDATE SET n = r.n + EXCLUDED.n
+        RETURNING r.ctid, r.n
+    )
+    SELECT (SELECT array_agg(ctid) FROM by_day WHERE n = 0),
+           (SELECT array_agg(ctid) FROM by_tenant WHERE n = 0),
+           (SELECT array_agg(ctid) FROM by_actor WHERE n = 0)
+      INTO v_day, v_tenant, v_actor;
+    -- The keys counted down to 0 (their rows are gone, or changed to other keys).
+    DELETE FROM rollup_day WHERE ctid = ANY(v_day);
+    DELETE FROM rollup_day_tenant WHERE ctid = ANY(v_tenant);
+    DELETE FROM rollup_day_actor WHERE ctid = ANY(v_actor);
 END;
 $$;
 
@@ -606,8 +595,7 @@ REVOKE ALL ON FUNCTION auditq_ensure_partition(date), auditq_drop_partition(text
     auditq_delete_expired_default_rows(integer),
     auditq_record_action(text, jsonb, int8multirange), audit_log_queue_seal(),
     audit_log_queue_rollup(), auditq_rollup_fold(integer),
-    auditq_rollup_rows(int8multirange, integer),
-    auditq_rollup_add(date[], text[], text[], text[], text[], text[], bigint[])
+    auditq_rollup_rows(int8multirange, integer)
     FROM PUBLIC;
 
 -- The worker: store rows (never choosing their seq), seal them, keep partitions.

@@ -44,8 +44,9 @@ WHERE ((a.ts >= $5 AND a.ts <= $6) OR (a.ts >= $7 AND a.ts <= $8))
   AND {_IN_WINDOW} <> {_ROLLED_DAY} {{tenant}}
 UNION ALL
 SELECT (a.ts AT TIME ZONE 'UTC')::date, a.actor_id, a.action, a.severity, a.outcome, 1::bigint
-FROM rollup_pending p, unnest(p.seqs) AS r, audit_log a
-WHERE a.seq >= lower(r) AND a.seq < upper(r) AND {_ROLLED_SPAN} AND {_ROLLED_DAY} {{tenant}}
+FROM rollup_pending p, unnest(p.seqs) AS r, LATERAL (  -- OFFSET 0: by the seq index, always
+    SELECT * FROM audit_log a WHERE a.seq >= lower(r) AND a.seq < upper(r) OFFSET 0) AS a
+WHERE {_ROLLED_SPAN} AND {_ROLLED_DAY} {{tenant}}
 """
 # The top lists are ranked here, as the live query ordered them (the database's collation).
 _TOTALS = """
