@@ -114,6 +114,9 @@ async def load(stack: Stack, count: int) -> dict[str, Any]:
         folding = time.perf_counter()
         await fold_all(conn)
         fold_s = time.perf_counter() - folding
+        folded = await conn.fetchval("SELECT sum(n) FROM rollup_day")
+        if folded != count:
+            raise RuntimeError(f"the rollup counts {folded} rows, not {count}")
         await conn.execute(
             "VACUUM ANALYZE audit_log, rollup_day, rollup_day_tenant, rollup_day_actor"
         )
