@@ -315,6 +315,8 @@ BEGIN
                    AND inhrelid = to_regclass(p_name)) THEN
         RAISE EXCEPTION 'no partition %', p_name USING ERRCODE = 'undefined_table';
     END IF;
+    -- The rollup loses the rows with them (taken first: the fold reads every partition).
+    PERFORM pg_advisory_xact_lock(1919904876);  -- 'roll': the rollup lock
     SELECT count(*), coalesce(range_agg(int8range(a.seq, a.seq, '[]')), '{}'),
            sha256(coalesce(string_agg(int8send(a.seq) || uuid_send(a.id) || audit_row_digest(a),
                                       ''::bytea ORDER BY a.seq), ''::bytea))
@@ -322,6 +324,7 @@ BEGIN
       FROM audit_log a WHERE a.ts >= v_from AND a.ts < v_to;
     SELECT NOT EXISTS (SELECT FROM seal_pending p WHERE p.kind = 'row' AND p.seqs && v_seqs)
       INTO v_sealed;
+    PERFORM auditq_rollup_rows(v_seqs, -1);
     EXECUTE format('DROP TABLE %I', p_name);
     RETURN auditq_record_action('partition.dropped', jsonb_build_object(
         'partition', p_name, 'from', v_from, 'to', v_to, 'rows', v_rows, 'sealed', v_sealed,
@@ -347,6 +350,7 @@ BEGIN
             USING ERRCODE = 'invalid_parameter_value';
     END IF;
     v_before := now() - make_interval(days => p_retention_days);
+    PERFORM pg_advisory_xact_lock(1919904876);  -- 'roll': the rollup loses the rows with them
     SELECT count(*), coalesce(range_agg(int8range(a.seq, a.seq, '[]')), '{}'),
            sha256(coalesce(string_agg(int8send(a.seq) || uuid_send(a.id) || audit_row_digest(a),
                                       ''::bytea ORDER BY a.seq), ''::bytea))
@@ -357,6 +361,7 @@ BEGIN
     END IF;
     SELECT NOT EXISTS (SELECT FROM seal_pending p WHERE p.kind = 'row' AND p.seqs && v_seqs)
       INTO v_sealed;
+    PERFORM auditq_rollup_rows(v_seqs, -1);
     PERFORM set_config('auditq.retention', 'on', true);
     DELETE FROM audit_log_default WHERE ts < v_before;
     PERFORM set_config('auditq.retention', '', true);
@@ -364,6 +369,163 @@ BEGIN
         'partition', 'audit_log_default', 'before', v_before, 'rows', v_rows,
         'sealed', v_sealed, 'digest', encode(v_digest, 'hex'),
         'retention_days', p_retention_days), v_seqs);
+END;
+$$;
+
+-- ---------------------------------------------------------------------------------------
+-- Statistics rollup (docs/scaling.md, "Statistics"): counts per UTC day of the stored rows,
+-- so the statistics route sums a few thousand rollup rows instead of every row of its window.
+-- Exact under any snapshot: every change of the rows and of the rollup commits together.
+-- A stored row is either still queued in rollup_pending (the API counts it from the row) or
+-- folded into the three tables below, never both; retention and erasure take the rows they
+-- remove or change out of the rollup in their own transaction, under the rollup lock.
+
+-- One entry per inserting statement: the seqs it stored, committed with them (as seal_pending).
+CREATE TABLE IF NOT EXISTS rollup_pending (
+    seqs int8multirange NOT NULL
+);
+-- Counts by day and what every window sums: action, severity, outcome (all rows).
+CREATE TABLE IF NOT EXISTS rollup_day (
+    day      date   NOT NULL,
+    action   text   NOT NULL,
+    severity text   NOT NULL,
+    outcome  text   NOT NULL,
+    n        bigint NOT NULL,
+    PRIMARY KEY (day, action, severity, outcome)
+);
+-- The same for each tenant (rows that have one).
+CREATE TABLE IF NOT EXISTS rollup_day_tenant (
+    tenant   text   NOT NULL,
+    day      date   NOT NULL,
+    action   text   NOT NULL,
+    severity text   NOT NULL,
+    outcome  text   NOT NULL,
+    n        bigint NOT NULL,
+    PRIMARY KEY (tenant, day, action, severity, outcome)
+);
+-- Counts by day and actor (rows that have one), over all tenants: a tenant's top actors are
+-- counted from its rows (tenant index), as actors by tenant and day barely compress.
+CREATE TABLE IF NOT EXISTS rollup_day_actor (
+    day      date   NOT NULL,
+    actor_id text   NOT NULL,
+    n        bigint NOT NULL,
+    PRIMARY KEY (day, actor_id)
+);
+
+-- Queue a statement's rows for the fold, in the inserting transaction.
+CREATE OR REPLACE FUNCTION audit_log_queue_rollup() RETURNS trigger
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = public, pg_temp AS $$
+DECLARE
+    v_lo bigint;
+    v_hi bigint;
+    v_n  bigint;
+BEGIN
+    SELECT min(seq), max(seq), count(*) INTO v_lo, v_hi, v_n FROM new_rows;
+    IF v_n = 0 THEN
+        RETURN NULL;
+    ELSIF v_hi - v_lo + 1 = v_n THEN  -- one range: the usual case
+        INSERT INTO rollup_pending (seqs) VALUES (int8multirange(int8range(v_lo, v_hi, '[]')));
+    ELSE
+        INSERT INTO rollup_pending (seqs) SELECT range_agg(int8range(seq, seq, '[]')) FROM new_rows;
+    END IF;
+    RETURN NULL;
+END;
+$$;
+
+-- Stores made before the rollup: their rows are queued once, with the writers held off
+-- meanwhile (SHARE waits for the inserts in flight), so no row is queued twice or missed.
+DO $$
+BEGIN
+    IF NOT EXISTS (SELECT FROM pg_trigger WHERE tgrelid = 'audit_log'::regclass
+                   AND tgname = 'audit_log_queue_rollup') THEN
+        LOCK TABLE audit_log IN SHARE MODE;
+        INSERT INTO rollup_pending (seqs)
+        SELECT range_agg(int8range(seq, seq, '[]')) FROM audit_log GROUP BY seq / 1000;
+    END IF;
+END;
+$$;
+
+DROP TRIGGER IF EXISTS audit_log_queue_rollup ON audit_log;
+CREATE TRIGGER audit_log_queue_rollup
+    AFTER INSERT ON audit_log REFERENCING NEW TABLE AS new_rows
+    FOR EACH STATEMENT EXECUTE FUNCTION audit_log_queue_rollup();
+
+-- Count the rows of p_seqs that are folded (not pending), as they are now, into the rollup
+-- (p_sign 1) or out of it (-1); keys left at 0 are deleted, so an erased actor id leaves the
+-- rollup with its last row. One pass over the rows, a grouping set per table (GROUPING()
+-- tells them apart). Callers hold the rollup lock.
+CREATE OR REPLACE FUNCTION auditq_rollup_rows(p_seqs int8multirange, p_sign integer)
+RETURNS void
+LANGUAGE plpgsql SET search_path = public, pg_temp AS $$
+DECLARE
+    v_seqs   int8multirange := p_seqs - (SELECT coalesce(range_agg(seqs), '{}') FROM rollup_pending);
+    v_day    tid[];
+    v_tenant tid[];
+    v_actor  tid[];
+BEGIN
+    WITH counted AS MATERIALIZED (
+        SELECT GROUPING(a.tenant, a.actor_id, a.action) AS kind, a.day, a.tenant, a.actor_id,
+               a.action, a.severity, a.outcome, count(*) * p_sign AS n
+        FROM unnest(v_seqs) AS r, LATERAL (  -- OFFSET 0: by the seq index, always
+            SELECT (ts AT TIME ZONE 'UTC')::date AS day, tenant, actor_id, action, severity, outcome
+            FROM audit_log WHERE seq >= lower(r) AND seq < upper(r) OFFSET 0) AS a
+        GROUP BY GROUPING SETS ((a.day, a.action, a.severity, a.outcome),
+                                (a.tenant, a.day, a.action, a.severity, a.outcome),
+                                (a.day, a.actor_id))
+    ), by_day AS (
+        INSERT INTO rollup_day AS r (day, action, severity, outcome, n)
+        SELECT day, action, severity, outcome, n FROM counted WHERE kind = 6
+        ON CONFLICT (day, action, severity, outcome) DO UPDATE SET n = r.n + EXCLUDED.n
+        RETURNING r.ctid, r.n
+    ), by_tenant AS (
+        INSERT INTO rollup_day_tenant AS r (tenant, day, action, severity, outcome, n)
+        SELECT tenant, day, action, severity, outcome, n FROM counted
+        WHERE kind = 2 AND tenant IS NOT NULL
+        ON CONFLICT (tenant, day, action, severity, outcome) DO UPDATE SET n = r.n + EXCLUDED.n
+        RETURNING r.ctid, r.n
+    ), by_actor AS (
+        INSERT INTO rollup_day_actor AS r (day, actor_id, n)
+        SELECT day, actor_id, n FROM counted WHERE kind = 5 AND actor_id IS NOT NULL
+        ON CONFLICT (day, actor_id) DO UPDATE SET n = r.n + EXCLUDED.n
+        RETURNING r.ctid, r.n
+    )
+    SELECT (SELECT array_agg(ctid) FROM by_day WHERE n = 0),
+           (SELECT array_agg(ctid) FROM by_tenant WHERE n = 0),
+           (SELECT array_agg(ctid) FROM by_actor WHERE n = 0)
+      INTO v_day, v_tenant, v_actor;
+    -- The keys counted down to 0 (their rows are gone, or changed to other keys).
+    DELETE FROM rollup_day WHERE ctid = ANY(v_day);
+    DELETE FROM rollup_day_tenant WHERE ctid = ANY(v_tenant);
+    DELETE FROM rollup_day_actor WHERE ctid = ANY(v_actor);
+END;
+$$;
+
+-- The worker's fold: up to p_limit pending entries (committed statements only: an open one's
+-- entry is invisible and waits, like its rows) into the rollup, in one transaction. Returns
+-- the entries folded, or null when another fold (or retention, or erasure) holds the lock.
+CREATE OR REPLACE FUNCTION auditq_rollup_fold(p_limit integer) RETURNS bigint
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = public, pg_temp AS $$
+DECLARE
+    v_entries bigint;
+    v_seqs    int8multirange;
+BEGIN
+    IF p_limit IS NULL OR p_limit < 1 THEN
+        RAISE EXCEPTION 'auditq_rollup_fold: a limit of at least 1'
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    IF NOT pg_try_advisory_xact_lock(1919904876) THEN  -- 'roll': the rollup lock
+        RETURN NULL;
+    END IF;
+    WITH taken AS (
+        DELETE FROM rollup_pending
+        WHERE ctid = ANY(ARRAY(SELECT ctid FROM rollup_pending LIMIT p_limit))
+        RETURNING seqs
+    )
+    SELECT count(*), range_agg(seqs) INTO v_entries, v_seqs FROM taken;
+    IF v_entries > 0 THEN
+        PERFORM auditq_rollup_rows(v_seqs, 1);
+    END IF;
+    RETURN v_entries;
 END;
 $$;
 
@@ -425,12 +587,15 @@ END;
 $$;
 
 REVOKE ALL ON audit_log, seal_pending, seal_checkpoint, store_action, row_replacement,
-    integrity_verification, api_token, api_secret
+    integrity_verification, api_token, api_secret,
+    rollup_pending, rollup_day, rollup_day_tenant, rollup_day_actor
     FROM PUBLIC, auditq_worker, auditq_api;
 REVOKE ALL ON SEQUENCE audit_log_seq, store_action_seq FROM PUBLIC, auditq_worker, auditq_api;
 REVOKE ALL ON FUNCTION auditq_ensure_partition(date), auditq_drop_partition(text, integer),
     auditq_delete_expired_default_rows(integer),
-    auditq_record_action(text, jsonb, int8multirange), audit_log_queue_seal()
+    auditq_record_action(text, jsonb, int8multirange), audit_log_queue_seal(),
+    audit_log_queue_rollup(), auditq_rollup_fold(integer),
+    auditq_rollup_rows(int8multirange, integer)
     FROM PUBLIC;
 
 -- The worker: store rows (never choosing their seq), seal them, keep partitions.
@@ -449,10 +614,13 @@ GRANT SELECT ON store_action, row_replacement TO auditq_worker;
 GRANT SELECT ON api_secret TO auditq_worker;
 GRANT EXECUTE ON FUNCTION auditq_ensure_partition(date), auditq_drop_partition(text, integer),
     auditq_delete_expired_default_rows(integer) TO auditq_worker;
+-- The statistics rollup: the worker folds through the definer function only; it may not
+-- write the counts themselves.
+GRANT EXECUTE ON FUNCTION auditq_rollup_fold(integer) TO auditq_worker;
 
 -- The API and the admin commands: read everything, manage tokens, record verifications.
 GRANT SELECT ON audit_log, seal_pending, seal_checkpoint, store_action, row_replacement,
-    api_secret TO auditq_api;
+    api_secret, rollup_pending, rollup_day, rollup_day_tenant, rollup_day_actor TO auditq_api;
 GRANT SELECT, INSERT, UPDATE, DELETE ON api_token TO auditq_api;
 GRANT SELECT, INSERT ON integrity_verification TO auditq_api;
 DO $$
@@ -558,6 +726,7 @@ DECLARE
     v_old    bytea[];
     v_action bigint;
     v_count  bigint;
+    v_range  int8multirange;
 BEGIN
     IF coalesce(p_subject, '') = '' OR coalesce(p_pseudonym, '') !~ '^anon_[0-9a-f]{32}$'
        OR p_limit IS NULL OR p_limit NOT BETWEEN 1 AND 100000 THEN
@@ -566,6 +735,11 @@ BEGIN
     END IF;
     -- One erasure batch at a time: two subjects' batches never replace the same row at once.
     PERFORM pg_advisory_xact_lock(1635083621);  -- "anon"
+    -- The subject's own rows change an actor id the rollup counts (the mentions pass changes
+    -- nothing it counts): the rollup moves their counts to the pseudonym in this transaction.
+    IF NOT p_mentions THEN
+        PERFORM pg_advisory_xact_lock(1919904876);  -- 'roll': the rollup lock
+    END IF;
     IF p_mentions THEN
         FOREACH v_value IN ARRAY coalesce(p_values, '{}') LOOP
             v_part := phraseto_tsquery('simple', v_value);
@@ -601,6 +775,10 @@ BEGIN
     IF v_seqs IS NULL THEN
         RETURN QUERY SELECT 0::bigint, p_after, NULL::bigint;
         RETURN;
+    END IF;
+    IF NOT p_mentions THEN
+        v_range := (SELECT range_agg(int8range(x, x, '[]')) FROM unnest(v_seqs) AS x);
+        PERFORM auditq_rollup_rows(v_range, -1);
     END IF;
     v_action := auditq_record_action('subject.anonymised', jsonb_build_object(
         'pseudonym', p_pseudonym, 'part', CASE WHEN p_mentions THEN 'mentions' ELSE 'subject' END));
@@ -641,6 +819,9 @@ BEGIN
     WHERE o.d <> c.d;
     GET DIAGNOSTICS v_count = ROW_COUNT;
     PERFORM set_config('auditq.erasing', '', true);
+    IF NOT p_mentions THEN
+        PERFORM auditq_rollup_rows(v_range, 1);
+    END IF;
     RETURN QUERY SELECT v_count, v_seqs[array_length(v_seqs, 1)], v_action;
 END;
 $$;

@@ -24,6 +24,7 @@ GOALS = {
 }
 MAIN = "auditq_1_worker"  # the system the single figures are of
 QUERIES = ("entity_history", "actor_history", "action_time_range", "full_text")
+STATISTICS = ("statistics_30d", "statistics_30d_tenant")  # the second: one tenant's
 
 
 def headline(raw: dict[str, Any]) -> dict[str, Any]:
@@ -204,7 +205,8 @@ def markdown(raw: dict[str, Any], head: dict[str, Any]) -> str:
             "| query | p50 ms | p95 ms |",
             "|---|---:|---:|",
         ]
-        for name in (*QUERIES, "page_1", f"page_{read['deep_page']}", "statistics_30d"):
+        names = (*QUERIES, "page_1", f"page_{read['deep_page']}", *STATISTICS)
+        for name in (n for n in names if n in read):
             lines.append(f"| {name} | {_f(read[name]['p50'], 1)} | {_f(read[name]['p95'], 1)} |")
         lines += [
             "",

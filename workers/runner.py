@@ -31,7 +31,7 @@ from service.settings import Settings
 from service.store import db
 from service.store.partitions import ensure_partitions
 from service.store.secrets import read_secret
-from workers import heartbeat, sealer
+from workers import heartbeat, rollup, sealer
 from workers.arq_redis import arq_settings, create_arq_pool
 from workers.erased import ErasedSubjects
 from workers.job import store_events
@@ -63,6 +63,9 @@ async def _startup(ctx: dict[str, Any]) -> None:
     state._heartbeat = asyncio.get_running_loop().create_task(
         heartbeat.run(state, worker_id=state.worker_id), name="auditq-heartbeat"
     )
+    state._rollup = asyncio.get_running_loop().create_task(
+        rollup.run(state.pool), name="auditq-rollup"
+    )
     if settings.sealing:  # integrity checkpoints (docs/integrity.md)
         seal_key = load_or_create_private_key(settings.seal_key_path)
         state._sealer = asyncio.get_running_loop().create_task(
@@ -83,10 +86,11 @@ async def _shutdown(ctx: dict[str, Any]) -> None:
         await state.client.aclose()
     if state._probe is not None:
         state._probe.cancel()
-    if state._sealer is not None:
-        state._sealer.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await state._sealer
+    for task in (state._sealer, state._rollup):
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
     if state._heartbeat is not None:
         state._heartbeat.cancel()
         with contextlib.suppress(asyncio.CancelledError):
@@ -278,7 +282,7 @@ async def stop_worker(worker: Worker, *, grace: float = SHUTDOWN_GRACE) -> None:
 async def _close_without_redis(worker: Worker) -> None:
     """Let go of what arq's close did not reach: the database pool, the Redis connections."""
     state = worker_state(worker)
-    for task in (state._probe, state._heartbeat):
+    for task in (state._probe, state._heartbeat, state._rollup):
         if task is not None:
             task.cancel()
     if state.pool is not None:

@@ -67,6 +67,7 @@ class WorkerState:
     _probe: asyncio.Task[None] | None = None
     _heartbeat: asyncio.Task[None] | None = None
     _sealer: asyncio.Task[None] | None = None
+    _rollup: asyncio.Task[None] | None = None
 
     def trip(self, exc: BaseException) -> None:
         """Open the breaker: stop taking jobs and probe the database until it answers."""

@@ -6,6 +6,7 @@ import asyncpg
 import pytest
 
 from service.store.partitions import LIST_PARTITIONS
+from service.store.rollup import fold_all
 from tests.integrity.conftest import store
 
 # (what is tried, statements), each run in its own transaction as the runtime role.
@@ -53,6 +54,13 @@ BYPASSES = [
         "EXECUTE FUNCTION audit_log_append_only()"]),
     ("run a program", ["COPY (SELECT 1) TO PROGRAM 'true'"]),
     ("create in public", ["CREATE TABLE public.seal_pending_shadow (x int)"]),
+    ("forge statistics", [
+        "INSERT INTO rollup_day (day, action, severity, outcome, n) "
+        "VALUES (current_date, 'a.b', 'info', 'success', 1000)"]),
+    ("inflate statistics", ["UPDATE rollup_day_actor SET n = n + 1"]),
+    ("hide rows from the statistics", ["DELETE FROM rollup_pending"]),
+    ("count rows out of the rollup", [
+        "SELECT auditq_rollup_rows('{[1,1000000)}'::int8multirange, -1)"]),
 ]  # fmt: skip
 REFUSED = (
     asyncpg.InsufficientPrivilegeError,
@@ -99,3 +107,14 @@ async def test_the_worker_stores_and_the_api_reads(
     with pytest.raises(asyncpg.InsufficientPrivilegeError):
         await store(api_conn, 1)
     assert await worker_conn.fetchval("SELECT count(*) FROM seal_pending") >= 1
+
+
+async def test_the_worker_folds_the_rollup_and_the_api_reads_it(
+    worker_conn: asyncpg.Connection, api_conn: asyncpg.Connection
+) -> None:
+    await store(worker_conn, 5)
+    assert await fold_all(worker_conn) == 1
+    assert await api_conn.fetchval("SELECT sum(n) FROM rollup_day") == 5
+    assert await api_conn.fetchval("SELECT count(*) FROM rollup_pending") == 0
+    with pytest.raises(asyncpg.InsufficientPrivilegeError):
+        await fold_all(api_conn)

@@ -4,6 +4,7 @@ import asyncpg
 import pytest
 
 from service.store import db
+from service.store.rollup import fold_all
 
 
 async def test_schema_applies_twice(database_url: str) -> None:
@@ -41,3 +42,21 @@ async def test_full_text_column_covers_metadata_and_changes(pg: asyncpg.Connecti
             "SELECT count(*) FROM audit_log WHERE search @@ plainto_tsquery('simple', $1)", word
         )
         assert found == 1
+
+
+async def test_rows_of_a_store_made_before_the_rollup_are_counted_once(
+    pg: asyncpg.Connection, database_url: str
+) -> None:
+    insert = """INSERT INTO audit_log (id, ts, action, category, severity, outcome, presentation)
+                SELECT gen_random_uuid(), now() - n * interval '1 hour', 'auth.login', 'auth',
+                       'info', 'success', '{}' FROM generate_series(1, $1) AS n"""
+    # The store as it was before the rollup: no trigger queues what is stored.
+    await pg.execute("DROP TRIGGER audit_log_queue_rollup ON audit_log")
+    await pg.execute(insert, 30)
+    await pg.execute(insert, 20)
+    assert await pg.fetchval("SELECT count(*) FROM rollup_pending") == 0
+    await db.migrate(database_url)
+    await db.migrate(database_url)  # queued once, not on every migration
+    await pg.execute(insert, 7)  # stored after: queued by the trigger
+    assert await fold_all(pg) >= 2
+    assert await pg.fetchval("SELECT sum(n) FROM rollup_day") == 57

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import UTC, date, datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Annotated
 
 import msgspec
@@ -15,6 +15,7 @@ from service.api.errors import bad_parameter
 from service.api.inputs import read_query
 from service.api.openapi import operation
 from service.api.state import POOL
+from service.store import rollup
 
 STATS_DEFAULT_WINDOW = timedelta(days=30)
 STATS_MAX_WINDOW = timedelta(days=3660)  # per_day lists every day: keep it a sane length
@@ -22,26 +23,6 @@ STATS_TOP = 10  # entries in top_actors and top_actions
 
 SEVERITIES: tuple[str, ...] = ("info", "notice", "warning", "critical")
 OUTCOMES: tuple[str, ...] = ("success", "failure")
-STATS_WHERE = "WHERE ts >= $1 AND ts <= $2 AND ($3::text IS NULL OR tenant = $3)"
-STATS_PER_DAY = f"""
-SELECT (ts AT TIME ZONE 'UTC')::date AS day, count(*) AS count
-FROM audit_log {STATS_WHERE} GROUP BY day
-"""
-STATS_TOP_ACTORS = f"""
-SELECT actor_id, count(*) AS count
-FROM audit_log {STATS_WHERE} AND actor_id IS NOT NULL
-GROUP BY actor_id ORDER BY count DESC, actor_id LIMIT $4
-"""
-STATS_TOP_ACTIONS = f"""
-SELECT action, count(*) AS count
-FROM audit_log {STATS_WHERE} GROUP BY action ORDER BY count DESC, action LIMIT $4
-"""
-STATS_BY_SEVERITY = (
-    f"SELECT severity AS key, count(*) AS count FROM audit_log {STATS_WHERE} GROUP BY 1"
-)
-STATS_BY_OUTCOME = (
-    f"SELECT outcome AS key, count(*) AS count FROM audit_log {STATS_WHERE} GROUP BY 1"
-)
 
 
 class StatisticsQuery(msgspec.Struct, frozen=True, kw_only=True):
@@ -78,31 +59,25 @@ async def audit_log_statistics(request: web.Request) -> web.Response:
     """Counts per day, top actors and actions, by severity and outcome (default: 30 days)."""
     query = read_query(StatisticsQuery, request.query)
     since, until = stats_window(query)
-    window = (since, until, query.tenant)
-    per_day, actors, actions, severities, outcomes = [], [], [], [], []
+    counts = rollup.Statistics({}, [], [], {}, {})
     if not holds_nul(query.tenant):  # else no row matches: PostgreSQL text holds no NUL
         async with (
             request.app[POOL].acquire() as conn,
+            # One snapshot: each row is then either folded into the rollup or pending.
             conn.transaction(isolation="repeatable_read", readonly=True),
         ):
-            per_day = await conn.fetch(STATS_PER_DAY, *window)
-            actors = await conn.fetch(STATS_TOP_ACTORS, *window, STATS_TOP)
-            actions = await conn.fetch(STATS_TOP_ACTIONS, *window, STATS_TOP)
-            severities = await conn.fetch(STATS_BY_SEVERITY, *window)
-            outcomes = await conn.fetch(STATS_BY_OUTCOME, *window)
-    counts: dict[date, int] = {row["day"]: row["count"] for row in per_day}
+            counts = await rollup.statistics(conn, since, until, query.tenant, top=STATS_TOP)
     first, days = since.date(), (until.date() - since.date()).days + 1
     return json_response(
         {
             # Every day of the window, zeros included: a chart needs no gap-filling.
             "per_day": [
-                {"day": day.isoformat(), "count": counts.get(day, 0)}
+                {"day": day.isoformat(), "count": counts.per_day.get(day, 0)}
                 for day in (first + timedelta(days=n) for n in range(days))
             ],
-            "top_actors": [{"actor_id": r["actor_id"], "count": r["count"]} for r in actors],
-            "top_actions": [{"action": r["action"], "count": r["count"]} for r in actions],
-            "by_severity": dict.fromkeys(SEVERITIES, 0)
-            | {r["key"]: r["count"] for r in severities},
-            "by_outcome": dict.fromkeys(OUTCOMES, 0) | {r["key"]: r["count"] for r in outcomes},
+            "top_actors": [{"actor_id": k, "count": n} for k, n in counts.top_actors],
+            "top_actions": [{"action": k, "count": n} for k, n in counts.top_actions],
+            "by_severity": dict.fromkeys(SEVERITIES, 0) | counts.by_severity,
+            "by_outcome": dict.fromkeys(OUTCOMES, 0) | counts.by_outcome,
         }
     )

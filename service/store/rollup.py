@@ -1,0 +1,184 @@
+"""The statistics rollup: stored rows folded into counts per UTC day, and a window read from it.
+
+schema.sql keeps the rollup exact under every snapshot: each inserting statement queues its
+seqs in `rollup_pending` (committed with the rows, as `seal_pending` is); the worker's fold
+moves committed entries into `rollup_day`, `rollup_day_tenant` and `rollup_day_actor` in one
+transaction; retention and erasure take the rows they remove or change out of the rollup in
+theirs. So in one snapshot every row is counted exactly once: folded, or still pending.
+
+A window's statistics (docs/scaling.md, "Statistics") are then the rollup of its days, plus
+the rows still pending on those days, corrected at its two edge days from the rows
+themselves: an edge day is taken whole from the rollup less its rows outside the window, or
+left out and its rows inside the window counted, whichever side of the day is shorter.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+from datetime import UTC, date, datetime, time, timedelta
+
+import asyncpg
+
+FOLD = "SELECT auditq_rollup_fold($1)"
+FOLD_ENTRIES = 50  # pending entries (inserting statements) folded per transaction
+FOLD_BUSY_PAUSE = 0.05  # seconds fold_all waits while another fold holds the lock
+HALF_DAY = timedelta(hours=12)
+NO_DAYS = (date.max, date.min)  # first and last day of an empty range
+
+# Parameters: $1 since, $2 until (the window, inclusive), $3 and $4 the first and last day
+# taken from the rollup, $5..$8 two spans of time holding every edge row to correct (an
+# index range each), $9 the entries of a top list, $10 the tenant.
+_IN_WINDOW = "(a.ts >= $1 AND a.ts <= $2)"
+_ROLLED_DAY = "((a.ts AT TIME ZONE 'UTC')::date BETWEEN $3 AND $4)"
+_ROLLED_SPAN = (
+    "a.ts >= ($3::timestamp AT TIME ZONE 'UTC') AND a.ts < (($4 + 1)::timestamp AT TIME ZONE 'UTC')"
+)
+# Rows that correct the rollup: +1 for a row in the window on a day left out, -1 for a row
+# outside it on a day taken, +1 for a row of a day taken that is not folded yet.
+_CORRECTIONS = f"""
+SELECT (a.ts AT TIME ZONE 'UTC')::date AS day, a.actor_id, a.action, a.severity, a.outcome,
+       CASE WHEN {_IN_WINDOW} THEN 1 ELSE -1 END::bigint AS n
+FROM audit_log a
+WHERE ((a.ts >= $5 AND a.ts <= $6) OR (a.ts >= $7 AND a.ts <= $8))
+  AND {_IN_WINDOW} <> {_ROLLED_DAY} {{tenant}}
+UNION ALL
+SELECT (a.ts AT TIME ZONE 'UTC')::date, a.actor_id, a.action, a.severity, a.outcome, 1::bigint
+FROM rollup_pending p, unnest(p.seqs) AS r, LATERAL (  -- OFFSET 0: by the seq index, always
+    SELECT * FROM audit_log a WHERE a.seq >= lower(r) AND a.seq < upper(r) OFFSET 0) AS a
+WHERE {_ROLLED_SPAN} AND {_ROLLED_DAY} {{tenant}}
+"""
+# The top lists are ranked here, as the live query ordered them (the database's collation).
+_TOTALS = """
+SELECT 'day' AS kind, NULL::text AS key, day, sum(n)::bigint AS count, NULL::bigint AS rank
+FROM facts GROUP BY day
+UNION ALL
+(SELECT 'action', action, NULL, sum(n)::bigint, row_number() OVER (ORDER BY sum(n) DESC, action)
+ FROM facts GROUP BY action HAVING sum(n) > 0 ORDER BY 5 LIMIT $9)
+UNION ALL
+SELECT 'severity', severity, NULL, sum(n)::bigint, NULL FROM facts GROUP BY severity
+UNION ALL
+SELECT 'outcome', outcome, NULL, sum(n)::bigint, NULL FROM facts GROUP BY outcome
+UNION ALL
+(SELECT 'actor', actor_id, NULL, sum(n)::bigint, row_number() OVER (ORDER BY sum(n) DESC, actor_id)
+ FROM actors GROUP BY actor_id HAVING sum(n) > 0 ORDER BY 5 LIMIT $9)
+"""
+STATISTICS = f"""
+WITH corrections AS MATERIALIZED ({_CORRECTIONS.format(tenant="")}),
+facts AS MATERIALIZED (
+    SELECT day, action, severity, outcome, n FROM rollup_day WHERE day BETWEEN $3 AND $4
+    UNION ALL
+    SELECT day, action, severity, outcome, n FROM corrections
+),
+actors AS (
+    SELECT actor_id, n FROM rollup_day_actor WHERE day BETWEEN $3 AND $4
+    UNION ALL
+    SELECT actor_id, n FROM corrections WHERE actor_id IS NOT NULL
+)
+{_TOTALS}
+"""
+# A tenant's actors are counted from its rows (the tenant index): by tenant, day and actor
+# the rollup would be nearly as many rows as the log.
+STATISTICS_OF_TENANT = f"""
+WITH corrections AS MATERIALIZED ({_CORRECTIONS.format(tenant="AND a.tenant = $10")}),
+facts AS MATERIALIZED (
+    SELECT day, action, severity, outcome, n FROM rollup_day_tenant
+    WHERE tenant = $10 AND day BETWEEN $3 AND $4
+    UNION ALL
+    SELECT day, action, severity, outcome, n FROM corrections
+),
+actors AS (
+    SELECT a.actor_id, 1::bigint AS n FROM audit_log a
+    WHERE {_IN_WINDOW} AND a.tenant = $10 AND a.actor_id IS NOT NULL
+)
+{_TOTALS}
+"""
+
+
+@dataclasses.dataclass(frozen=True)
+class Plan:
+    """How a window is read: the days taken from the rollup, and the spans read from rows."""
+
+    first_day: date  # taken from the rollup: first_day..last_day (none when first > last)
+    last_day: date
+    spans: tuple[tuple[datetime, datetime], tuple[datetime, datetime]]  # inclusive
+
+
+@dataclasses.dataclass(frozen=True)
+class Statistics:
+    per_day: dict[date, int]
+    top_actors: list[tuple[str, int]]
+    top_actions: list[tuple[str, int]]
+    by_severity: dict[str, int]
+    by_outcome: dict[str, int]
+
+
+def _midnight(day: date) -> datetime:
+    return datetime.combine(day, time(), UTC)
+
+
+def plan(since: datetime, until: datetime) -> Plan:
+    """The cheaper reading of the window [since, until] (since <= until)."""
+    since, until = since.astimezone(UTC), until.astimezone(UTC)
+    first, last = since.date(), until.date()
+    if first == last:
+        # One day: whole from the rollup less both ends, or the window from its rows.
+        if until - since > HALF_DAY and first < date.max:
+            day_end = _midnight(first + timedelta(days=1))
+            return Plan(first, first, ((_midnight(first), since), (until, day_end)))
+        return Plan(*NO_DAYS, ((since, until), (until, until)))
+    take_first = since - _midnight(first) < HALF_DAY
+    take_last = until - _midnight(last) > HALF_DAY and last < date.max
+    head = (_midnight(first), since) if take_first else (since, _midnight(first + timedelta(1)))
+    tail = (until, _midnight(last + timedelta(1))) if take_last else (_midnight(last), until)
+    return Plan(
+        first if take_first else first + timedelta(days=1),
+        last if take_last else last - timedelta(days=1),
+        (head, tail),
+    )
+
+
+async def statistics(
+    conn: asyncpg.Connection, since: datetime, until: datetime, tenant: str | None, *, top: int
+) -> Statistics:
+    """The window's counts; run it in one snapshot (a repeatable-read transaction)."""
+    window = plan(since, until)
+    (lo1, hi1), (lo2, hi2) = window.spans
+    args = [since, until, window.first_day, window.last_day, lo1, hi1, lo2, hi2, top]
+    if tenant is None:
+        rows = await conn.fetch(STATISTICS, *args)
+    else:
+        rows = await conn.fetch(STATISTICS_OF_TENANT, *args, tenant)
+    kinds: dict[str, list[asyncpg.Record]] = {}
+    for row in rows:
+        kinds.setdefault(row["kind"], []).append(row)
+    return Statistics(
+        per_day={r["day"]: r["count"] for r in kinds.get("day", [])},
+        top_actors=_ranked(kinds.get("actor", [])),
+        top_actions=_ranked(kinds.get("action", [])),
+        by_severity={r["key"]: r["count"] for r in kinds.get("severity", [])},
+        by_outcome={r["key"]: r["count"] for r in kinds.get("outcome", [])},
+    )
+
+
+def _ranked(rows: list[asyncpg.Record]) -> list[tuple[str, int]]:
+    return [(r["key"], r["count"]) for r in sorted(rows, key=lambda r: r["rank"])]
+
+
+async def fold_once(conn: asyncpg.Connection, *, limit: int = FOLD_ENTRIES) -> int | None:
+    """Fold up to `limit` committed pending entries; None when the rollup lock is busy."""
+    folded: int | None = await conn.fetchval(FOLD, limit)
+    return folded
+
+
+async def fold_all(conn: asyncpg.Connection, *, limit: int = FOLD_ENTRIES) -> int:
+    """Fold until nothing committed is pending; return the entries folded."""
+    total = 0
+    while True:
+        folded = await fold_once(conn, limit=limit)
+        if folded is None:
+            await asyncio.sleep(FOLD_BUSY_PAUSE)
+        elif folded == 0:
+            return total
+        else:
+            total += folded
