@@ -282,7 +282,7 @@ async def stop_worker(worker: Worker, *, grace: float = SHUTDOWN_GRACE) -> None:
 async def _close_without_redis(worker: Worker) -> None:
     """Let go of what arq's close did not reach: the database pool, the Redis connections."""
     state = worker_state(worker)
-    for task in (state._probe, state._heartbeat, state._rollup):
+    for task in (state._probe, state._heartbeat, state._sealer, state._rollup):
         if task is not None:
             task.cancel()
     if state.pool is not None:
