@@ -15,15 +15,18 @@ from service.live import live_entry_of_ranges
 from service.redaction import redact_sensitive_in_string
 from workers.retry import Failure, classify
 
-# One statement for the whole batch: arrays in, unnest; redelivered events are skipped.
-_INSERT_FROM_ARRAYS = """
+_INSERT_INTO = """
 INSERT INTO audit_log (
     id, ts, action, category, severity, outcome,
     actor_id, actor_type, actor_name, actor_email,
     entity_type, entity_id, entity_name, tenant,
     request_id, ip, user_agent, method, path, status, duration_ms,
     changes, metadata, presentation, source, received_via)
-SELECT id, ts, action, category, severity, outcome,
+"""
+# One statement for the whole batch: arrays in, unnest; redelivered events are skipped.
+_INSERT_FROM_ARRAYS = (
+    _INSERT_INTO
+    + """SELECT id, ts, action, category, severity, outcome,
        actor_id, actor_type, actor_name, actor_email,
        entity_type, entity_id, entity_name, tenant,
        request_id, ip::inet, user_agent, method, path, status, duration_ms,
@@ -40,6 +43,7 @@ FROM unnest(
          request_id, ip, user_agent, method, path, status, duration_ms,
          changes, metadata, presentation, source)
 """
+)
 # The key is (id, ts) per partition; the id alone is the idempotency key, whatever the ts.
 INSERT_EVENTS = (
     _INSERT_FROM_ARRAYS
@@ -58,15 +62,10 @@ N_COLUMNS = 25
 # completed and checked: service/producer), in one parameter: the worker neither decodes the
 # events into objects nor encodes 25 arrays. The defaults the encoding omits are filled as
 # the events' own ones (service/events.py); `presentation` as _columns stores it.
-_INSERT_FROM_JSON = """
-INSERT INTO audit_log (
-    id, ts, action, category, severity, outcome,
-    actor_id, actor_type, actor_name, actor_email,
-    entity_type, entity_id, entity_name, tenant,
-    request_id, ip, user_agent, method, path, status, duration_ms,
-    changes, metadata, presentation, source, received_via)
-SELECT u.id, u.ts, u.action, u.category, coalesce(u.severity, 'info'),
-       coalesce(u.outcome, 'success'),
+_INSERT_FROM_JSON = (
+    _INSERT_INTO
+    + """SELECT u.id, u.ts, u.action, u.category,
+       coalesce(u.severity, 'info'), coalesce(u.outcome, 'success'),
        u.actor ->> 'id', u.actor ->> 'type', u.actor ->> 'name', u.actor ->> 'email',
        u.entity ->> 'type', u.entity ->> 'id', u.entity ->> 'name', u.tenant,
        u.request ->> 'id', (u.request ->> 'ip')::inet, u.request ->> 'user_agent',
@@ -81,6 +80,7 @@ FROM jsonb_to_recordset($1::text::jsonb) AS u(
     actor jsonb, entity jsonb, tenant text, request jsonb,
     changes jsonb, metadata jsonb, presentation jsonb, source text)
 """
+)
 # Which rows are new, as the live stream's entry holds them (service/live.py): seq ranges in
 # PostgreSQL's own multirange text, and the span of their ts.
 _KEYS_OF_NEW_ROWS = """
