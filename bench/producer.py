@@ -98,9 +98,13 @@ async def run_auditq(args: argparse.Namespace) -> dict[str, Any]:
         if await client.capture(audit_event(args.run, i)) is None:
             failed += 1
 
+    floor = asyncio.create_task(probe_floor(args.redis_url)) if args.rate > 0 else None
     started, elapsed, latencies = await drive(capture, args.count, args.concurrency, args.rate)
     result: dict[str, Any] = {"started_at": started, "elapsed_s": elapsed, "failed": failed}
     result["latencies_ms"] = latencies
+    if floor is not None:
+        floor.cancel()
+        result["floor_ms"] = await floor
     if args.nowait:
         events = [audit_event(f"{args.run}-nowait", i) for i in range(args.nowait)]
         spent = 0.0
@@ -115,6 +119,32 @@ async def run_auditq(args: argparse.Namespace) -> dict[str, Any]:
     await client.aclose()
     result["failed"] += client.failed + client.dropped
     return result
+
+
+PROBE_EVERY_S = 0.01
+
+
+async def probe_floor(redis_url: str) -> dict[str, list[float]]:
+    """Where a paced capture's time goes beyond auditq's code: at the same moments, in this
+    process, the event loop's lag (a 10 ms sleep's overshoot) and a bare Redis PING's round
+    trip. Runs until cancelled; returns both series in ms."""
+    import redis.asyncio as aioredis
+
+    lags: list[float] = []
+    pings: list[float] = []
+    client = aioredis.Redis.from_url(redis_url)
+    try:
+        while True:
+            t = time.perf_counter()
+            await asyncio.sleep(PROBE_EVERY_S)
+            lags.append((time.perf_counter() - t - PROBE_EVERY_S) * 1000)
+            t = time.perf_counter()
+            await client.ping()
+            pings.append((time.perf_counter() - t) * 1000)
+    except asyncio.CancelledError:
+        return {"loop_lag": lags, "redis_ping": pings}
+    finally:
+        await client.aclose()
 
 
 async def run_arq(args: argparse.Namespace) -> dict[str, Any]:

@@ -153,6 +153,18 @@ def markdown(raw: dict[str, Any], head: dict[str, Any]) -> str:
         "| | | | | |",
         "",
     ]
+    for r in write.values():
+        floor = r.get("floor_ms_at_2000")
+        if floor:
+            lag, ping = floor["loop_lag"], floor["redis_ping"]
+            lines += [
+                f"Where {r['label']}'s awaited capture at 2,000/s spends its time beyond auditq's "
+                f"code: in the producer process at the same moments, the event loop's lag was "
+                f"p50 {lag['p50']:.2f} / p99 {lag['p99']:.2f} ms and a bare Redis PING took "
+                f"p50 {ping['p50']:.2f} / p99 {ping['p99']:.2f} ms (capture p99 "
+                f"{r['capture_ms_at_2000']['p99']:.2f} ms).",
+                "",
+            ]
     nowait = head["capture_nowait_us"]
     if nowait:
         lines += [

@@ -234,6 +234,11 @@ async def measure(system: System, sizes: Sizes, logs: Path) -> dict[str, Any]:
                 "p99": percentile(steady, 99),
                 "p99.9": percentile(steady, 99.9),
             }
+            if "floor_ms" in report:  # the same moments' loop lag and bare Redis round trip
+                result["floor_ms_at_2000"] = {
+                    name: {"p50": percentile(series, 50), "p99": percentile(series, 99)}
+                    for name, series in report["floor_ms"].items()
+                }
 
             # 2. Throughput, capture latency, CPU.
             out = work / "throughput.json"
