@@ -28,7 +28,7 @@ test: $(STAMP) | $(CHROMIUM)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 # Side-by-side benchmarks (not part of `make test`): bench/results/latest.{json,md,png}.
-# QUICK=1: smaller counts, under 3 minutes. Needs Node >= 18 and npm for the BullMQ baseline.
+# QUICK=1: smaller counts, under 5 minutes. Needs Node >= 18 and npm for the BullMQ baseline.
 bench: $(STAMP)
 	$(BIN)/python -m pip install -q -e '.[dev,bench]'
 	cd bench/node && npm install --no-audit --no-fund --loglevel=error

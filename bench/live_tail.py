@@ -4,7 +4,7 @@
 fresh embedded servers, one SSE client on GET /api/v1/admin/audit-logs/stream, and a producer
 capturing R events/s for S seconds. Prints p50/p99 of (a) the row's `received_at` (when its
 writing transaction began, so at or before its commit) to the client, an upper bound of
-commit-to-client, and (b) capture to client. Not a timed test; not part of `make bench`.
+commit-to-client, and (b) capture to client. Not a timed test; `make bench` runs it (bench/run.py).
 """
 
 from __future__ import annotations

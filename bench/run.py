@@ -3,7 +3,7 @@
     python -m bench.run [--quick] [--only write,ceilings,read,integrity,live] [--systems a,b]
 
 `make bench` runs it (and installs Node's packages into bench/node/ first);
-`make bench QUICK=1` is the short version (smaller counts, under 3 minutes).
+`make bench QUICK=1` is the short version (smaller counts, under 5 minutes).
 """
 
 from __future__ import annotations
@@ -97,7 +97,7 @@ def write_results(raw: dict[str, Any], out: Path) -> None:
 
 def cli() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--quick", action="store_true", help="smaller counts (< 3 minutes)")
+    parser.add_argument("--quick", action="store_true", help="smaller counts (< 5 minutes)")
     parser.add_argument("--only", help="comma-separated parts: " + ", ".join(PARTS))
     parser.add_argument("--systems", help="comma-separated write-side systems")
     parser.add_argument("--out", type=Path, default=RESULTS)
