@@ -9,7 +9,7 @@ keeps ~60 bytes a write rather than a key per stored event.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Sequence
 from datetime import datetime
 
 import msgspec
@@ -25,7 +25,7 @@ _encoder = msgspec.json.Encoder()
 _decoder = msgspec.json.Decoder(LiveEntry)
 
 
-def live_entry(rows: Iterable[tuple[int, datetime]]) -> dict[str, bytes]:
+def live_entry(rows: Sequence[tuple[int, datetime]]) -> dict[str, bytes]:
     """The stream fields for rows (seq, ts) of one write; at least one row."""
     seqs = sorted(seq for seq, _ in rows)
     stamps = [ts for _, ts in rows]
