@@ -196,25 +196,21 @@ def _nesting_exceeds(value: object, limit: int) -> bool:
 
 
 def _check_nesting(event: AuditEvent) -> None:
-    # Each value is looked at here first: most are scalars or None, and need no walk.
+    # The names are made only for the error: most events pass.
     limit = MAX_NESTING + 1
     name: str | None = None
-    metadata = event.metadata
-    presentation = event.presentation
-    if isinstance(metadata, _CONTAINERS) and _nesting_exceeds(metadata, limit):
+    if _nesting_exceeds(event.metadata, limit):
         name = "metadata"
-    elif presentation is not None and _nesting_exceeds(presentation.params, limit):
+    elif event.presentation is not None and _nesting_exceeds(event.presentation.params, limit):
         name = "presentation.params"
-    elif event.changes:
-        for index, change in enumerate(event.changes):
-            old, new = change.old, change.new
-            if isinstance(old, _CONTAINERS) and _nesting_exceeds(old, limit):
-                name = f"changes[{index}].old"
-            elif isinstance(new, _CONTAINERS) and _nesting_exceeds(new, limit):
-                name = f"changes[{index}].new"
-            else:
-                continue
-            break
+    else:
+        for index, change in enumerate(event.changes or ()):
+            for side, value in (("old", change.old), ("new", change.new)):
+                if _nesting_exceeds(value, limit):
+                    name = f"changes[{index}].{side}"
+                    break
+            if name is not None:
+                break
     if name is not None:
         raise InvalidEvent(f"`{name}` nests deeper than {MAX_NESTING} levels")
 

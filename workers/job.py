@@ -300,24 +300,46 @@ async def _store_events(
             rejected[0].reason + more,
             "invalid" if invalid else "data",
         )
-    stored = len(events) - len(refused)
-    state.events_stored += stored
-    live = live_entry(inserted) if inserted else None
-    await _record_stored(state, task, stored, started_ms, live, complete=not rejected)
     if logger.isEnabledFor(logging.DEBUG):
         bad = {id(r.event) for r in refused}
         _log_stored(msgspec.to_builtins(e) for e in events if id(e) not in bad)
+    live = live_entry(inserted) if inserted else None
+    return await _done(
+        state,
+        task,
+        len(events) - len(refused),
+        len(inserted),
+        len(rejected),
+        started,
+        started_ms,
+        live,
+    )
+
+
+async def _done(
+    state: WorkerState,
+    task: Task,
+    stored: int,
+    new: int,
+    rejected: int,
+    started: float,
+    started_ms: int,
+    live: dict[str, bytes] | None,
+) -> dict[str, Any]:
+    """Count and log a job whose events are stored; what arq keeps as its result."""
+    state.events_stored += stored
+    await _record_stored(state, task, stored, started_ms, live, complete=not rejected)
     logger.info(
         "[AuditLogWorker] task %s: %d events stored (%d new), %d rejected in %.1f ms",
         task.id,
         stored,
-        len(inserted),
-        len(rejected),
+        new,
+        rejected,
         (time.perf_counter() - started) * 1000,
     )
     # What arq keeps for an hour is what the task views need, never the events: Redis holds
     # nothing per stored event (the raw argument is dropped from it too, service/queue.py).
-    return {"stored": stored, "rejected": len(rejected)}
+    return {"stored": stored, "rejected": rejected}
 
 
 def _log_stored(events: Iterable[dict[str, Any]]) -> None:
@@ -402,19 +424,9 @@ async def _store_completed(
     if result is _FALL_BACK:
         return None
     new, live = result
-    stored = len(items)
     if logger.isEnabledFor(logging.DEBUG):
         _log_stored(decode_json(payload))
-    state.events_stored += stored
-    await _record_stored(state, task, stored, started_ms, live, complete=True)
-    logger.info(
-        "[AuditLogWorker] task %s: %d events stored (%d new), 0 rejected in %.1f ms",
-        task.id,
-        stored,
-        new,
-        (time.perf_counter() - started) * 1000,
-    )
-    return {"stored": stored, "rejected": 0}
+    return await _done(state, task, len(items), new, 0, started, started_ms, live)
 
 
 async def _record_stored(
