@@ -150,6 +150,7 @@ $$;
 
 -- Queue a statement's rows for the sealer, in the inserting transaction: their seqs and
 -- their entries, digested here from the rows in hand (the same record as audit_row_digest).
+-- The entries are in no particular order: the sealer sorts a checkpoint's entries anyway.
 CREATE OR REPLACE FUNCTION audit_log_queue_seal() RETURNS trigger
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = public, pg_temp AS $$
 DECLARE
@@ -165,7 +166,7 @@ BEGIN
                a.entity_type, a.entity_id, a.entity_name, a.tenant,
                a.request_id, a.ip, a.user_agent, a.method, a.path, a.status, a.duration_ms,
                a.changes, a.metadata, a.presentation, a.source, a.received_via))), 1, 16),
-               ''::bytea ORDER BY a.seq)
+               ''::bytea)
       INTO v_lo, v_hi, v_n, v_entries
       FROM new_rows a;
     IF v_n = 0 THEN

@@ -1,22 +1,24 @@
-"""What sealing costs: the worker's write throughput and CPU per event, seals on and off.
+"""What sealing costs: end-to-end write throughput and CPU per event, seals on and off.
 
 Usage: .venv/bin/python -m bench.seal_cost [EVENTS] [ROUNDS]
-Each round: a fresh database, EVENTS events enqueued first (jobs of 100, through the Lua
-script), then one in-process worker (the sealer with it, as in production) drains them.
-"on": schema as shipped, sealing every second, the clock stopped when the last row is
-visible and CPU counted until every row is sealed; "off": the seal trigger dropped and no
-sealer. Rounds alternate on/off; medians are printed.
+One Valkey and PostgreSQL for the whole run; each round, a fresh database and an empty Valkey,
+then the pipeline as the write side runs it (bench/write_side.py): an `auditq worker` process,
+and a producer process whose 64 concurrent awaited captures send EVENTS events flat out (after
+a warm-up). Throughput is EVENTS over the time from the first capture until the last row is
+visible; CPU is that of the producer, the worker, PostgreSQL and Valkey over that phase.
+"on": schema as shipped, sealing every second, CPU counted until every row is sealed; "off":
+the seal trigger dropped and the worker's sealer off (AUDITQ_SEAL=off). ROUNDS pairs of
+rounds, one on and one off back to back, alternating which goes first; the cost is the median
+over the pairs.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import statistics
 import sys
 import tempfile
-import time
 import uuid
 from pathlib import Path
 from typing import Any
@@ -24,102 +26,147 @@ from typing import Any
 import asyncpg
 import redis.asyncio as aioredis
 
-from bench.common import Stack, cpu_seconds, event_fields, postmaster_pid
-from service.queue import ENQUEUE_SCRIPT
-from service.settings import Settings
+from bench.common import Stack, cpu_seconds
+from bench.write_side import SYSTEMS, produce_and_wait, producer_cmd, start_workers, stop_workers
 from service.store import db
-from workers.runner import build_worker, run_until
 
 EVENTS = 50_000
-ROUNDS = 3
-PER_JOB = 100
+ROUNDS = 8
+WARMUP = 2_000
+AUDITQ = next(s for s in SYSTEMS if s.name == "auditq_1_worker")
+PARTS = ("producer", "worker", "postgres", "valkey")
 
 
-async def one_round(stack: Stack, *, sealing: bool, events: int, work: Path) -> tuple[float, float]:
-    """Events/s until the last row is visible, and CPU µs per event (worker + PostgreSQL)."""
+async def one_round(stack: Stack, *, sealing: bool, events: int, logs: Path) -> dict[str, Any]:
+    """Events/s from first capture to last visible row, and CPU µs per event of each part."""
     name = f"seal_{'on' if sealing else 'off'}_{uuid.uuid4().hex[:6]}"
     stack.stack.postgres.create_database(name)
     url = stack.stack.postgres.url_for(name)
     await db.migrate(url)
+    redis = aioredis.Redis.from_url(stack.redis_url)
+    await redis.flushall()
+    await redis.aclose()
     conn = await asyncpg.connect(url)
     if not sealing:
         await conn.execute("DROP TRIGGER audit_log_queue_seal ON audit_log")
-    queue = f"bench-{name}"
-    redis = aioredis.Redis.from_url(stack.redis_url)
-    script = redis.register_script(ENQUEUE_SCRIPT)
-    batch = [event_fields(name, i) for i in range(events)]
-    async with redis.pipeline(transaction=False) as pipe:
-        for start in range(0, events, PER_JOB):
-            await script(
-                keys=[queue], args=[json.dumps(batch[start : start + PER_JOB])], client=pipe
-            )
-        await pipe.execute()
-    settings = Settings(
-        redis_url=stack.redis_url,
-        database_url=url,
-        queue=queue,
-        data_dir=work,
-        sealing=sealing,
-        seal_interval_s=1.0,
+    round_logs = logs / name
+    round_logs.mkdir()
+    [worker] = start_workers(
+        AUDITQ,
+        stack,
+        round_logs,
+        AUDITQ_DATABASE_URL=url,
+        AUDITQ_SEAL="on" if sealing else "off",
+        AUDITQ_SEAL_INTERVAL_S="1",
     )
-    pg_pid = postmaster_pid(stack.stack)
-    cpu_before = time.process_time() + cpu_seconds(pg_pid)
-    stop = asyncio.Event()
-    started = time.perf_counter()
-    task = asyncio.create_task(run_until(build_worker(settings), stop))
-    while await conn.fetchval("SELECT count(*) FROM audit_log") < events:  # noqa: ASYNC110
-        await asyncio.sleep(0.01)
-    elapsed = time.perf_counter() - started
-    while sealing and await conn.fetchval("SELECT count(*) FROM seal_pending"):  # noqa: ASYNC110
-        await asyncio.sleep(0.05)
-    cpu = time.process_time() + cpu_seconds(pg_pid) - cpu_before
-    stop.set()
-    await task
-    await conn.close()
-    await redis.aclose()
-    return events / elapsed, cpu / events * 1e6
+    try:
+        plog = round_logs / "producer.log"
+        out = round_logs / "warmup.json"
+        cmd = producer_cmd(AUDITQ, stack, "warmup", WARMUP, 0, out)
+        await produce_and_wait(conn, cmd, out, WARMUP, plog, timeout_s=300)
+        while sealing and await conn.fetchval("SELECT count(*) FROM seal_pending"):  # noqa: ASYNC110
+            await asyncio.sleep(0.05)
+        stack.stack.postgres.psql("CHECKPOINT")  # every round starts with the same WAL state
+        before = stack.server_cpu() | {"worker": cpu_seconds(worker.pid)}
+        out = round_logs / "throughput.json"
+        cmd = producer_cmd(AUDITQ, stack, "throughput", events, 0, out)
+        report, visible_at = await produce_and_wait(conn, cmd, out, WARMUP + events, plog)
+        while sealing and await conn.fetchval("SELECT count(*) FROM seal_pending"):  # noqa: ASYNC110
+            await asyncio.sleep(0.05)
+        after = stack.server_cpu() | {"worker": cpu_seconds(worker.pid)}
+        unsealed = await conn.fetchval(
+            "SELECT count(*) FROM audit_log a WHERE NOT EXISTS (SELECT FROM seal_checkpoint c "
+            "WHERE a.seq BETWEEN c.seq_min AND c.seq_max)"
+        )
+    finally:
+        await conn.close()
+        stop_workers([worker])
+        # Gone before the next round, so no autovacuum of this one's rows runs into it.
+        stack.stack.postgres.psql(f'DROP DATABASE "{name}" WITH (FORCE)')
+    if sealing and unsealed:
+        raise RuntimeError(f"{unsealed} rows were left unsealed")
+    if report["failed"]:
+        raise RuntimeError(f"{report['failed']} captures failed: see {plog}")
+    cpu = {part: (after[part] - before[part]) for part in ("worker", "postgres", "valkey")}
+    cpu["producer"] = report["cpu_s"]  # the producer process ran this phase only
+    return {
+        "events_per_s": events / (visible_at - report["started_at"]),
+        "cpu_us_per_event": {part: cpu[part] / events * 1e6 for part in PARTS},
+    }
+
+
+def _median_round(rounds: list[dict[str, Any]]) -> dict[str, Any]:
+    return {
+        "events_per_s": statistics.median(r["events_per_s"] for r in rounds),
+        "events_per_s_rounds": [r["events_per_s"] for r in rounds],
+        "cpu_us_per_event": {
+            part: statistics.median(r["cpu_us_per_event"][part] for r in rounds) for part in PARTS
+        },
+    }
+
+
+def _total(side: dict[str, Any], parts: tuple[str, ...] = PARTS) -> float:
+    return float(sum(side["cpu_us_per_event"][p] for p in parts))
 
 
 async def run(events: int, rounds: int) -> dict[str, Any]:
-    """Rounds alternating seals on and off; the medians and what sealing costs."""
-    work = Path(tempfile.mkdtemp(prefix="auditq-bench-seal-"))
-    results: dict[bool, list[tuple[float, float]]] = {True: [], False: []}
+    """`rounds` pairs of rounds, seals on and off back to back (which goes first alternates);
+    the medians of each side, and what sealing costs as the median over the pairs (the two
+    rounds of a pair share the machine's load of the moment, which swings far more between
+    pairs than sealing costs)."""
+    logs = Path(tempfile.mkdtemp(prefix="auditq-bench-seal-"))
+    pairs: list[dict[bool, dict[str, Any]]] = []
     with Stack() as stack:
-        for _ in range(rounds):
-            for sealing in (True, False):
-                results[sealing].append(
-                    await one_round(stack, sealing=sealing, events=events, work=work)
-                )
-    medians = {
-        "on" if sealing else "off": {
-            "events_per_s": statistics.median(r for r, _ in results[sealing]),
-            "cpu_us_per_event": statistics.median(c for _, c in results[sealing]),
-        }
-        for sealing in (False, True)
-    }
-    on, off = medians["on"], medians["off"]
+        for n in range(rounds):
+            pair = {}
+            for sealing in (True, False) if n % 2 == 0 else (False, True):
+                pair[sealing] = await one_round(stack, sealing=sealing, events=events, logs=logs)
+            pairs.append(pair)
+    on = _median_round([p[True] for p in pairs])
+    off = _median_round([p[False] for p in pairs])
+    worker_postgres = ("worker", "postgres")  # where sealing runs: the sealer, the trigger
     return {
         "events": events,
         "rounds": rounds,
-        **medians,
-        "seal_overhead": 1 - on["events_per_s"] / off["events_per_s"],
-        "seal_cpu_overhead": on["cpu_us_per_event"] / off["cpu_us_per_event"] - 1,
+        "on": on,
+        "off": off,
+        "seal_overhead_pairs": [
+            1 - p[True]["events_per_s"] / p[False]["events_per_s"] for p in pairs
+        ],
+        "seal_overhead": statistics.median(
+            1 - p[True]["events_per_s"] / p[False]["events_per_s"] for p in pairs
+        ),
+        "seal_cpu_overhead": statistics.median(
+            _total(p[True]) / _total(p[False]) - 1 for p in pairs
+        ),
+        "seal_cpu_overhead_worker_postgres": statistics.median(
+            _total(p[True], worker_postgres) / _total(p[False], worker_postgres) - 1 for p in pairs
+        ),
     }
 
 
 def main(events: int, rounds: int) -> None:
     result = asyncio.run(run(events, rounds))
     print(f"load average at the end: {os.getloadavg()[0]:.1f} ({os.cpu_count()} CPUs)")
-    print("| seals | events/s (median) | CPU µs/event, worker + PostgreSQL (median) |")
-    print("|---|---:|---:|")
+    print("| seals | events/s (median) | rounds | CPU µs/event: " + ", ".join(PARTS) + " |")
+    print("|---|---:|---|---:|")
     for name in ("off", "on"):
+        side = result[name]
+        cpu = side["cpu_us_per_event"]
         print(
-            f"| {name} | {result[name]['events_per_s']:,.0f} "
-            f"| {result[name]['cpu_us_per_event']:.1f} |"
+            f"| {name} | {side['events_per_s']:,.0f} "
+            f"| {', '.join(f'{r:,.0f}' for r in side['events_per_s_rounds'])} "
+            f"| {' + '.join(f'{cpu[p]:.1f}' for p in PARTS)} = {sum(cpu.values()):.1f} |"
         )
     print(
-        f"cost of sealing: {100 * result['seal_overhead']:.1f} % of throughput, "
-        f"{100 * result['seal_cpu_overhead']:.1f} % more CPU per event"
+        "each pair's cost: " + ", ".join(f"{100 * c:.1f} %" for c in result["seal_overhead_pairs"])
+    )
+    print(
+        f"cost of sealing (median of the pairs): {100 * result['seal_overhead']:.1f} % of "
+        "end-to-end throughput; "
+        f"{100 * result['seal_cpu_overhead']:.1f} % more CPU per event "
+        f"({100 * result['seal_cpu_overhead_worker_postgres']:.1f} % of the worker's and "
+        "PostgreSQL's)"
     )
 
 

@@ -79,7 +79,10 @@ def _node() -> str:
     return os.environ.get("NODE", "node")
 
 
-def start_workers(system: System, stack: Stack, logs: Path) -> list[subprocess.Popen[bytes]]:
+def start_workers(
+    system: System, stack: Stack, logs: Path, **env: str
+) -> list[subprocess.Popen[bytes]]:
+    """Start the system's worker processes; `env`: settings of their own (auditq's)."""
     procs = []
     for n in range(system.workers):
         log = open(logs / f"{system.name}-worker-{n}.log", "wb")
@@ -96,7 +99,9 @@ def start_workers(system: System, stack: Stack, logs: Path) -> list[subprocess.P
         else:
             cmd = [str(VENV_BIN / "auditq"), "worker"]
         procs.append(
-            subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=stack.env(), cwd=ROOT)
+            subprocess.Popen(
+                cmd, stdout=log, stderr=subprocess.STDOUT, env=stack.env(**env), cwd=ROOT
+            )
         )
     return procs
 

@@ -50,7 +50,7 @@ async def seal_once(conn: asyncpg.Connection, key: Ed25519PrivateKey) -> Checkpo
         taken = await conn.fetch(TAKE_PENDING)
         if not taken:
             return None
-        # Each statement's entries are sorted; together, sorted by seq (their first 8 bytes).
+        # Every statement's entries together, sorted by seq (their first 8 bytes).
         row_entries = sorted(
             entry
             for r in taken
