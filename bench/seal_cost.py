@@ -26,6 +26,7 @@ from typing import Any
 import asyncpg
 import redis.asyncio as aioredis
 
+from bench import report
 from bench.common import Stack, cpu_seconds
 from bench.write_side import SYSTEMS, produce_and_wait, producer_cmd, start_workers, stop_workers
 from service.store import db
@@ -148,26 +149,7 @@ async def run(events: int, rounds: int) -> dict[str, Any]:
 def main(events: int, rounds: int) -> None:
     result = asyncio.run(run(events, rounds))
     print(f"load average at the end: {os.getloadavg()[0]:.1f} ({os.cpu_count()} CPUs)")
-    print("| seals | events/s (median) | rounds | CPU µs/event: " + ", ".join(PARTS) + " |")
-    print("|---|---:|---|---:|")
-    for name in ("off", "on"):
-        side = result[name]
-        cpu = side["cpu_us_per_event"]
-        print(
-            f"| {name} | {side['events_per_s']:,.0f} "
-            f"| {', '.join(f'{r:,.0f}' for r in side['events_per_s_rounds'])} "
-            f"| {' + '.join(f'{cpu[p]:.1f}' for p in PARTS)} = {sum(cpu.values()):.1f} |"
-        )
-    print(
-        "each pair's cost: " + ", ".join(f"{100 * c:.1f} %" for c in result["seal_overhead_pairs"])
-    )
-    print(
-        f"cost of sealing (median of the pairs): {100 * result['seal_overhead']:.1f} % of "
-        "end-to-end throughput; "
-        f"{100 * result['seal_cpu_overhead']:.1f} % more CPU per event "
-        f"({100 * result['seal_cpu_overhead_worker_postgres']:.1f} % of the worker's and "
-        "PostgreSQL's)"
-    )
+    print("\n".join(report.seals(result)))
 
 
 if __name__ == "__main__":
