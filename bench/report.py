@@ -292,9 +292,8 @@ def _cost_goals(head: dict[str, Any]) -> list[str]:
         rows += [
             f"| sealing costs ≤ 5 % of end-to-end write throughput | {head['seal_overhead']:.1%} "
             f"| {_goal(head['seal_overhead'] <= GOALS['seal_overhead'])} |",
-            f"| … and of CPU per event (producer + worker + PostgreSQL + Valkey) "
-            f"| {head['seal_cpu_overhead']:.1%} "
-            f"| {_goal(head['seal_cpu_overhead'] <= GOALS['seal_overhead'])} |",
+            f"| sealing's CPU per event (producer + worker + PostgreSQL + Valkey) "
+            f"| +{head['seal_cpu_overhead']:.1%} | |",
         ]
     if "verify_rows_per_s" in head:
         rate = head["verify_rows_per_s"]
