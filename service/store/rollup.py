@@ -23,7 +23,6 @@ import asyncpg
 FOLD = "SELECT auditq_rollup_fold($1)"
 FOLD_ENTRIES = 50  # pending entries (inserting statements) folded per transaction
 FOLD_BUSY_PAUSE = 0.05  # seconds fold_all waits while another fold holds the lock
-HALF_DAY = timedelta(hours=12)
 NO_DAYS = (date.max, date.min)  # first and last day of an empty range
 
 # Parameters: $1 since, $2 until (the window, inclusive), $3 and $4 the first and last day
@@ -117,19 +116,32 @@ def _midnight(day: date) -> datetime:
     return datetime.combine(day, time(), UTC)
 
 
-def plan(since: datetime, until: datetime) -> Plan:
-    """The cheaper reading of the window [since, until] (since <= until)."""
+def plan(since: datetime, until: datetime, now: datetime | None = None) -> Plan:
+    """The cheaper reading of the window [since, until] (since <= until): each edge day taken
+    whole from the rollup less its rows outside the window, or left out and its rows inside
+    counted, whichever part of the day is shorter. A day's part after `now` (default: the
+    clock) holds no rows, so the day of a window ending now is taken whole."""
     since, until = since.astimezone(UTC), until.astimezone(UTC)
+    now = (now or datetime.now(UTC)).astimezone(UTC)
+
+    def held(lo: datetime, hi: datetime) -> timedelta:
+        """How much of [lo, hi] can hold rows (none after now)."""
+        return max(min(hi, now) - lo, timedelta(0))
+
     first, last = since.date(), until.date()
     if first == last:
         # One day: whole from the rollup less both ends, or the window from its rows.
-        if until - since > HALF_DAY and first < date.max:
-            day_end = _midnight(first + timedelta(days=1))
-            return Plan(first, first, ((_midnight(first), since), (until, day_end)))
+        if first < date.max:
+            day_start, day_end = _midnight(first), _midnight(first + timedelta(days=1))
+            if held(day_start, since) + held(until, day_end) < held(since, until):
+                return Plan(first, first, ((day_start, since), (until, day_end)))
         return Plan(*NO_DAYS, ((since, until), (until, until)))
-    take_first = since - _midnight(first) < HALF_DAY
-    take_last = until - _midnight(last) > HALF_DAY and last < date.max
-    head = (_midnight(first), since) if take_first else (since, _midnight(first + timedelta(1)))
+    first_end = _midnight(first + timedelta(days=1))
+    take_first = held(_midnight(first), since) < held(since, first_end)
+    take_last = last < date.max and held(until, _midnight(last + timedelta(days=1))) < held(
+        _midnight(last), until
+    )
+    head = (_midnight(first), since) if take_first else (since, first_end)
     tail = (until, _midnight(last + timedelta(1))) if take_last else (_midnight(last), until)
     return Plan(
         first if take_first else first + timedelta(days=1),

@@ -175,6 +175,25 @@ async def test_late_rows_into_a_folded_day_are_counted(
         await fold_all(pg)
 
 
+async def test_windows_ending_now_count_rows_stamped_ahead_of_the_clock(
+    api: TestClient[Any, Any], reader: dict[str, str], pg: asyncpg.Connection, folded: Any
+) -> None:
+    # Today is taken whole from the rollup for a window ending now; the rows a producer's
+    # clock stamped ahead of ours (later today) must be subtracted, folded or pending.
+    now = datetime.now(UTC)
+    ahead = events(30, start=now + timedelta(minutes=1), span=timedelta(minutes=4), seed=11)
+    await seed(pg, [e for e in ahead if e.ts.date() == now.date()] or ahead[:1])
+    ending_now = [
+        (now - timedelta(days=30), now),
+        (now - timedelta(days=2, hours=5), now),
+        (max(TODAY, now - timedelta(hours=1)), now),
+        (TODAY, now),
+    ]
+    for _ in range(2):  # pending, then folded
+        await assert_exact(api, reader, pg, ending_now)
+        await fold_all(pg)
+
+
 async def test_rows_removed_by_retention_leave_the_statistics(
     api: TestClient[Any, Any], reader: dict[str, str], pg: asyncpg.Connection
 ) -> None:
