@@ -20,6 +20,7 @@ from service.cli.common import (
 )
 from service.errors import ConfigError
 from service.events import Entity
+from service.integrity.keys import load_or_create_private_key
 from service.ops.admin_actions import audit_cli_action
 from service.settings import Settings
 from service.store import db
@@ -108,6 +109,8 @@ async def cmd_run(settings: Settings, args: argparse.Namespace) -> int:
         if migrate_url is None:
             raise ConfigError("no PostgreSQL to migrate: set AUDITQ_DATABASE_URL")
         await db.migrate(migrate_url, months_ahead=settings.partitions_ahead_months)
+        if settings.sealing:  # made before "running" is said: `auditq integrity public-key` works
+            load_or_create_private_key(settings.seal_key_path)
         token_path = settings.data_dir / ADMIN_TOKEN_FILE
         kept = token_path.read_text().strip() if token_path.exists() else None
         admin_token = await ensure_dev_admin_token(settings)
