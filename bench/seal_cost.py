@@ -71,7 +71,7 @@ async def one_round(stack: Stack, *, sealing: bool, events: int, logs: Path) -> 
         before = stack.server_cpu() | {"worker": cpu_seconds(worker.pid)}
         out = round_logs / "throughput.json"
         cmd = producer_cmd(AUDITQ, stack, "throughput", events, 0, out)
-        report, visible_at = await produce_and_wait(conn, cmd, out, WARMUP + events, plog)
+        produced, visible_at = await produce_and_wait(conn, cmd, out, WARMUP + events, plog)
         while sealing and await conn.fetchval("SELECT count(*) FROM seal_pending"):  # noqa: ASYNC110
             await asyncio.sleep(0.05)
         after = stack.server_cpu() | {"worker": cpu_seconds(worker.pid)}
@@ -86,12 +86,12 @@ async def one_round(stack: Stack, *, sealing: bool, events: int, logs: Path) -> 
         stack.stack.postgres.psql(f'DROP DATABASE "{name}" WITH (FORCE)')
     if sealing and unsealed:
         raise RuntimeError(f"{unsealed} rows were left unsealed")
-    if report["failed"]:
-        raise RuntimeError(f"{report['failed']} captures failed: see {plog}")
+    if produced["failed"]:
+        raise RuntimeError(f"{produced['failed']} captures failed: see {plog}")
     cpu = {part: (after[part] - before[part]) for part in ("worker", "postgres", "valkey")}
-    cpu["producer"] = report["cpu_s"]  # the producer process ran this phase only
+    cpu["producer"] = produced["cpu_s"]  # the producer process ran this phase only
     return {
-        "events_per_s": events / (visible_at - report["started_at"]),
+        "events_per_s": events / (visible_at - produced["started_at"]),
         "cpu_us_per_event": {part: cpu[part] / events * 1e6 for part in PARTS},
     }
 
@@ -126,17 +126,14 @@ async def run(events: int, rounds: int) -> dict[str, Any]:
     on = _median_round([p[True] for p in pairs])
     off = _median_round([p[False] for p in pairs])
     worker_postgres = ("worker", "postgres")  # where sealing runs: the sealer, the trigger
+    costs = [1 - p[True]["events_per_s"] / p[False]["events_per_s"] for p in pairs]
     return {
         "events": events,
         "rounds": rounds,
         "on": on,
         "off": off,
-        "seal_overhead_pairs": [
-            1 - p[True]["events_per_s"] / p[False]["events_per_s"] for p in pairs
-        ],
-        "seal_overhead": statistics.median(
-            1 - p[True]["events_per_s"] / p[False]["events_per_s"] for p in pairs
-        ),
+        "seal_overhead_pairs": costs,
+        "seal_overhead": statistics.median(costs),
         "seal_cpu_overhead": statistics.median(
             _total(p[True]) / _total(p[False]) - 1 for p in pairs
         ),
