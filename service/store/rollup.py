@@ -136,13 +136,13 @@ def plan(since: datetime, until: datetime, now: datetime | None = None) -> Plan:
             if held(day_start, since) + held(until, day_end) < held(since, until):
                 return Plan(first, first, ((day_start, since), (until, day_end)))
         return Plan(*NO_DAYS, ((since, until), (until, until)))
-    first_end = _midnight(first + timedelta(days=1))
-    take_first = held(_midnight(first), since) < held(since, first_end)
-    take_last = last < date.max and held(until, _midnight(last + timedelta(days=1))) < held(
-        _midnight(last), until
-    )
-    head = (_midnight(first), since) if take_first else (since, first_end)
-    tail = (until, _midnight(last + timedelta(1))) if take_last else (_midnight(last), until)
+    first_start, first_end = _midnight(first), _midnight(first + timedelta(days=1))
+    last_start = _midnight(last)
+    last_end = _midnight(last + timedelta(days=1)) if last < date.max else None
+    take_first = held(first_start, since) < held(since, first_end)
+    take_last = last_end is not None and held(until, last_end) < held(last_start, until)
+    head = (first_start, since) if take_first else (since, first_end)
+    tail = (until, last_end) if take_last and last_end else (last_start, until)
     return Plan(
         first if take_first else first + timedelta(days=1),
         last if take_last else last - timedelta(days=1),
