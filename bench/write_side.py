@@ -25,7 +25,16 @@ from typing import Any
 
 import asyncpg
 
-from bench.common import ROOT, VENV_BIN, Stack, count_rows, cpu_seconds, memory_kib, percentile
+from bench.common import (
+    ROOT,
+    VENV_BIN,
+    Stack,
+    count_rows,
+    cpu_seconds,
+    memory_kib,
+    percentile,
+    wait_for_rows,
+)
 
 NODE_DIR = ROOT / "bench" / "node"
 E2E_RATE = 2000  # events/s
@@ -163,18 +172,14 @@ async def produce_and_wait(
         )
     if on_start:
         on_start()
+
+    def alive() -> None:
+        if producer.poll() not in (None, 0):
+            raise RuntimeError(f"producer failed ({producer.returncode}): see {log}")
+
     deadline = time.monotonic() + timeout_s
-    visible_at = None
     try:
-        while time.monotonic() < deadline:
-            seen = await count_rows(conn)
-            if seen >= expected_rows:
-                visible_at = time.time()
-                break
-            if producer.poll() not in (None, 0):
-                raise RuntimeError(f"producer failed ({producer.returncode}): see {log}")
-            # A count is a scan: poll slowly while far from the end, fast near it.
-            await asyncio.sleep(0.02 if seen >= expected_rows * 0.9 else 0.5)
+        visible_at = await wait_for_rows(conn, expected_rows, timeout_s=timeout_s, check=alive)
         while producer.poll() is None and time.monotonic() < deadline:  # noqa: ASYNC110
             await asyncio.sleep(0.05)
     finally:
