@@ -77,7 +77,7 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
         raw["read_reps"] = reps
         raw["read"] = await read_side.run_all(rows, reps, 1000, logs)
     if "integrity" in parts:
-        events, rounds = (20_000, 4) if quick else (50_000, 8)
+        events, rounds = (20_000, 4) if quick else (100_000, 8)
         raw["seal_cost"] = await seal_cost.run(events, rounds)
         raw["verify"] = await verify.run(100_000 if quick else 200_000)
     if "live" in parts:

@@ -31,7 +31,7 @@ from bench.common import Stack, cpu_seconds
 from bench.write_side import SYSTEMS, produce_and_wait, producer_cmd, start_workers, stop_workers
 from service.store import db
 
-EVENTS = 50_000
+EVENTS = 100_000
 ROUNDS = 8
 WARMUP = 2_000
 AUDITQ = next(s for s in SYSTEMS if s.name == "auditq_1_worker")
