@@ -238,7 +238,7 @@ def markdown(raw: dict[str, Any], head: dict[str, Any]) -> str:
 
 def seals(seal: dict[str, Any]) -> list[str]:
     """Seals on and off side by side (bench/seal_cost.py)."""
-    parts = ("producer", "worker", "postgres", "valkey")
+    parts = tuple(seal["off"]["cpu_us_per_event"])  # bench/seal_cost.py's PARTS, in order
     lines = [
         f"## Sealing, end to end ({_f(seal['events'])} events a round, {seal['rounds']} pairs "
         "of rounds on and off)",
