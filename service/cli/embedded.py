@@ -20,6 +20,7 @@ import threading
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from service.cli.common import ctrl_c_held
 from service.errors import EmbeddedServerError
 
 if TYPE_CHECKING:
@@ -307,16 +308,17 @@ class EmbeddedPostgres:
         """Run SQL through psql as the superuser; return its output."""
         command = [str(self._bin("psql")), "-X", "-q", "-v", "ON_ERROR_STOP=1"]
         command += ["-h", "127.0.0.1", "-p", str(self.port), "-U", SUPERUSER, "-d", database]
-        result = subprocess.run(
-            command,
-            input=sql,
-            capture_output=True,
-            text=True,
-            check=False,
-            # The password in psql's environment only, never on a command line.
-            env={**os.environ, "PGPASSWORD": secret_file(self._credentials / SUPERUSER)},
-            start_new_session=True,  # a Ctrl-C while starting must not cut it (issue 10)
-        )
+        with ctrl_c_held():
+            result = subprocess.run(
+                command,
+                input=sql,
+                capture_output=True,
+                text=True,
+                check=False,
+                # The password in psql's environment only, never on a command line.
+                env={**os.environ, "PGPASSWORD": secret_file(self._credentials / SUPERUSER)},
+                start_new_session=True,  # a Ctrl-C while starting must not cut it (issue 10)
+            )
         if result.returncode:
             raise EmbeddedServerError(f"psql failed: {result.stderr.strip()}")
         return result.stdout
@@ -402,7 +404,7 @@ class EmbeddedPostgres:
     def _run(self, program: str, *args: str) -> None:
         # Output goes to a file, never a pipe: the server inherits it and blocks on a full pipe.
         out_path = self.data_dir / f"{program}.out"
-        with open(out_path, "w") as out:
+        with open(out_path, "w") as out, ctrl_c_held():
             result = subprocess.run(
                 [str(self._bin(program)), *args],
                 stdout=out,

