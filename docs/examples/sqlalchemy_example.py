@@ -1,4 +1,4 @@
-"""Every committed change of a SQLAlchemy model as an audit event (README, "SQLAlchemy").
+"""Every committed change of a SQLAlchemy model as an audit event (docs/sqlalchemy.md).
 
 make run                                    # in one terminal: auditq and its servers
 .venv/bin/pip install -e '.[sqlalchemy]'    # in another

@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import json
+import re
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
+from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 from multidict import MultiDict
 
-from service.api.app import create_app
+from service.api.app import ROUTES, create_app
 from service.api.audit_logs.query import AuditLogQuery
 from service.api.audit_logs.statistics import StatisticsQuery
 from service.api.errors import ApiError
@@ -85,10 +87,22 @@ def _refs(node: Any) -> list[str]:
     return []
 
 
-def test_readme_has_the_section() -> None:
-    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
-    tasks = readme.index("## Tasks, queue and ingest")
-    assert tasks < readme.index("## Configuration")
+PATH_PARAMETER = re.compile(r"[{](\w+):[^{}]*[}]")  # {id:regex} as the docs write it: {id}
+
+
+def test_the_admin_api_page_lists_every_route() -> None:
+    page = (Path(__file__).resolve().parents[2] / "docs" / "admin-api.md").read_text()
+    listed = set(re.findall(r"^\| `([A-Z]+ /[^`]*)` \|", page, flags=re.MULTILINE))
+    served = {
+        route.method + " " + PATH_PARAMETER.sub(r"{\1}", route.path)
+        for route in ROUTES
+        if isinstance(route, web.RouteDef) and route.path != "/"
+        if not route.path.startswith("/console")  # the console's paths: docs/console.md
+    }
+    missing = sorted(served - listed)
+    assert not missing, f"docs/admin-api.md, 'Every route', lacks: {missing}"
+    unknown = sorted(listed - served)
+    assert not unknown, f"docs/admin-api.md, 'Every route', lists routes the API lacks: {unknown}"
 
 
 async def test_parameters_are_the_query_structs(settings: Settings) -> None:
