@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from service.cli.main import _parser
+from service.integrity.keys import load_or_create_private_key
 from service.settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -180,6 +181,7 @@ def example_dir(settings: Settings, tmp_path: Path) -> Path:
         f"AUDITQ_QUEUE={settings.queue}\n"
     )
     (data / "env").write_text(urls)
+    load_or_create_private_key(data / "seal-key")  # `auditq run` makes it before it says "running"
     (data / "producer.env").write_text(
         f"AUDITQ_REDIS_URL={settings.redis_url}\nAUDITQ_QUEUE={settings.queue}\n"
     )
