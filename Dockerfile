@@ -2,7 +2,7 @@
 # One image for every auditq process: `api` (default), `worker`, `migrate`.
 #   docker build -t auditq .
 #   docker run --rm -e AUDITQ_DATABASE_URL=… -e AUDITQ_REDIS_URL=… auditq migrate
-# deploy/compose.yaml and deploy/kubernetes/ run it; README "Production" walks through both.
+# deploy/compose.yaml and deploy/kubernetes/ run it; docs/operations.md walks through both.
 
 ARG PYTHON_IMAGE=python:3.12-slim-bookworm
 
