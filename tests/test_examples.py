@@ -18,6 +18,7 @@ from tests.test_docs import README, blocks, example_dir
 ROOT = Path(__file__).resolve().parent.parent
 SQLALCHEMY_EXAMPLE = ROOT / "docs" / "examples" / "sqlalchemy_example.py"
 SQLALCHEMY_PAGE = ROOT / "docs" / "sqlalchemy.md"
+FIRST_EVENT = ROOT / "docs" / "examples" / "first_event.py"
 PROCESS_TIMEOUT = 60.0  # seconds
 
 __all__ = ["example_dir"]  # the fixture, used here too
@@ -98,8 +99,11 @@ async def test_the_readme_first_event_runs_as_told_and_is_stored(
     page_blocks = [b for b in blocks(README) if b.code.strip() and b.code in section]
     shell = next(b for b in page_blocks if b.lang == "sh")
     program = next(b for b in page_blocks if b.lang == "python")
-    assert "first_event.py" in shell.code and ". .auditq/producer.env" in shell.code
-    (example_dir / "first_event.py").write_text(program.code)
+    assert ". .auditq/producer.env" in shell.code
+    assert "docs/examples/first_event.py" in shell.code
+    code = FIRST_EVENT.read_text()
+    assert code[code.index("import asyncio") :] == program.code  # the file the README shows
+    (example_dir / "docs").symlink_to(ROOT / "docs")
     env = {k: v for k, v in os.environ.items() if not k.startswith("AUDITQ_")}
     proc = await asyncio.create_subprocess_exec(
         "bash",
