@@ -57,8 +57,36 @@ async def _running_worker(settings: Settings) -> AsyncIterator[None]:
 
 
 async def cmd_migrate(settings: Settings, args: argparse.Namespace) -> int:
-    await db.migrate(settings.require_database(), months_ahead=settings.partitions_ahead_months)
-    print("schema applied")
+    if args.status:
+        return await _print_schema_status(settings.require_database())
+    done = await db.migrate(
+        settings.require_database(), months_ahead=settings.partitions_ahead_months
+    )
+    if done.new_store:
+        print(f"schema applied: a new store at version {done.version.label}")
+    elif done.ran:
+        ran = ", ".join(m.label for m in done.ran)
+        print(f"schema applied: migrations {ran}; the store is at version {done.version.label}")
+    else:
+        print(f"schema is current: version {done.version.label}")
+    return 0
+
+
+async def _print_schema_status(database_url: str) -> int:
+    versions = await db.schema_status(database_url)
+    if versions is None:
+        print("empty database: `auditq migrate` applies schema.sql (every version)")
+        return 0
+    for v in versions:
+        if not v.applied:
+            state = "pending"
+        elif v.applied_at is None:
+            state = "applied (made before versions were recorded)"
+        else:
+            state = f"applied {v.applied_at.isoformat(sep=' ', timespec='seconds')}"
+        print(f"{v.migration.label:<32} {state}")
+    pending = sum(not v.applied for v in versions)
+    print(f"{pending} pending" if pending else "schema is current")
     return 0
 
 
@@ -179,8 +207,15 @@ def add_parsers(sub: Any) -> None:
     run_help = "Run the whole pipeline (embedded servers unless URLs are set)."
     run = add_command(sub, "run", cmd_run, run_help)
     run.add_argument("--demo", action="store_true", help="also feed realistic demo traffic")
-    add_command(
-        sub, "migrate", cmd_migrate, "Apply schema.sql (idempotent) and make partitions ahead."
+    migrate = add_command(
+        sub,
+        "migrate",
+        cmd_migrate,
+        "Bring the store to the current schema (schema.sql for a new one, else the numbered"
+        " migrations it lacks) and make partitions ahead; idempotent.",
+    )
+    migrate.add_argument(
+        "--status", action="store_true", help="list the schema versions applied and pending"
     )
     add_command(sub, "api", cmd_api, "Serve the admin API.")
     add_command(sub, "worker", cmd_worker, "Run an arq worker that stores queued events.")
