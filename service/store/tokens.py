@@ -60,6 +60,19 @@ async def find_active_token(conn: asyncpg.Connection, digest: bytes) -> asyncpg.
     return row
 
 
+# At most once a minute per token, whatever the number of API replicas: a write per request
+# would cost more than the request.
+TOUCH_TOKEN = """
+UPDATE api_token SET last_used_at = now()
+WHERE id = $1 AND (last_used_at IS NULL OR last_used_at < now() - interval '1 minute')
+"""
+
+
+async def touch_token(conn: asyncpg.Connection, token_id: int) -> None:
+    """Record that the token `token_id` was used (unless it was in the last minute)."""
+    await conn.execute(TOUCH_TOKEN, token_id)
+
+
 IS_ACTIVE = "SELECT true FROM api_token WHERE id = $1 AND revoked_at IS NULL"
 
 
