@@ -29,6 +29,8 @@ if TYPE_CHECKING:
 
 PG_SYSTEM_USER = "embedded_postgres"  # initdb refuses to run as root
 PG_START_TIMEOUT = 60  # seconds
+# Seconds for Valkey to answer: a restart reads its whole append-only file first.
+VALKEY_START_TIMEOUT = 120
 DATABASE_NAME = "auditq"
 # As root, the server's user cannot (and must not) reach into the data directory, which
 # holds keys and passwords: its cluster lives here, one folder per data directory, 0700.
@@ -208,7 +210,7 @@ class EmbeddedValkey:
             },
         )
         try:
-            self._server.start(timeout=30)
+            self._server.start(timeout=VALKEY_START_TIMEOUT)
         except Exception as exc:
             raise EmbeddedServerError(f"Valkey did not start: {exc}") from exc
         (self.data_dir / "valkey.conf").chmod(0o600)  # it holds the password

@@ -45,11 +45,19 @@ async def _serving_api(settings: Settings) -> AsyncIterator[str]:
 
 @contextlib.asynccontextmanager
 async def _running_worker(settings: Settings) -> AsyncIterator[None]:
-    from workers.runner import build_worker, run_until
+    from workers.runner import build_worker, run_until, worker_state
 
     stop = asyncio.Event()
-    task = asyncio.create_task(run_until(build_worker(settings, audit_lifecycle=True), stop))
+    worker = build_worker(settings, audit_lifecycle=True)
+    task = asyncio.create_task(run_until(worker, stop))
     try:
+        # Up (and its start-up lines logged) before anyone is told it runs; a worker that
+        # failed to start raises here.
+        started = asyncio.create_task(worker_state(worker).started.wait())
+        await asyncio.wait({task, started}, return_when=asyncio.FIRST_COMPLETED)
+        started.cancel()
+        if task.done():
+            task.result()
         yield
     finally:
         stop.set()
@@ -91,8 +99,9 @@ async def _print_schema_status(database_url: str) -> int:
 
 
 async def cmd_worker(settings: Settings, args: argparse.Namespace) -> int:
+    stop = stop_signal()  # from now on: a SIGTERM while the worker starts stops it cleanly
     async with _running_worker(require_urls(settings)):
-        await wait_for_signal()
+        await stop.wait()
     return 0
 
 
@@ -142,14 +151,15 @@ async def cmd_run(settings: Settings, args: argparse.Namespace) -> int:
         token_path = settings.data_dir / ADMIN_TOKEN_FILE
         kept = token_path.read_text().strip() if token_path.exists() else None
         admin_token = await ensure_dev_admin_token(settings)
-        if admin_token != kept:  # shown when made, never again
-            print(f"admin token (also kept in {token_path}): {admin_token}", flush=True)
-        else:
-            print(f"admin token: kept in {token_path}", flush=True)
         async with _running_worker(settings), _serving_api(settings) as address:
-            print(f"auditq is running: API on {address}", flush=True)
+            # Last, after every start-up line, so they stay on the screen.
             if stack is not None:
                 print(f"URLs for producers: set -a; . {settings.env_file}", flush=True)
+            if admin_token != kept:  # shown when made, never again
+                print(f"admin token (also kept in {token_path}): {admin_token}", flush=True)
+            else:
+                print(f"admin token: kept in {token_path}", flush=True)
+            print(f"auditq is running: API on {address}", flush=True)
             demo = None
             if args.demo:
                 from service.cli.demo import feed
