@@ -202,3 +202,20 @@ def test_query_strings_read_numbers_and_refuse_null() -> None:
         assert f"`{next(iter(params))}`" in raised.value.message
     with pytest.raises(ApiError, match="more than once"):
         read_query(TaskListQuery, MultiDict([("kind", "events"), ("kind", "events")]))
+
+
+async def test_every_audit_log_read_declares_its_200_body(settings: Settings) -> None:
+    doc, _ = await document(settings)
+    reads = {
+        ("get", "/api/v1/admin/audit-logs"): "AuditLogPage",
+        ("post", "/api/v1/admin/audit-logs/search"): "AuditLogPage",
+        ("get", "/api/v1/admin/audit-logs/{id}"): "AuditLogItem",
+        ("get", "/api/v1/admin/audit-logs/entity/{entity_type}/{entity_id}"): "AuditLogPage",
+        ("get", "/api/v1/admin/audit-logs/user/{actor_id}"): "AuditLogPage",
+        ("get", "/api/v1/admin/audit-logs/statistics"): "AuditLogStatistics",
+    }
+    for (method, path), name in reads.items():
+        content = doc["paths"][path][method]["responses"]["200"]["content"]
+        assert content["application/json"]["schema"] == {"$ref": f"#/components/schemas/{name}"}
+    item = doc["components"]["schemas"]["AuditLogItem"]
+    assert {"id", "ts", "action", "received_at", "received_via"} <= set(item["required"])
