@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -85,12 +84,6 @@ def _refs(node: Any) -> list[str]:
     return []
 
 
-def test_readme_has_the_section() -> None:
-    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
-    tasks = readme.index("## Tasks, queue and ingest")
-    assert tasks < readme.index("## Configuration")
-
-
 async def test_parameters_are_the_query_structs(settings: Settings) -> None:
     """One declaration: each route's query parameters are its Struct's fields."""
     doc, _ = await document(settings)
@@ -150,6 +143,7 @@ async def test_a_wrong_method_is_405_with_allow(settings: Settings) -> None:
             assert (await response.json())["error"]["code"] == "method_not_allowed"
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize(
     ("text", "expected"),
     [
@@ -172,6 +166,7 @@ def test_times_are_read_as_declared(text: str, expected: datetime | None) -> Non
         assert parse_time("since", text) == expected
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize(
     ("text", "expected"),
     [
@@ -193,6 +188,7 @@ def test_networks_are_read_as_declared(text: str, expected: str | None) -> None:
         assert parse_network("ip", text) == expected
 
 
+@pytest.mark.unit
 def test_query_strings_read_numbers_and_refuse_null() -> None:
     assert read_query(TaskListQuery, MultiDict(limit="54.0")).limit == 54
     assert read_query(TaskListQuery, MultiDict(limit="")).limit == 50  # blank: the default
