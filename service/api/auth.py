@@ -25,6 +25,7 @@ from redis.exceptions import RedisError
 
 from service import revocations
 from service.api.errors import ApiError
+from service.store.db import Conn
 from service.store.tokens import Role, find_active_token, hash_token, touch_token
 
 logger = logging.getLogger(__name__)
@@ -69,7 +70,7 @@ def bearer_digest(header: str | None) -> bytes:
     return hash_token(token)
 
 
-async def _principal(conn: asyncpg.Connection, digest: bytes) -> Principal | None:
+async def _principal(conn: Conn, digest: bytes) -> Principal | None:
     row = await find_active_token(conn, digest)
     # The lookup is by hash; compare again in constant time so no timing tells a near miss.
     if row is None or not hmac.compare_digest(bytes(row["token_hash"]), digest):
@@ -123,7 +124,7 @@ class TokenCheck:
                 await self._touch(conn, principal.token_id)
             return principal
 
-    async def _touch(self, conn: asyncpg.Connection, token_id: int) -> None:
+    async def _touch(self, conn: Conn, token_id: int) -> None:
         """Write the token's last_used_at, at most every TOUCH_EVERY_S; never fail the call."""
         now = time.monotonic()
         last = self._touched.get(token_id)

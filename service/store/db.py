@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import Any, TypeAlias
 
 import asyncpg
+import asyncpg.pool
 
 from service.store import schema
 from service.store.partitions import ensure_partitions
 
+# A connection of its own or one lent by a pool: the query functions take either.
+Conn: TypeAlias = (
+    "asyncpg.Connection[asyncpg.Record] | asyncpg.pool.PoolConnectionProxy[asyncpg.Record]"
+)
 # Serialise concurrent `auditq migrate` runs (several containers starting at once).
 MIGRATE_LOCK_KEY = 0x61756469  # "audi"
 COMMAND_TIMEOUT = 30.0  # seconds; a statement that takes longer is treated as an outage
