@@ -32,10 +32,6 @@ CREATE TABLE IF NOT EXISTS audit_log (
     metadata     jsonb,
     presentation jsonb       NOT NULL,
     source       text,
-    -- Who delivered the row (contract §5 Provenance): set by auditq, never by the producer.
-    received_via text,
-    -- Position in the seal queue (docs/integrity.md); only its default fills it.
-    seq          bigint      NOT NULL DEFAULT nextval('audit_log_seq'),
     -- Full text over names, metadata and changes; STORED so it can be indexed (PostgreSQL 18).
     search       tsvector GENERATED ALWAYS AS (
         to_tsvector('simple',
@@ -43,6 +39,11 @@ CREATE TABLE IF NOT EXISTS audit_log (
             coalesce(entity_name, '') || ' ' || coalesce(metadata::text, '') || ' ' ||
             coalesce(changes::text, ''))
     ) STORED,
+    -- Added after the first release, so after `search` (where a migrated store has them too).
+    -- Who delivered the row (contract §5 Provenance): set by auditq, never by the producer.
+    received_via text,
+    -- Position in the seal queue (docs/integrity.md); only its default fills it.
+    seq          bigint      NOT NULL DEFAULT nextval('audit_log_seq'),
     PRIMARY KEY (id, ts)
 ) PARTITION BY RANGE (ts);
 

@@ -22,9 +22,7 @@ from tests.conftest import Servers, run_cli
 BASE_SQL = schema.MIGRATIONS_DIR / "0000_base.sql"
 MONTHS_AHEAD = 3
 
-# The catalog of schema `public`, by kind: what a DBA would compare between two stores. Column
-# position is left out on purpose: a migration can only append a column, and no query of
-# auditq depends on a column's position (every statement names its columns).
+# The catalog of schema `public`, by kind: what a DBA would compare between two stores.
 CATALOG: dict[str, str] = {
     "relations": """
         SELECT c.relname AS name, c.relkind::text AS kind, pg_get_userbyid(c.relowner) AS owner,
@@ -35,7 +33,9 @@ CATALOG: dict[str, str] = {
         FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
         WHERE n.nspname = 'public' AND c.relkind IN ('r', 'p', 'v', 'm', 'S', 'f')""",
     "columns": """
-        SELECT c.relname || '.' || a.attname AS name, format_type(a.atttypid, a.atttypmod) AS type,
+        SELECT c.relname || '.' || a.attname AS name,
+               rank() OVER (PARTITION BY a.attrelid ORDER BY a.attnum) AS position,
+               format_type(a.atttypid, a.atttypmod) AS type,
                a.attnotnull AS not_null, pg_get_expr(d.adbin, d.adrelid) AS default,
                a.attgenerated::text AS generated, a.attidentity::text AS identity,
                a.attstorage::text AS storage, a.attcollation::regcollation::text AS collation,
