@@ -32,10 +32,6 @@ CREATE TABLE IF NOT EXISTS audit_log (
     metadata     jsonb,
     presentation jsonb       NOT NULL,
     source       text,
-    -- Who delivered the row (contract §5 Provenance): set by auditq, never by the producer.
-    received_via text,
-    -- Position in the seal queue (docs/integrity.md); only its default fills it.
-    seq          bigint      NOT NULL DEFAULT nextval('audit_log_seq'),
     -- Full text over names, metadata and changes; STORED so it can be indexed (PostgreSQL 18).
     search       tsvector GENERATED ALWAYS AS (
         to_tsvector('simple',
@@ -43,6 +39,11 @@ CREATE TABLE IF NOT EXISTS audit_log (
             coalesce(entity_name, '') || ' ' || coalesce(metadata::text, '') || ' ' ||
             coalesce(changes::text, ''))
     ) STORED,
+    -- Added after the first release, so after `search` (where a migrated store has them too).
+    -- Who delivered the row (contract §5 Provenance): set by auditq, never by the producer.
+    received_via text,
+    -- Position in the seal queue (docs/integrity.md); only its default fills it.
+    seq          bigint      NOT NULL DEFAULT nextval('audit_log_seq'),
     PRIMARY KEY (id, ts)
 ) PARTITION BY RANGE (ts);
 
@@ -59,11 +60,6 @@ CREATE INDEX IF NOT EXISTS audit_log_search_idx ON audit_log USING gin (search);
 -- The live tail (SSE) reads rows in arrival order, which is not `ts` order for late events.
 CREATE INDEX IF NOT EXISTS audit_log_received_idx ON audit_log (received_at, id);
 
--- Stores made before these columns existed get them (rows before this have seq from the
--- rewrite, in physical order).
-ALTER TABLE audit_log
-    ADD COLUMN IF NOT EXISTS received_via text,
-    ADD COLUMN IF NOT EXISTS seq bigint NOT NULL DEFAULT nextval('audit_log_seq');
 ALTER SEQUENCE audit_log_seq OWNED BY audit_log.seq CACHE 1000;
 CREATE INDEX IF NOT EXISTS audit_log_seq_idx ON audit_log (seq);
 
@@ -79,9 +75,9 @@ CREATE INDEX IF NOT EXISTS audit_log_seq_idx ON audit_log (seq);
 CREATE TABLE IF NOT EXISTS seal_pending (
     kind      text           NOT NULL CHECK (kind IN ('row', 'action')),
     seqs      int8multirange NOT NULL,
-    queued_at timestamptz    NOT NULL DEFAULT now()
+    queued_at timestamptz    NOT NULL DEFAULT now(),
+    entries   bytea
 );
-ALTER TABLE seal_pending ADD COLUMN IF NOT EXISTS entries bytea;
 ALTER TABLE seal_pending ALTER COLUMN entries SET STORAGE EXTERNAL;
 
 -- Signed, chained checkpoints; `rows`/`actions` hold 40-byte entries sorted by seq.
@@ -430,19 +426,6 @@ BEGIN
         INSERT INTO rollup_pending (seqs) SELECT range_agg(int8range(seq, seq, '[]')) FROM new_rows;
     END IF;
     RETURN NULL;
-END;
-$$;
-
--- Stores made before the rollup: their rows are queued once, with the writers held off
--- meanwhile (SHARE waits for the inserts in flight), so no row is queued twice or missed.
-DO $$
-BEGIN
-    IF NOT EXISTS (SELECT FROM pg_trigger WHERE tgrelid = 'audit_log'::regclass
-                   AND tgname = 'audit_log_queue_rollup') THEN
-        LOCK TABLE audit_log IN SHARE MODE;
-        INSERT INTO rollup_pending (seqs)
-        SELECT range_agg(int8range(seq, seq, '[]')) FROM audit_log GROUP BY seq / 1000;
-    END IF;
 END;
 $$;
 
@@ -836,3 +819,14 @@ GRANT SELECT ON subject_key TO auditq_api;
 GRANT EXECUTE ON FUNCTION auditq_anonymise_rows(text, text, text[], text[], boolean, bigint, integer)
     TO auditq_api;
 -- (end of erasure)
+
+-- ---------------------------------------------------------------------------------------
+-- Schema versions (service/store/schema.py): which numbered migrations a store has.
+CREATE TABLE IF NOT EXISTS auditq_schema_version (
+    version    integer     PRIMARY KEY,
+    name       text        NOT NULL,
+    applied_at timestamptz NOT NULL DEFAULT now()
+);
+REVOKE ALL ON auditq_schema_version FROM PUBLIC, auditq_worker, auditq_api;
+-- `auditq migrate --status` also works with the API's URL (.auditq/env).
+GRANT SELECT ON auditq_schema_version TO auditq_api;

@@ -207,3 +207,15 @@ async def api(settings: Settings) -> AsyncIterator[TestClient[Any, Any]]:
 async def tokens(pg: asyncpg.Connection) -> Tokens:
     """One token of each role, as Authorization headers."""
     return await make_tokens(pg)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """`pytest -m unit` is the inner loop that starts no server: a unit test asking for one
+    (the `servers` fixture, directly or through another) is a mistake, said at collection."""
+    wrong = [
+        item.nodeid
+        for item in items
+        if item.get_closest_marker("unit") and "servers" in getattr(item, "fixturenames", ())
+    ]
+    if wrong:
+        raise pytest.UsageError("marked unit but needs the servers: " + ", ".join(wrong))

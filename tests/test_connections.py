@@ -17,6 +17,7 @@ from tests.conftest import Servers, queued_events
 from workers.arq_redis import arq_settings
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize(
     ("url", "sentinels", "service", "db", "ssl"),
     [
@@ -55,6 +56,7 @@ def test_sentinel_urls(
     assert target.username is None and target.password is None
 
 
+@pytest.mark.unit
 def test_sentinel_credentials_are_read_and_never_shown() -> None:
     target = parse_redis_url("redis+sentinel://app:s%40cret@h1:1,h2:2/svc/1")
     assert (target.username, target.password) == ("app", "s@cret")
@@ -64,6 +66,7 @@ def test_sentinel_credentials_are_read_and_never_shown() -> None:
     assert (only_password.username, only_password.password) == (None, "pw")
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize(
     ("url", "db", "ssl"),
     [
@@ -79,6 +82,7 @@ def test_direct_urls(url: str, db: int, ssl: bool) -> None:
     assert (target.db, target.ssl, target.url) == (db, ssl, url)
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize(
     ("url", "says"),
     [
@@ -107,6 +111,7 @@ def test_bad_urls_are_one_clear_sentence(url: str, says: str) -> None:
     assert "\n" not in str(caught.value)
 
 
+@pytest.mark.unit
 def test_a_bad_url_never_shows_its_password() -> None:
     for url in ("redis+sentinel://u:hunter2@h:1/bad name", "redis://u:hunter2@h:x/0"):
         with pytest.raises(ConfigError) as caught:
@@ -115,6 +120,7 @@ def test_a_bad_url_never_shows_its_password() -> None:
     assert redact_url("rediss://u:hunter2@h:1/0") == "rediss://***@h:1/0"
 
 
+@pytest.mark.unit
 def test_settings_reject_a_bad_url_when_read() -> None:
     with pytest.raises(ConfigError, match="SERVICE_NAME"):
         Settings.from_env({"AUDITQ_REDIS_URL": "redis+sentinel://h:1"}, published=False)
@@ -127,6 +133,7 @@ def test_settings_reject_a_bad_url_when_read() -> None:
         Settings.from_env({"AUDITQ_REDIS_WAIT_REPLICAS": "-1"}, published=False)
 
 
+@pytest.mark.unit
 def test_arq_settings_for_sentinel() -> None:
     settings = arq_settings("rediss+sentinel://:pw@a:1,b:2/svc/4")
     assert settings.sentinel and settings.sentinel_master == "svc"
@@ -136,6 +143,7 @@ def test_arq_settings_for_sentinel() -> None:
     assert (direct.sentinel, direct.host, direct.port, direct.database) == (False, "h", 6390, 2)
 
 
+@pytest.mark.unit
 async def test_a_sentinel_client_is_made_without_io() -> None:
     client: aioredis.Redis = redis_client("redis+sentinel://127.0.0.1:1/svc", timeout=0.1)
     assert "svc" in repr(client.connection_pool)

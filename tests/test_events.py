@@ -9,6 +9,8 @@ import pytest
 from service.errors import InvalidEvent
 from service.events import AuditEvent, check_complete, finalize
 
+pytestmark = pytest.mark.unit  # needs no server: `pytest -m unit`
+
 
 def test_a_ts_further_ahead_than_the_limit_is_refused_with_its_reason() -> None:
     soon = AuditEvent(action="clock.checked", ts=datetime.now(UTC) + timedelta(seconds=60))

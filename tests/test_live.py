@@ -2,7 +2,11 @@
 
 from datetime import UTC, datetime, timedelta
 
+import pytest
+
 from service.live import live_entry, read_live_entry
+
+pytestmark = pytest.mark.unit  # needs no server: `pytest -m unit`
 
 T = datetime(2026, 12, 1, tzinfo=UTC)
 

@@ -142,6 +142,7 @@ FAILURE_PAYLOAD = {
 }
 
 
+@pytest.mark.unit
 def test_json_keeps_the_failure_line_byte_identical_with_extra_fields() -> None:
     with formatted("json") as stream:
         # Exactly how service.producer.client writes its failure line.
@@ -163,6 +164,7 @@ def test_json_keeps_the_failure_line_byte_identical_with_extra_fields() -> None:
     assert record["ts"].endswith("+00:00")
 
 
+@pytest.mark.unit
 def test_json_keeps_an_exception_on_the_same_line() -> None:
     with formatted("json") as stream:
         try:
@@ -176,6 +178,7 @@ def test_json_keeps_an_exception_on_the_same_line() -> None:
     assert "ValueError: boom" in record["exc_info"]
 
 
+@pytest.mark.unit
 def test_json_logs_an_extra_value_of_any_type() -> None:
     with formatted("json") as stream:
         logging.getLogger("auditq.test").info("odd", extra={"path": Path("/x"), "n": 3})
@@ -184,6 +187,7 @@ def test_json_logs_an_extra_value_of_any_type() -> None:
     assert record["n"] == 3
 
 
+@pytest.mark.unit
 def test_text_is_one_readable_line_with_level_and_logger() -> None:
     message = FAILURE_PREFIX + json.dumps(FAILURE_PAYLOAD)
     with formatted("text") as stream:
@@ -197,6 +201,7 @@ def test_text_is_one_readable_line_with_level_and_logger() -> None:
         json.loads(lines[0])
 
 
+@pytest.mark.unit
 def test_text_logs_never_carry_control_characters_raw() -> None:
     stream = io.StringIO()
     handler = logging.StreamHandler(stream)

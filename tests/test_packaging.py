@@ -22,3 +22,7 @@ def test_the_wheel_ships_the_schema_and_the_lua_script(tmp_path: Path) -> None:
         schema = archive.read("service/store/schema.sql").decode()
     assert "service/enqueue.lua" in names
     assert schema == (ROOT / "schema.sql").read_text()
+    # The migrations too: an installed auditq upgrades an older store.
+    migrations = ROOT / "service" / "store" / "migrations"
+    shipped = {n for n in names if n.startswith("service/store/migrations/")}
+    assert shipped == {f"service/store/migrations/{p.name}" for p in migrations.glob("*.sql")}

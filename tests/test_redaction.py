@@ -35,6 +35,8 @@ from service.redaction import (
     redact_sensitive_in_string,
 )
 
+pytestmark = pytest.mark.unit  # needs no server: `pytest -m unit`
+
 # (input, expected output, planted secret that must not survive)
 STRING_CASES = [
     ('{"password": "hunter2"}', '{"password": "[REDACTED]"}', "hunter2"),

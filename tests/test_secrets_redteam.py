@@ -353,6 +353,7 @@ async def _api_answers(api: TestClient[Any, Any], tokens: Tokens) -> dict[str, s
     return answers
 
 
+@pytest.mark.unit
 def test_a_failed_arq_result_keeps_no_raw_secret() -> None:
     """arq keeps a failed job's argument in its result (a timeout, its own failure)."""
     planted = Planted()

@@ -52,6 +52,7 @@ async def run(state: WorkerState, *, worker_id: str, interval: float = HEARTBEAT
             await beat(state, worker_id=worker_id, started_at=started_at)
         except Exception as exc:  # Redis away: the next beat tries again
             logger.warning("heartbeat failed: %s: %s", type(exc).__name__, exc)
+        state.stored_report.flush_if_due()  # the tail of a burst is said within a beat
         await asyncio.sleep(interval)
 
 

@@ -329,14 +329,7 @@ async def _done(
     """Count and log a job whose events are stored; what arq keeps as its result."""
     state.events_stored += stored
     await _record_stored(state, task, stored, started_ms, live, complete=not rejected)
-    logger.info(
-        "[AuditLogWorker] task %s: %d events stored (%d new), %d rejected in %.1f ms",
-        task.id,
-        stored,
-        new,
-        rejected,
-        (time.perf_counter() - started) * 1000,
-    )
+    state.stored_report.add(task.id, stored, new, rejected, (time.perf_counter() - started) * 1000)
     # What arq keeps for an hour is what the task views need, never the events: Redis holds
     # nothing per stored event (the raw argument is dropped from it too, service/queue.py).
     return {"stored": stored, "rejected": rejected}

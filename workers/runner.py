@@ -76,10 +76,12 @@ async def _startup(ctx: dict[str, Any]) -> None:
         provenance = Provenance(via=MAINTENANCE_VIA, key=key, task_prefix="worker")
         state.client = AuditClient.from_settings(state.settings, provenance=provenance)
         record_lifecycle(state.client, STARTED, source=WORKER_SOURCE, worker_id=state.worker_id)
+    state.started.set()
 
 
 async def _shutdown(ctx: dict[str, Any]) -> None:
     state: WorkerState = ctx[STATE]
+    state.stored_report.flush()
     if state.client is not None:
         # First, while everything still works: it is stored by this queue's next worker.
         record_lifecycle(state.client, STOPPING, source=WORKER_SOURCE, worker_id=state.worker_id)
@@ -103,11 +105,28 @@ async def _shutdown(ctx: dict[str, Any]) -> None:
 
 class _HideJobArguments(logging.Filter):
     """Drop the job arguments from arq's "job started" line: they are the events themselves,
-    secrets and all when a foreign producer did not redact. arq has no option for this."""
+    secrets and all when a foreign producer did not redact. arq has no option for this.
+
+    arq's lines for every job started and ended (two a task) pass only when its logger is at
+    DEBUG: workers/stored_report.py says what was stored. The line of the worker's stop
+    named SIGUSR1, which arq sends itself when it is closed (a Ctrl-C looked like a signal
+    nobody sent): it says "stopped" instead.
+    """
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if isinstance(record.args, tuple) and len(record.args) == 4 and "→" in str(record.msg):
+        msg = str(record.msg)
+        if msg.startswith("%6.2fs"):  # a job started (→) or ended (←)
+            if not logging.getLogger(record.name).isEnabledFor(logging.DEBUG):
+                return False
+        if isinstance(record.args, tuple) and len(record.args) == 4 and "→" in msg:
             record.args = (*record.args[:2], "…", record.args[3])
+        if (
+            msg.startswith("shutdown on %s")
+            and isinstance(record.args, tuple)
+            and record.args[:1] == ("SIGUSR1",)
+        ):
+            record.msg = "worker stopped ◆ %d jobs complete ◆ %d failed ◆ %d retries"
+            record.args = record.args[1:4]
         return True
 
 

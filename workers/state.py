@@ -17,6 +17,7 @@ from service.producer.client import AuditClient
 from service.settings import Settings
 from workers.erased import ErasedSubjects
 from workers.retry import Breaker
+from workers.stored_report import StoredReport
 
 logger = logging.getLogger("auditq.worker")
 
@@ -64,6 +65,8 @@ class WorkerState:
     audit_lifecycle: bool = False  # record service.started / service.stopping
     client: AuditClient | None = None  # the worker's own producer, for those two events
     erased: ErasedSubjects | None = None  # erased subjects (workers/erased.py), made at startup
+    stored_report: StoredReport = dataclasses.field(default_factory=StoredReport)
+    started: asyncio.Event = dataclasses.field(default_factory=asyncio.Event)  # set up, polling
     _probe: asyncio.Task[None] | None = None
     _heartbeat: asyncio.Task[None] | None = None
     _sealer: asyncio.Task[None] | None = None

@@ -25,13 +25,15 @@ from redis.exceptions import RedisError
 
 from service import revocations
 from service.api.errors import ApiError
-from service.store.tokens import Role, find_active_token, hash_token
+from service.store.db import Conn
+from service.store.tokens import Role, find_active_token, hash_token, touch_token
 
 logger = logging.getLogger(__name__)
 
 LOOKUP_TIMEOUT_S = 1.0  # seconds for a token lookup, waiting on the pool included
 DOWN_PAUSE_S = 1.0  # seconds requests skip PostgreSQL after a lookup found it not answering
 MAX_KEPT = 10_000  # tokens kept; the least recently verified go first
+TOUCH_EVERY_S = 60.0  # seconds between writes of a token's last_used_at from one replica
 # What a token may hold: visible ASCII (ours are "aq_" and URL-safe base64). Anything else
 # (a byte that is not UTF-8, a control character) is no token, and hashing must not choke.
 _TOKEN = re.compile(r"[\x21-\x7e]{1,512}")
@@ -61,13 +63,14 @@ def bearer_digest(header: str | None) -> bytes:
     scheme, _, token = (header or "").partition(" ")
     token = token.strip()
     if scheme.lower() != "bearer" or not token:
-        raise ApiError(401, "unauthorized", "send Authorization: Bearer <token>")
+        # Not redacted: the hint names no credential, only the header's form.
+        raise ApiError(401, "unauthorized", "send Authorization: Bearer <token>", redact=False)
     if not _TOKEN.fullmatch(token):
         raise ApiError(401, "unauthorized", "unknown or revoked token")
     return hash_token(token)
 
 
-async def _principal(conn: asyncpg.Connection, digest: bytes) -> Principal | None:
+async def _principal(conn: Conn, digest: bytes) -> Principal | None:
     row = await find_active_token(conn, digest)
     # The lookup is by hash; compare again in constant time so no timing tells a near miss.
     if row is None or not hmac.compare_digest(bytes(row["token_hash"]), digest):
@@ -92,6 +95,7 @@ class TokenCheck:
         self._verified: collections.OrderedDict[bytes, tuple[Principal, float]] = (
             collections.OrderedDict()
         )
+        self._touched: collections.OrderedDict[int, float] = collections.OrderedDict()
         self._skip_db_until = 0.0  # monotonic; PostgreSQL did not answer a moment ago
         self._offline_since: float | None = None
 
@@ -115,7 +119,26 @@ class TokenCheck:
     async def _look_up(self, digest: bytes) -> Principal | None:
         async with self._pool.acquire(timeout=LOOKUP_TIMEOUT_S) as conn:
             async with asyncio.timeout(LOOKUP_TIMEOUT_S):
-                return await _principal(conn, digest)
+                principal = await _principal(conn, digest)
+            if principal is not None:
+                await self._touch(conn, principal.token_id)
+            return principal
+
+    async def _touch(self, conn: Conn, token_id: int) -> None:
+        """Write the token's last_used_at, at most every TOUCH_EVERY_S; never fail the call."""
+        now = time.monotonic()
+        last = self._touched.get(token_id)
+        if last is not None and now - last < TOUCH_EVERY_S:
+            return
+        self._touched[token_id] = now
+        self._touched.move_to_end(token_id)
+        while len(self._touched) > MAX_KEPT:
+            self._touched.popitem(last=False)
+        try:
+            async with asyncio.timeout(LOOKUP_TIMEOUT_S):
+                await touch_token(conn, token_id)
+        except (*_DB_DOWN, asyncpg.PostgresError) as exc:
+            logger.debug("last_used_at of token %d not written: %s", token_id, type(exc).__name__)
 
     def forget(self, digest: bytes) -> None:
         """Drop what is kept of a token (it was just revoked here)."""
@@ -193,7 +216,10 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
         return await handler(request)
     principal = await request.app[TOKEN_CHECK].principal(request.headers.get("Authorization"))
     if not allowed(principal.role, request.method, path):
-        raise ApiError(403, "forbidden", f"a {principal.role} token cannot {request.method} {path}")
+        article = "an" if principal.role[0] in "aeiou" else "a"
+        raise ApiError(
+            403, "forbidden", f"{article} {principal.role} token cannot {request.method} {path}"
+        )
     request[PRINCIPAL_KEY] = principal
     return await handler(request)
 

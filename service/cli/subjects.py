@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import getpass
+import logging
 from typing import Any
 
 import asyncpg
@@ -44,11 +45,17 @@ async def cmd_anonymise(settings: Settings, args: argparse.Namespace) -> int:
     except (OSError, asyncpg.PostgresError) as exc:
         await client.aclose()
         raise Unavailable(f"PostgreSQL is not answering ({type(exc).__name__})") from None
+    # The command prints the counts itself: the procedure's INFO line (for the API's log)
+    # would only come between them.
+    procedure_log = logging.getLogger(subjects.__name__)
+    level = procedure_log.level
+    procedure_log.setLevel(logging.WARNING)
     try:
         outcome = await subjects.anonymise(pool, client, settings, subject_id, reason=reason)
     except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as exc:
         raise Unavailable(f"Redis is not answering ({type(exc).__name__})") from None
     finally:
+        procedure_log.setLevel(level)
         await pool.close()
         await client.aclose()
     assert outcome is not None  # waited for any other run

@@ -86,10 +86,27 @@ class ValkeyProcess:
             process.wait(timeout=KILL_WAIT)
 
     def _answers(self) -> bool:
+        """Whether the server takes commands: PING answers PONG, not LOADING (a restart reads
+        its append-only file first; clients connecting meanwhile got BusyLoadingError)."""
+        password = str(self._config.get("requirepass", ""))
+        request = b""
+        if password:
+            request += _command(b"AUTH", password.encode())
+        request += _command(b"PING")
         try:
             with socket.create_connection(("127.0.0.1", self.port), timeout=1.0) as sock:
-                sock.sendall(b"*1\r\n$4\r\nPING\r\n")
-                # NOAUTH: a server with a password answers, which is all this asks.
-                return sock.recv(64).startswith((b"+PONG", b"-NOAUTH"))
+                sock.sendall(request)
+                reply = b""
+                while reply.count(b"\r\n") < (2 if password else 1):
+                    chunk = sock.recv(256)
+                    if not chunk:
+                        return False
+                    reply += chunk
+                return reply.endswith(b"+PONG\r\n")
         except OSError:
             return False
+
+
+def _command(*parts: bytes) -> bytes:
+    """One command in RESP, the protocol's array of bulk strings."""
+    return b"*%d\r\n" % len(parts) + b"".join(b"$%d\r\n%s\r\n" % (len(p), p) for p in parts)

@@ -40,6 +40,7 @@ from service.pseudonyms import (
 )
 from service.settings import Settings
 from service.store import subjects as sql
+from service.store.db import Conn
 
 logger = logging.getLogger(__name__)
 
@@ -99,17 +100,17 @@ def check_subject_id(subject_id: str) -> str:
     return subject_id
 
 
-async def pseudonym_of(conn: asyncpg.Connection, subject_id: str) -> str:
+async def pseudonym_of(conn: Conn, subject_id: str) -> str:
     return pseudonym(await sql.subject_key(conn), check_subject_id(subject_id))
 
 
-async def state(conn: asyncpg.Connection, subject_id: str) -> Anonymisation | None:
+async def state(conn: Conn, subject_id: str) -> Anonymisation | None:
     """The state of the subject's erasure, or None if it was never asked."""
     row = await conn.fetchrow(sql.STATE, await pseudonym_of(conn, subject_id))
     return None if row is None else msgspec.convert(dict(row), Anonymisation)
 
 
-async def register(conn: asyncpg.Connection, redis: aioredis.Redis, queue: str, name: str) -> None:
+async def register(conn: Conn, redis: aioredis.Redis, queue: str, name: str) -> None:
     """Mark the pseudonym erased, then tell the workers (their next job reloads the list)."""
     await conn.execute(sql.REGISTER, name)
     await redis.set(erased_version_key(queue), uuid.uuid4().hex)
@@ -141,7 +142,7 @@ async def anonymise(
 class _Run:
     def __init__(
         self,
-        conn: asyncpg.Connection,
+        conn: Conn,
         redis: aioredis.Redis,
         settings: Settings,
         subject_id: str,

@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
-from typing import Any
+from typing import Any, TypeAlias
 
 import asyncpg
+import asyncpg.pool
 
+from service.store import schema
 from service.store.partitions import ensure_partitions
 
-# schema.sql lives at the top of the repository (the card fixes it there); this package holds
-# a link to it, which a wheel carries as a copy, so `pip install .` ships the schema too.
-SCHEMA_PATH = Path(__file__).with_name("schema.sql")
+# A connection of its own or one lent by a pool: the query functions take either.
+Conn: TypeAlias = (
+    "asyncpg.Connection[asyncpg.Record] | asyncpg.pool.PoolConnectionProxy[asyncpg.Record]"
+)
 # Serialise concurrent `auditq migrate` runs (several containers starting at once).
 MIGRATE_LOCK_KEY = 0x61756469  # "audi"
 COMMAND_TIMEOUT = 30.0  # seconds; a statement that takes longer is treated as an outage
@@ -43,13 +45,26 @@ async def create_pool(database_url: str, *, size: int = 10, **kwargs: Any) -> as
     return pool
 
 
-async def migrate(database_url: str, *, months_ahead: int = 3) -> None:
-    """Apply schema.sql and make partitions ahead; safe to repeat, even concurrently."""
+async def migrate(database_url: str, *, months_ahead: int = 3) -> schema.Upgrade:
+    """Bring the store to the current schema, make partitions ahead; say what was done.
+
+    All or nothing (one transaction); safe to repeat, even concurrently.
+    """
     conn = await asyncpg.connect(database_url, command_timeout=COMMAND_TIMEOUT)
     try:
         async with conn.transaction():
             await conn.execute("SELECT pg_advisory_xact_lock($1)", MIGRATE_LOCK_KEY)
-            await conn.execute(SCHEMA_PATH.read_text())
+            done = await schema.upgrade(conn)
             await ensure_partitions(conn, months_ahead=months_ahead)
+    finally:
+        await conn.close()
+    return done
+
+
+async def schema_status(database_url: str) -> list[schema.VersionState] | None:
+    """Every known schema version, applied or pending; None for an empty database."""
+    conn = await asyncpg.connect(database_url, command_timeout=COMMAND_TIMEOUT)
+    try:
+        return await schema.status(conn)
     finally:
         await conn.close()

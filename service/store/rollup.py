@@ -20,6 +20,8 @@ from datetime import UTC, date, datetime, time, timedelta
 
 import asyncpg
 
+from service.store.db import Conn
+
 FOLD = "SELECT auditq_rollup_fold($1)"
 FOLD_ENTRIES = 50  # pending entries (inserting statements) folded per transaction
 FOLD_BUSY_PAUSE = 0.05  # seconds fold_all waits while another fold holds the lock
@@ -151,7 +153,7 @@ def plan(since: datetime, until: datetime, now: datetime | None = None) -> Plan:
 
 
 async def statistics(
-    conn: asyncpg.Connection, since: datetime, until: datetime, tenant: str | None, *, top: int
+    conn: Conn, since: datetime, until: datetime, tenant: str | None, *, top: int
 ) -> Statistics:
     """The window's counts; run it in one snapshot (a repeatable-read transaction)."""
     window = plan(since, until)
@@ -177,7 +179,7 @@ def _ranked(rows: list[asyncpg.Record]) -> list[tuple[str, int]]:
     return [(r["key"], r["count"]) for r in sorted(rows, key=lambda r: r["rank"])]
 
 
-async def fold_once(conn: asyncpg.Connection, *, limit: int = FOLD_ENTRIES) -> int | None:
+async def fold_once(conn: Conn, *, limit: int = FOLD_ENTRIES) -> int | None:
     """Fold up to `limit` committed pending entries; None when the rollup lock is busy."""
     folded: int | None = await conn.fetchval(FOLD, limit)
     return folded

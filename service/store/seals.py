@@ -10,6 +10,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from service.integrity.canonical import ACTION_RECORD, entry_seq, iter_entries
 from service.integrity.checkpoint import GENESIS_HASH, Checkpoint, body, checkpoint_hash
 from service.integrity.keys import key_id
+from service.store.db import Conn
 
 SEAL_LOCK_KEY = 0x7365616C  # "seal": one sealer at a time across every worker
 TRY_LOCK = "SELECT pg_try_advisory_xact_lock($1)"
@@ -40,7 +41,7 @@ SELECT (SELECT max(sealed_at) FROM seal_checkpoint) AS last_sealed_at,
 """
 
 
-async def seal_once(conn: asyncpg.Connection, key: Ed25519PrivateKey) -> Checkpoint | None:
+async def seal_once(conn: Conn, key: Ed25519PrivateKey) -> Checkpoint | None:
     """Seal every committed pending row and action into one signed checkpoint.
 
     None when another sealer holds the lock or nothing is pending."""
@@ -59,6 +60,7 @@ async def seal_once(conn: asyncpg.Connection, key: Ed25519PrivateKey) -> Checkpo
         )
         action_seqs = [r["seqs"] for r in taken if r["kind"] == "action"]
         actions = await conn.fetchrow(ACTION_ENTRIES, _union(action_seqs))
+        assert actions is not None  # an aggregate: always one row
         last = await conn.fetchrow(LAST_CHECKPOINT)
         public = key.public_key()
         checkpoint = Checkpoint(
@@ -96,9 +98,10 @@ def _union(multiranges: list[str]) -> str:
     return "{" + ",".join(ranges) + "}"
 
 
-async def status(conn: asyncpg.Connection) -> asyncpg.Record:
+async def status(conn: Conn) -> asyncpg.Record:
     """When the last checkpoint was made, and how many stored rows wait for one."""
-    record: asyncpg.Record = await conn.fetchrow(STATUS)
+    record = await conn.fetchrow(STATUS)
+    assert record is not None  # aggregates: always one row
     return record
 
 
@@ -119,7 +122,7 @@ async def record_verification(
     return verification_id
 
 
-async def last_verification(conn: asyncpg.Connection) -> asyncpg.Record | None:
+async def last_verification(conn: Conn) -> asyncpg.Record | None:
     record: asyncpg.Record | None = await conn.fetchrow(LAST_VERIFICATION)
     return record
 

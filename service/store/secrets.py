@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import asyncpg
-
 from service.errors import ConfigError
+from service.store.db import Conn
 
 SELECT_SECRET = "SELECT secret FROM api_secret WHERE name = $1"
 
 
-async def read_secret(conn: asyncpg.Connection, name: str) -> bytes:
+async def read_secret(conn: Conn, name: str) -> bytes:
     """The secret `name`; a clear error when the schema has not made it."""
     secret = await conn.fetchval(SELECT_SECRET, name)
     if secret is None:

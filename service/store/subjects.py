@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import asyncpg
+from service.store.db import Conn
 
 SUBJECT_KEY = "SELECT secret FROM subject_key"
 ERASED = "SELECT pseudonym FROM erased_subject"
@@ -36,7 +36,7 @@ LOCK = "SELECT pg_advisory_lock(hashtextextended('auditq.erasure:' || $1, 0))"
 UNLOCK = "SELECT pg_advisory_unlock(hashtextextended('auditq.erasure:' || $1, 0))"
 
 
-async def subject_key(conn: asyncpg.Connection) -> bytes:
+async def subject_key(conn: Conn) -> bytes:
     """The key of the pseudonyms (made by schema.sql)."""
     key = await conn.fetchval(SUBJECT_KEY)
     if key is None:
@@ -44,13 +44,13 @@ async def subject_key(conn: asyncpg.Connection) -> bytes:
     return bytes(key)
 
 
-async def erased(conn: asyncpg.Connection) -> frozenset[str]:
+async def erased(conn: Conn) -> frozenset[str]:
     """The pseudonyms of every erased subject."""
     return frozenset(r["pseudonym"] for r in await conn.fetch(ERASED))
 
 
 async def anonymise_rows(
-    conn: asyncpg.Connection,
+    conn: Conn,
     *,
     subject_id: str,
     pseudonym: str,

@@ -8,6 +8,8 @@ from typing import Literal
 
 import asyncpg
 
+from service.store.db import Conn
+
 Role = Literal["reader", "admin", "ingest"]
 ROLES: tuple[Role, ...] = ("reader", "admin", "ingest")
 TOKEN_PREFIX = "aq_"
@@ -30,7 +32,7 @@ def hash_token(token: str) -> bytes:
     return hashlib.sha256(token.encode()).digest()
 
 
-async def create_token(conn: asyncpg.Connection, *, name: str, role: Role) -> str:
+async def create_token(conn: Conn, *, name: str, role: Role) -> str:
     """Make a token, store its hash, and return the token (shown once)."""
     if role not in ROLES:
         raise ValueError(f"role must be one of {', '.join(ROLES)}")
@@ -42,27 +44,40 @@ async def create_token(conn: asyncpg.Connection, *, name: str, role: Role) -> st
     return token
 
 
-async def revoke_token(conn: asyncpg.Connection, name: str) -> bytes | None:
+async def revoke_token(conn: Conn, name: str) -> bytes | None:
     """Revoke the active token named `name`; return its hash, or None when there is none."""
     digest: bytes | None = await conn.fetchval(REVOKE_TOKEN, name)
     return None if digest is None else bytes(digest)
 
 
-async def list_tokens(conn: asyncpg.Connection) -> list[asyncpg.Record]:
+async def list_tokens(conn: Conn) -> list[asyncpg.Record]:
     """Every token ever made (no secrets: only hashes are stored)."""
     rows: list[asyncpg.Record] = await conn.fetch(LIST_TOKENS)
     return rows
 
 
-async def find_active_token(conn: asyncpg.Connection, digest: bytes) -> asyncpg.Record | None:
+async def find_active_token(conn: Conn, digest: bytes) -> asyncpg.Record | None:
     """The active token whose hash is `digest` (id, name, role, token_hash), or None."""
     row: asyncpg.Record | None = await conn.fetchrow(FIND_TOKEN, digest)
     return row
 
 
+# At most once a minute per token, whatever the number of API replicas: a write per request
+# would cost more than the request.
+TOUCH_TOKEN = """
+UPDATE api_token SET last_used_at = now()
+WHERE id = $1 AND (last_used_at IS NULL OR last_used_at < now() - interval '1 minute')
+"""
+
+
+async def touch_token(conn: Conn, token_id: int) -> None:
+    """Record that the token `token_id` was used (unless it was in the last minute)."""
+    await conn.execute(TOUCH_TOKEN, token_id)
+
+
 IS_ACTIVE = "SELECT true FROM api_token WHERE id = $1 AND revoked_at IS NULL"
 
 
-async def is_active(conn: asyncpg.Connection, token_id: int) -> bool:
+async def is_active(conn: Conn, token_id: int) -> bool:
     """Whether the token `token_id` still works (it was not revoked)."""
     return bool(await conn.fetchval(IS_ACTIVE, token_id))

@@ -5,10 +5,15 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+import asyncpg
 import pytest
+import redis.asyncio as aioredis
 from aiohttp.test_utils import TestClient
 
-from tests.admin_api import Tokens
+from service.api.auth import TokenCheck
+from service.settings import Settings
+from service.store import db
+from tests.admin_api import Tokens, error_of
 
 PATHS = ["/api/v1/admin/audit-logs", "/api/v1/events"]
 
@@ -49,3 +54,54 @@ async def test_a_malformed_authorization_header_is_refused_never_a_500(
 ) -> None:
     for path in PATHS:
         assert await raw_status(api, path, authorization) in statuses, path
+
+
+async def test_the_401_hint_names_the_header_it_wants(api: TestClient[Any, Any]) -> None:
+    response = await api.get("/api/v1/admin/audit-logs")
+    error = await error_of(response, 401)
+    assert error["message"] == "send Authorization: Bearer <token>"
+
+
+async def test_a_wrong_role_is_named_in_plain_english(
+    api: TestClient[Any, Any], tokens: Tokens
+) -> None:
+    response = await api.get("/api/v1/admin/audit-logs", headers=tokens.ingest)
+    error = await error_of(response, 403)
+    assert error["message"] == "an ingest token cannot GET /api/v1/admin/audit-logs"
+    response = await api.post("/api/v1/admin/tasks/cleanup", headers=tokens.reader, json={})
+    error = await error_of(response, 403)
+    assert error["message"].startswith("a reader token cannot POST")
+
+
+LAST_USED = "SELECT last_used_at FROM api_token WHERE name = $1"
+
+
+async def test_a_token_records_when_it_was_last_used_at_most_once_a_minute(
+    api: TestClient[Any, Any],
+    tokens: Tokens,
+    pg: asyncpg.Connection,
+    settings: Settings,
+    redis: aioredis.Redis,
+) -> None:
+    assert await pg.fetchval(LAST_USED, "test-reader") is None
+    response = await api.get("/api/v1/admin/audit-logs", headers=tokens.reader)
+    assert response.status == 200
+    first = await pg.fetchval(LAST_USED, "test-reader")
+    assert first is not None
+    assert await pg.fetchval(LAST_USED, "test-admin") is None  # only the token that was used
+
+    # Another replica checks the same token within the minute: no second write.
+    pool = await db.create_pool(settings.require_database(), size=2)
+    try:
+        header = tokens.reader["Authorization"]
+        await TokenCheck(pool, redis).principal(header)
+        assert await pg.fetchval(LAST_USED, "test-reader") == first
+        # A minute later, a use is written again.
+        await pg.execute(
+            "UPDATE api_token SET last_used_at = now() - interval '2 minutes' WHERE name = $1",
+            "test-reader",
+        )
+        await TokenCheck(pool, redis).principal(header)
+        assert await pg.fetchval(LAST_USED, "test-reader") > first
+    finally:
+        await pool.close()

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import json
 import re
-from datetime import UTC, datetime
 from pathlib import Path
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
@@ -164,6 +164,7 @@ async def test_a_wrong_method_is_405_with_allow(settings: Settings) -> None:
             assert (await response.json())["error"]["code"] == "method_not_allowed"
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize(
     ("text", "expected"),
     [
@@ -186,6 +187,7 @@ def test_times_are_read_as_declared(text: str, expected: datetime | None) -> Non
         assert parse_time("since", text) == expected
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize(
     ("text", "expected"),
     [
@@ -207,6 +209,7 @@ def test_networks_are_read_as_declared(text: str, expected: str | None) -> None:
         assert parse_network("ip", text) == expected
 
 
+@pytest.mark.unit
 def test_query_strings_read_numbers_and_refuse_null() -> None:
     assert read_query(TaskListQuery, MultiDict(limit="54.0")).limit == 54
     assert read_query(TaskListQuery, MultiDict(limit="")).limit == 50  # blank: the default
@@ -216,3 +219,20 @@ def test_query_strings_read_numbers_and_refuse_null() -> None:
         assert f"`{next(iter(params))}`" in raised.value.message
     with pytest.raises(ApiError, match="more than once"):
         read_query(TaskListQuery, MultiDict([("kind", "events"), ("kind", "events")]))
+
+
+async def test_every_audit_log_read_declares_its_200_body(settings: Settings) -> None:
+    doc, _ = await document(settings)
+    reads = {
+        ("get", "/api/v1/admin/audit-logs"): "AuditLogPage",
+        ("post", "/api/v1/admin/audit-logs/search"): "AuditLogPage",
+        ("get", "/api/v1/admin/audit-logs/{id}"): "AuditLogItem",
+        ("get", "/api/v1/admin/audit-logs/entity/{entity_type}/{entity_id}"): "AuditLogPage",
+        ("get", "/api/v1/admin/audit-logs/user/{actor_id}"): "AuditLogPage",
+        ("get", "/api/v1/admin/audit-logs/statistics"): "AuditLogStatistics",
+    }
+    for (method, path), name in reads.items():
+        content = doc["paths"][path][method]["responses"]["200"]["content"]
+        assert content["application/json"]["schema"] == {"$ref": f"#/components/schemas/{name}"}
+    item = doc["components"]["schemas"]["AuditLogItem"]
+    assert {"id", "ts", "action", "received_at", "received_via"} <= set(item["required"])

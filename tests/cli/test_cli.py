@@ -26,6 +26,7 @@ COMMANDS = [
 ]
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize("command", COMMANDS)
 def test_every_command_has_help(command: str, capsys: pytest.CaptureFixture[str]) -> None:
     from service.cli import main as cli
@@ -75,6 +76,7 @@ async def test_a_user_mistake_is_one_line_and_exit_2(
     assert "Traceback" not in err[0]
 
 
+@pytest.mark.unit
 async def test_no_servers_to_talk_to_is_one_clear_line(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -86,6 +88,7 @@ async def test_no_servers_to_talk_to_is_one_clear_line(
     assert len(err) == 1 and "AUDITQ_DATABASE_URL" in err[0]
 
 
+@pytest.mark.unit
 async def test_a_bad_setting_is_one_clear_line(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -12,6 +12,8 @@ import pytest
 from service.events import AuditEvent, Change
 from service.producer.changes import DEFAULT_IGNORE, changes_between
 
+pytestmark = pytest.mark.unit  # needs no server: `pytest -m unit`
+
 
 def fields(changes: list[Change]) -> dict[str, tuple[Any, Any]]:
     return {c.field: (c.old, c.new) for c in changes}

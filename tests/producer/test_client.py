@@ -202,6 +202,7 @@ async def test_concurrent_captures_share_jobs(
     assert await redis.zcard(queue_name) < 300 // 10
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize("password", [None, "hunter2secret"])
 async def test_unreachable_redis_returns_none_quickly_with_one_failure_line(
     closed_port: int, caplog: pytest.LogCaptureFixture, password: str | None
@@ -234,6 +235,7 @@ async def test_unreachable_redis_returns_none_quickly_with_one_failure_line(
     assert client.failed == 1
 
 
+@pytest.mark.unit
 async def test_blackholed_redis_times_out_within_the_bound(
     blackhole_port: int, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -289,6 +291,7 @@ async def test_capture_after_aclose_returns_none(
     assert [parse_failure(r)["errorName"] for r in records] == ["ClientClosed", "ClientClosed"]
 
 
+@pytest.mark.unit
 async def test_nowait_full_buffer_drops_and_counts(
     closed_port: int, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -298,7 +301,7 @@ async def test_nowait_full_buffer_drops_and_counts(
     caplog.set_level(logging.ERROR, logger="auditq")
     started = time.monotonic()
     for i in range(50):
-        assert client.capture_nowait(AuditEvent(action="doc.viewed", metadata={"i": i})) is None
+        client.capture_nowait(AuditEvent(action="doc.viewed", metadata={"i": i}))  # never raises
     elapsed = time.monotonic() - started
     assert client.dropped == 45
     names = [parse_failure(r)["errorName"] for r in failure_lines(caplog)]

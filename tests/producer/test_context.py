@@ -163,6 +163,7 @@ async def test_set_actor_outside_a_request(
     assert "request" not in event
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize(
     ("peer", "forwarded", "real", "expected"),
     [
@@ -183,6 +184,7 @@ def test_client_ip(
     assert client_ip(peer, forwarded, real, TRUSTED) == expected
 
 
+@pytest.mark.unit
 def test_request_id_sanity_and_ip_parsing() -> None:
     assert sane_request_id(" abc-1 ") == "abc-1"
     assert sane_request_id("x" * 128) == "x" * 128

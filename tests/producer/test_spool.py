@@ -35,6 +35,7 @@ def lines(n: int, start: int = 0) -> list[bytes]:
     return [json.dumps({"action": "a.b", "n": i}).encode() for i in range(start, start + n)]
 
 
+@pytest.mark.unit
 def test_append_then_replay_in_order_and_delete(tmp_path: Path) -> None:
     spool = Spool(tmp_path / "spool")
     assert spool.append(lines(3)) == 3
@@ -51,6 +52,7 @@ def test_append_then_replay_in_order_and_delete(tmp_path: Path) -> None:
     assert spool.refresh() == 0
 
 
+@pytest.mark.unit
 def test_a_segment_being_written_is_locked_against_other_processes(tmp_path: Path) -> None:
     writer = Spool(tmp_path)
     other = Spool(tmp_path)
@@ -63,6 +65,7 @@ def test_a_segment_being_written_is_locked_against_other_processes(tmp_path: Pat
     segment.release()
 
 
+@pytest.mark.unit
 def test_the_size_bound_takes_what_fits(tmp_path: Path) -> None:
     one = len(lines(1)[0]) + 1
     spool = Spool(tmp_path, max_bytes=one * 2 + 1)
@@ -73,6 +76,7 @@ def test_the_size_bound_takes_what_fits(tmp_path: Path) -> None:
     assert Spool(tmp_path, max_bytes=one * 2 + 1).append(lines(1)) == 0
 
 
+@pytest.mark.unit
 def test_segments_roll_over_and_keep_their_order(tmp_path: Path) -> None:
     spool = Spool(tmp_path, segment_max_bytes=64)
     for i in range(10):
@@ -88,6 +92,7 @@ def test_segments_roll_over_and_keep_their_order(tmp_path: Path) -> None:
     assert len(spool.closed_segments()) > 1
 
 
+@pytest.mark.unit
 def test_a_torn_last_line_is_skipped(tmp_path: Path) -> None:
     spool = Spool(tmp_path)
     spool.append(lines(2))
@@ -100,6 +105,7 @@ def test_a_torn_last_line_is_skipped(tmp_path: Path) -> None:
     segment.release()
 
 
+@pytest.mark.unit
 def test_a_failed_write_leaves_no_torn_batch(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -122,12 +128,14 @@ def test_a_failed_write_leaves_no_torn_batch(
     segment.release()
 
 
+@pytest.mark.unit
 def test_an_unusable_directory_is_a_spool_error(tmp_path: Path) -> None:
     (tmp_path / "file").write_text("")
     with pytest.raises(SpoolError, match=r"the spool at .*Not a directory"):
         Spool(tmp_path / "file" / "spool").append(lines(1))
 
 
+@pytest.mark.unit
 def test_batches_respect_both_limits() -> None:
     def counts(n: int, max_events: int, max_bytes: int) -> list[int]:
         parts = spool_module.replay_batches(
@@ -139,6 +147,7 @@ def test_batches_respect_both_limits() -> None:
     assert counts(3, 10, 10) == [1, 1, 1]  # a lone event bigger than the bound still goes
 
 
+@pytest.mark.unit
 def test_settings_spool() -> None:
     default = Settings.from_env({}, published=False)
     assert default.spool_dir is None  # a library user opts in
@@ -196,6 +205,7 @@ async def enqueued_ms(redis: aioredis.Redis, queue: str) -> dict[str, int]:
     return times
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize("down", ["refused", "blackholed"])
 async def test_capture_spools_within_the_bound_when_redis_is_down(
     tmp_path: Path, closed_port: int, blackhole_port: int, down: str
@@ -304,6 +314,7 @@ async def test_spooled_events_are_replayed_when_redis_comes_back(
     assert replayed == sorted(replayed)  # replayed in the order they were captured
 
 
+@pytest.mark.unit
 async def test_a_full_spool_drops_counts_and_logs_each_event(
     tmp_path: Path, closed_port: int, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -324,6 +335,7 @@ async def test_a_full_spool_drops_counts_and_logs_each_event(
     assert all(line.startswith(FAILURE_PREFIX) for line in lines)
 
 
+@pytest.mark.unit
 async def test_an_unwritable_spool_is_one_line_and_capture_returns_none(
     tmp_path: Path, closed_port: int, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -344,6 +356,7 @@ async def test_an_unwritable_spool_is_one_line_and_capture_returns_none(
     assert "Traceback" not in caplog.text
 
 
+@pytest.mark.unit
 async def test_capture_is_bounded_while_spooling_under_load(
     tmp_path: Path, closed_port: int
 ) -> None:
@@ -420,6 +433,7 @@ async def test_http_ingest_spools_while_redis_is_down_and_says_202(
 # --- A spool that cannot be trusted, a damaged line, replay ids -------------------------------
 
 
+@pytest.mark.unit
 def test_a_new_spool_directory_is_made_0700(tmp_path: Path) -> None:
     spool = Spool(tmp_path / "a" / "spool")
     spool.append(lines(1))
@@ -427,6 +441,7 @@ def test_a_new_spool_directory_is_made_0700(tmp_path: Path) -> None:
     spool.close()
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize("mode", [0o770, 0o707, 0o777, 0o720])
 async def test_a_spool_others_can_write_to_is_refused_in_one_line(
     tmp_path: Path, closed_port: int, caplog: pytest.LogCaptureFixture, mode: int
@@ -456,6 +471,7 @@ async def test_a_spool_others_can_write_to_is_refused_in_one_line(
     assert len(list(directory.iterdir())) == 1  # nothing written, the planted one untouched
 
 
+@pytest.mark.unit
 @pytest.mark.skipif(os.geteuid() != 0, reason="giving a directory away needs root")
 def test_a_spool_owned_by_another_user_is_refused(tmp_path: Path) -> None:
     directory = tmp_path / "spool"
@@ -465,6 +481,7 @@ def test_a_spool_owned_by_another_user_is_refused(tmp_path: Path) -> None:
         Spool(directory).append(lines(1))
 
 
+@pytest.mark.unit
 def test_segments_are_not_read_through_symlinks_or_as_fifos(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -485,6 +502,7 @@ def test_segments_are_not_read_through_symlinks_or_as_fifos(
     assert outside.read_bytes() == lines(1)[0] + b"\n"
 
 
+@pytest.mark.unit
 def test_a_corrupt_line_is_a_batch_of_its_own() -> None:
     good = lines(5)
     segment = [*good[:2], b'{"action": "a.b", "n": ', good[2], b"\xff\xfe", *good[3:]]
@@ -500,6 +518,7 @@ def test_a_corrupt_line_is_a_batch_of_its_own() -> None:
     assert json.loads(got[0].payload) == [json.loads(line) for line in good[:2]]
 
 
+@pytest.mark.unit
 def test_replay_ids_name_their_lines_whatever_the_batch_size() -> None:
     """A task id means one set of lines: a replay by a process with other limits never finds
     an id "already enqueued" for a batch with other events in it."""

@@ -6,7 +6,11 @@ from __future__ import annotations
 
 from datetime import UTC, date, datetime, timedelta
 
+import pytest
+
 from service.store.rollup import plan
+
+pytestmark = pytest.mark.unit  # needs no server: `pytest -m unit`
 
 DAY = date(2026, 12, 6)
 MIDNIGHT = datetime(2026, 12, 6, tzinfo=UTC)

@@ -9,6 +9,7 @@ import msgspec
 from aiohttp import web
 
 from service.api.audit_logs.cursor import CURSORS, Position
+from service.api.audit_logs.items import AuditLogItem, AuditLogPage
 from service.api.audit_logs.query import AuditLogQuery, query_from_body, query_from_params
 from service.api.audit_logs.rows import (
     AFTER_ASC,
@@ -59,19 +60,21 @@ async def _page(request: web.Request, query: AuditLogQuery) -> web.Response:
     return json_response({"items": [item(row) for row in rows], "next_cursor": next_cursor})
 
 
-@operation(query=AuditLogQuery)
+@operation(query=AuditLogQuery, responses={200: AuditLogPage})
 async def list_audit_logs(request: web.Request) -> web.Response:
     """Filtered audit logs, newest first unless order=asc, one keyset page at a time."""
     return await _page(request, query_from_params(request.query))
 
 
-@operation(body=AuditLogQuery)
+@operation(body=AuditLogQuery, responses={200: AuditLogPage})
 async def search_audit_logs(request: web.Request) -> web.Response:
     """The same as the list, with the filters in a JSON body (lists allowed)."""
     return await _page(request, await query_from_body(request))
 
 
-@operation(query=Fields(AuditLogQuery, _ENTITY_FIXED), path=AuditLogQuery)
+@operation(
+    query=Fields(AuditLogQuery, _ENTITY_FIXED), path=AuditLogQuery, responses={200: AuditLogPage}
+)
 async def entity_history(request: web.Request) -> web.Response:
     """One entity's history, oldest first."""
     fixed = {
@@ -82,14 +85,16 @@ async def entity_history(request: web.Request) -> web.Response:
     return await _page(request, query_from_params(request.query, fixed, skip=_ENTITY_FIXED))
 
 
-@operation(query=Fields(AuditLogQuery, _ACTOR_FIXED), path=AuditLogQuery)
+@operation(
+    query=Fields(AuditLogQuery, _ACTOR_FIXED), path=AuditLogQuery, responses={200: AuditLogPage}
+)
 async def actor_history(request: web.Request) -> web.Response:
     """One actor's actions, newest first."""
     fixed = {"actor_id": [request.match_info["actor_id"]], "order": "desc"}
     return await _page(request, query_from_params(request.query, fixed, skip=_ACTOR_FIXED))
 
 
-@operation(path=AuditLogId)
+@operation(path=AuditLogId, responses={200: AuditLogItem})
 async def get_audit_log(request: web.Request) -> web.Response:
     """One audit log by id, or 404."""
     raw = request.match_info["id"]

@@ -8,6 +8,7 @@ from typing import Annotated
 import msgspec
 from aiohttp import web
 
+from service.api.audit_logs.items import AuditLogStatistics
 from service.api.audit_logs.query import Text, Time
 from service.api.audit_logs.rows import holds_nul
 from service.api.body import json_response
@@ -51,6 +52,7 @@ def stats_window(query: StatisticsQuery) -> tuple[datetime, datetime]:
 
 @operation(
     query=StatisticsQuery,
+    responses={200: AuditLogStatistics},
     description=f"The window is at most {STATS_MAX_WINDOW.days} days long and since is not "
     "after until (a 400 names the bound otherwise).",
     extensions={"x-max-window-days": STATS_MAX_WINDOW.days},
