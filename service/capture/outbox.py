@@ -1,0 +1,214 @@
+"""The outbox's rows and the audit events they become."""
+
+from __future__ import annotations
+
+import dataclasses
+import uuid
+from datetime import UTC, datetime
+from typing import Any, Final, get_args
+
+import msgspec
+
+from service.errors import InvalidEvent
+from service.events import (
+    Actor,
+    ActorType,
+    AuditEvent,
+    Change,
+    Entity,
+    RequestInfo,
+    derived_event_id,
+    finalize,
+)
+from service.producer.changes import DEFAULT_IGNORE, changes_between
+from service.redaction import REDACTED
+
+SCHEMA = "auditq_capture"
+NOTIFY_CHANNEL = "auditq_capture"
+ID_SEPARATOR = ":"  # between the values of a composite key, as the SQLAlchemy capture joins them
+TEXT_MAX_CHARS = 1024  # an event's ids and names (service.events Text)
+LARGE_VALUE_CHARS = 1024  # what a value over the event's size limit is cut to
+KINDS: Final = {"c": "created", "u": "updated", "d": "deleted"}
+ACTOR_TYPES = frozenset(get_args(ActorType))
+DEFAULT_ACTOR_TYPE = "user"
+
+SELECT_INSTALLATION = """
+SELECT database_id, pg_catalog.current_database() AS database
+FROM auditq_capture.installation
+"""
+SELECT_TABLES = """
+SELECT table_id, schema_name, table_name, entity, key_columns, columns, ignore_fields,
+       mask_columns
+FROM auditq_capture.captured_tables
+"""
+# In capture order: one row's changes are in the order the database committed them (a
+# second writer of a row waits for the first to commit before its trigger runs).
+SELECT_BATCH = """
+SELECT id, table_id, operation::text AS operation, entity_id, old_values, new_values, masked,
+       captured_at, xid::text AS xid, actor_id, actor_type, request_id
+FROM auditq_capture.outbox
+ORDER BY id
+LIMIT $1
+"""
+DELETE_ROWS = "DELETE FROM auditq_capture.outbox WHERE id = ANY($1::bigint[])"
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class CapturedTable:
+    """One captured table as its registry row describes it."""
+
+    table_id: int
+    schema_name: str
+    table_name: str
+    entity: str
+    key_columns: tuple[str, ...]
+    columns: tuple[str, ...]
+    ignore_fields: frozenset[str]
+    mask_columns: tuple[str, ...]
+
+    @property
+    def qualified_name(self) -> str:
+        return f"{self.schema_name}.{self.table_name}"
+
+    @classmethod
+    def from_row(cls, row: Any) -> CapturedTable:
+        """Build one from a SELECT_TABLES row."""
+        return cls(
+            table_id=row["table_id"],
+            schema_name=row["schema_name"],
+            table_name=row["table_name"],
+            entity=row["entity"],
+            key_columns=tuple(row["key_columns"]),
+            columns=tuple(row["columns"]),
+            ignore_fields=frozenset(row["ignore_fields"]),
+            mask_columns=tuple(row["mask_columns"]),
+        )
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Origin:
+    """The application database the outbox belongs to."""
+
+    database_id: uuid.UUID
+    database: str
+
+
+def event_id(origin: Origin, outbox_id: int, captured_at: datetime) -> uuid.UUID:
+    """The event id of an outbox row: the same row gives the same id, however often sent.
+
+    A UUIDv7 carrying the capture time (so ids index well), the rest a hash of the
+    database's identity and the row's id."""
+    return derived_event_id(
+        f"db:{origin.database_id}", outbox_id, int(captured_at.timestamp() * 1000)
+    )
+
+
+def event_for(
+    row: Any,
+    table: CapturedTable,
+    origin: Origin,
+    *,
+    extra_keys: frozenset[str] = frozenset(),
+    max_event_bytes: int,
+    max_future_s: float,
+) -> AuditEvent | None:
+    """The event of one outbox row, or None for an update that changed only ignored fields.
+
+    Never raises for what the application wrote: a value too large for an event is cut, an
+    actor type auditq does not know is kept in metadata, so no row can stop the relay."""
+    kind = KINDS[row["operation"]]
+    before = _in_table_order(row["old_values"], table.columns)
+    after = _in_table_order(row["new_values"], table.columns)
+    changes = changes_between(
+        before, after, ignore=DEFAULT_IGNORE | table.ignore_fields, redact_extra_keys=extra_keys
+    )
+    masked: dict[str, list[bool]] | None = row["masked"]
+    if masked:
+        changes += [
+            Change(field=name, old=REDACTED if had else None, new=REDACTED if has else None)
+            for name, (had, has) in masked.items()
+        ]
+        order = {name: index for index, name in enumerate(table.columns)}
+        changes.sort(key=lambda change: order.get(change.field.split(".", 1)[0], len(order)))
+    if kind == "updated" and not changes:
+        return None
+    metadata: dict[str, Any] = {
+        "table": table.table_name,
+        "schema": table.schema_name,
+        "transaction_id": row["xid"],
+    }
+    actor = None
+    if row["actor_id"]:
+        actor_type = row["actor_type"] or DEFAULT_ACTOR_TYPE
+        if actor_type not in ACTOR_TYPES:
+            metadata["actor_type"] = actor_type[:TEXT_MAX_CHARS]
+            actor_type = DEFAULT_ACTOR_TYPE
+        actor = Actor(id=row["actor_id"][:TEXT_MAX_CHARS], type=actor_type)
+    request = RequestInfo(id=row["request_id"][:TEXT_MAX_CHARS]) if row["request_id"] else None
+    event = AuditEvent(
+        id=event_id(origin, row["id"], row["captured_at"]),
+        ts=row["captured_at"],
+        action=f"{table.entity}.{kind}",
+        actor=actor,
+        entity=Entity(type=table.entity, id=row["entity_id"][:TEXT_MAX_CHARS]),
+        request=request,
+        changes=changes or None,
+        metadata=metadata,
+        source=f"db:{origin.database}/{table.qualified_name}"[:TEXT_MAX_CHARS],
+    )
+    return _fitting(event, extra_keys, max_event_bytes, max_future_s)
+
+
+def _in_table_order(values: dict[str, Any] | None, columns: tuple[str, ...]) -> dict[str, Any]:
+    """A row's values in the table's column order (jsonb keeps its keys in its own order)."""
+    if not values:
+        return {}
+    ordered = {name: values[name] for name in columns if name in values}
+    if len(ordered) < len(values):  # a column added since install: after the known ones
+        ordered.update(values)
+    return ordered
+
+
+def _fitting(
+    event: AuditEvent, extra_keys: frozenset[str], max_event_bytes: int, max_future_s: float
+) -> AuditEvent:
+    """The event, or the nearest one the queue accepts: large values cut, then the diff left
+    out, then (a clock far ahead of auditq's) the time of now."""
+    for attempt in (event, _with_values_cut(event), _without_changes(event), _stamped_now(event)):
+        try:
+            finalize(
+                attempt, extra_keys=extra_keys, max_bytes=max_event_bytes, max_future_s=max_future_s
+            )
+        except InvalidEvent:
+            continue
+        return attempt
+    return _stamped_now(_without_changes(event))
+
+
+def _with_values_cut(event: AuditEvent) -> AuditEvent:
+    # A big text or JSON column: each large value becomes a note of its size, so the change
+    # is still recorded.
+    changes = [
+        Change(field=change.field, old=_cut(change.old), new=_cut(change.new))
+        for change in event.changes or ()
+    ]
+    metadata = dict(event.metadata or {}, values_cut=True)
+    return msgspec.structs.replace(event, changes=changes or None, metadata=metadata)
+
+
+def _without_changes(event: AuditEvent) -> AuditEvent:
+    fields = [change.field for change in event.changes or ()]
+    metadata = dict(event.metadata or {}, changed_fields=fields[:100])
+    return msgspec.structs.replace(event, changes=None, metadata=metadata)
+
+
+def _stamped_now(event: AuditEvent) -> AuditEvent:
+    metadata = dict(event.metadata or {}, captured_at=str(event.ts))
+    return msgspec.structs.replace(event, ts=datetime.now(UTC), metadata=metadata)
+
+
+def _cut(value: object) -> object:
+    encoded = msgspec.json.encode(value)
+    if len(encoded) <= LARGE_VALUE_CHARS:
+        return value
+    return f"[{len(encoded)} bytes, too large for an audit event]"

@@ -1,0 +1,228 @@
+-- auditq capture (docs/capture.md): what `auditq capture install` puts in an APPLICATION's
+-- database. Idempotent: applied again by every install. Everything lives in the schema
+-- auditq_capture, except the three triggers on each captured table.
+--
+-- Nothing here is callable or readable by PUBLIC: the trigger functions run as the role that
+-- installed them (SECURITY DEFINER), so the application's roles need no privilege on the
+-- outbox, and cannot write a change into it that their table did not make.
+
+CREATE SCHEMA IF NOT EXISTS auditq_capture;
+REVOKE ALL ON SCHEMA auditq_capture FROM PUBLIC;
+
+-- One row: who this database is to auditq. Event ids are derived from database_id and the
+-- outbox row's id, so a relay that sends a row twice stores it once; a database whose outbox
+-- was removed and made again gets a new database_id (its outbox ids start again).
+CREATE TABLE IF NOT EXISTS auditq_capture.installation (
+    singleton boolean PRIMARY KEY DEFAULT true CHECK (singleton),
+    database_id uuid NOT NULL DEFAULT pg_catalog.gen_random_uuid(),
+    schema_created boolean NOT NULL,  -- install made the schema: the last uninstall drops it
+    installed_at timestamptz NOT NULL DEFAULT pg_catalog.now()
+);
+
+-- The captured tables and how their rows become events.
+CREATE TABLE IF NOT EXISTS auditq_capture.captured_tables (
+    table_id integer GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    schema_name text NOT NULL,
+    table_name text NOT NULL,
+    entity text NOT NULL,             -- events are <entity>.created|updated|deleted
+    key_columns text[] NOT NULL,      -- the primary key, in key order: entity.id
+    columns text[] NOT NULL,          -- every column, in table order: the order of a diff
+    ignore_fields text[] NOT NULL,    -- never in a diff (names, or dotted paths into JSON)
+    mask_columns text[] NOT NULL,     -- never stored: a change says only that it changed
+    installed_at timestamptz NOT NULL DEFAULT pg_catalog.now(),
+    UNIQUE (schema_name, table_name)
+);
+
+-- One row per changed row, written by the statement-level triggers in the application's
+-- transaction (so a rollback leaves none), read in id order and deleted by the relay once
+-- Redis has accepted its event.
+CREATE TABLE IF NOT EXISTS auditq_capture.outbox (
+    id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    table_id integer NOT NULL,
+    operation "char" NOT NULL,        -- c(reated), u(pdated), d(eleted)
+    entity_id text NOT NULL,
+    old_values jsonb,                 -- the row before, without ignored and masked columns
+    new_values jsonb,                 -- the row after, the same
+    masked jsonb,                     -- {"column": [had a value before, has one after]} if changed
+    captured_at timestamptz NOT NULL,
+    xid xid8 NOT NULL,
+    actor_id text,
+    actor_type text,
+    request_id text
+);
+
+REVOKE ALL ON ALL TABLES IN SCHEMA auditq_capture FROM PUBLIC;
+
+-- Make (or remake) the trigger function and the three statement-level triggers of `target`.
+-- Identifiers are quoted by format(%I) here, in the server, never spliced in by the client.
+CREATE OR REPLACE FUNCTION auditq_capture.install_table(
+    target regclass,
+    entity text,
+    ignore_fields text[],
+    strip_columns text[],   -- top-level columns left out of old_values/new_values
+    mask_columns text[]
+) RETURNS integer
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $install$
+DECLARE
+    target_schema text;
+    target_name text;
+    all_columns text[];
+    key_columns text[];
+    new_id integer;
+    fn text;
+    strip text := '';
+    key_select text := '';
+    mask_select text := '';
+    join_on text := '';
+    entity_expr text;
+    masked_insert text := 'NULL';
+    masked_delete text := 'NULL';
+    masked_update text := 'NULL';
+    masked_differ text := 'false';
+    col text;
+    i integer;
+BEGIN
+    SELECT n.nspname, c.relname INTO target_schema, target_name
+    FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+    WHERE c.oid = target;
+    SELECT pg_catalog.array_agg(a.attname::text ORDER BY a.attnum) INTO all_columns
+    FROM pg_catalog.pg_attribute a
+    WHERE a.attrelid = target AND a.attnum > 0 AND NOT a.attisdropped;
+    SELECT pg_catalog.array_agg(a.attname::text ORDER BY k.ord) INTO key_columns
+    FROM pg_catalog.pg_index x
+    CROSS JOIN LATERAL pg_catalog.unnest(x.indkey::int2[]) WITH ORDINALITY AS k(attnum, ord)
+    JOIN pg_catalog.pg_attribute a ON a.attrelid = x.indrelid AND a.attnum = k.attnum
+    WHERE x.indrelid = target AND x.indisprimary;
+    IF key_columns IS NULL THEN
+        RAISE EXCEPTION 'table %.% has no primary key: auditq capture needs one for entity.id',
+            target_schema, target_name USING ERRCODE = 'invalid_table_definition';
+    END IF;
+
+    INSERT INTO auditq_capture.captured_tables AS t
+        (schema_name, table_name, entity, key_columns, columns, ignore_fields, mask_columns)
+    VALUES (target_schema, target_name, entity, key_columns, all_columns, ignore_fields,
+            mask_columns)
+    ON CONFLICT (schema_name, table_name) DO UPDATE
+        SET entity = excluded.entity, key_columns = excluded.key_columns,
+            columns = excluded.columns, ignore_fields = excluded.ignore_fields,
+            mask_columns = excluded.mask_columns
+    RETURNING t.table_id INTO new_id;
+    fn := pg_catalog.format('auditq_capture.%I', 'capture_' || new_id);
+
+    IF pg_catalog.cardinality(strip_columns) > 0 THEN
+        strip := pg_catalog.format(' OPERATOR(pg_catalog.-) %L::text[]', strip_columns);
+    END IF;
+    -- entity.id: the key's values as text, a composite key's joined by ':' (as the SQLAlchemy
+    -- capture joins them).
+    SELECT pg_catalog.string_agg(pg_catalog.format('t.%I::text', k), ' || '':'' || ')
+    INTO entity_expr FROM pg_catalog.unnest(key_columns) AS k;
+    i := 0;
+    FOREACH col IN ARRAY key_columns LOOP
+        i := i + 1;
+        key_select := key_select || pg_catalog.format('t.%I AS k%s, ', col, i);
+        join_on := join_on || pg_catalog.format('%s o.k%s = n.k%s', CASE WHEN i > 1 THEN ' AND' ELSE '' END, i, i);
+    END LOOP;
+    -- A masked column's value is only compared, in memory, as text (json has no equality).
+    i := 0;
+    FOREACH col IN ARRAY mask_columns LOOP
+        i := i + 1;
+        mask_select := mask_select || pg_catalog.format('t.%I::text AS m%s, ', col, i);
+        masked_insert := pg_catalog.format(
+            '%s OPERATOR(pg_catalog.||) pg_catalog.jsonb_build_object(%L, CASE WHEN t.%I IS NOT NULL THEN ''[false, true]''::jsonb END)',
+            masked_insert, col, col);
+        masked_delete := pg_catalog.format(
+            '%s OPERATOR(pg_catalog.||) pg_catalog.jsonb_build_object(%L, CASE WHEN t.%I IS NOT NULL THEN ''[true, false]''::jsonb END)',
+            masked_delete, col, col);
+        masked_update := pg_catalog.format(
+            '%s OPERATOR(pg_catalog.||) pg_catalog.jsonb_build_object(%L, CASE WHEN o.m%s IS DISTINCT FROM n.m%s THEN pg_catalog.jsonb_build_array(o.m%s IS NOT NULL, n.m%s IS NOT NULL) END)',
+            masked_update, col, i, i, i, i);
+        masked_differ := pg_catalog.format('%s OR o.m%s IS DISTINCT FROM n.m%s', masked_differ, i, i);
+    END LOOP;
+    IF i > 0 THEN
+        masked_insert := pg_catalog.format(
+            'NULLIF(pg_catalog.jsonb_strip_nulls(''{}''::jsonb %s), ''{}''::jsonb)',
+            pg_catalog.substr(masked_insert, 5));
+        masked_delete := pg_catalog.format(
+            'NULLIF(pg_catalog.jsonb_strip_nulls(''{}''::jsonb %s), ''{}''::jsonb)',
+            pg_catalog.substr(masked_delete, 5));
+        masked_update := pg_catalog.format(
+            'NULLIF(pg_catalog.jsonb_strip_nulls(''{}''::jsonb %s), ''{}''::jsonb)',
+            pg_catalog.substr(masked_update, 5));
+    END IF;
+
+    -- One INSERT ... SELECT per statement over its transition tables: the context, the time
+    -- and the transaction id are read once, not per row.
+    EXECUTE pg_catalog.format($fn$
+CREATE OR REPLACE FUNCTION %1$s() RETURNS trigger
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $body$
+DECLARE
+    captured timestamptz := pg_catalog.clock_timestamp();
+    x xid8 := pg_catalog.pg_current_xact_id();
+    actor text := NULLIF(pg_catalog.current_setting('auditq.actor_id', true), '');
+    actor_kind text := NULLIF(pg_catalog.current_setting('auditq.actor_type', true), '');
+    request text := NULLIF(pg_catalog.current_setting('auditq.request_id', true), '');
+    written bigint;
+BEGIN
+    IF TG_OP = 'INSERT' THEN
+        INSERT INTO auditq_capture.outbox (table_id, operation, entity_id, old_values,
+            new_values, masked, captured_at, xid, actor_id, actor_type, request_id)
+        SELECT %2$s, 'c', %3$s, NULL, pg_catalog.to_jsonb(t)%4$s, %5$s,
+               captured, x, actor, actor_kind, request
+        FROM auditq_new_rows t;
+    ELSIF TG_OP = 'DELETE' THEN
+        INSERT INTO auditq_capture.outbox (table_id, operation, entity_id, old_values,
+            new_values, masked, captured_at, xid, actor_id, actor_type, request_id)
+        SELECT %2$s, 'd', %3$s, pg_catalog.to_jsonb(t)%4$s, NULL, %6$s,
+               captured, x, actor, actor_kind, request
+        FROM auditq_old_rows t;
+    ELSE
+        -- Old and new rows pair up by primary key; a row whose key changed is the old key
+        -- deleted and the new one created.
+        INSERT INTO auditq_capture.outbox (table_id, operation, entity_id, old_values,
+            new_values, masked, captured_at, xid, actor_id, actor_type, request_id)
+        SELECT %2$s,
+               CASE WHEN o.j IS NULL THEN 'c' WHEN n.j IS NULL THEN 'd' ELSE 'u' END::"char",
+               COALESCE(n.e, o.e), o.j, n.j, %7$s,
+               captured, x, actor, actor_kind, request
+        FROM (SELECT %8$s%9$s%3$s AS e, pg_catalog.to_jsonb(t)%4$s AS j
+              FROM auditq_old_rows t) o
+        FULL JOIN (SELECT %8$s%9$s%3$s AS e, pg_catalog.to_jsonb(t)%4$s AS j
+                   FROM auditq_new_rows t) n ON %10$s
+        WHERE o.j IS NULL OR n.j IS NULL OR o.j OPERATOR(pg_catalog.<>) n.j OR %11$s;
+    END IF;
+    GET DIAGNOSTICS written = ROW_COUNT;
+    IF written > 0 THEN
+        PERFORM pg_catalog.pg_notify('auditq_capture', '');  -- delivered at commit, once
+    END IF;
+    RETURN NULL;
+END
+$body$
+$fn$, fn, new_id, entity_expr, strip, masked_insert, masked_delete, masked_update,
+      key_select, mask_select, join_on, masked_differ);
+    -- Only this function's triggers may run it: nobody can point a trigger of their own
+    -- table at it and write changes in this table's name.
+    EXECUTE pg_catalog.format('REVOKE ALL ON FUNCTION %s() FROM PUBLIC', fn);
+    EXECUTE pg_catalog.format(
+        'CREATE OR REPLACE TRIGGER auditq_capture_insert AFTER INSERT ON %s '
+        'REFERENCING NEW TABLE AS auditq_new_rows FOR EACH STATEMENT EXECUTE FUNCTION %s()',
+        target, fn);
+    EXECUTE pg_catalog.format(
+        'CREATE OR REPLACE TRIGGER auditq_capture_update AFTER UPDATE ON %s '
+        'REFERENCING OLD TABLE AS auditq_old_rows NEW TABLE AS auditq_new_rows '
+        'FOR EACH STATEMENT EXECUTE FUNCTION %s()',
+        target, fn);
+    EXECUTE pg_catalog.format(
+        'CREATE OR REPLACE TRIGGER auditq_capture_delete AFTER DELETE ON %s '
+        'REFERENCING OLD TABLE AS auditq_old_rows FOR EACH STATEMENT EXECUTE FUNCTION %s()',
+        target, fn);
+    RETURN new_id;
+END
+$install$;
+
+REVOKE ALL ON FUNCTION auditq_capture.install_table(regclass, text, text[], text[], text[])
+    FROM PUBLIC;
