@@ -1,0 +1,182 @@
+"""Row changes made straight in an application's database end up stored in auditq, once each,
+with their diff and the actor the transaction named (contract §12)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import asyncpg
+import msgspec
+
+from service.settings import Settings
+from tests.capture.conftest import outbox_rows, relaying
+from tests.conftest import run_cli, running_worker, wait_for
+
+ROWS = 10_000
+SSN = "ssn-secret-"  # a masked column's values: never stored anywhere
+TOKEN = "tok-secret-"  # a column the redaction rules name (api_token): never stored either
+
+
+async def stored(database_url: str, sql: str, *args: Any) -> list[asyncpg.Record]:
+    conn = await asyncpg.connect(database_url)
+    try:
+        return await conn.fetch(sql, *args)
+    finally:
+        await conn.close()
+
+
+async def stored_count(database_url: str, action: str) -> int:
+    rows = await stored(database_url, "SELECT count(*) FROM audit_log WHERE action = $1", action)
+    n: int = rows[0][0]
+    return n
+
+
+async def test_bulk_statements_of_ten_thousand_rows_become_one_event_per_row_each(
+    settings: Settings, app_url: str, app: asyncpg.Connection, cli_env: None
+) -> None:
+    assert settings.database_url is not None
+    status = await run_cli(
+        "capture", "install", "--database-url", app_url, "--table", "shop.items",
+        "--entity", "item", "--mask", "ssn",
+    )  # fmt: skip
+    assert status == 0
+    async with running_worker(settings), relaying(settings, app_url):
+        async with app.transaction():
+            await app.execute("SELECT set_config('auditq.actor_id', 'u-creator', true)")
+            await app.execute("SELECT set_config('auditq.request_id', 'req-bulk-1', true)")
+            await app.execute(
+                "INSERT INTO shop.items (id, name, qty, ssn, api_token, attrs) "
+                "SELECT g, 'n' || g, g, $1 || g, $2 || g, jsonb_build_object('colour', 'red') "
+                "FROM generate_series(1, $3) g",
+                SSN,
+                TOKEN,
+                ROWS,
+            )
+        async with app.transaction():
+            await app.execute("SELECT set_config('auditq.actor_id', 'svc-batch', true)")
+            await app.execute("SELECT set_config('auditq.actor_type', 'service', true)")
+            # updated_at is bookkeeping (ignored by default): only name, qty, attrs and the
+            # masked ssn show in the diff.
+            await app.execute(
+                "UPDATE shop.items SET name = name || '!', qty = qty + 1, updated_at = now(), "
+                "ssn = ssn || 'x', attrs = jsonb_build_object('colour', 'blue')"
+            )
+        async with app.transaction():
+            await app.execute("SELECT set_config('auditq.actor_id', 'u-remover', true)")
+            await app.execute("DELETE FROM shop.items")
+
+        async def all_stored() -> bool:
+            rows = await stored(
+                settings.database_url,
+                "SELECT count(*) FROM audit_log WHERE source = $1",
+                f"db:{app_url.rpartition('/')[2]}/shop.items",
+            )
+            return bool(rows[0][0] >= 3 * ROWS)
+
+        await wait_for(all_stored, within_s=240, interval=0.5)
+        assert await outbox_rows(app) == 0
+
+    created = await stored(
+        settings.database_url,
+        "SELECT entity_type, entity_id, actor_id, actor_type, request_id, changes::text AS c "
+        "FROM audit_log WHERE action = 'item.created'",
+    )
+    assert len(created) == ROWS
+    assert {r["entity_id"] for r in created} == {str(i) for i in range(1, ROWS + 1)}
+    for r in created:
+        i = int(r["entity_id"])
+        assert r["entity_type"] == "item"
+        assert (r["actor_id"], r["actor_type"], r["request_id"]) == (
+            "u-creator",
+            "user",
+            "req-bulk-1",
+        )
+        assert msgspec.json.decode(r["c"]) == [
+            {"field": "id", "new": i},
+            {"field": "name", "new": f"n{i}"},
+            {"field": "qty", "new": i},
+            {"field": "ssn", "new": "[REDACTED]"},
+            {"field": "api_token", "new": "[REDACTED]"},
+            {"field": "attrs.colour", "new": "red"},
+        ]
+
+    updated = await stored(
+        settings.database_url,
+        "SELECT entity_id, actor_id, actor_type, request_id, changes::text AS c "
+        "FROM audit_log WHERE action = 'item.updated'",
+    )
+    assert len(updated) == ROWS
+    assert len({r["entity_id"] for r in updated}) == ROWS
+    for r in updated:
+        i = int(r["entity_id"])
+        assert (r["actor_id"], r["actor_type"], r["request_id"]) == ("svc-batch", "service", None)
+        assert msgspec.json.decode(r["c"]) == [
+            {"field": "name", "old": f"n{i}", "new": f"n{i}!"},
+            {"field": "qty", "old": i, "new": i + 1},
+            {"field": "ssn", "old": "[REDACTED]", "new": "[REDACTED]"},
+            {"field": "attrs.colour", "old": "red", "new": "blue"},
+        ]
+
+    deleted = await stored(
+        settings.database_url,
+        "SELECT entity_id, actor_id, changes::text AS c FROM audit_log "
+        "WHERE action = 'item.deleted'",
+    )
+    assert len(deleted) == ROWS
+    assert len({r["entity_id"] for r in deleted}) == ROWS
+    for r in deleted:
+        i = int(r["entity_id"])
+        assert r["actor_id"] == "u-remover"
+        assert msgspec.json.decode(r["c"]) == [
+            {"field": "id", "old": i},
+            {"field": "name", "old": f"n{i}!"},
+            {"field": "qty", "old": i + 1},
+            {"field": "ssn", "old": "[REDACTED]"},
+            {"field": "api_token", "old": "[REDACTED]"},
+            {"field": "attrs.colour", "old": "blue"},
+        ]
+
+    # The masked and the secret columns' values are nowhere in the store, not in any column.
+    leaks = await stored(
+        settings.database_url,
+        "SELECT count(*) FROM audit_log a WHERE a::text LIKE '%secret-%'",
+    )
+    assert leaks[0][0] == 0
+
+
+async def test_a_rolled_back_transaction_produces_nothing(
+    settings: Settings, app_url: str, app: asyncpg.Connection, cli_env: None
+) -> None:
+    assert settings.database_url is not None
+    assert (
+        await run_cli("capture", "install", "--database-url", app_url, "--table", "shop.items") == 0
+    )
+    tx = app.transaction()
+    await tx.start()
+    await app.execute(
+        "INSERT INTO shop.items (id, name) SELECT g, 'gone' FROM generate_series(1, 500) g"
+    )
+    await app.execute("UPDATE shop.items SET qty = 1")
+    await tx.rollback()
+    # A savepoint rolled back inside a committed transaction leaves nothing of its own either.
+    async with app.transaction():
+        await app.execute("INSERT INTO shop.items (id, name) VALUES (1000, 'kept')")
+        try:
+            async with app.transaction():
+                await app.execute("INSERT INTO shop.items (id, name) VALUES (1001, 'undone')")
+                raise RuntimeError("undo the savepoint")
+        except RuntimeError:
+            pass
+    async with running_worker(settings), relaying(settings, app_url):
+
+        async def marker_stored() -> bool:
+            return await stored_count(settings.database_url or "", "items.created") >= 1
+
+        await wait_for(marker_stored, within_s=60)
+        await wait_for(lambda: _zero(outbox_rows(app)), within_s=30)
+    rows = await stored(settings.database_url, "SELECT action, entity_id FROM audit_log")
+    assert [(r["action"], r["entity_id"]) for r in rows] == [("items.created", "1000")]
+
+
+async def _zero(count: Any) -> bool:
+    return bool(await count == 0)
