@@ -49,12 +49,12 @@ PENDING_OF_TABLE = "SELECT count(*) FROM auditq_capture.outbox WHERE table_id = 
 DISCARD_PENDING = "DELETE FROM auditq_capture.outbox WHERE table_id = $1"
 # Identifiers are quoted by the server (format %I), never by this module.
 DROP_TRIGGERS = """
-SELECT pg_catalog.format('DROP TRIGGER IF EXISTS %I ON %I.%I', trigger_name, $1, $2)
+SELECT pg_catalog.format('DROP TRIGGER IF EXISTS %I ON %I.%I', trigger_name, $1::text, $2::text)
 FROM pg_catalog.unnest(ARRAY['auditq_capture_insert', 'auditq_capture_update',
                              'auditq_capture_delete']) AS trigger_name
 """
 DROP_FUNCTION = """
-SELECT pg_catalog.format('DROP FUNCTION IF EXISTS auditq_capture.%I()', 'capture_' || $1)
+SELECT pg_catalog.format('DROP FUNCTION IF EXISTS auditq_capture.%I()', 'capture_' || $1::text)
 """
 FORGET_TABLE = "DELETE FROM auditq_capture.captured_tables WHERE table_id = $1"
 TABLES_LEFT = "SELECT count(*) FROM auditq_capture.captured_tables"
