@@ -3,11 +3,18 @@ with their diff and the actor the transaction named (contract §12)."""
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
+import logging
 from typing import Any
 
 import asyncpg
 import msgspec
+import pytest
 
+from service.capture import installer
+from service.capture.relay import OutboxRelay, relay_client
+from service.errors import ConfigError
 from service.settings import Settings
 from tests.capture.conftest import outbox_rows, relaying
 from tests.conftest import run_cli, running_worker, wait_for
@@ -180,3 +187,68 @@ async def test_a_rolled_back_transaction_produces_nothing(
 
 async def _zero(count: Any) -> bool:
     return bool(await count == 0)
+
+
+async def test_a_worker_with_capture_urls_relays_their_outboxes(
+    settings: Settings, app_url: str, app: asyncpg.Connection
+) -> None:
+    """AUDITQ_CAPTURE_DATABASE_URLS: the worker (and so `auditq run`) relays on its own."""
+    assert settings.database_url is not None
+    await installer.install(app_url, "shop.items")
+    await app.execute("INSERT INTO shop.items (id, name) VALUES (1, 'a'), (2, 'b')")
+    worker_settings = dataclasses.replace(settings, capture_database_urls=(app_url,))
+    async with running_worker(worker_settings):
+
+        async def stored_both() -> bool:
+            return await stored_count(settings.database_url or "", "items.created") == 2
+
+        await wait_for(stored_both, within_s=60)
+        await app.execute("UPDATE shop.items SET name = 'c' WHERE id = 1")
+
+        async def stored_update() -> bool:
+            return await stored_count(settings.database_url or "", "items.updated") == 1
+
+        await wait_for(stored_update, within_s=60)
+    assert await outbox_rows(app) == 0
+
+
+def test_the_capture_urls_setting_is_read_and_checked() -> None:
+    env = {"AUDITQ_CAPTURE_DATABASE_URLS": " postgresql://a/x , postgres://b/y,postgresql://a/x"}
+    urls = Settings.from_env(env, published=False).capture_database_urls
+    assert urls == ("postgresql://a/x", "postgres://b/y")
+    assert Settings.from_env({}, published=False).capture_database_urls == ()
+    bad = {"AUDITQ_CAPTURE_DATABASE_URLS": "redis://:hunter2@h/0"}
+    with pytest.raises(ConfigError, match="postgresql://") as caught:
+        Settings.from_env(bad, published=False)
+    assert "hunter2" not in str(caught.value)
+
+
+async def test_the_relay_is_woken_at_commit_and_one_relay_drains_an_outbox(
+    settings: Settings, app_url: str, app: asyncpg.Connection, caplog: pytest.LogCaptureFixture
+) -> None:
+    await installer.install(app_url, "shop.items")
+    client = relay_client(settings)
+    stop = asyncio.Event()
+    # Polling once a minute: only the NOTIFY of the commit can wake them within the wait.
+    relays = [
+        OutboxRelay(app_url, client, max_event_bytes=65536, max_future_s=300, poll_interval_s=60)
+        for _ in range(2)
+    ]
+    caplog.set_level(logging.INFO, logger="service.capture.relay")
+    tasks = [asyncio.create_task(relay.run(stop)) for relay in relays]
+    try:
+
+        async def one_draining() -> bool:
+            return any("draining its outbox" in r.getMessage() for r in caplog.records)
+
+        await wait_for(one_draining, within_s=30)
+        await app.execute(
+            "INSERT INTO shop.items (id, name) SELECT g, 'x' FROM generate_series(1, 50) g"
+        )
+        await wait_for(lambda: _zero(outbox_rows(app)), within_s=30)
+        assert sorted(relay.rows_done for relay in relays) == [0, 50]
+        assert any("another relay drains this outbox" in r.getMessage() for r in caplog.records)
+    finally:
+        stop.set()
+        await asyncio.gather(*tasks)
+        await client.aclose()
