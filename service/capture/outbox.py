@@ -24,6 +24,7 @@ from service.producer.changes import DEFAULT_IGNORE, changes_between
 from service.redaction import REDACTED
 
 SCHEMA = "auditq_capture"
+_changed_decoder = msgspec.json.Decoder(dict[str, list[Any]])
 NOTIFY_CHANNEL = "auditq_capture"
 ID_SEPARATOR = ":"  # between the values of a composite key, as the SQLAlchemy capture joins them
 TEXT_MAX_CHARS = 1024  # an event's ids and names (service.events Text)
@@ -45,7 +46,7 @@ FROM auditq_capture.captured_tables
 # second writer of a row waits for the first to commit before its trigger runs).
 SELECT_BATCH = """
 SELECT id, table_id, operation::text AS operation, entity_id, old_values, new_values, masked,
-       captured_at, xid::text AS xid, actor_id, actor_type, request_id
+       changed, captured_at, xid::text AS xid, actor_id, actor_type, request_id
 FROM auditq_capture.outbox
 ORDER BY id
 LIMIT $1
@@ -117,12 +118,24 @@ def event_for(
     Never raises for what the application wrote: a value too large for an event is cut, an
     actor type auditq does not know is kept in metadata, so no row can stop the relay."""
     kind = KINDS[row["operation"]]
-    before = _in_table_order(row["old_values"], table.columns)
-    after = _in_table_order(row["new_values"], table.columns)
+    masked: dict[str, list[bool]] = dict(row["masked"] or {})
+    changed: dict[str, list[Any]] | None = (
+        None if row["changed"] is None else _changed_decoder.decode(row["changed"])
+    )
+    if changed is not None:
+        # An UPDATE's row: the pairs of what differs (a masked column's say only whether it
+        # had a value before and has one after).
+        masks = set(table.mask_columns)
+        pairs = {name: pair for name, pair in changed.items() if name not in masks}
+        masked.update((name, pair) for name, pair in changed.items() if name in masks)
+        before = _in_table_order({name: pair[0] for name, pair in pairs.items()}, table.columns)
+        after = _in_table_order({name: pair[1] for name, pair in pairs.items()}, table.columns)
+    else:
+        before = _in_table_order(row["old_values"], table.columns)
+        after = _in_table_order(row["new_values"], table.columns)
     changes = changes_between(
         before, after, ignore=DEFAULT_IGNORE | table.ignore_fields, redact_extra_keys=extra_keys
     )
-    masked: dict[str, list[bool]] | None = row["masked"]
     if masked:
         changes += [
             Change(field=name, old=REDACTED if had else None, new=REDACTED if has else None)

@@ -41,9 +41,12 @@ CREATE TABLE IF NOT EXISTS auditq_capture.outbox (
     table_id integer NOT NULL,
     operation "char" NOT NULL,        -- c(reated), u(pdated), d(eleted)
     entity_id text NOT NULL,
-    old_values jsonb,                 -- the row before, without ignored and masked columns
-    new_values jsonb,                 -- the row after, the same
-    masked jsonb,                     -- {"column": [had a value before, has one after]} if changed
+    old_values jsonb,                 -- a deleted row, without ignored and masked columns
+    new_values jsonb,                 -- an inserted row, the same
+    masked jsonb,                     -- {"column": [had a value, has one]} for those two
+    -- An UPDATE: {"column": [old, new], ...} of what changed, as JSON text (built as text:
+    -- a third of jsonb's cost per row); a masked column's pair is [had a value, has one].
+    changed text,
     captured_at timestamptz NOT NULL,
     xid xid8 NOT NULL,
     actor_id text,
@@ -59,7 +62,7 @@ CREATE OR REPLACE FUNCTION auditq_capture.install_table(
     target regclass,
     entity text,
     ignore_fields text[],
-    strip_columns text[],   -- top-level columns left out of old_values/new_values
+    strip_columns text[],   -- top-level columns never written to the outbox (ignored, masked)
     mask_columns text[]
 ) RETURNS integer
 LANGUAGE plpgsql
@@ -73,16 +76,22 @@ DECLARE
     new_id integer;
     fn text;
     strip text := '';
-    key_select text := '';
-    mask_select text := '';
+    side_select text := '';   -- the columns each side of an UPDATE's pairing carries
     join_on text := '';
     entity_expr text;
+    pairs text[] := '{}';     -- per column: '"col":[old,new]' if it changed, else NULL
+    changed_expr text := '';
+    chunk text;
     masked_insert text := 'NULL';
     masked_delete text := 'NULL';
-    masked_update text := 'NULL';
-    masked_differ text := 'false';
     col text;
-    i integer;
+    typ oid;
+    kind "char";
+    category "char";
+    base oid;
+    element oid;
+    typed boolean;
+    i integer := 0;
 BEGIN
     SELECT n.nspname, c.relname INTO target_schema, target_name
     FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
@@ -118,38 +127,81 @@ BEGIN
     -- capture joins them).
     SELECT pg_catalog.string_agg(pg_catalog.format('t.%I::text', k), ' || '':'' || ')
     INTO entity_expr FROM pg_catalog.unnest(key_columns) AS k;
-    i := 0;
     FOREACH col IN ARRAY key_columns LOOP
         i := i + 1;
-        key_select := key_select || pg_catalog.format('t.%I AS k%s, ', col, i);
-        join_on := join_on || pg_catalog.format('%s o.k%s = n.k%s', CASE WHEN i > 1 THEN ' AND' ELSE '' END, i, i);
+        side_select := side_select || pg_catalog.format('t.%I AS k%s, ', col, i);
+        join_on := join_on || pg_catalog.format('%s o.k%s = n.k%s',
+                                                CASE WHEN i > 1 THEN ' AND' ELSE '' END, i, i);
     END LOOP;
-    -- A masked column's value is only compared, in memory, as text (json has no equality).
+
+    -- An UPDATE compares each kept column of the old and the new row and keeps only the pairs
+    -- that differ, written as JSON text: no whole-row images on the application's write path.
     i := 0;
-    FOREACH col IN ARRAY mask_columns LOOP
+    FOR col, typ IN
+        SELECT a.attname::text, a.atttypid FROM pg_catalog.pg_attribute a
+        WHERE a.attrelid = target AND a.attnum > 0 AND NOT a.attisdropped ORDER BY a.attnum
+    LOOP
+        CONTINUE WHEN col = ANY (strip_columns) AND NOT col = ANY (mask_columns);
         i := i + 1;
-        mask_select := mask_select || pg_catalog.format('t.%I::text AS m%s, ', col, i);
-        masked_insert := pg_catalog.format(
-            '%s OPERATOR(pg_catalog.||) pg_catalog.jsonb_build_object(%L, CASE WHEN t.%I IS NOT NULL THEN ''[false, true]''::jsonb END)',
-            masked_insert, col, col);
-        masked_delete := pg_catalog.format(
-            '%s OPERATOR(pg_catalog.||) pg_catalog.jsonb_build_object(%L, CASE WHEN t.%I IS NOT NULL THEN ''[true, false]''::jsonb END)',
-            masked_delete, col, col);
-        masked_update := pg_catalog.format(
-            '%s OPERATOR(pg_catalog.||) pg_catalog.jsonb_build_object(%L, CASE WHEN o.m%s IS DISTINCT FROM n.m%s THEN pg_catalog.jsonb_build_array(o.m%s IS NOT NULL, n.m%s IS NOT NULL) END)',
-            masked_update, col, i, i, i, i);
-        masked_differ := pg_catalog.format('%s OR o.m%s IS DISTINCT FROM n.m%s', masked_differ, i, i);
+        IF col = ANY (mask_columns) THEN
+            -- A masked value is compared in memory (as text: every type has one) and never
+            -- written: only whether it had one before and has one after.
+            side_select := side_select || pg_catalog.format('t.%I::text AS c%s, ', col, i);
+            pairs := pairs || pg_catalog.format(
+                'CASE WHEN o.c%1$s IS DISTINCT FROM n.c%1$s THEN %2$L OPERATOR(pg_catalog.||) '
+                'pg_catalog.json_build_array(o.c%1$s IS NOT NULL, n.c%1$s IS NOT NULL)::text END',
+                i, pg_catalog.to_json(col)::text || ':');
+            masked_insert := pg_catalog.format(
+                '%s OPERATOR(pg_catalog.||) pg_catalog.jsonb_build_object(%L, CASE WHEN t.%I IS NOT NULL THEN ''[false, true]''::jsonb END)',
+                masked_insert, col, col);
+            masked_delete := pg_catalog.format(
+                '%s OPERATOR(pg_catalog.||) pg_catalog.jsonb_build_object(%L, CASE WHEN t.%I IS NOT NULL THEN ''[true, false]''::jsonb END)',
+                masked_delete, col, col);
+            CONTINUE;
+        END IF;
+        -- Compared as themselves when the type (of a domain, of an array's elements) has a
+        -- default btree ordering; json, point, composites... have none: compared as text.
+        LOOP
+            SELECT t.typtype, t.typcategory, t.typbasetype, t.typelem
+            INTO kind, category, base, element FROM pg_catalog.pg_type t WHERE t.oid = typ;
+            IF kind = 'd' THEN
+                typ := base;
+            ELSIF category = 'A' AND element <> 0 THEN
+                typ := element;
+            ELSE
+                EXIT;
+            END IF;
+        END LOOP;
+        typed := kind = 'e' OR (kind IN ('b', 'r', 'm') AND EXISTS (
+            SELECT FROM pg_catalog.pg_opclass c JOIN pg_catalog.pg_am m ON m.oid = c.opcmethod
+            WHERE m.amname = 'btree' AND c.opcdefault AND c.opcintype = typ));
+        side_select := side_select || pg_catalog.format('t.%I AS c%s, ', col, i);
+        pairs := pairs || pg_catalog.format(
+            CASE WHEN typed
+                THEN 'CASE WHEN o.c%1$s IS DISTINCT FROM n.c%1$s THEN %2$L OPERATOR(pg_catalog.||) pg_catalog.json_build_array(o.c%1$s, n.c%1$s)::text END'
+                ELSE 'CASE WHEN o.c%1$s::text IS DISTINCT FROM n.c%1$s::text THEN %2$L OPERATOR(pg_catalog.||) pg_catalog.json_build_array(o.c%1$s, n.c%1$s)::text END'
+            END, i, pg_catalog.to_json(col)::text || ':');
     END LOOP;
-    IF i > 0 THEN
+    -- concat_ws takes at most 100 arguments: a wide table's pairs, 90 at a time.
+    FOR chunk IN
+        SELECT pg_catalog.string_agg(u.a, ', ' ORDER BY u.g)
+        FROM pg_catalog.unnest(pairs) WITH ORDINALITY AS u(a, g)
+        GROUP BY (u.g - 1) / 90 ORDER BY (u.g - 1) / 90
+    LOOP
+        changed_expr := changed_expr
+            || CASE WHEN changed_expr = '' THEN '' ELSE ', ' END
+            || 'NULLIF(pg_catalog.concat_ws('','', ' || chunk || '), '''')';
+    END LOOP;
+    changed_expr := CASE WHEN changed_expr = '' THEN '''{}'''
+        ELSE '''{'' OPERATOR(pg_catalog.||) pg_catalog.concat_ws('','', ' || changed_expr
+             || ') OPERATOR(pg_catalog.||) ''}''' END;
+    IF pg_catalog.cardinality(mask_columns) > 0 THEN
         masked_insert := pg_catalog.format(
             'NULLIF(pg_catalog.jsonb_strip_nulls(''{}''::jsonb %s), ''{}''::jsonb)',
             pg_catalog.substr(masked_insert, 5));
         masked_delete := pg_catalog.format(
             'NULLIF(pg_catalog.jsonb_strip_nulls(''{}''::jsonb %s), ''{}''::jsonb)',
             pg_catalog.substr(masked_delete, 5));
-        masked_update := pg_catalog.format(
-            'NULLIF(pg_catalog.jsonb_strip_nulls(''{}''::jsonb %s), ''{}''::jsonb)',
-            pg_catalog.substr(masked_update, 5));
     END IF;
 
     -- One INSERT ... SELECT per statement over its transition tables: the context, the time
@@ -159,6 +211,7 @@ CREATE OR REPLACE FUNCTION %1$s() RETURNS trigger
 LANGUAGE plpgsql
 SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
+SET jit = off
 AS $body$
 DECLARE
     captured timestamptz := pg_catalog.clock_timestamp();
@@ -169,31 +222,32 @@ DECLARE
     written bigint;
 BEGIN
     IF TG_OP = 'INSERT' THEN
-        INSERT INTO auditq_capture.outbox (table_id, operation, entity_id, old_values,
-            new_values, masked, captured_at, xid, actor_id, actor_type, request_id)
-        SELECT %2$s, 'c', %3$s, NULL, pg_catalog.to_jsonb(t)%4$s, %5$s,
+        INSERT INTO auditq_capture.outbox (table_id, operation, entity_id, new_values,
+            masked, captured_at, xid, actor_id, actor_type, request_id)
+        SELECT %2$s, 'c', %3$s, pg_catalog.to_jsonb(t)%4$s, %5$s,
                captured, x, actor, actor_kind, request
         FROM auditq_new_rows t;
     ELSIF TG_OP = 'DELETE' THEN
         INSERT INTO auditq_capture.outbox (table_id, operation, entity_id, old_values,
-            new_values, masked, captured_at, xid, actor_id, actor_type, request_id)
-        SELECT %2$s, 'd', %3$s, pg_catalog.to_jsonb(t)%4$s, NULL, %6$s,
+            masked, captured_at, xid, actor_id, actor_type, request_id)
+        SELECT %2$s, 'd', %3$s, pg_catalog.to_jsonb(t)%4$s, %6$s,
                captured, x, actor, actor_kind, request
         FROM auditq_old_rows t;
     ELSE
         -- Old and new rows pair up by primary key; a row whose key changed is the old key
-        -- deleted and the new one created.
-        INSERT INTO auditq_capture.outbox (table_id, operation, entity_id, old_values,
-            new_values, masked, captured_at, xid, actor_id, actor_type, request_id)
-        SELECT %2$s,
-               CASE WHEN o.j IS NULL THEN 'c' WHEN n.j IS NULL THEN 'd' ELSE 'u' END::"char",
-               COALESCE(n.e, o.e), o.j, n.j, %7$s,
-               captured, x, actor, actor_kind, request
-        FROM (SELECT %8$s%9$s%3$s AS e, pg_catalog.to_jsonb(t)%4$s AS j
-              FROM auditq_old_rows t) o
-        FULL JOIN (SELECT %8$s%9$s%3$s AS e, pg_catalog.to_jsonb(t)%4$s AS j
-                   FROM auditq_new_rows t) n ON %10$s
-        WHERE o.j IS NULL OR n.j IS NULL OR o.j OPERATOR(pg_catalog.<>) n.j OR %11$s;
+        -- deleted and the new one created (each of its values then differs from nothing).
+        INSERT INTO auditq_capture.outbox (table_id, operation, entity_id, changed,
+            captured_at, xid, actor_id, actor_type, request_id)
+        SELECT %2$s, d.op, d.e, d.changed, captured, x, actor, actor_kind, request
+        FROM (
+            SELECT CASE WHEN o.k1 IS NULL THEN 'c' WHEN n.k1 IS NULL THEN 'd' ELSE 'u' END::"char" AS op,
+                   COALESCE(n.e, o.e) AS e,
+                   %7$s AS changed
+            FROM (SELECT %8$s%3$s AS e FROM auditq_old_rows t) o
+            FULL JOIN (SELECT %8$s%3$s AS e FROM auditq_new_rows t) n ON %9$s
+            OFFSET 0
+        ) d
+        WHERE d.changed OPERATOR(pg_catalog.<>) '{}';
     END IF;
     GET DIAGNOSTICS written = ROW_COUNT;
     IF written > 0 THEN
@@ -202,8 +256,8 @@ BEGIN
     RETURN NULL;
 END
 $body$
-$fn$, fn, new_id, entity_expr, strip, masked_insert, masked_delete, masked_update,
-      key_select, mask_select, join_on, masked_differ);
+$fn$, fn, new_id, entity_expr, strip, masked_insert, masked_delete, changed_expr,
+      side_select, join_on);
     -- Only this function's triggers may run it: nobody can point a trigger of their own
     -- table at it and write changes in this table's name.
     EXECUTE pg_catalog.format('REVOKE ALL ON FUNCTION %s() FROM PUBLIC', fn);

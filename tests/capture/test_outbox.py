@@ -36,6 +36,7 @@ def row(**fields: Any) -> dict[str, Any]:
         "old_values": None,
         "new_values": None,
         "masked": None,
+        "changed": None,
         "captured_at": NOW,
         "xid": "1234",
         "actor_id": None,
