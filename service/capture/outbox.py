@@ -24,7 +24,7 @@ from service.producer.changes import DEFAULT_IGNORE, changes_between
 from service.redaction import REDACTED
 
 SCHEMA = "auditq_capture"
-_changed_decoder = msgspec.json.Decoder(dict[str, list[Any]])
+_pairs_decoder = msgspec.json.Decoder(dict[str, tuple[Any, Any]])
 NOTIFY_CHANNEL = "auditq_capture"
 ID_SEPARATOR = ":"  # between the values of a composite key, as the SQLAlchemy capture joins them
 TEXT_MAX_CHARS = 1024  # an event's ids and names (service.events Text)
@@ -45,8 +45,8 @@ FROM auditq_capture.captured_tables
 # In capture order: one row's changes are in the order the database committed them (a
 # second writer of a row waits for the first to commit before its trigger runs).
 SELECT_BATCH = """
-SELECT id, table_id, operation::text AS operation, entity_id, old_values, new_values, masked,
-       changed, captured_at, xid::text AS xid, actor_id, actor_type, request_id
+SELECT id, table_id, operation::text AS operation, entity_id, changes, captured_at,
+       xid::text AS xid, actor_id, actor_type, request_id
 FROM auditq_capture.outbox
 ORDER BY id
 LIMIT $1
@@ -118,28 +118,23 @@ def event_for(
     Never raises for what the application wrote: a value too large for an event is cut, an
     actor type auditq does not know is kept in metadata, so no row can stop the relay."""
     kind = KINDS[row["operation"]]
-    masked: dict[str, list[bool]] = dict(row["masked"] or {})
-    changed: dict[str, list[Any]] | None = (
-        None if row["changed"] is None else _changed_decoder.decode(row["changed"])
+    # The row's pairs: what differs (a masked column's say only whether it had a value
+    # before and has one after), in the table's column order.
+    pairs = _pairs_decoder.decode(row["changes"])
+    masks = set(table.mask_columns)
+    masked = {name: pair for name, pair in pairs.items() if name in masks}
+    kept = _in_table_order(
+        {name: pair for name, pair in pairs.items() if name not in masks}, table.columns
     )
-    if changed is not None:
-        # An UPDATE's row: the pairs of what differs (a masked column's say only whether it
-        # had a value before and has one after).
-        masks = set(table.mask_columns)
-        pairs = {name: pair for name, pair in changed.items() if name not in masks}
-        masked.update((name, pair) for name, pair in changed.items() if name in masks)
-        before = _in_table_order({name: pair[0] for name, pair in pairs.items()}, table.columns)
-        after = _in_table_order({name: pair[1] for name, pair in pairs.items()}, table.columns)
-    else:
-        before = _in_table_order(row["old_values"], table.columns)
-        after = _in_table_order(row["new_values"], table.columns)
+    before = {name: pair[0] for name, pair in kept.items()}
+    after = {name: pair[1] for name, pair in kept.items()}
     changes = changes_between(
         before, after, ignore=DEFAULT_IGNORE | table.ignore_fields, redact_extra_keys=extra_keys
     )
     if masked:
         changes += [
-            Change(field=name, old=REDACTED if had else None, new=REDACTED if has else None)
-            for name, (had, has) in masked.items()
+            Change(field=name, old=REDACTED if pair[0] else None, new=REDACTED if pair[1] else None)
+            for name, pair in masked.items()
         ]
         order = {name: index for index, name in enumerate(table.columns)}
         changes.sort(key=lambda change: order.get(change.field.split(".", 1)[0], len(order)))
@@ -172,10 +167,8 @@ def event_for(
     return _fitting(event, extra_keys, max_event_bytes, max_future_s)
 
 
-def _in_table_order(values: dict[str, Any] | None, columns: tuple[str, ...]) -> dict[str, Any]:
-    """A row's values in the table's column order (jsonb keeps its keys in its own order)."""
-    if not values:
-        return {}
+def _in_table_order(values: dict[str, Any], columns: tuple[str, ...]) -> dict[str, Any]:
+    """A row's values in the table's column order."""
     ordered = {name: values[name] for name in columns if name in values}
     if len(ordered) < len(values):  # a column added since install: after the known ones
         ordered.update(values)

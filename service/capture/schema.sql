@@ -41,12 +41,10 @@ CREATE TABLE IF NOT EXISTS auditq_capture.outbox (
     table_id integer NOT NULL,
     operation "char" NOT NULL,        -- c(reated), u(pdated), d(eleted)
     entity_id text NOT NULL,
-    old_values jsonb,                 -- a deleted row, without ignored and masked columns
-    new_values jsonb,                 -- an inserted row, the same
-    masked jsonb,                     -- {"column": [had a value, has one]} for those two
-    -- An UPDATE: {"column": [old, new], ...} of what changed, as JSON text (built as text:
-    -- a third of jsonb's cost per row); a masked column's pair is [had a value, has one].
-    changed text,
+    -- {"column": [old, new], ...}: every value of a created or deleted row (against null), the
+    -- columns an update changed; never an ignored column; a masked column's pair is only
+    -- [had a value, has one]. JSON text, built as text: a third of jsonb's cost per row.
+    changes text NOT NULL,
     captured_at timestamptz NOT NULL,
     xid xid8 NOT NULL,
     actor_id text,
@@ -58,6 +56,7 @@ REVOKE ALL ON ALL TABLES IN SCHEMA auditq_capture FROM PUBLIC;
 
 -- Make (or remake) the trigger function and the three statement-level triggers of `target`.
 -- Identifiers are quoted by format(%I) here, in the server, never spliced in by the client.
+-- The function names the table's columns: after changing them, install again (status says).
 CREATE OR REPLACE FUNCTION auditq_capture.install_table(
     target regclass,
     entity text,
@@ -75,16 +74,21 @@ DECLARE
     key_columns text[];
     new_id integer;
     fn text;
-    strip text := '';
     side_select text := '';   -- the columns each side of an UPDATE's pairing carries
     join_on text := '';
     entity_expr text;
-    pairs text[] := '{}';     -- per column: '"col":[old,new]' if it changed, else NULL
-    changed_expr text := '';
+    -- Per column, an expression that is '"col":[old,new]' when there is something to say,
+    -- else NULL: for an INSERT (t is the new row), a DELETE (t the old), an UPDATE (o and n).
+    inserted text[] := '{}';
+    deleted text[] := '{}';
+    updated text[] := '{}';
+    exprs text[] := '{}';     -- the three joined into one JSON object each
+    pairs text[];
+    joined text;
     chunk text;
-    masked_insert text := 'NULL';
-    masked_delete text := 'NULL';
+    which integer;
     col text;
+    key text;
     typ oid;
     kind "char";
     category "char";
@@ -120,9 +124,6 @@ BEGIN
     RETURNING t.table_id INTO new_id;
     fn := pg_catalog.format('auditq_capture.%I', 'capture_' || new_id);
 
-    IF pg_catalog.cardinality(strip_columns) > 0 THEN
-        strip := pg_catalog.format(' OPERATOR(pg_catalog.-) %L::text[]', strip_columns);
-    END IF;
     -- entity.id: the key's values as text, a composite key's joined by ':' (as the SQLAlchemy
     -- capture joins them).
     SELECT pg_catalog.string_agg(pg_catalog.format('t.%I::text', k), ' || '':'' || ')
@@ -134,8 +135,8 @@ BEGIN
                                                 CASE WHEN i > 1 THEN ' AND' ELSE '' END, i, i);
     END LOOP;
 
-    -- An UPDATE compares each kept column of the old and the new row and keeps only the pairs
-    -- that differ, written as JSON text: no whole-row images on the application's write path.
+    -- Each kept column is written as a pair; an UPDATE compares the old and the new row's
+    -- column and writes only the pairs that differ. No whole-row images, no jsonb.
     i := 0;
     FOR col, typ IN
         SELECT a.attname::text, a.atttypid FROM pg_catalog.pg_attribute a
@@ -143,22 +144,27 @@ BEGIN
     LOOP
         CONTINUE WHEN col = ANY (strip_columns) AND NOT col = ANY (mask_columns);
         i := i + 1;
+        key := pg_catalog.quote_literal(pg_catalog.to_json(col)::text || ':');
         IF col = ANY (mask_columns) THEN
             -- A masked value is compared in memory (as text: every type has one) and never
             -- written: only whether it had one before and has one after.
+            inserted := inserted || pg_catalog.format(
+                'CASE WHEN t.%I IS NOT NULL THEN %s OPERATOR(pg_catalog.||) ''[false,true]'' END', col, key);
+            deleted := deleted || pg_catalog.format(
+                'CASE WHEN t.%I IS NOT NULL THEN %s OPERATOR(pg_catalog.||) ''[true,false]'' END', col, key);
             side_select := side_select || pg_catalog.format('t.%I::text AS c%s, ', col, i);
-            pairs := pairs || pg_catalog.format(
-                'CASE WHEN o.c%1$s IS DISTINCT FROM n.c%1$s THEN %2$L OPERATOR(pg_catalog.||) '
+            updated := updated || pg_catalog.format(
+                'CASE WHEN o.c%1$s IS DISTINCT FROM n.c%1$s THEN %2$s OPERATOR(pg_catalog.||) '
                 'pg_catalog.json_build_array(o.c%1$s IS NOT NULL, n.c%1$s IS NOT NULL)::text END',
-                i, pg_catalog.to_json(col)::text || ':');
-            masked_insert := pg_catalog.format(
-                '%s OPERATOR(pg_catalog.||) pg_catalog.jsonb_build_object(%L, CASE WHEN t.%I IS NOT NULL THEN ''[false, true]''::jsonb END)',
-                masked_insert, col, col);
-            masked_delete := pg_catalog.format(
-                '%s OPERATOR(pg_catalog.||) pg_catalog.jsonb_build_object(%L, CASE WHEN t.%I IS NOT NULL THEN ''[true, false]''::jsonb END)',
-                masked_delete, col, col);
+                i, key);
             CONTINUE;
         END IF;
+        inserted := inserted || pg_catalog.format(
+            '%s OPERATOR(pg_catalog.||) ''[null,'' OPERATOR(pg_catalog.||) pg_catalog.to_json(t.%I)::text OPERATOR(pg_catalog.||) '']''',
+            key, col);
+        deleted := deleted || pg_catalog.format(
+            '%s OPERATOR(pg_catalog.||) ''['' OPERATOR(pg_catalog.||) pg_catalog.to_json(t.%I)::text OPERATOR(pg_catalog.||) '',null]''',
+            key, col);
         -- Compared as themselves when the type (of a domain, of an array's elements) has a
         -- default btree ordering; json, point, composites... have none: compared as text.
         LOOP
@@ -176,33 +182,30 @@ BEGIN
             SELECT FROM pg_catalog.pg_opclass c JOIN pg_catalog.pg_am m ON m.oid = c.opcmethod
             WHERE m.amname = 'btree' AND c.opcdefault AND c.opcintype = typ));
         side_select := side_select || pg_catalog.format('t.%I AS c%s, ', col, i);
-        pairs := pairs || pg_catalog.format(
+        updated := updated || pg_catalog.format(
             CASE WHEN typed
-                THEN 'CASE WHEN o.c%1$s IS DISTINCT FROM n.c%1$s THEN %2$L OPERATOR(pg_catalog.||) pg_catalog.json_build_array(o.c%1$s, n.c%1$s)::text END'
-                ELSE 'CASE WHEN o.c%1$s::text IS DISTINCT FROM n.c%1$s::text THEN %2$L OPERATOR(pg_catalog.||) pg_catalog.json_build_array(o.c%1$s, n.c%1$s)::text END'
-            END, i, pg_catalog.to_json(col)::text || ':');
+                THEN 'CASE WHEN o.c%1$s IS DISTINCT FROM n.c%1$s THEN %2$s OPERATOR(pg_catalog.||) pg_catalog.json_build_array(o.c%1$s, n.c%1$s)::text END'
+                ELSE 'CASE WHEN o.c%1$s::text IS DISTINCT FROM n.c%1$s::text THEN %2$s OPERATOR(pg_catalog.||) pg_catalog.json_build_array(o.c%1$s, n.c%1$s)::text END'
+            END, i, key);
     END LOOP;
-    -- concat_ws takes at most 100 arguments: a wide table's pairs, 90 at a time.
-    FOR chunk IN
-        SELECT pg_catalog.string_agg(u.a, ', ' ORDER BY u.g)
-        FROM pg_catalog.unnest(pairs) WITH ORDINALITY AS u(a, g)
-        GROUP BY (u.g - 1) / 90 ORDER BY (u.g - 1) / 90
-    LOOP
-        changed_expr := changed_expr
-            || CASE WHEN changed_expr = '' THEN '' ELSE ', ' END
-            || 'NULLIF(pg_catalog.concat_ws('','', ' || chunk || '), '''')';
+
+    -- '{' || the pairs that are not NULL, comma-separated || '}'. concat_ws takes at most
+    -- 100 arguments: a wide table's pairs are joined 90 at a time.
+    FOR which IN 1..3 LOOP
+        pairs := CASE which WHEN 1 THEN inserted WHEN 2 THEN deleted ELSE updated END;
+        joined := '';
+        FOR chunk IN
+            SELECT pg_catalog.string_agg(u.a, ', ' ORDER BY u.g)
+            FROM pg_catalog.unnest(pairs) WITH ORDINALITY AS u(a, g)
+            GROUP BY (u.g - 1) / 90 ORDER BY (u.g - 1) / 90
+        LOOP
+            joined := joined || CASE WHEN joined = '' THEN '' ELSE ', ' END
+                || 'NULLIF(pg_catalog.concat_ws('','', ' || chunk || '), '''')';
+        END LOOP;
+        exprs := exprs || CASE WHEN joined = '' THEN '''{}'''
+            ELSE '''{'' OPERATOR(pg_catalog.||) pg_catalog.concat_ws('','', ' || joined
+                 || ') OPERATOR(pg_catalog.||) ''}''' END;
     END LOOP;
-    changed_expr := CASE WHEN changed_expr = '' THEN '''{}'''
-        ELSE '''{'' OPERATOR(pg_catalog.||) pg_catalog.concat_ws('','', ' || changed_expr
-             || ') OPERATOR(pg_catalog.||) ''}''' END;
-    IF pg_catalog.cardinality(mask_columns) > 0 THEN
-        masked_insert := pg_catalog.format(
-            'NULLIF(pg_catalog.jsonb_strip_nulls(''{}''::jsonb %s), ''{}''::jsonb)',
-            pg_catalog.substr(masked_insert, 5));
-        masked_delete := pg_catalog.format(
-            'NULLIF(pg_catalog.jsonb_strip_nulls(''{}''::jsonb %s), ''{}''::jsonb)',
-            pg_catalog.substr(masked_delete, 5));
-    END IF;
 
     -- One INSERT ... SELECT per statement over its transition tables: the context, the time
     -- and the transaction id are read once, not per row.
@@ -212,6 +215,7 @@ LANGUAGE plpgsql
 SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 SET jit = off
+SET work_mem = '64MB'
 AS $body$
 DECLARE
     captured timestamptz := pg_catalog.clock_timestamp();
@@ -222,32 +226,30 @@ DECLARE
     written bigint;
 BEGIN
     IF TG_OP = 'INSERT' THEN
-        INSERT INTO auditq_capture.outbox (table_id, operation, entity_id, new_values,
-            masked, captured_at, xid, actor_id, actor_type, request_id)
-        SELECT %2$s, 'c', %3$s, pg_catalog.to_jsonb(t)%4$s, %5$s,
-               captured, x, actor, actor_kind, request
+        INSERT INTO auditq_capture.outbox (table_id, operation, entity_id, changes,
+            captured_at, xid, actor_id, actor_type, request_id)
+        SELECT %2$s, 'c', %3$s, %4$s, captured, x, actor, actor_kind, request
         FROM auditq_new_rows t;
     ELSIF TG_OP = 'DELETE' THEN
-        INSERT INTO auditq_capture.outbox (table_id, operation, entity_id, old_values,
-            masked, captured_at, xid, actor_id, actor_type, request_id)
-        SELECT %2$s, 'd', %3$s, pg_catalog.to_jsonb(t)%4$s, %6$s,
-               captured, x, actor, actor_kind, request
+        INSERT INTO auditq_capture.outbox (table_id, operation, entity_id, changes,
+            captured_at, xid, actor_id, actor_type, request_id)
+        SELECT %2$s, 'd', %3$s, %5$s, captured, x, actor, actor_kind, request
         FROM auditq_old_rows t;
     ELSE
         -- Old and new rows pair up by primary key; a row whose key changed is the old key
         -- deleted and the new one created (each of its values then differs from nothing).
-        INSERT INTO auditq_capture.outbox (table_id, operation, entity_id, changed,
+        INSERT INTO auditq_capture.outbox (table_id, operation, entity_id, changes,
             captured_at, xid, actor_id, actor_type, request_id)
-        SELECT %2$s, d.op, d.e, d.changed, captured, x, actor, actor_kind, request
+        SELECT %2$s, d.op, d.e, d.changes, captured, x, actor, actor_kind, request
         FROM (
             SELECT CASE WHEN o.k1 IS NULL THEN 'c' WHEN n.k1 IS NULL THEN 'd' ELSE 'u' END::"char" AS op,
                    COALESCE(n.e, o.e) AS e,
-                   %7$s AS changed
-            FROM (SELECT %8$s%3$s AS e FROM auditq_old_rows t) o
-            FULL JOIN (SELECT %8$s%3$s AS e FROM auditq_new_rows t) n ON %9$s
+                   %6$s AS changes
+            FROM (SELECT %7$s%3$s AS e FROM auditq_old_rows t) o
+            FULL JOIN (SELECT %7$s%3$s AS e FROM auditq_new_rows t) n ON %8$s
             OFFSET 0
         ) d
-        WHERE d.changed OPERATOR(pg_catalog.<>) '{}';
+        WHERE d.changes OPERATOR(pg_catalog.<>) '{}';
     END IF;
     GET DIAGNOSTICS written = ROW_COUNT;
     IF written > 0 THEN
@@ -256,8 +258,7 @@ BEGIN
     RETURN NULL;
 END
 $body$
-$fn$, fn, new_id, entity_expr, strip, masked_insert, masked_delete, changed_expr,
-      side_select, join_on);
+$fn$, fn, new_id, entity_expr, exprs[1], exprs[2], exprs[3], side_select, join_on);
     -- Only this function's triggers may run it: nobody can point a trigger of their own
     -- table at it and write changes in this table's name.
     EXECUTE pg_catalog.format('REVOKE ALL ON FUNCTION %s() FROM PUBLIC', fn);
