@@ -216,6 +216,7 @@ SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 SET jit = off
 SET work_mem = '64MB'
+SET enable_mergejoin = off
 AS $body$
 DECLARE
     captured timestamptz := pg_catalog.clock_timestamp();
