@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import uuid
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any, Final, get_args
 
@@ -17,6 +18,7 @@ from service.events import (
     Change,
     Entity,
     RequestInfo,
+    decode_event,
     derived_event_id,
     finalize,
 )
@@ -115,8 +117,8 @@ def event_for(
 ) -> AuditEvent | None:
     """The event of one outbox row, or None for an update that changed only ignored fields.
 
-    Never raises for what the application wrote: a value too large for an event is cut, an
-    actor type auditq does not know is kept in metadata, so no row can stop the relay."""
+    Never raises for what the application wrote: ids are cut to their limit, an actor type
+    auditq does not know is kept in metadata (and `fitting` makes any other event fit)."""
     kind = KINDS[row["operation"]]
     # The row's pairs: what differs (a masked column's say only whether it had a value
     # before and has one after), in the table's column order.
@@ -164,7 +166,7 @@ def event_for(
         metadata=metadata,
         source=f"db:{origin.database}/{table.qualified_name}"[:TEXT_MAX_CHARS],
     )
-    return _fitting(event, extra_keys, max_event_bytes, max_future_s)
+    return event
 
 
 def _in_table_order(values: dict[str, Any], columns: tuple[str, ...]) -> dict[str, Any]:
@@ -175,19 +177,38 @@ def _in_table_order(values: dict[str, Any], columns: tuple[str, ...]) -> dict[st
     return ordered
 
 
-def _fitting(
-    event: AuditEvent, extra_keys: frozenset[str], max_event_bytes: int, max_future_s: float
+def fitting(
+    event: AuditEvent,
+    *,
+    extra_keys: frozenset[str] = frozenset(),
+    max_event_bytes: int,
+    max_future_s: float,
 ) -> AuditEvent:
-    """The event, or the nearest one the queue accepts: large values cut, then the diff left
-    out, then (a clock far ahead of auditq's) the time of now."""
-    for attempt in (event, _with_values_cut(event), _without_changes(event), _stamped_now(event)):
+    """The event if the queue accepts it, else the nearest one it does: large values cut,
+    then the diff left out, then (a clock far ahead of auditq's) the time of now.
+
+    The relay asks only about an event the client did not enqueue: whether it is the
+    application's data (made to fit, so no row stops the relay) or Redis (sent again)."""
+    attempts: tuple[Callable[[AuditEvent], AuditEvent], ...] = (
+        lambda e: e,
+        _with_values_cut,
+        _without_changes,
+        _stamped_now,
+        lambda e: _stamped_now(_without_changes(e)),
+    )
+    for attempt in attempts:
+        candidate = attempt(event)
         try:
-            finalize(
-                attempt, extra_keys=extra_keys, max_bytes=max_event_bytes, max_future_s=max_future_s
+            _, data = finalize(
+                candidate,
+                extra_keys=extra_keys,
+                max_bytes=max_event_bytes,
+                max_future_s=max_future_s,
             )
-        except InvalidEvent:
+            decode_event(data)  # as the client and the worker check it
+        except (InvalidEvent, msgspec.ValidationError):
             continue
-        return attempt
+        return candidate
     return _stamped_now(_without_changes(event))
 
 

@@ -29,6 +29,7 @@ from service.capture.outbox import (
     CapturedTable,
     Origin,
     event_for,
+    fitting,
 )
 from service.events import AuditEvent
 from service.producer.client import AuditClient
@@ -207,6 +208,19 @@ class OutboxRelay:
             left = [event for event, done in zip(pending, accepted, strict=True) if done is None]
             if not left:
                 return
+            # An event the queue refuses (the application's data: too large, a clock ahead)
+            # is made to fit and sent at once; the rest waits for Redis.
+            fitted = [self._fitting(event) for event in left]
+            refused = [new for new, old in zip(fitted, left, strict=True) if new is not old]
+            if refused:
+                logger.warning(
+                    "capture relay %s: %d events did not fit the queue as they were; sent "
+                    "with large values cut, or without their diff",
+                    self.name,
+                    len(refused),
+                )
+                pending = fitted
+                continue
             self._trouble(f"Redis did not accept {len(left)} events; they are sent again")
             pending = left
             # One event at a time until Redis answers again: an outage costs one failure line
@@ -216,6 +230,14 @@ class OutboxRelay:
                 if await self._client.capture(pending[0]) is not None:
                     pending = pending[1:]
                     break
+
+    def _fitting(self, event: AuditEvent) -> AuditEvent:
+        return fitting(
+            event,
+            extra_keys=self._extra_keys,
+            max_event_bytes=self._max_event_bytes,
+            max_future_s=self._max_future_s,
+        )
 
     def _trouble(self, what: str) -> None:
         if what != self._said:

@@ -9,7 +9,7 @@ from typing import Any
 
 import msgspec
 
-from service.capture.outbox import CapturedTable, Origin, event_for, event_id
+from service.capture.outbox import CapturedTable, Origin, event_for, event_id, fitting
 from service.events import finalize
 from service.producer.changes import changes_between
 
@@ -134,16 +134,30 @@ def test_the_transaction_context_becomes_actor_and_request() -> None:
     finalize(odd)
 
 
+def fit(event: Any) -> Any:
+    return fitting(event, max_event_bytes=64 * 1024, max_future_s=300)
+
+
 def test_no_row_the_application_writes_makes_an_event_the_queue_refuses() -> None:
     huge = "x" * 200_000
-    made = event(old={"note": "a"}, new={"note": huge}, actor_id="u" * 5000)
+    made = fit(event(old={"note": "a"}, new={"note": huge}, actor_id="u" * 5000))
     finalize(made, max_bytes=64 * 1024)
     assert made.changes[0].new.startswith("[200002 bytes")
     assert made.metadata["values_cut"] is True and len(made.actor.id) == 1024
     wide = {f"c{i}": "y" * 900 for i in range(200)}
-    made = event(operation="c", new=wide)
+    made = fit(event(operation="c", new=wide))
     finalize(made, max_bytes=64 * 1024)
     assert made.changes is None and len(made.metadata["changed_fields"]) == 100
-    ahead = event(old={"note": "a"}, new={"note": "b"}, captured_at=NOW + timedelta(hours=2))
+    ahead = fit(event(old={"note": "a"}, new={"note": "b"}, captured_at=NOW + timedelta(hours=2)))
     finalize(ahead)
     assert ahead.metadata["captured_at"] == str(NOW + timedelta(hours=2))
+    # JSON nested past the limit inside a jsonb column: stored without the diff.
+    deep: Any = "bottom"
+    for _ in range(80):
+        deep = [deep]
+    nested = fit(event(old={"meta": None}, new={"meta": deep}))
+    finalize(nested)
+    assert nested.changes is None and nested.metadata["changed_fields"] == ["meta"]
+    # What fits is left as it is (the relay asks only about refused events).
+    plain = event(old={"note": "a"}, new={"note": "b"})
+    assert fit(plain) is plain
