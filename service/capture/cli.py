@@ -51,6 +51,11 @@ async def cmd_status(settings: Settings, args: argparse.Namespace) -> int:
                 f"  {table.table}  entity={table.entity}  pending={table.pending}  "
                 f"lag_s={lag:.1f}  masked={masked}"
             )
+            if not table.current:
+                print(
+                    f"  ! {table.table}: its columns changed since install; run "
+                    "`auditq capture install` for it again (same options)"
+                )
     return 0
 
 

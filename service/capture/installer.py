@@ -67,9 +67,16 @@ DROP TABLE IF EXISTS auditq_capture.captured_tables;
 DROP TABLE IF EXISTS auditq_capture.installation;
 """
 DROP_SCHEMA = "DROP SCHEMA IF EXISTS auditq_capture RESTRICT"
+# `current`: the table's columns now, to tell when they changed since install (the trigger
+# function names them); NULL when the table is gone.
 STATUS = """
 SELECT t.schema_name, t.table_name, t.entity, t.mask_columns,
-       count(o.id) AS pending, min(o.captured_at) AS oldest
+       count(o.id) AS pending, min(o.captured_at) AS oldest,
+       t.columns = (SELECT pg_catalog.array_agg(a.attname::text ORDER BY a.attnum)
+                    FROM pg_catalog.pg_attribute a
+                    WHERE a.attrelid = pg_catalog.to_regclass(
+                              pg_catalog.format('%I.%I', t.schema_name, t.table_name))
+                      AND a.attnum > 0 AND NOT a.attisdropped) AS current
 FROM auditq_capture.captured_tables t
 LEFT JOIN auditq_capture.outbox o ON o.table_id = t.table_id
 GROUP BY t.table_id ORDER BY t.schema_name, t.table_name
@@ -95,6 +102,7 @@ class TableStatus:
     masked: tuple[str, ...]
     pending: int
     oldest: datetime | None
+    current: bool  # its columns are those install saw (else: install again)
 
 
 def parse_table(name: str) -> tuple[str, str]:
@@ -237,6 +245,7 @@ async def status(url: str) -> list[TableStatus]:
             masked=tuple(r["mask_columns"]),
             pending=r["pending"],
             oldest=r["oldest"],
+            current=bool(r["current"]),
         )
         for r in rows
     ]

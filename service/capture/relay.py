@@ -48,6 +48,7 @@ CONNECT_TIMEOUT_S = 10.0
 CAPTURE_TIMEOUT_S = 5.0
 # pg_try_advisory_lock key ("auditqr"): one relay per outbox, per database.
 RELAY_LOCK_KEY = 0x61756469747172
+APPLICATION_NAME = "auditq-capture-relay"
 TRY_RELAY_LOCK = "SELECT pg_catalog.pg_try_advisory_lock($1::bigint)"
 
 _json = msgspec.json.Decoder()
@@ -119,7 +120,11 @@ class OutboxRelay:
                 self._origin = None
 
     async def _connect(self) -> asyncpg.Connection:
-        conn: asyncpg.Connection = await asyncpg.connect(self._url, timeout=CONNECT_TIMEOUT_S)
+        conn: asyncpg.Connection = await asyncpg.connect(
+            self._url,
+            timeout=CONNECT_TIMEOUT_S,
+            server_settings={"application_name": APPLICATION_NAME},  # for the DBA's views
+        )
         await conn.set_type_codec(
             "jsonb", schema="pg_catalog", encoder=str, decoder=_json.decode, format="text"
         )

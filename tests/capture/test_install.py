@@ -204,3 +204,19 @@ async def test_status_shows_each_table_and_its_lag(
 
 async def _empty(app: asyncpg.Connection) -> bool:
     return await outbox_rows(app) == 0
+
+
+async def test_status_says_when_the_tables_columns_changed_since_install(
+    app_url: str, app: asyncpg.Connection, cli_env: None, capsys: pytest.CaptureFixture[str]
+) -> None:
+    await installer.install(app_url, "shop.items")
+    assert [t.current for t in await installer.status(app_url)] == [True]
+    await app.execute("ALTER TABLE shop.items ADD COLUMN colour text")
+    assert [t.current for t in await installer.status(app_url)] == [False]
+    assert await run_cli("capture", "status", "--database-url", app_url) == 0
+    assert "its columns changed since install" in capsys.readouterr().out
+    await installer.install(app_url, "shop.items")  # picks the new column up
+    assert [t.current for t in await installer.status(app_url)] == [True]
+    await app.execute("INSERT INTO shop.items (id, name, colour) VALUES (1, 'a', 'red')")
+    changes = await app.fetchval("SELECT changes FROM auditq_capture.outbox")
+    assert changes == '{"id":[null,1],"name":[null,"a"],"colour":[null,"red"]}'

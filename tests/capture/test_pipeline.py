@@ -252,3 +252,34 @@ async def test_the_relay_is_woken_at_commit_and_one_relay_drains_an_outbox(
         stop.set()
         await asyncio.gather(*tasks)
         await client.aclose()
+
+
+async def test_the_relay_never_holds_a_lock_the_application_waits_on(
+    settings: Settings, app_url: str, app: asyncpg.Connection
+) -> None:
+    """While it drains a large outbox, the application takes its strongest table lock at once,
+    and the relay's locks are only ever on auditq_capture's own relations."""
+    await installer.install(app_url, "shop.items")
+    await app.execute(
+        "INSERT INTO shop.items (id, name) SELECT g, 'x' FROM generate_series(1, 30000) g"
+    )
+    seen: set[str] = set()
+    async with relaying(settings, app_url):  # no worker: Redis keeps what it is given
+        await wait_for(lambda: _below(outbox_rows(app), 30_000), within_s=60, interval=0.01)
+        while await outbox_rows(app) > 0:
+            rows = await app.fetch(
+                "SELECT l.relation::regclass::text AS rel FROM pg_locks l "
+                "JOIN pg_stat_activity a ON a.pid = l.pid "
+                "WHERE a.application_name = 'auditq-capture-relay' AND l.locktype = 'relation'"
+            )
+            seen.update(r["rel"] for r in rows)
+            async with app.transaction():
+                await app.execute("SET LOCAL lock_timeout = '2s'")
+                await app.execute("LOCK TABLE shop.items IN ACCESS EXCLUSIVE MODE")
+                await app.execute("UPDATE shop.items SET qty = 1 WHERE id = 1")
+    assert seen, "the relay's locks were never sampled while it drained"
+    assert all(rel.startswith("auditq_capture.") for rel in seen), seen
+
+
+async def _below(count: Any, limit: int) -> bool:
+    return bool(await count < limit)
