@@ -33,7 +33,7 @@ TEXT_MAX_CHARS = 1024  # an event's ids and names (service.events Text)
 LARGE_VALUE_CHARS = 1024  # what a value over the event's size limit is cut to
 KINDS: Final = {"c": "created", "u": "updated", "d": "deleted"}
 ACTOR_TYPES = frozenset(get_args(ActorType))
-DEFAULT_ACTOR_TYPE = "user"
+DEFAULT_ACTOR_TYPE: Final = "user"
 
 SELECT_INSTALLATION = """
 SELECT database_id, pg_catalog.current_database() AS database
@@ -149,10 +149,12 @@ def event_for(
     }
     actor = None
     if row["actor_id"]:
-        actor_type = row["actor_type"] or DEFAULT_ACTOR_TYPE
-        if actor_type not in ACTOR_TYPES:
-            metadata["actor_type"] = actor_type[:TEXT_MAX_CHARS]
-            actor_type = DEFAULT_ACTOR_TYPE
+        given: str = row["actor_type"] or DEFAULT_ACTOR_TYPE
+        actor_type: ActorType = DEFAULT_ACTOR_TYPE
+        if given in ACTOR_TYPES:
+            actor_type = given  # type: ignore[assignment]  # checked against the Literal's values
+        else:
+            metadata["actor_type"] = given[:TEXT_MAX_CHARS]
         actor = Actor(id=row["actor_id"][:TEXT_MAX_CHARS], type=actor_type)
     request = RequestInfo(id=row["request_id"][:TEXT_MAX_CHARS]) if row["request_id"] else None
     event = AuditEvent(
