@@ -220,3 +220,24 @@ async def test_status_says_when_the_tables_columns_changed_since_install(
     await app.execute("INSERT INTO shop.items (id, name, colour) VALUES (1, 'a', 'red')")
     changes = await app.fetchval("SELECT changes FROM auditq_capture.outbox")
     assert changes == '{"id":[null,1],"name":[null,"a"],"colour":[null,"red"]}'
+
+
+@pytest.mark.parametrize("action", ["install", "uninstall", "status", "relay"])
+def test_every_capture_command_has_help(action: str, capsys: pytest.CaptureFixture[str]) -> None:
+    from service.cli import main as cli
+
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["capture", action, "--help"])
+    assert exit_info.value.code == 0
+    assert f"usage: auditq capture {action}" in capsys.readouterr().out
+
+
+async def test_the_relay_without_a_database_says_so(
+    cli_env: None, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.delenv("AUDITQ_CAPTURE_DATABASE_URLS", raising=False)
+    assert await run_cli("capture", "relay") == 2
+    err = capsys.readouterr().err
+    assert err == (
+        "auditq: no application database: pass --database-url or set AUDITQ_CAPTURE_DATABASE_URLS\n"
+    )
