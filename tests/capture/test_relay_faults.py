@@ -4,6 +4,7 @@ exactly once (contract §12)."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import os
 import random
@@ -17,7 +18,7 @@ import asyncpg
 import pytest
 
 from service.capture import installer
-from service.cli.embedded import EmbeddedPostgres
+from service.cli.embedded import EmbeddedPostgres, EmbeddedValkey
 from service.settings import Settings
 from tests.capture.conftest import ITEMS_DDL, outbox_rows, relaying
 from tests.conftest import running_worker, server_dir, wait_for
@@ -207,3 +208,63 @@ async def test_the_application_database_restarted_under_load_loses_nothing(
 
 async def _at_least(value: int, target: int) -> bool:
     return value >= target
+
+
+async def test_redis_restarted_under_load_loses_nothing(
+    settings: Settings, app_url: str, app: asyncpg.Connection, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Redis stops (twice) while rows are written and relayed: the outbox keeps what Redis
+    cannot take, and every row the table holds at the end is stored once."""
+    assert settings.database_url is not None
+    caplog.set_level(logging.WARNING, logger="service.capture.relay")
+    data_dir = server_dir()
+    valkey = EmbeddedValkey(data_dir)
+    await asyncio.to_thread(valkey.start)
+    try:
+        own = dataclasses.replace(settings, redis_url=valkey.url)
+        await installer.install(app_url, "shop.items")
+        stop_writing = asyncio.Event()
+        written = 0
+
+        async def writer() -> None:
+            nonlocal written
+            conn = await asyncpg.connect(app_url)
+            try:
+                while not stop_writing.is_set():
+                    await conn.execute(
+                        "INSERT INTO shop.items (id, name) "
+                        "SELECT g, 'w' FROM generate_series($1::bigint, $2::bigint) g",
+                        written + 1,
+                        written + 20,
+                    )
+                    written += 20
+                    await asyncio.sleep(0.005)
+            finally:
+                await conn.close()
+
+        async with running_worker(own), relaying(own, app_url):
+            task = asyncio.create_task(writer())
+            for _ in range(2):
+                target = written + 400
+                await wait_for(lambda t=target: _at_least(written, t), within_s=60)
+                await asyncio.to_thread(valkey.stop)  # SIGTERM: it writes its AOF first
+                target = written + 400  # rows written while Redis is away
+                await wait_for(lambda t=target: _at_least(written, t), within_s=60)
+                await asyncio.to_thread(valkey.start)
+            stop_writing.set()
+            await task
+
+            async def outbox_empty() -> bool:
+                return await outbox_rows(app) == 0
+
+            await wait_for(outbox_empty, within_s=120, interval=0.2)
+
+            async def all_stored() -> bool:
+                return (await stored_summary(settings.database_url or ""))[0] >= written
+
+            await wait_for(all_stored, within_s=120, interval=0.5)
+        assert await stored_summary(settings.database_url) == (written, written, written)
+        assert any("Redis did not accept" in r.getMessage() for r in caplog.records)
+    finally:
+        await asyncio.to_thread(valkey.stop)
+        shutil.rmtree(data_dir, ignore_errors=True)
