@@ -59,7 +59,9 @@ class _Stopped(Exception):
 
 
 class OutboxRelay:
-    """Drain one application database's outbox into the queue until stopped."""
+    """Drain one application database's outbox into the queue until stopped.
+
+    `client` must be the relay's own: it reads the client's count of events sent."""
 
     def __init__(
         self,
@@ -73,7 +75,7 @@ class OutboxRelay:
         poll_interval_s: float = POLL_INTERVAL_S,
     ) -> None:
         self._url = url
-        self._client = client
+        self._client = self.client = client
         self._extra_keys = extra_keys
         self._max_event_bytes = max_event_bytes
         self._max_future_s = max_future_s
@@ -205,36 +207,39 @@ class OutboxRelay:
         return events
 
     async def _enqueue(self, events: list[AuditEvent]) -> None:
-        """Enqueue every event, retrying those Redis did not accept until it does."""
-        pending = events
+        """Enqueue every event; send them all again until Redis accepted every one."""
         pause = RETRY_FIRST_S
-        while pending:
-            accepted = await asyncio.gather(*(self._client.capture(e) for e in pending))
-            left = [event for event, done in zip(pending, accepted, strict=True) if done is None]
-            if not left:
-                return
+        while events and not await self._send(events):
             # An event the queue refuses (the application's data: too large, a clock ahead)
-            # is made to fit and sent at once; the rest waits for Redis.
-            fitted = [self._fitting(event) for event in left]
-            refused = [new for new, old in zip(fitted, left, strict=True) if new is not old]
+            # is made to fit and the batch sent again at once; else Redis is the trouble.
+            fitted = [self._fitting(event) for event in events]
+            refused = sum(new is not old for new, old in zip(fitted, events, strict=True))
             if refused:
                 logger.warning(
                     "capture relay %s: %d events did not fit the queue as they were; sent "
                     "with large values cut, or without their diff",
                     self.name,
-                    len(refused),
+                    refused,
                 )
-                pending = fitted
+                events = fitted
                 continue
-            self._trouble(f"Redis did not accept {len(left)} events; they are sent again")
-            pending = left
+            self._trouble("Redis did not accept every event of a batch; it is sent again")
             # One event at a time until Redis answers again: an outage costs one failure line
-            # per try, not one per waiting event.
-            while True:
+            # per try, not one per waiting event. (Sent twice, an event is stored once.)
+            while await self._client.capture(events[0]) is None:
                 pause = await self._pause(pause)
-                if await self._client.capture(pending[0]) is not None:
-                    pending = pending[1:]
-                    break
+
+    async def _send(self, events: list[AuditEvent]) -> bool:
+        """Hand the events to the client in order; True when Redis accepted every one.
+
+        The client sends its buffer in order, one batch after the other: once the last
+        event's batch is accepted, the others' batches were answered before it, and the
+        client's count of events sent tells whether all of them were accepted."""
+        before = self._client.sent
+        for event in events[:-1]:
+            self._client.capture_nowait(event)  # buffered; a failure is logged and counted
+        last = await self._client.capture(events[-1])
+        return last is not None and self._client.sent - before == len(events)
 
     def _fitting(self, event: AuditEvent) -> AuditEvent:
         return fitting(
@@ -291,11 +296,11 @@ async def run_relays(
     settings: Settings, urls: Sequence[str], stop: asyncio.Event
 ) -> list[OutboxRelay]:
     """Relay every database of `urls` until `stop` is set; return the relays (their counts)."""
-    client = relay_client(settings)
+    # A client each: a relay reads its own client's count of events sent.
     relays = [
         OutboxRelay(
             url,
-            client,
+            relay_client(settings),
             extra_keys=settings.redact_extra_keys,
             max_event_bytes=settings.max_event_bytes,
             max_future_s=settings.max_future_s,
@@ -305,7 +310,8 @@ async def run_relays(
     try:
         await asyncio.gather(*(relay.run(stop) for relay in relays))
     finally:
-        await client.aclose()
+        for relay in relays:
+            await relay.client.aclose()
     return relays
 
 

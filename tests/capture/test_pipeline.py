@@ -227,11 +227,16 @@ async def test_the_relay_is_woken_at_commit_and_one_relay_drains_an_outbox(
     settings: Settings, app_url: str, app: asyncpg.Connection, caplog: pytest.LogCaptureFixture
 ) -> None:
     await installer.install(app_url, "shop.items")
-    client = relay_client(settings)
     stop = asyncio.Event()
     # Polling once a minute: only the NOTIFY of the commit can wake them within the wait.
     relays = [
-        OutboxRelay(app_url, client, max_event_bytes=65536, max_future_s=300, poll_interval_s=60)
+        OutboxRelay(
+            app_url,
+            relay_client(settings),
+            max_event_bytes=65536,
+            max_future_s=300,
+            poll_interval_s=60,
+        )
         for _ in range(2)
     ]
     caplog.set_level(logging.INFO, logger="service.capture.relay")
@@ -251,7 +256,8 @@ async def test_the_relay_is_woken_at_commit_and_one_relay_drains_an_outbox(
     finally:
         stop.set()
         await asyncio.gather(*tasks)
-        await client.aclose()
+        for relay in relays:
+            await relay.client.aclose()
 
 
 async def test_the_relay_never_holds_a_lock_the_application_waits_on(
