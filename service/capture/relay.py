@@ -228,6 +228,9 @@ class OutboxRelay:
             # per try, not one per waiting event. (Sent twice, an event is stored once.)
             while await self._client.capture(events[0]) is None:
                 pause = await self._pause(pause)
+        if self._said is not None:
+            logger.warning("capture relay %s: working again", self.name)
+            self._said = None
 
     async def _send(self, events: list[AuditEvent]) -> bool:
         """Hand the events to the client in order; True when Redis accepted every one.
