@@ -77,6 +77,7 @@ DECLARE
     side_select text := '';   -- the columns each side of an UPDATE's pairing carries
     join_on text := '';
     entity_expr text;
+    paired_entity_expr text;  -- the same over the paired keys of an UPDATE
     -- Per column, an expression that is '"col":[old,new]' when there is something to say,
     -- else NULL: for an INSERT (t is the new row), a DELETE (t the old), an UPDATE (o and n).
     inserted text[] := '{}';
@@ -126,8 +127,11 @@ BEGIN
 
     -- entity.id: the key's values as text, a composite key's joined by ':' (as the SQLAlchemy
     -- capture joins them).
-    SELECT pg_catalog.string_agg(pg_catalog.format('t.%I::text', k), ' || '':'' || ')
-    INTO entity_expr FROM pg_catalog.unnest(key_columns) AS k;
+    SELECT pg_catalog.string_agg(pg_catalog.format('t.%I::text', k), ' || '':'' || '),
+           pg_catalog.string_agg(pg_catalog.format('COALESCE(n.k%1$s, o.k%1$s)::text', g),
+                                 ' || '':'' || ')
+    INTO entity_expr, paired_entity_expr
+    FROM pg_catalog.unnest(key_columns) WITH ORDINALITY AS u(k, g);
     FOREACH col IN ARRAY key_columns LOOP
         i := i + 1;
         side_select := side_select || pg_catalog.format('t.%I AS k%s, ', col, i);
@@ -159,12 +163,13 @@ BEGIN
                 i, key);
             CONTINUE;
         END IF;
+        -- NULL (no pair) for a null value: a value that is not there did not change.
         inserted := inserted || pg_catalog.format(
-            '%s OPERATOR(pg_catalog.||) ''[null,'' OPERATOR(pg_catalog.||) pg_catalog.to_json(t.%I)::text OPERATOR(pg_catalog.||) '']''',
-            key, col);
+            '%L OPERATOR(pg_catalog.||) pg_catalog.to_json(t.%I)::text OPERATOR(pg_catalog.||) '']''',
+            pg_catalog.to_json(col)::text || ':[null,', col);
         deleted := deleted || pg_catalog.format(
-            '%s OPERATOR(pg_catalog.||) ''['' OPERATOR(pg_catalog.||) pg_catalog.to_json(t.%I)::text OPERATOR(pg_catalog.||) '',null]''',
-            key, col);
+            '%L OPERATOR(pg_catalog.||) pg_catalog.to_json(t.%I)::text OPERATOR(pg_catalog.||) '',null]''',
+            pg_catalog.to_json(col)::text || ':[', col);
         -- Compared as themselves when the type (of a domain, of an array's elements) has a
         -- default btree ordering; json, point, composites... have none: compared as text.
         LOOP
@@ -244,10 +249,10 @@ BEGIN
         SELECT %2$s, d.op, d.e, d.changes, captured, x, actor, actor_kind, request
         FROM (
             SELECT CASE WHEN o.k1 IS NULL THEN 'c' WHEN n.k1 IS NULL THEN 'd' ELSE 'u' END::"char" AS op,
-                   COALESCE(n.e, o.e) AS e,
+                   %9$s AS e,
                    %6$s AS changes
-            FROM (SELECT %7$s%3$s AS e FROM auditq_old_rows t) o
-            FULL JOIN (SELECT %7$s%3$s AS e FROM auditq_new_rows t) n ON %8$s
+            FROM (SELECT %7$s FROM auditq_old_rows t) o
+            FULL JOIN (SELECT %7$s FROM auditq_new_rows t) n ON %8$s
             OFFSET 0
         ) d
         WHERE d.changes OPERATOR(pg_catalog.<>) '{}';
@@ -259,7 +264,8 @@ BEGIN
     RETURN NULL;
 END
 $body$
-$fn$, fn, new_id, entity_expr, exprs[1], exprs[2], exprs[3], side_select, join_on);
+$fn$, fn, new_id, entity_expr, exprs[1], exprs[2], exprs[3],
+      pg_catalog.rtrim(side_select, ', '), join_on, paired_entity_expr);
     -- Only this function's triggers may run it: nobody can point a trigger of their own
     -- table at it and write changes in this table's name.
     EXECUTE pg_catalog.format('REVOKE ALL ON FUNCTION %s() FROM PUBLIC', fn);
