@@ -6,9 +6,11 @@ from __future__ import annotations
 import asyncio
 import os
 import subprocess
+import uuid
 from urllib.parse import urlsplit
 
 import asyncpg
+import msgspec
 import pytest
 
 from service.capture import installer
@@ -241,3 +243,44 @@ async def test_the_relay_without_a_database_says_so(
     assert err == (
         "auditq: no application database: pass --database-url or set AUDITQ_CAPTURE_DATABASE_URLS\n"
     )
+
+
+async def test_columns_of_types_without_equality_are_compared_as_text(
+    app_url: str, app: asyncpg.Connection
+) -> None:
+    """json, point, box and composite columns have no default btree ordering: compared as
+    text; arrays and domains by their element or base type."""
+    await app.execute(
+        "CREATE TYPE shop.dims AS (w int, h int);"
+        "CREATE DOMAIN shop.qty AS integer CHECK (VALUE >= 0);"
+        "CREATE TABLE shop.odd (id uuid PRIMARY KEY, doc json, spot point, b box, d shop.dims,"
+        " tags text[], docs json[], q shop.qty, at timestamptz, raw bytea)"
+    )
+    await installer.install(app_url, "shop.odd")
+    key = "6f1d0b4e-0000-4000-8000-000000000001"
+    await app.execute(
+        "INSERT INTO shop.odd VALUES ($1, '{\"a\": 1}', '(1,2)', '((1,1),(0,0))', ROW(1, 2),"
+        " '{x,y}', ARRAY['{}'::json], 3, '2026-01-02T03:04:05Z', '\\x00ff')",
+        uuid.UUID(key),
+    )
+    await app.execute(
+        "UPDATE shop.odd SET doc = '{\"a\": 2}', spot = '(1,3)', b = '((2,2),(0,0))',"
+        " d = ROW(1, 3), tags = '{x}', docs = ARRAY['[]'::json], q = 4"
+    )
+    await app.execute("UPDATE shop.odd SET doc = doc, spot = spot, b = b, d = d")  # no change
+    rows = await app.fetch("SELECT operation::text, entity_id, changes FROM auditq_capture.outbox")
+    assert [(r["operation"], r["entity_id"]) for r in rows] == [("c", key), ("u", key)]
+    assert msgspec.json.decode(rows[1]["changes"]) == {
+        "doc": [{"a": 1}, {"a": 2}],
+        "spot": ["(1,2)", "(1,3)"],
+        "b": ["(1,1),(0,0)", "(2,2),(0,0)"],
+        "d": [{"w": 1, "h": 2}, {"w": 1, "h": 3}],
+        "tags": [["x", "y"], ["x"]],
+        "docs": [[{}], [[]]],
+        "q": [3, 4],
+    }
+    created = msgspec.json.decode(rows[0]["changes"])
+    assert created["raw"] == [None, "\\x00ff"] and created["at"] == [
+        None,
+        "2026-01-02T03:04:05+00:00",
+    ]
