@@ -18,7 +18,6 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import asyncpg
-import msgspec
 
 from service.capture.outbox import (
     DELETE_ROWS,
@@ -50,8 +49,6 @@ CAPTURE_TIMEOUT_S = 5.0
 RELAY_LOCK_KEY = 0x61756469747172
 APPLICATION_NAME = "auditq-capture-relay"
 TRY_RELAY_LOCK = "SELECT pg_catalog.pg_try_advisory_lock($1::bigint)"
-
-_json = msgspec.json.Decoder()
 
 
 class _Stopped(Exception):
@@ -117,6 +114,13 @@ class OutboxRelay:
             ) as exc:
                 self._trouble(f"lost the database ({type(exc).__name__}: {exc})")
                 pause = await self._pause(pause)
+            except _Stopped:
+                raise
+            except Exception as exc:
+                # A fault of the relay itself must not end it for good (a worker would go on
+                # without relaying): said, and tried again from the outbox, which kept it all.
+                self._trouble(f"failed ({type(exc).__name__}: {exc}); trying again")
+                pause = await self._pause(pause)
             finally:
                 conn.terminate()  # a dead connection cannot be closed politely
                 self._origin = None
@@ -126,9 +130,6 @@ class OutboxRelay:
             self._url,
             timeout=CONNECT_TIMEOUT_S,
             server_settings={"application_name": APPLICATION_NAME},  # for the DBA's views
-        )
-        await conn.set_type_codec(
-            "jsonb", schema="pg_catalog", encoder=str, decoder=_json.decode, format="text"
         )
         return conn
 
@@ -147,7 +148,6 @@ class OutboxRelay:
             self._trouble("capture is not installed there (auditq capture install); waiting")
             await self._sleep(NOT_INSTALLED_PAUSE_S)
         self._origin = Origin(installation["database_id"], installation["database"])
-        await self._load_tables(conn)
         if self._said is not None:
             logger.warning("capture relay %s: working again", self.name)
             self._said = None
@@ -171,12 +171,15 @@ class OutboxRelay:
 
     async def _drain(self, conn: asyncpg.Connection) -> None:
         """Relay batches until the outbox is empty."""
+        # Each round reads the captured tables again: an install since the last one may have
+        # added a table or changed an entity or a mask.
+        await self._load_tables(conn)
         while True:
             rows = await conn.fetch(SELECT_BATCH, self._batch_rows)
             if not rows:
                 return
             if any(row["table_id"] not in self._tables for row in rows):
-                await self._load_tables(conn)  # installed since this relay started
+                await self._load_tables(conn)  # installed during this round
             events = self._events(rows)
             await self._enqueue(events)
             # Only now: every event of these rows is in Redis.

@@ -50,7 +50,10 @@ CREATE TABLE IF NOT EXISTS auditq_capture.outbox (
     actor_id text,
     actor_type text,
     request_id text
-);
+)
+-- A queue table: every row is deleted soon after it is written. Vacuumed by dead rows, not
+-- by a share of a table that is nearly always empty.
+WITH (autovacuum_vacuum_scale_factor = 0, autovacuum_vacuum_threshold = 10000);
 
 REVOKE ALL ON ALL TABLES IN SCHEMA auditq_capture FROM PUBLIC;
 
