@@ -289,3 +289,23 @@ async def test_the_relay_never_holds_a_lock_the_application_waits_on(
 
 async def _below(count: Any, limit: int) -> bool:
     return bool(await count < limit)
+
+
+async def test_a_reinstall_applies_to_the_running_relay_at_once(
+    settings: Settings, app_url: str, app: asyncpg.Connection, redis: Any
+) -> None:
+    from tests.conftest import queued_events
+
+    await installer.install(app_url, "shop.items")
+    async with relaying(settings, app_url):
+        await app.execute("INSERT INTO shop.items (id, name) VALUES (1, 'alice')")
+        await wait_for(lambda: _zero(outbox_rows(app)), within_s=30)
+        # Now the name is to be masked, and the rows are parts: the same relay goes on.
+        await installer.install(app_url, "shop.items", entity="part", mask=["name"])
+        await app.execute("UPDATE shop.items SET name = 'bob'")
+        await wait_for(lambda: _zero(outbox_rows(app)), within_s=30)
+    events = await queued_events(redis, settings.queue)
+    assert [(e["action"], e.get("changes")) for e in events] == [
+        ("items.created", [{"field": "id", "new": 1}, {"field": "name", "new": "alice"}]),
+        ("part.updated", [{"field": "name", "old": "[REDACTED]", "new": "[REDACTED]"}]),
+    ]
