@@ -61,6 +61,9 @@ class Settings:
     # Erasure (docs/erasure.md): an entity of these types whose id is the subject is the subject.
     subject_entity_types: frozenset[str] = frozenset({"user"})
 
+    # Capture (docs/capture.md): application databases whose outboxes this worker relays.
+    capture_database_urls: tuple[str, ...] = ()
+
     @classmethod
     def from_env(
         cls, environ: Mapping[str, str] | None = None, *, published: bool = True
@@ -118,6 +121,7 @@ class Settings:
             sealing=env.get("AUDITQ_SEAL", "on").strip().lower() != "off",
             max_future_s=_float(env, "AUDITQ_MAX_FUTURE_S", 300.0),
             subject_entity_types=_names(env, "AUDITQ_SUBJECT_ENTITY_TYPES", frozenset({"user"})),
+            capture_database_urls=_urls(env, "AUDITQ_CAPTURE_DATABASE_URLS"),
         )
 
     def with_server_spool(self) -> Settings:
@@ -190,6 +194,17 @@ def _names(env: Mapping[str, str], name: str, default: frozenset[str]) -> frozen
     """A comma-separated list; unset or blank gives the default."""
     names = frozenset(n.strip() for n in env.get(name, "").split(",") if n.strip())
     return names or default
+
+
+def _urls(env: Mapping[str, str], name: str) -> tuple[str, ...]:
+    """A comma-separated list of PostgreSQL URLs, in order, each named once."""
+    urls = tuple(dict.fromkeys(u.strip() for u in env.get(name, "").split(",") if u.strip()))
+    for url in urls:
+        if not url.startswith(("postgresql://", "postgres://")):
+            # The URL itself may hold a password: only its scheme is quoted.
+            scheme = url.partition("://")[0] if "://" in url else "no scheme"
+            raise ConfigError(f"{name} takes postgresql:// URLs, not one with {scheme!r}")
+    return urls
 
 
 def _float(env: Mapping[str, str], name: str, default: float) -> float:

@@ -16,6 +16,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from service.capture.relay import RelayTask
 from service.integrity.keys import load_or_create_private_key
 from service.producer.client import AuditClient
 from service.producer.lifecycle import STARTED, STOPPING, WORKER_SOURCE, record_lifecycle
@@ -72,6 +73,8 @@ async def _startup(ctx: dict[str, Any]) -> None:
             sealer.run(state.pool, seal_key, interval_s=settings.seal_interval_s),
             name="auditq-sealer",
         )
+    if settings.capture_database_urls:  # the outboxes of application databases
+        state.capture_relay = RelayTask(settings)
     if state.audit_lifecycle:
         provenance = Provenance(via=MAINTENANCE_VIA, key=key, task_prefix="worker")
         state.client = AuditClient.from_settings(state.settings, provenance=provenance)
@@ -82,6 +85,8 @@ async def _startup(ctx: dict[str, Any]) -> None:
 async def _shutdown(ctx: dict[str, Any]) -> None:
     state: WorkerState = ctx[STATE]
     state.stored_report.flush()
+    if state.capture_relay is not None:
+        await state.capture_relay.stop()
     if state.client is not None:
         # First, while everything still works: it is stored by this queue's next worker.
         record_lifecycle(state.client, STOPPING, source=WORKER_SOURCE, worker_id=state.worker_id)
@@ -304,6 +309,8 @@ async def _close_without_redis(worker: Worker) -> None:
     for task in (state._probe, state._heartbeat, state._sealer, state._rollup):
         if task is not None:
             task.cancel()
+    if state.capture_relay is not None:
+        state.capture_relay.cancel()
     if state.pool is not None:
         state.pool.terminate()
         state.pool = None

@@ -13,6 +13,7 @@ from typing import Any
 import asyncpg
 from arq import Worker
 
+from service.capture.relay import RelayTask
 from service.producer.client import AuditClient
 from service.settings import Settings
 from workers.erased import ErasedSubjects
@@ -71,6 +72,7 @@ class WorkerState:
     _heartbeat: asyncio.Task[None] | None = None
     _sealer: asyncio.Task[None] | None = None
     _rollup: asyncio.Task[None] | None = None
+    capture_relay: RelayTask | None = None  # AUDITQ_CAPTURE_DATABASE_URLS (docs/capture.md)
 
     def trip(self, exc: BaseException) -> None:
         """Open the breaker: stop taking jobs and probe the database until it answers."""

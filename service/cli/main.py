@@ -9,6 +9,7 @@ import sys
 import msgspec
 
 from service import logs
+from service.capture import cli as capture
 from service.cli import emit, serve, subjects, tasks, tokens, verify
 from service.errors import AuditqError
 from service.settings import Settings
@@ -17,7 +18,7 @@ from service.settings import Settings
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="auditq", description="Audit events into PostgreSQL.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for group in (serve, emit, tokens, tasks, verify, subjects):
+    for group in (serve, emit, tokens, tasks, verify, subjects, capture):
         group.add_parsers(sub)
     return parser
 
