@@ -19,9 +19,9 @@ from service.cli.common import (
     write_private,
 )
 from service.errors import ConfigError
-from service.events import Entity
+from service.events import Actor
 from service.integrity.keys import load_or_create_private_key
-from service.ops.admin_actions import audit_cli_action
+from service.ops.admin_actions import requested_by
 from service.settings import Settings
 from service.store import db
 from service.store import tokens as auth
@@ -142,6 +142,7 @@ async def cmd_run(settings: Settings, args: argparse.Namespace) -> int:
 
 
 DEV_ADMIN_TOKEN_NAME = "dev-admin"
+RUN_ACTOR = Actor(id="auditq-run", type="system")  # who makes the dev admin token
 ADMIN_TOKEN_FILE = "admin-token"  # under the data dir
 
 
@@ -159,18 +160,13 @@ async def ensure_dev_admin_token(settings: Settings) -> str:
             if row is not None and row["role"] == "admin":
                 return saved
         # The file is gone or its token revoked: a token of that name, if any, is unknown now.
+        by = requested_by(RUN_ACTOR, "auditq-run")  # each change stored with its event
         async with conn.transaction():
-            await auth.revoke_token(conn, DEV_ADMIN_TOKEN_NAME)
-            token = await auth.create_token(conn, name=DEV_ADMIN_TOKEN_NAME, role="admin")
+            await auth.revoke_token(conn, DEV_ADMIN_TOKEN_NAME, by=by)
+            token = await auth.create_token(conn, name=DEV_ADMIN_TOKEN_NAME, role="admin", by=by)
     finally:
         await conn.close()
     write_private(path, token)
-    await audit_cli_action(
-        settings,
-        "token.created",
-        entity=Entity(type="api_token", id=DEV_ADMIN_TOKEN_NAME),
-        metadata={"name": DEV_ADMIN_TOKEN_NAME, "role": "admin"},
-    )
     return token
 
 

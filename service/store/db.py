@@ -8,6 +8,7 @@ from typing import Any
 
 import asyncpg
 
+from service.errors import ConfigError
 from service.store.partitions import ensure_partitions
 
 # schema.sql lives at the top of the repository (the card fixes it there); this package holds
@@ -16,6 +17,8 @@ SCHEMA_PATH = Path(__file__).with_name("schema.sql")
 # Serialise concurrent `auditq migrate` runs (several containers starting at once).
 MIGRATE_LOCK_KEY = 0x61756469  # "audi"
 COMMAND_TIMEOUT = 30.0  # seconds; a statement that takes longer is treated as an outage
+# How schema.sql begins its refusal of a schema others may create objects in.
+UNSAFE_SCHEMA = "schema public "
 
 
 async def _init_connection(conn: asyncpg.Connection) -> None:
@@ -49,7 +52,12 @@ async def migrate(database_url: str, *, months_ahead: int = 3) -> None:
     try:
         async with conn.transaction():
             await conn.execute("SELECT pg_advisory_xact_lock($1)", MIGRATE_LOCK_KEY)
-            await conn.execute(SCHEMA_PATH.read_text())
+            try:
+                await conn.execute(SCHEMA_PATH.read_text())
+            except asyncpg.InsufficientPrivilegeError as exc:
+                if str(exc).startswith(UNSAFE_SCHEMA):  # one line naming the fix
+                    raise ConfigError(f"migrate refused: {exc}") from None
+                raise
             await ensure_partitions(conn, months_ahead=months_ahead)
     finally:
         await conn.close()
