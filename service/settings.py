@@ -60,6 +60,7 @@ class Settings:
 
     # Erasure (docs/erasure.md): an entity of these types whose id is the subject is the subject.
     subject_entity_types: frozenset[str] = frozenset({"user"})
+    subject_key_file: Path | None = None  # None: <data_dir>/subject-key (never in the database)
 
     @classmethod
     def from_env(
@@ -85,6 +86,7 @@ class Settings:
         if redis_url is not None:
             parse_redis_url(redis_url)  # a malformed URL is one clear error, here
         key_file = env.get("AUDITQ_SEAL_KEY_FILE", "").strip()
+        subject_key = env.get("AUDITQ_SUBJECT_KEY_FILE", "").strip()
         return cls(
             redis_url=redis_url,
             database_url=url("AUDITQ_DATABASE_URL"),
@@ -118,6 +120,7 @@ class Settings:
             sealing=env.get("AUDITQ_SEAL", "on").strip().lower() != "off",
             max_future_s=_float(env, "AUDITQ_MAX_FUTURE_S", 300.0),
             subject_entity_types=_names(env, "AUDITQ_SUBJECT_ENTITY_TYPES", frozenset({"user"})),
+            subject_key_file=Path(subject_key) if subject_key else None,
         )
 
     def with_server_spool(self) -> Settings:
@@ -146,6 +149,11 @@ class Settings:
     def seal_key_path(self) -> Path:
         """The Ed25519 private key the sealer signs checkpoints with."""
         return self.seal_key_file or self.data_dir / "seal-key"
+
+    @property
+    def subject_key_path(self) -> Path:
+        """The key of subjects' pseudonyms (HMAC-SHA256), never in the database."""
+        return self.subject_key_file or self.data_dir / "subject-key"
 
     @property
     def worker_url(self) -> str | None:

@@ -170,12 +170,17 @@ class TokenCheck:
             self._offline_since = None
 
 
+SUBJECTS_PREFIX = "/api/v1/admin/subjects/"
+
+
 def allowed(role: Role, method: str, path: str) -> bool:
     """Tell whether `role` may call `method path`."""
     if role == "admin":
         return True
     if path == "/api/v1/events":
         return role == "ingest"
+    if path.startswith(SUBJECTS_PREFIX) and path.endswith("/anonymisation"):
+        return False  # an id's pseudonym: re-identification by enumeration, admins only
     return role == "reader" and method in ("GET", "HEAD")
 
 

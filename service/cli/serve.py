@@ -57,7 +57,11 @@ async def _running_worker(settings: Settings) -> AsyncIterator[None]:
 
 
 async def cmd_migrate(settings: Settings, args: argparse.Namespace) -> int:
-    await db.migrate(settings.require_database(), months_ahead=settings.partitions_ahead_months)
+    await db.migrate(
+        settings.require_database(),
+        months_ahead=settings.partitions_ahead_months,
+        subject_key_path=settings.subject_key_path,
+    )
     print("schema applied")
     return 0
 
@@ -108,7 +112,11 @@ async def cmd_run(settings: Settings, args: argparse.Namespace) -> int:
     try:
         if migrate_url is None:
             raise ConfigError("no PostgreSQL to migrate: set AUDITQ_DATABASE_URL")
-        await db.migrate(migrate_url, months_ahead=settings.partitions_ahead_months)
+        await db.migrate(
+            migrate_url,
+            months_ahead=settings.partitions_ahead_months,
+            subject_key_path=settings.subject_key_path,
+        )
         if settings.sealing:  # made before "running" is said: `auditq integrity public-key` works
             load_or_create_private_key(settings.seal_key_path)
         token_path = settings.data_dir / ADMIN_TOKEN_FILE

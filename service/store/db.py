@@ -10,6 +10,7 @@ import asyncpg
 
 from service.errors import ConfigError
 from service.store.partitions import ensure_partitions
+from service.subject_key import keep_moved_key
 
 # schema.sql lives at the top of the repository (the card fixes it there); this package holds
 # a link to it, which a wheel carries as a copy, so `pip install .` ships the schema too.
@@ -46,12 +47,24 @@ async def create_pool(database_url: str, *, size: int = 10, **kwargs: Any) -> as
     return pool
 
 
-async def migrate(database_url: str, *, months_ahead: int = 3) -> None:
-    """Apply schema.sql and make partitions ahead; safe to repeat, even concurrently."""
+# Releases before the subject key file kept the key of pseudonyms in the database.
+OLD_SUBJECT_KEY = """
+SELECT secret FROM api_secret WHERE name = 'subject'
+"""
+
+
+async def migrate(
+    database_url: str, *, months_ahead: int = 3, subject_key_path: Path | None = None
+) -> None:
+    """Apply schema.sql and make partitions ahead; safe to repeat, even concurrently.
+
+    A store that still holds the key of pseudonyms has it moved out to `subject_key_path`
+    first (schema.sql then deletes it): the pseudonyms of subjects erased before stay."""
     conn = await asyncpg.connect(database_url, command_timeout=COMMAND_TIMEOUT)
     try:
         async with conn.transaction():
             await conn.execute("SELECT pg_advisory_xact_lock($1)", MIGRATE_LOCK_KEY)
+            await _move_subject_key(conn, subject_key_path)
             try:
                 await conn.execute(SCHEMA_PATH.read_text())
             except asyncpg.InsufficientPrivilegeError as exc:
@@ -61,3 +74,17 @@ async def migrate(database_url: str, *, months_ahead: int = 3) -> None:
             await ensure_partitions(conn, months_ahead=months_ahead)
     finally:
         await conn.close()
+
+
+async def _move_subject_key(conn: asyncpg.Connection, path: Path | None) -> None:
+    if await conn.fetchval("SELECT to_regclass('public.api_secret')") is None:
+        return  # a new store
+    old = await conn.fetchval(OLD_SUBJECT_KEY)
+    if old is None:
+        return
+    if path is None:
+        raise ConfigError(
+            "this store keeps the key of pseudonyms in the database: migrate it with "
+            "AUDITQ_SUBJECT_KEY_FILE set, to move the key out to that file"
+        )
+    keep_moved_key(path, bytes(old))

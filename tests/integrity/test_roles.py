@@ -7,14 +7,17 @@ from datetime import UTC, date, datetime, timedelta
 import asyncpg
 import pytest
 
+from service.events import Actor, AuditEvent, Entity, finalize
 from service.store.partitions import LIST_PARTITIONS, partition_name
 from service.store.policy import NotOwner, Policy
 from service.store.policy import set_retention as set_policy
 from service.store.policy import show as show_policy
 from service.store.rollup import fold_all
+from service.store.subjects import erase_step
 from tests.integrity.conftest import run_verify, seal_all, store
 from tests.stores import set_retention
 from workers.maintenance import drop_expired_partitions
+from workers.writer import write_events
 
 # (what is tried, statements), each run in its own transaction as the runtime role.
 BYPASSES = [
@@ -86,12 +89,22 @@ BYPASSES = [
     ("alter a verification", ["UPDATE integrity_verification SET result = '{}'"]),
     ("store an api row unrecorded", [
         "SELECT auditq_store_event('{\"action\": \"a.b\"}', 'api')"]),
+    # Erasure with arguments of the caller's choosing: any actor, any words.
+    ("anonymise by forged arguments", [
+        "SELECT * FROM auditq_anonymise_rows('e-1', 'anon_' || repeat('0', 32), '{project}', "
+        "'{plan,pro}', true, 0, 1000)"]),
+    ("mark a subject erased", [
+        "INSERT INTO erased_subject (pseudonym, state) "
+        "VALUES ('anon_' || repeat('1', 32), 'done')"]),
+    ("change an erasure's state", ["UPDATE erased_subject SET state = 'done'"]),
+    ("read the subject's values", ["SELECT * FROM erasure_value"]),
 ]  # fmt: skip
 # Rights one runtime role has and the other must not.
 ONLY_FOR = {
     "auditq_worker": [
         ("read the API's secrets", ["SELECT secret FROM api_secret"]),
         ("record an admin action", ["SELECT auditq_record_admin_event('{\"action\": \"a.b\"}')"]),
+        ("erase a subject", ["SELECT * FROM auditq_register_erasure('anon_' || repeat('2', 32))"]),
         ("mint a token by the function", [
             "SELECT auditq_create_token('x', 'admin', '\\x00', '{}')"]),
         ("record a verification", [
@@ -249,3 +262,110 @@ async def test_the_policy_is_the_owners_and_each_change_is_stamped(
     assert policy.set_at is not None and policy.set_at.year == datetime.now(UTC).year
     with pytest.raises(asyncpg.InsufficientPrivilegeError):
         await pg.execute("DELETE FROM store_policy")
+
+
+# --- Erasure: the caller names a subject; the store decides what changes ------------------
+
+SUBJECT_EVENTS = [
+    # (actor id, actor name, entity type, entity id, metadata)
+    ("alice", "Alice Liddell", None, None, {"note": "ordinary"}),
+    ("alice", "Alice Liddell", "user", "alice", {"note": "self"}),
+    ("bob", "Bob Builder", "user", "alice", {"note": "bob looked at the user"}),
+    ("bob", "Bob Builder", "project", "alice", {"note": "a project of that id"}),
+    ("carol", "Carol", None, None, {"note": "mentions Alice Liddell and the word secretword"}),
+    ("bob", "Bob Builder", None, None, {"note": "secretword stays; so does plan pro"}),
+]
+
+
+async def _subject_rows(conn: asyncpg.Connection) -> None:
+    events = [
+        finalize(
+            AuditEvent(
+                action="doc.viewed",
+                actor=Actor(id=actor, type="user", name=name),
+                entity=Entity(type=etype, id=eid) if etype and eid else None,
+                metadata=metadata,
+            )
+        )[0]
+        for actor, name, etype, eid, metadata in SUBJECT_EVENTS
+    ]
+    await write_events(conn, events, received_via="redis:test", keyed=True)
+
+
+async def _erase(
+    api_conn: asyncpg.Connection, subject: str, pseudonym: str
+) -> list[tuple[int, bool, int | None]]:
+    await api_conn.fetchval("SELECT auditq_register_erasure($1)", pseudonym)
+    steps = []
+    done = False
+    while not done:
+        step = await erase_step(
+            api_conn,
+            subject_id=subject,
+            pseudonym=pseudonym,
+            reason="asked by Alice Liddell",
+            dead_letters=0,
+            by={"actor": {"id": "t", "type": "api_token"}, "source": "tests"},
+            limit=2,
+        )
+        steps.append(step)
+        done = step[1]
+    return steps
+
+
+async def test_erasure_changes_the_named_subject_and_nothing_else(
+    pg: asyncpg.Connection,
+    worker_conn: asyncpg.Connection,
+    api_conn: asyncpg.Connection,
+    seal_key: object,
+) -> None:
+    await _subject_rows(worker_conn)
+    await seal_all(worker_conn, seal_key)  # type: ignore[arg-type]
+    others = "SELECT t::text FROM audit_log t WHERE actor_id <> 'alice' AND NOT {} ORDER BY seq"
+    untouched = await pg.fetch(
+        others.format(
+            "(entity_type = 'user' AND entity_id = 'alice') AND NOT search @@ "
+            "phraseto_tsquery('simple', 'Alice Liddell')"
+        )
+    )
+    # Not registered: nothing runs.
+    with pytest.raises(asyncpg.ObjectNotInPrerequisiteStateError):
+        await erase_step(api_conn, subject_id="alice", pseudonym="anon_" + "a" * 32,
+                         reason=None, dead_letters=0, by={}, limit=10)  # fmt: skip
+    # The caller cannot pass values, types or a pattern: only the subject (and its pseudonym).
+    pseudonym = "anon_" + "b" * 32
+    await _erase(api_conn, "alice", pseudonym)
+    rows = {r["note"]: r for r in await pg.fetch(
+        "SELECT metadata->>'note' AS note, actor_id, actor_name, entity_type, entity_id, "
+        "metadata::text AS m FROM audit_log WHERE action = 'doc.viewed'")}  # fmt: skip
+    assert rows["ordinary"]["actor_id"] == pseudonym and rows["ordinary"]["actor_name"] is None
+    assert rows["self"]["entity_id"] == pseudonym
+    assert rows["bob looked at the user"]["actor_id"] == "bob"  # the viewer keeps his name
+    assert rows["bob looked at the user"]["actor_name"] == "Bob Builder"
+    assert rows["bob looked at the user"]["entity_id"] == pseudonym
+    # An entity of a type that is not a subject's keeps its id: the policy's types, not ours.
+    assert rows["a project of that id"]["entity_id"] == "alice"
+    assert "Alice Liddell" not in rows["mentions [erased] and the word secretword"]["m"]
+    assert "secretword" in rows["mentions [erased] and the word secretword"]["m"]
+    assert rows["secretword stays; so does plan pro"]["actor_id"] == "bob"
+    assert untouched == await pg.fetch(
+        others.format("(entity_type = 'user' AND entity_id = $1) AND NOT metadata::text LIKE "
+                      "'%[erased]%'"), pseudonym)  # fmt: skip
+    # The store recorded the erasure, its batches and its event itself.
+    state = await pg.fetchrow("SELECT * FROM erased_subject WHERE pseudonym = $1", pseudonym)
+    assert state["state"] == "done" and state["rows"] == 4
+    assert await pg.fetchval("SELECT count(*) FROM erasure_value") == 0
+    event = await pg.fetchrow("SELECT * FROM audit_log WHERE action = 'subject.anonymised'")
+    assert event["entity_id"] == pseudonym and event["received_via"] == "api"
+    assert event["metadata"]["reason"] == "asked by [erased]"
+    await seal_all(worker_conn, seal_key)  # type: ignore[arg-type]
+    report, lines = await run_verify(pg, seal_key)  # type: ignore[arg-type]
+    assert report.findings == 0 and report.anonymised == 4, lines
+
+    # Bob's rows cannot be given alice's pseudonym (it names an erased subject already).
+    with pytest.raises(asyncpg.InvalidParameterValueError, match="already names"):
+        await _erase(api_conn, "bob", pseudonym)
+    assert await pg.fetchval("SELECT count(*) FROM audit_log WHERE actor_id = 'bob'") == 3
+    # Asking again for alice is harmless: nothing left to change.
+    steps = await _erase(api_conn, "alice", pseudonym)
+    assert sum(changed for changed, _, _ in steps) == 0
