@@ -1169,6 +1169,14 @@ GRANT EXECUTE ON FUNCTION public.auditq_record_admin_event(jsonb),
     public.auditq_record_verification(timestamptz, jsonb, jsonb)
     TO auditq_api;
 
+-- The API inserts into neither table itself any more (earlier releases let it).
+DO $$
+BEGIN
+    EXECUTE pg_catalog.format('REVOKE ALL ON SEQUENCE %s, %s FROM PUBLIC, auditq_worker, auditq_api',
+        pg_catalog.pg_get_serial_sequence('public.api_token', 'id'),
+        pg_catalog.pg_get_serial_sequence('public.integrity_verification', 'id'));
+END;
+$$;
 -- (end of least privilege)
 
 -- =======================================================================================
