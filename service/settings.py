@@ -61,6 +61,12 @@ class Settings:
     # Erasure (docs/erasure.md): an entity of these types whose id is the subject is the subject.
     subject_entity_types: frozenset[str] = frozenset({"user"})
     subject_key_file: Path | None = None  # None: <data_dir>/subject-key (never in the database)
+    # The role `auditq run` migrates with when the servers are external (AUDITQ_DATABASE_URL
+    # and AUDITQ_WORKER_DATABASE_URL being the runtime roles'). None: AUDITQ_DATABASE_URL.
+    owner_database_url: str | None = None
+    # The worker and the API refuse a superuser, owner or row-altering role; tests of other
+    # things and benchmarks may allow it (AUDITQ_ALLOW_PRIVILEGED_ROLE=1), with a warning.
+    allow_privileged_role: bool = False
 
     @classmethod
     def from_env(
@@ -121,6 +127,8 @@ class Settings:
             max_future_s=_float(env, "AUDITQ_MAX_FUTURE_S", 300.0),
             subject_entity_types=_names(env, "AUDITQ_SUBJECT_ENTITY_TYPES", frozenset({"user"})),
             subject_key_file=Path(subject_key) if subject_key else None,
+            owner_database_url=url("AUDITQ_OWNER_DATABASE_URL"),
+            allow_privileged_role=env.get("AUDITQ_ALLOW_PRIVILEGED_ROLE", "").strip() == "1",
         )
 
     def with_server_spool(self) -> Settings:

@@ -30,6 +30,7 @@ import redis.asyncio as aioredis
 from aiohttp import web
 
 from service.events import AuditEvent, Entity, new_event_id
+from service.integrity.keys import load_or_create_private_key
 from service.ops import dead_letter
 from service.producer.client import AuditClient
 from service.queue import ENQUEUE_SCRIPT
@@ -272,7 +273,11 @@ def process_env(settings: Settings, **extra: str) -> dict[str, str]:
         "AUDITQ_DATABASE_URL": settings.database_url or "",
         "AUDITQ_QUEUE": settings.queue,
         "AUDITQ_DATA_DIR": str(settings.data_dir),
+        # The suite's servers' superuser, and the test's one seal key (a worker mints none).
+        "AUDITQ_ALLOW_PRIVILEGED_ROLE": "1",
+        "AUDITQ_SEAL_KEY_FILE": str(settings.seal_key_path),
     }
+    load_or_create_private_key(settings.seal_key_path)
     env.update(extra)
     return env
 

@@ -2,19 +2,27 @@
 
 from __future__ import annotations
 
+import asyncio
+import os
+import subprocess
+import sys
+import uuid
 from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
 
 import asyncpg
 import pytest
 
 from service.events import Actor, AuditEvent, Entity, finalize
+from service.integrity.keys import load_or_create_private_key
 from service.store.partitions import LIST_PARTITIONS, partition_name
 from service.store.policy import NotOwner, Policy
 from service.store.policy import set_retention as set_policy
 from service.store.policy import show as show_policy
+from service.store.roles import check_runtime_role
 from service.store.rollup import fold_all
 from service.store.subjects import erase_step
-from tests.integrity.conftest import run_verify, seal_all, store
+from tests.integrity.conftest import run_verify, seal_all, store, url_as
 from tests.stores import set_retention
 from workers.maintenance import drop_expired_partitions
 from workers.writer import write_events
@@ -369,3 +377,85 @@ async def test_erasure_changes_the_named_subject_and_nothing_else(
     # Asking again for alice is harmless: nothing left to change.
     steps = await _erase(api_conn, "alice", pseudonym)
     assert sum(changed for changed, _, _ in steps) == 0
+
+
+# --- The runtime refuses a role that could rewrite history -------------------------------
+
+
+async def test_the_worker_and_the_api_refuse_a_privileged_role(
+    pg: asyncpg.Connection,
+    worker_conn: asyncpg.Connection,
+    api_conn: asyncpg.Connection,
+    database_url: str,
+    role_password: str,
+    tmp_path: Path,
+) -> None:
+    assert await check_runtime_role(worker_conn, who="worker") is None
+    assert await check_runtime_role(api_conn, who="API") is None
+    problem = await check_runtime_role(pg, who="worker")
+    assert problem is not None and "a superuser" in problem
+    role = f"auditq_test_rw_{uuid.uuid4().hex[:8]}"
+    await pg.execute(f"CREATE ROLE {role} LOGIN PASSWORD '{role_password}'")
+    try:
+        await pg.execute(f"GRANT SELECT, UPDATE ON audit_log TO {role}")
+        conn = await asyncpg.connect(url_as(database_url, role, role_password))
+        try:
+            problem = await check_runtime_role(conn, who="API")
+            assert problem is not None and "may alter stored rows" in problem
+            await pg.execute(f"REVOKE ALL ON audit_log FROM {role}")
+            owner = await pg.fetchval(
+                "SELECT pg_get_userbyid(relowner) FROM pg_class WHERE oid = 'audit_log'::regclass"
+            )
+            await pg.execute(f'GRANT "{owner}" TO {role}')
+            problem = await check_runtime_role(conn, who="API")
+            assert problem is not None and "owner of the schema" in problem
+        finally:
+            await conn.close()
+    finally:
+        await pg.execute(f"DROP OWNED BY {role}")
+        await pg.execute(f"DROP ROLE {role}")
+
+    # The commands themselves, as the suite's superuser: one line, a non-zero exit.
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AUDITQ_")} | {
+        "AUDITQ_DATABASE_URL": database_url,
+        "AUDITQ_REDIS_URL": "redis://127.0.0.1:1/0",
+        "AUDITQ_DATA_DIR": str(tmp_path),
+        "AUDITQ_SEAL_KEY_FILE": str(tmp_path / "seal-key"),
+    }
+    load_or_create_private_key(tmp_path / "seal-key")
+    for command in ("worker", "api"):
+        done = await asyncio.to_thread(
+            subprocess.run,
+            [sys.executable, "-m", "service.cli.main", command],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert done.returncode == 2, (command, done.stdout, done.stderr)
+        lines = done.stderr.strip().splitlines()
+        assert len(lines) == 1 and "refuses to connect as" in lines[0], (command, done.stderr)
+        assert "a superuser" in lines[0]
+
+
+async def test_a_worker_outside_auditq_run_mints_no_seal_key(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AUDITQ_")} | {
+        "AUDITQ_DATABASE_URL": "postgresql://nobody@127.0.0.1:1/none",
+        "AUDITQ_REDIS_URL": "redis://127.0.0.1:1/0",
+        "AUDITQ_DATA_DIR": str(tmp_path),
+    }
+    for extra, says in (
+        ({}, "set AUDITQ_SEAL_KEY_FILE"),
+        ({"AUDITQ_SEAL_KEY_FILE": str(tmp_path / "absent")}, "no seal key at"),
+    ):
+        done = await asyncio.to_thread(
+            subprocess.run,
+            [sys.executable, "-m", "service.cli.main", "worker"],
+            env=env | extra,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert done.returncode == 2 and says in done.stderr, done.stderr
+        assert len(done.stderr.strip().splitlines()) == 1
+    assert os.listdir(tmp_path) == []  # no key made
