@@ -67,6 +67,8 @@ class Settings:
     # The worker and the API refuse a superuser, owner or row-altering role; tests of other
     # things and benchmarks may allow it (AUDITQ_ALLOW_PRIVILEGED_ROLE=1), with a warning.
     allow_privileged_role: bool = False
+    # `/metrics` wants `Authorization: Bearer <this>` when set (docs/metrics.md). None: open.
+    metrics_token: str | None = None
 
     @classmethod
     def from_env(
@@ -129,6 +131,7 @@ class Settings:
             subject_key_file=Path(subject_key) if subject_key else None,
             owner_database_url=url("AUDITQ_OWNER_DATABASE_URL"),
             allow_privileged_role=env.get("AUDITQ_ALLOW_PRIVILEGED_ROLE", "").strip() == "1",
+            metrics_token=env.get("AUDITQ_METRICS_TOKEN", "").strip() or None,
         )
 
     def with_server_spool(self) -> Settings:
