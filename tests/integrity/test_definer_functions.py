@@ -18,11 +18,13 @@ import asyncpg
 import pytest
 
 from service.errors import ConfigError
+from service.events import Actor, AuditEvent, finalize
 from service.store import db
 from service.store.rollup import fold_all
 from tests.integrity.conftest import seal_all, store, url_as
 from tests.stores import set_retention
 from workers.maintenance import drop_expired_partitions
+from workers.writer import write_events
 
 # Functions of auditq's schema: their bodies name every function they call.
 OUR_FUNCTIONS = """
@@ -182,6 +184,13 @@ async def test_shadow_overloads_planted_by_a_runtime_role_never_run(
     # functions too, as itself: that is no escalation, and not what this test is about).
     now = datetime.now(UTC)
     await store(worker_conn, 5)
+    eve = [  # a subject with a name, and a row of someone else's that mentions her
+        AuditEvent(action="doc.viewed", actor=Actor(id="e-1", type="user", name="Eve One"),
+                   metadata={"note": "hers"}),
+        AuditEvent(action="doc.viewed", actor=Actor(id="x-2", type="user"),
+                   metadata={"note": "Eve One was here", "path": "/users/e-1/files"}),
+    ]  # fmt: skip
+    await write_events(worker_conn, [finalize(e)[0] for e in eve], received_via="redis:t")
     await seal_all(worker_conn, seal_key)  # type: ignore[arg-type]
     names = await called_names(pg)
     assert {"pg_try_advisory_xact_lock", "pg_advisory_xact_lock", "to_char", "sha256"} <= names
@@ -241,6 +250,21 @@ async def test_shadow_overloads_planted_by_a_runtime_role_never_run(
         {"intact": True},
         by,
     )
+    # Erasure, start to end, through the one function the API may call.
+    pseudonym = "anon_" + "c" * 32
+    await api_conn.fetchval("SELECT auditq_register_erasure($1::text)", pseudonym)
+    done = False
+    while not done:
+        done = await api_conn.fetchval(
+            "SELECT done FROM auditq_erase_subject($1::text, $2::text, $3::text, 0::bigint,"
+            " $4::jsonb, 2::integer)",
+            "e-1",
+            pseudonym,
+            "asked",
+            by,
+        )
+    changed = await pg.fetchval("SELECT rows FROM erased_subject WHERE pseudonym = $1", pseudonym)
+    assert changed == 2  # every step of the erasure ran, through the planted names
     assert await hijacks(pg) == 1  # the old-style function's run, and no other
     assert await pg.fetchval("SELECT count(*) FROM public.hijacked") == 0
 
