@@ -63,6 +63,8 @@ async def cmd_policy_set(settings: Settings, args: argparse.Namespace) -> int:
             "only the schema's owner sets the policy: run this with AUDITQ_DATABASE_URL of the "
             "role that ran `auditq migrate`"
         ) from None
+    except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+        raise Unavailable(f"the policy was not changed ({type(exc).__name__})") from None
     finally:
         await conn.close()
     _print(policy)

@@ -14,7 +14,7 @@ import redis.exceptions
 
 from service.errors import AuditqError, ConfigError
 from service.ops import subjects
-from service.ops.admin_actions import cli_actor, requested_by
+from service.ops.admin_actions import cli_actor, requested_by, unwritable
 from service.settings import Settings
 from service.store import db
 
@@ -47,6 +47,9 @@ async def cmd_anonymise(settings: Settings, args: argparse.Namespace) -> int:
         outcome = await subjects.anonymise(pool, client, settings, subject_id, reason=reason, by=by)
     except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as exc:
         raise Unavailable(f"Redis is not answering ({type(exc).__name__})") from None
+    except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+        # The store records every step itself: what it could not write was not done.
+        raise unwritable("subject.anonymised", exc) from None
     finally:
         await pool.close()
         await client.aclose()

@@ -48,6 +48,7 @@ async def test_no_record_no_mutation(
             ("POST", "/api/v1/admin/tokens", {"name": "new-one", "role": "admin"}),
             ("POST", "/api/v1/admin/tokens/test-reader/revoke", None),
             ("GET", "/api/v1/admin/audit-logs/export?format=jsonl", None),
+            ("POST", "/api/v1/admin/subjects/u-1/anonymise", {"reason": "asked"}),
         ]:
             async with api.request(method, path, json=body, headers=admin) as response:
                 error = await error_of(response, 503)
@@ -59,6 +60,7 @@ async def test_no_record_no_mutation(
             listed = {t["name"]: t for t in (await response.json())["items"]}
         assert "new-one" not in listed and listed["test-reader"]["revoked_at"] is None
     assert await admin_events(pg) == []
+    assert await pg.fetchval("SELECT count(*) FROM erased_subject") == 0
 
 
 async def test_the_cli_refuses_too(
@@ -70,6 +72,7 @@ async def test_the_cli_refuses_too(
         ("tasks", "cleanup", "--failed-older-than-days", "0", "--keep-recent-failed", "0"),
         ("tokens", "create", "--name", "cli-made", "--role", "reader"),
         ("tokens", "revoke", "test-reader"),
+        ("anonymise", "u-2", "--reason", "asked"),
     ):
         status, out = await auditq(settings, *args)
         assert (status != 0 and "could not be written" in out) or "read-only" in out, (args, out)
