@@ -30,7 +30,6 @@ import msgspec
 import redis.asyncio as aioredis
 
 from service.errors import AuditqError
-from service.events import Actor, AuditEvent, Entity, RequestInfo
 from service.keys import IN_PROGRESS_PREFIX, JOB_PREFIX, RESULT_PREFIX, erased_version_key
 from service.ops import dead_letter
 from service.ops.admin_actions import CLI_ACTOR, requested_by
@@ -274,31 +273,6 @@ class _Run:
                     break
                 document = _decoder.decode(raw)
         return rewritten, letters
-
-
-def anonymised_event(
-    outcome: Outcome, *, actor: Actor, source: str, request: RequestInfo | None = None
-) -> AuditEvent:
-    """The audit event of an erasure: the pseudonym and the counts, never the subject's values."""
-    metadata: dict[str, Any] = {
-        "pseudonym": outcome.pseudonym,
-        "rows": outcome.rows,
-        "dead_letters": outcome.dead_letters,
-        "redis_documents": outcome.redis_documents,
-    }
-    if outcome.actions:  # `auditq verify` reports each changed row with one of these
-        metadata["store_actions"] = {"first": outcome.actions[0], "last": outcome.actions[-1]}
-    if outcome.reason:
-        metadata["reason"] = outcome.reason
-    return AuditEvent(
-        action="subject.anonymised",
-        severity="notice",
-        actor=actor,
-        entity=Entity(type="subject", id=outcome.pseudonym),
-        request=request,
-        metadata=metadata,
-        source=source,
-    )
 
 
 def check_reason(reason: str | None) -> str | None:
