@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncIterator
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 import msgspec
@@ -17,13 +17,19 @@ from service.api.body import json_response
 from service.api.openapi import operation
 from service.api.state import POOL, SETTINGS
 from service.events import Actor, RequestInfo
-from service.ops.admin_actions import requested_by
+from service.ops.admin_actions import admin_action, record_admin_event, requested_by
 from service.ops.verification import run_verification
-from service.store.seals import last_verification, record_verification, status
+from service.store.seals import last_verification, status
 
 logger = logging.getLogger(__name__)
 
 RUNNING = web.AppKey("integrity_runs", set[asyncio.Task[None]])
+# What GET shows for a stored result that lacks the counts of a verification.
+MALFORMED: dict[str, Any] = {
+    "intact": False, "rows": 0, "checkpoints": 0, "actions": 0, "findings": 0,
+    "removed_by_retention": 0, "anonymised": 0, "awaiting_seal": 0,
+    "summary": "the stored result of this verification is incomplete", "lines": [],
+}  # fmt: skip
 
 
 class Verification(msgspec.Struct, frozen=True, kw_only=True):
@@ -67,10 +73,21 @@ async def get_integrity(request: web.Request) -> web.Response:
         last = await last_verification(conn)
     verification = None
     if last is not None:
-        result: dict[str, Any] = last["result"] or {}
+        result: dict[str, Any] = last["result"] if isinstance(last["result"], dict) else {}
         fields = {name: result.get(name) for name in Verification.__struct_fields__}
         fields.update(id=last["id"], started_at=last["started_at"], finished_at=last["finished_at"])
-        verification = msgspec.convert(fields, Verification, from_attributes=False, strict=False)
+        try:
+            verification = msgspec.convert(
+                fields, Verification, from_attributes=False, strict=False
+            )
+        except msgspec.ValidationError:  # a result recorded without its counts: not intact
+            verification = msgspec.convert(
+                {**MALFORMED, "id": last["id"], "started_at": last["started_at"],
+                 "finished_at": last["finished_at"]},
+                Verification,
+                from_attributes=False,
+                strict=False,
+            )  # fmt: skip
     return json_response(
         IntegrityStatus(
             last_sealed_at=seals["last_sealed_at"],
@@ -103,12 +120,22 @@ async def _verify(app: web.Application, actor: Actor, origin: RequestInfo) -> No
     by = requested_by(actor, "auditq-api", origin)
     try:
         await run_verification(app[SETTINGS], emit=lambda line: None, by=by)
-    except Exception as exc:  # kept as the outcome: the API stands
+    except Exception as exc:  # the API stands; the failure is recorded as the event alone
         logger.error("verification failed: %s: %s", type(exc).__name__, exc)
-        result: dict[str, Any] = {"intact": False, "error": f"{type(exc).__name__}: {exc}"}
+        event = msgspec.structs.replace(
+            admin_action(
+                "integrity.verified",
+                actor=actor,
+                source="auditq-api",
+                request=origin,
+                metadata={"intact": False, "error": f"{type(exc).__name__}: {exc}"},
+            ),
+            severity="critical",
+            outcome="failure",
+        )
         try:
             async with app[POOL].acquire() as conn:
-                await record_verification(conn, started_at=datetime.now(UTC), result=result, by=by)
+                await record_admin_event(conn, event)
         except Exception as again:  # PostgreSQL away: the log line above is what remains
             logger.error("its outcome could not be kept: %s", type(again).__name__)
 

@@ -50,3 +50,20 @@ async def test_status_then_a_verification_in_the_background(
     assert verified_event["actor_id"] == "test-admin"
     assert verified_event["metadata"]["verification"] == last["id"]
     assert verified_event["metadata"]["intact"] is True
+
+
+async def test_a_claimed_result_is_recorded_and_never_breaks_the_status(
+    api: TestClient[Any, Any], tokens: Tokens, pg: asyncpg.Connection
+) -> None:
+    # What a stolen API password can do: claim a result. It is kept with an event naming the
+    # role that recorded it, and shown as what it is.
+    await pg.execute(
+        "SELECT auditq_record_verification(now(), '{\"intact\": true}',"
+        ' \'{"actor": {"id": "thief", "type": "api_token"}}\')'
+    )
+    async with api.get("/api/v1/admin/integrity", headers=tokens.reader) as response:
+        assert response.status == 200
+        last = (await response.json())["last_verification"]
+    assert last["intact"] is False and "incomplete" in last["summary"]
+    [event] = await admin_events(pg, "integrity.verified")
+    assert event["actor_id"] == "thief" and event["metadata"]["recorded_by"]
