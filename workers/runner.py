@@ -22,7 +22,6 @@ from service.producer.client import AuditClient
 from service.producer.lifecycle import STARTED, STOPPING, WORKER_SOURCE, record_lifecycle
 from service.queue import (
     JOB_FUNCTION,
-    PROVENANCE_SECRET,
     Provenance,
     deserialize_job,
     job_serializer,
@@ -31,7 +30,7 @@ from service.redaction import redact_sensitive_in_string
 from service.settings import Settings
 from service.store import db
 from service.store.partitions import ensure_partitions
-from service.store.secrets import read_secret
+from service.store.secrets import read_provenance_key
 from workers import heartbeat, rollup, sealer
 from workers.arq_redis import arq_settings, create_arq_pool
 from workers.erased import ErasedSubjects
@@ -55,12 +54,17 @@ async def _startup(ctx: dict[str, Any]) -> None:
     settings.require_database()
     assert settings.worker_url is not None  # the database URL when no role of its own is set
     state.pool = await db.create_pool(settings.worker_url, size=settings.db_pool_size)
-    state.erased = ErasedSubjects(settings.subject_entity_types)
+    state.erased = ErasedSubjects(settings.subject_entity_types, settings.subject_key_path)
+    if settings.retention_days:
+        logger.warning(
+            "AUDITQ_RETENTION_DAYS is not read: the retention is the store's policy "
+            "(`auditq policy set --retention-days N` with the schema owner's URL)"
+        )
     # Before the first job: a month's rows must never land in the default partition while
     # that month's own partition is about to be made (the key is unique per partition).
     async with state.pool.acquire() as conn:
         await ensure_partitions(conn, months_ahead=state.settings.partitions_ahead_months)
-        key = state.provenance_key = await read_secret(conn, PROVENANCE_SECRET)
+        key = state.provenance_key = await read_provenance_key(conn)
     state._heartbeat = asyncio.get_running_loop().create_task(
         heartbeat.run(state, worker_id=state.worker_id), name="auditq-heartbeat"
     )

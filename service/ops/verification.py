@@ -13,6 +13,7 @@ import asyncpg
 from service.errors import AuditqError, ConfigError
 from service.integrity.keys import load_public_key
 from service.integrity.verify import verify
+from service.ops.admin_actions import CLI_ACTOR, requested_by
 from service.settings import Settings
 from service.store import db
 from service.store.seals import record_verification
@@ -41,6 +42,7 @@ async def run_verification(
     since: datetime | None = None,
     until: datetime | None = None,
     emit: Any = print,
+    by: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Verify the store of `settings`; keep and return the result (findings capped)."""
     if not settings.database_url:
@@ -93,7 +95,12 @@ async def run_verification(
         }
         # The runtime API role may record it; another role (the worker's) simply does not.
         with contextlib.suppress(asyncpg.InsufficientPrivilegeError):
-            result["id"] = await record_verification(conn, started_at=started, result=result)
+            result["id"] = await record_verification(
+                conn,
+                started_at=started,
+                result=result,
+                by=by or requested_by(CLI_ACTOR, "auditq-cli"),
+            )
     except (OSError, asyncpg.PostgresConnectionError) as exc:
         raise VerifyConnectionError(f"connection to PostgreSQL lost: {exc}") from None
     finally:
