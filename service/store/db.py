@@ -56,6 +56,7 @@ async def create_pool(database_url: str, *, size: int = 10, **kwargs: Any) -> as
 OLD_SUBJECT_KEY = """
 SELECT secret FROM api_secret WHERE name = 'subject'
 """
+DROP_OLD_SUBJECT_KEY = "DELETE FROM api_secret WHERE name = 'subject'"
 
 
 # The subject types of a new store: the migrating process's setting (contract §9), pinned in
@@ -123,3 +124,5 @@ async def _move_subject_key(conn: asyncpg.Connection, path: Path | None) -> None
             "AUDITQ_SUBJECT_KEY_FILE set, to move the key out to that file"
         )
     keep_moved_key(path, bytes(old))
+    # Gone from the store with this migrate's transaction (also where 0002 ran long ago).
+    await conn.execute(DROP_OLD_SUBJECT_KEY)
