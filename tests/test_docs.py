@@ -12,11 +12,13 @@ import sys
 from functools import cache
 from pathlib import Path
 
+import asyncpg
 import pytest
 
 from service.cli.main import _parser
 from service.integrity.keys import load_or_create_private_key
 from service.settings import Settings
+from service.store.seals import seal_once
 
 ROOT = Path(__file__).resolve().parent.parent
 README = ROOT / "README.md"
@@ -169,8 +171,9 @@ def test_block_parser_reads_markers_and_outputs(tmp_path: Path) -> None:
 
 
 @pytest.fixture
-def example_dir(settings: Settings, tmp_path: Path) -> Path:
-    """A folder as `make run` leaves it: `.auditq/env` naming this test's servers and queue."""
+async def example_dir(settings: Settings, tmp_path: Path) -> Path:
+    """A folder as `make run` leaves it: `.auditq/env` naming this test's servers and queue,
+    the seal key, and everything stored so far sealed (as its worker does within seconds)."""
     assert settings.redis_url and settings.database_url
     folder = tmp_path / "app"
     data = folder / ".auditq"
@@ -181,7 +184,13 @@ def example_dir(settings: Settings, tmp_path: Path) -> Path:
         f"AUDITQ_QUEUE={settings.queue}\n"
     )
     (data / "env").write_text(urls)
-    load_or_create_private_key(data / "seal-key")  # `auditq run` makes it before it says "running"
+    key = load_or_create_private_key(data / "seal-key")  # made before "running" is said
+    conn = await asyncpg.connect(settings.database_url)
+    try:
+        while await seal_once(conn, key) is not None:
+            pass
+    finally:
+        await conn.close()
     (data / "producer.env").write_text(
         f"AUDITQ_REDIS_URL={settings.redis_url}\nAUDITQ_QUEUE={settings.queue}\n"
     )
