@@ -202,12 +202,12 @@ class Side:
 @contextlib.contextmanager
 def without_redaction(events: ModuleType) -> Iterator[None]:
     """The redaction pre-check of `events` answers "nothing to redact", at no cost."""
-    saved = events.may_hold_secret_json
-    events.may_hold_secret_json = lambda data, extra_keys=frozenset(): False
+    saved = events.json_precheck
+    events.json_precheck = lambda data, extra_keys=frozenset(): (False, False)
     try:
         yield
     finally:
-        events.may_hold_secret_json = saved
+        events.json_precheck = saved
 
 
 NOWAIT_SLICE = 500  # calls timed at a stretch before the next variant's turn

@@ -73,3 +73,33 @@ def test_translation_keeps_the_meaning(go: str, portable: str, hit: str, miss: s
 def test_an_untranslatable_expression_is_refused() -> None:
     with pytest.raises(Untranslatable):
         translate(r"\p{Greek}+")
+
+
+def test_the_precheck_without_hyperscan_agrees_with_it() -> None:
+    """Where hyperscan has no wheel the Aho-Corasick automaton decides: the same verdicts."""
+    import copy
+
+    import msgspec
+
+    from bench.producer import audit_event
+    from service import redaction
+    from service.events import AuditEvent, encode
+    from tests.test_secrets_redteam import Planted, real_world_shapes, second_shapes
+
+    precheck = redaction._Precheck(frozenset())
+    if precheck.scanner is None:
+        pytest.skip("hyperscan is not installed here")
+    fallback = copy.copy(precheck)
+    fallback.scanner = None
+    planted = Planted()
+    events = [audit_event("bench", i) for i in range(200)]
+    events += [
+        msgspec.convert(e, AuditEvent)
+        for e in real_world_shapes(planted, "a") + second_shapes(planted, "b")
+    ]
+    for event in events:
+        data = encode(event)
+        text = data.decode()
+        assert redaction._needs_rules(precheck.verdict(data), text) == redaction._needs_rules(
+            fallback.verdict(data), text
+        ), text
