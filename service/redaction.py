@@ -50,6 +50,8 @@ remembered (an LRU cache), so a key costs a lookup. `python -m bench.redaction_c
 import functools
 import re
 import threading
+from collections.abc import Callable
+from typing import Any
 from urllib.parse import unquote
 
 import ahocorasick_rs
@@ -311,21 +313,13 @@ class _Scanner:
             flags=[flags] * len(expressions),
         )
         self.local = threading.local()  # a scratch space per thread, as hyperscan needs
+        self.on_match = _verdict_callback(stem_count, self.card)
 
     def scan(self, data: bytes) -> int:
-        verdict = 0
-
-        def on_match(index: int, start: int, end: int, flags: int, context: object) -> bool:
-            nonlocal verdict
-            if index >= self.card:
-                verdict |= _CARDS | _STEMS
-                return True  # stop: every rule must run, cards included
-            verdict |= _STEMS if index < self.stem_count else _KEYWORDS
-            return False  # on, to learn whether a card number may be there too
-
+        found = [0]  # the verdict's bits, set by on_match
         try:
             # The database's own scratch space first: the common case, and the fastest.
-            self.db.scan(data, match_event_handler=on_match)
+            self.db.scan(data, match_event_handler=self.on_match, context=found)
         except hyperscan.ScanTerminated:
             pass  # on_match stopped it: the verdict is in
         except hyperscan.ScratchInUseError:
@@ -333,12 +327,29 @@ class _Scanner:
             scratch = getattr(self.local, "scratch", None)
             if scratch is None:
                 scratch = self.local.scratch = hyperscan.Scratch(self.db)
-            verdict = 0
+            found[0] = 0
             try:
-                self.db.scan(data, match_event_handler=on_match, scratch=scratch)
+                self.db.scan(
+                    data, match_event_handler=self.on_match, context=found, scratch=scratch
+                )
             except hyperscan.ScanTerminated:
                 pass
-        return verdict
+        return found[0]
+
+
+def _verdict_callback(
+    stem_count: int, card: int
+) -> Callable[[int, int, int, int, Any], bool]:
+    """Hyperscan's match handler for a database of stems, then keywords, then card shapes."""
+
+    def on_match(index: int, start: int, end: int, flags: int, found: Any) -> bool:
+        if index >= card:
+            found[0] |= _CARDS | _STEMS
+            return True  # stop: every rule must run, cards included
+        found[0] |= _STEMS if index < stem_count else _KEYWORDS
+        return False  # on, to learn whether a card number may be there too
+
+    return on_match
 
 
 _PRECHECK = _Precheck(frozenset())
@@ -620,7 +631,7 @@ def _redact_text_pairs(text: str, extra_keys: frozenset[str]) -> str:
         text = _redact_after(text, _FLAG_RE, extra_keys)
     if "," in text:
         text = _redact_after(text, _QUOTED_PAIR_RE, extra_keys)
-    if "," in text or "=" in text:
+    if ("," in text or "=" in text) and _PAIR_VALUE_HINT_RE.search(text):
         text = _redact_after(text, _NAME_VALUE_RE, extra_keys)
     if "</" in text:
         text = _XML_RE.sub(lambda m: _redact_xml(m, extra_keys), text)
@@ -730,11 +741,15 @@ def _redact_pairs(text: str, extra_keys: frozenset[str]) -> str:
 
 
 def _redact_after(text: str, pattern: re.Pattern[str], extra_keys: frozenset[str]) -> str:
-    """Replace the value that follows each match of `pattern` whose "key" is sensitive."""
+    """Replace the value that follows each match of `pattern` whose "key" is sensitive (and,
+    for _NAME_VALUE_RE, whose "nm" and "vn" are a pair's name and value fields)."""
     out: list[str] = []
     pos = 0
+    pairs = pattern is _NAME_VALUE_RE
     for match in pattern.finditer(text):
         if match.start() < pos or not is_sensitive_key(match["key"], extra_keys):
+            continue
+        if pairs and (_pair_role(match["nm"]) != _NAME or _pair_role(match["vn"]) != _VALUE):
             continue
         value = _VALUE_RE.match(text, match.end())
         if value is None or value.end() == match.end():
@@ -757,15 +772,16 @@ _QUOTED_PAIR_RE = re.compile(
     r"(?P<key>[\w.-]+)(?:(?P=kq)|(?P=fq))[ \t]*,[ \t]*"
 )
 # A name/value pair as text: "name": "DB_PASSWORD", "value": … (k8s env, HAR, AWS tags).
-# Also as XML attributes (<add key="ApiKey" value="…"/>) and with a prefix (ParameterKey).
+# Also as XML attributes (<add key="ApiKey" value="…"/>) and with a prefix (ParameterKey):
+# "nm" must be a pair name and "vn" a pair value (_pair_role), "key" a sensitive name.
 _NAME_VALUE_RE = re.compile(
-    r"(?<![\w.-])(?P<nq>\\?[\"']?)[\w.-]*?(?:"
-    + "|".join(sorted(PAIR_NAMES))
-    + r")(?P=nq)[ \t]*[:=][ \t]*(?P<kq>\\?[\"'])(?P<key>[^\"'\\\n]{1,100})(?P=kq)"
-    + r"[ \t]*[,;]?[ \t]*(?P<vq>\\?[\"']?)[\w.-]*?(?:"
-    + "|".join(sorted(PAIR_VALUES))
-    + r")(?P=vq)[ \t]*[:=][ \t]*",
-    re.IGNORECASE,
+    r"(?<![\w.-])(?P<nq>\\?[\"']?)(?P<nm>[\w.-]{1,60})(?P=nq)[ \t]*[:=][ \t]*"
+    r"(?P<kq>\\?[\"'])(?P<key>[^\"'\\\n]{1,100})(?P=kq)[ \t]*[,;]?[ \t]*"
+    r"(?P<vq>\\?[\"']?)(?P<vn>[\w.-]{1,60})(?P=vq)[ \t]*[:=][ \t]*"
+)
+# A pair value word in any case: no _NAME_VALUE_RE match without one.
+_PAIR_VALUE_HINT_RE = re.compile(
+    "|".join(sorted(v for v in PAIR_VALUES if len(v) > 1)) + r"|\bv\b", re.IGNORECASE
 )
 _PAIR_VALUE_NEXT_RE = re.compile(
     r"\\?[\"']?[ \t]*[,;]?[ \t]*(?P<vq>\\?[\"']?)[\w.-]*?(?:"
