@@ -210,16 +210,25 @@ _is_sensitive_key_cached = functools.lru_cache(maxsize=8192)(_is_sensitive_key)
 # `x-auth`, `connect.sid`, `auth=`), so that an `auth.login` action (and its presentation
 # code `audit.auth.login`) leaves the event alone.
 _SHORT_FINAL_WORDS = ("auth", "sid")
-STEMS: tuple[str, ...] = (
+_HAND_STEMS: tuple[str, ...] = (
     *("pass", "pwd", "pw", "secret", "token", "cookie", "cred", "authoriz", "jwt", "otp"),
     *("key", "session", "sessid", "backup", "recovery", "2fa", "mfa", "sig", "bearer"),
-    *("basic", "-----", "://", "%3a%2f%2f", "%253a", "cvv", "cvc", "csc"),
+    *("basic", "-----", "://", "%3a%2f%2f", "%253a"),
     *(
         stem
         for word in _SHORT_FINAL_WORDS
         for stem in (f'{word}":', f"{word}':", f'{word}\\"', f"{word}=", f"{word}:", f"{word}>")
     ),
     *("-auth", "_auth", "-sid", "_sid", ".sid"),
+)
+# Every word of the rule data that holds none of the stems above is a stem itself.
+STEMS: tuple[str, ...] = (
+    *_HAND_STEMS,
+    *sorted(
+        word
+        for word in {*SECRET_WORDS, *SECRET_ENDINGS, *FINAL_WORDS} - set(_SHORT_FINAL_WORDS)
+        if not any(stem in word for stem in _HAND_STEMS)
+    ),
 )
 # A card number: 13 to 19 digits, maybe in groups (4-4-4-4, 4-6-5), starting with 2-6.
 _CARD_RE = re.compile(
@@ -337,9 +346,7 @@ class _Scanner:
         return found[0]
 
 
-def _verdict_callback(
-    stem_count: int, card: int
-) -> Callable[[int, int, int, int, Any], bool]:
+def _verdict_callback(stem_count: int, card: int) -> Callable[[int, int, int, int, Any], bool]:
     """Hyperscan's match handler for a database of stems, then keywords, then card shapes."""
 
     def on_match(index: int, start: int, end: int, flags: int, found: Any) -> bool:

@@ -103,3 +103,14 @@ def test_the_precheck_without_hyperscan_agrees_with_it() -> None:
         assert redaction._needs_rules(precheck.verdict(data), text) == redaction._needs_rules(
             fallback.verdict(data), text
         ), text
+
+
+@pytest.mark.parametrize("word", sorted({*DATA["keys"]["words"], *DATA["keys"]["final_words"]}))
+def test_every_key_the_rule_data_names_passes_the_precheck(word: str) -> None:
+    """A key the key rule redacts must get past the one-pass pre-check, in JSON and text."""
+    from service.redaction import is_sensitive_key, may_hold_secret, may_hold_secret_json
+
+    for key in (word, f"x_{word}", f"x-{word}", word.upper(), f"my.{word}"):
+        if is_sensitive_key(key):
+            assert may_hold_secret_json(json.dumps({key: "v4lue"}).encode()), key
+            assert may_hold_secret(f"{key}=v4lue") and may_hold_secret(f"{key}: v4lue"), key
