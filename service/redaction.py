@@ -519,8 +519,12 @@ _PAIR_MAX_ITEMS = 8  # a name/value pair is a small mapping (a HAR entry adds a 
 _NAME, _VALUE = 1, 2  # what a key is in a name/value pair, by its last word
 
 
-@functools.lru_cache(maxsize=4096)
 def _pair_role(key: str) -> int:
+    """What `key` is in a name/value pair (remembered for keys of ordinary length)."""
+    return _pair_role_cached(key) if len(key) <= _CACHED_KEY_MAX_CHARS else _role(key)
+
+
+def _role(key: str) -> int:
     """_NAME for "name", "Key", "ParameterKey", "attributeName"…; _VALUE for "value",
     "Value", "tagValue"…; else 0 (the words: PAIR_NAMES, PAIR_VALUES)."""
     words = key_words(key)
@@ -529,18 +533,43 @@ def _pair_role(key: str) -> int:
     return _NAME if words[-1] in PAIR_NAMES else _VALUE if words[-1] in PAIR_VALUES else 0
 
 
+_pair_role_cached = functools.lru_cache(maxsize=4096)(_role)
+
+
+def _pair_fields(keys: tuple[object, ...]) -> tuple[str, ...] | None:
+    """The name fields of a mapping with these keys when it is name/value shaped (it has a
+    value field), else None."""
+    roles = [(key, _pair_role(key)) for key in keys if isinstance(key, str)]
+    if not any(role == _VALUE for _, role in roles):
+        return None
+    return tuple(key for key, role in roles if role == _NAME)
+
+
 def _pair_roles(mapping: dict[object, object], extra_keys: frozenset[str]) -> tuple[bool, bool]:
     """Whether a mapping is name/value shaped, and whether its name is sensitive."""
     if not 1 < len(mapping) <= _PAIR_MAX_ITEMS:
         return False, False
-    roles = [(_pair_role(key), item) for key, item in mapping.items() if isinstance(key, str)]
-    if not any(role == _VALUE for role, _ in roles):
+    names = _pair_fields(tuple(mapping))
+    if names is None:
         return False, False
     secret = any(
-        role == _NAME and isinstance(item, str) and is_sensitive_key(item, extra_keys)
-        for role, item in roles
+        isinstance(item := mapping[name], str) and is_sensitive_key(item, extra_keys)
+        for name in names
     )
     return True, secret
+
+
+def _key_may_hold_secret(key: str, extra_keys: frozenset[str], cards: bool) -> bool:
+    """may_hold_secret of a mapping key, remembered for keys of ordinary length: keys
+    repeat from event to event."""
+    if len(key) > _CACHED_KEY_MAX_CHARS:
+        return may_hold_secret(key, extra_keys, cards=cards)
+    return _key_may_hold_secret_cached(key, extra_keys, cards)
+
+
+@functools.lru_cache(maxsize=8192)
+def _key_may_hold_secret_cached(key: str, extra_keys: frozenset[str], cards: bool) -> bool:
+    return may_hold_secret(key, extra_keys, cards=cards)
 
 
 def _redact_mapping(
@@ -575,7 +604,7 @@ def _redact_mapping(
             new: object = item if item == REDACTED else REDACTED  # redacted already: kept
         else:
             new = _redact(item, extra_keys, depth + 1, cards)
-            if isinstance(key, str):
+            if isinstance(key, str) and _key_may_hold_secret(key, extra_keys, cards):
                 # A key can be a credential itself ({"ghp_…": true}).
                 new_key = redact_sensitive_in_string(key, extra_keys, cards=cards)
         changed = changed or new is not item or new_key is not key
