@@ -323,6 +323,14 @@ class _Scanner:
         )
         self.local = threading.local()  # a scratch space per thread, as hyperscan needs
         self.on_match = _verdict_callback(stem_count, self.card)
+        # The same patterns reporting where each match starts, for many events at once.
+        self.located = hyperscan.Database()
+        self.located.compile(
+            expressions=expressions,
+            ids=list(range(len(expressions))),
+            elements=len(expressions),
+            flags=[hyperscan.HS_FLAG_CASELESS | hyperscan.HS_FLAG_SOM_LEFTMOST] * len(expressions),
+        )
 
     def scan(self, data: bytes) -> int:
         found = [0]  # the verdict's bits, set by on_match
@@ -343,6 +351,29 @@ class _Scanner:
                 )
             except hyperscan.ScanTerminated:
                 pass
+        return found[0]
+
+    def scan_outside_uuids(self, data: bytes) -> int:
+        """scan() of JSON text, matches inside UUID string values left out."""
+        found = [0]
+        stem_count, card = self.stem_count, self.card
+
+        def on_match(index: int, start: int, end: int, flags: int, context: object) -> bool:
+            if _inside_uuid(data, start, end):
+                return False
+            if index < stem_count or index >= card:
+                found[0] |= _STEMS | (_CARDS if index >= card else 0)
+                return True  # stop: the events must go the slow way
+            found[0] |= _KEYWORDS
+            return False
+
+        scratch = getattr(self.local, "located", None)
+        if scratch is None:
+            scratch = self.local.located = hyperscan.Scratch(self.located)
+        try:
+            self.located.scan(data, match_event_handler=on_match, scratch=scratch)
+        except hyperscan.ScanTerminated:
+            pass
         return found[0]
 
 
@@ -411,29 +442,44 @@ _UUID_VALUE_CHARS = 38  # with its quotes
 def may_hold_secret_json_text(data: bytes, extra_keys: frozenset[str] = frozenset()) -> bool:
     """may_hold_secret_json over JSON text without a backslash (so every quote delimits a
     string) of any length, e.g. many events: False means no string of it needs redaction.
-    Stems and keywords found only inside string values that are UUIDs (ids) do not count."""
+    Stems, keywords and card shapes found only inside string values that are UUIDs (ids) do
+    not count."""
     precheck = _precheck_for(extra_keys) if extra_keys else _PRECHECK
-    low = data.lower()
-    keywords = False
-    for index, start, end in precheck.data.find_matches_as_indexes(low):
-        around = max(0, start - _UUID_VALUE_CHARS)
-        inside = any(
-            m.start() < start and end < m.end()
-            for m in _UUID_VALUE.finditer(data, around, end + _UUID_VALUE_CHARS)
-        )
-        if inside:
-            continue
-        if index < precheck.stem_count:
-            return True
-        keywords = True
-    if _CARD_DIGITS in data.translate(_DIGITS_TO_0, b" -") and _has_card(data):
+    if precheck.scanner is not None:
+        verdict = precheck.scanner.scan_outside_uuids(data)
+    else:
+        verdict = _verdict_outside_uuids(precheck, data)
+    if verdict & (_STEMS | _CARDS):
         return True
-    if keywords:
-        if precheck.stems_data.find_matches_as_indexes(low):
-            return True  # a stem a keyword's match hid (UUIDs aside: the slow way is safe)
+    if verdict:
         text = data.decode(errors="replace")
         return bool(token_spans(text, text.lower()))
     return False
+
+
+def _inside_uuid(data: bytes, start: int, end: int) -> bool:
+    around = max(0, start - _UUID_VALUE_CHARS)
+    return any(
+        m.start() < start and end < m.end()
+        for m in _UUID_VALUE.finditer(data, around, end + _UUID_VALUE_CHARS)
+    )
+
+
+def _verdict_outside_uuids(precheck: _Precheck, data: bytes) -> int:
+    """The Aho-Corasick way of _Scanner.scan_outside_uuids (slower: where no hyperscan)."""
+    low = data.lower()
+    verdict = 0
+    for index, start, end in precheck.data.find_matches_as_indexes(low):
+        if _inside_uuid(data, start, end):
+            continue
+        if index < precheck.stem_count:
+            return _STEMS
+        verdict = _KEYWORDS
+    if _CARD_DIGITS in data.translate(_DIGITS_TO_0, b" -") and _has_card(data):
+        return _CARDS
+    if verdict and precheck.stems_data.find_matches_as_indexes(low):
+        return _STEMS  # a stem a keyword's match hid (UUIDs aside: the slow way is safe)
+    return verdict
 
 
 def _has_card(data: bytes) -> bool:

@@ -114,3 +114,27 @@ def test_every_key_the_rule_data_names_passes_the_precheck(word: str) -> None:
         if is_sensitive_key(key):
             assert may_hold_secret_json(json.dumps({key: "v4lue"}).encode()), key
             assert may_hold_secret(f"{key}=v4lue") and may_hold_secret(f"{key}: v4lue"), key
+
+
+def test_a_batch_of_clean_events_passes_the_worker_precheck_and_a_secret_does_not() -> None:
+    """The worker's check of a whole job (many events, many UUIDs): clean stays clean, a
+    card number or a token anywhere in it is seen, with hyperscan and without."""
+    import copy
+
+    import msgspec
+
+    from bench.producer import audit_event
+    from service import redaction
+    from service.events import finalize
+
+    events = [msgspec.to_builtins(finalize(audit_event("bench", i))[0]) for i in range(300)]
+    fallback = copy.copy(redaction._PRECHECK)
+    fallback.scanner = None
+    for planted in (None, "card 4111 1111 1111 1111", "ghp_" + "a1B2" * 9, "db_password=x1"):
+        batch = copy.deepcopy(events)
+        if planted:
+            batch[150]["metadata"]["note"] = planted
+        data = json.dumps(batch, separators=(",", ":")).encode()
+        assert redaction.may_hold_secret_json_text(data) is bool(planted)
+        verdict = redaction._verdict_outside_uuids(fallback, data)
+        assert redaction._needs_rules(verdict, data.decode()) is bool(planted)
