@@ -709,7 +709,7 @@ def _redact_tokens(text: str, low: str) -> str:
 
 def _redact_text_pairs(text: str, extra_keys: frozenset[str]) -> str:
     """Pairs whose name and value stand apart: flags, quoted pairs, XML, YAML lists."""
-    if "-" in text:
+    if text.startswith("-") or any(blank in text for blank in _BLANK_DASHES):
         text = _redact_after(text, _FLAG_RE, extra_keys)
     if "," in text:
         text = _redact_after(text, _QUOTED_PAIR_RE, extra_keys)
@@ -845,7 +845,9 @@ def _redact_after(text: str, pattern: re.Pattern[str], extra_keys: frozenset[str
     return "".join(out)
 
 
-# `--password SECRET`, `-token SECRET` (the `=` form is a pair of _KEY_RE).
+# `--password SECRET`, `-token SECRET` (the `=` form is a pair of _KEY_RE); a flag starts
+# the text or follows a blank.
+_BLANK_DASHES = (" -", "\t-", "\n-", "\r-")
 _FLAG_RE = re.compile(r"(?<![\w-])--?(?P<key>[A-Za-z][\w.-]*)[ \t]+(?=[^\s-])")
 # A quoted name opening a list, a comma, a value: header tuples as text ('authorization',
 # '…'); and a quoted flag anywhere in a list: argv lists ("--password", "…").
