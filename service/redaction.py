@@ -404,6 +404,10 @@ def may_hold_secret(
     """The cheap pre-check: False means no rule can change `text` (without `cards`: no rule
     but the card numbers')."""
     precheck = _precheck_for(extra_keys) if extra_keys else _PRECHECK
+    if not precheck.text.find_matches_as_indexes(text.lower()) and not (
+        cards and len(text) >= _CARD_MIN_CHARS and _CARD_QUICK_RE.search(text) is not None
+    ):
+        return False  # the common case, decided by one automaton call
     return _needs_rules(precheck.text_verdict(text, cards=cards), text)
 
 
