@@ -310,7 +310,9 @@ class _Scanner:
 
     def __init__(self, patterns: list[str], stem_count: int) -> None:
         assert hyperscan is not None
-        expressions = [re.escape(p).encode() for p in patterns] + [_CARD_HINT, _AMEX_HINT]
+        # The card shapes must not start inside an id (UUIDs hold runs of digits and dashes).
+        cards = [rb"(?:^|[^0-9a-z-])" + hint for hint in (_CARD_HINT, _AMEX_HINT)]
+        expressions = [re.escape(p).encode() for p in patterns] + cards
         self.card = len(patterns)
         self.stem_count = stem_count
         flags = hyperscan.HS_FLAG_CASELESS | hyperscan.HS_FLAG_SINGLEMATCH
