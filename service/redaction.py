@@ -683,6 +683,9 @@ def redact_sensitive_in_string(
         text = _PEM_RE.sub(REDACTED, text)
     if "://" in text:
         text = _redact_url_passwords(text)
+    if ("," in text or "=" in text) and _PAIR_VALUE_HINT_RE.search(text):
+        # Before the key rule, which may redact the name ("Key": "api_token") first.
+        text = _redact_value_before_name(text, extra_keys)
     text = _redact_pairs(text, extra_keys)
     if "://" in text:
         # Redacting a pair value can splice a URL password onto its "@": look again.
@@ -869,6 +872,42 @@ _NAME_VALUE_RE = re.compile(
     r"(?P<kq>\\?[\"'])(?P<key>[^\"'\\\n]{1,100})(?P=kq)[ \t]*[,;]?[ \t]*"
     r"(?P<vq>\\?[\"']?)(?P<vn>[\w.-]{1,60})(?P=vq)[ \t]*[:=][ \t]*"
 )
+# The same pair with its value first ("value": "…", "name": "DB_PASSWORD").
+_PAIR_FIELD_RE = re.compile(
+    r"(?<![\w.-])(?P<q>\\?[\"']?)(?P<field>[\w.-]{1,60})(?P=q)[ \t]*[:=][ \t]*"
+)
+_NAME_AFTER_RE = re.compile(
+    r"[ \t]*[,;]?[ \t]*(?P<nq>\\?[\"']?)(?P<nm>[\w.-]{1,60})(?P=nq)[ \t]*[:=][ \t]*"
+    r"(?P<kq>\\?[\"'])(?P<key>[^\"'\\\n]{1,100})(?P=kq)"
+)
+
+
+def _redact_value_before_name(text: str, extra_keys: frozenset[str]) -> str:
+    """Replace the value of a pair written value first, whose name is sensitive."""
+    out: list[str] = []
+    pos = 0
+    for field in _PAIR_FIELD_RE.finditer(text):
+        if field.start() < pos or _pair_role(field["field"]) != _VALUE:
+            continue
+        value = _VALUE_RE.match(text, field.end())
+        if value is None or value.end() == field.end() or value[0] == REDACTED:
+            continue
+        name = _NAME_AFTER_RE.match(text, value.end())
+        if (
+            name is None
+            or _pair_role(name["nm"]) != _NAME
+            or not is_sensitive_key(name["key"], extra_keys)
+        ):
+            continue
+        quote = value["q"] or value["eq"] or ""
+        out += (text[pos : field.end()], quote, REDACTED, quote)
+        pos = value.end()
+    if not out:
+        return text
+    out.append(text[pos:])
+    return "".join(out)
+
+
 # A pair value word in any case: no _NAME_VALUE_RE match without one.
 _PAIR_VALUE_HINT_RE = re.compile(
     "|".join(sorted(v for v in PAIR_VALUES if len(v) > 1)) + r"|\bv\b", re.IGNORECASE
