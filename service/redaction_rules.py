@@ -11,7 +11,6 @@ design); only those run. docs/redaction.md describes what is caught and what it 
 
 from __future__ import annotations
 
-import functools
 import importlib.resources
 import json
 import math
@@ -152,9 +151,3 @@ def token_spans(text: str, lowered: str) -> list[tuple[int, int]]:
         else:
             merged.append((start, end))
     return merged
-
-
-@functools.lru_cache(maxsize=1)
-def rule_count() -> int:
-    """How many credential formats are known (for docs and the CLI)."""
-    return len(TOKEN_RULES)
