@@ -338,7 +338,8 @@ class _Scanner:
         found = [0]  # the verdict's bits, set by on_match
         try:
             # The database's own scratch space first: the common case, and the fastest.
-            self.db.scan(data, match_event_handler=self.on_match, context=found)
+            # Positional arguments: the binding parses keywords slower than the scan runs.
+            self.db.scan(data, self.on_match, 0, found)
         except hyperscan.ScanTerminated:
             pass  # on_match stopped it: the verdict is in
         except hyperscan.ScratchInUseError:
@@ -424,10 +425,11 @@ def json_precheck(data: bytes, extra_keys: frozenset[str] = frozenset()) -> tupl
     """The pre-check over a whole encoded event, in one pass: whether any rule may change a
     string of it, and whether a card number may be in it (pass it on as `cards`)."""
     precheck = _precheck_for(extra_keys) if extra_keys else _PRECHECK
-    verdict = precheck.verdict(data)
+    scanner = precheck.scanner
+    verdict = scanner.scan(data) if scanner is not None else precheck.verdict(data)
     if verdict == _KEYWORDS:
         return _needs_rules(verdict, data.decode(errors="replace")), False
-    return bool(verdict), bool(verdict & _CARDS)
+    return verdict != 0, verdict & _CARDS != 0
 
 
 def may_hold_secret_json(data: bytes, extra_keys: frozenset[str] = frozenset()) -> bool:
