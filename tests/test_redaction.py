@@ -62,7 +62,7 @@ STRING_CASES = [
     ("--client-secret=cs7 --v", "--client-secret=[REDACTED] --v", "cs7"),
     (
         "https://x/cb?code=1&access_token=at8&state=2",
-        "https://x/cb?code=1&access_token=[REDACTED]&state=2",
+        "https://x/cb?code=[REDACTED]&access_token=[REDACTED]&state=2",
         "at8",
     ),
     (
@@ -382,6 +382,7 @@ KEY_WORD_CASES = [
             "X-Amz-Signature",
             "pass",
             "paSSwD",
+            "session",  # a session cookie's usual name
         )
     ],
     *[
@@ -401,7 +402,6 @@ KEY_WORD_CASES = [
             "bypass",
             "secretary",
             "keyboard",
-            "session",
             "monkey",
         )
     ],
