@@ -61,6 +61,9 @@ class Settings:
     # Erasure (docs/erasure.md): an entity of these types whose id is the subject is the subject.
     subject_entity_types: frozenset[str] = frozenset({"user"})
 
+    # Destinations (docs/destinations.md): the longest pause between delivery attempts.
+    destination_retry_max_s: float = 60.0
+
     @classmethod
     def from_env(
         cls, environ: Mapping[str, str] | None = None, *, published: bool = True
@@ -118,6 +121,7 @@ class Settings:
             sealing=env.get("AUDITQ_SEAL", "on").strip().lower() != "off",
             max_future_s=_float(env, "AUDITQ_MAX_FUTURE_S", 300.0),
             subject_entity_types=_names(env, "AUDITQ_SUBJECT_ENTITY_TYPES", frozenset({"user"})),
+            destination_retry_max_s=_float(env, "AUDITQ_DESTINATION_RETRY_MAX_S", 60.0),
         )
 
     def with_server_spool(self) -> Settings:

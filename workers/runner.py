@@ -31,7 +31,7 @@ from service.settings import Settings
 from service.store import db
 from service.store.partitions import ensure_partitions
 from service.store.secrets import read_secret
-from workers import heartbeat, rollup, sealer
+from workers import delivery, heartbeat, rollup, sealer
 from workers.arq_redis import arq_settings, create_arq_pool
 from workers.erased import ErasedSubjects
 from workers.job import store_events
@@ -72,6 +72,9 @@ async def _startup(ctx: dict[str, Any]) -> None:
             sealer.run(state.pool, seal_key, interval_s=settings.seal_interval_s),
             name="auditq-sealer",
         )
+    state._delivery = asyncio.get_running_loop().create_task(
+        delivery.run(settings), name="auditq-delivery"
+    )
     if state.audit_lifecycle:
         provenance = Provenance(via=MAINTENANCE_VIA, key=key, task_prefix="worker")
         state.client = AuditClient.from_settings(state.settings, provenance=provenance)
@@ -86,7 +89,7 @@ async def _shutdown(ctx: dict[str, Any]) -> None:
         await state.client.aclose()
     if state._probe is not None:
         state._probe.cancel()
-    for task in (state._sealer, state._rollup):
+    for task in (state._sealer, state._rollup, state._delivery):
         if task is not None:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -282,7 +285,7 @@ async def stop_worker(worker: Worker, *, grace: float = SHUTDOWN_GRACE) -> None:
 async def _close_without_redis(worker: Worker) -> None:
     """Let go of what arq's close did not reach: the database pool, the Redis connections."""
     state = worker_state(worker)
-    for task in (state._probe, state._heartbeat, state._sealer, state._rollup):
+    for task in (state._probe, state._heartbeat, state._sealer, state._rollup, state._delivery):
         if task is not None:
             task.cancel()
     if state.pool is not None:

@@ -68,6 +68,7 @@ class WorkerState:
     _heartbeat: asyncio.Task[None] | None = None
     _sealer: asyncio.Task[None] | None = None
     _rollup: asyncio.Task[None] | None = None
+    _delivery: asyncio.Task[None] | None = None  # destinations (workers/delivery.py)
 
     def trip(self, exc: BaseException) -> None:
         """Open the breaker: stop taking jobs and probe the database until it answers."""
