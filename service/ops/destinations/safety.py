@@ -1,5 +1,5 @@
-"""Where a destination may point: never at link-local or cloud-metadata addresses, and not at
-private, loopback or other non-public ones unless the destination allows private addresses.
+"""Where a destination may point: not at link-local or cloud-metadata addresses, nor at
+private, loopback or other non-public ones, unless the destination allows private addresses.
 
 Checked when a destination is added or changed, and again at every connection (the name is
 resolved then, and each address it resolves to is checked: a name that later resolves
@@ -42,11 +42,15 @@ def check_address(address: str, *, allow_private: bool) -> None:
     ip = ipaddress.ip_address(address.split("%", 1)[0])
     if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
         ip = ip.ipv4_mapped  # ::ffff:169.254.169.254 is 169.254.169.254
-    if any(ip in net for net in METADATA):
-        raise UnsafeDestination(f"{address} is link-local or a cloud metadata address")
     if ip.is_unspecified or ip.is_multicast:
         raise UnsafeDestination(f"{address} is not an address a destination can use")
-    if not ip.is_global and not allow_private:
+    if allow_private:
+        return
+    if any(ip in net for net in METADATA):
+        raise UnsafeDestination(
+            f"{address} is link-local or a cloud metadata address: allow it with --allow-private"
+        )
+    if not ip.is_global:
         raise UnsafeDestination(
             f"{address} is a private or loopback address: allow it with --allow-private"
         )

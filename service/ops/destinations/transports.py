@@ -37,6 +37,11 @@ _encoder = msgspec.json.Encoder()
 class DeliveryError(Exception):
     """The receiver did not acknowledge; the message says why (no secret in it)."""
 
+    def __init__(self, message: str, *, status: int | None = None, reply: str = "") -> None:
+        super().__init__(message)
+        self.status = status  # the receiver's HTTP status, when it answered
+        self.reply = reply  # and its answer
+
 
 class Reply(msgspec.Struct, frozen=True, kw_only=True):
     """What the receiver answered to an acknowledged batch."""
@@ -124,7 +129,7 @@ class Webhook(_Http):
             headers[SIGNATURE_HEADER] = signature(self.secret, body)
         status, reply = await self.post(self.destination.url, body, headers)
         if not 200 <= status < 300:
-            raise DeliveryError(_safe(f"HTTP {status}: {reply[:300]}"))
+            raise DeliveryError(_safe(f"HTTP {status}: {reply[:300]}"), status=status, reply=reply)
         return Reply(status=status, body=reply)
 
 
@@ -160,13 +165,13 @@ class SplunkHec(_Http):
             headers["Authorization"] = f"Splunk {self.secret}"
         status, reply = await self.post(self.url(), b"\n".join(lines), headers)
         if status != 200:
-            raise DeliveryError(_safe(f"HEC {status}: {reply[:300]}"))
+            raise DeliveryError(_safe(f"HEC {status}: {reply[:300]}"), status=status, reply=reply)
         try:
             answer = msgspec.json.decode(reply)
         except msgspec.DecodeError:
             raise DeliveryError(_safe(f"HEC {status}, not JSON: {reply[:300]}")) from None
         if not isinstance(answer, dict) or answer.get("code") != 0:
-            raise DeliveryError(_safe(f"HEC refused: {reply[:300]}"))
+            raise DeliveryError(_safe(f"HEC refused: {reply[:300]}"), status=status, reply=reply)
         return Reply(status=status, body=reply)
 
 
@@ -191,7 +196,9 @@ class Elasticsearch(_Http):
             headers["Authorization"] = f"ApiKey {self.secret}"
         status, reply = await self.post(url, body, headers)
         if status != 200:
-            raise DeliveryError(_safe(f"Elasticsearch {status}: {reply[:300]}"))
+            raise DeliveryError(
+                _safe(f"Elasticsearch {status}: {reply[:300]}"), status=status, reply=reply
+            )
         try:
             answer = msgspec.json.decode(reply)
         except msgspec.DecodeError:
@@ -210,7 +217,9 @@ class Elasticsearch(_Http):
             error = outcome.get("error") if isinstance(outcome, dict) else None
             reason = error.get("reason") if isinstance(error, dict) else error
             raise DeliveryError(
-                _safe(f"Elasticsearch refused {outcome.get('_id')}: {item_status} {reason}")
+                _safe(f"Elasticsearch refused {outcome.get('_id')}: {item_status} {reason}"),
+                status=status,
+                reply=reply,
             )
         return Reply(status=status, body=reply)
 
