@@ -24,6 +24,7 @@ class Receiver:
         self.refused = 0
         self.bad_signatures = 0
         self.es_docs: dict[str, Any] = {}  # Elasticsearch: documents by _id
+        self.es_reject: set[str] = set()  # Elasticsearch: ids answered with a per-item 400
         app = web.Application()
         app.router.add_post("/hook", self.webhook)
         app.router.add_post("/services/collector/event", self.hec)
@@ -115,6 +116,12 @@ class Receiver:
             action = json.loads(action_line)
             ((op, meta),) = action.items()
             doc_id = meta["_id"]
+            if doc_id in self.es_reject:
+                error = {"type": "document_parsing_exception", "reason": "failed to parse"}
+                results.append(
+                    {op: {"_index": meta["_index"], "_id": doc_id, "status": 400, "error": error}}
+                )
+                continue
             if op == "create" and doc_id in self.es_docs:
                 results.append(
                     {

@@ -31,6 +31,7 @@ SIGNATURE_HEADER = "X-Auditq-Signature"
 HTTP_TIMEOUT_S = 30.0  # seconds for one delivery request, connect included
 CONNECT_TIMEOUT_S = 10.0  # seconds to open a syslog connection
 REPLY_LIMIT = 2000  # characters of a receiver's reply kept (test answers, errors)
+MAX_REPLY_BYTES = 16 * 1024 * 1024  # the largest answer read (a _bulk answer of a full batch)
 _encoder = msgspec.json.Encoder()
 
 
@@ -105,8 +106,16 @@ class _Http:
             async with self.session().post(
                 url, data=body, headers=headers, allow_redirects=False
             ) as response:
-                reply = (await response.text(errors="replace"))[:REPLY_LIMIT]
-                return response.status, reply
+                # Whole (a _bulk answer is read item by item), but bounded: a receiver's
+                # answer never takes more than MAX_REPLY_BYTES of the worker's memory.
+                answer = bytearray()
+                async for chunk in response.content.iter_chunked(65536):
+                    answer += chunk
+                    if len(answer) > MAX_REPLY_BYTES:
+                        raise DeliveryError(
+                            f"the receiver's answer exceeds {MAX_REPLY_BYTES} bytes"
+                        )
+                return response.status, answer.decode(errors="replace")
         except UnsafeDestination as exc:
             raise DeliveryError(f"refused: {exc}") from None
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
@@ -129,8 +138,10 @@ class Webhook(_Http):
             headers[SIGNATURE_HEADER] = signature(self.secret, body)
         status, reply = await self.post(self.destination.url, body, headers)
         if not 200 <= status < 300:
-            raise DeliveryError(_safe(f"HTTP {status}: {reply[:300]}"), status=status, reply=reply)
-        return Reply(status=status, body=reply)
+            raise DeliveryError(
+                _safe(f"HTTP {status}: {reply[:300]}"), status=status, reply=reply[:REPLY_LIMIT]
+            )
+        return Reply(status=status, body=reply[:REPLY_LIMIT])
 
 
 class SplunkHec(_Http):
@@ -165,14 +176,18 @@ class SplunkHec(_Http):
             headers["Authorization"] = f"Splunk {self.secret}"
         status, reply = await self.post(self.url(), b"\n".join(lines), headers)
         if status != 200:
-            raise DeliveryError(_safe(f"HEC {status}: {reply[:300]}"), status=status, reply=reply)
+            raise DeliveryError(
+                _safe(f"HEC {status}: {reply[:300]}"), status=status, reply=reply[:REPLY_LIMIT]
+            )
         try:
             answer = msgspec.json.decode(reply)
         except msgspec.DecodeError:
             raise DeliveryError(_safe(f"HEC {status}, not JSON: {reply[:300]}")) from None
         if not isinstance(answer, dict) or answer.get("code") != 0:
-            raise DeliveryError(_safe(f"HEC refused: {reply[:300]}"), status=status, reply=reply)
-        return Reply(status=status, body=reply)
+            raise DeliveryError(
+                _safe(f"HEC refused: {reply[:300]}"), status=status, reply=reply[:REPLY_LIMIT]
+            )
+        return Reply(status=status, body=reply[:REPLY_LIMIT])
 
 
 class Elasticsearch(_Http):
@@ -219,9 +234,9 @@ class Elasticsearch(_Http):
             raise DeliveryError(
                 _safe(f"Elasticsearch refused {outcome.get('_id')}: {item_status} {reason}"),
                 status=status,
-                reply=reply,
+                reply=reply[:REPLY_LIMIT],
             )
-        return Reply(status=status, body=reply)
+        return Reply(status=status, body=reply[:REPLY_LIMIT])
 
 
 class Syslog:
