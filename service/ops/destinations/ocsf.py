@@ -44,7 +44,8 @@ _ACTIVITIES: dict[str, dict[str, int]] = {
         "signout": 2,
         "ticket": 3,
         "service_ticket": 4,
-        "preauth": 7,
+        "ticket_renewed": 5,
+        "preauth": 6,
     },
     "account_change": {
         "created": 1,
@@ -186,7 +187,6 @@ def to_ocsf(item: Mapping[str, Any], overrides: Mapping[str, str] | None = None)
         if request and request.get("id"):
             event["api"]["request"] = {"uid": request["id"]}
         event["src_endpoint"] = _endpoint(request)
-        event["cloud"] = {"provider": "auditq"}
         entity = item.get("entity")
         if entity:
             event["resources"] = [
