@@ -29,6 +29,7 @@ class Receiver:
         app.router.add_post("/hook", self.webhook)
         app.router.add_post("/services/collector/event", self.hec)
         app.router.add_post("/_bulk", self.bulk)
+        app.router.add_post("/redirect", self.redirect)
         self.server = TestServer(app, host="127.0.0.1")
 
     async def __aenter__(self) -> Receiver:
@@ -60,6 +61,10 @@ class Receiver:
         assert isinstance(items, list)
         self.deliveries.append(items)
         return web.json_response({"received": len(items)})
+
+    async def redirect(self, request: web.Request) -> web.Response:
+        self.refused += 1
+        raise web.HTTPTemporaryRedirect("http://169.254.169.254/latest/meta-data/")
 
     async def hec(self, request: web.Request) -> web.Response:
         # Splunk HEC: `Authorization: Splunk <token>`; the body is JSON event objects one
