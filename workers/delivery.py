@@ -18,7 +18,9 @@ import random
 from typing import Any
 
 import asyncpg
+import msgspec
 
+from service.ops.destinations.formats import Item
 from service.ops.destinations.safety import UnsafeDestination
 from service.ops.destinations.transports import DeliveryError, Sender, make_sender
 from service.settings import Settings
@@ -31,10 +33,33 @@ logger = logging.getLogger(__name__)
 SUPERVISE_S = 1.0  # seconds between looks for destinations added or removed
 LOCK_RETRY_S = 2.0  # seconds between attempts at a destination another worker delivers
 IDLE_S = 0.2  # seconds between looks for new rows when a destination is caught up
+# A batch smaller than this means the destination is caught up: wait IDLE_S before the next,
+# so a stream of rows goes out in batches of a fifth of a second's rows, not a request per
+# statement (each batch costs a few queries and a request whatever its size).
+FULL_BATCH = 100
 PAUSED_S = 1.0  # seconds between looks at a paused destination
 BATCH_ROWS = 500  # rows read per batch (and at most sent in one request)
 RETRY_BASE_S = 0.5  # first backoff after a failed attempt; doubled per failure up to the cap
 DB_RETRY_S = 2.0  # seconds before a runner whose database connection failed starts again
+
+
+_encoder = msgspec.json.Encoder()
+
+
+def stored_item(row: asyncpg.Record) -> Item:
+    """The Item of a row `next_rows` read: its item JSON as the API writes it, the stored JSON
+    values spliced in as they are (msgspec.Raw), never decoded."""
+    data = item(row)
+    for name in store.JSON_COLUMNS:
+        if data[name] is not None:
+            data[name] = msgspec.Raw(data[name])
+    return Item(
+        id=str(row["id"]),
+        ts=row["ts"],
+        action=row["action"],
+        severity=row["severity"],
+        json=msgspec.Raw(_encoder.encode(data)),
+    )
 
 
 def backoff(failures: int, *, cap_s: float) -> float:
@@ -151,7 +176,7 @@ class Delivery:
         if end == destination.position:
             await asyncio.sleep(IDLE_S)
             return True
-        wanted = [item(row) for row in rows if row["wanted"]]
+        wanted = [stored_item(row) for row in rows if row["wanted"]]
         if wanted:
             try:
                 sender = await self._sender(destination)
@@ -160,6 +185,8 @@ class Delivery:
                 await self._failed(destination, str(exc))
                 return True
         await store.advance(self.conn, self.ident, destination.position, end, delivered=len(wanted))
+        if len(rows) < FULL_BATCH:
+            await asyncio.sleep(IDLE_S)
         return True
 
     async def _failed(self, destination: store.Destination, error: str) -> None:

@@ -83,6 +83,9 @@ LIMIT $3
 # The rows of the entries in (position, end], in (xid, seq) order, each marked whether the
 # destination's filter wants it. $1..$5: from xid, from seq, to xid, to seq, limit; the
 # filter's parameters follow.
+# The rows of the entries in (position, end], in (xid, seq) order, each marked whether the
+# destination's filter wants it; the JSON columns as their text (the runner sends them as is).
+# $1..$5: from xid, from seq, to xid, to seq, limit; the filter's parameters follow.
 SELECT_ROWS = """
 SELECT d.xid::text AS xid, a.*
 FROM delivery_log d
@@ -90,7 +93,8 @@ CROSS JOIN LATERAL (
     SELECT seq, ({filter}) AS wanted, id, ts, received_at, action, category, severity, outcome,
            actor_id, actor_type, actor_name, actor_email, entity_type, entity_id, entity_name,
            tenant, request_id, host(ip) AS ip, user_agent, method, path, status, duration_ms,
-           changes, metadata, presentation, source, received_via
+           changes::text AS changes, metadata::text AS metadata,
+           presentation::text AS presentation, source, received_via
     FROM audit_log
     WHERE seq BETWEEN d.seq_lo AND d.seq_hi
       AND (d.seqs IS NULL OR seq <@ d.seqs)
@@ -102,6 +106,7 @@ WHERE d.xid >= $1::text::xid8 AND (d.xid, d.seq_hi) > ($1::text::xid8, $2)
 ORDER BY d.xid, a.seq
 LIMIT $5
 """
+JSON_COLUMNS = ("changes", "metadata", "presentation")  # read as their JSON text
 # Acknowledged: move from the position read to the new one (none moved it meanwhile).
 ADVANCE = """
 UPDATE destination_state
@@ -318,7 +323,8 @@ async def next_rows(
     """The rows after `position`, in (xid, seq) order, and the position after them.
 
     Rows the filter does not want come back with `wanted` false: they are passed over, not
-    sent. At most about `max_rows` rows (entries are read whole unless one alone is larger).
+    sent; the JSON columns come back as their JSON text. At most about `max_rows` rows
+    (entries are read whole unless one alone is larger).
     """
     window = await conn.fetch(SELECT_WINDOW, position.xid, position.seq, max_entries)
     if not window:

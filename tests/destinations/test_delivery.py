@@ -4,6 +4,7 @@ stored order, through outages of the receiver and against transactions that comm
 from __future__ import annotations
 
 import dataclasses
+import json
 import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
@@ -188,3 +189,39 @@ async def test_backfill_sends_history_again_and_pause_holds_it(
             return set(old) <= {item["id"] for item in receiver.items}
 
         await wait_for(old_arrived, within_s=60)
+
+
+async def test_the_item_json_sent_is_the_apis_item(pg: asyncpg.Connection) -> None:
+    from service.api.body import json_response
+    from service.store.items import SELECT_ITEMS, item
+    from tests.integrity.conftest import store as store_rows
+    from workers.delivery import stored_item
+
+    await pg.execute(INSERT_ROW, uuid.uuid4(), "bare.event")  # nulls everywhere they may be
+    await pg.execute(  # a whole second: msgspec writes no fraction then
+        "INSERT INTO audit_log (id, ts, received_at, action, category, severity, outcome, "
+        "entity_id, request_id, duration_ms, presentation) VALUES ($1, '2026-01-02T03:04:05Z', "
+        "'2026-01-02T03:04:06Z', 'a.b', 'a', 'notice', 'failure', 'e-1', 'r-1', 1e-05, "
+        '\'{"code": "c", "params": {"k": null}}\')',
+        uuid.uuid4(),
+    )
+    await store_rows(pg, 3)  # realistic rows: actor, entity, metadata
+    await pg.execute(
+        "INSERT INTO audit_log (id, ts, action, category, severity, outcome, actor_id, "
+        "actor_type, actor_name, actor_email, entity_type, entity_name, tenant, ip, user_agent, "
+        "method, path, status, duration_ms, changes, metadata, presentation, source, "
+        "received_via) VALUES ($1, now(), 'x.y', 'x', 'critical', 'success', 'u-1', 'user', "
+        "'Ada \"A\" L', 'a@example.com', 'doc', 'Doc ✓', 't', '2001:db8::1', 'UA/1', 'POST', "
+        '\'/p?q=1\', 201, 12.5, \'[{"field": "f", "old": null, "new": [1, 2.5]}]\', '
+        '\'{"nested": {"a": null, "b": "\\u00e9"}}\', \'{"code": "c", "params": {}}\', '
+        "'svc', 'http:ci')",
+        uuid.uuid4(),
+    )
+    rows, _ = await store.next_rows(pg, store.Position("1", -1), store.StoredFilter(), max_rows=100)
+    assert len(rows) == 6
+    for row in rows:
+        api = await pg.fetchrow(SELECT_ITEMS + "WHERE id = $1::uuid", row["id"])
+        shown = json_response(item(api)).body  # what GET /api/v1/admin/audit-logs/{id} sends
+        assert isinstance(shown, bytes)
+        # The same JSON value (the stored JSON values keep PostgreSQL's spacing).
+        assert json.loads(bytes(stored_item(row).json)) == json.loads(shown)

@@ -13,7 +13,7 @@ import jsonschema
 import pytest
 
 from service.ops.destinations import cef, ocsf, syslog
-from service.ops.destinations.formats import plain, render
+from service.ops.destinations.formats import Item, plain, render
 
 SCHEMA = json.loads((Path(__file__).parent / "ocsf" / "ocsf-1.3.0.json").read_text())
 NOW = datetime(2026, 12, 6, 12, 0, 0, 123000, tzinfo=UTC)
@@ -93,7 +93,7 @@ def test_every_mapped_class_validates_against_ocsf_1_3_0(
     action: str, fields: dict[str, Any]
 ) -> None:
     stored = item(action, **fields)
-    event = render(stored, "ocsf", {})
+    event = plain(render(Item.of(stored), "ocsf", {}))  # as it goes on the wire
     validate(event)
     assert (event["class_uid"], event["activity_id"]) == ACTIONS[action]
     assert event["type_uid"] == event["class_uid"] * 100 + event["activity_id"]
@@ -102,11 +102,11 @@ def test_every_mapped_class_validates_against_ocsf_1_3_0(
 
 
 def test_a_validation_that_can_fail_does() -> None:
-    event = render(item("auth.login"), "ocsf", {})
+    event = plain(render(Item.of(item("auth.login")), "ocsf", {}))
     del event["user"]
     with pytest.raises(jsonschema.ValidationError, match="'user' is a required property"):
         validate(event)
-    event = render(item("auth.login"), "ocsf", {})
+    event = plain(render(Item.of(item("auth.login")), "ocsf", {}))
     event["activity_id"] = 7  # not an Authentication activity in 1.3.0
     with pytest.raises(jsonschema.ValidationError):
         validate(event)
@@ -118,7 +118,7 @@ def test_the_table_is_overridable_per_destination() -> None:
     assert ocsf.class_of("auth.login", overrides) == "api_activity"
     assert ocsf.class_of("auth.logout", overrides) == "authentication"
     assert ocsf.class_of("auth.logout", {"auth.": "no_such_class"}) == "authentication"
-    event = render(item("doc.updated", **FULL), "ocsf", {"ocsf_classes": overrides})
+    event = plain(render(Item.of(item("doc.updated", **FULL)), "ocsf", {"ocsf_classes": overrides}))
     validate(event)
     assert event["class_uid"] == 3001
 
@@ -147,7 +147,7 @@ def test_cef_escapes_its_separators_and_carries_the_item() -> None:
 
 
 def test_octet_counted_frames_count_bytes_not_characters() -> None:
-    msg = syslog.message(plain(item("a.b")), "é\nline", hostname="host name", app_name="auditq")
+    msg = syslog.message(Item.of(item("a.b")), "é\nline", hostname="host name", app_name="auditq")
     framed = syslog.frame(msg)
     length, _, rest = framed.partition(b" ")
     assert int(length) == len(rest) == len(msg) and rest == msg

@@ -28,7 +28,8 @@ def _ext(value: object) -> str:
 
 
 def to_cef(item: Mapping[str, Any]) -> str:
-    """The CEF line of a stored item (plain JSON data); the full item rides in `cs6`."""
+    """The CEF line of a stored item (as read, or as item JSON decodes it); the full item
+    rides in `cs6`."""
     actor = item.get("actor") or {}
     entity = item.get("entity") or {}
     request = item.get("request") or {}

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
+from datetime import datetime
 from typing import Any
 
 import msgspec
@@ -10,23 +12,56 @@ import msgspec
 from service.ops.destinations.cef import to_cef
 from service.ops.destinations.ocsf import to_ocsf
 
-
-def plain(item: Mapping[str, Any]) -> dict[str, Any]:
-    """An item as plain JSON data (ids and times as strings), exactly as the API shows it."""
-    data: dict[str, Any] = msgspec.to_builtins(dict(item))
-    return data
+_encoder = msgspec.json.Encoder()
 
 
-def render(item: Mapping[str, Any], fmt: str, options: Mapping[str, Any]) -> Any:
-    """One item in the destination's format: a JSON object (json, ocsf) or a line (cef)."""
-    data = plain(item)
+@dataclasses.dataclass(frozen=True, slots=True)
+class Item:
+    """A stored row on its way out: its item JSON as read, and what the transports need of it."""
+
+    id: str
+    ts: datetime
+    action: str
+    severity: str
+    json: msgspec.Raw  # the item exactly as the API shows it
+
+    @classmethod
+    def of(cls, item: Mapping[str, Any]) -> Item:
+        """The Item of an item in the API's shape (ids and times as objects or as text)."""
+        ts = item["ts"]
+        return cls(
+            id=str(item["id"]),
+            ts=datetime.fromisoformat(ts) if isinstance(ts, str) else ts,
+            action=item["action"],
+            severity=item.get("severity", "info"),
+            json=msgspec.Raw(_encoder.encode(item)),
+        )
+
+    def data(self) -> dict[str, Any]:
+        """The item as plain JSON data."""
+        decoded: dict[str, Any] = msgspec.json.decode(self.json)
+        return decoded
+
+
+def plain(value: Any) -> Any:
+    """Any value as plain JSON data (ids and times as strings), as it goes on the wire."""
+    return msgspec.json.decode(_encoder.encode(value))
+
+
+def render(item: Item, fmt: str, options: Mapping[str, Any]) -> Any:
+    """One item in the destination's format: the item JSON as read (json), an OCSF object, or
+    a CEF line."""
     if fmt == "ocsf":
-        return to_ocsf(data, options.get("ocsf_classes"))
+        return to_ocsf(item.data(), options.get("ocsf_classes"))
     if fmt == "cef":
-        return to_cef(data)
-    return data
+        return to_cef(item.data())
+    return item.json
 
 
 def text(rendered: Any) -> str:
     """A rendered item as text (a syslog message body)."""
-    return rendered if isinstance(rendered, str) else msgspec.json.encode(rendered).decode()
+    if isinstance(rendered, str):
+        return rendered
+    if isinstance(rendered, msgspec.Raw):
+        return bytes(rendered).decode()
+    return _encoder.encode(rendered).decode()

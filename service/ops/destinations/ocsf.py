@@ -135,7 +135,7 @@ def _endpoint(request: Mapping[str, Any] | None) -> dict[str, Any]:
 
 
 def to_ocsf(item: Mapping[str, Any], overrides: Mapping[str, str] | None = None) -> dict[str, Any]:
-    """The OCSF event of a stored item (plain JSON data, as item JSON encodes it)."""
+    """The OCSF event of a stored item (as read, or as item JSON decodes it)."""
     action: str = item["action"]
     name = class_of(action, overrides)
     class_uid, category_uid = CLASSES[name]

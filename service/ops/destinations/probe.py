@@ -8,6 +8,7 @@ from typing import Any
 import msgspec
 
 from service.events import new_event_id
+from service.ops.destinations.formats import Item
 from service.ops.destinations.safety import UnsafeDestination
 from service.ops.destinations.transports import DeliveryError, make_sender
 from service.store.destinations import Destination
@@ -50,8 +51,8 @@ def synthetic_item(destination: Destination, actor: str) -> dict[str, Any]:
 
 async def send_test(destination: Destination, secret: str | None, *, actor: str) -> TestResult:
     """Send one synthetic event the way deliveries go (format, signature, transport)."""
-    item = synthetic_item(destination, actor)
-    event_id = str(item["id"])
+    item = Item.of(synthetic_item(destination, actor))
+    event_id = item.id
     try:
         sender = make_sender(destination, secret)
     except UnsafeDestination as exc:

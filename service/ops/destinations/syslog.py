@@ -9,9 +9,9 @@ line of code: the message's byte length, a space, the message.
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
-from datetime import UTC, datetime
-from typing import Any
+from datetime import UTC
+
+from service.ops.destinations.formats import Item
 
 FACILITY = 13  # "log audit" (RFC 5424 table 1)
 _SEVERITY = {"info": 6, "notice": 5, "warning": 4, "critical": 2}
@@ -29,16 +29,14 @@ def _param(value: str) -> str:
     return value.replace("\\", "\\\\").replace('"', '\\"').replace("]", "\\]")
 
 
-def message(item: Mapping[str, Any], body: str, *, hostname: str, app_name: str) -> bytes:
+def message(item: Item, body: str, *, hostname: str, app_name: str) -> bytes:
     """The RFC 5424 message of one item: event id and action in structured data."""
-    pri = FACILITY * 8 + _SEVERITY.get(item.get("severity", "info"), 6)
-    ts = item["ts"]
-    when = datetime.fromisoformat(ts) if isinstance(ts, str) else ts
-    stamp = when.astimezone(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
-    sd = f'[{SD_ID} id="{_param(str(item["id"]))}" action="{_param(item["action"])}"]'
+    pri = FACILITY * 8 + _SEVERITY.get(item.severity, 6)
+    stamp = item.ts.astimezone(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
+    sd = f'[{SD_ID} id="{_param(item.id)}" action="{_param(item.action)}"]'
     header = (
         f"<{pri}>1 {stamp} {_field(hostname, 255)} {_field(app_name, 48)} - "
-        f"{_field(item['action'], 32)} {sd} "
+        f"{_field(item.action, 32)} {sd} "
     )
     return header.encode() + body.encode()
 

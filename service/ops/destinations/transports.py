@@ -12,7 +12,6 @@ import logging
 import socket
 import ssl
 from collections.abc import Mapping, Sequence
-from datetime import datetime
 from typing import Any, Protocol
 from urllib.parse import urlsplit, urlunsplit
 
@@ -20,7 +19,7 @@ import aiohttp
 import msgspec
 
 from service.ops.destinations import syslog
-from service.ops.destinations.formats import plain, render, text
+from service.ops.destinations.formats import Item, render, text
 from service.ops.destinations.safety import GuardedResolver, UnsafeDestination, check_url, resolve
 from service.redaction import redact_sensitive_in_string
 from service.store.destinations import Destination
@@ -54,7 +53,7 @@ class Reply(msgspec.Struct, frozen=True, kw_only=True):
 class Sender(Protocol):
     """A destination's connection to its receiver."""
 
-    async def send(self, items: Sequence[Mapping[str, Any]]) -> Reply: ...
+    async def send(self, items: Sequence[Item]) -> Reply: ...
     async def close(self) -> None: ...
 
 
@@ -129,7 +128,7 @@ class _Http:
 class Webhook(_Http):
     """POST a JSON array of the batch's items, signed when the destination has a secret."""
 
-    async def send(self, items: Sequence[Mapping[str, Any]]) -> Reply:
+    async def send(self, items: Sequence[Item]) -> Reply:
         body = _encoder.encode(
             [render(item, self.destination.format, self.options) for item in items]
         )
@@ -153,16 +152,15 @@ class SplunkHec(_Http):
             parts = parts._replace(path="/services/collector/event")
         return urlunsplit(parts)
 
-    async def send(self, items: Sequence[Mapping[str, Any]]) -> Reply:
+    async def send(self, items: Sequence[Item]) -> Reply:
         host = self.options.get("host") or socket.gethostname()
         sourcetype = self.options.get("sourcetype") or (
             "ocsf" if self.destination.format == "ocsf" else "auditq:event"
         )
         lines = []
         for item in items:
-            data = plain(item)
             event: dict[str, Any] = {
-                "time": round(_epoch(data["ts"]), 6),
+                "time": round(item.ts.timestamp(), 6),
                 "host": host,
                 "source": self.options.get("source") or "auditq",
                 "sourcetype": sourcetype,
@@ -199,11 +197,11 @@ class Elasticsearch(_Http):
         index = parts.path.strip("/") or self.options.get("index") or "auditq"
         return urlunsplit(parts._replace(path="/_bulk", query="", fragment="")), index
 
-    async def send(self, items: Sequence[Mapping[str, Any]]) -> Reply:
+    async def send(self, items: Sequence[Item]) -> Reply:
         url, index = self.url()
         lines = []
         for item in items:
-            lines.append(_encoder.encode({"create": {"_index": index, "_id": str(item["id"])}}))
+            lines.append(_encoder.encode({"create": {"_index": index, "_id": item.id}}))
             lines.append(_encoder.encode(render(item, self.destination.format, self.options)))
         body = b"\n".join(lines) + b"\n"  # the bulk body ends with a newline
         headers = {"Content-Type": "application/x-ndjson"}
@@ -287,12 +285,12 @@ class Syslog:
         self._reader, self._writer = reader, writer
         return writer
 
-    async def send(self, items: Sequence[Mapping[str, Any]]) -> Reply:
+    async def send(self, items: Sequence[Item]) -> Reply:
         writer = await self._connect()
         payload = b"".join(
             syslog.frame(
                 syslog.message(
-                    plain(item),
+                    item,
                     text(render(item, self.destination.format, self.options)),
                     hostname=self.hostname,
                     app_name="auditq",
@@ -316,10 +314,6 @@ class Syslog:
                 await asyncio.wait_for(writer.wait_closed(), 2.0)
             except (OSError, TimeoutError, ssl.SSLError):
                 pass
-
-
-def _epoch(ts: str) -> float:
-    return datetime.fromisoformat(ts).timestamp()
 
 
 def make_sender(destination: Destination, secret: str | None) -> Sender:
