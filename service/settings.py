@@ -61,8 +61,10 @@ class Settings:
     # Erasure (docs/erasure.md): an entity of these types whose id is the subject is the subject.
     subject_entity_types: frozenset[str] = frozenset({"user"})
 
-    # Destinations (docs/destinations.md): the longest pause between delivery attempts.
+    # Destinations (docs/destinations.md): the longest pause between delivery attempts, and
+    # whether this worker delivers (AUDITQ_DESTINATIONS=off: leave it to other workers).
     destination_retry_max_s: float = 60.0
+    destinations: bool = True
 
     @classmethod
     def from_env(
@@ -122,6 +124,7 @@ class Settings:
             max_future_s=_float(env, "AUDITQ_MAX_FUTURE_S", 300.0),
             subject_entity_types=_names(env, "AUDITQ_SUBJECT_ENTITY_TYPES", frozenset({"user"})),
             destination_retry_max_s=_float(env, "AUDITQ_DESTINATION_RETRY_MAX_S", 60.0),
+            destinations=env.get("AUDITQ_DESTINATIONS", "on").strip().lower() != "off",
         )
 
     def with_server_spool(self) -> Settings:

@@ -59,6 +59,7 @@ def stored_item(row: asyncpg.Record) -> Item:
         action=row["action"],
         severity=row["severity"],
         json=msgspec.Raw(_encoder.encode(data)),
+        data=data,
     )
 
 

@@ -72,9 +72,10 @@ async def _startup(ctx: dict[str, Any]) -> None:
             sealer.run(state.pool, seal_key, interval_s=settings.seal_interval_s),
             name="auditq-sealer",
         )
-    state._delivery = asyncio.get_running_loop().create_task(
-        delivery.run(settings), name="auditq-delivery"
-    )
+    if settings.destinations:  # streaming to destinations (docs/destinations.md)
+        state._delivery = asyncio.get_running_loop().create_task(
+            delivery.run(settings), name="auditq-delivery"
+        )
     if state.audit_lifecycle:
         provenance = Provenance(via=MAINTENANCE_VIA, key=key, task_prefix="worker")
         state.client = AuditClient.from_settings(state.settings, provenance=provenance)

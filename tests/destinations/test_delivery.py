@@ -225,3 +225,28 @@ async def test_the_item_json_sent_is_the_apis_item(pg: asyncpg.Connection) -> No
         assert isinstance(shown, bytes)
         # The same JSON value (the stored JSON values keep PostgreSQL's spacing).
         assert json.loads(bytes(stored_item(row).json)) == json.loads(shown)
+
+
+async def test_a_worker_with_destinations_off_leaves_them_to_others(
+    fast: Settings, pg: asyncpg.Connection, receiver: Receiver
+) -> None:
+    assert Settings.from_env({"AUDITQ_DESTINATIONS": "off"}, published=False).destinations is False
+    await add(pg, "siem", receiver.url("/hook"))
+    quiet = dataclasses.replace(fast, destinations=False)
+    async with running_worker(quiet):
+        ids = await capture(quiet, 5)
+
+        async def stored() -> bool:
+            n = await pg.fetchval("SELECT count(*) FROM audit_log WHERE id = ANY($1::uuid[])", ids)
+            return bool(n == len(ids))
+
+        await wait_for(stored, within_s=60)
+        found = await store.get_destination(pg, "siem")
+        assert found is not None and (await store.lag(pg, found.position))[0] >= 5
+    assert receiver.items == []
+    async with running_worker(fast):  # a worker that delivers takes them
+
+        async def arrived() -> bool:
+            return set(ids) <= {item["id"] for item in receiver.items}
+
+        await wait_for(arrived, within_s=60)

@@ -27,9 +27,9 @@ def _ext(value: object) -> str:
     )
 
 
-def to_cef(item: Mapping[str, Any]) -> str:
+def to_cef(item: Mapping[str, Any], *, whole: Any = None) -> str:
     """The CEF line of a stored item (as read, or as item JSON decodes it); the full item
-    rides in `cs6`."""
+    rides in `cs6` (`whole`: its JSON, when the caller has it already)."""
     actor = item.get("actor") or {}
     entity = item.get("entity") or {}
     request = item.get("request") or {}
@@ -54,7 +54,7 @@ def to_cef(item: Mapping[str, Any]) -> str:
         ("cs3Label", "source" if item.get("source") else None),
         ("cs3", item.get("source")),
         ("cs6Label", "item"),
-        ("cs6", dict(item)),
+        ("cs6", dict(item) if whole is None else whole),
     ]
     extension = " ".join(f"{key}={_ext(value)}" for key, value in fields if value is not None)
     header = "|".join(

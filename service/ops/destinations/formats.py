@@ -23,7 +23,8 @@ class Item:
     ts: datetime
     action: str
     severity: str
-    json: msgspec.Raw  # the item exactly as the API shows it
+    json: msgspec.Raw  # the item as the API shows it
+    data: Mapping[str, Any]  # the same as read (its JSON values may be msgspec.Raw)
 
     @classmethod
     def of(cls, item: Mapping[str, Any]) -> Item:
@@ -35,12 +36,8 @@ class Item:
             action=item["action"],
             severity=item.get("severity", "info"),
             json=msgspec.Raw(_encoder.encode(item)),
+            data=item,
         )
-
-    def data(self) -> dict[str, Any]:
-        """The item as plain JSON data."""
-        decoded: dict[str, Any] = msgspec.json.decode(self.json)
-        return decoded
 
 
 def plain(value: Any) -> Any:
@@ -52,9 +49,9 @@ def render(item: Item, fmt: str, options: Mapping[str, Any]) -> Any:
     """One item in the destination's format: the item JSON as read (json), an OCSF object, or
     a CEF line."""
     if fmt == "ocsf":
-        return to_ocsf(item.data(), options.get("ocsf_classes"))
+        return to_ocsf(item.data, options.get("ocsf_classes"), unmapped=item.json)
     if fmt == "cef":
-        return to_cef(item.data())
+        return to_cef(item.data, whole=item.json)
     return item.json
 
 

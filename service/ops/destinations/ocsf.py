@@ -134,8 +134,11 @@ def _endpoint(request: Mapping[str, Any] | None) -> dict[str, Any]:
     return endpoint
 
 
-def to_ocsf(item: Mapping[str, Any], overrides: Mapping[str, str] | None = None) -> dict[str, Any]:
-    """The OCSF event of a stored item (as read, or as item JSON decodes it)."""
+def to_ocsf(
+    item: Mapping[str, Any], overrides: Mapping[str, str] | None = None, *, unmapped: Any = None
+) -> dict[str, Any]:
+    """The OCSF event of a stored item (as read, or as item JSON decodes it); `unmapped`: the
+    item's JSON when the caller has it already (else the item itself goes there)."""
     action: str = item["action"]
     name = class_of(action, overrides)
     class_uid, category_uid = CLASSES[name]
@@ -159,7 +162,7 @@ def to_ocsf(item: Mapping[str, Any], overrides: Mapping[str, str] | None = None)
             "logged_time": _millis(item["received_at"]),
             **({"tenant_uid": item["tenant"]} if item.get("tenant") else {}),
         },
-        "unmapped": dict(item),
+        "unmapped": dict(item) if unmapped is None else unmapped,
     }
     if activity_id == 99:
         event["activity_name"] = verb
