@@ -154,14 +154,15 @@ async def one_round(
         await conn.close()
         stop_workers([worker])
         stack.stack.postgres.psql(f'DROP DATABASE "{name}" WITH (FORCE)')
-    if produced["failed"]:
-        raise RuntimeError(f"{produced['failed']} captures failed: see {plog}")
+    # On a loaded machine a capture can outwait its 0.25 s bound while Redis still takes it
+    # (DeliveryUncertain): every row was still visible, so the round stands; say how many.
     cpu = {part: (after[part] - before[part]) / events * 1e6 for part in after}
     cpu["producer"] = produced["cpu_s"] / events * 1e6
     return {
         "events_per_s": events / (visible_at - produced["started_at"]),
         "caught_up_after_s": behind_s,
         "cpu_us_per_event": cpu,  # until every destination caught up
+        "uncertain_captures": produced["failed"],
     }
 
 
@@ -213,6 +214,7 @@ async def lag_run(stack: Stack, receiver: Receiver, *, seconds: int, logs: Path)
         "seconds": seconds,
         "achieved_events_per_s": total / (visible_at - produced["started_at"]),
         "caught_up_after_last_row_s": after_s,
+        "uncertain_captures": produced["failed"],
         "lag_s": {
             n: {"p50": percentile(v, 50), "p95": percentile(v, 95), "max": max(v, default=0.0)}
             for n, v in samples.items()
@@ -256,6 +258,7 @@ async def run(events: int, rounds: int, seconds: int) -> dict[str, Any]:
         "caught_up_after_s": [p[True]["caught_up_after_s"] for p in pairs],
         "cpu_us_per_event_on": [p[True]["cpu_us_per_event"] for p in pairs],
         "cpu_us_per_event_off": [p[False]["cpu_us_per_event"] for p in pairs],
+        "uncertain_captures": sum(p[s]["uncertain_captures"] for p in pairs for s in p),
         "drop_pairs": drops,
         "drop": statistics.median(drops),
         "lag": lag,

@@ -250,3 +250,31 @@ async def test_a_worker_with_destinations_off_leaves_them_to_others(
             return set(ids) <= {item["id"] for item in receiver.items}
 
         await wait_for(arrived, within_s=60)
+
+
+async def test_two_workers_run_one_runner_per_destination_and_hand_over(
+    fast: Settings, pg: asyncpg.Connection, receiver: Receiver
+) -> None:
+    ident = await add(pg, "siem", receiver.url("/hook"))
+    holders = """
+        SELECT count(*) FROM pg_locks
+        WHERE locktype = 'advisory' AND granted AND classid = $1 AND objid = $2
+    """
+    async with running_worker(fast), running_worker(fast):
+        first = await capture(fast, 150)
+
+        async def arrived() -> bool:
+            return set(first) <= {item["id"] for item in receiver.items}
+
+        await wait_for(arrived, within_s=60)
+        assert await pg.fetchval(holders, store.LOCK_CLASS, ident) == 1
+    # Both stopped: the lock went with them. No duplicates: one runner sent each batch once.
+    got = [item["id"] for item in receiver.items if item["id"] in set(first)]
+    assert sorted(got) == sorted(first)
+    async with running_worker(fast):  # a worker that starts later takes the destination
+        second = await capture(fast, 20)
+
+        async def taken_over() -> bool:
+            return set(second) <= {item["id"] for item in receiver.items}
+
+        await wait_for(taken_over, within_s=60)
