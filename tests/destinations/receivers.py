@@ -20,6 +20,7 @@ class Receiver:
         self.secret = secret
         self.token = token
         self.down = False
+        self.echo = False  # answer a refused token by quoting it (as careless receivers do)
         self.deliveries: list[list[Any]] = []  # each acknowledged request's items
         self.refused = 0
         self.bad_signatures = 0
@@ -74,7 +75,8 @@ class Receiver:
             self.refused += 1
             return web.json_response({"text": "Server is busy", "code": 9}, status=503)
         if request.headers.get("Authorization") != f"Splunk {self.token}":
-            return web.json_response({"text": "Invalid token", "code": 4}, status=401)
+            quoted = f": {request.headers.get('Authorization')}" if self.echo else ""
+            return web.json_response({"text": f"Invalid token{quoted}", "code": 4}, status=401)
         text = await request.text()
         decoder, pos, events = json.JSONDecoder(), 0, []
         while pos < len(text):

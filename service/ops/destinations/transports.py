@@ -100,6 +100,11 @@ class _Http:
             )
         return self._session
 
+    def scrub(self, text: str) -> str:
+        """`text` without the secret: a receiver that echoes what it was sent (its error
+        saying which token it refused) must not put the secret into last_error or a reply."""
+        return text.replace(self.secret, "[REDACTED]") if self.secret else text
+
     async def post(self, url: str, body: bytes, headers: Mapping[str, str]) -> tuple[int, str]:
         try:
             async with self.session().post(
@@ -114,7 +119,7 @@ class _Http:
                         raise DeliveryError(
                             f"the receiver's answer exceeds {MAX_REPLY_BYTES} bytes"
                         )
-                return response.status, answer.decode(errors="replace")
+                return response.status, self.scrub(answer.decode(errors="replace"))
         except UnsafeDestination as exc:
             raise DeliveryError(f"refused: {exc}") from None
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
