@@ -127,6 +127,8 @@ async def test_bad_input_is_a_400_naming_the_field(
         (hook(receiver, url="http://[fd00:ec2::254]/", allow_private=False), "url"),
         (hook(receiver, url="http://[::ffff:169.254.169.254]/", allow_private=False), "url"),
         (hook(receiver, url="https://user:pw@example.com/"), "url"),
+        (hook(receiver, url="https://example.com/hook?api_key=abc"), "url"),
+        (hook(receiver, url="https://example.com/hook?Token=abc"), "url"),
     ]
     for body, field in cases:
         async with api.post(BASE, json=body, headers=tokens.admin) as response:

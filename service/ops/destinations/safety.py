@@ -12,10 +12,12 @@ import asyncio
 import ipaddress
 import socket
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import parse_qsl, urlsplit
 
 from aiohttp.abc import AbstractResolver, ResolveResult
 from aiohttp.resolver import DefaultResolver
+
+from service.redaction import is_sensitive_key
 
 URL_SCHEMES = {
     "webhook": ("https", "http"),
@@ -70,7 +72,11 @@ def check_url(kind: str, url: str, *, allow_private: bool) -> tuple[str, str, in
     host = parts.hostname
     if not host:
         raise UnsafeDestination("the URL names no host")
-    if parts.username or parts.password:
+    if (
+        parts.username
+        or parts.password
+        or any(is_sensitive_key(key) for key, _ in parse_qsl(parts.query, keep_blank_values=True))
+    ):  # a URL is shown to readers and logged: a credential in it would be too
         raise UnsafeDestination("put credentials in --secret-file, not in the URL")
     if port is None:
         if kind == "syslog":
