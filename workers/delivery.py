@@ -23,6 +23,7 @@ import msgspec
 from service.ops.destinations.formats import Item
 from service.ops.destinations.safety import UnsafeDestination
 from service.ops.destinations.transports import DeliveryError, Sender, make_sender
+from service.redaction import redact_sensitive_in_string
 from service.settings import Settings
 from service.store import db
 from service.store import destinations as store
@@ -127,6 +128,14 @@ async def _runner(settings: Settings, ident: int) -> None:
         # The lock goes with the connection: this or another worker starts again.
         logger.warning("destination %d: database failed: %s", ident, type(exc).__name__)
         await asyncio.sleep(DB_RETRY_S)
+    except Exception as exc:  # never a silent end: the supervisor starts it again
+        logger.warning(
+            "destination %d: runner failed: %s: %s",
+            ident,
+            type(exc).__name__,
+            redact_sensitive_in_string(str(exc)),
+        )
+        await asyncio.sleep(DB_RETRY_S)
     finally:
         conn.terminate()
 
@@ -184,6 +193,12 @@ class Delivery:
                 await sender.send(wanted)
             except (DeliveryError, UnsafeDestination) as exc:
                 await self._failed(destination, str(exc))
+                return True
+            except (asyncpg.PostgresError, asyncpg.InterfaceError):
+                raise  # the database, not the receiver: the runner starts again
+            except Exception as exc:  # unforeseen: retried like a refusal, and shown, not hidden
+                problem = redact_sensitive_in_string(f"{type(exc).__name__}: {exc}")
+                await self._failed(destination, f"internal error: {problem}")
                 return True
         await store.advance(self.conn, self.ident, destination.position, end, delivered=len(wanted))
         if len(rows) < FULL_BATCH:
