@@ -23,7 +23,16 @@ $(CHROMIUM):
 		|| echo "could not install chromium: the console's browser tests will skip"; \
 	else echo "no $(CHROMIUM): the console's browser tests will skip"; fi
 
-test: $(STAMP) | $(CHROMIUM)
+# The syslog destination's tests deliver into Debian's rsyslog (imtcp, and TLS through its
+# GnuTLS driver): installed here when missing, as root with apt-get; elsewhere they skip.
+RSYSLOG_TLS := /usr/lib/x86_64-linux-gnu/rsyslog/lmnsd_gtls.so
+$(RSYSLOG_TLS):
+	@if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		(apt-get update -qq && apt-get install -y -qq rsyslog rsyslog-gnutls) \
+		|| echo "could not install rsyslog: the syslog destination's tests will skip"; \
+	else echo "no rsyslog with TLS: the syslog destination's tests will skip"; fi
+
+test: $(STAMP) | $(CHROMIUM) $(RSYSLOG_TLS)
 	$(BIN)/lint-imports --no-cache
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 

@@ -233,7 +233,33 @@ def markdown(raw: dict[str, Any], head: dict[str, Any]) -> str:
         lines.append("")
     if "seal_cost" in raw:
         lines += seals(raw["seal_cost"])
+    if "destinations" in raw:
+        lines += destinations(raw["destinations"])
     return "\n".join(lines)
+
+
+def destinations(result: dict[str, Any]) -> list[str]:
+    """Two destinations on and off (bench/destinations.py): ingest's drop, and the lag."""
+    lag = result["lag"]
+    rows = [
+        "## Destinations",
+        "",
+        f"Two webhook destinations (item JSON signed, OCSF) against none, {result['events']:,} "
+        f"events flat out, {result['rounds']} alternating pairs: on "
+        + ", ".join(f"{x:,.0f}" for x in result["on_events_per_s"])
+        + " events/s, off "
+        + ", ".join(f"{x:,.0f}" for x in result["off_events_per_s"])
+        + f"; median drop {result['drop']:.0%} (goal ≤ 10 %: {_goal(result['drop'] <= 0.10)}).",
+        "",
+        f"At {lag['rate']:,} events/s for {lag['seconds']} s: each destination's lag "
+        + ", ".join(
+            f"{name} max {v['max']:.1f} s (p95 {v['p95']:.1f} s)"
+            for name, v in lag["lag_s"].items()
+        )
+        + f" (goal < 2 s: {_goal(all(v['max'] < 2 for v in lag['lag_s'].values()))}).",
+        "",
+    ]
+    return rows
 
 
 def seals(seal: dict[str, Any]) -> list[str]:

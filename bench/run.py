@@ -1,6 +1,7 @@
 """Run every benchmark side by side and write bench/results/latest.{json,md,png}.
 
-    python -m bench.run [--quick] [--only write,ceilings,read,integrity,live] [--systems a,b]
+    python -m bench.run [--quick] [--only write,ceilings,read,integrity,live,destinations]
+    [--systems a,b]
 
 `make bench` runs it (and installs Node's packages into bench/node/ first);
 `make bench QUICK=1` is the short version (smaller counts, under 5 minutes).
@@ -23,9 +24,10 @@ from pathlib import Path
 from typing import Any
 
 from bench import ceilings, live_tail, read_side, report, seal_cost, verify, write_side
+from bench import destinations as destinations_bench
 from bench.common import RESULTS
 
-PARTS = ("write", "ceilings", "read", "integrity", "live")
+PARTS = ("write", "ceilings", "read", "integrity", "live", "destinations")
 
 
 def machine() -> str:
@@ -82,6 +84,9 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
         raw["verify"] = await verify.run(100_000 if quick else 200_000)
     if "live" in parts:
         raw["live_tail"] = await live_tail.measure(5.0 if quick else 20.0, 200.0)
+    if "destinations" in parts:  # two destinations: ingest's drop, lag at 2,000 events/s
+        events, rounds, seconds = (20_000, 2, 10) if quick else (50_000, 4, 30)
+        raw["destinations"] = await destinations_bench.run(events, rounds, seconds)
     raw["seconds"] = time.monotonic() - started
     return raw
 

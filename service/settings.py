@@ -73,6 +73,11 @@ class Settings:
     # Capture (docs/capture.md): application databases whose outboxes this worker relays.
     capture_database_urls: tuple[str, ...] = ()
 
+    # Destinations (docs/destinations.md): the longest pause between delivery attempts, and
+    # whether this worker delivers (AUDITQ_DESTINATIONS=off: leave it to other workers).
+    destination_retry_max_s: float = 60.0
+    destinations: bool = True
+
     @classmethod
     def from_env(
         cls, environ: Mapping[str, str] | None = None, *, published: bool = True
@@ -136,6 +141,8 @@ class Settings:
             owner_database_url=url("AUDITQ_OWNER_DATABASE_URL"),
             allow_privileged_role=env.get("AUDITQ_ALLOW_PRIVILEGED_ROLE", "").strip() == "1",
             metrics_token=env.get("AUDITQ_METRICS_TOKEN", "").strip() or None,
+            destination_retry_max_s=_float(env, "AUDITQ_DESTINATION_RETRY_MAX_S", 60.0),
+            destinations=env.get("AUDITQ_DESTINATIONS", "on").strip().lower() != "off",
         )
 
     def with_server_spool(self) -> Settings:

@@ -31,7 +31,7 @@ from service.settings import Settings
 from service.store import db
 from service.store.partitions import ensure_partitions
 from service.store.secrets import read_provenance_key
-from workers import heartbeat, rollup, sealer
+from workers import delivery, heartbeat, rollup, sealer
 from workers.arq_redis import arq_settings, create_arq_pool
 from workers.erased import ErasedSubjects
 from workers.job import store_events
@@ -79,6 +79,10 @@ async def _startup(ctx: dict[str, Any]) -> None:
         )
     if settings.capture_database_urls:  # the outboxes of application databases
         state.capture_relay = RelayTask(settings)
+    if settings.destinations:  # streaming to destinations (docs/destinations.md)
+        state._delivery = asyncio.get_running_loop().create_task(
+            delivery.run(settings), name="auditq-delivery"
+        )
     if state.audit_lifecycle:
         provenance = Provenance(via=MAINTENANCE_VIA, key=key, task_prefix="worker")
         state.client = AuditClient.from_settings(state.settings, provenance=provenance)
@@ -97,7 +101,7 @@ async def _shutdown(ctx: dict[str, Any]) -> None:
         await state.client.aclose()
     if state._probe is not None:
         state._probe.cancel()
-    for task in (state._sealer, state._rollup):
+    for task in (state._sealer, state._rollup, state._delivery):
         if task is not None:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -310,7 +314,7 @@ async def stop_worker(worker: Worker, *, grace: float = SHUTDOWN_GRACE) -> None:
 async def _close_without_redis(worker: Worker) -> None:
     """Let go of what arq's close did not reach: the database pool, the Redis connections."""
     state = worker_state(worker)
-    for task in (state._probe, state._heartbeat, state._sealer, state._rollup):
+    for task in (state._probe, state._heartbeat, state._sealer, state._rollup, state._delivery):
         if task is not None:
             task.cancel()
     if state.capture_relay is not None:

@@ -73,6 +73,7 @@ class WorkerState:
     _sealer: asyncio.Task[None] | None = None
     _rollup: asyncio.Task[None] | None = None
     capture_relay: RelayTask | None = None  # AUDITQ_CAPTURE_DATABASE_URLS (docs/capture.md)
+    _delivery: asyncio.Task[None] | None = None  # destinations (workers/delivery.py)
 
     def trip(self, exc: BaseException) -> None:
         """Open the breaker: stop taking jobs and probe the database until it answers."""

@@ -10,6 +10,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from service.api.destinations import metric_families as destination_families
 from service.api.errors import ApiError
 from service.api.openapi import operation
 from service.api.state import CLIENT, REDIS, SETTINGS
@@ -92,6 +93,7 @@ async def gather(app: web.Application) -> list[Family]:
         jobs.add_metric([worker.id, "complete"], worker.jobs_done)
         jobs.add_metric([worker.id, "failed"], worker.jobs_failed)
     families += [up, breaker, running, jobs]
+    families += await destination_families(app)  # contract §11: health per destination
     return families
 
 

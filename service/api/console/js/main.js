@@ -5,6 +5,7 @@ import { loadMessages } from "./messages.js";
 import { useLocation } from "./router.js";
 import { ErrorBox } from "./ui.js";
 import { ActorView, AuditLogsView, DetailView, EntityView } from "./views/audit.js";
+import { DestinationsView } from "./views/destinations.js";
 import { IntegrityView } from "./views/integrity.js";
 import { LiveView } from "./views/live.js";
 import { QueueView } from "./views/queue.js";
@@ -17,6 +18,7 @@ const NAV = [
   ["/console/audit-logs", "Audit log"], ["/console/live", "Live"], ["/console/statistics", "Statistics"],
   ["/console/tasks", "Tasks"], ["/console/queue", "Queue"], ["/console/integrity", "Integrity"],
   ["/console/subjects", "Subjects"], ["/console/tokens", "Tokens"],
+  ["/console/destinations", "Destinations"],
 ];
 
 // Path patterns (segments URL-decoded) -> view and page title.
@@ -34,6 +36,7 @@ const ROUTES = [
   [/^\/console\/subjects\/?$/, SubjectsView, "Subjects"],
   [/^\/console\/subjects\/(.+)$/, SubjectsView, "Subject"],
   [/^\/console\/tokens\/?$/, TokensView, "Tokens"],
+  [/^\/console\/destinations\/?$/, DestinationsView, "Destinations"],
 ];
 
 function match(path) {

@@ -3,22 +3,27 @@ import { html, useState } from "../lib.js";
 import { hasRoute, request } from "../api.js";
 import { TimeChart } from "../chart.js";
 import { ErrorBox, Time, ago, duration, useVisibleInterval } from "../ui.js";
+import { troubled } from "./destinations.js";
 
 const POLL_MS = 3000;
 const THROUGHPUT = "/api/v1/admin/queue/throughput";
+const DESTINATIONS = "/api/v1/admin/destinations";
 export const OLDEST_WAIT_WARNING_S = 60; // a queued task older than this means workers lag
 
 export function QueueView() {
   const [stats, setStats] = useState(null);
   const [series, setSeries] = useState(null);
   const [error, setError] = useState(null);
+  const [destinations, setDestinations] = useState([]);
   useVisibleInterval(async () => {
     try {
-      const [next, recent] = await Promise.all([
+      const [next, recent, streams] = await Promise.all([
         request("/api/v1/admin/queue/stats"),
         // An older server has no series: the chart is left out.
         hasRoute(THROUGHPUT).then((has) => (has ? request(THROUGHPUT) : null)),
+        hasRoute(DESTINATIONS).then((has) => (has ? request(DESTINATIONS) : null)),
       ]);
+      setDestinations(streams ? troubled(streams.items) : []);
       setStats(next);
       setSeries(recent && [
         recent.per_minute.map((m) => Date.parse(m.until) / 1000),
@@ -35,6 +40,9 @@ export function QueueView() {
   if (open.length) warnings.push(`The breaker is open on ${open.length} worker(s): PostgreSQL is failing and they have stopped taking work.`);
   if (stats.oldest_queued_age_s > OLDEST_WAIT_WARNING_S) warnings.push(`The oldest queued task has waited ${duration(stats.oldest_queued_age_s)} (more than ${OLDEST_WAIT_WARNING_S} s).`);
   if (!stats.workers.length) warnings.push("No worker has sent a heartbeat: nothing is taking tasks off the queue.");
+  for (const d of destinations) {
+    warnings.push(`Destination ${d.name} is ${d.state === "failing" ? "failing" : "behind"}: ${d.lag_events.toLocaleString()} events waiting for ${duration(d.lag_s)} (see Destinations).`);
+  }
   const card = (label, value) => html`<div class="card"><div class="label">${label}</div><div class="value">${value}</div></div>`;
   return html`<h1>Queue <span class="muted mono">${stats.queue}</span></h1>
     <${ErrorBox} error=${error} />

@@ -1,0 +1,108 @@
+"""The runtime roles against the destinations tables: the worker delivers (reads rows, moves
+positions) but cannot add, redirect or remove a destination, nor hide rows from delivery; the
+API manages destinations but cannot forge the delivery log."""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import AsyncIterator
+
+import asyncpg
+import pytest
+
+from service.store import db
+from service.store import destinations as store
+from tests.integrity.conftest import store as store_rows
+from tests.integrity.conftest import url_as
+
+
+@pytest.fixture
+async def roles(
+    pg: asyncpg.Connection, database_url: str
+) -> AsyncIterator[dict[str, asyncpg.Connection]]:
+    password = secrets.token_hex(16)
+    conns = {}
+    for role in ("auditq_worker", "auditq_api"):
+        await pg.execute(f"ALTER ROLE {role} LOGIN PASSWORD '{password}'")
+        conns[role] = await db.connect(url_as(database_url, role, password))
+    yield conns
+    for conn in conns.values():
+        await conn.close()
+
+
+async def test_the_worker_role_delivers_but_cannot_redirect_or_hide(
+    pg: asyncpg.Connection, roles: dict[str, asyncpg.Connection]
+) -> None:
+    worker, api = roles["auditq_worker"], roles["auditq_api"]
+    ident = await store.add_destination(
+        api,
+        name="siem",
+        kind="webhook",
+        url="https://siem.example.com/",
+        format="json",
+        filter="",
+        filter_json={},
+        options={},
+        secret="s",
+        since=None,
+        created_by="t",
+    )
+    assert ident is not None
+    stored = await store_rows(worker, 3)  # the worker's own insert leaves its entry
+    found = await store.get_destination_by_id(worker, ident)
+    assert found is not None and await store.read_secret(worker, ident) == "s"
+    assert await store.try_lock(worker, ident)
+    rows, end = await store.next_rows(worker, found.position, store.StoredFilter(), max_rows=100)
+    assert [row["id"] for row in rows] == stored
+    assert await store.advance(worker, ident, found.position, end, delivered=3)
+    assert await store.record_failure(worker, ident, "boom") == 1
+    for attack in (
+        "UPDATE destination SET url = 'https://attacker.example/' WHERE id = $1",
+        "DELETE FROM destination WHERE id = $1",
+        "UPDATE destination_secret SET secret = 'x' WHERE destination_id = $1",
+        "DELETE FROM delivery_log WHERE $1 > 0",
+        "INSERT INTO delivery_log (xid, seq_lo, seq_hi, n) VALUES ('99999999', $1, $1, 1)",
+    ):
+        with pytest.raises(asyncpg.InsufficientPrivilegeError):
+            await worker.execute(attack, ident)
+    with pytest.raises(asyncpg.InsufficientPrivilegeError):
+        await store.add_destination(
+            worker,
+            name="mine",
+            kind="webhook",
+            url="https://attacker.example/",
+            format="json",
+            filter="",
+            filter_json={},
+            options={},
+            secret=None,
+            since=None,
+            created_by="w",
+        )
+
+
+async def test_the_api_role_manages_destinations_but_not_the_delivery_log(
+    roles: dict[str, asyncpg.Connection],
+) -> None:
+    api = roles["auditq_api"]
+    ident = await store.add_destination(
+        api,
+        name="siem",
+        kind="webhook",
+        url="https://siem.example.com/",
+        format="json",
+        filter="",
+        filter_json={},
+        options={},
+        secret="s",
+        since=None,
+        created_by="t",
+    )
+    assert ident is not None
+    assert await store.set_paused(api, "siem", True)
+    found = await store.get_destination(api, "siem")
+    assert found is not None
+    await store.lag(api, found.position)
+    with pytest.raises(asyncpg.InsufficientPrivilegeError):
+        await api.execute("DELETE FROM delivery_log")
+    assert await store.remove_destination(api, "siem")
