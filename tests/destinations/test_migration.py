@@ -11,7 +11,7 @@ from pathlib import Path
 import asyncpg
 import pytest
 
-from service.store import db
+from service.store import db, schema
 from service.store import destinations as store
 from tests.conftest import Servers
 
@@ -28,7 +28,7 @@ SELECT gen_random_uuid(), now(), 'a.b', 'a', 'info', 'success', '{}' FROM genera
 
 def previous_schema() -> str:
     """schema.sql without its destinations block: the store this migration starts from."""
-    text = db.SCHEMA_PATH.read_text()
+    text = schema.SCHEMA_PATH.read_text()
     start = text.index(START)
     end = text.index(END, start) + len(END)
     return text[:start] + text[end:]
@@ -50,7 +50,7 @@ async def old_store(servers: Servers) -> AsyncIterator[asyncpg.Connection]:
 
 
 def test_the_migration_is_the_schema_block() -> None:
-    text = db.SCHEMA_PATH.read_text()
+    text = schema.SCHEMA_PATH.read_text()
     block = text[text.index(START) : text.index(END) + len(END)]
     assert block.strip() in MIGRATION.read_text()
 
@@ -62,7 +62,7 @@ async def test_rows_stored_before_the_migration_are_deliverable_first(
     assert await old_store.fetchval("SELECT to_regclass('delivery_log')") is None
     await old_store.execute(MIGRATION.read_text())
     await old_store.execute(MIGRATION.read_text())  # again: nothing changes
-    await old_store.execute(db.SCHEMA_PATH.read_text())
+    await old_store.execute(schema.SCHEMA_PATH.read_text())
     assert await old_store.fetchval("SELECT sum(n) FROM delivery_log") == 2500
     await old_store.execute(INSERT_ROWS, 10)
     old_seqs = [r[0] for r in await old_store.fetch("SELECT seq FROM audit_log ORDER BY seq")]
