@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -e '.[dev]'
+	$(BIN)/python -m pip install -q -e '.[server,dev]'
 	touch $(STAMP)
 
 run: $(STAMP)
@@ -30,7 +30,7 @@ test: $(STAMP) | $(CHROMIUM)
 # Side-by-side benchmarks (not part of `make test`): bench/results/latest.{json,md,png}.
 # QUICK=1: smaller counts, under 5 minutes. Needs Node >= 18 and npm for the BullMQ baseline.
 bench: $(STAMP)
-	$(BIN)/python -m pip install -q -e '.[dev,bench]'
+	$(BIN)/python -m pip install -q -e '.[server,dev,bench]'
 	cd bench/node && npm install --no-audit --no-fund --loglevel=error
 	$(BIN)/python -m bench.run $(if $(QUICK),--quick,)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -33,6 +34,9 @@ class Settings:
     flush_interval_s: float = 0.005
     flush_max_events: int = 500
     redact_extra_keys: frozenset[str] = frozenset()
+    # Producer middlewares (aiohttp, ASGI, Django): peers whose X-Forwarded-For / X-Real-IP
+    # name the client (addresses or CIDR networks); any other peer is the client itself.
+    trusted_proxies: tuple[str, ...] = ()
     # Producer spool (service/producer/spool.py): where events Redis cannot take are kept until it
     # can. None: no spool, except that `auditq run` and `auditq api` default to
     # <data_dir>/spool unless spool_disabled (AUDITQ_SPOOL_DIR=off).
@@ -118,6 +122,7 @@ class Settings:
             sealing=env.get("AUDITQ_SEAL", "on").strip().lower() != "off",
             max_future_s=_float(env, "AUDITQ_MAX_FUTURE_S", 300.0),
             subject_entity_types=_names(env, "AUDITQ_SUBJECT_ENTITY_TYPES", frozenset({"user"})),
+            trusted_proxies=_networks(env, "AUDITQ_TRUSTED_PROXIES"),
         )
 
     def with_server_spool(self) -> Settings:
@@ -203,3 +208,19 @@ def _float(env: Mapping[str, str], name: str, default: float) -> float:
     if not value > 0:
         raise ConfigError(f"{name} must be positive, not {raw}")
     return value
+
+
+def _networks(env: Mapping[str, str], name: str) -> tuple[str, ...]:
+    """Comma-separated addresses or CIDR networks; a bad one is one clear error."""
+    networks = []
+    for item in env.get(name, "").split(","):
+        text = item.strip()
+        if not text:
+            continue
+        try:
+            networks.append(str(ipaddress.ip_network(text, strict=False)))
+        except ValueError:
+            raise ConfigError(
+                f"{name} must be comma-separated IP addresses or networks, not {text!r}"
+            ) from None
+    return tuple(networks)

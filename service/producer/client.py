@@ -221,6 +221,11 @@ class AuditClient(SpoolReplay):
             configured["wait_replicas"] = settings.redis_wait_replicas
         return cls.from_url(settings.redis_url, **(configured | options))
 
+    @classmethod
+    def from_env(cls, **options: Unpack[ClientOptions]) -> AuditClient:
+        """Make a client from the AUDITQ_* environment (AUDITQ_REDIS_URL, AUDITQ_QUEUE, …)."""
+        return cls.from_settings(Settings.from_env(), **options)
+
     async def __aenter__(self) -> AuditClient:
         return self
 
@@ -280,6 +285,16 @@ class AuditClient(SpoolReplay):
                 loop.call_soon_threadsafe(self._push_nowait, item)
         except Exception as exc:
             self._fail(event, exc, context)
+
+    def bind_loop(self) -> None:
+        """Bind the client to the running event loop now, from async code (an app's startup).
+
+        A client binds to the loop of its first capture; bound at startup, sync code in other
+        threads (a framework's thread pool) can `capture_nowait` before any async capture.
+        """
+        if _running_loop() is None:
+            raise RuntimeError("bind_loop needs a running event loop: call it from async code")
+        self._bind()
 
     async def aclose(self, timeout_s: float = CLOSE_TIMEOUT) -> None:
         """Send what is buffered (waiting at most `timeout_s`), then close the connection."""

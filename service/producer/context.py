@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Sequence
+import logging
+import uuid
+from collections.abc import Callable, Iterable, Sequence
 from contextvars import ContextVar
 
 import msgspec
@@ -19,6 +21,45 @@ PATH_MAX_CHARS = 4096  # characters
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
+logger = logging.getLogger(__name__)
+
+
+class ActorSlot:
+    """The actor of one request: set from any task or thread serving it, resolved lazily.
+
+    A middleware puts one slot in the request's context. A copy of the context (a thread of
+    a pool running a sync dependency, a task the request started) shares the slot, so an
+    actor the app's auth sets there is seen by every capture of the request.
+    """
+
+    __slots__ = ("_actor", "_resolve")
+
+    def __init__(self, resolve: Callable[[], Actor | None] | None = None) -> None:
+        self._actor: Actor | None = None
+        self._resolve = resolve
+
+    def get(self) -> Actor | None:
+        """Return the actor; on first use, ask the resolver the middleware was given."""
+        resolve = self._resolve
+        if resolve is not None:
+            self._resolve = None
+            try:
+                actor = resolve()
+            except Exception:
+                # Auditing must not break the request it describes; the bug is logged.
+                logger.warning(
+                    "audit actor resolver failed; the request has no actor", exc_info=True
+                )
+                actor = None
+            if self._actor is None:
+                self._actor = actor
+        return self._actor
+
+    def set(self, actor: Actor | None) -> None:
+        """Make `actor` the request's actor (it wins over the resolver's)."""
+        self._resolve = None
+        self._actor = actor
+
 
 class AuditContext(msgspec.Struct, frozen=True, kw_only=True):
     """What capture fills into an event that lacks it: the current request and actor."""
@@ -29,18 +70,73 @@ class AuditContext(msgspec.Struct, frozen=True, kw_only=True):
     method: str | None = None
     path: str | None = None
     actor: Actor | None = None
+    # Set by a middleware: the request's actor, settable from any thread (see ActorSlot).
+    actor_slot: ActorSlot | None = None
+
+    def current_actor(self) -> Actor | None:
+        """Return the actor of the request: the slot's when it has one, else `actor`."""
+        if self.actor_slot is not None:
+            actor = self.actor_slot.get()
+            if actor is not None:
+                return actor
+        return self.actor
 
 
 audit_context: ContextVar[AuditContext | None] = ContextVar("audit_context", default=None)
 
 
 def set_actor(actor: Actor) -> None:
-    """Set the actor of the current request (or task) for the events captured after this."""
+    """Set the actor of the current request (or task) for the events captured after this.
+
+    Inside a request of one of the middlewares (aiohttp, ASGI, Django) it holds for the
+    whole request, also when called from a sync dependency run in a thread pool.
+    """
     current = audit_context.get()
     if current is None:
         audit_context.set(AuditContext(actor=actor))
+    elif current.actor_slot is not None:
+        current.actor_slot.set(actor)
     else:
         audit_context.set(msgspec.structs.replace(current, actor=actor))
+
+
+def trusted_networks(proxies: Iterable[str] | str) -> tuple[IPNetwork, ...]:
+    """Parse trusted proxies (addresses or CIDR networks); a bad one is a ValueError."""
+    # A lone string would otherwise be read as one proxy per character.
+    items = proxies.split(",") if isinstance(proxies, str) else proxies
+    return tuple(
+        ipaddress.ip_network(proxy.strip(), strict=False) for proxy in items if proxy.strip()
+    )
+
+
+def request_context(
+    *,
+    request_id: str | None,
+    peer: str | None,
+    forwarded_for: str | None,
+    real_ip: str | None,
+    user_agent: str | None,
+    method: str | None,
+    path: str | None,
+    trusted: Sequence[IPNetwork],
+    actor: Actor | None = None,
+    resolve_actor: Callable[[], Actor | None] | None = None,
+) -> AuditContext:
+    """Build the context of one HTTP request, by the same rules for every framework.
+
+    `request_id` is the client's `X-Request-ID` (kept when sane, else a new one); the
+    client IP is the peer unless the peer is a trusted proxy; `path` must come without its
+    query string (query strings often carry tokens).
+    """
+    return AuditContext(
+        request_id=sane_request_id(request_id) or uuid.uuid4().hex,
+        ip=client_ip(peer, forwarded_for, real_ip, trusted),
+        user_agent=clip(user_agent, USER_AGENT_MAX_CHARS),
+        method=clip(method, METHOD_MAX_CHARS),
+        path=clip(path, PATH_MAX_CHARS),
+        actor=actor,
+        actor_slot=ActorSlot(resolve_actor),
+    )
 
 
 def sane_request_id(value: str | None) -> str | None:
@@ -112,7 +208,7 @@ def with_context(event: AuditEvent, context: AuditContext) -> AuditEvent:
     """Fill the request and actor an event lacks from the current context."""
     actor = event.actor
     if actor is None:
-        actor = context.actor
+        actor = context.current_actor()
     request = event.request
     known = {
         "id": context.request_id,
