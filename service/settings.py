@@ -46,6 +46,9 @@ class Settings:
     # Replicas that must confirm a batch before `capture` returns its ids (Redis WAIT), else
     # it is spooled (or refused). None: 1 for a Sentinel URL, 0 (no WAIT) otherwise.
     redis_wait_replicas: int | None = None
+    # The largest task (one enqueue's payload, or a merged job) the enqueue function takes and
+    # a worker reads (AUDITQ_MAX_JOB_BYTES); a larger one is refused or set aside unread.
+    max_job_bytes: int = 8 * 1024 * 1024
 
     # Worker. The retry policy itself is written out in workers/retry.py.
     worker_max_jobs: int = 10
@@ -110,6 +113,9 @@ class Settings:
                 env, "AUDITQ_SPOOL_MAX_BYTES", 1024 * 1024 * 1024, minimum=1024 * 1024
             ),
             redis_wait_replicas=_int(env, "AUDITQ_REDIS_WAIT_REPLICAS", None, minimum=0),
+            max_job_bytes=_req_int(
+                env, "AUDITQ_MAX_JOB_BYTES", 8 * 1024 * 1024, minimum=64 * 1024 + 1024
+            ),
             worker_max_jobs=_req_int(env, "AUDITQ_WORKER_MAX_JOBS", 10, minimum=1),
             job_timeout_s=_float(env, "AUDITQ_JOB_TIMEOUT_S", 60.0),
             db_pool_size=_req_int(env, "AUDITQ_DB_POOL_SIZE", 10, minimum=1),

@@ -31,7 +31,7 @@ from service.settings import Settings
 from service.store import db
 from service.store.partitions import ensure_partitions
 from service.store.secrets import read_secret
-from workers import heartbeat, rollup, sealer
+from workers import functions, heartbeat, rollup, sealer
 from workers.arq_redis import arq_settings, create_arq_pool
 from workers.erased import ErasedSubjects
 from workers.job import store_events
@@ -55,6 +55,8 @@ async def _startup(ctx: dict[str, Any]) -> None:
     assert settings.worker_url is not None  # the database URL when no role of its own is set
     state.pool = await db.create_pool(settings.worker_url, size=settings.db_pool_size)
     state.erased = ErasedSubjects(settings.subject_entity_types)
+    # Before producers need it: this worker's version of the enqueue, with its job size bound.
+    await functions.ensure_loaded(state, check=False)
     # Before the first job: a month's rows must never land in the default partition while
     # that month's own partition is about to be made (the key is unique per partition).
     async with state.pool.acquire() as conn:

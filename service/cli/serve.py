@@ -59,7 +59,32 @@ async def _running_worker(settings: Settings) -> AsyncIterator[None]:
 async def cmd_migrate(settings: Settings, args: argparse.Namespace) -> int:
     await db.migrate(settings.require_database(), months_ahead=settings.partitions_ahead_months)
     print("schema applied")
+    if settings.redis_url:
+        await _load_functions(settings)
+    else:
+        print("no AUDITQ_REDIS_URL: the enqueue function is loaded by the first worker")
     return 0
+
+
+async def _load_functions(settings: Settings) -> None:
+    """Load the enqueue function library into the configured Redis; say which way it went."""
+    from redis.asyncio import Redis
+    from redis.exceptions import RedisError
+
+    from service.connections import parse_redis_url, redis_client
+    from service.queue import ENQUEUE_FUNCTION, load_functions
+
+    redis: Redis = redis_client(parse_redis_url(settings.require_redis()))
+    try:
+        loaded = await load_functions(redis, max_job_bytes=settings.max_job_bytes)
+    except RedisError as exc:
+        raise ConfigError(f"cannot load the enqueue function into Redis: {exc}") from exc
+    finally:
+        await redis.aclose()
+    if loaded:
+        print(f"Redis: function {ENQUEUE_FUNCTION} loaded")
+    else:
+        print("Redis: no functions on this server (before Redis 7): producers use EVAL")
 
 
 async def cmd_worker(settings: Settings, args: argparse.Namespace) -> int:
@@ -109,6 +134,7 @@ async def cmd_run(settings: Settings, args: argparse.Namespace) -> int:
         if migrate_url is None:
             raise ConfigError("no PostgreSQL to migrate: set AUDITQ_DATABASE_URL")
         await db.migrate(migrate_url, months_ahead=settings.partitions_ahead_months)
+        await _load_functions(settings)
         if settings.sealing:  # made before "running" is said: `auditq integrity public-key` works
             load_or_create_private_key(settings.seal_key_path)
         token_path = settings.data_dir / ADMIN_TOKEN_FILE

@@ -19,6 +19,7 @@ from redis.asyncio import Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from service.connections import parse_redis_url, redis_client
@@ -36,7 +37,15 @@ from service.producer.failures import (
 )
 from service.producer.replay import BATCH_MAX_BYTES, Item, SpoolReplay
 from service.producer.spool import Spool, SpoolError, SpoolRefused
-from service.queue import ENQUEUE_SCRIPT, Provenance, provenance_tag
+from service.queue import (
+    ENQUEUE_FUNCTION,
+    ENQUEUE_SCRIPT,
+    Provenance,
+    has_no_functions,
+    is_function_missing,
+    load_functions,
+    provenance_tag,
+)
 from service.settings import Settings
 
 __all__ = [
@@ -137,6 +146,7 @@ class AuditClient(SpoolReplay):
         self.spool_dropped = 0  # events dropped because the spool was full (each logged)
         self._redis = redis
         self._script = redis.register_script(ENQUEUE_SCRIPT)
+        self._functions = True  # the server has functions: FCALL, else EVAL of the script
         self._queue = queue
         self._capture_timeout = capture_timeout_s
         self._send_timeout = capture_timeout_s * SEND_TIMEOUT_FACTOR
@@ -565,26 +575,55 @@ class AuditClient(SpoolReplay):
 
     async def _enqueue(self, args: list[bytes | str], *, within_s: float) -> None:
         """Run the enqueue script; with wait_replicas, return only once replicas confirm it."""
+        try:
+            confirmed = await self._enqueue_once(args, within_s=within_s)
+        except ResponseError as exc:
+            if is_function_missing(exc):
+                # A Redis that lost the library (a fresh server, a failover, FUNCTION FLUSH):
+                # load it again where this client may (a producer user may not; its workers do).
+                await load_functions(self._redis)
+            elif has_no_functions(exc):
+                self._functions = False  # before Redis 7: the same script, as EVAL
+            else:
+                raise
+            confirmed = await self._enqueue_once(args, within_s=within_s)
         if not self._wait_replicas:
-            await self._script(keys=[self._queue], args=args)
             return
+        if int(confirmed) < self._wait_replicas:
+            raise NotReplicated(
+                f"{confirmed} of {self._wait_replicas} replicas confirmed the batch "
+                f"within {self._wait_ms(within_s)} ms"
+            )
+
+    def _wait_ms(self, within_s: float) -> int:
         # Within the socket timeout (the capture bound) too, or the read would time out first.
-        wait_ms = max(1, int(min(within_s, self._capture_timeout) * WAIT_SHARE * 1000))
+        return max(1, int(min(within_s, self._capture_timeout) * WAIT_SHARE * 1000))
+
+    async def _enqueue_once(self, args: list[bytes | str], *, within_s: float) -> int:
+        """Run the enqueue function (or script) once; with wait_replicas, in one pipeline with
+        WAIT, returning how many replicas confirmed it."""
+        redis = self._redis
+        if not self._wait_replicas:
+            if self._functions:
+                await redis.fcall(ENQUEUE_FUNCTION, 1, self._queue, *args)  # type: ignore[arg-type,misc]
+            else:
+                await self._script(keys=[self._queue], args=args)
+            return 0
+        wait_ms = self._wait_ms(within_s)
         # One round trip, one connection: WAIT covers the writes of its own connection. EVAL,
         # not EVALSHA: a NOSCRIPT (a new primary) would cost a whole WAIT before the retry.
-        async with self._redis.pipeline(transaction=False) as pipe:
-            pipe.eval(ENQUEUE_SCRIPT, 1, self._queue, *args)  # type: ignore[arg-type]
+        async with redis.pipeline(transaction=False) as pipe:
+            if self._functions:
+                pipe.fcall(ENQUEUE_FUNCTION, 1, self._queue, *args)  # type: ignore[arg-type]
+            else:
+                pipe.eval(ENQUEUE_SCRIPT, 1, self._queue, *args)  # type: ignore[arg-type]
             if args[1]:
                 # A job of its own id may be queued already (the script then writes nothing):
                 # a write of its own makes WAIT cover whatever came before it.
                 pipe.set(WAIT_FENCE_KEY, args[1])
             pipe.wait(self._wait_replicas, wait_ms)
             *_, confirmed = await pipe.execute()
-        if int(confirmed) < self._wait_replicas:
-            raise NotReplicated(
-                f"{confirmed} of {self._wait_replicas} replicas confirmed the batch "
-                f"within {wait_ms} ms"
-            )
+        return int(confirmed)
 
     def _job_args(self, payload: bytes, task_id: str = "") -> list[bytes | str]:
         """The enqueue script's arguments for `payload`: one job of its own, with its
