@@ -34,6 +34,12 @@ def test_the_producers_page_shows_each_example_file_as_it_is(name: str) -> None:
     assert body in blocks
 
 
+def test_the_producers_page_shows_the_express_example_as_it_is() -> None:
+    blocks = re.findall(r"```js\n(.*?)```", DOC.read_text(), flags=re.DOTALL)
+    code = (EXAMPLES / "express_example.mjs").read_text()
+    assert code[code.index("import express") :] in blocks
+
+
 async def stored(settings: Settings, database_url: str, count: int) -> list[dict[str, Any]]:
     async def enough() -> bool:
         conn = await asyncpg.connect(database_url)
