@@ -86,7 +86,10 @@ class AuditContextMiddleware:
         async def send_with_request_id(message: Message) -> None:
             if message["type"] == "http.response.start":
                 headers = list(message.get("headers") or ())
-                if not any(name.lower() == REQUEST_ID_HEADER for name, _ in headers):
+                for name, _ in headers:
+                    if name.lower() == REQUEST_ID_HEADER:
+                        break  # the app set its own
+                else:
                     headers.append(echoed)
                 message = {**message, "headers": headers}
             await send(message)

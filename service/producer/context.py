@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import logging
-import uuid
+import os
+import re
 from collections.abc import Callable, Iterable, Sequence
 from contextvars import ContextVar
 
@@ -129,7 +131,8 @@ def request_context(
     query string (query strings often carry tokens).
     """
     return AuditContext(
-        request_id=sane_request_id(request_id) or uuid.uuid4().hex,
+        # 32 hex digits, as uuid4().hex, at a fifth of its cost.
+        request_id=sane_request_id(request_id) or os.urandom(16).hex(),
         ip=client_ip(peer, forwarded_for, real_ip, trusted),
         user_agent=clip(user_agent, USER_AGENT_MAX_CHARS),
         method=clip(method, METHOD_MAX_CHARS),
@@ -151,6 +154,10 @@ def sane_request_id(value: str | None) -> str | None:
     return value
 
 
+ADDRESSES_KEPT = 4096  # addresses remembered: proxies and clients repeat from request to request
+ADDRESS_CACHED_MAX_CHARS = 64  # an address with a port and brackets fits
+
+
 def client_ip(
     peer: str | None,
     forwarded_for: str | None,
@@ -158,21 +165,70 @@ def client_ip(
     trusted: Sequence[IPNetwork],
 ) -> str | None:
     """Return the client's address: the peer, or what a trusted proxy peer says it forwarded."""
-    peer_address = parse_ip(peer)
-    if peer_address is None or not _is_trusted(peer_address, trusted):
-        return str(peer_address) if peer_address is not None else None
+    return _client_ip(peer, forwarded_for, real_ip, trusted)
+
+
+def _client_ip(
+    peer: str | None,
+    forwarded_for: str | None,
+    real_ip: str | None,
+    trusted: Sequence[IPNetwork],
+) -> str | None:
+    peer_address, peer_trusted = _classify(peer, trusted)
+    if peer_address is None or not peer_trusted:
+        return peer_address
     if forwarded_for:
         # Proxies append, so walk from the right: the first untrusted hop is the client.
         for hop in reversed(forwarded_for.split(",")):
-            address = parse_ip(hop)
+            address, hop_trusted = _classify(hop, trusted)
             if address is None:
                 break  # a malformed hop: nothing left of it can be believed
-            if not _is_trusted(address, trusted):
-                return str(address)
-    real = parse_ip(real_ip)
+            if not hop_trusted:
+                return address
+    real, _ = _classify(real_ip, trusted)
     if real is not None:
-        return str(real)
-    return str(peer_address)
+        return real
+    return peer_address
+
+
+def _classify(value: str | None, trusted: Sequence[IPNetwork]) -> tuple[str | None, bool]:
+    """The address `value` names (None when it names none), and whether it is trusted."""
+    if value is None:
+        return None, False
+    if len(value) <= ADDRESS_CACHED_MAX_CHARS:
+        # Parsing an address and testing networks cost microseconds; the same proxies and
+        # clients come back, so each answer is remembered.
+        return _classify_cached(value, tuple(trusted))
+    return _classify_address(value, trusted)
+
+
+def _classify_address(value: str, trusted: Sequence[IPNetwork]) -> tuple[str | None, bool]:
+    text = value.strip()
+    quad = _DOTTED_QUAD.fullmatch(text)
+    if quad is not None:
+        # The common case, a plain IPv4 address, without the ipaddress module (a new client
+        # each request must stay cheap): it is its own canonical text.
+        a, b, c, d = (int(octet) for octet in quad.groups())
+        number = (a << 24) | (b << 16) | (c << 8) | d
+        return text, any(number & mask == net for net, mask in _ipv4_ranges(tuple(trusted)))
+    address = parse_ip(text)
+    if address is None:
+        return None, False
+    return str(address), _is_trusted(address, trusted)
+
+
+_OCTET = r"(25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])"  # no leading zeros, as ipaddress
+_DOTTED_QUAD = re.compile(rf"{_OCTET}\.{_OCTET}\.{_OCTET}\.{_OCTET}")
+
+
+@functools.lru_cache(maxsize=64)
+def _ipv4_ranges(trusted: tuple[IPNetwork, ...]) -> tuple[tuple[int, int], ...]:
+    return tuple(
+        (int(net.network_address), int(net.netmask)) for net in trusted if net.version == 4
+    )
+
+
+_classify_cached = functools.lru_cache(maxsize=ADDRESSES_KEPT)(_classify_address)
 
 
 def parse_ip(value: str | None) -> IPAddress | None:
