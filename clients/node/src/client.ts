@@ -1,4 +1,5 @@
 // The producer: capture audit events and enqueue them in batches, never throwing to the caller.
+import { randomFillSync } from "node:crypto";
 import { readFileSync } from "node:fs";
 
 import { Redis } from "ioredis";
@@ -14,6 +15,8 @@ const ENQUEUE_SCRIPT = readFileSync(new URL("./enqueue.lua", import.meta.url), "
 const SEND_TIMEOUT_FACTOR = 4; // capture timeouts per send: connect, a reconnect, the reply
 const BATCH_MAX_BYTES = 1024 * 1024; // one enqueue call's payload at most (under AUDITQ_MAX_JOB_BYTES)
 const VALID_ACTIONS_KEPT = 4096; // distinct actions remembered as valid
+const CONNECT_TIMEOUT_MS = 10_000; // a connection attempt; sends are bounded apart
+const LATE_TIMER_GRACES = 3; // send bounds granted again when the process was too busy to wait
 
 export interface Logger {
   error(message: string): void;
@@ -76,6 +79,20 @@ interface Item {
 
 const validActions = new Set<string>();
 
+// Random bytes for the ids, drawn from the system a pool at a time: one getrandom call per
+// id cost more than the rest of a capture on a loaded machine.
+const RANDOM_POOL = new Uint8Array(16 * 1024);
+let randomOffset = RANDOM_POOL.length;
+
+function pooledRandom(): Uint8Array {
+  if (randomOffset + 16 > RANDOM_POOL.length) {
+    randomFillSync(RANDOM_POOL);
+    randomOffset = 0;
+  }
+  randomOffset += 16;
+  return RANDOM_POOL.subarray(randomOffset - 16, randomOffset);
+}
+
 function envList(name: string): string[] {
   return (process.env[name] ?? "").split(",").map((s) => s.trim()).filter(Boolean);
 }
@@ -122,8 +139,9 @@ export class AuditClient {
     this.sendTimeoutMs = this.captureTimeoutMs * SEND_TIMEOUT_FACTOR;
     this.redis = new Redis(redisUrl, {
       lazyConnect: true,
-      connectTimeout: this.sendTimeoutMs,
-      commandTimeout: this.sendTimeoutMs,
+      // No commandTimeout: its timer counts time this process spent busy as Redis's (see
+      // `enqueue`, which bounds each send itself).
+      connectTimeout: CONNECT_TIMEOUT_MS,
       maxRetriesPerRequest: 1,
       retryStrategy: (times) => Math.min(times * 50, 1000),
     });
@@ -144,7 +162,7 @@ export class AuditClient {
     return new Promise((resolve) => {
       const waiter: Waiter = { resolve, timer: undefined };
       item.waiter = waiter;
-      waiter.timer = setTimeout(() => this.expire(item), this.captureTimeoutMs);
+      waiter.timer = setTimeout(() => setImmediate(() => this.expire(item)), this.captureTimeoutMs);
       this.push(item);
     });
   }
@@ -203,20 +221,29 @@ export class AuditClient {
     }
     let done: AuditEvent = {
       ...event,
-      id: event.id ?? uuidv7(),
+      id: event.id ?? uuidv7({ rng: pooledRandom }),
       ts: event.ts ?? new Date().toISOString(),
     };
     const context = currentContext();
-    if (context !== undefined) done = withContext(done, context);
+    let withRequest = false;
+    if (context !== undefined) {
+      done = withContext(done, context);
+      withRequest = done.request !== event.request || done.actor !== event.actor;
+    }
     let payload: string;
     try {
       payload = JSON.stringify(done);
     } catch (error) {
       throw new InvalidEvent(`cannot encode the event: ${(error as Error).message}`);
     }
-    if (this.redactor.keys.stems.test(payload)) {
-      // One scan of the encoded event; most events stop there.
-      done = this.redactor.redact(done) as AuditEvent;
+    // The event as given, and what the context added (the id and ts made here are clean).
+    const redactor = this.redactor;
+    if (
+      redactor.mayHoldSecret(event) ||
+      (withRequest && (redactor.mayHoldSecret(done.request) || redactor.mayHoldSecret(done.actor)))
+    ) {
+      // One walk over the event (its strings and keys mostly remembered); most stop there.
+      done = redactor.redact(done) as AuditEvent;
       payload = JSON.stringify(done);
     }
     if (payload.length * 3 > this.maxEventBytes) {
@@ -301,11 +328,25 @@ export class AuditClient {
 
   private async enqueue(payload: string): Promise<void> {
     let timer: NodeJS.Timeout | undefined;
+    const bound = this.sendTimeoutMs;
     const late = new Promise<never>((_, reject) => {
-      timer = setTimeout(
-        () => reject(new DeliveryUncertain(`no answer from Redis within ${this.sendTimeoutMs} ms`)),
-        this.sendTimeoutMs,
-      );
+      let due = performance.now() + bound;
+      let grace = LATE_TIMER_GRACES;
+      const expire = () => {
+        // A timer that fires far past its time says this process was busy (a long
+        // synchronous stretch), not that Redis was slow: the command may not even have been
+        // written. Give Redis the bound again, a few times at most.
+        if (performance.now() - due > bound / 2 && grace-- > 0) {
+          due = performance.now() + bound;
+          timer = setTimeout(expire, bound);
+          return;
+        }
+        // Rejected in the check phase, after the poll phase read what Redis already sent.
+        setImmediate(() =>
+          reject(new DeliveryUncertain(`no answer from Redis within ${bound} ms`)),
+        );
+      };
+      timer = setTimeout(expire, bound);
     });
     try {
       await Promise.race([this.call(payload), late]);
@@ -332,6 +373,7 @@ export class AuditClient {
     return await this.redis.call("EVAL", ENQUEUE_SCRIPT, "1", this.queue, payload);
   }
 
+  /** The capture bound passed (checked after the poll phase, see `enqueue`). */
   private expire(item: Item): void {
     if (item.state === QUEUED) {
       item.state = DONE; // the sender skips it

@@ -4,9 +4,14 @@
 // (credential formats in any string, gitleaks' maintained set and auditq's own).
 import { readFileSync } from "node:fs";
 
+import { Automaton } from "./automaton.js";
+
 export const REDACTED = "[REDACTED]";
 const MAX_DEPTH = 200; // nesting redacted; anything deeper is replaced whole (as in Python)
 const KEY_CACHE_MAX = 8192; // keys remembered: a service has few distinct keys
+const NOTHING = { rules: undefined, stem: false } as const;
+const CLEAN_CACHE_MAX = 16_384; // strings remembered by the pre-check
+const CLEAN_CACHED_MAX_CHARS = 64; // longer strings are checked each time (bounded memory)
 
 interface Allow {
   regexes?: string[];
@@ -49,7 +54,8 @@ interface CompiledAllow {
 
 interface CompiledRule {
   keywords: string[];
-  regex: RegExp;
+  regex: RegExp; // global, with indices: to find each secret
+  test: RegExp; // no flags: only whether the rule fits (faster)
   group: number;
   entropy: number | undefined;
   allow: CompiledAllow[];
@@ -70,6 +76,7 @@ const NOT_BEFORE_FINAL = new Map(
 const DESCRIPTORS = new Set(data.keys.descriptors);
 const QUANTITIES = new Set(data.keys.quantities);
 const PAIR_NAMES = data.keys.pair_names;
+const PAIR_NAME_SET = new Set(PAIR_NAMES);
 const PAIR_VALUES = data.keys.pair_values;
 const DIFF_FIELD = "field";
 const DIFF_VALUES = ["old", "new"];
@@ -88,29 +95,29 @@ const GLOBAL_ALLOW = compileAllow(data.allow);
 const RULES: CompiledRule[] = [...data.local_tokens, ...data.tokens].map((rule) => ({
   keywords: rule.keywords,
   regex: new RegExp(rule.regex, "gd"),
+  test: new RegExp(rule.regex),
   group: rule.group,
   entropy: rule.entropy,
   allow: (rule.allow ?? []).map(compileAllow),
 }));
 
-// The pre-check: a string in which none of these occurs (case-insensitively) is left as it
-// is at once. Every key rule needs a secret word's stem; every token rule one of its keywords.
-const STEMS = new Set<string>([
-  ...RULES.flatMap((rule) => rule.keywords),
-  ...data.keys.words,
-  ...data.keys.final_words,
-  ...ENDINGS,
-  "pass", "pwd", "secret", "token", "cookie", "cred", "authoriz", "key", "session", "sig",
-  "bearer", "basic", "-----", "://", "%3d",
-]);
-
-function stemPattern(stems: Iterable<string>): RegExp {
-  const escaped = [...stems]
-    .filter((stem) => stem.length > 0)
-    .sort((a, b) => b.length - a.length)
-    .map((stem) => stem.replace(/[.*+?^${}()|[\]\\/-]/g, "\\$&"));
-  return new RegExp(escaped.join("|"), "i");
+// The pre-checks. A token rule runs only on text holding one of its keywords: one scan finds
+// which keywords a text holds, so only their rules run. The other string rules (key=value
+// pairs, URL passwords, Bearer/Basic, PEM blocks) need one of these stems, the value rule's
+// stems of service/redaction.py; the key rule is asked of keys themselves (remembered).
+const RULES_BY_KEYWORD = new Map<string, CompiledRule[]>();
+for (const rule of RULES) {
+  for (const keyword of rule.keywords) {
+    const rules = RULES_BY_KEYWORD.get(keyword) ?? [];
+    rules.push(rule);
+    RULES_BY_KEYWORD.set(keyword, rules);
+  }
 }
+const STRING_STEMS = [
+  ...["pass", "pwd", "secret", "token", "cookie", "cred", "authoriz", "jwt", "otp", "key"],
+  ...["session", "backup", "recovery", "2fa", "mfa", "sig", "bearer", "basic", "-----", "://"],
+  "%3d",
+];
 
 const PART_RE = /[A-Za-z]+|[0-9]+/g; // between separators; digits stand alone
 const WORD_RE = /[A-Z]+(?![a-z])|[A-Z]?[a-z]+/g; // a part cut on case changes
@@ -153,14 +160,15 @@ function normalize(key: string): string {
 export class KeyRule {
   private readonly extras: Set<string>;
   private readonly cache = new Map<string, boolean>();
-  readonly stems: RegExp;
+  /** The stems of the string rules that need a key: auditq's, and the extra keys' words. */
+  readonly stems: string[];
 
   constructor(extraKeys: Iterable<string> = []) {
     this.extras = new Set([...extraKeys].map(normalize).filter((key) => key));
     const extraStems = [...extraKeys].map((key) =>
       keyWords(key).reduce((a, b) => (b.length > a.length ? b : a), normalize(key)),
     );
-    this.stems = stemPattern([...STEMS, ...extraStems]);
+    this.stems = [...new Set([...STRING_STEMS, ...extraStems])].filter((stem) => stem);
   }
 
   isSensitive(key: string): boolean {
@@ -243,11 +251,9 @@ function lineAround(text: string, start: number, end: number): string {
 }
 
 /** Replace every credential the token rules find in `text`. */
-function redactTokens(text: string): string {
-  const lower = text.toLowerCase();
+function redactTokens(text: string, rules: Iterable<CompiledRule>): string {
   const spans: Array<[number, number]> = [];
-  for (const rule of RULES) {
-    if (!rule.keywords.some((keyword) => lower.includes(keyword))) continue;
+  for (const rule of rules) {
     rule.regex.lastIndex = 0;
     for (const match of text.matchAll(rule.regex)) {
       const indices = match.indices!;
@@ -295,16 +301,44 @@ const CREDENTIAL_MIN_PLAIN_LEN = 20;
 /** The value rule, and the key rule on `key=value` pairs inside text. */
 export class Redactor {
   readonly keys: KeyRule;
+  private readonly automaton: Automaton;
+  private readonly keywordRules: CompiledRule[][]; // by word id; [] for a stem
+  // Strings already checked: events repeat most of their strings (types, paths, names).
+  private readonly clean = new Map<string, boolean>();
+  private readonly keyVerdicts = new Map<string, boolean>(); // key -> needs redaction
 
   constructor(extraKeys: Iterable<string> = []) {
     this.keys = new KeyRule(extraKeys);
+    const keywords = [...RULES_BY_KEYWORD.keys()];
+    this.keywordRules = keywords.map((keyword) => RULES_BY_KEYWORD.get(keyword)!);
+    for (const _ of this.keys.stems) this.keywordRules.push([]);
+    this.automaton = new Automaton([...keywords, ...this.keys.stems]);
+  }
+
+  /** One pass over `text`: the token rules whose keywords it holds, and whether it holds a
+   * stem of the other string rules. */
+  private scan(text: string): { rules: Set<CompiledRule> | undefined; stem: boolean } {
+    let rules: Set<CompiledRule> | undefined;
+    let stem = false;
+    const keywordRules = this.keywordRules;
+    this.automaton.scan(text, (id) => {
+      const found = keywordRules[id]!;
+      if (found.length === 0) {
+        stem = true;
+      } else {
+        rules ??= new Set();
+        for (const rule of found) rules.add(rule);
+      }
+    });
+    return { rules, stem };
   }
 
   /** Return `text` with every credential it carries replaced by [REDACTED]. */
   redactString(text: string): string {
-    if (!this.keys.stems.test(text)) return text;
+    const { rules, stem } = this.scan(text);
+    if (!stem) return rules === undefined ? text : redactTokens(text, rules);
     let out = text.replace(PEM_RE, REDACTED);
-    out = redactTokens(out);
+    if (rules !== undefined) out = redactTokens(out, rules);
     out = redactUrlPasswords(out);
     out = redactUrlPasswords(this.redactPairs(out));
     out = out.replace(ENCODED_PAIR_RE, (whole, key: string, value: string) =>
@@ -316,6 +350,68 @@ export class Redactor {
       return plain && cred.length < CREDENTIAL_MIN_PLAIN_LEN ? whole : `${scheme}${gap}${REDACTED}`;
     });
     return out;
+  }
+
+  /** The pre-check over an event: false means no rule would change any of it (one walk:
+   * each key asked of the key rule, each string of the string rules; both remembered). */
+  mayHoldSecret(value: unknown, depth = 0): boolean {
+    if (typeof value === "string") return this.stringMayHoldSecret(value);
+    if (value === null || typeof value !== "object") return false;
+    if (depth >= MAX_DEPTH) return true;
+    if (Array.isArray(value)) {
+      for (const item of value) if (this.mayHoldSecret(item, depth + 1)) return true;
+      return false;
+    }
+    const mapping = value as Record<string, unknown>;
+    for (const key in mapping) {
+      let keyHolds = this.keyVerdicts.get(key);
+      if (keyHolds === undefined) {
+        keyHolds = this.keys.isSensitive(key) || this.stringMayHoldSecret(key);
+        if (this.keyVerdicts.size >= KEY_CACHE_MAX) this.keyVerdicts.clear();
+        this.keyVerdicts.set(key, keyHolds);
+      }
+      if (keyHolds) return true;
+      const item = mapping[key];
+      if (typeof item === "string") {
+        if (this.stringMayHoldSecret(item)) return true;
+        // A diff's "field", a pair's "name": a sensitive one hides the value beside it.
+        if (key === DIFF_FIELD && (DIFF_VALUES[0]! in mapping || DIFF_VALUES[1]! in mapping)) {
+          if (this.keys.isSensitive(item)) return true;
+        } else if (PAIR_NAME_SET.has(key) && PAIR_VALUES.some((name) => name in mapping)) {
+          if (this.keys.isSensitive(item)) return true;
+        }
+      } else if (this.mayHoldSecret(item, depth + 1)) {
+        return true;
+      }
+    }
+    return false;
+  }
+
+  private stringMayHoldSecret(text: string): boolean {
+    const cacheable = text.length <= CLEAN_CACHED_MAX_CHARS;
+    if (cacheable) {
+      const known = this.clean.get(text);
+      if (known !== undefined) return known;
+    }
+    let holds = false;
+    // Most strings hold no keyword at all: one pass that stops at the first tells.
+    const { rules, stem } =
+      this.automaton.firstHit(text) === undefined ? NOTHING : this.scan(text);
+    if (stem) {
+      holds = true;
+    } else if (rules !== undefined) {
+      for (const rule of rules) {
+        if (rule.test.test(text)) {
+          holds = true;
+          break;
+        }
+      }
+    }
+    if (cacheable) {
+      if (this.clean.size >= CLEAN_CACHE_MAX) this.clean.clear();
+      this.clean.set(text, holds);
+    }
+    return holds;
   }
 
   /** Return JSON-like data with secrets redacted (a copy where anything changed). */
