@@ -73,7 +73,7 @@ async function queued() {
   let events = 0;
   for (const taskId of await redis.zrange(queue, 0, -1)) {
     const job = await redis.get(`arq:job:${taskId}`);
-    events += job.split('{\\"action\\":').length - 1;
+    events += job.split('\\"action\\":').length - 1;
   }
   await redis.quit();
   return events;

@@ -72,6 +72,7 @@ interface Waiter {
 
 interface Item {
   payload: string;
+  id: string;
   event: AuditEvent; // for the failure line
   state: number;
   waiter: Waiter | undefined;
@@ -219,20 +220,16 @@ export class AuditClient {
       }
       if (validActions.size < VALID_ACTIONS_KEPT) validActions.add(action);
     }
-    let done: AuditEvent = {
-      ...event,
-      id: event.id ?? uuidv7({ rng: pooledRandom }),
-      ts: event.ts ?? new Date().toISOString(),
-    };
+    let done: AuditEvent = event;
     const context = currentContext();
     let withRequest = false;
     if (context !== undefined) {
-      done = withContext(done, context);
-      withRequest = done.request !== event.request || done.actor !== event.actor;
+      done = withContext(event, context);
+      withRequest = done !== event;
     }
-    let payload: string;
+    let json: string;
     try {
-      payload = JSON.stringify(done);
+      json = JSON.stringify(done);
     } catch (error) {
       throw new InvalidEvent(`cannot encode the event: ${(error as Error).message}`);
     }
@@ -244,15 +241,20 @@ export class AuditClient {
     ) {
       // One walk over the event (its strings and keys mostly remembered); most stop there.
       done = redactor.redact(done) as AuditEvent;
-      payload = JSON.stringify(done);
+      json = JSON.stringify(done);
     }
+    // The id and ts, when made here, are written in front: no copy of the event is made.
+    const id = event.id ?? uuidv7({ rng: pooledRandom });
+    let head = event.id === undefined ? `"id":"${id}",` : "";
+    if (event.ts === undefined) head += `"ts":"${new Date().toISOString()}",`;
+    const payload = head === "" ? json : `{${head}${json.slice(1)}`;
     if (payload.length * 3 > this.maxEventBytes) {
       const bytes = Buffer.byteLength(payload);
       if (bytes > this.maxEventBytes) {
         throw new InvalidEvent(`event is ${bytes} bytes encoded, more than the limit of ${this.maxEventBytes}`);
       }
     }
-    return { payload, event: done, state: QUEUED, waiter: undefined };
+    return { payload, id, event: done, state: QUEUED, waiter: undefined };
   }
 
   // Buffering and sending.
@@ -323,7 +325,7 @@ export class AuditClient {
       return;
     }
     this.counts.sent += live.length;
-    for (const item of live) this.settle(item, item.event.id!, undefined);
+    for (const item of live) this.settle(item, item.id, undefined);
   }
 
   private async enqueue(payload: string): Promise<void> {

@@ -87,6 +87,18 @@ describe("capture", () => {
     expectStored({ id, action: "node.captured", actor_id: "u-1", entity_id: "42", metadata: { plan: "pro" } });
   });
 
+  test("keeps the id and ts an event brings (a resend is stored once)", async () => {
+    const client = new AuditClient(REDIS_URL, { queue: QUEUE });
+    const own = { id: "01890a5d-ac96-774b-bcce-b302099a8057", ts: "2026-01-02T03:04:05.000Z" };
+    const id = await client.capture({ action: "node.resent", ...own });
+    await client.close();
+    assert.equal(id, own.id);
+    const { events } = await queuedEvents(QUEUE);
+    const event = events.find((e) => e.id === own.id);
+    assert.equal(event.ts, own.ts);
+    assert.equal(Object.keys(event).filter((k) => k === "id").length, 1);
+  });
+
   test("redacts secrets by the shared rules before the event leaves the process", async () => {
     const client = new AuditClient(REDIS_URL, { queue: QUEUE, redactExtraKeys: ["ssn"] });
     const id = await client.capture({
