@@ -91,7 +91,7 @@ class AuditContextMiddleware:
                         break  # the app set its own
                 else:
                     headers.append(echoed)
-                message = {**message, "headers": headers}
+                message["headers"] = headers  # a copy of the list: the app's stays as it was
             await send(message)
 
         token = audit_context.set(context)
