@@ -191,3 +191,67 @@ async def test_the_express_example_records_each_request_with_its_context(
         "ip": "198.51.100.5",
     }
     assert (row["user_agent"], row["method"], row["path"]) == ("ex/3", "PUT", "/projects/42")
+
+
+# Keys and texts both clients must treat alike. The rule data adds words Python's module does
+# not read yet (issue of the rule data): "foo_key", "pin", "cvv", "auth", "session" are
+# sensitive in Node only, until service/redaction.py reads service/redaction_rules.json too.
+SAME_KEYS = [
+    *("password", "userPassword", "api_key", "apiKey", "x-api-key", "token_count"),
+    *("max_tokens", "sessionId", "Authorization", "primary_key", "publicKey", "client_secret"),
+    *("refresh_token", "access_token", "private_key", "password_hint", "passwordHash"),
+    *("dbPassword", "githubToken", "cookie", "set-cookie", "credentials", "two_factor_secret"),
+    *("backup_codes", "recovery_codes", "otp", "signature", "title", "name", "email", "note"),
+    *("description", "status", "oauth", "keyboard", "monkey", "passenger", "bypass"),
+    *("compass", "secretary", "tokens", "user_ssn"),
+]
+SAME_TEXTS = [
+    "postgres://app:hunter2@db.internal:5432/prod",
+    "Authorization: Bearer abc.def-ghi_123",
+    "callback https://x.example/cb?access_token=zzz&n=1",
+    "password=hunter2 user=ann",
+    '{"password": "x", "user": "ann"}',
+    "key AKIAIOSFODNN7REALKEY found",
+    "token ghp_0123456789abcdefghijABCDEFGHIJ012345",
+    "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxIn0.c2lnbmF0dXJl",
+    "basic authentication is off",
+    "quarterly flamingo report",
+    "redirect=https%3A%2F%2Fx%2F%3Ftoken%3Dabc%26n%3D1",
+    "aq_0123456789abcdefghijklmnop",
+]
+PARITY_SCRIPT = """
+const { KeyRule, Redactor } = await import(process.argv[1]);
+const [keys, texts] = JSON.parse(process.argv[2]);
+const rule = new KeyRule(["ssn"]);
+const redactor = new Redactor([]);
+const sensitive = keys.map((k) => rule.isSensitive(k));
+console.log(JSON.stringify([sensitive, texts.map((t) => redactor.redactString(t))]));
+"""
+
+
+def test_the_node_client_redacts_as_the_python_side_does(tmp_path: Path) -> None:
+    from service.redaction import is_sensitive_key, redact_sensitive_in_string
+
+    npm_path = npm()
+    subprocess.run([npm_path, "run", "build"], cwd=NODE_DIR, check=True, capture_output=True)
+    done = subprocess.run(
+        [
+            "node",
+            "--input-type=module",
+            "-e",
+            PARITY_SCRIPT,
+            str(NODE_DIR / "dist" / "redaction.js"),
+            json.dumps([SAME_KEYS, SAME_TEXTS]),
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=RUN_TIMEOUT,
+    )
+    node_keys, node_texts = json.loads(done.stdout)
+    python_keys = [is_sensitive_key(key, frozenset({"ssn"})) for key in SAME_KEYS]
+    assert dict(zip(SAME_KEYS, node_keys, strict=True)) == dict(
+        zip(SAME_KEYS, python_keys, strict=True)
+    )
+    assert node_texts == [redact_sensitive_in_string(text) for text in SAME_TEXTS]
+    assert node_texts[0] == "postgres://app:[REDACTED]@db.internal:5432/prod"
