@@ -1,12 +1,12 @@
 """The Node client beside the Python client: `python -m bench.producer_clients [--rounds R]`.
 
 For each client, in alternating rounds against one fresh embedded Valkey (the enqueue
-function library loaded): the cost of one `capture_nowait` / `captureNowait` call (CPU µs,
-nothing awaited, the benchmark event of bench/common.py prebuilt), and the throughput of one
-process (events/s from the first call to the client's close, a yield to the event loop
-every 100 events, the client connected before) and its CPU per event, with every event
-counted back in Redis. Needs node and npm (`clients/node`: `npm ci`).
-Not a test: the figures depend on the machine and its load.
+function library loaded), each round after as many warm-up calls: the cost of one
+`capture_nowait` / `captureNowait` call (CPU µs, nothing awaited, the benchmark event of
+bench/common.py prebuilt), and the throughput of one process (events/s from the first call
+to the client's close, a yield to the event loop every 100 events, the client connected
+before) and its CPU per event, with every event counted back in Redis. Needs node and npm
+(`clients/node`: `npm ci`). Not a test: the figures depend on the machine and its load.
 """
 
 from __future__ import annotations
@@ -44,6 +44,12 @@ async def queued(redis: aioredis.Redis, queue: str) -> int:
 
 async def python_round(url: str, calls: int, total: int) -> dict[str, Any]:
     queue = f"bench-python-{time.monotonic_ns()}"
+    # As many calls first, into a queue of their own (as the Node side warms its JIT).
+    warm = AuditClient.from_url(url, queue=f"{queue}-warmup", buffer_max_events=calls + 1)
+    warm.bind_loop()
+    for i in range(calls):
+        warm.capture_nowait(audit_event("python-warmup", i))
+    await warm.aclose(30.0)
     client = AuditClient.from_url(
         url, queue=queue, buffer_max_events=calls + 1, flush_interval_s=60.0
     )

@@ -11,6 +11,7 @@ const MAX_DEPTH = 200; // nesting redacted; anything deeper is replaced whole (a
 const KEY_CACHE_MAX = 8192; // keys remembered: a service has few distinct keys
 const NOTHING = { rules: undefined, stem: false } as const;
 const CLEAN_CACHE_MAX = 16_384; // strings remembered by the pre-check
+const CLEAN_CACHED_MIN_CHARS = 24; // shorter strings are read each time
 const CLEAN_CACHED_MAX_CHARS = 64; // longer strings are checked each time (bounded memory)
 
 interface Allow {
@@ -388,7 +389,9 @@ export class Redactor {
   }
 
   private stringMayHoldSecret(text: string): boolean {
-    const cacheable = text.length <= CLEAN_CACHED_MAX_CHARS;
+    // A short string is read faster than it is looked up (and unique ones would only churn
+    // the memory); a long one is read each time (bounded memory).
+    const cacheable = text.length > CLEAN_CACHED_MIN_CHARS && text.length <= CLEAN_CACHED_MAX_CHARS;
     if (cacheable) {
       const known = this.clean.get(text);
       if (known !== undefined) return known;
