@@ -85,6 +85,19 @@ const validActions = new Set<string>();
 const RANDOM_POOL = new Uint8Array(16 * 1024);
 let randomOffset = RANDOM_POOL.length;
 
+// The time of capture as RFC 3339, made once per millisecond (events come many a millisecond).
+let lastMs = 0;
+let lastIso = "";
+
+function isoNow(): string {
+  const now = Date.now();
+  if (now !== lastMs) {
+    lastMs = now;
+    lastIso = new Date(now).toISOString();
+  }
+  return lastIso;
+}
+
 function pooledRandom(): Uint8Array {
   if (randomOffset + 16 > RANDOM_POOL.length) {
     randomFillSync(RANDOM_POOL);
@@ -246,7 +259,7 @@ export class AuditClient {
     // The id and ts, when made here, are written in front: no copy of the event is made.
     const id = event.id ?? uuidv7({ rng: pooledRandom });
     let head = event.id === undefined ? `"id":"${id}",` : "";
-    if (event.ts === undefined) head += `"ts":"${new Date().toISOString()}",`;
+    if (event.ts === undefined) head += `"ts":"${isoNow()}",`;
     const payload = head === "" ? json : `{${head}${json.slice(1)}`;
     if (payload.length * 3 > this.maxEventBytes) {
       const bytes = Buffer.byteLength(payload);
