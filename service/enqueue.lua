@@ -9,14 +9,16 @@
 -- invalid becomes a failed task with its reason rather than disappearing here.
 -- Returns the task id. Enqueueing the same task id twice stores it once.
 --   FCALL auditq_enqueue 1 <queue name> <event JSON array> '' finalized
--- is what auditq's Python client sends: arrays of events it validated, completed (id, ts,
--- category, presentation) and redacted. Such events are appended to the queue's open job
--- (made the same way) while no worker has started it and it stays under MERGE_MAX_BYTES, so
--- a worker takes many producers' small batches as one job; and the worker stores them as
--- they are, without completing and redacting them a second time. A job that has started (or
+-- is what auditq's Python client sends: arrays of events it completed (id, ts, category,
+-- presentation) and redacted. Such a batch joins the queue's open job (made the same way)
+-- while no worker has started it and the job stays under MERGE_MAX_BYTES, so a worker takes
+-- many producers' small batches as one job -- but only a batch proven well-formed here (a
+-- non-empty JSON array of objects, each with a string "action"), and as a segment of its own
+-- (one more argument of the job), so the worker still reads, checks and if need be sets
+-- aside each batch alone: no batch can spoil another. The flag is a hint, never trusted: the
+-- worker checks every event of every job against the wire format. A job that has started (or
 -- ever ran) is never appended to; a worker reads a job only after it marked it in progress,
--- and this script runs atomically, so no appended event can be missed. Other producers leave
--- the flag out: their events are completed and redacted by the worker.
+-- and this runs atomically, so no appended batch can be missed.
 --   FCALL auditq_enqueue 1 <queue name> <event JSON> <task id> finalized <via> <tag>
 -- is what auditq's API sends for HTTP ingest and its own events: a provenance claim (`via`,
 -- e.g. http:<token name>) and its HMAC tag, which the worker checks with a key only the API
@@ -25,6 +27,24 @@
 -- refused with an error reply: no worker would read it.
 local MAX_JOB_BYTES = 8388608
 local MERGE_MAX_BYTES = 1048576
+
+-- Whether a batch may join the open job: a non-empty JSON array of objects with an action.
+local function well_formed(payload)
+  if string.sub(payload, 1, 1) ~= '[' then
+    return false
+  end
+  local ok, events = pcall(cjson.decode, payload)
+  if not ok or type(events) ~= 'table' or #events == 0 then
+    return false
+  end
+  for i = 1, #events do
+    local event = events[i]
+    if type(event) ~= 'table' or type(rawget(event, 'action')) ~= 'string' then
+      return false
+    end
+  end
+  return true
+end
 
 local function enqueue(KEYS, ARGV)
   local queue = KEYS[1]
@@ -41,7 +61,7 @@ local function enqueue(KEYS, ARGV)
       #payload, MAX_JOB_BYTES))
   end
   local merge = ARGV[3] == 'finalized' and (task_id == nil or task_id == '')
-    and #payload > 2 and string.sub(payload, 1, 1) == '[' and string.sub(payload, -1) == ']'
+    and (via == nil or via == '') and well_formed(payload)
   local open_key = 'auditq:open-job:' .. queue
   if merge then
     local open = redis.call('GET', open_key)
@@ -49,13 +69,13 @@ local function enqueue(KEYS, ARGV)
         'arq:result:' .. open) == 0 and redis.call('ZSCORE', queue, open) then
       local open_job = 'arq:job:' .. open
       local size = redis.call('STRLEN', open_job)
-      -- The job ends with its events' closing "]" and then '"]}' (see the layout below): write
-      -- the new events (JSON-string-escaped, without their "[") over those four bytes, in place,
-      -- so an append costs what it adds, not what the job already holds.
+      -- The job ends with its last segment's closing quote and then ']}' (see the layout
+      -- below): write the batch as one more argument (a JSON string) over those two bytes, in
+      -- place, so an append costs what it adds, not what the job already holds.
       local encoded = cjson.encode(payload)
-      if size > 4 and size + #encoded <= math.min(MERGE_MAX_BYTES, MAX_JOB_BYTES)
-          and redis.call('GETRANGE', open_job, size - 4, size - 1) == ']"]}' then
-        redis.call('SETRANGE', open_job, size - 4, ',' .. string.sub(encoded, 3, -2) .. '"]}')
+      if size > 3 and size + #encoded + 1 <= math.min(MERGE_MAX_BYTES, MAX_JOB_BYTES)
+          and redis.call('GETRANGE', open_job, size - 3, size - 1) == '"]}' then
+        redis.call('SETRANGE', open_job, size - 2, ',' .. encoded .. ']}')
         return open
       end
     end
@@ -71,7 +91,7 @@ local function enqueue(KEYS, ARGV)
     return task_id
   end
   -- arq's job layout (t: try, f: function, a: args, k: kwargs, et: enqueued ms), in JSON; the
-  -- argument comes last, so that a merge appends at the end.
+  -- arguments come last, so that a merge appends a segment at the end.
   local kwargs = merge and '{"finalized":true}' or '{}'
   if via and via ~= '' then
     kwargs = '{"finalized":' .. (ARGV[3] == 'finalized' and 'true' or 'false') ..

@@ -11,7 +11,7 @@ import msgspec
 from service.ops import dead_letter
 from service.ops.task_model import Status, Task, TaskDetail, TaskFailure, TaskPresentation
 from service.policy import MAX_ATTEMPTS
-from service.queue import JOB_FUNCTION
+from service.queue import JOB_FUNCTION, joined_segments
 from service.redaction import redact_sensitive, redact_sensitive_in_string
 
 _KIND_OF_FUNCTION = {JOB_FUNCTION: "events", "maintain": "maintenance"}
@@ -85,8 +85,7 @@ def queued_task(
     in_progress_ms: int,
 ) -> Task:
     kind = task_kind(job.get("f"))
-    args = job.get("a") or [""]
-    payload = args[0] if args else ""
+    payload = joined_segments(job.get("a") or [""])
     events = count_events(payload) if isinstance(payload, str | bytes) else 0
     enqueued = job.get("et")
     heading = title(kind, events)

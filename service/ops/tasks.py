@@ -51,7 +51,7 @@ from service.ops.task_views import (
     task_kind,
     with_payload,
 )
-from service.queue import ENQUEUE_SCRIPT, deserialize_job
+from service.queue import ENQUEUE_SCRIPT, deserialize_job, joined_segments
 from service.redaction import redact_sensitive
 from service.settings import Settings
 
@@ -112,12 +112,9 @@ class TaskQueue:
         now_ms = clock_ms()
         if score is not None and job is not None:
             data = deserialize_job(job)
-            args = data.get("a") or [""]
+            text = joined_segments(data.get("a") or [""])
             task = self._queued(task_id, int(score), data, int(pttl), int(attempts or 0), now_ms)
-            return with_payload(
-                task,
-                redacted_payload(args[0], self.extra_keys) if isinstance(args[0], str) else None,
-            )
+            return with_payload(task, redacted_payload(text, self.extra_keys) if text else None)
         if letter is not None:
             failed = _letter_decoder.decode(letter)
             payload = redact_sensitive(failed.payload, self.extra_keys)
