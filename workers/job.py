@@ -29,6 +29,7 @@ from service.keys import (
     COMPLETE_MAXLEN,
     EVENTS_DEAD_LETTERED,
     EVENTS_STORED,
+    IN_PROGRESS_PREFIX,
     JOB_PREFIX,
     LIVE_MAXLEN,
     STORED_COUNTER_TTL,
@@ -36,6 +37,7 @@ from service.keys import (
     complete_key,
     counters_key,
     live_key,
+    oversized_key,
     stored_key,
     unfinished_key,
 )
@@ -656,3 +658,34 @@ async def _dead_letter(
         letter.error_name,
         letter.message,
     )
+
+
+OVERSIZED_CLAIM_MS = 60_000  # how long a worker holds a task it is setting aside
+
+
+async def set_aside_if_oversized(state: WorkerState, redis: Any, task_id: str) -> bool:
+    """Set a queued task over AUDITQ_MAX_JOB_BYTES aside unread: its bytes are moved (not
+    read) beside its dead letter, and no worker loads it. True when the task was too big."""
+    limit = state.settings.max_job_bytes
+    size = int(await redis.strlen(JOB_PREFIX + task_id))
+    if size <= limit:
+        return False
+    queue = state.settings.queue
+    # Claimed as arq claims a job it starts, so that one worker alone sets it aside.
+    if not await redis.set(IN_PROGRESS_PREFIX + task_id, b"1", nx=True, px=OVERSIZED_CLAIM_MS):
+        return True
+    kept = oversized_key(queue, task_id)
+    ttl_s = state.settings.dead_letter_ttl_days * 86_400
+    async with redis.pipeline(transaction=True) as pipe:
+        pipe.rename(JOB_PREFIX + task_id, kept)
+        pipe.expire(kept, ttl_s)
+        pipe.zrem(queue, task_id)
+        await pipe.execute()
+    task = Task(task_id, 0, 1)
+    message = (
+        f"the task is {size} bytes, over AUDITQ_MAX_JOB_BYTES ({limit}): set aside unread; "
+        f"its bytes are kept in Redis under {kept}"
+    )
+    await _dead_letter(state, task, None, 1, "OversizedTask", message, "invalid")
+    await redis.delete(IN_PROGRESS_PREFIX + task_id)
+    return True

@@ -34,7 +34,7 @@ from service.store.secrets import read_secret
 from workers import functions, heartbeat, rollup, sealer
 from workers.arq_redis import arq_settings, create_arq_pool
 from workers.erased import ErasedSubjects
-from workers.job import store_events
+from workers.job import set_aside_if_oversized, store_events
 from workers.maintenance import MAINTENANCE_VIA, maintain
 from workers.retry import ARQ_MAX_TRIES
 from workers.state import STATE, WorkerState
@@ -187,6 +187,8 @@ class _Worker(Worker):
 
     async def start_jobs(self, job_ids: list[bytes]) -> None:
         for job_id in job_ids:
+            if await set_aside_if_oversized(worker_state(self), self.pool, job_id.decode()):
+                continue
             counted = self.job_counter
             try:
                 await super().start_jobs([job_id])
