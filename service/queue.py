@@ -23,6 +23,7 @@ JOB_FUNCTION = "store_events"  # the worker's job; its one argument is the event
 ENQUEUE_SCRIPT = (Path(__file__).parent / "enqueue.lua").read_text()
 LIBRARY_NAME = "auditq"
 ENQUEUE_FUNCTION = "auditq_enqueue"
+DRAIN_FUNCTION = "auditq_drain"  # run by workers: the producer user's batches into jobs
 MAX_JOB_BYTES = 8 * 1024 * 1024  # default of AUDITQ_MAX_JOB_BYTES
 _MAX_JOB_BYTES_LINE = re.compile(r"^local MAX_JOB_BYTES = \d+$", re.MULTILINE)
 

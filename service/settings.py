@@ -11,6 +11,7 @@ from service.connections import parse_redis_url
 from service.errors import ConfigError
 
 ENV_FILE_NAME = "env"  # under the data dir, written by `auditq run`
+PRODUCER_ENV_FILE_NAME = "producer.env"  # the producer user's URL, written by `auditq run`
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -162,6 +163,11 @@ class Settings:
     def env_file(self) -> Path:
         """Where `auditq run` publishes the URLs of its embedded stack."""
         return self.data_dir / ENV_FILE_NAME
+
+    @property
+    def producer_env_file(self) -> Path:
+        """Where `auditq run` writes the producer user's Redis URL, for producers to source."""
+        return self.data_dir / PRODUCER_ENV_FILE_NAME
 
 
 def read_env_file(path: Path) -> dict[str, str]:

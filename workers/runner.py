@@ -167,6 +167,9 @@ class _Worker(Worker):
             return
         try:
             async with self._lock():
+                # The producer user's batches become jobs first (service/enqueue.lua).
+                while await functions.drain(worker_state(self), self.pool) >= functions.DRAIN_BATCH:
+                    pass
                 await super()._poll_iteration()
         except _REDIS_DOWN as exc:
             if self._redis_down_since is None:

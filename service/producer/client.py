@@ -63,7 +63,6 @@ __all__ = [
 # With WAIT (wait_replicas): the replicas get this share of a batch's Redis time to confirm it,
 # so that Redis answers "not confirmed" before the client gives up on the reply.
 WAIT_SHARE = 0.5
-WAIT_FENCE_KEY = "auditq:wait-fence"  # written before a replayed batch's WAIT (see _enqueue)
 SEND_TIMEOUT_FACTOR = 4  # capture timeouts per send: connect, one reconnect, the reply, slack
 # A capture from a thread other than the client's loop's: that loop tells, this share of the
 # bound before the caller gives up, whether the event was still waiting or already sent.
@@ -602,10 +601,6 @@ class AuditClient(SpoolReplay):
                 pipe.fcall(ENQUEUE_FUNCTION, 1, self._queue, *args)  # type: ignore[arg-type]
             else:
                 pipe.eval(ENQUEUE_SCRIPT, 1, self._queue, *args)  # type: ignore[arg-type]
-            if args[1]:
-                # A job of its own id may be queued already (the script then writes nothing):
-                # a write of its own makes WAIT cover whatever came before it.
-                pipe.set(WAIT_FENCE_KEY, args[1])
             pipe.wait(self._wait_replicas, wait_ms)
             *_, confirmed = await pipe.execute()
         return int(confirmed)

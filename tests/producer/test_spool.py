@@ -191,8 +191,9 @@ async def enqueued_ms(redis: aioredis.Redis, queue: str) -> dict[str, int]:
     """When each queued event's job was enqueued (Redis time, ms)."""
     times = {}
     for job in await queued_jobs(redis, queue):
-        for item in json.loads(job["a"][0]):
-            times[item["id"]] = int(job["et"])
+        for segment in job["a"]:  # a merged job: one argument per producer batch
+            for item in json.loads(segment):
+                times[item["id"]] = int(job["et"])
     return times
 
 
