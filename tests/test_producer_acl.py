@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import re
 import secrets
 import shutil
 import subprocess
@@ -151,43 +153,50 @@ def test_the_acl_line_for_external_servers_names_the_user_and_its_rules() -> Non
     assert "+get" not in line and "+eval" not in line and "~*" not in line
 
 
+def _doc_blocks(language: str) -> list[str]:
+    """The code blocks of docs/producers.md in `language`."""
+    text = (REPO / "docs" / "producers.md").read_text()
+    return re.findall(rf"```{language}\n(.*?)```", text, re.DOTALL)
+
+
 @pytest.mark.skipif(shutil.which("redis-cli") is None, reason="Debian's redis-cli is not here")
-async def test_the_docs_recipes_work_with_redis_cli(
+async def test_the_docs_recipes_work_as_written(
     settings: Settings, producer_url: str, redis: aioredis.Redis
 ) -> None:
-    """docs/producers.md: FCALL as the producer user, EVAL of the shipped file as the fallback,
-    with the URLs as auditq writes them (the user name spelled out)."""
+    """docs/producers.md: FCALL as the producer user (redis-cli, redis-py), and EVAL of the
+    shipped file as the fallback, with the URLs as auditq writes them (user name spelled out)."""
     assert settings.redis_url
-    full_url = settings.redis_url
-    by_fcall = await asyncio.to_thread(
-        _redis_cli, producer_url, "FCALL", "auditq_enqueue", "1", settings.queue, event(1)
-    )
-    by_eval = await asyncio.to_thread(
-        _redis_cli,
-        full_url,
-        "--eval",
-        str(REPO / "service/enqueue.lua"),
-        settings.queue,
-        ",",
-        event(2),
-    )
-    assert by_fcall and by_eval and by_fcall != by_eval
+    commands = [
+        line.replace("audit-logs", settings.queue)
+        for block in _doc_blocks("sh")
+        for line in block.splitlines()
+        if line.startswith("redis-cli")
+    ]
+    assert len(commands) == 2 and "FCALL" in commands[0] and "--eval" in commands[1]
+    replies = [
+        await asyncio.to_thread(_shell, commands[0], producer_url),
+        await asyncio.to_thread(_shell, commands[1], settings.redis_url),
+    ]
+    (python,) = [b for b in _doc_blocks("python") if "fcall" in b]
+    scope: dict[str, object] = {}
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("AUDITQ_REDIS_URL", producer_url)
+        await asyncio.to_thread(exec, python.replace("audit-logs", settings.queue), scope)
+    assert all(replies) and scope["task_id"]
     async with running_worker(settings):
 
         async def stored() -> bool:
             assert settings.database_url
-            return await count_rows(settings.database_url) == 2
+            return await count_rows(settings.database_url) == 3
 
         await wait_for(stored)
 
 
-def _redis_cli(url: str, *args: str) -> str:
+def _shell(command: str, url: str) -> str:
     done = subprocess.run(
-        ["redis-cli", "--no-auth-warning", "-u", url, *args],
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=False,
-    )
+        ["bash", "-c", command],
+        capture_output=True, text=True, timeout=30, check=False, cwd=REPO,
+        env={**os.environ, "AUDITQ_REDIS_URL": url},
+    )  # fmt: skip
     assert done.returncode == 0 and "ERR" not in done.stdout, (done.stdout, done.stderr)
     return done.stdout.strip()

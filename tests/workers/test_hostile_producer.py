@@ -17,15 +17,17 @@ from typing import Any
 import asyncpg
 import pytest
 import redis.asyncio as aioredis
-from redis.exceptions import ResponseError
+from redis.exceptions import NoPermissionError, ResponseError
 
 from service.events import ACTION_PATTERN, AuditEvent, finalize
 from service.keys import live_key
 from service.ops import dead_letter
 from service.producer.client import AuditClient
+from service.producer_acl import PRODUCER_USER, ensure_producer_user, with_user
 from service.queue import ENQUEUE_FUNCTION, ENQUEUE_SCRIPT, load_functions
 from service.settings import Settings
 from tests.conftest import running_worker, wait_for
+from workers.runner import worker_state
 
 SEED = int(os.environ.get("AUDITQ_TEST_SEED", random.randrange(1 << 30)))
 CLIENTS = 4
@@ -75,16 +77,27 @@ ATTACK_KINDS: list[Attack] = [
 
 
 @pytest.mark.timeout(600)
+@pytest.mark.parametrize("as_producer_user", [False, True], ids=["full-rights", "producer-user"])
 async def test_a_hostile_producer_costs_no_other_producer_an_event(
     settings: Settings,
     redis: aioredis.Redis,
     pg: asyncpg.Connection,
     caplog: pytest.LogCaptureFixture,
+    as_producer_user: bool,
 ) -> None:
+    """Everyone on the server's full rights (FCALL and EVAL), or everyone on the producer user
+    (FCALL only: EVAL, XADD and the rest refused; the inbox writable by hand)."""
     rng = random.Random(SEED)
     note = f"(AUDITQ_TEST_SEED={SEED})"
     queue = settings.queue
     await load_functions(redis)
+    url = settings.redis_url
+    assert url
+    if as_producer_user:
+        password = uuid.uuid4().hex
+        await ensure_producer_user(redis, queue, password)
+        url = with_user(url, PRODUCER_USER, password)
+    hostile = aioredis.Redis.from_url(url)
     given: list[str] = []
     attacks: list[tuple[str, str, str]] = []  # (name, marker, task id)
     refused: list[str] = []
@@ -92,9 +105,13 @@ async def test_a_hostile_producer_costs_no_other_producer_an_event(
     async def send(payload: str | bytes, finalized: bool) -> str:
         args: list[str | bytes] = [payload, "", "finalized"] if finalized else [payload]
         if rng.random() < 0.5:
-            task = await redis.fcall(ENQUEUE_FUNCTION, 1, queue, *args)  # type: ignore[arg-type]
-        else:
-            task = await redis.eval(ENQUEUE_SCRIPT, 1, queue, *args)  # type: ignore[arg-type]
+            try:
+                task = await hostile.eval(ENQUEUE_SCRIPT, 1, queue, *args)  # type: ignore[arg-type]
+                assert not as_producer_user, f"the producer user ran EVAL {note}"
+                return bytes(task).decode()
+            except NoPermissionError:
+                assert as_producer_user, note
+        task = await hostile.fcall(ENQUEUE_FUNCTION, 1, queue, *args)  # type: ignore[arg-type]
         return bytes(task).decode()
 
     async def produce(client: AuditClient, n: int) -> None:
@@ -111,26 +128,27 @@ async def test_a_hostile_producer_costs_no_other_producer_an_event(
             marker = f"HOSTILE-{n}-{uuid.uuid4().hex[:6]}"
             task = await send(make(rng, marker), finalized)
             attacks.append((name, marker, task))
-            await _side_attack(send, redis, rng, queue, given, attacks, refused, note)
+            await _side_attack(send, hostile, rng, queue, given, attacks, refused, note)
             await asyncio.sleep(rng.random() * 0.004)
 
-    clients = [AuditClient.from_settings(settings) for _ in range(CLIENTS)]
+    clients = [AuditClient.from_url(url, queue=queue) for _ in range(CLIENTS)]
     with caplog.at_level(logging.WARNING, logger="auditq.worker"):
         async with running_worker(settings) as worker:
-            main = asyncio.current_task()
             try:
                 await asyncio.gather(attack(), *(produce(c, EVENTS_PER_CLIENT) for c in clients))
             finally:
                 for client in clients:
                     await client.aclose()
+                await hostile.aclose()
 
             async def drained() -> bool:
-                queued = await redis.zcard(queue)
+                queued = await redis.zcard(queue) + await redis.llen(f"auditq:inbox:{queue}")
                 return queued == 0 and not any(not t.done() for t in worker.tasks.values())
 
             await wait_for(drained, within_s=120)
-            assert main is not None and not main.done()
-            assert not worker.tasks or all(t.done() for t in worker.tasks.values())
+            # The worker that started is the one still running: never stopped nor restarted.
+            heartbeat = worker_state(worker)._heartbeat
+            assert heartbeat is not None and not heartbeat.done(), note
 
     await _check_every_given_id_once(pg, given, attacks, note)
     await _check_every_bad_input_failed(redis, queue, attacks, note)
@@ -219,10 +237,21 @@ async def _side_attack(
             raise AssertionError(f"an oversized payload was taken {note}")
     elif roll < 0.45:
         # A forged live entry: an unbounded range of rows for every live reader.
-        await redis.xadd(
-            live_key(queue),
-            {
-                "rows": b'{"seqs":"{[0,)}","ts_from":"0001-01-01T00:00:00Z",'
-                b'"ts_to":"9999-12-31T00:00:00Z"}'
-            },
+        forged = (
+            b'{"seqs":"{[0,)}","ts_from":"0001-01-01T00:00:00Z","ts_to":"9999-12-31T00:00:00Z"}'
         )
+        try:
+            await redis.xadd(live_key(queue), {"rows": forged})
+        except NoPermissionError:
+            refused.append("live entry")
+    elif roll < 0.55:
+        # Garbage appended by hand to the inbox (the producer user's one writable key), with
+        # and without a header that looks like the function's.
+        marker = f"HOSTILE-inbox-{uuid.uuid4().hex[:6]}"
+        header = json.dumps({"id": "", "given": False, "finalized": True, "ms": -1})
+        entry = rng.choice([marker.encode() + rng.randbytes(30), f'{header}\n[{{"m":"{marker}"}}]'])
+        try:
+            await redis.rpush(f"auditq:inbox:{queue}", entry)
+        except NoPermissionError:  # the server's own user writes jobs, not the inbox
+            return
+        attacks.append(("hand-appended inbox entry", marker, ""))
