@@ -76,7 +76,12 @@ async def _startup(ctx: dict[str, Any]) -> None:
         )
     if state.audit_lifecycle:
         provenance = Provenance(via=MAINTENANCE_VIA, key=key, task_prefix="worker")
-        state.client = AuditClient.from_settings(state.settings, provenance=provenance)
+        # A spool of its own: a segment is replayed with the claim of the client that wrote it,
+        # and the API's client (same data dir under `auditq run`) has another claim.
+        spool = settings.spool_dir / "worker" if settings.spool_dir is not None else None
+        state.client = AuditClient.from_settings(
+            state.settings, provenance=provenance, spool_dir=spool
+        )
         record_lifecycle(state.client, STARTED, source=WORKER_SOURCE, worker_id=state.worker_id)
 
 

@@ -43,6 +43,10 @@ class IngestClients:
             self._clients[token_name] = client
         return client
 
+    def clients(self) -> list[AuditClient]:
+        """The clients made so far (their counters go to /metrics)."""
+        return list(self._clients.values())
+
     async def aclose(self) -> None:
         """Send what each client holds, then close them."""
         await asyncio.gather(*(client.aclose() for client in self._clients.values()))
