@@ -645,6 +645,7 @@ async def _dead_letter(
         enqueued_at_ms=task.enqueued_ms,
         ttl_days=state.settings.dead_letter_ttl_days,
         extra_keys=state.settings.redact_extra_keys,
+        via=task.received_via if task.verified else None,
     )
     async with state.redis.pipeline(transaction=False) as pipe:
         pipe.hdel(attempts_key(state.settings.queue), task.id)

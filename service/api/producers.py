@@ -53,6 +53,7 @@ class IngestClients:
 
 
 INGEST_CLIENTS = web.AppKey("ingest_clients", IngestClients)
+PROVENANCE_KEY = web.AppKey("provenance_key", bytes)  # tags retried tasks (task_actions.py)
 
 
 async def producers_context(app: web.Application) -> AsyncIterator[None]:
@@ -64,6 +65,7 @@ async def producers_context(app: web.Application) -> AsyncIterator[None]:
         settings, provenance=Provenance(via=API_VIA, key=key, task_prefix="api")
     )
     app[INGEST_CLIENTS] = IngestClients(settings, key)
+    app[PROVENANCE_KEY] = key
     yield
     await app[INGEST_CLIENTS].aclose()
     await app[CLIENT].aclose()

@@ -84,6 +84,9 @@ class TaskQueue:
         self.redis = redis
         self.queue = queue
         self.extra_keys = extra_keys
+        # The key that vouches for provenance (service/queue.py): with it a retried task keeps
+        # the `via` it was delivered with. The API and the CLI set it.
+        self.provenance_key: bytes | None = None
         self._in_progress_ms = int((job_timeout_s + IN_PROGRESS_EXTRA) * 1000)
         self.enqueue = redis.register_script(ENQUEUE_SCRIPT)
 

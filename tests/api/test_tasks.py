@@ -350,3 +350,47 @@ async def test_retrying_while_a_worker_fails_the_task_again_never_loses_it(
             await wait_for(failed_again, within_s=15)
     letter = await dead_letter.get(redis, settings.queue, "racer")
     assert letter is not None and letter.event_count == 1
+
+
+async def test_a_retried_task_keeps_the_provenance_it_was_delivered_with(
+    api: TestClient[Any, Any],
+    tokens: Tokens,
+    settings: Settings,
+    redis: aioredis.Redis,
+    pg: asyncpg.Connection,
+) -> None:
+    # Delivered over HTTP by the ingest token, refused by PostgreSQL (a NUL in JSON text).
+    event = {"id": str(uuid.uuid4()), "action": "doc.viewed", "metadata": {"bad": "nul\x00byte"}}
+    async with api.post("/api/v1/events", headers=tokens.ingest, json=event) as response:
+        assert response.status == 202, await response.text()
+    async with running_worker(settings):
+
+        async def failed() -> bool:
+            return bool(await dead_letter.list_ids(redis, settings.queue))
+
+        await wait_for(failed)
+        (task_id,) = await dead_letter.list_ids(redis, settings.queue)
+        letter = await dead_letter.get(redis, settings.queue, task_id)
+        assert letter is not None and letter.via == "http:test-ingest"
+        # The cause is fixed (here: by hand), then the task is retried by an admin.
+        fixed = [{**event, "metadata": {"bad": "fixed"}}]
+        await redis.set(
+            dead_letter.record_key(settings.queue, task_id),
+            json.dumps(
+                {
+                    **json.loads(await redis.get(dead_letter.record_key(settings.queue, task_id))),
+                    "payload": fixed,
+                }
+            ),
+        )
+        async with api.post(f"{TASKS}/{task_id}/retry", headers=tokens.admin) as response:
+            assert response.status == 202, await response.text()
+
+        async def stored() -> bool:
+            return bool(
+                await pg.fetchval("SELECT count(*) FROM audit_log WHERE id = $1::uuid", event["id"])
+            )
+
+        await wait_for(stored)
+    via = await pg.fetchval("SELECT received_via FROM audit_log WHERE id = $1::uuid", event["id"])
+    assert via == "http:test-ingest"  # not redis:<queue>
