@@ -114,6 +114,10 @@ def queued_task(
         waited = now_ms - int(enqueued) if isinstance(enqueued, int) else 0
         message = "Waiting for a worker"
         detail = f"Enqueued {seconds(waited)} ago; the next free worker takes it."
+    too_large = job.get("too_large")
+    if isinstance(too_large, int):  # not loaded (service/ops/tasks.py VIEW_MAX_JOB_BYTES)
+        heading = f"{kind.capitalize()} task of {too_large} bytes"
+        detail += f" It is {too_large} bytes: too large to be read for this view."
     presentation = TaskPresentation(title=heading, status_message=message, detail_message=detail)
     return _task(
         task_id,

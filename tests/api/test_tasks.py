@@ -394,3 +394,21 @@ async def test_a_retried_task_keeps_the_provenance_it_was_delivered_with(
         await wait_for(stored)
     via = await pg.fetchval("SELECT received_via FROM audit_log WHERE id = $1::uuid", event["id"])
     assert via == "http:test-ingest"  # not redis:<queue>
+
+
+async def test_a_large_queued_task_is_shown_without_being_loaded(
+    api: TestClient[Any, Any], tokens: Tokens, settings: Settings, redis: aioredis.Redis
+) -> None:
+    events = [
+        {"action": "doc.viewed", "metadata": {"blob": "x" * 1000, "n": i}} for i in range(2000)
+    ]
+    task_id = await enqueue(redis, settings.queue, json.dumps(events))  # ~2 MB
+    async with api.get(f"{TASKS}/{task_id}", headers=tokens.reader) as response:
+        assert response.status == 200, await response.text()
+        task = await response.json()
+    assert task["status"] == "queued" and task["payload"] is None
+    assert "too large to be read" in task["presentation"]["detail_message"]
+    async with api.get(TASKS, headers=tokens.reader, params={"status": "queued"}) as response:
+        assert response.status == 200
+        (listed,) = (await response.json())["items"]
+    assert listed["id"] == task_id and "bytes" in listed["presentation"]["title"]
