@@ -61,6 +61,7 @@ from workers.retry import (
     classify,
 )
 from workers.state import STATE, Task, WorkerState
+from workers.wire_check import checked_events, free_form_ok
 from workers.writer import Rejected, write_events, write_json_events
 
 logger = logging.getLogger("auditq.worker")
@@ -74,10 +75,8 @@ _batch_decoder = msgspec.json.Decoder(list[AuditEvent] | AuditEvent)
 T = TypeVar("T")
 
 
-# The one-statement path checks the whole text at once against the wire format, exactly as
-# AuditEvent does (patterns, enums, lengths, unknown fields refused, request.ip an address):
-# the "finalized" flag is a hint any producer can set, never a proof.
-_completed_decoder = msgspec.json.Decoder(list[AuditEvent])
+# The one-statement path checks the whole text at once against the wire format, by AuditEvent's
+# own rules (workers/wire_check.py): the "finalized" flag is a hint anyone can set, not a proof.
 _raw_decoder = msgspec.json.Decoder(list[msgspec.Raw])
 # In JSON text without a backslash every quote delimits a string: what is outside the strings
 # is every other piece between quotes. Of that only the brackets count, arrays as objects
@@ -445,7 +444,7 @@ def _log_stored(events: Iterable[dict[str, Any]]) -> None:
         )
 
 
-async def _completed_items(state: WorkerState, payload: str) -> Sequence[AuditEvent] | None:
+async def _completed_items(state: WorkerState, payload: str) -> Sequence[Any] | None:
     """The events of a job whose producer says it completed them (auditq's client and API),
     every one checked; None when the job must go the way of a foreign producer's (_parse),
     which checks and isolates each event.
@@ -475,7 +474,7 @@ async def _completed_items(state: WorkerState, payload: str) -> Sequence[AuditEv
         await erased.refresh(state.redis, state.pool, settings.queue)
     subjects = erased is not None and bool(erased.pseudonyms)
     try:
-        items = _completed_decoder.decode(payload)
+        items = checked_events.decode(payload)
     except (msgspec.ValidationError, msgspec.DecodeError, RecursionError):
         return None
     latest = datetime.now(UTC).timestamp() + settings.max_future_s
@@ -487,6 +486,7 @@ async def _completed_items(state: WorkerState, payload: str) -> Sequence[AuditEv
             or i.presentation is None
             or i.ts in PG_INFINITIES
             or i.ts.timestamp() > latest
+            or not free_form_ok(i)
         ):
             return None
     if not items or len({i.id for i in items}) < len(items):
