@@ -27,6 +27,10 @@
 -- refused with an error reply: no worker would read it.
 local MAX_JOB_BYTES = 8388608
 local MERGE_MAX_BYTES = 1048576
+-- Only a batch up to this size may join the open job: proving it well-formed costs Valkey a
+-- decode (several µs an event), which pays where a job of its own would cost more than its
+-- events (small batches); a larger batch is a job of its own, read alone by the worker.
+local MERGE_BATCH_MAX_BYTES = 32768
 
 -- Whether a batch may join the open job: a non-empty JSON array of objects with an action.
 local function well_formed(payload)
@@ -49,7 +53,7 @@ end
 -- Write the job (or join the open job): the path of a caller allowed to write jobs.
 local function write_job(queue, payload, task_id, finalized, via, tag, at_ms, mergeable)
   local merge = mergeable and finalized and (task_id == nil or task_id == '')
-    and (via == nil or via == '') and well_formed(payload)
+    and (via == nil or via == '') and #payload <= MERGE_BATCH_MAX_BYTES and well_formed(payload)
   local open_key = 'auditq:open-job:' .. queue
   if merge then
     local open = redis.call('GET', open_key)
