@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import dataclasses
 import functools
 import hashlib
@@ -28,6 +29,7 @@ MAX_JOB_BYTES = 8 * 1024 * 1024  # default of AUDITQ_MAX_JOB_BYTES
 _MAX_JOB_BYTES_LINE = re.compile(r"^local MAX_JOB_BYTES = \d+$", re.MULTILINE)
 
 PROVENANCE_SECRET = "provenance"  # the api_secret row the API and the worker share
+RAW_BYTES_PREFIX = "base64:"  # a job argument that was not UTF-8: its bytes, base64-encoded
 
 
 @dataclasses.dataclass(frozen=True)
@@ -145,11 +147,12 @@ def deserialize_job(raw: bytes) -> dict[str, Any]:
         job = json.loads(raw.decode("utf-8", errors="surrogateescape"))
         args = job.get("a") or []
         bad = [i for i, a in enumerate(args) if isinstance(a, str) and not _is_utf8(a)]
+        # A bad segment's exact bytes are kept, base64-encoded (text could not hold them).
         job["a"] = [
-            a.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
-            if isinstance(a, str)
+            RAW_BYTES_PREFIX + base64.b64encode(a.encode("utf-8", "surrogateescape")).decode()
+            if i in bad
             else a
-            for a in args
+            for i, a in enumerate(args)
         ]
         kwargs = {
             k: v.encode("utf-8", "surrogateescape").decode("utf-8", "replace")

@@ -361,7 +361,12 @@ async def _read_segments(
         letter_id = task.id if len(segments) == 1 else f"{task.id}.{number}"
         if number in bad_utf8:
             await _set_aside(
-                state, task, letter_id, segment, "InvalidEncoding", "the payload is not valid UTF-8"
+                state,
+                task,
+                letter_id,
+                segment,
+                "InvalidEncoding",
+                "the payload is not valid UTF-8: its exact bytes are kept, base64-encoded",
             )
             unreadable += 1
             continue
