@@ -168,9 +168,10 @@ async def store_events(
     bad_utf8 = frozenset(
         (0,) if invalid_utf8 is True else invalid_utf8 if isinstance(invalid_utf8, list) else ()
     )
-    if await _runs_never_ended(state, ctx["job_id"], segments):
-        return {"stored": 0, "rejected": len(segments)}
     try:
+        # Inside the try: Redis failing here means a retry, never a job arq fails itself.
+        if await _runs_never_ended(state, ctx["job_id"], segments):
+            return {"stored": 0, "rejected": len(segments)}
         # The whole job within its budget, not only the write: past arq's job_timeout arq
         # would fail the job itself, keeping its events only in a result that expires.
         async with asyncio.timeout(state.settings.job_timeout_s * JOB_BUDGET_SHARE):
