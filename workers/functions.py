@@ -45,8 +45,11 @@ async def drain(state: WorkerState, redis: Any) -> int:
     try:
         moved = await redis.fcall(DRAIN_FUNCTION, 1, state.settings.queue, DRAIN_BATCH)
     except ResponseError as exc:
-        if not is_function_missing(exc):
-            raise
-        await ensure_loaded(state, check=False)  # a Redis that lost the library
+        if is_function_missing(exc):
+            await ensure_loaded(state, check=False)  # a Redis that lost the library
+        elif not state.drain_failing:  # e.g. a worker user without the inbox's rights
+            state.drain_failing = True
+            logger.error("the producer inbox cannot be moved into jobs: %s", exc)
         return 0
+    state.drain_failing = False
     return int(moved)

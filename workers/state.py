@@ -68,6 +68,7 @@ class WorkerState:
     client: AuditClient | None = None  # the worker's own producer, for those two events
     erased: ErasedSubjects | None = None  # erased subjects (workers/erased.py), made at startup
     no_functions: bool = False  # the Redis has no functions (before 7): producers EVAL
+    drain_failing: bool = False  # moving the producer inbox into jobs fails (said once)
     _probe: asyncio.Task[None] | None = None
     _heartbeat: asyncio.Task[None] | None = None
     _sealer: asyncio.Task[None] | None = None
