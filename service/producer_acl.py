@@ -42,17 +42,17 @@ def acl_rules(queue: str) -> list[str]:
     ]
 
 
-def acl_line(queue: str, password: str = "<password>") -> str:
+def acl_line(queue: str, password: str = "<password>", *, user: str = PRODUCER_USER) -> str:
     """The ACL SETUSER command that makes the producer user of `queue`."""
-    return " ".join(
-        ["ACL", "SETUSER", PRODUCER_USER, "reset", "on", f">{password}", *acl_rules(queue)]
-    )
+    return " ".join(["ACL", "SETUSER", user, "reset", "on", f">{password}", *acl_rules(queue)])
 
 
-async def ensure_producer_user(redis: Any, queue: str, password: str) -> None:
+async def ensure_producer_user(
+    redis: Any, queue: str, password: str, *, user: str = PRODUCER_USER
+) -> None:
     """Make (or reset) the producer user of `queue` with `password`."""
     await redis.execute_command(
-        "ACL", "SETUSER", PRODUCER_USER, "reset", "on", f">{password}", *acl_rules(queue)
+        "ACL", "SETUSER", user, "reset", "on", f">{password}", *acl_rules(queue)
     )
 
 

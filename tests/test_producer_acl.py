@@ -29,13 +29,16 @@ REPO = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture
-async def producer_url(settings: Settings, redis: aioredis.Redis) -> str:
-    """The URL of the producer user of this test's queue (as `auditq run` makes it)."""
+async def producer_url(settings: Settings, redis: aioredis.Redis) -> AsyncIterator[str]:
+    """The URL of a producer user of this test's queue (as `auditq run` makes it; a name of
+    its own, so a shared Redis's users are left alone, and removed afterwards)."""
     assert settings.redis_url
     password = secrets.token_hex(16)
+    user = f"{PRODUCER_USER}-{settings.queue}"
     await load_functions(redis)
-    await ensure_producer_user(redis, settings.queue, password)
-    return with_user(settings.redis_url, PRODUCER_USER, password)
+    await ensure_producer_user(redis, settings.queue, password, user=user)
+    yield with_user(settings.redis_url, user, password)
+    await redis.execute_command("ACL", "DELUSER", user)
 
 
 @pytest.fixture

@@ -155,6 +155,7 @@ async def test_a_hostile_producer_costs_no_other_producer_an_event(
     # The worker never failed a job on its own nor restarted.
     unexpected = [r.getMessage() for r in caplog.records if "unexpectedly" in r.getMessage()]
     assert not unexpected, f"{unexpected[:3]} {note}"
+    await redis.execute_command("ACL", "DELUSER", f"{PRODUCER_USER}-{queue}")  # 0 if none
 
 
 async def _check_every_given_id_once(
@@ -272,5 +273,6 @@ async def _url_for(redis: aioredis.Redis, settings: Settings, as_producer_user: 
     if not as_producer_user:
         return url
     password = uuid.uuid4().hex
-    await ensure_producer_user(redis, settings.queue, password)
-    return with_user(url, PRODUCER_USER, password)
+    user = f"{PRODUCER_USER}-{settings.queue}"  # its own name: a shared Redis's are left alone
+    await ensure_producer_user(redis, settings.queue, password, user=user)
+    return with_user(url, user, password)
