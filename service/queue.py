@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import base64
 import dataclasses
 import functools
 import hashlib
 import hmac
+import json
 import re
 from collections.abc import Callable
 from pathlib import Path
@@ -22,10 +24,12 @@ JOB_FUNCTION = "store_events"  # the worker's job; its one argument is the event
 ENQUEUE_SCRIPT = (Path(__file__).parent / "enqueue.lua").read_text()
 LIBRARY_NAME = "auditq"
 ENQUEUE_FUNCTION = "auditq_enqueue"
+DRAIN_FUNCTION = "auditq_drain"  # run by workers: the producer user's batches into jobs
 MAX_JOB_BYTES = 8 * 1024 * 1024  # default of AUDITQ_MAX_JOB_BYTES
 _MAX_JOB_BYTES_LINE = re.compile(r"^local MAX_JOB_BYTES = \d+$", re.MULTILINE)
 
 PROVENANCE_SECRET = "provenance"  # the api_secret row the API and the worker share
+RAW_BYTES_PREFIX = "base64:"  # a job argument that was not UTF-8: its bytes, base64-encoded
 
 
 @dataclasses.dataclass(frozen=True)
@@ -118,13 +122,51 @@ def redact_job_argument(text: str, extra_keys: frozenset[str] = frozenset()) -> 
     return text if redacted is value else _encoder.encode(redacted).decode()
 
 
+def joined_segments(args: list[Any]) -> str:
+    """A job's events as one JSON text: a merged job holds one argument (segment) per
+    producer batch, each a JSON array (service/enqueue.lua)."""
+    texts = [a for a in args if isinstance(a, str)]
+    if len(texts) <= 1:
+        return texts[0] if texts else ""
+    inner = (t.strip()[1:-1].strip() for t in texts)
+    return "[" + ",".join(part for part in inner if part) + "]"
+
+
 def deserialize_job(raw: bytes) -> dict[str, Any]:
-    """Decode an arq job; a job with invalid UTF-8 still decodes, flagged for the dead letter."""
+    """Decode an arq job; a job with invalid UTF-8 still decodes, its bad segments flagged.
+
+    A merged job holds one argument (segment) per producer batch: only the segments that are
+    not UTF-8 are flagged (`invalid_utf8`: their indexes), so the others are stored."""
     try:
         job: dict[str, Any] = _decoder.decode(raw)
     except (msgspec.DecodeError, UnicodeDecodeError):
-        # Bytes from a foreign producer that are not UTF-8: keep them (replaced) so the task
-        # fails visibly with its reason instead of vanishing in arq's deserializer.
-        job = _decoder.decode(raw.decode("utf-8", errors="replace").encode())
-        job["k"] = {**job.get("k", {}), "invalid_utf8": True}
+        # Bytes from a foreign producer that are not UTF-8: keep them (replaced) so the
+        # segment fails visibly with its reason instead of vanishing in arq's deserializer.
+        # The stdlib decoder takes the undecodable bytes as surrogates, which tell the
+        # segments apart (msgspec refuses such text outright).
+        job = json.loads(raw.decode("utf-8", errors="surrogateescape"))
+        args = job.get("a") or []
+        bad = [i for i, a in enumerate(args) if isinstance(a, str) and not _is_utf8(a)]
+        # A bad segment's exact bytes are kept, base64-encoded (text could not hold them).
+        job["a"] = [
+            RAW_BYTES_PREFIX + base64.b64encode(a.encode("utf-8", "surrogateescape")).decode()
+            if i in bad
+            else a
+            for i, a in enumerate(args)
+        ]
+        kwargs = {
+            k: v.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+            if isinstance(v, str)
+            else v
+            for k, v in (job.get("k") or {}).items()
+        }
+        job["k"] = {**kwargs, "invalid_utf8": bad or [0]}
     return job
+
+
+def _is_utf8(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True

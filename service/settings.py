@@ -12,6 +12,7 @@ from service.connections import parse_redis_url
 from service.errors import ConfigError
 
 ENV_FILE_NAME = "env"  # under the data dir, written by `auditq run`
+PRODUCER_ENV_FILE_NAME = "producer.env"  # the producer user's URL, written by `auditq run`
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -44,7 +45,8 @@ class Settings:
     spool_disabled: bool = False
     spool_max_bytes: int = 1024 * 1024 * 1024
     # Replicas that must confirm a batch before `capture` returns its ids (Redis WAIT), else
-    # it is spooled (or refused). None: 1 for a Sentinel URL, 0 (no WAIT) otherwise.
+    # it is spooled (or refused). None ("auto", the default): with a Sentinel URL one replica,
+    # or none while no replica is connected (counted as unreplicated); 0 otherwise.
     redis_wait_replicas: int | None = None
     # The largest task (one enqueue's payload, or a merged job) the enqueue function takes and
     # a worker reads (AUDITQ_MAX_JOB_BYTES); a larger one is refused or set aside unread.
@@ -112,7 +114,7 @@ class Settings:
             spool_max_bytes=_req_int(
                 env, "AUDITQ_SPOOL_MAX_BYTES", 1024 * 1024 * 1024, minimum=1024 * 1024
             ),
-            redis_wait_replicas=_int(env, "AUDITQ_REDIS_WAIT_REPLICAS", None, minimum=0),
+            redis_wait_replicas=_wait_replicas(env),
             max_job_bytes=_req_int(
                 env, "AUDITQ_MAX_JOB_BYTES", 8 * 1024 * 1024, minimum=64 * 1024 + 1024
             ),
@@ -168,6 +170,11 @@ class Settings:
         """Where `auditq run` publishes the URLs of its embedded stack."""
         return self.data_dir / ENV_FILE_NAME
 
+    @property
+    def producer_env_file(self) -> Path:
+        """Where `auditq run` writes the producer user's Redis URL, for producers to source."""
+        return self.data_dir / PRODUCER_ENV_FILE_NAME
+
 
 def read_env_file(path: Path) -> dict[str, str]:
     """Read KEY=VALUE lines; a missing file is empty."""
@@ -195,6 +202,13 @@ def _int(env: Mapping[str, str], name: str, default: int | None, *, minimum: int
 def _req_int(env: Mapping[str, str], name: str, default: int, *, minimum: int) -> int:
     value = _int(env, name, default, minimum=minimum)
     return default if value is None else value
+
+
+def _wait_replicas(env: Mapping[str, str]) -> int | None:
+    """AUDITQ_REDIS_WAIT_REPLICAS: `auto` (or unset) is None, else a number of replicas."""
+    if env.get("AUDITQ_REDIS_WAIT_REPLICAS", "").strip().lower() in ("", "auto"):
+        return None
+    return _int(env, "AUDITQ_REDIS_WAIT_REPLICAS", None, minimum=0)
 
 
 def _names(env: Mapping[str, str], name: str, default: frozenset[str]) -> frozenset[str]:

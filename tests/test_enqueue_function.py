@@ -45,10 +45,15 @@ async def _rows_are(settings: Settings, n: int) -> bool:
 
 
 @pytest.mark.usefixtures("cli_env")
-async def test_migrate_loads_the_library(settings: Settings, redis: aioredis.Redis) -> None:
+async def test_migrate_loads_the_library_and_prints_the_producer_acl(
+    settings: Settings, redis: aioredis.Redis, capsys: pytest.CaptureFixture[str]
+) -> None:
     await redis.function_delete(LIBRARY_NAME)
     assert await run_cli("migrate") == 0
     assert await redis.function_list(library=LIBRARY_NAME)
+    out = capsys.readouterr().out
+    assert "ACL SETUSER auditq-producer reset on ><password> " in out
+    assert f"~{settings.queue} %W~auditq:inbox:{settings.queue}" in out
 
 
 async def test_the_client_uses_fcall_and_reloads_a_lost_library(

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import logging
+from typing import Any
 
-from service.queue import LIBRARY_NAME, load_functions
+from redis.exceptions import ResponseError
+
+from service.queue import DRAIN_FUNCTION, LIBRARY_NAME, is_function_missing, load_functions
 from workers.state import WorkerState
 
 logger = logging.getLogger(__name__)
@@ -30,3 +33,23 @@ async def ensure_loaded(state: WorkerState, *, check: bool = True) -> None:
         "this Redis has no functions (before Redis 7): producers use the enqueue script "
         "with EVAL (service/enqueue.lua)"
     )
+
+
+DRAIN_BATCH = 200  # inbox entries moved into jobs per call
+
+
+async def drain(state: WorkerState, redis: Any) -> int:
+    """Move what the producer user left in the queue's inbox into jobs; how many moved."""
+    if state.no_functions:
+        return 0
+    try:
+        moved = await redis.fcall(DRAIN_FUNCTION, 1, state.settings.queue, DRAIN_BATCH)
+    except ResponseError as exc:
+        if is_function_missing(exc):
+            await ensure_loaded(state, check=False)  # a Redis that lost the library
+        elif not state.drain_failing:  # e.g. a worker user without the inbox's rights
+            state.drain_failing = True
+            logger.error("the producer inbox cannot be moved into jobs: %s", exc)
+        return 0
+    state.drain_failing = False
+    return int(moved)

@@ -34,7 +34,7 @@ from service.store.secrets import read_secret
 from workers import functions, heartbeat, rollup, sealer
 from workers.arq_redis import arq_settings, create_arq_pool
 from workers.erased import ErasedSubjects
-from workers.job import store_events
+from workers.job import set_aside_if_oversized, store_events
 from workers.maintenance import MAINTENANCE_VIA, maintain
 from workers.retry import ARQ_MAX_TRIES
 from workers.state import STATE, WorkerState
@@ -76,7 +76,12 @@ async def _startup(ctx: dict[str, Any]) -> None:
         )
     if state.audit_lifecycle:
         provenance = Provenance(via=MAINTENANCE_VIA, key=key, task_prefix="worker")
-        state.client = AuditClient.from_settings(state.settings, provenance=provenance)
+        # A spool of its own: a segment is replayed with the claim of the client that wrote it,
+        # and the API's client (same data dir under `auditq run`) has another claim.
+        spool = settings.spool_dir / "worker" if settings.spool_dir is not None else None
+        state.client = AuditClient.from_settings(
+            state.settings, provenance=provenance, spool_dir=spool
+        )
         record_lifecycle(state.client, STARTED, source=WORKER_SOURCE, worker_id=state.worker_id)
 
 
@@ -167,6 +172,9 @@ class _Worker(Worker):
             return
         try:
             async with self._lock():
+                # The producer user's batches become jobs first (service/enqueue.lua).
+                while await functions.drain(worker_state(self), self.pool) >= functions.DRAIN_BATCH:
+                    pass
                 await super()._poll_iteration()
         except _REDIS_DOWN as exc:
             if self._redis_down_since is None:
@@ -187,6 +195,8 @@ class _Worker(Worker):
 
     async def start_jobs(self, job_ids: list[bytes]) -> None:
         for job_id in job_ids:
+            if await set_aside_if_oversized(worker_state(self), self.pool, job_id.decode()):
+                continue
             counted = self.job_counter
             try:
                 await super().start_jobs([job_id])

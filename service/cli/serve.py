@@ -63,7 +63,32 @@ async def cmd_migrate(settings: Settings, args: argparse.Namespace) -> int:
         await _load_functions(settings)
     else:
         print("no AUDITQ_REDIS_URL: the enqueue function is loaded by the first worker")
+    from service.producer_acl import acl_line
+
+    print(
+        "Give producers a Redis user that can only enqueue (docs/producers.md): run this once "
+        "on your Redis with a password of your own, and hand them "
+        "redis://auditq-producer:<password>@<host>:<port>/<db>"
+    )
+    print(acl_line(settings.queue))
     return 0
+
+
+async def _make_producer_user(settings: Settings, producer_url: str) -> None:
+    """Make the embedded Valkey's producer user and write its URL to producer.env (0600)."""
+    from redis.asyncio import Redis
+
+    from service.connections import parse_redis_url, redis_client
+    from service.producer_acl import ensure_producer_user
+
+    target = parse_redis_url(producer_url)
+    assert target.password is not None
+    redis: Redis = redis_client(parse_redis_url(settings.require_redis()))
+    try:
+        await ensure_producer_user(redis, settings.queue, target.password)
+    finally:
+        await redis.aclose()
+    write_private(settings.producer_env_file, f"AUDITQ_REDIS_URL={producer_url}")
 
 
 async def _load_functions(settings: Settings) -> None:
@@ -106,12 +131,14 @@ async def cmd_run(settings: Settings, args: argparse.Namespace) -> int:
 
     stop = stop_signal()  # a Ctrl-C while starting stops the stack once it is up (issue 10)
     stack = None
+    own_redis = False
     migrate_url = settings.database_url
     if not settings.redis_url or not settings.database_url:
         settings.data_dir.chmod(0o700)  # it holds the servers' passwords and the seal key
         stack = EmbeddedStack(settings.data_dir)
         await asyncio.to_thread(stack.start)
         own_postgres = not settings.database_url
+        own_redis = not settings.redis_url
         settings = dataclasses.replace(
             settings,
             redis_url=settings.redis_url or stack.valkey.url,
@@ -135,6 +162,8 @@ async def cmd_run(settings: Settings, args: argparse.Namespace) -> int:
             raise ConfigError("no PostgreSQL to migrate: set AUDITQ_DATABASE_URL")
         await db.migrate(migrate_url, months_ahead=settings.partitions_ahead_months)
         await _load_functions(settings)
+        if stack is not None and own_redis:
+            await _make_producer_user(settings, stack.valkey.producer_url)
         if settings.sealing:  # made before "running" is said: `auditq integrity public-key` works
             load_or_create_private_key(settings.seal_key_path)
         token_path = settings.data_dir / ADMIN_TOKEN_FILE
@@ -146,8 +175,8 @@ async def cmd_run(settings: Settings, args: argparse.Namespace) -> int:
             print(f"admin token: kept in {token_path}", flush=True)
         async with _running_worker(settings), _serving_api(settings) as address:
             print(f"auditq is running: API on {address}", flush=True)
-            if stack is not None:
-                print(f"URLs for producers: set -a; . {settings.env_file}", flush=True)
+            if stack is not None and own_redis:
+                print(f"for producers: set -a; . {settings.producer_env_file}", flush=True)
             demo = None
             if args.demo:
                 from service.cli.demo import feed

@@ -9,12 +9,14 @@ import contextvars
 import logging
 import re
 import threading
+import time
 import uuid
 from collections.abc import Iterable
 from pathlib import Path
 from types import TracebackType
-from typing import TypedDict, Unpack
+from typing import Literal, TypedDict, Unpack
 
+import msgspec
 from redis.asyncio import Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
@@ -63,12 +65,13 @@ __all__ = [
 # With WAIT (wait_replicas): the replicas get this share of a batch's Redis time to confirm it,
 # so that Redis answers "not confirmed" before the client gives up on the reply.
 WAIT_SHARE = 0.5
-WAIT_FENCE_KEY = "auditq:wait-fence"  # written before a replayed batch's WAIT (see _enqueue)
 SEND_TIMEOUT_FACTOR = 4  # capture timeouts per send: connect, one reconnect, the reply, slack
 # A capture from a thread other than the client's loop's: that loop tells, this share of the
 # bound before the caller gives up, whether the event was still waiting or already sent.
 CROSS_THREAD_MARGIN = 0.2
 CLOSE_TIMEOUT = 5.0  # seconds
+REPLICA_CHECK_S = 1.0  # seconds the Sentinels' count of replicas is trusted ("auto")
+UNREPLICATED_WARNING_INTERVAL = 60.0  # seconds between warnings of unreplicated batches
 # With a spool, a batch an awaiting capture is in tries Redis for this share of the capture
 # bound; the rest is left to append it to the spool, so `capture` still answers in time.
 REDIS_SHARE_WITH_SPOOL = 0.5
@@ -79,6 +82,7 @@ _DEFAULTS = Settings()
 _ACTION = re.compile(ACTION_PATTERN)
 VALID_ACTIONS_KEPT = 4096  # distinct actions remembered as valid
 _valid_actions: set[str] = set()
+_raw_list = msgspec.json.Decoder(list[msgspec.Raw])
 
 
 class ClientOptions(TypedDict, total=False):
@@ -95,7 +99,7 @@ class ClientOptions(TypedDict, total=False):
     spool_dir: Path | str | None
     spool_max_bytes: int
     provenance: Provenance | None
-    wait_replicas: int
+    wait_replicas: int | Literal["auto"]
 
 
 class AuditClient(SpoolReplay):
@@ -121,7 +125,7 @@ class AuditClient(SpoolReplay):
         spool_dir: Path | str | None = None,
         spool_max_bytes: int = _DEFAULTS.spool_max_bytes,
         provenance: Provenance | None = None,
-        wait_replicas: int = 0,
+        wait_replicas: int | Literal["auto"] = 0,
     ) -> None:
         """Wrap `redis` (the client owns and closes it); prefer from_url or from_settings.
 
@@ -131,7 +135,7 @@ class AuditClient(SpoolReplay):
             raise ConfigError("queue must not be empty")
         if not capture_timeout_s > 0 or not flush_interval_s > 0:
             raise ConfigError("capture_timeout_s and flush_interval_s must be positive")
-        if wait_replicas < 0:
+        if wait_replicas != "auto" and wait_replicas < 0:
             raise ConfigError("wait_replicas must not be negative")
         if buffer_max_events < 1 or flush_max_events < 1 or max_event_bytes < 1:
             raise ConfigError(
@@ -157,7 +161,13 @@ class AuditClient(SpoolReplay):
         self._max_future_s = max_future_s
         self._extra_keys = frozenset(redact_extra_keys)
         self._provenance = provenance
-        self._wait_replicas = wait_replicas
+        # "auto": one replica's confirmation, or none when no replica is connected.
+        self._wait_auto = wait_replicas == "auto"
+        self._wait_replicas = 1 if wait_replicas == "auto" else wait_replicas
+        self.unreplicated = 0  # events accepted with no replica connected ("auto")
+        self._replicas_seen: int | None = None
+        self._replicas_checked_at = -REPLICA_CHECK_S
+        self._unreplicated_said_at = -UNREPLICATED_WARNING_INTERVAL
         self._lock = threading.Lock()  # counters and loop binding are touched from any thread
         self._loop: asyncio.AbstractEventLoop | None = None
         self._sender: asyncio.Task[None] | None = None
@@ -205,7 +215,7 @@ class AuditClient(SpoolReplay):
             retry_on_error=[RedisConnectionError, RedisTimeoutError],
         )
         # With Sentinel, replication is the point: a batch counts once a replica has it.
-        options.setdefault("wait_replicas", 1 if target.is_sentinel else 0)
+        options.setdefault("wait_replicas", "auto" if target.is_sentinel else 0)
         return cls(redis, **options)
 
     @classmethod
@@ -575,6 +585,11 @@ class AuditClient(SpoolReplay):
 
     async def _enqueue(self, args: list[bytes | str], *, within_s: float) -> None:
         """Run the enqueue script; with wait_replicas, return only once replicas confirm it."""
+        if self._wait_auto and self._replicas_seen == 0 and await self._replicas_connected() == 0:
+            # Known to have no replica (rechecked every REPLICA_CHECK_S): no WAIT to sit out.
+            await self._enqueue_once(args, within_s=within_s, wait=False)
+            self._count_unreplicated(args[0])
+            return
         try:
             confirmed = await self._enqueue_once(args, within_s=within_s)
         except ResponseError as exc:
@@ -587,23 +602,64 @@ class AuditClient(SpoolReplay):
             else:
                 raise
             confirmed = await self._enqueue_once(args, within_s=within_s)
-        if not self._wait_replicas:
+        if not self._wait_replicas or confirmed >= self._wait_replicas:
             return
-        if int(confirmed) < self._wait_replicas:
-            raise NotReplicated(
-                f"{confirmed} of {self._wait_replicas} replicas confirmed the batch "
-                f"within {self._wait_ms(within_s)} ms"
+        if self._wait_auto and await self._replicas_connected() == 0:
+            self._count_unreplicated(args[0])  # no replica to wait for: accepted as it is
+            return
+        raise NotReplicated(
+            f"{confirmed} of {self._wait_replicas} replicas confirmed the batch "
+            f"within {self._wait_ms(within_s)} ms"
+        )
+
+    async def _replicas_connected(self) -> int | None:
+        """How many replicas the Sentinels see up for the primary (checked at most every
+        REPLICA_CHECK_S); None when that cannot be told (then WAIT decides alone)."""
+        now = time.monotonic()
+        if now - self._replicas_checked_at < REPLICA_CHECK_S:
+            return self._replicas_seen
+        self._replicas_checked_at = now
+        pool = self._redis.connection_pool
+        manager = getattr(pool, "sentinel_manager", None)
+        try:
+            if manager is None:
+                self._replicas_seen = None
+            else:
+                replicas = await manager.discover_slaves(pool.service_name)  # type: ignore[attr-defined]
+                self._replicas_seen = len(replicas)
+        except Exception as exc:  # the Sentinels do not answer: strict, as with a number
+            logger.debug("asking the Sentinels for replicas failed: %s", type(exc).__name__)
+            self._replicas_seen = None
+        return self._replicas_seen
+
+    def _count_unreplicated(self, payload: bytes | str) -> None:
+        """Count a batch accepted with no replica connected; say so once a minute."""
+        try:
+            events = len(_raw_list.decode(payload))
+        except msgspec.DecodeError:
+            events = 1
+        with self._lock:
+            self.unreplicated += events
+        now = time.monotonic()
+        if now - self._unreplicated_said_at >= UNREPLICATED_WARNING_INTERVAL:
+            self._unreplicated_said_at = now
+            logger.warning(
+                "the Redis primary has no replica connected: batches are accepted unreplicated "
+                "(%d events so far; AUDITQ_REDIS_WAIT_REPLICAS=auto; a number makes it strict)",
+                self.unreplicated,
             )
 
     def _wait_ms(self, within_s: float) -> int:
         # Within the socket timeout (the capture bound) too, or the read would time out first.
         return max(1, int(min(within_s, self._capture_timeout) * WAIT_SHARE * 1000))
 
-    async def _enqueue_once(self, args: list[bytes | str], *, within_s: float) -> int:
+    async def _enqueue_once(
+        self, args: list[bytes | str], *, within_s: float, wait: bool = True
+    ) -> int:
         """Run the enqueue function (or script) once; with wait_replicas, in one pipeline with
         WAIT, returning how many replicas confirmed it."""
         redis = self._redis
-        if not self._wait_replicas:
+        if not self._wait_replicas or not wait:
             if self._functions:
                 await redis.fcall(ENQUEUE_FUNCTION, 1, self._queue, *args)  # type: ignore[arg-type,misc]
             else:
@@ -617,10 +673,6 @@ class AuditClient(SpoolReplay):
                 pipe.fcall(ENQUEUE_FUNCTION, 1, self._queue, *args)  # type: ignore[arg-type]
             else:
                 pipe.eval(ENQUEUE_SCRIPT, 1, self._queue, *args)  # type: ignore[arg-type]
-            if args[1]:
-                # A job of its own id may be queued already (the script then writes nothing):
-                # a write of its own makes WAIT cover whatever came before it.
-                pipe.set(WAIT_FENCE_KEY, args[1])
             pipe.wait(self._wait_replicas, wait_ms)
             *_, confirmed = await pipe.execute()
         return int(confirmed)
