@@ -38,12 +38,12 @@ def _suspicious(event: AuditEvent) -> AuditEvent:
 
 @contextlib.contextmanager
 def _without_redaction() -> Iterator[None]:
-    saved = events.may_hold_secret_json
-    events.may_hold_secret_json = lambda data, extra_keys=frozenset(): False  # type: ignore[assignment]
+    saved = events.json_precheck
+    events.json_precheck = lambda data, extra_keys=frozenset(): (False, False)  # type: ignore[assignment]
     try:
         yield
     finally:
-        events.may_hold_secret_json = saved
+        events.json_precheck = saved
 
 
 def _best_us(run: Callable[[], Any], n: int, rounds: int) -> float:

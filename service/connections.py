@@ -26,6 +26,7 @@ from redis.asyncio.retry import Retry
 from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
 
 from service.errors import ConfigError
+from service.redaction import redact_sensitive_in_string
 
 SENTINEL_SCHEMES: Final = {"redis+sentinel": False, "rediss+sentinel": True}  # scheme -> TLS
 DIRECT_SCHEMES: Final = ("redis", "rediss", "unix")
@@ -73,14 +74,17 @@ class _SentinelPool(SentinelConnectionPool):
 
 
 def redact_url(url: str) -> str:
-    """`url` with any user and password replaced by `***`."""
+    """`url` with any user and password replaced by `***`, and any credential in its path
+    or query redacted (service/redaction.py)."""
     scheme, sep, rest = url.partition("://")
     if not sep:
-        return url
-    authority, slash, path = rest.partition("/")
-    if "@" in authority:
-        authority = "***@" + authority.rpartition("@")[2]
-    return f"{scheme}{sep}{authority}{slash}{path}"
+        return redact_sensitive_in_string(url)
+    # A password may hold "/", "?", "#" or "@" unencoded: everything up to the last "@" is
+    # taken as the user and password (a "@" in a path only hides more than it must).
+    _, at, after = rest.rpartition("@")
+    if at:
+        rest = "***@" + after
+    return redact_sensitive_in_string(f"{scheme}{sep}{rest}")
 
 
 def parse_redis_url(url: str) -> RedisTarget:

@@ -16,7 +16,8 @@ from service.errors import InvalidEvent
 from service.redaction import (
     REDACTED,
     is_sensitive_key,
-    may_hold_secret_json,
+    json_precheck,
+    may_hold_secret,
     redact_sensitive,
     redact_sensitive_in_string,
 )
@@ -243,8 +244,9 @@ def finalize(
         presentation=presentation,
     )
     data = _encoder.encode(done)
-    if may_hold_secret_json(data, extra_keys):  # one scan; most events stop here
-        done = redact_event(done, extra_keys)
+    needed, cards = json_precheck(data, extra_keys)  # one scan; most events stop here
+    if needed:
+        done = redact_event(done, extra_keys, cards=cards)
         data = _encoder.encode(done)
     if len(data) > max_bytes:
         raise InvalidEvent(
@@ -300,8 +302,9 @@ def check_complete(
         raise InvalidEvent(f"`ts` {event.ts} is out of range once in UTC") from None
     _check_not_ahead(ts, max_future_s)
     data = _encoder.encode(event)
-    if may_hold_secret_json(data, extra_keys):
-        event = redact_event(event, extra_keys)
+    needed, cards = json_precheck(data, extra_keys)
+    if needed:
+        event = redact_event(event, extra_keys, cards=cards)
         data = _encoder.encode(event)
     size = len(data)
     if size > max_bytes:
@@ -309,26 +312,28 @@ def check_complete(
     return event
 
 
-def redact_event(event: AuditEvent, extra_keys: frozenset[str] = frozenset()) -> AuditEvent:
+def redact_event(
+    event: AuditEvent, extra_keys: frozenset[str] = frozenset(), *, cards: bool = True
+) -> AuditEvent:
     """Redact every string of an event (service/redaction.py); the event itself when none
-    needed it. Its id, ts, action, enums and request.ip are not free text and stay."""
+    needed it. Its id, ts, action, enums and request.ip are not free text and stay.
+    `cards=False`: the pre-check saw no card number in it (json_precheck)."""
     changes: dict[str, Any] = {}
-    for name in ("category", "tenant", "source"):
-        _redact_field(event, name, extra_keys, changes)
+    _redact_fields(event, ("category", "tenant", "source"), extra_keys, changes, cards)
     for name, fields in _NESTED_TEXT:
-        _redact_part(event, name, fields, extra_keys, changes)
+        _redact_part(event, name, fields, extra_keys, changes, cards)
     presentation = event.presentation
     if presentation is not None:
-        code = redact_sensitive_in_string(presentation.code, extra_keys)
-        params = redact_sensitive(presentation.params, extra_keys)
+        code = redact_sensitive_in_string(presentation.code, extra_keys, cards=cards)
+        params = redact_sensitive(presentation.params, extra_keys, cards=cards)
         if code is not presentation.code or params is not presentation.params:
             changes["presentation"] = Presentation(code=code, params=params)  # type: ignore[arg-type]
     if event.metadata is not None:
-        metadata = redact_sensitive(event.metadata, extra_keys)
+        metadata = redact_sensitive(event.metadata, extra_keys, cards=cards)
         if metadata is not event.metadata:
             changes["metadata"] = metadata
     if event.changes is not None:
-        diffs = [_redact_change(change, extra_keys) for change in event.changes]
+        diffs = [_redact_change(change, extra_keys, cards) for change in event.changes]
         if any(new is not old for new, old in zip(diffs, event.changes, strict=True)):
             changes["changes"] = diffs
     if not changes:
@@ -348,15 +353,34 @@ def _redact_part(
     fields: tuple[str, ...],
     extra_keys: frozenset[str],
     changes: dict[str, Any],
+    cards: bool,
 ) -> None:
     part = getattr(event, name)
     if part is None:
         return
     done: dict[str, Any] = {}
-    for field in fields:
-        _redact_field(part, field, extra_keys, done)
+    _redact_fields(part, fields, extra_keys, done, cards)
     if done:
         changes[name] = msgspec.structs.replace(part, **done)
+
+
+def _redact_fields(
+    part: object,
+    names: tuple[str, ...],
+    extra_keys: frozenset[str],
+    changes: dict[str, Any],
+    cards: bool,
+) -> None:
+    """Redact some string fields of a struct, after one pre-check over all of them."""
+    values = [getattr(part, name) for name in names]
+    joined = "\n".join(v for v in values if isinstance(v, str))
+    if not may_hold_secret(joined, extra_keys, cards=cards):
+        return  # one scan instead of one per field: most fields of most events are clean
+    for name, value in zip(names, values, strict=True):
+        if isinstance(value, str):
+            redacted = redact_sensitive_in_string(value, extra_keys, cards=cards)
+            if redacted is not value:
+                changes[name] = redacted
 
 
 _NESTED_TEXT = (
@@ -366,17 +390,7 @@ _NESTED_TEXT = (
 )
 
 
-def _redact_field(
-    part: object, name: str, extra_keys: frozenset[str], changes: dict[str, Any]
-) -> None:
-    value = getattr(part, name)
-    if isinstance(value, str):
-        redacted = redact_sensitive_in_string(value, extra_keys)
-        if redacted is not value:
-            changes[name] = redacted
-
-
-def _redact_change(change: Change, extra_keys: frozenset[str]) -> Change:
+def _redact_change(change: Change, extra_keys: frozenset[str], cards: bool = True) -> Change:
     """A change whose field names a secret loses both values; others lose their credentials."""
     if is_sensitive_key(change.field, extra_keys):
         # No value stays no value: that a secret was set (or removed) is not a secret.
@@ -385,9 +399,9 @@ def _redact_change(change: Change, extra_keys: frozenset[str]) -> Change:
         if change.old == masked_old and change.new == masked_new:
             return change
         return Change(field=change.field, old=masked_old, new=masked_new)
-    field = redact_sensitive_in_string(change.field, extra_keys)
-    old = redact_sensitive(change.old, extra_keys)
-    new = redact_sensitive(change.new, extra_keys)
+    field = redact_sensitive_in_string(change.field, extra_keys, cards=cards)
+    old = redact_sensitive(change.old, extra_keys, cards=cards)
+    new = redact_sensitive(change.new, extra_keys, cards=cards)
     if field is change.field and old is change.old and new is change.new:
         return change
     return Change(field=field, old=old, new=new)

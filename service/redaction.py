@@ -1,6 +1,6 @@
 """Redact secrets from audit event payloads and free-form strings before they are stored.
 
-Two rules, applied to every string of an event (service/events.py `redact_event`) and to
+Three rules, applied to every string of an event (service/events.py `redact_event`) and to
 everything else auditq keeps or shows: dead letters, task payloads, arq results, error
 bodies and log lines.
 
@@ -20,123 +20,72 @@ number or label is the price of never keeping a secret whose key someone named
 creatively. AUDITQ_REDACT_EXTRA_KEYS adds keys, matched the same way on words (an extra
 `ssn` also catches `user_ssn`).
 
-The value rule. Whatever key holds it, a string loses the credentials it carries: the value
-of a sensitive `key=value` / `key: value` pair (URL query strings and JSON inside text
-included), the password of `scheme://user:password@host`, the credential after `Bearer` /
-`Basic`, PEM private-key blocks, JWTs, AWS access key ids (with a secret that follows one),
-GitHub, GitLab, Slack, Stripe, Google, npm and OpenAI style tokens, and auditq's own `aq_`
-tokens. Each is replaced by "[REDACTED]"; redacting twice changes nothing.
+Short words (`key`, `auth`, `session`, `sid`: FINAL_WORDS) name a secret only as a key's last
+word (`ssh_key`, `x-auth`, `connect.sid`), unless the word before says otherwise
+(`public_key`, `cache_key`). The words are data: service/redaction_rules.json, "keys".
 
-Speed. Before any rule runs, one Aho-Corasick scan (STEMS: a stem of every secret word,
-every token prefix, `://`) over the text, or over a whole encoded event
-(`may_hold_secret_json`), tells whether any rule could act; most events stop there. Keys
-are remembered (an LRU cache), so a key costs a lookup. `python -m bench.redaction`.
+The pair rule. A small mapping whose name field (last word `name`, `key`, `header`, …)
+holds a sensitive name loses its value fields (last word `value`, `val`, `data`, …):
+Kubernetes env, HAR headers, OpenTelemetry attributes, AWS tags. A list of two-item lists
+loses the second item of each whose first names a secret; an argument list loses the item
+after a sensitive flag. The same shapes are found in text.
+
+The value rule. Whatever key holds it, a string loses the credentials it carries: the
+formats of the rule data (gitleaks' maintained set and auditq's own, service/redaction_rules.py),
+the value of a sensitive `key=value` / `key: value` pair (URL query strings, JSON inside
+text, `--flag value`, XML elements, YAML blocks included), the password of
+`scheme://user:password@host`, the credential after `Bearer` / `Basic`, PEM private-key
+blocks; a URL-encoded run is decoded (twice at most) and redacted as plain text; a
+Luhn-valid card number keeps only its last four digits. Each secret is replaced by
+"[REDACTED]"; redacting twice changes nothing. docs/redaction.md lists what is caught and
+what it costs in false positives.
+
+Speed. Before any rule runs, one pass (Hyperscan where it is installed, else an
+Aho-Corasick DFA) over the text, or over a whole encoded event (`json_precheck`), looks for
+the stems of the secret words, the token rules' keywords and a card number's shape; most
+events stop there, and an event where only keywords occur runs just those rules. Keys are
+remembered (an LRU cache), so a key costs a lookup. `python -m bench.redaction_compare`.
 """
 
 import functools
 import re
+import threading
+from collections.abc import Callable
+from typing import Any
+from urllib.parse import unquote
 
 import ahocorasick_rs
+
+from service.redaction_rules import KEYS, KEYWORDS, token_spans
+
+try:  # one pass over hundreds of patterns; wheels for Linux x86-64 (pyproject.toml)
+    import hyperscan
+except ImportError:  # pragma: no cover - elsewhere the Aho-Corasick automaton does it
+    hyperscan = None  # type: ignore[assignment]
 
 REDACTED = "[REDACTED]"
 MAX_DEPTH = 200  # levels of nested dicts/lists redacted; anything deeper is replaced whole
 
+# The key rule's words, from the rule data (service/redaction_rules.json, "keys").
 # Words (after lowercasing, and each also in the plural) that name a secret wherever they
 # stand in a key. Joined forms ("apikey") cover keys whose words are glued together.
-SECRET_WORDS: frozenset[str] = frozenset(
-    {
-        "password",
-        "passwd",
-        "pwd",
-        "pass",
-        "passphrase",
-        "passcode",
-        "secret",
-        "token",
-        "cookie",
-        "credential",
-        "creds",
-        "authorization",
-        "jwt",
-        "otp",
-        "totp",
-        "hotp",
-        "apikey",
-        "privatekey",
-        "accesskey",
-        "secretkey",
-        "accountkey",
-        "authkey",
-        "signingkey",
-        "encryptionkey",
-        "masterkey",
-        "sessionkey",
-        "sessionid",
-        "backupcode",
-        "recoverycode",
-        "2facode",
-        "mfacode",
-        "signature",
-        "sig",
-    }
-)
+SECRET_WORDS: frozenset[str] = frozenset(KEYS["words"])
 # A single word ending in one of these is a secret word too (dbpassword, githubtoken).
-SECRET_ENDINGS = (
-    "password",
-    "passwd",
-    "passphrase",
-    "secret",
-    "token",
-    "cookie",
-    "credential",
-    "authorization",
-    "apikey",
-    "privatekey",
-    "accesskey",
-    "backupcode",
-    "recoverycode",
-)
+SECRET_ENDINGS: tuple[str, ...] = tuple(KEYS["endings"])
+# Short words that name a secret only as a key's last word (`ssh_key`, `connect.sid`,
+# `x-auth`), unless the word before says otherwise (`public_key`, `cache_key`).
+FINAL_WORDS: frozenset[str] = frozenset(KEYS["final_words"])
+NOT_SECRET_BEFORE_FINAL: dict[str, frozenset[str]] = {
+    word: frozenset(before) for word, before in KEYS["not_secret_before_final"].items()
+}
 # A key whose last word is one of these describes a secret rather than holding it.
-DESCRIPTORS: frozenset[str] = frozenset(
-    {
-        "count",
-        "hint",
-        "length",
-        "len",
-        "size",
-        "limit",
-        "type",
-        "kind",
-        "policy",
-        "rule",
-        "rules",
-        "strength",
-        "expiry",
-        "expires",
-        "expired",
-        "expiration",
-        "ttl",
-        "age",
-        "at",
-        "required",
-        "enabled",
-        "disabled",
-        "changed",
-        "updated",
-        "created",
-        "rotated",
-        "used",
-        "status",
-        "format",
-        "version",
-        "algorithm",
-        "alg",
-        "name",
-        "endpoint",
-        "consent",
-    }
-)
-QUANTITIES: frozenset[str] = frozenset({"max", "min", "num", "total", "number"})
+DESCRIPTORS: frozenset[str] = frozenset(KEYS["descriptors"])
+QUANTITIES: frozenset[str] = frozenset(KEYS["quantities"])
+# A mapping with one of PAIR_NAMES holding a sensitive name is a name/value pair: its
+# PAIR_VALUES fields hold the secret ({"name": "DB_PASSWORD", "value": …}); matched
+# case-insensitively (AWS tags say Key/Value).
+PAIR_NAMES: frozenset[str] = frozenset(KEYS["pair_names"])
+PAIR_VALUES: frozenset[str] = frozenset(KEYS["pair_values"])
 SENSITIVE_KEYS = SECRET_WORDS  # the former name
 
 _PART_RE = re.compile(r"[A-Za-z]+|[0-9]+")  # between separators; digits stand alone
@@ -207,7 +156,8 @@ def is_sensitive_key(key: str, extra_keys: frozenset[str] = frozenset()) -> bool
 _CACHED_KEY_MAX_CHARS = 64
 
 
-def _is_sensitive_key(key: str, extra_keys: frozenset[str]) -> bool:
+def _is_sensitive_key(key: str, extra_keys: frozenset[str], final: bool = True) -> bool:
+    """The key rule; without `final`, a short final word alone (`key`, `sid`) does not count."""
     words = key_words(key)
     if not words:
         return False
@@ -217,6 +167,13 @@ def _is_sensitive_key(key: str, extra_keys: frozenset[str]) -> bool:
         return True
     if words[0] in QUANTITIES and len(words) > 1:
         return False
+    last_word = words[-1]
+    if (
+        final
+        and last_word in FINAL_WORDS
+        and (len(words) == 1 or words[-2] not in NOT_SECRET_BEFORE_FINAL.get(last_word, ()))
+    ):
+        return True
     last = len(words) - 1
     found = False
     for start in range(len(words)):
@@ -245,31 +202,195 @@ _is_sensitive_key_cached = functools.lru_cache(maxsize=8192)(_is_sensitive_key)
 
 
 # The pre-check: every rule below needs one of these in the lowercased text (a secret word
-# holds one of the stems; a token format starts with its prefix; a URL password "://").
+# holds one of the stems; a credential format has its keywords, from the rule data; a URL
+# password "://", maybe URL-encoded), or a run of digits that could be a card number.
 # Text without any (most values) is returned as it is, at once. One Aho-Corasick automaton
 # finds any of them in a single pass (a regex alternation would try each at every position).
+# Short final words ("auth", "sid") are stems only where they end a name or key (`"auth":`,
+# `x-auth`, `connect.sid`, `auth=`), so that an `auth.login` action (and its presentation
+# code `audit.auth.login`) leaves the event alone.
+_SHORT_FINAL_WORDS = ("auth", "sid")
+_HAND_STEMS: tuple[str, ...] = (
+    *("pass", "pwd", "pw", "secret", "token", "cookie", "cred", "authoriz", "jwt", "otp"),
+    *("key", "session", "sessid", "backup", "recovery", "2fa", "mfa", "sig", "bearer"),
+    *("basic", "-----", "://", "%3a%2f%2f", "%253a"),
+    *(
+        stem
+        for word in _SHORT_FINAL_WORDS
+        for stem in (f'{word}":', f"{word}':", f'{word}\\"', f"{word}=", f"{word}:", f"{word}>")
+    ),
+    *("-auth", "_auth", "-sid", "_sid", ".sid"),
+)
+# Every word of the rule data that holds none of the stems above is a stem itself.
 STEMS: tuple[str, ...] = (
-    *("pass", "pwd", "secret", "token", "cookie", "cred", "authoriz", "jwt", "otp", "key"),
-    *("session", "backup", "recovery", "2fa", "mfa", "sig", "bearer", "basic", "-----", "://"),
-    *("eyj", "akia", "asia", "abia", "acca", "aiza", "npm_", "sk-", "_live_", "_test_"),
-    *("whsec_", "aq_", "xox", "xapp-", "ghp_", "gho_", "ghu_", "ghs_", "ghr_", "github_pat_"),
-    *("glpat-", "gldt-", "glrt-", "glptt-", "glsoat-", "glcbt-", "glimt-", "glffct-"),
-    "glagent-",
+    *_HAND_STEMS,
+    *sorted(
+        word
+        for word in {*SECRET_WORDS, *SECRET_ENDINGS, *FINAL_WORDS} - set(_SHORT_FINAL_WORDS)
+        if not any(stem in word for stem in _HAND_STEMS)
+    ),
+)
+# A card number: 13 to 19 digits, maybe in groups (4-4-4-4, 4-6-5), starting with 2-6.
+_CARD_RE = re.compile(
+    r"(?<![\w-])(?<!\d\.)(?P<card>[2-6]\d{12,18}|[2-6]\d{3}(?P<sep>[ -])\d{4}(?P=sep)\d{4}"
+    r"(?P=sep)\d{1,7}|3\d{3}(?P<sep2>[ -])\d{6}(?P=sep2)\d{4,5})(?![\w-]|\.\d)"
 )
 
 
 class _Precheck:
-    """The stems (and the extra keys' words) as automatons for text and for UTF-8 bytes."""
+    """The pre-check for one set of extra keys: the stems, the extra keys' words, the token
+    rules' keywords and a card-number shape, found in one pass over text or UTF-8 bytes."""
 
     def __init__(self, extra_keys: frozenset[str]) -> None:
         words = {max(key_words(key) or (_normalize(key),), key=len) for key in extra_keys}
         stems = [*STEMS, *sorted(word for word in words if word)]
-        # Only whether a stem occurs counts, and every match kind finds one when any does;
-        # leftmost-first lets the automaton skip ahead with its prefilter (3 times faster on
-        # an event than the standard kind, which must follow every state).
+        self.stem_count = len(stems)
+        patterns = [*stems, *KEYWORDS]
+        # Only whether a pattern occurs counts, and every match kind finds one when any
+        # does; leftmost-first lets the automaton skip ahead, the DFA is its fastest form.
         kind = ahocorasick_rs.MatchKind.LeftmostFirst
-        self.text = ahocorasick_rs.AhoCorasick(stems, matchkind=kind)
-        self.data = ahocorasick_rs.BytesAhoCorasick([s.encode() for s in stems], matchkind=kind)
+        dfa = ahocorasick_rs.Implementation.DFA
+        self.text = ahocorasick_rs.AhoCorasick(patterns, matchkind=kind, implementation=dfa)
+        self.data = ahocorasick_rs.BytesAhoCorasick(
+            [p.encode() for p in patterns], matchkind=kind, implementation=dfa
+        )
+        # A keyword's match can hide a stem it overlaps ("sk" in "askey"): asked apart.
+        self.stems_text = ahocorasick_rs.AhoCorasick(stems, matchkind=kind)
+        self.stems_data = ahocorasick_rs.BytesAhoCorasick([s.encode() for s in stems])
+        self.scanner = _Scanner(patterns, len(stems)) if hyperscan is not None else None
+
+    def verdict(self, data: bytes) -> int:
+        """What the pre-check finds in UTF-8 bytes: _KEYWORDS | _STEMS | _CARDS bits."""
+        if self.scanner is not None:
+            return self.scanner.scan(data)
+        low = data.lower()
+        found = self.data.find_matches_as_indexes(low)
+        verdict = _CARDS if _CARD_DIGITS in data.translate(_DIGITS_TO_0, b" -") else 0
+        if found:
+            verdict |= _KEYWORDS
+            if any(
+                i < self.stem_count for i, _, _ in found
+            ) or self.stems_data.find_matches_as_indexes(low):
+                verdict |= _STEMS
+        return verdict
+
+    def text_verdict(self, text: str, *, cards: bool = True) -> int:
+        """verdict() of a str (most are short: the automaton's call costs less than a scan);
+        without `cards`, a card number is not looked for."""
+        low = text.lower()
+        found = self.text.find_matches_as_indexes(low)
+        verdict = 0
+        if cards and len(text) >= _CARD_MIN_CHARS and _CARD_QUICK_RE.search(text) is not None:
+            verdict = _CARDS
+        if found:
+            verdict |= _KEYWORDS
+            if any(
+                i < self.stem_count for i, _, _ in found
+            ) or self.stems_text.find_matches_as_indexes(low):
+                verdict |= _STEMS
+        return verdict
+
+
+# Pre-check verdicts, as bits: a token rule's keyword, a stem (of a secret word, a URL…), a
+# card number's shape.
+_KEYWORDS, _STEMS, _CARDS = 1, 2, 4
+_CARD_MIN_CHARS = 13
+_CARD_DIGITS = b"0" * _CARD_MIN_CHARS
+_DIGITS_TO_0 = bytes.maketrans(b"0123456789", b"0000000000")
+# What the pre-check takes for a card number (the rule, _CARD_RE, then decides).
+_CARD_HINT = rb"[2-6][0-9]{3}[ -]?[0-9]{4}[ -]?[0-9]{4}"
+_AMEX_HINT = rb"3[0-9]{3}[ -][0-9]{6}[ -][0-9]{4}"  # 4-6-5 (and Diners' 4-6-4)
+_CARD_QUICK_RE = re.compile((_CARD_HINT + b"|" + _AMEX_HINT).decode())
+
+
+class _Scanner:
+    """The pre-check's patterns and the card hint as one Hyperscan database: every pattern
+    in one pass, case-insensitively, without lowering the text first (hyperscan is there
+    on Linux x86-64; elsewhere the Aho-Corasick automaton does the same, slower)."""
+
+    def __init__(self, patterns: list[str], stem_count: int) -> None:
+        assert hyperscan is not None
+        # The card shapes must not start inside an id (UUIDs hold runs of digits and dashes).
+        cards = [rb"(?:^|[^0-9a-z-])" + hint for hint in (_CARD_HINT, _AMEX_HINT)]
+        expressions = [re.escape(p).encode() for p in patterns] + cards
+        self.card = len(patterns)
+        self.stem_count = stem_count
+        flags = hyperscan.HS_FLAG_CASELESS | hyperscan.HS_FLAG_SINGLEMATCH
+        self.db = hyperscan.Database()
+        self.db.compile(
+            expressions=expressions,
+            ids=list(range(len(expressions))),
+            elements=len(expressions),
+            flags=[flags] * len(expressions),
+        )
+        self.local = threading.local()  # a scratch space per thread, as hyperscan needs
+        self.on_match = _verdict_callback(stem_count, self.card)
+        # The same patterns reporting where each match starts, for many events at once.
+        self.located = hyperscan.Database()
+        self.located.compile(
+            expressions=expressions,
+            ids=list(range(len(expressions))),
+            elements=len(expressions),
+            flags=[hyperscan.HS_FLAG_CASELESS | hyperscan.HS_FLAG_SOM_LEFTMOST] * len(expressions),
+        )
+
+    def scan(self, data: bytes) -> int:
+        found = [0]  # the verdict's bits, set by on_match
+        try:
+            # The database's own scratch space first: the common case, and the fastest.
+            # Positional arguments: the binding parses keywords slower than the scan runs.
+            self.db.scan(data, self.on_match, 0, found)
+        except hyperscan.ScanTerminated:
+            pass  # on_match stopped it: the verdict is in
+        except hyperscan.ScratchInUseError:
+            # Another thread is scanning: this thread's own scratch space.
+            scratch = getattr(self.local, "scratch", None)
+            if scratch is None:
+                scratch = self.local.scratch = hyperscan.Scratch(self.db)
+            found[0] = 0
+            try:
+                self.db.scan(
+                    data, match_event_handler=self.on_match, context=found, scratch=scratch
+                )
+            except hyperscan.ScanTerminated:
+                pass
+        return found[0]
+
+    def scan_outside_uuids(self, data: bytes) -> int:
+        """scan() of JSON text, matches inside UUID string values left out."""
+        found = [0]
+        stem_count, card = self.stem_count, self.card
+
+        def on_match(index: int, start: int, end: int, flags: int, context: object) -> bool:
+            if _inside_uuid(data, start, end):
+                return False
+            if index < stem_count or index >= card:
+                found[0] |= _STEMS | (_CARDS if index >= card else 0)
+                return True  # stop: the events must go the slow way
+            found[0] |= _KEYWORDS
+            return False
+
+        scratch = getattr(self.local, "located", None)
+        if scratch is None:
+            scratch = self.local.located = hyperscan.Scratch(self.located)
+        try:
+            self.located.scan(data, match_event_handler=on_match, scratch=scratch)
+        except hyperscan.ScanTerminated:
+            pass
+        return found[0]
+
+
+def _verdict_callback(stem_count: int, card: int) -> Callable[[int, int, int, int, Any], bool]:
+    """Hyperscan's match handler for a database of stems, then keywords, then card shapes."""
+
+    def on_match(index: int, start: int, end: int, flags: int, found: Any) -> bool:
+        if index >= card:
+            found[0] |= _CARDS | _STEMS
+            return True  # stop: every rule must run, cards included
+        found[0] |= _STEMS if index < stem_count else _KEYWORDS
+        return False  # on, to learn whether a card number may be there too
+
+    return on_match
 
 
 _PRECHECK = _Precheck(frozenset())
@@ -280,17 +401,41 @@ def _precheck_for(extra_keys: frozenset[str]) -> _Precheck:
     return _Precheck(extra_keys) if extra_keys else _PRECHECK
 
 
-def may_hold_secret(text: str, extra_keys: frozenset[str] = frozenset()) -> bool:
-    """The cheap pre-check: False means no rule can change `text`."""
+def may_hold_secret(
+    text: str, extra_keys: frozenset[str] = frozenset(), *, cards: bool = True
+) -> bool:
+    """The cheap pre-check: False means no rule can change `text` (without `cards`: no rule
+    but the card numbers')."""
     precheck = _precheck_for(extra_keys) if extra_keys else _PRECHECK
-    return bool(precheck.text.find_matches_as_indexes(text.lower()))
+    if not precheck.text.find_matches_as_indexes(text.lower()) and not (
+        cards and len(text) >= _CARD_MIN_CHARS and _CARD_QUICK_RE.search(text) is not None
+    ):
+        return False  # the common case, decided by one automaton call
+    return _needs_rules(precheck.text_verdict(text, cards=cards), text)
+
+
+def _needs_rules(verdict: int, text: str) -> bool:
+    if verdict & (_STEMS | _CARDS):
+        return True
+    # Only token rules' keywords ("ey", "sk" occur in much plain text): do their rules match?
+    return bool(verdict) and bool(token_spans(text, text.lower()))
+
+
+def json_precheck(data: bytes, extra_keys: frozenset[str] = frozenset()) -> tuple[bool, bool]:
+    """The pre-check over a whole encoded event, in one pass: whether any rule may change a
+    string of it, and whether a card number may be in it (pass it on as `cards`)."""
+    precheck = _precheck_for(extra_keys) if extra_keys else _PRECHECK
+    scanner = precheck.scanner
+    verdict = scanner.scan(data) if scanner is not None else precheck.verdict(data)
+    if verdict == _KEYWORDS:
+        return _needs_rules(verdict, data.decode(errors="replace")), False
+    return verdict != 0, verdict & _CARDS != 0
 
 
 def may_hold_secret_json(data: bytes, extra_keys: frozenset[str] = frozenset()) -> bool:
     """The pre-check over a whole encoded event: False means no string of it needs redaction
     (its keys and strings are all in the JSON, and no stem holds a character JSON escapes)."""
-    precheck = _precheck_for(extra_keys) if extra_keys else _PRECHECK
-    return bool(precheck.data.find_matches_as_indexes(data.lower()))
+    return json_precheck(data, extra_keys)[0]
 
 
 # A JSON string value that is exactly a UUID in its canonical form: no rule changes one (no
@@ -305,118 +450,305 @@ _UUID_VALUE_CHARS = 38  # with its quotes
 def may_hold_secret_json_text(data: bytes, extra_keys: frozenset[str] = frozenset()) -> bool:
     """may_hold_secret_json over JSON text without a backslash (so every quote delimits a
     string) of any length, e.g. many events: False means no string of it needs redaction.
-    Stems found only inside string values that are UUIDs (ids) do not count."""
+    Stems, keywords and card shapes found only inside string values that are UUIDs (ids) do
+    not count."""
     precheck = _precheck_for(extra_keys) if extra_keys else _PRECHECK
-    for _, start, end in precheck.data.find_matches_as_indexes(data.lower()):
-        around = max(0, start - _UUID_VALUE_CHARS)
-        inside = any(
-            m.start() < start and end < m.end()
-            for m in _UUID_VALUE.finditer(data, around, end + _UUID_VALUE_CHARS)
-        )
-        if not inside:
-            return True
+    if precheck.scanner is not None:
+        verdict = precheck.scanner.scan_outside_uuids(data)
+    else:
+        verdict = _verdict_outside_uuids(precheck, data)
+    if verdict & (_STEMS | _CARDS):
+        return True
+    if verdict:
+        text = data.decode(errors="replace")
+        return bool(token_spans(text, text.lower()))
     return False
 
 
-def redact_sensitive(value: object, extra_keys: frozenset[str] = frozenset()) -> object:
-    """Return JSON-like data with secrets redacted (the value itself when it has none)."""
-    return _redact(value, extra_keys, 0)
+def _inside_uuid(data: bytes, start: int, end: int) -> bool:
+    around = max(0, start - _UUID_VALUE_CHARS)
+    return any(
+        m.start() < start and end < m.end()
+        for m in _UUID_VALUE.finditer(data, around, end + _UUID_VALUE_CHARS)
+    )
 
 
-def _redact(value: object, extra_keys: frozenset[str], depth: int) -> object:
+def _verdict_outside_uuids(precheck: _Precheck, data: bytes) -> int:
+    """The Aho-Corasick way of _Scanner.scan_outside_uuids (slower: where no hyperscan)."""
+    low = data.lower()
+    verdict = 0
+    for index, start, end in precheck.data.find_matches_as_indexes(low):
+        if _inside_uuid(data, start, end):
+            continue
+        if index < precheck.stem_count:
+            return _STEMS
+        verdict = _KEYWORDS
+    if _CARD_DIGITS in data.translate(_DIGITS_TO_0, b" -") and _has_card(data):
+        return _CARDS
+    if verdict and precheck.stems_data.find_matches_as_indexes(low):
+        return _STEMS  # a stem a keyword's match hid (UUIDs aside: the slow way is safe)
+    return verdict
+
+
+def _has_card(data: bytes) -> bool:
+    text = data.decode(errors="replace")
+    return any(_mask_card(m[0]) is not None for m in _CARD_RE.finditer(text))
+
+
+def redact_sensitive(
+    value: object, extra_keys: frozenset[str] = frozenset(), *, cards: bool = True
+) -> object:
+    """Return JSON-like data with secrets redacted (the value itself when it has none);
+    `cards=False` when the pre-check saw no card number in it."""
+    return _redact(value, extra_keys, 0, cards)
+
+
+def _redact(value: object, extra_keys: frozenset[str], depth: int, cards: bool) -> object:
     if isinstance(value, str):
-        return redact_sensitive_in_string(value, extra_keys)
+        return redact_sensitive_in_string(value, extra_keys, cards=cards)
     if isinstance(value, dict | list | tuple) and depth >= MAX_DEPTH:
         # Deeper than any real event nests: replaced whole, so hostile nesting can neither
         # exhaust the stack nor carry a secret past the redaction.
         return REDACTED
     if isinstance(value, dict):
-        return _redact_mapping(value, extra_keys, depth)
+        return _redact_mapping(value, extra_keys, depth, cards)
     if isinstance(value, list | tuple):
-        items = [_redact(item, extra_keys, depth + 1) for item in value]
-        if all(new is old for new, old in zip(items, value, strict=True)):
-            return value
-        return tuple(items) if isinstance(value, tuple) else items
+        return _redact_list(value, extra_keys, depth, cards)
+    if cards and type(value) is int and _CARD_INT_MIN <= value < _CARD_INT_MAX:
+        masked = _mask_card(str(value))
+        return value if masked is None else masked
     return value
+
+
+_CARD_INT_MIN, _CARD_INT_MAX = 2 * 10**12, 7 * 10**18  # 13 to 19 digits, from 2 to 6
+
+
+def _redact_list(
+    items: list[object] | tuple[object, ...], extra_keys: frozenset[str], depth: int, cards: bool
+) -> object:
+    """Redact every item, and the value of each pair or command-line flag the list holds."""
+    out = [_redact(item, extra_keys, depth + 1, cards) for item in items]
+    # A list of pairs ([["Authorization", "…"], ["Accept", "…"]]): each sensitive one goes.
+    pairs = sum(1 for item in items if _is_pair_shape(item)) >= 2
+    if pairs:
+        for i, item in enumerate(items):
+            if _is_pair_shape(item) and _secret_pair(item, extra_keys, strict=False):  # type: ignore[arg-type]
+                out[i] = [item[0], REDACTED]  # type: ignore[index]
+    elif len(items) == 2 and _secret_pair(items, extra_keys, strict=True):
+        out[1] = REDACTED
+    for i in range(len(items) - 1):
+        # An argument list: ["pg_dump", "--password", "…"].
+        flag = items[i]
+        if isinstance(flag, str) and flag.startswith("-") and _FLAG_ITEM_RE.fullmatch(flag):
+            if is_sensitive_key(flag.lstrip("-"), extra_keys) and items[i + 1] != REDACTED:
+                out[i + 1] = REDACTED
+    if all(new is old for new, old in zip(out, items, strict=True)):
+        return items
+    return tuple(out) if isinstance(items, tuple) else out
+
+
+_FLAG_ITEM_RE = re.compile(r"--?[A-Za-z][\w.-]*")
+# A value that reads as a field name ("email", "updated_at"): ["password", "email"] alone
+# is more likely a list of field names than a pair (docs/redaction.md, false positives).
+_FIELD_NAME_RE = re.compile(r"[a-z][a-z_]{0,39}")
+
+
+def _is_pair_shape(item: object) -> bool:
+    return isinstance(item, list | tuple) and len(item) == 2 and isinstance(item[0], str)
+
+
+def _secret_pair(
+    pair: list[object] | tuple[object, ...], extra_keys: frozenset[str], *, strict: bool
+) -> bool:
+    """Tell whether a two-item list is a (sensitive name, value) pair."""
+    name, value = pair
+    if not isinstance(name, str) or value == REDACTED or not is_sensitive_key(name, extra_keys):
+        return False
+    return not (strict and isinstance(value, str) and _FIELD_NAME_RE.fullmatch(value))
 
 
 _DIFF_FIELD_KEY = "field"
 _DIFF_VALUE_KEYS = ("old", "new")
+_PAIR_MAX_ITEMS = 8  # a name/value pair is a small mapping (a HAR entry adds a comment)
+_NAME, _VALUE = 1, 2  # what a key is in a name/value pair, by its last word
+
+
+def _pair_role(key: str) -> int:
+    """What `key` is in a name/value pair (remembered for keys of ordinary length)."""
+    return _pair_role_cached(key) if len(key) <= _CACHED_KEY_MAX_CHARS else _role(key)
+
+
+def _role(key: str) -> int:
+    """_NAME for "name", "Key", "ParameterKey", "attributeName"…; _VALUE for "value",
+    "Value", "tagValue"…; else 0 (the words: PAIR_NAMES, PAIR_VALUES)."""
+    words = key_words(key)
+    if not words:
+        return 0
+    return _NAME if words[-1] in PAIR_NAMES else _VALUE if words[-1] in PAIR_VALUES else 0
+
+
+_pair_role_cached = functools.lru_cache(maxsize=4096)(_role)
+
+
+def _pair_fields(keys: tuple[object, ...]) -> tuple[str, ...] | None:
+    """The name fields of a mapping with these keys when it is name/value shaped (it has a
+    value field), else None."""
+    roles = [(key, _pair_role(key)) for key in keys if isinstance(key, str)]
+    if not any(role == _VALUE for _, role in roles):
+        return None
+    return tuple(key for key, role in roles if role == _NAME)
+
+
+def _pair_roles(mapping: dict[object, object], extra_keys: frozenset[str]) -> tuple[bool, bool]:
+    """Whether a mapping is name/value shaped, and whether its name is sensitive."""
+    if not 1 < len(mapping) <= _PAIR_MAX_ITEMS:
+        return False, False
+    names = _pair_fields(tuple(mapping))
+    if names is None:
+        return False, False
+    secret = any(
+        isinstance(item := mapping[name], str) and is_sensitive_key(item, extra_keys)
+        for name in names
+    )
+    return True, secret
+
+
+def _key_may_hold_secret(key: str, extra_keys: frozenset[str], cards: bool) -> bool:
+    """may_hold_secret of a mapping key, remembered for keys of ordinary length: keys
+    repeat from event to event."""
+    if len(key) > _CACHED_KEY_MAX_CHARS:
+        return may_hold_secret(key, extra_keys, cards=cards)
+    return _key_may_hold_secret_cached(key, extra_keys, cards)
+
+
+@functools.lru_cache(maxsize=8192)
+def _key_may_hold_secret_cached(key: str, extra_keys: frozenset[str], cards: bool) -> bool:
+    return may_hold_secret(key, extra_keys, cards=cards)
 
 
 def _redact_mapping(
-    mapping: dict[object, object], extra_keys: frozenset[str], depth: int
+    mapping: dict[object, object], extra_keys: frozenset[str], depth: int, cards: bool
 ) -> dict[object, object]:
     """Redact values under sensitive keys and recurse into the rest."""
     field = mapping.get(_DIFF_FIELD_KEY)
     # A change diff names the secret in "field" and carries it under "old"/"new".
     secret_diff = isinstance(field, str) and is_sensitive_key(field, extra_keys)
+    # A name/value pair names it in "name" (or "Key", "ParameterKey", …) and carries it in
+    # "value" (or "Value", "tagValue", …).
+    pair_shaped, secret_pair = _pair_roles(mapping, extra_keys)
     out: dict[object, object] = {}
     changed = False
     for key, item in mapping.items():
         new_key = key
-        if (isinstance(key, str) and is_sensitive_key(key, extra_keys)) or (
-            secret_diff and key in _DIFF_VALUE_KEYS
+        if (
+            (
+                isinstance(key, str)
+                and is_sensitive_key(key, extra_keys)
+                # {"key": "http.method", "value": …}: "key" holds the pair's name (but
+                # {"api_key": …, "text": …} holds a secret whatever its neighbours).
+                and not (
+                    pair_shaped
+                    and _pair_role(key) == _NAME
+                    and not _is_sensitive_key_cached(key, extra_keys, False)
+                )
+            )
+            or (secret_diff and key in _DIFF_VALUE_KEYS)
+            or (secret_pair and isinstance(key, str) and _pair_role(key) == _VALUE)
         ):
             new: object = item if item == REDACTED else REDACTED  # redacted already: kept
         else:
-            new = _redact(item, extra_keys, depth + 1)
-            if isinstance(key, str):
+            new = _redact(item, extra_keys, depth + 1, cards)
+            if isinstance(key, str) and _key_may_hold_secret(key, extra_keys, cards):
                 # A key can be a credential itself ({"ghp_…": true}).
-                new_key = redact_sensitive_in_string(key, extra_keys)
+                new_key = redact_sensitive_in_string(key, extra_keys, cards=cards)
         changed = changed or new is not item or new_key is not key
         out[new_key] = new
     return out if changed else mapping
 
 
-def redact_sensitive_in_string(text: str, extra_keys: frozenset[str] = frozenset()) -> str:
-    """Return text with every credential the value rule knows redacted (see the module doc)."""
-    if not may_hold_secret(text, extra_keys):
+def redact_sensitive_in_string(
+    text: str, extra_keys: frozenset[str] = frozenset(), *, cards: bool = True, _decoded: int = 0
+) -> str:
+    """Return text with every credential the value rule knows redacted (see the module doc);
+    `cards=False` when the pre-check saw no card number in it."""
+    if not may_hold_secret(text, extra_keys, cards=cards):
         return text
     original = text
     if _names_secret_field(text, extra_keys):
         # A change diff as text (a payload that is not JSON): {"field": "password", "old": …}.
         # Which "old"/"new" belong to it is unknowable in broken JSON, so every one goes.
         extra_keys = extra_keys | _DIFF_VALUE_KEY_SET
-    text = _PEM_RE.sub(REDACTED, text)
-    text = _TOKEN_RE.sub(REDACTED, text)
-    text = _redact_url_passwords(text)
-    # Redacting a pair value can splice a URL password onto its "@", so look for URLs again.
-    text = _redact_url_passwords(_redact_pairs(text, extra_keys))
-    text = _ENCODED_PAIR_RE.sub(lambda m: _redact_encoded_pair(m, extra_keys), text)
-    text = _BARE_AUTH_RE.sub(_redact_bare_auth, text)
+    low = text.lower()
+    # Each rule below runs only when what it needs is in the text (cheap `in` tests).
+    text = _redact_tokens(text, low)
+    if "-----" in text:
+        text = _PEM_RE.sub(REDACTED, text)
+    if "://" in text:
+        text = _redact_url_passwords(text)
+    if ("," in text or "=" in text) and _PAIR_VALUE_HINT_RE.search(text):
+        # Before the key rule, which may redact the name ("Key": "api_token") first.
+        text = _redact_value_before_name(text, extra_keys)
+    text = _redact_pairs(text, extra_keys)
+    if "://" in text:
+        # Redacting a pair value can splice a URL password onto its "@": look again.
+        text = _redact_url_passwords(text)
+    if "%3" in text:
+        text = _ENCODED_PAIR_RE.sub(lambda m: _redact_encoded_pair(m, extra_keys), text)
+    if "bearer" in low or "basic" in low:
+        text = _BARE_AUTH_RE.sub(_redact_bare_auth, text)
+    text = _redact_text_pairs(text, extra_keys)
+    if "%" in text and _decoded < _DECODE_MAX:
+        text = _RUN_RE.sub(lambda m: _redact_encoded_run(m, extra_keys, _decoded), text)
+    if cards and len(text) >= _CARD_MIN_CHARS and _CARD_QUICK_RE.search(text) is not None:
+        text = _CARD_RE.sub(_redact_card, text)
     return original if text == original else text
 
 
-# Well-known credential formats.
+def _redact_tokens(text: str, low: str) -> str:
+    """Replace every credential a token rule of the rule data finds (`low`: text.lower())."""
+    spans = token_spans(text, low)
+    if not spans:
+        return text
+    out: list[str] = []
+    pos = 0
+    for start, end in spans:
+        out += (text[pos:start], REDACTED)
+        pos = end
+    out.append(text[pos:])
+    return "".join(out)
+
+
+def _redact_text_pairs(text: str, extra_keys: frozenset[str]) -> str:
+    """Pairs whose name and value stand apart: flags, quoted pairs, XML, YAML lists."""
+    if text.startswith("-") or any(blank in text for blank in _BLANK_DASHES):
+        text = _redact_after(text, _FLAG_RE, extra_keys)
+    if "," in text:
+        text = _redact_after(text, _QUOTED_PAIR_RE, extra_keys)
+    if ("," in text or "=" in text) and _PAIR_VALUE_HINT_RE.search(text):
+        text = _redact_after(text, _NAME_VALUE_RE, extra_keys)
+    if "</" in text:
+        text = _XML_RE.sub(lambda m: _redact_xml(m, extra_keys), text)
+    if "\n" in text and ":" in text:
+        text = _redact_yaml_blocks(text, extra_keys)
+    if "\\n" in text and ":" in text:
+        text = _redact_yaml_blocks(text, extra_keys, "\\n")
+    return text
+
+
+# A PEM private key, also one cut short (no END line): a structure, kept beside the formats.
 _PEM_RE = re.compile(
     r"-----BEGIN[A-Z0-9 ]*PRIVATE KEY[A-Z ]*-----.*?"
     r"(?:-----END[A-Z0-9 ]*PRIVATE KEY[A-Z ]*-----|\Z)",  # to the end when it has no END line
     re.DOTALL,
 )
-_TOKEN_RE = re.compile(
-    r"(?<![\w-])(?:"
-    r"eyJ[\w-]{4,}\.[\w-]{4,}\.[\w-]*"  # JWT: header.payload.signature (maybe empty: alg none)
-    r"|(?:AKIA|ASIA|ABIA|ACCA)[A-Z0-9]{16}(?![A-Z0-9])"  # an AWS key id, and its secret:
-    r"(?:(?:[ \t]*[:;,|/=][ \t]*|[ \t]+)[A-Za-z0-9/+]{40,}(?![\w=]))?"
-    r"|gh[pousr]_[A-Za-z0-9]{20,}"  # GitHub
-    r"|github_pat_\w{20,}"
-    r"|gl(?:pat|dt|rt|ptt|soat|cbt|imt|ffct|agent)-[\w-]{20,}"  # GitLab
-    r"|xox[abprse]-[\w-]{10,}|xapp-[\w-]{10,}"  # Slack
-    r"|(?:sk|rk)_(?:live|test)_\w{10,}|whsec_\w{16,}"  # Stripe
-    r"|aq_[\w-]{20,}"  # auditq's own API tokens (service/store/tokens.py TOKEN_PREFIX)
-    r"|AIza[\w-]{35}"  # Google API keys
-    r"|npm_\w{30,}"
-    r"|sk-(?:proj-|ant-)?[\w-]{20,}"  # OpenAI / Anthropic style
-    r"|https://hooks\.slack\.com/services/[\w/]+"
-    r")"
-)
-
-
 # Scanning patterns open with a lookbehind so a long run of word characters is tried once,
 # not once per start position; no quantifier is nested inside another.
+# The password may hold "/", "?", "#" or "@" (unencoded, as people write them): it ends at
+# the "@" after which the host holds none; a port and a path ("https://h:8080/a/x@y") is no
+# password.
 _URL_USERINFO_RE = re.compile(
-    r"(?<![\w+.-])(?P<head>[a-z][a-z0-9+.-]*://[^\s:@/?#\[\]\"'<>]*:)(?P<pw>[^\s/?#\"'<>]+)@",
+    r"(?<![\w+.-])(?P<head>[a-z][a-z0-9+.-]*://[^\s:@/?#\[\]\"'<>]*:)"
+    r"(?P<pw>(?!\d*[/?#])[^\s\"'<>]*?)@(?=[^\s\"'<>@/?#]*(?:[\s\"'<>/?#]|$))",
     re.IGNORECASE,
 )
 # Only the key and separator are consumed, so a non-sensitive value stays searchable
@@ -481,16 +813,213 @@ def _redact_pairs(text: str, extra_keys: frozenset[str]) -> str:
         if words and words[-1] == "authorization":
             scheme = _AUTH_SCHEME_RE.match(text, start)
             start = scheme.end() if scheme else start
+        if text.startswith(("\\n", "\\r"), start):
+            continue  # an escaped line break: a YAML block follows (_redact_yaml_blocks)
         cookie_header = bool(words) and words[-1] == "cookie" and match["sep"] == ":"
         value = (_COOKIE_VALUE_RE if cookie_header else _VALUE_RE).match(text, start)
         if value is None:
             continue
+        if (
+            _pair_role(match["key"]) == _NAME
+            and not _is_sensitive_key_cached(match["key"], extra_keys, False)
+            and _PAIR_VALUE_NEXT_RE.match(text, value.end())
+        ):
+            continue  # "key": "api_token", "value": … names the secret: _NAME_VALUE_RE's
         # Reuse the value's quoting, else the key's, so JSON and repr output stay well-formed.
         quote = value["q"] or value["eq"] or match["kq"] or ""
         out += (text[pos:start], quote, REDACTED, quote)
         pos = value.end()
     out.append(text[pos:])
     return "".join(out)
+
+
+def _redact_after(text: str, pattern: re.Pattern[str], extra_keys: frozenset[str]) -> str:
+    """Replace the value that follows each match of `pattern` whose "key" is sensitive (and,
+    for _NAME_VALUE_RE, whose "nm" and "vn" are a pair's name and value fields)."""
+    out: list[str] = []
+    pos = 0
+    pairs = pattern is _NAME_VALUE_RE
+    for match in pattern.finditer(text):
+        if match.start() < pos or not is_sensitive_key(match["key"], extra_keys):
+            continue
+        if pairs and (_pair_role(match["nm"]) != _NAME or _pair_role(match["vn"]) != _VALUE):
+            continue
+        value = _VALUE_RE.match(text, match.end())
+        if value is None or value.end() == match.end():
+            continue
+        quote = value["q"] or value["eq"] or ""
+        out += (text[pos : match.end()], quote, REDACTED, quote)
+        pos = value.end()
+    if not out:
+        return text
+    out.append(text[pos:])
+    return "".join(out)
+
+
+# `--password SECRET`, `-token SECRET` (the `=` form is a pair of _KEY_RE); a flag starts
+# the text or follows a blank.
+_BLANK_DASHES = (" -", "\t-", "\n-", "\r-")
+_FLAG_RE = re.compile(r"(?<![\w-])--?(?P<key>[A-Za-z][\w.-]*)[ \t]+(?=[^\s-])")
+# A quoted name opening a list, a comma, a value: header tuples as text ('authorization',
+# '…'); and a quoted flag anywhere in a list: argv lists ("--password", "…").
+_QUOTED_PAIR_RE = re.compile(
+    r"(?:[\[(][ \t]*(?P<kq>\\?[\"'])(?=[\w.-]+(?P=kq))|(?P<fq>\\?[\"'])(?=--?[A-Za-z]))"
+    r"(?P<key>[\w.-]+)(?:(?P=kq)|(?P=fq))[ \t]*,[ \t]*"
+)
+# A name/value pair as text: "name": "DB_PASSWORD", "value": … (k8s env, HAR, AWS tags).
+# Also as XML attributes (<add key="ApiKey" value="…"/>) and with a prefix (ParameterKey):
+# "nm" must be a pair name and "vn" a pair value (_pair_role), "key" a sensitive name.
+_NAME_VALUE_RE = re.compile(
+    r"(?<![\w.-])(?P<nq>\\?[\"']?)(?P<nm>[\w.-]{1,60})(?P=nq)[ \t]*[:=][ \t]*"
+    r"(?P<kq>\\?[\"'])(?P<key>[^\"'\\\n]{1,100})(?P=kq)[ \t]*[,;]?[ \t]*"
+    r"(?P<vq>\\?[\"']?)(?P<vn>[\w.-]{1,60})(?P=vq)[ \t]*[:=][ \t]*"
+)
+# The same pair with its value first ("value": "…", "name": "DB_PASSWORD").
+_PAIR_FIELD_RE = re.compile(
+    r"(?<![\w.-])(?P<q>\\?[\"']?)(?P<field>[\w.-]{1,60})(?P=q)[ \t]*[:=][ \t]*"
+)
+_NAME_AFTER_RE = re.compile(
+    r"[ \t]*[,;]?[ \t]*(?P<nq>\\?[\"']?)(?P<nm>[\w.-]{1,60})(?P=nq)[ \t]*[:=][ \t]*"
+    r"(?P<kq>\\?[\"'])(?P<key>[^\"'\\\n]{1,100})(?P=kq)"
+)
+
+
+def _redact_value_before_name(text: str, extra_keys: frozenset[str]) -> str:
+    """Replace the value of a pair written value first, whose name is sensitive."""
+    out: list[str] = []
+    pos = 0
+    for field in _PAIR_FIELD_RE.finditer(text):
+        if field.start() < pos or _pair_role(field["field"]) != _VALUE:
+            continue
+        value = _VALUE_RE.match(text, field.end())
+        if value is None or value.end() == field.end() or value[0] == REDACTED:
+            continue
+        name = _NAME_AFTER_RE.match(text, value.end())
+        if (
+            name is None
+            or _pair_role(name["nm"]) != _NAME
+            or not is_sensitive_key(name["key"], extra_keys)
+        ):
+            continue
+        quote = value["q"] or value["eq"] or ""
+        out += (text[pos : field.end()], quote, REDACTED, quote)
+        pos = value.end()
+    if not out:
+        return text
+    out.append(text[pos:])
+    return "".join(out)
+
+
+# A pair value word in any case: no _NAME_VALUE_RE match without one.
+_PAIR_VALUE_HINT_RE = re.compile(
+    "|".join(sorted(v for v in PAIR_VALUES if len(v) > 1)) + r"|\bv\b", re.IGNORECASE
+)
+_PAIR_VALUE_NEXT_RE = re.compile(
+    r"\\?[\"']?[ \t]*[,;]?[ \t]*(?P<vq>\\?[\"']?)[\w.-]*?(?:"
+    + "|".join(sorted(PAIR_VALUES))
+    + r")(?P=vq)[ \t]*[:=]",
+    re.IGNORECASE,
+)
+# An XML element whose (local) name is sensitive: <wsse:Password …>…</wsse:Password>.
+_XML_RE = re.compile(
+    r"<(?P<tag>[A-Za-z_][\w:.-]*)(?:[ \t\r\n][^<>]*)?>"
+    r"(?P<value><!\[CDATA\[[\s\S]*?\]\]>|[^<]*)</(?P=tag)[ \t\r\n]*>"
+)
+# YAML: a sensitive key with nothing after its colon holds the block below it.
+_YAML_KEY_RE = re.compile(r"(?P<indent>[ \t]*)(?:-[ \t]+)?(?P<key>[\w.-]+)[ \t]*:[ \t]*(?:#.*)?")
+_YAML_ITEM_RE = re.compile(r"(?P<head>[ \t]*(?:-[ \t]+)?(?:[\w.-]+[ \t]*:[ \t]+)?)(?P<value>\S.*)")
+# The same inside a JSON string, where a line ends at an escaped "\n" and the string at '"'
+# (its first line starts after the string's opening quote).
+_YAML_ITEM_ESCAPED_RE = re.compile(
+    r"(?P<head>[ \t]*(?:-[ \t]+)?(?:[\w.-]+[ \t]*:[ \t]+)?)(?P<value>[^\s\\\"][^\\\"]*)(?P<rest>.*)"
+)
+
+
+def _redact_xml(match: re.Match[str], extra_keys: frozenset[str]) -> str:
+    value = match["value"]
+    local = match["tag"].rpartition(":")[2]
+    if not value.strip() or value == REDACTED or not is_sensitive_key(local, extra_keys):
+        return match[0]
+    whole, start = match[0], match.start()
+    return whole[: match.start("value") - start] + REDACTED + whole[match.end("value") - start :]
+
+
+def _redact_yaml_blocks(text: str, extra_keys: frozenset[str], newline: str = "\n") -> str:
+    """Replace every item of a YAML block (a list, a mapping) under a sensitive key."""
+    escaped = newline != "\n"
+    item_re = _YAML_ITEM_ESCAPED_RE if escaped else _YAML_ITEM_RE
+    lines = text.split(newline)
+    changed = False
+    i = 0
+    while i < len(lines):
+        line = lines[i].rstrip("\r")
+        head = _YAML_KEY_RE.fullmatch(line[line.rfind('"') + 1 :] if escaped else line)
+        i += 1
+        if head is None or not is_sensitive_key(head["key"], extra_keys):
+            continue
+        indent = len(head["indent"])
+        while i < len(lines):
+            line = lines[i].rstrip("\r")
+            body = line.lstrip(" \t")
+            depth = len(line) - len(body)
+            if body and not (depth > indent or (depth == indent and body.startswith("- "))):
+                break
+            item = item_re.fullmatch(line)
+            if item is not None and item["value"] != REDACTED:
+                rest = item.groupdict().get("rest") or ""
+                lines[i] = item["head"] + REDACTED + rest + lines[i][len(line) :]
+                changed = True
+            i += 1
+    return newline.join(lines) if changed else text
+
+
+# Runs of text (between spaces and quotes) that hold a URL-encoded "%" or "://": decoded and
+# redacted as plain text, up to _DECODE_MAX times (double encoding); a run that held a
+# secret is kept decoded, redacted.
+_RUN_RE = re.compile(r"(?<![^\s\"'<>])[^\s\"'<>]+")
+_ENCODED_MARK_RE = re.compile(r"%(?:25[0-9A-Fa-f]{2}|3[aA]%2[fF]%2[fF]|40)")
+_DECODE_MAX = 2
+
+
+def _redact_encoded_run(match: re.Match[str], extra_keys: frozenset[str], decoded: int) -> str:
+    run = match[0]
+    if _ENCODED_MARK_RE.search(run) is None:
+        return run
+    plain = unquote(run)
+    redacted = redact_sensitive_in_string(plain, extra_keys, _decoded=decoded + 1)
+    return run if redacted == plain else redacted
+
+
+def _luhn(digits: str) -> bool:
+    total = 0
+    for i, ch in enumerate(reversed(digits)):
+        d = int(ch) * (2 if i % 2 else 1)
+        total += d - 9 if d > 9 else d
+    return total % 10 == 0
+
+
+_CARD_KEEP = 4  # digits left at the end of a masked card number
+
+
+def _mask_card(text: str) -> str | None:
+    """A Luhn-valid card number with all but its last four digits masked; None otherwise."""
+    digits = "".join(ch for ch in text if ch.isdigit())
+    if not 13 <= len(digits) <= 19 or not _luhn(digits):
+        return None
+    hide = len(digits) - _CARD_KEEP
+    out: list[str] = []
+    for ch in text:
+        if ch.isdigit():
+            out.append("*" if hide > 0 else ch)
+            hide -= 1
+        else:
+            out.append(ch)
+    return "".join(out)
+
+
+def _redact_card(match: re.Match[str]) -> str:
+    masked = _mask_card(match[0])
+    return match[0] if masked is None else masked
 
 
 def _redact_encoded_pair(match: re.Match[str], extra_keys: frozenset[str]) -> str:

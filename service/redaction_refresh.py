@@ -12,8 +12,9 @@ rules, `local_tokens`, `notes`) as it is. Translation (hand-written because no l
 converts RE2 to a portable dialect): inline flags are spelled out (`(?i)` scopes become
 `[aA]` classes, `(?s:.)` becomes `[\\s\\S]`), named groups become plain groups (numbering
 kept), `\\z` becomes `(?![\\s\\S])`, a `[` inside a class is escaped and POSIX classes are
-expanded. A rule that cannot be translated, or that `EXCLUDED` names, is left out and listed
-in `source.excluded` with the reason.
+expanded; a leading lazy `[\\w.-]{0,50}?` is dropped (_without_left_context). A rule that
+cannot be translated, or that `EXCLUDED` names, is left out and listed in `source.excluded`
+with the reason.
 """
 
 from __future__ import annotations
@@ -203,6 +204,19 @@ def _swap(ch: str) -> str:
     return ch.lower() if ch.isupper() else ch.upper()
 
 
+# gitleaks' "<name> … = <secret>" rules open with `[\w.-]{0,50}?` (some twice, nested): it
+# only widens a match to the left of the name, the secret's group is the same without it, and
+# Python's backtracking engine tries it at every position (quadratic where RE2 is linear).
+_LEFT_CONTEXT_RE = re.compile(r"^((?:\(\?i\))?(?:\(\?i:)?)\[\\w\.-\]\{0,50\}\?")
+
+
+def _without_left_context(pattern: str) -> str:
+    r"""`pattern` without its leading lazy `[\w.-]{0,50}?` (any number of them)."""
+    while (shorter := _LEFT_CONTEXT_RE.sub(r"\1", pattern, count=1)) != pattern:
+        pattern = shorter
+    return pattern
+
+
 def _allow(allowlists: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """The allowlists that apply to text (gitleaks' path allowlists do not)."""
     kept = []
@@ -237,7 +251,7 @@ def build_tokens(config: dict[str, Any]) -> tuple[list[dict[str, Any]], dict[str
             excluded[rid] = "no keyword for the pre-check"
             continue
         try:
-            regex = translate(rule["regex"])
+            regex = translate(_without_left_context(rule["regex"]))
             allow = _allow(rule.get("allowlists", []))
             compiled = re.compile(regex, re.ASCII)
         except (Untranslatable, re.error) as exc:

@@ -60,7 +60,7 @@ STRING_CASES = [
     ("--client-secret=cs7 --v", "--client-secret=[REDACTED] --v", "cs7"),
     (
         "https://x/cb?code=1&access_token=at8&state=2",
-        "https://x/cb?code=1&access_token=[REDACTED]&state=2",
+        "https://x/cb?code=[REDACTED]&access_token=[REDACTED]&state=2",
         "at8",
     ),
     (
@@ -380,6 +380,7 @@ KEY_WORD_CASES = [
             "X-Amz-Signature",
             "pass",
             "paSSwD",
+            "session",  # a session cookie's usual name
         )
     ],
     *[
@@ -399,7 +400,6 @@ KEY_WORD_CASES = [
             "bypass",
             "secretary",
             "keyboard",
-            "session",
             "monkey",
         )
     ],

@@ -73,3 +73,68 @@ def test_translation_keeps_the_meaning(go: str, portable: str, hit: str, miss: s
 def test_an_untranslatable_expression_is_refused() -> None:
     with pytest.raises(Untranslatable):
         translate(r"\p{Greek}+")
+
+
+def test_the_precheck_without_hyperscan_agrees_with_it() -> None:
+    """Where hyperscan has no wheel the Aho-Corasick automaton decides: the same verdicts."""
+    import copy
+
+    import msgspec
+
+    from bench.producer import audit_event
+    from service import redaction
+    from service.events import AuditEvent, encode
+    from tests.test_secrets_redteam import Planted, real_world_shapes, second_shapes
+
+    precheck = redaction._Precheck(frozenset())
+    if precheck.scanner is None:
+        pytest.skip("hyperscan is not installed here")
+    fallback = copy.copy(precheck)
+    fallback.scanner = None
+    planted = Planted()
+    events = [audit_event("bench", i) for i in range(200)]
+    events += [
+        msgspec.convert(e, AuditEvent)
+        for e in real_world_shapes(planted, "a") + second_shapes(planted, "b")
+    ]
+    for event in events:
+        data = encode(event)
+        text = data.decode()
+        assert redaction._needs_rules(precheck.verdict(data), text) == redaction._needs_rules(
+            fallback.verdict(data), text
+        ), text
+
+
+@pytest.mark.parametrize("word", sorted({*DATA["keys"]["words"], *DATA["keys"]["final_words"]}))
+def test_every_key_the_rule_data_names_passes_the_precheck(word: str) -> None:
+    """A key the key rule redacts must get past the one-pass pre-check, in JSON and text."""
+    from service.redaction import is_sensitive_key, may_hold_secret, may_hold_secret_json
+
+    for key in (word, f"x_{word}", f"x-{word}", word.upper(), f"my.{word}"):
+        if is_sensitive_key(key):
+            assert may_hold_secret_json(json.dumps({key: "v4lue"}).encode()), key
+            assert may_hold_secret(f"{key}=v4lue") and may_hold_secret(f"{key}: v4lue"), key
+
+
+def test_a_batch_of_clean_events_passes_the_worker_precheck_and_a_secret_does_not() -> None:
+    """The worker's check of a whole job (many events, many UUIDs): clean stays clean, a
+    card number or a token anywhere in it is seen, with hyperscan and without."""
+    import copy
+
+    import msgspec
+
+    from bench.producer import audit_event
+    from service import redaction
+    from service.events import finalize
+
+    events = [msgspec.to_builtins(finalize(audit_event("bench", i))[0]) for i in range(300)]
+    fallback = copy.copy(redaction._PRECHECK)
+    fallback.scanner = None
+    for planted in (None, "card 4111 1111 1111 1111", "ghp_" + "a1B2" * 9, "db_password=x1"):
+        batch = copy.deepcopy(events)
+        if planted:
+            batch[150]["metadata"]["note"] = planted
+        data = json.dumps(batch, separators=(",", ":")).encode()
+        assert redaction.may_hold_secret_json_text(data) is bool(planted)
+        verdict = redaction._verdict_outside_uuids(fallback, data)
+        assert redaction._needs_rules(verdict, data.decode()) is bool(planted)

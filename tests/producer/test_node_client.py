@@ -193,9 +193,7 @@ async def test_the_express_example_records_each_request_with_its_context(
     assert (row["user_agent"], row["method"], row["path"]) == ("ex/3", "PUT", "/projects/42")
 
 
-# Keys and texts both clients must treat alike. The rule data adds words Python's module does
-# not read yet (issue of the rule data): "foo_key", "pin", "cvv", "auth", "session" are
-# sensitive in Node only, until service/redaction.py reads service/redaction_rules.json too.
+# Keys and texts both clients must treat alike (both read service/redaction_rules.json).
 SAME_KEYS = [
     *("password", "userPassword", "api_key", "apiKey", "x-api-key", "token_count"),
     *("max_tokens", "sessionId", "Authorization", "primary_key", "publicKey", "client_secret"),
@@ -203,7 +201,8 @@ SAME_KEYS = [
     *("dbPassword", "githubToken", "cookie", "set-cookie", "credentials", "two_factor_secret"),
     *("backup_codes", "recovery_codes", "otp", "signature", "title", "name", "email", "note"),
     *("description", "status", "oauth", "keyboard", "monkey", "passenger", "bypass"),
-    *("compass", "secretary", "tokens", "user_ssn"),
+    *("compass", "secretary", "tokens", "user_ssn", "foo_key", "pin", "cvv", "auth"),
+    *("session", "hmac", "mfa", "bearer"),
 ]
 SAME_TEXTS = [
     "postgres://app:hunter2@db.internal:5432/prod",
