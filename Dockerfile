@@ -17,19 +17,21 @@ RUN python -m venv /opt/venv
 ENV PATH=/opt/venv/bin:$PATH
 
 # Dependencies in their own layer: it is rebuilt only when pyproject.toml changes. Every one of
-# them ships a manylinux wheel for CPython 3.12, so neither stage needs a compiler.
+# them ships a manylinux wheel for CPython 3.12, so neither stage needs a compiler. The image
+# runs the server: the producer's dependencies and the `server` extra's (`.[server]`).
 COPY pyproject.toml README.md ./
-RUN python -c "import tomllib; deps = tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies']; open('/tmp/requirements.txt', 'w').write('\n'.join(deps) + '\n')" \
+RUN python -c "import tomllib; p = tomllib.load(open('pyproject.toml', 'rb'))['project']; deps = p['dependencies'] + p['optional-dependencies']['server']; open('/tmp/requirements.txt', 'w').write('\n'.join(deps) + '\n')" \
  && pip install --no-cache-dir --requirement /tmp/requirements.txt
 
 # The source stays at /app and the project is installed in editable mode: service/db.py reads
 # schema.sql from the directory above the `service` package, so the package must not be copied
 # into site-packages without it.
 COPY schema.sql ./
+COPY auditq ./auditq
 COPY service ./service
 COPY workers ./workers
 RUN pip install --no-cache-dir --no-deps --editable . \
- && python -m compileall -q /app/service /app/workers \
+ && python -m compileall -q /app/auditq /app/service /app/workers \
  && auditq --help > /dev/null
 
 # --- runtime: no compiler, no build tools, not root -------------------------------------------

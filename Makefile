@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -e '.[dev]'
+	$(BIN)/python -m pip install -q -e '.[server,dev]'
 	touch $(STAMP)
 
 run: $(STAMP)
@@ -36,10 +36,20 @@ test: $(STAMP) | $(CHROMIUM) $(RSYSLOG_TLS)
 	$(BIN)/lint-imports --no-cache
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
+# The Node client's tests (tests/producer/test_node_client.py) need its dev dependencies:
+# installed from the npm registry when missing or when the lock file changed.
+NODE_CLIENT := clients/node
+NODE_DEPS := $(NODE_CLIENT)/node_modules/.package-lock.json
+$(NODE_DEPS): $(NODE_CLIENT)/package-lock.json
+	@if command -v npm >/dev/null; then \
+		cd $(NODE_CLIENT) && npm ci --no-audit --no-fund --loglevel=error; \
+	else echo "no npm: the Node client's tests will skip"; fi
+test: $(NODE_DEPS)
+
 # Side-by-side benchmarks (not part of `make test`): bench/results/latest.{json,md,png}.
 # QUICK=1: smaller counts, under 5 minutes. Needs Node >= 18 and npm for the BullMQ baseline.
 bench: $(STAMP)
-	$(BIN)/python -m pip install -q -e '.[dev,bench]'
+	$(BIN)/python -m pip install -q -e '.[server,dev,bench]'
 	cd bench/node && npm install --no-audit --no-fund --loglevel=error
 	$(BIN)/python -m bench.run $(if $(QUICK),--quick,)
 

@@ -28,6 +28,16 @@ def attempts_key(queue: str) -> str:
     return f"auditq:{queue}:attempts"
 
 
+def unfinished_key(queue: str) -> str:
+    """Hash of task id -> starts that never ended (the worker died running it)."""
+    return f"auditq:{queue}:unfinished"
+
+
+def oversized_key(queue: str, task_id: str) -> str:
+    """Where a task over AUDITQ_MAX_JOB_BYTES is kept, unread, beside its dead letter."""
+    return f"auditq:{queue}:oversized:{task_id}"
+
+
 def complete_key(queue: str) -> str:
     """Capped stream of finished tasks (id, event_count, enqueued/started/finished ms)."""
     return f"auditq:{queue}:complete"

@@ -9,16 +9,29 @@ keeps ~60 bytes a write rather than a key per stored event.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from datetime import datetime
 
 import msgspec
+
+# Anyone who can write the stream could name every row of the store in one entry: an entry is
+# read only when it names finite seq ranges, at most MAX_RANGES of them and MAX_ROWS rows.
+MAX_RANGES = 1_000
+MAX_ROWS = 1_000_000  # more than a write of AUDITQ_MAX_JOB_BYTES can store
+_RANGE = re.compile(r"\[(\d{1,19}),(\d{1,19})\)")
+_SEQS = re.compile(r"^\{\[\d{1,19},\d{1,19}\)(?:,\[\d{1,19},\d{1,19}\))*\}$")
 
 
 class LiveEntry(msgspec.Struct, frozen=True, kw_only=True):
     seqs: str  # an int8multirange literal: "{[1,501),[900,901)}"
     ts_from: datetime
     ts_to: datetime
+
+    @property
+    def row_count(self) -> int:
+        """How many rows the entry names at most (the seqs its ranges hold)."""
+        return sum(int(b) - int(a) for a, b in _RANGE.findall(self.seqs))
 
 
 _encoder = msgspec.json.Encoder()
@@ -53,6 +66,17 @@ def read_live_entry(fields: dict[bytes, bytes]) -> LiveEntry | None:
     if raw is None:
         return None
     try:
-        return _decoder.decode(raw)
+        entry = _decoder.decode(raw)
     except msgspec.DecodeError:  # ValidationError too
         return None
+    return entry if _bounded(entry) else None
+
+
+def _bounded(entry: LiveEntry) -> bool:
+    """Tell whether an entry names finite, ordered seq ranges within the bounds."""
+    if len(entry.seqs) > MAX_RANGES * 42 or not _SEQS.match(entry.seqs):
+        return False
+    ranges = [(int(a), int(b)) for a, b in _RANGE.findall(entry.seqs)]
+    if len(ranges) > MAX_RANGES or any(a >= b for a, b in ranges):
+        return False
+    return sum(b - a for a, b in ranges) <= MAX_ROWS and entry.ts_from <= entry.ts_to

@@ -2,22 +2,34 @@
 
 from __future__ import annotations
 
+import base64
 import dataclasses
 import functools
 import hashlib
 import hmac
+import json
+import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import msgspec
+from redis.exceptions import ResponseError
 
 from service.redaction import redact_sensitive, redact_sensitive_in_string
 
 JOB_FUNCTION = "store_events"  # the worker's job; its one argument is the events' JSON text
+# The enqueue, shipped as one Lua file: run as a script (EVAL) as it is, and loaded as the
+# function library LIBRARY_NAME (FCALL ENQUEUE_FUNCTION) behind a shebang line.
 ENQUEUE_SCRIPT = (Path(__file__).parent / "enqueue.lua").read_text()
+LIBRARY_NAME = "auditq"
+ENQUEUE_FUNCTION = "auditq_enqueue"
+DRAIN_FUNCTION = "auditq_drain"  # run by workers: the producer user's batches into jobs
+MAX_JOB_BYTES = 8 * 1024 * 1024  # default of AUDITQ_MAX_JOB_BYTES
+_MAX_JOB_BYTES_LINE = re.compile(r"^local MAX_JOB_BYTES = \d+$", re.MULTILINE)
 
 PROVENANCE_SECRET = "provenance"  # the api_secret row the API and the worker share
+RAW_BYTES_PREFIX = "base64:"  # a job argument that was not UTF-8: its bytes, base64-encoded
 
 
 @dataclasses.dataclass(frozen=True)
@@ -33,6 +45,41 @@ def provenance_tag(key: bytes, *, task_id: str, via: str, payload: bytes) -> str
     """The HMAC that vouches for `via` on this one job (its id and its exact payload)."""
     message = b"\0".join((task_id.encode(), via.encode(), hashlib.sha256(payload).digest()))
     return hmac.new(key, message, hashlib.sha256).hexdigest()
+
+
+def enqueue_script(max_job_bytes: int = MAX_JOB_BYTES) -> str:
+    """The enqueue script (EVAL) refusing payloads over `max_job_bytes`."""
+    if max_job_bytes == MAX_JOB_BYTES:
+        return ENQUEUE_SCRIPT
+    return _MAX_JOB_BYTES_LINE.sub(f"local MAX_JOB_BYTES = {int(max_job_bytes)}", ENQUEUE_SCRIPT)
+
+
+def enqueue_library(max_job_bytes: int = MAX_JOB_BYTES) -> str:
+    """The function library auditq loads into Redis (FUNCTION LOAD)."""
+    return f"#!lua name={LIBRARY_NAME}\n" + enqueue_script(max_job_bytes)
+
+
+def is_function_missing(exc: BaseException) -> bool:
+    """Tell whether a Redis error says the enqueue function is not loaded (a fresh server,
+    FUNCTION FLUSH, or a failover to a server that never had it)."""
+    return "function not found" in str(exc).lower()
+
+
+def has_no_functions(exc: BaseException) -> bool:
+    """Tell whether a Redis error says the server knows no functions (before Redis 7)."""
+    text = str(exc).lower()
+    return "unknown command" in text and ("fcall" in text or "function" in text)
+
+
+async def load_functions(redis: Any, *, max_job_bytes: int = MAX_JOB_BYTES) -> bool:
+    """Load (or replace) auditq's function library; False when the server has no functions."""
+    try:
+        await redis.function_load(enqueue_library(max_job_bytes), replace=True)
+    except ResponseError as exc:
+        if has_no_functions(exc):
+            return False
+        raise
+    return True
 
 
 _encoder = msgspec.json.Encoder(enc_hook=str)  # exceptions in arq results become their text
@@ -75,13 +122,51 @@ def redact_job_argument(text: str, extra_keys: frozenset[str] = frozenset()) -> 
     return text if redacted is value else _encoder.encode(redacted).decode()
 
 
+def joined_segments(args: list[Any]) -> str:
+    """A job's events as one JSON text: a merged job holds one argument (segment) per
+    producer batch, each a JSON array (service/enqueue.lua)."""
+    texts = [a for a in args if isinstance(a, str)]
+    if len(texts) <= 1:
+        return texts[0] if texts else ""
+    inner = (t.strip()[1:-1].strip() for t in texts)
+    return "[" + ",".join(part for part in inner if part) + "]"
+
+
 def deserialize_job(raw: bytes) -> dict[str, Any]:
-    """Decode an arq job; a job with invalid UTF-8 still decodes, flagged for the dead letter."""
+    """Decode an arq job; a job with invalid UTF-8 still decodes, its bad segments flagged.
+
+    A merged job holds one argument (segment) per producer batch: only the segments that are
+    not UTF-8 are flagged (`invalid_utf8`: their indexes), so the others are stored."""
     try:
         job: dict[str, Any] = _decoder.decode(raw)
     except (msgspec.DecodeError, UnicodeDecodeError):
-        # Bytes from a foreign producer that are not UTF-8: keep them (replaced) so the task
-        # fails visibly with its reason instead of vanishing in arq's deserializer.
-        job = _decoder.decode(raw.decode("utf-8", errors="replace").encode())
-        job["k"] = {**job.get("k", {}), "invalid_utf8": True}
+        # Bytes from a foreign producer that are not UTF-8: keep them (replaced) so the
+        # segment fails visibly with its reason instead of vanishing in arq's deserializer.
+        # The stdlib decoder takes the undecodable bytes as surrogates, which tell the
+        # segments apart (msgspec refuses such text outright).
+        job = json.loads(raw.decode("utf-8", errors="surrogateescape"))
+        args = job.get("a") or []
+        bad = [i for i, a in enumerate(args) if isinstance(a, str) and not _is_utf8(a)]
+        # A bad segment's exact bytes are kept, base64-encoded (text could not hold them).
+        job["a"] = [
+            RAW_BYTES_PREFIX + base64.b64encode(a.encode("utf-8", "surrogateescape")).decode()
+            if i in bad
+            else a
+            for i, a in enumerate(args)
+        ]
+        kwargs = {
+            k: v.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+            if isinstance(v, str)
+            else v
+            for k, v in (job.get("k") or {}).items()
+        }
+        job["k"] = {**kwargs, "invalid_utf8": bad or [0]}
     return job
+
+
+def _is_utf8(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True

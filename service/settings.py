@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -11,6 +12,7 @@ from service.connections import parse_redis_url
 from service.errors import ConfigError
 
 ENV_FILE_NAME = "env"  # under the data dir, written by `auditq run`
+PRODUCER_ENV_FILE_NAME = "producer.env"  # the producer user's URL, written by `auditq run`
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -33,6 +35,9 @@ class Settings:
     flush_interval_s: float = 0.005
     flush_max_events: int = 500
     redact_extra_keys: frozenset[str] = frozenset()
+    # Producer middlewares (aiohttp, ASGI, Django): peers whose X-Forwarded-For / X-Real-IP
+    # name the client (addresses or CIDR networks); any other peer is the client itself.
+    trusted_proxies: tuple[str, ...] = ()
     # Producer spool (service/producer/spool.py): where events Redis cannot take are kept until it
     # can. None: no spool, except that `auditq run` and `auditq api` default to
     # <data_dir>/spool unless spool_disabled (AUDITQ_SPOOL_DIR=off).
@@ -40,8 +45,12 @@ class Settings:
     spool_disabled: bool = False
     spool_max_bytes: int = 1024 * 1024 * 1024
     # Replicas that must confirm a batch before `capture` returns its ids (Redis WAIT), else
-    # it is spooled (or refused). None: 1 for a Sentinel URL, 0 (no WAIT) otherwise.
+    # it is spooled (or refused). None ("auto", the default): with a Sentinel URL one replica,
+    # or none while no replica is connected (counted as unreplicated); 0 otherwise.
     redis_wait_replicas: int | None = None
+    # The largest task (one enqueue's payload, or a merged job) the enqueue function takes and
+    # a worker reads (AUDITQ_MAX_JOB_BYTES); a larger one is refused or set aside unread.
+    max_job_bytes: int = 8 * 1024 * 1024
 
     # Worker. The retry policy itself is written out in workers/retry.py.
     worker_max_jobs: int = 10
@@ -123,7 +132,10 @@ class Settings:
             spool_max_bytes=_req_int(
                 env, "AUDITQ_SPOOL_MAX_BYTES", 1024 * 1024 * 1024, minimum=1024 * 1024
             ),
-            redis_wait_replicas=_int(env, "AUDITQ_REDIS_WAIT_REPLICAS", None, minimum=0),
+            redis_wait_replicas=_wait_replicas(env),
+            max_job_bytes=_req_int(
+                env, "AUDITQ_MAX_JOB_BYTES", 8 * 1024 * 1024, minimum=64 * 1024 + 1024
+            ),
             worker_max_jobs=_req_int(env, "AUDITQ_WORKER_MAX_JOBS", 10, minimum=1),
             job_timeout_s=_float(env, "AUDITQ_JOB_TIMEOUT_S", 60.0),
             db_pool_size=_req_int(env, "AUDITQ_DB_POOL_SIZE", 10, minimum=1),
@@ -143,6 +155,7 @@ class Settings:
             metrics_token=env.get("AUDITQ_METRICS_TOKEN", "").strip() or None,
             destination_retry_max_s=_float(env, "AUDITQ_DESTINATION_RETRY_MAX_S", 60.0),
             destinations=env.get("AUDITQ_DESTINATIONS", "on").strip().lower() != "off",
+            trusted_proxies=_networks(env, "AUDITQ_TRUSTED_PROXIES"),
         )
 
     def with_server_spool(self) -> Settings:
@@ -187,6 +200,11 @@ class Settings:
         """Where `auditq run` publishes the URLs of its embedded stack."""
         return self.data_dir / ENV_FILE_NAME
 
+    @property
+    def producer_env_file(self) -> Path:
+        """Where `auditq run` writes the producer user's Redis URL, for producers to source."""
+        return self.data_dir / PRODUCER_ENV_FILE_NAME
+
 
 def read_env_file(path: Path) -> dict[str, str]:
     """Read KEY=VALUE lines; a missing file is empty."""
@@ -214,6 +232,13 @@ def _int(env: Mapping[str, str], name: str, default: int | None, *, minimum: int
 def _req_int(env: Mapping[str, str], name: str, default: int, *, minimum: int) -> int:
     value = _int(env, name, default, minimum=minimum)
     return default if value is None else value
+
+
+def _wait_replicas(env: Mapping[str, str]) -> int | None:
+    """AUDITQ_REDIS_WAIT_REPLICAS: `auto` (or unset) is None, else a number of replicas."""
+    if env.get("AUDITQ_REDIS_WAIT_REPLICAS", "").strip().lower() in ("", "auto"):
+        return None
+    return _int(env, "AUDITQ_REDIS_WAIT_REPLICAS", None, minimum=0)
 
 
 def _names(env: Mapping[str, str], name: str, default: frozenset[str]) -> frozenset[str]:
@@ -244,3 +269,19 @@ def _float(env: Mapping[str, str], name: str, default: float) -> float:
     if not value > 0:
         raise ConfigError(f"{name} must be positive, not {raw}")
     return value
+
+
+def _networks(env: Mapping[str, str], name: str) -> tuple[str, ...]:
+    """Comma-separated addresses or CIDR networks; a bad one is one clear error."""
+    networks = []
+    for item in env.get(name, "").split(","):
+        text = item.strip()
+        if not text:
+            continue
+        try:
+            networks.append(str(ipaddress.ip_network(text, strict=False)))
+        except ValueError:
+            raise ConfigError(
+                f"{name} must be comma-separated IP addresses or networks, not {text!r}"
+            ) from None
+    return tuple(networks)

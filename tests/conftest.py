@@ -192,8 +192,9 @@ async def queued_events(redis: aioredis.Redis, queue: str) -> list[dict[str, Any
     events = []
     for task_id in await redis.zrange(queue, 0, -1):
         job = json.loads(await redis.get(b"arq:job:" + task_id))
-        payload = json.loads(job["a"][0])
-        events += payload if isinstance(payload, list) else [payload]
+        for segment in job["a"]:  # a merged job: one argument per producer batch
+            payload = json.loads(segment)
+            events += payload if isinstance(payload, list) else [payload]
     return events
 
 

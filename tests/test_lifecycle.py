@@ -123,3 +123,31 @@ async def test_auditq_run_records_its_start_and_its_stop(
         assert row["metadata"]["host"] == socket.gethostname()
     worker_rows = [r for r in rows if r["source"] == WORKER_SOURCE]
     assert all(r["metadata"]["worker_id"] for r in worker_rows)
+
+
+async def test_the_workers_own_client_spools_apart_from_the_apis(
+    settings: Any, tmp_path: Path
+) -> None:
+    """Under `auditq run` both share a data dir: a segment must be replayed by the client
+    (and so with the provenance claim) that wrote it, never by the other."""
+    import dataclasses
+
+    from workers.runner import build_worker, run_until, worker_state
+
+    spool = tmp_path / "spool"
+    settings = dataclasses.replace(settings, spool_dir=spool)
+    worker = build_worker(settings, audit_lifecycle=True)
+    stop = asyncio.Event()
+    task = asyncio.create_task(run_until(worker, stop))
+    try:
+
+        async def started() -> bool:
+            return worker_state(worker).client is not None
+
+        await wait_for(started)
+        client = worker_state(worker).client
+        assert client is not None and client._spool is not None
+        assert client._spool.directory == spool / "worker"
+    finally:
+        stop.set()
+        await task

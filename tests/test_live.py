@@ -26,3 +26,25 @@ def test_an_item_of_another_shape_is_no_entry() -> None:
     assert read_live_entry({b"keys": b"[]"}) is None
     assert read_live_entry({b"rows": b'{"seqs": 1}'}) is None
     assert read_live_entry({b"rows": b"not json"}) is None
+
+
+def test_a_forged_entry_naming_unbounded_or_huge_ranges_is_not_read() -> None:
+    """Anyone who can write the stream must not make every live reader fetch whole tables."""
+    from service.live import MAX_ROWS, read_live_entry
+
+    def fields(seqs: str, ts_from: str = "2026-01-01T00:00:00Z") -> dict[bytes, bytes]:
+        body = f'{{"seqs":"{seqs}","ts_from":"{ts_from}","ts_to":"2026-01-02T00:00:00Z"}}'
+        return {b"rows": body.encode()}
+
+    good = read_live_entry(fields("{[1,501),[900,901)}"))
+    assert good is not None and good.row_count == 501
+    for forged in (
+        "{[0,)}",  # unbounded
+        "{(,)}",
+        "{[1,2),[5,3)}",  # backwards
+        f"{{[0,{MAX_ROWS + 1})}}",  # more rows than any write stores
+        "{[1,2)} OR true",
+        "{" + ",".join(f"[{i},{i + 1})" for i in range(0, 4000, 2)) + "}",  # too many ranges
+    ):
+        assert read_live_entry(fields(forged)) is None, forged
+    assert read_live_entry(fields("{[1,2)}", ts_from="2027-01-01T00:00:00Z")) is None

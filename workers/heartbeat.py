@@ -9,6 +9,7 @@ import socket
 import time
 
 from service.keys import HEARTBEAT_INTERVAL, HEARTBEAT_TTL, worker_key, workers_key
+from workers import functions
 from workers.state import WorkerState
 
 logger = logging.getLogger(__name__)
@@ -50,6 +51,7 @@ async def run(state: WorkerState, *, worker_id: str, interval: float = HEARTBEAT
     while True:
         try:
             await beat(state, worker_id=worker_id, started_at=started_at)
+            await functions.ensure_loaded(state)  # a Redis that lost the library gets it back
         except Exception as exc:  # Redis away: the next beat tries again
             logger.warning("heartbeat failed: %s: %s", type(exc).__name__, exc)
         state.stored_report.flush_if_due()  # the tail of a burst is said within a beat

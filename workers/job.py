@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hmac
 import logging
 import time
-import uuid
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from datetime import UTC, datetime
-from typing import Annotated, Any, TypeVar
+from typing import Any, TypeVar
 
 import asyncpg
 import msgspec
@@ -29,6 +29,7 @@ from service.keys import (
     COMPLETE_MAXLEN,
     EVENTS_DEAD_LETTERED,
     EVENTS_STORED,
+    IN_PROGRESS_PREFIX,
     JOB_PREFIX,
     LIVE_MAXLEN,
     STORED_COUNTER_TTL,
@@ -36,15 +37,31 @@ from service.keys import (
     complete_key,
     counters_key,
     live_key,
+    oversized_key,
     stored_key,
+    unfinished_key,
 )
 from service.live import live_entry
 from service.ops import dead_letter
-from service.queue import deserialize_job, provenance_tag, redact_job_argument, serialize_job
+from service.queue import (
+    deserialize_job,
+    joined_segments,
+    provenance_tag,
+    redact_job_argument,
+    serialize_job,
+)
 from service.redaction import may_hold_secret_json_text, redact_sensitive_in_string
 from service.settings import Settings
-from workers.retry import DEFER_WHILE_OPEN, MAX_ATTEMPTS, Failure, backoff, classify
+from workers.retry import (
+    DEFER_WHILE_OPEN,
+    MAX_ATTEMPTS,
+    MAX_UNFINISHED_RUNS,
+    Failure,
+    backoff,
+    classify,
+)
 from workers.state import STATE, Task, WorkerState
+from workers.wire_check import checked_events, free_form_ok
 from workers.writer import Rejected, write_events, write_json_events
 
 logger = logging.getLogger("auditq.worker")
@@ -58,33 +75,8 @@ _batch_decoder = msgspec.json.Decoder(list[AuditEvent] | AuditEvent)
 T = TypeVar("T")
 
 
-class _Code(msgspec.Struct):
-    code: str
-
-
-class _Completed(msgspec.Struct):
-    """What the worker still reads of an event its producer completed and checked: that it
-    is complete, and its ts (the future bound is this worker's clock's)."""
-
-    id: uuid.UUID
-    ts: Annotated[datetime, msgspec.Meta(tz=True)]
-    category: str
-    presentation: _Code
-
-
-class _Subject(msgspec.Struct):
-    id: str
-    type: str | None = None
-
-
-class _CompletedOfSubjects(_Completed):
-    """The same and whose event it is, once a subject was erased (workers/erased.py)."""
-
-    actor: _Subject | None = None
-    entity: _Subject | None = None
-
-
-_completed_decoder = msgspec.json.Decoder(list[_Completed])
+# The one-statement path checks the whole text at once against the wire format, by AuditEvent's
+# own rules (workers/wire_check.py): the "finalized" flag is a hint anyone can set, not a proof.
 _raw_decoder = msgspec.json.Decoder(list[msgspec.Raw])
 # In JSON text without a backslash every quote delimits a string: what is outside the strings
 # is every other piece between quotes. Of that only the brackets count, arrays as objects
@@ -103,12 +95,11 @@ def _nests_at_most(data: bytes, levels: int) -> bool:
     return not text
 
 
-_subjects_decoder = msgspec.json.Decoder(list[_CompletedOfSubjects])
 _FALL_BACK = object()  # the job's events go the way of a foreign producer's
 
 
 def _parse(
-    payload: str, task: Task, state: WorkerState, finalized: bool = False
+    payload: str, task: Task, state: WorkerState, finalized: bool = False, *, offset: int = 0
 ) -> tuple[list[AuditEvent], list[Rejected]]:
     """Decode a job's payload into valid events (defaults filled) and rejected ones.
 
@@ -132,7 +123,7 @@ def _parse(
             max_future_s=settings.max_future_s,
             default_id=None
             if event.id is not None
-            else derived_event_id(task.id, index, task.enqueued_ms),
+            else derived_event_id(task.id, offset + index, task.enqueued_ms),
             default_ts=None
             if event.ts is not None
             else datetime.fromtimestamp(task.enqueued_ms / 1000, UTC),
@@ -152,35 +143,48 @@ def _parse(
             event = item if isinstance(item, AuditEvent) else msgspec.convert(item, AuditEvent)
             events.append(complete(index, event))
         except (msgspec.ValidationError, InvalidEvent) as exc:
-            rejected.append(Rejected(index, item, f"invalid event at index {index}: {exc}"))
+            rejected.append(
+                Rejected(offset + index, item, f"invalid event at index {index}: {exc}")
+            )
     return events, rejected
 
 
 async def store_events(
     ctx: dict[str, Any],
     payload: str,
-    *,
-    invalid_utf8: bool = False,
+    *more: str,
+    invalid_utf8: bool | list[int] = False,
     finalized: bool = False,
     via: str | None = None,
     tag: str | None = None,
 ) -> dict[str, Any]:
-    """Store one job's events; set aside what cannot be stored, never lose any."""
+    """Store one job's events; set aside what cannot be stored, never lose any.
+
+    A merged job (service/enqueue.lua) has one argument (segment) per producer batch: each
+    is read and checked alone, so a bad one is set aside alone and the others are stored."""
     state: WorkerState = ctx[STATE]
-    received_via = _received_via(state, ctx["job_id"], payload, via, tag)
+    received_via, verified = _received_via(state, ctx["job_id"], payload, via, tag)
+    segments = [payload, *more]
+    bad_utf8 = frozenset(
+        (0,) if invalid_utf8 is True else invalid_utf8 if isinstance(invalid_utf8, list) else ()
+    )
     try:
+        # Inside the try: Redis failing here means a retry, never a job arq fails itself.
+        if await _runs_never_ended(state, ctx["job_id"], segments):
+            return {"stored": 0, "rejected": len(segments)}
         # The whole job within its budget, not only the write: past arq's job_timeout arq
         # would fail the job itself, keeping its events only in a result that expires.
         async with asyncio.timeout(state.settings.job_timeout_s * JOB_BUDGET_SHARE):
             return await _store_events(
                 ctx,
-                payload,
-                invalid_utf8=invalid_utf8,
+                segments,
+                bad_utf8=bad_utf8,
                 finalized=finalized,
                 received_via=received_via,
+                verified=verified,
             )
     except Retry:
-        if not (invalid_utf8 or finalized):
+        if not (invalid_utf8 or finalized or more):
             await redact_waiting_job(ctx["redis"], ctx["job_id"], payload, state.settings)
         raise
     except Exception as exc:
@@ -194,9 +198,31 @@ async def store_events(
             redact_sensitive_in_string(str(exc), state.settings.redact_extra_keys),
             UNEXPECTED_RETRY_DELAY,
         )
-        if not (invalid_utf8 or finalized):
+        if not (invalid_utf8 or finalized or more):
             await redact_waiting_job(ctx["redis"], ctx["job_id"], payload, state.settings)
         raise Retry(defer=UNEXPECTED_RETRY_DELAY) from exc
+    finally:
+        with contextlib.suppress(Exception):  # Redis away: counted as one more unfinished run
+            await state.redis.hdel(unfinished_key(state.settings.queue), ctx["job_id"])
+
+
+async def _runs_never_ended(state: WorkerState, task_id: str, segments: list[str]) -> bool:
+    """Count this run as unfinished until it ends; a task whose earlier runs never ended
+    (each killed its worker) is set aside with its text instead of being run again."""
+    queue = state.settings.queue
+    runs = int(await state.redis.hincrby(unfinished_key(queue), task_id, 1))
+    if runs <= MAX_UNFINISHED_RUNS:
+        return False
+    message = (
+        f"{runs - 1} runs of this task never ended (its worker died each time): "
+        "set aside instead of being run again"
+    )
+    task = Task(task_id, 0, runs)
+    for number, segment in enumerate(segments):
+        letter_id = task_id if len(segments) == 1 else f"{task_id}.{number}"
+        await _set_aside(state, task, letter_id, segment, "UnfinishedRuns", message)
+    await state.redis.hdel(unfinished_key(queue), task_id)
+    return True
 
 
 async def redact_waiting_job(redis: Any, job_id: str, payload: str, settings: Settings) -> None:
@@ -219,27 +245,34 @@ async def redact_waiting_job(redis: Any, job_id: str, payload: str, settings: Se
 
 def _received_via(
     state: WorkerState, task_id: str, payload: str, via: str | None, tag: str | None
-) -> str:
-    """Who delivered the job: the API's claim when its tag checks out, else the queue."""
+) -> tuple[str, bool]:
+    """Who delivered the job, and whether the API vouched for it: the API's claim when its
+    tag checks out, else the queue."""
     queue_via = f"redis:{state.settings.queue}"
     if via is None:
-        return queue_via
+        return queue_via, False
     key = state.provenance_key
     if key is not None and tag is not None:
         expected = provenance_tag(key, task_id=task_id, via=via, payload=payload.encode())
         if hmac.compare_digest(expected, tag):
-            return via
+            return via, True
     logger.warning(
         "[AuditLogWorker] task %s claims to come from %r without a valid tag: stored as %s",
         task_id,
         via[:128],
         queue_via,
     )
-    return queue_via
+    return queue_via, False
 
 
 async def _store_events(
-    ctx: dict[str, Any], payload: str, *, invalid_utf8: bool, finalized: bool, received_via: str
+    ctx: dict[str, Any],
+    segments: list[str],
+    *,
+    bad_utf8: frozenset[int],
+    finalized: bool,
+    received_via: str,
+    verified: bool,
 ) -> dict[str, Any]:
     state: WorkerState = ctx[STATE]
     enqueued: datetime = ctx["enqueue_time"]
@@ -249,24 +282,16 @@ async def _store_events(
         ctx["job_try"],
         finalized=finalized,
         received_via=received_via,
+        verified=verified,
     )
     started = time.perf_counter()
     started_ms = int(time.time() * 1000)
-    if invalid_utf8:
-        await _dead_letter(
-            state, task, payload, 0, "InvalidEncoding", "payload is not valid UTF-8", "invalid"
-        )
-        return {"stored": 0, "rejected": 1}
-    if finalized:
-        done = await _store_completed(state, task, payload, started, started_ms)
+    if finalized and not bad_utf8:
+        done = await _store_completed(state, task, joined_segments(segments), started, started_ms)
         if done is not None:
             return done
-    try:
-        events, invalid = _parse(payload, task, state, finalized)
-    except InvalidEvent as exc:
-        await _dead_letter(state, task, payload, 0, "InvalidJSON", str(exc), "invalid")
-        return {"stored": 0, "rejected": 1}
-
+    events, invalid, unreadable = await _read_segments(state, task, segments, bad_utf8)
+    events = _first_of_each_id(events)
     inserted: list[tuple[int, datetime]] = []
     refused: list[Rejected] = []
     erased = state.erased
@@ -283,23 +308,11 @@ async def _store_events(
             state, task, write, lambda: [msgspec.to_builtins(e) for e in batch], len(batch)
         )
         if result is None:  # the retry policy gave up: the whole batch is dead-lettered
-            return {"stored": 0, "rejected": len(events) + len(invalid)}
+            return {"stored": 0, "rejected": len(events) + len(invalid) + unreadable}
         inserted, refused = result.inserted, result.rejected
     rejected = sorted(invalid + refused, key=lambda r: r.index)
     if rejected:
-        more = f" (and {len(rejected) - 1} more)" if len(rejected) > 1 else ""
-        await _dead_letter(
-            state,
-            task,
-            [
-                erased.clear_document(item) if erased is not None else item
-                for item in (msgspec.to_builtins(r.event) for r in rejected)
-            ],
-            len(rejected),
-            "RejectedEvent",
-            rejected[0].reason + more,
-            "invalid" if invalid else "data",
-        )
+        await _letter_rejected(state, task, rejected, "invalid" if invalid else "data")
     if logger.isEnabledFor(logging.DEBUG):
         bad = {id(r.event) for r in refused}
         _log_stored(msgspec.to_builtins(e) for e in events if id(e) not in bad)
@@ -309,11 +322,98 @@ async def _store_events(
         task,
         len(events) - len(refused),
         len(inserted),
-        len(rejected),
+        len(rejected) + unreadable,
         started,
         started_ms,
         live,
     )
+
+
+async def _letter_rejected(
+    state: WorkerState, task: Task, rejected: list[Rejected], classification: str
+) -> None:
+    """Dead-letter the events of a task that cannot be stored, with the first reason."""
+    erased = state.erased
+    more = f" (and {len(rejected) - 1} more)" if len(rejected) > 1 else ""
+    await _dead_letter(
+        state,
+        task,
+        [
+            erased.clear_document(item) if erased is not None else item
+            for item in (msgspec.to_builtins(r.event) for r in rejected)
+        ],
+        len(rejected),
+        "RejectedEvent",
+        rejected[0].reason + more,
+        classification,
+    )
+
+
+async def _read_segments(
+    state: WorkerState, task: Task, segments: list[str], bad_utf8: frozenset[int]
+) -> tuple[list[AuditEvent], list[Rejected], int]:
+    """Read each segment alone: its valid events, its invalid ones, and how many segments
+    were set aside whole (not UTF-8, not JSON, no event)."""
+    events: list[AuditEvent] = []
+    invalid: list[Rejected] = []
+    unreadable = 0  # segments set aside whole
+    for number, segment in enumerate(segments):
+        # A merged job's bad segment is its own failed task (`<task id>.<segment>`).
+        letter_id = task.id if len(segments) == 1 else f"{task.id}.{number}"
+        if number in bad_utf8:
+            await _set_aside(
+                state,
+                task,
+                letter_id,
+                segment,
+                "InvalidEncoding",
+                "the payload is not valid UTF-8: its exact bytes are kept, base64-encoded",
+            )
+            unreadable += 1
+            continue
+        try:
+            found, refused_here = _parse(
+                segment, task, state, task.finalized, offset=len(events) + len(invalid)
+            )
+        except InvalidEvent as exc:
+            await _set_aside(state, task, letter_id, segment, "InvalidJSON", str(exc))
+            unreadable += 1
+            continue
+        if not found and not refused_here:
+            await _set_aside(
+                state,
+                task,
+                letter_id,
+                segment,
+                "EmptyBatch",
+                "the payload holds no event (an empty array)",
+            )
+            unreadable += 1
+            continue
+        events += found
+        invalid += refused_here
+    return events, invalid, unreadable
+
+
+def _first_of_each_id(events: list[AuditEvent]) -> list[AuditEvent]:
+    """One event per id, the first (contract §5: one batch carrying an id twice stores the
+    first); a later copy counts as a redelivery, stored already."""
+    seen: set[Any] = set()
+    unique: list[AuditEvent] = []
+    for event in events:
+        if event.id in seen:
+            continue
+        seen.add(event.id)
+        unique.append(event)
+    return unique if len(unique) < len(events) else events
+
+
+async def _set_aside(
+    state: WorkerState, task: Task, letter_id: str, text: str, error_name: str, message: str
+) -> None:
+    """Dead-letter a segment that holds no readable event, with its text (redacted)."""
+    # Its events cannot be counted: it counts as one, never as none.
+    await _dead_letter(state, task, text, 1, error_name, message, "invalid", letter_id=letter_id)
 
 
 async def _done(
@@ -343,17 +443,17 @@ def _log_stored(events: Iterable[dict[str, Any]]) -> None:
         )
 
 
-async def _completed_items(state: WorkerState, payload: str) -> Sequence[_Completed] | None:
-    """The events of a job their producer completed and checked (auditq's client and API), as
-    far as the worker still reads them; None when the job must go the way of a foreign
-    producer's (_parse), which checks and isolates each event.
+async def _completed_items(state: WorkerState, payload: str) -> Sequence[Any] | None:
+    """The events of a job whose producer says it completed them (auditq's client and API),
+    every one checked; None when the job must go the way of a foreign producer's (_parse),
+    which checks and isolates each event.
 
     What is checked here, once for the whole text: no string could need redaction by this
     worker's rules (the one pre-check of service/redaction.py; the text has no escapes, so
     its strings are as they are read), nothing nests too deep, no event is over the size
-    limit, each is complete, no ts is ahead of this worker's clock, and no erased subject's
-    event is in it. PostgreSQL checks the types. What it does not check (the wire format's
-    patterns and lengths) the producer did: auditq's client and API validate every event."""
+    limit, every event is valid by the wire format (one validating decode), each is
+    complete, no id comes twice, no ts is ahead of this worker's clock, and no erased
+    subject's event is in it."""
     settings = state.settings
     data = payload.encode()
     if b"\\" in data or may_hold_secret_json_text(data, settings.redact_extra_keys):
@@ -373,12 +473,23 @@ async def _completed_items(state: WorkerState, payload: str) -> Sequence[_Comple
         await erased.refresh(state.redis, state.pool, settings.queue)
     subjects = erased is not None and bool(erased.pseudonyms)
     try:
-        items = (_subjects_decoder if subjects else _completed_decoder).decode(payload)
+        items = checked_events.decode(payload)
     except (msgspec.ValidationError, msgspec.DecodeError, RecursionError):
         return None
     latest = datetime.now(UTC).timestamp() + settings.max_future_s
-    if not items or any(i.ts in PG_INFINITIES or i.ts.timestamp() > latest for i in items):
-        return None
+    for i in items:
+        if (
+            i.id is None
+            or i.ts is None
+            or i.category is None
+            or i.presentation is None
+            or i.ts in PG_INFINITIES
+            or i.ts.timestamp() > latest
+            or not free_form_ok(i)
+        ):
+            return None
+    if not items or len({i.id for i in items}) < len(items):
+        return None  # an id twice: the per-event way keeps the first
     if subjects and erased is not None and erased.touches(items):
         return None
     return items
@@ -517,11 +628,13 @@ async def _dead_letter(
     message: str,
     classification: str,
     attempts: int = 1,
+    *,
+    letter_id: str | None = None,
 ) -> None:
     letter = await dead_letter.add(
         state.redis,
         state.settings.queue,
-        task_id=task.id,
+        task_id=letter_id or task.id,
         payload=payload,
         event_count=event_count,
         error_name=error_name,
@@ -531,6 +644,7 @@ async def _dead_letter(
         enqueued_at_ms=task.enqueued_ms,
         ttl_days=state.settings.dead_letter_ttl_days,
         extra_keys=state.settings.redact_extra_keys,
+        via=task.received_via if task.verified else None,
     )
     async with state.redis.pipeline(transaction=False) as pipe:
         pipe.hdel(attempts_key(state.settings.queue), task.id)
@@ -544,3 +658,34 @@ async def _dead_letter(
         letter.error_name,
         letter.message,
     )
+
+
+OVERSIZED_CLAIM_MS = 60_000  # how long a worker holds a task it is setting aside
+
+
+async def set_aside_if_oversized(state: WorkerState, redis: Any, task_id: str) -> bool:
+    """Set a queued task over AUDITQ_MAX_JOB_BYTES aside unread: its bytes are moved (not
+    read) beside its dead letter, and no worker loads it. True when the task was too big."""
+    limit = state.settings.max_job_bytes
+    size = int(await redis.strlen(JOB_PREFIX + task_id))
+    if size <= limit:
+        return False
+    queue = state.settings.queue
+    # Claimed as arq claims a job it starts, so that one worker alone sets it aside.
+    if not await redis.set(IN_PROGRESS_PREFIX + task_id, b"1", nx=True, px=OVERSIZED_CLAIM_MS):
+        return True
+    kept = oversized_key(queue, task_id)
+    ttl_s = state.settings.dead_letter_ttl_days * 86_400
+    async with redis.pipeline(transaction=True) as pipe:
+        pipe.rename(JOB_PREFIX + task_id, kept)
+        pipe.expire(kept, ttl_s)
+        pipe.zrem(queue, task_id)
+        await pipe.execute()
+    task = Task(task_id, 0, 1)
+    message = (
+        f"the task is {size} bytes, over AUDITQ_MAX_JOB_BYTES ({limit}): set aside unread; "
+        f"its bytes are kept in Redis under {kept}"
+    )
+    await _dead_letter(state, task, None, 1, "OversizedTask", message, "invalid")
+    await redis.delete(IN_PROGRESS_PREFIX + task_id)
+    return True

@@ -18,9 +18,11 @@ logger = logging.getLogger(__name__)
 
 # --- The policy, written out where it is defined --------------------------------------------
 # arq counts every start of a job as a try, including breaker deferrals and reruns after a
-# killed worker; those must never fail a job, so arq's own limit is set out of reach and
-# MAX_ATTEMPTS is enforced by the worker, counting unknown errors only.
-ARQ_MAX_TRIES = 1_000_000
+# killed worker; deferrals must never fail a job, so arq's own limit is only a backstop and
+# MAX_ATTEMPTS is enforced by the worker, counting unknown errors only. A job whose runs never
+# end (it kills its worker: out of memory, say) is set aside after MAX_UNFINISHED_RUNS.
+ARQ_MAX_TRIES = 1_000
+MAX_UNFINISHED_RUNS = 3
 # Infrastructure errors (PostgreSQL unreachable, restarting, out of connections) burn no
 # attempt: they open the breaker, which stops the worker taking jobs and probes the database
 # with growing pauses until it answers, so an outage of any length ends with every event stored.

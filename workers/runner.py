@@ -31,10 +31,10 @@ from service.settings import Settings
 from service.store import db
 from service.store.partitions import ensure_partitions
 from service.store.secrets import read_provenance_key
-from workers import delivery, heartbeat, rollup, sealer
+from workers import delivery, functions, heartbeat, rollup, sealer
 from workers.arq_redis import arq_settings, create_arq_pool
 from workers.erased import ErasedSubjects
-from workers.job import store_events
+from workers.job import set_aside_if_oversized, store_events
 from workers.maintenance import MAINTENANCE_VIA, maintain
 from workers.retry import ARQ_MAX_TRIES
 from workers.state import STATE, WorkerState
@@ -60,6 +60,8 @@ async def _startup(ctx: dict[str, Any]) -> None:
             "AUDITQ_RETENTION_DAYS is not read: the retention is the store's policy "
             "(`auditq policy set --retention-days N` with the schema owner's URL)"
         )
+    # Before producers need it: this worker's version of the enqueue, with its job size bound.
+    await functions.ensure_loaded(state, check=False)
     # Before the first job: a month's rows must never land in the default partition while
     # that month's own partition is about to be made (the key is unique per partition).
     async with state.pool.acquire() as conn:
@@ -85,7 +87,12 @@ async def _startup(ctx: dict[str, Any]) -> None:
         )
     if state.audit_lifecycle:
         provenance = Provenance(via=MAINTENANCE_VIA, key=key, task_prefix="worker")
-        state.client = AuditClient.from_settings(state.settings, provenance=provenance)
+        # A spool of its own: a segment is replayed with the claim of the client that wrote it,
+        # and the API's client (same data dir under `auditq run`) has another claim.
+        spool = settings.spool_dir / "worker" if settings.spool_dir is not None else None
+        state.client = AuditClient.from_settings(
+            state.settings, provenance=provenance, spool_dir=spool
+        )
         record_lifecycle(state.client, STARTED, source=WORKER_SOURCE, worker_id=state.worker_id)
     state.started.set()
 
@@ -197,6 +204,9 @@ class _Worker(Worker):
             return
         try:
             async with self._lock():
+                # The producer user's batches become jobs first (service/enqueue.lua).
+                while await functions.drain(worker_state(self), self.pool) >= functions.DRAIN_BATCH:
+                    pass
                 await super()._poll_iteration()
         except _REDIS_DOWN as exc:
             if self._redis_down_since is None:
@@ -217,6 +227,8 @@ class _Worker(Worker):
 
     async def start_jobs(self, job_ids: list[bytes]) -> None:
         for job_id in job_ids:
+            if await set_aside_if_oversized(worker_state(self), self.pool, job_id.decode()):
+                continue
             counted = self.job_counter
             try:
                 await super().start_jobs([job_id])

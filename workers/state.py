@@ -40,12 +40,15 @@ class Task:
     failed_attempts: int = 0  # unknown-error attempts before the one that succeeded
     finalized: bool = False  # from auditq's client or API: completed and checked at capture
     received_via: str = ""  # who delivered it (contract §5 Provenance)
+    verified: bool = False  # the API's provenance tag checked out (service/queue.py)
 
     @property
     def keyed(self) -> bool:
-        """Each event's id and ts were fixed together at capture (auditq's client, the API's own
-        events): a redelivery carries the same ts. HTTP ingest takes ids from producers."""
-        return self.finalized and not self.received_via.startswith("http:")
+        """Each event's id and ts were fixed together at capture by the API's own client (its
+        tag vouches for that): a redelivery carries the same ts. Any other producer may send
+        an id again with another ts (a forged flag costs nothing), and HTTP ingest takes ids
+        from producers: their writes probe for the id."""
+        return self.finalized and self.verified and not self.received_via.startswith("http:")
 
 
 @dataclasses.dataclass(eq=False)
@@ -68,6 +71,8 @@ class WorkerState:
     erased: ErasedSubjects | None = None  # erased subjects (workers/erased.py), made at startup
     stored_report: StoredReport = dataclasses.field(default_factory=StoredReport)
     started: asyncio.Event = dataclasses.field(default_factory=asyncio.Event)  # set up, polling
+    no_functions: bool = False  # the Redis has no functions (before 7): producers EVAL
+    drain_failing: bool = False  # moving the producer inbox into jobs fails (said once)
     _probe: asyncio.Task[None] | None = None
     _heartbeat: asyncio.Task[None] | None = None
     _sealer: asyncio.Task[None] | None = None

@@ -15,8 +15,10 @@ from service.api.openapi import operation
 from service.api.producers import INGEST_CLIENTS
 from service.api.state import SETTINGS
 from service.errors import InvalidEvent
+from service.event_faults import event_faults
 from service.events import AuditEvent, convert_event, finalize
 from service.redaction import redact_sensitive_in_string
+from service.settings import Settings
 
 MAX_BATCH_EVENTS = 1000
 
@@ -88,7 +90,7 @@ INGEST_BODY = {
     summary="Ingest one event or {events: [...]} (up to 1000); role ingest or admin",
     body=INGEST_BODY,
     body_required=True,
-    responses={202: IngestResult},
+    responses={202: IngestResult, 400: IngestResult},
     types=(AuditEvent,),
 )
 async def ingest_events(request: web.Request) -> web.Response:
@@ -98,6 +100,8 @@ async def ingest_events(request: web.Request) -> web.Response:
     valid: list[AuditEvent] = []
     valid_index: list[int] = []
     rejected: list[Rejection] = []
+    first_of_id: dict[Any, int] = {}  # an id twice in one request: the first copy is stored
+    copies: dict[int, int] = {}  # index of a later copy -> position of the first in `valid`
     for index, item in enumerate(items):
         try:
             event, _ = finalize(
@@ -107,10 +111,12 @@ async def ingest_events(request: web.Request) -> web.Response:
                 max_future_s=settings.max_future_s,
             )
         except InvalidEvent as exc:
-            # Validation messages quote the bad value, which may be a secret.
-            error = redact_sensitive_in_string(str(exc), settings.redact_extra_keys)
-            rejected.append(Rejection(index=index, error=error))
+            rejected.append(Rejection(index=index, error=_faults(item, exc, settings)))
             continue
+        if event.id in first_of_id:
+            copies[index] = first_of_id[event.id]
+            continue
+        first_of_id[event.id] = len(valid)
         valid.append(event)
         valid_index.append(index)
     client = request.app[INGEST_CLIENTS].client(request_principal(request).name)
@@ -129,8 +135,16 @@ async def ingest_events(request: web.Request) -> web.Response:
                 "rejected": msgspec.to_builtins(rejected),
             },
         )
-    result = IngestResult(accepted=[str(i) for i in ids], rejected=rejected)
-    return json_body.json_response(result, status=202)
+    accepted = [str(i) for i in ids] + [str(ids[position]) for position in copies.values()]
+    result = IngestResult(accepted=accepted, rejected=rejected)
+    # 202 once anything was taken; 400 (same body) when nothing of the request was.
+    return json_body.json_response(result, status=202 if accepted else 400)
+
+
+def _faults(item: Any, exc: InvalidEvent, settings: Settings) -> str:
+    """Every fault of a refused event in plain words; redacted: they quote bad values."""
+    faults = event_faults(item) or [str(exc)]  # past the wire format: ts ahead, size
+    return redact_sensitive_in_string("; ".join(faults), settings.redact_extra_keys)
 
 
 ROUTES = [web.post("/api/v1/events", ingest_events)]

@@ -13,6 +13,7 @@ from prometheus_client.registry import Collector
 from service.api.destinations import metric_families as destination_families
 from service.api.errors import ApiError
 from service.api.openapi import operation
+from service.api.producers import INGEST_CLIENTS
 from service.api.state import CLIENT, REDIS, SETTINGS
 from service.ops.queue_stats import events_per_second, totals, workers
 from service.ops.task_model import STATUSES
@@ -74,7 +75,15 @@ async def gather(app: web.Application) -> list[Family]:
         "Events the API's own client sent without a confirmation in time: they may be stored",
     )
     uncertain.add_metric([], client.uncertain)
-    families += [failures, uncertain]
+    unreplicated = CounterMetricFamily(
+        "auditq_api_capture_unreplicated",
+        "Events the API's clients queued while the Redis primary had no replica connected "
+        "(AUDITQ_REDIS_WAIT_REPLICAS=auto)",
+    )
+    ingest = app.get(INGEST_CLIENTS)
+    ingest_clients = ingest.clients() if ingest is not None else []
+    unreplicated.add_metric([], client.unreplicated + sum(c.unreplicated for c in ingest_clients))
+    families += [failures, uncertain, unreplicated]
 
     up = GaugeMetricFamily("auditq_workers", "Workers with a fresh heartbeat", labels=["queue"])
     up.add_metric([queue], len(alive))

@@ -229,9 +229,13 @@ def _operation_doc(
     protected = _is_protected(path)
     doc["security"] = [{"bearer": []}] if protected else []
     for status in sorted(_statuses(path, op, parameters)):
+        error = schemas.ref(ErrorEnvelope)
+        declared = responses.get(str(status), {}).get("content", {}).get("application/json")
+        if declared is not None:  # the route's own body for that status, or the error envelope
+            error = {"anyOf": [declared["schema"], error]}
         responses[str(status)] = {
             "description": _ERROR_TEXT.get(status, "Error"),
-            "content": {"application/json": {"schema": schemas.ref(ErrorEnvelope)}},
+            "content": {"application/json": {"schema": error}},
         }
     doc["responses"] = responses
     return doc | dict(op.extensions)

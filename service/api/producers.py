@@ -43,12 +43,17 @@ class IngestClients:
             self._clients[token_name] = client
         return client
 
+    def clients(self) -> list[AuditClient]:
+        """The clients made so far (their counters go to /metrics)."""
+        return list(self._clients.values())
+
     async def aclose(self) -> None:
         """Send what each client holds, then close them."""
         await asyncio.gather(*(client.aclose() for client in self._clients.values()))
 
 
 INGEST_CLIENTS = web.AppKey("ingest_clients", IngestClients)
+PROVENANCE_KEY = web.AppKey("provenance_key", bytes)  # tags retried tasks (task_actions.py)
 
 
 async def producers_context(app: web.Application) -> AsyncIterator[None]:
@@ -60,6 +65,7 @@ async def producers_context(app: web.Application) -> AsyncIterator[None]:
         settings, provenance=Provenance(via=API_VIA, key=key, task_prefix="api")
     )
     app[INGEST_CLIENTS] = IngestClients(settings, key)
+    app[PROVENANCE_KEY] = key
     yield
     await app[INGEST_CLIENTS].aclose()
     await app[CLIENT].aclose()

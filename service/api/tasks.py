@@ -11,6 +11,7 @@ from service.api import body as json_body
 from service.api.errors import ApiError, bad_parameter
 from service.api.inputs import read_query
 from service.api.openapi import operation
+from service.api.producers import PROVENANCE_KEY
 from service.api.state import REDIS, SETTINGS, record_admin_action
 from service.events import Entity
 from service.ops import task_actions
@@ -56,7 +57,9 @@ class CleanupDone(msgspec.Struct, frozen=True, kw_only=True):
 
 
 def _tasks(request: web.Request) -> TaskQueue:
-    return TaskQueue.from_settings(request.app[REDIS], request.app[SETTINGS])
+    tasks = TaskQueue.from_settings(request.app[REDIS], request.app[SETTINGS])
+    tasks.provenance_key = request.app.get(PROVENANCE_KEY)
+    return tasks
 
 
 # Paths of their own beside /tasks/{id}: no task is looked up by these names.

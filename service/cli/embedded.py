@@ -188,7 +188,16 @@ class EmbeddedValkey:
 
     @property
     def url(self) -> str:
-        return f"redis://:{self.password}@127.0.0.1:{self.port}/0"
+        # The user name spelled out: with `redis://:PW@` redis-cli sends AUTH "" PW (refused).
+        return f"redis://default:{self.password}@127.0.0.1:{self.port}/0"
+
+    @property
+    def producer_url(self) -> str:
+        """The URL of the producer user (service/producer_acl.py): it can only enqueue."""
+        from service.producer_acl import PRODUCER_USER
+
+        password = secret_file(self.data_dir / "producer-password")
+        return f"redis://{PRODUCER_USER}:{password}@127.0.0.1:{self.port}/0"
 
     def start(self) -> None:
         """Start the server (blocking) on the same port and data as last time."""

@@ -115,6 +115,18 @@ async def cmd_migrate(settings: Settings, args: argparse.Namespace) -> int:
         print(f"schema applied: migrations {ran}; the store is at version {done.version.label}")
     else:
         print(f"schema is current: version {done.version.label}")
+    if settings.redis_url:
+        await _load_functions(settings)
+    else:
+        print("no AUDITQ_REDIS_URL: the enqueue function is loaded by the first worker")
+    from service.producer_acl import acl_line
+
+    print(
+        "Give producers a Redis user that can only enqueue (docs/producers.md): run this once "
+        "on your Redis with a password of your own, and hand them "
+        "redis://auditq-producer:<password>@<host>:<port>/<db>"
+    )
+    print(acl_line(settings.queue))
     return 0
 
 
@@ -134,6 +146,44 @@ async def _print_schema_status(database_url: str) -> int:
     pending = sum(not v.applied for v in versions)
     print(f"{pending} pending" if pending else "schema is current")
     return 0
+
+
+async def _make_producer_user(settings: Settings, producer_url: str) -> None:
+    """Make the embedded Valkey's producer user and write its URL to producer.env (0600)."""
+    from redis.asyncio import Redis
+
+    from service.connections import parse_redis_url, redis_client
+    from service.producer_acl import ensure_producer_user
+
+    target = parse_redis_url(producer_url)
+    assert target.password is not None
+    redis: Redis = redis_client(parse_redis_url(settings.require_redis()))
+    try:
+        await ensure_producer_user(redis, settings.queue, target.password)
+    finally:
+        await redis.aclose()
+    write_private(settings.producer_env_file, f"AUDITQ_REDIS_URL={producer_url}")
+
+
+async def _load_functions(settings: Settings) -> None:
+    """Load the enqueue function library into the configured Redis; say which way it went."""
+    from redis.asyncio import Redis
+    from redis.exceptions import RedisError
+
+    from service.connections import parse_redis_url, redis_client
+    from service.queue import ENQUEUE_FUNCTION, load_functions
+
+    redis: Redis = redis_client(parse_redis_url(settings.require_redis()))
+    try:
+        loaded = await load_functions(redis, max_job_bytes=settings.max_job_bytes)
+    except RedisError as exc:
+        raise ConfigError(f"cannot load the enqueue function into Redis: {exc}") from exc
+    finally:
+        await redis.aclose()
+    if loaded:
+        print(f"Redis: function {ENQUEUE_FUNCTION} loaded")
+    else:
+        print("Redis: no functions on this server (before Redis 7): producers use EVAL")
 
 
 async def cmd_worker(settings: Settings, args: argparse.Namespace) -> int:
@@ -157,12 +207,14 @@ async def cmd_run(settings: Settings, args: argparse.Namespace) -> int:
 
     stop = stop_signal()  # a Ctrl-C while starting stops the stack once it is up (issue 10)
     stack = None
+    own_redis = False
     migrate_url = settings.owner_database_url or settings.database_url
     if not settings.redis_url or not settings.database_url:
         settings.data_dir.chmod(0o700)  # it holds the servers' passwords and the seal key
         stack = EmbeddedStack(settings.data_dir)
         await asyncio.to_thread(stack.start)
         own_postgres = not settings.database_url
+        own_redis = not settings.redis_url
         settings = dataclasses.replace(
             settings,
             redis_url=settings.redis_url or stack.valkey.url,
@@ -190,6 +242,9 @@ async def cmd_run(settings: Settings, args: argparse.Namespace) -> int:
             subject_key_path=settings.subject_key_path,
             subject_entity_types=settings.subject_entity_types,
         )
+        await _load_functions(settings)
+        if stack is not None and own_redis:
+            await _make_producer_user(settings, stack.valkey.producer_url)
         if settings.sealing:  # made before "running" is said: `auditq integrity public-key` works
             load_or_create_private_key(settings.seal_key_path)
         token_path = settings.data_dir / ADMIN_TOKEN_FILE
@@ -197,8 +252,8 @@ async def cmd_run(settings: Settings, args: argparse.Namespace) -> int:
         admin_token = await ensure_dev_admin_token(settings)
         async with _running_worker(settings), _serving_api(settings) as address:
             # Last, after every start-up line, so they stay on the screen.
-            if stack is not None:
-                print(f"URLs for producers: set -a; . {settings.env_file}", flush=True)
+            if stack is not None and own_redis:
+                print(f"for producers: set -a; . {settings.producer_env_file}", flush=True)
             if admin_token != kept:  # shown when made, never again
                 print(f"admin token (also kept in {token_path}): {admin_token}", flush=True)
             else:

@@ -174,13 +174,29 @@ async def _audit(settings: Settings, action: str, metadata: dict[str, Any], task
     await audit_cli_action(settings, action, entity=entity, metadata=metadata)
 
 
+async def _provenance_key(settings: Settings) -> bytes | None:
+    """The key that lets a retried task keep its provenance; None without a database."""
+    if not settings.database_url:
+        return None
+    from service.store import db
+    from service.store.secrets import read_provenance_key
+
+    conn = await db.connect(settings.database_url)
+    try:
+        return await read_provenance_key(conn)
+    finally:
+        await conn.close()
+
+
 async def cmd_tasks_retry(settings: Settings, args: argparse.Namespace) -> int:
     """Queue a failed task's events again."""
 
     async def record(event_count: int) -> None:  # before the retry: no record, no retry
         await _audit(settings, "task.retried", {"event_count": event_count}, args.id)
 
+    key = await _provenance_key(settings)
     async with _tasks(settings) as tasks:
+        tasks.provenance_key = key
         task = await task_actions.retry(tasks, args.id, record=record)
     print(f"task {task.id} is {task.status} again ({task.presentation.title.lower()})")
     return 0

@@ -26,6 +26,9 @@ class DeadLetter(msgspec.Struct, frozen=True, kw_only=True):
     attempts: int
     enqueued_at_ms: int
     failed_at_ms: int
+    # Who delivered it, when the API vouched for that (http:<token name>, api): a retry
+    # delivers it again under the same provenance. None: the queue (redis:<queue>).
+    via: str | None = None
 
 
 _encoder = msgspec.json.Encoder()
@@ -55,6 +58,7 @@ async def add(
     enqueued_at_ms: int,
     ttl_days: int = DEFAULT_TTL_DAYS,
     extra_keys: frozenset[str] = frozenset(),
+    via: str | None = None,
 ) -> DeadLetter:
     """Store a failed task, redacting its payload and message again on the way in (with the
     configured extra keys: Settings.redact_extra_keys)."""
@@ -74,6 +78,7 @@ async def add(
         attempts=attempts,
         enqueued_at_ms=enqueued_at_ms,
         failed_at_ms=now_ms,
+        via=via,
     )
     ttl_ms = ttl_days * 86_400_000
     async with redis.pipeline(transaction=True) as pipe:

@@ -20,7 +20,7 @@ from service.ops.task_model import (
 )
 from service.ops.task_views import failed_task, without_payload
 from service.ops.tasks import SCAN_CHUNK, TaskQueue, clock_ms
-from service.queue import ENQUEUE_SCRIPT
+from service.queue import ENQUEUE_SCRIPT, provenance_tag
 
 DAY_MS = 86_400_000
 
@@ -61,11 +61,16 @@ async def retry(
         text = payload if isinstance(payload, str) else msgspec.json.encode(payload).decode()
         if record is not None:
             await record(events)
+        args = [
+            text,
+            task_id,
+            *_provenance(tasks, letter if raw is not None else None, text, task_id),
+        ]
         pipe.multi()  # type: ignore[no-untyped-call]
         # arq's result of the failed run would make the script see the task as done.
         pipe.delete(result_key)
         # EVAL, not EVALSHA: a script missing from the cache would fail alone inside EXEC.
-        pipe.eval(ENQUEUE_SCRIPT, 1, tasks.queue, text, task_id)
+        pipe.eval(ENQUEUE_SCRIPT, 1, tasks.queue, *args)
         pipe.delete(letter_key)
         pipe.zrem(dead_letter.index_key(tasks.queue), task_id)
         pipe.hdel(attempts_key(tasks.queue), task_id)
@@ -79,6 +84,19 @@ async def retry(
         return without_payload(retried)
     # Taken and finished by a worker already: the retry happened all the same.
     return msgspec.structs.replace(before, status="queued", failure=None)
+
+
+def _provenance(
+    tasks: TaskQueue, letter: dead_letter.DeadLetter | None, text: str, task_id: str
+) -> list[str]:
+    """The enqueue's provenance arguments that keep the task's `via` (tagged anew with the
+    key the API and the worker share); none when it came from the queue or no key is held."""
+    if letter is None or not letter.via or tasks.provenance_key is None:
+        return []
+    tag = provenance_tag(
+        tasks.provenance_key, task_id=task_id, via=letter.via, payload=text.encode()
+    )
+    return ["", letter.via, tag]
 
 
 async def retry_failed(tasks: TaskQueue, where: RetryFilter | None = None) -> int:

@@ -11,7 +11,7 @@ import msgspec
 from service.ops import dead_letter
 from service.ops.task_model import Status, Task, TaskDetail, TaskFailure, TaskPresentation
 from service.policy import MAX_ATTEMPTS
-from service.queue import JOB_FUNCTION
+from service.queue import JOB_FUNCTION, joined_segments
 from service.redaction import redact_sensitive, redact_sensitive_in_string
 
 _KIND_OF_FUNCTION = {JOB_FUNCTION: "events", "maintain": "maintenance"}
@@ -85,8 +85,7 @@ def queued_task(
     in_progress_ms: int,
 ) -> Task:
     kind = task_kind(job.get("f"))
-    args = job.get("a") or [""]
-    payload = args[0] if args else ""
+    payload = joined_segments(job.get("a") or [""])
     events = count_events(payload) if isinstance(payload, str | bytes) else 0
     enqueued = job.get("et")
     heading = title(kind, events)
@@ -115,6 +114,10 @@ def queued_task(
         waited = now_ms - int(enqueued) if isinstance(enqueued, int) else 0
         message = "Waiting for a worker"
         detail = f"Enqueued {seconds(waited)} ago; the next free worker takes it."
+    too_large = job.get("too_large")
+    if isinstance(too_large, int):  # not loaded (service/ops/tasks.py VIEW_MAX_JOB_BYTES)
+        heading = f"{kind.capitalize()} task of {too_large} bytes"
+        detail += f" It is {too_large} bytes: too large to be read for this view."
     presentation = TaskPresentation(title=heading, status_message=message, detail_message=detail)
     return _task(
         task_id,

@@ -51,7 +51,7 @@ from service.ops.task_views import (
     task_kind,
     with_payload,
 )
-from service.queue import ENQUEUE_SCRIPT, deserialize_job
+from service.queue import ENQUEUE_SCRIPT, JOB_FUNCTION, deserialize_job, joined_segments
 from service.redaction import redact_sensitive
 from service.settings import Settings
 
@@ -62,8 +62,10 @@ SCAN_BUDGET = 5000  # entries one page may examine; past it the page ends short,
 # entries that are due: counting in-progress markers there bounds the cost of the stats.
 IN_PROGRESS_WINDOW = 1000  # entries
 IN_PROGRESS_EXTRA = 10.0  # seconds arq adds to the job timeout for its in-progress marker
-FUNCTION_PEEK_BYTES = 127  # a job's JSON names its function within its first bytes
+FUNCTION_PEEK_BYTES = 255  # a job's JSON names its function (and et) within its first bytes
 _FUNCTION_FIELD = re.compile(rb'"f":"([^"]+)"')
+_ENQUEUED_FIELD = re.compile(rb'"et":(\d{1,15})')
+VIEW_MAX_JOB_BYTES = 1024 * 1024  # a queued job larger than this is shown, never loaded
 
 _result_decoder = msgspec.json.Decoder()
 _letter_decoder = msgspec.json.Decoder(dead_letter.DeadLetter)
@@ -84,6 +86,9 @@ class TaskQueue:
         self.redis = redis
         self.queue = queue
         self.extra_keys = extra_keys
+        # The key that vouches for provenance (service/queue.py): with it a retried task keeps
+        # the `via` it was delivered with. The API and the CLI set it.
+        self.provenance_key: bytes | None = None
         self._in_progress_ms = int((job_timeout_s + IN_PROGRESS_EXTRA) * 1000)
         self.enqueue = redis.register_script(ENQUEUE_SCRIPT)
 
@@ -103,21 +108,19 @@ class TaskQueue:
         """Return one task with its payload, or None."""
         async with self.redis.pipeline(transaction=False) as pipe:
             pipe.zscore(self.queue, task_id)
-            pipe.get(JOB_PREFIX + task_id)
+            pipe.strlen(JOB_PREFIX + task_id)
             pipe.pttl(IN_PROGRESS_PREFIX + task_id)
             pipe.hget(attempts_key(self.queue), task_id)
             pipe.get(dead_letter.record_key(self.queue, task_id))
             pipe.get(RESULT_PREFIX + task_id)
-            score, job, pttl, attempts, letter, result = await pipe.execute()
+            score, size, pttl, attempts, letter, result = await pipe.execute()
         now_ms = clock_ms()
+        job = (await self._bodies([task_id]))[0] if score is not None and size else None
         if score is not None and job is not None:
             data = deserialize_job(job)
-            args = data.get("a") or [""]
+            text = joined_segments(data.get("a") or [""])
             task = self._queued(task_id, int(score), data, int(pttl), int(attempts or 0), now_ms)
-            return with_payload(
-                task,
-                redacted_payload(args[0], self.extra_keys) if isinstance(args[0], str) else None,
-            )
+            return with_payload(task, redacted_payload(text, self.extra_keys) if text else None)
         if letter is not None:
             failed = _letter_decoder.decode(letter)
             payload = redact_sensitive(failed.payload, self.extra_keys)
@@ -220,9 +223,10 @@ class TaskQueue:
                 continue
             skip = 0
             matching = await self._matching(fresh, statuses, kind, now_ms)
-            # Job bodies can be megabytes: read only as many as the page can still take.
+            # Job bodies can be megabytes: read only as many as the page can still take, and
+            # of one over VIEW_MAX_JOB_BYTES only its head (_bodies).
             batch = matching[: want - len(items)]
-            bodies = await self.redis.mget([JOB_PREFIX + m[0] for m in batch]) if batch else []
+            bodies = await self._bodies([m[0] for m in batch]) if batch else []
             for (task_id, score, pttl, attempts), body in zip(batch, bodies, strict=True):
                 if body is None:  # finished since the queue was read
                     continue
@@ -236,6 +240,25 @@ class TaskQueue:
             low = last[0]
         assert last is not None
         return items, Position("queue", last[0], last[1]), budget
+
+    async def _bodies(self, task_ids: list[str]) -> list[bytes | None]:
+        """The jobs of `task_ids`, each whole when it is small enough to show, else a stand-in
+        naming its function, enqueue time and size: a task view never loads a large job."""
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for task_id in task_ids:
+                pipe.strlen(JOB_PREFIX + task_id)
+            sizes = [int(n) for n in await pipe.execute()]
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for task_id, size in zip(task_ids, sizes, strict=True):
+                if size > VIEW_MAX_JOB_BYTES:
+                    pipe.getrange(JOB_PREFIX + task_id, 0, FUNCTION_PEEK_BYTES)
+                else:
+                    pipe.get(JOB_PREFIX + task_id)
+            raw = await pipe.execute()
+        return [
+            _stand_in(body, size) if size > VIEW_MAX_JOB_BYTES and body else body
+            for body, size in zip(raw, sizes, strict=True)
+        ]
 
     async def _matching(
         self,
@@ -372,6 +395,21 @@ class TaskQueue:
         return queued_task(
             task_id, score, job, pttl, attempts, now_ms, in_progress_ms=self._in_progress_ms
         )
+
+
+def _stand_in(head: bytes, size: int) -> bytes:
+    """A job too large to load, as far as its head tells: function, enqueue time, size."""
+    function = _FUNCTION_FIELD.search(head)
+    enqueued = _ENQUEUED_FIELD.search(head)
+    return msgspec.json.encode(
+        {
+            "f": function.group(1).decode() if function else JOB_FUNCTION,
+            "et": int(enqueued.group(1)) if enqueued else None,
+            "a": [],
+            "k": {},
+            "too_large": size,
+        }
+    )
 
 
 def _queue_status(pttl: int, score: int, now_ms: int) -> Status:

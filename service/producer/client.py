@@ -9,16 +9,19 @@ import contextvars
 import logging
 import re
 import threading
+import time
 import uuid
 from collections.abc import Iterable
 from pathlib import Path
 from types import TracebackType
-from typing import TypedDict, Unpack
+from typing import Literal, TypedDict, Unpack
 
+import msgspec
 from redis.asyncio import Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from service.connections import parse_redis_url, redis_client
@@ -36,7 +39,15 @@ from service.producer.failures import (
 )
 from service.producer.replay import BATCH_MAX_BYTES, Item, SpoolReplay
 from service.producer.spool import Spool, SpoolError, SpoolRefused
-from service.queue import ENQUEUE_SCRIPT, Provenance, provenance_tag
+from service.queue import (
+    ENQUEUE_FUNCTION,
+    ENQUEUE_SCRIPT,
+    Provenance,
+    has_no_functions,
+    is_function_missing,
+    load_functions,
+    provenance_tag,
+)
 from service.settings import Settings
 
 __all__ = [
@@ -54,12 +65,13 @@ __all__ = [
 # With WAIT (wait_replicas): the replicas get this share of a batch's Redis time to confirm it,
 # so that Redis answers "not confirmed" before the client gives up on the reply.
 WAIT_SHARE = 0.5
-WAIT_FENCE_KEY = "auditq:wait-fence"  # written before a replayed batch's WAIT (see _enqueue)
 SEND_TIMEOUT_FACTOR = 4  # capture timeouts per send: connect, one reconnect, the reply, slack
 # A capture from a thread other than the client's loop's: that loop tells, this share of the
 # bound before the caller gives up, whether the event was still waiting or already sent.
 CROSS_THREAD_MARGIN = 0.2
 CLOSE_TIMEOUT = 5.0  # seconds
+REPLICA_CHECK_S = 1.0  # seconds the Sentinels' count of replicas is trusted ("auto")
+UNREPLICATED_WARNING_INTERVAL = 60.0  # seconds between warnings of unreplicated batches
 # With a spool, a batch an awaiting capture is in tries Redis for this share of the capture
 # bound; the rest is left to append it to the spool, so `capture` still answers in time.
 REDIS_SHARE_WITH_SPOOL = 0.5
@@ -70,6 +82,7 @@ _DEFAULTS = Settings()
 _ACTION = re.compile(ACTION_PATTERN)
 VALID_ACTIONS_KEPT = 4096  # distinct actions remembered as valid
 _valid_actions: set[str] = set()
+_raw_list = msgspec.json.Decoder(list[msgspec.Raw])
 
 
 class ClientOptions(TypedDict, total=False):
@@ -86,7 +99,7 @@ class ClientOptions(TypedDict, total=False):
     spool_dir: Path | str | None
     spool_max_bytes: int
     provenance: Provenance | None
-    wait_replicas: int
+    wait_replicas: int | Literal["auto"]
 
 
 class AuditClient(SpoolReplay):
@@ -112,7 +125,7 @@ class AuditClient(SpoolReplay):
         spool_dir: Path | str | None = None,
         spool_max_bytes: int = _DEFAULTS.spool_max_bytes,
         provenance: Provenance | None = None,
-        wait_replicas: int = 0,
+        wait_replicas: int | Literal["auto"] = 0,
     ) -> None:
         """Wrap `redis` (the client owns and closes it); prefer from_url or from_settings.
 
@@ -122,7 +135,7 @@ class AuditClient(SpoolReplay):
             raise ConfigError("queue must not be empty")
         if not capture_timeout_s > 0 or not flush_interval_s > 0:
             raise ConfigError("capture_timeout_s and flush_interval_s must be positive")
-        if wait_replicas < 0:
+        if wait_replicas != "auto" and wait_replicas < 0:
             raise ConfigError("wait_replicas must not be negative")
         if buffer_max_events < 1 or flush_max_events < 1 or max_event_bytes < 1:
             raise ConfigError(
@@ -137,6 +150,7 @@ class AuditClient(SpoolReplay):
         self.spool_dropped = 0  # events dropped because the spool was full (each logged)
         self._redis = redis
         self._script = redis.register_script(ENQUEUE_SCRIPT)
+        self._functions = True  # the server has functions: FCALL, else EVAL of the script
         self._queue = queue
         self._capture_timeout = capture_timeout_s
         self._send_timeout = capture_timeout_s * SEND_TIMEOUT_FACTOR
@@ -147,7 +161,13 @@ class AuditClient(SpoolReplay):
         self._max_future_s = max_future_s
         self._extra_keys = frozenset(redact_extra_keys)
         self._provenance = provenance
-        self._wait_replicas = wait_replicas
+        # "auto": one replica's confirmation, or none when no replica is connected.
+        self._wait_auto = wait_replicas == "auto"
+        self._wait_replicas = 1 if wait_replicas == "auto" else wait_replicas
+        self.unreplicated = 0  # events accepted with no replica connected ("auto")
+        self._replicas_seen: int | None = None
+        self._replicas_checked_at = -REPLICA_CHECK_S
+        self._unreplicated_said_at = -UNREPLICATED_WARNING_INTERVAL
         self._lock = threading.Lock()  # counters and loop binding are touched from any thread
         self._loop: asyncio.AbstractEventLoop | None = None
         self._sender: asyncio.Task[None] | None = None
@@ -195,7 +215,7 @@ class AuditClient(SpoolReplay):
             retry_on_error=[RedisConnectionError, RedisTimeoutError],
         )
         # With Sentinel, replication is the point: a batch counts once a replica has it.
-        options.setdefault("wait_replicas", 1 if target.is_sentinel else 0)
+        options.setdefault("wait_replicas", "auto" if target.is_sentinel else 0)
         return cls(redis, **options)
 
     @classmethod
@@ -220,6 +240,11 @@ class AuditClient(SpoolReplay):
         if settings.redis_wait_replicas is not None:
             configured["wait_replicas"] = settings.redis_wait_replicas
         return cls.from_url(settings.redis_url, **(configured | options))
+
+    @classmethod
+    def from_env(cls, **options: Unpack[ClientOptions]) -> AuditClient:
+        """Make a client from the AUDITQ_* environment (AUDITQ_REDIS_URL, AUDITQ_QUEUE, …)."""
+        return cls.from_settings(Settings.from_env(), **options)
 
     async def __aenter__(self) -> AuditClient:
         return self
@@ -280,6 +305,16 @@ class AuditClient(SpoolReplay):
                 loop.call_soon_threadsafe(self._push_nowait, item)
         except Exception as exc:
             self._fail(event, exc, context)
+
+    def bind_loop(self) -> None:
+        """Bind the client to the running event loop now, from async code (an app's startup).
+
+        A client binds to the loop of its first capture; bound at startup, sync code in other
+        threads (a framework's thread pool) can `capture_nowait` before any async capture.
+        """
+        if _running_loop() is None:
+            raise RuntimeError("bind_loop needs a running event loop: call it from async code")
+        self._bind()
 
     async def aclose(self, timeout_s: float = CLOSE_TIMEOUT) -> None:
         """Send what is buffered (waiting at most `timeout_s`), then close the connection."""
@@ -550,26 +585,97 @@ class AuditClient(SpoolReplay):
 
     async def _enqueue(self, args: list[bytes | str], *, within_s: float) -> None:
         """Run the enqueue script; with wait_replicas, return only once replicas confirm it."""
-        if not self._wait_replicas:
-            await self._script(keys=[self._queue], args=args)
+        if self._wait_auto and self._replicas_seen == 0 and await self._replicas_connected() == 0:
+            # Known to have no replica (rechecked every REPLICA_CHECK_S): no WAIT to sit out.
+            await self._enqueue_once(args, within_s=within_s, wait=False)
+            self._count_unreplicated(args[0])
             return
+        try:
+            confirmed = await self._enqueue_once(args, within_s=within_s)
+        except ResponseError as exc:
+            if is_function_missing(exc):
+                # A Redis that lost the library (a fresh server, a failover, FUNCTION FLUSH):
+                # load it again where this client may (a producer user may not; its workers do).
+                await load_functions(self._redis)
+            elif has_no_functions(exc):
+                self._functions = False  # before Redis 7: the same script, as EVAL
+            else:
+                raise
+            confirmed = await self._enqueue_once(args, within_s=within_s)
+        if not self._wait_replicas or confirmed >= self._wait_replicas:
+            return
+        if self._wait_auto and await self._replicas_connected() == 0:
+            self._count_unreplicated(args[0])  # no replica to wait for: accepted as it is
+            return
+        raise NotReplicated(
+            f"{confirmed} of {self._wait_replicas} replicas confirmed the batch "
+            f"within {self._wait_ms(within_s)} ms"
+        )
+
+    async def _replicas_connected(self) -> int | None:
+        """How many replicas the Sentinels see up for the primary (checked at most every
+        REPLICA_CHECK_S); None when that cannot be told (then WAIT decides alone)."""
+        now = time.monotonic()
+        if now - self._replicas_checked_at < REPLICA_CHECK_S:
+            return self._replicas_seen
+        self._replicas_checked_at = now
+        pool = self._redis.connection_pool
+        manager = getattr(pool, "sentinel_manager", None)
+        try:
+            if manager is None:
+                self._replicas_seen = None
+            else:
+                replicas = await manager.discover_slaves(pool.service_name)  # type: ignore[attr-defined]
+                self._replicas_seen = len(replicas)
+        except Exception as exc:  # the Sentinels do not answer: strict, as with a number
+            logger.debug("asking the Sentinels for replicas failed: %s", type(exc).__name__)
+            self._replicas_seen = None
+        return self._replicas_seen
+
+    def _count_unreplicated(self, payload: bytes | str) -> None:
+        """Count a batch accepted with no replica connected; say so once a minute."""
+        try:
+            events = len(_raw_list.decode(payload))
+        except msgspec.DecodeError:
+            events = 1
+        with self._lock:
+            self.unreplicated += events
+        now = time.monotonic()
+        if now - self._unreplicated_said_at >= UNREPLICATED_WARNING_INTERVAL:
+            self._unreplicated_said_at = now
+            logger.warning(
+                "the Redis primary has no replica connected: batches are accepted unreplicated "
+                "(%d events so far; AUDITQ_REDIS_WAIT_REPLICAS=auto; a number makes it strict)",
+                self.unreplicated,
+            )
+
+    def _wait_ms(self, within_s: float) -> int:
         # Within the socket timeout (the capture bound) too, or the read would time out first.
-        wait_ms = max(1, int(min(within_s, self._capture_timeout) * WAIT_SHARE * 1000))
+        return max(1, int(min(within_s, self._capture_timeout) * WAIT_SHARE * 1000))
+
+    async def _enqueue_once(
+        self, args: list[bytes | str], *, within_s: float, wait: bool = True
+    ) -> int:
+        """Run the enqueue function (or script) once; with wait_replicas, in one pipeline with
+        WAIT, returning how many replicas confirmed it."""
+        redis = self._redis
+        if not self._wait_replicas or not wait:
+            if self._functions:
+                await redis.fcall(ENQUEUE_FUNCTION, 1, self._queue, *args)  # type: ignore[arg-type,misc]
+            else:
+                await self._script(keys=[self._queue], args=args)
+            return 0
+        wait_ms = self._wait_ms(within_s)
         # One round trip, one connection: WAIT covers the writes of its own connection. EVAL,
         # not EVALSHA: a NOSCRIPT (a new primary) would cost a whole WAIT before the retry.
-        async with self._redis.pipeline(transaction=False) as pipe:
-            pipe.eval(ENQUEUE_SCRIPT, 1, self._queue, *args)  # type: ignore[arg-type]
-            if args[1]:
-                # A job of its own id may be queued already (the script then writes nothing):
-                # a write of its own makes WAIT cover whatever came before it.
-                pipe.set(WAIT_FENCE_KEY, args[1])
+        async with redis.pipeline(transaction=False) as pipe:
+            if self._functions:
+                pipe.fcall(ENQUEUE_FUNCTION, 1, self._queue, *args)  # type: ignore[arg-type]
+            else:
+                pipe.eval(ENQUEUE_SCRIPT, 1, self._queue, *args)  # type: ignore[arg-type]
             pipe.wait(self._wait_replicas, wait_ms)
             *_, confirmed = await pipe.execute()
-        if int(confirmed) < self._wait_replicas:
-            raise NotReplicated(
-                f"{confirmed} of {self._wait_replicas} replicas confirmed the batch "
-                f"within {wait_ms} ms"
-            )
+        return int(confirmed)
 
     def _job_args(self, payload: bytes, task_id: str = "") -> list[bytes | str]:
         """The enqueue script's arguments for `payload`: one job of its own, with its

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import functools
 import ipaddress
-from collections.abc import Sequence
+import logging
+import os
+import re
+from collections.abc import Callable, Iterable, Sequence
 from contextvars import ContextVar
 
 import msgspec
@@ -19,6 +23,45 @@ PATH_MAX_CHARS = 4096  # characters
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
+logger = logging.getLogger(__name__)
+
+
+class ActorSlot:
+    """The actor of one request: set from any task or thread serving it, resolved lazily.
+
+    A middleware puts one slot in the request's context. A copy of the context (a thread of
+    a pool running a sync dependency, a task the request started) shares the slot, so an
+    actor the app's auth sets there is seen by every capture of the request.
+    """
+
+    __slots__ = ("_actor", "_resolve")
+
+    def __init__(self, resolve: Callable[[], Actor | None] | None = None) -> None:
+        self._actor: Actor | None = None
+        self._resolve = resolve
+
+    def get(self) -> Actor | None:
+        """Return the actor; on first use, ask the resolver the middleware was given."""
+        resolve = self._resolve
+        if resolve is not None:
+            self._resolve = None
+            try:
+                actor = resolve()
+            except Exception:
+                # Auditing must not break the request it describes; the bug is logged.
+                logger.warning(
+                    "audit actor resolver failed; the request has no actor", exc_info=True
+                )
+                actor = None
+            if self._actor is None:
+                self._actor = actor
+        return self._actor
+
+    def set(self, actor: Actor | None) -> None:
+        """Make `actor` the request's actor (it wins over the resolver's)."""
+        self._resolve = None
+        self._actor = actor
+
 
 class AuditContext(msgspec.Struct, frozen=True, kw_only=True):
     """What capture fills into an event that lacks it: the current request and actor."""
@@ -29,18 +72,74 @@ class AuditContext(msgspec.Struct, frozen=True, kw_only=True):
     method: str | None = None
     path: str | None = None
     actor: Actor | None = None
+    # Set by a middleware: the request's actor, settable from any thread (see ActorSlot).
+    actor_slot: ActorSlot | None = None
+
+    def current_actor(self) -> Actor | None:
+        """Return the actor of the request: the slot's when it has one, else `actor`."""
+        if self.actor_slot is not None:
+            actor = self.actor_slot.get()
+            if actor is not None:
+                return actor
+        return self.actor
 
 
 audit_context: ContextVar[AuditContext | None] = ContextVar("audit_context", default=None)
 
 
 def set_actor(actor: Actor) -> None:
-    """Set the actor of the current request (or task) for the events captured after this."""
+    """Set the actor of the current request (or task) for the events captured after this.
+
+    Inside a request of one of the middlewares (aiohttp, ASGI, Django) it holds for the
+    whole request, also when called from a sync dependency run in a thread pool.
+    """
     current = audit_context.get()
     if current is None:
         audit_context.set(AuditContext(actor=actor))
+    elif current.actor_slot is not None:
+        current.actor_slot.set(actor)
     else:
         audit_context.set(msgspec.structs.replace(current, actor=actor))
+
+
+def trusted_networks(proxies: Iterable[str] | str) -> tuple[IPNetwork, ...]:
+    """Parse trusted proxies (addresses or CIDR networks); a bad one is a ValueError."""
+    # A lone string would otherwise be read as one proxy per character.
+    items = proxies.split(",") if isinstance(proxies, str) else proxies
+    return tuple(
+        ipaddress.ip_network(proxy.strip(), strict=False) for proxy in items if proxy.strip()
+    )
+
+
+def request_context(
+    *,
+    request_id: str | None,
+    peer: str | None,
+    forwarded_for: str | None,
+    real_ip: str | None,
+    user_agent: str | None,
+    method: str | None,
+    path: str | None,
+    trusted: Sequence[IPNetwork],
+    actor: Actor | None = None,
+    resolve_actor: Callable[[], Actor | None] | None = None,
+) -> AuditContext:
+    """Build the context of one HTTP request, by the same rules for every framework.
+
+    `request_id` is the client's `X-Request-ID` (kept when sane, else a new one); the
+    client IP is the peer unless the peer is a trusted proxy; `path` must come without its
+    query string (query strings often carry tokens).
+    """
+    return AuditContext(
+        # 32 hex digits, as uuid4().hex, at a fifth of its cost.
+        request_id=sane_request_id(request_id) or os.urandom(16).hex(),
+        ip=client_ip(peer, forwarded_for, real_ip, trusted),
+        user_agent=clip(user_agent, USER_AGENT_MAX_CHARS),
+        method=clip(method, METHOD_MAX_CHARS),
+        path=clip(path, PATH_MAX_CHARS),
+        actor=actor,
+        actor_slot=ActorSlot(resolve_actor),
+    )
 
 
 def sane_request_id(value: str | None) -> str | None:
@@ -55,6 +154,10 @@ def sane_request_id(value: str | None) -> str | None:
     return value
 
 
+ADDRESSES_KEPT = 4096  # addresses remembered: proxies and clients repeat from request to request
+ADDRESS_CACHED_MAX_CHARS = 64  # an address with a port and brackets fits
+
+
 def client_ip(
     peer: str | None,
     forwarded_for: str | None,
@@ -62,21 +165,70 @@ def client_ip(
     trusted: Sequence[IPNetwork],
 ) -> str | None:
     """Return the client's address: the peer, or what a trusted proxy peer says it forwarded."""
-    peer_address = parse_ip(peer)
-    if peer_address is None or not _is_trusted(peer_address, trusted):
-        return str(peer_address) if peer_address is not None else None
+    return _client_ip(peer, forwarded_for, real_ip, trusted)
+
+
+def _client_ip(
+    peer: str | None,
+    forwarded_for: str | None,
+    real_ip: str | None,
+    trusted: Sequence[IPNetwork],
+) -> str | None:
+    peer_address, peer_trusted = _classify(peer, trusted)
+    if peer_address is None or not peer_trusted:
+        return peer_address
     if forwarded_for:
         # Proxies append, so walk from the right: the first untrusted hop is the client.
         for hop in reversed(forwarded_for.split(",")):
-            address = parse_ip(hop)
+            address, hop_trusted = _classify(hop, trusted)
             if address is None:
                 break  # a malformed hop: nothing left of it can be believed
-            if not _is_trusted(address, trusted):
-                return str(address)
-    real = parse_ip(real_ip)
+            if not hop_trusted:
+                return address
+    real, _ = _classify(real_ip, trusted)
     if real is not None:
-        return str(real)
-    return str(peer_address)
+        return real
+    return peer_address
+
+
+def _classify(value: str | None, trusted: Sequence[IPNetwork]) -> tuple[str | None, bool]:
+    """The address `value` names (None when it names none), and whether it is trusted."""
+    if value is None:
+        return None, False
+    if len(value) <= ADDRESS_CACHED_MAX_CHARS:
+        # Parsing an address and testing networks cost microseconds; the same proxies and
+        # clients come back, so each answer is remembered.
+        return _classify_cached(value, tuple(trusted))
+    return _classify_address(value, trusted)
+
+
+def _classify_address(value: str, trusted: Sequence[IPNetwork]) -> tuple[str | None, bool]:
+    text = value.strip()
+    quad = _DOTTED_QUAD.fullmatch(text)
+    if quad is not None:
+        # The common case, a plain IPv4 address, without the ipaddress module (a new client
+        # each request must stay cheap): it is its own canonical text.
+        a, b, c, d = (int(octet) for octet in quad.groups())
+        number = (a << 24) | (b << 16) | (c << 8) | d
+        return text, any(number & mask == net for net, mask in _ipv4_ranges(tuple(trusted)))
+    address = parse_ip(text)
+    if address is None:
+        return None, False
+    return str(address), _is_trusted(address, trusted)
+
+
+_OCTET = r"(25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])"  # no leading zeros, as ipaddress
+_DOTTED_QUAD = re.compile(rf"{_OCTET}\.{_OCTET}\.{_OCTET}\.{_OCTET}")
+
+
+@functools.lru_cache(maxsize=64)
+def _ipv4_ranges(trusted: tuple[IPNetwork, ...]) -> tuple[tuple[int, int], ...]:
+    return tuple(
+        (int(net.network_address), int(net.netmask)) for net in trusted if net.version == 4
+    )
+
+
+_classify_cached = functools.lru_cache(maxsize=ADDRESSES_KEPT)(_classify_address)
 
 
 def parse_ip(value: str | None) -> IPAddress | None:
@@ -112,7 +264,7 @@ def with_context(event: AuditEvent, context: AuditContext) -> AuditEvent:
     """Fill the request and actor an event lacks from the current context."""
     actor = event.actor
     if actor is None:
-        actor = context.actor
+        actor = context.current_actor()
     request = event.request
     known = {
         "id": context.request_id,

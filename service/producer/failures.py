@@ -68,8 +68,9 @@ def failure_payload(
     user_id = _text(_get(actor, "id"))
     request_id = _text(_get(_get(event, "request"), "id"))
     if context is not None:
-        if user_id is None and context.actor is not None:
-            user_id = _text(context.actor.id)
+        context_actor = context.current_actor() if user_id is None else None
+        if context_actor is not None:
+            user_id = _text(context_actor.id)
         if request_id is None:
             request_id = _text(context.request_id)
     try:

@@ -2,25 +2,14 @@
 
 from __future__ import annotations
 
-import ipaddress
 import logging
-import uuid
 from collections.abc import Callable, Iterable
 
 from aiohttp import web
 from aiohttp.typedefs import Handler, Middleware
 
 from service.events import Actor
-from service.producer.context import (
-    METHOD_MAX_CHARS,
-    PATH_MAX_CHARS,
-    USER_AGENT_MAX_CHARS,
-    AuditContext,
-    audit_context,
-    client_ip,
-    clip,
-    sane_request_id,
-)
+from service.producer.context import audit_context, request_context, trusted_networks
 
 REQUEST_ID_HEADER = "X-Request-ID"
 
@@ -33,30 +22,25 @@ def context_middleware(
     actor_resolver: Callable[[web.Request], Actor | None] | None = None,
 ) -> Middleware:
     """Make an aiohttp middleware that sets `audit_context` for each request."""
-    # A lone string would otherwise be read as one proxy per character.
-    proxies = (trusted_proxies,) if isinstance(trusted_proxies, str) else tuple(trusted_proxies)
-    trusted = tuple(ipaddress.ip_network(proxy.strip(), strict=False) for proxy in proxies)
+    trusted = trusted_networks(trusted_proxies)
 
     @web.middleware
     async def audit_context_middleware(
         request: web.Request, handler: Handler
     ) -> web.StreamResponse:
-        request_id = sane_request_id(request.headers.get(REQUEST_ID_HEADER)) or uuid.uuid4().hex
         forwarded = request.headers.getall("X-Forwarded-For", [])
-        context = AuditContext(
-            request_id=request_id,
-            ip=client_ip(
-                request.remote,
-                ",".join(forwarded) if forwarded else None,
-                request.headers.get("X-Real-IP"),
-                trusted,
-            ),
-            user_agent=clip(request.headers.get("User-Agent"), USER_AGENT_MAX_CHARS),
-            method=clip(request.method, METHOD_MAX_CHARS),
-            # The path without its query string: query strings often carry tokens.
-            path=clip(request.path, PATH_MAX_CHARS),
+        context = request_context(
+            request_id=request.headers.get(REQUEST_ID_HEADER),
+            peer=request.remote,
+            forwarded_for=",".join(forwarded) if forwarded else None,
+            real_ip=request.headers.get("X-Real-IP"),
+            user_agent=request.headers.get("User-Agent"),
+            method=request.method,
+            path=request.path,
+            trusted=trusted,
             actor=_resolve_actor(actor_resolver, request),
         )
+        request_id = context.request_id or ""
         token = audit_context.set(context)
         try:
             response = await handler(request)

@@ -155,10 +155,14 @@ class Spool:
                     view = view[_write(fd, view) :]
                 _sync(fd)
             except OSError as exc:
-                # Never leave a torn batch that a replay would half-deliver: cut it back.
-                with contextlib.suppress(OSError):
+                # Never leave a torn batch that a replay would half-deliver: cut it back. When
+                # even that fails, the segment ends in a torn line: seal it (a replay skips a
+                # last line without its newline) so no later batch is fused onto it.
+                try:
                     os.ftruncate(fd, start)
                     os.lseek(fd, start, os.SEEK_SET)
+                except OSError:
+                    self._close_current()
                 raise SpoolError(f"cannot write the spool at {self.directory}: {exc}") from exc
             self._size += len(chunk)
             self._used = used + len(chunk)

@@ -135,3 +135,63 @@ async def _stored(database_url: str, ids: set[str], n: int) -> bool:
         return found >= n
     finally:
         await conn.close()
+
+
+async def test_nothing_accepted_is_a_400_naming_every_fault_in_plain_words(
+    api: TestClient[Any, Any], tokens: Tokens, redis: aioredis.Redis, settings: Settings
+) -> None:
+    bad = {
+        "action": "NOT A VALID ACTION",
+        "severity": "doom",
+        "evil": 1,
+        "changes": "x",
+        "request": {"ip": "10.0.0.0/8"},
+        "actor": {"id": "u-1", "type": "god"},
+        "tenant": "t" * 2000,
+    }
+    async with api.post(EVENTS, headers=tokens.ingest, json=bad) as response:
+        assert response.status == 400, await response.text()
+        body = await response.json()
+    assert body["accepted"] == [] and [r["index"] for r in body["rejected"]] == [0]
+    error = body["rejected"][0]["error"]
+    for field in ("`action`", "`severity`", "`evil`", "`changes`", "`request.ip`",
+                  "`actor.type`", "`tenant`"):  # fmt: skip
+        assert field in error, (field, error)
+    assert "regex" not in error and "[a-z]" not in error and "auth.login" in error
+    assert "info, notice, warning, critical" in error
+    for single in ({"metadata": {}}, {"action": "a.b", "metadata": {"x": "y" * 70_000}}):
+        async with api.post(EVENTS, headers=tokens.ingest, json=single) as response:
+            assert response.status == 400, await response.text()
+            assert (await response.json())["accepted"] == []
+    async with api.post(EVENTS, headers=tokens.ingest, json={"events": [{"metadata": {}}]}) as r:
+        assert r.status == 400
+        assert "`action` is required" in (await r.json())["rejected"][0]["error"]
+    assert await redis.zcard(settings.queue) == 0
+
+
+async def test_one_id_twice_in_a_request_is_stored_once_the_first_copy(
+    api: TestClient[Any, Any],
+    tokens: Tokens,
+    settings: Settings,
+    database_url: str,
+    pg: asyncpg.Connection,
+) -> None:
+    twin = str(uuid.uuid4())
+    batch = {
+        "events": [
+            {"id": twin, "action": "doc.viewed", "metadata": {"copy": "first"}},
+            {
+                "id": twin,
+                "action": "doc.viewed",
+                "metadata": {"copy": "second"},
+                "ts": "2020-01-01T00:00:00Z",
+            },
+        ]
+    }
+    async with api.post(EVENTS, headers=tokens.ingest, json=batch) as response:
+        assert response.status == 202, await response.text()
+        assert (await response.json())["accepted"] == [twin, twin]
+    async with running_worker(settings):
+        await wait_for(lambda: _rows(database_url, 1))
+    rows = await pg.fetch("SELECT metadata FROM audit_log WHERE id = $1", uuid.UUID(twin))
+    assert [r["metadata"] for r in rows] == [{"copy": "first"}]

@@ -360,3 +360,65 @@ async def test_retrying_while_a_worker_fails_the_task_again_never_loses_it(
             await wait_for(failed_again, within_s=15)
     letter = await dead_letter.get(redis, settings.queue, "racer")
     assert letter is not None and letter.event_count == 1
+
+
+async def test_a_retried_task_keeps_the_provenance_it_was_delivered_with(
+    api: TestClient[Any, Any],
+    tokens: Tokens,
+    settings: Settings,
+    redis: aioredis.Redis,
+    pg: asyncpg.Connection,
+) -> None:
+    # Delivered over HTTP by the ingest token, refused by PostgreSQL (a NUL in JSON text).
+    event = {"id": str(uuid.uuid4()), "action": "doc.viewed", "metadata": {"bad": "nul\x00byte"}}
+    async with api.post("/api/v1/events", headers=tokens.ingest, json=event) as response:
+        assert response.status == 202, await response.text()
+    async with running_worker(settings):
+
+        async def failed() -> bool:
+            return bool(await dead_letter.list_ids(redis, settings.queue))
+
+        await wait_for(failed)
+        (task_id,) = await dead_letter.list_ids(redis, settings.queue)
+        letter = await dead_letter.get(redis, settings.queue, task_id)
+        assert letter is not None and letter.via == "http:test-ingest"
+        # The cause is fixed (here: by hand), then the task is retried by an admin.
+        fixed = [{**event, "metadata": {"bad": "fixed"}}]
+        await redis.set(
+            dead_letter.record_key(settings.queue, task_id),
+            json.dumps(
+                {
+                    **json.loads(await redis.get(dead_letter.record_key(settings.queue, task_id))),
+                    "payload": fixed,
+                }
+            ),
+        )
+        async with api.post(f"{TASKS}/{task_id}/retry", headers=tokens.admin) as response:
+            assert response.status == 202, await response.text()
+
+        async def stored() -> bool:
+            return bool(
+                await pg.fetchval("SELECT count(*) FROM audit_log WHERE id = $1::uuid", event["id"])
+            )
+
+        await wait_for(stored)
+    via = await pg.fetchval("SELECT received_via FROM audit_log WHERE id = $1::uuid", event["id"])
+    assert via == "http:test-ingest"  # not redis:<queue>
+
+
+async def test_a_large_queued_task_is_shown_without_being_loaded(
+    api: TestClient[Any, Any], tokens: Tokens, settings: Settings, redis: aioredis.Redis
+) -> None:
+    events = [
+        {"action": "doc.viewed", "metadata": {"blob": "x" * 1000, "n": i}} for i in range(2000)
+    ]
+    task_id = await enqueue(redis, settings.queue, json.dumps(events))  # ~2 MB
+    async with api.get(f"{TASKS}/{task_id}", headers=tokens.reader) as response:
+        assert response.status == 200, await response.text()
+        task = await response.json()
+    assert task["status"] == "queued" and task["payload"] is None
+    assert "too large to be read" in task["presentation"]["detail_message"]
+    async with api.get(TASKS, headers=tokens.reader, params={"status": "queued"}) as response:
+        assert response.status == 200
+        (listed,) = (await response.json())["items"]
+    assert listed["id"] == task_id and "bytes" in listed["presentation"]["title"]

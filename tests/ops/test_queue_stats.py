@@ -70,6 +70,7 @@ async def test_stats_reflect_a_queued_job_then_a_working_worker(
     assert f'auditq_worker_breaker_open{{worker="{worker["id"]}"}} 0.0' in text
     assert 'auditq_api_capture_failures_total{reason="failed"} 0.0' in text
     assert "auditq_api_capture_uncertain_total 0.0" in text
+    assert "auditq_api_capture_unreplicated_total 0.0" in text
     # A stopped worker leaves the stats at once, not after its heartbeat expires.
     assert (await stats(api, tokens))["workers"] == []
 

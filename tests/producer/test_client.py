@@ -68,7 +68,8 @@ async def queued_events(redis: aioredis.Redis, queue: str) -> list[dict[str, Any
     events: list[dict[str, Any]] = []
     for job in await queued_jobs(redis, queue):
         assert job["f"] == JOB_FUNCTION
-        events.extend(json.loads(job["a"][0]))
+        for segment in job["a"]:  # a merged job: one argument per producer batch
+            events.extend(json.loads(segment))
     return events
 
 

@@ -10,11 +10,14 @@ import pytest
 import redis.asyncio as aioredis
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
+from hypothesis import given
+from hypothesis import strategies as st
 
 from service.events import Actor
 from service.producer.client import AuditClient, AuditEvent
 from service.producer.context import (
     AuditContext,
+    _classify_address,
     audit_context,
     client_ip,
     parse_ip,
@@ -192,3 +195,22 @@ def test_request_id_sanity_and_ip_parsing() -> None:
         assert sane_request_id(bad) is None
     assert str(parse_ip("[::1]:80")) == "::1"
     assert parse_ip("example.com") is None
+
+
+@given(
+    value=st.one_of(
+        st.ip_addresses(v=4).map(str),
+        st.ip_addresses().map(str),
+        st.from_regex(r"\A[0-9]{1,4}\.[0-9]{1,4}\.[0-9]{1,4}\.[0-9]{1,4}(:[0-9]{1,5})?\Z"),
+        st.text(max_size=20),
+    )
+)
+def test_the_fast_address_reading_agrees_with_the_ipaddress_module(value: str) -> None:
+    trusted = tuple(ipaddress.ip_network(n) for n in ("10.0.0.0/8", "192.0.2.7/32", "fd00::/8"))
+    address = parse_ip(value)
+    expected = (
+        (None, False)
+        if address is None
+        else (str(address), any(address.version == n.version and address in n for n in trusted))
+    )
+    assert _classify_address(value, trusted) == expected

@@ -129,6 +129,38 @@ def test_a_failed_write_leaves_no_torn_batch(
 
 
 @pytest.mark.unit
+def test_a_failed_write_whose_cut_back_fails_too_spoils_no_later_event(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The disk is full and cutting the torn bytes back fails as well: the next batch must not
+    be fused onto the torn line (it would be unreadable, its events lost)."""
+    spool = Spool(tmp_path)
+    spool.append(lines(1))
+
+    def disk_full(fd: int, data: memoryview) -> int:
+        os.write(fd, bytes(data[:5]))
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    def no_truncate(fd: int, length: int) -> None:
+        raise OSError(errno.EIO, "Input/output error")
+
+    monkeypatch.setattr(spool_module, "_write", disk_full)
+    monkeypatch.setattr(spool_module.os, "ftruncate", no_truncate)
+    with pytest.raises(SpoolError, match="No space left"):
+        spool.append(lines(2, start=1))
+    monkeypatch.undo()
+    spool.append(lines(1, start=3))
+    spool.close()
+    got = []
+    for path in spool.closed_segments():
+        segment = spool.claim(path)
+        assert segment is not None
+        got += segment.lines
+        segment.release()
+    assert got == [lines(1)[0], lines(1, start=3)[0]]
+
+
+@pytest.mark.unit
 def test_an_unusable_directory_is_a_spool_error(tmp_path: Path) -> None:
     (tmp_path / "file").write_text("")
     with pytest.raises(SpoolError, match=r"the spool at .*Not a directory"):
@@ -200,8 +232,9 @@ async def enqueued_ms(redis: aioredis.Redis, queue: str) -> dict[str, int]:
     """When each queued event's job was enqueued (Redis time, ms)."""
     times = {}
     for job in await queued_jobs(redis, queue):
-        for item in json.loads(job["a"][0]):
-            times[item["id"]] = int(job["et"])
+        for segment in job["a"]:  # a merged job: one argument per producer batch
+            for item in json.loads(segment):
+                times[item["id"]] = int(job["et"])
     return times
 
 

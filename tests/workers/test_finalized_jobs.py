@@ -36,7 +36,8 @@ async def test_batches_join_the_open_job_until_a_worker_takes_it(
     second = await redis.eval(ENQUEUE_SCRIPT, 1, queue, finalized(3), "", "finalized")
     assert first == second and await redis.zcard(queue) == 1
     job = deserialize_job(await redis.get(b"arq:job:" + first))
-    assert job["k"] == {"finalized": True} and len(json.loads(job["a"][0])) == 5
+    # Each batch is a segment (an argument) of its own: the worker reads each alone.
+    assert job["k"] == {"finalized": True} and [len(json.loads(a)) for a in job["a"]] == [2, 3]
     # A batch without the flag, or with its own task id, is a job of its own.
     other = await redis.eval(ENQUEUE_SCRIPT, 1, queue, finalized(1))
     assert other != first and await redis.zcard(queue) == 2
@@ -108,3 +109,33 @@ async def test_the_flag_does_not_skip_the_checks(
     (task_id,) = await dead_letter.list_ids(redis, settings.queue)
     letter = await dead_letter.get(redis, settings.queue, task_id)
     assert letter is not None and "nests deeper" in letter.message
+
+
+async def test_a_malformed_flagged_batch_is_a_failed_task_of_its_own(
+    settings: Settings, redis: aioredis.Redis
+) -> None:
+    """It never joins the open job: it fails under the very id the enqueue returned, and the
+    batches around it are stored."""
+    queue = settings.queue
+    honest = await redis.eval(ENQUEUE_SCRIPT, 1, queue, finalized(2), "", "finalized")
+    bad = {}
+    for text in ("[ ]", "[1]]", '[{"a":1}]x[1]', "[1]", '[{"a":1}]', "[[]]"):
+        bad[text] = (await redis.eval(ENQUEUE_SCRIPT, 1, queue, text, "", "finalized")).decode()
+    again = await redis.eval(ENQUEUE_SCRIPT, 1, queue, finalized(3), "", "finalized")
+    assert again == honest and honest.decode() not in bad.values()
+    big = finalized(200)  # over the size up to which a batch may join: a job of its own
+    assert len(big) > 32768
+    assert await redis.eval(ENQUEUE_SCRIPT, 1, queue, big, "", "finalized") != honest
+    async with running_worker(settings):
+        await wait_for(lambda: queue_empty(redis, queue))
+        assert settings.database_url
+
+        async def stored() -> bool:
+            assert settings.database_url
+            return await count_rows(settings.database_url) == 205
+
+        await wait_for(stored)
+    for text, task in bad.items():
+        letter = await dead_letter.get(redis, queue, task)
+        assert letter is not None and letter.message, text
+        assert letter.event_count >= 1, text

@@ -147,12 +147,12 @@ async def test_an_unforeseen_failure_is_retried_not_failed(
     real_parse = worker_module._parse
     calls = 0
 
-    def flaky_parse(*args: Any) -> Any:
+    def flaky_parse(*args: Any, **kwargs: Any) -> Any:
         nonlocal calls
         calls += 1
         if calls == 1:
             raise RuntimeError("boom with redis://:s3cr3t-planted@db:6379/0")
-        return real_parse(*args)
+        return real_parse(*args, **kwargs)
 
     monkeypatch.setattr(worker_module, "_parse", flaky_parse)
     monkeypatch.setattr(worker_module, "UNEXPECTED_RETRY_DELAY", 0.1)

@@ -15,7 +15,7 @@ import contextlib
 import logging
 import re
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import asyncpg
@@ -46,6 +46,7 @@ REDIS_DOWN_PAUSE = 1.0  # seconds between tries while Redis or PostgreSQL does n
 # The rows of one write (service/live.py); the page filters narrow them.
 ROWS_OF_WRITE = "seq <@ {}::text::int8multirange AND ts BETWEEN {} AND {}"
 STREAM_ORDER_BY = "ORDER BY received_at, id"
+STREAM_PAGE_ROWS = 10_000  # rows of one write read (and sent) at most per entry
 ENTRY_ID = re.compile(r"^\d{1,20}-\d{1,20}$")
 
 STREAMS_STOP = web.AppKey("audit_log_streams_stop", asyncio.Event)
@@ -64,11 +65,52 @@ async def stop_streams(app: web.Application) -> None:
     app[STREAMS_STOP].set()
 
 
-def rows_query(query: AuditLogQuery, write: LiveEntry) -> tuple[str, list[Any]]:
-    """The SQL and parameters of the rows of one write that match the filters."""
+def rows_query(query: AuditLogQuery, write: LiveEntry, offset: int = 0) -> tuple[str, list[Any]]:
+    """The SQL and parameters of one page of the rows of one write that match the filters."""
     where = where_of(query)
     where.add(ROWS_OF_WRITE, write.seqs, write.ts_from, write.ts_to)
-    return f"{SELECT_ITEMS}{where.sql()} {STREAM_ORDER_BY}", where.args
+    # No more rows than the entry names, and those a page at a time: never a whole table.
+    args = [*where.args, min(write.row_count, STREAM_PAGE_ROWS), offset]
+    n = len(args)
+    return f"{SELECT_ITEMS}{where.sql()} {STREAM_ORDER_BY} LIMIT ${n - 1} OFFSET ${n}", args
+
+
+async def _read_entries(
+    entries: list[Any],
+    position: str,
+    pool: Any,
+    query: AuditLogQuery,
+    send: Callable[[bytes], Awaitable[None]],
+) -> tuple[str, list[str]]:
+    """The SSE events of the rows the entries name (sent on the way once they are many), and
+    the position after the last entry."""
+    events: list[str] = []
+    for entry_id, fields in entries:
+        position = entry_id.decode()
+        write = read_live_entry(fields)
+        if write is None:  # not an entry of this version's worker, or out of bounds
+            continue
+        async for rows in _rows_of(pool, query, write):
+            events.extend(
+                f"id: {position}\ndata: {_encoder.encode(item(row)).decode()}\n\n" for row in rows
+            )
+            if len(events) >= STREAM_PAGE_ROWS:  # sent before more is read
+                await send("".join(events).encode())
+                events.clear()
+    return position, events
+
+
+async def _rows_of(pool: Any, query: AuditLogQuery, write: LiveEntry) -> AsyncIterator[list[Any]]:
+    """The rows of one write that match the filters, a page at a time."""
+    offset = 0
+    while True:
+        sql, args = rows_query(query, write, offset)
+        async with pool.acquire(timeout=WRITE_TIMEOUT_S) as conn:
+            rows = await conn.fetch(sql, *args)
+        yield rows
+        if len(rows) < STREAM_PAGE_ROWS:
+            return
+        offset += len(rows)
 
 
 def _client_gone(request: web.Request) -> bool:
@@ -121,19 +163,7 @@ async def _tail(request: web.Request, query: AuditLogQuery, position: str) -> we
                     {key: position}, count=STREAM_BATCH_ENTRIES, block=STREAM_BLOCK_MS
                 )
                 entries = read[0][1] if read else []
-                events: list[str] = []
-                for entry_id, fields in entries:
-                    position = entry_id.decode()
-                    write = read_live_entry(fields)
-                    if write is None:  # not an entry of this version's worker
-                        continue
-                    sql, args = rows_query(query, write)
-                    async with pool.acquire(timeout=WRITE_TIMEOUT_S) as conn:
-                        rows = await conn.fetch(sql, *args)
-                    events.extend(
-                        f"id: {position}\ndata: {_encoder.encode(item(row)).decode()}\n\n"
-                        for row in rows
-                    )
+                position, events = await _read_entries(entries, position, pool, query, send)
             except _DOWN as exc:
                 # Keep the stream: it resumes where it was once both answer again.
                 logger.warning("live tail: a dependency is not answering (%s)", type(exc).__name__)

@@ -1,0 +1,446 @@
+// The producer: capture audit events and enqueue them in batches, never throwing to the caller.
+import { randomFillSync } from "node:crypto";
+import { readFileSync } from "node:fs";
+
+import { Redis } from "ioredis";
+import { v7 as uuidv7 } from "uuid";
+
+import { contextActor, currentContext, type AuditContext } from "./context.js";
+import { ACTION_MAX_CHARS, ACTION_PATTERN, type AuditEvent } from "./events.js";
+import { failureLine } from "./failures.js";
+import { Redactor } from "./redaction.js";
+
+export const ENQUEUE_FUNCTION = "auditq_enqueue";
+const ENQUEUE_SCRIPT = readFileSync(new URL("./enqueue.lua", import.meta.url), "utf8");
+const SEND_TIMEOUT_FACTOR = 4; // capture timeouts per send: connect, a reconnect, the reply
+const BATCH_MAX_BYTES = 1024 * 1024; // one enqueue call's payload at most (under AUDITQ_MAX_JOB_BYTES)
+const VALID_ACTIONS_KEPT = 4096; // distinct actions remembered as valid
+const CONNECT_TIMEOUT_MS = 10_000; // a connection attempt; sends are bounded apart
+const LATE_TIMER_GRACES = 3; // send bounds granted again when the process was too busy to wait
+
+export interface Logger {
+  error(message: string): void;
+}
+
+export interface ClientOptions {
+  /** The arq queue; default AUDITQ_QUEUE or "audit-logs". */
+  queue?: string;
+  /** `capture` resolves within this; default 250 ms. */
+  captureTimeoutMs?: number;
+  /** Events buffered at most; beyond, an event is dropped (and its failure line written). */
+  bufferMaxEvents?: number;
+  /** A batch leaves at most this long after its first event; default 5 ms. */
+  flushIntervalMs?: number;
+  /** Events per batch at most; default 500. */
+  flushMaxEvents?: number;
+  /** An encoded event's limit; default 64 KiB. */
+  maxEventBytes?: number;
+  /** Keys redacted besides auditq's rules (AUDITQ_REDACT_EXTRA_KEYS). */
+  redactExtraKeys?: string[];
+  /** Where failure lines go; default console.error. */
+  logger?: Logger;
+}
+
+/** What the client counted since it started. */
+export interface ClientStats {
+  sent: number;
+  failed: number;
+  dropped: number;
+}
+
+class AuditqError extends Error {
+  constructor(message: string) {
+    super(message);
+    this.name = new.target.name;
+  }
+}
+export class InvalidEvent extends AuditqError {}
+export class BufferFull extends AuditqError {}
+export class ClientClosed extends AuditqError {}
+export class CaptureTimeout extends AuditqError {}
+/** The event's batch was sent and no answer came in time: it may still be stored. */
+export class DeliveryUncertain extends AuditqError {}
+
+const QUEUED = 0;
+const SENT = 1;
+const DONE = 2;
+
+interface Waiter {
+  resolve(id: string | null): void;
+  timer: NodeJS.Timeout | undefined;
+}
+
+interface Item {
+  payload: string;
+  id: string;
+  event: AuditEvent; // for the failure line
+  state: number;
+  waiter: Waiter | undefined;
+}
+
+const validActions = new Set<string>();
+
+// Random bytes for the ids, drawn from the system a pool at a time: one getrandom call per
+// id cost more than the rest of a capture on a loaded machine.
+const RANDOM_POOL = new Uint8Array(16 * 1024);
+let randomOffset = RANDOM_POOL.length;
+
+// The time of capture as RFC 3339, made once per millisecond (events come many a millisecond).
+let lastMs = 0;
+let lastIso = "";
+
+function isoNow(): string {
+  const now = Date.now();
+  if (now !== lastMs) {
+    lastMs = now;
+    lastIso = new Date(now).toISOString();
+  }
+  return lastIso;
+}
+
+function pooledRandom(): Uint8Array {
+  if (randomOffset + 16 > RANDOM_POOL.length) {
+    randomFillSync(RANDOM_POOL);
+    randomOffset = 0;
+  }
+  randomOffset += 16;
+  return RANDOM_POOL.subarray(randomOffset - 16, randomOffset);
+}
+
+function envList(name: string): string[] {
+  return (process.env[name] ?? "").split(",").map((s) => s.trim()).filter(Boolean);
+}
+
+/** Enqueue audit events into auditq's Redis queue in batches; never throw to the caller. */
+export class AuditClient {
+  readonly queue: string;
+  private readonly redis: Redis;
+  private readonly redactor: Redactor;
+  private readonly logger: Logger;
+  private readonly captureTimeoutMs: number;
+  private readonly bufferMaxEvents: number;
+  private readonly flushIntervalMs: number;
+  private readonly flushMaxEvents: number;
+  private readonly maxEventBytes: number;
+  private readonly sendTimeoutMs: number;
+  private buffer: Item[] = [];
+  private timer: NodeJS.Timeout | undefined;
+  private sending: Promise<void> | undefined;
+  private closing = false;
+  private functions = true; // FCALL, else EVAL of the shipped script (a Redis before 7)
+  private readonly counts: ClientStats = { sent: 0, failed: 0, dropped: 0 };
+
+  /** Make a client of the Redis at `redisUrl` (no I/O until the first event). */
+  constructor(redisUrl: string, options: ClientOptions = {}) {
+    this.queue = options.queue ?? (process.env.AUDITQ_QUEUE || "audit-logs");
+    this.captureTimeoutMs = options.captureTimeoutMs ?? 250;
+    this.bufferMaxEvents = options.bufferMaxEvents ?? 100_000;
+    this.flushIntervalMs = options.flushIntervalMs ?? 5;
+    this.flushMaxEvents = options.flushMaxEvents ?? 500;
+    this.maxEventBytes = options.maxEventBytes ?? 64 * 1024;
+    this.logger = options.logger ?? console;
+    this.redactor = new Redactor(options.redactExtraKeys ?? envList("AUDITQ_REDACT_EXTRA_KEYS"));
+    for (const [name, value] of Object.entries({
+      captureTimeoutMs: this.captureTimeoutMs,
+      bufferMaxEvents: this.bufferMaxEvents,
+      flushIntervalMs: this.flushIntervalMs,
+      flushMaxEvents: this.flushMaxEvents,
+      maxEventBytes: this.maxEventBytes,
+    })) {
+      if (!(value > 0)) throw new RangeError(`${name} must be positive, not ${value}`);
+    }
+    if (!this.queue) throw new RangeError("queue must not be empty");
+    this.sendTimeoutMs = this.captureTimeoutMs * SEND_TIMEOUT_FACTOR;
+    this.redis = new Redis(redisUrl, {
+      lazyConnect: true,
+      // No commandTimeout: its timer counts time this process spent busy as Redis's (see
+      // `enqueue`, which bounds each send itself).
+      connectTimeout: CONNECT_TIMEOUT_MS,
+      maxRetriesPerRequest: 1,
+      retryStrategy: (times) => Math.min(times * 50, 1000),
+    });
+    // Connection errors surface per batch, as failure lines; without a listener ioredis
+    // would print each reconnect attempt.
+    this.redis.on("error", () => undefined);
+  }
+
+  /** Enqueue one event; resolve to its id, or null (failure line written). Never rejects. */
+  capture(event: AuditEvent): Promise<string | null> {
+    let item: Item;
+    try {
+      item = this.prepare(event);
+    } catch (error) {
+      this.fail(event, error);
+      return Promise.resolve(null);
+    }
+    return new Promise((resolve) => {
+      const waiter: Waiter = { resolve, timer: undefined };
+      item.waiter = waiter;
+      waiter.timer = setTimeout(() => setImmediate(() => this.expire(item)), this.captureTimeoutMs);
+      this.push(item);
+    });
+  }
+
+  /** Buffer one event for the next batch; return at once. Never throws. */
+  captureNowait(event: AuditEvent): void {
+    try {
+      this.push(this.prepare(event));
+    } catch (error) {
+      this.fail(event, error);
+    }
+  }
+
+  /** Send what is buffered (waiting at most `timeoutMs`), then close the connection. */
+  async close(timeoutMs = 5000): Promise<void> {
+    this.closing = true;
+    try {
+      const flushed = (async () => {
+        while (this.buffer.length > 0 || this.sending) await this.drain();
+      })();
+      let timer: NodeJS.Timeout | undefined;
+      const late = new Promise<void>((resolve) => {
+        timer = setTimeout(resolve, timeoutMs);
+      });
+      await Promise.race([flushed, late]);
+      clearTimeout(timer);
+      for (const item of this.buffer.splice(0)) {
+        this.settle(item, null, new ClientClosed("the audit client closed before sending it"));
+      }
+    } catch {
+      // close never rejects
+    } finally {
+      clearTimeout(this.timer);
+      this.redis.disconnect();
+    }
+  }
+
+  /** Counts since the client started: events sent, failed (logged) and dropped. */
+  stats(): ClientStats {
+    return { ...this.counts };
+  }
+
+  // Preparing an event, in the caller's turn.
+
+  private prepare(event: AuditEvent): Item {
+    if (this.closing) throw new ClientClosed("the audit client is closed");
+    if (event === null || typeof event !== "object" || Array.isArray(event)) {
+      throw new InvalidEvent(`expected an event object, not ${event === null ? "null" : typeof event}`);
+    }
+    const action = event.action;
+    if (!validActions.has(action)) {
+      if (typeof action !== "string" || action.length > ACTION_MAX_CHARS || !ACTION_PATTERN.test(action)) {
+        throw new InvalidEvent(`\`action\` must match ${ACTION_PATTERN.source}, not ${JSON.stringify(action)?.slice(0, 200)}`);
+      }
+      if (validActions.size < VALID_ACTIONS_KEPT) validActions.add(action);
+    }
+    let done: AuditEvent = event;
+    const context = currentContext();
+    let withRequest = false;
+    if (context !== undefined) {
+      done = withContext(event, context);
+      withRequest = done !== event;
+    }
+    let json: string;
+    try {
+      json = JSON.stringify(done);
+    } catch (error) {
+      throw new InvalidEvent(`cannot encode the event: ${(error as Error).message}`);
+    }
+    // The event as given, and what the context added (the id and ts made here are clean).
+    const redactor = this.redactor;
+    if (
+      redactor.mayHoldSecret(event) ||
+      (withRequest && (redactor.mayHoldSecret(done.request) || redactor.mayHoldSecret(done.actor)))
+    ) {
+      // One walk over the event (its strings and keys mostly remembered); most stop there.
+      done = redactor.redact(done) as AuditEvent;
+      json = JSON.stringify(done);
+    }
+    // The id and ts, when made here, are written in front: no copy of the event is made.
+    const id = event.id ?? uuidv7({ rng: pooledRandom });
+    let head = event.id === undefined ? `"id":"${id}",` : "";
+    if (event.ts === undefined) head += `"ts":"${isoNow()}",`;
+    const payload = head === "" ? json : `{${head}${json.slice(1)}`;
+    if (payload.length * 3 > this.maxEventBytes) {
+      const bytes = Buffer.byteLength(payload);
+      if (bytes > this.maxEventBytes) {
+        throw new InvalidEvent(`event is ${bytes} bytes encoded, more than the limit of ${this.maxEventBytes}`);
+      }
+    }
+    return { payload, id, event: done, state: QUEUED, waiter: undefined };
+  }
+
+  // Buffering and sending.
+
+  private push(item: Item): void {
+    if (this.buffer.length >= this.bufferMaxEvents) {
+      this.counts.dropped += 1;
+      this.settle(item, null, new BufferFull(`the buffer holds ${this.bufferMaxEvents} events: dropped`));
+      return;
+    }
+    this.buffer.push(item);
+    if (this.sending) return; // the sender takes it after its batch in flight
+    if (this.buffer.length >= this.flushMaxEvents) {
+      clearTimeout(this.timer);
+      this.timer = undefined;
+      void this.drain();
+    } else if (this.timer === undefined) {
+      this.timer = setTimeout(() => {
+        this.timer = undefined;
+        void this.drain();
+      }, this.flushIntervalMs);
+    }
+  }
+
+  private drain(): Promise<void> {
+    if (this.sending === undefined) {
+      this.sending = (async () => {
+        try {
+          while (this.buffer.length > 0) await this.send(this.take());
+        } finally {
+          this.sending = undefined;
+        }
+      })();
+    }
+    return this.sending;
+  }
+
+  private take(): Item[] {
+    let count = 0;
+    let bytes = 2;
+    const limit = Math.min(this.buffer.length, this.flushMaxEvents);
+    while (count < limit) {
+      bytes += this.buffer[count]!.payload.length + 1;
+      if (count > 0 && bytes > BATCH_MAX_BYTES) break;
+      count += 1;
+    }
+    if (count === this.buffer.length) {
+      const batch = this.buffer;
+      this.buffer = [];
+      return batch;
+    }
+    return this.buffer.splice(0, count);
+  }
+
+  private async send(batch: Item[]): Promise<void> {
+    const live = batch.filter((item) => item.state === QUEUED);
+    if (live.length === 0) return;
+    let payload = "[";
+    for (let i = 0; i < live.length; i++) {
+      live[i]!.state = SENT;
+      payload += (i === 0 ? "" : ",") + live[i]!.payload;
+    }
+    payload += "]";
+    try {
+      await this.enqueue(payload);
+    } catch (error) {
+      for (const item of live) this.settle(item, null, error);
+      return;
+    }
+    this.counts.sent += live.length;
+    for (const item of live) this.settle(item, item.id, undefined);
+  }
+
+  private async enqueue(payload: string): Promise<void> {
+    let timer: NodeJS.Timeout | undefined;
+    const bound = this.sendTimeoutMs;
+    const late = new Promise<never>((_, reject) => {
+      let due = performance.now() + bound;
+      let grace = LATE_TIMER_GRACES;
+      const expire = () => {
+        // A timer that fires far past its time says this process was busy (a long
+        // synchronous stretch), not that Redis was slow: the command may not even have been
+        // written. Give Redis the bound again, a few times at most.
+        if (performance.now() - due > bound / 2 && grace-- > 0) {
+          due = performance.now() + bound;
+          timer = setTimeout(expire, bound);
+          return;
+        }
+        // Rejected in the check phase, after the poll phase read what Redis already sent.
+        setImmediate(() =>
+          reject(new DeliveryUncertain(`no answer from Redis within ${bound} ms`)),
+        );
+      };
+      timer = setTimeout(expire, bound);
+    });
+    try {
+      await Promise.race([this.call(payload), late]);
+    } finally {
+      clearTimeout(timer);
+    }
+  }
+
+  private async call(payload: string): Promise<unknown> {
+    if (this.functions) {
+      try {
+        return await this.redis.call("FCALL", ENQUEUE_FUNCTION, "1", this.queue, payload);
+      } catch (error) {
+        const message = String((error as Error).message).toLowerCase();
+        if (message.includes("unknown command") && message.includes("fcall")) {
+          this.functions = false; // before Redis 7: the same script, as EVAL
+        } else if (!message.includes("function not found")) {
+          throw error;
+        }
+        // The library not loaded yet (a fresh Redis before `auditq migrate` or a worker
+        // loaded it): the same script, as EVAL, this time.
+      }
+    }
+    return await this.redis.call("EVAL", ENQUEUE_SCRIPT, "1", this.queue, payload);
+  }
+
+  /** The capture bound passed (checked after the poll phase, see `enqueue`). */
+  private expire(item: Item): void {
+    if (item.state === QUEUED) {
+      item.state = DONE; // the sender skips it
+      this.settle(item, null, new CaptureTimeout(`not sent within ${this.captureTimeoutMs} ms`));
+    } else if (item.state === SENT) {
+      this.settle(
+        item,
+        null,
+        new DeliveryUncertain(
+          `sent, and no answer within ${this.captureTimeoutMs} ms: it may still be stored; resend with the same id`,
+        ),
+      );
+    }
+  }
+
+  private settle(item: Item, id: string | null, error: unknown): void {
+    const waiter = item.waiter;
+    const answered = item.state === DONE && waiter === undefined;
+    item.state = DONE;
+    item.waiter = undefined;
+    if (waiter !== undefined) {
+      clearTimeout(waiter.timer);
+      waiter.resolve(id);
+    }
+    if (error !== undefined && !answered) this.fail(item.event, error);
+  }
+
+  private fail(event: unknown, error: unknown): void {
+    this.counts.failed += 1;
+    try {
+      this.logger.error(failureLine(event, error, currentContext(), this.redactor));
+    } catch {
+      // a broken logger must not break the caller either
+    }
+  }
+}
+
+/** Fill the request and actor an event lacks from the current context. */
+function withContext(event: AuditEvent, context: AuditContext): AuditEvent {
+  const actor = event.actor ?? contextActor(context);
+  const known = {
+    id: context.requestId,
+    ip: context.ip,
+    user_agent: context.userAgent,
+    method: context.method,
+    path: context.path,
+  };
+  let request = event.request;
+  for (const [name, value] of Object.entries(known)) {
+    if (value !== undefined && (request === undefined || request[name as keyof typeof known] === undefined)) {
+      request = { ...request, [name]: value };
+    }
+  }
+  return { ...event, ...(actor ? { actor } : {}), ...(request ? { request } : {}) };
+}

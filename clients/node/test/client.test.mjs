@@ -1,0 +1,356 @@
+// The client against a real Redis (the suite's embedded Valkey: AUDITQ_TEST_REDIS_URL). What
+// it queued is read back here; the stored rows are checked by tests/producer/test_node_client.py
+// from the report each test appends to (AUDITQ_TEST_REPORT).
+import assert from "node:assert/strict";
+import { appendFileSync } from "node:fs";
+import { createServer } from "node:net";
+import { after, before, describe, test } from "node:test";
+
+import express from "express";
+import Fastify from "fastify";
+import { Redis } from "ioredis";
+
+import {
+  AuditClient,
+  FAILURE_PREFIX,
+  auditContext,
+  fastifyAuditContext,
+  setActor,
+} from "../dist/index.js";
+
+const REDIS_URL = process.env.AUDITQ_TEST_REDIS_URL;
+const QUEUE = process.env.AUDITQ_TEST_QUEUE ?? `node-test-${process.pid}`;
+const REPORT = process.env.AUDITQ_TEST_REPORT;
+const UUID7 = /^[0-9a-f]{8}-[0-9a-f]{4}-7[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$/;
+
+if (!REDIS_URL) throw new Error("set AUDITQ_TEST_REDIS_URL (make test does)");
+
+/** Tell the Python side which row to expect in the store, with which values. */
+function expectStored(row) {
+  if (REPORT) appendFileSync(REPORT, `${JSON.stringify(row)}\n`);
+}
+
+function collectingLogger() {
+  const lines = [];
+  return { lines, error: (line) => lines.push(line) };
+}
+
+function failurePayload(line) {
+  assert.ok(line.startsWith(FAILURE_PREFIX), line);
+  return JSON.parse(line.slice(FAILURE_PREFIX.length));
+}
+
+/** A loopback port nothing listens on: a Redis that is down. */
+async function deadPort() {
+  const server = createServer();
+  await new Promise((resolve) => server.listen(0, "127.0.0.1", resolve));
+  const { port } = server.address();
+  await new Promise((resolve) => server.close(resolve));
+  return port;
+}
+
+let redis;
+before(() => {
+  redis = new Redis(REDIS_URL);
+});
+after(async () => {
+  await redis.quit();
+});
+
+/** Every event queued in `queue`, from the arq jobs the enqueue function wrote. */
+async function queuedEvents(queue) {
+  const events = [];
+  const jobs = await redis.zrange(queue, 0, -1);
+  for (const taskId of jobs) {
+    const job = JSON.parse(await redis.get(`arq:job:${taskId}`));
+    const payload = JSON.parse(job.a[0]);
+    events.push(...(Array.isArray(payload) ? payload : [payload]));
+  }
+  return { events, jobs: jobs.length };
+}
+
+describe("capture", () => {
+  test("resolves to a UUIDv7 id, and the event is queued with it", async () => {
+    const client = new AuditClient(REDIS_URL, { queue: QUEUE });
+    const id = await client.capture({
+      action: "node.captured",
+      actor: { id: "u-1", type: "user" },
+      entity: { type: "project", id: "42" },
+      metadata: { plan: "pro" },
+    });
+    await client.close();
+    assert.match(id, UUID7);
+    const { events } = await queuedEvents(QUEUE);
+    const event = events.find((e) => e.id === id);
+    assert.equal(event.action, "node.captured");
+    assert.ok(Math.abs(Date.parse(event.ts) - Date.now()) < 60_000);
+    expectStored({ id, action: "node.captured", actor_id: "u-1", entity_id: "42", metadata: { plan: "pro" } });
+  });
+
+  test("keeps the id and ts an event brings (a resend is stored once)", async () => {
+    const client = new AuditClient(REDIS_URL, { queue: QUEUE });
+    const own = { id: "01890a5d-ac96-774b-bcce-b302099a8057", ts: "2026-01-02T03:04:05.000Z" };
+    const id = await client.capture({ action: "node.resent", ...own });
+    await client.close();
+    assert.equal(id, own.id);
+    const { events } = await queuedEvents(QUEUE);
+    const event = events.find((e) => e.id === own.id);
+    assert.equal(event.ts, own.ts);
+    assert.equal(Object.keys(event).filter((k) => k === "id").length, 1);
+  });
+
+  test("redacts secrets by the shared rules before the event leaves the process", async () => {
+    const client = new AuditClient(REDIS_URL, { queue: QUEUE, redactExtraKeys: ["ssn"] });
+    const id = await client.capture({
+      action: "node.redacted",
+      metadata: {
+        password: "hunter2",
+        userPassword: "hunter3",
+        nested: { Authorization: "Bearer abc.def.ghi", apiKey: 12345 },
+        user_ssn: "123-45-6789",
+        token_count: 3,
+        note: "callback https://bob:s3cr3t@example.org/x?access_token=zzz",
+        aws: "AKIAIOSFODNN7REALKEY",
+      },
+      changes: [{ field: "password", old: "a", new: "b" }, { field: "plan", old: "free", new: "pro" }],
+    });
+    await client.close();
+    const { events } = await queuedEvents(QUEUE);
+    const event = events.find((e) => e.id === id);
+    const expected = {
+      password: "[REDACTED]",
+      userPassword: "[REDACTED]",
+      nested: { Authorization: "[REDACTED]", apiKey: "[REDACTED]" },
+      user_ssn: "[REDACTED]",
+      token_count: 3,
+      note: "callback https://bob:[REDACTED]@example.org/x?access_token=[REDACTED]",
+      aws: "[REDACTED]",
+    };
+    assert.deepEqual(event.metadata, expected);
+    assert.deepEqual(event.changes, [
+      { field: "password", old: "[REDACTED]", new: "[REDACTED]" },
+      { field: "plan", old: "free", new: "pro" },
+    ]);
+    assert.ok(!JSON.stringify(events).includes("hunter"));
+    expectStored({ id, action: "node.redacted", metadata: expected });
+  });
+
+  test("never rejects and answers null in bounded time when Redis is down", async () => {
+    const logger = collectingLogger();
+    const port = await deadPort();
+    const client = new AuditClient(`redis://127.0.0.1:${port}/0`, { queue: QUEUE, logger });
+    const started = performance.now();
+    const results = await Promise.all([
+      client.capture({ action: "node.lost", actor: { id: "u-9", type: "user" } }),
+      client.capture({ action: "node.lost" }),
+    ]);
+    const elapsed = performance.now() - started;
+    await client.close();
+    assert.deepEqual(results, [null, null]);
+    assert.ok(elapsed < 2000, `answered after ${elapsed} ms`); // the bound is 250 ms; slack for load
+    assert.equal(logger.lines.length, 2);
+    const payload = failurePayload(logger.lines[0]);
+    assert.deepEqual(Object.keys(payload), [
+      "action", "entityType", "entityId", "userId", "requestId", "errorName", "errorMessage",
+    ]);
+    assert.equal(payload.action, "node.lost");
+    assert.equal(payload.userId, "u-9");
+    assert.ok(!logger.lines[0].includes("\n") && !logger.lines[0].includes("    at "));
+  });
+
+  test("bad input is a failure line and null, never an exception; its secrets redacted", async () => {
+    const logger = collectingLogger();
+    const client = new AuditClient(REDIS_URL, { queue: QUEUE, logger });
+    const circular = { action: "node.circular", metadata: {} };
+    circular.metadata.self = circular.metadata;
+    assert.equal(await client.capture({ action: "password=hunter2 not an action" }), null);
+    assert.equal(await client.capture(null), null);
+    assert.equal(await client.capture(circular), null);
+    assert.doesNotThrow(() => client.captureNowait(42));
+    assert.equal(
+      await client.capture({ action: "node.too_big", metadata: { blob: "x".repeat(70_000) } }),
+      null,
+    );
+    await client.close();
+    const names = logger.lines.map((line) => failurePayload(line).errorName);
+    assert.deepEqual(names, ["InvalidEvent", "InvalidEvent", "InvalidEvent", "InvalidEvent", "InvalidEvent"]);
+    assert.ok(!logger.lines.join("\n").includes("hunter2"), logger.lines[0]);
+  });
+
+  test("the default logger is console.error, with the same line", async () => {
+    const original = console.error;
+    const lines = [];
+    console.error = (line) => lines.push(line);
+    try {
+      const client = new AuditClient(REDIS_URL, { queue: QUEUE });
+      client.captureNowait({ action: "Not.Valid" });
+      await client.close();
+    } finally {
+      console.error = original;
+    }
+    assert.equal(lines.length, 1);
+    assert.equal(failurePayload(lines[0]).errorName, "InvalidEvent");
+  });
+});
+
+describe("captureNowait", () => {
+  test("returns at once, sends in batches, and close() flushes every event", async () => {
+    const queue = `${QUEUE}-batch`;
+    const client = new AuditClient(REDIS_URL, { queue });
+    const count = 3000;
+    for (let i = 0; i < count; i++) {
+      client.captureNowait({ action: "node.batched", entity: { type: "item", id: String(i) } });
+    }
+    await client.close();
+    const { events, jobs } = await queuedEvents(queue);
+    assert.equal(events.length, count);
+    assert.deepEqual(new Set(events.map((e) => e.entity.id)).size, count);
+    assert.ok(jobs <= count / 100, `${jobs} jobs for ${count} events`); // batches, not one per event
+    assert.equal(client.stats().sent, count);
+    const ids = await redis.zrange(queue, 0, -1);
+    await redis.del(queue, `auditq:open-job:${queue}`, ...ids.map((taskId) => `arq:job:${taskId}`));
+  });
+
+  test("keeps bounded memory: beyond the buffer, events are dropped, counted and logged", async () => {
+    const logger = collectingLogger();
+    const port = await deadPort();
+    const client = new AuditClient(`redis://127.0.0.1:${port}/0`, {
+      queue: QUEUE,
+      logger,
+      bufferMaxEvents: 10,
+      flushIntervalMs: 60_000, // nothing leaves before close
+    });
+    for (let i = 0; i < 25; i++) client.captureNowait({ action: "node.overflow" });
+    assert.equal(client.stats().dropped, 15);
+    const names = logger.lines.map((line) => failurePayload(line).errorName);
+    assert.deepEqual(names, Array(15).fill("BufferFull"));
+    await client.close(1000);
+  });
+
+  test("after close, an event is refused with a failure line", async () => {
+    const logger = collectingLogger();
+    const client = new AuditClient(REDIS_URL, { queue: QUEUE, logger });
+    await client.close();
+    assert.equal(await client.capture({ action: "node.late" }), null);
+    client.captureNowait({ action: "node.late" });
+    assert.deepEqual(
+      logger.lines.map((line) => failurePayload(line).errorName),
+      ["ClientClosed", "ClientClosed"],
+    );
+  });
+});
+
+describe("request context", () => {
+  test("Express: request id, client IP behind a trusted proxy, user agent, method, path, actor", async () => {
+    const client = new AuditClient(REDIS_URL, { queue: QUEUE });
+    const app = express();
+    app.use(auditContext({ trustedProxies: ["127.0.0.1", "10.0.0.0/8"] }));
+    app.use((req, _res, next) => {
+      if (req.get("X-User")) setActor({ id: req.get("X-User"), type: "user" }); // the app's auth
+      next();
+    });
+    app.put("/projects/:id", async (req, res) => {
+      const id = await client.capture({ action: "project.updated", entity: { type: "project", id: req.params.id } });
+      setTimeout(() => client.captureNowait({ action: "project.notified" }), 5); // after the response
+      res.json({ id });
+    });
+    const server = app.listen(0, "127.0.0.1");
+    await new Promise((resolve) => server.once("listening", resolve));
+    const { port } = server.address();
+    try {
+      const response = await fetch(`http://127.0.0.1:${port}/projects/42?token=s3cr3t`, {
+        method: "PUT",
+        headers: {
+          "X-Request-ID": "ex-1",
+          "X-Forwarded-For": "198.51.100.9, 10.0.0.7",
+          "User-Agent": "node-test/1",
+          "X-User": "ada",
+        },
+      });
+      assert.equal(response.status, 200);
+      assert.equal(response.headers.get("x-request-id"), "ex-1");
+      const { id } = await response.json();
+      assert.match(id, UUID7);
+      const spoofed = await fetch(`http://127.0.0.1:${port}/projects/43`, {
+        method: "PUT",
+        headers: { "X-Request-ID": "x".repeat(129), "X-Real-IP": "203.0.113.1" },
+      });
+      const newId = spoofed.headers.get("x-request-id");
+      assert.match(newId, /^[0-9a-f]{32}$/);
+      await new Promise((resolve) => setTimeout(resolve, 50));
+      await client.close();
+      const request = { id: "ex-1", ip: "198.51.100.9", user_agent: "node-test/1", method: "PUT", path: "/projects/42" };
+      const { events } = await queuedEvents(QUEUE);
+      const mine = events.filter((e) => e.request?.id === "ex-1");
+      assert.deepEqual(
+        mine.map((e) => [e.action, e.actor?.id, e.request]).sort(),
+        [
+          ["project.notified", "ada", request],
+          ["project.updated", "ada", request],
+        ],
+      );
+      const other = events.find((e) => e.request?.id === newId);
+      // The peer is a trusted proxy and names nobody in X-Forwarded-For: its X-Real-IP holds.
+      assert.equal(other.request.ip, "203.0.113.1");
+      assert.equal(other.actor, undefined);
+      expectStored({ id, action: "project.updated", actor_id: "ada", entity_id: "42", request_id: "ex-1", ip: "198.51.100.9", user_agent: "node-test/1", method: "PUT", path: "/projects/42" });
+    } finally {
+      server.close();
+    }
+  });
+
+  test("Express: a peer that is not a trusted proxy cannot choose its recorded IP", async () => {
+    const client = new AuditClient(REDIS_URL, { queue: QUEUE });
+    const app = express();
+    app.use(auditContext({ trustedProxies: [] }));
+    app.get("/", async (_req, res) => res.json({ id: await client.capture({ action: "node.spoofed" }) }));
+    const server = app.listen(0, "127.0.0.1");
+    await new Promise((resolve) => server.once("listening", resolve));
+    try {
+      const response = await fetch(`http://127.0.0.1:${server.address().port}/`, {
+        headers: { "X-Forwarded-For": "198.51.100.77", "X-Real-IP": "198.51.100.78" },
+      });
+      const { id } = await response.json();
+      await client.close();
+      const { events } = await queuedEvents(QUEUE);
+      assert.equal(events.find((e) => e.id === id).request.ip, "127.0.0.1");
+    } finally {
+      server.close();
+    }
+  });
+
+  test("Fastify: the onRequest hook gives every capture the request's context", async () => {
+    const client = new AuditClient(REDIS_URL, { queue: QUEUE });
+    const app = Fastify();
+    app.decorateRequest("user", null);
+    app.addHook("onRequest", async (request) => {
+      request.user = { id: request.headers["x-user"] };
+    });
+    app.addHook(
+      "onRequest",
+      fastifyAuditContext({
+        trustedProxies: "127.0.0.1",
+        actorResolver: (request) => (request.user?.id ? { id: request.user.id, type: "user" } : undefined),
+      }),
+    );
+    app.post("/reports/:id", async (request) => ({
+      id: await client.capture({ action: "report.exported", entity: { type: "report", id: request.params.id } }),
+    }));
+    const response = await app.inject({
+      method: "POST",
+      url: "/reports/7",
+      headers: { "x-request-id": "fy-1", "x-user": "grace", "user-agent": "fastify-test" },
+      remoteAddress: "127.0.0.1",
+    });
+    await app.close();
+    await client.close();
+    assert.equal(response.statusCode, 200);
+    assert.equal(response.headers["x-request-id"], "fy-1");
+    const { id } = response.json();
+    const { events } = await queuedEvents(QUEUE);
+    const event = events.find((e) => e.id === id);
+    assert.deepEqual(event.actor, { id: "grace", type: "user" });
+    assert.deepEqual(event.request, { id: "fy-1", ip: "127.0.0.1", user_agent: "fastify-test", method: "POST", path: "/reports/7" });
+    expectStored({ id, action: "report.exported", actor_id: "grace", request_id: "fy-1", path: "/reports/7" });
+  });
+});

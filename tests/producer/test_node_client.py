@@ -1,0 +1,256 @@
+"""The Node.js client (clients/node): its own tests run against the suite's Valkey, and every
+event they expect stored is stored, with those values, by the real worker."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import httpx
+import pytest
+import redis.asyncio as aioredis
+
+from service.queue import load_functions
+from service.settings import Settings
+from tests.conftest import running_worker, wait_for
+
+ROOT = Path(__file__).resolve().parents[2]
+NODE_DIR = ROOT / "clients" / "node"
+EXPRESS_EXAMPLE = ROOT / "docs" / "examples" / "express_example.mjs"
+NPM_TIMEOUT = 600.0  # seconds: a first `npm ci` downloads the dev dependencies
+RUN_TIMEOUT = 300.0  # seconds
+
+
+def npm() -> str:
+    """npm, with the package's dependencies installed (from the npm registry when missing)."""
+    found = shutil.which("npm")
+    if found is None or shutil.which("node") is None:
+        if os.environ.get("CI"):
+            pytest.fail("node and npm are required in CI")
+        pytest.skip("node and npm are not installed")
+    if not (NODE_DIR / "node_modules" / ".package-lock.json").exists():
+        subprocess.run(
+            [found, "ci", "--no-audit", "--no-fund", "--loglevel=error"],
+            cwd=NODE_DIR,
+            check=True,
+            timeout=NPM_TIMEOUT,
+        )
+    return found
+
+
+async def stored_rows(settings: Settings, database_url: str, ids: list[str]) -> dict[str, Any]:
+    """Run the worker until every id is stored; return the rows by id."""
+
+    async def fetch() -> dict[str, Any]:
+        conn = await asyncpg.connect(database_url)
+        try:
+            rows = await conn.fetch(
+                "SELECT id::text, action, actor_id, entity_id, request_id, host(ip) AS ip,"
+                " user_agent, method, path, metadata, received_via FROM audit_log"
+                " WHERE id = ANY($1::uuid[])",
+                ids,
+            )
+        finally:
+            await conn.close()
+        return {row["id"]: dict(row) for row in rows}
+
+    async def all_stored() -> bool:
+        return len(await fetch()) == len(ids)
+
+    async with running_worker(settings):
+        await wait_for(all_stored, within_s=60)
+    return await fetch()
+
+
+async def test_the_node_client_suite_passes_and_its_events_are_stored(
+    settings: Settings, database_url: str, redis: aioredis.Redis, tmp_path: Path
+) -> None:
+    npm_path = npm()
+    await load_functions(redis)  # as `auditq migrate` and every worker do: FCALL works
+    report = tmp_path / "stored.jsonl"
+    assert settings.redis_url
+    env = {
+        **os.environ,
+        "AUDITQ_TEST_REDIS_URL": settings.redis_url,
+        "AUDITQ_TEST_QUEUE": settings.queue,
+        "AUDITQ_TEST_REPORT": str(report),
+    }
+    proc = await asyncio.create_subprocess_exec(
+        npm_path,
+        "test",
+        cwd=NODE_DIR,
+        env=env,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+    )
+    output, _ = await asyncio.wait_for(proc.communicate(), RUN_TIMEOUT)
+    assert proc.returncode == 0, output.decode()[-6000:]
+
+    expected = [json.loads(line) for line in report.read_text().splitlines()]
+    assert len(expected) >= 4
+    rows = await stored_rows(settings, database_url, [e["id"] for e in expected])
+    for want in expected:
+        row = rows[want["id"]]
+        assert row["received_via"] == f"redis:{settings.queue}"
+        for name, value in want.items():
+            got = json.loads(row[name]) if name == "metadata" else row[name]
+            assert got == value, (want["id"], name)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+async def test_the_express_example_records_each_request_with_its_context(
+    settings: Settings, database_url: str, redis: aioredis.Redis, tmp_path: Path
+) -> None:
+    npm_path = npm()
+    await load_functions(redis)
+    build = await asyncio.create_subprocess_exec(
+        npm_path,
+        "run",
+        "build",
+        cwd=NODE_DIR,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+    )
+    built, _ = await asyncio.wait_for(build.communicate(), RUN_TIMEOUT)
+    assert build.returncode == 0, built.decode()
+    # An application directory where `auditq-client` and `express` are installed packages.
+    app_dir = tmp_path / "app"
+    modules = app_dir / "node_modules"
+    modules.mkdir(parents=True)
+    (modules / "auditq-client").symlink_to(NODE_DIR)
+    (modules / "express").symlink_to(NODE_DIR / "node_modules" / "express")
+    shutil.copy(EXPRESS_EXAMPLE, app_dir / "server.mjs")
+    port = free_port()
+    assert settings.redis_url
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith("AUDITQ_")},
+        "AUDITQ_REDIS_URL": settings.redis_url,
+        "AUDITQ_QUEUE": settings.queue,
+        "AUDITQ_TRUSTED_PROXIES": "127.0.0.1",
+        "PORT": str(port),
+    }
+    proc = await asyncio.create_subprocess_exec(
+        "node",
+        "server.mjs",
+        cwd=app_dir,
+        env=env,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    try:
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as http:
+
+            async def listening() -> bool:
+                if proc.returncode is not None:
+                    raise AssertionError("the example exited at start")
+                try:
+                    await http.get("/")
+                except httpx.TransportError:
+                    return False
+                return True
+
+            await wait_for(listening, within_s=60)
+            response = await http.put(
+                "/projects/42",
+                headers={
+                    "X-User": "ada",
+                    "X-Request-ID": "node-1",
+                    "X-Forwarded-For": "198.51.100.5",
+                    "User-Agent": "ex/3",
+                },
+            )
+    finally:
+        if proc.returncode is None:
+            proc.send_signal(signal.SIGTERM)  # the example closes its client: a flush
+        _, stderr = await asyncio.wait_for(proc.communicate(), 60)
+    assert response.status_code == 200, stderr.decode()
+    assert response.headers["X-Request-ID"] == "node-1"
+    event_id = response.json()["audit_event"]
+    assert "[AuditLog]" not in stderr.decode()
+    rows = await stored_rows(settings, database_url, [event_id])
+    row = rows[event_id]
+    assert {k: row[k] for k in ("action", "actor_id", "entity_id", "request_id", "ip")} == {
+        "action": "project.updated",
+        "actor_id": "ada",
+        "entity_id": "42",
+        "request_id": "node-1",
+        "ip": "198.51.100.5",
+    }
+    assert (row["user_agent"], row["method"], row["path"]) == ("ex/3", "PUT", "/projects/42")
+
+
+# Keys and texts both clients must treat alike (both read service/redaction_rules.json).
+SAME_KEYS = [
+    *("password", "userPassword", "api_key", "apiKey", "x-api-key", "token_count"),
+    *("max_tokens", "sessionId", "Authorization", "primary_key", "publicKey", "client_secret"),
+    *("refresh_token", "access_token", "private_key", "password_hint", "passwordHash"),
+    *("dbPassword", "githubToken", "cookie", "set-cookie", "credentials", "two_factor_secret"),
+    *("backup_codes", "recovery_codes", "otp", "signature", "title", "name", "email", "note"),
+    *("description", "status", "oauth", "keyboard", "monkey", "passenger", "bypass"),
+    *("compass", "secretary", "tokens", "user_ssn", "foo_key", "pin", "cvv", "auth"),
+    *("session", "hmac", "mfa", "bearer"),
+]
+SAME_TEXTS = [
+    "postgres://app:hunter2@db.internal:5432/prod",
+    "Authorization: Bearer abc.def-ghi_123",
+    "callback https://x.example/cb?access_token=zzz&n=1",
+    "password=hunter2 user=ann",
+    '{"password": "x", "user": "ann"}',
+    "key AKIAIOSFODNN7REALKEY found",
+    "token ghp_0123456789abcdefghijABCDEFGHIJ012345",
+    "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxIn0.c2lnbmF0dXJl",
+    "basic authentication is off",
+    "quarterly flamingo report",
+    "redirect=https%3A%2F%2Fx%2F%3Ftoken%3Dabc%26n%3D1",
+    "aq_0123456789abcdefghijklmnop",
+]
+PARITY_SCRIPT = """
+const { KeyRule, Redactor } = await import(process.argv[1]);
+const [keys, texts] = JSON.parse(process.argv[2]);
+const rule = new KeyRule(["ssn"]);
+const redactor = new Redactor([]);
+const sensitive = keys.map((k) => rule.isSensitive(k));
+console.log(JSON.stringify([sensitive, texts.map((t) => redactor.redactString(t))]));
+"""
+
+
+def test_the_node_client_redacts_as_the_python_side_does(tmp_path: Path) -> None:
+    from service.redaction import is_sensitive_key, redact_sensitive_in_string
+
+    npm_path = npm()
+    subprocess.run([npm_path, "run", "build"], cwd=NODE_DIR, check=True, capture_output=True)
+    done = subprocess.run(
+        [
+            "node",
+            "--input-type=module",
+            "-e",
+            PARITY_SCRIPT,
+            str(NODE_DIR / "dist" / "redaction.js"),
+            json.dumps([SAME_KEYS, SAME_TEXTS]),
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=RUN_TIMEOUT,
+    )
+    node_keys, node_texts = json.loads(done.stdout)
+    python_keys = [is_sensitive_key(key, frozenset({"ssn"})) for key in SAME_KEYS]
+    assert dict(zip(SAME_KEYS, node_keys, strict=True)) == dict(
+        zip(SAME_KEYS, python_keys, strict=True)
+    )
+    assert node_texts == [redact_sensitive_in_string(text) for text in SAME_TEXTS]
+    assert node_texts[0] == "postgres://app:[REDACTED]@db.internal:5432/prod"
