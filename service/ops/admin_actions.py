@@ -19,6 +19,7 @@ from service.errors import AuditqError
 from service.events import Actor, AuditEvent, Entity, RequestInfo, finalize
 from service.settings import Settings
 from service.store import db
+from service.store.db import Conn
 
 logger = logging.getLogger(__name__)
 
@@ -74,7 +75,7 @@ def unwritable(action: str, exc: BaseException) -> AuditUnavailable:
     )
 
 
-async def record_admin_event(conn: asyncpg.Connection, event: AuditEvent) -> None:
+async def record_admin_event(conn: Conn, event: AuditEvent) -> None:
     """Write the event into the store now; AuditUnavailable when it cannot be written."""
     try:
         # Redacted and checked like any event (the server sets its id and time).

@@ -109,9 +109,7 @@ def pseudonym_of(settings: Settings, subject_id: str) -> str:
     return pseudonym(key, check_subject_id(subject_id))
 
 
-async def state(
-    conn: Conn, settings: Settings, subject_id: str
-) -> Anonymisation | None:
+async def state(conn: Conn, settings: Settings, subject_id: str) -> Anonymisation | None:
     """The state of the subject's erasure, or None if it was never asked."""
     row = await conn.fetchrow(sql.STATE, pseudonym_of(settings, subject_id))
     return None if row is None else msgspec.convert(dict(row), Anonymisation)
@@ -196,22 +194,22 @@ class _Run:
             letters = 0  # counted once
             if action is not None:
                 actions.append(action)
-        row = await self.conn.fetchrow(sql.STATE, self.name)
-        assert row is not None
+        done_row = await self.conn.fetchrow(sql.STATE, self.name)
+        assert done_row is not None
         logger.info(
             "subject %s anonymised: %d rows, %d Redis documents (%d dead letters) in %.1f s",
             self.name,
-            row["rows"],
+            done_row["rows"],
             rewritten,
-            row["dead_letters"],
+            done_row["dead_letters"],
             time.perf_counter() - started,
         )
         if reason is not None:
             reason = Scrubber({self.subject_id: self.name}, values).text(reason)
         return Outcome(
             pseudonym=self.name,
-            rows=int(row["rows"]),
-            dead_letters=int(row["dead_letters"]),
+            rows=int(done_row["rows"]),
+            dead_letters=int(done_row["dead_letters"]),
             redis_documents=rewritten,
             actions=actions,
             reason=reason,

@@ -13,6 +13,7 @@ from typing import Any
 import asyncpg
 import msgspec
 
+from service.store.db import Conn
 from service.store.items import Filters, where_of
 
 KINDS = ("webhook", "syslog", "splunk-hec", "elasticsearch")
@@ -200,35 +201,35 @@ def _destination(row: asyncpg.Record) -> Destination:
     )
 
 
-async def list_destinations(conn: asyncpg.Connection) -> list[Destination]:
+async def list_destinations(conn: Conn) -> list[Destination]:
     """Every destination, by name."""
     return [_destination(row) for row in await conn.fetch(SELECT_ALL)]
 
 
-async def destination_ids(conn: asyncpg.Connection) -> list[int]:
+async def destination_ids(conn: Conn) -> list[int]:
     """The ids of every destination."""
     return [row["id"] for row in await conn.fetch(SELECT_IDS)]
 
 
-async def get_destination(conn: asyncpg.Connection, name: str) -> Destination | None:
+async def get_destination(conn: Conn, name: str) -> Destination | None:
     """The destination of that name, or None."""
     row = await conn.fetchrow(SELECT_BY_NAME, name)
     return None if row is None else _destination(row)
 
 
-async def get_destination_by_id(conn: asyncpg.Connection, ident: int) -> Destination | None:
+async def get_destination_by_id(conn: Conn, ident: int) -> Destination | None:
     """The destination of that id, or None (removed)."""
     row = await conn.fetchrow(SELECT_BY_ID, ident)
     return None if row is None else _destination(row)
 
 
-async def read_secret(conn: asyncpg.Connection, ident: int) -> str | None:
+async def read_secret(conn: Conn, ident: int) -> str | None:
     """The destination's secret, to sign or authenticate a delivery; never to show."""
     secret: str | None = await conn.fetchval(SELECT_SECRET, ident)
     return secret
 
 
-async def start_position(conn: asyncpg.Connection, since: datetime | None) -> Position:
+async def start_position(conn: Conn, since: datetime | None) -> Position:
     """Where a destination starts: now, or just before the rows stored since `since`."""
     if since is not None:
         row = await conn.fetchrow(START_AT, since)
@@ -240,7 +241,7 @@ async def start_position(conn: asyncpg.Connection, since: datetime | None) -> Po
 
 
 async def add_destination(
-    conn: asyncpg.Connection,
+    conn: Conn,
     *,
     name: str,
     kind: str,
@@ -268,7 +269,7 @@ async def add_destination(
 
 
 async def update_destination(
-    conn: asyncpg.Connection, current: Destination, *, secret: str | None, clear_secret: bool
+    conn: Conn, current: Destination, *, secret: str | None, clear_secret: bool
 ) -> None:
     """Store `current`'s new settings (and a new secret, or none)."""
     async with conn.transaction():
@@ -288,24 +289,24 @@ async def update_destination(
             await conn.execute(DELETE_SECRET, current.id)
 
 
-async def remove_destination(conn: asyncpg.Connection, name: str) -> bool:
+async def remove_destination(conn: Conn, name: str) -> bool:
     """Remove a destination, its secret and position; False when there is none of that name."""
     return await conn.fetchval(DELETE_DESTINATION, name) is not None
 
 
-async def set_paused(conn: asyncpg.Connection, name: str, paused: bool) -> bool:
+async def set_paused(conn: Conn, name: str, paused: bool) -> bool:
     """Pause or resume; False when there is no destination of that name."""
     return await conn.fetchval(SET_PAUSED, name, paused) is not None
 
 
-async def backfill(conn: asyncpg.Connection, ident: int, since: datetime) -> Position:
+async def backfill(conn: Conn, ident: int, since: datetime) -> Position:
     """Send again every row stored since `since`: move the position back to before them."""
     start = await start_position(conn, since)
     await conn.execute(MOVE_POSITION, ident, start.xid, start.seq)
     return start
 
 
-async def lag(conn: asyncpg.Connection, position: Position) -> tuple[int, float]:
+async def lag(conn: Conn, position: Position) -> tuple[int, float]:
     """The rows stored after `position`, and how long the oldest of them has waited (s)."""
     row = await conn.fetchrow(SELECT_LAG, position.xid, position.seq)
     assert row is not None
@@ -313,7 +314,7 @@ async def lag(conn: asyncpg.Connection, position: Position) -> tuple[int, float]
 
 
 async def next_rows(
-    conn: asyncpg.Connection,
+    conn: Conn,
     position: Position,
     filters: Filters,
     *,
@@ -344,21 +345,19 @@ async def next_rows(
     return list(rows), end
 
 
-async def advance(
-    conn: asyncpg.Connection, ident: int, old: Position, new: Position, *, delivered: int
-) -> bool:
+async def advance(conn: Conn, ident: int, old: Position, new: Position, *, delivered: int) -> bool:
     """Record an acknowledged batch; False when the position was moved meanwhile (backfill)."""
     status: str = await conn.execute(ADVANCE, ident, old.xid, old.seq, new.xid, new.seq, delivered)
     return status.endswith(" 1")
 
 
-async def record_failure(conn: asyncpg.Connection, ident: int, error: str) -> int:
+async def record_failure(conn: Conn, ident: int, error: str) -> int:
     """Count a failed attempt with its (redacted) error; the failures in a row so far."""
     count: int | None = await conn.fetchval(RECORD_FAILURE, ident, error[:1000])
     return count or 0
 
 
-async def try_lock(conn: asyncpg.Connection, ident: int) -> bool:
+async def try_lock(conn: Conn, ident: int) -> bool:
     """Take the session lock that makes this connection the destination's one runner."""
     return bool(await conn.fetchval(TRY_LOCK, LOCK_CLASS, ident))
 

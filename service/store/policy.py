@@ -11,6 +11,8 @@ from datetime import datetime
 import asyncpg
 import msgspec
 
+from service.store.db import Conn
+
 SHOW = "SELECT retention_days, set_at, set_by FROM store_policy"
 SET_RETENTION = (
     "UPDATE store_policy SET retention_days = $1 RETURNING retention_days, set_at, set_by"
@@ -35,7 +37,7 @@ class NotOwner(Exception):
     """The role may not write the policy (only the schema owner may)."""
 
 
-async def show(conn: asyncpg.Connection) -> Policy:
+async def show(conn: Conn) -> Policy:
     """The policy as stored."""
     row = await conn.fetchrow(SHOW)
     if row is None:
@@ -43,7 +45,7 @@ async def show(conn: asyncpg.Connection) -> Policy:
     return Policy(retention_days=row["retention_days"], set_at=row["set_at"], set_by=row["set_by"])
 
 
-async def set_retention(conn: asyncpg.Connection, days: int | None) -> Policy:
+async def set_retention(conn: Conn, days: int | None) -> Policy:
     """Set the retention (None: keep every row); NotOwner unless this is the owner's role."""
     try:
         row = await conn.fetchrow(SET_RETENTION, days)
@@ -53,13 +55,13 @@ async def set_retention(conn: asyncpg.Connection, days: int | None) -> Policy:
     return Policy(retention_days=row["retention_days"], set_at=row["set_at"], set_by=row["set_by"])
 
 
-async def subject_types(conn: asyncpg.Connection) -> list[str] | None:
+async def subject_types(conn: Conn) -> list[str] | None:
     """The entity types the owner pinned as subjects' (None: each caller's own setting)."""
     types: list[str] | None = await conn.fetchval(SUBJECT_TYPES)
     return types
 
 
-async def set_subject_types(conn: asyncpg.Connection, types: list[str]) -> None:
+async def set_subject_types(conn: Conn, types: list[str]) -> None:
     """Pin the subjects' entity types; NotOwner unless this is the owner's role."""
     try:
         await conn.execute(SET_SUBJECT_TYPES, types)
@@ -68,7 +70,7 @@ async def set_subject_types(conn: asyncpg.Connection, types: list[str]) -> None:
 
 
 async def apply_retention(
-    conn: asyncpg.Connection, *, lock_timeout_ms: int = LOCK_TIMEOUT_MS
+    conn: Conn, *, lock_timeout_ms: int = LOCK_TIMEOUT_MS
 ) -> list[asyncpg.Record]:
     """Ask the store to remove what its policy lets go; (partition, rows, action_id) each."""
     rows: list[asyncpg.Record] = await conn.fetch(APPLY_RETENTION, lock_timeout_ms)

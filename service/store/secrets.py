@@ -18,7 +18,7 @@ async def read_secret(conn: Conn, name: str) -> bytes:
     return bytes(secret)
 
 
-async def read_provenance_key(conn: asyncpg.Connection) -> bytes:
+async def read_provenance_key(conn: Conn) -> bytes:
     """The key of provenance tags (service/queue.py), the one secret the worker may read."""
     secret = await conn.fetchval(SELECT_PROVENANCE_KEY)
     if secret is None:

@@ -53,9 +53,7 @@ async def create_token(
     return token
 
 
-async def revoke_token(
-    conn: Conn, name: str, *, by: dict[str, Any] | None = None
-) -> bytes | None:
+async def revoke_token(conn: Conn, name: str, *, by: dict[str, Any] | None = None) -> bytes | None:
     """Revoke the active token named `name` with its token.revoked event; return its hash,
     or None when there is none."""
     digest: bytes | None = await conn.fetchval(REVOKE_TOKEN, name, _by(by))
