@@ -14,7 +14,7 @@ import uuid
 from collections.abc import Iterable
 from pathlib import Path
 from types import TracebackType
-from typing import Literal, TypedDict, Unpack
+from typing import Any, Literal, TypedDict, Unpack
 
 import msgspec
 from redis.asyncio import Redis
@@ -621,15 +621,15 @@ class AuditClient(SpoolReplay):
         self._replicas_checked_at = now
         pool = self._redis.connection_pool
         manager = getattr(pool, "sentinel_manager", None)
-        try:
-            if manager is None:
-                self._replicas_seen = None
-            else:
-                replicas = await manager.discover_slaves(pool.service_name)  # type: ignore[attr-defined]
-                self._replicas_seen = len(replicas)
-        except Exception as exc:  # the Sentinels do not answer: strict, as with a number
-            logger.debug("asking the Sentinels for replicas failed: %s", type(exc).__name__)
-            self._replicas_seen = None
+        self._replicas_seen = None  # the Sentinels do not answer: strict, as with a number
+        for sentinel in manager.sentinels if manager is not None else ():
+            try:
+                replicas = await sentinel.sentinel_slaves(pool.service_name)  # type: ignore[attr-defined]
+            except Exception as exc:
+                logger.debug("asking a Sentinel for replicas failed: %s", type(exc).__name__)
+                continue
+            self._replicas_seen = sum(1 for r in replicas if _streaming(r))
+            break
         return self._replicas_seen
 
     def _count_unreplicated(self, payload: bytes | str) -> None:
@@ -759,6 +759,13 @@ def _running_loop() -> asyncio.AbstractEventLoop | None:
         return asyncio.get_running_loop()
     except RuntimeError:
         return None
+
+
+def _streaming(replica: dict[str, Any]) -> bool:
+    """Whether a replica (as a Sentinel lists it) is up and streams the primary's writes: one
+    still syncing (an old primary back after a failover) cannot confirm a WAIT yet."""
+    down = replica.get("is_sdown") or replica.get("is_odown") or replica.get("is_disconnected")
+    return not down and replica.get("master-link-status") == "ok"
 
 
 def _answered(item: Item) -> bool:

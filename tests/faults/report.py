@@ -152,8 +152,8 @@ FOOTER = """
   anything short of losing the disk.
 - **Replicas and failover (`redis+sentinel://`).** Redis replication is asynchronous: the
   primary replies to an enqueue before any replica has it, so a failover can promote a
-  replica that lacks the last enqueues. With `AUDITQ_REDIS_WAIT_REPLICAS=N` (default 1 for a
-  Sentinel URL, 0 otherwise) the client sends each batch as `EVAL` of the enqueue script and
+  replica that lacks the last enqueues. With `AUDITQ_REDIS_WAIT_REPLICAS=N` (0 without
+  Sentinel) the client sends each batch as `FCALL auditq_enqueue` and
   `WAIT N <ms>` in one round trip on one connection, and counts the batch's events as
   accepted only when N replicas confirmed it; `<ms>` is half of the batch's share of the
   capture bound (62 ms for a batch an awaited `capture` waits for, with a spool), so
@@ -165,21 +165,32 @@ FOOTER = """
   queued). Sentinel promotes, among replicas of equal `replica-priority`, the one with the
   most replicated data, so what a replica confirmed survives the loss of the primary (with
   several replicas and N=1, not the loss of the primary and the confirming replica at once).
-- **What is promised, with and without replicas.** *With replicas and WAIT* (the default for
-  a Sentinel URL): every event whose id `capture` returned, or that HTTP ingest answered `202`
-  for, is on a replica or on the producer's disk, and survives the loss of the primary. While
-  no replica confirms (every replica down, or lagging past the bound), producers with a spool
-  keep accepting into it and deliver once a replica confirms again; producers without one
-  refuse (`None`, `503` from HTTP ingest when its spool is off) — the trade Redis's own
-  `min-replicas-to-write` makes, and the row above shows it: 19.6 s without acceptance for
-  the producer without a spool, under 0.3 s for the others. *Without replicas, or with
+- **`AUDITQ_REDIS_WAIT_REPLICAS=auto`, the default for a Sentinel URL.** As `1` while a
+  replica streams the primary's writes; when `WAIT 1` is not confirmed and the Sentinels see
+  no replica up with its link to the primary `ok` (asked at most once a second), the batch is
+  accepted at once, counted as unreplicated (`AuditClient.unreplicated`,
+  `auditq_api_capture_unreplicated_total` in `/metrics`) with one warning a minute. So a
+  primary promoted with no replica of its own, or whose only replica is still syncing, takes
+  events within a second or two of the promotion instead of refusing them until a replica is
+  back (`tests/faults/test_sentinel_auto.py`: the old primary lost for good, a strict `1`
+  refusing meanwhile). Such events are as durable as the primary's append-only file until a
+  replica streams again. A number keeps the strict promise below.
+- **What is promised, with and without replicas.** *With replicas and a strict WAIT*
+  (`AUDITQ_REDIS_WAIT_REPLICAS=1`, or `auto` while a replica streams): every event whose id
+  `capture` returned, or that HTTP ingest answered `202` for, is on a replica or on the
+  producer's disk, and survives the loss of the primary. While a replica streams but does
+  not confirm in time (lagging past the bound), producers with a spool keep accepting into
+  it and deliver once a replica confirms again; producers without one refuse (`None`, `503`
+  from HTTP ingest when its spool is off) — the trade Redis's own `min-replicas-to-write`
+  makes; with a strict number that holds as well while no replica streams at all (the
+  failover row above ran with `auto`). *Without replicas, or with
   `AUDITQ_REDIS_WAIT_REPLICAS=0`*: an accepted event is as durable as the primary's
   append-only file (see above); with replicas but no WAIT, a failover may lose the enqueues
   of about the last replication lag (usually well under a second), each of them an event a
   producer was told was accepted. The worker needs nothing of this: a job it took is stored
   idempotently, and a job whose end the promoted replica missed is run again, storing nothing
   twice. Producers in other languages get the same promise by sending `WAIT 1 <ms>` on the
-  connection of their `EVAL` and treating a reply below 1 as not accepted.
+  connection of their `FCALL` and treating a reply below 1 as not accepted.
 - **Following the primary.** Every process (producers, the API and its HTTP ingest, the CLI,
   the worker) connects through `service/connections.py`: each new connection asks the
   Sentinels where the primary is, a connection to a dead or demoted primary fails (`READONLY`
