@@ -68,7 +68,8 @@ async def test_run_with_demo_traffic_keeps_the_terminal_readable(data_dir: Path)
     start = next(i for i, line in enumerate(lines) if RUNNING in line)
     # The start-up ends with what a person needs: where the producers' URLs are, the token
     # and the address, in that order, nothing logged between them.
-    assert lines[start - 2].startswith("URLs for producers"), lines[: start + 1]
+    assert lines[start - 2].startswith("for producers: set -a; . "), lines[: start + 1]
+    assert lines[start - 2].endswith("producer.env"), lines[: start + 1]
     assert lines[start - 1].startswith("admin token"), lines[: start + 1]
     after = lines[start + 1 : next(i for i, line in enumerate(lines) if "stopping" in line)]
     stored = [line for line in after if "events stored" in line]
