@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import uuid
 from collections import Counter
 from datetime import date
 
@@ -32,6 +33,11 @@ async def sealed_seqs(pg: asyncpg.Connection) -> Counter[int]:
     return counts
 
 
+HELD_INSERT = """
+INSERT INTO audit_log (id, ts, action, category, severity, outcome, presentation, received_via)
+VALUES ($1, now(), 'project.updated', 'project', 'info', 'success', '{}', 'redis:test')
+"""
+
 async def test_two_workers_and_a_held_transaction_seal_every_row_exactly_once(
     settings: Settings, pg: asyncpg.Connection, role_urls: dict[str, str]
 ) -> None:
@@ -40,10 +46,13 @@ async def test_two_workers_and_a_held_transaction_seal_every_row_exactly_once(
     )
     held = await asyncpg.connect(role_urls["auditq_worker"])
     async with running_worker(settings), running_worker(settings):
-        # A transaction that stores rows first, then stays open while others are sealed.
+        # A transaction that stores rows first, then stays open while others are sealed. A
+        # plain INSERT: the worker's write path would hold its dedupe lock (workers/writer.py)
+        # all that time, and the probing writes of the others would wait for it.
         transaction = held.transaction()
         await transaction.start()
-        held_ids = await store(held, 5, prefix="held")
+        held_ids = [uuid.uuid4() for _ in range(5)]
+        await held.executemany(HELD_INSERT, [(i,) for i in held_ids])
         held_seqs = {r["seq"] for r in await held.fetch("SELECT seq FROM audit_log")}
 
         async def produce(p: int) -> None:
