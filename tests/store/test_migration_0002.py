@@ -16,6 +16,7 @@ from tests.conftest import Servers
 
 ROOT = Path(__file__).resolve().parents[2]
 MIGRATION = ROOT / "service" / "store" / "migrations" / "0002_privilege.sql"
+LATER = sorted(p for p in MIGRATION.parent.glob("*.sql") if p.name > MIGRATION.name)
 PREVIOUS = "b2222d0"  # the release before least privilege (its schema.sql)
 # What a store is, for this comparison: functions, relations with their grants, triggers.
 SHAPE = {
@@ -37,10 +38,10 @@ SHAPE = {
 }
 
 
-def previous_schema() -> str:
+def previous_schema(commit: str = PREVIOUS) -> str:
     try:
         return subprocess.run(
-            ["git", "-C", str(ROOT), "show", f"{PREVIOUS}:schema.sql"],
+            ["git", "-C", str(ROOT), "show", f"{commit}:schema.sql"],
             capture_output=True, check=True, text=True, timeout=30,
         ).stdout  # fmt: skip
     except (OSError, subprocess.SubprocessError):
@@ -82,6 +83,8 @@ async def test_0002_brings_the_previous_store_to_this_schema(
             await db._move_subject_key(conn, tmp_path / "subject-key")
             await conn.execute(MIGRATION.read_text())
         await conn.execute(MIGRATION.read_text())  # idempotent
+        for later in LATER:  # the migrations after it, in order
+            await conn.execute(later.read_text())
         assert await conn.fetchval("SELECT count(*) FROM api_secret WHERE name = 'subject'") == 0
     finally:
         await conn.close()
