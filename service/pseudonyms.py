@@ -18,6 +18,7 @@ from typing import Any
 import msgspec
 
 from service.events import AuditEvent
+from service.mentions import MentionIndex
 
 PREFIX = "anon_"
 PSEUDONYM_PATTERN = re.compile(r"^anon_[0-9a-f]{32}$")
@@ -201,3 +202,34 @@ def _json_or_none(text: str) -> Any:
         return _decoder.decode(text)
     except (msgspec.DecodeError, RecursionError):
         return None
+
+
+def mention_scrubber(found: dict[str, str | None]) -> Scrubber | None:
+    """A scrubber of the erased values found (literal -> pseudonym of an id, or None)."""
+    if not found:
+        return None
+    ids = {literal: p for literal, p in found.items() if p is not None}
+    return Scrubber(ids, [literal for literal, p in found.items() if p is None])
+
+
+def clear_mentions(event: AuditEvent, mentions: MentionIndex) -> AuditEvent:
+    """The event with erased subjects' ids, names and emails cleared from its texts (entity
+    name, request path, metadata, changes, presentation); itself when it holds none."""
+    plain = msgspec.to_builtins(event)
+    texts = {f: plain[f] for f in ("metadata", "changes", "presentation") if f in plain}
+    entity, request = plain.get("entity") or {}, plain.get("request") or {}
+    texts["entity.name"] = entity.get("name")
+    texts["request.path"] = request.get("path")
+    found: dict[str, str | None] = {}
+    mentions.find_in(list(texts.values()), found)
+    scrub = mention_scrubber(found)
+    if scrub is None:
+        return event
+    for field in ("metadata", "changes", "presentation"):
+        if field in plain:
+            plain[field] = scrub.json(plain[field])
+    if entity.get("name"):
+        entity["name"] = scrub.text(entity["name"])
+    if request.get("path"):
+        request["path"] = scrub.text(request["path"])
+    return msgspec.convert(plain, AuditEvent)

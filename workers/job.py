@@ -14,6 +14,7 @@ from typing import Annotated, Any, TypeVar
 import asyncpg
 import msgspec
 from arq import Retry
+from redis.exceptions import RedisError
 
 from service.errors import InvalidEvent
 from service.events import (
@@ -386,7 +387,7 @@ async def _completed_items(state: WorkerState, payload: str) -> Sequence[_Comple
     latest = datetime.now(UTC).timestamp() + settings.max_future_s
     if not items or any(i.ts in PG_INFINITIES or i.ts.timestamp() > latest for i in items):
         return None
-    if subjects and erased is not None and erased.touches(items):
+    if subjects and erased is not None and (erased.touches(items) or erased.mentioned_in(payload)):
         return None
     return items
 
@@ -525,6 +526,14 @@ async def _dead_letter(
     classification: str,
     attempts: int = 1,
 ) -> None:
+    erased = state.erased
+    if erased is not None:  # whenever written: cleared of every erased subject
+        try:
+            await erased.refresh(state.redis, state.pool, state.settings.queue)
+        except (OSError, TimeoutError, asyncpg.PostgresError, RedisError):
+            pass  # the store or Redis is away: cleared with what this worker knew
+        payload = erased.clear_letter(payload)
+        message = erased.clear_text(message)
     letter = await dead_letter.add(
         state.redis,
         state.settings.queue,

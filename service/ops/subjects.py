@@ -19,6 +19,7 @@ The procedure, shared by the API and `auditq anonymise`:
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
 import time
 import uuid
@@ -29,6 +30,7 @@ import asyncpg
 import msgspec
 import redis.asyncio as aioredis
 
+from service import mentions
 from service.errors import AuditqError
 from service.keys import IN_PROGRESS_PREFIX, JOB_PREFIX, RESULT_PREFIX, erased_version_key
 from service.ops import dead_letter
@@ -179,6 +181,10 @@ class _Run:
             self.subject_id, self.name, self.settings.subject_entity_types, values
         )
         rewritten, letters = await self._scrub_redis(documents)
+        # Other people's later events are cleared of the id, names and emails by the
+        # workers, from keyed digests; jobs already running are waited for once more.
+        await self._register_mentions(values)
+        await self._wait_for_running_jobs()
         actions: list[int] = []
         done = False
         while not done:  # the store finds the rows and values itself (schema.sql)
@@ -214,6 +220,30 @@ class _Run:
             actions=actions,
             reason=reason,
         )
+
+    async def _register_mentions(self, values: set[str]) -> None:
+        """Give the workers the digests of the values to clear from later events."""
+        candidates = [v for v in values if v != self.subject_id and not _is_address(v)]
+        found = await self.conn.fetch(sql.UNCOMMON, [self.subject_id, *candidates])
+        key = load_or_create_subject_key(self.settings.subject_key_path)
+        entries: dict[bytes, tuple[bytes, bytes, int, bool]] = {}
+        for row in found:
+            made = mentions.entry(key, row["v"])
+            if made is None:
+                continue
+            was = entries.get(made[0])
+            entries[made[0]] = (*made, row["v"] == self.subject_id or (was is not None and was[3]))
+        if entries:
+            rows = list(entries.values())
+            await self.conn.fetchval(
+                sql.REGISTER_MENTIONS,
+                self.name,
+                [r[0] for r in rows],
+                [r[1] for r in rows],
+                [r[2] for r in rows],
+                [r[3] for r in rows],
+            )
+        await self.redis.set(erased_version_key(self.settings.queue), uuid.uuid4().hex)
 
     async def _wait_for_running_jobs(self) -> None:
         """Wait until every job of the queue that was running has ended (or its time is up)."""
@@ -273,6 +303,14 @@ class _Run:
                     break
                 document = _decoder.decode(raw)
         return rewritten, letters
+
+
+def _is_address(value: str) -> bool:
+    try:
+        ipaddress.ip_address(value)
+    except ValueError:
+        return False
+    return True
 
 
 def check_reason(reason: str | None) -> str | None:

@@ -81,7 +81,9 @@ async def test_the_subject_is_found_inside_urls_paths_hosts_and_emails(
     assert f"/users/{PSEUDONYM}/settings" in texts
     assert f"https://app.example.com/users/{PSEUDONYM}/profile" in texts
     # Longer words are not the subject: carol's row is byte-identical.
-    assert carol_before == await pg.fetch("SELECT t::text FROM audit_log t WHERE actor_id = 'carol'")
+    assert carol_before == await pg.fetch(
+        "SELECT t::text FROM audit_log t WHERE actor_id = 'carol'"
+    )
     # Nor can the full-text search find them.
     for word in ("alice", "liddell"):
         hits = await pg.fetchval(
@@ -113,7 +115,9 @@ async def test_a_short_id_and_a_shared_address_leave_others_byte_identical(
     await seal_all(worker_conn, seal_key)  # type: ignore[arg-type]
     others = "SELECT t::text FROM audit_log t WHERE actor_id IN ('u-7', 'u-8') ORDER BY seq"
     before = await pg.fetch(others)
-    u9_before = await pg.fetch("SELECT t::text FROM audit_log t WHERE actor_id = 'u-9' ORDER BY seq")
+    u9_before = await pg.fetch(
+        "SELECT t::text FROM audit_log t WHERE actor_id = 'u-9' ORDER BY seq"
+    )
 
     await _erase(api_conn, "42")
 

@@ -58,6 +58,52 @@ $$;
 -- used it too (a NAT, a load balancer, a proxy), nor a loopback or private address.
 ALTER TABLE public.erasure_value
     ADD COLUMN IF NOT EXISTS everywhere boolean NOT NULL DEFAULT true;
+-- Later events (contract §9): workers clear other people's events of an erased subject's id,
+-- names and emails. The store keeps no value of the subject, only a keyed digest of each
+-- (service/mentions.py: BLAKE2b keyed with the subject key, a file no database role reads),
+-- of its first word, and its number of words; the replacement is the pseudonym for the id,
+-- null for a name or email. Values too common to clear everywhere are not among them.
+CREATE TABLE IF NOT EXISTS public.erased_mention (
+    pseudonym text    NOT NULL REFERENCES public.erased_subject (pseudonym),
+    digest    bytea   NOT NULL CHECK (octet_length(digest) = 16),
+    anchor    bytea   NOT NULL CHECK (octet_length(anchor) = 16),
+    words     integer NOT NULL CHECK (words BETWEEN 1 AND 16),
+    is_id     boolean NOT NULL,
+    PRIMARY KEY (pseudonym, digest)
+);
+
+-- The API adds the digests of a subject being erased (it holds the key); at most one id and
+-- 1,000 values per subject. Returns the digests the subject now has.
+CREATE OR REPLACE FUNCTION public.auditq_register_mentions(
+    p_pseudonym text, p_digests bytea[], p_anchors bytea[], p_words integer[], p_is_id boolean[]
+) RETURNS bigint
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    v_count bigint;
+BEGIN
+    IF NOT EXISTS (SELECT FROM public.erased_subject e WHERE e.pseudonym = p_pseudonym) THEN
+        RAISE EXCEPTION 'erasure of % was not registered', left(p_pseudonym, 64)
+            USING ERRCODE = 'object_not_in_prerequisite_state';
+    END IF;
+    INSERT INTO public.erased_mention (pseudonym, digest, anchor, words, is_id)
+    SELECT p_pseudonym, d, a, w, i FROM unnest(p_digests, p_anchors, p_words, p_is_id) AS u(d, a, w, i)
+    ON CONFLICT DO NOTHING;
+    SELECT count(*) INTO v_count FROM public.erased_mention m WHERE m.pseudonym = p_pseudonym;
+    IF v_count > 1001 OR (SELECT count(*) FROM public.erased_mention m
+                          WHERE m.pseudonym = p_pseudonym AND m.is_id) > 1 THEN
+        RAISE EXCEPTION 'at most one id and 1000 values per erased subject'
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    RETURN v_count;
+END;
+$$;
+
+REVOKE ALL ON public.erased_mention FROM PUBLIC, auditq_worker, auditq_api;
+GRANT SELECT ON public.erased_mention TO auditq_worker, auditq_api;
+REVOKE ALL ON FUNCTION public.auditq_register_mentions(text, bytea[], bytea[], integer[], boolean[])
+    FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION public.auditq_register_mentions(text, bytea[], bytea[], integer[], boolean[])
+    TO auditq_api;
 -- (end of erasure that finds every copy)
 
 -- One batch of an erasure, in the caller's transaction; returns the rows changed, the last

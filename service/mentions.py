@@ -1,0 +1,94 @@
+"""Mentions of erased subjects in later events, found without the subjects' values.
+
+Erasure clears other people's later events of an erased subject's id, names and emails
+wherever they stand (contract §9). The store keeps no value of an erased subject, only a
+keyed digest of each (BLAKE2b keyed with the subject key, a file no database role reads),
+of its first word, and its number of words: a worker holding the key digests the word runs
+of each text and looks them up, so a database reader cannot test a guessed id or name.
+
+A value is matched like `auditq_anonymise_rows()` matches it: case-insensitively, as a run
+of whole words (a word is a run of letters and digits), so `alice` is found in
+`/users/alice/x` and `alice.example.com`, not in `malice`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections.abc import Iterable
+from typing import Any
+
+WORD = re.compile(r"[^\W_]+")
+DIGEST_BYTES = 16
+MAX_WORDS = 16  # a value of more words is not looked for in later events (docs/erasure.md)
+_PERSON = b"auditq-mention"
+
+
+def digest(key: bytes, text: str) -> bytes:
+    """The keyed digest of a text as it is matched (any case)."""
+    return hashlib.blake2b(
+        text.casefold().encode(), key=key, digest_size=DIGEST_BYTES, person=_PERSON
+    ).digest()
+
+
+def trimmed(value: str) -> str:
+    """The value from its first word to its last (what a text can hold of it)."""
+    spans = [m.span() for m in WORD.finditer(value)]
+    return value[spans[0][0] : spans[-1][1]] if spans else ""
+
+
+def entry(key: bytes, value: str) -> tuple[bytes, bytes, int] | None:
+    """What the store keeps of one value: (digest, digest of its first word, words)."""
+    value = trimmed(value)
+    words = WORD.findall(value)
+    if not words or len(words) > MAX_WORDS:
+        return None
+    return digest(key, value), digest(key, words[0]), len(words)
+
+
+class MentionIndex:
+    """The erased subjects' values as digests: finds them in a text, and clears them."""
+
+    def __init__(self, key: bytes, rows: Iterable[tuple[bytes, bytes, int, str | None]]) -> None:
+        """`rows`: (digest, anchor, words, pseudonym for an id or None for a name/email)."""
+        self.key = key
+        self.anchors: dict[bytes, set[int]] = {}
+        self.values: dict[bytes, str | None] = {}
+        for value_digest, anchor, words, replacement in rows:
+            self.anchors.setdefault(anchor, set()).add(words)
+            self.values[value_digest] = replacement
+
+    def __bool__(self) -> bool:
+        return bool(self.values)
+
+    def find(self, text: str) -> dict[str, str | None]:
+        """The erased values in the text, as it holds them: literal -> pseudonym (an id) or
+        None (a name or email)."""
+        found: dict[str, str | None] = {}
+        if not self.values:
+            return found
+        spans = [m.span() for m in WORD.finditer(text)]
+        key, anchors, values = self.key, self.anchors, self.values
+        for i, (start, end) in enumerate(spans):
+            lengths = anchors.get(digest(key, text[start:end]))
+            if lengths is None:
+                continue
+            for n in lengths:
+                if i + n <= len(spans):
+                    literal = text[start : spans[i + n - 1][1]]
+                    d = digest(key, literal)
+                    if d in values:
+                        found[literal] = values[d]
+        return found
+
+    def find_in(self, value: Any, found: dict[str, str | None]) -> None:
+        """Add the erased values in every key and string of JSON data to `found`."""
+        if isinstance(value, str):
+            found.update(self.find(value))
+        elif isinstance(value, dict):
+            for k, v in value.items():
+                found.update(self.find(str(k)))
+                self.find_in(v, found)
+        elif isinstance(value, list):
+            for v in value:
+                self.find_in(v, found)

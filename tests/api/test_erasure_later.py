@@ -1,0 +1,122 @@
+"""Events that arrive after an erasure are stored cleared of the subject wherever it stands
+(contract §9): another actor's metadata, entity name, request path and presentation params,
+in the worker's fast path (finalized jobs) and its per-event path; and a dead letter written
+afterwards (an invalid job's raw text) is cleared when it is written. Real Valkey, PostgreSQL,
+worker and API; the worker learns the values only as keyed digests (the key is a file)."""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from typing import Any
+
+import asyncpg
+import pytest
+import redis.asyncio as aioredis
+from aiohttp.test_utils import TestClient
+
+from service.events import Actor, AuditEvent, Entity, Presentation, RequestInfo
+from service.integrity.keys import load_or_create_private_key
+from service.integrity.verify import verify
+from service.ops import dead_letter
+from service.producer.client import AuditClient
+from service.settings import Settings
+from service.store.seals import seal_once
+from tests.admin_api import Tokens, enqueue
+from tests.conftest import running_worker, wait_for
+from tests.stores import redis_as_text
+
+SUBJECT = "zq-user-4417"
+NAME = "Zelda Quixote"
+EMAIL = "zelda.q@example.org"
+
+
+@pytest.fixture
+def quiet_settings(settings: Settings) -> Settings:
+    return dataclasses.replace(settings, sealing=False, capture_timeout_s=5.0)
+
+
+async def test_later_events_and_dead_letters_are_stored_cleared(
+    quiet_settings: Settings,
+    pg: asyncpg.Connection,
+    redis: aioredis.Redis,
+    api: TestClient[Any, Any],
+    tokens: Tokens,
+) -> None:
+    settings = quiet_settings
+    me = Actor(id=SUBJECT, type="user", name=NAME, email=EMAIL)
+    async with running_worker(settings):
+        async with AuditClient.from_settings(settings) as client:
+            assert await client.capture(AuditEvent(action="auth.login", actor=me))
+
+        async def stored() -> bool:
+            return bool(await pg.fetchval("SELECT count(*) FROM audit_log") == 1)
+
+        await wait_for(stored)
+        response = await api.post(
+            f"/api/v1/admin/subjects/{SUBJECT}/anonymise", headers=tokens.admin
+        )
+        assert response.status == 202
+        pseudonym = (await response.json())["pseudonym"]
+
+        async def done() -> bool:
+            answer = await api.get(
+                f"/api/v1/admin/subjects/{SUBJECT}/anonymisation", headers=tokens.admin
+            )
+            return bool((await answer.json())["state"] == "done")
+
+        await wait_for(done)
+        # A reader cannot ask for the pseudonym of an id.
+        answer = await api.get(
+            f"/api/v1/admin/subjects/{SUBJECT}/anonymisation", headers=tokens.reader
+        )
+        assert answer.status == 403
+
+        other = Actor(id="u-1", type="user", name="Una One")
+        later = [
+            AuditEvent(action="auth.login", actor=other, metadata={"login": EMAIL.upper()}),
+            AuditEvent(
+                action="page.viewed",
+                actor=other,
+                entity=Entity(type="page", id="p-1", name=f"https://app.example.com/u/{SUBJECT}/x"),
+                request=RequestInfo(path=f"/customers/{EMAIL}/orders/9"),
+                presentation=Presentation(code="x.y", params={"who": f"{NAME} ({SUBJECT})"}),
+            ),
+            AuditEvent(action="note.added", actor=other, metadata={"t": "Zelda Quixotes, malice"}),
+        ]
+        async with AuditClient.from_settings(settings) as client:
+            for event in later:
+                assert await client.capture(event)
+        # An invalid job (raw text) naming the subject: dead-lettered after the erasure.
+        await enqueue(redis, settings.queue, f'{{"broken": "{EMAIL} {SUBJECT} {NAME}"')
+
+        async def all_in() -> bool:
+            rows = await pg.fetchval("SELECT count(*) FROM audit_log WHERE actor_id = 'u-1'")
+            return rows == 3 and bool(await dead_letter.list_ids(redis, settings.queue))
+
+        await wait_for(all_in)
+    rows = {
+        r["action"]: r for r in await pg.fetch("SELECT * FROM audit_log WHERE actor_id = 'u-1'")
+    }
+    assert rows["auth.login"]["metadata"] == {"login": "[erased]"}
+    viewed = rows["page.viewed"]
+    assert viewed["entity_name"] == f"https://app.example.com/u/{pseudonym}/x"
+    assert viewed["path"] == "/customers/[erased]/orders/9"
+    assert viewed["presentation"]["params"] == {"who": f"[erased] ({pseudonym})"}
+    assert viewed["actor_name"] == "Una One"  # the other actor keeps her own name
+    assert rows["note.added"]["metadata"] == {"t": "Zelda Quixotes, malice"}  # longer words
+    everything = "\n".join(r[0] for r in await pg.fetch("SELECT t::text FROM audit_log t"))
+    everything += await redis_as_text(redis)
+    for value in (SUBJECT, EMAIL, NAME):  # as whole words ("Zelda Quixotes" is not her)
+        assert not re.search(rf"(?<![^\W_]){re.escape(value)}(?![^\W_])", everything, re.I), value
+    assert f"[erased] {pseudonym} [erased]" in everything  # the invalid job's raw text
+    # The store holds no value of the subject, only keyed digests.
+    digests = await pg.fetch("SELECT * FROM erased_mention")
+    assert digests and all(len(r["digest"]) == 16 for r in digests)
+    assert await pg.fetchval("SELECT count(*) FROM erasure_value") == 0
+    key = load_or_create_private_key(settings.seal_key_path)
+    while await seal_once(pg, key) is not None:
+        pass
+    lines: list[str] = []
+    report = await verify(pg, key.public_key(), emit=lines.append)
+    assert report.findings == 0, lines
