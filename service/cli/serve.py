@@ -96,6 +96,7 @@ async def cmd_migrate(settings: Settings, args: argparse.Namespace) -> int:
         settings.require_database(),
         months_ahead=settings.partitions_ahead_months,
         subject_key_path=settings.subject_key_path,
+        subject_entity_types=settings.subject_entity_types,
     )
     print("schema applied")
     return 0
@@ -152,6 +153,7 @@ async def cmd_run(settings: Settings, args: argparse.Namespace) -> int:
             migrate_url,
             months_ahead=settings.partitions_ahead_months,
             subject_key_path=settings.subject_key_path,
+            subject_entity_types=settings.subject_entity_types,
         )
         if settings.sealing:  # made before "running" is said: `auditq integrity public-key` works
             load_or_create_private_key(settings.seal_key_path)

@@ -196,6 +196,7 @@ class _Run:
                 dead_letters=letters,
                 by=by,
                 limit=BATCH_ROWS,
+                entity_types=self.types,
             )
             letters = 0  # counted once
             if action is not None:

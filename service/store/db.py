@@ -53,8 +53,19 @@ SELECT secret FROM api_secret WHERE name = 'subject'
 """
 
 
+# The subject types of a new store: the migrating process's setting (contract §9), pinned in
+# the policy so an erasure's caller can only narrow them (schema.sql, auditq_erase_subject).
+PIN_SUBJECT_TYPES = """
+UPDATE store_policy SET subject_entity_types = $1 WHERE subject_entity_types IS NULL
+"""
+
+
 async def migrate(
-    database_url: str, *, months_ahead: int = 3, subject_key_path: Path | None = None
+    database_url: str,
+    *,
+    months_ahead: int = 3,
+    subject_key_path: Path | None = None,
+    subject_entity_types: frozenset[str] | None = None,
 ) -> None:
     """Apply schema.sql and make partitions ahead; safe to repeat, even concurrently.
 
@@ -71,6 +82,8 @@ async def migrate(
                 if str(exc).startswith(UNSAFE_SCHEMA):  # one line naming the fix
                     raise ConfigError(f"migrate refused: {exc}") from None
                 raise
+            if subject_entity_types:
+                await conn.execute(PIN_SUBJECT_TYPES, sorted(subject_entity_types))
             await ensure_partitions(conn, months_ahead=months_ahead)
     finally:
         await conn.close()

@@ -15,7 +15,8 @@ SELECT state, pseudonym, rows, dead_letters FROM erased_subject WHERE pseudonym 
 # and its pseudonym; the store finds its rows and values, and records every step itself.
 REGISTER = "SELECT auditq_register_erasure($1)"
 ERASE_STEP = """
-SELECT changed, done, action_id FROM auditq_erase_subject($1, $2, $3, $4, $5::text::jsonb, $6)
+SELECT changed, done, action_id
+FROM auditq_erase_subject($1, $2, $3, $4, $5::text::jsonb, $6, $7::text[])
 """
 # The values of the subject as its rows hold them (names, emails, client addresses): what
 # the caller clears from Redis (the store finds them itself).
@@ -64,8 +65,11 @@ async def erase_step(
     dead_letters: int,
     by: dict[str, Any],
     limit: int,
+    entity_types: list[str] | None = None,
 ) -> tuple[int, bool, int | None]:
-    """One step (its own transaction): rows changed, whether the erasure is done, its action."""
+    """One step (its own transaction): rows changed, whether the erasure is done, its action.
+
+    `entity_types`: the configured subject types; the store narrows them to its policy's."""
     row = await conn.fetchrow(
         ERASE_STEP,
         subject_id,
@@ -74,6 +78,7 @@ async def erase_step(
         dead_letters,
         msgspec.json.encode(by).decode(),
         limit,
+        entity_types,
     )
     assert row is not None
     return int(row["changed"]), bool(row["done"]), row["action_id"]

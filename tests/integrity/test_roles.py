@@ -315,6 +315,7 @@ async def _erase(
             dead_letters=0,
             by={"actor": {"id": "t", "type": "api_token"}, "source": "tests"},
             limit=2,
+            entity_types=["user", "project"],  # wider than the store's: narrowed to it
         )
         steps.append(step)
         done = step[1]
@@ -340,7 +341,8 @@ async def test_erasure_changes_the_named_subject_and_nothing_else(
     with pytest.raises(asyncpg.ObjectNotInPrerequisiteStateError):
         await erase_step(api_conn, subject_id="alice", pseudonym="anon_" + "a" * 32,
                          reason=None, dead_letters=0, by={}, limit=10)  # fmt: skip
-    # The caller cannot pass values, types or a pattern: only the subject (and its pseudonym).
+    # The caller cannot pass values or a pattern, and its types only narrow the owner's.
+    await pg.execute("UPDATE store_policy SET subject_entity_types = '{user}'")
     pseudonym = "anon_" + "b" * 32
     await _erase(api_conn, "alice", pseudonym)
     rows = {r["note"]: r for r in await pg.fetch(

@@ -61,7 +61,6 @@ BEGIN
 END;
 $$;
 
-
 -- The row digest of docs/integrity.md, canonical form version 1: SHA-256 (first 16 bytes) of
 -- PostgreSQL's binary form of the row of these columns. `auditq verify` reads the same record
 -- through COPY and hashes it itself (service/integrity/canonical.py); a test keeps the two
@@ -256,10 +255,13 @@ $$;
 CREATE OR REPLACE FUNCTION public.auditq_policy_record() RETURNS trigger
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
-    IF NEW.retention_days IS DISTINCT FROM OLD.retention_days THEN
+    IF to_jsonb(NEW) - 'set_at'::text - 'set_by'::text
+       IS DISTINCT FROM to_jsonb(OLD) - 'set_at'::text - 'set_by'::text THEN
         PERFORM public.auditq_record_action('policy.set'::text, jsonb_build_object(
             'retention_days', NEW.retention_days, 'previous_retention_days', OLD.retention_days,
-            'set_by', NEW.set_by));
+            'set_by', NEW.set_by) || jsonb_strip_nulls(jsonb_build_object(
+            'subject_entity_types', to_jsonb(NEW) -> 'subject_entity_types',
+            'previous_subject_entity_types', to_jsonb(OLD) -> 'subject_entity_types')));
     END IF;
     RETURN NULL;
 END;
@@ -473,6 +475,7 @@ BEGIN
 END;
 $$;
 
+-- Queue a statement's rows for the fold, in the inserting transaction.
 CREATE OR REPLACE FUNCTION public.audit_log_queue_rollup() RETURNS trigger
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
@@ -589,7 +592,6 @@ BEGIN
 END;
 $$;
 
--- API tokens: only a SHA-256 of each token is stored; the token itself is shown once.
 -- ---------------------------------------------------------------------------------------
 -- Runtime roles (docs/integrity.md): the worker and the API connect as these, never as the
 -- owner. Neither owns anything, so neither can alter, drop, detach or disable anything.
@@ -999,9 +1001,11 @@ $$;
 -- every batch (a sealed store action) and the subject.anonymised event itself.
 -- =======================================================================================
 
--- The types of entity whose id names a data subject (contract §9): the store's, not a caller's.
-ALTER TABLE public.store_policy
-    ADD COLUMN IF NOT EXISTS subject_entity_types text[] NOT NULL DEFAULT '{user}';
+-- The types of entity whose id names a data subject (contract §9, AUDITQ_SUBJECT_ENTITY_TYPES),
+-- as the owner pinned them (`auditq migrate` pins its own setting on a new store; `auditq policy
+-- set --subject-entity-types`): an erasure's caller may narrow them, never widen them. Null
+-- (a store migrated by db.migrate alone, as the tests do): the caller's configured types.
+ALTER TABLE public.store_policy ADD COLUMN IF NOT EXISTS subject_entity_types text[];
 
 -- Where a running erasure stands, and the subject's values gathered when it began (names,
 -- emails, addresses of its own rows: cleared from every other row's texts, then from its
@@ -1040,16 +1044,24 @@ $$;
 -- One step of the subject's erasure, in the caller's (short) transaction: the first gathers
 -- its values, each next changes up to p_limit rows (other rows' mentions first, then its own),
 -- the last records subject.anonymised. Call until `done`. p_dead_letters: what the caller
--- cleared of it outside the database (Redis), added to the counts; p_by: who asked.
+-- cleared of it outside the database (Redis), added to the counts; p_by: who asked;
+-- p_entity_types: the caller's AUDITQ_SUBJECT_ENTITY_TYPES, narrowed to the policy's.
+DROP FUNCTION IF EXISTS public.auditq_erase_subject(text, text, text, bigint, jsonb, integer);
 CREATE OR REPLACE FUNCTION public.auditq_erase_subject(
     p_subject text, p_pseudonym text, p_reason text DEFAULT NULL,
-    p_dead_letters bigint DEFAULT 0, p_by jsonb DEFAULT NULL, p_limit integer DEFAULT 1000
+    p_dead_letters bigint DEFAULT 0, p_by jsonb DEFAULT NULL, p_limit integer DEFAULT 1000,
+    p_entity_types text[] DEFAULT NULL
 ) RETURNS TABLE (changed bigint, done boolean, action_id bigint)
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     v_state  public.erased_subject;
-    v_types  text[] := coalesce((SELECT p.subject_entity_types FROM public.store_policy p),
-                                '{user}'::text[]);
+    v_pinned text[] := (SELECT p.subject_entity_types FROM public.store_policy p);
+    -- The caller's configured types, within what the owner pinned (never wider).
+    v_types  text[] := CASE
+        WHEN v_pinned IS NULL THEN coalesce(p_entity_types, '{user}'::text[])
+        ELSE coalesce((SELECT array_agg(t) FROM unnest(v_pinned) AS t
+                       WHERE p_entity_types IS NULL OR t = ANY(p_entity_types)), '{}'::text[])
+        END;
     v_values text[];
     v_names  text;
     v_step   record;
@@ -1149,7 +1161,7 @@ END;
 $$;
 
 REVOKE ALL ON FUNCTION public.auditq_register_erasure(text),
-    public.auditq_erase_subject(text, text, text, bigint, jsonb, integer) FROM PUBLIC;
+    public.auditq_erase_subject(text, text, text, bigint, jsonb, integer, text[]) FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION public.auditq_register_erasure(text),
-    public.auditq_erase_subject(text, text, text, bigint, jsonb, integer) TO auditq_api;
+    public.auditq_erase_subject(text, text, text, bigint, jsonb, integer, text[]) TO auditq_api;
 -- (end of erasure through one function)
