@@ -14,7 +14,7 @@ __all__ = ["empty_databases"]
 MIGRATION = (
     Path(__file__).resolve().parents[2] / "service" / "store" / "migrations" / "0006_erasure.sql"
 )
-PREVIOUS = "abb8a11"  # the schema of least privilege (0002) that 0006 starts from
+PREVIOUS = "00b380b"  # the schema of least privilege (0002) that 0006 starts from
 INDEXES = """SELECT indexrelid::regclass::text, pg_get_indexdef(indexrelid) FROM pg_index
     WHERE indrelid = 'public.audit_log'::regclass ORDER BY 1"""
 

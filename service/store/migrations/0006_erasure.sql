@@ -249,16 +249,24 @@ $$;
 -- One step of the subject's erasure, in the caller's (short) transaction: the first gathers
 -- its values, each next changes up to p_limit rows (other rows' mentions first, then its own),
 -- the last records subject.anonymised. Call until `done`. p_dead_letters: what the caller
--- cleared of it outside the database (Redis), added to the counts; p_by: who asked.
+-- cleared of it outside the database (Redis), added to the counts; p_by: who asked;
+-- p_entity_types: the caller's AUDITQ_SUBJECT_ENTITY_TYPES, narrowed to the policy's.
+DROP FUNCTION IF EXISTS public.auditq_erase_subject(text, text, text, bigint, jsonb, integer);
 CREATE OR REPLACE FUNCTION public.auditq_erase_subject(
     p_subject text, p_pseudonym text, p_reason text DEFAULT NULL,
-    p_dead_letters bigint DEFAULT 0, p_by jsonb DEFAULT NULL, p_limit integer DEFAULT 1000
+    p_dead_letters bigint DEFAULT 0, p_by jsonb DEFAULT NULL, p_limit integer DEFAULT 1000,
+    p_entity_types text[] DEFAULT NULL
 ) RETURNS TABLE (changed bigint, done boolean, action_id bigint)
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     v_state  public.erased_subject;
-    v_types  text[] := coalesce((SELECT p.subject_entity_types FROM public.store_policy p),
-                                '{user}'::text[]);
+    v_pinned text[] := (SELECT p.subject_entity_types FROM public.store_policy p);
+    -- The caller's configured types, within what the owner pinned (never wider).
+    v_types  text[] := CASE
+        WHEN v_pinned IS NULL THEN coalesce(p_entity_types, '{user}'::text[])
+        ELSE coalesce((SELECT array_agg(t) FROM unnest(v_pinned) AS t
+                       WHERE p_entity_types IS NULL OR t = ANY(p_entity_types)), '{}'::text[])
+        END;
     v_values text[];
     v_names  text;
     v_step   record;
