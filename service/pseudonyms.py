@@ -116,13 +116,28 @@ class DocumentScrubber:
     cleared inside and written back as JSON."""
 
     def __init__(
-        self, subject_id: str, pseudonym: str, entity_types: frozenset[str], values: Iterable[str]
+        self,
+        subject_id: str,
+        pseudonym: str,
+        entity_types: frozenset[str],
+        values: Iterable[str],
+        own_only: Iterable[str] = (),
     ) -> None:
+        """`own_only`: values (a common id, client addresses) cleared only inside the
+        subject's own events, never from other people's (docs/erasure.md)."""
         self.subject_id = subject_id
         self.pseudonym = pseudonym
         self.entity_types = entity_types
         self.values = set(values)
-        self._scrub = Scrubber({subject_id: pseudonym}, self.values)
+        self.own_only = set(own_only)
+        self._make()
+
+    def _make(self) -> None:
+        ids = {self.subject_id: self.pseudonym}
+        self._scrub = Scrubber(ids, self.values)
+        self._others = Scrubber(
+            {} if self.subject_id in self.own_only else ids, self.values - self.own_only
+        )
 
     def learn(self, document: Any) -> None:
         """Add the subject's names, emails and addresses found in `document` to the values."""
@@ -130,7 +145,7 @@ class DocumentScrubber:
         self._learn(document, found)
         if not set(found) <= self.values:
             self.values |= set(found)
-            self._scrub = Scrubber({self.subject_id: self.pseudonym}, self.values)
+            self._make()
 
     def scrub(self, document: Any) -> Any:
         """The document cleared of the subject."""
@@ -166,13 +181,13 @@ class DocumentScrubber:
         for v in value.values():
             self._learn(v, found)
 
-    def _walk(self, value: Any) -> Any:
+    def _walk(self, value: Any, own: bool = False) -> Any:
         if isinstance(value, str):
             if value[:1] in ("{", "[") and (inner := _json_or_none(value)) is not None:
-                return _encoder.encode(self._walk(inner)).decode()
-            return self._scrub.text(value)
+                return _encoder.encode(self._walk(inner, own)).decode()
+            return (self._scrub if own else self._others).text(value)
         if isinstance(value, list):
-            return [self._walk(v) for v in value]
+            return [self._walk(v, own) for v in value]
         if not isinstance(value, dict):
             return value
         actor: Any = value.get("actor")
@@ -180,7 +195,9 @@ class DocumentScrubber:
         request: Any = value.get("request")
         is_actor = self._is_subject(actor, entity=False)
         is_entity = self._is_subject(entity, entity=True)
-        result = {self._scrub.text(str(k)): self._walk(v) for k, v in value.items()}
+        own = own or is_actor or is_entity  # the subject's own event: every value cleared
+        scrub = self._scrub if own else self._others
+        result = {scrub.text(str(k)): self._walk(v, own) for k, v in value.items()}
         if is_actor:
             kept = {k: v for k, v in actor.items() if k not in ("name", "email")}
             result["actor"] = {**kept, "id": self.pseudonym}
@@ -189,7 +206,7 @@ class DocumentScrubber:
             result["entity"] = {**kept, "id": self.pseudonym}
         if (is_actor or is_entity) and isinstance(request, dict):
             kept = {k: v for k, v in request.items() if k not in ("ip", "user_agent")}
-            result["request"] = self._walk(kept)
+            result["request"] = self._walk(kept, own)
         return result
 
 

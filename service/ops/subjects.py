@@ -177,8 +177,12 @@ class _Run:
             documents.learn(document)
         others = sorted(documents.values - {self.subject_id}, key=lambda v: (-len(v), v))
         values = {self.subject_id, *others[:MAX_VALUES]}
+        # Other people's documents keep client addresses and values too common to clear
+        # everywhere (the store's rule, docs/erasure.md); the subject's own lose them all.
+        uncommon = {r["v"] for r in await self.conn.fetch(sql.UNCOMMON, list(values))}
+        own_only = {v for v in values if v not in uncommon or _is_address(v)}
         documents = DocumentScrubber(
-            self.subject_id, self.name, self.settings.subject_entity_types, values
+            self.subject_id, self.name, self.settings.subject_entity_types, values, own_only
         )
         rewritten, letters = await self._scrub_redis(documents)
         # Other people's later events are cleared of the id, names and emails by the
@@ -224,8 +228,7 @@ class _Run:
 
     async def _register_mentions(self, values: set[str]) -> None:
         """Give the workers the digests of the values to clear from later events."""
-        candidates = [v for v in values if v != self.subject_id and not _is_address(v)]
-        found = await self.conn.fetch(sql.UNCOMMON, [self.subject_id, *candidates])
+        found = await self.conn.fetch(sql.UNCOMMON, [v for v in values if not _is_address(v)])
         key = load_or_create_subject_key(self.settings.subject_key_path)
         entries: dict[bytes, tuple[bytes, bytes, int, bool]] = {}
         for row in found:

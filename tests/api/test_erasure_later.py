@@ -11,6 +11,7 @@ import re
 from typing import Any
 
 import asyncpg
+import msgspec
 import pytest
 import redis.asyncio as aioredis
 from aiohttp.test_utils import TestClient
@@ -22,7 +23,7 @@ from service.ops import dead_letter
 from service.producer.client import AuditClient
 from service.settings import Settings
 from service.store.seals import seal_once
-from tests.admin_api import Tokens, enqueue
+from tests.admin_api import Tokens, enqueue, queued_payloads
 from tests.conftest import running_worker, wait_for
 from tests.stores import redis_as_text
 
@@ -120,3 +121,65 @@ async def test_later_events_and_dead_letters_are_stored_cleared(
     lines: list[str] = []
     report = await verify(pg, key.public_key(), emit=lines.append)
     assert report.findings == 0, lines
+
+
+async def test_a_numeric_id_and_a_shared_address_stay_in_other_peoples_rows_and_jobs(
+    quiet_settings: Settings,
+    pg: asyncpg.Connection,
+    redis: aioredis.Redis,
+    api: TestClient[Any, Any],
+    tokens: Tokens,
+) -> None:
+    settings = quiet_settings
+    nat = "203.0.113.9"
+    me = Actor(id="42", type="user", name="Quentin Zarathustra")
+    neighbour = Actor(id="u-43", type="user", name="Nia Neighbour")
+    async with running_worker(settings):
+        async with AuditClient.from_settings(settings) as client:
+            for actor in (me, neighbour):
+                assert await client.capture(
+                    AuditEvent(
+                        action="cart.updated",
+                        actor=actor,
+                        request=RequestInfo(ip=nat, path="/carts/42"),
+                        metadata={"items": "42 items", "from": nat},
+                    )
+                )
+
+        async def stored() -> bool:
+            return bool(await pg.fetchval("SELECT count(*) FROM audit_log") == 2)
+
+        await wait_for(stored)
+    # Waiting in the queue (no worker runs): the neighbour's job, and one of the subject's.
+    for actor in (neighbour, me):
+        event = AuditEvent(
+            action="cart.viewed",
+            actor=actor,
+            request=RequestInfo(ip=nat),
+            metadata={"n": "42", "via": nat},
+        )
+        await enqueue(redis, settings.queue, msgspec.json.encode([event]))
+    jobs_before = await queued_payloads(redis, settings.queue)
+    assert len(jobs_before) == 2 and all(nat.encode() in j for j in jobs_before)
+    theirs = "SELECT t::text FROM audit_log t WHERE actor_id = 'u-43'"
+    before = await pg.fetch(theirs)
+
+    response = await api.post("/api/v1/admin/subjects/42/anonymise", headers=tokens.admin)
+    assert response.status == 202
+
+    async def done() -> bool:
+        answer = await api.get("/api/v1/admin/subjects/42/anonymisation", headers=tokens.admin)
+        return bool((await answer.json())["state"] == "done")
+
+    await wait_for(done)
+    assert before == await pg.fetch(theirs)  # byte-identical
+    jobs_after = await queued_payloads(redis, settings.queue)
+    neighbours = [j for j in jobs_after if b"u-43" in j]
+    assert neighbours == [j for j in jobs_before if b"u-43" in j]  # untouched in Redis too
+    mine = [j for j in jobs_after if b"u-43" not in j]
+    assert len(mine) == 1 and nat.encode() not in mine[0] and b"Quentin" not in mine[0]
+    own = await pg.fetchrow("SELECT * FROM audit_log WHERE actor_name IS NULL")
+    assert own["ip"] is None and own["actor_id"].startswith("anon_")
+    assert own["metadata"]["from"] == "[erased]"
+    # Nor do the workers clear '42' or the address from other people's later events.
+    assert await pg.fetchval("SELECT count(*) FROM erased_mention WHERE is_id") == 0
