@@ -32,11 +32,10 @@ SELECT v FROM (
 # addresses and those too common to clear everywhere (the store's rule).
 UNCOMMON = "SELECT v FROM unnest($1::text[]) AS v WHERE NOT auditq_erase_value_is_common(v)"
 # Keyed digests of those values (service/mentions.py), for the workers; and what they load.
+# A value found in someone else's later event becomes `[erased]`, the id too: never the
+# pseudonym, which would tell whoever chose that text the pseudonym of the id.
 REGISTER_MENTIONS = "SELECT auditq_register_mentions($1, $2, $3, $4, $5)"
-MENTIONS = """
-SELECT digest, anchor, words, CASE WHEN is_id THEN pseudonym END AS replacement
-FROM erased_mention
-"""
+MENTIONS = "SELECT digest, anchor, words, NULL::text AS replacement FROM erased_mention"
 # One erasure per subject at a time, across every API replica and CLI (a session lock).
 TRY_LOCK = "SELECT pg_try_advisory_lock(hashtextextended('auditq.erasure:' || $1, 0))"
 LOCK = "SELECT pg_advisory_lock(hashtextextended('auditq.erasure:' || $1, 0))"

@@ -101,16 +101,18 @@ async def test_later_events_and_dead_letters_are_stored_cleared(
     }
     assert rows["auth.login"]["metadata"] == {"login": "[erased]"}
     viewed = rows["page.viewed"]
-    assert viewed["entity_name"] == f"https://app.example.com/u/{pseudonym}/x"
+    # Cleared to [erased], the id too: a text someone else chose never shows the pseudonym.
+    assert viewed["entity_name"] == "https://app.example.com/u/[erased]/x"
     assert viewed["path"] == "/customers/[erased]/orders/9"
-    assert viewed["presentation"]["params"] == {"who": f"[erased] ({pseudonym})"}
+    assert viewed["presentation"]["params"] == {"who": "[erased] ([erased])"}
     assert viewed["actor_name"] == "Una One"  # the other actor keeps her own name
     assert rows["note.added"]["metadata"] == {"t": "Zelda Quixotes, malice"}  # longer words
     everything = "\n".join(r[0] for r in await pg.fetch("SELECT t::text FROM audit_log t"))
     everything += await redis_as_text(redis)
     for value in (SUBJECT, EMAIL, NAME):  # as whole words ("Zelda Quixotes" is not her)
         assert not re.search(rf"(?<![^\W_]){re.escape(value)}(?![^\W_])", everything, re.I), value
-    assert f"[erased] {pseudonym} [erased]" in everything  # the invalid job's raw text
+    assert "[erased] [erased] [erased]" in everything  # the invalid job's raw text
+    assert all(pseudonym not in str(dict(r)) for r in rows.values())
     # The store holds no value of the subject, only keyed digests.
     digests = await pg.fetch("SELECT * FROM erased_mention")
     assert digests and all(len(r["digest"]) == 16 for r in digests)
@@ -183,3 +185,74 @@ async def test_a_numeric_id_and_a_shared_address_stay_in_other_peoples_rows_and_
     assert own["metadata"]["from"] == "[erased]"
     # Nor do the workers clear '42' or the address from other people's later events.
     assert await pg.fetchval("SELECT count(*) FROM erased_mention WHERE is_id") == 0
+
+
+async def test_no_reader_route_maps_an_erased_id_to_its_pseudonym(
+    quiet_settings: Settings,
+    pg: asyncpg.Connection,
+    api: TestClient[Any, Any],
+    tokens: Tokens,
+) -> None:
+    me = Actor(id=SUBJECT, type="user", name=NAME, email=EMAIL)
+    other = Actor(id="u-1", type="user", name="Una One")
+    async with running_worker(quiet_settings):
+        async with AuditClient.from_settings(quiet_settings) as client:
+            assert await client.capture(AuditEvent(action="auth.login", actor=me))
+            assert await client.capture(
+                AuditEvent(
+                    action="user.viewed",
+                    actor=other,
+                    entity=Entity(type="user", id=SUBJECT, name=NAME),
+                    request=RequestInfo(path=f"/users/{SUBJECT}/profile"),
+                )
+            )
+
+        async def stored() -> bool:
+            return bool(await pg.fetchval("SELECT count(*) FROM audit_log") == 2)
+
+        await wait_for(stored)
+    response = await api.post(f"/api/v1/admin/subjects/{SUBJECT}/anonymise", headers=tokens.admin)
+    pseudonym = (await response.json())["pseudonym"]
+
+    async def done() -> bool:
+        answer = await api.get(
+            f"/api/v1/admin/subjects/{SUBJECT}/anonymisation", headers=tokens.admin
+        )
+        return bool((await answer.json())["state"] == "done")
+
+    await wait_for(done)
+    by_id = [
+        f"/api/v1/admin/audit-logs?actor_id={SUBJECT}",
+        f"/api/v1/admin/audit-logs?entity_type=user&entity_id={SUBJECT}",
+        f"/api/v1/admin/audit-logs?q={SUBJECT}",
+        f"/api/v1/admin/audit-logs?q={EMAIL}",
+        f"/api/v1/admin/audit-logs?q={NAME}",
+        f"/api/v1/admin/audit-logs/user/{SUBJECT}",
+        f"/api/v1/admin/audit-logs/entity/user/{SUBJECT}",
+        f"/api/v1/admin/audit-logs/export?actor_id={SUBJECT}",
+        f"/api/v1/admin/audit-logs/export?q={SUBJECT}",
+    ]
+    for path in by_id:  # asked with the id, a reader learns nothing of the pseudonym
+        answer = await api.get(path, headers=tokens.reader)
+        body = await answer.text()
+        assert answer.status == 200, (path, body)
+        assert pseudonym not in body and SUBJECT not in body, path
+    for path in (f"/api/v1/admin/subjects/{SUBJECT}/anonymisation",):
+        answer = await api.get(path, headers=tokens.reader)
+        assert answer.status == 403, path
+        assert pseudonym not in await answer.text()
+    answer = await api.post(f"/api/v1/admin/subjects/{SUBJECT}/anonymise", headers=tokens.reader)
+    assert answer.status == 403 and pseudonym not in await answer.text()
+    # What a reader sees by pseudonym is the history, with no id, name or email in it.
+    for path in (
+        f"/api/v1/admin/audit-logs?q={pseudonym}",
+        f"/api/v1/admin/audit-logs/user/{pseudonym}",
+        "/api/v1/admin/audit-logs?action_prefix=subject",
+        "/api/v1/admin/audit-logs/statistics",
+        "/api/v1/admin/tasks",
+    ):
+        answer = await api.get(path, headers=tokens.reader)
+        body = await answer.text()
+        assert answer.status == 200, (path, body)
+        for value in (SUBJECT, EMAIL, NAME):
+            assert value not in body, (path, value)
