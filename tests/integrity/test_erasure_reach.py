@@ -110,6 +110,8 @@ async def test_a_short_id_and_a_shared_address_leave_others_byte_identical(
                                                                        name="Order 42")),
         _event("u-9", ip="127.0.0.1", metadata={"answer": 42, "s": "42", "ip": "127.0.0.1"}),
         _event("u-9", metadata={"re": "Zed Quarrington asked"}),
+        # Fields that name a person hold the id whole: cleared even there.
+        _event("u-10", metadata={"user_id": "42", "count": "42", "owner": {"id": 42, "n": 42}}),
     ]  # fmt: skip
     await write_events(worker_conn, events, received_via="redis:test", keyed=True)
     await seal_all(worker_conn, seal_key)  # type: ignore[arg-type]
@@ -125,6 +127,8 @@ async def test_a_short_id_and_a_shared_address_leave_others_byte_identical(
     u9 = await pg.fetch("SELECT t::text FROM audit_log t WHERE actor_id = 'u-9' ORDER BY seq")
     assert u9[0] == u9_before[0]  # 127.0.0.1 and 42 are not the subject's there
     assert "Zed Quarrington" not in u9[1][0]  # the name is specific: cleared everywhere
+    person = await pg.fetchval("SELECT metadata FROM audit_log WHERE actor_id = 'u-10'")
+    assert person == {"user_id": PSEUDONYM, "count": "42", "owner": {"id": PSEUDONYM, "n": 42}}
     own = await pg.fetch("SELECT * FROM audit_log WHERE actor_id = $1 ORDER BY seq", PSEUDONYM)
     assert len(own) == 2
     assert all(r["ip"] is None and r["actor_name"] is None for r in own)

@@ -54,6 +54,49 @@ SELECT length(v) < 4
         'robot', 'public', 'everyone', 'customer', 'member', 'manager', 'api', 'cli'])
 $$;
 
+-- Fields that name a person: in other people's rows a value too common to clear everywhere
+-- is still cleared where a JSON field that names a person holds it whole (`{"user_id": "42"}`,
+-- `{"owner": {"id": "42"}}`, any case of the key): the id becomes the pseudonym, a name or
+-- email `[erased]`. p_common: the values, lowercased. Keys inside such a field's object
+-- (`id`, `name`, `email`, `login`, `username`) name the same person.
+CREATE OR REPLACE FUNCTION public.auditq_erase_person_fields(
+    j jsonb, p_common text[], p_id text, p_pseudonym text, p_person boolean DEFAULT false
+) RETURNS jsonb
+LANGUAGE plpgsql IMMUTABLE SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    v_keys CONSTANT text[] := ARRAY['user', 'userid', 'user_id', 'username', 'user_name',
+        'login', 'email', 'actor', 'actorid', 'actor_id', 'subject', 'subjectid', 'subject_id',
+        'owner', 'ownerid', 'owner_id', 'account', 'accountid', 'account_id', 'member',
+        'memberid', 'member_id', 'customer', 'customerid', 'customer_id', 'person',
+        'personid', 'person_id', 'assignee', 'assignee_id', 'assigneeid', 'invitee',
+        'invitee_id', 'recipient', 'recipient_id', 'author', 'author_id'];
+    v_inner CONSTANT text[] := ARRAY['id', 'name', 'email', 'login', 'username'];
+BEGIN
+    IF j IS NULL OR coalesce(cardinality(p_common), 0) = 0 THEN
+        RETURN j;
+    END IF;
+    CASE jsonb_typeof(j)
+        WHEN 'object' THEN
+            RETURN coalesce((SELECT jsonb_object_agg(e.k, public.auditq_erase_person_fields(
+                                 e.v, p_common, p_id, p_pseudonym,
+                                 lower(e.k) = ANY(v_keys) OR (p_person AND lower(e.k) = ANY(v_inner))))
+                             FROM jsonb_each(j) AS e(k, v)), '{}'::jsonb);
+        WHEN 'array' THEN
+            RETURN coalesce((SELECT jsonb_agg(public.auditq_erase_person_fields(
+                                 e.v, p_common, p_id, p_pseudonym, p_person) ORDER BY e.o)
+                             FROM jsonb_array_elements(j) WITH ORDINALITY AS e(v, o)), '[]'::jsonb);
+        WHEN 'string', 'number' THEN
+            IF p_person AND lower(j #>> '{}') = ANY(p_common) THEN
+                RETURN to_jsonb(CASE WHEN j #>> '{}' = p_id THEN p_pseudonym
+                                     ELSE '[erased]'::text END);
+            END IF;
+            RETURN j;
+        ELSE
+            RETURN j;
+    END CASE;
+END;
+$$;
+
 -- Whether a client address may be cleared from other people's rows: not when another actor
 -- used it too (a NAT, a load balancer, a proxy), nor a loopback or private address.
 ALTER TABLE public.erasure_value
@@ -136,6 +179,11 @@ DECLARE
                             UNION SELECT substr(to_json(v)::text, 2, length(to_json(v)::text) - 2)
                             FROM unnest(p_values) v WHERE length(v) > 0) s);
     v_query  tsquery;
+    -- Values too common to clear everywhere: in other rows only in fields naming a person.
+    v_common text[] := CASE WHEN p_mentions THEN ARRAY(
+                           SELECT lower(v.value) FROM public.erasure_value v
+                           WHERE v.pseudonym = p_pseudonym AND NOT v.everywhere) END;
+    v_cquery tsquery;
     v_part   tsquery;
     v_value  text;
     v_seqs   bigint[];
@@ -165,7 +213,13 @@ BEGIN
                 v_query := CASE WHEN v_query IS NULL THEN v_part ELSE v_query || v_part END;
             END IF;
         END LOOP;
-        IF v_query IS NULL THEN
+        FOREACH v_value IN ARRAY coalesce(v_common, '{}') LOOP
+            v_part := plainto_tsquery('simple'::regconfig, public.auditq_mention_words(v_value));
+            IF numnode(v_part) > 0 THEN
+                v_cquery := CASE WHEN v_cquery IS NULL THEN v_part ELSE v_cquery || v_part END;
+            END IF;
+        END LOOP;
+        IF v_query IS NULL AND v_cquery IS NULL THEN
             RETURN QUERY SELECT 0::bigint, p_after, NULL::bigint;
             RETURN;
         END IF;
@@ -173,9 +227,18 @@ BEGIN
         FROM (SELECT a.seq, public.audit_row_digest(a) AS d FROM public.audit_log a
               WHERE to_tsvector('simple'::regconfig, public.auditq_mention_text(
                         a.entity_name, a.path, a.metadata, a.changes, a.presentation -> 'params'))
-                    @@ v_query
-                AND concat_ws(' '::text, a.entity_name, a.path, a.metadata::text, a.changes::text,
-                              a.presentation::text) ~* v_match
+                    @@ (CASE WHEN v_query IS NULL THEN v_cquery
+                             WHEN v_cquery IS NULL THEN v_query ELSE v_query || v_cquery END)
+                AND (concat_ws(' '::text, a.entity_name, a.path, a.metadata::text,
+                               a.changes::text, a.presentation::text) ~* v_match
+                     OR (v_cquery IS NOT NULL AND (
+                         public.auditq_erase_person_fields(a.metadata, v_common, p_subject, p_pseudonym)
+                             IS DISTINCT FROM a.metadata
+                         OR public.auditq_erase_person_fields(a.changes, v_common, p_subject, p_pseudonym)
+                             IS DISTINCT FROM a.changes
+                         OR public.auditq_erase_person_fields(a.presentation, v_common, p_subject,
+                                                              p_pseudonym)
+                             IS DISTINCT FROM a.presentation)))
                 AND a.seq > coalesce(p_after, 0)
                 AND NOT coalesce(a.actor_id = p_subject, false)
                 AND NOT coalesce(a.entity_id = p_subject AND a.entity_type = ANY(p_entity_types), false)
@@ -221,15 +284,19 @@ BEGIN
                                   OR (a.entity_id = p_subject AND a.entity_type = ANY(p_entity_types))
                                 THEN NULL ELSE a.user_agent END,
             path         = public.auditq_erase_text(a.path, v_names, v_id, p_pseudonym),
-            changes      = CASE WHEN a.changes::text ~* v_any
-                                THEN public.auditq_erase_jsonb(a.changes, v_names, v_id, p_pseudonym)
-                                ELSE a.changes END,
-            metadata     = CASE WHEN a.metadata::text ~* v_any
-                                THEN public.auditq_erase_jsonb(a.metadata, v_names, v_id, p_pseudonym)
-                                ELSE a.metadata END,
-            presentation = CASE WHEN a.presentation::text ~* v_any
-                                THEN public.auditq_erase_jsonb(a.presentation, v_names, v_id, p_pseudonym)
-                                ELSE a.presentation END
+            changes      = public.auditq_erase_person_fields(
+                               CASE WHEN a.changes::text ~* v_any
+                                    THEN public.auditq_erase_jsonb(a.changes, v_names, v_id, p_pseudonym)
+                                    ELSE a.changes END, v_common, p_subject, p_pseudonym),
+            metadata     = public.auditq_erase_person_fields(
+                               CASE WHEN a.metadata::text ~* v_any
+                                    THEN public.auditq_erase_jsonb(a.metadata, v_names, v_id, p_pseudonym)
+                                    ELSE a.metadata END, v_common, p_subject, p_pseudonym),
+            presentation = public.auditq_erase_person_fields(
+                               CASE WHEN a.presentation::text ~* v_any
+                                    THEN public.auditq_erase_jsonb(a.presentation, v_names, v_id,
+                                                                   p_pseudonym)
+                                    ELSE a.presentation END, v_common, p_subject, p_pseudonym)
         WHERE a.seq = ANY(v_seqs)
         RETURNING a.seq, public.audit_row_digest(a) AS d
     )
