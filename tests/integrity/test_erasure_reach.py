@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 import asyncpg
+import pytest
 
 from service.events import Actor, AuditEvent, Change, Entity, Presentation, RequestInfo, finalize
 from service.store.subjects import erase_step
@@ -138,3 +139,34 @@ async def test_a_short_id_and_a_shared_address_leave_others_byte_identical(
     await seal_all(worker_conn, seal_key)  # type: ignore[arg-type]
     report, lines = await run_verify(pg, seal_key)  # type: ignore[arg-type]
     assert report.findings == 0, lines
+
+
+async def test_the_runtime_roles_cannot_plant_or_read_what_erasure_keeps(
+    worker_conn: asyncpg.Connection, api_conn: asyncpg.Connection
+) -> None:
+    digest = b"\x01" * 16
+    register = (
+        "SELECT auditq_register_mentions($1, ARRAY[$2::bytea], ARRAY[$2::bytea], '{1}', '{f}')"
+    )
+    with pytest.raises(asyncpg.InsufficientPrivilegeError):
+        await worker_conn.fetchval(register, PSEUDONYM, digest)
+    for conn in (worker_conn, api_conn):
+        with pytest.raises(asyncpg.InsufficientPrivilegeError):
+            await conn.execute(
+                "INSERT INTO erased_mention VALUES ($1, $2, $2, 1, false)", PSEUDONYM, digest
+            )
+        with pytest.raises(asyncpg.InsufficientPrivilegeError):
+            await conn.fetch("SELECT * FROM erasure_value")
+    # The API only for an erasure it registered, and within bounds.
+    with pytest.raises(asyncpg.ObjectNotInPrerequisiteStateError):
+        await api_conn.fetchval(register, PSEUDONYM, digest)
+    await api_conn.fetchval("SELECT auditq_register_erasure($1)", PSEUDONYM)
+    assert await api_conn.fetchval(register, PSEUDONYM, digest) == 1
+    many = [bytes([i % 256, i // 256]) * 8 for i in range(1002)]
+    with pytest.raises(asyncpg.InvalidParameterValueError):
+        await api_conn.fetchval(
+            "SELECT auditq_register_mentions($1, $2, $2, array_fill(1, ARRAY[1002]), "
+            "array_fill(false, ARRAY[1002]))",
+            PSEUDONYM,
+            many,
+        )
