@@ -170,3 +170,11 @@ async def test_the_runtime_roles_cannot_plant_or_read_what_erasure_keeps(
             PSEUDONYM,
             many,
         )
+
+
+async def test_the_documented_rule_of_common_values(pg: asyncpg.Connection) -> None:
+    common = ["42", "al", "u-1", "---", "4417210", "Admin", "ROOT", "system", "noreply"]
+    specific = ["u-42", "alice", "12345678", "alice@example.com", "Zed Quarrington", "u-zq-4417"]
+    rule = "SELECT auditq_erase_value_is_common($1)"
+    assert [v for v in common if not await pg.fetchval(rule, v)] == []
+    assert [v for v in specific if await pg.fetchval(rule, v)] == []
