@@ -19,8 +19,18 @@ from collections.abc import Iterable
 from typing import Any
 
 WORD = re.compile(r"[^\W_]+")
+_SCALAR = re.compile(r'"([^"\\]{1,1024})"|(?<![\w.])(-?[0-9]{1,19})(?![\w.])')
 _NOT_WORD = re.compile(r"[\W_]+")  # splitting on it is ~3x faster than finding WORD
 DIGEST_BYTES = 16
+# JSON keys that name a person (any case), and keys inside such a field's object that name
+# the same person: auditq_erase_person_fields() in schema.sql has the same lists.
+PERSON_KEYS = frozenset(
+    "user userid user_id username user_name login email actor actorid actor_id subject "
+    "subjectid subject_id owner ownerid owner_id account accountid account_id member memberid "
+    "member_id customer customerid customer_id person personid person_id assignee assignee_id "
+    "assigneeid invitee invitee_id recipient recipient_id author author_id".split()
+)
+PERSON_INNER_KEYS = frozenset(("id", "name", "email", "login", "username"))
 MAX_CACHED_WORDS = 100_000  # words whose digest a worker remembers
 MAX_WORDS = 16  # a value of more words is not looked for in later events (docs/erasure.md)
 _PERSON = b"auditq-mention"
@@ -51,20 +61,42 @@ def entry(key: bytes, value: str) -> tuple[bytes, bytes, int] | None:
 class MentionIndex:
     """The erased subjects' values as digests: finds them in a text, and clears them."""
 
-    def __init__(self, key: bytes, rows: Iterable[tuple[bytes, bytes, int, str | None]]) -> None:
-        """`rows`: (digest, anchor, words, pseudonym for an id or None for a name/email)."""
+    def __init__(
+        self, key: bytes, rows: Iterable[tuple[bytes, bytes, int, str | None, bool]]
+    ) -> None:
+        """`rows`: (digest, anchor, words, pseudonym for an id or None for a name/email,
+        whether it is cleared only where a field naming a person holds it whole)."""
         self.key = key
         # Word -> the word counts of values it begins (empty: none). Words repeat a lot
         # (keys, actions, types): each is hashed once, not once per occurrence.
         self._words: dict[str, frozenset[int]] = {}
         self.anchors: dict[bytes, set[int]] = {}
         self.values: dict[bytes, str | None] = {}
-        for value_digest, anchor, words, replacement in rows:
+        self.person: set[bytes] = set()
+        for value_digest, anchor, words, replacement, person_only in rows:
+            if person_only:
+                self.person.add(value_digest)
+                continue
             self.anchors.setdefault(anchor, set()).add(words)
             self.values[value_digest] = replacement
 
     def __bool__(self) -> bool:
-        return bool(self.values)
+        return bool(self.values or self.person)
+
+    def person_in(self, json_text: str) -> bool:
+        """Tell whether JSON text without escapes has a string or integer that is an erased
+        value too common to clear elsewhere (wherever it stands: a quick look)."""
+        if not self.person:
+            return False
+        scalars = {a or b for a, b in _SCALAR.findall(json_text)}
+        return any(self.names_person(s) for s in scalars)
+
+    def names_person(self, value: Any) -> bool:
+        """Tell whether a whole JSON value (in a field naming a person) is an erased value
+        too common to clear elsewhere."""
+        if not self.person or isinstance(value, bool) or not isinstance(value, str | int):
+            return False
+        return digest(self.key, str(value)) in self.person
 
     def find(self, text: str) -> dict[str, str | None]:
         """The erased values in the text, as it holds them: literal -> pseudonym (an id) or

@@ -18,7 +18,7 @@ from typing import Any
 import msgspec
 
 from service.events import AuditEvent
-from service.mentions import MentionIndex
+from service.mentions import PERSON_INNER_KEYS, PERSON_KEYS, MentionIndex
 
 PREFIX = "anon_"
 PSEUDONYM_PATTERN = re.compile(r"^anon_[0-9a-f]{32}$")
@@ -132,6 +132,15 @@ class DocumentScrubber:
         self.own_only = set(own_only)
         self._make()
 
+    def _person_value(self, value: Any) -> str | None:
+        text = str(value)
+        if text == self.subject_id:
+            return self.pseudonym
+        folded = text.casefold()
+        if any(folded == v.casefold() for v in self.own_only if v != self.subject_id):
+            return ERASED
+        return None
+
     def _make(self) -> None:
         ids = {self.subject_id: self.pseudonym}
         self._scrub = Scrubber(ids, self.values)
@@ -198,6 +207,8 @@ class DocumentScrubber:
         own = own or is_actor or is_entity  # the subject's own event: every value cleared
         scrub = self._scrub if own else self._others
         result = {scrub.text(str(k)): self._walk(v, own) for k, v in value.items()}
+        if not own and self.own_only:  # a common value, where a field naming a person holds it
+            result = person_fields(result, self._person_value)
         if is_actor:
             kept = {k: v for k, v in actor.items() if k not in ("name", "email")}
             result["actor"] = {**kept, "id": self.pseudonym}
@@ -240,13 +251,40 @@ def clear_mentions(event: AuditEvent, mentions: MentionIndex) -> AuditEvent:
     found: dict[str, str | None] = {}
     mentions.find_in(list(texts.values()), found)
     scrub = mention_scrubber(found)
-    if scrub is None:
-        return event
+    changed = scrub is not None
     for field in ("metadata", "changes", "presentation"):
         if field in plain:
-            plain[field] = scrub.json(plain[field])
-    if entity.get("name"):
+            value = scrub.json(plain[field]) if scrub is not None else plain[field]
+            if mentions.person:  # common values: only where a field naming a person holds one
+                value = person_fields(value, lambda v: ERASED if mentions.names_person(v) else None)
+            changed = changed or value != plain[field]
+            plain[field] = value
+    if not changed:
+        return event
+    if scrub is not None and entity.get("name"):
         entity["name"] = scrub.text(entity["name"])
-    if request.get("path"):
+    if scrub is not None and request.get("path"):
         request["path"] = scrub.text(request["path"])
     return msgspec.convert(plain, AuditEvent)
+
+
+def person_fields(value: Any, replace: Callable[[Any], str | None], person: bool = False) -> Any:
+    """JSON data with each whole value of a field naming a person replaced where `replace`
+    says (schema.sql's auditq_erase_person_fields, the same keys)."""
+    if isinstance(value, dict):
+        return {
+            k: person_fields(
+                v,
+                replace,
+                str(k).lower() in PERSON_KEYS or (person and str(k).lower() in PERSON_INNER_KEYS),
+            )
+            for k, v in value.items()
+        }
+    if isinstance(value, list):
+        return [person_fields(v, replace, person) for v in value]
+    if person and (
+        isinstance(value, str) or (isinstance(value, int) and not isinstance(value, bool))
+    ):
+        replaced = replace(value)
+        return value if replaced is None else replaced
+    return value

@@ -13,7 +13,7 @@ def _index(*values: str, key: bytes = KEY) -> MentionIndex:
     for value in values:
         made = entry(KEY, value)
         assert made is not None
-        rows.append((*made, None))
+        rows.append((*made, None, False))
     return MentionIndex(key, rows)
 
 

@@ -76,8 +76,9 @@ class ErasedSubjects:
         return done
 
     def mentioned_in(self, text: str) -> bool:
-        """Tell whether the text holds an erased subject's id, name or email."""
-        return bool(self.mentions.find(text))
+        """Tell whether the text (JSON without escapes) holds an erased subject's id, name or
+        email, or a value too common to clear elsewhere (a field naming a person may)."""
+        return bool(self.mentions.find(text)) or self.mentions.person_in(text)
 
     def clear_text(self, text: str) -> str:
         """The text cleared of every erased subject's id, names and emails."""

@@ -89,7 +89,7 @@ async def record_admin_event(
     pseudonym, or a reader could learn it by asking with the id and reading the record."""
     try:
         if key_path is not None and (found := await subjects_sql.mentions(conn)):
-            index = MentionIndex(load_subject_key(key_path), [(*r[:3], None) for r in found])
+            index = MentionIndex(load_subject_key(key_path), [(*r[:3], None, r[4]) for r in found])
             event = clear_mentions(event, index)
         # Redacted and checked like any event (the server sets its id and time).
         await conn.fetchval(RECORD_ADMIN_EVENT, finalize(event)[1].decode())

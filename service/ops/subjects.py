@@ -227,25 +227,31 @@ class _Run:
         )
 
     async def _register_mentions(self, values: set[str]) -> None:
-        """Give the workers the digests of the values to clear from later events."""
-        found = await self.conn.fetch(sql.UNCOMMON, [v for v in values if not _is_address(v)])
+        """Give the workers the digests of the values to clear from later events: those to
+        clear anywhere, and those too common for that (only where a field naming a person
+        holds one whole); client addresses neither."""
+        named = [v for v in values if not _is_address(v)]
+        uncommon = {r["v"] for r in await self.conn.fetch(sql.UNCOMMON, named)}
         key = load_or_create_subject_key(self.settings.subject_key_path)
-        entries: dict[bytes, tuple[bytes, bytes, int, bool]] = {}
-        for row in found:
-            made = mentions.entry(key, row["v"])
-            if made is None:
-                continue
+        entries: dict[bytes, tuple[bytes, bytes, int, bool, bool]] = {}
+        for value in named:
+            if value in uncommon:
+                made = mentions.entry(key, value)
+                if made is None:
+                    continue
+                person_only = False
+            else:
+                whole = mentions.digest(key, value)
+                made, person_only = (whole, whole, 1), True
             was = entries.get(made[0])
-            entries[made[0]] = (*made, row["v"] == self.subject_id or (was is not None and was[3]))
+            is_id = value == self.subject_id or (was is not None and was[3])
+            entries[made[0]] = (*made, is_id, person_only and (was is None or was[4]))
         if entries:
             rows = list(entries.values())
             await self.conn.fetchval(
                 sql.REGISTER_MENTIONS,
                 self.name,
-                [r[0] for r in rows],
-                [r[1] for r in rows],
-                [r[2] for r in rows],
-                [r[3] for r in rows],
+                *([r[i] for r in rows] for i in range(5)),
             )
         await self.redis.set(erased_version_key(self.settings.queue), uuid.uuid4().hex)
 

@@ -34,8 +34,10 @@ UNCOMMON = "SELECT v FROM unnest($1::text[]) AS v WHERE NOT auditq_erase_value_i
 # Keyed digests of those values (service/mentions.py), for the workers; and what they load.
 # A value found in someone else's later event becomes `[erased]`, the id too: never the
 # pseudonym, which would tell whoever chose that text the pseudonym of the id.
-REGISTER_MENTIONS = "SELECT auditq_register_mentions($1, $2, $3, $4, $5)"
-MENTIONS = "SELECT digest, anchor, words, NULL::text AS replacement FROM erased_mention"
+REGISTER_MENTIONS = "SELECT auditq_register_mentions($1, $2, $3, $4, $5, $6)"
+MENTIONS = """
+SELECT digest, anchor, words, NULL::text AS replacement, person_only FROM erased_mention
+"""
 # One erasure per subject at a time, across every API replica and CLI (a session lock).
 TRY_LOCK = "SELECT pg_try_advisory_lock(hashtextextended('auditq.erasure:' || $1, 0))"
 LOCK = "SELECT pg_advisory_lock(hashtextextended('auditq.erasure:' || $1, 0))"
@@ -47,10 +49,19 @@ async def erased(conn: asyncpg.Connection) -> frozenset[str]:
     return frozenset(r["pseudonym"] for r in await conn.fetch(ERASED))
 
 
-async def mentions(conn: asyncpg.Connection) -> list[tuple[bytes, bytes, int, str | None]]:
-    """Every erased subject's value digests: (digest, anchor, words, pseudonym of an id)."""
+async def mentions(
+    conn: asyncpg.Connection,
+) -> list[tuple[bytes, bytes, int, str | None, bool]]:
+    """Every erased subject's value digests: (digest, anchor, words, replacement, whether
+    only a field naming a person is cleared of it)."""
     return [
-        (bytes(r["digest"]), bytes(r["anchor"]), int(r["words"]), r["replacement"])
+        (
+            bytes(r["digest"]),
+            bytes(r["anchor"]),
+            int(r["words"]),
+            r["replacement"],
+            bool(r["person_only"]),
+        )
         for r in await conn.fetch(MENTIONS)
     ]
 

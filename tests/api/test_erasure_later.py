@@ -163,6 +163,10 @@ async def test_a_numeric_id_and_a_shared_address_stay_in_other_peoples_rows_and_
         await enqueue(redis, settings.queue, msgspec.json.encode([event]))
     jobs_before = await queued_payloads(redis, settings.queue)
     assert len(jobs_before) == 2 and all(nat.encode() in j for j in jobs_before)
+    # A job whose field names a person holds the id whole: cleared there only.
+    by_id = AuditEvent(action="cart.shared", actor=Actor(id="u-44", type="user"),
+                       metadata={"user_id": "42", "n": "42"})  # fmt: skip
+    await enqueue(redis, settings.queue, msgspec.json.encode([by_id]))
     theirs = "SELECT t::text FROM audit_log t WHERE actor_id = 'u-43'"
     before = await pg.fetch(theirs)
 
@@ -178,13 +182,35 @@ async def test_a_numeric_id_and_a_shared_address_stay_in_other_peoples_rows_and_
     jobs_after = await queued_payloads(redis, settings.queue)
     neighbours = [j for j in jobs_after if b"u-43" in j]
     assert neighbours == [j for j in jobs_before if b"u-43" in j]  # untouched in Redis too
-    mine = [j for j in jobs_after if b"u-43" not in j]
+    shared = [j for j in jobs_after if b"u-44" in j]
+    assert len(shared) == 1 and b'user_id\\":\\"anon_' in shared[0], shared
+    assert b'n\\":\\"42' in shared[0], shared
+    mine = [j for j in jobs_after if b"u-43" not in j and b"u-44" not in j]
     assert len(mine) == 1 and nat.encode() not in mine[0] and b"Quentin" not in mine[0]
     own = await pg.fetchrow("SELECT * FROM audit_log WHERE actor_name IS NULL")
     assert own["ip"] is None and own["actor_id"].startswith("anon_")
     assert own["metadata"]["from"] == "[erased]"
-    # Nor do the workers clear '42' or the address from other people's later events.
-    assert await pg.fetchval("SELECT count(*) FROM erased_mention WHERE is_id") == 0
+    # Later events: '42' and the address stay in other people's text, and leave only a
+    # field naming a person that holds the id whole.
+    later = AuditEvent(
+        action="cart.shared",
+        actor=Actor(id="u-45", type="user"),
+        request=RequestInfo(ip=nat, path="/carts/42"),
+        metadata={"user_id": 42, "owner": {"id": "42"}, "count": 42, "text": "42 items"},
+    )
+    async with running_worker(settings):
+        async with AuditClient.from_settings(settings) as client:
+            assert await client.capture(later)
+
+        async def later_in() -> bool:
+            return bool(await pg.fetchval("SELECT count(*) FROM audit_log WHERE actor_id = 'u-45'"))
+
+        await wait_for(later_in)
+    row = await pg.fetchrow("SELECT * FROM audit_log WHERE actor_id = 'u-45'")
+    assert row["metadata"] == {
+        "user_id": "[erased]", "owner": {"id": "[erased]"}, "count": 42, "text": "42 items"
+    }  # fmt: skip
+    assert str(row["ip"]) == nat and row["path"] == "/carts/42"
 
 
 async def test_no_reader_route_maps_an_erased_id_to_its_pseudonym(

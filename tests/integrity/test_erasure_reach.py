@@ -146,7 +146,8 @@ async def test_the_runtime_roles_cannot_plant_or_read_what_erasure_keeps(
 ) -> None:
     digest = b"\x01" * 16
     register = (
-        "SELECT auditq_register_mentions($1, ARRAY[$2::bytea], ARRAY[$2::bytea], '{1}', '{f}')"
+        "SELECT auditq_register_mentions($1, ARRAY[$2::bytea], ARRAY[$2::bytea], '{1}', '{f}', "
+        "'{f}')"
     )
     with pytest.raises(asyncpg.InsufficientPrivilegeError):
         await worker_conn.fetchval(register, PSEUDONYM, digest)
@@ -166,7 +167,7 @@ async def test_the_runtime_roles_cannot_plant_or_read_what_erasure_keeps(
     with pytest.raises(asyncpg.InvalidParameterValueError):
         await api_conn.fetchval(
             "SELECT auditq_register_mentions($1, $2, $2, array_fill(1, ARRAY[1002]), "
-            "array_fill(false, ARRAY[1002]))",
+            "array_fill(false, ARRAY[1002]), array_fill(false, ARRAY[1002]))",
             PSEUDONYM,
             many,
         )

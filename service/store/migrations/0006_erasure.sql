@@ -112,13 +112,17 @@ CREATE TABLE IF NOT EXISTS public.erased_mention (
     anchor    bytea   NOT NULL CHECK (octet_length(anchor) = 16),
     words     integer NOT NULL CHECK (words BETWEEN 1 AND 16),
     is_id     boolean NOT NULL,
+    -- A value too common to clear everywhere: only a JSON field naming a person that holds
+    -- it whole is cleared (auditq_erase_person_fields; service/mentions.py PERSON_KEYS).
+    person_only boolean NOT NULL DEFAULT false,
     PRIMARY KEY (pseudonym, digest)
 );
 
 -- The API adds the digests of a subject being erased (it holds the key); at most one id and
 -- 1,000 values per subject. Returns the digests the subject now has.
 CREATE OR REPLACE FUNCTION public.auditq_register_mentions(
-    p_pseudonym text, p_digests bytea[], p_anchors bytea[], p_words integer[], p_is_id boolean[]
+    p_pseudonym text, p_digests bytea[], p_anchors bytea[], p_words integer[], p_is_id boolean[],
+    p_person_only boolean[]
 ) RETURNS bigint
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
@@ -128,8 +132,9 @@ BEGIN
         RAISE EXCEPTION 'erasure of % was not registered', left(p_pseudonym, 64)
             USING ERRCODE = 'object_not_in_prerequisite_state';
     END IF;
-    INSERT INTO public.erased_mention (pseudonym, digest, anchor, words, is_id)
-    SELECT p_pseudonym, d, a, w, i FROM unnest(p_digests, p_anchors, p_words, p_is_id) AS u(d, a, w, i)
+    INSERT INTO public.erased_mention (pseudonym, digest, anchor, words, is_id, person_only)
+    SELECT p_pseudonym, d, a, w, i, coalesce(o, false)
+    FROM unnest(p_digests, p_anchors, p_words, p_is_id, p_person_only) AS u(d, a, w, i, o)
     ON CONFLICT DO NOTHING;
     SELECT count(*) INTO v_count FROM public.erased_mention m WHERE m.pseudonym = p_pseudonym;
     IF v_count > 1001 OR (SELECT count(*) FROM public.erased_mention m
@@ -143,9 +148,11 @@ $$;
 
 REVOKE ALL ON public.erased_mention FROM PUBLIC, auditq_worker, auditq_api;
 GRANT SELECT ON public.erased_mention TO auditq_worker, auditq_api;
-REVOKE ALL ON FUNCTION public.auditq_register_mentions(text, bytea[], bytea[], integer[], boolean[])
+REVOKE ALL ON FUNCTION
+    public.auditq_register_mentions(text, bytea[], bytea[], integer[], boolean[], boolean[])
     FROM PUBLIC;
-GRANT EXECUTE ON FUNCTION public.auditq_register_mentions(text, bytea[], bytea[], integer[], boolean[])
+GRANT EXECUTE ON FUNCTION
+    public.auditq_register_mentions(text, bytea[], bytea[], integer[], boolean[], boolean[])
     TO auditq_api;
 -- (end of erasure that finds every copy)
 
