@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from service.mentions import MentionIndex, entry, trimmed
+import re
+from pathlib import Path
+
+from service.mentions import PERSON_INNER_KEYS, PERSON_KEYS, MentionIndex, entry, trimmed
 from service.pseudonyms import mention_scrubber
 
 KEY = b"k" * 32
@@ -48,3 +51,15 @@ def test_found_values_are_cleared_where_they_stand() -> None:
     scrub = mention_scrubber(index.find(text))
     assert scrub is not None
     assert scrub.text(text) == "/customers/[erased]/orders/9?u=[erased]"
+
+
+def test_the_worker_and_the_store_name_the_same_person_fields() -> None:
+    schema = (Path(__file__).resolve().parents[1] / "schema.sql").read_text()
+    body = schema[schema.index("FUNCTION public.auditq_erase_person_fields(") :]
+
+    def listed(name: str) -> set[str]:
+        start = body.index(f"{name} CONSTANT text[] := ARRAY[")
+        return set(re.findall(r"'([a-z_]+)'", body[start : body.index("];", start)]))
+
+    assert listed("v_keys") == PERSON_KEYS
+    assert listed("v_inner") == PERSON_INNER_KEYS
