@@ -22,8 +22,8 @@ from service.mentions import MentionIndex
 from service.pseudonyms import clear_mentions
 from service.settings import Settings
 from service.store import db
-from service.store.db import Conn
 from service.store import subjects as subjects_sql
+from service.store.db import Conn
 from service.subject_key import load_subject_key
 
 logger = logging.getLogger(__name__)
@@ -80,9 +80,7 @@ def unwritable(action: str, exc: BaseException) -> AuditUnavailable:
     )
 
 
-async def record_admin_event(
-    conn: Conn, event: AuditEvent, key_path: Path | None = None
-) -> None:
+async def record_admin_event(conn: Conn, event: AuditEvent, key_path: Path | None = None) -> None:
     """Write the event into the store now; AuditUnavailable when it cannot be written.
 
     With the subject key's file, the event is first cleared of erased subjects' ids, names

@@ -51,7 +51,7 @@ async def erased(conn: Conn) -> frozenset[str]:
 
 
 async def mentions(
-    conn: asyncpg.Connection,
+    conn: Conn,
 ) -> list[tuple[bytes, bytes, int, str | None, bool]]:
     """Every erased subject's value digests: (digest, anchor, words, replacement, whether
     only a field naming a person is cleared of it)."""
