@@ -7,7 +7,7 @@ from pathlib import Path
 
 import asyncpg
 
-from service.store import db
+from service.store import db, schema
 from tests.store.test_migration_0002 import SHAPE, empty_databases, previous_schema, shape
 
 __all__ = ["empty_databases"]
@@ -33,7 +33,7 @@ async def test_0006_brings_a_store_of_least_privilege_to_this_schema(
         await conn.close()
     fresh = await asyncpg.connect(new)
     try:
-        await fresh.execute(db.SCHEMA_PATH.read_text())
+        await fresh.execute(schema.SCHEMA_PATH.read_text())
         made_indexes = await fresh.fetch(INDEXES)
     finally:
         await fresh.close()

@@ -34,11 +34,12 @@ SELECT public.auditq_mention_words(regexp_replace(
     '\\(u[0-9a-fA-F]{4}|.)', ' ', 'g'))
 $$;
 
+-- The mention index covers presentation params (earlier releases had an index of their own):
+-- dropped first, so the partitions' new indexes take the names it leaves.
+DROP INDEX IF EXISTS public.audit_log_params_search_idx;
 CREATE INDEX IF NOT EXISTS audit_log_mention_idx ON public.audit_log USING gin (
     to_tsvector('simple'::regconfig, public.auditq_mention_text(
         entity_name, path, metadata, changes, presentation -> 'params')));
--- The mention index covers presentation params (earlier releases had an index of their own).
-DROP INDEX IF EXISTS public.audit_log_params_search_idx;
 
 -- Too short or too common to clear from other people's rows: it would match unrelated text
 -- (`42` in "42 items", `admin` in any sentence). Such a value is cleared only in the
