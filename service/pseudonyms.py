@@ -18,6 +18,7 @@ from typing import Any
 import msgspec
 
 from service.events import AuditEvent
+from service.mentions import PERSON_INNER_KEYS, PERSON_KEYS, MentionIndex
 
 PREFIX = "anon_"
 PSEUDONYM_PATTERN = re.compile(r"^anon_[0-9a-f]{32}$")
@@ -115,13 +116,37 @@ class DocumentScrubber:
     cleared inside and written back as JSON."""
 
     def __init__(
-        self, subject_id: str, pseudonym: str, entity_types: frozenset[str], values: Iterable[str]
+        self,
+        subject_id: str,
+        pseudonym: str,
+        entity_types: frozenset[str],
+        values: Iterable[str],
+        own_only: Iterable[str] = (),
     ) -> None:
+        """`own_only`: values (a common id, client addresses) cleared only inside the
+        subject's own events, never from other people's (docs/erasure.md)."""
         self.subject_id = subject_id
         self.pseudonym = pseudonym
         self.entity_types = entity_types
         self.values = set(values)
-        self._scrub = Scrubber({subject_id: pseudonym}, self.values)
+        self.own_only = set(own_only)
+        self._make()
+
+    def _person_value(self, value: Any) -> str | None:
+        text = str(value)
+        if text == self.subject_id:
+            return self.pseudonym
+        folded = text.casefold()
+        if any(folded == v.casefold() for v in self.own_only if v != self.subject_id):
+            return ERASED
+        return None
+
+    def _make(self) -> None:
+        ids = {self.subject_id: self.pseudonym}
+        self._scrub = Scrubber(ids, self.values)
+        self._others = Scrubber(
+            {} if self.subject_id in self.own_only else ids, self.values - self.own_only
+        )
 
     def learn(self, document: Any) -> None:
         """Add the subject's names, emails and addresses found in `document` to the values."""
@@ -129,7 +154,7 @@ class DocumentScrubber:
         self._learn(document, found)
         if not set(found) <= self.values:
             self.values |= set(found)
-            self._scrub = Scrubber({self.subject_id: self.pseudonym}, self.values)
+            self._make()
 
     def scrub(self, document: Any) -> Any:
         """The document cleared of the subject."""
@@ -165,13 +190,13 @@ class DocumentScrubber:
         for v in value.values():
             self._learn(v, found)
 
-    def _walk(self, value: Any) -> Any:
+    def _walk(self, value: Any, own: bool = False) -> Any:
         if isinstance(value, str):
             if value[:1] in ("{", "[") and (inner := _json_or_none(value)) is not None:
-                return _encoder.encode(self._walk(inner)).decode()
-            return self._scrub.text(value)
+                return _encoder.encode(self._walk(inner, own)).decode()
+            return (self._scrub if own else self._others).text(value)
         if isinstance(value, list):
-            return [self._walk(v) for v in value]
+            return [self._walk(v, own) for v in value]
         if not isinstance(value, dict):
             return value
         actor: Any = value.get("actor")
@@ -179,7 +204,11 @@ class DocumentScrubber:
         request: Any = value.get("request")
         is_actor = self._is_subject(actor, entity=False)
         is_entity = self._is_subject(entity, entity=True)
-        result = {self._scrub.text(str(k)): self._walk(v) for k, v in value.items()}
+        own = own or is_actor or is_entity  # the subject's own event: every value cleared
+        scrub = self._scrub if own else self._others
+        result = {scrub.text(str(k)): self._walk(v, own) for k, v in value.items()}
+        if not own and self.own_only:  # a common value, where a field naming a person holds it
+            result = person_fields(result, self._person_value)
         if is_actor:
             kept = {k: v for k, v in actor.items() if k not in ("name", "email")}
             result["actor"] = {**kept, "id": self.pseudonym}
@@ -188,7 +217,7 @@ class DocumentScrubber:
             result["entity"] = {**kept, "id": self.pseudonym}
         if (is_actor or is_entity) and isinstance(request, dict):
             kept = {k: v for k, v in request.items() if k not in ("ip", "user_agent")}
-            result["request"] = self._walk(kept)
+            result["request"] = self._walk(kept, own)
         return result
 
 
@@ -201,3 +230,61 @@ def _json_or_none(text: str) -> Any:
         return _decoder.decode(text)
     except (msgspec.DecodeError, RecursionError):
         return None
+
+
+def mention_scrubber(found: dict[str, str | None]) -> Scrubber | None:
+    """A scrubber of the erased values found (literal -> pseudonym of an id, or None)."""
+    if not found:
+        return None
+    ids = {literal: p for literal, p in found.items() if p is not None}
+    return Scrubber(ids, [literal for literal, p in found.items() if p is None])
+
+
+def clear_mentions(event: AuditEvent, mentions: MentionIndex) -> AuditEvent:
+    """The event with erased subjects' ids, names and emails cleared from its texts (entity
+    name, request path, metadata, changes, presentation); itself when it holds none."""
+    plain = msgspec.to_builtins(event)
+    texts = {f: plain[f] for f in ("metadata", "changes", "presentation") if f in plain}
+    entity, request = plain.get("entity") or {}, plain.get("request") or {}
+    texts["entity.name"] = entity.get("name")
+    texts["request.path"] = request.get("path")
+    found: dict[str, str | None] = {}
+    mentions.find_in(list(texts.values()), found)
+    scrub = mention_scrubber(found)
+    changed = scrub is not None
+    for field in ("metadata", "changes", "presentation"):
+        if field in plain:
+            value = scrub.json(plain[field]) if scrub is not None else plain[field]
+            if mentions.person:  # common values: only where a field naming a person holds one
+                value = person_fields(value, lambda v: ERASED if mentions.names_person(v) else None)
+            changed = changed or value != plain[field]
+            plain[field] = value
+    if not changed:
+        return event
+    if scrub is not None and entity.get("name"):
+        entity["name"] = scrub.text(entity["name"])
+    if scrub is not None and request.get("path"):
+        request["path"] = scrub.text(request["path"])
+    return msgspec.convert(plain, AuditEvent)
+
+
+def person_fields(value: Any, replace: Callable[[Any], str | None], person: bool = False) -> Any:
+    """JSON data with each whole value of a field naming a person replaced where `replace`
+    says (schema.sql's auditq_erase_person_fields, the same keys)."""
+    if isinstance(value, dict):
+        return {
+            k: person_fields(
+                v,
+                replace,
+                str(k).lower() in PERSON_KEYS or (person and str(k).lower() in PERSON_INNER_KEYS),
+            )
+            for k, v in value.items()
+        }
+    if isinstance(value, list):
+        return [person_fields(v, replace, person) for v in value]
+    if person and (
+        isinstance(value, str) or (isinstance(value, int) and not isinstance(value, bool))
+    ):
+        replaced = replace(value)
+        return value if replaced is None else replaced
+    return value

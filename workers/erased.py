@@ -17,7 +17,14 @@ import redis.asyncio as aioredis
 
 from service.events import AuditEvent
 from service.keys import erased_version_key
-from service.pseudonyms import DocumentScrubber, pseudonym, pseudonymise_event
+from service.mentions import MentionIndex
+from service.pseudonyms import (
+    DocumentScrubber,
+    clear_mentions,
+    mention_scrubber,
+    pseudonym,
+    pseudonymise_event,
+)
 from service.store import subjects as sql
 from service.subject_key import load_subject_key
 
@@ -32,6 +39,7 @@ class ErasedSubjects:
         self.key_path = key_path
         self.key = b""
         self.pseudonyms: frozenset[str] = frozenset()
+        self.mentions = MentionIndex(b"", ())
         self._version: Any = _UNREAD
 
     async def refresh(self, redis: aioredis.Redis, pool: asyncpg.Pool, queue: str) -> None:
@@ -40,9 +48,12 @@ class ErasedSubjects:
         if version == self._version:  # None too: no erasure since Redis began
             return
         async with pool.acquire() as conn:
-            self.pseudonyms = await sql.erased(conn)
-        if self.pseudonyms and not self.key:  # a file, never in the database
+            pseudonyms = await sql.erased(conn)
+            found = await sql.mentions(conn) if pseudonyms else []
+        if pseudonyms and not self.key:  # a file, never in the database
             self.key = load_subject_key(self.key_path)
+        self.pseudonyms = pseudonyms
+        self.mentions = MentionIndex(self.key, found)
         self._version = version
 
     def apply(self, events: Sequence[AuditEvent]) -> list[AuditEvent]:
@@ -56,10 +67,23 @@ class ErasedSubjects:
             name = pseudonym(key, subject_id)
             return name if name in erased else None
 
-        return [
+        done = [
             pseudonymise_event(e, subject_of=subject_of, entity_types=self.entity_types)
             for e in events
         ]
+        if self.mentions:  # other people's texts too: the id, names and emails anywhere
+            done = [clear_mentions(e, self.mentions) for e in done]
+        return done
+
+    def mentioned_in(self, text: str) -> bool:
+        """Tell whether the text (JSON without escapes) holds an erased subject's id, name or
+        email, or a value too common to clear elsewhere (a field naming a person may)."""
+        return bool(self.mentions.find(text)) or self.mentions.person_in(text)
+
+    def clear_text(self, text: str) -> str:
+        """The text cleared of every erased subject's id, names and emails."""
+        scrub = mention_scrubber(self.mentions.find(text))
+        return text if scrub is None else scrub.text(text)
 
     def touches(self, events: Sequence[Any]) -> bool:
         """Tell whether any event (with `actor` and `entity` as read: `id`, `type`) is an
@@ -80,8 +104,29 @@ class ErasedSubjects:
                     seen.add(subject_id)
         return False
 
+    def clear_letter(self, payload: Any) -> Any:
+        """A dead letter's payload (raw text, an item or a list of them), cleared."""
+        if not self.pseudonyms:
+            return payload
+        if isinstance(payload, str):
+            return self.clear_text(payload)
+        if isinstance(payload, list):
+            return [self.clear_document(item) for item in payload]
+        return self.clear_document(payload)
+
     def clear_document(self, document: Any) -> Any:
-        """An item that is not a valid event (for the dead letter), cleared of erased subjects."""
+        """An item that is not a valid event (for the dead letter), cleared of erased subjects:
+        an erased subject's own item pseudonymised, then any id, name or email anywhere."""
+        document = self._clear_own(document)
+        if self.mentions:
+            found: dict[str, str | None] = {}
+            self.mentions.find_in(document, found)
+            scrub = mention_scrubber(found)
+            if scrub is not None:
+                document = scrub.json(document)
+        return document
+
+    def _clear_own(self, document: Any) -> Any:
         if not self.pseudonyms or not isinstance(document, dict):
             return document
         candidates = [

@@ -14,6 +14,7 @@ from typing import Any, TypeVar
 import asyncpg
 import msgspec
 from arq import Retry
+from redis.exceptions import RedisError
 
 from service.errors import InvalidEvent
 from service.events import (
@@ -490,7 +491,7 @@ async def _completed_items(state: WorkerState, payload: str) -> Sequence[Any] | 
             return None
     if not items or len({i.id for i in items}) < len(items):
         return None  # an id twice: the per-event way keeps the first
-    if subjects and erased is not None and erased.touches(items):
+    if subjects and erased is not None and (erased.touches(items) or erased.mentioned_in(payload)):
         return None
     return items
 
@@ -631,6 +632,14 @@ async def _dead_letter(
     *,
     letter_id: str | None = None,
 ) -> None:
+    erased = state.erased
+    if erased is not None:  # whenever written: cleared of every erased subject
+        try:
+            await erased.refresh(state.redis, state.pool, state.settings.queue)
+        except (OSError, TimeoutError, asyncpg.PostgresError, RedisError):
+            pass  # the store or Redis is away: cleared with what this worker knew
+        payload = erased.clear_letter(payload)
+        message = erased.clear_text(message)
     letter = await dead_letter.add(
         state.redis,
         state.settings.queue,

@@ -73,7 +73,7 @@ async def record_admin_action(
     )
     try:
         async with request.app[POOL].acquire() as conn:
-            await record_admin_event(conn, event)
+            await record_admin_event(conn, event, request.app[SETTINGS].subject_key_path)
     except AuditUnavailable as exc:
         raise unrecorded(exc) from None
     except RECORD_FAILURES as exc:  # no connection to be had

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import getpass
 import logging
+from pathlib import Path
 from typing import Any
 
 import asyncpg
@@ -17,9 +18,13 @@ import msgspec
 
 from service.errors import AuditqError
 from service.events import Actor, AuditEvent, Entity, RequestInfo, finalize
+from service.mentions import MentionIndex
+from service.pseudonyms import clear_mentions
 from service.settings import Settings
 from service.store import db
+from service.store import subjects as subjects_sql
 from service.store.db import Conn
+from service.subject_key import load_subject_key
 
 logger = logging.getLogger(__name__)
 
@@ -75,9 +80,16 @@ def unwritable(action: str, exc: BaseException) -> AuditUnavailable:
     )
 
 
-async def record_admin_event(conn: Conn, event: AuditEvent) -> None:
-    """Write the event into the store now; AuditUnavailable when it cannot be written."""
+async def record_admin_event(conn: Conn, event: AuditEvent, key_path: Path | None = None) -> None:
+    """Write the event into the store now; AuditUnavailable when it cannot be written.
+
+    With the subject key's file, the event is first cleared of erased subjects' ids, names
+    and emails (an admin's filter or path naming one), each to `[erased]`: never the
+    pseudonym, or a reader could learn it by asking with the id and reading the record."""
     try:
+        if key_path is not None and (found := await subjects_sql.mentions(conn)):
+            index = MentionIndex(load_subject_key(key_path), [(*r[:3], None, r[4]) for r in found])
+            event = clear_mentions(event, index)
         # Redacted and checked like any event (the server sets its id and time).
         await conn.fetchval(RECORD_ADMIN_EVENT, finalize(event)[1].decode())
     except RECORD_FAILURES as exc:
@@ -100,6 +112,6 @@ async def audit_cli_action(
     except RECORD_FAILURES as exc:
         raise unwritable(action, exc) from None
     try:
-        await record_admin_event(conn, event)
+        await record_admin_event(conn, event, settings.subject_key_path)
     finally:
         await conn.close()

@@ -19,6 +19,7 @@ The procedure, shared by the API and `auditq anonymise`:
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
 import time
 import uuid
@@ -29,6 +30,7 @@ import asyncpg
 import msgspec
 import redis.asyncio as aioredis
 
+from service import mentions
 from service.errors import AuditqError
 from service.keys import IN_PROGRESS_PREFIX, JOB_PREFIX, RESULT_PREFIX, erased_version_key
 from service.ops import dead_letter
@@ -174,10 +176,18 @@ class _Run:
             documents.learn(document)
         others = sorted(documents.values - {self.subject_id}, key=lambda v: (-len(v), v))
         values = {self.subject_id, *others[:MAX_VALUES]}
+        # Other people's documents keep client addresses and values too common to clear
+        # everywhere (the store's rule, docs/erasure.md); the subject's own lose them all.
+        uncommon = {r["v"] for r in await self.conn.fetch(sql.UNCOMMON, list(values))}
+        own_only = {v for v in values if v not in uncommon or _is_address(v)}
         documents = DocumentScrubber(
-            self.subject_id, self.name, self.settings.subject_entity_types, values
+            self.subject_id, self.name, self.settings.subject_entity_types, values, own_only
         )
         rewritten, letters = await self._scrub_redis(documents)
+        # Other people's later events are cleared of the id, names and emails by the
+        # workers, from keyed digests; jobs already running are waited for once more.
+        await self._register_mentions(values)
+        await self._wait_for_running_jobs()
         actions: list[int] = []
         done = False
         while not done:  # the store finds the rows and values itself (schema.sql)
@@ -214,6 +224,35 @@ class _Run:
             actions=actions,
             reason=reason,
         )
+
+    async def _register_mentions(self, values: set[str]) -> None:
+        """Give the workers the digests of the values to clear from later events: those to
+        clear anywhere, and those too common for that (only where a field naming a person
+        holds one whole); client addresses neither."""
+        named = [v for v in values if not _is_address(v)]
+        uncommon = {r["v"] for r in await self.conn.fetch(sql.UNCOMMON, named)}
+        key = load_or_create_subject_key(self.settings.subject_key_path)
+        entries: dict[bytes, tuple[bytes, bytes, int, bool, bool]] = {}
+        for value in named:
+            if value in uncommon:
+                made = mentions.entry(key, value)
+                if made is None:
+                    continue
+                person_only = False
+            else:
+                whole = mentions.digest(key, value)
+                made, person_only = (whole, whole, 1), True
+            was = entries.get(made[0])
+            is_id = value == self.subject_id or (was is not None and was[3])
+            entries[made[0]] = (*made, is_id, person_only and (was is None or was[4]))
+        if entries:
+            rows = list(entries.values())
+            await self.conn.fetchval(
+                sql.REGISTER_MENTIONS,
+                self.name,
+                *([r[i] for r in rows] for i in range(5)),
+            )
+        await self.redis.set(erased_version_key(self.settings.queue), uuid.uuid4().hex)
 
     async def _wait_for_running_jobs(self) -> None:
         """Wait until every job of the queue that was running has ended (or its time is up)."""
@@ -273,6 +312,14 @@ class _Run:
                     break
                 document = _decoder.decode(raw)
         return rewritten, letters
+
+
+def _is_address(value: str) -> bool:
+    try:
+        ipaddress.ip_address(value)
+    except ValueError:
+        return False
+    return True
 
 
 def check_reason(reason: str | None) -> str | None:

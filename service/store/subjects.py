@@ -29,6 +29,16 @@ SELECT v FROM (
     SELECT entity_name FROM audit_log WHERE entity_id = $1 AND entity_type = ANY($2::text[])
 ) s WHERE v IS NOT NULL AND v <> ''
 """
+# The subject's values to clear from other people's later events: every value but client
+# addresses and those too common to clear everywhere (the store's rule).
+UNCOMMON = "SELECT v FROM unnest($1::text[]) AS v WHERE NOT auditq_erase_value_is_common(v)"
+# Keyed digests of those values (service/mentions.py), for the workers; and what they load.
+# A value found in someone else's later event becomes `[erased]`, the id too: never the
+# pseudonym, which would tell whoever chose that text the pseudonym of the id.
+REGISTER_MENTIONS = "SELECT auditq_register_mentions($1, $2, $3, $4, $5, $6)"
+MENTIONS = """
+SELECT digest, anchor, words, NULL::text AS replacement, person_only FROM erased_mention
+"""
 # One erasure per subject at a time, across every API replica and CLI (a session lock).
 TRY_LOCK = "SELECT pg_try_advisory_lock(hashtextextended('auditq.erasure:' || $1, 0))"
 LOCK = "SELECT pg_advisory_lock(hashtextextended('auditq.erasure:' || $1, 0))"
@@ -38,6 +48,23 @@ UNLOCK = "SELECT pg_advisory_unlock(hashtextextended('auditq.erasure:' || $1, 0)
 async def erased(conn: Conn) -> frozenset[str]:
     """The pseudonyms of every erased subject."""
     return frozenset(r["pseudonym"] for r in await conn.fetch(ERASED))
+
+
+async def mentions(
+    conn: Conn,
+) -> list[tuple[bytes, bytes, int, str | None, bool]]:
+    """Every erased subject's value digests: (digest, anchor, words, replacement, whether
+    only a field naming a person is cleared of it)."""
+    return [
+        (
+            bytes(r["digest"]),
+            bytes(r["anchor"]),
+            int(r["words"]),
+            r["replacement"],
+            bool(r["person_only"]),
+        )
+        for r in await conn.fetch(MENTIONS)
+    ]
 
 
 async def erase_step(

@@ -36,10 +36,10 @@ SHAPE = {
 }
 
 
-def previous_schema() -> str:
+def previous_schema(commit: str = PREVIOUS) -> str:
     try:
         return subprocess.run(
-            ["git", "-C", str(ROOT), "show", f"{PREVIOUS}:schema.sql"],
+            ["git", "-C", str(ROOT), "show", f"{commit}:schema.sql"],
             capture_output=True, check=True, text=True, timeout=30,
         ).stdout  # fmt: skip
     except (OSError, subprocess.SubprocessError):
