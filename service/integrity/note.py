@@ -44,7 +44,7 @@ def vkey(name: str, key: Ed25519PublicKey, kind: int = ED25519_TYPE) -> str:
 
 def parse_vkey(text: str) -> tuple[str, Ed25519PublicKey, int]:
     """(name, public key, kind) of a verifier key string."""
-    parts = text.strip().split("+")
+    parts = text.strip().split("+", 2)  # a name holds no "+", base64 may
     if len(parts) != 3:
         raise NoteError("a verifier key is NAME+KEYID+BASE64")
     name, hex_id, encoded = parts
