@@ -3,9 +3,9 @@
 
 -- CACHE: each session takes seqs a thousand at a time, so one statement's rows are
 -- (nearly always) one contiguous range, which the seal trigger records cheaply.
-CREATE SEQUENCE IF NOT EXISTS audit_log_seq CACHE 1000;
+CREATE SEQUENCE IF NOT EXISTS public.audit_log_seq CACHE 1000;
 
-CREATE TABLE IF NOT EXISTS audit_log (
+CREATE TABLE IF NOT EXISTS public.audit_log (
     id           uuid        NOT NULL,
     ts           timestamptz NOT NULL,
     received_at  timestamptz NOT NULL DEFAULT now(),
@@ -35,7 +35,7 @@ CREATE TABLE IF NOT EXISTS audit_log (
     -- Who delivered the row (contract §5 Provenance): set by auditq, never by the producer.
     received_via text,
     -- Position in the seal queue (docs/integrity.md); only its default fills it.
-    seq          bigint      NOT NULL DEFAULT nextval('audit_log_seq'),
+    seq          bigint      NOT NULL DEFAULT nextval('public.audit_log_seq'),
     -- Full text over names, metadata and changes; STORED so it can be indexed (PostgreSQL 18).
     search       tsvector GENERATED ALWAYS AS (
         to_tsvector('simple',
@@ -47,25 +47,25 @@ CREATE TABLE IF NOT EXISTS audit_log (
 ) PARTITION BY RANGE (ts);
 
 -- Rows outside every monthly partition (far past or future) land here instead of failing.
-CREATE TABLE IF NOT EXISTS audit_log_default PARTITION OF audit_log DEFAULT;
+CREATE TABLE IF NOT EXISTS audit_log_default PARTITION OF public.audit_log DEFAULT;
 
-CREATE INDEX IF NOT EXISTS audit_log_entity_idx ON audit_log (entity_type, entity_id, ts DESC);
-CREATE INDEX IF NOT EXISTS audit_log_actor_idx ON audit_log (actor_id, ts DESC);
-CREATE INDEX IF NOT EXISTS audit_log_action_idx ON audit_log (action, ts DESC);
-CREATE INDEX IF NOT EXISTS audit_log_request_idx ON audit_log (request_id);
-CREATE INDEX IF NOT EXISTS audit_log_tenant_idx ON audit_log (tenant, ts DESC);
-CREATE INDEX IF NOT EXISTS audit_log_ts_idx ON audit_log (ts DESC, id DESC);
-CREATE INDEX IF NOT EXISTS audit_log_search_idx ON audit_log USING gin (search);
+CREATE INDEX IF NOT EXISTS audit_log_entity_idx ON public.audit_log (entity_type, entity_id, ts DESC);
+CREATE INDEX IF NOT EXISTS audit_log_actor_idx ON public.audit_log (actor_id, ts DESC);
+CREATE INDEX IF NOT EXISTS audit_log_action_idx ON public.audit_log (action, ts DESC);
+CREATE INDEX IF NOT EXISTS audit_log_request_idx ON public.audit_log (request_id);
+CREATE INDEX IF NOT EXISTS audit_log_tenant_idx ON public.audit_log (tenant, ts DESC);
+CREATE INDEX IF NOT EXISTS audit_log_ts_idx ON public.audit_log (ts DESC, id DESC);
+CREATE INDEX IF NOT EXISTS audit_log_search_idx ON public.audit_log USING gin (search);
 -- The live tail (SSE) reads rows in arrival order, which is not `ts` order for late events.
-CREATE INDEX IF NOT EXISTS audit_log_received_idx ON audit_log (received_at, id);
+CREATE INDEX IF NOT EXISTS audit_log_received_idx ON public.audit_log (received_at, id);
 
 -- Stores made before these columns existed get them (rows before this have seq from the
 -- rewrite, in physical order).
-ALTER TABLE audit_log
+ALTER TABLE public.audit_log
     ADD COLUMN IF NOT EXISTS received_via text,
-    ADD COLUMN IF NOT EXISTS seq bigint NOT NULL DEFAULT nextval('audit_log_seq');
-ALTER SEQUENCE audit_log_seq OWNED BY audit_log.seq CACHE 1000;
-CREATE INDEX IF NOT EXISTS audit_log_seq_idx ON audit_log (seq);
+    ADD COLUMN IF NOT EXISTS seq bigint NOT NULL DEFAULT nextval('public.audit_log_seq');
+ALTER SEQUENCE public.audit_log_seq OWNED BY public.audit_log.seq CACHE 1000;
+CREATE INDEX IF NOT EXISTS audit_log_seq_idx ON public.audit_log (seq);
 
 -- ---------------------------------------------------------------------------------------
 -- Integrity (docs/integrity.md): the seal queue, checkpoints, and what the definer
@@ -76,16 +76,16 @@ CREATE INDEX IF NOT EXISTS audit_log_seq_idx ON audit_log (seq);
 -- One entry per inserting statement: the seqs it stored and their checkpoint entries
 -- (seq || id || digest, sorted), committed with them. The sealer deletes the entries it can
 -- see (committed ones), so no row is skipped or sealed twice, and never reads the rows.
-CREATE TABLE IF NOT EXISTS seal_pending (
+CREATE TABLE IF NOT EXISTS public.seal_pending (
     kind      text           NOT NULL CHECK (kind IN ('row', 'action')),
     seqs      int8multirange NOT NULL,
     queued_at timestamptz    NOT NULL DEFAULT now()
 );
-ALTER TABLE seal_pending ADD COLUMN IF NOT EXISTS entries bytea;
-ALTER TABLE seal_pending ALTER COLUMN entries SET STORAGE EXTERNAL;
+ALTER TABLE public.seal_pending ADD COLUMN IF NOT EXISTS entries bytea;
+ALTER TABLE public.seal_pending ALTER COLUMN entries SET STORAGE EXTERNAL;
 
 -- Signed, chained checkpoints; `rows`/`actions` hold 40-byte entries sorted by seq.
-CREATE TABLE IF NOT EXISTS seal_checkpoint (
+CREATE TABLE IF NOT EXISTS public.seal_checkpoint (
     n            bigint      PRIMARY KEY CHECK (n > 0),
     sealed_at    timestamptz NOT NULL,
     prev_hash    bytea       NOT NULL,
@@ -99,35 +99,35 @@ CREATE TABLE IF NOT EXISTS seal_checkpoint (
     key_id       bytea       NOT NULL,
     signature    bytea       NOT NULL
 );
-CREATE INDEX IF NOT EXISTS seal_checkpoint_sealed_idx ON seal_checkpoint (sealed_at);
+CREATE INDEX IF NOT EXISTS seal_checkpoint_sealed_idx ON public.seal_checkpoint (sealed_at);
 -- Entries are digests: not worth trying to compress.
-ALTER TABLE seal_checkpoint ALTER COLUMN rows SET STORAGE EXTERNAL,
+ALTER TABLE public.seal_checkpoint ALTER COLUMN rows SET STORAGE EXTERNAL,
                             ALTER COLUMN actions SET STORAGE EXTERNAL;
 
 -- What the SECURITY DEFINER functions did (partition made or dropped, subject anonymised).
-CREATE SEQUENCE IF NOT EXISTS store_action_seq;
-CREATE TABLE IF NOT EXISTS store_action (
-    id     bigint         PRIMARY KEY DEFAULT nextval('store_action_seq'),
+CREATE SEQUENCE IF NOT EXISTS public.store_action_seq;
+CREATE TABLE IF NOT EXISTS public.store_action (
+    id     bigint         PRIMARY KEY DEFAULT nextval('public.store_action_seq'),
     at     timestamptz    NOT NULL DEFAULT now(),
     action text           NOT NULL,
     actor  text           NOT NULL DEFAULT session_user,
     detail jsonb          NOT NULL,
     seqs   int8multirange            -- rows it removed (retention)
 );
-ALTER SEQUENCE store_action_seq OWNED BY store_action.id;
+ALTER SEQUENCE public.store_action_seq OWNED BY public.store_action.id;
 
 -- Erasure (issue 13): each row changed in place, with its digest before and after.
-CREATE TABLE IF NOT EXISTS row_replacement (
-    action_id  bigint NOT NULL REFERENCES store_action (id),
+CREATE TABLE IF NOT EXISTS public.row_replacement (
+    action_id  bigint NOT NULL REFERENCES public.store_action (id),
     seq        bigint NOT NULL,
     old_digest bytea  NOT NULL,
     new_digest bytea  NOT NULL,
     PRIMARY KEY (action_id, seq)
 );
-CREATE INDEX IF NOT EXISTS row_replacement_seq_idx ON row_replacement (seq);
+CREATE INDEX IF NOT EXISTS row_replacement_seq_idx ON public.row_replacement (seq);
 
 -- Results of `POST /api/v1/admin/integrity/verify` and `auditq verify` runs.
-CREATE TABLE IF NOT EXISTS integrity_verification (
+CREATE TABLE IF NOT EXISTS public.integrity_verification (
     id          bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
     started_at  timestamptz NOT NULL DEFAULT now(),
     finished_at timestamptz,
@@ -138,8 +138,8 @@ CREATE TABLE IF NOT EXISTS integrity_verification (
 -- PostgreSQL's binary form of the row of these columns. `auditq verify` reads the same record
 -- through COPY and hashes it itself (service/integrity/canonical.py); a test keeps the two
 -- identical. The anonymisation function records digests with it.
-CREATE OR REPLACE FUNCTION audit_row_digest(r audit_log) RETURNS bytea
-LANGUAGE sql STABLE PARALLEL SAFE SET search_path = public, pg_temp AS $$
+CREATE OR REPLACE FUNCTION public.audit_row_digest(r public.audit_log) RETURNS bytea
+LANGUAGE sql STABLE PARALLEL SAFE SET search_path = pg_catalog, pg_temp AS $$
 SELECT substr(sha256(record_send(ROW(
     r.seq, r.id, r.ts, r.received_at, r.action, r.category, r.severity, r.outcome,
     r.actor_id, r.actor_type, r.actor_name, r.actor_email,
@@ -151,8 +151,8 @@ $$;
 -- Queue a statement's rows for the sealer, in the inserting transaction: their seqs and
 -- their entries, digested here from the rows in hand (the same record as audit_row_digest).
 -- The entries are in no particular order: the sealer sorts a checkpoint's entries anyway.
-CREATE OR REPLACE FUNCTION audit_log_queue_seal() RETURNS trigger
-LANGUAGE plpgsql SECURITY DEFINER SET search_path = public, pg_temp AS $$
+CREATE OR REPLACE FUNCTION public.audit_log_queue_seal() RETURNS trigger
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     v_lo      bigint;
     v_hi      bigint;
@@ -172,31 +172,31 @@ BEGIN
     IF v_n = 0 THEN
         RETURN NULL;
     ELSIF v_hi - v_lo + 1 = v_n THEN  -- one range: the usual case
-        INSERT INTO seal_pending (kind, seqs, entries)
+        INSERT INTO public.seal_pending (kind, seqs, entries)
         VALUES ('row', int8multirange(int8range(v_lo, v_hi, '[]')), v_entries);
     ELSE
-        INSERT INTO seal_pending (kind, seqs, entries)
+        INSERT INTO public.seal_pending (kind, seqs, entries)
         SELECT 'row', range_agg(int8range(seq, seq, '[]')), v_entries FROM new_rows;
     END IF;
     RETURN NULL;
 END;
 $$;
 
-DROP TRIGGER IF EXISTS audit_log_queue_seal ON audit_log;
+DROP TRIGGER IF EXISTS audit_log_queue_seal ON public.audit_log;
 CREATE TRIGGER audit_log_queue_seal
-    AFTER INSERT ON audit_log REFERENCING NEW TABLE AS new_rows
-    FOR EACH STATEMENT EXECUTE FUNCTION audit_log_queue_seal();
+    AFTER INSERT ON public.audit_log REFERENCING NEW TABLE AS new_rows
+    FOR EACH STATEMENT EXECUTE FUNCTION public.audit_log_queue_seal();
 
 -- Append-only, no escape: an UPDATE passes only inside the anonymisation function (issue 13),
 -- which runs as the table's owner and sets `auditq.erasing` to its store_action id. A runtime
 -- role setting the flag is not the owner and is refused like any other.
-CREATE OR REPLACE FUNCTION audit_log_append_only() RETURNS trigger
-LANGUAGE plpgsql AS $$
+CREATE OR REPLACE FUNCTION public.audit_log_append_only() RETURNS trigger
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
     IF TG_OP = 'UPDATE'
        AND coalesce(current_setting('auditq.erasing', true), '') ~ '^[0-9]+$'
        AND current_user = (SELECT pg_get_userbyid(relowner) FROM pg_class
-                           WHERE oid = 'audit_log'::regclass) THEN
+                           WHERE oid = 'public.audit_log'::regclass) THEN
         RETURN NEW;
     END IF;
     -- Retention of the default partition's old rows (auditq_delete_expired_default_rows):
@@ -204,7 +204,7 @@ BEGIN
     IF TG_OP = 'DELETE'
        AND coalesce(current_setting('auditq.retention', true), '') = 'on'
        AND current_user = (SELECT pg_get_userbyid(relowner) FROM pg_class
-                           WHERE oid = 'audit_log'::regclass) THEN
+                           WHERE oid = 'public.audit_log'::regclass) THEN
         RETURN OLD;
     END IF;
     RAISE EXCEPTION 'audit_log is append-only: % is not allowed', TG_OP
@@ -213,20 +213,20 @@ BEGIN
 END;
 $$;
 
-DROP TRIGGER IF EXISTS audit_log_append_only ON audit_log;
+DROP TRIGGER IF EXISTS audit_log_append_only ON public.audit_log;
 CREATE TRIGGER audit_log_append_only
-    BEFORE UPDATE OR DELETE ON audit_log
-    FOR EACH ROW EXECUTE FUNCTION audit_log_append_only();
+    BEFORE UPDATE OR DELETE ON public.audit_log
+    FOR EACH ROW EXECUTE FUNCTION public.audit_log_append_only();
 
-DROP TRIGGER IF EXISTS audit_log_no_truncate ON audit_log;
+DROP TRIGGER IF EXISTS audit_log_no_truncate ON public.audit_log;
 CREATE TRIGGER audit_log_no_truncate
-    BEFORE TRUNCATE ON audit_log
-    FOR EACH STATEMENT EXECUTE FUNCTION audit_log_append_only();
+    BEFORE TRUNCATE ON public.audit_log
+    FOR EACH STATEMENT EXECUTE FUNCTION public.audit_log_append_only();
 
 -- Checkpoints and the record of admin actions are append-only too (for everyone but a
 -- superuser skipping triggers, which verify then catches).
-CREATE OR REPLACE FUNCTION auditq_append_only() RETURNS trigger
-LANGUAGE plpgsql AS $$
+CREATE OR REPLACE FUNCTION public.auditq_append_only() RETURNS trigger
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
     RAISE EXCEPTION '% is append-only: % is not allowed', TG_TABLE_NAME, TG_OP
         USING ERRCODE = 'insufficient_privilege';
@@ -238,138 +238,310 @@ DECLARE
     t text;
 BEGIN
     FOREACH t IN ARRAY ARRAY['seal_checkpoint', 'store_action', 'row_replacement'] LOOP
-        EXECUTE format('DROP TRIGGER IF EXISTS %I ON %I', t || '_append_only', t);
-        EXECUTE format('CREATE TRIGGER %I BEFORE UPDATE OR DELETE ON %I FOR EACH ROW '
-                       'EXECUTE FUNCTION auditq_append_only()', t || '_append_only', t);
-        EXECUTE format('DROP TRIGGER IF EXISTS %I ON %I', t || '_no_truncate', t);
-        EXECUTE format('CREATE TRIGGER %I BEFORE TRUNCATE ON %I FOR EACH STATEMENT '
-                       'EXECUTE FUNCTION auditq_append_only()', t || '_no_truncate', t);
+        EXECUTE format('DROP TRIGGER IF EXISTS %I ON public.%I', t || '_append_only', t);
+        EXECUTE format('CREATE TRIGGER %I BEFORE UPDATE OR DELETE ON public.%I FOR EACH ROW '
+                       'EXECUTE FUNCTION public.auditq_append_only()', t || '_append_only', t);
+        EXECUTE format('DROP TRIGGER IF EXISTS %I ON public.%I', t || '_no_truncate', t);
+        EXECUTE format('CREATE TRIGGER %I BEFORE TRUNCATE ON public.%I FOR EACH STATEMENT '
+                       'EXECUTE FUNCTION public.auditq_append_only()', t || '_no_truncate', t);
     END LOOP;
 END;
 $$;
 
 -- Record an admin action and queue it for the next checkpoint (definer functions only).
-CREATE OR REPLACE FUNCTION auditq_record_action(
+CREATE OR REPLACE FUNCTION public.auditq_record_action(
     p_action text, p_detail jsonb, p_seqs int8multirange DEFAULT NULL
 ) RETURNS bigint
-LANGUAGE plpgsql SET search_path = public, pg_temp AS $$
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     v_id bigint;
 BEGIN
-    INSERT INTO store_action (action, detail, seqs) VALUES (p_action, p_detail, p_seqs)
+    INSERT INTO public.store_action (action, detail, seqs) VALUES (p_action, p_detail, p_seqs)
     RETURNING id INTO v_id;
-    INSERT INTO seal_pending (kind, seqs) VALUES ('action', int8multirange(int8range(v_id, v_id, '[]')));
+    INSERT INTO public.seal_pending (kind, seqs) VALUES ('action', int8multirange(int8range(v_id, v_id, '[]')));
     RETURN v_id;
 END;
 $$;
 
 -- Make the monthly partition starting at p_month unless it exists; true when made.
-CREATE OR REPLACE FUNCTION auditq_ensure_partition(p_month date) RETURNS boolean
-LANGUAGE plpgsql SECURITY DEFINER SET search_path = public, pg_temp AS $$
+CREATE OR REPLACE FUNCTION public.auditq_ensure_partition(p_month date) RETURNS boolean
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
-    v_name text := 'audit_log_y' || to_char(p_month, 'YYYY') || 'm' || to_char(p_month, 'MM');
-    v_end  date := (p_month + interval '1 month')::date;
+    v_name text := 'audit_log_y' || to_char(p_month::timestamp, 'YYYY'::text) || 'm'
+                   || to_char(p_month::timestamp, 'MM'::text);
+    v_end  date := (p_month + '1 month'::interval)::date;
 BEGIN
-    IF p_month IS NULL OR p_month <> date_trunc('month', p_month)::date THEN
+    IF p_month IS NULL OR p_month <> date_trunc('month'::text, p_month::timestamp)::date THEN
         RAISE EXCEPTION 'a partition starts on the first of a month, not %', p_month
             USING ERRCODE = 'invalid_parameter_value';
     END IF;
     -- One maker at a time: two workers starting on a new month would both find no partition
     -- and one would fail on the other's (held to the end of the caller's transaction).
-    PERFORM pg_advisory_xact_lock(1635083369, 1);  -- 'audi', partitions
-    IF to_regclass(v_name) IS NOT NULL THEN
+    PERFORM pg_advisory_xact_lock(1635083369::integer, 1::integer);  -- 'audi', partitions
+    IF to_regclass(('public.' || quote_ident(v_name))::text) IS NOT NULL THEN
         RETURN false;
     END IF;
-    EXECUTE format('CREATE TABLE %I PARTITION OF audit_log FOR VALUES FROM (%L) TO (%L)',
+    EXECUTE format('CREATE TABLE public.%I PARTITION OF public.audit_log FOR VALUES FROM (%L) TO (%L)',
                    v_name, p_month, v_end);
-    PERFORM auditq_record_action('partition.created', jsonb_build_object(
+    PERFORM public.auditq_record_action('partition.created', jsonb_build_object(
         'partition', v_name, 'from', p_month, 'to', v_end));
     RETURN true;
 END;
 $$;
 
--- Retention: drop one monthly partition wholly older than p_retention_days, recording
--- what verify needs to say so (rows, their seqs, whether all were sealed, final digest).
-CREATE OR REPLACE FUNCTION auditq_drop_partition(p_name text, p_retention_days integer)
-RETURNS bigint
-LANGUAGE plpgsql SECURITY DEFINER SET search_path = public, pg_temp AS $$
+-- =======================================================================================
+-- The store's policy and retention (contract §6; docs/integrity.md, "Retention").
+-- The retention period is the store's policy, a row only the schema owner writes
+-- (`auditq policy set`); every change is stamped and recorded as a sealed store action by
+-- the triggers below. The removal functions read their limit from it: no caller chooses it,
+-- and nothing younger than the policy allows is ever removed. The worker may only ask
+-- "apply the policy" (auditq_apply_retention()).
+-- =======================================================================================
+
+-- Versions before the policy took the retention as an argument: the caller chose it.
+DROP FUNCTION IF EXISTS public.auditq_drop_partition(text, integer);
+DROP FUNCTION IF EXISTS public.auditq_delete_expired_default_rows(integer);
+
+CREATE TABLE IF NOT EXISTS public.store_policy (
+    singleton      boolean     PRIMARY KEY DEFAULT true CHECK (singleton),
+    retention_days integer     CHECK (retention_days >= 1),  -- null: rows are kept for ever
+    set_at         timestamptz,
+    set_by         text
+);
+INSERT INTO public.store_policy (singleton) VALUES (true) ON CONFLICT (singleton) DO NOTHING;
+
+-- Who set it and when are the server's to say, not the writer's.
+CREATE OR REPLACE FUNCTION public.auditq_policy_stamp() RETURNS trigger
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    IF TG_OP = 'DELETE' THEN
+        RAISE EXCEPTION 'the store policy is one row: set retention_days to null instead'
+            USING ERRCODE = 'insufficient_privilege';
+    END IF;
+    NEW.set_at := now();
+    NEW.set_by := session_user::text;
+    RETURN NEW;
+END;
+$$;
+
+-- Every change of the policy is a store action, sealed like a row.
+CREATE OR REPLACE FUNCTION public.auditq_policy_record() RETURNS trigger
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    IF NEW.retention_days IS DISTINCT FROM OLD.retention_days THEN
+        PERFORM public.auditq_record_action('policy.set'::text, jsonb_build_object(
+            'retention_days', NEW.retention_days, 'previous_retention_days', OLD.retention_days,
+            'set_by', NEW.set_by));
+    END IF;
+    RETURN NULL;
+END;
+$$;
+
+DROP TRIGGER IF EXISTS store_policy_stamp ON public.store_policy;
+CREATE TRIGGER store_policy_stamp
+    BEFORE UPDATE OR DELETE ON public.store_policy
+    FOR EACH ROW EXECUTE FUNCTION public.auditq_policy_stamp();
+DROP TRIGGER IF EXISTS store_policy_record ON public.store_policy;
+CREATE TRIGGER store_policy_record
+    AFTER UPDATE ON public.store_policy
+    FOR EACH ROW EXECUTE FUNCTION public.auditq_policy_record();
+DROP TRIGGER IF EXISTS store_policy_no_truncate ON public.store_policy;
+CREATE TRIGGER store_policy_no_truncate
+    BEFORE TRUNCATE ON public.store_policy
+    FOR EACH STATEMENT EXECUTE FUNCTION public.auditq_append_only();
+
+-- The instant before which the policy lets rows go; null when it keeps everything.
+CREATE OR REPLACE FUNCTION public.auditq_retention_cutoff() RETURNS timestamptz
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+SELECT now() - make_interval(days => p.retention_days)
+FROM public.store_policy p WHERE p.retention_days IS NOT NULL
+$$;
+
+-- Store one event built by auditq itself (a store action's or an admin action's), from its
+-- JSON (wire format §4): the server sets ts, received_at and received_via. Definer
+-- functions only.
+CREATE OR REPLACE FUNCTION public.auditq_store_event(p_event jsonb, p_via text) RETURNS uuid
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
-    v_match  text[] := regexp_match(p_name, '^audit_log_y(\d{4})m(\d{2})$');
+    v_id uuid := coalesce((p_event ->> 'id')::uuid, gen_random_uuid());
+    v_action text := p_event ->> 'action';
+BEGIN
+    INSERT INTO public.audit_log (
+        id, ts, action, category, severity, outcome,
+        actor_id, actor_type, actor_name, actor_email,
+        entity_type, entity_id, entity_name, tenant,
+        request_id, ip, user_agent, method, path, status, duration_ms,
+        changes, metadata, presentation, source, received_via)
+    VALUES (
+        v_id, now(), v_action,
+        coalesce(p_event ->> 'category', split_part(v_action, '.'::text, 1)),
+        coalesce(p_event ->> 'severity', 'notice'::text),
+        coalesce(p_event ->> 'outcome', 'success'::text),
+        p_event #>> '{actor,id}'::text[], p_event #>> '{actor,type}'::text[],
+        p_event #>> '{actor,name}'::text[], p_event #>> '{actor,email}'::text[],
+        p_event #>> '{entity,type}'::text[], p_event #>> '{entity,id}'::text[],
+        p_event #>> '{entity,name}'::text[], p_event ->> 'tenant',
+        p_event #>> '{request,id}'::text[], (p_event #>> '{request,ip}'::text[])::inet,
+        p_event #>> '{request,user_agent}'::text[], p_event #>> '{request,method}'::text[],
+        p_event #>> '{request,path}'::text[], (p_event #>> '{request,status}'::text[])::integer,
+        (p_event #>> '{request,duration_ms}'::text[])::double precision,
+        p_event -> 'changes', p_event -> 'metadata',
+        jsonb_build_object(
+            'code', coalesce(p_event #>> '{presentation,code}'::text[], 'audit.' || v_action),
+            'params', coalesce(p_event #> '{presentation,params}'::text[], '{}'::jsonb)),
+        p_event ->> 'source', p_via);
+    RETURN v_id;
+END;
+$$;
+
+-- Drop one monthly partition wholly older than the policy allows, recording what verify
+-- needs to say so (rows, their seqs, whether all were sealed, final digest) and storing the
+-- audit.partition_dropped event. Refuses anything the policy keeps.
+CREATE OR REPLACE FUNCTION public.auditq_drop_partition(p_name text) RETURNS bigint
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    v_match  text[] := regexp_match(p_name, '^audit_log_y(\d{4})m(\d{2})$'::text);
+    v_cutoff timestamptz := public.auditq_retention_cutoff();
+    v_policy integer := (SELECT p.retention_days FROM public.store_policy p);
     v_from   date;
     v_to     date;
     v_rows   bigint;
     v_seqs   int8multirange;
     v_digest bytea;
     v_sealed boolean;
+    v_action bigint;
 BEGIN
-    IF v_match IS NULL OR p_retention_days IS NULL OR p_retention_days < 1 THEN
-        RAISE EXCEPTION 'not a monthly partition of audit_log or no retention: %, %',
-            p_name, p_retention_days USING ERRCODE = 'invalid_parameter_value';
+    IF v_match IS NULL THEN
+        RAISE EXCEPTION 'not a monthly partition of audit_log: %', p_name
+            USING ERRCODE = 'invalid_parameter_value';
     END IF;
-    v_from := make_date(v_match[1]::int, v_match[2]::int, 1);
-    v_to := (v_from + interval '1 month')::date;
-    IF v_to > (now() - make_interval(days => p_retention_days))::date THEN
-        RAISE EXCEPTION 'partition % is not wholly past % days of retention',
-            p_name, p_retention_days USING ERRCODE = 'invalid_parameter_value';
+    v_from := make_date(v_match[1]::integer, v_match[2]::integer, 1::integer);
+    v_to := (v_from + '1 month'::interval)::date;
+    IF v_cutoff IS NULL OR (v_to::timestamp AT TIME ZONE 'UTC'::text) > v_cutoff THEN
+        RAISE EXCEPTION 'partition % is not wholly past the store''s retention policy (%)',
+            p_name, coalesce(v_policy::text || ' days', 'none: rows are kept')
+            USING ERRCODE = 'insufficient_privilege',
+                  HINT = 'the owner sets the policy: auditq policy set --retention-days N';
     END IF;
-    IF NOT EXISTS (SELECT FROM pg_inherits WHERE inhparent = 'audit_log'::regclass
-                   AND inhrelid = to_regclass(p_name)) THEN
+    IF NOT EXISTS (SELECT FROM pg_inherits WHERE inhparent = 'public.audit_log'::regclass
+                   AND inhrelid = to_regclass(('public.' || quote_ident(p_name))::text)) THEN
         RAISE EXCEPTION 'no partition %', p_name USING ERRCODE = 'undefined_table';
     END IF;
     -- The rollup loses the rows with them (taken first: the fold reads every partition).
-    PERFORM pg_advisory_xact_lock(1919904876);  -- 'roll': the rollup lock
-    SELECT count(*), coalesce(range_agg(int8range(a.seq, a.seq, '[]')), '{}'),
-           sha256(coalesce(string_agg(int8send(a.seq) || uuid_send(a.id) || audit_row_digest(a),
+    PERFORM pg_advisory_xact_lock(1919904876::bigint);  -- 'roll': the rollup lock
+    SELECT count(*), coalesce(range_agg(int8range(a.seq, a.seq, '[]'::text)), '{}'::int8multirange),
+           sha256(coalesce(string_agg(int8send(a.seq) || uuid_send(a.id) || public.audit_row_digest(a),
                                       ''::bytea ORDER BY a.seq), ''::bytea))
       INTO v_rows, v_seqs, v_digest
-      FROM audit_log a WHERE a.ts >= v_from AND a.ts < v_to;
-    SELECT NOT EXISTS (SELECT FROM seal_pending p WHERE p.kind = 'row' AND p.seqs && v_seqs)
+      FROM public.audit_log a WHERE a.ts >= v_from AND a.ts < v_to;
+    SELECT NOT EXISTS (SELECT FROM public.seal_pending p WHERE p.kind = 'row' AND p.seqs && v_seqs)
       INTO v_sealed;
-    PERFORM auditq_rollup_rows(v_seqs, -1);
-    EXECUTE format('DROP TABLE %I', p_name);
-    RETURN auditq_record_action('partition.dropped', jsonb_build_object(
+    PERFORM public.auditq_rollup_rows(v_seqs, -1::integer);
+    EXECUTE format('DROP TABLE public.%I'::text, p_name);
+    v_action := public.auditq_record_action('partition.dropped'::text, jsonb_build_object(
         'partition', p_name, 'from', v_from, 'to', v_to, 'rows', v_rows, 'sealed', v_sealed,
-        'digest', encode(v_digest, 'hex'), 'retention_days', p_retention_days), v_seqs);
+        'digest', encode(v_digest, 'hex'::text), 'retention_days', v_policy), v_seqs);
+    PERFORM public.auditq_store_event(jsonb_build_object(
+        'action', 'audit.partition_dropped', 'severity', 'notice',
+        'entity', jsonb_build_object('type', 'partition', 'id', p_name),
+        'metadata', jsonb_build_object('rows', v_rows, 'retention_days', v_policy,
+                                       'month', v_from, 'store_action', v_action),
+        'source', 'auditq-worker'), 'worker'::text);
+    RETURN v_action;
 END;
 $$;
 
 -- Retention of rows in the default partition (months that had no partition of their own,
--- e.g. far-past events): deleted when wholly past p_retention_days, recorded like a dropped
+-- e.g. far-past events): deleted when older than the policy allows, recorded like a dropped
 -- partition (rows, their seqs, whether all were sealed, final digest) for `auditq verify`.
-CREATE OR REPLACE FUNCTION auditq_delete_expired_default_rows(p_retention_days integer)
-RETURNS bigint
-LANGUAGE plpgsql SECURITY DEFINER SET search_path = public, pg_temp AS $$
+CREATE OR REPLACE FUNCTION public.auditq_delete_expired_default_rows() RETURNS bigint
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
-    v_before timestamptz;
+    v_before timestamptz := public.auditq_retention_cutoff();
+    v_policy integer := (SELECT p.retention_days FROM public.store_policy p);
     v_rows   bigint;
     v_seqs   int8multirange;
     v_digest bytea;
     v_sealed boolean;
+    v_action bigint;
 BEGIN
-    IF p_retention_days IS NULL OR p_retention_days < 1 THEN
-        RAISE EXCEPTION 'no retention: %', p_retention_days
-            USING ERRCODE = 'invalid_parameter_value';
+    IF v_before IS NULL THEN
+        RETURN NULL;  -- the policy keeps every row
     END IF;
-    v_before := now() - make_interval(days => p_retention_days);
-    PERFORM pg_advisory_xact_lock(1919904876);  -- 'roll': the rollup loses the rows with them
-    SELECT count(*), coalesce(range_agg(int8range(a.seq, a.seq, '[]')), '{}'),
-           sha256(coalesce(string_agg(int8send(a.seq) || uuid_send(a.id) || audit_row_digest(a),
+    PERFORM pg_advisory_xact_lock(1919904876::bigint);  -- 'roll': the rollup loses the rows
+    SELECT count(*), coalesce(range_agg(int8range(a.seq, a.seq, '[]'::text)), '{}'::int8multirange),
+           sha256(coalesce(string_agg(int8send(a.seq) || uuid_send(a.id) || public.audit_row_digest(a),
                                       ''::bytea ORDER BY a.seq), ''::bytea))
       INTO v_rows, v_seqs, v_digest
-      FROM audit_log_default a WHERE a.ts < v_before;
+      FROM public.audit_log_default a WHERE a.ts < v_before;
     IF v_rows = 0 THEN
         RETURN NULL;
     END IF;
-    SELECT NOT EXISTS (SELECT FROM seal_pending p WHERE p.kind = 'row' AND p.seqs && v_seqs)
+    SELECT NOT EXISTS (SELECT FROM public.seal_pending p WHERE p.kind = 'row' AND p.seqs && v_seqs)
       INTO v_sealed;
-    PERFORM auditq_rollup_rows(v_seqs, -1);
-    PERFORM set_config('auditq.retention', 'on', true);
-    DELETE FROM audit_log_default WHERE ts < v_before;
-    PERFORM set_config('auditq.retention', '', true);
-    RETURN auditq_record_action('retention.rows_deleted', jsonb_build_object(
+    PERFORM public.auditq_rollup_rows(v_seqs, -1::integer);
+    PERFORM set_config('auditq.retention'::text, 'on'::text, true);
+    DELETE FROM public.audit_log_default WHERE ts < v_before;
+    PERFORM set_config('auditq.retention'::text, ''::text, true);
+    v_action := public.auditq_record_action('retention.rows_deleted'::text, jsonb_build_object(
         'partition', 'audit_log_default', 'before', v_before, 'rows', v_rows,
-        'sealed', v_sealed, 'digest', encode(v_digest, 'hex'),
-        'retention_days', p_retention_days), v_seqs);
+        'sealed', v_sealed, 'digest', encode(v_digest, 'hex'::text),
+        'retention_days', v_policy), v_seqs);
+    PERFORM public.auditq_store_event(jsonb_build_object(
+        'action', 'audit.rows_expired', 'severity', 'notice',
+        'entity', jsonb_build_object('type', 'partition', 'id', 'audit_log_default'),
+        'metadata', jsonb_build_object('rows', v_rows, 'retention_days', v_policy,
+                                       'store_action', v_action),
+        'source', 'auditq-worker'), 'worker'::text);
+    RETURN v_action;
+END;
+$$;
+
+-- The worker's maintenance: apply the policy. Drops every monthly partition wholly past it
+-- and deletes the default partition's rows past it; a partition busy past p_lock_timeout_ms
+-- (a long read holds it) is left for the next run, so writes never queue behind retention.
+-- One row per removal: (partition, rows, store action), or rows null for a busy partition.
+CREATE OR REPLACE FUNCTION public.auditq_apply_retention(p_lock_timeout_ms integer DEFAULT 200)
+RETURNS TABLE (partition text, rows bigint, action_id bigint)
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    v_cutoff timestamptz := public.auditq_retention_cutoff();
+    v_name   text;
+    v_action bigint;
+BEGIN
+    IF v_cutoff IS NULL THEN
+        RETURN;
+    END IF;
+    PERFORM set_config('lock_timeout'::text,
+                       (greatest(1, least(coalesce(p_lock_timeout_ms, 200), 60000)) || 'ms')::text,
+                       true);
+    FOR v_name IN
+        SELECT c.relname::text FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid
+        WHERE i.inhparent = 'public.audit_log'::regclass
+          AND c.relname ~ '^audit_log_y\d{4}m\d{2}$'::text
+        ORDER BY c.relname
+    LOOP
+        IF ((make_date(substr(v_name, 12, 4)::integer, substr(v_name, 17, 2)::integer, 1::integer)
+             + '1 month'::interval)::timestamp AT TIME ZONE 'UTC'::text) > v_cutoff THEN
+            CONTINUE;
+        END IF;
+        BEGIN
+            v_action := public.auditq_drop_partition(v_name);
+            RETURN QUERY SELECT v_name, (s.detail ->> 'rows')::bigint, s.id
+                         FROM public.store_action s WHERE s.id = v_action;
+        EXCEPTION WHEN lock_not_available THEN
+            RETURN QUERY SELECT v_name, NULL::bigint, NULL::bigint;
+        END;
+    END LOOP;
+    BEGIN
+        v_action := public.auditq_delete_expired_default_rows();
+        IF v_action IS NOT NULL THEN
+            RETURN QUERY SELECT 'audit_log_default'::text, (s.detail ->> 'rows')::bigint, s.id
+                         FROM public.store_action s WHERE s.id = v_action;
+        END IF;
+    EXCEPTION WHEN lock_not_available THEN
+        RETURN QUERY SELECT 'audit_log_default'::text, NULL::bigint, NULL::bigint;
+    END;
 END;
 $$;
 
@@ -382,11 +554,11 @@ $$;
 -- remove or change out of the rollup in their own transaction, under the rollup lock.
 
 -- One entry per inserting statement: the seqs it stored, committed with them (as seal_pending).
-CREATE TABLE IF NOT EXISTS rollup_pending (
+CREATE TABLE IF NOT EXISTS public.rollup_pending (
     seqs int8multirange NOT NULL
 );
 -- Counts by day and what every window sums: action, severity, outcome (all rows).
-CREATE TABLE IF NOT EXISTS rollup_day (
+CREATE TABLE IF NOT EXISTS public.rollup_day (
     day      date   NOT NULL,
     action   text   NOT NULL,
     severity text   NOT NULL,
@@ -395,7 +567,7 @@ CREATE TABLE IF NOT EXISTS rollup_day (
     PRIMARY KEY (day, action, severity, outcome)
 );
 -- The same for each tenant (rows that have one).
-CREATE TABLE IF NOT EXISTS rollup_day_tenant (
+CREATE TABLE IF NOT EXISTS public.rollup_day_tenant (
     tenant   text   NOT NULL,
     day      date   NOT NULL,
     action   text   NOT NULL,
@@ -406,7 +578,7 @@ CREATE TABLE IF NOT EXISTS rollup_day_tenant (
 );
 -- Counts by day and actor (rows that have one), over all tenants: a tenant's top actors are
 -- counted from its rows (tenant index), as actors by tenant and day barely compress.
-CREATE TABLE IF NOT EXISTS rollup_day_actor (
+CREATE TABLE IF NOT EXISTS public.rollup_day_actor (
     day      date   NOT NULL,
     actor_id text   NOT NULL,
     n        bigint NOT NULL,
@@ -414,8 +586,8 @@ CREATE TABLE IF NOT EXISTS rollup_day_actor (
 );
 
 -- Queue a statement's rows for the fold, in the inserting transaction.
-CREATE OR REPLACE FUNCTION audit_log_queue_rollup() RETURNS trigger
-LANGUAGE plpgsql SECURITY DEFINER SET search_path = public, pg_temp AS $$
+CREATE OR REPLACE FUNCTION public.audit_log_queue_rollup() RETURNS trigger
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     v_lo bigint;
     v_hi bigint;
@@ -425,9 +597,9 @@ BEGIN
     IF v_n = 0 THEN
         RETURN NULL;
     ELSIF v_hi - v_lo + 1 = v_n THEN  -- one range: the usual case
-        INSERT INTO rollup_pending (seqs) VALUES (int8multirange(int8range(v_lo, v_hi, '[]')));
+        INSERT INTO public.rollup_pending (seqs) VALUES (int8multirange(int8range(v_lo, v_hi, '[]')));
     ELSE
-        INSERT INTO rollup_pending (seqs) SELECT range_agg(int8range(seq, seq, '[]')) FROM new_rows;
+        INSERT INTO public.rollup_pending (seqs) SELECT range_agg(int8range(seq, seq, '[]')) FROM new_rows;
     END IF;
     RETURN NULL;
 END;
@@ -437,29 +609,29 @@ $$;
 -- meanwhile (SHARE waits for the inserts in flight), so no row is queued twice or missed.
 DO $$
 BEGIN
-    IF NOT EXISTS (SELECT FROM pg_trigger WHERE tgrelid = 'audit_log'::regclass
+    IF NOT EXISTS (SELECT FROM pg_trigger WHERE tgrelid = 'public.audit_log'::regclass
                    AND tgname = 'audit_log_queue_rollup') THEN
-        LOCK TABLE audit_log IN SHARE MODE;
-        INSERT INTO rollup_pending (seqs)
-        SELECT range_agg(int8range(seq, seq, '[]')) FROM audit_log GROUP BY seq / 1000;
+        LOCK TABLE public.audit_log IN SHARE MODE;
+        INSERT INTO public.rollup_pending (seqs)
+        SELECT range_agg(int8range(seq, seq, '[]')) FROM public.audit_log GROUP BY seq / 1000;
     END IF;
 END;
 $$;
 
-DROP TRIGGER IF EXISTS audit_log_queue_rollup ON audit_log;
+DROP TRIGGER IF EXISTS audit_log_queue_rollup ON public.audit_log;
 CREATE TRIGGER audit_log_queue_rollup
-    AFTER INSERT ON audit_log REFERENCING NEW TABLE AS new_rows
-    FOR EACH STATEMENT EXECUTE FUNCTION audit_log_queue_rollup();
+    AFTER INSERT ON public.audit_log REFERENCING NEW TABLE AS new_rows
+    FOR EACH STATEMENT EXECUTE FUNCTION public.audit_log_queue_rollup();
 
 -- Count the rows of p_seqs that are folded (not pending), as they are now, into the rollup
 -- (p_sign 1) or out of it (-1); keys left at 0 are deleted, so an erased actor id leaves the
 -- rollup with its last row. One pass over the rows, a grouping set per table (GROUPING()
 -- tells them apart). Callers hold the rollup lock.
-CREATE OR REPLACE FUNCTION auditq_rollup_rows(p_seqs int8multirange, p_sign integer)
+CREATE OR REPLACE FUNCTION public.auditq_rollup_rows(p_seqs int8multirange, p_sign integer)
 RETURNS void
-LANGUAGE plpgsql SET search_path = public, pg_temp AS $$
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
-    v_seqs   int8multirange := p_seqs - (SELECT coalesce(range_agg(seqs), '{}') FROM rollup_pending);
+    v_seqs   int8multirange := p_seqs - (SELECT coalesce(range_agg(seqs), '{}') FROM public.rollup_pending);
     v_day    tid[];
     v_tenant tid[];
     v_actor  tid[];
@@ -469,23 +641,23 @@ BEGIN
                a.action, a.severity, a.outcome, count(*) * p_sign AS n
         FROM unnest(v_seqs) AS r, LATERAL (  -- OFFSET 0: by the seq index, always
             SELECT (ts AT TIME ZONE 'UTC')::date AS day, tenant, actor_id, action, severity, outcome
-            FROM audit_log WHERE seq >= lower(r) AND seq < upper(r) OFFSET 0) AS a
+            FROM public.audit_log WHERE seq >= lower(r) AND seq < upper(r) OFFSET 0) AS a
         GROUP BY GROUPING SETS ((a.day, a.action, a.severity, a.outcome),
                                 (a.tenant, a.day, a.action, a.severity, a.outcome),
                                 (a.day, a.actor_id))
     ), by_day AS (
-        INSERT INTO rollup_day AS r (day, action, severity, outcome, n)
+        INSERT INTO public.rollup_day AS r (day, action, severity, outcome, n)
         SELECT day, action, severity, outcome, n FROM counted WHERE kind = 6
         ON CONFLICT (day, action, severity, outcome) DO UPDATE SET n = r.n + EXCLUDED.n
         RETURNING r.ctid, r.n
     ), by_tenant AS (
-        INSERT INTO rollup_day_tenant AS r (tenant, day, action, severity, outcome, n)
+        INSERT INTO public.rollup_day_tenant AS r (tenant, day, action, severity, outcome, n)
         SELECT tenant, day, action, severity, outcome, n FROM counted
         WHERE kind = 2 AND tenant IS NOT NULL
         ON CONFLICT (tenant, day, action, severity, outcome) DO UPDATE SET n = r.n + EXCLUDED.n
         RETURNING r.ctid, r.n
     ), by_actor AS (
-        INSERT INTO rollup_day_actor AS r (day, actor_id, n)
+        INSERT INTO public.rollup_day_actor AS r (day, actor_id, n)
         SELECT day, actor_id, n FROM counted WHERE kind = 5 AND actor_id IS NOT NULL
         ON CONFLICT (day, actor_id) DO UPDATE SET n = r.n + EXCLUDED.n
         RETURNING r.ctid, r.n
@@ -495,17 +667,17 @@ BEGIN
            (SELECT array_agg(ctid) FROM by_actor WHERE n = 0)
       INTO v_day, v_tenant, v_actor;
     -- The keys counted down to 0 (their rows are gone, or changed to other keys).
-    DELETE FROM rollup_day WHERE ctid = ANY(v_day);
-    DELETE FROM rollup_day_tenant WHERE ctid = ANY(v_tenant);
-    DELETE FROM rollup_day_actor WHERE ctid = ANY(v_actor);
+    DELETE FROM public.rollup_day WHERE ctid = ANY(v_day);
+    DELETE FROM public.rollup_day_tenant WHERE ctid = ANY(v_tenant);
+    DELETE FROM public.rollup_day_actor WHERE ctid = ANY(v_actor);
 END;
 $$;
 
 -- The worker's fold: up to p_limit pending entries (committed statements only: an open one's
 -- entry is invisible and waits, like its rows) into the rollup, in one transaction. Returns
 -- the entries folded, or null when another fold (or retention, or erasure) holds the lock.
-CREATE OR REPLACE FUNCTION auditq_rollup_fold(p_limit integer) RETURNS bigint
-LANGUAGE plpgsql SECURITY DEFINER SET search_path = public, pg_temp AS $$
+CREATE OR REPLACE FUNCTION public.auditq_rollup_fold(p_limit integer) RETURNS bigint
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     v_entries bigint;
     v_seqs    int8multirange;
@@ -514,24 +686,24 @@ BEGIN
         RAISE EXCEPTION 'auditq_rollup_fold: a limit of at least 1'
             USING ERRCODE = 'invalid_parameter_value';
     END IF;
-    IF NOT pg_try_advisory_xact_lock(1919904876) THEN  -- 'roll': the rollup lock
+    IF NOT pg_try_advisory_xact_lock(1919904876::bigint) THEN  -- 'roll': the rollup lock
         RETURN NULL;
     END IF;
     WITH taken AS (
-        DELETE FROM rollup_pending
-        WHERE ctid = ANY(ARRAY(SELECT ctid FROM rollup_pending LIMIT p_limit))
+        DELETE FROM public.rollup_pending
+        WHERE ctid = ANY(ARRAY(SELECT ctid FROM public.rollup_pending LIMIT p_limit))
         RETURNING seqs
     )
     SELECT count(*), range_agg(seqs) INTO v_entries, v_seqs FROM taken;
     IF v_entries > 0 THEN
-        PERFORM auditq_rollup_rows(v_seqs, 1);
+        PERFORM public.auditq_rollup_rows(v_seqs, 1);
     END IF;
     RETURN v_entries;
 END;
 $$;
 
 -- API tokens: only a SHA-256 of each token is stored; the token itself is shown once.
-CREATE TABLE IF NOT EXISTS api_token (
+CREATE TABLE IF NOT EXISTS public.api_token (
     id          bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
     name        text        NOT NULL,
     role        text        NOT NULL CHECK (role IN ('reader', 'admin', 'ingest')),
@@ -540,17 +712,17 @@ CREATE TABLE IF NOT EXISTS api_token (
     last_used_at timestamptz,
     revoked_at  timestamptz
 );
-CREATE UNIQUE INDEX IF NOT EXISTS api_token_name_active_idx ON api_token (name) WHERE revoked_at IS NULL;
+CREATE UNIQUE INDEX IF NOT EXISTS api_token_name_active_idx ON public.api_token (name) WHERE revoked_at IS NULL;
 
 -- Secrets the API derives keys from (the HMAC key of pagination cursors): made once per
 -- database, so every API replica, before and after a restart, signs and checks alike.
-CREATE TABLE IF NOT EXISTS api_secret (
+CREATE TABLE IF NOT EXISTS public.api_secret (
     name       text        PRIMARY KEY,
     secret     bytea       NOT NULL,
     created_at timestamptz NOT NULL DEFAULT now()
 );
 -- gen_random_uuid() draws from the server's strong random source: 2 x 122 random bits.
-INSERT INTO api_secret (name, secret)
+INSERT INTO public.api_secret (name, secret)
 VALUES ('cursor', uuid_send(gen_random_uuid()) || uuid_send(gen_random_uuid())),
        -- The key of provenance tags (service/queue.py): the API vouches for http:<token>
        -- and api jobs with it, the worker checks them.
@@ -587,50 +759,45 @@ BEGIN
 END;
 $$;
 
-REVOKE ALL ON audit_log, seal_pending, seal_checkpoint, store_action, row_replacement,
-    integrity_verification, api_token, api_secret,
-    rollup_pending, rollup_day, rollup_day_tenant, rollup_day_actor
+REVOKE ALL ON public.audit_log, public.seal_pending, public.seal_checkpoint, public.store_action, public.row_replacement,
+    public.integrity_verification, public.api_token, public.api_secret,
+    public.rollup_pending, public.rollup_day, public.rollup_day_tenant, public.rollup_day_actor
     FROM PUBLIC, auditq_worker, auditq_api;
-REVOKE ALL ON SEQUENCE audit_log_seq, store_action_seq FROM PUBLIC, auditq_worker, auditq_api;
-REVOKE ALL ON FUNCTION auditq_ensure_partition(date), auditq_drop_partition(text, integer),
-    auditq_delete_expired_default_rows(integer),
-    auditq_record_action(text, jsonb, int8multirange), audit_log_queue_seal(),
-    audit_log_queue_rollup(), auditq_rollup_fold(integer),
-    auditq_rollup_rows(int8multirange, integer)
+REVOKE ALL ON SEQUENCE public.audit_log_seq, public.store_action_seq FROM PUBLIC, auditq_worker, auditq_api;
+REVOKE ALL ON FUNCTION public.auditq_ensure_partition(date), public.auditq_drop_partition(text),
+    public.auditq_delete_expired_default_rows(), public.auditq_apply_retention(integer),
+    public.auditq_store_event(jsonb, text), public.auditq_retention_cutoff(),
+    public.auditq_policy_stamp(), public.auditq_policy_record(),
+    public.auditq_record_action(text, jsonb, int8multirange), public.audit_log_queue_seal(),
+    public.audit_log_queue_rollup(), public.auditq_rollup_fold(integer),
+    public.auditq_rollup_rows(int8multirange, integer)
     FROM PUBLIC;
 
 -- The worker: store rows (never choosing their seq), seal them, keep partitions.
-GRANT SELECT ON audit_log TO auditq_worker;
+GRANT SELECT ON public.audit_log TO auditq_worker;
 GRANT INSERT (id, ts, received_at, action, category, severity, outcome,
               actor_id, actor_type, actor_name, actor_email,
               entity_type, entity_id, entity_name, tenant,
               request_id, ip, user_agent, method, path, status, duration_ms,
               changes, metadata, presentation, source, received_via)
-    ON audit_log TO auditq_worker;
-GRANT USAGE ON SEQUENCE audit_log_seq TO auditq_worker;
-GRANT SELECT, DELETE ON seal_pending TO auditq_worker;
-GRANT SELECT, INSERT ON seal_checkpoint TO auditq_worker;
-GRANT SELECT ON store_action, row_replacement TO auditq_worker;
--- The provenance key: the worker checks the API's tags with it (service/queue.py).
-GRANT SELECT ON api_secret TO auditq_worker;
-GRANT EXECUTE ON FUNCTION auditq_ensure_partition(date), auditq_drop_partition(text, integer),
-    auditq_delete_expired_default_rows(integer) TO auditq_worker;
+    ON public.audit_log TO auditq_worker;
+GRANT USAGE ON SEQUENCE public.audit_log_seq TO auditq_worker;
+GRANT SELECT, DELETE ON public.seal_pending TO auditq_worker;
+GRANT SELECT, INSERT ON public.seal_checkpoint TO auditq_worker;
+GRANT SELECT ON public.store_action, public.row_replacement TO auditq_worker;
+-- Partitions made ahead, and retention: the worker only asks to apply the store's policy.
+GRANT EXECUTE ON FUNCTION public.auditq_ensure_partition(date), public.auditq_apply_retention(integer)
+    TO auditq_worker;
 -- The statistics rollup: the worker folds through the definer function only; it may not
 -- write the counts themselves.
-GRANT EXECUTE ON FUNCTION auditq_rollup_fold(integer) TO auditq_worker;
+GRANT EXECUTE ON FUNCTION public.auditq_rollup_fold(integer) TO auditq_worker;
 
 -- The API and the admin commands: read everything, manage tokens, record verifications.
-GRANT SELECT ON audit_log, seal_pending, seal_checkpoint, store_action, row_replacement,
-    api_secret, rollup_pending, rollup_day, rollup_day_tenant, rollup_day_actor TO auditq_api;
-GRANT SELECT, INSERT, UPDATE, DELETE ON api_token TO auditq_api;
-GRANT SELECT, INSERT ON integrity_verification TO auditq_api;
-DO $$
-BEGIN
-    EXECUTE format('GRANT USAGE ON SEQUENCE %s, %s TO auditq_api',
-                   pg_get_serial_sequence('api_token', 'id'),
-                   pg_get_serial_sequence('integrity_verification', 'id'));
-END;
-$$;
+GRANT SELECT ON public.audit_log, public.seal_pending, public.seal_checkpoint, public.store_action, public.row_replacement,
+    public.api_secret, public.rollup_pending, public.rollup_day, public.rollup_day_tenant, public.rollup_day_actor TO auditq_api;
+-- Tokens and verification results are written only through the functions of "Least
+-- privilege" below, which record what they did.
+GRANT SELECT ON public.api_token, public.integrity_verification TO auditq_api;
 
 -- =======================================================================================
 -- Erasure (docs/erasure.md): forgetting one data subject without breaking the proof.
@@ -641,14 +808,14 @@ $$;
 
 -- The key of the pseudonyms: HMAC-SHA256(key, subject id). Made once per database, like the
 -- cursor secret; the worker reads it (and nothing else of api_secret) through the view.
-INSERT INTO api_secret (name, secret)
+INSERT INTO public.api_secret (name, secret)
 VALUES ('subject', uuid_send(gen_random_uuid()) || uuid_send(gen_random_uuid()))
 ON CONFLICT (name) DO NOTHING;
-CREATE OR REPLACE VIEW subject_key AS SELECT secret FROM api_secret WHERE name = 'subject';
+CREATE OR REPLACE VIEW subject_key AS SELECT secret FROM public.api_secret WHERE name = 'subject';
 
 -- Erased subjects, by pseudonym only (never the id): the worker pseudonymises their later
 -- events; the API reports the state of each erasure.
-CREATE TABLE IF NOT EXISTS erased_subject (
+CREATE TABLE IF NOT EXISTS public.erased_subject (
     pseudonym    text        PRIMARY KEY,
     state        text        NOT NULL CHECK (state IN ('running', 'done')),
     requested_at timestamptz NOT NULL DEFAULT now(),
@@ -659,13 +826,13 @@ CREATE TABLE IF NOT EXISTS erased_subject (
 
 -- Presentation params are outside the `search` column: this index finds a subject's name
 -- there too. Partial: the common event without params costs nothing.
-CREATE INDEX IF NOT EXISTS audit_log_params_search_idx ON audit_log
+CREATE INDEX IF NOT EXISTS audit_log_params_search_idx ON public.audit_log
     USING gin (to_tsvector('simple', (presentation -> 'params')::text))
     WHERE presentation -> 'params' <> '{}'::jsonb;
 
 -- A regular expression matching any of p_values literally, not inside a longer word.
-CREATE OR REPLACE FUNCTION auditq_erase_pattern(p_values text[]) RETURNS text
-LANGUAGE sql IMMUTABLE SET search_path = public, pg_temp AS $$
+CREATE OR REPLACE FUNCTION public.auditq_erase_pattern(p_values text[]) RETURNS text
+LANGUAGE sql IMMUTABLE SET search_path = pg_catalog, pg_temp AS $$
 SELECT '(?<![[:alnum:]])(' || string_agg(regexp_replace(v, '([^[:alnum:][:space:]])', '\\\1', 'g'),
                                        '|' ORDER BY length(v) DESC, v)
        || ')(?![[:alnum:]])'
@@ -673,29 +840,29 @@ FROM unnest(p_values) AS v WHERE length(v) > 0
 $$;
 
 -- Text cleared of the subject: names/emails (p_names, any case) -> [erased], id -> pseudonym.
-CREATE OR REPLACE FUNCTION auditq_erase_text(t text, p_names text, p_id text, p_pseudonym text)
+CREATE OR REPLACE FUNCTION public.auditq_erase_text(t text, p_names text, p_id text, p_pseudonym text)
 RETURNS text
-LANGUAGE sql IMMUTABLE SET search_path = public, pg_temp AS $$
+LANGUAGE sql IMMUTABLE SET search_path = pg_catalog, pg_temp AS $$
 SELECT CASE WHEN p_id IS NULL THEN x ELSE regexp_replace(x, p_id, p_pseudonym, 'g') END
 FROM (SELECT CASE WHEN p_names IS NULL OR t IS NULL THEN t
                   ELSE regexp_replace(t, p_names, '[erased]', 'gi') END AS x) s
 $$;
 
 -- The same over every key and string of a JSON value, at any depth.
-CREATE OR REPLACE FUNCTION auditq_erase_jsonb(j jsonb, p_names text, p_id text, p_pseudonym text)
+CREATE OR REPLACE FUNCTION public.auditq_erase_jsonb(j jsonb, p_names text, p_id text, p_pseudonym text)
 RETURNS jsonb
-LANGUAGE plpgsql IMMUTABLE SET search_path = public, pg_temp AS $$
+LANGUAGE plpgsql IMMUTABLE SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
     CASE jsonb_typeof(j)
         WHEN 'object' THEN
-            RETURN coalesce((SELECT jsonb_object_agg(auditq_erase_text(k, p_names, p_id, p_pseudonym),
-                                                     auditq_erase_jsonb(v, p_names, p_id, p_pseudonym))
+            RETURN coalesce((SELECT jsonb_object_agg(public.auditq_erase_text(k, p_names, p_id, p_pseudonym),
+                                                     public.auditq_erase_jsonb(v, p_names, p_id, p_pseudonym))
                              FROM jsonb_each(j) AS e(k, v)), '{}'::jsonb);
         WHEN 'array' THEN
-            RETURN coalesce((SELECT jsonb_agg(auditq_erase_jsonb(v, p_names, p_id, p_pseudonym) ORDER BY o)
+            RETURN coalesce((SELECT jsonb_agg(public.auditq_erase_jsonb(v, p_names, p_id, p_pseudonym) ORDER BY o)
                              FROM jsonb_array_elements(j) WITH ORDINALITY AS e(v, o)), '[]'::jsonb);
         WHEN 'string' THEN
-            RETURN to_jsonb(auditq_erase_text(j #>> '{}', p_names, p_id, p_pseudonym));
+            RETURN to_jsonb(public.auditq_erase_text(j #>> '{}', p_names, p_id, p_pseudonym));
         ELSE
             RETURN j;
     END CASE;
@@ -707,14 +874,14 @@ $$;
 -- p_entity_types): ids -> pseudonym; names, emails, client IP, user agent removed; texts
 -- cleared. p_mentions true: other rows whose texts (full-text search) hold one of p_values,
 -- in seq order after p_after: entity name, path, metadata, changes, presentation cleared.
-CREATE OR REPLACE FUNCTION auditq_anonymise_rows(
+CREATE OR REPLACE FUNCTION public.auditq_anonymise_rows(
     p_subject text, p_pseudonym text, p_entity_types text[], p_values text[],
     p_mentions boolean, p_after bigint, p_limit integer
 ) RETURNS TABLE (changed bigint, last_seq bigint, action_id bigint)
-LANGUAGE plpgsql SECURITY DEFINER SET search_path = public, pg_temp AS $$
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
-    v_names  text := auditq_erase_pattern(array_remove(p_values, p_subject));
-    v_id     text := auditq_erase_pattern(ARRAY[p_subject]);
+    v_names  text := public.auditq_erase_pattern(array_remove(p_values, p_subject));
+    v_id     text := public.auditq_erase_pattern(ARRAY[p_subject]);
     -- Any value, as it is or as JSON text escapes it, anywhere: may this text hold one?
     v_any    text := (SELECT string_agg(regexp_replace(x, '([^[:alnum:][:space:]])', '\\\1', 'g'), '|')
                       FROM (SELECT v AS x FROM unnest(p_values) v WHERE length(v) > 0
@@ -735,11 +902,11 @@ BEGIN
             USING ERRCODE = 'invalid_parameter_value';
     END IF;
     -- One erasure batch at a time: two subjects' batches never replace the same row at once.
-    PERFORM pg_advisory_xact_lock(1635083621);  -- "anon"
+    PERFORM pg_advisory_xact_lock(1635083621::bigint);  -- "anon"
     -- The subject's own rows change an actor id the rollup counts (the mentions pass changes
     -- nothing it counts): the rollup moves their counts to the pseudonym in this transaction.
     IF NOT p_mentions THEN
-        PERFORM pg_advisory_xact_lock(1919904876);  -- 'roll': the rollup lock
+        PERFORM pg_advisory_xact_lock(1919904876::bigint);  -- 'roll': the rollup lock
     END IF;
     IF p_mentions THEN
         FOREACH v_value IN ARRAY coalesce(p_values, '{}') LOOP
@@ -753,7 +920,7 @@ BEGIN
             RETURN;
         END IF;
         SELECT array_agg(s.seq ORDER BY s.seq), array_agg(s.d ORDER BY s.seq) INTO v_seqs, v_old
-        FROM (SELECT a.seq, audit_row_digest(a) AS d FROM audit_log a
+        FROM (SELECT a.seq, public.audit_row_digest(a) AS d FROM public.audit_log a
               WHERE (a.search @@ v_query
                      OR (a.presentation -> 'params' <> '{}'::jsonb
                          AND to_tsvector('simple', (a.presentation -> 'params')::text) @@ v_query))
@@ -765,10 +932,10 @@ BEGIN
         SELECT array_agg(s.seq ORDER BY s.seq), array_agg(s.d ORDER BY s.seq) INTO v_seqs, v_old
         -- In index order (actor, or entity, then ts): the walk never scans the table, and the
         -- rows already changed no longer match, so each batch starts where the last ended.
-        FROM ((SELECT a.seq, audit_row_digest(a) AS d FROM audit_log a
+        FROM ((SELECT a.seq, public.audit_row_digest(a) AS d FROM public.audit_log a
                WHERE a.actor_id = p_subject ORDER BY a.ts DESC LIMIT p_limit)
               UNION
-              (SELECT a.seq, audit_row_digest(a) AS d FROM audit_log a
+              (SELECT a.seq, public.audit_row_digest(a) AS d FROM public.audit_log a
                WHERE a.entity_id = p_subject AND a.entity_type = ANY(p_entity_types)
                ORDER BY a.ts DESC LIMIT p_limit)
               LIMIT p_limit) s;
@@ -779,14 +946,14 @@ BEGIN
     END IF;
     IF NOT p_mentions THEN
         v_range := (SELECT range_agg(int8range(x, x, '[]')) FROM unnest(v_seqs) AS x);
-        PERFORM auditq_rollup_rows(v_range, -1);
+        PERFORM public.auditq_rollup_rows(v_range, -1);
     END IF;
-    v_action := auditq_record_action('subject.anonymised', jsonb_build_object(
+    v_action := public.auditq_record_action('subject.anonymised', jsonb_build_object(
         'pseudonym', p_pseudonym, 'part', CASE WHEN p_mentions THEN 'mentions' ELSE 'subject' END));
     PERFORM set_config('auditq.erasing', v_action::text, true);
     -- SET sees the row before the change; a text is walked only if it may hold a value.
     WITH changed_rows AS (
-        UPDATE audit_log a SET
+        UPDATE public.audit_log a SET
             actor_id     = CASE WHEN a.actor_id = p_subject THEN p_pseudonym ELSE a.actor_id END,
             actor_name   = CASE WHEN a.actor_id = p_subject THEN NULL ELSE a.actor_name END,
             actor_email  = CASE WHEN a.actor_id = p_subject THEN NULL ELSE a.actor_email END,
@@ -794,45 +961,192 @@ BEGIN
                                 THEN p_pseudonym ELSE a.entity_id END,
             entity_name  = CASE WHEN a.entity_id = p_subject AND a.entity_type = ANY(p_entity_types)
                                 THEN NULL
-                                ELSE auditq_erase_text(a.entity_name, v_names, v_id, p_pseudonym) END,
+                                ELSE public.auditq_erase_text(a.entity_name, v_names, v_id, p_pseudonym) END,
             ip           = CASE WHEN a.actor_id = p_subject
                                   OR (a.entity_id = p_subject AND a.entity_type = ANY(p_entity_types))
                                 THEN NULL ELSE a.ip END,
             user_agent   = CASE WHEN a.actor_id = p_subject
                                   OR (a.entity_id = p_subject AND a.entity_type = ANY(p_entity_types))
                                 THEN NULL ELSE a.user_agent END,
-            path         = auditq_erase_text(a.path, v_names, v_id, p_pseudonym),
+            path         = public.auditq_erase_text(a.path, v_names, v_id, p_pseudonym),
             changes      = CASE WHEN a.changes::text ~* v_any
-                                THEN auditq_erase_jsonb(a.changes, v_names, v_id, p_pseudonym)
+                                THEN public.auditq_erase_jsonb(a.changes, v_names, v_id, p_pseudonym)
                                 ELSE a.changes END,
             metadata     = CASE WHEN a.metadata::text ~* v_any
-                                THEN auditq_erase_jsonb(a.metadata, v_names, v_id, p_pseudonym)
+                                THEN public.auditq_erase_jsonb(a.metadata, v_names, v_id, p_pseudonym)
                                 ELSE a.metadata END,
             presentation = CASE WHEN a.presentation::text ~* v_any
-                                THEN auditq_erase_jsonb(a.presentation, v_names, v_id, p_pseudonym)
+                                THEN public.auditq_erase_jsonb(a.presentation, v_names, v_id, p_pseudonym)
                                 ELSE a.presentation END
         WHERE a.seq = ANY(v_seqs)
-        RETURNING a.seq, audit_row_digest(a) AS d
+        RETURNING a.seq, public.audit_row_digest(a) AS d
     )
-    INSERT INTO row_replacement (action_id, seq, old_digest, new_digest)
+    INSERT INTO public.row_replacement (action_id, seq, old_digest, new_digest)
     SELECT v_action, c.seq, o.d, c.d
     FROM changed_rows c JOIN unnest(v_seqs, v_old) AS o(seq, d) ON o.seq = c.seq
     WHERE o.d <> c.d;
     GET DIAGNOSTICS v_count = ROW_COUNT;
     PERFORM set_config('auditq.erasing', '', true);
     IF NOT p_mentions THEN
-        PERFORM auditq_rollup_rows(v_range, 1);
+        PERFORM public.auditq_rollup_rows(v_range, 1);
     END IF;
     RETURN QUERY SELECT v_count, v_seqs[array_length(v_seqs, 1)], v_action;
 END;
 $$;
 
-REVOKE ALL ON erased_subject, subject_key FROM PUBLIC, auditq_worker, auditq_api;
-REVOKE ALL ON FUNCTION auditq_anonymise_rows(text, text, text[], text[], boolean, bigint, integer)
+REVOKE ALL ON public.erased_subject, subject_key FROM PUBLIC, auditq_worker, auditq_api;
+REVOKE ALL ON FUNCTION public.auditq_anonymise_rows(text, text, text[], text[], boolean, bigint, integer)
     FROM PUBLIC;
-GRANT SELECT ON erased_subject, subject_key TO auditq_worker;
-GRANT SELECT, INSERT, UPDATE ON erased_subject TO auditq_api;
+GRANT SELECT ON public.erased_subject, subject_key TO auditq_worker;
+GRANT SELECT, INSERT, UPDATE ON public.erased_subject TO auditq_api;
 GRANT SELECT ON subject_key TO auditq_api;
-GRANT EXECUTE ON FUNCTION auditq_anonymise_rows(text, text, text[], text[], boolean, bigint, integer)
+GRANT EXECUTE ON FUNCTION public.auditq_anonymise_rows(text, text, text[], text[], boolean, bigint, integer)
     TO auditq_api;
 -- (end of erasure)
+
+-- =======================================================================================
+-- Least privilege (docs/integrity.md, "Roles"): what the runtime roles write, they write
+-- through definer functions that record what they did, as rows sealed like any other.
+-- =======================================================================================
+
+-- A UUIDv7 made by the server (the wire format's id): 48 bits of Unix milliseconds, then
+-- random bits from gen_random_uuid() with the version set to 7 (its variant bits stay).
+CREATE OR REPLACE FUNCTION public.auditq_new_event_id() RETURNS uuid
+LANGUAGE sql VOLATILE SET search_path = pg_catalog, pg_temp AS $$
+SELECT encode(set_byte(overlay(uuid_send(gen_random_uuid())
+                               PLACING substr(int8send(floor(extract(epoch FROM clock_timestamp())
+                                                             * 1000::numeric)::bigint), 3, 6)
+                               FROM 1 FOR 6),
+                       6, (get_byte(uuid_send(gen_random_uuid()), 6) & 15) | 112),
+              'hex'::text)::uuid
+$$;
+
+-- Admin actions (contract §7): the API's event of each mutation goes straight into the
+-- store, stored as `api` with the server's id and time; it only inserts. Returns the id.
+CREATE OR REPLACE FUNCTION public.auditq_record_admin_event(p_event jsonb) RETURNS uuid
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    IF jsonb_typeof(p_event) IS DISTINCT FROM 'object'::text
+       OR coalesce(p_event ->> 'action', ''::text)
+          !~ '^[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*){1,7}$'::text THEN
+        RAISE EXCEPTION 'an admin event is an event object with an action'
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    RETURN public.auditq_store_event(
+        p_event - 'id'::text || jsonb_build_object('id', public.auditq_new_event_id()), 'api'::text);
+END;
+$$;
+
+-- Tokens: made and revoked only here, each change stored with its event in one transaction.
+-- p_by is who asked: {"actor": {...}, "request": {...}, "source": "..."} of the event.
+CREATE OR REPLACE FUNCTION public.auditq_create_token(
+    p_name text, p_role text, p_hash bytea, p_by jsonb
+) RETURNS bigint
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    v_id bigint;
+BEGIN
+    IF octet_length(p_hash) IS DISTINCT FROM 32 THEN
+        RAISE EXCEPTION 'a token hash is 32 bytes' USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    INSERT INTO public.api_token (name, role, token_hash) VALUES (p_name, p_role, p_hash)
+    RETURNING id INTO v_id;
+    PERFORM public.auditq_store_event(jsonb_build_object(
+        'id', public.auditq_new_event_id(), 'action', 'token.created',
+        'actor', p_by -> 'actor', 'request', p_by -> 'request',
+        'source', coalesce(p_by ->> 'source', 'auditq-api'::text),
+        'entity', jsonb_build_object('type', 'api_token', 'id', p_name),
+        'metadata', jsonb_build_object('name', p_name, 'role', p_role)), 'api'::text);
+    RETURN v_id;
+END;
+$$;
+
+-- Revoke the active token named p_name; its hash (to announce), or null when none is active.
+CREATE OR REPLACE FUNCTION public.auditq_revoke_token(p_name text, p_by jsonb) RETURNS bytea
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    v_hash bytea;
+BEGIN
+    UPDATE public.api_token SET revoked_at = now() WHERE name = p_name AND revoked_at IS NULL
+    RETURNING token_hash INTO v_hash;
+    IF v_hash IS NOT NULL THEN
+        PERFORM public.auditq_store_event(jsonb_build_object(
+            'id', public.auditq_new_event_id(), 'action', 'token.revoked',
+            'actor', p_by -> 'actor', 'request', p_by -> 'request',
+            'source', coalesce(p_by ->> 'source', 'auditq-api'::text),
+            'entity', jsonb_build_object('type', 'api_token', 'id', left(p_name, 1024)),
+            'metadata', jsonb_build_object('name', left(p_name, 1024))), 'api'::text);
+    END IF;
+    RETURN v_hash;
+END;
+$$;
+
+-- A verification's result, kept with the integrity.verified event naming who ran it (a
+-- result claimed by a stolen password is at least a sealed claim of that role's).
+CREATE OR REPLACE FUNCTION public.auditq_record_verification(
+    p_started_at timestamptz, p_result jsonb, p_by jsonb
+) RETURNS bigint
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    v_id     bigint;
+    v_intact boolean := coalesce((p_result ->> 'intact')::boolean, false);
+BEGIN
+    INSERT INTO public.integrity_verification (started_at, finished_at, result)
+    VALUES (p_started_at, now(), p_result) RETURNING id INTO v_id;
+    PERFORM public.auditq_store_event(jsonb_build_object(
+        'id', public.auditq_new_event_id(), 'action', 'integrity.verified',
+        'severity', CASE WHEN v_intact THEN 'notice' ELSE 'critical' END,
+        'outcome', CASE WHEN v_intact THEN 'success' ELSE 'failure' END,
+        'actor', p_by -> 'actor', 'request', p_by -> 'request',
+        'source', coalesce(p_by ->> 'source', 'auditq-api'::text),
+        'metadata', jsonb_strip_nulls(jsonb_build_object(
+            'verification', v_id, 'recorded_by', session_user::text,
+            'intact', v_intact, 'rows', p_result -> 'rows',
+            'checkpoints', p_result -> 'checkpoints', 'findings', p_result -> 'findings',
+            'error', p_result -> 'error'))), 'api'::text);
+    RETURN v_id;
+END;
+$$;
+
+-- The provenance key, and only it, for the worker (it checks the API's tags with it).
+CREATE OR REPLACE VIEW public.provenance_key AS
+    SELECT secret FROM public.api_secret WHERE name = 'provenance';
+
+REVOKE ALL ON public.store_policy, public.provenance_key FROM PUBLIC, auditq_worker, auditq_api;
+REVOKE ALL ON FUNCTION public.auditq_new_event_id(), public.auditq_record_admin_event(jsonb),
+    public.auditq_create_token(text, text, bytea, jsonb), public.auditq_revoke_token(text, jsonb),
+    public.auditq_record_verification(timestamptz, jsonb, jsonb)
+    FROM PUBLIC;
+GRANT SELECT ON public.store_policy, public.provenance_key TO auditq_worker, auditq_api;
+GRANT EXECUTE ON FUNCTION public.auditq_record_admin_event(jsonb),
+    public.auditq_create_token(text, text, bytea, jsonb), public.auditq_revoke_token(text, jsonb),
+    public.auditq_record_verification(timestamptz, jsonb, jsonb)
+    TO auditq_api;
+
+-- No role but the owner may create objects where auditq's live: a function or table planted
+-- there could stand in for one of ours (docs/integrity.md, "Definer functions"). migrate
+-- revokes what it may and refuses a schema in which PUBLIC or a runtime role still may.
+DO $$
+DECLARE
+    v_who text;
+BEGIN
+    BEGIN
+        REVOKE CREATE ON SCHEMA public FROM PUBLIC, auditq_worker, auditq_api;
+    EXCEPTION WHEN insufficient_privilege THEN
+        NULL;  -- not the schema's owner: checked below
+    END;
+    SELECT string_agg(w, ', ') INTO v_who FROM (
+        SELECT 'PUBLIC' AS w FROM pg_namespace n,
+               aclexplode(coalesce(n.nspacl, acldefault('n'::"char", n.nspowner))) a
+        WHERE n.nspname = 'public' AND a.grantee = 0::oid AND a.privilege_type = 'CREATE'
+        UNION ALL
+        SELECT r.rolname::text FROM pg_roles r
+        WHERE r.rolname IN ('auditq_worker', 'auditq_api')
+          AND has_schema_privilege(r.oid, 'public'::text, 'CREATE'::text)) s;
+    IF v_who IS NOT NULL THEN
+        RAISE EXCEPTION 'schema public lets % create objects, which could stand in for auditq''s: as its owner or a superuser run REVOKE CREATE ON SCHEMA public FROM PUBLIC, auditq_worker, auditq_api; then migrate again', v_who
+            USING ERRCODE = 'insufficient_privilege';
+    END IF;
+END;
+$$;
+-- (end of least privilege)

@@ -47,3 +47,15 @@ async def redis_as_text(client: aioredis.Redis, patterns: Iterable[str] = ("*",)
                 value = kind
             parts.append(f"{key!r} {value!r}")
     return "\n".join(parts)
+
+
+async def set_retention(owner: asyncpg.Connection, days: int | None) -> None:
+    """Set the store's retention policy, as its owner (`auditq policy set` does the same)."""
+    await owner.execute("UPDATE store_policy SET retention_days = $1", days)
+
+
+def days_since(day: Any) -> int:
+    """Whole days from `day` (a date) to today, UTC: a retention whose cutoff falls on it."""
+    from datetime import UTC, datetime
+
+    return (datetime.now(UTC).date() - day).days

@@ -21,7 +21,6 @@ from service.producer.client import AuditClient
 from service.producer.lifecycle import STARTED, STOPPING, WORKER_SOURCE, record_lifecycle
 from service.queue import (
     JOB_FUNCTION,
-    PROVENANCE_SECRET,
     Provenance,
     deserialize_job,
     job_serializer,
@@ -30,7 +29,7 @@ from service.redaction import redact_sensitive_in_string
 from service.settings import Settings
 from service.store import db
 from service.store.partitions import ensure_partitions
-from service.store.secrets import read_secret
+from service.store.secrets import read_provenance_key
 from workers import heartbeat, rollup, sealer
 from workers.arq_redis import arq_settings, create_arq_pool
 from workers.erased import ErasedSubjects
@@ -59,7 +58,7 @@ async def _startup(ctx: dict[str, Any]) -> None:
     # that month's own partition is about to be made (the key is unique per partition).
     async with state.pool.acquire() as conn:
         await ensure_partitions(conn, months_ahead=state.settings.partitions_ahead_months)
-        key = state.provenance_key = await read_secret(conn, PROVENANCE_SECRET)
+        key = state.provenance_key = await read_provenance_key(conn)
     state._heartbeat = asyncio.get_running_loop().create_task(
         heartbeat.run(state, worker_id=state.worker_id), name="auditq-heartbeat"
     )

@@ -11,6 +11,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from service.api import console, health, ingest, integrity, metrics, openapi, subjects, tokens
+from service.api import policy as policy_api
 from service.api import tasks as tasks_api
 from service.api.audit_logs import export, pages, statistics, stream
 from service.api.audit_logs.cursor import cursor_context
@@ -52,6 +53,7 @@ ROUTES = [
     *ingest.ROUTES,
     *integrity.ROUTES,
     *subjects.ROUTES,  # erasure (contract §9)
+    *policy_api.ROUTES,  # the store's policy (contract §6)
     *metrics.ROUTES,
     *openapi.ROUTES,
     *console.ROUTES,  # the browser console: no token needed to load it

@@ -7,6 +7,8 @@ import asyncpg
 from service.errors import ConfigError
 
 SELECT_SECRET = "SELECT secret FROM api_secret WHERE name = $1"
+# The worker reads the provenance key and no other secret (schema.sql, "Least privilege").
+SELECT_PROVENANCE_KEY = "SELECT secret FROM provenance_key"
 
 
 async def read_secret(conn: asyncpg.Connection, name: str) -> bytes:
@@ -14,4 +16,12 @@ async def read_secret(conn: asyncpg.Connection, name: str) -> bytes:
     secret = await conn.fetchval(SELECT_SECRET, name)
     if secret is None:
         raise ConfigError(f"the database has no {name} secret: run `auditq migrate`")
+    return bytes(secret)
+
+
+async def read_provenance_key(conn: asyncpg.Connection) -> bytes:
+    """The key of provenance tags (service/queue.py), the one secret the worker may read."""
+    secret = await conn.fetchval(SELECT_PROVENANCE_KEY)
+    if secret is None:
+        raise ConfigError("the database has no provenance secret: run `auditq migrate`")
     return bytes(secret)

@@ -20,6 +20,7 @@ from service.store.rollup import fold_all
 from tests.admin_api import Tokens
 from tests.api.test_audit_logs import BASE, get_json, make_event, seed
 from tests.conftest import running_worker, wait_for
+from tests.stores import set_retention
 from workers.maintenance import drop_expired_partitions
 
 STATS = f"{BASE}/statistics"
@@ -210,7 +211,8 @@ async def test_rows_removed_by_retention_leave_the_statistics(
     spanning = [(datetime(2018, 1, 1, 5, tzinfo=UTC), NOW), (start - timedelta(hours=5), NOW)]
     before = await answered(api, reader, *spanning[0])
     assert sum(d["count"] for d in before["per_day"]) == 560
-    dropped = await drop_expired_partitions(pg, retention_days=200)
+    await set_retention(pg, 200)
+    dropped = await drop_expired_partitions(pg)
     assert dropped == [f"audit_log_y{month.year:04d}m{month.month:02d}"]
     after = await answered(api, reader, *spanning[0])
     assert sum(d["count"] for d in after["per_day"]) == 200

@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+from datetime import UTC, date, datetime, timedelta
+
 import asyncpg
 import pytest
 
-from service.store.partitions import LIST_PARTITIONS
+from service.store.partitions import LIST_PARTITIONS, partition_name
+from service.store.policy import NotOwner, Policy
+from service.store.policy import set_retention as set_policy
+from service.store.policy import show as show_policy
 from service.store.rollup import fold_all
-from tests.integrity.conftest import store
+from tests.integrity.conftest import run_verify, seal_all, store
+from tests.stores import set_retention
+from workers.maintenance import drop_expired_partitions
 
 # (what is tried, statements), each run in its own transaction as the runtime role.
 BYPASSES = [
@@ -42,8 +49,16 @@ BYPASSES = [
     ("forge an admin action", [
         "INSERT INTO store_action (action, detail) VALUES ('partition.dropped', '{}')"]),
     ("delete an admin action", ["DELETE FROM store_action"]),
+    # Retention whose period the caller chooses (the old signatures) or drops directly.
     ("retention of a young partition", ["SELECT auditq_drop_partition('{partition}', 1)"]),
     ("retention of another table", ["SELECT auditq_drop_partition('api_token', 1)"]),
+    ("retention of a day", ["SELECT auditq_delete_expired_default_rows(1)"]),
+    ("drop a partition by the definer", ["SELECT auditq_drop_partition('{partition}')"]),
+    ("delete default rows by the definer", ["SELECT auditq_delete_expired_default_rows()"]),
+    ("write the policy", ["UPDATE store_policy SET retention_days = 1"]),
+    ("add a policy", ["INSERT INTO store_policy (singleton, retention_days) VALUES (false, 1)"]),
+    ("remove the policy", ["DELETE FROM store_policy"]),
+    ("stamp the policy", ["SELECT auditq_policy_record()"]),
     ("record an action directly", ["SELECT auditq_record_action('x', '{}')"]),
     # GRANT without the right only warns: what counts is that the UPDATE still fails.
     ("grant itself more", [
@@ -68,6 +83,7 @@ REFUSED = (
     asyncpg.CantChangeRuntimeParamError,
     asyncpg.ObjectNotInPrerequisiteStateError,
     asyncpg.UndefinedTableError,
+    asyncpg.UndefinedFunctionError,
 )
 
 
@@ -118,3 +134,86 @@ async def test_the_worker_folds_the_rollup_and_the_api_reads_it(
     assert await api_conn.fetchval("SELECT count(*) FROM rollup_pending") == 0
     with pytest.raises(asyncpg.InsufficientPrivilegeError):
         await fold_all(api_conn)
+
+
+# --- Retention: the period is the store's policy, not the caller's ------------------------
+
+INSERT_AT = """
+INSERT INTO audit_log (id, ts, action, category, severity, outcome, presentation)
+VALUES (gen_random_uuid(), $1, 'a.b', 'a', 'info', 'success', '{}')
+"""
+
+
+async def test_the_worker_cannot_remove_what_the_policy_keeps(
+    pg: asyncpg.Connection, worker_conn: asyncpg.Connection, seal_key: object
+) -> None:
+    # A row of four months ago in the default partition, rows of a month of its own.
+    now = datetime.now(UTC)
+    old = now - timedelta(days=120)
+    await worker_conn.execute(INSERT_AT, old)
+    month = date(now.year - 2, now.month, 1)
+    await worker_conn.fetchval("SELECT auditq_ensure_partition($1)", month)
+    await worker_conn.execute(INSERT_AT, datetime(month.year, month.month, 3, tzinfo=UTC))
+    await seal_all(worker_conn, seal_key)  # type: ignore[arg-type]
+    before = await pg.fetchval("SELECT count(*) FROM audit_log WHERE action = 'a.b'")
+    # The attack of the issue: the worker asks for a retention of one day.
+    for attack in (
+        "SELECT auditq_delete_expired_default_rows(1)",
+        "SELECT auditq_delete_expired_default_rows()",
+        f"SELECT auditq_drop_partition('{partition_name(month)}')",
+        f"SELECT auditq_drop_partition('{partition_name(month)}', 1)",
+    ):
+        with pytest.raises((asyncpg.InsufficientPrivilegeError, asyncpg.UndefinedFunctionError)):
+            await worker_conn.fetchval(attack)
+    # What the worker may do, apply the policy, removes nothing while the policy keeps all...
+    assert await drop_expired_partitions(worker_conn) == []
+    # ...or while it keeps more than their age, and the owner's own call is refused too.
+    await set_retention(pg, 3 * 365)
+    assert await drop_expired_partitions(worker_conn) == []
+    with pytest.raises(asyncpg.InsufficientPrivilegeError, match="retention policy"):
+        await pg.fetchval("SELECT auditq_drop_partition($1)", partition_name(month))
+    assert await pg.fetchval("SELECT count(*) FROM audit_log WHERE action = 'a.b'") == before
+    # The owner shortens the policy: the next maintenance removes both, each a store action.
+    await set_retention(pg, 90)
+    assert await drop_expired_partitions(worker_conn) == [partition_name(month)]
+    assert await pg.fetchval("SELECT count(*) FROM audit_log WHERE action = 'a.b'") == 0
+    actions = [
+        (r["action"], r["detail"].get("retention_days"))
+        for r in await pg.fetch("SELECT action, detail FROM store_action ORDER BY id")
+        if r["action"] != "partition.created"
+    ]
+    assert actions == [
+        ("policy.set", 3 * 365),
+        ("policy.set", 90),
+        ("partition.dropped", 90),
+        ("retention.rows_deleted", 90),
+    ]
+    # The removals' events are stored by the store itself, whoever asked.
+    events = await pg.fetch(
+        "SELECT action, received_via FROM audit_log WHERE action LIKE 'audit.%' ORDER BY seq"
+    )
+    assert [(e["action"], e["received_via"]) for e in events] == [
+        ("audit.partition_dropped", "worker"),
+        ("audit.rows_expired", "worker"),
+    ]
+    await seal_all(worker_conn, seal_key)  # type: ignore[arg-type]
+    report, lines = await run_verify(pg, seal_key)  # type: ignore[arg-type]
+    assert report.findings == 0 and report.removed_by_retention == 2, lines
+
+
+async def test_the_policy_is_the_owners_and_each_change_is_stamped(
+    pg: asyncpg.Connection, api_conn: asyncpg.Connection, worker_conn: asyncpg.Connection
+) -> None:
+    assert await show_policy(api_conn) == Policy(retention_days=None, set_at=None, set_by=None)
+    for conn in (api_conn, worker_conn):
+        with pytest.raises(NotOwner):
+            await set_policy(conn, 1)
+    # The owner (here the superuser that migrated) cannot backdate or sign for someone else.
+    await pg.execute(
+        "UPDATE store_policy SET retention_days = 30, set_at = '2001-01-01', set_by = 'nobody'"
+    )
+    policy = await show_policy(api_conn)
+    assert policy.retention_days == 30 and policy.set_by == await pg.fetchval("SELECT session_user")
+    assert policy.set_at is not None and policy.set_at.year == datetime.now(UTC).year
+    with pytest.raises(asyncpg.InsufficientPrivilegeError):
+        await pg.execute("DELETE FROM store_policy")

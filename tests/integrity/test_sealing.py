@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 from collections import Counter
-from datetime import UTC, date, datetime
+from datetime import date
 
 import asyncpg
 import pytest
@@ -18,6 +18,7 @@ from service.settings import Settings
 from service.store.partitions import ensure_partitions
 from tests.conftest import running_worker, wait_for
 from tests.integrity.conftest import run_verify, seal_all, store
+from tests.stores import days_since, set_retention
 from workers.maintenance import drop_expired_partitions
 
 PRODUCERS = 4
@@ -93,9 +94,8 @@ async def test_retention_keeps_the_chain(
         await worker_conn.execute(insert, ts)
     await store(worker_conn, 3)
     await seal_all(worker_conn, seal_key)  # type: ignore[arg-type]
-    dropped = await drop_expired_partitions(
-        worker_conn, retention_days=40, now=datetime(2020, 3, 15, tzinfo=UTC)
-    )
+    await set_retention(pg, days_since(date(2020, 2, 15)))
+    dropped = await drop_expired_partitions(worker_conn)
     assert dropped == ["audit_log_y2020m01"]
     await seal_all(worker_conn, seal_key)  # type: ignore[arg-type]
     report, lines = await run_verify(pg, seal_key)  # type: ignore[arg-type]
@@ -128,7 +128,8 @@ async def test_retention_reaches_rows_of_the_default_partition_and_keeps_the_cha
         async with worker_conn.transaction():
             await worker_conn.execute("SET LOCAL auditq.retention = 'on'")
             await worker_conn.execute("DELETE FROM audit_log_default")
-    await drop_expired_partitions(worker_conn, retention_days=365)
+    await set_retention(pg, 365)
+    await drop_expired_partitions(worker_conn)
     left = await pg.fetchval("SELECT count(*) FROM audit_log_default WHERE action = 'a.b'")
     assert left == 0
     assert await pg.fetchval(

@@ -7,6 +7,7 @@ from datetime import UTC, date, datetime
 import asyncpg
 
 from service.store.partitions import LIST_PARTITIONS, ensure_partitions
+from tests.stores import days_since, set_retention
 from workers.maintenance import drop_expired_partitions
 
 INSERT_AT = """
@@ -41,10 +42,9 @@ async def test_retention_drops_whole_old_partitions_and_audits_each(pg: asyncpg.
     await ensure_partitions(pg, months_ahead=0, today=date(2020, 2, 10))
     for ts in ("2020-01-05T00:00:00Z", "2020-01-06T00:00:00Z", "2020-02-05T00:00:00Z"):
         await pg.execute(INSERT_AT, ts)
-    # On 2020-03-15 with 40 days' retention only January lies wholly before the cutoff.
-    dropped = await drop_expired_partitions(
-        pg, retention_days=40, now=datetime(2020, 3, 15, tzinfo=UTC)
-    )
+    # With the cutoff on 2020-02-15 only January lies wholly before it.
+    await set_retention(pg, days_since(date(2020, 2, 15)))
+    dropped = await drop_expired_partitions(pg)
     assert dropped == ["audit_log_y2020m01"]
     assert "audit_log_y2020m01" not in await partitions(pg)
     assert await pg.fetchval("SELECT count(*) FROM audit_log WHERE action = 'a.b'") == 1
@@ -88,9 +88,8 @@ async def test_retention_never_makes_writes_wait_behind_a_long_read(
         export = reader.transaction(isolation="repeatable_read", readonly=True)
         await export.start()
         await reader.fetch("SELECT id FROM audit_log WHERE ts < '2020-02-01'")
-        retention = asyncio.create_task(
-            drop_expired_partitions(pg, retention_days=40, now=datetime(2020, 3, 15, tzinfo=UTC))
-        )
+        await set_retention(pg, days_since(date(2020, 2, 15)))
+        retention = asyncio.create_task(drop_expired_partitions(pg))
         await asyncio.sleep(0.1)  # retention is now trying to drop the partition
         started = time.monotonic()
         await writer.execute(INSERT_AT, datetime.now(UTC).isoformat())
@@ -99,9 +98,7 @@ async def test_retention_never_makes_writes_wait_behind_a_long_read(
         # Without a lock timeout the write would wait for the whole export (here: forever).
         assert waited < 5, f"a write waited {waited:.1f} s behind retention"
         await export.rollback()
-        dropped = await drop_expired_partitions(
-            pg, retention_days=40, now=datetime(2020, 3, 15, tzinfo=UTC)
-        )
+        dropped = await drop_expired_partitions(pg)
         assert dropped == ["audit_log_y2020m01"]
     finally:
         await reader.close()
