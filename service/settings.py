@@ -56,6 +56,8 @@ class Settings:
     seal_interval_s: float = 10.0
     seal_key_file: Path | None = None  # None: <data_dir>/seal-key
     sealing: bool = True  # AUDITQ_SEAL=off: this worker makes no checkpoints (benchmarks)
+    seal_state_file: Path | None = None  # None: beside the seal key, <key>.state
+    log_origin: str | None = None  # None: auditq/<database name>
     max_future_s: float = 300.0
 
     # Erasure (docs/erasure.md): an entity of these types whose id is the subject is the subject.
@@ -85,6 +87,7 @@ class Settings:
         if redis_url is not None:
             parse_redis_url(redis_url)  # a malformed URL is one clear error, here
         key_file = env.get("AUDITQ_SEAL_KEY_FILE", "").strip()
+        state_file = env.get("AUDITQ_SEAL_STATE_FILE", "").strip()
         return cls(
             redis_url=redis_url,
             database_url=url("AUDITQ_DATABASE_URL"),
@@ -116,6 +119,8 @@ class Settings:
             seal_interval_s=_float(env, "AUDITQ_SEAL_INTERVAL_S", 10.0),
             seal_key_file=Path(key_file) if key_file else None,
             sealing=env.get("AUDITQ_SEAL", "on").strip().lower() != "off",
+            seal_state_file=Path(state_file) if state_file else None,
+            log_origin=_origin(env.get("AUDITQ_LOG_ORIGIN", "").strip()),
             max_future_s=_float(env, "AUDITQ_MAX_FUTURE_S", 300.0),
             subject_entity_types=_names(env, "AUDITQ_SUBJECT_ENTITY_TYPES", frozenset({"user"})),
         )
@@ -146,6 +151,12 @@ class Settings:
     def seal_key_path(self) -> Path:
         """The Ed25519 private key the sealer signs checkpoints with."""
         return self.seal_key_file or self.data_dir / "seal-key"
+
+    @property
+    def seal_state_path(self) -> Path:
+        """The last checkpoint the sealer signed (docs/integrity.md), beside the key."""
+        key = self.seal_key_path
+        return self.seal_state_file or key.with_name(key.name + ".state")
 
     @property
     def worker_url(self) -> str | None:
@@ -202,4 +213,13 @@ def _float(env: Mapping[str, str], name: str, default: float) -> float:
         raise ConfigError(f"{name} must be a number, not {raw!r}") from None
     if not value > 0:
         raise ConfigError(f"{name} must be positive, not {raw}")
+    return value
+
+
+def _origin(value: str) -> str | None:
+    """AUDITQ_LOG_ORIGIN: one line of printable text without spaces, or None (the default)."""
+    if not value:
+        return None
+    if any(c.isspace() or not c.isprintable() for c in value) or "+" in value:
+        raise ConfigError(f"AUDITQ_LOG_ORIGIN must be one word without spaces or '+': {value!r}")
     return value

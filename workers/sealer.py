@@ -11,20 +11,39 @@ import logging
 
 import asyncpg
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from prometheus_client import Gauge
 
-from service.store.seals import seal_once
+from service.integrity.sealstate import SealingStopped
+from service.store.seals import LogConfig, seal_once
+
+# Why sealing stopped, while it is stopped (read by the worker's status and /metrics).
+STOPPED: dict[str, str] = {}
+SEALING_STOPPED = Gauge(
+    "auditq_sealing_stopped",
+    "1 while the sealer refuses to sign: the store's log does not extend its last checkpoint",
+)
 
 logger = logging.getLogger(__name__)
 
 
-async def run(pool: asyncpg.Pool, key: Ed25519PrivateKey, *, interval_s: float) -> None:
-    """Seal what is pending every `interval_s` until cancelled; a failure waits for the next."""
+async def run(
+    pool: asyncpg.Pool,
+    key: Ed25519PrivateKey,
+    *,
+    interval_s: float,
+    log: LogConfig | None = None,
+) -> None:
+    """Seal what is pending every `interval_s` until cancelled; a failure waits for the next.
+
+    A store whose log does not extend the last checkpoint signed stops sealing: it is said
+    in the log (each round) and in STOPPED, and nothing is signed until an operator acts."""
     # Half the interval between attempts: a row waits at most about one interval.
     pause = interval_s / 2
     while True:
         try:
             async with pool.acquire() as conn:
-                checkpoint = await seal_once(conn, key)
+                checkpoint = await seal_once(conn, key, log)
+            STOPPED.clear()
             if checkpoint is not None:
                 logger.debug(
                     "checkpoint %d sealed: %d rows, %d actions",
@@ -32,6 +51,11 @@ async def run(pool: asyncpg.Pool, key: Ed25519PrivateKey, *, interval_s: float) 
                     checkpoint.row_count,
                     checkpoint.action_count,
                 )
+        except SealingStopped as exc:
+            if STOPPED.get("reason") != str(exc):
+                logger.error("sealing stopped: %s", exc)
+            STOPPED["reason"] = str(exc)
+            SEALING_STOPPED.set(1)
         except Exception as exc:  # the database away: the next round seals what waited
             logger.warning("sealing failed: %s: %s", type(exc).__name__, exc)
         await asyncio.sleep(pause)

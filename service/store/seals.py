@@ -2,14 +2,21 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import UTC, datetime
+from pathlib import Path
 
 import asyncpg
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from service.integrity import merkle, note, sealstate
 from service.integrity.canonical import ACTION_RECORD, entry_seq, iter_entries
 from service.integrity.checkpoint import GENESIS_HASH, Checkpoint, body, checkpoint_hash
 from service.integrity.keys import key_id
+from service.integrity.leaf import action_leaf, as_json, row_leaf
+from service.integrity.sealstate import SealingStopped
+from service.store import tlog
+from service.store.items import ITEM_COLUMNS, item
 
 SEAL_LOCK_KEY = 0x7365616C  # "seal": one sealer at a time across every worker
 TRY_LOCK = "SELECT pg_try_advisory_xact_lock($1)"
@@ -40,54 +47,147 @@ SELECT (SELECT max(sealed_at) FROM seal_checkpoint) AS last_sealed_at,
 """
 
 
-async def seal_once(conn: asyncpg.Connection, key: Ed25519PrivateKey) -> Checkpoint | None:
+async def seal_once(
+    conn: asyncpg.Connection, key: Ed25519PrivateKey, log: LogConfig | None = None
+) -> Checkpoint | None:
     """Seal every committed pending row and action into one signed checkpoint.
 
-    None when another sealer holds the lock or nothing is pending."""
+    With `log`, the same rows and actions are appended to the transparency log and a C2SP
+    checkpoint is signed, only when the stored tree extends the sealer's state (else
+    SealingStopped, and nothing is taken). None when another sealer holds the lock or
+    nothing is pending."""
     async with conn.transaction():
-        if not await conn.fetchval(TRY_LOCK, SEAL_LOCK_KEY):
-            return None
-        taken = await conn.fetch(TAKE_PENDING)
-        if not taken:
-            return None
-        # Every statement's entries together, sorted by seq (their first 8 bytes).
-        row_entries = sorted(
-            entry
-            for r in taken
-            if r["kind"] == "row"
-            for entry in iter_entries(bytes(r["entries"] or b""))
+        checkpoint, signed = await _seal(conn, key, log)
+    if signed is not None and log is not None:  # committed: now it is what this sealer signed
+        sealstate.write(log.state_path, signed)
+    return checkpoint
+
+
+async def _seal(
+    conn: asyncpg.Connection, key: Ed25519PrivateKey, log: LogConfig | None
+) -> tuple[Checkpoint | None, str | None]:
+    """Take the pending queue, sign the v1 checkpoint and extend the log, in one transaction."""
+    if not await conn.fetchval(TRY_LOCK, SEAL_LOCK_KEY):
+        return None, None
+    taken = await conn.fetch(TAKE_PENDING)
+    if not taken:
+        return None, None
+    # Every statement's entries together, sorted by seq (their first 8 bytes).
+    row_entries = sorted(
+        entry
+        for r in taken
+        if r["kind"] == "row"
+        for entry in iter_entries(bytes(r["entries"] or b""))
+    )
+    action_seqs = [r["seqs"] for r in taken if r["kind"] == "action"]
+    actions = await conn.fetchrow(ACTION_ENTRIES, _union(action_seqs))
+    last = await conn.fetchrow(LAST_CHECKPOINT)
+    public = key.public_key()
+    checkpoint = Checkpoint(
+        n=last["n"] + 1 if last else 1,
+        sealed_at=datetime.now(UTC),
+        prev_hash=last["hash"] if last else GENESIS_HASH,
+        row_count=len(row_entries),
+        rows=b"".join(row_entries),
+        action_count=actions["n"],
+        actions=actions["entries"],
+        key_id=key_id(public),
+    )
+    signed_note = None
+    if log is not None:
+        signed_note = await extend_log(
+            conn,
+            key,
+            log,
+            row_seqs=_union([r["seqs"] for r in taken if r["kind"] == "row"]),
+            action_ids=_union(action_seqs),
         )
-        action_seqs = [r["seqs"] for r in taken if r["kind"] == "action"]
-        actions = await conn.fetchrow(ACTION_ENTRIES, _union(action_seqs))
-        last = await conn.fetchrow(LAST_CHECKPOINT)
-        public = key.public_key()
-        checkpoint = Checkpoint(
-            n=last["n"] + 1 if last else 1,
-            sealed_at=datetime.now(UTC),
-            prev_hash=last["hash"] if last else GENESIS_HASH,
-            row_count=len(row_entries),
-            rows=b"".join(row_entries),
-            action_count=actions["n"],
-            actions=actions["entries"],
-            key_id=key_id(public),
+    signed = body(checkpoint)
+    await conn.execute(
+        INSERT_CHECKPOINT,
+        checkpoint.n,
+        checkpoint.sealed_at,
+        checkpoint.prev_hash,
+        checkpoint_hash(signed),
+        checkpoint.row_count,
+        entry_seq(row_entries[0]) if row_entries else None,
+        entry_seq(row_entries[-1]) if row_entries else None,
+        checkpoint.rows,
+        checkpoint.action_count,
+        checkpoint.actions,
+        checkpoint.key_id,
+        key.sign(signed),
+    )
+    return checkpoint, signed_note
+
+
+@dataclass(frozen=True)
+class LogConfig:
+    """Where the sealer keeps its last signed checkpoint, and the log's origin line."""
+
+    state_path: Path
+    origin: str | None = None  # None: auditq/<database name>
+
+
+NEW_ROWS = (
+    f"SELECT {ITEM_COLUMNS} FROM audit_log WHERE seq <@ $1::text::int8multirange ORDER BY seq"
+)
+NEW_ACTIONS = """
+SELECT id, at, action, actor, detail FROM store_action
+WHERE id <@ $1::text::int8multirange ORDER BY id
+"""
+DATABASE = "SELECT current_database()"
+
+
+async def check_extends(tree: tlog.Tree, size: int, state: note.Checkpoint | None) -> None:
+    """Raise SealingStopped unless the stored tree of `size` extends the last signed one."""
+    if state is None:
+        return
+    if size < state.size:
+        raise SealingStopped(
+            f"the store's log has {size} leaves but this sealer signed a checkpoint of "
+            f"{state.size}: a cut tail or a restored older backup"
         )
-        signed = body(checkpoint)
-        await conn.execute(
-            INSERT_CHECKPOINT,
-            checkpoint.n,
-            checkpoint.sealed_at,
-            checkpoint.prev_hash,
-            checkpoint_hash(signed),
-            checkpoint.row_count,
-            entry_seq(row_entries[0]) if row_entries else None,
-            entry_seq(row_entries[-1]) if row_entries else None,
-            checkpoint.rows,
-            checkpoint.action_count,
-            checkpoint.actions,
-            checkpoint.key_id,
-            key.sign(signed),
+    try:
+        root = await tree.root(state.size)
+    except tlog.TreeError as exc:
+        raise SealingStopped(f"the store's log cannot be read up to {state.size}: {exc}") from None
+    if root != state.root:
+        raise SealingStopped(
+            f"the store's log of {state.size} leaves is not the one this sealer signed "
+            "(rewritten or restored from another backup)"
         )
-        return checkpoint
+
+
+async def extend_log(
+    conn: asyncpg.Connection,
+    key: Ed25519PrivateKey,
+    log: LogConfig,
+    *,
+    row_seqs: str,
+    action_ids: str,
+) -> str | None:
+    """Append the new rows and actions as leaves and sign a checkpoint; the note, or None."""
+    state = sealstate.read(log.state_path)
+    tree = tlog.Tree(conn)
+    size = await tree.size()
+    await check_extends(tree, size, state)
+    hashes = [
+        merkle.leaf_hash(row_leaf(as_json(item(r)))) for r in await conn.fetch(NEW_ROWS, row_seqs)
+    ]
+    hashes += [
+        merkle.leaf_hash(action_leaf(as_json(dict(r))))
+        for r in await conn.fetch(NEW_ACTIONS, action_ids)
+    ]
+    if not hashes:
+        return None
+    await tlog.append(conn, first=size, hashes=hashes, row_seqs=row_seqs, action_ids=action_ids)
+    new_size = size + len(hashes)
+    origin = log.origin or f"auditq/{await conn.fetchval(DATABASE)}"
+    body_text = note.checkpoint_body(origin, new_size, await tree.root(new_size))
+    signed = note.sign(body_text, origin, key)
+    await conn.execute(tlog.INSERT_CHECKPOINT, new_size, signed)
+    return signed
 
 
 def _union(multiranges: list[str]) -> str:

@@ -5,9 +5,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-import asyncpg
-
 from service.api.audit_logs.query import AuditLogQuery
+from service.store.items import item as item  # the item of a row, shared with the log
 
 # Reading rows. `ip` is read as text: asyncpg's inet type would need its own encoding.
 SELECT_ITEMS = """
@@ -101,49 +100,3 @@ def where_of(query: AuditLogQuery) -> _Where:
     if query.q is not None:
         where.add(FULL_TEXT, query.q)
     return where
-
-
-def _present(**fields: Any) -> dict[str, Any] | None:
-    kept = {name: value for name, value in fields.items() if value is not None}
-    return kept or None
-
-
-def item(row: asyncpg.Record) -> dict[str, Any]:
-    """One stored event in the wire format's shape, plus `received_at`."""
-    actor = None
-    if row["actor_id"] is not None:
-        actor = _present(
-            id=row["actor_id"],
-            type=row["actor_type"],
-            name=row["actor_name"],
-            email=row["actor_email"],
-        )
-    entity = None
-    if row["entity_type"] is not None or row["entity_id"] is not None:
-        entity = _present(type=row["entity_type"], id=row["entity_id"], name=row["entity_name"])
-    return {
-        "id": row["id"],
-        "ts": row["ts"],
-        "action": row["action"],
-        "category": row["category"],
-        "severity": row["severity"],
-        "outcome": row["outcome"],
-        "actor": actor,
-        "entity": entity,
-        "tenant": row["tenant"],
-        "request": _present(
-            id=row["request_id"],
-            ip=row["ip"],
-            user_agent=row["user_agent"],
-            method=row["method"],
-            path=row["path"],
-            status=row["status"],
-            duration_ms=row["duration_ms"],
-        ),
-        "changes": row["changes"],
-        "metadata": row["metadata"],
-        "presentation": row["presentation"],
-        "source": row["source"],
-        "received_at": row["received_at"],
-        "received_via": row["received_via"],
-    }
