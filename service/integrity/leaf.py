@@ -9,6 +9,8 @@ I-JSON (RFC 7493) reads it.
 
 from __future__ import annotations
 
+import math
+import re
 from typing import Any
 
 import msgspec
@@ -58,3 +60,53 @@ def action_leaf(action_json: dict[str, Any]) -> bytes:
 
 def row_leaf_hash(item_json: dict[str, Any]) -> bytes:
     return leaf_hash(row_leaf(item_json))
+
+
+def es6_number(value: float) -> str:
+    """A double as ECMAScript's Number::toString writes it (RFC 8785 §3.2.2.3)."""
+    if not math.isfinite(value):
+        raise ValueError("JSON has no NaN or infinity")
+    if value == 0:
+        return "0"
+    text = repr(abs(value))  # Python's repr is the shortest round-trip digits, as ES6's
+    mantissa, _, exp_text = text.partition("e")
+    whole, _, fraction = mantissa.partition(".")
+    digits = (whole + fraction).lstrip("0")
+    stripped = digits.rstrip("0")
+    k = len(stripped)
+    n = int(exp_text or 0) - len(fraction) + (len(digits) - k) + k  # value = 0.DIGITS x 10^n
+    sign = "-" if value < 0 else ""
+    if k <= n <= 21:
+        return sign + stripped + "0" * (n - k)
+    if 0 < n <= 21:
+        return sign + stripped[:n] + "." + stripped[n:]
+    if -6 < n <= 0:
+        return sign + "0." + "0" * -n + stripped
+    e = n - 1
+    head = stripped if k == 1 else stripped[0] + "." + stripped[1:]
+    return f"{sign}{head}e{'+' if e > 0 else '-'}{abs(e)}"
+
+
+def _raw_float(text: str) -> msgspec.Raw:
+    return msgspec.Raw(es6_number(float(text)).encode())
+
+
+# The fast path (about 4 µs a row against rfc8785's 120): msgspec writes keys sorted by code
+# point and strings as RFC 8785 does; floats go in as raw ES6 numbers. Keys or values outside
+# the Basic Multilingual Plane (UTF-16 sorts them differently) and runs of 16 digits or more
+# (an integer past 2**53 becomes a double) take the reference path instead.
+_sorted_encode = msgspec.json.Encoder(order="sorted").encode
+decode_jsonb = msgspec.json.Decoder(float_hook=_raw_float).decode
+_NEEDS_REFERENCE = re.compile(rb"[\xf0-\xf4]|[0-9]{16}")
+
+
+def raw_float(value: float | None) -> msgspec.Raw | None:
+    """A float column's value as its RFC 8785 number, for `fast_row_leaf`."""
+    return None if value is None else msgspec.Raw(es6_number(value).encode())
+
+
+def fast_row_leaf(item_raw: dict[str, Any]) -> bytes | None:
+    """The leaf data of a row whose JSON columns were read with `decode_jsonb` and floats
+    made raw (`raw_float`); None when the reference path must decide."""
+    data = _sorted_encode({"kind": "row", "item": item_raw})
+    return None if _NEEDS_REFERENCE.search(data) else data

@@ -6,6 +6,7 @@ take it from here.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import asyncpg
@@ -16,6 +17,11 @@ ITEM_COLUMNS = """id, ts, received_at, action, category, severity, outcome,
        entity_type, entity_id, entity_name, tenant,
        request_id, host(ip) AS ip, user_agent, method, path, status, duration_ms,
        changes, metadata, presentation, source, received_via"""
+# The same, with the JSON columns as text (the log's fast canonical path decodes them).
+ITEM_COLUMNS_JSON_TEXT = ITEM_COLUMNS.replace(
+    "changes, metadata, presentation,",
+    "changes::text AS changes, metadata::text AS metadata, presentation::text AS presentation,",
+)
 
 
 def _present(**fields: Any) -> dict[str, Any] | None:
@@ -23,7 +29,7 @@ def _present(**fields: Any) -> dict[str, Any] | None:
     return kept or None
 
 
-def item(row: asyncpg.Record) -> dict[str, Any]:
+def item(row: asyncpg.Record | Mapping[str, Any]) -> dict[str, Any]:
     """One stored event in the wire format's shape, plus `received_at`."""
     actor = None
     if row["actor_id"] is not None:

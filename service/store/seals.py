@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -13,10 +14,17 @@ from service.integrity import merkle, note, sealstate
 from service.integrity.canonical import ACTION_RECORD, entry_seq, iter_entries
 from service.integrity.checkpoint import GENESIS_HASH, Checkpoint, body, checkpoint_hash
 from service.integrity.keys import key_id
-from service.integrity.leaf import action_leaf, as_json, row_leaf
+from service.integrity.leaf import (
+    action_leaf,
+    as_json,
+    decode_jsonb,
+    fast_row_leaf,
+    raw_float,
+    row_leaf,
+)
 from service.integrity.sealstate import SealingStopped
 from service.store import tlog
-from service.store.items import ITEM_COLUMNS, item
+from service.store.items import ITEM_COLUMNS_JSON_TEXT, item
 
 SEAL_LOCK_KEY = 0x7365616C  # "seal": one sealer at a time across every worker
 TRY_LOCK = "SELECT pg_try_advisory_xact_lock($1)"
@@ -130,7 +138,8 @@ class LogConfig:
 
 
 NEW_ROWS = (
-    f"SELECT {ITEM_COLUMNS} FROM audit_log WHERE seq <@ $1::text::int8multirange ORDER BY seq"
+    f"SELECT {ITEM_COLUMNS_JSON_TEXT} FROM audit_log "
+    "WHERE seq <@ $1::text::int8multirange ORDER BY seq"
 )
 NEW_ACTIONS = """
 SELECT id, at, action, actor, detail FROM store_action
@@ -172,9 +181,7 @@ async def extend_log(
     tree = tlog.Tree(conn)
     size = await tree.size()
     await check_extends(tree, size, state)
-    hashes = [
-        merkle.leaf_hash(row_leaf(as_json(item(r)))) for r in await conn.fetch(NEW_ROWS, row_seqs)
-    ]
+    hashes = [merkle.leaf_hash(row_leaf_data(r)) for r in await conn.fetch(NEW_ROWS, row_seqs)]
     hashes += [
         merkle.leaf_hash(action_leaf(as_json(dict(r))))
         for r in await conn.fetch(NEW_ACTIONS, action_ids)
@@ -188,6 +195,26 @@ async def extend_log(
     signed = note.sign(body_text, origin, key)
     await conn.execute(tlog.INSERT_CHECKPOINT, new_size, signed)
     return signed
+
+
+_JSON_COLUMNS = ("changes", "metadata", "presentation")
+
+
+def row_leaf_data(row: asyncpg.Record) -> bytes:
+    """A row's leaf data, from a row read with its JSON columns as text (NEW_ROWS)."""
+    fast = dict(row)
+    for name in _JSON_COLUMNS:
+        if fast[name] is not None:
+            fast[name] = decode_jsonb(fast[name])
+    fast["duration_ms"] = raw_float(fast["duration_ms"])
+    data = fast_row_leaf(item(fast))
+    if data is not None:
+        return data
+    slow = dict(row)
+    for name in _JSON_COLUMNS:
+        if slow[name] is not None:
+            slow[name] = json.loads(slow[name])
+    return row_leaf(as_json(item(slow)))
 
 
 def _union(multiranges: list[str]) -> str:
