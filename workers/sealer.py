@@ -11,17 +11,13 @@ import logging
 
 import asyncpg
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from prometheus_client import Gauge
 
 from service.integrity.sealstate import SealingStopped
+from service.store import tlog
 from service.store.seals import LogConfig, seal_once
 
-# Why sealing stopped, while it is stopped (read by the worker's status and /metrics).
+# Why sealing stopped, while it is stopped (the API reads it from tlog_seal_stop).
 STOPPED: dict[str, str] = {}
-SEALING_STOPPED = Gauge(
-    "auditq_sealing_stopped",
-    "1 while the sealer refuses to sign: the store's log does not extend its last checkpoint",
-)
 
 logger = logging.getLogger(__name__)
 
@@ -36,15 +32,16 @@ async def run(
     """Seal what is pending every `interval_s` until cancelled; a failure waits for the next.
 
     A store whose log does not extend the last checkpoint signed stops sealing: it is said
-    in the log (each round) and in STOPPED, and nothing is signed until an operator acts."""
+    in the log and in the store (once per reason), and nothing is signed until an operator
+    acts (docs/integrity.md, "When sealing stops")."""
     # Half the interval between attempts: a row waits at most about one interval.
     pause = interval_s / 2
     while True:
         try:
             async with pool.acquire() as conn:
                 checkpoint = await seal_once(conn, key, log)
-            STOPPED.clear()
-            if checkpoint is not None:
+            if checkpoint is not None:  # signed: an operator resolved what stopped it
+                STOPPED.clear()
                 logger.debug(
                     "checkpoint %d sealed: %d rows, %d actions",
                     checkpoint.n,
@@ -52,10 +49,11 @@ async def run(
                     checkpoint.action_count,
                 )
         except SealingStopped as exc:
-            if STOPPED.get("reason") != str(exc):
+            if STOPPED.get("reason") != str(exc):  # said once per reason, kept for the API
                 logger.error("sealing stopped: %s", exc)
+                async with pool.acquire() as conn:
+                    await tlog.record_stop(conn, str(exc))
             STOPPED["reason"] = str(exc)
-            SEALING_STOPPED.set(1)
         except Exception as exc:  # the database away: the next round seals what waited
             logger.warning("sealing failed: %s: %s", type(exc).__name__, exc)
         await asyncio.sleep(pause)

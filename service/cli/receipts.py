@@ -5,16 +5,20 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import uuid
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from service.errors import ConfigError
 from service.integrity import note
 from service.integrity.keys import load_public_key
 from service.integrity.receipt import ReceiptError, verify
+from service.ops.receipts import AwaitingCheckpoint, receipt_of
 from service.settings import Settings
+from service.store import db
 
 EXIT_VALID, EXIT_INVALID = 0, 1
 
@@ -73,8 +77,43 @@ def _verify_receipt(settings: Settings, args: argparse.Namespace) -> int:
     return EXIT_VALID
 
 
+def _event_id(text: str) -> uuid.UUID:
+    try:
+        return uuid.UUID(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an event id (a UUID): {text!r}") from None
+
+
+async def cmd_proof(settings: Settings, args: argparse.Namespace) -> int:
+    conn = await _connect(settings)
+    try:
+        found = await receipt_of(conn, args.event_id)
+    except AwaitingCheckpoint as exc:
+        print(f"auditq: {exc}: try again after the next seal", file=sys.stderr)
+        return 1
+    finally:
+        await conn.close()
+    if found is None:
+        print(f"auditq: no audit log has id {args.event_id}", file=sys.stderr)
+        return 1
+    print(json.dumps(found, indent=2, ensure_ascii=False))
+    return 0
+
+
+async def _connect(settings: Settings) -> asyncpg.Connection:
+    url = settings.require_database()
+    try:
+        return await db.connect(url)
+    except (OSError, TimeoutError, asyncpg.PostgresError) as exc:
+        raise ConfigError(f"cannot connect to PostgreSQL: {exc}") from None
+
+
 def add_parsers(sub: Any) -> None:
-    """Add `verify-receipt` to the `auditq` subcommands."""
+    """Add `verify-receipt` and `proof` to the `auditq` subcommands."""
+    proof_help = "Print an event's receipt (JSON): check it anywhere with `auditq verify-receipt`."
+    proof = sub.add_parser("proof", help=proof_help, description=proof_help)
+    proof.set_defaults(command=cmd_proof)
+    proof.add_argument("event_id", metavar="EVENT_ID", type=_event_id, help="the event's id")
     text = (
         "Check an event's receipt offline (no database, no network): exit 0 valid, "
         "1 invalid (one line saying what), 2 usage."

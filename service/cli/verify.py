@@ -18,8 +18,7 @@ from service.ops.verification import (
     run_verification,
 )
 from service.settings import Settings
-from service.store import db
-from service.store.seals import last_checkpoint
+from service.store import db, tlog
 
 logger = logging.getLogger(__name__)
 
@@ -60,13 +59,15 @@ async def cmd_head(settings: Settings, args: argparse.Namespace) -> int:
     except (OSError, TimeoutError, asyncpg.PostgresError) as exc:
         raise VerifyConnectionError(f"cannot connect to PostgreSQL: {exc}") from None
     try:
-        head = await last_checkpoint(conn)
+        head = await tlog.last_checkpoint(conn)
+        signed = (
+            None if head is None else await tlog.checkpoint_with_cosignatures(conn, head["size"])
+        )
     finally:
         await conn.close()
-    if head is None:
-        print("no checkpoint yet")
-        return 0
-    print(f"{head['n']} {bytes(head['hash']).hex()} {head['sealed_at'].isoformat()}")
+    if signed is None:
+        raise ConfigError("no checkpoint has been signed yet: the sealer signs one when rows wait")
+    print(signed, end="")
     return 0
 
 
@@ -91,5 +92,8 @@ def add_parsers(sub: Any) -> None:
     actions.add_parser("public-key", help=key_help, description=key_help).set_defaults(
         command=cmd_public_key
     )
-    head_help = "Print the last checkpoint: number, hash, time (keep it outside the database)."
+    head_help = (
+        "Print the latest signed checkpoint (a C2SP note, with cosignatures): keep it "
+        "outside the database and check the store extends it with `auditq verify --head FILE`."
+    )
     actions.add_parser("head", help=head_help, description=head_help).set_defaults(command=cmd_head)

@@ -194,3 +194,58 @@ async def checkpoint_with_cosignatures(conn: asyncpg.Connection, size: int) -> s
     lines = [r["line"] for r in await conn.fetch(COSIGNATURES, size)]
     note: str = record["note"] + "".join(lines)
     return note
+
+
+RECORD_STOP = "INSERT INTO tlog_seal_stop (reason) VALUES ($1)"
+# Stopped while the latest stop is later than the latest checkpoint signed.
+LOG_STATUS = """
+SELECT (SELECT coalesce(max(first + size), 0) FROM tlog_batch) AS tree_size,
+       c.size AS checkpoint_size, c.note, c.signed_at,
+       s.at AS stopped_at, s.reason AS stopped_reason
+FROM (SELECT 1) one
+LEFT JOIN LATERAL (SELECT size, note, signed_at FROM tlog_checkpoint
+                   ORDER BY size DESC LIMIT 1) c ON true
+LEFT JOIN LATERAL (SELECT at, reason FROM tlog_seal_stop ORDER BY at DESC LIMIT 1) s ON true
+"""
+RECORD_WITNESS = """
+INSERT INTO tlog_witness_status (url, cosigned_size, error) VALUES ($1, $2, $3)
+"""
+WITNESSES = """
+SELECT DISTINCT ON (url) url,
+       (SELECT max(w.cosigned_size) FROM tlog_witness_status w WHERE w.url = s.url)
+           AS last_cosigned_size,
+       error AS last_error, at
+FROM tlog_witness_status s ORDER BY url, at DESC
+"""
+
+
+async def record_stop(conn: asyncpg.Connection, reason: str) -> None:
+    await conn.execute(RECORD_STOP, reason)
+
+
+async def log_status(conn: asyncpg.Connection) -> asyncpg.Record:
+    """Tree size, the latest checkpoint, and why sealing stopped (None while it runs)."""
+    record: asyncpg.Record = await conn.fetchrow(LOG_STATUS)
+    return record
+
+
+def stopped_reason(status: asyncpg.Record) -> str | None:
+    """Why sealing stopped, when no checkpoint was signed since it said so."""
+    if status["stopped_at"] is None:
+        return None
+    if status["signed_at"] is not None and status["signed_at"] > status["stopped_at"]:
+        return None
+    reason: str = status["stopped_reason"]
+    return reason
+
+
+async def record_witness(
+    conn: asyncpg.Connection, url: str, *, cosigned_size: int | None, error: str | None
+) -> None:
+    await conn.execute(RECORD_WITNESS, url, cosigned_size, error)
+
+
+async def witnesses(conn: asyncpg.Connection) -> list[asyncpg.Record]:
+    """Each witness's last cosigned size and its last error (None when its last answer was good)."""
+    records: list[asyncpg.Record] = await conn.fetch(WITNESSES)
+    return records

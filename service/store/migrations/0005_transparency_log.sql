@@ -56,4 +56,20 @@ GRANT SELECT, INSERT ON public.tlog_batch, public.tlog_tile, public.tlog_checkpo
     public.tlog_cosignature TO auditq_worker;
 GRANT SELECT ON public.tlog_batch, public.tlog_tile, public.tlog_checkpoint,
     public.tlog_cosignature TO auditq_api;
+-- Sealing stopped: why (the sealer found the log not extending its last checkpoint), and
+-- what each witness last answered. Status only; the API shows the latest.
+CREATE TABLE IF NOT EXISTS public.tlog_seal_stop (
+    at     timestamptz NOT NULL DEFAULT now(),
+    reason text        NOT NULL
+);
+CREATE TABLE IF NOT EXISTS public.tlog_witness_status (
+    at             timestamptz NOT NULL DEFAULT now(),
+    url            text        NOT NULL,
+    cosigned_size  bigint,
+    error          text
+);
+CREATE INDEX IF NOT EXISTS tlog_witness_status_url_idx ON public.tlog_witness_status (url, at DESC);
+REVOKE ALL ON public.tlog_seal_stop, public.tlog_witness_status FROM PUBLIC, auditq_worker, auditq_api;
+GRANT SELECT, INSERT ON public.tlog_seal_stop, public.tlog_witness_status TO auditq_worker;
+GRANT SELECT ON public.tlog_seal_stop, public.tlog_witness_status TO auditq_api;
 -- (end of transparency log)
