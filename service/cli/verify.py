@@ -12,6 +12,7 @@ from typing import Any
 import asyncpg
 
 from service.errors import ConfigError
+from service.integrity import note
 from service.integrity.keys import load_public_key, public_pem
 from service.ops.verification import (
     VerifyConnectionError,
@@ -36,11 +37,22 @@ def _timestamp(value: str) -> datetime:
 
 
 async def cmd_verify(settings: Settings, args: argparse.Namespace) -> int:
+    head = _head(args.head) if args.head else None
     result = await run_verification(
-        settings, public_key=args.public_key, since=args.since, until=args.until
+        settings, public_key=args.public_key, since=args.since, until=args.until, head=head
     )
     sys.stdout.flush()
     return EXIT_INTACT if result["intact"] else EXIT_FINDINGS
+
+
+def _head(path: Path) -> note.Checkpoint:
+    """A checkpoint kept elsewhere (from `auditq integrity head`, or cosigned by a witness)."""
+    try:
+        return note.parse(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"cannot read the head {path}: {exc}") from None
+    except note.NoteError as exc:
+        raise ConfigError(f"{path} is not a checkpoint: {exc}") from None
 
 
 async def cmd_public_key(settings: Settings, args: argparse.Namespace) -> int:
@@ -80,6 +92,12 @@ def add_parsers(sub: Any) -> None:
     parser.set_defaults(command=cmd_verify)
     parser.add_argument("--since", type=_timestamp, help="checkpoints sealed at or after T")
     parser.add_argument("--until", type=_timestamp, help="checkpoints sealed before T")
+    parser.add_argument(
+        "--head",
+        type=Path,
+        metavar="FILE",
+        help="a checkpoint kept elsewhere (`auditq integrity head`): the store must extend it",
+    )
     parser.add_argument(
         "--public-key",
         type=Path,

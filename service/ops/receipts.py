@@ -9,10 +9,17 @@ import asyncpg
 
 from service.integrity import note, receipt
 from service.integrity.leaf import as_json
+from service.integrity.logverify import action_json, erasure_rows
 from service.store import tlog
 from service.store.items import ITEM_COLUMNS, item
 
 ROW_BY_ID = f"SELECT seq, {ITEM_COLUMNS} FROM audit_log WHERE id = $1 LIMIT 1"
+# The erasures of a row that the checkpoint covers, oldest first.
+ERASURES_OF = """
+SELECT action_leaf, action_id FROM tlog_erasure
+WHERE leaf_index = $1 AND action_leaf < $2 ORDER BY action_leaf
+"""
+ACTION = "SELECT id, at, action, actor, detail FROM store_action WHERE id = $1"
 
 
 class AwaitingCheckpoint(Exception):
@@ -32,11 +39,20 @@ async def receipt_of(conn: asyncpg.Connection, event_id: uuid.UUID) -> dict[str,
     signed = await tlog.checkpoint_with_cosignatures(conn, size)
     assert signed is not None
     note.parse(signed)  # what is handed out is at least a well-formed note
-    proof = await tlog.Tree(conn).inclusion_proof(index, size)
+    tree = tlog.Tree(conn)
+    proof = await tree.inclusion_proof(index, size)
+    erasures = []
+    for e in await conn.fetch(ERASURES_OF, index, size):
+        action = await conn.fetchrow(ACTION, e["action_id"])
+        leaf = {"kind": "action", **action_json(action, await erasure_rows(conn, e["action_leaf"]))}
+        erasures.append(
+            (leaf, int(e["action_leaf"]), await tree.inclusion_proof(e["action_leaf"], size))
+        )
     return receipt.build(
         item_json=as_json(item(row)),
         leaf_index=index,
         tree_size=size,
         inclusion_proof=proof,
         checkpoint=signed,
+        erasures=erasures,
     )

@@ -6,6 +6,7 @@ import json
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import asyncpg
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -22,6 +23,7 @@ from service.integrity.leaf import (
     raw_float,
     row_leaf,
 )
+from service.integrity.logverify import action_json
 from service.integrity.sealstate import SealingStopped
 from service.store import tlog
 from service.store.items import ITEM_COLUMNS_JSON_TEXT, item
@@ -138,7 +140,7 @@ class LogConfig:
 
 
 NEW_ROWS = (
-    f"SELECT {ITEM_COLUMNS_JSON_TEXT} FROM audit_log "
+    f"SELECT seq, {ITEM_COLUMNS_JSON_TEXT} FROM audit_log "
     "WHERE seq <@ $1::text::int8multirange ORDER BY seq"
 )
 NEW_ACTIONS = """
@@ -181,11 +183,21 @@ async def extend_log(
     tree = tlog.Tree(conn)
     size = await tree.size()
     await check_extends(tree, size, state)
-    hashes = [merkle.leaf_hash(row_leaf_data(r)) for r in await conn.fetch(NEW_ROWS, row_seqs)]
-    hashes += [
-        merkle.leaf_hash(action_leaf(as_json(dict(r))))
-        for r in await conn.fetch(NEW_ACTIONS, action_ids)
-    ]
+    rows = await conn.fetch(NEW_ROWS, row_seqs)
+    hashes = [merkle.leaf_hash(row_leaf_data(r)) for r in rows]
+    batch_index = {r["seq"]: size + n for n, r in enumerate(rows)}
+    for action in await conn.fetch(NEW_ACTIONS, action_ids):
+        action_index = size + len(hashes)
+        changes = await _log_erasure(
+            conn,
+            tree,
+            action,
+            action_index,
+            batch_index=batch_index,
+            batch_hashes=hashes,
+            first=size,
+        )
+        hashes.append(merkle.leaf_hash(action_leaf(action_json(action, changes))))
     if not hashes:
         return None
     await tlog.append(conn, first=size, hashes=hashes, row_seqs=row_seqs, action_ids=action_ids)
@@ -195,6 +207,57 @@ async def extend_log(
     signed = note.sign(body_text, origin, key)
     await conn.execute(tlog.INSERT_CHECKPOINT, new_size, signed)
     return signed
+
+
+REPLACED = "SELECT seq FROM row_replacement WHERE action_id = $1 ORDER BY seq"
+ROW_BY_SEQ = (
+    f"SELECT seq, {ITEM_COLUMNS_JSON_TEXT} FROM audit_log WHERE seq = ANY($1::bigint[]) "
+    "ORDER BY seq"
+)
+LAST_AFTER = """
+SELECT after FROM tlog_erasure WHERE leaf_index = $1 ORDER BY action_leaf DESC LIMIT 1
+"""
+INSERT_ERASURE = """
+INSERT INTO tlog_erasure (action_leaf, action_id, leaf_index, seq, before, after)
+VALUES ($1, $2, $3, $4, $5, $6)
+"""
+
+
+async def _log_erasure(
+    conn: asyncpg.Connection,
+    tree: tlog.Tree,
+    action: asyncpg.Record,
+    action_index: int,
+    *,
+    batch_index: dict[int, int],
+    batch_hashes: list[bytes],
+    first: int,
+) -> list[dict[str, Any]]:
+    """For an action that changed rows in place: each row's leaf hash before and after it."""
+    seqs = [r["seq"] for r in await conn.fetch(REPLACED, action["id"])]
+    if not seqs:
+        return []
+    changes: list[dict[str, Any]] = []
+    for row in await conn.fetch(ROW_BY_SEQ, seqs):
+        index = batch_index.get(row["seq"])
+        if index is None:
+            index = await tlog.row_leaf_index(conn, row["seq"])
+        if index is None:  # sealed only by a v1 checkpoint, before the log began
+            continue
+        after = merkle.leaf_hash(row_leaf_data(row))
+        before = await conn.fetchval(LAST_AFTER, index)
+        if before is None:
+            before = (
+                batch_hashes[index - first]
+                if index >= first
+                else (await tree.leaves(index, index + 1))[0]
+            )
+        await conn.execute(
+            INSERT_ERASURE, action_index, action["id"], index, row["seq"], bytes(before), after
+        )
+        changes.append({"leaf_index": index, "before": bytes(before), "after": after})
+    changes.sort(key=lambda c: int(c["leaf_index"]))
+    return changes
 
 
 _JSON_COLUMNS = ("changes", "metadata", "presentation")

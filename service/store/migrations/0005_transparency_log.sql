@@ -72,4 +72,25 @@ CREATE INDEX IF NOT EXISTS tlog_witness_status_url_idx ON public.tlog_witness_st
 REVOKE ALL ON public.tlog_seal_stop, public.tlog_witness_status FROM PUBLIC, auditq_worker, auditq_api;
 GRANT SELECT, INSERT ON public.tlog_seal_stop, public.tlog_witness_status TO auditq_worker;
 GRANT SELECT ON public.tlog_seal_stop, public.tlog_witness_status TO auditq_api;
+-- Erasures in the log: each row an erasure action changed, its leaf hash before and after
+-- (the action's leaf names them; a receipt of the row carries the action's leaf).
+CREATE TABLE IF NOT EXISTS public.tlog_erasure (
+    action_leaf bigint NOT NULL,  -- leaf index of the erasure action
+    action_id   bigint NOT NULL,
+    leaf_index  bigint NOT NULL,  -- the row's leaf
+    seq         bigint NOT NULL,
+    before      bytea  NOT NULL,
+    after       bytea  NOT NULL,
+    PRIMARY KEY (action_leaf, leaf_index)
+);
+CREATE INDEX IF NOT EXISTS tlog_erasure_leaf_idx ON public.tlog_erasure (leaf_index, action_leaf);
+DROP TRIGGER IF EXISTS tlog_erasure_append_only ON public.tlog_erasure;
+CREATE TRIGGER tlog_erasure_append_only BEFORE UPDATE OR DELETE ON public.tlog_erasure
+    FOR EACH ROW EXECUTE FUNCTION public.auditq_append_only();
+DROP TRIGGER IF EXISTS tlog_erasure_no_truncate ON public.tlog_erasure;
+CREATE TRIGGER tlog_erasure_no_truncate BEFORE TRUNCATE ON public.tlog_erasure
+    FOR EACH STATEMENT EXECUTE FUNCTION public.auditq_append_only();
+REVOKE ALL ON public.tlog_erasure FROM PUBLIC, auditq_worker, auditq_api;
+GRANT SELECT, INSERT ON public.tlog_erasure TO auditq_worker;
+GRANT SELECT ON public.tlog_erasure TO auditq_api;
 -- (end of transparency log)
