@@ -90,7 +90,8 @@ async def test_a_row_altered_in_place_or_re_queued_by_the_owner_is_named(
         await pg.execute("UPDATE audit_log SET action = 'auth.logout' WHERE id = $1", ids[5])
         seq = await pg.fetchval("SELECT seq FROM audit_log WHERE id = $1", ids[5])
         await pg.execute(
-            "INSERT INTO seal_pending (kind, seqs) VALUES ('row', int8multirange(int8range($1, $1, '[]')))",
+            "INSERT INTO seal_pending (kind, seqs) "
+            "VALUES ('row', int8multirange(int8range($1, $1, '[]')))",
             seq,
         )
     await _seal(pg, seal_key, log)  # it signs the new leaf: the old one still names the row
@@ -119,7 +120,7 @@ async def test_a_checkpoint_forged_by_the_worker_role_is_a_finding(
         await worker_conn.execute("DELETE FROM tlog_checkpoint")
     with pytest.raises(asyncpg.InsufficientPrivilegeError):
         await worker_conn.execute("UPDATE tlog_batch SET hashes = hashes")
-    report, lines = await _verify(pg, seal_key)
+    _, lines = await _verify(pg, seal_key)
     assert lines == [
         f"checkpoint of size {size + 5} altered or signed with another key: "
         "the checkpoint has no signature of auditq/attacks with this key"
@@ -141,9 +142,10 @@ async def test_verify_head_names_a_cut_tail_and_a_store_that_does_not_extend_it(
         await pg.execute("DELETE FROM tlog_batch WHERE first = $1", last)
         await pg.execute("DELETE FROM tlog_checkpoint WHERE size > $1", last)
         await pg.execute(
-            "DELETE FROM audit_log WHERE seq > (SELECT max(upper(r)) - 1 FROM tlog_batch b, unnest(b.row_seqs) r)"
+            "DELETE FROM audit_log WHERE seq > "
+            "(SELECT max(upper(r)) - 1 FROM tlog_batch b, unnest(b.row_seqs) r)"
         )
-    report, lines = await _verify(pg, seal_key, head)
+    _, lines = await _verify(pg, seal_key, head)
     assert lines == [
         f"the log does not extend the head given (auditq/attacks, size {head.size}): it has "
         f"{last} leaves (a cut tail or a restored older backup)"
@@ -182,11 +184,13 @@ async def test_receipts_of_erased_and_retention_removed_rows_stay_valid(
     async with pg.transaction():
         await pg.execute("SET LOCAL session_replication_role = replica")
         removed = await pg.fetch(
-            "DELETE FROM audit_log WHERE seq IN (SELECT seq FROM audit_log ORDER BY seq LIMIT 30) RETURNING seq"
+            "DELETE FROM audit_log WHERE seq IN "
+            "(SELECT seq FROM audit_log ORDER BY seq LIMIT 30) RETURNING seq"
         )
         seqs = ",".join(f"[{r['seq']},{r['seq'] + 1})" for r in removed)
         await pg.execute(
-            "SELECT auditq_record_action('retention.rows_deleted', '{\"rows\": 30}', $1::text::int8multirange)",
+            "SELECT auditq_record_action('retention.rows_deleted', '{\"rows\": 30}', "
+            "$1::text::int8multirange)",
             "{" + seqs + "}",
         )
     await _seal(pg, seal_key, log)
