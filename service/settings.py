@@ -58,6 +58,7 @@ class Settings:
     sealing: bool = True  # AUDITQ_SEAL=off: this worker makes no checkpoints (benchmarks)
     seal_state_file: Path | None = None  # None: beside the seal key, <key>.state
     log_origin: str | None = None  # None: auditq/<database name>
+    witness_urls: tuple[str, ...] = ()  # witnesses every new checkpoint is sent to
     max_future_s: float = 300.0
 
     # Erasure (docs/erasure.md): an entity of these types whose id is the subject is the subject.
@@ -121,6 +122,7 @@ class Settings:
             sealing=env.get("AUDITQ_SEAL", "on").strip().lower() != "off",
             seal_state_file=Path(state_file) if state_file else None,
             log_origin=_origin(env.get("AUDITQ_LOG_ORIGIN", "").strip()),
+            witness_urls=_urls(env.get("AUDITQ_WITNESS_URLS", "")),
             max_future_s=_float(env, "AUDITQ_MAX_FUTURE_S", 300.0),
             subject_entity_types=_names(env, "AUDITQ_SUBJECT_ENTITY_TYPES", frozenset({"user"})),
         )
@@ -223,3 +225,12 @@ def _origin(value: str) -> str | None:
     if any(c.isspace() or not c.isprintable() for c in value) or "+" in value:
         raise ConfigError(f"AUDITQ_LOG_ORIGIN must be one word without spaces or '+': {value!r}")
     return value
+
+
+def _urls(value: str) -> tuple[str, ...]:
+    """AUDITQ_WITNESS_URLS: comma-separated http(s) URLs."""
+    urls = tuple(u.strip() for u in value.split(",") if u.strip())
+    for url in urls:
+        if not url.startswith(("http://", "https://")):
+            raise ConfigError(f"AUDITQ_WITNESS_URLS holds {url!r}: not an http(s) URL")
+    return urls

@@ -74,6 +74,7 @@ async def _startup(ctx: dict[str, Any]) -> None:
                 seal_key,
                 interval_s=settings.seal_interval_s,
                 log=LogConfig(state_path=settings.seal_state_path, origin=settings.log_origin),
+                witness_urls=settings.witness_urls,
             ),
             name="auditq-sealer",
         )

@@ -15,6 +15,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from service.integrity.sealstate import SealingStopped
 from service.store import tlog
 from service.store.seals import LogConfig, seal_once
+from workers import witnesses
 
 # Why sealing stopped, while it is stopped (the API reads it from tlog_seal_stop).
 STOPPED: dict[str, str] = {}
@@ -28,6 +29,7 @@ async def run(
     *,
     interval_s: float,
     log: LogConfig | None = None,
+    witness_urls: tuple[str, ...] = (),
 ) -> None:
     """Seal what is pending every `interval_s` until cancelled; a failure waits for the next.
 
@@ -42,6 +44,9 @@ async def run(
                 checkpoint = await seal_once(conn, key, log)
             if checkpoint is not None:  # signed: an operator resolved what stopped it
                 STOPPED.clear()
+                if log is not None and witness_urls:
+                    signed = await asyncio.to_thread(log.state_path.read_text, encoding="utf-8")
+                    await witnesses.send(pool, witness_urls, signed)
                 logger.debug(
                     "checkpoint %d sealed: %d rows, %d actions",
                     checkpoint.n,

@@ -9,7 +9,7 @@ import sys
 import msgspec
 
 from service import logs
-from service.cli import emit, receipts, serve, subjects, tasks, tokens, verify
+from service.cli import emit, receipts, serve, subjects, tasks, tokens, verify, witness
 from service.cli import policy as policy_cli
 from service.errors import AuditqError
 from service.settings import Settings
@@ -18,7 +18,7 @@ from service.settings import Settings
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="auditq", description="Audit events into PostgreSQL.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for group in (serve, emit, tokens, tasks, verify, subjects, policy_cli, receipts):
+    for group in (serve, emit, tokens, tasks, verify, subjects, policy_cli, receipts, witness):
         group.add_parsers(sub)
     return parser
 
