@@ -198,3 +198,73 @@ async def test_receipts_of_erased_and_retention_removed_rows_stay_valid(
     assert report.findings == 0 and report.removed_by_retention == 30, lines
     for r in before.values():
         assert _both(r, seal_key) == (True, True)
+
+
+async def test_both_verifiers_agree_on_receipts_of_1000_stored_events(
+    pg: asyncpg.Connection, seal_key: Ed25519PrivateKey, log: LogConfig
+) -> None:
+    rng = random.Random(1000)
+    texts = ["Zoë", "日本語", "emoji 🎉", 'quote " \\', "tab\t", "\u2028", ""]
+    ids: list[uuid.UUID] = []
+    for part in range(4):
+        events = [
+            finalize(
+                AuditEvent(
+                    action=rng.choice(["auth.login", "config.updated", "user.deleted"]),
+                    actor=Actor(id=f"user-{rng.randrange(30)}", type="user", name="N"),
+                    metadata={
+                        "f": rng.random() * 10 ** rng.randint(-8, 22),
+                        "i": rng.randint(-(2**60), 2**60),
+                        "t": rng.choice(texts),
+                        "l": [rng.random(), None, True],
+                    },
+                    source="tests",
+                )
+            )[0]
+            for _ in range(250)
+        ]
+        await write_events(pg, events, received_via=f"redis:{part}", keyed=True)
+        ids += [uuid.UUID(str(e.id)) for e in events]
+        await _seal(pg, seal_key, log)
+    issued = {i: await receipt_of(pg, i) for i in ids}
+    for subject in ("user-4", "user-7"):
+        await anonymise_rows(
+            pg, subject_id=subject, pseudonym="anon_" + subject[-1] * 32, entity_types=["user"],
+            values=["N"], mentions=False, after=0, limit=1000,
+        )  # fmt: skip
+    await _seal(pg, seal_key, log)
+    async with pg.transaction():
+        await pg.execute("SET LOCAL session_replication_role = replica")
+        removed = await pg.fetch(
+            "DELETE FROM audit_log WHERE seq IN "
+            "(SELECT seq FROM audit_log ORDER BY seq LIMIT 50) RETURNING seq, id"
+        )
+        seqs = ",".join(f"[{r['seq']},{r['seq'] + 1})" for r in removed)
+        await pg.execute(
+            "SELECT auditq_record_action('retention.rows_deleted', '{\"rows\": 50}', "
+            "$1::text::int8multirange)",
+            "{" + seqs + "}",
+        )
+    await _seal(pg, seal_key, log)
+    gone = {r["id"] for r in removed}
+    receipts = []
+    for event_id in ids:
+        r = issued[event_id] if event_id in gone else await receipt_of(pg, event_id)
+        assert r is not None
+        receipts.append(r)
+    assert sum(bool(r.get("erasures")) for r in receipts) >= 30
+    for n, r in enumerate(receipts):
+        assert _both(r, seal_key) == (True, True), r["item"]["id"]
+        if n % 10:
+            continue
+        tampered = [
+            {**r, "item": {**r["item"], "action": "auth.logout"}},
+            {**r, "item": {**r["item"], "metadata": {**r["item"]["metadata"], "t": "x"}}},
+            {**r, "leaf_index": r["leaf_index"] + 1},
+            {**r, "inclusion_proof": r["inclusion_proof"][::-1]},
+            {**r, "checkpoint": r["checkpoint"].replace("\n", "\n1", 1)},
+        ]
+        for bad in tampered:
+            assert _both(bad, seal_key) == (False, False), (n, bad["item"]["id"])
+    report, lines = await _verify(pg, seal_key)
+    assert report.findings == 0 and report.removed_by_retention == 50, lines
