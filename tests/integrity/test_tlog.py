@@ -131,3 +131,31 @@ async def test_proofs_from_tiles_match_the_tree_in_memory_past_65536_leaves(
         assert await tlog.Tree(pg).consistency_proof(old, sizes[-1]) == merkle.consistency_proof(
             node, old, sizes[-1]
         )
+
+
+async def test_the_runtime_roles_seal_and_read_the_log_but_cannot_rewrite_it(
+    pg: asyncpg.Connection,
+    seal_key: Ed25519PrivateKey,
+    tmp_path: Path,
+    worker_conn: asyncpg.Connection,
+    api_conn: asyncpg.Connection,
+) -> None:
+    log = LogConfig(state_path=tmp_path / "seal-state", origin="auditq/roles")
+    ids = await store(pg, 30)
+    assert await seal_once(worker_conn, seal_key, log) is not None
+    r = await receipt_of(api_conn, ids[0])
+    assert r is not None and _valid(r, seal_key)
+    for conn in (worker_conn, api_conn):
+        for sql in (
+            "UPDATE tlog_batch SET size = size",
+            "DELETE FROM tlog_checkpoint",
+            "TRUNCATE tlog_tile",
+            "DELETE FROM tlog_erasure",
+            "UPDATE tlog_cosignature SET line = ''",
+        ):
+            with pytest.raises(asyncpg.InsufficientPrivilegeError):
+                await conn.execute(sql)
+    with pytest.raises(asyncpg.InsufficientPrivilegeError):
+        await api_conn.execute("INSERT INTO tlog_checkpoint (size, note) VALUES (0, '')")
+    with pytest.raises(asyncpg.InsufficientPrivilegeError, match="append-only"):
+        await pg.execute("DELETE FROM tlog_batch")  # even the owner: its triggers refuse
