@@ -105,6 +105,11 @@ async def test_auditq_proof_prints_a_receipt_verify_receipt_accepts(
     assert await asyncio.to_thread(main, ["integrity", "head"]) == 0
     head = capsys.readouterr().out
     assert note.parse(head).size == json.loads(path.read_text())["tree_size"]
+    (tmp_path / "head.txt").write_text(head)
+    assert await asyncio.to_thread(main, ["verify", "--head", str(tmp_path / "head.txt")]) == 0
+    assert "0 findings" in capsys.readouterr().out.splitlines()[-1]
+    (tmp_path / "bad-head.txt").write_text("not a checkpoint")
+    assert await asyncio.to_thread(main, ["verify", "--head", str(tmp_path / "bad-head.txt")]) == 2
     with pytest.raises(SystemExit) as exited:
         main(["proof", "nope"])
     assert exited.value.code == 2
