@@ -13,7 +13,28 @@ from service.integrity.logverify import action_json, erasure_rows
 from service.store import tlog
 from service.store.items import ITEM_COLUMNS, item
 
-ROW_BY_ID = f"SELECT seq, {ITEM_COLUMNS} FROM audit_log WHERE id = $1 LIMIT 1"
+# The row, its leaf index (its batch's first leaf + the seqs before it in that batch), whether
+# an erasure names it, and the latest checkpoint with its cosignatures: one round trip.
+ROW_BY_ID = f"""
+SELECT a.seq, {ITEM_COLUMNS.replace("host(ip)", "host(a.ip)")},
+       l.leaf_index,
+       EXISTS (SELECT FROM tlog_erasure e WHERE e.leaf_index = l.leaf_index) AS erased,
+       h.size AS head_size, h.signed
+FROM audit_log a
+LEFT JOIN LATERAL (
+    SELECT b.first + (SELECT coalesce(sum(upper(r * int8range(NULL, a.seq))
+                                          - lower(r * int8range(NULL, a.seq))), 0)
+                      FROM unnest(b.row_seqs) r)::bigint AS leaf_index
+    FROM tlog_batch b WHERE b.row_seqs @> a.seq ORDER BY b.first LIMIT 1
+) l ON true
+LEFT JOIN LATERAL (
+    SELECT c.size, c.note || coalesce((SELECT string_agg(s.line, '' ORDER BY s.witness)
+                                       FROM tlog_cosignature s WHERE s.size = c.size), '')
+           AS signed
+    FROM tlog_checkpoint c ORDER BY c.size DESC LIMIT 1
+) h ON true
+WHERE a.id = $1 LIMIT 1
+"""
 # The erasures of a row that the checkpoint covers, oldest first.
 ERASURES_OF = """
 SELECT action_leaf, action_id FROM tlog_erasure
@@ -31,18 +52,15 @@ async def receipt_of(conn: asyncpg.Connection, event_id: uuid.UUID) -> dict[str,
     row = await conn.fetchrow(ROW_BY_ID, event_id)
     if row is None:
         return None
-    index = await tlog.row_leaf_index(conn, row["seq"])
-    head = await tlog.last_checkpoint(conn)
-    if index is None or head is None or index >= head["size"]:
+    index, size, signed = row["leaf_index"], row["head_size"], row["signed"]
+    if index is None or size is None or index >= size:
         raise AwaitingCheckpoint(f"event {event_id} awaits its first checkpoint")
-    size = int(head["size"])
-    signed = await tlog.checkpoint_with_cosignatures(conn, size)
-    assert signed is not None
+    index, size = int(index), int(size)
     note.parse(signed)  # what is handed out is at least a well-formed note
     tree = tlog.Tree(conn)
     proof = await tree.inclusion_proof(index, size)
     erasures = []
-    for e in await conn.fetch(ERASURES_OF, index, size):
+    for e in await conn.fetch(ERASURES_OF, index, size) if row["erased"] else []:
         action = await conn.fetchrow(ACTION, e["action_id"])
         leaf = {"kind": "action", **action_json(action, await erasure_rows(conn, e["action_leaf"]))}
         erasures.append(

@@ -29,6 +29,26 @@ WHERE first < $2
 ORDER BY first
 """
 # The widest stored version of each tile asked for.
+# Whole tiles of leaves (256 each) from the batches, in one query.
+LEAF_TILES = """
+SELECT t.idx, b.first,
+       substr(b.hashes, (greatest(t.idx * 256 - b.first, 0) * 32 + 1)::int,
+              ((least(t.idx * 256 + 256, b.first + b.size)
+                - greatest(t.idx * 256, b.first)) * 32)::int) AS hashes
+FROM unnest($1::bigint[]) AS t(idx)
+JOIN LATERAL (
+    SELECT first, size, hashes FROM tlog_batch
+    WHERE first < t.idx * 256 + 256
+      AND first >= (SELECT coalesce(max(first), 0) FROM tlog_batch WHERE first <= t.idx * 256)
+) b ON true
+ORDER BY t.idx, b.first
+"""
+UPPER_TILES = """
+SELECT DISTINCT ON (t.level, t.idx) t.level, t.idx, x.hashes
+FROM unnest($1::smallint[], $2::bigint[]) AS t(level, idx)
+JOIN tlog_tile x ON x.level = t.level AND x.idx = t.idx
+ORDER BY t.level, t.idx, x.width DESC
+"""
 TILES = """
 SELECT DISTINCT ON (idx) idx, width, hashes FROM tlog_tile
 WHERE level = $1 AND idx = ANY($2::bigint[])
@@ -104,9 +124,43 @@ class Tree:
                     out.append(merkle.root_of(below))
         return out
 
+    async def _prefetch(self, wanted: set[tuple[int, int]]) -> dict[tuple[int, int], bytes]:
+        """The tiles (level, index) holding the base nodes of `wanted`, in two queries:
+        level 0 from the batches, the others from tlog_tile (each at its widest)."""
+        needed: set[tuple[int, int]] = set()
+        for height, index in wanted:
+            base = height - height % TILE_HEIGHT
+            span = 1 << (height - base)
+            needed.add((base // TILE_HEIGHT, (index * span) // TILE_WIDTH))
+        tiles: dict[tuple[int, int], bytes] = {}
+        leaf_tiles = sorted(i for level, i in needed if level == 0)
+        if leaf_tiles:
+            parts: dict[int, list[bytes]] = {}
+            for r in await self._conn.fetch(LEAF_TILES, leaf_tiles):
+                parts.setdefault(r["idx"], []).append(bytes(r["hashes"]))
+            tiles.update({(0, i): b"".join(blobs) for i, blobs in parts.items()})
+        upper = sorted((level, i) for level, i in needed if level > 0)
+        if upper:
+            levels, indexes = [level for level, _ in upper], [i for _, i in upper]
+            for r in await self._conn.fetch(UPPER_TILES, levels, indexes):
+                tiles[(r["level"], r["idx"])] = bytes(r["hashes"])
+        return tiles
+
     async def fetch(self, wanted: set[tuple[int, int]]) -> None:
         """Load the perfect nodes (height, index) asked for."""
+        tiles = await self._prefetch(wanted)
         for height, index in sorted(wanted):
+            if (height, index) in self._nodes:
+                continue
+            base = height - height % TILE_HEIGHT
+            span = 1 << (height - base)
+            start = index * span
+            blob = tiles.get((base // TILE_HEIGHT, start // TILE_WIDTH), b"")
+            offset = (start % TILE_WIDTH) * HB
+            if len(blob) >= offset + span * HB:  # the common case: all in one fetched tile
+                below = [blob[o : o + HB] for o in range(offset, offset + span * HB, HB)]
+                self._nodes[(height, index)] = merkle.root_of(below)
+                continue
             if (height, index) in self._nodes:
                 continue
             base = height - height % TILE_HEIGHT
