@@ -139,13 +139,20 @@ class LogConfig:
     origin: str | None = None  # None: auditq/<database name>
 
 
-NEW_ROWS = (
-    f"SELECT seq, {ITEM_COLUMNS_JSON_TEXT} FROM audit_log "
-    "WHERE seq <@ $1::text::int8multirange ORDER BY seq"
-)
+# By ranges of the seq index (a `seq <@ multirange` filter would scan every partition).
+NEW_ROWS = f"""
+SELECT a.* FROM unnest($1::text::int8multirange) AS r
+CROSS JOIN LATERAL (
+    SELECT seq, {ITEM_COLUMNS_JSON_TEXT} FROM audit_log
+    WHERE seq >= lower(r) AND seq < upper(r) ORDER BY seq
+) a
+"""
 NEW_ACTIONS = """
-SELECT id, at, action, actor, detail FROM store_action
-WHERE id <@ $1::text::int8multirange ORDER BY id
+SELECT s.* FROM unnest($1::text::int8multirange) AS r
+CROSS JOIN LATERAL (
+    SELECT id, at, action, actor, detail FROM store_action
+    WHERE id >= lower(r) AND id < upper(r) ORDER BY id
+) s
 """
 DATABASE = "SELECT current_database()"
 
