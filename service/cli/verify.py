@@ -8,6 +8,7 @@ import sys
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import asyncpg
 
@@ -59,8 +60,22 @@ async def cmd_public_key(settings: Settings, args: argparse.Namespace) -> int:
     path = settings.seal_key_path
     if not path.exists():
         raise ConfigError(f"no seal key at {path} yet: the worker makes it when it first starts")
-    print(public_pem(load_public_key(path)), end="")
+    key = load_public_key(path)
+    if args.vkey:
+        print(note.vkey(_origin(settings), key))
+        return 0
+    print(public_pem(key), end="")
     return 0
+
+
+def _origin(settings: Settings) -> str:
+    """The log's origin: AUDITQ_LOG_ORIGIN, else auditq/<the database name of the URL>."""
+    if settings.log_origin:
+        return settings.log_origin
+    name = urlsplit(settings.database_url or "").path.lstrip("/")
+    if not name:
+        raise ConfigError("set AUDITQ_LOG_ORIGIN or AUDITQ_DATABASE_URL: the vkey names the log")
+    return f"auditq/{name}"
 
 
 async def cmd_head(settings: Settings, args: argparse.Namespace) -> int:
@@ -111,8 +126,13 @@ def add_parsers(sub: Any) -> None:
     integrity = sub.add_parser("integrity", help=integrity_help, description=integrity_help)
     actions = integrity.add_subparsers(dest="integrity_command", required=True, metavar="ACTION")
     key_help = "Print the PEM public key of AUDITQ_SEAL_KEY_FILE (all `auditq verify` needs)."
-    actions.add_parser("public-key", help=key_help, description=key_help).set_defaults(
-        command=cmd_public_key
+    public_key = actions.add_parser("public-key", help=key_help, description=key_help)
+    public_key.set_defaults(command=cmd_public_key)
+    public_key.add_argument(
+        "--vkey",
+        action="store_true",
+        help="print it as a C2SP verifier key (ORIGIN+KEYID+BASE64), as other ecosystems' "
+        "note and witness tools take it",
     )
     head_help = (
         "Print the latest signed checkpoint (a C2SP note, with cosignatures): keep it "

@@ -102,6 +102,11 @@ async def test_auditq_proof_prints_a_receipt_verify_receipt_accepts(
     assert json.loads(path.read_text())["item"]["id"] == str(ids[1])
     assert await asyncio.to_thread(main, ["verify-receipt", str(path)]) == 0
     assert capsys.readouterr().out.startswith(f"valid: event {ids[1]}")
+    assert await asyncio.to_thread(main, ["integrity", "public-key", "--vkey"]) == 0
+    name, vkey_key, kind = note.parse_vkey(capsys.readouterr().out)
+    checkpoint = note.parse(json.loads(path.read_text())["checkpoint"])
+    assert (name, kind) == (checkpoint.origin, note.ED25519_TYPE)
+    note.verify(checkpoint, name, vkey_key)
     assert await asyncio.to_thread(main, ["integrity", "head"]) == 0
     head = capsys.readouterr().out
     assert note.parse(head).size == json.loads(path.read_text())["tree_size"]
