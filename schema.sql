@@ -1,6 +1,55 @@
 -- auditq storage. Idempotent: apply it as often as you like (`auditq migrate`).
 -- PostgreSQL >= 14.
 
+-- ---------------------------------------------------------------------------------------
+-- First of all (docs/integrity.md, "Definer functions"): no role but the owner may create
+-- objects where auditq's live, or a function or table planted there could stand in for one
+-- of ours. migrate revokes what it may and refuses a schema in which PUBLIC or a runtime
+-- role still may create.
+DO $$
+DECLARE
+    v_who  text;
+    v_role text;
+BEGIN
+    BEGIN
+        REVOKE CREATE ON SCHEMA public FROM PUBLIC;
+    EXCEPTION WHEN insufficient_privilege THEN
+        NULL;  -- not the schema's owner: checked below
+    END;
+    FOREACH v_role IN ARRAY ARRAY['auditq_worker', 'auditq_api'] LOOP
+        IF EXISTS (SELECT FROM pg_catalog.pg_roles WHERE rolname = v_role) THEN
+            BEGIN
+                EXECUTE pg_catalog.format('REVOKE CREATE ON SCHEMA public FROM %I', v_role);
+            EXCEPTION WHEN insufficient_privilege THEN
+                NULL;
+            END;
+        END IF;
+    END LOOP;
+    SELECT pg_catalog.string_agg(w, ', ') INTO v_who FROM (
+        SELECT 'PUBLIC' AS w FROM pg_catalog.pg_namespace n,
+               pg_catalog.aclexplode(coalesce(n.nspacl,
+                                              pg_catalog.acldefault('n'::"char", n.nspowner))) a
+        WHERE n.nspname = 'public' AND a.grantee = 0::oid AND a.privilege_type = 'CREATE'
+        UNION ALL
+        SELECT r.rolname::text FROM pg_catalog.pg_roles r
+        WHERE r.rolname IN ('auditq_worker', 'auditq_api')
+          AND pg_catalog.has_schema_privilege(r.oid, 'public'::text, 'CREATE'::text)) s;
+    IF v_who IS NOT NULL THEN
+        RAISE EXCEPTION 'schema public lets % create objects, which could stand in for auditq''s: as its owner or a superuser run REVOKE CREATE ON SCHEMA public FROM PUBLIC, auditq_worker, auditq_api; then migrate again', v_who
+            USING ERRCODE = 'insufficient_privilege';
+    END IF;
+    -- Functions someone else planted there already would run as this role (the owner) in
+    -- this very script.
+    SELECT pg_catalog.string_agg(DISTINCT r.rolname::text, ', ') INTO v_who
+    FROM pg_catalog.pg_proc p JOIN pg_catalog.pg_roles r ON r.oid = p.proowner
+    WHERE p.pronamespace = 'public'::regnamespace AND r.rolname <> current_user AND NOT r.rolsuper;
+    IF v_who IS NOT NULL THEN
+        RAISE EXCEPTION 'schema public holds functions of % that could stand in for auditq''s: drop them as a superuser (DROP OWNED BY them in this database), REVOKE CREATE ON SCHEMA public FROM PUBLIC, then migrate again', v_who
+            USING ERRCODE = 'insufficient_privilege';
+    END IF;
+END;
+$$;
+
 -- CACHE: each session takes seqs a thousand at a time, so one statement's rows are
 -- (nearly always) one contiguous range, which the seal trigger records cheaply.
 CREATE SEQUENCE IF NOT EXISTS public.audit_log_seq CACHE 1000;
@@ -47,7 +96,7 @@ CREATE TABLE IF NOT EXISTS public.audit_log (
 ) PARTITION BY RANGE (ts);
 
 -- Rows outside every monthly partition (far past or future) land here instead of failing.
-CREATE TABLE IF NOT EXISTS audit_log_default PARTITION OF public.audit_log DEFAULT;
+CREATE TABLE IF NOT EXISTS public.audit_log_default PARTITION OF public.audit_log DEFAULT;
 
 CREATE INDEX IF NOT EXISTS audit_log_entity_idx ON public.audit_log (entity_type, entity_id, ts DESC);
 CREATE INDEX IF NOT EXISTS audit_log_actor_idx ON public.audit_log (actor_id, ts DESC);
@@ -328,10 +377,13 @@ $$;
 CREATE OR REPLACE FUNCTION public.auditq_policy_record() RETURNS trigger
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
-    IF NEW.retention_days IS DISTINCT FROM OLD.retention_days THEN
+    IF to_jsonb(NEW) - 'set_at'::text - 'set_by'::text
+       IS DISTINCT FROM to_jsonb(OLD) - 'set_at'::text - 'set_by'::text THEN
         PERFORM public.auditq_record_action('policy.set'::text, jsonb_build_object(
             'retention_days', NEW.retention_days, 'previous_retention_days', OLD.retention_days,
-            'set_by', NEW.set_by));
+            'set_by', NEW.set_by) || jsonb_strip_nulls(jsonb_build_object(
+            'subject_entity_types', to_jsonb(NEW) -> 'subject_entity_types',
+            'previous_subject_entity_types', to_jsonb(OLD) -> 'subject_entity_types')));
     END IF;
     RETURN NULL;
 END;
@@ -806,12 +858,11 @@ GRANT SELECT ON public.api_token, public.integrity_verification TO auditq_api;
 -- "Erasure"), so `auditq verify` still passes and names the action.
 -- =======================================================================================
 
--- The key of the pseudonyms: HMAC-SHA256(key, subject id). Made once per database, like the
--- cursor secret; the worker reads it (and nothing else of api_secret) through the view.
-INSERT INTO public.api_secret (name, secret)
-VALUES ('subject', uuid_send(gen_random_uuid()) || uuid_send(gen_random_uuid()))
-ON CONFLICT (name) DO NOTHING;
-CREATE OR REPLACE VIEW subject_key AS SELECT secret FROM public.api_secret WHERE name = 'subject';
+-- The key of the pseudonyms, HMAC-SHA256(key, subject id), is not in the database: it is a
+-- file beside the seal key (AUDITQ_SUBJECT_KEY_FILE; `auditq migrate` moved the key earlier
+-- releases kept in api_secret out to it). See "Erasure through one function" below.
+DROP VIEW IF EXISTS public.subject_key;
+DELETE FROM public.api_secret WHERE name = 'subject';
 
 -- Erased subjects, by pseudonym only (never the id): the worker pseudonymises their later
 -- events; the API reports the state of each erasure.
@@ -994,14 +1045,12 @@ BEGIN
 END;
 $$;
 
-REVOKE ALL ON public.erased_subject, subject_key FROM PUBLIC, auditq_worker, auditq_api;
+-- Erasure runs only through auditq_erase_subject() below: the batch function trusts its
+-- arguments and is the owner's alone.
+REVOKE ALL ON public.erased_subject FROM PUBLIC, auditq_worker, auditq_api;
 REVOKE ALL ON FUNCTION public.auditq_anonymise_rows(text, text, text[], text[], boolean, bigint, integer)
-    FROM PUBLIC;
-GRANT SELECT ON public.erased_subject, subject_key TO auditq_worker;
-GRANT SELECT, INSERT, UPDATE ON public.erased_subject TO auditq_api;
-GRANT SELECT ON subject_key TO auditq_api;
-GRANT EXECUTE ON FUNCTION public.auditq_anonymise_rows(text, text, text[], text[], boolean, bigint, integer)
-    TO auditq_api;
+    FROM PUBLIC, auditq_worker, auditq_api;
+GRANT SELECT ON public.erased_subject TO auditq_worker, auditq_api;
 -- (end of erasure)
 
 -- =======================================================================================
@@ -1123,33 +1172,188 @@ GRANT EXECUTE ON FUNCTION public.auditq_record_admin_event(jsonb),
     public.auditq_record_verification(timestamptz, jsonb, jsonb)
     TO auditq_api;
 
--- No role but the owner may create objects where auditq's live: a function or table planted
--- there could stand in for one of ours (docs/integrity.md, "Definer functions"). migrate
--- revokes what it may and refuses a schema in which PUBLIC or a runtime role still may.
+-- The API inserts into neither table itself any more (earlier releases let it).
 DO $$
-DECLARE
-    v_who text;
 BEGIN
-    BEGIN
-        REVOKE CREATE ON SCHEMA public FROM PUBLIC, auditq_worker, auditq_api;
-    EXCEPTION WHEN insufficient_privilege THEN
-        NULL;  -- not the schema's owner: checked below
-    END;
-    SELECT string_agg(w, ', ') INTO v_who FROM (
-        SELECT 'PUBLIC' AS w FROM pg_namespace n,
-               aclexplode(coalesce(n.nspacl, acldefault('n'::"char", n.nspowner))) a
-        WHERE n.nspname = 'public' AND a.grantee = 0::oid AND a.privilege_type = 'CREATE'
-        UNION ALL
-        SELECT r.rolname::text FROM pg_roles r
-        WHERE r.rolname IN ('auditq_worker', 'auditq_api')
-          AND has_schema_privilege(r.oid, 'public'::text, 'CREATE'::text)) s;
-    IF v_who IS NOT NULL THEN
-        RAISE EXCEPTION 'schema public lets % create objects, which could stand in for auditq''s: as its owner or a superuser run REVOKE CREATE ON SCHEMA public FROM PUBLIC, auditq_worker, auditq_api; then migrate again', v_who
-            USING ERRCODE = 'insufficient_privilege';
-    END IF;
+    EXECUTE pg_catalog.format('REVOKE ALL ON SEQUENCE %s, %s FROM PUBLIC, auditq_worker, auditq_api',
+        pg_catalog.pg_get_serial_sequence('public.api_token', 'id'),
+        pg_catalog.pg_get_serial_sequence('public.integrity_verification', 'id'));
 END;
 $$;
 -- (end of least privilege)
+
+-- =======================================================================================
+-- Erasure through one function (docs/integrity.md, "Erasure: what the caller can choose").
+-- The API role may only name a subject (and the pseudonym it derived from the key file,
+-- which no database role can read): the function finds the subject's rows and values itself,
+-- with the entity types of the store's policy, changes nothing else, and records the state,
+-- every batch (a sealed store action) and the subject.anonymised event itself.
+-- =======================================================================================
+
+-- The types of entity whose id names a data subject (contract §9, AUDITQ_SUBJECT_ENTITY_TYPES),
+-- as the owner pinned them (`auditq migrate` pins its own setting on a new store; `auditq policy
+-- set --subject-entity-types`): an erasure's caller may narrow them, never widen them. Null
+-- (a store migrated by db.migrate alone, as the tests do): the caller's configured types.
+ALTER TABLE public.store_policy ADD COLUMN IF NOT EXISTS subject_entity_types text[];
+
+-- Where a running erasure stands, and the subject's values gathered when it began (names,
+-- emails, addresses of its own rows: cleared from every other row's texts, then from its
+-- own). The values are deleted when the erasure is done.
+ALTER TABLE public.erased_subject
+    ADD COLUMN IF NOT EXISTS phase text NOT NULL DEFAULT 'done'
+        CHECK (phase IN ('start', 'mentions', 'subject', 'done')),
+    ADD COLUMN IF NOT EXISTS after_seq bigint NOT NULL DEFAULT 0,
+    ADD COLUMN IF NOT EXISTS first_action bigint,
+    ADD COLUMN IF NOT EXISTS last_action bigint;
+CREATE TABLE IF NOT EXISTS public.erasure_value (
+    pseudonym text NOT NULL REFERENCES public.erased_subject (pseudonym),
+    value     text NOT NULL,
+    PRIMARY KEY (pseudonym, value)
+);
+REVOKE ALL ON public.erasure_value FROM PUBLIC, auditq_worker, auditq_api;
+
+-- Mark the pseudonym erased (running) before anything else, so workers store the subject's
+-- later events pseudonymised at once. Asking again restarts a finished erasure.
+CREATE OR REPLACE FUNCTION public.auditq_register_erasure(p_pseudonym text) RETURNS text
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    IF coalesce(p_pseudonym, ''::text) !~ '^anon_[0-9a-f]{32}$'::text THEN
+        RAISE EXCEPTION 'not a pseudonym: %', left(p_pseudonym, 64)
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    INSERT INTO public.erased_subject (pseudonym, state, phase)
+    VALUES (p_pseudonym, 'running', 'start')
+    ON CONFLICT (pseudonym) DO UPDATE SET state = 'running', finished_at = NULL,
+        phase = CASE WHEN public.erased_subject.phase = 'done' THEN 'start'
+                     ELSE public.erased_subject.phase END;
+    RETURN (SELECT e.state FROM public.erased_subject e WHERE e.pseudonym = p_pseudonym);
+END;
+$$;
+
+-- One step of the subject's erasure, in the caller's (short) transaction: the first gathers
+-- its values, each next changes up to p_limit rows (other rows' mentions first, then its own),
+-- the last records subject.anonymised. Call until `done`. p_dead_letters: what the caller
+-- cleared of it outside the database (Redis), added to the counts; p_by: who asked;
+-- p_entity_types: the caller's AUDITQ_SUBJECT_ENTITY_TYPES, narrowed to the policy's.
+DROP FUNCTION IF EXISTS public.auditq_erase_subject(text, text, text, bigint, jsonb, integer);
+CREATE OR REPLACE FUNCTION public.auditq_erase_subject(
+    p_subject text, p_pseudonym text, p_reason text DEFAULT NULL,
+    p_dead_letters bigint DEFAULT 0, p_by jsonb DEFAULT NULL, p_limit integer DEFAULT 1000,
+    p_entity_types text[] DEFAULT NULL
+) RETURNS TABLE (changed bigint, done boolean, action_id bigint)
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    v_state  public.erased_subject;
+    v_pinned text[] := (SELECT p.subject_entity_types FROM public.store_policy p);
+    -- The caller's configured types, within what the owner pinned (never wider).
+    v_types  text[] := CASE
+        WHEN v_pinned IS NULL THEN coalesce(p_entity_types, '{user}'::text[])
+        ELSE coalesce((SELECT array_agg(t) FROM unnest(v_pinned) AS t
+                       WHERE p_entity_types IS NULL OR t = ANY(p_entity_types)), '{}'::text[])
+        END;
+    v_values text[];
+    v_names  text;
+    v_step   record;
+BEGIN
+    IF coalesce(p_subject, ''::text) = '' OR length(p_subject) > 1024
+       OR p_subject ~ '^anon_[0-9a-f]{32}$'::text
+       OR coalesce(p_pseudonym, ''::text) !~ '^anon_[0-9a-f]{32}$'::text
+       OR coalesce(p_limit, 0) NOT BETWEEN 1 AND 100000 THEN
+        RAISE EXCEPTION 'auditq_erase_subject: a subject id, its pseudonym, a batch of 1 to 100000'
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    SELECT * INTO v_state FROM public.erased_subject e WHERE e.pseudonym = p_pseudonym FOR UPDATE;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'erasure of % was not registered', p_pseudonym
+            USING ERRCODE = 'object_not_in_prerequisite_state';
+    END IF;
+    UPDATE public.erased_subject e SET dead_letters = e.dead_letters + greatest(p_dead_letters, 0)
+    WHERE e.pseudonym = p_pseudonym;
+    IF v_state.phase = 'done' THEN
+        RETURN QUERY SELECT 0::bigint, true, NULL::bigint;
+        RETURN;
+    END IF;
+    IF v_state.phase = 'start' THEN
+        -- A pseudonym that already names an erased subject is not given to another one's
+        -- rows: an erasure left done leaves no row with the id, so rows with it here are
+        -- another subject's (the database cannot check the keyed digest itself: see docs).
+        IF v_state.first_action IS NOT NULL AND EXISTS (
+               SELECT FROM public.audit_log a WHERE a.actor_id = p_subject
+               UNION ALL
+               SELECT FROM public.audit_log a
+               WHERE a.entity_id = p_subject AND a.entity_type = ANY(v_types)) THEN
+            RAISE EXCEPTION 'pseudonym % already names an erased subject', p_pseudonym
+                USING ERRCODE = 'invalid_parameter_value';
+        END IF;
+        DELETE FROM public.erasure_value v WHERE v.pseudonym = p_pseudonym;
+        INSERT INTO public.erasure_value (pseudonym, value)
+        SELECT p_pseudonym, x.v FROM (
+            SELECT p_subject AS v
+            UNION
+            SELECT u.v FROM public.audit_log a,
+                   unnest(ARRAY[a.actor_name, a.actor_email, host(a.ip)]) AS u(v)
+            WHERE a.actor_id = p_subject
+            UNION
+            SELECT a.entity_name FROM public.audit_log a
+            WHERE a.entity_id = p_subject AND a.entity_type = ANY(v_types)
+        ) x WHERE x.v IS NOT NULL AND x.v <> ''::text
+        ON CONFLICT DO NOTHING;
+        UPDATE public.erased_subject e SET phase = 'mentions', after_seq = 0
+        WHERE e.pseudonym = p_pseudonym;
+        v_state.phase := 'mentions';
+        v_state.after_seq := 0;
+    END IF;
+    SELECT array_agg(v.value ORDER BY length(v.value) DESC, v.value) INTO v_values
+    FROM public.erasure_value v WHERE v.pseudonym = p_pseudonym;
+    IF v_state.phase IN ('mentions', 'subject') THEN
+        SELECT * INTO v_step FROM public.auditq_anonymise_rows(
+            p_subject, p_pseudonym, v_types, v_values, v_state.phase = 'mentions',
+            v_state.after_seq, p_limit) r;
+        IF v_step.action_id IS NOT NULL THEN  -- a batch done; more may follow
+            UPDATE public.erased_subject e SET
+                rows = e.rows + v_step.changed, after_seq = v_step.last_seq,
+                first_action = coalesce(e.first_action, v_step.action_id),
+                last_action = v_step.action_id
+            WHERE e.pseudonym = p_pseudonym;
+            RETURN QUERY SELECT v_step.changed, false, v_step.action_id;
+            RETURN;
+        END IF;
+        IF v_state.phase = 'mentions' THEN  -- no more mentions: the subject's own rows next
+            UPDATE public.erased_subject e SET phase = 'subject', after_seq = 0
+            WHERE e.pseudonym = p_pseudonym;
+            RETURN QUERY SELECT 0::bigint, false, NULL::bigint;
+            RETURN;
+        END IF;
+    END IF;
+    -- Finished: the state, the values forgotten, and the event (never the subject's values).
+    v_names := public.auditq_erase_pattern(array_remove(v_values, p_subject));
+    DELETE FROM public.erasure_value v WHERE v.pseudonym = p_pseudonym;
+    UPDATE public.erased_subject e SET phase = 'done', state = 'done', finished_at = now(),
+        after_seq = 0
+    WHERE e.pseudonym = p_pseudonym RETURNING e.* INTO v_state;
+    PERFORM public.auditq_store_event(jsonb_build_object(
+        'id', public.auditq_new_event_id(), 'action', 'subject.anonymised',
+        'actor', p_by -> 'actor', 'request', p_by -> 'request',
+        'source', coalesce(p_by ->> 'source', 'auditq-api'::text),
+        'entity', jsonb_build_object('type', 'subject', 'id', p_pseudonym),
+        'metadata', jsonb_strip_nulls(jsonb_build_object(
+            'pseudonym', p_pseudonym, 'rows', v_state.rows,
+            'dead_letters', v_state.dead_letters,
+            'store_actions', CASE WHEN v_state.first_action IS NULL THEN NULL
+                                  ELSE jsonb_build_object('first', v_state.first_action,
+                                                          'last', v_state.last_action) END,
+            'reason', public.auditq_erase_text(nullif(left(p_reason, 1024), ''::text), v_names,
+                                               public.auditq_erase_pattern(ARRAY[p_subject]),
+                                               p_pseudonym)))), 'api'::text);
+    RETURN QUERY SELECT 0::bigint, true, NULL::bigint;
+END;
+$$;
+
+REVOKE ALL ON FUNCTION public.auditq_register_erasure(text),
+    public.auditq_erase_subject(text, text, text, bigint, jsonb, integer, text[]) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION public.auditq_register_erasure(text),
+    public.auditq_erase_subject(text, text, text, bigint, jsonb, integer, text[]) TO auditq_api;
+-- (end of erasure through one function)
 
 -- Transparency log (docs/integrity.md, "The transparency log"): stored rows and store
 -- actions as leaves of one RFC 6962 tree, in the order the sealer appended them. The tree

@@ -63,6 +63,15 @@ class Settings:
 
     # Erasure (docs/erasure.md): an entity of these types whose id is the subject is the subject.
     subject_entity_types: frozenset[str] = frozenset({"user"})
+    subject_key_file: Path | None = None  # None: <data_dir>/subject-key (never in the database)
+    # The role `auditq run` migrates with when the servers are external (AUDITQ_DATABASE_URL
+    # and AUDITQ_WORKER_DATABASE_URL being the runtime roles'). None: AUDITQ_DATABASE_URL.
+    owner_database_url: str | None = None
+    # The worker and the API refuse a superuser, owner or row-altering role; tests of other
+    # things and benchmarks may allow it (AUDITQ_ALLOW_PRIVILEGED_ROLE=1), with a warning.
+    allow_privileged_role: bool = False
+    # `/metrics` wants `Authorization: Bearer <this>` when set (docs/metrics.md). None: open.
+    metrics_token: str | None = None
 
     @classmethod
     def from_env(
@@ -89,6 +98,7 @@ class Settings:
             parse_redis_url(redis_url)  # a malformed URL is one clear error, here
         key_file = env.get("AUDITQ_SEAL_KEY_FILE", "").strip()
         state_file = env.get("AUDITQ_SEAL_STATE_FILE", "").strip()
+        subject_key = env.get("AUDITQ_SUBJECT_KEY_FILE", "").strip()
         return cls(
             redis_url=redis_url,
             database_url=url("AUDITQ_DATABASE_URL"),
@@ -125,6 +135,10 @@ class Settings:
             witness_urls=_urls(env.get("AUDITQ_WITNESS_URLS", "")),
             max_future_s=_float(env, "AUDITQ_MAX_FUTURE_S", 300.0),
             subject_entity_types=_names(env, "AUDITQ_SUBJECT_ENTITY_TYPES", frozenset({"user"})),
+            subject_key_file=Path(subject_key) if subject_key else None,
+            owner_database_url=url("AUDITQ_OWNER_DATABASE_URL"),
+            allow_privileged_role=env.get("AUDITQ_ALLOW_PRIVILEGED_ROLE", "").strip() == "1",
+            metrics_token=env.get("AUDITQ_METRICS_TOKEN", "").strip() or None,
         )
 
     def with_server_spool(self) -> Settings:
@@ -159,6 +173,11 @@ class Settings:
         """The last checkpoint the sealer signed (docs/integrity.md), beside the key."""
         key = self.seal_key_path
         return self.seal_state_file or key.with_name(key.name + ".state")
+
+    @property
+    def subject_key_path(self) -> Path:
+        """The key of subjects' pseudonyms (HMAC-SHA256), never in the database."""
+        return self.subject_key_file or self.data_dir / "subject-key"
 
     @property
     def worker_url(self) -> str | None:

@@ -29,7 +29,8 @@ from service.store import db
 from tests.admin_api import Tokens, make_tokens
 from workers.runner import build_worker, run_until
 
-TEMPLATE_DB = "auditq_test_template"
+# Its own name where several runs share one server (AUDITQ_TEST_DATABASE_URL).
+TEMPLATE_DB = os.environ.get("AUDITQ_TEST_TEMPLATE_DB", "auditq_test_template")
 
 
 class Servers:

@@ -27,6 +27,8 @@ BIN = Path(sys.executable).parent
 KUBERNETES_VERSION = "1.30.0"  # the oldest version we support; schemas ship in the wheel
 # Variables of images we run that are not ours (the postgres image's own).
 STANDARD_VARIABLES = {"POSTGRES_USER", "POSTGRES_PASSWORD", "POSTGRES_DB"}
+# The passwords deploy/postgres-roles.sh gives auditq's three roles (compose only).
+ROLE_PASSWORDS = {"AUDITQ_OWNER_PASSWORD", "AUDITQ_WORKER_PASSWORD", "AUDITQ_API_PASSWORD"}
 IMAGE_UID = 10001  # the Dockerfile's USER
 
 
@@ -301,6 +303,7 @@ def test_compose_services() -> None:
         env = services[name]["environment"]
         assert env["AUDITQ_REDIS_URL"].startswith("redis://redis:")
         assert "@postgres:5432/" in env["AUDITQ_DATABASE_URL"]
+    assert (DEPLOY / "postgres-roles.sh").stat().st_mode & 0o111, "an executable init script"
 
 
 def test_compose_uses_only_known_variables() -> None:
@@ -314,7 +317,8 @@ def test_compose_uses_only_known_variables() -> None:
     }
     assert interpolated and keys
     for name in interpolated | keys:
-        assert name in settings_variables() or name in STANDARD_VARIABLES, f"unknown {name}"
+        known = settings_variables() | STANDARD_VARIABLES | ROLE_PASSWORDS
+        assert name in known, f"unknown {name}"
     for name in interpolated:
         assert name in comments, f"${{{name}}} is not documented in a comment"
 
@@ -419,7 +423,7 @@ def test_workloads_run_the_image_with_config_and_secret_and_limits() -> None:
             assert container["image"] == "auditq", where
             assert container["args"][0] in {"api", "worker", "migrate"}, where
             refs = {next(iter(source.values()))["name"] for source in container.get("envFrom", [])}
-            assert refs == {"auditq-config", "auditq-secrets"}, where
+            assert {"auditq-config", "auditq-redis"} < refs, where
             resources_ = container["resources"]
             assert {"cpu", "memory"} <= set(resources_["requests"]), where
             assert "memory" in resources_["limits"], where
@@ -432,9 +436,15 @@ def test_workloads_run_the_image_with_config_and_secret_and_limits() -> None:
 
 def test_config_and_secret_cover_every_setting_and_parse() -> None:
     config = resources("ConfigMap")["auditq-config"]["data"]
-    secret = resources("Secret")["auditq-secrets"]["stringData"]
-    assert set(secret) == {"AUDITQ_REDIS_URL", "AUDITQ_DATABASE_URL"}
-    assert all("CHANGE-ME" in value for value in secret.values()), "placeholders, marked"
+    secrets = resources("Secret")
+    secret = {
+        **secrets["auditq-redis"]["stringData"],
+        **secrets["auditq-worker"]["stringData"],
+    }
+    assert set(secret) == {"AUDITQ_REDIS_URL", "AUDITQ_DATABASE_URL", "AUDITQ_WORKER_DATABASE_URL"}
+    for doc in secrets.values():
+        values = doc["stringData"].values()
+        assert all("CHANGE-ME" in value for value in values), "placeholders, marked"
     assert "PLACEHOLDER" in (KUBE / "secret.yaml").read_text()
     assert set(config) | set(secret) == settings_variables()
     assert all(isinstance(value, str) for value in config.values())
@@ -519,3 +529,92 @@ def test_scaled_object_scales_the_worker_on_queue_depth() -> None:
 def test_hpa_alternative_targets_the_worker() -> None:
     (hpa,) = resources("HorizontalPodAutoscaler").values()
     assert hpa["spec"]["scaleTargetRef"]["name"] == "auditq-worker"
+
+
+# --- Least privilege: every manifest keeps owner, worker and API apart, with one key ----------
+
+
+def _db_user(url: str) -> str:
+    user = re.match(r"postgresql://([^:@/]+)[:@]", url)
+    assert user, url
+    return user[1]
+
+
+def _compose_mounts(service: dict[str, Any]) -> set[str]:
+    """Paths of the read-only secrets Compose mounts into `service`."""
+    return {f"/run/secrets/{name}" for name in service.get("secrets", [])}
+
+
+def test_compose_keeps_the_roles_apart_and_mounts_one_key() -> None:
+    services = compose()["services"]
+    env = {name: services[name]["environment"] for name in ("migrate", "api", "worker")}
+    superuser = services["postgres"]["environment"]["POSTGRES_USER"]
+    users = {name: _db_user(env[name]["AUDITQ_DATABASE_URL"]) for name in env}
+    assert users == {"migrate": "auditq_owner", "api": "auditq_api", "worker": "auditq_worker"}
+    assert superuser not in users.values(), "the runtime never connects as the superuser"
+    assert _db_user(env["worker"]["AUDITQ_WORKER_DATABASE_URL"]) == "auditq_worker"
+    assert "AUDITQ_WORKER_DATABASE_URL" not in env["api"]
+    # One seal key, mounted read-only into every worker (and the API, which verifies).
+    for name in ("worker", "api"):
+        key = env[name]["AUDITQ_SEAL_KEY_FILE"]
+        assert key in _compose_mounts(services[name]), name
+        assert env[name]["AUDITQ_SUBJECT_KEY_FILE"] in _compose_mounts(services[name]), name
+    assert compose()["secrets"]["seal-key"]["file"] == "./keys/seal-key"
+    roles = (DEPLOY / "postgres-roles.sh").read_text()
+    for role in ("auditq_owner", "auditq_worker", "auditq_api"):
+        assert f"CREATE ROLE {role} LOGIN" in roles
+    assert "OWNER TO auditq_owner" in roles and "REVOKE CREATE ON SCHEMA public" in roles
+
+
+def _env_sources(container: dict[str, Any]) -> list[str]:
+    return [next(iter(source.values()))["name"] for source in container.get("envFrom", [])]
+
+
+def _key_mounts(doc: dict[str, Any], container: dict[str, Any]) -> dict[str, str]:
+    """Mount path -> Secret name of the read-only secret volumes of `container`."""
+    volumes = {v["name"]: v for v in pod_spec(doc).get("volumes", [])}
+    mounts = {}
+    for mount in container.get("volumeMounts", []):
+        volume = volumes[mount["name"]]
+        if "secret" in volume and mount.get("readOnly") is True:
+            mounts[mount["mountPath"]] = volume["secret"]["secretName"]
+    return mounts
+
+
+def test_kubernetes_keeps_the_roles_apart_and_mounts_one_key() -> None:
+    secrets = resources("Secret")
+    config = resources("ConfigMap")["auditq-config"]["data"]
+    expected = {"auditq-migrate": "auditq_owner", "auditq-api": "auditq_api"}
+    expected["auditq-worker"] = "auditq_worker"
+    for doc in workloads():
+        name = doc["metadata"]["name"]
+        container = pod_spec(doc)["containers"][0]
+        database = [
+            secrets[s]["stringData"] for s in _env_sources(container)
+            if s in secrets and "AUDITQ_DATABASE_URL" in secrets[s]["stringData"]
+        ]  # fmt: skip
+        assert len(database) == 1, f"{name}: one database credential, its own"
+        assert _db_user(database[0]["AUDITQ_DATABASE_URL"]) == expected[name], name
+        if name == "auditq-worker":
+            assert _db_user(database[0]["AUDITQ_WORKER_DATABASE_URL"]) == "auditq_worker"
+        if name in ("auditq-worker", "auditq-api"):
+            # The one seal key Secret, read-only, where the settings look for it.
+            mounts = _key_mounts(doc, container)
+            key_dir = str(Path(config["AUDITQ_SEAL_KEY_FILE"]).parent)
+            assert mounts.get(key_dir) == "auditq-keys", name
+            assert str(Path(config["AUDITQ_SUBJECT_KEY_FILE"]).parent) == key_dir
+    keys = secrets["auditq-keys"]["stringData"]
+    assert set(keys) == {"seal-key", "subject-key"}
+    assert config["AUDITQ_ALLOW_PRIVILEGED_ROLE"] == ""
+
+
+def test_the_model_checks_fail_on_a_shared_credential_or_an_unmounted_key() -> None:
+    """Not vacuous: the checks above catch the shapes the issue found."""
+    worker = json.loads(json.dumps(resources("Deployment")["auditq-worker"]))
+    container = pod_spec(worker)["containers"][0]
+    container["envFrom"][-1]["secretRef"]["name"] = "auditq-owner"  # the owner's credentials
+    secrets = resources("Secret")
+    shared = [secrets[s]["stringData"] for s in _env_sources(container) if s == "auditq-owner"]
+    assert _db_user(shared[0]["AUDITQ_DATABASE_URL"]) != "auditq_worker"
+    container["volumeMounts"] = [m for m in container["volumeMounts"] if m["name"] != "keys"]
+    assert "/var/run/auditq-keys" not in _key_mounts(worker, container)

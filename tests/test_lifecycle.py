@@ -89,6 +89,8 @@ async def test_auditq_run_records_its_start_and_its_stop(
         AUDITQ_QUEUE=f"test-{uuid.uuid4().hex[:12]}",
         AUDITQ_DATA_DIR=str(tmp_path),
         AUDITQ_HTTP_PORT=str(free_port()),
+        # The suite's servers' superuser for everything (this is about lifecycle events).
+        AUDITQ_ALLOW_PRIVILEGED_ROLE="1",
     )
     both = {API_SOURCE, WORKER_SOURCE}
     rows: list[dict[str, Any]] = []

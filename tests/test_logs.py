@@ -18,6 +18,7 @@ import asyncpg
 import pytest
 
 from service import logs
+from service.integrity.keys import load_or_create_private_key
 from service.producer.client import FAILURE_PREFIX
 from tests.conftest import Servers
 
@@ -47,7 +48,11 @@ def child_env(servers: Servers, database_url: str, tmp_path: Path) -> dict[str, 
         AUDITQ_DATA_DIR=str(tmp_path),
         AUDITQ_LOG_FORMAT="json",
         AUDITQ_LOG_LEVEL="INFO",
+        # The suite's servers' superuser, and a key of this test's own (a worker mints none).
+        AUDITQ_ALLOW_PRIVILEGED_ROLE="1",
+        AUDITQ_SEAL_KEY_FILE=str(tmp_path / "seal-key"),
     )
+    load_or_create_private_key(tmp_path / "seal-key")
     return env
 
 

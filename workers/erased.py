@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import asyncpg
@@ -18,6 +19,7 @@ from service.events import AuditEvent
 from service.keys import erased_version_key
 from service.pseudonyms import DocumentScrubber, pseudonym, pseudonymise_event
 from service.store import subjects as sql
+from service.subject_key import load_subject_key
 
 _UNREAD = object()
 
@@ -25,8 +27,9 @@ _UNREAD = object()
 class ErasedSubjects:
     """The subject key and the pseudonyms of erased subjects, reloaded when they change."""
 
-    def __init__(self, entity_types: frozenset[str]) -> None:
+    def __init__(self, entity_types: frozenset[str], key_path: Path) -> None:
         self.entity_types = entity_types
+        self.key_path = key_path
         self.key = b""
         self.pseudonyms: frozenset[str] = frozenset()
         self._version: Any = _UNREAD
@@ -37,8 +40,9 @@ class ErasedSubjects:
         if version == self._version:  # None too: no erasure since Redis began
             return
         async with pool.acquire() as conn:
-            self.key = await sql.subject_key(conn)
             self.pseudonyms = await sql.erased(conn)
+        if self.pseudonyms and not self.key:  # a file, never in the database
+            self.key = load_subject_key(self.key_path)
         self._version = version
 
     def apply(self, events: Sequence[AuditEvent]) -> list[AuditEvent]:

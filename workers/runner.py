@@ -54,7 +54,12 @@ async def _startup(ctx: dict[str, Any]) -> None:
     settings.require_database()
     assert settings.worker_url is not None  # the database URL when no role of its own is set
     state.pool = await db.create_pool(settings.worker_url, size=settings.db_pool_size)
-    state.erased = ErasedSubjects(settings.subject_entity_types)
+    state.erased = ErasedSubjects(settings.subject_entity_types, settings.subject_key_path)
+    if settings.retention_days:
+        logger.warning(
+            "AUDITQ_RETENTION_DAYS is not read: the retention is the store's policy "
+            "(`auditq policy set --retention-days N` with the schema owner's URL)"
+        )
     # Before the first job: a month's rows must never land in the default partition while
     # that month's own partition is about to be made (the key is unique per partition).
     async with state.pool.acquire() as conn:

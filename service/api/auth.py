@@ -32,6 +32,10 @@ logger = logging.getLogger(__name__)
 LOOKUP_TIMEOUT_S = 1.0  # seconds for a token lookup, waiting on the pool included
 DOWN_PAUSE_S = 1.0  # seconds requests skip PostgreSQL after a lookup found it not answering
 MAX_KEPT = 10_000  # tokens kept; the least recently verified go first
+# An unknown token is answered 401 from memory for this long: a flood of one bad token does not
+# reach PostgreSQL each time. Short, as a token made on another replica works here after it.
+UNKNOWN_TTL_S = 2.0  # seconds
+MAX_UNKNOWN = 10_000  # unknown tokens kept; the oldest go first
 # What a token may hold: visible ASCII (ours are "aq_" and URL-safe base64). Anything else
 # (a byte that is not UTF-8, a control character) is no token, and hashing must not choke.
 _TOKEN = re.compile(r"[\x21-\x7e]{1,512}")
@@ -92,6 +96,7 @@ class TokenCheck:
         self._verified: collections.OrderedDict[bytes, tuple[Principal, float]] = (
             collections.OrderedDict()
         )
+        self._unknown: collections.OrderedDict[bytes, float] = collections.OrderedDict()
         self._skip_db_until = 0.0  # monotonic; PostgreSQL did not answer a moment ago
         self._offline_since: float | None = None
 
@@ -102,6 +107,9 @@ class TokenCheck:
         kept = self._verified.get(digest)
         if kept is not None and now - kept[1] < revocations.RECHECK_AFTER_S:
             return kept[0]
+        unknown_since = self._unknown.get(digest)
+        if unknown_since is not None and now - unknown_since < UNKNOWN_TTL_S:
+            raise ApiError(401, "unauthorized", "unknown or revoked token")
         if now >= self._skip_db_until:
             try:
                 principal = await self._look_up(digest)
@@ -118,13 +126,19 @@ class TokenCheck:
                 return await _principal(conn, digest)
 
     def forget(self, digest: bytes) -> None:
-        """Drop what is kept of a token (it was just revoked here)."""
+        """Drop what is kept of a token (it was just revoked, or made, here)."""
         self._verified.pop(digest, None)
+        self._unknown.pop(digest, None)
 
     def _keep(self, digest: bytes, principal: Principal | None, now: float) -> Principal:
         self._verified.pop(digest, None)
         if principal is None:
+            self._unknown.pop(digest, None)
+            self._unknown[digest] = now
+            while len(self._unknown) > MAX_UNKNOWN:
+                self._unknown.popitem(last=False)
             raise ApiError(401, "unauthorized", "unknown or revoked token")
+        self._unknown.pop(digest, None)
         self._verified[digest] = (principal, now)
         while len(self._verified) > MAX_KEPT:
             self._verified.popitem(last=False)
@@ -170,12 +184,17 @@ class TokenCheck:
             self._offline_since = None
 
 
+SUBJECTS_PREFIX = "/api/v1/admin/subjects/"
+
+
 def allowed(role: Role, method: str, path: str) -> bool:
     """Tell whether `role` may call `method path`."""
     if role == "admin":
         return True
     if path == "/api/v1/events":
         return role == "ingest"
+    if path.startswith(SUBJECTS_PREFIX) and path.endswith("/anonymisation"):
+        return False  # an id's pseudonym: re-identification by enumeration, admins only
     return role == "reader" and method in ("GET", "HEAD")
 
 

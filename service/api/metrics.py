@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hmac
 from collections.abc import Iterable, Iterator
 
 import asyncpg
@@ -10,6 +11,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from service.api.errors import ApiError
 from service.api.openapi import operation
 from service.api.state import CLIENT, POOL, REDIS, SETTINGS
 from service.ops.queue_stats import events_per_second, totals, workers
@@ -118,12 +120,20 @@ async def _log_families(app: web.Application) -> list[Family]:
 
 
 @operation(
-    summary="Prometheus metrics (text format, no auth)",
+    summary="Prometheus metrics (text format; Bearer AUDITQ_METRICS_TOKEN when that is set)",
     responses={200: {"type": "string"}},
     media_types=("text/plain",),
+    errors=(401,),
 )
 async def metrics(request: web.Request) -> web.Response:
     """Expose the queue's metrics in Prometheus text format."""
+    wanted = request.app[SETTINGS].metrics_token
+    if wanted is not None:  # worker host names and pids are not for everyone (docs/metrics.md)
+        scheme, _, given = request.headers.get("Authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(
+            given.strip().encode(), wanted.encode()
+        ):
+            raise ApiError(401, "unauthorized", "send Authorization: Bearer <AUDITQ_METRICS_TOKEN>")
     registry = CollectorRegistry(auto_describe=False)
     registry.register(_Snapshot(await gather(request.app)))
     response = web.Response(body=generate_latest(registry))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncIterator
+from typing import Any
 
 import msgspec
 from aiohttp import web
@@ -14,9 +15,10 @@ from service.api.background import cancel_all
 from service.api.body import read_json
 from service.api.errors import ApiError
 from service.api.openapi import operation
-from service.api.state import CLIENT, POOL, REDIS, SETTINGS
+from service.api.state import POOL, REDIS, SETTINGS, unrecorded
 from service.events import Actor, RequestInfo
 from service.ops import subjects
+from service.ops.admin_actions import RECORD_FAILURES, requested_by, unwritable
 
 logger = logging.getLogger(__name__)
 
@@ -57,10 +59,12 @@ async def anonymise_subject(request: web.Request) -> web.Response:
     except subjects.InvalidSubject as exc:
         raise ApiError(400, "invalid_parameter", f"parameter `reason`: {exc}") from None
     app = request.app
-    async with app[POOL].acquire() as conn:
-        name = await subjects.pseudonym_of(conn, subject_id)
-        # Registered before the answer: GET says "running" and workers pseudonymise at once.
-        await subjects.register(conn, app[REDIS], app[SETTINGS].queue, name)
+    name = subjects.pseudonym_of(app[SETTINGS], subject_id)
+    try:  # registered before the answer: GET says "running", workers pseudonymise at once
+        async with app[POOL].acquire() as conn:
+            await subjects.register(conn, app[REDIS], app[SETTINGS].queue, name)
+    except RECORD_FAILURES as exc:
+        raise unrecorded(unwritable("subject.anonymised", exc)) from None
     runs = app[RUNS]
     if name not in runs:
         principal = request_principal(request)
@@ -68,7 +72,8 @@ async def anonymise_subject(request: web.Request) -> web.Response:
         # The path holds the subject id: the event names the pseudonym instead.
         path = f"/api/v1/admin/subjects/{name}/anonymise"
         origin = RequestInfo(ip=request.remote, method=request.method, path=path)
-        task = asyncio.create_task(_run(app, subject_id, reason, actor, origin))
+        by = requested_by(actor, "auditq-api", origin)
+        task = asyncio.create_task(_run(app, subject_id, reason, by))
         runs[name] = task
         task.add_done_callback(lambda _: runs.pop(name, None))
     return web.Response(
@@ -79,19 +84,14 @@ async def anonymise_subject(request: web.Request) -> web.Response:
 
 
 async def _run(
-    app: web.Application, subject_id: str, reason: str | None, actor: Actor, origin: RequestInfo
+    app: web.Application, subject_id: str, reason: str | None, by: dict[str, Any]
 ) -> None:
-    try:
-        outcome = await subjects.anonymise(
-            app[POOL], app[REDIS], app[SETTINGS], subject_id, reason=reason, wait=True
+    try:  # the store records every step and the subject.anonymised event itself
+        await subjects.anonymise(
+            app[POOL], app[REDIS], app[SETTINGS], subject_id, reason=reason, wait=True, by=by
         )
     except Exception as exc:  # the state stays "running"; asking again resumes
         logger.error("erasure failed: %s (ask again to resume)", type(exc).__name__)
-        return
-    if outcome is not None:
-        await app[CLIENT].capture(
-            subjects.anonymised_event(outcome, actor=actor, source="auditq-api", request=origin)
-        )
 
 
 @operation(
@@ -103,7 +103,7 @@ async def get_anonymisation(request: web.Request) -> web.Response:
     """Show the state and counts of the subject's erasure; 404 if it was never asked."""
     subject_id = _subject_id(request)
     async with request.app[POOL].acquire() as conn:
-        found = await subjects.state(conn, subject_id)
+        found = await subjects.state(conn, request.app[SETTINGS], subject_id)
     if found is None:
         raise ApiError(404, "not_found", "this subject was never anonymised")
     return web.Response(body=msgspec.json.encode(found), content_type="application/json")

@@ -129,20 +129,23 @@ async def get_task(request: web.Request) -> web.Response:
 async def retry_task(request: web.Request) -> web.Response:
     """Queue a failed task's events again and drop its dead letter."""
     task_id = request.match_info["id"]
+
+    async def record(event_count: int) -> None:  # once the task is known failed, before
+        await record_admin_action(
+            request,
+            "task.retried",
+            entity=Entity(type="task", id=task_id[:1024]),
+            metadata={"event_count": event_count},
+        )
+
     try:
-        task = await task_actions.retry(_tasks(request), task_id)
+        task = await task_actions.retry(_tasks(request), task_id, record=record)
     except TaskNotFound:
         raise ApiError(404, "not_found", f"no task {task_id}") from None
     except TaskNotFailed as exc:
         raise ApiError(409, "task_not_failed", str(exc)) from None
     except TaskChanged as exc:
         raise ApiError(409, "task_changed", str(exc)) from None
-    await record_admin_action(
-        request,
-        "task.retried",
-        entity=Entity(type="task", id=task_id[:1024]),
-        metadata={"event_count": task.event_count},
-    )
     return json_body.json_response(RetryAccepted(task=task), status=202)
 
 
@@ -154,11 +157,9 @@ async def retry_task(request: web.Request) -> web.Response:
 async def retry_failed(request: web.Request) -> web.Response:
     """Queue the failed tasks that match the filters again."""
     where = await json_body.read_json(request, RetryFilter, default=_DEFAULT_FILTER)
-    retried = await task_actions.retry_failed(_tasks(request), where)
     filters: dict[str, Any] = msgspec.to_builtins(where)
-    await record_admin_action(
-        request, "task.retried_bulk", metadata={"filters": filters, "retried": retried}
-    )
+    await record_admin_action(request, "task.retried_bulk", metadata={"filters": filters})
+    retried = await task_actions.retry_failed(_tasks(request), where)
     return json_body.json_response(BulkRetryAccepted(retried=retried), status=202)
 
 
@@ -170,12 +171,10 @@ async def retry_failed(request: web.Request) -> web.Response:
 async def cleanup_tasks(request: web.Request) -> web.Response:
     """Delete old complete and failed tasks, keeping the most recent failures."""
     policy = await json_body.read_json(request, CleanupPolicy, default=_DEFAULT_POLICY)
-    deleted = await task_actions.cleanup(_tasks(request), policy)
     await record_admin_action(
-        request,
-        "task.cleanup",
-        metadata={"policy": msgspec.to_builtins(policy), "deleted": msgspec.to_builtins(deleted)},
+        request, "task.cleanup", metadata={"policy": msgspec.to_builtins(policy)}
     )
+    deleted = await task_actions.cleanup(_tasks(request), policy)
     return json_body.json_response(CleanupDone(deleted=deleted))
 
 

@@ -15,8 +15,8 @@ from service.api import body as json_body
 from service.api.auth import TOKEN_CHECK, request_principal
 from service.api.errors import ApiError
 from service.api.openapi import operation
-from service.api.state import POOL, REDIS, record_admin_action
-from service.events import Entity
+from service.api.state import POOL, REDIS, request_by, unrecorded
+from service.ops.admin_actions import RECORD_FAILURES, unwritable
 from service.store import tokens as auth
 
 # A name is a label for people and the actor of audit events: printable, no surrounding space.
@@ -68,10 +68,6 @@ class RevokedToken(msgspec.Struct, frozen=True, kw_only=True):
     revoked: bool = True
 
 
-def _entity(name: str) -> Entity:
-    return Entity(type="api_token", id=name)
-
-
 @operation(summary="The calling token's name and role", responses={200: Whoami})
 async def whoami(request: web.Request) -> web.Response:
     """Tell the caller which token it uses (the console hides what its role may not do)."""
@@ -108,16 +104,16 @@ async def create_token(request: web.Request) -> web.Response:
     """Make a token of a role, audited as token.created."""
     wanted = await json_body.read_json(request, NewToken)
     async with request.app[POOL].acquire() as conn:
-        try:
-            token = await auth.create_token(conn, name=wanted.name, role=wanted.role)
+        try:  # stored with its token.created event, or not at all
+            token = await auth.create_token(
+                conn, name=wanted.name, role=wanted.role, by=request_by(request)
+            )
         except ValueError as exc:  # an active token has that name
             raise ApiError(409, "token_exists", str(exc)) from None
-    await record_admin_action(
-        request,
-        "token.created",
-        entity=_entity(wanted.name),
-        metadata={"name": wanted.name, "role": wanted.role},
-    )
+        except RECORD_FAILURES as exc:
+            raise unrecorded(unwritable("token.created", exc)) from None
+    # This replica may have cached the token as unknown a moment ago.
+    request.app[TOKEN_CHECK].forget(auth.hash_token(token))
     return json_body.json_response(
         CreatedToken(name=wanted.name, role=wanted.role, token=token), status=201
     )
@@ -128,16 +124,16 @@ async def revoke_token(request: web.Request) -> web.Response:
     """Revoke a token, audited as token.revoked; 404 when no active token has the name."""
     name = request.match_info["name"]
     async with request.app[POOL].acquire() as conn:
-        revoked = await auth.revoke_token(conn, name)
+        try:  # revoked with its token.revoked event, or not at all
+            revoked = await auth.revoke_token(conn, name, by=request_by(request))
+        except RECORD_FAILURES as exc:
+            raise unrecorded(unwritable("token.revoked", exc)) from None
     if not revoked:
         raise ApiError(404, "not_found", f"no active token is named {name[:128]!r}")
     # Every replica (this one at once) refuses it now, even while PostgreSQL is away.
     request.app[TOKEN_CHECK].forget(revoked)
     with contextlib.suppress(RedisError, OSError):  # each replica rechecks within 5 s anyway
         await revocations.announce(request.app[REDIS], revoked)
-    await record_admin_action(
-        request, "token.revoked", entity=_entity(name[:1024]), metadata={"name": name[:1024]}
-    )
     return json_body.json_response(RevokedToken(name=name))
 
 

@@ -18,6 +18,9 @@ class Unavailable(AuditqError):
     """PostgreSQL did not answer."""
 
 
+_UNSET: Any = object()  # --retention-days not given (None means 'none')
+
+
 def _retention(text: str) -> int | None:
     if text.strip().lower() == "none":
         return None
@@ -30,9 +33,18 @@ def _retention(text: str) -> int | None:
     return days
 
 
-def _print(policy: store_policy.Policy) -> None:
+def _types(text: str) -> list[str]:
+    types = sorted({t.strip() for t in text.split(",") if t.strip()})
+    if not types or any(len(t) > 128 for t in types):
+        raise argparse.ArgumentTypeError("entity types, comma-separated, e.g. user,customer")
+    return types
+
+
+def _print(policy: store_policy.Policy, types: list[str] | None) -> None:
     days = policy.retention_days
     print(f"retention: {'none (rows are kept for ever)' if days is None else f'{days} days'}")
+    pinned = ", ".join(types) if types else "not pinned (each API's AUDITQ_SUBJECT_ENTITY_TYPES)"
+    print(f"subject entity types: {pinned}")
     when = policy.set_at.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%SZ") if policy.set_at else "-"
     print(f"set at: {when}")
     print(f"set by: {policy.set_by or '-'}")
@@ -48,7 +60,7 @@ async def _connect(settings: Settings) -> asyncpg.Connection:
 async def cmd_policy_show(settings: Settings, args: argparse.Namespace) -> int:
     conn = await _connect(settings)
     try:
-        _print(await store_policy.show(conn))
+        _print(await store_policy.show(conn), await store_policy.subject_types(conn))
     finally:
         await conn.close()
     return 0
@@ -56,16 +68,27 @@ async def cmd_policy_show(settings: Settings, args: argparse.Namespace) -> int:
 
 async def cmd_policy_set(settings: Settings, args: argparse.Namespace) -> int:
     conn = await _connect(settings)
+    if args.retention_days is _UNSET and args.subject_entity_types is None:
+        await conn.close()
+        raise ConfigError("say what to set: --retention-days N|none, --subject-entity-types T,…")
     try:
-        policy = await store_policy.set_retention(conn, args.retention_days)
+        async with conn.transaction():  # both or neither (each change is a store action)
+            if args.subject_entity_types is not None:
+                await store_policy.set_subject_types(conn, args.subject_entity_types)
+            if args.retention_days is not _UNSET:
+                await store_policy.set_retention(conn, args.retention_days)
+        policy = await store_policy.show(conn)
+        types = await store_policy.subject_types(conn)
     except store_policy.NotOwner:
         raise ConfigError(
             "only the schema's owner sets the policy: run this with AUDITQ_DATABASE_URL of the "
             "role that ran `auditq migrate`"
         ) from None
+    except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+        raise Unavailable(f"the policy was not changed ({type(exc).__name__})") from None
     finally:
         await conn.close()
-    _print(policy)
+    _print(policy, types)
     return 0
 
 
@@ -85,7 +108,13 @@ def add_parsers(sub: Any) -> None:
     setter.add_argument(
         "--retention-days",
         type=_retention,
-        required=True,
+        default=_UNSET,
         metavar="N|none",
         help="keep rows N days (at least 1), or 'none' to keep them for ever",
+    )
+    setter.add_argument(
+        "--subject-entity-types",
+        type=_types,
+        metavar="T,…",
+        help="pin the entity types whose id is a data subject's (erasure may not go wider)",
     )

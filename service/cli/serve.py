@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import contextlib
 import dataclasses
+import logging
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -19,17 +20,49 @@ from service.cli.common import (
     write_private,
 )
 from service.errors import ConfigError
-from service.events import Entity
+from service.events import Actor
 from service.integrity.keys import load_or_create_private_key
-from service.ops.admin_actions import audit_cli_action
+from service.ops.admin_actions import requested_by
 from service.settings import Settings
 from service.store import db
 from service.store import tokens as auth
+from service.store.roles import check_runtime_role
+
+logger = logging.getLogger(__name__)
+
+
+async def _refuse_privileged_role(url: str, settings: Settings, *, who: str) -> None:
+    """Stop here (one clear line) when `url`'s role could rewrite history."""
+    if settings.allow_privileged_role:
+        logger.warning("the %s does not check its role (AUDITQ_ALLOW_PRIVILEGED_ROLE=1)", who)
+        return
+    conn = await db.connect(url)
+    try:
+        problem = await check_runtime_role(conn, who=who)
+    finally:
+        await conn.close()
+    if problem is not None:
+        raise ConfigError(problem)
+
+
+def _require_seal_key(settings: Settings) -> None:
+    """A worker outside `auditq run` signs with the deployment's one key, never one it mints."""
+    if not settings.sealing:
+        return
+    if settings.seal_key_file is None:
+        raise ConfigError(
+            "set AUDITQ_SEAL_KEY_FILE to the deployment's seal key (every worker signs with the "
+            "same one; a key made here would make its checkpoints unverifiable)"
+        )
+    if not settings.seal_key_file.exists():
+        raise ConfigError(f"no seal key at {settings.seal_key_file} (AUDITQ_SEAL_KEY_FILE)")
 
 
 @contextlib.asynccontextmanager
 async def _serving_api(settings: Settings) -> AsyncIterator[str]:
     from service.api.app import create_app
+
+    await _refuse_privileged_role(settings.require_database(), settings, who="API")
 
     runner = web.AppRunner(
         create_app(settings, audit_lifecycle=True), handle_signals=False, access_log=None
@@ -47,6 +80,8 @@ async def _serving_api(settings: Settings) -> AsyncIterator[str]:
 async def _running_worker(settings: Settings) -> AsyncIterator[None]:
     from workers.runner import build_worker, run_until
 
+    assert settings.worker_url is not None  # required by the caller
+    await _refuse_privileged_role(settings.worker_url, settings, who="worker")
     stop = asyncio.Event()
     task = asyncio.create_task(run_until(build_worker(settings, audit_lifecycle=True), stop))
     try:
@@ -57,12 +92,18 @@ async def _running_worker(settings: Settings) -> AsyncIterator[None]:
 
 
 async def cmd_migrate(settings: Settings, args: argparse.Namespace) -> int:
-    await db.migrate(settings.require_database(), months_ahead=settings.partitions_ahead_months)
+    await db.migrate(
+        settings.require_database(),
+        months_ahead=settings.partitions_ahead_months,
+        subject_key_path=settings.subject_key_path,
+        subject_entity_types=settings.subject_entity_types,
+    )
     print("schema applied")
     return 0
 
 
 async def cmd_worker(settings: Settings, args: argparse.Namespace) -> int:
+    _require_seal_key(settings)
     async with _running_worker(require_urls(settings)):
         await wait_for_signal()
     return 0
@@ -81,7 +122,7 @@ async def cmd_run(settings: Settings, args: argparse.Namespace) -> int:
 
     stop = stop_signal()  # a Ctrl-C while starting stops the stack once it is up (issue 10)
     stack = None
-    migrate_url = settings.database_url
+    migrate_url = settings.owner_database_url or settings.database_url
     if not settings.redis_url or not settings.database_url:
         settings.data_dir.chmod(0o700)  # it holds the servers' passwords and the seal key
         stack = EmbeddedStack(settings.data_dir)
@@ -108,7 +149,12 @@ async def cmd_run(settings: Settings, args: argparse.Namespace) -> int:
     try:
         if migrate_url is None:
             raise ConfigError("no PostgreSQL to migrate: set AUDITQ_DATABASE_URL")
-        await db.migrate(migrate_url, months_ahead=settings.partitions_ahead_months)
+        await db.migrate(
+            migrate_url,
+            months_ahead=settings.partitions_ahead_months,
+            subject_key_path=settings.subject_key_path,
+            subject_entity_types=settings.subject_entity_types,
+        )
         if settings.sealing:  # made before "running" is said: `auditq integrity public-key` works
             load_or_create_private_key(settings.seal_key_path)
         token_path = settings.data_dir / ADMIN_TOKEN_FILE
@@ -142,6 +188,7 @@ async def cmd_run(settings: Settings, args: argparse.Namespace) -> int:
 
 
 DEV_ADMIN_TOKEN_NAME = "dev-admin"
+RUN_ACTOR = Actor(id="auditq-run", type="system")  # who makes the dev admin token
 ADMIN_TOKEN_FILE = "admin-token"  # under the data dir
 
 
@@ -159,18 +206,13 @@ async def ensure_dev_admin_token(settings: Settings) -> str:
             if row is not None and row["role"] == "admin":
                 return saved
         # The file is gone or its token revoked: a token of that name, if any, is unknown now.
+        by = requested_by(RUN_ACTOR, "auditq-run")  # each change stored with its event
         async with conn.transaction():
-            await auth.revoke_token(conn, DEV_ADMIN_TOKEN_NAME)
-            token = await auth.create_token(conn, name=DEV_ADMIN_TOKEN_NAME, role="admin")
+            await auth.revoke_token(conn, DEV_ADMIN_TOKEN_NAME, by=by)
+            token = await auth.create_token(conn, name=DEV_ADMIN_TOKEN_NAME, role="admin", by=by)
     finally:
         await conn.close()
     write_private(path, token)
-    await audit_cli_action(
-        settings,
-        "token.created",
-        entity=Entity(type="api_token", id=DEV_ADMIN_TOKEN_NAME),
-        metadata={"name": DEV_ADMIN_TOKEN_NAME, "role": "admin"},
-    )
     return token
 
 

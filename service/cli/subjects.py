@@ -6,7 +6,6 @@ On main's layout this is service/cli/subjects.py; the procedure is service/ops/s
 from __future__ import annotations
 
 import argparse
-import getpass
 from typing import Any
 
 import asyncpg
@@ -14,9 +13,8 @@ import redis.asyncio as aioredis
 import redis.exceptions
 
 from service.errors import AuditqError, ConfigError
-from service.events import Actor
 from service.ops import subjects
-from service.producer.client import AuditClient
+from service.ops.admin_actions import cli_actor, requested_by, unwritable
 from service.settings import Settings
 from service.store import db
 
@@ -45,16 +43,17 @@ async def cmd_anonymise(settings: Settings, args: argparse.Namespace) -> int:
         await client.aclose()
         raise Unavailable(f"PostgreSQL is not answering ({type(exc).__name__})") from None
     try:
-        outcome = await subjects.anonymise(pool, client, settings, subject_id, reason=reason)
+        by = requested_by(cli_actor(), "auditq-cli")
+        outcome = await subjects.anonymise(pool, client, settings, subject_id, reason=reason, by=by)
     except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as exc:
         raise Unavailable(f"Redis is not answering ({type(exc).__name__})") from None
+    except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+        # The store records every step itself: what it could not write was not done.
+        raise unwritable("subject.anonymised", exc) from None
     finally:
         await pool.close()
         await client.aclose()
-    assert outcome is not None  # waited for any other run
-    actor = Actor(id="cli", type="system", name=f"cli:{getpass.getuser()}")
-    async with AuditClient.from_settings(settings) as producer:
-        await producer.capture(subjects.anonymised_event(outcome, actor=actor, source="auditq-cli"))
+    assert outcome is not None  # waited for any other run; the store recorded it
     print(f"pseudonym: {outcome.pseudonym}")
     print(f"rows: {outcome.rows}")
     print(f"dead letters: {outcome.dead_letters}")

@@ -176,9 +176,12 @@ async def _audit(settings: Settings, action: str, metadata: dict[str, Any], task
 
 async def cmd_tasks_retry(settings: Settings, args: argparse.Namespace) -> int:
     """Queue a failed task's events again."""
+
+    async def record(event_count: int) -> None:  # before the retry: no record, no retry
+        await _audit(settings, "task.retried", {"event_count": event_count}, args.id)
+
     async with _tasks(settings) as tasks:
-        task = await task_actions.retry(tasks, args.id)
-    await _audit(settings, "task.retried", {"event_count": task.event_count}, args.id)
+        task = await task_actions.retry(tasks, args.id, record=record)
     print(f"task {task.id} is {task.status} again ({task.presentation.title.lower()})")
     return 0
 
@@ -196,13 +199,9 @@ async def cmd_tasks_cleanup(settings: Settings, args: argparse.Namespace) -> int
         )
     except msgspec.ValidationError as exc:
         raise ConfigError(f"invalid cleanup policy: {exc}") from None
+    await _audit(settings, "task.cleanup", {"policy": msgspec.to_builtins(policy)})
     async with _tasks(settings) as tasks:
         deleted = await task_actions.cleanup(tasks, policy)
-    await _audit(
-        settings,
-        "task.cleanup",
-        {"policy": msgspec.to_builtins(policy), "deleted": msgspec.to_builtins(deleted)},
-    )
     print(f"deleted {deleted.complete} complete and {deleted.failed} failed tasks")
     return 0
 

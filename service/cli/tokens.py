@@ -12,32 +12,26 @@ from redis.exceptions import RedisError
 
 from service import revocations
 from service.errors import ConfigError
-from service.events import Entity
-from service.ops.admin_actions import audit_cli_action
+from service.ops.admin_actions import RECORD_FAILURES, cli_actor, requested_by, unwritable
 from service.settings import Settings
 from service.store import db
 from service.store import tokens as auth
 
-
-async def _audit_token_change(settings: Settings, action: str, name: str, role: str | None) -> None:
-    await audit_cli_action(
-        settings,
-        action,
-        entity=Entity(type="api_token", id=name),
-        metadata={"name": name, "role": role} if role else {"name": name},
-    )
+# The token's change and its audit event are one transaction (schema.sql): no record, no token.
+BY_CLI = requested_by(cli_actor(), "auditq-cli")
 
 
 async def cmd_tokens_create(settings: Settings, args: argparse.Namespace) -> int:
     conn = await db.connect(settings.require_database())
     try:
-        token = await auth.create_token(conn, name=args.name, role=args.role)
+        token = await auth.create_token(conn, name=args.name, role=args.role, by=BY_CLI)
     except ValueError as exc:
         print(f"auditq: {exc}", file=sys.stderr)
         return 1
+    except RECORD_FAILURES as exc:
+        raise unwritable("token.created", exc) from None
     finally:
         await conn.close()
-    await _audit_token_change(settings, "token.created", args.name, args.role)
     print(f"token {args.name!r} created (role {args.role}); it is shown once, store it now:")
     print(token, flush=True)
     return 0
@@ -93,14 +87,15 @@ async def _announce_revocation(settings: Settings, digest: bytes) -> None:
 async def cmd_tokens_revoke(settings: Settings, args: argparse.Namespace) -> int:
     conn = await db.connect(settings.require_database())
     try:
-        revoked = await auth.revoke_token(conn, args.name)
+        revoked = await auth.revoke_token(conn, args.name, by=BY_CLI)
+    except RECORD_FAILURES as exc:
+        raise unwritable("token.revoked", exc) from None
     finally:
         await conn.close()
     if revoked is None:
         print(f"auditq: no active token named {args.name!r}", file=sys.stderr)
         return 1
     await _announce_revocation(settings, revoked)
-    await _audit_token_change(settings, "token.revoked", args.name, None)
     within = revocations.RECHECK_AFTER_S
     print(f"token {args.name!r} revoked: every API refuses it within {within:.0f} s")
     return 0

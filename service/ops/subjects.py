@@ -2,16 +2,18 @@
 
 The procedure, shared by the API and `auditq anonymise`:
 
-1. register the pseudonym as erased (PostgreSQL), then change the list's version in Redis:
-   every job a worker starts from then on stores the subject's events pseudonymised;
+1. derive the pseudonym from the subject key (a file, never in the database), register it as
+   erased (PostgreSQL), then change the list's version in Redis: every job a worker starts
+   from then on stores the subject's events pseudonymised;
 2. wait for the jobs that were already running (they may not have seen the list);
 3. gather the subject's values (id, names, emails, client addresses) from its rows and from
-   what Redis holds of it (queued jobs, arq results, dead letters);
-4. rewrite those Redis documents cleared of the subject;
-5. in PostgreSQL, batch by batch (each its own short transaction through the definer
-   function, so writes go on): first the other rows that mention a value (full-text index),
-   then the subject's own rows. A crash leaves the remaining rows matching: asking again
-   resumes. Every batch is a sealed admin action, so `auditq verify` still passes.
+   what Redis holds of it (queued jobs, arq results, dead letters), and rewrite those Redis
+   documents cleared of the subject;
+4. in PostgreSQL, step by step (each its own short transaction, so writes go on), through
+   the one definer function `auditq_erase_subject`: it finds the subject's rows and values
+   itself, changes the other rows that mention them, then the subject's own, each batch a
+   sealed store action, and records the state and the subject.anonymised event itself. A
+   crash leaves the state running: asking again resumes.
 """
 
 from __future__ import annotations
@@ -28,9 +30,9 @@ import msgspec
 import redis.asyncio as aioredis
 
 from service.errors import AuditqError
-from service.events import Actor, AuditEvent, Entity, RequestInfo
 from service.keys import IN_PROGRESS_PREFIX, JOB_PREFIX, RESULT_PREFIX, erased_version_key
 from service.ops import dead_letter
+from service.ops.admin_actions import CLI_ACTOR, requested_by
 from service.pseudonyms import (
     MAX_SUBJECT_ID,
     PSEUDONYM_PATTERN,
@@ -40,6 +42,7 @@ from service.pseudonyms import (
 )
 from service.settings import Settings
 from service.store import subjects as sql
+from service.subject_key import load_or_create_subject_key
 
 logger = logging.getLogger(__name__)
 
@@ -99,19 +102,23 @@ def check_subject_id(subject_id: str) -> str:
     return subject_id
 
 
-async def pseudonym_of(conn: asyncpg.Connection, subject_id: str) -> str:
-    return pseudonym(await sql.subject_key(conn), check_subject_id(subject_id))
+def pseudonym_of(settings: Settings, subject_id: str) -> str:
+    """The subject's pseudonym, from the subject key file (made when absent)."""
+    key = load_or_create_subject_key(settings.subject_key_path)
+    return pseudonym(key, check_subject_id(subject_id))
 
 
-async def state(conn: asyncpg.Connection, subject_id: str) -> Anonymisation | None:
+async def state(
+    conn: asyncpg.Connection, settings: Settings, subject_id: str
+) -> Anonymisation | None:
     """The state of the subject's erasure, or None if it was never asked."""
-    row = await conn.fetchrow(sql.STATE, await pseudonym_of(conn, subject_id))
+    row = await conn.fetchrow(sql.STATE, pseudonym_of(settings, subject_id))
     return None if row is None else msgspec.convert(dict(row), Anonymisation)
 
 
 async def register(conn: asyncpg.Connection, redis: aioredis.Redis, queue: str, name: str) -> None:
     """Mark the pseudonym erased, then tell the workers (their next job reloads the list)."""
-    await conn.execute(sql.REGISTER, name)
+    await conn.fetchval(sql.REGISTER, name)
     await redis.set(erased_version_key(queue), uuid.uuid4().hex)
 
 
@@ -123,17 +130,20 @@ async def anonymise(
     *,
     reason: str | None = None,
     wait: bool = True,
+    by: dict[str, Any] | None = None,
 ) -> Outcome | None:
-    """Erase the subject; None when another run holds it and `wait` is false."""
+    """Erase the subject (`by`: who asked, for its subject.anonymised event); None when
+    another run holds it and `wait` is false."""
+    name = pseudonym_of(settings, subject_id)
     async with pool.acquire() as conn:
-        name = await pseudonym_of(conn, subject_id)
         await register(conn, redis, settings.queue, name)
         if not await conn.fetchval(sql.TRY_LOCK, name):
             if not wait:
                 return None
             await conn.fetchval(sql.LOCK, name)
         try:
-            return await _Run(conn, redis, settings, subject_id, name).run(reason)
+            run = _Run(conn, redis, settings, subject_id, name)
+            return await run.run(reason, by or requested_by(CLI_ACTOR, "auditq-cli"))
         finally:
             await conn.fetchval(sql.UNLOCK, name)
 
@@ -152,7 +162,7 @@ class _Run:
         self.types = sorted(settings.subject_entity_types)
         self._swap = redis.register_script(_SWAP)
 
-    async def run(self, reason: str | None) -> Outcome:
+    async def run(self, reason: str | None, by: dict[str, Any]) -> Outcome:
         started = time.perf_counter()
         await self._wait_for_running_jobs()
         values = {self.subject_id}
@@ -169,51 +179,42 @@ class _Run:
             self.subject_id, self.name, self.settings.subject_entity_types, values
         )
         rewritten, letters = await self._scrub_redis(documents)
-        await self.conn.execute(sql.ADD_COUNTS, self.name, 0, letters)
-        rows, actions = 0, list[int]()
-        for mentions in (True, False):
-            rows += await self._rows(sorted(values), mentions=mentions, actions=actions)
-        await self.conn.execute(sql.FINISH, self.name)
+        actions: list[int] = []
+        done = False
+        while not done:  # the store finds the rows and values itself (schema.sql)
+            _changed, done, action = await sql.erase_step(
+                self.conn,
+                subject_id=self.subject_id,
+                pseudonym=self.name,
+                reason=reason,
+                dead_letters=letters,
+                by=by,
+                limit=BATCH_ROWS,
+                entity_types=self.types,
+            )
+            letters = 0  # counted once
+            if action is not None:
+                actions.append(action)
+        row = await self.conn.fetchrow(sql.STATE, self.name)
+        assert row is not None
         logger.info(
             "subject %s anonymised: %d rows, %d Redis documents (%d dead letters) in %.1f s",
             self.name,
-            rows,
+            row["rows"],
             rewritten,
-            letters,
+            row["dead_letters"],
             time.perf_counter() - started,
         )
         if reason is not None:
             reason = Scrubber({self.subject_id: self.name}, values).text(reason)
         return Outcome(
             pseudonym=self.name,
-            rows=rows,
-            dead_letters=letters,
+            rows=int(row["rows"]),
+            dead_letters=int(row["dead_letters"]),
             redis_documents=rewritten,
             actions=actions,
             reason=reason,
         )
-
-    async def _rows(self, values: list[str], *, mentions: bool, actions: list[int]) -> int:
-        total, after = 0, 0
-        while True:
-            changed, last, action = await sql.anonymise_rows(
-                self.conn,
-                subject_id=self.subject_id,
-                pseudonym=self.name,
-                entity_types=self.types,
-                values=values,
-                mentions=mentions,
-                after=after,
-                limit=BATCH_ROWS,
-            )
-            if action is not None:
-                actions.append(action)
-            if changed:
-                total += changed
-                await self.conn.execute(sql.ADD_COUNTS, self.name, changed, 0)
-            if last == after:
-                return total
-            after = last
 
     async def _wait_for_running_jobs(self) -> None:
         """Wait until every job of the queue that was running has ended (or its time is up)."""
@@ -273,31 +274,6 @@ class _Run:
                     break
                 document = _decoder.decode(raw)
         return rewritten, letters
-
-
-def anonymised_event(
-    outcome: Outcome, *, actor: Actor, source: str, request: RequestInfo | None = None
-) -> AuditEvent:
-    """The audit event of an erasure: the pseudonym and the counts, never the subject's values."""
-    metadata: dict[str, Any] = {
-        "pseudonym": outcome.pseudonym,
-        "rows": outcome.rows,
-        "dead_letters": outcome.dead_letters,
-        "redis_documents": outcome.redis_documents,
-    }
-    if outcome.actions:  # `auditq verify` reports each changed row with one of these
-        metadata["store_actions"] = {"first": outcome.actions[0], "last": outcome.actions[-1]}
-    if outcome.reason:
-        metadata["reason"] = outcome.reason
-    return AuditEvent(
-        action="subject.anonymised",
-        severity="notice",
-        actor=actor,
-        entity=Entity(type="subject", id=outcome.pseudonym),
-        request=request,
-        metadata=metadata,
-        source=source,
-    )
 
 
 def check_reason(reason: str | None) -> str | None:

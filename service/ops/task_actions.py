@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
+
 import msgspec
 from redis.exceptions import WatchError
 
@@ -25,8 +27,16 @@ DAY_MS = 86_400_000
 _letter_decoder = msgspec.json.Decoder(dead_letter.DeadLetter)
 
 
-async def retry(tasks: TaskQueue, task_id: str) -> Task:
+async def retry(
+    tasks: TaskQueue,
+    task_id: str,
+    *,
+    record: Callable[[int], Awaitable[None]] | None = None,
+) -> Task:
     """Replay a failed task's events as a job of the same id, dropping its dead letter.
+
+    `record(event_count)`, when given, writes the action's audit record once the task is
+    known to be failed and before anything changes; when it raises, nothing is done.
 
     One transaction: the job is queued and the dead letter dropped together, so a worker that
     takes the job and fails it again writes a dead letter that stays (it cannot fall between
@@ -49,6 +59,8 @@ async def retry(tasks: TaskQueue, task_id: str) -> Task:
                 raise TaskNotFailed(task_id, detail.status)
             before, payload, events = without_payload(detail), detail.payload, detail.event_count
         text = payload if isinstance(payload, str) else msgspec.json.encode(payload).decode()
+        if record is not None:
+            await record(events)
         pipe.multi()  # type: ignore[no-untyped-call]
         # arq's result of the failed run would make the script see the task as done.
         pipe.delete(result_key)

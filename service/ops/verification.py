@@ -15,6 +15,7 @@ from service.integrity import note
 from service.integrity.keys import load_public_key
 from service.integrity.logverify import verify_log
 from service.integrity.verify import verify
+from service.ops.admin_actions import CLI_ACTOR, requested_by
 from service.settings import Settings
 from service.store import db
 from service.store.seals import NEW_ACTIONS, NEW_ROWS, record_verification, row_leaf_data
@@ -44,6 +45,7 @@ async def run_verification(
     until: datetime | None = None,
     head: note.Checkpoint | None = None,
     emit: Any = print,
+    by: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Verify the store of `settings`; keep and return the result (findings capped)."""
     if not settings.database_url:
@@ -113,7 +115,12 @@ async def run_verification(
         }
         # The runtime API role may record it; another role (the worker's) simply does not.
         with contextlib.suppress(asyncpg.InsufficientPrivilegeError):
-            result["id"] = await record_verification(conn, started_at=started, result=result)
+            result["id"] = await record_verification(
+                conn,
+                started_at=started,
+                result=result,
+                by=by or requested_by(CLI_ACTOR, "auditq-cli"),
+            )
     except (OSError, asyncpg.PostgresConnectionError) as exc:
         raise VerifyConnectionError(f"connection to PostgreSQL lost: {exc}") from None
     finally:

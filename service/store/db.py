@@ -8,7 +8,9 @@ from typing import Any
 
 import asyncpg
 
+from service.errors import ConfigError
 from service.store.partitions import ensure_partitions
+from service.subject_key import keep_moved_key
 
 # schema.sql lives at the top of the repository (the card fixes it there); this package holds
 # a link to it, which a wheel carries as a copy, so `pip install .` ships the schema too.
@@ -16,6 +18,8 @@ SCHEMA_PATH = Path(__file__).with_name("schema.sql")
 # Serialise concurrent `auditq migrate` runs (several containers starting at once).
 MIGRATE_LOCK_KEY = 0x61756469  # "audi"
 COMMAND_TIMEOUT = 30.0  # seconds; a statement that takes longer is treated as an outage
+# How schema.sql begins its refusal of a schema others may create objects in.
+UNSAFE_SCHEMA = "schema public "
 
 
 async def _init_connection(conn: asyncpg.Connection) -> None:
@@ -43,13 +47,61 @@ async def create_pool(database_url: str, *, size: int = 10, **kwargs: Any) -> as
     return pool
 
 
-async def migrate(database_url: str, *, months_ahead: int = 3) -> None:
-    """Apply schema.sql and make partitions ahead; safe to repeat, even concurrently."""
+# Releases before the subject key file kept the key of pseudonyms in the database.
+OLD_SUBJECT_KEY = """
+SELECT secret FROM api_secret WHERE name = 'subject'
+"""
+
+
+# The subject types of a new store: the migrating process's setting (contract §9), pinned in
+# the policy so an erasure's caller can only narrow them (schema.sql, auditq_erase_subject).
+PIN_SUBJECT_TYPES = """
+UPDATE store_policy SET subject_entity_types = $1 WHERE subject_entity_types IS NULL
+"""
+
+
+async def migrate(
+    database_url: str,
+    *,
+    months_ahead: int = 3,
+    subject_key_path: Path | None = None,
+    subject_entity_types: frozenset[str] | None = None,
+) -> None:
+    """Apply schema.sql and make partitions ahead; safe to repeat, even concurrently.
+
+    A store that still holds the key of pseudonyms has it moved out to `subject_key_path`
+    first (schema.sql then deletes it): the pseudonyms of subjects erased before stay."""
     conn = await asyncpg.connect(database_url, command_timeout=COMMAND_TIMEOUT)
     try:
         async with conn.transaction():
             await conn.execute("SELECT pg_advisory_xact_lock($1)", MIGRATE_LOCK_KEY)
-            await conn.execute(SCHEMA_PATH.read_text())
+            await _move_subject_key(conn, subject_key_path)
+            try:
+                await conn.execute(SCHEMA_PATH.read_text())
+            except asyncpg.InsufficientPrivilegeError as exc:
+                if str(exc).startswith(UNSAFE_SCHEMA):  # one line naming the fix
+                    raise ConfigError(f"migrate refused: {exc}") from None
+                raise
+            if subject_entity_types:
+                await conn.execute(PIN_SUBJECT_TYPES, sorted(subject_entity_types))
             await ensure_partitions(conn, months_ahead=months_ahead)
     finally:
         await conn.close()
+
+
+async def _move_subject_key(conn: asyncpg.Connection, path: Path | None) -> None:
+    if await conn.fetchval("SELECT to_regclass('public.api_secret')") is None:
+        return  # a new store
+    try:
+        async with conn.transaction():  # a savepoint: migrate's transaction goes on
+            old = await conn.fetchval(OLD_SUBJECT_KEY)
+    except asyncpg.InsufficientPrivilegeError:
+        return  # not the owner: schema.sql refuses this role anyway
+    if old is None:
+        return
+    if path is None:
+        raise ConfigError(
+            "this store keeps the key of pseudonyms in the database: migrate it with "
+            "AUDITQ_SUBJECT_KEY_FILE set, to move the key out to that file"
+        )
+    keep_moved_key(path, bytes(old))

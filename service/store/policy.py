@@ -17,6 +17,8 @@ SET_RETENTION = (
 )
 # The worker's maintenance: one row per partition (or the default one's rows) removed, or
 # busy (rows null) and left for the next run.
+SUBJECT_TYPES = "SELECT subject_entity_types FROM store_policy"
+SET_SUBJECT_TYPES = "UPDATE store_policy SET subject_entity_types = $1"
 APPLY_RETENTION = "SELECT partition, rows, action_id FROM auditq_apply_retention($1)"
 LOCK_TIMEOUT_MS = 200  # a partition busy longer (a long read) is left for the next run
 
@@ -49,6 +51,20 @@ async def set_retention(conn: asyncpg.Connection, days: int | None) -> Policy:
         raise NotOwner from None
     assert row is not None  # schema.sql makes the one row
     return Policy(retention_days=row["retention_days"], set_at=row["set_at"], set_by=row["set_by"])
+
+
+async def subject_types(conn: asyncpg.Connection) -> list[str] | None:
+    """The entity types the owner pinned as subjects' (None: each caller's own setting)."""
+    types: list[str] | None = await conn.fetchval(SUBJECT_TYPES)
+    return types
+
+
+async def set_subject_types(conn: asyncpg.Connection, types: list[str]) -> None:
+    """Pin the subjects' entity types; NotOwner unless this is the owner's role."""
+    try:
+        await conn.execute(SET_SUBJECT_TYPES, types)
+    except asyncpg.InsufficientPrivilegeError:
+        raise NotOwner from None
 
 
 async def apply_retention(

@@ -299,20 +299,23 @@ async def status(conn: asyncpg.Connection) -> asyncpg.Record:
     return record
 
 
-RECORD_VERIFICATION = """
-INSERT INTO integrity_verification (started_at, finished_at, result) VALUES ($1, now(), $2)
-RETURNING id
-"""
+# A definer function (schema.sql): the result is kept with its integrity.verified event.
+RECORD_VERIFICATION = "SELECT auditq_record_verification($1, $2::jsonb, $3::jsonb)"
 LAST_VERIFICATION = """
 SELECT id, started_at, finished_at, result FROM integrity_verification ORDER BY id DESC LIMIT 1
 """
 
 
 async def record_verification(
-    conn: asyncpg.Connection, *, started_at: datetime, result: dict[str, object]
+    conn: asyncpg.Connection,
+    *,
+    started_at: datetime,
+    result: dict[str, object],
+    by: dict[str, object],
 ) -> int:
-    """Keep a verification's outcome for `GET /api/v1/admin/integrity`."""
-    verification_id: int = await conn.fetchval(RECORD_VERIFICATION, started_at, result)
+    """Keep a verification's outcome for `GET /api/v1/admin/integrity`, with its event
+    (`by`: who ran it, as the event's actor, request and source)."""
+    verification_id: int = await conn.fetchval(RECORD_VERIFICATION, started_at, result, by)
     return verification_id
 
 

@@ -1,24 +1,25 @@
-"""SQL of erasure: the pseudonym key, the list of erased subjects, the anonymisation batches."""
+"""SQL of erasure: erased subjects (by pseudonym), and the one function that erases one."""
 
 from __future__ import annotations
 
-import asyncpg
+from typing import Any
 
-SUBJECT_KEY = "SELECT secret FROM subject_key"
+import asyncpg
+import msgspec
+
 ERASED = "SELECT pseudonym FROM erased_subject"
 STATE = """
 SELECT state, pseudonym, rows, dead_letters FROM erased_subject WHERE pseudonym = $1
 """
-# Asked (again): running until this run ends; the counts add up over runs.
-REGISTER = """
-INSERT INTO erased_subject (pseudonym, state) VALUES ($1, 'running')
-ON CONFLICT (pseudonym) DO UPDATE SET state = 'running', finished_at = NULL
+# Definer functions (schema.sql, "Erasure through one function"): the caller names the subject
+# and its pseudonym; the store finds its rows and values, and records every step itself.
+REGISTER = "SELECT auditq_register_erasure($1)"
+ERASE_STEP = """
+SELECT changed, done, action_id
+FROM auditq_erase_subject($1, $2, $3, $4, $5::text::jsonb, $6, $7::text[])
 """
-ADD_COUNTS = """
-UPDATE erased_subject SET rows = rows + $2, dead_letters = dead_letters + $3 WHERE pseudonym = $1
-"""
-FINISH = "UPDATE erased_subject SET state = 'done', finished_at = now() WHERE pseudonym = $1"
-# The values of the subject as they appear in its rows (names, emails, client addresses).
+# The values of the subject as its rows hold them (names, emails, client addresses): what
+# the caller clears from Redis (the store finds them itself).
 SUBJECT_VALUES = """
 SELECT v FROM (
     SELECT v FROM audit_log a, unnest(ARRAY[a.actor_name, a.actor_email, host(a.ip)]) AS v
@@ -27,21 +28,10 @@ SELECT v FROM (
     SELECT entity_name FROM audit_log WHERE entity_id = $1 AND entity_type = ANY($2::text[])
 ) s WHERE v IS NOT NULL AND v <> ''
 """
-ANONYMISE_ROWS = (
-    "SELECT changed, last_seq, action_id FROM auditq_anonymise_rows($1, $2, $3, $4, $5, $6, $7)"
-)
 # One erasure per subject at a time, across every API replica and CLI (a session lock).
 TRY_LOCK = "SELECT pg_try_advisory_lock(hashtextextended('auditq.erasure:' || $1, 0))"
 LOCK = "SELECT pg_advisory_lock(hashtextextended('auditq.erasure:' || $1, 0))"
 UNLOCK = "SELECT pg_advisory_unlock(hashtextextended('auditq.erasure:' || $1, 0))"
-
-
-async def subject_key(conn: asyncpg.Connection) -> bytes:
-    """The key of the pseudonyms (made by schema.sql)."""
-    key = await conn.fetchval(SUBJECT_KEY)
-    if key is None:
-        raise LookupError("no subject key: apply schema.sql (auditq migrate)")
-    return bytes(key)
 
 
 async def erased(conn: asyncpg.Connection) -> frozenset[str]:
@@ -49,20 +39,29 @@ async def erased(conn: asyncpg.Connection) -> frozenset[str]:
     return frozenset(r["pseudonym"] for r in await conn.fetch(ERASED))
 
 
-async def anonymise_rows(
+async def erase_step(
     conn: asyncpg.Connection,
     *,
     subject_id: str,
     pseudonym: str,
-    entity_types: list[str],
-    values: list[str],
-    mentions: bool,
-    after: int,
+    reason: str | None,
+    dead_letters: int,
+    by: dict[str, Any],
     limit: int,
-) -> tuple[int, int, int | None]:
-    """One batch (its own transaction): rows changed, last seq looked at, its store action."""
+    entity_types: list[str] | None = None,
+) -> tuple[int, bool, int | None]:
+    """One step (its own transaction): rows changed, whether the erasure is done, its action.
+
+    `entity_types`: the configured subject types; the store narrows them to its policy's."""
     row = await conn.fetchrow(
-        ANONYMISE_ROWS, subject_id, pseudonym, entity_types, values, mentions, after, limit
+        ERASE_STEP,
+        subject_id,
+        pseudonym,
+        reason,
+        dead_letters,
+        msgspec.json.encode(by).decode(),
+        limit,
+        entity_types,
     )
     assert row is not None
-    return int(row["changed"]), int(row["last_seq"] or after), row["action_id"]
+    return int(row["changed"]), bool(row["done"]), row["action_id"]

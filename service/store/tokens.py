@@ -4,25 +4,27 @@ from __future__ import annotations
 
 import hashlib
 import secrets
-from typing import Literal
+from typing import Any, Literal
 
 import asyncpg
+import msgspec
 
 Role = Literal["reader", "admin", "ingest"]
 ROLES: tuple[Role, ...] = ("reader", "admin", "ingest")
 TOKEN_PREFIX = "aq_"
 
-INSERT_TOKEN = "INSERT INTO api_token (name, role, token_hash) VALUES ($1, $2, $3) RETURNING id"
+# Definer functions (schema.sql, "Least privilege"): each stores the change together with its
+# audit event (token.created / token.revoked), in one transaction; $n of who asked.
+INSERT_TOKEN = "SELECT auditq_create_token($1, $2, $3, $4::text::jsonb)"
 FIND_TOKEN = """
 SELECT id, name, role, token_hash FROM api_token WHERE token_hash = $1 AND revoked_at IS NULL
 """
 LIST_TOKENS = """
 SELECT id, name, role, created_at, last_used_at, revoked_at FROM api_token ORDER BY id
 """
-REVOKE_TOKEN = """
-UPDATE api_token SET revoked_at = now() WHERE name = $1 AND revoked_at IS NULL
-RETURNING token_hash
-"""
+REVOKE_TOKEN = "SELECT auditq_revoke_token($1, $2::text::jsonb)"
+# Who asked when the caller does not say: the operator at this host's shell.
+SYSTEM_BY: dict[str, Any] = {"actor": {"id": "cli", "type": "system"}, "source": "auditq-cli"}
 
 
 def hash_token(token: str) -> bytes:
@@ -30,21 +32,31 @@ def hash_token(token: str) -> bytes:
     return hashlib.sha256(token.encode()).digest()
 
 
-async def create_token(conn: asyncpg.Connection, *, name: str, role: Role) -> str:
-    """Make a token, store its hash, and return the token (shown once)."""
+def _by(by: dict[str, Any] | None) -> str:
+    return msgspec.json.encode(SYSTEM_BY if by is None else by).decode()
+
+
+async def create_token(
+    conn: asyncpg.Connection, *, name: str, role: Role, by: dict[str, Any] | None = None
+) -> str:
+    """Make a token, store its hash with its token.created event (`by` who asked: actor,
+    request, source), and return the token (shown once)."""
     if role not in ROLES:
         raise ValueError(f"role must be one of {', '.join(ROLES)}")
     token = TOKEN_PREFIX + secrets.token_urlsafe(32)
     try:
-        await conn.fetchval(INSERT_TOKEN, name, role, hash_token(token))
+        await conn.fetchval(INSERT_TOKEN, name, role, hash_token(token), _by(by))
     except asyncpg.UniqueViolationError:
         raise ValueError(f"an active token named {name!r} exists; revoke it first") from None
     return token
 
 
-async def revoke_token(conn: asyncpg.Connection, name: str) -> bytes | None:
-    """Revoke the active token named `name`; return its hash, or None when there is none."""
-    digest: bytes | None = await conn.fetchval(REVOKE_TOKEN, name)
+async def revoke_token(
+    conn: asyncpg.Connection, name: str, *, by: dict[str, Any] | None = None
+) -> bytes | None:
+    """Revoke the active token named `name` with its token.revoked event; return its hash,
+    or None when there is none."""
+    digest: bytes | None = await conn.fetchval(REVOKE_TOKEN, name, _by(by))
     return None if digest is None else bytes(digest)
 
 

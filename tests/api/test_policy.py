@@ -37,7 +37,16 @@ async def test_the_policy_is_shown_to_readers_and_set_only_by_the_owner(
     assert body["set_at"] is not None
     assert await pg.fetchval("SELECT count(*) FROM store_action WHERE action = 'policy.set'") == 1
     assert await run_cli("policy", "show") == 0
-    assert "retention: 400 days" in capsys.readouterr().out
+    shown = capsys.readouterr().out
+    assert "retention: 400 days" in shown and "subject entity types: not pinned" in shown
+    assert await run_cli("policy", "set", "--subject-entity-types", "user, customer") == 0
+    assert "subject entity types: customer, user" in capsys.readouterr().out
+    assert await pg.fetchval("SELECT subject_entity_types FROM store_policy") == [
+        "customer",
+        "user",
+    ]
+    assert await run_cli("policy", "set") == 2
+    assert "say what to set" in capsys.readouterr().err
 
     # Bad input: one line, exit 2; nothing changes.
     for bad in ("0", "-3", "forever"):
@@ -54,3 +63,21 @@ async def test_the_policy_is_shown_to_readers_and_set_only_by_the_owner(
     assert err.startswith("auditq: only the schema's owner sets the policy") and "\n" not in err
     assert await run_cli("policy", "set", "--retention-days", "none") == 2
     assert await pg.fetchval("SELECT retention_days FROM store_policy") == 400
+
+
+async def test_migrate_pins_its_subject_types_on_a_store_without_them(
+    pg: asyncpg.Connection, cli_env: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert await pg.fetchval("SELECT subject_entity_types FROM store_policy") is None
+    monkeypatch.setenv("AUDITQ_SUBJECT_ENTITY_TYPES", "user,customer")
+    assert await run_cli("migrate") == 0
+    assert await pg.fetchval("SELECT subject_entity_types FROM store_policy") == [
+        "customer",
+        "user",
+    ]
+    monkeypatch.setenv("AUDITQ_SUBJECT_ENTITY_TYPES", "user,customer,project")
+    assert await run_cli("migrate") == 0  # pinned once: a later setting does not widen it
+    assert await pg.fetchval("SELECT subject_entity_types FROM store_policy") == [
+        "customer",
+        "user",
+    ]

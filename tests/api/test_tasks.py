@@ -19,7 +19,7 @@ from aiohttp.test_utils import TestClient
 from service.keys import IN_PROGRESS_PREFIX, attempts_key, complete_key
 from service.ops import dead_letter
 from service.settings import Settings
-from tests.admin_api import Tokens, enqueue, error_of, queued_payloads
+from tests.admin_api import Tokens, admin_events, enqueue, error_of, queued_payloads
 from tests.conftest import count_rows, running_worker, wait_for
 
 TASKS = "/api/v1/admin/tasks"
@@ -194,7 +194,11 @@ async def test_statuses_and_pages(
 
 
 async def test_bulk_retry_takes_the_filters(
-    api: TestClient[Any, Any], tokens: Tokens, settings: Settings, redis: aioredis.Redis
+    api: TestClient[Any, Any],
+    tokens: Tokens,
+    settings: Settings,
+    redis: aioredis.Redis,
+    pg: asyncpg.Connection,
 ) -> None:
     queue = settings.queue
     await add_failed(redis, queue, "a", [event(1)], classification="data")
@@ -214,12 +218,17 @@ async def test_bulk_retry_takes_the_filters(
         assert response.status == 202
         assert await response.json() == {"retried": 1}
     assert await dead_letter.list_ids(redis, queue) == []
-    jobs = b"".join(await queued_payloads(redis, queue))
-    assert jobs.count(b"audit.task.retried_bulk") == 2  # its presentation code, once per event
+    bulk = await admin_events(pg, "task.retried_bulk")  # in PostgreSQL, before each retry
+    assert [e["actor_id"] for e in bulk] == ["test-admin", "test-admin"]
+    assert b"task.retried_bulk" not in b"".join(await queued_payloads(redis, queue))
 
 
 async def test_cleanup_deletes_what_its_policy_says_and_keeps_the_floor(
-    api: TestClient[Any, Any], tokens: Tokens, settings: Settings, redis: aioredis.Redis
+    api: TestClient[Any, Any],
+    tokens: Tokens,
+    settings: Settings,
+    redis: aioredis.Redis,
+    pg: asyncpg.Connection,
 ) -> None:
     queue = settings.queue
     now_ms = int(time.time() * 1000)
@@ -242,8 +251,8 @@ async def test_cleanup_deletes_what_its_policy_says_and_keeps_the_floor(
     assert sorted(await dead_letter.list_ids(redis, queue)) == ["fresh", "old-3"]
     assert await redis.get(dead_letter.record_key(queue, "old-0")) is None
     assert await redis.xlen(stream) == 1
-    jobs = b"".join(await queued_payloads(redis, queue))
-    assert b"task.cleanup" in jobs and b"test-admin" in jobs
+    [cleanup] = await admin_events(pg, "task.cleanup")
+    assert cleanup["actor_id"] == "test-admin" and cleanup["metadata"]["policy"] == policy
 
     # Defaults (365 d, 90 d, keep 100) delete nothing here.
     async with api.post(f"{TASKS}/cleanup", headers=tokens.admin) as response:
@@ -310,7 +319,7 @@ async def auditq(settings: Settings, *args: str) -> tuple[int, str]:
 
 
 async def test_cli_is_a_thin_client_of_the_same_functions(
-    settings: Settings, redis: aioredis.Redis
+    settings: Settings, redis: aioredis.Redis, pg: asyncpg.Connection
 ) -> None:
     await add_failed(redis, settings.queue, "cli-failed", [event(1), event(2)])
     status, out = await auditq(settings, "tasks", "list", "--status", "failed")
@@ -327,7 +336,8 @@ async def test_cli_is_a_thin_client_of_the_same_functions(
     assert status != 0 and "keep_recent_failed" in out and "Traceback" not in out, out
     status, out = await auditq(settings, "tasks", "cleanup")
     assert status == 0 and out.startswith("deleted 0 complete and 0 failed"), out
-    assert b"audit.task.cleanup" in b"".join(await queued_payloads(redis, settings.queue))
+    recorded = [(e["action"], e["actor_id"]) for e in await admin_events(pg, "task.")]
+    assert recorded == [("task.retried", "cli"), ("task.cleanup", "cli")]
 
 
 async def test_retrying_while_a_worker_fails_the_task_again_never_loses_it(

@@ -16,6 +16,7 @@ from service.api.errors import ApiError
 from service.cli import serve
 from service.settings import Settings
 from service.store.tokens import create_token, revoke_token
+from tests.admin_api import admin_events
 from tests.conftest import queued_events, run_cli
 
 
@@ -69,12 +70,14 @@ async def test_cli_creates_lists_and_revokes_tokens(
     err = capsys.readouterr().err
     assert err.strip().splitlines() == ["auditq: no active token named 'ci-export'"]
 
-    audited = await queued_events(redis, settings.queue)
-    assert [(e["action"], e["actor"]["id"]) for e in audited] == [
+    # Stored with the changes themselves, straight into PostgreSQL.
+    audited = await admin_events(pg, "token.")
+    assert [(e["action"], e["actor_id"]) for e in audited] == [
         ("token.created", "cli"),
         ("token.revoked", "cli"),
     ]
     assert audited[0]["metadata"] == {"name": "ci-export", "role": "reader"}
+    assert await queued_events(redis, settings.queue) == []
 
 
 async def test_cli_rejects_an_unknown_role(cli_env: None) -> None:

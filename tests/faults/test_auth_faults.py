@@ -18,7 +18,7 @@ from service.cli.embedded import EmbeddedPostgres, free_port
 from service.producer.client import AuditClient
 from service.settings import Settings
 from service.store import db
-from service.store import tokens as auth
+from tests.admin_api import insert_token
 from tests.conftest import run_cli
 from tests.faults.conftest import FaultReport
 from tests.faults.harness import (
@@ -123,7 +123,7 @@ async def test_a_revoked_token_is_refused_within_10s_also_when_postgres_stops_ri
     settings = dataclasses.replace(settings, database_url=own_postgres.url)
     conn = await db.connect(own_postgres.url)
     try:
-        tokens = {n: await auth.create_token(conn, name=n, role="ingest") for n in "abc"}
+        tokens = {n: await insert_token(conn, name=n, role="ingest") for n in "abc"}
     finally:
         await conn.close()
 

@@ -9,8 +9,8 @@ from aiohttp.test_utils import TestClient
 
 from service.integrity.keys import load_or_create_private_key
 from service.settings import Settings
-from tests.admin_api import Tokens
-from tests.conftest import queued_events, wait_for
+from tests.admin_api import Tokens, admin_events
+from tests.conftest import wait_for
 from tests.integrity.conftest import seal_all, store
 
 
@@ -40,12 +40,30 @@ async def test_status_then_a_verification_in_the_background(
         return body["last_verification"] is not None
 
     await wait_for(verified)
-    assert body["unsealed_rows"] == 0 and body["last_sealed_at"]
+    # The one row not sealed yet is the verification's own integrity.verified event.
+    assert body["unsealed_rows"] == 1 and body["last_sealed_at"]
     last = body["last_verification"]
     assert last["intact"] is True and last["rows"] == 7 and last["findings"] == 0
 
-    async def audited() -> bool:
-        events = await queued_events(redis, settings.queue)
-        return any(e["action"] == "integrity.verified" for e in events)
+    # Kept with its event, straight in PostgreSQL, naming who asked.
+    [verified_event] = await admin_events(pg, "integrity.verified")
+    assert verified_event["actor_id"] == "test-admin"
+    assert verified_event["metadata"]["verification"] == last["id"]
+    assert verified_event["metadata"]["intact"] is True
 
-    await wait_for(audited)
+
+async def test_a_claimed_result_is_recorded_and_never_breaks_the_status(
+    api: TestClient[Any, Any], tokens: Tokens, pg: asyncpg.Connection
+) -> None:
+    # What a stolen API password can do: claim a result. It is kept with an event naming the
+    # role that recorded it, and shown as what it is.
+    await pg.execute(
+        "SELECT auditq_record_verification(now(), '{\"intact\": true}',"
+        ' \'{"actor": {"id": "thief", "type": "api_token"}}\')'
+    )
+    async with api.get("/api/v1/admin/integrity", headers=tokens.reader) as response:
+        assert response.status == 200
+        last = (await response.json())["last_verification"]
+    assert last["intact"] is False and "incomplete" in last["summary"]
+    [event] = await admin_events(pg, "integrity.verified")
+    assert event["actor_id"] == "thief" and event["metadata"]["recorded_by"]

@@ -2,19 +2,30 @@
 
 from __future__ import annotations
 
+import asyncio
+import os
+import subprocess
+import sys
+import uuid
 from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
 
 import asyncpg
 import pytest
 
+from service.events import Actor, AuditEvent, Entity, finalize
+from service.integrity.keys import load_or_create_private_key
 from service.store.partitions import LIST_PARTITIONS, partition_name
 from service.store.policy import NotOwner, Policy
 from service.store.policy import set_retention as set_policy
 from service.store.policy import show as show_policy
+from service.store.roles import check_runtime_role
 from service.store.rollup import fold_all
-from tests.integrity.conftest import run_verify, seal_all, store
+from service.store.subjects import erase_step
+from tests.integrity.conftest import run_verify, seal_all, store, url_as
 from tests.stores import set_retention
 from workers.maintenance import drop_expired_partitions
+from workers.writer import write_events
 
 # (what is tried, statements), each run in its own transaction as the runtime role.
 BYPASSES = [
@@ -76,7 +87,45 @@ BYPASSES = [
     ("hide rows from the statistics", ["DELETE FROM rollup_pending"]),
     ("count rows out of the rollup", [
         "SELECT auditq_rollup_rows('{[1,1000000)}'::int8multirange, -1)"]),
+    # Tokens and verification results only through the functions that record what they did.
+    ("mint a token", [
+        "INSERT INTO api_token (name, role, token_hash) VALUES ('x', 'admin', '\\x00')"]),
+    ("un-revoke a token", ["UPDATE api_token SET revoked_at = NULL"]),
+    ("delete a token", ["DELETE FROM api_token"]),
+    ("forge a verification", [
+        "INSERT INTO integrity_verification (result) VALUES ('{\"intact\": true}')"]),
+    ("alter a verification", ["UPDATE integrity_verification SET result = '{}'"]),
+    ("store an api row unrecorded", [
+        "SELECT auditq_store_event('{\"action\": \"a.b\"}', 'api')"]),
+    # Erasure with arguments of the caller's choosing: any actor, any words.
+    ("anonymise by forged arguments", [
+        "SELECT * FROM auditq_anonymise_rows('e-1', 'anon_' || repeat('0', 32), '{project}', "
+        "'{plan,pro}', true, 0, 1000)"]),
+    ("mark a subject erased", [
+        "INSERT INTO erased_subject (pseudonym, state) "
+        "VALUES ('anon_' || repeat('1', 32), 'done')"]),
+    ("change an erasure's state", ["UPDATE erased_subject SET state = 'done'"]),
+    ("read the subject's values", ["SELECT * FROM erasure_value"]),
 ]  # fmt: skip
+# Rights one runtime role has and the other must not.
+ONLY_FOR = {
+    "auditq_worker": [
+        ("read the API's secrets", ["SELECT secret FROM api_secret"]),
+        ("record an admin action", ["SELECT auditq_record_admin_event('{\"action\": \"a.b\"}')"]),
+        ("erase a subject", ["SELECT * FROM auditq_register_erasure('anon_' || repeat('2', 32))"]),
+        ("mint a token by the function", [
+            "SELECT auditq_create_token('x', 'admin', '\\x00', '{}')"]),
+        ("record a verification", [
+            "SELECT auditq_record_verification(now(), '{\"intact\": true}', '{}')"]),
+    ],
+    "auditq_api": [
+        ("store rows", [
+            "INSERT INTO audit_log (id, ts, action, category, severity, outcome, presentation) "
+            "VALUES (gen_random_uuid(), now(), 'a.b', 'a', 'info', 'success', '{}')"]),
+        ("apply retention", ["SELECT * FROM auditq_apply_retention(200)"]),
+        ("make a partition", ["SELECT auditq_ensure_partition('2031-01-01')"]),
+    ],
+}  # fmt: skip
 REFUSED = (
     asyncpg.InsufficientPrivilegeError,
     asyncpg.InvalidParameterValueError,
@@ -100,7 +149,7 @@ async def test_every_bypass_is_refused(
     succeeded = []
     try:
         assert not await conn.fetchval("SELECT rolsuper FROM pg_roles WHERE rolname = $1", role)
-        for what, statements in BYPASSES:
+        for what, statements in BYPASSES + ONLY_FOR[role]:
             try:
                 async with conn.transaction():
                     for statement in statements:
@@ -120,6 +169,10 @@ async def test_the_worker_stores_and_the_api_reads(
 ) -> None:
     await store(worker_conn, 4)
     assert await api_conn.fetchval("SELECT count(*) FROM audit_log") == 4
+    # The worker reads the one secret it needs, through its view.
+    assert await worker_conn.fetchval("SELECT secret FROM provenance_key") == await pg.fetchval(
+        "SELECT secret FROM api_secret WHERE name = 'provenance'"
+    )
     with pytest.raises(asyncpg.InsufficientPrivilegeError):
         await store(api_conn, 1)
     assert await worker_conn.fetchval("SELECT count(*) FROM seal_pending") >= 1
@@ -217,3 +270,194 @@ async def test_the_policy_is_the_owners_and_each_change_is_stamped(
     assert policy.set_at is not None and policy.set_at.year == datetime.now(UTC).year
     with pytest.raises(asyncpg.InsufficientPrivilegeError):
         await pg.execute("DELETE FROM store_policy")
+
+
+# --- Erasure: the caller names a subject; the store decides what changes ------------------
+
+SUBJECT_EVENTS = [
+    # (actor id, actor name, entity type, entity id, metadata)
+    ("alice", "Alice Liddell", None, None, {"note": "ordinary"}),
+    ("alice", "Alice Liddell", "user", "alice", {"note": "self"}),
+    ("bob", "Bob Builder", "user", "alice", {"note": "bob looked at the user"}),
+    ("bob", "Bob Builder", "project", "alice", {"note": "a project of that id"}),
+    ("carol", "Carol", None, None, {"note": "mentions Alice Liddell and the word secretword"}),
+    ("bob", "Bob Builder", None, None, {"note": "secretword stays; so does plan pro"}),
+]
+
+
+async def _subject_rows(conn: asyncpg.Connection) -> None:
+    events = [
+        finalize(
+            AuditEvent(
+                action="doc.viewed",
+                actor=Actor(id=actor, type="user", name=name),
+                entity=Entity(type=etype, id=eid) if etype and eid else None,
+                metadata=metadata,
+            )
+        )[0]
+        for actor, name, etype, eid, metadata in SUBJECT_EVENTS
+    ]
+    await write_events(conn, events, received_via="redis:test", keyed=True)
+
+
+async def _erase(
+    api_conn: asyncpg.Connection, subject: str, pseudonym: str
+) -> list[tuple[int, bool, int | None]]:
+    await api_conn.fetchval("SELECT auditq_register_erasure($1)", pseudonym)
+    steps = []
+    done = False
+    while not done:
+        step = await erase_step(
+            api_conn,
+            subject_id=subject,
+            pseudonym=pseudonym,
+            reason="asked by Alice Liddell",
+            dead_letters=0,
+            by={"actor": {"id": "t", "type": "api_token"}, "source": "tests"},
+            limit=2,
+            entity_types=["user", "project"],  # wider than the store's: narrowed to it
+        )
+        steps.append(step)
+        done = step[1]
+    return steps
+
+
+async def test_erasure_changes_the_named_subject_and_nothing_else(
+    pg: asyncpg.Connection,
+    worker_conn: asyncpg.Connection,
+    api_conn: asyncpg.Connection,
+    seal_key: object,
+) -> None:
+    await _subject_rows(worker_conn)
+    await seal_all(worker_conn, seal_key)  # type: ignore[arg-type]
+    others = "SELECT t::text FROM audit_log t WHERE actor_id <> 'alice' AND NOT {} ORDER BY seq"
+    untouched = await pg.fetch(
+        others.format(
+            "(entity_type = 'user' AND entity_id = 'alice') AND NOT search @@ "
+            "phraseto_tsquery('simple', 'Alice Liddell')"
+        )
+    )
+    # Not registered: nothing runs.
+    with pytest.raises(asyncpg.ObjectNotInPrerequisiteStateError):
+        await erase_step(api_conn, subject_id="alice", pseudonym="anon_" + "a" * 32,
+                         reason=None, dead_letters=0, by={}, limit=10)  # fmt: skip
+    # The caller cannot pass values or a pattern, and its types only narrow the owner's.
+    await pg.execute("UPDATE store_policy SET subject_entity_types = '{user}'")
+    pseudonym = "anon_" + "b" * 32
+    await _erase(api_conn, "alice", pseudonym)
+    rows = {r["note"]: r for r in await pg.fetch(
+        "SELECT metadata->>'note' AS note, actor_id, actor_name, entity_type, entity_id, "
+        "metadata::text AS m FROM audit_log WHERE action = 'doc.viewed'")}  # fmt: skip
+    assert rows["ordinary"]["actor_id"] == pseudonym and rows["ordinary"]["actor_name"] is None
+    assert rows["self"]["entity_id"] == pseudonym
+    assert rows["bob looked at the user"]["actor_id"] == "bob"  # the viewer keeps his name
+    assert rows["bob looked at the user"]["actor_name"] == "Bob Builder"
+    assert rows["bob looked at the user"]["entity_id"] == pseudonym
+    # An entity of a type that is not a subject's keeps its id: the policy's types, not ours.
+    assert rows["a project of that id"]["entity_id"] == "alice"
+    assert "Alice Liddell" not in rows["mentions [erased] and the word secretword"]["m"]
+    assert "secretword" in rows["mentions [erased] and the word secretword"]["m"]
+    assert rows["secretword stays; so does plan pro"]["actor_id"] == "bob"
+    assert untouched == await pg.fetch(
+        others.format("(entity_type = 'user' AND entity_id = $1) AND NOT metadata::text LIKE "
+                      "'%[erased]%'"), pseudonym)  # fmt: skip
+    # The store recorded the erasure, its batches and its event itself.
+    state = await pg.fetchrow("SELECT * FROM erased_subject WHERE pseudonym = $1", pseudonym)
+    assert state["state"] == "done" and state["rows"] == 4
+    assert await pg.fetchval("SELECT count(*) FROM erasure_value") == 0
+    event = await pg.fetchrow("SELECT * FROM audit_log WHERE action = 'subject.anonymised'")
+    assert event["entity_id"] == pseudonym and event["received_via"] == "api"
+    assert event["metadata"]["reason"] == "asked by [erased]"
+    await seal_all(worker_conn, seal_key)  # type: ignore[arg-type]
+    report, lines = await run_verify(pg, seal_key)  # type: ignore[arg-type]
+    assert report.findings == 0 and report.anonymised == 4, lines
+
+    # Bob's rows cannot be given alice's pseudonym (it names an erased subject already).
+    with pytest.raises(asyncpg.InvalidParameterValueError, match="already names"):
+        await _erase(api_conn, "bob", pseudonym)
+    assert await pg.fetchval("SELECT count(*) FROM audit_log WHERE actor_id = 'bob'") == 3
+    # Asking again for alice is harmless: nothing left to change.
+    steps = await _erase(api_conn, "alice", pseudonym)
+    assert sum(changed for changed, _, _ in steps) == 0
+
+
+# --- The runtime refuses a role that could rewrite history -------------------------------
+
+
+async def test_the_worker_and_the_api_refuse_a_privileged_role(
+    pg: asyncpg.Connection,
+    worker_conn: asyncpg.Connection,
+    api_conn: asyncpg.Connection,
+    database_url: str,
+    role_password: str,
+    tmp_path: Path,
+) -> None:
+    assert await check_runtime_role(worker_conn, who="worker") is None
+    assert await check_runtime_role(api_conn, who="API") is None
+    problem = await check_runtime_role(pg, who="worker")
+    assert problem is not None and "a superuser" in problem
+    role = f"auditq_test_rw_{uuid.uuid4().hex[:8]}"
+    await pg.execute(f"CREATE ROLE {role} LOGIN PASSWORD '{role_password}'")
+    try:
+        await pg.execute(f"GRANT SELECT, UPDATE ON audit_log TO {role}")
+        conn = await asyncpg.connect(url_as(database_url, role, role_password))
+        try:
+            problem = await check_runtime_role(conn, who="API")
+            assert problem is not None and "may alter stored rows" in problem
+            await pg.execute(f"REVOKE ALL ON audit_log FROM {role}")
+            owner = await pg.fetchval(
+                "SELECT pg_get_userbyid(relowner) FROM pg_class WHERE oid = 'audit_log'::regclass"
+            )
+            await pg.execute(f'GRANT "{owner}" TO {role}')
+            problem = await check_runtime_role(conn, who="API")
+            assert problem is not None and "owner of the schema" in problem
+        finally:
+            await conn.close()
+    finally:
+        await pg.execute(f"DROP OWNED BY {role}")
+        await pg.execute(f"DROP ROLE {role}")
+
+    # The commands themselves, as the suite's superuser: one line, a non-zero exit.
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AUDITQ_")} | {
+        "AUDITQ_DATABASE_URL": database_url,
+        "AUDITQ_REDIS_URL": "redis://127.0.0.1:1/0",
+        "AUDITQ_DATA_DIR": str(tmp_path),
+        "AUDITQ_SEAL_KEY_FILE": str(tmp_path / "seal-key"),
+    }
+    load_or_create_private_key(tmp_path / "seal-key")
+    for command in ("worker", "api"):
+        done = await asyncio.to_thread(
+            subprocess.run,
+            [sys.executable, "-m", "service.cli.main", command],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert done.returncode == 2, (command, done.stdout, done.stderr)
+        lines = done.stderr.strip().splitlines()
+        assert len(lines) == 1 and "refuses to connect as" in lines[0], (command, done.stderr)
+        assert "a superuser" in lines[0]
+
+
+async def test_a_worker_outside_auditq_run_mints_no_seal_key(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AUDITQ_")} | {
+        "AUDITQ_DATABASE_URL": "postgresql://nobody@127.0.0.1:1/none",
+        "AUDITQ_REDIS_URL": "redis://127.0.0.1:1/0",
+        "AUDITQ_DATA_DIR": str(tmp_path),
+    }
+    for extra, says in (
+        ({}, "set AUDITQ_SEAL_KEY_FILE"),
+        ({"AUDITQ_SEAL_KEY_FILE": str(tmp_path / "absent")}, "no seal key at"),
+    ):
+        done = await asyncio.to_thread(
+            subprocess.run,
+            [sys.executable, "-m", "service.cli.main", "worker"],
+            env=env | extra,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert done.returncode == 2 and says in done.stderr, done.stderr
+        assert len(done.stderr.strip().splitlines()) == 1
+    assert os.listdir(tmp_path) == []  # no key made

@@ -54,7 +54,8 @@ export function SubjectsView({ params, who }) {
       <button type="submit">Show</button>
     </form>
     ${id ? html`<section aria-labelledby="h-subject"><h2 id="h-subject">Subject <span class="mono">${id}</span></h2>
-      <${SubjectState} id=${id} generation=${generation} />
+      ${who.role === "admin" ? html`<${SubjectState} id=${id} generation=${generation} />`
+        : html`<p class="muted">An erasure's state and pseudonym are shown to admins only.</p>`}
       <${ErrorBox} error=${action.error} /><${Notice} text=${action.notice} />
       ${who.role === "admin" ? html`<form class="inline" onSubmit=${anonymise} aria-label="Anonymise">
         <${Field} label="Reason (optional)" name="reason" />

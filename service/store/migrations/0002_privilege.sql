@@ -1,0 +1,1167 @@
+-- 0002: least privilege that holds (docs/integrity.md, "Roles", "Definer functions",
+-- "Retention", "Erasure: what the caller can choose"). Forward SQL from the store of the
+-- previous release to this schema; idempotent, like schema.sql, whose blocks these are:
+--   * a schema where PUBLIC or a runtime role may create objects is refused;
+--   * every function resolves names from pg_catalog only, auditq's objects qualified;
+--   * the store's policy (store_policy) and retention functions that read it; the
+--     caller-chosen retention functions are dropped;
+--   * grants cut to what each role uses; tokens, verification results and admin actions
+--     written through definer functions that record what they did;
+--   * erasure through auditq_erase_subject; the key of pseudonyms leaves the database.
+-- Before this runs, `auditq migrate` (service/store/db.py, _move_subject_key) has moved the
+-- subject key out of api_secret to AUDITQ_SUBJECT_KEY_FILE: the DELETE below drops it.
+
+-- ---------------------------------------------------------------------------------------
+-- ---------------------------------------------------------------------------------------
+-- First of all (docs/integrity.md, "Definer functions"): no role but the owner may create
+-- objects where auditq's live, or a function or table planted there could stand in for one
+-- of ours. migrate revokes what it may and refuses a schema in which PUBLIC or a runtime
+-- role still may create.
+DO $$
+DECLARE
+    v_who  text;
+    v_role text;
+BEGIN
+    BEGIN
+        REVOKE CREATE ON SCHEMA public FROM PUBLIC;
+    EXCEPTION WHEN insufficient_privilege THEN
+        NULL;  -- not the schema's owner: checked below
+    END;
+    FOREACH v_role IN ARRAY ARRAY['auditq_worker', 'auditq_api'] LOOP
+        IF EXISTS (SELECT FROM pg_catalog.pg_roles WHERE rolname = v_role) THEN
+            BEGIN
+                EXECUTE pg_catalog.format('REVOKE CREATE ON SCHEMA public FROM %I', v_role);
+            EXCEPTION WHEN insufficient_privilege THEN
+                NULL;
+            END;
+        END IF;
+    END LOOP;
+    SELECT pg_catalog.string_agg(w, ', ') INTO v_who FROM (
+        SELECT 'PUBLIC' AS w FROM pg_catalog.pg_namespace n,
+               pg_catalog.aclexplode(coalesce(n.nspacl,
+                                              pg_catalog.acldefault('n'::"char", n.nspowner))) a
+        WHERE n.nspname = 'public' AND a.grantee = 0::oid AND a.privilege_type = 'CREATE'
+        UNION ALL
+        SELECT r.rolname::text FROM pg_catalog.pg_roles r
+        WHERE r.rolname IN ('auditq_worker', 'auditq_api')
+          AND pg_catalog.has_schema_privilege(r.oid, 'public'::text, 'CREATE'::text)) s;
+    IF v_who IS NOT NULL THEN
+        RAISE EXCEPTION 'schema public lets % create objects, which could stand in for auditq''s: as its owner or a superuser run REVOKE CREATE ON SCHEMA public FROM PUBLIC, auditq_worker, auditq_api; then migrate again', v_who
+            USING ERRCODE = 'insufficient_privilege';
+    END IF;
+    -- Functions someone else planted there already would run as this role (the owner) in
+    -- this very script.
+    SELECT pg_catalog.string_agg(DISTINCT r.rolname::text, ', ') INTO v_who
+    FROM pg_catalog.pg_proc p JOIN pg_catalog.pg_roles r ON r.oid = p.proowner
+    WHERE p.pronamespace = 'public'::regnamespace AND r.rolname <> current_user AND NOT r.rolsuper;
+    IF v_who IS NOT NULL THEN
+        RAISE EXCEPTION 'schema public holds functions of % that could stand in for auditq''s: drop them as a superuser (DROP OWNED BY them in this database), REVOKE CREATE ON SCHEMA public FROM PUBLIC, then migrate again', v_who
+            USING ERRCODE = 'insufficient_privilege';
+    END IF;
+END;
+$$;
+
+-- The row digest of docs/integrity.md, canonical form version 1: SHA-256 (first 16 bytes) of
+-- PostgreSQL's binary form of the row of these columns. `auditq verify` reads the same record
+-- through COPY and hashes it itself (service/integrity/canonical.py); a test keeps the two
+-- identical. The anonymisation function records digests with it.
+CREATE OR REPLACE FUNCTION public.audit_row_digest(r public.audit_log) RETURNS bytea
+LANGUAGE sql STABLE PARALLEL SAFE SET search_path = pg_catalog, pg_temp AS $$
+SELECT substr(sha256(record_send(ROW(
+    r.seq, r.id, r.ts, r.received_at, r.action, r.category, r.severity, r.outcome,
+    r.actor_id, r.actor_type, r.actor_name, r.actor_email,
+    r.entity_type, r.entity_id, r.entity_name, r.tenant,
+    r.request_id, r.ip, r.user_agent, r.method, r.path, r.status, r.duration_ms,
+    r.changes, r.metadata, r.presentation, r.source, r.received_via))), 1, 16)
+$$;
+
+-- Queue a statement's rows for the sealer, in the inserting transaction: their seqs and
+-- their entries, digested here from the rows in hand (the same record as audit_row_digest).
+-- The entries are in no particular order: the sealer sorts a checkpoint's entries anyway.
+CREATE OR REPLACE FUNCTION public.audit_log_queue_seal() RETURNS trigger
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    v_lo      bigint;
+    v_hi      bigint;
+    v_n       bigint;
+    v_entries bytea;
+BEGIN
+    SELECT min(a.seq), max(a.seq), count(*),
+           string_agg(int8send(a.seq) || uuid_send(a.id) || substr(sha256(record_send(ROW(
+               a.seq, a.id, a.ts, a.received_at, a.action, a.category, a.severity, a.outcome,
+               a.actor_id, a.actor_type, a.actor_name, a.actor_email,
+               a.entity_type, a.entity_id, a.entity_name, a.tenant,
+               a.request_id, a.ip, a.user_agent, a.method, a.path, a.status, a.duration_ms,
+               a.changes, a.metadata, a.presentation, a.source, a.received_via))), 1, 16),
+               ''::bytea)
+      INTO v_lo, v_hi, v_n, v_entries
+      FROM new_rows a;
+    IF v_n = 0 THEN
+        RETURN NULL;
+    ELSIF v_hi - v_lo + 1 = v_n THEN  -- one range: the usual case
+        INSERT INTO public.seal_pending (kind, seqs, entries)
+        VALUES ('row', int8multirange(int8range(v_lo, v_hi, '[]')), v_entries);
+    ELSE
+        INSERT INTO public.seal_pending (kind, seqs, entries)
+        SELECT 'row', range_agg(int8range(seq, seq, '[]')), v_entries FROM new_rows;
+    END IF;
+    RETURN NULL;
+END;
+$$;
+
+DROP TRIGGER IF EXISTS audit_log_queue_seal ON public.audit_log;
+CREATE TRIGGER audit_log_queue_seal
+    AFTER INSERT ON public.audit_log REFERENCING NEW TABLE AS new_rows
+    FOR EACH STATEMENT EXECUTE FUNCTION public.audit_log_queue_seal();
+
+-- Append-only, no escape: an UPDATE passes only inside the anonymisation function (issue 13),
+-- which runs as the table's owner and sets `auditq.erasing` to its store_action id. A runtime
+-- role setting the flag is not the owner and is refused like any other.
+CREATE OR REPLACE FUNCTION public.audit_log_append_only() RETURNS trigger
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    IF TG_OP = 'UPDATE'
+       AND coalesce(current_setting('auditq.erasing', true), '') ~ '^[0-9]+$'
+       AND current_user = (SELECT pg_get_userbyid(relowner) FROM pg_class
+                           WHERE oid = 'public.audit_log'::regclass) THEN
+        RETURN NEW;
+    END IF;
+    -- Retention of the default partition's old rows (auditq_delete_expired_default_rows):
+    -- only inside that function, which runs as the owner and sets the flag.
+    IF TG_OP = 'DELETE'
+       AND coalesce(current_setting('auditq.retention', true), '') = 'on'
+       AND current_user = (SELECT pg_get_userbyid(relowner) FROM pg_class
+                           WHERE oid = 'public.audit_log'::regclass) THEN
+        RETURN OLD;
+    END IF;
+    RAISE EXCEPTION 'audit_log is append-only: % is not allowed', TG_OP
+        USING ERRCODE = 'insufficient_privilege',
+              HINT = 'rows leave only through retention and change only through anonymisation';
+END;
+$$;
+
+DROP TRIGGER IF EXISTS audit_log_append_only ON public.audit_log;
+CREATE TRIGGER audit_log_append_only
+    BEFORE UPDATE OR DELETE ON public.audit_log
+    FOR EACH ROW EXECUTE FUNCTION public.audit_log_append_only();
+
+DROP TRIGGER IF EXISTS audit_log_no_truncate ON public.audit_log;
+CREATE TRIGGER audit_log_no_truncate
+    BEFORE TRUNCATE ON public.audit_log
+    FOR EACH STATEMENT EXECUTE FUNCTION public.audit_log_append_only();
+
+-- Checkpoints and the record of admin actions are append-only too (for everyone but a
+-- superuser skipping triggers, which verify then catches).
+CREATE OR REPLACE FUNCTION public.auditq_append_only() RETURNS trigger
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    RAISE EXCEPTION '% is append-only: % is not allowed', TG_TABLE_NAME, TG_OP
+        USING ERRCODE = 'insufficient_privilege';
+END;
+$$;
+
+DO $$
+DECLARE
+    t text;
+BEGIN
+    FOREACH t IN ARRAY ARRAY['seal_checkpoint', 'store_action', 'row_replacement'] LOOP
+        EXECUTE format('DROP TRIGGER IF EXISTS %I ON public.%I', t || '_append_only', t);
+        EXECUTE format('CREATE TRIGGER %I BEFORE UPDATE OR DELETE ON public.%I FOR EACH ROW '
+                       'EXECUTE FUNCTION public.auditq_append_only()', t || '_append_only', t);
+        EXECUTE format('DROP TRIGGER IF EXISTS %I ON public.%I', t || '_no_truncate', t);
+        EXECUTE format('CREATE TRIGGER %I BEFORE TRUNCATE ON public.%I FOR EACH STATEMENT '
+                       'EXECUTE FUNCTION public.auditq_append_only()', t || '_no_truncate', t);
+    END LOOP;
+END;
+$$;
+
+-- Record an admin action and queue it for the next checkpoint (definer functions only).
+CREATE OR REPLACE FUNCTION public.auditq_record_action(
+    p_action text, p_detail jsonb, p_seqs int8multirange DEFAULT NULL
+) RETURNS bigint
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    v_id bigint;
+BEGIN
+    INSERT INTO public.store_action (action, detail, seqs) VALUES (p_action, p_detail, p_seqs)
+    RETURNING id INTO v_id;
+    INSERT INTO public.seal_pending (kind, seqs) VALUES ('action', int8multirange(int8range(v_id, v_id, '[]')));
+    RETURN v_id;
+END;
+$$;
+
+-- Make the monthly partition starting at p_month unless it exists; true when made.
+CREATE OR REPLACE FUNCTION public.auditq_ensure_partition(p_month date) RETURNS boolean
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    v_name text := 'audit_log_y' || to_char(p_month::timestamp, 'YYYY'::text) || 'm'
+                   || to_char(p_month::timestamp, 'MM'::text);
+    v_end  date := (p_month + '1 month'::interval)::date;
+BEGIN
+    IF p_month IS NULL OR p_month <> date_trunc('month'::text, p_month::timestamp)::date THEN
+        RAISE EXCEPTION 'a partition starts on the first of a month, not %', p_month
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    -- One maker at a time: two workers starting on a new month would both find no partition
+    -- and one would fail on the other's (held to the end of the caller's transaction).
+    PERFORM pg_advisory_xact_lock(1635083369::integer, 1::integer);  -- 'audi', partitions
+    IF to_regclass(('public.' || quote_ident(v_name))::text) IS NOT NULL THEN
+        RETURN false;
+    END IF;
+    EXECUTE format('CREATE TABLE public.%I PARTITION OF public.audit_log FOR VALUES FROM (%L) TO (%L)',
+                   v_name, p_month, v_end);
+    PERFORM public.auditq_record_action('partition.created', jsonb_build_object(
+        'partition', v_name, 'from', p_month, 'to', v_end));
+    RETURN true;
+END;
+$$;
+
+-- =======================================================================================
+-- The store's policy and retention (contract §6; docs/integrity.md, "Retention").
+-- The retention period is the store's policy, a row only the schema owner writes
+-- (`auditq policy set`); every change is stamped and recorded as a sealed store action by
+-- the triggers below. The removal functions read their limit from it: no caller chooses it,
+-- and nothing younger than the policy allows is ever removed. The worker may only ask
+-- "apply the policy" (auditq_apply_retention()).
+-- =======================================================================================
+
+-- Versions before the policy took the retention as an argument: the caller chose it.
+DROP FUNCTION IF EXISTS public.auditq_drop_partition(text, integer);
+DROP FUNCTION IF EXISTS public.auditq_delete_expired_default_rows(integer);
+
+CREATE TABLE IF NOT EXISTS public.store_policy (
+    singleton      boolean     PRIMARY KEY DEFAULT true CHECK (singleton),
+    retention_days integer     CHECK (retention_days >= 1),  -- null: rows are kept for ever
+    set_at         timestamptz,
+    set_by         text
+);
+INSERT INTO public.store_policy (singleton) VALUES (true) ON CONFLICT (singleton) DO NOTHING;
+
+-- Who set it and when are the server's to say, not the writer's.
+CREATE OR REPLACE FUNCTION public.auditq_policy_stamp() RETURNS trigger
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    IF TG_OP = 'DELETE' THEN
+        RAISE EXCEPTION 'the store policy is one row: set retention_days to null instead'
+            USING ERRCODE = 'insufficient_privilege';
+    END IF;
+    NEW.set_at := now();
+    NEW.set_by := session_user::text;
+    RETURN NEW;
+END;
+$$;
+
+-- Every change of the policy is a store action, sealed like a row.
+CREATE OR REPLACE FUNCTION public.auditq_policy_record() RETURNS trigger
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    IF to_jsonb(NEW) - 'set_at'::text - 'set_by'::text
+       IS DISTINCT FROM to_jsonb(OLD) - 'set_at'::text - 'set_by'::text THEN
+        PERFORM public.auditq_record_action('policy.set'::text, jsonb_build_object(
+            'retention_days', NEW.retention_days, 'previous_retention_days', OLD.retention_days,
+            'set_by', NEW.set_by) || jsonb_strip_nulls(jsonb_build_object(
+            'subject_entity_types', to_jsonb(NEW) -> 'subject_entity_types',
+            'previous_subject_entity_types', to_jsonb(OLD) -> 'subject_entity_types')));
+    END IF;
+    RETURN NULL;
+END;
+$$;
+
+DROP TRIGGER IF EXISTS store_policy_stamp ON public.store_policy;
+CREATE TRIGGER store_policy_stamp
+    BEFORE UPDATE OR DELETE ON public.store_policy
+    FOR EACH ROW EXECUTE FUNCTION public.auditq_policy_stamp();
+DROP TRIGGER IF EXISTS store_policy_record ON public.store_policy;
+CREATE TRIGGER store_policy_record
+    AFTER UPDATE ON public.store_policy
+    FOR EACH ROW EXECUTE FUNCTION public.auditq_policy_record();
+DROP TRIGGER IF EXISTS store_policy_no_truncate ON public.store_policy;
+CREATE TRIGGER store_policy_no_truncate
+    BEFORE TRUNCATE ON public.store_policy
+    FOR EACH STATEMENT EXECUTE FUNCTION public.auditq_append_only();
+
+-- The instant before which the policy lets rows go; null when it keeps everything.
+CREATE OR REPLACE FUNCTION public.auditq_retention_cutoff() RETURNS timestamptz
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+SELECT now() - make_interval(days => p.retention_days)
+FROM public.store_policy p WHERE p.retention_days IS NOT NULL
+$$;
+
+-- Store one event built by auditq itself (a store action's or an admin action's), from its
+-- JSON (wire format §4): the server sets ts, received_at and received_via. Definer
+-- functions only.
+CREATE OR REPLACE FUNCTION public.auditq_store_event(p_event jsonb, p_via text) RETURNS uuid
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    v_id uuid := coalesce((p_event ->> 'id')::uuid, gen_random_uuid());
+    v_action text := p_event ->> 'action';
+BEGIN
+    INSERT INTO public.audit_log (
+        id, ts, action, category, severity, outcome,
+        actor_id, actor_type, actor_name, actor_email,
+        entity_type, entity_id, entity_name, tenant,
+        request_id, ip, user_agent, method, path, status, duration_ms,
+        changes, metadata, presentation, source, received_via)
+    VALUES (
+        v_id, now(), v_action,
+        coalesce(p_event ->> 'category', split_part(v_action, '.'::text, 1)),
+        coalesce(p_event ->> 'severity', 'notice'::text),
+        coalesce(p_event ->> 'outcome', 'success'::text),
+        p_event #>> '{actor,id}'::text[], p_event #>> '{actor,type}'::text[],
+        p_event #>> '{actor,name}'::text[], p_event #>> '{actor,email}'::text[],
+        p_event #>> '{entity,type}'::text[], p_event #>> '{entity,id}'::text[],
+        p_event #>> '{entity,name}'::text[], p_event ->> 'tenant',
+        p_event #>> '{request,id}'::text[], (p_event #>> '{request,ip}'::text[])::inet,
+        p_event #>> '{request,user_agent}'::text[], p_event #>> '{request,method}'::text[],
+        p_event #>> '{request,path}'::text[], (p_event #>> '{request,status}'::text[])::integer,
+        (p_event #>> '{request,duration_ms}'::text[])::double precision,
+        p_event -> 'changes', p_event -> 'metadata',
+        jsonb_build_object(
+            'code', coalesce(p_event #>> '{presentation,code}'::text[], 'audit.' || v_action),
+            'params', coalesce(p_event #> '{presentation,params}'::text[], '{}'::jsonb)),
+        p_event ->> 'source', p_via);
+    RETURN v_id;
+END;
+$$;
+
+-- Drop one monthly partition wholly older than the policy allows, recording what verify
+-- needs to say so (rows, their seqs, whether all were sealed, final digest) and storing the
+-- audit.partition_dropped event. Refuses anything the policy keeps.
+CREATE OR REPLACE FUNCTION public.auditq_drop_partition(p_name text) RETURNS bigint
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    v_match  text[] := regexp_match(p_name, '^audit_log_y(\d{4})m(\d{2})$'::text);
+    v_cutoff timestamptz := public.auditq_retention_cutoff();
+    v_policy integer := (SELECT p.retention_days FROM public.store_policy p);
+    v_from   date;
+    v_to     date;
+    v_rows   bigint;
+    v_seqs   int8multirange;
+    v_digest bytea;
+    v_sealed boolean;
+    v_action bigint;
+BEGIN
+    IF v_match IS NULL THEN
+        RAISE EXCEPTION 'not a monthly partition of audit_log: %', p_name
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    v_from := make_date(v_match[1]::integer, v_match[2]::integer, 1::integer);
+    v_to := (v_from + '1 month'::interval)::date;
+    IF v_cutoff IS NULL OR (v_to::timestamp AT TIME ZONE 'UTC'::text) > v_cutoff THEN
+        RAISE EXCEPTION 'partition % is not wholly past the store''s retention policy (%)',
+            p_name, coalesce(v_policy::text || ' days', 'none: rows are kept')
+            USING ERRCODE = 'insufficient_privilege',
+                  HINT = 'the owner sets the policy: auditq policy set --retention-days N';
+    END IF;
+    IF NOT EXISTS (SELECT FROM pg_inherits WHERE inhparent = 'public.audit_log'::regclass
+                   AND inhrelid = to_regclass(('public.' || quote_ident(p_name))::text)) THEN
+        RAISE EXCEPTION 'no partition %', p_name USING ERRCODE = 'undefined_table';
+    END IF;
+    -- The rollup loses the rows with them (taken first: the fold reads every partition).
+    PERFORM pg_advisory_xact_lock(1919904876::bigint);  -- 'roll': the rollup lock
+    SELECT count(*), coalesce(range_agg(int8range(a.seq, a.seq, '[]'::text)), '{}'::int8multirange),
+           sha256(coalesce(string_agg(int8send(a.seq) || uuid_send(a.id) || public.audit_row_digest(a),
+                                      ''::bytea ORDER BY a.seq), ''::bytea))
+      INTO v_rows, v_seqs, v_digest
+      FROM public.audit_log a WHERE a.ts >= v_from AND a.ts < v_to;
+    SELECT NOT EXISTS (SELECT FROM public.seal_pending p WHERE p.kind = 'row' AND p.seqs && v_seqs)
+      INTO v_sealed;
+    PERFORM public.auditq_rollup_rows(v_seqs, -1::integer);
+    EXECUTE format('DROP TABLE public.%I'::text, p_name);
+    v_action := public.auditq_record_action('partition.dropped'::text, jsonb_build_object(
+        'partition', p_name, 'from', v_from, 'to', v_to, 'rows', v_rows, 'sealed', v_sealed,
+        'digest', encode(v_digest, 'hex'::text), 'retention_days', v_policy), v_seqs);
+    PERFORM public.auditq_store_event(jsonb_build_object(
+        'action', 'audit.partition_dropped', 'severity', 'notice',
+        'entity', jsonb_build_object('type', 'partition', 'id', p_name),
+        'metadata', jsonb_build_object('rows', v_rows, 'retention_days', v_policy,
+                                       'month', v_from, 'store_action', v_action),
+        'source', 'auditq-worker'), 'worker'::text);
+    RETURN v_action;
+END;
+$$;
+
+-- Retention of rows in the default partition (months that had no partition of their own,
+-- e.g. far-past events): deleted when older than the policy allows, recorded like a dropped
+-- partition (rows, their seqs, whether all were sealed, final digest) for `auditq verify`.
+CREATE OR REPLACE FUNCTION public.auditq_delete_expired_default_rows() RETURNS bigint
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    v_before timestamptz := public.auditq_retention_cutoff();
+    v_policy integer := (SELECT p.retention_days FROM public.store_policy p);
+    v_rows   bigint;
+    v_seqs   int8multirange;
+    v_digest bytea;
+    v_sealed boolean;
+    v_action bigint;
+BEGIN
+    IF v_before IS NULL THEN
+        RETURN NULL;  -- the policy keeps every row
+    END IF;
+    PERFORM pg_advisory_xact_lock(1919904876::bigint);  -- 'roll': the rollup loses the rows
+    SELECT count(*), coalesce(range_agg(int8range(a.seq, a.seq, '[]'::text)), '{}'::int8multirange),
+           sha256(coalesce(string_agg(int8send(a.seq) || uuid_send(a.id) || public.audit_row_digest(a),
+                                      ''::bytea ORDER BY a.seq), ''::bytea))
+      INTO v_rows, v_seqs, v_digest
+      FROM public.audit_log_default a WHERE a.ts < v_before;
+    IF v_rows = 0 THEN
+        RETURN NULL;
+    END IF;
+    SELECT NOT EXISTS (SELECT FROM public.seal_pending p WHERE p.kind = 'row' AND p.seqs && v_seqs)
+      INTO v_sealed;
+    PERFORM public.auditq_rollup_rows(v_seqs, -1::integer);
+    PERFORM set_config('auditq.retention'::text, 'on'::text, true);
+    DELETE FROM public.audit_log_default WHERE ts < v_before;
+    PERFORM set_config('auditq.retention'::text, ''::text, true);
+    v_action := public.auditq_record_action('retention.rows_deleted'::text, jsonb_build_object(
+        'partition', 'audit_log_default', 'before', v_before, 'rows', v_rows,
+        'sealed', v_sealed, 'digest', encode(v_digest, 'hex'::text),
+        'retention_days', v_policy), v_seqs);
+    PERFORM public.auditq_store_event(jsonb_build_object(
+        'action', 'audit.rows_expired', 'severity', 'notice',
+        'entity', jsonb_build_object('type', 'partition', 'id', 'audit_log_default'),
+        'metadata', jsonb_build_object('rows', v_rows, 'retention_days', v_policy,
+                                       'store_action', v_action),
+        'source', 'auditq-worker'), 'worker'::text);
+    RETURN v_action;
+END;
+$$;
+
+-- The worker's maintenance: apply the policy. Drops every monthly partition wholly past it
+-- and deletes the default partition's rows past it; a partition busy past p_lock_timeout_ms
+-- (a long read holds it) is left for the next run, so writes never queue behind retention.
+-- One row per removal: (partition, rows, store action), or rows null for a busy partition.
+CREATE OR REPLACE FUNCTION public.auditq_apply_retention(p_lock_timeout_ms integer DEFAULT 200)
+RETURNS TABLE (partition text, rows bigint, action_id bigint)
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    v_cutoff timestamptz := public.auditq_retention_cutoff();
+    v_name   text;
+    v_action bigint;
+BEGIN
+    IF v_cutoff IS NULL THEN
+        RETURN;
+    END IF;
+    PERFORM set_config('lock_timeout'::text,
+                       (greatest(1, least(coalesce(p_lock_timeout_ms, 200), 60000)) || 'ms')::text,
+                       true);
+    FOR v_name IN
+        SELECT c.relname::text FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid
+        WHERE i.inhparent = 'public.audit_log'::regclass
+          AND c.relname ~ '^audit_log_y\d{4}m\d{2}$'::text
+        ORDER BY c.relname
+    LOOP
+        IF ((make_date(substr(v_name, 12, 4)::integer, substr(v_name, 17, 2)::integer, 1::integer)
+             + '1 month'::interval)::timestamp AT TIME ZONE 'UTC'::text) > v_cutoff THEN
+            CONTINUE;
+        END IF;
+        BEGIN
+            v_action := public.auditq_drop_partition(v_name);
+            RETURN QUERY SELECT v_name, (s.detail ->> 'rows')::bigint, s.id
+                         FROM public.store_action s WHERE s.id = v_action;
+        EXCEPTION WHEN lock_not_available THEN
+            RETURN QUERY SELECT v_name, NULL::bigint, NULL::bigint;
+        END;
+    END LOOP;
+    BEGIN
+        v_action := public.auditq_delete_expired_default_rows();
+        IF v_action IS NOT NULL THEN
+            RETURN QUERY SELECT 'audit_log_default'::text, (s.detail ->> 'rows')::bigint, s.id
+                         FROM public.store_action s WHERE s.id = v_action;
+        END IF;
+    EXCEPTION WHEN lock_not_available THEN
+        RETURN QUERY SELECT 'audit_log_default'::text, NULL::bigint, NULL::bigint;
+    END;
+END;
+$$;
+
+-- Queue a statement's rows for the fold, in the inserting transaction.
+CREATE OR REPLACE FUNCTION public.audit_log_queue_rollup() RETURNS trigger
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    v_lo bigint;
+    v_hi bigint;
+    v_n  bigint;
+BEGIN
+    SELECT min(seq), max(seq), count(*) INTO v_lo, v_hi, v_n FROM new_rows;
+    IF v_n = 0 THEN
+        RETURN NULL;
+    ELSIF v_hi - v_lo + 1 = v_n THEN  -- one range: the usual case
+        INSERT INTO public.rollup_pending (seqs) VALUES (int8multirange(int8range(v_lo, v_hi, '[]')));
+    ELSE
+        INSERT INTO public.rollup_pending (seqs) SELECT range_agg(int8range(seq, seq, '[]')) FROM new_rows;
+    END IF;
+    RETURN NULL;
+END;
+$$;
+
+-- Stores made before the rollup: their rows are queued once, with the writers held off
+-- meanwhile (SHARE waits for the inserts in flight), so no row is queued twice or missed.
+DO $$
+BEGIN
+    IF NOT EXISTS (SELECT FROM pg_trigger WHERE tgrelid = 'public.audit_log'::regclass
+                   AND tgname = 'audit_log_queue_rollup') THEN
+        LOCK TABLE public.audit_log IN SHARE MODE;
+        INSERT INTO public.rollup_pending (seqs)
+        SELECT range_agg(int8range(seq, seq, '[]')) FROM public.audit_log GROUP BY seq / 1000;
+    END IF;
+END;
+$$;
+
+DROP TRIGGER IF EXISTS audit_log_queue_rollup ON public.audit_log;
+CREATE TRIGGER audit_log_queue_rollup
+    AFTER INSERT ON public.audit_log REFERENCING NEW TABLE AS new_rows
+    FOR EACH STATEMENT EXECUTE FUNCTION public.audit_log_queue_rollup();
+
+-- Count the rows of p_seqs that are folded (not pending), as they are now, into the rollup
+-- (p_sign 1) or out of it (-1); keys left at 0 are deleted, so an erased actor id leaves the
+-- rollup with its last row. One pass over the rows, a grouping set per table (GROUPING()
+-- tells them apart). Callers hold the rollup lock.
+CREATE OR REPLACE FUNCTION public.auditq_rollup_rows(p_seqs int8multirange, p_sign integer)
+RETURNS void
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    v_seqs   int8multirange := p_seqs - (SELECT coalesce(range_agg(seqs), '{}') FROM public.rollup_pending);
+    v_day    tid[];
+    v_tenant tid[];
+    v_actor  tid[];
+BEGIN
+    WITH counted AS MATERIALIZED (
+        SELECT GROUPING(a.tenant, a.actor_id, a.action) AS kind, a.day, a.tenant, a.actor_id,
+               a.action, a.severity, a.outcome, count(*) * p_sign AS n
+        FROM unnest(v_seqs) AS r, LATERAL (  -- OFFSET 0: by the seq index, always
+            SELECT (ts AT TIME ZONE 'UTC')::date AS day, tenant, actor_id, action, severity, outcome
+            FROM public.audit_log WHERE seq >= lower(r) AND seq < upper(r) OFFSET 0) AS a
+        GROUP BY GROUPING SETS ((a.day, a.action, a.severity, a.outcome),
+                                (a.tenant, a.day, a.action, a.severity, a.outcome),
+                                (a.day, a.actor_id))
+    ), by_day AS (
+        INSERT INTO public.rollup_day AS r (day, action, severity, outcome, n)
+        SELECT day, action, severity, outcome, n FROM counted WHERE kind = 6
+        ON CONFLICT (day, action, severity, outcome) DO UPDATE SET n = r.n + EXCLUDED.n
+        RETURNING r.ctid, r.n
+    ), by_tenant AS (
+        INSERT INTO public.rollup_day_tenant AS r (tenant, day, action, severity, outcome, n)
+        SELECT tenant, day, action, severity, outcome, n FROM counted
+        WHERE kind = 2 AND tenant IS NOT NULL
+        ON CONFLICT (tenant, day, action, severity, outcome) DO UPDATE SET n = r.n + EXCLUDED.n
+        RETURNING r.ctid, r.n
+    ), by_actor AS (
+        INSERT INTO public.rollup_day_actor AS r (day, actor_id, n)
+        SELECT day, actor_id, n FROM counted WHERE kind = 5 AND actor_id IS NOT NULL
+        ON CONFLICT (day, actor_id) DO UPDATE SET n = r.n + EXCLUDED.n
+        RETURNING r.ctid, r.n
+    )
+    SELECT (SELECT array_agg(ctid) FROM by_day WHERE n = 0),
+           (SELECT array_agg(ctid) FROM by_tenant WHERE n = 0),
+           (SELECT array_agg(ctid) FROM by_actor WHERE n = 0)
+      INTO v_day, v_tenant, v_actor;
+    -- The keys counted down to 0 (their rows are gone, or changed to other keys).
+    DELETE FROM public.rollup_day WHERE ctid = ANY(v_day);
+    DELETE FROM public.rollup_day_tenant WHERE ctid = ANY(v_tenant);
+    DELETE FROM public.rollup_day_actor WHERE ctid = ANY(v_actor);
+END;
+$$;
+
+-- The worker's fold: up to p_limit pending entries (committed statements only: an open one's
+-- entry is invisible and waits, like its rows) into the rollup, in one transaction. Returns
+-- the entries folded, or null when another fold (or retention, or erasure) holds the lock.
+CREATE OR REPLACE FUNCTION public.auditq_rollup_fold(p_limit integer) RETURNS bigint
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    v_entries bigint;
+    v_seqs    int8multirange;
+BEGIN
+    IF p_limit IS NULL OR p_limit < 1 THEN
+        RAISE EXCEPTION 'auditq_rollup_fold: a limit of at least 1'
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    IF NOT pg_try_advisory_xact_lock(1919904876::bigint) THEN  -- 'roll': the rollup lock
+        RETURN NULL;
+    END IF;
+    WITH taken AS (
+        DELETE FROM public.rollup_pending
+        WHERE ctid = ANY(ARRAY(SELECT ctid FROM public.rollup_pending LIMIT p_limit))
+        RETURNING seqs
+    )
+    SELECT count(*), range_agg(seqs) INTO v_entries, v_seqs FROM taken;
+    IF v_entries > 0 THEN
+        PERFORM public.auditq_rollup_rows(v_seqs, 1);
+    END IF;
+    RETURN v_entries;
+END;
+$$;
+
+-- ---------------------------------------------------------------------------------------
+-- Runtime roles (docs/integrity.md): the worker and the API connect as these, never as the
+-- owner. Neither owns anything, so neither can alter, drop, detach or disable anything.
+DO $$
+DECLARE
+    v_role text;
+BEGIN
+    FOREACH v_role IN ARRAY ARRAY['auditq_worker', 'auditq_api'] LOOP
+        IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = v_role) THEN
+            BEGIN
+                EXECUTE format('CREATE ROLE %I LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE', v_role);
+            EXCEPTION WHEN insufficient_privilege THEN
+                RAISE EXCEPTION 'role % does not exist and % may not create it', v_role, current_user
+                    USING HINT = 'a DBA creates auditq_worker and auditq_api (docs/integrity.md)';
+            END;
+        END IF;
+        IF EXISTS (SELECT FROM pg_roles WHERE rolname = v_role AND (rolsuper OR rolbypassrls)) THEN
+            RAISE WARNING 'role % is a superuser: the append-only rule does not hold against it',
+                v_role;
+        END IF;
+    END LOOP;
+    -- PostgreSQL 14 lets every role create objects in public; nothing of auditq needs that.
+    BEGIN
+        REVOKE CREATE ON SCHEMA public FROM PUBLIC;
+    EXCEPTION WHEN insufficient_privilege THEN
+        NULL;  -- not the schema's owner: the DBA decides
+    END;
+END;
+$$;
+
+REVOKE ALL ON public.audit_log, public.seal_pending, public.seal_checkpoint, public.store_action, public.row_replacement,
+    public.integrity_verification, public.api_token, public.api_secret,
+    public.rollup_pending, public.rollup_day, public.rollup_day_tenant, public.rollup_day_actor
+    FROM PUBLIC, auditq_worker, auditq_api;
+REVOKE ALL ON SEQUENCE public.audit_log_seq, public.store_action_seq FROM PUBLIC, auditq_worker, auditq_api;
+REVOKE ALL ON FUNCTION public.auditq_ensure_partition(date), public.auditq_drop_partition(text),
+    public.auditq_delete_expired_default_rows(), public.auditq_apply_retention(integer),
+    public.auditq_store_event(jsonb, text), public.auditq_retention_cutoff(),
+    public.auditq_policy_stamp(), public.auditq_policy_record(),
+    public.auditq_record_action(text, jsonb, int8multirange), public.audit_log_queue_seal(),
+    public.audit_log_queue_rollup(), public.auditq_rollup_fold(integer),
+    public.auditq_rollup_rows(int8multirange, integer)
+    FROM PUBLIC;
+
+-- The worker: store rows (never choosing their seq), seal them, keep partitions.
+GRANT SELECT ON public.audit_log TO auditq_worker;
+GRANT INSERT (id, ts, received_at, action, category, severity, outcome,
+              actor_id, actor_type, actor_name, actor_email,
+              entity_type, entity_id, entity_name, tenant,
+              request_id, ip, user_agent, method, path, status, duration_ms,
+              changes, metadata, presentation, source, received_via)
+    ON public.audit_log TO auditq_worker;
+GRANT USAGE ON SEQUENCE public.audit_log_seq TO auditq_worker;
+GRANT SELECT, DELETE ON public.seal_pending TO auditq_worker;
+GRANT SELECT, INSERT ON public.seal_checkpoint TO auditq_worker;
+GRANT SELECT ON public.store_action, public.row_replacement TO auditq_worker;
+-- Partitions made ahead, and retention: the worker only asks to apply the store's policy.
+GRANT EXECUTE ON FUNCTION public.auditq_ensure_partition(date), public.auditq_apply_retention(integer)
+    TO auditq_worker;
+-- The statistics rollup: the worker folds through the definer function only; it may not
+-- write the counts themselves.
+GRANT EXECUTE ON FUNCTION public.auditq_rollup_fold(integer) TO auditq_worker;
+
+-- The API and the admin commands: read everything, manage tokens, record verifications.
+GRANT SELECT ON public.audit_log, public.seal_pending, public.seal_checkpoint, public.store_action, public.row_replacement,
+    public.api_secret, public.rollup_pending, public.rollup_day, public.rollup_day_tenant, public.rollup_day_actor TO auditq_api;
+-- Tokens and verification results are written only through the functions of "Least
+-- privilege" below, which record what they did.
+GRANT SELECT ON public.api_token, public.integrity_verification TO auditq_api;
+
+-- =======================================================================================
+-- Erasure (docs/erasure.md): forgetting one data subject without breaking the proof.
+-- One subject is pseudonymised by auditq_anonymise_rows(), batch by batch; each batch is a
+-- sealed `store_action` with a `row_replacement` per changed row (docs/integrity.md,
+-- "Erasure"), so `auditq verify` still passes and names the action.
+-- =======================================================================================
+
+-- The key of the pseudonyms, HMAC-SHA256(key, subject id), is not in the database: it is a
+-- file beside the seal key (AUDITQ_SUBJECT_KEY_FILE; `auditq migrate` moved the key earlier
+-- releases kept in api_secret out to it). See "Erasure through one function" below.
+DROP VIEW IF EXISTS public.subject_key;
+DELETE FROM public.api_secret WHERE name = 'subject';
+
+-- Erased subjects, by pseudonym only (never the id): the worker pseudonymises their later
+-- events; the API reports the state of each erasure.
+CREATE TABLE IF NOT EXISTS public.erased_subject (
+    pseudonym    text        PRIMARY KEY,
+    state        text        NOT NULL CHECK (state IN ('running', 'done')),
+    requested_at timestamptz NOT NULL DEFAULT now(),
+    finished_at  timestamptz,
+    rows         bigint      NOT NULL DEFAULT 0,
+    dead_letters bigint      NOT NULL DEFAULT 0
+);
+
+-- Presentation params are outside the `search` column: this index finds a subject's name
+-- there too. Partial: the common event without params costs nothing.
+CREATE INDEX IF NOT EXISTS audit_log_params_search_idx ON public.audit_log
+    USING gin (to_tsvector('simple', (presentation -> 'params')::text))
+    WHERE presentation -> 'params' <> '{}'::jsonb;
+
+-- A regular expression matching any of p_values literally, not inside a longer word.
+CREATE OR REPLACE FUNCTION public.auditq_erase_pattern(p_values text[]) RETURNS text
+LANGUAGE sql IMMUTABLE SET search_path = pg_catalog, pg_temp AS $$
+SELECT '(?<![[:alnum:]])(' || string_agg(regexp_replace(v, '([^[:alnum:][:space:]])', '\\\1', 'g'),
+                                       '|' ORDER BY length(v) DESC, v)
+       || ')(?![[:alnum:]])'
+FROM unnest(p_values) AS v WHERE length(v) > 0
+$$;
+
+-- Text cleared of the subject: names/emails (p_names, any case) -> [erased], id -> pseudonym.
+CREATE OR REPLACE FUNCTION public.auditq_erase_text(t text, p_names text, p_id text, p_pseudonym text)
+RETURNS text
+LANGUAGE sql IMMUTABLE SET search_path = pg_catalog, pg_temp AS $$
+SELECT CASE WHEN p_id IS NULL THEN x ELSE regexp_replace(x, p_id, p_pseudonym, 'g') END
+FROM (SELECT CASE WHEN p_names IS NULL OR t IS NULL THEN t
+                  ELSE regexp_replace(t, p_names, '[erased]', 'gi') END AS x) s
+$$;
+
+-- The same over every key and string of a JSON value, at any depth.
+CREATE OR REPLACE FUNCTION public.auditq_erase_jsonb(j jsonb, p_names text, p_id text, p_pseudonym text)
+RETURNS jsonb
+LANGUAGE plpgsql IMMUTABLE SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    CASE jsonb_typeof(j)
+        WHEN 'object' THEN
+            RETURN coalesce((SELECT jsonb_object_agg(public.auditq_erase_text(k, p_names, p_id, p_pseudonym),
+                                                     public.auditq_erase_jsonb(v, p_names, p_id, p_pseudonym))
+                             FROM jsonb_each(j) AS e(k, v)), '{}'::jsonb);
+        WHEN 'array' THEN
+            RETURN coalesce((SELECT jsonb_agg(public.auditq_erase_jsonb(v, p_names, p_id, p_pseudonym) ORDER BY o)
+                             FROM jsonb_array_elements(j) WITH ORDINALITY AS e(v, o)), '[]'::jsonb);
+        WHEN 'string' THEN
+            RETURN to_jsonb(public.auditq_erase_text(j #>> '{}', p_names, p_id, p_pseudonym));
+        ELSE
+            RETURN j;
+    END CASE;
+END;
+$$;
+
+-- One batch of an erasure, in the caller's transaction; returns the rows changed, the last
+-- seq looked at and the store_action recording the batch (null when nothing matched). p_mentions false: the subject's own rows (actor, or entity of a type in
+-- p_entity_types): ids -> pseudonym; names, emails, client IP, user agent removed; texts
+-- cleared. p_mentions true: other rows whose texts (full-text search) hold one of p_values,
+-- in seq order after p_after: entity name, path, metadata, changes, presentation cleared.
+CREATE OR REPLACE FUNCTION public.auditq_anonymise_rows(
+    p_subject text, p_pseudonym text, p_entity_types text[], p_values text[],
+    p_mentions boolean, p_after bigint, p_limit integer
+) RETURNS TABLE (changed bigint, last_seq bigint, action_id bigint)
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    v_names  text := public.auditq_erase_pattern(array_remove(p_values, p_subject));
+    v_id     text := public.auditq_erase_pattern(ARRAY[p_subject]);
+    -- Any value, as it is or as JSON text escapes it, anywhere: may this text hold one?
+    v_any    text := (SELECT string_agg(regexp_replace(x, '([^[:alnum:][:space:]])', '\\\1', 'g'), '|')
+                      FROM (SELECT v AS x FROM unnest(p_values) v WHERE length(v) > 0
+                            UNION SELECT substr(to_json(v)::text, 2, length(to_json(v)::text) - 2)
+                            FROM unnest(p_values) v WHERE length(v) > 0) s);
+    v_query  tsquery;
+    v_part   tsquery;
+    v_value  text;
+    v_seqs   bigint[];
+    v_old    bytea[];
+    v_action bigint;
+    v_count  bigint;
+    v_range  int8multirange;
+BEGIN
+    IF coalesce(p_subject, '') = '' OR coalesce(p_pseudonym, '') !~ '^anon_[0-9a-f]{32}$'
+       OR p_limit IS NULL OR p_limit NOT BETWEEN 1 AND 100000 THEN
+        RAISE EXCEPTION 'auditq_anonymise_rows: a subject, a pseudonym and a batch of 1 to 100000'
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    -- One erasure batch at a time: two subjects' batches never replace the same row at once.
+    PERFORM pg_advisory_xact_lock(1635083621::bigint);  -- "anon"
+    -- The subject's own rows change an actor id the rollup counts (the mentions pass changes
+    -- nothing it counts): the rollup moves their counts to the pseudonym in this transaction.
+    IF NOT p_mentions THEN
+        PERFORM pg_advisory_xact_lock(1919904876::bigint);  -- 'roll': the rollup lock
+    END IF;
+    IF p_mentions THEN
+        FOREACH v_value IN ARRAY coalesce(p_values, '{}') LOOP
+            v_part := phraseto_tsquery('simple', v_value);
+            IF numnode(v_part) > 0 THEN
+                v_query := CASE WHEN v_query IS NULL THEN v_part ELSE v_query || v_part END;
+            END IF;
+        END LOOP;
+        IF v_query IS NULL THEN
+            RETURN QUERY SELECT 0::bigint, p_after, NULL::bigint;
+            RETURN;
+        END IF;
+        SELECT array_agg(s.seq ORDER BY s.seq), array_agg(s.d ORDER BY s.seq) INTO v_seqs, v_old
+        FROM (SELECT a.seq, public.audit_row_digest(a) AS d FROM public.audit_log a
+              WHERE (a.search @@ v_query
+                     OR (a.presentation -> 'params' <> '{}'::jsonb
+                         AND to_tsvector('simple', (a.presentation -> 'params')::text) @@ v_query))
+                AND a.seq > coalesce(p_after, 0)
+                AND NOT coalesce(a.actor_id = p_subject, false)
+                AND NOT coalesce(a.entity_id = p_subject AND a.entity_type = ANY(p_entity_types), false)
+              ORDER BY a.seq LIMIT p_limit) s;
+    ELSE
+        SELECT array_agg(s.seq ORDER BY s.seq), array_agg(s.d ORDER BY s.seq) INTO v_seqs, v_old
+        -- In index order (actor, or entity, then ts): the walk never scans the table, and the
+        -- rows already changed no longer match, so each batch starts where the last ended.
+        FROM ((SELECT a.seq, public.audit_row_digest(a) AS d FROM public.audit_log a
+               WHERE a.actor_id = p_subject ORDER BY a.ts DESC LIMIT p_limit)
+              UNION
+              (SELECT a.seq, public.audit_row_digest(a) AS d FROM public.audit_log a
+               WHERE a.entity_id = p_subject AND a.entity_type = ANY(p_entity_types)
+               ORDER BY a.ts DESC LIMIT p_limit)
+              LIMIT p_limit) s;
+    END IF;
+    IF v_seqs IS NULL THEN
+        RETURN QUERY SELECT 0::bigint, p_after, NULL::bigint;
+        RETURN;
+    END IF;
+    IF NOT p_mentions THEN
+        v_range := (SELECT range_agg(int8range(x, x, '[]')) FROM unnest(v_seqs) AS x);
+        PERFORM public.auditq_rollup_rows(v_range, -1);
+    END IF;
+    v_action := public.auditq_record_action('subject.anonymised', jsonb_build_object(
+        'pseudonym', p_pseudonym, 'part', CASE WHEN p_mentions THEN 'mentions' ELSE 'subject' END));
+    PERFORM set_config('auditq.erasing', v_action::text, true);
+    -- SET sees the row before the change; a text is walked only if it may hold a value.
+    WITH changed_rows AS (
+        UPDATE public.audit_log a SET
+            actor_id     = CASE WHEN a.actor_id = p_subject THEN p_pseudonym ELSE a.actor_id END,
+            actor_name   = CASE WHEN a.actor_id = p_subject THEN NULL ELSE a.actor_name END,
+            actor_email  = CASE WHEN a.actor_id = p_subject THEN NULL ELSE a.actor_email END,
+            entity_id    = CASE WHEN a.entity_id = p_subject AND a.entity_type = ANY(p_entity_types)
+                                THEN p_pseudonym ELSE a.entity_id END,
+            entity_name  = CASE WHEN a.entity_id = p_subject AND a.entity_type = ANY(p_entity_types)
+                                THEN NULL
+                                ELSE public.auditq_erase_text(a.entity_name, v_names, v_id, p_pseudonym) END,
+            ip           = CASE WHEN a.actor_id = p_subject
+                                  OR (a.entity_id = p_subject AND a.entity_type = ANY(p_entity_types))
+                                THEN NULL ELSE a.ip END,
+            user_agent   = CASE WHEN a.actor_id = p_subject
+                                  OR (a.entity_id = p_subject AND a.entity_type = ANY(p_entity_types))
+                                THEN NULL ELSE a.user_agent END,
+            path         = public.auditq_erase_text(a.path, v_names, v_id, p_pseudonym),
+            changes      = CASE WHEN a.changes::text ~* v_any
+                                THEN public.auditq_erase_jsonb(a.changes, v_names, v_id, p_pseudonym)
+                                ELSE a.changes END,
+            metadata     = CASE WHEN a.metadata::text ~* v_any
+                                THEN public.auditq_erase_jsonb(a.metadata, v_names, v_id, p_pseudonym)
+                                ELSE a.metadata END,
+            presentation = CASE WHEN a.presentation::text ~* v_any
+                                THEN public.auditq_erase_jsonb(a.presentation, v_names, v_id, p_pseudonym)
+                                ELSE a.presentation END
+        WHERE a.seq = ANY(v_seqs)
+        RETURNING a.seq, public.audit_row_digest(a) AS d
+    )
+    INSERT INTO public.row_replacement (action_id, seq, old_digest, new_digest)
+    SELECT v_action, c.seq, o.d, c.d
+    FROM changed_rows c JOIN unnest(v_seqs, v_old) AS o(seq, d) ON o.seq = c.seq
+    WHERE o.d <> c.d;
+    GET DIAGNOSTICS v_count = ROW_COUNT;
+    PERFORM set_config('auditq.erasing', '', true);
+    IF NOT p_mentions THEN
+        PERFORM public.auditq_rollup_rows(v_range, 1);
+    END IF;
+    RETURN QUERY SELECT v_count, v_seqs[array_length(v_seqs, 1)], v_action;
+END;
+$$;
+
+-- Erasure runs only through auditq_erase_subject() below: the batch function trusts its
+-- arguments and is the owner's alone.
+REVOKE ALL ON public.erased_subject FROM PUBLIC, auditq_worker, auditq_api;
+REVOKE ALL ON FUNCTION public.auditq_anonymise_rows(text, text, text[], text[], boolean, bigint, integer)
+    FROM PUBLIC, auditq_worker, auditq_api;
+GRANT SELECT ON public.erased_subject TO auditq_worker, auditq_api;
+-- (end of erasure)
+
+-- =======================================================================================
+-- Least privilege (docs/integrity.md, "Roles"): what the runtime roles write, they write
+-- through definer functions that record what they did, as rows sealed like any other.
+-- =======================================================================================
+
+-- A UUIDv7 made by the server (the wire format's id): 48 bits of Unix milliseconds, then
+-- random bits from gen_random_uuid() with the version set to 7 (its variant bits stay).
+CREATE OR REPLACE FUNCTION public.auditq_new_event_id() RETURNS uuid
+LANGUAGE sql VOLATILE SET search_path = pg_catalog, pg_temp AS $$
+SELECT encode(set_byte(overlay(uuid_send(gen_random_uuid())
+                               PLACING substr(int8send(floor(extract(epoch FROM clock_timestamp())
+                                                             * 1000::numeric)::bigint), 3, 6)
+                               FROM 1 FOR 6),
+                       6, (get_byte(uuid_send(gen_random_uuid()), 6) & 15) | 112),
+              'hex'::text)::uuid
+$$;
+
+-- Admin actions (contract §7): the API's event of each mutation goes straight into the
+-- store, stored as `api` with the server's id and time; it only inserts. Returns the id.
+CREATE OR REPLACE FUNCTION public.auditq_record_admin_event(p_event jsonb) RETURNS uuid
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    IF jsonb_typeof(p_event) IS DISTINCT FROM 'object'::text
+       OR coalesce(p_event ->> 'action', ''::text)
+          !~ '^[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*){1,7}$'::text THEN
+        RAISE EXCEPTION 'an admin event is an event object with an action'
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    RETURN public.auditq_store_event(
+        p_event - 'id'::text || jsonb_build_object('id', public.auditq_new_event_id()), 'api'::text);
+END;
+$$;
+
+-- Tokens: made and revoked only here, each change stored with its event in one transaction.
+-- p_by is who asked: {"actor": {...}, "request": {...}, "source": "..."} of the event.
+CREATE OR REPLACE FUNCTION public.auditq_create_token(
+    p_name text, p_role text, p_hash bytea, p_by jsonb
+) RETURNS bigint
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    v_id bigint;
+BEGIN
+    IF octet_length(p_hash) IS DISTINCT FROM 32 THEN
+        RAISE EXCEPTION 'a token hash is 32 bytes' USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    INSERT INTO public.api_token (name, role, token_hash) VALUES (p_name, p_role, p_hash)
+    RETURNING id INTO v_id;
+    PERFORM public.auditq_store_event(jsonb_build_object(
+        'id', public.auditq_new_event_id(), 'action', 'token.created',
+        'actor', p_by -> 'actor', 'request', p_by -> 'request',
+        'source', coalesce(p_by ->> 'source', 'auditq-api'::text),
+        'entity', jsonb_build_object('type', 'api_token', 'id', p_name),
+        'metadata', jsonb_build_object('name', p_name, 'role', p_role)), 'api'::text);
+    RETURN v_id;
+END;
+$$;
+
+-- Revoke the active token named p_name; its hash (to announce), or null when none is active.
+CREATE OR REPLACE FUNCTION public.auditq_revoke_token(p_name text, p_by jsonb) RETURNS bytea
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    v_hash bytea;
+BEGIN
+    UPDATE public.api_token SET revoked_at = now() WHERE name = p_name AND revoked_at IS NULL
+    RETURNING token_hash INTO v_hash;
+    IF v_hash IS NOT NULL THEN
+        PERFORM public.auditq_store_event(jsonb_build_object(
+            'id', public.auditq_new_event_id(), 'action', 'token.revoked',
+            'actor', p_by -> 'actor', 'request', p_by -> 'request',
+            'source', coalesce(p_by ->> 'source', 'auditq-api'::text),
+            'entity', jsonb_build_object('type', 'api_token', 'id', left(p_name, 1024)),
+            'metadata', jsonb_build_object('name', left(p_name, 1024))), 'api'::text);
+    END IF;
+    RETURN v_hash;
+END;
+$$;
+
+-- A verification's result, kept with the integrity.verified event naming who ran it (a
+-- result claimed by a stolen password is at least a sealed claim of that role's).
+CREATE OR REPLACE FUNCTION public.auditq_record_verification(
+    p_started_at timestamptz, p_result jsonb, p_by jsonb
+) RETURNS bigint
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    v_id     bigint;
+    v_intact boolean := coalesce((p_result ->> 'intact')::boolean, false);
+BEGIN
+    INSERT INTO public.integrity_verification (started_at, finished_at, result)
+    VALUES (p_started_at, now(), p_result) RETURNING id INTO v_id;
+    PERFORM public.auditq_store_event(jsonb_build_object(
+        'id', public.auditq_new_event_id(), 'action', 'integrity.verified',
+        'severity', CASE WHEN v_intact THEN 'notice' ELSE 'critical' END,
+        'outcome', CASE WHEN v_intact THEN 'success' ELSE 'failure' END,
+        'actor', p_by -> 'actor', 'request', p_by -> 'request',
+        'source', coalesce(p_by ->> 'source', 'auditq-api'::text),
+        'metadata', jsonb_strip_nulls(jsonb_build_object(
+            'verification', v_id, 'recorded_by', session_user::text,
+            'intact', v_intact, 'rows', p_result -> 'rows',
+            'checkpoints', p_result -> 'checkpoints', 'findings', p_result -> 'findings',
+            'error', p_result -> 'error'))), 'api'::text);
+    RETURN v_id;
+END;
+$$;
+
+-- The provenance key, and only it, for the worker (it checks the API's tags with it).
+CREATE OR REPLACE VIEW public.provenance_key AS
+    SELECT secret FROM public.api_secret WHERE name = 'provenance';
+
+REVOKE ALL ON public.store_policy, public.provenance_key FROM PUBLIC, auditq_worker, auditq_api;
+REVOKE ALL ON FUNCTION public.auditq_new_event_id(), public.auditq_record_admin_event(jsonb),
+    public.auditq_create_token(text, text, bytea, jsonb), public.auditq_revoke_token(text, jsonb),
+    public.auditq_record_verification(timestamptz, jsonb, jsonb)
+    FROM PUBLIC;
+GRANT SELECT ON public.store_policy, public.provenance_key TO auditq_worker, auditq_api;
+GRANT EXECUTE ON FUNCTION public.auditq_record_admin_event(jsonb),
+    public.auditq_create_token(text, text, bytea, jsonb), public.auditq_revoke_token(text, jsonb),
+    public.auditq_record_verification(timestamptz, jsonb, jsonb)
+    TO auditq_api;
+
+-- The API inserts into neither table itself any more (earlier releases let it).
+DO $$
+BEGIN
+    EXECUTE pg_catalog.format('REVOKE ALL ON SEQUENCE %s, %s FROM PUBLIC, auditq_worker, auditq_api',
+        pg_catalog.pg_get_serial_sequence('public.api_token', 'id'),
+        pg_catalog.pg_get_serial_sequence('public.integrity_verification', 'id'));
+END;
+$$;
+-- (end of least privilege)
+
+-- =======================================================================================
+-- Erasure through one function (docs/integrity.md, "Erasure: what the caller can choose").
+-- The API role may only name a subject (and the pseudonym it derived from the key file,
+-- which no database role can read): the function finds the subject's rows and values itself,
+-- with the entity types of the store's policy, changes nothing else, and records the state,
+-- every batch (a sealed store action) and the subject.anonymised event itself.
+-- =======================================================================================
+
+-- The types of entity whose id names a data subject (contract §9, AUDITQ_SUBJECT_ENTITY_TYPES),
+-- as the owner pinned them (`auditq migrate` pins its own setting on a new store; `auditq policy
+-- set --subject-entity-types`): an erasure's caller may narrow them, never widen them. Null
+-- (a store migrated by db.migrate alone, as the tests do): the caller's configured types.
+ALTER TABLE public.store_policy ADD COLUMN IF NOT EXISTS subject_entity_types text[];
+
+-- Where a running erasure stands, and the subject's values gathered when it began (names,
+-- emails, addresses of its own rows: cleared from every other row's texts, then from its
+-- own). The values are deleted when the erasure is done.
+ALTER TABLE public.erased_subject
+    ADD COLUMN IF NOT EXISTS phase text NOT NULL DEFAULT 'done'
+        CHECK (phase IN ('start', 'mentions', 'subject', 'done')),
+    ADD COLUMN IF NOT EXISTS after_seq bigint NOT NULL DEFAULT 0,
+    ADD COLUMN IF NOT EXISTS first_action bigint,
+    ADD COLUMN IF NOT EXISTS last_action bigint;
+CREATE TABLE IF NOT EXISTS public.erasure_value (
+    pseudonym text NOT NULL REFERENCES public.erased_subject (pseudonym),
+    value     text NOT NULL,
+    PRIMARY KEY (pseudonym, value)
+);
+REVOKE ALL ON public.erasure_value FROM PUBLIC, auditq_worker, auditq_api;
+
+-- Mark the pseudonym erased (running) before anything else, so workers store the subject's
+-- later events pseudonymised at once. Asking again restarts a finished erasure.
+CREATE OR REPLACE FUNCTION public.auditq_register_erasure(p_pseudonym text) RETURNS text
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    IF coalesce(p_pseudonym, ''::text) !~ '^anon_[0-9a-f]{32}$'::text THEN
+        RAISE EXCEPTION 'not a pseudonym: %', left(p_pseudonym, 64)
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    INSERT INTO public.erased_subject (pseudonym, state, phase)
+    VALUES (p_pseudonym, 'running', 'start')
+    ON CONFLICT (pseudonym) DO UPDATE SET state = 'running', finished_at = NULL,
+        phase = CASE WHEN public.erased_subject.phase = 'done' THEN 'start'
+                     ELSE public.erased_subject.phase END;
+    RETURN (SELECT e.state FROM public.erased_subject e WHERE e.pseudonym = p_pseudonym);
+END;
+$$;
+
+-- One step of the subject's erasure, in the caller's (short) transaction: the first gathers
+-- its values, each next changes up to p_limit rows (other rows' mentions first, then its own),
+-- the last records subject.anonymised. Call until `done`. p_dead_letters: what the caller
+-- cleared of it outside the database (Redis), added to the counts; p_by: who asked;
+-- p_entity_types: the caller's AUDITQ_SUBJECT_ENTITY_TYPES, narrowed to the policy's.
+DROP FUNCTION IF EXISTS public.auditq_erase_subject(text, text, text, bigint, jsonb, integer);
+CREATE OR REPLACE FUNCTION public.auditq_erase_subject(
+    p_subject text, p_pseudonym text, p_reason text DEFAULT NULL,
+    p_dead_letters bigint DEFAULT 0, p_by jsonb DEFAULT NULL, p_limit integer DEFAULT 1000,
+    p_entity_types text[] DEFAULT NULL
+) RETURNS TABLE (changed bigint, done boolean, action_id bigint)
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    v_state  public.erased_subject;
+    v_pinned text[] := (SELECT p.subject_entity_types FROM public.store_policy p);
+    -- The caller's configured types, within what the owner pinned (never wider).
+    v_types  text[] := CASE
+        WHEN v_pinned IS NULL THEN coalesce(p_entity_types, '{user}'::text[])
+        ELSE coalesce((SELECT array_agg(t) FROM unnest(v_pinned) AS t
+                       WHERE p_entity_types IS NULL OR t = ANY(p_entity_types)), '{}'::text[])
+        END;
+    v_values text[];
+    v_names  text;
+    v_step   record;
+BEGIN
+    IF coalesce(p_subject, ''::text) = '' OR length(p_subject) > 1024
+       OR p_subject ~ '^anon_[0-9a-f]{32}$'::text
+       OR coalesce(p_pseudonym, ''::text) !~ '^anon_[0-9a-f]{32}$'::text
+       OR coalesce(p_limit, 0) NOT BETWEEN 1 AND 100000 THEN
+        RAISE EXCEPTION 'auditq_erase_subject: a subject id, its pseudonym, a batch of 1 to 100000'
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    SELECT * INTO v_state FROM public.erased_subject e WHERE e.pseudonym = p_pseudonym FOR UPDATE;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'erasure of % was not registered', p_pseudonym
+            USING ERRCODE = 'object_not_in_prerequisite_state';
+    END IF;
+    UPDATE public.erased_subject e SET dead_letters = e.dead_letters + greatest(p_dead_letters, 0)
+    WHERE e.pseudonym = p_pseudonym;
+    IF v_state.phase = 'done' THEN
+        RETURN QUERY SELECT 0::bigint, true, NULL::bigint;
+        RETURN;
+    END IF;
+    IF v_state.phase = 'start' THEN
+        -- A pseudonym that already names an erased subject is not given to another one's
+        -- rows: an erasure left done leaves no row with the id, so rows with it here are
+        -- another subject's (the database cannot check the keyed digest itself: see docs).
+        IF v_state.first_action IS NOT NULL AND EXISTS (
+               SELECT FROM public.audit_log a WHERE a.actor_id = p_subject
+               UNION ALL
+               SELECT FROM public.audit_log a
+               WHERE a.entity_id = p_subject AND a.entity_type = ANY(v_types)) THEN
+            RAISE EXCEPTION 'pseudonym % already names an erased subject', p_pseudonym
+                USING ERRCODE = 'invalid_parameter_value';
+        END IF;
+        DELETE FROM public.erasure_value v WHERE v.pseudonym = p_pseudonym;
+        INSERT INTO public.erasure_value (pseudonym, value)
+        SELECT p_pseudonym, x.v FROM (
+            SELECT p_subject AS v
+            UNION
+            SELECT u.v FROM public.audit_log a,
+                   unnest(ARRAY[a.actor_name, a.actor_email, host(a.ip)]) AS u(v)
+            WHERE a.actor_id = p_subject
+            UNION
+            SELECT a.entity_name FROM public.audit_log a
+            WHERE a.entity_id = p_subject AND a.entity_type = ANY(v_types)
+        ) x WHERE x.v IS NOT NULL AND x.v <> ''::text
+        ON CONFLICT DO NOTHING;
+        UPDATE public.erased_subject e SET phase = 'mentions', after_seq = 0
+        WHERE e.pseudonym = p_pseudonym;
+        v_state.phase := 'mentions';
+        v_state.after_seq := 0;
+    END IF;
+    SELECT array_agg(v.value ORDER BY length(v.value) DESC, v.value) INTO v_values
+    FROM public.erasure_value v WHERE v.pseudonym = p_pseudonym;
+    IF v_state.phase IN ('mentions', 'subject') THEN
+        SELECT * INTO v_step FROM public.auditq_anonymise_rows(
+            p_subject, p_pseudonym, v_types, v_values, v_state.phase = 'mentions',
+            v_state.after_seq, p_limit) r;
+        IF v_step.action_id IS NOT NULL THEN  -- a batch done; more may follow
+            UPDATE public.erased_subject e SET
+                rows = e.rows + v_step.changed, after_seq = v_step.last_seq,
+                first_action = coalesce(e.first_action, v_step.action_id),
+                last_action = v_step.action_id
+            WHERE e.pseudonym = p_pseudonym;
+            RETURN QUERY SELECT v_step.changed, false, v_step.action_id;
+            RETURN;
+        END IF;
+        IF v_state.phase = 'mentions' THEN  -- no more mentions: the subject's own rows next
+            UPDATE public.erased_subject e SET phase = 'subject', after_seq = 0
+            WHERE e.pseudonym = p_pseudonym;
+            RETURN QUERY SELECT 0::bigint, false, NULL::bigint;
+            RETURN;
+        END IF;
+    END IF;
+    -- Finished: the state, the values forgotten, and the event (never the subject's values).
+    v_names := public.auditq_erase_pattern(array_remove(v_values, p_subject));
+    DELETE FROM public.erasure_value v WHERE v.pseudonym = p_pseudonym;
+    UPDATE public.erased_subject e SET phase = 'done', state = 'done', finished_at = now(),
+        after_seq = 0
+    WHERE e.pseudonym = p_pseudonym RETURNING e.* INTO v_state;
+    PERFORM public.auditq_store_event(jsonb_build_object(
+        'id', public.auditq_new_event_id(), 'action', 'subject.anonymised',
+        'actor', p_by -> 'actor', 'request', p_by -> 'request',
+        'source', coalesce(p_by ->> 'source', 'auditq-api'::text),
+        'entity', jsonb_build_object('type', 'subject', 'id', p_pseudonym),
+        'metadata', jsonb_strip_nulls(jsonb_build_object(
+            'pseudonym', p_pseudonym, 'rows', v_state.rows,
+            'dead_letters', v_state.dead_letters,
+            'store_actions', CASE WHEN v_state.first_action IS NULL THEN NULL
+                                  ELSE jsonb_build_object('first', v_state.first_action,
+                                                          'last', v_state.last_action) END,
+            'reason', public.auditq_erase_text(nullif(left(p_reason, 1024), ''::text), v_names,
+                                               public.auditq_erase_pattern(ARRAY[p_subject]),
+                                               p_pseudonym)))), 'api'::text);
+    RETURN QUERY SELECT 0::bigint, true, NULL::bigint;
+END;
+$$;
+
+REVOKE ALL ON FUNCTION public.auditq_register_erasure(text),
+    public.auditq_erase_subject(text, text, text, bigint, jsonb, integer, text[]) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION public.auditq_register_erasure(text),
+    public.auditq_erase_subject(text, text, text, bigint, jsonb, integer, text[]) TO auditq_api;
+-- (end of erasure through one function)
