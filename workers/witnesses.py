@@ -14,6 +14,7 @@ import asyncpg
 
 from service.integrity import note
 from service.store import tlog
+from service.store.db import Conn
 
 logger = logging.getLogger(__name__)
 
@@ -51,7 +52,7 @@ async def send(pool: asyncpg.Pool, urls: tuple[str, ...], signed: str) -> None:
 
 
 async def _cosign(
-    conn: asyncpg.Connection,
+    conn: Conn,
     session: aiohttp.ClientSession,
     url: str,
     checkpoint: note.Checkpoint,

@@ -61,6 +61,7 @@ async def receipt_of(conn: Conn, event_id: uuid.UUID) -> dict[str, Any] | None:
     erasures = []
     for e in await conn.fetch(ERASURES_OF, index, size) if row["erased"] else []:
         action = await conn.fetchrow(ACTION, e["action_id"])
+        assert action is not None  # the erasure's action is kept with its leaf
         leaf = {"kind": "action", **action_json(action, await erasure_rows(conn, e["action_leaf"]))}
         erasures.append(
             (leaf, int(e["action_leaf"]), await tree.inclusion_proof(e["action_leaf"], size))

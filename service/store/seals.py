@@ -92,6 +92,7 @@ async def _seal(
     )
     action_seqs = [r["seqs"] for r in taken if r["kind"] == "action"]
     actions = await conn.fetchrow(ACTION_ENTRIES, _union(action_seqs))
+    assert actions is not None  # an aggregate: always one row
     last = await conn.fetchrow(LAST_CHECKPOINT)
     public = key.public_key()
     checkpoint = Checkpoint(
@@ -296,7 +297,8 @@ def _union(multiranges: list[str]) -> str:
 
 async def status(conn: Conn) -> asyncpg.Record:
     """When the last checkpoint was made, and how many stored rows wait for one."""
-    record: asyncpg.Record = await conn.fetchrow(STATUS)
+    record = await conn.fetchrow(STATUS)
+    assert record is not None  # aggregates: always one row
     return record
 
 

@@ -280,7 +280,8 @@ async def record_stop(conn: Conn, reason: str) -> None:
 
 async def log_status(conn: Conn) -> asyncpg.Record:
     """Tree size, the latest checkpoint, and why sealing stopped (None while it runs)."""
-    record: asyncpg.Record = await conn.fetchrow(LOG_STATUS)
+    record = await conn.fetchrow(LOG_STATUS)
+    assert record is not None  # aggregates: always one row
     return record
 
 
