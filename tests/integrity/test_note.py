@@ -75,7 +75,7 @@ def test_verifier_keys_round_trip_and_a_wrong_key_id_is_refused() -> None:
     text = note.vkey("witness.test/w1", key, note.COSIGNATURE_TYPE)
     name, parsed, kind = note.parse_vkey(text)
     assert (name, _raw_pub(parsed), kind) == ("witness.test/w1", _raw_pub(key), 4)
-    name_, _id, b64 = text.split("+")
+    name_, _id, b64 = text.split("+", 2)
     with pytest.raises(note.NoteError):
         note.parse_vkey(f"{name_}+00000000+{b64}")
 
