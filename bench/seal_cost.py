@@ -59,6 +59,8 @@ async def one_round(stack: Stack, *, sealing: bool, events: int, logs: Path) -> 
         AUDITQ_DATABASE_URL=url,
         AUDITQ_SEAL="on" if sealing else "off",
         AUDITQ_SEAL_INTERVAL_S="1",
+        # Each round's database is new: so is the log the sealer remembers.
+        AUDITQ_SEAL_STATE_FILE=str(round_logs / "seal-state"),
     )
     try:
         plog = round_logs / "producer.log"

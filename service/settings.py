@@ -65,6 +65,9 @@ class Settings:
     seal_interval_s: float = 10.0
     seal_key_file: Path | None = None  # None: <data_dir>/seal-key
     sealing: bool = True  # AUDITQ_SEAL=off: this worker makes no checkpoints (benchmarks)
+    seal_state_file: Path | None = None  # None: beside the seal key, <key>.state
+    log_origin: str | None = None  # None: auditq/<database name>
+    witness_urls: tuple[str, ...] = ()  # witnesses every new checkpoint is sent to
     max_future_s: float = 300.0
 
     # Erasure (docs/erasure.md): an entity of these types whose id is the subject is the subject.
@@ -111,6 +114,7 @@ class Settings:
         if redis_url is not None:
             parse_redis_url(redis_url)  # a malformed URL is one clear error, here
         key_file = env.get("AUDITQ_SEAL_KEY_FILE", "").strip()
+        state_file = env.get("AUDITQ_SEAL_STATE_FILE", "").strip()
         subject_key = env.get("AUDITQ_SUBJECT_KEY_FILE", "").strip()
         return cls(
             redis_url=redis_url,
@@ -146,6 +150,9 @@ class Settings:
             seal_interval_s=_float(env, "AUDITQ_SEAL_INTERVAL_S", 10.0),
             seal_key_file=Path(key_file) if key_file else None,
             sealing=env.get("AUDITQ_SEAL", "on").strip().lower() != "off",
+            seal_state_file=Path(state_file) if state_file else None,
+            log_origin=_origin(env.get("AUDITQ_LOG_ORIGIN", "").strip()),
+            witness_urls=_witness_urls(env.get("AUDITQ_WITNESS_URLS", "")),
             max_future_s=_float(env, "AUDITQ_MAX_FUTURE_S", 300.0),
             subject_entity_types=_names(env, "AUDITQ_SUBJECT_ENTITY_TYPES", frozenset({"user"})),
             capture_database_urls=_urls(env, "AUDITQ_CAPTURE_DATABASE_URLS"),
@@ -184,6 +191,12 @@ class Settings:
     def seal_key_path(self) -> Path:
         """The Ed25519 private key the sealer signs checkpoints with."""
         return self.seal_key_file or self.data_dir / "seal-key"
+
+    @property
+    def seal_state_path(self) -> Path:
+        """The last checkpoint the sealer signed (docs/integrity.md), beside the key."""
+        key = self.seal_key_path
+        return self.seal_state_file or key.with_name(key.name + ".state")
 
     @property
     def subject_key_path(self) -> Path:
@@ -285,3 +298,21 @@ def _networks(env: Mapping[str, str], name: str) -> tuple[str, ...]:
                 f"{name} must be comma-separated IP addresses or networks, not {text!r}"
             ) from None
     return tuple(networks)
+
+
+def _origin(value: str) -> str | None:
+    """AUDITQ_LOG_ORIGIN: one line of printable text without spaces, or None (the default)."""
+    if not value:
+        return None
+    if any(c.isspace() or not c.isprintable() for c in value) or "+" in value:
+        raise ConfigError(f"AUDITQ_LOG_ORIGIN must be one word without spaces or '+': {value!r}")
+    return value
+
+
+def _witness_urls(value: str) -> tuple[str, ...]:
+    """AUDITQ_WITNESS_URLS: comma-separated http(s) URLs."""
+    urls = tuple(u.strip() for u in value.split(",") if u.strip())
+    for url in urls:
+        if not url.startswith(("http://", "https://")):
+            raise ConfigError(f"AUDITQ_WITNESS_URLS holds {url!r}: not an http(s) URL")
+    return urls

@@ -30,6 +30,7 @@ from service.redaction import redact_sensitive_in_string
 from service.settings import Settings
 from service.store import db
 from service.store.partitions import ensure_partitions
+from service.store.seals import LogConfig
 from service.store.secrets import read_provenance_key
 from workers import delivery, functions, heartbeat, rollup, sealer
 from workers.arq_redis import arq_settings, create_arq_pool
@@ -76,7 +77,13 @@ async def _startup(ctx: dict[str, Any]) -> None:
     if settings.sealing:  # integrity checkpoints (docs/integrity.md)
         seal_key = load_or_create_private_key(settings.seal_key_path)
         state._sealer = asyncio.get_running_loop().create_task(
-            sealer.run(state.pool, seal_key, interval_s=settings.seal_interval_s),
+            sealer.run(
+                state.pool,
+                seal_key,
+                interval_s=settings.seal_interval_s,
+                log=LogConfig(state_path=settings.seal_state_path, origin=settings.log_origin),
+                witness_urls=settings.witness_urls,
+            ),
             name="auditq-sealer",
         )
     if settings.capture_database_urls:  # the outboxes of application databases

@@ -12,26 +12,53 @@ import logging
 import asyncpg
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from service.store.seals import seal_once
+from service.integrity.sealstate import SealingStopped
+from service.store import tlog
+from service.store.seals import LogConfig, seal_once
+from workers import witnesses
+
+# Why sealing stopped, while it is stopped (the API reads it from tlog_seal_stop).
+STOPPED: dict[str, str] = {}
 
 logger = logging.getLogger(__name__)
 
 
-async def run(pool: asyncpg.Pool, key: Ed25519PrivateKey, *, interval_s: float) -> None:
-    """Seal what is pending every `interval_s` until cancelled; a failure waits for the next."""
+async def run(
+    pool: asyncpg.Pool,
+    key: Ed25519PrivateKey,
+    *,
+    interval_s: float,
+    log: LogConfig | None = None,
+    witness_urls: tuple[str, ...] = (),
+) -> None:
+    """Seal what is pending every `interval_s` until cancelled; a failure waits for the next.
+
+    A store whose log does not extend the last checkpoint signed stops sealing: it is said
+    in the log and in the store (once per reason), and nothing is signed until an operator
+    acts (docs/integrity.md, "When sealing stops")."""
     # Half the interval between attempts: a row waits at most about one interval.
     pause = interval_s / 2
     while True:
         try:
             async with pool.acquire() as conn:
-                checkpoint = await seal_once(conn, key)
-            if checkpoint is not None:
+                checkpoint = await seal_once(conn, key, log)
+            if checkpoint is not None:  # signed: an operator resolved what stopped it
+                STOPPED.clear()
+                if log is not None and witness_urls:
+                    signed = await asyncio.to_thread(log.state_path.read_text, encoding="utf-8")
+                    await witnesses.send(pool, witness_urls, signed)
                 logger.debug(
                     "checkpoint %d sealed: %d rows, %d actions",
                     checkpoint.n,
                     checkpoint.row_count,
                     checkpoint.action_count,
                 )
+        except SealingStopped as exc:
+            if STOPPED.get("reason") != str(exc):  # said once per reason, kept for the API
+                logger.error("sealing stopped: %s", exc)
+                async with pool.acquire() as conn:
+                    await tlog.record_stop(conn, str(exc))
+            STOPPED["reason"] = str(exc)
         except Exception as exc:  # the database away: the next round seals what waited
             logger.warning("sealing failed: %s: %s", type(exc).__name__, exc)
         await asyncio.sleep(pause)

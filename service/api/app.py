@@ -10,7 +10,17 @@ from redis.backoff import ExponentialBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from service.api import console, health, ingest, integrity, metrics, openapi, subjects, tokens
+from service.api import (
+    console,
+    health,
+    ingest,
+    integrity,
+    metrics,
+    openapi,
+    subjects,
+    tokens,
+    transparency,  # the transparency log (contract §8)
+)
 from service.api import destinations as destinations_api
 from service.api import policy as policy_api
 from service.api import tasks as tasks_api
@@ -53,6 +63,7 @@ ROUTES = [
     *tokens.ROUTES,
     *ingest.ROUTES,
     *integrity.ROUTES,
+    *transparency.ROUTES,  # receipts, checkpoint, consistency (contract §8)
     *subjects.ROUTES,  # erasure (contract §9)
     *policy_api.ROUTES,  # the store's policy (contract §6)
     *destinations_api.ROUTES,  # streaming the record out (contract §11)

@@ -19,6 +19,7 @@ from service.api.state import POOL, SETTINGS
 from service.events import Actor, RequestInfo
 from service.ops.admin_actions import admin_action, record_admin_event, requested_by
 from service.ops.verification import run_verification
+from service.store import tlog
 from service.store.seals import last_verification, status
 
 logger = logging.getLogger(__name__)
@@ -50,6 +51,14 @@ class Verification(msgspec.Struct, frozen=True, kw_only=True):
     lines: list[str]  # findings and notes, the first 100
 
 
+class WitnessStatus(msgspec.Struct, frozen=True, kw_only=True):
+    """What a witness of AUDITQ_WITNESS_URLS last answered."""
+
+    url: str
+    last_cosigned_size: int | None
+    last_error: str | None
+
+
 class IntegrityStatus(msgspec.Struct, frozen=True, kw_only=True):
     """Whether the record is sealed, and what the last verification found."""
 
@@ -57,6 +66,10 @@ class IntegrityStatus(msgspec.Struct, frozen=True, kw_only=True):
     unsealed_rows: int
     last_verification: Verification | None
     verification_running: bool
+    tree_size: int = 0  # leaves of the transparency log
+    checkpoint: str | None = None  # the latest signed checkpoint (a C2SP note)
+    witnesses: list[WitnessStatus] = []
+    sealing_stopped: str | None = None  # why the sealer refuses to sign, while it does
 
 
 class VerificationStarted(msgspec.Struct, frozen=True, kw_only=True):
@@ -71,6 +84,11 @@ async def get_integrity(request: web.Request) -> web.Response:
     async with request.app[POOL].acquire() as conn:
         seals = await status(conn)
         last = await last_verification(conn)
+        log = await tlog.log_status(conn)
+        witnesses = await tlog.witnesses(conn)
+        signed = log["note"]
+        if log["checkpoint_size"] is not None:
+            signed = await tlog.checkpoint_with_cosignatures(conn, log["checkpoint_size"])
     verification = None
     if last is not None:
         result: dict[str, Any] = last["result"] if isinstance(last["result"], dict) else {}
@@ -94,6 +112,17 @@ async def get_integrity(request: web.Request) -> web.Response:
             unsealed_rows=int(seals["unsealed_rows"]),
             last_verification=verification,
             verification_running=any(not t.done() for t in request.app[RUNNING]),
+            tree_size=int(log["tree_size"]),
+            checkpoint=signed,
+            witnesses=[
+                WitnessStatus(
+                    url=w["url"],
+                    last_cosigned_size=w["last_cosigned_size"],
+                    last_error=w["last_error"],
+                )
+                for w in witnesses
+            ],
+            sealing_stopped=tlog.stopped_reason(log),
         )
     )
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hmac
 from collections.abc import Iterable, Iterator
 
+import asyncpg
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
@@ -14,10 +15,11 @@ from service.api.destinations import metric_families as destination_families
 from service.api.errors import ApiError
 from service.api.openapi import operation
 from service.api.producers import INGEST_CLIENTS
-from service.api.state import CLIENT, REDIS, SETTINGS
+from service.api.state import CLIENT, POOL, REDIS, SETTINGS
 from service.ops.queue_stats import events_per_second, totals, workers
 from service.ops.task_model import STATUSES
 from service.ops.tasks import TaskQueue
+from service.store import tlog
 
 Family = CounterMetricFamily | GaugeMetricFamily
 
@@ -103,7 +105,29 @@ async def gather(app: web.Application) -> list[Family]:
         jobs.add_metric([worker.id, "failed"], worker.jobs_failed)
     families += [up, breaker, running, jobs]
     families += await destination_families(app)  # contract §11: health per destination
+    families += await _log_families(app)
     return families
+
+
+async def _log_families(app: web.Application) -> list[Family]:
+    """The transparency log's size, and whether sealing stopped (none while PostgreSQL is away)."""
+    try:
+        async with app[POOL].acquire() as conn:
+            status = await tlog.log_status(conn)
+    except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
+        return []
+    size = GaugeMetricFamily("auditq_log_tree_size", "Leaves of the transparency log")
+    size.add_metric([], float(status["tree_size"]))
+    signed = GaugeMetricFamily(
+        "auditq_log_checkpoint_size", "Tree size of the latest signed checkpoint"
+    )
+    signed.add_metric([], float(status["checkpoint_size"] or 0))
+    stopped = GaugeMetricFamily(
+        "auditq_sealing_stopped",
+        "1 while the sealer refuses to sign: the log does not extend its last checkpoint",
+    )
+    stopped.add_metric([], 1.0 if tlog.stopped_reason(status) else 0.0)
+    return [size, signed, stopped]
 
 
 @operation(

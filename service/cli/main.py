@@ -10,7 +10,17 @@ import msgspec
 
 from service import logs
 from service.capture import cli as capture
-from service.cli import destinations, emit, serve, subjects, tasks, tokens, verify
+from service.cli import (
+    destinations,
+    emit,
+    receipts,
+    serve,
+    subjects,
+    tasks,
+    tokens,
+    verify,
+    witness,
+)
 from service.cli import policy as policy_cli
 from service.errors import AuditqError
 from service.settings import Settings
@@ -19,7 +29,19 @@ from service.settings import Settings
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="auditq", description="Audit events into PostgreSQL.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for group in (serve, emit, tokens, tasks, verify, subjects, policy_cli, destinations, capture):
+    for group in (
+        serve,
+        emit,
+        tokens,
+        tasks,
+        verify,
+        subjects,
+        policy_cli,
+        receipts,
+        witness,
+        destinations,
+        capture,
+    ):
         group.add_parsers(sub)
     return parser
 

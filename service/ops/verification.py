@@ -11,12 +11,14 @@ from typing import Any
 import asyncpg
 
 from service.errors import AuditqError, ConfigError
+from service.integrity import note
 from service.integrity.keys import load_public_key
+from service.integrity.logverify import verify_log
 from service.integrity.verify import verify
 from service.ops.admin_actions import CLI_ACTOR, requested_by
 from service.settings import Settings
 from service.store import db
-from service.store.seals import record_verification
+from service.store.seals import NEW_ACTIONS, NEW_ROWS, record_verification, row_leaf_data
 
 MAX_KEPT_FINDINGS = 100  # of a run's findings kept in its stored result
 
@@ -41,6 +43,7 @@ async def run_verification(
     public_key: Path | None = None,
     since: datetime | None = None,
     until: datetime | None = None,
+    head: note.Checkpoint | None = None,
     emit: Any = print,
     by: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
@@ -79,8 +82,23 @@ async def run_verification(
             seal_interval_s=settings.seal_interval_s,
             emit=collect,
         )
+        async with conn.transaction(isolation="repeatable_read", readonly=True):
+            log = await verify_log(
+                conn,
+                key,
+                row_leaf_of=row_leaf_data,
+                rows_query=NEW_ROWS,
+                actions_query=NEW_ACTIONS,
+                head=head,
+                emit=collect,
+            )
+        report.findings += log.findings
+        summary = (
+            f"{report.summary()}; the log: {log.leaves} leaves, {log.checkpoints} checkpoints, "
+            f"{log.erased} rows erased, {log.removed_by_retention} removed by retention"
+        )
         result: dict[str, Any] = {
-            "intact": report.intact,
+            "intact": report.findings == 0,
             "rows": report.rows,
             "checkpoints": report.checkpoints,
             "actions": report.actions,
@@ -88,7 +106,9 @@ async def run_verification(
             "removed_by_retention": report.removed_by_retention,
             "anonymised": report.anonymised,
             "awaiting_seal": report.awaiting_seal,
-            "summary": report.summary(),
+            "summary": summary,
+            "log_leaves": log.leaves,
+            "log_checkpoints": log.checkpoints,
             "lines": kept,
             "since": since.isoformat() if since else None,
             "until": until.isoformat() if until else None,
@@ -106,5 +126,5 @@ async def run_verification(
     finally:
         await rows_conn.close()
         await conn.close()
-    emit(report.summary())
+    emit(summary)
     return result

@@ -1,11 +1,12 @@
 """Stored rows as items: the columns read, a WHERE built from the §7 filters, a row as an item.
 
 Below the API so the destinations' runners in the worker build the same filters and items
-as the audit-log routes (service/api/audit_logs/rows.py re-exports these)."""
+as the audit-log routes (service/api/audit_logs/rows.py re-exports these), and the
+transparency log's leaf of a row is the canonical JSON of its item."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any, Protocol
 
@@ -46,12 +47,18 @@ class Filters(Protocol):
 
 
 # Reading rows. `ip` is read as text: asyncpg's inet type would need its own encoding.
-SELECT_ITEMS = """
-SELECT id, ts, received_at, action, category, severity, outcome,
+ITEM_COLUMNS = """id, ts, received_at, action, category, severity, outcome,
        actor_id, actor_type, actor_name, actor_email,
        entity_type, entity_id, entity_name, tenant,
        request_id, host(ip) AS ip, user_agent, method, path, status, duration_ms,
-       changes, metadata, presentation, source, received_via
+       changes, metadata, presentation, source, received_via"""
+# The same, with the JSON columns as text (the log's fast canonical path decodes them).
+ITEM_COLUMNS_JSON_TEXT = ITEM_COLUMNS.replace(
+    "changes, metadata, presentation,",
+    "changes::text AS changes, metadata::text AS metadata, presentation::text AS presentation,",
+)
+SELECT_ITEMS = f"""
+SELECT {ITEM_COLUMNS}
 FROM audit_log
 """
 SELECT_ONE = SELECT_ITEMS + "WHERE id = $1 LIMIT 1"
@@ -148,7 +155,7 @@ def _present(**fields: Any) -> dict[str, Any] | None:
     return kept or None
 
 
-def item(row: asyncpg.Record) -> dict[str, Any]:
+def item(row: asyncpg.Record | Mapping[str, Any]) -> dict[str, Any]:
     """One stored event in the wire format's shape, plus `received_at`."""
     actor = None
     if row["actor_id"] is not None:

@@ -2,15 +2,32 @@
 
 from __future__ import annotations
 
+import json
+from dataclasses import dataclass
 from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
 
 import asyncpg
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from service.integrity import merkle, note, sealstate
 from service.integrity.canonical import ACTION_RECORD, entry_seq, iter_entries
 from service.integrity.checkpoint import GENESIS_HASH, Checkpoint, body, checkpoint_hash
 from service.integrity.keys import key_id
+from service.integrity.leaf import (
+    action_leaf,
+    as_json,
+    decode_jsonb,
+    fast_row_leaf,
+    raw_float,
+    row_leaf,
+)
+from service.integrity.logverify import action_json
+from service.integrity.sealstate import SealingStopped
+from service.store import tlog
 from service.store.db import Conn
+from service.store.items import ITEM_COLUMNS_JSON_TEXT, item
 
 SEAL_LOCK_KEY = 0x7365616C  # "seal": one sealer at a time across every worker
 TRY_LOCK = "SELECT pg_try_advisory_xact_lock($1)"
@@ -41,55 +58,235 @@ SELECT (SELECT max(sealed_at) FROM seal_checkpoint) AS last_sealed_at,
 """
 
 
-async def seal_once(conn: Conn, key: Ed25519PrivateKey) -> Checkpoint | None:
+async def seal_once(
+    conn: Conn, key: Ed25519PrivateKey, log: LogConfig | None = None
+) -> Checkpoint | None:
     """Seal every committed pending row and action into one signed checkpoint.
 
-    None when another sealer holds the lock or nothing is pending."""
+    With `log`, the same rows and actions are appended to the transparency log and a C2SP
+    checkpoint is signed, only when the stored tree extends the sealer's state (else
+    SealingStopped, and nothing is taken). None when another sealer holds the lock or
+    nothing is pending."""
     async with conn.transaction():
-        if not await conn.fetchval(TRY_LOCK, SEAL_LOCK_KEY):
-            return None
-        taken = await conn.fetch(TAKE_PENDING)
-        if not taken:
-            return None
-        # Every statement's entries together, sorted by seq (their first 8 bytes).
-        row_entries = sorted(
-            entry
-            for r in taken
-            if r["kind"] == "row"
-            for entry in iter_entries(bytes(r["entries"] or b""))
+        checkpoint, signed = await _seal(conn, key, log)
+    if signed is not None and log is not None:  # committed: now it is what this sealer signed
+        sealstate.write(log.state_path, signed)
+    return checkpoint
+
+
+async def _seal(
+    conn: Conn, key: Ed25519PrivateKey, log: LogConfig | None
+) -> tuple[Checkpoint | None, str | None]:
+    """Take the pending queue, sign the v1 checkpoint and extend the log, in one transaction."""
+    if not await conn.fetchval(TRY_LOCK, SEAL_LOCK_KEY):
+        return None, None
+    taken = await conn.fetch(TAKE_PENDING)
+    if not taken:
+        return None, None
+    # Every statement's entries together, sorted by seq (their first 8 bytes).
+    row_entries = sorted(
+        entry
+        for r in taken
+        if r["kind"] == "row"
+        for entry in iter_entries(bytes(r["entries"] or b""))
+    )
+    action_seqs = [r["seqs"] for r in taken if r["kind"] == "action"]
+    actions = await conn.fetchrow(ACTION_ENTRIES, _union(action_seqs))
+    assert actions is not None  # an aggregate: always one row
+    last = await conn.fetchrow(LAST_CHECKPOINT)
+    public = key.public_key()
+    checkpoint = Checkpoint(
+        n=last["n"] + 1 if last else 1,
+        sealed_at=datetime.now(UTC),
+        prev_hash=last["hash"] if last else GENESIS_HASH,
+        row_count=len(row_entries),
+        rows=b"".join(row_entries),
+        action_count=actions["n"],
+        actions=actions["entries"],
+        key_id=key_id(public),
+    )
+    signed_note = None
+    if log is not None:
+        signed_note = await extend_log(
+            conn,
+            key,
+            log,
+            row_seqs=_union([r["seqs"] for r in taken if r["kind"] == "row"]),
+            action_ids=_union(action_seqs),
         )
-        action_seqs = [r["seqs"] for r in taken if r["kind"] == "action"]
-        actions = await conn.fetchrow(ACTION_ENTRIES, _union(action_seqs))
-        assert actions is not None  # an aggregate: always one row
-        last = await conn.fetchrow(LAST_CHECKPOINT)
-        public = key.public_key()
-        checkpoint = Checkpoint(
-            n=last["n"] + 1 if last else 1,
-            sealed_at=datetime.now(UTC),
-            prev_hash=last["hash"] if last else GENESIS_HASH,
-            row_count=len(row_entries),
-            rows=b"".join(row_entries),
-            action_count=actions["n"],
-            actions=actions["entries"],
-            key_id=key_id(public),
+    signed = body(checkpoint)
+    await conn.execute(
+        INSERT_CHECKPOINT,
+        checkpoint.n,
+        checkpoint.sealed_at,
+        checkpoint.prev_hash,
+        checkpoint_hash(signed),
+        checkpoint.row_count,
+        entry_seq(row_entries[0]) if row_entries else None,
+        entry_seq(row_entries[-1]) if row_entries else None,
+        checkpoint.rows,
+        checkpoint.action_count,
+        checkpoint.actions,
+        checkpoint.key_id,
+        key.sign(signed),
+    )
+    return checkpoint, signed_note
+
+
+@dataclass(frozen=True)
+class LogConfig:
+    """Where the sealer keeps its last signed checkpoint, and the log's origin line."""
+
+    state_path: Path
+    origin: str | None = None  # None: auditq/<database name>
+
+
+# By ranges of the seq index (a `seq <@ multirange` filter would scan every partition).
+NEW_ROWS = f"""
+SELECT a.* FROM unnest($1::text::int8multirange) AS r
+CROSS JOIN LATERAL (
+    SELECT seq, {ITEM_COLUMNS_JSON_TEXT} FROM audit_log
+    WHERE seq >= lower(r) AND seq < upper(r) ORDER BY seq
+) a
+"""
+NEW_ACTIONS = """
+SELECT s.* FROM unnest($1::text::int8multirange) AS r
+CROSS JOIN LATERAL (
+    SELECT id, at, action, actor, detail FROM store_action
+    WHERE id >= lower(r) AND id < upper(r) ORDER BY id
+) s
+"""
+DATABASE = "SELECT current_database()"
+
+
+async def check_extends(tree: tlog.Tree, size: int, state: note.Checkpoint | None) -> None:
+    """Raise SealingStopped unless the stored tree of `size` extends the last signed one."""
+    if state is None:
+        return
+    if size < state.size:
+        raise SealingStopped(
+            f"the store's log has {size} leaves but this sealer signed a checkpoint of "
+            f"{state.size}: a cut tail or a restored older backup"
         )
-        signed = body(checkpoint)
+    try:
+        root = await tree.root(state.size)
+    except tlog.TreeError as exc:
+        raise SealingStopped(f"the store's log cannot be read up to {state.size}: {exc}") from None
+    if root != state.root:
+        raise SealingStopped(
+            f"the store's log of {state.size} leaves is not the one this sealer signed "
+            "(rewritten or restored from another backup)"
+        )
+
+
+async def extend_log(
+    conn: Conn,
+    key: Ed25519PrivateKey,
+    log: LogConfig,
+    *,
+    row_seqs: str,
+    action_ids: str,
+) -> str | None:
+    """Append the new rows and actions as leaves and sign a checkpoint; the note, or None."""
+    state = sealstate.read(log.state_path)
+    tree = tlog.Tree(conn)
+    size = await tree.size()
+    await check_extends(tree, size, state)
+    rows = await conn.fetch(NEW_ROWS, row_seqs)
+    hashes = [merkle.leaf_hash(row_leaf_data(r)) for r in rows]
+    batch_index = {r["seq"]: size + n for n, r in enumerate(rows)}
+    for action in await conn.fetch(NEW_ACTIONS, action_ids):
+        action_index = size + len(hashes)
+        changes = await _log_erasure(
+            conn,
+            tree,
+            action,
+            action_index,
+            batch_index=batch_index,
+            batch_hashes=hashes,
+            first=size,
+        )
+        hashes.append(merkle.leaf_hash(action_leaf(action_json(action, changes))))
+    if not hashes:
+        return None
+    await tlog.append(conn, first=size, hashes=hashes, row_seqs=row_seqs, action_ids=action_ids)
+    new_size = size + len(hashes)
+    origin = log.origin or f"auditq/{await conn.fetchval(DATABASE)}"
+    body_text = note.checkpoint_body(origin, new_size, await tree.root(new_size))
+    signed = note.sign(body_text, origin, key)
+    await conn.execute(tlog.INSERT_CHECKPOINT, new_size, signed)
+    return signed
+
+
+REPLACED = "SELECT seq FROM row_replacement WHERE action_id = $1 ORDER BY seq"
+ROW_BY_SEQ = (
+    f"SELECT seq, {ITEM_COLUMNS_JSON_TEXT} FROM audit_log WHERE seq = ANY($1::bigint[]) "
+    "ORDER BY seq"
+)
+LAST_AFTER = """
+SELECT after FROM tlog_erasure WHERE leaf_index = $1 ORDER BY action_leaf DESC LIMIT 1
+"""
+INSERT_ERASURE = """
+INSERT INTO tlog_erasure (action_leaf, action_id, leaf_index, seq, before, after)
+VALUES ($1, $2, $3, $4, $5, $6)
+"""
+
+
+async def _log_erasure(
+    conn: Conn,
+    tree: tlog.Tree,
+    action: asyncpg.Record,
+    action_index: int,
+    *,
+    batch_index: dict[int, int],
+    batch_hashes: list[bytes],
+    first: int,
+) -> list[dict[str, Any]]:
+    """For an action that changed rows in place: each row's leaf hash before and after it."""
+    seqs = [r["seq"] for r in await conn.fetch(REPLACED, action["id"])]
+    if not seqs:
+        return []
+    changes: list[dict[str, Any]] = []
+    for row in await conn.fetch(ROW_BY_SEQ, seqs):
+        index = batch_index.get(row["seq"])
+        if index is None:
+            index = await tlog.row_leaf_index(conn, row["seq"])
+        if index is None:  # sealed only by a v1 checkpoint, before the log began
+            continue
+        after = merkle.leaf_hash(row_leaf_data(row))
+        before = await conn.fetchval(LAST_AFTER, index)
+        if before is None:
+            before = (
+                batch_hashes[index - first]
+                if index >= first
+                else (await tree.leaves(index, index + 1))[0]
+            )
         await conn.execute(
-            INSERT_CHECKPOINT,
-            checkpoint.n,
-            checkpoint.sealed_at,
-            checkpoint.prev_hash,
-            checkpoint_hash(signed),
-            checkpoint.row_count,
-            entry_seq(row_entries[0]) if row_entries else None,
-            entry_seq(row_entries[-1]) if row_entries else None,
-            checkpoint.rows,
-            checkpoint.action_count,
-            checkpoint.actions,
-            checkpoint.key_id,
-            key.sign(signed),
+            INSERT_ERASURE, action_index, action["id"], index, row["seq"], bytes(before), after
         )
-        return checkpoint
+        changes.append({"leaf_index": index, "before": bytes(before), "after": after})
+    changes.sort(key=lambda c: int(c["leaf_index"]))
+    return changes
+
+
+_JSON_COLUMNS = ("changes", "metadata", "presentation")
+
+
+def row_leaf_data(row: asyncpg.Record) -> bytes:
+    """A row's leaf data, from a row read with its JSON columns as text (NEW_ROWS)."""
+    fast = dict(row)
+    for name in _JSON_COLUMNS:
+        if fast[name] is not None:
+            fast[name] = decode_jsonb(fast[name])
+    fast["duration_ms"] = raw_float(fast["duration_ms"])
+    data = fast_row_leaf(item(fast))
+    if data is not None:
+        return data
+    slow = dict(row)
+    for name in _JSON_COLUMNS:
+        if slow[name] is not None:
+            slow[name] = json.loads(slow[name])
+    return row_leaf(as_json(item(slow)))
 
 
 def _union(multiranges: list[str]) -> str:
@@ -113,7 +310,7 @@ SELECT id, started_at, finished_at, result FROM integrity_verification ORDER BY 
 
 
 async def record_verification(
-    conn: asyncpg.Connection,
+    conn: Conn,
     *,
     started_at: datetime,
     result: dict[str, object],
@@ -130,7 +327,7 @@ async def last_verification(conn: Conn) -> asyncpg.Record | None:
     return record
 
 
-async def last_checkpoint(conn: asyncpg.Connection) -> asyncpg.Record | None:
+async def last_checkpoint(conn: Conn) -> asyncpg.Record | None:
     """The head of the chain (number, hash, when), or None before the first seal."""
     record: asyncpg.Record | None = await conn.fetchrow(LAST_CHECKPOINT)
     return record

@@ -417,3 +417,31 @@ async def test_keyboard_reaches_the_views(tab: Tab) -> None:
             break
     await page.keyboard.press("Enter")
     await page.wait_for_url("**/console/queue")
+
+
+async def test_an_event_offers_its_receipt_and_integrity_shows_the_log(tab: Tab) -> None:
+    from service.integrity.keys import load_public_key
+    from tests.integrity import independent_verifier
+
+    page = tab.page
+
+    async def sealed() -> bool:
+        return bool(await tab.stack.stored("SELECT count(*) FROM tlog_checkpoint"))
+
+    await wait_for(sealed, within_s=60)
+    await tab.sign_in(path=f"/console/audit-logs/{tab.stack.diff_event_id}")
+    async with page.expect_download() as waiting:
+        await page.get_by_role("button", name="Download receipt").click()
+    download = await waiting.value
+    assert download.suggested_filename == f"receipt-{tab.stack.diff_event_id}.json"
+    receipt = json.loads((await download.path()).read_text())
+    assert receipt["item"]["id"] == tab.stack.diff_event_id
+    key = load_public_key(tab.stack.settings.seal_key_path)
+    assert independent_verifier.check(receipt, key)
+    await tab.open("/console/integrity")
+    checkpoint = page.get_by_test_id("checkpoint")
+    await checkpoint.wait_for()
+    assert (await checkpoint.inner_text()).startswith("auditq/")
+    await page.get_by_test_id("sealing-running").wait_for()
+    assert "No witness has been asked yet" in await page.locator("main").inner_text()
+    await tab.shot("integrity-log")

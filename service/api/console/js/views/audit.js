@@ -205,6 +205,27 @@ function Changes({ changes }) {
     </tr>`)}</tbody></table></div>`;
 }
 
+// The event's receipt (§8): its inclusion proof and the signed checkpoint, as a JSON file
+// anyone can check offline (`auditq verify-receipt`). 409 while the row awaits a checkpoint.
+function ReceiptButton({ id }) {
+  const [state, setState] = useState({ busy: false, error: null, notice: "" });
+  const run = async () => {
+    setState({ busy: true, error: null, notice: "" });
+    try {
+      const response = await request(`${API}/${seg(id)}/proof`, { raw: true });
+      await download(response, `receipt-${id}.json`);
+      setState({ busy: false, error: null, notice: "Receipt downloaded: check it anywhere with auditq verify-receipt." });
+    } catch (error) {
+      const waiting = error && error.status === 409;
+      setState({ busy: false, error: waiting ? null : error, notice: waiting ? "This event awaits its first checkpoint: try again in a few seconds." : "" });
+    }
+  };
+  return html`<section aria-labelledby="h-receipt"><h2 id="h-receipt">Receipt</h2>
+    <${ErrorBox} error=${state.error} /><${Notice} text=${state.notice} />
+    <div class="toolbar"><button type="button" onClick=${run} disabled=${state.busy}>${state.busy ? "Preparing…" : "Download receipt"}</button></div>
+  </section>`;
+}
+
 export function DetailView({ params }) {
   const [id] = params;
   const { data: item, error, loading } = useAsync(() => request(`${API}/${seg(id)}`), [id]);
@@ -260,5 +281,6 @@ export function DetailView({ params }) {
     </section>
     ${item.presentation && Object.keys(item.presentation.params || {}).length
       ? html`<section aria-labelledby="h-params"><h2 id="h-params">Presentation parameters</h2><${Json} value=${item.presentation.params} label="Presentation parameters" /></section>`
-      : null}`;
+      : null}
+    <${ReceiptButton} id=${item.id} />`;
 }

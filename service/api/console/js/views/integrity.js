@@ -15,6 +15,28 @@ function Verification({ value }) {
       : typeof v === "object" && v !== null ? html`<${Json} value=${v} />` : String(v)}</dd>`)}</dl>`;
 }
 
+// The transparency log: whether sealing stopped and why, the latest checkpoint, the witnesses.
+function Log({ integrity }) {
+  const witnesses = integrity.witnesses || [];
+  return html`<section aria-labelledby="h-log"><h2 id="h-log">Transparency log</h2>
+    ${integrity.sealing_stopped
+      ? html`<p class="notice danger" role="alert" data-testid="sealing-stopped"><strong>Sealing stopped.</strong> ${integrity.sealing_stopped}</p>`
+      : html`<p class="muted" data-testid="sealing-running">Sealing runs: every new checkpoint extends the last one signed.</p>`}
+    <div class="cards">
+      <div class="card"><div class="label">Leaves in the log</div><div class="value">${Number(integrity.tree_size ?? 0).toLocaleString()}</div></div>
+    </div>
+    <h3>Latest checkpoint</h3>
+    ${integrity.checkpoint ? html`<pre class="mono wrap" data-testid="checkpoint">${integrity.checkpoint}</pre>` : html`<p class="muted">No checkpoint has been signed yet.</p>`}
+    <h3>Witnesses</h3>
+    ${witnesses.length
+      ? html`<table><thead><tr><th scope="col">Witness</th><th scope="col">Last cosigned size</th><th scope="col">Last error</th></tr></thead>
+        <tbody>${witnesses.map((w) => html`<tr key=${w.url}><td class="mono">${w.url}</td>
+          <td>${w.last_cosigned_size == null ? "never" : Number(w.last_cosigned_size).toLocaleString()}</td>
+          <td>${w.last_error || "none"}</td></tr>`)}</tbody></table>`
+      : html`<p class="muted">No witness has been asked yet (AUDITQ_WITNESS_URLS).</p>`}
+  </section>`;
+}
+
 export function IntegrityView({ who }) {
   const [generation, setGeneration] = useState(0);
   const state = useAsync(async () => {
@@ -45,6 +67,7 @@ export function IntegrityView({ who }) {
       <div class="card"><div class="label">Last sealed</div><div class="value"><${Time} value=${integrity.last_sealed_at} /></div></div>
       <div class="card"><div class="label">Rows not sealed yet</div><div class="value">${Number(integrity.unsealed_rows ?? 0).toLocaleString()}</div></div>
     </div>
+    <${Log} integrity=${integrity} />
     ${who.role === "admin" ? html`<div class="toolbar"><button type="button" class="primary" onClick=${verify} disabled=${action.busy}>${action.busy ? "Verifying…" : "Verify now"}</button></div>` : null}
     <section aria-labelledby="h-verification"><h2 id="h-verification">Last verification</h2><${Verification} value=${integrity.last_verification} /></section>`;
 }

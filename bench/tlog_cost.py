@@ -1,0 +1,159 @@
+"""The transparency log's cost: sealing CPU per row, receipts and consistency proofs on a
+large store, and the verify rate (docs/integrity.md, "Cost").
+
+Usage: .venv/bin/python -m bench.tlog_cost [ROWS]
+Rows are made in PostgreSQL (bench.verify's INSERT), sealed in batches of 20,000 (v1
+checkpoint and the log, as the sealer does); the sealing CPU per row is measured on a first
+store sealed without the log and on this one, alternating batches of each. Then 1,000
+receipts of random events, 200 consistency proofs between random checkpoints, and one
+`auditq verify` of the log.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+
+from bench.common import cpu_seconds
+from bench.verify import INSERT
+from service.cli.embedded import EmbeddedStack
+from service.integrity.keys import load_or_create_private_key
+from service.integrity.logverify import verify_log
+from service.ops.receipts import receipt_of
+from service.store import db, tlog
+from service.store.seals import NEW_ACTIONS, NEW_ROWS, LogConfig, row_leaf_data, seal_once
+
+ROWS = 1_000_000
+BATCH = 20_000
+RECEIPTS = 1_000
+CONSISTENCY = 200
+
+
+def _p(values: list[float], q: float) -> float:
+    return statistics.quantiles(values, n=100)[int(q) - 1] if len(values) > 1 else values[0]
+
+
+async def _seal(conn: asyncpg.Connection, key: Any, log: LogConfig | None) -> tuple[float, float]:
+    """Seal what is pending; (the sealer's CPU, PostgreSQL's CPU) in seconds."""
+    pid = await conn.fetchval("SELECT pg_backend_pid()")
+    process, server = time.process_time(), cpu_seconds(pid, with_children=False)
+    while await seal_once(conn, key, log) is not None:
+        pass
+    return time.process_time() - process, cpu_seconds(pid, with_children=False) - server
+
+
+async def run(rows: int) -> dict[str, Any]:
+    work = Path(tempfile.mkdtemp(prefix="auditq-bench-tlog-"))
+    stack = EmbeddedStack(work / "servers")
+    await asyncio.to_thread(stack.start)
+    try:
+        urls = {}
+        for name in ("bench_v1", "bench_log"):
+            stack.postgres.create_database(name)
+            urls[name] = stack.postgres.url_for(name)
+            await db.migrate(urls[name])
+        key = load_or_create_private_key(work / "seal-key")
+        log = LogConfig(state_path=work / "seal-state", origin="auditq/bench")
+        v1 = await db.connect(urls["bench_v1"])
+        conn = await db.connect(urls["bench_log"])
+        cost = {"v1": [0.0, 0.0, 0], "log": [0.0, 0.0, 0]}
+        began = time.perf_counter()
+        for start in range(0, rows, BATCH):
+            end = min(start + BATCH, rows)
+            await conn.execute(INSERT, start + 1, end, timeout=600)
+            py, pg = await _seal(conn, key, log)
+            cost["log"][0] += py
+            cost["log"][1] += pg
+            cost["log"][2] += end - start
+            if start < 200_000:  # the same batches sealed without the log, on the other store
+                await v1.execute(INSERT, start + 1, end, timeout=600)
+                py, pg = await _seal(v1, key, None)
+                cost["v1"][0] += py
+                cost["v1"][1] += pg
+                cost["v1"][2] += end - start
+        build_s = time.perf_counter() - began
+        await conn.execute("VACUUM ANALYZE")
+        ids = [r["id"] for r in await conn.fetch(
+            "SELECT id FROM audit_log TABLESAMPLE SYSTEM (1) LIMIT $1", RECEIPTS * 3
+        )]  # fmt: skip
+        rng = random.Random(25)
+        sample = rng.sample(ids, min(RECEIPTS, len(ids)))
+        receipt_ms = []
+        for event_id in sample:
+            t = time.perf_counter()
+            found = await receipt_of(conn, event_id)
+            receipt_ms.append((time.perf_counter() - t) * 1000)
+            assert found is not None
+        sizes = [r["size"] for r in await conn.fetch("SELECT size FROM tlog_checkpoint")]
+        consistency_ms = []
+        for _ in range(CONSISTENCY):
+            old, new = sorted(rng.sample(sizes, 2))
+            t = time.perf_counter()
+            await tlog.Tree(conn).consistency_proof(old, new)
+            consistency_ms.append((time.perf_counter() - t) * 1000)
+        lines: list[str] = []
+        began = time.perf_counter()
+        async with conn.transaction(isolation="repeatable_read", readonly=True):
+            report = await verify_log(
+                conn, key.public_key(), row_leaf_of=row_leaf_data, rows_query=NEW_ROWS,
+                actions_query=NEW_ACTIONS, emit=lines.append,
+            )  # fmt: skip
+        verify_s = time.perf_counter() - began
+        assert report.findings == 0, lines[:5]
+        await v1.close()
+        await conn.close()
+        return {
+            "rows": rows,
+            "build_s": build_s,
+            "seal_v1_py_us": cost["v1"][0] / cost["v1"][2] * 1e6,
+            "seal_v1_pg_us": cost["v1"][1] / cost["v1"][2] * 1e6,
+            "seal_log_py_us": cost["log"][0] / cost["log"][2] * 1e6,
+            "seal_log_pg_us": cost["log"][1] / cost["log"][2] * 1e6,
+            "receipt_p50_ms": statistics.median(receipt_ms),
+            "receipt_p95_ms": _p(receipt_ms, 95),
+            "consistency_p50_ms": statistics.median(consistency_ms),
+            "consistency_p95_ms": _p(consistency_ms, 95),
+            "verify_log_rows_per_s": report.rows / verify_s,
+            "leaves": report.leaves,
+            "checkpoints": report.checkpoints,
+        }
+    finally:
+        await asyncio.to_thread(stack.stop)
+        stack.destroy()
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def main(rows: int) -> None:
+    r = asyncio.run(run(rows))
+    print(f"store of {r['rows']:,} rows ({r['leaves']:,} leaves, {r['checkpoints']} checkpoints), "
+          f"built and sealed in {r['build_s']:.0f} s")  # fmt: skip
+    table = [
+        ("sealing, v1 only: sealer / PostgreSQL CPU per row",
+         f"{r['seal_v1_py_us']:.2f} / {r['seal_v1_pg_us']:.2f} µs"),
+        ("sealing, v1 + log: sealer / PostgreSQL CPU per row",
+         f"{r['seal_log_py_us']:.2f} / {r['seal_log_pg_us']:.2f} µs"),
+        ("receipt (auditq proof) p50 / p95",
+         f"{r['receipt_p50_ms']:.1f} / {r['receipt_p95_ms']:.1f} ms"),
+        ("consistency proof p50 / p95",
+         f"{r['consistency_p50_ms']:.1f} / {r['consistency_p95_ms']:.1f} ms"),
+        ("verify of the log", f"{r['verify_log_rows_per_s']:,.0f} rows/s"),
+    ]  # fmt: skip
+    print("| what | figure |")
+    print("|---|---:|")
+    for what, figure in table:
+        print(f"| {what} | {figure} |")
+    print(f"load average now {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
+
+
+if __name__ == "__main__":
+    main(int(sys.argv[1]) if len(sys.argv) > 1 else ROWS)

@@ -1,0 +1,266 @@
+"""Verify the transparency log: rebuild its leaves from the rows and actions, check every
+checkpoint's root, signature and growth, and that the log extends a head kept elsewhere.
+
+Coverage is decided by the tree: a committed row after the log began that is neither a
+leaf nor waiting in the seal queue is a finding, whatever its `received_at` says.
+"""
+
+from __future__ import annotations
+
+import base64
+import re
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import asyncpg
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+from service.integrity import merkle, note
+from service.integrity.leaf import action_leaf, as_json
+from service.store.db import Conn
+
+RETENTION_ACTIONS = ("partition.dropped", "retention.rows_deleted")
+_RANGE = re.compile(r"[\[(](-?\d+),(-?\d+)[\])]")
+
+BATCHES = "SELECT first, size, row_seqs::text AS row_seqs, action_ids::text AS action_ids, hashes FROM tlog_batch ORDER BY first"  # noqa: E501
+CHECKPOINTS = "SELECT size, note FROM tlog_checkpoint ORDER BY size"
+RETAINED = """
+SELECT id, seqs::text AS seqs FROM store_action
+WHERE action = ANY($1::text[]) AND seqs IS NOT NULL
+"""
+PENDING = "SELECT coalesce(range_agg(r), '{}')::text FROM seal_pending p, unnest(p.seqs) r WHERE kind = 'row'"  # noqa: E501
+UNLOGGED = """
+SELECT id FROM audit_log a
+WHERE a.seq >= $1 AND NOT (a.seq <@ $2::text::int8multirange)
+  AND NOT (a.seq <@ $3::text::int8multirange)
+ORDER BY a.seq LIMIT 1000
+"""
+LOGGED_SEQS = "SELECT coalesce(range_agg(r), '{}')::text FROM tlog_batch b, unnest(b.row_seqs) r"
+
+
+def _ranges(text: str) -> list[tuple[int, int]]:
+    return [(int(lo), int(hi)) for lo, hi in _RANGE.findall(text or "")]
+
+
+@dataclass
+class LogReport:
+    """What the log verification found."""
+
+    leaves: int = 0
+    rows: int = 0
+    checkpoints: int = 0
+    findings: int = 0
+    removed_by_retention: int = 0
+    erased: int = 0
+    awaiting_seal: int = 0
+    lines: list[str] = field(default_factory=list)
+
+
+@dataclass
+class _Ctx:
+    conn: Conn
+    key: Ed25519PublicKey
+    emit: Callable[[str], None]
+    report: LogReport
+    row_leaf_of: Callable[[asyncpg.Record], bytes]
+    rows_query: str
+    actions_query: str
+    retained: list[tuple[int, int, int]] = field(default_factory=list)
+    erased: dict[int, list[tuple[bytes, bytes]]] = field(default_factory=dict)
+
+    def finding(self, line: str) -> None:
+        self.report.findings += 1
+        self.emit(line)
+
+
+async def verify_log(
+    conn: Conn,
+    key: Ed25519PublicKey,
+    *,
+    row_leaf_of: Callable[[asyncpg.Record], bytes],
+    rows_query: str,
+    actions_query: str,
+    head: note.Checkpoint | None = None,
+    emit: Callable[[str], None] = print,
+) -> LogReport:
+    """Check the log of `conn` (inside the caller's snapshot); each finding goes to `emit`."""
+    ctx = _Ctx(conn, key, emit, LogReport(), row_leaf_of, rows_query, actions_query)
+    ctx.retained = [
+        (r["id"], lo, hi)
+        for r in await conn.fetch(RETAINED, list(RETENTION_ACTIONS))
+        for lo, hi in _ranges(r["seqs"])
+    ]
+    ctx.erased = await _erasures(conn)
+    hashes: list[bytes] = []
+    first_seq: int | None = None
+    for batch in await conn.fetch(BATCHES):
+        if batch["first"] != len(hashes):
+            ctx.finding(f"log leaves {len(hashes)}-{batch['first'] - 1} missing")
+            break
+        stored, seqs = await _batch(ctx, batch)
+        if first_seq is None and seqs:
+            first_seq = seqs[0]
+        hashes.extend(stored)
+    ctx.report.leaves = len(hashes)
+    await _checkpoints(ctx, hashes, head)
+    if first_seq is not None:
+        pending = await conn.fetchval(PENDING)
+        logged = await conn.fetchval(LOGGED_SEQS)
+        for r in await conn.fetch(UNLOGGED, first_seq, logged, pending):
+            ctx.finding(f"row {r['id']} not in the log (not queued for sealing either)")
+        ctx.report.awaiting_seal = sum(hi - lo for lo, hi in _ranges(pending))
+    return ctx.report
+
+
+async def _batch(ctx: _Ctx, batch: asyncpg.Record) -> tuple[list[bytes], list[int]]:
+    """Check one batch's leaves against the rows and actions they stand for."""
+    conn = ctx.conn
+    blob = bytes(batch["hashes"])
+    stored = [blob[i : i + 32] for i in range(0, len(blob), 32)]
+    seqs = [s for lo, hi in _ranges(batch["row_seqs"]) for s in range(lo, hi)]
+    ids = [i for lo, hi in _ranges(batch["action_ids"]) for i in range(lo, hi)]
+    if len(seqs) + len(ids) != len(stored):
+        ctx.finding(f"log batch at leaf {batch['first']} altered: its ranges and hashes differ")
+        return stored, seqs
+    rows = {r["seq"]: r for r in await conn.fetch(ctx.rows_query, batch["row_seqs"])}
+    for offset, seq in enumerate(seqs):
+        _row(ctx, rows.get(seq), seq, batch["first"] + offset, stored[offset])
+    actions = {a["id"]: a for a in await conn.fetch(ctx.actions_query, batch["action_ids"])}
+    for offset, action_id in enumerate(ids, start=len(seqs)):
+        index = batch["first"] + offset
+        a = actions.get(action_id)
+        if a is None:
+            ctx.finding(f"action {action_id} missing (leaf {index})")
+            continue
+        data = action_leaf(action_json(a, await erasure_rows(conn, index)))
+        if merkle.leaf_hash(data) != stored[offset]:
+            ctx.finding(f"action {action_id} ({a['action']}) altered (leaf {index})")
+    return stored, seqs
+
+
+def _row(ctx: _Ctx, row: asyncpg.Record | None, seq: int, index: int, stored: bytes) -> None:
+    if row is None:
+        action = next((a for a, lo, hi in ctx.retained if lo <= seq < hi), None)
+        if action is None:
+            ctx.finding(f"row with seq {seq} missing (leaf {index})")
+        else:
+            ctx.report.removed_by_retention += 1
+        return
+    ctx.report.rows += 1
+    leaf = merkle.leaf_hash(ctx.row_leaf_of(row))
+    chain = ctx.erased.get(index)
+    if chain:
+        if chain[0][0] != stored or chain[-1][1] != leaf:
+            ctx.finding(f"row {row['id']} altered (leaf {index}) after its erasure")
+        else:
+            ctx.report.erased += 1
+    elif leaf != stored:
+        ctx.finding(f"row {row['id']} altered (leaf {index})")
+
+
+def prefix_roots(hashes: list[bytes], sizes: set[int]) -> dict[int, bytes]:
+    """The roots of the first n leaves for each n in `sizes`, in one pass (a compact range)."""
+    roots: dict[int, bytes] = {0: merkle.EMPTY_ROOT}
+    stack: list[tuple[int, bytes]] = []
+    node_hash = merkle.node_hash
+    for n, h in enumerate(hashes, start=1):
+        level, value = 0, h
+        while stack and stack[-1][0] == level:
+            value = node_hash(stack.pop()[1], value)
+            level += 1
+        stack.append((level, value))
+        if n in sizes:
+            roots[n] = merkle.fold([v for _, v in stack])
+    return roots
+
+
+async def _checkpoints(ctx: _Ctx, hashes: list[bytes], head: note.Checkpoint | None) -> None:
+    """Each checkpoint: signed by the key, of one origin, growing, with the root of the
+    log's first `size` leaves (so each extends the one before: they are prefixes of one
+    list of leaves)."""
+    parsed: list[tuple[int, note.Checkpoint]] = []
+    for record in await ctx.conn.fetch(CHECKPOINTS):
+        ctx.report.checkpoints += 1
+        size = int(record["size"])
+        try:
+            checkpoint = note.parse(record["note"])
+            note.verify(checkpoint, checkpoint.origin, ctx.key)
+        except note.NoteError as exc:
+            ctx.finding(f"checkpoint of size {size} altered or signed with another key: {exc}")
+            continue
+        if checkpoint.size != size:
+            ctx.finding(f"checkpoint of size {size} altered: its note says {checkpoint.size}")
+            continue
+        parsed.append((size, checkpoint))
+    sizes = {size for size, _ in parsed} | ({head.size} if head else set())
+    roots = prefix_roots(hashes, sizes)
+    origin: str | None = None
+    for size, checkpoint in parsed:
+        if origin is not None and checkpoint.origin != origin:
+            ctx.finding(f"checkpoint of size {size} is of another log ({checkpoint.origin})")
+        origin = checkpoint.origin
+        if size > len(hashes):
+            ctx.finding(f"checkpoint of size {size} covers leaves the log no longer has")
+        elif roots[size] != checkpoint.root:
+            ctx.finding(
+                f"checkpoint of size {size}: the log's first {size} leaves no longer have its "
+                "root (the log was rewritten, or the checkpoint forged)"
+            )
+    if head is not None:
+        _check_head(ctx, len(hashes), roots, head)
+
+
+def _check_head(ctx: _Ctx, leaves: int, roots: dict[int, bytes], head: note.Checkpoint) -> None:
+    """The head kept elsewhere must be a prefix of the log as stored."""
+    label = f"the head given ({head.origin}, size {head.size})"
+    try:
+        note.verify(head, head.origin, ctx.key)
+    except note.NoteError as exc:
+        ctx.finding(f"{label} is not signed by this key: {exc}")
+        return
+    if head.size > leaves:
+        ctx.finding(
+            f"the log does not extend {label}: it has {leaves} leaves "
+            "(a cut tail or a restored older backup)"
+        )
+    elif roots[head.size] != head.root:
+        ctx.finding(f"the log does not extend {label}: its first {head.size} leaves differ")
+
+
+async def _erasures(conn: Conn) -> dict[int, list[tuple[bytes, bytes]]]:
+    """Per row leaf index: (before, after) of each erasure, in the order they were logged."""
+    chains: dict[int, list[tuple[bytes, bytes]]] = {}
+    for r in await conn.fetch(ERASURES):
+        chains.setdefault(r["leaf_index"], []).append((bytes(r["before"]), bytes(r["after"])))
+    return chains
+
+
+ERASURES = "SELECT leaf_index, before, after FROM tlog_erasure ORDER BY action_leaf, leaf_index"
+ERASURE_ROWS = """
+SELECT leaf_index, before, after FROM tlog_erasure WHERE action_leaf = $1 ORDER BY leaf_index
+"""
+
+
+async def erasure_rows(conn: Conn, action_leaf_index: int) -> list[asyncpg.Record]:
+    records: list[asyncpg.Record] = await conn.fetch(ERASURE_ROWS, action_leaf_index)
+    return records
+
+
+def action_json(
+    action: Mapping[str, Any] | asyncpg.Record, rows: Sequence[Mapping[str, Any] | asyncpg.Record]
+) -> dict[str, Any]:
+    """An action's leaf fields as JSON (docs/integrity.md, "Leaves")."""
+    fields: dict[str, Any] = as_json(
+        {k: action[k] for k in ("id", "at", "action", "actor", "detail")}
+    )
+    if rows:
+        fields["rows"] = [
+            {
+                "leaf_index": int(r["leaf_index"]),
+                "before": base64.b64encode(bytes(r["before"])).decode(),
+                "after": base64.b64encode(bytes(r["after"])).decode(),
+            }
+            for r in rows
+        ]
+    return fields

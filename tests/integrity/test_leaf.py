@@ -1,0 +1,85 @@
+"""A row's leaf data: the fast path (msgspec, ES6 numbers) is byte for byte RFC 8785."""
+
+from __future__ import annotations
+
+import json
+import random
+import struct
+from typing import Any
+
+import rfc8785
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from service.integrity.leaf import (
+    as_json,
+    canonical,
+    decode_jsonb,
+    es6_number,
+    fast_row_leaf,
+    raw_float,
+    row_leaf,
+)
+
+JSON = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(min_value=-(2**70), max_value=2**70)
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(),
+    lambda children: (
+        st.lists(children, max_size=4) | st.dictionaries(st.text(), children, max_size=4)
+    ),
+    max_leaves=12,
+)
+
+
+def test_es6_numbers_match_rfc8785_on_random_doubles() -> None:
+    rng = random.Random(8785)
+    values = [1.0, 1e21, 1e20, 1e-6, 1e-7, 5e-324, 1.7976931348623157e308, -0.0, 0.1, 2.5e-7]
+    for _ in range(50_000):
+        value = struct.unpack("<d", rng.getrandbits(64).to_bytes(8, "little"))[0]
+        if value == value and abs(value) != float("inf"):
+            values.append(value)
+        values.append(rng.random() * 10 ** rng.randint(-12, 25))
+    for value in values:
+        assert es6_number(value) == rfc8785.dumps(value).decode(), value
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    metadata=JSON,
+    changes=JSON,
+    duration=st.none() | st.floats(allow_nan=False, allow_infinity=False),
+)
+def test_the_fast_row_leaf_is_the_rfc8785_form_of_the_item(
+    metadata: Any, changes: Any, duration: float | None
+) -> None:
+    text_meta, text_changes = json.dumps(metadata), json.dumps(changes)
+    base = {"id": "0190a0b1-0000-7000-8000-000000000001", "action": "a.b", "status": 200}
+    slow = {
+        **base,
+        "metadata": json.loads(text_meta),
+        "changes": json.loads(text_changes),
+        "duration_ms": duration,
+    }
+    fast = {
+        **base,
+        "metadata": decode_jsonb(text_meta),
+        "changes": decode_jsonb(text_changes),
+        "duration_ms": raw_float(duration),
+    }
+    reference = row_leaf(as_json(slow))
+    assert reference == canonical({"kind": "row", "item": as_json(slow)})
+    data = fast_row_leaf(fast)
+    assert data is None or data == reference
+
+
+def test_an_ordinary_item_takes_the_fast_path_and_a_big_integer_the_reference_one() -> None:
+    meta = '{"plan": "pro", "seats": 3, "ratio": 0.25, "name": "Zoë 日本"}'
+    item = {"id": "x", "metadata": decode_jsonb(meta), "duration_ms": raw_float(12.0)}
+    data = fast_row_leaf(item)
+    assert data is not None
+    assert data == row_leaf(as_json({"id": "x", "metadata": json.loads(meta), "duration_ms": 12.0}))
+    assert b'"duration_ms":12,' in data
+    assert fast_row_leaf({"metadata": decode_jsonb('{"n": 9007199254740993}')}) is None
