@@ -38,6 +38,7 @@ INSERT INTO audit_log (id, ts, action, category, severity, outcome, presentation
 VALUES ($1, now(), 'project.updated', 'project', 'info', 'success', '{}', 'redis:test')
 """
 
+
 async def test_two_workers_and_a_held_transaction_seal_every_row_exactly_once(
     settings: Settings, pg: asyncpg.Connection, role_urls: dict[str, str]
 ) -> None:
