@@ -73,10 +73,11 @@ export function Outcome({ value }) {
 }
 
 export function Presentation({ item }) {
-  const { text, code, params } = present(item);
-  if (text !== null) return html`<span>${text}</span>`;
+  const { text, code, params, known } = present(item);
+  if (known) return html`<span>${text}</span>`;
+  // No catalogue entry: the fallback sentence, with the params it could not place.
   const shown = Object.keys(params).length ? ` ${JSON.stringify(params)}` : "";
-  return html`<span><code>${code}</code><span class="muted">${shown}</span></span>`;
+  return html`<span title=${code}>${text}<span class="muted">${shown}</span></span>`;
 }
 
 export const entityPath = (entity) => `/console/entities/${seg(entity.type)}/${seg(entity.id)}`;
@@ -116,8 +117,8 @@ export function useAsync(load, deps) {
   return { ...state, reload: run };
 }
 
-/** Run `fn` every `ms` while the tab is visible (and once at once). */
-export function useVisibleInterval(fn, ms) {
+/** Run `fn` every `ms` while the tab is visible (and once at once, and when `deps` change). */
+export function useVisibleInterval(fn, ms, deps = []) {
   const saved = useRef(fn);
   saved.current = fn;
   useEffect(() => {
@@ -137,7 +138,7 @@ export function useVisibleInterval(fn, ms) {
       clearInterval(timer);
       document.removeEventListener("visibilitychange", sync);
     };
-  }, [ms]);
+  }, [ms, ...deps]);
 }
 
 function button(text, className) {
@@ -213,4 +214,57 @@ export function Select({ label, name, value, options }) {
 
 export function Loading({ when }) {
   return when ? html`<p class="muted" role="status">Loading…</p>` : null;
+}
+
+// What a field whose form is fixed by a pattern must look like, in words (contract §4).
+const FORMS = {
+  action: "lowercase words joined by dots, such as auth.login",
+  ip: "an IPv4 or IPv6 address",
+};
+
+/** A failure reason in plain words: a validator's pattern source becomes what the field needs. */
+export function plainReason(message) {
+  return String(message ?? "").replace(
+    /Expected `str` matching regex .* - at `\$\.?([^`]*)`/g,
+    (whole, path) => {
+      const leaf = path.split(/[.[\]]+/).filter(Boolean).pop() || path;
+      const form = FORMS[leaf];
+      return `the field ${path} is not in the form it must have${form ? ` (${form})` : ""}`;
+    },
+  );
+}
+
+export const REFRESH_MS = 3000; // how often a view showing changeable state asks again
+
+/**
+ * Load data when `deps` change and again every `ms` while the tab is visible (stopped while
+ * hidden, as the Queue view): {data, error, loading, reload}. A refresh keeps what is shown
+ * until its answer arrives, so nothing flickers.
+ */
+export function usePolled(load, deps, ms = REFRESH_MS) {
+  const [state, setState] = useState({ data: null, error: null, loading: true });
+  const generation = useRef(0);
+  const run = useCallback(async () => {
+    const mine = generation.current;
+    try {
+      const data = await load();
+      if (mine === generation.current) setState({ data, error: null, loading: false });
+    } catch (error) {
+      if (error.name === "AbortError") return;
+      if (mine === generation.current) setState((s) => ({ ...s, error, loading: false }));
+    }
+  }, deps);
+  const mounted = useRef(false);
+  useEffect(() => {
+    // New deps: forget what was shown and ask at once (the interval asked already on mount).
+    if (!mounted.current) {
+      mounted.current = true;
+      return;
+    }
+    generation.current += 1;
+    setState({ data: null, error: null, loading: true });
+    run();
+  }, [run]);
+  useVisibleInterval(run, ms);
+  return { ...state, reload: run };
 }

@@ -2,13 +2,14 @@
 import { html, useState } from "../lib.js";
 import { hasRoute, request } from "../api.js";
 import { navigate, seg } from "../router.js";
-import { ErrorBox, Field, Loading, Notice, useAction, useAsync } from "../ui.js";
+import { ErrorBox, Field, Loading, Notice, useAction, useAsync, usePolled } from "../ui.js";
 
 const API = "/api/v1/admin/subjects";
 const ROUTE = `${API}/{subject_id}/anonymisation`;
 
 function SubjectState({ id, generation }) {
-  const state = useAsync(async () => {
+  // Polled while visible: a running erasure reaches "done" on screen without a reload.
+  const state = usePolled(async () => {
     try {
       return await request(`${API}/${seg(id)}/anonymisation`);
     } catch (error) {
@@ -17,10 +18,10 @@ function SubjectState({ id, generation }) {
     }
   }, [id, generation]);
   if (state.loading) return html`<${Loading} when=${true} />`;
-  if (state.error) return html`<${ErrorBox} error=${state.error} />`;
+  if (state.error && !state.data) return html`<${ErrorBox} error=${state.error} />`;
   if (!state.data) return html`<p class="muted">No anonymisation was asked for this subject.</p>`;
   const s = state.data;
-  return html`<dl class="fields">
+  return html`<${ErrorBox} error=${state.error} /><dl class="fields" aria-live="polite">
     <dt>State</dt><dd>${s.state}</dd><dt>Pseudonym</dt><dd class="mono">${s.pseudonym}</dd>
     <dt>Rows</dt><dd>${s.rows}</dd><dt>Dead letters</dt><dd>${s.dead_letters}</dd></dl>`;
 }

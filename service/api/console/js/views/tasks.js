@@ -1,9 +1,10 @@
 // Tasks: tabs per status with counts, detail with payload and failure, retry, bulk retry, cleanup.
-import { html, useEffect, useState } from "../lib.js";
+import { html, useEffect, useRef, useState } from "../lib.js";
 import { apiDocument, request } from "../api.js";
 import { navigate, seg } from "../router.js";
 import {
-  ErrorBox, Field, Json, Loading, Notice, Select, Time, fromLocalInput, useAction, useAsync,
+  ErrorBox, Field, Json, Loading, Notice, Select, Time, fromLocalInput, plainReason, useAction,
+  usePolled, useVisibleInterval, REFRESH_MS,
 } from "../ui.js";
 
 const API = "/api/v1/admin/tasks";
@@ -12,10 +13,6 @@ const STATUSES = [
   ["failed", "Failed"], ["complete", "Complete"],
 ];
 const taskPath = (id) => `/console/tasks/${seg(id)}`;
-
-function useCounts(generation) {
-  return useAsync(() => request("/api/v1/admin/queue/stats").then((s) => s.counts), [generation]);
-}
 
 function Tabs({ status, counts }) {
   const tab = (value, text) => {
@@ -38,7 +35,7 @@ function TaskTable({ items }) {
       <td class="num">${t.attempts} / ${t.max_attempts}</td>
       <td class="num">${t.event_count}</td>
       <td class="hide-narrow"><${Time} value=${t.enqueued_at} /></td>
-      <td class="wrap">${t.failure ? `${t.failure.error_name}: ${t.failure.message}` : ""}</td>
+      <td class="wrap">${t.failure ? `${t.failure.error_name}: ${plainReason(t.failure.message)}` : ""}</td>
     </tr>`)}</tbody></table></div>`;
 }
 
@@ -116,53 +113,76 @@ function Cleanup({ onDone }) {
   </details>`;
 }
 
+/** Each task once, in the order first seen (a task that moves while pages load stays once). */
+export function uniqueTasks(items) {
+  const seen = new Set();
+  return items.filter((t) => !seen.has(t.id) && seen.add(t.id));
+}
+
 export function TasksView({ location, who }) {
   const status = location.query.get("status") || "";
   const kind = location.query.get("kind") || "";
   const [generation, setGeneration] = useState(0);
-  const counts = useCounts(generation);
-  const [pages, setPages] = useState({ items: [], cursor: null, loading: true, error: null });
-  const load = async (cursor) => {
+  const [pages, setPages] = useState({ items: [], cursor: null, more: false, loading: true, error: null });
+  const shown = useRef(pages);
+  shown.current = pages;
+  const query = (cursor) => {
     const q = new URLSearchParams();
     if (status) q.set("status", status);
     if (kind) q.set("kind", kind);
     if (cursor) q.set("cursor", cursor);
+    return q;
+  };
+  const more = async () => {
     setPages((p) => ({ ...p, loading: true, error: null }));
     try {
-      const page = await request(API, { query: q });
-      setPages((p) => ({ items: cursor ? [...p.items, ...page.items] : page.items, cursor: page.next_cursor, loading: false, error: null }));
+      const page = await request(API, { query: query(pages.cursor) });
+      setPages((p) => ({ items: uniqueTasks([...p.items, ...page.items]), cursor: page.next_cursor, more: true, loading: false, error: null }));
     } catch (error) {
       setPages((p) => ({ ...p, loading: false, error }));
     }
   };
-  useEffect(() => { load(null); }, [status, kind, generation]);
+  useEffect(() => setPages({ items: [], cursor: null, more: false, loading: true, error: null }), [status, kind, generation]);
+  // While visible: the counts and the first page again (as the Queue view); once "More" was
+  // used, only the counts, so the rows a user is reading do not move under them.
+  const counts = usePolled(() => request("/api/v1/admin/queue/stats").then((st) => st.counts), [generation]);
+  useVisibleInterval(async () => {
+    if (shown.current.more) return;
+    try {
+      const page = await request(API, { query: query(null) });
+      setPages((p) => (p.more ? p : { items: uniqueTasks(page.items), cursor: page.next_cursor, more: false, loading: false, error: null }));
+    } catch (error) {
+      setPages((p) => ({ ...p, loading: false, error }));
+    }
+  }, REFRESH_MS, [status, kind, generation]);
   const refresh = () => setGeneration((n) => n + 1);
   const admin = who.role === "admin";
   return html`<h1>Tasks</h1>
     <${Tabs} status=${status} counts=${counts.data} />
     <${ErrorBox} error=${counts.error} />
     ${admin ? html`<div class="panels">${status === "failed" || status === "" ? html`<${RetryFailed} onDone=${refresh} />` : null}<${Cleanup} onDone=${refresh} /></div>` : null}
-    <${ErrorBox} error=${pages.error} /><${Loading} when=${pages.loading} />
+    <${ErrorBox} error=${pages.error} /><${Loading} when=${pages.loading && !pages.items.length} />
     <${TaskTable} items=${pages.items} />
-    ${pages.cursor ? html`<div class="toolbar"><button type="button" onClick=${() => load(pages.cursor)}>More</button></div>` : null}`;
+    ${pages.cursor ? html`<div class="toolbar"><button type="button" onClick=${more} disabled=${pages.loading}>More</button></div>` : null}`;
 }
 
 export function TaskView({ params, who }) {
   const [id] = params;
-  const { data: task, error, loading, reload } = useAsync(() => request(`${API}/${seg(id)}`), [id]);
+  // Polled while visible: after a retry the page follows the task to its real final state.
+  const { data: task, error, loading, reload } = usePolled(() => request(`${API}/${seg(id)}`), [id]);
   const action = useAction();
   const retry = () => action.run(`Retry task ${id}? Its ${task.event_count} event(s) are queued again under the same id.`, async () => {
     await request(`${API}/${seg(id)}/retry`, { method: "POST" });
     reload();
-    return "The task is queued again; a worker will pick it up shortly.";
+    return "Retry requested: the task was queued again. Its state below follows it as it runs.";
   }, { confirmLabel: "Retry" });
   return html`<h1>Task <span class="mono">${id}</span></h1>
     <p><a href="/console/tasks">All tasks</a> · <a href=${`/console/tasks?status=failed`}>Failed tasks</a></p>
     <${ErrorBox} error=${error} /><${Loading} when=${loading} />
     <${ErrorBox} error=${action.error} /><${Notice} text=${action.notice} />
     ${task ? html`
-      <p><strong>${task.presentation.title}</strong> — ${task.presentation.status_message}</p>
-      <p class="muted">${task.presentation.detail_message}</p>
+      <p aria-live="polite"><strong>${task.presentation.title}</strong> — ${task.presentation.status_message}</p>
+      <p class="muted">${plainReason(task.presentation.detail_message)}</p>
       ${who.role === "admin" && task.status === "failed"
         ? html`<div class="toolbar"><button type="button" class="primary" onClick=${retry} disabled=${action.busy}>Retry this task</button></div>` : null}
       <div class="grid2">
@@ -182,7 +202,7 @@ export function TaskView({ params, who }) {
           ${task.failure ? html`<dl class="fields">
             <dt>Error</dt><dd><code>${task.failure.error_name}</code></dd>
             <dt>Classification</dt><dd>${task.failure.classification}</dd>
-            <dt>Message</dt><dd>${task.failure.message}</dd>
+            <dt>Message</dt><dd>${plainReason(task.failure.message)}</dd>
           </dl>` : html`<p class="muted">None.</p>`}
         </section>
       </div>
