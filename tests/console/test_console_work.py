@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 import re
+from datetime import UTC, datetime, timedelta
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import aiohttp
+import asyncpg
+import pytest
 from playwright.async_api import expect
 
 from service.events import Actor, AuditEvent, Entity
 from tests.admin_api import enqueue
 from tests.conftest import wait_for
-from tests.console.conftest import Stack, Tab
+from tests.console.conftest import Stack, Tab, _tab, axe_source
 
 
 def rows(tab: Tab) -> Any:
@@ -80,7 +84,7 @@ async def test_a_failed_sign_in_reads_as_failed_and_an_unknown_action_in_words(t
 
 async def test_a_task_failure_reads_in_plain_words(tab: Tab) -> None:
     task_id = await _failed_task(tab.stack, '{"action": "Not An Action"}')
-    status, body = await _api(tab.stack, "GET", f"/api/v1/admin/tasks/{task_id}")
+    _, body = await _api(tab.stack, "GET", f"/api/v1/admin/tasks/{task_id}")
     assert "regex" in body["failure"]["message"]  # what the console must not show as it is
     await tab.sign_in(path=f"/console/tasks/{task_id}")
     await tab.page.get_by_role("heading", name="Failure").wait_for()
@@ -192,3 +196,181 @@ async def test_the_integrity_page_gives_a_verdict_that_follows_a_verification(ta
     main = await tab.page.locator("main").inner_text()
     assert "intact\ttrue" not in main.lower() and "[" not in main
     await tab.shot("integrity")
+
+
+async def test_times_are_utc_by_default_with_a_labelled_switch_to_local(
+    browser: Any, stack: Stack
+) -> None:
+    # A browser in New York: local time is not UTC there, so the two cannot be confused.
+    context = {"viewport": {"width": 1280, "height": 800}, "timezone_id": "America/New_York"}
+    async for tab in _tab(browser, stack, **context):
+        page = tab.page
+        _, item = await _api(stack, "GET", f"/api/v1/admin/audit-logs/{stack.diff_event_id}")
+        when = datetime.fromisoformat(item["ts"])
+        await tab.sign_in(path=f"/console/audit-logs/{stack.diff_event_id}")
+        shown = _dd(tab, "Time")
+        utc = when.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S")
+        await expect(shown).to_have_text(f"{utc} UTC")
+        await page.get_by_label("Times in").select_option("local")
+        local = when.astimezone(ZoneInfo("America/New_York"))
+        await expect(shown).to_have_text(f"{local.strftime('%Y-%m-%d %H:%M:%S')} UTC-05:00")
+        await page.get_by_label("Times in").select_option("utc")
+
+        # Inputs take ISO dates, in the zone their label names.
+        await tab.open("/console/audit-logs")
+        since = page.get_by_label("Since (UTC)")
+        assert await since.get_attribute("type") == "text"
+        await since.fill("2026-01-02 03:04")
+        await page.get_by_role("button", name="Search").click()
+        await page.wait_for_url(re.compile(r"since=2026-01-02T03%3A04%3A00Z$"))
+        await expect(page.get_by_label("Since (UTC)")).to_have_value("2026-01-02 03:04:00")
+
+        # A filter the API refuses shows the refusal alone.
+        tab.allowed_errors.append("400")
+        await page.get_by_label("Since (UTC)").fill("yesterday")
+        await page.get_by_role("button", name="Search").click()
+        await expect(page.get_by_role("alert")).to_contain_text("since")
+        assert await page.get_by_text("No audit logs match").count() == 0
+        assert await page.get_by_text("shown").count() == 0
+
+
+async def test_the_statistics_axis_fits_labels_from_ten_thousand_up(tab: Tab) -> None:
+    day = (datetime.now(UTC) - timedelta(days=3)).replace(hour=12, minute=0, second=0)
+    assert tab.stack.settings.database_url
+    conn = await asyncpg.connect(tab.stack.settings.database_url)
+    try:
+        await conn.execute(
+            "INSERT INTO audit_log (id, ts, action, category, severity, outcome, presentation)"
+            " SELECT gen_random_uuid(), $1, 'bulk.row', 'bulk', 'info', 'success',"
+            """ '{"code": "audit.bulk.row", "params": {}}'::jsonb"""
+            " FROM generate_series(1, 12000)",
+            day,
+        )
+    finally:
+        await conn.close()
+    await tab.sign_in(path="/console/statistics")
+    over = tab.page.locator(".chart .u-over").first
+    await over.wait_for()
+    axis = await over.evaluate("e => e.offsetLeft")
+    label = await tab.page.evaluate(
+        "() => { const c = document.createElement('canvas').getContext('2d');"
+        ' c.font = \'12px system-ui, -apple-system, "Segoe UI", Roboto, "Helvetica Neue",'
+        ' Arial, "Noto Sans", sans-serif, "Apple Color Emoji", "Segoe UI Emoji",'
+        ' "Segoe UI Symbol", "Noto Color Emoji"\';'
+        " return c.measureText((12000).toLocaleString()).width; }"
+    )
+    assert axis >= label + 15, (axis, label)  # ticks (10 px) and gap (5 px) beside the text
+    await tab.shot("statistics")
+
+
+async def test_a_preset_finds_the_last_hours_events_and_the_total_is_counted(tab: Tab) -> None:
+    stack = tab.stack
+    page = tab.page
+    now = datetime.now(UTC)
+    for ago in (timedelta(minutes=1), timedelta(minutes=20), timedelta(hours=2)):
+        await stack.capture(AuditEvent(action="preset.recent", ts=now - ago))
+    await _stored(stack, "preset.recent", 3)
+    await tab.sign_in(path="/console/audit-logs?action=preset.recent")
+    status = page.get_by_role("status").filter(has_text="shown")
+    await expect(status).to_have_text("3 shown of 3 matching.")
+    await (
+        page.get_by_role("group", name="Time presets")
+        .get_by_role("button", name="Last hour")
+        .click()
+    )
+    await page.wait_for_url(re.compile(r"action=preset.recent&since=\d{4}-\d\d-\d\dT[\d%A]+Z$"))
+    await expect(status).to_have_text("2 shown of 2 matching.")
+    await expect(rows(tab)).to_have_count(2)
+
+
+async def test_payload_filters_find_the_one_row_through_the_api_and_the_console(
+    tab: Tab,
+) -> None:
+    stack = tab.stack
+    page = tab.page
+    await stack.capture(
+        AuditEvent(action="payload.probe", metadata={"plan": "pro", "geo": {"country": "FR"}})
+    )
+    await stack.capture(
+        AuditEvent(action="payload.probe", metadata={"plan": "free", "geo": {"country": "DE"}})
+    )
+    await _stored(stack, "payload.probe", 2)
+    base = "/api/v1/admin/audit-logs?action=payload.probe&count=true"
+    status, body = await _api(stack, "GET", f"{base}&metadata=geo.country%3DFR")
+    assert status == 200 and len(body["items"]) == 1
+    assert body["items"][0]["metadata"]["plan"] == "pro"
+    assert body["total"] == {"count": 1, "exact": True}
+    status, body = await _api(
+        stack,
+        "POST",
+        "/api/v1/admin/audit-logs/search",
+        {"action": ["payload.probe"], "metadata": ["plan=free"], "count": True},
+    )
+    assert status == 200 and body["total"]["count"] == 1
+    assert body["items"][0]["metadata"]["plan"] == "free"
+    status, body = await _api(
+        stack, "GET", "/api/v1/admin/audit-logs?change_field=visibility&count=true"
+    )
+    assert [i["id"] for i in body["items"]] == [stack.diff_event_id]
+    status, body = await _api(stack, "GET", "/api/v1/admin/audit-logs?metadata=no-equals-sign")
+    assert status == 400 and "`metadata`" in body["error"]["message"]
+    status, doc = await _api(stack, "GET", "/api/v1/openapi.json")
+    declared = {p["name"] for p in doc["paths"]["/api/v1/admin/audit-logs"]["get"]["parameters"]}
+    assert {"metadata", "change_field", "count"} <= declared
+
+    await tab.sign_in(path="/console/audit-logs?action=payload.probe")
+    await expect(rows(tab)).to_have_count(2)
+    await page.get_by_label("Metadata key=value").fill("geo.country=FR")
+    await page.get_by_role("button", name="Search").click()
+    await page.wait_for_url(re.compile(r"metadata=geo.country%3DFR$"))
+    await expect(rows(tab)).to_have_count(1)
+    await expect(page.get_by_role("status").filter(has_text="shown")).to_have_text(
+        "1 shown of 1 matching."
+    )
+
+
+async def _axe(page: Any) -> list[str]:
+    await page.evaluate(axe_source())  # not a <script>: the page's CSP stays as it is
+    result = await page.evaluate("axe.run(document, {resultTypes: ['violations']})")
+    return [
+        f"{v['id']}: {v['nodes'][0]['target']}"
+        for v in result["violations"]
+        if v["impact"] in ("serious", "critical")
+    ]
+
+
+@pytest.mark.parametrize("width", [1280, 390])
+@pytest.mark.parametrize("dark", [False, True], ids=["light", "dark"])
+async def test_the_changed_views_are_axe_clean_light_and_dark_wide_and_narrow(
+    browser: Any, stack: Stack, width: int, dark: bool
+) -> None:
+    task_id = await _failed_task(stack, '{"action": "Shown In Screenshots"}')
+    context: dict[str, Any] = {"viewport": {"width": width, "height": 900}}
+    if width < 600:
+        context.update(is_mobile=True, has_touch=True)
+    async for tab in _tab(browser, stack, **context):
+        page = tab.page
+        tab.allowed_errors.append("404")  # a subject never asked for: the API's 404
+        await page.emulate_media(color_scheme="dark" if dark else "light")
+        await tab.sign_in(path="/console/audit-logs")
+        findings: dict[str, list[str]] = {}
+        name = f"{'dark-' if dark else ''}{'phone-' if width < 600 else ''}"
+        for path, shot in (
+            ("/console/audit-logs?action=preset.recent&action=payload.probe", "work-audit-logs"),
+            ("/console/audit-logs?action=document.viewed", "work-fallback-sentence"),
+            (f"/console/tasks/{task_id}", "work-task"),
+            ("/console/tasks?status=failed", "work-tasks"),
+            ("/console/integrity", "work-integrity"),
+            ("/console/subjects/u-erase", "work-subject"),
+            ("/console/statistics", "work-statistics"),
+        ):
+            await tab.open(path)
+            await page.locator("main h1").wait_for()
+            await page.wait_for_load_state("networkidle")
+            found = await _axe(page)
+            if found:
+                findings[path] = found
+            scroll = await page.evaluate("document.documentElement.scrollWidth")
+            assert scroll <= width, (path, scroll)
+            await tab.shot(name + shot)
+        assert not findings, findings

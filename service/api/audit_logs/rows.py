@@ -8,6 +8,7 @@ from typing import Any
 import asyncpg
 
 from service.api.audit_logs.query import AuditLogQuery
+from service.api.errors import bad_parameter
 
 # Reading rows. `ip` is read as text: asyncpg's inet type would need its own encoding.
 SELECT_ITEMS = """
@@ -30,6 +31,12 @@ IP_WITHIN = "ip <<= {}::inet"
 SINCE = "ts >= {}"
 UNTIL = "ts <= {}"
 FULL_TEXT = "search @@ plainto_tsquery('simple', {})"
+# Inside payloads: a metadata value by its (dotted) path, as text; a field named in changes.
+METADATA_IS = "metadata #>> {}::text[] = {}"
+CHANGES_TOUCH = (
+    "changes @> ANY(SELECT jsonb_build_array(jsonb_build_object('field', f))"
+    " FROM unnest({}::text[]) AS f)"
+)
 # Keyset: the redundant bound on ts alone lets PostgreSQL prune partitions.
 AFTER_DESC = "ts <= {0} AND (ts, id) < ({0}, {1})"
 AFTER_ASC = "ts >= {0} AND (ts, id) > ({0}, {1})"
@@ -100,7 +107,25 @@ def where_of(query: AuditLogQuery) -> _Where:
         where.add(UNTIL, query.until)
     if query.q is not None:
         where.add(FULL_TEXT, query.q)
+    _inside_payloads(where, query)
     return where
+
+
+def _inside_payloads(where: _Where, query: AuditLogQuery) -> None:
+    """The metadata and changes filters."""
+    for match in _values(query.metadata):
+        key, sep, value = match.partition("=")
+        path = key.strip().split(".")
+        if not sep or not all(path):
+            raise bad_parameter("metadata", "must be key=value (a dotted key for nested values)")
+        if holds_nul(key):
+            where.fragments.append(NO_ROW)
+        else:
+            where.add(METADATA_IS, path, value)
+    if query.change_field is not None:
+        fields = [f for f in _values(query.change_field) if not holds_nul(f)]
+        # One `[{"field": f}]` per name: jsonb containment finds it in any element of changes.
+        where.add(CHANGES_TOUCH, fields)
 
 
 def _present(**fields: Any) -> dict[str, Any] | None:

@@ -4,7 +4,7 @@ import { download, request } from "../api.js";
 import { navigate, seg } from "../router.js";
 import {
   Actor, EntityLink, ErrorBox, Field, Json, Loading, Notice, Outcome, Presentation, Select,
-  Severity, Time, actorPath, asText, entityPath, fromLocalInput, logPath, toLocalInput, useAsync,
+  Severity, Time, TimeField, actorPath, asText, entityPath, fromLocalInput, logPath, useAsync,
 } from "../ui.js";
 
 const API = "/api/v1/admin/audit-logs";
@@ -12,7 +12,14 @@ const PAGE_SIZE = 50;
 // The §7 filters, as the API names them; `action` may repeat.
 export const FILTERS = [
   "action", "action_prefix", "category", "severity", "outcome", "actor_id", "entity_type",
-  "entity_id", "tenant", "request_id", "ip", "since", "until", "q",
+  "entity_id", "tenant", "request_id", "ip", "since", "until", "q", "metadata", "change_field",
+];
+// Filters that repeat: the form takes several, separated (action, change_field by commas;
+// metadata conditions by semicolons, since a value may hold a comma).
+const SEPARATORS = { action: ",", change_field: ",", metadata: ";" };
+// Time presets: the window ends now (no until), since is that long ago.
+export const PRESETS = [
+  ["Last 15 min", 15 * 60], ["Last hour", 3600], ["Last 24 h", 86400], ["Last 7 days", 7 * 86400],
 ];
 const SEVERITIES = ["info", "notice", "warning", "critical"];
 
@@ -51,8 +58,8 @@ export function FilterForm({ base, query }) {
     for (const name of FILTERS) {
       let raw = String(data.get(name) || "").trim();
       if (!raw) continue;
-      if (name === "action") {
-        for (const one of raw.split(",").map((a) => a.trim()).filter(Boolean)) next.append(name, one);
+      if (SEPARATORS[name]) {
+        for (const one of raw.split(SEPARATORS[name]).map((a) => a.trim()).filter(Boolean)) next.append(name, one);
         continue;
       }
       if (name === "since" || name === "until") raw = fromLocalInput(raw);
@@ -60,6 +67,13 @@ export function FilterForm({ base, query }) {
     }
     const qs = next.toString();
     navigate(qs ? `${base}?${qs}` : base);
+  };
+  // A preset keeps the other filters and replaces the window: since that long ago, until now.
+  const preset = (seconds) => {
+    const next = new URLSearchParams(query);
+    next.delete("until");
+    next.set("since", new Date(Date.now() - seconds * 1000).toISOString().replace(/\.\d{3}Z$/, "Z"));
+    navigate(`${base}?${next}`);
   };
   // Open on a wide screen or when filters are set; on a phone the results come first.
   const set = [...query.keys()].length;
@@ -81,14 +95,19 @@ export function FilterForm({ base, query }) {
       options=${[["", "any"], ["success", "success"], ["failure", "failure"]]} />
     <${Field} label="IP or network" name="ip" value=${value("ip")} placeholder="10.0.0.0/8" />
     <${Field} label="Request id" name="request_id" value=${value("request_id")} />
-    <${Field} label="Since" name="since" type="datetime-local" value=${toLocalInput(value("since"))} />
-    <${Field} label="Until" name="until" type="datetime-local" value=${toLocalInput(value("until"))} />
+    <${TimeField} label="Since" name="since" value=${value("since")} />
+    <${TimeField} label="Until" name="until" value=${value("until")} />
     <${Field} label="Full text" name="q" value=${value("q")} />
+    <${Field} label="Metadata key=value" name="metadata" value=${query.getAll("metadata").join("; ")} placeholder="plan=pro; geo.country=FR" />
+    <${Field} label="Changed field" name="change_field" value=${query.getAll("change_field").join(", ")} placeholder="visibility, …" />
     <div class="actions">
       <button class="primary" type="submit">Search</button>
       <a class="button" href=${base}>Clear</a>
     </div>
-  </form></details>`;
+  </form>
+  <div class="toolbar presets" role="group" aria-label="Time presets">
+    ${PRESETS.map(([text, seconds]) => html`<button type="button" onClick=${() => preset(seconds)}>${text}</button>`)}
+  </div></details>`;
 }
 
 export function LogTable({ items, caption }) {
@@ -110,6 +129,15 @@ export function LogTable({ items, caption }) {
   </table></div>`;
 }
 
+/** "50 shown of 1,234 matching" — or "of about …" when the server could only estimate. */
+function shownText({ items, cursor, total }) {
+  if (!total) return `${items.length} shown${cursor ? ", more available" : ""}.`;
+  const all = total.count.toLocaleString();
+  return total.exact
+    ? `${items.length.toLocaleString()} shown of ${all} matching.`
+    : `${items.length.toLocaleString()} shown of about ${all} matching (an estimate: counting them all would take too long).`;
+}
+
 /** Pages of one endpoint with "More": keyset cursors, so nothing repeats or goes missing. */
 function PagedLogs({ endpoint, query, caption }) {
   const [pages, setPages] = useState({ items: [], cursor: null, loading: true, error: null });
@@ -118,12 +146,14 @@ function PagedLogs({ endpoint, query, caption }) {
     const q = new URLSearchParams(query);
     q.set("limit", String(PAGE_SIZE));
     if (cursor) q.set("cursor", cursor);
+    else q.set("count", "true"); // the first page also asks how many match in all
     setPages((p) => ({ ...p, loading: true, error: null }));
     try {
       const page = await request(endpoint, { query: q });
       setPages((p) => ({
         items: cursor ? [...p.items, ...page.items] : page.items,
         cursor: page.next_cursor,
+        total: cursor ? p.total : page.total,
         loading: false,
         error: null,
       }));
@@ -135,8 +165,10 @@ function PagedLogs({ endpoint, query, caption }) {
     setPages({ items: [], cursor: null, loading: true, error: null });
     load(null);
   }, [key]);
+  // A refused search shows only why: "no audit logs match" would be a claim nobody checked.
+  if (pages.error && !pages.items.length) return html`<${ErrorBox} error=${pages.error} />`;
   return html`<${ErrorBox} error=${pages.error} />
-    <p class="muted" role="status" aria-live="polite">${pages.loading ? "Loading…" : `${pages.items.length} shown${pages.cursor ? ", more available" : ""}.`}</p>
+    <p class="muted" role="status" aria-live="polite">${pages.loading ? "Loading…" : shownText(pages)}</p>
     ${pages.items.length || !pages.loading ? html`<${LogTable} items=${pages.items} caption=${caption} />` : null}
     ${pages.cursor ? html`<div class="toolbar"><button type="button" onClick=${() => load(pages.cursor)} disabled=${pages.loading}>More</button></div>` : null}`;
 }

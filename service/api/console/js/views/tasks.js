@@ -3,7 +3,7 @@ import { html, useEffect, useRef, useState } from "../lib.js";
 import { apiDocument, request } from "../api.js";
 import { navigate, seg } from "../router.js";
 import {
-  ErrorBox, Field, Json, Loading, Notice, Select, Time, fromLocalInput, plainReason, useAction,
+  ErrorBox, Field, Json, Loading, Notice, Select, Time, TimeField, fromLocalInput, plainReason, useAction,
   usePolled, useVisibleInterval, REFRESH_MS,
 } from "../ui.js";
 
@@ -66,8 +66,8 @@ function RetryFailed({ onDone }) {
       <${Select} label="Classification" name="classification" value=""
         options=${[["", "any"], ["data", "data"], ["unknown", "unknown"], ["invalid", "invalid"]]} />
       <${Field} label="Error name" name="error_name" />
-      <${Field} label="Failed before" name="older_than" type="datetime-local" />
-      <${Field} label="Failed after" name="newer_than" type="datetime-local" />
+      <${TimeField} label="Failed before" name="older_than" />
+      <${TimeField} label="Failed after" name="newer_than" />
       <button type="submit" class="primary" disabled=${action.busy}>Retry matching</button>
     </form>
     <${ErrorBox} error=${action.error} /><${Notice} text=${action.notice} />
