@@ -34,8 +34,8 @@ MetadataMatch = Annotated[
     str,
     msgspec.Meta(
         max_length=1024,
-        description="`key=value`: metadata[key] equals value (compared as text); a dotted key "
-        "(`a.b=x`) reaches into nested objects",
+        description="`key=value`: metadata[key] equals value (compared as text); `key` alone: "
+        "metadata has the key; a dotted key (`a.b=x`) reaches into nested objects",
     ),
 ]
 Cursor = Annotated[

@@ -8,7 +8,6 @@ from typing import Any
 import asyncpg
 
 from service.api.audit_logs.query import AuditLogQuery
-from service.api.errors import bad_parameter
 
 # Reading rows. `ip` is read as text: asyncpg's inet type would need its own encoding.
 SELECT_ITEMS = """
@@ -33,6 +32,7 @@ UNTIL = "ts <= {}"
 FULL_TEXT = "search @@ plainto_tsquery('simple', {})"
 # Inside payloads: a metadata value by its (dotted) path, as text; a field named in changes.
 METADATA_IS = "metadata #>> {}::text[] = {}"
+METADATA_HAS = "metadata #> {}::text[] IS NOT NULL"
 CHANGES_TOUCH = (
     "changes @> ANY(SELECT jsonb_build_array(jsonb_build_object('field', f))"
     " FROM unnest({}::text[]) AS f)"
@@ -115,13 +115,13 @@ def _inside_payloads(where: _Where, query: AuditLogQuery) -> None:
     """The metadata and changes filters."""
     for match in _values(query.metadata):
         key, sep, value = match.partition("=")
-        path = key.strip().split(".")
-        if not sep or not all(path):
-            raise bad_parameter("metadata", "must be key=value (a dotted key for nested values)")
+        path = key.split(".")
         if holds_nul(key):
             where.fragments.append(NO_ROW)
-        else:
+        elif sep:
             where.add(METADATA_IS, path, value)
+        else:  # `key` alone: the key is there, whatever its value
+            where.add(METADATA_HAS, path)
     if query.change_field is not None:
         fields = [f for f in _values(query.change_field) if not holds_nul(f)]
         # One `[{"field": f}]` per name: jsonb containment finds it in any element of changes.
