@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -374,3 +375,18 @@ async def test_the_changed_views_are_axe_clean_light_and_dark_wide_and_narrow(
             assert scroll <= width, (path, scroll)
             await tab.shot(name + shot)
         assert not findings, findings
+
+
+async def test_an_events_raw_json_is_the_api_item_and_copies(tab: Tab) -> None:
+    page = tab.page
+    await page.context.grant_permissions(
+        ["clipboard-read", "clipboard-write"], origin=tab.stack.url
+    )
+    await tab.sign_in(path=f"/console/audit-logs/{tab.stack.diff_event_id}")
+    await page.get_by_text("Raw JSON", exact=True).click()
+    raw = page.get_by_label("The event as JSON", exact=True)
+    _, item = await _api(tab.stack, "GET", f"/api/v1/admin/audit-logs/{tab.stack.diff_event_id}")
+    assert json.loads(await raw.inner_text()) == item
+    await page.get_by_role("button", name="Copy JSON").click()
+    await page.get_by_role("status").filter(has_text="Copied").wait_for()
+    assert json.loads(await page.evaluate("navigator.clipboard.readText()")) == item

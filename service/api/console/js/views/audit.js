@@ -237,6 +237,24 @@ function Changes({ changes }) {
     </tr>`)}</tbody></table></div>`;
 }
 
+/** The item exactly as the API gives it (what a receipt hashes), with a copy button. */
+function RawJson({ item }) {
+  const [copied, setCopied] = useState("");
+  const text = JSON.stringify(item, null, 2);
+  const copy = async () => {
+    try {
+      await navigator.clipboard.writeText(text);
+      setCopied("Copied to the clipboard.");
+    } catch {
+      setCopied("The clipboard refused: select the text and copy it by hand.");
+    }
+  };
+  return html`<section aria-labelledby="h-raw"><details><summary><h2 id="h-raw" class="inline-heading">Raw JSON</h2></summary>
+    <div class="toolbar"><button type="button" onClick=${copy}>Copy JSON</button><span role="status">${copied}</span></div>
+    <pre aria-label="The event as JSON" tabindex="0">${text}</pre>
+  </details></section>`;
+}
+
 export function DetailView({ params }) {
   const [id] = params;
   const { data: item, error, loading } = useAsync(() => request(`${API}/${seg(id)}`), [id]);
@@ -290,6 +308,7 @@ export function DetailView({ params }) {
     <section aria-labelledby="h-meta"><h2 id="h-meta">Metadata</h2>
       ${item.metadata && Object.keys(item.metadata).length ? html`<${Json} value=${item.metadata} label="Metadata" />` : html`<p class="muted">None.</p>`}
     </section>
+    <${RawJson} item=${item} />
     ${item.presentation && Object.keys(item.presentation.params || {}).length
       ? html`<section aria-labelledby="h-params"><h2 id="h-params">Presentation parameters</h2><${Json} value=${item.presentation.params} label="Presentation parameters" /></section>`
       : null}`;
