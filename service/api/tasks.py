@@ -34,6 +34,18 @@ from service.ops.task_model import (
 from service.ops.tasks import TaskQueue
 
 _DEFAULT_FILTER = RetryFilter()
+
+
+class TaskDiscarded(msgspec.Struct, frozen=True, kw_only=True):
+    """The task as it was when it was discarded."""
+
+    task: Task
+
+
+def _not_discardable(task_id: str, status: str) -> str:
+    return f"task {task_id} is {status}; only a failed task can be discarded"
+
+
 _DEFAULT_POLICY = CleanupPolicy()
 
 
@@ -147,6 +159,39 @@ async def retry_task(request: web.Request) -> web.Response:
 
 
 @operation(
+    summary="Discard a failed task that can never succeed: its events are dropped for good",
+    path=TaskId,
+    responses={200: TaskDiscarded},
+    errors=(409,),
+)
+async def discard_task(request: web.Request) -> web.Response:
+    """Drop a failed task and its dead letter; the discard is audited first."""
+    task_id = request.match_info["id"]
+    task = await _tasks(request).get(task_id)
+    if task is None:
+        raise ApiError(404, "not_found", f"no task {task_id}")
+    if task.status != "failed":
+        raise ApiError(409, "task_not_failed", _not_discardable(task_id, task.status))
+    # Recorded before the events go: a discard nobody can see would be a silent loss.
+    failure = msgspec.to_builtins(task.failure) if task.failure else None
+    await record_admin_action(
+        request,
+        "task.discarded",
+        entity=Entity(type="task", id=task_id[:1024]),
+        metadata={"event_count": task.event_count, "failure": failure},
+    )
+    try:
+        discarded = await task_actions.discard(_tasks(request), task_id)
+    except TaskNotFound:
+        raise ApiError(404, "not_found", f"no task {task_id}") from None
+    except TaskNotFailed as exc:
+        raise ApiError(409, "task_not_failed", _not_discardable(task_id, exc.status)) from None
+    except TaskChanged as exc:
+        raise ApiError(409, "task_changed", str(exc)) from None
+    return json_body.json_response(TaskDiscarded(task=discarded))
+
+
+@operation(
     summary="Retry every failed task matching the filters (all when the body is empty)",
     body=RetryFilter,
     responses={202: BulkRetryAccepted},
@@ -203,6 +248,7 @@ ROUTES = [
     # Not the fixed paths beside it: GET there is 405 (Allow: POST), not a lookup of a task.
     web.get(f"/api/v1/admin/tasks/{{id:(?!{'$|'.join(_NOT_TASK_IDS)}$)[^/]+}}", get_task),
     web.post("/api/v1/admin/tasks/{id}/retry", retry_task),
+    web.post("/api/v1/admin/tasks/{id}/discard", discard_task),
     web.get("/api/v1/admin/queue/stats", get_queue_stats),
     web.get("/api/v1/admin/queue/throughput", get_queue_throughput),
 ]

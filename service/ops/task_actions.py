@@ -69,6 +69,31 @@ async def retry(tasks: TaskQueue, task_id: str) -> Task:
     return msgspec.structs.replace(before, status="queued", failure=None)
 
 
+async def discard(tasks: TaskQueue, task_id: str) -> Task:
+    """Drop a failed task for good (one that can never succeed): its dead letter and result.
+
+    One transaction on what was read: a task retried or failed again meanwhile aborts the
+    discard with TaskChanged, nothing done."""
+    letter_key = dead_letter.record_key(tasks.queue, task_id)
+    result_key = RESULT_PREFIX + task_id
+    async with tasks.redis.pipeline(transaction=True) as pipe:
+        await pipe.watch(letter_key, result_key)
+        detail = await tasks.get(task_id)
+        if detail is None:
+            raise TaskNotFound(f"no task {task_id}")
+        if detail.status != "failed":
+            raise TaskNotFailed(task_id, detail.status)
+        pipe.multi()  # type: ignore[no-untyped-call]
+        pipe.delete(letter_key, result_key)
+        pipe.zrem(dead_letter.index_key(tasks.queue), task_id)
+        pipe.hdel(attempts_key(tasks.queue), task_id)
+        try:
+            await pipe.execute()
+        except WatchError:
+            raise TaskChanged(task_id) from None
+    return without_payload(detail)
+
+
 async def retry_failed(tasks: TaskQueue, where: RetryFilter | None = None) -> int:
     """Retry every failed task that matches `where`; return how many were retried."""
     where = where or RetryFilter()

@@ -390,3 +390,32 @@ async def test_an_events_raw_json_is_the_api_item_and_copies(tab: Tab) -> None:
     await page.get_by_role("button", name="Copy JSON").click()
     await page.get_by_role("status").filter(has_text="Copied").wait_for()
     assert json.loads(await page.evaluate("navigator.clipboard.readText()")) == item
+
+
+async def test_a_failed_task_that_can_never_succeed_is_discarded_and_audited(tab: Tab) -> None:
+    stack = tab.stack
+    page = tab.page
+    task_id = await _failed_task(stack, '{"action": "Never Valid"}')
+    await tab.sign_in(path=f"/console/tasks/{task_id}")
+    await page.get_by_role("button", name="Discard this task").click()
+    await _confirm(tab, "Cancel")
+    status, _ = await _api(stack, "GET", f"/api/v1/admin/tasks/{task_id}")
+    assert status == 200  # cancelled: nothing happened
+    await page.get_by_role("button", name="Discard this task").click()
+    await _confirm(tab, "Discard")
+    await page.get_by_role("status").filter(has_text="was discarded").wait_for()
+    status, _ = await _api(stack, "GET", f"/api/v1/admin/tasks/{task_id}")
+    assert status == 404
+    sql = "SELECT count(*) FROM audit_log WHERE action = 'task.discarded' AND entity_id = $1"
+    assert await stack.stored(sql, task_id) == 1
+    status, body = await _api(stack, "POST", f"/api/v1/admin/tasks/{task_id}/discard")
+    assert status == 404
+    # Only a failed task: a complete one is refused, and nothing is recorded for it.
+    event_id = await stack.capture(AuditEvent(action="discard.refused"))
+    await _stored(stack, "discard.refused")
+    _, listed = await _api(stack, "GET", "/api/v1/admin/tasks?status=complete")
+    done = listed["items"][0]["id"]
+    status, body = await _api(stack, "POST", f"/api/v1/admin/tasks/{done}/discard")
+    assert status == 409 and "only a failed task can be discarded" in body["error"]["message"]
+    assert await stack.stored(sql, done) == 0
+    assert event_id

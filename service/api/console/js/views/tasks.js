@@ -168,6 +168,16 @@ export function TasksView({ location, who }) {
 
 export function TaskView({ params, who }) {
   const [id] = params;
+  const [discarded, setDiscarded] = useState(null);
+  if (discarded) {
+    return html`<h1>Task <span class="mono">${id}</span></h1>
+      <p class="notice" role="status">Task ${id} was discarded: its ${discarded.event_count} event(s) are dropped for good. The audit log records the discard (<a href="/console/audit-logs?action=task.discarded">task.discarded</a>).</p>
+      <p><a href="/console/tasks?status=failed">Failed tasks</a></p>`;
+  }
+  return html`<${TaskDetail} id=${id} who=${who} onDiscarded=${setDiscarded} />`;
+}
+
+function TaskDetail({ id, who, onDiscarded }) {
   // Polled while visible: after a retry the page follows the task to its real final state.
   const { data: task, error, loading, reload } = usePolled(() => request(`${API}/${seg(id)}`), [id]);
   const action = useAction();
@@ -176,6 +186,11 @@ export function TaskView({ params, who }) {
     reload();
     return "Retry requested: the task was queued again. Its state below follows it as it runs.";
   }, { confirmLabel: "Retry" });
+  const discard = () => action.run(`Discard task ${id}? Its ${task.event_count} event(s) are dropped for good: do this only for a task that can never succeed (an invalid payload). The discard is audited.`, async () => {
+    const done = await request(`${API}/${seg(id)}/discard`, { method: "POST" });
+    onDiscarded(done.task);
+    return "";
+  }, { confirmLabel: "Discard", danger: true });
   return html`<h1>Task <span class="mono">${id}</span></h1>
     <p><a href="/console/tasks">All tasks</a> · <a href=${`/console/tasks?status=failed`}>Failed tasks</a></p>
     <${ErrorBox} error=${error} /><${Loading} when=${loading} />
@@ -184,7 +199,8 @@ export function TaskView({ params, who }) {
       <p aria-live="polite"><strong>${task.presentation.title}</strong> — ${task.presentation.status_message}</p>
       <p class="muted">${plainReason(task.presentation.detail_message)}</p>
       ${who.role === "admin" && task.status === "failed"
-        ? html`<div class="toolbar"><button type="button" class="primary" onClick=${retry} disabled=${action.busy}>Retry this task</button></div>` : null}
+        ? html`<div class="toolbar"><button type="button" class="primary" onClick=${retry} disabled=${action.busy}>Retry this task</button>
+            <button type="button" class="danger" onClick=${discard} disabled=${action.busy}>Discard this task</button></div>` : null}
       <div class="grid2">
         <section aria-labelledby="h-task"><h2 id="h-task">Task</h2>
           <dl class="fields">
