@@ -118,7 +118,10 @@ async def test_an_erasure_is_followed_to_done_without_a_reload(tab: Tab) -> None
     tab.allowed_errors.append("404")  # never asked yet: the API's 404, logged by the browser
     await tab.sign_in(path="/console/subjects/u-erase")
     await tab.page.get_by_text("No anonymisation was asked").wait_for()
+    preview = tab.page.locator("p.preview")
+    await expect(preview).to_contain_text("3 row(s) name this subject as their actor and 0 as")
     await tab.page.get_by_role("button", name="Anonymise").click()
+    await expect(tab.page.locator("dialog[open]")).to_contain_text("It changes 3 row(s) as actor")
     await _confirm(tab, "Anonymise")
     await expect(_dd(tab, "State")).to_have_text("done", timeout=30_000)
     status, body = await _api(stack, "GET", "/api/v1/admin/subjects/u-erase/anonymisation")
