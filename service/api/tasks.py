@@ -72,7 +72,7 @@ def _tasks(request: web.Request) -> TaskQueue:
 
 
 # Paths of their own beside /tasks/{id}: no task is looked up by these names.
-_NOT_TASK_IDS = ("cleanup", "retry-failed")
+_NOT_TASK_IDS = ("cleanup", "retry-failed", "count-failed", "discard-failed")
 
 
 class TaskId(msgspec.Struct, frozen=True, kw_only=True):
@@ -207,6 +207,50 @@ async def retry_failed(request: web.Request) -> web.Response:
     return json_body.json_response(BulkRetryAccepted(retried=retried), status=202)
 
 
+class FailedMatching(msgspec.Struct, frozen=True, kw_only=True):
+    """How many failed tasks a filter matches (what a bulk action would take)."""
+
+    matching: int
+
+
+class BulkDiscarded(msgspec.Struct, frozen=True, kw_only=True):
+    """How many failed tasks were discarded."""
+
+    discarded: int
+
+
+@operation(
+    summary="Count the failed tasks matching the filters (a bulk action's preview)",
+    body=RetryFilter,
+    responses={200: FailedMatching},
+)
+async def count_failed(request: web.Request) -> web.Response:
+    """Count what a bulk retry or discard with these filters would take."""
+    where = await json_body.read_json(request, RetryFilter, default=_DEFAULT_FILTER)
+    ids = await task_actions.matching_failed(_tasks(request), where)
+    return json_body.json_response(FailedMatching(matching=len(ids)))
+
+
+@operation(
+    summary="Discard every failed task matching the filters: their events are dropped for good",
+    body=RetryFilter,
+    responses={200: BulkDiscarded},
+)
+async def discard_failed(request: web.Request) -> web.Response:
+    """Drop the failed tasks that match the filters; the discard is audited first."""
+    where = await json_body.read_json(request, RetryFilter, default=_DEFAULT_FILTER)
+    ids = await task_actions.matching_failed(_tasks(request), where)
+    filters: dict[str, Any] = msgspec.to_builtins(where)
+    # Recorded before the events go, naming every task taken.
+    await record_admin_action(
+        request,
+        "task.discarded_bulk",
+        metadata={"filters": filters, "matching": len(ids), "task_ids": ids[:1000]},
+    )
+    discarded = await task_actions.discard_failed(_tasks(request), ids)
+    return json_body.json_response(BulkDiscarded(discarded=discarded))
+
+
 @operation(
     summary="Delete complete and failed tasks past their age (defaults: 365 d, 90 d, keep 100)",
     body=CleanupPolicy,
@@ -249,6 +293,8 @@ ROUTES = [
     web.get(f"/api/v1/admin/tasks/{{id:(?!{'$|'.join(_NOT_TASK_IDS)}$)[^/]+}}", get_task),
     web.post("/api/v1/admin/tasks/{id}/retry", retry_task),
     web.post("/api/v1/admin/tasks/{id}/discard", discard_task),
+    web.post("/api/v1/admin/tasks/count-failed", count_failed),
+    web.post("/api/v1/admin/tasks/discard-failed", discard_failed),
     web.get("/api/v1/admin/queue/stats", get_queue_stats),
     web.get("/api/v1/admin/queue/throughput", get_queue_throughput),
 ]

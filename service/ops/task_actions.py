@@ -94,6 +94,46 @@ async def discard(tasks: TaskQueue, task_id: str) -> Task:
     return without_payload(detail)
 
 
+async def matching_failed(tasks: TaskQueue, where: RetryFilter) -> list[str]:
+    """The ids of the failed tasks `where` matches (at most `where.limit`), oldest first."""
+    low = f"({where.newer_than.timestamp() * 1000:.0f}" if where.newer_than else "-inf"
+    high = f"({where.older_than.timestamp() * 1000:.0f}" if where.older_than else "+inf"
+    ids = [
+        m.decode()
+        for m in await tasks.redis.zrangebyscore(dead_letter.index_key(tasks.queue), low, high)
+    ]
+    matched: list[str] = []
+    for start in range(0, len(ids), SCAN_CHUNK):
+        chunk = ids[start : start + SCAN_CHUNK]
+        records = await tasks.redis.mget(
+            [dead_letter.record_key(tasks.queue, task_id) for task_id in chunk]
+        )
+        for task_id, raw in zip(chunk, records, strict=True):
+            if raw is None:
+                continue
+            letter = _letter_decoder.decode(raw)
+            if where.classification and letter.classification != where.classification:
+                continue
+            if where.error_name and letter.error_name != where.error_name:
+                continue
+            if where.limit is not None and len(matched) >= where.limit:
+                return matched
+            matched.append(task_id)
+    return matched
+
+
+async def discard_failed(tasks: TaskQueue, ids: list[str]) -> int:
+    """Discard each of these failed tasks; return how many were (others changed meanwhile)."""
+    discarded = 0
+    for task_id in ids:
+        try:
+            await discard(tasks, task_id)
+        except (TaskNotFound, TaskNotFailed, TaskChanged):
+            continue
+        discarded += 1
+    return discarded
+
+
 async def retry_failed(tasks: TaskQueue, where: RetryFilter | None = None) -> int:
     """Retry every failed task that matches `where`; return how many were retried."""
     where = where or RetryFilter()

@@ -422,3 +422,34 @@ async def test_a_failed_task_that_can_never_succeed_is_discarded_and_audited(tab
     assert status == 409 and "only a failed task can be discarded" in body["error"]["message"]
     assert await stack.stored(sql, done) == 0
     assert event_id
+
+
+async def test_a_bulk_discard_over_a_filter_counts_asks_and_takes_exactly_the_matching(
+    tab: Tab,
+) -> None:
+    stack = tab.stack
+    page = tab.page
+    # Leave no other failed task of this error: retry (they fail again) would interfere, so
+    # discard every earlier one first through the API.
+    await _api(stack, "POST", "/api/v1/admin/tasks/discard-failed", {})
+    invalid = [await _failed_task(stack, f'{{"action": "Bad {n}"}}') for n in range(2)]
+    not_json = await _failed_task(stack, "plainly not json")
+    _, one = await _api(stack, "GET", f"/api/v1/admin/tasks/{not_json}")
+    _, other = await _api(stack, "GET", f"/api/v1/admin/tasks/{invalid[0]}")
+    assert one["failure"]["error_name"] != other["failure"]["error_name"]
+    await tab.sign_in(path="/console/tasks?status=failed")
+    await page.get_by_text("Retry every failed task matching a filter").click()
+    await page.get_by_label("Error name").fill(other["failure"]["error_name"])
+    await page.get_by_role("button", name="Discard matching").click()
+    dialog = page.locator("dialog[open]")
+    await expect(dialog).to_contain_text("Discard the 2 failed task(s)")
+    await _confirm(tab, "Discard them")
+    await page.get_by_role("status").filter(has_text="2 failed task(s) discarded").wait_for()
+    for task_id in invalid:
+        status, _ = await _api(stack, "GET", f"/api/v1/admin/tasks/{task_id}")
+        assert status == 404
+    status, body = await _api(stack, "GET", f"/api/v1/admin/tasks/{not_json}")
+    assert status == 200 and body["status"] == "failed"  # not matched: untouched
+    sql = "SELECT count(*) FROM audit_log WHERE action = 'task.discarded_bulk'"
+    assert await stack.stored(sql) == 2  # the API call above and the console's
+    await expect(page.locator(f"tr[data-id='{invalid[0]}']")).to_have_count(0, timeout=20_000)

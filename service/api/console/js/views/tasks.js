@@ -55,20 +55,36 @@ function RetryFailed({ onDone }) {
     }
     const described = Object.keys(filter).length
       ? Object.entries(filter).map(([k, v]) => `${k} ${v}`).join(", ") : "no filter: every failed task";
-    const result = await action.run(`Retry every failed task matching (${described})?`, async () => {
+    // The count first: the confirmation says how many tasks the action takes.
+    let matching = "(uncounted: the server did not answer the count)";
+    try {
+      matching = (await request(`${API}/count-failed`, { method: "POST", body: filter })).matching;
+    } catch {
+      // The action itself still asks first and reports its own error.
+    }
+    const discard = event.submitter?.value === "discard";
+    const question = discard
+      ? `Discard the ${matching} failed task(s) matching (${described})? Their events are dropped for good. The discard is audited.`
+      : `Retry the ${matching} failed task(s) matching (${described})?`;
+    const result = await action.run(question, async () => {
+      if (discard) {
+        const done = await request(`${API}/discard-failed`, { method: "POST", body: filter });
+        return `${done.discarded} failed task(s) discarded.`;
+      }
       const done = await request(`${API}/retry-failed`, { method: "POST", body: filter });
       return `${done.retried} failed task(s) queued again.`;
-    }, { confirmLabel: "Retry them" });
+    }, discard ? { confirmLabel: "Discard them", danger: true } : { confirmLabel: "Retry them" });
     if (result) onDone();
   };
-  return html`<details><summary>Retry every failed task matching a filter</summary>
+  return html`<details><summary>Retry every failed task matching a filter, or discard them</summary>
     <form class="inline" onSubmit=${submit} aria-label="Retry failed tasks">
       <${Select} label="Classification" name="classification" value=""
         options=${[["", "any"], ["data", "data"], ["unknown", "unknown"], ["invalid", "invalid"]]} />
       <${Field} label="Error name" name="error_name" />
       <${TimeField} label="Failed before" name="older_than" />
       <${TimeField} label="Failed after" name="newer_than" />
-      <button type="submit" class="primary" disabled=${action.busy}>Retry matching</button>
+      <button type="submit" class="primary" value="retry" disabled=${action.busy}>Retry matching</button>
+      <button type="submit" class="danger" value="discard" disabled=${action.busy}>Discard matching</button>
     </form>
     <${ErrorBox} error=${action.error} /><${Notice} text=${action.notice} />
   </details>`;
