@@ -36,7 +36,7 @@ class AuditLogId(msgspec.Struct, frozen=True, kw_only=True):
 
 # A total is counted for at most this long, then estimated by the planner (and labelled so):
 # an exact count over a million rows costs more than a page view should wait.
-COUNT_BUDGET_MS = 150
+COUNT_BUDGET_MS = 100
 SET_COUNT_BUDGET = f"SET LOCAL statement_timeout = {COUNT_BUDGET_MS}"
 COUNT = "SELECT count(*) FROM audit_log "
 ESTIMATE = "EXPLAIN (FORMAT JSON) SELECT 1 FROM audit_log "
