@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import Annotated, Any
 
 import msgspec
@@ -13,13 +14,14 @@ from service.api.inputs import read_query
 from service.api.openapi import operation
 from service.api.state import REDIS, SETTINGS, record_admin_action
 from service.events import Entity
-from service.ops import task_actions
+from service.ops import dead_letter, task_actions
 from service.ops.queue_stats import QueueStats, Throughput, queue_stats, throughput
 from service.ops.task_model import (
     DEFAULT_LIMIT,
     MAX_LIMIT,
     CleanupPolicy,
     CleanupResult,
+    FailedAttempt,
     InvalidCursor,
     Kind,
     RetryFilter,
@@ -129,7 +131,17 @@ async def get_task(request: web.Request) -> web.Response:
     task = await _tasks(request).get(task_id)
     if task is None:
         raise ApiError(404, "not_found", f"no task {task_id}")
-    return json_body.json_response(task)
+    kept = await dead_letter.history(request.app[REDIS], request.app[SETTINGS].queue, task_id)
+    failures = [
+        FailedAttempt(
+            failed_at=datetime.fromtimestamp(f.failed_at_ms / 1000, UTC),
+            error_name=f.error_name,
+            classification=f.classification,
+            attempts=f.attempts,
+        )
+        for f in kept
+    ]
+    return json_body.json_response(msgspec.structs.replace(task, failures=failures))
 
 
 @operation(

@@ -84,7 +84,7 @@ async def discard(tasks: TaskQueue, task_id: str) -> Task:
         if detail.status != "failed":
             raise TaskNotFailed(task_id, detail.status)
         pipe.multi()  # type: ignore[no-untyped-call]
-        pipe.delete(letter_key, result_key)
+        pipe.delete(letter_key, result_key, dead_letter.history_key(tasks.queue, task_id))
         pipe.zrem(dead_letter.index_key(tasks.queue), task_id)
         pipe.hdel(attempts_key(tasks.queue), task_id)
         try:

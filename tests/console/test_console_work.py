@@ -148,6 +148,11 @@ async def test_after_retry_the_task_page_reaches_its_real_final_state(tab: Tab) 
     await expect(finished).to_have_attribute("datetime", after["finished_at"], timeout=20_000)
     await expect(_dd(tab, "Status")).to_have_text("failed")
     await tab.page.get_by_role("button", name="Retry this task").wait_for()
+    # Each failure stays in the task's history, the retry does not reset it.
+    assert [f["failed_at"] for f in after["failures"]][-1] == after["finished_at"]
+    assert len(after["failures"]) == 2
+    runs = tab.page.locator("section[aria-labelledby=h-attempts] tbody tr")
+    await expect(runs).to_have_count(2)
 
 
 async def test_the_tasks_list_refreshes_while_visible_lists_each_task_once_and_stops_hidden(

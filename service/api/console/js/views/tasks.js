@@ -238,5 +238,14 @@ function TaskDetail({ id, who, onDiscarded }) {
           </dl>` : html`<p class="muted">None.</p>`}
         </section>
       </div>
+      ${task.failures && task.failures.length ? html`<section aria-labelledby="h-attempts"><h2 id="h-attempts">Failed runs</h2>
+        <p class="muted">Every failure of this task, oldest first, kept across retries.</p>
+        <div class="table-wrap"><table>
+          <caption class="skip">Failed runs of the task</caption>
+          <thead><tr><th>Failed at</th><th>Error</th><th>Classification</th><th class="num">Attempts then</th></tr></thead>
+          <tbody>${task.failures.map((f) => html`<tr>
+            <td><${Time} value=${f.failed_at} /></td><td><code>${f.error_name}</code></td>
+            <td>${f.classification}</td><td class="num">${f.attempts}</td></tr>`)}</tbody>
+        </table></div></section>` : null}
       <section aria-labelledby="h-payload"><h2 id="h-payload">Payload (redacted)</h2><${Json} value=${task.payload} label="Payload" /></section>` : null}`;
 }
