@@ -189,6 +189,7 @@ async def cleanup(tasks: TaskQueue, policy: CleanupPolicy | None = None) -> Clea
             chunk = doomed[start : start + SCAN_CHUNK]
             async with tasks.redis.pipeline(transaction=True) as pipe:
                 pipe.delete(*(dead_letter.record_key(tasks.queue, i) for i in chunk))
+                pipe.delete(*(dead_letter.history_key(tasks.queue, i) for i in chunk))
                 pipe.zrem(index, *chunk)
                 await pipe.execute()
         deleted_failed = len(doomed)
