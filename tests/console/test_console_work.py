@@ -468,3 +468,14 @@ async def test_a_bulk_discard_over_a_filter_counts_asks_and_takes_exactly_the_ma
     sql = "SELECT count(*) FROM audit_log WHERE action = 'task.discarded_bulk'"
     assert await stack.stored(sql) == 2  # the API call above and the console's
     await expect(page.locator(f"tr[data-id='{invalid[0]}']")).to_have_count(0, timeout=20_000)
+
+
+async def test_the_actor_field_suggests_the_actors_seen(tab: Tab) -> None:
+    _, stats = await _api(tab.stack, "GET", "/api/v1/admin/audit-logs/statistics")
+    await tab.sign_in(path="/console/audit-logs")
+    field = tab.page.get_by_label("Actor id")
+    assert await field.get_attribute("list") == "actor-suggestions"
+    options = tab.page.locator("#actor-suggestions option")
+    await expect(options).to_have_count(len(stats["top_actors"]))
+    shown = await options.evaluate_all("os => os.map(o => o.value)")
+    assert shown == [a["actor_id"] for a in stats["top_actors"]]

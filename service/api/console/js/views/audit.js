@@ -32,24 +32,27 @@ export function filtersOf(query) {
 
 let suggestions = null;
 
-/** Actions seen in the last 30 days, for the action field's suggestions (best effort). */
-function useActionSuggestions() {
-  const [actions, setActions] = useState(suggestions || []);
+/** Actions and actors seen in the last 30 days, for the fields' suggestions (best effort). */
+function useSuggestions() {
+  const [found, setFound] = useState(suggestions || { actions: [], actors: [] });
   useEffect(() => {
     if (suggestions) return;
     request(`${API}/statistics`)
       .then((stats) => {
-        suggestions = stats.top_actions.map((a) => a.action);
-        setActions(suggestions);
+        suggestions = {
+          actions: stats.top_actions.map((a) => a.action),
+          actors: stats.top_actors.map((a) => a.actor_id),
+        };
+        setFound(suggestions);
       })
       .catch(() => {});
   }, []);
-  return actions;
+  return found;
 }
 
 /** The filter form; submitting it navigates to `base` with the filters as the query string. */
 export function FilterForm({ base, query }) {
-  const actions = useActionSuggestions();
+  const { actions, actors } = useSuggestions();
   const value = (name) => query.get(name) || "";
   const submit = (event) => {
     event.preventDefault();
@@ -85,7 +88,8 @@ export function FilterForm({ base, query }) {
     <datalist id="action-suggestions">${actions.map((a) => html`<option value=${a} />`)}</datalist>
     <${Field} label="Action prefix" name="action_prefix" value=${value("action_prefix")} placeholder="auth." />
     <${Field} label="Category" name="category" value=${value("category")} />
-    <${Field} label="Actor id" name="actor_id" value=${value("actor_id")} />
+    <${Field} label="Actor id" name="actor_id" value=${value("actor_id")} list="actor-suggestions" />
+    <datalist id="actor-suggestions">${actors.map((a) => html`<option value=${a} />`)}</datalist>
     <${Field} label="Entity type" name="entity_type" value=${value("entity_type")} />
     <${Field} label="Entity id" name="entity_id" value=${value("entity_id")} />
     <${Field} label="Tenant" name="tenant" value=${value("tenant")} />
