@@ -151,7 +151,7 @@ async def test_after_retry_the_task_page_reaches_its_real_final_state(tab: Tab) 
     # Each failure stays in the task's history, the retry does not reset it.
     assert [f["failed_at"] for f in after["failures"]][-1] == after["finished_at"]
     assert len(after["failures"]) == 2
-    runs = tab.page.locator("section[aria-labelledby=h-attempts] tbody tr")
+    runs = tab.page.locator("section[aria-labelledby=h-attempts] li")
     await expect(runs).to_have_count(2)
 
 

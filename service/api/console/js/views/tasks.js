@@ -240,12 +240,8 @@ function TaskDetail({ id, who, onDiscarded }) {
       </div>
       ${task.failures && task.failures.length ? html`<section aria-labelledby="h-attempts"><h2 id="h-attempts">Failed runs</h2>
         <p class="muted">Every failure of this task, oldest first, kept across retries.</p>
-        <div class="table-wrap"><table>
-          <caption class="skip">Failed runs of the task</caption>
-          <thead><tr><th>Failed at</th><th>Error</th><th>Classification</th><th class="num">Attempts then</th></tr></thead>
-          <tbody>${task.failures.map((f) => html`<tr>
-            <td><${Time} value=${f.failed_at} /></td><td><code>${f.error_name}</code></td>
-            <td>${f.classification}</td><td class="num">${f.attempts}</td></tr>`)}</tbody>
-        </table></div></section>` : null}
+        <ol class="runs">${task.failures.map((f) => html`<li>
+          <${Time} value=${f.failed_at} /> — <code>${f.error_name}</code> (${f.classification}), attempt ${f.attempts}</li>`)}</ol>
+        </section>` : null}
       <section aria-labelledby="h-payload"><h2 id="h-payload">Payload (redacted)</h2><${Json} value=${task.payload} label="Payload" /></section>` : null}`;
 }
