@@ -479,3 +479,20 @@ async def test_the_actor_field_suggests_the_actors_seen(tab: Tab) -> None:
     await expect(options).to_have_count(len(stats["top_actors"]))
     shown = await options.evaluate_all("os => os.map(o => o.value)")
     assert shown == [a["actor_id"] for a in stats["top_actors"]]
+
+
+@pytest.mark.parametrize("width", [1280, 390])
+async def test_an_entitys_history_shows_each_change_inline(
+    browser: Any, stack: Stack, width: int
+) -> None:
+    context: dict[str, Any] = {"viewport": {"width": width, "height": 900}}
+    async for tab in _tab(browser, stack, **context):
+        await tab.sign_in(path="/console/entities/project/p-console")
+        changed = tab.page.locator(f"tr[data-id='{stack.diff_event_id}'] .inline-changes li")
+        await expect(changed).to_have_count(2)
+        assert await changed.nth(0).inner_text() == "visibility: private → public"
+        assert await changed.nth(1).locator("ins").inner_text() == "90"
+        await tab.page.wait_for_load_state("networkidle")
+        assert await _axe(tab.page) == []
+        scroll = await tab.page.evaluate("document.documentElement.scrollWidth")
+        assert scroll <= width

@@ -114,7 +114,14 @@ export function FilterForm({ base, query }) {
   </div></details>`;
 }
 
-export function LogTable({ items, caption }) {
+/** Changes inline, one line per field: "field: old → new" (an entity's history shows them). */
+function InlineChanges({ changes }) {
+  if (!changes || !changes.length) return null;
+  return html`<ul class="inline-changes">${changes.map((c) => html`<li>
+    <code>${c.field}</code>: <del class="old">${asText(c.old)}</del> → <ins class="new">${asText(c.new)}</ins></li>`)}</ul>`;
+}
+
+export function LogTable({ items, caption, diffs = false }) {
   if (!items.length) return html`<p class="muted">No audit logs match.</p>`;
   return html`<div class="table-wrap"><table>
     <caption class="skip">${caption}</caption>
@@ -123,7 +130,7 @@ export function LogTable({ items, caption }) {
     <tbody>${items.map((item) => html`<tr key=${item.id} data-id=${item.id}>
       <td><a href=${logPath(item.id)}><${Time} value=${item.ts} /></a></td>
       <td><code>${item.action}</code></td>
-      <td class="wrap"><${Presentation} item=${item} /></td>
+      <td class="wrap"><${Presentation} item=${item} />${diffs ? html`<${InlineChanges} changes=${item.changes} />` : null}</td>
       <td><${Actor} actor=${item.actor} /></td>
       <td><${EntityLink} entity=${item.entity} /></td>
       <td><${Severity} value=${item.severity} /></td>
@@ -143,7 +150,7 @@ function shownText({ items, cursor, total }) {
 }
 
 /** Pages of one endpoint with "More": keyset cursors, so nothing repeats or goes missing. */
-function PagedLogs({ endpoint, query, caption }) {
+function PagedLogs({ endpoint, query, caption, diffs = false }) {
   const [pages, setPages] = useState({ items: [], cursor: null, loading: true, error: null });
   const key = `${endpoint}?${query.toString()}`;
   const load = async (cursor) => {
@@ -173,7 +180,7 @@ function PagedLogs({ endpoint, query, caption }) {
   if (pages.error && !pages.items.length) return html`<${ErrorBox} error=${pages.error} />`;
   return html`<${ErrorBox} error=${pages.error} />
     <p class="muted" role="status" aria-live="polite">${pages.loading ? "Loading…" : shownText(pages)}</p>
-    ${pages.items.length || !pages.loading ? html`<${LogTable} items=${pages.items} caption=${caption} />` : null}
+    ${pages.items.length || !pages.loading ? html`<${LogTable} items=${pages.items} caption=${caption} diffs=${diffs} />` : null}
     ${pages.cursor ? html`<div class="toolbar"><button type="button" onClick=${() => load(pages.cursor)} disabled=${pages.loading}>More</button></div>` : null}`;
 }
 
@@ -211,8 +218,8 @@ export function AuditLogsView({ location }) {
 export function EntityView({ params }) {
   const [type, id] = params;
   return html`<h1>History of ${type} <span class="mono">${id}</span></h1>
-    <p class="muted">Oldest first. <a href=${`/console/audit-logs?entity_type=${seg(type)}&entity_id=${seg(id)}`}>Search with filters</a></p>
-    <${PagedLogs} endpoint=${`${API}/entity/${seg(type)}/${seg(id)}`} query=${new URLSearchParams()} caption="The entity's history" />`;
+    <p class="muted">Oldest first, each change inline. <a href=${`/console/audit-logs?entity_type=${seg(type)}&entity_id=${seg(id)}`}>Search with filters</a></p>
+    <${PagedLogs} endpoint=${`${API}/entity/${seg(type)}/${seg(id)}`} query=${new URLSearchParams()} caption="The entity's history" diffs=${true} />`;
 }
 
 export function ActorView({ params }) {
