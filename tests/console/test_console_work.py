@@ -70,8 +70,31 @@ async def test_a_failed_sign_in_reads_as_failed_and_an_unknown_action_in_words(t
             entity=Entity(type="document", id="d-9", name="Q3 report"),
         )
     )
+    await stack.capture(
+        AuditEvent(
+            action="auth.login_failed", outcome="failure", actor=Actor(id="u-18", type="user")
+        )
+    )
+    await stack.capture(
+        AuditEvent(
+            action="integrity.verified",
+            outcome="failure",
+            severity="critical",
+            actor=Actor(id="u-19", type="user"),
+            metadata={"findings": 2},
+        )
+    )
     await _stored(stack, "document.viewed")
-    await tab.sign_in(path="/console/audit-logs?actor_id=u-16")
+    await _stored(stack, "integrity.verified")
+    await tab.sign_in(path="/console/audit-logs?actor_id=u-18")
+    await rows(tab).first.wait_for()
+    sentence = await rows(tab).first.locator("td").nth(2).inner_text()
+    assert sentence == "A sign-in as u-18 failed"  # said once, not "Failed attempt: … failed"
+    await tab.open("/console/audit-logs?actor_id=u-19")
+    await rows(tab).first.wait_for()
+    sentence = await rows(tab).first.locator("td").nth(2).inner_text()
+    assert "NOT intact (2 findings)" in sentence and "Failed attempt" not in sentence
+    await tab.open("/console/audit-logs?actor_id=u-16")
     await rows(tab).first.wait_for()
     text = await rows(tab).first.inner_text()
     assert "signed in" not in text, text
