@@ -196,6 +196,11 @@ def _summary(latencies: list[float]) -> dict[str, float | None]:
     return {"p50": percentile(latencies, 50), "p95": percentile(latencies, 95)}
 
 
+def _counted(case: tuple[str, dict[str, str]]) -> tuple[str, dict[str, str]]:
+    url, params = case
+    return url, {**params, "count": "true"}
+
+
 async def queries(api: Api, reps: int, pages: int) -> dict[str, Any]:
     rnd = random.Random(11)
     now = datetime.now(UTC)
@@ -225,6 +230,17 @@ async def queries(api: Api, reps: int, pages: int) -> dict[str, Any]:
             "actor_history": lambda: (f"{api.base}/user/user-{rnd.randrange(ACTORS)}", None),
             "action_time_range": action_range,
             "full_text": lambda: (api.base, {"q": WORDS[rnd.randrange(len(WORDS))]}),
+            # A first page with its total (count=true): exact within the budget, else estimated.
+            "count_all": lambda: (api.base, {"count": "true"}),
+            "count_action_range": lambda: _counted(action_range()),
+            "count_tenant": lambda: (api.base, {"tenant": tenant(), "count": "true"}),
+            "count_full_text": lambda: (
+                api.base,
+                {"q": WORDS[rnd.randrange(len(WORDS))], "count": "true"},
+            ),
+            # Inside payloads: a metadata value and a changed field.
+            "metadata_match": lambda: (api.base, {"metadata": f"i={rnd.randrange(1_000_000)}"}),
+            "change_field": lambda: (api.base, {"change_field": "title"}),
         }
         for name, make in cases.items():
             await _timed_get(session, *make())  # warm: the plan cached, the pool connected

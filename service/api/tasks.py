@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import Annotated, Any
 
 import msgspec
@@ -14,13 +15,14 @@ from service.api.openapi import operation
 from service.api.producers import PROVENANCE_KEY
 from service.api.state import REDIS, SETTINGS, record_admin_action
 from service.events import Entity
-from service.ops import task_actions
+from service.ops import dead_letter, task_actions
 from service.ops.queue_stats import QueueStats, Throughput, queue_stats, throughput
 from service.ops.task_model import (
     DEFAULT_LIMIT,
     MAX_LIMIT,
     CleanupPolicy,
     CleanupResult,
+    FailedAttempt,
     InvalidCursor,
     Kind,
     RetryFilter,
@@ -35,6 +37,18 @@ from service.ops.task_model import (
 from service.ops.tasks import TaskQueue
 
 _DEFAULT_FILTER = RetryFilter()
+
+
+class TaskDiscarded(msgspec.Struct, frozen=True, kw_only=True):
+    """The task as it was when it was discarded."""
+
+    task: Task
+
+
+def _not_discardable(task_id: str, status: str) -> str:
+    return f"task {task_id} is {status}; only a failed task can be discarded"
+
+
 _DEFAULT_POLICY = CleanupPolicy()
 
 
@@ -63,7 +77,7 @@ def _tasks(request: web.Request) -> TaskQueue:
 
 
 # Paths of their own beside /tasks/{id}: no task is looked up by these names.
-_NOT_TASK_IDS = ("cleanup", "retry-failed")
+_NOT_TASK_IDS = ("cleanup", "retry-failed", "count-failed", "discard-failed")
 
 
 class TaskId(msgspec.Struct, frozen=True, kw_only=True):
@@ -120,7 +134,17 @@ async def get_task(request: web.Request) -> web.Response:
     task = await _tasks(request).get(task_id)
     if task is None:
         raise ApiError(404, "not_found", f"no task {task_id}")
-    return json_body.json_response(task)
+    kept = await dead_letter.history(request.app[REDIS], request.app[SETTINGS].queue, task_id)
+    failures = [
+        FailedAttempt(
+            failed_at=datetime.fromtimestamp(f.failed_at_ms / 1000, UTC),
+            error_name=f.error_name,
+            classification=f.classification,
+            attempts=f.attempts,
+        )
+        for f in kept
+    ]
+    return json_body.json_response(msgspec.structs.replace(task, failures=failures))
 
 
 @operation(
@@ -153,6 +177,39 @@ async def retry_task(request: web.Request) -> web.Response:
 
 
 @operation(
+    summary="Discard a failed task that can never succeed: its events are dropped for good",
+    path=TaskId,
+    responses={200: TaskDiscarded},
+    errors=(409,),
+)
+async def discard_task(request: web.Request) -> web.Response:
+    """Drop a failed task and its dead letter; the discard is audited first."""
+    task_id = request.match_info["id"]
+    task = await _tasks(request).get(task_id)
+    if task is None:
+        raise ApiError(404, "not_found", f"no task {task_id}")
+    if task.status != "failed":
+        raise ApiError(409, "task_not_failed", _not_discardable(task_id, task.status))
+    # Recorded before the events go: a discard nobody can see would be a silent loss.
+    failure = msgspec.to_builtins(task.failure) if task.failure else None
+    await record_admin_action(
+        request,
+        "task.discarded",
+        entity=Entity(type="task", id=task_id[:1024]),
+        metadata={"event_count": task.event_count, "failure": failure},
+    )
+    try:
+        discarded = await task_actions.discard(_tasks(request), task_id)
+    except TaskNotFound:
+        raise ApiError(404, "not_found", f"no task {task_id}") from None
+    except TaskNotFailed as exc:
+        raise ApiError(409, "task_not_failed", _not_discardable(task_id, exc.status)) from None
+    except TaskChanged as exc:
+        raise ApiError(409, "task_changed", str(exc)) from None
+    return json_body.json_response(TaskDiscarded(task=discarded))
+
+
+@operation(
     summary="Retry every failed task matching the filters (all when the body is empty)",
     body=RetryFilter,
     responses={202: BulkRetryAccepted},
@@ -164,6 +221,50 @@ async def retry_failed(request: web.Request) -> web.Response:
     await record_admin_action(request, "task.retried_bulk", metadata={"filters": filters})
     retried = await task_actions.retry_failed(_tasks(request), where)
     return json_body.json_response(BulkRetryAccepted(retried=retried), status=202)
+
+
+class FailedMatching(msgspec.Struct, frozen=True, kw_only=True):
+    """How many failed tasks a filter matches (what a bulk action would take)."""
+
+    matching: int
+
+
+class BulkDiscarded(msgspec.Struct, frozen=True, kw_only=True):
+    """How many failed tasks were discarded."""
+
+    discarded: int
+
+
+@operation(
+    summary="Count the failed tasks matching the filters (a bulk action's preview)",
+    body=RetryFilter,
+    responses={200: FailedMatching},
+)
+async def count_failed(request: web.Request) -> web.Response:
+    """Count what a bulk retry or discard with these filters would take."""
+    where = await json_body.read_json(request, RetryFilter, default=_DEFAULT_FILTER)
+    ids = await task_actions.matching_failed(_tasks(request), where)
+    return json_body.json_response(FailedMatching(matching=len(ids)))
+
+
+@operation(
+    summary="Discard every failed task matching the filters: their events are dropped for good",
+    body=RetryFilter,
+    responses={200: BulkDiscarded},
+)
+async def discard_failed(request: web.Request) -> web.Response:
+    """Drop the failed tasks that match the filters; the discard is audited first."""
+    where = await json_body.read_json(request, RetryFilter, default=_DEFAULT_FILTER)
+    ids = await task_actions.matching_failed(_tasks(request), where)
+    filters: dict[str, Any] = msgspec.to_builtins(where)
+    # Recorded before the events go, naming every task taken.
+    await record_admin_action(
+        request,
+        "task.discarded_bulk",
+        metadata={"filters": filters, "matching": len(ids), "task_ids": ids[:1000]},
+    )
+    discarded = await task_actions.discard_failed(_tasks(request), ids)
+    return json_body.json_response(BulkDiscarded(discarded=discarded))
 
 
 @operation(
@@ -205,6 +306,9 @@ ROUTES = [
     # Not the fixed paths beside it: GET there is 405 (Allow: POST), not a lookup of a task.
     web.get(f"/api/v1/admin/tasks/{{id:(?!{'$|'.join(_NOT_TASK_IDS)}$)[^/]+}}", get_task),
     web.post("/api/v1/admin/tasks/{id}/retry", retry_task),
+    web.post("/api/v1/admin/tasks/{id}/discard", discard_task),
+    web.post("/api/v1/admin/tasks/count-failed", count_failed),
+    web.post("/api/v1/admin/tasks/discard-failed", discard_failed),
     web.get("/api/v1/admin/queue/stats", get_queue_stats),
     web.get("/api/v1/admin/queue/throughput", get_queue_throughput),
 ]

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import sys
 from typing import Any
 
 import asyncpg
@@ -67,6 +68,13 @@ async def cmd_anonymise(settings: Settings, args: argparse.Namespace) -> int:
     print(f"redis documents: {outcome.redis_documents}")
     if outcome.actions:  # what `auditq verify` names for each changed row
         print(f"store actions: {outcome.actions[0]}-{outcome.actions[-1]}")
+    if not (outcome.rows or outcome.dead_letters or outcome.redis_documents):
+        # A mistyped id erases nothing: say so, not only with zeros.
+        print(
+            f"warning: nothing held {subject_id!r} (no row, dead letter or queued task): "
+            "check the id; its later events will be stored cleared all the same",
+            file=sys.stderr,
+        )
     return 0
 
 

@@ -31,8 +31,32 @@ class DeadLetter(msgspec.Struct, frozen=True, kw_only=True):
     via: str | None = None
 
 
+class Failure(msgspec.Struct, frozen=True, kw_only=True):
+    """One failed run of a task, kept across retries. No message: one may quote a person's
+    data, and this list is not where an erasure looks (the letter's own message is)."""
+
+    failed_at_ms: int
+    error_name: str
+    classification: str
+    attempts: int
+
+
+MAX_HISTORY = 50  # failures kept per task, the latest
+
 _encoder = msgspec.json.Encoder()
 _decoder = msgspec.json.Decoder(DeadLetter)
+_failure_decoder = msgspec.json.Decoder(Failure)
+
+
+def history_key(queue: str, task_id: str) -> str:
+    """List of a task's failures, oldest first (survives a retry, expires with the letter)."""
+    return f"auditq:{queue}:failures:{task_id}"
+
+
+async def history(redis: aioredis.Redis, queue: str, task_id: str) -> list[Failure]:
+    """Every kept failure of one task, oldest first."""
+    kept: list[bytes] = await redis.lrange(history_key(queue, task_id), 0, -1)  # type: ignore[misc]
+    return [_failure_decoder.decode(raw) for raw in kept]
 
 
 def index_key(queue: str) -> str:
@@ -85,6 +109,15 @@ async def add(
         pipe.set(record_key(queue, task_id), _encoder.encode(letter), px=ttl_ms)
         pipe.zadd(index_key(queue), {task_id: now_ms})
         pipe.zremrangebyscore(index_key(queue), "-inf", now_ms - ttl_ms)
+        failure = Failure(
+            failed_at_ms=now_ms,
+            error_name=error_name,
+            classification=classification,
+            attempts=attempts,
+        )
+        pipe.rpush(history_key(queue, task_id), _encoder.encode(failure))
+        pipe.ltrim(history_key(queue, task_id), -MAX_HISTORY, -1)
+        pipe.pexpire(history_key(queue, task_id), ttl_ms)
         await pipe.execute()
     return letter
 

@@ -97,6 +97,69 @@ def _provenance(
         tasks.provenance_key, task_id=task_id, via=letter.via, payload=text.encode()
     )
     return ["", letter.via, tag]
+async def discard(tasks: TaskQueue, task_id: str) -> Task:
+    """Drop a failed task for good (one that can never succeed): its dead letter and result.
+
+    One transaction on what was read: a task retried or failed again meanwhile aborts the
+    discard with TaskChanged, nothing done."""
+    letter_key = dead_letter.record_key(tasks.queue, task_id)
+    result_key = RESULT_PREFIX + task_id
+    async with tasks.redis.pipeline(transaction=True) as pipe:
+        await pipe.watch(letter_key, result_key)
+        detail = await tasks.get(task_id)
+        if detail is None:
+            raise TaskNotFound(f"no task {task_id}")
+        if detail.status != "failed":
+            raise TaskNotFailed(task_id, detail.status)
+        pipe.multi()  # type: ignore[no-untyped-call]
+        pipe.delete(letter_key, result_key, dead_letter.history_key(tasks.queue, task_id))
+        pipe.zrem(dead_letter.index_key(tasks.queue), task_id)
+        pipe.hdel(attempts_key(tasks.queue), task_id)
+        try:
+            await pipe.execute()
+        except WatchError:
+            raise TaskChanged(task_id) from None
+    return without_payload(detail)
+
+
+async def matching_failed(tasks: TaskQueue, where: RetryFilter) -> list[str]:
+    """The ids of the failed tasks `where` matches (at most `where.limit`), oldest first."""
+    low = f"({where.newer_than.timestamp() * 1000:.0f}" if where.newer_than else "-inf"
+    high = f"({where.older_than.timestamp() * 1000:.0f}" if where.older_than else "+inf"
+    ids = [
+        m.decode()
+        for m in await tasks.redis.zrangebyscore(dead_letter.index_key(tasks.queue), low, high)
+    ]
+    matched: list[str] = []
+    for start in range(0, len(ids), SCAN_CHUNK):
+        chunk = ids[start : start + SCAN_CHUNK]
+        records = await tasks.redis.mget(
+            [dead_letter.record_key(tasks.queue, task_id) for task_id in chunk]
+        )
+        for task_id, raw in zip(chunk, records, strict=True):
+            if raw is None:
+                continue
+            letter = _letter_decoder.decode(raw)
+            if where.classification and letter.classification != where.classification:
+                continue
+            if where.error_name and letter.error_name != where.error_name:
+                continue
+            if where.limit is not None and len(matched) >= where.limit:
+                return matched
+            matched.append(task_id)
+    return matched
+
+
+async def discard_failed(tasks: TaskQueue, ids: list[str]) -> int:
+    """Discard each of these failed tasks; return how many were (others changed meanwhile)."""
+    discarded = 0
+    for task_id in ids:
+        try:
+            await discard(tasks, task_id)
+        except (TaskNotFound, TaskNotFailed, TaskChanged):
+            continue
+        discarded += 1
+    return discarded
 
 
 async def retry_failed(tasks: TaskQueue, where: RetryFilter | None = None) -> int:
@@ -154,6 +217,7 @@ async def cleanup(tasks: TaskQueue, policy: CleanupPolicy | None = None) -> Clea
             chunk = doomed[start : start + SCAN_CHUNK]
             async with tasks.redis.pipeline(transaction=True) as pipe:
                 pipe.delete(*(dead_letter.record_key(tasks.queue, i) for i in chunk))
+                pipe.delete(*(dead_letter.history_key(tasks.queue, i) for i in chunk))
                 pipe.zrem(index, *chunk)
                 await pipe.execute()
         deleted_failed = len(doomed)

@@ -74,10 +74,21 @@ class Task(msgspec.Struct, frozen=True, kw_only=True):
     presentation: TaskPresentation
 
 
+class FailedAttempt(msgspec.Struct, frozen=True, kw_only=True):
+    """One failed run of a task: when, what, and the attempt count it reached."""
+
+    failed_at: datetime
+    error_name: str
+    classification: str
+    attempts: int
+
+
 class TaskDetail(Task, frozen=True, kw_only=True):
     """A task and its payload: the events (redacted), or the raw text when it is not JSON."""
 
     payload: Any
+    # Every failure kept for the task, oldest first, across retries (the latest 50).
+    failures: list[FailedAttempt] = []
 
 
 class TaskPage(msgspec.Struct, frozen=True, kw_only=True):

@@ -273,5 +273,5 @@ def with_payload(task: Task, payload: Any) -> TaskDetail:
 def without_payload(detail: TaskDetail) -> Task:
     """The task of a detail, its payload left out."""
     values = msgspec.structs.asdict(detail)
-    del values["payload"]
+    del values["payload"], values["failures"]
     return Task(**values)

@@ -73,6 +73,13 @@ IP_WITHIN = "ip <<= {}::inet"
 SINCE = "ts >= {}"
 UNTIL = "ts <= {}"
 FULL_TEXT = "search @@ plainto_tsquery('simple', {})"
+# Inside payloads: a metadata value by its (dotted) path, as text; a field named in changes.
+METADATA_IS = "metadata #>> {}::text[] = {}"
+METADATA_HAS = "metadata #> {}::text[] IS NOT NULL"
+CHANGES_TOUCH = (
+    "changes @> ANY(SELECT jsonb_build_array(jsonb_build_object('field', f))"
+    " FROM unnest({}::text[]) AS f)"
+)
 # Keyset: the redundant bound on ts alone lets PostgreSQL prune partitions.
 AFTER_DESC = "ts <= {0} AND (ts, id) < ({0}, {1})"
 AFTER_ASC = "ts >= {0} AND (ts, id) > ({0}, {1})"
@@ -147,7 +154,26 @@ def where_of(query: Filters, *, args: Sequence[Any] = ()) -> Where:
         where.add(UNTIL, query.until)
     if query.q is not None:
         where.add(FULL_TEXT, query.q)
+    _inside_payloads(where, query)
     return where
+
+
+def _inside_payloads(where: Where, query: Filters) -> None:
+    """The metadata and changes filters (the audit-log routes have them; a destination not)."""
+    for match in _values(getattr(query, "metadata", None)):
+        key, sep, value = match.partition("=")
+        path = key.split(".")
+        if holds_nul(key):
+            where.fragments.append(NO_ROW)
+        elif sep:
+            where.add(METADATA_IS, path, value)
+        else:  # `key` alone: the key is there, whatever its value
+            where.add(METADATA_HAS, path)
+    change_field = getattr(query, "change_field", None)
+    if change_field is not None:
+        fields = [f for f in _values(change_field) if not holds_nul(f)]
+        # One `[{"field": f}]` per name: jsonb containment finds it in any element of changes.
+        where.add(CHANGES_TOUCH, fields)
 
 
 def _present(**fields: Any) -> dict[str, Any] | None:

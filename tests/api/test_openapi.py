@@ -122,14 +122,16 @@ async def test_parameters_are_the_query_structs(settings: Settings) -> None:
         "actor_id",
         "entity_type",
         "tenant",
+        "metadata",
+        "change_field",
     }
     assert set(parameters(f"{base}/entity/{{entity_type}}/{{entity_id}}")) == filters - {
         "entity_type",
         "entity_id",
         "order",
     }
-    assert set(parameters(f"{base}/export")) == filters - {"limit", "cursor"} | {"format"}
-    assert set(parameters(f"{base}/stream")) == filters - {"order", "limit", "cursor"}
+    assert set(parameters(f"{base}/export")) == filters - {"limit", "cursor", "count"} | {"format"}
+    assert set(parameters(f"{base}/stream")) == filters - {"order", "limit", "cursor", "count"}
     assert set(parameters(f"{base}/statistics")) == set(StatisticsQuery.__struct_fields__)
     assert set(parameters("/api/v1/admin/tasks")) == set(TaskListQuery.__struct_fields__)
     formats = json.dumps(listed["ip"]["schema"])

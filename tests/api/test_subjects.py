@@ -415,3 +415,30 @@ async def test_events_arriving_during_the_erasure_are_stored_pseudonymised(
     key = load_or_create_private_key(quiet_settings.seal_key_path)
     report = await verify(pg, key.public_key(), emit=lines.append)
     assert report.findings == 0, lines
+
+
+async def test_anonymise_of_an_id_with_no_data_warns(
+    quiet_settings: Settings,
+    pg: asyncpg.Connection,
+    redis: aioredis.Redis,
+    cli_env: None,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """A typo erases nothing: the command says so instead of only printing zero counts."""
+    async with running_worker(quiet_settings):
+        async with AuditClient.from_settings(quiet_settings) as client:
+            for event in _subject_events():
+                assert await client.capture(event) is not None
+
+        async def stored() -> bool:
+            return await _count(pg, "SELECT count(*) FROM audit_log") == len(_subject_events())
+
+        await wait_for(stored)
+    capsys.readouterr()
+    assert await run_cli("anonymise", f"{SUBJECT}-typo") == 0
+    printed, warned = capsys.readouterr()
+    assert "rows: 0" in printed
+    assert "warning: nothing held" in warned and f"{SUBJECT}-typo" in warned
+    assert await run_cli("anonymise", SUBJECT) == 0
+    printed, warned = capsys.readouterr()
+    assert "warning" not in warned

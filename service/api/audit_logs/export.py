@@ -27,7 +27,7 @@ EXPORT_CHUNK_ROWS = 1000  # rows fetched from the server-side cursor at a time
 EXPORT_TIMEOUT_S = 6 * 3600.0  # seconds a whole CSV export may take (a slow reader is cut sooner)
 
 EXPORT_TYPES = {"csv": "text/csv", "jsonl": "application/x-ndjson"}
-NOT_EXPORTED = frozenset({"limit", "cursor"})  # every matching row: a page's do not apply
+NOT_EXPORTED = frozenset({"limit", "cursor", "count"})  # every matching row: a page's do not apply
 
 
 class ExportFormat(msgspec.Struct, frozen=True, kw_only=True):

@@ -91,6 +91,14 @@ class AuditLogPage(msgspec.Struct, frozen=True, kw_only=True):
 
     items: list[AuditLogItem]
     next_cursor: str | None
+    total: Total | None = None  # only when asked with count=true
+
+
+class Total(msgspec.Struct, frozen=True, kw_only=True):
+    """How many rows match the filters; `exact` false: the planner's estimate, not a count."""
+
+    count: int
+    exact: bool
 
 
 class DayCount(msgspec.Struct, frozen=True, kw_only=True):

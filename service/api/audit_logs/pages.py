@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import uuid
 from typing import Any
 
+import asyncpg
 import msgspec
 from aiohttp import web
 
@@ -32,6 +34,13 @@ class AuditLogId(msgspec.Struct, frozen=True, kw_only=True):
     id: uuid.UUID
 
 
+# A total is counted for at most this long, then estimated by the planner (and labelled so):
+# an exact count over a million rows costs more than a page view should wait.
+COUNT_BUDGET_MS = 100
+SET_COUNT_BUDGET = f"SET LOCAL statement_timeout = {COUNT_BUDGET_MS}"
+COUNT = "SELECT count(*) FROM audit_log "
+ESTIMATE = "EXPLAIN (FORMAT JSON) SELECT 1 FROM audit_log "
+
 _ENTITY_FIXED = frozenset({"entity_type", "entity_id", "order"})
 _ACTOR_FIXED = frozenset({"actor_id", "order"})
 
@@ -46,18 +55,38 @@ def page_query(query: AuditLogQuery, after: Position | None) -> tuple[str, list[
     return sql, [*where.args, query.limit + 1]
 
 
+async def total(conn: Any, query: AuditLogQuery) -> dict[str, Any]:
+    """The rows matching: counted within COUNT_BUDGET_MS, else the planner's estimate."""
+    where = where_of(query)
+    try:
+        async with conn.transaction(readonly=True):
+            await conn.execute(SET_COUNT_BUDGET)
+            counted = await conn.fetchval(f"{COUNT}{where.sql()}", *where.args)
+        return {"count": counted, "exact": True}
+    except asyncpg.QueryCanceledError:
+        pass
+    plan = await conn.fetchval(f"{ESTIMATE}{where.sql()}", *where.args)
+    if isinstance(plan, str):
+        plan = json.loads(plan)
+    return {"count": int(plan[0]["Plan"]["Plan Rows"]), "exact": False}
+
+
 async def _page(request: web.Request, query: AuditLogQuery) -> web.Response:
     codec = request.app[CURSORS]
     after = codec.decode(query.cursor, order=query.order) if query.cursor else None
     sql, args = page_query(query, after)
     async with request.app[POOL].acquire() as conn:
         rows = await conn.fetch(sql, *args)
+        counted = await total(conn, query) if query.count else None
     next_cursor = None
     if len(rows) > query.limit:
         rows = rows[: query.limit]
         last = rows[-1]
         next_cursor = codec.encode(Position(last["ts"], last["id"], query.order))
-    return json_response({"items": [item(row) for row in rows], "next_cursor": next_cursor})
+    page: dict[str, Any] = {"items": [item(row) for row in rows], "next_cursor": next_cursor}
+    if counted is not None:
+        page["total"] = counted
+    return json_response(page)
 
 
 @operation(query=AuditLogQuery, responses={200: AuditLogPage})

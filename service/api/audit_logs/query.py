@@ -30,6 +30,14 @@ Limit = Annotated[int, msgspec.Meta(ge=1, le=MAX_LIMIT)]
 UtcTime = Annotated[datetime, msgspec.Meta(tz=True)]
 Time = Annotated[datetime, msgspec.Meta(tz=True), TIME]
 Network = Annotated[str, msgspec.Meta(max_length=1024), NETWORK]
+MetadataMatch = Annotated[
+    str,
+    msgspec.Meta(
+        max_length=1024,
+        description="`key=value`: metadata[key] equals value (compared as text); `key` alone: "
+        "metadata has the key; a dotted key (`a.b=x`) reaches into nested objects",
+    ),
+]
 Cursor = Annotated[
     str,
     msgspec.Meta(
@@ -62,9 +70,23 @@ class AuditLogQuery(
     order: Order = "desc"
     limit: Limit = DEFAULT_LIMIT
     cursor: Cursor | None = None
+    # Inside payloads (rows.py): every `metadata` condition holds; `change_field` matches any.
+    metadata: MetadataMatch | list[MetadataMatch] | None = None
+    change_field: (
+        Annotated[Text, msgspec.Meta(description="rows whose changes touch this field")]
+        | list[Text]
+        | None
+    ) = None
+    count: Annotated[
+        bool,
+        msgspec.Meta(
+            description="also return `total`: the rows matching, exact when counted within "
+            "the budget, else the planner's estimate, labelled as one"
+        ),
+    ] = False
 
 
-PAGING_FIELDS = frozenset({"order", "limit", "cursor"})
+PAGING_FIELDS = frozenset({"order", "limit", "cursor", "count"})
 _NO_FILTERS = AuditLogQuery()
 
 

@@ -1,11 +1,36 @@
 // Charts: uPlot, sized to its container and coloured from the stylesheet (light or dark).
 import uPlot from "../vendor/uPlot.esm.js";
 import { html, useEffect, useRef } from "./lib.js";
+import { fields, timeZone, useTimeZone, zoneLabel } from "./ui.js";
+
+const pad = (n) => String(n).padStart(2, "0");
+
+/** Tick labels of a time axis in the shown zone, 24 h: days as MM-DD, else HH:MM. */
+function timeTicks(u, splits, axisIdx, space, incr) {
+  return splits.map((s) => {
+    const [, mo, da, h, mi] = fields(new Date(s * 1000));
+    return incr >= 86400 ? `${pad(mo)}-${pad(da)}` : `${pad(h)}:${pad(mi)}`;
+  });
+}
+
+/** An axis as wide as its longest label (uPlot's fixed 50 px cuts "10,000" and up). */
+function fitLabels(u, values, axisIdx, cycleNum) {
+  const axis = u.axes[axisIdx];
+  if (cycleNum > 1) return axis._size;
+  let size = axis.ticks.size + axis.gap;
+  const longest = (values || []).reduce((a, v) => (String(v).length > a.length ? String(v) : a), "");
+  if (longest) {
+    u.ctx.font = axis.font[0];
+    size += u.ctx.measureText(longest).width / devicePixelRatio;
+  }
+  return Math.ceil(size) + 4;
+}
 
 const cssVar = (name) => getComputedStyle(document.documentElement).getPropertyValue(name).trim();
 
 /** A time-series chart; `data` is [xs (unix seconds), ys]; `bars` draws bars instead of a line. */
 export function TimeChart({ data, label, bars = false, height = 220 }) {
+  const zone = useTimeZone();
   const box = useRef(null);
   const plot = useRef(null);
   useEffect(() => {
@@ -32,7 +57,12 @@ export function TimeChart({ data, label, bars = false, height = 220 }) {
         x: { time: true, range: (u, min, max) => (bars ? [min - 43200, max + 43200] : [min, max]) },
         y: { range: (u, min, max) => [0, Math.max(1, max * 1.1)] },
       },
-      axes: [axis, { ...axis, size: 50 }],
+      // Ticks fall on the shown zone's hours and days; their labels say which zone.
+      tzDate: (ts) => (timeZone() === "utc" ? uPlot.tzDate(new Date(ts * 1000), "Etc/UTC") : new Date(ts * 1000)),
+      axes: [
+        { ...axis, values: timeTicks, label: `Time (${zoneLabel()})`, labelSize: 20 },
+        { ...axis, size: fitLabels, values: (u, splits) => splits.map((v) => v.toLocaleString()) },
+      ],
       series: [{}, series],
     };
     plot.current = new uPlot(options, data, element);
@@ -44,7 +74,7 @@ export function TimeChart({ data, label, bars = false, height = 220 }) {
       plot.current.destroy();
       plot.current = null;
     };
-  }, [label, bars, height]);
+  }, [label, bars, height, zone]);
   useEffect(() => {
     // New data redraws the same chart (a poll does not rebuild it).
     if (plot.current && plot.current.data !== data) plot.current.setData(data);

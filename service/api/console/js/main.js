@@ -3,7 +3,7 @@ import { html, render, useEffect, useRef, useState } from "./lib.js";
 import { request, session } from "./api.js";
 import { loadMessages } from "./messages.js";
 import { useLocation } from "./router.js";
-import { ErrorBox } from "./ui.js";
+import { ErrorBox, ZoneSwitch } from "./ui.js";
 import { ActorView, AuditLogsView, DetailView, EntityView } from "./views/audit.js";
 import { DestinationsView } from "./views/destinations.js";
 import { IntegrityView } from "./views/integrity.js";
@@ -105,6 +105,7 @@ function Shell({ who, location }) {
       <a class="brand" href="/console/audit-logs">auditq</a>
       <nav class="main" aria-label="Views"><ul>${NAV.map(([href, text]) => html`<li>
         <a href=${href} aria-current=${current(href) ? "page" : null}>${text}</a></li>`)}</ul></nav>
+      <${ZoneSwitch} />
       <div class="who"><span>${who.name} <span class="muted">(${who.role})</span></span>
         <button type="button" onClick=${() => session.clear("")}>Sign out</button></div>
     </header>

@@ -5,31 +5,104 @@ import { seg } from "./router.js";
 
 const pad = (n) => String(n).padStart(2, "0");
 
-/** A timestamp in the browser's time zone, YYYY-MM-DD HH:MM:SS. */
+// One time convention: UTC by default (as exports, the API and the CLI), local on request.
+const ZONE_KEY = "auditq.console.zone";
+let zone = localStorage.getItem(ZONE_KEY) === "local" ? "local" : "utc";
+const zoneListeners = new Set();
+
+export const timeZone = () => zone;
+
+/** Show times in "utc" or "local" (kept in this browser; it is no secret). */
+export function setTimeZone(next) {
+  zone = next === "local" ? "local" : "utc";
+  localStorage.setItem(ZONE_KEY, zone);
+  for (const listener of zoneListeners) listener();
+}
+
+/** The zone times are shown in; the component re-renders when it is switched. */
+export function useTimeZone() {
+  const [, setTick] = useState(0);
+  useEffect(() => {
+    const listener = () => setTick((n) => n + 1);
+    zoneListeners.add(listener);
+    return () => zoneListeners.delete(listener);
+  }, []);
+  return zone;
+}
+
+/** The shown zone's name: "UTC", or the browser's offset from UTC at that time ("UTC-05:00"). */
+export function zoneLabel(d = new Date()) {
+  if (zone === "utc") return "UTC";
+  const minutes = -d.getTimezoneOffset();
+  const sign = minutes < 0 ? "-" : "+";
+  return `UTC${sign}${pad(Math.floor(Math.abs(minutes) / 60))}:${pad(Math.abs(minutes) % 60)}`;
+}
+
+/** The calendar fields of a date in the shown zone. */
+export function fields(d) {
+  return zone === "utc"
+    ? [d.getUTCFullYear(), d.getUTCMonth() + 1, d.getUTCDate(), d.getUTCHours(), d.getUTCMinutes(), d.getUTCSeconds()]
+    : [d.getFullYear(), d.getMonth() + 1, d.getDate(), d.getHours(), d.getMinutes(), d.getSeconds()];
+}
+
+/** A timestamp as YYYY-MM-DD HH:MM:SS (24 h) in the shown zone, without the zone's name. */
 export function localTime(iso) {
   const d = new Date(iso);
   if (Number.isNaN(d.getTime())) return String(iso);
-  return `${d.getFullYear()}-${pad(d.getMonth() + 1)}-${pad(d.getDate())} ${pad(d.getHours())}:${pad(d.getMinutes())}:${pad(d.getSeconds())}`;
+  const [y, mo, da, h, mi, se] = fields(d);
+  return `${y}-${pad(mo)}-${pad(da)} ${pad(h)}:${pad(mi)}:${pad(se)}`;
 }
 
-/** The value of a datetime-local input for an RFC 3339 time, "" when there is none. */
+/** The text of a time input for an RFC 3339 time (ISO, in the shown zone), "" when none. */
 export function toLocalInput(iso) {
   if (!iso) return "";
   const d = new Date(iso);
-  if (Number.isNaN(d.getTime())) return "";
-  return localTime(iso).replace(" ", "T");
+  if (Number.isNaN(d.getTime())) return iso;
+  return localTime(iso);
 }
 
-/** RFC 3339 (UTC) of a datetime-local input's value. */
+const TYPED = /^(\d{4})-(\d{2})-(\d{2})(?:[T ](\d{2}):(\d{2})(?::(\d{2}))?)?$/;
+
+/**
+ * RFC 3339 (UTC) of what was typed in a time input: an ISO date or date-time, read in the
+ * shown zone unless it names its own (Z or an offset). Anything else goes to the API as it
+ * is, whose 400 names the field.
+ */
 export function fromLocalInput(value) {
-  if (!value) return "";
-  const d = new Date(value);
-  return Number.isNaN(d.getTime()) ? value : d.toISOString();
+  const text = String(value || "").trim();
+  if (!text) return "";
+  const typed = TYPED.exec(text);
+  if (!typed) return text;
+  const [, y, mo, da, h = "0", mi = "0", se = "0"] = typed;
+  const parts = [Number(y), Number(mo) - 1, Number(da), Number(h), Number(mi), Number(se)];
+  const d = zone === "utc" ? new Date(Date.UTC(...parts)) : new Date(...parts);
+  return Number.isNaN(d.getTime()) ? text : d.toISOString().replace(".000Z", "Z");
+}
+
+/** A labelled time field: ISO text in the shown zone (no locale's mm/dd/yyyy, no cut AM/PM). */
+export function TimeField({ label, name, value }) {
+  useTimeZone();
+  const id = `f-${name}`;
+  return html`<label for=${id}><span>${label} (${zoneLabel()})</span>
+    <input id=${id} name=${name} type="text" inputmode="numeric" defaultValue=${toLocalInput(value)}
+      placeholder="YYYY-MM-DD HH:MM" autocomplete="off" spellcheck="false" /></label>`;
 }
 
 export function Time({ value }) {
+  useTimeZone();
   if (!value) return html`<span class="muted">—</span>`;
-  return html`<time datetime=${value} title=${value}>${localTime(value)}</time>`;
+  const d = new Date(value);
+  return html`<time datetime=${value} title=${value}>${localTime(value)} <span class="zone">${zoneLabel(d)}</span></time>`;
+}
+
+/** The labelled switch between UTC and local times (in the page header). */
+export function ZoneSwitch() {
+  const current = useTimeZone();
+  return html`<label class="zone-switch" for="zone-switch"><span>Times in</span>
+    <select id="zone-switch" onChange=${(e) => setTimeZone(e.currentTarget.value)}>
+      <option value="utc" selected=${current === "utc"}>UTC</option>
+      <option value="local" selected=${current === "local"}>local time (${zone === "local" ? zoneLabel() : "browser"})</option>
+    </select></label>`;
 }
 
 export function ago(iso) {
@@ -73,10 +146,11 @@ export function Outcome({ value }) {
 }
 
 export function Presentation({ item }) {
-  const { text, code, params } = present(item);
-  if (text !== null) return html`<span>${text}</span>`;
+  const { text, code, params, known } = present(item);
+  if (known) return html`<span>${text}</span>`;
+  // No catalogue entry: the fallback sentence, with the params it could not place.
   const shown = Object.keys(params).length ? ` ${JSON.stringify(params)}` : "";
-  return html`<span><code>${code}</code><span class="muted">${shown}</span></span>`;
+  return html`<span title=${code}>${text}<span class="muted">${shown}</span></span>`;
 }
 
 export const entityPath = (entity) => `/console/entities/${seg(entity.type)}/${seg(entity.id)}`;
@@ -116,8 +190,8 @@ export function useAsync(load, deps) {
   return { ...state, reload: run };
 }
 
-/** Run `fn` every `ms` while the tab is visible (and once at once). */
-export function useVisibleInterval(fn, ms) {
+/** Run `fn` every `ms` while the tab is visible (and once at once, and when `deps` change). */
+export function useVisibleInterval(fn, ms, deps = []) {
   const saved = useRef(fn);
   saved.current = fn;
   useEffect(() => {
@@ -137,7 +211,7 @@ export function useVisibleInterval(fn, ms) {
       clearInterval(timer);
       document.removeEventListener("visibilitychange", sync);
     };
-  }, [ms]);
+  }, [ms, ...deps]);
 }
 
 function button(text, className) {
@@ -213,4 +287,57 @@ export function Select({ label, name, value, options }) {
 
 export function Loading({ when }) {
   return when ? html`<p class="muted" role="status">Loading…</p>` : null;
+}
+
+// What a field whose form is fixed by a pattern must look like, in words (contract §4).
+const FORMS = {
+  action: "lowercase words joined by dots, such as auth.login",
+  ip: "an IPv4 or IPv6 address",
+};
+
+/** A failure reason in plain words: a validator's pattern source becomes what the field needs. */
+export function plainReason(message) {
+  return String(message ?? "").replace(
+    /Expected `str` matching regex .* - at `\$\.?([^`]*)`/g,
+    (whole, path) => {
+      const leaf = path.split(/[.[\]]+/).filter(Boolean).pop() || path;
+      const form = FORMS[leaf];
+      return `the field ${path} is not in the form it must have${form ? ` (${form})` : ""}`;
+    },
+  );
+}
+
+export const REFRESH_MS = 3000; // how often a view showing changeable state asks again
+
+/**
+ * Load data when `deps` change and again every `ms` while the tab is visible (stopped while
+ * hidden, as the Queue view): {data, error, loading, reload}. A refresh keeps what is shown
+ * until its answer arrives, so nothing flickers.
+ */
+export function usePolled(load, deps, ms = REFRESH_MS) {
+  const [state, setState] = useState({ data: null, error: null, loading: true });
+  const generation = useRef(0);
+  const run = useCallback(async () => {
+    const mine = generation.current;
+    try {
+      const data = await load();
+      if (mine === generation.current) setState({ data, error: null, loading: false });
+    } catch (error) {
+      if (error.name === "AbortError") return;
+      if (mine === generation.current) setState((s) => ({ ...s, error, loading: false }));
+    }
+  }, deps);
+  const mounted = useRef(false);
+  useEffect(() => {
+    // New deps: forget what was shown and ask at once (the interval asked already on mount).
+    if (!mounted.current) {
+      mounted.current = true;
+      return;
+    }
+    generation.current += 1;
+    setState({ data: null, error: null, loading: true });
+    run();
+  }, [run]);
+  useVisibleInterval(run, ms);
+  return { ...state, reload: run };
 }

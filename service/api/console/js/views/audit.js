@@ -4,7 +4,7 @@ import { download, request } from "../api.js";
 import { navigate, seg } from "../router.js";
 import {
   Actor, EntityLink, ErrorBox, Field, Json, Loading, Notice, Outcome, Presentation, Select,
-  Severity, Time, actorPath, asText, entityPath, fromLocalInput, logPath, toLocalInput, useAsync,
+  Severity, Time, TimeField, actorPath, asText, entityPath, fromLocalInput, logPath, useAsync,
 } from "../ui.js";
 
 const API = "/api/v1/admin/audit-logs";
@@ -12,7 +12,14 @@ const PAGE_SIZE = 50;
 // The §7 filters, as the API names them; `action` may repeat.
 export const FILTERS = [
   "action", "action_prefix", "category", "severity", "outcome", "actor_id", "entity_type",
-  "entity_id", "tenant", "request_id", "ip", "since", "until", "q",
+  "entity_id", "tenant", "request_id", "ip", "since", "until", "q", "metadata", "change_field",
+];
+// Filters that repeat: the form takes several, separated (action, change_field by commas;
+// metadata conditions by semicolons, since a value may hold a comma).
+const SEPARATORS = { action: ",", change_field: ",", metadata: ";" };
+// Time presets: the window ends now (no until), since is that long ago.
+export const PRESETS = [
+  ["Last 15 min", 15 * 60], ["Last hour", 3600], ["Last 24 h", 86400], ["Last 7 days", 7 * 86400],
 ];
 const SEVERITIES = ["info", "notice", "warning", "critical"];
 
@@ -25,24 +32,27 @@ export function filtersOf(query) {
 
 let suggestions = null;
 
-/** Actions seen in the last 30 days, for the action field's suggestions (best effort). */
-function useActionSuggestions() {
-  const [actions, setActions] = useState(suggestions || []);
+/** Actions and actors seen in the last 30 days, for the fields' suggestions (best effort). */
+function useSuggestions() {
+  const [found, setFound] = useState(suggestions || { actions: [], actors: [] });
   useEffect(() => {
     if (suggestions) return;
     request(`${API}/statistics`)
       .then((stats) => {
-        suggestions = stats.top_actions.map((a) => a.action);
-        setActions(suggestions);
+        suggestions = {
+          actions: stats.top_actions.map((a) => a.action),
+          actors: stats.top_actors.map((a) => a.actor_id),
+        };
+        setFound(suggestions);
       })
       .catch(() => {});
   }, []);
-  return actions;
+  return found;
 }
 
 /** The filter form; submitting it navigates to `base` with the filters as the query string. */
 export function FilterForm({ base, query }) {
-  const actions = useActionSuggestions();
+  const { actions, actors } = useSuggestions();
   const value = (name) => query.get(name) || "";
   const submit = (event) => {
     event.preventDefault();
@@ -51,8 +61,8 @@ export function FilterForm({ base, query }) {
     for (const name of FILTERS) {
       let raw = String(data.get(name) || "").trim();
       if (!raw) continue;
-      if (name === "action") {
-        for (const one of raw.split(",").map((a) => a.trim()).filter(Boolean)) next.append(name, one);
+      if (SEPARATORS[name]) {
+        for (const one of raw.split(SEPARATORS[name]).map((a) => a.trim()).filter(Boolean)) next.append(name, one);
         continue;
       }
       if (name === "since" || name === "until") raw = fromLocalInput(raw);
@@ -60,6 +70,13 @@ export function FilterForm({ base, query }) {
     }
     const qs = next.toString();
     navigate(qs ? `${base}?${qs}` : base);
+  };
+  // A preset keeps the other filters and replaces the window: since that long ago, until now.
+  const preset = (seconds) => {
+    const next = new URLSearchParams(query);
+    next.delete("until");
+    next.set("since", new Date(Date.now() - seconds * 1000).toISOString().replace(/\.\d{3}Z$/, "Z"));
+    navigate(`${base}?${next}`);
   };
   // Open on a wide screen or when filters are set; on a phone the results come first.
   const set = [...query.keys()].length;
@@ -71,7 +88,8 @@ export function FilterForm({ base, query }) {
     <datalist id="action-suggestions">${actions.map((a) => html`<option value=${a} />`)}</datalist>
     <${Field} label="Action prefix" name="action_prefix" value=${value("action_prefix")} placeholder="auth." />
     <${Field} label="Category" name="category" value=${value("category")} />
-    <${Field} label="Actor id" name="actor_id" value=${value("actor_id")} />
+    <${Field} label="Actor id" name="actor_id" value=${value("actor_id")} list="actor-suggestions" />
+    <datalist id="actor-suggestions">${actors.map((a) => html`<option value=${a} />`)}</datalist>
     <${Field} label="Entity type" name="entity_type" value=${value("entity_type")} />
     <${Field} label="Entity id" name="entity_id" value=${value("entity_id")} />
     <${Field} label="Tenant" name="tenant" value=${value("tenant")} />
@@ -81,17 +99,29 @@ export function FilterForm({ base, query }) {
       options=${[["", "any"], ["success", "success"], ["failure", "failure"]]} />
     <${Field} label="IP or network" name="ip" value=${value("ip")} placeholder="10.0.0.0/8" />
     <${Field} label="Request id" name="request_id" value=${value("request_id")} />
-    <${Field} label="Since" name="since" type="datetime-local" value=${toLocalInput(value("since"))} />
-    <${Field} label="Until" name="until" type="datetime-local" value=${toLocalInput(value("until"))} />
+    <${TimeField} label="Since" name="since" value=${value("since")} />
+    <${TimeField} label="Until" name="until" value=${value("until")} />
     <${Field} label="Full text" name="q" value=${value("q")} />
+    <${Field} label="Metadata key=value" name="metadata" value=${query.getAll("metadata").join("; ")} placeholder="plan=pro; geo.country=FR" />
+    <${Field} label="Changed field" name="change_field" value=${query.getAll("change_field").join(", ")} placeholder="visibility, …" />
     <div class="actions">
       <button class="primary" type="submit">Search</button>
       <a class="button" href=${base}>Clear</a>
     </div>
-  </form></details>`;
+  </form>
+  <div class="toolbar presets" role="group" aria-label="Time presets">
+    ${PRESETS.map(([text, seconds]) => html`<button type="button" onClick=${() => preset(seconds)}>${text}</button>`)}
+  </div></details>`;
 }
 
-export function LogTable({ items, caption }) {
+/** Changes inline, one line per field: "field: old → new" (an entity's history shows them). */
+function InlineChanges({ changes }) {
+  if (!changes || !changes.length) return null;
+  return html`<ul class="inline-changes">${changes.map((c) => html`<li>
+    <code>${c.field}</code>: <del class="old">${asText(c.old)}</del> → <ins class="new">${asText(c.new)}</ins></li>`)}</ul>`;
+}
+
+export function LogTable({ items, caption, diffs = false }) {
   if (!items.length) return html`<p class="muted">No audit logs match.</p>`;
   return html`<div class="table-wrap"><table>
     <caption class="skip">${caption}</caption>
@@ -100,7 +130,7 @@ export function LogTable({ items, caption }) {
     <tbody>${items.map((item) => html`<tr key=${item.id} data-id=${item.id}>
       <td><a href=${logPath(item.id)}><${Time} value=${item.ts} /></a></td>
       <td><code>${item.action}</code></td>
-      <td class="wrap"><${Presentation} item=${item} /></td>
+      <td class="wrap"><${Presentation} item=${item} />${diffs ? html`<${InlineChanges} changes=${item.changes} />` : null}</td>
       <td><${Actor} actor=${item.actor} /></td>
       <td><${EntityLink} entity=${item.entity} /></td>
       <td><${Severity} value=${item.severity} /></td>
@@ -110,20 +140,31 @@ export function LogTable({ items, caption }) {
   </table></div>`;
 }
 
+/** "50 shown of 1,234 matching" — or "of about …" when the server could only estimate. */
+function shownText({ items, cursor, total }) {
+  if (!total) return `${items.length} shown${cursor ? ", more available" : ""}.`;
+  const all = total.count.toLocaleString();
+  return total.exact
+    ? `${items.length.toLocaleString()} shown of ${all} matching.`
+    : `${items.length.toLocaleString()} shown of about ${all} matching (an estimate: counting them all would take too long).`;
+}
+
 /** Pages of one endpoint with "More": keyset cursors, so nothing repeats or goes missing. */
-function PagedLogs({ endpoint, query, caption }) {
+function PagedLogs({ endpoint, query, caption, diffs = false }) {
   const [pages, setPages] = useState({ items: [], cursor: null, loading: true, error: null });
   const key = `${endpoint}?${query.toString()}`;
   const load = async (cursor) => {
     const q = new URLSearchParams(query);
     q.set("limit", String(PAGE_SIZE));
     if (cursor) q.set("cursor", cursor);
+    else q.set("count", "true"); // the first page also asks how many match in all
     setPages((p) => ({ ...p, loading: true, error: null }));
     try {
       const page = await request(endpoint, { query: q });
       setPages((p) => ({
         items: cursor ? [...p.items, ...page.items] : page.items,
         cursor: page.next_cursor,
+        total: cursor ? p.total : page.total,
         loading: false,
         error: null,
       }));
@@ -135,9 +176,11 @@ function PagedLogs({ endpoint, query, caption }) {
     setPages({ items: [], cursor: null, loading: true, error: null });
     load(null);
   }, [key]);
+  // A refused search shows only why: "no audit logs match" would be a claim nobody checked.
+  if (pages.error && !pages.items.length) return html`<${ErrorBox} error=${pages.error} />`;
   return html`<${ErrorBox} error=${pages.error} />
-    <p class="muted" role="status" aria-live="polite">${pages.loading ? "Loading…" : `${pages.items.length} shown${pages.cursor ? ", more available" : ""}.`}</p>
-    ${pages.items.length || !pages.loading ? html`<${LogTable} items=${pages.items} caption=${caption} />` : null}
+    <p class="muted" role="status" aria-live="polite">${pages.loading ? "Loading…" : shownText(pages)}</p>
+    ${pages.items.length || !pages.loading ? html`<${LogTable} items=${pages.items} caption=${caption} diffs=${diffs} />` : null}
     ${pages.cursor ? html`<div class="toolbar"><button type="button" onClick=${() => load(pages.cursor)} disabled=${pages.loading}>More</button></div>` : null}`;
 }
 
@@ -175,8 +218,8 @@ export function AuditLogsView({ location }) {
 export function EntityView({ params }) {
   const [type, id] = params;
   return html`<h1>History of ${type} <span class="mono">${id}</span></h1>
-    <p class="muted">Oldest first. <a href=${`/console/audit-logs?entity_type=${seg(type)}&entity_id=${seg(id)}`}>Search with filters</a></p>
-    <${PagedLogs} endpoint=${`${API}/entity/${seg(type)}/${seg(id)}`} query=${new URLSearchParams()} caption="The entity's history" />`;
+    <p class="muted">Oldest first, each change inline. <a href=${`/console/audit-logs?entity_type=${seg(type)}&entity_id=${seg(id)}`}>Search with filters</a></p>
+    <${PagedLogs} endpoint=${`${API}/entity/${seg(type)}/${seg(id)}`} query=${new URLSearchParams()} caption="The entity's history" diffs=${true} />`;
 }
 
 export function ActorView({ params }) {
@@ -224,6 +267,24 @@ function ReceiptButton({ id }) {
     <${ErrorBox} error=${state.error} /><${Notice} text=${state.notice} />
     <div class="toolbar"><button type="button" onClick=${run} disabled=${state.busy}>${state.busy ? "Preparing…" : "Download receipt"}</button></div>
   </section>`;
+}
+
+/** The item exactly as the API gives it (what a receipt hashes), with a copy button. */
+function RawJson({ item }) {
+  const [copied, setCopied] = useState("");
+  const text = JSON.stringify(item, null, 2);
+  const copy = async () => {
+    try {
+      await navigator.clipboard.writeText(text);
+      setCopied("Copied to the clipboard.");
+    } catch {
+      setCopied("The clipboard refused: select the text and copy it by hand.");
+    }
+  };
+  return html`<section aria-labelledby="h-raw"><details><summary><h2 id="h-raw" class="inline-heading">Raw JSON</h2></summary>
+    <div class="toolbar"><button type="button" onClick=${copy}>Copy JSON</button><span role="status">${copied}</span></div>
+    <pre aria-label="The event as JSON" tabindex="0">${text}</pre>
+  </details></section>`;
 }
 
 export function DetailView({ params }) {
@@ -279,6 +340,7 @@ export function DetailView({ params }) {
     <section aria-labelledby="h-meta"><h2 id="h-meta">Metadata</h2>
       ${item.metadata && Object.keys(item.metadata).length ? html`<${Json} value=${item.metadata} label="Metadata" />` : html`<p class="muted">None.</p>`}
     </section>
+    <${RawJson} item=${item} />
     ${item.presentation && Object.keys(item.presentation.params || {}).length
       ? html`<section aria-labelledby="h-params"><h2 id="h-params">Presentation parameters</h2><${Json} value=${item.presentation.params} label="Presentation parameters" /></section>`
       : null}

@@ -1,18 +1,35 @@
 // Integrity (§8): the last seal and verification, and running one; absent routes shown as such.
 import { html, useState } from "../lib.js";
 import { hasRoute, request } from "../api.js";
-import { ErrorBox, Json, Loading, Notice, Time, useAction, useAsync } from "../ui.js";
+import { ErrorBox, Loading, Notice, Time, useAction, usePolled } from "../ui.js";
 
 const API = "/api/v1/admin/integrity";
-const POLL_MS = 2000;
-const POLL_TIMES = 30;
 
-function Verification({ value }) {
-  if (!value) return html`<p class="muted">No verification has run yet.</p>`;
-  const entries = Object.entries(value);
-  return html`<dl class="fields">${entries.map(([k, v]) => html`<dt>${k.replaceAll("_", " ")}</dt>
-    <dd>${typeof v === "string" && /^\d{4}-\d\d-\d\dT/.test(v) ? html`<${Time} value=${v} />`
-      : typeof v === "object" && v !== null ? html`<${Json} value=${v} />` : String(v)}</dd>`)}</dl>`;
+/** The verdict of the last verification in one sentence, then its counts and findings. */
+export function Verdict({ value, running }) {
+  if (!value) {
+    return html`<p class="verdict verdict-none" role="status">${running ? "A first verification is running." : "Not verified yet: nothing says whether the record is intact. Run a verification."}</p>`;
+  }
+  const when = html`<${Time} value=${value.finished_at || value.started_at} />`;
+  const intact = value.intact && !value.findings;
+  const lines = value.lines || [];
+  return html`
+    <p class=${`verdict ${intact ? "verdict-ok" : "verdict-bad"}`} role="status">
+      ${intact
+        ? html`<strong>Intact.</strong> The verification finished ${when} found no row or checkpoint altered, missing or unsealed.`
+        : html`<strong>Not intact: ${value.findings.toLocaleString()} finding${value.findings === 1 ? "" : "s"}.</strong> The verification finished ${when} found what is listed below.`}
+      ${running ? " A newer verification is running." : ""}
+    </p>
+    <dl class="fields">
+      <dt>Rows checked</dt><dd>${value.rows.toLocaleString()}</dd>
+      <dt>Checkpoints checked</dt><dd>${value.checkpoints.toLocaleString()}</dd>
+      <dt>Removed by retention</dt><dd>${value.removed_by_retention.toLocaleString()} <span class="muted">(kept as hashes; not findings)</span></dd>
+      <dt>Anonymised</dt><dd>${value.anonymised.toLocaleString()} <span class="muted">(kept as hashes; not findings)</span></dd>
+      <dt>Awaiting their seal</dt><dd>${value.awaiting_seal.toLocaleString()}</dd>
+      <dt>Started</dt><dd><${Time} value=${value.started_at} /></dd>
+      <dt>Summary</dt><dd>${value.summary}</dd>
+    </dl>
+    ${lines.length ? html`<h3>${intact ? "Notes" : "Findings"}</h3><ul class="findings">${lines.map((l) => html`<li class="mono">${l}</li>`)}</ul>` : null}`;
 }
 
 // The transparency log: whether sealing stopped and why, the latest checkpoint, the witnesses.
@@ -39,24 +56,19 @@ function Log({ integrity }) {
 
 export function IntegrityView({ who }) {
   const [generation, setGeneration] = useState(0);
-  const state = useAsync(async () => {
+  // Polled while visible: a verification's result and the seal state appear without a reload.
+  const state = usePolled(async () => {
     if (!(await hasRoute(API))) return { available: false };
     return { available: true, integrity: await request(API) };
   }, [generation]);
   const action = useAction();
   const verify = () => action.run("Run a verification of every checkpoint now? It reads every stored row.", async () => {
-    const before = JSON.stringify(state.data.integrity.last_verification);
     await request(`${API}/verify`, { method: "POST" });
-    for (let i = 0; i < POLL_TIMES; i += 1) {
-      await new Promise((resolve) => setTimeout(resolve, POLL_MS));
-      const now = await request(API);
-      if (JSON.stringify(now.last_verification) !== before) break;
-    }
     setGeneration((n) => n + 1);
-    return "Verification requested; its result is shown below once it has finished.";
+    return "Verification started; this page shows its verdict when it has finished.";
   }, { confirmLabel: "Verify" });
   if (state.loading && !state.data) return html`<h1>Integrity</h1><${Loading} when=${true} />`;
-  if (state.error) return html`<h1>Integrity</h1><${ErrorBox} error=${state.error} />`;
+  if (state.error && !state.data) return html`<h1>Integrity</h1><${ErrorBox} error=${state.error} />`;
   if (!state.data.available) {
     return html`<h1>Integrity</h1><p class="notice" role="status">Integrity checks are not available on this server: it has no ${API} route yet.</p>`;
   }
@@ -69,5 +81,5 @@ export function IntegrityView({ who }) {
     </div>
     <${Log} integrity=${integrity} />
     ${who.role === "admin" ? html`<div class="toolbar"><button type="button" class="primary" onClick=${verify} disabled=${action.busy}>${action.busy ? "Verifying…" : "Verify now"}</button></div>` : null}
-    <section aria-labelledby="h-verification"><h2 id="h-verification">Last verification</h2><${Verification} value=${integrity.last_verification} /></section>`;
+    <section aria-labelledby="h-verification"><h2 id="h-verification">Last verification</h2><${Verdict} value=${integrity.last_verification} running=${integrity.verification_running} /></section>`;
 }

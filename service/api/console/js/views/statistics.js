@@ -3,7 +3,7 @@ import { html, useMemo } from "../lib.js";
 import { request } from "../api.js";
 import { navigate, seg } from "../router.js";
 import { TimeChart } from "../chart.js";
-import { ErrorBox, Field, Loading, actorPath, fromLocalInput, toLocalInput, useAsync } from "../ui.js";
+import { ErrorBox, Field, Loading, TimeField, actorPath, fromLocalInput, useAsync } from "../ui.js";
 
 function Bars({ title, rows }) {
   const max = Math.max(1, ...rows.map((r) => r.count));
@@ -43,8 +43,8 @@ export function StatisticsView({ location }) {
   const tenantFilter = params.get("tenant") ? `&tenant=${seg(params.get("tenant"))}` : "";
   return html`<h1>Statistics</h1>
     <form class="filters" aria-label="Window" onSubmit=${submit} key=${key}>
-      <${Field} label="Since" name="since" type="datetime-local" value=${toLocalInput(query.get("since"))} />
-      <${Field} label="Until" name="until" type="datetime-local" value=${toLocalInput(query.get("until"))} />
+      <${TimeField} label="Since" name="since" value=${query.get("since")} />
+      <${TimeField} label="Until" name="until" value=${query.get("until")} />
       <${Field} label="Tenant" name="tenant" value=${query.get("tenant") || ""} />
       <div class="actions"><button class="primary" type="submit">Show</button></div>
       <p class="muted">Empty fields: the last 30 days, every tenant.</p>

@@ -2,13 +2,14 @@
 import { html, useState } from "../lib.js";
 import { hasRoute, request } from "../api.js";
 import { navigate, seg } from "../router.js";
-import { ErrorBox, Field, Loading, Notice, useAction, useAsync } from "../ui.js";
+import { ErrorBox, Field, Loading, Notice, useAction, useAsync, usePolled } from "../ui.js";
 
 const API = "/api/v1/admin/subjects";
 const ROUTE = `${API}/{subject_id}/anonymisation`;
 
 function SubjectState({ id, generation }) {
-  const state = useAsync(async () => {
+  // Polled while visible: a running erasure reaches "done" on screen without a reload.
+  const state = usePolled(async () => {
     try {
       return await request(`${API}/${seg(id)}/anonymisation`);
     } catch (error) {
@@ -17,18 +18,41 @@ function SubjectState({ id, generation }) {
     }
   }, [id, generation]);
   if (state.loading) return html`<${Loading} when=${true} />`;
-  if (state.error) return html`<${ErrorBox} error=${state.error} />`;
+  if (state.error && !state.data) return html`<${ErrorBox} error=${state.error} />`;
   if (!state.data) return html`<p class="muted">No anonymisation was asked for this subject.</p>`;
   const s = state.data;
-  return html`<dl class="fields">
+  return html`<${ErrorBox} error=${state.error} /><dl class="fields" aria-live="polite">
     <dt>State</dt><dd>${s.state}</dd><dt>Pseudonym</dt><dd class="mono">${s.pseudonym}</dd>
     <dt>Rows</dt><dd>${s.rows}</dd><dt>Dead letters</dt><dd>${s.dead_letters}</dd></dl>`;
+}
+
+const LOGS = "/api/v1/admin/audit-logs";
+
+/** How many rows name the subject, asked with count=true before the irreversible step. */
+async function previewOf(id) {
+  const count = async (filters) => {
+    const page = await request(LOGS, { query: new URLSearchParams({ ...filters, limit: "1", count: "true" }) });
+    return page.total;
+  };
+  const [asActor, asEntity] = await Promise.all([
+    count({ actor_id: id }), count({ entity_type: "user", entity_id: id }),
+  ]);
+  return { asActor, asEntity };
+}
+
+const counted = (total) => `${total.exact ? "" : "about "}${total.count.toLocaleString()}`;
+
+function Preview({ preview }) {
+  if (!preview) return null;
+  const { asActor, asEntity } = preview;
+  return html`<p class="preview" role="status">Before you anonymise: ${counted(asActor)} row(s) name this subject as their actor and ${counted(asEntity)} as their entity (type <code>user</code>)${asActor.exact && asEntity.exact ? "" : " (estimates)"}. Text in other rows that mentions the subject is cleared too and is not counted here.</p>`;
 }
 
 export function SubjectsView({ params, who }) {
   const id = params[0] || "";
   const available = useAsync(() => hasRoute(ROUTE), []);
   const [generation, setGeneration] = useState(0);
+  const preview = useAsync(() => (id && who.role === "admin" ? previewOf(id) : null), [id, generation]);
   const action = useAction();
   const lookUp = (event) => {
     event.preventDefault();
@@ -38,7 +62,8 @@ export function SubjectsView({ params, who }) {
   const anonymise = (event) => {
     event.preventDefault();
     const reason = String(new FormData(event.currentTarget).get("reason") || "").trim();
-    action.run(`Anonymise subject ${id} everywhere auditq keeps data? Names, emails, IPs and user agents of the subject are removed for good.`, async () => {
+    const rows = preview.data ? ` It changes ${counted(preview.data.asActor)} row(s) as actor and ${counted(preview.data.asEntity)} as entity, and clears mentions elsewhere.` : "";
+    action.run(`Anonymise subject ${id} everywhere auditq keeps data? Names, emails, IPs and user agents of the subject are removed for good.${rows}`, async () => {
       const done = await request(`${API}/${seg(id)}/anonymise`, { method: "POST", body: reason ? { reason } : {} });
       setGeneration((n) => n + 1);
       return `Anonymisation started; the subject is now ${done.pseudonym}.`;
@@ -57,9 +82,9 @@ export function SubjectsView({ params, who }) {
       ${who.role === "admin" ? html`<${SubjectState} id=${id} generation=${generation} />`
         : html`<p class="muted">An erasure's state and pseudonym are shown to admins only.</p>`}
       <${ErrorBox} error=${action.error} /><${Notice} text=${action.notice} />
-      ${who.role === "admin" ? html`<form class="inline" onSubmit=${anonymise} aria-label="Anonymise">
+      ${who.role === "admin" ? html`<${Preview} preview=${preview.data} /><form class="inline" onSubmit=${anonymise} aria-label="Anonymise">
         <${Field} label="Reason (optional)" name="reason" />
         <button type="submit" class="danger" disabled=${action.busy}>Anonymise</button>
       </form>` : null}
-    </section>` : null}`;
+    </section>` : html`<p class="muted">Give the id of a data subject (a user id as producers send it in <code>actor.id</code>, or in <code>entity.id</code> of a <code>user</code> entity) to see whether it was anonymised${who.role === "admin" ? ", how many rows name it, and to anonymise it: its id becomes a pseudonym in every row, its names, emails, IPs and user agents are removed, and text elsewhere that mentions it is cleared, for good" : ""}.</p>`}`;
 }

@@ -1,9 +1,10 @@
 // Tasks: tabs per status with counts, detail with payload and failure, retry, bulk retry, cleanup.
-import { html, useEffect, useState } from "../lib.js";
+import { html, useEffect, useRef, useState } from "../lib.js";
 import { apiDocument, request } from "../api.js";
 import { navigate, seg } from "../router.js";
 import {
-  ErrorBox, Field, Json, Loading, Notice, Select, Time, fromLocalInput, useAction, useAsync,
+  ErrorBox, Field, Json, Loading, Notice, Select, Time, TimeField, fromLocalInput, plainReason, useAction,
+  usePolled, useVisibleInterval, REFRESH_MS,
 } from "../ui.js";
 
 const API = "/api/v1/admin/tasks";
@@ -12,10 +13,6 @@ const STATUSES = [
   ["failed", "Failed"], ["complete", "Complete"],
 ];
 const taskPath = (id) => `/console/tasks/${seg(id)}`;
-
-function useCounts(generation) {
-  return useAsync(() => request("/api/v1/admin/queue/stats").then((s) => s.counts), [generation]);
-}
 
 function Tabs({ status, counts }) {
   const tab = (value, text) => {
@@ -38,7 +35,7 @@ function TaskTable({ items }) {
       <td class="num">${t.attempts} / ${t.max_attempts}</td>
       <td class="num">${t.event_count}</td>
       <td class="hide-narrow"><${Time} value=${t.enqueued_at} /></td>
-      <td class="wrap">${t.failure ? `${t.failure.error_name}: ${t.failure.message}` : ""}</td>
+      <td class="wrap">${t.failure ? `${t.failure.error_name}: ${plainReason(t.failure.message)}` : ""}</td>
     </tr>`)}</tbody></table></div>`;
 }
 
@@ -58,20 +55,36 @@ function RetryFailed({ onDone }) {
     }
     const described = Object.keys(filter).length
       ? Object.entries(filter).map(([k, v]) => `${k} ${v}`).join(", ") : "no filter: every failed task";
-    const result = await action.run(`Retry every failed task matching (${described})?`, async () => {
+    // The count first: the confirmation says how many tasks the action takes.
+    let matching = "(uncounted: the server did not answer the count)";
+    try {
+      matching = (await request(`${API}/count-failed`, { method: "POST", body: filter })).matching;
+    } catch {
+      // The action itself still asks first and reports its own error.
+    }
+    const discard = event.submitter?.value === "discard";
+    const question = discard
+      ? `Discard the ${matching} failed task(s) matching (${described})? Their events are dropped for good. The discard is audited.`
+      : `Retry the ${matching} failed task(s) matching (${described})?`;
+    const result = await action.run(question, async () => {
+      if (discard) {
+        const done = await request(`${API}/discard-failed`, { method: "POST", body: filter });
+        return `${done.discarded} failed task(s) discarded.`;
+      }
       const done = await request(`${API}/retry-failed`, { method: "POST", body: filter });
       return `${done.retried} failed task(s) queued again.`;
-    }, { confirmLabel: "Retry them" });
+    }, discard ? { confirmLabel: "Discard them", danger: true } : { confirmLabel: "Retry them" });
     if (result) onDone();
   };
-  return html`<details><summary>Retry every failed task matching a filter</summary>
+  return html`<details><summary>Retry every failed task matching a filter, or discard them</summary>
     <form class="inline" onSubmit=${submit} aria-label="Retry failed tasks">
       <${Select} label="Classification" name="classification" value=""
         options=${[["", "any"], ["data", "data"], ["unknown", "unknown"], ["invalid", "invalid"]]} />
       <${Field} label="Error name" name="error_name" />
-      <${Field} label="Failed before" name="older_than" type="datetime-local" />
-      <${Field} label="Failed after" name="newer_than" type="datetime-local" />
-      <button type="submit" class="primary" disabled=${action.busy}>Retry matching</button>
+      <${TimeField} label="Failed before" name="older_than" />
+      <${TimeField} label="Failed after" name="newer_than" />
+      <button type="submit" class="primary" value="retry" disabled=${action.busy}>Retry matching</button>
+      <button type="submit" class="danger" value="discard" disabled=${action.busy}>Discard matching</button>
     </form>
     <${ErrorBox} error=${action.error} /><${Notice} text=${action.notice} />
   </details>`;
@@ -116,55 +129,94 @@ function Cleanup({ onDone }) {
   </details>`;
 }
 
+/** Each task once, in the order first seen (a task that moves while pages load stays once). */
+export function uniqueTasks(items) {
+  const seen = new Set();
+  return items.filter((t) => !seen.has(t.id) && seen.add(t.id));
+}
+
 export function TasksView({ location, who }) {
   const status = location.query.get("status") || "";
   const kind = location.query.get("kind") || "";
   const [generation, setGeneration] = useState(0);
-  const counts = useCounts(generation);
-  const [pages, setPages] = useState({ items: [], cursor: null, loading: true, error: null });
-  const load = async (cursor) => {
+  const [pages, setPages] = useState({ items: [], cursor: null, more: false, loading: true, error: null });
+  const shown = useRef(pages);
+  shown.current = pages;
+  const query = (cursor) => {
     const q = new URLSearchParams();
     if (status) q.set("status", status);
     if (kind) q.set("kind", kind);
     if (cursor) q.set("cursor", cursor);
+    return q;
+  };
+  const more = async () => {
     setPages((p) => ({ ...p, loading: true, error: null }));
     try {
-      const page = await request(API, { query: q });
-      setPages((p) => ({ items: cursor ? [...p.items, ...page.items] : page.items, cursor: page.next_cursor, loading: false, error: null }));
+      const page = await request(API, { query: query(pages.cursor) });
+      setPages((p) => ({ items: uniqueTasks([...p.items, ...page.items]), cursor: page.next_cursor, more: true, loading: false, error: null }));
     } catch (error) {
       setPages((p) => ({ ...p, loading: false, error }));
     }
   };
-  useEffect(() => { load(null); }, [status, kind, generation]);
+  useEffect(() => setPages({ items: [], cursor: null, more: false, loading: true, error: null }), [status, kind, generation]);
+  // While visible: the counts and the first page again (as the Queue view); once "More" was
+  // used, only the counts, so the rows a user is reading do not move under them.
+  const counts = usePolled(() => request("/api/v1/admin/queue/stats").then((st) => st.counts), [generation]);
+  useVisibleInterval(async () => {
+    if (shown.current.more) return;
+    try {
+      const page = await request(API, { query: query(null) });
+      setPages((p) => (p.more ? p : { items: uniqueTasks(page.items), cursor: page.next_cursor, more: false, loading: false, error: null }));
+    } catch (error) {
+      setPages((p) => ({ ...p, loading: false, error }));
+    }
+  }, REFRESH_MS, [status, kind, generation]);
   const refresh = () => setGeneration((n) => n + 1);
   const admin = who.role === "admin";
   return html`<h1>Tasks</h1>
     <${Tabs} status=${status} counts=${counts.data} />
     <${ErrorBox} error=${counts.error} />
     ${admin ? html`<div class="panels">${status === "failed" || status === "" ? html`<${RetryFailed} onDone=${refresh} />` : null}<${Cleanup} onDone=${refresh} /></div>` : null}
-    <${ErrorBox} error=${pages.error} /><${Loading} when=${pages.loading} />
+    <${ErrorBox} error=${pages.error} /><${Loading} when=${pages.loading && !pages.items.length} />
     <${TaskTable} items=${pages.items} />
-    ${pages.cursor ? html`<div class="toolbar"><button type="button" onClick=${() => load(pages.cursor)}>More</button></div>` : null}`;
+    ${pages.cursor ? html`<div class="toolbar"><button type="button" onClick=${more} disabled=${pages.loading}>More</button></div>` : null}`;
 }
 
 export function TaskView({ params, who }) {
   const [id] = params;
-  const { data: task, error, loading, reload } = useAsync(() => request(`${API}/${seg(id)}`), [id]);
+  const [discarded, setDiscarded] = useState(null);
+  if (discarded) {
+    return html`<h1>Task <span class="mono">${id}</span></h1>
+      <p class="notice" role="status">Task ${id} was discarded: its ${discarded.event_count} event(s) are dropped for good. The audit log records the discard (<a href="/console/audit-logs?action=task.discarded">task.discarded</a>).</p>
+      <p><a href="/console/tasks?status=failed">Failed tasks</a></p>`;
+  }
+  return html`<${TaskDetail} id=${id} who=${who} onDiscarded=${setDiscarded} />`;
+}
+
+function TaskDetail({ id, who, onDiscarded }) {
+  // Polled while visible: after a retry the page follows the task to its real final state.
+  const { data: task, error, loading, reload } = usePolled(() => request(`${API}/${seg(id)}`), [id]);
   const action = useAction();
   const retry = () => action.run(`Retry task ${id}? Its ${task.event_count} event(s) are queued again under the same id.`, async () => {
     await request(`${API}/${seg(id)}/retry`, { method: "POST" });
     reload();
-    return "The task is queued again; a worker will pick it up shortly.";
+    return "Retry requested: the task was queued again. Its state below follows it as it runs.";
   }, { confirmLabel: "Retry" });
+  const discard = () => action.run(`Discard task ${id}? Its ${task.event_count} event(s) are dropped for good: do this only for a task that can never succeed (an invalid payload). The discard is audited.`, async () => {
+    const done = await request(`${API}/${seg(id)}/discard`, { method: "POST" });
+    onDiscarded(done.task);
+    return "";
+  }, { confirmLabel: "Discard", danger: true });
   return html`<h1>Task <span class="mono">${id}</span></h1>
     <p><a href="/console/tasks">All tasks</a> · <a href=${`/console/tasks?status=failed`}>Failed tasks</a></p>
     <${ErrorBox} error=${error} /><${Loading} when=${loading} />
     <${ErrorBox} error=${action.error} /><${Notice} text=${action.notice} />
     ${task ? html`
-      <p><strong>${task.presentation.title}</strong> — ${task.presentation.status_message}</p>
-      <p class="muted">${task.presentation.detail_message}</p>
+      <p aria-live="polite"><strong>${task.presentation.title}</strong> — ${task.presentation.status_message}</p>
+      <p class="muted">${plainReason(task.presentation.detail_message)}</p>
       ${who.role === "admin" && task.status === "failed"
-        ? html`<div class="toolbar"><button type="button" class="primary" onClick=${retry} disabled=${action.busy}>Retry this task</button></div>` : null}
+        ? html`<div class="toolbar"><button type="button" class="primary" onClick=${retry} disabled=${action.busy}>Retry this task</button>
+            <button type="button" class="danger" onClick=${discard} disabled=${action.busy}>Discard this task</button></div>` : null}
       <div class="grid2">
         <section aria-labelledby="h-task"><h2 id="h-task">Task</h2>
           <dl class="fields">
@@ -182,9 +234,14 @@ export function TaskView({ params, who }) {
           ${task.failure ? html`<dl class="fields">
             <dt>Error</dt><dd><code>${task.failure.error_name}</code></dd>
             <dt>Classification</dt><dd>${task.failure.classification}</dd>
-            <dt>Message</dt><dd>${task.failure.message}</dd>
+            <dt>Message</dt><dd>${plainReason(task.failure.message)}</dd>
           </dl>` : html`<p class="muted">None.</p>`}
         </section>
       </div>
+      ${task.failures && task.failures.length ? html`<section aria-labelledby="h-attempts"><h2 id="h-attempts">Failed runs</h2>
+        <p class="muted">Every failure of this task, oldest first, kept across retries.</p>
+        <ol class="runs">${task.failures.map((f) => html`<li>
+          <${Time} value=${f.failed_at} /> — <code>${f.error_name}</code> (${f.classification}), attempt ${f.attempts}</li>`)}</ol>
+        </section>` : null}
       <section aria-labelledby="h-payload"><h2 id="h-payload">Payload (redacted)</h2><${Json} value=${task.payload} label="Payload" /></section>` : null}`;
 }
