@@ -77,10 +77,10 @@ async def get_checkpoint(request: web.Request) -> web.Response:
     return web.Response(text=signed, content_type="text/plain", charset="utf-8")
 
 
-def _size(request: web.Request, name: str) -> int:
+def _size(request: web.Request, name: str, default: int) -> int:
     text = request.query.get(name)
     if text is None or text == "":
-        raise bad_parameter(name, "is required (a tree size)")
+        return default
     if not text.isdigit() or int(text) > MAX_SIZE:
         raise bad_parameter(name, "must be a tree size (a whole number from 0)")
     return int(text)
@@ -88,17 +88,18 @@ def _size(request: web.Request, name: str) -> int:
 
 @operation(
     summary="An RFC 6962 consistency proof between two tree sizes (?from=N&to=M)",
+    description="`from` defaults to 0, `to` to the latest checkpoint's size.",
     responses={200: Consistency},
-    errors=(400,),
+    errors=(400, 409),
 )
 async def get_consistency(request: web.Request) -> web.Response:
     """The consistency proof from tree size `from` to `to` (both up to the latest checkpoint)."""
-    old, new = _size(request, "from"), _size(request, "to")
-    if old > new:
-        raise bad_parameter("from", f"must not exceed `to` ({new})")
     async with request.app[POOL].acquire() as conn:
         head = await tlog.last_checkpoint(conn)
         signed = 0 if head is None else int(head["size"])
+        old, new = _size(request, "from", 0), _size(request, "to", signed)
+        if old > new:
+            raise bad_parameter("from", f"must not exceed `to` ({new})")
         if new > signed:
             raise bad_parameter("to", f"must not exceed the latest checkpoint's size ({signed})")
         try:

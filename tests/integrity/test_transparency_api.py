@@ -70,7 +70,10 @@ async def test_receipts_checkpoint_and_consistency_over_http(
     assert (body["from"], body["to"]) == (first, checkpoint.size)
     proof = [base64.b64decode(h) for h in body["proof"]]
     merkle.verify_consistency(first, checkpoint.size, old.root, checkpoint.root, proof)
-    for bad in ("from=3", f"from=5&to={checkpoint.size + 1}", "from=x&to=3", "from=4&to=3"):
+    async with api.get("/api/v1/admin/integrity/consistency?from=3", headers=tokens.reader) as r:
+        assert r.status == 200  # `to` defaults to the latest checkpoint's size
+        assert (await r.json())["to"] == checkpoint.size
+    for bad in (f"from=5&to={checkpoint.size + 1}", "from=x&to=3", "from=4&to=3"):
         async with api.get(
             f"/api/v1/admin/integrity/consistency?{bad}", headers=tokens.reader
         ) as r:
