@@ -38,9 +38,12 @@ RUN pip install --no-cache-dir --no-deps --editable . \
 FROM ${PYTHON_IMAGE} AS runtime
 
 # The uid is numeric so that Kubernetes' runAsNonRoot can check it.
+# /var/lib/auditq-seal-state: where deploy/ mounts the sealer's state volume (a new named
+# volume takes this directory's owner).
 RUN groupadd --system --gid 10001 auditq \
  && useradd --system --uid 10001 --gid auditq --home-dir /var/lib/auditq --create-home \
-        --shell /usr/sbin/nologin auditq
+        --shell /usr/sbin/nologin auditq \
+ && install -d -o auditq -g auditq -m 0700 /var/lib/auditq-seal-state
 
 COPY --from=builder /opt/venv /opt/venv
 COPY --from=builder /app /app
