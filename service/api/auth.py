@@ -50,6 +50,8 @@ _DB_DOWN = (
     asyncpg.TooManyConnectionsError,
     asyncpg.InterfaceError,
     asyncpg.InternalClientError,
+    # 55000 at connect: the database does not accept connections now (ALLOW_CONNECTIONS off).
+    asyncpg.ObjectNotInPrerequisiteStateError,
 )
 
 

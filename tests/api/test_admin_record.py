@@ -11,6 +11,7 @@ import pytest
 import redis.asyncio as aioredis
 from aiohttp.test_utils import TestClient, TestServer
 
+from service import revocations
 from service.api.app import create_app
 from service.ops import dead_letter
 from service.settings import Settings
@@ -82,9 +83,18 @@ async def test_the_cli_refuses_too(
     assert await admin_events(pg) == []
 
 
+@pytest.mark.parametrize("recheck", [False, True], ids=["token-kept", "token-rechecked"])
 async def test_postgres_away_is_a_503_and_nothing_is_done(
-    settings: Settings, redis: aioredis.Redis, tokens: Tokens, servers: Servers, database_url: str
+    settings: Settings,
+    redis: aioredis.Redis,
+    tokens: Tokens,
+    servers: Servers,
+    database_url: str,
+    recheck: bool,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    if recheck:  # the token is looked up again while its database refuses connections
+        monkeypatch.setattr(revocations, "RECHECK_AFTER_S", 0.0)
     await add_failed(redis, settings.queue, "failed-3", [event(3)])
     name = database_url.rpartition("/")[2]
     admin = await asyncpg.connect(servers.postgres_url)  # from another database
