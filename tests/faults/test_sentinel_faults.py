@@ -77,7 +77,10 @@ async def test_primary_sigkilled_under_load_replica_promoted(
     tmp_path: Path,
     fault_report: FaultReport,
 ) -> None:
-    settings = dataclasses.replace(settings, redis_url=cluster.url)
+    # Strict: a batch counts only once a replica confirmed it. (The default, `auto`, also
+    # accepts while the primary reports no replica connected: availability first, and a
+    # failover may then lose what the old primary took alone.)
+    settings = dataclasses.replace(settings, redis_url=cluster.url, redis_wait_replicas=1)
     spooling = AuditClient.from_settings(
         dataclasses.replace(settings, spool_dir=tmp_path / "producer-spool")
     )
