@@ -40,7 +40,7 @@ async def test_the_schema_function_and_the_verifier_digest_alike(pg: asyncpg.Con
         " 'info', 'success', '{}', '::1', 0.1, 204, 'api')"
     )
     rows = await pg.fetch(
-        f"SELECT audit_row_digest(a) AS d, record_send({ROW_RECORD}) AS r FROM audit_log a"
+        f"SELECT auditq_row_digest(a) AS d, record_send({ROW_RECORD}) AS r FROM audit_log a"
     )
     assert len(rows) == 4
     assert all(bytes(row["d"]) == digest(bytes(row["r"])) for row in rows)
