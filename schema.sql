@@ -523,7 +523,7 @@ BEGIN
 END;
 $$;
 
--- Append-only, no escape: an UPDATE passes only inside the anonymisation function (issue 13),
+-- Append-only, no escape: an UPDATE passes only inside the anonymisation function,
 -- which runs as the table's owner and sets `auditq.erasing` to its store_action id. A runtime
 -- role setting the flag is not the owner and is refused like any other.
 CREATE FUNCTION public.auditq_audit_log_append_only() RETURNS trigger
@@ -1707,12 +1707,11 @@ GRANT USAGE ON SEQUENCE public.destination_id_seq TO auditq_api;
 -- =======================================================================================
 
 -- The store's policy: one row, keeping every row until the owner sets a retention.
-INSERT INTO public.store_policy (singleton) VALUES (true) ON CONFLICT (singleton) DO NOTHING;
+INSERT INTO public.store_policy (singleton) VALUES (true);
 
 -- gen_random_uuid() draws from the server's strong random source: 2 x 122 random bits.
 INSERT INTO public.api_secret (name, secret)
 VALUES ('cursor', uuid_send(gen_random_uuid()) || uuid_send(gen_random_uuid())),
        -- The key of provenance tags (service/queue.py): the API vouches for http:<token>
        -- and api jobs with it, the worker checks them.
-       ('provenance', uuid_send(gen_random_uuid()) || uuid_send(gen_random_uuid()))
-ON CONFLICT (name) DO NOTHING;
+       ('provenance', uuid_send(gen_random_uuid()) || uuid_send(gen_random_uuid()));
