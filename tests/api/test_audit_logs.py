@@ -27,8 +27,9 @@ from service.events import AuditEvent, finalize
 from service.queue import ENQUEUE_SCRIPT
 from service.settings import Settings
 from service.store.tokens import create_token, revoke_token
-from tests.admin_api import admin_events, insert_token
-from tests.conftest import running_worker, wait_for
+from tests.support.admin_api import admin_events, insert_token
+from tests.support.polling import wait_for
+from tests.support.worker import running_worker
 from workers.writer import write_events
 
 BASE = "/api/v1/admin/audit-logs"

@@ -14,8 +14,9 @@ from aiohttp.test_utils import TestClient
 
 from service.keys import STORED_COUNTER_TTL, stored_key
 from service.settings import Settings
-from tests.admin_api import Tokens, enqueue, error_of
-from tests.conftest import running_worker, wait_for
+from tests.support.admin_api import Tokens, enqueue, error_of
+from tests.support.polling import wait_for
+from tests.support.worker import running_worker
 
 THROUGHPUT = "/api/v1/admin/queue/throughput"
 

@@ -19,8 +19,9 @@ from aiohttp.test_utils import TestClient
 from service.keys import IN_PROGRESS_PREFIX, attempts_key, complete_key
 from service.ops import dead_letter
 from service.settings import Settings
-from tests.admin_api import Tokens, admin_events, enqueue, error_of, queued_payloads
-from tests.conftest import count_rows, running_worker, wait_for
+from tests.support.admin_api import Tokens, admin_events, enqueue, error_of, queued_payloads
+from tests.support.polling import wait_for
+from tests.support.worker import count_rows, running_worker
 
 TASKS = "/api/v1/admin/tasks"
 DAY_MS = 86_400_000

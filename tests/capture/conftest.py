@@ -12,7 +12,7 @@ import pytest
 
 from service.capture.relay import OutboxRelay, run_relays
 from service.settings import Settings
-from tests.conftest import Servers
+from tests.support.servers import Servers
 
 ITEMS_DDL = """
 CREATE SCHEMA shop;

@@ -26,7 +26,9 @@ from service.producer.client import AuditClient
 from service.settings import Settings
 from service.store import db
 from service.store.tokens import create_token
-from tests.conftest import Servers, count_rows, running_worker, wait_for
+from tests.support.polling import wait_for
+from tests.support.servers import Servers
+from tests.support.worker import count_rows, running_worker
 
 # Debian's package; AUDITQ_CHROMIUM names another build (never one of `playwright install`).
 CHROMIUM = Path(os.environ.get("AUDITQ_CHROMIUM", "/usr/bin/chromium"))

@@ -14,9 +14,9 @@ import pytest
 from playwright.async_api import expect
 
 from service.events import Actor, AuditEvent, Entity
-from tests.admin_api import enqueue
-from tests.conftest import wait_for
 from tests.console.conftest import Stack, Tab, _tab, axe_source
+from tests.support.admin_api import enqueue
+from tests.support.polling import wait_for
 
 
 def rows(tab: Tab) -> Any:

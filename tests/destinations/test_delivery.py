@@ -17,8 +17,9 @@ from service.events import AuditEvent
 from service.producer.client import AuditClient
 from service.settings import Settings
 from service.store import destinations as store
-from tests.conftest import running_worker, wait_for
 from tests.destinations.receivers import Receiver
+from tests.support.polling import wait_for
+from tests.support.worker import running_worker
 
 SECRET = "hook-secret-4d6f"
 

@@ -13,7 +13,7 @@ import pytest
 
 from service.store import db, schema
 from service.store import destinations as store
-from tests.conftest import Servers
+from tests.support.servers import Servers
 
 ROOT = Path(__file__).resolve().parents[2]
 MIGRATION_VERSION = 3

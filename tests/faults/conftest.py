@@ -23,9 +23,9 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 
 from service.cli.embedded import EmbeddedPostgres, EmbeddedValkey
 from service.store import db
-from tests.conftest import server_dir
 from tests.faults.harness import Figures, Ledger, failure_lines
 from tests.faults.report import SCENARIOS, render
+from tests.support.servers import server_dir
 
 REPORT_PATH = Path(__file__).resolve().parents[2] / "docs" / "reliability.md"
 

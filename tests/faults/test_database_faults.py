@@ -16,7 +16,6 @@ import redis.asyncio as aioredis
 from service.cli.embedded import EmbeddedPostgres
 from service.producer.client import AuditClient
 from service.settings import Settings
-from tests.conftest import running_worker
 from tests.faults.conftest import FaultReport
 from tests.faults.harness import (
     DrainWatch,
@@ -26,6 +25,7 @@ from tests.faults.harness import (
     reckon,
     start_producers,
 )
+from tests.support.worker import running_worker
 
 pytestmark = pytest.mark.faults
 

@@ -22,7 +22,7 @@ from service.events import Actor, AuditEvent, finalize
 from service.store import db
 from service.store.rollup import fold_all
 from tests.integrity.conftest import seal_all, store, url_as
-from tests.stores import set_retention
+from tests.support.stores import set_retention
 from workers.maintenance import drop_expired_partitions
 from workers.writer import write_events
 

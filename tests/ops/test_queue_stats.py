@@ -11,8 +11,9 @@ from aiohttp.test_utils import TestClient
 
 from service.keys import worker_key, workers_key
 from service.settings import Settings
-from tests.admin_api import Tokens, enqueue
-from tests.conftest import running_worker, wait_for
+from tests.support.admin_api import Tokens, enqueue
+from tests.support.polling import wait_for
+from tests.support.worker import running_worker
 
 STATS = "/api/v1/admin/queue/stats"
 

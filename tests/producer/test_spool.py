@@ -23,10 +23,13 @@ from service.producer import spool as spool_module
 from service.producer.client import FAILURE_PREFIX, AuditClient, AuditEvent
 from service.producer.spool import Spool, SpoolError
 from service.settings import Settings
-from tests.admin_api import Tokens
-from tests.conftest import Servers, count_rows, running_worker, wait_for
 from tests.faults.proxy import TcpProxy
-from tests.producer.test_client import CAPTURE_BOUND, queued_events, queued_jobs
+from tests.support.admin_api import Tokens
+from tests.support.polling import wait_for
+from tests.support.producer import CAPTURE_BOUND
+from tests.support.queue import queued_events, queued_jobs
+from tests.support.servers import Servers
+from tests.support.worker import count_rows, running_worker
 
 # --- The spool on its own ----------------------------------------------------------------------
 
