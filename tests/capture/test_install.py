@@ -17,7 +17,7 @@ from service.capture import installer
 from service.cli.embedded import PG_BIN
 from service.errors import ConfigError
 from service.settings import Settings
-from tests.capture.conftest import outbox_rows, relaying
+from tests.support.capture import outbox_rows, relaying
 from tests.support.cli import run_cli
 from tests.support.polling import wait_for
 

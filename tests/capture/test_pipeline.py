@@ -16,7 +16,7 @@ from service.capture import installer
 from service.capture.relay import OutboxRelay, relay_client
 from service.errors import ConfigError
 from service.settings import Settings
-from tests.capture.conftest import outbox_rows, relaying
+from tests.support.capture import outbox_rows, relaying
 from tests.support.cli import run_cli
 from tests.support.polling import wait_for
 from tests.support.worker import running_worker

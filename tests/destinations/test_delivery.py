@@ -195,7 +195,7 @@ async def test_backfill_sends_history_again_and_pause_holds_it(
 async def test_the_item_json_sent_is_the_apis_item(pg: asyncpg.Connection) -> None:
     from service.api.body import json_response
     from service.store.items import SELECT_ITEMS, item
-    from tests.integrity.conftest import store as store_rows
+    from tests.support.integrity import store as store_rows
     from workers.delivery import stored_item
 
     await pg.execute(INSERT_ROW, uuid.uuid4(), "bare.event")  # nulls everywhere they may be

@@ -18,7 +18,6 @@ from service.cli.embedded import EmbeddedPostgres, free_port
 from service.producer.client import AuditClient
 from service.settings import Settings
 from service.store import db
-from tests.faults.conftest import FaultReport
 from tests.faults.harness import (
     DrainWatch,
     Ledger,
@@ -31,6 +30,7 @@ from tests.faults.harness import (
     reckon,
     start_producers,
 )
+from tests.faults.report import FaultReport
 from tests.support.admin_api import insert_token
 from tests.support.cli import run_cli
 from tests.support.polling import wait_for

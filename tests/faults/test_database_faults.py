@@ -16,7 +16,6 @@ import redis.asyncio as aioredis
 from service.cli.embedded import EmbeddedPostgres
 from service.producer.client import AuditClient
 from service.settings import Settings
-from tests.faults.conftest import FaultReport
 from tests.faults.harness import (
     DrainWatch,
     Ledger,
@@ -25,6 +24,7 @@ from tests.faults.harness import (
     reckon,
     start_producers,
 )
+from tests.faults.report import FaultReport
 from tests.support.worker import running_worker
 
 pytestmark = pytest.mark.faults

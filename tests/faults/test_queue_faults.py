@@ -23,7 +23,6 @@ from service.cli.embedded import EmbeddedValkey
 from service.events import AuditEvent
 from service.producer.client import AuditClient
 from service.settings import Settings
-from tests.faults.conftest import FaultReport
 from tests.faults.harness import (
     DrainWatch,
     Ledger,
@@ -35,6 +34,7 @@ from tests.faults.harness import (
     start_producers,
 )
 from tests.faults.proxy import TcpProxy
+from tests.faults.report import FaultReport
 from tests.support.polling import wait_for
 from tests.support.servers import Servers
 from tests.support.worker import count_rows, running_worker

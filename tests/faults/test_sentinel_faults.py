@@ -27,7 +27,6 @@ from service.api.state import CLIENT
 from service.connections import redis_client
 from service.producer.client import AuditClient
 from service.settings import Settings
-from tests.faults.conftest import FaultReport
 from tests.faults.harness import (
     DrainWatch,
     Ledger,
@@ -40,6 +39,7 @@ from tests.faults.harness import (
     produce_nowait,
     reckon,
 )
+from tests.faults.report import FaultReport
 from tests.support.polling import wait_for, wait_for_sync
 from tests.support.sentinel_cluster import REDIS_DOWN, SentinelCluster
 from tests.support.servers import server_dir

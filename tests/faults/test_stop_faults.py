@@ -25,8 +25,8 @@ import redis.asyncio as aioredis
 from service.cli.embedded import EmbeddedPostgres, EmbeddedValkey, free_port
 from service.keys import workers_key
 from service.settings import Settings
-from tests.faults.conftest import FaultReport
 from tests.faults.harness import Figures, spawn
+from tests.faults.report import FaultReport
 from tests.support.polling import wait_for
 from tests.support.servers import server_dir
 from workers.runner import SHUTDOWN_GRACE

@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncpg
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from tests.integrity.conftest import run_verify, seal_all, store
+from tests.support.integrity import run_verify, seal_all, store
 
 ERASE = """
 WITH old AS (SELECT seq, auditq_row_digest(a) AS digest FROM audit_log a WHERE id = $1),

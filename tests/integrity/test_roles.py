@@ -22,7 +22,7 @@ from service.store.policy import show as show_policy
 from service.store.roles import check_runtime_role
 from service.store.rollup import fold_all
 from service.store.subjects import erase_step
-from tests.integrity.conftest import run_verify, seal_all, store, url_as
+from tests.support.integrity import run_verify, seal_all, store, url_as
 from tests.support.stores import set_retention
 from workers.maintenance import drop_expired_partitions
 from workers.writer import write_events

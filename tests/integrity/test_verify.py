@@ -15,7 +15,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from service.integrity.canonical import ROW_RECORD, digest
 from service.integrity.checkpoint import body_of
 from service.integrity.keys import key_id
-from tests.integrity.conftest import run_verify, seal_all, store
+from tests.support.integrity import run_verify, seal_all, store
 
 AS_DBA = "SET session_replication_role = replica"
 

@@ -20,8 +20,8 @@ from service.settings import Settings
 from service.store import db, tlog
 from service.store.seals import LogConfig
 from tests.integrity import independent_verifier
-from tests.integrity.conftest import store
 from tests.support.admin_api import Tokens
+from tests.support.integrity import store
 from tests.support.polling import wait_for
 from workers import sealer
 
