@@ -358,7 +358,7 @@ async def test_retrying_while_a_worker_fails_the_task_again_never_loses_it(
             async with api.post(f"{TASKS}/racer/retry", headers=tokens.admin) as response:
                 assert response.status in (202, 409), await response.text()
             # Wherever the race fell, the task is back in the dead letter, never gone.
-            await wait_for(failed_again, within_s=15)
+            await wait_for(failed_again, within_s=30)
     letter = await dead_letter.get(redis, settings.queue, "racer")
     assert letter is not None and letter.event_count == 1
 

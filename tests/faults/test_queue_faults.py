@@ -108,7 +108,7 @@ async def test_one_of_two_workers_sigkilled_mid_batch_then_restarted(
                         )
                     )
 
-                await wait_for(victim_mid_batch, within_s=10, what="the victim is mid-batch")
+                await wait_for(victim_mid_batch, within_s=30, what="the victim is mid-batch")
                 first.send_signal(signal.SIGKILL)
                 await asyncio.to_thread(first.wait, 10)
                 # Its connections die with it (as with a lost machine): PostgreSQL would
@@ -266,7 +266,7 @@ async def test_the_worker_outlives_redis_errors_beyond_its_retries(
         async def started() -> bool:
             return worker._pool is not None and "redis" in worker.ctx
 
-        await wait_for(started, within_s=10, what="the worker starts")
+        await wait_for(started, within_s=30, what="the worker starts")
         pool = worker.pool
         calls = {"poll": 0, "start": 0}
 
@@ -279,7 +279,7 @@ async def test_the_worker_outlives_redis_errors_beyond_its_retries(
         async def polled_thrice() -> bool:
             return calls["poll"] >= 3
 
-        await wait_for(polled_thrice, within_s=10, what="the worker polls on")
+        await wait_for(polled_thrice, within_s=30, what="the worker polls on")
         del pool.zrangebyscore  # Redis is back for the poll; not yet for starting a job
 
         def start_fails(*args: object, **kwargs: object) -> object:
@@ -292,13 +292,13 @@ async def test_the_worker_outlives_redis_errors_beyond_its_retries(
         async def start_failed() -> bool:
             return calls["start"] >= 2
 
-        await wait_for(start_failed, within_s=10, what="a job start fails")
+        await wait_for(start_failed, within_s=30, what="a job start fails")
         del pool.pipeline
 
         async def stored() -> bool:
             return await count_rows(database_url) == 1
 
-        await wait_for(stored, within_s=10, what="the event is stored once Redis is back")
+        await wait_for(stored, within_s=30, what="the event is stored once Redis is back")
         assert not worker.main_task or not worker.main_task.done(), "the worker loop died"
 
         async def slot_given_back() -> bool:
@@ -306,4 +306,4 @@ async def test_the_worker_outlives_redis_errors_beyond_its_retries(
             # slot never comes back
             return worker.job_counter == 0
 
-        await wait_for(slot_given_back, within_s=10, what="a job slot was lost to the outage")
+        await wait_for(slot_given_back, within_s=30, what="a job slot was lost to the outage")

@@ -144,7 +144,7 @@ async def test_primary_sigkilled_under_load_replica_promoted(
                 # /readyz answers 200 once the API's own Redis client reaches the new primary.
                 return await http_status(f"{api_url}/readyz") == 200
 
-            await wait_for(api_ready, within_s=15, what="the API is ready on the new primary")
+            await wait_for(api_ready, within_s=30, what="the API is ready on the new primary")
             await asyncio.sleep(3.0)  # steady load on the new primary and its replica
             ended_at = time.monotonic()
             await load.stop()

@@ -277,7 +277,7 @@ async def test_nowait_full_buffer_drops_and_counts(
     assert client.failed == 5 and client.sent == 0
     names = [parse_failure(r)["errorName"] for r in failure_lines(caplog)]
     assert names == ["BufferFull"] * 45 + ["ConnectionError"] * 5
-    assert elapsed < 0.25  # seconds for 50 calls: nothing waited on I/O
+    assert elapsed < 2.0  # seconds: a safety net against a call that blocks, not a speed claim
 
 
 async def test_capture_from_a_thread_with_its_own_loop(

@@ -291,7 +291,7 @@ async def test_a_new_client_replays_what_an_earlier_one_spooled(
         async def replayed() -> bool:
             return len(await queued_ids(redis, queue_name)) == 601
 
-        await wait_for(replayed, within_s=10)
+        await wait_for(replayed, within_s=30)
         assert up.replayed == 601  # the new event queued behind the spooled ones
     queued = await queued_ids(redis, queue_name)
     assert [q for q in queued if q in ids] == ids  # in the order they were captured
@@ -338,7 +338,7 @@ async def test_spooled_events_are_replayed_when_redis_comes_back(
         async def all_queued() -> bool:
             return len(await queued_ids(redis, queue_name)) >= 201
 
-        await wait_for(all_queued, within_s=15)
+        await wait_for(all_queued, within_s=30)
     finally:
         await client.aclose()
         await proxy.close()
@@ -430,7 +430,7 @@ async def test_an_unusable_spool_does_not_hold_events_back_once_redis_is_back(
         async def direct_again() -> bool:
             return await client.capture(event(2)) is not None
 
-        await wait_for(direct_again, within_s=10, interval=0.2)
+        await wait_for(direct_again, within_s=30, interval=0.2)
     finally:
         await client.aclose()
         await proxy.close()
@@ -585,7 +585,7 @@ async def test_one_corrupt_line_is_dead_lettered_and_the_rest_stored(
     async with AuditClient.from_url(
         settings.redis_url, queue=settings.queue, spool_dir=tmp_path / "spool"
     ) as client:
-        await wait_for(lambda: _replayed(client, 5), within_s=10)
+        await wait_for(lambda: _replayed(client, 5), within_s=30)
     async with running_worker(settings):
 
         async def settled() -> bool:
