@@ -493,8 +493,10 @@ async def test_a_spool_others_can_write_to_is_refused_in_one_line(
         Spool(directory).closed_segments()
 
     caplog.set_level(logging.WARNING)
+    # The point is the refusal, not the capture timeout: a long one, so a refused connect that a
+    # loaded machine schedules late still fails as a refused connect.
     client = AuditClient.from_url(
-        f"redis://127.0.0.1:{closed_port}/0", queue="q", spool_dir=directory
+        f"redis://127.0.0.1:{closed_port}/0", queue="q", spool_dir=directory, capture_timeout_s=5.0
     )
     try:
         results = [await client.capture(event(i)) for i in range(3)]
