@@ -1,13 +1,41 @@
--- auditq storage. Idempotent: apply it as often as you like (`auditq migrate`).
--- PostgreSQL >= 14.
+-- auditq's schema as a new store gets it: `auditq migrate` runs this file on an empty
+-- database (after service/store/preflight.sql: who may create objects here). PostgreSQL >= 14.
+--
+-- A store made earlier reaches the same schema through the numbered, forward-only files of
+-- service/store/migrations/, recorded in auditq_schema_version (service/store/schema.py). A
+-- change goes in both: here, and in a new migration; tests/store/test_migrations.py checks
+-- that a fresh store and a migrated one have the same catalog.
+--
+-- Contents
+--   1. Tables        the rows; integrity (seal queue, checkpoints, store actions); the
+--                    transparency log; the store's policy; the statistics rollup; tokens and
+--                    secrets; erasure; destinations; schema versions
+--   2. Views
+--   3. Functions     by concern: rows and events; sealing and append-only; partitions; the
+--                    policy and retention; the statistics rollup; admin writes (least
+--                    privilege); erasure; destinations
+--   4. Indexes
+--   5. Triggers
+--   6. Privileges    the runtime roles, and every REVOKE and GRANT
+--   7. Seed rows
+--
+-- Names: every function is auditq_*; a trigger is named for its table and what it does.
+-- Every function runs with `search_path = pg_catalog, pg_temp` and names auditq's objects
+-- `public.`-qualified: no caller can put its own table or function in the way (a test checks).
 
--- (`auditq migrate` first runs service/store/preflight.sql: who may create objects here.)
+
+-- =======================================================================================
+-- 1. Tables
+-- =======================================================================================
+
+-- ---------------------------------------------------------------------------------------
+-- 1.1 The rows (docs/integrity.md for seq and received_via)
 
 -- CACHE: each session takes seqs a thousand at a time, so one statement's rows are
 -- (nearly always) one contiguous range, which the seal trigger records cheaply.
-CREATE SEQUENCE IF NOT EXISTS public.audit_log_seq CACHE 1000;
+CREATE SEQUENCE public.audit_log_seq CACHE 1000;
 
-CREATE TABLE IF NOT EXISTS public.audit_log (
+CREATE TABLE public.audit_log (
     id           uuid        NOT NULL,
     ts           timestamptz NOT NULL,
     received_at  timestamptz NOT NULL DEFAULT now(),
@@ -50,31 +78,17 @@ CREATE TABLE IF NOT EXISTS public.audit_log (
 ) PARTITION BY RANGE (ts);
 
 -- Rows outside every monthly partition (far past or future) land here instead of failing.
-CREATE TABLE IF NOT EXISTS public.audit_log_default PARTITION OF public.audit_log DEFAULT;
-
-CREATE INDEX IF NOT EXISTS audit_log_entity_idx ON public.audit_log (entity_type, entity_id, ts DESC);
-CREATE INDEX IF NOT EXISTS audit_log_actor_idx ON public.audit_log (actor_id, ts DESC);
-CREATE INDEX IF NOT EXISTS audit_log_action_idx ON public.audit_log (action, ts DESC);
-CREATE INDEX IF NOT EXISTS audit_log_request_idx ON public.audit_log (request_id);
-CREATE INDEX IF NOT EXISTS audit_log_tenant_idx ON public.audit_log (tenant, ts DESC);
-CREATE INDEX IF NOT EXISTS audit_log_ts_idx ON public.audit_log (ts DESC, id DESC);
-CREATE INDEX IF NOT EXISTS audit_log_search_idx ON public.audit_log USING gin (search);
--- The live tail (SSE) reads rows in arrival order, which is not `ts` order for late events.
-CREATE INDEX IF NOT EXISTS audit_log_received_idx ON public.audit_log (received_at, id);
-
+CREATE TABLE public.audit_log_default PARTITION OF public.audit_log DEFAULT;
 ALTER SEQUENCE public.audit_log_seq OWNED BY public.audit_log.seq CACHE 1000;
-CREATE INDEX IF NOT EXISTS audit_log_seq_idx ON public.audit_log (seq);
 
 -- ---------------------------------------------------------------------------------------
--- Integrity (docs/integrity.md): the seal queue, checkpoints, and what the definer
--- functions did. Every SECURITY DEFINER function sets `search_path = public, pg_temp`:
--- pg_catalog is searched first implicitly, and a caller's temporary objects last, so no
--- caller can put its own table or function in the way.
+-- 1.2 Integrity (docs/integrity.md): the seal queue, checkpoints, and what the definer
+-- functions did
 
 -- One entry per inserting statement: the seqs it stored and their checkpoint entries
 -- (seq || id || digest, sorted), committed with them. The sealer deletes the entries it can
 -- see (committed ones), so no row is skipped or sealed twice, and never reads the rows.
-CREATE TABLE IF NOT EXISTS public.seal_pending (
+CREATE TABLE public.seal_pending (
     kind      text           NOT NULL CHECK (kind IN ('row', 'action')),
     seqs      int8multirange NOT NULL,
     queued_at timestamptz    NOT NULL DEFAULT now(),
@@ -83,7 +97,7 @@ CREATE TABLE IF NOT EXISTS public.seal_pending (
 ALTER TABLE public.seal_pending ALTER COLUMN entries SET STORAGE EXTERNAL;
 
 -- Signed, chained checkpoints; `rows`/`actions` hold 40-byte entries sorted by seq.
-CREATE TABLE IF NOT EXISTS public.seal_checkpoint (
+CREATE TABLE public.seal_checkpoint (
     n            bigint      PRIMARY KEY CHECK (n > 0),
     sealed_at    timestamptz NOT NULL,
     prev_hash    bytea       NOT NULL,
@@ -97,14 +111,13 @@ CREATE TABLE IF NOT EXISTS public.seal_checkpoint (
     key_id       bytea       NOT NULL,
     signature    bytea       NOT NULL
 );
-CREATE INDEX IF NOT EXISTS seal_checkpoint_sealed_idx ON public.seal_checkpoint (sealed_at);
 -- Entries are digests: not worth trying to compress.
 ALTER TABLE public.seal_checkpoint ALTER COLUMN rows SET STORAGE EXTERNAL,
                             ALTER COLUMN actions SET STORAGE EXTERNAL;
 
 -- What the SECURITY DEFINER functions did (partition made or dropped, subject anonymised).
-CREATE SEQUENCE IF NOT EXISTS public.store_action_seq;
-CREATE TABLE IF NOT EXISTS public.store_action (
+CREATE SEQUENCE public.store_action_seq;
+CREATE TABLE public.store_action (
     id     bigint         PRIMARY KEY DEFAULT nextval('public.store_action_seq'),
     at     timestamptz    NOT NULL DEFAULT now(),
     action text           NOT NULL,
@@ -114,29 +127,307 @@ CREATE TABLE IF NOT EXISTS public.store_action (
 );
 ALTER SEQUENCE public.store_action_seq OWNED BY public.store_action.id;
 
--- Erasure (issue 13): each row changed in place, with its digest before and after.
-CREATE TABLE IF NOT EXISTS public.row_replacement (
+-- Erasure: each row changed in place, with its digest before and after.
+CREATE TABLE public.row_replacement (
     action_id  bigint NOT NULL REFERENCES public.store_action (id),
     seq        bigint NOT NULL,
     old_digest bytea  NOT NULL,
     new_digest bytea  NOT NULL,
     PRIMARY KEY (action_id, seq)
 );
-CREATE INDEX IF NOT EXISTS row_replacement_seq_idx ON public.row_replacement (seq);
 
 -- Results of `POST /api/v1/admin/integrity/verify` and `auditq verify` runs.
-CREATE TABLE IF NOT EXISTS public.integrity_verification (
+CREATE TABLE public.integrity_verification (
     id          bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
     started_at  timestamptz NOT NULL DEFAULT now(),
     finished_at timestamptz,
     result      jsonb
 );
 
+-- ---------------------------------------------------------------------------------------
+-- 1.3 The transparency log (docs/integrity.md, "The transparency log"): stored rows and
+-- store actions as leaves of one RFC 6962 tree, in the order the sealer appended them. The
+-- tree begins after the rows the v1 checkpoints sealed. Append-only for every runtime role.
+
+-- A batch: the leaves one seal appended, rows (in seq order) then actions (in id order).
+CREATE TABLE public.tlog_batch (
+    first      bigint         PRIMARY KEY,  -- leaf index of its first leaf
+    size       integer        NOT NULL CHECK (size > 0),
+    row_seqs   int8multirange NOT NULL,
+    action_ids int8multirange NOT NULL,
+    hashes     bytea          NOT NULL CHECK (length(hashes) = 32 * size)
+);
+ALTER TABLE public.tlog_batch ALTER COLUMN hashes SET STORAGE EXTERNAL;  -- substr reads a slice
+
+-- Tiles: the hashes of the complete nodes at height 8*level, 256 a tile (C2SP tlog-tiles'
+-- shape); a tile still filling is stored again each time it grows (the widest one counts).
+CREATE TABLE public.tlog_tile (
+    level  smallint NOT NULL CHECK (level >= 1),
+    idx    bigint   NOT NULL,
+    width  smallint NOT NULL CHECK (width BETWEEN 1 AND 256),
+    hashes bytea    NOT NULL CHECK (length(hashes) = 32 * width),
+    PRIMARY KEY (level, idx, width)
+);
+
+-- Signed checkpoints (C2SP tlog-checkpoint notes) and the witnesses' cosignatures.
+CREATE TABLE public.tlog_checkpoint (
+    size      bigint      PRIMARY KEY,
+    note      text        NOT NULL,
+    signed_at timestamptz NOT NULL DEFAULT now()
+);
+CREATE TABLE public.tlog_cosignature (
+    size        bigint      NOT NULL,
+    witness     text        NOT NULL,
+    line        text        NOT NULL,
+    received_at timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (size, witness)
+);
+
+-- Sealing stopped: why (the sealer found the log not extending its last checkpoint), and
+-- what each witness last answered. Status only; the API shows the latest.
+CREATE TABLE public.tlog_seal_stop (
+    at     timestamptz NOT NULL DEFAULT now(),
+    reason text        NOT NULL
+);
+CREATE TABLE public.tlog_witness_status (
+    at             timestamptz NOT NULL DEFAULT now(),
+    url            text        NOT NULL,
+    cosigned_size  bigint,
+    error          text
+);
+
+-- Erasures in the log: each row an erasure action changed, its leaf hash before and after
+-- (the action's leaf names them; a receipt of the row carries the action's leaf).
+CREATE TABLE public.tlog_erasure (
+    action_leaf bigint NOT NULL,  -- leaf index of the erasure action
+    action_id   bigint NOT NULL,
+    leaf_index  bigint NOT NULL,  -- the row's leaf
+    seq         bigint NOT NULL,
+    before      bytea  NOT NULL,
+    after       bytea  NOT NULL,
+    PRIMARY KEY (action_leaf, leaf_index)
+);
+
+-- ---------------------------------------------------------------------------------------
+-- 1.4 The store's policy (contract §6; docs/integrity.md, "Retention"). The retention period
+-- is a row only the schema owner writes (`auditq policy set`); every change is stamped and
+-- recorded as a sealed store action by its triggers. The removal functions read their limit
+-- from it: no caller chooses it, and nothing younger than the policy allows is ever removed.
+-- subject_entity_types: the types of entity whose id names a data subject (contract §9,
+-- AUDITQ_SUBJECT_ENTITY_TYPES), as the owner pinned them (`auditq migrate` pins its own
+-- setting on a new store; `auditq policy set --subject-entity-types`): an erasure's caller
+-- may narrow them, never widen them. Null (a store migrated by db.migrate alone, as the
+-- tests do): the caller's configured types.
+CREATE TABLE public.store_policy (
+    singleton      boolean     PRIMARY KEY DEFAULT true CHECK (singleton),
+    retention_days integer     CHECK (retention_days >= 1),  -- null: rows are kept for ever
+    set_at         timestamptz,
+    set_by         text,
+    subject_entity_types text[]
+);
+
+-- ---------------------------------------------------------------------------------------
+-- 1.5 The statistics rollup (docs/scaling.md, "Statistics"): counts per UTC day of the
+-- stored rows, so the statistics route sums a few thousand rollup rows instead of every row
+-- of its window. Exact under any snapshot: every change of the rows and of the rollup
+-- commits together. A stored row is either still queued in rollup_pending (the API counts it
+-- from the row) or folded into the three tables below, never both; retention and erasure
+-- take the rows they remove or change out of the rollup in their own transaction, under the
+-- rollup lock.
+
+-- One entry per inserting statement: the seqs it stored, committed with them (as seal_pending).
+CREATE TABLE public.rollup_pending (
+    seqs int8multirange NOT NULL
+);
+-- Counts by day and what every window sums: action, severity, outcome (all rows).
+CREATE TABLE public.rollup_day (
+    day      date   NOT NULL,
+    action   text   NOT NULL,
+    severity text   NOT NULL,
+    outcome  text   NOT NULL,
+    n        bigint NOT NULL,
+    PRIMARY KEY (day, action, severity, outcome)
+);
+-- The same for each tenant (rows that have one).
+CREATE TABLE public.rollup_day_tenant (
+    tenant   text   NOT NULL,
+    day      date   NOT NULL,
+    action   text   NOT NULL,
+    severity text   NOT NULL,
+    outcome  text   NOT NULL,
+    n        bigint NOT NULL,
+    PRIMARY KEY (tenant, day, action, severity, outcome)
+);
+-- Counts by day and actor (rows that have one), over all tenants: a tenant's top actors are
+-- counted from its rows (tenant index), as actors by tenant and day barely compress.
+CREATE TABLE public.rollup_day_actor (
+    day      date   NOT NULL,
+    actor_id text   NOT NULL,
+    n        bigint NOT NULL,
+    PRIMARY KEY (day, actor_id)
+);
+
+-- ---------------------------------------------------------------------------------------
+-- 1.6 Tokens and secrets
+
+-- API tokens: only a SHA-256 of each token is stored; the token itself is shown once.
+CREATE TABLE public.api_token (
+    id          bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    name        text        NOT NULL,
+    role        text        NOT NULL CHECK (role IN ('reader', 'admin', 'ingest')),
+    token_hash  bytea       NOT NULL UNIQUE,
+    created_at  timestamptz NOT NULL DEFAULT now(),
+    last_used_at timestamptz,
+    revoked_at  timestamptz
+);
+
+-- Secrets the API derives keys from (the HMAC key of pagination cursors): made once per
+-- database, so every API replica, before and after a restart, signs and checks alike.
+CREATE TABLE public.api_secret (
+    name       text        PRIMARY KEY,
+    secret     bytea       NOT NULL,
+    created_at timestamptz NOT NULL DEFAULT now()
+);
+
+-- ---------------------------------------------------------------------------------------
+-- 1.7 Erasure (docs/erasure.md): forgetting one data subject without breaking the proof.
+-- The key of the pseudonyms, HMAC-SHA256(key, subject id), is not in the database: it is a
+-- file beside the seal key (AUDITQ_SUBJECT_KEY_FILE).
+
+-- Erased subjects, by pseudonym only (never the id): the worker pseudonymises their later
+-- events; the API reports the state of each erasure, and where a running one stands.
+CREATE TABLE public.erased_subject (
+    pseudonym    text        PRIMARY KEY,
+    state        text        NOT NULL CHECK (state IN ('running', 'done')),
+    requested_at timestamptz NOT NULL DEFAULT now(),
+    finished_at  timestamptz,
+    rows         bigint      NOT NULL DEFAULT 0,
+    dead_letters bigint      NOT NULL DEFAULT 0,
+    phase        text        NOT NULL DEFAULT 'done'
+                 CHECK (phase IN ('start', 'mentions', 'subject', 'done')),
+    after_seq    bigint      NOT NULL DEFAULT 0,
+    first_action bigint,
+    last_action  bigint
+);
+
+-- The subject's values gathered when its erasure began (names, emails, addresses of its own
+-- rows: cleared from every other row's texts, then from its own); deleted when it is done.
+-- everywhere false: too common to clear from other people's rows, or a client address
+-- another actor used too (a NAT, a load balancer, a proxy), or a loopback or private one.
+CREATE TABLE public.erasure_value (
+    pseudonym  text    NOT NULL REFERENCES public.erased_subject (pseudonym),
+    value      text    NOT NULL,
+    everywhere boolean NOT NULL DEFAULT true,
+    PRIMARY KEY (pseudonym, value)
+);
+
+-- Later events (contract §9): workers clear other people's events of an erased subject's id,
+-- names and emails. The store keeps no value of the subject, only a keyed digest of each
+-- (service/mentions.py: BLAKE2b keyed with the subject key, a file no database role reads),
+-- of its first word, and its number of words; the replacement is the pseudonym for the id,
+-- null for a name or email. Values too common to clear everywhere are not among them.
+CREATE TABLE public.erased_mention (
+    pseudonym text    NOT NULL REFERENCES public.erased_subject (pseudonym),
+    digest    bytea   NOT NULL CHECK (octet_length(digest) = 16),
+    anchor    bytea   NOT NULL CHECK (octet_length(anchor) = 16),
+    words     integer NOT NULL CHECK (words BETWEEN 1 AND 16),
+    is_id     boolean NOT NULL,
+    -- A value too common to clear everywhere: only a JSON field naming a person that holds
+    -- it whole is cleared (auditq_erase_person_fields; service/mentions.py PERSON_KEYS).
+    person_only boolean NOT NULL DEFAULT false,
+    PRIMARY KEY (pseudonym, digest)
+);
+
+-- ---------------------------------------------------------------------------------------
+-- 1.8 Destinations (docs/destinations.md, contract §11): streaming the record out, at least
+-- once, in stored order per destination, from a durable position.
+
+-- A row's `seq` is not commit order (each session takes seqs a thousand at a time, and a
+-- transaction may commit after one that took later seqs), so a position over `seq` alone
+-- would skip rows that commit late. Each inserting statement therefore leaves one
+-- `delivery_log` entry with its transaction id; a destination's position is (xid, seq), and a
+-- runner reads only entries below the oldest transaction still running
+-- (pg_snapshot_xmin): no entry can ever appear behind a position once it is passed.
+CREATE TABLE public.delivery_log (
+    xid       xid8        NOT NULL,
+    seq_lo    bigint      NOT NULL,
+    seq_hi    bigint      NOT NULL,
+    n         integer     NOT NULL,
+    seqs      int8multirange,                    -- NULL: every stored seq in [seq_lo, seq_hi]
+    stored_at timestamptz NOT NULL DEFAULT now(),  -- the rows' received_at (transaction time)
+    PRIMARY KEY (xid, seq_lo)
+);
+
+-- The destinations themselves: an admin table. `filter` is the query string as given (§7
+-- filter names), `filter_json` the same validated; `options` holds what is neither secret nor
+-- a column (allow_private, a CA certificate, OCSF class overrides, HEC/Elasticsearch names).
+CREATE TABLE public.destination (
+    id          bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    name        text        NOT NULL UNIQUE CHECK (name ~ '^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$'),
+    kind        text        NOT NULL
+                CHECK (kind IN ('webhook', 'syslog', 'splunk-hec', 'elasticsearch')),
+    url         text        NOT NULL,
+    format      text        NOT NULL CHECK (format IN ('json', 'ocsf', 'cef')),
+    filter      text        NOT NULL DEFAULT '',
+    filter_json jsonb       NOT NULL DEFAULT '{}',
+    options     jsonb       NOT NULL DEFAULT '{}',
+    paused      boolean     NOT NULL DEFAULT false,
+    created_at  timestamptz NOT NULL DEFAULT now(),
+    created_by  text        NOT NULL,
+    updated_at  timestamptz NOT NULL DEFAULT now()
+);
+
+-- Secrets apart from everything that is ever shown: no route or command selects this table
+-- except to sign or authenticate a delivery.
+CREATE TABLE public.destination_secret (
+    destination_id bigint PRIMARY KEY REFERENCES public.destination (id) ON DELETE CASCADE,
+    secret         text NOT NULL
+);
+
+-- Where each destination stands, and its health. The runner moves the position only from
+-- the one it read (compare-and-set), so a backfill is never overwritten by a batch in flight.
+CREATE TABLE public.destination_state (
+    destination_id        bigint PRIMARY KEY REFERENCES public.destination (id) ON DELETE CASCADE,
+    pos_xid               xid8        NOT NULL,
+    pos_seq               bigint      NOT NULL,
+    delivered_total       bigint      NOT NULL DEFAULT 0,
+    failed_attempts_total bigint      NOT NULL DEFAULT 0,
+    consecutive_failures  integer     NOT NULL DEFAULT 0,
+    last_delivered_at     timestamptz,
+    last_error            text,
+    last_error_at         timestamptz
+);
+
+-- ---------------------------------------------------------------------------------------
+-- 1.9 Schema versions (service/store/schema.py): which numbered migrations a store has.
+CREATE TABLE public.auditq_schema_version (
+    version    integer     PRIMARY KEY,
+    name       text        NOT NULL,
+    applied_at timestamptz NOT NULL DEFAULT now()
+);
+
+
+-- =======================================================================================
+-- 2. Views
+-- =======================================================================================
+
+-- The provenance key, and only it, for the worker (it checks the API's tags with it).
+CREATE VIEW public.provenance_key AS
+    SELECT secret FROM public.api_secret WHERE name = 'provenance';
+
+
+-- =======================================================================================
+-- 3. Functions
+-- =======================================================================================
+
+-- ---------------------------------------------------------------------------------------
+-- 3.1 Rows and auditq's own events
+
 -- The row digest of docs/integrity.md, canonical form version 1: SHA-256 (first 16 bytes) of
 -- PostgreSQL's binary form of the row of these columns. `auditq verify` reads the same record
 -- through COPY and hashes it itself (service/integrity/canonical.py); a test keeps the two
 -- identical. The anonymisation function records digests with it.
-CREATE OR REPLACE FUNCTION public.audit_row_digest(r public.audit_log) RETURNS bytea
+CREATE FUNCTION public.auditq_row_digest(r public.audit_log) RETURNS bytea
 LANGUAGE sql STABLE PARALLEL SAFE SET search_path = pg_catalog, pg_temp AS $$
 SELECT substr(sha256(record_send(ROW(
     r.seq, r.id, r.ts, r.received_at, r.action, r.category, r.severity, r.outcome,
@@ -146,222 +437,22 @@ SELECT substr(sha256(record_send(ROW(
     r.changes, r.metadata, r.presentation, r.source, r.received_via))), 1, 16)
 $$;
 
--- Queue a statement's rows for the sealer, in the inserting transaction: their seqs and
--- their entries, digested here from the rows in hand (the same record as audit_row_digest).
--- The entries are in no particular order: the sealer sorts a checkpoint's entries anyway.
-CREATE OR REPLACE FUNCTION public.audit_log_queue_seal() RETURNS trigger
-LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
-DECLARE
-    v_lo      bigint;
-    v_hi      bigint;
-    v_n       bigint;
-    v_entries bytea;
-BEGIN
-    SELECT min(a.seq), max(a.seq), count(*),
-           string_agg(int8send(a.seq) || uuid_send(a.id) || substr(sha256(record_send(ROW(
-               a.seq, a.id, a.ts, a.received_at, a.action, a.category, a.severity, a.outcome,
-               a.actor_id, a.actor_type, a.actor_name, a.actor_email,
-               a.entity_type, a.entity_id, a.entity_name, a.tenant,
-               a.request_id, a.ip, a.user_agent, a.method, a.path, a.status, a.duration_ms,
-               a.changes, a.metadata, a.presentation, a.source, a.received_via))), 1, 16),
-               ''::bytea)
-      INTO v_lo, v_hi, v_n, v_entries
-      FROM new_rows a;
-    IF v_n = 0 THEN
-        RETURN NULL;
-    ELSIF v_hi - v_lo + 1 = v_n THEN  -- one range: the usual case
-        INSERT INTO public.seal_pending (kind, seqs, entries)
-        VALUES ('row', int8multirange(int8range(v_lo, v_hi, '[]')), v_entries);
-    ELSE
-        INSERT INTO public.seal_pending (kind, seqs, entries)
-        SELECT 'row', range_agg(int8range(seq, seq, '[]')), v_entries FROM new_rows;
-    END IF;
-    RETURN NULL;
-END;
-$$;
-
-DROP TRIGGER IF EXISTS audit_log_queue_seal ON public.audit_log;
-CREATE TRIGGER audit_log_queue_seal
-    AFTER INSERT ON public.audit_log REFERENCING NEW TABLE AS new_rows
-    FOR EACH STATEMENT EXECUTE FUNCTION public.audit_log_queue_seal();
-
--- Append-only, no escape: an UPDATE passes only inside the anonymisation function (issue 13),
--- which runs as the table's owner and sets `auditq.erasing` to its store_action id. A runtime
--- role setting the flag is not the owner and is refused like any other.
-CREATE OR REPLACE FUNCTION public.audit_log_append_only() RETURNS trigger
-LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
-BEGIN
-    IF TG_OP = 'UPDATE'
-       AND coalesce(current_setting('auditq.erasing', true), '') ~ '^[0-9]+$'
-       AND current_user = (SELECT pg_get_userbyid(relowner) FROM pg_class
-                           WHERE oid = 'public.audit_log'::regclass) THEN
-        RETURN NEW;
-    END IF;
-    -- Retention of the default partition's old rows (auditq_delete_expired_default_rows):
-    -- only inside that function, which runs as the owner and sets the flag.
-    IF TG_OP = 'DELETE'
-       AND coalesce(current_setting('auditq.retention', true), '') = 'on'
-       AND current_user = (SELECT pg_get_userbyid(relowner) FROM pg_class
-                           WHERE oid = 'public.audit_log'::regclass) THEN
-        RETURN OLD;
-    END IF;
-    RAISE EXCEPTION 'audit_log is append-only: % is not allowed', TG_OP
-        USING ERRCODE = 'insufficient_privilege',
-              HINT = 'rows leave only through retention and change only through anonymisation';
-END;
-$$;
-
-DROP TRIGGER IF EXISTS audit_log_append_only ON public.audit_log;
-CREATE TRIGGER audit_log_append_only
-    BEFORE UPDATE OR DELETE ON public.audit_log
-    FOR EACH ROW EXECUTE FUNCTION public.audit_log_append_only();
-
-DROP TRIGGER IF EXISTS audit_log_no_truncate ON public.audit_log;
-CREATE TRIGGER audit_log_no_truncate
-    BEFORE TRUNCATE ON public.audit_log
-    FOR EACH STATEMENT EXECUTE FUNCTION public.audit_log_append_only();
-
--- Checkpoints and the record of admin actions are append-only too (for everyone but a
--- superuser skipping triggers, which verify then catches).
-CREATE OR REPLACE FUNCTION public.auditq_append_only() RETURNS trigger
-LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
-BEGIN
-    RAISE EXCEPTION '% is append-only: % is not allowed', TG_TABLE_NAME, TG_OP
-        USING ERRCODE = 'insufficient_privilege';
-END;
-$$;
-
-DO $$
-DECLARE
-    t text;
-BEGIN
-    FOREACH t IN ARRAY ARRAY['seal_checkpoint', 'store_action', 'row_replacement'] LOOP
-        EXECUTE format('DROP TRIGGER IF EXISTS %I ON public.%I', t || '_append_only', t);
-        EXECUTE format('CREATE TRIGGER %I BEFORE UPDATE OR DELETE ON public.%I FOR EACH ROW '
-                       'EXECUTE FUNCTION public.auditq_append_only()', t || '_append_only', t);
-        EXECUTE format('DROP TRIGGER IF EXISTS %I ON public.%I', t || '_no_truncate', t);
-        EXECUTE format('CREATE TRIGGER %I BEFORE TRUNCATE ON public.%I FOR EACH STATEMENT '
-                       'EXECUTE FUNCTION public.auditq_append_only()', t || '_no_truncate', t);
-    END LOOP;
-END;
-$$;
-
--- Record an admin action and queue it for the next checkpoint (definer functions only).
-CREATE OR REPLACE FUNCTION public.auditq_record_action(
-    p_action text, p_detail jsonb, p_seqs int8multirange DEFAULT NULL
-) RETURNS bigint
-LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
-DECLARE
-    v_id bigint;
-BEGIN
-    INSERT INTO public.store_action (action, detail, seqs) VALUES (p_action, p_detail, p_seqs)
-    RETURNING id INTO v_id;
-    INSERT INTO public.seal_pending (kind, seqs) VALUES ('action', int8multirange(int8range(v_id, v_id, '[]')));
-    RETURN v_id;
-END;
-$$;
-
--- Make the monthly partition starting at p_month unless it exists; true when made.
-CREATE OR REPLACE FUNCTION public.auditq_ensure_partition(p_month date) RETURNS boolean
-LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
-DECLARE
-    v_name text := 'audit_log_y' || to_char(p_month::timestamp, 'YYYY'::text) || 'm'
-                   || to_char(p_month::timestamp, 'MM'::text);
-    v_end  date := (p_month + '1 month'::interval)::date;
-BEGIN
-    IF p_month IS NULL OR p_month <> date_trunc('month'::text, p_month::timestamp)::date THEN
-        RAISE EXCEPTION 'a partition starts on the first of a month, not %', p_month
-            USING ERRCODE = 'invalid_parameter_value';
-    END IF;
-    -- One maker at a time: two workers starting on a new month would both find no partition
-    -- and one would fail on the other's (held to the end of the caller's transaction).
-    PERFORM pg_advisory_xact_lock(1635083369::integer, 1::integer);  -- 'audi', partitions
-    IF to_regclass(('public.' || quote_ident(v_name))::text) IS NOT NULL THEN
-        RETURN false;
-    END IF;
-    EXECUTE format('CREATE TABLE public.%I PARTITION OF public.audit_log FOR VALUES FROM (%L) TO (%L)',
-                   v_name, p_month, v_end);
-    PERFORM public.auditq_record_action('partition.created', jsonb_build_object(
-        'partition', v_name, 'from', p_month, 'to', v_end));
-    RETURN true;
-END;
-$$;
-
--- =======================================================================================
--- The store's policy and retention (contract §6; docs/integrity.md, "Retention").
--- The retention period is the store's policy, a row only the schema owner writes
--- (`auditq policy set`); every change is stamped and recorded as a sealed store action by
--- the triggers below. The removal functions read their limit from it: no caller chooses it,
--- and nothing younger than the policy allows is ever removed. The worker may only ask
--- "apply the policy" (auditq_apply_retention()).
--- =======================================================================================
-
--- Versions before the policy took the retention as an argument: the caller chose it.
-DROP FUNCTION IF EXISTS public.auditq_drop_partition(text, integer);
-DROP FUNCTION IF EXISTS public.auditq_delete_expired_default_rows(integer);
-
-CREATE TABLE IF NOT EXISTS public.store_policy (
-    singleton      boolean     PRIMARY KEY DEFAULT true CHECK (singleton),
-    retention_days integer     CHECK (retention_days >= 1),  -- null: rows are kept for ever
-    set_at         timestamptz,
-    set_by         text
-);
-INSERT INTO public.store_policy (singleton) VALUES (true) ON CONFLICT (singleton) DO NOTHING;
-
--- Who set it and when are the server's to say, not the writer's.
-CREATE OR REPLACE FUNCTION public.auditq_policy_stamp() RETURNS trigger
-LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
-BEGIN
-    IF TG_OP = 'DELETE' THEN
-        RAISE EXCEPTION 'the store policy is one row: set retention_days to null instead'
-            USING ERRCODE = 'insufficient_privilege';
-    END IF;
-    NEW.set_at := now();
-    NEW.set_by := session_user::text;
-    RETURN NEW;
-END;
-$$;
-
--- Every change of the policy is a store action, sealed like a row.
-CREATE OR REPLACE FUNCTION public.auditq_policy_record() RETURNS trigger
-LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
-BEGIN
-    IF to_jsonb(NEW) - 'set_at'::text - 'set_by'::text
-       IS DISTINCT FROM to_jsonb(OLD) - 'set_at'::text - 'set_by'::text THEN
-        PERFORM public.auditq_record_action('policy.set'::text, jsonb_build_object(
-            'retention_days', NEW.retention_days, 'previous_retention_days', OLD.retention_days,
-            'set_by', NEW.set_by) || jsonb_strip_nulls(jsonb_build_object(
-            'subject_entity_types', to_jsonb(NEW) -> 'subject_entity_types',
-            'previous_subject_entity_types', to_jsonb(OLD) -> 'subject_entity_types')));
-    END IF;
-    RETURN NULL;
-END;
-$$;
-
-DROP TRIGGER IF EXISTS store_policy_stamp ON public.store_policy;
-CREATE TRIGGER store_policy_stamp
-    BEFORE UPDATE OR DELETE ON public.store_policy
-    FOR EACH ROW EXECUTE FUNCTION public.auditq_policy_stamp();
-DROP TRIGGER IF EXISTS store_policy_record ON public.store_policy;
-CREATE TRIGGER store_policy_record
-    AFTER UPDATE ON public.store_policy
-    FOR EACH ROW EXECUTE FUNCTION public.auditq_policy_record();
-DROP TRIGGER IF EXISTS store_policy_no_truncate ON public.store_policy;
-CREATE TRIGGER store_policy_no_truncate
-    BEFORE TRUNCATE ON public.store_policy
-    FOR EACH STATEMENT EXECUTE FUNCTION public.auditq_append_only();
-
--- The instant before which the policy lets rows go; null when it keeps everything.
-CREATE OR REPLACE FUNCTION public.auditq_retention_cutoff() RETURNS timestamptz
-LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
-SELECT now() - make_interval(days => p.retention_days)
-FROM public.store_policy p WHERE p.retention_days IS NOT NULL
+-- A UUIDv7 made by the server (the wire format's id): 48 bits of Unix milliseconds, then
+-- random bits from gen_random_uuid() with the version set to 7 (its variant bits stay).
+CREATE FUNCTION public.auditq_new_event_id() RETURNS uuid
+LANGUAGE sql VOLATILE SET search_path = pg_catalog, pg_temp AS $$
+SELECT encode(set_byte(overlay(uuid_send(gen_random_uuid())
+                               PLACING substr(int8send(floor(extract(epoch FROM clock_timestamp())
+                                                             * 1000::numeric)::bigint), 3, 6)
+                               FROM 1 FOR 6),
+                       6, (get_byte(uuid_send(gen_random_uuid()), 6) & 15) | 112),
+              'hex'::text)::uuid
 $$;
 
 -- Store one event built by auditq itself (a store action's or an admin action's), from its
 -- JSON (wire format §4): the server sets ts, received_at and received_via. Definer
 -- functions only.
-CREATE OR REPLACE FUNCTION public.auditq_store_event(p_event jsonb, p_via text) RETURNS uuid
+CREATE FUNCTION public.auditq_store_event(p_event jsonb, p_via text) RETURNS uuid
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     v_id uuid := coalesce((p_event ->> 'id')::uuid, gen_random_uuid());
@@ -395,10 +486,168 @@ BEGIN
 END;
 $$;
 
+-- ---------------------------------------------------------------------------------------
+-- 3.2 Sealing and append-only (docs/integrity.md)
+
+-- Queue a statement's rows for the sealer, in the inserting transaction: their seqs and
+-- their entries, digested here from the rows in hand (the same record as auditq_row_digest).
+-- The entries are in no particular order: the sealer sorts a checkpoint's entries anyway.
+CREATE FUNCTION public.auditq_queue_seal() RETURNS trigger
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    v_lo      bigint;
+    v_hi      bigint;
+    v_n       bigint;
+    v_entries bytea;
+BEGIN
+    SELECT min(a.seq), max(a.seq), count(*),
+           string_agg(int8send(a.seq) || uuid_send(a.id) || substr(sha256(record_send(ROW(
+               a.seq, a.id, a.ts, a.received_at, a.action, a.category, a.severity, a.outcome,
+               a.actor_id, a.actor_type, a.actor_name, a.actor_email,
+               a.entity_type, a.entity_id, a.entity_name, a.tenant,
+               a.request_id, a.ip, a.user_agent, a.method, a.path, a.status, a.duration_ms,
+               a.changes, a.metadata, a.presentation, a.source, a.received_via))), 1, 16),
+               ''::bytea)
+      INTO v_lo, v_hi, v_n, v_entries
+      FROM new_rows a;
+    IF v_n = 0 THEN
+        RETURN NULL;
+    ELSIF v_hi - v_lo + 1 = v_n THEN  -- one range: the usual case
+        INSERT INTO public.seal_pending (kind, seqs, entries)
+        VALUES ('row', int8multirange(int8range(v_lo, v_hi, '[]')), v_entries);
+    ELSE
+        INSERT INTO public.seal_pending (kind, seqs, entries)
+        SELECT 'row', range_agg(int8range(seq, seq, '[]')), v_entries FROM new_rows;
+    END IF;
+    RETURN NULL;
+END;
+$$;
+
+-- Append-only, no escape: an UPDATE passes only inside the anonymisation function,
+-- which runs as the table's owner and sets `auditq.erasing` to its store_action id. A runtime
+-- role setting the flag is not the owner and is refused like any other.
+CREATE FUNCTION public.auditq_audit_log_append_only() RETURNS trigger
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    IF TG_OP = 'UPDATE'
+       AND coalesce(current_setting('auditq.erasing', true), '') ~ '^[0-9]+$'
+       AND current_user = (SELECT pg_get_userbyid(relowner) FROM pg_class
+                           WHERE oid = 'public.audit_log'::regclass) THEN
+        RETURN NEW;
+    END IF;
+    -- Retention of the default partition's old rows (auditq_delete_expired_default_rows):
+    -- only inside that function, which runs as the owner and sets the flag.
+    IF TG_OP = 'DELETE'
+       AND coalesce(current_setting('auditq.retention', true), '') = 'on'
+       AND current_user = (SELECT pg_get_userbyid(relowner) FROM pg_class
+                           WHERE oid = 'public.audit_log'::regclass) THEN
+        RETURN OLD;
+    END IF;
+    RAISE EXCEPTION 'audit_log is append-only: % is not allowed', TG_OP
+        USING ERRCODE = 'insufficient_privilege',
+              HINT = 'rows leave only through retention and change only through anonymisation';
+END;
+$$;
+
+-- Checkpoints and the record of admin actions are append-only too (for everyone but a
+-- superuser skipping triggers, which verify then catches).
+CREATE FUNCTION public.auditq_append_only() RETURNS trigger
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    RAISE EXCEPTION '% is append-only: % is not allowed', TG_TABLE_NAME, TG_OP
+        USING ERRCODE = 'insufficient_privilege';
+END;
+$$;
+
+-- Record an admin action and queue it for the next checkpoint (definer functions only).
+CREATE FUNCTION public.auditq_record_action(
+    p_action text, p_detail jsonb, p_seqs int8multirange DEFAULT NULL
+) RETURNS bigint
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    v_id bigint;
+BEGIN
+    INSERT INTO public.store_action (action, detail, seqs) VALUES (p_action, p_detail, p_seqs)
+    RETURNING id INTO v_id;
+    INSERT INTO public.seal_pending (kind, seqs) VALUES ('action', int8multirange(int8range(v_id, v_id, '[]')));
+    RETURN v_id;
+END;
+$$;
+
+-- ---------------------------------------------------------------------------------------
+-- 3.3 Partitions: the worker makes each month's ahead of time.
+
+-- Make the monthly partition starting at p_month unless it exists; true when made.
+CREATE FUNCTION public.auditq_ensure_partition(p_month date) RETURNS boolean
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    v_name text := 'audit_log_y' || to_char(p_month::timestamp, 'YYYY'::text) || 'm'
+                   || to_char(p_month::timestamp, 'MM'::text);
+    v_end  date := (p_month + '1 month'::interval)::date;
+BEGIN
+    IF p_month IS NULL OR p_month <> date_trunc('month'::text, p_month::timestamp)::date THEN
+        RAISE EXCEPTION 'a partition starts on the first of a month, not %', p_month
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    -- One maker at a time: two workers starting on a new month would both find no partition
+    -- and one would fail on the other's (held to the end of the caller's transaction).
+    PERFORM pg_advisory_xact_lock(1635083369::integer, 1::integer);  -- 'audi', partitions
+    IF to_regclass(('public.' || quote_ident(v_name))::text) IS NOT NULL THEN
+        RETURN false;
+    END IF;
+    EXECUTE format('CREATE TABLE public.%I PARTITION OF public.audit_log FOR VALUES FROM (%L) TO (%L)',
+                   v_name, p_month, v_end);
+    PERFORM public.auditq_record_action('partition.created', jsonb_build_object(
+        'partition', v_name, 'from', p_month, 'to', v_end));
+    RETURN true;
+END;
+$$;
+
+-- ---------------------------------------------------------------------------------------
+-- 3.4 The store's policy and retention. The worker may only ask "apply the policy"
+-- (auditq_apply_retention()).
+
+-- Who set it and when are the server's to say, not the writer's.
+CREATE FUNCTION public.auditq_policy_stamp() RETURNS trigger
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    IF TG_OP = 'DELETE' THEN
+        RAISE EXCEPTION 'the store policy is one row: set retention_days to null instead'
+            USING ERRCODE = 'insufficient_privilege';
+    END IF;
+    NEW.set_at := now();
+    NEW.set_by := session_user::text;
+    RETURN NEW;
+END;
+$$;
+
+-- Every change of the policy is a store action, sealed like a row.
+CREATE FUNCTION public.auditq_policy_record() RETURNS trigger
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    IF to_jsonb(NEW) - 'set_at'::text - 'set_by'::text
+       IS DISTINCT FROM to_jsonb(OLD) - 'set_at'::text - 'set_by'::text THEN
+        PERFORM public.auditq_record_action('policy.set'::text, jsonb_build_object(
+            'retention_days', NEW.retention_days, 'previous_retention_days', OLD.retention_days,
+            'set_by', NEW.set_by) || jsonb_strip_nulls(jsonb_build_object(
+            'subject_entity_types', to_jsonb(NEW) -> 'subject_entity_types',
+            'previous_subject_entity_types', to_jsonb(OLD) -> 'subject_entity_types')));
+    END IF;
+    RETURN NULL;
+END;
+$$;
+
+-- The instant before which the policy lets rows go; null when it keeps everything.
+CREATE FUNCTION public.auditq_retention_cutoff() RETURNS timestamptz
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+SELECT now() - make_interval(days => p.retention_days)
+FROM public.store_policy p WHERE p.retention_days IS NOT NULL
+$$;
+
 -- Drop one monthly partition wholly older than the policy allows, recording what verify
 -- needs to say so (rows, their seqs, whether all were sealed, final digest) and storing the
 -- audit.partition_dropped event. Refuses anything the policy keeps.
-CREATE OR REPLACE FUNCTION public.auditq_drop_partition(p_name text) RETURNS bigint
+CREATE FUNCTION public.auditq_drop_partition(p_name text) RETURNS bigint
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     v_match  text[] := regexp_match(p_name, '^audit_log_y(\d{4})m(\d{2})$'::text);
@@ -431,7 +680,7 @@ BEGIN
     -- The rollup loses the rows with them (taken first: the fold reads every partition).
     PERFORM pg_advisory_xact_lock(1919904876::bigint);  -- 'roll': the rollup lock
     SELECT count(*), coalesce(range_agg(int8range(a.seq, a.seq, '[]'::text)), '{}'::int8multirange),
-           sha256(coalesce(string_agg(int8send(a.seq) || uuid_send(a.id) || public.audit_row_digest(a),
+           sha256(coalesce(string_agg(int8send(a.seq) || uuid_send(a.id) || public.auditq_row_digest(a),
                                       ''::bytea ORDER BY a.seq), ''::bytea))
       INTO v_rows, v_seqs, v_digest
       FROM public.audit_log a WHERE a.ts >= v_from AND a.ts < v_to;
@@ -455,7 +704,7 @@ $$;
 -- Retention of rows in the default partition (months that had no partition of their own,
 -- e.g. far-past events): deleted when older than the policy allows, recorded like a dropped
 -- partition (rows, their seqs, whether all were sealed, final digest) for `auditq verify`.
-CREATE OR REPLACE FUNCTION public.auditq_delete_expired_default_rows() RETURNS bigint
+CREATE FUNCTION public.auditq_delete_expired_default_rows() RETURNS bigint
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     v_before timestamptz := public.auditq_retention_cutoff();
@@ -471,7 +720,7 @@ BEGIN
     END IF;
     PERFORM pg_advisory_xact_lock(1919904876::bigint);  -- 'roll': the rollup loses the rows
     SELECT count(*), coalesce(range_agg(int8range(a.seq, a.seq, '[]'::text)), '{}'::int8multirange),
-           sha256(coalesce(string_agg(int8send(a.seq) || uuid_send(a.id) || public.audit_row_digest(a),
+           sha256(coalesce(string_agg(int8send(a.seq) || uuid_send(a.id) || public.auditq_row_digest(a),
                                       ''::bytea ORDER BY a.seq), ''::bytea))
       INTO v_rows, v_seqs, v_digest
       FROM public.audit_log_default a WHERE a.ts < v_before;
@@ -502,7 +751,7 @@ $$;
 -- and deletes the default partition's rows past it; a partition busy past p_lock_timeout_ms
 -- (a long read holds it) is left for the next run, so writes never queue behind retention.
 -- One row per removal: (partition, rows, store action), or rows null for a busy partition.
-CREATE OR REPLACE FUNCTION public.auditq_apply_retention(p_lock_timeout_ms integer DEFAULT 200)
+CREATE FUNCTION public.auditq_apply_retention(p_lock_timeout_ms integer DEFAULT 200)
 RETURNS TABLE (partition text, rows bigint, action_id bigint)
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
@@ -547,47 +796,10 @@ END;
 $$;
 
 -- ---------------------------------------------------------------------------------------
--- Statistics rollup (docs/scaling.md, "Statistics"): counts per UTC day of the stored rows,
--- so the statistics route sums a few thousand rollup rows instead of every row of its window.
--- Exact under any snapshot: every change of the rows and of the rollup commits together.
--- A stored row is either still queued in rollup_pending (the API counts it from the row) or
--- folded into the three tables below, never both; retention and erasure take the rows they
--- remove or change out of the rollup in their own transaction, under the rollup lock.
-
--- One entry per inserting statement: the seqs it stored, committed with them (as seal_pending).
-CREATE TABLE IF NOT EXISTS public.rollup_pending (
-    seqs int8multirange NOT NULL
-);
--- Counts by day and what every window sums: action, severity, outcome (all rows).
-CREATE TABLE IF NOT EXISTS public.rollup_day (
-    day      date   NOT NULL,
-    action   text   NOT NULL,
-    severity text   NOT NULL,
-    outcome  text   NOT NULL,
-    n        bigint NOT NULL,
-    PRIMARY KEY (day, action, severity, outcome)
-);
--- The same for each tenant (rows that have one).
-CREATE TABLE IF NOT EXISTS public.rollup_day_tenant (
-    tenant   text   NOT NULL,
-    day      date   NOT NULL,
-    action   text   NOT NULL,
-    severity text   NOT NULL,
-    outcome  text   NOT NULL,
-    n        bigint NOT NULL,
-    PRIMARY KEY (tenant, day, action, severity, outcome)
-);
--- Counts by day and actor (rows that have one), over all tenants: a tenant's top actors are
--- counted from its rows (tenant index), as actors by tenant and day barely compress.
-CREATE TABLE IF NOT EXISTS public.rollup_day_actor (
-    day      date   NOT NULL,
-    actor_id text   NOT NULL,
-    n        bigint NOT NULL,
-    PRIMARY KEY (day, actor_id)
-);
+-- 3.5 The statistics rollup
 
 -- Queue a statement's rows for the fold, in the inserting transaction.
-CREATE OR REPLACE FUNCTION public.audit_log_queue_rollup() RETURNS trigger
+CREATE FUNCTION public.auditq_queue_rollup() RETURNS trigger
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     v_lo bigint;
@@ -606,16 +818,11 @@ BEGIN
 END;
 $$;
 
-DROP TRIGGER IF EXISTS audit_log_queue_rollup ON public.audit_log;
-CREATE TRIGGER audit_log_queue_rollup
-    AFTER INSERT ON public.audit_log REFERENCING NEW TABLE AS new_rows
-    FOR EACH STATEMENT EXECUTE FUNCTION public.audit_log_queue_rollup();
-
 -- Count the rows of p_seqs that are folded (not pending), as they are now, into the rollup
 -- (p_sign 1) or out of it (-1); keys left at 0 are deleted, so an erased actor id leaves the
 -- rollup with its last row. One pass over the rows, a grouping set per table (GROUPING()
 -- tells them apart). Callers hold the rollup lock.
-CREATE OR REPLACE FUNCTION public.auditq_rollup_rows(p_seqs int8multirange, p_sign integer)
+CREATE FUNCTION public.auditq_rollup_rows(p_seqs int8multirange, p_sign integer)
 RETURNS void
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
@@ -664,7 +871,7 @@ $$;
 -- The worker's fold: up to p_limit pending entries (committed statements only: an open one's
 -- entry is invisible and waits, like its rows) into the rollup, in one transaction. Returns
 -- the entries folded, or null when another fold (or retention, or erasure) holds the lock.
-CREATE OR REPLACE FUNCTION public.auditq_rollup_fold(p_limit integer) RETURNS bigint
+CREATE FUNCTION public.auditq_rollup_fold(p_limit integer) RETURNS bigint
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     v_entries bigint;
@@ -690,129 +897,116 @@ BEGIN
 END;
 $$;
 
--- API tokens: only a SHA-256 of each token is stored; the token itself is shown once.
-CREATE TABLE IF NOT EXISTS public.api_token (
-    id          bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
-    name        text        NOT NULL,
-    role        text        NOT NULL CHECK (role IN ('reader', 'admin', 'ingest')),
-    token_hash  bytea       NOT NULL UNIQUE,
-    created_at  timestamptz NOT NULL DEFAULT now(),
-    last_used_at timestamptz,
-    revoked_at  timestamptz
-);
-CREATE UNIQUE INDEX IF NOT EXISTS api_token_name_active_idx ON public.api_token (name) WHERE revoked_at IS NULL;
-
--- Secrets the API derives keys from (the HMAC key of pagination cursors): made once per
--- database, so every API replica, before and after a restart, signs and checks alike.
-CREATE TABLE IF NOT EXISTS public.api_secret (
-    name       text        PRIMARY KEY,
-    secret     bytea       NOT NULL,
-    created_at timestamptz NOT NULL DEFAULT now()
-);
--- gen_random_uuid() draws from the server's strong random source: 2 x 122 random bits.
-INSERT INTO public.api_secret (name, secret)
-VALUES ('cursor', uuid_send(gen_random_uuid()) || uuid_send(gen_random_uuid())),
-       -- The key of provenance tags (service/queue.py): the API vouches for http:<token>
-       -- and api jobs with it, the worker checks them.
-       ('provenance', uuid_send(gen_random_uuid()) || uuid_send(gen_random_uuid()))
-ON CONFLICT (name) DO NOTHING;
-
 -- ---------------------------------------------------------------------------------------
--- Runtime roles (docs/integrity.md): the worker and the API connect as these, never as the
--- owner. Neither owns anything, so neither can alter, drop, detach or disable anything.
-DO $$
-DECLARE
-    v_role text;
+-- 3.6 Admin writes (docs/integrity.md, "Roles"): what the runtime roles write, they write
+-- through definer functions that record what they did, as rows sealed like any other.
+
+-- Admin actions (contract §7): the API's event of each mutation goes straight into the
+-- store, stored as `api` with the server's id and time; it only inserts. Returns the id.
+CREATE FUNCTION public.auditq_record_admin_event(p_event jsonb) RETURNS uuid
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
-    FOREACH v_role IN ARRAY ARRAY['auditq_worker', 'auditq_api'] LOOP
-        IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = v_role) THEN
-            BEGIN
-                EXECUTE format('CREATE ROLE %I LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE', v_role);
-            EXCEPTION WHEN insufficient_privilege THEN
-                RAISE EXCEPTION 'role % does not exist and % may not create it', v_role, current_user
-                    USING HINT = 'a DBA creates auditq_worker and auditq_api (docs/integrity.md)';
-            END;
-        END IF;
-        IF EXISTS (SELECT FROM pg_roles WHERE rolname = v_role AND (rolsuper OR rolbypassrls)) THEN
-            RAISE WARNING 'role % is a superuser: the append-only rule does not hold against it',
-                v_role;
-        END IF;
-    END LOOP;
-    -- PostgreSQL 14 lets every role create objects in public; nothing of auditq needs that.
-    BEGIN
-        REVOKE CREATE ON SCHEMA public FROM PUBLIC;
-    EXCEPTION WHEN insufficient_privilege THEN
-        NULL;  -- not the schema's owner: the DBA decides
-    END;
+    IF jsonb_typeof(p_event) IS DISTINCT FROM 'object'::text
+       OR coalesce(p_event ->> 'action', ''::text)
+          !~ '^[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*){1,7}$'::text THEN
+        RAISE EXCEPTION 'an admin event is an event object with an action'
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    RETURN public.auditq_store_event(
+        p_event - 'id'::text || jsonb_build_object('id', public.auditq_new_event_id()), 'api'::text);
 END;
 $$;
 
-REVOKE ALL ON public.audit_log, public.seal_pending, public.seal_checkpoint, public.store_action, public.row_replacement,
-    public.integrity_verification, public.api_token, public.api_secret,
-    public.rollup_pending, public.rollup_day, public.rollup_day_tenant, public.rollup_day_actor
-    FROM PUBLIC, auditq_worker, auditq_api;
-REVOKE ALL ON SEQUENCE public.audit_log_seq, public.store_action_seq FROM PUBLIC, auditq_worker, auditq_api;
-REVOKE ALL ON FUNCTION public.auditq_ensure_partition(date), public.auditq_drop_partition(text),
-    public.auditq_delete_expired_default_rows(), public.auditq_apply_retention(integer),
-    public.auditq_store_event(jsonb, text), public.auditq_retention_cutoff(),
-    public.auditq_policy_stamp(), public.auditq_policy_record(),
-    public.auditq_record_action(text, jsonb, int8multirange), public.audit_log_queue_seal(),
-    public.audit_log_queue_rollup(), public.auditq_rollup_fold(integer),
-    public.auditq_rollup_rows(int8multirange, integer)
-    FROM PUBLIC;
+-- Tokens: made and revoked only here, each change stored with its event in one transaction.
+-- p_by is who asked: {"actor": {...}, "request": {...}, "source": "..."} of the event.
+CREATE FUNCTION public.auditq_create_token(
+    p_name text, p_role text, p_hash bytea, p_by jsonb
+) RETURNS bigint
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    v_id bigint;
+BEGIN
+    IF octet_length(p_hash) IS DISTINCT FROM 32 THEN
+        RAISE EXCEPTION 'a token hash is 32 bytes' USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    INSERT INTO public.api_token (name, role, token_hash) VALUES (p_name, p_role, p_hash)
+    RETURNING id INTO v_id;
+    PERFORM public.auditq_store_event(jsonb_build_object(
+        'id', public.auditq_new_event_id(), 'action', 'token.created',
+        'actor', p_by -> 'actor', 'request', p_by -> 'request',
+        'source', coalesce(p_by ->> 'source', 'auditq-api'::text),
+        'entity', jsonb_build_object('type', 'api_token', 'id', p_name),
+        'metadata', jsonb_build_object('name', p_name, 'role', p_role)), 'api'::text);
+    RETURN v_id;
+END;
+$$;
 
--- The worker: store rows (never choosing their seq), seal them, keep partitions.
-GRANT SELECT ON public.audit_log TO auditq_worker;
-GRANT INSERT (id, ts, received_at, action, category, severity, outcome,
-              actor_id, actor_type, actor_name, actor_email,
-              entity_type, entity_id, entity_name, tenant,
-              request_id, ip, user_agent, method, path, status, duration_ms,
-              changes, metadata, presentation, source, received_via)
-    ON public.audit_log TO auditq_worker;
-GRANT USAGE ON SEQUENCE public.audit_log_seq TO auditq_worker;
-GRANT SELECT, DELETE ON public.seal_pending TO auditq_worker;
-GRANT SELECT, INSERT ON public.seal_checkpoint TO auditq_worker;
-GRANT SELECT ON public.store_action, public.row_replacement TO auditq_worker;
--- Partitions made ahead, and retention: the worker only asks to apply the store's policy.
-GRANT EXECUTE ON FUNCTION public.auditq_ensure_partition(date), public.auditq_apply_retention(integer)
-    TO auditq_worker;
--- The statistics rollup: the worker folds through the definer function only; it may not
--- write the counts themselves.
-GRANT EXECUTE ON FUNCTION public.auditq_rollup_fold(integer) TO auditq_worker;
+-- Revoke the active token named p_name; its hash (to announce), or null when none is active.
+CREATE FUNCTION public.auditq_revoke_token(p_name text, p_by jsonb) RETURNS bytea
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    v_hash bytea;
+BEGIN
+    UPDATE public.api_token SET revoked_at = now() WHERE name = p_name AND revoked_at IS NULL
+    RETURNING token_hash INTO v_hash;
+    IF v_hash IS NOT NULL THEN
+        PERFORM public.auditq_store_event(jsonb_build_object(
+            'id', public.auditq_new_event_id(), 'action', 'token.revoked',
+            'actor', p_by -> 'actor', 'request', p_by -> 'request',
+            'source', coalesce(p_by ->> 'source', 'auditq-api'::text),
+            'entity', jsonb_build_object('type', 'api_token', 'id', left(p_name, 1024)),
+            'metadata', jsonb_build_object('name', left(p_name, 1024))), 'api'::text);
+    END IF;
+    RETURN v_hash;
+END;
+$$;
 
--- The API and the admin commands: read everything, manage tokens, record verifications.
-GRANT SELECT ON public.audit_log, public.seal_pending, public.seal_checkpoint, public.store_action, public.row_replacement,
-    public.api_secret, public.rollup_pending, public.rollup_day, public.rollup_day_tenant, public.rollup_day_actor TO auditq_api;
--- Tokens and verification results are written only through the functions of "Least
--- privilege" below, which record what they did.
-GRANT SELECT ON public.api_token, public.integrity_verification TO auditq_api;
+-- A verification's result, kept with the integrity.verified event naming who ran it (a
+-- result claimed by a stolen password is at least a sealed claim of that role's).
+CREATE FUNCTION public.auditq_record_verification(
+    p_started_at timestamptz, p_result jsonb, p_by jsonb
+) RETURNS bigint
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    v_id     bigint;
+    v_intact boolean := coalesce((p_result ->> 'intact')::boolean, false);
+BEGIN
+    INSERT INTO public.integrity_verification (started_at, finished_at, result)
+    VALUES (p_started_at, now(), p_result) RETURNING id INTO v_id;
+    PERFORM public.auditq_store_event(jsonb_build_object(
+        'id', public.auditq_new_event_id(), 'action', 'integrity.verified',
+        'severity', CASE WHEN v_intact THEN 'notice' ELSE 'critical' END,
+        'outcome', CASE WHEN v_intact THEN 'success' ELSE 'failure' END,
+        'actor', p_by -> 'actor', 'request', p_by -> 'request',
+        'source', coalesce(p_by ->> 'source', 'auditq-api'::text),
+        'metadata', jsonb_strip_nulls(jsonb_build_object(
+            'verification', v_id, 'recorded_by', session_user::text,
+            'intact', v_intact, 'rows', p_result -> 'rows',
+            'checkpoints', p_result -> 'checkpoints', 'findings', p_result -> 'findings',
+            'error', p_result -> 'error'))), 'api'::text);
+    RETURN v_id;
+END;
+$$;
 
--- =======================================================================================
--- Erasure (docs/erasure.md): forgetting one data subject without breaking the proof.
--- One subject is pseudonymised by auditq_anonymise_rows(), batch by batch; each batch is a
--- sealed `store_action` with a `row_replacement` per changed row (docs/integrity.md,
--- "Erasure"), so `auditq verify` still passes and names the action.
--- =======================================================================================
-
--- The key of the pseudonyms, HMAC-SHA256(key, subject id), is not in the database: it is a
--- file beside the seal key (AUDITQ_SUBJECT_KEY_FILE; `auditq migrate` moved the key earlier
--- releases kept in api_secret out to it). See "Erasure through one function" below.
-DROP VIEW IF EXISTS public.subject_key;
-DELETE FROM public.api_secret WHERE name = 'subject';
-
--- Erased subjects, by pseudonym only (never the id): the worker pseudonymises their later
--- events; the API reports the state of each erasure.
-CREATE TABLE IF NOT EXISTS public.erased_subject (
-    pseudonym    text        PRIMARY KEY,
-    state        text        NOT NULL CHECK (state IN ('running', 'done')),
-    requested_at timestamptz NOT NULL DEFAULT now(),
-    finished_at  timestamptz,
-    rows         bigint      NOT NULL DEFAULT 0,
-    dead_letters bigint      NOT NULL DEFAULT 0
-);
+-- ---------------------------------------------------------------------------------------
+-- 3.7 Erasure (docs/erasure.md; docs/integrity.md, "Erasure"). One subject is pseudonymised
+-- batch by batch; each batch is a sealed `store_action` with a `row_replacement` per changed
+-- row, so `auditq verify` still passes and names the action. The API role may only name a
+-- subject (and the pseudonym it derived from the key file, which no database role can read):
+-- auditq_erase_subject() finds the subject's rows and values itself, with the entity types
+-- of the store's policy, changes nothing else, and records the state, every batch and the
+-- subject.anonymised event itself.
+--
+-- What is looked for (docs/erasure.md): the full-text column keeps URLs, paths, host names
+-- and emails as single tokens, so the subject's id inside `/users/alice/x` is not a word of
+-- it. The mention index sees every run of letters and digits of the texts an erasure clears
+-- (entity name, request path, metadata, changes, presentation params) as a word of its own:
+-- every value of the subject found literally in a text is a run of words of it, so the index
+-- finds every such row. A value too short or too common to clear everywhere, and a client
+-- address other actors share, are cleared only in the subject's own rows.
 
 -- A regular expression matching any of p_values literally, not inside a longer word.
-CREATE OR REPLACE FUNCTION public.auditq_erase_pattern(p_values text[]) RETURNS text
+CREATE FUNCTION public.auditq_erase_pattern(p_values text[]) RETURNS text
 LANGUAGE sql IMMUTABLE SET search_path = pg_catalog, pg_temp AS $$
 SELECT '(?<![[:alnum:]])(' || string_agg(regexp_replace(v, '([^[:alnum:][:space:]])', '\\\1', 'g'),
                                        '|' ORDER BY length(v) DESC, v)
@@ -821,7 +1015,7 @@ FROM unnest(p_values) AS v WHERE length(v) > 0
 $$;
 
 -- Text cleared of the subject: names/emails (p_names, any case) -> [erased], id -> pseudonym.
-CREATE OR REPLACE FUNCTION public.auditq_erase_text(t text, p_names text, p_id text, p_pseudonym text)
+CREATE FUNCTION public.auditq_erase_text(t text, p_names text, p_id text, p_pseudonym text)
 RETURNS text
 LANGUAGE sql IMMUTABLE SET search_path = pg_catalog, pg_temp AS $$
 SELECT CASE WHEN p_id IS NULL THEN x ELSE regexp_replace(x, p_id, p_pseudonym, 'g') END
@@ -830,7 +1024,7 @@ FROM (SELECT CASE WHEN p_names IS NULL OR t IS NULL THEN t
 $$;
 
 -- The same over every key and string of a JSON value, at any depth.
-CREATE OR REPLACE FUNCTION public.auditq_erase_jsonb(j jsonb, p_names text, p_id text, p_pseudonym text)
+CREATE FUNCTION public.auditq_erase_jsonb(j jsonb, p_names text, p_id text, p_pseudonym text)
 RETURNS jsonb
 LANGUAGE plpgsql IMMUTABLE SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
@@ -850,6 +1044,80 @@ BEGIN
 END;
 $$;
 
+-- The words of a text: every run of letters and digits, anything else a space.
+CREATE FUNCTION public.auditq_mention_words(t text) RETURNS text
+LANGUAGE sql IMMUTABLE PARALLEL SAFE SET search_path = pg_catalog, pg_temp AS $$
+SELECT regexp_replace(t, '[^[:alnum:]]+', ' ', 'g')
+$$;
+
+-- The words of the texts an erasure clears in another row. JSON's own escapes (`\n`,
+-- `\u0001`, `\\`, `\"`) are spaces first, so `"a\nalice"` has the word `alice`.
+CREATE FUNCTION public.auditq_mention_text(
+    p_entity_name text, p_path text, p_metadata jsonb, p_changes jsonb, p_params jsonb
+) RETURNS text
+LANGUAGE sql IMMUTABLE PARALLEL SAFE SET search_path = pg_catalog, pg_temp AS $$
+SELECT public.auditq_mention_words(regexp_replace(
+    concat_ws(' '::text, p_entity_name, p_path, p_metadata::text, p_changes::text, p_params::text),
+    '\\(u[0-9a-fA-F]{4}|.)', ' ', 'g'))
+$$;
+
+-- Too short or too common to clear from other people's rows: it would match unrelated text
+-- (`42` in "42 items", `admin` in any sentence). Such a value is cleared only in the
+-- subject's own rows (docs/erasure.md, "Values too common to look for").
+CREATE FUNCTION public.auditq_erase_value_is_common(v text) RETURNS boolean
+LANGUAGE sql IMMUTABLE PARALLEL SAFE SET search_path = pg_catalog, pg_temp AS $$
+SELECT length(v) < 4
+    OR v !~ '[[:alnum:]]'
+    OR (v ~ '^[0-9]+$' AND length(v) < 8)
+    OR lower(v) = ANY (ARRAY['admin', 'administrator', 'root', 'system', 'user', 'users',
+        'test', 'guest', 'anonymous', 'unknown', 'none', 'null', 'nobody', 'service', 'support',
+        'info', 'noreply', 'operator', 'auditq', 'default', 'demo', 'owner', 'staff', 'team',
+        'robot', 'public', 'everyone', 'customer', 'member', 'manager', 'api', 'cli'])
+$$;
+
+-- Fields that name a person: in other people's rows a value too common to clear everywhere
+-- is still cleared where a JSON field that names a person holds it whole (`{"user_id": "42"}`,
+-- `{"owner": {"id": "42"}}`, any case of the key): the id becomes the pseudonym, a name or
+-- email `[erased]`. p_common: the values, lowercased. Keys inside such a field's object
+-- (`id`, `name`, `email`, `login`, `username`) name the same person.
+CREATE FUNCTION public.auditq_erase_person_fields(
+    j jsonb, p_common text[], p_id text, p_pseudonym text, p_person boolean DEFAULT false
+) RETURNS jsonb
+LANGUAGE plpgsql IMMUTABLE SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    v_keys CONSTANT text[] := ARRAY['user', 'userid', 'user_id', 'username', 'user_name',
+        'login', 'email', 'actor', 'actorid', 'actor_id', 'subject', 'subjectid', 'subject_id',
+        'owner', 'ownerid', 'owner_id', 'account', 'accountid', 'account_id', 'member',
+        'memberid', 'member_id', 'customer', 'customerid', 'customer_id', 'person',
+        'personid', 'person_id', 'assignee', 'assignee_id', 'assigneeid', 'invitee',
+        'invitee_id', 'recipient', 'recipient_id', 'author', 'author_id'];
+    v_inner CONSTANT text[] := ARRAY['id', 'name', 'email', 'login', 'username'];
+BEGIN
+    IF j IS NULL OR coalesce(cardinality(p_common), 0) = 0 THEN
+        RETURN j;
+    END IF;
+    CASE jsonb_typeof(j)
+        WHEN 'object' THEN
+            RETURN coalesce((SELECT jsonb_object_agg(e.k, public.auditq_erase_person_fields(
+                                 e.v, p_common, p_id, p_pseudonym,
+                                 lower(e.k) = ANY(v_keys) OR (p_person AND lower(e.k) = ANY(v_inner))))
+                             FROM jsonb_each(j) AS e(k, v)), '{}'::jsonb);
+        WHEN 'array' THEN
+            RETURN coalesce((SELECT jsonb_agg(public.auditq_erase_person_fields(
+                                 e.v, p_common, p_id, p_pseudonym, p_person) ORDER BY e.o)
+                             FROM jsonb_array_elements(j) WITH ORDINALITY AS e(v, o)), '[]'::jsonb);
+        WHEN 'string', 'number' THEN
+            IF p_person AND lower(j #>> '{}') = ANY(p_common) THEN
+                RETURN to_jsonb(CASE WHEN j #>> '{}' = p_id THEN p_pseudonym
+                                     ELSE '[erased]'::text END);
+            END IF;
+            RETURN j;
+        ELSE
+            RETURN j;
+    END CASE;
+END;
+$$;
+
 -- One batch of an erasure, in the caller's transaction; returns the rows changed, the last
 -- seq looked at and the store_action recording the batch (null when nothing matched).
 -- p_mentions false: the subject's own rows (actor, or entity of a type in p_entity_types):
@@ -858,7 +1126,7 @@ $$;
 -- everywhere; the id only when it is one of them), found with the mention index and checked
 -- literally, in seq order after p_after: entity name, path, metadata, changes, presentation
 -- cleared.
-CREATE OR REPLACE FUNCTION public.auditq_anonymise_rows(
+CREATE FUNCTION public.auditq_anonymise_rows(
     p_subject text, p_pseudonym text, p_entity_types text[], p_values text[],
     p_mentions boolean, p_after bigint, p_limit integer
 ) RETURNS TABLE (changed bigint, last_seq bigint, action_id bigint)
@@ -925,7 +1193,7 @@ BEGIN
             RETURN;
         END IF;
         SELECT array_agg(s.seq ORDER BY s.seq), array_agg(s.d ORDER BY s.seq) INTO v_seqs, v_old
-        FROM (SELECT a.seq, public.audit_row_digest(a) AS d FROM public.audit_log a
+        FROM (SELECT a.seq, public.auditq_row_digest(a) AS d FROM public.audit_log a
               WHERE to_tsvector('simple'::regconfig, public.auditq_mention_text(
                         a.entity_name, a.path, a.metadata, a.changes, a.presentation -> 'params'))
                     @@ (CASE WHEN v_query IS NULL THEN v_cquery
@@ -948,10 +1216,10 @@ BEGIN
         SELECT array_agg(s.seq ORDER BY s.seq), array_agg(s.d ORDER BY s.seq) INTO v_seqs, v_old
         -- In index order (actor, or entity, then ts): the walk never scans the table, and the
         -- rows already changed no longer match, so each batch starts where the last ended.
-        FROM ((SELECT a.seq, public.audit_row_digest(a) AS d FROM public.audit_log a
+        FROM ((SELECT a.seq, public.auditq_row_digest(a) AS d FROM public.audit_log a
                WHERE a.actor_id = p_subject ORDER BY a.ts DESC LIMIT p_limit)
               UNION
-              (SELECT a.seq, public.audit_row_digest(a) AS d FROM public.audit_log a
+              (SELECT a.seq, public.auditq_row_digest(a) AS d FROM public.audit_log a
                WHERE a.entity_id = p_subject AND a.entity_type = ANY(p_entity_types)
                ORDER BY a.ts DESC LIMIT p_limit)
               LIMIT p_limit) s;
@@ -999,7 +1267,7 @@ BEGIN
                                                                    p_pseudonym)
                                     ELSE a.presentation END, v_common, p_subject, p_pseudonym)
         WHERE a.seq = ANY(v_seqs)
-        RETURNING a.seq, public.audit_row_digest(a) AS d
+        RETURNING a.seq, public.auditq_row_digest(a) AS d
     )
     INSERT INTO public.row_replacement (action_id, seq, old_digest, new_digest)
     SELECT v_action, c.seq, o.d, c.d
@@ -1014,187 +1282,9 @@ BEGIN
 END;
 $$;
 
--- Erasure runs only through auditq_erase_subject() below: the batch function trusts its
--- arguments and is the owner's alone.
-REVOKE ALL ON public.erased_subject FROM PUBLIC, auditq_worker, auditq_api;
-REVOKE ALL ON FUNCTION public.auditq_anonymise_rows(text, text, text[], text[], boolean, bigint, integer)
-    FROM PUBLIC, auditq_worker, auditq_api;
-GRANT SELECT ON public.erased_subject TO auditq_worker, auditq_api;
--- (end of erasure)
-
--- ---------------------------------------------------------------------------------------
--- Schema versions (service/store/schema.py): which numbered migrations a store has.
-CREATE TABLE IF NOT EXISTS public.auditq_schema_version (
-    version    integer     PRIMARY KEY,
-    name       text        NOT NULL,
-    applied_at timestamptz NOT NULL DEFAULT now()
-);
-REVOKE ALL ON public.auditq_schema_version FROM PUBLIC, auditq_worker, auditq_api;
--- `auditq migrate --status` also works with the API's URL (.auditq/env).
-GRANT SELECT ON public.auditq_schema_version TO auditq_api;
-
--- =======================================================================================
--- Least privilege (docs/integrity.md, "Roles"): what the runtime roles write, they write
--- through definer functions that record what they did, as rows sealed like any other.
--- =======================================================================================
-
--- A UUIDv7 made by the server (the wire format's id): 48 bits of Unix milliseconds, then
--- random bits from gen_random_uuid() with the version set to 7 (its variant bits stay).
-CREATE OR REPLACE FUNCTION public.auditq_new_event_id() RETURNS uuid
-LANGUAGE sql VOLATILE SET search_path = pg_catalog, pg_temp AS $$
-SELECT encode(set_byte(overlay(uuid_send(gen_random_uuid())
-                               PLACING substr(int8send(floor(extract(epoch FROM clock_timestamp())
-                                                             * 1000::numeric)::bigint), 3, 6)
-                               FROM 1 FOR 6),
-                       6, (get_byte(uuid_send(gen_random_uuid()), 6) & 15) | 112),
-              'hex'::text)::uuid
-$$;
-
--- Admin actions (contract §7): the API's event of each mutation goes straight into the
--- store, stored as `api` with the server's id and time; it only inserts. Returns the id.
-CREATE OR REPLACE FUNCTION public.auditq_record_admin_event(p_event jsonb) RETURNS uuid
-LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
-BEGIN
-    IF jsonb_typeof(p_event) IS DISTINCT FROM 'object'::text
-       OR coalesce(p_event ->> 'action', ''::text)
-          !~ '^[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*){1,7}$'::text THEN
-        RAISE EXCEPTION 'an admin event is an event object with an action'
-            USING ERRCODE = 'invalid_parameter_value';
-    END IF;
-    RETURN public.auditq_store_event(
-        p_event - 'id'::text || jsonb_build_object('id', public.auditq_new_event_id()), 'api'::text);
-END;
-$$;
-
--- Tokens: made and revoked only here, each change stored with its event in one transaction.
--- p_by is who asked: {"actor": {...}, "request": {...}, "source": "..."} of the event.
-CREATE OR REPLACE FUNCTION public.auditq_create_token(
-    p_name text, p_role text, p_hash bytea, p_by jsonb
-) RETURNS bigint
-LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
-DECLARE
-    v_id bigint;
-BEGIN
-    IF octet_length(p_hash) IS DISTINCT FROM 32 THEN
-        RAISE EXCEPTION 'a token hash is 32 bytes' USING ERRCODE = 'invalid_parameter_value';
-    END IF;
-    INSERT INTO public.api_token (name, role, token_hash) VALUES (p_name, p_role, p_hash)
-    RETURNING id INTO v_id;
-    PERFORM public.auditq_store_event(jsonb_build_object(
-        'id', public.auditq_new_event_id(), 'action', 'token.created',
-        'actor', p_by -> 'actor', 'request', p_by -> 'request',
-        'source', coalesce(p_by ->> 'source', 'auditq-api'::text),
-        'entity', jsonb_build_object('type', 'api_token', 'id', p_name),
-        'metadata', jsonb_build_object('name', p_name, 'role', p_role)), 'api'::text);
-    RETURN v_id;
-END;
-$$;
-
--- Revoke the active token named p_name; its hash (to announce), or null when none is active.
-CREATE OR REPLACE FUNCTION public.auditq_revoke_token(p_name text, p_by jsonb) RETURNS bytea
-LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
-DECLARE
-    v_hash bytea;
-BEGIN
-    UPDATE public.api_token SET revoked_at = now() WHERE name = p_name AND revoked_at IS NULL
-    RETURNING token_hash INTO v_hash;
-    IF v_hash IS NOT NULL THEN
-        PERFORM public.auditq_store_event(jsonb_build_object(
-            'id', public.auditq_new_event_id(), 'action', 'token.revoked',
-            'actor', p_by -> 'actor', 'request', p_by -> 'request',
-            'source', coalesce(p_by ->> 'source', 'auditq-api'::text),
-            'entity', jsonb_build_object('type', 'api_token', 'id', left(p_name, 1024)),
-            'metadata', jsonb_build_object('name', left(p_name, 1024))), 'api'::text);
-    END IF;
-    RETURN v_hash;
-END;
-$$;
-
--- A verification's result, kept with the integrity.verified event naming who ran it (a
--- result claimed by a stolen password is at least a sealed claim of that role's).
-CREATE OR REPLACE FUNCTION public.auditq_record_verification(
-    p_started_at timestamptz, p_result jsonb, p_by jsonb
-) RETURNS bigint
-LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
-DECLARE
-    v_id     bigint;
-    v_intact boolean := coalesce((p_result ->> 'intact')::boolean, false);
-BEGIN
-    INSERT INTO public.integrity_verification (started_at, finished_at, result)
-    VALUES (p_started_at, now(), p_result) RETURNING id INTO v_id;
-    PERFORM public.auditq_store_event(jsonb_build_object(
-        'id', public.auditq_new_event_id(), 'action', 'integrity.verified',
-        'severity', CASE WHEN v_intact THEN 'notice' ELSE 'critical' END,
-        'outcome', CASE WHEN v_intact THEN 'success' ELSE 'failure' END,
-        'actor', p_by -> 'actor', 'request', p_by -> 'request',
-        'source', coalesce(p_by ->> 'source', 'auditq-api'::text),
-        'metadata', jsonb_strip_nulls(jsonb_build_object(
-            'verification', v_id, 'recorded_by', session_user::text,
-            'intact', v_intact, 'rows', p_result -> 'rows',
-            'checkpoints', p_result -> 'checkpoints', 'findings', p_result -> 'findings',
-            'error', p_result -> 'error'))), 'api'::text);
-    RETURN v_id;
-END;
-$$;
-
--- The provenance key, and only it, for the worker (it checks the API's tags with it).
-CREATE OR REPLACE VIEW public.provenance_key AS
-    SELECT secret FROM public.api_secret WHERE name = 'provenance';
-
-REVOKE ALL ON public.store_policy, public.provenance_key FROM PUBLIC, auditq_worker, auditq_api;
-REVOKE ALL ON FUNCTION public.auditq_new_event_id(), public.auditq_record_admin_event(jsonb),
-    public.auditq_create_token(text, text, bytea, jsonb), public.auditq_revoke_token(text, jsonb),
-    public.auditq_record_verification(timestamptz, jsonb, jsonb)
-    FROM PUBLIC;
-GRANT SELECT ON public.store_policy, public.provenance_key TO auditq_worker, auditq_api;
-GRANT EXECUTE ON FUNCTION public.auditq_record_admin_event(jsonb),
-    public.auditq_create_token(text, text, bytea, jsonb), public.auditq_revoke_token(text, jsonb),
-    public.auditq_record_verification(timestamptz, jsonb, jsonb)
-    TO auditq_api;
-
--- The API inserts into neither table itself any more (earlier releases let it).
-DO $$
-BEGIN
-    EXECUTE pg_catalog.format('REVOKE ALL ON SEQUENCE %s, %s FROM PUBLIC, auditq_worker, auditq_api',
-        pg_catalog.pg_get_serial_sequence('public.api_token', 'id'),
-        pg_catalog.pg_get_serial_sequence('public.integrity_verification', 'id'));
-END;
-$$;
--- (end of least privilege)
-
--- =======================================================================================
--- Erasure through one function (docs/integrity.md, "Erasure: what the caller can choose").
--- The API role may only name a subject (and the pseudonym it derived from the key file,
--- which no database role can read): the function finds the subject's rows and values itself,
--- with the entity types of the store's policy, changes nothing else, and records the state,
--- every batch (a sealed store action) and the subject.anonymised event itself.
--- =======================================================================================
-
--- The types of entity whose id names a data subject (contract §9, AUDITQ_SUBJECT_ENTITY_TYPES),
--- as the owner pinned them (`auditq migrate` pins its own setting on a new store; `auditq policy
--- set --subject-entity-types`): an erasure's caller may narrow them, never widen them. Null
--- (a store migrated by db.migrate alone, as the tests do): the caller's configured types.
-ALTER TABLE public.store_policy ADD COLUMN IF NOT EXISTS subject_entity_types text[];
-
--- Where a running erasure stands, and the subject's values gathered when it began (names,
--- emails, addresses of its own rows: cleared from every other row's texts, then from its
--- own). The values are deleted when the erasure is done.
-ALTER TABLE public.erased_subject
-    ADD COLUMN IF NOT EXISTS phase text NOT NULL DEFAULT 'done'
-        CHECK (phase IN ('start', 'mentions', 'subject', 'done')),
-    ADD COLUMN IF NOT EXISTS after_seq bigint NOT NULL DEFAULT 0,
-    ADD COLUMN IF NOT EXISTS first_action bigint,
-    ADD COLUMN IF NOT EXISTS last_action bigint;
-CREATE TABLE IF NOT EXISTS public.erasure_value (
-    pseudonym text NOT NULL REFERENCES public.erased_subject (pseudonym),
-    value     text NOT NULL,
-    PRIMARY KEY (pseudonym, value)
-);
-REVOKE ALL ON public.erasure_value FROM PUBLIC, auditq_worker, auditq_api;
-
 -- Mark the pseudonym erased (running) before anything else, so workers store the subject's
 -- later events pseudonymised at once. Asking again restarts a finished erasure.
-CREATE OR REPLACE FUNCTION public.auditq_register_erasure(p_pseudonym text) RETURNS text
+CREATE FUNCTION public.auditq_register_erasure(p_pseudonym text) RETURNS text
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
     IF coalesce(p_pseudonym, ''::text) !~ '^anon_[0-9a-f]{32}$'::text THEN
@@ -1215,8 +1305,7 @@ $$;
 -- the last records subject.anonymised. Call until `done`. p_dead_letters: what the caller
 -- cleared of it outside the database (Redis), added to the counts; p_by: who asked;
 -- p_entity_types: the caller's AUDITQ_SUBJECT_ENTITY_TYPES, narrowed to the policy's.
-DROP FUNCTION IF EXISTS public.auditq_erase_subject(text, text, text, bigint, jsonb, integer);
-CREATE OR REPLACE FUNCTION public.auditq_erase_subject(
+CREATE FUNCTION public.auditq_erase_subject(
     p_subject text, p_pseudonym text, p_reason text DEFAULT NULL,
     p_dead_letters bigint DEFAULT 0, p_by jsonb DEFAULT NULL, p_limit integer DEFAULT 1000,
     p_entity_types text[] DEFAULT NULL
@@ -1347,251 +1436,9 @@ BEGIN
 END;
 $$;
 
-REVOKE ALL ON FUNCTION public.auditq_register_erasure(text),
-    public.auditq_erase_subject(text, text, text, bigint, jsonb, integer, text[]) FROM PUBLIC;
-GRANT EXECUTE ON FUNCTION public.auditq_register_erasure(text),
-    public.auditq_erase_subject(text, text, text, bigint, jsonb, integer, text[]) TO auditq_api;
--- (end of erasure through one function)
--- (end of erasure)
-
--- =======================================================================================
--- Destinations (docs/destinations.md, contract §11): streaming the record out, at least once,
--- in stored order per destination, from a durable position.
--- A row's `seq` is not commit order (each session takes seqs a thousand at a time, and a
--- transaction may commit after one that took later seqs), so a position over `seq` alone
--- would skip rows that commit late. Each inserting statement therefore leaves one
--- `delivery_log` entry with its transaction id; a destination's position is (xid, seq), and a
--- runner reads only entries below the oldest transaction still running
--- (pg_snapshot_xmin): no entry can ever appear behind a position once it is passed.
--- =======================================================================================
-CREATE TABLE IF NOT EXISTS public.delivery_log (
-    xid       xid8        NOT NULL,
-    seq_lo    bigint      NOT NULL,
-    seq_hi    bigint      NOT NULL,
-    n         integer     NOT NULL,
-    seqs      int8multirange,                    -- NULL: every stored seq in [seq_lo, seq_hi]
-    stored_at timestamptz NOT NULL DEFAULT now(),  -- the rows' received_at (transaction time)
-    PRIMARY KEY (xid, seq_lo)
-);
-CREATE INDEX IF NOT EXISTS delivery_log_stored_idx ON public.delivery_log (stored_at);
-
-CREATE OR REPLACE FUNCTION public.audit_log_queue_delivery() RETURNS trigger
-LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
-DECLARE
-    v_lo bigint;
-    v_hi bigint;
-    v_n  bigint;
-BEGIN
-    SELECT pg_catalog.min(a.seq), pg_catalog.max(a.seq), pg_catalog.count(*)
-        INTO v_lo, v_hi, v_n FROM new_rows a;
-    IF v_n = 0 THEN
-        RETURN NULL;
-    ELSIF v_hi - v_lo + 1 = v_n THEN  -- one range: the usual case
-        INSERT INTO public.delivery_log (xid, seq_lo, seq_hi, n)
-        VALUES (pg_catalog.pg_current_xact_id(), v_lo, v_hi, v_n)
-        ON CONFLICT (xid, seq_lo) DO NOTHING;
-    ELSE
-        INSERT INTO public.delivery_log (xid, seq_lo, seq_hi, n, seqs)
-        SELECT pg_catalog.pg_current_xact_id(), v_lo, v_hi, v_n,
-               pg_catalog.range_agg(pg_catalog.int8range(a.seq, a.seq, '[]'::text))
-        FROM new_rows a
-        ON CONFLICT (xid, seq_lo) DO NOTHING;
-    END IF;
-    RETURN NULL;
-END;
-$$;
-
-DROP TRIGGER IF EXISTS audit_log_queue_delivery ON public.audit_log;
-CREATE TRIGGER audit_log_queue_delivery
-    AFTER INSERT ON public.audit_log REFERENCING NEW TABLE AS new_rows
-    FOR EACH STATEMENT EXECUTE FUNCTION public.audit_log_queue_delivery();
-
--- Rows stored before this table existed: entries of up to a thousand seqs each, with a
--- transaction id below every real one (xid 1), so they come first in (xid, seq) order. Made
--- once, under the trigger's lock: no insert slips between the two.
-INSERT INTO public.delivery_log (xid, seq_lo, seq_hi, n, stored_at)
-SELECT '1'::xid8, min(seq), max(seq), count(*), min(received_at)
-FROM public.audit_log
-WHERE NOT EXISTS (SELECT FROM public.delivery_log)
-GROUP BY seq / 1000
-ON CONFLICT (xid, seq_lo) DO NOTHING;
-
--- The destinations themselves: an admin table. `filter` is the query string as given (§7
--- filter names), `filter_json` the same validated; `options` holds what is neither secret nor
--- a column (allow_private, a CA certificate, OCSF class overrides, HEC/Elasticsearch names).
-CREATE TABLE IF NOT EXISTS public.destination (
-    id          bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
-    name        text        NOT NULL UNIQUE CHECK (name ~ '^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$'),
-    kind        text        NOT NULL
-                CHECK (kind IN ('webhook', 'syslog', 'splunk-hec', 'elasticsearch')),
-    url         text        NOT NULL,
-    format      text        NOT NULL CHECK (format IN ('json', 'ocsf', 'cef')),
-    filter      text        NOT NULL DEFAULT '',
-    filter_json jsonb       NOT NULL DEFAULT '{}',
-    options     jsonb       NOT NULL DEFAULT '{}',
-    paused      boolean     NOT NULL DEFAULT false,
-    created_at  timestamptz NOT NULL DEFAULT now(),
-    created_by  text        NOT NULL,
-    updated_at  timestamptz NOT NULL DEFAULT now()
-);
--- Secrets apart from everything that is ever shown: no route or command selects this table
--- except to sign or authenticate a delivery.
-CREATE TABLE IF NOT EXISTS public.destination_secret (
-    destination_id bigint PRIMARY KEY REFERENCES public.destination (id) ON DELETE CASCADE,
-    secret         text NOT NULL
-);
--- Where each destination stands, and its health. The runner moves the position only from
--- the one it read (compare-and-set), so a backfill is never overwritten by a batch in flight.
-CREATE TABLE IF NOT EXISTS public.destination_state (
-    destination_id        bigint PRIMARY KEY REFERENCES public.destination (id) ON DELETE CASCADE,
-    pos_xid               xid8        NOT NULL,
-    pos_seq               bigint      NOT NULL,
-    delivered_total       bigint      NOT NULL DEFAULT 0,
-    failed_attempts_total bigint      NOT NULL DEFAULT 0,
-    consecutive_failures  integer     NOT NULL DEFAULT 0,
-    last_delivered_at     timestamptz,
-    last_error            text,
-    last_error_at         timestamptz
-);
-
-REVOKE ALL ON public.delivery_log, public.destination, public.destination_secret,
-    public.destination_state
-    FROM PUBLIC, auditq_worker, auditq_api;
-REVOKE ALL ON FUNCTION public.audit_log_queue_delivery() FROM PUBLIC;
--- The worker delivers: it reads the destinations (and their secrets, to sign) and moves
--- positions and health; it cannot add, change or remove a destination.
-GRANT SELECT ON public.delivery_log, public.destination, public.destination_secret
-    TO auditq_worker;
-GRANT SELECT, UPDATE ON public.destination_state TO auditq_worker;
--- The API and the admin commands manage destinations; they send the test event themselves.
-GRANT SELECT ON public.delivery_log TO auditq_api;
-GRANT SELECT, INSERT, UPDATE, DELETE ON public.destination, public.destination_secret,
-    public.destination_state
-    TO auditq_api;
-DO $$
-BEGIN
-    EXECUTE format('GRANT USAGE ON SEQUENCE %s TO auditq_api',
-                   pg_get_serial_sequence('public.destination', 'id'));
-END;
-$$;
--- (end of destinations)
-
--- =======================================================================================
--- Erasure that finds every copy and nothing else (docs/erasure.md, "What is looked for").
--- The full-text column keeps URLs, paths, host names and emails as single tokens, so the
--- subject's id inside `/users/alice/x` is not a word of it. The mention index sees every
--- run of letters and digits of the texts an erasure clears (entity name, request path,
--- metadata, changes, presentation params) as a word of its own: every value of the subject
--- found literally in a text is a run of words of it, so the index finds every such row.
--- A value too short or too common to clear everywhere, and a client address other actors
--- share, are cleared only in the subject's own rows.
--- =======================================================================================
-
--- The words of a text: every run of letters and digits, anything else a space.
-CREATE OR REPLACE FUNCTION public.auditq_mention_words(t text) RETURNS text
-LANGUAGE sql IMMUTABLE PARALLEL SAFE SET search_path = pg_catalog, pg_temp AS $$
-SELECT regexp_replace(t, '[^[:alnum:]]+', ' ', 'g')
-$$;
-
--- The words of the texts an erasure clears in another row. JSON's own escapes (`\n`,
--- `\u0001`, `\\`, `\"`) are spaces first, so `"a\nalice"` has the word `alice`.
-CREATE OR REPLACE FUNCTION public.auditq_mention_text(
-    p_entity_name text, p_path text, p_metadata jsonb, p_changes jsonb, p_params jsonb
-) RETURNS text
-LANGUAGE sql IMMUTABLE PARALLEL SAFE SET search_path = pg_catalog, pg_temp AS $$
-SELECT public.auditq_mention_words(regexp_replace(
-    concat_ws(' '::text, p_entity_name, p_path, p_metadata::text, p_changes::text, p_params::text),
-    '\\(u[0-9a-fA-F]{4}|.)', ' ', 'g'))
-$$;
-
--- The mention index covers presentation params (earlier releases had an index of their own):
--- dropped first, so the partitions' new indexes take the names it leaves.
-DROP INDEX IF EXISTS public.audit_log_params_search_idx;
-CREATE INDEX IF NOT EXISTS audit_log_mention_idx ON public.audit_log USING gin (
-    to_tsvector('simple'::regconfig, public.auditq_mention_text(
-        entity_name, path, metadata, changes, presentation -> 'params')));
-
--- Too short or too common to clear from other people's rows: it would match unrelated text
--- (`42` in "42 items", `admin` in any sentence). Such a value is cleared only in the
--- subject's own rows (docs/erasure.md, "Values too common to look for").
-CREATE OR REPLACE FUNCTION public.auditq_erase_value_is_common(v text) RETURNS boolean
-LANGUAGE sql IMMUTABLE PARALLEL SAFE SET search_path = pg_catalog, pg_temp AS $$
-SELECT length(v) < 4
-    OR v !~ '[[:alnum:]]'
-    OR (v ~ '^[0-9]+$' AND length(v) < 8)
-    OR lower(v) = ANY (ARRAY['admin', 'administrator', 'root', 'system', 'user', 'users',
-        'test', 'guest', 'anonymous', 'unknown', 'none', 'null', 'nobody', 'service', 'support',
-        'info', 'noreply', 'operator', 'auditq', 'default', 'demo', 'owner', 'staff', 'team',
-        'robot', 'public', 'everyone', 'customer', 'member', 'manager', 'api', 'cli'])
-$$;
-
--- Fields that name a person: in other people's rows a value too common to clear everywhere
--- is still cleared where a JSON field that names a person holds it whole (`{"user_id": "42"}`,
--- `{"owner": {"id": "42"}}`, any case of the key): the id becomes the pseudonym, a name or
--- email `[erased]`. p_common: the values, lowercased. Keys inside such a field's object
--- (`id`, `name`, `email`, `login`, `username`) name the same person.
-CREATE OR REPLACE FUNCTION public.auditq_erase_person_fields(
-    j jsonb, p_common text[], p_id text, p_pseudonym text, p_person boolean DEFAULT false
-) RETURNS jsonb
-LANGUAGE plpgsql IMMUTABLE SET search_path = pg_catalog, pg_temp AS $$
-DECLARE
-    v_keys CONSTANT text[] := ARRAY['user', 'userid', 'user_id', 'username', 'user_name',
-        'login', 'email', 'actor', 'actorid', 'actor_id', 'subject', 'subjectid', 'subject_id',
-        'owner', 'ownerid', 'owner_id', 'account', 'accountid', 'account_id', 'member',
-        'memberid', 'member_id', 'customer', 'customerid', 'customer_id', 'person',
-        'personid', 'person_id', 'assignee', 'assignee_id', 'assigneeid', 'invitee',
-        'invitee_id', 'recipient', 'recipient_id', 'author', 'author_id'];
-    v_inner CONSTANT text[] := ARRAY['id', 'name', 'email', 'login', 'username'];
-BEGIN
-    IF j IS NULL OR coalesce(cardinality(p_common), 0) = 0 THEN
-        RETURN j;
-    END IF;
-    CASE jsonb_typeof(j)
-        WHEN 'object' THEN
-            RETURN coalesce((SELECT jsonb_object_agg(e.k, public.auditq_erase_person_fields(
-                                 e.v, p_common, p_id, p_pseudonym,
-                                 lower(e.k) = ANY(v_keys) OR (p_person AND lower(e.k) = ANY(v_inner))))
-                             FROM jsonb_each(j) AS e(k, v)), '{}'::jsonb);
-        WHEN 'array' THEN
-            RETURN coalesce((SELECT jsonb_agg(public.auditq_erase_person_fields(
-                                 e.v, p_common, p_id, p_pseudonym, p_person) ORDER BY e.o)
-                             FROM jsonb_array_elements(j) WITH ORDINALITY AS e(v, o)), '[]'::jsonb);
-        WHEN 'string', 'number' THEN
-            IF p_person AND lower(j #>> '{}') = ANY(p_common) THEN
-                RETURN to_jsonb(CASE WHEN j #>> '{}' = p_id THEN p_pseudonym
-                                     ELSE '[erased]'::text END);
-            END IF;
-            RETURN j;
-        ELSE
-            RETURN j;
-    END CASE;
-END;
-$$;
-
--- Whether a client address may be cleared from other people's rows: not when another actor
--- used it too (a NAT, a load balancer, a proxy), nor a loopback or private address.
-ALTER TABLE public.erasure_value
-    ADD COLUMN IF NOT EXISTS everywhere boolean NOT NULL DEFAULT true;
--- Later events (contract §9): workers clear other people's events of an erased subject's id,
--- names and emails. The store keeps no value of the subject, only a keyed digest of each
--- (service/mentions.py: BLAKE2b keyed with the subject key, a file no database role reads),
--- of its first word, and its number of words; the replacement is the pseudonym for the id,
--- null for a name or email. Values too common to clear everywhere are not among them.
-CREATE TABLE IF NOT EXISTS public.erased_mention (
-    pseudonym text    NOT NULL REFERENCES public.erased_subject (pseudonym),
-    digest    bytea   NOT NULL CHECK (octet_length(digest) = 16),
-    anchor    bytea   NOT NULL CHECK (octet_length(anchor) = 16),
-    words     integer NOT NULL CHECK (words BETWEEN 1 AND 16),
-    is_id     boolean NOT NULL,
-    -- A value too common to clear everywhere: only a JSON field naming a person that holds
-    -- it whole is cleared (auditq_erase_person_fields; service/mentions.py PERSON_KEYS).
-    person_only boolean NOT NULL DEFAULT false,
-    PRIMARY KEY (pseudonym, digest)
-);
-
 -- The API adds the digests of a subject being erased (it holds the key); at most one id and
 -- 1,000 values per subject. Returns the digests the subject now has.
-CREATE OR REPLACE FUNCTION public.auditq_register_mentions(
+CREATE FUNCTION public.auditq_register_mentions(
     p_pseudonym text, p_digests bytea[], p_anchors bytea[], p_words integer[], p_is_id boolean[],
     p_person_only boolean[]
 ) RETURNS bigint
@@ -1617,106 +1464,254 @@ BEGIN
 END;
 $$;
 
-REVOKE ALL ON public.erased_mention FROM PUBLIC, auditq_worker, auditq_api;
-GRANT SELECT ON public.erased_mention TO auditq_worker, auditq_api;
-REVOKE ALL ON FUNCTION
-    public.auditq_register_mentions(text, bytea[], bytea[], integer[], boolean[], boolean[])
-    FROM PUBLIC;
-GRANT EXECUTE ON FUNCTION
-    public.auditq_register_mentions(text, bytea[], bytea[], integer[], boolean[], boolean[])
-    TO auditq_api;
--- (end of erasure that finds every copy)
--- Transparency log (docs/integrity.md, "The transparency log"): stored rows and store
--- actions as leaves of one RFC 6962 tree, in the order the sealer appended them. The tree
--- begins after the rows the v1 checkpoints sealed. Append-only for every runtime role.
--- A batch: the leaves one seal appended, rows (in seq order) then actions (in id order).
-CREATE TABLE IF NOT EXISTS public.tlog_batch (
-    first      bigint         PRIMARY KEY,  -- leaf index of its first leaf
-    size       integer        NOT NULL CHECK (size > 0),
-    row_seqs   int8multirange NOT NULL,
-    action_ids int8multirange NOT NULL,
-    hashes     bytea          NOT NULL CHECK (length(hashes) = 32 * size)
-);
-ALTER TABLE public.tlog_batch ALTER COLUMN hashes SET STORAGE EXTERNAL;  -- substr reads a slice
-CREATE INDEX IF NOT EXISTS tlog_batch_row_seqs_idx ON public.tlog_batch USING gist (row_seqs);
-CREATE INDEX IF NOT EXISTS tlog_batch_action_ids_idx ON public.tlog_batch USING gist (action_ids);
--- Tiles: the hashes of the complete nodes at height 8*level, 256 a tile (C2SP tlog-tiles'
--- shape); a tile still filling is stored again each time it grows (the widest one counts).
-CREATE TABLE IF NOT EXISTS public.tlog_tile (
-    level  smallint NOT NULL CHECK (level >= 1),
-    idx    bigint   NOT NULL,
-    width  smallint NOT NULL CHECK (width BETWEEN 1 AND 256),
-    hashes bytea    NOT NULL CHECK (length(hashes) = 32 * width),
-    PRIMARY KEY (level, idx, width)
-);
--- Signed checkpoints (C2SP tlog-checkpoint notes) and the witnesses' cosignatures.
-CREATE TABLE IF NOT EXISTS public.tlog_checkpoint (
-    size      bigint      PRIMARY KEY,
-    note      text        NOT NULL,
-    signed_at timestamptz NOT NULL DEFAULT now()
-);
-CREATE TABLE IF NOT EXISTS public.tlog_cosignature (
-    size        bigint      NOT NULL,
-    witness     text        NOT NULL,
-    line        text        NOT NULL,
-    received_at timestamptz NOT NULL DEFAULT now(),
-    PRIMARY KEY (size, witness)
-);
+-- ---------------------------------------------------------------------------------------
+-- 3.8 Destinations
+
+-- Queue a statement's rows for delivery, in the inserting transaction.
+CREATE FUNCTION public.auditq_queue_delivery() RETURNS trigger
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    v_lo bigint;
+    v_hi bigint;
+    v_n  bigint;
+BEGIN
+    SELECT pg_catalog.min(a.seq), pg_catalog.max(a.seq), pg_catalog.count(*)
+        INTO v_lo, v_hi, v_n FROM new_rows a;
+    IF v_n = 0 THEN
+        RETURN NULL;
+    ELSIF v_hi - v_lo + 1 = v_n THEN  -- one range: the usual case
+        INSERT INTO public.delivery_log (xid, seq_lo, seq_hi, n)
+        VALUES (pg_catalog.pg_current_xact_id(), v_lo, v_hi, v_n)
+        ON CONFLICT (xid, seq_lo) DO NOTHING;
+    ELSE
+        INSERT INTO public.delivery_log (xid, seq_lo, seq_hi, n, seqs)
+        SELECT pg_catalog.pg_current_xact_id(), v_lo, v_hi, v_n,
+               pg_catalog.range_agg(pg_catalog.int8range(a.seq, a.seq, '[]'::text))
+        FROM new_rows a
+        ON CONFLICT (xid, seq_lo) DO NOTHING;
+    END IF;
+    RETURN NULL;
+END;
+$$;
+
+
+-- =======================================================================================
+-- 4. Indexes (after the functions: the mention index is over an expression of two)
+-- =======================================================================================
+
+CREATE INDEX audit_log_entity_idx ON public.audit_log (entity_type, entity_id, ts DESC);
+CREATE INDEX audit_log_actor_idx ON public.audit_log (actor_id, ts DESC);
+CREATE INDEX audit_log_action_idx ON public.audit_log (action, ts DESC);
+CREATE INDEX audit_log_request_idx ON public.audit_log (request_id);
+CREATE INDEX audit_log_tenant_idx ON public.audit_log (tenant, ts DESC);
+CREATE INDEX audit_log_ts_idx ON public.audit_log (ts DESC, id DESC);
+CREATE INDEX audit_log_search_idx ON public.audit_log USING gin (search);
+-- The live tail (SSE) reads rows in arrival order, which is not `ts` order for late events.
+CREATE INDEX audit_log_received_idx ON public.audit_log (received_at, id);
+CREATE INDEX audit_log_seq_idx ON public.audit_log (seq);
+-- Erasure: every word of the texts an erasure clears in other people's rows (3.7).
+CREATE INDEX audit_log_mention_idx ON public.audit_log USING gin (
+    to_tsvector('simple'::regconfig, public.auditq_mention_text(
+        entity_name, path, metadata, changes, presentation -> 'params')));
+
+CREATE INDEX seal_checkpoint_sealed_idx ON public.seal_checkpoint (sealed_at);
+CREATE INDEX row_replacement_seq_idx ON public.row_replacement (seq);
+CREATE INDEX tlog_batch_row_seqs_idx ON public.tlog_batch USING gist (row_seqs);
+CREATE INDEX tlog_batch_action_ids_idx ON public.tlog_batch USING gist (action_ids);
+CREATE INDEX tlog_witness_status_url_idx ON public.tlog_witness_status (url, at DESC);
+CREATE INDEX tlog_erasure_leaf_idx ON public.tlog_erasure (leaf_index, action_leaf);
+CREATE UNIQUE INDEX api_token_name_active_idx ON public.api_token (name) WHERE revoked_at IS NULL;
+CREATE INDEX delivery_log_stored_idx ON public.delivery_log (stored_at);
+
+
+-- =======================================================================================
+-- 5. Triggers
+-- =======================================================================================
+
+CREATE TRIGGER audit_log_queue_seal
+    AFTER INSERT ON public.audit_log REFERENCING NEW TABLE AS new_rows
+    FOR EACH STATEMENT EXECUTE FUNCTION public.auditq_queue_seal();
+
+CREATE TRIGGER audit_log_append_only
+    BEFORE UPDATE OR DELETE ON public.audit_log
+    FOR EACH ROW EXECUTE FUNCTION public.auditq_audit_log_append_only();
+
+CREATE TRIGGER audit_log_no_truncate
+    BEFORE TRUNCATE ON public.audit_log
+    FOR EACH STATEMENT EXECUTE FUNCTION public.auditq_audit_log_append_only();
+
+CREATE TRIGGER audit_log_queue_rollup
+    AFTER INSERT ON public.audit_log REFERENCING NEW TABLE AS new_rows
+    FOR EACH STATEMENT EXECUTE FUNCTION public.auditq_queue_rollup();
+
+CREATE TRIGGER audit_log_queue_delivery
+    AFTER INSERT ON public.audit_log REFERENCING NEW TABLE AS new_rows
+    FOR EACH STATEMENT EXECUTE FUNCTION public.auditq_queue_delivery();
+
+CREATE TRIGGER store_policy_stamp
+    BEFORE UPDATE OR DELETE ON public.store_policy
+    FOR EACH ROW EXECUTE FUNCTION public.auditq_policy_stamp();
+CREATE TRIGGER store_policy_record
+    AFTER UPDATE ON public.store_policy
+    FOR EACH ROW EXECUTE FUNCTION public.auditq_policy_record();
+CREATE TRIGGER store_policy_no_truncate
+    BEFORE TRUNCATE ON public.store_policy
+    FOR EACH STATEMENT EXECUTE FUNCTION public.auditq_append_only();
+
+-- Checkpoints, store actions, replacements and the transparency log are append-only (for
+-- everyone but a superuser skipping triggers, which verify then catches).
 DO $$
 DECLARE
     t text;
 BEGIN
-    FOREACH t IN ARRAY ARRAY['tlog_batch', 'tlog_tile', 'tlog_checkpoint', 'tlog_cosignature'] LOOP
-        EXECUTE format('DROP TRIGGER IF EXISTS %I ON public.%I', t || '_append_only', t);
+    FOREACH t IN ARRAY ARRAY['seal_checkpoint', 'store_action', 'row_replacement', 'tlog_batch',
+                             'tlog_tile', 'tlog_checkpoint', 'tlog_cosignature', 'tlog_erasure'] LOOP
         EXECUTE format('CREATE TRIGGER %I BEFORE UPDATE OR DELETE ON public.%I FOR EACH ROW '
                        'EXECUTE FUNCTION public.auditq_append_only()', t || '_append_only', t);
-        EXECUTE format('DROP TRIGGER IF EXISTS %I ON public.%I', t || '_no_truncate', t);
         EXECUTE format('CREATE TRIGGER %I BEFORE TRUNCATE ON public.%I FOR EACH STATEMENT '
                        'EXECUTE FUNCTION public.auditq_append_only()', t || '_no_truncate', t);
     END LOOP;
 END;
 $$;
-REVOKE ALL ON public.tlog_batch, public.tlog_tile, public.tlog_checkpoint, public.tlog_cosignature
+
+
+-- =======================================================================================
+-- 6. Privileges (docs/integrity.md, "Roles"). The worker and the API connect as the runtime
+-- roles, never as the owner. Neither owns anything, so neither can alter, drop, detach or
+-- disable anything; what they write beyond rows, they write through definer functions.
+-- =======================================================================================
+
+DO $$
+DECLARE
+    v_role text;
+BEGIN
+    FOREACH v_role IN ARRAY ARRAY['auditq_worker', 'auditq_api'] LOOP
+        IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = v_role) THEN
+            BEGIN
+                EXECUTE format('CREATE ROLE %I LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE', v_role);
+            EXCEPTION WHEN insufficient_privilege THEN
+                RAISE EXCEPTION 'role % does not exist and % may not create it', v_role, current_user
+                    USING HINT = 'a DBA creates auditq_worker and auditq_api (docs/integrity.md)';
+            END;
+        END IF;
+        IF EXISTS (SELECT FROM pg_roles WHERE rolname = v_role AND (rolsuper OR rolbypassrls)) THEN
+            RAISE WARNING 'role % is a superuser: the append-only rule does not hold against it',
+                v_role;
+        END IF;
+    END LOOP;
+    -- PostgreSQL 14 lets every role create objects in public; nothing of auditq needs that.
+    BEGIN
+        REVOKE CREATE ON SCHEMA public FROM PUBLIC;
+    EXCEPTION WHEN insufficient_privilege THEN
+        NULL;  -- not the schema's owner: the DBA decides
+    END;
+END;
+$$;
+
+-- Nothing for anyone but the owner, then what each role needs. (The default partition and
+-- the monthly ones are reached through audit_log only.)
+REVOKE ALL ON public.audit_log, public.seal_pending, public.seal_checkpoint, public.store_action,
+    public.row_replacement, public.integrity_verification, public.tlog_batch, public.tlog_tile,
+    public.tlog_checkpoint, public.tlog_cosignature, public.tlog_seal_stop,
+    public.tlog_witness_status, public.tlog_erasure, public.store_policy, public.rollup_pending,
+    public.rollup_day, public.rollup_day_tenant, public.rollup_day_actor, public.api_token,
+    public.api_secret, public.erased_subject, public.erasure_value, public.erased_mention,
+    public.delivery_log, public.destination, public.destination_secret,
+    public.destination_state, public.auditq_schema_version, public.provenance_key
     FROM PUBLIC, auditq_worker, auditq_api;
+-- The API writes tokens and verification results only through the functions of 3.6.
+REVOKE ALL ON SEQUENCE public.audit_log_seq, public.store_action_seq, public.api_token_id_seq,
+    public.integrity_verification_id_seq
+    FROM PUBLIC, auditq_worker, auditq_api;
+-- Functions: only those granted below (the erasure batch function trusts its arguments and
+-- is the owner's alone). The pure helpers (erasure's text functions, mention words, the row
+-- digest) and the append-only trigger functions keep PostgreSQL's default.
+REVOKE ALL ON FUNCTION public.auditq_store_event(jsonb, text), public.auditq_new_event_id(),
+    public.auditq_queue_seal(), public.auditq_record_action(text, jsonb, int8multirange),
+    public.auditq_ensure_partition(date), public.auditq_policy_stamp(),
+    public.auditq_policy_record(), public.auditq_retention_cutoff(),
+    public.auditq_drop_partition(text), public.auditq_delete_expired_default_rows(),
+    public.auditq_apply_retention(integer), public.auditq_queue_rollup(),
+    public.auditq_rollup_rows(int8multirange, integer), public.auditq_rollup_fold(integer),
+    public.auditq_record_admin_event(jsonb), public.auditq_create_token(text, text, bytea, jsonb),
+    public.auditq_revoke_token(text, jsonb),
+    public.auditq_record_verification(timestamptz, jsonb, jsonb),
+    public.auditq_anonymise_rows(text, text, text[], text[], boolean, bigint, integer),
+    public.auditq_register_erasure(text),
+    public.auditq_erase_subject(text, text, text, bigint, jsonb, integer, text[]),
+    public.auditq_register_mentions(text, bytea[], bytea[], integer[], boolean[], boolean[]),
+    public.auditq_queue_delivery()
+    FROM PUBLIC, auditq_worker, auditq_api;
+
+-- The worker: store rows (never choosing their seq), seal them, keep partitions.
+GRANT SELECT ON public.audit_log TO auditq_worker;
+GRANT INSERT (id, ts, received_at, action, category, severity, outcome,
+              actor_id, actor_type, actor_name, actor_email,
+              entity_type, entity_id, entity_name, tenant,
+              request_id, ip, user_agent, method, path, status, duration_ms,
+              changes, metadata, presentation, source, received_via)
+    ON public.audit_log TO auditq_worker;
+GRANT USAGE ON SEQUENCE public.audit_log_seq TO auditq_worker;
+GRANT SELECT, DELETE ON public.seal_pending TO auditq_worker;
+GRANT SELECT, INSERT ON public.seal_checkpoint TO auditq_worker;
+GRANT SELECT ON public.store_action, public.row_replacement TO auditq_worker;
 GRANT SELECT, INSERT ON public.tlog_batch, public.tlog_tile, public.tlog_checkpoint,
-    public.tlog_cosignature TO auditq_worker;
-GRANT SELECT ON public.tlog_batch, public.tlog_tile, public.tlog_checkpoint,
-    public.tlog_cosignature TO auditq_api;
--- Sealing stopped: why (the sealer found the log not extending its last checkpoint), and
--- what each witness last answered. Status only; the API shows the latest.
-CREATE TABLE IF NOT EXISTS public.tlog_seal_stop (
-    at     timestamptz NOT NULL DEFAULT now(),
-    reason text        NOT NULL
-);
-CREATE TABLE IF NOT EXISTS public.tlog_witness_status (
-    at             timestamptz NOT NULL DEFAULT now(),
-    url            text        NOT NULL,
-    cosigned_size  bigint,
-    error          text
-);
-CREATE INDEX IF NOT EXISTS tlog_witness_status_url_idx ON public.tlog_witness_status (url, at DESC);
-REVOKE ALL ON public.tlog_seal_stop, public.tlog_witness_status FROM PUBLIC, auditq_worker, auditq_api;
-GRANT SELECT, INSERT ON public.tlog_seal_stop, public.tlog_witness_status TO auditq_worker;
-GRANT SELECT ON public.tlog_seal_stop, public.tlog_witness_status TO auditq_api;
--- Erasures in the log: each row an erasure action changed, its leaf hash before and after
--- (the action's leaf names them; a receipt of the row carries the action's leaf).
-CREATE TABLE IF NOT EXISTS public.tlog_erasure (
-    action_leaf bigint NOT NULL,  -- leaf index of the erasure action
-    action_id   bigint NOT NULL,
-    leaf_index  bigint NOT NULL,  -- the row's leaf
-    seq         bigint NOT NULL,
-    before      bytea  NOT NULL,
-    after       bytea  NOT NULL,
-    PRIMARY KEY (action_leaf, leaf_index)
-);
-CREATE INDEX IF NOT EXISTS tlog_erasure_leaf_idx ON public.tlog_erasure (leaf_index, action_leaf);
-DROP TRIGGER IF EXISTS tlog_erasure_append_only ON public.tlog_erasure;
-CREATE TRIGGER tlog_erasure_append_only BEFORE UPDATE OR DELETE ON public.tlog_erasure
-    FOR EACH ROW EXECUTE FUNCTION public.auditq_append_only();
-DROP TRIGGER IF EXISTS tlog_erasure_no_truncate ON public.tlog_erasure;
-CREATE TRIGGER tlog_erasure_no_truncate BEFORE TRUNCATE ON public.tlog_erasure
-    FOR EACH STATEMENT EXECUTE FUNCTION public.auditq_append_only();
-REVOKE ALL ON public.tlog_erasure FROM PUBLIC, auditq_worker, auditq_api;
-GRANT SELECT, INSERT ON public.tlog_erasure TO auditq_worker;
-GRANT SELECT ON public.tlog_erasure TO auditq_api;
--- (end of transparency log)
+    public.tlog_cosignature, public.tlog_seal_stop, public.tlog_witness_status,
+    public.tlog_erasure TO auditq_worker;
+-- Partitions made ahead, and retention: the worker only asks to apply the store's policy.
+GRANT EXECUTE ON FUNCTION public.auditq_ensure_partition(date), public.auditq_apply_retention(integer)
+    TO auditq_worker;
+-- The statistics rollup: the worker folds through the definer function only; it may not
+-- write the counts themselves.
+GRANT EXECUTE ON FUNCTION public.auditq_rollup_fold(integer) TO auditq_worker;
+-- Erasure: later events of an erased subject are stored pseudonymised and cleared.
+GRANT SELECT ON public.erased_subject, public.erased_mention TO auditq_worker;
+-- The worker delivers: it reads the destinations (and their secrets, to sign) and moves
+-- positions and health; it cannot add, change or remove a destination.
+GRANT SELECT ON public.delivery_log, public.destination, public.destination_secret
+    TO auditq_worker;
+GRANT SELECT, UPDATE ON public.destination_state TO auditq_worker;
+-- The provenance key (the view), and only it: the worker checks the API's tags with it.
+GRANT SELECT ON public.store_policy, public.provenance_key TO auditq_worker;
+
+-- The API and the admin commands: read the store (never the erasure's values), manage
+-- destinations, and write everything else through the functions of 3.6 and 3.7.
+GRANT SELECT ON public.audit_log, public.seal_pending, public.seal_checkpoint,
+    public.store_action, public.row_replacement, public.integrity_verification,
+    public.tlog_batch, public.tlog_tile, public.tlog_checkpoint, public.tlog_cosignature,
+    public.tlog_seal_stop, public.tlog_witness_status, public.tlog_erasure,
+    public.store_policy, public.provenance_key, public.rollup_pending, public.rollup_day,
+    public.rollup_day_tenant, public.rollup_day_actor, public.api_token, public.api_secret,
+    public.erased_subject, public.erased_mention, public.delivery_log
+    TO auditq_api;
+-- `auditq migrate --status` also works with the API's URL (.auditq/env).
+GRANT SELECT ON public.auditq_schema_version TO auditq_api;
+GRANT EXECUTE ON FUNCTION public.auditq_record_admin_event(jsonb),
+    public.auditq_create_token(text, text, bytea, jsonb), public.auditq_revoke_token(text, jsonb),
+    public.auditq_record_verification(timestamptz, jsonb, jsonb)
+    TO auditq_api;
+GRANT EXECUTE ON FUNCTION public.auditq_register_erasure(text),
+    public.auditq_erase_subject(text, text, text, bigint, jsonb, integer, text[]) TO auditq_api;
+GRANT EXECUTE ON FUNCTION
+    public.auditq_register_mentions(text, bytea[], bytea[], integer[], boolean[], boolean[])
+    TO auditq_api;
+-- The API and the admin commands manage destinations; they send the test event themselves.
+GRANT SELECT, INSERT, UPDATE, DELETE ON public.destination, public.destination_secret,
+    public.destination_state
+    TO auditq_api;
+GRANT USAGE ON SEQUENCE public.destination_id_seq TO auditq_api;
+
+
+-- =======================================================================================
+-- 7. Seed rows
+-- =======================================================================================
+
+-- The store's policy: one row, keeping every row until the owner sets a retention.
+INSERT INTO public.store_policy (singleton) VALUES (true);
+
+-- gen_random_uuid() draws from the server's strong random source: 2 x 122 random bits.
+INSERT INTO public.api_secret (name, secret)
+VALUES ('cursor', uuid_send(gen_random_uuid()) || uuid_send(gen_random_uuid())),
+       -- The key of provenance tags (service/queue.py): the API vouches for http:<token>
+       -- and api jobs with it, the worker checks them.
+       ('provenance', uuid_send(gen_random_uuid()) || uuid_send(gen_random_uuid()));

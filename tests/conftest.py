@@ -1,17 +1,13 @@
-"""Real servers for the suite: the ones named by AUDITQ_TEST_*_URL, else embedded ones."""
+"""The suite's fixtures: real servers (the ones named by AUDITQ_TEST_*_URL, else embedded ones),
+a database and a queue of each test's own. Helpers tests import live in tests/support/."""
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import json
 import logging
 import os
 import shutil
-import tempfile
-import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -19,40 +15,13 @@ import asyncpg
 import pytest
 import redis.asyncio as aioredis
 from aiohttp.test_utils import TestClient, TestServer
-from arq import Worker
 
 from service.api.app import create_app
-from service.cli import main as cli
 from service.cli.embedded import EmbeddedStack
 from service.settings import Settings
 from service.store import db
-from tests.admin_api import Tokens, make_tokens
-from workers.runner import build_worker, run_until
-
-# Its own name where several runs share one server (AUDITQ_TEST_DATABASE_URL).
-TEMPLATE_DB = os.environ.get("AUDITQ_TEST_TEMPLATE_DB", "auditq_test_template")
-
-
-class Servers:
-    """Where the suite's Redis and PostgreSQL are, and the stack when it is ours."""
-
-    def __init__(self, redis_url: str, postgres_url: str, stack: EmbeddedStack | None) -> None:
-        self.redis_url = redis_url
-        self.postgres_url = postgres_url  # a maintenance database: databases are made from it
-        self.stack = stack
-
-    def database_url(self, name: str) -> str:
-        base, _, _ = self.postgres_url.rpartition("/")
-        return f"{base}/{name}"
-
-
-def server_dir() -> Path:
-    """A directory for a server's data that its unprivileged user can reach.
-
-    Not under pytest's tmp_path: pytest resets /tmp/pytest-of-<user> to mode 0700, which
-    locks out the system user the embedded PostgreSQL runs as (when the suite runs as root).
-    """
-    return Path(tempfile.mkdtemp(prefix="auditq-test-"))
+from tests.support.admin_api import Tokens, make_tokens
+from tests.support.servers import TEMPLATE_DB, Servers, server_dir
 
 
 @pytest.fixture(scope="session")
@@ -135,39 +104,6 @@ async def pg(database_url: str) -> AsyncIterator[asyncpg.Connection]:
     await conn.close()
 
 
-async def wait_for(
-    condition: Callable[[], Awaitable[bool]], *, within_s: float = 30.0, interval: float = 0.05
-) -> None:
-    """Poll `condition` until it holds; fail the test after `within_s` seconds."""
-    deadline = time.monotonic() + within_s
-    while not await condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"condition not met within {within_s} s")
-        await asyncio.sleep(interval)
-
-
-@contextlib.asynccontextmanager
-async def running_worker(settings: Settings) -> AsyncIterator[Worker]:
-    """Run an arq worker in this process for the duration of the block."""
-    worker = build_worker(settings)
-    stop = asyncio.Event()
-    task = asyncio.create_task(run_until(worker, stop))
-    try:
-        yield worker
-    finally:
-        stop.set()
-        await task
-
-
-async def count_rows(database_url: str) -> int:
-    conn = await asyncpg.connect(database_url)
-    try:
-        n: int = await conn.fetchval("SELECT count(*) FROM audit_log")
-        return n
-    finally:
-        await conn.close()
-
-
 @pytest.fixture
 def cli_env(monkeypatch: pytest.MonkeyPatch, settings: Settings, tmp_path: Path) -> Iterator[None]:
     """The CLI's environment points at this test's servers; its logging setup is undone."""
@@ -181,21 +117,6 @@ def cli_env(monkeypatch: pytest.MonkeyPatch, settings: Settings, tmp_path: Path)
     yield
     root.handlers[:] = handlers
     root.setLevel(level)
-
-
-async def run_cli(*argv: str) -> int:
-    """Run `auditq ARGV` as the shell would: its own event loop, in a thread of its own."""
-    return await asyncio.to_thread(cli.main, list(argv))
-
-
-async def queued_events(redis: aioredis.Redis, queue: str) -> list[dict[str, Any]]:
-    events = []
-    for task_id in await redis.zrange(queue, 0, -1):
-        job = json.loads(await redis.get(b"arq:job:" + task_id))
-        for segment in job["a"]:  # a merged job: one argument per producer batch
-            payload = json.loads(segment)
-            events += payload if isinstance(payload, list) else [payload]
-    return events
 
 
 @pytest.fixture

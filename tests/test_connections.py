@@ -13,7 +13,8 @@ from service.errors import ConfigError
 from service.events import AuditEvent
 from service.producer.client import FAILURE_PREFIX, AuditClient
 from service.settings import Settings
-from tests.conftest import Servers, queued_events
+from tests.support.queue import queued_events
+from tests.support.servers import Servers
 from workers.arq_redis import arq_settings
 
 

@@ -18,9 +18,10 @@ from service.queue import (
     load_functions,
 )
 from service.settings import Settings
-from tests.conftest import cli_env, count_rows, queued_events, run_cli, running_worker, wait_for
-
-__all__ = ["cli_env"]
+from tests.support.cli import run_cli
+from tests.support.polling import wait_for
+from tests.support.queue import queued_events
+from tests.support.worker import count_rows, running_worker
 
 
 def event(action: str = "doc.viewed") -> dict[str, object]:

@@ -12,7 +12,8 @@ from pathlib import Path
 import asyncpg
 
 from service.settings import Settings
-from tests.conftest import count_rows, running_worker, wait_for
+from tests.support.polling import wait_for
+from tests.support.worker import count_rows, running_worker
 from tests.test_docs import README, blocks, example_dir
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -16,7 +16,8 @@ import asyncpg
 
 from service.events import Actor
 from service.producer.lifecycle import API_SOURCE, VERSION, WORKER_SOURCE, lifecycle_event
-from tests.conftest import Servers, wait_for
+from tests.support.polling import wait_for
+from tests.support.servers import Servers
 
 AUDITQ = Path(sys.executable).parent / "auditq"
 PROCESS_TIMEOUT = 120.0  # seconds: two CPUs shared with other suites can be slow

@@ -20,7 +20,7 @@ import pytest
 from service import logs
 from service.integrity.keys import load_or_create_private_key
 from service.producer.client import FAILURE_PREFIX
-from tests.conftest import Servers
+from tests.support.servers import Servers
 
 AUDITQ = Path(sys.executable).parent / "auditq"
 PROCESS_TIMEOUT = 30.0  # seconds

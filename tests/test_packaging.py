@@ -16,7 +16,8 @@ import asyncpg
 import pytest
 
 from service.settings import Settings
-from tests.conftest import count_rows, running_worker, wait_for
+from tests.support.polling import wait_for
+from tests.support.worker import count_rows, running_worker
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -16,7 +16,8 @@ from service.events import Actor, AuditEvent, Entity
 from service.producer.client import AuditClient
 from service.queue import ENQUEUE_SCRIPT
 from service.settings import Settings
-from tests.conftest import count_rows, running_worker, wait_for
+from tests.support.polling import wait_for
+from tests.support.worker import count_rows, running_worker
 
 PRODUCERS = 5
 EVENTS_PER_PRODUCER = 2_000

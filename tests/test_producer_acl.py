@@ -23,7 +23,8 @@ from service.producer.client import AuditClient
 from service.producer_acl import PRODUCER_USER, acl_line, ensure_producer_user, with_user
 from service.queue import ENQUEUE_FUNCTION, ENQUEUE_SCRIPT, load_functions
 from service.settings import Settings
-from tests.conftest import count_rows, running_worker, wait_for
+from tests.support.polling import wait_for
+from tests.support.worker import count_rows, running_worker
 
 REPO = Path(__file__).resolve().parent.parent
 

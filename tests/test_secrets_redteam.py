@@ -37,9 +37,10 @@ from service.queue import serialize_job
 from service.redaction import redact_sensitive, redact_sensitive_in_string
 from service.redaction_rules import DATA
 from service.settings import Settings
-from tests.admin_api import Tokens, enqueue
-from tests.conftest import running_worker, wait_for
-from tests.stores import database_as_text, redis_as_text
+from tests.support.admin_api import Tokens, enqueue
+from tests.support.polling import wait_for
+from tests.support.stores import database_as_text, redis_as_text
+from tests.support.worker import running_worker
 from workers.job import redact_waiting_job
 
 DATA_RULES = [*DATA["tokens"], *DATA["local_tokens"]]

@@ -29,9 +29,11 @@ from service.events import Actor, AuditEvent, Change, Entity
 from service.producer.client import AuditClient
 from service.settings import Settings
 from service.store.tokens import create_token, revoke_token
-from tests.admin_api import Tokens, enqueue, error_of
-from tests.conftest import run_cli, running_worker, wait_for
-from tests.stores import database_as_text, redis_as_text
+from tests.support.admin_api import Tokens, enqueue, error_of
+from tests.support.cli import run_cli
+from tests.support.polling import wait_for
+from tests.support.stores import database_as_text, redis_as_text
+from tests.support.worker import running_worker
 
 ADMIN = "/api/v1/admin/"
 EVENTS = "/api/v1/events"

@@ -15,9 +15,9 @@ from service import revocations
 from service.api.app import create_app
 from service.ops import dead_letter
 from service.settings import Settings
-from tests.admin_api import Tokens, admin_events, error_of, make_tokens, queued_payloads
 from tests.api.test_tasks import add_failed, auditq, event
-from tests.conftest import Servers
+from tests.support.admin_api import Tokens, admin_events, error_of, make_tokens, queued_payloads
+from tests.support.servers import Servers
 
 TASKS = "/api/v1/admin/tasks"
 

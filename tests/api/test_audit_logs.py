@@ -27,8 +27,9 @@ from service.events import AuditEvent, finalize
 from service.queue import ENQUEUE_SCRIPT
 from service.settings import Settings
 from service.store.tokens import create_token, revoke_token
-from tests.admin_api import admin_events, insert_token
-from tests.conftest import running_worker, wait_for
+from tests.support.admin_api import admin_events, insert_token
+from tests.support.polling import wait_for
+from tests.support.worker import running_worker
 from workers.writer import write_events
 
 BASE = "/api/v1/admin/audit-logs"
@@ -445,7 +446,7 @@ async def test_tokens_guard_every_route(
         async with api.get(BASE, headers=reader) as response:
             return response.status == 401
 
-    await wait_for(refused, within_s=10.0, interval=0.25)  # a replica rechecks every 5 s
+    await wait_for(refused, within_s=30.0, interval=0.25)  # a replica rechecks every 5 s
 
 
 # Export.
@@ -720,9 +721,9 @@ async def test_an_export_whose_client_stops_reading_lets_go_of_its_database_conn
     try:
         assert response.status == 200
         await response.content.read(1024)  # then stops reading: the socket fills up
-        await wait_for(lambda: _is(exports_open, 1), within_s=15)
+        await wait_for(lambda: _is(exports_open, 1), within_s=30)
         # The server gives up on the writes and ends the export's transaction.
-        await wait_for(lambda: _is(exports_open, 0), within_s=15)
+        await wait_for(lambda: _is(exports_open, 0), within_s=30)
     finally:
         response.close()
 

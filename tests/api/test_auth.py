@@ -13,7 +13,7 @@ from aiohttp.test_utils import TestClient
 from service.api.auth import TokenCheck
 from service.settings import Settings
 from service.store import db
-from tests.admin_api import Tokens, error_of
+from tests.support.admin_api import Tokens, error_of
 
 PATHS = ["/api/v1/admin/audit-logs", "/api/v1/events"]
 

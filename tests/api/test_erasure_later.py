@@ -23,9 +23,10 @@ from service.ops import dead_letter
 from service.producer.client import AuditClient
 from service.settings import Settings
 from service.store.seals import seal_once
-from tests.admin_api import Tokens, enqueue, queued_payloads
-from tests.conftest import running_worker, wait_for
-from tests.stores import redis_as_text
+from tests.support.admin_api import Tokens, enqueue, queued_payloads
+from tests.support.polling import wait_for
+from tests.support.stores import redis_as_text
+from tests.support.worker import running_worker
 
 SUBJECT = "zq-user-4417"
 NAME = "Zelda Quixote"

@@ -14,8 +14,9 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from service.api.app import create_app
 from service.settings import Settings
-from tests.admin_api import Tokens, error_of, queued_payloads
-from tests.conftest import count_rows, running_worker, wait_for
+from tests.support.admin_api import Tokens, error_of, queued_payloads
+from tests.support.polling import wait_for
+from tests.support.worker import count_rows, running_worker
 
 EVENTS = "/api/v1/events"
 

@@ -18,7 +18,7 @@ import msgspec
 from aiohttp.test_utils import TestClient
 
 from service.api.audit_logs.items import AuditLogItem, AuditLogPage, AuditLogStatistics
-from tests.admin_api import Tokens
+from tests.support.admin_api import Tokens
 
 GENERATOR = Path(sys.executable).with_name("openapi-python-client")
 ROWS = 7

@@ -8,9 +8,9 @@ import asyncpg
 import pytest
 from aiohttp.test_utils import TestClient
 
-from tests.admin_api import Tokens, error_of
-from tests.conftest import run_cli
-from tests.integrity.conftest import url_as
+from tests.support.admin_api import Tokens, error_of
+from tests.support.cli import run_cli
+from tests.support.integrity import url_as
 
 
 async def test_the_policy_is_shown_to_readers_and_set_only_by_the_owner(

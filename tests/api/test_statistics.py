@@ -17,10 +17,11 @@ from service.ops import subjects
 from service.settings import Settings
 from service.store import db
 from service.store.rollup import fold_all
-from tests.admin_api import Tokens
 from tests.api.test_audit_logs import BASE, get_json, make_event, seed
-from tests.conftest import running_worker, wait_for
-from tests.stores import set_retention
+from tests.support.admin_api import Tokens
+from tests.support.polling import wait_for
+from tests.support.stores import set_retention
+from tests.support.worker import running_worker
 from workers.maintenance import drop_expired_partitions
 
 STATS = f"{BASE}/statistics"

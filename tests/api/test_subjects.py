@@ -29,9 +29,11 @@ from service.settings import Settings
 from service.store import db
 from service.store import subjects as sql
 from service.store.seals import seal_once
-from tests.admin_api import Tokens, enqueue
-from tests.conftest import run_cli, running_worker, wait_for
-from tests.stores import redis_as_text
+from tests.support.admin_api import Tokens, enqueue
+from tests.support.cli import run_cli
+from tests.support.polling import wait_for
+from tests.support.stores import redis_as_text
+from tests.support.worker import running_worker
 
 SUBJECT = "u-zq-4417"
 NAME = "Zelda Quixote"

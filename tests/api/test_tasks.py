@@ -19,8 +19,9 @@ from aiohttp.test_utils import TestClient
 from service.keys import IN_PROGRESS_PREFIX, attempts_key, complete_key
 from service.ops import dead_letter
 from service.settings import Settings
-from tests.admin_api import Tokens, admin_events, enqueue, error_of, queued_payloads
-from tests.conftest import count_rows, running_worker, wait_for
+from tests.support.admin_api import Tokens, admin_events, enqueue, error_of, queued_payloads
+from tests.support.polling import wait_for
+from tests.support.worker import count_rows, running_worker
 
 TASKS = "/api/v1/admin/tasks"
 DAY_MS = 86_400_000
@@ -357,7 +358,7 @@ async def test_retrying_while_a_worker_fails_the_task_again_never_loses_it(
             async with api.post(f"{TASKS}/racer/retry", headers=tokens.admin) as response:
                 assert response.status in (202, 409), await response.text()
             # Wherever the race fell, the task is back in the dead letter, never gone.
-            await wait_for(failed_again, within_s=15)
+            await wait_for(failed_again, within_s=30)
     letter = await dead_letter.get(redis, settings.queue, "racer")
     assert letter is not None and letter.event_count == 1
 

@@ -10,8 +10,8 @@ from aiohttp.test_utils import TestClient
 
 from service.api.console import CSP
 from service.settings import Settings
-from tests.admin_api import Tokens, admin_events, error_of
-from tests.conftest import queued_events
+from tests.support.admin_api import Tokens, admin_events, error_of
+from tests.support.queue import queued_events
 
 TOKENS = "/api/v1/admin/tokens"
 

@@ -11,7 +11,7 @@ from aiohttp.test_utils import TestClient, TestServer
 from service.api import auth
 from service.api.app import create_app
 from service.settings import Settings
-from tests.admin_api import Tokens, error_of
+from tests.support.admin_api import Tokens, error_of
 
 WHOAMI = "/api/v1/admin/whoami"
 

@@ -17,8 +17,9 @@ from service.capture import installer
 from service.cli.embedded import PG_BIN
 from service.errors import ConfigError
 from service.settings import Settings
-from tests.capture.conftest import outbox_rows, relaying
-from tests.conftest import run_cli, wait_for
+from tests.support.capture import outbox_rows, relaying
+from tests.support.cli import run_cli
+from tests.support.polling import wait_for
 
 # Everything a schema is made of, with owners and privileges: what pg_dump may not print.
 CATALOG = """
@@ -143,7 +144,7 @@ async def test_installing_again_applies_new_options(app_url: str, app: asyncpg.C
 async def test_a_masked_value_never_reaches_the_outbox_or_redis(
     settings: Settings, app_url: str, app: asyncpg.Connection, redis: object
 ) -> None:
-    from tests.conftest import queued_events
+    from tests.support.queue import queued_events
 
     await installer.install(app_url, "shop.items", mask=["ssn"])
     await app.execute(

@@ -16,8 +16,10 @@ from service.capture import installer
 from service.capture.relay import OutboxRelay, relay_client
 from service.errors import ConfigError
 from service.settings import Settings
-from tests.capture.conftest import outbox_rows, relaying
-from tests.conftest import run_cli, running_worker, wait_for
+from tests.support.capture import outbox_rows, relaying
+from tests.support.cli import run_cli
+from tests.support.polling import wait_for
+from tests.support.worker import running_worker
 
 ROWS = 10_000
 SSN = "ssn-secret-"  # a masked column's values: never stored anywhere
@@ -294,7 +296,7 @@ async def _below(count: Any, limit: int) -> bool:
 async def test_a_reinstall_applies_to_the_running_relay_at_once(
     settings: Settings, app_url: str, app: asyncpg.Connection, redis: Any
 ) -> None:
-    from tests.conftest import queued_events
+    from tests.support.queue import queued_events
 
     await installer.install(app_url, "shop.items")
     async with relaying(settings, app_url):

@@ -14,8 +14,10 @@ import pytest
 from service.capture import installer
 from service.errors import ConfigError
 from service.settings import Settings
-from tests.capture.conftest import outbox_rows, relaying
-from tests.conftest import Servers, queued_events, wait_for
+from tests.support.capture import outbox_rows, relaying
+from tests.support.polling import wait_for
+from tests.support.queue import queued_events
+from tests.support.servers import Servers
 
 
 class Roles:

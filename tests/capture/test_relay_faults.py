@@ -20,8 +20,10 @@ import pytest
 from service.capture import installer
 from service.cli.embedded import EmbeddedPostgres, EmbeddedValkey
 from service.settings import Settings
-from tests.capture.conftest import ITEMS_DDL, outbox_rows, relaying
-from tests.conftest import running_worker, server_dir, wait_for
+from tests.support.capture import ITEMS_DDL, outbox_rows, relaying
+from tests.support.polling import wait_for
+from tests.support.servers import server_dir
+from tests.support.worker import running_worker
 
 pytestmark = pytest.mark.faults
 

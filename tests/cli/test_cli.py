@@ -9,7 +9,8 @@ import pytest
 import redis.asyncio as aioredis
 
 from service.settings import Settings
-from tests.conftest import queued_events, run_cli
+from tests.support.cli import run_cli
+from tests.support.queue import queued_events
 
 COMMANDS = [
     "run",

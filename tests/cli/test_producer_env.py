@@ -17,8 +17,8 @@ from service.events import AuditEvent
 from service.producer.client import AuditClient
 from service.producer_acl import PRODUCER_USER
 from service.settings import read_env_file
-from tests.conftest import wait_for
 from tests.integrity.test_embedded import Run, data_dir, mode
+from tests.support.polling import wait_for
 
 __all__ = ["data_dir"]
 

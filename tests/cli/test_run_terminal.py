@@ -21,7 +21,7 @@ import redis
 
 from service.cli.embedded import EmbeddedStack, free_port
 from service.cli.valkey_process import ValkeyProcess
-from tests.conftest import wait_for
+from tests.support.polling import wait_for
 from workers.stored_report import StoredReport
 
 AUDITQ = [sys.executable, "-m", "service.cli"]

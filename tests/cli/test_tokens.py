@@ -16,8 +16,9 @@ from service.api.errors import ApiError
 from service.cli import serve
 from service.settings import Settings
 from service.store.tokens import create_token, revoke_token
-from tests.admin_api import admin_events
-from tests.conftest import queued_events, run_cli
+from tests.support.admin_api import admin_events
+from tests.support.cli import run_cli
+from tests.support.queue import queued_events
 
 
 async def test_tokens_are_stored_hashed(pg: asyncpg.Connection) -> None:

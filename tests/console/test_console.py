@@ -11,9 +11,9 @@ import pytest
 from playwright.async_api import expect
 
 from service.events import Actor, AuditEvent
-from tests.admin_api import enqueue
-from tests.conftest import wait_for
-from tests.console.conftest import XSS_IMG, XSS_SCRIPT, Stack, Tab, axe_source
+from tests.support.admin_api import enqueue
+from tests.support.console import XSS_IMG, XSS_SCRIPT, Stack, Tab, axe_source
+from tests.support.polling import wait_for
 
 LIVE_WITHIN_S = 15.0  # generous on a loaded machine; the tail itself answers in ~2.5 s today
 

@@ -14,9 +14,9 @@ import pytest
 from playwright.async_api import expect
 
 from service.events import Actor, AuditEvent, Entity
-from tests.admin_api import enqueue
-from tests.conftest import wait_for
-from tests.console.conftest import Stack, Tab, _tab, axe_source
+from tests.support.admin_api import enqueue
+from tests.support.console import Stack, Tab, axe_source, open_tab
+from tests.support.polling import wait_for
 
 
 def rows(tab: Tab) -> Any:
@@ -235,7 +235,7 @@ async def test_times_are_utc_by_default_with_a_labelled_switch_to_local(
 ) -> None:
     # A browser in New York: local time is not UTC there, so the two cannot be confused.
     context = {"viewport": {"width": 1280, "height": 800}, "timezone_id": "America/New_York"}
-    async for tab in _tab(browser, stack, **context):
+    async for tab in open_tab(browser, stack, **context):
         page = tab.page
         _, item = await _api(stack, "GET", f"/api/v1/admin/audit-logs/{stack.diff_event_id}")
         when = datetime.fromisoformat(item["ts"])
@@ -389,7 +389,7 @@ async def test_the_changed_views_are_axe_clean_light_and_dark_wide_and_narrow(
     context: dict[str, Any] = {"viewport": {"width": width, "height": 900}}
     if width < 600:
         context.update(is_mobile=True, has_touch=True)
-    async for tab in _tab(browser, stack, **context):
+    async for tab in open_tab(browser, stack, **context):
         page = tab.page
         tab.allowed_errors.append("404")  # a subject never asked for: the API's 404
         await page.emulate_media(color_scheme="dark" if dark else "light")
@@ -509,7 +509,7 @@ async def test_an_entitys_history_shows_each_change_inline(
     browser: Any, stack: Stack, width: int
 ) -> None:
     context: dict[str, Any] = {"viewport": {"width": width, "height": 900}}
-    async for tab in _tab(browser, stack, **context):
+    async for tab in open_tab(browser, stack, **context):
         await tab.sign_in(path="/console/entities/project/p-console")
         changed = tab.page.locator(f"tr[data-id='{stack.diff_event_id}'] .inline-changes li")
         await expect(changed).to_have_count(2)

@@ -11,9 +11,9 @@ import aiohttp
 import pytest
 
 from service.events import AuditEvent
-from tests.console.conftest import Stack, Tab, axe_source
 from tests.console.test_console import _confirm
 from tests.destinations.receivers import Receiver
+from tests.support.console import Stack, Tab, axe_source
 
 SECRET = "console-hook-secret"
 CONTROLS = re.compile(r"test|pause|resume|remove|add", re.IGNORECASE)

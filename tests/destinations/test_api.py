@@ -13,8 +13,8 @@ import redis.asyncio as aioredis
 from aiohttp.test_utils import TestClient
 
 from service.settings import Settings
-from tests.admin_api import Tokens, error_of
 from tests.destinations.receivers import Receiver
+from tests.support.admin_api import Tokens, error_of
 
 BASE = "/api/v1/admin/destinations"
 SECRET = "whsec-never-shown-9f2c"

@@ -8,8 +8,8 @@ from pathlib import Path
 import asyncpg
 import pytest
 
-from tests.conftest import run_cli
 from tests.destinations.receivers import Receiver
+from tests.support.cli import run_cli
 
 SECRET = "cli-secret-0b7e"
 

@@ -15,9 +15,11 @@ from service.cli.embedded import EmbeddedPostgres
 from service.settings import Settings
 from service.store import db
 from service.store import destinations as store
-from tests.conftest import running_worker, server_dir, wait_for
 from tests.destinations.receivers import Receiver
 from tests.destinations.test_delivery import SECRET, STORED_ORDER, add, capture, first_seen
+from tests.support.polling import wait_for
+from tests.support.servers import server_dir
+from tests.support.worker import running_worker
 
 
 @pytest.fixture

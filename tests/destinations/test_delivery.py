@@ -17,8 +17,9 @@ from service.events import AuditEvent
 from service.producer.client import AuditClient
 from service.settings import Settings
 from service.store import destinations as store
-from tests.conftest import running_worker, wait_for
 from tests.destinations.receivers import Receiver
+from tests.support.polling import wait_for
+from tests.support.worker import running_worker
 
 SECRET = "hook-secret-4d6f"
 
@@ -194,7 +195,7 @@ async def test_backfill_sends_history_again_and_pause_holds_it(
 async def test_the_item_json_sent_is_the_apis_item(pg: asyncpg.Connection) -> None:
     from service.api.body import json_response
     from service.store.items import SELECT_ITEMS, item
-    from tests.integrity.conftest import store as store_rows
+    from tests.support.integrity import store as store_rows
     from workers.delivery import stored_item
 
     await pg.execute(INSERT_ROW, uuid.uuid4(), "bare.event")  # nulls everywhere they may be

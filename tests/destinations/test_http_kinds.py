@@ -13,9 +13,10 @@ import pytest
 
 from service.settings import Settings
 from service.store import destinations as store
-from tests.conftest import running_worker, wait_for
 from tests.destinations.receivers import Receiver
 from tests.destinations.test_delivery import STORED_ORDER, capture, first_seen
+from tests.support.polling import wait_for
+from tests.support.worker import running_worker
 
 HEC_TOKEN = "11111111-2222-3333-4444-555555555555"
 ES_KEY = "VnVhQ2ZHY0JDZGJrUW0tZTVhT3g6dWkybHAyYXhUTm1zeWFrdzl0dk5udw=="

@@ -12,8 +12,8 @@ import pytest
 
 from service.store import db
 from service.store import destinations as store
-from tests.integrity.conftest import store as store_rows
-from tests.integrity.conftest import url_as
+from tests.support.integrity import store as store_rows
+from tests.support.integrity import url_as
 
 
 @pytest.fixture

@@ -17,9 +17,10 @@ from service.events import AuditEvent
 from service.producer.client import AuditClient
 from service.settings import Settings
 from service.store import destinations as store
-from tests.conftest import running_worker, wait_for
 from tests.destinations import rsyslog
 from tests.destinations.test_delivery import STORED_ORDER, first_seen
+from tests.support.polling import wait_for
+from tests.support.worker import running_worker
 
 _ID = re.compile(r'\[auditq@32473 id="([0-9a-f-]{36})"')
 

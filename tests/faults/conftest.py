@@ -23,27 +23,11 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 
 from service.cli.embedded import EmbeddedPostgres, EmbeddedValkey
 from service.store import db
-from tests.conftest import server_dir
-from tests.faults.harness import Figures, Ledger, failure_lines
-from tests.faults.report import SCENARIOS, render
+from tests.faults.harness import Ledger, failure_lines
+from tests.faults.report import FaultReport, render
+from tests.support.servers import server_dir
 
 REPORT_PATH = Path(__file__).resolve().parents[2] / "docs" / "reliability.md"
-
-
-class FaultReport:
-    """The figures of each scenario run in this session."""
-
-    def __init__(self) -> None:
-        self.rows: dict[str, Figures] = {}
-        self.busy_s = 0.0  # wall time of the fault tests, setup and teardown included
-
-    def add(self, figures: Figures) -> None:
-        assert figures.scenario in SCENARIOS, f"unknown scenario {figures.scenario!r}"
-        self.rows[figures.scenario] = figures
-        print(figures)  # shown with -s, and with the report of a failed scenario
-
-    def complete(self) -> bool:
-        return set(self.rows) == set(SCENARIOS)
 
 
 @pytest.fixture(scope="session")

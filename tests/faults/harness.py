@@ -36,7 +36,7 @@ from service.producer.client import AuditClient
 from service.queue import ENQUEUE_SCRIPT
 from service.settings import Settings
 from service.store import db
-from tests.admin_api import insert_token
+from tests.support.admin_api import insert_token
 
 SETTLE_WITHIN_S = 120.0  # seconds an accepted event may take to be stored after the load
 POLL_S = 0.25  # seconds between looks at PostgreSQL while waiting
@@ -325,16 +325,6 @@ async def ingest_token(database_url: str) -> str:
         return await insert_token(conn, name=f"faults-{new_event_id()}", role="ingest")
     finally:
         await conn.close()
-
-
-async def wait_until(
-    condition: Callable[[], Awaitable[bool]], *, within_s: float, what: str
-) -> None:
-    deadline = time.monotonic() + within_s
-    while not await condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what}: not within {within_s} s")
-        await asyncio.sleep(0.05)
 
 
 async def http_up(base_url: str) -> bool:

@@ -270,3 +270,19 @@ def render(rows: Mapping[str, Figures], *, when: datetime, cores: int, wall_s: f
     scenarios = "\n".join(f"- **{title}**: {how}." for title, how in SCENARIOS.values())
     header = HEADER.format(when=when.strftime("%Y-%m-%d %H:%M UTC"), cores=cores, wall=wall_s)
     return header + "\n".join(lines) + "\n" + FOOTER.format(scenarios=scenarios)
+
+
+class FaultReport:
+    """The figures of each scenario run in this session."""
+
+    def __init__(self) -> None:
+        self.rows: dict[str, Figures] = {}
+        self.busy_s = 0.0  # wall time of the fault tests, setup and teardown included
+
+    def add(self, figures: Figures) -> None:
+        assert figures.scenario in SCENARIOS, f"unknown scenario {figures.scenario!r}"
+        self.rows[figures.scenario] = figures
+        print(figures)  # shown with -s, and with the report of a failed scenario
+
+    def complete(self) -> bool:
+        return set(self.rows) == set(SCENARIOS)

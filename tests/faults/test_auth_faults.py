@@ -18,9 +18,6 @@ from service.cli.embedded import EmbeddedPostgres, free_port
 from service.producer.client import AuditClient
 from service.settings import Settings
 from service.store import db
-from tests.admin_api import insert_token
-from tests.conftest import run_cli
-from tests.faults.conftest import FaultReport
 from tests.faults.harness import (
     DrainWatch,
     Ledger,
@@ -32,8 +29,11 @@ from tests.faults.harness import (
     ingest_token,
     reckon,
     start_producers,
-    wait_until,
 )
+from tests.faults.report import FaultReport
+from tests.support.admin_api import insert_token
+from tests.support.cli import run_cli
+from tests.support.polling import wait_for
 
 pytestmark = pytest.mark.faults
 
@@ -70,7 +70,7 @@ async def test_http_ingest_accepts_everything_while_postgres_is_stopped_for_20s(
         auditq_process("worker", settings, tmp_path / "worker.log"),
         auditq_process("api", settings, tmp_path / "api.log", AUDITQ_HTTP_PORT=str(port)),
     ):
-        await wait_until(api_up, within_s=30, what="the API answers")
+        await wait_for(api_up, within_s=30, what="the API answers")
         start_producers(
             load,
             client,

@@ -16,8 +16,6 @@ import redis.asyncio as aioredis
 from service.cli.embedded import EmbeddedPostgres
 from service.producer.client import AuditClient
 from service.settings import Settings
-from tests.conftest import running_worker
-from tests.faults.conftest import FaultReport
 from tests.faults.harness import (
     DrainWatch,
     Ledger,
@@ -26,6 +24,8 @@ from tests.faults.harness import (
     reckon,
     start_producers,
 )
+from tests.faults.report import FaultReport
+from tests.support.worker import running_worker
 
 pytestmark = pytest.mark.faults
 

@@ -21,7 +21,6 @@ from service.producer.client import AuditClient
 from service.queue import ENQUEUE_SCRIPT
 from service.settings import Settings
 from service.store.partitions import LIST_PARTITIONS, month_start, partition_name
-from tests.faults.conftest import FaultReport
 from tests.faults.harness import (
     Ledger,
     Load,
@@ -32,6 +31,7 @@ from tests.faults.harness import (
     reckon,
     start_producers,
 )
+from tests.faults.report import FaultReport
 
 pytestmark = pytest.mark.faults
 

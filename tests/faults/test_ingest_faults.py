@@ -14,8 +14,6 @@ import redis.asyncio as aioredis
 from service.cli.embedded import free_port
 from service.producer.client import AuditClient
 from service.settings import Settings
-from tests.conftest import server_dir
-from tests.faults.conftest import FaultReport
 from tests.faults.harness import (
     DrainWatch,
     Ledger,
@@ -25,8 +23,10 @@ from tests.faults.harness import (
     ingest_token,
     reckon,
     start_producers,
-    wait_until,
 )
+from tests.faults.report import FaultReport
+from tests.support.polling import wait_for
+from tests.support.servers import server_dir
 
 pytestmark = pytest.mark.faults
 
@@ -60,7 +60,7 @@ async def test_api_sigkilled_while_ingesting_then_restarted(
             auditq_process("worker", settings, tmp_path / "worker.log"),
             auditq_process("api", api_settings, log, **api_env) as api,
         ):
-            await wait_until(api_up, within_s=30, what="the API answers")
+            await wait_for(api_up, within_s=30, what="the API answers")
             start_producers(
                 load,
                 client,
@@ -73,7 +73,7 @@ async def test_api_sigkilled_while_ingesting_then_restarted(
             api.send_signal(signal.SIGKILL)  # requests in flight die with it
             await asyncio.to_thread(api.wait, 10)
             async with auditq_process("api", api_settings, log, **api_env):
-                await wait_until(api_up, within_s=30, what="the restarted API answers")
+                await wait_for(api_up, within_s=30, what="the restarted API answers")
                 drain.start()
                 await asyncio.sleep(2.0)
                 await load.stop()

@@ -23,8 +23,6 @@ from service.cli.embedded import EmbeddedValkey
 from service.events import AuditEvent
 from service.producer.client import AuditClient
 from service.settings import Settings
-from tests.conftest import Servers, count_rows, running_worker
-from tests.faults.conftest import FaultReport
 from tests.faults.harness import (
     DrainWatch,
     Ledger,
@@ -34,9 +32,12 @@ from tests.faults.harness import (
     ingest_token,
     reckon,
     start_producers,
-    wait_until,
 )
 from tests.faults.proxy import TcpProxy
+from tests.faults.report import FaultReport
+from tests.support.polling import wait_for
+from tests.support.servers import Servers
+from tests.support.worker import count_rows, running_worker
 
 pytestmark = pytest.mark.faults
 
@@ -92,7 +93,7 @@ async def test_one_of_two_workers_sigkilled_mid_batch_then_restarted(
             async def stored_some() -> bool:
                 return bool(await conn.fetchval("SELECT count(*) FROM audit_log") > 500)
 
-            await wait_until(stored_some, within_s=30, what="the workers store events")
+            await wait_for(stored_some, within_s=30, what="the workers store events")
             # Hold the victim inside a batch: its INSERT waits on a table lock when it dies.
             async with conn.transaction():
                 await conn.execute("LOCK TABLE audit_log IN SHARE MODE")
@@ -107,7 +108,7 @@ async def test_one_of_two_workers_sigkilled_mid_batch_then_restarted(
                         )
                     )
 
-                await wait_until(victim_mid_batch, within_s=10, what="the victim is mid-batch")
+                await wait_for(victim_mid_batch, within_s=30, what="the victim is mid-batch")
                 first.send_signal(signal.SIGKILL)
                 await asyncio.to_thread(first.wait, 10)
                 # Its connections die with it (as with a lost machine): PostgreSQL would
@@ -265,7 +266,7 @@ async def test_the_worker_outlives_redis_errors_beyond_its_retries(
         async def started() -> bool:
             return worker._pool is not None and "redis" in worker.ctx
 
-        await wait_until(started, within_s=10, what="the worker starts")
+        await wait_for(started, within_s=30, what="the worker starts")
         pool = worker.pool
         calls = {"poll": 0, "start": 0}
 
@@ -278,7 +279,7 @@ async def test_the_worker_outlives_redis_errors_beyond_its_retries(
         async def polled_thrice() -> bool:
             return calls["poll"] >= 3
 
-        await wait_until(polled_thrice, within_s=10, what="the worker polls on")
+        await wait_for(polled_thrice, within_s=30, what="the worker polls on")
         del pool.zrangebyscore  # Redis is back for the poll; not yet for starting a job
 
         def start_fails(*args: object, **kwargs: object) -> object:
@@ -291,13 +292,13 @@ async def test_the_worker_outlives_redis_errors_beyond_its_retries(
         async def start_failed() -> bool:
             return calls["start"] >= 2
 
-        await wait_until(start_failed, within_s=10, what="a job start fails")
+        await wait_for(start_failed, within_s=30, what="a job start fails")
         del pool.pipeline
 
         async def stored() -> bool:
             return await count_rows(database_url) == 1
 
-        await wait_until(stored, within_s=10, what="the event is stored once Redis is back")
+        await wait_for(stored, within_s=30, what="the event is stored once Redis is back")
         assert not worker.main_task or not worker.main_task.done(), "the worker loop died"
 
         async def slot_given_back() -> bool:
@@ -305,4 +306,4 @@ async def test_the_worker_outlives_redis_errors_beyond_its_retries(
             # slot never comes back
             return worker.job_counter == 0
 
-        await wait_until(slot_given_back, within_s=10, what="a job slot was lost to the outage")
+        await wait_for(slot_given_back, within_s=30, what="a job slot was lost to the outage")

@@ -14,8 +14,10 @@ import pytest
 from service.events import AuditEvent
 from service.producer.client import AuditClient
 from service.settings import Settings
-from tests.conftest import running_worker, server_dir, wait_for
-from tests.sentinel_cluster import SentinelCluster
+from tests.support.polling import wait_for, wait_for_sync
+from tests.support.sentinel_cluster import REDIS_DOWN, SentinelCluster
+from tests.support.servers import server_dir
+from tests.support.worker import running_worker
 
 pytestmark = pytest.mark.faults
 
@@ -64,7 +66,9 @@ async def test_a_promoted_primary_without_a_replica_accepts_events_at_once(
             def promoted() -> bool:
                 return cluster.primary_port() == new.port
 
-            await asyncio.to_thread(cluster.wait_until, promoted, what="the replica is promoted")
+            await asyncio.to_thread(
+                wait_for_sync, promoted, what="the replica is promoted", ignore=REDIS_DOWN
+            )
             promoted_at = time.monotonic()
             refused_before = refused_strict
 

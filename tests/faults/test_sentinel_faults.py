@@ -1,11 +1,11 @@
 """High availability: the Redis primary SIGKILLed under load, Sentinel promotes its replica.
 
-A Valkey primary, its replica and three Sentinels of the test's own (tests/sentinel_cluster.py);
-a worker process, the API (HTTP ingest) and producers all on the `redis+sentinel://` URL, so
-none of them is told where the primary is. Replication is asynchronous: an enqueue the primary
-acknowledged can be missing on the replica it is replaced by. The client therefore counts a
-batch as accepted only once a replica confirmed it (WAIT) or it is in the producer's spool.
-"""
+A Valkey primary, its replica and three Sentinels of the test's own
+(tests/support/sentinel_cluster.py); a worker process, the API (HTTP ingest) and producers all
+on the `redis+sentinel://` URL, so none of them is told where the primary is. Replication is
+asynchronous: an enqueue the primary acknowledged can be missing on the replica it is replaced
+by. The client therefore counts a batch as accepted only once a replica confirmed it (WAIT) or
+it is in the producer's spool."""
 
 from __future__ import annotations
 
@@ -27,8 +27,6 @@ from service.api.state import CLIENT
 from service.connections import redis_client
 from service.producer.client import AuditClient
 from service.settings import Settings
-from tests.conftest import server_dir
-from tests.faults.conftest import FaultReport
 from tests.faults.harness import (
     DrainWatch,
     Ledger,
@@ -40,9 +38,11 @@ from tests.faults.harness import (
     produce_http,
     produce_nowait,
     reckon,
-    wait_until,
 )
-from tests.sentinel_cluster import SentinelCluster
+from tests.faults.report import FaultReport
+from tests.support.polling import wait_for, wait_for_sync
+from tests.support.sentinel_cluster import REDIS_DOWN, SentinelCluster
+from tests.support.servers import server_dir
 
 pytestmark = pytest.mark.faults
 
@@ -111,7 +111,7 @@ async def test_primary_sigkilled_under_load_replica_promoted(
             async def stored_some() -> bool:
                 return bool(await conn.fetchval("SELECT count(*) FROM audit_log") > 300)
 
-            await wait_until(stored_some, within_s=30, what="the worker stores events")
+            await wait_for(stored_some, within_s=30, what="the worker stores events")
             old, new = cluster.primary, cluster.replica
             killed_at = time.monotonic()
             await asyncio.to_thread(old.kill)  # SIGKILL, under load
@@ -119,7 +119,9 @@ async def test_primary_sigkilled_under_load_replica_promoted(
             def promoted() -> bool:
                 return cluster.primary_port() == new.port
 
-            await asyncio.to_thread(cluster.wait_until, promoted, what="the replica is promoted")
+            await asyncio.to_thread(
+                wait_for_sync, promoted, what="the replica is promoted", ignore=REDIS_DOWN
+            )
             promoted_s = time.monotonic() - killed_at
             await asyncio.sleep(max(0.0, RESTART_AFTER_S - promoted_s))
             # Back on its old data: Sentinel turns it into a replica of the new primary.
@@ -129,7 +131,10 @@ async def test_primary_sigkilled_under_load_replica_promoted(
                 return cluster.online_replicas(new) >= 1
 
             await asyncio.to_thread(
-                cluster.wait_until, rejoined, what="the old primary rejoins as a replica"
+                wait_for_sync,
+                rejoined,
+                what="the old primary rejoins as a replica",
+                ignore=REDIS_DOWN,
             )
             rejoined_s = time.monotonic() - killed_at
             drain.start()
@@ -139,7 +144,7 @@ async def test_primary_sigkilled_under_load_replica_promoted(
                 # /readyz answers 200 once the API's own Redis client reaches the new primary.
                 return await http_status(f"{api_url}/readyz") == 200
 
-            await wait_until(api_ready, within_s=15, what="the API is ready on the new primary")
+            await wait_for(api_ready, within_s=30, what="the API is ready on the new primary")
             await asyncio.sleep(3.0)  # steady load on the new primary and its replica
             ended_at = time.monotonic()
             await load.stop()
@@ -160,7 +165,7 @@ async def test_primary_sigkilled_under_load_replica_promoted(
                 # one leaves it on disk for the next process on that spool.
                 return all(c.replayed >= c.spooled for c in (spooling, api_client))
 
-            await wait_until(spools_replayed, within_s=60, what="the spools are replayed")
+            await wait_for(spools_replayed, within_s=60, what="the spools are replayed")
             await spooling.aclose()
             await bare.aclose()
             spooled = spooling.spooled + api_client.spooled

@@ -25,9 +25,10 @@ import redis.asyncio as aioredis
 from service.cli.embedded import EmbeddedPostgres, EmbeddedValkey, free_port
 from service.keys import workers_key
 from service.settings import Settings
-from tests.conftest import server_dir
-from tests.faults.conftest import FaultReport
-from tests.faults.harness import Figures, spawn, wait_until
+from tests.faults.harness import Figures, spawn
+from tests.faults.report import FaultReport
+from tests.support.polling import wait_for
+from tests.support.servers import server_dir
 from workers.runner import SHUTDOWN_GRACE
 
 DEPLOYMENT_GRACE_S = 45.0  # terminationGracePeriodSeconds of deploy/kubernetes/worker-deployment
@@ -102,7 +103,7 @@ async def wait_running(proc: subprocess.Popen[bytes], log: Path) -> None:
         assert proc.poll() is None, f"`auditq run` exited ({proc.returncode}):\n{read(log)}"
         return RUNNING in read(log)
 
-    await wait_until(running, within_s=START_WITHIN_S, what="`auditq run` is up")
+    await wait_for(running, within_s=START_WITHIN_S, what="`auditq run` is up")
 
 
 async def demo_rows(database_url: str) -> tuple[int, int]:
@@ -162,7 +163,7 @@ async def ctrl_c_once(stack: Stack, problems: list[str]) -> tuple[float, int, in
     async def demo_flows() -> bool:
         return (await demo_rows(database_url))[0] >= floor
 
-    await wait_until(demo_flows, within_s=30, what="demo events are stored")
+    await wait_for(demo_flows, within_s=30, what="demo events are stored")
     stop_s = await asyncio.to_thread(ctrl_c, proc)
     text = read(log)
     run = f"stop {stack.runs}"
@@ -200,7 +201,7 @@ async def test_ctrl_c_ten_times_stops_the_stack_within_10s_and_loses_nothing(
         return (await demo_rows(database_url))[1] >= accepted
 
     try:
-        await wait_until(all_stored, within_s=60, what="every accepted demo event is stored")
+        await wait_for(all_stored, within_s=60, what="every accepted demo event is stored")
     except AssertionError as exc:
         problems.append(str(exc))
     drain_s = time.monotonic() - started
@@ -241,7 +242,7 @@ async def test_a_worker_whose_redis_is_gone_exits_on_sigterm_within_its_grace(
             assert proc.poll() is None, log.read_text()
             return bool(await redis.scard(workers_key(settings.queue)))
 
-        await wait_until(beating, within_s=30, what="the worker's heartbeat")
+        await wait_for(beating, within_s=30, what="the worker's heartbeat")
     finally:
         await redis.aclose()
     await asyncio.to_thread(own_valkey.kill)
@@ -269,7 +270,7 @@ async def test_ctrl_c_while_the_stack_starts_stops_it_cleanly(stack: Stack) -> N
         assert proc.poll() is None, read(log)
         return port_file.exists()
 
-    await wait_until(starting, within_s=START_WITHIN_S, what="the embedded servers start")
+    await wait_for(starting, within_s=START_WITHIN_S, what="the embedded servers start")
     stop_s = await asyncio.to_thread(ctrl_c, proc)
     text = read(log)
     print(f"Ctrl-C while starting: stopped after {stop_s:.1f} s")

@@ -9,8 +9,8 @@ import pytest
 
 from service.integrity.keys import load_or_create_private_key
 from service.settings import Settings
-from tests.conftest import run_cli
-from tests.integrity.conftest import seal_all, store
+from tests.support.cli import run_cli
+from tests.support.integrity import seal_all, store
 
 
 @pytest.mark.usefixtures("cli_env")

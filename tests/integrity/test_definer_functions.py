@@ -21,8 +21,8 @@ from service.errors import ConfigError
 from service.events import Actor, AuditEvent, finalize
 from service.store import db
 from service.store.rollup import fold_all
-from tests.integrity.conftest import seal_all, store, url_as
-from tests.stores import set_retention
+from tests.support.integrity import seal_all, store, url_as
+from tests.support.stores import set_retention
 from workers.maintenance import drop_expired_partitions
 from workers.writer import write_events
 

@@ -21,7 +21,7 @@ from redis.exceptions import AuthenticationError, ResponseError
 
 from service.cli.embedded import EmbeddedStack, free_port
 from service.settings import read_env_file
-from tests.conftest import wait_for
+from tests.support.polling import wait_for
 
 AUDITQ = [sys.executable, "-m", "service.cli"]
 

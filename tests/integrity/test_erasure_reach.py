@@ -14,7 +14,7 @@ import pytest
 
 from service.events import Actor, AuditEvent, Change, Entity, Presentation, RequestInfo, finalize
 from service.store.subjects import erase_step
-from tests.integrity.conftest import run_verify, seal_all
+from tests.support.integrity import run_verify, seal_all
 from workers.writer import write_events
 
 PSEUDONYM = "anon_" + "c" * 32

@@ -7,13 +7,13 @@ from __future__ import annotations
 import asyncpg
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from tests.integrity.conftest import run_verify, seal_all, store
+from tests.support.integrity import run_verify, seal_all, store
 
 ERASE = """
-WITH old AS (SELECT seq, audit_row_digest(a) AS digest FROM audit_log a WHERE id = $1),
+WITH old AS (SELECT seq, auditq_row_digest(a) AS digest FROM audit_log a WHERE id = $1),
 changed AS (
     UPDATE audit_log a SET entity_name = NULL, metadata = '{}' WHERE id = $1
-    RETURNING a.seq, audit_row_digest(a) AS digest
+    RETURNING a.seq, auditq_row_digest(a) AS digest
 )
 INSERT INTO row_replacement (action_id, seq, old_digest, new_digest)
 SELECT $2, old.seq, old.digest, changed.digest FROM old JOIN changed USING (seq)

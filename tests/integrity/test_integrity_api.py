@@ -9,9 +9,9 @@ from aiohttp.test_utils import TestClient
 
 from service.integrity.keys import load_or_create_private_key
 from service.settings import Settings
-from tests.admin_api import Tokens, admin_events
-from tests.conftest import wait_for
-from tests.integrity.conftest import seal_all, store
+from tests.support.admin_api import Tokens, admin_events
+from tests.support.integrity import seal_all, store
+from tests.support.polling import wait_for
 
 
 async def test_status_then_a_verification_in_the_background(

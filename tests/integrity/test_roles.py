@@ -22,8 +22,8 @@ from service.store.policy import show as show_policy
 from service.store.roles import check_runtime_role
 from service.store.rollup import fold_all
 from service.store.subjects import erase_step
-from tests.integrity.conftest import run_verify, seal_all, store, url_as
-from tests.stores import set_retention
+from tests.support.integrity import run_verify, seal_all, store, url_as
+from tests.support.stores import set_retention
 from workers.maintenance import drop_expired_partitions
 from workers.writer import write_events
 
@@ -39,9 +39,9 @@ BYPASSES = [
     ("replica mode", ["SET session_replication_role = replica"]),
     ("disable the triggers", ["ALTER TABLE audit_log DISABLE TRIGGER ALL"]),
     ("drop the trigger", ["DROP TRIGGER audit_log_append_only ON audit_log"]),
-    ("drop the trigger function", ["DROP FUNCTION audit_log_append_only() CASCADE"]),
+    ("drop the trigger function", ["DROP FUNCTION auditq_audit_log_append_only() CASCADE"]),
     ("replace the trigger function", [
-        "CREATE OR REPLACE FUNCTION audit_log_append_only() RETURNS trigger "
+        "CREATE OR REPLACE FUNCTION auditq_audit_log_append_only() RETURNS trigger "
         "LANGUAGE plpgsql AS $$ BEGIN RETURN NEW; END $$"]),
     ("truncate a partition", ["TRUNCATE {partition}"]),
     ("delete from a partition", ["DELETE FROM {partition}"]),
@@ -77,7 +77,7 @@ BYPASSES = [
     ("become the owner", ["SET ROLE postgres"]),
     ("create a trigger", [
         "CREATE TRIGGER t BEFORE INSERT ON audit_log FOR EACH ROW "
-        "EXECUTE FUNCTION audit_log_append_only()"]),
+        "EXECUTE FUNCTION auditq_audit_log_append_only()"]),
     ("run a program", ["COPY (SELECT 1) TO PROGRAM 'true'"]),
     ("create in public", ["CREATE TABLE public.seal_pending_shadow (x int)"]),
     ("forge statistics", [

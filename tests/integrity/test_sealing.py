@@ -17,9 +17,10 @@ from service.integrity.keys import load_or_create_private_key
 from service.producer.client import AuditClient
 from service.settings import Settings
 from service.store.partitions import ensure_partitions
-from tests.conftest import running_worker, wait_for
-from tests.integrity.conftest import run_verify, seal_all, store
-from tests.stores import days_since, set_retention
+from tests.support.integrity import run_verify, seal_all, store
+from tests.support.polling import wait_for
+from tests.support.stores import days_since, set_retention
+from tests.support.worker import running_worker
 from workers.maintenance import drop_expired_partitions
 
 PRODUCERS = 4

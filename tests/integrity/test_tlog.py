@@ -18,7 +18,7 @@ from service.ops.receipts import AwaitingCheckpoint, receipt_of
 from service.store import tlog
 from service.store.seals import LogConfig, seal_once
 from tests.integrity import independent_verifier
-from tests.integrity.conftest import store
+from tests.support.integrity import store
 
 
 async def _seal(pg: asyncpg.Connection, key: Ed25519PrivateKey, log: LogConfig) -> int:

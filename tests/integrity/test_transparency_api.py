@@ -20,10 +20,10 @@ from service.integrity.keys import load_or_create_private_key
 from service.settings import Settings
 from service.store import db, tlog
 from service.store.seals import LogConfig, seal_once
-from tests.admin_api import Tokens
-from tests.conftest import wait_for
 from tests.integrity import independent_verifier
-from tests.integrity.conftest import store
+from tests.support.admin_api import Tokens
+from tests.support.integrity import store
+from tests.support.polling import wait_for
 from workers import sealer
 
 

@@ -15,7 +15,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from service.integrity.canonical import ROW_RECORD, digest
 from service.integrity.checkpoint import body_of
 from service.integrity.keys import key_id
-from tests.integrity.conftest import run_verify, seal_all, store
+from tests.support.integrity import run_verify, seal_all, store
 
 AS_DBA = "SET session_replication_role = replica"
 
@@ -40,7 +40,7 @@ async def test_the_schema_function_and_the_verifier_digest_alike(pg: asyncpg.Con
         " 'info', 'success', '{}', '::1', 0.1, 204, 'api')"
     )
     rows = await pg.fetch(
-        f"SELECT audit_row_digest(a) AS d, record_send({ROW_RECORD}) AS r FROM audit_log a"
+        f"SELECT auditq_row_digest(a) AS d, record_send({ROW_RECORD}) AS r FROM audit_log a"
     )
     assert len(rows) == 4
     assert all(bytes(row["d"]) == digest(bytes(row["r"])) for row in rows)

@@ -19,10 +19,10 @@ from service.ops.receipts import receipt_of
 from service.settings import Settings
 from service.store import db, tlog
 from service.store.seals import LogConfig
-from tests.admin_api import Tokens
-from tests.conftest import wait_for
 from tests.integrity import independent_verifier
-from tests.integrity.conftest import store
+from tests.support.admin_api import Tokens
+from tests.support.integrity import store
+from tests.support.polling import wait_for
 from workers import sealer
 
 ORIGIN = "auditq/witness-test"

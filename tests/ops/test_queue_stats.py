@@ -11,8 +11,9 @@ from aiohttp.test_utils import TestClient
 
 from service.keys import worker_key, workers_key
 from service.settings import Settings
-from tests.admin_api import Tokens, enqueue
-from tests.conftest import running_worker, wait_for
+from tests.support.admin_api import Tokens, enqueue
+from tests.support.polling import wait_for
+from tests.support.worker import running_worker
 
 STATS = "/api/v1/admin/queue/stats"
 
@@ -55,9 +56,9 @@ async def test_stats_reflect_a_queued_job_then_a_working_worker(
                 and now["workers"][0]["events_stored"] == 30
             )
 
-        await wait_for(worked, within_s=15)
+        await wait_for(worked, within_s=30)
         # The current second is not counted: wait for it to end.
-        await wait_for(lambda: _rate_positive(api, tokens), within_s=5)
+        await wait_for(lambda: _rate_positive(api, tokens), within_s=30)
         worker = (await stats(api, tokens))["workers"][0]
         assert worker["breaker_open"] is False and worker["jobs_done"] == 1
         assert worker["pid"] > 0 and worker["host"]

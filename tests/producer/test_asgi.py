@@ -19,7 +19,8 @@ from service.events import Actor
 from service.producer.asgi import AuditContextMiddleware
 from service.producer.context import audit_context, set_actor
 from service.settings import Settings
-from tests.conftest import running_worker, wait_for
+from tests.support.polling import wait_for
+from tests.support.worker import running_worker
 
 PROXY_PEER = ("10.0.0.5", 51000)  # a load balancer in the trusted network
 STRANGER_PEER = ("203.0.113.50", 51000)  # anyone on the internet

@@ -25,8 +25,8 @@ from service.producer.context import (
     set_actor,
 )
 from service.producer.middleware import context_middleware
-from tests.conftest import Servers
-from tests.producer.test_client import queued_events
+from tests.support.queue import queued_events
+from tests.support.servers import Servers
 
 TRUSTED = [ipaddress.ip_network("10.0.0.0/8"), ipaddress.ip_network("127.0.0.1/32")]
 

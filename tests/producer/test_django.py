@@ -21,7 +21,8 @@ from service.events import Actor
 from service.producer.background import capture_sync, start_client, stop_client
 from service.producer.context import set_actor
 from service.settings import Settings
-from tests.conftest import running_worker, wait_for
+from tests.support.polling import wait_for
+from tests.support.worker import running_worker
 
 _DB_DIR = tempfile.mkdtemp(prefix="auditq-django-")
 

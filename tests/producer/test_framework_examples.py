@@ -18,7 +18,8 @@ import pytest
 from fastapi.testclient import TestClient
 
 from service.settings import Settings
-from tests.conftest import running_worker, wait_for
+from tests.support.polling import wait_for
+from tests.support.worker import running_worker
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = ROOT / "docs" / "examples"

@@ -20,7 +20,8 @@ import redis.asyncio as aioredis
 
 from service.queue import load_functions
 from service.settings import Settings
-from tests.conftest import running_worker, wait_for
+from tests.support.polling import wait_for
+from tests.support.worker import running_worker
 
 ROOT = Path(__file__).resolve().parents[2]
 NODE_DIR = ROOT / "clients" / "node"

@@ -22,7 +22,9 @@ from service.producer.client import AuditClient
 from service.producer.middleware import context_middleware
 from service.producer.sqlalchemy import Audited, audit_model, capture_changes
 from service.settings import Settings
-from tests.conftest import Servers, count_rows, running_worker, wait_for
+from tests.support.polling import wait_for
+from tests.support.servers import Servers
+from tests.support.worker import count_rows, running_worker
 
 
 def _now() -> datetime:

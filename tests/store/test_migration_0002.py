@@ -12,7 +12,7 @@ import asyncpg
 import pytest
 
 from service.store import db
-from tests.conftest import Servers
+from tests.support.servers import Servers
 
 ROOT = Path(__file__).resolve().parents[2]
 PREVIOUS = "b2222d0"  # the release before least privilege (its schema.sql)

@@ -17,7 +17,8 @@ from service.integrity.verify import verify
 from service.store import db, schema
 from service.store.partitions import month_start, partition_name
 from service.store.seals import seal_once
-from tests.conftest import Servers, run_cli
+from tests.support.cli import run_cli
+from tests.support.servers import Servers
 
 BASE_SQL = schema.MIGRATIONS_DIR / "0000_base.sql"
 MONTHS_AHEAD = 3

@@ -1,10 +1,28 @@
-"""schema.sql: idempotent, partitioned, append-only."""
+"""schema.sql: migrating twice is harmless; partitioned, append-only, named one way."""
 
 import asyncpg
 import pytest
 
 from service.store import db
 from service.store.rollup import fold_all
+
+
+async def test_every_function_is_auditq_and_every_trigger_named_for_its_table(
+    pg: asyncpg.Connection,
+) -> None:
+    functions = await pg.fetch(
+        "SELECT proname FROM pg_proc WHERE pronamespace = 'public'::regnamespace ORDER BY 1"
+    )
+    assert functions
+    assert [f["proname"] for f in functions if not f["proname"].startswith("auditq_")] == []
+    # Triggers of audit_log's partitions are its own, cloned: only the table's are named here.
+    triggers = await pg.fetch(
+        """SELECT c.relname, t.tgname FROM pg_trigger t JOIN pg_class c ON c.oid = t.tgrelid
+           WHERE c.relnamespace = 'public'::regnamespace AND NOT t.tgisinternal
+             AND t.tgparentid = 0"""
+    )
+    assert triggers
+    assert [tuple(t) for t in triggers if not t["tgname"].startswith(t["relname"] + "_")] == []
 
 
 async def test_schema_applies_twice(database_url: str) -> None:

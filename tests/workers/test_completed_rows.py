@@ -15,7 +15,8 @@ from service.ops import dead_letter
 from service.queue import ENQUEUE_SCRIPT
 from service.settings import Settings
 from service.store import db
-from tests.conftest import count_rows, running_worker, wait_for
+from tests.support.polling import wait_for
+from tests.support.worker import count_rows, running_worker
 from workers.writer import write_events, write_json_events
 
 COMPARED = """

@@ -15,7 +15,9 @@ from service.ops import dead_letter
 from service.producer.client import AuditClient
 from service.queue import ENQUEUE_SCRIPT, deserialize_job
 from service.settings import Settings
-from tests.conftest import count_rows, queued_events, running_worker, wait_for
+from tests.support.polling import wait_for
+from tests.support.queue import queued_events
+from tests.support.worker import count_rows, running_worker
 
 
 def finalized(n: int) -> str:

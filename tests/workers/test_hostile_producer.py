@@ -27,7 +27,8 @@ from service.producer.client import AuditClient
 from service.producer_acl import PRODUCER_USER, ensure_producer_user, with_user
 from service.queue import ENQUEUE_FUNCTION, ENQUEUE_SCRIPT, RAW_BYTES_PREFIX, load_functions
 from service.settings import Settings
-from tests.conftest import running_worker, wait_for
+from tests.support.polling import wait_for
+from tests.support.worker import running_worker
 from workers.runner import worker_state
 
 SEED = int(os.environ.get("AUDITQ_TEST_SEED", random.randrange(1 << 30)))

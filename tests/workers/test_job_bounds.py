@@ -12,7 +12,8 @@ from service.keys import oversized_key, unfinished_key
 from service.ops import dead_letter
 from service.queue import ENQUEUE_SCRIPT
 from service.settings import Settings
-from tests.conftest import count_rows, running_worker, wait_for
+from tests.support.polling import wait_for
+from tests.support.worker import count_rows, running_worker
 from workers.retry import MAX_UNFINISHED_RUNS
 
 

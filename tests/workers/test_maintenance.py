@@ -7,7 +7,7 @@ from datetime import UTC, date, datetime
 import asyncpg
 
 from service.store.partitions import LIST_PARTITIONS, ensure_partitions
-from tests.stores import days_since, set_retention
+from tests.support.stores import days_since, set_retention
 from workers.maintenance import drop_expired_partitions
 
 INSERT_AT = """

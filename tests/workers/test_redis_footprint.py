@@ -13,8 +13,9 @@ from service.events import AuditEvent
 from service.keys import EVENTS_STORED, counters_key
 from service.producer.client import AuditClient
 from service.settings import Settings
-from tests.conftest import running_worker, wait_for
-from tests.stores import redis_as_text
+from tests.support.polling import wait_for
+from tests.support.stores import redis_as_text
+from tests.support.worker import running_worker
 
 EVENTS = 20_000
 BYTES_PER_EVENT = 50  # the bound: 100,000 stored events grow Redis by ≤ 5 MB

@@ -14,7 +14,8 @@ import redis.asyncio as aioredis
 from service.ops import dead_letter
 from service.queue import ENQUEUE_SCRIPT
 from service.settings import Settings
-from tests.conftest import count_rows, running_worker, wait_for
+from tests.support.polling import wait_for
+from tests.support.worker import count_rows, running_worker
 
 
 def event(i: int, **extra: object) -> dict[str, object]:

@@ -16,8 +16,11 @@ from pathlib import Path
 import redis
 
 from service.cli.embedded import free_port
+from tests.support.polling import wait_for_sync
 
 SERVICE = "auditq"
+# What a server in failover may answer meanwhile: "not yet" to a condition polled on it.
+REDIS_DOWN = (redis.RedisError,)
 START_WITHIN_S = 15.0  # seconds a server gets to answer after it is started
 
 
@@ -112,7 +115,9 @@ class SentinelCluster:
         for sentinel in self.sentinels:
             sentinel.start()
         try:
-            self.wait_until(self._settled, what="the replica syncs and the Sentinels agree")
+            wait_for_sync(
+                self._settled, what="the replica syncs and the Sentinels agree", ignore=REDIS_DOWN
+            )
         except AssertionError as exc:
             raise AssertionError(f"{exc}; last seen: {self._seen}") from None
 
@@ -143,17 +148,6 @@ class SentinelCluster:
             info = client.info("replication")
         replicas = [v for k, v in info.items() if k.startswith("slave") and isinstance(v, dict)]
         return sum(1 for r in replicas if r.get("state") == "online")
-
-    def wait_until(self, condition: object, *, what: str, within_s: float = 30.0) -> None:
-        assert callable(condition)
-        deadline = time.monotonic() + within_s
-        while True:
-            with contextlib.suppress(redis.RedisError):
-                if condition():
-                    return
-            if time.monotonic() > deadline:
-                raise AssertionError(f"{what}: not within {within_s} s")
-            time.sleep(0.05)
 
     def stop(self) -> None:
         for node in (*self.sentinels, self.replica, self.primary):
