@@ -172,6 +172,26 @@ def checked_options(
     return stored
 
 
+def checked(wanted: NewDestination, *, created_by: str) -> store.NewDestination:
+    """A destination to add as it is stored, once its filter, URL and options are checked
+    (a 400 naming what is wrong)."""
+    options = checked_options(
+        wanted.type, wanted.format, wanted.url, wanted.allow_private, wanted.options
+    )
+    return store.NewDestination(
+        name=wanted.name,
+        kind=wanted.type,
+        url=wanted.url,
+        format=wanted.format,
+        filter=wanted.filter,
+        filter_json=parse_filter(wanted.filter),
+        options=options,
+        secret=wanted.secret,
+        since=wanted.since,
+        created_by=created_by,
+    )
+
+
 async def info(conn: Any, destination: store.Destination) -> DestinationInfo:
     """A destination's answer: its settings and health."""
     lag_events, lag_s = await store.lag(conn, destination.position)
@@ -228,26 +248,10 @@ async def list_destinations(request: web.Request) -> web.Response:
 async def add_destination(request: web.Request) -> web.Response:
     """Add a destination; its secret is stored apart and never shown back."""
     wanted = await json_body.read_json(request, NewDestination)
-    filters = parse_filter(wanted.filter)
-    options = checked_options(
-        wanted.type, wanted.format, wanted.url, wanted.allow_private, wanted.options
-    )
+    new = checked(wanted, created_by=request_principal(request).name)
     record = functools.partial(record_admin_action, request)
     async with request.app[POOL].acquire() as conn:
-        added = await admin.add(
-            conn,
-            record,
-            name=wanted.name,
-            kind=wanted.type,
-            url=wanted.url,
-            format=wanted.format,
-            filter=wanted.filter,
-            filter_json=filters,
-            options=options,
-            secret=wanted.secret,
-            since=wanted.since,
-            created_by=request_principal(request).name,
-        )
+        added = await admin.add(conn, record, **new)
         if not added:
             raise ApiError(409, "destination_exists", f"a destination is named {wanted.name!r}")
         destination = await store.get_destination(conn, wanted.name)
@@ -389,14 +393,8 @@ async def backfill_destination(request: web.Request) -> web.Response:
     wanted = await json_body.read_json(request, Backfill)
     async with request.app[POOL].acquire() as conn:
         current = await _find(request, conn)
-        await record_admin_action(
-            request,
-            "destination.backfilled",
-            entity=admin.entity(current.name),
-            metadata={"name": current.name, "since": wanted.since.isoformat()},
-        )
-        position = await store.backfill(conn, current.id, wanted.since)
-        lag_events, _ = await store.lag(conn, position)
+        record = functools.partial(record_admin_action, request)
+        lag_events = await admin.backfill(conn, record, current, wanted.since)
     return json_body.json_response(
         BackfillStarted(name=current.name, since=wanted.since, lag_events=lag_events), status=202
     )

@@ -13,7 +13,8 @@ from typing import Any
 
 import msgspec
 
-from service.api.destinations import Options, checked_options, info, parse_filter
+from service.api.destinations import NewDestination, Options, checked, info
+from service.cli.common import add_command, add_group
 from service.errors import ConfigError
 from service.ops.admin_actions import audit_cli_action
 from service.ops.destinations import admin
@@ -24,6 +25,8 @@ from service.store import destinations as store
 from service.store.db import Conn
 
 NAME_HELP = "letters, digits, _ . - (up to 64)"
+# The flags of `destinations add` that are fields of the API's NewDestination as they are.
+_ADD_FIELDS = ("name", "type", "url", "format", "filter", "since", "allow_private")
 
 
 def _time(value: str) -> datetime:
@@ -74,24 +77,12 @@ def _options(args: argparse.Namespace) -> Options:
 
 
 async def cmd_add(settings: Settings, args: argparse.Namespace) -> int:
-    filters = parse_filter(args.filter)
-    options = checked_options(args.type, args.format, args.url, args.allow_private, _options(args))
-    secret = _read_secret(args.secret_file)
+    given = {name: getattr(args, name) for name in _ADD_FIELDS}
+    wanted = NewDestination(**given, options=_options(args))
+    new = checked(wanted, created_by="cli")
+    new["secret"] = _read_secret(args.secret_file)
     async with _connection(settings) as conn:
-        added = await admin.add(
-            conn,
-            functools.partial(audit_cli_action, settings),
-            name=args.name,
-            kind=args.type,
-            url=args.url,
-            format=args.format,
-            filter=args.filter,
-            filter_json=filters,
-            options=options,
-            secret=secret,
-            since=args.since,
-            created_by="cli",
-        )
+        added = await admin.add(conn, functools.partial(audit_cli_action, settings), **new)
     if not added:
         print(f"auditq: a destination is named {args.name!r}", file=sys.stderr)
         return 1
@@ -205,14 +196,8 @@ async def cmd_backfill(settings: Settings, args: argparse.Namespace) -> int:
         destination = await store.get_destination(conn, args.name)
         if destination is None:
             return _missing(args.name)
-        await audit_cli_action(
-            settings,
-            "destination.backfilled",
-            entity=admin.entity(args.name),
-            metadata={"name": args.name, "since": args.since.isoformat()},
-        )
-        position = await store.backfill(conn, destination.id, args.since)
-        lag_events, _ = await store.lag(conn, position)
+        record = functools.partial(audit_cli_action, settings)
+        lag_events = await admin.backfill(conn, record, destination, args.since)
     print(f"destination {args.name!r} sends again the rows stored since {args.since.isoformat()}")
     print(f"({lag_events} rows to send)")
     return 0
@@ -221,17 +206,14 @@ async def cmd_backfill(settings: Settings, args: argparse.Namespace) -> int:
 def add_parsers(sub: Any) -> None:
     """Add `destinations …` to the `auditq` subcommands."""
     group_help = "Stream the audit log to webhooks, syslog, Splunk HEC or Elasticsearch."
-    group = sub.add_parser("destinations", help=group_help, description=group_help)
-    actions = group.add_subparsers(dest="destinations_command", required=True, metavar="ACTION")
+    actions = add_group(sub, "destinations", group_help)
 
     list_help = "List destinations with their state, lag and counters (never secrets)."
-    listing = actions.add_parser("list", help=list_help, description=list_help)
-    listing.set_defaults(command=cmd_list)
+    listing = add_command(actions, "list", cmd_list, list_help)
     listing.add_argument("--json", action="store_true", help="print the API's JSON items")
 
     add_help = "Add a destination: it gets every row stored from now on (or since --since)."
-    add = actions.add_parser("add", help=add_help, description=add_help)
-    add.set_defaults(command=cmd_add)
+    add = add_command(actions, "add", cmd_add, add_help)
     add.add_argument("name", help=NAME_HELP)
     add.add_argument("--type", required=True, choices=store.KINDS)
     add.add_argument(
@@ -268,11 +250,8 @@ def add_parsers(sub: Any) -> None:
         ("resume", cmd_resume, "Resume a paused destination where it stopped."),
         ("test", cmd_test, "Send one synthetic event and print the receiver's reply."),
     ):
-        action = actions.add_parser(name, help=text, description=text)
-        action.set_defaults(command=command)
-        action.add_argument("name")
+        add_command(actions, name, command, text).add_argument("name")
     backfill_help = "Send again every row stored since a time."
-    backfill = actions.add_parser("backfill", help=backfill_help, description=backfill_help)
-    backfill.set_defaults(command=cmd_backfill)
+    backfill = add_command(actions, "backfill", cmd_backfill, backfill_help)
     backfill.add_argument("name")
     backfill.add_argument("--since", required=True, type=_time)

@@ -7,7 +7,7 @@ is stored; a name that is taken or unknown is said by the return value, never by
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, Protocol
+from typing import Any, Protocol, Unpack
 
 from service.events import Entity
 from service.store import destinations as store
@@ -27,23 +27,10 @@ def entity(name: str) -> Entity:
     return Entity(type="destination", id=name[:256])
 
 
-async def add(
-    conn: Conn,
-    record: Record,
-    *,
-    name: str,
-    kind: str,
-    url: str,
-    format: str,
-    filter: str,
-    filter_json: dict[str, Any],
-    options: dict[str, Any],
-    secret: str | None,
-    since: datetime | None,
-    created_by: str,
-) -> bool:
+async def add(conn: Conn, record: Record, **new: Unpack[store.NewDestination]) -> bool:
     """Add a checked destination, recorded as destination.created; False when the name is
     taken. Its secret is stored apart; the record says only whether there is one."""
+    name, since = new["name"], new["since"]
     if await store.get_destination(conn, name) is not None:
         return False
     await record(
@@ -51,25 +38,27 @@ async def add(
         entity=entity(name),
         metadata={
             "name": name,
-            "type": kind,
-            "url": url,
-            "format": format,
-            "filter": filter,
-            "secret_set": secret is not None,
+            "type": new["kind"],
+            "url": new["url"],
+            "format": new["format"],
+            "filter": new["filter"],
+            "secret_set": new["secret"] is not None,
             "since": since.isoformat() if since else None,
         },
     )
-    ident = await store.add_destination(
-        conn,
-        name=name,
-        kind=kind,
-        url=url,
-        format=format,
-        filter=filter,
-        filter_json=filter_json,
-        options=options,
-        secret=secret,
-        since=since,
-        created_by=created_by,
+    return await store.add_destination(conn, **new) is not None
+
+
+async def backfill(
+    conn: Conn, record: Record, destination: store.Destination, since: datetime
+) -> int:
+    """Move the destination back to the first row stored at or after `since`, recorded as
+    destination.backfilled; how many rows it has to send again."""
+    await record(
+        "destination.backfilled",
+        entity=entity(destination.name),
+        metadata={"name": destination.name, "since": since.isoformat()},
     )
-    return ident is not None
+    position = await store.backfill(conn, destination.id, since)
+    lag_events, _ = await store.lag(conn, position)
+    return lag_events
