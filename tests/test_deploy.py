@@ -462,6 +462,32 @@ def test_config_and_secret_cover_every_setting_and_parse() -> None:
     assert settings.log_format == "json"
 
 
+# The ConfigMap's values that are not the declared defaults, each for a reason its comment says.
+CONFIGMAP_CHOICES = {
+    "AUDITQ_HTTP_HOST",
+    "AUDITQ_LOG_FORMAT",
+    "AUDITQ_DATA_DIR",
+    "AUDITQ_SEAL_KEY_FILE",
+    "AUDITQ_SUBJECT_KEY_FILE",
+    "AUDITQ_SEAL_STATE_FILE",
+}
+
+
+def test_config_shows_the_declared_defaults_but_where_it_chooses() -> None:
+    config = resources("ConfigMap")["auditq-config"]["data"]
+    wrong = [
+        f"{s.name}={config[s.name]!r} (declared: {s.default!r})"
+        for s in SETTINGS
+        if s.name in config and s.name not in CONFIGMAP_CHOICES and config[s.name] != s.default
+    ]
+    assert not wrong, "; ".join(wrong)
+    assert all(config[name] != _default(name) for name in CONFIGMAP_CHOICES)
+
+
+def _default(name: str) -> str:
+    return next(s.default for s in SETTINGS if s.name == name)
+
+
 def container_of(deployment: str) -> dict[str, Any]:
     container: dict[str, Any] = pod_spec(resources("Deployment")[deployment])["containers"][0]
     return container
