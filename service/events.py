@@ -318,10 +318,12 @@ def redact_event(
     """Redact every string of an event (service/redaction.py); the event itself when none
     needed it. Its id, ts, action, enums and request.ip are not free text and stay.
     `cards=False`: the pre-check saw no card number in it (json_precheck)."""
-    changes: dict[str, Any] = {}
-    _redact_fields(event, ("category", "tenant", "source"), extra_keys, changes, cards)
+    changes = _redacted_fields(event, ("category", "tenant", "source"), extra_keys, cards)
     for name, fields in _NESTED_TEXT:
-        _redact_part(event, name, fields, extra_keys, changes, cards)
+        part = getattr(event, name)
+        done = _redacted_fields(part, fields, extra_keys, cards) if part is not None else None
+        if done:
+            changes[name] = msgspec.structs.replace(part, **done)
     presentation = event.presentation
     if presentation is not None:
         code = redact_sensitive_in_string(presentation.code, extra_keys, cards=cards)
@@ -347,40 +349,22 @@ def redact_event(
         raise InvalidEvent(f"once redacted: {exc}") from None
 
 
-def _redact_part(
-    event: AuditEvent,
-    name: str,
-    fields: tuple[str, ...],
-    extra_keys: frozenset[str],
-    changes: dict[str, Any],
-    cards: bool,
-) -> None:
-    part = getattr(event, name)
-    if part is None:
-        return
-    done: dict[str, Any] = {}
-    _redact_fields(part, fields, extra_keys, done, cards)
-    if done:
-        changes[name] = msgspec.structs.replace(part, **done)
-
-
-def _redact_fields(
-    part: object,
-    names: tuple[str, ...],
-    extra_keys: frozenset[str],
-    changes: dict[str, Any],
-    cards: bool,
-) -> None:
-    """Redact some string fields of a struct, after one pre-check over all of them."""
+def _redacted_fields(
+    part: object, names: tuple[str, ...], extra_keys: frozenset[str], cards: bool
+) -> dict[str, Any]:
+    """The redacted values of some string fields of a struct (only those that change), after
+    one pre-check over all of them."""
     values = [getattr(part, name) for name in names]
     joined = "\n".join(v for v in values if isinstance(v, str))
     if not may_hold_secret(joined, extra_keys, cards=cards):
-        return  # one scan instead of one per field: most fields of most events are clean
+        return {}  # one scan instead of one per field: most fields of most events are clean
+    redacted: dict[str, Any] = {}
     for name, value in zip(names, values, strict=True):
         if isinstance(value, str):
-            redacted = redact_sensitive_in_string(value, extra_keys, cards=cards)
-            if redacted is not value:
-                changes[name] = redacted
+            text = redact_sensitive_in_string(value, extra_keys, cards=cards)
+            if text is not value:
+                redacted[name] = text
+    return redacted
 
 
 _NESTED_TEXT = (

@@ -4,46 +4,32 @@ pseudonymise erased subjects' later events); no database role can read it."""
 
 from __future__ import annotations
 
-import os
 import secrets
 from pathlib import Path
 
 from service.errors import ConfigError
+from service.key_files import create_private, load_or_create
 
 KEY_BYTES = 32
 
 
 def load_or_create_subject_key(path: Path) -> bytes:
     """Read the key at `path`, making it (mode 0600) when the file is absent."""
-    try:
-        return _checked(path.read_bytes(), path)
-    except FileNotFoundError:
-        pass
-    path.parent.mkdir(parents=True, exist_ok=True)
-    try:  # O_EXCL: two processes starting at once end with one key, the loser reads it
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:
-        return _checked(path.read_bytes(), path)
-    key = secrets.token_bytes(KEY_BYTES)
-    with os.fdopen(fd, "wb") as file:
-        file.write(key)
-    return key
+    return load_or_create(
+        path, lambda: secrets.token_bytes(KEY_BYTES), lambda key: _checked(key, path)
+    )
 
 
 def keep_moved_key(path: Path, key: bytes) -> None:
     """Keep `key` (moved out of an older database) at `path`, mode 0600; the file may hold it
     already, but no other key (the pseudonyms of erased subjects would change)."""
-    if path.exists():
-        if path.read_bytes() != key:
-            raise ConfigError(
-                f"{path} holds another subject key than the database: keep the database's "
-                "(move the file away) or the pseudonyms of erased subjects change"
-            )
+    if create_private(path, _checked(key, path)):
         return
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "wb") as file:
-        file.write(_checked(key, path))
+    if path.read_bytes() != key:
+        raise ConfigError(
+            f"{path} holds another subject key than the database: keep the database's "
+            "(move the file away) or the pseudonyms of erased subjects change"
+        )
 
 
 def load_subject_key(path: Path) -> bytes:

@@ -17,7 +17,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from service.settings import Settings
+from service.settings import SETTINGS, Settings
 from workers.runner import SHUTDOWN_GRACE
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -32,11 +32,9 @@ ROLE_PASSWORDS = {"AUDITQ_OWNER_PASSWORD", "AUDITQ_WORKER_PASSWORD", "AUDITQ_API
 IMAGE_UID = 10001  # the Dockerfile's USER
 
 
-@cache
 def settings_variables() -> frozenset[str]:
-    """Every AUDITQ_* variable service/settings.py reads."""
-    source = (ROOT / "service" / "settings.py").read_text()
-    return frozenset(re.findall(r'"(AUDITQ_[A-Z0-9_]+)"', source))
+    """Every AUDITQ_* variable service/settings.py declares."""
+    return frozenset(s.name for s in SETTINGS)
 
 
 def test_settings_variables_are_found() -> None:
@@ -255,6 +253,17 @@ def test_env_example_shows_the_default(name: str) -> None:
     assert Settings.from_env({name: value}, published=False) == default, f"{name}={value}"
 
 
+def test_env_example_shows_the_declared_defaults() -> None:
+    """Each line of deploy/env.example shows the default service/settings.py declares."""
+    shown = env_example()
+    wrong = [
+        f"{s.name}={shown[s.name]} (declared: {s.default!r})"
+        for s in SETTINGS
+        if shown[s.name] != s.default
+    ]
+    assert not wrong, "; ".join(wrong)
+
+
 # --- deploy/compose.yaml ----------------------------------------------------------------------
 
 
@@ -451,6 +460,32 @@ def test_config_and_secret_cover_every_setting_and_parse() -> None:
     settings = Settings.from_env({**config, **secret}, published=False)
     assert settings.http_host == "0.0.0.0"
     assert settings.log_format == "json"
+
+
+# The ConfigMap's values that are not the declared defaults, each for a reason its comment says.
+CONFIGMAP_CHOICES = {
+    "AUDITQ_HTTP_HOST",
+    "AUDITQ_LOG_FORMAT",
+    "AUDITQ_DATA_DIR",
+    "AUDITQ_SEAL_KEY_FILE",
+    "AUDITQ_SUBJECT_KEY_FILE",
+    "AUDITQ_SEAL_STATE_FILE",
+}
+
+
+def test_config_shows_the_declared_defaults_but_where_it_chooses() -> None:
+    config = resources("ConfigMap")["auditq-config"]["data"]
+    wrong = [
+        f"{s.name}={config[s.name]!r} (declared: {s.default!r})"
+        for s in SETTINGS
+        if s.name in config and s.name not in CONFIGMAP_CHOICES and config[s.name] != s.default
+    ]
+    assert not wrong, "; ".join(wrong)
+    assert all(config[name] != _default(name) for name in CONFIGMAP_CHOICES)
+
+
+def _default(name: str) -> str:
+    return next(s.default for s in SETTINGS if s.name == name)
 
 
 def container_of(deployment: str) -> dict[str, Any]:

@@ -17,7 +17,7 @@ import pytest
 
 from service.cli.main import _parser
 from service.integrity.keys import load_or_create_private_key
-from service.settings import Settings
+from service.settings import SETTINGS, Settings
 from service.store.seals import seal_once
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -288,11 +288,9 @@ def test_every_link_resolves(page: Path) -> None:
 # --- configuration ------------------------------------------------------------------------------
 
 
-@cache
 def settings_variables() -> frozenset[str]:
-    """Every AUDITQ_* variable service/settings.py reads."""
-    source = (ROOT / "service" / "settings.py").read_text()
-    return frozenset(re.findall(r'"(AUDITQ_[A-Z0-9_]+)"', source))
+    """Every AUDITQ_* variable service/settings.py declares."""
+    return frozenset(s.name for s in SETTINGS)
 
 
 def documented_variables() -> frozenset[str]:
@@ -345,6 +343,18 @@ def test_each_setting_has_one_row_with_type_default_unit_and_meaning() -> None:
         assert len(cells) == 4, f"{name}: want type | default | unit | meaning, got {cells}"
         kind, default, _unit, meaning = cells
         assert kind and default and meaning, f"{name}: a type, a default and a meaning"
+
+
+def test_each_row_states_the_declared_type_default_and_unit() -> None:
+    """docs/configuration.md says what service/settings.py declares, setting by setting."""
+    rows = dict(re.findall(r"^\| `(AUDITQ_[A-Z0-9_]+)` \|(.*)\|$", CONFIGURATION.read_text(), re.M))
+    faults = []
+    for setting in SETTINGS:
+        kind, default, unit, _ = (cell.strip() for cell in rows[setting.name].split("|"))
+        declared = (setting.kind, setting.documented_default, setting.unit)
+        if (kind, default, unit) != declared:
+            faults.append(f"{setting.name}: the page says {(kind, default, unit)}, not {declared}")
+    assert not faults, "; ".join(faults)
 
 
 def test_documented_defaults_are_the_defaults() -> None:

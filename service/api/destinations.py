@@ -6,6 +6,7 @@ log line holds it; answers say only whether one is set.
 
 from __future__ import annotations
 
+import functools
 from datetime import datetime
 from typing import Annotated, Any, Literal
 from urllib.parse import parse_qsl
@@ -21,7 +22,7 @@ from service.api.auth import request_principal
 from service.api.errors import ApiError, bad_parameter
 from service.api.openapi import operation
 from service.api.state import POOL, record_admin_action
-from service.events import Entity
+from service.ops.destinations import admin
 from service.ops.destinations.ocsf import CLASSES
 from service.ops.destinations.probe import TestResult, send_test
 from service.ops.destinations.safety import UnsafeDestination, check_url
@@ -171,6 +172,26 @@ def checked_options(
     return stored
 
 
+def checked(wanted: NewDestination, *, created_by: str) -> store.NewDestination:
+    """A destination to add as it is stored, once its filter, URL and options are checked
+    (a 400 naming what is wrong)."""
+    options = checked_options(
+        wanted.type, wanted.format, wanted.url, wanted.allow_private, wanted.options
+    )
+    return store.NewDestination(
+        name=wanted.name,
+        kind=wanted.type,
+        url=wanted.url,
+        format=wanted.format,
+        filter=wanted.filter,
+        filter_json=parse_filter(wanted.filter),
+        options=options,
+        secret=wanted.secret,
+        since=wanted.since,
+        created_by=created_by,
+    )
+
+
 async def info(conn: Any, destination: store.Destination) -> DestinationInfo:
     """A destination's answer: its settings and health."""
     lag_events, lag_s = await store.lag(conn, destination.position)
@@ -195,10 +216,6 @@ async def info(conn: Any, destination: store.Destination) -> DestinationInfo:
         created_at=destination.created_at,
         created_by=destination.created_by,
     )
-
-
-def _entity(name: str) -> Entity:
-    return Entity(type="destination", id=name[:256])
 
 
 def _not_found(name: str) -> ApiError:
@@ -231,41 +248,11 @@ async def list_destinations(request: web.Request) -> web.Response:
 async def add_destination(request: web.Request) -> web.Response:
     """Add a destination; its secret is stored apart and never shown back."""
     wanted = await json_body.read_json(request, NewDestination)
-    filters = parse_filter(wanted.filter)
-    options = checked_options(
-        wanted.type, wanted.format, wanted.url, wanted.allow_private, wanted.options
-    )
+    new = checked(wanted, created_by=request_principal(request).name)
+    record = functools.partial(record_admin_action, request)
     async with request.app[POOL].acquire() as conn:
-        if await store.get_destination(conn, wanted.name) is not None:
-            raise ApiError(409, "destination_exists", f"a destination is named {wanted.name!r}")
-        await record_admin_action(
-            request,
-            "destination.created",
-            entity=_entity(wanted.name),
-            metadata={
-                "name": wanted.name,
-                "type": wanted.type,
-                "url": wanted.url,
-                "format": wanted.format,
-                "filter": wanted.filter,
-                "secret_set": wanted.secret is not None,
-                "since": wanted.since.isoformat() if wanted.since else None,
-            },
-        )
-        ident = await store.add_destination(
-            conn,
-            name=wanted.name,
-            kind=wanted.type,
-            url=wanted.url,
-            format=wanted.format,
-            filter=wanted.filter,
-            filter_json=filters,
-            options=options,
-            secret=wanted.secret,
-            since=wanted.since,
-            created_by=request_principal(request).name,
-        )
-        if ident is None:
+        added = await admin.add(conn, record, **new)
+        if not added:
             raise ApiError(409, "destination_exists", f"a destination is named {wanted.name!r}")
         destination = await store.get_destination(conn, wanted.name)
         assert destination is not None
@@ -324,7 +311,7 @@ async def change_destination(request: web.Request) -> web.Response:
         await record_admin_action(
             request,
             action,
-            entity=_entity(current.name),
+            entity=admin.entity(current.name),
             metadata={"name": current.name, "changed": sorted(set(changed))},
         )
         updated = store.Destination(
@@ -366,7 +353,7 @@ async def remove_destination(request: web.Request) -> web.Response:
         await record_admin_action(
             request,
             "destination.removed",
-            entity=_entity(current.name),
+            entity=admin.entity(current.name),
             metadata={"name": current.name, "type": current.kind, "url": current.url},
         )
         if not await store.remove_destination(conn, current.name):
@@ -385,7 +372,10 @@ async def test_destination(request: web.Request) -> web.Response:
         current = await _find(request, conn)
         secret = await store.read_secret(conn, current.id)
     await record_admin_action(
-        request, "destination.tested", entity=_entity(current.name), metadata={"name": current.name}
+        request,
+        "destination.tested",
+        entity=admin.entity(current.name),
+        metadata={"name": current.name},
     )
     result = await send_test(current, secret, actor=principal.name)
     return json_body.json_response(result)
@@ -403,14 +393,8 @@ async def backfill_destination(request: web.Request) -> web.Response:
     wanted = await json_body.read_json(request, Backfill)
     async with request.app[POOL].acquire() as conn:
         current = await _find(request, conn)
-        await record_admin_action(
-            request,
-            "destination.backfilled",
-            entity=_entity(current.name),
-            metadata={"name": current.name, "since": wanted.since.isoformat()},
-        )
-        position = await store.backfill(conn, current.id, wanted.since)
-        lag_events, _ = await store.lag(conn, position)
+        record = functools.partial(record_admin_action, request)
+        lag_events = await admin.backfill(conn, record, current, wanted.since)
     return json_body.json_response(
         BackfillStarted(name=current.name, since=wanted.since, lag_events=lag_events), status=202
     )

@@ -11,9 +11,9 @@ from aiohttp import web
 
 from service.api.state import CLIENT, POOL, SETTINGS
 from service.producer.client import AuditClient
-from service.queue import PROVENANCE_SECRET, Provenance
+from service.queue import Provenance
 from service.settings import Settings
-from service.store.secrets import read_secret
+from service.store.secrets import read_provenance_key
 
 API_VIA = "api"
 
@@ -60,7 +60,7 @@ async def producers_context(app: web.Application) -> AsyncIterator[None]:
     """Make the API's own producer and the ingest producers; close them last."""
     settings = app[SETTINGS]
     async with app[POOL].acquire() as conn:
-        key = await read_secret(conn, PROVENANCE_SECRET)
+        key = await read_provenance_key(conn)
     app[CLIENT] = AuditClient.from_settings(
         settings, provenance=Provenance(via=API_VIA, key=key, task_prefix="api")
     )

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
@@ -47,6 +49,25 @@ class TaskDiscarded(msgspec.Struct, frozen=True, kw_only=True):
 
 def _not_discardable(task_id: str, status: str) -> str:
     return f"task {task_id} is {status}; only a failed task can be discarded"
+
+
+@contextmanager
+def _task_errors(task_id: str, not_failed: Callable[[TaskNotFailed], str]) -> Iterator[None]:
+    """A task action's refusals as the API's answers: 404, or 409 with `not_failed`'s words."""
+    try:
+        yield
+    except TaskNotFound:
+        raise ApiError(404, "not_found", f"no task {task_id}") from None
+    except TaskNotFailed as exc:
+        raise ApiError(409, "task_not_failed", not_failed(exc)) from None
+    except TaskChanged as exc:
+        raise ApiError(409, "task_changed", str(exc)) from None
+
+
+async def _filter(request: web.Request) -> tuple[RetryFilter, dict[str, Any]]:
+    """A bulk action's filter (all failed tasks when the body is empty), and as recorded."""
+    where = await json_body.read_json(request, RetryFilter, default=_DEFAULT_FILTER)
+    return where, msgspec.to_builtins(where)
 
 
 _DEFAULT_POLICY = CleanupPolicy()
@@ -165,14 +186,8 @@ async def retry_task(request: web.Request) -> web.Response:
             metadata={"event_count": event_count},
         )
 
-    try:
+    with _task_errors(task_id, str):
         task = await task_actions.retry(_tasks(request), task_id, record=record)
-    except TaskNotFound:
-        raise ApiError(404, "not_found", f"no task {task_id}") from None
-    except TaskNotFailed as exc:
-        raise ApiError(409, "task_not_failed", str(exc)) from None
-    except TaskChanged as exc:
-        raise ApiError(409, "task_changed", str(exc)) from None
     return json_body.json_response(RetryAccepted(task=task), status=202)
 
 
@@ -198,14 +213,8 @@ async def discard_task(request: web.Request) -> web.Response:
         entity=Entity(type="task", id=task_id[:1024]),
         metadata={"event_count": task.event_count, "failure": failure},
     )
-    try:
+    with _task_errors(task_id, lambda exc: _not_discardable(task_id, exc.status)):
         discarded = await task_actions.discard(_tasks(request), task_id)
-    except TaskNotFound:
-        raise ApiError(404, "not_found", f"no task {task_id}") from None
-    except TaskNotFailed as exc:
-        raise ApiError(409, "task_not_failed", _not_discardable(task_id, exc.status)) from None
-    except TaskChanged as exc:
-        raise ApiError(409, "task_changed", str(exc)) from None
     return json_body.json_response(TaskDiscarded(task=discarded))
 
 
@@ -216,8 +225,7 @@ async def discard_task(request: web.Request) -> web.Response:
 )
 async def retry_failed(request: web.Request) -> web.Response:
     """Queue the failed tasks that match the filters again."""
-    where = await json_body.read_json(request, RetryFilter, default=_DEFAULT_FILTER)
-    filters: dict[str, Any] = msgspec.to_builtins(where)
+    where, filters = await _filter(request)
     await record_admin_action(request, "task.retried_bulk", metadata={"filters": filters})
     retried = await task_actions.retry_failed(_tasks(request), where)
     return json_body.json_response(BulkRetryAccepted(retried=retried), status=202)
@@ -242,7 +250,7 @@ class BulkDiscarded(msgspec.Struct, frozen=True, kw_only=True):
 )
 async def count_failed(request: web.Request) -> web.Response:
     """Count what a bulk retry or discard with these filters would take."""
-    where = await json_body.read_json(request, RetryFilter, default=_DEFAULT_FILTER)
+    where, _ = await _filter(request)
     ids = await task_actions.matching_failed(_tasks(request), where)
     return json_body.json_response(FailedMatching(matching=len(ids)))
 
@@ -254,9 +262,8 @@ async def count_failed(request: web.Request) -> web.Response:
 )
 async def discard_failed(request: web.Request) -> web.Response:
     """Drop the failed tasks that match the filters; the discard is audited first."""
-    where = await json_body.read_json(request, RetryFilter, default=_DEFAULT_FILTER)
+    where, filters = await _filter(request)
     ids = await task_actions.matching_failed(_tasks(request), where)
-    filters: dict[str, Any] = msgspec.to_builtins(where)
     # Recorded before the events go, naming every task taken.
     await record_admin_action(
         request,

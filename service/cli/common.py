@@ -66,3 +66,10 @@ def add_command(sub: Any, name: str, command: Command, help_text: str) -> argpar
     parser: argparse.ArgumentParser = sub.add_parser(name, help=help_text, description=help_text)
     parser.set_defaults(command=command)
     return parser
+
+
+def add_group(sub: Any, name: str, help_text: str) -> Any:
+    """Add the group `name` to `sub` (`auditq NAME ACTION`); its actions are added to what
+    this returns."""
+    group = sub.add_parser(name, help=help_text, description=help_text)
+    return group.add_subparsers(dest=f"{name}_command", required=True, metavar="ACTION")

@@ -3,27 +3,30 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import sys
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import msgspec
 
-from service.api.destinations import Options, checked_options, info, parse_filter
+from service.api.destinations import NewDestination, Options, checked, info
+from service.cli.common import add_command, add_group
 from service.errors import ConfigError
-from service.events import Entity
 from service.ops.admin_actions import audit_cli_action
+from service.ops.destinations import admin
 from service.ops.destinations.probe import send_test
 from service.settings import Settings
 from service.store import db
 from service.store import destinations as store
+from service.store.db import Conn
 
 NAME_HELP = "letters, digits, _ . - (up to 64)"
-
-
-def _entity(name: str) -> Entity:
-    return Entity(type="destination", id=name)
+# The flags of `destinations add` that are fields of the API's NewDestination as they are.
+_ADD_FIELDS = ("name", "type", "url", "format", "filter", "since", "allow_private")
 
 
 def _time(value: str) -> datetime:
@@ -74,43 +77,13 @@ def _options(args: argparse.Namespace) -> Options:
 
 
 async def cmd_add(settings: Settings, args: argparse.Namespace) -> int:
-    filters = parse_filter(args.filter)
-    options = checked_options(args.type, args.format, args.url, args.allow_private, _options(args))
-    secret = _read_secret(args.secret_file)
-    conn = await db.connect(settings.require_database())
-    try:
-        if await store.get_destination(conn, args.name) is not None:
-            print(f"auditq: a destination is named {args.name!r}", file=sys.stderr)
-            return 1
-        await audit_cli_action(
-            settings,
-            "destination.created",
-            entity=_entity(args.name),
-            metadata={
-                "name": args.name,
-                "type": args.type,
-                "url": args.url,
-                "format": args.format,
-                "filter": args.filter,
-                "secret_set": secret is not None,
-            },
-        )
-        ident = await store.add_destination(
-            conn,
-            name=args.name,
-            kind=args.type,
-            url=args.url,
-            format=args.format,
-            filter=args.filter,
-            filter_json=filters,
-            options=options,
-            secret=secret,
-            since=args.since,
-            created_by="cli",
-        )
-    finally:
-        await conn.close()
-    if ident is None:
+    given = {name: getattr(args, name) for name in _ADD_FIELDS}
+    wanted = NewDestination(**given, options=_options(args))
+    new = checked(wanted, created_by="cli")
+    new["secret"] = _read_secret(args.secret_file)
+    async with _connection(settings) as conn:
+        added = await admin.add(conn, functools.partial(audit_cli_action, settings), **new)
+    if not added:
         print(f"auditq: a destination is named {args.name!r}", file=sys.stderr)
         return 1
     start = f"rows stored since {args.since.isoformat()}" if args.since else "rows stored from now"
@@ -127,11 +100,8 @@ def _cell(value: Any) -> str:
 
 
 async def cmd_list(settings: Settings, args: argparse.Namespace) -> int:
-    conn = await db.connect(settings.require_database())
-    try:
+    async with _connection(settings) as conn:
         items = [await info(conn, d) for d in await store.list_destinations(conn)]
-    finally:
-        await conn.close()
     if args.json:
         print(msgspec.json.encode(items).decode())
         return 0
@@ -162,22 +132,31 @@ async def cmd_list(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
-async def _simple(settings: Settings, name: str, action: str) -> int:
+@asynccontextmanager
+async def _connection(settings: Settings) -> AsyncIterator[Conn]:
     conn = await db.connect(settings.require_database())
     try:
+        yield conn
+    finally:
+        await conn.close()
+
+
+def _missing(name: str) -> int:
+    print(f"auditq: no destination is named {name!r}", file=sys.stderr)
+    return 1
+
+
+async def _simple(settings: Settings, name: str, action: str) -> int:
+    async with _connection(settings) as conn:
         if await store.get_destination(conn, name) is None:
-            print(f"auditq: no destination is named {name!r}", file=sys.stderr)
-            return 1
-        await audit_cli_action(settings, action, entity=_entity(name), metadata={"name": name})
+            return _missing(name)
+        await audit_cli_action(settings, action, entity=admin.entity(name), metadata={"name": name})
         if action == "destination.removed":
             done = await store.remove_destination(conn, name)
         else:
             done = await store.set_paused(conn, name, action == "destination.paused")
-    finally:
-        await conn.close()
     if not done:
-        print(f"auditq: no destination is named {name!r}", file=sys.stderr)
-        return 1
+        return _missing(name)
     print(f"destination {name!r} {action.split('.')[1]}")
     return 0
 
@@ -195,17 +174,13 @@ async def cmd_resume(settings: Settings, args: argparse.Namespace) -> int:
 
 
 async def cmd_test(settings: Settings, args: argparse.Namespace) -> int:
-    conn = await db.connect(settings.require_database())
-    try:
+    async with _connection(settings) as conn:
         destination = await store.get_destination(conn, args.name)
         if destination is None:
-            print(f"auditq: no destination is named {args.name!r}", file=sys.stderr)
-            return 1
+            return _missing(args.name)
         secret = await store.read_secret(conn, destination.id)
-    finally:
-        await conn.close()
     await audit_cli_action(
-        settings, "destination.tested", entity=_entity(args.name), metadata={"name": args.name}
+        settings, "destination.tested", entity=admin.entity(args.name), metadata={"name": args.name}
     )
     result = await send_test(destination, secret, actor="cli")
     status = f"HTTP {result.status}" if result.status is not None else "no status"
@@ -217,22 +192,12 @@ async def cmd_test(settings: Settings, args: argparse.Namespace) -> int:
 
 
 async def cmd_backfill(settings: Settings, args: argparse.Namespace) -> int:
-    conn = await db.connect(settings.require_database())
-    try:
+    async with _connection(settings) as conn:
         destination = await store.get_destination(conn, args.name)
         if destination is None:
-            print(f"auditq: no destination is named {args.name!r}", file=sys.stderr)
-            return 1
-        await audit_cli_action(
-            settings,
-            "destination.backfilled",
-            entity=_entity(args.name),
-            metadata={"name": args.name, "since": args.since.isoformat()},
-        )
-        position = await store.backfill(conn, destination.id, args.since)
-        lag_events, _ = await store.lag(conn, position)
-    finally:
-        await conn.close()
+            return _missing(args.name)
+        record = functools.partial(audit_cli_action, settings)
+        lag_events = await admin.backfill(conn, record, destination, args.since)
     print(f"destination {args.name!r} sends again the rows stored since {args.since.isoformat()}")
     print(f"({lag_events} rows to send)")
     return 0
@@ -241,17 +206,14 @@ async def cmd_backfill(settings: Settings, args: argparse.Namespace) -> int:
 def add_parsers(sub: Any) -> None:
     """Add `destinations …` to the `auditq` subcommands."""
     group_help = "Stream the audit log to webhooks, syslog, Splunk HEC or Elasticsearch."
-    group = sub.add_parser("destinations", help=group_help, description=group_help)
-    actions = group.add_subparsers(dest="destinations_command", required=True, metavar="ACTION")
+    actions = add_group(sub, "destinations", group_help)
 
     list_help = "List destinations with their state, lag and counters (never secrets)."
-    listing = actions.add_parser("list", help=list_help, description=list_help)
-    listing.set_defaults(command=cmd_list)
+    listing = add_command(actions, "list", cmd_list, list_help)
     listing.add_argument("--json", action="store_true", help="print the API's JSON items")
 
     add_help = "Add a destination: it gets every row stored from now on (or since --since)."
-    add = actions.add_parser("add", help=add_help, description=add_help)
-    add.set_defaults(command=cmd_add)
+    add = add_command(actions, "add", cmd_add, add_help)
     add.add_argument("name", help=NAME_HELP)
     add.add_argument("--type", required=True, choices=store.KINDS)
     add.add_argument(
@@ -288,11 +250,8 @@ def add_parsers(sub: Any) -> None:
         ("resume", cmd_resume, "Resume a paused destination where it stopped."),
         ("test", cmd_test, "Send one synthetic event and print the receiver's reply."),
     ):
-        action = actions.add_parser(name, help=text, description=text)
-        action.set_defaults(command=command)
-        action.add_argument("name")
+        add_command(actions, name, command, text).add_argument("name")
     backfill_help = "Send again every row stored since a time."
-    backfill = actions.add_parser("backfill", help=backfill_help, description=backfill_help)
-    backfill.set_defaults(command=cmd_backfill)
+    backfill = add_command(actions, "backfill", cmd_backfill, backfill_help)
     backfill.add_argument("name")
     backfill.add_argument("--since", required=True, type=_time)

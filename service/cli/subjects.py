@@ -14,6 +14,7 @@ import asyncpg
 import redis.asyncio as aioredis
 import redis.exceptions
 
+from service.cli.common import add_command
 from service.errors import AuditqError, ConfigError
 from service.ops import subjects
 from service.ops.admin_actions import cli_actor, requested_by, unwritable
@@ -84,7 +85,6 @@ def add_parsers(sub: Any) -> None:
         "Pseudonymise one data subject everywhere auditq keeps data (rows, Redis, dead "
         "letters); waits and prints the pseudonym and the counts."
     )
-    parser = sub.add_parser("anonymise", help=text, description=text)
-    parser.set_defaults(command=cmd_anonymise)
+    parser = add_command(sub, "anonymise", cmd_anonymise, text)
     parser.add_argument("subject_id", help="the actor id (or user entity id) to erase")
     parser.add_argument("--reason", help="kept in the subject.anonymised audit event")

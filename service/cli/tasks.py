@@ -17,7 +17,7 @@ import msgspec
 import redis.asyncio as aioredis
 import redis.exceptions
 
-from service.cli.common import Command, add_command
+from service.cli.common import Command, add_command, add_group
 from service.connections import redis_client
 from service.errors import AuditqError, ConfigError
 from service.events import Entity
@@ -240,8 +240,7 @@ def add_parsers(sub: Any) -> None:
     stats.add_argument("--watch", action="store_true", help="refresh every 2 s until Ctrl-C")
 
     tasks_help = "Inspect, retry and clean up the queue's tasks."
-    tasks = sub.add_parser("tasks", help=tasks_help, description=tasks_help)
-    actions = tasks.add_subparsers(dest="tasks_command", required=True, metavar="ACTION")
+    actions = add_group(sub, "tasks", tasks_help)
 
     def add(name: str, command: Command, help_text: str) -> argparse.ArgumentParser:
         return add_command(actions, name, command, help_text)

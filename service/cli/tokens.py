@@ -11,6 +11,7 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from service import revocations
+from service.cli.common import add_command, add_group
 from service.errors import ConfigError
 from service.ops.admin_actions import RECORD_FAILURES, cli_actor, requested_by, unwritable
 from service.settings import Settings
@@ -111,18 +112,13 @@ def _token_name(value: str) -> str:
 def add_parsers(sub: Any) -> None:
     """Add `tokens create|list|revoke` to the `auditq` subcommands."""
     tokens_help = "Manage admin API tokens: create, list, revoke."
-    tokens = sub.add_parser("tokens", help=tokens_help, description=tokens_help)
-    token_sub = tokens.add_subparsers(dest="tokens_command", required=True, metavar="ACTION")
+    token_sub = add_group(sub, "tokens", tokens_help)
     create_help = "Make a token; prints it alone on the last line (shown once, stored hashed)."
-    create = token_sub.add_parser("create", help=create_help, description=create_help)
-    create.set_defaults(command=cmd_tokens_create)
+    create = add_command(token_sub, "create", cmd_tokens_create, create_help)
     create.add_argument("--name", required=True, type=_token_name, help="e.g. ci-export")
     create.add_argument("--role", required=True, choices=auth.ROLES)
     list_help = "List tokens: name, role, created, last used, revoked (never secrets)."
-    token_sub.add_parser("list", help=list_help, description=list_help).set_defaults(
-        command=cmd_tokens_list
-    )
+    add_command(token_sub, "list", cmd_tokens_list, list_help)
     revoke_help = "Revoke the active token NAME: every API refuses it within 5 s."
-    revoke = token_sub.add_parser("revoke", help=revoke_help, description=revoke_help)
-    revoke.set_defaults(command=cmd_tokens_revoke)
+    revoke = add_command(token_sub, "revoke", cmd_tokens_revoke, revoke_help)
     revoke.add_argument("name", type=_token_name)

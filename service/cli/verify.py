@@ -12,6 +12,7 @@ from urllib.parse import urlsplit
 
 import asyncpg
 
+from service.cli.common import add_command, add_group
 from service.errors import ConfigError
 from service.integrity import note
 from service.integrity.keys import load_public_key, public_pem
@@ -107,8 +108,7 @@ def add_parsers(sub: Any) -> None:
     verify_help = (
         "Check every checkpoint and row: exit 0 intact, 1 findings, 2 usage/connection error."
     )
-    parser = sub.add_parser("verify", help=verify_help, description=verify_help)
-    parser.set_defaults(command=cmd_verify)
+    parser = add_command(sub, "verify", cmd_verify, verify_help)
     parser.add_argument("--since", type=_timestamp, help="checkpoints sealed at or after T")
     parser.add_argument("--until", type=_timestamp, help="checkpoints sealed before T")
     parser.add_argument(
@@ -123,11 +123,9 @@ def add_parsers(sub: Any) -> None:
         help="PEM public key (default: derived from AUDITQ_SEAL_KEY_FILE)",
     )
     integrity_help = "Integrity keys: print the public key that verifies checkpoints."
-    integrity = sub.add_parser("integrity", help=integrity_help, description=integrity_help)
-    actions = integrity.add_subparsers(dest="integrity_command", required=True, metavar="ACTION")
+    actions = add_group(sub, "integrity", integrity_help)
     key_help = "Print the PEM public key of AUDITQ_SEAL_KEY_FILE (all `auditq verify` needs)."
-    public_key = actions.add_parser("public-key", help=key_help, description=key_help)
-    public_key.set_defaults(command=cmd_public_key)
+    public_key = add_command(actions, "public-key", cmd_public_key, key_help)
     public_key.add_argument(
         "--vkey",
         action="store_true",
@@ -138,4 +136,4 @@ def add_parsers(sub: Any) -> None:
         "Print the latest signed checkpoint (a C2SP note, with cosignatures): keep it "
         "outside the database and check the store extends it with `auditq verify --head FILE`."
     )
-    actions.add_parser("head", help=head_help, description=head_help).set_defaults(command=cmd_head)
+    add_command(actions, "head", cmd_head, head_help)

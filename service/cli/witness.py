@@ -14,6 +14,7 @@ from aiohttp import web
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from service.api.witness import Witness, witness_app
+from service.cli.common import add_command
 from service.errors import ConfigError
 from service.integrity import note
 from service.integrity.keys import load_or_create_private_key, load_public_key
@@ -79,8 +80,7 @@ def add_parsers(sub: Any) -> None:
         "Run a witness (C2SP tlog-witness): cosign the checkpoints of the logs given, only "
         "as they grow (POST /add-checkpoint)."
     )
-    parser = sub.add_parser("witness", help=text, description=text)
-    parser.set_defaults(command=cmd_witness)
+    parser = add_command(sub, "witness", cmd_witness, text)
     parser.add_argument("--listen", type=_listen, required=True, metavar="HOST:PORT")
     parser.add_argument(
         "--data", type=Path, required=True, metavar="DIR",

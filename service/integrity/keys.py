@@ -3,45 +3,36 @@
 from __future__ import annotations
 
 import hashlib
-import os
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from service.errors import ConfigError
+from service.key_files import load_or_create
 
 KEY_ID_BYTES = 8
+K = TypeVar("K")
 
 
 def load_or_create_private_key(path: Path) -> Ed25519PrivateKey:
     """Read the private key at `path`, making it (mode 0600) when the file is absent."""
-    try:
-        return _load_private(path.read_bytes(), path)
-    except FileNotFoundError:
-        pass
-    key = Ed25519PrivateKey.generate()
-    pem = key.private_bytes(
-        serialization.Encoding.PEM,
-        serialization.PrivateFormat.PKCS8,
-        serialization.NoEncryption(),
-    )
-    path.parent.mkdir(parents=True, exist_ok=True)
-    try:  # O_EXCL: two workers starting at once end with one key, the loser reads it
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:
-        return _load_private(path.read_bytes(), path)
-    with os.fdopen(fd, "wb") as file:
-        file.write(pem)
-    return key
+
+    def make() -> bytes:
+        return Ed25519PrivateKey.generate().private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+
+    return load_or_create(path, make, lambda pem: _load_private(pem, path))
 
 
 def _load_private(data: bytes, path: Path) -> Ed25519PrivateKey:
-    try:
-        key = serialization.load_pem_private_key(data, password=None)
-    except ValueError as exc:
-        raise ConfigError(f"{path} is not a PEM private key: {exc}") from None
+    key = _pem(path, "private", lambda pem: serialization.load_pem_private_key(pem, None), data)
     if not isinstance(key, Ed25519PrivateKey):
         raise ConfigError(f"{path} is not an Ed25519 key")
     return key
@@ -55,13 +46,18 @@ def load_public_key(path: Path) -> Ed25519PublicKey:
         raise ConfigError(f"cannot read the key {path}: {exc.strerror or exc}") from None
     if b"PRIVATE KEY" in data:
         return _load_private(data, path).public_key()
-    try:
-        key = serialization.load_pem_public_key(data)
-    except ValueError as exc:
-        raise ConfigError(f"{path} is not a PEM public key: {exc}") from None
+    key = _pem(path, "public", serialization.load_pem_public_key, data)
     if not isinstance(key, Ed25519PublicKey):
         raise ConfigError(f"{path} is not an Ed25519 key")
     return key
+
+
+def _pem(path: Path, what: str, load: Callable[[bytes], K], data: bytes) -> K:
+    """The key of PEM `data`; one clear error naming `path` when it holds none."""
+    try:
+        return load(data)
+    except ValueError as exc:
+        raise ConfigError(f"{path} is not a PEM {what} key: {exc}") from None
 
 
 def public_pem(key: Ed25519PublicKey) -> str:

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncGenerator, Awaitable, Callable
+from contextlib import aclosing
 
 import msgspec
 from redis.exceptions import WatchError
@@ -124,15 +125,14 @@ async def discard(tasks: TaskQueue, task_id: str) -> Task:
     return without_payload(detail)
 
 
-async def matching_failed(tasks: TaskQueue, where: RetryFilter) -> list[str]:
-    """The ids of the failed tasks `where` matches (at most `where.limit`), oldest first."""
+async def _failed(tasks: TaskQueue, where: RetryFilter) -> AsyncGenerator[str]:
+    """The ids of the failed tasks `where` matches, oldest first (its limit left to the caller)."""
     low = f"({where.newer_than.timestamp() * 1000:.0f}" if where.newer_than else "-inf"
     high = f"({where.older_than.timestamp() * 1000:.0f}" if where.older_than else "+inf"
     ids = [
         m.decode()
         for m in await tasks.redis.zrangebyscore(dead_letter.index_key(tasks.queue), low, high)
     ]
-    matched: list[str] = []
     for start in range(0, len(ids), SCAN_CHUNK):
         chunk = ids[start : start + SCAN_CHUNK]
         records = await tasks.redis.mget(
@@ -146,8 +146,16 @@ async def matching_failed(tasks: TaskQueue, where: RetryFilter) -> list[str]:
                 continue
             if where.error_name and letter.error_name != where.error_name:
                 continue
+            yield task_id
+
+
+async def matching_failed(tasks: TaskQueue, where: RetryFilter) -> list[str]:
+    """The ids of the failed tasks `where` matches (at most `where.limit`), oldest first."""
+    matched: list[str] = []
+    async with aclosing(_failed(tasks, where)) as failed:
+        async for task_id in failed:
             if where.limit is not None and len(matched) >= where.limit:
-                return matched
+                break
             matched.append(task_id)
     return matched
 
@@ -167,26 +175,11 @@ async def discard_failed(tasks: TaskQueue, ids: list[str]) -> int:
 async def retry_failed(tasks: TaskQueue, where: RetryFilter | None = None) -> int:
     """Retry every failed task that matches `where`; return how many were retried."""
     where = where or RetryFilter()
-    low = f"({where.newer_than.timestamp() * 1000:.0f}" if where.newer_than else "-inf"
-    high = f"({where.older_than.timestamp() * 1000:.0f}" if where.older_than else "+inf"
-    index = dead_letter.index_key(tasks.queue)
     retried = 0
-    ids = [m.decode() for m in await tasks.redis.zrangebyscore(index, low, high)]
-    for start in range(0, len(ids), SCAN_CHUNK):
-        chunk = ids[start : start + SCAN_CHUNK]
-        records = await tasks.redis.mget(
-            [dead_letter.record_key(tasks.queue, task_id) for task_id in chunk]
-        )
-        for task_id, raw in zip(chunk, records, strict=True):
-            if raw is None:
-                continue
-            letter = _letter_decoder.decode(raw)
-            if where.classification and letter.classification != where.classification:
-                continue
-            if where.error_name and letter.error_name != where.error_name:
-                continue
+    async with aclosing(_failed(tasks, where)) as failed:
+        async for task_id in failed:
             if where.limit is not None and retried >= where.limit:
-                return retried
+                break
             try:
                 await retry(tasks, task_id)
             except (TaskNotFound, TaskNotFailed):

@@ -53,10 +53,9 @@ def changes_between(
     to skip: a plain name at any depth, a dotted path only there.
     """
     names, paths = _ignore_rules(ignore if isinstance(ignore, frozenset) else _as_set(ignore))
-    extra = frozenset(redact_extra_keys)
-    out: list[Change] = []
-    _compare(_fields(before), _fields(after), "", 0, names, paths, extra, out)
-    return out
+    diff = _Diff(names, paths, frozenset(redact_extra_keys))
+    diff.compare(_fields(before), _fields(after), "", 0)
+    return diff.out
 
 
 def _as_set(ignore: Iterable[str]) -> frozenset[str]:
@@ -71,60 +70,43 @@ def _ignore_rules(ignore: frozenset[str]) -> tuple[frozenset[str], frozenset[str
     return names, paths
 
 
-def _compare(
-    before: Mapping[Any, Any],
-    after: Mapping[Any, Any],
-    prefix: str,
-    depth: int,
-    names: frozenset[str],
-    paths: frozenset[str],
-    extra: frozenset[str],
-    out: list[Change],
-) -> None:
-    keys = list(after)
-    keys += [key for key in before if key not in after]
-    for key in keys:
-        name = key if type(key) is str else str(key)
-        if _normalize(name) in names or (paths and prefix + name in paths):
-            continue
-        old = before.get(key, None)
-        new = after.get(key, None)
-        if is_sensitive_key(name, extra):
-            if not _same(old, new):
-                out.append(Change(field=prefix + name, old=_masked(old), new=_masked(new)))
-        elif type(old) in _SCALARS and type(new) in _SCALARS:
-            # Most fields: two plain values, compared without the record checks below.
-            if not _same(old, new):
-                out.append(Change(field=prefix + name, old=old, new=new))
-        else:
-            _compare_values(old, new, prefix + name, depth, names, paths, extra, out)
+@dataclasses.dataclass(slots=True)
+class _Diff:
+    """One comparison: the fields it skips, the keys it masks, the changes it found."""
 
+    names: frozenset[str]  # ignored at any depth (normalized)
+    paths: frozenset[str]  # ignored at that dotted path only
+    extra: frozenset[str]  # sensitive keys on top of the redaction rules
+    out: list[Change] = dataclasses.field(default_factory=list)
 
-def _compare_values(
-    old: object,
-    new: object,
-    path: str,
-    depth: int,
-    names: frozenset[str],
-    paths: frozenset[str],
-    extra: frozenset[str],
-    out: list[Change],
-) -> None:
-    old_fields, new_fields = _structured(old), _structured(new)
-    nested = (old_fields is not None or old is None) and (new_fields is not None or new is None)
-    if nested and depth < MAX_DEPTH and (old_fields is not None or new_fields is not None):
-        _compare(
-            old_fields or {},
-            new_fields or {},
-            path + PATH_SEPARATOR,
-            depth + 1,
-            names,
-            paths,
-            extra,
-            out,
-        )
-    elif not _same(old, new):
-        out.append(Change(field=path, old=_plain(old), new=_plain(new)))
+    def compare(
+        self, before: Mapping[Any, Any], after: Mapping[Any, Any], prefix: str, depth: int
+    ) -> None:
+        keys = list(after)
+        keys += [key for key in before if key not in after]
+        for key in keys:
+            name = key if type(key) is str else str(key)
+            if _normalize(name) in self.names or (self.paths and prefix + name in self.paths):
+                continue
+            old = before.get(key, None)
+            new = after.get(key, None)
+            if is_sensitive_key(name, self.extra):
+                if not _same(old, new):
+                    self.out.append(Change(field=prefix + name, old=_masked(old), new=_masked(new)))
+            elif type(old) in _SCALARS and type(new) in _SCALARS:
+                # Most fields: two plain values, compared without the record checks below.
+                if not _same(old, new):
+                    self.out.append(Change(field=prefix + name, old=old, new=new))
+            else:
+                self.compare_values(old, new, prefix + name, depth)
+
+    def compare_values(self, old: object, new: object, path: str, depth: int) -> None:
+        old_fields, new_fields = _structured(old), _structured(new)
+        nested = (old_fields is not None or old is None) and (new_fields is not None or new is None)
+        if nested and depth < MAX_DEPTH and (old_fields is not None or new_fields is not None):
+            self.compare(old_fields or {}, new_fields or {}, path + PATH_SEPARATOR, depth + 1)
+        elif not _same(old, new):
+            self.out.append(Change(field=path, old=_plain(old), new=_plain(new)))
 
 
 def _fields(value: object) -> Mapping[Any, Any]:

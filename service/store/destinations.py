@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 from datetime import datetime
-from typing import Any
+from typing import Any, TypedDict, Unpack
 
 import asyncpg
 import msgspec
@@ -240,30 +240,40 @@ async def start_position(conn: Conn, since: datetime | None) -> Position:
     return Position(row[0], row[1])
 
 
-async def add_destination(
-    conn: Conn,
-    *,
-    name: str,
-    kind: str,
-    url: str,
-    format: str,
-    filter: str,
-    filter_json: dict[str, Any],
-    options: dict[str, Any],
-    secret: str | None,
-    since: datetime | None,
-    created_by: str,
-) -> int | None:
+class NewDestination(TypedDict):
+    """A destination to add, as `add_destination` takes it."""
+
+    name: str
+    kind: str
+    url: str
+    format: str
+    filter: str
+    filter_json: dict[str, Any]
+    options: dict[str, Any]
+    secret: str | None
+    since: datetime | None
+    created_by: str
+
+
+async def add_destination(conn: Conn, **new: Unpack[NewDestination]) -> int | None:
     """Store a new destination (None when the name is taken); it starts now or at `since`."""
     async with conn.transaction():
         ident: int | None = await conn.fetchval(
-            INSERT_DESTINATION, name, kind, url, format, filter, filter_json, options, created_by
+            INSERT_DESTINATION,
+            new["name"],
+            new["kind"],
+            new["url"],
+            new["format"],
+            new["filter"],
+            new["filter_json"],
+            new["options"],
+            new["created_by"],
         )
         if ident is None:
             return None
-        if secret is not None:
-            await conn.execute(INSERT_SECRET, ident, secret)
-        start = await start_position(conn, since)
+        if new["secret"] is not None:
+            await conn.execute(INSERT_SECRET, ident, new["secret"])
+        start = await start_position(conn, new["since"])
         await conn.execute(INSERT_STATE, ident, start.xid, start.seq)
     return ident
 
