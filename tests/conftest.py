@@ -23,7 +23,7 @@ from arq import Worker
 
 from service.api.app import create_app
 from service.cli import main as cli
-from service.cli.embedded import EmbeddedStack
+from service.embedded.servers import EmbeddedStack
 from service.settings import Settings
 from service.store import db
 from tests.admin_api import Tokens, make_tokens

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import redis
 
-from service.cli.embedded import free_port
+from service.embedded.servers import free_port
 
 SERVICE = "auditq"
 START_WITHIN_S = 15.0  # seconds a server gets to answer after it is started

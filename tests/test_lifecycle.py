@@ -15,7 +15,7 @@ from typing import Any
 import asyncpg
 
 from service.events import Actor
-from service.producer.lifecycle import API_SOURCE, VERSION, WORKER_SOURCE, lifecycle_event
+from service.own_events import API_SOURCE, VERSION, WORKER_SOURCE, lifecycle_event
 from tests.conftest import Servers, wait_for
 
 AUDITQ = Path(sys.executable).parent / "auditq"

@@ -18,7 +18,7 @@ import asyncpg
 import pytest
 
 from service.capture import installer
-from service.cli.embedded import EmbeddedPostgres, EmbeddedValkey
+from service.embedded.servers import EmbeddedPostgres, EmbeddedValkey
 from service.settings import Settings
 from tests.capture.conftest import ITEMS_DDL, outbox_rows, relaying
 from tests.conftest import running_worker, server_dir, wait_for
