@@ -23,11 +23,11 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient
 from redis.exceptions import ConnectionError as RedisConnectionError
 
-from service.api.audit_logs import export
 from service.cli import serve
 from service.events import Actor, AuditEvent, Change, Entity
 from service.producer.client import AuditClient
 from service.settings import Settings
+from service.store import pages as export
 from service.store.tokens import create_token, revoke_token
 from tests.admin_api import Tokens, enqueue, error_of
 from tests.conftest import run_cli, running_worker, wait_for

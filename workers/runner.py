@@ -18,8 +18,8 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from service.capture.relay import RelayTask
 from service.integrity.keys import load_or_create_private_key
-from service.producer.client import AuditClient
 from service.own_events import STARTED, STOPPING, WORKER_SOURCE, lifecycle_event
+from service.producer.client import AuditClient
 from service.queue import (
     JOB_FUNCTION,
     Provenance,

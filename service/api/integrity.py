@@ -18,8 +18,8 @@ from service.api.openapi import operation
 from service.api.state import POOL, SETTINGS
 from service.events import Actor, RequestInfo
 from service.ops.admin_actions import record_admin_event
-from service.own_events import API_SOURCE, admin_action, requested_by, token_actor
 from service.ops.verification import run_verification
+from service.own_events import API_SOURCE, admin_action, requested_by, token_actor
 from service.store import tlog
 from service.store.seals import last_verification, status
 

@@ -16,7 +16,7 @@ from service.api.body import read_json
 from service.api.errors import ApiError
 from service.api.openapi import operation
 from service.api.state import POOL, REDIS, SETTINGS, unrecorded
-from service.events import Actor, RequestInfo
+from service.events import RequestInfo
 from service.ops import subjects
 from service.ops.admin_actions import RECORD_FAILURES, unwritable
 from service.own_events import API_SOURCE, requested_by, token_actor
