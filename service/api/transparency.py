@@ -14,8 +14,8 @@ from service.api.body import json_response
 from service.api.errors import ApiError, bad_parameter
 from service.api.openapi import operation
 from service.api.state import POOL
-from service.ops.receipts import AwaitingCheckpoint, receipt_of
 from service.store import tlog
+from service.store.receipts import AwaitingCheckpoint, receipt_of
 
 MAX_SIZE = (1 << 63) - 1
 
