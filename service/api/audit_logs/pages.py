@@ -25,6 +25,14 @@ class AuditLogId(msgspec.Struct, frozen=True, kw_only=True):
     id: uuid.UUID
 
 
+def event_id_of(request: web.Request) -> uuid.UUID:
+    """The audit log id of the path; a 400 when it is not a UUID."""
+    try:
+        return uuid.UUID(request.match_info["id"])
+    except ValueError:
+        raise bad_parameter("id", "must be a UUID") from None
+
+
 _ENTITY_FIXED = frozenset({"entity_type", "entity_id", "order"})
 _ACTOR_FIXED = frozenset({"actor_id", "order"})
 
@@ -84,11 +92,7 @@ async def actor_history(request: web.Request) -> web.Response:
 @operation(path=AuditLogId, responses={200: AuditLogItem})
 async def get_audit_log(request: web.Request) -> web.Response:
     """One audit log by id, or 404."""
-    raw = request.match_info["id"]
-    try:
-        event_id = uuid.UUID(raw)
-    except ValueError:
-        raise bad_parameter("id", "must be a UUID") from None
+    event_id = event_id_of(request)
     async with request.app[POOL].acquire() as conn:
         row = await pages.one(conn, event_id)
     if row is None:
