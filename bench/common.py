@@ -22,7 +22,7 @@ from typing import Any
 import asyncpg
 import redis.asyncio as aioredis
 
-from service.cli.embedded import EmbeddedStack
+from service.embedded.servers import EmbeddedStack
 from service.store import db
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -125,7 +125,7 @@ def postmaster_pid(stack: EmbeddedStack) -> int:
 
 
 class Stack:
-    """A fresh Valkey + PostgreSQL (service/cli/embedded.py) in a temp dir."""
+    """A fresh Valkey + PostgreSQL (service/embedded/servers.py) in a temp dir."""
 
     def __init__(self) -> None:
         self.dir = Path(tempfile.mkdtemp(prefix="auditq-bench-"))

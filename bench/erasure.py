@@ -26,7 +26,7 @@ from pathlib import Path
 import asyncpg
 import redis.asyncio as aioredis
 
-from service.cli.embedded import EmbeddedStack
+from service.embedded.servers import EmbeddedStack
 from service.events import Actor, AuditEvent, finalize
 from service.ops import subjects
 from service.settings import Settings

@@ -287,7 +287,7 @@ def compare(args: argparse.Namespace) -> None:
     stack_dir: Path | None = None
     redis_url = args.redis_url
     if redis_url is None:
-        from service.cli.embedded import EmbeddedValkey
+        from service.embedded.servers import EmbeddedValkey
 
         stack_dir = Path(tempfile.mkdtemp(prefix="auditq-bench-cpu-"))
         valkey = EmbeddedValkey(stack_dir / "valkey")

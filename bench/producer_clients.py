@@ -26,7 +26,7 @@ from typing import Any
 import redis.asyncio as aioredis
 
 from bench.producer import audit_event
-from service.cli.embedded import EmbeddedValkey
+from service.embedded.servers import EmbeddedValkey
 from service.producer.client import AuditClient
 from service.queue import load_functions
 

@@ -25,7 +25,7 @@ import asyncpg
 
 from bench.ceilings import COLUMNS, COPY_BATCH
 from bench.common import ROOT, VENV_BIN, Stack, memory_kib, percentile
-from service.cli.embedded import free_port
+from service.embedded.servers import free_port
 from service.store.partitions import ensure_partitions
 from service.store.rollup import fold_all
 

@@ -32,7 +32,7 @@ from typing import Any
 import aiohttp
 import asyncpg
 
-from service.cli.embedded import EmbeddedStack, free_port
+from service.embedded.servers import EmbeddedStack, free_port
 from service.events import Actor, Entity
 from service.producer.client import AuditClient, AuditEvent
 from service.store import db

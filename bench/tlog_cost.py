@@ -26,11 +26,11 @@ import asyncpg
 
 from bench.common import cpu_seconds
 from bench.verify import INSERT
-from service.cli.embedded import EmbeddedStack
+from service.embedded.servers import EmbeddedStack
 from service.integrity.keys import load_or_create_private_key
 from service.integrity.logverify import verify_log
-from service.ops.receipts import receipt_of
 from service.store import db, tlog
+from service.store.receipts import receipt_of
 from service.store.seals import NEW_ACTIONS, NEW_ROWS, LogConfig, row_leaf_data, seal_once
 
 ROWS = 1_000_000

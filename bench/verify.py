@@ -20,7 +20,7 @@ from typing import Any
 import asyncpg
 
 from bench.common import cpu_seconds
-from service.cli.embedded import EmbeddedStack
+from service.embedded.servers import EmbeddedStack
 from service.integrity.keys import load_or_create_private_key
 from service.integrity.verify import verify
 from service.store import db

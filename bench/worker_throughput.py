@@ -18,7 +18,7 @@ from pathlib import Path
 import asyncpg
 import redis.asyncio as aioredis
 
-from service.cli.embedded import EmbeddedStack
+from service.embedded.servers import EmbeddedStack
 from service.queue import ENQUEUE_SCRIPT
 from service.settings import Settings
 from service.store import db

@@ -17,7 +17,7 @@ import redis.asyncio as aioredis
 from aiohttp.test_utils import TestClient, TestServer
 
 from service.api.app import create_app
-from service.cli.embedded import EmbeddedStack
+from service.embedded.servers import EmbeddedStack
 from service.settings import Settings
 from service.store import db
 from tests.support.admin_api import Tokens, make_tokens

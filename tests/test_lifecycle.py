@@ -15,7 +15,7 @@ from typing import Any
 import asyncpg
 
 from service.events import Actor
-from service.producer.lifecycle import API_SOURCE, VERSION, WORKER_SOURCE, lifecycle_event
+from service.own_events import API_SOURCE, VERSION, WORKER_SOURCE, lifecycle_event
 from tests.support.polling import wait_for
 from tests.support.servers import Servers
 

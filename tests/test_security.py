@@ -23,11 +23,11 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient
 from redis.exceptions import ConnectionError as RedisConnectionError
 
-from service.api.audit_logs import export
 from service.cli import serve
 from service.events import Actor, AuditEvent, Change, Entity
 from service.producer.client import AuditClient
 from service.settings import Settings
+from service.store.pages import CSV_HEADER, FORMULA_START
 from service.store.tokens import create_token, revoke_token
 from tests.support.admin_api import Tokens, enqueue, error_of
 from tests.support.cli import run_cli
@@ -382,7 +382,7 @@ async def test_csv_export_neutralises_formulas_planted_through_the_pipeline(
         assert response.status == 200
         text = await response.text()
     rows = list(csv.reader(io.StringIO(text, newline="")))
-    assert rows[0] == list(export.CSV_HEADER)
+    assert rows[0] == list(CSV_HEADER)
     assert len(rows) == 1 + len(FORMULAS)
     planted_columns = {
         "category",
@@ -401,7 +401,7 @@ async def test_csv_export_neutralises_formulas_planted_through_the_pipeline(
     for row in rows[1:]:
         cells = dict(zip(rows[0], row, strict=True))
         for column, cell in cells.items():
-            assert not cell.startswith(export.FORMULA_START), (column, cell)
+            assert not cell.startswith(FORMULA_START), (column, cell)
         formula = cells["source"][1:]
         assert formula in FORMULAS
         for column in planted_columns - {"tenant", "entity_id"}:

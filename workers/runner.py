@@ -18,8 +18,8 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from service.capture.relay import RelayTask
 from service.integrity.keys import load_or_create_private_key
+from service.own_events import STARTED, STOPPING, WORKER_SOURCE, lifecycle_event
 from service.producer.client import AuditClient
-from service.producer.lifecycle import STARTED, STOPPING, WORKER_SOURCE, record_lifecycle
 from service.queue import (
     JOB_FUNCTION,
     Provenance,
@@ -100,7 +100,9 @@ async def _startup(ctx: dict[str, Any]) -> None:
         state.client = AuditClient.from_settings(
             state.settings, provenance=provenance, spool_dir=spool
         )
-        record_lifecycle(state.client, STARTED, source=WORKER_SOURCE, worker_id=state.worker_id)
+        state.client.capture_nowait(
+            lifecycle_event(STARTED, source=WORKER_SOURCE, worker_id=state.worker_id)
+        )
     state.started.set()
 
 
@@ -111,7 +113,9 @@ async def _shutdown(ctx: dict[str, Any]) -> None:
         await state.capture_relay.stop()
     if state.client is not None:
         # First, while everything still works: it is stored by this queue's next worker.
-        record_lifecycle(state.client, STOPPING, source=WORKER_SOURCE, worker_id=state.worker_id)
+        state.client.capture_nowait(
+            lifecycle_event(STOPPING, source=WORKER_SOURCE, worker_id=state.worker_id)
+        )
         await state.client.aclose()
     if state._probe is not None:
         state._probe.cancel()

@@ -19,9 +19,6 @@ from service.store.db import Conn
 logger = logging.getLogger(__name__)
 
 TIMEOUT_S = 10.0  # seconds a witness may take to answer
-LAST_COSIGNED = """
-SELECT max(cosigned_size) FROM tlog_witness_status WHERE url = $1 AND error IS NULL
-"""
 
 
 async def _post(
@@ -59,7 +56,7 @@ async def _cosign(
     signed: str,
 ) -> str | None:
     """One witness: the error, or None once its cosignature is stored."""
-    old = int(await conn.fetchval(LAST_COSIGNED, url) or 0)
+    old = await tlog.last_cosigned(conn, url)
     tree = tlog.Tree(conn)
     for _attempt in range(2):
         proof = await tree.consistency_proof(old, checkpoint.size) if old else []
@@ -76,7 +73,7 @@ async def _cosign(
             return "HTTP 200 without a cosignature line"
         for line in lines:
             witness_name = line[2:].rsplit(" ", 1)[0]
-            await conn.execute(tlog.INSERT_COSIGNATURE, checkpoint.size, witness_name, line)
+            await tlog.record_cosignature(conn, checkpoint.size, witness_name, line)
         await tlog.record_witness(conn, url, cosigned_size=checkpoint.size, error=None)
         return None
     return f"HTTP 409: the witness's size kept changing (last {old})"

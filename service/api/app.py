@@ -32,7 +32,7 @@ from service.api.limits import OPEN_REQUESTS, OpenRequests
 from service.api.producers import producers_context
 from service.api.state import CLIENT, POOL, REDIS, SETTINGS
 from service.connections import redis_client
-from service.producer.lifecycle import API_SOURCE, STARTED, STOPPING, record_lifecycle
+from service.own_events import API_SOURCE, STARTED, STOPPING, lifecycle_event
 from service.settings import Settings
 from service.store import db
 
@@ -100,12 +100,12 @@ async def _token_check(app: web.Application) -> AsyncIterator[None]:
 
 
 async def _record_started(app: web.Application) -> None:
-    record_lifecycle(app[CLIENT], STARTED, source=API_SOURCE)
+    app[CLIENT].capture_nowait(lifecycle_event(STARTED, source=API_SOURCE))
 
 
 async def _record_stopping(app: web.Application) -> None:
     # Sent at once; the client's cleanup (aclose, last) waits until it is.
-    record_lifecycle(app[CLIENT], STOPPING, source=API_SOURCE)
+    app[CLIENT].capture_nowait(lifecycle_event(STOPPING, source=API_SOURCE))
 
 
 def create_app(settings: Settings, *, audit_lifecycle: bool = False) -> web.Application:

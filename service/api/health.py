@@ -8,6 +8,7 @@ from aiohttp import web
 
 from service.api.errors import error_response
 from service.api.state import POOL, REDIS
+from service.store import db
 
 READY_TIMEOUT = 2.0  # seconds each dependency gets to answer /readyz
 
@@ -27,7 +28,7 @@ async def readyz(request: web.Request) -> web.Response:
 
     async def postgres_ok() -> bool:
         async with app[POOL].acquire(timeout=READY_TIMEOUT) as conn:
-            await conn.fetchval("SELECT 1")
+            await db.ping(conn)
         return True
 
     checks = {"redis": redis_ok(), "postgresql": postgres_ok()}

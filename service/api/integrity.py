@@ -17,8 +17,9 @@ from service.api.body import json_response
 from service.api.openapi import operation
 from service.api.state import POOL, SETTINGS
 from service.events import Actor, RequestInfo
-from service.ops.admin_actions import admin_action, record_admin_event, requested_by
+from service.ops.admin_actions import record_admin_event
 from service.ops.verification import run_verification
+from service.own_events import API_SOURCE, admin_action, requested_by, token_actor
 from service.store import tlog
 from service.store.seals import last_verification, status
 
@@ -136,7 +137,7 @@ async def start_verification(request: web.Request) -> web.Response:
     runs = request.app[RUNNING]
     if not any(not t.done() for t in runs):
         principal = request_principal(request)
-        actor = Actor(id=principal.name, type="api_token", name=principal.name)
+        actor = token_actor(principal.name)
         origin = RequestInfo(ip=request.remote, method=request.method, path=request.path)
         task = asyncio.create_task(_verify(request.app, actor, origin))
         runs.add(task)
@@ -146,7 +147,7 @@ async def start_verification(request: web.Request) -> web.Response:
 
 async def _verify(app: web.Application, actor: Actor, origin: RequestInfo) -> None:
     # The result is kept with its integrity.verified event by the store (schema.sql).
-    by = requested_by(actor, "auditq-api", origin)
+    by = requested_by(actor, API_SOURCE, origin)
     try:
         await run_verification(app[SETTINGS], emit=lambda line: None, by=by)
     except Exception as exc:  # the API stands; the failure is recorded as the event alone
@@ -155,7 +156,7 @@ async def _verify(app: web.Application, actor: Actor, origin: RequestInfo) -> No
             admin_action(
                 "integrity.verified",
                 actor=actor,
-                source="auditq-api",
+                source=API_SOURCE,
                 request=origin,
                 metadata={"intact": False, "error": f"{type(exc).__name__}: {exc}"},
             ),

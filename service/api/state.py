@@ -15,11 +15,10 @@ from service.events import Actor, Entity, RequestInfo
 from service.ops.admin_actions import (
     RECORD_FAILURES,
     AuditUnavailable,
-    admin_action,
     record_admin_event,
-    requested_by,
     unwritable,
 )
+from service.own_events import API_SOURCE, admin_action, requested_by, token_actor
 from service.producer.client import AuditClient
 from service.settings import Settings
 
@@ -31,12 +30,8 @@ REDIS = web.AppKey("redis", aioredis.Redis)
 CLIENT = web.AppKey("client", AuditClient)  # the API's own producer: admin actions are audited
 
 
-API_SOURCE = "auditq-api"
-
-
 def _actor(request: web.Request) -> Actor:
-    principal = request_principal(request)
-    return Actor(id=principal.name, type="api_token", name=principal.name)
+    return token_actor(request_principal(request).name)
 
 
 def _origin(request: web.Request) -> RequestInfo:

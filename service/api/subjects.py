@@ -16,9 +16,10 @@ from service.api.body import read_json
 from service.api.errors import ApiError
 from service.api.openapi import operation
 from service.api.state import POOL, REDIS, SETTINGS, unrecorded
-from service.events import Actor, RequestInfo
+from service.events import RequestInfo
 from service.ops import subjects
-from service.ops.admin_actions import RECORD_FAILURES, requested_by, unwritable
+from service.ops.admin_actions import RECORD_FAILURES, unwritable
+from service.own_events import API_SOURCE, requested_by, token_actor
 
 logger = logging.getLogger(__name__)
 
@@ -68,11 +69,11 @@ async def anonymise_subject(request: web.Request) -> web.Response:
     runs = app[RUNS]
     if name not in runs:
         principal = request_principal(request)
-        actor = Actor(id=principal.name, type="api_token", name=principal.name)
+        actor = token_actor(principal.name)
         # The path holds the subject id: the event names the pseudonym instead.
         path = f"/api/v1/admin/subjects/{name}/anonymise"
         origin = RequestInfo(ip=request.remote, method=request.method, path=path)
-        by = requested_by(actor, "auditq-api", origin)
+        by = requested_by(actor, API_SOURCE, origin)
         task = asyncio.create_task(_run(app, subject_id, reason, by))
         runs[name] = task
         task.add_done_callback(lambda _: runs.pop(name, None))

@@ -3,19 +3,18 @@
 from __future__ import annotations
 
 import base64
-import uuid
 from typing import Any
 
 import msgspec
 from aiohttp import web
 
-from service.api.audit_logs.pages import AuditLogId
+from service.api.audit_logs.pages import AuditLogId, event_id_of
 from service.api.body import json_response
 from service.api.errors import ApiError, bad_parameter
 from service.api.openapi import operation
 from service.api.state import POOL
-from service.ops.receipts import AwaitingCheckpoint, receipt_of
 from service.store import tlog
+from service.store.receipts import AwaitingCheckpoint, receipt_of
 
 MAX_SIZE = (1 << 63) - 1
 
@@ -42,11 +41,7 @@ class Consistency(msgspec.Struct, frozen=True, kw_only=True, rename={"from_": "f
 @operation(path=AuditLogId, responses={200: Receipt}, errors=(404, 409))
 async def get_proof(request: web.Request) -> web.Response:
     """An event's receipt, or 409 while its row awaits its first checkpoint."""
-    raw = request.match_info["id"]
-    try:
-        event_id = uuid.UUID(raw)
-    except ValueError:
-        raise bad_parameter("id", "must be a UUID") from None
+    event_id = event_id_of(request)
     async with request.app[POOL].acquire() as conn:
         try:
             receipt = await receipt_of(conn, event_id)

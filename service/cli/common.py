@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import os
 import signal
-from collections.abc import Callable, Coroutine, Iterator
+from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
@@ -35,20 +34,6 @@ def stop_signal() -> asyncio.Event:
 async def wait_for_signal() -> None:
     """Return on SIGINT or SIGTERM."""
     await stop_signal().wait()
-
-
-@contextlib.contextmanager
-def ctrl_c_held() -> Iterator[None]:
-    """Start a server's process inside this, with `start_new_session=True`: a terminal's Ctrl-C
-    (SIGINT to the whole foreground group) that lands between the child's fork and its setsid()
-    would stop it at once, so this thread holds SIGINT back while it spawns. The child inherits
-    the block (a server's own session never needs SIGINT); this thread gets any pending one
-    when it lets go, so no Ctrl-C is lost."""
-    held = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
-    try:
-        yield
-    finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, held)
 
 
 def write_private(path: Path, text: str) -> None:

@@ -16,9 +16,9 @@ from service.errors import ConfigError
 from service.integrity import note
 from service.integrity.keys import load_public_key
 from service.integrity.receipt import ReceiptError, verify
-from service.ops.receipts import AwaitingCheckpoint, receipt_of
 from service.settings import Settings
 from service.store import db
+from service.store.receipts import AwaitingCheckpoint, receipt_of
 
 EXIT_VALID, EXIT_INVALID = 0, 1
 

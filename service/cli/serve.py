@@ -22,7 +22,7 @@ from service.cli.common import (
 from service.errors import ConfigError
 from service.events import Actor
 from service.integrity.keys import load_or_create_private_key
-from service.ops.admin_actions import requested_by
+from service.own_events import requested_by
 from service.settings import Settings
 from service.store import db
 from service.store import tokens as auth
@@ -203,7 +203,8 @@ async def cmd_api(settings: Settings, args: argparse.Namespace) -> int:
 
 
 async def cmd_run(settings: Settings, args: argparse.Namespace) -> int:
-    from service.cli.embedded import API_ROLE, OWNER_ROLE, WORKER_ROLE, EmbeddedStack
+    from service.embedded.servers import EmbeddedStack
+    from service.store.roles import API_ROLE, OWNER_ROLE, WORKER_ROLE
 
     stop = stop_signal()  # a Ctrl-C while starting stops the stack once it is up (issue 10)
     stack = None

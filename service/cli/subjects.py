@@ -17,7 +17,8 @@ import redis.exceptions
 from service.cli.common import add_command
 from service.errors import AuditqError, ConfigError
 from service.ops import subjects
-from service.ops.admin_actions import cli_actor, requested_by, unwritable
+from service.ops.admin_actions import unwritable
+from service.own_events import CLI_SOURCE, cli_actor, requested_by
 from service.settings import Settings
 from service.store import db
 
@@ -51,7 +52,7 @@ async def cmd_anonymise(settings: Settings, args: argparse.Namespace) -> int:
     level = procedure_log.level
     procedure_log.setLevel(logging.WARNING)
     try:
-        by = requested_by(cli_actor(), "auditq-cli")
+        by = requested_by(cli_actor(), CLI_SOURCE)
         outcome = await subjects.anonymise(pool, client, settings, subject_id, reason=reason, by=by)
     except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as exc:
         raise Unavailable(f"Redis is not answering ({type(exc).__name__})") from None

@@ -13,13 +13,14 @@ from redis.exceptions import RedisError
 from service import revocations
 from service.cli.common import add_command, add_group
 from service.errors import ConfigError
-from service.ops.admin_actions import RECORD_FAILURES, cli_actor, requested_by, unwritable
+from service.ops.admin_actions import RECORD_FAILURES, unwritable
+from service.own_events import CLI_SOURCE, cli_actor, requested_by
 from service.settings import Settings
 from service.store import db
 from service.store import tokens as auth
 
 # The token's change and its audit event are one transaction (schema.sql): no record, no token.
-BY_CLI = requested_by(cli_actor(), "auditq-cli")
+BY_CLI = requested_by(cli_actor(), CLI_SOURCE)
 
 
 async def cmd_tokens_create(settings: Settings, args: argparse.Namespace) -> int:

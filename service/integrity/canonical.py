@@ -4,7 +4,8 @@ A row's canonical form (version 1, docs/integrity.md) is PostgreSQL's binary for
 record of ROW_COLUMNS: int32 column count, then per column its type OID (int32), length
 (int32, -1 for NULL) and the type's binary send format. The same record arrives in a
 binary COPY, so the verifier hashes bytes the server sent instead of trusting a digest the
-server computed.
+server computed. The records as SQL (ROW_RECORD, ACTION_RECORD) are
+service/store/verify_reads.py's.
 """
 
 from __future__ import annotations
@@ -20,12 +21,6 @@ ROW_COLUMNS = (
     "request_id", "ip", "user_agent", "method", "path", "status", "duration_ms",
     "changes", "metadata", "presentation", "source", "received_via",
 )  # fmt: skip
-ROW_RECORD = "ROW(" + ", ".join(f"a.{c}" for c in ROW_COLUMNS) + ")"  # over `audit_log a`
-# An admin action: its columns and the digests of the rows it replaced (erasure).
-ACTION_RECORD = """ROW(s.id, s.at, s.action, s.actor, s.detail, s.seqs::text,
-    (SELECT string_agg(int8send(r.seq) || r.old_digest || r.new_digest, ''::bytea
-                       ORDER BY r.seq)
-     FROM row_replacement r WHERE r.action_id = s.id))"""  # over `store_action s`
 
 DIGEST_BYTES = 16
 _sha256 = hashlib.sha256

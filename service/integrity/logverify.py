@@ -8,7 +8,6 @@ leaf nor waiting in the seal queue is a finding, whatever its `received_at` says
 from __future__ import annotations
 
 import base64
-import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -19,28 +18,18 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from service.integrity import merkle, note
 from service.integrity.leaf import action_leaf, as_json
 from service.store.db import Conn
-
-RETENTION_ACTIONS = ("partition.dropped", "retention.rows_deleted")
-_RANGE = re.compile(r"[\[(](-?\d+),(-?\d+)[\])]")
-
-BATCHES = "SELECT first, size, row_seqs::text AS row_seqs, action_ids::text AS action_ids, hashes FROM tlog_batch ORDER BY first"  # noqa: E501
-CHECKPOINTS = "SELECT size, note FROM tlog_checkpoint ORDER BY size"
-RETAINED = """
-SELECT id, seqs::text AS seqs FROM store_action
-WHERE action = ANY($1::text[]) AND seqs IS NOT NULL
-"""
-PENDING = "SELECT coalesce(range_agg(r), '{}')::text FROM seal_pending p, unnest(p.seqs) r WHERE kind = 'row'"  # noqa: E501
-UNLOGGED = """
-SELECT id FROM audit_log a
-WHERE a.seq >= $1 AND NOT (a.seq <@ $2::text::int8multirange)
-  AND NOT (a.seq <@ $3::text::int8multirange)
-ORDER BY a.seq LIMIT 1000
-"""
-LOGGED_SEQS = "SELECT coalesce(range_agg(r), '{}')::text FROM tlog_batch b, unnest(b.row_seqs) r"
-
-
-def _ranges(text: str) -> list[tuple[int, int]]:
-    return [(int(lo), int(hi)) for lo, hi in _RANGE.findall(text or "")]
+from service.store.verify_reads import (
+    BATCHES,
+    ERASURES,
+    LOG_CHECKPOINTS,
+    LOGGED_SEQS,
+    PENDING,
+    RETAINED,
+    RETENTION_ACTIONS,
+    UNLOGGED,
+    erasure_rows,
+    int8_ranges,
+)
 
 
 @dataclass
@@ -89,7 +78,7 @@ async def verify_log(
     ctx.retained = [
         (r["id"], lo, hi)
         for r in await conn.fetch(RETAINED, list(RETENTION_ACTIONS))
-        for lo, hi in _ranges(r["seqs"])
+        for lo, hi in int8_ranges(r["seqs"])
     ]
     ctx.erased = await _erasures(conn)
     hashes: list[bytes] = []
@@ -109,7 +98,7 @@ async def verify_log(
         logged = await conn.fetchval(LOGGED_SEQS)
         for r in await conn.fetch(UNLOGGED, first_seq, logged, pending):
             ctx.finding(f"row {r['id']} not in the log (not queued for sealing either)")
-        ctx.report.awaiting_seal = sum(hi - lo for lo, hi in _ranges(pending))
+        ctx.report.awaiting_seal = sum(hi - lo for lo, hi in int8_ranges(pending))
     return ctx.report
 
 
@@ -118,8 +107,8 @@ async def _batch(ctx: _Ctx, batch: asyncpg.Record) -> tuple[list[bytes], list[in
     conn = ctx.conn
     blob = bytes(batch["hashes"])
     stored = [blob[i : i + 32] for i in range(0, len(blob), 32)]
-    seqs = [s for lo, hi in _ranges(batch["row_seqs"]) for s in range(lo, hi)]
-    ids = [i for lo, hi in _ranges(batch["action_ids"]) for i in range(lo, hi)]
+    seqs = [s for lo, hi in int8_ranges(batch["row_seqs"]) for s in range(lo, hi)]
+    ids = [i for lo, hi in int8_ranges(batch["action_ids"]) for i in range(lo, hi)]
     if len(seqs) + len(ids) != len(stored):
         ctx.finding(f"log batch at leaf {batch['first']} altered: its ranges and hashes differ")
         return stored, seqs
@@ -180,7 +169,7 @@ async def _checkpoints(ctx: _Ctx, hashes: list[bytes], head: note.Checkpoint | N
     log's first `size` leaves (so each extends the one before: they are prefixes of one
     list of leaves)."""
     parsed: list[tuple[int, note.Checkpoint]] = []
-    for record in await ctx.conn.fetch(CHECKPOINTS):
+    for record in await ctx.conn.fetch(LOG_CHECKPOINTS):
         ctx.report.checkpoints += 1
         size = int(record["size"])
         try:
@@ -234,17 +223,6 @@ async def _erasures(conn: Conn) -> dict[int, list[tuple[bytes, bytes]]]:
     for r in await conn.fetch(ERASURES):
         chains.setdefault(r["leaf_index"], []).append((bytes(r["before"]), bytes(r["after"])))
     return chains
-
-
-ERASURES = "SELECT leaf_index, before, after FROM tlog_erasure ORDER BY action_leaf, leaf_index"
-ERASURE_ROWS = """
-SELECT leaf_index, before, after FROM tlog_erasure WHERE action_leaf = $1 ORDER BY leaf_index
-"""
-
-
-async def erasure_rows(conn: Conn, action_leaf_index: int) -> list[asyncpg.Record]:
-    records: list[asyncpg.Record] = await conn.fetch(ERASURE_ROWS, action_leaf_index)
-    return records
 
 
 def action_json(

@@ -14,7 +14,6 @@ import dataclasses
 import hashlib
 import heapq
 import logging
-import re
 import uuid
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
@@ -24,9 +23,7 @@ import msgspec
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from service.integrity.canonical import (
-    ACTION_RECORD,
     ENTRY_BYTES,
-    ROW_RECORD,
     CopyRecords,
     action_entry,
     iter_entries,
@@ -34,58 +31,26 @@ from service.integrity.canonical import (
 )
 from service.integrity.checkpoint import GENESIS_HASH, body_of, checkpoint_hash
 from service.integrity.keys import key_id, signature_valid
+from service.store.verify_reads import (
+    ACTIONS,
+    CHECKPOINT_ROWS,
+    CHECKPOINTS,
+    OTHER_ACTION_ENTRIES,
+    REPLACEMENTS,
+    RETENTION_ACTIONS,
+    ROWS,
+    ROWS_COPY,
+    STORED_HASH,
+    export_snapshot,
+    int8_ranges,
+    set_snapshot,
+)
 
 logger = logging.getLogger(__name__)
 
 GRACE_S = 30.0  # on top of the seal interval before an unsealed row is a finding
 ROW_PREFETCH = 10_000  # rows per FETCH of the cursor
-# What retention records (schema.sql): a whole partition dropped, old default-partition rows.
-RETENTION_ACTIONS = frozenset({"partition.dropped", "retention.rows_deleted"})
 _PG_EPOCH = datetime(2000, 1, 1, tzinfo=UTC)
-
-# Checkpoints sealed in the window, and any whose seq span overlaps theirs (late commits).
-CHECKPOINTS = """
-WITH w AS (
-    SELECT n, seq_min, seq_max FROM seal_checkpoint
-    WHERE ($1::timestamptz IS NULL OR sealed_at >= $1)
-      AND ($2::timestamptz IS NULL OR sealed_at < $2)
-), span AS (SELECT min(seq_min) AS lo, max(seq_max) AS hi FROM w)
-SELECT c.n, c.sealed_at, c.prev_hash, c.row_count, c.seq_min, c.seq_max, c.action_count,
-       c.key_id, c.signature, sha256(c.rows) AS rows_hash, octet_length(c.rows) AS rows_bytes,
-       c.actions
-FROM seal_checkpoint c, span
-WHERE c.n IN (SELECT n FROM w) OR (c.seq_max >= span.lo AND c.seq_min <= span.hi)
-ORDER BY c.n
-"""
-STORED_HASH = "SELECT hash FROM seal_checkpoint WHERE n = $1"
-OTHER_ACTION_ENTRIES = """
-SELECT n, actions FROM seal_checkpoint WHERE action_count > 0 AND NOT (n = ANY($1::bigint[]))
-"""
-CHECKPOINT_ROWS = "SELECT rows FROM seal_checkpoint WHERE n = $1"
-ROWS = f"""
-SELECT record_send({ROW_RECORD}) FROM audit_log a
-WHERE ($1::bigint IS NULL OR a.seq >= $1) AND ($2::bigint IS NULL OR a.seq <= $2)
-ORDER BY a.seq
-"""
-# The same rows streamed (binary COPY of the record itself: the same bytes), so the server
-# produces the next rows while the verifier hashes these.
-ROWS_COPY = f"""
-SELECT {ROW_RECORD} FROM audit_log a
-WHERE ($1::bigint IS NULL OR a.seq >= $1) AND ($2::bigint IS NULL OR a.seq <= $2)
-ORDER BY a.seq
-"""
-EXPORT_SNAPSHOT = "SELECT pg_export_snapshot()"
-_SNAPSHOT_ID = re.compile(r"^[0-9A-F]+-[0-9A-F]+(-[0-9]+)?$")
-ACTIONS = f"""
-SELECT s.id, s.at, s.action, s.detail, s.seqs::text AS seqs, record_send({ACTION_RECORD}) AS rec
-FROM store_action s ORDER BY s.id
-"""
-REPLACEMENTS = """
-SELECT seq, action_id, old_digest, new_digest FROM row_replacement
-WHERE ($1::bigint IS NULL OR seq >= $1) AND ($2::bigint IS NULL OR seq <= $2)
-ORDER BY seq, action_id
-"""
-_RANGE = re.compile(r"[\[(](\d+),(\d+)[\])]")
 
 
 class Report(msgspec.Struct, kw_only=True):
@@ -273,7 +238,7 @@ class _Verifier:
             f"{at.astimezone(UTC).isoformat()}: {info.get('rows')} rows, {sealed}, "
             f"final digest {info.get('digest')} (action {action_id})"
         )
-        for lo, hi in _RANGE.findall(seqs):  # int8 ranges print as [lo,hi)
+        for lo, hi in int8_ranges(seqs):
             index = bisect.bisect(self.retention_starts, int(lo))
             self.retention_starts.insert(index, int(lo))
             self.retention_ends.insert(index, int(hi))
@@ -315,9 +280,7 @@ class _Verifier:
         self, rows_conn: asyncpg.Connection, lo: int | None, hi: int | None
     ) -> None:
         """Read the rows through a binary COPY on a second connection, same snapshot."""
-        snapshot = await self.conn.fetchval(EXPORT_SNAPSHOT)
-        if not _SNAPSHOT_ID.match(snapshot):
-            raise ValueError(f"unexpected snapshot id {snapshot!r}")
+        snapshot = await export_snapshot(self.conn)
         records = CopyRecords()
 
         async def take(chunk: bytes) -> None:
@@ -330,8 +293,7 @@ class _Verifier:
                     await self._row(record, entry)
 
         async with rows_conn.transaction(isolation="repeatable_read", readonly=True):
-            # SET TRANSACTION takes no parameters; the id was checked above.
-            await rows_conn.execute(f"SET TRANSACTION SNAPSHOT '{snapshot}'")
+            await set_snapshot(rows_conn, snapshot)
             await rows_conn.copy_from_query(
                 ROWS_COPY, lo, hi, output=take, format="binary", timeout=None
             )

@@ -1,4 +1,5 @@
-"""The audit trail of admin actions, for the API and the CLI (contract §7).
+"""The audit trail of admin actions, for the API and the CLI (contract §7): the events are
+built by service/own_events.py, written here.
 
 Each admin mutation is recorded straight into PostgreSQL (never through a Redis a producer
 can reach) by the definer function `auditq_record_admin_event` (schema.sql): it only
@@ -8,68 +9,31 @@ its transaction, as token changes are): when it cannot be written, the mutation 
 
 from __future__ import annotations
 
-import getpass
 import logging
 from pathlib import Path
 from typing import Any
 
 import asyncpg
-import msgspec
 
 from service.errors import AuditqError
-from service.events import Actor, AuditEvent, Entity, RequestInfo, finalize
+from service.events import AuditEvent, Entity, finalize
 from service.mentions import MentionIndex
+from service.own_events import CLI_SOURCE, admin_action, cli_actor
 from service.pseudonyms import clear_mentions
 from service.settings import Settings
-from service.store import db
+from service.store import admin_events, db
 from service.store import subjects as subjects_sql
 from service.store.db import Conn
 from service.subject_key import load_subject_key
 
 logger = logging.getLogger(__name__)
 
-CLI_ACTOR = Actor(id="cli", type="system")
-RECORD_ADMIN_EVENT = "SELECT auditq_record_admin_event($1::text::jsonb)"
 # What cannot be written: PostgreSQL away, read-only, or the role without the function.
 RECORD_FAILURES = (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError)
 
 
 class AuditUnavailable(AuditqError):
     """The record of an admin action could not be written: the action is not done."""
-
-
-def admin_action(
-    action: str,
-    *,
-    actor: Actor,
-    source: str,
-    entity: Entity | None = None,
-    metadata: dict[str, Any] | None = None,
-    request: RequestInfo | None = None,
-) -> AuditEvent:
-    """The audit event of one admin mutation."""
-    return AuditEvent(
-        action=action,
-        severity="notice",
-        actor=actor,
-        entity=entity,
-        request=request,
-        metadata=metadata,
-        source=source,
-    )
-
-
-def cli_actor() -> Actor:
-    """The actor of the CLI's admin actions: the local user who ran the command."""
-    return Actor(id="cli", type="system", name=f"cli:{getpass.getuser()}")
-
-
-def requested_by(actor: Actor, source: str, request: RequestInfo | None = None) -> dict[str, Any]:
-    """Who asked, as the token and verification functions of schema.sql record it."""
-    by: dict[str, Any] = {"actor": msgspec.to_builtins(actor), "source": source}
-    if request is not None:
-        by["request"] = msgspec.to_builtins(request)
-    return by
 
 
 def unwritable(action: str, exc: BaseException) -> AuditUnavailable:
@@ -91,7 +55,7 @@ async def record_admin_event(conn: Conn, event: AuditEvent, key_path: Path | Non
             index = MentionIndex(load_subject_key(key_path), [(*r[:3], None, r[4]) for r in found])
             event = clear_mentions(event, index)
         # Redacted and checked like any event (the server sets its id and time).
-        await conn.fetchval(RECORD_ADMIN_EVENT, finalize(event)[1].decode())
+        await admin_events.record(conn, finalize(event)[1].decode())
     except RECORD_FAILURES as exc:
         raise unwritable(event.action, exc) from None
 
@@ -105,7 +69,7 @@ async def audit_cli_action(
 ) -> None:
     """Record a CLI mutation before it is done; AuditUnavailable when that cannot be written."""
     event = admin_action(
-        action, actor=cli_actor(), source="auditq-cli", entity=entity, metadata=metadata
+        action, actor=cli_actor(), source=CLI_SOURCE, entity=entity, metadata=metadata
     )
     try:
         conn = await db.connect(settings.require_database())

@@ -34,7 +34,7 @@ from service import mentions
 from service.errors import AuditqError
 from service.keys import IN_PROGRESS_PREFIX, JOB_PREFIX, RESULT_PREFIX, erased_version_key
 from service.ops import dead_letter
-from service.ops.admin_actions import CLI_ACTOR, requested_by
+from service.own_events import system_by
 from service.pseudonyms import (
     MAX_SUBJECT_ID,
     PSEUDONYM_PATTERN,
@@ -144,7 +144,7 @@ async def anonymise(
             await conn.fetchval(sql.LOCK, name)
         try:
             run = _Run(conn, redis, settings, subject_id, name)
-            return await run.run(reason, by or requested_by(CLI_ACTOR, "auditq-cli"))
+            return await run.run(reason, by or system_by())
         finally:
             await conn.fetchval(sql.UNLOCK, name)
 

@@ -15,7 +15,7 @@ from service.integrity import note
 from service.integrity.keys import load_public_key
 from service.integrity.logverify import verify_log
 from service.integrity.verify import verify
-from service.ops.admin_actions import CLI_ACTOR, requested_by
+from service.own_events import system_by
 from service.settings import Settings
 from service.store import db
 from service.store.seals import NEW_ACTIONS, NEW_ROWS, record_verification, row_leaf_data
@@ -119,7 +119,7 @@ async def run_verification(
                 conn,
                 started_at=started,
                 result=result,
-                by=by or requested_by(CLI_ACTOR, "auditq-cli"),
+                by=by or system_by(),
             )
     except (OSError, asyncpg.PostgresConnectionError) as exc:
         raise VerifyConnectionError(f"connection to PostgreSQL lost: {exc}") from None

@@ -52,6 +52,11 @@ async def create_pool(database_url: str, *, size: int = 10, **kwargs: Any) -> as
     return pool
 
 
+async def ping(conn: Conn) -> None:
+    """One round trip: the server answers queries."""
+    await conn.fetchval("SELECT 1")
+
+
 # Releases before the subject key file kept the key of pseudonyms in the database.
 OLD_SUBJECT_KEY = """
 SELECT secret FROM api_secret WHERE name = 'subject'

@@ -1,7 +1,7 @@
 """Stored rows as items: the columns read, a WHERE built from the §7 filters, a row as an item.
 
 Below the API so the destinations' runners in the worker build the same filters and items
-as the audit-log routes (service/api/audit_logs/rows.py re-exports these), and the
+as the audit-log routes (service/store/pages.py reads them for the API), and the
 transparency log's leaf of a row is the canonical JSON of its item."""
 
 from __future__ import annotations

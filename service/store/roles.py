@@ -1,11 +1,61 @@
-"""Which role a process connects as: the worker and the API refuse one that could rewrite
-history (contract §6; docs/integrity.md, "Roles")."""
+"""The roles of docs/integrity.md ("Roles"): which role a process connects as (the worker and
+the API refuse one that could rewrite history, contract §6), and the superuser's statements
+that make them in a cluster auditq runs itself (service/embedded/servers.py, through psql)."""
 
 from __future__ import annotations
 
 import asyncpg
 
 from service.errors import ConfigError
+
+# The roles of docs/integrity.md: the schema's owner and the two runtime roles.
+OWNER_ROLE, WORKER_ROLE, API_ROLE = "auditq_owner", "auditq_worker", "auditq_api"
+# psql statements run as the superuser (values are auditq's own names and generated hex
+# passwords, formatted in: psql takes no parameters in a DO block).
+CREATE_DATABASE = (
+    "SELECT 'CREATE DATABASE \"{name}\"' "
+    "WHERE NOT EXISTS (SELECT FROM pg_database WHERE datname = '{name}')\\gexec"
+)
+SET_PASSWORD = "ALTER ROLE {role} PASSWORD '{password}'"
+ROLES_SQL = """
+DO $$
+DECLARE r text;
+BEGIN
+    FOREACH r IN ARRAY ARRAY['{owner}', '{worker}', '{api}'] LOOP
+        IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = r) THEN
+            EXECUTE format('CREATE ROLE %I LOGIN', r);
+        END IF;
+    END LOOP;
+END $$;
+ALTER ROLE {owner} LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE PASSWORD '{owner_pw}';
+ALTER ROLE {worker} LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE PASSWORD '{worker_pw}';
+ALTER ROLE {api} LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE PASSWORD '{api_pw}';
+"""
+# A store made before the owner role existed belongs to the superuser: hand it over.
+HAND_OVER_SQL = """
+ALTER DATABASE "{database}" OWNER TO {owner};
+DO $$
+DECLARE o record;
+BEGIN
+    FOR o IN SELECT c.relname, c.relkind FROM pg_class c
+             JOIN pg_namespace n ON n.oid = c.relnamespace
+             WHERE n.nspname = 'public' AND c.relkind IN ('r', 'p', 'S', 'v')
+               AND pg_get_userbyid(c.relowner) = '{superuser}'
+               AND NOT (c.relkind = 'S' AND EXISTS (
+                   SELECT FROM pg_depend d WHERE d.objid = c.oid AND d.deptype IN ('a', 'i')))
+    LOOP
+        EXECUTE format('ALTER %s %I OWNER TO {owner}',
+                       CASE o.relkind WHEN 'S' THEN 'SEQUENCE' WHEN 'v' THEN 'VIEW'
+                                      ELSE 'TABLE' END, o.relname);
+    END LOOP;
+    FOR o IN SELECT p.oid::regprocedure AS fn FROM pg_proc p
+             JOIN pg_namespace n ON n.oid = p.pronamespace
+             WHERE n.nspname = 'public' AND pg_get_userbyid(p.proowner) = '{superuser}'
+    LOOP
+        EXECUTE format('ALTER FUNCTION %s OWNER TO {owner}', o.fn);
+    END LOOP;
+END $$;
+"""
 
 # What makes a role unfit for the runtime: superuser (or bypassing row security), owner of
 # the schema or of auditq's tables (it could disable triggers, drop partitions), or any right

@@ -12,7 +12,7 @@ import asyncpg
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from service.integrity import merkle, note, sealstate
-from service.integrity.canonical import ACTION_RECORD, entry_seq, iter_entries
+from service.integrity.canonical import entry_seq, iter_entries
 from service.integrity.checkpoint import GENESIS_HASH, Checkpoint, body, checkpoint_hash
 from service.integrity.keys import key_id
 from service.integrity.leaf import (
@@ -28,6 +28,7 @@ from service.integrity.sealstate import SealingStopped
 from service.store import tlog
 from service.store.db import Conn
 from service.store.items import ITEM_COLUMNS_JSON_TEXT, item
+from service.store.verify_reads import ACTION_RECORD
 
 SEAL_LOCK_KEY = 0x7365616C  # "seal": one sealer at a time across every worker
 TRY_LOCK = "SELECT pg_try_advisory_xact_lock($1)"

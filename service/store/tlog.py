@@ -272,6 +272,9 @@ SELECT DISTINCT ON (url) url,
        error AS last_error, at
 FROM tlog_witness_status s ORDER BY url, at DESC
 """
+LAST_COSIGNED = """
+SELECT max(cosigned_size) FROM tlog_witness_status WHERE url = $1 AND error IS NULL
+"""
 
 
 async def record_stop(conn: Conn, reason: str) -> None:
@@ -295,10 +298,19 @@ def stopped_reason(status: asyncpg.Record) -> str | None:
     return reason
 
 
+async def record_cosignature(conn: Conn, size: int, witness: str, line: str) -> None:
+    await conn.execute(INSERT_COSIGNATURE, size, witness, line)
+
+
 async def record_witness(
     conn: Conn, url: str, *, cosigned_size: int | None, error: str | None
 ) -> None:
     await conn.execute(RECORD_WITNESS, url, cosigned_size, error)
+
+
+async def last_cosigned(conn: Conn, url: str) -> int:
+    """The largest size the witness at `url` cosigned (0 for none)."""
+    return int(await conn.fetchval(LAST_COSIGNED, url) or 0)
 
 
 async def witnesses(conn: Conn) -> list[asyncpg.Record]:

@@ -9,6 +9,7 @@ from typing import Any, Literal
 import asyncpg
 import msgspec
 
+from service.own_events import system_by
 from service.store.db import Conn
 
 Role = Literal["reader", "admin", "ingest"]
@@ -25,8 +26,7 @@ LIST_TOKENS = """
 SELECT id, name, role, created_at, last_used_at, revoked_at FROM api_token ORDER BY id
 """
 REVOKE_TOKEN = "SELECT auditq_revoke_token($1, $2::text::jsonb)"
-# Who asked when the caller does not say: the operator at this host's shell.
-SYSTEM_BY: dict[str, Any] = {"actor": {"id": "cli", "type": "system"}, "source": "auditq-cli"}
+SYSTEM_BY: dict[str, Any] = system_by()
 
 
 def hash_token(token: str) -> bytes:

@@ -20,12 +20,12 @@ from aiohttp.test_utils import TestClient, TestServer
 from service.api.app import create_app
 from service.api.audit_logs import cursor as cursors
 from service.api.audit_logs import export
-from service.api.audit_logs.pages import page_query
 from service.api.audit_logs.query import convert_query
 from service.api.state import REDIS, SETTINGS
 from service.events import AuditEvent, finalize
 from service.queue import ENQUEUE_SCRIPT
 from service.settings import Settings
+from service.store.pages import page_query
 from service.store.tokens import create_token, revoke_token
 from tests.support.admin_api import admin_events, insert_token
 from tests.support.polling import wait_for

@@ -14,7 +14,7 @@ import msgspec
 import pytest
 
 from service.capture import installer
-from service.cli.embedded import PG_BIN
+from service.embedded.servers import PG_BIN
 from service.errors import ConfigError
 from service.settings import Settings
 from tests.support.capture import outbox_rows, relaying

@@ -18,7 +18,7 @@ import asyncpg
 import pytest
 
 from service.capture import installer
-from service.cli.embedded import EmbeddedPostgres, EmbeddedValkey
+from service.embedded.servers import EmbeddedPostgres, EmbeddedValkey
 from service.settings import Settings
 from tests.support.capture import ITEMS_DDL, outbox_rows, relaying
 from tests.support.polling import wait_for

@@ -22,7 +22,7 @@ PARENT = textwrap.dedent(
     """
     import contextlib, signal, subprocess, sys, threading
     from pathlib import Path
-    from service.cli.common import ctrl_c_held
+    from service.embedded.spawn import ctrl_c_held
 
     got = threading.Event()
     signal.signal(signal.SIGINT, lambda *_: got.set())

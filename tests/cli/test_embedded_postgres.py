@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from service.cli import embedded
-from service.cli.embedded import EmbeddedPostgres
+from service.embedded import servers as embedded
+from service.embedded.servers import EmbeddedPostgres
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="the system user is made as root only")
 

@@ -12,7 +12,7 @@ import pytest
 import redis.asyncio as aioredis
 from redis.exceptions import NoPermissionError
 
-from service.cli.embedded import free_port
+from service.embedded.servers import free_port
 from service.events import AuditEvent
 from service.producer.client import AuditClient
 from service.producer_acl import PRODUCER_USER

@@ -12,8 +12,8 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from service.cli import embedded
-from service.cli.embedded import EmbeddedStack, free_port
+from service.embedded import servers as embedded
+from service.embedded.servers import EmbeddedStack, free_port
 from tests.integrity.test_embedded import Run, auditq
 
 

@@ -19,8 +19,8 @@ from pathlib import Path
 import pytest
 import redis
 
-from service.cli.embedded import EmbeddedStack, free_port
-from service.cli.valkey_process import ValkeyProcess
+from service.embedded.servers import EmbeddedStack, free_port
+from service.embedded.valkey_process import ValkeyProcess
 from tests.support.polling import wait_for
 from workers.stored_report import StoredReport
 

@@ -11,7 +11,7 @@ from collections.abc import AsyncIterator
 import asyncpg
 import pytest
 
-from service.cli.embedded import EmbeddedPostgres
+from service.embedded.servers import EmbeddedPostgres
 from service.settings import Settings
 from service.store import db
 from service.store import destinations as store

@@ -21,7 +21,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 
-from service.cli.embedded import EmbeddedPostgres, EmbeddedValkey
+from service.embedded.servers import EmbeddedPostgres, EmbeddedValkey
 from service.store import db
 from tests.faults.harness import Ledger, failure_lines
 from tests.faults.report import FaultReport, render

@@ -216,7 +216,7 @@ FOOTER = """
   (`tests/faults/test_auth_faults.py`) a revoked token was refused after 5.1 s, and after 4.9 s
   when PostgreSQL was stopped right after the revocation.
 - **Ctrl-C.** A terminal sends SIGINT to its whole foreground process group. The embedded
-  Valkey is started in a session of its own (`service/cli/valkey_process.py`; `pg_ctl` puts
+  Valkey is started in a session of its own (`service/embedded/valkey_process.py`; `pg_ctl` puts
   PostgreSQL in one too), so it no longer dies at once while the worker and the API still need
   it: `auditq run` stops the demo producer (flushing it), the API, the worker, and only then
   the servers. A Ctrl-C while the stack starts is caught from the first moment (and `initdb`,

@@ -14,7 +14,7 @@ import aiohttp
 import pytest
 import redis.asyncio as aioredis
 
-from service.cli.embedded import EmbeddedPostgres, free_port
+from service.embedded.servers import EmbeddedPostgres, free_port
 from service.producer.client import AuditClient
 from service.settings import Settings
 from service.store import db

@@ -13,7 +13,7 @@ import asyncpg
 import pytest
 import redis.asyncio as aioredis
 
-from service.cli.embedded import EmbeddedPostgres
+from service.embedded.servers import EmbeddedPostgres
 from service.producer.client import AuditClient
 from service.settings import Settings
 from tests.faults.harness import (

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import redis.asyncio as aioredis
 
-from service.cli.embedded import free_port
+from service.embedded.servers import free_port
 from service.producer.client import AuditClient
 from service.settings import Settings
 from tests.faults.harness import (

@@ -19,7 +19,7 @@ from aiohttp import web
 from redis.exceptions import ConnectionError as RedisConnectionError
 
 from service.api.state import CLIENT
-from service.cli.embedded import EmbeddedValkey
+from service.embedded.servers import EmbeddedValkey
 from service.events import AuditEvent
 from service.producer.client import AuditClient
 from service.settings import Settings

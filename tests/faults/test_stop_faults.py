@@ -22,7 +22,7 @@ import asyncpg
 import pytest
 import redis.asyncio as aioredis
 
-from service.cli.embedded import EmbeddedPostgres, EmbeddedValkey, free_port
+from service.embedded.servers import EmbeddedPostgres, EmbeddedValkey, free_port
 from service.keys import workers_key
 from service.settings import Settings
 from tests.faults.harness import Figures, spawn

@@ -19,7 +19,7 @@ import pytest
 import redis.asyncio as aioredis
 from redis.exceptions import AuthenticationError, ResponseError
 
-from service.cli.embedded import EmbeddedStack, free_port
+from service.embedded.servers import EmbeddedStack, free_port
 from service.settings import read_env_file
 from tests.support.polling import wait_for
 

@@ -49,7 +49,7 @@ async def test_two_workers_and_a_held_transaction_seal_every_row_exactly_once(
     held = await asyncpg.connect(role_urls["auditq_worker"])
     async with running_worker(settings), running_worker(settings):
         # A transaction that stores rows first, then stays open while others are sealed. A
-        # plain INSERT: the worker's write path would hold its dedupe lock (workers/writer.py)
+        # plain INSERT: the worker's write path would hold its dedupe lock (service/store/writes.py)
         # all that time, and the probing writes of the others would wait for it.
         transaction = held.transaction()
         await transaction.start()

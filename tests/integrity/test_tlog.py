@@ -14,8 +14,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from service.integrity import merkle, note, receipt
 from service.integrity.sealstate import SealingStopped
-from service.ops.receipts import AwaitingCheckpoint, receipt_of
 from service.store import tlog
+from service.store.receipts import AwaitingCheckpoint, receipt_of
 from service.store.seals import LogConfig, seal_once
 from tests.integrity import independent_verifier
 from tests.support.integrity import store

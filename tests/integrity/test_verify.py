@@ -12,9 +12,10 @@ from typing import Any
 import asyncpg
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from service.integrity.canonical import ROW_RECORD, digest
+from service.integrity.canonical import digest
 from service.integrity.checkpoint import body_of
 from service.integrity.keys import key_id
+from service.store.verify_reads import ROW_RECORD
 from tests.support.integrity import run_verify, seal_all, store
 
 AS_DBA = "SET session_replication_role = replica"

@@ -15,9 +15,9 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from service.api.witness import Witness, witness_app
 from service.integrity import merkle, note, receipt
-from service.ops.receipts import receipt_of
 from service.settings import Settings
 from service.store import db, tlog
+from service.store.receipts import receipt_of
 from service.store.seals import LogConfig
 from tests.integrity import independent_verifier
 from tests.support.admin_api import Tokens

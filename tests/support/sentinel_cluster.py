@@ -15,7 +15,7 @@ from pathlib import Path
 
 import redis
 
-from service.cli.embedded import free_port
+from service.embedded.servers import free_port
 from tests.support.polling import wait_for_sync
 
 SERVICE = "auditq"

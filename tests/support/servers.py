@@ -7,7 +7,7 @@ import os
 import tempfile
 from pathlib import Path
 
-from service.cli.embedded import EmbeddedStack
+from service.embedded.servers import EmbeddedStack
 
 # Its own name where several runs share one server (AUDITQ_TEST_DATABASE_URL).
 TEMPLATE_DB = os.environ.get("AUDITQ_TEST_TEMPLATE_DB", "auditq_test_template")

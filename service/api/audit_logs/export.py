@@ -14,11 +14,12 @@ import msgspec
 from aiohttp import web
 
 from service.api.audit_logs.query import AuditLogQuery, describe, query_from_params
-from service.api.audit_logs.rows import ORDER_BY, SELECT_ITEMS, item, where_of
 from service.api.inputs import read_query
 from service.api.limits import OPEN_REQUESTS, WRITE_TIMEOUT_S
 from service.api.openapi import Fields, operation
 from service.api.state import POOL, record_admin_action
+from service.store.items import item
+from service.store.pages import CSV_HEADER, export_query
 
 logger = logging.getLogger(__name__)
 _encoder = msgspec.json.Encoder()
@@ -34,79 +35,6 @@ class ExportFormat(msgspec.Struct, frozen=True, kw_only=True):
     """The format of an export."""
 
     format: Literal["csv", "jsonl"] = "csv"
-
-
-CSV_HEADER = (
-    "id",
-    "ts",
-    "received_at",
-    "action",
-    "category",
-    "severity",
-    "outcome",
-    "actor_id",
-    "actor_type",
-    "actor_name",
-    "actor_email",
-    "entity_type",
-    "entity_id",
-    "entity_name",
-    "tenant",
-    "request_id",
-    "ip",
-    "user_agent",
-    "method",
-    "path",
-    "status",
-    "duration_ms",
-    "changes",
-    "metadata",
-    "presentation",
-    "source",
-    "received_via",
-)
-# A spreadsheet runs a cell starting with one of these as a formula (CSV injection).
-FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
-# CSV is written by PostgreSQL (COPY … CSV: quoting in C, no row decoded in Python), from
-# cells the SELECT already made text: times in RFC 3339 with a Z, nested values as their
-# JSON text, and a would-be formula with its "'". Through Python's csv module an export ran at
-# ~20,000 rows/s; this way it is bound by the scan.
-_UTC = "{0} AT TIME ZONE 'UTC'"
-_RFC3339 = (
-    "to_char(" + _UTC + ", 'YYYY-MM-DD\"T\"HH24:MI:SS') || CASE WHEN "
-    "extract(microseconds FROM {0})::int % 1000000 = 0 THEN '' "
-    "ELSE to_char(" + _UTC + ", '.US') END || 'Z'"
-)
-_CSV_TEXT = {
-    "id": "id::text",
-    "ts": _RFC3339.format("ts"),
-    "received_at": _RFC3339.format("received_at"),
-    "ip": "host(ip)",
-    "status": "status::text",
-    # Python's str() of a float: a whole number keeps its ".0".
-    "duration_ms": "CASE WHEN duration_ms = trunc(duration_ms) AND abs(duration_ms) < 1e15 "
-    "THEN trunc(duration_ms)::bigint::text || '.0' ELSE duration_ms::text END",
-    "changes": "changes::text",
-    "metadata": "metadata::text",
-    "presentation": "presentation::text",
-}
-_CANNOT_BE_FORMULA = frozenset({"id", "ts", "received_at", "ip", "changes", "metadata"})
-_FORMULA_SQL = "left({0}, 1) IN ('=', '+', '-', '@', E'\\t', E'\\r')"
-
-
-def _csv_select_cell(column: str) -> str:
-    text = _CSV_TEXT.get(column, column)
-    if column in _CANNOT_BE_FORMULA:
-        return text
-    return f"CASE WHEN {_FORMULA_SQL.format(text)} THEN '''' || {text} ELSE {text} END"
-
-
-# Output names of their own: ORDER BY ts must sort by the column, not by its text.
-SELECT_CSV = (
-    "SELECT "
-    + ",\n    ".join(f"{_csv_select_cell(c)} AS csv_{c}" for c in CSV_HEADER)
-    + "\nFROM audit_log\n"
-)
 
 
 class _CrLf:
@@ -137,15 +65,6 @@ def _csv_lines(rows: Iterable[Sequence[str]]) -> bytes:
     return buffer.getvalue().encode()
 
 
-def export_query(query: AuditLogQuery, export_format: str = "jsonl") -> tuple[str, list[Any]]:
-    """The SQL and parameters of an export: every matching row, in the query's order.
-
-    For CSV, the query whose rows COPY … (FORMAT csv) writes."""
-    where = where_of(query)
-    select = SELECT_CSV if export_format == "csv" else SELECT_ITEMS
-    return f"{select}{where.sql()} {ORDER_BY[query.order]}", where.args
-
-
 @operation(
     query=(ExportFormat, Fields(AuditLogQuery, NOT_EXPORTED)),
     responses={200: {"type": "string"}},
@@ -156,7 +75,7 @@ async def export_audit_logs(request: web.Request) -> web.StreamResponse:
     """Stream every matching row as CSV or JSON lines, in constant memory."""
     export_format = read_query(ExportFormat, request.query).format
     query = query_from_params(request.query, skip=NOT_EXPORTED)
-    sql, args = export_query(query, export_format)
+    sql, args = export_query(query, csv=export_format == "csv")
     await record_admin_action(
         request,
         "audit.exported",

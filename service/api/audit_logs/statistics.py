@@ -10,13 +10,13 @@ from aiohttp import web
 
 from service.api.audit_logs.items import AuditLogStatistics
 from service.api.audit_logs.query import Text, Time
-from service.api.audit_logs.rows import holds_nul
 from service.api.body import json_response
 from service.api.errors import bad_parameter
 from service.api.inputs import read_query
 from service.api.openapi import operation
 from service.api.state import POOL
 from service.store import rollup
+from service.store.items import holds_nul
 
 STATS_DEFAULT_WINDOW = timedelta(days=30)
 STATS_MAX_WINDOW = timedelta(days=3660)  # per_day lists every day: keep it a sane length

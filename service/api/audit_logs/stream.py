@@ -24,7 +24,6 @@ import redis.exceptions
 from aiohttp import web
 
 from service.api.audit_logs.query import PAGING_FIELDS, AuditLogQuery, query_from_params
-from service.api.audit_logs.rows import SELECT_ITEMS, item, where_of
 from service.api.auth import request_principal
 from service.api.errors import bad_parameter
 from service.api.limits import OPEN_REQUESTS, WRITE_TIMEOUT_S
@@ -32,7 +31,8 @@ from service.api.openapi import Fields, operation
 from service.api.state import POOL, REDIS, SETTINGS
 from service.keys import live_key
 from service.live import LiveEntry, read_live_entry
-from service.store import tokens
+from service.store import pages, tokens
+from service.store.items import item
 
 logger = logging.getLogger(__name__)
 
@@ -43,9 +43,6 @@ STREAM_RETRY_MS = 2000  # the client's reconnect delay, sent to EventSource
 TOKEN_RECHECK_S = 10.0  # seconds between checks that the token was not revoked
 REDIS_DOWN_PAUSE = 1.0  # seconds between tries while Redis or PostgreSQL does not answer
 
-# The rows of one write (service/live.py); the page filters narrow them.
-ROWS_OF_WRITE = "seq <@ {}::text::int8multirange AND ts BETWEEN {} AND {}"
-STREAM_ORDER_BY = "ORDER BY received_at, id"
 STREAM_PAGE_ROWS = 10_000  # rows of one write read (and sent) at most per entry
 ENTRY_ID = re.compile(r"^\d{1,20}-\d{1,20}$")
 
@@ -63,16 +60,6 @@ async def stream_context(app: web.Application) -> AsyncIterator[None]:
 async def stop_streams(app: web.Application) -> None:
     """End every live tail, so a shutdown does not wait for their clients to leave."""
     app[STREAMS_STOP].set()
-
-
-def rows_query(query: AuditLogQuery, write: LiveEntry, offset: int = 0) -> tuple[str, list[Any]]:
-    """The SQL and parameters of one page of the rows of one write that match the filters."""
-    where = where_of(query)
-    where.add(ROWS_OF_WRITE, write.seqs, write.ts_from, write.ts_to)
-    # No more rows than the entry names, and those a page at a time: never a whole table.
-    args = [*where.args, min(write.row_count, STREAM_PAGE_ROWS), offset]
-    n = len(args)
-    return f"{SELECT_ITEMS}{where.sql()} {STREAM_ORDER_BY} LIMIT ${n - 1} OFFSET ${n}", args
 
 
 async def _read_entries(
@@ -104,7 +91,7 @@ async def _rows_of(pool: Any, query: AuditLogQuery, write: LiveEntry) -> AsyncIt
     """The rows of one write that match the filters, a page at a time."""
     offset = 0
     while True:
-        sql, args = rows_query(query, write, offset)
+        sql, args = pages.write_rows_query(query, write, limit=STREAM_PAGE_ROWS, offset=offset)
         async with pool.acquire(timeout=WRITE_TIMEOUT_S) as conn:
             rows = await conn.fetch(sql, *args)
         yield rows

