@@ -1720,3 +1720,14 @@ REVOKE ALL ON public.tlog_erasure FROM PUBLIC, auditq_worker, auditq_api;
 GRANT SELECT, INSERT ON public.tlog_erasure TO auditq_worker;
 GRANT SELECT ON public.tlog_erasure TO auditq_api;
 -- (end of transparency log)
+
+-- =======================================================================================
+-- Console searches (docs/admin-api.md, "Filters"): a metadata condition alone (no time
+-- range) is served by containment, `metadata @> …`, through this index (each partition gets
+-- its own from the partitioned parent); an actor's name by its lower-cased prefix, compared
+-- byte-wise (C) so a prefix is one range of the index whatever the database's collation.
+CREATE INDEX IF NOT EXISTS audit_log_metadata_idx ON public.audit_log
+    USING gin (metadata jsonb_path_ops);
+CREATE INDEX IF NOT EXISTS audit_log_actor_name_idx ON public.audit_log
+    ((lower(actor_name) COLLATE "C"), ts DESC);
+-- (end of console searches)

@@ -1,0 +1,80 @@
+"""Values to suggest while a filter is typed: actions, entity types, an entity type's ids.
+
+Each is a skip scan of the column's index (one index probe per partition and value, however
+many rows share a value): the values in the index's order from the prefix on, as long as
+they start with it. In a database whose collation is not byte order a value may sort outside
+the prefix's run and be left out: these are suggestions, not a search (the filters are).
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+import msgspec
+from aiohttp import web
+
+from service.api.audit_logs.query import Text
+from service.api.audit_logs.rows import holds_nul
+from service.api.body import json_response
+from service.api.errors import bad_parameter
+from service.api.inputs import read_query
+from service.api.openapi import operation
+from service.api.state import POOL
+
+MAX_SUGGESTIONS = 100
+
+# `{column}` and `{scope}` are fixed strings below; $1 the prefix, $2 how many, $3 the type.
+_SKIP_SCAN = """
+WITH RECURSIVE v(value) AS (
+    SELECT (SELECT {column} FROM audit_log WHERE {column} >= $1 {scope}
+            ORDER BY {column} LIMIT 1)
+    UNION ALL
+    SELECT (SELECT {column} FROM audit_log WHERE {column} > v.value {scope}
+            ORDER BY {column} LIMIT 1)
+    FROM v WHERE v.value IS NOT NULL AND starts_with(v.value, $1)
+)
+SELECT value FROM v WHERE value IS NOT NULL AND starts_with(value, $1) LIMIT $2
+"""
+SUGGEST = {
+    "action": _SKIP_SCAN.format(column="action", scope=""),
+    "entity_type": _SKIP_SCAN.format(column="entity_type", scope=""),
+    "entity_id": _SKIP_SCAN.format(column="entity_id", scope="AND entity_type = $3"),
+}
+
+
+class SuggestionsQuery(msgspec.Struct, frozen=True, kw_only=True):
+    """Which filter's values, from which prefix."""
+
+    field: Literal["action", "entity_type", "entity_id"]
+    prefix: Annotated[Text, msgspec.Meta(description="values starting with this")] = ""
+    entity_type: (
+        Annotated[Text, msgspec.Meta(description="with field=entity_id (required): its ids")] | None
+    ) = None
+    limit: Annotated[int, msgspec.Meta(ge=1, le=MAX_SUGGESTIONS)] = 20
+
+
+class Suggestions(msgspec.Struct, frozen=True, kw_only=True):
+    """Stored values of the field, in the index's order."""
+
+    values: list[str]
+
+
+@operation(
+    query=SuggestionsQuery,
+    responses={200: Suggestions},
+    description="For a console's autocomplete: each value is one index probe, so the answer "
+    "costs the same on any number of rows.",
+)
+async def audit_log_suggestions(request: web.Request) -> web.Response:
+    """Stored values of a filter (actions, entity types, an entity type's ids) from a prefix."""
+    query = read_query(SuggestionsQuery, request.query)
+    args: list[object] = [query.prefix, query.limit]
+    if query.field == "entity_id":
+        if query.entity_type is None:
+            raise bad_parameter("entity_type", "is required with field=entity_id")
+        args.append(query.entity_type)
+    if any(holds_nul(a) for a in args):  # PostgreSQL text holds no NUL: nothing matches
+        return json_response({"values": []})
+    async with request.app[POOL].acquire() as conn:
+        rows = await conn.fetch(SUGGEST[query.field], *args)
+    return json_response({"values": [r["value"] for r in rows]})
