@@ -31,8 +31,10 @@ async def test_the_empty_erasures_page_explains_erasure_and_how_to_start(tab: Ta
     empty = section.get_by_role("status")
     await expect(empty).to_contain_text("No subject has been anonymised yet")
     await expect(empty).to_contain_text("replaces its id with a pseudonym in every row")
-    await expect(empty).to_contain_text("auditq anonymise SUBJECT_ID")
+    await expect(empty).to_contain_text("From a shell: auditq anonymise SUBJECT_ID.")
+    await expect(empty).to_contain_text("send it in actor.id, or")
     assert not await _axe(tab.page)
+    await tab.shot("search-erasures-empty")
 
 
 async def test_a_reader_sees_no_erasure_list(tab: Tab) -> None:
@@ -136,7 +138,8 @@ async def test_statistics_by_hour_show_hourly_bars_and_top_actors_by_name(tab: T
     shown = await table.locator("td.num").all_inner_texts()
     assert [int(n.replace(",", "")) for n in shown] == [h["count"] for h in stats["per_hour"]]
     top = page.get_by_role("region", name="Top actors")
-    await expect(top).to_contain_text("Hour Person (u-hour)")
+    named = top.locator("li", has_text="Hour Person")
+    await expect(named.locator(".sub")).to_have_text("u-hour")  # the id under its name
     await tab.shot("statistics-hourly")
 
 
@@ -153,7 +156,7 @@ async def test_the_erasures_list_shows_an_erasure_once_it_is_done(tab: Tab) -> N
     section = tab.page.get_by_role("region", name="Erasures")
     row = section.locator("tbody tr")
     await expect(row).to_have_count(1, timeout=30_000)
-    await expect(row.locator("td").nth(2)).to_have_text("done", timeout=30_000)
+    await expect(row.locator("td").nth(1)).to_have_text("done", timeout=30_000)
 
     async def listed() -> bool:
         _, body = await _api(stack, "GET", "/api/v1/admin/subjects")
@@ -163,7 +166,8 @@ async def test_the_erasures_list_shows_an_erasure_once_it_is_done(tab: Tab) -> N
     _, body = await _api(stack, "GET", "/api/v1/admin/subjects")
     (erasure,) = body["items"]
     await expect(row).to_have_attribute("data-pseudonym", erasure["pseudonym"])
-    await expect(row.locator("td").nth(3)).to_have_text(str(erasure["rows"]))
+    await expect(row.locator("td").nth(2)).to_have_text(str(erasure["rows"]))
+    await expect(row.locator("td").nth(0)).to_have_text(erasure["pseudonym"])
     assert "u-gone" not in await section.inner_text()  # by pseudonym only
 
 

@@ -23,7 +23,7 @@ function Bars({ title, rows }) {
   const max = Math.max(1, ...rows.map((r) => r.count));
   return html`<section aria-label=${title}><h2>${title}</h2>
     ${rows.length ? html`<ul class="bars">${rows.map((r) => html`<li>
-      <span class="name" title=${r.name}>${r.link ? html`<a href=${r.link}>${r.name}</a>` : r.name}</span>
+      <span class="name" title=${r.sub ? `${r.name} (${r.sub})` : r.name}>${r.link ? html`<a href=${r.link}>${r.name}</a>` : r.name}${r.sub ? html`<small class="sub muted">${r.sub}</small>` : null}</span>
       <meter min="0" max=${max} value=${r.count} aria-label=${`${r.name}: ${r.count}`}></meter>
       <span class="num">${r.count.toLocaleString()}</span>
     </li>`)}</ul>` : html`<p class="muted">Nothing in this window.</p>`}
@@ -83,7 +83,7 @@ export function StatisticsView({ location }) {
           : data.per_day.map((d) => ({ at: d.day, count: d.count }))} />
       </section>
       <div class="grid2">
-        <${Bars} title="Top actors" rows=${data.top_actors.map((a) => ({ name: a.actor_name ? `${a.actor_name} (${a.actor_id})` : a.actor_id, count: a.count, link: actorPath(a.actor_id) }))} />
+        <${Bars} title="Top actors" rows=${data.top_actors.map((a) => ({ name: a.actor_name || a.actor_id, sub: a.actor_name ? a.actor_id : null, count: a.count, link: actorPath(a.actor_id) }))} />
         <${Bars} title="Top actions" rows=${data.top_actions.map((a) => ({ name: a.action, count: a.count, link: `/console/audit-logs?action=${seg(a.action)}${tenantFilter}` }))} />
         <${Bars} title="By severity" rows=${Object.entries(data.by_severity).map(([k, v]) => ({ name: k, count: v, link: `/console/audit-logs?severity=${seg(k)}${tenantFilter}` }))} />
         <${Bars} title="By outcome" rows=${Object.entries(data.by_outcome).map(([k, v]) => ({ name: k, count: v, link: `/console/audit-logs?outcome=${seg(k)}${tenantFilter}` }))} />

@@ -38,24 +38,17 @@ function Erasures() {
   if (!items.length) {
     return html`<div class="empty" role="status">
       <p><strong>No subject has been anonymised yet.</strong></p>
-      <p>Anonymising (erasing) a data subject replaces its id with a pseudonym in every row
-        auditq keeps, removes its names, emails, IP addresses and user agents, and clears text
-        in other rows that mentions it, for good. The record stays whole and verifiable: who
-        did what stays countable, no longer whom it was. Later events of the subject are
-        stored pseudonymised too.</p>
-      <p>To start one, give the subject's id above (a user id as producers send it in
-        <code>actor.id</code>, or the id of a <code>user</code> entity) and press Show: the
-        page says how many rows name it before you confirm. From a shell:
-        <code>auditq anonymise SUBJECT_ID</code>.</p></div>`;
+      <p>Anonymising (erasing) a data subject replaces its id with a pseudonym in every row auditq keeps, removes its names, emails, IP addresses and user agents, and clears text in other rows that mentions it, for good. The record stays whole and verifiable: who did what stays countable, no longer whom it was. Later events of the subject are stored pseudonymised too.</p>
+      <p>To start one, give the subject's id above (a user id as producers send it in <code>actor.id</code>, or the id of a <code>user</code> entity) and press Show: the page says how many rows name it before you confirm. From a shell: <code>auditq anonymise SUBJECT_ID</code>.</p></div>`;
   }
   return html`<${ErrorBox} error=${list.error} /><div class="table-wrap"><table>
     <caption class="skip">Erasures, the latest first</caption>
-    <thead><tr><th>Asked</th><th>Pseudonym</th><th>State</th><th>Rows changed</th>
+    <thead><tr><th>Pseudonym</th><th>State</th><th class="num">Rows changed</th><th>Asked</th>
       <th class="hide-narrow">Done</th></tr></thead>
     <tbody>${items.map((e) => html`<tr key=${e.pseudonym} data-pseudonym=${e.pseudonym}>
-      <td><${Time} value=${e.requested_at} /></td>
-      <td class="mono"><a href=${actorPath(e.pseudonym)}>${e.pseudonym}</a></td>
+      <td class="mono pseudonym"><a href=${actorPath(e.pseudonym)}>${e.pseudonym}</a></td>
       <td>${e.state}</td><td class="num">${e.rows.toLocaleString()}</td>
+      <td><${Time} value=${e.requested_at} /></td>
       <td class="hide-narrow"><${Time} value=${e.finished_at} /></td>
     </tr>`)}</tbody></table></div>`;
 }
