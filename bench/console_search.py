@@ -61,19 +61,13 @@ async def measure(url: str, rounds: int) -> dict[str, dict[str, float]]:
             await timed("metadata i=N, before (text, no index)", OLD_METADATA, ["i"], value, 51)
             for _ in range(5):
                 i = rnd.randrange(1_000_000)
-                await timed(
-                    "metadata i=N (containment, GIN)",
-                    *page_query(AuditLogQuery(metadata=[f"i={i}"], limit=50), None),
-                )
+                sql, args = page_query(AuditLogQuery(metadata=[f"i={i}"], limit=50), None)
+                await timed("metadata i=N (containment, GIN)", sql, *args)
                 name = f"user {rnd.randrange(2000)}"
-                await timed(
-                    "actor_name, one actor's prefix",
-                    *page_query(AuditLogQuery(actor_name=name, limit=50), None),
-                )
-                await timed(
-                    "actor_name 'user 1' (111 actors)",
-                    *page_query(AuditLogQuery(actor_name="user 1", limit=50), None),
-                )
+                sql, args = page_query(AuditLogQuery(actor_name=name, limit=50), None)
+                await timed("actor_name, one actor's prefix", sql, *args)
+                sql, args = page_query(AuditLogQuery(actor_name="user 1", limit=50), None)
+                await timed("actor_name 'user 1' (111 actors)", sql, *args)
                 await timed("suggestions action", SUGGEST["action"], "", 20)
                 await timed("suggestions entity_type", SUGGEST["entity_type"], "", 20)
                 await timed("suggestions entity_id", SUGGEST["entity_id"], "12", 20, "document")

@@ -45,7 +45,7 @@ SUGGEST = {
 class SuggestionsQuery(msgspec.Struct, frozen=True, kw_only=True):
     """Which filter's values, from which prefix."""
 
-    field: Literal["action", "entity_type", "entity_id"]
+    field: Literal["action", "entity_type", "entity_id"] = "action"
     prefix: Annotated[Text, msgspec.Meta(description="values starting with this")] = ""
     entity_type: (
         Annotated[Text, msgspec.Meta(description="with field=entity_id (required): its ids")] | None
