@@ -1513,6 +1513,11 @@ CREATE INDEX audit_log_seq_idx ON public.audit_log (seq);
 CREATE INDEX audit_log_mention_idx ON public.audit_log USING gin (
     to_tsvector('simple'::regconfig, public.auditq_mention_text(
         entity_name, path, metadata, changes, presentation -> 'params')));
+-- Console searches (docs/admin-api.md, "Filters"): a metadata condition alone (no time
+-- range) is served by containment, `metadata @> …`; an actor's name by its lower-cased
+-- prefix, compared byte-wise (C) so a prefix is one range whatever the collation.
+CREATE INDEX audit_log_metadata_idx ON public.audit_log USING gin (metadata jsonb_path_ops);
+CREATE INDEX audit_log_actor_name_idx ON public.audit_log ((lower(actor_name) COLLATE "C"), ts DESC);
 
 CREATE INDEX seal_checkpoint_sealed_idx ON public.seal_checkpoint (sealed_at);
 CREATE INDEX row_replacement_seq_idx ON public.row_replacement (seq);

@@ -1,4 +1,4 @@
-"""Schemathesis hooks of tests/test_openapi_fuzz.py: the two rules JSON Schema cannot state.
+"""Schemathesis hooks of tests/test_openapi_fuzz.py: the rules JSON Schema cannot state.
 
 Loaded by the `schemathesis` CLI through SCHEMATHESIS_HOOKS. Both only touch cases generated
 as schema-valid, and only drop optional parameters, so a case stays schema-valid; everything
@@ -16,6 +16,7 @@ from service.api.errors import ApiError
 from service.api.inputs import read_query
 
 STATISTICS = "/api/v1/admin/audit-logs/statistics"
+SUGGESTIONS = "/api/v1/admin/audit-logs/suggestions"
 
 
 @schemathesis.hook
@@ -34,10 +35,16 @@ def map_case(context: Any, case: Any) -> Any:
     # rule between two parameters. The API's own check decides; a window it refuses is
     # replaced by the default one.
     if case.operation.path == STATISTICS:
-        params = MultiDict((k, str(v)) for k, v in query.items() if k in ("since", "until"))
+        window = ("since", "until", "bucket")  # bucket=hour: a window of at most 7 days
+        params = MultiDict((k, str(v)) for k, v in query.items() if k in window)
         try:
             stats_window(read_query(StatisticsQuery, params))
         except ApiError:
             query.pop("since", None)
             query.pop("until", None)
+    # The ids of an entity type: field=entity_id needs entity_type. Without it, the field is
+    # dropped (its default, the actions).
+    if case.operation.path == SUGGESTIONS and query.get("field") == "entity_id":
+        if query.get("entity_type") in (None, ""):
+            query.pop("field")
     return case

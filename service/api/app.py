@@ -24,7 +24,7 @@ from service.api import (
 from service.api import destinations as destinations_api
 from service.api import policy as policy_api
 from service.api import tasks as tasks_api
-from service.api.audit_logs import export, pages, statistics, stream
+from service.api.audit_logs import export, pages, statistics, stream, suggestions
 from service.api.audit_logs.cursor import cursor_context
 from service.api.auth import TOKEN_CHECK, TokenCheck, auth_middleware
 from service.api.errors import REDACT_EXTRA_KEYS, error_middleware
@@ -50,12 +50,13 @@ ROUTES = [
     web.get("/api/v1/admin/audit-logs/export", export.export_audit_logs, allow_head=False),
     web.get("/api/v1/admin/audit-logs/statistics", statistics.audit_log_statistics),
     web.get("/api/v1/admin/audit-logs/stream", stream.stream_audit_logs, allow_head=False),
+    web.get("/api/v1/admin/audit-logs/suggestions", suggestions.audit_log_suggestions),
     web.post("/api/v1/admin/audit-logs/search", pages.search_audit_logs),
     web.get("/api/v1/admin/audit-logs/entity/{entity_type}/{entity_id:.+}", pages.entity_history),
     web.get("/api/v1/admin/audit-logs/user/{actor_id:.+}", pages.actor_history),
     # Not the fixed paths beside it: their other methods are 405 with their own Allow.
     web.get(
-        "/api/v1/admin/audit-logs/{id:(?!(search|export|statistics|stream)$)[^/]+}",
+        "/api/v1/admin/audit-logs/{id:(?!(search|export|statistics|stream|suggestions)$)[^/]+}",
         pages.get_audit_log,
     ),
     # Tasks and queue stats, HTTP ingest, metrics, and the OpenAPI document of all of these.

@@ -220,6 +220,8 @@ def allowed(role: Role, method: str, path: str) -> bool:
         return role == "ingest"
     if path.startswith(SUBJECTS_PREFIX) and path.endswith("/anonymisation"):
         return False  # an id's pseudonym: re-identification by enumeration, admins only
+    if path.rstrip("/") == SUBJECTS_PREFIX.rstrip("/"):
+        return False  # who was erased when: admins only
     return role == "reader" and method in ("GET", "HEAD")
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import Annotated, Any
 
 import msgspec
 from aiohttp import web
@@ -14,6 +14,7 @@ from service.api.auth import request_principal
 from service.api.background import cancel_all
 from service.api.body import read_json
 from service.api.errors import ApiError
+from service.api.inputs import read_query
 from service.api.openapi import operation
 from service.api.state import POOL, REDIS, SETTINGS, unrecorded
 from service.events import RequestInfo
@@ -23,6 +24,8 @@ from service.own_events import API_SOURCE, requested_by, token_actor
 
 logger = logging.getLogger(__name__)
 
+MAX_ERASURES = 1000
+DEFAULT_ERASURES = 100
 RUNS = web.AppKey("subject_runs", dict[str, "asyncio.Task[None]"])  # pseudonym -> its run
 
 
@@ -110,6 +113,28 @@ async def get_anonymisation(request: web.Request) -> web.Response:
     return web.Response(body=msgspec.json.encode(found), content_type="application/json")
 
 
+class ErasuresQuery(msgspec.Struct, frozen=True, kw_only=True):
+    """How many erasures to list."""
+
+    limit: Annotated[int, msgspec.Meta(ge=1, le=MAX_ERASURES)] = DEFAULT_ERASURES
+
+
+@operation(
+    summary="The erasures asked, the latest first (admins only)",
+    query=ErasuresQuery,
+    responses={200: subjects.Erasures},
+    errors=(400,),
+    description="By pseudonym only: the store never holds a subject's id. Admins only, as "
+    "every subjects route: who was erased when is not a reader's business.",
+)
+async def list_erasures(request: web.Request) -> web.Response:
+    """List past and running erasures: pseudonym, state, when asked and done, rows changed."""
+    query = read_query(ErasuresQuery, request.query)
+    async with request.app[POOL].acquire() as conn:
+        found = await subjects.erasures(conn, query.limit)
+    return web.Response(body=msgspec.json.encode(found), content_type="application/json")
+
+
 async def subjects_context(app: web.Application) -> AsyncIterator[None]:
     """Hold running erasures; cancel them when the API stops (asking again resumes)."""
     app[RUNS] = {}
@@ -118,6 +143,7 @@ async def subjects_context(app: web.Application) -> AsyncIterator[None]:
 
 
 ROUTES = [
+    web.get("/api/v1/admin/subjects", list_erasures),
     web.post("/api/v1/admin/subjects/{subject_id:.+}/anonymise", anonymise_subject),
     web.get("/api/v1/admin/subjects/{subject_id:.+}/anonymisation", get_anonymisation),
 ]

@@ -24,6 +24,7 @@ import logging
 import time
 import uuid
 from collections.abc import AsyncIterator
+from datetime import datetime
 from typing import Any, Literal
 
 import asyncpg
@@ -81,6 +82,23 @@ class Anonymisation(msgspec.Struct, frozen=True, kw_only=True):
     dead_letters: int
 
 
+class Erasure(msgspec.Struct, frozen=True, kw_only=True):
+    """One erasure asked: by pseudonym (never the id), when, and what it changed."""
+
+    pseudonym: str
+    state: Literal["running", "done"]
+    requested_at: datetime
+    finished_at: datetime | None
+    rows: int
+    dead_letters: int
+
+
+class Erasures(msgspec.Struct, frozen=True, kw_only=True):
+    """Erasures, the latest asked first."""
+
+    items: list[Erasure]
+
+
 class Outcome(msgspec.Struct, frozen=True, kw_only=True):
     """What one run changed; `reason` is the admin's, cleared of the subject's values."""
 
@@ -115,6 +133,12 @@ async def state(conn: Conn, settings: Settings, subject_id: str) -> Anonymisatio
     """The state of the subject's erasure, or None if it was never asked."""
     row = await conn.fetchrow(sql.STATE, pseudonym_of(settings, subject_id))
     return None if row is None else msgspec.convert(dict(row), Anonymisation)
+
+
+async def erasures(conn: Conn, limit: int) -> Erasures:
+    """The `limit` erasures asked last, newest first."""
+    rows = await conn.fetch(sql.LIST, limit)
+    return Erasures(items=[msgspec.convert(dict(r), Erasure) for r in rows])
 
 
 async def register(conn: Conn, redis: aioredis.Redis, queue: str, name: str) -> None:

@@ -6,6 +6,7 @@ transparency log's leaf of a row is the canonical JSON of its item."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any, Protocol
@@ -75,10 +76,20 @@ UNTIL = "ts <= {}"
 FULL_TEXT = "search @@ plainto_tsquery('simple', {})"
 # Inside payloads: a metadata value by its (dotted) path, as text; a field named in changes.
 METADATA_IS = "metadata #>> {}::text[] = {}"
+# The same with containment first, which the GIN index (jsonb_path_ops) serves: the value is
+# the one text of the stored string or the JSON scalar written so ("5": the string or 5).
+METADATA_CONTAINS = "metadata @> ANY({}::text[]::jsonb[]) AND metadata #>> {}::text[] = {}"
 METADATA_HAS = "metadata #> {}::text[] IS NOT NULL"
 CHANGES_TOUCH = (
     "changes @> ANY(SELECT jsonb_build_array(jsonb_build_object('field', f))"
     " FROM unnest({}::text[]) AS f)"
+)
+# An actor's name by its prefix, any case: a range of audit_log_actor_name_idx (byte-wise:
+# every text starting with p lies in [p, p || U+10FFFF]), then the exact test.
+ACTOR_NAME_PREFIX = (
+    'lower(actor_name) COLLATE "C" >= lower({0}) COLLATE "C"'
+    ' AND lower(actor_name) COLLATE "C" <= (lower({0}) || U&\'\\+10FFFF\') COLLATE "C"'
+    " AND starts_with(lower(actor_name), lower({0}))"
 )
 # Keyset: the redundant bound on ts alone lets PostgreSQL prune partitions.
 AFTER_DESC = "ts <= {0} AND (ts, id) < ({0}, {1})"
@@ -160,12 +171,17 @@ def where_of(query: Filters, *, args: Sequence[Any] = ()) -> Where:
 
 def _inside_payloads(where: Where, query: Filters) -> None:
     """The metadata and changes filters (the audit-log routes have them; a destination not)."""
+    actor_name = getattr(query, "actor_name", None)
+    if actor_name is not None:
+        where.add(ACTOR_NAME_PREFIX, actor_name)
     for match in _values(getattr(query, "metadata", None)):
         key, sep, value = match.partition("=")
         path = key.split(".")
         if holds_nul(key):
             where.fragments.append(NO_ROW)
-        elif sep:
+        elif sep and not any(_may_index_array(part) for part in path):
+            where.add(METADATA_CONTAINS, _containing(path, value), path, value)
+        elif sep:  # a step may index an array (`tags.0`): containment cannot say that
             where.add(METADATA_IS, path, value)
         else:  # `key` alone: the key is there, whatever its value
             where.add(METADATA_HAS, path)
@@ -174,6 +190,39 @@ def _inside_payloads(where: Where, query: Filters) -> None:
         fields = [f for f in _values(change_field) if not holds_nul(f)]
         # One `[{"field": f}]` per name: jsonb containment finds it in any element of changes.
         where.add(CHANGES_TOUCH, fields)
+
+
+def _may_index_array(step: str) -> bool:
+    """Whether `#>>` may read `step` as an array index (an integer, maybe negative)."""
+    try:
+        int(step)
+    except ValueError:
+        return False
+    return True
+
+
+def _containing(path: Sequence[str], value: str) -> list[str]:
+    """JSON documents one of which metadata contains when `metadata #>> path = value`: the
+    value as a string, and as the JSON it spells (`5`, `true`, an object) if it is JSON."""
+    documents = []
+    for scalar in (value, _json_or_none(value)):
+        if scalar is None:
+            continue
+        document: Any = scalar
+        for step in reversed(path):
+            document = {step: document}
+        documents.append(json.dumps(document, allow_nan=False))
+    return documents
+
+
+def _json_or_none(text: str) -> Any:
+    """`text` read as JSON; None when it is not JSON, is null, or is NaN or infinite."""
+    try:
+        parsed = json.loads(text)
+        written = json.dumps(parsed, allow_nan=False)
+    except ValueError:
+        return None
+    return None if "\\u0000" in written else parsed  # jsonb holds no NUL
 
 
 def _present(**fields: Any) -> dict[str, Any] | None:

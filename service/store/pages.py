@@ -184,3 +184,28 @@ def write_rows_query(
     args = [*where.args, min(write.row_count, limit), offset]
     n = len(args)
     return f"{SELECT_ITEMS}{where.sql()} {STREAM_ORDER_BY} LIMIT ${n - 1} OFFSET ${n}", args
+
+
+# `{column}` and `{scope}` are fixed strings below; $1 the prefix, $2 how many, $3 the type.
+_SKIP_SCAN = """
+WITH RECURSIVE v(value) AS (
+    SELECT (SELECT {column} FROM audit_log WHERE {column} >= $1 {scope}
+            ORDER BY {column} LIMIT 1)
+    UNION ALL
+    SELECT (SELECT {column} FROM audit_log WHERE {column} > v.value {scope}
+            ORDER BY {column} LIMIT 1)
+    FROM v WHERE v.value IS NOT NULL AND starts_with(v.value, $1)
+)
+SELECT value FROM v WHERE value IS NOT NULL AND starts_with(value, $1) LIMIT $2
+"""
+SUGGEST: dict[str, str] = {
+    "action": _SKIP_SCAN.format(column="action", scope=""),
+    "entity_type": _SKIP_SCAN.format(column="entity_type", scope=""),
+    "entity_id": _SKIP_SCAN.format(column="entity_id", scope="AND entity_type = $3"),
+}
+
+
+async def suggestions(conn: Conn, field: str, prefix: str, limit: int, *scope: str) -> list[str]:
+    """Stored values of `field` from `prefix` on (one index probe a value; `scope`: the
+    entity type, for entity ids)."""
+    return [r["value"] for r in await conn.fetch(SUGGEST[field], prefix, limit, *scope)]

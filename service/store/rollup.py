@@ -196,3 +196,37 @@ async def fold_all(conn: asyncpg.Connection, *, limit: int = FOLD_ENTRIES) -> in
             return total
         else:
             total += folded
+
+
+# Hours are counted from the rows themselves (the rollup keeps days).
+PER_HOUR = """
+SELECT date_trunc('hour', ts AT TIME ZONE 'UTC') AS hour, count(*) AS count
+FROM audit_log WHERE ts >= $1 AND ts <= $2 {tenant}
+GROUP BY 1
+"""
+# The name of each top actor: the one its latest row up to the window's end gives (the
+# actor index, newest first).
+ACTOR_NAMES = """
+SELECT a.id, n.actor_name
+FROM unnest($1::text[]) AS a(id), LATERAL (
+    SELECT actor_name FROM audit_log
+    WHERE actor_id = a.id AND ts <= $2 AND actor_name IS NOT NULL
+    ORDER BY ts DESC LIMIT 1
+) AS n
+"""
+
+
+async def per_hour(
+    conn: Conn, since: datetime, until: datetime, tenant: str | None
+) -> dict[datetime, int]:
+    """Rows per UTC hour of the window (hours without rows absent)."""
+    if tenant is None:
+        rows = await conn.fetch(PER_HOUR.format(tenant=""), since, until)
+    else:
+        rows = await conn.fetch(PER_HOUR.format(tenant="AND tenant = $3"), since, until, tenant)
+    return {r["hour"].replace(tzinfo=UTC): r["count"] for r in rows}
+
+
+async def actor_names(conn: Conn, actor_ids: list[str], until: datetime) -> dict[str, str]:
+    """Each actor's latest name up to `until`."""
+    return {r["id"]: r["actor_name"] for r in await conn.fetch(ACTOR_NAMES, actor_ids, until)}

@@ -12,6 +12,11 @@ ERASED = "SELECT pseudonym FROM erased_subject"
 STATE = """
 SELECT state, pseudonym, rows, dead_letters FROM erased_subject WHERE pseudonym = $1
 """
+# Past and running erasures, newest first: pseudonyms only (the store never holds the ids).
+LIST = """
+SELECT pseudonym, state, requested_at, finished_at, rows, dead_letters
+FROM erased_subject ORDER BY requested_at DESC, pseudonym LIMIT $1
+"""
 # Definer functions (schema.sql, "Erasure through one function"): the caller names the subject
 # and its pseudonym; the store finds its rows and values, and records every step itself.
 REGISTER = "SELECT auditq_register_erasure($1)"

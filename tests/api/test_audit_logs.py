@@ -547,8 +547,8 @@ async def test_statistics_shape_and_counts(
         {"day": "2025-03-05", "count": 0},
     ]
     assert stats["top_actors"][:2] == [
-        {"actor_id": "alice", "count": 2},
-        {"actor_id": "bob", "count": 2},
+        {"actor_id": "alice", "actor_name": "Alice", "count": 2},
+        {"actor_id": "bob", "actor_name": None, "count": 2},
     ]
     assert {"action": "auth.login", "count": 1} in stats["top_actions"]
     assert stats["by_severity"] == {"info": 2, "notice": 1, "warning": 1, "critical": 1}

@@ -258,13 +258,20 @@ async def test_no_reader_route_maps_an_erased_id_to_its_pseudonym(
         f"/api/v1/admin/audit-logs/entity/user/{SUBJECT}",
         f"/api/v1/admin/audit-logs/export?actor_id={SUBJECT}",
         f"/api/v1/admin/audit-logs/export?q={SUBJECT}",
+        f"/api/v1/admin/audit-logs?actor_name={NAME}",
+        f"/api/v1/admin/audit-logs?actor_name={NAME.lower()[:3]}",
+        f"/api/v1/admin/audit-logs/suggestions?field=entity_id&entity_type=user&prefix={SUBJECT}",
     ]
     for path in by_id:  # asked with the id, a reader learns nothing of the pseudonym
         answer = await api.get(path, headers=tokens.reader)
         body = await answer.text()
         assert answer.status == 200, (path, body)
         assert pseudonym not in body and SUBJECT not in body, path
-    for path in (f"/api/v1/admin/subjects/{SUBJECT}/anonymisation",):
+    for path in (
+        f"/api/v1/admin/subjects/{SUBJECT}/anonymisation",
+        "/api/v1/admin/subjects",  # the list of erasures: admins only
+        "/api/v1/admin/subjects?limit=1000",
+    ):
         answer = await api.get(path, headers=tokens.reader)
         assert answer.status == 403, path
         assert pseudonym not in await answer.text()

@@ -37,6 +37,11 @@ LIVE_TOP_ACTORS = f"""
 SELECT actor_id, count(*) AS count FROM audit_log {_WHERE} AND actor_id IS NOT NULL
 GROUP BY actor_id ORDER BY count DESC, actor_id LIMIT 10
 """
+# An actor's name: the one of its latest row up to the window's end.
+LIVE_ACTOR_NAME = """
+SELECT actor_name FROM audit_log WHERE actor_id = $1 AND ts <= $2 AND actor_name IS NOT NULL
+ORDER BY ts DESC LIMIT 1
+"""
 LIVE_TOP_ACTIONS = f"""
 SELECT action, count(*) AS count FROM audit_log {_WHERE}
 GROUP BY action ORDER BY count DESC, action LIMIT 10
@@ -59,7 +64,14 @@ async def live(pg: asyncpg.Connection, since: datetime, until: datetime, tenant:
             {"day": d.isoformat(), "count": counts.get(d, 0)}
             for d in (first + timedelta(days=n) for n in range(days))
         ],
-        "top_actors": [dict(r) for r in await pg.fetch(LIVE_TOP_ACTORS, *window)],
+        "top_actors": [
+            {
+                "actor_id": r["actor_id"],
+                "actor_name": await pg.fetchval(LIVE_ACTOR_NAME, r["actor_id"], until),
+                "count": r["count"],
+            }
+            for r in await pg.fetch(LIVE_TOP_ACTORS, *window)
+        ],
         "top_actions": [dict(r) for r in await pg.fetch(LIVE_TOP_ACTIONS, *window)],
         "by_severity": by["severity"],
         "by_outcome": by["outcome"],

@@ -108,10 +108,18 @@ class DayCount(msgspec.Struct, frozen=True, kw_only=True):
     count: int
 
 
+class HourCount(msgspec.Struct, frozen=True, kw_only=True):
+    """Rows stored with ts in one UTC hour (named by its start)."""
+
+    hour: datetime
+    count: int
+
+
 class ActorCount(msgspec.Struct, frozen=True, kw_only=True):
-    """Rows of one actor."""
+    """Rows of one actor, and the name its latest row in the window gives it (if any)."""
 
     actor_id: str
+    actor_name: str | None = None
     count: int
 
 
@@ -139,9 +147,11 @@ class OutcomeCounts(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class AuditLogStatistics(msgspec.Struct, frozen=True, kw_only=True):
-    """Counts over the window: every day of it (zeros included), the top actors and actions."""
+    """Counts over the window: every day of it (zeros included), the top actors and actions;
+    with bucket=hour also every hour of it."""
 
     per_day: list[DayCount]
+    per_hour: list[HourCount] | None = None
     top_actors: list[ActorCount]
     top_actions: list[ActionCount]
     by_severity: SeverityCounts

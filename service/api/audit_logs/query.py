@@ -59,6 +59,13 @@ class AuditLogQuery(
     severity: Severity | list[Severity] | None = None
     outcome: Outcome | None = None
     actor_id: Text | list[Text] | None = None
+    actor_name: (
+        Annotated[
+            Text,
+            msgspec.Meta(description="rows whose actor's name starts with this, in any case"),
+        ]
+        | None
+    ) = None
     entity_type: Text | list[Text] | None = None
     entity_id: Text | None = None
     tenant: Text | list[Text] | None = None

@@ -5,11 +5,12 @@ import { fields, timeZone, useTimeZone, zoneLabel } from "./ui.js";
 
 const pad = (n) => String(n).padStart(2, "0");
 
-/** Tick labels of a time axis in the shown zone, 24 h: days as MM-DD, else HH:MM. */
+/** Tick labels of a time axis in the shown zone, 24 h: days as MM-DD, else HH:MM (and the
+ * day, MM-DD, at midnight, so hours over several days say which day). */
 function timeTicks(u, splits, axisIdx, space, incr) {
   return splits.map((s) => {
     const [, mo, da, h, mi] = fields(new Date(s * 1000));
-    return incr >= 86400 ? `${pad(mo)}-${pad(da)}` : `${pad(h)}:${pad(mi)}`;
+    return incr >= 86400 || (h === 0 && mi === 0) ? `${pad(mo)}-${pad(da)}` : `${pad(h)}:${pad(mi)}`;
   });
 }
 
@@ -28,8 +29,9 @@ function fitLabels(u, values, axisIdx, cycleNum) {
 
 const cssVar = (name) => getComputedStyle(document.documentElement).getPropertyValue(name).trim();
 
-/** A time-series chart; `data` is [xs (unix seconds), ys]; `bars` draws bars instead of a line. */
-export function TimeChart({ data, label, bars = false, height = 220 }) {
+/** A time-series chart; `data` is [xs (unix seconds), ys]; `bars` draws bars instead of a
+ * line, each `step` seconds wide (a day, or an hour). */
+export function TimeChart({ data, label, bars = false, step = 86400, height = 220 }) {
   const zone = useTimeZone();
   const box = useRef(null);
   const plot = useRef(null);
@@ -53,8 +55,8 @@ export function TimeChart({ data, label, bars = false, height = 220 }) {
       legend: { show: false },
       cursor: { show: true, drag: { x: false, y: false } },
       scales: {
-        // Bars are centred on their day: half a day of margin keeps the first and last whole.
-        x: { time: true, range: (u, min, max) => (bars ? [min - 43200, max + 43200] : [min, max]) },
+        // Bars are centred on their day (hour): half a step of margin keeps the first and last whole.
+        x: { time: true, range: (u, min, max) => (bars ? [min - step / 2, max + step / 2] : [min, max]) },
         y: { range: (u, min, max) => [0, Math.max(1, max * 1.1)] },
       },
       // Ticks fall on the shown zone's hours and days; their labels say which zone.
@@ -74,7 +76,7 @@ export function TimeChart({ data, label, bars = false, height = 220 }) {
       plot.current.destroy();
       plot.current = null;
     };
-  }, [label, bars, height, zone]);
+  }, [label, bars, step, height, zone]);
   useEffect(() => {
     // New data redraws the same chart (a poll does not rebuild it).
     if (plot.current && plot.current.data !== data) plot.current.setData(data);

@@ -268,12 +268,12 @@ export function useAction() {
   return { ...state, run };
 }
 
-export function Field({ label, name, value, type = "text", list, placeholder, min, required }) {
+export function Field({ label, name, value, type = "text", list, placeholder, min, required, onInput }) {
   const id = `f-${name}`;
   return html`<label for=${id}><span>${label}</span>
     <input id=${id} name=${name} type=${type} defaultValue=${value ?? ""} list=${list || null}
       placeholder=${placeholder || null} min=${min ?? null} required=${required || null}
-      autocomplete="off" /></label>`;
+      autocomplete="off" onInput=${onInput || null} /></label>`;
 }
 
 /** A labelled select; `options` are [value, text] pairs ("" is "any"). */

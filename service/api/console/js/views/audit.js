@@ -11,7 +11,7 @@ const API = "/api/v1/admin/audit-logs";
 const PAGE_SIZE = 50;
 // The §7 filters, as the API names them; `action` may repeat.
 export const FILTERS = [
-  "action", "action_prefix", "category", "severity", "outcome", "actor_id", "entity_type",
+  "action", "action_prefix", "category", "severity", "outcome", "actor_id", "actor_name", "entity_type",
   "entity_id", "tenant", "request_id", "ip", "since", "until", "q", "metadata", "change_field",
 ];
 // Filters that repeat: the form takes several, separated (action, change_field by commas;
@@ -32,9 +32,10 @@ export function filtersOf(query) {
 
 let suggestions = null;
 
-/** Actions and actors seen in the last 30 days, for the fields' suggestions (best effort). */
+/** Actions, actors and their names seen in the last 30 days, for the fields' suggestions
+ * (best effort). */
 function useSuggestions() {
-  const [found, setFound] = useState(suggestions || { actions: [], actors: [] });
+  const [found, setFound] = useState(suggestions || { actions: [], actors: [], names: [] });
   useEffect(() => {
     if (suggestions) return;
     request(`${API}/statistics`)
@@ -42,6 +43,7 @@ function useSuggestions() {
         suggestions = {
           actions: stats.top_actions.map((a) => a.action),
           actors: stats.top_actors.map((a) => a.actor_id),
+          names: [...new Set(stats.top_actors.map((a) => a.actor_name).filter(Boolean))],
         };
         setFound(suggestions);
       })
@@ -50,10 +52,43 @@ function useSuggestions() {
   return found;
 }
 
+/** Stored values of one filter starting with what is typed (the suggestions route), a
+ * moment after typing stops; [] while `ready` is false (an entity id needs its type). */
+function useStoredValues(field, prefix, entityType, ready = true) {
+  const [values, setValues] = useState([]);
+  useEffect(() => {
+    if (!ready) { setValues([]); return undefined; }
+    let current = true;
+    const timer = setTimeout(() => {
+      const q = new URLSearchParams({ field, prefix, limit: "20" });
+      if (entityType) q.set("entity_type", entityType);
+      request(`${API}/suggestions`, { query: q })
+        .then((found) => { if (current) setValues(found.values); })
+        .catch(() => {});
+    }, 150);
+    return () => { current = false; clearTimeout(timer); };
+  }, [field, prefix, entityType, ready]);
+  return values;
+}
+
 /** The filter form; submitting it navigates to `base` with the filters as the query string. */
 export function FilterForm({ base, query }) {
-  const { actions, actors } = useSuggestions();
+  const { actions, actors, names } = useSuggestions();
   const value = (name) => query.get(name) || "";
+  // What is typed, for the stored values that start with it (the last of several actions).
+  const [typed, setTyped] = useState({
+    action: "", entity_type: value("entity_type"), entity_id: value("entity_id"),
+  });
+  useEffect(() => {
+    setTyped({ action: "", entity_type: value("entity_type"), entity_id: value("entity_id") });
+  }, [query.toString()]);
+  const typing = (name) => (event) => {
+    const text = event.currentTarget.value;
+    setTyped((t) => ({ ...t, [name]: name === "action" ? text.split(",").pop().trim() : text.trim() }));
+  };
+  const storedActions = useStoredValues("action", typed.action);
+  const entityTypes = useStoredValues("entity_type", typed.entity_type);
+  const entityIds = useStoredValues("entity_id", typed.entity_id, typed.entity_type, Boolean(typed.entity_type));
   const submit = (event) => {
     event.preventDefault();
     const data = new FormData(event.currentTarget);
@@ -84,14 +119,18 @@ export function FilterForm({ base, query }) {
   return html`<details class="filter-box" open=${open} key=${query.toString()}>
     <summary>Filters${set ? ` (${set} set)` : ""}</summary>
     <form class="filters" role="search" aria-label="Filters" onSubmit=${submit}>
-    <${Field} label="Actions" name="action" value=${query.getAll("action").join(", ")} list="action-suggestions" placeholder="auth.login, …" />
-    <datalist id="action-suggestions">${actions.map((a) => html`<option value=${a} />`)}</datalist>
+    <${Field} label="Actions" name="action" value=${query.getAll("action").join(", ")} list="action-suggestions" placeholder="auth.login, …" onInput=${typing("action")} />
+    <datalist id="action-suggestions">${[...new Set([...storedActions, ...actions])].map((a) => html`<option value=${a} />`)}</datalist>
     <${Field} label="Action prefix" name="action_prefix" value=${value("action_prefix")} placeholder="auth." />
     <${Field} label="Category" name="category" value=${value("category")} />
     <${Field} label="Actor id" name="actor_id" value=${value("actor_id")} list="actor-suggestions" />
     <datalist id="actor-suggestions">${actors.map((a) => html`<option value=${a} />`)}</datalist>
-    <${Field} label="Entity type" name="entity_type" value=${value("entity_type")} />
-    <${Field} label="Entity id" name="entity_id" value=${value("entity_id")} />
+    <${Field} label="Actor name starts with" name="actor_name" value=${value("actor_name")} list="actor-name-suggestions" placeholder="Ada" />
+    <datalist id="actor-name-suggestions">${names.map((a) => html`<option value=${a} />`)}</datalist>
+    <${Field} label="Entity type" name="entity_type" value=${value("entity_type")} list="entity-type-suggestions" onInput=${typing("entity_type")} />
+    <datalist id="entity-type-suggestions">${entityTypes.map((a) => html`<option value=${a} />`)}</datalist>
+    <${Field} label="Entity id" name="entity_id" value=${value("entity_id")} list="entity-id-suggestions" placeholder=${typed.entity_type ? "" : "an entity type first"} onInput=${typing("entity_id")} />
+    <datalist id="entity-id-suggestions">${entityIds.map((a) => html`<option value=${a} />`)}</datalist>
     <${Field} label="Tenant" name="tenant" value=${value("tenant")} />
     <${Select} label="Severity" name="severity" value=${value("severity")}
       options=${[["", "any"], ...SEVERITIES.map((s) => [s, s])]} />

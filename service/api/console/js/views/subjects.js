@@ -2,7 +2,9 @@
 import { html, useState } from "../lib.js";
 import { hasRoute, request } from "../api.js";
 import { navigate, seg } from "../router.js";
-import { ErrorBox, Field, Loading, Notice, useAction, useAsync, usePolled } from "../ui.js";
+import {
+  ErrorBox, Field, Loading, Notice, Time, actorPath, useAction, useAsync, usePolled,
+} from "../ui.js";
 
 const API = "/api/v1/admin/subjects";
 const ROUTE = `${API}/{subject_id}/anonymisation`;
@@ -24,6 +26,31 @@ function SubjectState({ id, generation }) {
   return html`<${ErrorBox} error=${state.error} /><dl class="fields" aria-live="polite">
     <dt>State</dt><dd>${s.state}</dd><dt>Pseudonym</dt><dd class="mono">${s.pseudonym}</dd>
     <dt>Rows</dt><dd>${s.rows}</dd><dt>Dead letters</dt><dd>${s.dead_letters}</dd></dl>`;
+}
+
+/** Erasures asked, the latest first (admins only), polled while visible: a running one turns
+ * "done" here too. Empty: what erasure does and how to start one. */
+function Erasures() {
+  const list = usePolled(() => request(API, { query: new URLSearchParams({ limit: "100" }) }), []);
+  if (list.loading) return html`<${Loading} when=${true} />`;
+  if (list.error && !list.data) return html`<${ErrorBox} error=${list.error} />`;
+  const items = list.data.items;
+  if (!items.length) {
+    return html`<div class="empty" role="status">
+      <p><strong>No subject has been anonymised yet.</strong></p>
+      <p>Anonymising (erasing) a data subject replaces its id with a pseudonym in every row auditq keeps, removes its names, emails, IP addresses and user agents, and clears text in other rows that mentions it, for good. The record stays whole and verifiable: who did what stays countable, no longer whom it was. Later events of the subject are stored pseudonymised too.</p>
+      <p>To start one, give the subject's id above (a user id as producers send it in <code>actor.id</code>, or the id of a <code>user</code> entity) and press Show: the page says how many rows name it before you confirm. From a shell: <code>auditq anonymise SUBJECT_ID</code>.</p></div>`;
+  }
+  return html`<${ErrorBox} error=${list.error} /><div class="table-wrap"><table>
+    <caption class="skip">Erasures, the latest first</caption>
+    <thead><tr><th>Pseudonym</th><th>State</th><th class="num">Rows changed</th><th>Asked</th>
+      <th class="hide-narrow">Done</th></tr></thead>
+    <tbody>${items.map((e) => html`<tr key=${e.pseudonym} data-pseudonym=${e.pseudonym}>
+      <td class="mono pseudonym"><a href=${actorPath(e.pseudonym)}>${e.pseudonym}</a></td>
+      <td>${e.state}</td><td class="num">${e.rows.toLocaleString()}</td>
+      <td><${Time} value=${e.requested_at} /></td>
+      <td class="hide-narrow"><${Time} value=${e.finished_at} /></td>
+    </tr>`)}</tbody></table></div>`;
 }
 
 const LOGS = "/api/v1/admin/audit-logs";
@@ -86,5 +113,10 @@ export function SubjectsView({ params, who }) {
         <${Field} label="Reason (optional)" name="reason" />
         <button type="submit" class="danger" disabled=${action.busy}>Anonymise</button>
       </form>` : null}
-    </section>` : html`<p class="muted">Give the id of a data subject (a user id as producers send it in <code>actor.id</code>, or in <code>entity.id</code> of a <code>user</code> entity) to see whether it was anonymised${who.role === "admin" ? ", how many rows name it, and to anonymise it: its id becomes a pseudonym in every row, its names, emails, IPs and user agents are removed, and text elsewhere that mentions it is cleared, for good" : ""}.</p>`}`;
+    </section>` : null}
+    ${id ? null : html`<p class="muted">Give the id of a data subject (a user id as producers send it in <code>actor.id</code>, or in <code>entity.id</code> of a <code>user</code> entity) to see whether it was anonymised${who.role === "admin" ? ", how many rows name it, and to anonymise it: its id becomes a pseudonym in every row, its names, emails, IPs and user agents are removed, and text elsewhere that mentions it is cleared, for good" : ""}.</p>`}
+    <section aria-labelledby="h-erasures"><h2 id="h-erasures">Erasures</h2>
+      ${who.role === "admin" ? html`<${Erasures} />`
+        : html`<p class="muted">The list of erasures is shown to admins only.</p>`}
+    </section>`;
 }
