@@ -16,7 +16,7 @@ import asyncpg
 import redis.asyncio as aioredis
 
 from service.events import AuditEvent
-from service.keys import erased_version_key
+from service.queue.keys import erased_version_key
 from service.mentions import MentionIndex
 from service.pseudonyms import (
     DocumentScrubber,

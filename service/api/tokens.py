@@ -10,7 +10,7 @@ import msgspec
 from aiohttp import web
 from redis.exceptions import RedisError
 
-from service import revocations
+from service.queue import revocations
 from service.api import body as json_body
 from service.api.auth import TOKEN_CHECK, request_principal
 from service.api.errors import ApiError

@@ -10,7 +10,7 @@ from typing import Any
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from service import revocations
+from service.queue import revocations
 from service.errors import ConfigError
 from service.ops.admin_actions import RECORD_FAILURES, cli_actor, requested_by, unwritable
 from service.settings import Settings

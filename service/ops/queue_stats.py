@@ -10,15 +10,7 @@ from typing import cast
 import msgspec
 import redis.asyncio as aioredis
 
-from service.keys import (
-    EVENTS_DEAD_LETTERED,
-    EVENTS_RETRIED,
-    EVENTS_STORED,
-    counters_key,
-    stored_key,
-    worker_key,
-    workers_key,
-)
+from service.queue.keys import EVENTS_DEAD_LETTERED, EVENTS_RETRIED, EVENTS_STORED, counters_key, stored_key, worker_key, workers_key
 from service.ops.task_model import StatusCounts
 from service.ops.tasks import TaskQueue
 

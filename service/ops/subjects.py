@@ -32,8 +32,8 @@ import redis.asyncio as aioredis
 
 from service import mentions
 from service.errors import AuditqError
-from service.keys import IN_PROGRESS_PREFIX, JOB_PREFIX, RESULT_PREFIX, erased_version_key
-from service.ops import dead_letter
+from service.queue.keys import IN_PROGRESS_PREFIX, JOB_PREFIX, RESULT_PREFIX, erased_version_key
+from service.queue import dead_letter
 from service.ops.admin_actions import CLI_ACTOR, requested_by
 from service.pseudonyms import (
     MAX_SUBJECT_ID,

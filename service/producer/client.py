@@ -39,15 +39,8 @@ from service.producer.failures import (
 )
 from service.producer.replay import BATCH_MAX_BYTES, Item, SpoolReplay
 from service.producer.spool import Spool, SpoolError, SpoolRefused
-from service.queue import (
-    ENQUEUE_FUNCTION,
-    ENQUEUE_SCRIPT,
-    Provenance,
-    has_no_functions,
-    is_function_missing,
-    load_functions,
-    provenance_tag,
-)
+from service.queue.enqueue import ENQUEUE_FUNCTION, ENQUEUE_SCRIPT, has_no_functions, is_function_missing, load_functions
+from service.queue.jobs import Provenance, provenance_tag
 from service.settings import Settings
 
 __all__ = [

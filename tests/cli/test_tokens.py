@@ -10,7 +10,7 @@ import asyncpg
 import pytest
 import redis.asyncio as aioredis
 
-from service import revocations
+from service.queue import revocations
 from service.api.auth import authenticate
 from service.api.errors import ApiError
 from service.cli import serve

@@ -23,7 +23,7 @@ import pytest
 import redis.asyncio as aioredis
 
 from service.cli.embedded import EmbeddedPostgres, EmbeddedValkey, free_port
-from service.keys import workers_key
+from service.queue.keys import workers_key
 from service.settings import Settings
 from tests.conftest import server_dir
 from tests.faults.conftest import FaultReport

@@ -18,7 +18,7 @@ import pytest
 import redis.asyncio as aioredis
 
 from service.events import Entity, finalize
-from service.ops import dead_letter
+from service.queue import dead_letter
 from service.producer import spool as spool_module
 from service.producer.client import FAILURE_PREFIX, AuditClient, AuditEvent
 from service.producer.spool import Spool, SpoolError

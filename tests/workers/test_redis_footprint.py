@@ -10,7 +10,7 @@ import asyncpg
 import redis.asyncio as aioredis
 
 from service.events import AuditEvent
-from service.keys import EVENTS_STORED, counters_key
+from service.queue.keys import EVENTS_STORED, counters_key
 from service.producer.client import AuditClient
 from service.settings import Settings
 from tests.conftest import running_worker, wait_for
