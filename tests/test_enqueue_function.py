@@ -10,7 +10,13 @@ from redis.exceptions import ResponseError
 
 from service.events import AuditEvent
 from service.producer.client import AuditClient
-from service.queue.enqueue import ENQUEUE_FUNCTION, ENQUEUE_SCRIPT, LIBRARY_NAME, enqueue_script, load_functions
+from service.queue.enqueue import (
+    ENQUEUE_FUNCTION,
+    ENQUEUE_SCRIPT,
+    LIBRARY_NAME,
+    enqueue_script,
+    load_functions,
+)
 from service.settings import Settings
 from tests.conftest import cli_env, count_rows, queued_events, run_cli, running_worker, wait_for
 

@@ -26,10 +26,31 @@ from service.events import (
     derived_event_id,
     finalize,
 )
-from service.queue.keys import COMPLETE_MAXLEN, EVENTS_DEAD_LETTERED, EVENTS_STORED, IN_PROGRESS_PREFIX, JOB_PREFIX, LIVE_MAXLEN, STORED_COUNTER_TTL, attempts_key, complete_key, counters_key, live_key, oversized_key, stored_key, unfinished_key
-from service.queue.live import live_entry
 from service.queue import dead_letter
-from service.queue.jobs import deserialize_job, joined_segments, provenance_tag, redact_job_argument, serialize_job
+from service.queue.jobs import (
+    deserialize_job,
+    joined_segments,
+    provenance_tag,
+    redact_job_argument,
+    serialize_job,
+)
+from service.queue.keys import (
+    COMPLETE_MAXLEN,
+    EVENTS_DEAD_LETTERED,
+    EVENTS_STORED,
+    IN_PROGRESS_PREFIX,
+    JOB_PREFIX,
+    LIVE_MAXLEN,
+    STORED_COUNTER_TTL,
+    attempts_key,
+    complete_key,
+    counters_key,
+    live_key,
+    oversized_key,
+    stored_key,
+    unfinished_key,
+)
+from service.queue.live import live_entry
 from service.redaction import may_hold_secret_json_text, redact_sensitive_in_string
 from service.settings import Settings
 from workers.retry import (

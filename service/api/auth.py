@@ -23,8 +23,8 @@ import redis.asyncio as aioredis
 from aiohttp import web
 from redis.exceptions import RedisError
 
-from service.queue import revocations
 from service.api.errors import ApiError
+from service.queue import revocations
 from service.store.db import Conn
 from service.store.tokens import Role, find_active_token, hash_token, touch_token
 

@@ -10,9 +10,9 @@ from typing import Any
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from service.queue import revocations
 from service.errors import ConfigError
 from service.ops.admin_actions import RECORD_FAILURES, cli_actor, requested_by, unwritable
+from service.queue import revocations
 from service.settings import Settings
 from service.store import db
 from service.store import tokens as auth

@@ -32,8 +32,6 @@ import redis.asyncio as aioredis
 
 from service import mentions
 from service.errors import AuditqError
-from service.queue.keys import IN_PROGRESS_PREFIX, JOB_PREFIX, RESULT_PREFIX, erased_version_key
-from service.queue import dead_letter
 from service.ops.admin_actions import CLI_ACTOR, requested_by
 from service.pseudonyms import (
     MAX_SUBJECT_ID,
@@ -42,6 +40,8 @@ from service.pseudonyms import (
     Scrubber,
     pseudonym,
 )
+from service.queue import dead_letter
+from service.queue.keys import IN_PROGRESS_PREFIX, JOB_PREFIX, RESULT_PREFIX, erased_version_key
 from service.settings import Settings
 from service.store import subjects as sql
 from service.store.db import Conn

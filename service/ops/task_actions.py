@@ -7,8 +7,6 @@ from collections.abc import Awaitable, Callable
 import msgspec
 from redis.exceptions import WatchError
 
-from service.queue.keys import EVENTS_RETRIED, RESULT_PREFIX, attempts_key, complete_key, counters_key
-from service.queue import dead_letter
 from service.ops.task_model import (
     CleanupPolicy,
     CleanupResult,
@@ -20,8 +18,16 @@ from service.ops.task_model import (
 )
 from service.ops.task_views import failed_task, without_payload
 from service.ops.tasks import SCAN_CHUNK, TaskQueue, clock_ms
+from service.queue import dead_letter
 from service.queue.enqueue import ENQUEUE_SCRIPT
 from service.queue.jobs import provenance_tag
+from service.queue.keys import (
+    EVENTS_RETRIED,
+    RESULT_PREFIX,
+    attempts_key,
+    complete_key,
+    counters_key,
+)
 
 DAY_MS = 86_400_000
 
@@ -98,6 +104,8 @@ def _provenance(
         tasks.provenance_key, task_id=task_id, via=letter.via, payload=text.encode()
     )
     return ["", letter.via, tag]
+
+
 async def discard(tasks: TaskQueue, task_id: str) -> Task:
     """Drop a failed task for good (one that can never succeed): its dead letter and result.
 

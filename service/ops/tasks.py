@@ -16,8 +16,6 @@ import time
 import msgspec
 import redis.asyncio as aioredis
 
-from service.queue.keys import COMPLETE_MAXLEN, IN_PROGRESS_PREFIX, JOB_PREFIX, RESULT_PREFIX, attempts_key, complete_key
-from service.queue import dead_letter
 from service.ops.task_cursor import (
     SEGMENT_STATUSES,
     SEGMENTS,
@@ -44,8 +42,17 @@ from service.ops.task_views import (
     task_kind,
     with_payload,
 )
+from service.queue import dead_letter
 from service.queue.enqueue import ENQUEUE_SCRIPT
 from service.queue.jobs import JOB_FUNCTION, deserialize_job, joined_segments
+from service.queue.keys import (
+    COMPLETE_MAXLEN,
+    IN_PROGRESS_PREFIX,
+    JOB_PREFIX,
+    RESULT_PREFIX,
+    attempts_key,
+    complete_key,
+)
 from service.redaction import redact_sensitive
 from service.settings import Settings
 

@@ -61,4 +61,3 @@ erased_version_key = _key("erased:version")
 EVENTS_STORED = "events_stored"
 EVENTS_DEAD_LETTERED = "events_dead_lettered"
 EVENTS_RETRIED = "events_retried"  # events replayed from the dead letter by an admin
-

@@ -11,9 +11,8 @@ import pytest
 import redis.asyncio as aioredis
 from aiohttp.test_utils import TestClient, TestServer
 
-from service.queue import revocations
 from service.api.app import create_app
-from service.queue import dead_letter
+from service.queue import dead_letter, revocations
 from service.settings import Settings
 from tests.admin_api import Tokens, admin_events, error_of, make_tokens, queued_payloads
 from tests.api.test_tasks import add_failed, auditq, event

@@ -16,8 +16,8 @@ import pytest
 import redis.asyncio as aioredis
 from aiohttp.test_utils import TestClient
 
-from service.queue.keys import IN_PROGRESS_PREFIX, attempts_key, complete_key
 from service.queue import dead_letter
+from service.queue.keys import IN_PROGRESS_PREFIX, attempts_key, complete_key
 from service.settings import Settings
 from tests.admin_api import Tokens, admin_events, enqueue, error_of, queued_payloads
 from tests.conftest import count_rows, running_worker, wait_for

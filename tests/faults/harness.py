@@ -31,8 +31,8 @@ from aiohttp import web
 
 from service.events import AuditEvent, Entity, new_event_id
 from service.integrity.keys import load_or_create_private_key
-from service.queue import dead_letter
 from service.producer.client import AuditClient
+from service.queue import dead_letter
 from service.queue.enqueue import ENQUEUE_SCRIPT
 from service.settings import Settings
 from service.store import db

@@ -11,8 +11,8 @@ import asyncpg
 import redis.asyncio as aioredis
 
 from service.events import MAX_NESTING, AuditEvent, finalize
-from service.queue import dead_letter
 from service.producer.client import AuditClient
+from service.queue import dead_letter
 from service.queue.enqueue import ENQUEUE_SCRIPT
 from service.queue.jobs import deserialize_job
 from service.settings import Settings

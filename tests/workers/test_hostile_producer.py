@@ -21,12 +21,12 @@ import redis.asyncio as aioredis
 from redis.exceptions import NoPermissionError, ResponseError
 
 from service.events import ACTION_PATTERN, AuditEvent, finalize
-from service.queue.keys import live_key
-from service.queue import dead_letter
 from service.producer.client import AuditClient
-from service.queue.producer_acl import PRODUCER_USER, ensure_producer_user, with_user
+from service.queue import dead_letter
 from service.queue.enqueue import ENQUEUE_FUNCTION, ENQUEUE_SCRIPT, load_functions
 from service.queue.jobs import RAW_BYTES_PREFIX
+from service.queue.keys import live_key
+from service.queue.producer_acl import PRODUCER_USER, ensure_producer_user, with_user
 from service.settings import Settings
 from tests.conftest import running_worker, wait_for
 from workers.runner import worker_state

@@ -8,9 +8,9 @@ import json
 
 import redis.asyncio as aioredis
 
-from service.queue.keys import oversized_key, unfinished_key
 from service.queue import dead_letter
 from service.queue.enqueue import ENQUEUE_SCRIPT
+from service.queue.keys import oversized_key, unfinished_key
 from service.settings import Settings
 from tests.conftest import count_rows, running_worker, wait_for
 from workers.retry import MAX_UNFINISHED_RUNS
