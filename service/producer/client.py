@@ -56,6 +56,7 @@ __all__ = [
     "AuditEvent",
     "BufferFull",
     "ClientClosed",
+    "ClientStats",
     "DeliveryUncertain",
     "NotReplicated",
     "SpoolError",

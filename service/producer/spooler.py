@@ -142,7 +142,8 @@ class Spooler:
         client on the spool."""
         self._stopped = True
         replayer = self._replayer
-        if replayer is not None and not replayer.done() and replayer.get_loop() is _running_loop():
+        here = asyncio.get_running_loop()
+        if replayer is not None and not replayer.done() and replayer.get_loop() is here:
             replayer.cancel()
             await asyncio.wait({replayer})
         self.spool.close()
@@ -262,13 +263,6 @@ def trusted_spool(directory: Path, max_bytes: int) -> Spool | None:
     except SpoolError:
         pass  # not usable yet: said once when a batch needs it
     return spool
-
-
-def _running_loop() -> asyncio.AbstractEventLoop | None:
-    try:
-        return asyncio.get_running_loop()
-    except RuntimeError:
-        return None
 
 
 def _release_claim(claim: asyncio.Future[Any]) -> None:
