@@ -1717,6 +1717,6 @@ INSERT INTO public.store_policy (singleton) VALUES (true);
 -- gen_random_uuid() draws from the server's strong random source: 2 x 122 random bits.
 INSERT INTO public.api_secret (name, secret)
 VALUES ('cursor', uuid_send(gen_random_uuid()) || uuid_send(gen_random_uuid())),
-       -- The key of provenance tags (service/queue.py): the API vouches for http:<token>
+       -- The key of provenance tags (service/queue/jobs.py): the API vouches for http:<token>
        -- and api jobs with it, the worker checks them.
        ('provenance', uuid_send(gen_random_uuid()) || uuid_send(gen_random_uuid()));

@@ -2,7 +2,7 @@
 
 - PostgreSQL: COPY of pre-built rows into the same schema, batches of 1,000, from one
   connection and from two in parallel (the better of the two is the ceiling).
-- Redis: pipelined enqueues through service/enqueue.lua with no consumer, one job per event
+- Redis: pipelined enqueues through service/queue/enqueue.lua with no consumer, one job per event
   and one job per 500 events.
 """
 
@@ -20,7 +20,7 @@ import asyncpg
 import redis.asyncio as aioredis
 
 from bench.common import Stack, count_rows, event_fields
-from service.queue import ENQUEUE_SCRIPT
+from service.queue.enqueue import ENQUEUE_SCRIPT
 from service.store import db
 
 COPY_BATCH = 1000  # rows per COPY

@@ -28,7 +28,7 @@ import redis.asyncio as aioredis
 from bench.producer import audit_event
 from service.embedded.servers import EmbeddedValkey
 from service.producer.client import AuditClient
-from service.queue import load_functions
+from service.queue.enqueue import load_functions
 
 NODE_DIR = Path(__file__).resolve().parent.parent / "clients" / "node"
 YIELD_EVERY = 100  # events between two yields to the event loop, as in the Node bench

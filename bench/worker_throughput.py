@@ -19,7 +19,7 @@ import asyncpg
 import redis.asyncio as aioredis
 
 from service.embedded.servers import EmbeddedStack
-from service.queue import ENQUEUE_SCRIPT
+from service.queue.enqueue import ENQUEUE_SCRIPT
 from service.settings import Settings
 from service.store import db
 from workers.runner import build_worker, run_until

@@ -10,7 +10,7 @@ from redis.exceptions import ResponseError
 
 from service.events import AuditEvent
 from service.producer.client import AuditClient
-from service.queue import (
+from service.queue.enqueue import (
     ENQUEUE_FUNCTION,
     ENQUEUE_SCRIPT,
     LIBRARY_NAME,

@@ -147,8 +147,8 @@ async def test_the_workers_own_client_spools_apart_from_the_apis(
 
         await wait_for(started)
         client = worker_state(worker).client
-        assert client is not None and client._spool is not None
-        assert client._spool.directory == spool / "worker"
+        assert client is not None and client._spooler is not None
+        assert client._spooler.spool.directory == spool / "worker"
     finally:
         stop.set()
         await task

@@ -4,7 +4,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from service.live import live_entry, read_live_entry
+from service.queue.live import live_entry, read_live_entry
 
 pytestmark = pytest.mark.unit  # needs no server: `pytest -m unit`
 
@@ -30,7 +30,7 @@ def test_an_item_of_another_shape_is_no_entry() -> None:
 
 def test_a_forged_entry_naming_unbounded_or_huge_ranges_is_not_read() -> None:
     """Anyone who can write the stream must not make every live reader fetch whole tables."""
-    from service.live import MAX_ROWS, read_live_entry
+    from service.queue.live import MAX_ROWS, read_live_entry
 
     def fields(seqs: str, ts_from: str = "2026-01-01T00:00:00Z") -> dict[bytes, bytes]:
         body = f'{{"seqs":"{seqs}","ts_from":"{ts_from}","ts_to":"2026-01-02T00:00:00Z"}}'

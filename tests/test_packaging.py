@@ -32,7 +32,7 @@ def test_the_wheel_ships_the_schema_and_the_lua_script(tmp_path: Path) -> None:
     with zipfile.ZipFile(wheel) as archive:
         names = set(archive.namelist())
         schema = archive.read("service/store/schema.sql").decode()
-    assert "service/enqueue.lua" in names
+    assert "service/queue/enqueue.lua" in names
     assert "service/redaction_rules.json" in names  # the redaction rule data (docs/redaction.md)
     assert schema == (ROOT / "schema.sql").read_text()
     # The migrations too: an installed auditq upgrades an older store.

@@ -14,7 +14,7 @@ import redis.asyncio as aioredis
 
 from service.events import Actor, AuditEvent, Entity
 from service.producer.client import AuditClient
-from service.queue import ENQUEUE_SCRIPT
+from service.queue.enqueue import ENQUEUE_SCRIPT
 from service.settings import Settings
 from tests.support.polling import wait_for
 from tests.support.worker import count_rows, running_worker

@@ -24,7 +24,7 @@ from service.events import (
 )
 from service.logs import JsonFormatter, RedactingFilter
 from service.ops.task_views import redacted_payload
-from service.queue import serialize_job
+from service.queue.jobs import serialize_job
 from service.redaction import (
     REDACTED,
     SENSITIVE_KEYS,

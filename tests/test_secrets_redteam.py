@@ -31,9 +31,9 @@ from hypothesis import strategies as st
 from service.api.app import create_app
 from service.connections import redact_url
 from service.events import AuditEvent, Change, Entity, Presentation, finalize
-from service.ops import dead_letter
 from service.producer.client import AuditClient
-from service.queue import serialize_job
+from service.queue import dead_letter
+from service.queue.jobs import serialize_job
 from service.redaction import redact_sensitive, redact_sensitive_in_string
 from service.redaction_rules import DATA
 from service.settings import Settings

@@ -16,7 +16,6 @@ import asyncpg
 import redis.asyncio as aioredis
 
 from service.events import AuditEvent
-from service.keys import erased_version_key
 from service.mentions import MentionIndex
 from service.pseudonyms import (
     DocumentScrubber,
@@ -25,6 +24,7 @@ from service.pseudonyms import (
     pseudonym,
     pseudonymise_event,
 )
+from service.queue.keys import erased_version_key
 from service.store import subjects as sql
 from service.subject_key import load_subject_key
 

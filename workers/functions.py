@@ -7,7 +7,7 @@ from typing import Any
 
 from redis.exceptions import ResponseError
 
-from service.queue import DRAIN_FUNCTION, LIBRARY_NAME, is_function_missing, load_functions
+from service.queue.enqueue import DRAIN_FUNCTION, LIBRARY_NAME, is_function_missing, load_functions
 from workers.state import WorkerState
 
 logger = logging.getLogger(__name__)
@@ -31,7 +31,7 @@ async def ensure_loaded(state: WorkerState, *, check: bool = True) -> None:
     state.no_functions = True
     logger.warning(
         "this Redis has no functions (before Redis 7): producers use the enqueue script "
-        "with EVAL (service/enqueue.lua)"
+        "with EVAL (service/queue/enqueue.lua)"
     )
 
 

@@ -8,7 +8,7 @@ import os
 import socket
 import time
 
-from service.keys import HEARTBEAT_INTERVAL, HEARTBEAT_TTL, worker_key, workers_key
+from service.queue.keys import HEARTBEAT_INTERVAL, HEARTBEAT_TTL, worker_key, workers_key
 from workers import functions
 from workers.state import WorkerState
 

@@ -26,7 +26,15 @@ from service.events import (
     derived_event_id,
     finalize,
 )
-from service.keys import (
+from service.queue import dead_letter
+from service.queue.jobs import (
+    deserialize_job,
+    joined_segments,
+    provenance_tag,
+    redact_job_argument,
+    serialize_job,
+)
+from service.queue.keys import (
     COMPLETE_MAXLEN,
     EVENTS_DEAD_LETTERED,
     EVENTS_STORED,
@@ -42,15 +50,7 @@ from service.keys import (
     stored_key,
     unfinished_key,
 )
-from service.live import live_entry
-from service.ops import dead_letter
-from service.queue import (
-    deserialize_job,
-    joined_segments,
-    provenance_tag,
-    redact_job_argument,
-    serialize_job,
-)
+from service.queue.live import live_entry
 from service.redaction import may_hold_secret_json_text, redact_sensitive_in_string
 from service.settings import Settings
 from workers.retry import (
@@ -161,7 +161,7 @@ async def store_events(
 ) -> dict[str, Any]:
     """Store one job's events; set aside what cannot be stored, never lose any.
 
-    A merged job (service/enqueue.lua) has one argument (segment) per producer batch: each
+    A merged job (service/queue/enqueue.lua) has one argument (segment) per producer batch: each
     is read and checked alone, so a bad one is set aside alone and the others are stored."""
     state: WorkerState = ctx[STATE]
     received_via, verified = _received_via(state, ctx["job_id"], payload, via, tag)
@@ -432,7 +432,7 @@ async def _done(
     await _record_stored(state, task, stored, started_ms, live, complete=not rejected)
     state.stored_report.add(task.id, stored, new, rejected, (time.perf_counter() - started) * 1000)
     # What arq keeps for an hour is what the task views need, never the events: Redis holds
-    # nothing per stored event (the raw argument is dropped from it too, service/queue.py).
+    # nothing per stored event (the raw argument is dropped from it too, service/queue/jobs.py).
     return {"stored": stored, "rejected": rejected}
 
 
@@ -565,7 +565,7 @@ async def _record_stored(
                     "finished_at_ms": now_ms,
                 }
                 pipe.xadd(complete_key(queue), fields, maxlen=COMPLETE_MAXLEN, approximate=True)
-            if live is not None:  # which rows are new (service/live.py)
+            if live is not None:  # which rows are new (service/queue/live.py)
                 pipe.xadd(live_key(queue), live, maxlen=LIVE_MAXLEN, approximate=True)
             await pipe.execute()
     except Exception as exc:  # bookkeeping must never fail a task whose events are stored

@@ -20,12 +20,7 @@ from service.capture.relay import RelayTask
 from service.integrity.keys import load_or_create_private_key
 from service.own_events import STARTED, STOPPING, WORKER_SOURCE, lifecycle_event
 from service.producer.client import AuditClient
-from service.queue import (
-    JOB_FUNCTION,
-    Provenance,
-    deserialize_job,
-    job_serializer,
-)
+from service.queue.jobs import JOB_FUNCTION, Provenance, deserialize_job, job_serializer
 from service.redaction import redact_sensitive_in_string
 from service.settings import Settings
 from service.store import db
@@ -215,7 +210,7 @@ class _Worker(Worker):
             return
         try:
             async with self._lock():
-                # The producer user's batches become jobs first (service/enqueue.lua).
+                # The producer user's batches become jobs first (service/queue/enqueue.lua).
                 while await functions.drain(worker_state(self), self.pool) >= functions.DRAIN_BATCH:
                     pass
                 await super()._poll_iteration()

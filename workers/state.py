@@ -40,7 +40,7 @@ class Task:
     failed_attempts: int = 0  # unknown-error attempts before the one that succeeded
     finalized: bool = False  # from auditq's client or API: completed and checked at capture
     received_via: str = ""  # who delivered it (contract §5 Provenance)
-    verified: bool = False  # the API's provenance tag checked out (service/queue.py)
+    verified: bool = False  # the API's provenance tag checked out (service/queue/jobs.py)
 
     @property
     def keyed(self) -> bool:
@@ -59,7 +59,7 @@ class WorkerState:
     breaker: Breaker = dataclasses.field(default_factory=Breaker)
     pool: Any = None  # asyncpg.Pool once started
     redis: Any = None  # arq's ArqRedis once started
-    provenance_key: bytes | None = None  # checks the API's provenance tags (service/queue.py)
+    provenance_key: bytes | None = None  # checks the API's provenance tags (service/queue/jobs.py)
     worker: Worker | None = None
     events_stored: int = 0
     events_dead_lettered: int = 0

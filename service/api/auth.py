@@ -1,7 +1,7 @@
 """Who calls the API: the Bearer token checked in constant time, and what its role may do.
 
 Verified tokens are kept for a few seconds, so HTTP ingest keeps accepting while PostgreSQL
-is away (the timings are service/revocations.py's): a token is checked again in PostgreSQL
+is away (the timings are service/queue/revocations.py's): a token is checked again in PostgreSQL
 once its check is `RECHECK_AFTER_S` old, so a revocation takes effect within that on every
 replica. When PostgreSQL does not answer, a token verified within `TRUST_OFFLINE_S` still works
 unless Redis announces it revoked.
@@ -23,8 +23,8 @@ import redis.asyncio as aioredis
 from aiohttp import web
 from redis.exceptions import RedisError
 
-from service import revocations
 from service.api.errors import ApiError
+from service.queue import revocations
 from service.store.db import Conn
 from service.store.tokens import Role, find_active_token, hash_token, touch_token
 

@@ -11,7 +11,7 @@ from aiohttp import web
 
 from service.api.state import CLIENT, POOL, SETTINGS
 from service.producer.client import AuditClient
-from service.queue import Provenance
+from service.queue.jobs import Provenance
 from service.settings import Settings
 from service.store.secrets import read_provenance_key
 

@@ -17,7 +17,7 @@ from service.api.openapi import operation
 from service.api.producers import PROVENANCE_KEY
 from service.api.state import REDIS, SETTINGS, record_admin_action
 from service.events import Entity
-from service.ops import dead_letter, task_actions
+from service.ops import task_actions
 from service.ops.queue_stats import QueueStats, Throughput, queue_stats, throughput
 from service.ops.task_model import (
     DEFAULT_LIMIT,
@@ -37,6 +37,7 @@ from service.ops.task_model import (
     TaskPage,
 )
 from service.ops.tasks import TaskQueue
+from service.queue import dead_letter
 
 _DEFAULT_FILTER = RetryFilter()
 

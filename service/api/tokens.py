@@ -10,13 +10,13 @@ import msgspec
 from aiohttp import web
 from redis.exceptions import RedisError
 
-from service import revocations
 from service.api import body as json_body
 from service.api.auth import TOKEN_CHECK, request_principal
 from service.api.errors import ApiError
 from service.api.openapi import operation
 from service.api.state import POOL, REDIS, request_by, unrecorded
 from service.ops.admin_actions import RECORD_FAILURES, unwritable
+from service.queue import revocations
 from service.store import tokens as auth
 
 # A name is a label for people and the actor of audit events: printable, no surrounding space.

@@ -119,7 +119,7 @@ async def cmd_migrate(settings: Settings, args: argparse.Namespace) -> int:
         await _load_functions(settings)
     else:
         print("no AUDITQ_REDIS_URL: the enqueue function is loaded by the first worker")
-    from service.producer_acl import acl_line
+    from service.queue.producer_acl import acl_line
 
     print(
         "Give producers a Redis user that can only enqueue (docs/producers.md): run this once "
@@ -153,7 +153,7 @@ async def _make_producer_user(settings: Settings, producer_url: str) -> None:
     from redis.asyncio import Redis
 
     from service.connections import parse_redis_url, redis_client
-    from service.producer_acl import ensure_producer_user
+    from service.queue.producer_acl import ensure_producer_user
 
     target = parse_redis_url(producer_url)
     assert target.password is not None
@@ -171,7 +171,7 @@ async def _load_functions(settings: Settings) -> None:
     from redis.exceptions import RedisError
 
     from service.connections import parse_redis_url, redis_client
-    from service.queue import ENQUEUE_FUNCTION, load_functions
+    from service.queue.enqueue import ENQUEUE_FUNCTION, load_functions
 
     redis: Redis = redis_client(parse_redis_url(settings.require_redis()))
     try:

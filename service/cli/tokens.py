@@ -10,11 +10,11 @@ from typing import Any
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from service import revocations
 from service.cli.common import add_command, add_group
 from service.errors import ConfigError
 from service.ops.admin_actions import RECORD_FAILURES, unwritable
 from service.own_events import CLI_SOURCE, cli_actor, requested_by
+from service.queue import revocations
 from service.settings import Settings
 from service.store import db
 from service.store import tokens as auth

@@ -161,8 +161,8 @@ class EmbeddedValkey:
 
     @property
     def producer_url(self) -> str:
-        """The URL of the producer user (service/producer_acl.py): it can only enqueue."""
-        from service.producer_acl import PRODUCER_USER
+        """The URL of the producer user (service/queue/producer_acl.py): it can only enqueue."""
+        from service.queue.producer_acl import PRODUCER_USER
 
         password = secret_file(self.data_dir / "producer-password")
         return f"redis://{PRODUCER_USER}:{password}@127.0.0.1:{self.port}/0"

@@ -10,7 +10,9 @@ from typing import cast
 import msgspec
 import redis.asyncio as aioredis
 
-from service.keys import (
+from service.ops.task_model import StatusCounts
+from service.ops.tasks import TaskQueue
+from service.queue.keys import (
     EVENTS_DEAD_LETTERED,
     EVENTS_RETRIED,
     EVENTS_STORED,
@@ -19,8 +21,6 @@ from service.keys import (
     worker_key,
     workers_key,
 )
-from service.ops.task_model import StatusCounts
-from service.ops.tasks import TaskQueue
 
 THROUGHPUT_WINDOW = 60  # seconds behind events_per_s_1m (the current, partial second excluded)
 THROUGHPUT_MINUTES = 15  # minutes of the per-minute series (keys.STORED_COUNTER_TTL keeps them)

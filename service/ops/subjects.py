@@ -33,8 +33,6 @@ import redis.asyncio as aioredis
 
 from service import mentions
 from service.errors import AuditqError
-from service.keys import IN_PROGRESS_PREFIX, JOB_PREFIX, RESULT_PREFIX, erased_version_key
-from service.ops import dead_letter
 from service.own_events import system_by
 from service.pseudonyms import (
     MAX_SUBJECT_ID,
@@ -43,6 +41,8 @@ from service.pseudonyms import (
     Scrubber,
     pseudonym,
 )
+from service.queue import dead_letter
+from service.queue.keys import IN_PROGRESS_PREFIX, JOB_PREFIX, RESULT_PREFIX, erased_version_key
 from service.settings import Settings
 from service.store import subjects as sql
 from service.store.db import Conn

@@ -8,8 +8,6 @@ from contextlib import aclosing
 import msgspec
 from redis.exceptions import WatchError
 
-from service.keys import EVENTS_RETRIED, RESULT_PREFIX, attempts_key, complete_key, counters_key
-from service.ops import dead_letter
 from service.ops.task_model import (
     CleanupPolicy,
     CleanupResult,
@@ -21,7 +19,16 @@ from service.ops.task_model import (
 )
 from service.ops.task_views import failed_task, without_payload
 from service.ops.tasks import SCAN_CHUNK, TaskQueue, clock_ms
-from service.queue import ENQUEUE_SCRIPT, provenance_tag
+from service.queue import dead_letter
+from service.queue.enqueue import ENQUEUE_SCRIPT
+from service.queue.jobs import provenance_tag
+from service.queue.keys import (
+    EVENTS_RETRIED,
+    RESULT_PREFIX,
+    attempts_key,
+    complete_key,
+    counters_key,
+)
 
 DAY_MS = 86_400_000
 

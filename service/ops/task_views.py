@@ -8,10 +8,10 @@ from typing import Any
 
 import msgspec
 
-from service.ops import dead_letter
 from service.ops.task_model import Status, Task, TaskDetail, TaskFailure, TaskPresentation
 from service.policy import MAX_ATTEMPTS
-from service.queue import JOB_FUNCTION, joined_segments
+from service.queue import dead_letter
+from service.queue.jobs import JOB_FUNCTION, joined_segments
 from service.redaction import redact_sensitive, redact_sensitive_in_string
 
 _KIND_OF_FUNCTION = {JOB_FUNCTION: "events", "maintain": "maintenance"}

@@ -3,7 +3,7 @@
 Where a task's state lives:
 - queued, retrying, in_progress: arq's queue (a sorted set scored by the ms a job is due),
   `arq:job:<id>` and `arq:in-progress:<id>`; retrying means due later (deferred by a Retry);
-- failed: the dead letter (service/ops/dead_letter.py), or an arq result that failed;
+- failed: the dead letter (service/queue/dead_letter.py), or an arq result that failed;
 - complete: the capped stream `auditq:<queue>:complete` the worker appends to, and arq's
   result for the most recent ones.
 """
@@ -16,15 +16,6 @@ import time
 import msgspec
 import redis.asyncio as aioredis
 
-from service.keys import (
-    COMPLETE_MAXLEN,
-    IN_PROGRESS_PREFIX,
-    JOB_PREFIX,
-    RESULT_PREFIX,
-    attempts_key,
-    complete_key,
-)
-from service.ops import dead_letter
 from service.ops.task_cursor import (
     SEGMENT_STATUSES,
     SEGMENTS,
@@ -51,7 +42,17 @@ from service.ops.task_views import (
     task_kind,
     with_payload,
 )
-from service.queue import ENQUEUE_SCRIPT, JOB_FUNCTION, deserialize_job, joined_segments
+from service.queue import dead_letter
+from service.queue.enqueue import ENQUEUE_SCRIPT
+from service.queue.jobs import JOB_FUNCTION, deserialize_job, joined_segments
+from service.queue.keys import (
+    COMPLETE_MAXLEN,
+    IN_PROGRESS_PREFIX,
+    JOB_PREFIX,
+    RESULT_PREFIX,
+    attempts_key,
+    complete_key,
+)
 from service.redaction import redact_sensitive
 from service.settings import Settings
 
@@ -86,7 +87,7 @@ class TaskQueue:
         self.redis = redis
         self.queue = queue
         self.extra_keys = extra_keys
-        # The key that vouches for provenance (service/queue.py): with it a retried task keeps
+        # The key that vouches for provenance (service/queue/jobs.py): with it a retried task keeps
         # the `via` it was delivered with. The API and the CLI set it.
         self.provenance_key: bytes | None = None
         self._in_progress_ms = int((job_timeout_s + IN_PROGRESS_EXTRA) * 1000)

@@ -6,6 +6,7 @@ import asyncio
 import collections
 import contextlib
 import contextvars
+import dataclasses
 import logging
 import re
 import threading
@@ -37,17 +38,16 @@ from service.producer.failures import (
     SpoolFull,
     log_failure,
 )
-from service.producer.replay import BATCH_MAX_BYTES, Item, SpoolReplay
-from service.producer.spool import Spool, SpoolError, SpoolRefused
-from service.queue import (
+from service.producer.spool import SpoolError
+from service.producer.spooler import BATCH_MAX_BYTES, Item, Spooler, trusted_spool
+from service.queue.enqueue import (
     ENQUEUE_FUNCTION,
     ENQUEUE_SCRIPT,
-    Provenance,
     has_no_functions,
     is_function_missing,
     load_functions,
-    provenance_tag,
 )
+from service.queue.jobs import Provenance, provenance_tag
 from service.settings import Settings
 
 __all__ = [
@@ -56,6 +56,7 @@ __all__ = [
     "AuditEvent",
     "BufferFull",
     "ClientClosed",
+    "ClientStats",
     "DeliveryUncertain",
     "NotReplicated",
     "SpoolError",
@@ -102,13 +103,43 @@ class ClientOptions(TypedDict, total=False):
     wait_replicas: int | Literal["auto"]
 
 
-class AuditClient(SpoolReplay):
+@dataclasses.dataclass
+class ClientStats:
+    """What became of the events given to a client, counted since it was made (its spooler
+    counts the events it spooled and replayed)."""
+
+    sent: int = 0  # events enqueued
+    failed: int = 0  # events that could not be enqueued (each logged)
+    uncertain: int = 0  # events sent without an answer in time: they may be stored (logged)
+    dropped: int = 0  # events dropped because the buffer was full (each logged)
+    spool_dropped: int = 0  # events dropped because the spool was full (each logged)
+    unreplicated: int = 0  # events accepted with no replica connected ("auto")
+
+
+class _Stat:
+    """A count of the client's stats, read as an attribute of the client (`client.sent`)."""
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.name = name
+
+    def __get__(self, client: AuditClient, owner: type | None = None) -> int:
+        return int(getattr(client.stats, self.name))
+
+
+class AuditClient:
     """Enqueue audit events to the arq queue in batches; never raise to the caller.
 
     With `spool_dir`, a batch Redis does not take is appended durably to a local spool
     (service/producer/spool.py) and replayed, in order, once Redis answers again; `capture` then
     returns the id of an event that is spooled, as it will be delivered.
     """
+
+    sent = _Stat()
+    failed = _Stat()
+    uncertain = _Stat()
+    dropped = _Stat()
+    spool_dropped = _Stat()
+    unreplicated = _Stat()
 
     def __init__(
         self,
@@ -141,13 +172,7 @@ class AuditClient(SpoolReplay):
             raise ConfigError(
                 "buffer_max_events, flush_max_events and max_event_bytes must be at least 1"
             )
-        self.sent = 0  # events enqueued
-        self.failed = 0  # events that could not be enqueued (each logged)
-        self.uncertain = 0  # events sent without an answer in time: they may be stored (logged)
-        self.dropped = 0  # events dropped because the buffer was full (each logged)
-        self.spooled = 0  # events Redis did not take, appended to the spool
-        self.replayed = 0  # events replayed from the spool into Redis
-        self.spool_dropped = 0  # events dropped because the spool was full (each logged)
+        self.stats = ClientStats()
         self._redis = redis
         self._script = redis.register_script(ENQUEUE_SCRIPT)
         self._functions = True  # the server has functions: FCALL, else EVAL of the script
@@ -164,7 +189,6 @@ class AuditClient(SpoolReplay):
         # "auto": one replica's confirmation, or none when no replica is connected.
         self._wait_auto = wait_replicas == "auto"
         self._wait_replicas = 1 if wait_replicas == "auto" else wait_replicas
-        self.unreplicated = 0  # events accepted with no replica connected ("auto")
         self._replicas_seen: int | None = None
         self._replicas_checked_at = -REPLICA_CHECK_S
         self._unreplicated_said_at = -UNREPLICATED_WARNING_INTERVAL
@@ -179,23 +203,33 @@ class AuditClient(SpoolReplay):
         self._pending = asyncio.Event()  # the buffer has items (or the client is closing)
         self._urgent = asyncio.Event()  # send now: a capture waits, a batch is full, or closing
         self._closing = False
-        self._spool = (
-            None if spool_dir is None else _trusted_spool(Path(spool_dir), spool_max_bytes)
+        spool = None if spool_dir is None else trusted_spool(Path(spool_dir), spool_max_bytes)
+        self._spooler = (
+            None
+            if spool is None
+            else Spooler(
+                spool,
+                enqueue=self._enqueue_payload,
+                fail=self._fail_batch,
+                probe=redis.ping,
+                timeout_s=self._send_timeout,
+                extra_keys=self._extra_keys,
+            )
         )
-        self._spooling = False  # batches go to the spool (Redis failed, or the spool holds some)
-        self._spool_broken = False  # the spool could not be written: said once
-        self._replayer: asyncio.Task[None] | None = None
-        self._wake = asyncio.Event()  # spooling started: the replayer probes Redis
-        self._unheld = asyncio.Event()  # cleared while the last replay pass runs
-        if self._spool is None:
-            self._unheld.set()  # with a spool: once the replayer looked for earlier segments
-        self._appending = 0  # batches being appended to the spool
-        self._append_idle = asyncio.Event()
-        self._append_idle.set()
-        if self._spool is not None and _running_loop() is not None:
+        if self._spooler is not None and _running_loop() is not None:
             # Made in async code (the API's client): replay what an earlier process spooled now.
             self._bind()
-            self._ensure_replayer()
+            self._spooler.ensure_replayer()
+
+    @property
+    def spooled(self) -> int:
+        """Events Redis did not take, appended to the spool."""
+        return 0 if self._spooler is None else self._spooler.spooled
+
+    @property
+    def replayed(self) -> int:
+        """Events replayed from the spool into Redis."""
+        return 0 if self._spooler is None else self._spooler.replayed
 
     @classmethod
     def from_url(cls, url: str, **options: Unpack[ClientOptions]) -> AuditClient:
@@ -475,8 +509,9 @@ class AuditClient(SpoolReplay):
         sender = self._sender
         if sender is None or sender.done():
             self._ensure_sender()
-        if self._spool is not None:
-            self._ensure_replayer()
+        spooler = self._spooler
+        if spooler is not None:
+            spooler.ensure_replayer()
         if not self._pending.is_set():
             self._pending.set()
         if self._is_urgent() and not self._urgent.is_set():
@@ -542,10 +577,11 @@ class AuditClient(SpoolReplay):
 
     async def _send(self, batch: list[Item]) -> None:
         timeout = self._send_timeout
-        if self._spool is not None:
-            await self._unheld.wait()  # the last replay pass: spooled events go first
-            if self._spooling:
-                await self._spool_batch(batch)
+        spooler = self._spooler
+        if spooler is not None:
+            await spooler.unheld()  # the last replay pass: spooled events go first
+            if spooler.spooling:
+                await spooler.append(batch)
                 return
             if any(item[2] is not None for item in batch):
                 timeout = self._capture_timeout * REDIS_SHARE_WITH_SPOOL
@@ -568,16 +604,16 @@ class AuditClient(SpoolReplay):
                 exc = DeliveryUncertain(
                     f"Redis did not answer within {timeout} s; the batch may still be stored"
                 )
-            if self._spool is not None:
+            if spooler is not None:
                 # Redis may have run the script and lost only the reply: spooling the batch
                 # then delivers it twice, which its events' ids make harmless.
-                self._start_spooling(exc)
-                await self._spool_batch(batch)
+                spooler.start(exc)
+                await spooler.append(batch)
                 return
             self._fail_batch(batch, exc)
             return
         with self._lock:
-            self.sent += len(batch)
+            self.stats.sent += len(batch)
         for _, _, sent in batch:
             if sent is not None and not sent.done():
                 sent.set_result(None)
@@ -639,14 +675,14 @@ class AuditClient(SpoolReplay):
         except msgspec.DecodeError:
             events = 1
         with self._lock:
-            self.unreplicated += events
+            self.stats.unreplicated += events
         now = time.monotonic()
         if now - self._unreplicated_said_at >= UNREPLICATED_WARNING_INTERVAL:
             self._unreplicated_said_at = now
             logger.warning(
                 "the Redis primary has no replica connected: batches are accepted unreplicated "
                 "(%d events so far; AUDITQ_REDIS_WAIT_REPLICAS=auto; a number makes it strict)",
-                self.unreplicated,
+                self.stats.unreplicated,
             )
 
     def _wait_ms(self, within_s: float) -> int:
@@ -677,6 +713,10 @@ class AuditClient(SpoolReplay):
             *_, confirmed = await pipe.execute()
         return int(confirmed)
 
+    async def _enqueue_payload(self, payload: bytes, task_id: str) -> None:
+        """Enqueue a batch's payload as a job with this task id (the spooler's replay)."""
+        await self._enqueue(self._job_args(payload, task_id), within_s=self._send_timeout)
+
     def _job_args(self, payload: bytes, task_id: str = "") -> list[bytes | str]:
         """The enqueue script's arguments for `payload`: one job of its own, with its
         provenance claim and tag, when the client has a provenance (the API's)."""
@@ -698,6 +738,8 @@ class AuditClient(SpoolReplay):
         if self._closing:
             return
         self._closing = True
+        if self._spooler is not None:
+            self._spooler.stop()
         self._pending.set()
         self._urgent.set()
         sender = self._sender
@@ -706,12 +748,8 @@ class AuditClient(SpoolReplay):
             if not finished:
                 sender.cancel()
                 await asyncio.wait({sender})
-        replayer = self._replayer
-        if replayer is not None and not replayer.done() and replayer.get_loop() is _running_loop():
-            replayer.cancel()  # what is still spooled stays for the next client on the spool
-            await asyncio.wait({replayer})
-        if self._spool is not None:
-            self._spool.close()
+        if self._spooler is not None:
+            await self._spooler.aclose()  # what is still spooled stays for the next client
         leftovers = list(self._buffer)
         self._buffer.clear()
         self._waiting = 0
@@ -728,30 +766,17 @@ class AuditClient(SpoolReplay):
     # Reporting failures.
 
     def _fail(self, event: object, exc: BaseException, context: AuditContext | None) -> None:
+        stats = self.stats
         with self._lock:
             if isinstance(exc, BufferFull):
-                self.dropped += 1
+                stats.dropped += 1
             elif isinstance(exc, DeliveryUncertain):
-                self.uncertain += 1
+                stats.uncertain += 1
             elif isinstance(exc, SpoolFull):
-                self.spool_dropped += 1
+                stats.spool_dropped += 1
             else:
-                self.failed += 1
+                stats.failed += 1
         log_failure(event, exc, context, self._extra_keys)
-
-
-def _trusted_spool(directory: Path, max_bytes: int) -> Spool | None:
-    """The spool in `directory`, or None (said in one line) when others could write there:
-    the client then works as without a spool. A directory not made yet is made 0700 later."""
-    spool = Spool(directory, max_bytes=max_bytes)
-    try:
-        spool.check_directory()
-    except SpoolRefused as exc:
-        logger.error("%s; the audit client works without a spool", exc)
-        return None
-    except SpoolError:
-        pass  # not usable yet: said once when a batch needs it
-    return spool
 
 
 def _running_loop() -> asyncio.AbstractEventLoop | None:

@@ -12,7 +12,7 @@ from typing import Any, Protocol
 
 import asyncpg
 
-from service.live import LiveEntry
+from service.queue.live import LiveEntry
 from service.store.db import Conn
 from service.store.items import (
     AFTER_ASC,
@@ -169,7 +169,7 @@ def export_query(query: Ordered, *, csv: bool = False) -> tuple[str, list[Any]]:
     return f"{select}{where.sql()} {ORDER_BY[query.order]}", where.args
 
 
-# The live tail: the rows of one write (service/live.py), narrowed by the page's filters.
+# The live tail: the rows of one write (service/queue/live.py), narrowed by the page's filters.
 ROWS_OF_WRITE = "seq <@ {}::text::int8multirange AND ts BETWEEN {} AND {}"
 STREAM_ORDER_BY = "ORDER BY received_at, id"
 

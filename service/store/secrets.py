@@ -19,7 +19,7 @@ async def read_secret(conn: Conn, name: str) -> bytes:
 
 
 async def read_provenance_key(conn: Conn) -> bytes:
-    """The key of provenance tags (service/queue.py), the one secret the worker may read."""
+    """The key of provenance tags (service/queue/jobs.py), the one secret the worker may read."""
     secret = await conn.fetchval(SELECT_PROVENANCE_KEY)
     if secret is None:
         raise ConfigError("the database has no provenance secret: run `auditq migrate`")

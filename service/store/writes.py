@@ -12,7 +12,7 @@ import asyncpg
 import msgspec
 
 from service.events import AuditEvent
-from service.live import live_entry_of_ranges
+from service.queue.live import live_entry_of_ranges
 
 _INSERT_INTO = """
 INSERT INTO audit_log (
@@ -80,7 +80,7 @@ FROM jsonb_to_recordset($1::text::jsonb) AS u(
     changes jsonb, metadata jsonb, presentation jsonb, source text)
 """
 )
-# Which rows are new, as the live stream's entry holds them (service/live.py): seq ranges in
+# Which rows are new, as the live stream's entry holds them (service/queue/live.py): seq ranges in
 # PostgreSQL's own multirange text, and the span of their ts.
 _KEYS_OF_NEW_ROWS = """
 SELECT count(*), range_agg(int8range(seq, seq, '[]'))::text, min(ts), max(ts) FROM new_rows
@@ -173,7 +173,7 @@ async def write_json_events(
     conn: asyncpg.Connection, payload: str, *, received_via: str, keyed: bool = False
 ) -> tuple[int, dict[str, bytes] | None]:
     """Store the events of a JSON array its producer completed and checked, in one statement;
-    return how many rows are new and their live stream entry (service/live.py; None for none).
+    return how many rows are new and their live stream entry (service/queue/live.py; None for none).
 
     Raises what PostgreSQL raises, a data error included: nothing is stored then, and the
     caller stores the events one by one instead (write_events), which isolates the bad ones.

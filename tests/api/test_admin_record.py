@@ -11,9 +11,8 @@ import pytest
 import redis.asyncio as aioredis
 from aiohttp.test_utils import TestClient, TestServer
 
-from service import revocations
 from service.api.app import create_app
-from service.ops import dead_letter
+from service.queue import dead_letter, revocations
 from service.settings import Settings
 from tests.api.test_tasks import add_failed, auditq, event
 from tests.support.admin_api import Tokens, admin_events, error_of, make_tokens, queued_payloads

@@ -23,7 +23,7 @@ from service.api.audit_logs import export
 from service.api.audit_logs.query import convert_query
 from service.api.state import REDIS, SETTINGS
 from service.events import AuditEvent, finalize
-from service.queue import ENQUEUE_SCRIPT
+from service.queue.enqueue import ENQUEUE_SCRIPT
 from service.settings import Settings
 from service.store.pages import page_query
 from service.store.tokens import create_token, revoke_token
@@ -623,8 +623,8 @@ async def test_a_row_of_a_long_transaction_is_not_skipped(
     api: TestClient[Any, Any], admin: dict[str, str], pg: asyncpg.Connection, database_url: str
 ) -> None:
     """A write that commits long after later ones were sent still reaches the tail."""
-    from service.keys import live_key
-    from service.live import live_entry
+    from service.queue.keys import live_key
+    from service.queue.live import live_entry
 
     slow, quick = (
         make_event(action="auth.login", tenant="long"),

@@ -19,8 +19,8 @@ from aiohttp.test_utils import TestClient
 from service.events import Actor, AuditEvent, Entity, Presentation, RequestInfo
 from service.integrity.keys import load_or_create_private_key
 from service.integrity.verify import verify
-from service.ops import dead_letter
 from service.producer.client import AuditClient
+from service.queue import dead_letter
 from service.settings import Settings
 from service.store.seals import seal_once
 from tests.support.admin_api import Tokens, enqueue, queued_payloads

@@ -12,7 +12,7 @@ from typing import Any
 import redis.asyncio as aioredis
 from aiohttp.test_utils import TestClient
 
-from service.keys import STORED_COUNTER_TTL, stored_key
+from service.queue.keys import STORED_COUNTER_TTL, stored_key
 from service.settings import Settings
 from tests.support.admin_api import Tokens, enqueue, error_of
 from tests.support.polling import wait_for

@@ -23,8 +23,9 @@ from aiohttp.test_utils import TestClient
 from service.events import Actor, AuditEvent, Change, Entity, Presentation, RequestInfo
 from service.integrity.keys import load_or_create_private_key
 from service.integrity.verify import verify
-from service.ops import dead_letter, subjects
+from service.ops import subjects
 from service.producer.client import AuditClient
+from service.queue import dead_letter
 from service.settings import Settings
 from service.store import db
 from service.store import subjects as sql

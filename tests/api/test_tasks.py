@@ -16,8 +16,8 @@ import pytest
 import redis.asyncio as aioredis
 from aiohttp.test_utils import TestClient
 
-from service.keys import IN_PROGRESS_PREFIX, attempts_key, complete_key
-from service.ops import dead_letter
+from service.queue import dead_letter
+from service.queue.keys import IN_PROGRESS_PREFIX, attempts_key, complete_key
 from service.settings import Settings
 from tests.support.admin_api import Tokens, admin_events, enqueue, error_of, queued_payloads
 from tests.support.polling import wait_for

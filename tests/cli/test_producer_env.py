@@ -15,7 +15,7 @@ from redis.exceptions import NoPermissionError
 from service.embedded.servers import free_port
 from service.events import AuditEvent
 from service.producer.client import AuditClient
-from service.producer_acl import PRODUCER_USER
+from service.queue.producer_acl import PRODUCER_USER
 from service.settings import read_env_file
 from tests.integrity.test_embedded import Run, data_dir, mode
 from tests.support.polling import wait_for

@@ -10,10 +10,10 @@ import asyncpg
 import pytest
 import redis.asyncio as aioredis
 
-from service import revocations
 from service.api.auth import authenticate
 from service.api.errors import ApiError
 from service.cli import serve
+from service.queue import revocations
 from service.settings import Settings
 from service.store.tokens import create_token, revoke_token
 from tests.support.admin_api import admin_events

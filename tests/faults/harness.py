@@ -31,9 +31,9 @@ from aiohttp import web
 
 from service.events import AuditEvent, Entity, new_event_id
 from service.integrity.keys import load_or_create_private_key
-from service.ops import dead_letter
 from service.producer.client import AuditClient
-from service.queue import ENQUEUE_SCRIPT
+from service.queue import dead_letter
+from service.queue.enqueue import ENQUEUE_SCRIPT
 from service.settings import Settings
 from service.store import db
 from tests.support.admin_api import insert_token

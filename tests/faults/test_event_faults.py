@@ -18,7 +18,7 @@ import redis.asyncio as aioredis
 
 from service.events import MAX_FUTURE_S, AuditEvent, Entity, new_event_id
 from service.producer.client import AuditClient
-from service.queue import ENQUEUE_SCRIPT
+from service.queue.enqueue import ENQUEUE_SCRIPT
 from service.settings import Settings
 from service.store.partitions import LIST_PARTITIONS, month_start, partition_name
 from tests.faults.harness import (

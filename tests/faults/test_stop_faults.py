@@ -23,7 +23,7 @@ import pytest
 import redis.asyncio as aioredis
 
 from service.embedded.servers import EmbeddedPostgres, EmbeddedValkey, free_port
-from service.keys import workers_key
+from service.queue.keys import workers_key
 from service.settings import Settings
 from tests.faults.harness import Figures, spawn
 from tests.faults.report import FaultReport

@@ -9,7 +9,7 @@ from typing import Any
 import redis.asyncio as aioredis
 from aiohttp.test_utils import TestClient
 
-from service.keys import worker_key, workers_key
+from service.queue.keys import worker_key, workers_key
 from service.settings import Settings
 from tests.support.admin_api import Tokens, enqueue
 from tests.support.polling import wait_for

@@ -17,7 +17,7 @@ import redis.asyncio as aioredis
 
 from service.events import Actor, Entity, RequestInfo, new_event_id
 from service.producer.client import FAILURE_PREFIX, AuditClient, AuditEvent
-from service.queue import deserialize_job
+from service.queue.jobs import deserialize_job
 from service.settings import Settings
 from service.store import db
 from tests.faults.proxy import TcpProxy

@@ -18,7 +18,7 @@ import httpx
 import pytest
 import redis.asyncio as aioredis
 
-from service.queue import load_functions
+from service.queue.enqueue import load_functions
 from service.settings import Settings
 from tests.support.polling import wait_for
 from tests.support.worker import running_worker

@@ -18,10 +18,10 @@ import pytest
 import redis.asyncio as aioredis
 
 from service.events import Entity, finalize
-from service.ops import dead_letter
 from service.producer import spool as spool_module
 from service.producer.client import FAILURE_PREFIX, AuditClient, AuditEvent
 from service.producer.spool import Spool, SpoolError
+from service.queue import dead_letter
 from service.settings import Settings
 from tests.faults.proxy import TcpProxy
 from tests.support.admin_api import Tokens

@@ -9,7 +9,7 @@ from typing import Any
 import asyncpg
 import redis.asyncio as aioredis
 
-from service.queue import ENQUEUE_SCRIPT
+from service.queue.enqueue import ENQUEUE_SCRIPT
 from service.store.tokens import TOKEN_PREFIX, hash_token
 
 

@@ -7,7 +7,7 @@ from typing import Any
 
 import redis.asyncio as aioredis
 
-from service.queue import JOB_FUNCTION, deserialize_job
+from service.queue.jobs import JOB_FUNCTION, deserialize_job
 
 
 async def queued_jobs(redis: aioredis.Redis, queue: str) -> list[dict[str, Any]]:

@@ -10,9 +10,9 @@ import msgspec
 import redis.asyncio as aioredis
 
 from service.events import AuditEvent, encode, finalize
-from service.live import live_entry, read_live_entry
-from service.ops import dead_letter
-from service.queue import ENQUEUE_SCRIPT
+from service.queue import dead_letter
+from service.queue.enqueue import ENQUEUE_SCRIPT
+from service.queue.live import live_entry, read_live_entry
 from service.settings import Settings
 from service.store import db
 from tests.support.polling import wait_for

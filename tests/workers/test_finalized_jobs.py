@@ -11,9 +11,10 @@ import asyncpg
 import redis.asyncio as aioredis
 
 from service.events import MAX_NESTING, AuditEvent, finalize
-from service.ops import dead_letter
 from service.producer.client import AuditClient
-from service.queue import ENQUEUE_SCRIPT, deserialize_job
+from service.queue import dead_letter
+from service.queue.enqueue import ENQUEUE_SCRIPT
+from service.queue.jobs import deserialize_job
 from service.settings import Settings
 from tests.support.polling import wait_for
 from tests.support.queue import queued_events

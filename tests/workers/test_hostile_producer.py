@@ -21,11 +21,12 @@ import redis.asyncio as aioredis
 from redis.exceptions import NoPermissionError, ResponseError
 
 from service.events import ACTION_PATTERN, AuditEvent, finalize
-from service.keys import live_key
-from service.ops import dead_letter
 from service.producer.client import AuditClient
-from service.producer_acl import PRODUCER_USER, ensure_producer_user, with_user
-from service.queue import ENQUEUE_FUNCTION, ENQUEUE_SCRIPT, RAW_BYTES_PREFIX, load_functions
+from service.queue import dead_letter
+from service.queue.enqueue import ENQUEUE_FUNCTION, ENQUEUE_SCRIPT, load_functions
+from service.queue.jobs import RAW_BYTES_PREFIX
+from service.queue.keys import live_key
+from service.queue.producer_acl import PRODUCER_USER, ensure_producer_user, with_user
 from service.settings import Settings
 from tests.support.polling import wait_for
 from tests.support.worker import running_worker

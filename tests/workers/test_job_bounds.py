@@ -8,9 +8,9 @@ import json
 
 import redis.asyncio as aioredis
 
-from service.keys import oversized_key, unfinished_key
-from service.ops import dead_letter
-from service.queue import ENQUEUE_SCRIPT
+from service.queue import dead_letter
+from service.queue.enqueue import ENQUEUE_SCRIPT
+from service.queue.keys import oversized_key, unfinished_key
 from service.settings import Settings
 from tests.support.polling import wait_for
 from tests.support.worker import count_rows, running_worker

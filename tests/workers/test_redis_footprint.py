@@ -10,8 +10,8 @@ import asyncpg
 import redis.asyncio as aioredis
 
 from service.events import AuditEvent
-from service.keys import EVENTS_STORED, counters_key
 from service.producer.client import AuditClient
+from service.queue.keys import EVENTS_STORED, counters_key
 from service.settings import Settings
 from tests.support.polling import wait_for
 from tests.support.stores import redis_as_text

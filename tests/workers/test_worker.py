@@ -11,8 +11,8 @@ import asyncpg
 import pytest
 import redis.asyncio as aioredis
 
-from service.ops import dead_letter
-from service.queue import ENQUEUE_SCRIPT
+from service.queue import dead_letter
+from service.queue.enqueue import ENQUEUE_SCRIPT
 from service.settings import Settings
 from tests.support.polling import wait_for
 from tests.support.worker import count_rows, running_worker
@@ -171,7 +171,7 @@ async def test_provenance_is_set_by_auditq_and_a_forged_claim_is_not_believed(
     settings: Settings, redis: aioredis.Redis, database_url: str, pg: asyncpg.Connection
 ) -> None:
     from service.producer.client import AuditClient
-    from service.queue import PROVENANCE_SECRET, provenance_tag
+    from service.queue.jobs import PROVENANCE_SECRET, provenance_tag
     from service.store.secrets import read_secret
 
     plain, forged, vouched = event(1), event(2), event(3)

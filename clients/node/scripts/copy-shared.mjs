@@ -8,8 +8,9 @@ const here = dirname(fileURLToPath(import.meta.url));
 const repo = join(here, "..", "..", "..");
 const dist = join(here, "..", "dist");
 mkdirSync(dist, { recursive: true });
-for (const name of ["redaction_rules.json", "enqueue.lua"]) {
-  const source = join(repo, "service", name);
+for (const path of ["redaction_rules.json", "queue/enqueue.lua"]) {
+  const source = join(repo, "service", path);
+  const name = path.split("/").pop();
   if (!existsSync(source)) {
     console.error(`build: ${source} is missing`);
     process.exit(1);

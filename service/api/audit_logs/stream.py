@@ -1,7 +1,7 @@
 """The live tail: Server-Sent Events of each newly stored row matching the filters.
 
 The worker appends which rows each write stored to a capped Redis stream, after the commit
-(service/live.py); a tail blocks on that stream (XREAD) and reads those rows
+(service/queue/live.py); a tail blocks on that stream (XREAD) and reads those rows
 from PostgreSQL with its filters. Stream order is commit order, so a row of a long
 transaction is sent when it commits, never skipped; every API replica reads the same stream;
 `Last-Event-ID` is a stream entry id, so a reconnect resumes after the last write it saw (as
@@ -29,8 +29,8 @@ from service.api.errors import bad_parameter
 from service.api.limits import OPEN_REQUESTS, WRITE_TIMEOUT_S
 from service.api.openapi import Fields, operation
 from service.api.state import POOL, REDIS, SETTINGS
-from service.keys import live_key
-from service.live import LiveEntry, read_live_entry
+from service.queue.keys import live_key
+from service.queue.live import LiveEntry, read_live_entry
 from service.store import pages, tokens
 from service.store.items import item
 

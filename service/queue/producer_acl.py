@@ -3,7 +3,7 @@
 Redis checks the caller's ACL for every command a function runs, so a user allowed only
 FCALL could not enqueue at all, and one allowed the job writes could rewrite any job. The
 producer user is therefore allowed FCALL (the functions auditq loaded), and inside it only
-RPUSH onto its queue's inbox (plus TIME and WAIT, which touch no key); service/enqueue.lua
+RPUSH onto its queue's inbox (plus TIME and WAIT, which touch no key); service/queue/enqueue.lua
 puts its batches there and workers move them into jobs. It cannot read, change or delete a
 task, a dead letter or any other key auditq keeps (tests/test_producer_acl.py).
 """
@@ -15,7 +15,7 @@ from typing import Any
 from urllib.parse import quote, urlsplit, urlunsplit
 
 PRODUCER_USER = "auditq-producer"
-INBOX_PREFIX = "auditq:inbox:"  # service/enqueue.lua
+INBOX_PREFIX = "auditq:inbox:"  # service/queue/enqueue.lua
 _GLOB = re.compile(r"([*?\[\]\\])")
 
 

@@ -1,4 +1,5 @@
-"""The queue contract: how events become arq jobs, shared by every producer and the worker."""
+"""The jobs' contract: how events become arq jobs, shared by every producer and the worker,
+and the provenance tags that vouch for the API's jobs."""
 
 from __future__ import annotations
 
@@ -8,26 +9,14 @@ import functools
 import hashlib
 import hmac
 import json
-import re
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import msgspec
-from redis.exceptions import ResponseError
 
 from service.redaction import redact_sensitive, redact_sensitive_in_string
 
 JOB_FUNCTION = "store_events"  # the worker's job; its one argument is the events' JSON text
-# The enqueue, shipped as one Lua file: run as a script (EVAL) as it is, and loaded as the
-# function library LIBRARY_NAME (FCALL ENQUEUE_FUNCTION) behind a shebang line.
-ENQUEUE_SCRIPT = (Path(__file__).parent / "enqueue.lua").read_text()
-LIBRARY_NAME = "auditq"
-ENQUEUE_FUNCTION = "auditq_enqueue"
-DRAIN_FUNCTION = "auditq_drain"  # run by workers: the producer user's batches into jobs
-MAX_JOB_BYTES = 8 * 1024 * 1024  # default of AUDITQ_MAX_JOB_BYTES
-_MAX_JOB_BYTES_LINE = re.compile(r"^local MAX_JOB_BYTES = \d+$", re.MULTILINE)
-
 PROVENANCE_SECRET = "provenance"  # the api_secret row the API and the worker share
 RAW_BYTES_PREFIX = "base64:"  # a job argument that was not UTF-8: its bytes, base64-encoded
 
@@ -45,41 +34,6 @@ def provenance_tag(key: bytes, *, task_id: str, via: str, payload: bytes) -> str
     """The HMAC that vouches for `via` on this one job (its id and its exact payload)."""
     message = b"\0".join((task_id.encode(), via.encode(), hashlib.sha256(payload).digest()))
     return hmac.new(key, message, hashlib.sha256).hexdigest()
-
-
-def enqueue_script(max_job_bytes: int = MAX_JOB_BYTES) -> str:
-    """The enqueue script (EVAL) refusing payloads over `max_job_bytes`."""
-    if max_job_bytes == MAX_JOB_BYTES:
-        return ENQUEUE_SCRIPT
-    return _MAX_JOB_BYTES_LINE.sub(f"local MAX_JOB_BYTES = {int(max_job_bytes)}", ENQUEUE_SCRIPT)
-
-
-def enqueue_library(max_job_bytes: int = MAX_JOB_BYTES) -> str:
-    """The function library auditq loads into Redis (FUNCTION LOAD)."""
-    return f"#!lua name={LIBRARY_NAME}\n" + enqueue_script(max_job_bytes)
-
-
-def is_function_missing(exc: BaseException) -> bool:
-    """Tell whether a Redis error says the enqueue function is not loaded (a fresh server,
-    FUNCTION FLUSH, or a failover to a server that never had it)."""
-    return "function not found" in str(exc).lower()
-
-
-def has_no_functions(exc: BaseException) -> bool:
-    """Tell whether a Redis error says the server knows no functions (before Redis 7)."""
-    text = str(exc).lower()
-    return "unknown command" in text and ("fcall" in text or "function" in text)
-
-
-async def load_functions(redis: Any, *, max_job_bytes: int = MAX_JOB_BYTES) -> bool:
-    """Load (or replace) auditq's function library; False when the server has no functions."""
-    try:
-        await redis.function_load(enqueue_library(max_job_bytes), replace=True)
-    except ResponseError as exc:
-        if has_no_functions(exc):
-            return False
-        raise
-    return True
 
 
 _encoder = msgspec.json.Encoder(enc_hook=str)  # exceptions in arq results become their text
@@ -124,7 +78,7 @@ def redact_job_argument(text: str, extra_keys: frozenset[str] = frozenset()) -> 
 
 def joined_segments(args: list[Any]) -> str:
     """A job's events as one JSON text: a merged job holds one argument (segment) per
-    producer batch, each a JSON array (service/enqueue.lua)."""
+    producer batch, each a JSON array (service/queue/enqueue.lua)."""
     texts = [a for a in args if isinstance(a, str)]
     if len(texts) <= 1:
         return texts[0] if texts else ""

@@ -1,6 +1,6 @@
 """The live stream's entries: which rows one write stored, in a few bytes whatever its size.
 
-The worker appends one entry per write after its commit (service/keys.py live_key); the live
+The worker appends one entry per write after its commit (service/queue/keys.py live_key); the live
 tail (service/api/audit_logs/stream.py) reads those rows back from PostgreSQL. An entry holds
 the rows' seqs as ranges (a statement's seqs are contiguous: the sequence hands each session
 a thousand at a time) and the span of their ts, which prunes the partitions to read, so Redis
