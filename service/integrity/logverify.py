@@ -11,6 +11,7 @@ import base64
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC
 from typing import Any
 
 import asyncpg
@@ -18,6 +19,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from service.integrity import merkle, note
 from service.integrity.leaf import action_leaf, as_json
+from service.integrity.verify import GRACE_S
 from service.store.db import Conn
 
 RETENTION_ACTIONS = ("partition.dropped", "retention.rows_deleted")
@@ -30,6 +32,13 @@ SELECT id, seqs::text AS seqs FROM store_action
 WHERE action = ANY($1::text[]) AND seqs IS NOT NULL
 """
 PENDING = "SELECT coalesce(range_agg(r), '{}')::text FROM seal_pending p, unnest(p.seqs) r WHERE kind = 'row'"  # noqa: E501
+# Rows and actions queued longer than the seal interval + grace: the sealer is not sealing.
+STALE = """
+SELECT p.kind, coalesce(sum(upper(r) - lower(r)), 0) AS n, min(p.queued_at) AS since
+FROM seal_pending p, unnest(p.seqs) r
+WHERE p.queued_at < now() - make_interval(secs => $1)
+GROUP BY p.kind ORDER BY p.kind DESC
+"""
 UNLOGGED = """
 SELECT id FROM audit_log a
 WHERE a.seq >= $1 AND NOT (a.seq <@ $2::text::int8multirange)
@@ -54,6 +63,7 @@ class LogReport:
     removed_by_retention: int = 0
     erased: int = 0
     awaiting_seal: int = 0
+    rows_beyond: int = 0  # rows of seq > `v1_until` (the ones the v1 pass left to the log)
     lines: list[str] = field(default_factory=list)
 
 
@@ -66,6 +76,7 @@ class _Ctx:
     row_leaf_of: Callable[[asyncpg.Record], bytes]
     rows_query: str
     actions_query: str
+    v1_until: int
     retained: list[tuple[int, int, int]] = field(default_factory=list)
     erased: dict[int, list[tuple[bytes, bytes]]] = field(default_factory=dict)
 
@@ -83,9 +94,15 @@ async def verify_log(
     actions_query: str,
     head: note.Checkpoint | None = None,
     emit: Callable[[str], None] = print,
+    seal_interval_s: float = 10.0,
+    v1_until: int = -1,
 ) -> LogReport:
-    """Check the log of `conn` (inside the caller's snapshot); each finding goes to `emit`."""
-    ctx = _Ctx(conn, key, emit, LogReport(), row_leaf_of, rows_query, actions_query)
+    """Check the log of `conn` (inside the caller's snapshot); each finding goes to `emit`.
+
+    Rows queued for sealing are awaiting their seal whatever their age (those of seq >
+    `v1_until` are counted: the v1 pass counts the others); queued longer than the seal
+    interval + grace, they are a finding: the sealer is not sealing."""
+    ctx = _Ctx(conn, key, emit, LogReport(), row_leaf_of, rows_query, actions_query, v1_until)
     ctx.retained = [
         (r["id"], lo, hi)
         for r in await conn.fetch(RETAINED, list(RETENTION_ACTIONS))
@@ -104,12 +121,20 @@ async def verify_log(
         hashes.extend(stored)
     ctx.report.leaves = len(hashes)
     await _checkpoints(ctx, hashes, head)
+    pending = await conn.fetchval(PENDING)
     if first_seq is not None:
-        pending = await conn.fetchval(PENDING)
         logged = await conn.fetchval(LOGGED_SEQS)
         for r in await conn.fetch(UNLOGGED, first_seq, logged, pending):
             ctx.finding(f"row {r['id']} not in the log (not queued for sealing either)")
-        ctx.report.awaiting_seal = sum(hi - lo for lo, hi in _ranges(pending))
+    ctx.report.awaiting_seal = sum(
+        hi - max(lo, v1_until + 1) for lo, hi in _ranges(pending) if hi > v1_until + 1
+    )
+    for r in await conn.fetch(STALE, seal_interval_s + GRACE_S):
+        what = "rows" if r["kind"] == "row" else "store actions"
+        ctx.finding(
+            f"{r['n']} {what} queued for sealing since {r['since'].astimezone(UTC).isoformat()}, "
+            f"longer than the seal interval + {GRACE_S:.0f} s: the sealer is not sealing"
+        )
     return ctx.report
 
 
@@ -148,6 +173,8 @@ def _row(ctx: _Ctx, row: asyncpg.Record | None, seq: int, index: int, stored: by
             ctx.report.removed_by_retention += 1
         return
     ctx.report.rows += 1
+    if seq > ctx.v1_until:
+        ctx.report.rows_beyond += 1
     leaf = merkle.leaf_hash(ctx.row_leaf_of(row))
     chain = ctx.erased.get(index)
     if chain:

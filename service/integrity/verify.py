@@ -86,6 +86,17 @@ WHERE ($1::bigint IS NULL OR seq >= $1) AND ($2::bigint IS NULL OR seq <= $2)
 ORDER BY seq, action_id
 """
 _RANGE = re.compile(r"[\[(](\d+),(\d+)[\])]")
+# Since migration 0007 new rows go only into the transparency log: the v1 pass reads the
+# rows up to where the log begins (or the last v1 checkpoint, whichever is later), and
+# leaves the rows in the log, or queued for it, to the log's verification.
+LOG_START = """
+SELECT lower(row_seqs) FROM tlog_batch WHERE NOT isempty(row_seqs) ORDER BY first LIMIT 1
+"""
+IN_LOG = "SELECT coalesce(range_agg(r), '{}')::text FROM tlog_batch b, unnest(b.row_seqs) r"
+QUEUED = """
+SELECT coalesce(range_agg(r), '{}')::text FROM seal_pending p, unnest(p.seqs) r
+WHERE p.kind = 'row'
+"""
 
 
 class Report(msgspec.Struct, kw_only=True):
@@ -98,6 +109,8 @@ class Report(msgspec.Struct, kw_only=True):
     removed_by_retention: int = 0
     anonymised: int = 0
     awaiting_seal: int = 0
+    # The last seq this pass checked for coverage (None: every row); later rows are the log's.
+    rows_until: int | None = None
 
     @property
     def intact(self) -> bool:
@@ -127,6 +140,18 @@ def _row_id(entry: bytes | memoryview) -> uuid.UUID:
 def _stored_at(record: memoryview) -> datetime:
     """received_at of a row record (its 4th column, int64 µs since 2000-01-01)."""
     return _PG_EPOCH + timedelta(microseconds=int.from_bytes(record[68:76], "big", signed=True))
+
+
+def _range_index(text: str | None) -> tuple[list[int], list[int]]:
+    """Sorted, disjoint int8 ranges (a multirange's text) as their starts and ends."""
+    pairs = [(int(lo), int(hi)) for lo, hi in _RANGE.findall(text or "")]
+    return [lo for lo, _ in pairs], [hi for _, hi in pairs]
+
+
+def _within(index: tuple[list[int], list[int]], seq: int) -> bool:
+    starts, ends = index
+    at = bisect.bisect(starts, seq) - 1
+    return at >= 0 and seq < ends[at]
 
 
 class _Verifier:
@@ -162,6 +187,9 @@ class _Verifier:
         self.heap: list[tuple[bytes, int, Iterator[bytes]]] = []
         self.last_match: tuple[bytes, int, Iterator[bytes]] | None = None
         self.replacements: dict[int, list[tuple[int, bytes, bytes]]] = {}
+        # Seq ranges (sorted) in the transparency log, and queued for sealing.
+        self.in_log: tuple[list[int], list[int]] = ([], [])
+        self.queued: tuple[list[int], list[int]] = ([], [])
 
     def finding(self, line: str) -> None:
         self.report.findings += 1
@@ -295,6 +323,12 @@ class _Verifier:
         row_hi = hi if self.until is not None else None
         if self.until is not None and not self.metas:
             return
+        log_start = await self.conn.fetchval(LOG_START)
+        if log_start is not None and self.until is None:
+            row_hi = max(hi or 0, log_start - 1)
+            self.report.rows_until = row_hi
+        self.in_log = _range_index(await self.conn.fetchval(IN_LOG))
+        self.queued = _range_index(await self.conn.fetchval(QUEUED))
         self.replacements = await self._replacements(row_lo, row_hi)
         if self.rows_conn is not None:
             await self._stream_rows(self.rows_conn, row_lo, row_hi)
@@ -370,6 +404,11 @@ class _Verifier:
             self.last_match = top
             if expected != entry:
                 self._changed(entry, expected, n, self.replacements.get(seq))
+            return
+        if _within(self.in_log, seq):  # the log's: checked there
+            return
+        if _within(self.queued, seq):  # queued: awaiting its seal, whatever its age
+            self.report.awaiting_seal += 1
             return
         stored_at = _stored_at(view)
         if stored_at < self.old_before and self._in_window(stored_at):

@@ -91,8 +91,13 @@ async def run_verification(
                 actions_query=NEW_ACTIONS,
                 head=head,
                 emit=collect,
+                seal_interval_s=settings.seal_interval_s,
+                v1_until=-1 if report.rows_until is None else report.rows_until,
             )
         report.findings += log.findings
+        if report.rows_until is not None:  # the log's rows past the v1 pass
+            report.rows += log.rows_beyond
+            report.awaiting_seal += log.awaiting_seal
         summary = (
             f"{report.summary()}; the log: {log.leaves} leaves, {log.checkpoints} checkpoints, "
             f"{log.erased} rows erased, {log.removed_by_retention} removed by retention"
