@@ -17,7 +17,7 @@ from service.integrity.logverify import verify_log
 from service.integrity.verify import verify
 from service.ops.admin_actions import CLI_ACTOR, requested_by
 from service.settings import Settings
-from service.store import db
+from service.store import db, logcheck
 from service.store.seals import NEW_ACTIONS, NEW_ROWS, record_verification, row_leaf_data
 
 MAX_KEPT_FINDINGS = 100  # of a run's findings kept in its stored result
@@ -93,6 +93,7 @@ async def run_verification(
                 emit=collect,
                 seal_interval_s=settings.seal_interval_s,
                 v1_until=-1 if report.rows_until is None else report.rows_until,
+                rows_check=logcheck.in_processes(settings.database_url),
             )
         report.findings += log.findings
         if report.rows_until is not None:  # the log's rows past the v1 pass
