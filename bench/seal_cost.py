@@ -29,6 +29,7 @@ import redis.asyncio as aioredis
 from bench import report
 from bench.common import Stack, cpu_seconds
 from bench.write_side import SYSTEMS, produce_and_wait, producer_cmd, start_workers, stop_workers
+from service.integrity.keys import load_or_create_private_key
 from service.store import db
 
 EVENTS = 100_000
@@ -52,6 +53,7 @@ async def one_round(stack: Stack, *, sealing: bool, events: int, logs: Path) -> 
         await conn.execute("DROP TRIGGER audit_log_queue_seal ON audit_log")
     round_logs = logs / name
     round_logs.mkdir()
+    load_or_create_private_key(round_logs / "seal-key")  # the worker needs the deployment's
     [worker] = start_workers(
         AUDITQ,
         stack,
@@ -59,6 +61,7 @@ async def one_round(stack: Stack, *, sealing: bool, events: int, logs: Path) -> 
         AUDITQ_DATABASE_URL=url,
         AUDITQ_SEAL="on" if sealing else "off",
         AUDITQ_SEAL_INTERVAL_S="1",
+        AUDITQ_SEAL_KEY_FILE=str(round_logs / "seal-key"),
         # Each round's database is new: so is the log the sealer remembers.
         AUDITQ_SEAL_STATE_FILE=str(round_logs / "seal-state"),
     )
