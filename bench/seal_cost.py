@@ -62,6 +62,8 @@ async def one_round(stack: Stack, *, sealing: bool, events: int, logs: Path) -> 
         AUDITQ_SEAL="on" if sealing else "off",
         AUDITQ_SEAL_INTERVAL_S="1",
         AUDITQ_SEAL_KEY_FILE=str(round_logs / "seal-key"),
+        # The bench's database user is the embedded superuser (the same on both sides).
+        AUDITQ_ALLOW_PRIVILEGED_ROLE="1",
         # Each round's database is new: so is the log the sealer remembers.
         AUDITQ_SEAL_STATE_FILE=str(round_logs / "seal-state"),
     )

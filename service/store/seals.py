@@ -54,7 +54,8 @@ INSERT INTO seal_checkpoint (n, sealed_at, prev_hash, hash, row_count, seq_min, 
 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)
 """
 STATUS = """
-SELECT (SELECT max(sealed_at) FROM seal_checkpoint) AS last_sealed_at,
+SELECT greatest((SELECT max(sealed_at) FROM seal_checkpoint),
+                (SELECT max(signed_at) FROM tlog_checkpoint)) AS last_sealed_at,
        (SELECT coalesce(sum(upper(r) - lower(r)), 0)
         FROM seal_pending p, unnest(p.seqs) r WHERE p.kind = 'row') AS unsealed_rows
 """
