@@ -31,7 +31,8 @@ from service.integrity.keys import load_or_create_private_key
 from service.integrity.logverify import verify_log
 from service.ops.receipts import receipt_of
 from service.store import db, logcheck, tlog
-from service.store.seals import NEW_ACTIONS, NEW_ROWS, LogConfig, row_leaf_data, seal_once
+from service.store.leaves import row_leaf_data
+from service.store.seals import NEW_ACTIONS, NEW_ROWS, LogConfig, seal_once
 
 ROWS = 1_000_000
 BATCH = 20_000

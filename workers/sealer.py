@@ -63,7 +63,7 @@ async def run(
                 STOPPED["reason"] = str(exc)
             except Exception as exc:  # the database away: the next round seals what waited
                 logger.warning("sealing failed: %s: %s", type(exc).__name__, exc)
-            if latest != sent and (asking is None or asking.done()):
+            if latest is not None and latest != sent and (asking is None or asking.done()):
                 sent = latest
                 asking = asyncio.create_task(witnesses.send(pool, witness_urls, latest))
             await asyncio.sleep(pause)

@@ -77,7 +77,7 @@ class _Ctx:
     key: Ed25519PublicKey
     emit: Callable[[str], None]
     report: LogReport
-    row_leaf_of: Callable[[asyncpg.Record], bytes]
+    row_leaf_of: Callable[[Any], bytes]
     rows_query: str
     actions_query: str
     v1_until: int
@@ -96,7 +96,7 @@ async def verify_log(
     conn: Conn,
     key: Ed25519PublicKey,
     *,
-    row_leaf_of: Callable[[asyncpg.Record], bytes],
+    row_leaf_of: Callable[[Any], bytes],
     rows_query: str,
     actions_query: str,
     head: note.Checkpoint | None = None,
@@ -196,7 +196,7 @@ RowsCheck = Callable[
 
 def compare_rows(
     row_seqs: str,
-    rows: Sequence[Sequence[Any]],
+    rows: Sequence[Any],
     stored: bytes,
     row_leaf_of: Callable[[Any], bytes],
 ) -> tuple[int, list[Mismatch]]:

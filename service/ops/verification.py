@@ -18,7 +18,8 @@ from service.integrity.verify import verify
 from service.ops.admin_actions import CLI_ACTOR, requested_by
 from service.settings import Settings
 from service.store import db, logcheck
-from service.store.seals import NEW_ACTIONS, NEW_ROWS, record_verification, row_leaf_data
+from service.store.leaves import row_leaf_data
+from service.store.seals import NEW_ACTIONS, NEW_ROWS, record_verification
 
 MAX_KEPT_FINDINGS = 100  # of a run's findings kept in its stored result
 

@@ -16,6 +16,7 @@ import json
 from collections.abc import Sequence
 from typing import Any
 
+import asyncpg
 import msgspec
 
 from service.integrity.leaf import as_json, decode_jsonb, es6_number, row_leaf
@@ -92,7 +93,7 @@ def _json(text: str | None) -> Any:
     return None if text is None else decode_jsonb(text)
 
 
-def row_leaf_data(row: Sequence[Any]) -> bytes:
+def row_leaf_data(row: asyncpg.Record | Sequence[Any]) -> bytes:
     """A row's leaf data, from its LEAF_COLUMNS (an asyncpg record or a tuple)."""
     (_seq, id_, ts, received_at, action, category, severity, outcome,
      actor_id, actor_type, actor_name, actor_email, entity_type, entity_id, entity_name, tenant,
@@ -131,7 +132,7 @@ def _needs_reference(data: bytes) -> bool:
     return _SIXTEEN_DIGITS in data.translate(_DIGIT_MAP)
 
 
-def _reference(row: Sequence[Any]) -> bytes:
+def _reference(row: asyncpg.Record | Sequence[Any]) -> bytes:
     """The leaf data by the reference path: rfc8785 of the item as the API writes it."""
     values = dict(zip(LEAF_COLUMN_NAMES, row, strict=True))
     for name in _JSON_COLUMNS:

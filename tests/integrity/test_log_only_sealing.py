@@ -14,7 +14,8 @@ from service.integrity.logverify import verify_log
 from service.ops.verification import run_verification
 from service.settings import Settings
 from service.store import logcheck
-from service.store.seals import NEW_ACTIONS, NEW_ROWS, LogConfig, row_leaf_data, seal_once
+from service.store.leaves import row_leaf_data
+from service.store.seals import NEW_ACTIONS, NEW_ROWS, LogConfig, seal_once
 from tests.integrity.conftest import seal_all, store
 
 MIGRATIONS = Path(__file__).parents[2] / "service" / "store" / "migrations"

@@ -18,8 +18,9 @@ from service.integrity.keys import load_or_create_private_key
 from service.integrity.logverify import LogReport, verify_log
 from service.producer.client import AuditClient
 from service.settings import Settings
+from service.store.leaves import row_leaf_data
 from service.store.partitions import ensure_partitions
-from service.store.seals import NEW_ACTIONS, NEW_ROWS, row_leaf_data
+from service.store.seals import NEW_ACTIONS, NEW_ROWS
 from tests.conftest import running_worker, wait_for
 from tests.integrity.conftest import run_verify, seal_all, store
 from tests.stores import days_since, set_retention
