@@ -202,8 +202,10 @@ async def extend_log(
     await check_extends(tree, size, state)
     rows = await conn.fetch(NEW_ROWS, row_seqs)
     hashes = [merkle.leaf_hash(row_leaf_data(r)) for r in rows]
-    batch_index = {r["seq"]: size + n for n, r in enumerate(rows)}
-    for action in await conn.fetch(NEW_ACTIONS, action_ids):
+    actions = await conn.fetch(NEW_ACTIONS, action_ids)
+    # Where this batch's rows land, for an erasure of one of them (only with actions).
+    batch_index = {r["seq"]: size + n for n, r in enumerate(rows)} if actions else {}
+    for action in actions:
         action_index = size + len(hashes)
         changes = await _log_erasure(
             conn,
