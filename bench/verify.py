@@ -2,7 +2,8 @@
 
 Usage: .venv/bin/python -m bench.verify [ROWS]
 Rows are made in PostgreSQL (generate_series, the shape of a typical event), sealed in v1
-checkpoints of 20,000 rows (the sealer without a log digests them), then verified; the CPU per row of each step is printed too.
+checkpoints of 20,000 rows (the sealer without a log digests them), then verified; the CPU
+per row of each step is printed too.
 """
 
 from __future__ import annotations
