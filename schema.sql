@@ -85,9 +85,9 @@ ALTER SEQUENCE public.audit_log_seq OWNED BY public.audit_log.seq CACHE 1000;
 -- 1.2 Integrity (docs/integrity.md): the seal queue, checkpoints, and what the definer
 -- functions did
 
--- One entry per inserting statement: the seqs it stored and their checkpoint entries
--- (seq || id || digest, sorted), committed with them. The sealer deletes the entries it can
--- see (committed ones), so no row is skipped or sealed twice, and never reads the rows.
+-- One entry per inserting statement: the seqs it stored, committed with them (`entries`:
+-- the v1 checkpoint entries of rows queued before migration 0007). The sealer deletes the
+-- entries it can see (committed ones), so no row is skipped or sealed twice.
 CREATE TABLE public.seal_pending (
     kind      text           NOT NULL CHECK (kind IN ('row', 'action')),
     seqs      int8multirange NOT NULL,
@@ -489,35 +489,25 @@ $$;
 -- ---------------------------------------------------------------------------------------
 -- 3.2 Sealing and append-only (docs/integrity.md)
 
--- Queue a statement's rows for the sealer, in the inserting transaction: their seqs and
--- their entries, digested here from the rows in hand (the same record as auditq_row_digest).
--- The entries are in no particular order: the sealer sorts a checkpoint's entries anyway.
+-- Queue a statement's rows for the sealer, in the inserting transaction: the seqs it stored.
+-- The sealer reads those rows and appends their leaves to the transparency log; nothing is
+-- digested here (v1 entries are no longer made for new rows: migration 0007).
 CREATE FUNCTION public.auditq_queue_seal() RETURNS trigger
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
-    v_lo      bigint;
-    v_hi      bigint;
-    v_n       bigint;
-    v_entries bytea;
+    v_lo bigint;
+    v_hi bigint;
+    v_n  bigint;
 BEGIN
-    SELECT min(a.seq), max(a.seq), count(*),
-           string_agg(int8send(a.seq) || uuid_send(a.id) || substr(sha256(record_send(ROW(
-               a.seq, a.id, a.ts, a.received_at, a.action, a.category, a.severity, a.outcome,
-               a.actor_id, a.actor_type, a.actor_name, a.actor_email,
-               a.entity_type, a.entity_id, a.entity_name, a.tenant,
-               a.request_id, a.ip, a.user_agent, a.method, a.path, a.status, a.duration_ms,
-               a.changes, a.metadata, a.presentation, a.source, a.received_via))), 1, 16),
-               ''::bytea)
-      INTO v_lo, v_hi, v_n, v_entries
-      FROM new_rows a;
+    SELECT min(a.seq), max(a.seq), count(*) INTO v_lo, v_hi, v_n FROM new_rows a;
     IF v_n = 0 THEN
         RETURN NULL;
     ELSIF v_hi - v_lo + 1 = v_n THEN  -- one range: the usual case
-        INSERT INTO public.seal_pending (kind, seqs, entries)
-        VALUES ('row', int8multirange(int8range(v_lo, v_hi, '[]')), v_entries);
+        INSERT INTO public.seal_pending (kind, seqs)
+        VALUES ('row', int8multirange(int8range(v_lo, v_hi, '[]')));
     ELSE
-        INSERT INTO public.seal_pending (kind, seqs, entries)
-        SELECT 'row', range_agg(int8range(seq, seq, '[]')), v_entries FROM new_rows;
+        INSERT INTO public.seal_pending (kind, seqs)
+        SELECT 'row', range_agg(int8range(a.seq, a.seq, '[]')) FROM new_rows a;
     END IF;
     RETURN NULL;
 END;

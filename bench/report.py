@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +22,8 @@ GOALS = {
     "redis_bytes_per_stored_event": 50.0,
     "seal_overhead": 0.05,
     "verify_rows_per_s": 200_000,
+    "receipt_p95_ms": 20.0,
+    "consistency_p95_ms": 20.0,
 }
 MAIN = "auditq_1_worker"  # the system the single figures are of
 QUERIES = ("entity_history", "actor_history", "action_time_range", "full_text")
@@ -74,6 +77,10 @@ def headline(raw: dict[str, Any]) -> dict[str, Any]:
         out["seal_cpu_overhead"] = raw["seal_cost"]["seal_cpu_overhead"]
     if "verify" in raw:
         out["verify_rows_per_s"] = raw["verify"]["verify_rows_per_s"]
+    if "tlog" in raw:
+        out["verify_log_rows_per_s"] = raw["tlog"]["verify_log_rows_per_s"]
+        out["receipt_p95_ms"] = raw["tlog"]["receipt_p95_ms"]
+        out["consistency_p95_ms"] = raw["tlog"]["consistency_p95_ms"]
     if "live_tail" in raw:
         out["live_tail_p99_ms"] = raw["live_tail"]["row_to_client_p99_ms"]
     read = raw.get("read")
@@ -233,6 +240,7 @@ def markdown(raw: dict[str, Any], head: dict[str, Any]) -> str:
         lines.append("")
     if "seal_cost" in raw:
         lines += seals(raw["seal_cost"])
+    lines += integrity(raw)
     if "destinations" in raw:
         lines += destinations(raw["destinations"])
     return "\n".join(lines)
@@ -260,6 +268,44 @@ def destinations(result: dict[str, Any]) -> list[str]:
         "",
     ]
     return rows
+
+
+def integrity(raw: dict[str, Any]) -> list[str]:
+    """The transparency log's goals side by side (bench/seal_cost.py, bench/tlog_cost.py)."""
+    if "seal_cost" not in raw and "tlog" not in raw:
+        return []
+    lines = ["## Integrity, side by side", "", "| goal | measured | |", "|---|---:|---|"]
+    seal, log = raw.get("seal_cost"), raw.get("tlog")
+    if seal:
+        lines += [
+            f"| sealing ≤ 5 % of write throughput (median of {seal['rounds']} on/off pairs) "
+            f"| {seal['seal_overhead']:.1%} "
+            f"| {_goal(seal['seal_overhead'] <= GOALS['seal_overhead'])} |",
+            f"| sealing's CPU per event, beside it | +{seal['seal_cpu_overhead']:.1%} | |",
+        ]
+    if log:
+        rate, p95, cons = (
+            log["verify_log_rows_per_s"],
+            log["receipt_p95_ms"],
+            log["consistency_p95_ms"],
+        )
+        lines += [
+            f"| `auditq verify` of the log ≥ 200,000 rows/s | {_f(rate)} rows/s "
+            f"({log['verify_log_cpu_us']:.1f} µs CPU a row) "
+            f"| {_goal(rate >= GOALS['verify_rows_per_s'])} |",
+            f"| a receipt ≤ 20 ms p95 on a store of {_f(log['rows'])} rows | {p95:.1f} ms "
+            f"| {_goal(p95 <= GOALS['receipt_p95_ms'])} |",
+            f"| a consistency proof ≤ 20 ms p95 | {cons:.1f} ms "
+            f"| {_goal(cons <= GOALS['consistency_p95_ms'])} |",
+            f"| sealing: the sealer's / PostgreSQL's CPU per row | {log['seal_log_py_us']:.1f} / "
+            f"{log['seal_log_pg_us']:.1f} µs | |",
+        ]
+    lines += [
+        "",
+        f"Load average at the end: {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs.",
+        "",
+    ]
+    return lines
 
 
 def seals(seal: dict[str, Any]) -> list[str]:

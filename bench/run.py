@@ -23,7 +23,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from bench import ceilings, live_tail, read_side, report, seal_cost, verify, write_side
+from bench import ceilings, live_tail, read_side, report, seal_cost, tlog_cost, verify, write_side
 from bench import destinations as destinations_bench
 from bench.common import RESULTS
 
@@ -82,6 +82,7 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
         events, rounds = (20_000, 4) if quick else (100_000, 8)
         raw["seal_cost"] = await seal_cost.run(events, rounds)
         raw["verify"] = await verify.run(100_000 if quick else 200_000)
+        raw["tlog"] = await tlog_cost.run(200_000 if quick else tlog_cost.ROWS)
     if "live" in parts:
         raw["live_tail"] = await live_tail.measure(5.0 if quick else 20.0, 200.0)
     if "destinations" in parts:  # two destinations: ingest's drop, lag at 2,000 events/s
@@ -113,6 +114,7 @@ def cli() -> None:
         print((args.out / "latest.md").read_text())
     else:
         print(json.dumps(raw, indent=2))
+        print("\n".join(report.integrity(raw)))
     print(f"done in {raw['seconds']:.0f} s", file=sys.stderr)
 
 

@@ -29,6 +29,7 @@ import redis.asyncio as aioredis
 from bench import report
 from bench.common import Stack, cpu_seconds
 from bench.write_side import SYSTEMS, produce_and_wait, producer_cmd, start_workers, stop_workers
+from service.integrity.keys import load_or_create_private_key
 from service.store import db
 
 EVENTS = 100_000
@@ -52,6 +53,7 @@ async def one_round(stack: Stack, *, sealing: bool, events: int, logs: Path) -> 
         await conn.execute("DROP TRIGGER audit_log_queue_seal ON audit_log")
     round_logs = logs / name
     round_logs.mkdir()
+    load_or_create_private_key(round_logs / "seal-key")  # the worker needs the deployment's
     [worker] = start_workers(
         AUDITQ,
         stack,
@@ -59,6 +61,9 @@ async def one_round(stack: Stack, *, sealing: bool, events: int, logs: Path) -> 
         AUDITQ_DATABASE_URL=url,
         AUDITQ_SEAL="on" if sealing else "off",
         AUDITQ_SEAL_INTERVAL_S="1",
+        AUDITQ_SEAL_KEY_FILE=str(round_logs / "seal-key"),
+        # The bench's database user is the embedded superuser (the same on both sides).
+        AUDITQ_ALLOW_PRIVILEGED_ROLE="1",
         # Each round's database is new: so is the log the sealer remembers.
         AUDITQ_SEAL_STATE_FILE=str(round_logs / "seal-state"),
     )
@@ -77,9 +82,9 @@ async def one_round(stack: Stack, *, sealing: bool, events: int, logs: Path) -> 
         while sealing and await conn.fetchval("SELECT count(*) FROM seal_pending"):  # noqa: ASYNC110
             await asyncio.sleep(0.05)
         after = stack.server_cpu() | {"worker": cpu_seconds(worker.pid)}
-        unsealed = await conn.fetchval(
-            "SELECT count(*) FROM audit_log a WHERE NOT EXISTS (SELECT FROM seal_checkpoint c "
-            "WHERE a.seq BETWEEN c.seq_min AND c.seq_max)"
+        unsealed = await conn.fetchval(  # every row a leaf of the transparency log
+            "SELECT count(*) FROM audit_log a WHERE NOT EXISTS (SELECT FROM tlog_batch b "
+            "WHERE b.row_seqs @> a.seq)"
         )
     finally:
         await conn.close()

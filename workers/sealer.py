@@ -38,27 +38,35 @@ async def run(
     acts (docs/integrity.md, "When sealing stops")."""
     # Half the interval between attempts: a row waits at most about one interval.
     pause = interval_s / 2
-    while True:
-        try:
-            async with pool.acquire() as conn:
-                checkpoint = await seal_once(conn, key, log)
-            if checkpoint is not None:  # signed: an operator resolved what stopped it
-                STOPPED.clear()
-                if log is not None and witness_urls:
-                    signed = await asyncio.to_thread(log.state_path.read_text, encoding="utf-8")
-                    await witnesses.send(pool, witness_urls, signed)
-                logger.debug(
-                    "checkpoint %d sealed: %d rows, %d actions",
-                    checkpoint.n,
-                    checkpoint.row_count,
-                    checkpoint.action_count,
-                )
-        except SealingStopped as exc:
-            if STOPPED.get("reason") != str(exc):  # said once per reason, kept for the API
-                logger.error("sealing stopped: %s", exc)
+    # Witnesses are asked off the seal path: one round at a time, each witness bounded by
+    # its timeout; a checkpoint signed meanwhile goes in the next round (the latest only:
+    # a witness checks it against the size it last cosigned).
+    asking: asyncio.Task[None] | None = None
+    latest = sent = None
+    try:
+        while True:
+            try:
                 async with pool.acquire() as conn:
-                    await tlog.record_stop(conn, str(exc))
-            STOPPED["reason"] = str(exc)
-        except Exception as exc:  # the database away: the next round seals what waited
-            logger.warning("sealing failed: %s: %s", type(exc).__name__, exc)
-        await asyncio.sleep(pause)
+                    sealed = await seal_once(conn, key, log)
+                if sealed is not None:  # signed: an operator resolved what stopped it
+                    STOPPED.clear()
+                    if log is not None and witness_urls:
+                        latest = await asyncio.to_thread(log.state_path.read_text, encoding="utf-8")
+                    logger.debug(
+                        "sealed %d rows, %d actions", sealed.row_count, sealed.action_count
+                    )
+            except SealingStopped as exc:
+                if STOPPED.get("reason") != str(exc):  # said once per reason, kept for the API
+                    logger.error("sealing stopped: %s", exc)
+                    async with pool.acquire() as conn:
+                        await tlog.record_stop(conn, str(exc))
+                STOPPED["reason"] = str(exc)
+            except Exception as exc:  # the database away: the next round seals what waited
+                logger.warning("sealing failed: %s: %s", type(exc).__name__, exc)
+            if latest is not None and latest != sent and (asking is None or asking.done()):
+                sent = latest
+                asking = asyncio.create_task(witnesses.send(pool, witness_urls, latest))
+            await asyncio.sleep(pause)
+    finally:
+        if asking is not None:
+            asking.cancel()

@@ -6,6 +6,7 @@ the size the witness last cosigned, and the request is made again from there onc
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import logging
 
@@ -32,13 +33,25 @@ async def _post(
 
 
 async def send(pool: asyncpg.Pool, urls: tuple[str, ...], signed: str) -> None:
-    """Ask every witness to cosign `signed`; store what they answer (never raises)."""
+    """Ask every witness, concurrently, to cosign `signed`; store what they answer (never
+    raises; each witness is bounded by TIMEOUT_S)."""
     if not urls:
         return
     checkpoint = note.parse(signed)
     timeout = aiohttp.ClientTimeout(total=TIMEOUT_S)
-    async with aiohttp.ClientSession(timeout=timeout) as session, pool.acquire() as conn:
-        for url in urls:
+    async with aiohttp.ClientSession(timeout=timeout) as session:
+        await asyncio.gather(*(_ask(pool, session, url, checkpoint, signed) for url in urls))
+
+
+async def _ask(
+    pool: asyncpg.Pool,
+    session: aiohttp.ClientSession,
+    url: str,
+    checkpoint: note.Checkpoint,
+    signed: str,
+) -> None:
+    try:
+        async with pool.acquire() as conn:
             try:
                 error = await _cosign(conn, session, url, checkpoint, signed)
             except (aiohttp.ClientError, TimeoutError, OSError) as exc:
@@ -46,6 +59,8 @@ async def send(pool: asyncpg.Pool, urls: tuple[str, ...], signed: str) -> None:
             if error is not None:
                 logger.warning("witness %s did not cosign size %d: %s", url, checkpoint.size, error)
                 await tlog.record_witness(conn, url, cosigned_size=None, error=error)
+    except Exception as exc:  # the database away: the next checkpoint asks again
+        logger.warning("witness %s: %s: %s", url, type(exc).__name__, exc)
 
 
 async def _cosign(

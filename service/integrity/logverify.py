@@ -8,8 +8,10 @@ leaf nor waiting in the seal queue is a finding, whatever its `received_at` says
 from __future__ import annotations
 
 import base64
-from collections.abc import Callable, Mapping, Sequence
+import hashlib
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC
 from typing import Any
 
 import asyncpg
@@ -17,6 +19,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from service.integrity import merkle, note
 from service.integrity.leaf import action_leaf, as_json
+from service.integrity.verify import GRACE_S
 from service.store.db import Conn
 from service.store.verify_reads import (
     BATCHES,
@@ -26,10 +29,15 @@ from service.store.verify_reads import (
     PENDING,
     RETAINED,
     RETENTION_ACTIONS,
+    ROW_ID,
+    STALE,
     UNLOGGED,
     erasure_rows,
+    export_snapshot,
     int8_ranges,
 )
+
+HB = merkle.HASH_BYTES
 
 
 @dataclass
@@ -43,6 +51,7 @@ class LogReport:
     removed_by_retention: int = 0
     erased: int = 0
     awaiting_seal: int = 0
+    rows_beyond: int = 0  # rows of seq > `v1_until` (the ones the v1 pass left to the log)
     lines: list[str] = field(default_factory=list)
 
 
@@ -52,9 +61,10 @@ class _Ctx:
     key: Ed25519PublicKey
     emit: Callable[[str], None]
     report: LogReport
-    row_leaf_of: Callable[[asyncpg.Record], bytes]
+    row_leaf_of: Callable[[Any], bytes]
     rows_query: str
     actions_query: str
+    v1_until: int
     retained: list[tuple[int, int, int]] = field(default_factory=list)
     erased: dict[int, list[tuple[bytes, bytes]]] = field(default_factory=dict)
 
@@ -62,19 +72,30 @@ class _Ctx:
         self.report.findings += 1
         self.emit(line)
 
+    def erased_indexes(self, start: int, end: int) -> list[int]:
+        return [i for i in self.erased if start <= i < end]
+
 
 async def verify_log(
     conn: Conn,
     key: Ed25519PublicKey,
     *,
-    row_leaf_of: Callable[[asyncpg.Record], bytes],
+    row_leaf_of: Callable[[Any], bytes],
     rows_query: str,
     actions_query: str,
     head: note.Checkpoint | None = None,
     emit: Callable[[str], None] = print,
+    seal_interval_s: float = 10.0,
+    v1_until: int = -1,
+    rows_check: RowsCheck | None = None,
 ) -> LogReport:
-    """Check the log of `conn` (inside the caller's snapshot); each finding goes to `emit`."""
-    ctx = _Ctx(conn, key, emit, LogReport(), row_leaf_of, rows_query, actions_query)
+    """Check the log of `conn` (inside the caller's snapshot); each finding goes to `emit`.
+
+    Rows queued for sealing are awaiting their seal whatever their age (those of seq >
+    `v1_until` are counted: the v1 pass counts the others); queued longer than the seal
+    interval + grace, they are a finding: the sealer is not sealing. `rows_check` checks the
+    rows elsewhere (processes of their own, in this snapshot); without it, here."""
+    ctx = _Ctx(conn, key, emit, LogReport(), row_leaf_of, rows_query, actions_query, v1_until)
     ctx.retained = [
         (r["id"], lo, hi)
         for r in await conn.fetch(RETAINED, list(RETENTION_ACTIONS))
@@ -83,69 +104,177 @@ async def verify_log(
     ctx.erased = await _erasures(conn)
     hashes: list[bytes] = []
     first_seq: int | None = None
-    for batch in await conn.fetch(BATCHES):
-        if batch["first"] != len(hashes):
-            ctx.finding(f"log leaves {len(hashes)}-{batch['first'] - 1} missing")
+    batches: list[_Batch] = []
+    for record in await conn.fetch(BATCHES):
+        if record["first"] != len(hashes):
+            ctx.finding(f"log leaves {len(hashes)}-{record['first'] - 1} missing")
             break
-        stored, seqs = await _batch(ctx, batch)
-        if first_seq is None and seqs:
-            first_seq = seqs[0]
-        hashes.extend(stored)
+        batch = _Batch(
+            record["first"],
+            bytes(record["hashes"]),
+            record["row_seqs"],
+            int8_ranges(record["row_seqs"]),
+            int8_ranges(record["action_ids"]),
+        )
+        rows = sum(hi - lo for lo, hi in batch.seqs)
+        if rows + sum(hi - lo for lo, hi in batch.ids) != len(batch.hashes) // HB:
+            ctx.finding(f"log batch at leaf {batch.first} altered: its ranges and hashes differ")
+        else:
+            batches.append(batch)
+        if first_seq is None and batch.seqs:
+            first_seq = batch.seqs[0][0]
+        hashes.extend(batch.hashes[i : i + HB] for i in range(0, len(batch.hashes), HB))
+    jobs = [(b.first, b.row_seqs, b.hashes[: b.rows * HB]) for b in batches]
+    if rows_check is not None and jobs:
+        results = await rows_check(await export_snapshot(conn), jobs)
+    else:
+        results = []
+        for first, row_seqs, stored in jobs:
+            found = await conn.fetch(rows_query, row_seqs)
+            results.append((first, *compare_rows(row_seqs, found, stored, row_leaf_of)))
+    by_first = {first: (found, mismatches) for first, found, mismatches in results}
+    for batch in batches:
+        await _rows(ctx, batch, *by_first[batch.first])
+        await _actions(ctx, batch)
     ctx.report.leaves = len(hashes)
     await _checkpoints(ctx, hashes, head)
+    pending = await conn.fetchval(PENDING)
     if first_seq is not None:
-        pending = await conn.fetchval(PENDING)
         logged = await conn.fetchval(LOGGED_SEQS)
         for r in await conn.fetch(UNLOGGED, first_seq, logged, pending):
             ctx.finding(f"row {r['id']} not in the log (not queued for sealing either)")
-        ctx.report.awaiting_seal = sum(hi - lo for lo, hi in int8_ranges(pending))
+    ctx.report.awaiting_seal = sum(
+        hi - max(lo, v1_until + 1) for lo, hi in int8_ranges(pending) if hi > v1_until + 1
+    )
+    for r in await conn.fetch(STALE, seal_interval_s + GRACE_S):
+        what = "rows" if r["kind"] == "row" else "store actions"
+        ctx.finding(
+            f"{r['n']} {what} queued for sealing since {r['since'].astimezone(UTC).isoformat()}, "
+            f"longer than the seal interval + {GRACE_S:.0f} s: the sealer is not sealing"
+        )
     return ctx.report
 
 
-async def _batch(ctx: _Ctx, batch: asyncpg.Record) -> tuple[list[bytes], list[int]]:
-    """Check one batch's leaves against the rows and actions they stand for."""
-    conn = ctx.conn
-    blob = bytes(batch["hashes"])
-    stored = [blob[i : i + 32] for i in range(0, len(blob), 32)]
-    seqs = [s for lo, hi in int8_ranges(batch["row_seqs"]) for s in range(lo, hi)]
-    ids = [i for lo, hi in int8_ranges(batch["action_ids"]) for i in range(lo, hi)]
-    if len(seqs) + len(ids) != len(stored):
-        ctx.finding(f"log batch at leaf {batch['first']} altered: its ranges and hashes differ")
-        return stored, seqs
-    rows = {r["seq"]: r for r in await conn.fetch(ctx.rows_query, batch["row_seqs"])}
+@dataclass
+class _Batch:
+    first: int
+    hashes: bytes
+    row_seqs: str
+    seqs: list[tuple[int, int]]
+    ids: list[tuple[int, int]]
+
+    @property
+    def rows(self) -> int:
+        return sum(hi - lo for lo, hi in self.seqs)
+
+
+# A row whose leaf is not the stored one: (offset in its batch, seq, the row's id, or None
+# when no row has that seq, its leaf hash or None).
+Mismatch = tuple[int, int, str | None, bytes | None]
+# Checks the rows of batches (first leaf, row seqs, their stored leaf hashes), in the
+# snapshot given: per batch, (first leaf, rows found, mismatches).
+RowsCheck = Callable[
+    [str, list[tuple[int, str, bytes]]], Awaitable[list[tuple[int, int, list[Mismatch]]]]
+]
+
+
+def compare_rows(
+    row_seqs: str,
+    rows: Sequence[Any],
+    stored: bytes,
+    row_leaf_of: Callable[[Any], bytes],
+) -> tuple[int, list[Mismatch]]:
+    """Rows (in seq order: seq first, id second) against their batch's stored leaf hashes:
+    the rows found and the mismatches. The usual case, every row intact, is one comparison."""
+    sha256 = hashlib.sha256
+    computed = [sha256(b"\x00" + row_leaf_of(r)).digest() for r in rows]
+    seqs = [s for lo, hi in int8_ranges(row_seqs) for s in range(lo, hi)]
+    if len(rows) == len(seqs) and b"".join(computed) == stored:
+        return len(rows), []
+    mismatches: list[Mismatch] = []
+    at = 0
     for offset, seq in enumerate(seqs):
-        _row(ctx, rows.get(seq), seq, batch["first"] + offset, stored[offset])
-    actions = {a["id"]: a for a in await conn.fetch(ctx.actions_query, batch["action_ids"])}
-    for offset, action_id in enumerate(ids, start=len(seqs)):
-        index = batch["first"] + offset
+        if at < len(rows) and rows[at][0] == seq:
+            leaf = computed[at]
+            if leaf != stored[offset * HB : (offset + 1) * HB]:
+                mismatches.append((offset, seq, str(rows[at][1]), leaf))
+            at += 1
+        else:
+            mismatches.append((offset, seq, None, None))
+    return len(rows), mismatches
+
+
+async def _rows(ctx: _Ctx, batch: _Batch, found: int, mismatches: list[Mismatch]) -> None:
+    """Account for a batch's rows: those found, missing, altered or erased."""
+    ctx.report.rows += found
+    ctx.report.rows_beyond += sum(
+        hi - max(lo, ctx.v1_until + 1) for lo, hi in batch.seqs if hi > ctx.v1_until + 1
+    )
+    seen: set[int] = set()
+    for offset, seq, row_id, leaf in mismatches:
+        index = batch.first + offset
+        seen.add(index)
+        stored = batch.hashes[offset * HB : (offset + 1) * HB]
+        if row_id is None or leaf is None:
+            if seq > ctx.v1_until:
+                ctx.report.rows_beyond -= 1
+            action = next((a for a, lo, hi in ctx.retained if lo <= seq < hi), None)
+            if action is None:
+                ctx.finding(f"row with seq {seq} missing (leaf {index})")
+            else:
+                ctx.report.removed_by_retention += 1
+            continue
+        _erased_or_altered(ctx, row_id, index, stored, leaf)
+    # Erased rows whose leaf is still the stored one: the erasure was undone.
+    end = batch.first + batch.rows
+    for index in ctx.erased_indexes(batch.first, end):
+        if index not in seen:
+            offset = index - batch.first
+            stored = batch.hashes[offset * HB : (offset + 1) * HB]
+            seq = _seq_at(batch.seqs, offset)
+            row_id = await ctx.conn.fetchval(ROW_ID, seq)
+            if row_id is not None:
+                _erased_or_altered(ctx, str(row_id), index, stored, stored)
+
+
+def _seq_at(ranges: list[tuple[int, int]], offset: int) -> int:
+    for lo, hi in ranges:
+        if offset < hi - lo:
+            return lo + offset
+        offset -= hi - lo
+    raise IndexError(offset)
+
+
+def _erased_or_altered(ctx: _Ctx, row_id: str, index: int, stored: bytes, leaf: bytes) -> None:
+    chain = ctx.erased.get(index)
+    if chain:
+        if chain[0][0] != stored or chain[-1][1] != leaf:
+            ctx.finding(f"row {row_id} altered (leaf {index}) after its erasure")
+        else:
+            ctx.report.erased += 1
+    else:
+        ctx.finding(f"row {row_id} altered (leaf {index})")
+
+
+async def _actions(ctx: _Ctx, batch: _Batch) -> None:
+    """Check a batch's action leaves against the store actions they stand for."""
+    if not batch.ids:
+        return
+    conn = ctx.conn
+    ids = [i for lo, hi in batch.ids for i in range(lo, hi)]
+    records = await conn.fetch(ctx.actions_query, "{" + ",".join(
+        f"[{lo},{hi})" for lo, hi in batch.ids) + "}")  # fmt: skip
+    actions = {a["id"]: a for a in records}
+    for offset, action_id in enumerate(ids, start=batch.rows):
+        index = batch.first + offset
+        stored = batch.hashes[offset * HB : (offset + 1) * HB]
         a = actions.get(action_id)
         if a is None:
             ctx.finding(f"action {action_id} missing (leaf {index})")
             continue
         data = action_leaf(action_json(a, await erasure_rows(conn, index)))
-        if merkle.leaf_hash(data) != stored[offset]:
+        if merkle.leaf_hash(data) != stored:
             ctx.finding(f"action {action_id} ({a['action']}) altered (leaf {index})")
-    return stored, seqs
-
-
-def _row(ctx: _Ctx, row: asyncpg.Record | None, seq: int, index: int, stored: bytes) -> None:
-    if row is None:
-        action = next((a for a, lo, hi in ctx.retained if lo <= seq < hi), None)
-        if action is None:
-            ctx.finding(f"row with seq {seq} missing (leaf {index})")
-        else:
-            ctx.report.removed_by_retention += 1
-        return
-    ctx.report.rows += 1
-    leaf = merkle.leaf_hash(ctx.row_leaf_of(row))
-    chain = ctx.erased.get(index)
-    if chain:
-        if chain[0][0] != stored or chain[-1][1] != leaf:
-            ctx.finding(f"row {row['id']} altered (leaf {index}) after its erasure")
-        else:
-            ctx.report.erased += 1
-    elif leaf != stored:
-        ctx.finding(f"row {row['id']} altered (leaf {index})")
 
 
 def prefix_roots(hashes: list[bytes], sizes: set[int]) -> dict[int, bytes]:

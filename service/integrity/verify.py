@@ -33,9 +33,14 @@ from service.integrity.checkpoint import GENESIS_HASH, body_of, checkpoint_hash
 from service.integrity.keys import key_id, signature_valid
 from service.store.verify_reads import (
     ACTIONS,
+    ACTIONS_IN_LOG,
+    ACTIONS_QUEUED,
     CHECKPOINT_ROWS,
     CHECKPOINTS,
+    IN_LOG,
+    LOG_START,
     OTHER_ACTION_ENTRIES,
+    QUEUED,
     REPLACEMENTS,
     RETENTION_ACTIONS,
     ROWS,
@@ -63,6 +68,8 @@ class Report(msgspec.Struct, kw_only=True):
     removed_by_retention: int = 0
     anonymised: int = 0
     awaiting_seal: int = 0
+    # The last seq this pass checked for coverage (None: every row); later rows are the log's.
+    rows_until: int | None = None
 
     @property
     def intact(self) -> bool:
@@ -92,6 +99,18 @@ def _row_id(entry: bytes | memoryview) -> uuid.UUID:
 def _stored_at(record: memoryview) -> datetime:
     """received_at of a row record (its 4th column, int64 µs since 2000-01-01)."""
     return _PG_EPOCH + timedelta(microseconds=int.from_bytes(record[68:76], "big", signed=True))
+
+
+def _range_index(text: str | None) -> tuple[list[int], list[int]]:
+    """Sorted, disjoint int8 ranges (a multirange's text) as their starts and ends."""
+    pairs = int8_ranges(text)
+    return [lo for lo, _ in pairs], [hi for _, hi in pairs]
+
+
+def _within(index: tuple[list[int], list[int]], seq: int) -> bool:
+    starts, ends = index
+    at = bisect.bisect(starts, seq) - 1
+    return at >= 0 and seq < ends[at]
 
 
 class _Verifier:
@@ -127,6 +146,11 @@ class _Verifier:
         self.heap: list[tuple[bytes, int, Iterator[bytes]]] = []
         self.last_match: tuple[bytes, int, Iterator[bytes]] | None = None
         self.replacements: dict[int, list[tuple[int, bytes, bytes]]] = {}
+        # Seq ranges (sorted) in the transparency log, and queued for sealing.
+        self.in_log: tuple[list[int], list[int]] = ([], [])
+        self.queued: tuple[list[int], list[int]] = ([], [])
+        self.actions_in_log: tuple[list[int], list[int]] = ([], [])
+        self.actions_queued: tuple[list[int], list[int]] = ([], [])
 
     def finding(self, line: str) -> None:
         self.report.findings += 1
@@ -202,6 +226,8 @@ class _Verifier:
         return bytes(stored)
 
     async def _actions(self) -> None:
+        self.actions_in_log = _range_index(await self.conn.fetchval(ACTIONS_IN_LOG))
+        self.actions_queued = _range_index(await self.conn.fetchval(ACTIONS_QUEUED))
         async for a in self.conn.cursor(ACTIONS, prefetch=1000):
             self.report.actions += 1
             action_id: int = a["id"]
@@ -209,6 +235,11 @@ class _Verifier:
             self.action_at[action_id] = a["at"]
             sealed = self.action_entries.pop(action_id, None)
             if sealed is None:
+                if _within(self.actions_in_log, action_id):  # the log's: checked there
+                    continue
+                if _within(self.actions_queued, action_id):
+                    self.report.awaiting_seal += 1
+                    continue
                 if a["at"] < self.old_before and self._in_window(a["at"]):
                     self.finding(
                         f"action {action_id} ({a['action']}) not covered by any checkpoint"
@@ -260,6 +291,12 @@ class _Verifier:
         row_hi = hi if self.until is not None else None
         if self.until is not None and not self.metas:
             return
+        log_start = await self.conn.fetchval(LOG_START)
+        if log_start is not None and self.until is None:
+            row_hi = max(hi or 0, log_start - 1)
+            self.report.rows_until = row_hi
+        self.in_log = _range_index(await self.conn.fetchval(IN_LOG))
+        self.queued = _range_index(await self.conn.fetchval(QUEUED))
         self.replacements = await self._replacements(row_lo, row_hi)
         if self.rows_conn is not None:
             await self._stream_rows(self.rows_conn, row_lo, row_hi)
@@ -332,6 +369,11 @@ class _Verifier:
             self.last_match = top
             if expected != entry:
                 self._changed(entry, expected, n, self.replacements.get(seq))
+            return
+        if _within(self.in_log, seq):  # the log's: checked there
+            return
+        if _within(self.queued, seq):  # queued: awaiting its seal, whatever its age
+            self.report.awaiting_seal += 1
             return
         stored_at = _stored_at(view)
         if stored_at < self.old_before and self._in_window(stored_at):

@@ -17,8 +17,9 @@ from service.integrity.logverify import verify_log
 from service.integrity.verify import verify
 from service.own_events import system_by
 from service.settings import Settings
-from service.store import db
-from service.store.seals import NEW_ACTIONS, NEW_ROWS, record_verification, row_leaf_data
+from service.store import db, logcheck
+from service.store.leaves import row_leaf_data
+from service.store.seals import NEW_ACTIONS, NEW_ROWS, record_verification
 
 MAX_KEPT_FINDINGS = 100  # of a run's findings kept in its stored result
 
@@ -91,8 +92,14 @@ async def run_verification(
                 actions_query=NEW_ACTIONS,
                 head=head,
                 emit=collect,
+                seal_interval_s=settings.seal_interval_s,
+                v1_until=-1 if report.rows_until is None else report.rows_until,
+                rows_check=logcheck.in_processes(settings.database_url),
             )
         report.findings += log.findings
+        if report.rows_until is not None:  # the log's rows past the v1 pass
+            report.rows += log.rows_beyond
+            report.awaiting_seal += log.awaiting_seal
         summary = (
             f"{report.summary()}; the log: {log.leaves} leaves, {log.checkpoints} checkpoints, "
             f"{log.erased} rows erased, {log.removed_by_retention} removed by retention"

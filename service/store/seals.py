@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -15,29 +14,32 @@ from service.integrity import merkle, note, sealstate
 from service.integrity.canonical import entry_seq, iter_entries
 from service.integrity.checkpoint import GENESIS_HASH, Checkpoint, body, checkpoint_hash
 from service.integrity.keys import key_id
-from service.integrity.leaf import (
-    action_leaf,
-    as_json,
-    decode_jsonb,
-    fast_row_leaf,
-    raw_float,
-    row_leaf,
-)
+from service.integrity.leaf import action_leaf
 from service.integrity.logverify import action_json
 from service.integrity.sealstate import SealingStopped
 from service.store import tlog
 from service.store.db import Conn
-from service.store.items import ITEM_COLUMNS_JSON_TEXT, item
+from service.store.leaves import LEAF_COLUMNS, row_leaf_data
 from service.store.verify_reads import ACTION_RECORD
 
 SEAL_LOCK_KEY = 0x7365616C  # "seal": one sealer at a time across every worker
 TRY_LOCK = "SELECT pg_try_advisory_xact_lock($1)"
 # Entries of committed transactions only: an open one's entries are invisible, so they wait
 # for a later checkpoint; a deleted entry is never seen again, so nothing is sealed twice.
-# Rows come with their entries, digested by the seal trigger in the inserting transaction.
 TAKE_PENDING = """
 WITH taken AS (DELETE FROM seal_pending RETURNING kind, seqs, entries)
 SELECT kind, seqs::text AS seqs, entries FROM taken
+"""
+TAKE_PENDING_SEQS = """
+WITH taken AS (DELETE FROM seal_pending RETURNING kind, seqs)
+SELECT kind, seqs::text AS seqs FROM taken
+"""
+# v1 entries of rows queued without them (since migration 0007 the trigger digests nothing).
+ROW_ENTRIES = """
+SELECT coalesce(string_agg(int8send((x).seq) || uuid_send((x).id) || public.auditq_row_digest(x),
+                           ''::bytea), ''::bytea)
+FROM unnest($1::text::int8multirange) AS r
+CROSS JOIN LATERAL (SELECT a FROM audit_log a WHERE a.seq >= lower(r) AND a.seq < upper(r)) s(x)
 """
 ACTION_ENTRIES = f"""
 SELECT count(*) AS n,
@@ -53,44 +55,58 @@ INSERT INTO seal_checkpoint (n, sealed_at, prev_hash, hash, row_count, seq_min, 
 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)
 """
 STATUS = """
-SELECT (SELECT max(sealed_at) FROM seal_checkpoint) AS last_sealed_at,
+SELECT greatest((SELECT max(sealed_at) FROM seal_checkpoint),
+                (SELECT max(signed_at) FROM tlog_checkpoint)) AS last_sealed_at,
        (SELECT coalesce(sum(upper(r) - lower(r)), 0)
         FROM seal_pending p, unnest(p.seqs) r WHERE p.kind = 'row') AS unsealed_rows
 """
 
 
+@dataclass(frozen=True)
+class Sealed:
+    """What one seal took: rows and store actions."""
+
+    row_count: int
+    action_count: int
+
+
 async def seal_once(
     conn: Conn, key: Ed25519PrivateKey, log: LogConfig | None = None
-) -> Checkpoint | None:
-    """Seal every committed pending row and action into one signed checkpoint.
+) -> Sealed | None:
+    """Seal every committed pending row and action.
 
-    With `log`, the same rows and actions are appended to the transparency log and a C2SP
+    With `log` (the sealer's way), they are appended to the transparency log and a C2SP
     checkpoint is signed, only when the stored tree extends the sealer's state (else
-    SealingStopped, and nothing is taken). None when another sealer holds the lock or
-    nothing is pending."""
+    SealingStopped, and nothing is taken). Without it, a v1 checkpoint is signed instead
+    (the format of stores before the log, docs/integrity.md). None when another sealer
+    holds the lock or nothing is pending."""
     async with conn.transaction():
-        checkpoint, signed = await _seal(conn, key, log)
-    if signed is not None and log is not None:  # committed: now it is what this sealer signed
+        if not await conn.fetchval(TRY_LOCK, SEAL_LOCK_KEY):
+            return None
+        if log is None:
+            return await _seal_v1(conn, key)
+        taken = await conn.fetch(TAKE_PENDING_SEQS)
+        if not taken:
+            return None
+        rows = _union([r["seqs"] for r in taken if r["kind"] == "row"])
+        actions = _union([r["seqs"] for r in taken if r["kind"] == "action"])
+        sealed, signed = await extend_log(conn, key, log, row_seqs=rows, action_ids=actions)
+    if signed is not None:  # committed: now it is what this sealer signed
         sealstate.write(log.state_path, signed)
-    return checkpoint
+    return sealed
 
 
-async def _seal(
-    conn: Conn, key: Ed25519PrivateKey, log: LogConfig | None
-) -> tuple[Checkpoint | None, str | None]:
-    """Take the pending queue, sign the v1 checkpoint and extend the log, in one transaction."""
-    if not await conn.fetchval(TRY_LOCK, SEAL_LOCK_KEY):
-        return None, None
+async def _seal_v1(conn: Conn, key: Ed25519PrivateKey) -> Sealed | None:
+    """Take the pending queue and sign a v1 checkpoint of it (in the caller's transaction)."""
     taken = await conn.fetch(TAKE_PENDING)
     if not taken:
-        return None, None
+        return None
+    blobs = [bytes(r["entries"]) for r in taken if r["kind"] == "row" and r["entries"]]
+    unqueued = [r["seqs"] for r in taken if r["kind"] == "row" and r["entries"] is None]
+    if unqueued:
+        blobs.append(bytes(await conn.fetchval(ROW_ENTRIES, _union(unqueued))))
     # Every statement's entries together, sorted by seq (their first 8 bytes).
-    row_entries = sorted(
-        entry
-        for r in taken
-        if r["kind"] == "row"
-        for entry in iter_entries(bytes(r["entries"] or b""))
-    )
+    row_entries = sorted(entry for blob in blobs for entry in iter_entries(blob))
     action_seqs = [r["seqs"] for r in taken if r["kind"] == "action"]
     actions = await conn.fetchrow(ACTION_ENTRIES, _union(action_seqs))
     assert actions is not None  # an aggregate: always one row
@@ -106,15 +122,6 @@ async def _seal(
         actions=actions["entries"],
         key_id=key_id(public),
     )
-    signed_note = None
-    if log is not None:
-        signed_note = await extend_log(
-            conn,
-            key,
-            log,
-            row_seqs=_union([r["seqs"] for r in taken if r["kind"] == "row"]),
-            action_ids=_union(action_seqs),
-        )
     signed = body(checkpoint)
     await conn.execute(
         INSERT_CHECKPOINT,
@@ -131,7 +138,7 @@ async def _seal(
         checkpoint.key_id,
         key.sign(signed),
     )
-    return checkpoint, signed_note
+    return Sealed(checkpoint.row_count, checkpoint.action_count)
 
 
 @dataclass(frozen=True)
@@ -146,7 +153,7 @@ class LogConfig:
 NEW_ROWS = f"""
 SELECT a.* FROM unnest($1::text::int8multirange) AS r
 CROSS JOIN LATERAL (
-    SELECT seq, {ITEM_COLUMNS_JSON_TEXT} FROM audit_log
+    SELECT {LEAF_COLUMNS} FROM audit_log
     WHERE seq >= lower(r) AND seq < upper(r) ORDER BY seq
 ) a
 """
@@ -187,16 +194,19 @@ async def extend_log(
     *,
     row_seqs: str,
     action_ids: str,
-) -> str | None:
-    """Append the new rows and actions as leaves and sign a checkpoint; the note, or None."""
+) -> tuple[Sealed | None, str | None]:
+    """Append the new rows and actions as leaves and sign a checkpoint: what was sealed and
+    the signed note, or (None, None) when there was nothing."""
     state = sealstate.read(log.state_path)
     tree = tlog.Tree(conn)
     size = await tree.size()
     await check_extends(tree, size, state)
     rows = await conn.fetch(NEW_ROWS, row_seqs)
     hashes = [merkle.leaf_hash(row_leaf_data(r)) for r in rows]
-    batch_index = {r["seq"]: size + n for n, r in enumerate(rows)}
-    for action in await conn.fetch(NEW_ACTIONS, action_ids):
+    actions = await conn.fetch(NEW_ACTIONS, action_ids)
+    # Where this batch's rows land, for an erasure of one of them (only with actions).
+    batch_index = {r["seq"]: size + n for n, r in enumerate(rows)} if actions else {}
+    for action in actions:
         action_index = size + len(hashes)
         changes = await _log_erasure(
             conn,
@@ -209,21 +219,18 @@ async def extend_log(
         )
         hashes.append(merkle.leaf_hash(action_leaf(action_json(action, changes))))
     if not hashes:
-        return None
+        return None, None
     await tlog.append(conn, first=size, hashes=hashes, row_seqs=row_seqs, action_ids=action_ids)
     new_size = size + len(hashes)
     origin = log.origin or f"auditq/{await conn.fetchval(DATABASE)}"
     body_text = note.checkpoint_body(origin, new_size, await tree.root(new_size))
     signed = note.sign(body_text, origin, key)
     await conn.execute(tlog.INSERT_CHECKPOINT, new_size, signed)
-    return signed
+    return Sealed(len(rows), len(hashes) - len(rows)), signed
 
 
 REPLACED = "SELECT seq FROM row_replacement WHERE action_id = $1 ORDER BY seq"
-ROW_BY_SEQ = (
-    f"SELECT seq, {ITEM_COLUMNS_JSON_TEXT} FROM audit_log WHERE seq = ANY($1::bigint[]) "
-    "ORDER BY seq"
-)
+ROW_BY_SEQ = f"SELECT {LEAF_COLUMNS} FROM audit_log WHERE seq = ANY($1::bigint[]) ORDER BY seq"
 LAST_AFTER = """
 SELECT after FROM tlog_erasure WHERE leaf_index = $1 ORDER BY action_leaf DESC LIMIT 1
 """
@@ -268,26 +275,6 @@ async def _log_erasure(
         changes.append({"leaf_index": index, "before": bytes(before), "after": after})
     changes.sort(key=lambda c: int(c["leaf_index"]))
     return changes
-
-
-_JSON_COLUMNS = ("changes", "metadata", "presentation")
-
-
-def row_leaf_data(row: asyncpg.Record) -> bytes:
-    """A row's leaf data, from a row read with its JSON columns as text (NEW_ROWS)."""
-    fast = dict(row)
-    for name in _JSON_COLUMNS:
-        if fast[name] is not None:
-            fast[name] = decode_jsonb(fast[name])
-    fast["duration_ms"] = raw_float(fast["duration_ms"])
-    data = fast_row_leaf(item(fast))
-    if data is not None:
-        return data
-    slow = dict(row)
-    for name in _JSON_COLUMNS:
-        if slow[name] is not None:
-            slow[name] = json.loads(slow[name])
-    return row_leaf(as_json(item(slow)))
 
 
 def _union(multiranges: list[str]) -> str:

@@ -75,6 +75,26 @@ ORDER BY seq, action_id
 """
 
 
+# Since migration 0007 new rows go only into the transparency log: the v1 pass reads the
+# rows up to where the log begins (or the last v1 checkpoint, whichever is later), and
+# leaves the rows in the log, or queued for it, to the log's verification.
+LOG_START = """
+SELECT lower(row_seqs) FROM tlog_batch WHERE NOT isempty(row_seqs) ORDER BY first LIMIT 1
+"""
+IN_LOG = "SELECT coalesce(range_agg(r), '{}')::text FROM tlog_batch b, unnest(b.row_seqs) r"
+ACTIONS_IN_LOG = (
+    "SELECT coalesce(range_agg(r), '{}')::text FROM tlog_batch b, unnest(b.action_ids) r"
+)
+ACTIONS_QUEUED = """
+SELECT coalesce(range_agg(r), '{}')::text FROM seal_pending p, unnest(p.seqs) r
+WHERE p.kind = 'action'
+"""
+QUEUED = """
+SELECT coalesce(range_agg(r), '{}')::text FROM seal_pending p, unnest(p.seqs) r
+WHERE p.kind = 'row'
+"""
+
+
 async def export_snapshot(conn: Conn) -> str:
     """Export this transaction's snapshot, for a second connection to read the same rows."""
     snapshot: str = await conn.fetchval("SELECT pg_export_snapshot()")
@@ -111,6 +131,14 @@ WHERE a.seq >= $1 AND NOT (a.seq <@ $2::text::int8multirange)
   AND NOT (a.seq <@ $3::text::int8multirange)
 ORDER BY a.seq LIMIT 1000
 """
+# Rows and actions queued longer than the seal interval + grace: the sealer is not sealing.
+STALE = """
+SELECT p.kind, coalesce(sum(upper(r) - lower(r)), 0) AS n, min(p.queued_at) AS since
+FROM seal_pending p, unnest(p.seqs) r
+WHERE p.queued_at < now() - make_interval(secs => $1)
+GROUP BY p.kind ORDER BY p.kind DESC
+"""
+ROW_ID = "SELECT id FROM audit_log WHERE seq = $1"
 LOGGED_SEQS = "SELECT coalesce(range_agg(r), '{}')::text FROM tlog_batch b, unnest(b.row_seqs) r"
 ERASURES = "SELECT leaf_index, before, after FROM tlog_erasure ORDER BY action_leaf, leaf_index"
 ERASURE_ROWS = """

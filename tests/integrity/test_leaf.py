@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import random
 import struct
+import uuid
+from datetime import UTC, datetime
 from typing import Any
 
 import rfc8785
@@ -12,6 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from service.integrity.leaf import (
+    _i_json,
     as_json,
     canonical,
     decode_jsonb,
@@ -20,6 +23,8 @@ from service.integrity.leaf import (
     raw_float,
     row_leaf,
 )
+from service.store.items import item
+from service.store.leaves import LEAF_COLUMN_NAMES, row_leaf_data
 
 JSON = st.recursive(
     st.none()
@@ -83,3 +88,43 @@ def test_an_ordinary_item_takes_the_fast_path_and_a_big_integer_the_reference_on
     assert data == row_leaf(as_json({"id": "x", "metadata": json.loads(meta), "duration_ms": 12.0}))
     assert b'"duration_ms":12,' in data
     assert fast_row_leaf({"metadata": decode_jsonb('{"n": 9007199254740993}')}) is None
+
+
+TEXT = st.none() | st.text(max_size=12)
+TIME = st.datetimes(
+    min_value=datetime(1, 1, 1), max_value=datetime(9999, 12, 31), timezones=st.just(UTC)
+)
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    texts=st.lists(TEXT, min_size=17, max_size=17),
+    times=st.tuples(TIME, TIME),
+    status=st.none() | st.integers(min_value=-(2**31), max_value=2**31 - 1),
+    duration=st.none() | st.floats(allow_nan=False, allow_infinity=False),
+    json_columns=st.lists(st.none() | JSON, min_size=3, max_size=3),
+)
+def test_a_stored_rows_leaf_built_fast_is_the_rfc8785_form_of_its_item(
+    texts: list[str | None],
+    times: tuple[datetime, datetime],
+    status: int | None,
+    duration: float | None,
+    json_columns: list[Any],
+) -> None:
+    """service/store/leaves.py against rfc8785 of the item as the API writes it."""
+    (action, category, severity, outcome, actor_id, actor_type, actor_name, actor_email,
+     entity_type, entity_id, entity_name, tenant, request_id, ip, user_agent, method,
+     path) = texts  # fmt: skip
+    row_id = uuid.UUID(int=random.Random(len(texts[0] or "")).getrandbits(128))
+    jsonb = [None if v is None else json.dumps(v) for v in json_columns]
+    row = (
+        1, row_id, times[0], times[1], action, category, severity, outcome,
+        actor_id, actor_type, actor_name, actor_email, entity_type, entity_id, entity_name, tenant,
+        request_id, ip, user_agent, method, path, status, duration,
+        jsonb[0], jsonb[1], jsonb[2], "tests", "redis:test",
+    )  # fmt: skip
+    values = dict(zip(LEAF_COLUMN_NAMES, row, strict=True))
+    for name, value in zip(("changes", "metadata", "presentation"), json_columns, strict=True):
+        values[name] = value
+    reference = rfc8785.dumps({"kind": "row", "item": _i_json(as_json(item(values)))})
+    assert row_leaf_data(row) == reference

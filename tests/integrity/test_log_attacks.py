@@ -15,8 +15,9 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from service.events import Actor, AuditEvent, finalize
 from service.integrity import note, receipt
 from service.integrity.logverify import LogReport, verify_log
+from service.store.leaves import row_leaf_data
 from service.store.receipts import receipt_of
-from service.store.seals import NEW_ACTIONS, NEW_ROWS, LogConfig, row_leaf_data, seal_once
+from service.store.seals import NEW_ACTIONS, NEW_ROWS, LogConfig, seal_once
 from service.store.subjects import erase_step
 from tests.integrity import independent_verifier
 from workers.writer import write_events

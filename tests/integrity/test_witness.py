@@ -10,11 +10,14 @@ from pathlib import Path
 from typing import Any
 
 import asyncpg
+import pytest
+from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from service.api.witness import Witness, witness_app
 from service.integrity import merkle, note, receipt
+from service.integrity.keys import load_or_create_private_key
 from service.settings import Settings
 from service.store import db, tlog
 from service.store.receipts import receipt_of
@@ -23,7 +26,7 @@ from tests.integrity import independent_verifier
 from tests.support.admin_api import Tokens
 from tests.support.integrity import store
 from tests.support.polling import wait_for
-from workers import sealer
+from workers import sealer, witnesses
 
 ORIGIN = "auditq/witness-test"
 
@@ -142,6 +145,53 @@ async def test_the_sealer_sends_checkpoints_to_witnesses_and_keeps_their_cosigna
             r, key.public_key(), {"witness.test/w1": witness_key.public_key()}
         )
     finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        await pool.close()
+        await server.close()
+
+
+async def test_a_witness_that_hangs_delays_no_seal(
+    settings: Settings, pg: asyncpg.Connection, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A witness that takes every request and never answers (until the test ends), and a
+    # timeout far longer than the test waits: a sealer that waited for it would not seal.
+    monkeypatch.setattr(witnesses, "TIMEOUT_S", 600.0)
+    asked = asyncio.Event()
+    release = asyncio.Event()
+
+    async def hang(request: web.Request) -> web.Response:
+        asked.set()
+        await release.wait()
+        return web.Response(status=503)
+
+    app = web.Application()
+    app.router.add_post("/add-checkpoint", hang)
+    server = TestServer(app, host="127.0.0.1")
+    await server.start_server()
+    key = load_or_create_private_key(settings.seal_key_path)
+    log = LogConfig(state_path=tmp_path / "seal-state", origin=ORIGIN)
+    assert settings.database_url
+    pool = await db.create_pool(settings.database_url, size=3)
+    urls = (str(server.make_url("/")),)
+    task = asyncio.create_task(sealer.run(pool, key, interval_s=0.2, log=log, witness_urls=urls))
+    try:
+        await store(pg, 5)
+        await asyncio.wait_for(asked.wait(), timeout=30)  # the first checkpoint was sent
+        first = await tlog.last_checkpoint(pg)
+        assert first is not None
+        size = first["size"]
+        await store(pg, 5, prefix="later")
+
+        async def sealed_past() -> bool:
+            head = await tlog.last_checkpoint(pg)
+            return head is not None and head["size"] > size
+
+        # Sealed while the witness still holds the first request open.
+        await wait_for(sealed_past)
+        assert not release.is_set()
+    finally:
+        release.set()
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
         await pool.close()

@@ -1,0 +1,145 @@
+"""New rows go only into the transparency log (migration 0007): what the owner changes in
+them is still caught, old v1-sealed rows still verify, and a stale seal queue is reported."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import asyncpg
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from service.integrity.keys import load_or_create_private_key
+from service.integrity.logverify import verify_log
+from service.ops.verification import run_verification
+from service.settings import Settings
+from service.store import logcheck
+from service.store.leaves import row_leaf_data
+from service.store.seals import NEW_ACTIONS, NEW_ROWS, LogConfig, seal_once
+from tests.support.integrity import seal_all, store
+
+MIGRATIONS = Path(__file__).parents[2] / "service" / "store" / "migrations"
+AS_OWNER_UNCHECKED = "SET session_replication_role = replica"  # a superuser: no trigger fires
+
+
+def _log(tmp_path: Path) -> LogConfig:
+    return LogConfig(state_path=tmp_path / "seal-state", origin="auditq/log-only")
+
+
+async def _seal_log(pg: asyncpg.Connection, key: Ed25519PrivateKey, log: LogConfig) -> None:
+    while await seal_once(pg, key, log) is not None:
+        pass
+
+
+async def _alter(pg: asyncpg.Connection, row_id: object) -> None:
+    async with pg.transaction():
+        await pg.execute(AS_OWNER_UNCHECKED)
+        await pg.execute("UPDATE audit_log SET tenant = 'evil' WHERE id = $1", row_id)
+
+
+async def _verify(settings: Settings) -> tuple[dict[str, object], list[str]]:
+    lines: list[str] = []
+    result = await run_verification(settings, emit=lines.append)
+    return result, lines
+
+
+async def test_a_new_row_goes_only_into_the_log_and_an_owner_change_to_it_is_caught(
+    settings: Settings, pg: asyncpg.Connection, tmp_path: Path
+) -> None:
+    key = load_or_create_private_key(settings.seal_key_path)
+    v1_before = await pg.fetchval("SELECT count(*) FROM seal_checkpoint")
+    ids = await store(pg, 30)
+    # The trigger queued the seqs only: no row was digested for a v1 checkpoint.
+    assert await pg.fetchval("SELECT count(*) FROM seal_pending WHERE entries IS NOT NULL") == 0
+    await _seal_log(pg, key, _log(tmp_path))
+    assert await pg.fetchval("SELECT count(*) FROM seal_checkpoint") == v1_before
+    result, lines = await _verify(settings)
+    assert result["findings"] == 0, lines
+    assert result["awaiting_seal"] == 0, lines
+
+    await _alter(pg, ids[7])
+    result, lines = await _verify(settings)
+    assert result["findings"] == 1, lines
+    assert any(re.fullmatch(rf"row {ids[7]} altered \(leaf \d+\)", line) for line in lines), lines
+
+    # The same through processes of their own (how a large store is verified).
+    found: list[str] = []
+    assert settings.database_url
+    async with pg.transaction(isolation="repeatable_read", readonly=True):
+        report = await verify_log(
+            pg, key.public_key(), row_leaf_of=row_leaf_data, rows_query=NEW_ROWS,
+            actions_query=NEW_ACTIONS, emit=found.append,
+            rows_check=logcheck.in_processes(settings.database_url, 2, in_place_below=0),
+        )  # fmt: skip
+    assert report.findings == 1 and report.rows >= 30, found
+    assert any(line.startswith(f"row {ids[7]} altered (leaf ") for line in found), found
+
+
+def _function(sql: str, name: str) -> str:
+    """The CREATE FUNCTION statement of `name` in a migration's text."""
+    start = sql.index(f"CREATE OR REPLACE FUNCTION public.{name}(")
+    return sql[start : sql.index("$$;", sql.index("$$", start) + 2) + 3]
+
+
+def _renamed(sql: str) -> str:
+    """A migration's function as it runs after migration 0010 renamed it."""
+    return sql.replace("public.audit_log_queue_seal()", "public.auditq_queue_seal()")
+
+
+async def test_rows_sealed_by_v1_before_the_migration_still_verify_after_it(
+    settings: Settings, pg: asyncpg.Connection, tmp_path: Path
+) -> None:
+    key = load_or_create_private_key(settings.seal_key_path)
+    # The store before migration 0007: the trigger digests every row for a v1 checkpoint.
+    before = (MIGRATIONS / "0002_privilege.sql").read_text()
+    # (named as migration 0010 names it, so the table's trigger runs it)
+    await pg.execute(_renamed(_function(before, "audit_log_queue_seal")))
+    old = await store(pg, 20, prefix="old")
+    assert await pg.fetchval("SELECT count(*) FROM seal_pending WHERE entries IS NOT NULL") == 1
+    assert await seal_all(pg, key) >= 1  # v1 checkpoints, as that release made them
+    await pg.execute(_renamed((MIGRATIONS / "0007_log_only_sealing.sql").read_text()))
+    new = await store(pg, 20, prefix="new")
+    await _seal_log(pg, key, _log(tmp_path))
+
+    result, lines = await _verify(settings)
+    assert result["findings"] == 0, lines
+    assert result["rows"] >= 40 and result["awaiting_seal"] == 0, lines
+
+    await _alter(pg, old[3])
+    await _alter(pg, new[5])
+    result, lines = await _verify(settings)
+    assert result["findings"] == 2, lines
+    assert any(re.fullmatch(rf"row {old[3]} altered \(checkpoint \d+\)", x) for x in lines), lines
+    assert any(re.fullmatch(rf"row {new[5]} altered \(leaf \d+\)", x) for x in lines), lines
+
+
+async def test_rows_queued_past_the_interval_are_awaiting_and_the_stale_queue_is_a_finding(
+    settings: Settings, pg: asyncpg.Connection, tmp_path: Path
+) -> None:
+    key = load_or_create_private_key(settings.seal_key_path)
+    await _seal_log(pg, key, _log(tmp_path))
+    await seal_all(pg, key)
+    ids = await store(pg, 6)
+    result, lines = await _verify(settings)
+    assert result["findings"] == 0 and result["awaiting_seal"] == 6, lines
+    # A sealer that stopped an hour ago (and rows whose received_at a writer backdated):
+    # the rows are still queued, so awaiting their seal, and the queue's age is reported.
+    async with pg.transaction():
+        await pg.execute(AS_OWNER_UNCHECKED)
+        await pg.execute("UPDATE seal_pending SET queued_at = now() - interval '1 hour'")
+        await pg.execute(
+            "UPDATE audit_log SET received_at = now() - interval '1 hour' WHERE id = ANY($1)", ids
+        )
+    # (with the integrity.verified event the first verification stored)
+    queued = await pg.fetchval(
+        "SELECT sum(upper(r) - lower(r)) FROM seal_pending p, unnest(p.seqs) r WHERE kind = 'row'"
+    )
+    assert queued == 7
+    result, lines = await _verify(settings)
+    assert result["awaiting_seal"] == queued, lines
+    assert result["findings"] == 1, lines
+    assert any(
+        line.startswith(f"{queued} rows queued for sealing since")
+        and "the sealer is not sealing" in line
+        for line in lines
+    ), lines
