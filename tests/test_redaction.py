@@ -383,6 +383,12 @@ KEY_WORD_CASES = [
             "pass",
             "paSSwD",
             "session",  # a session cookie's usual name
+            # Plural secret words: each key of the list is one.
+            "api_keys",
+            "ssh_keys",
+            "private_keys",
+            "signing_keys",
+            "apiKeys",
         )
     ],
     *[
@@ -403,9 +409,24 @@ KEY_WORD_CASES = [
             "secretary",
             "keyboard",
             "monkey",
+            # A count of keys (arq's start-up line says db_keys=12) holds no key.
+            "keys",
+            "db_keys",
+            "num_keys",
         )
     ],
 ]
+
+
+def test_a_map_of_keys_still_loses_the_secret_keys_it_holds() -> None:
+    """`keys` alone names no secret, but what it holds is read by the same rules."""
+    pem = "-----BEGIN PRIVATE KEY-----\nMIIEvQIBADANBgkqhkiG9w0BAQEFAASC\n-----END PRIVATE KEY-----"
+    value = {"keys": {"private": pem, "private_key": "k3yv4lue", "apiKey": "a9k3yv4lue"}}
+    out = repr(redact_sensitive(value))
+    assert "MIIEvQ" not in out and "k3yv4lue" not in out
+    text = "keys: {private_key: k3yv4lue, api_key: a9k3yv4lue} db_keys=12"
+    redacted = redact_sensitive_in_string(text)
+    assert "k3yv4lue" not in redacted and "db_keys=12" in redacted
 
 
 @pytest.mark.parametrize(("key", "sensitive"), KEY_WORD_CASES)
