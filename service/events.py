@@ -17,9 +17,9 @@ from service.redaction import (
     REDACTED,
     is_sensitive_key,
     json_precheck,
-    may_hold_secret,
     redact_sensitive,
     redact_sensitive_in_string,
+    strings_needing_rules,
 )
 
 ACTION_PATTERN = r"^[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*){1,7}$"
@@ -317,22 +317,25 @@ def redact_event(
 ) -> AuditEvent:
     """Redact every string of an event (service/redaction.py); the event itself when none
     needed it. Its id, ts, action, enums and request.ip are not free text and stay.
-    `cards=False`: the pre-check saw no card number in it (json_precheck)."""
+    `cards=False`: the pre-check saw no card number in it (json_precheck).
+
+    The struct's own strings are pre-checked together, in one automaton call; metadata,
+    presentation params and changes each by the pre-check of their JSON: only what it lets
+    through is walked and has rules run on it."""
     changes: dict[str, Any] = {}
-    _redact_fields(event, ("category", "tenant", "source"), extra_keys, changes, cards)
-    for name, fields in _NESTED_TEXT:
-        _redact_part(event, name, fields, extra_keys, changes, cards)
-    presentation = event.presentation
+    _redact_strings(event, extra_keys, changes, cards)
+    presentation = changes.pop("presentation", None) or event.presentation
     if presentation is not None:
-        code = redact_sensitive_in_string(presentation.code, extra_keys, cards=cards)
-        params = redact_sensitive(presentation.params, extra_keys, cards=cards)
-        if code is not presentation.code or params is not presentation.params:
-            changes["presentation"] = Presentation(code=code, params=params)  # type: ignore[arg-type]
-    if event.metadata is not None:
+        params = presentation.params
+        if params is not None and _part_needs_rules(params, extra_keys):
+            params = redact_sensitive(params, extra_keys, cards=cards)
+        if presentation is not event.presentation or params is not presentation.params:
+            changes["presentation"] = Presentation(code=presentation.code, params=params)  # type: ignore[arg-type]
+    if event.metadata is not None and _part_needs_rules(event.metadata, extra_keys):
         metadata = redact_sensitive(event.metadata, extra_keys, cards=cards)
         if metadata is not event.metadata:
             changes["metadata"] = metadata
-    if event.changes is not None:
+    if event.changes and _part_needs_rules(event.changes, extra_keys):
         diffs = [_redact_change(change, extra_keys, cards) for change in event.changes]
         if any(new is not old for new, old in zip(diffs, event.changes, strict=True)):
             changes["changes"] = diffs
@@ -347,47 +350,49 @@ def redact_event(
         raise InvalidEvent(f"once redacted: {exc}") from None
 
 
-def _redact_part(
-    event: AuditEvent,
-    name: str,
-    fields: tuple[str, ...],
-    extra_keys: frozenset[str],
-    changes: dict[str, Any],
-    cards: bool,
-) -> None:
-    part = getattr(event, name)
-    if part is None:
-        return
-    done: dict[str, Any] = {}
-    _redact_fields(part, fields, extra_keys, done, cards)
-    if done:
-        changes[name] = msgspec.structs.replace(part, **done)
+def _part_needs_rules(part: object, extra_keys: frozenset[str]) -> bool:
+    """The pre-check of one part of an event, over its JSON (as json_precheck over the whole
+    event: what it passes, no rule changes)."""
+    return json_precheck(_encoder.encode(part), extra_keys)[0]
 
 
-def _redact_fields(
-    part: object,
-    names: tuple[str, ...],
-    extra_keys: frozenset[str],
-    changes: dict[str, Any],
-    cards: bool,
-) -> None:
-    """Redact some string fields of a struct, after one pre-check over all of them."""
-    values = [getattr(part, name) for name in names]
-    joined = "\n".join(v for v in values if isinstance(v, str))
-    if not may_hold_secret(joined, extra_keys, cards=cards):
-        return  # one scan instead of one per field: most fields of most events are clean
-    for name, value in zip(names, values, strict=True):
-        if isinstance(value, str):
-            redacted = redact_sensitive_in_string(value, extra_keys, cards=cards)
-            if redacted is not value:
-                changes[name] = redacted
-
-
-_NESTED_TEXT = (
+# The struct's free-text strings: (part, its fields); part None is the event itself.
+_TEXT_FIELDS: tuple[tuple[str | None, tuple[str, ...]], ...] = (
+    (None, ("category", "tenant", "source")),
     ("actor", ("id", "name", "email")),
     ("entity", ("type", "id", "name")),
     ("request", ("id", "user_agent", "method", "path")),
+    ("presentation", ("code",)),
 )
+
+
+def _redact_strings(
+    event: AuditEvent, extra_keys: frozenset[str], changes: dict[str, Any], cards: bool
+) -> None:
+    """Redact the struct's free-text strings, after one pre-check over all of them; a
+    changed part goes into `changes` under its name."""
+    places: list[tuple[str | None, str]] = []
+    texts: list[str] = []
+    for name, fields in _TEXT_FIELDS:
+        part = event if name is None else getattr(event, name)
+        if part is None:
+            continue
+        for field in fields:
+            value = getattr(part, field)
+            if isinstance(value, str):
+                places.append((name, field))
+                texts.append(value)
+    done: dict[str | None, dict[str, str]] = {}
+    for index in strings_needing_rules(texts, extra_keys, cards=cards):
+        redacted = redact_sensitive_in_string(texts[index], extra_keys, cards=cards)
+        if redacted is not texts[index]:
+            name, field = places[index]
+            done.setdefault(name, {})[field] = redacted
+    for name, fields in done.items():
+        if name is None:
+            changes.update(fields)
+        else:
+            changes[name] = msgspec.structs.replace(getattr(event, name), **fields)
 
 
 def _redact_change(change: Change, extra_keys: frozenset[str], cards: bool = True) -> Change:

@@ -47,6 +47,7 @@ events stop there, and an event where only keywords occur runs just those rules.
 remembered (an LRU cache), so a key costs a lookup. `python -m bench.redaction_compare`.
 """
 
+import bisect
 import functools
 import re
 import threading
@@ -147,13 +148,28 @@ def _normalize_all(keys: frozenset[str]) -> frozenset[str]:
 
 def is_sensitive_key(key: str, extra_keys: frozenset[str] = frozenset()) -> bool:
     """Tell whether a mapping key, change field or header name names a secret."""
-    if len(key) > _CACHED_KEY_MAX_CHARS:
-        return _is_sensitive_key(key, extra_keys)
-    # Keys repeat from event to event: remembered, a key costs a lookup, not a split.
-    return _is_sensitive_key_cached(key, extra_keys)
+    # Keys repeat from event to event: remembered, a key costs a dict lookup, not a split.
+    cache = _key_cache(extra_keys) if extra_keys else _SENSITIVE_KEYS_SEEN
+    try:
+        return cache[key]
+    except KeyError:
+        sensitive = _is_sensitive_key(key, extra_keys)
+        if len(key) <= _CACHED_KEY_MAX_CHARS:
+            if len(cache) >= _KEYS_REMEMBERED:
+                cache.clear()  # a producer of endless distinct keys: start over
+            cache[key] = sensitive
+        return sensitive
 
 
 _CACHED_KEY_MAX_CHARS = 64
+_KEYS_REMEMBERED = 8192
+_SENSITIVE_KEYS_SEEN: dict[str, bool] = {}
+
+
+@functools.lru_cache(maxsize=64)
+def _key_cache(extra_keys: frozenset[str]) -> dict[str, bool]:
+    """is_sensitive_key's memory for one set of extra keys."""
+    return {}
 
 
 def _is_sensitive_key(key: str, extra_keys: frozenset[str], final: bool = True) -> bool:
@@ -198,7 +214,7 @@ def _names_extra_key(words: tuple[str, ...], extras: frozenset[str]) -> bool:
     return False
 
 
-_is_sensitive_key_cached = functools.lru_cache(maxsize=8192)(_is_sensitive_key)
+_is_sensitive_key_cached = functools.lru_cache(maxsize=8192)(_is_sensitive_key)  # final=False
 
 
 # The pre-check: every rule below needs one of these in the lowercased text (a secret word
@@ -271,22 +287,6 @@ class _Precheck:
             if any(
                 i < self.stem_count for i, _, _ in found
             ) or self.stems_data.find_matches_as_indexes(low):
-                verdict |= _STEMS
-        return verdict
-
-    def text_verdict(self, text: str, *, cards: bool = True) -> int:
-        """verdict() of a str (most are short: the automaton's call costs less than a scan);
-        without `cards`, a card number is not looked for."""
-        low = text.lower()
-        found = self.text.find_matches_as_indexes(low)
-        verdict = 0
-        if cards and len(text) >= _CARD_MIN_CHARS and _CARD_QUICK_RE.search(text) is not None:
-            verdict = _CARDS
-        if found:
-            verdict |= _KEYWORDS
-            if any(
-                i < self.stem_count for i, _, _ in found
-            ) or self.stems_text.find_matches_as_indexes(low):
                 verdict |= _STEMS
         return verdict
 
@@ -406,12 +406,53 @@ def may_hold_secret(
 ) -> bool:
     """The cheap pre-check: False means no rule can change `text` (without `cards`: no rule
     but the card numbers')."""
+    return _may_hold(text, text.lower(), extra_keys, cards)
+
+
+def _may_hold(text: str, low: str, extra_keys: frozenset[str], cards: bool) -> bool:
+    """may_hold_secret of `text`, `low` its lowercase."""
     precheck = _precheck_for(extra_keys) if extra_keys else _PRECHECK
-    if not precheck.text.find_matches_as_indexes(text.lower()) and not (
-        cards and len(text) >= _CARD_MIN_CHARS and _CARD_QUICK_RE.search(text) is not None
-    ):
+    found = precheck.text.find_matches_as_indexes(low)
+    if cards and len(text) >= _CARD_MIN_CHARS and _CARD_QUICK_RE.search(text) is not None:
+        return True
+    if not found:
         return False  # the common case, decided by one automaton call
-    return _needs_rules(precheck.text_verdict(text, cards=cards), text)
+    stems = precheck.stem_count
+    if any(index < stems for index, _, _ in found):
+        return True
+    # A keyword's match can hide a stem it overlaps ("sk" in "askey"): asked apart.
+    if precheck.stems_text.find_matches_as_indexes(low):
+        return True
+    # Only token rules' keywords ("ey", "sk" occur in much plain text): do their rules match?
+    return bool(token_spans(text, low))
+
+
+def strings_needing_rules(
+    texts: list[str], extra_keys: frozenset[str] = frozenset(), *, cards: bool = True
+) -> list[int]:
+    """The indexes of the strings of `texts` that may_hold_secret would let through, found
+    with one automaton call over all of them (no stem or keyword holds a line break, so a
+    match never spans two); redact_sensitive_in_string then decides each of those."""
+    joined = "\n".join(texts)
+    low = joined.lower()
+    precheck = _precheck_for(extra_keys) if extra_keys else _PRECHECK
+    found = precheck.text.find_matches_as_indexes(low)
+    card_hints = (
+        list(_CARD_QUICK_RE.finditer(joined))
+        if cards and len(joined) >= _CARD_MIN_CHARS and _CARD_QUICK_RE.search(joined)
+        else []
+    )
+    if not found and not card_hints:
+        return []  # the common case
+    if len(low) != len(joined):  # lowercasing moved the offsets (a few rare letters)
+        return list(range(len(texts)))
+    ends: list[int] = []  # where each string ends in `joined`
+    end = -1
+    for text in texts:
+        end += len(text) + 1
+        ends.append(end)
+    starts = [start for _, start, _ in found] + [m.start() for m in card_hints]
+    return sorted({bisect.bisect_left(ends, start) for start in starts})
 
 
 def _needs_rules(verdict: int, text: str) -> bool:
@@ -590,6 +631,7 @@ def _role(key: str) -> int:
 _pair_role_cached = functools.lru_cache(maxsize=4096)(_role)
 
 
+@functools.lru_cache(maxsize=4096)
 def _pair_fields(keys: tuple[object, ...]) -> tuple[str, ...] | None:
     """The name fields of a mapping with these keys when it is name/value shaped (it has a
     value field), else None."""
@@ -671,21 +713,23 @@ def redact_sensitive_in_string(
 ) -> str:
     """Return text with every credential the value rule knows redacted (see the module doc);
     `cards=False` when the pre-check saw no card number in it."""
-    if not may_hold_secret(text, extra_keys, cards=cards):
+    low = text.lower()
+    if not _may_hold(text, low, extra_keys, cards):
         return text
     original = text
     if _names_secret_field(text, extra_keys):
         # A change diff as text (a payload that is not JSON): {"field": "password", "old": …}.
         # Which "old"/"new" belong to it is unknowable in broken JSON, so every one goes.
         extra_keys = extra_keys | _DIFF_VALUE_KEY_SET
-    low = text.lower()
     # Each rule below runs only when what it needs is in the text (cheap `in` tests).
     text = _redact_tokens(text, low)
     if "-----" in text:
         text = _PEM_RE.sub(REDACTED, text)
     if "://" in text:
         text = _redact_url_passwords(text)
-    if ("," in text or "=" in text) and _PAIR_VALUE_HINT_RE.search(text):
+    # A name/value pair in text needs a pair value word (redacting only removes some).
+    pair_hint = ("," in text or "=" in text) and _has_pair_value_word(low)
+    if pair_hint:
         # Before the key rule, which may redact the name ("Key": "api_token") first.
         text = _redact_value_before_name(text, extra_keys)
     text = _redact_pairs(text, extra_keys)
@@ -696,7 +740,7 @@ def redact_sensitive_in_string(
         text = _ENCODED_PAIR_RE.sub(lambda m: _redact_encoded_pair(m, extra_keys), text)
     if "bearer" in low or "basic" in low:
         text = _BARE_AUTH_RE.sub(_redact_bare_auth, text)
-    text = _redact_text_pairs(text, extra_keys)
+    text = _redact_text_pairs(text, extra_keys, pair_hint)
     if "%" in text and _decoded < _DECODE_MAX:
         text = _RUN_RE.sub(lambda m: _redact_encoded_run(m, extra_keys, _decoded), text)
     if cards and len(text) >= _CARD_MIN_CHARS and _CARD_QUICK_RE.search(text) is not None:
@@ -718,13 +762,14 @@ def _redact_tokens(text: str, low: str) -> str:
     return "".join(out)
 
 
-def _redact_text_pairs(text: str, extra_keys: frozenset[str]) -> str:
-    """Pairs whose name and value stand apart: flags, quoted pairs, XML, YAML lists."""
+def _redact_text_pairs(text: str, extra_keys: frozenset[str], pair_hint: bool) -> str:
+    """Pairs whose name and value stand apart: flags, quoted pairs, XML, YAML lists
+    (`pair_hint`: the text holds a pair value word, see _has_pair_value_word)."""
     if text.startswith("-") or any(blank in text for blank in _BLANK_DASHES):
         text = _redact_after(text, _FLAG_RE, extra_keys)
     if "," in text:
         text = _redact_after(text, _QUOTED_PAIR_RE, extra_keys)
-    if ("," in text or "=" in text) and _PAIR_VALUE_HINT_RE.search(text):
+    if pair_hint:
         text = _redact_after(text, _NAME_VALUE_RE, extra_keys)
     if "</" in text:
         text = _XML_RE.sub(lambda m: _redact_xml(m, extra_keys), text)
@@ -752,8 +797,9 @@ _URL_USERINFO_RE = re.compile(
     re.IGNORECASE,
 )
 # Only the key and separator are consumed, so a non-sensitive value stays searchable
-# (e.g. redirect=https://x/cb?access_token=...).
-_KEY_RE = re.compile(r"(?<![\w.-])(?P<key>[\w.-]+)(?P<kq>\\?[\"'])?[ \t]*(?P<sep>[:=])[ \t]*")
+# (e.g. redirect=https://x/cb?access_token=...). The key is taken whole (possessive: no
+# shorter run could be followed by a separator), which halves the scan.
+_KEY_RE = re.compile(r"(?<![\w.-])(?P<key>[\w.-]++)(?P<kq>\\?[\"'])?[ \t]*(?P<sep>[:=])[ \t]*")
 _AUTH_SCHEME_RE = re.compile(r"(?:bearer|basic|digest|token|negotiate)[ \t]+", re.IGNORECASE)
 _QUOTED = (
     r"(?P<q>[\"'])(?:(?!(?P=q))[^\\\r\n]|\\.)*(?P=q)?"
@@ -775,7 +821,7 @@ _VALUE_RE = re.compile(
 # A Cookie header holds many name=value pairs separated by "; ", so take the rest of the line.
 _COOKIE_VALUE_RE = re.compile(_QUOTED + r"|[^\r\n\"'\\]*[^\s\"'\\]")
 # A pair inside a URL-encoded URL (redirect=https%3A%2F%2Fx%2F%3Ftoken%3Dabc%26n%3D1).
-_ENCODED_PAIR_RE = re.compile(r"(?<![\w.-])(?P<key>[\w.-]+)%3[dD](?P<value>(?:(?!%26)[^\s&\"'])+)")
+_ENCODED_PAIR_RE = re.compile(r"(?<![\w.-])(?P<key>[\w.-]++)%3[dD](?P<value>(?:(?!%26)[^\s&\"'])+)")
 _BARE_AUTH_RE = re.compile(
     r"(?<![\w-])(?P<scheme>bearer|basic)(?P<gap>[ \t]+)(?P<cred>[\w.~+/-]+=*)", re.IGNORECASE
 )
@@ -910,10 +956,29 @@ def _redact_value_before_name(text: str, extra_keys: frozenset[str]) -> str:
     return "".join(out)
 
 
-# A pair value word in any case: no _NAME_VALUE_RE match without one.
-_PAIR_VALUE_HINT_RE = re.compile(
-    "|".join(sorted(v for v in PAIR_VALUES if len(v) > 1)) + r"|\bv\b", re.IGNORECASE
+# A pair value word: no _NAME_VALUE_RE match without one. Substring tests of lowercased
+# text (a regex alternation in any case costs more than all the rules it spares): the words
+# no other contains ("val" stands for "value", "values", "string_value"), a one-letter word
+# as a word.
+_PAIR_HINT_WORDS = tuple(
+    sorted(
+        word
+        for word in PAIR_VALUES
+        if len(word) > 1 and not any(o != word and len(o) > 1 and o in word for o in PAIR_VALUES)
+    )
 )
+_PAIR_HINT_LETTERS = tuple(sorted(word for word in PAIR_VALUES if len(word) == 1))
+_PAIR_HINT_LETTER_RE = re.compile("|".join(rf"\b{w}\b" for w in _PAIR_HINT_LETTERS) or "(?!)")
+
+
+def _has_pair_value_word(low: str) -> bool:
+    """Tell whether lowercased text holds a pair value word (PAIR_VALUES)."""
+    for word in _PAIR_HINT_WORDS:
+        if word in low:
+            return True
+    return any(w in low for w in _PAIR_HINT_LETTERS) and bool(_PAIR_HINT_LETTER_RE.search(low))
+
+
 _PAIR_VALUE_NEXT_RE = re.compile(
     r"\\?[\"']?[ \t]*[,;]?[ \t]*(?P<vq>\\?[\"']?)[\w.-]*?(?:"
     + "|".join(sorted(PAIR_VALUES))
