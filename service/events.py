@@ -5,7 +5,9 @@ from __future__ import annotations
 import functools
 import hashlib
 import ipaddress
+import operator
 import uuid
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
@@ -17,9 +19,10 @@ from service.redaction import (
     REDACTED,
     is_sensitive_key,
     json_precheck,
+    may_hold_secret_json,
     redact_sensitive,
     redact_sensitive_in_string,
-    strings_needing_rules,
+    redact_strings,
 )
 
 ACTION_PATTERN = r"^[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*){1,7}$"
@@ -246,8 +249,7 @@ def finalize(
     data = _encoder.encode(done)
     needed, cards = json_precheck(data, extra_keys)  # one scan; most events stop here
     if needed:
-        done = redact_event(done, extra_keys, cards=cards)
-        data = _encoder.encode(done)
+        done, data = _redact_encoded(done, data, extra_keys, cards)
     if len(data) > max_bytes:
         raise InvalidEvent(
             f"event is {len(data)} bytes encoded, more than the limit of {max_bytes}"
@@ -304,8 +306,7 @@ def check_complete(
     data = _encoder.encode(event)
     needed, cards = json_precheck(data, extra_keys)
     if needed:
-        event = redact_event(event, extra_keys, cards=cards)
-        data = _encoder.encode(event)
+        event, data = _redact_encoded(event, data, extra_keys, cards)
     size = len(data)
     if size > max_bytes:
         raise InvalidEvent(f"event is {size} bytes encoded, more than the limit of {max_bytes}")
@@ -322,12 +323,19 @@ def redact_event(
     The struct's own strings are pre-checked together, in one automaton call; metadata,
     presentation params and changes each by the pre-check of their JSON: only what it lets
     through is walked and has rules run on it."""
+    return _redact_encoded(event, b"", extra_keys, cards)[0]
+
+
+def _redact_encoded(
+    event: AuditEvent, data: bytes, extra_keys: frozenset[str], cards: bool
+) -> tuple[AuditEvent, bytes]:
+    """redact_event, and the event's JSON: `data` when nothing changed, else its new JSON."""
     changes: dict[str, Any] = {}
     _redact_strings(event, extra_keys, changes, cards)
     presentation = changes.pop("presentation", None) or event.presentation
     if presentation is not None:
         params = presentation.params
-        if params is not None and _part_needs_rules(params, extra_keys):
+        if params and _part_needs_rules(params, extra_keys):
             params = redact_sensitive(params, extra_keys, cards=cards)
         if presentation is not event.presentation or params is not presentation.params:
             changes["presentation"] = Presentation(code=presentation.code, params=params)  # type: ignore[arg-type]
@@ -340,12 +348,11 @@ def redact_event(
         if any(new is not old for new, old in zip(diffs, event.changes, strict=True)):
             changes["changes"] = diffs
     if not changes:
-        return event
+        return event, data
+    data = _encoder.encode(msgspec.structs.replace(event, **changes))
     try:
         # Validated again: a redacted value may be longer than the limit of its field.
-        return msgspec.convert(
-            msgspec.to_builtins(msgspec.structs.replace(event, **changes)), AuditEvent
-        )
+        return _decoder.decode(data), data
     except msgspec.ValidationError as exc:
         raise InvalidEvent(f"once redacted: {exc}") from None
 
@@ -353,7 +360,7 @@ def redact_event(
 def _part_needs_rules(part: object, extra_keys: frozenset[str]) -> bool:
     """The pre-check of one part of an event, over its JSON (as json_precheck over the whole
     event: what it passes, no rule changes)."""
-    return json_precheck(_encoder.encode(part), extra_keys)[0]
+    return may_hold_secret_json(_encoder.encode(part), extra_keys)
 
 
 # The struct's free-text strings: (part, its fields); part None is the event itself.
@@ -364,6 +371,18 @@ _TEXT_FIELDS: tuple[tuple[str | None, tuple[str, ...]], ...] = (
     ("request", ("id", "user_agent", "method", "path")),
     ("presentation", ("code",)),
 )
+_TEXT_PLACES = tuple((name, field) for name, fields in _TEXT_FIELDS for field in fields)
+_TEXT_PARTS = operator.attrgetter(*(name for name, _ in _TEXT_FIELDS if name is not None))
+
+
+def _getter(fields: tuple[str, ...]) -> Callable[[Any], tuple[object, ...]]:
+    """The values of these fields of a struct, as a tuple (attrgetter's of one is none)."""
+    get = operator.attrgetter(*fields)
+    return get if len(fields) > 1 else lambda part: (get(part),)
+
+
+# Each part's getter and its values when the part is absent.
+_TEXT_OF = tuple((_getter(fields), (None,) * len(fields)) for _, fields in _TEXT_FIELDS)
 
 
 def _redact_strings(
@@ -371,23 +390,18 @@ def _redact_strings(
 ) -> None:
     """Redact the struct's free-text strings, after one pre-check over all of them; a
     changed part goes into `changes` under its name."""
-    places: list[tuple[str | None, str]] = []
-    texts: list[str] = []
-    for name, fields in _TEXT_FIELDS:
-        part = event if name is None else getattr(event, name)
-        if part is None:
-            continue
-        for field in fields:
-            value = getattr(part, field)
-            if isinstance(value, str):
-                places.append((name, field))
-                texts.append(value)
+    values: list[object] = []
+    for part, (fields_of, absent) in zip((event, *_TEXT_PARTS(event)), _TEXT_OF, strict=True):
+        values += absent if part is None else fields_of(part)
+    # Not text (no value): "", which no rule changes, so that indexes stay places.
+    texts = [value if isinstance(value, str) else "" for value in values]
+    redacted = redact_strings(texts, extra_keys, cards=cards)
+    if redacted is texts:
+        return
     done: dict[str | None, dict[str, str]] = {}
-    for index in strings_needing_rules(texts, extra_keys, cards=cards):
-        redacted = redact_sensitive_in_string(texts[index], extra_keys, cards=cards)
-        if redacted is not texts[index]:
-            name, field = places[index]
-            done.setdefault(name, {})[field] = redacted
+    for (name, field), old, new in zip(_TEXT_PLACES, texts, redacted, strict=True):
+        if new is not old:
+            done.setdefault(name, {})[field] = new
     for name, fields in done.items():
         if name is None:
             changes.update(fields)

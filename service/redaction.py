@@ -49,6 +49,7 @@ remembered (an LRU cache), so a key costs a lookup. `python -m bench.redaction_c
 
 import bisect
 import functools
+import itertools
 import re
 import threading
 from collections.abc import Callable
@@ -325,6 +326,7 @@ class _Scanner:
         )
         self.local = threading.local()  # a scratch space per thread, as hyperscan needs
         self.on_match = _verdict_callback(stem_count, self.card)
+        self.on_match_needed = _needed_callback(stem_count, self.card)
         # The same patterns reporting where each match starts, for many events at once.
         self.located = hyperscan.Database()
         self.located.compile(
@@ -334,12 +336,15 @@ class _Scanner:
             flags=[hyperscan.HS_FLAG_CASELESS | hyperscan.HS_FLAG_SOM_LEFTMOST] * len(expressions),
         )
 
-    def scan(self, data: bytes) -> int:
+    def scan(self, data: bytes, *, needed_only: bool = False) -> int:
+        """The verdict's bits; `needed_only`: stop at the first stem or card shape (the
+        verdict then says whether rules must run, not whether a card may be there)."""
         found = [0]  # the verdict's bits, set by on_match
+        on_match = self.on_match_needed if needed_only else self.on_match
         try:
             # The database's own scratch space first: the common case, and the fastest.
             # Positional arguments: the binding parses keywords slower than the scan runs.
-            self.db.scan(data, self.on_match, 0, found)
+            self.db.scan(data, on_match, 0, found)
         except hyperscan.ScanTerminated:
             pass  # on_match stopped it: the verdict is in
         except hyperscan.ScratchInUseError:
@@ -349,9 +354,7 @@ class _Scanner:
                 scratch = self.local.scratch = hyperscan.Scratch(self.db)
             found[0] = 0
             try:
-                self.db.scan(
-                    data, match_event_handler=self.on_match, context=found, scratch=scratch
-                )
+                self.db.scan(data, match_event_handler=on_match, context=found, scratch=scratch)
             except hyperscan.ScanTerminated:
                 pass
         return found[0]
@@ -389,6 +392,20 @@ def _verdict_callback(stem_count: int, card: int) -> Callable[[int, int, int, in
             return True  # stop: every rule must run, cards included
         found[0] |= _STEMS if index < stem_count else _KEYWORDS
         return False  # on, to learn whether a card number may be there too
+
+    return on_match
+
+
+def _needed_callback(stem_count: int, card: int) -> Callable[[int, int, int, int, Any], bool]:
+    """Hyperscan's match handler that stops at the first stem or card shape (rules must
+    run): its verdict tells no card from a stem."""
+
+    def on_match(index: int, start: int, end: int, flags: int, found: Any) -> bool:
+        if index < stem_count or index >= card:
+            found[0] |= _STEMS
+            return True
+        found[0] |= _KEYWORDS
+        return False
 
     return on_match
 
@@ -446,13 +463,13 @@ def strings_needing_rules(
         return []  # the common case
     if len(low) != len(joined):  # lowercasing moved the offsets (a few rare letters)
         return list(range(len(texts)))
-    ends: list[int] = []  # where each string ends in `joined`
-    end = -1
-    for text in texts:
-        end += len(text) + 1
-        ends.append(end)
     starts = [start for _, start, _ in found] + [m.start() for m in card_hints]
-    return sorted({bisect.bisect_left(ends, start) for start in starts})
+    if joined.count("\n") == len(texts) - 1:  # no line break of their own: count the joins
+        return sorted({joined.count("\n", 0, start) for start in starts})
+    # Past the end of each string and its line break in `joined`: a match starts in the
+    # first string whose end is beyond it (never at a line break).
+    ends = list(itertools.accumulate([len(text) + 1 for text in texts]))
+    return sorted({bisect.bisect_right(ends, start) for start in starts})
 
 
 def _needs_rules(verdict: int, text: str) -> bool:
@@ -474,9 +491,17 @@ def json_precheck(data: bytes, extra_keys: frozenset[str] = frozenset()) -> tupl
 
 
 def may_hold_secret_json(data: bytes, extra_keys: frozenset[str] = frozenset()) -> bool:
-    """The pre-check over a whole encoded event: False means no string of it needs redaction
-    (its keys and strings are all in the JSON, and no stem holds a character JSON escapes)."""
-    return json_precheck(data, extra_keys)[0]
+    """The pre-check over a whole encoded event, or a part of one: False means no string of
+    it needs redaction (its keys and strings are all in the JSON, and no stem holds a
+    character JSON escapes). json_precheck()[0], stopping at the first stem."""
+    precheck = _precheck_for(extra_keys) if extra_keys else _PRECHECK
+    scanner = precheck.scanner
+    if scanner is None:
+        return json_precheck(data, extra_keys)[0]
+    verdict = scanner.scan(data, needed_only=True)
+    if verdict == _KEYWORDS:
+        return _needs_rules(verdict, data.decode(errors="replace"))
+    return verdict != 0
 
 
 # A JSON string value that is exactly a UUID in its canonical form: no rule changes one (no
@@ -716,6 +741,30 @@ def redact_sensitive_in_string(
     low = text.lower()
     if not _may_hold(text, low, extra_keys, cards):
         return text
+    return _redact_rules(text, low, extra_keys, cards, _decoded)
+
+
+def redact_strings(
+    texts: list[str], extra_keys: frozenset[str] = frozenset(), *, cards: bool = True
+) -> list[str]:
+    """redact_sensitive_in_string of each of `texts` (each the same object when it holds
+    nothing), after one pre-check over all of them (strings_needing_rules)."""
+    flagged = strings_needing_rules(texts, extra_keys, cards=cards)
+    if not flagged:
+        return texts
+    out = list(texts)
+    for index in flagged:
+        text = texts[index]
+        # The pre-check passed it: the rules decide (what they leave stays the same object).
+        out[index] = _redact_rules(text, text.lower(), extra_keys, cards, 0)
+    return out
+
+
+def _redact_rules(
+    text: str, low: str, extra_keys: frozenset[str], cards: bool, _decoded: int
+) -> str:
+    """Every rule of the value rule on `text` (`low`: its lowercase), whatever the
+    pre-check would say: a rule finds nothing the pre-check would have let go."""
     original = text
     if _names_secret_field(text, extra_keys):
         # A change diff as text (a payload that is not JSON): {"field": "password", "old": …}.
@@ -732,7 +781,8 @@ def redact_sensitive_in_string(
     if pair_hint:
         # Before the key rule, which may redact the name ("Key": "api_token") first.
         text = _redact_value_before_name(text, extra_keys)
-    text = _redact_pairs(text, extra_keys)
+    if "=" in text or ":" in text:
+        text = _redact_pairs(text, extra_keys)
     if "://" in text:
         # Redacting a pair value can splice a URL password onto its "@": look again.
         text = _redact_url_passwords(text)
@@ -851,30 +901,35 @@ def _redact_pairs(text: str, extra_keys: frozenset[str]) -> str:
     out: list[str] = []
     pos = 0
     for match in _KEY_RE.finditer(text):
+        key = match["key"]
         # A match inside a value that was already redacted must not be spliced again.
-        if match.start() < pos or not is_sensitive_key(match["key"], extra_keys):
+        if match.start() < pos or not is_sensitive_key(key, extra_keys):
             continue
         start = match.end()
-        words = key_words(match["key"])
-        if words and words[-1] == "authorization":
+        words = key_words(key)
+        last = words[-1] if words else ""
+        if last == "authorization":
             scheme = _AUTH_SCHEME_RE.match(text, start)
             start = scheme.end() if scheme else start
         if text.startswith(("\\n", "\\r"), start):
             continue  # an escaped line break: a YAML block follows (_redact_yaml_blocks)
-        cookie_header = bool(words) and words[-1] == "cookie" and match["sep"] == ":"
+        cookie_header = last == "cookie" and match["sep"] == ":"
         value = (_COOKIE_VALUE_RE if cookie_header else _VALUE_RE).match(text, start)
         if value is None:
             continue
         if (
-            _pair_role(match["key"]) == _NAME
-            and not _is_sensitive_key_cached(match["key"], extra_keys, False)
+            _pair_role(key) == _NAME
+            and not _is_sensitive_key_cached(key, extra_keys, False)
             and _PAIR_VALUE_NEXT_RE.match(text, value.end())
         ):
             continue  # "key": "api_token", "value": … names the secret: _NAME_VALUE_RE's
         # Reuse the value's quoting, else the key's, so JSON and repr output stay well-formed.
-        quote = value["q"] or value["eq"] or match["kq"] or ""
+        q, eq = value.group("q", "eq")
+        quote = q or eq or match["kq"] or ""
         out += (text[pos:start], quote, REDACTED, quote)
         pos = value.end()
+    if not out:
+        return text
     out.append(text[pos:])
     return "".join(out)
 
