@@ -304,6 +304,9 @@ _AMEX_HINT = rb"3[0-9]{3}[ -][0-9]{6}[ -][0-9]{4}"  # 4-6-5 (and Diners' 4-6-4)
 _CARD_QUICK_RE = re.compile((_CARD_HINT + b"|" + _AMEX_HINT).decode())
 
 
+_OnMatch = Callable[[int, int, int, int, Any], bool]  # hyperscan's match handler
+
+
 class _Scanner:
     """The pre-check's patterns and the card hint as one Hyperscan database: every pattern
     in one pass, case-insensitively, without lowering the text first (hyperscan is there
@@ -336,11 +339,11 @@ class _Scanner:
             flags=[hyperscan.HS_FLAG_CASELESS | hyperscan.HS_FLAG_SOM_LEFTMOST] * len(expressions),
         )
 
-    def scan(self, data: bytes, *, needed_only: bool = False) -> int:
-        """The verdict's bits; `needed_only`: stop at the first stem or card shape (the
-        verdict then says whether rules must run, not whether a card may be there)."""
+    def scan(self, data: bytes, on_match: _OnMatch | None = None) -> int:
+        """The verdict's bits (`on_match`: on_match_needed stops at the first stem or card
+        shape, its verdict says whether rules must run, not whether a card may be there)."""
         found = [0]  # the verdict's bits, set by on_match
-        on_match = self.on_match_needed if needed_only else self.on_match
+        on_match = on_match or self.on_match
         try:
             # The database's own scratch space first: the common case, and the fastest.
             # Positional arguments: the binding parses keywords slower than the scan runs.
@@ -383,7 +386,7 @@ class _Scanner:
         return found[0]
 
 
-def _verdict_callback(stem_count: int, card: int) -> Callable[[int, int, int, int, Any], bool]:
+def _verdict_callback(stem_count: int, card: int) -> _OnMatch:
     """Hyperscan's match handler for a database of stems, then keywords, then card shapes."""
 
     def on_match(index: int, start: int, end: int, flags: int, found: Any) -> bool:
@@ -396,7 +399,7 @@ def _verdict_callback(stem_count: int, card: int) -> Callable[[int, int, int, in
     return on_match
 
 
-def _needed_callback(stem_count: int, card: int) -> Callable[[int, int, int, int, Any], bool]:
+def _needed_callback(stem_count: int, card: int) -> _OnMatch:
     """Hyperscan's match handler that stops at the first stem or card shape (rules must
     run): its verdict tells no card from a stem."""
 
@@ -498,7 +501,7 @@ def may_hold_secret_json(data: bytes, extra_keys: frozenset[str] = frozenset()) 
     scanner = precheck.scanner
     if scanner is None:
         return json_precheck(data, extra_keys)[0]
-    verdict = scanner.scan(data, needed_only=True)
+    verdict = scanner.scan(data, scanner.on_match_needed)
     if verdict == _KEYWORDS:
         return _needs_rules(verdict, data.decode(errors="replace"))
     return verdict != 0
