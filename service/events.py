@@ -399,8 +399,9 @@ def _redact_strings(
     if redacted is texts:
         return
     done: dict[str | None, dict[str, str]] = {}
-    for (name, field), old, new in zip(_TEXT_PLACES, texts, redacted, strict=True):
-        if new is not old:
+    for index, new in enumerate(redacted):
+        if new is not texts[index]:
+            name, field = _TEXT_PLACES[index]
             done.setdefault(name, {})[field] = new
     for name, fields in done.items():
         if name is None:
