@@ -332,13 +332,14 @@ def _redact_encoded(
     """redact_event, and the event's JSON: `data` when nothing changed, else its new JSON."""
     changes: dict[str, Any] = {}
     _redact_strings(event, extra_keys, changes, cards)
-    presentation = changes.pop("presentation", None) or event.presentation
+    # The code, redacted above (then in `changes`), and the params, redacted here.
+    presentation: Presentation | None = changes.pop("presentation", None) or event.presentation
     if presentation is not None:
-        params = presentation.params
+        params: Any = presentation.params
         if params and _part_needs_rules(params, extra_keys):
             params = redact_sensitive(params, extra_keys, cards=cards)
         if presentation is not event.presentation or params is not presentation.params:
-            changes["presentation"] = Presentation(code=presentation.code, params=params)  # type: ignore[arg-type]
+            changes["presentation"] = Presentation(code=presentation.code, params=params)
     if event.metadata is not None and _part_needs_rules(event.metadata, extra_keys):
         metadata = redact_sensitive(event.metadata, extra_keys, cards=cards)
         if metadata is not event.metadata:

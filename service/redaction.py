@@ -43,8 +43,10 @@ what it costs in false positives.
 Speed. Before any rule runs, one pass (Hyperscan where it is installed, else an
 Aho-Corasick DFA) over the text, or over a whole encoded event (`json_precheck`), looks for
 the stems of the secret words, the token rules' keywords and a card number's shape; most
-events stop there, and an event where only keywords occur runs just those rules. Keys are
-remembered (an LRU cache), so a key costs a lookup. `python -m bench.redaction_compare`.
+events stop there, and an event where only keywords occur runs just those rules. Many
+strings are pre-checked in one automaton call (`redact_strings`): only those a match falls
+in meet the rules. What a key is (sensitive, a pair's name) is remembered in a dict, so a
+key costs a lookup. `python -m bench.redaction_compare`.
 """
 
 import bisect
