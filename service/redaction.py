@@ -489,10 +489,27 @@ def json_precheck(data: bytes, extra_keys: frozenset[str] = frozenset()) -> tupl
     string of it, and whether a card number may be in it (pass it on as `cards`)."""
     precheck = _precheck_for(extra_keys) if extra_keys else _PRECHECK
     scanner = precheck.scanner
-    verdict = scanner.scan(data) if scanner is not None else precheck.verdict(data)
+    if scanner is None:
+        verdict = precheck.verdict(data)
+    else:
+        # _Scanner.scan's common case inline: every event passes here (a call saved is
+        # a sixth of the scan's cost).
+        found = [0]
+        try:
+            scanner.db.scan(data, scanner.on_match, 0, found)
+        except hyperscan.ScanTerminated:
+            pass
+        except hyperscan.ScratchInUseError:
+            found[0] = scanner.scan(data)
+        verdict = found[0]
+    if not verdict:
+        return _NOTHING  # the common case
     if verdict == _KEYWORDS:
         return _needs_rules(verdict, data.decode(errors="replace")), False
-    return verdict != 0, verdict & _CARDS != 0
+    return True, verdict & _CARDS != 0
+
+
+_NOTHING = (False, False)
 
 
 def may_hold_secret_json(data: bytes, extra_keys: frozenset[str] = frozenset()) -> bool:
