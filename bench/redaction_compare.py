@@ -29,7 +29,13 @@ from service import events, redaction
 from service.events import AuditEvent
 
 BEFORE = "b2222d0"  # the hand-written token list, before service/redaction_rules.json
-PATCHED = ("json_precheck", "may_hold_secret", "redact_sensitive", "redact_sensitive_in_string")
+PATCHED = (
+    "json_precheck",
+    "may_hold_secret_json",
+    "redact_sensitive",
+    "redact_sensitive_in_string",
+    "redact_strings",
+)
 
 
 def load_before(commit: str) -> ModuleType:
@@ -49,23 +55,31 @@ def load_before(commit: str) -> ModuleType:
 
 def _functions(module: ModuleType) -> dict[str, Any]:
     """`module`'s functions under the names service.events calls (an older module has no
-    json_precheck and takes no `cards`: adapted)."""
-    if hasattr(module, "json_precheck"):
+    json_precheck or redact_strings and takes no `cards`: adapted)."""
+    if hasattr(module, "redact_strings"):
         return {name: getattr(module, name) for name in PATCHED}
+    if hasattr(module, "json_precheck"):
+        return {
+            **{name: getattr(module, name) for name in PATCHED if hasattr(module, name)},
+            "redact_strings": lambda texts, extra=frozenset(), cards=True: [
+                module.redact_sensitive_in_string(t, extra, cards=cards) for t in texts
+            ],
+        }
     return {
         "json_precheck": lambda data, extra=frozenset(): (
             module.may_hold_secret_json(data, extra),
             True,
         ),
-        "may_hold_secret": lambda text, extra=frozenset(), cards=True: module.may_hold_secret(
-            text, extra
-        ),
+        "may_hold_secret_json": module.may_hold_secret_json,
         "redact_sensitive": lambda v, extra=frozenset(), cards=True: module.redact_sensitive(
             v, extra
         ),
         "redact_sensitive_in_string": lambda t, extra=frozenset(), cards=True: (
             module.redact_sensitive_in_string(t, extra)
         ),
+        "redact_strings": lambda texts, extra=frozenset(), cards=True: [
+            module.redact_sensitive_in_string(t, extra) for t in texts
+        ],
     }
 
 

@@ -5,7 +5,9 @@ from __future__ import annotations
 import functools
 import hashlib
 import ipaddress
+import operator
 import uuid
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
@@ -17,9 +19,10 @@ from service.redaction import (
     REDACTED,
     is_sensitive_key,
     json_precheck,
-    may_hold_secret,
+    may_hold_secret_json,
     redact_sensitive,
     redact_sensitive_in_string,
+    redact_strings,
 )
 
 ACTION_PATTERN = r"^[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*){1,7}$"
@@ -246,8 +249,7 @@ def finalize(
     data = _encoder.encode(done)
     needed, cards = json_precheck(data, extra_keys)  # one scan; most events stop here
     if needed:
-        done = redact_event(done, extra_keys, cards=cards)
-        data = _encoder.encode(done)
+        done, data = _redact_encoded(done, data, extra_keys, cards)
     if len(data) > max_bytes:
         raise InvalidEvent(
             f"event is {len(data)} bytes encoded, more than the limit of {max_bytes}"
@@ -304,8 +306,7 @@ def check_complete(
     data = _encoder.encode(event)
     needed, cards = json_precheck(data, extra_keys)
     if needed:
-        event = redact_event(event, extra_keys, cards=cards)
-        data = _encoder.encode(event)
+        event, data = _redact_encoded(event, data, extra_keys, cards)
     size = len(data)
     if size > max_bytes:
         raise InvalidEvent(f"event is {size} bytes encoded, more than the limit of {max_bytes}")
@@ -317,61 +318,97 @@ def redact_event(
 ) -> AuditEvent:
     """Redact every string of an event (service/redaction.py); the event itself when none
     needed it. Its id, ts, action, enums and request.ip are not free text and stay.
-    `cards=False`: the pre-check saw no card number in it (json_precheck)."""
-    changes = _redacted_fields(event, ("category", "tenant", "source"), extra_keys, cards)
-    for name, fields in _NESTED_TEXT:
-        part = getattr(event, name)
-        done = _redacted_fields(part, fields, extra_keys, cards) if part is not None else None
-        if done:
-            changes[name] = msgspec.structs.replace(part, **done)
-    presentation = event.presentation
+    `cards=False`: the pre-check saw no card number in it (json_precheck).
+
+    The struct's own strings are pre-checked together, in one automaton call; metadata,
+    presentation params and changes each by the pre-check of their JSON: only what it lets
+    through is walked and has rules run on it."""
+    return _redact_encoded(event, b"", extra_keys, cards)[0]
+
+
+def _redact_encoded(
+    event: AuditEvent, data: bytes, extra_keys: frozenset[str], cards: bool
+) -> tuple[AuditEvent, bytes]:
+    """redact_event, and the event's JSON: `data` when nothing changed, else its new JSON."""
+    changes: dict[str, Any] = {}
+    _redact_strings(event, extra_keys, changes, cards)
+    # The code, redacted above (then in `changes`), and the params, redacted here.
+    presentation: Presentation | None = changes.pop("presentation", None) or event.presentation
     if presentation is not None:
-        code = redact_sensitive_in_string(presentation.code, extra_keys, cards=cards)
-        params = redact_sensitive(presentation.params, extra_keys, cards=cards)
-        if code is not presentation.code or params is not presentation.params:
-            changes["presentation"] = Presentation(code=code, params=params)  # type: ignore[arg-type]
-    if event.metadata is not None:
+        params: Any = presentation.params
+        if params and _part_needs_rules(params, extra_keys):
+            params = redact_sensitive(params, extra_keys, cards=cards)
+        if presentation is not event.presentation or params is not presentation.params:
+            changes["presentation"] = Presentation(code=presentation.code, params=params)
+    if event.metadata is not None and _part_needs_rules(event.metadata, extra_keys):
         metadata = redact_sensitive(event.metadata, extra_keys, cards=cards)
         if metadata is not event.metadata:
             changes["metadata"] = metadata
-    if event.changes is not None:
+    if event.changes and _part_needs_rules(event.changes, extra_keys):
         diffs = [_redact_change(change, extra_keys, cards) for change in event.changes]
         if any(new is not old for new, old in zip(diffs, event.changes, strict=True)):
             changes["changes"] = diffs
     if not changes:
-        return event
+        return event, data
+    data = _encoder.encode(msgspec.structs.replace(event, **changes))
     try:
         # Validated again: a redacted value may be longer than the limit of its field.
-        return msgspec.convert(
-            msgspec.to_builtins(msgspec.structs.replace(event, **changes)), AuditEvent
-        )
+        return _decoder.decode(data), data
     except msgspec.ValidationError as exc:
         raise InvalidEvent(f"once redacted: {exc}") from None
 
 
-def _redacted_fields(
-    part: object, names: tuple[str, ...], extra_keys: frozenset[str], cards: bool
-) -> dict[str, Any]:
-    """The redacted values of some string fields of a struct (only those that change), after
-    one pre-check over all of them."""
-    values = [getattr(part, name) for name in names]
-    joined = "\n".join(v for v in values if isinstance(v, str))
-    if not may_hold_secret(joined, extra_keys, cards=cards):
-        return {}  # one scan instead of one per field: most fields of most events are clean
-    redacted: dict[str, Any] = {}
-    for name, value in zip(names, values, strict=True):
-        if isinstance(value, str):
-            text = redact_sensitive_in_string(value, extra_keys, cards=cards)
-            if text is not value:
-                redacted[name] = text
-    return redacted
+def _part_needs_rules(part: object, extra_keys: frozenset[str]) -> bool:
+    """The pre-check of one part of an event, over its JSON (as json_precheck over the whole
+    event: what it passes, no rule changes)."""
+    return may_hold_secret_json(_encoder.encode(part), extra_keys)
 
 
-_NESTED_TEXT = (
+# The struct's free-text strings: (part, its fields); part None is the event itself.
+_TEXT_FIELDS: tuple[tuple[str | None, tuple[str, ...]], ...] = (
+    (None, ("category", "tenant", "source")),
     ("actor", ("id", "name", "email")),
     ("entity", ("type", "id", "name")),
     ("request", ("id", "user_agent", "method", "path")),
+    ("presentation", ("code",)),
 )
+_TEXT_PLACES = tuple((name, field) for name, fields in _TEXT_FIELDS for field in fields)
+_TEXT_PARTS = operator.attrgetter(*(name for name, _ in _TEXT_FIELDS if name is not None))
+
+
+def _getter(fields: tuple[str, ...]) -> Callable[[Any], tuple[object, ...]]:
+    """The values of these fields of a struct, as a tuple (attrgetter's of one is none)."""
+    get = operator.attrgetter(*fields)
+    return get if len(fields) > 1 else lambda part: (get(part),)
+
+
+# Each part's getter and its values when the part is absent.
+_TEXT_OF = tuple((_getter(fields), (None,) * len(fields)) for _, fields in _TEXT_FIELDS)
+
+
+def _redact_strings(
+    event: AuditEvent, extra_keys: frozenset[str], changes: dict[str, Any], cards: bool
+) -> None:
+    """Redact the struct's free-text strings, after one pre-check over all of them; a
+    changed part goes into `changes` under its name."""
+    values: list[object] = []
+    for part, (fields_of, absent) in zip((event, *_TEXT_PARTS(event)), _TEXT_OF, strict=True):
+        values += absent if part is None else fields_of(part)
+    # Not text (no value): "", which no rule changes, so that indexes stay places.
+    texts = [value if isinstance(value, str) else "" for value in values]
+    redacted = redact_strings(texts, extra_keys, cards=cards)
+    if redacted is texts:
+        return
+    done: dict[str | None, dict[str, str]] = {}
+    for index, new in enumerate(redacted):
+        if new is not texts[index]:
+            name, field = _TEXT_PLACES[index]
+            done.setdefault(name, {})[field] = new
+    for name, fields in done.items():
+        if name is None:
+            changes.update(fields)
+        else:
+            changes[name] = msgspec.structs.replace(getattr(event, name), **fields)
 
 
 def _redact_change(change: Change, extra_keys: frozenset[str], cards: bool = True) -> Change:

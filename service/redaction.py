@@ -43,11 +43,15 @@ what it costs in false positives.
 Speed. Before any rule runs, one pass (Hyperscan where it is installed, else an
 Aho-Corasick DFA) over the text, or over a whole encoded event (`json_precheck`), looks for
 the stems of the secret words, the token rules' keywords and a card number's shape; most
-events stop there, and an event where only keywords occur runs just those rules. Keys are
-remembered (an LRU cache), so a key costs a lookup. `python -m bench.redaction_compare`.
+events stop there, and an event where only keywords occur runs just those rules. Many
+strings are pre-checked in one automaton call (`redact_strings`): only those a match falls
+in meet the rules. What a key is (sensitive, a pair's name) is remembered in a dict, so a
+key costs a lookup. `python -m bench.redaction_compare`.
 """
 
+import bisect
 import functools
+import itertools
 import re
 import threading
 from collections.abc import Callable
@@ -147,13 +151,28 @@ def _normalize_all(keys: frozenset[str]) -> frozenset[str]:
 
 def is_sensitive_key(key: str, extra_keys: frozenset[str] = frozenset()) -> bool:
     """Tell whether a mapping key, change field or header name names a secret."""
-    if len(key) > _CACHED_KEY_MAX_CHARS:
-        return _is_sensitive_key(key, extra_keys)
-    # Keys repeat from event to event: remembered, a key costs a lookup, not a split.
-    return _is_sensitive_key_cached(key, extra_keys)
+    # Keys repeat from event to event: remembered, a key costs a dict lookup, not a split.
+    cache = _key_cache(extra_keys) if extra_keys else _SENSITIVE_KEYS_SEEN
+    try:
+        return cache[key]
+    except KeyError:
+        sensitive = _is_sensitive_key(key, extra_keys)
+        if len(key) <= _CACHED_KEY_MAX_CHARS:
+            if len(cache) >= _KEYS_REMEMBERED:
+                cache.clear()  # a producer of endless distinct keys: start over
+            cache[key] = sensitive
+        return sensitive
 
 
 _CACHED_KEY_MAX_CHARS = 64
+_KEYS_REMEMBERED = 8192
+_SENSITIVE_KEYS_SEEN: dict[str, bool] = {}
+
+
+@functools.lru_cache(maxsize=64)
+def _key_cache(extra_keys: frozenset[str]) -> dict[str, bool]:
+    """is_sensitive_key's memory for one set of extra keys."""
+    return {}
 
 
 def _is_sensitive_key(key: str, extra_keys: frozenset[str], final: bool = True) -> bool:
@@ -198,7 +217,7 @@ def _names_extra_key(words: tuple[str, ...], extras: frozenset[str]) -> bool:
     return False
 
 
-_is_sensitive_key_cached = functools.lru_cache(maxsize=8192)(_is_sensitive_key)
+_is_sensitive_key_cached = functools.lru_cache(maxsize=8192)(_is_sensitive_key)  # final=False
 
 
 # The pre-check: every rule below needs one of these in the lowercased text (a secret word
@@ -274,22 +293,6 @@ class _Precheck:
                 verdict |= _STEMS
         return verdict
 
-    def text_verdict(self, text: str, *, cards: bool = True) -> int:
-        """verdict() of a str (most are short: the automaton's call costs less than a scan);
-        without `cards`, a card number is not looked for."""
-        low = text.lower()
-        found = self.text.find_matches_as_indexes(low)
-        verdict = 0
-        if cards and len(text) >= _CARD_MIN_CHARS and _CARD_QUICK_RE.search(text) is not None:
-            verdict = _CARDS
-        if found:
-            verdict |= _KEYWORDS
-            if any(
-                i < self.stem_count for i, _, _ in found
-            ) or self.stems_text.find_matches_as_indexes(low):
-                verdict |= _STEMS
-        return verdict
-
 
 # Pre-check verdicts, as bits: a token rule's keyword, a stem (of a secret word, a URL…), a
 # card number's shape.
@@ -301,6 +304,9 @@ _DIGITS_TO_0 = bytes.maketrans(b"0123456789", b"0000000000")
 _CARD_HINT = rb"[2-6][0-9]{3}[ -]?[0-9]{4}[ -]?[0-9]{4}"
 _AMEX_HINT = rb"3[0-9]{3}[ -][0-9]{6}[ -][0-9]{4}"  # 4-6-5 (and Diners' 4-6-4)
 _CARD_QUICK_RE = re.compile((_CARD_HINT + b"|" + _AMEX_HINT).decode())
+
+
+_OnMatch = Callable[[int, int, int, int, Any], bool]  # hyperscan's match handler
 
 
 class _Scanner:
@@ -325,6 +331,7 @@ class _Scanner:
         )
         self.local = threading.local()  # a scratch space per thread, as hyperscan needs
         self.on_match = _verdict_callback(stem_count, self.card)
+        self.on_match_needed = _needed_callback(stem_count, self.card)
         # The same patterns reporting where each match starts, for many events at once.
         self.located = hyperscan.Database()
         self.located.compile(
@@ -334,12 +341,15 @@ class _Scanner:
             flags=[hyperscan.HS_FLAG_CASELESS | hyperscan.HS_FLAG_SOM_LEFTMOST] * len(expressions),
         )
 
-    def scan(self, data: bytes) -> int:
+    def scan(self, data: bytes, on_match: _OnMatch | None = None) -> int:
+        """The verdict's bits (`on_match`: on_match_needed stops at the first stem or card
+        shape, its verdict says whether rules must run, not whether a card may be there)."""
         found = [0]  # the verdict's bits, set by on_match
+        on_match = on_match or self.on_match
         try:
             # The database's own scratch space first: the common case, and the fastest.
             # Positional arguments: the binding parses keywords slower than the scan runs.
-            self.db.scan(data, self.on_match, 0, found)
+            self.db.scan(data, on_match, 0, found)
         except hyperscan.ScanTerminated:
             pass  # on_match stopped it: the verdict is in
         except hyperscan.ScratchInUseError:
@@ -349,9 +359,7 @@ class _Scanner:
                 scratch = self.local.scratch = hyperscan.Scratch(self.db)
             found[0] = 0
             try:
-                self.db.scan(
-                    data, match_event_handler=self.on_match, context=found, scratch=scratch
-                )
+                self.db.scan(data, match_event_handler=on_match, context=found, scratch=scratch)
             except hyperscan.ScanTerminated:
                 pass
         return found[0]
@@ -380,7 +388,7 @@ class _Scanner:
         return found[0]
 
 
-def _verdict_callback(stem_count: int, card: int) -> Callable[[int, int, int, int, Any], bool]:
+def _verdict_callback(stem_count: int, card: int) -> _OnMatch:
     """Hyperscan's match handler for a database of stems, then keywords, then card shapes."""
 
     def on_match(index: int, start: int, end: int, flags: int, found: Any) -> bool:
@@ -389,6 +397,20 @@ def _verdict_callback(stem_count: int, card: int) -> Callable[[int, int, int, in
             return True  # stop: every rule must run, cards included
         found[0] |= _STEMS if index < stem_count else _KEYWORDS
         return False  # on, to learn whether a card number may be there too
+
+    return on_match
+
+
+def _needed_callback(stem_count: int, card: int) -> _OnMatch:
+    """Hyperscan's match handler that stops at the first stem or card shape (rules must
+    run): its verdict tells no card from a stem."""
+
+    def on_match(index: int, start: int, end: int, flags: int, found: Any) -> bool:
+        if index < stem_count or index >= card:
+            found[0] |= _STEMS
+            return True
+        found[0] |= _KEYWORDS
+        return False
 
     return on_match
 
@@ -406,12 +428,53 @@ def may_hold_secret(
 ) -> bool:
     """The cheap pre-check: False means no rule can change `text` (without `cards`: no rule
     but the card numbers')."""
+    return _may_hold(text, text.lower(), extra_keys, cards)
+
+
+def _may_hold(text: str, low: str, extra_keys: frozenset[str], cards: bool) -> bool:
+    """may_hold_secret of `text`, `low` its lowercase."""
     precheck = _precheck_for(extra_keys) if extra_keys else _PRECHECK
-    if not precheck.text.find_matches_as_indexes(text.lower()) and not (
-        cards and len(text) >= _CARD_MIN_CHARS and _CARD_QUICK_RE.search(text) is not None
-    ):
+    found = precheck.text.find_matches_as_indexes(low)
+    if cards and len(text) >= _CARD_MIN_CHARS and _CARD_QUICK_RE.search(text) is not None:
+        return True
+    if not found:
         return False  # the common case, decided by one automaton call
-    return _needs_rules(precheck.text_verdict(text, cards=cards), text)
+    stems = precheck.stem_count
+    if any(index < stems for index, _, _ in found):
+        return True
+    # A keyword's match can hide a stem it overlaps ("sk" in "askey"): asked apart.
+    if precheck.stems_text.find_matches_as_indexes(low):
+        return True
+    # Only token rules' keywords ("ey", "sk" occur in much plain text): do their rules match?
+    return bool(token_spans(text, low))
+
+
+def strings_needing_rules(
+    texts: list[str], extra_keys: frozenset[str] = frozenset(), *, cards: bool = True
+) -> list[int]:
+    """The indexes of the strings of `texts` that may_hold_secret would let through, found
+    with one automaton call over all of them (no stem or keyword holds a line break, so a
+    match never spans two); redact_sensitive_in_string then decides each of those."""
+    joined = "\n".join(texts)
+    low = joined.lower()
+    precheck = _precheck_for(extra_keys) if extra_keys else _PRECHECK
+    found = precheck.text.find_matches_as_indexes(low)
+    card_hints = (
+        list(_CARD_QUICK_RE.finditer(joined))
+        if cards and len(joined) >= _CARD_MIN_CHARS and _CARD_QUICK_RE.search(joined)
+        else []
+    )
+    if not found and not card_hints:
+        return []  # the common case
+    if len(low) != len(joined):  # lowercasing moved the offsets (a few rare letters)
+        return list(range(len(texts)))
+    starts = [start for _, start, _ in found] + [m.start() for m in card_hints]
+    if joined.count("\n") == len(texts) - 1:  # no line break of their own: count the joins
+        return sorted({joined.count("\n", 0, start) for start in starts})
+    # Past the end of each string and its line break in `joined`: a match starts in the
+    # first string whose end is beyond it (never at a line break).
+    ends = list(itertools.accumulate([len(text) + 1 for text in texts]))
+    return sorted({bisect.bisect_right(ends, start) for start in starts})
 
 
 def _needs_rules(verdict: int, text: str) -> bool:
@@ -426,16 +489,41 @@ def json_precheck(data: bytes, extra_keys: frozenset[str] = frozenset()) -> tupl
     string of it, and whether a card number may be in it (pass it on as `cards`)."""
     precheck = _precheck_for(extra_keys) if extra_keys else _PRECHECK
     scanner = precheck.scanner
-    verdict = scanner.scan(data) if scanner is not None else precheck.verdict(data)
+    if scanner is None:
+        verdict = precheck.verdict(data)
+    else:
+        # _Scanner.scan's common case inline: every event passes here (a call saved is
+        # a sixth of the scan's cost).
+        found = [0]
+        try:
+            scanner.db.scan(data, scanner.on_match, 0, found)
+        except hyperscan.ScanTerminated:
+            pass
+        except hyperscan.ScratchInUseError:
+            found[0] = scanner.scan(data)
+        verdict = found[0]
+    if not verdict:
+        return _NOTHING  # the common case
     if verdict == _KEYWORDS:
         return _needs_rules(verdict, data.decode(errors="replace")), False
-    return verdict != 0, verdict & _CARDS != 0
+    return True, verdict & _CARDS != 0
+
+
+_NOTHING = (False, False)
 
 
 def may_hold_secret_json(data: bytes, extra_keys: frozenset[str] = frozenset()) -> bool:
-    """The pre-check over a whole encoded event: False means no string of it needs redaction
-    (its keys and strings are all in the JSON, and no stem holds a character JSON escapes)."""
-    return json_precheck(data, extra_keys)[0]
+    """The pre-check over a whole encoded event, or a part of one: False means no string of
+    it needs redaction (its keys and strings are all in the JSON, and no stem holds a
+    character JSON escapes). json_precheck()[0], stopping at the first stem."""
+    precheck = _precheck_for(extra_keys) if extra_keys else _PRECHECK
+    scanner = precheck.scanner
+    if scanner is None:
+        return json_precheck(data, extra_keys)[0]
+    verdict = scanner.scan(data, scanner.on_match_needed)
+    if verdict == _KEYWORDS:
+        return _needs_rules(verdict, data.decode(errors="replace"))
+    return verdict != 0
 
 
 # A JSON string value that is exactly a UUID in its canonical form: no rule changes one (no
@@ -590,6 +678,7 @@ def _role(key: str) -> int:
 _pair_role_cached = functools.lru_cache(maxsize=4096)(_role)
 
 
+@functools.lru_cache(maxsize=4096)
 def _pair_fields(keys: tuple[object, ...]) -> tuple[str, ...] | None:
     """The name fields of a mapping with these keys when it is name/value shaped (it has a
     value field), else None."""
@@ -671,24 +760,51 @@ def redact_sensitive_in_string(
 ) -> str:
     """Return text with every credential the value rule knows redacted (see the module doc);
     `cards=False` when the pre-check saw no card number in it."""
-    if not may_hold_secret(text, extra_keys, cards=cards):
+    low = text.lower()
+    if not _may_hold(text, low, extra_keys, cards):
         return text
+    return _redact_rules(text, low, extra_keys, cards, _decoded)
+
+
+def redact_strings(
+    texts: list[str], extra_keys: frozenset[str] = frozenset(), *, cards: bool = True
+) -> list[str]:
+    """redact_sensitive_in_string of each of `texts` (each the same object when it holds
+    nothing), after one pre-check over all of them (strings_needing_rules)."""
+    flagged = strings_needing_rules(texts, extra_keys, cards=cards)
+    if not flagged:
+        return texts
+    out = list(texts)
+    for index in flagged:
+        text = texts[index]
+        # The pre-check passed it: the rules decide (what they leave stays the same object).
+        out[index] = _redact_rules(text, text.lower(), extra_keys, cards, 0)
+    return out
+
+
+def _redact_rules(
+    text: str, low: str, extra_keys: frozenset[str], cards: bool, _decoded: int
+) -> str:
+    """Every rule of the value rule on `text` (`low`: its lowercase), whatever the
+    pre-check would say: a rule finds nothing the pre-check would have let go."""
     original = text
     if _names_secret_field(text, extra_keys):
         # A change diff as text (a payload that is not JSON): {"field": "password", "old": …}.
         # Which "old"/"new" belong to it is unknowable in broken JSON, so every one goes.
         extra_keys = extra_keys | _DIFF_VALUE_KEY_SET
-    low = text.lower()
     # Each rule below runs only when what it needs is in the text (cheap `in` tests).
     text = _redact_tokens(text, low)
     if "-----" in text:
         text = _PEM_RE.sub(REDACTED, text)
     if "://" in text:
         text = _redact_url_passwords(text)
-    if ("," in text or "=" in text) and _PAIR_VALUE_HINT_RE.search(text):
+    # A name/value pair in text needs a pair value word (redacting only removes some).
+    pair_hint = ("," in text or "=" in text) and _has_pair_value_word(low)
+    if pair_hint:
         # Before the key rule, which may redact the name ("Key": "api_token") first.
         text = _redact_value_before_name(text, extra_keys)
-    text = _redact_pairs(text, extra_keys)
+    if "=" in text or ":" in text:
+        text = _redact_pairs(text, extra_keys)
     if "://" in text:
         # Redacting a pair value can splice a URL password onto its "@": look again.
         text = _redact_url_passwords(text)
@@ -696,7 +812,7 @@ def redact_sensitive_in_string(
         text = _ENCODED_PAIR_RE.sub(lambda m: _redact_encoded_pair(m, extra_keys), text)
     if "bearer" in low or "basic" in low:
         text = _BARE_AUTH_RE.sub(_redact_bare_auth, text)
-    text = _redact_text_pairs(text, extra_keys)
+    text = _redact_text_pairs(text, extra_keys, pair_hint)
     if "%" in text and _decoded < _DECODE_MAX:
         text = _RUN_RE.sub(lambda m: _redact_encoded_run(m, extra_keys, _decoded), text)
     if cards and len(text) >= _CARD_MIN_CHARS and _CARD_QUICK_RE.search(text) is not None:
@@ -718,13 +834,14 @@ def _redact_tokens(text: str, low: str) -> str:
     return "".join(out)
 
 
-def _redact_text_pairs(text: str, extra_keys: frozenset[str]) -> str:
-    """Pairs whose name and value stand apart: flags, quoted pairs, XML, YAML lists."""
+def _redact_text_pairs(text: str, extra_keys: frozenset[str], pair_hint: bool) -> str:
+    """Pairs whose name and value stand apart: flags, quoted pairs, XML, YAML lists
+    (`pair_hint`: the text holds a pair value word, see _has_pair_value_word)."""
     if text.startswith("-") or any(blank in text for blank in _BLANK_DASHES):
         text = _redact_after(text, _FLAG_RE, extra_keys)
     if "," in text:
         text = _redact_after(text, _QUOTED_PAIR_RE, extra_keys)
-    if ("," in text or "=" in text) and _PAIR_VALUE_HINT_RE.search(text):
+    if pair_hint:
         text = _redact_after(text, _NAME_VALUE_RE, extra_keys)
     if "</" in text:
         text = _XML_RE.sub(lambda m: _redact_xml(m, extra_keys), text)
@@ -752,8 +869,9 @@ _URL_USERINFO_RE = re.compile(
     re.IGNORECASE,
 )
 # Only the key and separator are consumed, so a non-sensitive value stays searchable
-# (e.g. redirect=https://x/cb?access_token=...).
-_KEY_RE = re.compile(r"(?<![\w.-])(?P<key>[\w.-]+)(?P<kq>\\?[\"'])?[ \t]*(?P<sep>[:=])[ \t]*")
+# (e.g. redirect=https://x/cb?access_token=...). The key is taken whole (possessive: no
+# shorter run could be followed by a separator), which halves the scan.
+_KEY_RE = re.compile(r"(?<![\w.-])(?P<key>[\w.-]++)(?P<kq>\\?[\"'])?[ \t]*(?P<sep>[:=])[ \t]*")
 _AUTH_SCHEME_RE = re.compile(r"(?:bearer|basic|digest|token|negotiate)[ \t]+", re.IGNORECASE)
 _QUOTED = (
     r"(?P<q>[\"'])(?:(?!(?P=q))[^\\\r\n]|\\.)*(?P=q)?"
@@ -775,7 +893,7 @@ _VALUE_RE = re.compile(
 # A Cookie header holds many name=value pairs separated by "; ", so take the rest of the line.
 _COOKIE_VALUE_RE = re.compile(_QUOTED + r"|[^\r\n\"'\\]*[^\s\"'\\]")
 # A pair inside a URL-encoded URL (redirect=https%3A%2F%2Fx%2F%3Ftoken%3Dabc%26n%3D1).
-_ENCODED_PAIR_RE = re.compile(r"(?<![\w.-])(?P<key>[\w.-]+)%3[dD](?P<value>(?:(?!%26)[^\s&\"'])+)")
+_ENCODED_PAIR_RE = re.compile(r"(?<![\w.-])(?P<key>[\w.-]++)%3[dD](?P<value>(?:(?!%26)[^\s&\"'])+)")
 _BARE_AUTH_RE = re.compile(
     r"(?<![\w-])(?P<scheme>bearer|basic)(?P<gap>[ \t]+)(?P<cred>[\w.~+/-]+=*)", re.IGNORECASE
 )
@@ -805,30 +923,35 @@ def _redact_pairs(text: str, extra_keys: frozenset[str]) -> str:
     out: list[str] = []
     pos = 0
     for match in _KEY_RE.finditer(text):
+        key = match["key"]
         # A match inside a value that was already redacted must not be spliced again.
-        if match.start() < pos or not is_sensitive_key(match["key"], extra_keys):
+        if match.start() < pos or not is_sensitive_key(key, extra_keys):
             continue
         start = match.end()
-        words = key_words(match["key"])
-        if words and words[-1] == "authorization":
+        words = key_words(key)
+        last = words[-1] if words else ""
+        if last == "authorization":
             scheme = _AUTH_SCHEME_RE.match(text, start)
             start = scheme.end() if scheme else start
         if text.startswith(("\\n", "\\r"), start):
             continue  # an escaped line break: a YAML block follows (_redact_yaml_blocks)
-        cookie_header = bool(words) and words[-1] == "cookie" and match["sep"] == ":"
+        cookie_header = last == "cookie" and match["sep"] == ":"
         value = (_COOKIE_VALUE_RE if cookie_header else _VALUE_RE).match(text, start)
         if value is None:
             continue
         if (
-            _pair_role(match["key"]) == _NAME
-            and not _is_sensitive_key_cached(match["key"], extra_keys, False)
+            _pair_role(key) == _NAME
+            and not _is_sensitive_key_cached(key, extra_keys, False)
             and _PAIR_VALUE_NEXT_RE.match(text, value.end())
         ):
             continue  # "key": "api_token", "value": … names the secret: _NAME_VALUE_RE's
         # Reuse the value's quoting, else the key's, so JSON and repr output stay well-formed.
-        quote = value["q"] or value["eq"] or match["kq"] or ""
+        q, eq = value.group("q", "eq")
+        quote = q or eq or match["kq"] or ""
         out += (text[pos:start], quote, REDACTED, quote)
         pos = value.end()
+    if not out:
+        return text
     out.append(text[pos:])
     return "".join(out)
 
@@ -910,10 +1033,29 @@ def _redact_value_before_name(text: str, extra_keys: frozenset[str]) -> str:
     return "".join(out)
 
 
-# A pair value word in any case: no _NAME_VALUE_RE match without one.
-_PAIR_VALUE_HINT_RE = re.compile(
-    "|".join(sorted(v for v in PAIR_VALUES if len(v) > 1)) + r"|\bv\b", re.IGNORECASE
+# A pair value word: no _NAME_VALUE_RE match without one. Substring tests of lowercased
+# text (a regex alternation in any case costs more than all the rules it spares): the words
+# no other contains ("val" stands for "value", "values", "string_value"), a one-letter word
+# as a word.
+_PAIR_HINT_WORDS = tuple(
+    sorted(
+        word
+        for word in PAIR_VALUES
+        if len(word) > 1 and not any(o != word and len(o) > 1 and o in word for o in PAIR_VALUES)
+    )
 )
+_PAIR_HINT_LETTERS = tuple(sorted(word for word in PAIR_VALUES if len(word) == 1))
+_PAIR_HINT_LETTER_RE = re.compile("|".join(rf"\b{w}\b" for w in _PAIR_HINT_LETTERS) or "(?!)")
+
+
+def _has_pair_value_word(low: str) -> bool:
+    """Tell whether lowercased text holds a pair value word (PAIR_VALUES)."""
+    for word in _PAIR_HINT_WORDS:
+        if word in low:
+            return True
+    return any(w in low for w in _PAIR_HINT_LETTERS) and bool(_PAIR_HINT_LETTER_RE.search(low))
+
+
 _PAIR_VALUE_NEXT_RE = re.compile(
     r"\\?[\"']?[ \t]*[,;]?[ \t]*(?P<vq>\\?[\"']?)[\w.-]*?(?:"
     + "|".join(sorted(PAIR_VALUES))

@@ -11,6 +11,7 @@ design); only those run. docs/redaction.md describes what is caught and what it 
 
 from __future__ import annotations
 
+import functools
 import importlib.resources
 import json
 import math
@@ -132,18 +133,30 @@ _RULES_OF_KEYWORD: tuple[tuple[int, ...], ...] = tuple(tuple(_KEYWORD_RULES[k]) 
 _KEYWORD_AUTOMATON = ahocorasick_rs.AhoCorasick(KEYWORDS)
 
 
-def rules_for(lowered: str) -> list[TokenRule]:
+def rules_for(lowered: str) -> tuple[TokenRule, ...]:
     """The token rules one of whose keywords occurs in `lowered` (lowercase text)."""
     found = _KEYWORD_AUTOMATON.find_matches_as_indexes(lowered, overlapping=True)
     if not found:
-        return []
-    indexes = {i for keyword, _, _ in found for i in _RULES_OF_KEYWORD[keyword]}
-    return [TOKEN_RULES[i] for i in sorted(indexes)]
+        return ()
+    return _rules_of(frozenset(keyword for keyword, _, _ in found))
+
+
+@functools.lru_cache(maxsize=1024)
+def _rules_of(keywords: frozenset[int]) -> tuple[TokenRule, ...]:
+    """The token rules of these keywords (by index), in the rule data's order; remembered:
+    the same few keywords occur again and again."""
+    indexes = {i for keyword in keywords for i in _RULES_OF_KEYWORD[keyword]}
+    return tuple(TOKEN_RULES[i] for i in sorted(indexes))
 
 
 def token_spans(text: str, lowered: str) -> list[tuple[int, int]]:
     """The merged spans of every credential the token rules find in `text`."""
-    spans = sorted(span for rule in rules_for(lowered) for span in rule.secrets(text))
+    spans: list[tuple[int, int]] = []
+    for rule in rules_for(lowered):
+        spans += rule.secrets(text)
+    if not spans:
+        return spans
+    spans.sort()
     merged: list[tuple[int, int]] = []
     for start, end in spans:
         if merged and start <= merged[-1][1]:

@@ -170,6 +170,18 @@ def test_json_keeps_the_failure_line_byte_identical_with_extra_fields() -> None:
 
 
 @pytest.mark.unit
+def test_a_count_of_keys_in_a_log_line_is_not_taken_for_a_secret() -> None:
+    """arq's start-up line counts the keys of its Redis database: a number, kept."""
+    line = "redis_version=7.2.4 mem_usage=1.02M clients_connected=3 db_keys=12"
+    with formatted("json") as stream:
+        logging.getLogger("arq.worker").info("%s", line)
+        logging.getLogger("auditq").info("api_keys=%s", "k3yv4lue9f")
+    first, second = (json.loads(text)["message"] for text in stream.getvalue().splitlines())
+    assert first == line
+    assert "k3yv4lue9f" not in second
+
+
+@pytest.mark.unit
 def test_json_keeps_an_exception_on_the_same_line() -> None:
     with formatted("json") as stream:
         try:

@@ -33,6 +33,8 @@ from service.redaction import (
     may_hold_secret_json,
     redact_sensitive,
     redact_sensitive_in_string,
+    redact_strings,
+    strings_needing_rules,
 )
 
 pytestmark = pytest.mark.unit  # needs no server: `pytest -m unit`
@@ -383,6 +385,12 @@ KEY_WORD_CASES = [
             "pass",
             "paSSwD",
             "session",  # a session cookie's usual name
+            # Plural secret words: each key of the list is one.
+            "api_keys",
+            "ssh_keys",
+            "private_keys",
+            "signing_keys",
+            "apiKeys",
         )
     ],
     *[
@@ -403,9 +411,24 @@ KEY_WORD_CASES = [
             "secretary",
             "keyboard",
             "monkey",
+            # A count of keys (arq's start-up line says db_keys=12) holds no key.
+            "keys",
+            "db_keys",
+            "num_keys",
         )
     ],
 ]
+
+
+def test_a_map_of_keys_still_loses_the_secret_keys_it_holds() -> None:
+    """`keys` alone names no secret, but what it holds is read by the same rules."""
+    pem = "-----BEGIN PRIVATE KEY-----\nMIIEvQIBADANBgkqhkiG9w0BAQEFAASC\n-----END PRIVATE KEY-----"
+    value = {"keys": {"private": pem, "private_key": "k3yv4lue", "apiKey": "a9k3yv4lue"}}
+    out = repr(redact_sensitive(value))
+    assert "MIIEvQ" not in out and "k3yv4lue" not in out
+    text = "keys: {private_key: k3yv4lue, api_key: a9k3yv4lue} db_keys=12"
+    redacted = redact_sensitive_in_string(text)
+    assert "k3yv4lue" not in redacted and "db_keys=12" in redacted
 
 
 @pytest.mark.parametrize(("key", "sensitive"), KEY_WORD_CASES)
@@ -575,3 +598,41 @@ def test_a_logged_traceback_is_redacted() -> None:
     for formatter in (logging.Formatter(), JsonFormatter()):
         text = formatter.format(record)
         assert "ValueError" in text and "tb1pw" not in text
+
+
+# The one pre-check over many strings (redact_strings, the event's own fields) must let
+# through every string its own pre-check would: pieces that hold stems, keywords, card
+# numbers, line breaks and letters whose lowercase is longer (which moves offsets).
+_PIECES = [
+    "plain words",
+    "password=hunter2",
+    "x-auth",
+    "ghp_" + "A1b2C3d4E5f6G7h8I9j0K1l2M3n4O5p6Q7r8",
+    "4111 1111 1111 1111",
+    "line\nbreak token: t0k3nv4lue",
+    "İstanbul",
+    "ß",
+    "",
+    "sk",
+    "eyJhbGciOiJIUzI1NiJ9",
+    "connect.sid=s%3Aabc",
+    "12",
+    "report\n",
+    "\n",
+]
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize("cards", [True, False])
+def test_one_precheck_over_many_strings_lets_through_what_each_would(cards: bool) -> None:
+    rng = random.Random(26)
+    for _ in range(2000):
+        texts = [
+            "".join(rng.choices(_PIECES, k=rng.randint(0, 3))) for _ in range(rng.randint(1, 8))
+        ]
+        flagged = set(strings_needing_rules(texts, cards=cards))
+        for index, text in enumerate(texts):
+            if may_hold_secret(text, cards=cards):
+                assert index in flagged, (texts, index)
+        expected = [redact_sensitive_in_string(text, cards=cards) for text in texts]
+        assert redact_strings(texts, cards=cards) == expected, texts
