@@ -19,18 +19,14 @@ from typing import Any
 import asyncpg
 import msgspec
 
+from service.integrity.canonical import ROW_COLUMNS
 from service.integrity.leaf import as_json, decode_jsonb, es6_number, row_leaf
 from service.store.items import ITEM_COLUMNS_JSON_TEXT, item
 
 # The columns of a row's leaf, in the order the queries below read them.
 LEAF_COLUMNS = f"seq, {ITEM_COLUMNS_JSON_TEXT}"
-LEAF_COLUMN_NAMES = (
-    "seq", "id", "ts", "received_at", "action", "category", "severity", "outcome",
-    "actor_id", "actor_type", "actor_name", "actor_email",
-    "entity_type", "entity_id", "entity_name", "tenant",
-    "request_id", "ip", "user_agent", "method", "path", "status", "duration_ms",
-    "changes", "metadata", "presentation", "source", "received_via",
-)  # fmt: skip
+# Their names: a row's columns in the canonical record's order.
+LEAF_COLUMN_NAMES = ROW_COLUMNS
 _JSON_COLUMNS = ("changes", "metadata", "presentation")
 
 

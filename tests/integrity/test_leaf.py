@@ -9,6 +9,7 @@ import uuid
 from datetime import UTC, datetime
 from typing import Any
 
+import pytest
 import rfc8785
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -24,7 +25,7 @@ from service.integrity.leaf import (
     row_leaf,
 )
 from service.store.items import item
-from service.store.leaves import LEAF_COLUMN_NAMES, row_leaf_data
+from service.store.leaves import LEAF_COLUMN_NAMES, LEAF_COLUMNS, row_leaf_data
 
 JSON = st.recursive(
     st.none()
@@ -128,3 +129,11 @@ def test_a_stored_rows_leaf_built_fast_is_the_rfc8785_form_of_its_item(
         values[name] = value
     reference = rfc8785.dumps({"kind": "row", "item": _i_json(as_json(item(values)))})
     assert row_leaf_data(row) == reference
+
+
+@pytest.mark.unit
+def test_the_leaf_query_reads_the_columns_its_names_say_in_their_order() -> None:
+    """row_leaf_data unpacks by position and its reference path by name: the SELECT list
+    must name the canonical record's columns in the same order."""
+    selected = [part.split()[-1] for part in LEAF_COLUMNS.split(",")]
+    assert tuple(selected) == LEAF_COLUMN_NAMES
