@@ -166,8 +166,9 @@ async def test_every_route_refuses_missing_forged_revoked_and_wrong_role_tokens(
             if status != 401:
                 failures.append((method, path, headers, status))
         mutation = method not in ("GET", "HEAD")
-        # An id's pseudonym is shown to admins only (re-identification by enumeration).
-        admin_only = mutation or path.endswith("/anonymisation")
+        # An id's pseudonym, and the list of erasures, are shown to admins only
+        # (re-identification by enumeration).
+        admin_only = mutation or path.endswith(("/anonymisation", "/admin/subjects"))
         if path == EVENTS or admin_only:
             if (status := await _status(api, method, path, tokens.reader)) != 403:
                 failures.append((method, path, "reader", status))
