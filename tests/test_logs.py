@@ -182,6 +182,22 @@ def test_a_count_of_keys_in_a_log_line_is_not_taken_for_a_secret() -> None:
 
 
 @pytest.mark.unit
+def test_a_missing_key_is_reported_whole(tmp_path: Path) -> None:
+    """The advice after a seal key's path is not read as that key's value."""
+    from service.errors import ConfigError
+    from service.ops.verification import public_key_path
+    from service.settings import Settings
+
+    settings = Settings(seal_key_file=tmp_path / "seal-key")
+    with pytest.raises(ConfigError) as refused:
+        public_key_path(settings, None)
+    with formatted("json") as stream:
+        logging.getLogger("auditq").error("verification failed: %s", refused.value)
+    message = json.loads(stream.getvalue())["message"]
+    assert "[REDACTED]" not in message and "--public-key FILE" in message, message
+
+
+@pytest.mark.unit
 def test_json_keeps_an_exception_on_the_same_line() -> None:
     with formatted("json") as stream:
         try:

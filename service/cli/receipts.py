@@ -56,8 +56,8 @@ def _verify_receipt(settings: Settings, args: argparse.Namespace) -> int:
     key_path: Path = args.public_key or settings.seal_key_path
     if not key_path.exists():
         raise ConfigError(
-            f"no public key at {key_path}: pass --public-key FILE "
-            "(from `auditq integrity public-key`)"
+            f"no public key at {key_path} (give one with --public-key FILE, "
+            "from `auditq integrity public-key`)"
         )
     log_key = load_public_key(key_path)
     witnesses = [_witness_key(text) for text in args.witness_key or []]

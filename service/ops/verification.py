@@ -33,7 +33,10 @@ def public_key_path(settings: Settings, given: Path | None) -> Path:
     path = given or settings.seal_key_path
     if not path.exists():
         raise ConfigError(
-            f"no key at {path}: pass --public-key FILE (from `auditq integrity public-key`)"
+            # Not "{path}: pass …": after a path ending in seal-key, log redaction would
+            # read the word as that key's value.
+            f"no key at {path} (give one with --public-key FILE, from "
+            "`auditq integrity public-key`)"
         )
     return path
 
