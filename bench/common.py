@@ -23,6 +23,7 @@ import asyncpg
 import redis.asyncio as aioredis
 
 from service.embedded.servers import EmbeddedStack
+from service.integrity.keys import load_or_create_private_key
 from service.store import db
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -172,10 +173,16 @@ class Stack:
     def env(self, **extra: str) -> dict[str, str]:
         """The environment of an auditq process on this stack."""
         env = dict(os.environ)
+        seal_key = self.dir / "seal-key"
+        load_or_create_private_key(seal_key)  # a worker refuses to start without the key
         env.update(
             AUDITQ_REDIS_URL=self.redis_url,
             AUDITQ_DATABASE_URL=self.database_url,
             AUDITQ_DATA_DIR=str(self.dir / "auditq"),
+            AUDITQ_SEAL_KEY_FILE=str(seal_key),
+            # The bench's database user is the embedded superuser (the same for every side
+            # of a comparison); a deployment's worker refuses one.
+            AUDITQ_ALLOW_PRIVILEGED_ROLE="1",
         )
         env.update(extra)
         return env
