@@ -8,6 +8,7 @@ from typing import Any
 import msgspec
 import redis.asyncio as aioredis
 
+from service.queue.jobs import RAW_BYTES_PREFIX, redact_raw_bytes
 from service.redaction import redact_sensitive, redact_sensitive_in_string
 
 DEFAULT_TTL_DAYS = 90
@@ -87,7 +88,9 @@ async def add(
     """Store a failed task, redacting its payload and message again on the way in (with the
     configured extra keys: Settings.redact_extra_keys)."""
     now_ms = int(time.time() * 1000)
-    if isinstance(payload, str):
+    if isinstance(payload, str) and payload.startswith(RAW_BYTES_PREFIX):
+        payload = redact_raw_bytes(payload, extra_keys)
+    elif isinstance(payload, str):
         payload = redact_sensitive_in_string(payload, extra_keys)
     else:
         payload = redact_sensitive(payload, extra_keys)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import logging
 import uuid
@@ -13,6 +14,7 @@ import redis.asyncio as aioredis
 
 from service.queue import dead_letter
 from service.queue.enqueue import ENQUEUE_SCRIPT
+from service.queue.jobs import RAW_BYTES_PREFIX
 from service.settings import Settings
 from tests.support.polling import wait_for
 from tests.support.worker import count_rows, running_worker
@@ -97,6 +99,27 @@ async def test_invalid_input_through_lua_becomes_a_failed_task(
     assert letter is not None, "nothing may be dropped silently"
     assert reason in letter.message
     assert await count_rows(database_url) == 0
+
+
+async def test_a_secret_in_bytes_that_are_not_utf8_never_reaches_the_dead_letter(
+    settings: Settings, redis: aioredis.Redis
+) -> None:
+    """Bytes that are not UTF-8 are kept exactly, base64-encoded: the secret inside them is
+    redacted in the bytes (base64 would hide it from every rule), and what is kept still
+    decodes."""
+    payload = b'[{"action": "auth.login", "source": "\xff\xfe", "password": "hunter2-raw"}]'
+    task_id = await enqueue(redis, settings.queue, payload)
+    async with running_worker(settings):
+        await wait_for(lambda: queue_empty(redis, settings.queue))
+    letter = await dead_letter.get(redis, settings.queue, task_id)
+    assert letter is not None and isinstance(letter.payload, str)
+    assert letter.payload.startswith(RAW_BYTES_PREFIX)
+    kept = base64.b64decode(letter.payload.removeprefix(RAW_BYTES_PREFIX), validate=True)
+    assert b"hunter2-raw" not in kept and b"[REDACTED]" in kept
+    assert kept.startswith(b'[{"action": "auth.login", "source": "\xff\xfe"')
+    for key in await redis.keys("*"):
+        if await redis.type(key) == b"string":
+            assert b"hunter2-raw" not in (await redis.get(key) or b""), key
 
 
 async def test_events_without_id_get_stable_ids(
