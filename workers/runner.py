@@ -90,7 +90,7 @@ async def _startup(ctx: dict[str, Any]) -> None:
         state.capture_relay = RelayTask(settings)
     if settings.destinations:  # streaming to destinations (docs/destinations.md)
         state._delivery = asyncio.get_running_loop().create_task(
-            delivery.run(settings), name="auditq-delivery"
+            delivery.run(settings, busy=state.ingesting), name="auditq-delivery"
         )
     if state.audit_lifecycle:
         provenance = Provenance(via=MAINTENANCE_VIA, key=key, task_prefix="worker")

@@ -80,6 +80,10 @@ class WorkerState:
     capture_relay: RelayTask | None = None  # AUDITQ_CAPTURE_DATABASE_URLS (docs/capture.md)
     _delivery: asyncio.Task[None] | None = None  # destinations (workers/delivery.py)
 
+    def ingesting(self) -> bool:
+        """Whether this worker runs a job now (ingest goes before delivery)."""
+        return self.worker is not None and bool(self.worker.job_tasks)
+
     def trip(self, exc: BaseException) -> None:
         """Open the breaker: stop taking jobs and probe the database until it answers."""
         self.breaker.trip(exc)

@@ -97,6 +97,8 @@ def _provenance(
         tasks.provenance_key, task_id=task_id, via=letter.via, payload=text.encode()
     )
     return ["", letter.via, tag]
+
+
 async def discard(tasks: TaskQueue, task_id: str) -> Task:
     """Drop a failed task for good (one that can never succeed): its dead letter and result.
 

@@ -319,7 +319,6 @@ async def next_rows(
     filters: Filters,
     *,
     max_rows: int,
-    max_entries: int = 200,
 ) -> tuple[list[asyncpg.Record], Position]:
     """The rows after `position`, in (xid, seq) order, and the position after them.
 
@@ -327,7 +326,8 @@ async def next_rows(
     sent; the JSON columns come back as their JSON text. At most about `max_rows` rows
     (entries are read whole unless one alone is larger).
     """
-    window = await conn.fetch(SELECT_WINDOW, position.xid, position.seq, max_entries)
+    # An entry holds one row at least: max_rows entries always hold max_rows rows.
+    window = await conn.fetch(SELECT_WINDOW, position.xid, position.seq, max_rows)
     if not window:
         return [], position
     total, last = 0, window[-1]
