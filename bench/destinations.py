@@ -35,6 +35,7 @@ from aiohttp import web
 
 from bench.common import Stack, cpu_seconds, percentile
 from bench.write_side import SYSTEMS, produce_and_wait, producer_cmd, start_workers, stop_workers
+from service.integrity.keys import load_or_create_private_key
 from service.store import db
 from service.store import destinations as store
 
@@ -104,6 +105,18 @@ async def add_destinations(conn: asyncpg.Connection, port: int) -> None:
         )
 
 
+def worker_env(url: str, logs: Path, round_logs: Path) -> dict[str, str]:
+    """A worker as deployed (sealing on), on the round's database: the run's one seal key,
+    and a seal state of the round's own (each round's database is new)."""
+    key = logs / "seal-key"
+    load_or_create_private_key(key)
+    return {
+        "AUDITQ_DATABASE_URL": url,
+        "AUDITQ_SEAL_KEY_FILE": str(key),
+        "AUDITQ_SEAL_STATE_FILE": str(round_logs / "seal-state"),
+    }
+
+
 async def fresh(stack: Stack, prefix: str) -> tuple[str, str]:
     name = f"{prefix}_{uuid.uuid4().hex[:6]}"
     stack.stack.postgres.create_database(name)
@@ -135,7 +148,7 @@ async def one_round(
         await add_destinations(conn, receiver.port)
     round_logs = logs / name
     round_logs.mkdir()
-    [worker] = start_workers(AUDITQ, stack, round_logs, AUDITQ_DATABASE_URL=url)
+    [worker] = start_workers(AUDITQ, stack, round_logs, **worker_env(url, logs, round_logs))
     try:
         plog = round_logs / "producer.log"
         out = round_logs / "warmup.json"
@@ -172,7 +185,7 @@ async def lag_run(stack: Stack, receiver: Receiver, *, seconds: int, logs: Path)
     await add_destinations(conn, receiver.port)
     round_logs = logs / name
     round_logs.mkdir()
-    [worker] = start_workers(AUDITQ, stack, round_logs, AUDITQ_DATABASE_URL=url)
+    [worker] = start_workers(AUDITQ, stack, round_logs, **worker_env(url, logs, round_logs))
     samples: dict[str, list[float]] = {"bench-a": [], "bench-b": []}
     stop = asyncio.Event()
 
@@ -234,6 +247,7 @@ async def lag_run(stack: Stack, receiver: Receiver, *, seconds: int, logs: Path)
 
 async def run(events: int, rounds: int, seconds: int) -> dict[str, Any]:
     logs = Path(tempfile.mkdtemp(prefix="auditq-bench-dest-"))
+    load_before = os.getloadavg()[0]
     receiver = Receiver()
     await receiver.start()
     pairs: list[dict[bool, dict[str, Any]]] = []
@@ -250,6 +264,14 @@ async def run(events: int, rounds: int, seconds: int) -> dict[str, Any]:
     finally:
         await receiver.runner.cleanup()
     drops = [1 - p[True]["events_per_s"] / p[False]["events_per_s"] for p in pairs]
+
+    def worker_and_pg(streaming: bool) -> float:  # CPU per event, whatever the machine's load
+        return statistics.median(
+            p[streaming]["cpu_us_per_event"]["worker"]
+            + p[streaming]["cpu_us_per_event"]["postgres"]
+            for p in pairs
+        )
+
     return {
         "events": events,
         "rounds": rounds,
@@ -261,8 +283,12 @@ async def run(events: int, rounds: int, seconds: int) -> dict[str, Any]:
         "uncertain_captures": sum(p[s]["uncertain_captures"] for p in pairs for s in p),
         "drop_pairs": drops,
         "drop": statistics.median(drops),
+        "worker_pg_cpu_us_per_event_off": worker_and_pg(False),
+        "worker_pg_cpu_us_per_event_on": worker_and_pg(True),
         "lag": lag,
+        "lag_s_max": max(v["max"] for v in lag["lag_s"].values()),
         "load_average": os.getloadavg()[0],
+        "load_average_before": load_before,
     }
 
 

@@ -132,6 +132,7 @@ SELECT coalesce(sum(l.n), 0)::bigint AS lag_events,
 FROM delivery_log l
 WHERE l.xid >= $1::text::xid8 AND (l.xid, l.seq_hi) > ($1::text::xid8, $2)
 """
+PRUNE = "SELECT public.auditq_prune_delivery_log($1)"
 TRY_LOCK = "SELECT pg_catalog.pg_try_advisory_lock($1::int4, $2::int4)"
 
 
@@ -355,6 +356,13 @@ async def record_failure(conn: Conn, ident: int, error: str) -> int:
     """Count a failed attempt with its (redacted) error; the failures in a row so far."""
     count: int | None = await conn.fetchval(RECORD_FAILURE, ident, error[:1000])
     return count or 0
+
+
+async def prune(conn: Conn, *, limit: int = 100_000) -> int:
+    """Remove delivery log entries every destination passed whose rows are gone (schema.sql,
+    auditq_prune_delivery_log); how many went."""
+    pruned: int = await conn.fetchval(PRUNE, limit)
+    return pruned
 
 
 async def try_lock(conn: Conn, ident: int) -> bool:
