@@ -1474,6 +1474,8 @@ BEGIN
                    pg_get_serial_sequence('public.destination', 'id'));
 END;
 $$;
+-- (end of destinations)
+
 -- Pruning the delivery log (the maintenance job): an entry goes once every destination has
 -- passed it AND its rows are gone (past retention). An entry whose rows are still stored
 -- stays though every destination passed it: a backfill (a new destination's `--since`, or
@@ -1505,7 +1507,7 @@ END;
 $$;
 REVOKE ALL ON FUNCTION public.auditq_prune_delivery_log(integer) FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION public.auditq_prune_delivery_log(integer) TO auditq_worker;
--- (end of destinations)
+-- (end of delivery log pruning)
 
 -- =======================================================================================
 -- Erasure that finds every copy and nothing else (docs/erasure.md, "What is looked for").

@@ -107,13 +107,15 @@ async def add_destinations(conn: asyncpg.Connection, port: int) -> None:
 
 def worker_env(url: str, logs: Path, round_logs: Path) -> dict[str, str]:
     """A worker as deployed (sealing on), on the round's database: the run's one seal key,
-    and a seal state of the round's own (each round's database is new)."""
+    and a seal state of the round's own (each round's database is new). It connects as the
+    embedded server's superuser (a benchmark: no roles set up), which it is told to allow."""
     key = logs / "seal-key"
     load_or_create_private_key(key)
     return {
         "AUDITQ_DATABASE_URL": url,
         "AUDITQ_SEAL_KEY_FILE": str(key),
         "AUDITQ_SEAL_STATE_FILE": str(round_logs / "seal-state"),
+        "AUDITQ_ALLOW_PRIVILEGED_ROLE": "1",
     }
 
 

@@ -41,10 +41,14 @@ LOCK_RETRY_S = 2.0  # seconds between attempts at a destination another worker d
 IDLE_S = 0.2
 # A batch smaller than this means the destination is caught up: it waits for the next tick.
 FULL_BATCH = 100
-# While this worker has ingest jobs running, a destination that is behind waits this long
-# between batches, and its batches grow: ingest goes first, and delivery catches up in large
-# batches (each costs a few queries and a request whatever its size) within about a second.
-BUSY_S = 0.5
+# Ingest goes first: while every job slot of this worker is taken (jobs wait in the queue),
+# a destination that is not behind waits, looking again every BUSY_S, for at most DEFER_S
+# since its last batch; then it reads one, and while its batches come back full (behind)
+# it reads on without waiting, in batches that grow. Its lag under a burst of ingest is
+# about DEFER_S plus the catching up; it pays the same CPU per event, later, in fewer
+# batches. A worker that is not saturated (a steady 2,000 events/s) never waits.
+BUSY_S = 0.2
+DEFER_S = 5.0
 PAUSED_S = 1.0  # seconds between looks at a paused destination
 BATCH_ROWS = 500  # rows read per batch when caught up (and at most sent in one request) ...
 MAX_BATCH_ROWS = 5000  # ... doubled per full batch up to this while behind
@@ -150,7 +154,7 @@ async def _read(
 
 async def run(settings: Settings, *, busy: Callable[[], bool] = _never_busy) -> None:
     """Supervise every destination until cancelled: a runner task for each. `busy` says
-    whether this worker has ingest jobs running (delivery then waits longer between batches)."""
+    whether this worker's ingest is saturated (delivery then gives way, DEFER_S)."""
     url = settings.worker_url
     assert url is not None
     reader = Reader()
@@ -245,6 +249,8 @@ class Delivery:
         self.reader = reader or Reader()
         self.busy = busy
         self.batch_rows = BATCH_ROWS
+        self.behind = False  # the last batch came back full: more rows are waiting
+        self.read_at = 0.0  # when this runner last read a batch (loop time)
         self.sender: Sender | None = None
         self.sender_key: Any = None
 
@@ -271,6 +277,11 @@ class Delivery:
 
     async def step(self) -> bool:
         """One batch (or one pause); False once the destination is gone."""
+        now = asyncio.get_running_loop().time()
+        if not self.behind and self.busy() and now - self.read_at < DEFER_S:
+            await asyncio.sleep(BUSY_S)  # ingest first
+            return True
+        self.read_at = now
         destination = await store.get_destination_by_id(self.conn, self.ident)
         if destination is None:
             return False
@@ -298,15 +309,12 @@ class Delivery:
         await store.advance(
             self.conn, self.ident, destination.position, batch.end, delivered=len(batch.items)
         )
-        if batch.read < FULL_BATCH:  # caught up
+        self.behind = batch.read >= self.batch_rows
+        if self.behind:  # larger batches: each costs a few queries and a request, any size
+            self.batch_rows = min(self.batch_rows * 2, MAX_BATCH_ROWS)
+        elif batch.read < FULL_BATCH:  # caught up
             self.batch_rows = BATCH_ROWS
             await _tick()
-        elif self.busy():  # behind while ingest works: fewer, larger batches
-            if batch.read >= self.batch_rows:
-                self.batch_rows = min(self.batch_rows * 2, MAX_BATCH_ROWS)
-            await asyncio.sleep(BUSY_S)
-        elif batch.read >= self.batch_rows:  # behind: larger batches
-            self.batch_rows = min(self.batch_rows * 2, MAX_BATCH_ROWS)
         return True
 
     async def _failed(self, destination: store.Destination, error: str) -> None:

@@ -81,8 +81,10 @@ class WorkerState:
     _delivery: asyncio.Task[None] | None = None  # destinations (workers/delivery.py)
 
     def ingesting(self) -> bool:
-        """Whether this worker runs a job now (ingest goes before delivery)."""
-        return self.worker is not None and bool(self.worker.job_tasks)
+        """Whether every job slot of this worker is taken: jobs wait, and ingest goes before
+        delivery (workers/delivery.py)."""
+        worker = self.worker
+        return worker is not None and len(worker.job_tasks) >= worker.max_jobs
 
     def trip(self, exc: BaseException) -> None:
         """Open the breaker: stop taking jobs and probe the database until it answers."""

@@ -4,6 +4,7 @@ delivery gives way to ingest without falling behind for good."""
 
 from __future__ import annotations
 
+import asyncio
 from collections import Counter
 from collections.abc import AsyncIterator
 from typing import Any
@@ -140,8 +141,8 @@ async def test_delivery_gives_way_to_ingest_but_keeps_delivering(
     receiver: Receiver,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """A worker that always has ingest jobs running still delivers everything, in batches
-    that grow while it is behind."""
+    """A worker whose ingest is always saturated still delivers everything, in batches that
+    grow while it is behind; caught up, it reads seldom (every DEFER_S, not every IDLE_S)."""
     monkeypatch.setattr(WorkerState, "ingesting", lambda self: True)
     sizes: list[int] = []
     read = delivery._read
@@ -161,6 +162,17 @@ async def test_delivery_gives_way_to_ingest_but_keeps_delivering(
             return set(ids) <= {i["id"] for i in receiver.items}
 
         await wait_for(arrived, within_s=60)
-    assert max(sizes) > delivery.BATCH_ROWS
-    done = await store.get_destination_by_id(pg, ident)
-    assert done is not None and (await store.lag(pg, done.position))[0] == 0
+        assert max(sizes) > delivery.BATCH_ROWS
+        done = await store.get_destination_by_id(pg, ident)
+        assert done is not None and (await store.lag(pg, done.position))[0] == 0
+        sizes.clear()
+        more = await capture(fast, 5)
+
+        async def more_arrived() -> bool:
+            return set(more) <= {i["id"] for i in receiver.items}
+
+        await wait_for(more_arrived, within_s=60)
+        # Caught up under saturated ingest: about one read per DEFER_S (5 s), where a worker
+        # with free job slots reads every IDLE_S (0.2 s), 25 times as often.
+        await asyncio.sleep(delivery.DEFER_S)
+        assert len(sizes) <= 4, len(sizes)

@@ -1,5 +1,5 @@
--- 0009: the delivery log is pruned (the same block as schema.sql's "Pruning the delivery
--- log", in its "Destinations" block).
+-- 0009: the delivery log is pruned: the same block as schema.sql's "Pruning the delivery
+-- log" (after the "Destinations" block).
 
 -- Pruning the delivery log (the maintenance job): an entry goes once every destination has
 -- passed it AND its rows are gone (past retention). An entry whose rows are still stored
@@ -32,3 +32,4 @@ END;
 $$;
 REVOKE ALL ON FUNCTION public.auditq_prune_delivery_log(integer) FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION public.auditq_prune_delivery_log(integer) TO auditq_worker;
+-- (end of delivery log pruning)
