@@ -176,7 +176,7 @@ def _inside_payloads(where: Where, query: Filters) -> None:
         where.add(CHANGES_TOUCH, fields)
 
 
-def _present(**fields: Any) -> dict[str, Any] | None:
+def _present(fields: dict[str, Any]) -> dict[str, Any] | None:
     kept = {name: value for name, value in fields.items() if value is not None}
     return kept or None
 
@@ -186,14 +186,18 @@ def item(row: asyncpg.Record | Mapping[str, Any]) -> dict[str, Any]:
     actor = None
     if row["actor_id"] is not None:
         actor = _present(
-            id=row["actor_id"],
-            type=row["actor_type"],
-            name=row["actor_name"],
-            email=row["actor_email"],
+            {
+                "id": row["actor_id"],
+                "type": row["actor_type"],
+                "name": row["actor_name"],
+                "email": row["actor_email"],
+            }
         )
     entity = None
     if row["entity_type"] is not None or row["entity_id"] is not None:
-        entity = _present(type=row["entity_type"], id=row["entity_id"], name=row["entity_name"])
+        entity = _present(
+            {"type": row["entity_type"], "id": row["entity_id"], "name": row["entity_name"]}
+        )
     return {
         "id": row["id"],
         "ts": row["ts"],
@@ -205,13 +209,15 @@ def item(row: asyncpg.Record | Mapping[str, Any]) -> dict[str, Any]:
         "entity": entity,
         "tenant": row["tenant"],
         "request": _present(
-            id=row["request_id"],
-            ip=row["ip"],
-            user_agent=row["user_agent"],
-            method=row["method"],
-            path=row["path"],
-            status=row["status"],
-            duration_ms=row["duration_ms"],
+            {
+                "id": row["request_id"],
+                "ip": row["ip"],
+                "user_agent": row["user_agent"],
+                "method": row["method"],
+                "path": row["path"],
+                "status": row["status"],
+                "duration_ms": row["duration_ms"],
+            }
         ),
         "changes": row["changes"],
         "metadata": row["metadata"],
