@@ -41,9 +41,9 @@ LOCK_RETRY_S = 2.0  # seconds between attempts at a destination another worker d
 IDLE_S = 0.2
 # A batch smaller than this means the destination is caught up: it waits for the next tick.
 FULL_BATCH = 100
-# Ingest goes first: while every job slot of this worker is taken (jobs wait in the queue),
-# a destination that is not behind waits, looking again every BUSY_S, for at most DEFER_S
-# since its last batch; then it reads one, and while its batches come back full (behind)
+# Ingest goes first: while jobs wait in the queue (WorkerState.ingesting), a destination that
+# is not behind waits, looking again every BUSY_S, for at most DEFER_S since its last batch;
+# then it reads one, and while its batches come back full (behind)
 # it reads on without waiting, in batches that grow. Its lag under a burst of ingest is
 # about DEFER_S plus the catching up; it pays the same CPU per event, later, in fewer
 # batches. A worker that is not saturated (a steady 2,000 events/s) never waits.

@@ -173,6 +173,7 @@ class _Worker(Worker):
 
     _redis_down_since: float | None = None
     _stopping = False
+    queued = 0  # jobs ready in the queue at the last poll (running ones included)
     _poll_lock: asyncio.Lock | None = None
 
     async def stop_picking(self) -> None:
@@ -233,6 +234,7 @@ class _Worker(Worker):
             logger.warning("Redis answers again after %.1f s", down_s)
 
     async def start_jobs(self, job_ids: list[bytes]) -> None:
+        self.queued = len(job_ids)
         for job_id in job_ids:
             if await set_aside_if_oversized(worker_state(self), self.pool, job_id.decode()):
                 continue

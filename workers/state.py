@@ -81,10 +81,15 @@ class WorkerState:
     _delivery: asyncio.Task[None] | None = None  # destinations (workers/delivery.py)
 
     def ingesting(self) -> bool:
-        """Whether every job slot of this worker is taken: jobs wait, and ingest goes before
-        delivery (workers/delivery.py)."""
+        """Whether jobs wait in the queue: every job slot is taken, or the worker's last poll
+        (every 20 ms) found more jobs ready than it has slots. Ingest goes before delivery
+        then (workers/delivery.py). Jobs other workers run count too: that only makes this
+        worker's destinations wait a little longer (at most delivery.DEFER_S)."""
         worker = self.worker
-        return worker is not None and len(worker.job_tasks) >= worker.max_jobs
+        if worker is None:
+            return False
+        slots = worker.max_jobs
+        return len(worker.job_tasks) >= slots or getattr(worker, "queued", 0) > slots
 
     def trip(self, exc: BaseException) -> None:
         """Open the breaker: stop taking jobs and probe the database until it answers."""

@@ -156,6 +156,12 @@ async def test_delivery_gives_way_to_ingest_but_keeps_delivering(
     await store.set_paused(pg, "siem", True)  # rows pile up: the destination falls behind
     async with running_worker(fast):
         ids = await capture(fast, 1500)
+
+        async def stored() -> bool:
+            n = await pg.fetchval("SELECT count(*) FROM audit_log WHERE id = ANY($1::uuid[])", ids)
+            return bool(n == len(ids))
+
+        await wait_for(stored, within_s=60)  # all of them wait: the destination is behind
         await store.set_paused(pg, "siem", False)
 
         async def arrived() -> bool:
