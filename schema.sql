@@ -1484,6 +1484,36 @@ BEGIN
 END;
 $$;
 
+-- Pruning the delivery log (the maintenance job): an entry goes once every destination has
+-- passed it AND its rows are gone (past retention). An entry whose rows are still stored
+-- stays though every destination passed it: a backfill (a new destination's `--since`, or
+-- `destinations backfill`) finds history only through its entries. Oldest first, stopping at
+-- the first entry that stays (retention removes the oldest rows first), so a call with
+-- nothing to prune reads one entry; at most p_limit entries a call.
+CREATE FUNCTION public.auditq_prune_delivery_log(p_limit integer) RETURNS bigint
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    v_entry  record;
+    v_pruned bigint := 0;
+BEGIN
+    FOR v_entry IN
+        SELECT d.xid, d.seq_lo, d.seq_hi FROM public.delivery_log d
+        ORDER BY d.xid, d.seq_lo
+        LIMIT p_limit
+    LOOP
+        EXIT WHEN EXISTS (
+            SELECT FROM public.destination_state s
+            WHERE (s.pos_xid, s.pos_seq) < (v_entry.xid, v_entry.seq_hi));
+        EXIT WHEN EXISTS (
+            SELECT FROM public.audit_log a
+            WHERE a.seq BETWEEN v_entry.seq_lo AND v_entry.seq_hi);
+        DELETE FROM public.delivery_log WHERE xid = v_entry.xid AND seq_lo = v_entry.seq_lo;
+        v_pruned := v_pruned + 1;
+    END LOOP;
+    RETURN v_pruned;
+END;
+$$;
+
 
 -- =======================================================================================
 -- 4. Indexes (after the functions: the mention index is over an expression of two)
@@ -1635,7 +1665,7 @@ REVOKE ALL ON FUNCTION public.auditq_store_event(jsonb, text), public.auditq_new
     public.auditq_register_erasure(text),
     public.auditq_erase_subject(text, text, text, bigint, jsonb, integer, text[]),
     public.auditq_register_mentions(text, bytea[], bytea[], integer[], boolean[], boolean[]),
-    public.auditq_queue_delivery()
+    public.auditq_queue_delivery(), public.auditq_prune_delivery_log(integer)
     FROM PUBLIC, auditq_worker, auditq_api;
 
 -- The worker: store rows (never choosing their seq), seal them, keep partitions.
@@ -1666,6 +1696,8 @@ GRANT SELECT ON public.erased_subject, public.erased_mention TO auditq_worker;
 GRANT SELECT ON public.delivery_log, public.destination, public.destination_secret
     TO auditq_worker;
 GRANT SELECT, UPDATE ON public.destination_state TO auditq_worker;
+-- It prunes the delivery log only through its function (3.8).
+GRANT EXECUTE ON FUNCTION public.auditq_prune_delivery_log(integer) TO auditq_worker;
 -- The provenance key (the view), and only it: the worker checks the API's tags with it.
 GRANT SELECT ON public.store_policy, public.provenance_key TO auditq_worker;
 

@@ -35,6 +35,7 @@ from aiohttp import web
 
 from bench.common import Stack, cpu_seconds, percentile
 from bench.write_side import SYSTEMS, produce_and_wait, producer_cmd, start_workers, stop_workers
+from service.integrity.keys import load_or_create_private_key
 from service.store import db
 from service.store import destinations as store
 
@@ -87,7 +88,9 @@ class Receiver:
             self.ids[name].clear()
 
 
-async def add_destinations(conn: asyncpg.Connection, port: int) -> None:
+async def add_destinations(
+    conn: asyncpg.Connection, port: int, *, since: datetime | None = None
+) -> None:
     for name, fmt, secret in (("a", "json", "bench-secret"), ("b", "ocsf", None)):
         await store.add_destination(
             conn,
@@ -99,9 +102,23 @@ async def add_destinations(conn: asyncpg.Connection, port: int) -> None:
             filter_json={},
             options={"allow_private": True},
             secret=secret,
-            since=None,
+            since=since,
             created_by="bench",
         )
+
+
+def worker_env(url: str, logs: Path, round_logs: Path) -> dict[str, str]:
+    """A worker as deployed (sealing on), on the round's database: the run's one seal key,
+    and a seal state of the round's own (each round's database is new). It connects as the
+    embedded server's superuser (a benchmark: no roles set up), which it is told to allow."""
+    key = logs / "seal-key"
+    load_or_create_private_key(key)
+    return {
+        "AUDITQ_DATABASE_URL": url,
+        "AUDITQ_SEAL_KEY_FILE": str(key),
+        "AUDITQ_SEAL_STATE_FILE": str(round_logs / "seal-state"),
+        "AUDITQ_ALLOW_PRIVILEGED_ROLE": "1",
+    }
 
 
 async def fresh(stack: Stack, prefix: str) -> tuple[str, str]:
@@ -135,7 +152,7 @@ async def one_round(
         await add_destinations(conn, receiver.port)
     round_logs = logs / name
     round_logs.mkdir()
-    [worker] = start_workers(AUDITQ, stack, round_logs, AUDITQ_DATABASE_URL=url)
+    [worker] = start_workers(AUDITQ, stack, round_logs, **worker_env(url, logs, round_logs))
     try:
         plog = round_logs / "producer.log"
         out = round_logs / "warmup.json"
@@ -172,7 +189,7 @@ async def lag_run(stack: Stack, receiver: Receiver, *, seconds: int, logs: Path)
     await add_destinations(conn, receiver.port)
     round_logs = logs / name
     round_logs.mkdir()
-    [worker] = start_workers(AUDITQ, stack, round_logs, AUDITQ_DATABASE_URL=url)
+    [worker] = start_workers(AUDITQ, stack, round_logs, **worker_env(url, logs, round_logs))
     samples: dict[str, list[float]] = {"bench-a": [], "bench-b": []}
     stop = asyncio.Event()
 
@@ -232,8 +249,45 @@ async def lag_run(stack: Stack, receiver: Receiver, *, seconds: int, logs: Path)
     }
 
 
+STORE_ROWS = """
+INSERT INTO audit_log (id, ts, action, category, severity, outcome, actor_id, actor_type,
+    tenant, request_id, ip, method, path, status, metadata, presentation, received_via)
+SELECT gen_random_uuid(), now(), 'doc.updated', 'doc', 'info', 'success', 'user-' || g, 'user',
+    'acme', 'req-' || g, '10.0.0.1', 'POST', '/docs/' || g, 200,
+    jsonb_build_object('doc', g, 'note', 'a few words'), '{"code": "doc.updated", "params": {}}',
+    'api'
+FROM generate_series(1, $1) g
+"""
+
+
+async def delivery_cost(stack: Stack, receiver: Receiver, *, events: int, logs: Path) -> Any:
+    """CPU per event of delivery alone, for both destinations together: `events` rows stored
+    beforehand (statements of 250), an idle worker, then both destinations added with a
+    backfill of them; the worker's and PostgreSQL's CPU until both caught up."""
+    name, url = await fresh(stack, "dest_cost")
+    conn = await db.connect(url)
+    round_logs = logs / name
+    round_logs.mkdir()
+    since = await conn.fetchval("SELECT now()")
+    for _ in range(events // 250):
+        await conn.execute(STORE_ROWS, 250)
+    [worker] = start_workers(AUDITQ, stack, round_logs, **worker_env(url, logs, round_logs))
+    try:
+        await asyncio.sleep(5.0)  # started, sealed the rows, idle
+        before = stack.server_cpu() | {"worker": cpu_seconds(worker.pid)}
+        await add_destinations(conn, receiver.port, since=since)
+        await caught_up(conn)
+        after = stack.server_cpu() | {"worker": cpu_seconds(worker.pid)}
+    finally:
+        await conn.close()
+        stop_workers([worker])
+        stack.stack.postgres.psql(f'DROP DATABASE "{name}" WITH (FORCE)')
+    return {part: (after[part] - before[part]) / events * 1e6 for part in ("worker", "postgres")}
+
+
 async def run(events: int, rounds: int, seconds: int) -> dict[str, Any]:
     logs = Path(tempfile.mkdtemp(prefix="auditq-bench-dest-"))
+    load_before = os.getloadavg()[0]
     receiver = Receiver()
     await receiver.start()
     pairs: list[dict[bool, dict[str, Any]]] = []
@@ -247,9 +301,20 @@ async def run(events: int, rounds: int, seconds: int) -> dict[str, Any]:
                     )
                 pairs.append(pair)
             lag = await lag_run(stack, receiver, seconds=seconds, logs=logs)
+            cost = await delivery_cost(stack, receiver, events=events, logs=logs)
     finally:
         await receiver.runner.cleanup()
     drops = [1 - p[True]["events_per_s"] / p[False]["events_per_s"] for p in pairs]
+
+    def worker_and_pg(streaming: bool) -> float:  # CPU per event, whatever the machine's load
+        return float(
+            statistics.median(
+                p[streaming]["cpu_us_per_event"]["worker"]
+                + p[streaming]["cpu_us_per_event"]["postgres"]
+                for p in pairs
+            )
+        )
+
     return {
         "events": events,
         "rounds": rounds,
@@ -261,8 +326,13 @@ async def run(events: int, rounds: int, seconds: int) -> dict[str, Any]:
         "uncertain_captures": sum(p[s]["uncertain_captures"] for p in pairs for s in p),
         "drop_pairs": drops,
         "drop": statistics.median(drops),
+        "worker_pg_cpu_us_per_event_off": worker_and_pg(False),
+        "worker_pg_cpu_us_per_event_on": worker_and_pg(True),
         "lag": lag,
+        "delivery_cpu_us_per_event": cost,  # both destinations, delivery alone
+        "lag_s_max": max(v["max"] for v in lag["lag_s"].values()),
         "load_average": os.getloadavg()[0],
+        "load_average_before": load_before,
     }
 
 

@@ -266,6 +266,12 @@ def destinations(result: dict[str, Any]) -> list[str]:
         )
         + f" (goal < 2 s: {_goal(all(v['max'] < 2 for v in lag['lag_s'].values()))}).",
         "",
+        "CPU per event of the worker and PostgreSQL, which the machine's load does not change "
+        f"(median of the pairs, until every destination caught up): "
+        f"{result['worker_pg_cpu_us_per_event_off']:.0f} µs without destinations, "
+        f"{result['worker_pg_cpu_us_per_event_on']:.0f} µs with both; load average "
+        f"{result['load_average_before']:.1f} before, {result['load_average']:.1f} after.",
+        "",
     ]
     return rows
 

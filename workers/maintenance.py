@@ -7,6 +7,7 @@ from typing import Any
 
 import asyncpg
 
+from service.store import destinations
 from service.store.partitions import ensure_partitions
 from service.store.policy import apply_retention
 from workers.state import STATE, WorkerState
@@ -36,8 +37,10 @@ async def drop_expired_partitions(conn: asyncpg.Connection) -> list[str]:
 
 
 async def maintain(ctx: dict[str, Any]) -> None:
-    """Make partitions ahead and apply the store's retention policy."""
+    """Make partitions ahead, apply the store's retention policy, and prune the delivery log
+    of the entries whose rows retention removed."""
     state: WorkerState = ctx[STATE]
     async with state.pool.acquire() as conn:
         await ensure_partitions(conn, months_ahead=state.settings.partitions_ahead_months)
         await drop_expired_partitions(conn)
+        await destinations.prune(conn)

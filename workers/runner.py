@@ -85,7 +85,7 @@ async def _startup(ctx: dict[str, Any]) -> None:
         state.capture_relay = RelayTask(settings)
     if settings.destinations:  # streaming to destinations (docs/destinations.md)
         state._delivery = asyncio.get_running_loop().create_task(
-            delivery.run(settings), name="auditq-delivery"
+            delivery.run(settings, busy=state.ingesting), name="auditq-delivery"
         )
     if state.audit_lifecycle:
         provenance = Provenance(via=MAINTENANCE_VIA, key=key, task_prefix="worker")
@@ -172,6 +172,7 @@ class _Worker(Worker):
 
     _redis_down_since: float | None = None
     _stopping = False
+    queued = 0  # jobs ready in the queue at the last poll (running ones included)
     _poll_lock: asyncio.Lock | None = None
 
     async def stop_picking(self) -> None:
@@ -232,6 +233,7 @@ class _Worker(Worker):
             logger.warning("Redis answers again after %.1f s", down_s)
 
     async def start_jobs(self, job_ids: list[bytes]) -> None:
+        self.queued = len(job_ids)
         for job_id in job_ids:
             if await set_aside_if_oversized(worker_state(self), self.pool, job_id.decode()):
                 continue

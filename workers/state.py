@@ -80,6 +80,17 @@ class WorkerState:
     capture_relay: RelayTask | None = None  # AUDITQ_CAPTURE_DATABASE_URLS (docs/capture.md)
     _delivery: asyncio.Task[None] | None = None  # destinations (workers/delivery.py)
 
+    def ingesting(self) -> bool:
+        """Whether jobs wait in the queue: every job slot is taken, or the worker's last poll
+        (every 20 ms) found more jobs ready than it has slots. Ingest goes before delivery
+        then (workers/delivery.py). Jobs other workers run count too: that only makes this
+        worker's destinations wait a little longer (at most delivery.DEFER_S)."""
+        worker = self.worker
+        if worker is None:
+            return False
+        slots = worker.max_jobs
+        return len(worker.job_tasks) >= slots or getattr(worker, "queued", 0) > slots
+
     def trip(self, exc: BaseException) -> None:
         """Open the breaker: stop taking jobs and probe the database until it answers."""
         self.breaker.trip(exc)

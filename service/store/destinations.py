@@ -132,6 +132,7 @@ SELECT coalesce(sum(l.n), 0)::bigint AS lag_events,
 FROM delivery_log l
 WHERE l.xid >= $1::text::xid8 AND (l.xid, l.seq_hi) > ($1::text::xid8, $2)
 """
+PRUNE = "SELECT public.auditq_prune_delivery_log($1)"
 TRY_LOCK = "SELECT pg_catalog.pg_try_advisory_lock($1::int4, $2::int4)"
 
 
@@ -329,7 +330,6 @@ async def next_rows(
     filters: Filters,
     *,
     max_rows: int,
-    max_entries: int = 200,
 ) -> tuple[list[asyncpg.Record], Position]:
     """The rows after `position`, in (xid, seq) order, and the position after them.
 
@@ -337,7 +337,8 @@ async def next_rows(
     sent; the JSON columns come back as their JSON text. At most about `max_rows` rows
     (entries are read whole unless one alone is larger).
     """
-    window = await conn.fetch(SELECT_WINDOW, position.xid, position.seq, max_entries)
+    # An entry holds one row at least: max_rows entries always hold max_rows rows.
+    window = await conn.fetch(SELECT_WINDOW, position.xid, position.seq, max_rows)
     if not window:
         return [], position
     total, last = 0, window[-1]
@@ -365,6 +366,13 @@ async def record_failure(conn: Conn, ident: int, error: str) -> int:
     """Count a failed attempt with its (redacted) error; the failures in a row so far."""
     count: int | None = await conn.fetchval(RECORD_FAILURE, ident, error[:1000])
     return count or 0
+
+
+async def prune(conn: Conn, *, limit: int = 100_000) -> int:
+    """Remove delivery log entries every destination passed whose rows are gone (schema.sql,
+    auditq_prune_delivery_log); how many went."""
+    pruned: int = await conn.fetchval(PRUNE, limit)
+    return pruned
 
 
 async def try_lock(conn: Conn, ident: int) -> bool:

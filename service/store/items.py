@@ -225,7 +225,7 @@ def _json_or_none(text: str) -> Any:
     return None if "\\u0000" in written else parsed  # jsonb holds no NUL
 
 
-def _present(**fields: Any) -> dict[str, Any] | None:
+def _present(fields: dict[str, Any]) -> dict[str, Any] | None:
     kept = {name: value for name, value in fields.items() if value is not None}
     return kept or None
 
@@ -235,14 +235,18 @@ def item(row: asyncpg.Record | Mapping[str, Any]) -> dict[str, Any]:
     actor = None
     if row["actor_id"] is not None:
         actor = _present(
-            id=row["actor_id"],
-            type=row["actor_type"],
-            name=row["actor_name"],
-            email=row["actor_email"],
+            {
+                "id": row["actor_id"],
+                "type": row["actor_type"],
+                "name": row["actor_name"],
+                "email": row["actor_email"],
+            }
         )
     entity = None
     if row["entity_type"] is not None or row["entity_id"] is not None:
-        entity = _present(type=row["entity_type"], id=row["entity_id"], name=row["entity_name"])
+        entity = _present(
+            {"type": row["entity_type"], "id": row["entity_id"], "name": row["entity_name"]}
+        )
     return {
         "id": row["id"],
         "ts": row["ts"],
@@ -254,13 +258,15 @@ def item(row: asyncpg.Record | Mapping[str, Any]) -> dict[str, Any]:
         "entity": entity,
         "tenant": row["tenant"],
         "request": _present(
-            id=row["request_id"],
-            ip=row["ip"],
-            user_agent=row["user_agent"],
-            method=row["method"],
-            path=row["path"],
-            status=row["status"],
-            duration_ms=row["duration_ms"],
+            {
+                "id": row["request_id"],
+                "ip": row["ip"],
+                "user_agent": row["user_agent"],
+                "method": row["method"],
+                "path": row["path"],
+                "status": row["status"],
+                "duration_ms": row["duration_ms"],
+            }
         ),
         "changes": row["changes"],
         "metadata": row["metadata"],

@@ -28,6 +28,10 @@ SELECT a.id::text FROM delivery_log d
 JOIN audit_log a ON a.seq BETWEEN d.seq_lo AND d.seq_hi AND (d.seqs IS NULL OR a.seq <@ d.seqs)
 ORDER BY d.xid, a.seq
 """
+# Every transaction that began before the last entry so far has ended.
+NONE_OLDER_RUNNING = """
+SELECT pg_snapshot_xmin(pg_current_snapshot()) > (SELECT max(xid) FROM delivery_log)
+"""
 INSERT_ROW = """
 INSERT INTO audit_log (id, ts, action, category, severity, outcome, presentation)
 VALUES ($1, now(), $2, 'test', 'info', 'success', '{"code": "x", "params": {}}')
@@ -171,6 +175,11 @@ async def test_backfill_sends_history_again_and_pause_holds_it(
             return bool(n == len(old))
 
         await wait_for(old_stored, within_s=60)
+
+        async def none_older_running() -> bool:  # else "now" starts at that transaction
+            return bool(await pg.fetchval(NONE_OLDER_RUNNING))
+
+        await wait_for(none_older_running, within_s=60)
         ident = await add(pg, "late-comer", receiver.url("/hook"))
         new = await capture(fast, 5)
 

@@ -106,3 +106,18 @@ async def test_the_api_role_manages_destinations_but_not_the_delivery_log(
     with pytest.raises(asyncpg.InsufficientPrivilegeError):
         await api.execute("DELETE FROM delivery_log")
     assert await store.remove_destination(api, "siem")
+
+
+async def test_the_worker_prunes_the_delivery_log_only_through_the_store_function(
+    pg: asyncpg.Connection, roles: dict[str, asyncpg.Connection]
+) -> None:
+    from tests.destinations.test_prune import ORPHANS, store_old_and_new
+
+    await store_old_and_new(pg)
+    worker = roles["auditq_worker"]
+    with pytest.raises(asyncpg.InsufficientPrivilegeError):
+        await worker.execute("DELETE FROM delivery_log")
+    assert await store.prune(worker) == 2  # what nobody can need, nothing else
+    assert await pg.fetchval(ORPHANS) == 0
+    with pytest.raises(asyncpg.InsufficientPrivilegeError):
+        await roles["auditq_api"].fetchval(store.PRUNE, 10)

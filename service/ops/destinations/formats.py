@@ -25,6 +25,9 @@ class Item:
     severity: str
     json: msgspec.Raw  # the item as the API shows it
     data: Mapping[str, Any]  # the same as read (its JSON values may be msgspec.Raw)
+    # Its renderings so far, by format (and OCSF class rules): every destination of a worker
+    # that sends the same batch in the same format shares one.
+    rendered: dict[Any, Any] = dataclasses.field(default_factory=dict, compare=False, repr=False)
 
     @classmethod
     def of(cls, item: Mapping[str, Any]) -> Item:
@@ -47,12 +50,19 @@ def plain(value: Any) -> Any:
 
 def render(item: Item, fmt: str, options: Mapping[str, Any]) -> Any:
     """One item in the destination's format: the item JSON as read (json), an OCSF object, or
-    a CEF line."""
-    if fmt == "ocsf":
-        return to_ocsf(item.data, options.get("ocsf_classes"), unmapped=item.json)
-    if fmt == "cef":
-        return to_cef(item.data, whole=item.json)
-    return item.json
+    a CEF line; made once per item and format, however many destinations send it."""
+    if fmt == "json":
+        return item.json
+    classes = options.get("ocsf_classes") if fmt == "ocsf" else None
+    key = (fmt, _encoder.encode(classes) if classes else None)
+    done = item.rendered.get(key)
+    if done is None:
+        if fmt == "ocsf":
+            done = to_ocsf(item.data, classes, unmapped=item.json)
+        else:
+            done = to_cef(item.data, whole=item.json)
+        item.rendered[key] = done
+    return done
 
 
 def text(rendered: Any) -> str:

@@ -7,6 +7,7 @@ first. Every item is carried whole under `unmapped`, so nothing is lost to the m
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
@@ -101,8 +102,17 @@ _USER_TYPE_ID = {"user": 1, "system": 3, "service": 99, "api_token": 99}
 
 def class_of(action: str, overrides: Mapping[str, str] | None = None) -> str:
     """The OCSF class name of an action: the overrides' first matching prefix, else the table."""
-    for prefix, name in (*(overrides or {}).items(), *DEFAULT_RULES):
+    for prefix, name in (overrides or {}).items():
         if action.startswith(prefix) and name in CLASSES:
+            return name
+    return _default_class(action)
+
+
+@functools.lru_cache(maxsize=4096)
+def _default_class(action: str) -> str:
+    """The table's class of an action (remembered: a store has a few hundred actions)."""
+    for prefix, name in DEFAULT_RULES:
+        if action.startswith(prefix):
             return name
     return FALLBACK_CLASS
 

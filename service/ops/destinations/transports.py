@@ -6,6 +6,7 @@ DeliveryError with a message that is safe to store and show (never the secret).
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import hmac
 import logging
@@ -62,13 +63,18 @@ def signature(secret: str, body: bytes) -> str:
     return "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
 
 
+@functools.cache
+def _system_ssl_context() -> ssl.SSLContext:
+    """Verified TLS against the system's CAs: made once (loading them takes a while)."""
+    return ssl.create_default_context()
+
+
 def _ssl_context(options: Mapping[str, Any]) -> ssl.SSLContext:
     """Verified TLS: the system's CAs, or the destination's own CA certificate."""
-    context = ssl.create_default_context()
     ca_pem = options.get("ca_pem")
     if ca_pem:
-        context = ssl.create_default_context(cadata=ca_pem)
-    return context
+        return ssl.create_default_context(cadata=ca_pem)
+    return _system_ssl_context()
 
 
 def _safe(message: str) -> str:
@@ -84,13 +90,15 @@ class _Http:
         self.options = destination.options
         self.allow_private = bool(self.options.get("allow_private"))
         check_url(destination.kind, destination.url, allow_private=self.allow_private)
+        self.tls = urlsplit(destination.url).scheme == "https"
         self._session: aiohttp.ClientSession | None = None
 
     def session(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:
             connector = aiohttp.TCPConnector(
                 resolver=GuardedResolver(allow_private=self.allow_private),
-                ssl=_ssl_context(self.options),
+                # Plain http:// needs no TLS context (the system's CAs take a while to load).
+                ssl=_ssl_context(self.options) if self.tls else True,
                 limit=4,
             )
             self._session = aiohttp.ClientSession(
