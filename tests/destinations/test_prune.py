@@ -9,7 +9,6 @@ from datetime import date
 import asyncpg
 
 from service.store import destinations as store
-from service.store import schema
 from service.store.partitions import ensure_partitions
 from tests.support.stores import days_since, set_retention
 from workers.maintenance import drop_expired_partitions
@@ -87,10 +86,3 @@ async def test_a_destination_far_behind_keeps_its_entries(pg: asyncpg.Connection
     await pg.execute(store.MOVE_POSITION, ident, now.xid, now.seq)
     assert await store.prune(pg) == 2
     assert await pg.fetchval(ROWS_WITHOUT_ENTRY) == 0
-
-
-def test_the_migration_is_the_schema_block() -> None:
-    start, end = "-- Pruning the delivery log", "-- (end of delivery log pruning)"
-    text = schema.SCHEMA_PATH.read_text()
-    block = text[text.index(start) : text.index(end) + len(end)]
-    assert block in (schema.MIGRATIONS_DIR / "0009_delivery_log_pruning.sql").read_text()
