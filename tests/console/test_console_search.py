@@ -123,7 +123,8 @@ async def test_statistics_by_hour_show_hourly_bars_and_top_actors_by_name(tab: T
     await expect(page.get_by_role("heading", name="Events per hour")).to_be_visible()
     await expect(page.get_by_role("img", name="Events per hour")).to_be_visible()
     # A fixed window, so the page and the API count the same hours.
-    now = datetime.now(UTC).replace(microsecond=0)
+    # (the next whole second: the probe stored within this one must fall before `until`)
+    now = datetime.now(UTC).replace(microsecond=0) + timedelta(seconds=1)
     window = (
         f"since={(now - timedelta(hours=6)).isoformat()}&until={now.isoformat()}".replace(
             "+00:00", "Z"
