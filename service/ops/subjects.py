@@ -281,17 +281,25 @@ class _Run:
     async def _wait_for_running_jobs(self) -> None:
         """Wait until every job of the queue that was running has ended (or its time is up)."""
         queue = self.settings.queue
-        running = []
+        running: list[tuple[bytes, bytes]] = []
         async for key in self.redis.scan_iter(match=IN_PROGRESS_PREFIX + "*", count=SCAN_COUNT):
             job_id = key[len(IN_PROGRESS_PREFIX) :]
             if await self.redis.zscore(queue, job_id) is not None:
-                running.append(key)
+                running.append((key, JOB_PREFIX.encode() + job_id))
         deadline = time.monotonic() + self.settings.job_timeout_s + IN_PROGRESS_EXTRA_S
-        while running and await self.redis.exists(*running):
+        # A job runs while both its in-progress marker and the job itself exist: arq keeps a
+        # cron job's marker after it finished (so it does not run twice), the job it deletes.
+        while running and await self._any_running(running):
             if time.monotonic() > deadline:
                 logger.warning("erasure: jobs still running after their timeout; going on")
                 return
             await asyncio.sleep(RUNNING_JOBS_POLL_S)
+
+    async def _any_running(self, jobs: list[tuple[bytes, bytes]]) -> bool:
+        for marker, job in jobs:
+            if await self.redis.exists(marker) and await self.redis.exists(job):
+                return True
+        return False
 
     async def _documents(self) -> AsyncIterator[tuple[bytes, Any, bytes]]:
         """Every Redis document that can hold events: queued jobs, arq results, dead letters."""

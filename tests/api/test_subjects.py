@@ -9,6 +9,7 @@ the pseudonym; unrelated rows are byte-identical; `auditq verify` exits 0.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import json
 from pathlib import Path
@@ -445,3 +446,21 @@ async def test_anonymise_of_an_id_with_no_data_warns(
     assert await run_cli("anonymise", SUBJECT) == 0
     printed, warned = capsys.readouterr()
     assert "warning" not in warned
+
+
+async def test_a_finished_cron_jobs_marker_does_not_hold_the_erasure(
+    quiet_settings: Settings, pg: asyncpg.Connection, redis: aioredis.Redis
+) -> None:
+    """arq keeps a cron job's in-progress marker after the job finished (so it does not run
+    twice), and the job id can stand in the queue again: no job runs, so the erasure does not
+    wait the job timeout for it. A job that does run is still waited for."""
+    finished = "maintain:1796598058634"
+    await redis.set(f"arq:in-progress:{finished}", b"1", px=600_000)
+    await redis.zadd(quiet_settings.queue, {finished: 1})  # no arq:job:… key: not running
+    pool = await db.create_pool(quiet_settings.database_url or "", size=2)
+    try:
+        run = subjects.anonymise(pool, redis, quiet_settings, "u-nobody-at-all")
+        outcome = await asyncio.wait_for(run, timeout=quiet_settings.job_timeout_s / 2)
+    finally:
+        await pool.close()
+    assert outcome is not None and outcome.rows == 0
