@@ -20,7 +20,7 @@ from service.store.tokens import create_token
 
 SCHEMATHESIS = Path(sys.executable).with_name("schemathesis")
 AUDITQ = Path(sys.executable).with_name("auditq")
-RUN_LIMIT = 150.0  # seconds one schemathesis run may take
+RUN_LIMIT = 600.0  # seconds one schemathesis run may take (≈2 minutes unloaded; 3.5 at load 16)
 MAX_EXAMPLES = 10  # generated cases per route (fuzzing) and scenarios (stateful): ~2 minutes
 ROOT = Path(__file__).resolve().parents[2]
 CONFIG = ROOT / "tests" / "schemathesis.toml"
