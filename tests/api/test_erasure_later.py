@@ -382,3 +382,9 @@ async def test_bytes_that_are_not_utf8_are_cleared_of_the_subject_wherever_redis
         text = raw.decode("utf-8", "replace")
         for value in (SUBJECT, EMAIL, NAME):
             assert value.lower() not in text.lower(), (value, raw)
+    key = load_or_create_private_key(settings.seal_key_path)
+    while await seal_once(pg, key) is not None:
+        pass
+    lines: list[str] = []
+    report = await verify(pg, key.public_key(), emit=lines.append)
+    assert report.findings == 0, lines
