@@ -39,7 +39,12 @@ _PERSON = b"auditq-mention"
 def digest(key: bytes, text: str) -> bytes:
     """The keyed digest of a text as it is matched (any case)."""
     return hashlib.blake2b(
-        text.casefold().encode(), key=key, digest_size=DIGEST_BYTES, person=_PERSON
+        # surrogatepass: a text read from bytes that are not UTF-8 holds lone surrogates
+        # between its words (service/queue/jobs.py clear_raw_bytes); no value has one.
+        text.casefold().encode("utf-8", "surrogatepass"),
+        key=key,
+        digest_size=DIGEST_BYTES,
+        person=_PERSON,
     ).digest()
 
 

@@ -19,6 +19,7 @@ import msgspec
 
 from service.events import AuditEvent
 from service.mentions import PERSON_INNER_KEYS, PERSON_KEYS, MentionIndex
+from service.queue.jobs import RAW_BYTES_PREFIX, clear_raw_bytes
 
 PREFIX = "anon_"
 PSEUDONYM_PATTERN = re.compile(r"^anon_[0-9a-f]{32}$")
@@ -194,7 +195,10 @@ class DocumentScrubber:
         if isinstance(value, str):
             if value[:1] in ("{", "[") and (inner := _json_or_none(value)) is not None:
                 return _encoder.encode(self._walk(inner, own)).decode()
-            return (self._scrub if own else self._others).text(value)
+            scrub = self._scrub if own else self._others
+            if value.startswith(RAW_BYTES_PREFIX):  # bytes that are not UTF-8, in base64
+                return clear_raw_bytes(value, scrub.text)
+            return scrub.text(value)
         if isinstance(value, list):
             return [self._walk(v, own) for v in value]
         if not isinstance(value, dict):

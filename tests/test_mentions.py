@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import base64
 import re
 from pathlib import Path
 
+import pytest
+
 from service.mentions import PERSON_INNER_KEYS, PERSON_KEYS, MentionIndex, entry, trimmed
-from service.pseudonyms import mention_scrubber
+from service.pseudonyms import DocumentScrubber, mention_scrubber
+from service.queue.jobs import RAW_BYTES_PREFIX, clear_raw_bytes
 
 KEY = b"k" * 32
 
@@ -63,3 +67,31 @@ def test_the_worker_and_the_store_name_the_same_person_fields() -> None:
 
     assert listed("v_keys") == PERSON_KEYS
     assert listed("v_inner") == PERSON_INNER_KEYS
+
+
+@pytest.mark.unit
+def test_bytes_that_are_not_utf8_are_cleared_as_the_words_they_hold() -> None:
+    """A dead letter keeps bytes that are not UTF-8 base64-encoded: they are cleared as the
+    words they hold (beside a bad byte too), and every other byte comes back exactly."""
+    rest = b', "x": "Zelda\xffQuixote \xc3\xa9t\xc3\xa9"}'
+    raw = b'{"by": "\xfeZELDA QUIXOTE\xff", "id": "zq-4417"' + rest
+    kept = RAW_BYTES_PREFIX + base64.b64encode(raw).decode()
+    index = _index("Zelda Quixote", "zq-4417")
+
+    def clear(text: str) -> str:
+        scrub = mention_scrubber(index.find(text))
+        return text if scrub is None else scrub.text(text)
+
+    def bytes_of(text: str) -> bytes:
+        assert text.startswith(RAW_BYTES_PREFIX)
+        return base64.b64decode(text.removeprefix(RAW_BYTES_PREFIX), validate=True)
+
+    # Not the value (another separator), as in text: kept, and no word run breaks a digest.
+    expected = b'{"by": "\xfe[erased]\xff", "id": "[erased]"' + rest
+    assert bytes_of(clear_raw_bytes(kept, clear)) == expected
+    untouched = RAW_BYTES_PREFIX + base64.b64encode(b"\xff nobody here").decode()
+    assert clear_raw_bytes(untouched, clear) is untouched
+    documents = DocumentScrubber("zq-4417", "anon_x", frozenset({"user"}), ["Zelda Quixote"])
+    letter = documents.scrub({"payload": kept, "message": "zq-4417"})
+    assert bytes_of(letter["payload"]) == expected.replace(b'"id": "[erased]"', b'"id": "anon_x"')
+    assert letter["message"] == "anon_x"

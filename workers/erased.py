@@ -24,6 +24,7 @@ from service.pseudonyms import (
     pseudonym,
     pseudonymise_event,
 )
+from service.queue.jobs import RAW_BYTES_PREFIX, clear_raw_bytes
 from service.queue.keys import erased_version_key
 from service.store import subjects as sql
 from service.subject_key import load_subject_key
@@ -108,6 +109,8 @@ class ErasedSubjects:
         """A dead letter's payload (raw text, an item or a list of them), cleared."""
         if not self.pseudonyms:
             return payload
+        if isinstance(payload, str) and payload.startswith(RAW_BYTES_PREFIX):
+            return clear_raw_bytes(payload, self.clear_text)  # not UTF-8: its bytes
         if isinstance(payload, str):
             return self.clear_text(payload)
         if isinstance(payload, list):

@@ -42,6 +42,7 @@ from service.pseudonyms import (
     pseudonym,
 )
 from service.queue import dead_letter
+from service.queue.jobs import deserialize_job
 from service.queue.keys import IN_PROGRESS_PREFIX, JOB_PREFIX, RESULT_PREFIX, erased_version_key
 from service.settings import Settings
 from service.store import subjects as sql
@@ -318,13 +319,9 @@ class _Run:
         for keys in (job_keys, result_keys, letter_keys):
             async for key in keys:
                 raw = await self.redis.get(key)
-                if raw is None:
-                    continue
-                try:
-                    document = _decoder.decode(raw)
-                except (msgspec.DecodeError, RecursionError):
-                    continue  # not auditq's JSON: nothing of ours
-                yield key, document, raw
+                document = None if raw is None else _read(raw)
+                if document is not None:  # else gone, or not auditq's JSON: nothing of ours
+                    yield key, document, raw
 
     async def _scrub_redis(self, documents: DocumentScrubber) -> tuple[int, int]:
         """Rewrite every document that holds the subject; (documents, of them dead letters)."""
@@ -340,10 +337,26 @@ class _Run:
                     letters += key.startswith(letters_prefix)
                     break
                 raw = await self.redis.get(key)
-                if raw is None:
+                document = None if raw is None else _read(raw)
+                if document is None:
                     break
-                document = _decoder.decode(raw)
         return rewritten, letters
+
+
+def _read(raw: bytes) -> Any:
+    """A Redis document, or None when it is not auditq's JSON. A job with bytes that are not
+    UTF-8 is read as the worker reads it, those segments base64-encoded: they are cleared as
+    the bytes they are, and the job, written back so, is read by the worker the same way."""
+    try:
+        return _decoder.decode(raw)
+    except (msgspec.DecodeError, RecursionError):
+        return None
+    except UnicodeDecodeError:
+        pass
+    try:
+        return deserialize_job(raw)
+    except (ValueError, TypeError, AttributeError, RecursionError):
+        return None
 
 
 def _is_address(value: str) -> bool:

@@ -91,6 +91,21 @@ def redact_raw_bytes(text: str, extra_keys: frozenset[str] = frozenset()) -> str
     return RAW_BYTES_PREFIX + base64.b64encode(redacted.encode("latin-1", "replace")).decode()
 
 
+def clear_raw_bytes(text: str, clear: Callable[[str], str]) -> str:
+    """Bytes kept base64-encoded (RAW_BYTES_PREFIX) cleared as the text they hold: read as
+    UTF-8 where they are, each other byte as itself (surrogateescape), so `clear` finds a
+    value as the words a producer wrote, also beside a byte that is not UTF-8, and every
+    byte it leaves alone comes back exactly."""
+    as_text = base64.b64decode(text.removeprefix(RAW_BYTES_PREFIX)).decode(
+        "utf-8", "surrogateescape"
+    )
+    cleared = clear(as_text)
+    if cleared == as_text:
+        return text
+    raw = cleared.encode("utf-8", "surrogateescape")
+    return RAW_BYTES_PREFIX + base64.b64encode(raw).decode()
+
+
 def joined_segments(args: list[Any]) -> str:
     """A job's events as one JSON text: a merged job holds one argument (segment) per
     producer batch, each a JSON array (service/queue/enqueue.lua)."""

@@ -1,11 +1,14 @@
 """Events that arrive after an erasure are stored cleared of the subject wherever it stands
 (contract §9): another actor's metadata, entity name, request path and presentation params,
 in the worker's fast path (finalized jobs) and its per-event path; and a dead letter written
-afterwards (an invalid job's raw text) is cleared when it is written. Real Valkey, PostgreSQL,
-worker and API; the worker learns the values only as keyed digests (the key is a file)."""
+afterwards (an invalid job's raw text) is cleared when it is written, also when its bytes
+are not UTF-8 (kept base64-encoded), and so is such a letter written before. Real Valkey,
+PostgreSQL, worker and API; the worker learns the values only as keyed digests (the key is a
+file)."""
 
 from __future__ import annotations
 
+import base64
 import dataclasses
 import re
 from typing import Any
@@ -21,6 +24,7 @@ from service.integrity.keys import load_or_create_private_key
 from service.integrity.verify import verify
 from service.producer.client import AuditClient
 from service.queue import dead_letter
+from service.queue.jobs import RAW_BYTES_PREFIX, deserialize_job
 from service.settings import Settings
 from service.store.seals import seal_once
 from tests.support.admin_api import Tokens, enqueue, queued_payloads
@@ -290,3 +294,97 @@ async def test_no_reader_route_maps_an_erased_id_to_its_pseudonym(
         assert answer.status == 200, (path, body)
         for value in (SUBJECT, EMAIL, NAME):
             assert value not in body, (path, value)
+
+
+def _raw_bytes(letter: dead_letter.DeadLetter | None) -> bytes:
+    assert letter is not None and isinstance(letter.payload, str)
+    assert letter.payload.startswith(RAW_BYTES_PREFIX), letter.payload
+    return base64.b64decode(letter.payload.removeprefix(RAW_BYTES_PREFIX), validate=True)
+
+
+async def test_bytes_that_are_not_utf8_are_cleared_of_the_subject_wherever_redis_keeps_them(
+    quiet_settings: Settings,
+    pg: asyncpg.Connection,
+    redis: aioredis.Redis,
+    api: TestClient[Any, Any],
+    tokens: Tokens,
+) -> None:
+    """A segment that is not UTF-8 is dead-lettered with its exact bytes, base64-encoded:
+    base64 hides the subject from a scrub of text, and a job of such bytes is not JSON a
+    strict reader takes. A letter written before the erasure, a job waiting in the queue
+    during it and a letter written after all lose the subject's id, name and email (found
+    as the words they are, also beside a byte that is not UTF-8), and keep every other byte
+    exactly; another job of such bytes stays byte-identical."""
+    settings = quiet_settings
+    me = Actor(id=SUBJECT, type="user", name=NAME, email=EMAIL)
+
+    def malformed(marker: str) -> bytes:
+        head = f'[{{"action": "note.added", "metadata": {{"who": "{EMAIL}", "id": "{SUBJECT}"'
+        tail = f', "kept": "Una One, malice, {marker}, \u00e9t\u00e9"}}}}]'
+        by = b', "by": "\xfe' + NAME.upper().encode() + b'\xff"'  # beside bytes not UTF-8
+        return head.encode() + by + tail.encode()
+
+    def cleared(raw: bytes, id_as: str) -> bytes:
+        for value, replacement in ((EMAIL, "[erased]"), (NAME.upper(), "[erased]")):
+            raw = raw.replace(value.encode(), replacement.encode())
+        return raw.replace(SUBJECT.encode(), id_as.encode())
+
+    async with running_worker(settings):
+        async with AuditClient.from_settings(settings) as client:
+            assert await client.capture(AuditEvent(action="auth.login", actor=me))
+        before_id = await enqueue(redis, settings.queue, malformed("before"))
+
+        async def first_in() -> bool:
+            rows = await pg.fetchval("SELECT count(*) FROM audit_log")
+            return rows == 1 and await dead_letter.get(redis, settings.queue, before_id) is not None
+
+        await wait_for(first_in)
+    assert SUBJECT.encode() in _raw_bytes(await dead_letter.get(redis, settings.queue, before_id))
+    # Waiting in the queue (no worker runs): one naming the subject, one of someone else.
+    queued_id = await enqueue(redis, settings.queue, malformed("queued"))
+    theirs_id = await enqueue(redis, settings.queue, b'[{"action": "a.b", "source": "\xfe x"}]')
+    theirs_before = await redis.get(f"arq:job:{theirs_id}")
+    response = await api.post(f"/api/v1/admin/subjects/{SUBJECT}/anonymise", headers=tokens.admin)
+    assert response.status == 202
+    pseudonym = (await response.json())["pseudonym"]
+
+    async def done() -> bool:
+        answer = await api.get(
+            f"/api/v1/admin/subjects/{SUBJECT}/anonymisation", headers=tokens.admin
+        )
+        return bool((await answer.json())["state"] == "done")
+
+    await wait_for(done)
+    assert theirs_before and await redis.get(f"arq:job:{theirs_id}") == theirs_before
+    waiting = await redis.get(f"arq:job:{queued_id}")
+    (segment,) = deserialize_job(waiting)["a"]  # as the worker reads it
+    assert segment.startswith(RAW_BYTES_PREFIX)
+    assert base64.b64decode(segment.removeprefix(RAW_BYTES_PREFIX)) == cleared(
+        malformed("queued"), pseudonym
+    )
+    async with running_worker(settings):
+        after_id = await enqueue(redis, settings.queue, malformed("after"))
+
+        async def rest_in() -> bool:
+            ids = (queued_id, theirs_id, after_id)
+            return all([await dead_letter.get(redis, settings.queue, i) for i in ids])
+
+        await wait_for(rest_in)
+    before, queued, after = [
+        _raw_bytes(await dead_letter.get(redis, settings.queue, i))
+        for i in (before_id, queued_id, after_id)
+    ]
+    # Every other byte is kept: the bytes that are not UTF-8, the other person's words.
+    assert before == cleared(malformed("before"), pseudonym), before
+    assert queued == cleared(malformed("queued"), pseudonym), queued
+    assert after == cleared(malformed("after"), "[erased]"), after
+    for raw in (before, queued, after):
+        text = raw.decode("utf-8", "replace")
+        for value in (SUBJECT, EMAIL, NAME):
+            assert value.lower() not in text.lower(), (value, raw)
+    key = load_or_create_private_key(settings.seal_key_path)
+    while await seal_once(pg, key) is not None:
+        pass
+    lines: list[str] = []
+    report = await verify(pg, key.public_key(), emit=lines.append)
+    assert report.findings == 0, lines
