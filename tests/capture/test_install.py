@@ -285,3 +285,30 @@ async def test_columns_of_types_without_equality_are_compared_as_text(
         None,
         "2026-01-02T03:04:05+00:00",
     ]
+
+
+async def test_a_composite_key_is_the_entity_id_and_a_changed_key_is_a_delete_and_a_create(
+    app_url: str, app: asyncpg.Connection
+) -> None:
+    """Through the trigger itself: a composite key's values joined by ':' (as the SQLAlchemy
+    capture joins them); an UPDATE that moves a row to another key is the old key deleted and
+    the new one created, beside an ordinary update in the same statement."""
+    await app.execute(ORDERS_DDL)
+    await installer.install(app_url, "shop.orders", entity="order")
+    await app.execute(
+        "INSERT INTO shop.orders (region, number, total) VALUES ('eu', 7, 10), ('us', 8, 20)"
+    )
+    await app.execute("DELETE FROM auditq_capture.outbox")
+    await app.execute(
+        "UPDATE shop.orders SET number = CASE WHEN region = 'eu' THEN 9 ELSE number END,"
+        " total = total + 1"
+    )
+    rows = await app.fetch(
+        "SELECT operation::text AS op, entity_id, changes FROM auditq_capture.outbox"
+    )
+    got = sorted((r["op"], r["entity_id"], msgspec.json.decode(r["changes"])) for r in rows)
+    assert got == [
+        ("c", "eu:9", {"region": [None, "eu"], "number": [None, 9], "total": [None, 11]}),
+        ("d", "eu:7", {"region": ["eu", None], "number": [7, None], "total": [10, None]}),
+        ("u", "us:8", {"total": [20, 21]}),
+    ]

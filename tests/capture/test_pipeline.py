@@ -311,3 +311,35 @@ async def test_a_reinstall_applies_to_the_running_relay_at_once(
         ("items.created", [{"field": "id", "new": 1}, {"field": "name", "new": "alice"}]),
         ("part.updated", [{"field": "name", "old": "[REDACTED]", "new": "[REDACTED]"}]),
     ]
+
+
+async def test_a_change_whose_notify_never_came_is_relayed_by_the_poll(
+    settings: Settings, app_url: str, app: asyncpg.Connection, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The polling fallback: an outbox row that arrived with no NOTIFY (written here straight
+    into the outbox, as a superuser could) is still relayed, within a few poll intervals."""
+    await installer.install(app_url, "shop.items")
+    stop = asyncio.Event()
+    relay = OutboxRelay(
+        app_url, relay_client(settings), max_event_bytes=65536, max_future_s=300,
+        poll_interval_s=0.5,
+    )  # fmt: skip
+    caplog.set_level(logging.INFO, logger="service.capture.relay")
+    task = asyncio.create_task(relay.run(stop))
+    try:
+
+        async def draining() -> bool:
+            return any("draining its outbox" in r.getMessage() for r in caplog.records)
+
+        await wait_for(draining, within_s=30)
+        await app.execute(
+            "INSERT INTO auditq_capture.outbox (table_id, operation, entity_id, changes,"
+            " captured_at, xid) SELECT table_id, 'c', '5', '{\"id\":[null,5]}', now(),"
+            " pg_current_xact_id() FROM auditq_capture.captured_tables"
+        )
+        await wait_for(lambda: _zero(outbox_rows(app)), within_s=30)
+        assert relay.rows_done == 1
+    finally:
+        stop.set()
+        await task
+        await relay.client.aclose()

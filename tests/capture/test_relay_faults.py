@@ -13,15 +13,18 @@ import signal
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import asyncpg
 import pytest
 
 from service.capture import installer
 from service.embedded.servers import EmbeddedPostgres, EmbeddedValkey
+from service.queue.jobs import JOB_FUNCTION
 from service.settings import Settings
 from tests.support.capture import ITEMS_DDL, outbox_rows, relaying
 from tests.support.polling import wait_for
+from tests.support.queue import queued_events, queued_jobs
 from tests.support.servers import server_dir
 from tests.support.worker import running_worker
 
@@ -270,3 +273,67 @@ async def test_redis_restarted_under_load_loses_nothing(
     finally:
         await asyncio.to_thread(valkey.stop)
         shutil.rmtree(data_dir, ignore_errors=True)
+
+
+async def test_a_batch_sent_again_after_redis_took_it_is_stored_once(
+    settings: Settings, app_url: str, app: asyncpg.Connection, redis: Any
+) -> None:
+    """The window a SIGKILL may or may not hit, made certain: Redis has accepted a batch, the
+    relay's DELETE of its rows waits (the outbox is locked), and its connection is cut. It
+    sends the whole batch again; the queue holds every event twice and the store once."""
+    assert settings.database_url is not None
+    rows = 50
+    await installer.install(app_url, "shop.items")
+    await app.execute(
+        "INSERT INTO shop.items (id, name) SELECT g, 'x' FROM generate_series(1, $1) g", rows
+    )
+    locker = await asyncpg.connect(app_url)
+    try:
+        tx = locker.transaction()
+        await tx.start()
+        await locker.execute("LOCK TABLE auditq_capture.outbox IN EXCLUSIVE MODE")  # reads go on
+        async with relaying(settings, app_url):
+            for sent in (rows, 2 * rows):
+
+                async def queued(sent: int = sent) -> bool:
+                    return len(await queued_events(redis, settings.queue)) == sent
+
+                await wait_for(queued, within_s=60)
+                await wait_for(lambda: _relay_waits_on_a_lock(app), within_s=60)
+                if sent == rows:  # cut after Redis took the batch, before its rows went
+                    await app.execute(
+                        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                        " WHERE application_name = 'auditq-capture-relay'"
+                    )
+            await tx.rollback()
+            await wait_for(lambda: _outbox_empty(app), within_s=60)
+    finally:
+        await locker.close()
+    events = await queued_events(redis, settings.queue)
+    assert len(events) == 2 * rows and len({e["id"] for e in events}) == rows
+    async with running_worker(settings):
+
+        async def all_stored() -> bool:
+            return (await stored_summary(settings.database_url or ""))[0] >= rows
+
+        await wait_for(all_stored, within_s=60)
+        await wait_for(lambda: _queue_empty(redis, settings.queue), within_s=60)
+    assert await stored_summary(settings.database_url) == (rows, rows, rows)
+
+
+async def _relay_waits_on_a_lock(app: asyncpg.Connection) -> bool:
+    return bool(
+        await app.fetchval(
+            "SELECT count(*) FROM pg_stat_activity WHERE application_name ="
+            " 'auditq-capture-relay' AND wait_event_type = 'Lock'"
+        )
+    )
+
+
+async def _outbox_empty(app: asyncpg.Connection) -> bool:
+    return await outbox_rows(app) == 0
+
+
+async def _queue_empty(redis: Any, queue: str) -> bool:
+    """No job of events left (arq takes a job off its queue once it finished)."""
+    return not [job for job in await queued_jobs(redis, queue) if job["f"] == JOB_FUNCTION]
