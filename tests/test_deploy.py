@@ -580,21 +580,42 @@ def _compose_mounts(service: dict[str, Any]) -> set[str]:
     return {f"/run/secrets/{name}" for name in service.get("secrets", [])}
 
 
-def test_compose_keeps_the_roles_apart_and_mounts_one_key() -> None:
-    services = compose()["services"]
-    env = {name: services[name]["environment"] for name in ("migrate", "api", "worker")}
+# The model of docs/integrity.md in the shipped deployments: owner, worker and API each with
+# their own database role (never the superuser); one seal key (and the subject key) mounted
+# read-only into every worker and API; the sealer's state on a volume that outlives workers.
+RUNTIME_USERS = {"migrate": "auditq_owner", "api": "auditq_api", "worker": "auditq_worker"}
+
+
+def compose_model_problems(data: dict[str, Any]) -> list[str]:
+    """What in a compose file breaks the model (empty: nothing)."""
+    services = data["services"]
+    problems = []
     superuser = services["postgres"]["environment"]["POSTGRES_USER"]
-    users = {name: _db_user(env[name]["AUDITQ_DATABASE_URL"]) for name in env}
-    assert users == {"migrate": "auditq_owner", "api": "auditq_api", "worker": "auditq_worker"}
-    assert superuser not in users.values(), "the runtime never connects as the superuser"
-    assert _db_user(env["worker"]["AUDITQ_WORKER_DATABASE_URL"]) == "auditq_worker"
-    assert "AUDITQ_WORKER_DATABASE_URL" not in env["api"]
-    # One seal key, mounted read-only into every worker (and the API, which verifies).
+    for name, user in RUNTIME_USERS.items():
+        env = services[name]["environment"]
+        for variable in ("AUDITQ_DATABASE_URL", "AUDITQ_WORKER_DATABASE_URL"):
+            if variable in env and _db_user(env[variable]) != user:
+                problems.append(f"{name}: {variable} is {_db_user(env[variable])}, not {user}")
+        if _db_user(env["AUDITQ_DATABASE_URL"]) == superuser:
+            problems.append(f"{name}: connects as the superuser")
+    if "AUDITQ_WORKER_DATABASE_URL" not in services["worker"]["environment"]:
+        problems.append("worker: no AUDITQ_WORKER_DATABASE_URL")
     for name in ("worker", "api"):
-        key = env[name]["AUDITQ_SEAL_KEY_FILE"]
-        assert key in _compose_mounts(services[name]), name
-        assert env[name]["AUDITQ_SUBJECT_KEY_FILE"] in _compose_mounts(services[name]), name
-    assert compose()["secrets"]["seal-key"]["file"] == "./keys/seal-key"
+        env = services[name]["environment"]
+        for variable in ("AUDITQ_SEAL_KEY_FILE", "AUDITQ_SUBJECT_KEY_FILE"):
+            if env.get(variable) not in _compose_mounts(services[name]):
+                problems.append(f"{name}: {variable} is not a mounted secret")
+    if data["secrets"]["seal-key"].get("file") != "./keys/seal-key":
+        problems.append("the seal key is not the one file ./keys/seal-key")
+    state = services["worker"]["environment"].get("AUDITQ_SEAL_STATE_FILE", "")
+    named = {v.split(":")[1]: v.split(":")[0] for v in services["worker"].get("volumes", [])}
+    if named.get(str(Path(state).parent)) not in data.get("volumes", {}):
+        problems.append("worker: AUDITQ_SEAL_STATE_FILE is not on a named volume")
+    return problems
+
+
+def test_compose_keeps_the_roles_apart_and_mounts_one_key() -> None:
+    assert compose_model_problems(compose()) == []
     roles = (DEPLOY / "postgres-roles.sh").read_text()
     for role in ("auditq_owner", "auditq_worker", "auditq_api"):
         assert f"CREATE ROLE {role} LOGIN" in roles
@@ -605,51 +626,114 @@ def _env_sources(container: dict[str, Any]) -> list[str]:
     return [next(iter(source.values()))["name"] for source in container.get("envFrom", [])]
 
 
-def _key_mounts(doc: dict[str, Any], container: dict[str, Any]) -> dict[str, str]:
-    """Mount path -> Secret name of the read-only secret volumes of `container`."""
+def _volume_mounts(doc: dict[str, Any], container: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Mount path -> (volume, readOnly) of `container`."""
     volumes = {v["name"]: v for v in pod_spec(doc).get("volumes", [])}
-    mounts = {}
-    for mount in container.get("volumeMounts", []):
-        volume = volumes[mount["name"]]
-        if "secret" in volume and mount.get("readOnly") is True:
-            mounts[mount["mountPath"]] = volume["secret"]["secretName"]
-    return mounts
+    return {
+        m["mountPath"]: {**volumes[m["name"]], "readOnly": m.get("readOnly") is True}
+        for m in container.get("volumeMounts", [])
+    }
+
+
+def kubernetes_model_problems(docs: list[dict[str, Any]]) -> list[str]:
+    """What in a set of Kubernetes manifests breaks the model (empty: nothing)."""
+    by_kind: dict[str, dict[str, dict[str, Any]]] = {}
+    for doc in docs:
+        by_kind.setdefault(doc["kind"], {})[doc.get("metadata", {}).get("name", "")] = doc
+    secrets = {name: doc.get("stringData", {}) for name, doc in by_kind["Secret"].items()}
+    config = by_kind["ConfigMap"]["auditq-config"]["data"]
+    problems = []
+    for doc in [*by_kind.get("Deployment", {}).values(), *by_kind.get("Job", {}).values()]:
+        name = doc["metadata"]["name"]
+        component = name.removeprefix("auditq-")
+        container = pod_spec(doc)["containers"][0]
+        database = [
+            secrets[s] for s in _env_sources(container)
+            if s in secrets and "AUDITQ_DATABASE_URL" in secrets[s]
+        ]  # fmt: skip
+        users = {
+            _db_user(d[v])
+            for d in database
+            for v in ("AUDITQ_DATABASE_URL", "AUDITQ_WORKER_DATABASE_URL")
+            if d.get(v)
+        }
+        if len(database) != 1 or users != {RUNTIME_USERS[component]}:
+            problems.append(f"{name}: database roles {sorted(users)}, not its own")
+        if component == "worker" and not any(d.get("AUDITQ_WORKER_DATABASE_URL") for d in database):
+            problems.append(f"{name}: no AUDITQ_WORKER_DATABASE_URL")
+        if component == "migrate":
+            continue
+        mounts = _volume_mounts(doc, container)
+        for variable in ("AUDITQ_SEAL_KEY_FILE", "AUDITQ_SUBJECT_KEY_FILE"):
+            mount = mounts.get(str(Path(config[variable]).parent), {})
+            if mount.get("secret", {}).get("secretName") != "auditq-keys" or not mount["readOnly"]:
+                problems.append(f"{name}: {variable} is not the auditq-keys Secret, read-only")
+        if component == "worker":
+            mount = mounts.get(str(Path(config["AUDITQ_SEAL_STATE_FILE"]).parent), {})
+            claim = by_kind.get("PersistentVolumeClaim", {}).get(
+                mount.get("persistentVolumeClaim", {}).get("claimName", "")
+            )
+            if claim is None or claim["spec"]["accessModes"] != ["ReadWriteMany"]:
+                problems.append(f"{name}: AUDITQ_SEAL_STATE_FILE is not on a shared claim")
+    if set(secrets.get("auditq-keys", {})) != {"seal-key", "subject-key"}:
+        problems.append("auditq-keys: not the seal key and the subject key")
+    if config.get("AUDITQ_ALLOW_PRIVILEGED_ROLE") != "":
+        problems.append("AUDITQ_ALLOW_PRIVILEGED_ROLE is set")
+    return problems
 
 
 def test_kubernetes_keeps_the_roles_apart_and_mounts_one_key() -> None:
-    secrets = resources("Secret")
-    config = resources("ConfigMap")["auditq-config"]["data"]
-    expected = {"auditq-migrate": "auditq_owner", "auditq-api": "auditq_api"}
-    expected["auditq-worker"] = "auditq_worker"
-    for doc in workloads():
-        name = doc["metadata"]["name"]
-        container = pod_spec(doc)["containers"][0]
-        database = [
-            secrets[s]["stringData"] for s in _env_sources(container)
-            if s in secrets and "AUDITQ_DATABASE_URL" in secrets[s]["stringData"]
-        ]  # fmt: skip
-        assert len(database) == 1, f"{name}: one database credential, its own"
-        assert _db_user(database[0]["AUDITQ_DATABASE_URL"]) == expected[name], name
-        if name == "auditq-worker":
-            assert _db_user(database[0]["AUDITQ_WORKER_DATABASE_URL"]) == "auditq_worker"
-        if name in ("auditq-worker", "auditq-api"):
-            # The one seal key Secret, read-only, where the settings look for it.
-            mounts = _key_mounts(doc, container)
-            key_dir = str(Path(config["AUDITQ_SEAL_KEY_FILE"]).parent)
-            assert mounts.get(key_dir) == "auditq-keys", name
-            assert str(Path(config["AUDITQ_SUBJECT_KEY_FILE"]).parent) == key_dir
-    keys = secrets["auditq-keys"]["stringData"]
-    assert set(keys) == {"seal-key", "subject-key"}
-    assert config["AUDITQ_ALLOW_PRIVILEGED_ROLE"] == ""
+    assert kubernetes_model_problems([d for docs in manifests().values() for d in docs]) == []
 
 
 def test_the_model_checks_fail_on_a_shared_credential_or_an_unmounted_key() -> None:
     """Not vacuous: the checks above catch the shapes the issue found."""
-    worker = json.loads(json.dumps(resources("Deployment")["auditq-worker"]))
-    container = pod_spec(worker)["containers"][0]
-    container["envFrom"][-1]["secretRef"]["name"] = "auditq-owner"  # the owner's credentials
-    secrets = resources("Secret")
-    shared = [secrets[s]["stringData"] for s in _env_sources(container) if s == "auditq-owner"]
-    assert _db_user(shared[0]["AUDITQ_DATABASE_URL"]) != "auditq_worker"
-    container["volumeMounts"] = [m for m in container["volumeMounts"] if m["name"] != "keys"]
-    assert "/var/run/auditq-keys" not in _key_mounts(worker, container)
+
+    def kubernetes(change: Any) -> list[str]:
+        docs = json.loads(json.dumps([d for docs in manifests().values() for d in docs]))
+        change({(d["kind"], d.get("metadata", {}).get("name")): d for d in docs})
+        return kubernetes_model_problems(docs)
+
+    def worker(docs: dict[tuple[str, str], Any]) -> dict[str, Any]:
+        container: dict[str, Any] = pod_spec(docs["Deployment", "auditq-worker"])["containers"][0]
+        return container
+
+    def share_owner(docs: dict[tuple[str, str], Any]) -> None:  # the owner's credentials
+        worker(docs)["envFrom"][-1]["secretRef"]["name"] = "auditq-owner"
+
+    def unmount_keys(docs: dict[tuple[str, str], Any]) -> None:
+        container = worker(docs)
+        container["volumeMounts"] = [m for m in container["volumeMounts"] if m["name"] != "keys"]
+
+    def state_on_empty_dir(docs: dict[tuple[str, str], Any]) -> None:
+        spec = pod_spec(docs["Deployment", "auditq-worker"])
+        for volume in spec["volumes"]:
+            if volume["name"] == "seal-state":
+                del volume["persistentVolumeClaim"]
+                volume["emptyDir"] = {}
+
+    def no_worker_url(docs: dict[tuple[str, str], Any]) -> None:
+        docs["Secret", "auditq-worker"]["stringData"]["AUDITQ_WORKER_DATABASE_URL"] = ""
+
+    assert kubernetes(share_owner) == [
+        "auditq-worker: database roles ['auditq_owner'], not its own",
+        "auditq-worker: no AUDITQ_WORKER_DATABASE_URL",
+    ]
+    assert len(kubernetes(unmount_keys)) == 2  # the seal key and the subject key
+    assert kubernetes(state_on_empty_dir) == [
+        "auditq-worker: AUDITQ_SEAL_STATE_FILE is not on a shared claim"
+    ]
+    assert kubernetes(no_worker_url) == ["auditq-worker: no AUDITQ_WORKER_DATABASE_URL"]
+
+    shared = json.loads(json.dumps(compose()))
+    superuser_url = "postgresql://postgres:pw@postgres:5432/auditq"
+    shared["services"]["api"]["environment"]["AUDITQ_DATABASE_URL"] = superuser_url
+    del shared["services"]["worker"]["secrets"]
+    shared["services"]["worker"]["volumes"] = []
+    assert compose_model_problems(shared) == [
+        "api: AUDITQ_DATABASE_URL is postgres, not auditq_api",
+        "api: connects as the superuser",
+        "worker: AUDITQ_SEAL_KEY_FILE is not a mounted secret",
+        "worker: AUDITQ_SUBJECT_KEY_FILE is not a mounted secret",
+        "worker: AUDITQ_SEAL_STATE_FILE is not on a named volume",
+    ]

@@ -81,6 +81,7 @@ _DEPENDENCY_ERRORS = (
     TimeoutError,
     asyncpg.PostgresConnectionError,
     asyncpg.InterfaceError,
+    asyncpg.InternalClientError,  # a pooled connection whose server process was terminated
     asyncpg.CannotConnectNowError,
     asyncpg.TooManyConnectionsError,
     redis.exceptions.ConnectionError,

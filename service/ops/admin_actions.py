@@ -28,8 +28,16 @@ from service.subject_key import load_subject_key
 
 logger = logging.getLogger(__name__)
 
-# What cannot be written: PostgreSQL away, read-only, or the role without the function.
-RECORD_FAILURES = (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError)
+# What cannot be written: PostgreSQL away, read-only, or the role without the function. A
+# pooled connection whose server process was terminated can fail in asyncpg's own protocol
+# state (InternalClientError: "cannot switch to state …"), which is away too, not a bug.
+RECORD_FAILURES = (
+    OSError,
+    TimeoutError,
+    asyncpg.PostgresError,
+    asyncpg.InterfaceError,
+    asyncpg.InternalClientError,
+)
 
 
 class AuditUnavailable(AuditqError):

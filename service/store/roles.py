@@ -57,17 +57,23 @@ BEGIN
 END $$;
 """
 
-# What makes a role unfit for the runtime: superuser (or bypassing row security), owner of
-# the schema or of auditq's tables (it could disable triggers, drop partitions), or any right
-# to change stored rows directly.
+# What makes a role unfit for the runtime, itself or any role it may become (SET ROLE): a
+# superuser (or one bypassing row security); the owner of the schema or of auditq's tables
+# (it could disable triggers, drop partitions); any right to change stored rows directly; or,
+# before PostgreSQL 16, CREATEROLE (it may grant itself the owner's role).
 PRIVILEGES = """
-SELECT r.rolname, r.rolsuper OR r.rolbypassrls AS superuser,
-       pg_has_role(r.oid, n.nspowner, 'MEMBER') OR pg_has_role(r.oid, c.relowner, 'MEMBER')
-           AS owner,
-       has_table_privilege(r.oid, c.oid, 'UPDATE') OR has_table_privilege(r.oid, c.oid, 'DELETE')
-           OR has_table_privilege(r.oid, c.oid, 'TRUNCATE') AS alters
-FROM pg_roles r, pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-WHERE r.rolname = current_user AND c.oid = 'public.audit_log'::regclass
+WITH me AS (SELECT oid, rolname FROM pg_roles WHERE rolname = current_user),
+become AS (SELECT r.* FROM pg_roles r, me WHERE pg_has_role(me.oid, r.oid, 'MEMBER'))
+SELECT me.rolname,
+       EXISTS (SELECT FROM become b WHERE b.rolsuper OR b.rolbypassrls) AS superuser,
+       EXISTS (SELECT FROM become b WHERE b.oid IN (n.nspowner, c.relowner)) AS owner,
+       EXISTS (SELECT FROM become b WHERE has_table_privilege(b.oid, c.oid, 'UPDATE')
+               OR has_table_privilege(b.oid, c.oid, 'DELETE')
+               OR has_table_privilege(b.oid, c.oid, 'TRUNCATE')) AS alters,
+       EXISTS (SELECT FROM become b WHERE b.rolcreaterole)
+           AND current_setting('server_version_num')::int < 160000 AS grants_roles
+FROM me, pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+WHERE c.oid = 'public.audit_log'::regclass
 """
 
 
@@ -77,12 +83,14 @@ async def check_runtime_role(conn: asyncpg.Connection, *, who: str) -> str | Non
     if row is None:
         raise ConfigError("the database has no audit_log: run `auditq migrate` first")
     what = (
-        "a superuser"
+        "a superuser or a member of one"
         if row["superuser"]
         else "the owner of the schema"
         if row["owner"]
         else "a role that may alter stored rows"
         if row["alters"]
+        else "a role that may grant itself the owner's role (CREATEROLE)"
+        if row["grants_roles"]
         else None
     )
     if what is None:

@@ -14,11 +14,14 @@ from aiohttp.test_utils import TestClient, TestServer
 from service.api.app import create_app
 from service.queue import dead_letter, revocations
 from service.settings import Settings
+from service.store import destinations
 from tests.api.test_tasks import add_failed, auditq, event
+from tests.destinations.receivers import Receiver
 from tests.support.admin_api import Tokens, admin_events, error_of, make_tokens, queued_payloads
 from tests.support.servers import Servers
 
 TASKS = "/api/v1/admin/tasks"
+DESTINATIONS = "/api/v1/admin/destinations"
 
 
 @pytest.fixture
@@ -31,11 +34,40 @@ async def read_only(pg: asyncpg.Connection, database_url: str) -> AsyncIterator[
     await pg.execute(f'ALTER DATABASE "{name}" RESET default_transaction_read_only')
 
 
+@pytest.fixture
+async def receiver() -> AsyncIterator[Receiver]:
+    async with Receiver() as receiver:
+        yield receiver
+
+
+# A destination's row and its state: neither added, changed, moved nor removed.
+DESTINATION = (
+    "SELECT d::text, s::text FROM destination d JOIN destination_state s ON s.destination_id = d.id"
+)
+
+
+async def add_siem(pg: asyncpg.Connection, receiver: Receiver) -> list[asyncpg.Record]:
+    """A destination `siem` at the test's receiver, added on a connection opened before the
+    database went read-only; its rows as they are."""
+    await destinations.add_destination(
+        pg, name="siem", kind="webhook", url=receiver.url("/hook"), format="json", filter="",
+        filter_json={}, options={"allow_private": True}, secret=None, since=None,
+        created_by="t",
+    )  # fmt: skip
+    return await pg.fetch(DESTINATION)
+
+
 async def test_no_record_no_mutation(
-    read_only: Tokens, settings: Settings, redis: aioredis.Redis, pg: asyncpg.Connection
+    read_only: Tokens,
+    settings: Settings,
+    redis: aioredis.Redis,
+    pg: asyncpg.Connection,
+    receiver: Receiver,
 ) -> None:
     queue = settings.queue
     await add_failed(redis, queue, "failed-1", [event(1)])
+    before = await add_siem(pg, receiver)
+    hook = {"name": "other", "type": "webhook", "url": receiver.url("/hook"), "allow_private": True}
     async with TestClient(TestServer(create_app(settings))) as api:
         admin = read_only.admin
         # Reading works: the API is up, the token checks out.
@@ -49,6 +81,13 @@ async def test_no_record_no_mutation(
             ("POST", "/api/v1/admin/tokens/test-reader/revoke", None),
             ("GET", "/api/v1/admin/audit-logs/export?format=jsonl", None),
             ("POST", "/api/v1/admin/subjects/u-1/anonymise", {"reason": "asked"}),
+            ("POST", f"{TASKS}/failed-1/discard", None),
+            ("POST", f"{TASKS}/discard-failed", {}),
+            ("POST", DESTINATIONS, hook),
+            ("PATCH", f"{DESTINATIONS}/siem", {"paused": True}),
+            ("POST", f"{DESTINATIONS}/siem/test", None),
+            ("POST", f"{DESTINATIONS}/siem/backfill", {"since": "2000-01-01T00:00:00Z"}),
+            ("DELETE", f"{DESTINATIONS}/siem", None),
         ]:
             async with api.request(method, path, json=body, headers=admin) as response:
                 error = await error_of(response, 503)
@@ -61,18 +100,29 @@ async def test_no_record_no_mutation(
         assert "new-one" not in listed and listed["test-reader"]["revoked_at"] is None
     assert await admin_events(pg) == []
     assert await pg.fetchval("SELECT count(*) FROM erased_subject") == 0
+    assert await pg.fetch(DESTINATION) == before
+    assert receiver.items == []  # no test event sent
 
 
 async def test_the_cli_refuses_too(
-    read_only: Tokens, settings: Settings, redis: aioredis.Redis, pg: asyncpg.Connection
+    read_only: Tokens,
+    settings: Settings,
+    redis: aioredis.Redis,
+    pg: asyncpg.Connection,
+    receiver: Receiver,
 ) -> None:
     await add_failed(redis, settings.queue, "failed-2", [event(2)])
+    before = await add_siem(pg, receiver)
     for args in (
         ("tasks", "retry", "failed-2"),
         ("tasks", "cleanup", "--failed-older-than-days", "0", "--keep-recent-failed", "0"),
         ("tokens", "create", "--name", "cli-made", "--role", "reader"),
         ("tokens", "revoke", "test-reader"),
         ("anonymise", "u-2", "--reason", "asked"),
+        ("destinations", "pause", "siem"),
+        ("destinations", "remove", "siem"),
+        ("destinations", "test", "siem"),
+        ("destinations", "backfill", "siem", "--since", "2000-01-01T00:00:00Z"),
     ):
         status, out = await auditq(settings, *args)
         assert (status != 0 and "could not be written" in out) or "read-only" in out, (args, out)
@@ -80,6 +130,8 @@ async def test_the_cli_refuses_too(
     assert await dead_letter.list_ids(redis, settings.queue) == ["failed-2"]
     assert await pg.fetchval("SELECT count(*) FROM api_token WHERE revoked_at IS NULL") == 3
     assert await admin_events(pg) == []
+    assert await pg.fetch(DESTINATION) == before
+    assert receiver.items == []
 
 
 @pytest.mark.parametrize("recheck", [False, True], ids=["token-kept", "token-rechecked"])

@@ -15,6 +15,7 @@ import pytest
 
 from service.events import Actor, AuditEvent, Entity, finalize
 from service.integrity.keys import load_or_create_private_key
+from service.store import db
 from service.store.partitions import LIST_PARTITIONS, partition_name
 from service.store.policy import NotOwner, Policy
 from service.store.policy import set_retention as set_policy
@@ -408,9 +409,9 @@ async def test_the_worker_and_the_api_refuse_a_privileged_role(
             owner = await pg.fetchval(
                 "SELECT pg_get_userbyid(relowner) FROM pg_class WHERE oid = 'audit_log'::regclass"
             )
-            await pg.execute(f'GRANT "{owner}" TO {role}')
+            await pg.execute(f'GRANT "{owner}" TO {role}')  # here the owner is a superuser
             problem = await check_runtime_role(conn, who="API")
-            assert problem is not None and "owner of the schema" in problem
+            assert problem is not None and "a superuser or a member of one" in problem
         finally:
             await conn.close()
     finally:
@@ -438,6 +439,91 @@ async def test_the_worker_and_the_api_refuse_a_privileged_role(
         lines = done.stderr.strip().splitlines()
         assert len(lines) == 1 and "refuses to connect as" in lines[0], (command, done.stderr)
         assert "a superuser" in lines[0]
+
+
+# Roles that are none of the three above but may become one: (what, the superuser's set-up
+# of the role, what the role then runs). {owner}, {role}, {superuser} are formatted in.
+BECOMING = [
+    ("member of a superuser role", ['GRANT "{superuser}" TO {role}'], ['SET ROLE "{superuser}"']),
+    ("member of the owner's role", ["GRANT {owner} TO {role}"], ["SET ROLE {owner}"]),
+    # PostgreSQL 15 and older: CREATEROLE grants membership in any role but a superuser.
+    ("CREATEROLE", ["ALTER ROLE {role} CREATEROLE"], [
+        "GRANT {owner} TO {role}", "SET ROLE {owner}"]),
+    # The append-only trigger still refuses its DELETE: refused as a role that may alter rows.
+    ("member of a role that may delete rows", [
+        "CREATE ROLE {role}_deleter NOLOGIN", "GRANT DELETE ON public.audit_log TO {role}_deleter",
+        "ALTER ROLE {role} NOINHERIT", "GRANT {role}_deleter TO {role}"], [
+        "SET ROLE {role}_deleter"]),
+]  # fmt: skip
+REWRITE = [
+    "ALTER TABLE public.audit_log DISABLE TRIGGER USER",
+    "UPDATE public.audit_log SET action = 'x.rewritten'",
+]
+
+
+async def _rewrites(conn: asyncpg.Connection, statements: list[str]) -> bool:
+    """Whether `statements`, then rewriting every row, go through (rolled back either way)."""
+    transaction = conn.transaction()
+    await transaction.start()
+    try:
+        for statement in [*statements, *REWRITE]:
+            await conn.execute(statement)
+        return True
+    except asyncpg.PostgresError:
+        return False
+    finally:
+        await transaction.rollback()
+
+
+@pytest.mark.parametrize("what", [b[0] for b in BECOMING])
+async def test_a_role_that_may_become_a_privileged_one_is_refused(
+    pg: asyncpg.Connection, database_url: str, role_password: str, what: str
+) -> None:
+    # A store as docs/integrity.md has a DBA make it: its own owner role, not a superuser.
+    tag = uuid.uuid4().hex[:8]
+    owner, role, name = f"auditq_test_own_{tag}", f"auditq_test_rt_{tag}", f"auditq_test_{tag}"
+    superuser = await pg.fetchval("SELECT session_user")
+    _, setup, attack = next(b for b in BECOMING if b[0] == what)
+    fmt = {"owner": owner, "role": role, "superuser": superuser}
+    await pg.execute(f"CREATE ROLE {owner} LOGIN PASSWORD '{role_password}'")
+    await pg.execute(f"CREATE ROLE {role} LOGIN PASSWORD '{role_password}'")
+    await pg.execute(f'CREATE DATABASE "{name}" OWNER {owner}')
+    url = database_url.rpartition("/")[0] + f"/{name}"
+    try:
+        await db.migrate(url_as(url, owner, role_password))
+        conn = await asyncpg.connect(url_as(url, owner, role_password))
+        try:
+            await conn.execute(INSERT_AT, datetime.now(UTC))
+        finally:
+            await conn.close()
+        as_super = await asyncpg.connect(url)
+        try:
+            for statement in setup:
+                await as_super.execute(statement.format(**fmt))
+        finally:
+            await as_super.close()
+        conn = await asyncpg.connect(url_as(url, role, role_password))
+        try:
+            worked = await _rewrites(conn, [s.format(**fmt) for s in attack])
+            problem = await check_runtime_role(conn, who="worker")
+        finally:
+            await conn.close()
+        # Where the role can rewrite history, the runtime refuses it (on PostgreSQL 16+
+        # CREATEROLE no longer reaches roles it did not make: neither attack nor refusal).
+        version = await pg.fetchval("SELECT current_setting('server_version_num')::int")
+        rewrites = {"CREATEROLE": version < 160000, "member of a role that may delete rows": False}
+        assert worked == rewrites.get(what, True), what
+        assert (problem is not None) == (worked or what.endswith("rows")), (what, problem)
+        if problem is not None:
+            assert "refuses to connect as" in problem and "\n" not in problem
+    finally:
+        await pg.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        for dropped in (f"{role}_deleter", role, owner):
+            await pg.execute(
+                f"DO $$ BEGIN IF EXISTS (SELECT FROM pg_roles WHERE rolname = '{dropped}') "
+                f"THEN EXECUTE 'DROP OWNED BY {dropped}'; EXECUTE 'DROP ROLE {dropped}'; "
+                "END IF; END $$"
+            )
 
 
 async def test_a_worker_outside_auditq_run_mints_no_seal_key(tmp_path: Path) -> None:
