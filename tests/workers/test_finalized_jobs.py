@@ -149,7 +149,7 @@ async def test_a_flagged_batch_too_big_to_merge_keeps_its_flag(
 ) -> None:
     """A client's batch of 500 events (~300 KB) is a job of its own: it is still read the
     one-statement way (the worker checks it all the same), not event by event, which cost a
-    backlog of such batches three times the worker's CPU. A malformed one fails alone."""
+    backlog of such batches about half again the worker's CPU. A malformed one fails alone."""
     queue = settings.queue
     big = finalized(200)
     assert len(big) > 32768  # over the size up to which a batch may join a task
