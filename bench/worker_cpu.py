@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import inspect
 import json
 import os
 import shutil
@@ -64,7 +65,10 @@ async def child(args: argparse.Namespace) -> None:
     state = WorkerState(settings)
     state.pool = await db.create_pool(args.db, size=1)
     state.redis = aioredis.Redis.from_url(args.redis)
-    state.erased = ErasedSubjects(settings.subject_entity_types)
+    if "key_path" in inspect.signature(ErasedSubjects).parameters:  # trees since erasure's key
+        state.erased = ErasedSubjects(settings.subject_entity_types, settings.subject_key_path)
+    else:
+        state.erased = ErasedSubjects(settings.subject_entity_types)
     async with state.pool.acquire() as conn:
         await ensure_partitions(conn, months_ahead=1)
         backend = int(await conn.fetchval("SELECT pg_backend_pid()"))

@@ -106,3 +106,16 @@ async def test_a_payload_over_the_job_bound_is_refused_with_an_error_reply(
     await load_functions(redis)  # the default bound: 8 MiB
     with pytest.raises(ResponseError, match="over AUDITQ_MAX_JOB_BYTES"):
         await redis.fcall(ENQUEUE_FUNCTION, 1, settings.queue, "x" * (8 * 1024 * 1024 + 1))
+
+
+async def test_a_merge_never_grows_a_job_past_the_bound(
+    settings: Settings, redis: aioredis.Redis
+) -> None:
+    small = enqueue_script(100_000)
+    batch = json.dumps([{**event(), "metadata": {"blob": "x" * 30_000}}])  # a merge's batch size
+    ids = [await redis.eval(small, 1, settings.queue, batch, "", "finalized") for _ in range(10)]
+    tasks = {bytes(i).decode() for i in ids}
+    assert len(tasks) < len(ids), "the batches did not merge"
+    for task in tasks:
+        assert await redis.strlen(f"arq:job:{task}") <= 100_000
+    assert len(await queued_events(redis, settings.queue)) == 10

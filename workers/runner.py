@@ -347,6 +347,42 @@ async def _close_without_redis(worker: Worker) -> None:
             await worker.pool.close(close_connection_pool=True)
 
 
+def report_redis_outages(extra_keys: frozenset[str] = frozenset()) -> None:
+    """Make the running loop say in one line, never with a traceback, that a task ended on
+    Redis being gone; any other exception it reports as before.
+
+    A job that a stop without Redis cut short goes on, in arq, to record its end in Redis
+    after the close, in tasks nobody awaits any more (a shielded finish_job, a run_job still
+    running): that fails, and asyncio reported it with the stack when the process ended. The
+    job runs again, as any job cut short does.
+    """
+    loop = asyncio.get_running_loop()
+    previous = loop.get_exception_handler()
+    said = False
+
+    def handle(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+        nonlocal said
+        exc = context.get("exception")
+        if not isinstance(exc, _REDIS_DOWN):
+            if previous is not None:
+                previous(loop, context)
+            else:
+                loop.default_exception_handler(context)
+            return
+        task = context.get("task") or context.get("future")
+        name = task.get_coro().__qualname__ if isinstance(task, asyncio.Task) else "a callback"
+        logger.log(
+            logging.DEBUG if said else logging.WARNING,  # said once: such tasks fail alike
+            "%s ended without Redis (%s: %s)",
+            name,
+            type(exc).__name__,
+            redact_sensitive_in_string(str(exc), extra_keys),
+        )
+        said = True
+
+    loop.set_exception_handler(handle)
+
+
 async def run_until(worker: Worker, stop: asyncio.Event) -> None:
     """Run `worker` until `stop` is set, then stop it without losing a job."""
     main = asyncio.create_task(worker.main())

@@ -78,12 +78,13 @@ async def _serving_api(settings: Settings) -> AsyncIterator[str]:
 
 @contextlib.asynccontextmanager
 async def _running_worker(settings: Settings) -> AsyncIterator[None]:
-    from workers.runner import build_worker, run_until, worker_state
+    from workers.runner import build_worker, report_redis_outages, run_until, worker_state
 
     assert settings.worker_url is not None  # required by the caller
     await _refuse_privileged_role(settings.worker_url, settings, who="worker")
     stop = asyncio.Event()
     worker = build_worker(settings, audit_lifecycle=True)
+    report_redis_outages(settings.redact_extra_keys)  # a stop without Redis: no traceback
     task = asyncio.create_task(run_until(worker, stop))
     try:
         # Up (and its start-up lines logged) before anyone is told it runs; a worker that

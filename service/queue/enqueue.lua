@@ -52,8 +52,8 @@ end
 
 -- Write the job (or join the open job): the path of a caller allowed to write jobs.
 local function write_job(queue, payload, task_id, finalized, via, tag, at_ms, mergeable)
-  local merge = mergeable and finalized and (task_id == nil or task_id == '')
-    and (via == nil or via == '') and #payload <= MERGE_BATCH_MAX_BYTES and well_formed(payload)
+  local flagged = finalized and (task_id == nil or task_id == '') and (via == nil or via == '')
+  local merge = mergeable and flagged and #payload <= MERGE_BATCH_MAX_BYTES and well_formed(payload)
   local open_key = 'auditq:open-job:' .. queue
   if merge then
     local open = redis.call('GET', open_key)
@@ -89,7 +89,10 @@ local function write_job(queue, payload, task_id, finalized, via, tag, at_ms, me
   end
   -- arq's job layout (t: try, f: function, a: args, k: kwargs, et: enqueued ms), in JSON; the
   -- arguments come last, so that a merge appends a segment at the end.
-  local kwargs = merge and '{"finalized":true}' or '{}'
+  -- A flagged batch too big to merge (or from the inbox) is a job of its own that keeps the
+  -- flag: the worker still reads it the one-statement way, checking every event against the
+  -- wire format (the flag vouches for nothing), and a bad one spoils no other producer's.
+  local kwargs = flagged and '{"finalized":true}' or '{}'
   if via and via ~= '' then
     kwargs = '{"finalized":' .. (finalized and 'true' or 'false') ..
       ',"via":' .. cjson.encode(via) .. ',"tag":' .. cjson.encode(tag or '') .. '}'

@@ -142,3 +142,27 @@ async def test_a_malformed_flagged_batch_is_a_failed_task_of_its_own(
         letter = await dead_letter.get(redis, queue, task)
         assert letter is not None and letter.message, text
         assert letter.event_count >= 1, text
+
+
+async def test_a_flagged_batch_too_big_to_merge_keeps_its_flag(
+    settings: Settings, redis: aioredis.Redis, database_url: str
+) -> None:
+    """A client's batch of 500 events (~300 KB) is a job of its own: it is still read the
+    one-statement way (the worker checks it all the same), not event by event, which cost a
+    backlog of such batches about half again the worker's CPU. A malformed one fails alone."""
+    queue = settings.queue
+    big = finalized(200)
+    assert len(big) > 32768  # over the size up to which a batch may join a task
+    task = await redis.eval(ENQUEUE_SCRIPT, 1, queue, big, "", "finalized")
+    job = deserialize_job(await redis.get(b"arq:job:" + task))
+    assert job["k"] == {"finalized": True}
+    broken = big[:-1] + ',{"action":"doc.viewed"'  # no closing brackets
+    bad = await redis.eval(ENQUEUE_SCRIPT, 1, queue, broken, "", "finalized")
+    async with running_worker(settings):
+        await wait_for(lambda: queue_empty(redis, queue))
+
+        async def stored() -> bool:
+            return await count_rows(database_url) == 200
+
+        await wait_for(stored)
+    assert await dead_letter.list_ids(redis, queue) == [bad.decode()]
