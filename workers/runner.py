@@ -370,7 +370,11 @@ def report_redis_outages(extra_keys: frozenset[str] = frozenset()) -> None:
                 loop.default_exception_handler(context)
             return
         task = context.get("task") or context.get("future")
-        name = task.get_coro().__qualname__ if isinstance(task, asyncio.Task) else "a callback"
+        name = (
+            getattr(task.get_coro(), "__qualname__", task.get_name())
+            if isinstance(task, asyncio.Task)
+            else "a callback"
+        )
         logger.log(
             logging.DEBUG if said else logging.WARNING,  # said once: such tasks fail alike
             "%s ended without Redis (%s: %s)",
