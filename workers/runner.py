@@ -235,13 +235,17 @@ class _Worker(Worker):
     async def start_jobs(self, job_ids: list[bytes]) -> None:
         self.queued = len(job_ids)
         for job_id in job_ids:
-            if await set_aside_if_oversized(worker_state(self), self.pool, job_id.decode()):
+            task_id = job_id.decode()
+            # A task this worker runs was sized before it started (arq skips it below).
+            if task_id not in self.tasks and await set_aside_if_oversized(
+                worker_state(self), self.pool, task_id
+            ):
                 continue
             counted = self.job_counter
             try:
                 await super().start_jobs([job_id])
             except _REDIS_DOWN:
-                if self.job_counter > counted and job_id.decode() not in self.tasks:
+                if self.job_counter > counted and task_id not in self.tasks:
                     # arq took a slot for a job it could not start: give it back, or a few
                     # outages would leave the worker with no slot to run anything.
                     self.job_counter -= 1
