@@ -4,15 +4,17 @@ The leaf is the RFC 8785 canonical JSON of {"kind": "row", "item": ITEM} (docs/i
 "Leaves"), ITEM as `item()` shapes it. The fast path writes it with msgspec in one call:
 structs of the item's parts (keys sorted by the encoder, absent parts left out as `item()`
 leaves them), the JSON columns decoded from their text with floats as raw ES6 numbers. A
-leaf the fast form may write differently (characters outside the Basic Multilingual Plane,
-an integer past 2**53) takes the reference path (rfc8785 of `item()`): the two are the same
-bytes, which tests/integrity/test_leaf.py checks on random rows.
+leaf the fast form may write differently (JSON columns with characters outside the Basic
+Multilingual Plane or an integer past 2**53) takes the reference path (rfc8785 of
+`item()`): the two are the same bytes, which tests/integrity/test_leaf.py checks on random
+rows.
 """
 
 from __future__ import annotations
 
 import functools
 import json
+import re
 from collections.abc import Sequence
 from typing import Any
 
@@ -20,7 +22,8 @@ import asyncpg
 import msgspec
 
 from service.integrity.canonical import ROW_COLUMNS
-from service.integrity.leaf import as_json, decode_jsonb, es6_number, row_leaf
+from service.integrity.leaf import as_json, es6_number, row_leaf
+from service.integrity.leaf import decode_jsonb as _decode
 from service.store.items import ITEM_COLUMNS_JSON_TEXT, item
 
 # The columns of a row's leaf, in the order the queries below read them.
@@ -77,6 +80,7 @@ class _Item(msgspec.Struct):
 _encode = msgspec.json.Encoder(order="sorted").encode
 _DIGIT_MAP = bytes(0x30 if 0x30 <= b <= 0x39 else 0x20 for b in range(256))
 _SIXTEEN_DIGITS = b"0" * 16
+_ESCAPED_HIGH_SURROGATE = re.compile(rb"\\u[dD][89abAB]")
 _NON_BMP_LEADS = (b"\xf0", b"\xf1", b"\xf2", b"\xf3", b"\xf4")  # UTF-8 of U+10000 and up
 
 
@@ -85,16 +89,14 @@ def _raw_float(value: float) -> msgspec.Raw:
     return msgspec.Raw(es6_number(value).encode())
 
 
-def _json(text: str | None) -> Any:
-    return None if text is None else decode_jsonb(text)
-
-
 def row_leaf_data(row: asyncpg.Record | Sequence[Any]) -> bytes:
     """A row's leaf data, from its LEAF_COLUMNS (an asyncpg record or a tuple)."""
     (_seq, id_, ts, received_at, action, category, severity, outcome,
      actor_id, actor_type, actor_name, actor_email, entity_type, entity_id, entity_name, tenant,
      request_id, ip, user_agent, method, path, status, duration_ms,
      changes, metadata, presentation, source, received_via) = row  # fmt: skip
+    if _needs_reference(f"{changes or ''}{metadata or ''}{presentation or ''}".encode()):
+        return _reference(row)
     request = None
     if not (
         request_id is None
@@ -107,25 +109,32 @@ def row_leaf_data(row: asyncpg.Record | Sequence[Any]) -> bytes:
     ):
         duration = None if duration_ms is None else _raw_float(duration_ms)
         request = _Request(request_id, ip, user_agent, method, path, status, duration)
-    actor = None if actor_id is None else _Actor(actor_id, actor_type, actor_name, actor_email)
-    entity = None
-    if entity_type is not None or entity_id is not None:
-        entity = _Entity(entity_type, entity_id, entity_name)
     value = _Item(
-        id_, ts, action, category, severity, outcome, actor, entity, tenant, request,
-        _json(changes), _json(metadata), _json(presentation), source, received_at, received_via,
+        id_, ts, action, category, severity, outcome,
+        None if actor_id is None else _Actor(actor_id, actor_type, actor_name, actor_email),
+        None if entity_type is None and entity_id is None
+        else _Entity(entity_type, entity_id, entity_name),
+        tenant, request,
+        None if changes is None else _decode(changes),
+        None if metadata is None else _decode(metadata),
+        None if presentation is None else _decode(presentation),
+        source, received_at, received_via,
     )  # fmt: skip
-    data = b'{"item":' + _encode(value) + b',"kind":"row"}'
-    if _needs_reference(data):
-        return _reference(row)
-    return data
+    return b'{"item":' + _encode(value) + b',"kind":"row"}'
 
 
-def _needs_reference(data: bytes) -> bool:
-    """Whether the fast form may differ from RFC 8785's (a scan in C, no regex)."""
-    if not data.isascii() and any(lead in data for lead in _NON_BMP_LEADS):
+def _needs_reference(json_text: bytes) -> bool:
+    """Whether the fast form may differ from RFC 8785's, from the JSON columns' text (a scan
+    in C, no regex): a key outside the Basic Multilingual Plane (UTF-16 sorts it apart from
+    code points), an integer of 16 digits or more (RFC 8785 writes one past 2**53 as a
+    double). Only the JSON columns hold keys or numbers that are not the item's own: its
+    strings are written alike whatever they hold, its numbers (status, an int4, and
+    duration_ms, written as ES6 does) alike too."""
+    if not json_text.isascii() and any(lead in json_text for lead in _NON_BMP_LEADS):
         return True
-    return _SIXTEEN_DIGITS in data.translate(_DIGIT_MAP)
+    if b"\\u" in json_text and _ESCAPED_HIGH_SURROGATE.search(json_text):
+        return True  # PostgreSQL writes them as UTF-8, but text may spell them escaped
+    return _SIXTEEN_DIGITS in json_text.translate(_DIGIT_MAP)
 
 
 def _reference(row: asyncpg.Record | Sequence[Any]) -> bytes:

@@ -75,6 +75,42 @@ async def test_a_new_row_goes_only_into_the_log_and_an_owner_change_to_it_is_cau
     assert any(line.startswith(f"row {ids[7]} altered (leaf ") for line in found), found
 
 
+async def test_rows_checked_in_pieces_by_processes_report_what_one_pass_reports(
+    settings: Settings, pg: asyncpg.Connection, tmp_path: Path
+) -> None:
+    """Batches cut into pieces of 4 rows, checked by whichever process is free: an altered
+    row late in a batch and a row deleted from another piece are named with the same row
+    id and leaf index as the check of whole batches in this process names them."""
+    key = load_or_create_private_key(settings.seal_key_path)
+    ids = await store(pg, 30)
+    await _seal_log(pg, key, _log(tmp_path))
+    await _alter(pg, ids[17])
+    await _alter(pg, ids[29])
+    async with pg.transaction():
+        await pg.execute(AS_OWNER_UNCHECKED)
+        await pg.execute("DELETE FROM audit_log WHERE id = $1", ids[6])
+    assert settings.database_url
+    found: dict[str, list[str]] = {}
+    for how, check in (
+        ("in place", None),
+        ("pieces", logcheck.in_processes(settings.database_url, 2, in_place_below=0, piece_rows=4)),
+    ):
+        lines: list[str] = []
+        async with pg.transaction(isolation="repeatable_read", readonly=True):
+            report = await verify_log(
+                pg, key.public_key(), row_leaf_of=row_leaf_data, rows_query=NEW_ROWS,
+                actions_query=NEW_ACTIONS, emit=lines.append, rows_check=check,
+            )  # fmt: skip
+        assert report.findings == 3, lines
+        found[how] = lines
+    assert found["pieces"] == found["in place"]
+    for row_id in (ids[17], ids[29]):
+        assert any(line.startswith(f"row {row_id} altered (leaf ") for line in found["pieces"])
+    assert any(
+        re.fullmatch(r"row with seq \d+ missing \(leaf \d+\)", line) for line in found["pieces"]
+    )
+
+
 def _function(sql: str, name: str) -> str:
     """The CREATE FUNCTION statement of `name` in a migration's text."""
     start = sql.index(f"CREATE OR REPLACE FUNCTION public.{name}(")
