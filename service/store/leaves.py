@@ -30,6 +30,15 @@ from service.store.items import ITEM_COLUMNS_JSON_TEXT, item
 LEAF_COLUMNS = f"seq, {ITEM_COLUMNS_JSON_TEXT}"
 # Their names: a row's columns in the canonical record's order.
 LEAF_COLUMN_NAMES = ROW_COLUMNS
+# The same with the two times as text in UTC, as PostgreSQL writes a timestamp with
+# DateStyle ISO ("2026-01-02 03:04:05.67"): a tenth of the client's cost of decoding them
+# as datetimes (the verifier's connections set the DateStyle; `row_leaf_data` takes both).
+LEAF_COLUMNS_TEXT_TIMES = LEAF_COLUMNS.replace(
+    "id, ts, received_at,",
+    "id, (ts AT TIME ZONE 'UTC')::text AS ts, "
+    "(received_at AT TIME ZONE 'UTC')::text AS received_at,",
+)
+DATESTYLE = "SET DateStyle = 'ISO, YMD'"
 _JSON_COLUMNS = ("changes", "metadata", "presentation")
 
 
@@ -95,8 +104,10 @@ def row_leaf_data(row: asyncpg.Record | Sequence[Any]) -> bytes:
      actor_id, actor_type, actor_name, actor_email, entity_type, entity_id, entity_name, tenant,
      request_id, ip, user_agent, method, path, status, duration_ms,
      changes, metadata, presentation, source, received_via) = row  # fmt: skip
+    if ts.__class__ is str:
+        ts, received_at = _utc_text(ts), _utc_text(received_at)
     if _needs_reference(f"{changes or ''}{metadata or ''}{presentation or ''}".encode()):
-        return _reference(row)
+        return _reference(row, ts, received_at)
     request = None
     if not (
         request_id is None
@@ -137,9 +148,24 @@ def _needs_reference(json_text: bytes) -> bool:
     return _SIXTEEN_DIGITS in json_text.translate(_DIGIT_MAP)
 
 
-def _reference(row: asyncpg.Record | Sequence[Any]) -> bytes:
+def _utc_text(text: str | None) -> str | None:
+    """A time as PostgreSQL writes a timestamp (DateStyle ISO) in the API's form: ISO 8601
+    in UTC, microseconds when there are any, "Z". Any other text (BC, infinity, a year past
+    9999: no item can hold one) is left as it is, so its leaf is no row's sealed leaf."""
+    if text is None:
+        return None
+    n = len(text)
+    if n == 19:
+        return f"{text[:10]}T{text[11:]}Z"
+    if 21 <= n <= 26 and text[19] == ".":
+        return f"{text[:10]}T{text[11:]}{'000000'[n - 20 :]}Z"
+    return text
+
+
+def _reference(row: asyncpg.Record | Sequence[Any], ts: Any, received_at: Any) -> bytes:
     """The leaf data by the reference path: rfc8785 of the item as the API writes it."""
     values = dict(zip(LEAF_COLUMN_NAMES, row, strict=True))
+    values["ts"], values["received_at"] = ts, received_at
     for name in _JSON_COLUMNS:
         if values[name] is not None:
             values[name] = json.loads(values[name])

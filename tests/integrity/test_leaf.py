@@ -25,7 +25,12 @@ from service.integrity.leaf import (
     row_leaf,
 )
 from service.store.items import item
-from service.store.leaves import LEAF_COLUMN_NAMES, LEAF_COLUMNS, row_leaf_data
+from service.store.leaves import (
+    LEAF_COLUMN_NAMES,
+    LEAF_COLUMNS,
+    LEAF_COLUMNS_TEXT_TIMES,
+    row_leaf_data,
+)
 
 JSON = st.recursive(
     st.none()
@@ -135,8 +140,9 @@ def test_a_stored_rows_leaf_built_fast_is_the_rfc8785_form_of_its_item(
 def test_the_leaf_query_reads_the_columns_its_names_say_in_their_order() -> None:
     """row_leaf_data unpacks by position and its reference path by name: the SELECT list
     must name the canonical record's columns in the same order."""
-    selected = [part.split()[-1] for part in LEAF_COLUMNS.split(",")]
-    assert tuple(selected) == LEAF_COLUMN_NAMES
+    for columns in (LEAF_COLUMNS, LEAF_COLUMNS_TEXT_TIMES):
+        selected = [part.split()[-1] for part in columns.split(",")]
+        assert tuple(selected) == LEAF_COLUMN_NAMES
 
 
 @pytest.mark.unit
