@@ -31,12 +31,13 @@ LEAF_COLUMNS = f"seq, {ITEM_COLUMNS_JSON_TEXT}"
 # Their names: a row's columns in the canonical record's order.
 LEAF_COLUMN_NAMES = ROW_COLUMNS
 # The same with the two times as text in UTC, as PostgreSQL writes a timestamp with
-# DateStyle ISO ("2026-01-02 03:04:05.67"): a tenth of the client's cost of decoding them
-# as datetimes (the verifier's connections set the DateStyle; `row_leaf_data` takes both).
+# DateStyle ISO, "T" for the space and "Z" after ("2026-01-02T03:04:05.67Z"): a tenth of
+# the client's cost of decoding them as datetimes (the verifier's connections set the
+# DateStyle; `row_leaf_data` takes both).
 LEAF_COLUMNS_TEXT_TIMES = LEAF_COLUMNS.replace(
     "id, ts, received_at,",
-    "id, (ts AT TIME ZONE 'UTC')::text AS ts, "
-    "(received_at AT TIME ZONE 'UTC')::text AS received_at,",
+    "id, replace((ts AT TIME ZONE 'UTC')::text, ' ', 'T') || 'Z' AS ts, "
+    "replace((received_at AT TIME ZONE 'UTC')::text, ' ', 'T') || 'Z' AS received_at,",
 )
 DATESTYLE = "SET DateStyle = 'ISO, YMD'"
 _JSON_COLUMNS = ("changes", "metadata", "presentation")
@@ -149,16 +150,17 @@ def _needs_reference(json_text: bytes) -> bool:
 
 
 def _utc_text(text: str | None) -> str | None:
-    """A time as PostgreSQL writes a timestamp (DateStyle ISO) in the API's form: ISO 8601
-    in UTC, microseconds when there are any, "Z". Any other text (BC, infinity, a year past
-    9999: no item can hold one) is left as it is, so its leaf is no row's sealed leaf."""
+    """A time of LEAF_COLUMNS_TEXT_TIMES in the API's form: ISO 8601 in UTC, microseconds
+    (6 digits) when there are any, "Z". PostgreSQL leaves out a fraction's trailing zeros.
+    Any other text (BC, infinity, a year past 9999: no item can hold one) is left as it
+    is, so its leaf is no row's sealed leaf: a finding."""
     if text is None:
         return None
     n = len(text)
-    if n == 19:
-        return f"{text[:10]}T{text[11:]}Z"
-    if 21 <= n <= 26 and text[19] == ".":
-        return f"{text[:10]}T{text[11:]}{'000000'[n - 20 :]}Z"
+    if n == 27 or n == 20:  # "YYYY-MM-DDTHH:MM:SS.ffffffZ", "YYYY-MM-DDTHH:MM:SSZ"
+        return text
+    if 22 <= n <= 26 and text[19] == ".":
+        return f"{text[:-1]}{'000000'[n - 21 :]}Z"
     return text
 
 
