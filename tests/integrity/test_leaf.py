@@ -141,8 +141,19 @@ def test_the_leaf_query_reads_the_columns_its_names_say_in_their_order() -> None
     """row_leaf_data unpacks by position and its reference path by name: the SELECT list
     must name the canonical record's columns in the same order."""
     for columns in (LEAF_COLUMNS, LEAF_COLUMNS_TEXT_TIMES):
-        selected = [part.split()[-1] for part in columns.split(",")]
+        selected = [part.split()[-1] for part in _top_level(columns)]
         assert tuple(selected) == LEAF_COLUMN_NAMES
+
+
+def _top_level(select_list: str) -> list[str]:
+    """A SELECT list's items: split at the commas outside parentheses."""
+    items, depth, start = [], 0, 0
+    for at, char in enumerate(select_list):
+        depth += {"(": 1, ")": -1}.get(char, 0)
+        if char == "," and depth == 0:
+            items.append(select_list[start:at])
+            start = at + 1
+    return [*items, select_list[start:]]
 
 
 @pytest.mark.unit
