@@ -9,6 +9,7 @@ I-JSON (RFC 7493) reads it.
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Any
 
@@ -89,6 +90,7 @@ def es6_number(value: float) -> str:
     return f"{sign}{head}e{'+' if e > 0 else '-'}{abs(e)}"
 
 
+@functools.lru_cache(maxsize=65536)
 def _raw_float(text: str) -> msgspec.Raw:
     return msgspec.Raw(es6_number(float(text)).encode())
 

@@ -7,6 +7,7 @@ leaf nor waiting in the seal queue is a finding, whatever its `received_at` says
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 from collections.abc import Awaitable, Callable, Mapping, Sequence
@@ -125,6 +126,11 @@ async def verify_log(
             first_seq = batch.seqs[0][0]
         hashes.extend(batch.hashes[i : i + HB] for i in range(0, len(batch.hashes), HB))
     jobs = [(b.first, b.row_seqs, b.hashes[: b.rows * HB]) for b in batches]
+    # The roots of every checkpoint's size, built in a thread while the rows are checked
+    # (this process only waits for them then).
+    checkpoints = await conn.fetch(LOG_CHECKPOINTS)
+    sizes = {int(r["size"]) for r in checkpoints} | ({head.size} if head else set())
+    roots = asyncio.create_task(asyncio.to_thread(prefix_roots, hashes, sizes))
     if rows_check is not None and jobs:
         results = await rows_check(await export_snapshot(conn), jobs)
     else:
@@ -137,7 +143,7 @@ async def verify_log(
         await _rows(ctx, batch, *by_first[batch.first])
         await _actions(ctx, batch)
     ctx.report.leaves = len(hashes)
-    await _checkpoints(ctx, hashes, head)
+    _checkpoints(ctx, checkpoints, len(hashes), await roots, head)
     pending = await conn.fetchval(PENDING)
     if first_seq is not None:
         logged = await conn.fetchval(LOGGED_SEQS)
@@ -293,12 +299,18 @@ def prefix_roots(hashes: list[bytes], sizes: set[int]) -> dict[int, bytes]:
     return roots
 
 
-async def _checkpoints(ctx: _Ctx, hashes: list[bytes], head: note.Checkpoint | None) -> None:
+def _checkpoints(
+    ctx: _Ctx,
+    records: Sequence[asyncpg.Record],
+    leaves: int,
+    roots: dict[int, bytes],
+    head: note.Checkpoint | None,
+) -> None:
     """Each checkpoint: signed by the key, of one origin, growing, with the root of the
     log's first `size` leaves (so each extends the one before: they are prefixes of one
-    list of leaves)."""
+    list of leaves). `roots`: the root of the first n leaves for each checkpoint's size."""
     parsed: list[tuple[int, note.Checkpoint]] = []
-    for record in await ctx.conn.fetch(LOG_CHECKPOINTS):
+    for record in records:
         ctx.report.checkpoints += 1
         size = int(record["size"])
         try:
@@ -311,14 +323,12 @@ async def _checkpoints(ctx: _Ctx, hashes: list[bytes], head: note.Checkpoint | N
             ctx.finding(f"checkpoint of size {size} altered: its note says {checkpoint.size}")
             continue
         parsed.append((size, checkpoint))
-    sizes = {size for size, _ in parsed} | ({head.size} if head else set())
-    roots = prefix_roots(hashes, sizes)
     origin: str | None = None
     for size, checkpoint in parsed:
         if origin is not None and checkpoint.origin != origin:
             ctx.finding(f"checkpoint of size {size} is of another log ({checkpoint.origin})")
         origin = checkpoint.origin
-        if size > len(hashes):
+        if size > leaves:
             ctx.finding(f"checkpoint of size {size} covers leaves the log no longer has")
         elif roots[size] != checkpoint.root:
             ctx.finding(
@@ -326,7 +336,7 @@ async def _checkpoints(ctx: _Ctx, hashes: list[bytes], head: note.Checkpoint | N
                 "root (the log was rewritten, or the checkpoint forged)"
             )
     if head is not None:
-        _check_head(ctx, len(hashes), roots, head)
+        _check_head(ctx, leaves, roots, head)
 
 
 def _check_head(ctx: _Ctx, leaves: int, roots: dict[int, bytes], head: note.Checkpoint) -> None:

@@ -4,15 +4,17 @@ The leaf is the RFC 8785 canonical JSON of {"kind": "row", "item": ITEM} (docs/i
 "Leaves"), ITEM as `item()` shapes it. The fast path writes it with msgspec in one call:
 structs of the item's parts (keys sorted by the encoder, absent parts left out as `item()`
 leaves them), the JSON columns decoded from their text with floats as raw ES6 numbers. A
-leaf the fast form may write differently (characters outside the Basic Multilingual Plane,
-an integer past 2**53) takes the reference path (rfc8785 of `item()`): the two are the same
-bytes, which tests/integrity/test_leaf.py checks on random rows.
+leaf the fast form may write differently (JSON columns with characters outside the Basic
+Multilingual Plane or an integer past 2**53) takes the reference path (rfc8785 of
+`item()`): the two are the same bytes, which tests/integrity/test_leaf.py checks on random
+rows.
 """
 
 from __future__ import annotations
 
 import functools
 import json
+import re
 from collections.abc import Sequence
 from typing import Any
 
@@ -20,13 +22,24 @@ import asyncpg
 import msgspec
 
 from service.integrity.canonical import ROW_COLUMNS
-from service.integrity.leaf import as_json, decode_jsonb, es6_number, row_leaf
+from service.integrity.leaf import as_json, es6_number, row_leaf
+from service.integrity.leaf import decode_jsonb as _decode
 from service.store.items import ITEM_COLUMNS_JSON_TEXT, item
 
 # The columns of a row's leaf, in the order the queries below read them.
 LEAF_COLUMNS = f"seq, {ITEM_COLUMNS_JSON_TEXT}"
 # Their names: a row's columns in the canonical record's order.
 LEAF_COLUMN_NAMES = ROW_COLUMNS
+# The same with the two times as text in UTC, as PostgreSQL writes a timestamp with
+# DateStyle ISO, "T" for the space and "Z" after ("2026-01-02T03:04:05.67Z"): a tenth of
+# the client's cost of decoding them as datetimes (the verifier's connections set the
+# DateStyle; `row_leaf_data` takes both).
+LEAF_COLUMNS_TEXT_TIMES = LEAF_COLUMNS.replace(
+    "id, ts, received_at,",
+    "id, replace((ts AT TIME ZONE 'UTC')::text, ' ', 'T') || 'Z' AS ts, "
+    "replace((received_at AT TIME ZONE 'UTC')::text, ' ', 'T') || 'Z' AS received_at,",
+)
+DATESTYLE = "SET DateStyle = 'ISO, YMD'"
 _JSON_COLUMNS = ("changes", "metadata", "presentation")
 
 
@@ -77,6 +90,7 @@ class _Item(msgspec.Struct):
 _encode = msgspec.json.Encoder(order="sorted").encode
 _DIGIT_MAP = bytes(0x30 if 0x30 <= b <= 0x39 else 0x20 for b in range(256))
 _SIXTEEN_DIGITS = b"0" * 16
+_ESCAPED_HIGH_SURROGATE = re.compile(rb"\\u[dD][89abAB]")
 _NON_BMP_LEADS = (b"\xf0", b"\xf1", b"\xf2", b"\xf3", b"\xf4")  # UTF-8 of U+10000 and up
 
 
@@ -85,16 +99,16 @@ def _raw_float(value: float) -> msgspec.Raw:
     return msgspec.Raw(es6_number(value).encode())
 
 
-def _json(text: str | None) -> Any:
-    return None if text is None else decode_jsonb(text)
-
-
 def row_leaf_data(row: asyncpg.Record | Sequence[Any]) -> bytes:
     """A row's leaf data, from its LEAF_COLUMNS (an asyncpg record or a tuple)."""
     (_seq, id_, ts, received_at, action, category, severity, outcome,
      actor_id, actor_type, actor_name, actor_email, entity_type, entity_id, entity_name, tenant,
      request_id, ip, user_agent, method, path, status, duration_ms,
      changes, metadata, presentation, source, received_via) = row  # fmt: skip
+    if ts.__class__ is str:
+        ts, received_at = _utc_text(ts), _utc_text(received_at)
+    if _needs_reference(f"{changes or ''}{metadata or ''}{presentation or ''}".encode()):
+        return _reference(row, ts, received_at)
     request = None
     if not (
         request_id is None
@@ -107,30 +121,53 @@ def row_leaf_data(row: asyncpg.Record | Sequence[Any]) -> bytes:
     ):
         duration = None if duration_ms is None else _raw_float(duration_ms)
         request = _Request(request_id, ip, user_agent, method, path, status, duration)
-    actor = None if actor_id is None else _Actor(actor_id, actor_type, actor_name, actor_email)
-    entity = None
-    if entity_type is not None or entity_id is not None:
-        entity = _Entity(entity_type, entity_id, entity_name)
     value = _Item(
-        id_, ts, action, category, severity, outcome, actor, entity, tenant, request,
-        _json(changes), _json(metadata), _json(presentation), source, received_at, received_via,
+        id_, ts, action, category, severity, outcome,
+        None if actor_id is None else _Actor(actor_id, actor_type, actor_name, actor_email),
+        None if entity_type is None and entity_id is None
+        else _Entity(entity_type, entity_id, entity_name),
+        tenant, request,
+        None if changes is None else _decode(changes),
+        None if metadata is None else _decode(metadata),
+        None if presentation is None else _decode(presentation),
+        source, received_at, received_via,
     )  # fmt: skip
-    data = b'{"item":' + _encode(value) + b',"kind":"row"}'
-    if _needs_reference(data):
-        return _reference(row)
-    return data
+    return b'{"item":' + _encode(value) + b',"kind":"row"}'
 
 
-def _needs_reference(data: bytes) -> bool:
-    """Whether the fast form may differ from RFC 8785's (a scan in C, no regex)."""
-    if not data.isascii() and any(lead in data for lead in _NON_BMP_LEADS):
+def _needs_reference(json_text: bytes) -> bool:
+    """Whether the fast form may differ from RFC 8785's, from the JSON columns' text (a scan
+    in C, no regex): a key outside the Basic Multilingual Plane (UTF-16 sorts it apart from
+    code points), an integer of 16 digits or more (RFC 8785 writes one past 2**53 as a
+    double). Only the JSON columns hold keys or numbers that are not the item's own: its
+    strings are written alike whatever they hold, its numbers (status, an int4, and
+    duration_ms, written as ES6 does) alike too."""
+    if not json_text.isascii() and any(lead in json_text for lead in _NON_BMP_LEADS):
         return True
-    return _SIXTEEN_DIGITS in data.translate(_DIGIT_MAP)
+    if b"\\u" in json_text and _ESCAPED_HIGH_SURROGATE.search(json_text):
+        return True  # PostgreSQL writes them as UTF-8, but text may spell them escaped
+    return _SIXTEEN_DIGITS in json_text.translate(_DIGIT_MAP)
 
 
-def _reference(row: asyncpg.Record | Sequence[Any]) -> bytes:
+def _utc_text(text: str | None) -> str | None:
+    """A time of LEAF_COLUMNS_TEXT_TIMES in the API's form: ISO 8601 in UTC, microseconds
+    (6 digits) when there are any, "Z". PostgreSQL leaves out a fraction's trailing zeros.
+    Any other text (BC, infinity, a year past 9999: no item can hold one) is left as it
+    is, so its leaf is no row's sealed leaf: a finding."""
+    if text is None:
+        return None
+    n = len(text)
+    if n == 27 or n == 20:  # "YYYY-MM-DDTHH:MM:SS.ffffffZ", "YYYY-MM-DDTHH:MM:SSZ"
+        return text
+    if 22 <= n <= 26 and text[19] == ".":
+        return f"{text[:-1]}{'000000'[n - 21 :]}Z"
+    return text
+
+
+def _reference(row: asyncpg.Record | Sequence[Any], ts: Any, received_at: Any) -> bytes:
     """The leaf data by the reference path: rfc8785 of the item as the API writes it."""
     values = dict(zip(LEAF_COLUMN_NAMES, row, strict=True))
+    values["ts"], values["received_at"] = ts, received_at
     for name in _JSON_COLUMNS:
         if values[name] is not None:
             values[name] = json.loads(values[name])

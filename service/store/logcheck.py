@@ -4,26 +4,35 @@
 several µs of Python each); split over processes, each with its own connection in the
 verifying transaction's snapshot, the rows are checked by every core at once and the
 verifier gets back only what differs (service/integrity/logverify.py, `RowsCheck`).
+
+The batches are cut into pieces of a few thousand rows, handed to whichever process is
+free, so no core idles while another finishes a long run; each process opens its
+connection once, for all the pieces it checks.
 """
 
 from __future__ import annotations
 
 import asyncio
+import gc
 import multiprocessing
+import multiprocessing.util
 import os
 import re
 from concurrent.futures import ProcessPoolExecutor
+from typing import Any
 
 import asyncpg
 
 from service.integrity.logverify import Mismatch, RowsCheck, compare_rows
-from service.store.leaves import row_leaf_data
-from service.store.seals import NEW_ROWS
+from service.store.leaves import DATESTYLE, row_leaf_data
+from service.store.verify_reads import ROWS_TEXT_TIMES, int8_ranges
 
 _SNAPSHOT_ID = re.compile(r"^[0-9A-F]+-[0-9A-F]+(-[0-9]+)?$")
 Job = tuple[int, str, bytes]
 IN_PLACE_BELOW = 50_000  # rows: fewer are checked in this process, on one more connection
+PIECE_ROWS = 5_000  # rows a process checks at a time
 Result = tuple[int, int, list[Mismatch]]
+HB = 32
 
 
 def processes() -> int:
@@ -32,44 +41,125 @@ def processes() -> int:
 
 
 def in_processes(
-    url: str, workers: int | None = None, *, in_place_below: int | None = None
+    url: str,
+    workers: int | None = None,
+    *,
+    in_place_below: int | None = None,
+    piece_rows: int = PIECE_ROWS,
 ) -> RowsCheck:
-    """A RowsCheck that spreads the batches over `workers` processes."""
+    """A RowsCheck that spreads the batches, in pieces, over `workers` processes."""
 
     async def check(snapshot: str, jobs: list[Job]) -> list[Result]:
         if not _SNAPSHOT_ID.match(snapshot):
             raise ValueError(f"unexpected snapshot id {snapshot!r}")
         below = IN_PLACE_BELOW if in_place_below is None else in_place_below
-        if sum(len(stored) for _, _, stored in jobs) < below * 32:
+        if sum(len(stored) for _, _, stored in jobs) < below * HB:
             return await _check_async(url, snapshot, jobs)  # not worth starting processes
-        count = workers or processes()
-        # Contiguous runs of batches, a few per process so a slow one does not hold the end.
-        size = max(1, -(-len(jobs) // (count * 4)))
-        chunks = [jobs[i : i + size] for i in range(0, len(jobs), size)]
+        pieces = [p for job in jobs for p in cut(job, piece_rows)]
         loop = asyncio.get_running_loop()
         context = multiprocessing.get_context("spawn")  # no copy of this event loop's state
-        with ProcessPoolExecutor(max_workers=count, mp_context=context) as pool:
+        with ProcessPoolExecutor(
+            max_workers=workers or processes(), mp_context=context, initializer=gc.disable
+        ) as pool:
             parts = await asyncio.gather(
-                *(loop.run_in_executor(pool, _check, url, snapshot, chunk) for chunk in chunks)
+                *(loop.run_in_executor(pool, _check, url, snapshot, piece) for piece in pieces)
             )
-        return [result for part in parts for result in part]
+        return join(jobs, pieces, parts)
 
     return check
 
 
-def _check(url: str, snapshot: str, jobs: list[Job]) -> list[Result]:
-    return asyncio.run(_check_async(url, snapshot, jobs))
+# A piece of a batch: the batch's first leaf, the piece's offset in it, its row seqs (an
+# int8 multirange's text) and their stored leaf hashes.
+Piece = tuple[int, int, str, bytes]
+
+
+def cut(job: Job, rows: int) -> list[Piece]:
+    """A batch in pieces of at most `rows` rows, in order."""
+    first, row_seqs, stored = job
+    pieces: list[Piece] = []
+    ranges: list[str] = []
+    offset = count = 0
+
+    def close() -> None:
+        end = offset + count
+        text = "{" + ",".join(ranges) + "}"
+        pieces.append((first, offset, text, stored[offset * HB : end * HB]))
+
+    for lo, hi in int8_ranges(row_seqs):
+        while lo < hi:
+            take = min(hi - lo, rows - count)
+            ranges.append(f"[{lo},{lo + take})")
+            lo += take
+            count += take
+            if count == rows:
+                close()
+                offset, count, ranges = offset + count, 0, []
+    if ranges or not pieces:
+        close()
+    return pieces
+
+
+def join(
+    jobs: list[Job], pieces: list[Piece], results: list[tuple[int, list[Mismatch]]]
+) -> list[Result]:
+    """The pieces' results as their batches' (mismatch offsets counted in the batch)."""
+    by_first: dict[int, tuple[int, list[Mismatch]]] = {first: (0, []) for first, _, _ in jobs}
+    for (first, offset, _, _), (found, mismatches) in zip(pieces, results, strict=True):
+        total, kept = by_first[first]
+        kept.extend((offset + at, seq, row_id, leaf) for at, seq, row_id, leaf in mismatches)
+        by_first[first] = (total + found, kept)
+    return [(first, *by_first[first]) for first, _, _ in jobs]
+
+
+# A pool process's connection, opened by its first piece, in the snapshot given.
+_open: dict[str, Any] = {}
+
+
+def _check(url: str, snapshot: str, piece: Piece) -> tuple[int, list[Mismatch]]:
+    """Check one piece in a pool process (its collector is off, `initializer`: a piece's
+    thousands of records make no cycles, and collection passes over them cost about a
+    fifth of the check)."""
+    if _open.get("snapshot") != snapshot:
+        _close()
+        loop = asyncio.new_event_loop()
+        conn = loop.run_until_complete(_connect(url, snapshot))
+        _open.update(snapshot=snapshot, loop=loop, conn=conn)
+        multiprocessing.util.Finalize(None, _close, exitpriority=10)
+    loop, conn = _open["loop"], _open["conn"]
+    _, _, row_seqs, stored = piece
+    rows = loop.run_until_complete(conn.fetch(ROWS_TEXT_TIMES, row_seqs, timeout=None))
+    return compare_rows(row_seqs, rows, stored, row_leaf_data)
+
+
+async def _connect(url: str, snapshot: str) -> asyncpg.Connection:
+    conn = await asyncpg.connect(url)
+    await conn.execute(DATESTYLE)  # the times' text form
+    await conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+    # SET TRANSACTION takes no parameters; the id was checked by the caller.
+    await conn.execute(f"SET TRANSACTION SNAPSHOT '{snapshot}'")
+    return conn
+
+
+def _close() -> None:
+    """At the pool process's exit: end its read-only transaction and connection."""
+    loop, conn = _open.pop("loop", None), _open.pop("conn", None)
+    _open.pop("snapshot", None)
+    if loop is not None and conn is not None:
+        loop.run_until_complete(conn.close())
+        loop.close()
 
 
 async def _check_async(url: str, snapshot: str, jobs: list[Job]) -> list[Result]:
     conn = await asyncpg.connect(url)
     try:
+        await conn.execute(DATESTYLE)  # the times' text form
         async with conn.transaction(isolation="repeatable_read", readonly=True):
             # SET TRANSACTION takes no parameters; the id was checked by the caller.
             await conn.execute(f"SET TRANSACTION SNAPSHOT '{snapshot}'")
             results: list[Result] = []
             for first, row_seqs, stored in jobs:
-                rows = await conn.fetch(NEW_ROWS, row_seqs, timeout=None)
+                rows = await conn.fetch(ROWS_TEXT_TIMES, row_seqs, timeout=None)
                 results.append((first, *compare_rows(row_seqs, rows, stored, row_leaf_data)))
             return results
     finally:

@@ -25,7 +25,12 @@ from service.integrity.leaf import (
     row_leaf,
 )
 from service.store.items import item
-from service.store.leaves import LEAF_COLUMN_NAMES, LEAF_COLUMNS, row_leaf_data
+from service.store.leaves import (
+    LEAF_COLUMN_NAMES,
+    LEAF_COLUMNS,
+    LEAF_COLUMNS_TEXT_TIMES,
+    row_leaf_data,
+)
 
 JSON = st.recursive(
     st.none()
@@ -135,5 +140,61 @@ def test_a_stored_rows_leaf_built_fast_is_the_rfc8785_form_of_its_item(
 def test_the_leaf_query_reads_the_columns_its_names_say_in_their_order() -> None:
     """row_leaf_data unpacks by position and its reference path by name: the SELECT list
     must name the canonical record's columns in the same order."""
-    selected = [part.split()[-1] for part in LEAF_COLUMNS.split(",")]
-    assert tuple(selected) == LEAF_COLUMN_NAMES
+    for columns in (LEAF_COLUMNS, LEAF_COLUMNS_TEXT_TIMES):
+        selected = [part.split()[-1] for part in _top_level(columns)]
+        assert tuple(selected) == LEAF_COLUMN_NAMES
+
+
+def _top_level(select_list: str) -> list[str]:
+    """A SELECT list's items: split at the commas outside parentheses."""
+    items, depth, start = [], 0, 0
+    for at, char in enumerate(select_list):
+        depth += {"(": 1, ")": -1}.get(char, 0)
+        if char == "," and depth == 0:
+            items.append(select_list[start:at])
+            start = at + 1
+    return [*items, select_list[start:]]
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize(
+    ("name", "metadata"),
+    [
+        ("𝄞 and \ue000", '{"a": 1}'),  # outside the BMP in a plain column: written alike
+        ("12345678901234567890", '{"a": 1}'),  # a run of digits in a string column
+        ("x", '{"\ue000": 1, "𝄞": 2}'),  # keys UTF-16 sorts unlike code points
+        ("x", '{"n": 9007199254740993, "m": 12345678901234567}'),  # integers past 2**53
+        ("x", '{"r": 0.1, "big": 1e21, "tiny": 1e-7, "n": -0.0}'),  # ES6 numbers
+    ],
+)
+def test_a_leaf_is_the_rfc8785_form_whichever_column_holds_the_hard_case(
+    name: str, metadata: str
+) -> None:
+    """The fast path looks for the hard cases only in the JSON columns: every other column
+    is written alike by both paths, whatever it holds."""
+    row = (
+        1, uuid.UUID(int=7), datetime(2026, 1, 2, 3, 4, 5, 6, tzinfo=UTC),
+        datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC), "a.b", "c", "info", "success",
+        "u-1", "user", name, None, "t", name, None, None,
+        name, "203.0.113.7", name, "POST", "/p", 200, 0.1,
+        None, metadata, '{"code": "' + name + '"}', "web", "redis:x",
+    )  # fmt: skip
+    values = dict(zip(LEAF_COLUMN_NAMES, row, strict=True))
+    for column in ("metadata", "presentation"):
+        values[column] = json.loads(values[column])
+    reference = rfc8785.dumps({"kind": "row", "item": _i_json(as_json(item(values)))})
+    assert row_leaf_data(row) == reference
+
+
+@pytest.mark.unit
+def test_a_key_outside_the_bmp_spelt_escaped_takes_the_reference_path_too() -> None:
+    row = (
+        1, uuid.UUID(int=7), datetime(2026, 1, 2, tzinfo=UTC), datetime(2026, 1, 2, tzinfo=UTC),
+        "a.b", None, None, None, None, None, None, None, None, None, None, None,
+        None, None, None, None, None, None, None,
+        None, '{"\\ue000": 1, "\\ud834\\udd1e": 2, "\\u0001": 3}', None, "web", "redis:x",
+    )  # fmt: skip
+    values = dict(zip(LEAF_COLUMN_NAMES, row, strict=True))
+    values["metadata"] = json.loads(values["metadata"])
+    reference = rfc8785.dumps({"kind": "row", "item": _i_json(as_json(item(values)))})
+    assert row_leaf_data(row) == reference

@@ -14,8 +14,9 @@ from service.integrity.logverify import verify_log
 from service.ops.verification import run_verification
 from service.settings import Settings
 from service.store import logcheck
-from service.store.leaves import row_leaf_data
+from service.store.leaves import DATESTYLE, row_leaf_data
 from service.store.seals import NEW_ACTIONS, NEW_ROWS, LogConfig, seal_once
+from service.store.verify_reads import ROWS_TEXT_TIMES
 from tests.support.integrity import seal_all, store
 
 MIGRATIONS = Path(__file__).parents[2] / "service" / "store" / "migrations"
@@ -73,6 +74,91 @@ async def test_a_new_row_goes_only_into_the_log_and_an_owner_change_to_it_is_cau
         )  # fmt: skip
     assert report.findings == 1 and report.rows >= 30, found
     assert any(line.startswith(f"row {ids[7]} altered (leaf ") for line in found), found
+
+
+async def test_rows_checked_in_pieces_by_processes_report_what_one_pass_reports(
+    settings: Settings, pg: asyncpg.Connection, tmp_path: Path
+) -> None:
+    """Batches cut into pieces of 4 rows, checked by whichever process is free: an altered
+    row late in a batch and a row deleted from another piece are named with the same row
+    id and leaf index as the check of whole batches in this process names them."""
+    key = load_or_create_private_key(settings.seal_key_path)
+    ids = await store(pg, 30)
+    await _seal_log(pg, key, _log(tmp_path))
+    await _alter(pg, ids[17])
+    await _alter(pg, ids[29])
+    async with pg.transaction():
+        await pg.execute(AS_OWNER_UNCHECKED)
+        await pg.execute("DELETE FROM audit_log WHERE id = $1", ids[6])
+    assert settings.database_url
+    found: dict[str, list[str]] = {}
+    for how, check in (
+        ("in place", None),
+        ("pieces", logcheck.in_processes(settings.database_url, 2, in_place_below=0, piece_rows=4)),
+    ):
+        lines: list[str] = []
+        async with pg.transaction(isolation="repeatable_read", readonly=True):
+            report = await verify_log(
+                pg, key.public_key(), row_leaf_of=row_leaf_data, rows_query=NEW_ROWS,
+                actions_query=NEW_ACTIONS, emit=lines.append, rows_check=check,
+            )  # fmt: skip
+        assert report.findings == 3, lines
+        found[how] = lines
+    assert found["pieces"] == found["in place"]
+    for row_id in (ids[17], ids[29]):
+        assert any(line.startswith(f"row {row_id} altered (leaf ") for line in found["pieces"])
+    assert any(
+        re.fullmatch(r"row with seq \d+ missing \(leaf \d+\)", line) for line in found["pieces"]
+    )
+
+
+# Times at the edges of their text form: no fraction, trailing zeros, one microsecond, the
+# first and last years an item can hold, another zone.
+EDGE_TIMES = [
+    "0001-01-01 00:00:00+00", "2026-01-02 03:04:05+00", "2026-01-02 03:04:05.1+00",
+    "2026-01-02 03:04:05.120+00", "2026-01-02 03:04:05.123456+00", "2026-01-02 03:04:05.000001+00",
+    "9999-12-31 23:59:59.999999+00", "2026-06-30 23:59:59.5+02", "1969-12-31 23:59:59.999+00",
+]  # fmt: skip
+
+
+async def test_times_read_as_text_give_the_leaves_the_datetimes_give_whatever_the_datestyle(
+    settings: Settings, pg: asyncpg.Connection, tmp_path: Path
+) -> None:
+    """The verifier reads a row's times as text (service/store/leaves.py): on a server
+    whose DateStyle and time zone are not ISO and UTC, rows sealed with times at the edges
+    of that form verify, and every leaf is the one read with datetimes."""
+    key = load_or_create_private_key(settings.seal_key_path)
+    ids = await store(pg, len(EDGE_TIMES))
+    async with pg.transaction():
+        await pg.execute(AS_OWNER_UNCHECKED)
+        for row_id, at in zip(ids, EDGE_TIMES, strict=True):
+            await pg.execute(
+                "UPDATE audit_log SET ts = $2::text::timestamptz, "
+                "received_at = $2::text::timestamptz WHERE id = $1",
+                row_id,
+                at,
+            )
+    await _seal_log(pg, key, _log(tmp_path))  # the sealer reads the times as datetimes
+    database = await pg.fetchval("SELECT current_database()")
+    await pg.execute(f"ALTER DATABASE \"{database}\" SET DateStyle = 'SQL, DMY'")
+    await pg.execute(f"ALTER DATABASE \"{database}\" SET TimeZone = 'America/New_York'")
+    assert settings.database_url
+    for check in (
+        logcheck.in_processes(settings.database_url),  # in this process, one more connection
+        logcheck.in_processes(settings.database_url, 2, in_place_below=0, piece_rows=4),
+    ):
+        lines: list[str] = []
+        async with pg.transaction(isolation="repeatable_read", readonly=True):
+            report = await verify_log(
+                pg, key.public_key(), row_leaf_of=row_leaf_data, rows_query=NEW_ROWS,
+                actions_query=NEW_ACTIONS, emit=lines.append, rows_check=check,
+            )  # fmt: skip
+        assert report.findings == 0, lines
+    seqs = "{[0,1000000)}"
+    await pg.execute(DATESTYLE)
+    as_datetimes = [row_leaf_data(r) for r in await pg.fetch(NEW_ROWS, seqs)]
+    as_text = [row_leaf_data(r) for r in await pg.fetch(ROWS_TEXT_TIMES, seqs)]
+    assert len(as_text) >= len(EDGE_TIMES) and as_text == as_datetimes
 
 
 def _function(sql: str, name: str) -> str:
