@@ -125,7 +125,7 @@ async def test_the_express_example_records_each_request_with_its_context(
     app_dir = tmp_path / "app"
     app_dir.mkdir()
     (app_dir / "package.json").write_text('{"name": "app", "private": true}\n')
-    express = json.loads((NODE_DIR / "package.json").read_text())["devDependencies"]["express"]
+    package = json.loads((NODE_DIR / "package.json").read_text())
 
     async def npm_run(*args: str, cwd: Path) -> None:
         proc = await asyncio.create_subprocess_exec(
@@ -139,10 +139,11 @@ async def test_the_express_example_records_each_request_with_its_context(
         assert proc.returncode == 0, output.decode()[-6000:]
 
     await npm_run("pack", "--silent", "--pack-destination", str(tmp_path), cwd=NODE_DIR)
-    (tarball,) = tmp_path.glob("auditq-client-*.tgz")
+    tarball = tmp_path / f"auditq-client-{package['version']}.tgz"
     # Offline first: `make test` installed both (and what they need) for the client's own tests.
     quiet = ("--prefer-offline", "--no-audit", "--no-fund", "--loglevel=error")
-    await npm_run("install", *quiet, str(tarball), f"express@{express}", cwd=app_dir)
+    express = f"express@{package['devDependencies']['express']}"
+    await npm_run("install", *quiet, str(tarball), express, cwd=app_dir)
     assert not (app_dir / "node_modules" / "auditq-client").is_symlink()
     shutil.copy(EXPRESS_EXAMPLE, app_dir / "server.mjs")
     # As `auditq run`'s producer.env: a user that can only enqueue (its own name and queue).
