@@ -2,7 +2,8 @@
 //
 // make run                                   # in one terminal: auditq and its servers
 // set -a; . .auditq/producer.env; set +a     # in another: the producer's Redis URL
-// npm install auditq-client express          # or: npm install <repo>/clients/node express
+// (cd <repo>/clients/node && npm ci && npm pack)   # auditq-client-0.1.0.tgz, with dist/ built
+// npm install <repo>/clients/node/auditq-client-0.1.0.tgz express
 // node express_example.mjs
 // curl -X PUT -H 'X-User: ada' localhost:3000/projects/42
 

@@ -156,6 +156,9 @@ export class AuditClient {
       // No commandTimeout: its timer counts time this process spent busy as Redis's (see
       // `enqueue`, which bounds each send itself).
       connectTimeout: CONNECT_TIMEOUT_MS,
+      // No INFO at connect: the producer user may run FCALL and little else, and ioredis
+      // would print a warning of the refused INFO on every start.
+      enableReadyCheck: false,
       maxRetriesPerRequest: 1,
       retryStrategy: (times) => Math.min(times * 50, 1000),
     });
