@@ -300,10 +300,21 @@ _KEYWORDS, _STEMS, _CARDS = 1, 2, 4
 _CARD_MIN_CHARS = 13
 _CARD_DIGITS = b"0" * _CARD_MIN_CHARS
 _DIGITS_TO_0 = bytes.maketrans(b"0123456789", b"0000000000")
-# What the pre-check takes for a card number (the rule, _CARD_RE, then decides).
+# What the pre-check takes for a card number in text (the rule, _CARD_RE, then decides).
 _CARD_HINT = rb"[2-6][0-9]{3}[ -]?[0-9]{4}[ -]?[0-9]{4}"
 _AMEX_HINT = rb"3[0-9]{3}[ -][0-9]{6}[ -][0-9]{4}"  # 4-6-5 (and Diners' 4-6-4)
 _CARD_QUICK_RE = re.compile((_CARD_HINT + b"|" + _AMEX_HINT).decode())
+# The same in JSON, for the Hyperscan pre-check, as one expression (each expression that is
+# not a literal costs a pass of its own, as much as all the literals together): 13 digits,
+# or 4 digits and the usual groups, starting with 2-6. Not inside an id (UUIDs hold runs of
+# digits and dashes): after neither a digit, a letter nor a dash, unless the letter ends a
+# JSON escape (`\n4111…`, `\u00014111…`: the string holds a separator there).
+_JSON_CARD_SHAPE = (
+    rb"(?:^|[^0-9a-z-]|\\[a-z]|\\u[0-9a-f]{4})[2-6][0-9]{3}"
+    rb"(?:[0-9]{9}|[ -][0-9]{4}[ -][0-9]{4}|[ -][0-9]{6}[ -][0-9]{4})"
+)
+# A JSON escape, read as the separator it stands for when JSON text is searched for cards.
+_JSON_ESCAPE_RE = re.compile(r"\\(?:u[0-9A-Fa-f]{4}|[a-z])")
 
 
 _OnMatch = Callable[[int, int, int, int, Any], bool]  # hyperscan's match handler
@@ -316,9 +327,7 @@ class _Scanner:
 
     def __init__(self, patterns: list[str], stem_count: int) -> None:
         assert hyperscan is not None
-        # The card shapes must not start inside an id (UUIDs hold runs of digits and dashes).
-        cards = [rb"(?:^|[^0-9a-z-])" + hint for hint in (_CARD_HINT, _AMEX_HINT)]
-        expressions = [re.escape(p).encode() for p in patterns] + cards
+        expressions = [*(re.escape(p).encode() for p in patterns), _JSON_CARD_SHAPE]
         self.card = len(patterns)
         self.stem_count = stem_count
         flags = hyperscan.HS_FLAG_CASELESS | hyperscan.HS_FLAG_SINGLEMATCH
@@ -579,7 +588,8 @@ def _verdict_outside_uuids(precheck: _Precheck, data: bytes) -> int:
 
 
 def _has_card(data: bytes) -> bool:
-    text = data.decode(errors="replace")
+    """Tell whether JSON text holds a card number (an escape before it counts as a blank)."""
+    text = _JSON_ESCAPE_RE.sub(" ", data.decode(errors="replace"))
     return any(_mask_card(m[0]) is not None for m in _CARD_RE.finditer(text))
 
 

@@ -130,7 +130,8 @@ def test_a_batch_of_clean_events_passes_the_worker_precheck_and_a_secret_does_no
     events = [msgspec.to_builtins(finalize(audit_event("bench", i))[0]) for i in range(300)]
     fallback = copy.copy(redaction._PRECHECK)
     fallback.scanner = None
-    for planted in (None, "card 4111 1111 1111 1111", "ghp_" + "a1B2" * 9, "db_password=x1"):
+    cards = ("card 4111 1111 1111 1111", "line\n4111111111111111", "tab\t4111 1111 1111 1111")
+    for planted in (None, *cards, "ghp_" + "a1B2" * 9, "db_password=x1"):
         batch = copy.deepcopy(events)
         if planted:
             batch[150]["metadata"]["note"] = planted
