@@ -425,6 +425,13 @@ def _needed_callback(stem_count: int, card: int) -> _OnMatch:
 
 
 _PRECHECK = _Precheck(frozenset())
+# json_precheck's common case, bound once: the scan of the default pre-check, its handler.
+if _PRECHECK.scanner is not None:
+    _SCAN: Callable[..., None] | None = _PRECHECK.scanner.db.scan
+    _ON_MATCH = _PRECHECK.scanner.on_match
+    _ScanTerminated, _ScratchInUse = hyperscan.ScanTerminated, hyperscan.ScratchInUseError
+else:  # pragma: no cover - without hyperscan
+    _SCAN = None
 
 
 @functools.lru_cache(maxsize=64)
@@ -496,20 +503,20 @@ def _needs_rules(verdict: int, text: str) -> bool:
 def json_precheck(data: bytes, extra_keys: frozenset[str] = frozenset()) -> tuple[bool, bool]:
     """The pre-check over a whole encoded event, in one pass: whether any rule may change a
     string of it, and whether a card number may be in it (pass it on as `cards`)."""
-    precheck = _precheck_for(extra_keys) if extra_keys else _PRECHECK
-    scanner = precheck.scanner
-    if scanner is None:
-        verdict = precheck.verdict(data)
+    if extra_keys or _SCAN is None:
+        precheck = _precheck_for(extra_keys)
+        scanner = precheck.scanner
+        verdict = precheck.verdict(data) if scanner is None else scanner.scan(data)
     else:
-        # _Scanner.scan's common case inline: every event passes here (a call saved is
-        # a sixth of the scan's cost).
+        # _Scanner.scan's common case inline, its names bound once: every event passes
+        # here, and each call or attribute saved is felt.
         found = [0]
         try:
-            scanner.db.scan(data, scanner.on_match, 0, found)
-        except hyperscan.ScanTerminated:
+            _SCAN(data, _ON_MATCH, 0, found)
+        except _ScanTerminated:
             pass
-        except hyperscan.ScratchInUseError:
-            found[0] = scanner.scan(data)
+        except _ScratchInUse:
+            found[0] = _PRECHECK.scanner.scan(data)
         verdict = found[0]
     if not verdict:
         return _NOTHING  # the common case
