@@ -276,22 +276,36 @@ class _Precheck:
         # A keyword's match can hide a stem it overlaps ("sk" in "askey"): asked apart.
         self.stems_text = ahocorasick_rs.AhoCorasick(stems, matchkind=kind)
         self.stems_data = ahocorasick_rs.BytesAhoCorasick([s.encode() for s in stems])
-        self.scanner = _Scanner(patterns, len(stems)) if hyperscan is not None else None
+        # Patterns an id's hex digits can spell ("2fa", "a3-", "acca"): a match of one inside
+        # a UUID string value (every event's id) is no match (_inside_uuid); their lengths.
+        self.hexish = {
+            i: len(p) for i, p in enumerate(patterns) if _HEXISH_RE.fullmatch(p) and p.strip("-")
+        }
+        self.scanner: _Scanner | None = None
+        if hyperscan is not None:
+            self.scanner = _Scanner(patterns, len(stems), self.hexish)
 
     def verdict(self, data: bytes) -> int:
         """What the pre-check finds in UTF-8 bytes: _KEYWORDS | _STEMS | _CARDS bits."""
         if self.scanner is not None:
             return self.scanner.scan(data)
         low = data.lower()
-        found = self.data.find_matches_as_indexes(low)
+        found = self._outside_ids(data, self.data.find_matches_as_indexes(low))
         verdict = _CARDS if _CARD_DIGITS in data.translate(_DIGITS_TO_0, b" -") else 0
         if found:
             verdict |= _KEYWORDS
-            if any(
-                i < self.stem_count for i, _, _ in found
-            ) or self.stems_data.find_matches_as_indexes(low):
+            if any(i < self.stem_count for i, _, _ in found) or self._outside_ids(
+                data, self.stems_data.find_matches_as_indexes(low)
+            ):
                 verdict |= _STEMS
         return verdict
+
+    def _outside_ids(
+        self, data: bytes, found: list[tuple[int, int, int]]
+    ) -> list[tuple[int, int, int]]:
+        """The matches but those of hex patterns inside a UUID string value."""
+        hexish = self.hexish
+        return [m for m in found if m[0] not in hexish or not _inside_uuid(data, m[1], m[2])]
 
 
 # Pre-check verdicts, as bits: a token rule's keyword, a stem (of a secret word, a URL…), a
@@ -300,10 +314,21 @@ _KEYWORDS, _STEMS, _CARDS = 1, 2, 4
 _CARD_MIN_CHARS = 13
 _CARD_DIGITS = b"0" * _CARD_MIN_CHARS
 _DIGITS_TO_0 = bytes.maketrans(b"0123456789", b"0000000000")
-# What the pre-check takes for a card number (the rule, _CARD_RE, then decides).
+# What the pre-check takes for a card number in text (the rule, _CARD_RE, then decides).
 _CARD_HINT = rb"[2-6][0-9]{3}[ -]?[0-9]{4}[ -]?[0-9]{4}"
 _AMEX_HINT = rb"3[0-9]{3}[ -][0-9]{6}[ -][0-9]{4}"  # 4-6-5 (and Diners' 4-6-4)
 _CARD_QUICK_RE = re.compile((_CARD_HINT + b"|" + _AMEX_HINT).decode())
+# The same in JSON, for the Hyperscan pre-check, as one expression (each expression that is
+# not a literal costs a pass of its own, as much as all the literals together): 13 digits,
+# or 4 digits and the usual groups, starting with 2-6. Not inside an id (UUIDs hold runs of
+# digits and dashes): after neither a digit, a letter nor a dash, unless the letter ends a
+# JSON escape (`\n4111…`, `\u00014111…`: the string holds a separator there).
+_JSON_CARD_SHAPE = (
+    rb"(?:^|[^0-9a-z-]|\\[a-z]|\\u[0-9a-f]{4})[2-6][0-9]{3}"
+    rb"(?:[0-9]{9}|[ -][0-9]{4}[ -][0-9]{4}|[ -][0-9]{6}[ -][0-9]{4})"
+)
+# A JSON escape, read as the separator it stands for when JSON text is searched for cards.
+_JSON_ESCAPE_RE = re.compile(r"\\(?:u[0-9A-Fa-f]{4}|[a-z])")
 
 
 _OnMatch = Callable[[int, int, int, int, Any], bool]  # hyperscan's match handler
@@ -314,24 +339,25 @@ class _Scanner:
     in one pass, case-insensitively, without lowering the text first (hyperscan is there
     on Linux x86-64; elsewhere the Aho-Corasick automaton does the same, slower)."""
 
-    def __init__(self, patterns: list[str], stem_count: int) -> None:
+    def __init__(self, patterns: list[str], stem_count: int, hexish: dict[int, int]) -> None:
         assert hyperscan is not None
-        # The card shapes must not start inside an id (UUIDs hold runs of digits and dashes).
-        cards = [rb"(?:^|[^0-9a-z-])" + hint for hint in (_CARD_HINT, _AMEX_HINT)]
-        expressions = [re.escape(p).encode() for p in patterns] + cards
+        expressions = [*(re.escape(p).encode() for p in patterns), _JSON_CARD_SHAPE]
         self.card = len(patterns)
         self.stem_count = stem_count
-        flags = hyperscan.HS_FLAG_CASELESS | hyperscan.HS_FLAG_SINGLEMATCH
+        once = hyperscan.HS_FLAG_CASELESS | hyperscan.HS_FLAG_SINGLEMATCH
         self.db = hyperscan.Database()
         self.db.compile(
             expressions=expressions,
             ids=list(range(len(expressions))),
             elements=len(expressions),
-            flags=[flags] * len(expressions),
+            # A hex pattern reports every match: its first may be inside an id, the next not.
+            flags=[
+                hyperscan.HS_FLAG_CASELESS if i in hexish else once for i in range(len(expressions))
+            ],
         )
         self.local = threading.local()  # a scratch space per thread, as hyperscan needs
-        self.on_match = _verdict_callback(stem_count, self.card)
-        self.on_match_needed = _needed_callback(stem_count, self.card)
+        self.on_match = _verdict_callback(stem_count, self.card, hexish)
+        self.on_match_needed = _needed_callback(stem_count, self.card, hexish)
         # The same patterns reporting where each match starts, for many events at once.
         self.located = hyperscan.Database()
         self.located.compile(
@@ -344,7 +370,7 @@ class _Scanner:
     def scan(self, data: bytes, on_match: _OnMatch | None = None) -> int:
         """The verdict's bits (`on_match`: on_match_needed stops at the first stem or card
         shape, its verdict says whether rules must run, not whether a card may be there)."""
-        found = [0]  # the verdict's bits, set by on_match
+        found: list[Any] = [0, data]  # the verdict's bits, set by on_match; the data seen
         on_match = on_match or self.on_match
         try:
             # The database's own scratch space first: the common case, and the fastest.
@@ -357,12 +383,13 @@ class _Scanner:
             scratch = getattr(self.local, "scratch", None)
             if scratch is None:
                 scratch = self.local.scratch = hyperscan.Scratch(self.db)
-            found[0] = 0
+            found = [0, data]
             try:
                 self.db.scan(data, match_event_handler=on_match, context=found, scratch=scratch)
             except hyperscan.ScanTerminated:
                 pass
-        return found[0]
+        verdict: int = found[0]
+        return verdict
 
     def scan_outside_uuids(self, data: bytes) -> int:
         """scan() of JSON text, matches inside UUID string values left out."""
@@ -388,24 +415,29 @@ class _Scanner:
         return found[0]
 
 
-def _verdict_callback(stem_count: int, card: int) -> _OnMatch:
-    """Hyperscan's match handler for a database of stems, then keywords, then card shapes."""
+def _verdict_callback(stem_count: int, card: int, hexish: dict[int, int]) -> _OnMatch:
+    """Hyperscan's match handler for a database of stems, then keywords, then card shapes;
+    its context is [verdict bits, the data scanned]."""
 
     def on_match(index: int, start: int, end: int, flags: int, found: Any) -> bool:
         if index >= card:
             found[0] |= _CARDS | _STEMS
             return True  # stop: every rule must run, cards included
+        if index in hexish and _inside_uuid(found[1], end - hexish[index], end):
+            return False  # an id's hex digits, not a stem
         found[0] |= _STEMS if index < stem_count else _KEYWORDS
         return False  # on, to learn whether a card number may be there too
 
     return on_match
 
 
-def _needed_callback(stem_count: int, card: int) -> _OnMatch:
+def _needed_callback(stem_count: int, card: int, hexish: dict[int, int]) -> _OnMatch:
     """Hyperscan's match handler that stops at the first stem or card shape (rules must
     run): its verdict tells no card from a stem."""
 
     def on_match(index: int, start: int, end: int, flags: int, found: Any) -> bool:
+        if index in hexish and _inside_uuid(found[1], end - hexish[index], end):
+            return False
         if index < stem_count or index >= card:
             found[0] |= _STEMS
             return True
@@ -415,7 +447,18 @@ def _needed_callback(stem_count: int, card: int) -> _OnMatch:
     return on_match
 
 
+# A pattern made only of what a UUID is made of (lowercase hex digits and dashes).
+_HEXISH_RE = re.compile(r"[0-9a-f-]+")
+
+
 _PRECHECK = _Precheck(frozenset())
+# json_precheck's common case, bound once: the scan of the default pre-check, its handler.
+if _PRECHECK.scanner is not None:
+    _SCAN: Callable[..., None] | None = _PRECHECK.scanner.db.scan
+    _ON_MATCH = _PRECHECK.scanner.on_match
+    _ScanTerminated, _ScratchInUse = hyperscan.ScanTerminated, hyperscan.ScratchInUseError
+else:  # pragma: no cover - without hyperscan
+    _SCAN = None
 
 
 @functools.lru_cache(maxsize=64)
@@ -487,20 +530,20 @@ def _needs_rules(verdict: int, text: str) -> bool:
 def json_precheck(data: bytes, extra_keys: frozenset[str] = frozenset()) -> tuple[bool, bool]:
     """The pre-check over a whole encoded event, in one pass: whether any rule may change a
     string of it, and whether a card number may be in it (pass it on as `cards`)."""
-    precheck = _precheck_for(extra_keys) if extra_keys else _PRECHECK
-    scanner = precheck.scanner
-    if scanner is None:
-        verdict = precheck.verdict(data)
+    if extra_keys or _SCAN is None:
+        precheck = _precheck_for(extra_keys)
+        scanner = precheck.scanner
+        verdict = precheck.verdict(data) if scanner is None else scanner.scan(data)
     else:
-        # _Scanner.scan's common case inline: every event passes here (a call saved is
-        # a sixth of the scan's cost).
-        found = [0]
+        # _Scanner.scan's common case inline, its names bound once: every event passes
+        # here, and each call or attribute saved is felt.
+        found: list[Any] = [0, data]
         try:
-            scanner.db.scan(data, scanner.on_match, 0, found)
-        except hyperscan.ScanTerminated:
+            _SCAN(data, _ON_MATCH, 0, found)
+        except _ScanTerminated:
             pass
-        except hyperscan.ScratchInUseError:
-            found[0] = scanner.scan(data)
+        except _ScratchInUse:
+            found[0] = _PRECHECK.verdict(data)  # this thread's own scratch space
         verdict = found[0]
     if not verdict:
         return _NOTHING  # the common case
@@ -579,7 +622,8 @@ def _verdict_outside_uuids(precheck: _Precheck, data: bytes) -> int:
 
 
 def _has_card(data: bytes) -> bool:
-    text = data.decode(errors="replace")
+    """Tell whether JSON text holds a card number (an escape before it counts as a blank)."""
+    text = _JSON_ESCAPE_RE.sub(" ", data.decode(errors="replace"))
     return any(_mask_card(m[0]) is not None for m in _CARD_RE.finditer(text))
 
 

@@ -921,6 +921,30 @@ def test_card_numbers_are_masked_to_their_last_four(
     assert redact_sensitive_in_string(wrong) == wrong
 
 
+@pytest.mark.parametrize("before", ["\n", "\r\n", "\t", "\x01", "\x1f", "\b", "\f", "\\", '"'])
+@pytest.mark.parametrize("groups", [(), (4, 4, 4, 4)])
+def test_card_numbers_after_an_escaped_character_are_masked(
+    before: str, groups: tuple[int, ...]
+) -> None:
+    """JSON writes a line break, a tab or a control character before a card number as an
+    escape (`\\n4111…`, `\\u00014111…`): the pre-check over the encoded event sees a
+    letter or a digit there, the rule over the string a separator. The card is masked
+    wherever the event keeps it."""
+    planted = Planted()
+    card = _card(planted, "card", "4", 16, groups, " " if groups else "")
+    text = f"line one{before}{card} end"
+    event = AuditEvent(
+        action="payment.captured",
+        metadata={"note": text, "list": [f"{before}{card}"]},
+        changes=[Change(field="memo", old=None, new=text)],
+        presentation=Presentation(code="audit.payment.captured", params={"p": text}),
+        entity=Entity(type="payment", id="p-1", name=text),
+    )
+    _, data = finalize(event)
+    assert planted.cores["card"] not in data.decode(), data
+    assert planted.cores["card"] not in msgspec.json.decode(data)["metadata"]["note"]
+
+
 def test_no_rule_is_slow_on_hostile_text() -> None:
     """A producer may send 64 KiB of anything: every rule that a keyword wakes finishes
     fast on long runs built around that keyword (Python's re backtracks where gitleaks'
