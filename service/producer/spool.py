@@ -65,6 +65,7 @@ DEFAULT_MAX_BYTES: Final = 1024 * 1024 * 1024  # bytes; Settings.spool_max_bytes
 SEGMENT_PREFIX: Final = "seg-"
 SEGMENT_SUFFIX: Final = ".jsonl"
 STAGING_PREFIX: Final = ".staging-"
+STAGING_GRACE_S: Final = 60.0  # seconds; a staging file younger than this may be a live writer's
 DIRECTORY_MODE: Final = 0o700
 REPLAY_MAX_EVENTS: Final = 500  # events per replayed batch, the same for every process
 
@@ -236,9 +237,17 @@ class Spool:
             return self._used_bytes()
 
     def sweep_staging(self) -> None:
-        """Remove staging files left by a process that died while making a segment."""
+        """Remove staging files left by a process that died while making a segment.
+
+        A younger one may be a live writer's between its create and its lock: taking it
+        would fail that writer's lock and refuse the events it was spooling."""
         with contextlib.suppress(OSError):
             for path in self.directory.glob(STAGING_PREFIX + "*"):
+                try:
+                    if time.time() - os.lstat(path).st_mtime < STAGING_GRACE_S:
+                        continue
+                except FileNotFoundError:
+                    continue
                 claimed = self.claim(path)
                 if claimed is not None:
                     if not claimed.lines:

@@ -605,3 +605,25 @@ async def test_one_corrupt_line_is_dead_lettered_and_the_rest_stored(
 async def _replayed(client: AuditClient, n: int) -> bool:
     await asyncio.sleep(0)
     return client.replayed >= n
+
+
+@pytest.mark.unit
+def test_the_staging_sweep_leaves_a_segment_being_made_and_removes_a_dead_ones(
+    tmp_path: Path,
+) -> None:
+    """A writer creates its segment under a staging name, then locks and renames it; a sweep
+    running in that window (another process's replay) must not take the file from it: that
+    failed the writer's lock with EAGAIN and the events it was spooling were refused."""
+    spool = Spool(tmp_path)
+    spool.append([b'{"id": "kept"}'])  # makes the directory as a writer does
+    being_made = tmp_path / f"{spool_module.STAGING_PREFIX}being-made"
+    being_made.touch(mode=0o600)  # created, not yet locked: the writer's window
+    left_by_a_crash = tmp_path / f"{spool_module.STAGING_PREFIX}left-by-a-crash"
+    left_by_a_crash.touch(mode=0o600)
+    long_ago = time.time() - 2 * spool_module.STAGING_GRACE_S
+    os.utime(left_by_a_crash, (long_ago, long_ago))
+
+    spool.sweep_staging()
+
+    assert being_made.exists()
+    assert not left_by_a_crash.exists()
