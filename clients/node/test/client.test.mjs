@@ -193,6 +193,19 @@ describe("capture", () => {
     expectStored({ id, action: "node.paid", entity_id: "p-1", metadata });
   });
 
+  test("a failure line masks the card numbers it would carry", async () => {
+    const logger = collectingLogger();
+    const client = new AuditClient(REDIS_URL, { queue: QUEUE, logger });
+    const event = { action: "paid 4111 1111 1111 1111", entity: { type: "card", id: "5500000000000004" } };
+    assert.equal(await client.capture(event), null);
+    await client.close();
+    assert.equal(logger.lines.length, 1);
+    const payload = failurePayload(logger.lines[0]);
+    assert.equal(payload.entityId, "************0004");
+    assert.ok(payload.errorMessage.includes("paid **** **** **** 1111"), payload.errorMessage);
+    assert.ok(!logger.lines[0].includes("4111") && !logger.lines[0].includes("5500"), logger.lines[0]);
+  });
+
   test("never rejects and answers null in bounded time when Redis is down", async () => {
     const logger = collectingLogger();
     const port = await deadPort();
