@@ -647,12 +647,15 @@ def _redact(value: object, extra_keys: frozenset[str], depth: int, cards: bool) 
     if isinstance(value, list | tuple):
         return _redact_list(value, extra_keys, depth, cards)
     if cards and type(value) is int and _CARD_INT_MIN <= value < _CARD_INT_MAX:
-        masked = _mask_card(str(value))
+        digits = str(value)
+        # As in text, a card number starts with 2 to 6 (a timestamp in µs starts with 1).
+        masked = _mask_card(digits) if digits[0] in _CARD_FIRST_DIGITS else None
         return value if masked is None else masked
     return value
 
 
 _CARD_INT_MIN, _CARD_INT_MAX = 2 * 10**12, 7 * 10**18  # 13 to 19 digits, from 2 to 6
+_CARD_FIRST_DIGITS = "23456"
 
 
 def _redact_list(

@@ -636,3 +636,18 @@ def test_one_precheck_over_many_strings_lets_through_what_each_would(cards: bool
                 assert index in flagged, (texts, index)
         expected = [redact_sensitive_in_string(text, cards=cards) for text in texts]
         assert redact_strings(texts, cards=cards) == expected, texts
+
+
+def test_an_integer_that_no_card_starts_with_stays_a_number() -> None:
+    """A card number starts with 2 to 6, as a JSON number as in text: a Luhn-valid timestamp
+    in microseconds (16 digits from 1) or nanoseconds stays, even beside a card number."""
+    micros, nanos = 1765432101234563, 1765432101234567890
+    event = finalize(
+        AuditEvent(
+            action="payment.captured",
+            metadata={"card": "4111111111111111", "at_us": micros, "at_ns": nanos},
+        )
+    )[0]
+    assert event.metadata == {"card": "************1111", "at_us": micros, "at_ns": nanos}
+    assert redact_sensitive({"at_us": micros, "at_ns": nanos}) == {"at_us": micros, "at_ns": nanos}
+    assert redact_sensitive({"pan": 5500000000000004}) == {"pan": "************0004"}

@@ -234,19 +234,47 @@ SAME_TEXTS = [
     "quarterly flamingo report",
     "redirect=https%3A%2F%2Fx%2F%3Ftoken%3Dabc%26n%3D1",
     "aq_0123456789abcdefghijklmnop",
+    # Card numbers: masked to their last four when Luhn-valid, whatever the grouping.
+    *("paid with 4111 1111 1111 1111 today", "6011-1111-1111-1117", "4111111111111111"),
+    *("amex 3782 822463 10005, diners 3056-930902-5904", "visa 4222222222222."),
+    "(5500000000000004)",
+    *("cards 4111111111111111,5500000000000004;6011111111111117", "x 4111111111111111 1"),
+    *("4000 0566 5566 5556 and 2223003122003222", "19 digits 4111111111111111110"),
+    *('{"pan": "4111111111111111"}', "line\n4111 1111 1111 1111\tend", "\u00a04111111111111111"),
+    # ... and left alone when they are not (a wrong check digit, an id, a time, a version…).
+    *("4111111111111112", "4111 1111 1111 1112", "1765432101234563", "7111111111111111"),
+    *("at 1765432101234", "2026-01-02T03:04:05.000Z", "01890a5d-ac96-774b-bcce-b302099a8057"),
+    *("ref-4111111111111111", "4111111111111111-x", "x4111111111111111", "4111111111111111_"),
+    *("v1.4111111111111111", "4111111111111111.5", "41111111111111111111", "4111 1111-1111 1111"),
+    *("é4111111111111111", "4111111111111111é", "4111111111111111²", "+49 30 1234567"),
+    *("411111111111111", "4111 1111 1111 111", "4111  1111 1111 1111", "ок 4111111111111111"),
+    # Digits of other scripts: a card is one when it starts with 2 to 6 (Python's \d after it).
+    "4111111111111" + "\u0661" * 3 + " and \u0664" + "\u0661" * 15,
+    *("411111111111" + "\U0001d7cf" * 4, "411111111111" + "\U0001d7e3" * 4),
+    "411111111111" + "\U0001d7cf" * 3 + "\U0001d7d0",  # the last digit a 2: not Luhn-valid
+]
+# Values (JSON numbers, keys, nesting) both clients must redact alike.
+SAME_VALUES = [
+    {"pan": 4111111111111111, "amex": 378282246310005, "at_us": 1765432101234563},
+    {"ms": 1765432101234, "n": 4111111111111112, "f": 4.5},
+    {"4111111111111111": "key", "list": ["5500 0000 0000 0004", 5500000000000004, True, None]},
+    [{"field": "pan", "old": "4111111111111111", "new": "6011-1111-1111-1117"}],
 ]
 PARITY_SCRIPT = """
 const { KeyRule, Redactor } = await import(process.argv[1]);
-const [keys, texts] = JSON.parse(process.argv[2]);
+const [keys, texts, values] = JSON.parse(process.argv[2]);
 const rule = new KeyRule(["ssn"]);
 const redactor = new Redactor([]);
 const sensitive = keys.map((k) => rule.isSensitive(k));
-console.log(JSON.stringify([sensitive, texts.map((t) => redactor.redactString(t))]));
+const redacted = values.map((v) => redactor.redact(v));
+const flagged = [...texts, ...values].map((v) => redactor.mayHoldSecret(v));
+const texted = texts.map((t) => redactor.redactString(t));
+console.log(JSON.stringify([sensitive, texted, redacted, flagged]));
 """
 
 
 def test_the_node_client_redacts_as_the_python_side_does(tmp_path: Path) -> None:
-    from service.redaction import is_sensitive_key, redact_sensitive_in_string
+    from service.redaction import is_sensitive_key, redact_sensitive, redact_sensitive_in_string
 
     npm_path = npm()
     subprocess.run([npm_path, "run", "build"], cwd=NODE_DIR, check=True, capture_output=True)
@@ -257,17 +285,25 @@ def test_the_node_client_redacts_as_the_python_side_does(tmp_path: Path) -> None
             "-e",
             PARITY_SCRIPT,
             str(NODE_DIR / "dist" / "redaction.js"),
-            json.dumps([SAME_KEYS, SAME_TEXTS]),
+            json.dumps([SAME_KEYS, SAME_TEXTS, SAME_VALUES]),
         ],
         capture_output=True,
         text=True,
         check=True,
         timeout=RUN_TIMEOUT,
     )
-    node_keys, node_texts = json.loads(done.stdout)
+    node_keys, node_texts, node_values, node_flagged = json.loads(done.stdout)
     python_keys = [is_sensitive_key(key, frozenset({"ssn"})) for key in SAME_KEYS]
     assert dict(zip(SAME_KEYS, node_keys, strict=True)) == dict(
         zip(SAME_KEYS, python_keys, strict=True)
     )
-    assert node_texts == [redact_sensitive_in_string(text) for text in SAME_TEXTS]
+    assert dict(zip(SAME_TEXTS, node_texts, strict=True)) == {
+        text: redact_sensitive_in_string(text) for text in SAME_TEXTS
+    }
+    assert node_values == [redact_sensitive(value) for value in SAME_VALUES]
+    # The Node pre-check lets through every text and value a rule changes.
+    for item, redacted, flagged in zip(
+        [*SAME_TEXTS, *SAME_VALUES], [*node_texts, *node_values], node_flagged, strict=True
+    ):
+        assert flagged or redacted == item, item
     assert node_texts[0] == "postgres://app:[REDACTED]@db.internal:5432/prod"

@@ -1,7 +1,8 @@
 // Redaction by auditq's rules, read from the rule data the Python side reads too
 // (service/redaction_rules.json, copied into dist/ at build): the key rule (a mapping key,
 // a change's `field`, the key of a `key=value` pair names a secret) and the value rule
-// (credential formats in any string, gitleaks' maintained set and auditq's own).
+// (credential formats in any string, gitleaks' maintained set and auditq's own; card numbers
+// masked to their last four).
 import { readFileSync } from "node:fs";
 
 import { Automaton } from "./automaton.js";
@@ -299,6 +300,75 @@ const ENCODED_PAIR_RE = /(?<![\w.-])([\w.-]+)%3[dD]((?:(?!%26)[^\s&"'])+)/g;
 const BARE_AUTH_RE = /(?<![\w-])(bearer|basic)([ \t]+)([\w.~+/-]+=*)/gi;
 const CREDENTIAL_MIN_PLAIN_LEN = 20;
 
+// Card numbers, as service/redaction.py masks them: 13 to 19 digits, maybe in groups (4-4-4-4,
+// 4-6-5), starting with 2-6, Luhn-valid: all but the last four digits become "*". Python's
+// \d and \w are Unicode: \p{Nd} and [\p{L}\p{N}_] here. The quick test (ASCII digits, as
+// Python's) runs on text with a run of 13 digits/separators; only its hits meet the rule.
+const CARD_MIN_CHARS = 13;
+const CARD_KEEP = 4; // digits left at the end of a masked card number
+const CARD_QUICK_RE = /[2-6][0-9]{3}[ -]?[0-9]{4}[ -]?[0-9]{4}|3[0-9]{3}[ -][0-9]{6}[ -][0-9]{4}/;
+const CARD_RE = new RegExp(
+  String.raw`(?<![\p{L}\p{N}_-])(?<!\p{Nd}\.)(?:[2-6]\p{Nd}{12,18}|[2-6]\p{Nd}{3}([ -])\p{Nd}{4}\1\p{Nd}{4}\1\p{Nd}{1,7}` +
+    String.raw`|3\p{Nd}{3}([ -])\p{Nd}{6}\2\p{Nd}{4,5})(?![\p{L}\p{N}_-]|\.\p{Nd})`,
+  "gu",
+);
+const DIGIT_RE = /\p{Nd}/u;
+const CARD_INT_MIN = 2e12; // a JSON integer of 13 to 19 digits, from 2 to 6
+const CARD_INT_MAX = 7e18;
+
+/** The value of a decimal digit: Unicode assigns them in runs of whole 0-9 blocks. */
+function digitValue(ch: string): number {
+  const code = ch.codePointAt(0)!;
+  if (code <= 0x39) return code - 0x30;
+  let start = code;
+  while (DIGIT_RE.test(String.fromCodePoint(start - 1))) start -= 1;
+  return (code - start) % 10;
+}
+
+/** `text` with all but the last four digits masked when it is a Luhn-valid card number. */
+function maskCard(text: string): string | undefined {
+  const chars = [...text];
+  const digits: number[] = [];
+  for (const ch of chars) if (DIGIT_RE.test(ch)) digits.push(digitValue(ch));
+  if (digits.length < 13 || digits.length > 19) return undefined;
+  let total = 0;
+  for (let i = 0; i < digits.length; i++) {
+    const d = digits[digits.length - 1 - i]! * (i % 2 ? 2 : 1);
+    total += d > 9 ? d - 9 : d;
+  }
+  if (total % 10 !== 0) return undefined;
+  let hide = digits.length - CARD_KEEP;
+  let out = "";
+  for (const ch of chars) {
+    if (DIGIT_RE.test(ch)) {
+      out += hide > 0 ? "*" : ch;
+      hide -= 1;
+    } else {
+      out += ch;
+    }
+  }
+  return out;
+}
+
+function mayHoldCard(text: string): boolean {
+  if (text.length < CARD_MIN_CHARS || !CARD_QUICK_RE.test(text)) return false;
+  for (const match of text.matchAll(CARD_RE)) if (maskCard(match[0]) !== undefined) return true;
+  return false;
+}
+
+function maskCards(text: string): string {
+  if (text.length < CARD_MIN_CHARS || !CARD_QUICK_RE.test(text)) return text;
+  return text.replace(CARD_RE, (whole) => maskCard(whole) ?? whole);
+}
+
+/** A JSON integer that is a card number, masked (a string); else undefined. */
+function maskCardNumber(value: number): string | undefined {
+  if (!(value >= CARD_INT_MIN && value < CARD_INT_MAX) || !Number.isInteger(value)) return undefined;
+  const text = String(value);
+  const first = text.charCodeAt(0);
+  return first >= 0x32 && first <= 0x36 ? maskCard(text) : undefined; // "2" to "6"
+}
+
 /** The value rule, and the key rule on `key=value` pairs inside text. */
 export class Redactor {
   readonly keys: KeyRule;
@@ -337,7 +407,7 @@ export class Redactor {
   /** Return `text` with every credential it carries replaced by [REDACTED]. */
   redactString(text: string): string {
     const { rules, stem } = this.scan(text);
-    if (!stem) return rules === undefined ? text : redactTokens(text, rules);
+    if (!stem) return maskCards(rules === undefined ? text : redactTokens(text, rules));
     let out = text.replace(PEM_RE, REDACTED);
     if (rules !== undefined) out = redactTokens(out, rules);
     out = redactUrlPasswords(out);
@@ -350,13 +420,14 @@ export class Redactor {
       const plain = !/[0-9._~+/=]/.test(cred) && !/[A-Z]/.test(cred.slice(1));
       return plain && cred.length < CREDENTIAL_MIN_PLAIN_LEN ? whole : `${scheme}${gap}${REDACTED}`;
     });
-    return out;
+    return maskCards(out);
   }
 
   /** The pre-check over an event: false means no rule would change any of it (one walk:
    * each key asked of the key rule, each string of the string rules; both remembered). */
   mayHoldSecret(value: unknown, depth = 0): boolean {
     if (typeof value === "string") return this.stringMayHoldSecret(value);
+    if (typeof value === "number") return maskCardNumber(value) !== undefined;
     if (value === null || typeof value !== "object") return false;
     if (depth >= MAX_DEPTH) return true;
     if (Array.isArray(value)) {
@@ -410,6 +481,7 @@ export class Redactor {
         }
       }
     }
+    if (!holds && text.length >= CARD_MIN_CHARS) holds = mayHoldCard(text);
     if (cacheable) {
       if (this.clean.size >= CLEAN_CACHE_MAX) this.clean.clear();
       this.clean.set(text, holds);
@@ -420,6 +492,7 @@ export class Redactor {
   /** Return JSON-like data with secrets redacted (a copy where anything changed). */
   redact(value: unknown, depth = 0): unknown {
     if (typeof value === "string") return this.redactString(value);
+    if (typeof value === "number") return maskCardNumber(value) ?? value;
     if (value === null || typeof value !== "object") return value;
     if (depth >= MAX_DEPTH) return REDACTED;
     if (Array.isArray(value)) return value.map((item) => this.redact(item, depth + 1));

@@ -138,6 +138,74 @@ describe("capture", () => {
     expectStored({ id, action: "node.redacted", metadata: expected });
   });
 
+  test("masks card numbers to their last four as the Python side does; other digits stay", async () => {
+    const client = new AuditClient(REDIS_URL, { ...LIVE, queue: QUEUE });
+    const clean = {
+      not_luhn: "4111111111111112",
+      order: "order 4111-1111-1111-1112 refused",
+      ts: "2026-01-02T03:04:05.000Z",
+      epoch_ms: 1765432101234,
+      epoch_us: 1765432101234563, // Luhn-valid, but no card starts with 1
+      epoch_us_text: "at 1765432101234563",
+      ref: "01890a5d-ac96-774b-bcce-b302099a8057",
+      phone: "+49 30 1234567",
+      amount: 4111111111111112,
+    };
+    const id = await client.capture({
+      action: "node.paid",
+      entity: { type: "payment", id: "p-1", name: "card 5500000000000004" },
+      metadata: {
+        spaced: "paid with 4111 1111 1111 1111 today",
+        dashed: "6011-1111-1111-1117",
+        plain: "4111111111111111",
+        amex: "3782 822463 10005",
+        short: "visa 4222222222222.",
+        number: 4111111111111111,
+        list: ["x", "5500 0000 0000 0004"],
+        "4111111111111111": "as a key",
+        ...clean,
+      },
+      changes: [{ field: "pan", old: "4111111111111111", new: "5500-0000-0000-0004" }],
+      presentation: { code: "audit.node.paid", params: { card: "4111 1111 1111 1111" } },
+    });
+    await client.close();
+    const { events } = await queuedEvents(QUEUE);
+    const event = events.find((e) => e.id === id);
+    const metadata = {
+      spaced: "paid with **** **** **** 1111 today",
+      dashed: "****-****-****-1117",
+      plain: "************1111",
+      amex: "**** ****** *0005",
+      short: "visa *********2222.",
+      number: "************1111",
+      list: ["x", "**** **** **** 0004"],
+      "************1111": "as a key",
+      ...clean,
+    };
+    assert.deepEqual(event.metadata, metadata);
+    assert.equal(event.entity.name, "card ************0004");
+    assert.deepEqual(event.changes, [{ field: "pan", old: "************1111", new: "****-****-****-0004" }]);
+    assert.deepEqual(event.presentation.params, { card: "**** **** **** 1111" });
+    const queued = JSON.stringify(events.filter((e) => e.id === id));
+    for (const card of ["4111111111111111", "4111 1111", "5500000000000004", "6011-1111", "822463"]) {
+      assert.ok(!queued.includes(card), card);
+    }
+    expectStored({ id, action: "node.paid", entity_id: "p-1", metadata });
+  });
+
+  test("a failure line masks the card numbers it would carry", async () => {
+    const logger = collectingLogger();
+    const client = new AuditClient(REDIS_URL, { queue: QUEUE, logger });
+    const event = { action: "paid 4111 1111 1111 1111", entity: { type: "card", id: "5500000000000004" } };
+    assert.equal(await client.capture(event), null);
+    await client.close();
+    assert.equal(logger.lines.length, 1);
+    const payload = failurePayload(logger.lines[0]);
+    assert.equal(payload.entityId, "************0004");
+    assert.ok(payload.errorMessage.includes("paid **** **** **** 1111"), payload.errorMessage);
+    assert.ok(!logger.lines[0].includes("4111") && !logger.lines[0].includes("5500"), logger.lines[0]);
+  });
+
   test("never rejects and answers null in bounded time when Redis is down", async () => {
     const logger = collectingLogger();
     const port = await deadPort();
