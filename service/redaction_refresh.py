@@ -12,7 +12,8 @@ rules, `local_tokens`, `notes`) as it is. Translation (hand-written because no l
 converts RE2 to a portable dialect): inline flags are spelled out (`(?i)` scopes become
 `[aA]` classes, `(?s:.)` becomes `[\\s\\S]`), named groups become plain groups (numbering
 kept), `\\z` becomes `(?![\\s\\S])`, a `[` inside a class is escaped and POSIX classes are
-expanded; a leading lazy `[\\w.-]{0,50}?` is dropped (_without_left_context). A rule that
+expanded; a leading lazy `[\\w.-]{0,50}?` is dropped (_without_left_context) and the gap
+after a leading keyword does not cross that keyword (_one_scan_per_keyword). A rule that
 cannot be translated, or that `EXCLUDED` names, is left out and listed in `source.excluded`
 with the reason.
 """
@@ -217,6 +218,27 @@ def _without_left_context(pattern: str) -> str:
     return pattern
 
 
+# gitleaks' curl rules open with `\bcurl\b` and a gap of up to six lines,
+# `(?:.*?|.*?(?:[\r\n]{1,2}.*?){1,5})`, before the flag that holds the secret. RE2 runs that
+# in linear time; a backtracking engine (Python's `re`, Node's RegExp) retries from every
+# `curl` and scans the rest of the line(s) each time: quadratic, a minute of CPU for 64 KiB
+# of "curl curl …". So every `.` of the gap becomes `(?:(?!\bcurl\b).)`: a scan ends at the
+# next occurrence of the keyword, the scans from successive occurrences cover disjoint text
+# (linear). No match is lost: a match whose gap held a later `curl` is also a match from the
+# last such `curl` (its gap is a suffix of the first one's). Hand-written, as the translation
+# is: no library bounds a backtracking expression this way.
+_KEYWORD_GAP_RE = re.compile(r"^\\b(\w+)\\b(\(\?:(?:[.*?|)]|\(\?:|\[\\r\\n\]|\{\d,\d\})+)")
+
+
+def _one_scan_per_keyword(pattern: str) -> str:
+    """`pattern` with the `.` of a gap after its leading `\bkeyword\b` not crossing the keyword."""
+    found = _KEYWORD_GAP_RE.match(pattern)
+    if found is None:
+        return pattern
+    dot = f"(?:(?!\\b{found[1]}\\b).)"
+    return pattern[: found.start(2)] + found[2].replace(".", dot) + pattern[found.end(2) :]
+
+
 def _allow(allowlists: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """The allowlists that apply to text (gitleaks' path allowlists do not)."""
     kept = []
@@ -251,7 +273,7 @@ def build_tokens(config: dict[str, Any]) -> tuple[list[dict[str, Any]], dict[str
             excluded[rid] = "no keyword for the pre-check"
             continue
         try:
-            regex = translate(_without_left_context(rule["regex"]))
+            regex = _one_scan_per_keyword(translate(_without_left_context(rule["regex"])))
             allow = _allow(rule.get("allowlists", []))
             compiled = re.compile(regex, re.ASCII)
         except (Untranslatable, re.error) as exc:

@@ -651,3 +651,33 @@ def test_an_integer_that_no_card_starts_with_stays_a_number() -> None:
     assert event.metadata == {"card": "************1111", "at_us": micros, "at_ns": nanos}
     assert redact_sensitive({"at_us": micros, "at_ns": nanos}) == {"at_us": micros, "at_ns": nanos}
     assert redact_sensitive({"pan": 5500000000000004}) == {"pan": "************0004"}
+
+
+EVENT_BOUND = 64 * 1024
+
+
+@pytest.mark.parametrize(
+    "unit",
+    [
+        *(keyword + filler * 40 for keyword in ("curl", "mysql", "mariadb") for filler in " =\t"),
+        "curl -H ",
+        "curl -u ",
+        "curl --header ",
+        "curl\n",
+        "mysql -p",
+    ],
+)
+def test_a_keyword_repeated_over_the_event_bound_is_redacted_in_linear_time(unit: str) -> None:
+    """Attack: 64 KiB (the event bound) of one keyword again and again. gitleaks' curl rules
+    (and auditq's mysql rule) scan from a keyword to the end of its line(s); Python's and
+    Node's backtracking engines retry from every occurrence, so the cost was quadratic (a
+    minute of worker CPU for one event). Each occurrence now ends the previous one's scan. A
+    real credential after the flood is still found."""
+    flood = (unit * (EVENT_BOUND // len(unit)))[: EVENT_BOUND - 5000] + "x" * 5000
+    started = time.process_time()
+    redact_sensitive_in_string(flood)
+    spent = time.process_time() - started
+    assert spent < 0.5, f"{spent:.2f} s of CPU for {unit!r}"
+    bearer = "Zq8vR2kLm4Tn6Wp1"
+    text = flood[:-5000] + f"\ncurl -H 'Authorization: Bearer {bearer}' https://x.test/"
+    assert bearer not in redact_sensitive_in_string(text)

@@ -9,7 +9,12 @@ import subprocess
 
 import pytest
 
-from service.redaction_refresh import RULES_PATH, Untranslatable, translate
+from service.redaction_refresh import (
+    RULES_PATH,
+    Untranslatable,
+    _one_scan_per_keyword,
+    translate,
+)
 
 DATA = json.loads(RULES_PATH.read_text())
 
@@ -169,3 +174,20 @@ def test_an_id_that_spells_a_stem_sends_no_event_the_slow_way(spelled: str) -> N
         verdict, without = redaction._PRECHECK.verdict(data), fallback.verdict(data)
         stem = redaction._STEMS
         assert verdict and without and verdict & stem == without & stem, suspicious
+
+
+def test_the_gap_after_a_keyword_does_not_cross_the_keyword() -> None:
+    """gitleaks' curl rules scan up to six lines after `curl`; rewritten, a scan ends at the
+    next `curl` (linear in a backtracking engine), and the match starts at the last one."""
+    gap = r"\bcurl\b(?:.*?|.*?(?:[\r\n]{1,2}.*?){1,5})[ \t]-H (\w+)"
+    bounded = _one_scan_per_keyword(gap)
+    assert bounded.startswith(r"\bcurl\b(?:(?:(?!\bcurl\b).)*?|(?:(?!\bcurl\b).)*?(?:[\r\n]")
+    assert _one_scan_per_keyword(bounded) == bounded
+    text = "curl a curl b\nc -H secret"
+    found = re.search(bounded, text)
+    assert found is not None and found[1] == "secret" and found.start() == text.index("curl b")
+    assert [r for r in DATA["tokens"] if r["id"].startswith("curl-")]
+    for rule in DATA["tokens"]:
+        assert _one_scan_per_keyword(rule["regex"]) == rule["regex"]
+        if rule["id"].startswith("curl-"):
+            assert r"(?!\bcurl\b)" in rule["regex"]
