@@ -28,9 +28,11 @@
 local MAX_JOB_BYTES = 8388608
 local MERGE_MAX_BYTES = 1048576
 -- Only a batch up to this size may join the open job: proving it well-formed costs Valkey a
--- decode (several µs an event), which pays where a job of its own would cost more than its
--- events (small batches); a larger batch is a job of its own, read alone by the worker.
-local MERGE_BATCH_MAX_BYTES = 32768
+-- decode (a few µs an event), which pays where a job of its own would cost more than its
+-- events (a job's fixed cost in the worker and PostgreSQL is that of hundreds of events: at
+-- 32 KiB, 64 awaited captures' batches of ~40 KB were jobs of their own and the write side
+-- stored a third of what it stored merged); a larger batch is a job of its own.
+local MERGE_BATCH_MAX_BYTES = 262144
 
 -- Whether a batch may join the open job: a non-empty JSON array of objects with an action.
 local function well_formed(payload)

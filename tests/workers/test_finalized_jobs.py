@@ -126,8 +126,8 @@ async def test_a_malformed_flagged_batch_is_a_failed_task_of_its_own(
         bad[text] = (await redis.eval(ENQUEUE_SCRIPT, 1, queue, text, "", "finalized")).decode()
     again = await redis.eval(ENQUEUE_SCRIPT, 1, queue, finalized(3), "", "finalized")
     assert again == honest and honest.decode() not in bad.values()
-    big = finalized(200)  # over the size up to which a batch may join: a job of its own
-    assert len(big) > 32768
+    big = finalized(1500)  # over the size up to which a batch may join: a job of its own
+    assert len(big) > 262144
     assert await redis.eval(ENQUEUE_SCRIPT, 1, queue, big, "", "finalized") != honest
     async with running_worker(settings):
         await wait_for(lambda: queue_empty(redis, queue))
@@ -135,7 +135,7 @@ async def test_a_malformed_flagged_batch_is_a_failed_task_of_its_own(
 
         async def stored() -> bool:
             assert settings.database_url
-            return await count_rows(settings.database_url) == 205
+            return await count_rows(settings.database_url) == 1505
 
         await wait_for(stored)
     for text, task in bad.items():
@@ -151,8 +151,8 @@ async def test_a_flagged_batch_too_big_to_merge_keeps_its_flag(
     one-statement way (the worker checks it all the same), not event by event, which cost a
     backlog of such batches about half again the worker's CPU. A malformed one fails alone."""
     queue = settings.queue
-    big = finalized(200)
-    assert len(big) > 32768  # over the size up to which a batch may join a task
+    big = finalized(1500)
+    assert len(big) > 262144  # over the size up to which a batch may join a task
     task = await redis.eval(ENQUEUE_SCRIPT, 1, queue, big, "", "finalized")
     job = deserialize_job(await redis.get(b"arq:job:" + task))
     assert job["k"] == {"finalized": True}
@@ -162,7 +162,7 @@ async def test_a_flagged_batch_too_big_to_merge_keeps_its_flag(
         await wait_for(lambda: queue_empty(redis, queue))
 
         async def stored() -> bool:
-            return await count_rows(database_url) == 200
+            return await count_rows(database_url) == 1500
 
         await wait_for(stored)
     assert await dead_letter.list_ids(redis, queue) == [bad.decode()]
