@@ -145,7 +145,7 @@ async def test_the_api_role_changes_destinations_only_with_their_record(
     # Through the functions, each change is stored with its event, in its transaction.
     found = await store.get_destination(api, "siem")
     assert found is not None
-    moved = dataclasses.replace(found, url="https://elsewhere.example/")
+    moved = dataclasses.replace(found, url=f"https://u:{SECRET}@elsewhere.example/")
     assert await store.update_destination(
         api, moved, secret=SECRET, clear_secret=False, changed=["secret", "url"]
     )
@@ -155,8 +155,9 @@ async def test_the_api_role_changes_destinations_only_with_their_record(
     assert await store.remove_destination(api, "siem")
     assert await store.remove_destination(api, "siem") is False  # none: no event
     assert await store.add_destination(
-        api, name="siem", kind="webhook", url="https://siem.example.com/", format="json",
-        filter="", filter_json={}, options={}, secret=None, since=None, created_by="t",
+        api, name="siem", kind="webhook", url=f"https://siem.example.com/h?key={SECRET}",
+        format="json", filter="actor_id=u-1", filter_json={}, options={}, secret=None,
+        since=None, created_by="t",
     ) is not None  # fmt: skip
     assert await pg.fetch(RECORDED) == [
         ("destination.created", "siem", None),
@@ -167,10 +168,15 @@ async def test_the_api_role_changes_destinations_only_with_their_record(
         ("destination.removed", "siem", None),
         ("destination.created", "siem", None),
     ]
+    hosts = await pg.fetch(
+        "SELECT metadata ->> 'host' FROM audit_log WHERE action LIKE $1 ORDER BY seq", "%.removed"
+    )
+    assert [h[0] for h in hosts] == ["elsewhere.example"]
+    assert "u-1" not in await pg.fetchval("SELECT string_agg(metadata::text, '') FROM audit_log")
     leaked = await pg.fetchval(
         "SELECT count(*) FROM audit_log a WHERE a::text LIKE $1", f"%{SECRET}%"
     )
-    assert leaked == 0  # the record says a secret was set, never which
+    assert leaked == 0  # nor a key in a URL: the host only
 
 
 SECRET = "never-in-a-row-7f3a"

@@ -7,7 +7,14 @@
 -- Destinations (contract §11): added, changed, paused, resumed, moved back and removed only
 -- here, each change stored with its destination.* event in one transaction (a stolen API
 -- password cannot stop or re-point the record's streaming unseen). p_by as for tokens; the
--- secret goes to its table, the event says only whether there is one.
+-- secret goes to its table, the event says only whether there is one. Of the URL an event
+-- keeps the host (a URL may carry a key), of the filter whether there is one (it may name
+-- an erased subject; the API's own records are cleared of those, these are not).
+CREATE OR REPLACE FUNCTION public.auditq_destination_host(p_url text) RETURNS text
+LANGUAGE sql IMMUTABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT substring(p_url FROM '^[A-Za-z][A-Za-z0-9+.-]*://(?:[^@/?#]*@)?([^/?#]*)')
+$$;
+
 CREATE OR REPLACE FUNCTION public.auditq_destination_event(
     p_action text, p_name text, p_by jsonb, p_metadata jsonb
 ) RETURNS void
@@ -48,8 +55,9 @@ BEGIN
         INSERT INTO public.destination_secret (destination_id, secret) VALUES (v_id, p_secret);
     END IF;
     PERFORM public.auditq_destination_event('destination.created'::text, p_name, p_by,
-        jsonb_build_object('name', p_name, 'type', p_kind, 'url', p_url, 'format', p_format,
-                           'filter', p_filter, 'secret_set', p_secret IS NOT NULL,
+        jsonb_build_object('name', p_name, 'type', p_kind,
+                           'host', public.auditq_destination_host(p_url), 'format', p_format,
+                           'filter_set', p_filter <> '', 'secret_set', p_secret IS NOT NULL,
                            'since', p_since));
     IF p_since IS NOT NULL THEN
         SELECT min(l.xid) INTO v_xid FROM public.delivery_log l WHERE l.stored_at >= p_since;
@@ -133,7 +141,8 @@ BEGIN
         RETURN false;
     END IF;
     PERFORM public.auditq_destination_event('destination.removed'::text, p_name, p_by,
-        jsonb_build_object('name', p_name, 'type', v_kind, 'url', v_url));
+        jsonb_build_object('name', p_name, 'type', v_kind,
+                           'host', public.auditq_destination_host(v_url)));
     RETURN true;
 END;
 $$;
