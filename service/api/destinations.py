@@ -6,7 +6,6 @@ log line holds it; answers say only whether one is set.
 
 from __future__ import annotations
 
-import functools
 from datetime import datetime
 from typing import Annotated, Any, Literal
 from urllib.parse import parse_qsl
@@ -21,7 +20,8 @@ from service.api.audit_logs.query import PAGING_FIELDS, describe, query_from_par
 from service.api.auth import request_principal
 from service.api.errors import ApiError, bad_parameter
 from service.api.openapi import operation
-from service.api.state import POOL, record_admin_action
+from service.api.state import POOL, record_admin_action, request_by, unrecorded
+from service.ops.admin_actions import RECORD_FAILURES, unwritable
 from service.ops.destinations import admin
 from service.ops.destinations.ocsf import CLASSES
 from service.ops.destinations.probe import TestResult, send_test
@@ -249,9 +249,11 @@ async def add_destination(request: web.Request) -> web.Response:
     """Add a destination; its secret is stored apart and never shown back."""
     wanted = await json_body.read_json(request, NewDestination)
     new = checked(wanted, created_by=request_principal(request).name)
-    record = functools.partial(record_admin_action, request)
     async with request.app[POOL].acquire() as conn:
-        added = await admin.add(conn, record, **new)
+        try:  # stored with its destination.created event, or not at all
+            added = await admin.add(conn, request_by(request), **new)
+        except RECORD_FAILURES as exc:
+            raise unrecorded(unwritable("destination.created", exc)) from None
         if not added:
             raise ApiError(409, "destination_exists", f"a destination is named {wanted.name!r}")
         destination = await store.get_destination(conn, wanted.name)
@@ -308,12 +310,6 @@ async def change_destination(request: web.Request) -> web.Response:
         )
         if change.secret is None:
             changed.append("secret")  # removed
-        await record_admin_action(
-            request,
-            action,
-            entity=admin.entity(current.name),
-            metadata={"name": current.name, "changed": sorted(set(changed))},
-        )
         updated = store.Destination(
             **{
                 **current.__dict__,
@@ -325,12 +321,19 @@ async def change_destination(request: web.Request) -> web.Response:
                 "paused": paused,
             }
         )
-        await store.update_destination(
-            conn,
-            updated,
-            secret=change.secret if isinstance(change.secret, str) else None,
-            clear_secret=change.secret is None,
-        )
+        try:  # stored with its event, or not at all
+            done = await store.update_destination(
+                conn,
+                updated,
+                secret=change.secret if isinstance(change.secret, str) else None,
+                clear_secret=change.secret is None,
+                changed=sorted(set(changed)),
+                by=request_by(request),
+            )
+        except RECORD_FAILURES as exc:
+            raise unrecorded(unwritable(action, exc)) from None
+        if not done:
+            raise _not_found(current.name)
         found = await store.get_destination(conn, current.name)
         assert found is not None
         return json_body.json_response(await info(conn, found))
@@ -350,13 +353,11 @@ async def remove_destination(request: web.Request) -> web.Response:
     """Remove a destination, its secret and its position."""
     async with request.app[POOL].acquire() as conn:
         current = await _find(request, conn)
-        await record_admin_action(
-            request,
-            "destination.removed",
-            entity=admin.entity(current.name),
-            metadata={"name": current.name, "type": current.kind, "url": current.url},
-        )
-        if not await store.remove_destination(conn, current.name):
+        try:  # removed with its destination.removed event, or not at all
+            done = await store.remove_destination(conn, current.name, by=request_by(request))
+        except RECORD_FAILURES as exc:
+            raise unrecorded(unwritable("destination.removed", exc)) from None
+        if not done:
             raise _not_found(current.name)
     return json_body.json_response(Removed(name=current.name))
 
@@ -393,8 +394,12 @@ async def backfill_destination(request: web.Request) -> web.Response:
     wanted = await json_body.read_json(request, Backfill)
     async with request.app[POOL].acquire() as conn:
         current = await _find(request, conn)
-        record = functools.partial(record_admin_action, request)
-        lag_events = await admin.backfill(conn, record, current, wanted.since)
+        try:  # moved with its destination.backfilled event, or not at all
+            lag_events = await admin.backfill(conn, request_by(request), current, wanted.since)
+        except RECORD_FAILURES as exc:
+            raise unrecorded(unwritable("destination.backfilled", exc)) from None
+        if lag_events is None:
+            raise _not_found(current.name)
     return json_body.json_response(
         BackfillStarted(name=current.name, since=wanted.since, lag_events=lag_events), status=202
     )

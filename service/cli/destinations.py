@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import functools
 import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -16,13 +15,16 @@ import msgspec
 from service.api.destinations import NewDestination, Options, checked, info
 from service.cli.common import add_command, add_group
 from service.errors import ConfigError
-from service.ops.admin_actions import audit_cli_action
+from service.ops.admin_actions import RECORD_FAILURES, audit_cli_action, unwritable
 from service.ops.destinations import admin
 from service.ops.destinations.probe import send_test
+from service.own_events import CLI_SOURCE, cli_actor, requested_by
 from service.settings import Settings
 from service.store import db
 from service.store import destinations as store
 from service.store.db import Conn
+
+BY_CLI = requested_by(cli_actor(), CLI_SOURCE)  # who asks: the local user, at the shell
 
 NAME_HELP = "letters, digits, _ . - (up to 64)"
 # The flags of `destinations add` that are fields of the API's NewDestination as they are.
@@ -82,7 +84,10 @@ async def cmd_add(settings: Settings, args: argparse.Namespace) -> int:
     new = checked(wanted, created_by="cli")
     new["secret"] = _read_secret(args.secret_file)
     async with _connection(settings) as conn:
-        added = await admin.add(conn, functools.partial(audit_cli_action, settings), **new)
+        try:  # stored with its destination.created event, or not at all
+            added = await admin.add(conn, BY_CLI, **new)
+        except RECORD_FAILURES as exc:
+            raise unwritable("destination.created", exc) from None
     if not added:
         print(f"auditq: a destination is named {args.name!r}", file=sys.stderr)
         return 1
@@ -150,11 +155,13 @@ async def _simple(settings: Settings, name: str, action: str) -> int:
     async with _connection(settings) as conn:
         if await store.get_destination(conn, name) is None:
             return _missing(name)
-        await audit_cli_action(settings, action, entity=admin.entity(name), metadata={"name": name})
-        if action == "destination.removed":
-            done = await store.remove_destination(conn, name)
-        else:
-            done = await store.set_paused(conn, name, action == "destination.paused")
+        try:  # done with its event, or not at all
+            if action == "destination.removed":
+                done = await store.remove_destination(conn, name, by=BY_CLI)
+            else:
+                done = await store.set_paused(conn, name, action == "destination.paused", by=BY_CLI)
+        except RECORD_FAILURES as exc:
+            raise unwritable(action, exc) from None
     if not done:
         return _missing(name)
     print(f"destination {name!r} {action.split('.')[1]}")
@@ -196,8 +203,12 @@ async def cmd_backfill(settings: Settings, args: argparse.Namespace) -> int:
         destination = await store.get_destination(conn, args.name)
         if destination is None:
             return _missing(args.name)
-        record = functools.partial(audit_cli_action, settings)
-        lag_events = await admin.backfill(conn, record, destination, args.since)
+        try:  # moved with its destination.backfilled event, or not at all
+            lag_events = await admin.backfill(conn, BY_CLI, destination, args.since)
+        except RECORD_FAILURES as exc:
+            raise unwritable("destination.backfilled", exc) from None
+    if lag_events is None:
+        return _missing(args.name)
     print(f"destination {args.name!r} sends again the rows stored since {args.since.isoformat()}")
     print(f"({lag_events} rows to send)")
     return 0

@@ -13,6 +13,7 @@ from typing import Any, TypedDict, Unpack
 import asyncpg
 import msgspec
 
+from service.own_events import system_by
 from service.store.db import Conn
 from service.store.items import Filters, where_of
 
@@ -34,31 +35,17 @@ SELECT_BY_ID = SELECT_DESTINATION + "WHERE d.id = $1"
 SELECT_IDS = "SELECT id FROM destination ORDER BY id"
 SELECT_SECRET = "SELECT secret FROM destination_secret WHERE destination_id = $1"
 
-INSERT_DESTINATION = """
-INSERT INTO destination (name, kind, url, format, filter, filter_json, options, created_by)
-VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
-ON CONFLICT (name) DO NOTHING
-RETURNING id
-"""
-INSERT_SECRET = "INSERT INTO destination_secret (destination_id, secret) VALUES ($1, $2)"
-UPSERT_SECRET = """
-INSERT INTO destination_secret (destination_id, secret) VALUES ($1, $2)
-ON CONFLICT (destination_id) DO UPDATE SET secret = excluded.secret
-"""
-DELETE_SECRET = "DELETE FROM destination_secret WHERE destination_id = $1"
-INSERT_STATE = """
-INSERT INTO destination_state (destination_id, pos_xid, pos_seq) VALUES ($1, $2::text::xid8, $3)
-"""
-DELETE_DESTINATION = "DELETE FROM destination WHERE name = $1 RETURNING id"
-SET_PAUSED = """
-UPDATE destination SET paused = $2, updated_at = now() WHERE name = $1 RETURNING id
+# Changes go through the definer functions of schema.sql (3.6), each storing its
+# destination.* event in the same transaction; `by` is who asked (actor, request, source).
+ADD_DESTINATION = """
+SELECT auditq_add_destination($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11::text::jsonb)
 """
 UPDATE_DESTINATION = """
-UPDATE destination
-SET url = $2, format = $3, filter = $4, filter_json = $5, options = $6, paused = $7,
-    updated_at = now()
-WHERE id = $1
+SELECT auditq_update_destination($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11::text::jsonb)
 """
+SET_PAUSED = "SELECT auditq_set_destination_paused($1, $2, $3::text::jsonb)"
+REMOVE_DESTINATION = "SELECT auditq_remove_destination($1, $2::text::jsonb)"
+BACKFILL = "SELECT auditq_backfill_destination($1, $2, $3::text::jsonb)"
 
 # A new destination starts at the oldest transaction still running: every row committed
 # from then on is sent (and perhaps a few committed just before; at least once).
@@ -68,6 +55,8 @@ CURRENT_START = "SELECT pg_snapshot_xmin(pg_current_snapshot())::text, -1::bigin
 START_AT = """
 SELECT (min(xid)::text), -1::bigint FROM delivery_log WHERE stored_at >= $1
 """
+# The owner's only (tests): the runtime roles move a position through the runner's ADVANCE
+# or a recorded backfill.
 MOVE_POSITION = """
 UPDATE destination_state SET pos_xid = $2::text::xid8, pos_seq = $3 WHERE destination_id = $1
 """
@@ -256,65 +245,84 @@ class NewDestination(TypedDict):
     created_by: str
 
 
-async def add_destination(conn: Conn, **new: Unpack[NewDestination]) -> int | None:
-    """Store a new destination (None when the name is taken); it starts now or at `since`."""
-    async with conn.transaction():
-        ident: int | None = await conn.fetchval(
-            INSERT_DESTINATION,
-            new["name"],
-            new["kind"],
-            new["url"],
-            new["format"],
-            new["filter"],
-            new["filter_json"],
-            new["options"],
-            new["created_by"],
-        )
-        if ident is None:
-            return None
-        if new["secret"] is not None:
-            await conn.execute(INSERT_SECRET, ident, new["secret"])
-        start = await start_position(conn, new["since"])
-        await conn.execute(INSERT_STATE, ident, start.xid, start.seq)
+def _by(by: dict[str, Any] | None) -> str:
+    return msgspec.json.encode(system_by() if by is None else by).decode()
+
+
+async def add_destination(
+    conn: Conn, *, by: dict[str, Any] | None = None, **new: Unpack[NewDestination]
+) -> int | None:
+    """Store a new destination with its destination.created event (None, and no event, when
+    the name is taken); it starts now or at `since`."""
+    ident: int | None = await conn.fetchval(
+        ADD_DESTINATION,
+        new["name"],
+        new["kind"],
+        new["url"],
+        new["format"],
+        new["filter"],
+        new["filter_json"],
+        new["options"],
+        new["secret"],
+        new["since"],
+        new["created_by"],
+        _by(by),
+    )
     return ident
 
 
 async def update_destination(
-    conn: Conn, current: Destination, *, secret: str | None, clear_secret: bool
-) -> None:
-    """Store `current`'s new settings (and a new secret, or none)."""
-    async with conn.transaction():
-        await conn.execute(
-            UPDATE_DESTINATION,
-            current.id,
-            current.url,
-            current.format,
-            current.filter,
-            current.filter_json,
-            current.options,
-            current.paused,
-        )
-        if secret is not None:
-            await conn.execute(UPSERT_SECRET, current.id, secret)
-        elif clear_secret:
-            await conn.execute(DELETE_SECRET, current.id)
+    conn: Conn,
+    current: Destination,
+    *,
+    secret: str | None,
+    clear_secret: bool,
+    changed: list[str],
+    by: dict[str, Any] | None = None,
+) -> bool:
+    """Store `current`'s new settings (and a new secret, or none) with the event of the
+    change: destination.paused or .resumed when `changed` is only `paused`, else
+    destination.updated. False when it is gone."""
+    done: bool = await conn.fetchval(
+        UPDATE_DESTINATION,
+        current.id,
+        current.url,
+        current.format,
+        current.filter,
+        current.filter_json,
+        current.options,
+        current.paused,
+        secret,
+        clear_secret,
+        changed,
+        _by(by),
+    )
+    return done
 
 
-async def remove_destination(conn: Conn, name: str) -> bool:
-    """Remove a destination, its secret and position; False when there is none of that name."""
-    return await conn.fetchval(DELETE_DESTINATION, name) is not None
+async def remove_destination(conn: Conn, name: str, *, by: dict[str, Any] | None = None) -> bool:
+    """Remove a destination, its secret and position, with its destination.removed event;
+    False when there is none of that name."""
+    done: bool = await conn.fetchval(REMOVE_DESTINATION, name, _by(by))
+    return done
 
 
-async def set_paused(conn: Conn, name: str, paused: bool) -> bool:
-    """Pause or resume; False when there is no destination of that name."""
-    return await conn.fetchval(SET_PAUSED, name, paused) is not None
+async def set_paused(
+    conn: Conn, name: str, paused: bool, *, by: dict[str, Any] | None = None
+) -> bool:
+    """Pause or resume, with its destination.paused or .resumed event; False when there is
+    no destination of that name."""
+    done: bool = await conn.fetchval(SET_PAUSED, name, paused, _by(by))
+    return done
 
 
-async def backfill(conn: Conn, ident: int, since: datetime) -> Position:
-    """Send again every row stored since `since`: move the position back to before them."""
-    start = await start_position(conn, since)
-    await conn.execute(MOVE_POSITION, ident, start.xid, start.seq)
-    return start
+async def backfill(
+    conn: Conn, ident: int, since: datetime, *, by: dict[str, Any] | None = None
+) -> Position | None:
+    """Send again every row stored since `since`: move the position back to before them,
+    with its destination.backfilled event. None when the destination is gone."""
+    xid: str | None = await conn.fetchval(BACKFILL, ident, since, _by(by))
+    return None if xid is None else Position(xid, -1)
 
 
 async def lag(conn: Conn, position: Position) -> tuple[int, float]:

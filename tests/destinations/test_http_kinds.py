@@ -125,7 +125,12 @@ async def test_elasticsearch_bulk_is_idempotent_by_id_and_per_item_errors_hold_t
             return found is not None and (await store.lag(pg, found.position))[0] == 0
 
         await wait_for(caught_up, within_s=60)
-        assert len(receiver.items) == sent_before and len(receiver.es_docs) == len(ids)
+        # Nothing twice; new: the destination's own records (created, with it, before its
+        # start; backfilled), rows of the record like any other.
+        records = await pg.fetchval("SELECT count(*) FROM audit_log WHERE action LIKE 'dest%'")
+        assert records == 2
+        assert len(receiver.items) == sent_before + records
+        assert len(receiver.es_docs) == len(ids) + records
         # One document the cluster refuses: the destination holds there, and says which.
         more = await capture(fast, 5, "doc.deleted")
         receiver.es_reject = {more[2]}

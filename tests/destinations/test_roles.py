@@ -4,8 +4,10 @@ API manages destinations but cannot forge the delivery log."""
 
 from __future__ import annotations
 
+import dataclasses
 import secrets
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
 
 import asyncpg
 import pytest
@@ -106,6 +108,87 @@ async def test_the_api_role_manages_destinations_but_not_the_delivery_log(
     with pytest.raises(asyncpg.InsufficientPrivilegeError):
         await api.execute("DELETE FROM delivery_log")
     assert await store.remove_destination(api, "siem")
+
+
+# A thief of the API role's password, with plain SQL: each would stop or re-point the
+# record's streaming (or move where it stands) with no admin record.
+API_ATTACKS = (
+    "UPDATE destination SET url = 'https://attacker.example/' WHERE id = $1",
+    "UPDATE destination SET paused = true WHERE id = $1",
+    "DELETE FROM destination WHERE id = $1",
+    "UPDATE destination_state SET pos_xid = pg_snapshot_xmin(pg_current_snapshot()),"
+    " pos_seq = 1000000 WHERE destination_id = $1",
+    "DELETE FROM destination_state WHERE destination_id = $1",
+    "UPDATE destination_secret SET secret = 'x' WHERE destination_id = $1",
+    "DELETE FROM destination_secret WHERE destination_id = $1",
+    "INSERT INTO destination (name, kind, url, format, created_by)"
+    " VALUES ('mine' || $1::bigint, 'webhook', 'https://attacker.example/', 'json', 'x')",
+    "SELECT nextval(pg_get_serial_sequence('public.destination', 'id')) + $1",
+    "SELECT auditq_destination_event('destination.paused', 'siem', '{}', '{}') IS NULL AND $1 > 0",
+)
+
+
+async def test_the_api_role_changes_destinations_only_with_their_record(
+    pg: asyncpg.Connection, roles: dict[str, asyncpg.Connection]
+) -> None:
+    api = roles["auditq_api"]
+    ident = await store.add_destination(
+        api, name="siem", kind="webhook", url="https://siem.example.com/", format="json",
+        filter="", filter_json={}, options={}, secret="s", since=None, created_by="t",
+    )  # fmt: skip
+    assert ident is not None
+    before = await pg.fetch(ROWS)
+    for attack in API_ATTACKS:
+        with pytest.raises(asyncpg.InsufficientPrivilegeError):
+            await api.execute(attack, ident)
+    assert await pg.fetch(ROWS) == before  # nothing changed
+    # Through the functions, each change is stored with its event, in its transaction.
+    found = await store.get_destination(api, "siem")
+    assert found is not None
+    moved = dataclasses.replace(found, url=f"https://u:{SECRET}@elsewhere.example/")
+    assert await store.update_destination(
+        api, moved, secret=SECRET, clear_secret=False, changed=["secret", "url"]
+    )
+    assert await store.set_paused(api, "siem", True)
+    assert await store.set_paused(api, "siem", False)
+    assert await store.backfill(api, ident, datetime.now(UTC) - timedelta(days=1)) is not None
+    assert await store.remove_destination(api, "siem")
+    assert await store.remove_destination(api, "siem") is False  # none: no event
+    assert await store.add_destination(
+        api, name="siem", kind="webhook", url=f"https://siem.example.com/h?key={SECRET}",
+        format="json", filter="actor_id=u-1", filter_json={}, options={}, secret=None,
+        since=None, created_by="t",
+    ) is not None  # fmt: skip
+    assert await pg.fetch(RECORDED) == [
+        ("destination.created", "siem", None),
+        ("destination.updated", "siem", '["secret", "url"]'),
+        ("destination.paused", "siem", None),
+        ("destination.resumed", "siem", None),
+        ("destination.backfilled", "siem", None),
+        ("destination.removed", "siem", None),
+        ("destination.created", "siem", None),
+    ]
+    hosts = await pg.fetch(
+        "SELECT metadata ->> 'host' FROM audit_log WHERE action LIKE $1 ORDER BY seq", "%.removed"
+    )
+    assert [h[0] for h in hosts] == ["elsewhere.example"]
+    assert "u-1" not in await pg.fetchval("SELECT string_agg(metadata::text, '') FROM audit_log")
+    leaked = await pg.fetchval(
+        "SELECT count(*) FROM audit_log a WHERE a::text LIKE $1", f"%{SECRET}%"
+    )
+    assert leaked == 0  # nor a key in a URL: the host only
+
+
+SECRET = "never-in-a-row-7f3a"
+ROWS = """
+SELECT d::text, s::text, c::text
+FROM destination d JOIN destination_state s ON s.destination_id = d.id
+LEFT JOIN destination_secret c ON c.destination_id = d.id
+"""
+RECORDED = """
+SELECT action, entity_id, metadata ->> 'changed' AS changed FROM audit_log
+WHERE action LIKE 'destination.%' ORDER BY seq
+"""
 
 
 async def test_the_worker_prunes_the_delivery_log_only_through_the_store_function(

@@ -299,6 +299,28 @@ async def test_shadow_overloads_planted_by_a_runtime_role_never_run(
         {"intact": True},
         by,
     )
+    # Destinations, every change the API may make (each with its record).
+    ident = await api_conn.fetchval(
+        "SELECT auditq_add_destination('d', 'webhook', 'https://d.example/', 'json', '',"
+        " '{}'::jsonb, '{}'::jsonb, 's'::text, $1::timestamptz, 't', $2::jsonb)",
+        now - timedelta(days=1),
+        by,
+    )
+    assert await api_conn.fetchval(
+        "SELECT auditq_update_destination($1::bigint, 'https://e.example/', 'json', '',"
+        " '{}'::jsonb, '{}'::jsonb, false, NULL::text, true, ARRAY['paused']::text[],"
+        " $2::jsonb)",
+        ident,
+        by,
+    )
+    assert await api_conn.fetchval("SELECT auditq_set_destination_paused('d', true, $1::jsonb)", by)
+    assert await api_conn.fetchval(
+        "SELECT auditq_backfill_destination($1::bigint, $2::timestamptz, $3::jsonb)",
+        ident,
+        now - timedelta(days=1),
+        by,
+    )
+    assert await api_conn.fetchval("SELECT auditq_remove_destination('d', $1::jsonb)", by)
     # Erasure, start to end, through the one function the API may call.
     pseudonym = "anon_" + "c" * 32
     await api_conn.fetchval("SELECT auditq_register_erasure($1::text)", pseudonym)
