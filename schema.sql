@@ -907,8 +907,24 @@ BEGIN
 END;
 $$;
 
--- Tokens: made and revoked only here, each change stored with its event in one transaction.
+-- The event of an admin action a function of this section takes (a token's, a
+-- destination's), stored as `api` with the server's id and time in the caller's transaction.
 -- p_by is who asked: {"actor": {...}, "request": {...}, "source": "..."} of the event.
+CREATE FUNCTION public.auditq_admin_event(
+    p_action text, p_by jsonb, p_entity_type text, p_entity_id text, p_metadata jsonb
+) RETURNS void
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    PERFORM public.auditq_store_event(jsonb_build_object(
+        'id', public.auditq_new_event_id(), 'action', p_action,
+        'actor', p_by -> 'actor', 'request', p_by -> 'request',
+        'source', coalesce(p_by ->> 'source', 'auditq-api'::text),
+        'entity', jsonb_build_object('type', p_entity_type, 'id', p_entity_id),
+        'metadata', p_metadata), 'api'::text);
+END;
+$$;
+
+-- Tokens: made and revoked only here, each change stored with its event in one transaction.
 CREATE FUNCTION public.auditq_create_token(
     p_name text, p_role text, p_hash bytea, p_by jsonb
 ) RETURNS bigint
@@ -921,12 +937,8 @@ BEGIN
     END IF;
     INSERT INTO public.api_token (name, role, token_hash) VALUES (p_name, p_role, p_hash)
     RETURNING id INTO v_id;
-    PERFORM public.auditq_store_event(jsonb_build_object(
-        'id', public.auditq_new_event_id(), 'action', 'token.created',
-        'actor', p_by -> 'actor', 'request', p_by -> 'request',
-        'source', coalesce(p_by ->> 'source', 'auditq-api'::text),
-        'entity', jsonb_build_object('type', 'api_token', 'id', p_name),
-        'metadata', jsonb_build_object('name', p_name, 'role', p_role)), 'api'::text);
+    PERFORM public.auditq_admin_event('token.created'::text, p_by, 'api_token'::text, p_name,
+        jsonb_build_object('name', p_name, 'role', p_role));
     RETURN v_id;
 END;
 $$;
@@ -940,12 +952,8 @@ BEGIN
     UPDATE public.api_token SET revoked_at = now() WHERE name = p_name AND revoked_at IS NULL
     RETURNING token_hash INTO v_hash;
     IF v_hash IS NOT NULL THEN
-        PERFORM public.auditq_store_event(jsonb_build_object(
-            'id', public.auditq_new_event_id(), 'action', 'token.revoked',
-            'actor', p_by -> 'actor', 'request', p_by -> 'request',
-            'source', coalesce(p_by ->> 'source', 'auditq-api'::text),
-            'entity', jsonb_build_object('type', 'api_token', 'id', left(p_name, 1024)),
-            'metadata', jsonb_build_object('name', left(p_name, 1024))), 'api'::text);
+        PERFORM public.auditq_admin_event('token.revoked'::text, p_by, 'api_token'::text,
+            left(p_name, 1024), jsonb_build_object('name', left(p_name, 1024)));
     END IF;
     RETURN v_hash;
 END;
@@ -989,20 +997,6 @@ LANGUAGE sql IMMUTABLE SET search_path = pg_catalog, pg_temp AS $$
     SELECT substring(p_url FROM '^[A-Za-z][A-Za-z0-9+.-]*://(?:[^@/?#]*@)?([^/?#]*)')
 $$;
 
-CREATE FUNCTION public.auditq_destination_event(
-    p_action text, p_name text, p_by jsonb, p_metadata jsonb
-) RETURNS void
-LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
-BEGIN
-    PERFORM public.auditq_store_event(jsonb_build_object(
-        'id', public.auditq_new_event_id(), 'action', p_action, 'severity', 'notice',
-        'actor', p_by -> 'actor', 'request', p_by -> 'request',
-        'source', coalesce(p_by ->> 'source', 'auditq-api'::text),
-        'entity', jsonb_build_object('type', 'destination', 'id', left(p_name, 256)),
-        'metadata', p_metadata), 'api'::text);
-END;
-$$;
-
 -- A new destination starts at the oldest transaction still running (every row committed
 -- from then on is sent; when none is older than this one, just after this one's own record),
 -- or just before the first entry stored at or after p_since. Its id, or null (and no event)
@@ -1028,7 +1022,8 @@ BEGIN
     IF p_secret IS NOT NULL THEN
         INSERT INTO public.destination_secret (destination_id, secret) VALUES (v_id, p_secret);
     END IF;
-    PERFORM public.auditq_destination_event('destination.created'::text, p_name, p_by,
+    PERFORM public.auditq_admin_event('destination.created'::text, p_by,
+        'destination'::text, left(p_name, 256),
         jsonb_build_object('name', p_name, 'type', p_kind,
                            'host', public.auditq_destination_host(p_url), 'format', p_format,
                            'filter_set', p_filter <> '', 'secret_set', p_secret IS NOT NULL,
@@ -1076,11 +1071,12 @@ BEGIN
     ELSIF p_clear_secret THEN
         DELETE FROM public.destination_secret WHERE destination_id = p_id;
     END IF;
-    PERFORM public.auditq_destination_event(
+    PERFORM public.auditq_admin_event(
         CASE WHEN p_changed IS DISTINCT FROM ARRAY['paused'::text] THEN 'destination.updated'::text
              WHEN p_paused THEN 'destination.paused'::text
              ELSE 'destination.resumed'::text END,
-        v_name, p_by, jsonb_build_object('name', v_name, 'changed', to_jsonb(p_changed)));
+        p_by, 'destination'::text, left(v_name, 256),
+        jsonb_build_object('name', v_name, 'changed', to_jsonb(p_changed)));
     RETURN true;
 END;
 $$;
@@ -1095,9 +1091,9 @@ BEGIN
     IF NOT FOUND THEN
         RETURN false;
     END IF;
-    PERFORM public.auditq_destination_event(
+    PERFORM public.auditq_admin_event(
         CASE WHEN p_paused THEN 'destination.paused'::text ELSE 'destination.resumed'::text END,
-        p_name, p_by, jsonb_build_object('name', p_name));
+        p_by, 'destination'::text, left(p_name, 256), jsonb_build_object('name', p_name));
     RETURN true;
 END;
 $$;
@@ -1114,7 +1110,8 @@ BEGIN
     IF v_kind IS NULL THEN
         RETURN false;
     END IF;
-    PERFORM public.auditq_destination_event('destination.removed'::text, p_name, p_by,
+    PERFORM public.auditq_admin_event('destination.removed'::text, p_by,
+        'destination'::text, left(p_name, 256),
         jsonb_build_object('name', p_name, 'type', v_kind,
                            'host', public.auditq_destination_host(v_url)));
     RETURN true;
@@ -1139,7 +1136,8 @@ BEGIN
     SELECT min(l.xid) INTO v_xid FROM public.delivery_log l WHERE l.stored_at >= p_since;
     v_xid := coalesce(v_xid, pg_snapshot_xmin(pg_current_snapshot()));
     UPDATE public.destination_state SET pos_xid = v_xid, pos_seq = -1 WHERE destination_id = p_id;
-    PERFORM public.auditq_destination_event('destination.backfilled'::text, v_name, p_by,
+    PERFORM public.auditq_admin_event('destination.backfilled'::text, p_by,
+        'destination'::text, left(v_name, 256),
         jsonb_build_object('name', v_name, 'since', p_since));
     RETURN v_xid::text;
 END;
@@ -1826,7 +1824,9 @@ REVOKE ALL ON FUNCTION public.auditq_store_event(jsonb, text), public.auditq_new
     public.auditq_drop_partition(text), public.auditq_delete_expired_default_rows(),
     public.auditq_apply_retention(integer), public.auditq_queue_rollup(),
     public.auditq_rollup_rows(int8multirange, integer), public.auditq_rollup_fold(integer),
-    public.auditq_record_admin_event(jsonb), public.auditq_create_token(text, text, bytea, jsonb),
+    public.auditq_record_admin_event(jsonb),
+    public.auditq_admin_event(text, jsonb, text, text, jsonb),
+    public.auditq_create_token(text, text, bytea, jsonb),
     public.auditq_revoke_token(text, jsonb),
     public.auditq_record_verification(timestamptz, jsonb, jsonb),
     public.auditq_anonymise_rows(text, text, text[], text[], boolean, bigint, integer),
@@ -1834,7 +1834,6 @@ REVOKE ALL ON FUNCTION public.auditq_store_event(jsonb, text), public.auditq_new
     public.auditq_erase_subject(text, text, text, bigint, jsonb, integer, text[]),
     public.auditq_register_mentions(text, bytea[], bytea[], integer[], boolean[], boolean[]),
     public.auditq_queue_delivery(), public.auditq_prune_delivery_log(integer),
-    public.auditq_destination_event(text, text, jsonb, jsonb),
     public.auditq_add_destination(text, text, text, text, text, jsonb, jsonb, text, timestamptz,
                                   text, jsonb),
     public.auditq_update_destination(bigint, text, text, text, jsonb, jsonb, boolean, text,

@@ -14,19 +14,15 @@ import asyncio
 import os
 import random
 import resource
-import shutil
 import statistics
 import sys
-import tempfile
 import time
-from pathlib import Path
 from typing import Any
 
 import asyncpg
 
-from bench.common import cpu_seconds
+from bench.common import Stack, cpu_seconds
 from bench.verify import INSERT
-from service.embedded.servers import EmbeddedStack
 from service.integrity.keys import load_or_create_private_key
 from service.integrity.logverify import verify_log
 from service.store import db, logcheck, tlog
@@ -63,15 +59,11 @@ async def _seal(conn: asyncpg.Connection, key: Any, log: LogConfig | None) -> tu
 
 
 async def run(rows: int) -> dict[str, Any]:
-    work = Path(tempfile.mkdtemp(prefix="auditq-bench-tlog-"))
-    stack = EmbeddedStack(work / "servers")
-    await asyncio.to_thread(stack.start)
-    try:
-        stack.postgres.create_database("bench_log")
-        url = stack.postgres.url_for("bench_log")
-        await db.migrate(url)
-        key = load_or_create_private_key(work / "seal-key")
-        log = LogConfig(state_path=work / "seal-state", origin="auditq/bench")
+    with Stack() as stack:
+        await stack.migrate()
+        url = stack.database_url
+        key = load_or_create_private_key(stack.dir / "seal-key")
+        log = LogConfig(state_path=stack.dir / "seal-state", origin="auditq/bench")
         conn = await db.connect(url)
         sealer_s = server_s = 0.0
         began = time.perf_counter()
@@ -129,10 +121,6 @@ async def run(rows: int) -> dict[str, Any]:
             "leaves": report.leaves,
             "checkpoints": report.checkpoints,
         }
-    finally:
-        await asyncio.to_thread(stack.stop)
-        stack.destroy()
-        shutil.rmtree(work, ignore_errors=True)
 
 
 def main(rows: int) -> None:

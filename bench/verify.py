@@ -10,20 +10,15 @@ from __future__ import annotations
 
 import asyncio
 import os
-import shutil
 import sys
-import tempfile
 import time
-from pathlib import Path
 from typing import Any
 
 import asyncpg
 
-from bench.common import cpu_seconds
-from service.embedded.servers import EmbeddedStack
+from bench.common import Stack, cpu_seconds
 from service.integrity.keys import load_or_create_private_key
 from service.integrity.verify import verify
-from service.store import db
 from service.store.seals import seal_once
 
 ROWS = 200_000
@@ -45,14 +40,10 @@ FROM generate_series($1::int, $2::int) g
 
 async def run(rows: int) -> dict[str, Any]:
     """Store, seal and verify `rows` rows; the rates and the CPU per row of each step."""
-    work = Path(tempfile.mkdtemp(prefix="auditq-bench-verify-"))
-    stack = EmbeddedStack(work / "servers")
-    await asyncio.to_thread(stack.start)
-    try:
-        stack.postgres.create_database("bench_verify")
-        url = stack.postgres.url_for("bench_verify")
-        await db.migrate(url)
-        key = load_or_create_private_key(work / "seal-key")
+    with Stack() as stack:
+        await stack.migrate()
+        url = stack.database_url
+        key = load_or_create_private_key(stack.dir / "seal-key")
         conn = await asyncpg.connect(url)  # no command timeout: a loaded machine is slow
         own = await conn.fetchval("SELECT pg_backend_pid()")
         sealing = insert_cpu = seal_cpu = 0.0
@@ -89,10 +80,6 @@ async def run(rows: int) -> dict[str, Any]:
             "verifier_cpu_us_per_row": client_cpu / report.rows * 1e6,
             "row_stream_cpu_us_per_row": server_cpu / report.rows * 1e6,
         }
-    finally:
-        await asyncio.to_thread(stack.stop)
-        stack.destroy()
-        shutil.rmtree(work, ignore_errors=True)
 
 
 def main(rows: int) -> None:

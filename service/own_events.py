@@ -95,3 +95,8 @@ def requested_by(actor: Actor, source: str, request: RequestInfo | None = None) 
 def system_by() -> dict[str, Any]:
     """Who asked when the caller does not say: the operator at this host's shell."""
     return requested_by(CLI_ACTOR, CLI_SOURCE)
+
+
+def by_json(by: dict[str, Any] | None) -> str:
+    """Who asked (`system_by()` when None) as the JSON the store's functions take."""
+    return msgspec.json.encode(system_by() if by is None else by).decode()

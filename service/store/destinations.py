@@ -13,7 +13,7 @@ from typing import Any, TypedDict, Unpack
 import asyncpg
 import msgspec
 
-from service.own_events import system_by
+from service.own_events import by_json
 from service.store.db import Conn
 from service.store.items import Filters, where_of
 
@@ -245,10 +245,6 @@ class NewDestination(TypedDict):
     created_by: str
 
 
-def _by(by: dict[str, Any] | None) -> str:
-    return msgspec.json.encode(system_by() if by is None else by).decode()
-
-
 async def add_destination(
     conn: Conn, *, by: dict[str, Any] | None = None, **new: Unpack[NewDestination]
 ) -> int | None:
@@ -266,7 +262,7 @@ async def add_destination(
         new["secret"],
         new["since"],
         new["created_by"],
-        _by(by),
+        by_json(by),
     )
     return ident
 
@@ -295,7 +291,7 @@ async def update_destination(
         secret,
         clear_secret,
         changed,
-        _by(by),
+        by_json(by),
     )
     return done
 
@@ -303,7 +299,7 @@ async def update_destination(
 async def remove_destination(conn: Conn, name: str, *, by: dict[str, Any] | None = None) -> bool:
     """Remove a destination, its secret and position, with its destination.removed event;
     False when there is none of that name."""
-    done: bool = await conn.fetchval(REMOVE_DESTINATION, name, _by(by))
+    done: bool = await conn.fetchval(REMOVE_DESTINATION, name, by_json(by))
     return done
 
 
@@ -312,7 +308,7 @@ async def set_paused(
 ) -> bool:
     """Pause or resume, with its destination.paused or .resumed event; False when there is
     no destination of that name."""
-    done: bool = await conn.fetchval(SET_PAUSED, name, paused, _by(by))
+    done: bool = await conn.fetchval(SET_PAUSED, name, paused, by_json(by))
     return done
 
 
@@ -321,7 +317,7 @@ async def backfill(
 ) -> Position | None:
     """Send again every row stored since `since`: move the position back to before them,
     with its destination.backfilled event. None when the destination is gone."""
-    xid: str | None = await conn.fetchval(BACKFILL, ident, since, _by(by))
+    xid: str | None = await conn.fetchval(BACKFILL, ident, since, by_json(by))
     return None if xid is None else Position(xid, -1)
 
 

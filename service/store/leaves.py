@@ -40,6 +40,21 @@ LEAF_COLUMNS_TEXT_TIMES = LEAF_COLUMNS.replace(
     "replace((received_at AT TIME ZONE 'UTC')::text, ' ', 'T') || 'Z' AS received_at,",
 )
 DATESTYLE = "SET DateStyle = 'ISO, YMD'"
+
+
+def rows_by_seq_ranges(columns: str) -> str:
+    """The query of `columns` of the rows whose seqs are in $1 (an int8multirange as text),
+    in seq order: by ranges of the seq index (a `seq <@ multirange` filter would scan every
+    partition)."""
+    return f"""
+SELECT a.* FROM unnest($1::text::int8multirange) AS r
+CROSS JOIN LATERAL (
+    SELECT {columns} FROM audit_log
+    WHERE seq >= lower(r) AND seq < upper(r) ORDER BY seq
+) a
+"""
+
+
 _JSON_COLUMNS = ("changes", "metadata", "presentation")
 
 

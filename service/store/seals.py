@@ -19,7 +19,7 @@ from service.integrity.logverify import action_json
 from service.integrity.sealstate import SealingStopped
 from service.store import tlog
 from service.store.db import Conn
-from service.store.leaves import LEAF_COLUMNS, row_leaf_data
+from service.store.leaves import LEAF_COLUMNS, row_leaf_data, rows_by_seq_ranges
 from service.store.verify_reads import ACTION_RECORD
 
 SEAL_LOCK_KEY = 0x7365616C  # "seal": one sealer at a time across every worker
@@ -149,14 +149,7 @@ class LogConfig:
     origin: str | None = None  # None: auditq/<database name>
 
 
-# By ranges of the seq index (a `seq <@ multirange` filter would scan every partition).
-NEW_ROWS = f"""
-SELECT a.* FROM unnest($1::text::int8multirange) AS r
-CROSS JOIN LATERAL (
-    SELECT {LEAF_COLUMNS} FROM audit_log
-    WHERE seq >= lower(r) AND seq < upper(r) ORDER BY seq
-) a
-"""
+NEW_ROWS = rows_by_seq_ranges(LEAF_COLUMNS)
 NEW_ACTIONS = """
 SELECT s.* FROM unnest($1::text::int8multirange) AS r
 CROSS JOIN LATERAL (

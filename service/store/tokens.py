@@ -7,9 +7,8 @@ import secrets
 from typing import Any, Literal
 
 import asyncpg
-import msgspec
 
-from service.own_events import system_by
+from service.own_events import by_json
 from service.store.db import Conn
 
 Role = Literal["reader", "admin", "ingest"]
@@ -26,16 +25,11 @@ LIST_TOKENS = """
 SELECT id, name, role, created_at, last_used_at, revoked_at FROM api_token ORDER BY id
 """
 REVOKE_TOKEN = "SELECT auditq_revoke_token($1, $2::text::jsonb)"
-SYSTEM_BY: dict[str, Any] = system_by()
 
 
 def hash_token(token: str) -> bytes:
     """SHA-256 of a token: tokens are 256-bit random, so no salt or slow hash is needed."""
     return hashlib.sha256(token.encode()).digest()
-
-
-def _by(by: dict[str, Any] | None) -> str:
-    return msgspec.json.encode(SYSTEM_BY if by is None else by).decode()
 
 
 async def create_token(
@@ -47,7 +41,7 @@ async def create_token(
         raise ValueError(f"role must be one of {', '.join(ROLES)}")
     token = TOKEN_PREFIX + secrets.token_urlsafe(32)
     try:
-        await conn.fetchval(INSERT_TOKEN, name, role, hash_token(token), _by(by))
+        await conn.fetchval(INSERT_TOKEN, name, role, hash_token(token), by_json(by))
     except asyncpg.UniqueViolationError:
         raise ValueError(f"an active token named {name!r} exists; revoke it first") from None
     return token
@@ -56,7 +50,7 @@ async def create_token(
 async def revoke_token(conn: Conn, name: str, *, by: dict[str, Any] | None = None) -> bytes | None:
     """Revoke the active token named `name` with its token.revoked event; return its hash,
     or None when there is none."""
-    digest: bytes | None = await conn.fetchval(REVOKE_TOKEN, name, _by(by))
+    digest: bytes | None = await conn.fetchval(REVOKE_TOKEN, name, by_json(by))
     return None if digest is None else bytes(digest)
 
 

@@ -10,7 +10,7 @@ import asyncpg
 
 from service.integrity.canonical import ROW_COLUMNS
 from service.store.db import Conn
-from service.store.leaves import LEAF_COLUMNS_TEXT_TIMES
+from service.store.leaves import LEAF_COLUMNS_TEXT_TIMES, rows_by_seq_ranges
 
 # The canonical records (service/integrity/canonical.py): a row, over `audit_log a`.
 ROW_RECORD = "ROW(" + ", ".join(f"a.{c}" for c in ROW_COLUMNS) + ")"
@@ -78,13 +78,7 @@ ORDER BY seq, action_id
 
 # The log's rows by ranges of seq (as the sealer's NEW_ROWS), their times as text (in a
 # session of DateStyle ISO: service/store/leaves.py).
-ROWS_TEXT_TIMES = f"""
-SELECT a.* FROM unnest($1::text::int8multirange) AS r
-CROSS JOIN LATERAL (
-    SELECT {LEAF_COLUMNS_TEXT_TIMES} FROM audit_log
-    WHERE seq >= lower(r) AND seq < upper(r) ORDER BY seq
-) a
-"""
+ROWS_TEXT_TIMES = rows_by_seq_ranges(LEAF_COLUMNS_TEXT_TIMES)
 
 
 # Since migration 0007 new rows go only into the transparency log: the v1 pass reads the

@@ -42,6 +42,22 @@ def quiet_settings(settings: Settings) -> Settings:
     return dataclasses.replace(settings, sealing=False, capture_timeout_s=5.0)
 
 
+async def _anonymise(api: TestClient[Any, Any], tokens: Tokens, subject: str = SUBJECT) -> str:
+    """Erase `subject` through the API and wait until it is done; its pseudonym."""
+    response = await api.post(f"/api/v1/admin/subjects/{subject}/anonymise", headers=tokens.admin)
+    assert response.status == 202
+    pseudonym: str = (await response.json())["pseudonym"]
+
+    async def done() -> bool:
+        answer = await api.get(
+            f"/api/v1/admin/subjects/{subject}/anonymisation", headers=tokens.admin
+        )
+        return bool((await answer.json())["state"] == "done")
+
+    await wait_for(done)
+    return pseudonym
+
+
 async def test_later_events_and_dead_letters_are_stored_cleared(
     quiet_settings: Settings,
     pg: asyncpg.Connection,
@@ -59,19 +75,7 @@ async def test_later_events_and_dead_letters_are_stored_cleared(
             return bool(await pg.fetchval("SELECT count(*) FROM audit_log") == 1)
 
         await wait_for(stored)
-        response = await api.post(
-            f"/api/v1/admin/subjects/{SUBJECT}/anonymise", headers=tokens.admin
-        )
-        assert response.status == 202
-        pseudonym = (await response.json())["pseudonym"]
-
-        async def done() -> bool:
-            answer = await api.get(
-                f"/api/v1/admin/subjects/{SUBJECT}/anonymisation", headers=tokens.admin
-            )
-            return bool((await answer.json())["state"] == "done")
-
-        await wait_for(done)
+        pseudonym = await _anonymise(api, tokens)
         # A reader cannot ask for the pseudonym of an id.
         answer = await api.get(
             f"/api/v1/admin/subjects/{SUBJECT}/anonymisation", headers=tokens.reader
@@ -175,14 +179,7 @@ async def test_a_numeric_id_and_a_shared_address_stay_in_other_peoples_rows_and_
     theirs = "SELECT t::text FROM audit_log t WHERE actor_id = 'u-43'"
     before = await pg.fetch(theirs)
 
-    response = await api.post("/api/v1/admin/subjects/42/anonymise", headers=tokens.admin)
-    assert response.status == 202
-
-    async def done() -> bool:
-        answer = await api.get("/api/v1/admin/subjects/42/anonymisation", headers=tokens.admin)
-        return bool((await answer.json())["state"] == "done")
-
-    await wait_for(done)
+    await _anonymise(api, tokens, "42")
     assert before == await pg.fetch(theirs)  # byte-identical
     jobs_after = await queued_payloads(redis, settings.queue)
     neighbours = [j for j in jobs_after if b"u-43" in j]
@@ -242,16 +239,7 @@ async def test_no_reader_route_maps_an_erased_id_to_its_pseudonym(
             return bool(await pg.fetchval("SELECT count(*) FROM audit_log") == 2)
 
         await wait_for(stored)
-    response = await api.post(f"/api/v1/admin/subjects/{SUBJECT}/anonymise", headers=tokens.admin)
-    pseudonym = (await response.json())["pseudonym"]
-
-    async def done() -> bool:
-        answer = await api.get(
-            f"/api/v1/admin/subjects/{SUBJECT}/anonymisation", headers=tokens.admin
-        )
-        return bool((await answer.json())["state"] == "done")
-
-    await wait_for(done)
+    pseudonym = await _anonymise(api, tokens)
     by_id = [
         f"/api/v1/admin/audit-logs?actor_id={SUBJECT}",
         f"/api/v1/admin/audit-logs?entity_type=user&entity_id={SUBJECT}",
@@ -344,17 +332,7 @@ async def test_bytes_that_are_not_utf8_are_cleared_of_the_subject_wherever_redis
     queued_id = await enqueue(redis, settings.queue, malformed("queued"))
     theirs_id = await enqueue(redis, settings.queue, b'[{"action": "a.b", "source": "\xfe x"}]')
     theirs_before = await redis.get(f"arq:job:{theirs_id}")
-    response = await api.post(f"/api/v1/admin/subjects/{SUBJECT}/anonymise", headers=tokens.admin)
-    assert response.status == 202
-    pseudonym = (await response.json())["pseudonym"]
-
-    async def done() -> bool:
-        answer = await api.get(
-            f"/api/v1/admin/subjects/{SUBJECT}/anonymisation", headers=tokens.admin
-        )
-        return bool((await answer.json())["state"] == "done")
-
-    await wait_for(done)
+    pseudonym = await _anonymise(api, tokens)
     assert theirs_before and await redis.get(f"arq:job:{theirs_id}") == theirs_before
     waiting = await redis.get(f"arq:job:{queued_id}")
     (segment,) = deserialize_job(waiting)["a"]  # as the worker reads it

@@ -12,7 +12,9 @@ from datetime import UTC, datetime, timedelta
 import asyncpg
 import pytest
 
-from service.store import db
+from service.events import RequestInfo
+from service.own_events import requested_by, token_actor
+from service.store import db, tokens
 from service.store import destinations as store
 from tests.support.integrity import store as store_rows
 from tests.support.integrity import url_as
@@ -124,7 +126,8 @@ API_ATTACKS = (
     "INSERT INTO destination (name, kind, url, format, created_by)"
     " VALUES ('mine' || $1::bigint, 'webhook', 'https://attacker.example/', 'json', 'x')",
     "SELECT nextval(pg_get_serial_sequence('public.destination', 'id')) + $1",
-    "SELECT auditq_destination_event('destination.paused', 'siem', '{}', '{}') IS NULL AND $1 > 0",
+    "SELECT auditq_admin_event('destination.paused', '{}', 'destination', 'siem', '{}') IS NULL"
+    " AND $1 > 0",
 )
 
 
@@ -189,6 +192,36 @@ RECORDED = """
 SELECT action, entity_id, metadata ->> 'changed' AS changed FROM audit_log
 WHERE action LIKE 'destination.%' ORDER BY seq
 """
+
+
+# Of a token's and a destination's records: who asked, from where, and how each is stored.
+ASKED = """
+SELECT actor_id, actor_type, actor_name, request_id, host(ip) AS ip, method, path, source,
+       severity, outcome, received_via, presentation ->> 'code' LIKE 'audit.%' AS coded
+FROM audit_log WHERE action IN ('token.created', 'destination.created') ORDER BY seq
+"""
+
+
+async def test_a_token_and_a_destination_are_recorded_alike(
+    pg: asyncpg.Connection, roles: dict[str, asyncpg.Connection]
+) -> None:
+    """Both records are stored by one function (schema.sql 3.6): the same `by` gives the
+    same actor, request, source, severity and provenance."""
+    api = roles["auditq_api"]
+    request = RequestInfo(id="r-7", ip="203.0.113.9", method="POST", path="/api/v1/admin/x")
+    by = requested_by(token_actor("ops"), "auditq-api", request)
+    await tokens.create_token(api, name="t-1", role="reader", by=by)
+    assert await store.add_destination(
+        api, by=by, name="siem", kind="webhook", url="https://siem.example.com/",
+        format="json", filter="", filter_json={}, options={}, secret=None, since=None,
+        created_by="t",
+    ) is not None  # fmt: skip
+    token, destination = await pg.fetch(ASKED)
+    assert token == destination
+    assert tuple(token) == (
+        "ops", "api_token", "ops", "r-7", "203.0.113.9", "POST", "/api/v1/admin/x",
+        "auditq-api", "notice", "success", "api", True,
+    )  # fmt: skip
 
 
 async def test_the_worker_prunes_the_delivery_log_only_through_the_store_function(

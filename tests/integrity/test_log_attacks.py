@@ -14,12 +14,11 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from service.events import Actor, AuditEvent, finalize
 from service.integrity import note, receipt
-from service.integrity.logverify import LogReport, verify_log
-from service.store.leaves import row_leaf_data
 from service.store.receipts import receipt_of
-from service.store.seals import NEW_ACTIONS, NEW_ROWS, LogConfig, seal_once
+from service.store.seals import LogConfig, seal_once
 from service.store.subjects import erase_step
 from tests.integrity import independent_verifier
+from tests.support.integrity import run_verify_log
 from workers.writer import write_events
 
 
@@ -58,23 +57,6 @@ async def _seal(pg: asyncpg.Connection, key: Ed25519PrivateKey, log: LogConfig) 
         pass
 
 
-async def _verify(
-    pg: asyncpg.Connection, key: Ed25519PrivateKey, head: note.Checkpoint | None = None
-) -> tuple[LogReport, list[str]]:
-    lines: list[str] = []
-    async with pg.transaction(isolation="repeatable_read", readonly=True):
-        report = await verify_log(
-            pg,
-            key.public_key(),
-            row_leaf_of=row_leaf_data,
-            rows_query=NEW_ROWS,
-            actions_query=NEW_ACTIONS,
-            head=head,
-            emit=lines.append,
-        )
-    return report, lines
-
-
 PSEUDO = "anon_" + "ab" * 16
 
 
@@ -97,7 +79,7 @@ async def test_a_row_altered_in_place_or_re_queued_by_the_owner_is_named(
 ) -> None:
     ids = await _store(pg, 40)
     await _seal(pg, seal_key, log)
-    report, lines = await _verify(pg, seal_key)
+    report, lines = await run_verify_log(pg, seal_key)
     assert report.findings == 0 and report.rows == 40, lines
     # The owner changes a row, and queues it for sealing again so the sealer logs it anew.
     async with pg.transaction():
@@ -110,7 +92,7 @@ async def test_a_row_altered_in_place_or_re_queued_by_the_owner_is_named(
             seq,
         )
     await _seal(pg, seal_key, log)  # it signs the new leaf: the old one still names the row
-    report, lines = await _verify(pg, seal_key)
+    report, lines = await run_verify_log(pg, seal_key)
     assert any(line.startswith(f"row {ids[5]} altered (leaf ") for line in lines), lines
     assert report.findings == 1
 
@@ -135,7 +117,7 @@ async def test_a_checkpoint_forged_by_the_worker_role_is_a_finding(
         await worker_conn.execute("DELETE FROM tlog_checkpoint")
     with pytest.raises(asyncpg.InsufficientPrivilegeError):
         await worker_conn.execute("UPDATE tlog_batch SET hashes = hashes")
-    _, lines = await _verify(pg, seal_key)
+    _, lines = await run_verify_log(pg, seal_key)
     assert lines == [
         f"checkpoint of size {size + 5} altered or signed with another key: "
         "the checkpoint has no signature of auditq/attacks with this key"
@@ -150,7 +132,7 @@ async def test_verify_head_names_a_cut_tail_and_a_store_that_does_not_extend_it(
     await _store(pg, 20)
     await _seal(pg, seal_key, log)
     head = note.parse(log.state_path.read_text())  # kept outside the database
-    assert (await _verify(pg, seal_key, head))[0].findings == 0
+    assert (await run_verify_log(pg, seal_key, head))[0].findings == 0
     async with pg.transaction():  # the tail cut, with its checkpoints
         await pg.execute("SET LOCAL session_replication_role = replica")
         last = await pg.fetchval("SELECT max(first) FROM tlog_batch")
@@ -160,12 +142,12 @@ async def test_verify_head_names_a_cut_tail_and_a_store_that_does_not_extend_it(
             "DELETE FROM audit_log WHERE seq > "
             "(SELECT max(upper(r)) - 1 FROM tlog_batch b, unnest(b.row_seqs) r)"
         )
-    _, lines = await _verify(pg, seal_key, head)
+    _, lines = await run_verify_log(pg, seal_key, head)
     assert lines == [
         f"the log does not extend the head given (auditq/attacks, size {head.size}): it has "
         f"{last} leaves (a cut tail or a restored older backup)"
     ]
-    assert (await _verify(pg, seal_key))[0].findings == 0  # without the head, nothing to see
+    assert (await run_verify_log(pg, seal_key))[0].findings == 0  # without the head, nothing to see
 
 
 async def test_receipts_of_erased_and_retention_removed_rows_stay_valid(
@@ -177,7 +159,7 @@ async def test_receipts_of_erased_and_retention_removed_rows_stay_valid(
     changed = await _erase(pg, "user-3", PSEUDO)
     assert changed >= 10
     await _seal(pg, seal_key, log)
-    report, lines = await _verify(pg, seal_key)
+    report, lines = await run_verify_log(pg, seal_key)
     assert report.findings == 0 and report.erased == 10, lines
     erased = [
         r["id"] for r in await pg.fetch("SELECT id FROM audit_log WHERE actor_id = $1", PSEUDO)
@@ -206,7 +188,7 @@ async def test_receipts_of_erased_and_retention_removed_rows_stay_valid(
             "{" + seqs + "}",
         )
     await _seal(pg, seal_key, log)
-    report, lines = await _verify(pg, seal_key)
+    report, lines = await run_verify_log(pg, seal_key)
     assert report.findings == 0 and report.removed_by_retention == 30, lines
     for r in before.values():
         assert _both(r, seal_key) == (True, True)
@@ -275,5 +257,5 @@ async def test_both_verifiers_agree_on_receipts_of_1000_stored_events(
         ]
         for bad in tampered:
             assert _both(bad, seal_key) == (False, False), (n, bad["item"]["id"])
-    report, lines = await _verify(pg, seal_key)
+    report, lines = await run_verify_log(pg, seal_key)
     assert report.findings == 0 and report.removed_by_retention == 50, lines

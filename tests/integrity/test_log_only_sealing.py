@@ -10,14 +10,13 @@ import asyncpg
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from service.integrity.keys import load_or_create_private_key
-from service.integrity.logverify import verify_log
 from service.ops.verification import run_verification
 from service.settings import Settings
 from service.store import logcheck
 from service.store.leaves import DATESTYLE, row_leaf_data
-from service.store.seals import NEW_ACTIONS, NEW_ROWS, LogConfig, seal_once
+from service.store.seals import NEW_ROWS, LogConfig, seal_once
 from service.store.verify_reads import ROWS_TEXT_TIMES
-from tests.support.integrity import seal_all, store
+from tests.support.integrity import run_verify_log, seal_all, store
 
 MIGRATIONS = Path(__file__).parents[2] / "service" / "store" / "migrations"
 AS_OWNER_UNCHECKED = "SET session_replication_role = replica"  # a superuser: no trigger fires
@@ -64,14 +63,10 @@ async def test_a_new_row_goes_only_into_the_log_and_an_owner_change_to_it_is_cau
     assert any(re.fullmatch(rf"row {ids[7]} altered \(leaf \d+\)", line) for line in lines), lines
 
     # The same through processes of their own (how a large store is verified).
-    found: list[str] = []
     assert settings.database_url
-    async with pg.transaction(isolation="repeatable_read", readonly=True):
-        report = await verify_log(
-            pg, key.public_key(), row_leaf_of=row_leaf_data, rows_query=NEW_ROWS,
-            actions_query=NEW_ACTIONS, emit=found.append,
-            rows_check=logcheck.in_processes(settings.database_url, 2, in_place_below=0),
-        )  # fmt: skip
+    report, found = await run_verify_log(
+        pg, key, rows_check=logcheck.in_processes(settings.database_url, 2, in_place_below=0)
+    )
     assert report.findings == 1 and report.rows >= 30, found
     assert any(line.startswith(f"row {ids[7]} altered (leaf ") for line in found), found
 
@@ -96,12 +91,7 @@ async def test_rows_checked_in_pieces_by_processes_report_what_one_pass_reports(
         ("in place", None),
         ("pieces", logcheck.in_processes(settings.database_url, 2, in_place_below=0, piece_rows=4)),
     ):
-        lines: list[str] = []
-        async with pg.transaction(isolation="repeatable_read", readonly=True):
-            report = await verify_log(
-                pg, key.public_key(), row_leaf_of=row_leaf_data, rows_query=NEW_ROWS,
-                actions_query=NEW_ACTIONS, emit=lines.append, rows_check=check,
-            )  # fmt: skip
+        report, lines = await run_verify_log(pg, key, rows_check=check)
         assert report.findings == 3, lines
         found[how] = lines
     assert found["pieces"] == found["in place"]
@@ -147,12 +137,7 @@ async def test_times_read_as_text_give_the_leaves_the_datetimes_give_whatever_th
         logcheck.in_processes(settings.database_url),  # in this process, one more connection
         logcheck.in_processes(settings.database_url, 2, in_place_below=0, piece_rows=4),
     ):
-        lines: list[str] = []
-        async with pg.transaction(isolation="repeatable_read", readonly=True):
-            report = await verify_log(
-                pg, key.public_key(), row_leaf_of=row_leaf_data, rows_query=NEW_ROWS,
-                actions_query=NEW_ACTIONS, emit=lines.append, rows_check=check,
-            )  # fmt: skip
+        report, lines = await run_verify_log(pg, key, rows_check=check)
         assert report.findings == 0, lines
     seqs = "{[0,1000000)}"
     await pg.execute(DATESTYLE)

@@ -98,6 +98,8 @@ BYPASSES = [
     ("alter a verification", ["UPDATE integrity_verification SET result = '{}'"]),
     ("store an api row unrecorded", [
         "SELECT auditq_store_event('{\"action\": \"a.b\"}', 'api')"]),
+    ("store an admin action's row unrecorded", [
+        "SELECT auditq_admin_event('token.revoked', '{}', 'api_token', 'x', '{}')"]),
     # Erasure with arguments of the caller's choosing: any actor, any words.
     ("anonymise by forged arguments", [
         "SELECT * FROM auditq_anonymise_rows('e-1', 'anon_' || repeat('0', 32), '{project}', "

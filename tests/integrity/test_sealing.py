@@ -11,17 +11,13 @@ from datetime import date
 
 import asyncpg
 import pytest
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from service.events import AuditEvent, Entity
 from service.integrity.keys import load_or_create_private_key
-from service.integrity.logverify import LogReport, verify_log
 from service.producer.client import AuditClient
 from service.settings import Settings
-from service.store.leaves import row_leaf_data
 from service.store.partitions import ensure_partitions
-from service.store.seals import NEW_ACTIONS, NEW_ROWS
-from tests.support.integrity import run_verify, seal_all, store
+from tests.support.integrity import run_verify, run_verify_log, seal_all, store
 from tests.support.polling import wait_for
 from tests.support.stores import days_since, set_retention
 from tests.support.worker import running_worker
@@ -38,18 +34,6 @@ async def sealed_seqs(pg: asyncpg.Connection) -> Counter[int]:
         for lo, hi in re.findall(r"\[(\d+),(\d+)\)", seqs):
             counts.update(range(int(lo), int(hi)))
     return counts
-
-
-async def verify_log_of(
-    pg: asyncpg.Connection, key: Ed25519PrivateKey
-) -> tuple[LogReport, list[str]]:
-    lines: list[str] = []
-    async with pg.transaction(isolation="repeatable_read", readonly=True):
-        report = await verify_log(
-            pg, key.public_key(), row_leaf_of=row_leaf_data, rows_query=NEW_ROWS,
-            actions_query=NEW_ACTIONS, emit=lines.append,
-        )  # fmt: skip
-    return report, lines
 
 
 HELD_INSERT = """
@@ -107,7 +91,7 @@ async def test_two_workers_and_a_held_transaction_seal_every_row_exactly_once(
     # New rows go only into the log (no v1 checkpoint since migration 0007).
     assert await pg.fetchval("SELECT count(*) FROM seal_checkpoint") == 0
     key = load_or_create_private_key(settings.seal_key_path)
-    report, lines = await verify_log_of(pg, key)
+    report, lines = await run_verify_log(pg, key)
     assert report.findings == 0, lines
     assert report.rows == total + len(held_ids)
 

@@ -1,4 +1,5 @@
-"""Rows to seal and verify: store realistic rows, seal them all, run verify, log in as a role."""
+"""Rows to seal and verify: store realistic rows, seal them all, run verify (of the v1
+checkpoints, of the log), log in as a role."""
 
 from __future__ import annotations
 
@@ -9,8 +10,11 @@ import asyncpg
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from service.events import AuditEvent, Entity, finalize
+from service.integrity import note
+from service.integrity.logverify import LogReport, RowsCheck, verify_log
 from service.integrity.verify import Report, verify
-from service.store.seals import seal_once
+from service.store.leaves import row_leaf_data
+from service.store.seals import NEW_ACTIONS, NEW_ROWS, seal_once
 from workers.writer import write_events
 
 
@@ -44,6 +48,22 @@ async def run_verify(
 ) -> tuple[Report, list[str]]:
     lines: list[str] = []
     report = await verify(pg, key.public_key(), emit=lines.append, **kwargs)  # type: ignore[arg-type]
+    return report, lines
+
+
+async def run_verify_log(
+    pg: asyncpg.Connection,
+    key: Ed25519PrivateKey,
+    head: note.Checkpoint | None = None,
+    rows_check: RowsCheck | None = None,
+) -> tuple[LogReport, list[str]]:
+    """The transparency log verified as `auditq verify` reads it, in one snapshot."""
+    lines: list[str] = []
+    async with pg.transaction(isolation="repeatable_read", readonly=True):
+        report = await verify_log(
+            pg, key.public_key(), row_leaf_of=row_leaf_data, rows_query=NEW_ROWS,
+            actions_query=NEW_ACTIONS, head=head, emit=lines.append, rows_check=rows_check,
+        )  # fmt: skip
     return report, lines
 
 
