@@ -7,6 +7,7 @@ import hashlib
 import pytest
 
 from service.integrity import merkle
+from service.integrity.logverify import prefix_roots
 
 # The eight leaves, roots and proofs of the RFC 6962 test vectors (Certificate Transparency,
 # Trillian, transparency-dev/merkle).
@@ -150,3 +151,13 @@ def test_decompose_covers_a_range_with_aligned_perfect_subtrees() -> None:
                 assert (index << level) >= start
                 covered.extend(range(index << level, (index + 1) << level))
             assert covered == list(range(start, end))
+
+
+@pytest.mark.unit
+def test_the_verifiers_prefix_roots_are_the_roots_of_each_prefix() -> None:
+    """logverify.prefix_roots (every checkpoint's root, in one pass over the leaves) against
+    root_of each prefix: every size up to 70 leaves, an odd one, and sizes past the end."""
+    leaves = [merkle.leaf_hash(bytes([i])) for i in range(70)]
+    sizes = set(range(71)) | {100}
+    roots = prefix_roots(leaves, sizes)
+    assert roots == {n: merkle.root_of(leaves[:n]) for n in range(71)}
