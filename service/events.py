@@ -227,8 +227,11 @@ def finalize(
     default_id: uuid.UUID | None = None,
     default_ts: datetime | None = None,
     max_future_s: float = MAX_FUTURE_S,
+    validate: bool = False,
 ) -> tuple[AuditEvent, bytes]:
-    """Fill the defaults, redact secrets and check the size; return the event and its JSON."""
+    """Fill the defaults, redact secrets and check the size; return the event and its JSON.
+    `validate`: also decode the JSON as the worker will (InvalidEvent naming the field); an
+    event the redaction changed was decoded by it already, and is not decoded twice."""
     _check_nesting(event)
     category = event.category or event.action.split(".", 1)[0]
     presentation = event.presentation or Presentation(code=f"audit.{event.action}")
@@ -249,11 +252,16 @@ def finalize(
     data = _encoder.encode(done)
     needed, cards = json_precheck(data, extra_keys)  # one scan; most events stop here
     if needed:
-        done, data = _redact_encoded(done, data, extra_keys, cards)
+        redacted = _redact_encoded(done, data, extra_keys, cards)
+        # A changed event was encoded again, then decoded: validated already.
+        validate = validate and redacted[1] is data
+        done, data = redacted
     if len(data) > max_bytes:
         raise InvalidEvent(
             f"event is {len(data)} bytes encoded, more than the limit of {max_bytes}"
         )
+    if validate:
+        decode_event(data)
     return done, data
 
 

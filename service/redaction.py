@@ -341,19 +341,18 @@ class _Scanner:
 
     def __init__(self, patterns: list[str], stem_count: int, hexish: dict[int, int]) -> None:
         assert hyperscan is not None
-        expressions = [*(re.escape(p).encode() for p in patterns), _JSON_CARD_SHAPE]
         self.card = len(patterns)
+        ids = [*_needed_patterns(patterns, stem_count, hexish), self.card]
+        expressions = [*(re.escape(patterns[i]).encode() for i in ids[:-1]), _JSON_CARD_SHAPE]
         self.stem_count = stem_count
         once = hyperscan.HS_FLAG_CASELESS | hyperscan.HS_FLAG_SINGLEMATCH
         self.db = hyperscan.Database()
         self.db.compile(
             expressions=expressions,
-            ids=list(range(len(expressions))),
+            ids=ids,
             elements=len(expressions),
             # A hex pattern reports every match: its first may be inside an id, the next not.
-            flags=[
-                hyperscan.HS_FLAG_CASELESS if i in hexish else once for i in range(len(expressions))
-            ],
+            flags=[hyperscan.HS_FLAG_CASELESS if i in hexish else once for i in ids],
         )
         self.local = threading.local()  # a scratch space per thread, as hyperscan needs
         self.on_match = _verdict_callback(stem_count, self.card, hexish)
@@ -362,7 +361,7 @@ class _Scanner:
         self.located = hyperscan.Database()
         self.located.compile(
             expressions=expressions,
-            ids=list(range(len(expressions))),
+            ids=ids,
             elements=len(expressions),
             flags=[hyperscan.HS_FLAG_CASELESS | hyperscan.HS_FLAG_SOM_LEFTMOST] * len(expressions),
         )
@@ -413,6 +412,32 @@ class _Scanner:
         except hyperscan.ScanTerminated:
             pass
         return found[0]
+
+
+def _needed_patterns(patterns: list[str], stem_count: int, hexish: dict[int, int]) -> list[int]:
+    """The indexes of the patterns the scan needs: not one that holds another pattern
+    (`password` holds the stem `pass`, `eyj` the keyword `ey`), whose match is then always
+    found with it, and says as much (a stem, or a keyword in a keyword). The held pattern
+    is no hex pattern, whose match inside an id would not count. A keyword's match is a
+    callback the scan makes, and each of its patterns costs every scan."""
+    low = [pattern.lower() for pattern in patterns]
+    holders: dict[str, list[int]] = {}  # each pattern that may be held: where it is
+    for index, pattern in enumerate(low):
+        if index not in hexish:
+            holders.setdefault(pattern, []).append(index)
+    words = list(holders)
+    automaton = ahocorasick_rs.AhoCorasick(words)
+
+    def held(index: int) -> bool:
+        return any(
+            other != index
+            and (other < stem_count or index >= stem_count)  # a stem, or keyword in keyword
+            and (low[other] != low[index] or other < index)  # of two the same, the first
+            for found, _, _ in automaton.find_matches_as_indexes(low[index], overlapping=True)
+            for other in holders[words[found]]
+        )
+
+    return [index for index in range(len(low)) if not held(index)]
 
 
 def _verdict_callback(stem_count: int, card: int, hexish: dict[int, int]) -> _OnMatch:

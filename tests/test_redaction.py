@@ -11,6 +11,7 @@ import uuid
 import msgspec
 import pytest
 
+from service import redaction
 from service.api.errors import error_response
 from service.events import (
     Actor,
@@ -681,3 +682,32 @@ def test_a_keyword_repeated_over_the_event_bound_is_redacted_in_linear_time(unit
     bearer = "Zq8vR2kLm4Tn6Wp1"
     text = flood[:-5000] + f"\ncurl -H 'Authorization: Bearer {bearer}' https://x.test/"
     assert bearer not in redact_sensitive_in_string(text)
+
+
+@pytest.mark.skipif(redaction.hyperscan is None, reason="the Hyperscan pre-check")
+@pytest.mark.parametrize("pattern", [*redaction.STEMS, *redaction.KEYWORDS])
+def test_the_scan_finds_what_each_stem_and_keyword_would_find(pattern: str) -> None:
+    # The scan leaves out a pattern that holds another (`password` holds `pass`): every
+    # text holding it still gets the verdict its stems and keywords give, one by one.
+    data = json.dumps({"v": f"<{pattern}>", "w": f"x{pattern.upper()}1"}).encode()
+    low = data.lower()
+    stems = any(stem.encode() in low for stem in redaction.STEMS)
+    keywords = any(keyword.encode() in low for keyword in redaction.KEYWORDS)
+    # A stem sends the text to every rule: with one, whether a keyword is there too is moot.
+    expected = redaction._STEMS if stems else redaction._KEYWORDS if keywords else 0
+    scanner = redaction._PRECHECK.scanner
+    assert scanner is not None
+    verdict = scanner.scan(data)
+    assert (redaction._STEMS if verdict & redaction._STEMS else verdict) == expected
+    assert bool(scanner.scan(data, scanner.on_match_needed) & redaction._STEMS) == stems
+    assert bool(scanner.scan_outside_uuids(data) & redaction._STEMS) == stems
+
+
+@pytest.mark.skipif(redaction.hyperscan is None, reason="the Hyperscan pre-check")
+def test_the_scan_keeps_a_pattern_whose_held_hex_pattern_an_id_hides() -> None:
+    # `bead` alone, inside the id, is no match; `bead"` ends past the id's last digit: a
+    # match, which the scan must not leave to `bead`.
+    scanner = redaction._Scanner(["bead", 'bead"'], 1, {0: 4})
+    data = b'{"id":"0190d6a8-7a36-7b7e-8c1d-3f5a2b9cbead","n":1}'
+    assert scanner.scan(data) == redaction._KEYWORDS
+    assert scanner.scan(data.replace(b"bead", b"beef")) == 0

@@ -18,7 +18,6 @@ from service.events import (
     Change,
     Entity,
     RequestInfo,
-    decode_event,
     derived_event_id,
     finalize,
 )
@@ -201,13 +200,13 @@ def fitting(
     for attempt in attempts:
         candidate = attempt(event)
         try:
-            _, data = finalize(
+            finalize(
                 candidate,
                 extra_keys=extra_keys,
                 max_bytes=max_event_bytes,
                 max_future_s=max_future_s,
+                validate=True,  # as the client and the worker check it
             )
-            decode_event(data)  # as the client and the worker check it
         except (InvalidEvent, msgspec.ValidationError):
             continue
         return candidate

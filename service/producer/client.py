@@ -27,7 +27,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from service.connections import parse_redis_url, redis_client
 from service.errors import ConfigError, InvalidEvent
-from service.events import ACTION_PATTERN, AuditEvent, decode_event, finalize
+from service.events import ACTION_PATTERN, AuditEvent, finalize
 from service.producer.context import AuditContext, audit_context, with_context
 from service.producer.failures import (
     FAILURE_PREFIX,
@@ -380,13 +380,13 @@ class AuditClient:
                 extra_keys=self._extra_keys,
                 max_bytes=self._max_event_bytes,
                 max_future_s=self._max_future_s,
+                validate=True,  # every field, exactly as the worker will
             )
         except InvalidEvent:
             raise
         except Exception as exc:
             # A Struct built in code is not validated: odd field values surface here.
             raise InvalidEvent(f"cannot encode the event: {exc}") from exc
-        decode_event(data)  # validates every field exactly as the worker will
         return data, done
 
     # Buffering and sending, on the client's loop.

@@ -15,6 +15,7 @@ from urllib.parse import urlsplit
 import pytest
 import redis.asyncio as aioredis
 
+from service import events
 from service.events import Actor, Entity, RequestInfo, new_event_id
 from service.producer.client import FAILURE_PREFIX, AuditClient, AuditEvent
 from service.queue.jobs import deserialize_job
@@ -228,8 +229,15 @@ async def test_blackholed_redis_times_out_within_the_bound(
         (AuditEvent(action="Not A Valid Action"), "Not A Valid Action"),
         (AuditEvent(action="file.uploaded", metadata={"blob": "x" * 70_000}), "file.uploaded"),
         (AuditEvent(action="auth.login", request=RequestInfo(status=42)), "auth.login"),
+        # Redacted, then validated once: by the redaction's own decode.
+        (
+            AuditEvent(
+                action="auth.login", request=RequestInfo(status=42), metadata={"token": "t0k"}
+            ),
+            "auth.login",
+        ),
     ],
-    ids=["dict", "invalid-action", "oversized", "invalid-field"],
+    ids=["dict", "invalid-action", "oversized", "invalid-field", "invalid-field-redacted"],
 )
 async def test_capture_never_raises_for_bad_input(
     client: AuditClient, caplog: pytest.LogCaptureFixture, bad: Any, action: str
@@ -243,6 +251,33 @@ async def test_capture_never_raises_for_bad_input(
         assert payload["errorName"] == "InvalidEvent"
         assert payload["action"] == action
     assert client.failed == 2 and client.sent == 0
+
+
+@pytest.mark.unit
+async def test_an_event_is_decoded_once_on_its_way_into_the_buffer(
+    monkeypatch: pytest.MonkeyPatch, closed_port: int
+) -> None:
+    # Validating is a decode, the costliest step after redaction: an event the redaction
+    # changed was decoded by it, and must not be decoded again; one it left must be.
+    decoded: list[bytes] = []
+    decoder = events._decoder
+
+    class CountingDecoder:
+        def decode(self, data: bytes) -> AuditEvent:
+            decoded.append(data)
+            return decoder.decode(data)
+
+    monkeypatch.setattr(events, "_decoder", CountingDecoder())
+    client = AuditClient.from_url(f"redis://127.0.0.1:{closed_port}/0", queue="q")
+    try:
+        client.capture_nowait(AuditEvent(action="auth.login", metadata={"password": "hunter2"}))
+        client.capture_nowait(AuditEvent(action="auth.login", metadata={"note": "plain"}))
+        buffered = [item[0] for item in client._buffer]
+    finally:
+        client._buffer.clear()  # nothing to send: the port is closed
+        await client.aclose(timeout_s=0.01)
+    assert decoded == buffered
+    assert b"hunter2" not in buffered[0] and b"[REDACTED]" in buffered[0]
 
 
 async def test_capture_after_aclose_returns_none(
