@@ -684,9 +684,13 @@ export class Redactor {
       const item = mapping[key];
       if (typeof item === "string") {
         if (this.stringMayHoldSecret(item)) return true;
-        // A diff's "field", a pair's name ("name", "Key"…): a sensitive one hides the value
-        // beside it.
-        if ((key === DIFF_FIELD || pairRole(key) === NAME) && this.keys.isSensitive(item)) return true;
+        // A diff's "field", a pair's name ("name", "Key"…) beside a value field ("value"…): a
+        // sensitive one hides the value beside it.
+        if (key === DIFF_FIELD) {
+          if ((DIFF_VALUES[0]! in mapping || DIFF_VALUES[1]! in mapping) && this.keys.isSensitive(item)) return true;
+        } else if (pairRole(key) === NAME && hasValueField(mapping) && this.keys.isSensitive(item)) {
+          return true;
+        }
       } else if (this.mayHoldSecret(item, depth + 1)) {
         return true;
       }
@@ -812,6 +816,11 @@ const FIELD_NAME_RE = /^[a-z][a-z_]{0,39}$/;
 
 function isPairShape(item: unknown): item is [string, unknown] {
   return Array.isArray(item) && item.length === 2 && typeof item[0] === "string";
+}
+
+function hasValueField(mapping: Record<string, unknown>): boolean {
+  for (const key in mapping) if (pairRole(key) === VALUE) return true;
+  return false;
 }
 
 function hasPairValueWord(low: string): boolean {
