@@ -222,6 +222,8 @@ SAME_KEYS = [
     *("description", "status", "oauth", "keyboard", "monkey", "passenger", "bypass"),
     *("compass", "secretary", "tokens", "user_ssn", "foo_key", "pin", "cvv", "auth"),
     *("session", "hmac", "mfa", "bearer"),
+    # Digits alone make no word: the last word of these is a final word (`key`, `sid`).
+    *("key4", "password2", "connect.sid1", "v2key"),
 ]
 SAME_TEXTS = [
     "postgres://app:hunter2@db.internal:5432/prod",
@@ -261,6 +263,8 @@ SAME_VALUES = [
     {"ms": 1765432101234, "n": 4111111111111112, "f": 4.5},
     {"4111111111111111": "key", "list": ["5500 0000 0000 0004", 5500000000000004, True, None]},
     [{"field": "pan", "old": "4111111111111111", "new": "6011-1111-1111-1117"}],
+    # A pair's name field may be "field" too (a value field beside it, no old/new).
+    {"text": "x", "field": "auth"},
 ]
 PARITY_SCRIPT = """
 const { KeyRule, Redactor } = await import(process.argv[1]);

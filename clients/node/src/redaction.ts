@@ -143,11 +143,12 @@ const STRING_STEMS = [
 const PART_RE = /[A-Za-z]+|[0-9]+/g; // between separators; digits stand alone
 const WORD_RE = /[A-Z]+(?![a-z])|[A-Z]?[a-z]+/g; // a part cut on case changes
 
-/** The lowercase words a key is made of: `userPassword2` -> user, password, 2. */
+/** The lowercase words a key is made of: `userPassword2` -> user, password (a run of digits
+ * makes no word, as in service/redaction.py). */
 export function keyWords(key: string): string[] {
   const words: string[] = [];
   for (const part of key.match(PART_RE) ?? []) {
-    const pieces = part.match(WORD_RE) ?? [part];
+    const pieces = part.match(WORD_RE) ?? []; // digits alone make no word (as in Python)
     if (pieces.length > 1 && pieces.some((piece) => piece.length <= 2)) {
       words.push(part.toLowerCase()); // casing that cuts a part into scraps: one glued word
     } else {
@@ -686,9 +687,8 @@ export class Redactor {
         if (this.stringMayHoldSecret(item)) return true;
         // A diff's "field", a pair's name ("name", "Key"…) beside a value field ("value"…): a
         // sensitive one hides the value beside it.
-        if (key === DIFF_FIELD) {
-          if ((DIFF_VALUES[0]! in mapping || DIFF_VALUES[1]! in mapping) && this.keys.isSensitive(item)) return true;
-        } else if (pairRole(key) === NAME && hasValueField(mapping) && this.keys.isSensitive(item)) {
+        const diff = key === DIFF_FIELD && (DIFF_VALUES[0]! in mapping || DIFF_VALUES[1]! in mapping);
+        if ((diff || (pairRole(key) === NAME && hasValueField(mapping))) && this.keys.isSensitive(item)) {
           return true;
         }
       } else if (this.mayHoldSecret(item, depth + 1)) {
