@@ -11,11 +11,13 @@ import shutil
 import signal
 import socket
 import subprocess
+import uuid
 from pathlib import Path
 from typing import Any
 
 import asyncpg
 import httpx
+import msgspec
 import pytest
 import redis.asyncio as aioredis
 
@@ -220,6 +222,8 @@ SAME_KEYS = [
     *("description", "status", "oauth", "keyboard", "monkey", "passenger", "bypass"),
     *("compass", "secretary", "tokens", "user_ssn", "foo_key", "pin", "cvv", "auth"),
     *("session", "hmac", "mfa", "bearer"),
+    # Digits alone make no word: the last word of these is a final word (`key`, `sid`).
+    *("key4", "password2", "connect.sid1", "v2key"),
 ]
 SAME_TEXTS = [
     "postgres://app:hunter2@db.internal:5432/prod",
@@ -259,6 +263,8 @@ SAME_VALUES = [
     {"ms": 1765432101234, "n": 4111111111111112, "f": 4.5},
     {"4111111111111111": "key", "list": ["5500 0000 0000 0004", 5500000000000004, True, None]},
     [{"field": "pan", "old": "4111111111111111", "new": "6011-1111-1111-1117"}],
+    # A pair's name field may be "field" too (a value field beside it, no old/new).
+    {"text": "x", "field": "auth"},
 ]
 PARITY_SCRIPT = """
 const { KeyRule, Redactor } = await import(process.argv[1]);
@@ -276,6 +282,9 @@ console.log(JSON.stringify([sensitive, texted, redacted, flagged]));
 def test_the_node_client_redacts_as_the_python_side_does(tmp_path: Path) -> None:
     from service.redaction import is_sensitive_key, redact_sensitive, redact_sensitive_in_string
 
+    # The issue-26 shapes too (below): pairs, flags, encoded runs; and what no rule touches.
+    texts = [*SAME_TEXTS, *PLANTED_TEXTS, *(c for c in PLANTED_CLEAN if isinstance(c, str))]
+    values = [*SAME_VALUES, *PLANTED_VALUES, *(c for c in PLANTED_CLEAN if not isinstance(c, str))]
     npm_path = npm()
     subprocess.run([npm_path, "run", "build"], cwd=NODE_DIR, check=True, capture_output=True)
     done = subprocess.run(
@@ -285,7 +294,7 @@ def test_the_node_client_redacts_as_the_python_side_does(tmp_path: Path) -> None
             "-e",
             PARITY_SCRIPT,
             str(NODE_DIR / "dist" / "redaction.js"),
-            json.dumps([SAME_KEYS, SAME_TEXTS, SAME_VALUES]),
+            json.dumps([SAME_KEYS, texts, values]),
         ],
         capture_output=True,
         text=True,
@@ -297,13 +306,173 @@ def test_the_node_client_redacts_as_the_python_side_does(tmp_path: Path) -> None
     assert dict(zip(SAME_KEYS, node_keys, strict=True)) == dict(
         zip(SAME_KEYS, python_keys, strict=True)
     )
-    assert dict(zip(SAME_TEXTS, node_texts, strict=True)) == {
-        text: redact_sensitive_in_string(text) for text in SAME_TEXTS
+    assert dict(zip(texts, node_texts, strict=True)) == {
+        text: redact_sensitive_in_string(text) for text in texts
     }
-    assert node_values == [redact_sensitive(value) for value in SAME_VALUES]
+    assert node_values == [redact_sensitive(value) for value in values]
     # The Node pre-check lets through every text and value a rule changes.
     for item, redacted, flagged in zip(
-        [*SAME_TEXTS, *SAME_VALUES], [*node_texts, *node_values], node_flagged, strict=True
+        [*texts, *values], [*node_texts, *node_values], node_flagged, strict=True
     ):
         assert flagged or redacted == item, item
     assert node_texts[0] == "postgres://app:[REDACTED]@db.internal:5432/prod"
+
+
+# Secrets only the pair, command-line and decoded-run rules find (issue 26): each text and
+# value below holds one marked "NODEPLANT" and Python's rules redact it. Placed in an event's
+# metadata, change, params and entity name, and in a failure line.
+EXTRA_KEYS = frozenset({"ssn", "employee_code"})
+PLANTED_TEXTS = [
+    # Pairs written as text: tuples, name/value fields, value first, XML, YAML.
+    'headers [("authorization", "NODEPLANT-p1"), ("accept", "json")]',
+    'env name="API_TOKEN" value="NODEPLANT-p2"',
+    '{"value": "NODEPLANT-p3", "name": "client_secret"}',
+    "<soap><wsse:Password>NODEPLANT-p4</wsse:Password></soap>",
+    "credentials:\n  - NODEPLANT-p5a\n  - NODEPLANT-p5b\nuser: ann",
+    '{"Key": "db_password", "Value": "NODEPLANT-p6"}',
+    "config: {\\n  secrets:\\n    - NODEPLANT-p7\\n}",
+    '<add key="ApiKey" value="NODEPLANT-p8"/>',
+    # Command-line flags, as text.
+    "pg_dump --password NODEPLANT-c1 prod",
+    "deploy -token NODEPLANT-c2 --verbose",
+    "tool --api-key NODEPLANT-c3",
+    'argv ["run", "--client-secret", "NODEPLANT-c4"]',
+    "backup --ssn NODEPLANT-c5 --dry-run",
+    "\t--db-password\tNODEPLANT-c6",
+    # URL-encoded runs, decoded (twice at most) and redacted as plain text.
+    "next=https%253A%252F%252Fapp%252F%253Fpassword%253DNODEPLANT-d1",
+    "u=https%3A%2F%2Fann%3ANODEPLANT-d2%40db.example%2F",
+    "cb=%2Fx%3Ftoken%253DNODEPLANT-d3",
+    "q=user%2540x%2526secret%253DNODEPLANT-d4",
+    "redirect_uri=https%253A%252F%252Fu%253ANODEPLANT-d5%2540host%252F",
+    "r=%2Fcb%3Femployee_code%253DNODEPLANT-d6",
+]
+PLANTED_VALUES: list[Any] = [
+    # Pairs as data: header lists, name/value mappings in any casing, two-item lists.
+    [["X-Api-Key", "NODEPLANT-v1"], ["Accept", "json"]],
+    {"Name": "DB_PASSWORD", "Value": "NODEPLANT-v2"},
+    {"key": "api_token", "value": "NODEPLANT-v3"},
+    [{"Key": "secret_token", "Value": "NODEPLANT-v4"}, {"Key": "team", "Value": "core"}],
+    ["password", "NODEPLANT-v5"],
+    {"ParameterKey": "DbPassword", "ParameterValue": "NODEPLANT-v6"},
+    [["employee_code", "NODEPLANT-v7"], ["team", "core"]],
+    # Argument lists.
+    ["pg_dump", "--password", "NODEPLANT-a1", "prod"],
+    ["deploy", "-token", "NODEPLANT-a2"],
+    ["tool", "--api-key", "NODEPLANT-a3", "--verbose"],
+    ["backup", "--ssn", "NODEPLANT-a4"],
+    {"argv": ["x", "--client-secret", "NODEPLANT-a5"]},
+]
+# What no rule touches stays as it is (in both clients).
+PLANTED_CLEAN = [
+    "run --verbose --output report.txt",
+    'headers [("accept", "json"), ("x-trace", "abc")]',
+    '{"name": "title", "value": "Quarterly"}',
+    "<title>Quarterly</title>",
+    "items:\n  - one\n  - two",
+    "next=https%253A%252F%252Fapp%252F%253Fpage%253D2",
+    ["password", "email"],
+    {"name": "title", "value": "Quarterly"},
+    ["run", "--output", "report.txt"],
+]
+PLANT_SCRIPT = """
+const { AuditClient } = await import(process.argv[1] + "/index.js");
+const { failureLine } = await import(process.argv[1] + "/failures.js");
+const { Redactor } = await import(process.argv[1] + "/redaction.js");
+const events = JSON.parse(process.argv[2]);
+const client = new AuditClient(process.env.PLANT_REDIS_URL, {
+  queue: process.env.PLANT_QUEUE, captureTimeoutMs: 10000,
+});
+const redactor = new Redactor(process.env.AUDITQ_REDACT_EXTRA_KEYS.split(","));
+const lines = [];
+for (const [i, event] of events.entries()) {
+  if (i % 2 === 0) client.captureNowait(event); else await client.capture(event);
+  lines.push(failureLine(event, new Error(`failed on ${event.entity.name}`), undefined, redactor));
+}
+await client.close(30000);
+console.log(JSON.stringify(lines));
+"""
+
+
+def planted_events() -> list[dict[str, Any]]:
+    """One event per planted text or value, the secret in every place an event holds one."""
+    events = []
+    for i, planted in enumerate([*PLANTED_TEXTS, *PLANTED_VALUES, *PLANTED_CLEAN]):
+        text = planted if isinstance(planted, str) else json.dumps(planted)
+        events.append(
+            {
+                "id": str(uuid.uuid4()),
+                "ts": "2026-12-07T03:00:00+00:00",
+                "action": "node.planted",
+                "entity": {"type": "doc", "id": text[:200], "name": text},
+                "metadata": {"value": planted, "text": text, "nested": {"items": [planted]}},
+                "changes": [{"field": "note", "old": text, "new": planted}],
+                "presentation": {"code": "audit.node.planted", "params": {"p": planted, "i": i}},
+            }
+        )
+    return events
+
+
+async def test_node_redacts_pairs_flags_and_encoded_runs_as_python_does_before_redis(
+    settings: Settings, redis: aioredis.Redis
+) -> None:
+    """Attack (issue 26): the Node client had the key, token and card rules only, so a
+    secret in a header list, a name/value pair, an XML element, a YAML list, after a
+    command-line flag or in a double-encoded URL reached Redis in clear (the worker redacted
+    it before storage; Redis must never hold it). Through captureNowait and capture, with
+    AUDITQ_REDACT_EXTRA_KEYS: each queued event's metadata, change, params and entity name
+    are byte for byte what the Python producer would queue, and the failure line is the
+    Python client's."""
+    from service.events import AuditEvent, finalize
+    from service.producer.failures import FAILURE_PREFIX, failure_payload
+
+    npm_path = npm()
+    await asyncio.to_thread(
+        subprocess.run, [npm_path, "run", "build"], cwd=NODE_DIR, check=True, capture_output=True
+    )
+    await load_functions(redis)
+    events = planted_events()
+    assert settings.redis_url
+    env = {
+        **os.environ,
+        "PLANT_REDIS_URL": settings.redis_url,
+        "PLANT_QUEUE": settings.queue,
+        "AUDITQ_REDACT_EXTRA_KEYS": ",".join(sorted(EXTRA_KEYS)),
+    }
+    args = ("--input-type=module", "-e", PLANT_SCRIPT, str(NODE_DIR / "dist"), json.dumps(events))
+    proc = await asyncio.create_subprocess_exec(
+        "node", *args, env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
+    )
+    stdout, stderr = await asyncio.wait_for(proc.communicate(), RUN_TIMEOUT)
+    assert proc.returncode == 0, stderr.decode()[-4000:]
+    lines = json.loads(stdout)
+    queued: dict[str, Any] = {}
+    raw: list[str] = []
+    for task_id in await redis.zrange(settings.queue, 0, -1):
+        job = json.loads(await redis.get(f"arq:job:{task_id.decode()}"))
+        raw.append(job["a"][0])
+        payload = json.loads(job["a"][0])
+        for event in payload if isinstance(payload, list) else [payload]:
+            queued[event["id"]] = event
+    assert "NODEPLANT" not in "".join(raw)
+    differences = {}
+    for event, line in zip(events, lines, strict=True):
+        python = json.loads(finalize(msgspec.convert(event, AuditEvent), extra_keys=EXTRA_KEYS)[1])
+        node = queued[event["id"]]
+        for part in ("metadata", "changes"):
+            if node[part] != python[part]:
+                differences[(event["entity"]["name"], part)] = (node[part], python[part])
+        if node["presentation"]["params"] != python["presentation"]["params"]:
+            differences[(event["entity"]["name"], "params")] = (
+                node["presentation"]["params"],
+                python["presentation"]["params"],
+            )
+        if node["entity"] != python["entity"]:
+            differences[(event["entity"]["name"], "entity")] = (node["entity"], python["entity"])
+        error = type("Error", (Exception,), {})(f"failed on {event['entity']['name']}")
+        want = FAILURE_PREFIX + json.dumps(failure_payload(event, error, None, EXTRA_KEYS))
+        if line != want:
+            differences[(event["entity"]["name"], "failure line")] = (line, want)
+    assert not differences
+    for event in events[-len(PLANTED_CLEAN) :]:  # no secret: left alone by both
+        assert queued[event["id"]]["metadata"]["value"] == event["metadata"]["value"]

@@ -256,7 +256,7 @@ export class AuditClient {
       (withRequest && (redactor.mayHoldSecret(done.request) || redactor.mayHoldSecret(done.actor)))
     ) {
       // One walk over the event (its strings and keys mostly remembered); most stop there.
-      done = redactor.redact(done) as AuditEvent;
+      done = redactor.redactEvent(done);
       json = JSON.stringify(done);
     }
     // The id and ts, when made here, are written in front: no copy of the event is made.

@@ -1,8 +1,11 @@
 // Redaction by auditq's rules, read from the rule data the Python side reads too
-// (service/redaction_rules.json, copied into dist/ at build): the key rule (a mapping key,
-// a change's `field`, the key of a `key=value` pair names a secret) and the value rule
-// (credential formats in any string, gitleaks' maintained set and auditq's own; card numbers
-// masked to their last four).
+// (service/redaction_rules.json, copied into dist/ at build), ported from service/redaction.py
+// so that both write the same bytes: the key rule (a mapping key, a change's `field`, the key
+// of a `key=value` pair names a secret), the pair rule (name/value mappings, header lists,
+// argument lists; the same shapes in text: tuples, flags, XML, YAML) and the value rule
+// (credential formats, gitleaks' maintained set and auditq's own; URL passwords; URL-encoded
+// runs decoded and redacted as plain text; card numbers masked to their last four).
+// Python's `\w`, `\d` and `.` are Unicode / not a line break: W, \p{Nd} and [^\n] here.
 import { readFileSync } from "node:fs";
 
 import { Automaton } from "./automaton.js";
@@ -94,14 +97,19 @@ function compileAllow(allow: Allow): CompiledAllow {
 }
 
 const GLOBAL_ALLOW = compileAllow(data.allow);
-const RULES: CompiledRule[] = [...data.local_tokens, ...data.tokens].map((rule) => ({
+// gitleaks' global allowlist belongs to its rules; auditq's own formats need none.
+const compileRule = (rule: TokenRule, shared: CompiledAllow[]): CompiledRule => ({
   keywords: rule.keywords,
   regex: new RegExp(rule.regex, "gd"),
   test: new RegExp(rule.regex),
   group: rule.group,
   entropy: rule.entropy,
-  allow: (rule.allow ?? []).map(compileAllow),
-}));
+  allow: [...(rule.allow ?? []).map(compileAllow), ...shared],
+});
+const RULES: CompiledRule[] = [
+  ...data.local_tokens.map((rule) => compileRule(rule, [])),
+  ...data.tokens.map((rule) => compileRule(rule, [GLOBAL_ALLOW])),
+];
 
 // The pre-checks. A token rule runs only on text holding one of its keywords: one scan finds
 // which keywords a text holds, so only their rules run. The other string rules (key=value
@@ -115,20 +123,32 @@ for (const rule of RULES) {
     RULES_BY_KEYWORD.set(keyword, rules);
   }
 }
+// service/redaction.py's STEMS: by hand, then every word of the rule data holding none.
+// Short final words ("auth", "sid") are stems only where they end a name or key.
+const SHORT_FINAL_WORDS = ["auth", "sid"];
+const HAND_STEMS = [
+  ...["pass", "pwd", "pw", "secret", "token", "cookie", "cred", "authoriz", "jwt", "otp"],
+  ...["key", "session", "sessid", "backup", "recovery", "2fa", "mfa", "sig", "bearer"],
+  ...["basic", "-----", "://", "%3a%2f%2f", "%253a"],
+  ...SHORT_FINAL_WORDS.flatMap((w) => [`${w}":`, `${w}':`, `${w}\\"`, `${w}=`, `${w}:`, `${w}>`]),
+  ...["-auth", "_auth", "-sid", "_sid", ".sid"],
+];
 const STRING_STEMS = [
-  ...["pass", "pwd", "secret", "token", "cookie", "cred", "authoriz", "jwt", "otp", "key"],
-  ...["session", "backup", "recovery", "2fa", "mfa", "sig", "bearer", "basic", "-----", "://"],
-  "%3d",
+  ...HAND_STEMS,
+  ...[...new Set([...data.keys.words, ...data.keys.endings, ...data.keys.final_words])]
+    .filter((word) => !SHORT_FINAL_WORDS.includes(word) && !HAND_STEMS.some((stem) => word.includes(stem)))
+    .sort(),
 ];
 
 const PART_RE = /[A-Za-z]+|[0-9]+/g; // between separators; digits stand alone
 const WORD_RE = /[A-Z]+(?![a-z])|[A-Z]?[a-z]+/g; // a part cut on case changes
 
-/** The lowercase words a key is made of: `userPassword2` -> user, password, 2. */
+/** The lowercase words a key is made of: `userPassword2` -> user, password (a run of digits
+ * makes no word, as in service/redaction.py). */
 export function keyWords(key: string): string[] {
   const words: string[] = [];
   for (const part of key.match(PART_RE) ?? []) {
-    const pieces = part.match(WORD_RE) ?? [part];
+    const pieces = part.match(WORD_RE) ?? []; // digits alone make no word (as in Python)
     if (pieces.length > 1 && pieces.some((piece) => piece.length <= 2)) {
       words.push(part.toLowerCase()); // casing that cuts a part into scraps: one glued word
     } else {
@@ -162,28 +182,35 @@ function normalize(key: string): string {
 export class KeyRule {
   private readonly extras: Set<string>;
   private readonly cache = new Map<string, boolean>();
+  private readonly notFinal = new Map<string, boolean>(); // without the final-word rule
   /** The stems of the string rules that need a key: auditq's, and the extra keys' words. */
   readonly stems: string[];
 
-  constructor(extraKeys: Iterable<string> = []) {
-    this.extras = new Set([...extraKeys].map(normalize).filter((key) => key));
-    const extraStems = [...extraKeys].map((key) =>
-      keyWords(key).reduce((a, b) => (b.length > a.length ? b : a), normalize(key)),
+  constructor(readonly extraKeys: readonly string[] = []) {
+    this.extras = new Set(extraKeys.map(normalize).filter((key) => key));
+    // Python's max(key_words(key) or (normalize(key),), key=len): the first longest word.
+    const extraStems = extraKeys.map((key) =>
+      keyWords(key).reduce((a, b) => (b.length > a.length ? b : a), "") || normalize(key),
     );
-    this.stems = [...new Set([...STRING_STEMS, ...extraStems])].filter((stem) => stem);
+    // The automaton reads ASCII only: a non-ASCII extra key is still matched as a key.
+    this.stems = [...new Set([...STRING_STEMS, ...extraStems])].filter(
+      (stem) => stem && /^[\x00-\x7f]+$/.test(stem),
+    );
   }
 
-  isSensitive(key: string): boolean {
-    let known = this.cache.get(key);
+  /** `final` false: a short final word alone (`key`, `sid`) does not count. */
+  isSensitive(key: string, final = true): boolean {
+    const cache = final ? this.cache : this.notFinal;
+    let known = cache.get(key);
     if (known === undefined) {
-      known = this.check(key);
-      if (this.cache.size >= KEY_CACHE_MAX) this.cache.clear();
-      this.cache.set(key, known);
+      known = this.check(key, final);
+      if (cache.size >= KEY_CACHE_MAX) cache.clear();
+      cache.set(key, known);
     }
     return known;
   }
 
-  private check(key: string): boolean {
+  private check(key: string, final: boolean): boolean {
     const words = keyWords(key);
     if (words.length === 0) return false;
     if ((key.match(PART_RE) ?? []).some(isGluedSecret)) return true;
@@ -191,11 +218,11 @@ export class KeyRule {
     if (QUANTITIES.has(words[0]!) && words.length > 1) return false;
     const last = words.length - 1;
     const lastWord = words[last]!;
-    if (FINAL_WORDS.has(lastWord)) {
+    if (final && FINAL_WORDS.has(lastWord)) {
       // "key", "auth", "session", "pin"… hold a secret only as the key's last word, and not
       // after a word that makes them something else ("primary_key", "oauth").
       const before = last > 0 ? words[last - 1]! : "";
-      if (!NOT_BEFORE_FINAL.get(lastWord)?.has(before)) return true;
+      if (last === 0 || !NOT_BEFORE_FINAL.get(lastWord)?.has(before)) return true;
     }
     let found = false;
     for (let start = 0; start < words.length; start++) {
@@ -221,6 +248,26 @@ export class KeyRule {
     }
     return false;
   }
+}
+
+// What a key is in a name/value pair, by its last word: NAME ("name", "Key", "ParameterKey"),
+// VALUE ("value", "Value", "tagValue"), else NEITHER (the words: pair_names, pair_values).
+const NEITHER = 0;
+const NAME = 1;
+const VALUE = 2;
+const PAIR_VALUE_SET = new Set(PAIR_VALUES);
+const roles = new Map<string, number>();
+
+function pairRole(key: string): number {
+  let role = roles.get(key);
+  if (role === undefined) {
+    const words = keyWords(key);
+    const last = words[words.length - 1];
+    role = last === undefined ? NEITHER : PAIR_NAME_SET.has(last) ? NAME : PAIR_VALUE_SET.has(last) ? VALUE : NEITHER;
+    if (roles.size >= KEY_CACHE_MAX) roles.clear();
+    roles.set(key, role);
+  }
+  return role;
 }
 
 function entropy(text: string): number {
@@ -271,34 +318,182 @@ function redactTokens(text: string, rules: Iterable<CompiledRule>): string {
       if (rule.entropy !== undefined && entropy(secret) < rule.entropy) continue;
       const whole = match[0];
       const line = lineAround(text, indices[0]![0], indices[0]![1]);
-      if (allowed(GLOBAL_ALLOW, secret, whole, line)) continue;
       if (rule.allow.some((allow) => allowed(allow, secret, whole, line))) continue;
       spans.push([span[0], span[1]]);
     }
   }
   if (spans.length === 0) return text;
-  spans.sort((a, b) => a[0] - b[0] || b[1] - a[1]);
+  // Spans that overlap or touch are one secret (as service/redaction_rules.py merges them).
+  spans.sort((a, b) => a[0] - b[0] || a[1] - b[1]);
   let out = "";
   let pos = 0;
-  for (const [start, end] of spans) {
-    if (end <= pos) continue; // inside a span already redacted
-    out += text.slice(pos, Math.max(pos, start)) + REDACTED;
+  let [start, end] = spans[0]!;
+  for (const [nextStart, nextEnd] of spans) {
+    if (nextStart <= end) {
+      end = Math.max(end, nextEnd);
+      continue;
+    }
+    out += text.slice(pos, start) + REDACTED;
     pos = end;
+    [start, end] = [nextStart, nextEnd];
   }
-  return out + text.slice(pos);
+  return out + text.slice(pos, start) + REDACTED + text.slice(end);
 }
+
+// Python's `\w` (Unicode: letters, digits of any script, "_"), for the `u` RegExps below.
+const W = String.raw`\p{L}\p{N}_`;
+const u = (source: string, flags = "") => new RegExp(source, `u${flags}`);
 
 const PEM_RE =
   /-----BEGIN[A-Z0-9 ]*PRIVATE KEY[A-Z ]*-----[\s\S]*?(?:-----END[A-Z0-9 ]*PRIVATE KEY[A-Z ]*-----|$(?![\s\S]))/g;
-const URL_USERINFO_RE = /(?<![\w+.-])([a-z][a-z0-9+.-]*:\/\/[^\s:@/?#[\]"'<>]*:)([^\s/?#"'<>]+)@/gi;
-const KEY_RE = /(?<![\w.-])([\w.-]+)(\\?["'])?[ \t]*([:=])[ \t]*/g;
+// A URL's scheme and user, up to the ":" before a password (its end is found by hand,
+// urlPasswordEnd: Python's lazy scan to the "@" retries from every "scheme://user:", which is
+// quadratic on a run of them).
+const URL_HEAD_RE = u(String.raw`(?<![${W}+.\-])[a-z][a-z0-9+.\-]*:\/\/[^\s:@\/?#\[\]"'<>]*:`, "gi");
+const URL_PORT_RE = u(String.raw`\p{Nd}*[\/?#]`, "y");
+// Only the key and separator are consumed, so a non-sensitive value stays searchable. The key
+// is taken whole (Python's possessive `++`, as a lookahead and a back-reference).
+const KEY_RE = u(String.raw`(?<![${W}.\-])(?=(?<key>[${W}.\-]+))\k<key>(?<kq>\\?["'])?[ \t]*(?<sep>[:=])[ \t]*`, "g");
 const AUTH_SCHEME_RE = /(?:bearer|basic|digest|token|negotiate)[ \t]+/iy;
-const VALUE_RE =
-  /\[REDACTED\]|(["'])(?:(?!\1)[^\\\r\n]|\\.)*\1?|(\\["'])(?:[^\\\r\n]|\\[^"'\r\n])*(?:\\["'])?|\[[^[\]]*\]|\{[^{}]*\}|[^\s&,;"'\])}[{][^\s&,;"'\])}]*/y;
-const COOKIE_VALUE_RE = /(["'])(?:(?!\1)[^\\\r\n]|\\.)*\1?|[^\r\n"'\\]*[^\s"'\\]/y;
-const ENCODED_PAIR_RE = /(?<![\w.-])([\w.-]+)%3[dD]((?:(?!%26)[^\s&"'])+)/g;
-const BARE_AUTH_RE = /(?<![\w-])(bearer|basic)([ \t]+)([\w.~+/-]+=*)/gi;
+const QUOTED = String.raw`(?<q>["'])(?:(?!\k<q>)[^\\\r\n]|\\[^\n])*\k<q>?|(?<eq>\\["'])(?:[^\\\r\n]|\\[^"'\r\n])*(?:\\["'])?`;
+const STOP = String.raw`\s&,;"'\])}`;
+const VALUE_RE = u(String.raw`\[REDACTED\]|${QUOTED}|\[[^\[\]]*\]|\{[^{}]*\}|[^${STOP}\[{][^${STOP}]*`, "y");
+// A Cookie header holds many name=value pairs separated by "; ", so take the rest of the line.
+const COOKIE_VALUE_RE = u(String.raw`${QUOTED}|[^\r\n"'\\]*[^\s"'\\]`, "y");
+// A pair inside a URL-encoded URL (redirect=https%3A%2F%2Fx%2F%3Ftoken%3Dabc%26n%3D1).
+const ENCODED_PAIR_RE = u(String.raw`(?<![${W}.\-])(?=(?<key>[${W}.\-]+))\k<key>%3[dD](?<value>(?:(?!%26)[^\s&"'])+)`, "g");
+const BARE_AUTH_RE = u(String.raw`(?<![${W}\-])(?<scheme>bearer|basic)(?<gap>[ \t]+)(?<cred>[${W}.~+\/\-]+=*)`, "gi");
+const CREDENTIAL_MARKS_RE = /[0-9._~+/=]/;
 const CREDENTIAL_MIN_PLAIN_LEN = 20;
+const DIFF_FIELD_RE = u(String.raw`(?<![${W}.\-])field\\?["']?[ \t]*[:=][ \t]*\\?["']?(?<name>[${W}.\-]+)`, "gi");
+// `--password SECRET`, `-token SECRET` (the `=` form is a pair of KEY_RE); a flag starts the
+// text or follows a blank.
+const BLANK_DASHES = [" -", "\t-", "\n-", "\r-"];
+const FLAG_RE = u(String.raw`(?<![${W}\-])--?(?<key>[A-Za-z][${W}.\-]*)[ \t]+(?=[^\s\-])`, "g");
+const FLAG_ITEM_RE = u(String.raw`^--?[A-Za-z][${W}.\-]*$`);
+// A quoted name opening a list, a comma, a value: header tuples as text ('authorization', '…');
+// and a quoted flag anywhere in a list: argv lists ("--password", "…"). Two alternatives, as
+// a back-reference to a group that took no part matches nothing in Python, anything here.
+const QUOTED_PAIR_RE = u(
+  String.raw`[\[(][ \t]*(?<kq>\\?["'])(?=[${W}.\-]+\k<kq>)(?<key>[${W}.\-]+)\k<kq>[ \t]*,[ \t]*` +
+    String.raw`|(?<fq>\\?["'])(?=--?[A-Za-z])(?<flag>[${W}.\-]+)\k<fq>[ \t]*,[ \t]*`,
+  "g",
+);
+// A name/value pair as text: "name": "DB_PASSWORD", "value": … (k8s env, HAR, AWS tags), also
+// as XML attributes and with a prefix (ParameterKey): "nm" a pair name, "vn" a pair value.
+const NAME_VALUE_RE = u(
+  String.raw`(?<![${W}.\-])(?<nq>\\?["']?)(?<nm>[${W}.\-]{1,60})\k<nq>[ \t]*[:=][ \t]*` +
+    String.raw`(?<kq>\\?["'])(?<key>[^"'\\\n]{1,100})\k<kq>[ \t]*[,;]?[ \t]*` +
+    String.raw`(?<vq>\\?["']?)(?<vn>[${W}.\-]{1,60})\k<vq>[ \t]*[:=][ \t]*`,
+  "g",
+);
+// The same pair with its value first ("value": "…", "name": "DB_PASSWORD").
+const PAIR_FIELD_RE = u(String.raw`(?<![${W}.\-])(?<q>\\?["']?)(?<field>[${W}.\-]{1,60})\k<q>[ \t]*[:=][ \t]*`, "g");
+const NAME_AFTER_RE = u(
+  String.raw`[ \t]*[,;]?[ \t]*(?<nq>\\?["']?)(?<nm>[${W}.\-]{1,60})\k<nq>[ \t]*[:=][ \t]*` +
+    String.raw`(?<kq>\\?["'])(?<key>[^"'\\\n]{1,100})\k<kq>`,
+  "y",
+);
+// A pair value word: no NAME_VALUE_RE match without one (substring tests of lowercased text):
+// the words no other contains, a one-letter word as a word.
+const PAIR_HINT_WORDS = PAIR_VALUES.filter(
+  (word) => word.length > 1 && !PAIR_VALUES.some((o) => o !== word && o.length > 1 && word.includes(o)),
+).sort();
+const PAIR_HINT_LETTERS = PAIR_VALUES.filter((word) => word.length === 1).sort();
+const PAIR_HINT_LETTER_RE = u(PAIR_HINT_LETTERS.map((w) => `(?<![${W}])${w}(?![${W}])`).join("|") || "(?!)");
+const PAIR_VALUE_NEXT_RE = u(
+  String.raw`\\?["']?[ \t]*[,;]?[ \t]*(?<vq>\\?["']?)[${W}.\-]*?(?:${[...PAIR_VALUES].sort().join("|")})\k<vq>[ \t]*[:=]`,
+  "iy",
+);
+// An XML element whose (local) name is sensitive: <wsse:Password …>…</wsse:Password>.
+const XML_RE = u(
+  String.raw`<(?<tag>[A-Za-z_][${W}:.\-]*)(?:[ \t\r\n][^<>]*)?>(?<value><!\[CDATA\[[\s\S]*?\]\]>|[^<]*)<\/\k<tag>[ \t\r\n]*>`,
+  "g",
+);
+// YAML: a sensitive key with nothing after its colon holds the block below it (also inside a
+// JSON string, where a line ends at an escaped "\n" and the string at '"').
+const YAML_KEY_RE = u(String.raw`^(?<indent>[ \t]*)(?:-[ \t]+)?(?<key>[${W}.\-]+)[ \t]*:[ \t]*(?:#[^\n]*)?$`);
+const YAML_HEAD = String.raw`(?<head>[ \t]*(?:-[ \t]+)?(?:[${W}.\-]+[ \t]*:[ \t]+)?)`;
+const YAML_ITEM_RE = u(String.raw`^${YAML_HEAD}(?<value>\S[^\n]*)$`);
+const YAML_ITEM_ESCAPED_RE = u(String.raw`^${YAML_HEAD}(?<value>[^\s\\"][^\\"]*)(?<rest>[^\n]*)$`);
+// Runs of text (between spaces and quotes) that hold a URL-encoded "%" or "://": decoded and
+// redacted as plain text, up to DECODE_MAX times (double encoding); a run that held a secret
+// is kept decoded, redacted.
+const RUN_RE = /(?<![^\s"'<>])[^\s"'<>]+/g;
+const ENCODED_MARK_RE = /%(?:25[0-9A-Fa-f]{2}|3[aA]%2[fF]%2[fF]|40)/;
+const DECODE_MAX = 2;
+const ASCII_RUN_RE = /[\x00-\x7f]+/g;
+const UTF8 = new TextDecoder("utf-8");
+const HEX = /^[0-9A-Fa-f]{2}$/;
+
+/** Python's urllib.parse.unquote: %XX escapes read as UTF-8, malformed bytes replaced. */
+function unquote(text: string): string {
+  if (!text.includes("%")) return text;
+  return text.replace(ASCII_RUN_RE, (ascii) => {
+    if (!ascii.includes("%")) return ascii;
+    const bytes: number[] = [];
+    for (let i = 0; i < ascii.length; i++) {
+      if (ascii[i] === "%" && HEX.test(ascii.slice(i + 1, i + 3))) {
+        bytes.push(parseInt(ascii.slice(i + 1, i + 3), 16));
+        i += 2;
+      } else {
+        bytes.push(ascii.charCodeAt(i));
+      }
+    }
+    return UTF8.decode(Uint8Array.from(bytes));
+  });
+}
+
+/** Replace the password in scheme://user:password@host URLs. */
+function redactUrlPasswords(text: string): string {
+  let out = "";
+  let pos = 0;
+  let noneBefore = -1; // no password ends before this run's end: heads in it need no search
+  URL_HEAD_RE.lastIndex = 0;
+  for (let head = URL_HEAD_RE.exec(text); head !== null; head = URL_HEAD_RE.exec(text)) {
+    const start = head.index + head[0].length;
+    URL_PORT_RE.lastIndex = start;
+    let at = -1;
+    if (start >= noneBefore && !URL_PORT_RE.test(text)) {
+      at = urlPasswordEnd(text, start);
+      if (at === -1) noneBefore = runEnd(text, start);
+    }
+    if (at === -1) {
+      URL_HEAD_RE.lastIndex = head.index + 1;
+      continue;
+    }
+    out += text.slice(pos, start) + REDACTED + "@";
+    pos = at + 1;
+    URL_HEAD_RE.lastIndex = pos;
+  }
+  return pos === 0 ? text : out + text.slice(pos);
+}
+
+const RUN_STOP_RE = /[\s"'<>]/;
+const isRunStop = (ch: string) => RUN_STOP_RE.test(ch);
+
+function runEnd(text: string, from: number): number {
+  let i = from;
+  while (i < text.length && !isRunStop(text[i]!)) i++;
+  return i;
+}
+
+/** Where the password that starts at `from` ends: the first "@" (in the run of non-blank,
+ * unquoted characters) after which the host holds no other "@" before a "/", "?", "#" or the
+ * run's end (Python's `[^\s"'<>]*?@(?=[^\s"'<>@/?#]*(?:[\s"'<>/?#]|$))`); -1 when none. */
+function urlPasswordEnd(text: string, from: number): number {
+  let at = -1;
+  for (let i = from; i < text.length; i++) {
+    const ch = text[i]!;
+    if (isRunStop(ch)) break;
+    if (ch === "@") {
+      at = i; // a previous "@" has this one in its host: not its password's end
+    } else if ((ch === "/" || ch === "?" || ch === "#") && at !== -1) {
+      return at;
+    }
+  }
+  return at;
+}
 
 // Card numbers, as service/redaction.py masks them: 13 to 19 digits, maybe in groups (4-4-4-4,
 // 4-6-5), starting with 2-6, Luhn-valid: all but the last four digits become "*". Python's
@@ -369,7 +564,9 @@ function maskCardNumber(value: number): string | undefined {
   return first >= 0x32 && first <= 0x36 ? maskCard(text) : undefined; // "2" to "6"
 }
 
-/** The value rule, and the key rule on `key=value` pairs inside text. */
+type Groups = Record<string, string | undefined>;
+
+/** The value rule, the key rule on `key=value` pairs inside text, and the pair rule. */
 export class Redactor {
   readonly keys: KeyRule;
   private readonly automaton: Automaton;
@@ -377,9 +574,10 @@ export class Redactor {
   // Strings already checked: events repeat most of their strings (types, paths, names).
   private readonly clean = new Map<string, boolean>();
   private readonly keyVerdicts = new Map<string, boolean>(); // key -> needs redaction
+  private diffRedactor: Redactor | undefined; // with "old" and "new" as extra keys
 
   constructor(extraKeys: Iterable<string> = []) {
-    this.keys = new KeyRule(extraKeys);
+    this.keys = new KeyRule([...extraKeys]);
     const keywords = [...RULES_BY_KEYWORD.keys()];
     this.keywordRules = keywords.map((keyword) => RULES_BY_KEYWORD.get(keyword)!);
     for (const _ of this.keys.stems) this.keywordRules.push([]);
@@ -404,23 +602,62 @@ export class Redactor {
     return { rules, stem };
   }
 
-  /** Return `text` with every credential it carries replaced by [REDACTED]. */
-  redactString(text: string): string {
+  /** Return `text` with every credential it carries replaced by [REDACTED] (`decoded`: how
+   * many times it was URL-decoded already). */
+  redactString(text: string, decoded = 0): string {
     const { rules, stem } = this.scan(text);
-    if (!stem) return maskCards(rules === undefined ? text : redactTokens(text, rules));
-    let out = text.replace(PEM_RE, REDACTED);
-    if (rules !== undefined) out = redactTokens(out, rules);
-    out = redactUrlPasswords(out);
-    out = redactUrlPasswords(this.redactPairs(out));
-    out = out.replace(ENCODED_PAIR_RE, (whole, key: string, value: string) =>
-      value === REDACTED || !this.keys.isSensitive(key) ? whole : `${key}%3D${REDACTED}`,
-    );
-    out = out.replace(BARE_AUTH_RE, (whole, scheme: string, gap: string, cred: string) => {
-      // Prose ("basic authentication") survives; real credentials carry marks or length.
-      const plain = !/[0-9._~+/=]/.test(cred) && !/[A-Z]/.test(cred.slice(1));
-      return plain && cred.length < CREDENTIAL_MIN_PLAIN_LEN ? whole : `${scheme}${gap}${REDACTED}`;
-    });
-    return maskCards(out);
+    if (!stem && !(text.length >= CARD_MIN_CHARS && CARD_QUICK_RE.test(text))) {
+      // The common case: no stem, no card: only the token rules can match, and where one
+      // does every rule runs (as service/redaction.py's pre-check lets it through).
+      if (rules === undefined || redactTokens(text, rules) === text) return text;
+    }
+    return this.redactRules(text, rules, decoded);
+  }
+
+  /** Every rule on `text`, in service/redaction.py's order (_redact_rules). */
+  private redactRules(text: string, rules: Set<CompiledRule> | undefined, decoded: number): string {
+    // A change diff as text: {"field": "password", "old": …}: every "old"/"new" goes.
+    const self = this.namesSecretField(text) ? this.forDiff() : this;
+    const keys = self.keys;
+    const low = text.toLowerCase();
+    let out = rules === undefined ? text : redactTokens(text, rules);
+    if (out.includes("-----")) out = out.replace(PEM_RE, REDACTED);
+    if (out.includes("://")) out = redactUrlPasswords(out);
+    const pairHint = (out.includes(",") || out.includes("=")) && hasPairValueWord(low);
+    if (pairHint) out = redactValueBeforeName(out, keys);
+    if (out.includes("=") || out.includes(":")) out = redactPairs(out, keys);
+    if (out.includes("://")) out = redactUrlPasswords(out);
+    if (out.includes("%3")) {
+      out = out.replace(ENCODED_PAIR_RE, (whole, ...args) => {
+        const { key, value } = args[args.length - 1] as Groups;
+        return value === REDACTED || !keys.isSensitive(key!) ? whole : `${key}%3D${REDACTED}`;
+      });
+    }
+    if (low.includes("bearer") || low.includes("basic")) out = out.replace(BARE_AUTH_RE, redactBareAuth);
+    out = redactTextPairs(out, keys, pairHint);
+    if (out.includes("%") && decoded < DECODE_MAX) {
+      out = out.replace(RUN_RE, (run) => {
+        if (!ENCODED_MARK_RE.test(run)) return run;
+        const plain = unquote(run);
+        const redacted = self.redactString(plain, decoded + 1);
+        return redacted === plain ? run : redacted;
+      });
+    }
+    out = maskCards(out);
+    return out === text ? text : out;
+  }
+
+  private namesSecretField(text: string): boolean {
+    if (!text.toLowerCase().includes("field")) return false;
+    for (const match of text.matchAll(DIFF_FIELD_RE)) {
+      if (this.keys.isSensitive((match.groups as Groups).name!)) return true;
+    }
+    return false;
+  }
+
+  private forDiff(): Redactor {
+    this.diffRedactor ??= new Redactor([...this.keys.extraKeys, ...DIFF_VALUES]);
+    return this.diffRedactor;
   }
 
   /** The pre-check over an event: false means no rule would change any of it (one walk:
@@ -431,6 +668,8 @@ export class Redactor {
     if (value === null || typeof value !== "object") return false;
     if (depth >= MAX_DEPTH) return true;
     if (Array.isArray(value)) {
+      // A two-item list whose first names a secret (["auth", "…"]): a pair.
+      if (value.length === 2 && typeof value[0] === "string" && this.keys.isSensitive(value[0])) return true;
       for (const item of value) if (this.mayHoldSecret(item, depth + 1)) return true;
       return false;
     }
@@ -446,11 +685,11 @@ export class Redactor {
       const item = mapping[key];
       if (typeof item === "string") {
         if (this.stringMayHoldSecret(item)) return true;
-        // A diff's "field", a pair's "name": a sensitive one hides the value beside it.
-        if (key === DIFF_FIELD && (DIFF_VALUES[0]! in mapping || DIFF_VALUES[1]! in mapping)) {
-          if (this.keys.isSensitive(item)) return true;
-        } else if (PAIR_NAME_SET.has(key) && PAIR_VALUES.some((name) => name in mapping)) {
-          if (this.keys.isSensitive(item)) return true;
+        // A diff's "field", a pair's name ("name", "Key"…) beside a value field ("value"…): a
+        // sensitive one hides the value beside it.
+        const diff = key === DIFF_FIELD && (DIFF_VALUES[0]! in mapping || DIFF_VALUES[1]! in mapping);
+        if ((diff || (pairRole(key) === NAME && hasValueField(mapping))) && this.keys.isSensitive(item)) {
+          return true;
         }
       } else if (this.mayHoldSecret(item, depth + 1)) {
         return true;
@@ -489,29 +728,50 @@ export class Redactor {
     return holds;
   }
 
+  /** An event redacted as service/events.py redacts one: as `redact` does, but a change
+   * whose field names a secret keeps "no value" (null) as it is. */
+  redactEvent<T extends object>(event: T): T {
+    const out = this.redact(event) as Record<string, unknown>;
+    const changes = (event as Record<string, unknown>).changes;
+    if (!Array.isArray(changes) || !Array.isArray(out.changes)) return out as T;
+    out.changes = out.changes.map((change: unknown, i: number) => {
+      const given = changes[i] as Record<string, unknown> | null;
+      if (given === null || typeof given !== "object" || typeof given.field !== "string") return change;
+      if (!this.keys.isSensitive(given.field)) return change;
+      const kept = DIFF_VALUES.filter((k) => given[k] === null).map((k) => [k, null]);
+      return { ...(change as object), ...Object.fromEntries(kept) };
+    });
+    return out as T;
+  }
+
   /** Return JSON-like data with secrets redacted (a copy where anything changed). */
   redact(value: unknown, depth = 0): unknown {
     if (typeof value === "string") return this.redactString(value);
     if (typeof value === "number") return maskCardNumber(value) ?? value;
     if (value === null || typeof value !== "object") return value;
     if (depth >= MAX_DEPTH) return REDACTED;
-    if (Array.isArray(value)) return value.map((item) => this.redact(item, depth + 1));
+    if (Array.isArray(value)) return this.redactList(value, depth);
     const mapping = value as Record<string, unknown>;
-    const hidden = new Set<string>();
+    const keys = this.keys;
     const field = mapping[DIFF_FIELD];
-    if (typeof field === "string" && this.keys.isSensitive(field)) {
-      for (const key of DIFF_VALUES) hidden.add(key);
-    }
-    // {"name": "password", "value": "…"}: a pair that names its secret in another key.
-    for (const name of PAIR_NAMES) {
-      const named = mapping[name];
-      if (typeof named === "string" && this.keys.isSensitive(named)) {
-        for (const key of PAIR_VALUES) if (key !== name) hidden.add(key);
-      }
+    // A change diff names the secret in "field" and carries it under "old"/"new".
+    const secretDiff = typeof field === "string" && keys.isSensitive(field);
+    // A name/value pair names it in "name" ("Key", "ParameterKey", …) and carries it in
+    // "value" ("Value", "tagValue", …).
+    const entries = Object.entries(mapping);
+    let pairShaped = false;
+    let secretPair = false;
+    if (entries.length > 1 && entries.length <= PAIR_MAX_ITEMS && entries.some(([key]) => pairRole(key) === VALUE)) {
+      pairShaped = true;
+      secretPair = entries.some(([key, item]) => pairRole(key) === NAME && typeof item === "string" && keys.isSensitive(item));
     }
     const out: Record<string, unknown> = {};
-    for (const [key, item] of Object.entries(mapping)) {
-      if (hidden.has(key) || this.keys.isSensitive(key)) {
+    for (const [key, item] of entries) {
+      if (
+        (keys.isSensitive(key) && !(pairShaped && pairRole(key) === NAME && !keys.isSensitive(key, false))) ||
+        (secretDiff && DIFF_VALUES.includes(key)) ||
+        (secretPair && pairRole(key) === VALUE)
+      ) {
         out[key] = REDACTED;
       } else {
         out[this.redactString(key)] = this.redact(item, depth + 1);
@@ -520,33 +780,194 @@ export class Redactor {
     return out;
   }
 
-  private redactPairs(text: string): string {
-    let out = "";
-    let pos = 0;
-    KEY_RE.lastIndex = 0;
-    for (const match of text.matchAll(KEY_RE)) {
-      const key = match[1]!;
-      const index = match.index!;
-      if (index < pos || !this.keys.isSensitive(key)) continue;
-      let start = index + match[0].length;
-      const words = keyWords(key);
-      const last = words[words.length - 1];
-      if (last === "authorization") {
-        AUTH_SCHEME_RE.lastIndex = start;
-        if (AUTH_SCHEME_RE.exec(text)) start = AUTH_SCHEME_RE.lastIndex;
-      }
-      const valueRe = last === "cookie" && match[3] === ":" ? COOKIE_VALUE_RE : VALUE_RE;
-      valueRe.lastIndex = start;
-      const value = valueRe.exec(text);
-      if (value === null) continue;
-      const quote = value[1] ?? value[2] ?? match[2] ?? "";
-      out += text.slice(pos, start) + quote + REDACTED + quote;
-      pos = start + value[0].length;
+  /** Redact every item, and the value of each pair or command-line flag the list holds. */
+  private redactList(items: unknown[], depth: number): unknown[] {
+    const out = items.map((item) => this.redact(item, depth + 1));
+    // A list of pairs ([["Authorization", "…"], ["Accept", "…"]]): each sensitive one goes.
+    const pairs = items.filter(isPairShape).length >= 2;
+    if (pairs) {
+      items.forEach((item, i) => {
+        if (isPairShape(item) && this.secretPair(item, false)) out[i] = [item[0], REDACTED];
+      });
+    } else if (items.length === 2 && this.secretPair(items, true)) {
+      out[1] = REDACTED;
     }
-    return out + text.slice(pos);
+    // An argument list: ["pg_dump", "--password", "…"].
+    for (let i = 0; i < items.length - 1; i++) {
+      const flag = items[i];
+      if (typeof flag === "string" && flag.startsWith("-") && FLAG_ITEM_RE.test(flag)) {
+        if (this.keys.isSensitive(flag.replace(/^-+/, "")) && items[i + 1] !== REDACTED) out[i + 1] = REDACTED;
+      }
+    }
+    return out;
+  }
+
+  /** Tell whether a two-item list is a (sensitive name, value) pair; `strict`: not when the
+   * value reads as a field name (["password", "email"] is more likely a list of fields). */
+  private secretPair(pair: unknown[], strict: boolean): boolean {
+    const [name, value] = pair;
+    if (typeof name !== "string" || value === REDACTED || !this.keys.isSensitive(name)) return false;
+    return !(strict && typeof value === "string" && FIELD_NAME_RE.test(value));
   }
 }
 
-function redactUrlPasswords(text: string): string {
-  return text.replace(URL_USERINFO_RE, (_whole, head: string) => `${head}${REDACTED}@`);
+const PAIR_MAX_ITEMS = 8; // a name/value pair is a small mapping (a HAR entry adds a comment)
+const FIELD_NAME_RE = /^[a-z][a-z_]{0,39}$/;
+
+function isPairShape(item: unknown): item is [string, unknown] {
+  return Array.isArray(item) && item.length === 2 && typeof item[0] === "string";
+}
+
+function hasValueField(mapping: Record<string, unknown>): boolean {
+  for (const key in mapping) if (pairRole(key) === VALUE) return true;
+  return false;
+}
+
+function hasPairValueWord(low: string): boolean {
+  for (const word of PAIR_HINT_WORDS) if (low.includes(word)) return true;
+  return PAIR_HINT_LETTERS.some((w) => low.includes(w)) && PAIR_HINT_LETTER_RE.test(low);
+}
+
+function redactBareAuth(whole: string, ...args: unknown[]): string {
+  const { scheme, gap, cred } = args[args.length - 1] as Groups;
+  // Prose ("basic authentication") survives; real credentials carry marks or length.
+  const plain = !CREDENTIAL_MARKS_RE.test(cred!) && ![...cred!.slice(1)].some((ch) => /\p{Lu}/u.test(ch));
+  return plain && cred!.length < CREDENTIAL_MIN_PLAIN_LEN ? whole : `${scheme}${gap}${REDACTED}`;
+}
+
+/** Replace the value of every key=value / key: value pair whose key is sensitive. */
+function redactPairs(text: string, keys: KeyRule): string {
+  let out = "";
+  let pos = 0;
+  for (const match of text.matchAll(KEY_RE)) {
+    const { key, kq, sep } = match.groups as Groups;
+    // A match inside a value that was already redacted must not be spliced again.
+    if (match.index! < pos || !keys.isSensitive(key!)) continue;
+    let start = match.index! + match[0].length;
+    const words = keyWords(key!);
+    const last = words[words.length - 1] ?? "";
+    if (last === "authorization") {
+      AUTH_SCHEME_RE.lastIndex = start;
+      if (AUTH_SCHEME_RE.exec(text)) start = AUTH_SCHEME_RE.lastIndex;
+    }
+    if (text.startsWith("\\n", start) || text.startsWith("\\r", start)) continue; // a YAML block
+    const valueRe = last === "cookie" && sep === ":" ? COOKIE_VALUE_RE : VALUE_RE;
+    valueRe.lastIndex = start;
+    const value = valueRe.exec(text);
+    if (value === null) continue;
+    const end = start + value[0].length;
+    if (pairRole(key!) === NAME && !keys.isSensitive(key!, false)) {
+      PAIR_VALUE_NEXT_RE.lastIndex = end;
+      if (PAIR_VALUE_NEXT_RE.test(text)) continue; // "key": "api_token", "value": … names it
+    }
+    const { q, eq } = value.groups as Groups;
+    const quote = q ?? eq ?? kq ?? "";
+    out += text.slice(pos, start) + quote + REDACTED + quote;
+    pos = end;
+  }
+  return pos === 0 ? text : out + text.slice(pos);
+}
+
+/** Replace the value that follows each match of `pattern` whose key is sensitive (and, for
+ * NAME_VALUE_RE, whose "nm" and "vn" are a pair's name and value fields). */
+function redactAfter(text: string, pattern: RegExp, keys: KeyRule): string {
+  let out = "";
+  let pos = 0;
+  const pairs = pattern === NAME_VALUE_RE;
+  for (const match of text.matchAll(pattern)) {
+    const groups = match.groups as Groups;
+    const end = match.index! + match[0].length;
+    if (match.index! < pos || !keys.isSensitive((groups.key ?? groups.flag)!)) continue;
+    if (pairs && (pairRole(groups.nm!) !== NAME || pairRole(groups.vn!) !== VALUE)) continue;
+    VALUE_RE.lastIndex = end;
+    const value = VALUE_RE.exec(text);
+    if (value === null || value[0].length === 0) continue;
+    const { q, eq } = value.groups as Groups;
+    const quote = q ?? eq ?? "";
+    out += text.slice(pos, end) + quote + REDACTED + quote;
+    pos = end + value[0].length;
+  }
+  return pos === 0 ? text : out + text.slice(pos);
+}
+
+/** Replace the value of a pair written value first, whose name is sensitive. */
+function redactValueBeforeName(text: string, keys: KeyRule): string {
+  let out = "";
+  let pos = 0;
+  for (const field of text.matchAll(PAIR_FIELD_RE)) {
+    const end = field.index! + field[0].length;
+    if (field.index! < pos || pairRole((field.groups as Groups).field!) !== VALUE) continue;
+    VALUE_RE.lastIndex = end;
+    const value = VALUE_RE.exec(text);
+    if (value === null || value[0].length === 0 || value[0] === REDACTED) continue;
+    NAME_AFTER_RE.lastIndex = end + value[0].length;
+    const name = NAME_AFTER_RE.exec(text);
+    const groups = name?.groups as Groups | undefined;
+    if (groups === undefined || pairRole(groups.nm!) !== NAME || !keys.isSensitive(groups.key!)) continue;
+    const { q, eq } = value.groups as Groups;
+    const quote = q ?? eq ?? "";
+    out += text.slice(pos, end) + quote + REDACTED + quote;
+    pos = end + value[0].length;
+  }
+  return pos === 0 ? text : out + text.slice(pos);
+}
+
+/** Pairs whose name and value stand apart: flags, quoted pairs, XML, YAML lists (`pairHint`:
+ * the text holds a pair value word). */
+function redactTextPairs(text: string, keys: KeyRule, pairHint: boolean): string {
+  if (text.startsWith("-") || BLANK_DASHES.some((blank) => text.includes(blank))) {
+    text = redactAfter(text, FLAG_RE, keys);
+  }
+  if (text.includes(",")) text = redactAfter(text, QUOTED_PAIR_RE, keys);
+  if (pairHint) text = redactAfter(text, NAME_VALUE_RE, keys);
+  if (text.includes("</")) {
+    text = text.replace(XML_RE, (whole, ...args) => {
+      const { tag, value } = args[args.length - 1] as Groups;
+      const local = tag!.slice(tag!.lastIndexOf(":") + 1);
+      if (!value!.trim() || value === REDACTED || !keys.isSensitive(local)) return whole;
+      const start = whole.indexOf(">") + 1; // the opening tag's attributes hold no ">"
+      return whole.slice(0, start) + REDACTED + whole.slice(start + value!.length);
+    });
+  }
+  if (text.includes("\n") && text.includes(":")) text = redactYamlBlocks(text, keys, "\n");
+  if (text.includes("\\n") && text.includes(":")) text = redactYamlBlocks(text, keys, "\\n");
+  return text;
+}
+
+/** `line` without the "\r"s it ends with (Python's rstrip("\r"); a RegExp `\r+$` would
+ * retry from every "\r" of a run). */
+function stripCr(line: string): string {
+  let end = line.length;
+  while (end > 0 && line.charCodeAt(end - 1) === 13) end--;
+  return end === line.length ? line : line.slice(0, end);
+}
+
+/** Replace every item of a YAML block (a list, a mapping) under a sensitive key. */
+function redactYamlBlocks(text: string, keys: KeyRule, newline: string): string {
+  const escaped = newline !== "\n";
+  const itemRe = escaped ? YAML_ITEM_ESCAPED_RE : YAML_ITEM_RE;
+  const lines = text.split(newline);
+  let changed = false;
+  let i = 0;
+  while (i < lines.length) {
+    let line = stripCr(lines[i]!);
+    const head = YAML_KEY_RE.exec(escaped ? line.slice(line.lastIndexOf('"') + 1) : line);
+    i += 1;
+    if (head === null || !keys.isSensitive((head.groups as Groups).key!)) continue;
+    const indent = (head.groups as Groups).indent!.length;
+    while (i < lines.length) {
+      line = stripCr(lines[i]!);
+      const body = line.replace(/^[ \t]+/, "");
+      const depth = line.length - body.length;
+      if (body && !(depth > indent || (depth === indent && body.startsWith("- ")))) break;
+      const item = itemRe.exec(line);
+      const groups = item?.groups as Groups | undefined;
+      if (groups !== undefined && groups.value !== REDACTED) {
+        lines[i] = groups.head! + REDACTED + (groups.rest ?? "") + lines[i]!.slice(line.length);
+        changed = true;
+      }
+      i += 1;
+    }
+  }
+  return changed ? lines.join(newline) : text;
 }

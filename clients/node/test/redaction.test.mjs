@@ -19,3 +19,27 @@ test("64 KiB of one keyword repeated is redacted in linear time (RegExp backtrac
     assert.ok(!redactor.redactString(text).includes(bearer));
   }
 });
+
+test("64 KiB of a pair, flag, XML, YAML, URL or encoded-run shape repeated is redacted in linear time", () => {
+  // Attack: the rules ported from service/redaction.py (issue 26) scan from a name, a flag, a
+  // tag, a "scheme://user:" or a "%25" onward; retried from each occurrence of a shape, a
+  // backtracking scan is quadratic (Python's URL-password expression: 22 s of CPU for 64 KiB
+  // of "a://b:"). A secret after the flood is still found.
+  const redactor = new Redactor(["ssn"]);
+  const units = [
+    ...["a://b:", "a://b:@", "x://u:p", "a%3A%2F%2Fb%3A", "a%253A%252F%252Fb%253A", "%2541", "%40"],
+    ...["--password ", " -password", "-p ", '["password", ', "('token', ", "<password>", "</password>"],
+    ...["<a><![CDATA[", '"name": "password", "value": ', '"value": "x", "name": ', "name=password&value="],
+    ...["password:\n", "password:\\n", "key: \n  - ", "password:\n" + "\r".repeat(10), '"field": "password", "old": '],
+  ];
+  for (const unit of units) {
+    const flood = unit.repeat(Math.floor(65536 / unit.length)).slice(0, 60000) + "x".repeat(5000);
+    const started = process.cpuUsage();
+    redactor.redactString(flood);
+    const spent = process.cpuUsage(started);
+    assert.ok(spent.user + spent.system < 500_000, `${JSON.stringify(unit)}: ${spent.user} µs`);
+    const secret = "Zq8vR2kLm4Tn6Wp1";
+    const text = `${flood}\npg_dump --password ${secret} prod`;
+    assert.ok(!redactor.redactString(text).includes(secret), JSON.stringify(unit));
+  }
+});
