@@ -226,8 +226,9 @@ _is_sensitive_key_cached = functools.lru_cache(maxsize=8192)(_is_sensitive_key) 
 # Text without any (most values) is returned as it is, at once. One Aho-Corasick automaton
 # finds any of them in a single pass (a regex alternation would try each at every position).
 # Short final words ("auth", "sid") are stems only where they end a name or key (`"auth":`,
-# `x-auth`, `connect.sid`, `auth=`), so that an `auth.login` action (and its presentation
-# code `audit.auth.login`) leaves the event alone.
+# `x-auth`, `connect.sid`, `auth=`) or name a pair (`["auth", …]`, `{"name": "auth", …}`),
+# so that an `auth.login` action (and its presentation code `audit.auth.login`) leaves the
+# event alone.
 _SHORT_FINAL_WORDS = ("auth", "sid")
 _HAND_STEMS: tuple[str, ...] = (
     *("pass", "pwd", "pw", "secret", "token", "cookie", "cred", "authoriz", "jwt", "otp"),
@@ -236,7 +237,16 @@ _HAND_STEMS: tuple[str, ...] = (
     *(
         stem
         for word in _SHORT_FINAL_WORDS
-        for stem in (f'{word}":', f"{word}':", f'{word}\\"', f"{word}=", f"{word}:", f"{word}>")
+        for stem in (
+            *(f'{word}":', f"{word}':", f'{word}\\"', f"{word}=", f"{word}:", f"{word}>"),
+            # A pair's name: first in a list, or a name/value mapping's name
+            *(f'["{word}"', f'[ "{word}"', f"['{word}'", f"('{word}'", f'"{word}" :'),
+            *(
+                form.format(role=role, word=word)
+                for role in ("name", "key", "field")
+                for form in ('{role}":"{word}"', '{role}": "{word}"', "{role}': '{word}'")
+            ),
+        )
     ),
     *("-auth", "_auth", "-sid", "_sid", ".sid"),
 )

@@ -805,6 +805,9 @@ PAIR_NAMES = (
     "PHPSESSID",
     "client_secret",
     "aws_secret_access_key",
+    # Short final words are secrets only as a whole name: a pair names them that way.
+    "auth",
+    "sid",
 )
 FILLER_KEYS = ("items", "spec", "entries", "group", "node", "list", "config")
 
