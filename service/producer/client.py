@@ -28,7 +28,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from service.connections import parse_redis_url, redis_client
 from service.errors import ConfigError, InvalidEvent
 from service.events import ACTION_PATTERN, AuditEvent, finalize
-from service.producer.context import AuditContext, audit_context, with_context
+from service.producer.context import AuditContext, current_context, with_context
 from service.producer.failures import (
     FAILURE_PREFIX,
     BufferFull,
@@ -301,7 +301,7 @@ class AuditClient:
         `DeliveryUncertain` means the event was sent and no answer came in time: it may
         still be stored, so resend it with the same `id` (stored once), never as a new event.
         """
-        context = audit_context.get()
+        context = current_context()
         try:
             if self._closing:
                 raise ClientClosed("the audit client is closed")
@@ -322,7 +322,7 @@ class AuditClient:
 
     def capture_nowait(self, event: AuditEvent) -> None:
         """Buffer one event for the next batch; return at once, from any thread."""
-        context = audit_context.get()
+        context = current_context()
         try:
             if self._closing:
                 raise ClientClosed("the audit client is closed")

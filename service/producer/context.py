@@ -7,6 +7,7 @@ import ipaddress
 import logging
 import os
 import re
+import threading
 from collections.abc import Callable, Iterable, Sequence
 from contextvars import ContextVar
 
@@ -84,7 +85,100 @@ class AuditContext(msgspec.Struct, frozen=True, kw_only=True):
         return self.actor
 
 
-audit_context: ContextVar[AuditContext | None] = ContextVar("audit_context", default=None)
+class DeferredContext:
+    """A request's AuditContext, worked out at its first use: most requests capture nothing.
+
+    A middleware subclasses it with the two readings of its request. Its request id is
+    worked out on its own (the response echoes it whether or not anything was captured);
+    the rest at the first capture or attribute read. It reads as an AuditContext.
+    """
+
+    __slots__ = ("_built", "_request_id")
+
+    def __init__(self) -> None:
+        self._request_id: str | None = None
+        self._built: AuditContext | None = None
+
+    def header_request_id(self) -> str | None:
+        """The client's X-Request-ID, as sent (None when absent)."""
+        raise NotImplementedError
+
+    def build(self, request_id: str) -> AuditContext:
+        """Build the context (with `request_context`), with this request id."""
+        raise NotImplementedError
+
+    @property
+    def request_id(self) -> str:
+        """The request's id: the client's when sane, else a new one (the same from then on)."""
+        request_id = self._request_id
+        if request_id is None:
+            with _deferred_lock:  # threads of the request's pool may ask at once
+                if self._request_id is None:
+                    self._request_id = sane_request_id(self.header_request_id()) or new_request_id()
+                request_id = self._request_id
+        return request_id
+
+    def resolve(self) -> AuditContext:
+        """The context, built once."""
+        built = self._built
+        if built is None:
+            request_id = self.request_id
+            with _deferred_lock:
+                if self._built is None:
+                    try:
+                        self._built = self.build(request_id)
+                    except Exception:
+                        # Auditing must not break the request it describes; the bug is logged.
+                        logger.warning(
+                            "audit context failed; the request has its id only", exc_info=True
+                        )
+                        self._built = AuditContext(request_id=request_id, actor_slot=ActorSlot())
+                built = self._built
+        return built
+
+    # The rest of AuditContext, for code that reads `audit_context` itself.
+
+    @property
+    def ip(self) -> str | None:
+        return self.resolve().ip
+
+    @property
+    def user_agent(self) -> str | None:
+        return self.resolve().user_agent
+
+    @property
+    def method(self) -> str | None:
+        return self.resolve().method
+
+    @property
+    def path(self) -> str | None:
+        return self.resolve().path
+
+    @property
+    def actor(self) -> Actor | None:
+        return self.resolve().actor
+
+    @property
+    def actor_slot(self) -> ActorSlot | None:
+        return self.resolve().actor_slot
+
+    def current_actor(self) -> Actor | None:
+        return self.resolve().current_actor()
+
+
+_deferred_lock = threading.Lock()
+
+audit_context: ContextVar[AuditContext | DeferredContext | None] = ContextVar(
+    "audit_context", default=None
+)
+
+
+def current_context() -> AuditContext | None:
+    """The audit context of the current request (or task), if any, worked out."""
+    context = audit_context.get()
+    if isinstance(context, DeferredContext):
+        return context.resolve()
+    return context
 
 
 def set_actor(actor: Actor) -> None:
@@ -93,7 +187,7 @@ def set_actor(actor: Actor) -> None:
     Inside a request of one of the middlewares (aiohttp, ASGI, Django) it holds for the
     whole request, also when called from a sync dependency run in a thread pool.
     """
-    current = audit_context.get()
+    current = current_context()
     if current is None:
         audit_context.set(AuditContext(actor=actor))
     elif current.actor_slot is not None:
@@ -102,13 +196,46 @@ def set_actor(actor: Actor) -> None:
         audit_context.set(msgspec.structs.replace(current, actor=actor))
 
 
-def trusted_networks(proxies: Iterable[str] | str) -> tuple[IPNetwork, ...]:
+class TrustedProxies:
+    """The proxies whose forwarding headers are believed, and what each address seen is.
+
+    A middleware makes one at start: its cache is keyed by the address alone (a key that
+    also held the networks would hash every network, in Python, twice a request).
+    """
+
+    __slots__ = ("_remembered", "networks")
+
+    def __init__(self, networks: Iterable[IPNetwork]) -> None:
+        self.networks = tuple(networks)
+        # Parsing an address and testing networks cost microseconds; the same proxies and
+        # clients come back, so each answer is remembered.
+        self._remembered = functools.lru_cache(maxsize=ADDRESSES_KEPT)(
+            functools.partial(
+                _classify_address, trusted=self.networks, ipv4=_ipv4_ranges(self.networks)
+            )
+        )
+
+    def classify(self, value: str | None) -> tuple[str | None, bool]:
+        """The address `value` names (None when it names none), and whether it is trusted."""
+        if value is None:
+            return None, False
+        if len(value) <= ADDRESS_CACHED_MAX_CHARS:
+            return self._remembered(value)
+        return _classify_address(value, self.networks)
+
+
+def trusted_networks(proxies: Iterable[str] | str) -> TrustedProxies:
     """Parse trusted proxies (addresses or CIDR networks); a bad one is a ValueError."""
     # A lone string would otherwise be read as one proxy per character.
     items = proxies.split(",") if isinstance(proxies, str) else proxies
-    return tuple(
+    return TrustedProxies(
         ipaddress.ip_network(proxy.strip(), strict=False) for proxy in items if proxy.strip()
     )
+
+
+def new_request_id() -> str:
+    """A new request id: 32 hex digits, as uuid4().hex, at a fifth of its cost."""
+    return os.urandom(16).hex()
 
 
 def request_context(
@@ -120,7 +247,7 @@ def request_context(
     user_agent: str | None,
     method: str | None,
     path: str | None,
-    trusted: Sequence[IPNetwork],
+    trusted: TrustedProxies | Sequence[IPNetwork],
     actor: Actor | None = None,
     resolve_actor: Callable[[], Actor | None] | None = None,
 ) -> AuditContext:
@@ -131,8 +258,7 @@ def request_context(
     query string (query strings often carry tokens).
     """
     return AuditContext(
-        # 32 hex digits, as uuid4().hex, at a fifth of its cost.
-        request_id=sane_request_id(request_id) or os.urandom(16).hex(),
+        request_id=sane_request_id(request_id) or new_request_id(),
         ip=client_ip(peer, forwarded_for, real_ip, trusted),
         user_agent=clip(user_agent, USER_AGENT_MAX_CHARS),
         method=clip(method, METHOD_MAX_CHARS),
@@ -162,47 +288,40 @@ def client_ip(
     peer: str | None,
     forwarded_for: str | None,
     real_ip: str | None,
-    trusted: Sequence[IPNetwork],
+    trusted: TrustedProxies | Sequence[IPNetwork],
 ) -> str | None:
     """Return the client's address: the peer, or what a trusted proxy peer says it forwarded."""
-    return _client_ip(peer, forwarded_for, real_ip, trusted)
-
-
-def _client_ip(
-    peer: str | None,
-    forwarded_for: str | None,
-    real_ip: str | None,
-    trusted: Sequence[IPNetwork],
-) -> str | None:
-    peer_address, peer_trusted = _classify(peer, trusted)
+    if not isinstance(trusted, TrustedProxies):
+        trusted = _proxies_of(tuple(trusted))
+    classify = trusted.classify
+    peer_address, peer_trusted = classify(peer)
     if peer_address is None or not peer_trusted:
         return peer_address
     if forwarded_for:
         # Proxies append, so walk from the right: the first untrusted hop is the client.
         for hop in reversed(forwarded_for.split(",")):
-            address, hop_trusted = _classify(hop, trusted)
+            address, hop_trusted = classify(hop)
             if address is None:
                 break  # a malformed hop: nothing left of it can be believed
             if not hop_trusted:
                 return address
-    real, _ = _classify(real_ip, trusted)
+    real, _ = classify(real_ip)
     if real is not None:
         return real
     return peer_address
 
 
-def _classify(value: str | None, trusted: Sequence[IPNetwork]) -> tuple[str | None, bool]:
-    """The address `value` names (None when it names none), and whether it is trusted."""
-    if value is None:
-        return None, False
-    if len(value) <= ADDRESS_CACHED_MAX_CHARS:
-        # Parsing an address and testing networks cost microseconds; the same proxies and
-        # clients come back, so each answer is remembered.
-        return _classify_cached(value, tuple(trusted))
-    return _classify_address(value, trusted)
+@functools.lru_cache(maxsize=64)
+def _proxies_of(networks: tuple[IPNetwork, ...]) -> TrustedProxies:
+    return TrustedProxies(networks)
 
 
-def _classify_address(value: str, trusted: Sequence[IPNetwork]) -> tuple[str | None, bool]:
+def _classify_address(
+    value: str,
+    trusted: Sequence[IPNetwork],
+    ipv4: tuple[tuple[int, int], ...] | None = None,
+) -> tuple[str | None, bool]:
+    """`TrustedProxies.classify` uncached; `ipv4`: the IPv4 networks of `trusted`, as ints."""
     text = value.strip()
     quad = _DOTTED_QUAD.fullmatch(text)
     if quad is not None:
@@ -210,7 +329,9 @@ def _classify_address(value: str, trusted: Sequence[IPNetwork]) -> tuple[str | N
         # each request must stay cheap): it is its own canonical text.
         a, b, c, d = (int(octet) for octet in quad.groups())
         number = (a << 24) | (b << 16) | (c << 8) | d
-        return text, any(number & mask == net for net, mask in _ipv4_ranges(tuple(trusted)))
+        if ipv4 is None:
+            ipv4 = _ipv4_ranges(tuple(trusted))
+        return text, any(number & mask == net for net, mask in ipv4)
     address = parse_ip(text)
     if address is None:
         return None, False
@@ -226,9 +347,6 @@ def _ipv4_ranges(trusted: tuple[IPNetwork, ...]) -> tuple[tuple[int, int], ...]:
     return tuple(
         (int(net.network_address), int(net.netmask)) for net in trusted if net.version == 4
     )
-
-
-_classify_cached = functools.lru_cache(maxsize=ADDRESSES_KEPT)(_classify_address)
 
 
 def parse_ip(value: str | None) -> IPAddress | None:

@@ -265,3 +265,24 @@ async def test_a_lifespan_scope_passes_through_without_a_context() -> None:
 
     await AuditContextMiddleware(app, trusted_proxies=[])({"type": "lifespan"}, None, None)
     assert seen == [("lifespan", None)]
+
+
+async def test_the_context_is_the_request_as_it_came_in_though_the_app_rewrites_the_scope() -> None:
+    seen: list[tuple[str | None, str | None, str | None]] = []
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        # A router inside rewrites the scope before the endpoint's first capture.
+        scope["path"], scope["method"], scope["client"] = "/inner", "GET", ("203.0.113.9", 1)
+        context = audit_context.get()
+        assert context is not None
+        seen.append((context.path, context.method, context.ip))
+        await send({"type": "http.response.start", "status": 204, "headers": []})
+        await send({"type": "http.response.body", "body": b""})
+
+    transport = httpx.ASGITransport(
+        app=AuditContextMiddleware(app, trusted_proxies=[]), client=STRANGER_PEER
+    )
+    async with httpx.AsyncClient(transport=transport, base_url="http://service.test") as client:
+        response = await client.put("/outer/7")
+    assert response.status_code == 204 and len(response.headers["X-Request-ID"]) == 32
+    assert seen == [("/outer/7", "PUT", "203.0.113.50")]

@@ -23,6 +23,7 @@ from service.producer.context import (
     parse_ip,
     sane_request_id,
     set_actor,
+    trusted_networks,
 )
 from service.producer.middleware import context_middleware
 from tests.support.queue import queued_events
@@ -214,3 +215,14 @@ def test_the_fast_address_reading_agrees_with_the_ipaddress_module(value: str) -
         else (str(address), any(address.version == n.version and address in n for n in trusted))
     )
     assert _classify_address(value, trusted) == expected
+
+
+@pytest.mark.unit
+def test_each_set_of_trusted_proxies_remembers_addresses_on_its_own() -> None:
+    # The same peer, through middlewares that trust different proxies: no answer leaks
+    # from one's memory into the other's.
+    loose, strict = trusted_networks(["10.0.0.0/8"]), trusted_networks("192.0.2.1")
+    for _ in range(2):
+        assert client_ip("10.0.0.5", "203.0.113.7", None, loose) == "203.0.113.7"
+        assert client_ip("10.0.0.5", "203.0.113.7", None, strict) == "10.0.0.5"
+        assert client_ip("10.0.0.5", "203.0.113.7", None, TRUSTED) == "203.0.113.7"

@@ -1,9 +1,8 @@
 // The producer: capture audit events and enqueue them in batches, never throwing to the caller.
-import { randomFillSync } from "node:crypto";
+import { randomBytes } from "node:crypto";
 import { readFileSync } from "node:fs";
 
 import { Redis } from "ioredis";
-import { v7 as uuidv7 } from "uuid";
 
 import { contextActor, currentContext, type AuditContext } from "./context.js";
 import { ACTION_MAX_CHARS, ACTION_PATTERN, type AuditEvent } from "./events.js";
@@ -80,31 +79,49 @@ interface Item {
 
 const validActions = new Set<string>();
 
-// Random bytes for the ids, drawn from the system a pool at a time: one getrandom call per
-// id cost more than the rest of a capture on a loaded machine.
-const RANDOM_POOL = new Uint8Array(16 * 1024);
-let randomOffset = RANDOM_POOL.length;
+// The random ends of the ids ("-7xxx-Vxxx-xxxxxxxxxxxx": version 7, the variant, 74 random
+// bits), made from the system's random bytes a pool at a time (one getrandom call per id cost
+// more than the rest of a capture on a loaded machine): an id is then its millisecond and a
+// slice of the pool.
+const ID_TAIL_CHARS = 23;
+const ID_TAILS_PER_POOL = 512;
+const VARIANT = "89ab"; // the variant's bits (10) and two random bits
+let idTails = "";
+let idTailOffset = 0;
 
-// The time of capture as RFC 3339, made once per millisecond (events come many a millisecond).
+function fillIdTails(): void {
+  const hex = randomBytes(ID_TAILS_PER_POOL * 10).toString("hex"); // 20 digits a tail
+  const tails = new Array<string>(ID_TAILS_PER_POOL);
+  for (let i = 0, o = 0; i < ID_TAILS_PER_POOL; i++, o += 20) {
+    const variant = VARIANT[parseInt(hex[o + 3]!, 16) & 3]!;
+    tails[i] = `-7${hex.slice(o, o + 3)}-${variant}${hex.slice(o + 4, o + 7)}-${hex.slice(o + 7, o + 19)}`;
+  }
+  idTails = tails.join("");
+  idTailOffset = 0;
+}
+
+// The time of capture, made once per millisecond (events come many a millisecond): RFC 3339
+// for `ts`, and the 48-bit millisecond count that opens a UUIDv7 ("xxxxxxxx-xxxx").
 let lastMs = 0;
 let lastIso = "";
+let lastIdTime = "";
 
-function isoNow(): string {
+function tick(): void {
   const now = Date.now();
   if (now !== lastMs) {
     lastMs = now;
     lastIso = new Date(now).toISOString();
+    const hex = now.toString(16).padStart(12, "0");
+    lastIdTime = `${hex.slice(0, 8)}-${hex.slice(8)}`;
   }
-  return lastIso;
 }
 
-function pooledRandom(): Uint8Array {
-  if (randomOffset + 16 > RANDOM_POOL.length) {
-    randomFillSync(RANDOM_POOL);
-    randomOffset = 0;
-  }
-  randomOffset += 16;
-  return RANDOM_POOL.subarray(randomOffset - 16, randomOffset);
+/** A new UUIDv7 (RFC 9562) of the current millisecond (call `tick` first). */
+function newId(): string {
+  if (idTailOffset === idTails.length) fillIdTails();
+  const tail = idTails.slice(idTailOffset, idTailOffset + ID_TAIL_CHARS);
+  idTailOffset += ID_TAIL_CHARS;
+  return lastIdTime + tail;
 }
 
 function envList(name: string): string[] {
@@ -125,6 +142,7 @@ export class AuditClient {
   private readonly sendTimeoutMs: number;
   private buffer: Item[] = [];
   private timer: NodeJS.Timeout | undefined;
+  private flushSoon = false; // a drain is set for the end of this turn
   private sending: Promise<void> | undefined;
   private closing = false;
   private functions = true; // FCALL, else EVAL of the shipped script (a Redis before 7)
@@ -260,9 +278,10 @@ export class AuditClient {
       json = JSON.stringify(done);
     }
     // The id and ts, when made here, are written in front: no copy of the event is made.
-    const id = event.id ?? uuidv7({ rng: pooledRandom });
+    tick();
+    const id = event.id ?? newId();
     let head = event.id === undefined ? `"id":"${id}",` : "";
-    if (event.ts === undefined) head += `"ts":"${isoNow()}",`;
+    if (event.ts === undefined) head += `"ts":"${lastIso}",`;
     const payload = head === "" ? json : `{${head}${json.slice(1)}`;
     if (payload.length * 3 > this.maxEventBytes) {
       const bytes = Buffer.byteLength(payload);
@@ -284,9 +303,18 @@ export class AuditClient {
     this.buffer.push(item);
     if (this.sending) return; // the sender takes it after its batch in flight
     if (this.buffer.length >= this.flushMaxEvents) {
-      clearTimeout(this.timer);
-      this.timer = undefined;
-      void this.drain();
+      // A full batch leaves once the caller's turn is over, with whatever else that turn
+      // captured: the send (the batch's encoding and the socket write) is never paid by
+      // the one call that happened to fill it.
+      if (!this.flushSoon) {
+        this.flushSoon = true;
+        clearTimeout(this.timer);
+        this.timer = undefined;
+        setImmediate(() => {
+          this.flushSoon = false;
+          void this.drain();
+        });
+      }
     } else if (this.timer === undefined) {
       this.timer = setTimeout(() => {
         this.timer = undefined;
@@ -328,14 +356,14 @@ export class AuditClient {
   private async send(batch: Item[]): Promise<void> {
     const live = batch.filter((item) => item.state === QUEUED);
     if (live.length === 0) return;
-    let payload = "[";
+    const payloads = new Array<string>(live.length);
     for (let i = 0; i < live.length; i++) {
       live[i]!.state = SENT;
-      payload += (i === 0 ? "" : ",") + live[i]!.payload;
+      payloads[i] = live[i]!.payload;
     }
-    payload += "]";
     try {
-      await this.enqueue(payload);
+      // One flat string (`+=` would leave a rope of the batch to flatten at the write).
+      await this.enqueue(`[${payloads.join(",")}]`);
     } catch (error) {
       for (const item of live) this.settle(item, null, error);
       return;

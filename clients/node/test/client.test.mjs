@@ -278,6 +278,13 @@ describe("captureNowait", () => {
     assert.deepEqual(new Set(events.map((e) => e.entity.id)).size, count);
     assert.ok(jobs <= count / 100, `${jobs} jobs for ${count} events`); // batches, not one per event
     assert.equal(client.stats().sent, count);
+    // Each id a UUIDv7 of its own whose millisecond is the event's ts (the ids are made here).
+    assert.equal(new Set(events.map((e) => e.id)).size, count);
+    for (const event of events) {
+      assert.match(event.id, UUID7);
+      const ms = parseInt(event.id.slice(0, 8) + event.id.slice(9, 13), 16);
+      assert.equal(ms, Date.parse(event.ts), `${event.id} made at ${event.ts}`);
+    }
     const ids = await redis.zrange(queue, 0, -1);
     await redis.del(queue, `auditq:open-job:${queue}`, ...ids.map((taskId) => `arq:job:${taskId}`));
   });
