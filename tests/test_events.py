@@ -66,3 +66,13 @@ def test_a_fresh_event_holding_itself_is_refused_for_its_nesting() -> None:
     metadata["self"] = metadata
     with pytest.raises(InvalidEvent, match="nests deeper than"):
         finalize(AuditEvent(action="doc.viewed", metadata=metadata))
+
+
+def test_a_fresh_event_gets_a_uuid7_and_the_time_that_id_carries() -> None:
+    from service.events import new_event_id
+
+    for _ in range(2000):  # across milliseconds: the time cached for one is not reused
+        done, data = finalize(AuditEvent(action="doc.viewed"), validate=True)
+        assert done.id is not None and done.id.version == 7 and str(done.id) in data.decode()
+        assert done.ts == datetime.fromtimestamp((done.id.int >> 80) / 1000, UTC)
+    assert new_event_id().version == 7
