@@ -172,14 +172,17 @@ def _uuid7_time(event_id: uuid.UUID) -> datetime | None:
 
 
 _CONTAINERS = (dict, list, tuple)
+# Values of these exact types nest nothing: told apart by one set lookup, before isinstance
+# (a subclass of a container is still walked), as most values are scalars.
+_SCALARS = frozenset({str, int, float, bool, type(None)})
 
 
 def _nesting_exceeds(value: object, limit: int) -> bool:
     """Tell whether lists/objects nest deeper than `limit` (walked without recursion)."""
-    if not isinstance(value, _CONTAINERS):
+    if type(value) in _SCALARS or not isinstance(value, _CONTAINERS):
         return False
     for child in value.values() if isinstance(value, dict) else value:
-        if isinstance(child, _CONTAINERS):
+        if type(child) not in _SCALARS and isinstance(child, _CONTAINERS):
             break
     else:
         return limit <= 0  # flat, as most are: nothing to walk
@@ -203,14 +206,15 @@ def _check_nesting(event: AuditEvent) -> None:
         name = "metadata"
     elif event.presentation is not None and _nesting_exceeds(event.presentation.params, limit):
         name = "presentation.params"
-    else:
-        for index, change in enumerate(event.changes or ()):
-            for side, value in (("old", change.old), ("new", change.new)):
-                if _nesting_exceeds(value, limit):
-                    name = f"changes[{index}].{side}"
-                    break
-            if name is not None:
-                break
+    elif event.changes:
+        for index, change in enumerate(event.changes):
+            if _nesting_exceeds(change.old, limit):
+                name = f"changes[{index}].old"
+            elif _nesting_exceeds(change.new, limit):
+                name = f"changes[{index}].new"
+            else:
+                continue
+            break
     if name is not None:
         raise InvalidEvent(f"`{name}` nests deeper than {MAX_NESTING} levels")
 
@@ -228,21 +232,15 @@ def finalize(
     """Fill the defaults, redact secrets and check the size; return the event and its JSON.
     `validate`: also decode the JSON as the worker will (InvalidEvent naming the field); an
     event the redaction changed was decoded by it already, and is not decoded twice."""
-    # The commonest event (no id, no ts, nothing of it can fail before its encoding) has its
-    # nesting bounded by its JSON instead, after the encoding (see below): walking it cost
-    # more than a tenth of a capture_nowait.
-    fresh = (
-        event.id is None and default_id is None and event.ts is None and type(event.action) is str
-    )
-    if not fresh:
-        _check_nesting(event)
+    _check_nesting(event)
     category = event.category or event.action.split(".", 1)[0]
     presentation = event.presentation or Presentation(code=f"audit.{event.action}")
-    if fresh:
-        # Id and ts made here, now; a time of this clock is in range.
+    event_id = event.id or default_id
+    if event_id is None and event.ts is None:
+        # The commonest event: id and ts made here, now; a time of this clock is in range.
         event_id, ts = _new_id_and_time()
     else:
-        event_id = event.id or default_id or new_event_id()
+        event_id = event_id or new_event_id()
         ts = _checked_ts(event, event_id, default_ts, max_future_s)
     done = msgspec.structs.replace(
         event,
@@ -251,16 +249,7 @@ def finalize(
         category=category,
         presentation=presentation,
     )
-    try:
-        data = _encoder.encode(done)
-    except Exception:
-        if fresh:
-            _check_nesting(event)  # its error first, as for any event (too deep to encode)
-        raise
-    # Every list or object nested in it opens with a bracket in its JSON (brackets inside
-    # strings only add to the count): too few brackets, nothing nests too deep.
-    if fresh and data.count(b"{") + data.count(b"[") > MAX_NESTING:
-        _check_nesting(event)
+    data = _encoder.encode(done)
     needed, cards = json_precheck(data, extra_keys)  # one scan; most events stop here
     if needed:
         redacted = _redact_encoded(done, data, extra_keys, cards)

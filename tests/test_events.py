@@ -51,7 +51,8 @@ def test_a_fresh_event_at_the_nesting_limit_passes_one_level_more_is_refused(ind
     from service.events import MAX_NESTING
 
     finalize(_deep_events(MAX_NESTING)[index], validate=True)
-    with pytest.raises(InvalidEvent, match=f"nests deeper than {MAX_NESTING} levels"):
+    name = ("metadata", r"presentation\.params", r"changes\[0\]\.new")[index]
+    with pytest.raises(InvalidEvent, match=f"`{name}` nests deeper than {MAX_NESTING} levels"):
         finalize(_deep_events(MAX_NESTING + 1)[index], validate=True)
 
 
