@@ -470,6 +470,9 @@ async def test_export_streams_every_row_as_csv_and_jsonl(
     settings: Settings,
 ) -> None:
     t0 = datetime.now(UTC) - timedelta(days=1)
+    # Three of the export's server-side cursor fetches: rows streamed chunk after chunk, as
+    # 20,000 showed, in a sixth of the time.
+    bulk = 3 * export.EXPORT_CHUNK_ROWS
     events = [
         make_event(
             action="file.downloaded",
@@ -478,7 +481,7 @@ async def test_export_streams_every_row_as_csv_and_jsonl(
             actor={"id": f"user-{n % 50}", "type": "user"},
             metadata={"n": n},
         )
-        for n in range(20_000)
+        for n in range(bulk)
     ]
     hostile = make_event(
         action="profile.updated",
@@ -501,10 +504,10 @@ async def test_export_streams_every_row_as_csv_and_jsonl(
         text = await response.text()
     rows = list(csv.reader(io.StringIO(text)))
     assert rows[0] == list(export.CSV_HEADER)
-    assert len(rows) == 1 + 20_001
+    assert len(rows) == 1 + bulk + 1
     header = rows[0]
     by_id = {row[0]: dict(zip(header, row, strict=True)) for row in rows[1:]}
-    assert len(by_id) == 20_001
+    assert len(by_id) == bulk + 1
     cells = by_id[str(hostile.id)]
     assert cells["actor_name"] == '\'=HYPERLINK("http://x","y")'
     assert cells["entity_id"] == "'+1-555"
@@ -517,7 +520,7 @@ async def test_export_streams_every_row_as_csv_and_jsonl(
     ) as response:
         assert response.status == 200
         lines = (await response.read()).splitlines()
-    assert len(lines) == 20_001
+    assert len(lines) == bulk + 1
     items = [json.loads(line) for line in lines]
     assert {entry["id"] for entry in items} == set(by_id)
     assert items[0]["id"] == str(hostile.id)  # newest first, as the list
