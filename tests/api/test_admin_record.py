@@ -15,9 +15,10 @@ from service.api.app import create_app
 from service.queue import dead_letter, revocations
 from service.settings import Settings
 from service.store import destinations
-from tests.api.test_tasks import add_failed, auditq, event
+from tests.api.test_tasks import add_failed, event
 from tests.destinations.receivers import Receiver
 from tests.support.admin_api import Tokens, admin_events, error_of, make_tokens, queued_payloads
+from tests.support.cli import cli_output
 from tests.support.servers import Servers
 
 TASKS = "/api/v1/admin/tasks"
@@ -110,6 +111,8 @@ async def test_the_cli_refuses_too(
     redis: aioredis.Redis,
     pg: asyncpg.Connection,
     receiver: Receiver,
+    cli_env: None,
+    capfd: pytest.CaptureFixture[str],
 ) -> None:
     await add_failed(redis, settings.queue, "failed-2", [event(2)])
     before = await add_siem(pg, receiver)
@@ -124,7 +127,7 @@ async def test_the_cli_refuses_too(
         ("destinations", "test", "siem"),
         ("destinations", "backfill", "siem", "--since", "2000-01-01T00:00:00Z"),
     ):
-        status, out = await auditq(settings, *args)
+        status, out = await cli_output(capfd, *args)
         assert (status != 0 and "could not be written" in out) or "read-only" in out, (args, out)
         assert out.count("\n") == 1 and "Traceback" not in out, out
     assert await dead_letter.list_ids(redis, settings.queue) == ["failed-2"]

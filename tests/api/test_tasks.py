@@ -2,13 +2,9 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
-import os
-import sys
 import time
 import uuid
-from pathlib import Path
 from typing import Any
 
 import asyncpg
@@ -20,6 +16,7 @@ from service.queue import dead_letter
 from service.queue.keys import IN_PROGRESS_PREFIX, attempts_key, complete_key
 from service.settings import Settings
 from tests.support.admin_api import Tokens, admin_events, enqueue, error_of, queued_payloads
+from tests.support.cli import cli_output
 from tests.support.polling import wait_for
 from tests.support.worker import count_rows, running_worker
 
@@ -299,43 +296,27 @@ async def test_every_task_route_needs_a_token_and_the_right_role(
             assert response.status in (200, 404)
 
 
-async def auditq(settings: Settings, *args: str) -> tuple[int, str]:
-    """Run the CLI against this test's servers; return its status and output."""
-    env = os.environ | {
-        "AUDITQ_REDIS_URL": settings.redis_url or "",
-        "AUDITQ_DATABASE_URL": settings.database_url or "",
-        "AUDITQ_QUEUE": settings.queue,
-        "AUDITQ_DATA_DIR": str(settings.data_dir),
-    }
-    process = await asyncio.create_subprocess_exec(
-        str(Path(sys.executable).with_name("auditq")),
-        *args,
-        env=env,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.STDOUT,
-    )
-    output, _ = await asyncio.wait_for(process.communicate(), 30)
-    assert process.returncode is not None
-    return process.returncode, output.decode()
-
-
 async def test_cli_is_a_thin_client_of_the_same_functions(
-    settings: Settings, redis: aioredis.Redis, pg: asyncpg.Connection
+    settings: Settings,
+    redis: aioredis.Redis,
+    pg: asyncpg.Connection,
+    cli_env: None,
+    capfd: pytest.CaptureFixture[str],
 ) -> None:
     await add_failed(redis, settings.queue, "cli-failed", [event(1), event(2)])
-    status, out = await auditq(settings, "tasks", "list", "--status", "failed")
+    status, out = await cli_output(capfd, "tasks", "list", "--status", "failed")
     assert status == 0 and "cli-failed" in out and "Failed: RejectedEvent" in out, out
-    status, out = await auditq(settings, "tasks", "show", "cli-failed")
+    status, out = await cli_output(capfd, "tasks", "show", "cli-failed")
     assert status == 0 and json.loads(out)["event_count"] == 2, out
-    status, out = await auditq(settings, "tasks", "retry", "cli-failed")
+    status, out = await cli_output(capfd, "tasks", "retry", "cli-failed")
     assert status == 0 and "queued" in out, out
-    status, out = await auditq(settings, "tasks", "retry", "cli-failed")
+    status, out = await cli_output(capfd, "tasks", "retry", "cli-failed")
     assert status != 0 and out.count("\n") == 1 and "only a failed task" in out, out
-    status, out = await auditq(settings, "stats")
+    status, out = await cli_output(capfd, "stats")
     assert status == 0 and "queued" in out and "no worker" in out, out
-    status, out = await auditq(settings, "tasks", "cleanup", "--keep-recent-failed", "-1")
+    status, out = await cli_output(capfd, "tasks", "cleanup", "--keep-recent-failed", "-1")
     assert status != 0 and "keep_recent_failed" in out and "Traceback" not in out, out
-    status, out = await auditq(settings, "tasks", "cleanup")
+    status, out = await cli_output(capfd, "tasks", "cleanup")
     assert status == 0 and out.startswith("deleted 0 complete and 0 failed"), out
     recorded = [(e["action"], e["actor_id"]) for e in await admin_events(pg, "task.")]
     assert recorded == [("task.retried", "cli"), ("task.cleanup", "cli")]

@@ -13,7 +13,7 @@ import msgspec
 import pytest
 
 from service.capture import installer
-from service.capture.relay import OutboxRelay, relay_client
+from service.capture.relay import BATCH_ROWS, OutboxRelay, relay_client
 from service.errors import ConfigError
 from service.settings import Settings
 from tests.support.capture import outbox_rows, relaying
@@ -21,7 +21,9 @@ from tests.support.cli import run_cli
 from tests.support.polling import wait_for
 from tests.support.worker import running_worker
 
-ROWS = 10_000
+# Each bulk statement spans three of the relay's batches (a statement's rows are read, sent
+# and deleted a batch at a time): what 10,000 rows proved, in a third of the time.
+ROWS = 3 * BATCH_ROWS
 SSN = "ssn-secret-"  # a masked column's values: never stored anywhere
 TOKEN = "tok-secret-"  # a column the redaction rules name (api_token): never stored either
 
@@ -40,7 +42,7 @@ async def stored_count(database_url: str, action: str) -> int:
     return n
 
 
-async def test_bulk_statements_of_ten_thousand_rows_become_one_event_per_row_each(
+async def test_bulk_statements_of_thousands_of_rows_become_one_event_per_row_each(
     settings: Settings, app_url: str, app: asyncpg.Connection, cli_env: None
 ) -> None:
     assert settings.database_url is not None
