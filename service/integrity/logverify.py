@@ -194,20 +194,35 @@ def compare_rows(
     the rows found and the mismatches. The usual case, every row intact, is one comparison."""
     sha256 = hashlib.sha256
     computed = [sha256(b"\x00" + row_leaf_of(r)).digest() for r in rows]
+    return compare_hashes(
+        row_seqs, computed, stored, lambda at: int(rows[at][0]), lambda at: str(rows[at][1])
+    )
+
+
+def compare_hashes(
+    row_seqs: str,
+    computed: Sequence[bytes],
+    stored: bytes,
+    seq_of: Callable[[int], int],
+    id_of: Callable[[int], str],
+) -> tuple[int, list[Mismatch]]:
+    """The leaf hashes of the rows found (in seq order; `seq_of` and `id_of` tell a found
+    row's seq and id by its position) against their batch's stored ones: the rows found and
+    the mismatches."""
     seqs = [s for lo, hi in int8_ranges(row_seqs) for s in range(lo, hi)]
-    if len(rows) == len(seqs) and b"".join(computed) == stored:
-        return len(rows), []
+    if len(computed) == len(seqs) and b"".join(computed) == stored:
+        return len(computed), []
     mismatches: list[Mismatch] = []
     at = 0
     for offset, seq in enumerate(seqs):
-        if at < len(rows) and rows[at][0] == seq:
+        if at < len(computed) and seq_of(at) == seq:
             leaf = computed[at]
             if leaf != stored[offset * HB : (offset + 1) * HB]:
-                mismatches.append((offset, seq, str(rows[at][1]), leaf))
+                mismatches.append((offset, seq, id_of(at), leaf))
             at += 1
         else:
             mismatches.append((offset, seq, None, None))
-    return len(rows), mismatches
+    return len(computed), mismatches
 
 
 async def _rows(ctx: _Ctx, batch: _Batch, found: int, mismatches: list[Mismatch]) -> None:

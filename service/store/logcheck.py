@@ -23,9 +23,10 @@ from typing import Any
 
 import asyncpg
 
-from service.integrity.logverify import Mismatch, RowsCheck, compare_rows
-from service.store.leaves import DATESTYLE, row_leaf_data
-from service.store.verify_reads import ROWS_TEXT_TIMES, int8_ranges
+from service.integrity.logverify import Mismatch, RowsCheck
+from service.store.copyleaf import check_piece
+from service.store.leaves import DATESTYLE, SEARCH_PATH
+from service.store.verify_reads import int8_ranges
 
 _SNAPSHOT_ID = re.compile(r"^[0-9A-F]+-[0-9A-F]+(-[0-9]+)?$")
 Job = tuple[int, str, bytes]
@@ -128,13 +129,13 @@ def _check(url: str, snapshot: str, piece: Piece) -> tuple[int, list[Mismatch]]:
         multiprocessing.util.Finalize(None, _close, exitpriority=10)
     loop, conn = _open["loop"], _open["conn"]
     _, _, row_seqs, stored = piece
-    rows = loop.run_until_complete(conn.fetch(ROWS_TEXT_TIMES, row_seqs, timeout=None))
-    return compare_rows(row_seqs, rows, stored, row_leaf_data)
+    return loop.run_until_complete(check_piece(conn, row_seqs, stored))  # type: ignore[no-any-return]
 
 
 async def _connect(url: str, snapshot: str) -> asyncpg.Connection:
     conn = await asyncpg.connect(url)
     await conn.execute(DATESTYLE)  # the times' text form
+    await conn.execute(SEARCH_PATH)
     await conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
     # SET TRANSACTION takes no parameters; the id was checked by the caller.
     await conn.execute(f"SET TRANSACTION SNAPSHOT '{snapshot}'")
@@ -154,13 +155,13 @@ async def _check_async(url: str, snapshot: str, jobs: list[Job]) -> list[Result]
     conn = await asyncpg.connect(url)
     try:
         await conn.execute(DATESTYLE)  # the times' text form
+        await conn.execute(SEARCH_PATH)
         async with conn.transaction(isolation="repeatable_read", readonly=True):
             # SET TRANSACTION takes no parameters; the id was checked by the caller.
             await conn.execute(f"SET TRANSACTION SNAPSHOT '{snapshot}'")
             results: list[Result] = []
             for first, row_seqs, stored in jobs:
-                rows = await conn.fetch(ROWS_TEXT_TIMES, row_seqs, timeout=None)
-                results.append((first, *compare_rows(row_seqs, rows, stored, row_leaf_data)))
+                results.append((first, *await check_piece(conn, row_seqs, stored)))
             return results
     finally:
         await conn.close()
