@@ -99,7 +99,7 @@ async def run(rows: int) -> dict[str, Any]:
             report = await verify_log(
                 conn, key.public_key(), row_leaf_of=row_leaf_data, rows_query=NEW_ROWS,
                 actions_query=NEW_ACTIONS, emit=lines.append,
-                rows_check=logcheck.in_processes(url),
+                rows_check=logcheck.rows_check(url),
             )  # fmt: skip
         verify_s = time.perf_counter() - began
         verify_cpu = _cpu_with_children() - cpu
