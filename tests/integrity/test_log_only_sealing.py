@@ -74,9 +74,10 @@ async def test_a_new_row_goes_only_into_the_log_and_an_owner_change_to_it_is_cau
 async def test_rows_checked_in_pieces_by_processes_report_what_one_pass_reports(
     settings: Settings, pg: asyncpg.Connection, tmp_path: Path
 ) -> None:
-    """Batches cut into pieces of 4 rows, checked by whichever process is free: an altered
-    row late in a batch and a row deleted from another piece are named with the same row
-    id and leaf index as the check of whole batches in this process names them."""
+    """Batches cut into pieces of 4 rows, checked by whichever process (or connection) is
+    free: an altered row late in a batch and a row deleted from another piece are named
+    with the same row id and leaf index as the check of whole batches in this process
+    names them."""
     key = load_or_create_private_key(settings.seal_key_path)
     ids = await store(pg, 30)
     await _seal_log(pg, key, _log(tmp_path))
@@ -90,11 +91,12 @@ async def test_rows_checked_in_pieces_by_processes_report_what_one_pass_reports(
     for how, check in (
         ("in place", None),
         ("pieces", logcheck.in_processes(settings.database_url, 2, in_place_below=0, piece_rows=4)),
+        ("connections", logcheck.on_connections(settings.database_url, 2, piece_rows=4)),
     ):
         report, lines = await run_verify_log(pg, key, rows_check=check)
         assert report.findings == 3, lines
         found[how] = lines
-    assert found["pieces"] == found["in place"]
+    assert found["pieces"] == found["in place"] == found["connections"]
     for row_id in (ids[17], ids[29]):
         assert any(line.startswith(f"row {row_id} altered (leaf ") for line in found["pieces"])
     assert any(
@@ -136,6 +138,7 @@ async def test_times_read_as_text_give_the_leaves_the_datetimes_give_whatever_th
     for check in (
         logcheck.in_processes(settings.database_url),  # in this process, one more connection
         logcheck.in_processes(settings.database_url, 2, in_place_below=0, piece_rows=4),
+        logcheck.on_connections(settings.database_url, 2, piece_rows=4),  # the C's binary times
     ):
         report, lines = await run_verify_log(pg, key, rows_check=check)
         assert report.findings == 0, lines
