@@ -15,6 +15,7 @@ module (an install with no compiler) every piece takes the Python path.
 from __future__ import annotations
 
 import hashlib
+import importlib
 import re
 from types import ModuleType
 
@@ -27,7 +28,7 @@ from service.store.verify_reads import ROWS_TEXT_TIMES, int8_ranges
 
 _copyleaf: ModuleType | None
 try:
-    from service.store import _copyleaf
+    _copyleaf = importlib.import_module("service.store._copyleaf")
 except ImportError:  # built without a compiler: the Python path
     _copyleaf = None
 
@@ -121,7 +122,9 @@ async def check_piece(
     if len(set(seqs)) != len(seqs):  # rows sharing a seq: the Python path walks them all
         rows = await conn.fetch(ROWS_TEXT_TIMES, row_seqs, timeout=None)
         return compare_rows(row_seqs, rows, stored, row_leaf_data)
-    offset_of = {s: i for i, s in enumerate(s for lo, hi in int8_ranges(row_seqs) for s in range(lo, hi))}
+    offset_of = {
+        s: i for i, s in enumerate(s for lo, hi in int8_ranges(row_seqs) for s in range(lo, hi))
+    }
     computed = [hashes[i * HB : (i + 1) * HB] for i in range(len(seqs))]
     doubtful = set(unsure)
     for i, seq in enumerate(seqs):
@@ -132,9 +135,9 @@ async def check_piece(
     if doubtful:
         again = sorted(seqs[i] for i in doubtful)
         ranges = "{" + ",".join(f"[{s},{s + 1})" for s in again) + "}"
-        rows = {r[0]: r for r in await conn.fetch(ROWS_TEXT_TIMES, ranges, timeout=None)}
+        by_seq = {r[0]: r for r in await conn.fetch(ROWS_TEXT_TIMES, ranges, timeout=None)}
         for i in doubtful:
-            row = rows.get(seqs[i])
+            row = by_seq.get(seqs[i])
             if row is None:
                 raise RuntimeError(f"row of seq {seqs[i]} not read again in the same snapshot")
             computed[i] = hashlib.sha256(b"\x00" + row_leaf_data(row)).digest()

@@ -62,7 +62,7 @@ def _pg_json(value: Any, ascii_only: bool) -> str:
 
 def copy_tuple(row: tuple[Any, ...]) -> bytes:
     """A row of the leaf's columns as PostgreSQL's binary COPY writes it (copyleaf.COPY_COLUMNS:
-    int8, uuid, timestamptz × 2, text …, int4, float8, jsonb × 3 as version 1 + text, text)."""
+    int8, uuid, two timestamptz, text …, int4, float8, three jsonb as version 1 + text, text)."""
     out = [struct.pack(">h", len(row))]
     for name, value in zip(LEAF_COLUMN_NAMES, row, strict=True):
         if value is None:
@@ -93,8 +93,14 @@ def reference(row: tuple[Any, ...], json_values: dict[str, Any]) -> bytes:
     return rfc8785.dumps({"kind": "row", "item": _i_json(as_json(item(values)))})
 
 
-def _row(texts: list[str | None], times: tuple[datetime, datetime], status: int | None,
-         duration: float | None, jsonb: list[str | None], row_id: uuid.UUID) -> tuple[Any, ...]:  # fmt: skip
+def _row(
+    texts: list[str | None],
+    times: tuple[datetime, datetime],
+    status: int | None,
+    duration: float | None,
+    jsonb: list[str | None],
+    row_id: uuid.UUID,
+) -> tuple[Any, ...]:
     (action, category, severity, outcome, actor_id, actor_type, actor_name, actor_email,
      entity_type, entity_id, entity_name, tenant, request_id, ip, user_agent, method,
      path) = texts  # fmt: skip
@@ -222,9 +228,14 @@ def test_rows_cut_anywhere_between_chunks_hash_as_whole_ones() -> None:
     rng = random.Random(8)
     for _ in range(50):
         cuts = sorted(rng.sample(range(1, len(stream)), 4))
-        assert _read(*(stream[a:b] for a, b in zip([0, *cuts], [*cuts, len(stream)]))) == whole
+        assert (
+            _read(*(stream[a:b] for a, b in zip([0, *cuts], [*cuts, len(stream)], strict=True)))
+            == whole
+        )
     assert whole == ([1] * 5, whole[1], [], True)
-    assert len(whole[1]) == 5 * 32 and len(set(whole[1][i : i + 32] for i in range(0, 160, 32))) == 5
+    assert (
+        len(whole[1]) == 5 * 32 and len(set(whole[1][i : i + 32] for i in range(0, 160, 32))) == 5
+    )
 
 
 HEADER = b"PGCOPY\n\xff\r\n\x00" + bytes(8)

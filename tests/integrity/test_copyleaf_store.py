@@ -48,19 +48,17 @@ TIME = st.datetimes(
     min_value=datetime(1, 1, 1), max_value=datetime(9999, 12, 31, 23, 59, 59, 999999),
     timezones=st.just(UTC),
 )  # fmt: skip
+NULLABLE_TEXT = (
+    "actor_id", "actor_type", "actor_name", "actor_email", "entity_type", "entity_id",
+    "entity_name", "tenant", "request_id", "user_agent", "method", "path", "source",
+    "received_via",
+)  # fmt: skip
 ROW = st.fixed_dictionaries(
     {
         "ts": TIME,
         "received_at": TIME,
         **{c: TEXT for c in ("action", "category", "severity", "outcome")},
-        **{
-            c: st.none() | TEXT
-            for c in (
-                "actor_id", "actor_type", "actor_name", "actor_email", "entity_type",
-                "entity_id", "entity_name", "tenant", "request_id", "user_agent", "method",
-                "path", "source", "received_via",
-            )
-        },  # fmt: skip
+        **{c: st.none() | TEXT for c in NULLABLE_TEXT},
         "ip": st.none() | st.ip_addresses().map(str),
         "status": st.none() | st.integers(min_value=-(2**31), max_value=2**31 - 1),
         "duration_ms": st.none()
@@ -155,7 +153,7 @@ CHANGES = [
     "duration_ms = 12.500000000000002",
     "ip = '203.0.113.8'",
     "metadata = jsonb_set(metadata, '{seats}', '3.5')",
-    "metadata = metadata || '{\"note\": \"a\\\\nb\"}'",
+    'metadata = metadata || \'{"note": "a\\\\nb"}\'',
     "id = gen_random_uuid()",
     "status = 201",
     "actor_id = 'u-9', actor_type = 'user'",
@@ -190,7 +188,7 @@ async def test_a_row_changed_in_the_database_is_a_finding_whichever_path_writes_
     async with pg.transaction():
         await pg.execute(AS_OWNER_UNCHECKED)
         for change, row_id in zip(CHANGES * 2, altered, strict=True):
-            await pg.execute(f"UPDATE audit_log SET {change} WHERE id = $1", row_id)  # noqa: S608
+            await pg.execute(f"UPDATE audit_log SET {change} WHERE id = $1", row_id)
     report, lines = await run_verify_log(pg, key, rows_check=check)
     assert report.findings == len(altered), lines
     named = {m.group(1) for line in lines if (m := re.match(r"row (\S+) altered \(leaf", line))}
@@ -229,5 +227,5 @@ async def test_a_function_shadowing_a_built_in_one_does_not_hide_a_change(
         logcheck.rows_check(settings.database_url),
         logcheck.in_processes(settings.database_url, 2, in_place_below=0, piece_rows=2),
     ):
-        report, lines = await run_verify_log(pg, key, rows_check=check)
+        _, lines = await run_verify_log(pg, key, rows_check=check)
         assert lines == [f"row {ids[2]} altered (leaf 2)"], lines
