@@ -33,6 +33,9 @@ _SNAPSHOT_ID = re.compile(r"^[0-9A-F]+-[0-9A-F]+(-[0-9]+)?$")
 Job = tuple[int, str, bytes]
 IN_PLACE_BELOW = 50_000  # rows: fewer are checked in this process, on one more connection
 PIECE_ROWS = 5_000  # rows a process checks at a time
+# Rows a connection checks at a time (a batch of the sealer's): each piece's query is planned
+# over every partition, some 0.3 µs of PostgreSQL's CPU a row at 5,000 rows a piece.
+CONNECTION_PIECE_ROWS = 20_000
 Result = tuple[int, int, list[Mismatch]]
 HB = 32
 
@@ -51,7 +54,7 @@ def rows_check(url: str) -> RowsCheck:
 
 
 def on_connections(
-    url: str, connections: int | None = None, *, piece_rows: int = PIECE_ROWS
+    url: str, connections: int | None = None, *, piece_rows: int = CONNECTION_PIECE_ROWS
 ) -> RowsCheck:
     """A RowsCheck that spreads the batches, in pieces, over `connections` connections of
     this process (PostgreSQL's backends run on the other cores)."""

@@ -217,3 +217,31 @@ async def test_rows_queued_past_the_interval_are_awaiting_and_the_stale_queue_is
         and "the sealer is not sealing" in line
         for line in lines
     ), lines
+
+
+async def test_a_row_slipped_in_past_the_seal_queue_is_named_by_every_way_of_checking(
+    settings: Settings, pg: asyncpg.Connection, tmp_path: Path
+) -> None:
+    """A row stored with the triggers off (never queued) after the log began: "not in the
+    log", whether the rows are checked here, on connections or in processes (the scan for
+    such rows runs beside the rows' check there)."""
+    key = load_or_create_private_key(settings.seal_key_path)
+    await store(pg, 6)
+    await _seal_log(pg, key, _log(tmp_path))
+    async with pg.transaction():
+        await pg.execute(AS_OWNER_UNCHECKED)
+        forged = await pg.fetchval(
+            "INSERT INTO audit_log (id, ts, action, category, severity, outcome, presentation) "
+            "SELECT gen_random_uuid(), ts, action, category, severity, outcome, presentation "
+            "FROM audit_log LIMIT 1 RETURNING id"
+        )
+    assert settings.database_url
+    for check in (
+        None,
+        logcheck.rows_check(settings.database_url),
+        logcheck.on_connections(settings.database_url, 2, piece_rows=2),
+        logcheck.in_processes(settings.database_url, 2, in_place_below=0, piece_rows=2),
+    ):
+        report, lines = await run_verify_log(pg, key, rows_check=check)
+        assert lines == [f"row {forged} not in the log (not queued for sealing either)"], lines
+        assert report.findings == 1 and report.rows == 6
