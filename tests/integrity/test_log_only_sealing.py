@@ -235,6 +235,11 @@ async def test_a_row_slipped_in_past_the_seal_queue_is_named_by_every_way_of_che
             "SELECT gen_random_uuid(), ts, action, category, severity, outcome, presentation "
             "FROM audit_log LIMIT 1 RETURNING id"
         )
+        last = await pg.fetchval(  # the largest seq there is: the last gap has no upper bound
+            "INSERT INTO audit_log (id, ts, action, category, severity, outcome, presentation, "
+            "seq) SELECT gen_random_uuid(), ts, action, category, severity, outcome, "
+            "presentation, 9223372036854775807 FROM audit_log LIMIT 1 RETURNING id"
+        )
     assert settings.database_url
     for check in (
         None,
@@ -243,5 +248,8 @@ async def test_a_row_slipped_in_past_the_seal_queue_is_named_by_every_way_of_che
         logcheck.in_processes(settings.database_url, 2, in_place_below=0, piece_rows=2),
     ):
         report, lines = await run_verify_log(pg, key, rows_check=check)
-        assert lines == [f"row {forged} not in the log (not queued for sealing either)"], lines
-        assert report.findings == 1 and report.rows == 6
+        assert lines == [
+            f"row {row_id} not in the log (not queued for sealing either)"
+            for row_id in (forged, last)
+        ], lines
+        assert report.findings == 2 and report.rows == 6
