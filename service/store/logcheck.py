@@ -1,13 +1,15 @@
-"""The rows of the transparency log checked in processes of their own, on every core.
+"""The rows of the transparency log checked on every core, in the verifying snapshot.
 
-`auditq verify` rebuilds a leaf for every stored row (a read, the canonical JSON, a hash:
-several µs of Python each); split over processes, each with its own connection in the
-verifying transaction's snapshot, the rows are checked by every core at once and the
-verifier gets back only what differs (service/integrity/logverify.py, `RowsCheck`).
+`auditq verify` rebuilds a leaf for every stored row. With the compiled leaf writer
+(service/store/copyleaf.py) that is about a µs of this process's CPU a row, so the rows are
+checked here, on a connection per core (PostgreSQL's backends use the other cores); without
+it, several µs of Python a row, so they are checked in processes of their own, each with its
+own connection. Either way every connection reads in the verifying transaction's snapshot,
+and the verifier gets back only what differs (service/integrity/logverify.py, `RowsCheck`).
 
-The batches are cut into pieces of a few thousand rows, handed to whichever process is
-free, so no core idles while another finishes a long run; each process opens its
-connection once, for all the pieces it checks.
+The batches are cut into pieces, handed to whichever connection or process is free, so no
+core idles while another finishes a long run; each opens its connection once, for all the
+pieces it checks.
 """
 
 from __future__ import annotations
