@@ -77,17 +77,21 @@ static size_t utf8_len(const unsigned char *p, const unsigned char *end) {
 
 static const char HEX[] = "0123456789abcdef";
 
+/* Bytes written as they are, in a JSON string and in a column's text: ASCII from 0x20 but
+ * '"' and '\\' (filled in at import). */
+static unsigned char PLAIN[256];
+
 /* A text column as a JSON string, escaped as RFC 8785 (ECMAScript's JSON.stringify) does. */
 static int put_text(Out *o, const unsigned char *s, size_t n) {
     const unsigned char *end = s + n, *run = s;
     if (grow(o, n + 2)) return FAIL;
     o->buf[o->len++] = '"';
     while (s < end) {
-        unsigned char c = *s;
-        if (c >= 0x20 && c != '"' && c != '\\' && c < 0x80) {
+        if (PLAIN[*s]) {
             s++;
             continue;
         }
+        unsigned char c = *s;
         if (c >= 0x80) {
             size_t k = utf8_len(s, end);
             if (!k) return UNSURE;
@@ -162,6 +166,7 @@ static int json_string(Json *j, int key) {
     if (s >= end || *s != '"') return UNSURE;
     s++;
     for (;;) {
+        while (s < end && PLAIN[*s]) s++;
         if (s >= end) return UNSURE;
         unsigned char c = *s;
         if (c == '"') break;
@@ -239,6 +244,8 @@ static int json_number(Json *j) {
 
 static int json_value(Json *j);
 
+static Out scratch; /* json_object's copy of its members */
+
 typedef struct {
     const unsigned char *key;
     size_t key_len, start, end;
@@ -307,34 +314,33 @@ static int json_object(Json *j) {
         rc = UNSURE;
         goto done;
     }
-    qsort(members, count, sizeof(Member), member_cmp);
+    for (size_t i = 1; i < count; i++) /* insertion sort: objects are small */
+        for (size_t k = i; k > 0 && member_cmp(&members[k - 1], &members[k]) > 0; k--) {
+            Member t = members[k];
+            members[k] = members[k - 1];
+            members[k - 1] = t;
+        }
     for (size_t i = 1; i < count; i++)
         if (member_cmp(&members[i - 1], &members[i]) == 0) {
             rc = UNSURE; /* a duplicate key: JSON readers differ on which one counts */
             goto done;
         }
     {
+        /* The members as written, copied aside (the members' values are all written by now,
+         * so one scratch buffer serves every object), then back in key order. */
         size_t n = o->len - start;
-        unsigned char *copy = PyMem_Malloc(n ? n : 1);
-        if (!copy) {
-            PyErr_NoMemory();
-            rc = FAIL;
-            goto done;
-        }
-        memcpy(copy, o->buf + start, n);
-        if (grow(o, count)) { /* the commas between members */
-            PyMem_Free(copy);
+        scratch.len = 0;
+        if (put(&scratch, o->buf + start, n) || grow(o, count)) { /* count: the commas */
             rc = FAIL;
             goto done;
         }
         o->len = start;
         for (size_t i = 0; i < count; i++) {
             if (i) o->buf[o->len++] = ',';
-            memcpy(o->buf + o->len, copy + (members[i].start - start),
+            memcpy(o->buf + o->len, scratch.buf + (members[i].start - start),
                    members[i].end - members[i].start);
             o->len += members[i].end - members[i].start;
         }
-        PyMem_Free(copy);
         rc = PUT_LIT(o, "}");
     }
 done:
@@ -476,9 +482,15 @@ static int put_uuid(Out *o, const unsigned char *s) {
 
 static int put_int4(Out *o, const unsigned char *s) {
     int32_t v = (int32_t)be32(s);
-    char t[16];
-    int n = snprintf(t, sizeof t, "%d", v);
-    return put(o, t, (size_t)n);
+    char t[12];
+    size_t n = sizeof t;
+    uint32_t u = v < 0 ? 0u - (uint32_t)v : (uint32_t)v;
+    do {
+        t[--n] = (char)('0' + u % 10);
+        u /= 10;
+    } while (u);
+    if (v < 0) t[--n] = '-';
+    return put(o, t + n, sizeof t - n);
 }
 
 static int put_float8(Out *o, const unsigned char *s) {
@@ -777,6 +789,7 @@ static struct PyModuleDef module = {
 };
 
 PyMODINIT_FUNC PyInit__copyleaf(void) {
+    for (int c = 0x20; c < 0x80; c++) PLAIN[c] = c != '"' && c != '\\';
 #if OPENSSL_VERSION_NUMBER >= 0x30000000L
     sha256_md = EVP_MD_fetch(NULL, "SHA256", NULL); /* fetched once, not on every digest */
 #else
