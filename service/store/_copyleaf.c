@@ -480,6 +480,65 @@ static int put_uuid(Out *o, const unsigned char *s) {
     return put(o, t, n);
 }
 
+static size_t dotted(const unsigned char *a, char *t) {
+    size_t k = 0;
+    for (int i = 0; i < 4; i++) {
+        if (i) t[k++] = '.';
+        unsigned v = a[i];
+        if (v >= 100) t[k++] = (char)('0' + v / 100);
+        if (v >= 10) t[k++] = (char)('0' + v / 10 % 10);
+        t[k++] = (char)('0' + v % 10);
+    }
+    return k;
+}
+
+/* An inet (binary: family, bits, is_cidr, length, address) as PostgreSQL's host() writes
+ * it: IPv4 dotted; IPv6 in lowercase hex groups, the longest run of two or more zero groups
+ * (the first of equal ones) as "::", and the last 32 bits dotted after "::" or "::ffff:"
+ * when the address is an IPv4-compatible or IPv4-mapped one. */
+static int put_inet(Out *o, const unsigned char *s, int32_t n) {
+    char t[64];
+    size_t k = 0;
+    if (n < 4 || n != 4 + (int32_t)s[3]) return UNSURE;
+    const unsigned char *a = s + 4;
+    t[k++] = '"';
+    if (s[0] == 2 && s[3] == 4) {
+        k += dotted(a, t + k);
+    } else if (s[0] == 3 && s[3] == 16) {
+        unsigned w[8];
+        int best = -1, best_len = 0, cur = -1, cur_len = 0;
+        for (int i = 0; i < 8; i++) {
+            w[i] = (unsigned)a[2 * i] << 8 | a[2 * i + 1];
+            if (w[i]) {
+                cur = -1;
+                continue;
+            }
+            if (cur < 0) cur = i, cur_len = 0;
+            if (++cur_len > best_len) best = cur, best_len = cur_len;
+        }
+        if (best_len < 2) best = -1;
+        for (int i = 0; i < 8; i++) {
+            if (best >= 0 && i >= best && i < best + best_len) {
+                if (i == best) t[k++] = ':';
+                continue;
+            }
+            if (i) t[k++] = ':';
+            if (i == 6 && best == 0 && (best_len == 6 || (best_len == 5 && w[5] == 0xffff))) {
+                k += dotted(a + 12, t + k);
+                break;
+            }
+            int shift = 12;
+            while (shift > 0 && !(w[i] >> shift)) shift -= 4;
+            for (; shift >= 0; shift -= 4) t[k++] = HEX[(w[i] >> shift) & 15];
+        }
+        if (best >= 0 && best + best_len == 8) t[k++] = ':';
+    } else {
+        return UNSURE;
+    }
+    t[k++] = '"';
+    return put(o, t, k);
+}
+
 static int put_int4(Out *o, const unsigned char *s) {
     int32_t v = (int32_t)be32(s);
     char t[12];
@@ -538,6 +597,10 @@ static int part_text(Out *o, const unsigned char *s, int32_t n) {
     return put_text(o, s, (size_t)n);
 }
 
+static int part_inet(Out *o, const unsigned char *s, int32_t n) {
+    return put_inet(o, s, n);
+}
+
 static int part_int4(Out *o, const unsigned char *s, int32_t n) {
     return n == 4 ? put_int4(o, s) : UNSURE;
 }
@@ -573,7 +636,7 @@ static const Part ENTITY[] = {
 static const Part REQUEST[] = {
     {"\"duration_ms\":", C_DURATION_MS, part_float8},
     {"\"id\":", C_REQUEST_ID, part_text},
-    {"\"ip\":", C_IP, part_text},
+    {"\"ip\":", C_IP, part_inet},
     {"\"method\":", C_METHOD, part_text},
     {"\"path\":", C_PATH, part_text},
     {"\"status\":", C_STATUS, part_int4},

@@ -34,8 +34,9 @@ except ImportError:  # built without a compiler: the Python path
 
 HB = 32
 # The columns the C reads, in its order (service/store/_copyleaf.c, `enum`): the leaf's
-# columns with the JSON columns as jsonb and the times as timestamptz (binary forms).
-COPY_COLUMNS = f"seq, {ITEM_COLUMNS}"
+# columns in their binary forms (the JSON columns as jsonb, the times as timestamptz, the
+# address as inet, which the C writes as host() does: 0.5 µs of PostgreSQL's CPU a row less).
+COPY_COLUMNS = f"seq, {ITEM_COLUMNS}".replace("host(ip) AS ip", "ip")
 _RANGES = re.compile(r"^\{(\[\d+,\d+\)(,\[\d+,\d+\))*)?\}$")
 _HEADER = b"PGCOPY\n\xff\r\n\x00"
 

@@ -229,3 +229,36 @@ async def test_a_function_shadowing_a_built_in_one_does_not_hide_a_change(
     ):
         _, lines = await run_verify_log(pg, key, rows_check=check)
         assert lines == [f"row {ids[2]} altered (leaf 2)"], lines
+
+
+ADDRESSES = [
+    "0.0.0.0", "255.255.255.255", "10.0.0.0/8", "203.0.113.7", "::", "::1", "1::", "::2:0",
+    "::ffff:1.2.3.4", "::1.2.3.4", "::ffff:0:1.2.3.4", "::0:ffff:1.2.3.4", "::ffff",
+    "0:0:0:0:0:1:0:0", "1:0:0:1:0:0:0:1", "1:0:0:0:1:0:0:1", "1:0:1:0:1:0:1:0",
+    "2001:db8::", "2001:db8::/32", "fe80::1:0:0:0", "ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff",
+    "2001:DB8:0:0:0:0:0:A", "0:0:0:0:0:0:0:1/64", "1:2:3:4:5:6:7:8", "a:0b:00c:000d::",
+]  # fmt: skip
+
+
+async def test_addresses_are_written_as_postgresql_host_writes_them(
+    pg: asyncpg.Connection, database_url: str
+) -> None:
+    """The C writes an inet as host() does (the sealed leaf's text): zero runs, ties, IPv4
+    compatible and mapped forms, netmasks (left out), both families' extremes."""
+    ids = await store(pg, len(ADDRESSES))
+    async with pg.transaction():
+        await pg.execute(AS_OWNER_UNCHECKED)
+        for row_id, address in zip(ids, ADDRESSES, strict=True):
+            await pg.execute("UPDATE audit_log SET ip = $2::text::inet WHERE id = $1", row_id, address)  # fmt: skip
+    rows = await pg.fetch(
+        "SELECT *, host(ip) AS host FROM audit_log WHERE id = ANY($1) ORDER BY seq", ids
+    )
+    conn = await _checking_conn(database_url)
+    try:
+        seqs, hashes, unsure = await copyleaf.hash_rows(conn, f"{{[{rows[0]['seq']},{rows[-1]['seq'] + 1})}}")  # fmt: skip
+    finally:
+        await conn.close()
+    assert seqs == [r["seq"] for r in rows] and unsure == []
+    for i, r in enumerate(rows):
+        values = {**dict(r), "ip": r["host"]}
+        assert hashes[i * 32 : (i + 1) * 32] == _reference_hash(values), r["host"]
