@@ -249,13 +249,16 @@ async def test_addresses_are_written_as_postgresql_host_writes_them(
     async with pg.transaction():
         await pg.execute(AS_OWNER_UNCHECKED)
         for row_id, address in zip(ids, ADDRESSES, strict=True):
-            await pg.execute("UPDATE audit_log SET ip = $2::text::inet WHERE id = $1", row_id, address)  # fmt: skip
+            await pg.execute(
+                "UPDATE audit_log SET ip = $2::text::inet WHERE id = $1", row_id, address
+            )
     rows = await pg.fetch(
         "SELECT *, host(ip) AS host FROM audit_log WHERE id = ANY($1) ORDER BY seq", ids
     )
     conn = await _checking_conn(database_url)
     try:
-        seqs, hashes, unsure = await copyleaf.hash_rows(conn, f"{{[{rows[0]['seq']},{rows[-1]['seq'] + 1})}}")  # fmt: skip
+        span = f"{{[{rows[0]['seq']},{rows[-1]['seq'] + 1})}}"
+        seqs, hashes, unsure = await copyleaf.hash_rows(conn, span)
     finally:
         await conn.close()
     assert seqs == [r["seq"] for r in rows] and unsure == []
