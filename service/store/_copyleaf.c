@@ -755,6 +755,10 @@ static PyObject *hash_rows(PyObject *self, PyObject *args) {
             }
             int32_t n = (int32_t)be32(q);
             q += 4;
+            if (n < -1) {
+                PyErr_SetString(PyExc_ValueError, "a COPY field of negative length");
+                goto out;
+            }
             if (n > end - q) {
                 whole = 0;
                 break;
@@ -818,7 +822,7 @@ static PyObject *leaf_data(PyObject *self, PyObject *args) {
         if (end - q < 4) goto bad;
         int32_t n = (int32_t)be32(q);
         q += 4;
-        if (n > end - q) goto bad;
+        if (n < -1 || n > end - q) goto bad;
         row.v[c] = q;
         row.n[c] = n < 0 ? -1 : n;
         if (n > 0) q += n;

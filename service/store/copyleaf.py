@@ -21,8 +21,8 @@ from types import ModuleType
 
 import asyncpg
 
+from service.integrity.canonical import ROW_COLUMNS
 from service.integrity.logverify import Mismatch, compare_hashes, compare_rows
-from service.store.items import ITEM_COLUMNS
 from service.store.leaves import row_leaf_data, rows_by_seq_ranges
 from service.store.verify_reads import ROWS_TEXT_TIMES, int8_ranges
 
@@ -33,10 +33,16 @@ except ImportError:  # built without a compiler: the Python path
     _copyleaf = None
 
 HB = 32
-# The columns the C reads, in its order (service/store/_copyleaf.c, `enum`): the leaf's
-# columns in their binary forms (the JSON columns as jsonb, the times as timestamptz, the
-# address as inet, which the C writes as host() does: 0.5 µs of PostgreSQL's CPU a row less).
-COPY_COLUMNS = f"seq, {ITEM_COLUMNS}".replace("host(ip) AS ip", "ip")
+# The columns the C reads, in its order (service/store/_copyleaf.c, `enum`: the canonical
+# record's), each cast to the type the C reads its binary form as: a column whose type an
+# owner changed still reaches the C as that type, so its bytes are never read as another's
+# (a cast of a column to its own type costs nothing).
+_TYPES = {
+    "seq": "int8", "id": "uuid", "ts": "timestamptz", "received_at": "timestamptz",
+    "ip": "inet", "status": "int4", "duration_ms": "float8",
+    "changes": "jsonb", "metadata": "jsonb", "presentation": "jsonb",
+}  # fmt: skip
+COPY_COLUMNS = ", ".join(f"{c}::{_TYPES.get(c, 'text')}" for c in ROW_COLUMNS)
 _RANGES = re.compile(r"^\{(\[\d+,\d+\)(,\[\d+,\d+\))*)?\}$")
 _HEADER = b"PGCOPY\n\xff\r\n\x00"
 

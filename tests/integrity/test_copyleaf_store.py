@@ -268,3 +268,24 @@ async def test_addresses_are_written_as_postgresql_host_writes_them(
     for i, r in enumerate(rows):
         values = {**dict(r), "ip": r["host"]}
         assert hashes[i * 32 : (i + 1) * 32] == _reference_hash(values), r["host"]
+
+
+async def test_a_column_whose_type_was_changed_is_not_read_as_its_old_type(
+    settings: Settings, pg: asyncpg.Connection, tmp_path: Path
+) -> None:
+    """The owner turns `tenant` into bytea, bytes unchanged: the API no longer returns the
+    item that was sealed, so the row is a finding (read as its old type's binary form, the
+    same bytes would have given the old leaf)."""
+    key = load_or_create_private_key(settings.seal_key_path)
+    ids = await store(pg, 4)
+    async with pg.transaction():
+        await pg.execute(AS_OWNER_UNCHECKED)
+        await pg.execute("UPDATE audit_log SET tenant = 'acme' WHERE id = $1", ids[1])
+    while await seal_once(pg, key, LogConfig(tmp_path / "state", "auditq/c")) is not None:
+        pass
+    await pg.execute(
+        "ALTER TABLE audit_log ALTER COLUMN tenant TYPE bytea USING convert_to(tenant, 'UTF8')"
+    )
+    assert settings.database_url
+    _, lines = await run_verify_log(pg, key, rows_check=logcheck.rows_check(settings.database_url))
+    assert lines == [f"row {ids[1]} altered (leaf 1)"], lines
