@@ -696,6 +696,25 @@ static int put_leaf(Out *o, const Row *r) {
 
 /* --- the module ------------------------------------------------------------------------------ */
 
+/* The fields of a tuple at *q (past its field count) into `row`, *q moved past them: 1, or 0
+ * when the data ends first (the rest is in the next chunk), -1 for a negative length other
+ * than NULL's. */
+static int read_fields(const unsigned char **pq, const unsigned char *end, Row *row) {
+    const unsigned char *q = *pq;
+    for (int c = 0; c < COLUMNS; c++) {
+        if (end - q < 4) return 0;
+        int32_t n = (int32_t)be32(q);
+        q += 4;
+        if (n < -1) return -1;
+        if (n > end - q) return 0;
+        row->v[c] = q;
+        row->n[c] = n;
+        if (n > 0) q += n;
+    }
+    *pq = q;
+    return 1;
+}
+
 static EVP_MD *sha256_md;
 static EVP_MD_CTX *sha256_ctx;
 static Out leaf;
@@ -747,27 +766,12 @@ static PyObject *hash_rows(PyObject *self, PyObject *args) {
             goto out;
         }
         Row row;
-        int whole = 1;
-        for (int c = 0; c < COLUMNS; c++) {
-            if (end - q < 4) {
-                whole = 0;
-                break;
-            }
-            int32_t n = (int32_t)be32(q);
-            q += 4;
-            if (n < -1) {
-                PyErr_SetString(PyExc_ValueError, "a COPY field of negative length");
-                goto out;
-            }
-            if (n > end - q) {
-                whole = 0;
-                break;
-            }
-            row.v[c] = q;
-            row.n[c] = n < 0 ? -1 : n;
-            if (n > 0) q += n;
+        int fields_read = read_fields(&q, end, &row);
+        if (fields_read < 0) {
+            PyErr_SetString(PyExc_ValueError, "a COPY field of negative length");
+            goto out;
         }
-        if (!whole) break;
+        if (!fields_read) break;
         p = q;
         if (row.n[C_SEQ] != 8) {
             PyErr_SetString(PyExc_ValueError, "a COPY tuple without its seq");
@@ -818,16 +822,7 @@ static PyObject *leaf_data(PyObject *self, PyObject *args) {
     Row row;
     if (end - q < 2 || (int16_t)((q[0] << 8) | q[1]) != COLUMNS) goto bad;
     q += 2;
-    for (int c = 0; c < COLUMNS; c++) {
-        if (end - q < 4) goto bad;
-        int32_t n = (int32_t)be32(q);
-        q += 4;
-        if (n < -1 || n > end - q) goto bad;
-        row.v[c] = q;
-        row.n[c] = n < 0 ? -1 : n;
-        if (n > 0) q += n;
-    }
-    if (q != end) goto bad;
+    if (read_fields(&q, end, &row) != 1 || q != end) goto bad;
     leaf.len = 0;
     int rc = put_leaf(&leaf, &row);
     if (rc == FAIL) goto out;
