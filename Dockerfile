@@ -16,9 +16,18 @@ WORKDIR /app
 RUN python -m venv /opt/venv
 ENV PATH=/opt/venv/bin:$PATH
 
+# A C compiler and OpenSSL's headers, for this stage only: `auditq verify` writes rows' leaves
+# in C (service/store/_copyleaf.c, built by the editable install below; the runtime stage
+# takes the built module with /app and needs only OpenSSL's library, which the base image
+# has). Versions are not pinned: they are the base image's Debian release's.
+# hadolint ignore=DL3008
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends gcc libc6-dev libssl-dev \
+ && rm -rf /var/lib/apt/lists/*
+
 # Dependencies in their own layer: it is rebuilt only when pyproject.toml changes. Every one of
-# them ships a manylinux wheel for CPython 3.12, so neither stage needs a compiler. The image
-# runs the server: the producer's dependencies and the `server` extra's (`.[server]`).
+# them ships a manylinux wheel for CPython 3.12. The image runs the server: the producer's
+# dependencies and the `server` extra's (`.[server]`).
 COPY pyproject.toml README.md ./
 RUN python -c "import tomllib; p = tomllib.load(open('pyproject.toml', 'rb'))['project']; deps = p['dependencies'] + p['optional-dependencies']['server']; open('/tmp/requirements.txt', 'w').write('\n'.join(deps) + '\n')" \
  && pip install --no-cache-dir --requirement /tmp/requirements.txt
@@ -32,6 +41,7 @@ COPY service ./service
 COPY workers ./workers
 RUN pip install --no-cache-dir --no-deps --editable . \
  && python -m compileall -q /app/auditq /app/service /app/workers \
+ && python -c "from service.store import copyleaf; assert copyleaf.available()" \
  && auditq --help > /dev/null
 
 # --- runtime: no compiler, no build tools, not root -------------------------------------------

@@ -5,7 +5,9 @@ STAMP := $(VENV)/.installed
 
 .PHONY: run test bench lint clean
 
-$(STAMP): pyproject.toml
+# The editable install also compiles service/store/_copyleaf.c (optional: without a compiler
+# the install goes on, and `auditq verify` takes its Python path): a change to it reinstalls.
+$(STAMP): pyproject.toml service/store/_copyleaf.c
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q -e '.[server,dev]'

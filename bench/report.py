@@ -297,7 +297,8 @@ def integrity(raw: dict[str, Any]) -> list[str]:
         )
         lines += [
             f"| `auditq verify` of the log ≥ 200,000 rows/s | {_f(rate)} rows/s "
-            f"({log['verify_log_cpu_us']:.1f} µs CPU a row) "
+            f"({log['verify_log_cpu_us']:.1f} µs of the verifier's CPU a row, "
+            f"PostgreSQL's {log.get('verify_server_cpu_us', float('nan')):.1f}) "
             f"| {_goal(rate >= GOALS['verify_rows_per_s'])} |",
             f"| a receipt ≤ 20 ms p95 on a store of {_f(log['rows'])} rows | {p95:.1f} ms "
             f"| {_goal(p95 <= GOALS['receipt_p95_ms'])} |",

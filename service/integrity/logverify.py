@@ -131,24 +131,29 @@ async def verify_log(
     checkpoints = await conn.fetch(LOG_CHECKPOINTS)
     sizes = {int(r["size"]) for r in checkpoints} | ({head.size} if head else set())
     roots = asyncio.create_task(asyncio.to_thread(prefix_roots, hashes, sizes))
+    pending = await conn.fetchval(PENDING)
+    logged = await conn.fetchval(LOGGED_SEQS)
     if rows_check is not None and jobs:
-        results = await rows_check(await export_snapshot(conn), jobs)
+        snapshot = await export_snapshot(conn)
+        # This connection is idle while others check the rows: the scan for rows neither
+        # logged nor queued (every row after the log began) runs meanwhile.
+        results, unlogged = await asyncio.gather(
+            rows_check(snapshot, jobs), _unlogged(conn, first_seq, logged, pending)
+        )
     else:
         results = []
         for first, row_seqs, stored in jobs:
             found = await conn.fetch(rows_query, row_seqs)
             results.append((first, *compare_rows(row_seqs, found, stored, row_leaf_of)))
+        unlogged = await _unlogged(conn, first_seq, logged, pending)
     by_first = {first: (found, mismatches) for first, found, mismatches in results}
     for batch in batches:
         await _rows(ctx, batch, *by_first[batch.first])
         await _actions(ctx, batch)
     ctx.report.leaves = len(hashes)
     _checkpoints(ctx, checkpoints, len(hashes), await roots, head)
-    pending = await conn.fetchval(PENDING)
-    if first_seq is not None:
-        logged = await conn.fetchval(LOGGED_SEQS)
-        for r in await conn.fetch(UNLOGGED, first_seq, logged, pending):
-            ctx.finding(f"row {r['id']} not in the log (not queued for sealing either)")
+    for r in unlogged:
+        ctx.finding(f"row {r['id']} not in the log (not queued for sealing either)")
     ctx.report.awaiting_seal = sum(
         hi - max(lo, v1_until + 1) for lo, hi in int8_ranges(pending) if hi > v1_until + 1
     )
@@ -159,6 +164,16 @@ async def verify_log(
             f"longer than the seal interval + {GRACE_S:.0f} s: the sealer is not sealing"
         )
     return ctx.report
+
+
+async def _unlogged(
+    conn: Conn, first_seq: int | None, logged: str, pending: str
+) -> list[asyncpg.Record]:
+    """Rows after the log began that are neither leaves nor queued for sealing."""
+    if first_seq is None:
+        return []
+    records: list[asyncpg.Record] = await conn.fetch(UNLOGGED, first_seq, logged, pending)
+    return records
 
 
 @dataclass
@@ -194,20 +209,35 @@ def compare_rows(
     the rows found and the mismatches. The usual case, every row intact, is one comparison."""
     sha256 = hashlib.sha256
     computed = [sha256(b"\x00" + row_leaf_of(r)).digest() for r in rows]
+    return compare_hashes(
+        row_seqs, computed, stored, lambda at: int(rows[at][0]), lambda at: str(rows[at][1])
+    )
+
+
+def compare_hashes(
+    row_seqs: str,
+    computed: Sequence[bytes],
+    stored: bytes,
+    seq_of: Callable[[int], int],
+    id_of: Callable[[int], str],
+) -> tuple[int, list[Mismatch]]:
+    """The leaf hashes of the rows found (in seq order; `seq_of` and `id_of` tell a found
+    row's seq and id by its position) against their batch's stored ones: the rows found and
+    the mismatches."""
     seqs = [s for lo, hi in int8_ranges(row_seqs) for s in range(lo, hi)]
-    if len(rows) == len(seqs) and b"".join(computed) == stored:
-        return len(rows), []
+    if len(computed) == len(seqs) and b"".join(computed) == stored:
+        return len(computed), []
     mismatches: list[Mismatch] = []
     at = 0
     for offset, seq in enumerate(seqs):
-        if at < len(rows) and rows[at][0] == seq:
+        if at < len(computed) and seq_of(at) == seq:
             leaf = computed[at]
             if leaf != stored[offset * HB : (offset + 1) * HB]:
-                mismatches.append((offset, seq, str(rows[at][1]), leaf))
+                mismatches.append((offset, seq, id_of(at), leaf))
             at += 1
         else:
             mismatches.append((offset, seq, None, None))
-    return len(rows), mismatches
+    return len(computed), mismatches
 
 
 async def _rows(ctx: _Ctx, batch: _Batch, found: int, mismatches: list[Mismatch]) -> None:

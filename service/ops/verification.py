@@ -97,7 +97,7 @@ async def run_verification(
                 emit=collect,
                 seal_interval_s=settings.seal_interval_s,
                 v1_until=-1 if report.rows_until is None else report.rows_until,
-                rows_check=logcheck.in_processes(settings.database_url),
+                rows_check=logcheck.rows_check(settings.database_url),
             )
         report.findings += log.findings
         if report.rows_until is not None:  # the log's rows past the v1 pass

@@ -40,16 +40,21 @@ LEAF_COLUMNS_TEXT_TIMES = LEAF_COLUMNS.replace(
     "replace((received_at AT TIME ZONE 'UTC')::text, ' ', 'T') || 'Z' AS received_at,",
 )
 DATESTYLE = "SET DateStyle = 'ISO, YMD'"
+# The verifier's connections: built-in functions, operators and casts only (the rows' table
+# is named with its schema), whatever the role's or database's search_path says.
+SEARCH_PATH = "SET search_path = pg_catalog, pg_temp"
 
 
-def rows_by_seq_ranges(columns: str) -> str:
-    """The query of `columns` of the rows whose seqs are in $1 (an int8multirange as text),
-    in seq order: by ranges of the seq index (a `seq <@ multirange` filter would scan every
-    partition)."""
+def rows_by_seq_ranges(columns: str, ranges: str = "$1::text") -> str:
+    """The query of `columns` of the rows whose seqs are in `ranges` (an int8multirange as
+    text: $1, or a literal), in seq order: by ranges of the seq index (a `seq <@ multirange`
+    filter would scan every partition). The table is named with its schema: the verifier's
+    connections search pg_catalog alone, so no function of another schema can stand in for
+    a built-in one."""
     return f"""
-SELECT a.* FROM unnest($1::text::int8multirange) AS r
+SELECT a.* FROM unnest({ranges}::int8multirange) AS r
 CROSS JOIN LATERAL (
-    SELECT {columns} FROM audit_log
+    SELECT {columns} FROM public.audit_log
     WHERE seq >= lower(r) AND seq < upper(r) ORDER BY seq
 ) a
 """

@@ -74,9 +74,10 @@ async def test_a_new_row_goes_only_into_the_log_and_an_owner_change_to_it_is_cau
 async def test_rows_checked_in_pieces_by_processes_report_what_one_pass_reports(
     settings: Settings, pg: asyncpg.Connection, tmp_path: Path
 ) -> None:
-    """Batches cut into pieces of 4 rows, checked by whichever process is free: an altered
-    row late in a batch and a row deleted from another piece are named with the same row
-    id and leaf index as the check of whole batches in this process names them."""
+    """Batches cut into pieces of 4 rows, checked by whichever process (or connection) is
+    free: an altered row late in a batch and a row deleted from another piece are named
+    with the same row id and leaf index as the check of whole batches in this process
+    names them."""
     key = load_or_create_private_key(settings.seal_key_path)
     ids = await store(pg, 30)
     await _seal_log(pg, key, _log(tmp_path))
@@ -90,11 +91,12 @@ async def test_rows_checked_in_pieces_by_processes_report_what_one_pass_reports(
     for how, check in (
         ("in place", None),
         ("pieces", logcheck.in_processes(settings.database_url, 2, in_place_below=0, piece_rows=4)),
+        ("connections", logcheck.on_connections(settings.database_url, 2, piece_rows=4)),
     ):
         report, lines = await run_verify_log(pg, key, rows_check=check)
         assert report.findings == 3, lines
         found[how] = lines
-    assert found["pieces"] == found["in place"]
+    assert found["pieces"] == found["in place"] == found["connections"]
     for row_id in (ids[17], ids[29]):
         assert any(line.startswith(f"row {row_id} altered (leaf ") for line in found["pieces"])
     assert any(
@@ -136,6 +138,7 @@ async def test_times_read_as_text_give_the_leaves_the_datetimes_give_whatever_th
     for check in (
         logcheck.in_processes(settings.database_url),  # in this process, one more connection
         logcheck.in_processes(settings.database_url, 2, in_place_below=0, piece_rows=4),
+        logcheck.on_connections(settings.database_url, 2, piece_rows=4),  # the C's binary times
     ):
         report, lines = await run_verify_log(pg, key, rows_check=check)
         assert report.findings == 0, lines
@@ -214,3 +217,39 @@ async def test_rows_queued_past_the_interval_are_awaiting_and_the_stale_queue_is
         and "the sealer is not sealing" in line
         for line in lines
     ), lines
+
+
+async def test_a_row_slipped_in_past_the_seal_queue_is_named_by_every_way_of_checking(
+    settings: Settings, pg: asyncpg.Connection, tmp_path: Path
+) -> None:
+    """A row stored with the triggers off (never queued) after the log began: "not in the
+    log", whether the rows are checked here, on connections or in processes (the scan for
+    such rows runs beside the rows' check there)."""
+    key = load_or_create_private_key(settings.seal_key_path)
+    await store(pg, 6)
+    await _seal_log(pg, key, _log(tmp_path))
+    async with pg.transaction():
+        await pg.execute(AS_OWNER_UNCHECKED)
+        forged = await pg.fetchval(
+            "INSERT INTO audit_log (id, ts, action, category, severity, outcome, presentation) "
+            "SELECT gen_random_uuid(), ts, action, category, severity, outcome, presentation "
+            "FROM audit_log LIMIT 1 RETURNING id"
+        )
+        last = await pg.fetchval(  # the largest seq there is: the last gap has no upper bound
+            "INSERT INTO audit_log (id, ts, action, category, severity, outcome, presentation, "
+            "seq) SELECT gen_random_uuid(), ts, action, category, severity, outcome, "
+            "presentation, 9223372036854775807 FROM audit_log LIMIT 1 RETURNING id"
+        )
+    assert settings.database_url
+    for check in (
+        None,
+        logcheck.rows_check(settings.database_url),
+        logcheck.on_connections(settings.database_url, 2, piece_rows=2),
+        logcheck.in_processes(settings.database_url, 2, in_place_below=0, piece_rows=2),
+    ):
+        report, lines = await run_verify_log(pg, key, rows_check=check)
+        assert lines == [
+            f"row {row_id} not in the log (not queued for sealing either)"
+            for row_id in (forged, last)
+        ], lines
+        assert report.findings == 2 and report.rows == 6

@@ -1,0 +1,291 @@
+"""The C path of the verifier's row check on a real PostgreSQL: random rows stored, read back
+by the binary COPY, their leaves the reference's; rows changed in the database are findings
+whether the C or the Python path wrote their leaves."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import uuid
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import pytest
+import rfc8785
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from service.integrity.keys import load_or_create_private_key
+from service.integrity.leaf import _i_json, as_json
+from service.settings import Settings
+from service.store import copyleaf, logcheck
+from service.store.items import item
+from service.store.leaves import SEARCH_PATH
+from service.store.seals import LogConfig, seal_once
+from tests.support.integrity import run_verify_log, store
+
+# The checks of the compiled path itself; the others hold for the Python path too.
+needs_c = pytest.mark.skipif(
+    not copyleaf.available(), reason="service.store._copyleaf was not compiled"
+)
+
+CHARS = st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00")
+TEXT = st.text(CHARS, max_size=12)
+JSON = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(min_value=-(2**70), max_value=2**70)
+    | st.integers(min_value=-(10**15) + 1, max_value=10**15 - 1)
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.floats(min_value=-1e9, max_value=1e9)
+    | TEXT,
+    lambda children: st.lists(children, max_size=4) | st.dictionaries(TEXT, children, max_size=4),
+    max_leaves=12,
+)
+TIME = st.datetimes(
+    min_value=datetime(1, 1, 1), max_value=datetime(9999, 12, 31, 23, 59, 59, 999999),
+    timezones=st.just(UTC),
+)  # fmt: skip
+NULLABLE_TEXT = (
+    "actor_id", "actor_type", "actor_name", "actor_email", "entity_type", "entity_id",
+    "entity_name", "tenant", "request_id", "user_agent", "method", "path", "source",
+    "received_via",
+)  # fmt: skip
+ROW = st.fixed_dictionaries(
+    {
+        "ts": TIME,
+        "received_at": TIME,
+        **{c: TEXT for c in ("action", "category", "severity", "outcome")},
+        **{c: st.none() | TEXT for c in NULLABLE_TEXT},
+        "ip": st.none() | st.ip_addresses().map(str),
+        "status": st.none() | st.integers(min_value=-(2**31), max_value=2**31 - 1),
+        "duration_ms": st.none()
+        | st.floats(allow_nan=False, allow_infinity=False)
+        | st.floats(min_value=0, max_value=1e6),
+        "changes": st.none() | JSON,
+        "metadata": st.none() | JSON,
+        "presentation": JSON,
+    }
+)
+INSERT = """
+INSERT INTO audit_log (id, ts, received_at, action, category, severity, outcome, actor_id,
+    actor_type, actor_name, actor_email, entity_type, entity_id, entity_name, tenant,
+    request_id, ip, user_agent, method, path, status, duration_ms, changes, metadata,
+    presentation, source, received_via)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17::text::inet,
+    $18, $19, $20, $21, $22, $23::text::jsonb, $24::text::jsonb, $25::text::jsonb, $26, $27)
+RETURNING seq, host(ip)
+"""
+_INSERTED = (
+    "id", "ts", "received_at", "action", "category", "severity", "outcome", "actor_id",
+    "actor_type", "actor_name", "actor_email", "entity_type", "entity_id", "entity_name",
+    "tenant", "request_id", "ip", "user_agent", "method", "path", "status", "duration_ms",
+    "changes", "metadata", "presentation", "source", "received_via",
+)  # fmt: skip
+JSON_COLUMNS = ("changes", "metadata", "presentation")
+
+
+def _random_rows(count: int) -> list[dict[str, Any]]:
+    """`count` rows drawn by hypothesis (collected here; the test stores them all at once)."""
+    rows: list[dict[str, Any]] = []
+
+    @settings(
+        max_examples=count, deadline=None, database=None,
+        suppress_health_check=list(HealthCheck),
+    )  # fmt: skip
+    @given(ROW)
+    def collect(row: dict[str, Any]) -> None:
+        rows.append(row)
+
+    collect()
+    return rows
+
+
+def _reference_hash(values: dict[str, Any]) -> bytes:
+    data = rfc8785.dumps({"kind": "row", "item": _i_json(as_json(item(values)))})
+    return hashlib.sha256(b"\x00" + data).digest()
+
+
+async def _checking_conn(database_url: str) -> asyncpg.Connection:
+    conn = await asyncpg.connect(database_url)
+    await conn.execute(SEARCH_PATH)
+    return conn
+
+
+@needs_c
+async def test_random_rows_read_by_the_copy_hash_as_the_reference_path(
+    pg: asyncpg.Connection, database_url: str
+) -> None:
+    """Any unicode, escapes, floats, integers past 2**53, nulls, nested JSON, through
+    PostgreSQL's own jsonb text: every row the C writes has the reference's leaf hash."""
+    rows = _random_rows(400)
+    expected: dict[int, bytes] = {}
+    for drawn in rows:
+        row = {**drawn, "id": uuid.uuid4()}  # hypothesis may draw one row twice
+        args = [
+            json.dumps(row[c])  # presentation is NOT NULL: JSON's null, then
+            if c in JSON_COLUMNS and (row[c] is not None or c == "presentation")
+            else row[c]
+            for c in _INSERTED
+        ]
+        seq, ip = await pg.fetchrow(INSERT, *args)
+        expected[seq] = _reference_hash({**row, "ip": ip})  # the address as PostgreSQL writes it
+    seqs = sorted(expected)
+    conn = await _checking_conn(database_url)
+    try:
+        found, hashes, unsure = await copyleaf.hash_rows(conn, f"{{[{seqs[0]},{seqs[-1] + 1})}}")
+    finally:
+        await conn.close()
+    assert found == seqs
+    sure = [i for i in range(len(seqs)) if i not in set(unsure)]
+    assert len(sure) > len(seqs) // 4  # the C writes most rows itself
+    for i in sure:
+        assert hashes[i * 32 : (i + 1) * 32] == expected[seqs[i]], rows[i]
+
+
+AS_OWNER_UNCHECKED = "SET session_replication_role = replica"  # a superuser: no trigger fires
+CHANGES = [
+    "tenant = 'evil'",
+    "entity_name = entity_name || 'é'",
+    "ts = ts + interval '1 microsecond'",
+    "received_at = received_at - interval '1 microsecond'",
+    "duration_ms = 12.500000000000002",
+    "ip = '203.0.113.8'",
+    "metadata = jsonb_set(metadata, '{seats}', '3.5')",
+    'metadata = metadata || \'{"note": "a\\\\nb"}\'',
+    "id = gen_random_uuid()",
+    "status = 201",
+    "actor_id = 'u-9', actor_type = 'user'",
+]
+
+
+async def test_a_row_changed_in_the_database_is_a_finding_whichever_path_writes_its_leaf(
+    settings: Settings, pg: asyncpg.Connection, tmp_path: Path
+) -> None:
+    """Rows the C writes and rows it leaves to Python (a key outside the BMP, an integer
+    past 2**53), changed by the owner in any column: each is named altered, no other is."""
+    key = load_or_create_private_key(settings.seal_key_path)
+    count = 2 * len(CHANGES) + 6
+    ids = await store(pg, count)
+    async with pg.transaction():
+        await pg.execute(AS_OWNER_UNCHECKED)
+        await pg.execute("UPDATE audit_log SET duration_ms = 12.5, status = 200, ip = '::1'")
+        hard = ids[len(CHANGES) :]  # their leaves come from the Python path
+        await pg.execute(
+            "UPDATE audit_log SET metadata = metadata || "
+            """'{"𝄞": 1, "big": 90071992547409930}' WHERE id = ANY($1::uuid[])""",
+            hard,
+        )
+    while await seal_once(pg, key, LogConfig(tmp_path / "state", "auditq/c")) is not None:
+        pass
+    assert settings.database_url
+    check = logcheck.on_connections(settings.database_url, 2, piece_rows=7)
+    report, lines = await run_verify_log(pg, key, rows_check=check)
+    assert report.findings == 0 and report.rows == count, lines
+    altered = [*ids[: len(CHANGES)], *hard[: len(CHANGES)]]
+    seqs = [await pg.fetchval("SELECT seq FROM audit_log WHERE id = $1", i) for i in altered]
+    async with pg.transaction():
+        await pg.execute(AS_OWNER_UNCHECKED)
+        for change, row_id in zip(CHANGES * 2, altered, strict=True):
+            await pg.execute(f"UPDATE audit_log SET {change} WHERE id = $1", row_id)
+    report, lines = await run_verify_log(pg, key, rows_check=check)
+    assert report.findings == len(altered), lines
+    named = {m.group(1) for line in lines if (m := re.match(r"row (\S+) altered \(leaf", line))}
+    # Each is named by the id it holds now (a changed id by its new one).
+    now = await pg.fetch("SELECT id FROM audit_log WHERE seq = ANY($1::bigint[])", seqs)
+    assert named == {str(r["id"]) for r in now}
+
+
+HOSTILE_HOST = """
+CREATE FUNCTION public.host(inet) RETURNS text LANGUAGE sql IMMUTABLE AS $$
+    SELECT CASE WHEN $1 = '203.0.113.8' THEN '203.0.113.7' ELSE pg_catalog.host($1) END
+$$
+"""
+
+
+async def test_a_function_shadowing_a_built_in_one_does_not_hide_a_change(
+    settings: Settings, pg: asyncpg.Connection, tmp_path: Path
+) -> None:
+    """The database's search_path puts public before pg_catalog and public.host(inet) hides a
+    changed address: the checking connections search pg_catalog alone, so the change shows."""
+    key = load_or_create_private_key(settings.seal_key_path)
+    ids = await store(pg, 5)
+    async with pg.transaction():
+        await pg.execute(AS_OWNER_UNCHECKED)
+        await pg.execute("UPDATE audit_log SET ip = '203.0.113.7'")
+    while await seal_once(pg, key, LogConfig(tmp_path / "state", "auditq/c")) is not None:
+        pass
+    database = await pg.fetchval("SELECT current_database()")
+    await pg.execute(HOSTILE_HOST)
+    await pg.execute(f'ALTER DATABASE "{database}" SET search_path = public, pg_catalog')
+    async with pg.transaction():
+        await pg.execute(AS_OWNER_UNCHECKED)
+        await pg.execute("UPDATE audit_log SET ip = '203.0.113.8' WHERE id = $1", ids[2])
+    assert settings.database_url
+    for check in (
+        logcheck.rows_check(settings.database_url),
+        logcheck.in_processes(settings.database_url, 2, in_place_below=0, piece_rows=2),
+    ):
+        _, lines = await run_verify_log(pg, key, rows_check=check)
+        assert lines == [f"row {ids[2]} altered (leaf 2)"], lines
+
+
+ADDRESSES = [
+    "0.0.0.0", "255.255.255.255", "10.0.0.0/8", "203.0.113.7", "::", "::1", "1::", "::2:0",
+    "::ffff:1.2.3.4", "::1.2.3.4", "::ffff:0:1.2.3.4", "::0:ffff:1.2.3.4", "::ffff",
+    "0:0:0:0:0:1:0:0", "1:0:0:1:0:0:0:1", "1:0:0:0:1:0:0:1", "1:0:1:0:1:0:1:0",
+    "2001:db8::", "2001:db8::/32", "fe80::1:0:0:0", "ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff",
+    "2001:DB8:0:0:0:0:0:A", "0:0:0:0:0:0:0:1/64", "1:2:3:4:5:6:7:8", "a:0b:00c:000d::",
+]  # fmt: skip
+
+
+@needs_c
+async def test_addresses_are_written_as_postgresql_host_writes_them(
+    pg: asyncpg.Connection, database_url: str
+) -> None:
+    """The C writes an inet as host() does (the sealed leaf's text): zero runs, ties, IPv4
+    compatible and mapped forms, netmasks (left out), both families' extremes."""
+    ids = await store(pg, len(ADDRESSES))
+    async with pg.transaction():
+        await pg.execute(AS_OWNER_UNCHECKED)
+        for row_id, address in zip(ids, ADDRESSES, strict=True):
+            await pg.execute(
+                "UPDATE audit_log SET ip = $2::text::inet WHERE id = $1", row_id, address
+            )
+    rows = await pg.fetch(
+        "SELECT *, host(ip) AS host FROM audit_log WHERE id = ANY($1) ORDER BY seq", ids
+    )
+    conn = await _checking_conn(database_url)
+    try:
+        span = f"{{[{rows[0]['seq']},{rows[-1]['seq'] + 1})}}"
+        seqs, hashes, unsure = await copyleaf.hash_rows(conn, span)
+    finally:
+        await conn.close()
+    assert seqs == [r["seq"] for r in rows] and unsure == []
+    for i, r in enumerate(rows):
+        values = {**dict(r), "ip": r["host"]}
+        assert hashes[i * 32 : (i + 1) * 32] == _reference_hash(values), r["host"]
+
+
+async def test_a_column_whose_type_was_changed_is_not_read_as_its_old_type(
+    settings: Settings, pg: asyncpg.Connection, tmp_path: Path
+) -> None:
+    """The owner turns `tenant` into bytea, bytes unchanged: the API no longer returns the
+    item that was sealed, so the row is a finding (read as its old type's binary form, the
+    same bytes would have given the old leaf)."""
+    key = load_or_create_private_key(settings.seal_key_path)
+    ids = await store(pg, 4)
+    async with pg.transaction():
+        await pg.execute(AS_OWNER_UNCHECKED)
+        await pg.execute("UPDATE audit_log SET tenant = 'acme' WHERE id = $1", ids[1])
+    while await seal_once(pg, key, LogConfig(tmp_path / "state", "auditq/c")) is not None:
+        pass
+    await pg.execute(
+        "ALTER TABLE audit_log ALTER COLUMN tenant TYPE bytea USING convert_to(tenant, 'UTF8')"
+    )
+    assert settings.database_url
+    _, lines = await run_verify_log(pg, key, rows_check=logcheck.rows_check(settings.database_url))
+    assert lines == [f"row {ids[1]} altered (leaf 1)"], lines
