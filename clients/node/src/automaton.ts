@@ -75,11 +75,11 @@ export class Automaton {
     this.ends = Uint8Array.from(this.outputs, (ids) => (ids.length > 0 ? 1 : 0));
   }
 
-  /** Return the state after reading `text` from the start state, stopping at the first
-   * position where a word ends (then `hits(state)` names the words); -1 when none ends. */
-  firstHit(text: string, from = 0): [number, number] | undefined {
+  /** Read `text` from `from` in `state` (the start state, or one a previous hit returned),
+   * stopping at the first position where a word ends: [the state there (`hits` names the
+   * words), the position]; undefined when no word ends. */
+  firstHit(text: string, from = 0, state = 0): [number, number] | undefined {
     const { next, ends, classOf, classes } = this;
-    let state = 0;
     for (let i = from; i < text.length; i++) {
       let ch = text.charCodeAt(i);
       if (ch >= 65 && ch <= 90) ch += 32; // A-Z: lowercase
@@ -88,6 +88,11 @@ export class Automaton {
       if (ends[state] === 1) return [state, i];
     }
     return undefined;
+  }
+
+  /** The ids of the words that end in `state`. */
+  hits(state: number): Int32Array {
+    return this.outputs[state]!;
   }
 
   /** Call `found(id)` for every occurrence of a word in `text`, case-insensitively. */

@@ -13,10 +13,6 @@ import { Automaton } from "./automaton.js";
 export const REDACTED = "[REDACTED]";
 const MAX_DEPTH = 200; // nesting redacted; anything deeper is replaced whole (as in Python)
 const KEY_CACHE_MAX = 8192; // keys remembered: a service has few distinct keys
-const NOTHING = { rules: undefined, stem: false } as const;
-const CLEAN_CACHE_MAX = 16_384; // strings remembered by the pre-check
-const CLEAN_CACHED_MIN_CHARS = 24; // shorter strings are read each time
-const CLEAN_CACHED_MAX_CHARS = 64; // longer strings are checked each time (bounded memory)
 
 interface Allow {
   regexes?: string[];
@@ -130,7 +126,12 @@ const HAND_STEMS = [
   ...["pass", "pwd", "pw", "secret", "token", "cookie", "cred", "authoriz", "jwt", "otp"],
   ...["key", "session", "sessid", "backup", "recovery", "2fa", "mfa", "sig", "bearer"],
   ...["basic", "-----", "://", "%3a%2f%2f", "%253a"],
-  ...SHORT_FINAL_WORDS.flatMap((w) => [`${w}":`, `${w}':`, `${w}\\"`, `${w}=`, `${w}:`, `${w}>`]),
+  ...SHORT_FINAL_WORDS.flatMap((w) => [
+    ...[`${w}":`, `${w}':`, `${w}\\"`, `${w}=`, `${w}:`, `${w}>`],
+    // A pair's name: first in a list, or a name/value mapping's name.
+    ...[`["${w}"`, `[ "${w}"`, `['${w}'`, `('${w}'`, `"${w}" :`],
+    ...["name", "key", "field"].flatMap((role) => [`${role}":"${w}"`, `${role}": "${w}"`, `${role}': '${w}'`]),
+  ]),
   ...["-auth", "_auth", "-sid", "_sid", ".sid"],
 ];
 const STRING_STEMS = [
@@ -545,12 +546,6 @@ function maskCard(text: string): string | undefined {
   return out;
 }
 
-function mayHoldCard(text: string): boolean {
-  if (text.length < CARD_MIN_CHARS || !CARD_QUICK_RE.test(text)) return false;
-  for (const match of text.matchAll(CARD_RE)) if (maskCard(match[0]) !== undefined) return true;
-  return false;
-}
-
 function maskCards(text: string): string {
   if (text.length < CARD_MIN_CHARS || !CARD_QUICK_RE.test(text)) return text;
   return text.replace(CARD_RE, (whole) => maskCard(whole) ?? whole);
@@ -566,14 +561,27 @@ function maskCardNumber(value: number): string | undefined {
 
 type Groups = Record<string, string | undefined>;
 
+// A JSON string value that is exactly a UUID in its canonical form: no rule changes one, but
+// its hex digits spell a few words ("2fa", "acca") often enough that a match of such a word
+// inside one is no match (as service/redaction.py _inside_uuid).
+const HEXISH_RE = /^[0-9a-f-]*[0-9a-f][0-9a-f-]*$/;
+const UUID_VALUE_RE = /"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}"(?=[,}\]])/y;
+const UUID_VALUE_CHARS = 38; // with its quotes
+
+/** Tell whether `json`'s characters from `start` to `end` lie inside a UUID string value. */
+function insideUuid(json: string, start: number, end: number): boolean {
+  const quote = json.lastIndexOf('"', start - 1); // a UUID holds none: its opening quote
+  if (quote === -1 || end >= quote + UUID_VALUE_CHARS) return false;
+  UUID_VALUE_RE.lastIndex = quote;
+  return UUID_VALUE_RE.test(json);
+}
+
 /** The value rule, the key rule on `key=value` pairs inside text, and the pair rule. */
 export class Redactor {
   readonly keys: KeyRule;
   private readonly automaton: Automaton;
   private readonly keywordRules: CompiledRule[][]; // by word id; [] for a stem
-  // Strings already checked: events repeat most of their strings (types, paths, names).
-  private readonly clean = new Map<string, boolean>();
-  private readonly keyVerdicts = new Map<string, boolean>(); // key -> needs redaction
+  private readonly hexLengths: Int32Array; // by word id: its length if an id's hex can spell it
   private diffRedactor: Redactor | undefined; // with "old" and "new" as extra keys
 
   constructor(extraKeys: Iterable<string> = []) {
@@ -581,7 +589,9 @@ export class Redactor {
     const keywords = [...RULES_BY_KEYWORD.keys()];
     this.keywordRules = keywords.map((keyword) => RULES_BY_KEYWORD.get(keyword)!);
     for (const _ of this.keys.stems) this.keywordRules.push([]);
-    this.automaton = new Automaton([...keywords, ...this.keys.stems]);
+    const words = [...keywords, ...this.keys.stems];
+    this.automaton = new Automaton(words);
+    this.hexLengths = Int32Array.from(words, (word) => (HEXISH_RE.test(word) ? word.length : 0));
   }
 
   /** One pass over `text`: the token rules whose keywords it holds, and whether it holds a
@@ -660,72 +670,28 @@ export class Redactor {
     return this.diffRedactor;
   }
 
-  /** The pre-check over an event: false means no rule would change any of it (one walk:
-   * each key asked of the key rule, each string of the string rules; both remembered). */
-  mayHoldSecret(value: unknown, depth = 0): boolean {
-    if (typeof value === "string") return this.stringMayHoldSecret(value);
-    if (typeof value === "number") return maskCardNumber(value) !== undefined;
-    if (value === null || typeof value !== "object") return false;
-    if (depth >= MAX_DEPTH) return true;
-    if (Array.isArray(value)) {
-      // A two-item list whose first names a secret (["auth", "…"]): a pair.
-      if (value.length === 2 && typeof value[0] === "string" && this.keys.isSensitive(value[0])) return true;
-      for (const item of value) if (this.mayHoldSecret(item, depth + 1)) return true;
-      return false;
-    }
-    const mapping = value as Record<string, unknown>;
-    for (const key in mapping) {
-      let keyHolds = this.keyVerdicts.get(key);
-      if (keyHolds === undefined) {
-        keyHolds = this.keys.isSensitive(key) || this.stringMayHoldSecret(key);
-        if (this.keyVerdicts.size >= KEY_CACHE_MAX) this.keyVerdicts.clear();
-        this.keyVerdicts.set(key, keyHolds);
-      }
-      if (keyHolds) return true;
-      const item = mapping[key];
-      if (typeof item === "string") {
-        if (this.stringMayHoldSecret(item)) return true;
-        // A diff's "field", a pair's name ("name", "Key"…) beside a value field ("value"…): a
-        // sensitive one hides the value beside it.
-        const diff = key === DIFF_FIELD && (DIFF_VALUES[0]! in mapping || DIFF_VALUES[1]! in mapping);
-        if ((diff || (pairRole(key) === NAME && hasValueField(mapping))) && this.keys.isSensitive(item)) {
-          return true;
-        }
-      } else if (this.mayHoldSecret(item, depth + 1)) {
-        return true;
+  /** The pre-check over an encoded event (service/redaction.py json_precheck): false means
+   * no rule would change any of its keys, strings or numbers. One pass over the JSON: its
+   * keys and strings are all in it, and the stems hold the forms a key or a pair's name
+   * takes in JSON ("auth":, ["auth", "name":"auth"). */
+  encodedMayHoldSecret(json: string): boolean {
+    if (CARD_QUICK_RE.test(json)) return true;
+    const { automaton, keywordRules, hexLengths } = this;
+    let rules: Set<CompiledRule> | undefined;
+    for (let hit = automaton.firstHit(json); hit !== undefined; hit = automaton.firstHit(json, hit[1] + 1, hit[0])) {
+      const [state, at] = hit;
+      for (const id of automaton.hits(state)) {
+        const hex = hexLengths[id]!;
+        if (hex > 0 && insideUuid(json, at + 1 - hex, at + 1)) continue; // an id's hex digits
+        const found = keywordRules[id]!;
+        if (found.length === 0) return true; // a stem: the rules must run
+        rules ??= new Set();
+        for (const rule of found) rules.add(rule);
       }
     }
+    // Only token rules' keywords ("ey", "sk" occur in much plain text): does a rule fit?
+    if (rules !== undefined) for (const rule of rules) if (rule.test.test(json)) return true;
     return false;
-  }
-
-  private stringMayHoldSecret(text: string): boolean {
-    // A short string is read faster than it is looked up (and unique ones would only churn
-    // the memory); a long one is read each time (bounded memory).
-    const cacheable = text.length > CLEAN_CACHED_MIN_CHARS && text.length <= CLEAN_CACHED_MAX_CHARS;
-    if (cacheable) {
-      const known = this.clean.get(text);
-      if (known !== undefined) return known;
-    }
-    let holds = false;
-    // Most strings hold no keyword at all: one pass that stops at the first tells.
-    const { rules, stem } =
-      this.automaton.firstHit(text) === undefined ? NOTHING : this.scan(text);
-    if (stem) {
-      holds = true;
-    } else if (rules !== undefined) {
-      for (const rule of rules) {
-        if (rule.test.test(text)) {
-          holds = true;
-          break;
-        }
-      }
-    }
-    if (!holds && text.length >= CARD_MIN_CHARS) holds = mayHoldCard(text);
-    if (cacheable) {
-      if (this.clean.size >= CLEAN_CACHE_MAX) this.clean.clear();
-      this.clean.set(text, holds);
-    }
-    return holds;
   }
 
   /** An event redacted as service/events.py redacts one: as `redact` does, but a change
@@ -816,11 +782,6 @@ const FIELD_NAME_RE = /^[a-z][a-z_]{0,39}$/;
 
 function isPairShape(item: unknown): item is [string, unknown] {
   return Array.isArray(item) && item.length === 2 && typeof item[0] === "string";
-}
-
-function hasValueField(mapping: Record<string, unknown>): boolean {
-  for (const key in mapping) if (pairRole(key) === VALUE) return true;
-  return false;
 }
 
 function hasPairValueWord(low: string): boolean {
