@@ -314,10 +314,9 @@ export class AuditClient {
     }
   }
 
-  /** What the batch carries of an item: its event redacted, the id and ts made at capture in
-   * front (no copy of the event is made for them). */
+  /** What the batch carries of an item: its event, the id and ts made at capture in front
+   * (no copy of the event is made for them). */
   private payload(item: Item): string {
-    this.redact(item);
     const { json, ts } = item;
     if (!item.madeId) return ts === undefined ? json : `{"ts":"${ts}",${json.slice(1)}`;
     return ts === undefined ? `{"id":"${item.id}",${json.slice(1)}` : `{"id":"${item.id}","ts":"${ts}",${json.slice(1)}`;
@@ -386,29 +385,56 @@ export class AuditClient {
   }
 
   private async send(batch: Item[]): Promise<void> {
-    const live: Item[] = [];
-    const payloads: string[] = [];
-    for (const item of batch) {
-      if (item.state !== QUEUED) continue;
-      try {
-        payloads.push(this.payload(item));
-      } catch (error) {
-        this.settle(item, null, error instanceof InvalidEvent ? error : new InvalidEvent("cannot redact the event"));
-        continue;
-      }
-      item.state = SENT;
-      live.push(item);
-    }
+    let live = batch.filter((item) => item.state === QUEUED);
     if (live.length === 0) return;
+    let payload = this.redactBatch(live);
+    if (payload === undefined) {
+      // Events the redaction changed: written anew, without those that failed on the way.
+      live = live.filter((item) => item.state === QUEUED);
+      if (live.length === 0) return;
+      payload = `[${live.map((item) => this.payload(item)).join(",")}]`;
+    }
+    for (const item of live) item.state = SENT;
     try {
-      // One flat string (`+=` would leave a rope of the batch to flatten at the write).
-      await this.enqueue(`[${payloads.join(",")}]`);
+      await this.enqueue(payload);
     } catch (error) {
       for (const item of live) this.settle(item, null, error);
       return;
     }
     this.counts.sent += live.length;
     for (const item of live) this.settle(item, item.id, undefined);
+  }
+
+  /** The batch of `items` as one JSON array, when the redaction changed none of them (the
+   * pre-check over all of it, then the rules over each event it flagged); else undefined,
+   * each flagged event redacted (or, when that failed, settled with its failure line). */
+  private redactBatch(items: Item[]): string | undefined {
+    const payloads = new Array<string>(items.length);
+    const starts = new Array<number>(items.length);
+    let at = 1; // after "["
+    for (let i = 0; i < items.length; i++) {
+      const payload = this.payload(items[i]!);
+      payloads[i] = payload;
+      starts[i] = at;
+      at += payload.length + 1; // and its ","
+    }
+    // One flat string (`+=` would leave a rope of the batch to flatten at the write).
+    const batch = `[${payloads.join(",")}]`;
+    const flagged = this.redactor.encodedNeedingRules(batch, starts);
+    for (const item of items) item.redacted = true;
+    let changed = false;
+    for (const i of flagged) {
+      const item = items[i]!;
+      const json = item.json;
+      item.redacted = false;
+      try {
+        this.redact(item);
+      } catch (error) {
+        this.settle(item, null, error instanceof InvalidEvent ? error : new InvalidEvent("cannot redact the event"));
+      }
+      changed ||= item.json !== json || item.state !== QUEUED;
+    }
+    return changed ? undefined : batch;
   }
 
   private async enqueue(payload: string): Promise<void> {

@@ -503,6 +503,7 @@ function urlPasswordEnd(text: string, from: number): number {
 const CARD_MIN_CHARS = 13;
 const CARD_KEEP = 4; // digits left at the end of a masked card number
 const CARD_QUICK_RE = /[2-6][0-9]{3}[ -]?[0-9]{4}[ -]?[0-9]{4}|3[0-9]{3}[ -][0-9]{6}[ -][0-9]{4}/;
+const CARD_QUICK_ALL_RE = new RegExp(CARD_QUICK_RE.source, "g");
 const CARD_RE = new RegExp(
   String.raw`(?<![\p{L}\p{N}_-])(?<!\p{Nd}\.)(?:[2-6]\p{Nd}{12,18}|[2-6]\p{Nd}{3}([ -])\p{Nd}{4}\1\p{Nd}{4}\1\p{Nd}{1,7}` +
     String.raw`|3\p{Nd}{3}([ -])\p{Nd}{6}\2\p{Nd}{4,5})(?![\p{L}\p{N}_-]|\.\p{Nd})`,
@@ -560,6 +561,9 @@ function maskCardNumber(value: number): string | undefined {
 }
 
 type Groups = Record<string, string | undefined>;
+
+let scratch = Buffer.allocUnsafe(4096); // the bytes of the event being pre-checked
+
 
 // A JSON string value that is exactly a UUID in its canonical form: no rule changes one, but
 // its hex digits spell a few words ("2fa", "acca") often enough that a match of such a word
@@ -671,27 +675,84 @@ export class Redactor {
   }
 
   /** The pre-check over an encoded event (service/redaction.py json_precheck): false means
-   * no rule would change any of its keys, strings or numbers. One pass over the JSON: its
-   * keys and strings are all in it, and the stems hold the forms a key or a pair's name
-   * takes in JSON ("auth":, ["auth", "name":"auth"). */
+   * no rule would change any of its keys, strings or numbers. */
   encodedMayHoldSecret(json: string): boolean {
-    if (CARD_QUICK_RE.test(json)) return true;
+    return this.encodedNeedingRules(json, [0]).length > 0;
+  }
+
+  /** The pre-check over encoded events joined in one text (a batch; `starts`: where each
+   * begins, in order): the indexes of those a rule may change. One pass over the JSON: its
+   * keys and strings are all in it, and the stems hold the forms a key or a pair's name
+   * takes in JSON ("auth":, ["auth", "name":"auth"). A word across two events is a false
+   * alarm (the rules then decide), as is one in the text between them. */
+  encodedNeedingRules(json: string, starts: readonly number[]): number[] {
+    const count = starts.length;
+    const end = json.length;
+    const flagged = new Uint8Array(count);
+    const eventAt = (at: number, from: number) => {
+      let k = from;
+      while (k + 1 < count && starts[k + 1]! <= at) k++;
+      return k;
+    };
+    CARD_QUICK_ALL_RE.lastIndex = 0;
+    for (let k = 0, card = CARD_QUICK_ALL_RE.exec(json); card !== null; card = CARD_QUICK_ALL_RE.exec(json)) {
+      if (insideUuid(json, card.index, card.index + card[0].length)) {
+        CARD_QUICK_ALL_RE.lastIndex = card.index + 1; // digits of an id ("…-2345-6789…")
+        continue;
+      }
+      k = eventAt(card.index, k);
+      flagged[k] = 1;
+      if (k + 1 === count) break;
+      CARD_QUICK_ALL_RE.lastIndex = starts[k + 1]!; // the next event
+    }
+    if (scratch.length < end) scratch = Buffer.allocUnsafe(Math.max(end, 2 * scratch.length));
+    // One byte a character: ASCII as it is, any other character as one byte no word holds
+    // or as its low byte (a match it makes is a false alarm). Bytes read faster than a
+    // string's characters.
+    const bytes = scratch;
+    bytes.write(json, 0, end, "latin1");
     const { automaton, keywordRules, hexLengths } = this;
-    let rules: Set<CompiledRule> | undefined;
-    for (let hit = automaton.firstHit(json); hit !== undefined; hit = automaton.firstHit(json, hit[1] + 1, hit[0])) {
+    const keywords = new Map<number, Set<CompiledRule>>(); // event -> the rules of its keywords
+    let k = 0;
+    for (let hit = automaton.firstHit(bytes, end); hit !== undefined; ) {
       const [state, at] = hit;
+      k = eventAt(at, k);
+      let stem = flagged[k] === 1;
       for (const id of automaton.hits(state)) {
+        if (stem) break;
         const hex = hexLengths[id]!;
         if (hex > 0 && insideUuid(json, at + 1 - hex, at + 1)) continue; // an id's hex digits
         const found = keywordRules[id]!;
-        if (found.length === 0) return true; // a stem: the rules must run
-        rules ??= new Set();
-        for (const rule of found) rules.add(rule);
+        if (found.length === 0) {
+          stem = true; // the rules must run
+        } else {
+          let rules = keywords.get(k);
+          if (rules === undefined) keywords.set(k, (rules = new Set()));
+          for (const rule of found) rules.add(rule);
+        }
+      }
+      if (!stem) {
+        hit = automaton.firstHit(bytes, end, at + 1, state);
+      } else {
+        flagged[k] = 1;
+        if (k + 1 === count) break;
+        hit = automaton.firstHit(bytes, end, starts[k + 1]!); // the next event, afresh
       }
     }
     // Only token rules' keywords ("ey", "sk" occur in much plain text): does a rule fit?
-    if (rules !== undefined) for (const rule of rules) if (rule.test.test(json)) return true;
-    return false;
+    for (const [at, rules] of keywords) {
+      if (flagged[at] === 1) continue;
+      const text = json.slice(starts[at], at + 1 < count ? starts[at + 1] : end);
+      for (const rule of rules) {
+        if (rule.test.test(text)) {
+          flagged[at] = 1;
+          break;
+        }
+      }
+    }
+    const needing: number[] = [];
+    for (let i = 0; i < count; i++) if (flagged[i] === 1) needing.push(i);
+    return needing;
   }
 
   /** An event redacted as service/events.py redacts one: as `redact` does, but a change
