@@ -420,7 +420,12 @@ export class AuditClient {
     }
     // One flat string (`+=` would leave a rope of the batch to flatten at the write).
     const batch = `[${payloads.join(",")}]`;
-    const flagged = this.redactor.encodedNeedingRules(batch, starts);
+    let flagged: number[];
+    try {
+      flagged = this.redactor.encodedNeedingRules(batch, starts);
+    } catch {
+      flagged = items.map((_, i) => i); // each event its own pre-check: a sender never throws
+    }
     for (const item of items) item.redacted = true;
     let changed = false;
     for (const i of flagged) {

@@ -418,6 +418,30 @@ describe("captureNowait: a snapshot in the call, redacted at batch time", () => 
     await dropQueue(queue);
   });
 
+  test("in a batch, the events around one with a secret are sent as captured", async () => {
+    // The pre-check runs over a whole batch: each flagged event is redacted, its neighbours
+    // (clean, or flagged by a stem and left as they are by the rules) are sent as captured.
+    const queue = `${QUEUE}-mixed`;
+    const client = new AuditClient(REDIS_URL, { ...LIVE, queue });
+    const count = 1200;
+    const clean = (i) => ({ note: `quarterly report ${i}`, tail: "pass" }); // a stem no rule acts on
+    for (let i = 0; i < count; i++) {
+      const metadata = i % 7 === 3 ? { note: `pg_dump --password NODEPLANT-${i} prod` } : clean(i);
+      client.captureNowait({ action: "node.mixed", entity: { type: "item", id: String(i) }, metadata });
+    }
+    await client.close();
+    const raw = await rawQueued(queue);
+    assert.ok(!raw.includes("NODEPLANT"));
+    const { events } = await queuedEvents(queue);
+    assert.equal(events.length, count);
+    for (const event of events) {
+      const i = Number(event.entity.id);
+      const want = i % 7 === 3 ? { note: "pg_dump --password [REDACTED] prod" } : clean(i);
+      assert.deepEqual(event.metadata, want, event.entity.id);
+    }
+    await dropQueue(queue);
+  });
+
   test("an event that fails after the call is logged from its redacted snapshot", async () => {
     // Redis is down: each event fails at batch time. Its failure line names the event as it
     // was captured (not as the caller changed it since), its secrets redacted.
