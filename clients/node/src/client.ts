@@ -252,7 +252,7 @@ export class AuditClient {
 
   // Preparing an event, in the caller's turn: checked and encoded once. The encoding is a
   // snapshot (what the caller does to its object afterwards changes nothing sent) whose size
-  // is checked here; the redaction runs when its batch is sent (see `payload`), over the
+  // is checked here; the redaction runs when its batch is sent (see `redactBatch`), over the
   // encoded events, before anything leaves the process.
 
   private prepare(event: AuditEvent): Item {
@@ -304,7 +304,7 @@ export class AuditClient {
   }
 
   /** Redact the item's event (once): the pre-check over its JSON, and where it finds
-   * anything, the rules over the event decoded from it (as the Python client does). */
+   * anything, the rules over the event decoded from it (as service/events.py finalize). */
   private redact(item: Item): void {
     if (item.redacted) return;
     item.redacted = true;
