@@ -7,6 +7,13 @@
 const ALPHABET = 128; // ASCII; every other character is a position no word can cross
 const BYTES = 256; // the class table covers a byte (its upper half: in no word)
 
+/** Where a reading of a part of a text stands: the next position, the state there, the end. */
+export interface Cursor {
+  at: number;
+  state: number;
+  end: number;
+}
+
 export class Automaton {
   // Characters are mapped to classes (0: in no word; A-Z as a-z), so that the table stays
   // small enough for the processor's cache. A state is the offset of its row (state number
@@ -91,6 +98,46 @@ export class Automaton {
       row = to;
     }
     return undefined;
+  }
+
+  /** Read two parts of `bytes` at once, each from its cursor (`at`, `state`) to its `end`:
+   * two chains of lookups that the processor overlaps, where one text waits on each lookup
+   * in turn. Stop where a word ends in either: return which (0: `a`, 1: `b`), whose cursor
+   * then holds the position and the state there (`hits` names the words); -1 when both
+   * parts are read. The other cursor holds where its part goes on. */
+  firstHitOfTwo(bytes: Uint8Array, a: Cursor, b: Cursor): number {
+    const { next, classOf } = this;
+    let ia = a.at;
+    let ib = b.at;
+    let ra = a.state;
+    let rb = b.state;
+    const ea = a.end;
+    const eb = b.end;
+    for (; ia < ea && ib < eb; ia++, ib++) {
+      const ta = next[ra + classOf[bytes[ia]!]!]!;
+      const tb = next[rb + classOf[bytes[ib]!]!]!;
+      if ((ta | tb) < 0) {
+        if (ta < 0) {
+          [a.at, a.state, b.at, b.state] = [ia, ~ta, ib, rb]; // b's byte is read again
+          return 0;
+        }
+        [a.at, a.state, b.at, b.state] = [ia + 1, ta, ib, ~tb];
+        return 1;
+      }
+      ra = ta;
+      rb = tb;
+    }
+    [a.at, a.state, b.at, b.state] = [ia, ra, ib, rb];
+    for (const [which, cursor] of [[0, a], [1, b]] as const) {
+      if (cursor.at >= cursor.end) continue;
+      const hit = this.firstHit(bytes, cursor.end, cursor.at, cursor.state);
+      if (hit !== undefined) {
+        [cursor.state, cursor.at] = hit;
+        return which;
+      }
+      cursor.at = cursor.end;
+    }
+    return -1;
   }
 
   /** The ids of the words that end in `state`. */
