@@ -574,10 +574,16 @@ const UUID_VALUE_CHARS = 38; // with its quotes
 
 /** Tell whether `json`'s characters from `start` to `end` lie inside a UUID string value. */
 function insideUuid(json: string, start: number, end: number): boolean {
-  const quote = json.lastIndexOf('"', start - 1); // a UUID holds none: its opening quote
-  if (quote === -1 || end >= quote + UUID_VALUE_CHARS) return false;
-  UUID_VALUE_RE.lastIndex = quote;
-  return UUID_VALUE_RE.test(json);
+  // Its opening quote is the first one before `start` (a UUID holds none), near enough for
+  // `end` to be inside: looked for that far only (a search to the text's start at each
+  // match of a long run of hex words would be quadratic).
+  for (let quote = start - 1; quote >= 0 && quote > end - UUID_VALUE_CHARS; quote--) {
+    if (json.charCodeAt(quote) === 0x22) {
+      UUID_VALUE_RE.lastIndex = quote;
+      return UUID_VALUE_RE.test(json);
+    }
+  }
+  return false;
 }
 
 /** The value rule, the key rule on `key=value` pairs inside text, and the pair rule. */
