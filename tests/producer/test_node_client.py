@@ -273,7 +273,7 @@ const rule = new KeyRule(["ssn"]);
 const redactor = new Redactor([]);
 const sensitive = keys.map((k) => rule.isSensitive(k));
 const redacted = values.map((v) => redactor.redact(v));
-const flagged = [...texts, ...values].map((v) => redactor.mayHoldSecret(v));
+const flagged = [...texts, ...values].map((v) => redactor.encodedMayHoldSecret(JSON.stringify(v)));
 const texted = texts.map((t) => redactor.redactString(t));
 console.log(JSON.stringify([sensitive, texted, redacted, flagged]));
 """

@@ -5,15 +5,24 @@
 // RegExp alternation of the ~300 keywords costs 10-30 µs on a 600-character event, and the
 // npm Aho-Corasick packages keep their automaton in objects and maps, several times slower.
 const ALPHABET = 128; // ASCII; every other character is a position no word can cross
+const BYTES = 256; // the class table covers a byte (its upper half: in no word)
+
+/** Where a reading of a part of a text stands: the next position, the state there, the end. */
+export interface Cursor {
+  at: number;
+  state: number;
+  end: number;
+}
 
 export class Automaton {
-  // Characters are mapped to classes (0: in no word), so that the table stays small enough
-  // for the processor's cache: state * classes + class -> state.
-  private readonly classOf = new Uint8Array(ALPHABET);
+  // Characters are mapped to classes (0: in no word; A-Z as a-z), so that the table stays
+  // small enough for the processor's cache. A state is the offset of its row (state number
+  // * classes): row + class -> the next state's row, written ~row (negative) when a word
+  // ends there, so that reading a character is one lookup and one test.
+  private readonly classOf = new Uint8Array(BYTES);
   private readonly classes: number;
-  private readonly next: Uint32Array;
-  private readonly ends: Uint8Array; // state -> 1 when a word ends there
-  private readonly outputs: Int32Array[]; // state -> the ids of the words that end there
+  private readonly next: Int32Array;
+  private readonly outputs: Int32Array[]; // state number -> the ids of the words that end there
 
   constructor(words: readonly string[]) {
     const goto: Array<Map<number, number>> = [new Map()];
@@ -70,37 +79,82 @@ export class Automaton {
       }
     }
     this.classes = classes;
-    this.next = next;
     this.outputs = ends.map((ids) => Int32Array.from(new Set(ids)));
-    this.ends = Uint8Array.from(this.outputs, (ids) => (ids.length > 0 ? 1 : 0));
+    this.next = Int32Array.from(next, (to) => (this.outputs[to]!.length > 0 ? ~(to * classes) : to * classes));
+    for (let ch = 65; ch <= 90; ch++) this.classOf[ch] = this.classOf[ch + 32]!; // A-Z: lowercase
   }
 
-  /** Return the state after reading `text` from the start state, stopping at the first
-   * position where a word ends (then `hits(state)` names the words); -1 when none ends. */
-  firstHit(text: string, from = 0): [number, number] | undefined {
-    const { next, ends, classOf, classes } = this;
-    let state = 0;
-    for (let i = from; i < text.length; i++) {
-      let ch = text.charCodeAt(i);
-      if (ch >= 65 && ch <= 90) ch += 32; // A-Z: lowercase
-      const c = ch < ALPHABET ? classOf[ch]! : 0; // 0: in no word
-      state = next[state * classes + c]!;
-      if (ends[state] === 1) return [state, i];
+  /** Read `bytes` (a text, one byte a character) up to `end`, from `from` in `state` (the
+   * start state, or one a previous hit returned), stopping at the first position where a
+   * word ends: [the state there (`hits` names the words), the position]; undefined when no
+   * word ends. Bytes read faster than a string's characters (no check of the string's kind
+   * per character): the pre-check over a whole encoded event. */
+  firstHit(bytes: Uint8Array, end: number, from = 0, state = 0): [number, number] | undefined {
+    const { next, classOf } = this;
+    let row = state;
+    for (let i = from; i < end; i++) {
+      const to = next[row + classOf[bytes[i]!]!]!;
+      if (to < 0) return [~to, i];
+      row = to;
     }
     return undefined;
   }
 
+  /** Read two parts of `bytes` at once, each from its cursor (`at`, `state`) to its `end`:
+   * two chains of lookups that the processor overlaps, where one text waits on each lookup
+   * in turn. Stop where a word ends in either: return which (0: `a`, 1: `b`), whose cursor
+   * then holds the position and the state there (`hits` names the words); -1 when both
+   * parts are read. The other cursor holds where its part goes on. */
+  firstHitOfTwo(bytes: Uint8Array, a: Cursor, b: Cursor): number {
+    const { next, classOf } = this;
+    let ia = a.at;
+    let ib = b.at;
+    let ra = a.state;
+    let rb = b.state;
+    const ea = a.end;
+    const eb = b.end;
+    for (; ia < ea && ib < eb; ia++, ib++) {
+      const ta = next[ra + classOf[bytes[ia]!]!]!;
+      const tb = next[rb + classOf[bytes[ib]!]!]!;
+      if ((ta | tb) < 0) {
+        if (ta < 0) {
+          [a.at, a.state, b.at, b.state] = [ia, ~ta, ib, rb]; // b's byte is read again
+          return 0;
+        }
+        [a.at, a.state, b.at, b.state] = [ia + 1, ta, ib, ~tb];
+        return 1;
+      }
+      ra = ta;
+      rb = tb;
+    }
+    [a.at, a.state, b.at, b.state] = [ia, ra, ib, rb];
+    for (const [which, cursor] of [[0, a], [1, b]] as const) {
+      if (cursor.at >= cursor.end) continue;
+      const hit = this.firstHit(bytes, cursor.end, cursor.at, cursor.state);
+      if (hit !== undefined) {
+        [cursor.state, cursor.at] = hit;
+        return which;
+      }
+      cursor.at = cursor.end;
+    }
+    return -1;
+  }
+
+  /** The ids of the words that end in `state`. */
+  hits(state: number): Int32Array {
+    return this.outputs[state / this.classes]!;
+  }
+
   /** Call `found(id)` for every occurrence of a word in `text`, case-insensitively. */
   scan(text: string, found: (id: number) => void): void {
-    const { next, ends, classOf, classes } = this;
-    let state = 0;
+    const { next, classOf } = this;
+    let row = 0;
     for (let i = 0; i < text.length; i++) {
-      let ch = text.charCodeAt(i);
-      if (ch >= 65 && ch <= 90) ch += 32; // A-Z: lowercase
-      const c = ch < ALPHABET ? classOf[ch]! : 0; // 0: in no word
-      state = next[state * classes + c]!;
-      if (ends[state] === 1) {
-        const ids = this.outputs[state]!;
+      const ch = text.charCodeAt(i);
+      row = next[row + (ch < BYTES ? classOf[ch]! : 0)]!;
+      if (row < 0) {
+        row = ~row;
+        const ids = this.hits(row);
         for (let k = 0; k < ids.length; k++) found(ids[k]!);
       }
     }

@@ -70,11 +70,21 @@ interface Waiter {
 }
 
 interface Item {
-  payload: string;
+  json: string; // the event as captured, encoded; redacted when its batch is sent
+  redacted: boolean;
   id: string;
-  event: AuditEvent; // for the failure line
+  madeId: boolean; // the id was made at capture (else the event brings it)
+  ts: string | undefined; // the time of capture, when the event brings no ts
   state: number;
   waiter: Waiter | undefined;
+}
+
+const ID_HEAD_CHARS = 44; // "id":"<36 characters>",
+const TS_HEAD_CHARS = 8; // "ts":"",
+
+/** The characters of the id and ts written in front of an item's event. */
+function headChars(item: Item): number {
+  return (item.madeId ? ID_HEAD_CHARS : 0) + (item.ts === undefined ? 0 : TS_HEAD_CHARS + item.ts.length);
 }
 
 const validActions = new Set<string>();
@@ -191,7 +201,7 @@ export class AuditClient {
     try {
       item = this.prepare(event);
     } catch (error) {
-      this.fail(event, error);
+      this.fail(event, error, currentContext());
       return Promise.resolve(null);
     }
     return new Promise((resolve) => {
@@ -207,7 +217,7 @@ export class AuditClient {
     try {
       this.push(this.prepare(event));
     } catch (error) {
-      this.fail(event, error);
+      this.fail(event, error, currentContext());
     }
   }
 
@@ -240,7 +250,10 @@ export class AuditClient {
     return { ...this.counts };
   }
 
-  // Preparing an event, in the caller's turn.
+  // Preparing an event, in the caller's turn: checked and encoded once. The encoding is a
+  // snapshot (what the caller does to its object afterwards changes nothing sent) whose size
+  // is checked here; the redaction runs when its batch is sent (see `redactBatch`), over the
+  // encoded events, before anything leaves the process.
 
   private prepare(event: AuditEvent): Item {
     if (this.closing) throw new ClientClosed("the audit client is closed");
@@ -254,42 +267,59 @@ export class AuditClient {
       }
       if (validActions.size < VALID_ACTIONS_KEPT) validActions.add(action);
     }
-    let done: AuditEvent = event;
     const context = currentContext();
-    let withRequest = false;
-    if (context !== undefined) {
-      done = withContext(event, context);
-      withRequest = done !== event;
-    }
     let json: string;
     try {
-      json = JSON.stringify(done);
+      json = JSON.stringify(context === undefined ? event : withContext(event, context));
     } catch (error) {
       throw new InvalidEvent(`cannot encode the event: ${(error as Error).message}`);
     }
-    // The event as given, and what the context added (the id and ts made here are clean).
-    const redactor = this.redactor;
-    if (
-      redactor.mayHoldSecret(event) ||
-      (withRequest && (redactor.mayHoldSecret(done.request) || redactor.mayHoldSecret(done.actor)))
-    ) {
-      // One walk over the event (its strings and keys mostly remembered); most stop there.
-      done = redactor.redactEvent(done);
-      json = JSON.stringify(done);
+    if (typeof json !== "string" || json.charCodeAt(0) !== 0x7b) {
+      throw new InvalidEvent("the event does not encode as a JSON object (its toJSON)");
     }
-    // The id and ts, when made here, are written in front: no copy of the event is made.
+    // The id and ts, when made here, are written in front when the batch is sent.
     tick();
-    const id = event.id ?? newId();
-    let head = event.id === undefined ? `"id":"${id}",` : "";
-    if (event.ts === undefined) head += `"ts":"${lastIso}",`;
-    const payload = head === "" ? json : `{${head}${json.slice(1)}`;
-    if (payload.length * 3 > this.maxEventBytes) {
-      const bytes = Buffer.byteLength(payload);
-      if (bytes > this.maxEventBytes) {
-        throw new InvalidEvent(`event is ${bytes} bytes encoded, more than the limit of ${this.maxEventBytes}`);
-      }
+    const madeId = event.id === undefined;
+    const item: Item = {
+      json,
+      redacted: false,
+      id: event.id ?? newId(),
+      madeId,
+      ts: event.ts === undefined ? lastIso : undefined,
+      state: QUEUED,
+      waiter: undefined,
+    };
+    this.checkSize(item);
+    return item;
+  }
+
+  /** Throw InvalidEvent when the item's payload is over the size limit. */
+  private checkSize(item: Item): void {
+    const head = headChars(item);
+    if ((item.json.length + head) * 3 <= this.maxEventBytes) return; // 3 bytes a character at most
+    const bytes = Buffer.byteLength(item.json) + head;
+    if (bytes > this.maxEventBytes) {
+      throw new InvalidEvent(`event is ${bytes} bytes encoded, more than the limit of ${this.maxEventBytes}`);
     }
-    return { payload, id, event: done, state: QUEUED, waiter: undefined };
+  }
+
+  /** Redact the item's event (once): the pre-check over its JSON, and where it finds
+   * anything, the rules over the event decoded from it (as service/events.py finalize). */
+  private redact(item: Item): void {
+    if (item.redacted) return;
+    item.redacted = true;
+    if (this.redactor.encodedMayHoldSecret(item.json)) {
+      item.json = JSON.stringify(this.redactor.redactEvent(JSON.parse(item.json) as object));
+      this.checkSize(item); // a redacted value may be longer than the secret it replaced
+    }
+  }
+
+  /** What the batch carries of an item: its event, the id and ts made at capture in front
+   * (no copy of the event is made for them). */
+  private payload(item: Item): string {
+    const { json, ts } = item;
+    if (!item.madeId) return ts === undefined ? json : `{"ts":"${ts}",${json.slice(1)}`;
+    return ts === undefined ? `{"id":"${item.id}",${json.slice(1)}` : `{"id":"${item.id}","ts":"${ts}",${json.slice(1)}`;
   }
 
   // Buffering and sending.
@@ -341,7 +371,8 @@ export class AuditClient {
     let bytes = 2;
     const limit = Math.min(this.buffer.length, this.flushMaxEvents);
     while (count < limit) {
-      bytes += this.buffer[count]!.payload.length + 1;
+      const item = this.buffer[count]!;
+      bytes += item.json.length + headChars(item) + 1;
       if (count > 0 && bytes > BATCH_MAX_BYTES) break;
       count += 1;
     }
@@ -354,22 +385,61 @@ export class AuditClient {
   }
 
   private async send(batch: Item[]): Promise<void> {
-    const live = batch.filter((item) => item.state === QUEUED);
+    let live = batch.filter((item) => item.state === QUEUED);
     if (live.length === 0) return;
-    const payloads = new Array<string>(live.length);
-    for (let i = 0; i < live.length; i++) {
-      live[i]!.state = SENT;
-      payloads[i] = live[i]!.payload;
+    let payload = this.redactBatch(live);
+    if (payload === undefined) {
+      // Events the redaction changed: written anew, without those that failed on the way.
+      live = live.filter((item) => item.state === QUEUED);
+      if (live.length === 0) return;
+      payload = `[${live.map((item) => this.payload(item)).join(",")}]`;
     }
+    for (const item of live) item.state = SENT;
     try {
-      // One flat string (`+=` would leave a rope of the batch to flatten at the write).
-      await this.enqueue(`[${payloads.join(",")}]`);
+      await this.enqueue(payload);
     } catch (error) {
       for (const item of live) this.settle(item, null, error);
       return;
     }
     this.counts.sent += live.length;
     for (const item of live) this.settle(item, item.id, undefined);
+  }
+
+  /** The batch of `items` as one JSON array, when the redaction changed none of them (the
+   * pre-check over all of it, then the rules over each event it flagged); else undefined,
+   * each flagged event redacted (or, when that failed, settled with its failure line). */
+  private redactBatch(items: Item[]): string | undefined {
+    const payloads = new Array<string>(items.length);
+    const starts = new Array<number>(items.length);
+    let at = 1; // after "["
+    for (let i = 0; i < items.length; i++) {
+      const payload = this.payload(items[i]!);
+      payloads[i] = payload;
+      starts[i] = at;
+      at += payload.length + 1; // and its ","
+    }
+    // One flat string (`+=` would leave a rope of the batch to flatten at the write).
+    const batch = `[${payloads.join(",")}]`;
+    let flagged: number[];
+    try {
+      flagged = this.redactor.encodedNeedingRules(batch, starts);
+    } catch {
+      flagged = items.map((_, i) => i); // each event its own pre-check: a sender never throws
+    }
+    for (const item of items) item.redacted = true;
+    let changed = false;
+    for (const i of flagged) {
+      const item = items[i]!;
+      const json = item.json;
+      item.redacted = false;
+      try {
+        this.redact(item);
+      } catch (error) {
+        this.settle(item, null, error instanceof InvalidEvent ? error : new InvalidEvent("cannot redact the event"));
+      }
+      changed ||= item.json !== json || item.state !== QUEUED;
+    }
+    return changed ? undefined : batch;
   }
 
   private async enqueue(payload: string): Promise<void> {
@@ -444,13 +514,25 @@ export class AuditClient {
       clearTimeout(waiter.timer);
       waiter.resolve(id);
     }
-    if (error !== undefined && !answered) this.fail(item.event, error);
+    if (error !== undefined && !answered) this.fail(this.snapshot(item), error, undefined);
   }
 
-  private fail(event: unknown, error: unknown): void {
+  /** The event of an item's failure line: as captured (not the caller's object, which may
+   * have changed since; the context is in it), redacted. */
+  private snapshot(item: Item): unknown {
+    try {
+      this.redact(item);
+    } catch {
+      // The line's own fields are redacted apart (failureLine), as the Python client does.
+    }
+    return JSON.parse(item.json);
+  }
+
+  /** Write the failure line of `event` (`context`: the request's, for a failure in the call). */
+  private fail(event: unknown, error: unknown, context: AuditContext | undefined): void {
     this.counts.failed += 1;
     try {
-      this.logger.error(failureLine(event, error, currentContext(), this.redactor));
+      this.logger.error(failureLine(event, error, context, this.redactor));
     } catch {
       // a broken logger must not break the caller either
     }

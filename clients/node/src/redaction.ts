@@ -8,15 +8,11 @@
 // Python's `\w`, `\d` and `.` are Unicode / not a line break: W, \p{Nd} and [^\n] here.
 import { readFileSync } from "node:fs";
 
-import { Automaton } from "./automaton.js";
+import { Automaton, type Cursor } from "./automaton.js";
 
 export const REDACTED = "[REDACTED]";
 const MAX_DEPTH = 200; // nesting redacted; anything deeper is replaced whole (as in Python)
 const KEY_CACHE_MAX = 8192; // keys remembered: a service has few distinct keys
-const NOTHING = { rules: undefined, stem: false } as const;
-const CLEAN_CACHE_MAX = 16_384; // strings remembered by the pre-check
-const CLEAN_CACHED_MIN_CHARS = 24; // shorter strings are read each time
-const CLEAN_CACHED_MAX_CHARS = 64; // longer strings are checked each time (bounded memory)
 
 interface Allow {
   regexes?: string[];
@@ -130,7 +126,12 @@ const HAND_STEMS = [
   ...["pass", "pwd", "pw", "secret", "token", "cookie", "cred", "authoriz", "jwt", "otp"],
   ...["key", "session", "sessid", "backup", "recovery", "2fa", "mfa", "sig", "bearer"],
   ...["basic", "-----", "://", "%3a%2f%2f", "%253a"],
-  ...SHORT_FINAL_WORDS.flatMap((w) => [`${w}":`, `${w}':`, `${w}\\"`, `${w}=`, `${w}:`, `${w}>`]),
+  ...SHORT_FINAL_WORDS.flatMap((w) => [
+    ...[`${w}":`, `${w}':`, `${w}\\"`, `${w}=`, `${w}:`, `${w}>`],
+    // A pair's name: first in a list, or a name/value mapping's name.
+    ...[`["${w}"`, `[ "${w}"`, `['${w}'`, `('${w}'`, `"${w}" :`],
+    ...["name", "key", "field"].flatMap((role) => [`${role}":"${w}"`, `${role}": "${w}"`, `${role}': '${w}'`]),
+  ]),
   ...["-auth", "_auth", "-sid", "_sid", ".sid"],
 ];
 const STRING_STEMS = [
@@ -502,6 +503,7 @@ function urlPasswordEnd(text: string, from: number): number {
 const CARD_MIN_CHARS = 13;
 const CARD_KEEP = 4; // digits left at the end of a masked card number
 const CARD_QUICK_RE = /[2-6][0-9]{3}[ -]?[0-9]{4}[ -]?[0-9]{4}|3[0-9]{3}[ -][0-9]{6}[ -][0-9]{4}/;
+const CARD_QUICK_ALL_RE = new RegExp(CARD_QUICK_RE.source, "g");
 const CARD_RE = new RegExp(
   String.raw`(?<![\p{L}\p{N}_-])(?<!\p{Nd}\.)(?:[2-6]\p{Nd}{12,18}|[2-6]\p{Nd}{3}([ -])\p{Nd}{4}\1\p{Nd}{4}\1\p{Nd}{1,7}` +
     String.raw`|3\p{Nd}{3}([ -])\p{Nd}{6}\2\p{Nd}{4,5})(?![\p{L}\p{N}_-]|\.\p{Nd})`,
@@ -545,12 +547,6 @@ function maskCard(text: string): string | undefined {
   return out;
 }
 
-function mayHoldCard(text: string): boolean {
-  if (text.length < CARD_MIN_CHARS || !CARD_QUICK_RE.test(text)) return false;
-  for (const match of text.matchAll(CARD_RE)) if (maskCard(match[0]) !== undefined) return true;
-  return false;
-}
-
 function maskCards(text: string): string {
   if (text.length < CARD_MIN_CHARS || !CARD_QUICK_RE.test(text)) return text;
   return text.replace(CARD_RE, (whole) => maskCard(whole) ?? whole);
@@ -566,14 +562,36 @@ function maskCardNumber(value: number): string | undefined {
 
 type Groups = Record<string, string | undefined>;
 
+let scratch = Buffer.allocUnsafe(4096); // the bytes of the event being pre-checked
+
+
+// A JSON string value that is exactly a UUID in its canonical form: no rule changes one, but
+// its hex digits spell a few words ("2fa", "acca") often enough that a match of such a word
+// inside one is no match (as service/redaction.py _inside_uuid).
+const HEXISH_RE = /^[0-9a-f-]*[0-9a-f][0-9a-f-]*$/;
+const UUID_VALUE_RE = /"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}"(?=[,}\]])/y;
+const UUID_VALUE_CHARS = 38; // with its quotes
+
+/** Tell whether `json`'s characters from `start` to `end` lie inside a UUID string value. */
+function insideUuid(json: string, start: number, end: number): boolean {
+  // Its opening quote is the first one before `start` (a UUID holds none), near enough for
+  // `end` to be inside: looked for that far only (a search to the text's start at each
+  // match of a long run of hex words would be quadratic).
+  for (let quote = start - 1; quote >= 0 && quote > end - UUID_VALUE_CHARS; quote--) {
+    if (json.charCodeAt(quote) === 0x22) {
+      UUID_VALUE_RE.lastIndex = quote;
+      return UUID_VALUE_RE.test(json);
+    }
+  }
+  return false;
+}
+
 /** The value rule, the key rule on `key=value` pairs inside text, and the pair rule. */
 export class Redactor {
   readonly keys: KeyRule;
   private readonly automaton: Automaton;
   private readonly keywordRules: CompiledRule[][]; // by word id; [] for a stem
-  // Strings already checked: events repeat most of their strings (types, paths, names).
-  private readonly clean = new Map<string, boolean>();
-  private readonly keyVerdicts = new Map<string, boolean>(); // key -> needs redaction
+  private readonly hexLengths: Int32Array; // by word id: its length if an id's hex can spell it
   private diffRedactor: Redactor | undefined; // with "old" and "new" as extra keys
 
   constructor(extraKeys: Iterable<string> = []) {
@@ -581,7 +599,9 @@ export class Redactor {
     const keywords = [...RULES_BY_KEYWORD.keys()];
     this.keywordRules = keywords.map((keyword) => RULES_BY_KEYWORD.get(keyword)!);
     for (const _ of this.keys.stems) this.keywordRules.push([]);
-    this.automaton = new Automaton([...keywords, ...this.keys.stems]);
+    const words = [...keywords, ...this.keys.stems];
+    this.automaton = new Automaton(words);
+    this.hexLengths = Int32Array.from(words, (word) => (HEXISH_RE.test(word) ? word.length : 0));
   }
 
   /** One pass over `text`: the token rules whose keywords it holds, and whether it holds a
@@ -660,72 +680,93 @@ export class Redactor {
     return this.diffRedactor;
   }
 
-  /** The pre-check over an event: false means no rule would change any of it (one walk:
-   * each key asked of the key rule, each string of the string rules; both remembered). */
-  mayHoldSecret(value: unknown, depth = 0): boolean {
-    if (typeof value === "string") return this.stringMayHoldSecret(value);
-    if (typeof value === "number") return maskCardNumber(value) !== undefined;
-    if (value === null || typeof value !== "object") return false;
-    if (depth >= MAX_DEPTH) return true;
-    if (Array.isArray(value)) {
-      // A two-item list whose first names a secret (["auth", "…"]): a pair.
-      if (value.length === 2 && typeof value[0] === "string" && this.keys.isSensitive(value[0])) return true;
-      for (const item of value) if (this.mayHoldSecret(item, depth + 1)) return true;
-      return false;
-    }
-    const mapping = value as Record<string, unknown>;
-    for (const key in mapping) {
-      let keyHolds = this.keyVerdicts.get(key);
-      if (keyHolds === undefined) {
-        keyHolds = this.keys.isSensitive(key) || this.stringMayHoldSecret(key);
-        if (this.keyVerdicts.size >= KEY_CACHE_MAX) this.keyVerdicts.clear();
-        this.keyVerdicts.set(key, keyHolds);
-      }
-      if (keyHolds) return true;
-      const item = mapping[key];
-      if (typeof item === "string") {
-        if (this.stringMayHoldSecret(item)) return true;
-        // A diff's "field", a pair's name ("name", "Key"…) beside a value field ("value"…): a
-        // sensitive one hides the value beside it.
-        const diff = key === DIFF_FIELD && (DIFF_VALUES[0]! in mapping || DIFF_VALUES[1]! in mapping);
-        if ((diff || (pairRole(key) === NAME && hasValueField(mapping))) && this.keys.isSensitive(item)) {
-          return true;
-        }
-      } else if (this.mayHoldSecret(item, depth + 1)) {
-        return true;
-      }
-    }
-    return false;
+  /** The pre-check over an encoded event (service/redaction.py json_precheck): false means
+   * no rule would change any of its keys, strings or numbers. */
+  encodedMayHoldSecret(json: string): boolean {
+    return this.encodedNeedingRules(json, [0]).length > 0;
   }
 
-  private stringMayHoldSecret(text: string): boolean {
-    // A short string is read faster than it is looked up (and unique ones would only churn
-    // the memory); a long one is read each time (bounded memory).
-    const cacheable = text.length > CLEAN_CACHED_MIN_CHARS && text.length <= CLEAN_CACHED_MAX_CHARS;
-    if (cacheable) {
-      const known = this.clean.get(text);
-      if (known !== undefined) return known;
+  /** The pre-check over encoded events joined in one text (a batch; `starts`: where each
+   * begins, in order): the indexes of those a rule may change. One pass over the JSON: its
+   * keys and strings are all in it, and the stems hold the forms a key or a pair's name
+   * takes in JSON ("auth":, ["auth", "name":"auth"). A word across two events is a false
+   * alarm (the rules then decide), as is one in the text between them. */
+  encodedNeedingRules(json: string, starts: readonly number[]): number[] {
+    const count = starts.length;
+    const end = json.length;
+    const flagged = new Uint8Array(count);
+    const eventAt = (at: number, from: number) => {
+      let k = from;
+      while (k + 1 < count && starts[k + 1]! <= at) k++;
+      return k;
+    };
+    CARD_QUICK_ALL_RE.lastIndex = 0;
+    for (let k = 0, card = CARD_QUICK_ALL_RE.exec(json); card !== null; card = CARD_QUICK_ALL_RE.exec(json)) {
+      if (insideUuid(json, card.index, card.index + card[0].length)) {
+        CARD_QUICK_ALL_RE.lastIndex = card.index + 1; // digits of an id ("…-2345-6789…")
+        continue;
+      }
+      k = eventAt(card.index, k);
+      flagged[k] = 1;
+      if (k + 1 === count) break;
+      CARD_QUICK_ALL_RE.lastIndex = starts[k + 1]!; // the next event
     }
-    let holds = false;
-    // Most strings hold no keyword at all: one pass that stops at the first tells.
-    const { rules, stem } =
-      this.automaton.firstHit(text) === undefined ? NOTHING : this.scan(text);
-    if (stem) {
-      holds = true;
-    } else if (rules !== undefined) {
+    if (scratch.length < end) scratch = Buffer.allocUnsafe(Math.max(end, 2 * scratch.length));
+    // One byte a character: ASCII as it is, any other character as one byte no word holds
+    // or as its low byte (a match it makes is a false alarm). Bytes read faster than a
+    // string's characters.
+    const bytes = scratch;
+    bytes.write(json, 0, end, "latin1");
+    const { automaton, keywordRules, hexLengths } = this;
+    const keywords = new Map<number, Set<CompiledRule>>(); // event -> the rules of its keywords
+    // The events in two halves read at once (a word across the two is a false alarm too).
+    const half = count >> 1;
+    const middle = half === 0 ? end : starts[half]!;
+    const cursors: [Cursor, Cursor] = [
+      { at: 0, state: 0, end: middle },
+      { at: middle, state: 0, end },
+    ];
+    const events = [0, half]; // the event each cursor is in
+    for (let which = automaton.firstHitOfTwo(bytes, ...cursors); which !== -1; which = automaton.firstHitOfTwo(bytes, ...cursors)) {
+      const cursor = cursors[which];
+      const { state, at } = cursor;
+      const k = (events[which] = eventAt(at, events[which]!));
+      let stem = flagged[k] === 1;
+      for (const id of automaton.hits(state)) {
+        if (stem) break;
+        const hex = hexLengths[id]!;
+        if (hex > 0 && insideUuid(json, at + 1 - hex, at + 1)) continue; // an id's hex digits
+        const found = keywordRules[id]!;
+        if (found.length === 0) {
+          stem = true; // the rules must run
+        } else {
+          let rules = keywords.get(k);
+          if (rules === undefined) keywords.set(k, (rules = new Set()));
+          for (const rule of found) rules.add(rule);
+        }
+      }
+      if (!stem) {
+        cursor.at = at + 1;
+      } else {
+        flagged[k] = 1;
+        cursor.at = k + 1 < count ? starts[k + 1]! : end; // the next event, afresh
+        cursor.state = 0;
+      }
+    }
+    // Only token rules' keywords ("ey", "sk" occur in much plain text): does a rule fit?
+    for (const [at, rules] of keywords) {
+      if (flagged[at] === 1) continue;
+      const text = json.slice(starts[at], at + 1 < count ? starts[at + 1] : end);
       for (const rule of rules) {
         if (rule.test.test(text)) {
-          holds = true;
+          flagged[at] = 1;
           break;
         }
       }
     }
-    if (!holds && text.length >= CARD_MIN_CHARS) holds = mayHoldCard(text);
-    if (cacheable) {
-      if (this.clean.size >= CLEAN_CACHE_MAX) this.clean.clear();
-      this.clean.set(text, holds);
-    }
-    return holds;
+    const needing: number[] = [];
+    for (let i = 0; i < count; i++) if (flagged[i] === 1) needing.push(i);
+    return needing;
   }
 
   /** An event redacted as service/events.py redacts one: as `redact` does, but a change
@@ -816,11 +857,6 @@ const FIELD_NAME_RE = /^[a-z][a-z_]{0,39}$/;
 
 function isPairShape(item: unknown): item is [string, unknown] {
   return Array.isArray(item) && item.length === 2 && typeof item[0] === "string";
-}
-
-function hasValueField(mapping: Record<string, unknown>): boolean {
-  for (const key in mapping) if (pairRole(key) === VALUE) return true;
-  return false;
 }
 
 function hasPairValueWord(low: string): boolean {

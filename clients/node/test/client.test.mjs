@@ -72,6 +72,19 @@ async function queuedEvents(queue) {
   return { events, jobs: jobs.length };
 }
 
+/** What the queue's jobs hold, as Redis keeps it (every byte a secret could hide in). */
+async function rawQueued(queue) {
+  const jobs = await redis.zrange(queue, 0, -1);
+  const raw = [];
+  for (const taskId of jobs) raw.push(await redis.get(`arq:job:${taskId}`));
+  return raw.join("\n");
+}
+
+async function dropQueue(queue) {
+  const ids = await redis.zrange(queue, 0, -1);
+  await redis.del(queue, `auditq:open-job:${queue}`, ...ids.map((taskId) => `arq:job:${taskId}`));
+}
+
 describe("capture", () => {
   test("resolves to a UUIDv7 id, and the event is queued with it", async () => {
     const client = new AuditClient(REDIS_URL, { ...LIVE, queue: QUEUE });
@@ -315,6 +328,180 @@ describe("captureNowait", () => {
       logger.lines.map((line) => failurePayload(line).errorName),
       ["ClientClosed", "ClientClosed"],
     );
+  });
+});
+
+describe("captureNowait: a snapshot in the call, redacted at batch time", () => {
+  test("a caller that changes its event after captureNowait returns changes nothing queued", async () => {
+    // The event is encoded in the call: what the caller does to its object afterwards (a
+    // secret put in, fields changed or removed) never reaches Redis.
+    const queue = `${QUEUE}-mutated`;
+    const client = new AuditClient(REDIS_URL, { ...LIVE, queue });
+    const event = {
+      action: "node.snapshot",
+      actor: { id: "u-7", type: "user" },
+      entity: { type: "doc", id: "d-1" },
+      metadata: { plan: "pro", tags: ["a"], nested: { n: 1 } },
+      changes: [{ field: "plan", old: "free", new: "pro" }],
+    };
+    client.captureNowait(event);
+    event.action = "node.changed";
+    event.metadata.password = "hunter2-after";
+    event.metadata.plan = "Bearer Zq8vR2kLm4Tn6Wp1Zq8vR2kLm4Tn6Wp1";
+    event.metadata.tags.push("AKIAIOSFODNN7REALKEY");
+    event.metadata.nested.n = 2;
+    event.changes[0].field = "password";
+    event.changes[0].new = "hunter3-after";
+    event.entity.id = "token=hunter4-after";
+    delete event.actor;
+    event.id = "01890a5d-ac96-774b-bcce-b302099a8057";
+    await client.close();
+    const raw = await rawQueued(queue);
+    const { events } = await queuedEvents(queue);
+    assert.equal(events.length, 1);
+    const { id, ts, ...rest } = events[0];
+    assert.match(id, UUID7);
+    assert.ok(ts);
+    assert.deepEqual(rest, {
+      action: "node.snapshot",
+      actor: { id: "u-7", type: "user" },
+      entity: { type: "doc", id: "d-1" },
+      metadata: { plan: "pro", tags: ["a"], nested: { n: 1 } },
+      changes: [{ field: "plan", old: "free", new: "pro" }],
+    });
+    for (const secret of ["hunter", "Zq8vR2", "AKIA"]) assert.ok(!raw.includes(secret), secret);
+    await dropQueue(queue);
+  });
+
+  test("secrets in every planted shape never reach Redis, and close() flushes every event", async () => {
+    const queue = `${QUEUE}-planted`;
+    const client = new AuditClient(REDIS_URL, { ...LIVE, queue, redactExtraKeys: ["ssn"] });
+    const planted = [
+      { password: "NODEPLANT-k1" },
+      { nested: { Authorization: "Bearer NODEPLANT-k2-abcdefghijklmnop" } },
+      { user_ssn: "NODEPLANT-k3" },
+      { headers: [["X-Api-Key", "NODEPLANT-v1"], ["Accept", "json"]] },
+      { env: { Name: "DB_PASSWORD", Value: "NODEPLANT-v2" } },
+      { pair: ["password", "NODEPLANT-v5"] },
+      { argv: ["pg_dump", "--password", "NODEPLANT-a1", "prod"] },
+      { note: "pg_dump --password NODEPLANT-c1 prod" },
+      { note: "callback https://bob:NODEPLANT-u1@example.org/x" },
+      { note: "next=https%253A%252F%252Fapp%252F%253Fpassword%253DNODEPLANT-d1" },
+      { note: "<soap><wsse:Password>NODEPLANT-p4</wsse:Password></soap>" },
+      { note: "credentials:\n  - NODEPLANT-p5a\nuser: ann" },
+      { note: '{"value": "NODEPLANT-p3", "name": "client_secret"}' },
+      { text: "x", field: "auth", value: "NODEPLANT-f1" },
+      { card: "paid with 4111 1111 1111 1111 today", pan: 4111111111111111 },
+    ];
+    const count = 2000;
+    for (let i = 0; i < count; i++) {
+      const metadata = planted[i % planted.length];
+      client.captureNowait({
+        action: "node.planted",
+        entity: { type: "item", id: String(i) },
+        metadata,
+        changes: [{ field: "password", old: "NODEPLANT-o1", new: "NODEPLANT-n1" }],
+      });
+    }
+    await client.close();
+    const raw = await rawQueued(queue);
+    assert.ok(!raw.includes("NODEPLANT"), raw.slice(raw.indexOf("NODEPLANT") - 200, raw.indexOf("NODEPLANT") + 50));
+    for (const card of ["4111 1111 1111 1111", "4111111111111111"]) assert.ok(!raw.includes(card), card);
+    const { events } = await queuedEvents(queue);
+    assert.equal(events.length, count);
+    assert.equal(new Set(events.map((e) => e.entity.id)).size, count);
+    assert.equal(client.stats().sent, count);
+    const byId = new Map(events.map((e) => [Number(e.entity.id), e]));
+    assert.deepEqual(byId.get(0).metadata, { password: "[REDACTED]" });
+    assert.deepEqual(byId.get(14).metadata, { card: "paid with **** **** **** 1111 today", pan: "************1111" });
+    assert.deepEqual(byId.get(3).changes, [{ field: "password", old: "[REDACTED]", new: "[REDACTED]" }]);
+    await dropQueue(queue);
+  });
+
+  test("in a batch, the events around one with a secret are sent as captured", async () => {
+    // The pre-check runs over a whole batch: each flagged event is redacted, its neighbours
+    // (clean, or flagged by a stem and left as they are by the rules) are sent as captured.
+    const queue = `${QUEUE}-mixed`;
+    const client = new AuditClient(REDIS_URL, { ...LIVE, queue });
+    const count = 1200;
+    const clean = (i) => ({ note: `quarterly report ${i}`, tail: "pass" }); // a stem no rule acts on
+    for (let i = 0; i < count; i++) {
+      const metadata = i % 7 === 3 ? { note: `pg_dump --password NODEPLANT-${i} prod` } : clean(i);
+      client.captureNowait({ action: "node.mixed", entity: { type: "item", id: String(i) }, metadata });
+    }
+    await client.close();
+    const raw = await rawQueued(queue);
+    assert.ok(!raw.includes("NODEPLANT"));
+    const { events } = await queuedEvents(queue);
+    assert.equal(events.length, count);
+    for (const event of events) {
+      const i = Number(event.entity.id);
+      const want = i % 7 === 3 ? { note: "pg_dump --password [REDACTED] prod" } : clean(i);
+      assert.deepEqual(event.metadata, want, event.entity.id);
+    }
+    await dropQueue(queue);
+  });
+
+  test("an event that fails after the call is logged from its redacted snapshot", async () => {
+    // Redis is down: each event fails at batch time. Its failure line names the event as it
+    // was captured (not as the caller changed it since), its secrets redacted.
+    const logger = collectingLogger();
+    const port = await deadPort();
+    const client = new AuditClient(`redis://127.0.0.1:${port}/0`, { queue: QUEUE, logger });
+    const events = [
+      { action: "node.lost", entity: { type: "doc", id: "token=NODEPLANT-e1" }, actor: { id: "u-1", type: "user" } },
+      { action: "node.lost", entity: { type: "doc", id: "plain-2" }, request: { id: "Bearer NODEPLANT-e2-abcdefghijklmnop" } },
+      { action: "node.lost", entity: { type: "doc", id: "plain-3" }, metadata: { password: "NODEPLANT-e3" } },
+      { action: "node.lost", entity: { type: "doc", id: "plain-4" } },
+    ];
+    for (const event of events) client.captureNowait(event);
+    assert.equal(logger.lines.length, 0); // nothing failed in the call
+    for (const event of events) {
+      event.entity.id = "changed password=NODEPLANT-after";
+      event.actor = { id: "NODEPLANT-actor", type: "user" };
+    }
+    const pending = client.capture({ action: "node.lost", entity: { type: "doc", id: "AKIAIOSFODNN7REALKEY" } });
+    assert.equal(await pending, null);
+    await client.close(2000);
+    assert.equal(logger.lines.length, 5, logger.lines.join("\n"));
+    const payloads = logger.lines.map(failurePayload);
+    assert.deepEqual(
+      payloads.map((p) => [p.entityId, p.userId, p.requestId]).sort(),
+      [
+        ["[REDACTED]", null, null],
+        ["plain-2", null, "Bearer [REDACTED]"],
+        ["plain-3", null, null],
+        ["plain-4", null, null],
+        ["token=[REDACTED]", "u-1", null],
+      ],
+    );
+    assert.ok(!logger.lines.join("\n").includes("NODEPLANT"), logger.lines.join("\n"));
+  });
+
+  test("an oversized event fails in the call; one that redaction makes too big fails at batch time", async () => {
+    const logger = collectingLogger();
+    const queue = `${QUEUE}-sizes`;
+    const client = new AuditClient(REDIS_URL, { ...LIVE, queue, logger, maxEventBytes: 400 });
+    client.captureNowait({ action: "node.too_big", metadata: { blob: "x".repeat(500), password: "NODEPLANT-s1" } });
+    assert.equal(logger.lines.length, 1); // in the call, before captureNowait returned
+    assert.equal(failurePayload(logger.lines[0]).errorName, "InvalidEvent");
+    // Under the limit as captured; over it once "p" is "[REDACTED]" (as the Python client
+    // checks the size of the redacted event).
+    const grown = { action: "node.grown", entity: { type: "doc", id: "g-1" }, metadata: { password: "p" } };
+    // The id and ts take 76 bytes, `,"pad":""` 9: 398 bytes in all.
+    grown.metadata.pad = "y".repeat(400 - Buffer.byteLength(JSON.stringify(grown)) - 87);
+    client.captureNowait(grown);
+    client.captureNowait({ action: "node.fits", metadata: { password: "NODEPLANT-s2" } });
+    assert.equal(logger.lines.length, 1);
+    await client.close();
+    assert.equal(logger.lines.length, 2, logger.lines.join("\n"));
+    const late = failurePayload(logger.lines[1]);
+    assert.equal(late.errorName, "InvalidEvent");
+    assert.equal(late.entityId, "g-1");
+    assert.ok(!logger.lines.join("\n").includes("NODEPLANT"));
+    const { events } = await queuedEvents(queue);
+    assert.deepEqual(events.map((e) => [e.action, e.metadata.password]), [["node.fits", "[REDACTED]"]]);
+    await dropQueue(queue);
   });
 });
 

@@ -43,3 +43,23 @@ test("64 KiB of a pair, flag, XML, YAML, URL or encoded-run shape repeated is re
     assert.ok(!redactor.redactString(text).includes(secret), JSON.stringify(unit));
   }
 });
+
+test("64 KiB of a word an id's hex digits spell, or of digits, is pre-checked in linear time", () => {
+  // Attack: a hex word ("acca", "a3-") outside a UUID is looked up around each match, and a
+  // card shape is searched for again after each; a lookup that scanned back to the string's
+  // start at each match would be quadratic. A secret after the flood is still flagged.
+  const redactor = new Redactor();
+  const uuid = "01890a5d-ac96-774b-bcce-b302099a8057";
+  const units = ["acca", "a3-", "4b1d", "eaac", "2fa", `"${uuid}",`, "2345678", "2345-6789-"];
+  for (const unit of units) {
+    const flood = unit.repeat(Math.floor(65536 / unit.length));
+    const clean = JSON.stringify({ action: "a.b", metadata: { flood } });
+    const started = process.cpuUsage();
+    redactor.encodedNeedingRules(`[${clean},${clean}]`, [1, clean.length + 2]);
+    const spent = process.cpuUsage(started);
+    assert.ok(spent.user + spent.system < 500_000, `${JSON.stringify(unit)}: ${spent.user} µs`);
+    const secret = JSON.stringify({ action: "a.b", metadata: { flood, note: "pg_dump --password Zq8vR2kLm4Tn6Wp1" } });
+    const batch = `[${clean},${secret}]`;
+    assert.ok(redactor.encodedNeedingRules(batch, [1, clean.length + 2]).includes(1), JSON.stringify(unit));
+  }
+});
