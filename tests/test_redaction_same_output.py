@@ -326,3 +326,15 @@ def test_events_of_any_seed_give_the_same_output(before: Any, seed: int) -> None
     rng = random.Random(seed)
     assert_same_event(before, random_event(rng))
     assert_same_value(before[0], random_value(rng))
+
+
+def test_keys_read_back_from_their_separator_are_the_key_scans() -> None:
+    rng = random.Random(7)
+    texts = [random_text(rng) for _ in range(5000)] + _fixed_texts()
+    texts += ["a=b", 'k\\"=v', 'a\\\\"=v', "x = = y", "k' :v", "é.ü-1 :\t2", "=a=b:c:", ""]
+    for text in texts:
+        expected = [
+            (m.start(), m["key"], m["kq"] or "", m.start("sep"))
+            for m in redaction._KEY_RE.finditer(text)
+        ]
+        assert list(redaction._key_matches(text)) == expected, text
