@@ -21,7 +21,7 @@ from hypothesis import strategies as st
 from bench.redaction_compare import load_at, load_before
 from service import events, redaction
 from service.errors import InvalidEvent
-from service.redaction_rules import KEYWORDS
+from service.redaction_rules import KEYWORDS, TOKEN_RULES, TokenRule
 from tests.test_redaction import STRING_CASES, UNCHANGED, VALUE_CASES
 from tests.test_secrets_redteam import Planted, real_world_shapes, second_shapes, shapes
 
@@ -338,3 +338,21 @@ def test_keys_read_back_from_their_separator_are_the_key_scans() -> None:
             for m in redaction._KEY_RE.finditer(text)
         ]
         assert list(redaction._key_matches(text)) == expected, text
+
+
+@pytest.mark.parametrize("rule", TOKEN_RULES, ids=[rule.id for rule in TOKEN_RULES])
+def test_a_token_rule_is_searched_in_every_text_it_can_match(rule: TokenRule) -> None:
+    """A rule's required strings (read from its expression) are in every text it matches:
+    texts drawn from the expression itself, in any case, with what the red team plants."""
+    texts = [text for text in _fixed_texts() if rule.regex.search(text)]
+
+    @settings(max_examples=25, deadline=None, database=None)
+    @given(st.from_regex(rule.regex), st.sampled_from(["", "x ", "İ", "\n"]))
+    def check(text: str, around: str) -> None:
+        for each in (text, around + text + around, text.upper(), text.swapcase()):
+            if rule.regex.search(each):
+                assert rule.may_match(each.lower()), (rule.id, each)
+
+    check()
+    for text in texts:
+        assert rule.may_match(text.lower()), (rule.id, text)
