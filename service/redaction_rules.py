@@ -6,7 +6,8 @@ name/value pair, and the credential formats as regular expressions (gitleaks' ma
 rule set plus auditq's own; `python -m service.redaction_refresh` rebuilds the first part).
 Here the formats are compiled once and applied keyword-first: one Aho-Corasick automaton
 over every rule's keywords tells which few rules can match a text at all (gitleaks' own
-design); only those run. docs/redaction.md describes what is caught and what it costs.
+design); of those, a rule runs only where the strings its expression requires occur
+(`required_strings`). docs/redaction.md describes what is caught and what it costs.
 """
 
 from __future__ import annotations
