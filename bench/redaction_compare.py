@@ -39,16 +39,34 @@ PATCHED = (
 
 
 def load_before(commit: str) -> ModuleType:
-    """The redaction module as it was at `commit`, imported under another name."""
-    source = subprocess.run(
-        ["git", "show", f"{commit}:service/redaction.py"], capture_output=True, check=True
-    ).stdout
-    path = Path(tempfile.mkdtemp()) / "redaction_before.py"
-    path.write_bytes(source)
-    spec = importlib.util.spec_from_file_location("redaction_before", path)
+    """The redaction module as it was at `commit`, imported under another name, with the
+    rule module (service/redaction_rules.py) of the same commit when it had one."""
+    if _source(commit, "service/redaction_rules.py") is not None:
+        load_at(commit, "service/redaction_rules.py", "redaction_rules_before", {})
+        imports = {b"from service.redaction_rules import": b"from redaction_rules_before import"}
+    else:
+        imports = {}
+    return load_at(commit, "service/redaction.py", "redaction_before", imports)
+
+
+def _source(commit: str, path: str) -> bytes | None:
+    shown = subprocess.run(["git", "show", f"{commit}:{path}"], capture_output=True)
+    return shown.stdout if shown.returncode == 0 else None
+
+
+def load_at(commit: str, path: str, name: str, imports: dict[bytes, bytes]) -> ModuleType:
+    """The module at `path` as it was at `commit`, imported as `name` (its imports of other
+    modules of that commit renamed as `imports` says)."""
+    source = _source(commit, path)
+    assert source is not None, f"{commit}:{path}"
+    for old, new in imports.items():
+        source = source.replace(old, new)
+    file = Path(tempfile.mkdtemp()) / f"{name}.py"
+    file.write_bytes(source)
+    spec = importlib.util.spec_from_file_location(name, file)
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
-    sys.modules["redaction_before"] = module
+    sys.modules[name] = module
     spec.loader.exec_module(module)
     return module
 

@@ -54,7 +54,7 @@ import functools
 import itertools
 import re
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 from urllib.parse import unquote
 
@@ -919,7 +919,8 @@ def _redact_tokens(text: str, low: str) -> str:
 def _redact_text_pairs(text: str, extra_keys: frozenset[str], pair_hint: bool) -> str:
     """Pairs whose name and value stand apart: flags, quoted pairs, XML, YAML lists
     (`pair_hint`: the text holds a pair value word, see _has_pair_value_word)."""
-    if text.startswith("-") or any(blank in text for blank in _BLANK_DASHES):
+    # A flag starts the text or follows a blank (`in` tests: no generator, no regex scan).
+    if text.startswith("-") or " -" in text or "\t-" in text or "\n-" in text or "\r-" in text:
         text = _redact_after(text, _FLAG_RE, extra_keys)
     if "," in text:
         text = _redact_after(text, _QUOTED_PAIR_RE, extra_keys)
@@ -954,6 +955,45 @@ _URL_MARK_RE = re.compile(r"[@/?#\s\"'<>]")  # what ends a password, or its run
 # (e.g. redirect=https://x/cb?access_token=...). The key is taken whole (possessive: no
 # shorter run could be followed by a separator), which halves the scan.
 _KEY_RE = re.compile(r"(?<![\w.-])(?P<key>[\w.-]++)(?P<kq>\\?[\"'])?[ \t]*(?P<sep>[:=])[ \t]*")
+# _KEY_RE's matches, found from each separator back (_key_matches): the same expression,
+# reversed, read on the reversed text after the separator.
+_KEY_BEFORE_RE = re.compile(r"[ \t]*+(?P<qk>[\"']\\?)?(?P<yek>[\w.-]++)")
+_BLANKS_RE = re.compile(r"[ \t]*")
+
+
+def _separators(text: str) -> list[int]:
+    """The indexes of the ":" and "=" of text, in order (found by str.find: a regex search
+    costs an attempt per character)."""
+    found = []
+    for sep in ":=":
+        index = text.find(sep)
+        while index >= 0:
+            found.append(index)
+            index = text.find(sep, index + 1)
+    found.sort()
+    return found
+
+
+def _key_matches(text: str) -> Iterator[tuple[int, str, str, int]]:
+    """What _KEY_RE.finditer(text) finds: (start, key, its quote, the separator's index).
+    _KEY_RE is tried at every character (a regex attempt each: most of a pair scan's
+    cost); a key is a whole run of key characters that only a quote and blanks part from
+    its separator, so it is read back from each separator instead. No key character is
+    between a separator and its value: the matches never overlap, as finditer's."""
+    back = text[::-1]
+    size = len(text)
+    for index in _separators(text):
+        key = _KEY_BEFORE_RE.match(back, size - index)
+        if key is not None:
+            quote = key["qk"]
+            yield (
+                size - key.end(),
+                text[size - key.end() : size - key.start("yek")],
+                quote[::-1] if quote else "",
+                index,
+            )
+
+
 _AUTH_SCHEME_RE = re.compile(r"(?:bearer|basic|digest|token|negotiate)[ \t]+", re.IGNORECASE)
 _QUOTED = (
     r"(?P<q>[\"'])(?:(?!(?P=q))[^\\\r\n]|\\.)*(?P=q)?"
@@ -1038,12 +1078,12 @@ def _redact_pairs(text: str, extra_keys: frozenset[str]) -> str:
     """Replace the value of every key=value / key: value pair whose key is sensitive."""
     out: list[str] = []
     pos = 0
-    for match in _KEY_RE.finditer(text):
-        key = match["key"]
+    for key_start, key, key_quote, sep in _key_matches(text):
         # A match inside a value that was already redacted must not be spliced again.
-        if match.start() < pos or not is_sensitive_key(key, extra_keys):
+        if key_start < pos or not is_sensitive_key(key, extra_keys):
             continue
-        start = match.end()
+        blanks = _BLANKS_RE.match(text, sep + 1)
+        start = blanks.end() if blanks else sep + 1
         words = key_words(key)
         last = words[-1] if words else ""
         if last == "authorization":
@@ -1051,7 +1091,7 @@ def _redact_pairs(text: str, extra_keys: frozenset[str]) -> str:
             start = scheme.end() if scheme else start
         if text.startswith(("\\n", "\\r"), start):
             continue  # an escaped line break: a YAML block follows (_redact_yaml_blocks)
-        cookie_header = last == "cookie" and match["sep"] == ":"
+        cookie_header = last == "cookie" and text[sep] == ":"
         value = (_COOKIE_VALUE_RE if cookie_header else _VALUE_RE).match(text, start)
         if value is None:
             continue
@@ -1063,7 +1103,7 @@ def _redact_pairs(text: str, extra_keys: frozenset[str]) -> str:
             continue  # "key": "api_token", "value": … names the secret: _NAME_VALUE_RE's
         # Reuse the value's quoting, else the key's, so JSON and repr output stay well-formed.
         q, eq = value.group("q", "eq")
-        quote = q or eq or match["kq"] or ""
+        quote = q or eq or key_quote
         out += (text[pos:start], quote, REDACTED, quote)
         pos = value.end()
     if not out:
@@ -1097,7 +1137,6 @@ def _redact_after(text: str, pattern: re.Pattern[str], extra_keys: frozenset[str
 
 # `--password SECRET`, `-token SECRET` (the `=` form is a pair of _KEY_RE); a flag starts
 # the text or follows a blank.
-_BLANK_DASHES = (" -", "\t-", "\n-", "\r-")
 _FLAG_RE = re.compile(r"(?<![\w-])--?(?P<key>[A-Za-z][\w.-]*)[ \t]+(?=[^\s-])")
 # A quoted name opening a list, a comma, a value: header tuples as text ('authorization',
 # '…'); and a quoted flag anywhere in a list: argv lists ("--password", "…").
@@ -1169,7 +1208,10 @@ def _has_pair_value_word(low: str) -> bool:
     for word in _PAIR_HINT_WORDS:
         if word in low:
             return True
-    return any(w in low for w in _PAIR_HINT_LETTERS) and bool(_PAIR_HINT_LETTER_RE.search(low))
+    for letter in _PAIR_HINT_LETTERS:  # (no generator: this runs for most texts with rules)
+        if letter in low:
+            return _PAIR_HINT_LETTER_RE.search(low) is not None
+    return False
 
 
 _PAIR_VALUE_NEXT_RE = re.compile(

@@ -6,7 +6,8 @@ name/value pair, and the credential formats as regular expressions (gitleaks' ma
 rule set plus auditq's own; `python -m service.redaction_refresh` rebuilds the first part).
 Here the formats are compiled once and applied keyword-first: one Aho-Corasick automaton
 over every rule's keywords tells which few rules can match a text at all (gitleaks' own
-design); only those run. docs/redaction.md describes what is caught and what it costs.
+design); of those, a rule runs only where the strings its expression requires occur
+(`required_strings`). docs/redaction.md describes what is caught and what it costs.
 """
 
 from __future__ import annotations
@@ -19,6 +20,10 @@ import re
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
+
+# Python's own regex parser, for the strings a rule requires (required_strings): no public
+# interface gives an expression's parse tree.
+from re import _constants, _parser  # type: ignore[attr-defined]
 from typing import Any
 
 import ahocorasick_rs
@@ -77,6 +82,17 @@ class TokenRule:
     group: int
     entropy: float
     allow: tuple[_Allow, ...]
+    # Lowercase strings every match holds (read from the expression, `required_strings`):
+    # text whose lowercase lacks one is not searched, which an expression without a
+    # literal start (tried at every character) would cost.
+    required: tuple[str, ...] = ()
+
+    def may_match(self, lowered: str) -> bool:
+        """False when no match can be in the text whose lowercase is `lowered`."""
+        for needed in self.required:
+            if needed not in lowered:
+                return False
+        return True
 
     def secrets(self, text: str) -> Iterator[tuple[int, int]]:
         """The spans of the secrets this rule finds in `text`."""
@@ -113,7 +129,70 @@ def _rule(entry: dict[str, Any], shared: tuple[_Allow, ...]) -> TokenRule:
         group=int(entry.get("group", 0)),
         entropy=float(entry.get("entropy", 0.0)),
         allow=(*(_allow(a) for a in entry.get("allow", ())), *shared),
+        required=required_strings(entry["regex"]),
     )
+
+
+_REQUIRED_MIN_CHARS = 3  # shorter strings are in too much text to spare a search
+
+
+def required_strings(regex: str) -> tuple[str, ...]:
+    """Lowercase strings that every match of `regex` (compiled with re.ASCII) holds, in
+    any case: its runs of literal characters (a class of one letter in both cases, `[kK]`,
+    counts as one) outside optional parts; of alternatives, those all of them hold.
+    Read from the parse tree of Python's own regex parser (no public interface gives
+    it): when that parser changes shape, no string is required (every rule is searched,
+    as before)."""
+    try:
+        found = _required_in(list(_parser.parse(regex, re.ASCII)))
+    except Exception:  # any surprise of a private module: nothing required, as before
+        return ()
+    return tuple(sorted(s for s in found if len(s) >= _REQUIRED_MIN_CHARS))
+
+
+def _required_in(items: list[tuple[Any, Any]]) -> set[str]:
+    """The strings every match of a parsed sequence holds."""
+    c = _constants
+    found: set[str] = set()
+    run = ""
+    for op, av in items:
+        char = _literal_char(op, av, c)
+        if char is not None:
+            run += char
+            continue
+        if run:
+            found.add(run)
+            run = ""
+        if op is c.SUBPATTERN:
+            found |= _required_in(list(av[-1]))
+        elif op in (c.MAX_REPEAT, c.MIN_REPEAT, c.POSSESSIVE_REPEAT) and av[0] >= 1:
+            found |= _required_in(list(av[2]))
+        elif op is c.ATOMIC_GROUP:
+            found |= _required_in(list(av))
+        elif op is c.BRANCH:
+            branches = [_required_in(list(branch)) for branch in av[1]]
+            found |= set.intersection(*branches) if branches else set()
+    if run:
+        found.add(run)
+    return found
+
+
+def _literal_char(op: Any, av: Any, c: Any) -> str | None:
+    """The lowercase ASCII character a parsed item matches (in either case), else None."""
+    if op is c.LITERAL:
+        chars = {chr(av)}
+    elif op is c.IN and all(kind is c.LITERAL for kind, _ in av):
+        chars = {chr(value) for _, value in av}
+    else:
+        return None
+    lowered = {char.lower() for char in chars}
+    if len(lowered) != 1:
+        return None
+    char = lowered.pop()
+    # Each of `chars` must be that letter in one case or the other, and ASCII.
+    if not char.isascii() or any(ch.lower() != char or not ch.isascii() for ch in chars):
+        return None
+    return char
 
 
 # gitleaks' global allowlist (placeholders such as ${VAR}, sample values) belongs to its
@@ -138,7 +217,7 @@ def rules_for(lowered: str) -> tuple[TokenRule, ...]:
     found = _KEYWORD_AUTOMATON.find_matches_as_indexes(lowered, overlapping=True)
     if not found:
         return ()
-    return _rules_of(frozenset(keyword for keyword, _, _ in found))
+    return _rules_of(frozenset([keyword for keyword, _, _ in found]))
 
 
 @functools.lru_cache(maxsize=1024)
@@ -153,7 +232,8 @@ def token_spans(text: str, lowered: str) -> list[tuple[int, int]]:
     """The merged spans of every credential the token rules find in `text`."""
     spans: list[tuple[int, int]] = []
     for rule in rules_for(lowered):
-        spans += rule.secrets(text)
+        if rule.may_match(lowered):
+            spans += rule.secrets(text)
     if not spans:
         return spans
     spans.sort()
