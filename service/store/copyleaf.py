@@ -23,7 +23,8 @@ import asyncpg
 
 from service.integrity.canonical import ROW_COLUMNS
 from service.integrity.logverify import Mismatch, compare_hashes, compare_rows
-from service.store.leaves import row_leaf_data, rows_by_seq_ranges
+from service.integrity.merkle import leaf_hash
+from service.store.leaves import LEAF_COLUMNS, row_leaf_data, rows_by_seq_ranges
 from service.store.verify_reads import ROWS_TEXT_TIMES, int8_ranges
 
 _copyleaf: ModuleType | None
@@ -77,6 +78,43 @@ async def hash_rows(conn: asyncpg.Connection, row_seqs: str) -> tuple[list[int],
     if not reader.finished or reader.rest:
         raise ValueError("a binary COPY cut short")
     return reader.seqs, b"".join(reader.hashes), reader.unsure
+
+
+# The Python path's read of the sealer's rows (times as datetimes: its connections keep their
+# own DateStyle).
+_ROWS = rows_by_seq_ranges(LEAF_COLUMNS)
+
+
+async def leaf_hashes(conn: asyncpg.Connection, row_seqs: str) -> tuple[list[int], list[bytes]]:
+    """The sealer's leaves: the seqs of the rows of `row_seqs`, in seq order, and their leaf
+    hashes. The C writes those it is sure of, the Python path the others (a row is read
+    again for it in the caller's transaction); without the module, or when the ranges are
+    not the plain ones the COPY takes, or when rows share a seq, every row is the Python
+    path's. The two write the same bytes (tests/integrity/test_copyleaf*.py check it
+    against RFC 8785's reference on random rows), so a leaf does not depend on which wrote it."""
+    if _copyleaf is None or not _RANGES.match(row_seqs):
+        return await _python_leaf_hashes(conn, row_seqs)
+    seqs, blob, unsure = await hash_rows(conn, row_seqs)
+    if not unsure:
+        return seqs, [blob[i : i + HB] for i in range(0, len(blob), HB)]
+    if len(set(seqs)) != len(seqs):  # which re-read row is which: only their order tells
+        return await _python_leaf_hashes(conn, row_seqs)
+    hashes = [blob[i : i + HB] for i in range(0, len(blob), HB)]
+    again = "{" + ",".join(f"[{seqs[i]},{seqs[i] + 1})" for i in unsure) + "}"
+    by_seq = {r[0]: r for r in await conn.fetch(_ROWS, again, timeout=None)}
+    for i in unsure:
+        row = by_seq.get(seqs[i])
+        if row is None:  # gone between the two reads: only a change of the past does that
+            raise RuntimeError(f"row of seq {seqs[i]} vanished while it was being sealed")
+        hashes[i] = leaf_hash(row_leaf_data(row))
+    return seqs, hashes
+
+
+async def _python_leaf_hashes(
+    conn: asyncpg.Connection, row_seqs: str
+) -> tuple[list[int], list[bytes]]:
+    rows = await conn.fetch(_ROWS, row_seqs, timeout=None)
+    return [r[0] for r in rows], [leaf_hash(row_leaf_data(r)) for r in rows]
 
 
 class Reader:

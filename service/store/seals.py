@@ -17,7 +17,7 @@ from service.integrity.keys import key_id
 from service.integrity.leaf import action_leaf
 from service.integrity.logverify import action_json
 from service.integrity.sealstate import SealingStopped
-from service.store import tlog
+from service.store import copyleaf, tlog
 from service.store.db import Conn
 from service.store.leaves import LEAF_COLUMNS, row_leaf_data, rows_by_seq_ranges
 from service.store.verify_reads import ACTION_RECORD
@@ -194,11 +194,10 @@ async def extend_log(
     tree = tlog.Tree(conn)
     size = await tree.size()
     await check_extends(tree, size, state)
-    rows = await conn.fetch(NEW_ROWS, row_seqs)
-    hashes = [merkle.leaf_hash(row_leaf_data(r)) for r in rows]
+    seqs, hashes = await copyleaf.leaf_hashes(conn, row_seqs)
     actions = await conn.fetch(NEW_ACTIONS, action_ids)
     # Where this batch's rows land, for an erasure of one of them (only with actions).
-    batch_index = {r["seq"]: size + n for n, r in enumerate(rows)} if actions else {}
+    batch_index = {seq: size + n for n, seq in enumerate(seqs)} if actions else {}
     for action in actions:
         action_index = size + len(hashes)
         changes = await _log_erasure(
@@ -219,7 +218,7 @@ async def extend_log(
     body_text = note.checkpoint_body(origin, new_size, await tree.root(new_size))
     signed = note.sign(body_text, origin, key)
     await conn.execute(tlog.INSERT_CHECKPOINT, new_size, signed)
-    return Sealed(len(rows), len(hashes) - len(rows)), signed
+    return Sealed(len(seqs), len(hashes) - len(seqs)), signed
 
 
 REPLACED = "SELECT seq FROM row_replacement WHERE action_id = $1 ORDER BY seq"

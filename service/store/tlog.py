@@ -7,7 +7,7 @@ a proof or a root reads a handful of rows at any tree size (docs/integrity.md).
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import asyncpg
 
@@ -83,9 +83,12 @@ class TreeError(Exception):
 class Tree:
     """Nodes of the stored tree, fetched ahead in few queries and hashed in memory."""
 
-    def __init__(self, conn: Conn) -> None:
+    def __init__(self, conn: Conn, *, first: int = 0, appended: Sequence[bytes] = ()) -> None:
+        """`appended`: leaf hashes from index `first` on that this process just stored, read
+        from memory instead of from the store again."""
         self._conn = conn
         self._nodes: dict[tuple[int, int], bytes] = {}
+        self._first, self._appended = first, appended
 
     async def size(self) -> int:
         value: int = await self._conn.fetchval(TREE_SIZE)
@@ -93,6 +96,10 @@ class Tree:
 
     async def leaves(self, start: int, end: int) -> list[bytes]:
         """The leaf hashes [start, end)."""
+        first = self._first
+        if self._appended and first < end <= first + len(self._appended):
+            before = await self.leaves(start, first) if start < first else []
+            return [*before, *self._appended[max(start, first) - first : end - first]]
         out: list[bytes] = []
         for record in await self._conn.fetch(LEAVES, start, end):
             blob = bytes(record["hashes"])
@@ -213,7 +220,7 @@ async def append(
     """Store one batch of leaves at `first`, and the tiles it completes or grows."""
     await conn.execute(INSERT_BATCH, first, len(hashes), row_seqs, action_ids, b"".join(hashes))
     old, new = first, first + len(hashes)
-    tree = Tree(conn)
+    tree = Tree(conn, first=first, appended=hashes)
     level = 1
     while new >> (TILE_HEIGHT * level):
         shift = TILE_HEIGHT * level

@@ -18,10 +18,11 @@ import rfc8785
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from service.integrity.canonical import ROW_COLUMNS
 from service.integrity.keys import load_or_create_private_key
 from service.integrity.leaf import _i_json, as_json
 from service.settings import Settings
-from service.store import copyleaf, logcheck
+from service.store import copyleaf, logcheck, tlog
 from service.store.items import item
 from service.store.leaves import SEARCH_PATH
 from service.store.seals import LogConfig, seal_once
@@ -109,6 +110,36 @@ def _reference_hash(values: dict[str, Any]) -> bytes:
     return hashlib.sha256(b"\x00" + data).digest()
 
 
+async def _store_random_rows(
+    pg: asyncpg.Connection, count: int
+) -> tuple[list[dict[str, Any]], dict[int, bytes]]:
+    """`count` random rows stored: the rows drawn, and each one's reference leaf hash by seq."""
+    rows = _random_rows(count)
+    expected: dict[int, bytes] = {}
+    for drawn in rows:
+        row = {**drawn, "id": uuid.uuid4()}  # hypothesis may draw one row twice
+        args = [
+            json.dumps(row[c])  # presentation is NOT NULL: JSON's null, then
+            if c in JSON_COLUMNS and (row[c] is not None or c == "presentation")
+            else row[c]
+            for c in _INSERTED
+        ]
+        seq, ip = await pg.fetchrow(INSERT, *args)
+        expected[seq] = _reference_hash({**row, "ip": ip})  # the address as PostgreSQL writes it
+    return rows, expected
+
+
+async def _sealed_leaves(pg: asyncpg.Connection, seqs: list[int]) -> list[bytes]:
+    """The leaf hashes the log holds for these rows' seqs, in their order."""
+    tree = tlog.Tree(pg)
+    leaves = []
+    for seq in seqs:
+        index = await tlog.row_leaf_index(pg, seq)
+        assert index is not None, f"row of seq {seq} not in the log"
+        leaves += await tree.leaves(index, index + 1)
+    return leaves
+
+
 async def _checking_conn(database_url: str) -> asyncpg.Connection:
     conn = await asyncpg.connect(database_url)
     await conn.execute(SEARCH_PATH)
@@ -121,18 +152,7 @@ async def test_random_rows_read_by_the_copy_hash_as_the_reference_path(
 ) -> None:
     """Any unicode, escapes, floats, integers past 2**53, nulls, nested JSON, through
     PostgreSQL's own jsonb text: every row the C writes has the reference's leaf hash."""
-    rows = _random_rows(400)
-    expected: dict[int, bytes] = {}
-    for drawn in rows:
-        row = {**drawn, "id": uuid.uuid4()}  # hypothesis may draw one row twice
-        args = [
-            json.dumps(row[c])  # presentation is NOT NULL: JSON's null, then
-            if c in JSON_COLUMNS and (row[c] is not None or c == "presentation")
-            else row[c]
-            for c in _INSERTED
-        ]
-        seq, ip = await pg.fetchrow(INSERT, *args)
-        expected[seq] = _reference_hash({**row, "ip": ip})  # the address as PostgreSQL writes it
+    rows, expected = await _store_random_rows(pg, 400)
     seqs = sorted(expected)
     conn = await _checking_conn(database_url)
     try:
@@ -144,6 +164,72 @@ async def test_random_rows_read_by_the_copy_hash_as_the_reference_path(
     assert len(sure) > len(seqs) // 4  # the C writes most rows itself
     for i in sure:
         assert hashes[i * 32 : (i + 1) * 32] == expected[seqs[i]], rows[i]
+
+
+@pytest.mark.parametrize("compiled", [True, False], ids=["c", "python"])
+async def test_the_sealer_logs_the_reference_leaf_of_every_row(
+    settings: Settings,
+    pg: asyncpg.Connection,
+    database_url: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    compiled: bool,
+) -> None:
+    """Random rows, those the C writes and those it leaves to Python among them, sealed by
+    the sealer: the log holds for each the leaf an outsider computes from its item (RFC
+    8785), whether the compiled module is there or not."""
+    if compiled and not copyleaf.available():
+        pytest.skip("service.store._copyleaf was not compiled")
+    if not compiled:
+        monkeypatch.setattr(copyleaf, "_copyleaf", None)
+    _, expected = await _store_random_rows(pg, 300)
+    seqs = sorted(expected)
+    if compiled:  # both paths are taken: the C's rows and the ones it is unsure of
+        conn = await _checking_conn(database_url)
+        try:
+            span = f"{{[{seqs[0]},{seqs[-1] + 1})}}"
+            _, _, unsure = await copyleaf.hash_rows(conn, span)
+        finally:
+            await conn.close()
+        assert 0 < len(unsure) < len(seqs)
+    key = load_or_create_private_key(settings.seal_key_path)
+    while await seal_once(pg, key, LogConfig(tmp_path / "state", "auditq/c")) is not None:
+        pass
+    assert await _sealed_leaves(pg, seqs) == [expected[s] for s in seqs]
+
+
+async def test_rows_an_owner_gave_one_seq_are_each_logged_with_their_reference_leaf(
+    settings: Settings, pg: asyncpg.Connection, tmp_path: Path
+) -> None:
+    """A row and its twin under the same seq (only the owner can store one), both rows the
+    C leaves to Python (a key outside the BMP): re-read rows cannot be told apart by seq,
+    so the Python path writes the batch; both rows' reference leaves are in the log."""
+    _, expected = await _store_random_rows(pg, 3)
+    first = min(expected)
+    async with pg.transaction():
+        await pg.execute(AS_OWNER_UNCHECKED)
+        original = await pg.fetchrow(
+            """UPDATE audit_log SET metadata = '{"𝄞": 0}' WHERE seq = $1 RETURNING *, host(ip)""",
+            first,
+        )
+        columns = ", ".join(ROW_COLUMNS)
+        values = columns.replace(" id,", " gen_random_uuid(),").replace(
+            "metadata,", """'{"𝄞": 1}'::jsonb,"""
+        )
+        twin = await pg.fetchval(
+            f"INSERT INTO audit_log ({columns}) SELECT {values} FROM audit_log "
+            "WHERE seq = $1 RETURNING id",
+            first,
+        )
+    copy = await pg.fetchrow("SELECT *, host(ip) FROM audit_log WHERE id = $1", twin)
+    key = load_or_create_private_key(settings.seal_key_path)
+    while await seal_once(pg, key, LogConfig(tmp_path / "state", "auditq/c")) is not None:
+        pass
+    tree = tlog.Tree(pg)
+    leaves = await tree.leaves(0, await tree.size())
+    for row in (original, copy):
+        assert _reference_hash({**dict(row), "ip": row["host"]}) in leaves
+    assert all(expected[seq] in leaves for seq in expected if seq != first)
 
 
 AS_OWNER_UNCHECKED = "SET session_replication_role = replica"  # a superuser: no trigger fires
