@@ -24,6 +24,7 @@ import asyncpg
 from service.integrity.canonical import ROW_COLUMNS
 from service.integrity.logverify import Mismatch, compare_hashes, compare_rows
 from service.integrity.merkle import leaf_hash
+from service.store.db import Conn
 from service.store.leaves import LEAF_COLUMNS, row_leaf_data, rows_by_seq_ranges
 from service.store.verify_reads import ROWS_TEXT_TIMES, int8_ranges
 
@@ -68,7 +69,7 @@ def copy_query(row_seqs: str) -> str:
     return rows_by_seq_ranges(COPY_COLUMNS, f"'{row_seqs}'")
 
 
-async def hash_rows(conn: asyncpg.Connection, row_seqs: str) -> tuple[list[int], bytes, list[int]]:
+async def hash_rows(conn: Conn, row_seqs: str) -> tuple[list[int], bytes, list[int]]:
     """The rows of `row_seqs` read by a binary COPY: their seqs, their leaf hashes as the C
     writes them (32 bytes each), and the positions of the rows it was unsure of."""
     reader = Reader()
@@ -85,7 +86,7 @@ async def hash_rows(conn: asyncpg.Connection, row_seqs: str) -> tuple[list[int],
 _ROWS = rows_by_seq_ranges(LEAF_COLUMNS)
 
 
-async def leaf_hashes(conn: asyncpg.Connection, row_seqs: str) -> tuple[list[int], list[bytes]]:
+async def leaf_hashes(conn: Conn, row_seqs: str) -> tuple[list[int], list[bytes]]:
     """The sealer's leaves: the seqs of the rows of `row_seqs`, in seq order, and their leaf
     hashes. The C writes those it is sure of, the Python path the others (a row is read
     again for it in the caller's transaction); without the module, or when the ranges are
@@ -110,9 +111,7 @@ async def leaf_hashes(conn: asyncpg.Connection, row_seqs: str) -> tuple[list[int
     return seqs, hashes
 
 
-async def _python_leaf_hashes(
-    conn: asyncpg.Connection, row_seqs: str
-) -> tuple[list[int], list[bytes]]:
+async def _python_leaf_hashes(conn: Conn, row_seqs: str) -> tuple[list[int], list[bytes]]:
     rows = await conn.fetch(_ROWS, row_seqs, timeout=None)
     return [r[0] for r in rows], [leaf_hash(row_leaf_data(r)) for r in rows]
 
