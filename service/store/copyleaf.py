@@ -62,23 +62,33 @@ def leaf_data(copy_tuple: bytes) -> bytes | None:
 
 
 def copy_query(row_seqs: str) -> str:
-    """The SELECT whose binary COPY the C reads: the rows of `row_seqs` in seq order (a
-    COPY takes no parameters: the ranges, checked to be nothing but ranges, are a literal)."""
+    """The SELECT whose binary COPY the C reads: the rows of `row_seqs`, unsorted (a COPY
+    takes no parameters: the ranges, checked to be nothing but ranges, are a literal).
+    Sorting is left to hash_rows: PostgreSQL would sort the wide rows, on disk past
+    work_mem (a seal of 9,000 rows did), where the reader sorts seqs and 32-byte hashes."""
     if not _RANGES.match(row_seqs):
         raise ValueError(f"not a multirange of seqs: {row_seqs[:80]!r}")
-    return rows_by_seq_ranges(COPY_COLUMNS, f"'{row_seqs}'")
+    return rows_by_seq_ranges(COPY_COLUMNS, f"'{row_seqs}'", ordered=False)
 
 
 async def hash_rows(conn: Conn, row_seqs: str) -> tuple[list[int], bytes, list[int]]:
-    """The rows of `row_seqs` read by a binary COPY: their seqs, their leaf hashes as the C
-    writes them (32 bytes each), and the positions of the rows it was unsure of."""
+    """The rows of `row_seqs` read by a binary COPY, in seq order: their seqs, their leaf
+    hashes as the C writes them (32 bytes each), and the positions of the rows it was
+    unsure of."""
     reader = Reader()
     await conn.copy_from_query(
         copy_query(row_seqs), output=reader.take, format="binary", timeout=None
     )
     if not reader.finished or reader.rest:
         raise ValueError("a binary COPY cut short")
-    return reader.seqs, b"".join(reader.hashes), reader.unsure
+    seqs, hashes, unsure = reader.seqs, b"".join(reader.hashes), reader.unsure
+    if seqs != sorted(seqs):  # rows of several partitions (stable: equal seqs keep their order)
+        order = sorted(range(len(seqs)), key=seqs.__getitem__)
+        now_at = {was: at for at, was in enumerate(order)}
+        seqs = [seqs[i] for i in order]
+        hashes = b"".join(hashes[i * HB : (i + 1) * HB] for i in order)
+        unsure = sorted(now_at[i] for i in unsure)
+    return seqs, hashes, unsure
 
 
 # The Python path's read of the sealer's rows (times as datetimes: its connections keep their

@@ -45,17 +45,18 @@ DATESTYLE = "SET DateStyle = 'ISO, YMD'"
 SEARCH_PATH = "SET search_path = pg_catalog, pg_temp"
 
 
-def rows_by_seq_ranges(columns: str, ranges: str = "$1::text") -> str:
+def rows_by_seq_ranges(columns: str, ranges: str = "$1::text", *, ordered: bool = True) -> str:
     """The query of `columns` of the rows whose seqs are in `ranges` (an int8multirange as
     text: $1, or a literal), in seq order: by ranges of the seq index (a `seq <@ multirange`
     filter would scan every partition). The table is named with its schema: the verifier's
     connections search pg_catalog alone, so no function of another schema can stand in for
-    a built-in one."""
+    a built-in one. `ordered=False`: in whatever order the partitions give them (the caller
+    sorts them)."""
     return f"""
 SELECT a.* FROM unnest({ranges}::int8multirange) AS r
 CROSS JOIN LATERAL (
     SELECT {columns} FROM public.audit_log
-    WHERE seq >= lower(r) AND seq < upper(r) ORDER BY seq
+    WHERE seq >= lower(r) AND seq < upper(r){" ORDER BY seq" if ordered else ""}
 ) a
 """
 
