@@ -505,15 +505,20 @@ def _tail_spans(event: AuditEvent, data: bytes, head_end: int) -> dict[str, tupl
     if presentation is not None:
         start = end - len(_encoder.encode(presentation))  # {"code":…,"params":…}
         code = start + len(b'{"code":')
-        code_end = code + len(_encoder.encode(presentation.code))
-        spans["presentation.code"] = (code, code_end)
-        if code_end < end - 1:  # params follow, up to the presentation's closing brace
+        if presentation.params:  # they follow the code, up to the closing brace
+            code_end = code + len(_encoder.encode(presentation.code))
             spans["params"] = (code_end + len(b',"params":'), end - 1)
+        else:
+            code_end = end - 1
+        spans["presentation.code"] = (code, code_end)
         end = start - len(_TAIL_KEYS["presentation"])
     at = head_end
     if event.changes is not None:
         at += len(_TAIL_KEYS["changes"])
-        spans["changes"] = (at, at := at + len(_encoder.encode(event.changes)))
+        # Their length is needed only to tell where metadata starts.
+        changes_end = end if event.metadata is None else at + len(_encoder.encode(event.changes))
+        spans["changes"] = (at, changes_end)
+        at = changes_end
     if event.metadata is not None:
         spans["metadata"] = (at + len(_TAIL_KEYS["metadata"]), end)
     return spans
@@ -552,7 +557,7 @@ def _redact_strings(
     """Redact the struct's free-text strings at `places`, in which the pre-check of the
     event's JSON matched (None: every one, after one pre-check over all of them as text);
     a changed part goes into `changes` under its name. Return the changed fields."""
-    chosen = _TEXT_PLACES if places is None else [p for p in _TEXT_PLACES if p in places]
+    chosen = _TEXT_PLACES if places is None else sorted(places, key=_JSON_ORDER.__getitem__)
     texts = []
     for name, field in chosen:
         part = event if name is None else getattr(event, name)

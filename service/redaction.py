@@ -654,10 +654,10 @@ def json_matches(
             verdict, spans = _PRECHECK.scanner.matches(data)  # type: ignore[union-attr]
         else:
             verdict, spans = found[0], found[2]
+    if not verdict & ~_MARKS:
+        return None  # the common case
     marks = verdict & _MARKS != 0
     verdict &= ~_MARKS
-    if not verdict:
-        return None  # the common case
     if verdict == _KEYWORDS:
         if whole and not keywords_need_rules(data):
             return None
@@ -968,7 +968,7 @@ def _redact_rules(
     """Every rule of the value rule on `text` (`low`: its lowercase), whatever the
     pre-check would say: a rule finds nothing the pre-check would have let go."""
     original = text
-    if _names_secret_field(text, extra_keys):
+    if "field" in low and _names_secret_field(text, extra_keys):
         # A change diff as text (a payload that is not JSON): {"field": "password", "old": …}.
         # Which "old"/"new" belong to it is unknowable in broken JSON, so every one goes.
         extra_keys = extra_keys | _DIFF_VALUE_KEY_SET
@@ -1057,6 +1057,7 @@ _KEY_RE = re.compile(r"(?<![\w.-])(?P<key>[\w.-]++)(?P<kq>\\?[\"'])?[ \t]*(?P<se
 # reversed, read on the reversed text after the separator.
 _KEY_BEFORE_RE = re.compile(r"[ \t]*+(?P<qk>[\"']\\?)?(?P<yek>[\w.-]++)")
 _BLANKS_RE = re.compile(r"[ \t]*")
+_BLANKS = (" ", "\t")
 
 
 def _separators(text: str) -> list[int]:
@@ -1180,8 +1181,9 @@ def _redact_pairs(text: str, extra_keys: frozenset[str]) -> str:
         # A match inside a value that was already redacted must not be spliced again.
         if key_start < pos or not is_sensitive_key(key, extra_keys):
             continue
-        blanks = _BLANKS_RE.match(text, sep + 1)
-        start = blanks.end() if blanks else sep + 1
+        start = sep + 1
+        if text[start : start + 1] in _BLANKS:  # (most values follow at once: no regex)
+            start = _BLANKS_RE.match(text, start).end()  # type: ignore[union-attr]
         words = key_words(key)
         last = words[-1] if words else ""
         if last == "authorization":

@@ -708,6 +708,22 @@ def _without(value: object, secret: str) -> object:
     return value
 
 
+def test_a_text_field_only_its_text_pre_check_reads_is_redacted_as_before() -> None:
+    """A stem holding a tab (`pin\t`) or a backslash (`auth\"`, JSON inside JSON) is found
+    by the pre-check of a string as text, but not in the event's JSON, where the tab and
+    the backslash are escaped: an event that needs redaction has such a field redacted as
+    every string of it used to be, whatever part the scan matched in."""
+    event = AuditEvent(
+        action="user.updated",
+        tenant="pin\tq9x8a7b6",
+        source='{\\"auth\\": \\"q8x7a6b5\\"}',
+        metadata={"password": "hunter2"},
+    )
+    for done in (finalize(event)[0], redact_event(event)):
+        assert done.tenant == "pin\t[REDACTED]"
+        assert done.source == '{\\"auth\\": \\"[REDACTED]\\"}'
+
+
 def test_a_redaction_that_makes_a_field_too_long_is_refused() -> None:
     """Redacting can lengthen a string ("pw=b" -> "pw=[REDACTED]"): a field it takes past
     its limit is refused as the worker would refuse it, however the event is redacted."""
