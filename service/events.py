@@ -446,11 +446,16 @@ def _where_matched(
     parts: dict[str, _Part] = {}
     head_end = _head_end(event, data)
     tail: dict[str, tuple[int, int]] | None = None
+    last_key = -1  # where the last `":` before the previous match in the head is
     for start, end, strong in spans:
         if end <= head_end:
-            place = _head_field(data, end)
-            if place is not None:
-                places.add(place)
+            # Matches come in order: one with no `":` since the previous one is in its field.
+            key = data.rfind(b'":', 0, end)
+            if key != last_key:
+                last_key = key
+                place = _head_field(data, end)
+                if place is not None:
+                    places.add(place)
             continue
         if tail is None:
             tail = _tail_spans(event, data, head_end)
@@ -566,8 +571,10 @@ def _redact_strings(
         texts.append(value if isinstance(value, str) else "")
     if places is None:
         redacted = redact_strings(texts, extra_keys, cards=cards)
-    else:
-        redacted = [redact_matched(text, extra_keys, cards=cards) for text in texts]
+    else:  # the scan matched in each: the rules at once
+        redacted = [
+            redact_matched(text, extra_keys, cards=cards) if text else text for text in texts
+        ]
     done: dict[str | None, dict[str, str]] = {}
     changed: list[_Place] = []
     for place, old, new in zip(chosen, texts, redacted, strict=True):
