@@ -365,7 +365,7 @@ def _redact_encoded(
             params = redact_sensitive(params, extra_keys, cards=cards)
         if presentation is not event.presentation or params is not presentation.params:
             changes["presentation"] = Presentation(code=presentation.code, params=params)
-    metadata = event.metadata
+    metadata: object = event.metadata
     if metadata is not None and _part_needs_rules(metadata, "metadata", parts, data, extra_keys):
         metadata = redact_sensitive(metadata, extra_keys, cards=cards)
         if metadata is not event.metadata:

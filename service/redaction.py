@@ -41,12 +41,13 @@ Luhn-valid card number keeps only its last four digits. Each secret is replaced 
 what it costs in false positives.
 
 Speed. Before any rule runs, one pass (Hyperscan where it is installed, else an
-Aho-Corasick DFA) over the text, or over a whole encoded event (`json_precheck`), looks for
+Aho-Corasick DFA) over the text, or over a whole encoded event (`json_matches`), looks for
 the stems of the secret words, the token rules' keywords and a card number's shape; most
-events stop there, and an event where only keywords occur runs just those rules. Many
-strings are pre-checked in one automaton call (`redact_strings`): only those a match falls
-in meet the rules. What a key is (sensitive, a pair's name) is remembered in a dict, so a
-key costs a lookup. `python -m bench.redaction_compare`.
+events stop there, and an event where only keywords occur runs just those rules. Over an
+event the scan says where it matched: only the strings and parts a match falls in meet the
+rules. Many strings are pre-checked in one automaton call (`redact_strings`): only those a
+match falls in meet the rules. What a key is (sensitive, a pair's name) is remembered in a
+dict, so a key costs a lookup. `python -m bench.redaction_compare`.
 """
 
 import bisect
@@ -54,7 +55,7 @@ import functools
 import itertools
 import re
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any, NamedTuple
 from urllib.parse import unquote
 
@@ -1073,7 +1074,7 @@ def _separators(text: str) -> list[int]:
     return found
 
 
-def _key_matches(text: str) -> Iterator[tuple[int, str, str, int]]:
+def _key_matches(text: str) -> list[tuple[int, str, str, int]]:
     """What _KEY_RE.finditer(text) finds: (start, key, its quote, the separator's index).
     _KEY_RE is tried at every character (a regex attempt each: most of a pair scan's
     cost); a key is a whole run of key characters that only a quote and blanks part from
@@ -1081,16 +1082,15 @@ def _key_matches(text: str) -> Iterator[tuple[int, str, str, int]]:
     between a separator and its value: the matches never overlap, as finditer's."""
     back = text[::-1]
     size = len(text)
+    found = []
     for index in _separators(text):
         key = _KEY_BEFORE_RE.match(back, size - index)
         if key is not None:
+            start = size - key.end()
             quote = key["qk"]
-            yield (
-                size - key.end(),
-                text[size - key.end() : size - key.start("yek")],
-                quote[::-1] if quote else "",
-                index,
-            )
+            key_end = size - key.start("yek")
+            found.append((start, text[start:key_end], quote[::-1] if quote else "", index))
+    return found
 
 
 _AUTH_SCHEME_RE = re.compile(r"(?:bearer|basic|digest|token|negotiate)[ \t]+", re.IGNORECASE)
