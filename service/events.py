@@ -503,12 +503,19 @@ def _tail_spans(event: AuditEvent, data: bytes, head_end: int) -> dict[str, tupl
     spans: dict[str, tuple[int, int]] = {}
     end = len(data) - 1  # the event's closing brace
     if event.source is not None:
-        start = end - len(_encoder.encode(event.source))
+        # A string, last: no key of the event's layout after its own (cheaper than a length).
+        if isinstance(event.source, str):
+            start = data.rfind(_TAIL_KEYS["source"]) + len(_TAIL_KEYS["source"])
+        else:
+            start = end - len(_encoder.encode(event.source))
         spans["source"] = (start, end)
         end = start - len(_TAIL_KEYS["source"])
     presentation = event.presentation
     if presentation is not None:
-        start = end - len(_encoder.encode(presentation))  # {"code":…,"params":…}
+        if not presentation.params and isinstance(presentation.code, str):  # as for source
+            start = data.rfind(_TAIL_KEYS["presentation"], 0, end) + len(_TAIL_KEYS["presentation"])
+        else:
+            start = end - len(_encoder.encode(presentation))  # {"code":…,"params":…}
         code = start + len(b'{"code":')
         if presentation.params:  # they follow the code, up to the closing brace
             code_end = code + len(_encoder.encode(presentation.code))
