@@ -351,8 +351,8 @@ def _redact_encoded(
     validate: bool = False,
 ) -> tuple[AuditEvent, bytes]:
     """redact_event, and the event's JSON: `data` when nothing changed, else its new JSON
-    (decoded again with `validate`; else only the fields the redaction changed are checked:
-    the event is otherwise valid, as the API and the worker have it)."""
+    (decoded again with `validate`, which validates it; else only the fields the redaction
+    changed are checked: the event is otherwise valid, as the API and the worker have it)."""
     cards = found.cards
     places, parts = _where_matched(event, data, found)
     changes: dict[str, Any] = {}
@@ -381,11 +381,15 @@ def _redact_encoded(
     data = _encoder.encode(redacted)
     if validate:
         try:
-            return _decoder.decode(data), data
+            # Decoded to validate only, as an unchanged event is: the event kept is the
+            # redacted one, which shares every part the redaction left with the caller's
+            # (a decoded copy kept in a client's buffer is that much more for the GC).
+            _decoder.decode(data)
         except msgspec.ValidationError as exc:
             raise InvalidEvent(f"once redacted: {exc}") from None
-    # A redacted value may be longer than the limit of its field.
-    _check_limits(redacted, changed)
+    else:
+        # A redacted value may be longer than the limit of its field.
+        _check_limits(redacted, changed)
     return redacted, data
 
 
