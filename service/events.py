@@ -603,19 +603,26 @@ def _redact_strings(
 def _check_limits(event: AuditEvent, changed: list[_Place]) -> None:
     """Refuse, as decoding would, a changed text field longer than its limit (the first in
     the order of the JSON is named)."""
-    for name, field in sorted(changed, key=_JSON_ORDER.__getitem__):
-        if (name, field) == _DIFF_FIELDS:
+    for place in sorted(changed, key=_JSON_ORDER.__getitem__) if len(changed) > 1 else changed:
+        name, field = place
+        limit = _MAX_LENGTHS[place]
+        if place == _DIFF_FIELDS:
             assert event.changes is not None
-            values = [(f"changes[{i}].field", c.field) for i, c in enumerate(event.changes)]
+            for index, change in enumerate(event.changes):
+                if _too_long(change.field, limit):
+                    _refuse(limit, f"changes[{index}].field")
         else:
             part = event if name is None else getattr(event, name)
-            values = [(field if name is None else f"{name}.{field}", getattr(part, field))]
-        limit = _MAX_LENGTHS[(name, field)]
-        for path, value in values:
-            if isinstance(value, str) and len(value) > limit:
-                raise InvalidEvent(
-                    f"once redacted: Expected `str` of length <= {limit} - at `$.{path}`"
-                )
+            if _too_long(getattr(part, field), limit):
+                _refuse(limit, field if name is None else f"{name}.{field}")
+
+
+def _too_long(value: object, limit: int) -> bool:
+    return isinstance(value, str) and len(value) > limit
+
+
+def _refuse(limit: int, path: str) -> None:
+    raise InvalidEvent(f"once redacted: Expected `str` of length <= {limit} - at `$.{path}`")
 
 
 def _max_lengths() -> dict[_Place, int]:

@@ -639,6 +639,7 @@ def json_matches(
     """The pre-check over a whole encoded event, in one pass, and where it matched: None when
     no rule may change a string of it (`whole`: also when only keywords matched and their
     token rules match nothing in the whole text, as json_precheck decides)."""
+    spans: list[tuple[int, int, bool]] | None
     if extra_keys or _SCAN is None:
         scanner = _precheck_for(extra_keys).scanner
         if scanner is None:  # pragma: no cover - without hyperscan: the verdict alone
@@ -652,11 +653,13 @@ def json_matches(
         try:
             _SCAN(data, _ON_MATCH, 0, found)
         except _ScratchInUse:  # another thread is scanning: this thread's scratch space
-            verdict, spans = _PRECHECK.scanner.matches(data)  # type: ignore[union-attr]
-        else:
-            verdict, spans = found[0], found[2]
+            found[0], found[2] = _PRECHECK.scanner.matches(data)  # type: ignore[union-attr]
+        verdict = found[0]
+        if not verdict:
+            return None  # the common case
+        spans = found[2]
     if not verdict & ~_MARKS:
-        return None  # the common case
+        return None
     marks = verdict & _MARKS != 0
     verdict &= ~_MARKS
     if verdict == _KEYWORDS:
