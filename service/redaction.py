@@ -764,16 +764,22 @@ def redact_sensitive(
     return _redact(value, extra_keys, 0, cards)
 
 
+# Types as tuples: `dict | list | tuple` in a call builds a union object each time, which
+# cost more than the rest of a scalar's visit.
+_NESTING = (dict, list, tuple)
+_SEQUENCES = (list, tuple)
+
+
 def _redact(value: object, extra_keys: frozenset[str], depth: int, cards: bool) -> object:
     if isinstance(value, str):
         return redact_sensitive_in_string(value, extra_keys, cards=cards)
-    if isinstance(value, dict | list | tuple) and depth >= MAX_DEPTH:
+    if isinstance(value, _NESTING) and depth >= MAX_DEPTH:
         # Deeper than any real event nests: replaced whole, so hostile nesting can neither
         # exhaust the stack nor carry a secret past the redaction.
         return REDACTED
     if isinstance(value, dict):
         return _redact_mapping(value, extra_keys, depth, cards)
-    if isinstance(value, list | tuple):
+    if isinstance(value, _SEQUENCES):
         return _redact_list(value, extra_keys, depth, cards)
     if cards and type(value) is int and _CARD_INT_MIN <= value < _CARD_INT_MAX:
         digits = str(value)
@@ -818,7 +824,7 @@ _FIELD_NAME_RE = re.compile(r"[a-z][a-z_]{0,39}")
 
 
 def _is_pair_shape(item: object) -> bool:
-    return isinstance(item, list | tuple) and len(item) == 2 and isinstance(item[0], str)
+    return isinstance(item, _SEQUENCES) and len(item) == 2 and isinstance(item[0], str)
 
 
 def _secret_pair(
