@@ -337,9 +337,9 @@ def redact_event(
     found = json_matches(data, extra_keys, whole=False)
     if found is None:
         return event
-    if not cards:
-        found = found._replace(cards=False)
-    return _redact_encoded(event, data, extra_keys, found)[0]
+    # The card rule runs as asked, not as the scan saw: another rule's redaction can leave
+    # a card number where the scan saw none ("-----END … KEY-----3782…" -> "[REDACTED]3782…").
+    return _redact_encoded(event, data, extra_keys, found._replace(cards=cards))[0]
 
 
 def _redact_encoded(

@@ -771,8 +771,11 @@ _SEQUENCES = (list, tuple)
 
 
 def _redact(value: object, extra_keys: frozenset[str], depth: int, cards: bool) -> object:
-    if isinstance(value, str):
-        return redact_sensitive_in_string(value, extra_keys, cards=cards)
+    if isinstance(value, str):  # redact_sensitive_in_string, without a call more per string
+        low = value.lower()
+        if not _may_hold(value, low, extra_keys, cards):
+            return value
+        return _redact_rules(value, low, extra_keys, cards, 0)
     if isinstance(value, _NESTING) and depth >= MAX_DEPTH:
         # Deeper than any real event nests: replaced whole, so hostile nesting can neither
         # exhaust the stack nor carry a secret past the redaction.

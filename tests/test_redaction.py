@@ -724,6 +724,15 @@ def test_a_text_field_only_its_text_pre_check_reads_is_redacted_as_before() -> N
         assert done.source == '{\\"auth\\": \\"[REDACTED]\\"}'
 
 
+def test_redact_event_masks_a_card_number_another_rule_uncovers() -> None:
+    """No card number stands in "-----END … KEY-----3782…" (a dash before it), so the scan
+    of the event sees none; once the key is redacted it does: redact_event (cards unless
+    told otherwise) masks it, as it always did."""
+    pem = "-----BEGIN RSA PRIVATE KEY-----\nMIIEowIBAAKCAQEA\n-----END RSA PRIVATE KEY-----"
+    event = AuditEvent(action="user.updated", tenant=pem + "378282246310005")
+    assert redact_event(event).tenant == "[REDACTED]***********0005"
+
+
 def test_a_redaction_that_makes_a_field_too_long_is_refused() -> None:
     """Redacting can lengthen a string ("pw=b" -> "pw=[REDACTED]"): a field it takes past
     its limit is refused as the worker would refuse it, however the event is redacted."""
