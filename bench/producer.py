@@ -202,13 +202,17 @@ class Side:
 @contextlib.contextmanager
 def without_redaction(events: ModuleType) -> Iterator[None]:
     """The redaction pre-check of `events` answers "nothing to redact", at no cost (a
-    baseline's `events` may call it may_hold_secret_json, the current one json_precheck)."""
-    if hasattr(events, "json_precheck"):
+    baseline's `events` may call it may_hold_secret_json or json_precheck, the current one
+    json_matches)."""
+    nothing: object
+    if hasattr(events, "json_matches"):
+        name, nothing = "json_matches", None
+    elif hasattr(events, "json_precheck"):
         name, nothing = "json_precheck", (False, False)
     else:
         name, nothing = "may_hold_secret_json", False
     saved = getattr(events, name)
-    setattr(events, name, lambda data, extra_keys=frozenset(): nothing)
+    setattr(events, name, lambda data, extra_keys=frozenset(), whole=True: nothing)
     try:
         yield
     finally:

@@ -5,9 +5,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import ipaddress
-import operator
 import uuid
-from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
@@ -17,9 +15,12 @@ import uuid_utils
 from service.errors import InvalidEvent
 from service.redaction import (
     REDACTED,
+    JsonMatches,
     is_sensitive_key,
-    json_precheck,
+    json_matches,
+    keywords_need_rules,
     may_hold_secret_json,
+    redact_matched,
     redact_sensitive,
     redact_sensitive_in_string,
     redact_strings,
@@ -231,7 +232,9 @@ def finalize(
 ) -> tuple[AuditEvent, bytes]:
     """Fill the defaults, redact secrets and check the size; return the event and its JSON.
     `validate`: also decode the JSON as the worker will (InvalidEvent naming the field); an
-    event the redaction changed was decoded by it already, and is not decoded twice."""
+    event the redaction changed was decoded by it already, and is not decoded twice.
+    Without it the event is taken as valid (the API and the worker decoded it): of an event
+    the redaction changed, the fields it changed are checked again."""
     _check_nesting(event)
     category = event.category or event.action.split(".", 1)[0]
     presentation = event.presentation or Presentation(code=f"audit.{event.action}")
@@ -250,9 +253,9 @@ def finalize(
         presentation=presentation,
     )
     data = _encoder.encode(done)
-    needed, cards = json_precheck(data, extra_keys)  # one scan; most events stop here
-    if needed:
-        redacted = _redact_encoded(done, data, extra_keys, cards)
+    found = json_matches(data, extra_keys)  # one scan; most events stop here
+    if found is not None:
+        redacted = _redact_encoded(done, data, extra_keys, found, validate=validate)
         # A changed event was encoded again, then decoded: validated already.
         validate = validate and redacted[1] is data
         done, data = redacted
@@ -312,9 +315,9 @@ def check_complete(
         raise InvalidEvent(f"`ts` {event.ts} is out of range once in UTC") from None
     _check_not_ahead(ts, max_future_s)
     data = _encoder.encode(event)
-    needed, cards = json_precheck(data, extra_keys)
-    if needed:
-        event, data = _redact_encoded(event, data, extra_keys, cards)
+    found = json_matches(data, extra_keys)
+    if found is not None:
+        event, data = _redact_encoded(event, data, extra_keys, found)
     size = len(data)
     if size > max_bytes:
         raise InvalidEvent(f"event is {size} bytes encoded, more than the limit of {max_bytes}")
@@ -328,95 +331,316 @@ def redact_event(
     needed it. Its id, ts, action, enums and request.ip are not free text and stay.
     `cards=False`: the pre-check saw no card number in it (json_precheck).
 
-    The struct's own strings are pre-checked together, in one automaton call; metadata,
-    presentation params and changes each by the pre-check of their JSON: only what it lets
-    through is walked and has rules run on it."""
-    return _redact_encoded(event, b"", extra_keys, cards)[0]
+    One pre-check over the event's JSON tells where rules may act: only the text fields
+    and the parts (metadata, changes, presentation params) it matched in are walked."""
+    data = _encoder.encode(event)
+    found = json_matches(data, extra_keys, whole=False)
+    if found is None:
+        return event
+    # The card rule runs as asked, not as the scan saw: another rule's redaction can leave
+    # a card number where the scan saw none ("-----END … KEY-----3782…" -> "[REDACTED]3782…").
+    return _redact_encoded(event, data, extra_keys, found._replace(cards=cards))[0]
 
 
 def _redact_encoded(
-    event: AuditEvent, data: bytes, extra_keys: frozenset[str], cards: bool
+    event: AuditEvent,
+    data: bytes,
+    extra_keys: frozenset[str],
+    found: JsonMatches,
+    *,
+    validate: bool = False,
 ) -> tuple[AuditEvent, bytes]:
-    """redact_event, and the event's JSON: `data` when nothing changed, else its new JSON."""
+    """redact_event, and the event's JSON: `data` when nothing changed, else its new JSON
+    (decoded again with `validate`, which validates it; else only the fields the redaction
+    changed are checked: the event is otherwise valid, as the API and the worker have it)."""
+    cards = found.cards
+    places, parts = _where_matched(event, data, found)
     changes: dict[str, Any] = {}
-    _redact_strings(event, extra_keys, changes, cards)
+    changed = _redact_strings(event, places, extra_keys, changes, cards)
     # The code, redacted above (then in `changes`), and the params, redacted here.
     presentation: Presentation | None = changes.pop("presentation", None) or event.presentation
     if presentation is not None:
         params: Any = presentation.params
-        if params and _part_needs_rules(params, extra_keys):
+        if params and _part_needs_rules(params, "params", parts, data, extra_keys):
             params = redact_sensitive(params, extra_keys, cards=cards)
         if presentation is not event.presentation or params is not presentation.params:
             changes["presentation"] = Presentation(code=presentation.code, params=params)
-    if event.metadata is not None and _part_needs_rules(event.metadata, extra_keys):
-        metadata = redact_sensitive(event.metadata, extra_keys, cards=cards)
+    metadata: object = event.metadata
+    if metadata is not None and _part_needs_rules(metadata, "metadata", parts, data, extra_keys):
+        metadata = redact_sensitive(metadata, extra_keys, cards=cards)
         if metadata is not event.metadata:
             changes["metadata"] = metadata
-    if event.changes and _part_needs_rules(event.changes, extra_keys):
+    if event.changes and _part_needs_rules(event.changes, "changes", parts, data, extra_keys):
         diffs = [_redact_change(change, extra_keys, cards) for change in event.changes]
         if any(new is not old for new, old in zip(diffs, event.changes, strict=True)):
             changes["changes"] = diffs
+            changed.append(_DIFF_FIELDS)
     if not changes:
         return event, data
-    data = _encoder.encode(msgspec.structs.replace(event, **changes))
-    try:
-        # Validated again: a redacted value may be longer than the limit of its field.
-        return _decoder.decode(data), data
-    except msgspec.ValidationError as exc:
-        raise InvalidEvent(f"once redacted: {exc}") from None
+    redacted = msgspec.structs.replace(event, **changes)
+    data = _encoder.encode(redacted)
+    if validate:
+        try:
+            # Decoded to validate only, as an unchanged event is: the event kept is the
+            # redacted one, which shares every part the redaction left with the caller's
+            # (a decoded copy kept in a client's buffer is that much more for the GC).
+            _decoder.decode(data)
+        except msgspec.ValidationError as exc:
+            raise InvalidEvent(f"once redacted: {exc}") from None
+    else:
+        # A redacted value may be longer than the limit of its field.
+        _check_limits(redacted, changed)
+    return redacted, data
 
 
-def _part_needs_rules(part: object, extra_keys: frozenset[str]) -> bool:
-    """The pre-check of one part of an event, over its JSON (as json_precheck over the whole
-    event: what it passes, no rule changes)."""
-    return may_hold_secret_json(_encoder.encode(part), extra_keys)
+def _part_needs_rules(
+    part: object, name: str, parts: dict[str, _Part] | None, data: bytes, extra_keys: frozenset[str]
+) -> bool:
+    """The pre-check of one part of an event, as its own scan would say: a stem or card
+    shape inside it, or keywords whose token rules match its JSON."""
+    if parts is None:  # where the first scan matched is not known: this part's own scan
+        return may_hold_secret_json(_encoder.encode(part), extra_keys)
+    matched = parts.get(name)
+    if matched is None:
+        return False
+    start, end, strong = matched
+    return strong or keywords_need_rules(data[start:end])
 
 
-# The struct's free-text strings: (part, its fields); part None is the event itself.
-_TEXT_FIELDS: tuple[tuple[str | None, tuple[str, ...]], ...] = (
-    (None, ("category", "tenant", "source")),
-    ("actor", ("id", "name", "email")),
-    ("entity", ("type", "id", "name")),
-    ("request", ("id", "user_agent", "method", "path")),
-    ("presentation", ("code",)),
+# Where each part of an encoded event is, found from the layout msgspec gives it: a
+# struct's fields in their order, a quote inside a string escaped. `"name":` with a name's
+# own characters is then always a key, and up to `request` the event holds no free-form
+# object: there such a key is the event's or one of its structs'. Past it (changes,
+# metadata, presentation, source) any key may be, and each part is measured by its length.
+_TAIL_KEYS = {
+    name: f',"{name}":'.encode() for name in ("changes", "metadata", "presentation", "source")
+}
+# The keys of the text fields up to `request`, and their struct ("": the key is a field of
+# several, the last struct opened before it says whose).
+_HEAD_KEYS: dict[bytes, str | None] = {
+    b"category": None,
+    b"tenant": None,
+    b"email": "actor",
+    b"user_agent": "request",
+    b"method": "request",
+    b"path": "request",
+    b"id": "",
+    b"name": "",
+    b"type": "",
+}
+_STRUCT_KEYS = tuple((f'"{name}":{{'.encode(), name) for name in ("actor", "entity", "request"))
+# A part with a match inside: its value's span in the JSON, and whether a stem or a card
+# shape matched there (else keywords only).
+_Part = tuple[int, int, bool]
+_Place = tuple[str | None, str]  # a text field: its struct (None: the event's own), its name
+
+
+def _where_matched(
+    event: AuditEvent, data: bytes, found: JsonMatches
+) -> tuple[set[_Place] | None, dict[str, _Part] | None]:
+    """The text fields in which the pre-check matched, and the parts (changes, metadata,
+    params) with a match inside them. A text field a match only reaches into counts (a
+    needless run of the rules at worst); a part counts as its own pre-check would have it,
+    with a match all inside. None for the text fields: each must be pre-checked as text (a
+    mark, see _TEXT_ONLY_MARKS); None for both: where the scan matched is not known."""
+    spans = found.spans
+    if spans is None:
+        return None, None
+    places: set[_Place] = set()
+    parts: dict[str, _Part] = {}
+    head_end = _head_end(event, data)
+    tail: dict[str, tuple[int, int]] | None = None
+    last_key = -1  # where the last `":` before the previous match in the head is
+    for start, end, strong in spans:
+        if end <= head_end:
+            # Matches come in order: one with no `":` since the previous one is in its field.
+            key = data.rfind(b'":', 0, end)
+            if key != last_key:
+                last_key = key
+                place = _head_field(data, end)
+                if place is not None:
+                    places.add(place)
+            continue
+        if tail is None:
+            tail = _tail_spans(event, data, head_end)
+        for name, (low, high) in tail.items():
+            if name in _TAIL_PLACES:
+                if low < end <= high:
+                    places.add(_TAIL_PLACES[name])
+            elif low <= start and end <= high:
+                parts[name] = (low, high, strong or (name in parts and parts[name][2]))
+    return (None if found.marks else places), parts
+
+
+def _head_end(event: AuditEvent, data: bytes) -> int:
+    """Where the first of changes, metadata, presentation and source starts: its key's
+    first occurrence (no field before it holds a free-form object)."""
+    for name, key in _TAIL_KEYS.items():
+        if getattr(event, name) is not None:
+            return data.find(key)
+    return len(data)
+
+
+def _head_field(data: bytes, end: int) -> _Place | None:
+    """The text field up to `request` that holds a match ending at `end`: the field of the
+    last key before it (None: no text field)."""
+    at = end
+    while (at := data.rfind(b'":', 0, at)) > 0:
+        quote = data.rfind(b'"', 0, at)
+        name = data[quote + 1 : at]
+        # A key opens an object or follows a comma (a quote inside a string is escaped).
+        if name in _HEAD_KEYS and data[quote - 1] in b"{,":
+            break
+    else:
+        return None
+    part = _HEAD_KEYS[name]
+    if part == "":
+        opened = max((data.rfind(key, 0, quote), struct) for key, struct in _STRUCT_KEYS)
+        part = opened[1] if opened[0] >= 0 else None  # none opened: the event's own id
+    place = (part, name.decode())
+    return place if place in _TEXT_PLACE_SET else None
+
+
+def _tail_spans(event: AuditEvent, data: bytes, head_end: int) -> dict[str, tuple[int, int]]:
+    """The spans in `data` of the values of changes, metadata, presentation's code and
+    params, and source: measured from the event's end and from the head's."""
+    spans: dict[str, tuple[int, int]] = {}
+    end = len(data) - 1  # the event's closing brace
+    if event.source is not None:
+        # A string, last: no key of the event's layout after its own (cheaper than a length).
+        if isinstance(event.source, str):
+            start = data.rfind(_TAIL_KEYS["source"]) + len(_TAIL_KEYS["source"])
+        else:
+            start = end - len(_encoder.encode(event.source))
+        spans["source"] = (start, end)
+        end = start - len(_TAIL_KEYS["source"])
+    presentation = event.presentation
+    if presentation is not None:
+        if not presentation.params and isinstance(presentation.code, str):  # as for source
+            start = data.rfind(_TAIL_KEYS["presentation"], 0, end) + len(_TAIL_KEYS["presentation"])
+        else:
+            start = end - len(_encoder.encode(presentation))  # {"code":…,"params":…}
+        code = start + len(b'{"code":')
+        if presentation.params:  # they follow the code, up to the closing brace
+            code_end = code + len(_encoder.encode(presentation.code))
+            spans["params"] = (code_end + len(b',"params":'), end - 1)
+        else:
+            code_end = end - 1
+        spans["presentation.code"] = (code, code_end)
+        end = start - len(_TAIL_KEYS["presentation"])
+    at = head_end
+    if event.changes is not None:
+        at += len(_TAIL_KEYS["changes"])
+        # Their length is needed only to tell where metadata starts.
+        changes_end = end if event.metadata is None else at + len(_encoder.encode(event.changes))
+        spans["changes"] = (at, changes_end)
+        at = changes_end
+    if event.metadata is not None:
+        spans["metadata"] = (at + len(_TAIL_KEYS["metadata"]), end)
+    return spans
+
+
+# The struct's free-text strings, in the order of the JSON.
+_TEXT_PLACES: tuple[_Place, ...] = (
+    (None, "category"),
+    *(("actor", field) for field in ("id", "name", "email")),
+    *(("entity", field) for field in ("type", "id", "name")),
+    (None, "tenant"),
+    *(("request", field) for field in ("id", "user_agent", "method", "path")),
+    ("presentation", "code"),
+    (None, "source"),
 )
-_TEXT_PLACES = tuple((name, field) for name, fields in _TEXT_FIELDS for field in fields)
-_TEXT_PARTS = operator.attrgetter(*(name for name, _ in _TEXT_FIELDS if name is not None))
-
-
-def _getter(fields: tuple[str, ...]) -> Callable[[Any], tuple[object, ...]]:
-    """The values of these fields of a struct, as a tuple (attrgetter's of one is none)."""
-    get = operator.attrgetter(*fields)
-    return get if len(fields) > 1 else lambda part: (get(part),)
-
-
-# Each part's getter and its values when the part is absent.
-_TEXT_OF = tuple((_getter(fields), (None,) * len(fields)) for _, fields in _TEXT_FIELDS)
+_TEXT_PLACE_SET = frozenset(_TEXT_PLACES)
+_TAIL_PLACES: dict[str, _Place] = {
+    "presentation.code": ("presentation", "code"),
+    "source": (None, "source"),
+}
+_DIFF_FIELDS: _Place = ("changes", "field")  # every change's field, in `changed`
+# Where each field whose length is limited comes in the JSON: changes after request.
+_JSON_ORDER = {
+    place: index
+    for index, place in enumerate((*_TEXT_PLACES[:-2], _DIFF_FIELDS, *_TEXT_PLACES[-2:]))
+}
 
 
 def _redact_strings(
-    event: AuditEvent, extra_keys: frozenset[str], changes: dict[str, Any], cards: bool
-) -> None:
-    """Redact the struct's free-text strings, after one pre-check over all of them; a
-    changed part goes into `changes` under its name."""
-    values: list[object] = []
-    for part, (fields_of, absent) in zip((event, *_TEXT_PARTS(event)), _TEXT_OF, strict=True):
-        values += absent if part is None else fields_of(part)
-    # Not text (no value): "", which no rule changes, so that indexes stay places.
-    texts = [value if isinstance(value, str) else "" for value in values]
-    redacted = redact_strings(texts, extra_keys, cards=cards)
-    if redacted is texts:
-        return
+    event: AuditEvent,
+    places: set[_Place] | None,
+    extra_keys: frozenset[str],
+    changes: dict[str, Any],
+    cards: bool,
+) -> list[_Place]:
+    """Redact the struct's free-text strings at `places`, in which the pre-check of the
+    event's JSON matched (None: every one, after one pre-check over all of them as text);
+    a changed part goes into `changes` under its name. Return the changed fields."""
+    chosen = _TEXT_PLACES if places is None else sorted(places, key=_JSON_ORDER.__getitem__)
+    texts = []
+    for name, field in chosen:
+        part = event if name is None else getattr(event, name)
+        value = None if part is None else getattr(part, field)
+        # Not text (no value): "", which no rule changes, so that indexes stay places.
+        texts.append(value if isinstance(value, str) else "")
+    if places is None:
+        redacted = redact_strings(texts, extra_keys, cards=cards)
+    else:  # the scan matched in each: the rules at once
+        redacted = [
+            redact_matched(text, extra_keys, cards=cards) if text else text for text in texts
+        ]
     done: dict[str | None, dict[str, str]] = {}
-    for index, new in enumerate(redacted):
-        if new is not texts[index]:
-            name, field = _TEXT_PLACES[index]
-            done.setdefault(name, {})[field] = new
+    changed: list[_Place] = []
+    for place, old, new in zip(chosen, texts, redacted, strict=True):
+        if new is not old:
+            done.setdefault(place[0], {})[place[1]] = new
+            changed.append(place)
     for name, fields in done.items():
         if name is None:
             changes.update(fields)
         else:
             changes[name] = msgspec.structs.replace(getattr(event, name), **fields)
+    return changed
+
+
+def _check_limits(event: AuditEvent, changed: list[_Place]) -> None:
+    """Refuse, as decoding would, a changed text field longer than its limit (the first in
+    the order of the JSON is named)."""
+    for place in sorted(changed, key=_JSON_ORDER.__getitem__) if len(changed) > 1 else changed:
+        name, field = place
+        limit = _MAX_LENGTHS[place]
+        if place == _DIFF_FIELDS:
+            assert event.changes is not None
+            for index, change in enumerate(event.changes):
+                if _too_long(change.field, limit):
+                    _refuse(limit, f"changes[{index}].field")
+        else:
+            part = event if name is None else getattr(event, name)
+            if _too_long(getattr(part, field), limit):
+                _refuse(limit, field if name is None else f"{name}.{field}")
+
+
+def _too_long(value: object, limit: int) -> bool:
+    return isinstance(value, str) and len(value) > limit
+
+
+def _refuse(limit: int, path: str) -> None:
+    raise InvalidEvent(f"once redacted: Expected `str` of length <= {limit} - at `$.{path}`")
+
+
+def _max_lengths() -> dict[_Place, int]:
+    """The longest each text field may be, read from the structs' types."""
+    structs = {None: AuditEvent, "actor": Actor, "entity": Entity, "request": RequestInfo}
+    structs |= {"presentation": Presentation, "changes": Change}
+    limits: dict[_Place, int] = {}
+    for name, struct in structs.items():
+        info = msgspec.inspect.type_info(struct)
+        assert isinstance(info, msgspec.inspect.StructType)
+        for field in info.fields:
+            for kind in getattr(field.type, "types", (field.type,)):
+                if isinstance(kind, msgspec.inspect.StrType) and kind.max_length is not None:
+                    limits[(name, field.name)] = kind.max_length
+    return limits
+
+
+_MAX_LENGTHS = _max_lengths()
 
 
 def _redact_change(change: Change, extra_keys: frozenset[str], cards: bool = True) -> Change:

@@ -41,12 +41,13 @@ Luhn-valid card number keeps only its last four digits. Each secret is replaced 
 what it costs in false positives.
 
 Speed. Before any rule runs, one pass (Hyperscan where it is installed, else an
-Aho-Corasick DFA) over the text, or over a whole encoded event (`json_precheck`), looks for
+Aho-Corasick DFA) over the text, or over a whole encoded event (`json_matches`), looks for
 the stems of the secret words, the token rules' keywords and a card number's shape; most
-events stop there, and an event where only keywords occur runs just those rules. Many
-strings are pre-checked in one automaton call (`redact_strings`): only those a match falls
-in meet the rules. What a key is (sensitive, a pair's name) is remembered in a dict, so a
-key costs a lookup. `python -m bench.redaction_compare`.
+events stop there, and an event where only keywords occur runs just those rules. Over an
+event the scan says where it matched: only the strings and parts a match falls in meet the
+rules. Many strings are pre-checked in one automaton call (`redact_strings`): only those a
+match falls in meet the rules. What a key is (sensitive, a pair's name) is remembered in a
+dict, so a key costs a lookup. `python -m bench.redaction_compare`.
 """
 
 import bisect
@@ -54,8 +55,8 @@ import functools
 import itertools
 import re
 import threading
-from collections.abc import Callable, Iterator
-from typing import Any
+from collections.abc import Callable
+from typing import Any, NamedTuple
 from urllib.parse import unquote
 
 import ahocorasick_rs
@@ -319,8 +320,13 @@ class _Precheck:
 
 
 # Pre-check verdicts, as bits: a token rule's keyword, a stem (of a secret word, a URL…), a
-# card number's shape.
-_KEYWORDS, _STEMS, _CARDS = 1, 2, 4
+# card number's shape; and a mark (_TEXT_ONLY_MARKS), which is no verdict.
+_KEYWORDS, _STEMS, _CARDS, _MARKS = 1, 2, 4, 8
+# What the text pre-check of a string may find that the scan of its JSON does not: a stem
+# with a tab or a backslash (`pin\t`, `auth\"`: escaped in JSON), and the two letters
+# whose lowercase is ASCII or longer (Kelvin's K reads "k"; "İ" moves the offsets, and
+# then every string is let through). In JSON: "\t", "\\", and the letters' UTF-8.
+_TEXT_ONLY_MARKS = (b"\\t", b"\\\\", "\u212a".encode(), "\u0130".encode())
 _CARD_MIN_CHARS = 13
 _CARD_DIGITS = b"0" * _CARD_MIN_CHARS
 _DIGITS_TO_0 = bytes.maketrans(b"0123456789", b"0000000000")
@@ -352,21 +358,34 @@ class _Scanner:
     def __init__(self, patterns: list[str], stem_count: int, hexish: dict[int, int]) -> None:
         assert hyperscan is not None
         self.card = len(patterns)
-        ids = [*_needed_patterns(patterns, stem_count, hexish), self.card]
-        expressions = [*(re.escape(patterns[i]).encode() for i in ids[:-1]), _JSON_CARD_SHAPE]
+        marks = range(self.card + 1, self.card + 1 + len(_TEXT_ONLY_MARKS))
+        ids = [*_needed_patterns(patterns, stem_count, hexish), self.card, *marks]
+        expressions = [
+            *(re.escape(patterns[i]).encode() for i in ids[: -len(marks) - 1]),
+            _JSON_CARD_SHAPE,
+            *(re.escape(mark) for mark in _TEXT_ONLY_MARKS),
+        ]
         self.stem_count = stem_count
-        once = hyperscan.HS_FLAG_CASELESS | hyperscan.HS_FLAG_SINGLEMATCH
         self.db = hyperscan.Database()
         self.db.compile(
             expressions=expressions,
             ids=ids,
             elements=len(expressions),
-            # A hex pattern reports every match: its first may be inside an id, the next not.
-            flags=[hyperscan.HS_FLAG_CASELESS if i in hexish else once for i in ids],
+            # Every match is reported, not only each pattern's first: where each is tells
+            # which parts of an event need rules (json_matches). A clean event has none.
+            # Of a mark, whether there is one is enough.
+            flags=[
+                hyperscan.HS_FLAG_CASELESS | (hyperscan.HS_FLAG_SINGLEMATCH if i in marks else 0)
+                for i in ids
+            ],
         )
         self.local = threading.local()  # a scratch space per thread, as hyperscan needs
         self.on_match = _verdict_callback(stem_count, self.card, hexish)
         self.on_match_needed = _needed_callback(stem_count, self.card, hexish)
+        # Each pattern's length in bytes, to tell where its match starts (the card shape's
+        # length varies: its last digit stands for it).
+        lengths = [len(pattern.encode()) for pattern in patterns] + [1]
+        self.on_match_located = _located_callback(stem_count, self.card, hexish, lengths)
         # The same patterns reporting where each match starts, for many events at once.
         self.located = hyperscan.Database()
         self.located.compile(
@@ -400,14 +419,29 @@ class _Scanner:
         verdict: int = found[0]
         return verdict
 
+    def matches(self, data: bytes) -> tuple[int, list[tuple[int, int, bool]]]:
+        """The verdict's bits and every match: (start, end, whether a stem or card shape)."""
+        found: list[Any] = [0, data, []]
+        try:
+            self.db.scan(data, self.on_match_located, 0, found)
+        except hyperscan.ScratchInUseError:
+            scratch = getattr(self.local, "scratch", None)
+            if scratch is None:
+                scratch = self.local.scratch = hyperscan.Scratch(self.db)
+            found = [0, data, []]
+            self.db.scan(
+                data, match_event_handler=self.on_match_located, context=found, scratch=scratch
+            )
+        return found[0], found[2]
+
     def scan_outside_uuids(self, data: bytes) -> int:
         """scan() of JSON text, matches inside UUID string values left out."""
         found = [0]
         stem_count, card = self.stem_count, self.card
 
         def on_match(index: int, start: int, end: int, flags: int, context: object) -> bool:
-            if _inside_uuid(data, start, end):
-                return False
+            if index > card or _inside_uuid(data, start, end):
+                return False  # a mark (_TEXT_ONLY_MARKS), or an id's digits
             if index < stem_count or index >= card:
                 found[0] |= _STEMS | (_CARDS if index >= card else 0)
                 return True  # stop: the events must go the slow way
@@ -455,7 +489,9 @@ def _verdict_callback(stem_count: int, card: int, hexish: dict[int, int]) -> _On
     its context is [verdict bits, the data scanned]."""
 
     def on_match(index: int, start: int, end: int, flags: int, found: Any) -> bool:
-        if index >= card:
+        if index > card:
+            return False  # a mark (_TEXT_ONLY_MARKS): no verdict
+        if index == card:
             found[0] |= _CARDS | _STEMS
             return True  # stop: every rule must run, cards included
         if index in hexish and _inside_uuid(found[1], end - hexish[index], end):
@@ -471,12 +507,36 @@ def _needed_callback(stem_count: int, card: int, hexish: dict[int, int]) -> _OnM
     run): its verdict tells no card from a stem."""
 
     def on_match(index: int, start: int, end: int, flags: int, found: Any) -> bool:
-        if index in hexish and _inside_uuid(found[1], end - hexish[index], end):
-            return False
-        if index < stem_count or index >= card:
+        if index > card or (index in hexish and _inside_uuid(found[1], end - hexish[index], end)):
+            return False  # a mark (_TEXT_ONLY_MARKS), or an id's digits
+        if index < stem_count or index == card:
             found[0] |= _STEMS
             return True
         found[0] |= _KEYWORDS
+        return False
+
+    return on_match
+
+
+def _located_callback(
+    stem_count: int, card: int, hexish: dict[int, int], lengths: list[int]
+) -> _OnMatch:
+    """Hyperscan's match handler that keeps every match (not one inside an id); its context
+    is [verdict bits, the data scanned, the matches: (start, end, a stem or card shape)]."""
+
+    def on_match(index: int, start: int, end: int, flags: int, found: Any) -> bool:
+        if index in hexish and _inside_uuid(found[1], end - hexish[index], end):
+            return False
+        if index < stem_count:
+            found[0] |= _STEMS
+        elif index < card:
+            found[0] |= _KEYWORDS
+        elif index == card:
+            found[0] |= _CARDS | _STEMS
+        else:
+            found[0] |= _MARKS
+            return False
+        found[2].append((end - lengths[index], end, index < stem_count or index == card))
         return False
 
     return on_match
@@ -487,11 +547,11 @@ _HEXISH_RE = re.compile(r"[0-9a-f-]+")
 
 
 _PRECHECK = _Precheck(frozenset())
-# json_precheck's common case, bound once: the scan of the default pre-check, its handler.
+# json_matches' common case, bound once: the scan of the default pre-check, its handler.
 if _PRECHECK.scanner is not None:
     _SCAN: Callable[..., None] | None = _PRECHECK.scanner.db.scan
-    _ON_MATCH = _PRECHECK.scanner.on_match
-    _ScanTerminated, _ScratchInUse = hyperscan.ScanTerminated, hyperscan.ScratchInUseError
+    _ON_MATCH = _PRECHECK.scanner.on_match_located
+    _ScratchInUse = hyperscan.ScratchInUseError
 else:  # pragma: no cover - without hyperscan
     _SCAN = None
 
@@ -562,29 +622,63 @@ def _needs_rules(verdict: int, text: str) -> bool:
     return bool(verdict) and bool(token_spans(text, text.lower()))
 
 
+class JsonMatches(NamedTuple):
+    """What the pre-check found in an encoded event (json_matches)."""
+
+    cards: bool  # a card number may be in it
+    keywords_only: bool  # only token rules' keywords: rules run where their rules match
+    # Where: (start, end, a stem or card shape) in the JSON; None when not known (no hyperscan).
+    spans: list[tuple[int, int, bool]] | None
+    # A string of it may hold what only its text's pre-check finds (_TEXT_ONLY_MARKS).
+    marks: bool
+
+
+def json_matches(
+    data: bytes, extra_keys: frozenset[str] = frozenset(), *, whole: bool = True
+) -> JsonMatches | None:
+    """The pre-check over a whole encoded event, in one pass, and where it matched: None when
+    no rule may change a string of it (`whole`: also when only keywords matched and their
+    token rules match nothing in the whole text, as json_precheck decides)."""
+    spans: list[tuple[int, int, bool]] | None
+    if extra_keys or _SCAN is None:
+        scanner = _precheck_for(extra_keys).scanner
+        if scanner is None:  # pragma: no cover - without hyperscan: the verdict alone
+            verdict, spans = _precheck_for(extra_keys).verdict(data), None
+        else:
+            verdict, spans = scanner.matches(data)
+    else:
+        # _Scanner.matches' common case inline, its names bound once: every event passes
+        # here, and each call or attribute saved is felt.
+        found: list[Any] = [0, data, []]
+        try:
+            _SCAN(data, _ON_MATCH, 0, found)
+        except _ScratchInUse:  # another thread is scanning: this thread's scratch space
+            found[0], found[2] = _PRECHECK.scanner.matches(data)  # type: ignore[union-attr]
+        verdict = found[0]
+        if not verdict:
+            return None  # the common case
+        spans = found[2]
+    if not verdict & ~_MARKS:
+        return None
+    marks = verdict & _MARKS != 0
+    verdict &= ~_MARKS
+    if verdict == _KEYWORDS:
+        if whole and not keywords_need_rules(data):
+            return None
+        return JsonMatches(False, True, spans, marks)
+    return JsonMatches(verdict & _CARDS != 0, False, spans, marks)
+
+
+def keywords_need_rules(data: bytes) -> bool:
+    """Whether a token rule matches JSON text where the pre-check found only keywords."""
+    return _needs_rules(_KEYWORDS, data.decode(errors="replace"))
+
+
 def json_precheck(data: bytes, extra_keys: frozenset[str] = frozenset()) -> tuple[bool, bool]:
     """The pre-check over a whole encoded event, in one pass: whether any rule may change a
     string of it, and whether a card number may be in it (pass it on as `cards`)."""
-    if extra_keys or _SCAN is None:
-        precheck = _precheck_for(extra_keys)
-        scanner = precheck.scanner
-        verdict = precheck.verdict(data) if scanner is None else scanner.scan(data)
-    else:
-        # _Scanner.scan's common case inline, its names bound once: every event passes
-        # here, and each call or attribute saved is felt.
-        found: list[Any] = [0, data]
-        try:
-            _SCAN(data, _ON_MATCH, 0, found)
-        except _ScanTerminated:
-            pass
-        except _ScratchInUse:
-            found[0] = _PRECHECK.verdict(data)  # this thread's own scratch space
-        verdict = found[0]
-    if not verdict:
-        return _NOTHING  # the common case
-    if verdict == _KEYWORDS:
-        return _needs_rules(verdict, data.decode(errors="replace")), False
-    return True, verdict & _CARDS != 0
+    found = json_matches(data, extra_keys)
+    return _NOTHING if found is None else (True, found.cards)
 
 
 _NOTHING = (False, False)
@@ -670,16 +764,25 @@ def redact_sensitive(
     return _redact(value, extra_keys, 0, cards)
 
 
+# Types as tuples: `dict | list | tuple` in a call builds a union object each time, which
+# cost more than the rest of a scalar's visit.
+_NESTING = (dict, list, tuple)
+_SEQUENCES = (list, tuple)
+
+
 def _redact(value: object, extra_keys: frozenset[str], depth: int, cards: bool) -> object:
-    if isinstance(value, str):
-        return redact_sensitive_in_string(value, extra_keys, cards=cards)
-    if isinstance(value, dict | list | tuple) and depth >= MAX_DEPTH:
+    if isinstance(value, str):  # redact_sensitive_in_string, without a call more per string
+        low = value.lower()
+        if not _may_hold(value, low, extra_keys, cards):
+            return value
+        return _redact_rules(value, low, extra_keys, cards, 0)
+    if isinstance(value, _NESTING) and depth >= MAX_DEPTH:
         # Deeper than any real event nests: replaced whole, so hostile nesting can neither
         # exhaust the stack nor carry a secret past the redaction.
         return REDACTED
     if isinstance(value, dict):
         return _redact_mapping(value, extra_keys, depth, cards)
-    if isinstance(value, list | tuple):
+    if isinstance(value, _SEQUENCES):
         return _redact_list(value, extra_keys, depth, cards)
     if cards and type(value) is int and _CARD_INT_MIN <= value < _CARD_INT_MAX:
         digits = str(value)
@@ -724,7 +827,7 @@ _FIELD_NAME_RE = re.compile(r"[a-z][a-z_]{0,39}")
 
 
 def _is_pair_shape(item: object) -> bool:
-    return isinstance(item, list | tuple) and len(item) == 2 and isinstance(item[0], str)
+    return isinstance(item, _SEQUENCES) and len(item) == 2 and isinstance(item[0], str)
 
 
 def _secret_pair(
@@ -848,6 +951,14 @@ def redact_sensitive_in_string(
     return _redact_rules(text, low, extra_keys, cards, _decoded)
 
 
+def redact_matched(
+    text: str, extra_keys: frozenset[str] = frozenset(), *, cards: bool = True
+) -> str:
+    """redact_sensitive_in_string of text a pre-check let through already (the rules alone:
+    a rule finds nothing the pre-check would have let go)."""
+    return _redact_rules(text, text.lower(), extra_keys, cards, 0)
+
+
 def redact_strings(
     texts: list[str], extra_keys: frozenset[str] = frozenset(), *, cards: bool = True
 ) -> list[str]:
@@ -870,7 +981,7 @@ def _redact_rules(
     """Every rule of the value rule on `text` (`low`: its lowercase), whatever the
     pre-check would say: a rule finds nothing the pre-check would have let go."""
     original = text
-    if _names_secret_field(text, extra_keys):
+    if "field" in low and _names_secret_field(text, extra_keys):
         # A change diff as text (a payload that is not JSON): {"field": "password", "old": …}.
         # Which "old"/"new" belong to it is unknowable in broken JSON, so every one goes.
         extra_keys = extra_keys | _DIFF_VALUE_KEY_SET
@@ -959,6 +1070,7 @@ _KEY_RE = re.compile(r"(?<![\w.-])(?P<key>[\w.-]++)(?P<kq>\\?[\"'])?[ \t]*(?P<se
 # reversed, read on the reversed text after the separator.
 _KEY_BEFORE_RE = re.compile(r"[ \t]*+(?P<qk>[\"']\\?)?(?P<yek>[\w.-]++)")
 _BLANKS_RE = re.compile(r"[ \t]*")
+_BLANKS = (" ", "\t")
 
 
 def _separators(text: str) -> list[int]:
@@ -974,7 +1086,7 @@ def _separators(text: str) -> list[int]:
     return found
 
 
-def _key_matches(text: str) -> Iterator[tuple[int, str, str, int]]:
+def _key_matches(text: str) -> list[tuple[int, str, str, int]]:
     """What _KEY_RE.finditer(text) finds: (start, key, its quote, the separator's index).
     _KEY_RE is tried at every character (a regex attempt each: most of a pair scan's
     cost); a key is a whole run of key characters that only a quote and blanks part from
@@ -982,16 +1094,15 @@ def _key_matches(text: str) -> Iterator[tuple[int, str, str, int]]:
     between a separator and its value: the matches never overlap, as finditer's."""
     back = text[::-1]
     size = len(text)
+    found = []
     for index in _separators(text):
         key = _KEY_BEFORE_RE.match(back, size - index)
         if key is not None:
+            start = size - key.end()
             quote = key["qk"]
-            yield (
-                size - key.end(),
-                text[size - key.end() : size - key.start("yek")],
-                quote[::-1] if quote else "",
-                index,
-            )
+            key_end = size - key.start("yek")
+            found.append((start, text[start:key_end], quote[::-1] if quote else "", index))
+    return found
 
 
 _AUTH_SCHEME_RE = re.compile(r"(?:bearer|basic|digest|token|negotiate)[ \t]+", re.IGNORECASE)
@@ -1082,8 +1193,9 @@ def _redact_pairs(text: str, extra_keys: frozenset[str]) -> str:
         # A match inside a value that was already redacted must not be spliced again.
         if key_start < pos or not is_sensitive_key(key, extra_keys):
             continue
-        blanks = _BLANKS_RE.match(text, sep + 1)
-        start = blanks.end() if blanks else sep + 1
+        start = sep + 1
+        if text[start : start + 1] in _BLANKS:  # (most values follow at once: no regex)
+            start = _BLANKS_RE.match(text, start).end()  # type: ignore[union-attr]
         words = key_words(key)
         last = words[-1] if words else ""
         if last == "authorization":

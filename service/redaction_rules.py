@@ -208,8 +208,11 @@ for _index, _entry in enumerate([*DATA["local_tokens"], *DATA["tokens"]]):
         _KEYWORD_RULES.setdefault(_keyword, []).append(_index)
 KEYWORDS: tuple[str, ...] = tuple(sorted(_KEYWORD_RULES))
 _RULES_OF_KEYWORD: tuple[tuple[int, ...], ...] = tuple(tuple(_KEYWORD_RULES[k]) for k in KEYWORDS)
-# Every keyword that occurs is needed (not only the leftmost): the standard match kind.
-_KEYWORD_AUTOMATON = ahocorasick_rs.AhoCorasick(KEYWORDS)
+# Every keyword that occurs is needed (not only the leftmost): the standard match kind, in
+# the automaton's fastest form.
+_KEYWORD_AUTOMATON = ahocorasick_rs.AhoCorasick(
+    KEYWORDS, implementation=ahocorasick_rs.Implementation.DFA
+)
 
 
 def rules_for(lowered: str) -> tuple[TokenRule, ...]:

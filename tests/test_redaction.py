@@ -1,6 +1,8 @@
 """Tests for secret redaction in audit payloads and strings."""
 
 import copy
+import datetime
+import functools
 import json
 import logging
 import random
@@ -13,6 +15,7 @@ import pytest
 
 from service import redaction
 from service.api.errors import error_response
+from service.errors import InvalidEvent
 from service.events import (
     Actor,
     AuditEvent,
@@ -20,6 +23,8 @@ from service.events import (
     Entity,
     Presentation,
     RequestInfo,
+    check_complete,
+    encode,
     finalize,
     redact_event,
 )
@@ -588,6 +593,171 @@ def test_an_event_redacted_already_is_not_rebuilt() -> None:
     _, data = finalize(event)
     again = msgspec.json.decode(data, type=AuditEvent)  # as the worker reads it
     assert redact_event(again) is again
+
+
+# Text that spells the event's own layout (its keys, quotes, brackets): the redaction finds
+# where each part of an event is in its JSON, and must not be misled by a value that looks
+# like the start or end of another part.
+_LAYOUT_DECOYS = {
+    "category": '","tenant":"t","source":"s',
+    "tenant": '"},"request":{"path":"/',
+    "source": ',"source":"',
+    "actor.name": '","name":"n',
+    "entity.name": '\\","id":"',
+    "request.user_agent": ',"changes":[{"field":"f"}],"metadata":{',
+}
+_NESTED_DECOY = {
+    "changes": [{"field": "f"}],
+    "metadata": {"m": 1},
+    "presentation": {"code": "c", "params": {"p": 1}},
+    "source": "s",
+    "params": {"q": 2},
+}
+
+
+_STRUCTS = ("actor", "entity", "request")
+
+
+def _event_with(place: str, secret: str) -> AuditEvent:
+    """An event whose one secret is at `place`, every other part holding layout decoys."""
+    texts = dict(_LAYOUT_DECOYS)
+    if place in ("category", "tenant", "source") or place.split(".")[0] in _STRUCTS:
+        texts[place] = f"token={secret}"
+    decoy = copy.deepcopy(_NESTED_DECOY)
+    changes = [Change(field="title", old=decoy, new="x")]
+    metadata: dict[str, object] = {"decoy": decoy, "note": _LAYOUT_DECOYS["request.user_agent"]}
+    params: dict[str, object] = {"decoy": decoy}
+    code = "audit.user.updated"
+    if place == "changes.field":
+        changes.append(Change(field=f"see https://u:{secret}@h/", old=1, new=2))
+    elif place == "changes.old":
+        changes.append(Change(field="config", old={"api_key": secret}, new=None))
+    elif place == "changes.new":
+        changes.insert(0, Change(field="password", old=None, new=secret))
+    elif place == "metadata":
+        metadata["deep"] = {"list": [{"client_secret": secret}]}
+    elif place == "params":
+        params["secret"] = secret
+    elif place == "presentation.code":
+        code = f"token={secret}"
+    return AuditEvent(
+        action="user.updated",
+        id=uuid.UUID("0190d6a8-7a36-7b7e-8c1d-3f5a2b9c4d10"),
+        ts=datetime.datetime(2026, 12, 7, 10, tzinfo=datetime.UTC),
+        category=texts.get("category"),
+        tenant=texts.get("tenant"),
+        source=texts.get("source"),
+        actor=Actor(
+            id=texts.get("actor.id", "user-1"),
+            type="user",
+            name=texts.get("actor.name"),
+            email=texts.get("actor.email"),
+        ),
+        entity=Entity(
+            type=texts.get("entity.type", "doc"),
+            id=texts.get("entity.id", "d-1"),
+            name=texts.get("entity.name"),
+        ),
+        request=RequestInfo(
+            id=texts.get("request.id"),
+            user_agent=texts.get("request.user_agent"),
+            method=texts.get("request.method"),
+            path=texts.get("request.path"),
+        ),
+        changes=changes,
+        metadata=metadata,
+        presentation=Presentation(code=code, params=params),
+    )
+
+
+_SECRET_PLACES = [
+    *("category", "tenant", "source", "actor.id", "actor.name", "actor.email", "entity.type"),
+    *("entity.id", "entity.name", "request.id", "request.user_agent", "request.path"),
+    *("presentation.code", "changes.field", "changes.old", "changes.new", "metadata", "params"),
+]
+
+
+@pytest.mark.parametrize("place", _SECRET_PLACES)
+def test_a_secret_is_redacted_wherever_the_event_holds_it_and_nothing_else(place: str) -> None:
+    """One secret at one place of an event whose other parts hold text spelling the event's
+    own layout: the redaction (which finds each part of the event in its JSON) redacts it,
+    with finalize, redact_event and check_complete alike, and leaves every decoy as it was."""
+    secret = "Zq9pl4ced"
+    event = _event_with(place, secret)
+    clean = msgspec.json.decode(encode(_event_with(place, "Zq9none")))
+    for data in (
+        finalize(event)[1],
+        finalize(event, validate=True)[1],
+        encode(redact_event(event)),
+        encode(check_complete(event)),
+    ):
+        assert secret.encode() not in data, place
+        redacted = msgspec.json.decode(data)
+        # Everything but the secret's own string is as it was.
+        assert _without(redacted, REDACTED) == _without(clean, "Zq9none"), place
+
+
+def _without(value: object, secret: str) -> object:
+    """`value` with every string that holds `secret` (or a redaction) made one marker."""
+    if isinstance(value, str):
+        return "*" if secret in value or REDACTED in value else value
+    if isinstance(value, dict):
+        return {key: _without(item, secret) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_without(item, secret) for item in value]
+    return value
+
+
+def test_a_text_field_only_its_text_pre_check_reads_is_redacted_as_before() -> None:
+    """A stem holding a tab (`pin\t`) or a backslash (`auth\"`, JSON inside JSON) is found
+    by the pre-check of a string as text, but not in the event's JSON, where the tab and
+    the backslash are escaped: an event that needs redaction has such a field redacted as
+    every string of it used to be, whatever part the scan matched in."""
+    event = AuditEvent(
+        action="user.updated",
+        tenant="pin\tq9x8a7b6",
+        source='{\\"auth\\": \\"q8x7a6b5\\"}',
+        metadata={"password": "hunter2"},
+    )
+    for done in (finalize(event)[0], redact_event(event)):
+        assert done.tenant == "pin\t[REDACTED]"
+        assert done.source == '{\\"auth\\": \\"[REDACTED]\\"}'
+
+
+def test_redact_event_masks_a_card_number_another_rule_uncovers() -> None:
+    """No card number stands in "-----END … KEY-----3782…" (a dash before it), so the scan
+    of the event sees none; once the key is redacted it does: redact_event (cards unless
+    told otherwise) masks it, as it always did."""
+    pem = "-----BEGIN RSA PRIVATE KEY-----\nMIIEowIBAAKCAQEA\n-----END RSA PRIVATE KEY-----"
+    event = AuditEvent(action="user.updated", tenant=pem + "378282246310005")
+    assert redact_event(event).tenant == "[REDACTED]***********0005"
+
+
+def test_a_redaction_that_makes_a_field_too_long_is_refused() -> None:
+    """Redacting can lengthen a string ("pw=b" -> "pw=[REDACTED]"): a field it takes past
+    its limit is refused as the worker would refuse it, however the event is redacted."""
+    method = RequestInfo(method="pwd=a pw=b")  # 10 characters, 28 once redacted; at most 16
+    field = Change(field="y" * 1005 + " https://u:p@h", old=1)  # 1019, then 1028; at most 1024
+    for changed, where in ((method, "request.method"), (field, "changes[0].field")):
+        event = AuditEvent(
+            action="user.updated",
+            id=uuid.UUID("0190d6a8-7a36-7b7e-8c1d-3f5a2b9c4d10"),
+            ts=datetime.datetime(2026, 12, 7, 10, tzinfo=datetime.UTC),
+            category="user",
+            presentation=Presentation(code="audit.user.updated"),
+            **({"request": changed} if where.startswith("request") else {"changes": [changed]}),
+        )
+        limit = 16 if where.startswith("request") else 1024
+        message = f"once redacted: Expected `str` of length <= {limit} - at `$.{where}`"
+        for redact in (
+            finalize,
+            functools.partial(finalize, validate=True),
+            redact_event,
+            check_complete,
+        ):
+            with pytest.raises(InvalidEvent) as refused:
+                redact(event)
+            assert str(refused.value) == message
 
 
 def test_a_logged_traceback_is_redacted() -> None:
