@@ -400,6 +400,12 @@ async def run_until(worker: Worker, stop: asyncio.Event) -> None:
         waiter.cancel()
         main.result()  # a worker that died on its own: raise why
         return
+    if not worker_state(worker).started.is_set():
+        # Stopped while starting: the start-up would go on alongside the close, making Redis
+        # connections and background tasks after the close let go of everything. Cut it short
+        # first; the close then releases what it made.
+        main.cancel()
+        await asyncio.wait({main})
     await stop_worker(worker)
     main.cancel()  # worker.main() polls forever; close() only cancels a task arq started itself
     with contextlib.suppress(asyncio.CancelledError):
