@@ -446,6 +446,8 @@ def _where_matched(
     spans = found.spans
     if spans is None:
         return None, None
+    if found.marks:  # every text field pre-checked as text, every part walked string by string
+        return None, _EVERY_PART
     places: set[_Place] = set()
     parts: dict[str, _Part] = {}
     head_end = _head_end(event, data)
@@ -469,7 +471,13 @@ def _where_matched(
                     places.add(_TAIL_PLACES[name])
             elif low <= start and end <= high:
                 parts[name] = (low, high, strong or (name in parts and parts[name][2]))
-    return (None if found.marks else places), parts
+    return places, parts
+
+
+# A mark (a tab, a backslash, a character whose lowercase changes its length) can hide a name
+# from the JSON scan that the text's pre-check sees: each part is walked, its strings
+# pre-checked one by one as text.
+_EVERY_PART: dict[str, _Part] = {name: (0, 0, True) for name in ("params", "metadata", "changes")}
 
 
 def _head_end(event: AuditEvent, data: bytes) -> int:

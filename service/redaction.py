@@ -322,11 +322,12 @@ class _Precheck:
 # Pre-check verdicts, as bits: a token rule's keyword, a stem (of a secret word, a URL…), a
 # card number's shape; and a mark (_TEXT_ONLY_MARKS), which is no verdict.
 _KEYWORDS, _STEMS, _CARDS, _MARKS = 1, 2, 4, 8
-# What the text pre-check of a string may find that the scan of its JSON does not: a stem
-# with a tab or a backslash (`pin\t`, `auth\"`: escaped in JSON), and the two letters
-# whose lowercase is ASCII or longer (Kelvin's K reads "k"; "İ" moves the offsets, and
-# then every string is let through). In JSON: "\t", "\\", and the letters' UTF-8.
-_TEXT_ONLY_MARKS = (b"\\t", b"\\\\", "\u212a".encode(), "\u0130".encode())
+# What the text pre-check of a string may find that the scan of its JSON does not: a name
+# beside a character JSON escapes (`pin\t…`, `\npin …`, `auth\"`: in JSON the escape's
+# letter or backslash stands where the text has a separator), and the two letters whose
+# lowercase is ASCII or longer (Kelvin's K reads "k"; "İ" moves the offsets, and then every
+# string is let through). In JSON: a backslash (every escape has one), the letters' UTF-8.
+_TEXT_ONLY_MARKS = (b"\\", "\u212a".encode(), "\u0130".encode())
 _CARD_MIN_CHARS = 13
 _CARD_DIGITS = b"0" * _CARD_MIN_CHARS
 _DIGITS_TO_0 = bytes.maketrans(b"0123456789", b"0000000000")
@@ -658,12 +659,17 @@ def json_matches(
         if not verdict:
             return None  # the common case
         spans = found[2]
-    if not verdict & ~_MARKS:
+    if verdict == _MARKS:
+        # A mark: a tab or a backslash the JSON escapes may end a name the text's pre-check
+        # knows (`pin<TAB>1234`, `sid\\"=…`), there or beside keywords (below): every string
+        # is pre-checked as text.
+        return JsonMatches(False, False, spans, True)
+    if not verdict:
         return None
     marks = verdict & _MARKS != 0
     verdict &= ~_MARKS
     if verdict == _KEYWORDS:
-        if whole and not keywords_need_rules(data):
+        if whole and not marks and not keywords_need_rules(data):
             return None
         return JsonMatches(False, True, spans, marks)
     return JsonMatches(verdict & _CARDS != 0, False, spans, marks)
@@ -1117,7 +1123,8 @@ _VALUE_RE = re.compile(
         (
             re.escape(REDACTED),  # first, so redacting twice changes nothing
             _QUOTED,
-            r"\[[^\[\]]*\]",  # the whole array, so no recovery code leaks
+            # The whole array, so no recovery code leaks (an item redacted already included).
+            r"\[(?:[^\[\]]|" + re.escape(REDACTED) + r")*\]",
             r"\{[^{}]*\}",  # nested objects fall back to their own keys
             rf"[^{_STOP}\[{{][^{_STOP}]*",
         )

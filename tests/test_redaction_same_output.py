@@ -5,6 +5,7 @@ and events made of the pieces the rules look for."""
 
 from __future__ import annotations
 
+import contextlib
 import random
 import string
 import uuid
@@ -235,7 +236,13 @@ def assert_same_value(old: ModuleType, value: object) -> None:
             assert new_out == old.redact_sensitive(value, extra, cards=cards), (value, extra)
             assert type(new_out) is type(old.redact_sensitive(value, extra, cards=cards))
         data = events.encode(value)
-        assert redaction.json_precheck(data, extra) == old.json_precheck(data, extra), data
+        new_verdict, old_verdict = (
+            redaction.json_precheck(data, extra),
+            old.json_precheck(data, extra),
+        )
+        # Where a mark is (a JSON escape, …) the scan now lets the strings through to their
+        # text's pre-check, which the reference's scan did not (it missed `pin\t…`).
+        assert new_verdict == old_verdict or (_has_mark(data) and new_verdict[0]), data
         assert redaction.may_hold_secret_json(data, extra) == old.may_hold_secret_json(
             data, extra
         ), data
@@ -252,6 +259,28 @@ def _event_outputs(module: ModuleType, event: Any, extra: frozenset[str]) -> lis
     ]
 
 
+def _has_mark(data: bytes) -> bool:
+    """Whether encoded text holds a mark: what only a string's own pre-check reads right."""
+    return any(mark in data for mark in redaction._TEXT_ONLY_MARKS)
+
+
+@contextlib.contextmanager
+def _every_string_checked(old_redaction: ModuleType, old_events: ModuleType) -> Iterator[None]:
+    """The reference with every string of an event pre-checked as text and every part
+    walked: what an event holding a mark gets now (the reference's scan of the JSON let
+    `pin<TAB>…` or `\\npin …` in a text field through unredacted)."""
+    saved = old_events.json_precheck, old_events._part_needs_rules
+    old_events.json_precheck = lambda data, extra_keys=frozenset(): (
+        True,
+        old_redaction.json_precheck(data, extra_keys)[1],
+    )
+    old_events._part_needs_rules = lambda part, extra_keys: True
+    try:
+        yield
+    finally:
+        old_events.json_precheck, old_events._part_needs_rules = saved
+
+
 def assert_same_event(before: tuple[ModuleType, ModuleType], plain: dict[str, Any]) -> None:
     old_redaction, old_events = before
     try:
@@ -259,9 +288,11 @@ def assert_same_event(before: tuple[ModuleType, ModuleType], plain: dict[str, An
         old_event = msgspec.convert(plain, old_events.AuditEvent)
     except msgspec.ValidationError:
         return  # not an event: refused before any redaction
+    marked = _has_mark(events.encode(new_event))
     for extra in (frozenset(), EXTRA):
         new = _event_outputs(events, new_event, extra)
-        assert new == _event_outputs(old_events, old_event, extra), plain
+        with _every_string_checked(*before) if marked else contextlib.nullcontext():
+            assert new == _event_outputs(old_events, old_event, extra), plain
     texts = list(_strings_of(plain))
     assert redaction.redact_strings(texts) == old_redaction.redact_strings(texts)
 
