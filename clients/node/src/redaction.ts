@@ -764,6 +764,16 @@ export class Redactor {
         }
       }
     }
+    // A JSON escape (a tab, a line break, a quote, a backslash) stands where the text has a
+    // separator: a name beside one (`pin<TAB>1234`, `\npin 1234`) is not where the words
+    // above are looked for, so the rules decide every string of an event holding one
+    // (service/redaction.py, _TEXT_ONLY_MARKS).
+    for (let k = 0, at = json.indexOf("\\"); at !== -1; ) {
+      k = eventAt(at, k);
+      flagged[k] = 1;
+      if (k + 1 === count) break;
+      at = json.indexOf("\\", starts[k + 1]!);
+    }
     const needing: number[] = [];
     for (let i = 0; i < count; i++) if (flagged[i] === 1) needing.push(i);
     return needing;

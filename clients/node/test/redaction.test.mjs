@@ -63,3 +63,26 @@ test("64 KiB of a word an id's hex digits spell, or of digits, is pre-checked in
     assert.ok(redactor.encodedNeedingRules(batch, [1, clean.length + 2]).includes(1), JSON.stringify(unit));
   }
 });
+
+test("a name beside a character JSON escapes is let through the encoded pre-check to the rules", () => {
+  // Attack: `pin<TAB>1234` in a text field or in metadata; in JSON the tab is `\t`, so the
+  // pre-check over the encoded event read "\tpin" and "pin\t" as other words and the event
+  // went to Redis as captured, though the rules redact the text.
+  const redactor = new Redactor();
+  const secret = "s3cr3tVALUE42x";
+  for (const text of [`pin\t${secret}`, `\npin ${secret}`, `sid\\"="${secret}"`]) {
+    for (const event of [
+      { action: "a.b", actor: { id: "u-1", type: "user", name: text } },
+      { action: "a.b", metadata: { note: text } },
+      { action: "a.b", tenant: text },
+    ]) {
+      const json = JSON.stringify(event);
+      assert.ok(redactor.encodedMayHoldSecret(json), json);
+      assert.ok(!JSON.stringify(redactor.redactEvent(event)).includes(secret), json);
+    }
+  }
+  const clean = JSON.stringify({ action: "a.b", tenant: "acme" });
+  const batch = `[${clean},${JSON.stringify({ action: "a.b", tenant: `pin\t${secret}` })},${clean}]`;
+  const starts = [1, 1 + clean.length + 1, batch.length - clean.length - 1];
+  assert.deepEqual(redactor.encodedNeedingRules(batch, starts), [1]);
+});
