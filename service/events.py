@@ -443,11 +443,11 @@ def _where_matched(
     needless run of the rules at worst); a part counts as its own pre-check would have it,
     with a match all inside. None for the text fields: each must be pre-checked as text (a
     mark, see _TEXT_ONLY_MARKS); None for both: where the scan matched is not known."""
+    if found.marks:  # every text field pre-checked as text, every part walked string by string
+        return None, _EVERY_PART
     spans = found.spans
     if spans is None:
         return None, None
-    if found.marks:  # every text field pre-checked as text, every part walked string by string
-        return None, _EVERY_PART
     places: set[_Place] = set()
     parts: dict[str, _Part] = {}
     head_end = _head_end(event, data)

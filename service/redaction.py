@@ -643,8 +643,10 @@ def json_matches(
     spans: list[tuple[int, int, bool]] | None
     if extra_keys or _SCAN is None:
         scanner = _precheck_for(extra_keys).scanner
-        if scanner is None:  # pragma: no cover - without hyperscan: the verdict alone
+        if scanner is None:  # without hyperscan: the verdict alone, and the marks
             verdict, spans = _precheck_for(extra_keys).verdict(data), None
+            if any(mark in data for mark in _TEXT_ONLY_MARKS):
+                verdict |= _MARKS
         else:
             verdict, spans = scanner.matches(data)
     else:

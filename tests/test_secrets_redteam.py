@@ -1058,3 +1058,17 @@ def test_a_pair_in_text_whose_value_list_holds_a_redacted_item_loses_its_secret(
     (hypothesis found it: the list was not taken whole, so the other item stayed)."""
     text = json.dumps({"data": [{"name": "Authorization", "value": items}]})[:-1]
     assert "Zq900000000000000PW" not in redact_sensitive_in_string(text)
+
+
+def test_without_hyperscan_a_secret_beside_an_escape_is_redacted_too(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Where hyperscan has no wheel the pre-check is an automaton's verdict alone: an
+    escape in the event's JSON still sends every string to its text's pre-check."""
+    from service import redaction
+
+    monkeypatch.setattr(redaction, "_SCAN", None)
+    monkeypatch.setattr(redaction._PRECHECK, "scanner", None)
+    for make, read in _PLACES.values():
+        done, _ = finalize(AuditEvent(action="a.b", **make("pin\ts3cr3tVALUE42x")))
+        assert "s3cr3tVALUE42x" not in str(read(done)), read(done)
