@@ -140,10 +140,16 @@ async def _sealed_leaves(pg: asyncpg.Connection, seqs: list[int]) -> list[bytes]
     return leaves
 
 
-async def _checking_conn(database_url: str) -> asyncpg.Connection:
+async def _hash_span(
+    database_url: str, first: int, last: int
+) -> tuple[list[int], bytes, list[int]]:
+    """copyleaf.hash_rows of the seqs [first, last], on a connection as the verifier's."""
     conn = await asyncpg.connect(database_url)
-    await conn.execute(SEARCH_PATH)
-    return conn
+    try:
+        await conn.execute(SEARCH_PATH)
+        return await copyleaf.hash_rows(conn, f"{{[{first},{last + 1})}}")
+    finally:
+        await conn.close()
 
 
 @needs_c
@@ -154,11 +160,7 @@ async def test_random_rows_read_by_the_copy_hash_as_the_reference_path(
     PostgreSQL's own jsonb text: every row the C writes has the reference's leaf hash."""
     rows, expected = await _store_random_rows(pg, 400)
     seqs = sorted(expected)
-    conn = await _checking_conn(database_url)
-    try:
-        found, hashes, unsure = await copyleaf.hash_rows(conn, f"{{[{seqs[0]},{seqs[-1] + 1})}}")
-    finally:
-        await conn.close()
+    found, hashes, unsure = await _hash_span(database_url, seqs[0], seqs[-1])
     assert found == seqs
     sure = [i for i in range(len(seqs)) if i not in set(unsure)]
     assert len(sure) > len(seqs) // 4  # the C writes most rows itself
@@ -185,12 +187,7 @@ async def test_the_sealer_logs_the_reference_leaf_of_every_row(
     _, expected = await _store_random_rows(pg, 300)
     seqs = sorted(expected)
     if compiled:  # both paths are taken: the C's rows and the ones it is unsure of
-        conn = await _checking_conn(database_url)
-        try:
-            span = f"{{[{seqs[0]},{seqs[-1] + 1})}}"
-            _, _, unsure = await copyleaf.hash_rows(conn, span)
-        finally:
-            await conn.close()
+        _, _, unsure = await _hash_span(database_url, seqs[0], seqs[-1])
         assert 0 < len(unsure) < len(seqs)
     key = load_or_create_private_key(settings.seal_key_path)
     while await seal_once(pg, key, LogConfig(tmp_path / "state", "auditq/c")) is not None:
@@ -344,12 +341,7 @@ async def test_addresses_are_written_as_postgresql_host_writes_them(
     rows = await pg.fetch(
         "SELECT *, host(ip) AS host FROM audit_log WHERE id = ANY($1) ORDER BY seq", ids
     )
-    conn = await _checking_conn(database_url)
-    try:
-        span = f"{{[{rows[0]['seq']},{rows[-1]['seq'] + 1})}}"
-        seqs, hashes, unsure = await copyleaf.hash_rows(conn, span)
-    finally:
-        await conn.close()
+    seqs, hashes, unsure = await _hash_span(database_url, rows[0]["seq"], rows[-1]["seq"])
     assert seqs == [r["seq"] for r in rows] and unsure == []
     for i, r in enumerate(rows):
         values = {**dict(r), "ip": r["host"]}
