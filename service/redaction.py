@@ -98,6 +98,18 @@ _WORD_RE = re.compile(r"[A-Z]+(?![a-z])|[A-Z]?[a-z]+")  # a part cut on case cha
 _JOIN_MAX = 3  # adjacent words joined when looking for a secret word
 
 
+# Letters that read as an ASCII letter once lowercased or uppercased: Kelvin's K ("k"), the
+# dotted capital I and the dotless small i of Turkish casing (a Turkish locale's upper() of
+# `session_id` is `SESSİON_ID`; its lower() of `CREDENTIALS` has dotless i's). A key's words
+# and the text pre-check read them as those letters (one character each: offsets hold).
+_AS_ASCII = str.maketrans({"\u212a": "K", "\u0130": "I", "\u0131": "i"})
+
+
+def _lower(text: str) -> str:
+    """text.lower() with the letters of _AS_ASCII read as ASCII (the same length as text)."""
+    return text.lower() if text.isascii() else text.translate(_AS_ASCII).lower()
+
+
 def _split(key: str) -> tuple[str, ...]:
     words: list[str] = []
     for part in _PART_RE.findall(key):
@@ -178,6 +190,17 @@ def _key_cache(extra_keys: frozenset[str]) -> dict[str, bool]:
 
 def _is_sensitive_key(key: str, extra_keys: frozenset[str], final: bool = True) -> bool:
     """The key rule; without `final`, a short final word alone (`key`, `sid`) does not count."""
+    if _is_sensitive_key_as_read(key, extra_keys, final):
+        return True
+    # Read again with the letters of _AS_ASCII as ASCII (`toKen`, `SESSİON_ID`): as read they
+    # part words (`İkey` ends in `key`), as ASCII they may join them.
+    if key.isascii():
+        return False
+    as_ascii = key.translate(_AS_ASCII)
+    return as_ascii != key and _is_sensitive_key_as_read(as_ascii, extra_keys, final)
+
+
+def _is_sensitive_key_as_read(key: str, extra_keys: frozenset[str], final: bool) -> bool:
     words = key_words(key)
     if not words:
         return False
@@ -324,10 +347,10 @@ class _Precheck:
 _KEYWORDS, _STEMS, _CARDS, _MARKS = 1, 2, 4, 8
 # What the text pre-check of a string may find that the scan of its JSON does not: a name
 # beside a character JSON escapes (`pin\t…`, `\npin …`, `auth\"`: in JSON the escape's
-# letter or backslash stands where the text has a separator), and the two letters whose
-# lowercase is ASCII or longer (Kelvin's K reads "k"; "İ" moves the offsets, and then every
-# string is let through). In JSON: a backslash (every escape has one), the letters' UTF-8.
-_TEXT_ONLY_MARKS = (b"\\", "\u212a".encode(), "\u0130".encode())
+# letter or backslash stands where the text has a separator), and the three letters the text
+# pre-check reads as ASCII (_AS_ASCII: Kelvin's K, the dotted capital I, the dotless small i).
+# In JSON: a backslash (every escape has one), the letters' UTF-8.
+_TEXT_ONLY_MARKS = (b"\\", "\u212a".encode(), "\u0130".encode(), "\u0131".encode())
 _CARD_MIN_CHARS = 13
 _CARD_DIGITS = b"0" * _CARD_MIN_CHARS
 _DIGITS_TO_0 = bytes.maketrans(b"0123456789", b"0000000000")
@@ -567,7 +590,7 @@ def may_hold_secret(
 ) -> bool:
     """The cheap pre-check: False means no rule can change `text` (without `cards`: no rule
     but the card numbers')."""
-    return _may_hold(text, text.lower(), extra_keys, cards)
+    return _may_hold(text, _lower(text), extra_keys, cards)
 
 
 def _may_hold(text: str, low: str, extra_keys: frozenset[str], cards: bool) -> bool:
@@ -595,7 +618,7 @@ def strings_needing_rules(
     with one automaton call over all of them (no stem or keyword holds a line break, so a
     match never spans two); redact_sensitive_in_string then decides each of those."""
     joined = "\n".join(texts)
-    low = joined.lower()
+    low = _lower(joined)
     precheck = _precheck_for(extra_keys) if extra_keys else _PRECHECK
     found = precheck.text.find_matches_as_indexes(low)
     card_hints = (
@@ -733,6 +756,12 @@ def may_hold_secret_json_text(data: bytes, extra_keys: frozenset[str] = frozense
     return False
 
 
+def holds_text_only_marks(data: bytes) -> bool:
+    """Whether JSON text holds a mark (_TEXT_ONLY_MARKS): an escape, or a letter the text
+    pre-check reads as ASCII; may_hold_secret_json_text does not see what those hide."""
+    return any(mark in data for mark in _TEXT_ONLY_MARKS)
+
+
 def _inside_uuid(data: bytes, start: int, end: int) -> bool:
     around = max(0, start - _UUID_VALUE_CHARS)
     return any(
@@ -780,7 +809,7 @@ _SEQUENCES = (list, tuple)
 
 def _redact(value: object, extra_keys: frozenset[str], depth: int, cards: bool) -> object:
     if isinstance(value, str):  # redact_sensitive_in_string, without a call more per string
-        low = value.lower()
+        low = value.lower() if value.isascii() else _lower(value)
         if not _may_hold(value, low, extra_keys, cards):
             return value
         return _redact_rules(value, low, extra_keys, cards, 0)
@@ -938,6 +967,14 @@ def _redact_mapping(
             or (secret_pair and isinstance(key, str) and _pair_role(key) == _VALUE)
         ):
             new: object = item if item == REDACTED else REDACTED  # redacted already: kept
+            if (
+                isinstance(key, str)
+                and not key.isascii()
+                and _key_may_hold_secret(key, extra_keys, cards)
+                and not _is_sensitive_key_as_read(key, extra_keys, True)
+            ):
+                # Sensitive only read as ASCII (`toKen`): its text is read as any key's.
+                new_key = redact_sensitive_in_string(key, extra_keys, cards=cards)
         else:
             new = _redact(item, extra_keys, depth + 1, cards)
             if isinstance(key, str) and _key_may_hold_secret(key, extra_keys, cards):
@@ -953,10 +990,77 @@ def redact_sensitive_in_string(
 ) -> str:
     """Return text with every credential the value rule knows redacted (see the module doc);
     `cards=False` when the pre-check saw no card number in it."""
-    low = text.lower()
+    out = _redact_text(text, extra_keys, cards, _decoded)
+    if "\\" in text and not _decoded:
+        return _redact_escaped(text, out, extra_keys, cards, _UNESCAPE_MAX)
+    return out
+
+
+def _redact_text(text: str, extra_keys: frozenset[str], cards: bool, _decoded: int) -> str:
+    low = _lower(text)
     if not _may_hold(text, low, extra_keys, cards):
         return text
     return _redact_rules(text, low, extra_keys, cards, _decoded)
+
+
+# Escapes in text that is not decoded: JSON that is not JSON any more (a dead letter), a repr
+# quoted in a message. What they spell is read too (`pass\u0077ord`, `pin\t…`,
+# `\r\nAuthorization: …`, `auth\\\"=…`), up to _UNESCAPE_MAX levels (JSON in JSON); as for
+# URL-encoded runs, a text that held a secret only its escapes spell is kept unescaped,
+# redacted (_redact_escaped). A control character reads as a blank; a lone surrogate stays
+# escaped.
+_ESCAPE_RE = re.compile(
+    r"\\(?:u(d[89ab][0-9a-f]{2})\\u(d[c-f][0-9a-f]{2})|u([0-9a-f]{4})|x([0-9a-f]{2})"
+    r"|U([0-9a-f]{8})|([\"'\\/bfnrt]))",
+    re.IGNORECASE,
+)
+_ESCAPED = {"b": " ", "f": " ", "n": "\n", "r": "\r", "t": "\t"}
+_UNESCAPE_MAX = 3
+
+
+def _unescape_one(match: re.Match[str]) -> str:
+    high, code, byte, wide, char = match[1], match[3], match[4], match[5], match[6]
+    if char is not None:
+        return _ESCAPED.get(char, char)
+    if high is not None:
+        point = 0x10000 + ((int(high, 16) - 0xD800) << 10) + int(match[2], 16) - 0xDC00
+    else:
+        point = int(code or byte or wide, 16)
+        if 0xD800 <= point < 0xE000 or point > 0x10FFFF:
+            return match[0]
+    if point < 0x20 or 0x7F <= point < 0xA0:
+        return "\n" if point == 0x0A else "\t" if point == 0x09 else "\r" if point == 0x0D else " "
+    return chr(point)
+
+
+_RUN_OF_ALNUM_RE = re.compile(r"[^\W_]+")
+_REDACTED_RUNS = frozenset(_RUN_OF_ALNUM_RE.findall(REDACTED))
+
+
+def _redact_run(taken: set[str], match: re.Match[str]) -> str:
+    return REDACTED if match[0] in taken else match[0]
+
+
+def _redact_escaped(
+    text: str, out: str, extra_keys: frozenset[str], cards: bool, levels: int
+) -> str:
+    """`out` (text redacted); or, when the rules over text unescaped take away runs of
+    letters and digits that `out` kept, `out` unescaped with those runs redacted too (what
+    either reading took away is gone). `levels` of escapes are read."""
+    view, shown = text, out
+    for level in range(levels):
+        unescaped = _ESCAPE_RE.sub(_unescape_one, view)
+        if unescaped == view:
+            break
+        view, shown = unescaped, _ESCAPE_RE.sub(_unescape_one, shown)
+        redacted = _redact_text(view, extra_keys, cards, 0)
+        taken = set(_RUN_OF_ALNUM_RE.findall(shown)) - set(_RUN_OF_ALNUM_RE.findall(redacted))
+        taken -= _REDACTED_RUNS
+        if taken:
+            both = _RUN_OF_ALNUM_RE.sub(functools.partial(_redact_run, taken), shown)
+            # Read on from here: deeper escapes may hide more.
+            return _redact_escaped(view, both, extra_keys, cards, levels - level - 1)
+    return out
 
 
 def redact_matched(
@@ -964,7 +1068,7 @@ def redact_matched(
 ) -> str:
     """redact_sensitive_in_string of text a pre-check let through already (the rules alone:
     a rule finds nothing the pre-check would have let go)."""
-    return _redact_rules(text, text.lower(), extra_keys, cards, 0)
+    return _redact_rules(text, _lower(text), extra_keys, cards, 0)
 
 
 def redact_strings(
@@ -979,7 +1083,7 @@ def redact_strings(
     for index in flagged:
         text = texts[index]
         # The pre-check passed it: the rules decide (what they leave stays the same object).
-        out[index] = _redact_rules(text, text.lower(), extra_keys, cards, 0)
+        out[index] = _redact_rules(text, _lower(text), extra_keys, cards, 0)
     return out
 
 
@@ -1072,11 +1176,15 @@ _URL_PORT_RE = re.compile(r"\d*[/?#]")  # no password: a port, then a path
 _URL_MARK_RE = re.compile(r"[@/?#\s\"'<>]")  # what ends a password, or its run
 # Only the key and separator are consumed, so a non-sensitive value stays searchable
 # (e.g. redirect=https://x/cb?access_token=...). The key is taken whole (possessive: no
-# shorter run could be followed by a separator), which halves the scan.
-_KEY_RE = re.compile(r"(?<![\w.-])(?P<key>[\w.-]++)(?P<kq>\\?[\"'])?[ \t]*(?P<sep>[:=])[ \t]*")
+# shorter run could be followed by a separator), which halves the scan. A backslash may stand
+# before the separator (`DB_PASSWORD\=…` in a shell or a .properties file), and a second
+# quote after the key's (`"\"password\"": …`, a key that holds its own quotes).
+_KEY_RE = re.compile(
+    r"(?<![\w.-])(?P<key>[\w.-]++)(?P<kq>\\?[\"'](?:\\?[\"'])?)?[ \t]*\\?(?P<sep>[:=])[ \t]*"
+)
 # _KEY_RE's matches, found from each separator back (_key_matches): the same expression,
 # reversed, read on the reversed text after the separator.
-_KEY_BEFORE_RE = re.compile(r"[ \t]*+(?P<qk>[\"']\\?)?(?P<yek>[\w.-]++)")
+_KEY_BEFORE_RE = re.compile(r"\\?[ \t]*+(?P<qk>[\"']\\?(?:[\"']\\?)?)?(?P<yek>[\w.-]++)")
 _BLANKS_RE = re.compile(r"[ \t]*")
 _BLANKS = (" ", "\t")
 

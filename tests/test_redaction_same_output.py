@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import random
+import re
 import string
 import uuid
 from collections.abc import Callable, Iterator
@@ -220,22 +221,58 @@ def _fixed_texts() -> list[str]:
     return texts + _SHAPES
 
 
+# What the rules read anew since the reference: escapes in text (what `pass\u0077ord`, `pin\t…`
+# spell), Kelvin's K and the Turkish I's in a name (`toKen`, `SESSİON_ID`), `key\=value`, and
+# a quoted key's second quote before its separator (`"\"password\"": …`). Where one is, the
+# output may differ from the reference's, by taking away more and nothing less.
+_READ_ANEW_RE = re.compile("\\\\|[\u212a\u0130\u0131]|[\"'][\"'][ \t]*[:=]")
+
+
+def _runs(text: str) -> set[str]:
+    """The runs of letters and digits of text, its escapes read (up to three levels)."""
+    for _ in range(3):
+        text = redaction._ESCAPE_RE.sub(redaction._unescape_one, text)
+    return set(redaction._RUN_OF_ALNUM_RE.findall(text)) - redaction._REDACTED_RUNS
+
+
+def _same_or_takes_more(new: object, old: object, read_anew: bool) -> bool:
+    """new is old; or, where something is read anew, both are text and new keeps no run of
+    letters and digits that old took away (it redacts more, never less)."""
+    if new == old:
+        return True
+    if not read_anew:
+        return False
+    if isinstance(new, bytes) and isinstance(old, bytes):
+        new, old = new.decode(), old.decode()
+    return isinstance(new, str) and isinstance(old, str) and _runs(new) <= _runs(old)
+
+
 def assert_same_text(old: ModuleType, text: str) -> None:
+    read_anew = _READ_ANEW_RE.search(text) is not None
     for extra in (frozenset(), EXTRA):
         for cards in (True, False):
-            assert redaction.redact_sensitive_in_string(
-                text, extra, cards=cards
-            ) == old.redact_sensitive_in_string(text, extra, cards=cards), (text, extra, cards)
-        assert redaction.may_hold_secret(text, extra) == old.may_hold_secret(text, extra), text
+            new_out = redaction.redact_sensitive_in_string(text, extra, cards=cards)
+            old_out = old.redact_sensitive_in_string(text, extra, cards=cards)
+            assert _same_or_takes_more(new_out, old_out, read_anew), (text, extra, cards)
+        # The Turkish I's read as "i": the pre-check may let more through, never less.
+        new_hold, old_hold = (
+            redaction.may_hold_secret(text, extra),
+            old.may_hold_secret(text, extra),
+        )
+        assert new_hold == old_hold or (new_hold and ("\u0130" in text or "\u0131" in text)), text
 
 
 def assert_same_value(old: ModuleType, value: object) -> None:
+    data = events.encode(value)
+    read_anew = _has_mark(data)
     for extra in (frozenset(), EXTRA):
         for cards in (True, False):
             new_out = redaction.redact_sensitive(value, extra, cards=cards)
-            assert new_out == old.redact_sensitive(value, extra, cards=cards), (value, extra)
-            assert type(new_out) is type(old.redact_sensitive(value, extra, cards=cards))
-        data = events.encode(value)
+            old_out = old.redact_sensitive(value, extra, cards=cards)
+            assert type(new_out) is type(old_out)
+            if new_out != old_out:
+                new_json, old_json = events.encode(new_out), events.encode(old_out)
+                assert _same_or_takes_more(new_json, old_json, read_anew), (value, extra)
         new_verdict, old_verdict = (
             redaction.json_precheck(data, extra),
             old.json_precheck(data, extra),
@@ -292,9 +329,14 @@ def assert_same_event(before: tuple[ModuleType, ModuleType], plain: dict[str, An
     for extra in (frozenset(), EXTRA):
         new = _event_outputs(events, new_event, extra)
         with _every_string_checked(*before) if marked else contextlib.nullcontext():
-            assert new == _event_outputs(old_events, old_event, extra), plain
+            old = _event_outputs(old_events, old_event, extra)
+        assert all(_same_or_takes_more(n, o, marked) for n, o in zip(new, old, strict=True)), plain
     texts = list(_strings_of(plain))
-    assert redaction.redact_strings(texts) == old_redaction.redact_strings(texts)
+    new_texts, old_texts = redaction.redact_strings(texts), old_redaction.redact_strings(texts)
+    assert all(
+        _same_or_takes_more(n, o, _READ_ANEW_RE.search(t) is not None)
+        for t, n, o in zip(texts, new_texts, old_texts, strict=True)
+    ), texts
 
 
 def test_the_unit_tests_and_red_team_strings_give_the_same_output(before: Any) -> None:

@@ -16,7 +16,9 @@ import secrets
 import socket
 import string
 import time
+import uuid
 from collections.abc import AsyncIterator, Callable
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +44,7 @@ from service.events import (
 )
 from service.producer.client import AuditClient
 from service.queue import dead_letter
+from service.queue.enqueue import ENQUEUE_SCRIPT
 from service.queue.jobs import serialize_job
 from service.redaction import redact_sensitive, redact_sensitive_in_string
 from service.redaction_rules import DATA
@@ -1072,3 +1075,222 @@ def test_without_hyperscan_a_secret_beside_an_escape_is_redacted_too(
     for make, read in _PLACES.values():
         done, _ = finalize(AuditEvent(action="a.b", **make("pin\ts3cr3tVALUE42x")))
         assert "s3cr3tVALUE42x" not in str(read(done)), read(done)
+
+
+# Escapes. A producer writes an event's JSON itself (any language, over Redis or HTTP), and
+# may spell a secret's name beside or with what JSON escapes: the wire text below is written
+# by hand, each `\` a backslash on the wire, `%s` where the secret goes. The same events,
+# decoded, go through the Python client.
+KELVIN, DOTTED_I, DOTLESS_I = "\u212a", "\u0130", "\u0131"
+EscapeSet = list[tuple[str, list[str], list[str]]]  # (variant, text spellings, key spellings)
+
+ESCAPES: EscapeSet = [
+    ("tab", [r"pin\t%s", r"user=bob\ttoken=%s", r"password\t%s"], []),
+    ("line break before", [r"upload retried\npassword: %s", r"\napi_key=%s"], []),
+    ("cr lf", [r"Mozilla/5.0\r\nAuthorization: Bearer %s\r\n", r"ok\r\ntoken=%s\r\n"], []),
+    (
+        "escaped quotes, json in a string",
+        [
+            r"{\"client_secret\": \"%s\"}",
+            r"auth\\\"=\\\"%s\\\"",
+            r"{\"body\": \"{\\\"api_key\\\": \\\"%s\\\"}\"}",
+        ],
+        [r"\"password\""],
+    ),
+    (
+        "unicode-escaped name",
+        [r"\u0074oken=%s", r"\u0061pi_key: %s"],
+        [r"pass\u0077ord", r"\u0073ecret", r"api\u005fkey"],
+    ),
+    (
+        "kelvin k",
+        [f"to{KELVIN}en=%s", f"{KELVIN}\\tpassword: %s", r"api_\u212aey: %s"],
+        [f"api_{KELVIN}ey", f"to{KELVIN}en", r"secret_\u212aey"],
+    ),
+    (
+        "dotted and dotless i",
+        [
+            f"{DOTTED_I * 4} password=%s",
+            f"SESS{DOTTED_I}ON_ID=%s",
+            f"credent{DOTLESS_I}als: %s",
+            f"ap{DOTLESS_I}_key=%s",
+        ],
+        [f"CREDENT{DOTTED_I}ALS", f"sess{DOTLESS_I}on_id", r"\u0130\u0130 token"],
+    ),
+    ("shell key\\=value", [r"export DB_PASSWORD\\=%s", r"token\\: %s"], []),
+    (
+        "yaml with escaped line breaks",
+        [
+            r"db:\n  host: pg\n  password: %s\n",
+            r"db:\\n  password: %s\\n",
+            r"deploy config\r\ncredentials:\r\n  - %s\r\n",
+        ],
+        [],
+    ),
+]
+
+
+def _escape_events(planted: Planted, tag: str, escapes: EscapeSet, complete: bool) -> list[str]:
+    """One event (wire JSON, by hand) per spelling: a text spelling in every text field and
+    part, each with its own secret; a key spelling in metadata (nested too), presentation
+    params and a change's field. `complete`: with id, ts, category and presentation, as
+    auditq's client sends them (a producer may flag such a job "finalized")."""
+    events = []
+    for variant, texts, keys in escapes:
+        action = "escape." + "".join(c if c.isalnum() else "_" for c in variant.lower())
+        for n, spelling in enumerate(texts + keys):
+
+            def core(where: str, n: int = n, variant: str = variant) -> str:
+                return planted.core(f"{tag}: {variant} #{n}: {where}")
+
+            if n < len(texts):
+                t = {w: spelling % core(w) for w in ("tenant", "source", "actor", "entity")}
+                t |= {w: spelling % core(w) for w in ("agent", "path", "note", "list", "diff")}
+                t["params"] = spelling % core("params")
+                body = (
+                    f'"tenant":"{t["tenant"]}","source":"{t["source"]}",'
+                    f'"actor":{{"id":"u-1","type":"user","name":"{t["actor"]}"}},'
+                    f'"entity":{{"type":"doc","id":"d-1","name":"{t["entity"]}"}},'
+                    f'"request":{{"user_agent":"{t["agent"]}","path":"/{t["path"]}"}},'
+                    f'"metadata":{{"note":"{t["note"]}","deep":{{"list":["x","{t["list"]}"]}}}},'
+                    f'"changes":[{{"field":"note","old":null,"new":"{t["diff"]}"}}],'
+                    f'"presentation":{{"code":"audit.{action}","params":{{"p":"{t["params"]}"}}}}'
+                )
+            else:
+                key = spelling
+                body = (
+                    f'"tenant":"{tag}",'
+                    f'"metadata":{{"{key}":"{core("metadata")}",'
+                    f'"deep":{{"list":[{{"{key}":"{core("nested")}"}}]}}}},'
+                    f'"changes":[{{"field":"{key}","old":"{core("diff")}","new":null}}],'
+                    f'"presentation":{{"code":"audit.{action}",'
+                    f'"params":{{"{key}":"{core("params")}"}}}}'
+                )
+            head = f'"action":"{action}",'
+            if complete:
+                ts = datetime.now(UTC).isoformat().replace("+00:00", "Z")
+                head += f'"id":"{uuid.uuid4()}","ts":"{ts}","category":"escape",'
+            events.append("{" + head + body + "}")
+    return events
+
+
+def _wire_array(events: list[str]) -> bytes:
+    return ("[" + ",".join(events) + "]").encode()
+
+
+@pytest.mark.parametrize("escapes", [pytest.param(ESCAPES, id="escapes")])
+async def test_secrets_spelled_with_escapes_are_found_nowhere(
+    escapes: EscapeSet,
+    api: TestClient[Any, Any],
+    tokens: Tokens,
+    stack: Settings,
+    redis: aioredis.Redis,
+    pg: asyncpg.Connection,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Secrets whose names are spelled beside or with a JSON escape, Kelvin's K or a Turkish
+    I, sent as a hostile producer writes the bytes: over the Redis contract (plain, flagged
+    "finalized", not JSON at all, an invalid event), over HTTP (accepted, rejected, a body
+    that is not JSON) and through the Python client; then searched for everywhere."""
+    caplog.set_level(logging.DEBUG)
+    planted = Planted()
+    outputs: dict[str, str] = {}
+    sent: list[bytes | str] = []
+
+    # 1. The Redis contract, the bytes as written.
+    plain = _wire_array(_escape_events(planted, "lua", escapes, complete=False))
+    await enqueue(redis, stack.queue, plain)
+    # Complete events flagged "finalized" as auditq's client flags them (anyone can): one job
+    # each, as on a quiet queue where no open job takes them in (service/queue/enqueue.lua),
+    # so an event without a backslash is not judged with the others of a batch.
+    flagged = _escape_events(planted, "lua finalized", escapes, complete=True)
+    for event in flagged:
+        await redis.delete(f"auditq:open-job:{stack.queue}")
+        await redis.eval(ENQUEUE_SCRIPT, 1, stack.queue, _wire_array([event]), "", "finalized")
+    broken = _wire_array(_escape_events(planted, "lua broken", escapes, complete=False))[:-3]
+    await enqueue(redis, stack.queue, broken)  # not JSON: dead-lettered as text
+    invalid = _escape_events(planted, "lua invalid", escapes, complete=False)
+    invalid = [e.replace('"action":', '"severity":"loud","action":', 1) for e in invalid]
+    invalid.append('{"action":"escape.valid_neighbour"}')
+    await enqueue(redis, stack.queue, _wire_array(invalid))  # one dead letter, one row
+    sent += [plain, *flagged, broken, _wire_array(invalid)]
+    lua_count = 2 * len(_escape_events(Planted(), "count", escapes, complete=False))
+
+    # 2. HTTP ingest, the body as written; rejected events whose errors would quote values.
+    http_events = _escape_events(planted, "http", escapes, complete=False)
+    rejected = [
+        '{"action":"escape.bad","severity":"%s"}' % (text % planted.core(f"http rejected {n}"))
+        for n, text in enumerate(spelling for _, texts, _ in escapes for spelling in texts)
+    ]
+    body = ('{"events":[' + ",".join(http_events + rejected) + "]}").encode()
+    headers = tokens.ingest | {"Content-Type": "application/json"}
+    async with api.post("/api/v1/events", data=body, headers=headers) as response:
+        outputs["ingest answer"] = await response.text()
+        assert response.status == 202, outputs["ingest answer"]
+        answer = await response.json()
+        assert len(answer["accepted"]) == len(http_events), answer
+        assert len(answer["rejected"]) == len(rejected), answer
+    cut = _wire_array(_escape_events(planted, "http broken", escapes, complete=False))[:-3]
+    async with api.post("/api/v1/events", data=cut, headers=headers) as response:
+        outputs["ingest answer to a body that is not JSON"] = await response.text()
+        assert response.status == 400, outputs["ingest answer to a body that is not JSON"]
+    sent += [body, cut]
+
+    # 3. The Python client: the same events decoded, awaited and buffered; and captures that
+    # fail (invalid, built without validation), whose failure line names the entity id.
+    client = AuditClient.from_settings(stack)
+    client_wire = _escape_events(planted, "client", escapes, complete=False)
+    client_events = [msgspec.json.decode(e.encode(), type=AuditEvent) for e in client_wire]
+    for event in client_events[: len(client_events) // 2]:
+        assert await client.capture(event) is not None
+    for event in client_events[len(client_events) // 2 :]:
+        client.capture_nowait(event)
+    for n, text in enumerate(spelling for _, texts, _ in escapes for spelling in texts):
+        decoded = msgspec.json.decode(('"' + text + '"').encode(), type=str)
+        entity = Entity(type="t", id=decoded % planted.core(f"failed capture {n}"))
+        assert await client.capture(AuditEvent(action="Not An Action", entity=entity)) is None
+        sent.append(entity.id)
+    await client.aclose()
+    sent += client_wire
+
+    outputs |= await _task_views(api, tokens, "queued")
+    # The search sees every secret where it was planted (so "found 0" below means something):
+    # the wire text holds each core as it is.
+    inputs = "\n".join(s.decode() if isinstance(s, bytes) else s for s in sent)
+    seen = {found.removesuffix(" in inputs") for found in planted.found_in("inputs", inputs)}
+    assert seen == set(planted.cores), set(planted.cores) - seen
+
+    valid = lua_count + 1 + len(http_events) + len(client_events)  # +the neighbour
+    async with running_worker(stack):
+
+        async def settled() -> bool:
+            letters = await dead_letter.list_ids(redis, stack.queue)
+            rows = await pg.fetchval("SELECT count(*) FROM audit_log WHERE action LIKE 'escape.%'")
+            return rows == valid and len(letters) == 2 and not await redis.zcard(stack.queue)
+
+        await wait_for(settled)
+
+    outputs |= await _task_views(api, tokens, "done")
+    outputs |= await _api_answers(api, tokens)
+    outputs["PostgreSQL (every column of every row)"] = await database_as_text(pg)
+    outputs["Redis (every key)"] = await redis_as_text(redis)
+    outputs["files of the data directory"] = "\n".join(
+        p.read_bytes().decode(errors="replace") for p in stack.data_dir.rglob("*") if p.is_file()
+    )
+    outputs["logs"] = "\n".join(
+        f"{record.name} {record.getMessage()} {record.__dict__!r}"
+        for record in caplog.records
+        if record.name != "aiohttp.access"
+    )
+    assert "[AuditLog] Failed to queue audit event:" in outputs["logs"]
+    # The events really were stored and shown: every variant's action is in the export.
+    for variant, _, _ in escapes:
+        action = "escape." + "".join(c if c.isalnum() else "_" for c in variant.lower())
+        assert action in outputs["export jsonl"], action
+
+    leaks: dict[str, list[str]] = {}  # each secret found: where
+    for where, text in outputs.items():
+        for name in planted.found_in(where, text):
+            leaks.setdefault(name.removesuffix(f" in {where}"), []).append(where.split(" ")[0])
+    print(f"\nescapes: planted {len(planted.cores)}, found {len(leaks)}")
+    assert not leaks, "\n".join(f"{name}: {sorted(set(w))}" for name, w in sorted(leaks.items()))

@@ -51,7 +51,11 @@ from service.queue.keys import (
     unfinished_key,
 )
 from service.queue.live import live_entry
-from service.redaction import may_hold_secret_json_text, redact_sensitive_in_string
+from service.redaction import (
+    holds_text_only_marks,
+    may_hold_secret_json_text,
+    redact_sensitive_in_string,
+)
 from service.settings import Settings
 from workers.retry import (
     DEFER_WHILE_OPEN,
@@ -452,13 +456,14 @@ async def _completed_items(state: WorkerState, payload: str) -> Sequence[Any] | 
 
     What is checked here, once for the whole text: no string could need redaction by this
     worker's rules (the one pre-check of service/redaction.py; the text has no escapes, so
-    its strings are as they are read), nothing nests too deep, no event is over the size
+    its strings are as they are read, and no letter the text pre-check reads as ASCII, such
+    as Kelvin's K), nothing nests too deep, no event is over the size
     limit, every event is valid by the wire format (one validating decode), each is
     complete, no id comes twice, no ts is ahead of this worker's clock, and no erased
     subject's event is in it."""
     settings = state.settings
     data = payload.encode()
-    if b"\\" in data or may_hold_secret_json_text(data, settings.redact_extra_keys):
+    if holds_text_only_marks(data) or may_hold_secret_json_text(data, settings.redact_extra_keys):
         return None
     # The array and an event are two levels: metadata, changes and params nest less than
     # MAX_NESTING inside (a deeper one is judged event by event).
