@@ -1178,13 +1178,19 @@ _URL_MARK_RE = re.compile(r"[@/?#\s\"'<>]")  # what ends a password, or its run
 # (e.g. redirect=https://x/cb?access_token=...). The key is taken whole (possessive: no
 # shorter run could be followed by a separator), which halves the scan. A backslash may stand
 # before the separator (`DB_PASSWORD\=…` in a shell or a .properties file), and a second
-# quote after the key's (`"\"password\"": …`, a key that holds its own quotes).
+# quote after the key's (`"\"password\"": …`, a key that holds its own quotes). Symbols
+# (arrows, dingbats, emoji, their joiners) stand apart like blanks (`🔒password🔒: …`).
+_KEY_GAP = "[ \t\u2190-\u2bff\ufe0f\u200d\U0001f000-\U0001faff]"
 _KEY_RE = re.compile(
-    r"(?<![\w.-])(?P<key>[\w.-]++)(?P<kq>\\?[\"'](?:\\?[\"'])?)?[ \t]*\\?(?P<sep>[:=])[ \t]*"
+    r"(?<![\w.-])(?P<key>[\w.-]++)(?P<kq>\\?[\"'](?:\\?[\"'])?)?"
+    + _KEY_GAP
+    + r"*\\?(?P<sep>[:=])[ \t]*"
 )
 # _KEY_RE's matches, found from each separator back (_key_matches): the same expression,
 # reversed, read on the reversed text after the separator.
-_KEY_BEFORE_RE = re.compile(r"\\?[ \t]*+(?P<qk>[\"']\\?(?:[\"']\\?)?)?(?P<yek>[\w.-]++)")
+_KEY_BEFORE_RE = re.compile(
+    r"\\?" + _KEY_GAP + r"*+(?P<qk>[\"']\\?(?:[\"']\\?)?)?(?P<yek>[\w.-]++)"
+)
 _BLANKS_RE = re.compile(r"[ \t]*")
 _BLANKS = (" ", "\t")
 

@@ -1129,6 +1129,53 @@ ESCAPES: EscapeSet = [
     ),
 ]
 
+# The second set, written after the rules passed the first: other escapes and spellings of
+# the same kinds, to show the rules generalise rather than fit.
+ESCAPES_AGAIN: EscapeSet = [
+    (
+        "other control escapes",
+        [r"\u000bsecret: %s", r"\fapi_key=%s", r"\bPASSWORD=%s", r"pin\u0009%s"],
+        [],
+    ),
+    (
+        "unicode-escaped separators and quotes",
+        [r"token\u003d%s", r"password\u003a %s", r"{\u0022client_secret\u0022: \u0022%s\u0022}"],
+        [r"\u0061\u0070\u0069\u005f\u006b\u0065\u0079", r"Pass\u0057ord"],
+    ),
+    (
+        "escaped solidus",
+        [
+            r"postgresql:\/\/app:%s@db:5432\/app",
+            r"\/login?access_token=%s&next=\/",
+            r"curl -u admin:%s https:\/\/api.example.test\/",
+        ],
+        [],
+    ),
+    (
+        "astral characters beside a name",
+        [
+            r"\ud83d\udd11\tapi_key\t%s",
+            "\U0001f511 token=%s",
+            r"\ud83d\udd12password\ud83d\udd12: %s",
+        ],
+        [r"\ud83d\udd11client_secret"],
+    ),
+    (
+        "kelvin k and turkish i in headers and flags",
+        [
+            f"COO{KELVIN}IE: sid=%s",
+            f"X-AP{DOTTED_I}-{KELVIN}EY: %s",
+            f"--pr{DOTLESS_I}vate-key=%s",
+            r"PR\u0130VATE_KEY\\=%s",
+        ],
+        [
+            f"PR{DOTTED_I}VATE_{KELVIN}EY",
+            f"aws_secret_access_{KELVIN}ey",
+            f"AUTHOR{DOTTED_I}ZAT{DOTTED_I}ON",
+        ],
+    ),
+]
+
 
 def _escape_events(planted: Planted, tag: str, escapes: EscapeSet, complete: bool) -> list[str]:
     """One event (wire JSON, by hand) per spelling: a text spelling in every text field and
@@ -1178,7 +1225,10 @@ def _wire_array(events: list[str]) -> bytes:
     return ("[" + ",".join(events) + "]").encode()
 
 
-@pytest.mark.parametrize("escapes", [pytest.param(ESCAPES, id="escapes")])
+@pytest.mark.parametrize(
+    "escapes",
+    [pytest.param(ESCAPES, id="escapes"), pytest.param(ESCAPES_AGAIN, id="escapes, second set")],
+)
 async def test_secrets_spelled_with_escapes_are_found_nowhere(
     escapes: EscapeSet,
     api: TestClient[Any, Any],
