@@ -140,6 +140,13 @@ export class Automaton {
     return -1;
   }
 
+  /** The class of a character beyond a byte: Kelvin's K reads as "k", the dotted capital I
+   * and the dotless small i as "i" (service/redaction.py's _lower); any other is in no word. */
+  private classOfWide(ch: number): number {
+    if (ch === 0x212a) return this.classOf[0x6b]!;
+    return ch === 0x130 || ch === 0x131 ? this.classOf[0x69]! : 0;
+  }
+
   /** The ids of the words that end in `state`. */
   hits(state: number): Int32Array {
     return this.outputs[state / this.classes]!;
@@ -151,7 +158,7 @@ export class Automaton {
     let row = 0;
     for (let i = 0; i < text.length; i++) {
       const ch = text.charCodeAt(i);
-      row = next[row + (ch < BYTES ? classOf[ch]! : 0)]!;
+      row = next[row + (ch < BYTES ? classOf[ch]! : this.classOfWide(ch))]!;
       if (row < 0) {
         row = ~row;
         const ids = this.hits(row);

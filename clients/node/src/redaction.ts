@@ -141,6 +141,26 @@ const STRING_STEMS = [
     .sort(),
 ];
 
+// Letters that read as an ASCII letter once lowercased or uppercased: Kelvin's K ("k"), the
+// dotted capital I and the dotless small i of Turkish casing (a Turkish locale's upper() of
+// `session_id` is `SESSİON_ID`; its lower() of `CREDENTIALS` has dotless i's). A key's words
+// and the text pre-check read them as those letters (one character each: offsets hold), as
+// service/redaction.py's _AS_ASCII.
+const AS_ASCII_RE = /[\u0130\u0131\u212a]/g;
+const AS_ASCII: Record<string, string> = { "\u212a": "K", "\u0130": "I", "\u0131": "i" };
+const asAsciiLetter = (ch: string) => AS_ASCII[ch]!;
+const NOT_ASCII_RE = /[^\x00-\x7f]/;
+
+/** `text` with the letters of AS_ASCII read as ASCII (the same length). */
+function asAscii(text: string): string {
+  return text.replace(AS_ASCII_RE, asAsciiLetter);
+}
+
+/** Python's _lower: text lowercased, the letters of AS_ASCII read as ASCII first. */
+function lower(text: string): string {
+  return NOT_ASCII_RE.test(text) ? asAscii(text).toLowerCase() : text.toLowerCase();
+}
+
 const PART_RE = /[A-Za-z]+|[0-9]+/g; // between separators; digits stand alone
 const WORD_RE = /[A-Z]+(?![a-z])|[A-Z]?[a-z]+/g; // a part cut on case changes
 
@@ -212,6 +232,16 @@ export class KeyRule {
   }
 
   private check(key: string, final: boolean): boolean {
+    if (this.isSensitiveAsRead(key, final)) return true;
+    // Read again with the letters of AS_ASCII as ASCII (`toKen`, `SESSİON_ID`): as read they
+    // part words (`İkey` ends in `key`), as ASCII they may join them.
+    if (!NOT_ASCII_RE.test(key)) return false;
+    const ascii = asAscii(key);
+    return ascii !== key && this.isSensitiveAsRead(ascii, final);
+  }
+
+  /** The key rule on `key` as written (no letter of AS_ASCII read as ASCII; not remembered). */
+  isSensitiveAsRead(key: string, final = true): boolean {
     const words = keyWords(key);
     if (words.length === 0) return false;
     if ((key.match(PART_RE) ?? []).some(isGluedSecret)) return true;
@@ -353,8 +383,15 @@ const PEM_RE =
 const URL_HEAD_RE = u(String.raw`(?<![${W}+.\-])[a-z][a-z0-9+.\-]*:\/\/[^\s:@\/?#\[\]"'<>]*:`, "gi");
 const URL_PORT_RE = u(String.raw`\p{Nd}*[\/?#]`, "y");
 // Only the key and separator are consumed, so a non-sensitive value stays searchable. The key
-// is taken whole (Python's possessive `++`, as a lookahead and a back-reference).
-const KEY_RE = u(String.raw`(?<![${W}.\-])(?=(?<key>[${W}.\-]+))\k<key>(?<kq>\\?["'])?[ \t]*(?<sep>[:=])[ \t]*`, "g");
+// is taken whole (Python's possessive `++`, as a lookahead and a back-reference). A backslash
+// may stand before the separator (`DB_PASSWORD\=…` in a shell or a .properties file), and a
+// second quote after the key's (`"\"password\"": …`, a key that holds its own quotes). Symbols
+// (arrows, dingbats, emoji, their joiners) stand apart like blanks (`🔒password🔒: …`).
+const KEY_GAP = String.raw`[ \t\u2190-\u2bff\ufe0f\u200d\u{1f000}-\u{1faff}]`;
+const KEY_RE = u(
+  String.raw`(?<![${W}.\-])(?=(?<key>[${W}.\-]+))\k<key>(?<kq>\\?["'](?:\\?["'])?)?${KEY_GAP}*\\?(?<sep>[:=])[ \t]*`,
+  "g",
+);
 const AUTH_SCHEME_RE = /(?:bearer|basic|digest|token|negotiate)[ \t]+/iy;
 const QUOTED = String.raw`(?<q>["'])(?:(?!\k<q>)[^\\\r\n]|\\[^\n])*\k<q>?|(?<eq>\\["'])(?:[^\\\r\n]|\\[^"'\r\n])*(?:\\["'])?`;
 const STOP = String.raw`\s&,;"'\])}`;
@@ -563,6 +600,9 @@ function maskCardNumber(value: number): string | undefined {
 type Groups = Record<string, string | undefined>;
 
 let scratch = Buffer.allocUnsafe(4096); // the bytes of the event being pre-checked
+// What only the rules read right in an encoded event: any JSON escape (a backslash), and the
+// letters of AS_ASCII (their byte above is no letter).
+const TEXT_ONLY_MARKS = ["\\", "\u212a", "\u0130", "\u0131"];
 
 
 // A JSON string value that is exactly a UUID in its canonical form: no rule changes one, but
@@ -639,7 +679,7 @@ export class Redactor {
     // A change diff as text: {"field": "password", "old": …}: every "old"/"new" goes.
     const self = this.namesSecretField(text) ? this.forDiff() : this;
     const keys = self.keys;
-    const low = text.toLowerCase();
+    const low = lower(text);
     let out = rules === undefined ? text : redactTokens(text, rules);
     if (out.includes("-----")) out = out.replace(PEM_RE, REDACTED);
     if (out.includes("://")) out = redactUrlPasswords(out);
@@ -766,13 +806,16 @@ export class Redactor {
     }
     // A JSON escape (a tab, a line break, a quote, a backslash) stands where the text has a
     // separator: a name beside one (`pin<TAB>1234`, `\npin 1234`) is not where the words
-    // above are looked for, so the rules decide every string of an event holding one
-    // (service/redaction.py, _TEXT_ONLY_MARKS).
-    for (let k = 0, at = json.indexOf("\\"); at !== -1; ) {
-      k = eventAt(at, k);
-      flagged[k] = 1;
-      if (k + 1 === count) break;
-      at = json.indexOf("\\", starts[k + 1]!);
+    // above are looked for; and a letter the text pre-check reads as ASCII (AS_ASCII) is
+    // another byte above. So the rules decide every string of an event holding one of these
+    // marks (service/redaction.py, _TEXT_ONLY_MARKS).
+    for (const mark of TEXT_ONLY_MARKS) {
+      for (let k = 0, at = json.indexOf(mark); at !== -1; ) {
+        k = eventAt(at, k);
+        flagged[k] = 1;
+        if (k + 1 === count) break;
+        at = json.indexOf(mark, starts[k + 1]!);
+      }
     }
     const needing: number[] = [];
     for (let i = 0; i < count; i++) if (flagged[i] === 1) needing.push(i);
@@ -823,7 +866,9 @@ export class Redactor {
         (secretDiff && DIFF_VALUES.includes(key)) ||
         (secretPair && pairRole(key) === VALUE)
       ) {
-        out[key] = REDACTED;
+        // Sensitive only read as ASCII (`toKen`): its text is read as any key's.
+        const asciiOnly = NOT_ASCII_RE.test(key) && !keys.isSensitiveAsRead(key);
+        out[asciiOnly ? this.redactString(key) : key] = REDACTED;
       } else {
         out[this.redactString(key)] = this.redact(item, depth + 1);
       }

@@ -86,3 +86,114 @@ test("a name beside a character JSON escapes is let through the encoded pre-chec
   const starts = [1, 1 + clean.length + 1, batch.length - clean.length - 1];
   assert.deepEqual(redactor.encodedNeedingRules(batch, starts), [1]);
 });
+
+/** What the client writes to Redis for these events (AuditClient's redactBatch): the
+ * pre-check over the batch as one JSON array, then each flagged event redacted. */
+function sentBatch(redactor, events) {
+  const payloads = events.map((event) => JSON.stringify(event));
+  const starts = [];
+  let at = 1;
+  for (const payload of payloads) {
+    starts.push(at);
+    at += payload.length + 1;
+  }
+  const flagged = redactor.encodedNeedingRules(`[${payloads.join(",")}]`, starts);
+  for (const i of flagged) payloads[i] = JSON.stringify(redactor.redactEvent(JSON.parse(payloads[i])));
+  return `[${payloads.join(",")}]`;
+}
+
+/** One event per planted text, the text in each place an event holds one, beside clean
+ * events (a batch as the client sends it). */
+function plantedBatch(texts) {
+  const clean = { action: "a.b", tenant: "acme", metadata: { note: "quarterly flamingo report" } };
+  return texts.flatMap((text) => [
+    clean,
+    { action: "a.b", metadata: { note: text } },
+    { action: "a.b", tenant: text, entity: { type: "doc", id: "1", name: text } },
+    { action: "a.b", changes: [{ field: "note", old: text, new: "x" }], metadata: { items: [text] } },
+    clean,
+  ]);
+}
+
+const PLANTED = "Zq8vR2kLm4Tn6Wp1";
+const KELVIN = "\u212a";
+const DOTTED_I = "\u0130";
+const DOTLESS_I = "\u0131";
+
+test("a name spelled with Kelvin's K or a Turkish I is a secret's name (service/redaction.py _AS_ASCII)", () => {
+  // Attack: the key words split on ASCII letters only, the pre-check read those letters as no
+  // letter at all (and the encoded pre-check as a "*", a "0" or a "1"): toKen, SESSİON_ID,
+  // credentıals went to Redis with their values, which the Python side redacts.
+  const redactor = new Redactor();
+  const names = [`to${KELVIN}en`, `SESS${DOTTED_I}ON_ID`, `credent${DOTLESS_I}als`, `api_${KELVIN}ey`, `${KELVIN}EY`];
+  for (const name of names) assert.ok(redactor.keys.isSensitive(name), name);
+  assert.ok(!redactor.keys.isSensitive(`ti${KELVIN}et`), "ticket"); // read as ASCII, still no secret
+  const texts = [
+    `to${KELVIN}en=${PLANTED}`,
+    `SESS${DOTTED_I}ON_ID=${PLANTED}`,
+    `credent${DOTLESS_I}als: ${PLANTED}`,
+    `export API_${KELVIN}EY="${PLANTED}"`,
+    `{"sess${DOTTED_I}onId": "${PLANTED}"}`,
+    `cl${DOTTED_I}ENT_SECRET: ${PLANTED}`,
+  ];
+  for (const text of texts) {
+    assert.ok(!redactor.redactString(text).includes(PLANTED), text);
+    assert.ok(!sentBatch(redactor, plantedBatch([text])).includes(PLANTED), text);
+  }
+  // As mapping keys: the value goes, in metadata, params and nested lists.
+  const events = names.map((name) => ({
+    action: "a.b",
+    metadata: { [name]: PLANTED, nested: [{ [name]: PLANTED }] },
+    presentation: { code: "a.b", params: { [name]: PLANTED } },
+  }));
+  const sent = sentBatch(redactor, events);
+  assert.ok(!sent.includes(PLANTED), sent);
+  assert.equal(JSON.parse(sent)[0].metadata[names[0]], "[REDACTED]");
+});
+
+test("a backslash before a pair's separator, or a key that holds its own quotes, is a pair", () => {
+  // Attack: `DB_PASSWORD\=…` (a shell's or a .properties file's escape), `"\"password\"": …`
+  // (a key holding its own quotes) were read as no pair; the Python side reads both.
+  const redactor = new Redactor();
+  const texts = [
+    `DB_PASSWORD\\=${PLANTED}`,
+    `api_key\\: ${PLANTED}`,
+    `spring.datasource.password\\=${PLANTED} user\\=ann`,
+    `{"\\"password\\"": "${PLANTED}"}`,
+    `{'\\'token\\'': '${PLANTED}'}`,
+    `{"'client_secret'": "${PLANTED}"}`,
+    `"\\"secret\\"" \\= ${PLANTED}`,
+  ];
+  for (const text of texts) {
+    assert.ok(!redactor.redactString(text).includes(PLANTED), text);
+    assert.ok(!sentBatch(redactor, plantedBatch([text])).includes(PLANTED), text);
+  }
+  assert.equal(redactor.redactString(`DB_PASSWORD\\=${PLANTED} user\\=ann`), "DB_PASSWORD\\=[REDACTED] user\\=ann");
+  assert.equal(redactor.redactString(`{"\\"password\\"": "${PLANTED}"}`), '{"\\"password\\"": "[REDACTED]"}');
+  // What no rule names stays.
+  for (const text of ["path\\=C:\\tmp", `{"\\"title\\"": "Quarterly"}`]) {
+    assert.equal(redactor.redactString(text), text);
+  }
+});
+
+test("symbols between a name and its separator stand apart like blanks (arrows, dingbats, emoji)", () => {
+  // Attack: `🔒password🔒: …`, `token ➜: …` were no pair (only blanks and tabs stood between
+  // a key and its separator); the Python side reads such symbols as blanks.
+  const redactor = new Redactor();
+  const texts = [
+    `🔒password🔒: ${PLANTED}`,
+    `token ➜: ${PLANTED}`,
+    `secret\u26a0\ufe0f: ${PLANTED}`,
+    `👨\u200d💻api_key👨\u200d💻= ${PLANTED}`,
+    `password\u2192= ${PLANTED}`,
+    `🔑 client_secret 🔑: ${PLANTED}`,
+  ];
+  for (const text of texts) {
+    assert.ok(!redactor.redactString(text).includes(PLANTED), text);
+    assert.ok(!sentBatch(redactor, plantedBatch([text])).includes(PLANTED), text);
+  }
+  assert.equal(redactor.redactString(`🔒password🔒: ${PLANTED}`), "🔒password🔒: [REDACTED]");
+  for (const text of ["🔒title🔒: Quarterly", "status ➜: shipped", "🎉 launch: today"]) {
+    assert.equal(redactor.redactString(text), text);
+  }
+});
