@@ -224,6 +224,9 @@ SAME_KEYS = [
     *("session", "hmac", "mfa", "bearer"),
     # Digits alone make no word: the last word of these is a final word (`key`, `sid`).
     *("key4", "password2", "connect.sid1", "v2key"),
+    # Kelvin's K and Turkish I's read as K, I, i (a key is sensitive as written or so read).
+    *("to\u212aen", "SESS\u0130ON_ID", "credent\u0131als", "api_\u212aey", "\u212aEY"),
+    *("ti\u212aet", "p\u0130n", "passwo\u212a", "\u0130key", "t\u0131tle"),
 ]
 SAME_TEXTS = [
     "postgres://app:hunter2@db.internal:5432/prod",
@@ -256,6 +259,10 @@ SAME_TEXTS = [
     "4111111111111" + "\u0661" * 3 + " and \u0664" + "\u0661" * 15,
     *("411111111111" + "\U0001d7cf" * 4, "411111111111" + "\U0001d7e3" * 4),
     "411111111111" + "\U0001d7cf" * 3 + "\U0001d7d0",  # the last digit a 2: not Luhn-valid
+    # Spellings no rule names: a backslash before a separator, a key in its own quotes,
+    # symbols before a colon, Kelvin's K and Turkish I's.
+    *("path\\=C:\\tmp", '{"\\"title\\"": "Quarterly"}', "\U0001f512title\U0001f512: Quarterly"),
+    *("status \u279c: shipped", "\U0001f389 launch: today", "T\u0130TLE=Quarterly", "\u212aind: doc"),
 ]
 # Values (JSON numbers, keys, nesting) both clients must redact alike.
 SAME_VALUES = [
@@ -346,6 +353,28 @@ PLANTED_TEXTS = [
     "q=user%2540x%2526secret%253DNODEPLANT-d4",
     "redirect_uri=https%253A%252F%252Fu%253ANODEPLANT-d5%2540host%252F",
     "r=%2Fcb%3Femployee_code%253DNODEPLANT-d6",
+    # Names spelled with Kelvin's K or a Turkish I (service/redaction.py _AS_ASCII).
+    "to\u212aen=NODEPLANT-k1",
+    "SESS\u0130ON_ID=NODEPLANT-k2",
+    "credent\u0131als: NODEPLANT-k3",
+    'export API_\u212aEY="NODEPLANT-k4"',
+    '{"sess\u0130onId": "NODEPLANT-k5"}',
+    "X-Api-\u212aey: NODEPLANT-k6",
+    # A backslash before the separator; a key holding its own quotes.
+    "DB_PASSWORD\\=NODEPLANT-e1",
+    "api_key\\: NODEPLANT-e2",
+    "spring.datasource.password\\=NODEPLANT-e3 user\\=ann",
+    '{"\\"password\\"": "NODEPLANT-e4"}',
+    "{'\\'token\\'': 'NODEPLANT-e5'}",
+    '{"\'client_secret\'": "NODEPLANT-e6"}',
+    '"\\"secret\\"" \\= NODEPLANT-e7',
+    # Symbols between a name and its separator: arrows, dingbats, emoji, their joiners.
+    "\U0001f512password\U0001f512: NODEPLANT-s1",
+    "token \u279c: NODEPLANT-s2",
+    "secret\u26a0\ufe0f: NODEPLANT-s3",
+    "\U0001f468\u200d\U0001f4bbapi_key\U0001f468\u200d\U0001f4bb= NODEPLANT-s4",
+    "password\u2192= NODEPLANT-s5",
+    "\U0001f511 ssn \U0001f511: NODEPLANT-s6",
 ]
 PLANTED_VALUES: list[Any] = [
     # Pairs as data: header lists, name/value mappings in any casing, two-item lists.
@@ -362,6 +391,11 @@ PLANTED_VALUES: list[Any] = [
     ["tool", "--api-key", "NODEPLANT-a3", "--verbose"],
     ["backup", "--ssn", "NODEPLANT-a4"],
     {"argv": ["x", "--client-secret", "NODEPLANT-a5"]},
+    # Keys spelled with Kelvin's K or a Turkish I.
+    {"to\u212aen": "NODEPLANT-kv1", "n": 1},
+    {"SESS\u0130ON_ID": "NODEPLANT-kv2", "credent\u0131als": ["NODEPLANT-kv3"]},
+    [{"api_\u212aey": {"value": "NODEPLANT-kv4"}}, ["--to\u212aen", "NODEPLANT-kv5"]],
+    {"Name": "DB_PASS\u212aEY", "Value": "NODEPLANT-kv6"},
 ]
 # What no rule touches stays as it is (in both clients).
 PLANTED_CLEAN = [
@@ -398,7 +432,8 @@ def planted_events() -> list[dict[str, Any]]:
     """One event per planted text or value, the secret in every place an event holds one."""
     events = []
     for i, planted in enumerate([*PLANTED_TEXTS, *PLANTED_VALUES, *PLANTED_CLEAN]):
-        text = planted if isinstance(planted, str) else json.dumps(planted)
+        # As JSON.stringify writes it: a letter beyond ASCII as it is, not a \uXXXX escape.
+        text = planted if isinstance(planted, str) else json.dumps(planted, ensure_ascii=False)
         events.append(
             {
                 "id": str(uuid.uuid4()),

@@ -418,6 +418,51 @@ describe("captureNowait: a snapshot in the call, redacted at batch time", () => 
     await dropQueue(queue);
   });
 
+  test("names spelled with Kelvin's K or a Turkish I, escaped separators, quoted keys and symbols before a colon never reach Redis", async () => {
+    // Attack (service/redaction.py since 2026-12-07 reads these; the Node client did not):
+    // through captureNowait and capture, in text fields, metadata and keys, beside clean events.
+    const queue = `${QUEUE}-spellings`;
+    const client = new AuditClient(REDIS_URL, { ...LIVE, queue });
+    const texts = [
+      "to\u212aen=NODEPLANT-k1",
+      "SESS\u0130ON_ID=NODEPLANT-k2",
+      "credent\u0131als: NODEPLANT-k3",
+      "DB_PASSWORD\\=NODEPLANT-e1",
+      "api_key\\: NODEPLANT-e2",
+      '{"\\"password\\"": "NODEPLANT-e3"}',
+      "🔒password🔒: NODEPLANT-s1",
+      "token \u279c: NODEPLANT-s2",
+      "secret\u26a0\ufe0f: NODEPLANT-s3",
+    ];
+    const keys = ["to\u212aen", "SESS\u0130ON_ID", "credent\u0131als"];
+    const ids = [];
+    for (const [i, text] of texts.entries()) {
+      const key = keys[i % keys.length];
+      const event = {
+        action: "node.spelled",
+        tenant: text,
+        entity: { type: "item", id: String(i), name: text },
+        metadata: { note: text, [key]: `NODEPLANT-m${i}`, nested: [{ [key]: `NODEPLANT-n${i}` }] },
+      };
+      client.captureNowait({ action: "node.clean", metadata: { note: "quarterly flamingo report" } });
+      if (i % 2 === 0) client.captureNowait(event);
+      else ids.push(await client.capture(event));
+    }
+    await client.close();
+    const raw = await rawQueued(queue);
+    assert.ok(!raw.includes("NODEPLANT"), raw.slice(raw.indexOf("NODEPLANT") - 200, raw.indexOf("NODEPLANT") + 50));
+    const { events } = await queuedEvents(queue);
+    assert.equal(events.length, 2 * texts.length);
+    assert.ok(ids.every((id) => events.some((e) => e.id === id)));
+    const first = events.find((e) => e.entity?.id === "0");
+    assert.deepEqual(first.metadata, {
+      note: "to\u212aen=[REDACTED]",
+      "to\u212aen": "[REDACTED]",
+      nested: [{ "to\u212aen": "[REDACTED]" }],
+    });
+    await dropQueue(queue);
+  });
+
   test("in a batch, the events around one with a secret are sent as captured", async () => {
     // The pre-check runs over a whole batch: each flagged event is redacted, its neighbours
     // (clean, or flagged by a stem and left as they are by the rules) are sent as captured.
