@@ -262,7 +262,15 @@ SAME_TEXTS = [
     # Spellings no rule names: a backslash before a separator, a key in its own quotes,
     # symbols before a colon, Kelvin's K and Turkish I's.
     *("path\\=C:\\tmp", '{"\\"title\\"": "Quarterly"}', "\U0001f512title\U0001f512: Quarterly"),
-    *("status \u279c: shipped", "\U0001f389 launch: today", "T\u0130TLE=Quarterly", "\u212aind: doc"),
+    *("status \u279c: shipped", "\U0001f389 launch: today", "T\u0130TLE=Quarterly"),
+    "\u212aind: doc",
+    # Escapes in text that is not decoded (a key, a change's field, a failure line): what they
+    # spell is read too, up to three levels; what is no escape stays.
+    *('"pass\\u0077ord": "Zq8vR2kLm4Tn6Wp1"', "pin\\tZq8vR2kLm4Tn6Wp1", "sec\\x72et: Zq8vR2kLm4"),
+    *("\\r\\nAuthorization: Bearer Zq8vR2kLm4Tn6Wp1", 'auth\\\\\\"=\\\\\\"Zq8vR2kLm4Tn6Wp1\\\\\\"'),
+    *('{"to\\u212aen": "Zq8vR2kLm4Tn6Wp1"}', "api\\u005fkey\\u003dZq8vR2kLm4Tn6Wp1"),
+    *("tok\\U0001f512en=x", "path\\\\to\\\\file", "line\\nnext \\ud800 lone"),
+    "pass\\ud83d\\udd12word=x",
 ]
 # Values (JSON numbers, keys, nesting) both clients must redact alike.
 SAME_VALUES = [
@@ -272,21 +280,28 @@ SAME_VALUES = [
     [{"field": "pan", "old": "4111111111111111", "new": "6011-1111-1111-1117"}],
     # A pair's name field may be "field" too (a value field beside it, no old/new).
     {"text": "x", "field": "auth"},
+    # A key's escapes are read when its pre-check lets it through.
+    {"see https://x/ \\u0070assword=Zq8vR2kLm4Tn6Wp1": 1, "basic \\u0070assword=Zq8vR2kLm4": 2},
+    {"pass\\u0077ord=Zq8vR2kLm4Tn6Wp1 count": 3, "note \\u0070assword=Zq8vR2kLm4Tn6Wp1": 4},
 ]
 PARITY_SCRIPT = """
 const { KeyRule, Redactor } = await import(process.argv[1]);
+const { failureLine } = await import(new URL("failures.js", `file://${process.argv[1]}`));
 const [keys, texts, values] = JSON.parse(process.argv[2]);
 const rule = new KeyRule(["ssn"]);
 const redactor = new Redactor([]);
 const sensitive = keys.map((k) => rule.isSensitive(k));
 const redacted = values.map((v) => redactor.redact(v));
 const flagged = [...texts, ...values].map((v) => redactor.encodedMayHoldSecret(JSON.stringify(v)));
-const texted = texts.map((t) => redactor.redactString(t));
-console.log(JSON.stringify([sensitive, texted, redacted, flagged]));
+const texted = texts.map((t) => redactor.redactText(t));
+const failed = (t) => ({ action: "a.b", entity: { type: "doc", id: t } });
+const lines = texts.map((t) => failureLine(failed(t), new Error(t), undefined, redactor));
+console.log(JSON.stringify([sensitive, texted, redacted, flagged, lines]));
 """
 
 
 def test_the_node_client_redacts_as_the_python_side_does(tmp_path: Path) -> None:
+    from service.producer.failures import FAILURE_PREFIX, failure_payload
     from service.redaction import is_sensitive_key, redact_sensitive, redact_sensitive_in_string
 
     # The issue-26 shapes too (below): pairs, flags, encoded runs; and what no rule touches.
@@ -308,7 +323,7 @@ def test_the_node_client_redacts_as_the_python_side_does(tmp_path: Path) -> None
         check=True,
         timeout=RUN_TIMEOUT,
     )
-    node_keys, node_texts, node_values, node_flagged = json.loads(done.stdout)
+    node_keys, node_texts, node_values, node_flagged, node_lines = json.loads(done.stdout)
     python_keys = [is_sensitive_key(key, frozenset({"ssn"})) for key in SAME_KEYS]
     assert dict(zip(SAME_KEYS, node_keys, strict=True)) == dict(
         zip(SAME_KEYS, python_keys, strict=True)
@@ -317,6 +332,13 @@ def test_the_node_client_redacts_as_the_python_side_does(tmp_path: Path) -> None
         text: redact_sensitive_in_string(text) for text in texts
     }
     assert node_values == [redact_sensitive(value) for value in values]
+    # A failure line's values are text that is not decoded: their escapes are read too.
+    error = type("Error", (Exception,), {})
+    failed = [{"action": "a.b", "entity": {"type": "doc", "id": text}} for text in texts]
+    assert dict(zip(texts, node_lines, strict=True)) == {
+        text: FAILURE_PREFIX + json.dumps(failure_payload(event, error(text), None, frozenset()))
+        for text, event in zip(texts, failed, strict=True)
+    }
     # The Node pre-check lets through every text and value a rule changes.
     for item, redacted, flagged in zip(
         [*texts, *values], [*node_texts, *node_values], node_flagged, strict=True

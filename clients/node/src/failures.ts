@@ -59,12 +59,12 @@ export function failureLine(
   };
   const payload: Record<string, string | null> = {};
   for (const [name, value] of Object.entries(fields)) {
-    payload[name] = value === null ? null : redactor.redactString(value);
+    payload[name] = value === null ? null : redactor.redactText(value);
   }
   const name = error instanceof Error ? error.name : typeof error;
   let message: string;
   try {
-    message = redactor.redactString(error instanceof Error ? error.message : String(error));
+    message = redactor.redactText(error instanceof Error ? error.message : String(error));
   } catch {
     message = "[message withheld: it could not be redacted]";
   }

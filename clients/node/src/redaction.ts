@@ -599,6 +599,33 @@ function maskCardNumber(value: number): string | undefined {
 
 type Groups = Record<string, string | undefined>;
 
+// Escapes in text that is not decoded (redactText): what they spell is read too, up to
+// UNESCAPE_MAX levels (JSON in JSON), as service/redaction.py's _ESCAPE_RE reads them (case
+// aside: `\U0001…` reads as `\u0001` and `\N` as "N" there too). A control character reads as
+// a blank; a lone surrogate stays escaped.
+const ESCAPE_RE =
+  /\\(?:u(d[89ab][0-9a-f]{2})\\u(d[c-f][0-9a-f]{2})|u([0-9a-f]{4})|x([0-9a-f]{2})|U([0-9a-f]{8})|(["'\\/bfnrt]))/gi;
+const ESCAPED: Record<string, string> = { b: " ", f: " ", n: "\n", r: "\r", t: "\t" };
+const UNESCAPE_MAX = 3;
+const RUN_OF_ALNUM_RE = /[\p{L}\p{N}]+/gu; // Python's [^\W_]
+const REDACTED_RUN = "REDACTED"; // REDACTED's one run of letters
+
+function unescapeOne(whole: string, ...groups: Array<string | undefined>): string {
+  const [high, low, code, byte, wide, char] = groups;
+  if (char !== undefined) return ESCAPED[char] ?? char;
+  let point: number;
+  if (high !== undefined) {
+    point = 0x10000 + ((parseInt(high, 16) - 0xd800) << 10) + parseInt(low!, 16) - 0xdc00;
+  } else {
+    point = parseInt((code ?? byte ?? wide)!, 16);
+    if ((point >= 0xd800 && point < 0xe000) || point > 0x10ffff) return whole;
+  }
+  if (point < 0x20 || (point >= 0x7f && point < 0xa0)) {
+    return point === 0x0a ? "\n" : point === 0x09 ? "\t" : point === 0x0d ? "\r" : " ";
+  }
+  return String.fromCodePoint(point);
+}
+
 let scratch = Buffer.allocUnsafe(4096); // the bytes of the event being pre-checked
 // What only the rules read right in an encoded event: any JSON escape (a backslash), and the
 // letters of AS_ASCII (their byte above is no letter).
@@ -672,6 +699,52 @@ export class Redactor {
       if (rules === undefined || redactTokens(text, rules) === text) return text;
     }
     return this.redactRules(text, rules, decoded);
+  }
+
+  /** redactString, and what the escapes of `text` spell read too (service/redaction.py's
+   * redact_sensitive_in_string): for text that is not decoded (a key, a change's field, a
+   * failure line's values, where `pass\u0077ord`, `pin\t…`, `\r\nAuthorization: …` may
+   * stand as written). A text that held a secret only its escapes spell is kept unescaped,
+   * with what either reading took away redacted. */
+  redactText(text: string): string {
+    const out = this.redactString(text);
+    return text.includes("\\") ? this.redactEscaped(text, out, UNESCAPE_MAX) : out;
+  }
+
+  /** A mapping key redacted as service/redaction.py's _redact_mapping redacts one: its
+   * escapes are read only when its pre-check lets it through. */
+  private redactKey(key: string): string {
+    const out = this.redactString(key);
+    if (!key.includes("\\") || (out === key && !this.mayHoldSecret(key))) return out;
+    return this.redactEscaped(key, out, UNESCAPE_MAX);
+  }
+
+  /** The pre-check of redactString: false means no rule changes `text`. */
+  private mayHoldSecret(text: string): boolean {
+    const { rules, stem } = this.scan(text);
+    if (stem || (text.length >= CARD_MIN_CHARS && CARD_QUICK_RE.test(text))) return true;
+    return rules !== undefined && redactTokens(text, rules) !== text;
+  }
+
+  /** `out` (`text` redacted); or, when the rules over `text` unescaped take away runs of
+   * letters and digits that `out` kept, `out` unescaped with those runs redacted too (what
+   * either reading took away is gone). `levels` of escapes are read (_redact_escaped). */
+  private redactEscaped(text: string, out: string, levels: number): string {
+    let view = text;
+    let shown = out;
+    for (let level = 0; level < levels; level++) {
+      const unescaped = view.replace(ESCAPE_RE, unescapeOne);
+      if (unescaped === view) break;
+      view = unescaped;
+      shown = shown.replace(ESCAPE_RE, unescapeOne);
+      const kept = new Set(this.redactString(view).match(RUN_OF_ALNUM_RE) ?? []);
+      const taken = new Set((shown.match(RUN_OF_ALNUM_RE) ?? []).filter((run) => !kept.has(run) && run !== REDACTED_RUN));
+      if (taken.size > 0) {
+        const both = shown.replace(RUN_OF_ALNUM_RE, (run) => (taken.has(run) ? REDACTED : run));
+        return this.redactEscaped(view, both, levels - level - 1); // deeper escapes may hide more
+      }
+    }
+    return out;
   }
 
   /** Every rule on `text`, in service/redaction.py's order (_redact_rules). */
@@ -831,7 +904,11 @@ export class Redactor {
     out.changes = out.changes.map((change: unknown, i: number) => {
       const given = changes[i] as Record<string, unknown> | null;
       if (given === null || typeof given !== "object" || typeof given.field !== "string") return change;
-      if (!this.keys.isSensitive(given.field)) return change;
+      if (!this.keys.isSensitive(given.field)) {
+        // Its field is text that is not decoded (service/events.py redact_sensitive_in_string).
+        if (!given.field.includes("\\")) return change;
+        return { ...(change as object), field: this.redactText(given.field) };
+      }
       const kept = DIFF_VALUES.filter((k) => given[k] === null).map((k) => [k, null]);
       return { ...(change as object), ...Object.fromEntries(kept) };
     });
@@ -868,9 +945,9 @@ export class Redactor {
       ) {
         // Sensitive only read as ASCII (`toKen`): its text is read as any key's.
         const asciiOnly = NOT_ASCII_RE.test(key) && !keys.isSensitiveAsRead(key);
-        out[asciiOnly ? this.redactString(key) : key] = REDACTED;
+        out[asciiOnly ? this.redactKey(key) : key] = REDACTED;
       } else {
-        out[this.redactString(key)] = this.redact(item, depth + 1);
+        out[this.redactKey(key)] = this.redact(item, depth + 1);
       }
     }
     return out;

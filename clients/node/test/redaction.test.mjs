@@ -2,6 +2,7 @@
 import assert from "node:assert/strict";
 import { test } from "node:test";
 
+import { failureLine } from "../dist/failures.js";
 import { Redactor } from "../dist/redaction.js";
 
 test("64 KiB of one keyword repeated is redacted in linear time (RegExp backtracks)", () => {
@@ -196,4 +197,41 @@ test("symbols between a name and its separator stand apart like blanks (arrows, 
   for (const text of ["🔒title🔒: Quarterly", "status ➜: shipped", "🎉 launch: today"]) {
     assert.equal(redactor.redactString(text), text);
   }
+});
+
+test("escapes in text that is not decoded (a key, a change's field, a failure line) are read as the Python side reads them", () => {
+  // Attack: service/redaction.py's redact_sensitive_in_string reads what escapes spell
+  // (`pass\u0077ord`, `pin\t…`, `\r\nAuthorization: …`, three levels); the Node client read
+  // them as written, so a failure line or a key kept the secret the Python side takes away.
+  const redactor = new Redactor();
+  const texts = [
+    `"pass\\u0077ord": "${PLANTED}"`,
+    `pin\\t${PLANTED}`,
+    `\\r\\nAuthorization: Bearer ${PLANTED}`,
+    `auth\\\\\\"=\\\\\\"${PLANTED}\\\\\\"`,
+    `{"to\\u212aen": "${PLANTED}"}`,
+    `api\\u005fkey\\u003d${PLANTED}`,
+  ];
+  for (const text of texts) {
+    assert.ok(redactor.redactString(text).includes(PLANTED), `a value as the event path reads it: ${text}`);
+    assert.ok(!redactor.redactText(text).includes(PLANTED), text);
+    const line = failureLine({ action: "a.b", entity: { type: "doc", id: text } }, new Error(text), undefined, redactor);
+    assert.ok(!line.includes(PLANTED), line);
+  }
+  assert.equal(redactor.redactText(`"pass\\u0077ord": "${PLANTED}"`), '"password": "[REDACTED]"');
+  for (const text of ["tok\\U0001f512en=x", "path\\\\to\\\\file", "line\\nnext \\ud800 lone"]) {
+    assert.equal(redactor.redactText(text), text);
+  }
+  // A key: read when its pre-check lets it through (a stem, "://" here); a change's field.
+  const event = {
+    action: "a.b",
+    metadata: { [`see https://x/ \\u0070assword=${PLANTED}`]: 1, [`note \\u0070assword=${PLANTED}`]: 2 },
+    changes: [{ field: `basic \\u0070assword=${PLANTED}`, old: "a", new: "b" }],
+  };
+  const redacted = redactor.redactEvent(event);
+  assert.deepEqual(redacted.metadata, {
+    "see https://x/ password=[REDACTED]": 1,
+    [`note \\u0070assword=${PLANTED}`]: 2, // no stem: left as the Python side leaves it
+  });
+  assert.deepEqual(redacted.changes, [{ field: "basic [REDACTED]=[REDACTED]", old: "a", new: "b" }]);
 });
