@@ -803,8 +803,10 @@ def redact_sensitive(
 
 # Types as tuples: `dict | list | tuple` in a call builds a union object each time, which
 # cost more than the rest of a scalar's visit.
-_NESTING = (dict, list, tuple)
 _SEQUENCES = (list, tuple)
+# The scalars no rule changes (an int may be a card number): a mapping's values of these
+# types are kept without a call.
+_KEPT_SCALARS = frozenset((bool, float, type(None)))
 
 
 def _redact(value: object, extra_keys: frozenset[str], depth: int, cards: bool) -> object:
@@ -813,14 +815,12 @@ def _redact(value: object, extra_keys: frozenset[str], depth: int, cards: bool) 
         if not _may_hold(value, low, extra_keys, cards):
             return value
         return _redact_rules(value, low, extra_keys, cards, 0)
-    if isinstance(value, _NESTING) and depth >= MAX_DEPTH:
-        # Deeper than any real event nests: replaced whole, so hostile nesting can neither
-        # exhaust the stack nor carry a secret past the redaction.
-        return REDACTED
+    # Deeper than any real event nests: replaced whole, so hostile nesting can neither
+    # exhaust the stack nor carry a secret past the redaction.
     if isinstance(value, dict):
-        return _redact_mapping(value, extra_keys, depth, cards)
+        return REDACTED if depth >= MAX_DEPTH else _redact_mapping(value, extra_keys, depth, cards)
     if isinstance(value, _SEQUENCES):
-        return _redact_list(value, extra_keys, depth, cards)
+        return REDACTED if depth >= MAX_DEPTH else _redact_list(value, extra_keys, depth, cards)
     if cards and type(value) is int and _CARD_INT_MIN <= value < _CARD_INT_MAX:
         digits = str(value)
         # As in text, a card number starts with 2 to 6 (a timestamp in µs starts with 1).
@@ -924,17 +924,38 @@ def _pair_roles(mapping: dict[object, object], extra_keys: frozenset[str]) -> tu
     return True, secret
 
 
-def _key_may_hold_secret(key: str, extra_keys: frozenset[str], cards: bool) -> bool:
-    """may_hold_secret of a mapping key, remembered for keys of ordinary length: keys
-    repeat from event to event."""
-    if len(key) > _CACHED_KEY_MAX_CHARS:
-        return may_hold_secret(key, extra_keys, cards=cards)
-    return _key_may_hold_secret_cached(key, extra_keys, cards)
+# What a mapping's walk needs of a key, remembered per set of extra keys (keys repeat from
+# event to event: one lookup instead of a call per rule): whether its value goes whatever
+# the mapping, whether it goes unless the mapping is a name/value pair (its key then holds
+# the pair's name: {"key": "http.method", "value": …}), its role in a pair, and whether the
+# pre-check lets the key's own text through (without card numbers, with them: a key can be
+# a credential itself, {"ghp_…": true}).
+_KeyFacts = tuple[bool, bool, int, bool, bool]
+_KEY_FACTS_SEEN: dict[str, _KeyFacts] = {}
 
 
-@functools.lru_cache(maxsize=8192)
-def _key_may_hold_secret_cached(key: str, extra_keys: frozenset[str], cards: bool) -> bool:
-    return may_hold_secret(key, extra_keys, cards=cards)
+@functools.lru_cache(maxsize=64)
+def _key_facts_cache(extra_keys: frozenset[str]) -> dict[str, _KeyFacts]:
+    return {}
+
+
+def _key_facts(key: str, extra_keys: frozenset[str], seen: dict[str, _KeyFacts]) -> _KeyFacts:
+    sensitive = is_sensitive_key(key, extra_keys)
+    role = _pair_role(key)
+    names_only = sensitive and role == _NAME and not _is_sensitive_key_cached(key, extra_keys, False)
+    low = key.lower()
+    facts = (
+        sensitive and not names_only,
+        names_only,
+        role,
+        _may_hold(key, low, extra_keys, False),
+        _may_hold(key, low, extra_keys, True),
+    )
+    if len(key) <= _CACHED_KEY_MAX_CHARS:
+        if len(seen) >= _KEYS_REMEMBERED:
+            seen.clear()  # a producer of endless distinct keys: start over
+        seen[key] = facts
+    return facts
 
 
 def _redact_mapping(
@@ -947,25 +968,23 @@ def _redact_mapping(
     # A name/value pair names it in "name" (or "Key", "ParameterKey", …) and carries it in
     # "value" (or "Value", "tagValue", …).
     pair_shaped, secret_pair = _pair_roles(mapping, extra_keys)
+    seen = _key_facts_cache(extra_keys) if extra_keys else _KEY_FACTS_SEEN
+    holds = 4 if cards else 3  # the facts' index: whether the key's text may hold a secret
     out: dict[object, object] = {}
     changed = False
     for key, item in mapping.items():
         new_key = key
-        if (
-            (
-                isinstance(key, str)
-                and is_sensitive_key(key, extra_keys)
-                # {"key": "http.method", "value": …}: "key" holds the pair's name (but
-                # {"api_key": …, "text": …} holds a secret whatever its neighbours).
-                and not (
-                    pair_shaped
-                    and _pair_role(key) == _NAME
-                    and not _is_sensitive_key_cached(key, extra_keys, False)
-                )
+        if isinstance(key, str):
+            facts = seen.get(key) or _key_facts(key, extra_keys, seen)
+            hidden = (
+                facts[0]
+                or (facts[1] and not pair_shaped)
+                or (secret_diff and key in _DIFF_VALUE_KEYS)
+                or (secret_pair and facts[2] == _VALUE)
             )
-            or (secret_diff and key in _DIFF_VALUE_KEYS)
-            or (secret_pair and isinstance(key, str) and _pair_role(key) == _VALUE)
-        ):
+        else:
+            facts, hidden = None, False
+        if hidden:
             new: object = item if item == REDACTED else REDACTED  # redacted already: kept
             if (
                 isinstance(key, str)
@@ -976,10 +995,17 @@ def _redact_mapping(
                 # Sensitive only read as ASCII (`toKen`): its text is read as any key's.
                 new_key = redact_sensitive_in_string(key, extra_keys, cards=cards)
         else:
-            new = _redact(item, extra_keys, depth + 1, cards)
-            if isinstance(key, str) and _key_may_hold_secret(key, extra_keys, cards):
-                # A key can be a credential itself ({"ghp_…": true}).
-                new_key = redact_sensitive_in_string(key, extra_keys, cards=cards)
+            # _redact's first cases, without its call.
+            if isinstance(item, str):
+                low = item.lower()
+                keep = not _may_hold(item, low, extra_keys, cards)
+                new = item if keep else _redact_rules(item, low, extra_keys, cards, 0)
+            elif type(item) in _KEPT_SCALARS or (not cards and type(item) is int):
+                new = item
+            else:
+                new = _redact(item, extra_keys, depth + 1, cards)
+            if facts is not None and facts[holds] and isinstance(key, str):
+                new_key = _redact_rules(key, key.lower(), extra_keys, cards, 0)
         changed = changed or new is not item or new_key is not key
         out[new_key] = new
     return out if changed else mapping
