@@ -255,7 +255,7 @@ def finalize(
     data = _encoder.encode(done)
     found = json_matches(data, extra_keys)  # one scan; most events stop here
     if found is not None:
-        redacted = _redact_encoded(done, data, extra_keys, found, validate=validate)
+        redacted = _redact_encoded(done, data, extra_keys, found, found.cards, validate=validate)
         # A changed event was encoded again, then decoded: validated already.
         validate = validate and redacted[1] is data
         done, data = redacted
@@ -317,7 +317,7 @@ def check_complete(
     data = _encoder.encode(event)
     found = json_matches(data, extra_keys)
     if found is not None:
-        event, data = _redact_encoded(event, data, extra_keys, found)
+        event, data = _redact_encoded(event, data, extra_keys, found, found.cards)
     size = len(data)
     if size > max_bytes:
         raise InvalidEvent(f"event is {size} bytes encoded, more than the limit of {max_bytes}")
@@ -339,7 +339,7 @@ def redact_event(
         return event
     # The card rule runs as asked, not as the scan saw: another rule's redaction can leave
     # a card number where the scan saw none ("-----END … KEY-----3782…" -> "[REDACTED]3782…").
-    return _redact_encoded(event, data, extra_keys, found._replace(cards=cards))[0]
+    return _redact_encoded(event, data, extra_keys, found, cards)[0]
 
 
 def _redact_encoded(
@@ -347,13 +347,14 @@ def _redact_encoded(
     data: bytes,
     extra_keys: frozenset[str],
     found: JsonMatches,
+    cards: bool,
     *,
     validate: bool = False,
 ) -> tuple[AuditEvent, bytes]:
-    """redact_event, and the event's JSON: `data` when nothing changed, else its new JSON
-    (decoded again with `validate`, which validates it; else only the fields the redaction
-    changed are checked: the event is otherwise valid, as the API and the worker have it)."""
-    cards = found.cards
+    """redact_event (`cards`: whether the card rule runs), and the event's JSON: `data` when
+    nothing changed, else its new JSON (decoded again with `validate`, which validates it;
+    else only the fields the redaction changed are checked: the event is otherwise valid, as
+    the API and the worker have it)."""
     places, parts = _where_matched(event, data, found)
     changes: dict[str, Any] = {}
     changed = _redact_strings(event, places, extra_keys, changes, cards)
@@ -581,31 +582,39 @@ def _redact_strings(
     """Redact the struct's free-text strings at `places`, in which the pre-check of the
     event's JSON matched (None: every one, after one pre-check over all of them as text);
     a changed part goes into `changes` under its name. Return the changed fields."""
-    chosen = _TEXT_PLACES if places is None else sorted(places, key=_JSON_ORDER.__getitem__)
-    texts = []
-    for name, field in chosen:
-        part = event if name is None else getattr(event, name)
-        value = None if part is None else getattr(part, field)
-        # Not text (no value): "", which no rule changes, so that indexes stay places.
-        texts.append(value if isinstance(value, str) else "")
     if places is None:
+        texts = [_text_at(event, place) for place in _TEXT_PLACES]
         redacted = redact_strings(texts, extra_keys, cards=cards)
-    else:  # the scan matched in each: the rules at once
-        redacted = [
-            redact_matched(text, extra_keys, cards=cards) if text else text for text in texts
+        found = [
+            (place, new)
+            for place, old, new in zip(_TEXT_PLACES, texts, redacted, strict=True)
+            if new is not old
         ]
+    else:  # the scan matched in each: the rules at once
+        found = []
+        for place in sorted(places, key=_JSON_ORDER.__getitem__) if len(places) > 1 else places:
+            text = _text_at(event, place)
+            if text and (new := redact_matched(text, extra_keys, cards=cards)) is not text:
+                found.append((place, new))
+    if not found:
+        return []
     done: dict[str | None, dict[str, str]] = {}
-    changed: list[_Place] = []
-    for place, old, new in zip(chosen, texts, redacted, strict=True):
-        if new is not old:
-            done.setdefault(place[0], {})[place[1]] = new
-            changed.append(place)
+    for (name, field), new in found:
+        done.setdefault(name, {})[field] = new
     for name, fields in done.items():
         if name is None:
             changes.update(fields)
         else:
             changes[name] = msgspec.structs.replace(getattr(event, name), **fields)
-    return changed
+    return [place for place, _ in found]
+
+
+def _text_at(event: AuditEvent, place: _Place) -> str:
+    """The text field at `place` ("" when it holds no text, which no rule changes)."""
+    name, field = place
+    part = event if name is None else getattr(event, name)
+    value = None if part is None else getattr(part, field)
+    return value if isinstance(value, str) else ""
 
 
 def _check_limits(event: AuditEvent, changed: list[_Place]) -> None:

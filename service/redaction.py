@@ -929,8 +929,8 @@ def _pair_roles(mapping: dict[object, object], extra_keys: frozenset[str]) -> tu
 # the mapping, whether it goes unless the mapping is a name/value pair (its key then holds
 # the pair's name: {"key": "http.method", "value": …}), its role in a pair, and whether the
 # pre-check lets the key's own text through (without card numbers, with them: a key can be
-# a credential itself, {"ghp_…": true}).
-_KeyFacts = tuple[bool, bool, int, bool, bool]
+# a credential itself, {"ghp_…": true}), and its last word.
+_KeyFacts = tuple[bool, bool, int, bool, bool, str]
 _KEY_FACTS_SEEN: dict[str, _KeyFacts] = {}
 
 
@@ -942,14 +942,18 @@ def _key_facts_cache(extra_keys: frozenset[str]) -> dict[str, _KeyFacts]:
 def _key_facts(key: str, extra_keys: frozenset[str], seen: dict[str, _KeyFacts]) -> _KeyFacts:
     sensitive = is_sensitive_key(key, extra_keys)
     role = _pair_role(key)
-    names_only = sensitive and role == _NAME and not _is_sensitive_key_cached(key, extra_keys, False)
+    names_only = (
+        sensitive and role == _NAME and not _is_sensitive_key_cached(key, extra_keys, False)
+    )
     low = key.lower()
+    words = key_words(key)
     facts = (
         sensitive and not names_only,
         names_only,
         role,
         _may_hold(key, low, extra_keys, False),
         _may_hold(key, low, extra_keys, True),
+        words[-1] if words else "",
     )
     if len(key) <= _CACHED_KEY_MAX_CHARS:
         if len(seen) >= _KEYS_REMEMBERED:
@@ -1169,7 +1173,9 @@ def _redact_text_pairs(text: str, extra_keys: frozenset[str], pair_hint: bool) -
     """Pairs whose name and value stand apart: flags, quoted pairs, XML, YAML lists
     (`pair_hint`: the text holds a pair value word, see _has_pair_value_word)."""
     # A flag starts the text or follows a blank (`in` tests: no generator, no regex scan).
-    if text.startswith("-") or " -" in text or "\t-" in text or "\n-" in text or "\r-" in text:
+    if "-" in text and (
+        text.startswith("-") or " -" in text or "\t-" in text or "\n-" in text or "\r-" in text
+    ):
         text = _redact_after(text, _FLAG_RE, extra_keys)
     if "," in text:
         text = _redact_after(text, _QUOTED_PAIR_RE, extra_keys)
@@ -1338,15 +1344,16 @@ def _redact_pairs(text: str, extra_keys: frozenset[str]) -> str:
     """Replace the value of every key=value / key: value pair whose key is sensitive."""
     out: list[str] = []
     pos = 0
+    seen = _key_facts_cache(extra_keys) if extra_keys else _KEY_FACTS_SEEN
     for key_start, key, key_quote, sep in _key_matches(text):
+        facts = seen.get(key) or _key_facts(key, extra_keys, seen)
         # A match inside a value that was already redacted must not be spliced again.
-        if key_start < pos or not is_sensitive_key(key, extra_keys):
+        if key_start < pos or not (facts[0] or facts[1]):  # not a sensitive key
             continue
         start = sep + 1
         if text[start : start + 1] in _BLANKS:  # (most values follow at once: no regex)
             start = _BLANKS_RE.match(text, start).end()  # type: ignore[union-attr]
-        words = key_words(key)
-        last = words[-1] if words else ""
+        last = facts[5]
         if last == "authorization":
             scheme = _AUTH_SCHEME_RE.match(text, start)
             start = scheme.end() if scheme else start
@@ -1356,11 +1363,7 @@ def _redact_pairs(text: str, extra_keys: frozenset[str]) -> str:
         value = (_COOKIE_VALUE_RE if cookie_header else _VALUE_RE).match(text, start)
         if value is None:
             continue
-        if (
-            _pair_role(key) == _NAME
-            and not _is_sensitive_key_cached(key, extra_keys, False)
-            and _PAIR_VALUE_NEXT_RE.match(text, value.end())
-        ):
+        if facts[1] and _PAIR_VALUE_NEXT_RE.match(text, value.end()):
             continue  # "key": "api_token", "value": … names the secret: _NAME_VALUE_RE's
         # Reuse the value's quoting, else the key's, so JSON and repr output stay well-formed.
         q, eq = value.group("q", "eq")

@@ -220,15 +220,20 @@ def rules_for(lowered: str) -> tuple[TokenRule, ...]:
     found = _KEYWORD_AUTOMATON.find_matches_as_indexes(lowered, overlapping=True)
     if not found:
         return ()
+    if len(found) == 1:  # the commonest case: one keyword, its rules
+        return _RULES_OF_ONE[found[0][0]]
     return _rules_of(frozenset([keyword for keyword, _, _ in found]))
 
 
-@functools.lru_cache(maxsize=1024)
-def _rules_of(keywords: frozenset[int]) -> tuple[TokenRule, ...]:
-    """The token rules of these keywords (by index), in the rule data's order; remembered:
-    the same few keywords occur again and again."""
+def _rules_of_keywords(keywords: frozenset[int]) -> tuple[TokenRule, ...]:
+    """The token rules of these keywords (by index), in the rule data's order."""
     indexes = {i for keyword in keywords for i in _RULES_OF_KEYWORD[keyword]}
     return tuple(TOKEN_RULES[i] for i in sorted(indexes))
+
+
+# Remembered: the same few keywords occur again and again.
+_rules_of = functools.lru_cache(maxsize=1024)(_rules_of_keywords)
+_RULES_OF_ONE = tuple(_rules_of_keywords(frozenset((index,))) for index in range(len(KEYWORDS)))
 
 
 def token_spans(text: str, lowered: str) -> list[tuple[int, int]]:
