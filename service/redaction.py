@@ -945,7 +945,7 @@ def _key_facts(key: str, extra_keys: frozenset[str], seen: dict[str, _KeyFacts])
     names_only = (
         sensitive and role == _NAME and not _is_sensitive_key_cached(key, extra_keys, False)
     )
-    low = key.lower()
+    low = _lower(key)
     words = key_words(key)
     facts = (
         sensitive and not names_only,
@@ -991,9 +991,10 @@ def _redact_mapping(
         if hidden:
             new: object = item if item == REDACTED else REDACTED  # redacted already: kept
             if (
-                isinstance(key, str)
+                facts is not None
+                and facts[holds]
+                and isinstance(key, str)
                 and not key.isascii()
-                and _key_may_hold_secret(key, extra_keys, cards)
                 and not _is_sensitive_key_as_read(key, extra_keys, True)
             ):
                 # Sensitive only read as ASCII (`toKen`): its text is read as any key's.
@@ -1001,7 +1002,7 @@ def _redact_mapping(
         else:
             # _redact's first cases, without its call.
             if isinstance(item, str):
-                low = item.lower()
+                low = item.lower() if item.isascii() else _lower(item)
                 keep = not _may_hold(item, low, extra_keys, cards)
                 new = item if keep else _redact_rules(item, low, extra_keys, cards, 0)
             elif type(item) in _KEPT_SCALARS or (not cards and type(item) is int):
@@ -1009,7 +1010,7 @@ def _redact_mapping(
             else:
                 new = _redact(item, extra_keys, depth + 1, cards)
             if facts is not None and facts[holds] and isinstance(key, str):
-                new_key = _redact_rules(key, key.lower(), extra_keys, cards, 0)
+                new_key = redact_sensitive_in_string(key, extra_keys, cards=cards)
         changed = changed or new is not item or new_key is not key
         out[new_key] = new
     return out if changed else mapping
