@@ -452,7 +452,7 @@ def _where_matched(
     places: set[_Place] = set()
     parts: dict[str, _Part] = {}
     head_end = _head_end(event, data)
-    tail: dict[str, tuple[int, int]] | None = None
+    tail: list[tuple[str, int, int]] | None = None
     last_key = -1  # where the last `":` before the previous match in the head is
     for start, end, strong in spans:
         if end <= head_end:
@@ -466,12 +466,14 @@ def _where_matched(
             continue
         if tail is None:
             tail = _tail_spans(event, data, head_end)
-        for name, (low, high) in tail.items():
-            if name in _TAIL_PLACES:
-                if low < end <= high:
-                    places.add(_TAIL_PLACES[name])
-            elif low <= start and end <= high:
-                parts[name] = (low, high, strong or (name in parts and parts[name][2]))
+        for name, low, high in tail:
+            if low < end <= high:  # the match ends in it (the spans are apart)
+                place = _TAIL_PLACES.get(name)
+                if place is not None:
+                    places.add(place)
+                elif low <= start:  # a part: the match all inside
+                    parts[name] = (low, high, strong or (name in parts and parts[name][2]))
+                break
     return places, parts
 
 
@@ -510,10 +512,10 @@ def _head_field(data: bytes, end: int) -> _Place | None:
     return place if place in _TEXT_PLACE_SET else None
 
 
-def _tail_spans(event: AuditEvent, data: bytes, head_end: int) -> dict[str, tuple[int, int]]:
+def _tail_spans(event: AuditEvent, data: bytes, head_end: int) -> list[tuple[str, int, int]]:
     """The spans in `data` of the values of changes, metadata, presentation's code and
-    params, and source: measured from the event's end and from the head's."""
-    spans: dict[str, tuple[int, int]] = {}
+    params, and source, by name: measured from the event's end and from the head's."""
+    spans: list[tuple[str, int, int]] = []
     end = len(data) - 1  # the event's closing brace
     if event.source is not None:
         # A string, last: no key of the event's layout after its own (cheaper than a length).
@@ -521,7 +523,7 @@ def _tail_spans(event: AuditEvent, data: bytes, head_end: int) -> dict[str, tupl
             start = data.rfind(_TAIL_KEYS["source"]) + len(_TAIL_KEYS["source"])
         else:
             start = end - len(_encoder.encode(event.source))
-        spans["source"] = (start, end)
+        spans.append(("source", start, end))
         end = start - len(_TAIL_KEYS["source"])
     presentation = event.presentation
     if presentation is not None:
@@ -532,20 +534,20 @@ def _tail_spans(event: AuditEvent, data: bytes, head_end: int) -> dict[str, tupl
         code = start + len(b'{"code":')
         if presentation.params:  # they follow the code, up to the closing brace
             code_end = code + len(_encoder.encode(presentation.code))
-            spans["params"] = (code_end + len(b',"params":'), end - 1)
+            spans.append(("params", code_end + len(b',"params":'), end - 1))
         else:
             code_end = end - 1
-        spans["presentation.code"] = (code, code_end)
+        spans.append(("presentation.code", code, code_end))
         end = start - len(_TAIL_KEYS["presentation"])
     at = head_end
     if event.changes is not None:
         at += len(_TAIL_KEYS["changes"])
         # Their length is needed only to tell where metadata starts.
         changes_end = end if event.metadata is None else at + len(_encoder.encode(event.changes))
-        spans["changes"] = (at, changes_end)
+        spans.append(("changes", at, changes_end))
         at = changes_end
     if event.metadata is not None:
-        spans["metadata"] = (at + len(_TAIL_KEYS["metadata"]), end)
+        spans.append(("metadata", at + len(_TAIL_KEYS["metadata"]), end))
     return spans
 
 

@@ -1136,8 +1136,13 @@ def _redact_rules(
         text = _PEM_RE.sub(REDACTED, text)
     if "://" in text:
         text = _redact_url_passwords(text)
-    # A name/value pair in text needs a pair value word (redacting only removes some).
-    pair_hint = ("," in text or "=" in text) and _has_pair_value_word(low)
+    # A name/value pair in text needs a quoted name and a pair value word (redacting only
+    # removes some).
+    pair_hint = (
+        ("," in text or "=" in text)
+        and ('"' in text or "'" in text)
+        and _has_pair_value_word(low)
+    )
     if pair_hint:
         # Before the key rule, which may redact the name ("Key": "api_token") first.
         text = _redact_value_before_name(text, extra_keys)
@@ -1150,7 +1155,8 @@ def _redact_rules(
         text = _ENCODED_PAIR_RE.sub(lambda m: _redact_encoded_pair(m, extra_keys), text)
     if "bearer" in low or "basic" in low:
         text = _BARE_AUTH_RE.sub(_redact_bare_auth, text)
-    text = _redact_text_pairs(text, extra_keys, pair_hint)
+    if "-" in text or "," in text or pair_hint or "<" in text or "\n" in text or "\\" in text:
+        text = _redact_text_pairs(text, extra_keys, pair_hint)
     if "%" in text and _decoded < _DECODE_MAX:
         text = _RUN_RE.sub(lambda m: _redact_encoded_run(m, extra_keys, _decoded), text)
     if cards and len(text) >= _CARD_MIN_CHARS and _CARD_QUICK_RE.search(text) is not None:
@@ -1171,7 +1177,8 @@ def _redact_spans(text: str, spans: list[tuple[int, int]]) -> str:
 
 def _redact_text_pairs(text: str, extra_keys: frozenset[str], pair_hint: bool) -> str:
     """Pairs whose name and value stand apart: flags, quoted pairs, XML, YAML lists
-    (`pair_hint`: the text holds a pair value word, see _has_pair_value_word)."""
+    (`pair_hint`: the text holds a pair value word, see _has_pair_value_word). Each needs
+    one of "-", ",", "<", a line break (maybe escaped) or the hint."""
     # A flag starts the text or follows a blank (`in` tests: no generator, no regex scan).
     if "-" in text and (
         text.startswith("-") or " -" in text or "\t-" in text or "\n-" in text or "\r-" in text
