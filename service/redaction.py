@@ -1129,9 +1129,7 @@ def _redact_rules(
         # Which "old"/"new" belong to it is unknowable in broken JSON, so every one goes.
         extra_keys = extra_keys | _DIFF_VALUE_KEY_SET
     # Each rule below runs only when what it needs is in the text (cheap `in` tests).
-    spans = token_spans(text, low)
-    if spans:
-        text = _redact_spans(text, spans)
+    text = _redact_tokens(text, low)
     if "-----" in text:
         text = _PEM_RE.sub(REDACTED, text)
     if "://" in text:
@@ -1164,8 +1162,11 @@ def _redact_rules(
     return original if text == original else text
 
 
-def _redact_spans(text: str, spans: list[tuple[int, int]]) -> str:
-    """Replace each span of text (in order, apart) by the redaction marker."""
+def _redact_tokens(text: str, low: str) -> str:
+    """Replace every credential a token rule of the rule data finds (`low`: text.lower())."""
+    spans = token_spans(text, low)
+    if not spans:
+        return text
     out: list[str] = []
     pos = 0
     for start, end in spans:
