@@ -1137,9 +1137,7 @@ def _redact_rules(
     # A name/value pair in text needs a quoted name and a pair value word (redacting only
     # removes some).
     pair_hint = (
-        ("," in text or "=" in text)
-        and ('"' in text or "'" in text)
-        and _has_pair_value_word(low)
+        ("," in text or "=" in text) and ('"' in text or "'" in text) and _has_pair_value_word(low)
     )
     if pair_hint:
         # Before the key rule, which may redact the name ("Key": "api_token") first.
