@@ -675,7 +675,28 @@ async def test_planted_secrets_are_found_nowhere(
 
         await wait_for(settled)
 
-    outputs |= await _task_views(api, tokens, "done")
+    outputs |= await _kept_and_shown(api, tokens, pg, redis, stack, caplog)
+    assert "[AuditLog] Failed to queue audit event:" in outputs["logs"]
+    # The shapes really were stored and shown (not dropped): the kept descriptor is there.
+    assert '"token_count":12' in outputs["export jsonl"].replace(" ", "")
+
+    leaks = [leak for where, text in outputs.items() for leak in planted.found_in(where, text)]
+    print(f"\nred team: planted {len(planted.cores)}, found {len(leaks)}")
+    assert len(planted.cores) >= 60
+    assert not leaks, leaks
+
+
+async def _kept_and_shown(
+    api: TestClient[Any, Any],
+    tokens: Tokens,
+    pg: asyncpg.Connection,
+    redis: aioredis.Redis,
+    stack: Settings,
+    caplog: pytest.LogCaptureFixture,
+) -> dict[str, str]:
+    """Every place the worker's run left data in or shows it, once it settled: task views,
+    the admin API's answers, every row and key, the data directory's files, the logs."""
+    outputs = await _task_views(api, tokens, "done")
     outputs |= await _api_answers(api, tokens)
     outputs["PostgreSQL (every column of every row)"] = await database_as_text(pg)
     outputs["Redis (every key)"] = await redis_as_text(redis)
@@ -688,14 +709,7 @@ async def test_planted_secrets_are_found_nowhere(
         # aiohttp's access log is on in the test server only (off in `auditq api`).
         if record.name != "aiohttp.access"
     )
-    assert "[AuditLog] Failed to queue audit event:" in outputs["logs"]
-    # The shapes really were stored and shown (not dropped): the kept descriptor is there.
-    assert '"token_count":12' in outputs["export jsonl"].replace(" ", "")
-
-    leaks = [leak for where, text in outputs.items() for leak in planted.found_in(where, text)]
-    print(f"\nred team: planted {len(planted.cores)}, found {len(leaks)}")
-    assert len(planted.cores) >= 60
-    assert not leaks, leaks
+    return outputs
 
 
 async def _task_views(api: TestClient[Any, Any], tokens: Tokens, label: str) -> dict[str, str]:
@@ -1320,18 +1334,7 @@ async def test_secrets_spelled_with_escapes_are_found_nowhere(
 
         await wait_for(settled)
 
-    outputs |= await _task_views(api, tokens, "done")
-    outputs |= await _api_answers(api, tokens)
-    outputs["PostgreSQL (every column of every row)"] = await database_as_text(pg)
-    outputs["Redis (every key)"] = await redis_as_text(redis)
-    outputs["files of the data directory"] = "\n".join(
-        p.read_bytes().decode(errors="replace") for p in stack.data_dir.rglob("*") if p.is_file()
-    )
-    outputs["logs"] = "\n".join(
-        f"{record.name} {record.getMessage()} {record.__dict__!r}"
-        for record in caplog.records
-        if record.name != "aiohttp.access"
-    )
+    outputs |= await _kept_and_shown(api, tokens, pg, redis, stack, caplog)
     assert "[AuditLog] Failed to queue audit event:" in outputs["logs"]
     # The events really were stored and shown: every variant's action is in the export.
     for variant, _, _ in escapes:
