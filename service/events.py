@@ -504,11 +504,13 @@ def _head_field(data: bytes, end: int) -> _Place | None:
             break
     else:
         return None
-    part = _HEAD_KEYS[name]
-    if part == "":
-        opened = max((data.rfind(key, 0, quote), struct) for key, struct in _STRUCT_KEYS)
-        part = opened[1] if opened[0] >= 0 else None  # none opened: the event's own id
-    place = (part, name.decode())
+    place = _HEAD_PLACES.get(name)
+    if place is not None:
+        return place
+    if _HEAD_KEYS[name] != "":
+        return None  # a key of no text field
+    opened = max((data.rfind(key, 0, quote), struct) for key, struct in _STRUCT_KEYS)
+    place = (opened[1] if opened[0] >= 0 else None, name.decode())  # none opened: the event's
     return place if place in _TEXT_PLACE_SET else None
 
 
@@ -562,6 +564,12 @@ _TEXT_PLACES: tuple[_Place, ...] = (
     (None, "source"),
 )
 _TEXT_PLACE_SET = frozenset(_TEXT_PLACES)
+# The text field of each key of _HEAD_KEYS whose struct is known.
+_HEAD_PLACES: dict[bytes, _Place] = {
+    name: (part, name.decode())
+    for name, part in _HEAD_KEYS.items()
+    if part != "" and (part, name.decode()) in _TEXT_PLACE_SET
+}
 _TAIL_PLACES: dict[str, _Place] = {
     "presentation.code": ("presentation", "code"),
     "source": (None, "source"),

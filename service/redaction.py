@@ -1099,7 +1099,8 @@ def redact_matched(
 ) -> str:
     """redact_sensitive_in_string of text a pre-check let through already (the rules alone:
     a rule finds nothing the pre-check would have let go)."""
-    return _redact_rules(text, _lower(text), extra_keys, cards, 0)
+    low = text.lower() if text.isascii() else _lower(text)
+    return _redact_rules(text, low, extra_keys, cards, 0)
 
 
 def redact_strings(
