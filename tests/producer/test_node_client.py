@@ -51,6 +51,16 @@ def npm() -> str:
     return found
 
 
+@pytest.fixture(scope="module")
+def built() -> str:
+    """npm, with dist/ built once for the module's tests: `npm run build` of the same sources
+    gives the same dist/ (each test building it again took seconds and proved nothing more).
+    The packed package of the Express test still builds through its own `prepack`."""
+    npm_path = npm()
+    subprocess.run([npm_path, "run", "build"], cwd=NODE_DIR, check=True, capture_output=True)
+    return npm_path
+
+
 async def stored_rows(settings: Settings, database_url: str, ids: list[str]) -> dict[str, Any]:
     """Run the worker until every id is stored; return the rows by id."""
 
@@ -76,9 +86,8 @@ async def stored_rows(settings: Settings, database_url: str, ids: list[str]) -> 
 
 
 async def test_the_node_client_suite_passes_and_its_events_are_stored(
-    settings: Settings, database_url: str, redis: aioredis.Redis, tmp_path: Path
+    settings: Settings, database_url: str, redis: aioredis.Redis, tmp_path: Path, built: str
 ) -> None:
-    npm_path = npm()
     await load_functions(redis)  # as `auditq migrate` and every worker do: FCALL works
     report = tmp_path / "stored.jsonl"
     assert settings.redis_url
@@ -88,9 +97,11 @@ async def test_the_node_client_suite_passes_and_its_events_are_stored(
         "AUDITQ_TEST_QUEUE": settings.queue,
         "AUDITQ_TEST_REPORT": str(report),
     }
+    # `npm test` is `npm run build && node --test test/`: the module's build, then its tests.
     proc = await asyncio.create_subprocess_exec(
-        npm_path,
-        "test",
+        "node",
+        "--test",
+        "test/",
         cwd=NODE_DIR,
         env=env,
         stdout=asyncio.subprocess.PIPE,
@@ -300,15 +311,13 @@ console.log(JSON.stringify([sensitive, texted, redacted, flagged, lines]));
 """
 
 
-def test_the_node_client_redacts_as_the_python_side_does(tmp_path: Path) -> None:
+def test_the_node_client_redacts_as_the_python_side_does(tmp_path: Path, built: str) -> None:
     from service.producer.failures import FAILURE_PREFIX, failure_payload
     from service.redaction import is_sensitive_key, redact_sensitive, redact_sensitive_in_string
 
     # The issue-26 shapes too (below): pairs, flags, encoded runs; and what no rule touches.
     texts = [*SAME_TEXTS, *PLANTED_TEXTS, *(c for c in PLANTED_CLEAN if isinstance(c, str))]
     values = [*SAME_VALUES, *PLANTED_VALUES, *(c for c in PLANTED_CLEAN if not isinstance(c, str))]
-    npm_path = npm()
-    subprocess.run([npm_path, "run", "build"], cwd=NODE_DIR, check=True, capture_output=True)
     done = subprocess.run(
         [
             "node",
@@ -471,7 +480,7 @@ def planted_events() -> list[dict[str, Any]]:
 
 
 async def test_node_redacts_pairs_flags_and_encoded_runs_as_python_does_before_redis(
-    settings: Settings, redis: aioredis.Redis
+    settings: Settings, redis: aioredis.Redis, built: str
 ) -> None:
     """Attack (issue 26): the Node client had the key, token and card rules only, so a
     secret in a header list, a name/value pair, an XML element, a YAML list, after a
@@ -483,10 +492,6 @@ async def test_node_redacts_pairs_flags_and_encoded_runs_as_python_does_before_r
     from service.events import AuditEvent, finalize
     from service.producer.failures import FAILURE_PREFIX, failure_payload
 
-    npm_path = npm()
-    await asyncio.to_thread(
-        subprocess.run, [npm_path, "run", "build"], cwd=NODE_DIR, check=True, capture_output=True
-    )
     await load_functions(redis)
     events = planted_events()
     assert settings.redis_url
