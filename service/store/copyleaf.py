@@ -25,7 +25,7 @@ from service.integrity.canonical import ROW_COLUMNS
 from service.integrity.logverify import Mismatch, compare_hashes, compare_rows
 from service.integrity.merkle import leaf_hash
 from service.store.db import Conn
-from service.store.leaves import LEAF_COLUMNS, row_leaf_data, rows_by_seq_ranges
+from service.store.leaves import LEAF_ROWS, row_leaf_data, rows_by_seq_ranges
 from service.store.verify_reads import ROWS_TEXT_TIMES, int8_ranges
 
 _copyleaf: ModuleType | None
@@ -91,11 +91,6 @@ async def hash_rows(conn: Conn, row_seqs: str) -> tuple[list[int], bytes, list[i
     return seqs, hashes, unsure
 
 
-# The Python path's read of the sealer's rows (times as datetimes: its connections keep their
-# own DateStyle).
-_ROWS = rows_by_seq_ranges(LEAF_COLUMNS)
-
-
 async def leaf_hashes(conn: Conn, row_seqs: str) -> tuple[list[int], list[bytes]]:
     """The sealer's leaves: the seqs of the rows of `row_seqs`, in seq order, and their leaf
     hashes. The C writes those it is sure of, the Python path the others (a row is read
@@ -112,7 +107,7 @@ async def leaf_hashes(conn: Conn, row_seqs: str) -> tuple[list[int], list[bytes]
         return await _python_leaf_hashes(conn, row_seqs)
     hashes = [blob[i : i + HB] for i in range(0, len(blob), HB)]
     again = "{" + ",".join(f"[{seqs[i]},{seqs[i] + 1})" for i in unsure) + "}"
-    by_seq = {r[0]: r for r in await conn.fetch(_ROWS, again, timeout=None)}
+    by_seq = {r[0]: r for r in await conn.fetch(LEAF_ROWS, again, timeout=None)}
     for i in unsure:
         row = by_seq.get(seqs[i])
         if row is None:  # gone between the two reads: only a change of the past does that
@@ -122,7 +117,7 @@ async def leaf_hashes(conn: Conn, row_seqs: str) -> tuple[list[int], list[bytes]
 
 
 async def _python_leaf_hashes(conn: Conn, row_seqs: str) -> tuple[list[int], list[bytes]]:
-    rows = await conn.fetch(_ROWS, row_seqs, timeout=None)
+    rows = await conn.fetch(LEAF_ROWS, row_seqs, timeout=None)
     return [r[0] for r in rows], [leaf_hash(row_leaf_data(r)) for r in rows]
 
 

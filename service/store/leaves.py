@@ -61,6 +61,10 @@ CROSS JOIN LATERAL (
 """
 
 
+# The leaf columns of the rows of an int8multirange of seqs ($1, as text), in seq order: the
+# sealer's read of new rows, and of the rows the compiled path leaves to Python.
+LEAF_ROWS = rows_by_seq_ranges(LEAF_COLUMNS)
+
 _JSON_COLUMNS = ("changes", "metadata", "presentation")
 
 

@@ -19,7 +19,7 @@ from service.integrity.logverify import action_json
 from service.integrity.sealstate import SealingStopped
 from service.store import copyleaf, tlog
 from service.store.db import Conn
-from service.store.leaves import LEAF_COLUMNS, row_leaf_data, rows_by_seq_ranges
+from service.store.leaves import LEAF_COLUMNS, LEAF_ROWS, row_leaf_data
 from service.store.verify_reads import ACTION_RECORD
 
 SEAL_LOCK_KEY = 0x7365616C  # "seal": one sealer at a time across every worker
@@ -149,7 +149,7 @@ class LogConfig:
     origin: str | None = None  # None: auditq/<database name>
 
 
-NEW_ROWS = rows_by_seq_ranges(LEAF_COLUMNS)
+NEW_ROWS = LEAF_ROWS  # times as datetimes (the sealer's connections keep their DateStyle)
 NEW_ACTIONS = """
 SELECT s.* FROM unnest($1::text::int8multirange) AS r
 CROSS JOIN LATERAL (
