@@ -929,9 +929,11 @@ def _pair_roles(mapping: dict[object, object], extra_keys: frozenset[str]) -> tu
 # the mapping, whether it goes unless the mapping is a name/value pair (its key then holds
 # the pair's name: {"key": "http.method", "value": …}), its role in a pair, and whether the
 # pre-check lets the key's own text through (without card numbers, with them: a key can be
-# a credential itself, {"ghp_…": true}), and its last word.
-_KeyFacts = tuple[bool, bool, int, bool, bool, str]
+# a credential itself, {"ghp_…": true}), its last word, and whether it is sensitive at all
+# (either of the first two: its value goes in a mapping that is no pair and no diff).
+_KeyFacts = tuple[bool, bool, int, bool, bool, str, bool]
 _KEY_FACTS_SEEN: dict[str, _KeyFacts] = {}
+_NOT_A_KEY: _KeyFacts = (False, False, 0, False, False, "", False)  # a key that is no string
 
 
 @functools.lru_cache(maxsize=64)
@@ -939,7 +941,9 @@ def _key_facts_cache(extra_keys: frozenset[str]) -> dict[str, _KeyFacts]:
     return {}
 
 
-def _key_facts(key: str, extra_keys: frozenset[str], seen: dict[str, _KeyFacts]) -> _KeyFacts:
+def _key_facts(key: object, extra_keys: frozenset[str], seen: dict[str, _KeyFacts]) -> _KeyFacts:
+    if not isinstance(key, str):
+        return _NOT_A_KEY
     sensitive = is_sensitive_key(key, extra_keys)
     role = _pair_role(key)
     names_only = (
@@ -954,6 +958,7 @@ def _key_facts(key: str, extra_keys: frozenset[str], seen: dict[str, _KeyFacts])
         _may_hold(key, low, extra_keys, False),
         _may_hold(key, low, extra_keys, True),
         words[-1] if words else "",
+        sensitive,
     )
     if len(key) <= _CACHED_KEY_MAX_CHARS:
         if len(seen) >= _KEYS_REMEMBERED:
@@ -965,40 +970,32 @@ def _key_facts(key: str, extra_keys: frozenset[str], seen: dict[str, _KeyFacts])
 def _redact_mapping(
     mapping: dict[object, object], extra_keys: frozenset[str], depth: int, cards: bool
 ) -> dict[object, object]:
-    """Redact values under sensitive keys and recurse into the rest."""
+    """Redact values under sensitive keys and recurse into the rest: the mapping itself when
+    nothing changed, else a copy made at the first change (most values stay as they are)."""
     field = mapping.get(_DIFF_FIELD_KEY)
     # A change diff names the secret in "field" and carries it under "old"/"new".
     secret_diff = isinstance(field, str) and is_sensitive_key(field, extra_keys)
     # A name/value pair names it in "name" (or "Key", "ParameterKey", …) and carries it in
     # "value" (or "Value", "tagValue", …).
     pair_shaped, secret_pair = _pair_roles(mapping, extra_keys)
-    seen = _key_facts_cache(extra_keys) if extra_keys else _KEY_FACTS_SEEN
+    plain = not (secret_diff or pair_shaped)  # a key's facts alone say whether its value goes
+    seen: dict[Any, _KeyFacts] = _key_facts_cache(extra_keys) if extra_keys else _KEY_FACTS_SEEN
     holds = 4 if cards else 3  # the facts' index: whether the key's text may hold a secret
-    out: dict[object, object] = {}
-    changed = False
+    out: dict[object, object] | None = None
+    renamed: dict[object, str] | None = None  # the keys whose own text was redacted
+    key: Any
     for key, item in mapping.items():
-        new_key = key
-        if isinstance(key, str):
-            facts = seen.get(key) or _key_facts(key, extra_keys, seen)
-            hidden = (
-                facts[0]
-                or (facts[1] and not pair_shaped)
-                or (secret_diff and key in _DIFF_VALUE_KEYS)
-                or (secret_pair and facts[2] == _VALUE)
-            )
-        else:
-            facts, hidden = None, False
-        if hidden:
+        facts = seen.get(key) or _key_facts(key, extra_keys, seen)
+        if facts[6] if plain else _hidden(key, facts, pair_shaped, secret_diff, secret_pair):
             new: object = item if item == REDACTED else REDACTED  # redacted already: kept
+            # Sensitive only read as ASCII (`toKen`): its text is read as any key's.
             if (
-                facts is not None
-                and facts[holds]
-                and isinstance(key, str)
+                facts[holds]
                 and not key.isascii()
                 and not _is_sensitive_key_as_read(key, extra_keys, True)
             ):
-                # Sensitive only read as ASCII (`toKen`): its text is read as any key's.
-                new_key = redact_sensitive_in_string(key, extra_keys, cards=cards)
+                renamed = renamed or {}
+                renamed[key] = redact_sensitive_in_string(key, extra_keys, cards=cards)
         else:
             # _redact's first cases, without its call.
             if isinstance(item, str):
@@ -1009,11 +1006,29 @@ def _redact_mapping(
                 new = item
             else:
                 new = _redact(item, extra_keys, depth + 1, cards)
-            if facts is not None and facts[holds] and isinstance(key, str):
-                new_key = redact_sensitive_in_string(key, extra_keys, cards=cards)
-        changed = changed or new is not item or new_key is not key
-        out[new_key] = new
-    return out if changed else mapping
+            if facts[holds]:
+                renamed = renamed or {}
+                renamed[key] = redact_sensitive_in_string(key, extra_keys, cards=cards)
+        if new is not item:
+            if out is None:
+                out = dict(mapping)
+            out[key] = new
+    if renamed and any(new is not key for key, new in renamed.items()):
+        # Each key in its place, as redacted (two that read the same: the later's value).
+        return {renamed.get(key, key): item for key, item in (out or mapping).items()}
+    return mapping if out is None else out
+
+
+def _hidden(
+    key: object, facts: _KeyFacts, pair_shaped: bool, secret_diff: bool, secret_pair: bool
+) -> bool:
+    """Whether a key's value goes in a mapping that may be a name/value pair or a diff."""
+    return (
+        facts[0]
+        or (facts[1] and not pair_shaped)
+        or (secret_diff and key in _DIFF_VALUE_KEYS)
+        or (secret_pair and facts[2] == _VALUE)
+    )
 
 
 def redact_sensitive_in_string(
