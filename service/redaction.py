@@ -1078,8 +1078,18 @@ def _redact_escaped(
     """`out` (text redacted); or, when the rules over text unescaped take away runs of
     letters and digits that `out` kept, `out` unescaped with those runs redacted too (what
     either reading took away is gone). `levels` of escapes are read."""
-    view, shown = text, out
-    for level in range(levels):
+    return _escape_reading(text, out, extra_keys, cards, levels)[0]
+
+
+def _escape_reading(
+    text: str, out: str, extra_keys: frozenset[str], cards: bool, levels: int
+) -> tuple[str, set[str]]:
+    """_redact_escaped's answer, and the runs of letters and digits it took away (none:
+    `out` as it is). Level by level: a level whose rules take runs away has them redacted,
+    and the reading goes on from there, as deeper escapes may hide more."""
+    view, shown, kept = text, out, out
+    taken_all: set[str] = set()
+    for _ in range(levels):
         unescaped = _ESCAPE_RE.sub(_unescape_one, view)
         if unescaped == view:
             break
@@ -1088,10 +1098,48 @@ def _redact_escaped(
         taken = set(_RUN_OF_ALNUM_RE.findall(shown)) - set(_RUN_OF_ALNUM_RE.findall(redacted))
         taken -= _REDACTED_RUNS
         if taken:
-            both = _RUN_OF_ALNUM_RE.sub(functools.partial(_redact_run, taken), shown)
-            # Read on from here: deeper escapes may hide more.
-            return _redact_escaped(view, both, extra_keys, cards, levels - level - 1)
-    return out
+            shown = _RUN_OF_ALNUM_RE.sub(functools.partial(_redact_run, taken), shown)
+            kept = shown
+            taken_all |= taken
+    return kept, taken_all
+
+
+def redact_escapes(value: object, extra_keys: frozenset[str] = frozenset()) -> object:
+    """JSON-like data the rules redacted already, with what the escapes of its strings spell
+    read too (the value itself when that takes nothing away). For decoded events whose
+    strings hold escapes as written (`{"to\\u212aen": "…"}`: JSON written by hand inside
+    a string): a run the reading takes away is redacted where it stands as written; when
+    one is spelled with an escape itself, the string is kept as _redact_escaped keeps
+    undecoded text (unescaped, redacted). Cards are looked for: an escape can hide one."""
+    return _redact_escapes(value, extra_keys, 0)
+
+
+def _redact_escapes(value: object, extra_keys: frozenset[str], depth: int) -> object:
+    if isinstance(value, str):
+        return redact_escapes_as_written(value, extra_keys) if "\\" in value else value
+    if depth >= MAX_DEPTH:
+        return value  # the rules replaced anything deeper
+    if isinstance(value, dict):
+        out = {key: _redact_escapes(item, extra_keys, depth + 1) for key, item in value.items()}
+        changed = any(out[key] is not item for key, item in value.items())
+        return out if changed else value
+    if isinstance(value, _SEQUENCES):
+        items = [_redact_escapes(item, extra_keys, depth + 1) for item in value]
+        if all(new is old for new, old in zip(items, value, strict=True)):
+            return value
+        return tuple(items) if isinstance(value, tuple) else items
+    return value
+
+
+def redact_escapes_as_written(text: str, extra_keys: frozenset[str] = frozenset()) -> str:
+    """redact_escapes of one string (text the rules redacted already)."""
+    shown, taken = _escape_reading(text, text, extra_keys, True, _UNESCAPE_MAX)
+    if not taken:
+        return text
+    written = _RUN_OF_ALNUM_RE.sub(functools.partial(_redact_run, taken), text)
+    if written != text and not _escape_reading(written, written, extra_keys, True, _UNESCAPE_MAX)[1]:
+        return written
+    return shown
 
 
 def redact_matched(
@@ -1132,7 +1180,11 @@ def _redact_rules(
     # Each rule below runs only when what it needs is in the text (cheap `in` tests).
     text = _redact_tokens(text, low)
     if "-----" in text:
-        text = _PEM_RE.sub(REDACTED, text)
+        pem = _PEM_RE.sub(REDACTED, text)
+        # A card number glued to an END line (`-----END … KEY-----3782…`) follows a dash: the
+        # pre-check saw no card, the redaction now shows one.
+        cards = cards or pem is not text
+        text = pem
     if "://" in text:
         text = _redact_url_passwords(text)
     # A name/value pair in text needs a quoted name and a pair value word (redacting only
@@ -1218,8 +1270,13 @@ _URL_MARK_RE = re.compile(r"[@/?#\s\"'<>]")  # what ends a password, or its run
 # shorter run could be followed by a separator), which halves the scan. A backslash may stand
 # before the separator (`DB_PASSWORD\=…` in a shell or a .properties file), and a second
 # quote after the key's (`"\"password\"": …`, a key that holds its own quotes). Symbols
-# (arrows, dingbats, emoji, their joiners) stand apart like blanks (`🔒password🔒: …`).
-_KEY_GAP = "[ \t\u2190-\u2bff\ufe0f\u200d\U0001f000-\U0001faff]"
+# (arrows, dingbats, emoji, their joiners, "*") stand apart like blanks (`🔒password🔒: …`,
+# `password*: …`), and so do the notes forms and docs put after a name: a few words in
+# brackets, a number after "#" (`password (new): …`, `password [required]: …`, `token #1: …`).
+# Only before the separator: `see password (new) policy` holds no pair.
+_KEY_SYMBOL = "[ \t\u2190-\u2bff\ufe0f\u200d\U0001f000-\U0001faff*]"
+_KEY_NOTE_WORDS = r"[\w ]{1,20}"
+_KEY_GAP = rf"(?:{_KEY_SYMBOL}|\({_KEY_NOTE_WORDS}\)|\[{_KEY_NOTE_WORDS}\]|#\d{{1,4}})"
 _KEY_RE = re.compile(
     r"(?<![\w.-])(?P<key>[\w.-]++)(?P<kq>\\?[\"'](?:\\?[\"'])?)?"
     + _KEY_GAP
@@ -1227,8 +1284,11 @@ _KEY_RE = re.compile(
 )
 # _KEY_RE's matches, found from each separator back (_key_matches): the same expression,
 # reversed, read on the reversed text after the separator.
+_KEY_GAP_BACK = (
+    rf"(?:{_KEY_SYMBOL}|\){_KEY_NOTE_WORDS}\(|\]{_KEY_NOTE_WORDS}\[|\d{{1,4}}#)"
+)
 _KEY_BEFORE_RE = re.compile(
-    r"\\?" + _KEY_GAP + r"*+(?P<qk>[\"']\\?(?:[\"']\\?)?)?(?P<yek>[\w.-]++)"
+    r"\\?" + _KEY_GAP_BACK + r"*+(?P<qk>[\"']\\?(?:[\"']\\?)?)?(?P<yek>[\w.-]++)"
 )
 _BLANKS_RE = re.compile(r"[ \t]*")
 _BLANKS = (" ", "\t")
