@@ -283,9 +283,11 @@ STEMS: tuple[str, ...] = (
         if not any(stem in word for stem in _HAND_STEMS)
     ),
 )
-# A card number: 13 to 19 digits, maybe in groups (4-4-4-4, 4-6-5), starting with 2-6.
+# A card number: 13 to 19 digits, maybe in groups (4-4-4-4, 4-6-5), starting with 2-6; not
+# after a letter, a digit or a dash, but after a PEM line's five dashes (`KEY-----3782…`).
 _CARD_RE = re.compile(
-    r"(?<![\w-])(?<!\d\.)(?P<card>[2-6]\d{12,18}|[2-6]\d{3}(?P<sep>[ -])\d{4}(?P=sep)\d{4}"
+    r"(?:(?<![\w-])|(?<=-----))(?<!\d\.)"
+    r"(?P<card>[2-6]\d{12,18}|[2-6]\d{3}(?P<sep>[ -])\d{4}(?P=sep)\d{4}"
     r"(?P=sep)\d{1,7}|3\d{3}(?P<sep2>[ -])\d{6}(?P=sep2)\d{4,5})(?![\w-]|\.\d)"
 )
 
@@ -1137,7 +1139,10 @@ def redact_escapes_as_written(text: str, extra_keys: frozenset[str] = frozenset(
     if not taken:
         return text
     written = _RUN_OF_ALNUM_RE.sub(functools.partial(_redact_run, taken), text)
-    if written != text and not _escape_reading(written, written, extra_keys, True, _UNESCAPE_MAX)[1]:
+    if (
+        written != text
+        and not _escape_reading(written, written, extra_keys, True, _UNESCAPE_MAX)[1]
+    ):
         return written
     return shown
 
@@ -1180,11 +1185,10 @@ def _redact_rules(
     # Each rule below runs only when what it needs is in the text (cheap `in` tests).
     text = _redact_tokens(text, low)
     if "-----" in text:
-        pem = _PEM_RE.sub(REDACTED, text)
-        # A card number glued to an END line (`-----END … KEY-----3782…`) follows a dash: the
-        # pre-check saw no card, the redaction now shows one.
-        cards = cards or pem is not text
-        text = pem
+        text = _PEM_RE.sub(REDACTED, text)
+        # A card number glued to a PEM line (`-----END … KEY-----3782…`) follows a dash, where
+        # the pre-check looks for none: the card rule runs.
+        cards = True
     if "://" in text:
         text = _redact_url_passwords(text)
     # A name/value pair in text needs a quoted name and a pair value word (redacting only
@@ -1284,9 +1288,7 @@ _KEY_RE = re.compile(
 )
 # _KEY_RE's matches, found from each separator back (_key_matches): the same expression,
 # reversed, read on the reversed text after the separator.
-_KEY_GAP_BACK = (
-    rf"(?:{_KEY_SYMBOL}|\){_KEY_NOTE_WORDS}\(|\]{_KEY_NOTE_WORDS}\[|\d{{1,4}}#)"
-)
+_KEY_GAP_BACK = rf"(?:{_KEY_SYMBOL}|\){_KEY_NOTE_WORDS}\(|\]{_KEY_NOTE_WORDS}\[|\d{{1,4}}#)"
 _KEY_BEFORE_RE = re.compile(
     r"\\?" + _KEY_GAP_BACK + r"*+(?P<qk>[\"']\\?(?:[\"']\\?)?)?(?P<yek>[\w.-]++)"
 )

@@ -1092,7 +1092,6 @@ def test_without_hyperscan_a_secret_beside_an_escape_is_redacted_too(
         assert "s3cr3tVALUE42x" not in str(read(done)), read(done)
 
 
-
 # Escapes as written inside a string value: a name spelled with `\u…` in JSON that a producer
 # wrote by hand into one field (the string holds the backslash).
 _WRITTEN_ESCAPES = [
@@ -1100,10 +1099,9 @@ _WRITTEN_ESCAPES = [
     '{"pass\\u0077ord": "S3cretValue42x"}',
     '{"SESS\\u0130ON_ID": "S3cretValue42x"}',
     '{"api\\u005fkey": "S3cretValue42x"}',
-    'retry with pass\\u0077ord=S3cretValue42x',
+    "retry with pass\\u0077ord=S3cretValue42x",
     '{"to\\u212aen": "S3cret\\u0056alue42x"}',  # the secret spelled with an escape too
 ]
-
 
 
 def _texts_of(value: object) -> list[str]:
@@ -1320,6 +1318,11 @@ ESCAPES_THIRD: EscapeSet = [
 _CARD_VARIANTS = frozenset({"card glued to a pem end line"})
 
 
+def _secret(planted: Planted, name: str, variant: str) -> str:
+    """A new secret for a spelling of `variant`: a card number where it holds one."""
+    return _card(planted, name, "37", 15) if variant in _CARD_VARIANTS else planted.core(name)
+
+
 def _escape_events(planted: Planted, tag: str, escapes: EscapeSet, complete: bool) -> list[str]:
     """One event (wire JSON, by hand) per spelling: a text spelling in every text field and
     part, each with its own secret; a key spelling in metadata (nested too), presentation
@@ -1331,10 +1334,7 @@ def _escape_events(planted: Planted, tag: str, escapes: EscapeSet, complete: boo
         for n, spelling in enumerate(texts + keys):
 
             def core(where: str, n: int = n, variant: str = variant) -> str:
-                name = f"{tag}: {variant} #{n}: {where}"
-                if variant in _CARD_VARIANTS:
-                    return _card(planted, name, "37", 15)
-                return planted.core(name)
+                return _secret(planted, f"{tag}: {variant} #{n}: {where}", variant)
 
             if n < len(texts):
                 t = {w: spelling % core(w) for w in ("tenant", "source", "actor", "entity")}
@@ -1419,8 +1419,9 @@ async def test_secrets_spelled_with_escapes_are_found_nowhere(
     # 2. HTTP ingest, the body as written; rejected events whose errors would quote values.
     http_events = _escape_events(planted, "http", escapes, complete=False)
     rejected = [
-        '{"action":"escape.bad","severity":"%s"}' % (text % planted.core(f"http rejected {n}"))
-        for n, text in enumerate(spelling for _, texts, _ in escapes for spelling in texts)
+        '{"action":"escape.bad","severity":"%s"}'
+        % (text % _secret(planted, f"http rejected {n}", v))
+        for n, (v, text) in enumerate((v, t) for v, texts, _ in escapes for t in texts)
     ]
     body = ('{"events":[' + ",".join(http_events + rejected) + "]}").encode()
     headers = tokens.ingest | {"Content-Type": "application/json"}
@@ -1445,9 +1446,9 @@ async def test_secrets_spelled_with_escapes_are_found_nowhere(
         assert await client.capture(event) is not None
     for event in client_events[len(client_events) // 2 :]:
         client.capture_nowait(event)
-    for n, text in enumerate(spelling for _, texts, _ in escapes for spelling in texts):
+    for n, (v, text) in enumerate((v, t) for v, texts, _ in escapes for t in texts):
         decoded = msgspec.json.decode(('"' + text + '"').encode(), type=str)
-        entity = Entity(type="t", id=decoded % planted.core(f"failed capture {n}"))
+        entity = Entity(type="t", id=decoded % _secret(planted, f"failed capture {n}", v))
         assert await client.capture(AuditEvent(action="Not An Action", entity=entity)) is None
         sent.append(entity.id)
     await client.aclose()
