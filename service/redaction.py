@@ -1280,7 +1280,9 @@ _URL_MARK_RE = re.compile(r"[@/?#\s\"'<>]")  # what ends a password, or its run
 # Only before the separator: `see password (new) policy` holds no pair.
 _KEY_SYMBOL = "[ \t\u2190-\u2bff\ufe0f\u200d\U0001f000-\U0001faff*]"
 _KEY_NOTE_WORDS = r"[\w ]{1,20}"
-_KEY_GAP = rf"(?:{_KEY_SYMBOL}|\({_KEY_NOTE_WORDS}\)|\[{_KEY_NOTE_WORDS}\]|#\d{{1,4}})"
+# ("[REDACTED]" is no note: a value redacted before a colon names nothing.)
+_KEY_NOTE = rf"\({_KEY_NOTE_WORDS}\)|\[(?!REDACTED\]){_KEY_NOTE_WORDS}\]|#\d{{1,4}}"
+_KEY_GAP = rf"(?:{_KEY_SYMBOL}|{_KEY_NOTE})"
 _KEY_RE = re.compile(
     r"(?<![\w.-])(?P<key>[\w.-]++)(?P<kq>\\?[\"'](?:\\?[\"'])?)?"
     + _KEY_GAP
@@ -1288,7 +1290,8 @@ _KEY_RE = re.compile(
 )
 # _KEY_RE's matches, found from each separator back (_key_matches): the same expression,
 # reversed, read on the reversed text after the separator.
-_KEY_GAP_BACK = rf"(?:{_KEY_SYMBOL}|\){_KEY_NOTE_WORDS}\(|\]{_KEY_NOTE_WORDS}\[|\d{{1,4}}#)"
+_KEY_NOTE_BACK = rf"\){_KEY_NOTE_WORDS}\(|\](?!DETCADER\[){_KEY_NOTE_WORDS}\[|\d{{1,4}}#"
+_KEY_GAP_BACK = rf"(?:{_KEY_SYMBOL}|{_KEY_NOTE_BACK})"
 _KEY_BEFORE_RE = re.compile(
     r"\\?" + _KEY_GAP_BACK + r"*+(?P<qk>[\"']\\?(?:[\"']\\?)?)?(?P<yek>[\w.-]++)"
 )

@@ -230,6 +230,9 @@ def _fixed_texts() -> list[str]:
 _READ_ANEW_RE = re.compile(
     "\\\\|[\u212a\u0130\u0131]|[\"'][\"'][ \t]*[:=]"
     "|[\u2190-\u2bff\ufe0f\u200d\U0001f000-\U0001faff]"
+    # A note between a name and its separator (`password*: …`, `password (new): …`, `token
+    # #1: …`), a PEM line (a card glued to its dashes).
+    "|[*)\\]][ \t]*[:=]|#[0-9]|-----"
 )
 
 

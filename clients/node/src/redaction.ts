@@ -390,7 +390,7 @@ const URL_PORT_RE = u(String.raw`\p{Nd}*[\/?#]`, "y");
 // `password*: …`), and so do a few words in brackets and a number after "#" (`password (new):
 // …`, `password [required]: …`, `token #1: …`), before the separator only.
 const KEY_NOTE_WORDS = String.raw`[${W} ]{1,20}`;
-const KEY_GAP = String.raw`(?:[ \t\u2190-\u2bff\ufe0f\u200d\u{1f000}-\u{1faff}*]|\(${KEY_NOTE_WORDS}\)|\[${KEY_NOTE_WORDS}\]|#\p{Nd}{1,4})`;
+const KEY_GAP = String.raw`(?:[ \t\u2190-\u2bff\ufe0f\u200d\u{1f000}-\u{1faff}*]|\(${KEY_NOTE_WORDS}\)|\[(?!REDACTED\])${KEY_NOTE_WORDS}\]|#\p{Nd}{1,4})`;
 const KEY_RE = u(
   String.raw`(?<![${W}.\-])(?=(?<key>[${W}.\-]+))\k<key>(?<kq>\\?["'](?:\\?["'])?)?${KEY_GAP}*\\?(?<sep>[:=])[ \t]*`,
   "g",
