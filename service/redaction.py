@@ -189,7 +189,26 @@ def _key_cache(extra_keys: frozenset[str]) -> dict[str, bool]:
 
 
 def _is_sensitive_key(key: str, extra_keys: frozenset[str], final: bool = True) -> bool:
-    """The key rule; without `final`, a short final word alone (`key`, `sid`) does not count."""
+    """The key rule; without `final`, a short final word alone (`key`, `sid`) does not count.
+    A key that holds escapes as written (`to\\u212aen`: a key of JSON written by hand inside
+    a string, decoded) is read with them unescaped too, up to _UNESCAPE_MAX levels."""
+    if _is_sensitive_key_read(key, extra_keys, final):
+        return True
+    if "\\" not in key:
+        return False
+    view = key
+    for _ in range(_UNESCAPE_MAX):
+        unescaped = _ESCAPE_RE.sub(_unescape_one, view)
+        if unescaped == view:
+            return False
+        view = unescaped
+        if _is_sensitive_key_read(view, extra_keys, final):
+            return True
+    return False
+
+
+def _is_sensitive_key_read(key: str, extra_keys: frozenset[str], final: bool) -> bool:
+    """The key rule on a key as written, and with the letters of _AS_ASCII as ASCII."""
     if _is_sensitive_key_as_read(key, extra_keys, final):
         return True
     # Read again with the letters of _AS_ASCII as ASCII (`toKen`, `SESSİON_ID`): as read they

@@ -1145,6 +1145,21 @@ def test_escapes_written_in_presentation_params_and_a_change_are_read() -> None:
 
 
 @pytest.mark.parametrize(
+    "key", ["to\\u212aen", "SESS\\u0130ON_ID", "api\\u005fkey", "\\u0073ecret"]
+)
+def test_a_key_spelled_with_escapes_as_written_loses_its_value(key: str) -> None:
+    """A key of JSON written by hand, decoded: it holds the escape's backslash (`to\\u212aen`)."""
+    event = AuditEvent(
+        action="a.b",
+        metadata={key: "S3cretValue42x", "deep": [{key: "S3cretValue42x"}]},
+        changes=[Change(field=key, old="S3cretValue42x", new=None)],
+        presentation=Presentation(code="a.b", params={key: "S3cretValue42x"}),
+    )
+    assert b"S3cretValue42x" not in finalize(event)[1]
+    assert "S3cretValue42x" not in str(redact_event(event))
+
+
+@pytest.mark.parametrize(
     "text",
     [
         "password*: S3cretValue42x",
@@ -1299,7 +1314,7 @@ ESCAPES_THIRD: EscapeSet = [
             r"{\"SESS\\u0130ON_ID\": \"%s\"}",
             r"note pass\\u0077ord=%s",
         ],
-        [],
+        [r"to\\u212aen", r"SESS\\u0130ON_ID", r"api\\u005fkey", r"\\u0073ecret"],
     ),
     (
         "notes between a name and its colon",

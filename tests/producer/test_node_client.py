@@ -238,6 +238,8 @@ SAME_KEYS = [
     # Kelvin's K and Turkish I's read as K, I, i (a key is sensitive as written or so read).
     *("to\u212aen", "SESS\u0130ON_ID", "credent\u0131als", "api_\u212aey", "\u212aEY"),
     *("ti\u212aet", "p\u0130n", "passwo\u212a", "\u0130key", "t\u0131tle"),
+    # Escapes as written in a key (JSON written by hand inside a string, decoded) are read too.
+    *("to\\u212aen", "SESS\\u0130ON_ID", "api\\u005fkey", "\\u0073ecret", "ti\\u0074le"),
 ]
 SAME_TEXTS = [
     "postgres://app:hunter2@db.internal:5432/prod",
@@ -422,6 +424,8 @@ PLANTED_VALUES: list[Any] = [
     {"key": "api_token", "value": "NODEPLANT-v3"},
     [{"Key": "secret_token", "Value": "NODEPLANT-v4"}, {"Key": "team", "Value": "core"}],
     ["password", "NODEPLANT-v5"],
+    # A key spelled with escapes as written (JSON written by hand, decoded).
+    {"to\\u212aen": "NODEPLANT-k1", "note": {"SESS\\u0130ON_ID": "NODEPLANT-k2"}},
     {"ParameterKey": "DbPassword", "ParameterValue": "NODEPLANT-v6"},
     [["employee_code", "NODEPLANT-v7"], ["team", "core"]],
     # Argument lists.

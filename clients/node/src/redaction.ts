@@ -232,6 +232,22 @@ export class KeyRule {
   }
 
   private check(key: string, final: boolean): boolean {
+    if (this.checkRead(key, final)) return true;
+    // A key that holds escapes as written (`to\\u212aen`: a key of JSON written by hand inside
+    // a string, decoded) is read with them unescaped too (service/redaction.py).
+    if (!key.includes("\\")) return false;
+    let view = key;
+    for (let level = 0; level < UNESCAPE_MAX; level++) {
+      const unescaped = view.replace(ESCAPE_RE, unescapeOne);
+      if (unescaped === view) return false;
+      view = unescaped;
+      if (this.checkRead(view, final)) return true;
+    }
+    return false;
+  }
+
+  /** The key rule as written, and with the letters of AS_ASCII as ASCII. */
+  private checkRead(key: string, final: boolean): boolean {
     if (this.isSensitiveAsRead(key, final)) return true;
     // Read again with the letters of AS_ASCII as ASCII (`toKen`, `SESSİON_ID`): as read they
     // part words (`İkey` ends in `key`), as ASCII they may join them.
