@@ -696,9 +696,12 @@ def _redact_change(
         # No value stays no value: that a secret was set (or removed) is not a secret.
         masked_old = None if change.old is None else REDACTED
         masked_new = None if change.new is None else REDACTED
-        if change.old == masked_old and change.new == masked_new:
+        field = change.field
+        if "\\" in field:  # sensitive maybe only read unescaped: its text may hold a secret
+            field = redact_sensitive_in_string(field, extra_keys, cards=cards)
+        if field is change.field and change.old == masked_old and change.new == masked_new:
             return change
-        return Change(field=change.field, old=masked_old, new=masked_new)
+        return Change(field=field, old=masked_old, new=masked_new)
     field = redact_sensitive_in_string(change.field, extra_keys, cards=cards)
     old = redact_sensitive(change.old, extra_keys, cards=cards)
     new = redact_sensitive(change.new, extra_keys, cards=cards)

@@ -951,7 +951,7 @@ def _pair_roles(mapping: dict[object, object], extra_keys: frozenset[str]) -> tu
 # the pair's name: {"key": "http.method", "value": …}), its role in a pair, and whether the
 # pre-check lets the key's own text through (without card numbers, with them: a key can be
 # a credential itself, {"ghp_…": true}), and its last word.
-_KeyFacts = tuple[bool, bool, int, bool, bool, str]
+_KeyFacts = tuple[bool, bool, int, bool, bool, str, bool, bool]
 _KEY_FACTS_SEEN: dict[str, _KeyFacts] = {}
 
 
@@ -968,13 +968,22 @@ def _key_facts(key: str, extra_keys: frozenset[str], seen: dict[str, _KeyFacts])
     )
     low = _lower(key)
     words = key_words(key)
+    holds = _may_hold(key, low, extra_keys, False), _may_hold(key, low, extra_keys, True)
+    # Whether its text is redacted when its value goes (without cards, with them): a key that
+    # is sensitive only read as ASCII (`toKen`) or with its escapes unescaped (`to\\u212aen`,
+    # `see \\u0070assword=…`) is text that may hold a secret as written.
+    escaped = "\\" in key
+    otherwise = (escaped or not key.isascii()) and not _is_sensitive_key_as_read(
+        key, extra_keys, True
+    )
     facts = (
         sensitive and not names_only,
         names_only,
         role,
-        _may_hold(key, low, extra_keys, False),
-        _may_hold(key, low, extra_keys, True),
+        *holds,
         words[-1] if words else "",
+        otherwise and (escaped or holds[0]),
+        otherwise and (escaped or holds[1]),
     )
     if len(key) <= _CACHED_KEY_MAX_CHARS:
         if len(seen) >= _KEYS_REMEMBERED:
@@ -995,6 +1004,7 @@ def _redact_mapping(
     pair_shaped, secret_pair = _pair_roles(mapping, extra_keys)
     seen = _key_facts_cache(extra_keys) if extra_keys else _KEY_FACTS_SEEN
     holds = 4 if cards else 3  # the facts' index: whether the key's text may hold a secret
+    hidden_text = 7 if cards else 6  # the facts' index: whether its text goes with its value
     out: dict[object, object] = {}
     changed = False
     for key, item in mapping.items():
@@ -1011,15 +1021,10 @@ def _redact_mapping(
             facts, hidden = None, False
         if hidden:
             new: object = item if item == REDACTED else REDACTED  # redacted already: kept
-            if (
-                facts is not None
-                and facts[holds]
-                and isinstance(key, str)
-                and not key.isascii()
-                and not _is_sensitive_key_as_read(key, extra_keys, True)
-            ):
-                # Sensitive only read as ASCII (`toKen`): its text is read as any key's.
-                new_key = redact_sensitive_in_string(key, extra_keys, cards=cards)
+            if facts is not None and facts[hidden_text]:
+                # Sensitive only read as ASCII (`toKen`) or unescaped (`to\\u212aen`): its text
+                # is read as any key's.
+                new_key = redact_sensitive_in_string(key, extra_keys, cards=cards)  # type: ignore[arg-type]
         else:
             # _redact's first cases, without its call.
             if isinstance(item, str):

@@ -953,6 +953,8 @@ export class Redactor {
         return { ...(change as object), field: this.redactText(given.field) };
       }
       const kept = DIFF_VALUES.filter((k) => given[k] === null).map((k) => [k, null]);
+      // Sensitive maybe only read unescaped: its text may hold a secret (service/events.py).
+      if (given.field.includes("\\")) kept.push(["field", this.redactText(given.field)]);
       return { ...(change as object), ...Object.fromEntries(kept) };
     });
     return out as T;
@@ -990,9 +992,11 @@ export class Redactor {
         (secretDiff && DIFF_VALUES.includes(key)) ||
         (secretPair && pairRole(key) === VALUE)
       ) {
-        // Sensitive only read as ASCII (`toKen`): its text is read as any key's.
-        const asciiOnly = NOT_ASCII_RE.test(key) && !keys.isSensitiveAsRead(key);
-        out[asciiOnly ? this.redactKey(key) : key] = REDACTED;
+        // Sensitive only read as ASCII (`toKen`) or unescaped (`to\\u212aen`): its text is read
+        // as any key's (with its escapes, as service/redaction.py's redact_sensitive_in_string).
+        const escaped = key.includes("\\");
+        const otherwise = (escaped || NOT_ASCII_RE.test(key)) && !keys.isSensitiveAsRead(key);
+        out[!otherwise ? key : escaped ? this.redactText(key) : this.redactKey(key)] = REDACTED;
       } else {
         out[this.redactKey(key)] = this.redact(item, depth + 1, escapes);
       }
