@@ -368,12 +368,14 @@ def _redact_encoded(
     if presentation is not None:
         params: Any = presentation.params
         if params and _part_needs_rules(params, "params", parts, data, extra_keys):
-            params = _redact_part(params, extra_keys, cards, escapes)
+            params = redact_sensitive(params, extra_keys, cards=cards)
+            params = redact_escapes(params, extra_keys) if escapes else params
         if presentation is not event.presentation or params is not presentation.params:
             changes["presentation"] = Presentation(code=presentation.code, params=params)
     metadata: object = event.metadata
     if metadata is not None and _part_needs_rules(metadata, "metadata", parts, data, extra_keys):
-        metadata = _redact_part(metadata, extra_keys, cards, escapes)
+        metadata = redact_sensitive(metadata, extra_keys, cards=cards)
+        metadata = redact_escapes(metadata, extra_keys) if escapes else metadata
         if metadata is not event.metadata:
             changes["metadata"] = metadata
     if event.changes and _part_needs_rules(event.changes, "changes", parts, data, extra_keys):
@@ -397,12 +399,6 @@ def _redact_encoded(
         # A redacted value may be longer than the limit of its field.
         _check_limits(redacted, changed)
     return redacted, data
-
-
-def _redact_part(part: object, extra_keys: frozenset[str], cards: bool, escapes: bool) -> object:
-    """A part (metadata, params) redacted; `escapes`: what its strings' escapes spell too."""
-    redacted = redact_sensitive(part, extra_keys, cards=cards)
-    return redact_escapes(redacted, extra_keys) if escapes else redacted
 
 
 def _part_needs_rules(
