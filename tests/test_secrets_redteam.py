@@ -1499,3 +1499,42 @@ async def test_secrets_spelled_with_escapes_are_found_nowhere(
             leaks.setdefault(name.removesuffix(f" in {where}"), []).append(where.split(" ")[0])
     print(f"\nescapes: planted {len(planted.cores)}, found {len(leaks)}")
     assert not leaks, "\n".join(f"{name}: {sorted(set(w))}" for name, w in sorted(leaks.items()))
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=list(HealthCheck))
+@given(
+    text=st.lists(
+        st.sampled_from(
+            [
+                "password",
+                "token",
+                "a1",
+                "2",
+                " ",
+                "\t",
+                "*",
+                "(",
+                ")",
+                "[",
+                "]",
+                "#",
+                ":",
+                "=",
+                "\\",
+            ]
+            + ['"', "'", "_", ".", "-", "\U0001f512", "K", "\u212a", "[REDACTED]", "new", "x"]
+        ),
+        max_size=16,
+    ).map("".join)
+)
+def test_the_plain_key_expression_reads_what_the_one_with_notes_reads(text: str) -> None:
+    """A separator after a letter or a quote is read without notes (faster): the same keys."""
+    from service import redaction
+
+    found = redaction._key_matches(text)
+    plain = redaction._KEY_BEFORE_PLAIN_RE
+    redaction._KEY_BEFORE_PLAIN_RE = redaction._KEY_BEFORE_RE
+    try:
+        assert redaction._key_matches(text) == found
+    finally:
+        redaction._KEY_BEFORE_PLAIN_RE = plain
