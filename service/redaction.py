@@ -1316,12 +1316,9 @@ _KEY_RE = re.compile(
 # reversed, read on the reversed text after the separator.
 _KEY_NOTE_BACK = rf"\){_KEY_NOTE_WORDS}\(|\](?!DETCADER\[){_KEY_NOTE_WORDS}\[|\d{{1,4}}#"
 _KEY_GAP_BACK = rf"(?:{_KEY_SYMBOL}|{_KEY_NOTE_BACK})"
-_KEY_QUOTE_AND_KEY_BACK = r"(?P<qk>[\"']\\?(?:[\"']\\?)?)?(?P<yek>[\w.-]++)"
-_KEY_BEFORE_RE = re.compile(r"\\?" + _KEY_GAP_BACK + r"*+" + _KEY_QUOTE_AND_KEY_BACK)
-# The same without notes, for a separator after a letter or a quote (most), where no note
-# can end: the same matches, without trying a note's alternatives at each.
-_KEY_BEFORE_PLAIN_RE = re.compile(r"\\?" + _KEY_SYMBOL + r"*+" + _KEY_QUOTE_AND_KEY_BACK)
-_PLAIN_BEFORE = frozenset("_.-\"'")
+_KEY_BEFORE_RE = re.compile(
+    r"\\?" + _KEY_GAP_BACK + r"*+(?P<qk>[\"']\\?(?:[\"']\\?)?)?(?P<yek>[\w.-]++)"
+)
 _BLANKS_RE = re.compile(r"[ \t]*")
 _BLANKS = (" ", "\t")
 
@@ -1349,11 +1346,7 @@ def _key_matches(text: str) -> list[tuple[int, str, str, int]]:
     size = len(text)
     found = []
     for index in _separators(text):
-        before = text[index - 1] if index else ""
-        if before == "\\" and index > 1:
-            before = text[index - 2]
-        plain = before.isalpha() or before in _PLAIN_BEFORE
-        key = (_KEY_BEFORE_PLAIN_RE if plain else _KEY_BEFORE_RE).match(back, size - index)
+        key = _KEY_BEFORE_RE.match(back, size - index)
         if key is not None:
             start = size - key.end()
             quote = key["qk"]
