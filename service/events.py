@@ -20,6 +20,8 @@ from service.redaction import (
     json_matches,
     keywords_need_rules,
     may_hold_secret_json,
+    redact_escapes,
+    redact_escapes_as_written,
     redact_matched,
     redact_sensitive,
     redact_sensitive_in_string,
@@ -356,23 +358,28 @@ def _redact_encoded(
     else only the fields the redaction changed are checked: the event is otherwise valid, as
     the API and the worker have it)."""
     places, parts = _where_matched(event, data, found)
+    # A mark: a string may hold escapes as written (JSON written by hand inside it), which
+    # are read too; without one no string holds a backslash, and nothing more is done.
+    escapes = found.marks
     changes: dict[str, Any] = {}
-    changed = _redact_strings(event, places, extra_keys, changes, cards)
+    changed = _redact_strings(event, places, extra_keys, changes, cards, escapes)
     # The code, redacted above (then in `changes`), and the params, redacted here.
     presentation: Presentation | None = changes.pop("presentation", None) or event.presentation
     if presentation is not None:
         params: Any = presentation.params
         if params and _part_needs_rules(params, "params", parts, data, extra_keys):
             params = redact_sensitive(params, extra_keys, cards=cards)
+            params = redact_escapes(params, extra_keys) if escapes else params
         if presentation is not event.presentation or params is not presentation.params:
             changes["presentation"] = Presentation(code=presentation.code, params=params)
     metadata: object = event.metadata
     if metadata is not None and _part_needs_rules(metadata, "metadata", parts, data, extra_keys):
         metadata = redact_sensitive(metadata, extra_keys, cards=cards)
+        metadata = redact_escapes(metadata, extra_keys) if escapes else metadata
         if metadata is not event.metadata:
             changes["metadata"] = metadata
     if event.changes and _part_needs_rules(event.changes, "changes", parts, data, extra_keys):
-        diffs = [_redact_change(change, extra_keys, cards) for change in event.changes]
+        diffs = [_redact_change(change, extra_keys, cards, escapes) for change in event.changes]
         if any(new is not old for new, old in zip(diffs, event.changes, strict=True)):
             changes["changes"] = diffs
             changed.append(_DIFF_FIELDS)
@@ -588,13 +595,20 @@ def _redact_strings(
     extra_keys: frozenset[str],
     changes: dict[str, Any],
     cards: bool,
+    escapes: bool = False,
 ) -> list[_Place]:
     """Redact the struct's free-text strings at `places`, in which the pre-check of the
-    event's JSON matched (None: every one, after one pre-check over all of them as text);
-    a changed part goes into `changes` under its name. Return the changed fields."""
+    event's JSON matched (None: every one, after one pre-check over all of them as text;
+    `escapes`: and what the escapes of each spell, read too); a changed part goes into
+    `changes` under its name. Return the changed fields."""
     if places is None:
         texts = [_text_at(event, place) for place in _TEXT_PLACES]
         redacted = redact_strings(texts, extra_keys, cards=cards)
+        if escapes:
+            redacted = [
+                redact_escapes_as_written(text, extra_keys) if "\\" in text else text
+                for text in redacted
+            ]
         found = [
             (place, new)
             for place, old, new in zip(_TEXT_PLACES, texts, redacted, strict=True)
@@ -670,18 +684,25 @@ def _max_lengths() -> dict[_Place, int]:
 _MAX_LENGTHS = _max_lengths()
 
 
-def _redact_change(change: Change, extra_keys: frozenset[str], cards: bool = True) -> Change:
+def _redact_change(
+    change: Change, extra_keys: frozenset[str], cards: bool = True, escapes: bool = False
+) -> Change:
     """A change whose field names a secret loses both values; others lose their credentials."""
     if is_sensitive_key(change.field, extra_keys):
         # No value stays no value: that a secret was set (or removed) is not a secret.
         masked_old = None if change.old is None else REDACTED
         masked_new = None if change.new is None else REDACTED
-        if change.old == masked_old and change.new == masked_new:
+        field = change.field
+        if "\\" in field:  # sensitive maybe only read unescaped: its text may hold a secret
+            field = redact_sensitive_in_string(field, extra_keys, cards=cards)
+        if field is change.field and change.old == masked_old and change.new == masked_new:
             return change
-        return Change(field=change.field, old=masked_old, new=masked_new)
+        return Change(field=field, old=masked_old, new=masked_new)
     field = redact_sensitive_in_string(change.field, extra_keys, cards=cards)
     old = redact_sensitive(change.old, extra_keys, cards=cards)
     new = redact_sensitive(change.new, extra_keys, cards=cards)
+    if escapes:  # the event's JSON holds a mark: escapes as written are read too
+        old, new = redact_escapes(old, extra_keys), redact_escapes(new, extra_keys)
     if field is change.field and old is change.old and new is change.new:
         return change
     return Change(field=field, old=old, new=new)

@@ -189,7 +189,26 @@ def _key_cache(extra_keys: frozenset[str]) -> dict[str, bool]:
 
 
 def _is_sensitive_key(key: str, extra_keys: frozenset[str], final: bool = True) -> bool:
-    """The key rule; without `final`, a short final word alone (`key`, `sid`) does not count."""
+    """The key rule; without `final`, a short final word alone (`key`, `sid`) does not count.
+    A key that holds escapes as written (`to\\u212aen`: a key of JSON written by hand inside
+    a string, decoded) is read with them unescaped too, up to _UNESCAPE_MAX levels."""
+    if _is_sensitive_key_read(key, extra_keys, final):
+        return True
+    if "\\" not in key:
+        return False
+    view = key
+    for _ in range(_UNESCAPE_MAX):
+        unescaped = _ESCAPE_RE.sub(_unescape_one, view)
+        if unescaped == view:
+            return False
+        view = unescaped
+        if _is_sensitive_key_read(view, extra_keys, final):
+            return True
+    return False
+
+
+def _is_sensitive_key_read(key: str, extra_keys: frozenset[str], final: bool) -> bool:
+    """The key rule on a key as written, and with the letters of _AS_ASCII as ASCII."""
     if _is_sensitive_key_as_read(key, extra_keys, final):
         return True
     # Read again with the letters of _AS_ASCII as ASCII (`toKen`, `SESSİON_ID`): as read they
@@ -283,9 +302,11 @@ STEMS: tuple[str, ...] = (
         if not any(stem in word for stem in _HAND_STEMS)
     ),
 )
-# A card number: 13 to 19 digits, maybe in groups (4-4-4-4, 4-6-5), starting with 2-6.
+# A card number: 13 to 19 digits, maybe in groups (4-4-4-4, 4-6-5), starting with 2-6; not
+# after a letter, a digit or a dash, but after a PEM line's five dashes (`KEY-----3782…`).
 _CARD_RE = re.compile(
-    r"(?<![\w-])(?<!\d\.)(?P<card>[2-6]\d{12,18}|[2-6]\d{3}(?P<sep>[ -])\d{4}(?P=sep)\d{4}"
+    r"(?:(?<![\w-])|(?<=-----))(?<!\d\.)"
+    r"(?P<card>[2-6]\d{12,18}|[2-6]\d{3}(?P<sep>[ -])\d{4}(?P=sep)\d{4}"
     r"(?P=sep)\d{1,7}|3\d{3}(?P<sep2>[ -])\d{6}(?P=sep2)\d{4,5})(?![\w-]|\.\d)"
 )
 
@@ -929,11 +950,12 @@ def _pair_roles(mapping: dict[object, object], extra_keys: frozenset[str]) -> tu
 # the mapping, whether it goes unless the mapping is a name/value pair (its key then holds
 # the pair's name: {"key": "http.method", "value": …}), its role in a pair, and whether the
 # pre-check lets the key's own text through (without card numbers, with them: a key can be
-# a credential itself, {"ghp_…": true}), its last word, and whether it is sensitive at all
-# (either of the first two: its value goes in a mapping that is no pair and no diff).
-_KeyFacts = tuple[bool, bool, int, bool, bool, str, bool]
+# a credential itself, {"ghp_…": true}), its last word, whether its text goes with its
+# value (without card numbers, with them), and whether it is sensitive at all (either of the
+# first two: its value goes in a mapping that is no pair and no diff).
+_KeyFacts = tuple[bool, bool, int, bool, bool, str, bool, bool, bool]
 _KEY_FACTS_SEEN: dict[str, _KeyFacts] = {}
-_NOT_A_KEY: _KeyFacts = (False, False, 0, False, False, "", False)  # a key that is no string
+_NOT_A_KEY: _KeyFacts = (False, False, 0, False, False, "", False, False, False)  # no string
 
 
 @functools.lru_cache(maxsize=64)
@@ -951,13 +973,22 @@ def _key_facts(key: object, extra_keys: frozenset[str], seen: dict[str, _KeyFact
     )
     low = _lower(key)
     words = key_words(key)
+    holds = _may_hold(key, low, extra_keys, False), _may_hold(key, low, extra_keys, True)
+    # Whether its text is redacted when its value goes (without cards, with them): a key that
+    # is sensitive only read as ASCII (`toKen`) or with its escapes unescaped (`to\\u212aen`,
+    # `see \\u0070assword=…`) is text that may hold a secret as written.
+    escaped = "\\" in key
+    otherwise = (escaped or not key.isascii()) and not _is_sensitive_key_as_read(
+        key, extra_keys, True
+    )
     facts = (
         sensitive and not names_only,
         names_only,
         role,
-        _may_hold(key, low, extra_keys, False),
-        _may_hold(key, low, extra_keys, True),
+        *holds,
         words[-1] if words else "",
+        otherwise and (escaped or holds[0]),
+        otherwise and (escaped or holds[1]),
         sensitive,
     )
     if len(key) <= _CACHED_KEY_MAX_CHARS:
@@ -981,19 +1012,17 @@ def _redact_mapping(
     plain = not (secret_diff or pair_shaped)  # a key's facts alone say whether its value goes
     seen: dict[Any, _KeyFacts] = _key_facts_cache(extra_keys) if extra_keys else _KEY_FACTS_SEEN
     holds = 4 if cards else 3  # the facts' index: whether the key's text may hold a secret
+    hidden_text = 7 if cards else 6  # the facts' index: whether its text goes with its value
     out: dict[object, object] | None = None
     renamed: dict[object, str] | None = None  # the keys whose own text was redacted
     key: Any
     for key, item in mapping.items():
         facts = seen.get(key) or _key_facts(key, extra_keys, seen)
-        if facts[6] if plain else _hidden(key, facts, pair_shaped, secret_diff, secret_pair):
+        if facts[8] if plain else _hidden(key, facts, pair_shaped, secret_diff, secret_pair):
             new: object = item if item == REDACTED else REDACTED  # redacted already: kept
-            # Sensitive only read as ASCII (`toKen`): its text is read as any key's.
-            if (
-                facts[holds]
-                and not key.isascii()
-                and not _is_sensitive_key_as_read(key, extra_keys, True)
-            ):
+            if facts[hidden_text]:
+                # Sensitive only read as ASCII (`toKen`) or unescaped (`to\\u212aen`): its text
+                # is read as any key's.
                 renamed = renamed or {}
                 renamed[key] = redact_sensitive_in_string(key, extra_keys, cards=cards)
         else:
@@ -1093,8 +1122,18 @@ def _redact_escaped(
     """`out` (text redacted); or, when the rules over text unescaped take away runs of
     letters and digits that `out` kept, `out` unescaped with those runs redacted too (what
     either reading took away is gone). `levels` of escapes are read."""
-    view, shown = text, out
-    for level in range(levels):
+    return _escape_reading(text, out, extra_keys, cards, levels)[0]
+
+
+def _escape_reading(
+    text: str, out: str, extra_keys: frozenset[str], cards: bool, levels: int
+) -> tuple[str, set[str]]:
+    """_redact_escaped's answer, and the runs of letters and digits it took away (none:
+    `out` as it is). Level by level: a level whose rules take runs away has them redacted,
+    and the reading goes on from there, as deeper escapes may hide more."""
+    view, shown, kept = text, out, out
+    taken_all: set[str] = set()
+    for _ in range(levels):
         unescaped = _ESCAPE_RE.sub(_unescape_one, view)
         if unescaped == view:
             break
@@ -1103,10 +1142,51 @@ def _redact_escaped(
         taken = set(_RUN_OF_ALNUM_RE.findall(shown)) - set(_RUN_OF_ALNUM_RE.findall(redacted))
         taken -= _REDACTED_RUNS
         if taken:
-            both = _RUN_OF_ALNUM_RE.sub(functools.partial(_redact_run, taken), shown)
-            # Read on from here: deeper escapes may hide more.
-            return _redact_escaped(view, both, extra_keys, cards, levels - level - 1)
-    return out
+            shown = _RUN_OF_ALNUM_RE.sub(functools.partial(_redact_run, taken), shown)
+            kept = shown
+            taken_all |= taken
+    return kept, taken_all
+
+
+def redact_escapes(value: object, extra_keys: frozenset[str] = frozenset()) -> object:
+    """JSON-like data the rules redacted already, with what the escapes of its strings spell
+    read too (the value itself when that takes nothing away). For decoded events whose
+    strings hold escapes as written (`{"to\\u212aen": "…"}`: JSON written by hand inside
+    a string): a run the reading takes away is redacted where it stands as written; when
+    one is spelled with an escape itself, the string is kept as _redact_escaped keeps
+    undecoded text (unescaped, redacted). Cards are looked for: an escape can hide one."""
+    return _redact_escapes(value, extra_keys, 0)
+
+
+def _redact_escapes(value: object, extra_keys: frozenset[str], depth: int) -> object:
+    if isinstance(value, str):
+        return redact_escapes_as_written(value, extra_keys) if "\\" in value else value
+    if depth >= MAX_DEPTH:
+        return value  # the rules replaced anything deeper
+    if isinstance(value, dict):
+        out = {key: _redact_escapes(item, extra_keys, depth + 1) for key, item in value.items()}
+        changed = any(out[key] is not item for key, item in value.items())
+        return out if changed else value
+    if isinstance(value, _SEQUENCES):
+        items = [_redact_escapes(item, extra_keys, depth + 1) for item in value]
+        if all(new is old for new, old in zip(items, value, strict=True)):
+            return value
+        return tuple(items) if isinstance(value, tuple) else items
+    return value
+
+
+def redact_escapes_as_written(text: str, extra_keys: frozenset[str] = frozenset()) -> str:
+    """redact_escapes of one string (text the rules redacted already)."""
+    shown, taken = _escape_reading(text, text, extra_keys, True, _UNESCAPE_MAX)
+    if not taken:
+        return text
+    written = _RUN_OF_ALNUM_RE.sub(functools.partial(_redact_run, taken), text)
+    if (
+        written != text
+        and not _escape_reading(written, written, extra_keys, True, _UNESCAPE_MAX)[1]
+    ):
+        return written
+    return shown
 
 
 def redact_matched(
@@ -1148,6 +1228,9 @@ def _redact_rules(
     text = _redact_tokens(text, low)
     if "-----" in text:
         text = _PEM_RE.sub(REDACTED, text)
+        # A card number glued to a PEM line (`-----END … KEY-----3782…`) follows a dash, where
+        # the pre-check looks for none: the card rule runs.
+        cards = True
     if "://" in text:
         text = _redact_url_passwords(text)
     # A name/value pair in text needs a quoted name and a pair value word (redacting only
@@ -1233,8 +1316,15 @@ _URL_MARK_RE = re.compile(r"[@/?#\s\"'<>]")  # what ends a password, or its run
 # shorter run could be followed by a separator), which halves the scan. A backslash may stand
 # before the separator (`DB_PASSWORD\=…` in a shell or a .properties file), and a second
 # quote after the key's (`"\"password\"": …`, a key that holds its own quotes). Symbols
-# (arrows, dingbats, emoji, their joiners) stand apart like blanks (`🔒password🔒: …`).
-_KEY_GAP = "[ \t\u2190-\u2bff\ufe0f\u200d\U0001f000-\U0001faff]"
+# (arrows, dingbats, emoji, their joiners, "*") stand apart like blanks (`🔒password🔒: …`,
+# `password*: …`), and so do the notes forms and docs put after a name: a few words in
+# brackets, a number after "#" (`password (new): …`, `password [required]: …`, `token #1: …`).
+# Only before the separator: `see password (new) policy` holds no pair.
+_KEY_SYMBOL = "[ \t\u2190-\u2bff\ufe0f\u200d\U0001f000-\U0001faff*]"
+_KEY_NOTE_WORDS = r"[\w ]{1,20}"
+# ("[REDACTED]" is no note: a value redacted before a colon names nothing.)
+_KEY_NOTE = rf"\({_KEY_NOTE_WORDS}\)|\[(?!REDACTED\]){_KEY_NOTE_WORDS}\]|#\d{{1,4}}"
+_KEY_GAP = rf"(?:{_KEY_SYMBOL}|{_KEY_NOTE})"
 _KEY_RE = re.compile(
     r"(?<![\w.-])(?P<key>[\w.-]++)(?P<kq>\\?[\"'](?:\\?[\"'])?)?"
     + _KEY_GAP
@@ -1242,8 +1332,10 @@ _KEY_RE = re.compile(
 )
 # _KEY_RE's matches, found from each separator back (_key_matches): the same expression,
 # reversed, read on the reversed text after the separator.
+_KEY_NOTE_BACK = rf"\){_KEY_NOTE_WORDS}\(|\](?!DETCADER\[){_KEY_NOTE_WORDS}\[|\d{{1,4}}#"
+_KEY_GAP_BACK = rf"(?:{_KEY_SYMBOL}|{_KEY_NOTE_BACK})"
 _KEY_BEFORE_RE = re.compile(
-    r"\\?" + _KEY_GAP + r"*+(?P<qk>[\"']\\?(?:[\"']\\?)?)?(?P<yek>[\w.-]++)"
+    r"\\?" + _KEY_GAP_BACK + r"*+(?P<qk>[\"']\\?(?:[\"']\\?)?)?(?P<yek>[\w.-]++)"
 )
 _BLANKS_RE = re.compile(r"[ \t]*")
 _BLANKS = (" ", "\t")

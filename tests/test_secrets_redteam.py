@@ -39,6 +39,7 @@ from service.events import (
     Entity,
     Presentation,
     RequestInfo,
+    check_complete,
     finalize,
     redact_event,
 )
@@ -1091,6 +1092,115 @@ def test_without_hyperscan_a_secret_beside_an_escape_is_redacted_too(
         assert "s3cr3tVALUE42x" not in str(read(done)), read(done)
 
 
+# Escapes as written inside a string value: a name spelled with `\u…` in JSON that a producer
+# wrote by hand into one field (the string holds the backslash).
+_WRITTEN_ESCAPES = [
+    '{"to\\u212aen": "S3cretValue42x"}',
+    '{"pass\\u0077ord": "S3cretValue42x"}',
+    '{"SESS\\u0130ON_ID": "S3cretValue42x"}',
+    '{"api\\u005fkey": "S3cretValue42x"}',
+    "retry with pass\\u0077ord=S3cretValue42x",
+    '{"to\\u212aen": "S3cret\\u0056alue42x"}',  # the secret spelled with an escape too
+]
+
+
+def _texts_of(value: object) -> list[str]:
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, dict):
+        return [text for key, item in value.items() for text in _texts_of([key, item])]
+    if isinstance(value, list | tuple):
+        return [text for item in value for text in _texts_of(item)]
+    return []
+
+
+@pytest.mark.parametrize("text", _WRITTEN_ESCAPES)
+@pytest.mark.parametrize("place", sorted(_PLACES))
+def test_escapes_written_inside_a_text_value_are_read_on_the_event_path(
+    text: str, place: str
+) -> None:
+    """finalize and redact_event read what the escapes of a string spell, as the rules do
+    for undecoded text; the name keeps its spelling where the secret is not escaped."""
+    make, read = _PLACES[place]
+    event = AuditEvent(action="a.b", **make(text))
+    name = text.split('"')[1] if text.startswith("{") else "pass\\u0077ord"
+    for done in (finalize(event)[0], finalize(event, validate=True)[0], redact_event(event)):
+        shown = "\n".join(_texts_of(msgspec.to_builtins(read(done))))
+        assert "S3cretValue42x" not in shown and "S3cret\\u0056alue42x" not in shown, shown
+        if "\\u0056" not in text:  # the name as written, the secret's run redacted
+            assert name in shown, shown
+
+
+def test_escapes_written_in_presentation_params_and_a_change_are_read() -> None:
+    text = _WRITTEN_ESCAPES[0]
+    event = AuditEvent(
+        action="a.b",
+        presentation=Presentation(code="a.b", params={"deep": [{"note": text}]}),
+        changes=[Change(field="note", old=text, new=[text])],
+    )
+    done, data = finalize(event)
+    assert b"S3cretValue42x" not in data, data
+    assert "S3cretValue42x" not in str(redact_event(event))
+    assert b"S3cretValue42x" not in msgspec.json.encode(check_complete(done))
+
+
+@pytest.mark.parametrize(
+    "key", ["to\\u212aen", "SESS\\u0130ON_ID", "api\\u005fkey", "\\u0073ecret"]
+)
+def test_a_key_spelled_with_escapes_as_written_loses_its_value(key: str) -> None:
+    """A key of JSON written by hand, decoded: it holds the escape's backslash (`to\\u212aen`)."""
+    event = AuditEvent(
+        action="a.b",
+        metadata={key: "S3cretValue42x", "deep": [{key: "S3cretValue42x"}]},
+        changes=[Change(field=key, old="S3cretValue42x", new=None)],
+        presentation=Presentation(code="a.b", params={key: "S3cretValue42x"}),
+    )
+    assert b"S3cretValue42x" not in finalize(event)[1]
+    assert "S3cretValue42x" not in str(redact_event(event))
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "password*: S3cretValue42x",
+        "password (new): S3cretValue42x",
+        "password [required]: S3cretValue42x",
+        "token #1: S3cretValue42x",
+        "api_key (prod) = S3cretValue42x",
+        "Password [min 8 chars]**: S3cretValue42x",
+    ],
+)
+def test_a_note_between_a_name_and_its_colon_stands_apart_like_a_blank(text: str) -> None:
+    assert "S3cretValue42x" not in redact_sensitive_in_string(text)
+    done, _ = finalize(AuditEvent(action="a.b", metadata={"note": text}, tenant=text))
+    assert "S3cretValue42x" not in str(done.metadata) + str(done.tenant)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "see password (new) policy",
+        "the token (beta) feature",
+        "password reset #12 done",
+        "reset the password (2x) then log in",
+        "f(password) and g(token): pure functions",
+        "issue #12: token refresh fails",
+    ],
+)
+def test_a_note_after_a_name_without_its_colon_is_prose_and_stays(text: str) -> None:
+    assert redact_sensitive_in_string(text) == text
+
+
+def test_a_card_glued_to_a_pem_end_line_is_masked_by_finalize() -> None:
+    """The scan sees no card after a dash; the PEM's redaction shows one."""
+    pem = "-----BEGIN PRIVATE KEY-----\nMIIEvQIBADANBg\n-----END PRIVATE KEY-----378282246310005"
+    event = AuditEvent(action="a.b", metadata={"key": pem}, tenant=pem)
+    done, data = finalize(event)
+    assert b"37828224631" not in data, data
+    redacted = redact_event(event)
+    assert (done.metadata, done.tenant) == (redacted.metadata, redacted.tenant)
+
+
 # Escapes. A producer writes an event's JSON itself (any language, over Redis or HTTP), and
 # may spell a secret's name beside or with what JSON escapes: the wire text below is written
 # by hand, each `\` a backslash on the wire, `%s` where the secret goes. The same events,
@@ -1191,6 +1301,43 @@ ESCAPES_AGAIN: EscapeSet = [
 ]
 
 
+# The third set: what the first two left. Escapes as written inside a string value (JSON
+# written by hand into a field: the decoded string holds `to\u212aen` with its backslash),
+# notes between a name and its colon, a card number glued to a PEM END line (its secret is
+# the card: `%s` there is a card number, all but its last four digits planted).
+ESCAPES_THIRD: EscapeSet = [
+    (
+        "escapes as written in a text value",
+        [
+            r"{\"to\\u212aen\": \"%s\"}",
+            r"{\"pass\\u0077ord\": \"%s\"}",
+            r"{\"SESS\\u0130ON_ID\": \"%s\"}",
+            r"note pass\\u0077ord=%s",
+        ],
+        [r"to\\u212aen", r"SESS\\u0130ON_ID", r"api\\u005fkey", r"\\u0073ecret"],
+    ),
+    (
+        "notes between a name and its colon",
+        [r"password*: %s", r"password (new): %s", r"password [required]: %s", r"token #1: %s"],
+        [],
+    ),
+    (
+        "card glued to a pem end line",
+        [
+            r"-----BEGIN PRIVATE KEY-----\nMIIEvQIBADANBgkqhkiG9w0BAQEFAASC\n"
+            r"-----END PRIVATE KEY-----%s"
+        ],
+        [],
+    ),
+]
+_CARD_VARIANTS = frozenset({"card glued to a pem end line"})
+
+
+def _secret(planted: Planted, name: str, variant: str) -> str:
+    """A new secret for a spelling of `variant`: a card number where it holds one."""
+    return _card(planted, name, "37", 15) if variant in _CARD_VARIANTS else planted.core(name)
+
+
 def _escape_events(planted: Planted, tag: str, escapes: EscapeSet, complete: bool) -> list[str]:
     """One event (wire JSON, by hand) per spelling: a text spelling in every text field and
     part, each with its own secret; a key spelling in metadata (nested too), presentation
@@ -1202,7 +1349,7 @@ def _escape_events(planted: Planted, tag: str, escapes: EscapeSet, complete: boo
         for n, spelling in enumerate(texts + keys):
 
             def core(where: str, n: int = n, variant: str = variant) -> str:
-                return planted.core(f"{tag}: {variant} #{n}: {where}")
+                return _secret(planted, f"{tag}: {variant} #{n}: {where}", variant)
 
             if n < len(texts):
                 t = {w: spelling % core(w) for w in ("tenant", "source", "actor", "entity")}
@@ -1241,7 +1388,11 @@ def _wire_array(events: list[str]) -> bytes:
 
 @pytest.mark.parametrize(
     "escapes",
-    [pytest.param(ESCAPES, id="escapes"), pytest.param(ESCAPES_AGAIN, id="escapes, second set")],
+    [
+        pytest.param(ESCAPES, id="escapes"),
+        pytest.param(ESCAPES_AGAIN, id="escapes, second set"),
+        pytest.param(ESCAPES_THIRD, id="escapes, third set"),
+    ],
 )
 async def test_secrets_spelled_with_escapes_are_found_nowhere(
     escapes: EscapeSet,
@@ -1283,8 +1434,9 @@ async def test_secrets_spelled_with_escapes_are_found_nowhere(
     # 2. HTTP ingest, the body as written; rejected events whose errors would quote values.
     http_events = _escape_events(planted, "http", escapes, complete=False)
     rejected = [
-        '{"action":"escape.bad","severity":"%s"}' % (text % planted.core(f"http rejected {n}"))
-        for n, text in enumerate(spelling for _, texts, _ in escapes for spelling in texts)
+        '{"action":"escape.bad","severity":"%s"}'
+        % (text % _secret(planted, f"http rejected {n}", v))
+        for n, (v, text) in enumerate((v, t) for v, texts, _ in escapes for t in texts)
     ]
     body = ('{"events":[' + ",".join(http_events + rejected) + "]}").encode()
     headers = tokens.ingest | {"Content-Type": "application/json"}
@@ -1309,9 +1461,9 @@ async def test_secrets_spelled_with_escapes_are_found_nowhere(
         assert await client.capture(event) is not None
     for event in client_events[len(client_events) // 2 :]:
         client.capture_nowait(event)
-    for n, text in enumerate(spelling for _, texts, _ in escapes for spelling in texts):
+    for n, (v, text) in enumerate((v, t) for v, texts, _ in escapes for t in texts):
         decoded = msgspec.json.decode(('"' + text + '"').encode(), type=str)
-        entity = Entity(type="t", id=decoded % planted.core(f"failed capture {n}"))
+        entity = Entity(type="t", id=decoded % _secret(planted, f"failed capture {n}", v))
         assert await client.capture(AuditEvent(action="Not An Action", entity=entity)) is None
         sent.append(entity.id)
     await client.aclose()

@@ -12,7 +12,7 @@ from service.ops.task_model import Status, Task, TaskDetail, TaskFailure, TaskPr
 from service.policy import MAX_ATTEMPTS
 from service.queue import dead_letter
 from service.queue.jobs import JOB_FUNCTION, joined_segments
-from service.redaction import redact_sensitive, redact_sensitive_in_string
+from service.redaction import redact_escapes, redact_sensitive, redact_sensitive_in_string
 
 _KIND_OF_FUNCTION = {JOB_FUNCTION: "events", "maintain": "maintenance"}
 
@@ -38,10 +38,13 @@ def count_events(text: str | bytes) -> int:
 def redacted_payload(text: str | bytes, extra_keys: frozenset[str] = frozenset()) -> Any:
     """The events of a payload, redacted; the redacted text itself when it is not JSON."""
     try:
-        return redact_sensitive(_any.decode(text), extra_keys)
+        redacted = redact_sensitive(_any.decode(text), extra_keys)
     except (msgspec.DecodeError, RecursionError):  # RecursionError: hostile nesting
         raw = text.decode("utf-8", errors="replace") if isinstance(text, bytes) else text
         return redact_sensitive_in_string(raw, extra_keys)
+    # A string may hold escapes as written (JSON in a field): read too.
+    marked = b"\\" in text if isinstance(text, bytes) else "\\" in text
+    return redact_escapes(redacted, extra_keys) if marked else redacted
 
 
 def at(ms: int | float | None) -> datetime | None:
@@ -225,7 +228,7 @@ def task_from_result(
     if result.get("s"):
         summary = result.get("r") if isinstance(result.get("r"), dict) else {}
         if summary and isinstance(summary.get("events"), list):
-            payload = redact_sensitive(summary["events"])
+            payload = redact_escapes(redact_sensitive(summary["events"]))
         events = int(summary.get("stored", 0)) if summary else 0
         entry = {
             "id": task_id,

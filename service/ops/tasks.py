@@ -53,7 +53,7 @@ from service.queue.keys import (
     attempts_key,
     complete_key,
 )
-from service.redaction import redact_sensitive
+from service.redaction import redact_escapes, redact_sensitive
 from service.settings import Settings
 
 SCAN_CHUNK = 200  # entries read from Redis per round trip while listing
@@ -124,7 +124,9 @@ class TaskQueue:
             return with_payload(task, redacted_payload(text, self.extra_keys) if text else None)
         if letter is not None:
             failed = _letter_decoder.decode(letter)
-            payload = redact_sensitive(failed.payload, self.extra_keys)
+            payload = redact_escapes(
+                redact_sensitive(failed.payload, self.extra_keys), self.extra_keys
+            )
             return with_payload(failed_task(failed, self.extra_keys), payload)
         if result is not None:
             return task_from_result(task_id, _result_decoder.decode(result), self.extra_keys)

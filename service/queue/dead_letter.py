@@ -9,7 +9,7 @@ import msgspec
 import redis.asyncio as aioredis
 
 from service.queue.jobs import RAW_BYTES_PREFIX, redact_raw_bytes
-from service.redaction import redact_sensitive, redact_sensitive_in_string
+from service.redaction import redact_escapes, redact_sensitive, redact_sensitive_in_string
 
 DEFAULT_TTL_DAYS = 90
 
@@ -92,8 +92,8 @@ async def add(
         payload = redact_raw_bytes(payload, extra_keys)
     elif isinstance(payload, str):
         payload = redact_sensitive_in_string(payload, extra_keys)
-    else:
-        payload = redact_sensitive(payload, extra_keys)
+    else:  # escapes written inside its strings are read too
+        payload = redact_escapes(redact_sensitive(payload, extra_keys), extra_keys)
     letter = DeadLetter(
         id=task_id,
         kind="events",

@@ -14,7 +14,7 @@ from typing import Any
 
 import msgspec
 
-from service.redaction import redact_sensitive, redact_sensitive_in_string
+from service.redaction import redact_escapes, redact_sensitive, redact_sensitive_in_string
 
 JOB_FUNCTION = "store_events"  # the worker's job; its one argument is the events' JSON text
 PROVENANCE_SECRET = "provenance"  # the api_secret row the API and the worker share
@@ -75,6 +75,8 @@ def redact_job_argument(text: str, extra_keys: frozenset[str] = frozenset()) -> 
     except (msgspec.DecodeError, RecursionError):
         return redact_sensitive_in_string(text, extra_keys)
     redacted = redact_sensitive(value, extra_keys)
+    if "\\" in text:  # a string may hold escapes as written (JSON in a field): read too
+        redacted = redact_escapes(redacted, extra_keys)
     return text if redacted is value else _encoder.encode(redacted).decode()
 
 

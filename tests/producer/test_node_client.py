@@ -238,6 +238,8 @@ SAME_KEYS = [
     # Kelvin's K and Turkish I's read as K, I, i (a key is sensitive as written or so read).
     *("to\u212aen", "SESS\u0130ON_ID", "credent\u0131als", "api_\u212aey", "\u212aEY"),
     *("ti\u212aet", "p\u0130n", "passwo\u212a", "\u0130key", "t\u0131tle"),
+    # Escapes as written in a key (JSON written by hand inside a string, decoded) are read too.
+    *("to\\u212aen", "SESS\\u0130ON_ID", "api\\u005fkey", "\\u0073ecret", "ti\\u0074le"),
 ]
 SAME_TEXTS = [
     "postgres://app:hunter2@db.internal:5432/prod",
@@ -282,6 +284,11 @@ SAME_TEXTS = [
     *('{"to\\u212aen": "Zq8vR2kLm4Tn6Wp1"}', "api\\u005fkey\\u003dZq8vR2kLm4Tn6Wp1"),
     *("tok\\U0001f512en=x", "path\\\\to\\\\file", "line\\nnext \\ud800 lone"),
     "pass\\ud83d\\udd12word=x",
+    # A note between a name and its colon stands apart like a blank; without a colon, prose.
+    *("password*: Zq8vR2kLm4", "password (new): Zq8vR2kLm4", "password [required]: Zq8vR2kLm4"),
+    *("token #1: Zq8vR2kLm4", "see password (new) policy", "issue #12: token refresh fails"),
+    # A card glued to a PEM END line.
+    "-----BEGIN PRIVATE KEY-----\nMIIEvQIBADANBg\n-----END PRIVATE KEY-----378282246310005",
 ]
 # Values (JSON numbers, keys, nesting) both clients must redact alike.
 SAME_VALUES = [
@@ -374,6 +381,9 @@ PLANTED_TEXTS = [
     "pg_dump --password NODEPLANT-c1 prod",
     "deploy -token NODEPLANT-c2 --verbose",
     "tool --api-key NODEPLANT-c3",
+    # Escapes as written in a string (JSON written by hand into a field), a note before a colon.
+    *('{"to\\u212aen": "NODEPLANT-w1"}', '{"SESS\\u0130ON_ID": "NODEPLANT-w2"}'),
+    *("pass\\u0077ord=NODEPLANT-w3", "password (new): NODEPLANT-w4", "token #1: NODEPLANT-w5"),
     'argv ["run", "--client-secret", "NODEPLANT-c4"]',
     "backup --ssn NODEPLANT-c5 --dry-run",
     "\t--db-password\tNODEPLANT-c6",
@@ -414,6 +424,8 @@ PLANTED_VALUES: list[Any] = [
     {"key": "api_token", "value": "NODEPLANT-v3"},
     [{"Key": "secret_token", "Value": "NODEPLANT-v4"}, {"Key": "team", "Value": "core"}],
     ["password", "NODEPLANT-v5"],
+    # A key spelled with escapes as written (JSON written by hand, decoded).
+    {"to\\u212aen": "NODEPLANT-k1", "note": {"SESS\\u0130ON_ID": "NODEPLANT-k2"}},
     {"ParameterKey": "DbPassword", "ParameterValue": "NODEPLANT-v6"},
     [["employee_code", "NODEPLANT-v7"], ["team", "core"]],
     # Argument lists.

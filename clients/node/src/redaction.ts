@@ -232,6 +232,22 @@ export class KeyRule {
   }
 
   private check(key: string, final: boolean): boolean {
+    if (this.checkRead(key, final)) return true;
+    // A key that holds escapes as written (`to\\u212aen`: a key of JSON written by hand inside
+    // a string, decoded) is read with them unescaped too (service/redaction.py).
+    if (!key.includes("\\")) return false;
+    let view = key;
+    for (let level = 0; level < UNESCAPE_MAX; level++) {
+      const unescaped = view.replace(ESCAPE_RE, unescapeOne);
+      if (unescaped === view) return false;
+      view = unescaped;
+      if (this.checkRead(view, final)) return true;
+    }
+    return false;
+  }
+
+  /** The key rule as written, and with the letters of AS_ASCII as ASCII. */
+  private checkRead(key: string, final: boolean): boolean {
     if (this.isSensitiveAsRead(key, final)) return true;
     // Read again with the letters of AS_ASCII as ASCII (`toKen`, `SESSİON_ID`): as read they
     // part words (`İkey` ends in `key`), as ASCII they may join them.
@@ -386,8 +402,11 @@ const URL_PORT_RE = u(String.raw`\p{Nd}*[\/?#]`, "y");
 // is taken whole (Python's possessive `++`, as a lookahead and a back-reference). A backslash
 // may stand before the separator (`DB_PASSWORD\=…` in a shell or a .properties file), and a
 // second quote after the key's (`"\"password\"": …`, a key that holds its own quotes). Symbols
-// (arrows, dingbats, emoji, their joiners) stand apart like blanks (`🔒password🔒: …`).
-const KEY_GAP = String.raw`[ \t\u2190-\u2bff\ufe0f\u200d\u{1f000}-\u{1faff}]`;
+// (arrows, dingbats, emoji, their joiners, "*") stand apart like blanks (`🔒password🔒: …`,
+// `password*: …`), and so do a few words in brackets and a number after "#" (`password (new):
+// …`, `password [required]: …`, `token #1: …`), before the separator only.
+const KEY_NOTE_WORDS = String.raw`[${W} ]{1,20}`;
+const KEY_GAP = String.raw`(?:[ \t\u2190-\u2bff\ufe0f\u200d\u{1f000}-\u{1faff}*]|\(${KEY_NOTE_WORDS}\)|\[(?!REDACTED\])${KEY_NOTE_WORDS}\]|#\p{Nd}{1,4})`;
 const KEY_RE = u(
   String.raw`(?<![${W}.\-])(?=(?<key>[${W}.\-]+))\k<key>(?<kq>\\?["'](?:\\?["'])?)?${KEY_GAP}*\\?(?<sep>[:=])[ \t]*`,
   "g",
@@ -536,13 +555,14 @@ function urlPasswordEnd(text: string, from: number): number {
 // Card numbers, as service/redaction.py masks them: 13 to 19 digits, maybe in groups (4-4-4-4,
 // 4-6-5), starting with 2-6, Luhn-valid: all but the last four digits become "*". Python's
 // \d and \w are Unicode: \p{Nd} and [\p{L}\p{N}_] here. The quick test (ASCII digits, as
-// Python's) runs on text with a run of 13 digits/separators; only its hits meet the rule.
+// Python's) runs on text with a run of 13 digits/separators; only its hits meet the rule. Not
+// after a dash, but after a PEM line's five (`KEY-----3782…`).
 const CARD_MIN_CHARS = 13;
 const CARD_KEEP = 4; // digits left at the end of a masked card number
 const CARD_QUICK_RE = /[2-6][0-9]{3}[ -]?[0-9]{4}[ -]?[0-9]{4}|3[0-9]{3}[ -][0-9]{6}[ -][0-9]{4}/;
 const CARD_QUICK_ALL_RE = new RegExp(CARD_QUICK_RE.source, "g");
 const CARD_RE = new RegExp(
-  String.raw`(?<![\p{L}\p{N}_-])(?<!\p{Nd}\.)(?:[2-6]\p{Nd}{12,18}|[2-6]\p{Nd}{3}([ -])\p{Nd}{4}\1\p{Nd}{4}\1\p{Nd}{1,7}` +
+  String.raw`(?:(?<![\p{L}\p{N}_-])|(?<=-----))(?<!\p{Nd}\.)(?:[2-6]\p{Nd}{12,18}|[2-6]\p{Nd}{3}([ -])\p{Nd}{4}\1\p{Nd}{4}\1\p{Nd}{1,7}` +
     String.raw`|3\p{Nd}{3}([ -])\p{Nd}{6}\2\p{Nd}{4,5})(?![\p{L}\p{N}_-]|\.\p{Nd})`,
   "gu",
 );
@@ -730,21 +750,42 @@ export class Redactor {
    * letters and digits that `out` kept, `out` unescaped with those runs redacted too (what
    * either reading took away is gone). `levels` of escapes are read (_redact_escaped). */
   private redactEscaped(text: string, out: string, levels: number): string {
+    return this.escapeReading(text, out, levels)[0];
+  }
+
+  /** redactEscaped's answer, and the runs it took away (none: `out` as it is), level by
+   * level (service/redaction.py _escape_reading). */
+  private escapeReading(text: string, out: string, levels: number): [string, Set<string>] {
     let view = text;
     let shown = out;
+    let kept = out;
+    const takenAll = new Set<string>();
     for (let level = 0; level < levels; level++) {
       const unescaped = view.replace(ESCAPE_RE, unescapeOne);
       if (unescaped === view) break;
       view = unescaped;
       shown = shown.replace(ESCAPE_RE, unescapeOne);
-      const kept = new Set(this.redactString(view).match(RUN_OF_ALNUM_RE) ?? []);
-      const taken = new Set((shown.match(RUN_OF_ALNUM_RE) ?? []).filter((run) => !kept.has(run) && run !== REDACTED_RUN));
+      const left = new Set(this.redactString(view).match(RUN_OF_ALNUM_RE) ?? []);
+      const taken = new Set((shown.match(RUN_OF_ALNUM_RE) ?? []).filter((run) => !left.has(run) && run !== REDACTED_RUN));
       if (taken.size > 0) {
-        const both = shown.replace(RUN_OF_ALNUM_RE, (run) => (taken.has(run) ? REDACTED : run));
-        return this.redactEscaped(view, both, levels - level - 1); // deeper escapes may hide more
+        shown = shown.replace(RUN_OF_ALNUM_RE, (run) => (taken.has(run) ? REDACTED : run));
+        kept = shown;
+        for (const run of taken) takenAll.add(run); // deeper escapes may hide more
       }
     }
-    return out;
+    return [kept, takenAll];
+  }
+
+  /** A string of a decoded event, redacted already, with what its escapes spell read too
+   * (service/redaction.py redact_escapes_as_written): a run that reading takes away is
+   * redacted where it stands as written; when one is spelled with an escape itself, the
+   * string is kept as redactEscaped keeps it (unescaped, redacted). */
+  private redactEscapesAsWritten(text: string): string {
+    const [shown, taken] = this.escapeReading(text, text, UNESCAPE_MAX);
+    if (taken.size === 0) return text;
+    const written = text.replace(RUN_OF_ALNUM_RE, (run) => (taken.has(run) ? REDACTED : run));
+    if (written !== text && this.escapeReading(written, written, UNESCAPE_MAX)[1].size === 0) return written;
+    return shown;
   }
 
   /** Every rule on `text`, in service/redaction.py's order (_redact_rules). */
@@ -898,7 +939,9 @@ export class Redactor {
   /** An event redacted as service/events.py redacts one: as `redact` does, but a change
    * whose field names a secret keeps "no value" (null) as it is. */
   redactEvent<T extends object>(event: T): T {
-    const out = this.redact(event) as Record<string, unknown>;
+    // Escapes as written inside a string (JSON written by hand into a field) are read too, as
+    // service/events.py reads them when the event's JSON holds a mark (a backslash).
+    const out = this.redact(event, 0, true) as Record<string, unknown>;
     const changes = (event as Record<string, unknown>).changes;
     if (!Array.isArray(changes) || !Array.isArray(out.changes)) return out as T;
     out.changes = out.changes.map((change: unknown, i: number) => {
@@ -910,18 +953,24 @@ export class Redactor {
         return { ...(change as object), field: this.redactText(given.field) };
       }
       const kept = DIFF_VALUES.filter((k) => given[k] === null).map((k) => [k, null]);
+      // Sensitive maybe only read unescaped: its text may hold a secret (service/events.py).
+      if (given.field.includes("\\")) kept.push(["field", this.redactText(given.field)]);
       return { ...(change as object), ...Object.fromEntries(kept) };
     });
     return out as T;
   }
 
-  /** Return JSON-like data with secrets redacted (a copy where anything changed). */
-  redact(value: unknown, depth = 0): unknown {
-    if (typeof value === "string") return this.redactString(value);
+  /** Return JSON-like data with secrets redacted (a copy where anything changed); `escapes`:
+   * what the escapes of its strings spell is read too (service/redaction.py redact_escapes). */
+  redact(value: unknown, depth = 0, escapes = false): unknown {
+    if (typeof value === "string") {
+      const out = this.redactString(value);
+      return escapes && out.includes("\\") ? this.redactEscapesAsWritten(out) : out;
+    }
     if (typeof value === "number") return maskCardNumber(value) ?? value;
     if (value === null || typeof value !== "object") return value;
     if (depth >= MAX_DEPTH) return REDACTED;
-    if (Array.isArray(value)) return this.redactList(value, depth);
+    if (Array.isArray(value)) return this.redactList(value, depth, escapes);
     const mapping = value as Record<string, unknown>;
     const keys = this.keys;
     const field = mapping[DIFF_FIELD];
@@ -943,19 +992,21 @@ export class Redactor {
         (secretDiff && DIFF_VALUES.includes(key)) ||
         (secretPair && pairRole(key) === VALUE)
       ) {
-        // Sensitive only read as ASCII (`toKen`): its text is read as any key's.
-        const asciiOnly = NOT_ASCII_RE.test(key) && !keys.isSensitiveAsRead(key);
-        out[asciiOnly ? this.redactKey(key) : key] = REDACTED;
+        // Sensitive only read as ASCII (`toKen`) or unescaped (`to\\u212aen`): its text is read
+        // as any key's (with its escapes, as service/redaction.py's redact_sensitive_in_string).
+        const escaped = key.includes("\\");
+        const otherwise = (escaped || NOT_ASCII_RE.test(key)) && !keys.isSensitiveAsRead(key);
+        out[!otherwise ? key : escaped ? this.redactText(key) : this.redactKey(key)] = REDACTED;
       } else {
-        out[this.redactKey(key)] = this.redact(item, depth + 1);
+        out[this.redactKey(key)] = this.redact(item, depth + 1, escapes);
       }
     }
     return out;
   }
 
   /** Redact every item, and the value of each pair or command-line flag the list holds. */
-  private redactList(items: unknown[], depth: number): unknown[] {
-    const out = items.map((item) => this.redact(item, depth + 1));
+  private redactList(items: unknown[], depth: number, escapes: boolean): unknown[] {
+    const out = items.map((item) => this.redact(item, depth + 1, escapes));
     // A list of pairs ([["Authorization", "…"], ["Accept", "…"]]): each sensitive one goes.
     const pairs = items.filter(isPairShape).length >= 2;
     if (pairs) {
