@@ -22,6 +22,7 @@ from service.redaction import (
     may_hold_secret_json,
     redact_escapes,
     redact_escapes_as_written,
+    redact_keys_holding,
     redact_matched,
     redact_sensitive,
     redact_sensitive_in_string,
@@ -368,13 +369,13 @@ def _redact_encoded(
     if presentation is not None:
         params: Any = presentation.params
         if params and _part_needs_rules(params, "params", parts, data, extra_keys):
-            params = redact_sensitive(params, extra_keys, cards=cards)
+            params = _redact_part(params, "params", parts, extra_keys, cards)
             params = redact_escapes(params, extra_keys) if escapes else params
         if presentation is not event.presentation or params is not presentation.params:
             changes["presentation"] = Presentation(code=presentation.code, params=params)
     metadata: object = event.metadata
     if metadata is not None and _part_needs_rules(metadata, "metadata", parts, data, extra_keys):
-        metadata = redact_sensitive(metadata, extra_keys, cards=cards)
+        metadata = _redact_part(metadata, "metadata", parts, extra_keys, cards)
         metadata = redact_escapes(metadata, extra_keys) if escapes else metadata
         if metadata is not event.metadata:
             changes["metadata"] = metadata
@@ -401,6 +402,19 @@ def _redact_encoded(
     return redacted, data
 
 
+def _redact_part(
+    part: object, name: str, parts: dict[str, _Part] | None, extra_keys: frozenset[str], cards: bool
+) -> Any:
+    """redact_sensitive of a part (params, metadata); only its keys' rules when every match
+    the scan found inside it lies in its own keys (redact_keys_holding)."""
+    matched = None if parts is None else parts.get(name)
+    if matched is not None and matched[3] > 0:
+        done = redact_keys_holding(part, matched[3], extra_keys, cards=cards)
+        if done is not None:
+            return done
+    return redact_sensitive(part, extra_keys, cards=cards)
+
+
 def _part_needs_rules(
     part: object, name: str, parts: dict[str, _Part] | None, data: bytes, extra_keys: frozenset[str]
 ) -> bool:
@@ -411,7 +425,7 @@ def _part_needs_rules(
     matched = parts.get(name)
     if matched is None:
         return False
-    start, end, strong = matched
+    start, end, strong, _ = matched
     return strong or keywords_need_rules(data[start:end])
 
 
@@ -437,9 +451,9 @@ _HEAD_KEYS: dict[bytes, str | None] = {
     b"type": "",
 }
 _STRUCT_KEYS = tuple((f'"{name}":{{'.encode(), name) for name in ("actor", "entity", "request"))
-# A part with a match inside: its value's span in the JSON, and whether a stem or a card
-# shape matched there (else keywords only).
-_Part = tuple[int, int, bool]
+# A part with a match inside: its value's span in the JSON, whether a stem or a card shape
+# matched there (else keywords only), and how many matches lie all inside it (-1: not known).
+_Part = tuple[int, int, bool, int]
 _Place = tuple[str | None, str]  # a text field: its struct (None: the event's own), its name
 
 
@@ -479,7 +493,12 @@ def _where_matched(
                 if place is not None:
                     places.add(place)
                 elif low <= start:  # a part: the match all inside
-                    parts[name] = (low, high, strong or (name in parts and parts[name][2]))
+                    had = parts.get(name)
+                    parts[name] = (
+                        (low, high, strong, 1)
+                        if had is None
+                        else (low, high, strong or had[2], had[3] + 1)
+                    )
                 break
     return places, parts
 
@@ -487,7 +506,9 @@ def _where_matched(
 # A mark (a tab, a backslash, a character whose lowercase changes its length) can hide a name
 # from the JSON scan that the text's pre-check sees: each part is walked, its strings
 # pre-checked one by one as text.
-_EVERY_PART: dict[str, _Part] = {name: (0, 0, True) for name in ("params", "metadata", "changes")}
+_EVERY_PART: dict[str, _Part] = {
+    name: (0, 0, True, -1) for name in ("params", "metadata", "changes")
+}
 
 
 def _head_end(event: AuditEvent, data: bytes) -> int:

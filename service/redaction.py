@@ -60,6 +60,7 @@ from typing import Any, NamedTuple
 from urllib.parse import unquote
 
 import ahocorasick_rs
+import msgspec
 
 from service.redaction_rules import KEYS, KEYWORDS, token_spans
 
@@ -951,11 +952,12 @@ def _pair_roles(mapping: dict[object, object], extra_keys: frozenset[str]) -> tu
 # the pair's name: {"key": "http.method", "value": …}), its role in a pair, and whether the
 # pre-check lets the key's own text through (without card numbers, with them: a key can be
 # a credential itself, {"ghp_…": true}), its last word, whether its text goes with its
-# value (without card numbers, with them), and whether it is sensitive at all (either of the
-# first two: its value goes in a mapping that is no pair and no diff).
-_KeyFacts = tuple[bool, bool, int, bool, bool, str, bool, bool, bool]
+# value (without card numbers, with them), whether it is sensitive at all (either of the
+# first two: its value goes in a mapping that is no pair and no diff), and how many matches
+# the scan of an encoded event finds in it (its JSON text, `"key"`; -1: not known).
+_KeyFacts = tuple[bool, bool, int, bool, bool, str, bool, bool, bool, int]
 _KEY_FACTS_SEEN: dict[str, _KeyFacts] = {}
-_NOT_A_KEY: _KeyFacts = (False, False, 0, False, False, "", False, False, False)  # no string
+_NOT_A_KEY: _KeyFacts = (False, False, 0, False, False, "", False, False, False, -1)  # no str
 
 
 @functools.lru_cache(maxsize=64)
@@ -990,6 +992,7 @@ def _key_facts(key: object, extra_keys: frozenset[str], seen: dict[str, _KeyFact
         otherwise and (escaped or holds[0]),
         otherwise and (escaped or holds[1]),
         sensitive,
+        _matches_in_json(key, extra_keys),
     )
     if len(key) <= _CACHED_KEY_MAX_CHARS:
         if len(seen) >= _KEYS_REMEMBERED:
@@ -1046,6 +1049,45 @@ def _redact_mapping(
         # Each key in its place, as redacted (two that read the same: the later's value).
         return {renamed.get(key, key): item for key, item in (out or mapping).items()}
     return mapping if out is None else out
+
+
+def redact_keys_holding(
+    mapping: object, matches: int, extra_keys: frozenset[str] = frozenset(), *, cards: bool
+) -> object | None:
+    """redact_sensitive of a mapping in whose JSON the scan of an encoded event found
+    `matches` matches, when every one of them lies in the mapping's own keys: then no value
+    holds one, so no rule can change a value (the pre-check lets nothing go that a rule would
+    change), and only the values of sensitive keys go. None when a match lies elsewhere, or a
+    key asks more (a pair's name, its own text redacted): the mapping is to be walked."""
+    if type(mapping) is not dict:
+        return None
+    seen: dict[Any, _KeyFacts] = _key_facts_cache(extra_keys) if extra_keys else _KEY_FACTS_SEEN
+    holds, hidden_text = (4, 7) if cards else (3, 6)  # the facts' indexes, as in the walk
+    in_keys = 0
+    out: dict[object, object] | None = None
+    for key, item in mapping.items():
+        facts = seen.get(key) or _key_facts(key, extra_keys, seen)
+        if facts[1] or facts[9] < 0 or (facts[hidden_text] if facts[0] else facts[holds]):
+            return None
+        in_keys += facts[9]
+        if facts[0] and item != REDACTED:
+            if out is None:
+                out = dict(mapping)
+            out[key] = REDACTED
+    if in_keys != matches:
+        return None
+    return mapping if out is None else out
+
+
+def _matches_in_json(key: str, extra_keys: frozenset[str]) -> int:
+    """How many matches the scan of an encoded event finds in `key`'s JSON text (-1: not known,
+    without hyperscan or with a key whose JSON escapes a character)."""
+    scanner = _precheck_for(extra_keys).scanner
+    data = msgspec.json.encode(key)
+    if scanner is None or b"\\" in data:
+        return -1
+    verdict, spans = scanner.matches(data)
+    return -1 if verdict & _MARKS else len(spans)
 
 
 def _hidden(

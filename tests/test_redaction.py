@@ -883,3 +883,54 @@ def test_the_scan_keeps_a_pattern_whose_held_hex_pattern_an_id_hides() -> None:
     data = b'{"id":"0190d6a8-7a36-7b7e-8c1d-3f5a2b9cbead","n":1}'
     assert scanner.scan(data) == redaction._KEYWORDS
     assert scanner.scan(data.replace(b"bead", b"beef")) == 0
+
+
+# A part whose matches all lie in its own keys gets only its keys' rules (redact_keys_holding);
+# each of these has a match elsewhere too, or a key that asks more, and must still be walked.
+KEYS_HOLDING_CASES = [
+    ({"password": "hunter2", "note": "plain words"}, "hunter2"),  # the shortcut's own case
+    ({"password": "a", "note": "then token=LEAK1 again"}, "LEAK1"),  # a value holds a match
+    ({"password": "a", "nested": {"api_key": "LEAK2"}}, "LEAK2"),  # a nested key does
+    ({"password": "a", "hdrs": [["Authorization", "Bearer LEAK3xxxxxxxxxxxx"]]}, "LEAK3"),
+    ({"password": "a", "argv": ["pg_dump", "--password", "LEAK4"]}, "LEAK4"),
+    ({"key": "api_token", "value": "LEAK5"}, "LEAK5"),  # a pair: its name is a value
+    ({"Key": "http.method", "Value": "GET"}, None),  # a pair's name field: not a secret
+    ({"field": "password", "old": "LEAK6", "new": "LEAK7"}, "LEAK6"),  # a change diff
+    ({"secretary": "Bob", "password": "LEAK8"}, "LEAK8"),  # a key that matches, not sensitive
+    ({"password": "a", "to\u212aen": "LEAK9"}, "LEAK9"),  # sensitive read as ASCII
+    ({"password": "a", "n": 4111111111111111}, "4111111111111111"),  # a card number value
+    ({"ghp_" + "a" * 36: True, "password": "LEAK10"}, "LEAK10"),  # a key that is a credential
+    ({1: "x", "password": "LEAK11"}, "LEAK11"),  # a key that is no string
+]
+
+
+@pytest.mark.parametrize(("metadata", "planted"), KEYS_HOLDING_CASES)
+def test_a_part_redacted_by_its_keys_alone_is_what_the_walk_makes_of_it(
+    metadata: dict[object, object], planted: str | None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from service import events
+
+    event = AuditEvent(action="user.updated", metadata=metadata, presentation=None)
+    fixed = msgspec.structs.replace(event, id=uuid.uuid4(), ts=datetime.datetime.now(datetime.UTC))
+    done, data = finalize(fixed)
+    if planted is not None:
+        assert planted.encode() not in data
+    monkeypatch.setattr(events, "redact_keys_holding", lambda *args, **kwargs: None)
+    walked, walked_data = finalize(fixed)
+    assert done == walked and data == walked_data
+    assert done.metadata == redact_sensitive(metadata)
+
+
+def test_the_keys_alone_redact_a_part_whose_matches_all_lie_in_its_keys() -> None:
+    metadata = {"i": 0, "note": "quarterly report", "password": "hunter2", "db_token": "t0k"}
+    # Each sensitive key's one or more matches, counted in the scan of an encoded event.
+    data = encode(AuditEvent(action="user.updated", metadata=metadata))
+    found = redaction.json_matches(data)
+    assert found is not None and found.spans is not None
+    matches = len(found.spans)
+    assert redaction.redact_keys_holding(metadata, matches, cards=False) == {
+        "i": 0, "note": "quarterly report", "password": REDACTED, "db_token": REDACTED,
+    }  # fmt: skip
+    # One match fewer or more than its keys hold: a value may hold one, the part is walked.
+    assert redaction.redact_keys_holding(metadata, matches + 1, cards=False) is None
+    assert redaction.redact_keys_holding(metadata, matches - 1, cards=False) is None
