@@ -5,12 +5,47 @@ from __future__ import annotations
 
 import os
 import tempfile
+import uuid
 from pathlib import Path
+
+import redis
 
 from service.embedded.servers import EmbeddedStack
 
 # Its own name where several runs share one server (AUDITQ_TEST_DATABASE_URL).
 TEMPLATE_DB = os.environ.get("AUDITQ_TEST_TEMPLATE_DB", "auditq_test_template")
+
+# Every queue of this run is named test-<run>-<random>: in a Redis shared with other runs
+# (AUDITQ_TEST_REDIS_URL) the run's keys are told apart by it and deleted when it ends.
+RUN_ID = os.environ.get("AUDITQ_TEST_RUN_ID") or uuid.uuid4().hex[:8]
+QUEUE_PREFIX = f"test-{RUN_ID}-"
+# arq's keys of a queue (the queue itself, its health check) start with its name; auditq's
+# own keys of a queue with auditq:<queue>: (service/queue/keys.py, dead_letter.py).
+RUN_KEY_PATTERNS = (f"{QUEUE_PREFIX}*", f"auditq:{QUEUE_PREFIX}*")
+
+
+def new_queue_name() -> str:
+    """A queue of a test's own: its keys never meet another test's or another run's."""
+    return f"{QUEUE_PREFIX}{uuid.uuid4().hex[:12]}"
+
+
+def delete_run_keys(redis_url: str) -> int:
+    """Delete every key of this run's queues from the Redis at `redis_url`; how many."""
+    client = redis.Redis.from_url(redis_url)
+    deleted = 0
+    try:
+        for pattern in RUN_KEY_PATTERNS:
+            batch: list[bytes] = []
+            for key in client.scan_iter(match=pattern, count=1000):
+                batch.append(key)
+                if len(batch) >= 500:
+                    deleted += client.delete(*batch)
+                    batch.clear()
+            if batch:
+                deleted += client.delete(*batch)
+    finally:
+        client.close()
+    return deleted
 
 
 class Servers:
