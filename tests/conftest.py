@@ -79,7 +79,7 @@ async def database_url(servers: Servers, template_db: str) -> AsyncIterator[str]
     name = f"auditq_test_{uuid.uuid4().hex[:12]}"
     admin = await asyncpg.connect(servers.postgres_url)
     try:
-        await admin.execute(f'CREATE DATABASE "{name}" TEMPLATE "{template_db}"')
+        await admin.execute(servers.copy_database(name, template_db))
         yield servers.database_url(name)
         await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
     finally:

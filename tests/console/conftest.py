@@ -115,7 +115,7 @@ async def stack(chromium: Path, servers: Servers, template_db: str) -> AsyncIter
     """The API and a worker on real servers, a TCP port, tokens and seeded events."""
     name = f"auditq_test_{uuid.uuid4().hex[:12]}"
     admin = await asyncpg.connect(servers.postgres_url)
-    await admin.execute(f'CREATE DATABASE "{name}" TEMPLATE "{template_db}"')
+    await admin.execute(servers.copy_database(name, template_db))
     data_dir = Path(tempfile.mkdtemp(prefix="auditq-console-"))
     settings = Settings(
         redis_url=servers.redis_url,
