@@ -28,7 +28,10 @@ from service.queue.keys import counters_key, live_key
 
 
 async def test_leaves_keys(redis, queue_name):
-    await redis.rpush(queue_name, b"job")  # arq's queue key is the queue's name
+    job_id = f"job-{queue_name}"
+    await redis.zadd(queue_name, {job_id: 1})  # arq's queue: job ids by time, under its name
+    await redis.set(f"arq:job:{job_id}", b"job")  # a job left in it, and its run
+    await redis.set(f"arq:in-progress:{job_id}", b"1")
     await redis.set(f"{queue_name}:health-check", b"ok", ex=3600)
     await redis.hset(counters_key(queue_name), "stored", 1)
     await redis.xadd(live_key(queue_name), {"seq": "1"})
@@ -62,6 +65,7 @@ async def test_a_run_deletes_the_keys_of_its_queues_and_no_other(
         f"test-{run_id}",  # no queue of this run: its names go on with a dash
         f"auditq:{run_id}",
         f"unrelated-{run_id}",
+        f"arq:job:{run_id}",  # a job of no queue of this run
     ]
     for key in foreign:
         await client.set(key, b"kept")
@@ -80,7 +84,7 @@ async def test_a_run_deletes_the_keys_of_its_queues_and_no_other(
         queue = (tmp_path / "queue").read_text()
         assert queue.startswith(f"test-{run_id}-")
         left = [k async for k in client.scan_iter(match=f"*{run_id}-*", count=1000)]
-        assert left == []  # the queue's own keys, auditq's beside them: all gone
+        assert left == []  # the queue's own keys, auditq's beside them, its jobs': all gone
         assert [key for key in foreign if not await client.exists(key)] == []
     finally:
         await client.delete(*foreign)

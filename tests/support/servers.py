@@ -11,6 +11,7 @@ from pathlib import Path
 import redis
 
 from service.embedded.servers import EmbeddedStack
+from service.queue.keys import IN_PROGRESS_PREFIX, JOB_PREFIX, RESULT_PREFIX, RETRY_PREFIX
 
 # Its own name where several runs share one server (AUDITQ_TEST_DATABASE_URL).
 TEMPLATE_DB = os.environ.get("AUDITQ_TEST_TEMPLATE_DB", "auditq_test_template")
@@ -22,6 +23,7 @@ QUEUE_PREFIX = f"test-{RUN_ID}-"
 # arq's keys of a queue (the queue itself, its health check) start with its name; auditq's
 # own keys of a queue with auditq:<queue>: (service/queue/keys.py, dead_letter.py).
 RUN_KEY_PATTERNS = (f"{QUEUE_PREFIX}*", f"auditq:{QUEUE_PREFIX}*")
+JOB_KEY_PREFIXES = (JOB_PREFIX, IN_PROGRESS_PREFIX, RETRY_PREFIX, RESULT_PREFIX)
 
 
 def new_queue_name() -> str:
@@ -30,19 +32,23 @@ def new_queue_name() -> str:
 
 
 def delete_run_keys(redis_url: str) -> int:
-    """Delete every key of this run's queues from the Redis at `redis_url`; how many."""
+    """Delete every key of this run's queues from the Redis at `redis_url`; how many.
+
+    The jobs still in a queue (its sorted set of job ids) go too: arq keeps each under
+    arq:job:<id> (and arq:in-progress:, arq:retry:, arq:result:), outside the queue's prefix.
+    """
     client = redis.Redis.from_url(redis_url)
-    deleted = 0
+    keys: list[bytes] = []
     try:
         for pattern in RUN_KEY_PATTERNS:
-            batch: list[bytes] = []
-            for key in client.scan_iter(match=pattern, count=1000):
-                batch.append(key)
-                if len(batch) >= 500:
-                    deleted += client.delete(*batch)
-                    batch.clear()
-            if batch:
-                deleted += client.delete(*batch)
+            keys += client.scan_iter(match=pattern, count=1000)
+        for key in keys:
+            if client.type(key) == b"zset" and not key.startswith(b"auditq:"):
+                for job_id in client.zrange(key, 0, -1):
+                    keys += [prefix.encode() + job_id for prefix in JOB_KEY_PREFIXES]
+        deleted = 0
+        for start in range(0, len(keys), 500):
+            deleted += int(client.delete(*keys[start : start + 500]))
     finally:
         client.close()
     return deleted
