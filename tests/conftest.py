@@ -21,13 +21,20 @@ from service.embedded.servers import EmbeddedStack
 from service.settings import Settings
 from service.store import db
 from tests.support.admin_api import Tokens, make_tokens
-from tests.support.servers import TEMPLATE_DB, Servers, server_dir
+from tests.support.servers import TEMPLATE_DB, Servers, delete_run_keys, new_queue_name, server_dir
 
 
 @pytest.fixture(scope="session")
 def servers() -> Iterator[Servers]:
     redis_url = os.environ.get("AUDITQ_TEST_REDIS_URL")
-    postgres_url = os.environ.get("AUDITQ_TEST_DATABASE_URL")
+    try:
+        yield from _servers(redis_url, os.environ.get("AUDITQ_TEST_DATABASE_URL"))
+    finally:
+        if redis_url:  # a Redis not ours keeps nothing of this run (an embedded one is removed)
+            delete_run_keys(redis_url)
+
+
+def _servers(redis_url: str | None, postgres_url: str | None) -> Iterator[Servers]:
     if redis_url and postgres_url:
         yield Servers(redis_url, postgres_url, None)
         return
@@ -72,7 +79,7 @@ async def database_url(servers: Servers, template_db: str) -> AsyncIterator[str]
     name = f"auditq_test_{uuid.uuid4().hex[:12]}"
     admin = await asyncpg.connect(servers.postgres_url)
     try:
-        await admin.execute(f'CREATE DATABASE "{name}" TEMPLATE "{template_db}"')
+        await admin.execute(servers.copy_database(name, template_db))
         yield servers.database_url(name)
         await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
     finally:
@@ -82,7 +89,7 @@ async def database_url(servers: Servers, template_db: str) -> AsyncIterator[str]
 @pytest.fixture
 def queue_name() -> str:
     """A queue of this test's own: its keys never meet another test's."""
-    return f"test-{uuid.uuid4().hex[:12]}"
+    return new_queue_name()
 
 
 @pytest.fixture

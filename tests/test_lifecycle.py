@@ -8,7 +8,6 @@ import os
 import signal
 import socket
 import sys
-import uuid
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +16,7 @@ import asyncpg
 from service.events import Actor
 from service.own_events import API_SOURCE, VERSION, WORKER_SOURCE, lifecycle_event
 from tests.support.polling import wait_for
-from tests.support.servers import Servers
+from tests.support.servers import Servers, new_queue_name
 
 AUDITQ = Path(sys.executable).parent / "auditq"
 PROCESS_TIMEOUT = 120.0  # seconds: two CPUs shared with other suites can be slow
@@ -87,7 +86,7 @@ async def test_auditq_run_records_its_start_and_its_stop(
     env.update(
         AUDITQ_REDIS_URL=servers.redis_url,
         AUDITQ_DATABASE_URL=database_url,
-        AUDITQ_QUEUE=f"test-{uuid.uuid4().hex[:12]}",
+        AUDITQ_QUEUE=new_queue_name(),
         AUDITQ_DATA_DIR=str(tmp_path),
         AUDITQ_HTTP_PORT=str(free_port()),
         # The suite's servers' superuser for everything (this is about lifecycle events).

@@ -20,7 +20,7 @@ import pytest
 from service import logs
 from service.integrity.keys import load_or_create_private_key
 from service.producer.client import FAILURE_PREFIX
-from tests.support.servers import Servers
+from tests.support.servers import Servers, new_queue_name
 
 AUDITQ = Path(sys.executable).parent / "auditq"
 PROCESS_TIMEOUT = 30.0  # seconds
@@ -44,7 +44,7 @@ def child_env(servers: Servers, database_url: str, tmp_path: Path) -> dict[str, 
     env.update(
         AUDITQ_REDIS_URL=servers.redis_url,
         AUDITQ_DATABASE_URL=database_url,
-        AUDITQ_QUEUE=f"test-{uuid.uuid4().hex[:12]}",
+        AUDITQ_QUEUE=new_queue_name(),
         AUDITQ_DATA_DIR=str(tmp_path),
         AUDITQ_LOG_FORMAT="json",
         AUDITQ_LOG_LEVEL="INFO",

@@ -18,7 +18,7 @@ async def app_url(servers: Servers) -> AsyncIterator[str]:
     name = f"app_{uuid.uuid4().hex[:12]}"
     admin = await asyncpg.connect(servers.postgres_url)
     try:
-        await admin.execute(f'CREATE DATABASE "{name}"')
+        await admin.execute(servers.copy_database(name, "template1"))  # CREATE DATABASE's own
         url = servers.database_url(name)
         conn = await asyncpg.connect(url)
         try:

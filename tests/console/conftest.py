@@ -32,7 +32,7 @@ from tests.support.console import (
     open_tab,
 )
 from tests.support.polling import wait_for
-from tests.support.servers import Servers
+from tests.support.servers import Servers, new_queue_name
 from tests.support.worker import running_worker
 
 # Debian's package; AUDITQ_CHROMIUM names another build (never one of `playwright install`).
@@ -115,13 +115,13 @@ async def stack(chromium: Path, servers: Servers, template_db: str) -> AsyncIter
     """The API and a worker on real servers, a TCP port, tokens and seeded events."""
     name = f"auditq_test_{uuid.uuid4().hex[:12]}"
     admin = await asyncpg.connect(servers.postgres_url)
-    await admin.execute(f'CREATE DATABASE "{name}" TEMPLATE "{template_db}"')
+    await admin.execute(servers.copy_database(name, template_db))
     data_dir = Path(tempfile.mkdtemp(prefix="auditq-console-"))
     settings = Settings(
         redis_url=servers.redis_url,
         database_url=servers.database_url(name),
         data_dir=data_dir,
-        queue=f"test-{uuid.uuid4().hex[:12]}",
+        queue=new_queue_name(),
         job_timeout_s=20.0,
     )
     conn = await db.connect(servers.database_url(name))
